@@ -1,0 +1,57 @@
+# altgrad: thin wrapper over CMake.
+#   make test   install missing Debian packages, build plain and sanitized, run every test
+#   make demo   build, start altgradd on its defaults, drive it with a real trainer, report
+PY      ?= /usr/bin/python3
+JOBS    ?= 2
+BUILD   ?= build
+SBUILD  ?= build-asan
+FUZZ_SECONDS ?= 20
+
+.PHONY: all deps build build-asan test test-c test-asan test-py demo bench fuzz clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DAG_WERROR=ON >/dev/null
+	cmake --build $(BUILD) -j$(JOBS)
+
+build-asan: deps
+	cmake -S . -B $(SBUILD) -DCMAKE_BUILD_TYPE=Debug -DAG_SANITIZE=ON -DAG_WERROR=ON -DAG_BUILD_BENCH=OFF >/dev/null
+	cmake --build $(SBUILD) -j$(JOBS)
+
+test-asan: build-asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  bash scripts/ctest-summary.sh $(SBUILD)
+
+test-c: build
+	bash scripts/ctest-summary.sh $(BUILD)
+
+test-py: build
+	@if [ -d python/tests ]; then \
+	  ALTGRAD_LIBRARY=$(CURDIR)/$(BUILD)/libaltgrad.so ALTGRAD_BUILD_DIR=$(CURDIR)/$(BUILD) \
+	  PYTHONPATH=$(CURDIR)/python $(PY) -m pytest python/tests -q -p no:cacheprovider; \
+	else echo "no python tests"; fi
+
+# Sanitized first, then plain, then the fuzz smoke run, then pytest: the
+# runners' summary lines close the output.
+test: test-asan test-c
+	@if [ -f fuzz/CMakeLists.txt ]; then $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS); fi
+	$(MAKE) --no-print-directory test-py
+
+fuzz: deps
+	CC=clang cmake -S . -B build-fuzz -DAG_FUZZ=ON -DAG_BUILD_TESTS=OFF -DAG_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
+	cmake --build build-fuzz -j$(JOBS)
+	bash scripts/run-fuzz.sh build-fuzz $(FUZZ_SECONDS)
+
+bench: build
+	@for b in $(BUILD)/bench/bench_*; do [ -x "$$b" ] && "$$b"; done
+
+demo: build
+	@if [ -x scripts/demo.sh ]; then bash scripts/demo.sh $(BUILD); \
+	else $(BUILD)/examples/ag_formats 2>/dev/null || echo "demo not built yet"; fi
+
+clean:
+	rm -rf $(BUILD) $(SBUILD) build-fuzz

@@ -1,0 +1,151 @@
+/*
+ * bench_core.c - throughput of the core kernels on 16M-element float32
+ * arrays, each printed as a ratio to a plain read of the same arrays (the
+ * sum of w + g) timed in the same process. Best of several repetitions.
+ * Targets (issue 2): one-format stall >= 0.5, five formats in one pass >= 0.25.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "altgrad/altgrad.h"
+
+#define REPS 5
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static volatile float sink;
+
+/* The baseline: read both arrays once, with independent accumulators so the
+ * compiler can vectorise without reassociating floating point. */
+static void plain_read(const float *w, const float *g, size_t n)
+{
+    float acc[16] = {0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++)
+            acc[j] += w[i + j] + g[i + j];
+    float s = 0;
+    for (int j = 0; j < 16; j++)
+        s += acc[j];
+    for (; i < n; i++)
+        s += w[i] + g[i];
+    sink = s;
+}
+
+typedef struct ctx {
+    const float *w, *g;
+    float *out;
+    uint8_t *bits;
+    size_t n;
+    const ag_format *fmts[5];
+    float scales[5];
+    int which;
+} ctx;
+
+static void run_plain(ctx *c) { plain_read(c->w, c->g, c->n); }
+
+static void run_stall_one(ctx *c)
+{
+    ag_stall_counts s = {0};
+    ag_stall_sgd(c->fmts[c->which], c->scales[c->which], 0.01f, c->w, c->g, c->n, &s);
+    sink = (float)s.stalled;
+}
+
+static void run_stall_five(ctx *c)
+{
+    ag_stall_counts s[5] = {{0}};
+    ag_stall_sgd_multi(c->fmts, c->scales, 5, 0.01f, c->w, c->g, c->n, s);
+    sink = (float)s[0].stalled;
+}
+
+static void run_encode(ctx *c)
+{
+    ag_encode_array(c->fmts[c->which], c->scales[c->which], c->w, c->bits, c->n);
+}
+
+static void run_quantize(ctx *c)
+{
+    ag_quantize(c->fmts[c->which], c->scales[c->which], c->w, c->out, c->n);
+}
+
+static void run_amax(ctx *c)
+{
+    float m;
+    uint64_t bad;
+    ag_amax(c->w, c->n, &m, &bad);
+    sink = m;
+}
+
+static double best_time(void (*fn)(ctx *), ctx *c)
+{
+    double best = INFINITY;
+    for (int r = 0; r < REPS; r++) {
+        double t0 = now();
+        fn(c);
+        double t = now() - t0;
+        best = t < best ? t : best;
+    }
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    size_t n = (size_t)16 << 20;
+    if (argc > 1)
+        n = (size_t)strtoull(argv[1], NULL, 10);
+    float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g), *out = malloc(n * sizeof *out);
+    uint8_t *bits = malloc(n);
+    if (!w || !g || !out || !bits) {
+        fprintf(stderr, "bench_core: out of memory\n");
+        return 1;
+    }
+    uint64_t s = 88172645463325252ull;
+    for (size_t i = 0; i < n; i++) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        w[i] = (float)((double)(s >> 11) * 0x1p-53 * 2.0 - 1.0);
+        g[i] = (float)((double)(s & 0xffffff) * 0x1p-24 - 0.5) * 1e-2f;
+    }
+    ctx c = {w, g, out, bits, n, {0}, {0}, 0};
+    for (int i = 0; i < 5; i++) {
+        c.fmts[i] = ag_format_at((size_t)i);
+        c.scales[i] = (float)ag_compute_scale(1.0, c.fmts[i], AG_SCALE_MIN);
+    }
+    best_time(run_plain, &c); /* warm the pages */
+    double base = best_time(run_plain, &c);
+    double base_rate = (double)n / base;
+    printf("bench_core: n = %zu float32, best of %d\n", n, REPS);
+    printf("%-28s %12s %8s\n", "kernel", "Melem/s", "ratio");
+    printf("%-28s %12.1f %8.3f\n", "plain read (sum w+g)", base_rate / 1e6, 1.0);
+    for (int i = 0; i < 5; i++) {
+        c.which = i;
+        double t = best_time(run_stall_one, &c);
+        char name[64];
+        snprintf(name, sizeof name, "stall_sgd %s", c.fmts[i]->name);
+        printf("%-28s %12.1f %8.3f\n", name, (double)n / t / 1e6, base / t);
+    }
+    double t5 = best_time(run_stall_five, &c);
+    printf("%-28s %12.1f %8.3f   (target >= 0.25)\n", "stall_sgd_multi 5 formats",
+           (double)n / t5 / 1e6, base / t5);
+    c.which = 3;
+    double te = best_time(run_encode, &c);
+    printf("%-28s %12.1f %8.3f\n", "encode_array E5M2", (double)n / te / 1e6, base / te);
+    double tq = best_time(run_quantize, &c);
+    printf("%-28s %12.1f %8.3f\n", "quantize E5M2", (double)n / tq / 1e6, base / tq);
+    double ta = best_time(run_amax, &c);
+    printf("%-28s %12.1f %8.3f\n", "amax", (double)n / ta / 1e6, base / ta);
+    free(w);
+    free(g);
+    free(out);
+    free(bits);
+    return 0;
+}

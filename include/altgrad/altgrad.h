@@ -1,0 +1,361 @@
+/*
+ * altgrad.h - the one public header of libaltgrad.
+ *
+ * Two parts: the quantization core (8-bit ExMy formats, encode/decode,
+ * quantize, amax history, scales, bit-stall kernels) and the client that
+ * trainers use to stream statistics and gradients to altgradd and to query it.
+ * Every function that can fail returns an ag_err code (0 = AG_OK) and
+ * ag_strerror() names it. A failed call leaves nothing half-done.
+ */
+#ifndef ALTGRAD_ALTGRAD_H
+#define ALTGRAD_ALTGRAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define AG_EXTERN __attribute__((visibility("default")))
+#else
+#define AG_EXTERN
+#endif
+
+#define AG_VERSION_MAJOR 0
+#define AG_VERSION_MINOR 1
+#define AG_VERSION_PATCH 0
+#define AG_VERSION_STRING "0.1.0"
+
+/* ------------------------------------------------------------------------
+ * Errors
+ * ---------------------------------------------------------------------- */
+typedef enum ag_err {
+    AG_OK = 0,
+    AG_EINVAL = -1,     /* invalid argument (NULL, zero length, bad value) */
+    AG_ENOMEM = -2,     /* out of memory */
+    AG_EFORMAT = -3,    /* unknown format, or an impossible format definition */
+    AG_EEXIST = -4,     /* a different format is registered under that name */
+    AG_ERANGE = -5,     /* value out of its allowed range */
+    AG_ENOSPC = -6,     /* a fixed-size table is full */
+    AG_EPROTO = -7,     /* malformed message */
+    AG_EVERSION = -8,   /* unsupported protocol version */
+    AG_ETOOBIG = -9,    /* message, string or array over its limit */
+    AG_EAGAIN = -10,    /* send queue full: message dropped and counted */
+    AG_ETIMEDOUT = -11, /* timed out */
+    AG_ECLOSED = -12,   /* handle closed or shutting down */
+    AG_ENOTFOUND = -13, /* no such run, tensor or format */
+    AG_ETRANSPORT = -14,/* transport (nng) failure */
+    AG_ESTORE = -15,    /* database failure */
+    AG_EIO = -16,       /* file or system I/O failure */
+    AG_EREMOTE = -17    /* the daemon answered with an error */
+} ag_err;
+
+/* A static, human-readable description of an ag_err code; never NULL. */
+AG_EXTERN const char *ag_strerror(int err);
+/* Library version string, "MAJOR.MINOR.PATCH". */
+AG_EXTERN const char *ag_version(void);
+
+/* ========================================================================
+ * Core: formats
+ * ======================================================================== */
+
+#define AG_FORMAT_NAME_MAX 15  /* longest format name, without the NUL */
+#define AG_FORMATS_MAX 64      /* registry capacity, built-ins included */
+
+/*
+ * An 8-bit sign-magnitude format: bit 7 sign, then exponent_bits exponent
+ * bits, then mantissa_bits mantissa bits (exponent_bits + mantissa_bits = 7).
+ * Instances live in the registry for the life of the process and are never
+ * freed; callers hold const pointers. Fields are read-only for callers.
+ */
+typedef struct ag_format {
+    char name[AG_FORMAT_NAME_MAX + 1];
+    int exponent_bits;
+    int mantissa_bits;
+    int bias;
+    int has_inf;          /* e all ones, m = 0 is +-inf; other m are NaN */
+    int has_nan;          /* with has_inf: e all ones, m != 0. Without: only e and m all ones */
+    float max_finite;     /* largest finite magnitude */
+    float min_positive;   /* smallest nonzero magnitude */
+    int min_exponent;     /* internal: exponent of the finest grid region */
+    int max_exponent;     /* internal: exponent of max_finite */
+    float decode_table[256]; /* internal: decode of every pattern */
+} ag_format;
+
+/* The five seed formats E0M7, E1M6, E3M4, E5M2, E7M0 and any defined later.
+ * Name lookup is case-sensitive; NULL if unknown or name is NULL. */
+AG_EXTERN const ag_format *ag_format_get(const char *name);
+/* Number of registered formats; the first five are the seed's, in order. */
+AG_EXTERN size_t ag_format_count(void);
+/* The i-th registered format, NULL when i >= ag_format_count(). */
+AG_EXTERN const ag_format *ag_format_at(size_t i);
+/*
+ * Register a further ExMy format. Rejects (AG_EFORMAT) E + M != 7, a name that
+ * is empty, too long or not [A-Za-z0-9_-], inf without NaN or without mantissa
+ * bits, NaN in a fixed-point format, a bias whose range does not fit float32's
+ * normal range. Defining an identical format again returns the existing one;
+ * a different one under a taken name gives AG_EEXIST. Thread-safe.
+ */
+AG_EXTERN int ag_format_define(const char *name, int exponent_bits, int mantissa_bits,
+                               int bias, int has_inf, int has_nan, const ag_format **out);
+
+/* ========================================================================
+ * Core: encode, decode, quantize
+ * ======================================================================== */
+
+/* Nearest pattern, ties to even mantissa (E7M0: to the smaller magnitude);
+ * see docs/numerics.md. NULL fmt gives 0. */
+AG_EXTERN uint8_t ag_encode(const ag_format *fmt, float x);
+/* The value of a pattern; NULL fmt gives NaN. */
+AG_EXTERN float ag_decode(const ag_format *fmt, uint8_t bits);
+/* out[i] = encode(x[i] / scale). */
+AG_EXTERN int ag_encode_array(const ag_format *fmt, float scale, const float *x,
+                              uint8_t *out, size_t n);
+/* out[i] = decode(bits[i]) * scale. */
+AG_EXTERN int ag_decode_array(const ag_format *fmt, float scale, const uint8_t *bits,
+                              float *out, size_t n);
+/* out[i] = decode(encode(x[i] / scale)) * scale; out may equal x. Misuse
+ * (NULL, n = 0, scale not finite and positive) does nothing; use
+ * ag_quantize_checked to learn why. */
+AG_EXTERN void ag_quantize(const ag_format *fmt, float scale, const float *x, float *out,
+                           size_t n);
+AG_EXTERN int ag_quantize_checked(const ag_format *fmt, float scale, const float *x,
+                                  float *out, size_t n);
+/* out[i] = x[i] * scale; out may equal x. */
+AG_EXTERN int ag_dequantize(float scale, const float *x, float *out, size_t n);
+
+/* ========================================================================
+ * Core: amax, history, scale
+ * ======================================================================== */
+
+/* max |x| over finite elements (0 if none) and the count of NaN/inf ones. */
+AG_EXTERN int ag_amax(const float *x, size_t n, float *amax, uint64_t *nonfinite);
+
+/* max(amax / max_finite(fmt), scale_min). NaN for NULL fmt, a negative or
+ * NaN amax, or a scale_min that is not finite and positive. */
+AG_EXTERN double ag_compute_scale(double amax, const ag_format *fmt, double scale_min);
+
+#define AG_SCALE_MIN 1e-10
+#define AG_AMAX_HISTORY_DEFAULT_LEN 16
+#define AG_AMAX_HISTORY_MAX_LEN 65536
+
+typedef enum ag_amax_mode {
+    AG_AMAX_MAX = 0,         /* maximum over the ring (seed behaviour) */
+    AG_AMAX_MOST_RECENT = 1  /* the newest value */
+} ag_amax_mode;
+
+typedef struct ag_amax_history ag_amax_history;
+
+/* A ring of the last len amax values (1 <= len <= AG_AMAX_HISTORY_MAX_LEN). */
+AG_EXTERN int ag_amax_history_new(ag_amax_history **out, size_t len, ag_amax_mode mode);
+AG_EXTERN void ag_amax_history_free(ag_amax_history *h);
+/* Push one amax. A NaN, inf or negative value is counted as non-finite and
+ * not stored (AG_OK all the same: it is an observation, not misuse). */
+AG_EXTERN int ag_amax_history_push(ag_amax_history *h, double amax);
+/* Push the amax of x's finite elements and count its non-finite elements.
+ * A tensor with no finite element pushes nothing. */
+AG_EXTERN int ag_amax_history_update(ag_amax_history *h, const float *x, size_t n);
+/* Max (or newest) over the ring; 1.0 when empty or h is NULL. */
+AG_EXTERN double ag_amax_history_get(const ag_amax_history *h);
+AG_EXTERN size_t ag_amax_history_size(const ag_amax_history *h);     /* values held */
+AG_EXTERN size_t ag_amax_history_capacity(const ag_amax_history *h); /* len */
+AG_EXTERN uint64_t ag_amax_history_nonfinite(const ag_amax_history *h);
+AG_EXTERN void ag_amax_history_reset(ag_amax_history *h);
+/* Copy the held values, oldest first, into out[0..cap); *n gets the count.
+ * AG_ERANGE if cap is smaller than the count (nothing copied). */
+AG_EXTERN int ag_amax_history_values(const ag_amax_history *h, double *out, size_t cap,
+                                     size_t *n);
+
+/* ========================================================================
+ * Core: bit stall, flips
+ * ======================================================================== */
+
+#define AG_GRAD_EPSILON 1e-10f  /* |g| above this counts in total (SGD form) */
+
+typedef struct ag_stall_counts {
+    uint64_t stalled;   /* total elements whose update was lost to rounding */
+    uint64_t total;     /* elements meant to move */
+    uint64_t overflow;  /* |w / scale| > max_finite */
+    uint64_t underflow; /* w != 0 that quantizes to zero */
+    uint64_t nonfinite; /* w or g (or u) NaN/inf: excluded from the rest */
+} ag_stall_counts;
+
+/* SGD form: u = -lr * g. Adds into *out; 0 on success. scale must be finite
+ * and > 0; lr finite. */
+AG_EXTERN int ag_stall_sgd(const ag_format *fmt, float scale, float lr, const float *w,
+                           const float *g, size_t n, ag_stall_counts *out);
+/* Update form: u = w_new - w from any optimizer; total counts u != 0. */
+AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w,
+                              const float *u, size_t n, ag_stall_counts *out);
+/* One pass over w and g for nfmt formats at once (1 <= nfmt <= AG_FORMATS_MAX),
+ * format i with scales[i], adding into out[i]. Same results as nfmt calls. */
+AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales,
+                                 size_t nfmt, float lr, const float *w, const float *g,
+                                 size_t n, ag_stall_counts *out);
+AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales,
+                                    size_t nfmt, const float *w, const float *u, size_t n,
+                                    ag_stall_counts *out);
+/* Elements whose quantized value decode(prev[i]) * prev_scale differs from
+ * decode(cur[i]) * cur_scale (+0 equals -0; NaN equals NaN). Adds into *flips. */
+AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float prev_scale,
+                             const uint8_t *cur, float cur_scale, size_t n,
+                             uint64_t *flips);
+
+/* ========================================================================
+ * Shared vocabulary: defaults, roles, dtypes, query results
+ * ======================================================================== */
+
+/* Where altgradd listens when run from a source tree with no arguments
+ * (paths relative to its working directory), and under systemd. */
+#define AG_DEFAULT_INGEST_URL "ipc://var/ingest.sock"
+#define AG_DEFAULT_QUERY_URL "ipc://var/query.sock"
+#define AG_DEFAULT_DB_PATH "var/altgrad.db"
+#define AG_SYSTEM_INGEST_URL "ipc:///run/altgrad/ingest.sock"
+#define AG_SYSTEM_QUERY_URL "ipc:///run/altgrad/query.sock"
+#define AG_SYSTEM_DB_PATH "/var/lib/altgrad/altgrad.db"
+
+#define AG_NAME_MAX 255 /* longest run or tensor name, in bytes */
+
+typedef enum ag_role {
+    AG_ROLE_WEIGHT = 0,
+    AG_ROLE_GRADIENT = 1,
+    AG_ROLE_ACTIVATION = 2,
+    AG_ROLE_UPDATE = 3
+} ag_role;
+/* "weight", "gradient", "activation", "update"; NULL if out of range. */
+AG_EXTERN const char *ag_role_name(int role);
+/* The role named s, or -1. */
+AG_EXTERN int ag_role_parse(const char *s);
+
+typedef enum ag_dtype { AG_DTYPE_F32 = 0, AG_DTYPE_BF16 = 1, AG_DTYPE_F16 = 2 } ag_dtype;
+/* Widen n bfloat16 / float16 values (raw 16-bit patterns) to float32. */
+AG_EXTERN int ag_bf16_to_f32(const uint16_t *x, float *out, size_t n);
+AG_EXTERN int ag_f16_to_f32(const uint16_t *x, float *out, size_t n);
+
+/*
+ * Query results. Every query (client or store) returns one pointer that owns
+ * all it points to (arrays, strings); free it with one ag_free() call.
+ * Steps are uint64; times are Unix milliseconds; a rate with total 0 is 0.
+ */
+AG_EXTERN void ag_free(void *result);
+
+typedef struct ag_run_info {
+    const char *name;
+    const char *host;
+    int64_t pid;
+    uint64_t client_id;
+    int64_t started_ms;
+    int64_t ended_ms;        /* 0 while running */
+    uint64_t last_step;
+    uint64_t messages;       /* stream messages accepted for this run */
+    uint64_t dropped;        /* gaps in sequence numbers plus client-side drops */
+    const char *metadata;    /* JSON text as sent at run start, "{}" if none */
+} ag_run_info;
+typedef struct ag_run_list { size_t n; ag_run_info *items; } ag_run_list;
+
+typedef struct ag_tensor_info {
+    const char *name;
+    int role;                /* ag_role of the latest record */
+    uint64_t numel;          /* element count of the latest record */
+    uint64_t first_step;
+    uint64_t last_step;
+    uint64_t snapshots;      /* gradient snapshots evaluated */
+    double last_amax;
+} ag_tensor_info;
+typedef struct ag_tensor_list { size_t n; ag_tensor_info *items; } ag_tensor_list;
+
+typedef struct ag_history_point {
+    uint64_t step;           /* with downsampling, the last step of the bucket */
+    uint64_t stalled;
+    uint64_t total;
+    double stall_rate;       /* stalled / total, 0 when total is 0 */
+    uint64_t flips;
+    uint64_t overflow;
+    uint64_t underflow;
+    uint64_t nonfinite;
+    double amax;             /* the snapshot's weight amax */
+    double scale;            /* the scale used for this format at this step */
+} ag_history_point;
+typedef struct ag_history {
+    const char *run;
+    const char *tensor;
+    const char *format;
+    size_t n;
+    ag_history_point *points; /* ascending step */
+} ag_history;
+
+typedef struct ag_history_query {
+    const char *run;
+    const char *tensor;
+    const char *format;      /* NULL: "E5M2" */
+    uint64_t from_step;      /* inclusive; 0 = from the start */
+    uint64_t to_step;        /* inclusive; 0 = to the end */
+    uint64_t every;          /* downsample: sum counts over buckets of this many points; 0/1 = all */
+} ag_history_query;
+
+typedef struct ag_scale_info {
+    const char *tensor;
+    uint64_t step;           /* step of the latest scale */
+    double amax;             /* history amax the scale came from */
+    double scale;
+} ag_scale_info;
+typedef struct ag_scale_list { const char *format; size_t n; ag_scale_info *items; } ag_scale_list;
+
+typedef struct ag_top_entry {
+    const char *tensor;
+    uint64_t stalled;        /* summed over the window */
+    uint64_t total;
+    double stall_rate;
+    uint64_t steps;          /* snapshots in the window */
+} ag_top_entry;
+typedef struct ag_top_list {
+    const char *format;
+    uint64_t from_step;      /* the window actually used */
+    uint64_t to_step;
+    size_t n;
+    ag_top_entry *items;     /* descending stall_rate, then name */
+} ag_top_list;
+
+typedef struct ag_status {
+    const char *version;
+    double uptime_s;         /* 0 when read from a database file */
+    uint64_t messages;       /* stream messages accepted */
+    uint64_t bytes;          /* stream bytes received */
+    uint64_t rejected;       /* malformed / oversized / bad version */
+    uint64_t dropped;        /* sequence gaps and client-reported drops */
+    uint64_t queue_depth;    /* rows waiting for the writer */
+    uint64_t rows_written;
+    uint64_t runs;
+    uint64_t tensors;
+    const char *db_path;
+    const char *formats;     /* comma-separated formats evaluated by default */
+} ag_status;
+
+/* ========================================================================
+ * Client (see client/ and proto/PROTOCOL.md)
+ * ======================================================================== */
+
+typedef struct ag_client ag_client;
+
+/* A zero-initialised struct means defaults everywhere. */
+typedef struct ag_client_opts {
+    const char *ingest_url; /* NULL: $ALTGRAD_INGEST, else the daemon's default */
+    const char *query_url;  /* NULL: $ALTGRAD_QUERY, else the daemon's default */
+    const char *run;        /* run name; NULL: "run-<host>-<pid>-<time>" */
+    /* AG_CLIENT_OPTS_EXTRA: fields added by the client library follow */
+} ag_client_opts;
+
+AG_EXTERN int ag_client_open(ag_client **out, const ag_client_opts *opts);
+AG_EXTERN int ag_client_log_sgd(ag_client *c, uint64_t step, const char *tensor,
+                                const float *w, const float *g, size_t n, float lr);
+/* 0 once everything queued was handed to the transport. */
+AG_EXTERN int ag_client_flush(ag_client *c, int timeout_ms);
+/* Flushes with a bounded wait, then frees everything. NULL is a no-op. */
+AG_EXTERN void ag_client_close(ag_client *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ALTGRAD_ALTGRAD_H */

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run ctest in build dir $1 verbosely into a log, print each Criterion
+# synthesis line and ctest's own summary; on failure print the failing output.
+set -uo pipefail
+dir=$1; shift
+log=$dir/ctest.log
+ctest --test-dir "$dir" --output-on-failure -V "$@" >"$log" 2>&1
+rc=$?
+grep -E '^[0-9]+: \[====\] Synthesis|^ *[0-9]+/[0-9]+ Test +#' "$log" | sed 's/^[0-9]*: //'
+if ((rc != 0)); then
+  echo "---- ctest failed in $dir; failing output (from $log) ----"
+  grep -E 'FAIL|Failed|ERROR|Sanitizer|\[FAIL\]|\[----\]' "$log" | head -200
+fi
+grep -E 'tests passed|tests failed|Total Test time' "$log"
+exit $rc

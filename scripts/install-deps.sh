@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the Debian packages altgrad needs to build, test and run its demo,
+# only those missing. As root it calls apt-get directly, otherwise through sudo.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libuv1-dev libnng-dev libmsgpack-dev
+      libsqlite3-dev libcriterion-dev sqlite3 python3 python3-torch python3-pytest
+      python3-numpy clang libclang-rt-14-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+((${#missing[@]})) || exit 0
+echo "installing: ${missing[*]}"
+sudo=()
+[[ $(id -u) -eq 0 ]] || sudo=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
