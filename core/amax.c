@@ -17,19 +17,36 @@ struct ag_amax_history {
     double values[];
 };
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define AG_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define AG_CLONES
+#endif
+
+/* On the magnitude bits, max is an integer max: finite magnitudes order
+ * like their bit patterns, and non-finite ones (>= 0x7f800000) are masked. */
+AG_CLONES
+static uint32_t amax_bits(const float *x, size_t n, uint64_t *nonfinite)
+{
+    uint32_t m = 0;
+    uint64_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b = ag_float_bits(x[i]) & 0x7fffffffu;
+        uint32_t finite = b < 0x7f800000u;
+        uint32_t v = finite ? b : 0u;
+        m = v > m ? v : m;
+        bad += !finite;
+    }
+    *nonfinite = bad;
+    return m;
+}
+
 AG_EXTERN int ag_amax(const float *x, size_t n, float *amax, uint64_t *nonfinite)
 {
     if (x == NULL || n == 0 || amax == NULL)
         return AG_EINVAL;
-    float m = 0.0f;
-    uint64_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t b = ag_float_bits(x[i]) & 0x7fffffffu;
-        int finite = b < 0x7f800000u;
-        float a = ag_bits_float(b);
-        m = (finite && a > m) ? a : m;
-        bad += !finite;
-    }
+    uint64_t bad;
+    float m = ag_bits_float(amax_bits(x, n, &bad));
     *amax = m;
     if (nonfinite != NULL)
         *nonfinite = bad;

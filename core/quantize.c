@@ -11,7 +11,7 @@
 #include "kernel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define AG_CLONES __attribute__((target_clones("avx2", "default")))
+#define AG_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define AG_CLONES
 #endif
@@ -62,6 +62,45 @@ AG_EXTERN float ag_decode(const ag_format *fmt, uint8_t bits)
     return fmt == NULL ? NAN : fmt->decode_table[bits];
 }
 
+/* Pattern constants of one format, for the branch-free array encoder. */
+typedef struct pattern_params {
+    uint32_t bias_adj;    /* bias - 127: float32 exponent field to format exponent field */
+    uint32_t mant_mask;   /* (1 << M) - 1 */
+    uint32_t inf_pattern; /* e all ones, m = 0 (formats with inf) */
+    uint32_t max_pattern; /* the largest finite pattern */
+    uint32_t nan_pattern; /* canonical NaN, or 0 where NaN encodes as +0 */
+    float sub_scale;      /* 2^(M - emin): uniform-grid value to mantissa integer */
+} pattern_params;
+
+/* Same result as pattern_of(f, ag_qvalue(p, x)), as straight-line code. */
+AG_INLINE uint8_t pattern_fast(const ag_qparams *p, const pattern_params *pp, float x,
+                               const int half_down)
+{
+    float m = ag_qmag_hd(p, x, half_down);
+    uint32_t mb = ag_float_bits(m);
+    uint32_t sign = (ag_float_bits(x) >> 24) & 0x80u;
+    uint32_t normal = ((((mb >> 23) + pp->bias_adj) << p->mant) | ((mb >> p->shift) & pp->mant_mask));
+    uint32_t sub = (uint32_t)(int32_t)(m * pp->sub_scale);
+    uint32_t mag = mb < p->emin_bits ? sub : normal;
+    mag = m > p->max_finite ? (p->overflow_value > p->max_finite ? pp->inf_pattern : pp->max_pattern) : mag;
+    uint32_t out = (mag | sign) & 0xffu;
+    return (uint8_t)(x != x ? pp->nan_pattern : out);
+}
+
+AG_CLONES
+static void encode_loop(const ag_qparams *p, const pattern_params *pp, float scale,
+                        const float *x, uint8_t *out, size_t n)
+{
+    const ag_qparams q = *p;
+    const pattern_params r = *pp;
+    if (q.half_down)
+        for (size_t i = 0; i < n; i++)
+            out[i] = pattern_fast(&q, &r, x[i] / scale, 1);
+    else
+        for (size_t i = 0; i < n; i++)
+            out[i] = pattern_fast(&q, &r, x[i] / scale, 0);
+}
+
 AG_EXTERN int ag_encode_array(const ag_format *fmt, float scale, const float *x,
                               uint8_t *out, size_t n)
 {
@@ -69,8 +108,16 @@ AG_EXTERN int ag_encode_array(const ag_format *fmt, float scale, const float *x,
         return AG_EINVAL;
     ag_qparams p;
     ag_qparams_of(fmt, &p);
-    for (size_t i = 0; i < n; i++)
-        out[i] = pattern_of(fmt, ag_qvalue(&p, x[i] / scale));
+    pattern_params pp;
+    int M = fmt->mantissa_bits;
+    uint32_t emask = (1u << fmt->exponent_bits) - 1u;
+    pp.bias_adj = (uint32_t)(fmt->bias - 127);
+    pp.mant_mask = (1u << M) - 1u;
+    pp.inf_pattern = emask << M;
+    pp.max_pattern = ag_encode(fmt, fmt->max_finite);
+    pp.nan_pattern = fmt->has_nan ? ag_encode(fmt, NAN) : 0u;
+    pp.sub_scale = ldexpf(1.0f, M - fmt->min_exponent);
+    encode_loop(&p, &pp, scale, x, out, n);
     return AG_OK;
 }
 
