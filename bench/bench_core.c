@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "altgrad/altgrad.h"
+#include "core/kernel.h"
 
 #define REPS 5
 
@@ -123,7 +124,8 @@ int main(int argc, char **argv)
     best_time(run_plain, &c); /* warm the pages */
     double base = best_time(run_plain, &c);
     double base_rate = (double)n / base;
-    printf("bench_core: n = %zu float32, best of %d\n", n, REPS);
+    printf("bench_core: n = %zu float32, best of %d, kernels: %s (AG_ISA=base|avx2|avx512 picks)\n",
+           n, REPS, ag_isa_name(ag_isa_current()));
     printf("%-28s %12s %8s\n", "kernel", "Melem/s", "ratio");
     printf("%-28s %12.1f %8.3f\n", "plain read (sum w+g)", base_rate / 1e6, 1.0);
     for (int i = 0; i < 5; i++) {

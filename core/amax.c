@@ -17,16 +17,9 @@ struct ag_amax_history {
     double values[];
 };
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define AG_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define AG_CLONES
-#endif
-
 /* On the magnitude bits, max is an integer max: finite magnitudes order
  * like their bit patterns, and non-finite ones (>= 0x7f800000) are masked. */
-AG_CLONES
-static uint32_t amax_bits(const float *x, size_t n, uint64_t *nonfinite)
+AG_INLINE void amax_impl(const float *x, size_t n, uint32_t *max_bits, uint64_t *nonfinite)
 {
     uint32_t m = 0;
     uint64_t bad = 0;
@@ -37,16 +30,21 @@ static uint32_t amax_bits(const float *x, size_t n, uint64_t *nonfinite)
         m = v > m ? v : m;
         bad += !finite;
     }
+    *max_bits = m;
     *nonfinite = bad;
-    return m;
 }
+
+AG_KERNEL_VARIANTS(amax_bits, (const float *x, size_t n, uint32_t *max_bits, uint64_t *nonfinite),
+                   { amax_impl(x, n, max_bits, nonfinite); });
 
 AG_EXTERN int ag_amax(const float *x, size_t n, float *amax, uint64_t *nonfinite)
 {
     if (x == NULL || n == 0 || amax == NULL)
         return AG_EINVAL;
     uint64_t bad;
-    float m = ag_bits_float(amax_bits(x, n, &bad));
+    uint32_t bits;
+    amax_bits_variants[ag_isa_current()](x, n, &bits, &bad);
+    float m = ag_bits_float(bits);
     *amax = m;
     if (nonfinite != NULL)
         *nonfinite = bad;

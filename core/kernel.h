@@ -97,4 +97,33 @@ AG_INLINE float ag_qvalue(const ag_qparams *p, float x)
     return p->half_down ? ag_qvalue_hd(p, x, 1) : ag_qvalue_hd(p, x, 0);
 }
 
+/* Instruction sets the array kernels are compiled for, one variant each,
+ * picked once at run time (cpu.c). Every variant computes the same bits. */
+enum { AG_ISA_BASE = 0, AG_ISA_AVX2 = 1, AG_ISA_AVX512 = 2, AG_ISA_COUNT = 3 };
+/* The variant in use: the best the CPU supports, unless $AG_ISA (base, avx2,
+ * avx512) names a supported one, or ag_isa_force chose one. */
+int ag_isa_current(void);
+int ag_isa_supported(int isa);
+/* Use isa from now on (tests, benchmarks): AG_EINVAL if the CPU lacks it. */
+int ag_isa_force(int isa);
+const char *ag_isa_name(int isa);
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define AG_TARGET_AVX2 __attribute__((target("avx2")))
+#define AG_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512dq,avx512vl")))
+#else
+#define AG_TARGET_AVX2
+#define AG_TARGET_AVX512
+#endif
+
+/* Defines name_base, name_avx2 and name_avx512, each the loop `body` (which
+ * calls AG_INLINE routines) compiled for one instruction set, and the
+ * table name_variants[] indexed by AG_ISA_*. */
+#define AG_KERNEL_VARIANTS(name, params, ...)                                            \
+    static void name##_base params __VA_ARGS__                                         \
+    AG_TARGET_AVX2 static void name##_avx2 params __VA_ARGS__                          \
+    AG_TARGET_AVX512 static void name##_avx512 params __VA_ARGS__                      \
+    static void (*const name##_variants[AG_ISA_COUNT]) params = {                      \
+        name##_base, name##_avx2, name##_avx512}
+
 #endif

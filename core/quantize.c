@@ -2,19 +2,13 @@
  * quantize.c - encode, decode, quantize and dequantize, scalar and array.
  * Rounding itself is ag_qvalue() (kernel.h); this file turns rounded values
  * into bit patterns and applies scales. Array loops are written so that the
- * compiler vectorises them, with an AVX2 clone picked at run time.
+ * compiler vectorises them, in one variant per instruction set (kernel.h).
  */
 #include <math.h>
 #include <string.h>
 
 #include "altgrad/altgrad.h"
 #include "kernel.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define AG_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define AG_CLONES
-#endif
 
 static int scale_ok(float scale)
 {
@@ -87,9 +81,8 @@ AG_INLINE uint8_t pattern_fast(const ag_qparams *p, const pattern_params *pp, fl
     return (uint8_t)(x != x ? pp->nan_pattern : out);
 }
 
-AG_CLONES
-static void encode_loop(const ag_qparams *p, const pattern_params *pp, float scale,
-                        const float *x, uint8_t *out, size_t n)
+AG_INLINE void encode_impl(const ag_qparams *p, const pattern_params *pp, float scale,
+                           const float *x, uint8_t *out, size_t n)
 {
     const ag_qparams q = *p;
     const pattern_params r = *pp;
@@ -100,6 +93,11 @@ static void encode_loop(const ag_qparams *p, const pattern_params *pp, float sca
         for (size_t i = 0; i < n; i++)
             out[i] = pattern_fast(&q, &r, x[i] / scale, 0);
 }
+
+AG_KERNEL_VARIANTS(encode_loop,
+                   (const ag_qparams *p, const pattern_params *pp, float scale,
+                    const float *x, uint8_t *out, size_t n),
+                   { encode_impl(p, pp, scale, x, out, n); });
 
 AG_EXTERN int ag_encode_array(const ag_format *fmt, float scale, const float *x,
                               uint8_t *out, size_t n)
@@ -117,7 +115,7 @@ AG_EXTERN int ag_encode_array(const ag_format *fmt, float scale, const float *x,
     pp.max_pattern = ag_encode(fmt, fmt->max_finite);
     pp.nan_pattern = fmt->has_nan ? ag_encode(fmt, NAN) : 0u;
     pp.sub_scale = ldexpf(1.0f, M - fmt->min_exponent);
-    encode_loop(&p, &pp, scale, x, out, n);
+    encode_loop_variants[ag_isa_current()](&p, &pp, scale, x, out, n);
     return AG_OK;
 }
 
@@ -131,14 +129,21 @@ AG_EXTERN int ag_decode_array(const ag_format *fmt, float scale, const uint8_t *
     return AG_OK;
 }
 
-AG_CLONES
-static void quantize_loop(const ag_qparams *pp, float scale, const float *x, float *out,
-                          size_t n)
+AG_INLINE void quantize_impl(const ag_qparams *pp, float scale, const float *x, float *out,
+                             size_t n)
 {
     const ag_qparams p = *pp;
-    for (size_t i = 0; i < n; i++)
-        out[i] = ag_qvalue(&p, x[i] / scale) * scale;
+    if (p.half_down)
+        for (size_t i = 0; i < n; i++)
+            out[i] = ag_qvalue_hd(&p, x[i] / scale, 1) * scale;
+    else
+        for (size_t i = 0; i < n; i++)
+            out[i] = ag_qvalue_hd(&p, x[i] / scale, 0) * scale;
 }
+
+AG_KERNEL_VARIANTS(quantize_loop,
+                   (const ag_qparams *p, float scale, const float *x, float *out, size_t n),
+                   { quantize_impl(p, scale, x, out, n); });
 
 AG_EXTERN int ag_quantize_checked(const ag_format *fmt, float scale, const float *x,
                                   float *out, size_t n)
@@ -147,7 +152,7 @@ AG_EXTERN int ag_quantize_checked(const ag_format *fmt, float scale, const float
         return AG_EINVAL;
     ag_qparams p;
     ag_qparams_of(fmt, &p);
-    quantize_loop(&p, scale, x, out, n);
+    quantize_loop_variants[ag_isa_current()](&p, scale, x, out, n);
     return AG_OK;
 }
 

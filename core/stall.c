@@ -11,12 +11,6 @@
 #include "altgrad/altgrad.h"
 #include "kernel.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define AG_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define AG_CLONES
-#endif
-
 /* Elements per block: w and g blocks (2 x 8 KiB) stay in L1 across formats,
  * and per-lane 32-bit counters cannot overflow. */
 #define BLOCK 2048
@@ -63,24 +57,28 @@ AG_INLINE void stall_block_impl(const ag_qparams *pp, float scale, float neg_lr,
     bc->nonfinite = nonfinite;
 }
 
-#define AG_STALL_VARIANT(name, uf, hd)                                                   \
-    AG_CLONES static void name(const ag_qparams *p, float scale, float neg_lr,            \
-                               const float *w, const float *v, size_t n, block_counts *bc) \
-    {                                                                                     \
-        stall_block_impl(p, scale, neg_lr, w, v, n, bc, uf, hd);                          \
-    }
-AG_STALL_VARIANT(stall_sgd_block, 0, 0)
-AG_STALL_VARIANT(stall_sgd_block_hd, 0, 1)
-AG_STALL_VARIANT(stall_update_block, 1, 0)
-AG_STALL_VARIANT(stall_update_block_hd, 1, 1)
+#define STALL_PARAMS                                                                     \
+    (const ag_qparams *p, float scale, float neg_lr, const float *w, const float *v,    \
+     size_t n, block_counts *bc)
+AG_KERNEL_VARIANTS(stall_sgd_block, STALL_PARAMS,
+                   { stall_block_impl(p, scale, neg_lr, w, v, n, bc, 0, 0); });
+AG_KERNEL_VARIANTS(stall_sgd_block_hd, STALL_PARAMS,
+                   { stall_block_impl(p, scale, neg_lr, w, v, n, bc, 0, 1); });
+AG_KERNEL_VARIANTS(stall_update_block, STALL_PARAMS,
+                   { stall_block_impl(p, scale, neg_lr, w, v, n, bc, 1, 0); });
+AG_KERNEL_VARIANTS(stall_update_block_hd, STALL_PARAMS,
+                   { stall_block_impl(p, scale, neg_lr, w, v, n, bc, 1, 1); });
 
 static void stall_block(const ag_qparams *p, float scale, float neg_lr, int update_form,
                         const float *w, const float *v, size_t n, block_counts *bc)
 {
+    int isa = ag_isa_current();
     if (update_form)
-        (p->half_down ? stall_update_block_hd : stall_update_block)(p, scale, neg_lr, w, v, n, bc);
+        (p->half_down ? stall_update_block_hd_variants : stall_update_block_variants)[isa](
+            p, scale, neg_lr, w, v, n, bc);
     else
-        (p->half_down ? stall_sgd_block_hd : stall_sgd_block)(p, scale, neg_lr, w, v, n, bc);
+        (p->half_down ? stall_sgd_block_hd_variants : stall_sgd_block_variants)[isa](
+            p, scale, neg_lr, w, v, n, bc);
 }
 
 static int scale_ok(float scale)

@@ -339,21 +339,128 @@ typedef struct ag_status {
 
 typedef struct ag_client ag_client;
 
+/* What a logging call does when the send queue is full. */
+typedef enum ag_queue_policy {
+    AG_QUEUE_DROP = 0,  /* drop the message, count it, return AG_EAGAIN (default: never stalls) */
+    AG_QUEUE_BLOCK = 1  /* wait for room (lossless; stalls while the daemon is away) */
+} ag_queue_policy;
+
 /* A zero-initialised struct means defaults everywhere. */
 typedef struct ag_client_opts {
     const char *ingest_url; /* NULL: $ALTGRAD_INGEST, else the daemon's default */
     const char *query_url;  /* NULL: $ALTGRAD_QUERY, else the daemon's default */
     const char *run;        /* run name; NULL: "run-<host>-<pid>-<time>" */
-    /* AG_CLIENT_OPTS_EXTRA: fields added by the client library follow */
+    const char *metadata;   /* JSON object sent with run start (<= 64 KiB); NULL: "{}" */
+    int policy;             /* ag_queue_policy */
+    size_t queue_messages;  /* messages the send queue holds; 0: 1024 */
+    size_t queue_bytes;     /* bytes the send queue holds; 0: 256 MiB */
+    size_t batch_bytes;     /* a stats batch is queued once this big; 0: 64 KiB */
+    int flush_interval_ms;  /* a partial stats batch waits at most this long; 0: 10 */
+    int query_timeout_ms;   /* a query without a reply by then fails AG_ETIMEDOUT; 0: 5000 */
+    int close_timeout_ms;   /* how long ag_client_close waits to flush; 0: 2000 */
+    int reconnect_ms;       /* first redial delay after the daemon goes away; 0: 100 */
+    uint64_t snapshot_every; /* log snapshots only at steps that are multiples; 0/1: all */
+    size_t sample_max;      /* snapshots of larger tensors send a fixed subset of this
+                             * many elements (the same every step); 0: whole tensors */
+    uint64_t sample_seed;   /* seed of that subset; 0: a fixed default */
 } ag_client_opts;
 
+/*
+ * Open a client. Never waits for the daemon: sockets dial in the background
+ * and redial by themselves. The run starts (run_start is queued) with the
+ * first logging call, so a client used only for queries creates no run.
+ * AG_EINVAL for a bad option (name too long, metadata not a JSON object),
+ * AG_ETRANSPORT when a URL cannot be used.
+ */
 AG_EXTERN int ag_client_open(ag_client **out, const ag_client_opts *opts);
+
+/*
+ * Logging. Every call validates its arguments (AG_EINVAL: NULL, n = 0,
+ * non-finite lr, bad role; AG_ETOOBIG: a name over AG_NAME_MAX; AG_EFORMAT: a
+ * format the library does not know), then queues and returns; it never waits
+ * on the daemon under AG_QUEUE_DROP. AG_EAGAIN: the queue was full and the
+ * message was dropped (counted, and reported to the daemon in the next
+ * message). AG_ECLOSED after ag_client_end_run. Safe from several threads.
+ */
+/* A float32 snapshot in SGD form (update = -lr * g), evaluated in the daemon's
+ * default formats with scales from its amax history. */
 AG_EXTERN int ag_client_log_sgd(ag_client *c, uint64_t step, const char *tensor,
                                 const float *w, const float *g, size_t n, float lr);
-/* 0 once everything queued was handed to the transport. */
+/* A float32 snapshot in update form: u = w_new - w from any optimizer. */
+AG_EXTERN int ag_client_log_update(ag_client *c, uint64_t step, const char *tensor,
+                                   const float *w, const float *u, size_t n);
+
+/* The general snapshot: any dtype, an explicit scale, a list of formats. */
+typedef struct ag_snapshot {
+    uint64_t step;
+    const char *tensor;
+    int dtype;              /* ag_dtype of w and g/u (raw 16-bit patterns for bf16/f16) */
+    const void *w;          /* n elements */
+    const void *g;          /* gradients (SGD form), or NULL when u is given */
+    const void *u;          /* update (update form), or NULL when g is given */
+    size_t n;
+    float lr;               /* SGD form: finite */
+    double scale;           /* > 0: use this scale for every format; 0: the daemon's */
+    const char *const *formats; /* NULL: the daemon's defaults; each must be known here */
+    size_t nformats;        /* <= AG_FORMATS_MAX */
+} ag_snapshot;
+AG_EXTERN int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s);
+
+/* Statistics of one tensor (amax over finite elements and the non-finite
+ * count are computed here, so the values never cross the wire). */
+AG_EXTERN int ag_client_log_stats(ag_client *c, uint64_t step, const char *tensor, int role,
+                                  const float *x, size_t n);
+/* The same for float32, bfloat16 or float16 data (ag_dtype). */
+AG_EXTERN int ag_client_log_stats_typed(ag_client *c, uint64_t step, const char *tensor,
+                                        int role, int dtype, const void *x, size_t n);
+/* Statistics computed by the caller: amax finite and >= 0, nonfinite <= numel. */
+AG_EXTERN int ag_client_log_amax(ag_client *c, uint64_t step, const char *tensor, int role,
+                                 double amax, uint64_t numel, uint64_t nonfinite);
+
+/* Queue run_end (with the highest step logged); later logging calls fail
+ * AG_ECLOSED. ag_client_close does it when the caller did not. */
+AG_EXTERN int ag_client_end_run(ag_client *c);
+
+/* 0 once everything queued was handed to the transport; AG_ETIMEDOUT if that
+ * did not happen within timeout_ms (< 0: wait without limit). */
 AG_EXTERN int ag_client_flush(ag_client *c, int timeout_ms);
-/* Flushes with a bounded wait, then frees everything. NULL is a no-op. */
+/* Ends the run, flushes with a bounded wait (close_timeout_ms), then frees
+ * everything; what is still queued is dropped. NULL is a no-op. */
 AG_EXTERN void ag_client_close(ag_client *c);
+
+typedef struct ag_client_stats {
+    uint64_t queued;        /* messages waiting in the send queue now */
+    uint64_t sent;          /* messages handed to the transport */
+    uint64_t dropped;       /* messages dropped: queue full, or left over at close */
+    uint64_t records;       /* statistics records logged */
+    uint64_t records_dropped; /* of those, records inside dropped messages */
+    uint64_t snapshots;     /* snapshots queued */
+    uint64_t skipped;       /* snapshots skipped by snapshot_every */
+    uint64_t bytes_sent;
+} ag_client_stats;
+AG_EXTERN int ag_client_get_stats(ag_client *c, ag_client_stats *out);
+/* This client's random id and its run name (valid until close). */
+AG_EXTERN uint64_t ag_client_id(const ag_client *c);
+AG_EXTERN const char *ag_client_run(const ag_client *c);
+
+/*
+ * Queries (REQ/REP). Results are freed with one ag_free(). AG_ENOTFOUND for
+ * an unknown run/tensor/format; AG_ETIMEDOUT when no daemon answers within
+ * query_timeout_ms; AG_EREMOTE for any other error the daemon reports (its
+ * text in ag_client_last_error). window = most recent steps (0 = all);
+ * limit 0 = 10; format NULL = "E5M2".
+ */
+AG_EXTERN int ag_client_runs(ag_client *c, ag_run_list **out);
+AG_EXTERN int ag_client_tensors(ag_client *c, const char *run, ag_tensor_list **out);
+AG_EXTERN int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out);
+AG_EXTERN int ag_client_scales(ag_client *c, const char *run, const char *format,
+                               ag_scale_list **out);
+AG_EXTERN int ag_client_top(ag_client *c, const char *run, const char *format,
+                            uint64_t window, size_t limit, ag_top_list **out);
+AG_EXTERN int ag_client_status(ag_client *c, ag_status **out);
+/* The daemon's error text (or a local explanation) for the last failed query
+ * on this thread with this handle, or "". */
+AG_EXTERN const char *ag_client_last_error(const ag_client *c);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "altgrad/altgrad.h"
+#include "core/kernel.h"
 
 Test(amax, ignores_non_finite_elements_and_counts_them)
 {
@@ -31,9 +32,14 @@ Test(amax, large_arrays_agree_with_a_plain_loop)
     for (size_t i = 0; i < N; i++)
         if (isfinite(x[i]) && fabsf(x[i]) > want)
             want = fabsf(x[i]);
-    cr_assert_eq(ag_amax(x, N, &m, &bad), AG_OK);
-    cr_assert_eq(m, want);
-    cr_assert_eq(bad, 1);
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa))
+            continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        cr_assert_eq(ag_amax(x, N, &m, &bad), AG_OK);
+        cr_assert_eq(m, want, "%s", ag_isa_name(isa));
+        cr_assert_eq(bad, 1);
+    }
 }
 
 Test(amax_history, seed_scale_from_10_20_30_40_in_e5m2)
@@ -117,6 +123,16 @@ Test(amax_history, bad_arguments_are_rejected)
     cr_assert_null(h);
     cr_assert_eq(ag_amax_history_push(NULL, 1), AG_EINVAL);
     ag_amax_history_free(NULL);
+}
+
+Test(isa, forcing_an_unknown_variant_is_refused)
+{
+    cr_assert_eq(ag_isa_force(-1), AG_EINVAL);
+    cr_assert_eq(ag_isa_force(AG_ISA_COUNT), AG_EINVAL);
+    cr_assert(ag_isa_supported(AG_ISA_BASE));
+    cr_assert_eq(ag_isa_force(AG_ISA_BASE), AG_OK);
+    cr_assert_eq(ag_isa_current(), AG_ISA_BASE);
+    cr_assert_str_eq(ag_isa_name(AG_ISA_AVX2), "avx2");
 }
 
 Test(scale, compute_scale_divides_by_max_and_floors_at_scale_min)

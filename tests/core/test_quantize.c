@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "altgrad/altgrad.h"
+#include "core/kernel.h"
 #include "reference.h"
 
 static void check_encode(const ag_format *f, float x)
@@ -108,10 +109,23 @@ Test(encode, special_values_follow_the_design)
     cr_assert_eq(ag_encode(NULL, 1.0f), 0x00);
 }
 
+static void check_quantize_arrays(void);
+
+/* Every instruction-set variant this CPU has, one after another. */
 Test(quantize, equals_decode_of_encode_times_scale)
 {
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa))
+            continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        check_quantize_arrays();
+    }
+}
+
+static void check_quantize_arrays(void)
+{
     uint64_t s = 42;
-    enum { N = 50000 };
+    enum { N = 20000 };
     float *x = malloc(N * sizeof *x), *q = malloc(N * sizeof *q);
     uint8_t *bits = malloc(N);
     float *d = malloc(N * sizeof *d);

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "altgrad/altgrad.h"
+#include "core/kernel.h"
 #include "reference.h"
 
 /* Per-element reference built on ref_encode / ref_decode. */
@@ -52,6 +53,8 @@ static void fill(float *w, float *g, size_t n, uint64_t seed)
     w[7] = -INFINITY;
     w[9] = 0.0f;
 }
+
+static void check_every_kernel(void);
 
 static void assert_counts_eq(ag_stall_counts a, ag_stall_counts b, const char *what)
 {
@@ -154,7 +157,19 @@ Test(stall, overflow_underflow_and_nonfinite_are_counted)
     cr_assert_eq(c.total, 4);
 }
 
+/* Every instruction-set variant this CPU has, one after another. */
 Test(stall, every_kernel_agrees_with_the_reference)
+{
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa))
+            continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        cr_log_info("stall kernels: %s", ag_isa_name(isa));
+        check_every_kernel();
+    }
+}
+
+static void check_every_kernel(void)
 {
     enum { N = 20011 };
     float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);

@@ -1,0 +1,287 @@
+/*
+ * bench_ingest.c - the daemon end to end. (1) statistics records: client ->
+ * altgradd -> committed in SQLite, as a ratio to inserting the same rows
+ * straight into SQLite through the store in this process (target >= 0.5).
+ * (2) gradient snapshots with all five formats evaluated, in MB/s beside a
+ * memcpy of the same bytes. (3) the daemon's RSS holding 1000 tensors x 5
+ * formats. Starts the real altgradd ($AG_BUILD_DIR/daemon/altgradd, else
+ * ../daemon/altgradd next to this binary) on temporary sockets.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "altgrad/altgrad.h"
+#include "schema/store.h"
+
+#define TENSORS 1000
+#define STATS_STEPS 200 /* 200,000 records */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+typedef struct daemon_proc {
+    char dir[64], ingest[128], query[128], db[128];
+    pid_t pid;
+} daemon_proc;
+
+static void rm_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[512];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void daemon_path(char *out, size_t len) {
+    const char *b = getenv("AG_BUILD_DIR");
+    if (b) {
+        snprintf(out, len, "%s/daemon/altgradd", b);
+        return;
+    }
+    char exe[512];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    char *bench_dir = dirname(exe);
+    snprintf(out, len, "%s/../daemon/altgradd", bench_dir);
+}
+
+/* Start altgradd and wait for its READY=1. */
+static int daemon_start(daemon_proc *d) {
+    strcpy(d->dir, "/tmp/ag_bench_XXXXXX");
+    if (!mkdtemp(d->dir)) return -1;
+    snprintf(d->ingest, sizeof d->ingest, "ipc://%s/in.sock", d->dir);
+    snprintf(d->query, sizeof d->query, "ipc://%s/q.sock", d->dir);
+    snprintf(d->db, sizeof d->db, "%s/a.db", d->dir);
+    char notify[128], path[600];
+    snprintf(notify, sizeof notify, "%s/notify.sock", d->dir);
+    daemon_path(path, sizeof path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, notify);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa)) return -1;
+    d->pid = fork();
+    if (d->pid == 0) {
+        setenv("NOTIFY_SOCKET", notify, 1);
+        execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db,
+              "--log-level", "warning", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 300; i++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char buf[256];
+        if (poll(&p, 1, 100) == 1) {
+            ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+            if (n > 0 && (buf[n] = '\0', strstr(buf, "READY=1"))) {
+                close(fd);
+                return 0;
+            }
+        }
+    }
+    close(fd);
+    fprintf(stderr, "bench_ingest: %s did not start\n", path);
+    return -1;
+}
+
+static void daemon_stop(daemon_proc *d) {
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        waitpid(d->pid, NULL, 0);
+    }
+    rm_dir(d->dir);
+}
+
+static long rss_kib(pid_t pid) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+    if (f) fclose(f);
+    return kib;
+}
+
+static ag_client *client(daemon_proc *d, const char *run) {
+    ag_client_opts o = {.ingest_url = d->ingest, .query_url = d->query, .run = run,
+                        .policy = AG_QUEUE_BLOCK, .query_timeout_ms = 30000};
+    ag_client *c = NULL;
+    return ag_client_open(&c, &o) == AG_OK ? c : NULL;
+}
+
+/* Wait until the database holds every message the client sent for its run. */
+static int wait_committed(ag_client *c) {
+    ag_client_stats cs;
+    for (int i = 0; i < 60000; i++) {
+        ag_client_get_stats(c, &cs);
+        ag_run_list *runs = NULL;
+        if (ag_client_runs(c, &runs) == AG_OK) {
+            int done = 0;
+            for (size_t k = 0; k < runs->n; k++)
+                if (strcmp(runs->items[k].name, ag_client_run(c)) == 0 && cs.queued == 0 &&
+                    runs->items[k].messages >= cs.sent)
+                    done = 1;
+            ag_free(runs);
+            if (done) return 0;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return -1;
+}
+
+static double baseline_inserts(size_t tensors, size_t steps) {
+    char dir[] = "/tmp/ag_bench_XXXXXX", path[128];
+    if (!mkdtemp(dir)) return 0;
+    snprintf(path, sizeof path, "%s/direct.db", dir);
+    ag_store *st = NULL;
+    if (ag_store_open(&st, path, AG_STORE_CREATE)) {
+        ag_store_close(st);
+        return 0;
+    }
+    double t0 = now_s();
+    size_t rows = 0;
+    ag_store_begin(st);
+    for (size_t s = 1; s <= steps; s++)
+        for (size_t t = 1; t <= tensors; t++) {
+            ag_store_stats_row r = {(int64_t)t, AG_ROLE_GRADIENT, s, 0.5 + (double)(t & 7), 4096,
+                                    0};
+            ag_store_put_stats(st, &r);
+            if (++rows % 20000 == 0) {
+                ag_store_commit(st);
+                ag_store_begin(st);
+            }
+        }
+    ag_store_commit(st);
+    double dt = now_s() - t0;
+    ag_store_close(st);
+    rm_dir(dir);
+    return (double)rows / dt;
+}
+
+static double daemon_records(daemon_proc *d, size_t tensors, size_t steps) {
+    ag_client *c = client(d, "bench-stats");
+    if (!c) return 0;
+    char (*names)[32] = malloc(tensors * sizeof *names);
+    for (size_t t = 0; t < tensors; t++) snprintf(names[t], 32, "layers.%zu.weight", t);
+    /* Warm the connection (and the run) before timing. */
+    ag_client_log_amax(c, 0, names[0], AG_ROLE_GRADIENT, 1.0, 4096, 0);
+    ag_client_flush(c, -1);
+    wait_committed(c);
+    double t0 = now_s();
+    for (size_t s = 1; s <= steps; s++)
+        for (size_t t = 0; t < tensors; t++)
+            ag_client_log_amax(c, s, names[t], AG_ROLE_GRADIENT, 0.5 + (double)(t & 7), 4096, 0);
+    ag_client_flush(c, -1);
+    int rc = wait_committed(c);
+    double dt = now_s() - t0;
+    free(names);
+    ag_client_close(c);
+    return rc ? 0 : (double)(tensors * steps) / dt;
+}
+
+static double memcpy_mbs(size_t bytes) {
+    char *a = malloc(bytes), *b = malloc(bytes);
+    memset(a, 1, bytes);
+    memset(b, 2, bytes);
+    double best = 1e30;
+    for (int r = 0; r < 5; r++) {
+        double t0 = now_s();
+        memcpy(b, a, bytes);
+        double dt = now_s() - t0;
+        if (dt < best) best = dt;
+    }
+    volatile char sink = b[bytes / 2];
+    (void)sink;
+    free(a);
+    free(b);
+    return (double)bytes / best / 1e6;
+}
+
+static double daemon_snapshots(daemon_proc *d, size_t n, size_t steps) {
+    ag_client *c = client(d, "bench-snapshots");
+    if (!c) return 0;
+    float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = (float)((double)(i % 1000) / 700.0 - 0.7);
+        g[i] = (float)((double)(i % 37) * 1e-4);
+    }
+    double t0 = now_s();
+    for (size_t s = 1; s <= steps; s++) ag_client_log_sgd(c, s, "big.weight", w, g, n, 0.01f);
+    ag_client_flush(c, -1);
+    int rc = wait_committed(c);
+    double dt = now_s() - t0;
+    free(w);
+    free(g);
+    ag_client_close(c);
+    return rc ? 0 : (double)(2 * n * sizeof(float) * steps) / dt / 1e6;
+}
+
+static long daemon_rss_many(daemon_proc *d, size_t tensors, size_t n) {
+    ag_client *c = client(d, "bench-rss");
+    if (!c) return -1;
+    float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = (float)i / (float)n;
+        g[i] = 1e-3f;
+    }
+    for (size_t s = 1; s <= 2; s++)
+        for (size_t t = 0; t < tensors; t++) {
+            char name[32];
+            snprintf(name, sizeof name, "layer.%zu", t);
+            ag_client_log_sgd(c, s, name, w, g, n, 0.01f);
+        }
+    ag_client_flush(c, -1);
+    wait_committed(c);
+    free(w);
+    free(g);
+    ag_client_close(c);
+    return rss_kib(d->pid);
+}
+
+int main(void) {
+    daemon_proc d = {0};
+    double direct = baseline_inserts(TENSORS, STATS_STEPS);
+    if (daemon_start(&d)) return 1;
+    long rss0 = rss_kib(d.pid);
+    double e2e = daemon_records(&d, TENSORS, STATS_STEPS);
+    printf("stats ingest: end-to-end %.0f records/s, direct SQLite inserts %.0f rows/s, "
+           "ratio %.2f (target >= 0.5)\n",
+           e2e, direct, direct > 0 ? e2e / direct : 0.0);
+    size_t n = 1u << 20;
+    double snap = daemon_snapshots(&d, n, 20);
+    double mc = memcpy_mbs(2 * n * sizeof(float));
+    printf("snapshot ingest (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, memcpy %.0f MB/s, "
+           "ratio %.4f\n",
+           n, snap, mc, mc > 0 ? snap / mc : 0.0);
+    daemon_stop(&d);
+
+    if (daemon_start(&d)) return 1;
+    rss0 = rss_kib(d.pid);
+    long rss = daemon_rss_many(&d, 1000, 1024);
+    printf("daemon RSS: %ld KiB at start, %ld KiB holding 1000 tensors x 5 formats "
+           "(1024 elements each, 2 snapshots)\n",
+           rss0, rss);
+    daemon_stop(&d);
+    return 0;
+}

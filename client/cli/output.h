@@ -1,0 +1,96 @@
+/*
+ * output.h - internal to the altgrad CLI: one result "document" (a few
+ * key/value fields plus a table of rows) rendered as an aligned table for
+ * people, or as JSON or CSV for programs. Kept apart from the commands so the
+ * escaping, quoting and alignment rules can be unit-tested on their own.
+ */
+#ifndef AG_CLI_OUTPUT_H
+#define AG_CLI_OUTPUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum ag_cli_mode {
+    AG_CLI_TABLE = 0, /* aligned columns for people */
+    AG_CLI_JSON = 1,  /* one JSON document */
+    AG_CLI_CSV = 2    /* RFC 4180 rows with a header line */
+} ag_cli_mode;
+
+typedef enum ag_cli_kind {
+    AG_CELL_NULL = 0, /* JSON null, empty CSV field, "-" in a table */
+    AG_CELL_STR,      /* text; NULL pointer counts as "" */
+    AG_CELL_U64,
+    AG_CELL_I64,
+    AG_CELL_F64,      /* shortest round-trip in JSON/CSV; %.6g in tables */
+    AG_CELL_RATE,     /* a double in [0, 1]: like F64, but 4 decimals in tables */
+    AG_CELL_TIME_MS   /* Unix ms (int64): a number in JSON/CSV, UTC time in tables */
+} ag_cli_kind;
+
+typedef struct ag_cli_cell {
+    ag_cli_kind kind;
+    union {
+        const char *s; /* borrowed: must outlive the render */
+        uint64_t u;
+        int64_t i;
+        double d;
+    } v;
+} ag_cli_cell;
+
+ag_cli_cell ag_cli_null(void);
+ag_cli_cell ag_cli_str(const char *s);
+ag_cli_cell ag_cli_u64(uint64_t u);
+ag_cli_cell ag_cli_i64(int64_t i);
+ag_cli_cell ag_cli_f64(double d);
+ag_cli_cell ag_cli_rate(double d);
+ag_cli_cell ag_cli_time_ms(int64_t ms);
+
+#define AG_CLI_META_MAX 16
+#define AG_CLI_COLS_MAX 16
+
+typedef struct ag_cli_field {
+    const char *key;
+    ag_cli_cell value;
+} ag_cli_field;
+
+/*
+ * A document. With list_key NULL it is a single record (its meta fields):
+ * a JSON object, a key/value listing, or a one-row CSV. With list_key set it
+ * is {meta..., list_key: [rows]} in JSON, meta lines then an aligned table
+ * for people, and only the rows (header + one line each) in CSV.
+ * Keys and column names are borrowed string literals.
+ */
+typedef struct ag_cli_doc {
+    const char *list_key;
+    size_t nmeta;
+    ag_cli_field meta[AG_CLI_META_MAX];
+    size_t ncols;
+    const char *cols[AG_CLI_COLS_MAX];
+    size_t nrows;
+    size_t cap_rows;
+    ag_cli_cell *cells; /* nrows * ncols, row-major */
+} ag_cli_doc;
+
+void ag_cli_doc_init(ag_cli_doc *d, const char *list_key);
+void ag_cli_doc_free(ag_cli_doc *d);
+/* AG_ENOSPC when the fixed tables are full; AG_EINVAL after rows exist. */
+int ag_cli_doc_meta(ag_cli_doc *d, const char *key, ag_cli_cell value);
+int ag_cli_doc_col(ag_cli_doc *d, const char *name);
+/* Appends one row of d->ncols cells (copied). AG_ENOMEM on failure. */
+int ag_cli_doc_row(ag_cli_doc *d, const ag_cli_cell *cells);
+
+/* Writes the whole document; AG_EIO if the stream failed. */
+int ag_cli_render(FILE *out, const ag_cli_doc *d, ag_cli_mode mode);
+
+/* Building blocks, exposed for the tests. */
+/* s as a JSON string literal, quotes included; invalid UTF-8 becomes U+FFFD. */
+void ag_cli_json_string(FILE *out, const char *s);
+/* s as one CSV field, quoted (quotes doubled) when it holds , " CR or LF,
+ * or starts or ends with a space. */
+void ag_cli_csv_field(FILE *out, const char *s);
+/* The shortest "%.{15,16,17}g" text that reads back as exactly d. */
+void ag_cli_format_double(char *buf, size_t cap, double d);
+/* Columns a UTF-8 string takes in a terminal (code points; no wide chars). */
+size_t ag_cli_display_width(const char *s);
+
+#endif

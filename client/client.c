@@ -1,0 +1,540 @@
+/*
+ * client.c - the client handle: options and endpoints, the bounded send
+ * queue and the sender thread that drains it into an nng PUSH socket, flush
+ * and close. Logging calls (log.c) only encode and queue under a short lock;
+ * the sender is the only thread that ever waits on the transport.
+ */
+#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/client_internal.h"
+
+#include <nng/protocol/pipeline0/push.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#define DEFAULT_QUEUE_MESSAGES 1024u
+#define DEFAULT_QUEUE_BYTES AG_PROTO_MAX_MESSAGE
+#define DEFAULT_BATCH_BYTES (64u * 1024u)
+#define DEFAULT_FLUSH_MS 10
+#define DEFAULT_QUERY_MS 5000
+#define DEFAULT_CLOSE_MS 2000
+#define DEFAULT_RECONNECT_MS 100
+#define SEND_POLL_MS 100 /* how often a blocked send looks up to see if we close */
+
+int64_t ag_client_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void deadline_after(struct timespec *ts, int ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static uint64_t random_id(void)
+{
+    uint64_t id = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t got = read(fd, &id, sizeof id);
+        close(fd);
+        if (got == (ssize_t)sizeof id && id != 0)
+            return id;
+    }
+    /* fallback: mix time, pid and an address (splitmix64 finaliser) */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t z = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ ((uint64_t)getpid() << 40) ^
+                 (uint64_t)(uintptr_t)&id;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return (z ^ (z >> 31)) | 1;
+}
+
+/* An explicit URL, else $env, else the source-tree default when its socket
+ * exists, else the systemd one when its socket exists, else the default. */
+static char *resolve_url(const char *given, const char *env, const char *local,
+                         const char *local_sock, const char *system, const char *system_sock)
+{
+    const char *url = given;
+    if (!url || !*url)
+        url = getenv(env);
+    if (!url || !*url) {
+        if (access(local_sock, F_OK) == 0)
+            url = local;
+        else if (access(system_sock, F_OK) == 0)
+            url = system;
+        else
+            url = local;
+    }
+    size_t n = strlen(url) + 1;
+    char *copy = malloc(n);
+    if (copy)
+        memcpy(copy, url, n);
+    return copy;
+}
+
+static int nng_to_ag(int rv)
+{
+    switch (rv) {
+    case 0: return AG_OK;
+    case NNG_ENOMEM: return AG_ENOMEM;
+    case NNG_ETIMEDOUT: return AG_ETIMEDOUT;
+    case NNG_ECLOSED: return AG_ECLOSED;
+    case NNG_EAGAIN: return AG_EAGAIN;
+    default: return AG_ETRANSPORT;
+    }
+}
+
+int ag_client_encode_msg(const ag_msg *m, nng_msg **out)
+{
+    size_t len = ag_proto_encoded_size(m);
+    if (len == 0) {
+        /* encode again into a counting buffer to learn why */
+        ag_buf b;
+        ag_buf_init_count(&b);
+        return ag_proto_encode(&b, m);
+    }
+    nng_msg *msg;
+    if (nng_msg_alloc(&msg, len) != 0)
+        return AG_ENOMEM;
+    ag_buf b;
+    ag_buf_init_fixed(&b, nng_msg_body(msg), len);
+    int rc = ag_proto_encode(&b, m);
+    if (rc) {
+        nng_msg_free(msg);
+        return rc;
+    }
+    *out = msg;
+    return AG_OK;
+}
+
+/* ---- the queue (caller holds mu) ---------------------------------------- */
+
+int ag_client_has_room_locked(const ag_client *c, size_t len)
+{
+    if (c->count == 0)
+        return 1; /* anything up to the message limit fits in an empty queue */
+    return c->count < c->opts.queue_messages && c->bytes + len <= c->opts.queue_bytes;
+}
+
+static int drop_locked(ag_client *c, nng_msg *msg, uint32_t records)
+{
+    nng_msg_free(msg);
+    c->stats.dropped++;
+    c->stats.records_dropped += records;
+    return c->stopping ? AG_ECLOSED : AG_EAGAIN;
+}
+
+int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int force)
+{
+    size_t len = nng_msg_len(msg);
+    for (;;) {
+        if (c->stopping)
+            return drop_locked(c, msg, records);
+        if (c->count < c->ring_cap && (force || ag_client_has_room_locked(c, len)))
+            break;
+        if (c->opts.policy != AG_QUEUE_BLOCK)
+            return drop_locked(c, msg, records);
+        pthread_cond_wait(&c->room, &c->mu);
+    }
+    /* seq and the cumulative drop count are fixed now, in queue order */
+    ag_proto_patch_seq(nng_msg_body(msg), len, c->next_seq++, c->stats.dropped);
+    size_t at = (c->head + c->count) % c->ring_cap;
+    c->ring[at] = msg;
+    c->ring_records[at] = records;
+    c->count++;
+    c->bytes += len;
+    c->enqueued++;
+    pthread_cond_signal(&c->work);
+    return AG_OK;
+}
+
+int ag_client_close_batch_locked(ag_client *c, int force)
+{
+    if (c->batch_records == 0)
+        return AG_OK;
+    uint32_t records = (uint32_t)c->batch_records;
+    c->batch_records = 0;
+    int rc = ag_stats_batch_end(&c->batch, 0, 0);
+    nng_msg *msg = NULL;
+    if (!rc && nng_msg_alloc(&msg, c->batch.buf.len) != 0)
+        rc = AG_ENOMEM;
+    if (rc) {
+        c->stats.dropped++;
+        c->stats.records_dropped += records;
+        return rc;
+    }
+    memcpy(nng_msg_body(msg), c->batch.buf.data, c->batch.buf.len);
+    ag_buf_reset(&c->batch.buf);
+    return ag_client_enqueue_locked(c, msg, records, force);
+}
+
+int ag_client_start_run_locked(ag_client *c)
+{
+    if (c->started)
+        return AG_OK;
+    ag_msg m = {.type = AG_MSG_RUN_START};
+    m.hdr.run = c->run;
+    m.hdr.client_id = c->client_id;
+    m.u.run_start.host = c->host;
+    m.u.run_start.pid = (int64_t)getpid();
+    m.u.run_start.time_ms = ag_client_now_ms();
+    m.u.run_start.metadata = c->metadata;
+    nng_msg *msg;
+    int rc = ag_client_encode_msg(&m, &msg);
+    if (rc)
+        return rc;
+    c->started = 1;
+    return ag_client_enqueue_locked(c, msg, 0, 1);
+}
+
+/* ---- the sender thread --------------------------------------------------- */
+
+static void *sender_main(void *arg)
+{
+    ag_client *c = arg;
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+        if (c->count == 0) {
+            if (c->stopping)
+                break;
+            struct timespec ts;
+            deadline_after(&ts, c->opts.flush_interval_ms);
+            /* a partial batch goes out once nothing else was queued for a
+             * flush interval: full batches and snapshots wake us earlier */
+            if (pthread_cond_timedwait(&c->work, &c->mu, &ts) == ETIMEDOUT &&
+                c->count == 0 && c->batch_records)
+                ag_client_close_batch_locked(c, 0);
+            continue;
+        }
+        if (c->stopping)
+            break;
+        /* only this thread removes from the queue, so the head stays put */
+        nng_msg *msg = c->ring[c->head];
+        size_t len = nng_msg_len(msg);
+        pthread_mutex_unlock(&c->mu);
+        int rv = nng_sendmsg(c->push, msg, 0);
+        pthread_mutex_lock(&c->mu);
+        if (rv == NNG_ETIMEDOUT || rv == NNG_EAGAIN)
+            continue; /* no daemon yet: keep it, look at stopping, try again */
+        if (rv != 0) {
+            nng_msg_free(msg); /* the socket is unusable: count and move on */
+            c->stats.dropped++;
+            c->stats.records_dropped += c->ring_records[c->head];
+        } else {
+            c->stats.sent++;
+            c->stats.bytes_sent += len;
+        }
+        c->head = (c->head + 1) % c->ring_cap;
+        c->count--;
+        c->bytes -= len;
+        c->finished++;
+        pthread_cond_broadcast(&c->room);
+        pthread_cond_broadcast(&c->drained);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+/* ---- open / flush / close ------------------------------------------------ */
+
+static int open_socket(nng_socket *s, int (*opener)(nng_socket *), const char *url,
+                       const ag_client_opts *o, int receives)
+{
+    int rv = opener(s);
+    if (rv)
+        return nng_to_ag(rv);
+    nng_duration rmin = o->reconnect_ms;
+    nng_duration rmax = rmin * 10 > 2000 ? rmin * 10 : 2000;
+    if ((rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, rmin)) ||
+        (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, rmax)) ||
+        (rv = nng_socket_set_ms(*s, NNG_OPT_SENDTIMEO, SEND_POLL_MS)) ||
+        (receives && (rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, AG_PROTO_MAX_MESSAGE))) ||
+        (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK))) {
+        nng_close(*s);
+        return rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP ? AG_EINVAL : nng_to_ag(rv);
+    }
+    return AG_OK;
+}
+
+static int fill_options(ag_client *c, const ag_client_opts *in)
+{
+    ag_client_opts o;
+    memset(&o, 0, sizeof o);
+    if (in)
+        o = *in;
+    if (o.policy != AG_QUEUE_DROP && o.policy != AG_QUEUE_BLOCK)
+        return AG_EINVAL;
+    if (o.flush_interval_ms < 0 || o.query_timeout_ms < 0 || o.close_timeout_ms < 0 ||
+        o.reconnect_ms < 0)
+        return AG_EINVAL;
+    if (!o.queue_messages)
+        o.queue_messages = DEFAULT_QUEUE_MESSAGES;
+    if (!o.queue_bytes || o.queue_bytes > DEFAULT_QUEUE_BYTES)
+        o.queue_bytes = DEFAULT_QUEUE_BYTES;
+    if (!o.batch_bytes)
+        o.batch_bytes = DEFAULT_BATCH_BYTES;
+    if (o.batch_bytes > (16u << 20))
+        o.batch_bytes = 16u << 20;
+    if (!o.flush_interval_ms)
+        o.flush_interval_ms = DEFAULT_FLUSH_MS;
+    if (!o.query_timeout_ms)
+        o.query_timeout_ms = DEFAULT_QUERY_MS;
+    if (!o.close_timeout_ms)
+        o.close_timeout_ms = DEFAULT_CLOSE_MS;
+    if (!o.reconnect_ms)
+        o.reconnect_ms = DEFAULT_RECONNECT_MS;
+    if (o.queue_messages > (1u << 24))
+        return AG_EINVAL;
+
+    if (gethostname(c->host, sizeof c->host - 1) != 0)
+        snprintf(c->host, sizeof c->host, "unknown");
+    c->host[sizeof c->host - 1] = '\0';
+    if (o.run) {
+        size_t n = strlen(o.run);
+        if (n > AG_NAME_MAX)
+            return AG_ETOOBIG;
+        if (!ag_proto_name_ok(o.run, n))
+            return AG_EINVAL;
+        memcpy(c->run, o.run, n + 1);
+    } else {
+        snprintf(c->run, sizeof c->run, "run-%.64s-%ld-%lld", c->host, (long)getpid(),
+                 (long long)(ag_client_now_ms() / 1000));
+    }
+    const char *meta = o.metadata ? o.metadata : "{}";
+    size_t mn = strlen(meta);
+    if (mn > AG_PROTO_MAX_METADATA)
+        return AG_ETOOBIG;
+    if (!ag_proto_json_object_ok(meta, mn))
+        return AG_EINVAL;
+    if (!(c->metadata = malloc(mn + 1)))
+        return AG_ENOMEM;
+    memcpy(c->metadata, meta, mn + 1);
+    c->ingest_url = resolve_url(o.ingest_url, "ALTGRAD_INGEST", AG_DEFAULT_INGEST_URL,
+                                "var/ingest.sock", AG_SYSTEM_INGEST_URL,
+                                "/run/altgrad/ingest.sock");
+    c->query_url = resolve_url(o.query_url, "ALTGRAD_QUERY", AG_DEFAULT_QUERY_URL,
+                               "var/ingest.sock", AG_SYSTEM_QUERY_URL,
+                               "/run/altgrad/ingest.sock");
+    if (!c->ingest_url || !c->query_url)
+        return AG_ENOMEM;
+    o.run = c->run;
+    o.metadata = c->metadata;
+    o.ingest_url = c->ingest_url;
+    o.query_url = c->query_url;
+    c->opts = o;
+    return AG_OK;
+}
+
+static void free_client(ag_client *c)
+{
+    free(c->ring);
+    free(c->ring_records);
+    ag_buf_free(&c->batch.buf);
+    free(c->metadata);
+    free(c->ingest_url);
+    free(c->query_url);
+    free(c);
+}
+
+int ag_client_open(ag_client **out, const ag_client_opts *opts)
+{
+    if (!out)
+        return AG_EINVAL;
+    *out = NULL;
+    int rc;
+    int have_push = 0, have_req = 0, have_sync = 0;
+    ag_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return AG_ENOMEM;
+    ag_buf_init(&c->batch.buf);
+    if ((rc = fill_options(c, opts)))
+        goto fail;
+    c->client_id = random_id();
+    /* spare slots: run_start, the last batch and run_end are always queued */
+    c->ring_cap = c->opts.queue_messages + 3;
+    c->ring = calloc(c->ring_cap, sizeof(*c->ring));
+    c->ring_records = calloc(c->ring_cap, sizeof(*c->ring_records));
+    if (!c->ring || !c->ring_records) {
+        rc = AG_ENOMEM;
+        goto fail;
+    }
+    if (pthread_mutex_init(&c->mu, NULL) != 0) {
+        rc = AG_ENOMEM;
+        goto fail;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->work, &ca);
+    pthread_cond_init(&c->room, &ca);
+    pthread_cond_init(&c->drained, &ca);
+    pthread_condattr_destroy(&ca);
+    have_sync = 1;
+    if ((rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0)))
+        goto fail;
+    have_push = 1;
+    if ((rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1)))
+        goto fail;
+    have_req = 1;
+    if (pthread_create(&c->sender, NULL, sender_main, c) != 0) {
+        rc = AG_ENOMEM;
+        goto fail;
+    }
+    c->sender_started = 1;
+    *out = c;
+    return AG_OK;
+fail:
+    if (have_req)
+        nng_close(c->req);
+    if (have_push)
+        nng_close(c->push);
+    if (have_sync) {
+        pthread_cond_destroy(&c->work);
+        pthread_cond_destroy(&c->room);
+        pthread_cond_destroy(&c->drained);
+        pthread_mutex_destroy(&c->mu);
+    }
+    free_client(c);
+    return rc;
+}
+
+int ag_client_flush(ag_client *c, int timeout_ms)
+{
+    if (!c)
+        return AG_EINVAL;
+    struct timespec ts;
+    if (timeout_ms >= 0)
+        deadline_after(&ts, timeout_ms);
+    pthread_mutex_lock(&c->mu);
+    int rc = AG_OK;
+    /* The open batch needs room first; under the blocking policy that wait
+     * must respect the deadline too (close relies on flush being bounded). */
+    while (c->opts.policy == AG_QUEUE_BLOCK && c->batch_records && !c->stopping &&
+           !ag_client_has_room_locked(c, c->batch.buf.len)) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&c->room, &c->mu);
+        } else if (pthread_cond_timedwait(&c->room, &c->mu, &ts) == ETIMEDOUT) {
+            pthread_mutex_unlock(&c->mu);
+            return AG_ETIMEDOUT;
+        }
+    }
+    ag_client_close_batch_locked(c, 0);
+    uint64_t target = c->enqueued;
+    while (c->finished < target) {
+        if (c->stopping) {
+            rc = AG_ECLOSED;
+            break;
+        }
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&c->drained, &c->mu);
+        } else if (pthread_cond_timedwait(&c->drained, &c->mu, &ts) == ETIMEDOUT) {
+            rc = c->finished < target ? AG_ETIMEDOUT : AG_OK;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+static int queue_run_end_locked(ag_client *c, int force)
+{
+    if (c->ended)
+        return AG_OK;
+    c->ended = 1;
+    if (!c->started)
+        return AG_OK; /* nothing was logged: no run to end */
+    ag_client_close_batch_locked(c, force);
+    ag_msg m = {.type = AG_MSG_RUN_END};
+    m.hdr.run = c->run;
+    m.hdr.client_id = c->client_id;
+    m.u.run_end.step = c->max_step;
+    m.u.run_end.time_ms = ag_client_now_ms();
+    nng_msg *msg;
+    int rc = ag_client_encode_msg(&m, &msg);
+    if (rc)
+        return rc;
+    return ag_client_enqueue_locked(c, msg, 0, 1);
+}
+
+int ag_client_end_run(ag_client *c)
+{
+    if (!c)
+        return AG_EINVAL;
+    pthread_mutex_lock(&c->mu);
+    int rc = c->ended ? AG_ECLOSED : queue_run_end_locked(c, 0);
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+void ag_client_close(ag_client *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_lock(&c->mu);
+    queue_run_end_locked(c, 1); /* never waits: close must be bounded */
+    pthread_mutex_unlock(&c->mu);
+    ag_client_flush(c, c->opts.close_timeout_ms);
+
+    pthread_mutex_lock(&c->mu);
+    c->stopping = 1;
+    pthread_cond_broadcast(&c->work);
+    pthread_cond_broadcast(&c->room);
+    pthread_cond_broadcast(&c->drained);
+    pthread_mutex_unlock(&c->mu);
+    if (c->sender_started)
+        pthread_join(c->sender, NULL);
+    /* what the daemon never took is dropped, and counted */
+    while (c->count) {
+        nng_msg_free(c->ring[c->head]);
+        c->stats.dropped++;
+        c->stats.records_dropped += c->ring_records[c->head];
+        c->head = (c->head + 1) % c->ring_cap;
+        c->count--;
+    }
+    nng_close(c->push);
+    nng_close(c->req);
+    pthread_cond_destroy(&c->work);
+    pthread_cond_destroy(&c->room);
+    pthread_cond_destroy(&c->drained);
+    pthread_mutex_destroy(&c->mu);
+    free_client(c);
+}
+
+int ag_client_get_stats(ag_client *c, ag_client_stats *out)
+{
+    if (!c || !out)
+        return AG_EINVAL;
+    pthread_mutex_lock(&c->mu);
+    *out = c->stats;
+    out->queued = c->count;
+    pthread_mutex_unlock(&c->mu);
+    return AG_OK;
+}
+
+uint64_t ag_client_id(const ag_client *c)
+{
+    return c ? c->client_id : 0;
+}
+
+const char *ag_client_run(const ag_client *c)
+{
+    return c ? c->run : NULL;
+}

@@ -1,0 +1,71 @@
+/*
+ * client_internal.h - private to client/: the ag_client handle shared by the
+ * send queue (client.c), the logging calls (log.c) and the queries (query.c).
+ * Every field below `mu` is guarded by it.
+ */
+#ifndef AG_CLIENT_INTERNAL_H
+#define AG_CLIENT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <nng/nng.h>
+
+#include "altgrad/altgrad.h"
+#include "proto/proto.h"
+
+struct ag_client {
+    /* set at open, read-only afterwards */
+    ag_client_opts opts;        /* with defaults filled in; strings point below */
+    char run[AG_NAME_MAX + 1];
+    char host[AG_NAME_MAX + 1];
+    char *metadata;
+    char *ingest_url;
+    char *query_url;
+    uint64_t client_id;
+    nng_socket push;
+    nng_socket req;
+    pthread_t sender;
+    int sender_started;
+
+    pthread_mutex_t mu;
+    pthread_cond_t work;        /* sender: a message was queued, or stop */
+    pthread_cond_t room;        /* producers: the queue shrank */
+    pthread_cond_t drained;     /* flushers: a message was sent or discarded */
+
+    nng_msg **ring;             /* the send queue */
+    size_t ring_cap;
+    size_t head;
+    size_t count;
+    size_t bytes;               /* bytes held by the queue */
+
+    ag_stats_batch batch;       /* records not yet queued */
+    size_t batch_records;
+    int started;                /* run_start queued */
+    int ended;                  /* run_end queued */
+    int stopping;               /* close: sender exits, producers stop waiting */
+
+    uint64_t next_seq;
+    uint64_t enqueued;          /* messages ever queued */
+    uint64_t finished;          /* messages sent or discarded after queueing */
+    uint64_t max_step;
+    ag_client_stats stats;
+    uint32_t *ring_records;     /* records carried by each queued message */
+};
+
+/* Queue an encoded stream message (takes msg in every case). Caller holds
+ * mu. force: ignore the queue limits (run_start / run_end). AG_EAGAIN when
+ * dropped under AG_QUEUE_DROP, AG_ECLOSED when closing. */
+int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int force);
+/* Queue the open stats batch, if any. Caller holds mu. force: past the
+ * queue limits (only at the end of a run, into the ring's spare slots). */
+int ag_client_close_batch_locked(ag_client *c, int force);
+/* Queue run_start if the run has not started. Caller holds mu. */
+int ag_client_start_run_locked(ag_client *c);
+/* Would a message of len bytes fit in the queue now? Caller holds mu. */
+int ag_client_has_room_locked(const ag_client *c, size_t len);
+/* Encode m (a stream message) into a fresh nng message. */
+int ag_client_encode_msg(const ag_msg *m, nng_msg **out);
+int64_t ag_client_now_ms(void);
+
+#endif

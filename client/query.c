@@ -1,0 +1,237 @@
+/*
+ * query.c - the query calls: encode a request, send it over the handle's
+ * REQ socket on a fresh nng context (so several threads can query at once),
+ * wait for the reply within the query timeout, decode it into a result the
+ * caller frees with ag_free. Error replies become AG_ENOTFOUND / AG_EREMOTE.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "client/client_internal.h"
+
+/* The text of the last failed query, per thread (and per handle). */
+static _Thread_local const ag_client *last_client;
+static _Thread_local char last_text[AG_PROTO_MAX_ERROR_TEXT + 1];
+
+static int fail_with(const ag_client *c, int rc, const char *text)
+{
+    last_client = c;
+    snprintf(last_text, sizeof last_text, "%s", text ? text : "");
+    return rc;
+}
+
+const char *ag_client_last_error(const ag_client *c)
+{
+    return c && last_client == c ? last_text : "";
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int transport_error(const ag_client *c, int rv, const char *what)
+{
+    char text[256];
+    if (rv == NNG_ETIMEDOUT) {
+        snprintf(text, sizeof text, "no reply from %s within %d ms", c->query_url,
+                 c->opts.query_timeout_ms);
+        return fail_with(c, AG_ETIMEDOUT, text);
+    }
+    snprintf(text, sizeof text, "%s %s: %s", what, c->query_url, nng_strerror(rv));
+    return fail_with(c, rv == NNG_ENOMEM ? AG_ENOMEM : AG_ETRANSPORT, text);
+}
+
+/* Send req, receive and decode the reply of type want; *result gets the
+ * ag_free-able root. */
+static int query(ag_client *c, const ag_msg *req, int want, void **result)
+{
+    nng_msg *msg = NULL;
+    nng_aio *aio = NULL;
+    nng_ctx ctx;
+    int have_ctx = 0;
+    ag_msg reply;
+    memset(&reply, 0, sizeof reply);
+    int rc = ag_client_encode_msg(req, &msg);
+    if (rc)
+        return fail_with(c, rc, req->why ? req->why : ag_strerror(rc));
+    int rv = nng_aio_alloc(&aio, NULL, NULL);
+    if (!rv && !(rv = nng_ctx_open(&ctx, c->req)))
+        have_ctx = 1;
+    if (rv) {
+        rc = transport_error(c, rv, "cannot query");
+        goto fail;
+    }
+    int64_t deadline = mono_ms() + c->opts.query_timeout_ms;
+    nng_aio_set_timeout(aio, c->opts.query_timeout_ms);
+    nng_aio_set_msg(aio, msg);
+    nng_ctx_send(ctx, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio))) {
+        rc = transport_error(c, rv, "cannot send to");
+        goto fail; /* msg is still ours */
+    }
+    msg = NULL; /* the socket owns it now */
+    int64_t left = deadline - mono_ms();
+    nng_aio_set_timeout(aio, left > 0 ? (nng_duration)left : 1);
+    nng_ctx_recv(ctx, aio);
+    nng_aio_wait(aio);
+    if ((rv = nng_aio_result(aio))) {
+        rc = transport_error(c, rv, "no reply from");
+        goto fail;
+    }
+    msg = nng_aio_get_msg(aio);
+    rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), &reply);
+    if (rc) {
+        char text[256];
+        snprintf(text, sizeof text, "malformed reply from %s: %s", c->query_url,
+                 reply.why ? reply.why : ag_strerror(rc));
+        rc = fail_with(c, rc, text);
+        goto fail;
+    }
+    if (reply.type == AG_MSG_R_ERROR) {
+        rc = reply.u.error.code == AG_ENOTFOUND ? AG_ENOTFOUND : AG_EREMOTE;
+        fail_with(c, rc, reply.u.error.text);
+        goto fail;
+    }
+    if (reply.type != want) {
+        rc = fail_with(c, AG_EPROTO, "the daemon answered with another reply type");
+        goto fail;
+    }
+    *result = ag_msg_take_result(&reply);
+    rc = AG_OK;
+fail:
+    ag_msg_clear(&reply);
+    if (msg)
+        nng_msg_free(msg);
+    if (have_ctx)
+        nng_ctx_close(ctx);
+    if (aio)
+        nng_aio_free(aio);
+    return rc;
+}
+
+static int name_arg(const ag_client *c, const char *s)
+{
+    if (!s)
+        return fail_with(c, AG_EINVAL, "a run or tensor name is NULL");
+    size_t n = strnlen(s, AG_NAME_MAX + 1);
+    if (n > AG_NAME_MAX)
+        return fail_with(c, AG_ETOOBIG, "a name is longer than 255 bytes");
+    if (n == 0)
+        return fail_with(c, AG_EINVAL, "a name is empty");
+    return AG_OK;
+}
+
+static int format_arg(const ag_client *c, const char *s)
+{
+    if (s && !ag_proto_format_name_ok(s, strlen(s)))
+        return fail_with(c, AG_EINVAL, "a format name is not 1..15 of [A-Za-z0-9_-]");
+    return AG_OK;
+}
+
+#define CHECK(expr)                                                                       \
+    do {                                                                                  \
+        int rc_ = (expr);                                                                 \
+        if (rc_)                                                                          \
+            return rc_;                                                                   \
+    } while (0)
+
+int ag_client_runs(ag_client *c, ag_run_list **out)
+{
+    if (!c || !out)
+        return AG_EINVAL;
+    *out = NULL;
+    ag_msg req = {.type = AG_MSG_Q_RUNS};
+    void *res = NULL;
+    int rc = query(c, &req, AG_MSG_R_RUNS, &res);
+    *out = res;
+    return rc;
+}
+
+int ag_client_tensors(ag_client *c, const char *run, ag_tensor_list **out)
+{
+    if (!c || !out)
+        return AG_EINVAL;
+    *out = NULL;
+    CHECK(name_arg(c, run));
+    ag_msg req = {.type = AG_MSG_Q_TENSORS};
+    req.u.query.run = run;
+    void *res = NULL;
+    int rc = query(c, &req, AG_MSG_R_TENSORS, &res);
+    *out = res;
+    return rc;
+}
+
+int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out)
+{
+    if (!c || !q || !out)
+        return AG_EINVAL;
+    *out = NULL;
+    CHECK(name_arg(c, q->run));
+    CHECK(name_arg(c, q->tensor));
+    CHECK(format_arg(c, q->format));
+    ag_msg req = {.type = AG_MSG_Q_HISTORY};
+    req.u.query.run = q->run;
+    req.u.query.tensor = q->tensor;
+    req.u.query.format = q->format;
+    req.u.query.from_step = q->from_step;
+    req.u.query.to_step = q->to_step;
+    req.u.query.every = q->every;
+    void *res = NULL;
+    int rc = query(c, &req, AG_MSG_R_HISTORY, &res);
+    *out = res;
+    return rc;
+}
+
+int ag_client_scales(ag_client *c, const char *run, const char *format, ag_scale_list **out)
+{
+    if (!c || !out)
+        return AG_EINVAL;
+    *out = NULL;
+    CHECK(name_arg(c, run));
+    CHECK(format_arg(c, format));
+    ag_msg req = {.type = AG_MSG_Q_SCALES};
+    req.u.query.run = run;
+    req.u.query.format = format;
+    void *res = NULL;
+    int rc = query(c, &req, AG_MSG_R_SCALES, &res);
+    *out = res;
+    return rc;
+}
+
+int ag_client_top(ag_client *c, const char *run, const char *format, uint64_t window,
+                  size_t limit, ag_top_list **out)
+{
+    if (!c || !out)
+        return AG_EINVAL;
+    *out = NULL;
+    CHECK(name_arg(c, run));
+    CHECK(format_arg(c, format));
+    ag_msg req = {.type = AG_MSG_Q_TOP};
+    req.u.query.run = run;
+    req.u.query.format = format;
+    req.u.query.window = window;
+    req.u.query.limit = limit;
+    void *res = NULL;
+    int rc = query(c, &req, AG_MSG_R_TOP, &res);
+    *out = res;
+    return rc;
+}
+
+int ag_client_status(ag_client *c, ag_status **out)
+{
+    if (!c || !out)
+        return AG_EINVAL;
+    *out = NULL;
+    ag_msg req = {.type = AG_MSG_Q_STATUS};
+    void *res = NULL;
+    int rc = query(c, &req, AG_MSG_R_STATUS, &res);
+    *out = res;
+    return rc;
+}

@@ -1,0 +1,293 @@
+/*
+ * config.c - the option table of altgradd and the parsers built on it.
+ * Adding an option is one row here plus the field in ag_config. SIGHUP
+ * reloads by calling ag_config_load again with the original argv.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/config.h"
+#include "daemon/log.h"
+
+typedef enum opt_type {
+    OPT_URLS,    /* repeatable string, appended */
+    OPT_STRING,  /* one string */
+    OPT_FORMATS, /* comma-separated format names */
+    OPT_INT,     /* long within [min, max] */
+    OPT_DOUBLE,  /* finite double within [min, max] */
+    OPT_ENUM,    /* one of choices, stored as values[i] */
+    OPT_FLAG     /* no argument; command line only */
+} opt_type;
+
+typedef struct opt {
+    const char *name;
+    opt_type type;
+    size_t offset;
+    size_t size;                  /* of the field (strings: buffer size) */
+    const char *def;              /* default, as text; NULL = none */
+    double min, max;
+    const char *const *choices;   /* NULL-terminated, for OPT_ENUM */
+    const int *values;
+    const char *arg;              /* argument name in --help */
+    const char *help;
+    int file_ok;                  /* may appear in the config file */
+} opt;
+
+static const char *const scale_modes[] = {"current", "delayed", NULL};
+static const int scale_mode_values[] = {AG_SCALE_CURRENT, AG_SCALE_DELAYED};
+static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
+static const int log_level_values[] = {AG_LOG_ERROR, AG_LOG_WARNING, AG_LOG_NOTICE,
+                                       AG_LOG_INFO, AG_LOG_DEBUG};
+
+#define FIELD(f) offsetof(ag_config, f), sizeof(((ag_config *)0)->f)
+
+/* The one table of options. */
+static const opt options[] = {
+    {"ingest", OPT_URLS, FIELD(ingest), AG_DEFAULT_INGEST_URL, 0, 0, NULL, NULL, "URL",
+     "listen for trainers' streams on URL (nng PULL); repeatable, e.g. an ipc:// and a "
+     "tcp:// listener",
+     1},
+    {"query", OPT_STRING, FIELD(query), AG_DEFAULT_QUERY_URL, 0, 0, NULL, NULL, "URL",
+     "answer queries on URL (nng REP)", 1},
+    {"db", OPT_STRING, FIELD(db), AG_DEFAULT_DB_PATH, 0, 0, NULL, NULL, "PATH",
+     "SQLite database file (created and migrated as needed)", 1},
+    {"config", OPT_STRING, FIELD(config_file), NULL, 0, 0, NULL, NULL, "FILE",
+     "read options from FILE (key = value lines); the command line wins", 0},
+    {"formats", OPT_FORMATS, FIELD(formats), "E0M7,E1M6,E3M4,E5M2,E7M0", 0, 0, NULL, NULL,
+     "LIST", "comma-separated 8-bit formats evaluated by default", 1},
+    {"history-len", OPT_INT, FIELD(history_len), "16", 1, AG_AMAX_HISTORY_MAX_LEN, NULL,
+     NULL, "N", "amax history length per tensor and role", 1},
+    {"scale-mode", OPT_ENUM, FIELD(scale_mode), "current", 0, 0, scale_modes,
+     scale_mode_values, "current|delayed",
+     "whether a step's own amax is in the history for its scale (current, the seed's) or "
+     "only earlier steps' (delayed)",
+     1},
+    {"margin", OPT_DOUBLE, FIELD(margin), "0", -64, 64, NULL, NULL, "M",
+     "scale margin: scales are multiplied by 2^M", 1},
+    {"log-level", OPT_ENUM, FIELD(log_level), "info", 0, 0, log_levels, log_level_values,
+     "error|warning|notice|info|debug", "lines above this level are not logged", 1},
+    {"version", OPT_FLAG, FIELD(want_version), NULL, 0, 0, NULL, NULL, NULL,
+     "print the version and exit", 0},
+    {"help", OPT_FLAG, FIELD(want_help), NULL, 0, 0, NULL, NULL, NULL,
+     "print this help and exit", 0},
+};
+#define NOPTIONS (sizeof options / sizeof options[0])
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static const opt *find_opt(const char *name, size_t len) {
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strlen(options[i].name) == len && strncmp(options[i].name, name, len) == 0)
+            return &options[i];
+    return NULL;
+}
+
+int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t errlen) {
+    if (strlen(list) >= sizeof cfg->formats)
+        return fail(err, errlen, AG_EINVAL, "--formats: list too long");
+    size_t n = 0;
+    const char *p = list;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char name[AG_FORMAT_NAME_MAX + 1];
+        if (len == 0 || len > AG_FORMAT_NAME_MAX)
+            return fail(err, errlen, AG_EINVAL, "--formats: bad format name in '%s'", list);
+        memcpy(name, p, len);
+        name[len] = '\0';
+        const ag_format *f = ag_format_get(name);
+        if (!f) return fail(err, errlen, AG_EINVAL, "--formats: unknown format '%s'", name);
+        for (size_t i = 0; i < n; i++)
+            if (cfg->fmts[i] == f)
+                return fail(err, errlen, AG_EINVAL, "--formats: '%s' given twice", name);
+        if (n == AG_FORMATS_MAX)
+            return fail(err, errlen, AG_EINVAL, "--formats: too many formats");
+        cfg->fmts[n++] = f;
+        p += len;
+        if (*p == ',') p++;
+    }
+    if (n == 0) return fail(err, errlen, AG_EINVAL, "--formats: empty list");
+    cfg->nfmts = n;
+    strcpy(cfg->formats, list);
+    return AG_OK;
+}
+
+/* Set option o from text; from_cli tells which source (for URL lists). */
+static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_reset, char *err,
+                   size_t errlen) {
+    char *field = (char *)cfg + o->offset;
+    char *end;
+    switch (o->type) {
+    case OPT_URLS: {
+        if (urls_reset && !*urls_reset) { /* a new source replaces the old list */
+            cfg->ningest = 0;
+            *urls_reset = 1;
+        }
+        if (!*val) return fail(err, errlen, AG_EINVAL, "--%s: empty URL", o->name);
+        if (cfg->ningest == AG_CONFIG_MAX_INGEST)
+            return fail(err, errlen, AG_EINVAL, "--%s: at most %d listeners", o->name,
+                        AG_CONFIG_MAX_INGEST);
+        if (strlen(val) >= AG_CONFIG_PATH_MAX)
+            return fail(err, errlen, AG_EINVAL, "--%s: URL too long", o->name);
+        strcpy(cfg->ingest[cfg->ningest++], val);
+        return AG_OK;
+    }
+    case OPT_STRING:
+        if (!*val) return fail(err, errlen, AG_EINVAL, "--%s: empty value", o->name);
+        if (strlen(val) >= o->size)
+            return fail(err, errlen, AG_EINVAL, "--%s: value too long", o->name);
+        strcpy(field, val);
+        return AG_OK;
+    case OPT_FORMATS:
+        return ag_config_set_formats(cfg, val, err, errlen);
+    case OPT_INT: {
+        errno = 0;
+        long v = strtol(val, &end, 10);
+        if (errno || end == val || *end || v < (long)o->min || v > (long)o->max)
+            return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not an integer in %g..%g",
+                        o->name, val, o->min, o->max);
+        *(long *)(void *)field = v;
+        return AG_OK;
+    }
+    case OPT_DOUBLE: {
+        errno = 0;
+        double v = strtod(val, &end);
+        if (errno || end == val || *end || !isfinite(v) || v < o->min || v > o->max)
+            return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not a number in %g..%g",
+                        o->name, val, o->min, o->max);
+        *(double *)(void *)field = v;
+        return AG_OK;
+    }
+    case OPT_ENUM:
+        for (size_t i = 0; o->choices[i]; i++)
+            if (strcmp(val, o->choices[i]) == 0) {
+                *(int *)(void *)field = o->values[i];
+                return AG_OK;
+            }
+        return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not one of %s", o->name, val,
+                    o->arg);
+    case OPT_FLAG:
+        *(int *)(void *)field = 1;
+        return AG_OK;
+    }
+    return AG_EINVAL;
+}
+
+static char *trim(char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\n' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+static int load_file(ag_config *cfg, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, errlen, AG_EIO, "--config: cannot read %s: %s", path,
+                        strerror(errno));
+    char line[2048];
+    int lineno = 0, rc = AG_OK, urls_reset = 0;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = trim(line);
+        if (!*s || *s == '#') continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            rc = fail(err, errlen, AG_EINVAL, "%s:%d: expected 'key = value'", path, lineno);
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *val = trim(eq + 1);
+        const opt *o = find_opt(key, strlen(key));
+        if (!o || !o->file_ok) {
+            rc = fail(err, errlen, AG_EINVAL, "%s:%d: unknown key '%s'", path, lineno, key);
+            break;
+        }
+        char sub[256];
+        if ((rc = set_opt(cfg, o, val, &urls_reset, sub, sizeof sub))) {
+            fail(err, errlen, rc, "%s:%d: %s", path, lineno, sub);
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+/* Walk argv; when only_config, just pick up --config. */
+static int parse_args(ag_config *cfg, int argc, char **argv, int only_config, char *err,
+                      size_t errlen) {
+    int urls_reset = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0)
+            return fail(err, errlen, AG_EINVAL, "unexpected argument '%s' (see --help)", a);
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const opt *o = find_opt(name, len);
+        if (!o) return fail(err, errlen, AG_EINVAL, "unknown option '%s' (see --help)", a);
+        const char *val = NULL;
+        if (o->type == OPT_FLAG) {
+            if (eq) return fail(err, errlen, AG_EINVAL, "--%s takes no value", o->name);
+        } else if (eq) {
+            val = eq + 1;
+        } else if (i + 1 < argc) {
+            val = argv[++i];
+        } else {
+            return fail(err, errlen, AG_EINVAL, "--%s needs a value (%s)", o->name, o->arg);
+        }
+        if (only_config && strcmp(o->name, "config") != 0) continue;
+        int rc = set_opt(cfg, o, val ? val : "", &urls_reset, err, errlen);
+        if (rc) return rc;
+    }
+    return AG_OK;
+}
+
+int ag_config_load(ag_config *cfg, int argc, char **argv, char *err, size_t errlen) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->amax_mode = AG_AMAX_MAX;
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        if (!options[i].def) continue;
+        int rc = set_opt(cfg, &options[i], options[i].def, NULL, err, errlen);
+        if (rc) return rc;
+    }
+    int rc = parse_args(cfg, argc, argv, 1, err, errlen);
+    if (rc) return rc;
+    if (cfg->config_file[0] && (rc = load_file(cfg, cfg->config_file, err, errlen))) return rc;
+    return parse_args(cfg, argc, argv, 0, err, errlen);
+}
+
+void ag_config_usage(const char *prog) {
+    printf("usage: %s [OPTION]...\n"
+           "altgradd %s: collects tensor statistics and gradients from trainers, computes\n"
+           "quantization scales and bit-stall rates per 8-bit format, stores them in SQLite\n"
+           "and answers queries. Every option but --config, --help and --version may also\n"
+           "be given in the config file as 'key = value'.\n\n",
+           prog, AG_VERSION_STRING);
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const opt *o = &options[i];
+        char left[96];
+        snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "",
+                 o->arg ? o->arg : "");
+        printf("  %-34s %s", left, o->help);
+        if (o->def) printf(" (default %s)", o->def);
+        if (o->type == OPT_INT || o->type == OPT_DOUBLE)
+            printf(" [%g..%g]", o->min, o->max);
+        printf("\n");
+    }
+}

@@ -1,0 +1,469 @@
+/*
+ * engine.c - the daemon's numerics state machine (see engine.h): runs and
+ * tensors found by name, with ids handed out here so the writer never waits
+ * for SQLite; amax observations and scales; sequence accounting; the end of
+ * each message (its deltas and a commit boundary); statistics; dispatch.
+ * Snapshots are in snapshot.c, restore at start in restore.c.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/engine_internal.h"
+
+int64_t ag_eng_wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int ag_eng_fmt_index(const ag_format *f) {
+    size_t n = ag_format_count();
+    for (size_t i = 0; i < n && i < AG_FORMATS_MAX; i++)
+        if (ag_format_at(i) == f) return (int)i;
+    return -1;
+}
+
+int ag_eng_push(ag_engine *e, const ag_write_item *it) {
+    if (!e->writer) return AG_ECLOSED;
+    return ag_writer_push(e->writer, it);
+}
+
+/* ---------------------------------------------------------------- state */
+
+static void free_tensor(void *v, void *ctx) {
+    (void)ctx;
+    tensor_state *t = v;
+    for (int r = 0; r < ROLES; r++)
+        if (t->roles[r]) {
+            ag_amax_history_free(t->roles[r]->history);
+            free(t->roles[r]);
+        }
+    for (int i = 0; i < AG_FORMATS_MAX; i++) free(t->prev[i]);
+    free(t->name);
+    free(t);
+}
+
+static void free_run(void *v, void *ctx) {
+    run_state *r = v;
+    ag_map_each(&r->tensors, free_tensor, ctx);
+    ag_map_free(&r->tensors);
+    free(r->name);
+    free(r);
+}
+
+int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_counters *counters) {
+    if (!out || !cfg || !lg || !counters) return AG_EINVAL;
+    ag_engine *e = calloc(1, sizeof *e);
+    if (!e) return AG_ENOMEM;
+    e->cfg = cfg;
+    e->log = lg;
+    e->counters = counters;
+    ag_map_init(&e->runs);
+    e->history_len = (size_t)cfg->history_len;
+    e->amax_mode = cfg->amax_mode;
+    ag_engine_reconfigure(e, cfg);
+    *out = e;
+    return AG_OK;
+}
+
+void ag_engine_reconfigure(ag_engine *e, const ag_config *cfg) {
+    e->scale_mode = cfg->scale_mode;
+    e->margin_mult = exp2(cfg->margin);
+}
+
+void ag_engine_set_writer(ag_engine *e, ag_writer *w) { e->writer = w; }
+
+void ag_engine_free(ag_engine *e) {
+    if (!e) return;
+    ag_map_each(&e->runs, free_run, NULL);
+    ag_map_free(&e->runs);
+    free(e->runs_by_id);
+    free(e->tensors_by_id);
+    free(e);
+}
+
+role_state *ag_eng_role_for(ag_engine *e, tensor_state *t, int role) {
+    if (t->roles[role]) return t->roles[role];
+    role_state *rs = calloc(1, sizeof *rs);
+    if (!rs) return NULL;
+    if (ag_amax_history_new(&rs->history, e->history_len, (ag_amax_mode)e->amax_mode)) {
+        free(rs);
+        return NULL;
+    }
+    t->roles[role] = rs;
+    return rs;
+}
+
+/* The store id of format f (registry index fi), queuing its row when new. */
+int ag_eng_format_id(ag_engine *e, const ag_format *f, int fi, int64_t *id) {
+    if (!e->format_id[fi]) {
+        ag_write_item it = {.kind = AG_W_FORMAT};
+        it.u.format.id = e->next_format_id + 1;
+        it.u.format.fmt = f;
+        int err = ag_eng_push(e, &it);
+        if (err) return err;
+        e->format_id[fi] = ++e->next_format_id;
+    }
+    *id = e->format_id[fi];
+    return AG_OK;
+}
+
+static char *dup_or_null(const char *s) { return strdup(s ? s : ""); }
+
+static int queue_run_row(ag_engine *e, run_state *r, const ag_msg *m) {
+    ag_write_item it = {.kind = AG_W_RUN};
+    it.u.run.row.id = r->id;
+    it.u.run.row.client_id = m->hdr.client_id;
+    it.u.run.name = dup_or_null(r->name);
+    if (m->type == AG_MSG_RUN_START) {
+        it.u.run.row.pid = m->u.run_start.pid;
+        it.u.run.row.started_ms = m->u.run_start.time_ms;
+        it.u.run.host = dup_or_null(m->u.run_start.host);
+        it.u.run.metadata = dup_or_null(m->u.run_start.metadata ? m->u.run_start.metadata
+                                                                 : "{}");
+    } else {
+        it.u.run.row.started_ms = ag_eng_wall_ms();
+        it.u.run.host = dup_or_null("");
+        it.u.run.metadata = dup_or_null("{}");
+    }
+    int err = (!it.u.run.name || !it.u.run.host || !it.u.run.metadata) ? AG_ENOMEM
+                                                                       : ag_eng_push(e, &it);
+    if (err) ag_write_item_clear(&it);
+    return err;
+}
+
+run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name) {
+    run_state *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->id = id;
+    r->name = strdup(name);
+    ag_map_init(&r->tensors);
+    if (!r->name || ag_map_put(&e->runs, name, r)) {
+        free(r->name);
+        free(r);
+        return NULL;
+    }
+    atomic_fetch_add(&e->counters->runs, 1);
+    return r;
+}
+
+tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const char *name,
+                                int role) {
+    tensor_state *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->id = id;
+    t->run = r;
+    t->role = role;
+    t->name = strdup(name);
+    if (!t->name || ag_map_put(&r->tensors, name, t)) {
+        free(t->name);
+        free(t);
+        return NULL;
+    }
+    e->ntensors++;
+    atomic_fetch_add(&e->counters->tensors, 1);
+    return t;
+}
+
+int ag_eng_tensor_for(ag_engine *e, run_state *r, const char *name, int role,
+                      tensor_state **out) {
+    tensor_state *t = ag_map_get(&r->tensors, name);
+    if (!t) {
+        if (e->ntensors >= MAX_TENSORS) return AG_ENOSPC;
+        ag_write_item it = {.kind = AG_W_TENSOR};
+        it.u.tensor.id = e->next_tensor_id + 1;
+        it.u.tensor.run_id = r->id;
+        it.u.tensor.role = role;
+        if (!(it.u.tensor.name = strdup(name))) return AG_ENOMEM;
+        if (!(t = ag_eng_new_tensor(e, r, e->next_tensor_id + 1, name, role))) {
+            ag_write_item_clear(&it);
+            return AG_ENOMEM;
+        }
+        int err = ag_eng_push(e, &it);
+        if (err) {
+            ag_write_item_clear(&it);
+            return err;
+        }
+        e->next_tensor_id++;
+    }
+    *out = t;
+    return AG_OK;
+}
+
+void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step, uint64_t numel,
+                         double amax) {
+    if (!t->touched) {
+        t->touched = 1;
+        t->first_step = step;
+        t->last_step = step;
+        t->snapshots = 0;
+        t->next_touched = e->touched;
+        e->touched = t;
+    }
+    if (step < t->first_step) t->first_step = step;
+    if (step > t->last_step) t->last_step = step;
+    t->role = role;
+    t->numel = numel;
+    t->last_amax = amax;
+    if (step > t->run->last_step) t->run->last_step = step;
+}
+
+/* --------------------------------------------------------------- scales */
+
+/* The scale of format f from history amax ha (DESIGN.md 1.3): a zero or
+ * non-finite amax leaves the previous scale in force. */
+static double scale_from(ag_engine *e, const role_state *rs, int fi, const ag_format *f,
+                         double ha) {
+    if ((!(ha > 0) || !isfinite(ha)) && (rs->has_scale >> fi & 1)) return rs->scale[fi];
+    double s = ag_compute_scale(ha > 0 && isfinite(ha) ? ha : 0.0, f, AG_SCALE_MIN);
+    s *= e->margin_mult;
+    if (!(s > 0) || !isfinite(s) || s > 3e38) s = rs->has_scale >> fi & 1 ? rs->scale[fi] : 1.0;
+    return (double)(float)s; /* the kernels scale in float32: report what they used */
+}
+
+/* Push one amax observation and refresh the scales of the given formats. */
+void ag_eng_observe(ag_engine *e, role_state *rs, double amax, int pushable,
+                    const ag_format *const *fmts, const int *fidx, size_t nf, uint64_t step) {
+    double before = ag_amax_history_get(rs->history);
+    if (pushable) ag_amax_history_push(rs->history, amax);
+    double ha = e->scale_mode == AG_SCALE_DELAYED ? before : ag_amax_history_get(rs->history);
+    for (size_t i = 0; i < nf; i++) {
+        int fi = fidx[i];
+        rs->scale[fi] = scale_from(e, rs, fi, fmts[i], ha);
+        rs->hist_amax[fi] = ha;
+        rs->has_scale |= 1ull << fi;
+        rs->dirty |= 1ull << fi;
+    }
+    rs->step = step;
+}
+
+/* ------------------------------------------------- sequence accounting */
+
+static int queue_drop(ag_engine *e, run_state *r, uint64_t client_id, uint64_t first_seq,
+                      uint64_t count, const char *reason) {
+    ag_write_item it = {.kind = AG_W_DROP};
+    it.u.drop.run_id = r->id;
+    it.u.drop.client_id = client_id;
+    it.u.drop.at_ms = ag_eng_wall_ms();
+    it.u.drop.first_seq = first_seq;
+    it.u.drop.count = count;
+    it.u.drop.reason = reason;
+    r->dropped += count;
+    atomic_fetch_add(&e->counters->dropped, count);
+    ag_log(e->log, AG_LOG_WARNING, "run %s: %llu messages dropped (%s) before seq %llu",
+           r->name, (unsigned long long)count, reason, (unsigned long long)(first_seq + count));
+    return ag_eng_push(e, &it);
+}
+
+/* Account hdr's seq and drop counter on run r: gaps become drops; a seq at
+ * or below the last one from the same client is out of order (AG_ERANGE). */
+static int account(ag_engine *e, run_state *r, const ag_msg *m) {
+    const ag_stream_hdr *h = &m->hdr;
+    int new_session = m->type == AG_MSG_RUN_START || !r->has_seq || r->client_id != h->client_id;
+    uint64_t expected = new_session ? 0 : r->last_seq + 1;
+    if (!new_session && h->seq < expected) return AG_ERANGE;
+    int err = AG_OK;
+    if (h->seq > expected)
+        err = queue_drop(e, r, h->client_id, expected, h->seq - expected, "sequence gap");
+    uint64_t seen = (new_session && r->client_id != h->client_id) ? 0 : r->last_drop;
+    if (!err && (r->drop_known || new_session) && h->dropped > seen)
+        err = queue_drop(e, r, h->client_id, h->seq, h->dropped - seen, "client queue full");
+    r->client_id = h->client_id;
+    r->last_seq = h->seq;
+    r->has_seq = 1;
+    r->last_drop = h->dropped;
+    r->drop_known = 1;
+    r->messages++;
+    return err;
+}
+
+static int run_for(ag_engine *e, const ag_msg *m, run_state **out) {
+    run_state *r = ag_map_get(&e->runs, m->hdr.run);
+    int err;
+    if (!r) {
+        if (e->runs.count >= MAX_RUNS) return AG_ENOSPC;
+        if (!(r = ag_eng_new_run(e, e->next_run_id + 1, m->hdr.run))) return AG_ENOMEM;
+        e->next_run_id++;
+        r->client_id = m->hdr.client_id;
+        if ((err = queue_run_row(e, r, m))) return err;
+    } else if (m->type == AG_MSG_RUN_START) {
+        if ((err = queue_run_row(e, r, m))) return err;
+    }
+    *out = r;
+    return AG_OK;
+}
+
+/* ------------------------------------------------------ message ends */
+
+/* Queue the tensor deltas and scale rows of everything touched since the
+ * last flush. */
+static int flush_tensors(ag_engine *e) {
+    int err = AG_OK;
+    for (tensor_state *t = e->touched; t; t = t->next_touched) {
+        ag_write_item it = {.kind = AG_W_TENSOR_DELTA};
+        it.u.tensor_delta = (ag_store_tensor_delta){t->id, t->role, t->numel, t->first_step,
+                                                    t->last_step, t->snapshots, t->last_amax};
+        if (!err) err = ag_eng_push(e, &it);
+        for (int role = 0; role < ROLES; role++) {
+            role_state *rs = t->roles[role];
+            if (!rs) continue;
+            for (int fi = 0; rs->dirty && fi < AG_FORMATS_MAX; fi++) {
+                if (!(rs->dirty >> fi & 1)) continue;
+                ag_write_item s = {.kind = AG_W_SCALE};
+                s.u.scale.tensor_id = t->id;
+                s.u.scale.format_id = e->format_id[fi];
+                s.u.scale.role = role;
+                s.u.scale.step = rs->step;
+                s.u.scale.amax = rs->hist_amax[fi];
+                s.u.scale.scale = rs->scale[fi];
+                if (!err) err = ag_eng_push(e, &s);
+            }
+            rs->dirty = 0;
+        }
+        t->touched = 0;
+    }
+    e->touched = NULL;
+    return err;
+}
+
+int ag_engine_flush(ag_engine *e) {
+    if (!e->touched) return AG_OK;
+    int err = flush_tensors(e);
+    if (e->writer) ag_writer_boundary(e->writer);
+    return err;
+}
+
+/* Queue the message's run delta (so a commit holds the run's sequence state
+ * with the message's rows), with_tensors: the touched tensors' deltas too
+ * (statistics leave them to the periodic ag_engine_flush: a batch touches
+ * many tensors and rewriting them per message would dominate), then a
+ * commit boundary. */
+int ag_eng_end_message(ag_engine *e, run_state *r, size_t bytes, int with_tensors) {
+    int err = with_tensors ? flush_tensors(e) : AG_OK;
+    if (r) {
+        ag_write_item it = {.kind = AG_W_RUN_DELTA};
+        it.u.run_delta = (ag_store_run_delta){.run_id = r->id, .messages = r->messages,
+                                              .dropped = r->dropped,
+                                              .last_step = r->last_step,
+                                              .last_seq = r->last_seq, .has_seq = 1,
+                                              .ended_ms = r->ended_ms};
+        if (!err) err = ag_eng_push(e, &it);
+        r->messages = r->dropped = 0;
+        r->ended_ms = 0;
+    }
+    ag_write_item c = {.kind = AG_W_COUNTER};
+    c.u.counter.name = "bytes";
+    c.u.counter.delta = bytes;
+    if (!err) err = ag_eng_push(e, &c);
+    if (e->writer) ag_writer_boundary(e->writer);
+    return err;
+}
+
+void ag_engine_reject(ag_engine *e, size_t bytes) {
+    atomic_fetch_add(&e->counters->rejected, 1);
+    atomic_fetch_add(&e->counters->bytes, bytes);
+    ag_write_item c = {.kind = AG_W_COUNTER};
+    c.u.counter.name = "rejected";
+    c.u.counter.delta = 1;
+    if (ag_eng_push(e, &c) == AG_OK) {
+        ag_write_item b = {.kind = AG_W_COUNTER};
+        b.u.counter.name = "bytes";
+        b.u.counter.delta = bytes;
+        ag_eng_push(e, &b);
+        ag_writer_boundary(e->writer);
+    }
+}
+
+/* ------------------------------------------------------------ stats */
+
+static int handle_stats(ag_engine *e, run_state *r, const ag_msg_stats *s) {
+    int fidx[AG_FORMATS_MAX];
+    const ag_config *cfg = e->cfg;
+    for (size_t i = 0; i < cfg->nfmts; i++) {
+        int64_t id;
+        fidx[i] = ag_eng_fmt_index(cfg->fmts[i]);
+        int err = ag_eng_format_id(e, cfg->fmts[i], fidx[i], &id);
+        if (err) return err;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        const ag_stat_record *rec = &s->records[i];
+        if (rec->step > INT64_MAX || rec->role < 0 || rec->role >= ROLES) return AG_ERANGE;
+    }
+    for (size_t i = 0; i < s->n; i++) {
+        const ag_stat_record *rec = &s->records[i];
+        tensor_state *t;
+        int err = ag_eng_tensor_for(e, r, rec->tensor, rec->role, &t);
+        if (err) return err;
+        role_state *rs = ag_eng_role_for(e, t, rec->role);
+        if (!rs) return AG_ENOMEM;
+        int pushable = isfinite(rec->amax) && rec->amax >= 0 &&
+                       !(rec->numel > 0 && rec->nonfinite >= rec->numel);
+        ag_eng_observe(e, rs, rec->amax, pushable, cfg->fmts, fidx, cfg->nfmts, rec->step);
+        ag_write_item it = {.kind = AG_W_STATS};
+        it.u.stats = (ag_store_stats_row){t->id, rec->role, rec->step, rec->amax, rec->numel,
+                                          rec->nonfinite};
+        if ((err = ag_eng_push(e, &it))) return err;
+        ag_eng_touch_tensor(e, t, rec->role, rec->step, rec->numel, rec->amax);
+    }
+    return AG_OK;
+}
+
+/* ----------------------------------------------------------- dispatch */
+
+static int reject_msg(ag_engine *e, const ag_msg *m, size_t bytes, int err) {
+    ag_log(e->log, AG_LOG_WARNING, "run %s: %s message seq %llu rejected: %s",
+           m->hdr.run ? m->hdr.run : "?", ag_proto_type_name(m->type),
+           (unsigned long long)m->hdr.seq,
+           err == AG_ERANGE ? "out of order or out of range" : ag_strerror(err));
+    ag_engine_reject(e, bytes);
+    return err;
+}
+
+int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job **job) {
+    *job = NULL;
+    if (!ag_proto_is_stream(m->type)) return reject_msg(e, m, bytes, AG_EPROTO);
+    if (m->hdr.seq > INT64_MAX) return reject_msg(e, m, bytes, AG_ERANGE);
+    run_state *r;
+    int err = run_for(e, m, &r);
+    if (err) return reject_msg(e, m, bytes, err);
+    if ((err = account(e, r, m))) return reject_msg(e, m, bytes, err);
+    atomic_fetch_add(&e->counters->messages, 1);
+    atomic_fetch_add(&e->counters->bytes, bytes);
+    switch (m->type) {
+    case AG_MSG_RUN_START:
+        break;
+    case AG_MSG_RUN_END:
+        r->ended_ms = m->u.run_end.time_ms ? m->u.run_end.time_ms : ag_eng_wall_ms();
+        if (m->u.run_end.step <= INT64_MAX && m->u.run_end.step > r->last_step)
+            r->last_step = m->u.run_end.step;
+        break;
+    case AG_MSG_STATS:
+        err = handle_stats(e, r, &m->u.stats);
+        break;
+    case AG_MSG_SNAPSHOT: {
+        ag_engine_job *j = NULL;
+        if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;
+        j->bytes = bytes;
+        /* amax first (cheap next to the kernels), then scales on the loop. */
+        j->err = ag_amax(j->w, j->n, &j->amax, &j->nonfinite);
+        if (!j->err) ag_eng_job_scales(e, j);
+        if (j->n >= AG_ENGINE_POOL_MIN && !j->err) {
+            *job = j;
+            return AG_OK;
+        }
+        if (!j->err) j->err = ag_eng_job_kernels(j);
+        return ag_engine_job_finish(e, j);
+    }
+    }
+    if (err) {
+        atomic_fetch_add(&e->counters->rejected, 1);
+        ag_log(e->log, AG_LOG_WARNING, "run %s: %s message not (fully) filed: %s", r->name,
+               ag_proto_type_name(m->type), ag_strerror(err));
+    }
+    ag_eng_end_message(e, r, bytes, m->type != AG_MSG_STATS);
+    return err;
+}
+

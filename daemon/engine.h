@@ -1,0 +1,54 @@
+/*
+ * engine.h - per run / tensor / role state on the libuv loop: amax histories,
+ * per-format scales (DESIGN.md 1.3), the last encoded snapshot per format for
+ * flips, sequence-gap accounting, and the rows each message turns into
+ * (pushed to the writer). Heavy snapshot kernels run as an ag_engine_job on
+ * the uv thread pool while the loop holds back further messages.
+ */
+#ifndef AG_DAEMON_ENGINE_H
+#define AG_DAEMON_ENGINE_H
+
+#include <stddef.h>
+
+#include "daemon/config.h"
+#include "daemon/counters.h"
+#include "daemon/log.h"
+#include "daemon/writer.h"
+#include "proto/proto.h"
+#include "schema/store.h"
+
+/* Snapshots of at least this many elements are evaluated on the thread pool. */
+#define AG_ENGINE_POOL_MIN 65536
+
+typedef struct ag_engine ag_engine;
+typedef struct ag_engine_job ag_engine_job;
+
+/* cfg, lg and counters must outlive the engine. The writer is attached later
+ * (restore runs on the store before the writer thread owns it). */
+int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_counters *counters);
+void ag_engine_free(ag_engine *e);
+/* Rebuild state from the store (daemon start). */
+int ag_engine_restore(ag_engine *e, ag_store *st);
+void ag_engine_set_writer(ag_engine *e, ag_writer *w);
+/* Reloadable settings (SIGHUP): scale mode, margin. */
+void ag_engine_reconfigure(ag_engine *e, const ag_config *cfg);
+
+/*
+ * Take one decoded stream message of bytes bytes. Returns AG_OK when handled
+ * (rows queued), or an error when the message was rejected (counted; the
+ * caller logs). For a large snapshot it returns AG_OK with *job set: run
+ * ag_engine_job_run on any thread, then ag_engine_job_finish on the loop;
+ * the message buffer must stay alive until then and no other message may be
+ * handled meanwhile.
+ */
+int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job **job);
+void ag_engine_job_run(ag_engine_job *job);
+/* Queue the job's rows and free it. */
+int ag_engine_job_finish(ag_engine *e, ag_engine_job *job);
+/* Queue the deltas and scales of tensors touched by statistics since the
+ * last flush (the loop calls it on a timer and before stopping). */
+int ag_engine_flush(ag_engine *e);
+/* Count one rejected message (undecodable ones never reach handle). */
+void ag_engine_reject(ag_engine *e, size_t bytes);
+
+#endif

@@ -1,0 +1,131 @@
+/*
+ * engine_internal.h - internal to the daemon engine (engine.c, snapshot.c,
+ * restore.c): the state of runs, tensors and roles, the snapshot job, and
+ * the helpers the three files share. Everything here runs on the loop,
+ * except a snapshot job's kernels (snapshot.c) on the thread pool.
+ */
+#ifndef AG_DAEMON_ENGINE_INTERNAL_H
+#define AG_DAEMON_ENGINE_INTERNAL_H
+
+#include "daemon/engine.h"
+#include "daemon/map.h"
+
+#define ROLES 4
+#define MAX_RUNS 100000
+#define MAX_TENSORS 1000000
+
+typedef struct role_state {
+    ag_amax_history *history;
+    double scale[AG_FORMATS_MAX];     /* by registry index */
+    double hist_amax[AG_FORMATS_MAX]; /* history amax each scale came from */
+    uint64_t has_scale;               /* bit per registry index */
+    uint64_t dirty;                   /* scales to write at the message's end */
+    uint64_t step;
+} role_state;
+
+typedef struct run_state run_state;
+
+typedef struct tensor_state {
+    int64_t id;
+    run_state *run;
+    char *name;
+    role_state *roles[ROLES];
+    /* delta since the last message end */
+    int touched;
+    int role;
+    uint64_t numel, first_step, last_step, snapshots;
+    double last_amax;
+    struct tensor_state *next_touched;
+    /* last encoded snapshot per format (registry index), for flips */
+    uint8_t *prev[AG_FORMATS_MAX];
+    float prev_scale[AG_FORMATS_MAX];
+    size_t prev_n;
+} tensor_state;
+
+struct run_state {
+    int64_t id;
+    char *name;
+    ag_map tensors;
+    uint64_t client_id;
+    uint64_t last_seq;
+    int has_seq;           /* last_seq belongs to client_id */
+    uint64_t last_drop;    /* client's cumulative drop count seen */
+    int drop_known;
+    /* delta since the last message end */
+    uint64_t messages, dropped, last_step;
+    int64_t ended_ms;
+};
+
+struct ag_engine {
+    const ag_config *cfg;
+    ag_logger *log;
+    ag_counters *counters;
+    ag_writer *writer;
+    ag_map runs;
+    size_t ntensors;
+    int64_t next_run_id, next_tensor_id, next_format_id;
+    int64_t format_id[AG_FORMATS_MAX]; /* store id by registry index, 0 = none yet */
+    int scale_mode, amax_mode;
+    double margin_mult;             /* 2^margin */
+    size_t history_len;
+    tensor_state *touched;
+    /* restore: id -> object, sorted by id */
+    run_state **runs_by_id;
+    size_t nruns_by_id;
+    tensor_state **tensors_by_id;
+    size_t ntensors_by_id, cap_tensors_by_id;
+};
+
+struct ag_engine_job {
+    tensor_state *t;
+    uint64_t step, numel;
+    size_t n;
+    int form;
+    float lr;
+    int has_scale;
+    double msg_scale;
+    const float *w, *x;
+    float *wbuf, *xbuf;      /* owned conversions, when the payload was not f32-aligned */
+    size_t nf;
+    const ag_format *fmts[AG_FORMATS_MAX];
+    int fidx[AG_FORMATS_MAX];
+    float scales[AG_FORMATS_MAX];
+    ag_stall_counts counts[AG_FORMATS_MAX];
+    uint64_t flips[AG_FORMATS_MAX];
+    float amax;
+    uint64_t nonfinite;
+    size_t bytes;            /* of the message, for the bytes counter */
+    int err;
+};
+
+int64_t ag_eng_wall_ms(void);
+/* Registry index of f (0..AG_FORMATS_MAX-1), or -1. */
+int ag_eng_fmt_index(const ag_format *f);
+/* Queue one row for the writer. */
+int ag_eng_push(ag_engine *e, const ag_write_item *it);
+/* The store id of format f (registry index fi), queuing its row when new. */
+int ag_eng_format_id(ag_engine *e, const ag_format *f, int fi, int64_t *id);
+run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name);
+tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const char *name,
+                                int role);
+/* The tensor named name of run r, created (and its row queued) when new. */
+int ag_eng_tensor_for(ag_engine *e, run_state *r, const char *name, int role,
+                      tensor_state **out);
+/* The role state of t, created with an empty amax history when new. */
+role_state *ag_eng_role_for(ag_engine *e, tensor_state *t, int role);
+/* Push one amax observation (when pushable) and refresh the scales of fmts. */
+void ag_eng_observe(ag_engine *e, role_state *rs, double amax, int pushable,
+                    const ag_format *const *fmts, const int *fidx, size_t nf, uint64_t step);
+/* Record a record of t at step for the next tensor delta. */
+void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
+                         uint64_t numel, double amax);
+/* Queue a message's run delta (and tensor deltas with_tensors) and a boundary. */
+int ag_eng_end_message(ag_engine *e, run_state *r, size_t bytes, int with_tensors);
+
+/* snapshot.c */
+int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s,
+                        ag_engine_job **out);
+void ag_eng_job_scales(ag_engine *e, ag_engine_job *job);
+int ag_eng_job_kernels(ag_engine_job *job);
+
+#endif

@@ -1,0 +1,183 @@
+/*
+ * ingest.c - nng PULL with one receive aio whose callback (on an nng
+ * thread) queues the message and wakes the loop (see ingest.h). Local
+ * sockets are created owner/group only.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "altgrad/altgrad.h"
+#include "daemon/ingest.h"
+#include <nng/protocol/pipeline0/pull.h>
+#include "proto/proto.h"
+
+struct ag_ingest {
+    nng_socket sock;
+    int open;
+    nng_aio *aio;
+    uv_async_t async;
+    pthread_mutex_t lock;
+    nng_msg **ring;
+    size_t head, count, bytes, received;
+    int paused;          /* receive not re-armed: queue full */
+    int closing;
+    ag_logger *log;
+    void (*on_ready)(void *);
+    void *ctx;
+};
+
+int ag_ipc_prepare(const char *url, ag_logger *lg) {
+    if (strncmp(url, "ipc://", 6) != 0) return AG_OK;
+    const char *path = url + 6;
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return AG_OK;
+    char dir[AG_CONFIG_PATH_MAX];
+    size_t len = (size_t)(slash - path);
+    if (len >= sizeof dir) return AG_EINVAL;
+    memcpy(dir, path, len);
+    dir[len] = '\0';
+    if (mkdir(dir, 0750) != 0 && errno != EEXIST) {
+        ag_log(lg, AG_LOG_ERROR, "cannot create %s for %s: %s", dir, url, strerror(errno));
+        return AG_EIO;
+    }
+    return AG_OK;
+}
+
+static void async_cb(uv_async_t *h) {
+    ag_ingest *in = h->data;
+    in->on_ready(in->ctx);
+}
+
+static void recv_cb(void *arg) {
+    ag_ingest *in = arg;
+    int rv = nng_aio_result(in->aio);
+    if (rv == NNG_ECLOSED || rv == NNG_ECANCELED) return;
+    pthread_mutex_lock(&in->lock);
+    if (in->closing) {
+        if (rv == 0) nng_msg_free(nng_aio_get_msg(in->aio));
+        pthread_mutex_unlock(&in->lock);
+        return;
+    }
+    if (rv == 0) {
+        nng_msg *m = nng_aio_get_msg(in->aio);
+        in->ring[(in->head + in->count) % AG_INGEST_QUEUE_MSGS] = m;
+        in->count++;
+        in->bytes += nng_msg_len(m);
+        in->received++;
+    }
+    int full = in->count >= AG_INGEST_QUEUE_MSGS || in->bytes >= AG_INGEST_QUEUE_BYTES;
+    in->paused = full;
+    pthread_mutex_unlock(&in->lock);
+    if (rv != 0) ag_log(in->log, AG_LOG_WARNING, "ingest: receive failed: %s", nng_strerror(rv));
+    if (rv == 0) uv_async_send(&in->async);
+    if (!full) nng_recv_aio(in->sock, in->aio);
+}
+
+nng_msg *ag_ingest_pop(ag_ingest *in) {
+    nng_msg *m = NULL;
+    int rearm = 0;
+    pthread_mutex_lock(&in->lock);
+    if (in->count) {
+        m = in->ring[in->head];
+        in->head = (in->head + 1) % AG_INGEST_QUEUE_MSGS;
+        in->count--;
+        in->bytes -= nng_msg_len(m);
+    }
+    if (in->paused && !in->closing && in->count < AG_INGEST_QUEUE_MSGS / 2 &&
+        in->bytes < AG_INGEST_QUEUE_BYTES / 2) {
+        in->paused = 0;
+        rearm = 1;
+    }
+    pthread_mutex_unlock(&in->lock);
+    if (rearm) nng_recv_aio(in->sock, in->aio);
+    return m;
+}
+
+size_t ag_ingest_take_received(ag_ingest *in) {
+    pthread_mutex_lock(&in->lock);
+    size_t n = in->received;
+    in->received = 0;
+    pthread_mutex_unlock(&in->lock);
+    return n;
+}
+
+size_t ag_ingest_depth(ag_ingest *in) {
+    pthread_mutex_lock(&in->lock);
+    size_t n = in->count;
+    pthread_mutex_unlock(&in->lock);
+    return n;
+}
+
+int ag_ingest_start(ag_ingest **out, uv_loop_t *loop, const ag_config *cfg, ag_logger *lg,
+                    void (*on_ready)(void *ctx), void *ctx) {
+    ag_ingest *in = calloc(1, sizeof *in);
+    if (!in) return AG_ENOMEM;
+    in->ring = calloc(AG_INGEST_QUEUE_MSGS, sizeof *in->ring);
+    if (!in->ring) {
+        free(in);
+        return AG_ENOMEM;
+    }
+    in->log = lg;
+    in->on_ready = on_ready;
+    in->ctx = ctx;
+    pthread_mutex_init(&in->lock, NULL);
+    uv_async_init(loop, &in->async, async_cb);
+    in->async.data = in;
+    *out = in;
+
+    int rv;
+    if ((rv = nng_pull0_open(&in->sock))) goto fail;
+    in->open = 1;
+    if ((rv = nng_socket_set_size(in->sock, NNG_OPT_RECVMAXSZ, AG_PROTO_MAX_MESSAGE))) goto fail;
+    for (size_t i = 0; i < cfg->ningest; i++) {
+        nng_listener l;
+        if (ag_ipc_prepare(cfg->ingest[i], lg)) return AG_EIO;
+        if ((rv = nng_listener_create(&l, in->sock, cfg->ingest[i]))) {
+            ag_log(lg, AG_LOG_ERROR, "ingest: bad URL %s: %s", cfg->ingest[i], nng_strerror(rv));
+            return AG_ETRANSPORT;
+        }
+        if (strncmp(cfg->ingest[i], "ipc://", 6) == 0)
+            nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0660);
+        if ((rv = nng_listener_start(l, 0))) {
+            ag_log(lg, AG_LOG_ERROR, "ingest: cannot listen on %s: %s", cfg->ingest[i],
+                   nng_strerror(rv));
+            return AG_ETRANSPORT;
+        }
+    }
+    if ((rv = nng_aio_alloc(&in->aio, recv_cb, in))) goto fail;
+    nng_recv_aio(in->sock, in->aio);
+    return AG_OK;
+fail:
+    ag_log(lg, AG_LOG_ERROR, "ingest: %s", nng_strerror(rv));
+    return AG_ETRANSPORT;
+}
+
+void ag_ingest_close(ag_ingest *in) {
+    if (!in) return;
+    pthread_mutex_lock(&in->lock);
+    in->closing = 1;
+    pthread_mutex_unlock(&in->lock);
+    if (in->aio) nng_aio_stop(in->aio);
+    if (in->open) nng_close(in->sock);
+    in->open = 0;
+}
+
+static void free_cb(uv_handle_t *h) {
+    ag_ingest *in = h->data;
+    pthread_mutex_destroy(&in->lock);
+    free(in->ring);
+    free(in);
+}
+
+void ag_ingest_free(ag_ingest *in) {
+    if (!in) return;
+    ag_ingest_close(in);
+    if (in->aio) nng_aio_free(in->aio);
+    in->aio = NULL;
+    while (in->count) nng_msg_free(ag_ingest_pop(in));
+    uv_close((uv_handle_t *)&in->async, free_cb);
+}

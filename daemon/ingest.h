@@ -1,0 +1,40 @@
+/*
+ * ingest.h - the stream side: one nng PULL socket listening on every
+ * --ingest URL. nng receives on its own threads (aio callback) into a
+ * mutex-protected inbound queue and wakes the libuv loop with uv_async; the
+ * loop pops messages and hands them to the engine. When the inbound queue
+ * is full, receiving pauses (nng then pushes back on the trainers).
+ */
+#ifndef AG_DAEMON_INGEST_H
+#define AG_DAEMON_INGEST_H
+
+#include <nng/nng.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "daemon/config.h"
+#include "daemon/log.h"
+
+#define AG_INGEST_QUEUE_MSGS 1024
+#define AG_INGEST_QUEUE_BYTES (256u * 1024u * 1024u)
+
+typedef struct ag_ingest ag_ingest;
+
+/* Listen on cfg's ingest URLs; on_ready(ctx) runs on the loop whenever
+ * messages wait. Errors: AG_ETRANSPORT with the reason logged. */
+int ag_ingest_start(ag_ingest **out, uv_loop_t *loop, const ag_config *cfg, ag_logger *lg,
+                    void (*on_ready)(void *ctx), void *ctx);
+/* Pop the oldest message (the caller frees it with nng_msg_free), or NULL. */
+nng_msg *ag_ingest_pop(ag_ingest *in);
+/* Messages received since the last call (for idle detection while draining). */
+size_t ag_ingest_take_received(ag_ingest *in);
+size_t ag_ingest_depth(ag_ingest *in);
+/* Stop receiving and close the socket; queued messages stay poppable. */
+void ag_ingest_close(ag_ingest *in);
+/* Free everything (after close; closes the uv handle, so before the loop ends). */
+void ag_ingest_free(ag_ingest *in);
+
+/* For an ipc:// URL, create the socket's directory when missing (one level). */
+int ag_ipc_prepare(const char *url, ag_logger *lg);
+
+#endif

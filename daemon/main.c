@@ -1,0 +1,376 @@
+/*
+ * main.c - altgradd: startup (config, store, restore, writer, listeners),
+ * the libuv loop that moves messages from ingest to the engine, signals
+ * (SIGTERM/SIGINT drain and exit 0, SIGHUP reopen log and reload), systemd
+ * readiness and watchdog, and an orderly shutdown that commits everything.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#include "core/arena.h"
+#include "daemon/config.h"
+#include "daemon/counters.h"
+#include "daemon/engine.h"
+#include "daemon/ingest.h"
+#include "daemon/log.h"
+#include "daemon/notify.h"
+#include "daemon/query.h"
+#include "daemon/writer.h"
+#include "proto/proto.h"
+#include "schema/store.h"
+
+#define PUMP_BATCH 256           /* messages per loop turn before yielding */
+#define DRAIN_TICK_MS 100        /* while stopping: how often intake is checked */
+#define DRAIN_IDLE_TICKS 3       /* quiet ticks before intake closes */
+#define DRAIN_MAX_MS 10000       /* intake closes after this at the latest */
+#define FLUSH_MS 200             /* tensor deltas and scales of statistics, at most this late */
+
+typedef struct ag_daemon {
+    int argc;
+    char **argv;
+    ag_config cfg;
+    ag_logger log;
+    ag_counters counters;
+    uint64_t rows_at_start;
+    uint64_t start_ms;
+    uv_loop_t loop;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t watchdog, drain, flush;
+    uv_async_t kick;             /* writer has room again / more to pump */
+    ag_engine *engine;
+    ag_writer *writer;
+    ag_ingest *ingest;
+    ag_query *query;
+    /* the snapshot being evaluated on the thread pool */
+    int busy;
+    uv_work_t work;
+    ag_engine_job *job;
+    nng_msg *job_nng;
+    ag_msg job_msg;
+    /* shutdown */
+    int stopping, intake_closed, closed;
+    unsigned idle_ticks;
+    uint64_t drain_start_ms;
+} ag_daemon;
+
+static void pump(ag_daemon *d);
+
+/* ------------------------------------------------------------- messages */
+
+static void work_cb(uv_work_t *req) {
+    ag_daemon *d = req->data;
+    ag_engine_job_run(d->job);
+}
+
+static void after_work_cb(uv_work_t *req, int status) {
+    ag_daemon *d = req->data;
+    (void)status;
+    ag_engine_job_finish(d->engine, d->job);
+    ag_msg_clear(&d->job_msg);
+    nng_msg_free(d->job_nng);
+    d->job = NULL;
+    d->job_nng = NULL;
+    d->busy = 0;
+    pump(d);
+}
+
+/* Decode, validate and file one message; never fails the daemon. */
+static void process(ag_daemon *d, nng_msg *nm) {
+    size_t len = nng_msg_len(nm);
+    ag_msg m = {0};
+    int rc = ag_proto_decode(nng_msg_body(nm), len, &m);
+    if (rc == AG_OK && !ag_proto_is_stream(m.type)) {
+        m.why = "not a stream message";
+        rc = AG_EPROTO;
+    }
+    if (rc) {
+        ag_log(&d->log, AG_LOG_WARNING, "ingest: rejected a %zu-byte message: %s (%s)", len,
+               ag_strerror(rc), m.why ? m.why : "?");
+        ag_msg_clear(&m);
+        nng_msg_free(nm);
+        ag_engine_reject(d->engine, len);
+        return;
+    }
+    ag_engine_job *job = NULL;
+    ag_engine_handle(d->engine, &m, len, &job);
+    if (job) {
+        d->busy = 1;
+        d->job = job;
+        d->job_nng = nm;
+        d->job_msg = m;
+        d->work.data = d;
+        if (uv_queue_work(&d->loop, &d->work, work_cb, after_work_cb) == 0) return;
+        /* No thread pool: evaluate here rather than lose it. */
+        work_cb(&d->work);
+        after_work_cb(&d->work, 0);
+        return;
+    }
+    ag_msg_clear(&m);
+    nng_msg_free(nm);
+}
+
+/* Move messages from the inbound queue into the engine while the writer has
+ * room and no pool job is in flight; yields after PUMP_BATCH messages. */
+static void pump(ag_daemon *d) {
+    if (d->closed) return;
+    for (int i = 0; i < PUMP_BATCH; i++) {
+        if (d->busy || ag_writer_full(d->writer)) return; /* woken by after_work / kick */
+        nng_msg *nm = ag_ingest_pop(d->ingest);
+        if (!nm) return;
+        process(d, nm);
+    }
+    uv_async_send(&d->kick);
+}
+
+static void on_ingest_ready(void *ctx) { pump(ctx); }
+
+static void kick_cb(uv_async_t *h) { pump(h->data); }
+
+/* Writer thread: the queue fell below its high-water mark. */
+static void on_writer_space(void *ctx) {
+    ag_daemon *d = ctx;
+    uv_async_send(&d->kick);
+}
+
+/* ---------------------------------------------------------------- status */
+
+static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
+
+/* Query thread: the live numbers of a status reply. */
+static void fill_status(void *ctx, ag_status *st) {
+    ag_daemon *d = ctx;
+    st->uptime_s = (double)(now_ms() - d->start_ms) / 1000.0;
+    st->messages = atomic_load(&d->counters.messages);
+    st->bytes = atomic_load(&d->counters.bytes);
+    st->rejected = atomic_load(&d->counters.rejected);
+    st->dropped = atomic_load(&d->counters.dropped);
+    st->runs = atomic_load(&d->counters.runs);
+    st->tensors = atomic_load(&d->counters.tensors);
+    st->queue_depth = ag_writer_depth(d->writer);
+    st->rows_written = d->rows_at_start + ag_writer_rows_written(d->writer);
+    const char *f = ag_arena_strdup(st, d->cfg.formats);
+    if (f) st->formats = f;
+}
+
+static void notify_status(ag_daemon *d, const char *what) {
+    char line[256];
+    snprintf(line, sizeof line, "STATUS=%s: %llu runs, %llu tensors, %llu messages", what,
+             (unsigned long long)atomic_load(&d->counters.runs),
+             (unsigned long long)atomic_load(&d->counters.tensors),
+             (unsigned long long)atomic_load(&d->counters.messages));
+    ag_notify(line);
+}
+
+/* -------------------------------------------------------------- shutdown */
+
+static void close_handles(ag_daemon *d) {
+    uv_close((uv_handle_t *)&d->sig_term, NULL);
+    uv_close((uv_handle_t *)&d->sig_int, NULL);
+    uv_close((uv_handle_t *)&d->sig_hup, NULL);
+    uv_close((uv_handle_t *)&d->watchdog, NULL);
+    uv_close((uv_handle_t *)&d->drain, NULL);
+    uv_close((uv_handle_t *)&d->flush, NULL);
+    uv_close((uv_handle_t *)&d->kick, NULL);
+    ag_ingest_free(d->ingest);
+    d->ingest = NULL;
+}
+
+/* While stopping: keep taking what trainers already sent until intake has
+ * been quiet for a few ticks, then close it, file the rest and finish. */
+static void drain_cb(uv_timer_t *t) {
+    ag_daemon *d = t->data;
+    if (!d->intake_closed) {
+        size_t got = ag_ingest_take_received(d->ingest);
+        d->idle_ticks = got == 0 && ag_ingest_depth(d->ingest) == 0 && !d->busy
+                            ? d->idle_ticks + 1 : 0;
+        if (d->idle_ticks < DRAIN_IDLE_TICKS && now_ms() - d->drain_start_ms < DRAIN_MAX_MS) {
+            pump(d);
+            return;
+        }
+        ag_ingest_close(d->ingest);
+        d->intake_closed = 1;
+    }
+    pump(d);
+    if (d->busy || ag_ingest_depth(d->ingest) > 0) return; /* next tick */
+    uv_timer_stop(t);
+    ag_engine_flush(d->engine);
+    d->closed = 1;
+    ag_log(&d->log, AG_LOG_INFO, "stopping: intake closed, committing %zu queued rows",
+           ag_writer_depth(d->writer));
+    close_handles(d);
+}
+
+static void begin_stop(ag_daemon *d, int signum) {
+    if (d->stopping) return;
+    d->stopping = 1;
+    ag_log(&d->log, AG_LOG_NOTICE, "signal %d: draining and stopping", signum);
+    ag_notify("STOPPING=1");
+    d->drain_start_ms = now_ms();
+    uv_timer_start(&d->drain, drain_cb, DRAIN_TICK_MS, DRAIN_TICK_MS);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    ag_daemon *d = h->data;
+    if (signum != SIGHUP) {
+        begin_stop(d, signum);
+        return;
+    }
+    ag_notify("RELOADING=1");
+    ag_logger_reopen(&d->log);
+    ag_config fresh;
+    char err[512];
+    if (ag_config_load(&fresh, d->argc, d->argv, err, sizeof err)) {
+        ag_log(&d->log, AG_LOG_ERROR, "reload: %s; keeping the current settings", err);
+    } else {
+        /* Listeners, database, formats and history length need a restart. */
+        d->cfg.log_level = fresh.log_level;
+        d->cfg.scale_mode = fresh.scale_mode;
+        d->cfg.margin = fresh.margin;
+        ag_logger_set_level(&d->log, fresh.log_level);
+        ag_engine_reconfigure(d->engine, &d->cfg);
+        ag_log(&d->log, AG_LOG_NOTICE, "reloaded: log-level %s, margin %g",
+               ag_log_level_name(fresh.log_level), fresh.margin);
+    }
+    ag_notify("READY=1");
+    notify_status(d, "ready");
+}
+
+static void flush_cb(uv_timer_t *t) {
+    ag_daemon *d = t->data;
+    if (!d->busy && !d->closed) ag_engine_flush(d->engine);
+}
+
+static void watchdog_cb(uv_timer_t *t) {
+    (void)t;
+    ag_notify("WATCHDOG=1");
+}
+
+/* ----------------------------------------------------------------- start */
+
+/* Create the database's directory (one level) when it is missing. */
+static int prepare_db_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path) return AG_OK;
+    char dir[AG_CONFIG_PATH_MAX];
+    size_t len = (size_t)(slash - path);
+    if (len >= sizeof dir) return AG_EINVAL;
+    memcpy(dir, path, len);
+    dir[len] = '\0';
+    if (mkdir(dir, 0750) != 0 && errno != EEXIST) return AG_EIO;
+    return AG_OK;
+}
+
+static int start(ag_daemon *d) {
+    ag_store *st = NULL;
+    int err;
+    if (prepare_db_dir(d->cfg.db) ||
+        (err = ag_store_open(&st, d->cfg.db, AG_STORE_CREATE))) {
+        fprintf(stderr, "altgradd: cannot open database %s: %s\n", d->cfg.db,
+                st ? ag_store_errmsg(st) : strerror(errno));
+        ag_store_close(st);
+        return 1;
+    }
+    ag_status *seed = NULL;
+    if (ag_store_status(st, &seed) == AG_OK) {
+        atomic_store(&d->counters.messages, seed->messages);
+        atomic_store(&d->counters.bytes, seed->bytes);
+        atomic_store(&d->counters.rejected, seed->rejected);
+        atomic_store(&d->counters.dropped, seed->dropped);
+        d->rows_at_start = seed->rows_written;
+        ag_free(seed);
+    }
+    if ((err = ag_engine_new(&d->engine, &d->cfg, &d->log, &d->counters)) ||
+        (err = ag_engine_restore(d->engine, st))) {
+        fprintf(stderr, "altgradd: cannot restore state from %s: %s\n", d->cfg.db,
+                err == AG_ESTORE ? ag_store_errmsg(st) : ag_strerror(err));
+        ag_store_close(st);
+        return 1;
+    }
+    ag_writer_opts wo = {.batch_rows = 20000, .batch_ms = 50, .high_water = 200000};
+    if ((err = ag_writer_start(&d->writer, st, &wo, &d->log, on_writer_space, d))) {
+        fprintf(stderr, "altgradd: cannot start the writer: %s\n", ag_strerror(err));
+        ag_store_close(st);
+        return 1;
+    }
+    ag_engine_set_writer(d->engine, d->writer);
+    if ((err = ag_query_start(&d->query, &d->cfg, &d->log, fill_status, d))) {
+        fprintf(stderr, "altgradd: cannot serve queries on %s\n", d->cfg.query);
+        return 1;
+    }
+    if ((err = ag_ingest_start(&d->ingest, &d->loop, &d->cfg, &d->log, on_ingest_ready, d))) {
+        fprintf(stderr, "altgradd: cannot listen for trainers on %s\n", d->cfg.ingest[0]);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    static ag_daemon daemon_ctx; /* large; one per process */
+    ag_daemon *d = &daemon_ctx;
+    d->argc = argc;
+    d->argv = argv;
+    char err[512];
+    if (ag_config_load(&d->cfg, argc, argv, err, sizeof err)) {
+        fprintf(stderr, "altgradd: %s\n", err);
+        return 2;
+    }
+    if (d->cfg.want_help) {
+        ag_config_usage(argv[0]);
+        return 0;
+    }
+    if (d->cfg.want_version) {
+        printf("altgradd %s\n", AG_VERSION_STRING);
+        return 0;
+    }
+    ag_logger_init(&d->log, d->cfg.log_level);
+    d->start_ms = now_ms();
+    uv_loop_init(&d->loop);
+    uv_async_init(&d->loop, &d->kick, kick_cb);
+    d->kick.data = d;
+    uv_timer_init(&d->loop, &d->watchdog);
+    uv_timer_init(&d->loop, &d->drain);
+    d->drain.data = d;
+    uv_timer_init(&d->loop, &d->flush);
+    d->flush.data = d;
+    uv_signal_init(&d->loop, &d->sig_term);
+    uv_signal_init(&d->loop, &d->sig_int);
+    uv_signal_init(&d->loop, &d->sig_hup);
+    d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+
+    int rc = start(d);
+    if (rc == 0) {
+        uv_signal_start(&d->sig_term, on_signal, SIGTERM);
+        uv_signal_start(&d->sig_int, on_signal, SIGINT);
+        uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
+        uv_timer_start(&d->flush, flush_cb, FLUSH_MS, FLUSH_MS);
+        uint64_t wd = ag_notify_watchdog_usec();
+        if (wd) uv_timer_start(&d->watchdog, watchdog_cb, wd / 2000 ? wd / 2000 : 1,
+                               wd / 2000 ? wd / 2000 : 1);
+        ag_log(&d->log, AG_LOG_NOTICE, "altgradd %s ready: db %s, query %s, formats %s",
+               AG_VERSION_STRING, d->cfg.db, d->cfg.query, d->cfg.formats);
+        for (size_t i = 0; i < d->cfg.ningest; i++)
+            ag_log(&d->log, AG_LOG_NOTICE, "listening for trainers on %s", d->cfg.ingest[i]);
+        ag_notify("READY=1");
+        notify_status(d, "ready");
+        pump(d); /* anything that arrived during startup */
+    } else if (d->ingest) {
+        ag_ingest_close(d->ingest);
+    }
+    if (rc != 0) close_handles(d);
+    uv_run(&d->loop, UV_RUN_DEFAULT);
+
+    /* The loop has ended: intake is closed. Commit what is queued. */
+    ag_query_stop(d->query);
+    ag_writer_stop(d->writer);
+    ag_engine_free(d->engine);
+    uv_loop_close(&d->loop);
+    if (rc == 0) ag_log(&d->log, AG_LOG_NOTICE, "stopped");
+    ag_logger_destroy(&d->log);
+    return rc;
+}

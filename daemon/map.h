@@ -1,0 +1,31 @@
+/*
+ * map.h - a small string-keyed hash map (separate chaining, doubling) for
+ * the engine's runs and tensors. Keys are copied; values are the caller's.
+ */
+#ifndef AG_DAEMON_MAP_H
+#define AG_DAEMON_MAP_H
+
+#include <stddef.h>
+
+typedef struct ag_map_entry {
+    struct ag_map_entry *next;
+    size_t hash;
+    void *value;
+    char key[];
+} ag_map_entry;
+
+typedef struct ag_map {
+    ag_map_entry **buckets;
+    size_t nbuckets, count;
+} ag_map;
+
+void ag_map_init(ag_map *m);
+/* Frees the entries (not the values). */
+void ag_map_free(ag_map *m);
+void *ag_map_get(const ag_map *m, const char *key);
+/* Insert key (absent) -> value; AG_ENOMEM on failure. */
+int ag_map_put(ag_map *m, const char *key, void *value);
+/* Call fn on every value. */
+void ag_map_each(const ag_map *m, void (*fn)(void *value, void *ctx), void *ctx);
+
+#endif

@@ -1,0 +1,140 @@
+/*
+ * restore.c - rebuilding the engine from the store at daemon start (formats,
+ * runs with their sequence state, tensors, amax histories, scales, and each
+ * tensor's last snapshot re-encoded so flips continue across a restart).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+
+#include "daemon/engine_internal.h"
+
+/* ------------------------------------------------------------ restore */
+
+static int by_id_cmp(const void *key, const void *elem, int run) {
+    int64_t id = *(const int64_t *)key;
+    int64_t other = run ? (*(run_state *const *)elem)->id : (*(tensor_state *const *)elem)->id;
+    return id < other ? -1 : id > other;
+}
+static int run_cmp(const void *k, const void *el) { return by_id_cmp(k, el, 1); }
+static int tensor_cmp(const void *k, const void *el) { return by_id_cmp(k, el, 0); }
+
+static tensor_state *tensor_by_id(ag_engine *e, int64_t id) {
+    tensor_state **p = bsearch(&id, e->tensors_by_id, e->ntensors_by_id, sizeof *p, tensor_cmp);
+    return p ? *p : NULL;
+}
+
+static int format_index_by_id(ag_engine *e, int64_t id) {
+    for (int i = 0; i < AG_FORMATS_MAX; i++)
+        if (e->format_id[i] == id) return i;
+    return -1;
+}
+
+static int on_format(void *ctx, int64_t id, const char *name, int eb, int mb, int bias,
+                     int inf, int nan) {
+    ag_engine *e = ctx;
+    const ag_format *f = ag_format_get(name);
+    if (!f && ag_format_define(name, eb, mb, bias, inf, nan, &f)) {
+        ag_log(e->log, AG_LOG_WARNING, "restore: format %s cannot be defined; skipped", name);
+        return 0;
+    }
+    int fi = ag_eng_fmt_index(f);
+    if (fi >= 0) e->format_id[fi] = id;
+    return 0;
+}
+
+static int on_run(void *ctx, int64_t id, const char *name, uint64_t client_id,
+                  uint64_t last_seq, uint64_t last_step, int64_t ended_ms) {
+    ag_engine *e = ctx;
+    (void)last_step, (void)ended_ms;
+    run_state *r = ag_eng_new_run(e, id, name);
+    if (!r) return AG_ENOMEM;
+    r->client_id = client_id;
+    r->last_seq = last_seq;
+    r->has_seq = 1;
+    r->drop_known = 0; /* the client's drop counter is not persisted: resync */
+    run_state **p = realloc(e->runs_by_id, (e->nruns_by_id + 1) * sizeof *p);
+    if (!p) return AG_ENOMEM;
+    e->runs_by_id = p;
+    p[e->nruns_by_id++] = r;
+    return 0;
+}
+
+static int on_tensor(void *ctx, int64_t id, int64_t run_id, const char *name, int role) {
+    ag_engine *e = ctx;
+    run_state **rp = bsearch(&run_id, e->runs_by_id, e->nruns_by_id, sizeof *rp, run_cmp);
+    if (!rp) return 0; /* orphan row: ignore */
+    tensor_state *t = ag_eng_new_tensor(e, *rp, id, name, role);
+    if (!t) return AG_ENOMEM;
+    if (e->ntensors_by_id == e->cap_tensors_by_id) {
+        size_t ncap = e->cap_tensors_by_id ? e->cap_tensors_by_id * 2 : 256;
+        tensor_state **p = realloc(e->tensors_by_id, ncap * sizeof *p);
+        if (!p) return AG_ENOMEM;
+        e->tensors_by_id = p;
+        e->cap_tensors_by_id = ncap;
+    }
+    e->tensors_by_id[e->ntensors_by_id++] = t;
+    return 0;
+}
+
+static int on_history(void *ctx, int64_t tensor_id, int role, const double *amax, size_t n) {
+    ag_engine *e = ctx;
+    tensor_state *t = tensor_by_id(e, tensor_id);
+    if (!t || role < 0 || role >= ROLES) return 0;
+    role_state *rs = ag_eng_role_for(e, t, role);
+    if (!rs) return AG_ENOMEM;
+    for (size_t i = 0; i < n; i++) ag_amax_history_push(rs->history, amax[i]);
+    return 0;
+}
+
+static int on_scale(void *ctx, int64_t tensor_id, int64_t format_id, int role, uint64_t step,
+                    double amax, double scale) {
+    ag_engine *e = ctx;
+    tensor_state *t = tensor_by_id(e, tensor_id);
+    int fi = format_index_by_id(e, format_id);
+    if (!t || fi < 0 || role < 0 || role >= ROLES || !(scale > 0)) return 0;
+    role_state *rs = ag_eng_role_for(e, t, role);
+    if (!rs) return AG_ENOMEM;
+    rs->scale[fi] = scale;
+    rs->hist_amax[fi] = amax;
+    rs->has_scale |= 1ull << fi;
+    rs->step = step;
+    return 0;
+}
+
+/* The previous snapshot, re-encoded per format with that format's scale of
+ * the same step, so the first snapshot after a restart still counts flips. */
+static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n) {
+    ag_engine *e = ctx;
+    tensor_state *t = tensor_by_id(e, tensor_id);
+    role_state *rs = t ? t->roles[AG_ROLE_WEIGHT] : NULL;
+    if (!rs) return 0;
+    t->prev_n = n;
+    for (int fi = 0; fi < AG_FORMATS_MAX; fi++) {
+        if (!(rs->has_scale >> fi & 1) || rs->step != step) continue;
+        const ag_format *f = ag_format_at((size_t)fi);
+        uint8_t *cur = malloc(n);
+        if (!cur) return AG_ENOMEM;
+        if (ag_encode_array(f, (float)rs->scale[fi], w, cur, n)) {
+            free(cur);
+            continue;
+        }
+        free(t->prev[fi]);
+        t->prev[fi] = cur;
+        t->prev_scale[fi] = (float)rs->scale[fi];
+    }
+    return 0;
+}
+
+int ag_engine_restore(ag_engine *e, ag_store *st) {
+    int err = ag_store_max_ids(st, &e->next_run_id, &e->next_tensor_id, &e->next_format_id);
+    if (err) return err;
+    ag_store_restore_cb cb = {e, on_format, on_run, on_tensor, on_history, on_scale,
+                              on_snapshot};
+    err = ag_store_restore(st, e->history_len, &cb);
+    free(e->runs_by_id);
+    free(e->tensors_by_id);
+    e->runs_by_id = NULL;
+    e->tensors_by_id = NULL;
+    e->nruns_by_id = e->ntensors_by_id = e->cap_tensors_by_id = 0;
+    return err;
+}

@@ -1,0 +1,272 @@
+/*
+ * writer.c - the SQLite writer thread and its queue (see writer.h). The
+ * queue is a growable ring under one mutex; "bounded" is a high-water mark
+ * the loop respects by not taking new messages, so one message's rows are
+ * always accepted whole and the loop never waits for the disk.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/writer.h"
+
+struct ag_writer {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    ag_write_item *ring;
+    size_t cap, head, count;     /* items ring[head .. head+count) mod cap */
+    int stopping;
+    int was_full;                /* on_space is owed once depth falls */
+    ag_store *st;
+    ag_writer_opts opts;
+    ag_logger *log;
+    void (*on_space)(void *);
+    void *ctx;
+    _Atomic uint64_t rows_written;
+    _Atomic size_t depth;
+};
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void ag_write_item_clear(ag_write_item *it) {
+    switch (it->kind) {
+    case AG_W_RUN:
+        free(it->u.run.name);
+        free(it->u.run.host);
+        free(it->u.run.metadata);
+        break;
+    case AG_W_TENSOR:
+        free(it->u.tensor.name);
+        break;
+    case AG_W_SNAPSHOT:
+        free(it->u.snapshot.w);
+        break;
+    default:
+        break;
+    }
+    memset(it, 0, sizeof *it);
+}
+
+static int apply(ag_store *st, ag_write_item *it) {
+    switch (it->kind) {
+    case AG_W_FORMAT:
+        return ag_store_put_format(st, it->u.format.id, it->u.format.fmt);
+    case AG_W_RUN:
+        it->u.run.row.name = it->u.run.name;
+        it->u.run.row.host = it->u.run.host;
+        it->u.run.row.metadata = it->u.run.metadata;
+        return ag_store_put_run(st, &it->u.run.row);
+    case AG_W_TENSOR:
+        return ag_store_put_tensor(st, it->u.tensor.id, it->u.tensor.run_id, it->u.tensor.name,
+                                   it->u.tensor.role);
+    case AG_W_STATS:
+        return ag_store_put_stats(st, &it->u.stats);
+    case AG_W_RESULT:
+        return ag_store_put_result(st, &it->u.result);
+    case AG_W_DROP:
+        return ag_store_put_drop(st, it->u.drop.run_id, it->u.drop.client_id,
+                                 it->u.drop.at_ms, it->u.drop.first_seq, it->u.drop.count,
+                                 it->u.drop.reason);
+    case AG_W_SCALE:
+        return ag_store_put_scale(st, it->u.scale.tensor_id, it->u.scale.format_id,
+                                  it->u.scale.role, it->u.scale.step, it->u.scale.amax,
+                                  it->u.scale.scale);
+    case AG_W_SNAPSHOT:
+        return ag_store_put_snapshot(st, it->u.snapshot.tensor_id, it->u.snapshot.step,
+                                     it->u.snapshot.w, it->u.snapshot.n);
+    case AG_W_RUN_DELTA:
+        return ag_store_apply_run_delta(st, &it->u.run_delta);
+    case AG_W_TENSOR_DELTA:
+        return ag_store_apply_tensor_delta(st, &it->u.tensor_delta);
+    case AG_W_COUNTER:
+        return ag_store_add_counter(st, it->u.counter.name, it->u.counter.delta);
+    }
+    return AG_EINVAL;
+}
+
+/* Pop the oldest item into *it. Lock held, count > 0. Returns 1 when the
+ * loop is owed an on_space call. */
+static int pop(ag_writer *w, ag_write_item *it) {
+    *it = w->ring[w->head];
+    w->head = (w->head + 1) % w->cap;
+    w->count--;
+    atomic_store(&w->depth, w->count);
+    if (w->was_full && w->count <= w->opts.high_water / 2) {
+        w->was_full = 0;
+        return 1;
+    }
+    return 0;
+}
+
+static void commit(ag_writer *w, uint64_t rows) {
+    int err = ag_store_commit(w->st);
+    if (err) {
+        ag_log(w->log, AG_LOG_ERROR, "writer: commit failed, %llu rows lost: %s",
+               (unsigned long long)rows, ag_store_errmsg(w->st));
+        ag_store_rollback(w->st);
+        return;
+    }
+    atomic_fetch_add(&w->rows_written, rows);
+}
+
+static void *writer_main(void *arg) {
+    ag_writer *w = arg;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (w->count == 0 && !w->stopping) pthread_cond_wait(&w->wake, &w->lock);
+        if (w->count == 0) break; /* stopping and drained */
+        pthread_mutex_unlock(&w->lock);
+        int err = ag_store_begin(w->st);
+        pthread_mutex_lock(&w->lock);
+        if (err) {
+            ag_log(w->log, AG_LOG_ERROR, "writer: begin failed: %s", ag_store_errmsg(w->st));
+            /* Retry after a pause rather than spin; items stay queued. */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&w->wake, &w->lock, &ts);
+            continue;
+        }
+        int64_t t0 = mono_ms();
+        uint64_t rows = 0;
+        int at_boundary = 0;
+        for (;;) {
+            if (w->count > 0) {
+                ag_write_item it;
+                int owe_space = pop(w, &it);
+                pthread_mutex_unlock(&w->lock);
+                if (owe_space && w->on_space) w->on_space(w->ctx);
+                if ((err = apply(w->st, &it)))
+                    ag_log(w->log, AG_LOG_ERROR, "writer: row of kind %d not written: %s",
+                           it.kind, ag_store_errmsg(w->st));
+                else
+                    rows++;
+                at_boundary = it.boundary;
+                ag_write_item_clear(&it);
+                pthread_mutex_lock(&w->lock);
+                if (at_boundary && (rows >= w->opts.batch_rows ||
+                                    mono_ms() - t0 >= (int64_t)w->opts.batch_ms))
+                    break;
+                continue;
+            }
+            /* Queue empty: at a boundary, wait out the batch time (or stop);
+             * mid-message, wait for the rest of the message. */
+            if (at_boundary && (w->stopping || mono_ms() - t0 >= (int64_t)w->opts.batch_ms))
+                break;
+            if (w->stopping && !at_boundary && w->count == 0) break; /* never completed */
+            int64_t left = (int64_t)w->opts.batch_ms - (mono_ms() - t0);
+            if (left < 1) left = 1;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += left / 1000;
+            ts.tv_nsec += (left % 1000) * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&w->wake, &w->lock, &ts);
+        }
+        pthread_mutex_unlock(&w->lock);
+        commit(w, rows);
+        pthread_mutex_lock(&w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, ag_logger *lg,
+                    void (*on_space)(void *), void *ctx) {
+    if (!out || !st || !opts || !lg || opts->batch_rows == 0) return AG_EINVAL;
+    ag_writer *w = calloc(1, sizeof *w);
+    if (!w) return AG_ENOMEM;
+    w->cap = 1024;
+    w->ring = calloc(w->cap, sizeof *w->ring);
+    if (!w->ring) {
+        free(w);
+        return AG_ENOMEM;
+    }
+    w->st = st;
+    w->opts = *opts;
+    w->log = lg;
+    w->on_space = on_space;
+    w->ctx = ctx;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->wake, NULL);
+    if (pthread_create(&w->thread, NULL, writer_main, w) != 0) {
+        pthread_cond_destroy(&w->wake);
+        pthread_mutex_destroy(&w->lock);
+        free(w->ring);
+        free(w);
+        return AG_ENOMEM;
+    }
+    *out = w;
+    return AG_OK;
+}
+
+/* Double the ring, keeping order. Lock held. */
+static int grow(ag_writer *w) {
+    size_t ncap = w->cap * 2;
+    ag_write_item *r = malloc(ncap * sizeof *r);
+    if (!r) return AG_ENOMEM;
+    for (size_t i = 0; i < w->count; i++) r[i] = w->ring[(w->head + i) % w->cap];
+    free(w->ring);
+    w->ring = r;
+    w->cap = ncap;
+    w->head = 0;
+    return AG_OK;
+}
+
+int ag_writer_push(ag_writer *w, const ag_write_item *item) {
+    pthread_mutex_lock(&w->lock);
+    int err = AG_OK;
+    if (w->stopping) err = AG_ECLOSED;
+    else if (w->count == w->cap) err = grow(w);
+    if (!err) {
+        ag_write_item *slot = &w->ring[(w->head + w->count) % w->cap];
+        *slot = *item;
+        slot->boundary = 0;
+        w->count++;
+        atomic_store(&w->depth, w->count);
+        if (w->count > w->opts.high_water) w->was_full = 1;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return err;
+}
+
+void ag_writer_boundary(ag_writer *w) {
+    pthread_mutex_lock(&w->lock);
+    if (w->count > 0) w->ring[(w->head + w->count - 1) % w->cap].boundary = 1;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+}
+
+int ag_writer_full(ag_writer *w) { return atomic_load(&w->depth) > w->opts.high_water; }
+
+size_t ag_writer_depth(ag_writer *w) { return atomic_load(&w->depth); }
+
+uint64_t ag_writer_rows_written(ag_writer *w) { return atomic_load(&w->rows_written); }
+
+void ag_writer_stop(ag_writer *w) {
+    if (!w) return;
+    pthread_mutex_lock(&w->lock);
+    w->stopping = 1;
+    /* Whatever was queued last is a boundary: the loop has stopped producing. */
+    if (w->count > 0) w->ring[(w->head + w->count - 1) % w->cap].boundary = 1;
+    pthread_cond_signal(&w->wake);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    ag_store_close(w->st);
+    for (size_t i = 0; i < w->count; i++) ag_write_item_clear(&w->ring[(w->head + i) % w->cap]);
+    pthread_cond_destroy(&w->wake);
+    pthread_mutex_destroy(&w->lock);
+    free(w->ring);
+    free(w);
+}

@@ -1,0 +1,80 @@
+/*
+ * writer.h - the one thread that owns the SQLite write connection. The loop
+ * pushes rows (ag_write_item) into a bounded queue without waiting; the
+ * writer applies them in order and commits in batches, by row count and by
+ * time, only at item boundaries the engine marks (the end of each message),
+ * so a commit never splits one message's rows.
+ */
+#ifndef AG_DAEMON_WRITER_H
+#define AG_DAEMON_WRITER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "daemon/log.h"
+#include "schema/store.h"
+
+typedef enum ag_write_kind {
+    AG_W_FORMAT,
+    AG_W_RUN,
+    AG_W_TENSOR,
+    AG_W_STATS,
+    AG_W_RESULT,
+    AG_W_DROP,
+    AG_W_SCALE,
+    AG_W_SNAPSHOT,
+    AG_W_RUN_DELTA,
+    AG_W_TENSOR_DELTA,
+    AG_W_COUNTER
+} ag_write_kind;
+
+/* One row. Strings and the snapshot weights are owned by the item (malloc)
+ * and freed by the writer; everything else is by value. */
+typedef struct ag_write_item {
+    int kind;                  /* ag_write_kind */
+    int boundary;              /* a commit may follow this item */
+    union {
+        struct { int64_t id; const ag_format *fmt; } format;
+        struct { ag_store_run_row row; char *name, *host, *metadata; } run;
+        struct { int64_t id, run_id; char *name; int role; } tensor;
+        ag_store_stats_row stats;
+        ag_store_result_row result;
+        struct { int64_t run_id; uint64_t client_id; int64_t at_ms; uint64_t first_seq,
+                 count; const char *reason; } drop; /* reason: static text */
+        struct { int64_t tensor_id, format_id; int role; uint64_t step; double amax,
+                 scale; } scale;
+        struct { int64_t tensor_id; uint64_t step; float *w; size_t n; } snapshot;
+        ag_store_run_delta run_delta;
+        ag_store_tensor_delta tensor_delta;
+        struct { const char *name; uint64_t delta; } counter; /* name: static text */
+    } u;
+} ag_write_item;
+
+typedef struct ag_writer ag_writer;
+
+typedef struct ag_writer_opts {
+    size_t batch_rows;         /* commit after this many rows ... */
+    unsigned batch_ms;         /* ... or this long after the batch began */
+    size_t high_water;         /* ag_writer_full() above this many queued items */
+} ag_writer_opts;
+
+/* Start the writer thread on st (owned from now on; closed by ag_writer_stop).
+ * on_space(ctx) is called from the writer thread when the queue drops back
+ * below high_water after having been full (the loop wakes via uv_async). */
+int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, ag_logger *lg,
+                    void (*on_space)(void *), void *ctx);
+/* Queue one item (copied; owned pointers move to the writer). Never blocks
+ * on disk; AG_ENOMEM if the queue cannot grow, AG_ECLOSED after stop. */
+int ag_writer_push(ag_writer *w, const ag_write_item *item);
+/* Mark the last queued item as a commit boundary and wake the writer. */
+void ag_writer_boundary(ag_writer *w);
+/* 1 when more than high_water items wait (the loop stops taking messages). */
+int ag_writer_full(ag_writer *w);
+size_t ag_writer_depth(ag_writer *w);
+uint64_t ag_writer_rows_written(ag_writer *w);
+/* Drain everything queued, commit, stop the thread, close the store, free. */
+void ag_writer_stop(ag_writer *w);
+/* Free what an item owns (for items that never reached the queue). */
+void ag_write_item_clear(ag_write_item *item);
+
+#endif

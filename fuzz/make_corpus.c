@@ -1,0 +1,82 @@
+/*
+ * make_corpus.c - writes one valid encoded message of every type into the
+ * directory given as argv[1]: the seed corpus of fuzz_decode.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <string.h>
+
+#include "proto/proto.h"
+
+static int save(const char *dir, const char *name, const ag_msg *m)
+{
+    ag_buf b;
+    ag_buf_init(&b);
+    if (ag_proto_encode(&b, m) != AG_OK) {
+        fprintf(stderr, "make_corpus: cannot encode %s\n", name);
+        return 1;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(b.data, 1, b.len, f) != b.len) {
+        perror(path);
+        if (f)
+            fclose(f);
+        ag_buf_free(&b);
+        return 1;
+    }
+    fclose(f);
+    ag_buf_free(&b);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: make_corpus DIR\n");
+        return 2;
+    }
+    const char *dir = argv[1];
+    ag_stream_hdr h = {"run", 1, 2, 3};
+    int bad = 0;
+    ag_msg m = {.type = AG_MSG_RUN_START, .hdr = h};
+    m.u.run_start = (ag_msg_run_start){"host", 1, 2, "{\"a\":[1,{\"b\":null}]}"};
+    bad |= save(dir, "run_start", &m);
+    ag_stat_record recs[2] = {{1, "w", 0, 1.5, 10, 1}, {2, "a", 2, 0, 0, 0}};
+    m = (ag_msg){.type = AG_MSG_STATS, .hdr = h};
+    m.u.stats = (ag_msg_stats){2, recs};
+    bad |= save(dir, "stats", &m);
+    float w[3] = {1, 2, 3}, g[3] = {4, 5, 6};
+    const char *fmts[2] = {"E5M2", "E3M4"};
+    m = (ag_msg){.type = AG_MSG_SNAPSHOT, .hdr = h};
+    m.u.snapshot = (ag_msg_snapshot){.step = 1, .tensor = "w", .lr = 0.5, .n = 3, .numel = 9,
+                                     .has_scale = 1, .scale = 2, .nformats = 2,
+                                     .formats = fmts, .w = w, .x = g};
+    bad |= save(dir, "snapshot", &m);
+    m = (ag_msg){.type = AG_MSG_RUN_END, .hdr = h};
+    bad |= save(dir, "run_end", &m);
+    m = (ag_msg){.type = AG_MSG_Q_HISTORY};
+    m.u.query = (ag_msg_query){"r", "t", "E5M2", 1, 2, 3, 4, 5};
+    bad |= save(dir, "q_history", &m);
+    m.type = AG_MSG_Q_TOP;
+    bad |= save(dir, "q_top", &m);
+    ag_run_info ri = {"r", "h", 1, 2, 3, 4, 5, 6, 7, "{}"};
+    ag_run_list rl = {1, &ri};
+    m = (ag_msg){.type = AG_MSG_R_RUNS};
+    m.u.runs = &rl;
+    bad |= save(dir, "r_runs", &m);
+    ag_history_point pt = {1, 2, 3, 0.5, 4, 5, 6, 7, 8, 9};
+    ag_history hist = {"r", "t", "E5M2", 1, &pt};
+    m = (ag_msg){.type = AG_MSG_R_HISTORY};
+    m.u.history = &hist;
+    bad |= save(dir, "r_history", &m);
+    ag_status st = {"0.1.0", 1, 2, 3, 4, 5, 6, 7, 8, 9, "db", "E5M2"};
+    m = (ag_msg){.type = AG_MSG_R_STATUS};
+    m.u.status = &st;
+    bad |= save(dir, "r_status", &m);
+    m = (ag_msg){.type = AG_MSG_R_ERROR};
+    m.u.error = (ag_msg_error){AG_ENOTFOUND, "no such run"};
+    bad |= save(dir, "r_error", &m);
+    return bad;
+}

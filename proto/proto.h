@@ -1,0 +1,247 @@
+/*
+ * proto.h - internal: the altgrad wire protocol codec (spec: proto/PROTOCOL.md).
+ * One msgpack map per nng message. Shared by the client library (encodes the
+ * stream, decodes replies) and the daemon (decodes the stream and queries,
+ * encodes replies). Decoding validates strictly and never trusts the sender.
+ */
+/* AG_PROTO_HEADER_STABLE */
+#ifndef AG_PROTO_PROTO_H
+#define AG_PROTO_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "altgrad/altgrad.h"
+
+#define AG_PROTO_VERSION 1
+
+/* Limits (PROTOCOL.md section "Limits"); the encoder enforces them too. */
+#define AG_PROTO_MAX_MESSAGE (256u * 1024u * 1024u) /* bytes in one nng message */
+#define AG_PROTO_MAX_RECORDS 65536u                 /* records in one stats batch */
+#define AG_PROTO_MAX_FORMATS 64u                    /* formats named in one snapshot */
+#define AG_PROTO_MAX_METADATA 65536u                /* bytes of run metadata (JSON) */
+#define AG_PROTO_MAX_ERROR_TEXT 1024u               /* bytes of an error reply's text */
+#define AG_PROTO_MAX_ITEMS 1048576u                 /* items in one query reply list */
+#define AG_PROTO_MAX_DEPTH 8                        /* nesting of skipped unknown values */
+#define AG_PROTO_MAX_TEXT 4096u                     /* status version/db_path/formats */
+
+/* Message types: the "t" key of every message. */
+typedef enum ag_msg_type {
+    AG_MSG_NONE = 0,
+    /* stream: trainer -> daemon over PUSH/PULL */
+    AG_MSG_RUN_START = 1,
+    AG_MSG_STATS = 2,
+    AG_MSG_SNAPSHOT = 3,
+    AG_MSG_RUN_END = 4,
+    /* queries: client -> daemon over REQ/REP */
+    AG_MSG_Q_RUNS = 16,
+    AG_MSG_Q_TENSORS = 17,
+    AG_MSG_Q_HISTORY = 18,
+    AG_MSG_Q_SCALES = 19,
+    AG_MSG_Q_TOP = 20,
+    AG_MSG_Q_STATUS = 21,
+    /* replies: daemon -> client; reply type = query type + 16 */
+    AG_MSG_R_RUNS = 32,
+    AG_MSG_R_TENSORS = 33,
+    AG_MSG_R_HISTORY = 34,
+    AG_MSG_R_SCALES = 35,
+    AG_MSG_R_TOP = 36,
+    AG_MSG_R_STATUS = 37,
+    AG_MSG_R_ERROR = 63
+} ag_msg_type;
+
+/* A name such as "run_start"; "unknown" for anything else. */
+const char *ag_proto_type_name(int type);
+/* 1 for stream types (1..4), 0 otherwise. */
+int ag_proto_is_stream(int type);
+
+/* Snapshot forms. */
+typedef enum ag_snapshot_form {
+    AG_FORM_SGD = 0,    /* w and g with lr: u = -lr * g */
+    AG_FORM_UPDATE = 1  /* w and u = w_new - w */
+} ag_snapshot_form;
+
+/* Bytes per element of an ag_dtype; 0 if unknown. */
+size_t ag_proto_dtype_size(int dtype);
+
+/* Every stream message carries these. seq and dropped are written as fixed
+ * 9-byte uint64 at the very end of the message so a queue can patch them
+ * (ag_proto_patch_seq). dropped is cumulative: messages this client dropped
+ * before sending, since it started. */
+typedef struct ag_stream_hdr {
+    const char *run;        /* 1..AG_NAME_MAX bytes */
+    uint64_t client_id;
+    uint64_t seq;           /* 0 for run_start, then +1 per message queued */
+    uint64_t dropped;
+} ag_stream_hdr;
+
+typedef struct ag_msg_run_start {
+    const char *host;       /* 0..AG_NAME_MAX bytes */
+    int64_t pid;
+    int64_t time_ms;        /* Unix ms at the client */
+    const char *metadata;   /* JSON object text, <= AG_PROTO_MAX_METADATA; NULL = "{}" */
+} ag_msg_run_start;
+
+typedef struct ag_stat_record {
+    uint64_t step;
+    const char *tensor;     /* 1..AG_NAME_MAX bytes */
+    int role;               /* ag_role */
+    double amax;            /* finite, >= 0: max |x| over finite elements */
+    uint64_t numel;
+    uint64_t nonfinite;     /* <= numel */
+} ag_stat_record;
+
+typedef struct ag_msg_stats {
+    size_t n;               /* 1..AG_PROTO_MAX_RECORDS */
+    const ag_stat_record *records;
+} ag_msg_stats;
+
+typedef struct ag_msg_snapshot {
+    uint64_t step;
+    const char *tensor;
+    int dtype;              /* ag_dtype */
+    int form;               /* ag_snapshot_form */
+    double lr;              /* finite; required for AG_FORM_SGD, 0 otherwise */
+    uint64_t n;             /* elements sent per array, >= 1 */
+    uint64_t numel;         /* elements of the whole tensor (>= n; > n when sampled) */
+    int has_scale;
+    double scale;           /* when has_scale: finite, > 0 */
+    size_t nformats;        /* 0 = the daemon's default formats */
+    const char *const *formats; /* names, each 1..AG_FORMAT_NAME_MAX of [A-Za-z0-9_-] */
+    /* Raw little-endian arrays of n elements of dtype. Decoded: pointers into
+     * the message buffer (no copy), w then x contiguous; 8-byte aligned
+     * relative to the buffer when the sender padded (our encoder always does).
+     * Check alignment before reading them as float (ag_proto_aligned). */
+    const void *w;
+    const void *x;          /* g (SGD form) or u (update form) */
+} ag_msg_snapshot;
+
+typedef struct ag_msg_run_end {
+    uint64_t step;          /* last step logged */
+    int64_t time_ms;
+} ag_msg_run_end;
+
+/* The arguments of every query type; unused fields are 0/NULL. */
+typedef struct ag_msg_query {
+    const char *run;        /* tensors, history, scales, top */
+    const char *tensor;     /* history */
+    const char *format;     /* history (NULL = "E5M2"), scales, top (NULL = "E5M2") */
+    uint64_t from_step;     /* history */
+    uint64_t to_step;       /* history */
+    uint64_t every;         /* history */
+    uint64_t window;        /* top: most recent steps, 0 = all */
+    uint64_t limit;         /* top: 0 = 10 */
+} ag_msg_query;
+
+typedef struct ag_msg_error {
+    int code;               /* an ag_err (negative) */
+    const char *text;       /* <= AG_PROTO_MAX_ERROR_TEXT bytes */
+} ag_msg_error;
+
+/*
+ * One message, encoded from or decoded into. For encoding the caller fills
+ * type, hdr (stream types) and the matching union member; nothing is owned.
+ * After ag_proto_decode the strings and arrays live in an internal block
+ * (freed by ag_msg_clear), tensor payloads point into the caller's buffer,
+ * and reply results (u.runs ... u.status) are ag_free-able roots owned by the
+ * message until ag_msg_take_result hands them over.
+ */
+typedef struct ag_msg {
+    int type;
+    ag_stream_hdr hdr;
+    union {
+        ag_msg_run_start run_start;
+        ag_msg_stats stats;
+        ag_msg_snapshot snapshot;
+        ag_msg_run_end run_end;
+        ag_msg_query query;
+        ag_msg_error error;
+        ag_run_list *runs;
+        ag_tensor_list *tensors;
+        ag_history *history;
+        ag_scale_list *scales;
+        ag_top_list *top;
+        ag_status *status;
+    } u;
+    void *owned;            /* internal: what ag_msg_clear frees */
+    const char *why;        /* after a failed decode/encode: static text saying what was wrong */
+} ag_msg;
+
+/* Free what a decode left in m (safe on a zeroed or already-cleared msg). */
+void ag_msg_clear(ag_msg *m);
+/* Hand over a decoded reply's result (free it with ag_free); NULL if none. */
+void *ag_msg_take_result(ag_msg *m);
+
+/* ------------------------------------------------------------------------
+ * Output buffers: growable (malloc), fixed (caller's memory) or counting
+ * (nothing written, len counts the bytes an encode would need).
+ * ---------------------------------------------------------------------- */
+typedef struct ag_buf {
+    uint8_t *data;
+    size_t len;
+    size_t cap;
+    int mode;               /* internal */
+    int err;                /* sticky: first error of a write (AG_ENOMEM / AG_ETOOBIG) */
+} ag_buf;
+
+void ag_buf_init(ag_buf *b);
+void ag_buf_init_fixed(ag_buf *b, void *mem, size_t cap);
+void ag_buf_init_count(ag_buf *b);
+void ag_buf_reset(ag_buf *b);   /* len = 0, err = 0; keeps the memory */
+void ag_buf_free(ag_buf *b);    /* frees growable memory only */
+
+/*
+ * Append the encoding of m to b. Validates m against the same rules as the
+ * decoder (so we never send what we would reject): AG_EINVAL for a bad field
+ * (m->why says which), AG_ETOOBIG over a limit, AG_ENOMEM. On failure b->len
+ * is restored to its value before the call.
+ */
+int ag_proto_encode(ag_buf *b, const ag_msg *m);
+/* Bytes ag_proto_encode would append for m, or 0 if m is invalid. */
+size_t ag_proto_encoded_size(const ag_msg *m);
+
+/*
+ * Decode one message of len bytes. AG_OK, or AG_EPROTO (malformed, wrong
+ * types, missing/duplicate keys, counts that disagree with byte lengths,
+ * unknown enums, non-finite numbers), AG_EVERSION (v != AG_PROTO_VERSION),
+ * AG_ETOOBIG (over a limit), AG_ENOMEM; out->why says what was wrong. On
+ * failure nothing is left to free. data must outlive the decoded payload
+ * pointers. out is overwritten (call ag_msg_clear on a previous decode first).
+ */
+int ag_proto_decode(const void *data, size_t len, ag_msg *out);
+
+/* Read only the version and type of a message (for counting/logging). */
+int ag_proto_peek(const void *data, size_t len, int *version, int *type);
+
+/* Rewrite seq and dropped of an encoded stream message in place. AG_EPROTO
+ * if the message does not end with our fixed trailer. */
+int ag_proto_patch_seq(void *data, size_t len, uint64_t seq, uint64_t dropped);
+
+/* 1 when p is aligned to align bytes. */
+int ag_proto_aligned(const void *p, size_t align);
+
+/* ------------------------------------------------------------------------
+ * Incremental stats batches: the client appends records one at a time into
+ * one buffer under a short lock, then closes the batch into a message.
+ * ---------------------------------------------------------------------- */
+typedef struct ag_stats_batch {
+    ag_buf buf;
+    size_t count_at;        /* offset of the array32 record count */
+    uint32_t n;
+} ag_stats_batch;
+
+/* Start a batch in sb->buf (reset first). */
+int ag_stats_batch_begin(ag_stats_batch *sb, const char *run, uint64_t client_id);
+/* Append one record (validated; AG_EINVAL/AG_ETOOBIG leave the batch as it was). */
+int ag_stats_batch_add(ag_stats_batch *sb, const ag_stat_record *r);
+/* Patch the count and append the seq/dropped trailer; sb->buf then holds one
+ * complete message. AG_EINVAL for an empty batch. */
+int ag_stats_batch_end(ag_stats_batch *sb, uint64_t seq, uint64_t dropped);
+
+/* Checks shared by codec and client. */
+int ag_proto_name_ok(const char *s, size_t len);        /* 1..AG_NAME_MAX, no NUL */
+int ag_proto_format_name_ok(const char *s, size_t len); /* 1..15 of [A-Za-z0-9_-] */
+/* 1 if s[0..len) is a JSON object (strict RFC 8259 syntax, nesting <= 32). */
+int ag_proto_json_object_ok(const char *s, size_t len);
+
+#endif

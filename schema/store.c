@@ -1,0 +1,292 @@
+/*
+ * store.c - opening the altgrad SQLite store: WAL mode, numbered migrations
+ * from schema/NNN_*.sql (PRAGMA user_version), the per-connection cache of
+ * prepared statements and transactions. Rows and queries live in
+ * store_write.c, store_query.c and store_restore.c.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "schema/store_internal.h"
+
+/* Every SQL text the store runs; the only SQL besides the migrations. */
+static const char *const sql_text[AG_ST_COUNT] = {
+    [AG_ST_BEGIN] = "BEGIN IMMEDIATE",
+    [AG_ST_COMMIT] = "COMMIT",
+    [AG_ST_ROLLBACK] = "ROLLBACK",
+    [AG_ST_PUT_FORMAT] =
+        "INSERT OR IGNORE INTO formats(id,name,exponent_bits,mantissa_bits,bias,has_inf,"
+        "has_nan) VALUES(?1,?2,?3,?4,?5,?6,?7)",
+    [AG_ST_PUT_RUN] =
+        "INSERT INTO runs(id,name,host,pid,client_id,started_ms,metadata)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(name) DO UPDATE SET"
+        " host=excluded.host, pid=excluded.pid, client_id=excluded.client_id,"
+        " metadata=excluded.metadata, ended_ms=0",
+    [AG_ST_PUT_TENSOR] =
+        "INSERT INTO tensors(id,run_id,name,role) VALUES(?1,?2,?3,?4)"
+        " ON CONFLICT DO NOTHING",
+    [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6)",
+    [AG_ST_PUT_RESULT] =
+        "INSERT OR REPLACE INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+    [AG_ST_PUT_DROP] = "INSERT INTO drops VALUES(?1,?2,?3,?4,?5,?6)",
+    [AG_ST_PUT_SCALE] = "INSERT OR REPLACE INTO scales VALUES(?1,?2,?3,?4,?5,?6)",
+    [AG_ST_PUT_SNAPSHOT] = "INSERT OR REPLACE INTO snapshots VALUES(?1,?2,?3,?4)",
+    [AG_ST_RUN_DELTA] =
+        "UPDATE runs SET messages=messages+?2, dropped=dropped+?3,"
+        " last_step=max(last_step,?4), last_seq=CASE WHEN ?5 THEN ?6 ELSE last_seq END,"
+        " ended_ms=CASE WHEN ?7<>0 THEN ?7 ELSE ended_ms END WHERE id=?1",
+    [AG_ST_TENSOR_DELTA] =
+        "UPDATE tensors SET role=?2, numel=?3, first_step=min(coalesce(first_step,?4),?4),"
+        " last_step=max(last_step,?5), snapshots=snapshots+?6, last_amax=?7 WHERE id=?1",
+    [AG_ST_ADD_COUNTER] =
+        "INSERT INTO counters(name,value) VALUES(?1,?2)"
+        " ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+    [AG_ST_RUNS] =
+        "SELECT name,host,pid,client_id,started_ms,ended_ms,last_step,messages,dropped,"
+        "metadata FROM runs ORDER BY started_ms, id",
+    [AG_ST_RUN_BY_NAME] = "SELECT id FROM runs WHERE name=?1",
+    [AG_ST_FORMAT_BY_NAME] = "SELECT id FROM formats WHERE name=?1",
+    [AG_ST_TENSOR_BY_NAME] = "SELECT id FROM tensors WHERE run_id=?1 AND name=?2",
+    [AG_ST_TENSORS] =
+        "SELECT name,role,numel,coalesce(first_step,0),last_step,snapshots,last_amax"
+        " FROM tensors WHERE run_id=?1 ORDER BY name",
+    [AG_ST_HISTORY] =
+        "SELECT step,stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
+        " FROM results WHERE tensor_id=?1 AND format_id=?2 AND step BETWEEN ?3 AND ?4"
+        " ORDER BY step",
+    [AG_ST_SCALES] =
+        "SELECT t.name,s.step,s.amax,s.scale FROM tensors t JOIN scales s"
+        " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
+        " ORDER BY t.name, s.step DESC, s.role",
+    [AG_ST_TOP_LAST_STEP] = "SELECT last_step FROM runs WHERE id=?1",
+    [AG_ST_TOP] =
+        "SELECT t.name, sum(r.stalled) AS st, sum(r.total) AS tot, count(*) FROM tensors t"
+        " JOIN results r ON r.tensor_id=t.id AND r.format_id=?2 AND r.step BETWEEN ?3 AND ?4"
+        " WHERE t.run_id=?1 GROUP BY t.id"
+        " ORDER BY CASE WHEN sum(r.total)=0 THEN 0.0"
+        " ELSE CAST(sum(r.stalled) AS REAL)/sum(r.total) END DESC, t.name LIMIT ?5",
+    [AG_ST_COUNTER] = "SELECT value FROM counters WHERE name=?1",
+    [AG_ST_STATUS_COUNTS] =
+        "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM tensors),"
+        " (SELECT coalesce(sum(messages),0) FROM runs),"
+        " (SELECT coalesce(sum(dropped),0) FROM runs)",
+    [AG_ST_FORMATS] =
+        "SELECT id,name,exponent_bits,mantissa_bits,bias,has_inf,has_nan FROM formats"
+        " ORDER BY id",
+    [AG_ST_ALL_RUNS] =
+        "SELECT id,name,client_id,last_seq,last_step,ended_ms FROM runs ORDER BY id",
+    [AG_ST_ALL_TENSORS] = "SELECT id,run_id,name,role FROM tensors ORDER BY id",
+    [AG_ST_HISTORY_TAIL] =
+        "SELECT amax,numel,nonfinite FROM stats WHERE tensor_id=?1 AND role=?2"
+        " ORDER BY step DESC LIMIT ?3",
+    [AG_ST_ALL_SCALES] = "SELECT tensor_id,format_id,role,step,amax,scale FROM scales",
+    [AG_ST_ALL_SNAPSHOTS] = "SELECT tensor_id,step,numel,weights FROM snapshots",
+    [AG_ST_MAX_IDS] =
+        "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
+        " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
+};
+
+int ag_store_schema_version(void) { return (int)ag_store_migration_count; }
+
+const char *ag_store_errmsg(const ag_store *st) { return st ? st->errmsg : "no store"; }
+
+int ag_store_failf(ag_store *st, int err, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->errmsg, sizeof st->errmsg, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+int ag_store_fail(ag_store *st, const char *what, int rc) {
+    const char *msg = st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc);
+    snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path ? st->path : "store",
+             what, msg);
+    return (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE;
+}
+
+sqlite3_stmt *ag_store_stmt(ag_store *st, ag_stmt_id id) {
+    sqlite3_stmt *s = st->stmts[id];
+    if (s) {
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        return s;
+    }
+    int rc = sqlite3_prepare_v3(st->db, sql_text[id], -1, SQLITE_PREPARE_PERSISTENT, &s,
+                                NULL);
+    if (rc != SQLITE_OK) {
+        ag_store_fail(st, "prepare", rc);
+        return NULL;
+    }
+    st->stmts[id] = s;
+    return s;
+}
+
+int ag_store_exec_stmt(ag_store *st, sqlite3_stmt *s, const char *what) {
+    int rc = sqlite3_step(s);
+    if (rc != SQLITE_DONE) {
+        int err = ag_store_fail(st, what, rc);
+        sqlite3_reset(s);
+        return err;
+    }
+    sqlite3_reset(s);
+    return AG_OK;
+}
+
+static int exec_sql(ag_store *st, const char *sql, const char *what) {
+    char *msg = NULL;
+    int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path, what,
+                 msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE;
+    }
+    return AG_OK;
+}
+
+int ag_store_user_version(ag_store *st, int *version) {
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL);
+    if (rc != SQLITE_OK) return ag_store_fail(st, "user_version", rc);
+    rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW) {
+        int err = ag_store_fail(st, "user_version", rc);
+        sqlite3_finalize(s);
+        return err;
+    }
+    *version = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    return AG_OK;
+}
+
+/* Apply migrations user_version+1 .. newest, each in its own transaction
+ * together with its user_version bump, so a crash leaves a whole version. */
+static int migrate(ag_store *st) {
+    int version = 0, err;
+    if ((err = ag_store_user_version(st, &version))) return err;
+    int newest = ag_store_schema_version();
+    if (version > newest)
+        return ag_store_failf(st, AG_ESTORE,
+                              "%s: schema version %d is newer than this altgrad (%d)",
+                              st->path, version, newest);
+    for (int v = version; v < newest; v++) {
+        char bump[64];
+        snprintf(bump, sizeof bump, "PRAGMA user_version=%d", v + 1);
+        if ((err = exec_sql(st, "BEGIN IMMEDIATE", "migrate"))) return err;
+        if ((err = exec_sql(st, ag_store_migrations[v], "migrate")) ||
+            (err = exec_sql(st, bump, "migrate")) ||
+            (err = exec_sql(st, "COMMIT", "migrate"))) {
+            sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+            return err;
+        }
+    }
+    return AG_OK;
+}
+
+int ag_store_open(ag_store **out, const char *path, int flags) {
+    if (!out) return AG_EINVAL;
+    *out = NULL;
+    if (!path || !*path) return AG_EINVAL;
+    ag_store *st = calloc(1, sizeof *st);
+    if (!st) return AG_ENOMEM;
+    *out = st;
+    st->path = strdup(path);
+    if (!st->path) return AG_ENOMEM;
+    st->readonly = (flags & AG_STORE_READONLY) != 0;
+
+    struct stat sb;
+    if (stat(path, &sb) != 0 && (st->readonly || !(flags & AG_STORE_CREATE)))
+        return ag_store_failf(st, AG_ESTORE, "%s: no such database file", path);
+
+    int oflags = SQLITE_OPEN_NOMUTEX |
+                 (st->readonly ? SQLITE_OPEN_READONLY
+                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    int rc = sqlite3_open_v2(path, &st->db, oflags, NULL);
+    if (rc != SQLITE_OK) return ag_store_fail(st, "open", rc);
+    sqlite3_extended_result_codes(st->db, 1);
+    /* Readers wait for the writer's checkpoints instead of failing. */
+    sqlite3_busy_timeout(st->db, 5000);
+
+    int err;
+    if (st->readonly) {
+        int version = 0;
+        if ((err = ag_store_user_version(st, &version))) return err;
+        if (version == 0)
+            return ag_store_failf(st, AG_ESTORE, "%s: not an altgrad database", path);
+        if (version > ag_store_schema_version())
+            return ag_store_failf(st, AG_ESTORE,
+                                  "%s: schema version %d is newer than this altgrad (%d)",
+                                  path, version, ag_store_schema_version());
+        return AG_OK;
+    }
+    /* WAL: readers never block the writer; NORMAL sync keeps every commit
+     * across a process kill (only power loss may lose the newest ones). */
+    if ((err = exec_sql(st, "PRAGMA journal_mode=WAL", "journal_mode")) ||
+        (err = exec_sql(st, "PRAGMA synchronous=NORMAL", "synchronous")) ||
+        (err = exec_sql(st, "PRAGMA foreign_keys=OFF", "foreign_keys")))
+        return err;
+    return migrate(st);
+}
+
+void ag_store_close(ag_store *st) {
+    if (!st) return;
+    if (st->db) {
+        if (st->in_txn) sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+        for (int i = 0; i < AG_ST_COUNT; i++) sqlite3_finalize(st->stmts[i]);
+        sqlite3_close(st->db);
+    }
+    free(st->path);
+    free(st);
+}
+
+int ag_store_begin(ag_store *st) {
+    if (!st || st->readonly) return AG_EINVAL;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_BEGIN);
+    if (!s) return AG_ESTORE;
+    int err = ag_store_exec_stmt(st, s, "begin");
+    if (!err) st->in_txn = 1;
+    return err;
+}
+
+int ag_store_commit(ag_store *st) {
+    if (!st || !st->in_txn) return AG_EINVAL;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_COMMIT);
+    if (!s) return AG_ESTORE;
+    int err = ag_store_exec_stmt(st, s, "commit");
+    if (!err || sqlite3_get_autocommit(st->db)) st->in_txn = 0;
+    return err;
+}
+
+int ag_store_rollback(ag_store *st) {
+    if (!st) return AG_EINVAL;
+    if (!st->in_txn && sqlite3_get_autocommit(st->db)) return AG_OK;
+    st->in_txn = 0;
+    if (sqlite3_get_autocommit(st->db)) return AG_OK; /* sqlite rolled back already */
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_ROLLBACK);
+    if (!s) return AG_ESTORE;
+    return ag_store_exec_stmt(st, s, "rollback");
+}
+
+int ag_store_integrity_check(ag_store *st) {
+    if (!st) return AG_EINVAL;
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(st->db, "PRAGMA integrity_check", -1, &s, NULL);
+    if (rc != SQLITE_OK) return ag_store_fail(st, "integrity_check", rc);
+    int err = AG_OK;
+    rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW) {
+        err = ag_store_fail(st, "integrity_check", rc);
+    } else {
+        const char *txt = (const char *)sqlite3_column_text(s, 0);
+        if (!txt || strcmp(txt, "ok") != 0)
+            err = ag_store_failf(st, AG_ESTORE, "%s: integrity_check: %s", st->path,
+                                 txt ? txt : "?");
+    }
+    sqlite3_finalize(s);
+    return err;
+}

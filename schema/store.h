@@ -1,0 +1,151 @@
+/*
+ * store.h - internal: the SQLite store of altgrad (schema/NNN_*.sql, WAL mode).
+ * The daemon's writer thread writes through the row API inside explicit
+ * transactions; the daemon's query side and the CLI's --db mode read through
+ * the query API, which mirrors the client queries of altgrad.h.
+ * One ag_store is one connection and is used by one thread at a time.
+ */
+#ifndef AG_SCHEMA_STORE_H
+#define AG_SCHEMA_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "altgrad/altgrad.h"
+
+typedef struct ag_store ag_store;
+
+enum { AG_STORE_READONLY = 1, AG_STORE_CREATE = 2 };
+
+/*
+ * Open the database at path. Without AG_STORE_READONLY the schema is created
+ * or migrated to the newest version (PRAGMA user_version); AG_STORE_CREATE
+ * allows creating a missing file. READONLY on a missing file, or a file from
+ * a newer altgrad, is AG_ESTORE with a message in ag_store_errmsg(*out) when
+ * *out could be made (it is NULL only on AG_ENOMEM / AG_EINVAL). On failure
+ * the caller still calls ag_store_close(*out).
+ */
+int ag_store_open(ag_store **out, const char *path, int flags);
+void ag_store_close(ag_store *st);
+/* Text of the last failure on this connection, "" if none; never NULL. */
+const char *ag_store_errmsg(const ag_store *st);
+/* Schema version this build writes (the number of migrations). */
+int ag_store_schema_version(void);
+/* Schema version of the open file. */
+int ag_store_user_version(ag_store *st, int *version);
+
+/* ---------------- queries (altgrad.h results, freed with ag_free) ------- */
+int ag_store_runs(ag_store *st, ag_run_list **out);
+int ag_store_tensors(ag_store *st, const char *run, ag_tensor_list **out);
+int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out);
+int ag_store_scales(ag_store *st, const char *run, const char *format, ag_scale_list **out);
+int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window,
+                 size_t limit, ag_top_list **out);
+/* Counts from the file; uptime 0, queue_depth 0, db_path as opened,
+ * formats = the formats the file knows. */
+int ag_store_status(ag_store *st, ag_status **out);
+/* PRAGMA integrity_check: 0 when "ok", AG_ESTORE otherwise. */
+int ag_store_integrity_check(ag_store *st);
+
+/* ---------------- writes (the daemon's writer thread) ------------------- */
+/* Rows are plain values; ids are chosen by the caller (the daemon engine). */
+typedef struct ag_store_run_row {
+    int64_t id;
+    const char *name;
+    const char *host;
+    int64_t pid;
+    uint64_t client_id;
+    int64_t started_ms;
+    const char *metadata; /* JSON text; NULL gives "{}" */
+} ag_store_run_row;
+
+typedef struct ag_store_stats_row {
+    int64_t tensor_id;
+    int role;
+    uint64_t step;
+    double amax;          /* NaN or inf is stored as NULL */
+    uint64_t numel;
+    uint64_t nonfinite;
+} ag_store_stats_row;
+
+typedef struct ag_store_result_row {
+    int64_t tensor_id;
+    int64_t format_id;
+    uint64_t step;
+    ag_stall_counts counts;
+    uint64_t flips;
+    double amax;
+    double scale;
+} ag_store_result_row;
+
+/* Per-run aggregate applied once per batch. */
+typedef struct ag_store_run_delta {
+    int64_t run_id;
+    uint64_t messages;    /* added */
+    uint64_t dropped;     /* added */
+    uint64_t last_step;   /* max-ed */
+    uint64_t last_seq;    /* set when has_seq */
+    int has_seq;
+    int64_t ended_ms;     /* set when nonzero */
+} ag_store_run_delta;
+
+/* Per-tensor aggregate applied once per batch. */
+typedef struct ag_store_tensor_delta {
+    int64_t tensor_id;
+    int role;             /* of the latest record */
+    uint64_t numel;
+    uint64_t first_step;  /* min-ed */
+    uint64_t last_step;   /* max-ed */
+    uint64_t snapshots;   /* added */
+    double last_amax;
+} ag_store_tensor_delta;
+
+int ag_store_begin(ag_store *st);
+int ag_store_commit(ag_store *st);
+/* Safe to call with no transaction open. */
+int ag_store_rollback(ag_store *st);
+
+int ag_store_put_format(ag_store *st, int64_t id, const ag_format *fmt);
+/* Inserts the run, or on a known name re-opens it (host, pid, client, metadata
+ * replaced; ended_ms cleared; counters kept). */
+int ag_store_put_run(ag_store *st, const ag_store_run_row *r);
+int ag_store_put_tensor(ag_store *st, int64_t id, int64_t run_id, const char *name, int role);
+/* A duplicate (tensor, role, step) replaces the earlier row. */
+int ag_store_put_stats(ag_store *st, const ag_store_stats_row *r);
+int ag_store_put_result(ag_store *st, const ag_store_result_row *r);
+int ag_store_put_drop(ag_store *st, int64_t run_id, uint64_t client_id, int64_t at_ms,
+                      uint64_t first_seq, uint64_t count, const char *reason);
+int ag_store_put_scale(ag_store *st, int64_t tensor_id, int64_t format_id, int role,
+                       uint64_t step, double amax, double scale);
+int ag_store_put_snapshot(ag_store *st, int64_t tensor_id, uint64_t step, const float *w,
+                          size_t n);
+int ag_store_apply_run_delta(ag_store *st, const ag_store_run_delta *d);
+int ag_store_apply_tensor_delta(ag_store *st, const ag_store_tensor_delta *d);
+/* counters[name] += delta (names: "bytes", "rejected", "dropped", "rows_written"). */
+int ag_store_add_counter(ag_store *st, const char *name, uint64_t delta);
+
+/* ---------------- restore (daemon start, before the writer runs) -------- */
+/*
+ * Streams the engine state back: every format, run and tensor, the newest
+ * history_len amax values per (tensor, role) oldest first, the latest scales
+ * and the latest snapshot weights. Callbacks return 0 to go on; any other
+ * value stops and is returned. Pointers passed are valid during the call only.
+ */
+typedef struct ag_store_restore_cb {
+    void *ctx;
+    int (*format)(void *ctx, int64_t id, const char *name, int exponent_bits,
+                  int mantissa_bits, int bias, int has_inf, int has_nan);
+    int (*run)(void *ctx, int64_t id, const char *name, uint64_t client_id,
+               uint64_t last_seq, uint64_t last_step, int64_t ended_ms);
+    int (*tensor)(void *ctx, int64_t id, int64_t run_id, const char *name, int role);
+    int (*history)(void *ctx, int64_t tensor_id, int role, const double *amax, size_t n);
+    int (*scale)(void *ctx, int64_t tensor_id, int64_t format_id, int role, uint64_t step,
+                 double amax, double scale);
+    int (*snapshot)(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n);
+} ag_store_restore_cb;
+
+int ag_store_restore(ag_store *st, size_t history_len, const ag_store_restore_cb *cb);
+/* Largest ids in use (0 when none). */
+int ag_store_max_ids(ag_store *st, int64_t *run_id, int64_t *tensor_id, int64_t *format_id);
+
+#endif

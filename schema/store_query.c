@@ -1,0 +1,402 @@
+/*
+ * store_query.c - the read queries of the store, returning the result
+ * structs of altgrad.h built in one arena (freed with one ag_free). Same
+ * semantics and errors as the client queries: an unknown run, tensor or
+ * format is AG_ENOTFOUND with the name in ag_store_errmsg().
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/arena.h"
+#include "schema/store_internal.h"
+
+#define DEFAULT_FORMAT "E5M2"
+#define DEFAULT_TOP_LIMIT 10
+
+static uint64_t col_u64(sqlite3_stmt *s, int i) { return (uint64_t)sqlite3_column_int64(s, i); }
+
+static const char *col_text(sqlite3_stmt *s, int i) {
+    const char *t = (const char *)sqlite3_column_text(s, i);
+    return t ? t : "";
+}
+
+static double rate(uint64_t stalled, uint64_t total) {
+    return total ? (double)stalled / (double)total : 0.0;
+}
+
+/* Grow *items (of elem bytes, *cap slots) inside root to hold one more. */
+static int grow(void *root, void **items, size_t *cap, size_t n, size_t elem) {
+    if (n < *cap) return AG_OK;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    void *p = ag_arena_grow(root, *items, *cap * elem, ncap * elem);
+    if (!p) return AG_ENOMEM;
+    *items = p;
+    *cap = ncap;
+    return AG_OK;
+}
+
+static int lookup_id(ag_store *st, ag_stmt_id id, const char *what, const char *name,
+                     int64_t *out) {
+    sqlite3_stmt *s = ag_store_stmt(st, id);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    int err = AG_OK;
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(s, 0);
+    else if (rc == SQLITE_DONE)
+        err = ag_store_failf(st, AG_ENOTFOUND, "no such %s: %s", what, name);
+    else
+        err = ag_store_fail(st, what, rc);
+    sqlite3_reset(s);
+    return err;
+}
+
+int ag_store_run_id(ag_store *st, const char *name, int64_t *id) {
+    return lookup_id(st, AG_ST_RUN_BY_NAME, "run", name, id);
+}
+
+int ag_store_format_id(ag_store *st, const char *name, int64_t *id) {
+    return lookup_id(st, AG_ST_FORMAT_BY_NAME, "format", name ? name : DEFAULT_FORMAT, id);
+}
+
+static int tensor_id(ag_store *st, int64_t run_id, const char *name, int64_t *id) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_TENSOR_BY_NAME);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, run_id);
+    sqlite3_bind_text(s, 2, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s), err = AG_OK;
+    if (rc == SQLITE_ROW)
+        *id = sqlite3_column_int64(s, 0);
+    else if (rc == SQLITE_DONE)
+        err = ag_store_failf(st, AG_ENOTFOUND, "no such tensor: %s", name);
+    else
+        err = ag_store_fail(st, "tensor", rc);
+    sqlite3_reset(s);
+    return err;
+}
+
+int ag_store_runs(ag_store *st, ag_run_list **out) {
+    if (!st || !out) return AG_EINVAL;
+    *out = NULL;
+    ag_run_list *res = ag_arena_new(sizeof *res);
+    if (!res) return AG_ENOMEM;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RUNS);
+    int err = s ? AG_OK : AG_ESTORE, rc;
+    size_t cap = 0;
+    while (!err && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
+        ag_run_info *r = &res->items[res->n];
+        r->name = ag_arena_strdup(res, col_text(s, 0));
+        r->host = ag_arena_strdup(res, col_text(s, 1));
+        r->pid = sqlite3_column_int64(s, 2);
+        r->client_id = col_u64(s, 3);
+        r->started_ms = sqlite3_column_int64(s, 4);
+        r->ended_ms = sqlite3_column_int64(s, 5);
+        r->last_step = col_u64(s, 6);
+        r->messages = col_u64(s, 7);
+        r->dropped = col_u64(s, 8);
+        r->metadata = ag_arena_strdup(res, col_text(s, 9));
+        if (!r->name || !r->host || !r->metadata) err = AG_ENOMEM;
+        res->n++;
+    }
+    if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "runs", rc);
+    if (s) sqlite3_reset(s);
+    if (err) goto fail;
+    *out = res;
+    return AG_OK;
+fail:
+    ag_free(res);
+    return err;
+}
+
+int ag_store_tensors(ag_store *st, const char *run, ag_tensor_list **out) {
+    if (!st || !run || !out) return AG_EINVAL;
+    *out = NULL;
+    int64_t run_id = 0;
+    int err = ag_store_run_id(st, run, &run_id), rc = SQLITE_DONE;
+    if (err) return err;
+    ag_tensor_list *res = ag_arena_new(sizeof *res);
+    if (!res) return AG_ENOMEM;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_TENSORS);
+    if (!s) err = AG_ESTORE;
+    else sqlite3_bind_int64(s, 1, run_id);
+    size_t cap = 0;
+    while (!err && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
+        ag_tensor_info *t = &res->items[res->n++];
+        t->name = ag_arena_strdup(res, col_text(s, 0));
+        t->role = sqlite3_column_int(s, 1);
+        t->numel = col_u64(s, 2);
+        t->first_step = col_u64(s, 3);
+        t->last_step = col_u64(s, 4);
+        t->snapshots = col_u64(s, 5);
+        t->last_amax = sqlite3_column_double(s, 6);
+        if (!t->name) err = AG_ENOMEM;
+    }
+    if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "tensors", rc);
+    if (s) sqlite3_reset(s);
+    if (err) goto fail;
+    *out = res;
+    return AG_OK;
+fail:
+    ag_free(res);
+    return err;
+}
+
+/* Fold point p into the bucket b (counts add; step, amax, scale are the last's). */
+static void bucket_add(ag_history_point *b, const ag_history_point *p) {
+    b->step = p->step;
+    b->stalled += p->stalled;
+    b->total += p->total;
+    b->flips += p->flips;
+    b->overflow += p->overflow;
+    b->underflow += p->underflow;
+    b->nonfinite += p->nonfinite;
+    b->amax = p->amax;
+    b->scale = p->scale;
+    b->stall_rate = rate(b->stalled, b->total);
+}
+
+int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) {
+    if (!st || !q || !q->run || !q->tensor || !out) return AG_EINVAL;
+    *out = NULL;
+    if (q->to_step && q->to_step < q->from_step) return AG_ERANGE;
+    int64_t run_id = 0, tid = 0, fid = 0;
+    int err, rc = SQLITE_DONE;
+    if ((err = ag_store_run_id(st, q->run, &run_id)) ||
+        (err = tensor_id(st, run_id, q->tensor, &tid)) ||
+        (err = ag_store_format_id(st, q->format, &fid)))
+        return err;
+    ag_history *res = ag_arena_new(sizeof *res);
+    if (!res) return AG_ENOMEM;
+    res->run = ag_arena_strdup(res, q->run);
+    res->tensor = ag_arena_strdup(res, q->tensor);
+    res->format = ag_arena_strdup(res, q->format ? q->format : DEFAULT_FORMAT);
+    if (!res->run || !res->tensor || !res->format) {
+        err = AG_ENOMEM;
+        goto fail;
+    }
+    uint64_t every = q->every > 1 ? q->every : 1, in_bucket = 0;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_HISTORY);
+    if (!s) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    sqlite3_bind_int64(s, 1, tid);
+    sqlite3_bind_int64(s, 2, fid);
+    sqlite3_bind_int64(s, 3, (int64_t)q->from_step);
+    sqlite3_bind_int64(s, 4, q->to_step ? (int64_t)q->to_step : INT64_MAX);
+    size_t cap = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        ag_history_point p = {
+            .step = col_u64(s, 0),
+            .stalled = col_u64(s, 1),
+            .total = col_u64(s, 2),
+            .flips = col_u64(s, 3),
+            .overflow = col_u64(s, 4),
+            .underflow = col_u64(s, 5),
+            .nonfinite = col_u64(s, 6),
+            .amax = sqlite3_column_double(s, 7),
+            .scale = sqlite3_column_double(s, 8),
+        };
+        if (in_bucket == 0) {
+            if ((err = grow(res, (void **)&res->points, &cap, res->n, sizeof *res->points)))
+                break;
+            res->n++;
+        }
+        bucket_add(&res->points[res->n - 1], &p);
+        if (++in_bucket == every) in_bucket = 0;
+    }
+    if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "history", rc);
+    sqlite3_reset(s);
+    if (err) goto fail;
+    *out = res;
+    return AG_OK;
+fail:
+    ag_free(res);
+    return err;
+}
+
+int ag_store_scales(ag_store *st, const char *run, const char *format, ag_scale_list **out) {
+    if (!st || !run || !out) return AG_EINVAL;
+    *out = NULL;
+    int64_t run_id = 0, fid = 0;
+    int err, rc = SQLITE_DONE;
+    if ((err = ag_store_run_id(st, run, &run_id)) ||
+        (err = ag_store_format_id(st, format, &fid)))
+        return err;
+    ag_scale_list *res = ag_arena_new(sizeof *res);
+    if (!res) return AG_ENOMEM;
+    res->format = ag_arena_strdup(res, format ? format : DEFAULT_FORMAT);
+    if (!res->format) {
+        err = AG_ENOMEM;
+        goto fail;
+    }
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_SCALES);
+    if (!s) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    sqlite3_bind_int64(s, 1, run_id);
+    sqlite3_bind_int64(s, 2, fid);
+    size_t cap = 0;
+    /* Rows come by name, newest step first: keep the first row of each name. */
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *name = col_text(s, 0);
+        if (res->n && strcmp(res->items[res->n - 1].tensor, name) == 0) continue;
+        if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
+        ag_scale_info *i = &res->items[res->n++];
+        i->tensor = ag_arena_strdup(res, name);
+        i->step = col_u64(s, 1);
+        i->amax = sqlite3_column_double(s, 2);
+        i->scale = sqlite3_column_double(s, 3);
+        if (!i->tensor) {
+            err = AG_ENOMEM;
+            break;
+        }
+    }
+    if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "scales", rc);
+    sqlite3_reset(s);
+    if (err) goto fail;
+    *out = res;
+    return AG_OK;
+fail:
+    ag_free(res);
+    return err;
+}
+
+int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window,
+                 size_t limit, ag_top_list **out) {
+    if (!st || !run || !out) return AG_EINVAL;
+    *out = NULL;
+    int64_t run_id = 0, fid = 0;
+    int err, rc = SQLITE_DONE;
+    if ((err = ag_store_run_id(st, run, &run_id)) ||
+        (err = ag_store_format_id(st, format, &fid)))
+        return err;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_TOP_LAST_STEP);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, run_id);
+    rc = sqlite3_step(s);
+    uint64_t last = rc == SQLITE_ROW ? col_u64(s, 0) : 0;
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW) return ag_store_fail(st, "top", rc);
+
+    ag_top_list *res = ag_arena_new(sizeof *res);
+    if (!res) return AG_ENOMEM;
+    res->format = ag_arena_strdup(res, format ? format : DEFAULT_FORMAT);
+    res->to_step = last;
+    res->from_step = (window == 0 || window > last) ? 0 : last - window + 1;
+    if (!res->format) {
+        err = AG_ENOMEM;
+        goto fail;
+    }
+    if (!(s = ag_store_stmt(st, AG_ST_TOP))) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    sqlite3_bind_int64(s, 1, run_id);
+    sqlite3_bind_int64(s, 2, fid);
+    sqlite3_bind_int64(s, 3, (int64_t)res->from_step);
+    sqlite3_bind_int64(s, 4, (int64_t)res->to_step);
+    sqlite3_bind_int64(s, 5, limit ? (int64_t)limit : DEFAULT_TOP_LIMIT);
+    size_t cap = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
+        ag_top_entry *e = &res->items[res->n++];
+        e->tensor = ag_arena_strdup(res, col_text(s, 0));
+        e->stalled = col_u64(s, 1);
+        e->total = col_u64(s, 2);
+        e->stall_rate = rate(e->stalled, e->total);
+        e->steps = col_u64(s, 3);
+        if (!e->tensor) {
+            err = AG_ENOMEM;
+            break;
+        }
+    }
+    if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "top", rc);
+    sqlite3_reset(s);
+    if (err) goto fail;
+    *out = res;
+    return AG_OK;
+fail:
+    ag_free(res);
+    return err;
+}
+
+static int counter(ag_store *st, const char *name, uint64_t *v) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_COUNTER);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s), err = AG_OK;
+    *v = rc == SQLITE_ROW ? col_u64(s, 0) : 0;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) err = ag_store_fail(st, "counter", rc);
+    sqlite3_reset(s);
+    return err;
+}
+
+int ag_store_status(ag_store *st, ag_status **out) {
+    if (!st || !out) return AG_EINVAL;
+    *out = NULL;
+    int err = AG_OK, rc;
+    ag_status *res = ag_arena_new(sizeof *res);
+    if (!res) return AG_ENOMEM;
+    res->version = ag_arena_strdup(res, AG_VERSION_STRING);
+    res->db_path = ag_arena_strdup(res, st->path);
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_STATUS_COUNTS);
+    if (!s) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    if ((rc = sqlite3_step(s)) != SQLITE_ROW) {
+        err = ag_store_fail(st, "status", rc);
+        sqlite3_reset(s);
+        goto fail;
+    }
+    res->runs = col_u64(s, 0);
+    res->tensors = col_u64(s, 1);
+    res->messages = col_u64(s, 2);
+    res->dropped = col_u64(s, 3);
+    sqlite3_reset(s);
+    if ((err = counter(st, "bytes", &res->bytes)) ||
+        (err = counter(st, "rejected", &res->rejected)) ||
+        (err = counter(st, "rows_written", &res->rows_written)))
+        goto fail;
+    /* The formats the file knows, comma-separated, in id order. */
+    if (!(s = ag_store_stmt(st, AG_ST_FORMATS))) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    size_t len = 0, cap = 64;
+    char *fmts = ag_arena_alloc(res, cap);
+    while (fmts && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *name = col_text(s, 1);
+        size_t add = strlen(name) + 1;
+        if (len + add + 1 > cap) {
+            char *bigger = ag_arena_grow(res, fmts, cap, (len + add + 1) * 2);
+            if (!bigger) {
+                fmts = NULL;
+                break;
+            }
+            fmts = bigger;
+            cap = (len + add + 1) * 2;
+        }
+        if (len) fmts[len++] = ',';
+        memcpy(fmts + len, name, add - 1);
+        len += add - 1;
+        fmts[len] = '\0';
+    }
+    sqlite3_reset(s);
+    res->formats = fmts;
+    if (!fmts || !res->version || !res->db_path) {
+        err = AG_ENOMEM;
+        goto fail;
+    }
+    *out = res;
+    return AG_OK;
+fail:
+    ag_free(res);
+    return err;
+}

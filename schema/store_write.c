@@ -1,0 +1,167 @@
+/*
+ * store_write.c - the row writes of the store, one prepared statement each.
+ * Called by the daemon's writer thread inside ag_store_begin/commit; ids of
+ * runs, tensors and formats come from the caller. uint64 steps and counts
+ * are stored as SQLite's int64 (values past 2^63 are refused by the codec).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdint.h>
+
+#include "schema/store_internal.h"
+
+/* The statement for id, or NULL (st NULL, or prepare failed with errmsg set). */
+static sqlite3_stmt *stmt_for(ag_store *st, ag_stmt_id id) {
+    return st ? ag_store_stmt(st, id) : NULL;
+}
+
+static int64_t i64(uint64_t v) { return (int64_t)v; }
+
+int ag_store_put_format(ag_store *st, int64_t id, const ag_format *fmt) {
+    if (!fmt) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_FORMAT);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, id);
+    sqlite3_bind_text(s, 2, fmt->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 3, fmt->exponent_bits);
+    sqlite3_bind_int(s, 4, fmt->mantissa_bits);
+    sqlite3_bind_int(s, 5, fmt->bias);
+    sqlite3_bind_int(s, 6, fmt->has_inf);
+    sqlite3_bind_int(s, 7, fmt->has_nan);
+    return ag_store_exec_stmt(st, s, "put format");
+}
+
+int ag_store_put_run(ag_store *st, const ag_store_run_row *r) {
+    if (!r || !r->name) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_RUN);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, r->id);
+    sqlite3_bind_text(s, 2, r->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, r->host ? r->host : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 4, r->pid);
+    sqlite3_bind_int64(s, 5, i64(r->client_id));
+    sqlite3_bind_int64(s, 6, r->started_ms);
+    sqlite3_bind_text(s, 7, r->metadata ? r->metadata : "{}", -1, SQLITE_STATIC);
+    return ag_store_exec_stmt(st, s, "put run");
+}
+
+int ag_store_put_tensor(ag_store *st, int64_t id, int64_t run_id, const char *name,
+                        int role) {
+    if (!name) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_TENSOR);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, id);
+    sqlite3_bind_int64(s, 2, run_id);
+    sqlite3_bind_text(s, 3, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 4, role);
+    return ag_store_exec_stmt(st, s, "put tensor");
+}
+
+int ag_store_put_stats(ag_store *st, const ag_store_stats_row *r) {
+    if (!r) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_STATS);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, r->tensor_id);
+    sqlite3_bind_int(s, 2, r->role);
+    sqlite3_bind_int64(s, 3, i64(r->step));
+    if (isfinite(r->amax))
+        sqlite3_bind_double(s, 4, r->amax);
+    else
+        sqlite3_bind_null(s, 4);
+    sqlite3_bind_int64(s, 5, i64(r->numel));
+    sqlite3_bind_int64(s, 6, i64(r->nonfinite));
+    return ag_store_exec_stmt(st, s, "put stats");
+}
+
+int ag_store_put_result(ag_store *st, const ag_store_result_row *r) {
+    if (!r) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_RESULT);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, r->tensor_id);
+    sqlite3_bind_int64(s, 2, r->format_id);
+    sqlite3_bind_int64(s, 3, i64(r->step));
+    sqlite3_bind_int64(s, 4, i64(r->counts.stalled));
+    sqlite3_bind_int64(s, 5, i64(r->counts.total));
+    sqlite3_bind_int64(s, 6, i64(r->flips));
+    sqlite3_bind_int64(s, 7, i64(r->counts.overflow));
+    sqlite3_bind_int64(s, 8, i64(r->counts.underflow));
+    sqlite3_bind_int64(s, 9, i64(r->counts.nonfinite));
+    sqlite3_bind_double(s, 10, isfinite(r->amax) ? r->amax : 0.0);
+    sqlite3_bind_double(s, 11, isfinite(r->scale) ? r->scale : 0.0);
+    return ag_store_exec_stmt(st, s, "put result");
+}
+
+int ag_store_put_drop(ag_store *st, int64_t run_id, uint64_t client_id, int64_t at_ms,
+                      uint64_t first_seq, uint64_t count, const char *reason) {
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_DROP);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, run_id);
+    sqlite3_bind_int64(s, 2, i64(client_id));
+    sqlite3_bind_int64(s, 3, at_ms);
+    sqlite3_bind_int64(s, 4, i64(first_seq));
+    sqlite3_bind_int64(s, 5, i64(count));
+    sqlite3_bind_text(s, 6, reason ? reason : "", -1, SQLITE_STATIC);
+    return ag_store_exec_stmt(st, s, "put drop");
+}
+
+int ag_store_put_scale(ag_store *st, int64_t tensor_id, int64_t format_id, int role,
+                       uint64_t step, double amax, double scale) {
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_SCALE);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, tensor_id);
+    sqlite3_bind_int64(s, 2, format_id);
+    sqlite3_bind_int(s, 3, role);
+    sqlite3_bind_int64(s, 4, i64(step));
+    sqlite3_bind_double(s, 5, isfinite(amax) ? amax : 0.0);
+    sqlite3_bind_double(s, 6, isfinite(scale) ? scale : 0.0);
+    return ag_store_exec_stmt(st, s, "put scale");
+}
+
+int ag_store_put_snapshot(ag_store *st, int64_t tensor_id, uint64_t step, const float *w,
+                          size_t n) {
+    if (!w || n == 0 || n > (size_t)INT32_MAX / sizeof(float)) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_SNAPSHOT);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, tensor_id);
+    sqlite3_bind_int64(s, 2, i64(step));
+    sqlite3_bind_int64(s, 3, (int64_t)n);
+    sqlite3_bind_blob(s, 4, w, (int)(n * sizeof(float)), SQLITE_STATIC);
+    return ag_store_exec_stmt(st, s, "put snapshot");
+}
+
+int ag_store_apply_run_delta(ag_store *st, const ag_store_run_delta *d) {
+    if (!d) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_RUN_DELTA);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, d->run_id);
+    sqlite3_bind_int64(s, 2, i64(d->messages));
+    sqlite3_bind_int64(s, 3, i64(d->dropped));
+    sqlite3_bind_int64(s, 4, i64(d->last_step));
+    sqlite3_bind_int(s, 5, d->has_seq != 0);
+    sqlite3_bind_int64(s, 6, i64(d->last_seq));
+    sqlite3_bind_int64(s, 7, d->ended_ms);
+    return ag_store_exec_stmt(st, s, "run delta");
+}
+
+int ag_store_apply_tensor_delta(ag_store *st, const ag_store_tensor_delta *d) {
+    if (!d) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_TENSOR_DELTA);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, d->tensor_id);
+    sqlite3_bind_int(s, 2, d->role);
+    sqlite3_bind_int64(s, 3, i64(d->numel));
+    sqlite3_bind_int64(s, 4, i64(d->first_step));
+    sqlite3_bind_int64(s, 5, i64(d->last_step));
+    sqlite3_bind_int64(s, 6, i64(d->snapshots));
+    sqlite3_bind_double(s, 7, isfinite(d->last_amax) ? d->last_amax : 0.0);
+    return ag_store_exec_stmt(st, s, "tensor delta");
+}
+
+int ag_store_add_counter(ag_store *st, const char *name, uint64_t delta) {
+    if (!name) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_ADD_COUNTER);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, i64(delta));
+    return ag_store_exec_stmt(st, s, "add counter");
+}

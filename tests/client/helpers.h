@@ -1,0 +1,97 @@
+/*
+ * helpers.h - test-only: temporary ipc endpoints under mkdtemp and a test
+ * receiver (an nng PULL socket) that decodes what the client sends. Receive
+ * timeouts are generous bounds against hangs, never timing assertions.
+ */
+#ifndef AG_TESTS_CLIENT_HELPERS_H
+#define AG_TESTS_CLIENT_HELPERS_H
+
+#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/reqrep0/rep.h>
+
+#include "altgrad/altgrad.h"
+#include "proto/proto.h"
+
+#define RECV_BOUND_MS 10000 /* a bound against hanging, not a timing check */
+
+typedef struct tmp_endpoints {
+    char dir[64];
+    char ingest[128];
+    char query[128];
+} tmp_endpoints;
+
+static inline void tmp_endpoints_make(tmp_endpoints *t)
+{
+    snprintf(t->dir, sizeof t->dir, "/tmp/ag-client-XXXXXX");
+    cr_assert_not_null(mkdtemp(t->dir));
+    snprintf(t->ingest, sizeof t->ingest, "ipc://%s/ingest.sock", t->dir);
+    snprintf(t->query, sizeof t->query, "ipc://%s/query.sock", t->dir);
+}
+
+static inline void tmp_endpoints_remove(tmp_endpoints *t)
+{
+    DIR *d = opendir(t->dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            char path[512];
+            snprintf(path, sizeof path, "%s/%s", t->dir, e->d_name);
+            unlink(path);
+        }
+        closedir(d);
+    }
+    rmdir(t->dir);
+}
+
+static inline nng_socket receiver_open(const char *url)
+{
+    nng_socket s;
+    cr_assert_eq(nng_pull0_open(&s), 0);
+    cr_assert_eq(nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, AG_PROTO_MAX_MESSAGE), 0);
+    cr_assert_eq(nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, RECV_BOUND_MS), 0);
+    int rv = nng_listen(s, url, NULL, 0);
+    cr_assert_eq(rv, 0, "listen %s: %s", url, nng_strerror(rv));
+    return s;
+}
+
+/* Receive and decode one message; the nng message is kept in *keep so the
+ * decoded payload pointers stay valid (free both with received_free). */
+static inline int receive(nng_socket s, ag_msg *m, nng_msg **keep)
+{
+    nng_msg *msg;
+    int rv = nng_recvmsg(s, &msg, 0);
+    if (rv)
+        return rv;
+    int rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), m);
+    cr_assert_eq(rc, AG_OK, "the client sent a message we cannot decode: %s", m->why);
+    *keep = msg;
+    return 0;
+}
+
+static inline void received_free(ag_msg *m, nng_msg *keep)
+{
+    ag_msg_clear(m);
+    nng_msg_free(keep);
+}
+
+static inline void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+#endif

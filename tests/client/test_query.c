@@ -1,0 +1,290 @@
+/*
+ * test_query.c - client/query.c against a test daemon (an nng REP socket in
+ * a thread): every query's request reaches it intact, results come back and
+ * are freed with one ag_free, error replies map to AG_ENOTFOUND/AG_EREMOTE
+ * with the daemon's text, a silent daemon gives AG_ETIMEDOUT, and one handle
+ * serves several querying threads.
+ */
+#include "helpers.h"
+
+#include <pthread.h>
+
+typedef struct server {
+    nng_socket rep;
+    pthread_t thread;
+    int served;
+} server;
+
+/* Answer one decoded request. */
+static int answer(const ag_msg *req, ag_buf *out)
+{
+    ag_msg rep = {0};
+    ag_run_info run = {"r1", "host", 12, 34, 1000, 0, 99, 7, 1, "{\"k\":2}"};
+    ag_run_list runs = {1, &run};
+    ag_tensor_info ti = {"fc.weight", AG_ROLE_WEIGHT, 64, 1, 99, 10, 0.75};
+    ag_tensor_list tensors = {1, &ti};
+    ag_history_point pt = {0};
+    ag_history hist = {0};
+    ag_scale_info si = {"fc.weight", 99, 3.5, 0.0625};
+    ag_scale_list scales = {0};
+    ag_top_entry te = {"fc.weight", 9, 10, 0.9, 5};
+    ag_top_list top = {0};
+    ag_status st = {"0.1.0", 1.5, 10, 2000, 1, 2, 3, 40, 1, 1, "var/altgrad.db", "E5M2,E3M4"};
+    const ag_msg_query *q = &req->u.query;
+    if (q->run && strcmp(q->run, "missing") == 0) {
+        rep.type = AG_MSG_R_ERROR;
+        rep.u.error = (ag_msg_error){AG_ENOTFOUND, "no run named missing"};
+    } else {
+        switch (req->type) {
+        case AG_MSG_Q_RUNS:
+            rep.type = AG_MSG_R_RUNS;
+            rep.u.runs = &runs;
+            break;
+        case AG_MSG_Q_TENSORS:
+            rep.type = AG_MSG_R_TENSORS;
+            rep.u.tensors = &tensors;
+            break;
+        case AG_MSG_Q_HISTORY:
+            /* echo the arguments back through the reply */
+            pt = (ag_history_point){.step = q->from_step, .stalled = q->to_step,
+                                    .total = q->every, .scale = 1, .amax = 1};
+            hist = (ag_history){q->run, q->tensor, q->format ? q->format : "E5M2", 1, &pt};
+            rep.type = AG_MSG_R_HISTORY;
+            rep.u.history = &hist;
+            break;
+        case AG_MSG_Q_SCALES:
+            if (q->format && strcmp(q->format, "E0M7") == 0) {
+                /* pretend the store failed */
+                rep.type = AG_MSG_R_ERROR;
+                rep.u.error = (ag_msg_error){AG_ESTORE, "database is locked"};
+                break;
+            }
+            scales = (ag_scale_list){q->format ? q->format : "E5M2", 1, &si};
+            rep.type = AG_MSG_R_SCALES;
+            rep.u.scales = &scales;
+            break;
+        case AG_MSG_Q_TOP:
+            top = (ag_top_list){q->format ? q->format : "E5M2", q->window, q->limit, 1, &te};
+            rep.type = AG_MSG_R_TOP;
+            rep.u.top = &top;
+            break;
+        default:
+            rep.type = AG_MSG_R_STATUS;
+            rep.u.status = &st;
+            break;
+        }
+    }
+    return ag_proto_encode(out, &rep);
+}
+
+static void *serve(void *arg)
+{
+    server *s = arg;
+    for (;;) {
+        nng_msg *msg;
+        if (nng_recvmsg(s->rep, &msg, 0) != 0)
+            break; /* closed */
+        ag_msg req;
+        ag_buf out;
+        ag_buf_init(&out);
+        int rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), &req);
+        if (rc == AG_OK)
+            rc = answer(&req, &out);
+        if (rc != AG_OK) {
+            ag_msg err = {.type = AG_MSG_R_ERROR};
+            err.u.error = (ag_msg_error){AG_EPROTO, "bad request"};
+            ag_buf_reset(&out);
+            ag_proto_encode(&out, &err);
+        }
+        ag_msg_clear(&req);
+        nng_msg_clear(msg);
+        nng_msg_append(msg, out.data, out.len);
+        ag_buf_free(&out);
+        if (nng_sendmsg(s->rep, msg, 0) != 0)
+            nng_msg_free(msg);
+        else
+            s->served++;
+    }
+    return NULL;
+}
+
+static void server_start(server *s, const char *url)
+{
+    cr_assert_eq(nng_rep0_open(&s->rep), 0);
+    cr_assert_eq(nng_listen(s->rep, url, NULL, 0), 0);
+    s->served = 0;
+    cr_assert_eq(pthread_create(&s->thread, NULL, serve, s), 0);
+}
+
+static void server_stop(server *s)
+{
+    nng_close(s->rep);
+    pthread_join(s->thread, NULL);
+}
+
+static ag_client *open_query_client(const tmp_endpoints *t, int timeout_ms)
+{
+    ag_client_opts o = {.ingest_url = t->ingest, .query_url = t->query,
+                        .query_timeout_ms = timeout_ms};
+    ag_client *c = NULL;
+    cr_assert_eq(ag_client_open(&c, &o), AG_OK);
+    return c;
+}
+
+Test(query, every_query_returns_a_result_freed_with_one_call)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    server s;
+    server_start(&s, t.query);
+    ag_client *c = open_query_client(&t, RECV_BOUND_MS);
+
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_client_runs(c, &runs), AG_OK, "%s", ag_client_last_error(c));
+    cr_assert_eq(runs->n, 1);
+    cr_assert_str_eq(runs->items[0].name, "r1");
+    cr_assert_str_eq(runs->items[0].metadata, "{\"k\":2}");
+    cr_assert_eq(runs->items[0].last_step, 99);
+    ag_free(runs);
+
+    ag_tensor_list *tl = NULL;
+    cr_assert_eq(ag_client_tensors(c, "r1", &tl), AG_OK);
+    cr_assert_str_eq(tl->items[0].name, "fc.weight");
+    cr_assert_eq(tl->items[0].last_amax, 0.75);
+    ag_free(tl);
+
+    ag_history_query hq = {"r1", "fc.weight", "E3M4", 5, 50, 4};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_client_history(c, &hq, &h), AG_OK);
+    cr_assert_str_eq(h->run, "r1");
+    cr_assert_str_eq(h->tensor, "fc.weight");
+    cr_assert_str_eq(h->format, "E3M4");
+    cr_assert_eq(h->points[0].step, 5, "from_step reached the daemon");
+    cr_assert_eq(h->points[0].stalled, 50, "to_step reached the daemon");
+    cr_assert_eq(h->points[0].total, 4, "every reached the daemon");
+    ag_free(h);
+    hq.format = NULL;
+    cr_assert_eq(ag_client_history(c, &hq, &h), AG_OK);
+    cr_assert_str_eq(h->format, "E5M2", "no format means E5M2");
+    ag_free(h);
+
+    ag_scale_list *sl = NULL;
+    cr_assert_eq(ag_client_scales(c, "r1", "E7M0", &sl), AG_OK);
+    cr_assert_str_eq(sl->format, "E7M0");
+    cr_assert_eq(sl->items[0].scale, 0.0625);
+    ag_free(sl);
+
+    ag_top_list *top = NULL;
+    cr_assert_eq(ag_client_top(c, "r1", NULL, 20, 3, &top), AG_OK);
+    cr_assert_eq(top->from_step, 20, "window reached the daemon");
+    cr_assert_eq(top->to_step, 3, "limit reached the daemon");
+    cr_assert_eq(top->items[0].stall_rate, 0.9);
+    ag_free(top);
+
+    ag_status *st = NULL;
+    cr_assert_eq(ag_client_status(c, &st), AG_OK);
+    cr_assert_str_eq(st->version, "0.1.0");
+    cr_assert_eq(st->rows_written, 40);
+    cr_assert_str_eq(st->formats, "E5M2,E3M4");
+    ag_free(st);
+
+    ag_client_close(c);
+    server_stop(&s);
+    tmp_endpoints_remove(&t);
+}
+
+Test(query, daemon_errors_map_to_notfound_or_remote_with_its_text)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    server s;
+    server_start(&s, t.query);
+    ag_client *c = open_query_client(&t, RECV_BOUND_MS);
+    ag_tensor_list *tl = (ag_tensor_list *)&t; /* must be reset to NULL on failure */
+    cr_assert_eq(ag_client_tensors(c, "missing", &tl), AG_ENOTFOUND);
+    cr_assert_null(tl);
+    cr_assert_str_eq(ag_client_last_error(c), "no run named missing");
+    ag_scale_list *sl = NULL;
+    cr_assert_eq(ag_client_scales(c, "r1", "E0M7", &sl), AG_EREMOTE);
+    cr_assert_null(sl);
+    cr_assert_str_eq(ag_client_last_error(c), "database is locked");
+    cr_assert_str_eq(ag_client_last_error(NULL), "");
+    ag_client_close(c);
+    server_stop(&s);
+    tmp_endpoints_remove(&t);
+}
+
+Test(query, no_daemon_means_timed_out)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    ag_client *c = open_query_client(&t, 100);
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_client_runs(c, &runs), AG_ETIMEDOUT);
+    cr_assert_null(runs);
+    cr_assert_neq(strlen(ag_client_last_error(c)), 0);
+    ag_client_close(c);
+    tmp_endpoints_remove(&t);
+}
+
+Test(query, bad_arguments_are_refused_before_sending)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    ag_client *c = open_query_client(&t, 100);
+    ag_tensor_list *tl = NULL;
+    ag_scale_list *sl = NULL;
+    char long_name[AG_NAME_MAX + 2];
+    memset(long_name, 'y', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    cr_assert_eq(ag_client_tensors(c, NULL, &tl), AG_EINVAL);
+    cr_assert_eq(ag_client_tensors(c, long_name, &tl), AG_ETOOBIG);
+    cr_assert_eq(ag_client_tensors(c, "r", NULL), AG_EINVAL);
+    cr_assert_eq(ag_client_scales(c, "r", "E5 M2", &sl), AG_EINVAL);
+    cr_assert_eq(ag_client_runs(NULL, NULL), AG_EINVAL);
+    ag_history_query hq = {.run = "r"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_client_history(c, &hq, &h), AG_EINVAL, "no tensor");
+    ag_client_close(c);
+    tmp_endpoints_remove(&t);
+}
+
+typedef struct querier {
+    ag_client *c;
+    int failures;
+    pthread_t th;
+} querier;
+
+static void *query_many(void *arg)
+{
+    querier *q = arg;
+    for (int i = 0; i < 25; i++) {
+        ag_run_list *runs = NULL;
+        if (ag_client_runs(q->c, &runs) != AG_OK || runs->n != 1)
+            q->failures++;
+        ag_free(runs);
+    }
+    return NULL;
+}
+
+Test(query, one_handle_serves_several_threads)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    server s;
+    server_start(&s, t.query);
+    ag_client *c = open_query_client(&t, RECV_BOUND_MS);
+    querier qs[4];
+    for (int i = 0; i < 4; i++) {
+        qs[i] = (querier){c, 0, 0};
+        cr_assert_eq(pthread_create(&qs[i].th, NULL, query_many, &qs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(qs[i].th, NULL);
+        cr_assert_eq(qs[i].failures, 0, "thread %d", i);
+    }
+    ag_client_close(c);
+    server_stop(&s);
+    cr_assert_eq(s.served, 100);
+    tmp_endpoints_remove(&t);
+}

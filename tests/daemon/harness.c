@@ -1,0 +1,133 @@
+/*
+ * harness.c - the real-daemon harness of the integration tests (harness.h).
+ * Readiness comes from the daemon's own sd_notify datagram, so no test
+ * sleeps for timing; waits for data are polls with a generous deadline.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/daemon/harness.h"
+
+void harness_init(ag_harness *h) {
+    memset(h, 0, sizeof *h);
+    h->notify_fd = -1;
+    strcpy(h->dir, "/tmp/ag_daemon_XXXXXX");
+    cr_assert_not_null(mkdtemp(h->dir));
+    snprintf(h->ingest, sizeof h->ingest, "ipc://%s/ingest.sock", h->dir);
+    snprintf(h->query, sizeof h->query, "ipc://%s/query.sock", h->dir);
+    snprintf(h->db, sizeof h->db, "%s/altgrad.db", h->dir);
+    snprintf(h->notify, sizeof h->notify, "%s/notify.sock", h->dir);
+    snprintf(h->log, sizeof h->log, "%s/altgradd.log", h->dir);
+    h->notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(h->notify_fd, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, h->notify);
+    cr_assert_eq(bind(h->notify_fd, (struct sockaddr *)&sa, sizeof sa), 0);
+}
+
+static const char *daemon_path(void) {
+    static char path[512];
+    const char *b = getenv("AG_BUILD_DIR");
+    snprintf(path, sizeof path, "%s/daemon/altgradd", b ? b : ".");
+    return path;
+}
+
+void harness_start(ag_harness *h, const char *const *extra) {
+    const char *argv[32] = {daemon_path(), "--ingest", h->ingest, "--query", h->query,
+                            "--db", h->db, "--log-level", "notice"};
+    size_t argc = 9;
+    for (size_t i = 0; extra && extra[i] && argc < 31; i++) argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int fd = open(h->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) dup2(fd, 2);
+        setenv("NOTIFY_SOCKET", h->notify, 1);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    h->pid = pid;
+    /* READY=1 (or the daemon's death) within 30 s. */
+    for (int waited = 0; waited < 30000; waited += 100) {
+        struct pollfd p = {.fd = h->notify_fd, .events = POLLIN};
+        if (poll(&p, 1, 100) == 1) {
+            char buf[512];
+            ssize_t n = recv(h->notify_fd, buf, sizeof buf - 1, 0);
+            if (n > 0) {
+                buf[n] = '\0';
+                if (strstr(buf, "READY=1")) return;
+            }
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            h->pid = 0;
+            cr_assert_fail("altgradd exited during startup (status %d); see %s", st, h->log);
+        }
+    }
+    cr_assert_fail("altgradd not ready within 30 s");
+}
+
+int harness_stop(ag_harness *h, int sig) {
+    if (!h->pid) return -1;
+    kill(h->pid, sig);
+    int st = 0;
+    while (waitpid(h->pid, &st, 0) < 0 && errno == EINTR) {}
+    h->pid = 0;
+    return st;
+}
+
+void harness_fini(ag_harness *h) {
+    if (h->pid) harness_stop(h, SIGKILL);
+    if (h->notify_fd >= 0) close(h->notify_fd);
+    DIR *d = opendir(h->dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[512];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", h->dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    rmdir(h->dir);
+}
+
+ag_client *harness_client(ag_harness *h, const char *run, int policy) {
+    ag_client_opts o = {.ingest_url = h->ingest, .query_url = h->query, .run = run,
+                        .policy = policy, .query_timeout_ms = 10000};
+    ag_client *c = NULL;
+    int err = ag_client_open(&c, &o);
+    cr_assert_eq(err, AG_OK, "client open: %s", ag_strerror(err));
+    return c;
+}
+
+ag_history *harness_wait_history(ag_client *c, const char *run, const char *tensor,
+                                 const char *format, size_t n) {
+    ag_history_query q = {.run = run, .tensor = tensor, .format = format};
+    for (int i = 0; i < 3000; i++) {
+        ag_history *hist = NULL;
+        int err = ag_client_history(c, &q, &hist);
+        if (err == AG_OK && hist->n >= n) return hist;
+        if (err == AG_OK) ag_free(hist);
+        else if (err != AG_ENOTFOUND)
+            cr_assert_fail("history query: %s (%s)", ag_strerror(err), ag_client_last_error(c));
+        struct timespec ts = {0, 10 * 1000000};
+        nanosleep(&ts, NULL); /* poll interval, not a timing assumption */
+    }
+    cr_assert_fail("history of %s/%s never reached %zu points", run, tensor, n);
+    return NULL;
+}

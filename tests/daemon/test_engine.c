@@ -1,0 +1,297 @@
+/*
+ * test_engine.c - the daemon engine (daemon/engine.c) with its writer and a
+ * real store, no sockets: scale modes, margin, explicit scales, the "zero
+ * amax keeps the previous scale" rule, update form, bfloat16 payloads,
+ * unknown formats, and the writer committing whole messages.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/config.h"
+#include "daemon/engine.h"
+#include "daemon/writer.h"
+#include "schema/store.h"
+
+typedef struct fixture {
+    char dir[64], db[128];
+    ag_config cfg;
+    ag_logger log;
+    ag_counters counters;
+    ag_engine *engine;
+    ag_writer *writer;
+    uint64_t seq;
+} fixture;
+
+static fixture F;
+
+static void start(const char **args, int nargs) {
+    const char *argv[16] = {"altgradd"};
+    for (int i = 0; i < nargs; i++) argv[i + 1] = args[i];
+    char err[256];
+    cr_assert_eq(ag_config_load(&F.cfg, nargs + 1, (char **)argv, err, sizeof err), AG_OK, "%s",
+                 err);
+    strcpy(F.cfg.db, F.db);
+    ag_logger_init(&F.log, AG_LOG_ERROR);
+    F.log.out = fopen("/dev/null", "w");
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_CREATE), AG_OK);
+    cr_assert_eq(ag_engine_new(&F.engine, &F.cfg, &F.log, &F.counters), AG_OK);
+    cr_assert_eq(ag_engine_restore(F.engine, st), AG_OK);
+    ag_writer_opts wo = {.batch_rows = 1000, .batch_ms = 5, .high_water = 100000};
+    cr_assert_eq(ag_writer_start(&F.writer, st, &wo, &F.log, NULL, NULL), AG_OK);
+    ag_engine_set_writer(F.engine, F.writer);
+}
+
+/* Commit everything and free the engine; the file stays. */
+static void stop(void) {
+    if (!F.engine) return;
+    ag_engine_flush(F.engine);
+    ag_writer_stop(F.writer);
+    ag_engine_free(F.engine);
+    F.engine = NULL;
+    fclose(F.log.out);
+    ag_logger_destroy(&F.log);
+}
+
+static void setup(void) {
+    memset(&F, 0, sizeof F);
+    strcpy(F.dir, "/tmp/ag_engine_XXXXXX");
+    cr_assert_not_null(mkdtemp(F.dir));
+    snprintf(F.db, sizeof F.db, "%s/e.db", F.dir);
+}
+
+static void teardown(void) {
+    stop();
+    DIR *d = opendir(F.dir);
+    struct dirent *e;
+    char p[512];
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", F.dir, e->d_name);
+            unlink(p);
+        }
+    if (d) closedir(d);
+    rmdir(F.dir);
+}
+
+TestSuite(engine, .init = setup, .fini = teardown);
+
+static int snapshot(uint64_t step, const float *w, const float *x, size_t n, int form,
+                    double scale, const char *const *fmts, size_t nfmts) {
+    ag_msg m = {.type = AG_MSG_SNAPSHOT};
+    m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = ++F.seq};
+    m.u.snapshot = (ag_msg_snapshot){.step = step, .tensor = "w", .dtype = AG_DTYPE_F32,
+                                     .form = form, .lr = form == AG_FORM_SGD ? 0.01 : 0,
+                                     .n = n, .numel = n, .has_scale = scale > 0,
+                                     .scale = scale, .nformats = nfmts, .formats = fmts,
+                                     .w = w, .x = x};
+    ag_engine_job *job = NULL;
+    int err = ag_engine_handle(F.engine, &m, 100, &job);
+    if (job) {
+        ag_engine_job_run(job);
+        err = ag_engine_job_finish(F.engine, job);
+    }
+    return err;
+}
+
+static void fill(float *w, float *g, size_t n, float amax) {
+    for (size_t i = 0; i < n; i++) {
+        w[i] = amax * (float)((int)(i % 9) - 4) / 4.0f;
+        g[i] = 1e-3f * (float)(i % 5);
+    }
+}
+
+static ag_history *history(const char *fmt) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(st));
+    ag_history_query q = {.run = "r", .tensor = "w", .format = fmt};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    ag_store_close(st);
+    return h;
+}
+
+static double scale_of(double amax, const char *fmt) {
+    return (double)(float)ag_compute_scale(amax, ag_format_get(fmt), AG_SCALE_MIN);
+}
+
+Test(engine, current_mode_includes_the_steps_own_amax) {
+    start(NULL, 0);
+    float w[36], g[36];
+    fill(w, g, 36, 4.0f);
+    cr_assert_eq(snapshot(1, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    fill(w, g, 36, 8.0f);
+    cr_assert_eq(snapshot(2, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    stop();
+    ag_history *h = history("E3M4");
+    cr_assert_eq(h->n, 2);
+    cr_expect_eq(h->points[0].scale, scale_of(4.0, "E3M4"));
+    cr_expect_eq(h->points[1].scale, scale_of(8.0, "E3M4"));
+    cr_expect_eq(h->points[1].amax, 8.0);
+    ag_free(h);
+}
+
+Test(engine, delayed_mode_uses_only_earlier_steps) {
+    const char *args[] = {"--scale-mode", "delayed"};
+    start(args, 2);
+    float w[36], g[36];
+    fill(w, g, 36, 4.0f);
+    cr_assert_eq(snapshot(1, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    fill(w, g, 36, 8.0f);
+    cr_assert_eq(snapshot(2, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    stop();
+    ag_history *h = history("E3M4");
+    cr_assert_eq(h->n, 2);
+    cr_expect_eq(h->points[0].scale, scale_of(1.0, "E3M4"), "empty history reads 1.0");
+    cr_expect_eq(h->points[1].scale, scale_of(4.0, "E3M4"));
+    ag_free(h);
+}
+
+Test(engine, margin_multiplies_the_scale_by_a_power_of_two) {
+    const char *args[] = {"--margin", "2"};
+    start(args, 2);
+    float w[36], g[36];
+    fill(w, g, 36, 4.0f);
+    cr_assert_eq(snapshot(1, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    stop();
+    ag_history *h = history("E5M2");
+    cr_expect_eq(h->points[0].scale, (double)(float)(4.0 * 4.0 / 57344.0));
+    ag_free(h);
+}
+
+Test(engine, an_explicit_scale_is_used_for_every_format) {
+    start(NULL, 0);
+    float w[36], g[36];
+    fill(w, g, 36, 4.0f);
+    cr_assert_eq(snapshot(1, w, g, 36, AG_FORM_SGD, 0.25, NULL, 0), AG_OK);
+    stop();
+    for (int f = 0; f < 5; f++) {
+        ag_history *h = history(ag_format_at((size_t)f)->name);
+        cr_expect_eq(h->points[0].scale, 0.25);
+        ag_stall_counts c = {0};
+        ag_stall_sgd(ag_format_at((size_t)f), 0.25f, 0.01f, w, g, 36, &c);
+        cr_expect_eq(h->points[0].stalled, c.stalled);
+        cr_expect_eq(h->points[0].overflow, c.overflow);
+        ag_free(h);
+    }
+}
+
+Test(engine, a_zero_amax_leaves_the_previous_scale_in_force) {
+    const char *args[] = {"--history-len", "1"};
+    start(args, 2);
+    float w[36], g[36];
+    fill(w, g, 36, 2.0f);
+    cr_assert_eq(snapshot(1, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    memset(w, 0, sizeof w);
+    cr_assert_eq(snapshot(2, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    stop();
+    ag_history *h = history("E5M2");
+    cr_assert_eq(h->n, 2);
+    cr_expect_eq(h->points[1].scale, h->points[0].scale);
+    cr_expect_eq(h->points[1].scale, scale_of(2.0, "E5M2"));
+    ag_free(h);
+}
+
+Test(engine, update_form_counts_what_the_core_counts) {
+    start(NULL, 0);
+    float w[64], u[64];
+    for (int i = 0; i < 64; i++) {
+        w[i] = 1.0f + (float)i / 16.0f;
+        u[i] = i % 3 ? 1e-5f * (float)i : 0.0f;
+    }
+    static const char *const fmts[] = {"E3M4"};
+    cr_assert_eq(snapshot(1, w, u, 64, AG_FORM_UPDATE, 0, fmts, 1), AG_OK);
+    stop();
+    ag_history *h = history("E3M4");
+    ag_stall_counts c = {0};
+    ag_amax_history *hist;
+    ag_amax_history_new(&hist, 16, AG_AMAX_MAX);
+    ag_amax_history_update(hist, w, 64);
+    float scale = (float)ag_compute_scale(ag_amax_history_get(hist), ag_format_get("E3M4"),
+                                          AG_SCALE_MIN);
+    ag_amax_history_free(hist);
+    cr_assert_eq(ag_stall_update(ag_format_get("E3M4"), scale, w, u, 64, &c), AG_OK);
+    cr_expect_eq(h->points[0].total, c.total);
+    cr_expect_eq(h->points[0].stalled, c.stalled);
+    cr_expect_eq(h->points[0].scale, (double)scale);
+    ag_free(h);
+}
+
+Test(engine, bfloat16_payloads_give_the_results_of_their_float32_values) {
+    start(NULL, 0);
+    uint16_t wb[40], gb[40];
+    float wf[40], gf[40];
+    for (int i = 0; i < 40; i++) {
+        wb[i] = (uint16_t)(0x3f80 + i * 3);      /* 1.0 and up */
+        gb[i] = (uint16_t)(0x3a80 + (i % 7));    /* about 1e-3 */
+    }
+    ag_bf16_to_f32(wb, wf, 40);
+    ag_bf16_to_f32(gb, gf, 40);
+    ag_msg m = {.type = AG_MSG_SNAPSHOT};
+    m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = 1};
+    m.u.snapshot = (ag_msg_snapshot){.step = 1, .tensor = "w", .dtype = AG_DTYPE_BF16,
+                                     .form = AG_FORM_SGD, .lr = 0.5, .n = 40, .numel = 40,
+                                     .w = wb, .x = gb};
+    ag_engine_job *job = NULL;
+    cr_assert_eq(ag_engine_handle(F.engine, &m, 100, &job), AG_OK);
+    cr_assert_null(job);
+    stop();
+    ag_history *h = history("E5M2");
+    float amax;
+    uint64_t nf;
+    ag_amax(wf, 40, &amax, &nf);
+    float scale = (float)ag_compute_scale(amax, ag_format_get("E5M2"), AG_SCALE_MIN);
+    ag_stall_counts c = {0};
+    ag_stall_sgd(ag_format_get("E5M2"), scale, 0.5f, wf, gf, 40, &c);
+    cr_expect_eq(h->points[0].amax, amax);
+    cr_expect_eq(h->points[0].stalled, c.stalled);
+    cr_expect_eq(h->points[0].total, c.total);
+    ag_free(h);
+}
+
+Test(engine, a_snapshot_naming_an_unknown_format_is_rejected_and_counted) {
+    start(NULL, 0);
+    float w[4] = {1, 2, 3, 4}, g[4] = {1, 1, 1, 1};
+    static const char *const fmts[] = {"E5M2", "E9M9"};
+    cr_expect_eq(snapshot(1, w, g, 4, AG_FORM_SGD, 0, fmts, 2), AG_EFORMAT);
+    cr_expect_eq(atomic_load(&F.counters.rejected), 1);
+    /* The engine goes on. */
+    cr_expect_eq(snapshot(2, w, g, 4, AG_FORM_SGD, 0, fmts, 1), AG_OK);
+    stop();
+    ag_history *h = history("E5M2");
+    cr_expect_eq(h->n, 1);
+    cr_expect_eq(h->points[0].step, 2);
+    ag_free(h);
+}
+
+Test(engine, a_restored_engine_continues_histories_and_flips) {
+    start(NULL, 0);
+    float w[36], g[36];
+    fill(w, g, 36, 6.0f);
+    cr_assert_eq(snapshot(1, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    stop();
+    start(NULL, 0);
+    float w2[36], g2[36];
+    fill(w2, g2, 36, 1.0f);
+    cr_assert_eq(snapshot(2, w2, g2, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    stop();
+    ag_history *h = history("E3M4");
+    cr_assert_eq(h->n, 2);
+    cr_expect_eq(h->points[1].scale, scale_of(6.0, "E3M4"), "step 1's amax is still in force");
+    /* Every element changed (w2 = w / 6): flips against the restored snapshot. */
+    uint8_t a[36], b[36];
+    float s = (float)h->points[0].scale;
+    ag_encode_array(ag_format_get("E3M4"), s, w, a, 36);
+    ag_encode_array(ag_format_get("E3M4"), s, w2, b, 36);
+    uint64_t flips = 0;
+    ag_count_flips(ag_format_get("E3M4"), a, s, b, s, 36, &flips);
+    cr_expect_gt(flips, 0);
+    cr_expect_eq(h->points[1].flips, flips);
+    ag_free(h);
+}

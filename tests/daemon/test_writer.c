@@ -1,0 +1,130 @@
+/*
+ * test_writer.c - the writer thread (daemon/writer.c): rows reach the file,
+ * a message's rows are committed together (never split at a commit), stop
+ * drains everything queued, and the high-water mark reports fullness.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon/writer.h"
+#include "schema/store.h"
+
+static char dir[64], db[128];
+static ag_logger lg;
+
+static void setup(void) {
+    strcpy(dir, "/tmp/ag_writer_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/w.db", dir);
+    ag_logger_init(&lg, AG_LOG_ERROR);
+}
+
+static void teardown(void) {
+    char p[160];
+    const char *sfx[] = {"", "-wal", "-shm"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s%s", db, sfx[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+    ag_logger_destroy(&lg);
+}
+
+TestSuite(writer, .init = setup, .fini = teardown);
+
+static void sleep_ms(long ms) { /* a poll interval, not a timing assumption */
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static ag_writer *start(size_t batch_rows, unsigned batch_ms, size_t high_water,
+                        void (*space)(void *)) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db, AG_STORE_CREATE), AG_OK);
+    /* A run, a tensor and a format for the result rows to refer to. */
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 1, ag_format_get("E5M2")), AG_OK);
+    ag_store_run_row run = {.id = 1, .name = "r"};
+    cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(st, 1, 1, "t", 0), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    ag_writer *w = NULL;
+    ag_writer_opts o = {.batch_rows = batch_rows, .batch_ms = batch_ms, .high_water = high_water};
+    cr_assert_eq(ag_writer_start(&w, st, &o, &lg, space, NULL), AG_OK);
+    return w;
+}
+
+static void push_result(ag_writer *w, uint64_t step) {
+    ag_write_item it = {.kind = AG_W_RESULT};
+    it.u.result = (ag_store_result_row){.tensor_id = 1, .format_id = 1, .step = step};
+    cr_assert_eq(ag_writer_push(w, &it), AG_OK);
+}
+
+static size_t points(void) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db, AG_STORE_READONLY), AG_OK);
+    ag_history_query q = {.run = "r", .tensor = "t"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    size_t n = h->n;
+    ag_free(h);
+    ag_store_close(st);
+    return n;
+}
+
+Test(writer, stop_commits_everything_queued) {
+    ag_writer *w = start(7, 1000, 1000000, NULL);
+    for (uint64_t s = 1; s <= 1000; s++) {
+        push_result(w, s);
+        ag_writer_boundary(w);
+    }
+    ag_writer_stop(w);
+    cr_assert_eq(points(), 1000);
+}
+
+Test(writer, a_message_without_its_boundary_is_never_committed_half) {
+    ag_writer *w = start(1, 1, 1000000, NULL);
+    push_result(w, 1);
+    ag_writer_boundary(w);
+    for (uint64_t s = 2; s <= 50; s++) push_result(w, s); /* one message, not ended */
+    /* Wait (bounded) until the first message is visible: the writer ran. */
+    size_t n = 0;
+    for (int i = 0; i < 2000 && (n = points()) < 1; i++) sleep_ms(1);
+    cr_assert_eq(n, 1, "only the ended message may be committed, got %zu", n);
+    ag_writer_boundary(w);
+    ag_writer_stop(w);
+    cr_assert_eq(points(), 50);
+}
+
+static atomic_int space_calls;
+static void on_space(void *ctx) {
+    (void)ctx;
+    atomic_fetch_add(&space_calls, 1);
+}
+
+Test(writer, a_full_queue_is_reported_and_room_is_announced_once_it_drains) {
+    ag_writer *w = start(1000, 1, 10, on_space);
+    /* Another connection holds the write lock: the writer cannot begin. */
+    ag_store *blocker = NULL;
+    cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
+    cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    for (uint64_t s = 1; s <= 30; s++) {
+        push_result(w, s);
+        ag_writer_boundary(w);
+    }
+    cr_assert(ag_writer_full(w), "depth %zu", ag_writer_depth(w));
+    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
+    ag_store_close(blocker);
+    for (int i = 0; i < 5000 && ag_writer_full(w); i++) sleep_ms(1);
+    cr_assert_not(ag_writer_full(w));
+    for (int i = 0; i < 5000 && atomic_load(&space_calls) == 0; i++) sleep_ms(1);
+    cr_assert_eq(atomic_load(&space_calls), 1);
+    ag_writer_stop(w);
+    cr_assert_eq(points(), 30);
+}

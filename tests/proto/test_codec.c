@@ -1,0 +1,447 @@
+/*
+ * test_codec.c - round trips of every message type through proto/encode.c
+ * and proto/decode.c, the zero-copy payload contract, the incremental stats
+ * batch and the seq/dropped patch used by the client's send queue.
+ */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "altgrad/altgrad.h"
+#include "core/arena.h"
+#include "proto/proto.h"
+
+static ag_buf encode_ok(ag_msg *m)
+{
+    ag_buf b;
+    ag_buf_init(&b);
+    int rc = ag_proto_encode(&b, m);
+    cr_assert_eq(rc, AG_OK, "encode: %s (%s)", ag_strerror(rc), m->why ? m->why : "");
+    cr_assert_eq(ag_proto_encoded_size(m), b.len);
+    return b;
+}
+
+static void decode_ok(const ag_buf *b, ag_msg *out)
+{
+    int rc = ag_proto_decode(b->data, b->len, out);
+    cr_assert_eq(rc, AG_OK, "decode: %s (%s)", ag_strerror(rc), out->why ? out->why : "");
+}
+
+static ag_stream_hdr hdr(void)
+{
+    ag_stream_hdr h = {"run-1", 0x0123456789abcdefULL, 42, 7};
+    return h;
+}
+
+Test(codec, run_start_round_trips_with_metadata)
+{
+    ag_msg m = {.type = AG_MSG_RUN_START, .hdr = hdr()};
+    m.u.run_start.host = "node7";
+    m.u.run_start.pid = 4242;
+    m.u.run_start.time_ms = 1700000000123LL;
+    m.u.run_start.metadata = "{\"lr\": 0.01, \"tags\": [\"a\", {\"b\": null}]}";
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.type, AG_MSG_RUN_START);
+    cr_assert_str_eq(d.hdr.run, "run-1");
+    cr_assert_eq(d.hdr.client_id, 0x0123456789abcdefULL);
+    cr_assert_eq(d.hdr.seq, 42);
+    cr_assert_eq(d.hdr.dropped, 7);
+    cr_assert_str_eq(d.u.run_start.host, "node7");
+    cr_assert_eq(d.u.run_start.pid, 4242);
+    cr_assert_eq(d.u.run_start.time_ms, 1700000000123LL);
+    cr_assert_str_eq(d.u.run_start.metadata, m.u.run_start.metadata);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, run_start_without_metadata_decodes_as_empty_object)
+{
+    ag_msg m = {.type = AG_MSG_RUN_START, .hdr = hdr()};
+    m.u.run_start.host = "";
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_str_eq(d.u.run_start.metadata, "{}");
+    cr_assert_str_eq(d.u.run_start.host, "");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, stats_batch_round_trips_every_record)
+{
+    ag_stat_record recs[3] = {
+        {1, "fc1.weight", AG_ROLE_WEIGHT, 0.5, 100, 0},
+        {1, "fc1.act", AG_ROLE_ACTIVATION, 123.25, 4096, 3},
+        {UINT64_MAX, "x", AG_ROLE_UPDATE, 0.0, 0, 0},
+    };
+    ag_msg m = {.type = AG_MSG_STATS, .hdr = hdr()};
+    m.u.stats.n = 3;
+    m.u.stats.records = recs;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.stats.n, 3);
+    for (size_t i = 0; i < 3; i++) {
+        const ag_stat_record *r = &d.u.stats.records[i];
+        cr_assert_eq(r->step, recs[i].step);
+        cr_assert_str_eq(r->tensor, recs[i].tensor);
+        cr_assert_eq(r->role, recs[i].role);
+        cr_assert_eq(r->amax, recs[i].amax);
+        cr_assert_eq(r->numel, recs[i].numel);
+        cr_assert_eq(r->nonfinite, recs[i].nonfinite);
+    }
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, snapshot_payload_is_not_copied_and_is_aligned)
+{
+    float w[5] = {1, 2, 3, 4, 5};
+    float g[5] = {-1, 0.5f, 0, 1e-4f, 2};
+    const char *fmts[2] = {"E5M2", "E3M4"};
+    ag_msg m = {.type = AG_MSG_SNAPSHOT, .hdr = hdr()};
+    ag_msg_snapshot *s = &m.u.snapshot;
+    s->step = 9;
+    s->tensor = "layer.0.weight";
+    s->dtype = AG_DTYPE_F32;
+    s->form = AG_FORM_SGD;
+    s->lr = 0.01;
+    s->n = 5;
+    s->numel = 50;
+    s->has_scale = 1;
+    s->scale = 0.25;
+    s->nformats = 2;
+    s->formats = fmts;
+    s->w = w;
+    s->x = g;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    const ag_msg_snapshot *o = &d.u.snapshot;
+    cr_assert_eq(o->step, 9);
+    cr_assert_str_eq(o->tensor, "layer.0.weight");
+    cr_assert_eq(o->dtype, AG_DTYPE_F32);
+    cr_assert_eq(o->form, AG_FORM_SGD);
+    cr_assert_eq(o->lr, 0.01);
+    cr_assert_eq(o->n, 5);
+    cr_assert_eq(o->numel, 50);
+    cr_assert(o->has_scale);
+    cr_assert_eq(o->scale, 0.25);
+    cr_assert_eq(o->nformats, 2);
+    cr_assert_str_eq(o->formats[0], "E5M2");
+    cr_assert_str_eq(o->formats[1], "E3M4");
+    /* zero copy: the arrays live inside the encoded buffer */
+    cr_assert((const uint8_t *)o->w >= b.data && (const uint8_t *)o->w < b.data + b.len);
+    cr_assert_eq((const uint8_t *)o->x, (const uint8_t *)o->w + sizeof w);
+    cr_assert(ag_proto_aligned(o->w, 8));
+    cr_assert_arr_eq(o->w, w, sizeof w);
+    cr_assert_arr_eq(o->x, g, sizeof g);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, snapshot_update_form_in_bfloat16_needs_no_lr)
+{
+    uint16_t w[3] = {0x3f80, 0x4000, 0x0000};
+    uint16_t u[3] = {0x3c00, 0x0001, 0x8000};
+    ag_msg m = {.type = AG_MSG_SNAPSHOT, .hdr = hdr()};
+    ag_msg_snapshot *s = &m.u.snapshot;
+    s->tensor = "t";
+    s->dtype = AG_DTYPE_BF16;
+    s->form = AG_FORM_UPDATE;
+    s->n = 3;
+    s->w = w;
+    s->x = u;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.snapshot.form, AG_FORM_UPDATE);
+    cr_assert_eq(d.u.snapshot.dtype, AG_DTYPE_BF16);
+    cr_assert_eq(d.u.snapshot.numel, 3, "absent numel means n");
+    cr_assert_not(d.u.snapshot.has_scale);
+    cr_assert_eq(d.u.snapshot.nformats, 0);
+    cr_assert_arr_eq(d.u.snapshot.w, w, sizeof w);
+    cr_assert_arr_eq(d.u.snapshot.x, u, sizeof u);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, snapshot_payload_stays_aligned_for_every_name_length)
+{
+    float w[2] = {1, 2}, g[2] = {3, 4};
+    char name[40];
+    for (size_t len = 1; len < sizeof name; len++) {
+        memset(name, 'a', len);
+        name[len] = '\0';
+        ag_msg m = {.type = AG_MSG_SNAPSHOT, .hdr = hdr()};
+        m.u.snapshot = (ag_msg_snapshot){.tensor = name, .dtype = AG_DTYPE_F32, .lr = 1,
+                                         .n = 2, .w = w, .x = g};
+        ag_buf b = encode_ok(&m);
+        ag_msg d;
+        decode_ok(&b, &d);
+        cr_assert(ag_proto_aligned(d.u.snapshot.w, 8), "name length %zu", len);
+        ag_msg_clear(&d);
+        ag_buf_free(&b);
+    }
+}
+
+Test(codec, run_end_round_trips)
+{
+    ag_msg m = {.type = AG_MSG_RUN_END, .hdr = hdr()};
+    m.u.run_end.step = 1000;
+    m.u.run_end.time_ms = -5;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.run_end.step, 1000);
+    cr_assert_eq(d.u.run_end.time_ms, -5);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, every_query_round_trips_its_arguments)
+{
+    static const int types[] = {AG_MSG_Q_RUNS,   AG_MSG_Q_TENSORS, AG_MSG_Q_HISTORY,
+                                AG_MSG_Q_SCALES, AG_MSG_Q_TOP,     AG_MSG_Q_STATUS};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        ag_msg m = {.type = types[i]};
+        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3};
+        ag_buf b = encode_ok(&m);
+        ag_msg d;
+        decode_ok(&b, &d);
+        cr_assert_eq(d.type, types[i]);
+        const ag_msg_query *q = &d.u.query;
+        switch (types[i]) {
+        case AG_MSG_Q_HISTORY:
+            cr_assert_str_eq(q->tensor, "t");
+            cr_assert_eq(q->from_step, 5);
+            cr_assert_eq(q->to_step, 10);
+            cr_assert_eq(q->every, 2);
+            /* fall through */
+        case AG_MSG_Q_SCALES:
+            cr_assert_str_eq(q->format, "E3M4");
+            /* fall through */
+        case AG_MSG_Q_TENSORS:
+            cr_assert_str_eq(q->run, "r");
+            break;
+        case AG_MSG_Q_TOP:
+            cr_assert_str_eq(q->run, "r");
+            cr_assert_str_eq(q->format, "E3M4");
+            cr_assert_eq(q->window, 100);
+            cr_assert_eq(q->limit, 3);
+            break;
+        default:
+            cr_assert_null(q->run);
+        }
+        ag_msg_clear(&d);
+        ag_buf_free(&b);
+    }
+}
+
+Test(codec, history_query_without_format_leaves_it_null)
+{
+    ag_msg m = {.type = AG_MSG_Q_HISTORY};
+    m.u.query.run = "r";
+    m.u.query.tensor = "t";
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_null(d.u.query.format);
+    cr_assert_eq(d.u.query.every, 0);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, runs_reply_round_trips_and_is_freed_with_one_call)
+{
+    ag_run_info items[2] = {
+        {"r1", "h", 1, 2, 3, 0, 10, 11, 12, "{}"},
+        {"r2", "", -1, UINT64_MAX, -3, 4, 0, 0, 0, "{\"k\":1}"},
+    };
+    ag_run_list list = {2, items};
+    ag_msg m = {.type = AG_MSG_R_RUNS};
+    m.u.runs = &list;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    ag_run_list *out = ag_msg_take_result(&d);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+    cr_assert_not_null(out);
+    cr_assert_eq(out->n, 2);
+    cr_assert_str_eq(out->items[1].name, "r2");
+    cr_assert_str_eq(out->items[1].host, "");
+    cr_assert_eq(out->items[1].pid, -1);
+    cr_assert_eq(out->items[1].client_id, UINT64_MAX);
+    cr_assert_eq(out->items[1].started_ms, -3);
+    cr_assert_eq(out->items[1].ended_ms, 4);
+    cr_assert_str_eq(out->items[1].metadata, "{\"k\":1}");
+    cr_assert_eq(out->items[0].last_step, 10);
+    cr_assert_eq(out->items[0].messages, 11);
+    cr_assert_eq(out->items[0].dropped, 12);
+    ag_free(out);
+}
+
+Test(codec, tensors_history_scales_top_and_status_replies_round_trip)
+{
+    ag_tensor_info ti = {"w", AG_ROLE_GRADIENT, 10, 1, 9, 4, 2.5};
+    ag_tensor_list tl = {1, &ti};
+    ag_history_point pts[2] = {{1, 2, 3, 2.0 / 3, 4, 5, 6, 7, 8.5, 0.125},
+                               {2, 0, 0, 0, 0, 0, 0, 0, 1, 1}};
+    ag_history h = {"r", "w", "E5M2", 2, pts};
+    ag_scale_info si = {"w", 7, 3.0, 0.5};
+    ag_scale_list sl = {"E3M4", 1, &si};
+    ag_top_entry te = {"w", 5, 10, 0.5, 3};
+    ag_top_list top = {"E7M0", 4, 9, 1, &te};
+    ag_status st = {"0.1.0", 12.5, 1, 2, 3, 4, 5, 6, 7, 8, "var/altgrad.db", "E5M2,E3M4"};
+
+    ag_msg m = {.type = AG_MSG_R_TENSORS};
+    m.u.tensors = &tl;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.tensors->n, 1);
+    cr_assert_str_eq(d.u.tensors->items[0].name, "w");
+    cr_assert_eq(d.u.tensors->items[0].role, AG_ROLE_GRADIENT);
+    cr_assert_eq(d.u.tensors->items[0].snapshots, 4);
+    cr_assert_eq(d.u.tensors->items[0].last_amax, 2.5);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    m = (ag_msg){.type = AG_MSG_R_HISTORY};
+    m.u.history = &h;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_str_eq(d.u.history->run, "r");
+    cr_assert_str_eq(d.u.history->format, "E5M2");
+    cr_assert_eq(d.u.history->n, 2);
+    cr_assert_arr_eq(d.u.history->points, pts, sizeof pts);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    m = (ag_msg){.type = AG_MSG_R_SCALES};
+    m.u.scales = &sl;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_str_eq(d.u.scales->format, "E3M4");
+    cr_assert_eq(d.u.scales->items[0].scale, 0.5);
+    cr_assert_eq(d.u.scales->items[0].step, 7);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    m = (ag_msg){.type = AG_MSG_R_TOP};
+    m.u.top = &top;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.top->from_step, 4);
+    cr_assert_eq(d.u.top->to_step, 9);
+    cr_assert_eq(d.u.top->items[0].stall_rate, 0.5);
+    cr_assert_eq(d.u.top->items[0].steps, 3);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    m = (ag_msg){.type = AG_MSG_R_STATUS};
+    m.u.status = &st;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_str_eq(d.u.status->version, "0.1.0");
+    cr_assert_eq(d.u.status->uptime_s, 12.5);
+    cr_assert_eq(d.u.status->rows_written, 6);
+    cr_assert_eq(d.u.status->tensors, 8);
+    cr_assert_str_eq(d.u.status->formats, "E5M2,E3M4");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, empty_reply_lists_round_trip)
+{
+    ag_run_list list = {0, NULL};
+    ag_msg m = {.type = AG_MSG_R_RUNS};
+    m.u.runs = &list;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.runs->n, 0);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, error_reply_round_trips)
+{
+    ag_msg m = {.type = AG_MSG_R_ERROR};
+    m.u.error.code = AG_ENOTFOUND;
+    m.u.error.text = "no run \"x\"";
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.error.code, AG_ENOTFOUND);
+    cr_assert_str_eq(d.u.error.text, "no run \"x\"");
+    cr_assert_null(ag_msg_take_result(&d), "an error carries no result");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, incremental_stats_batch_decodes_like_a_whole_one)
+{
+    ag_stats_batch sb;
+    memset(&sb, 0, sizeof sb);
+    ag_buf_init(&sb.buf);
+    cr_assert_eq(ag_stats_batch_begin(&sb, "run-b", 99), AG_OK);
+    cr_assert_eq(ag_stats_batch_end(&sb, 0, 0), AG_EINVAL, "an empty batch is refused");
+    for (int i = 0; i < 100; i++) {
+        ag_stat_record r = {(uint64_t)i, "t", AG_ROLE_GRADIENT, i * 0.5, 10, 1};
+        cr_assert_eq(ag_stats_batch_add(&sb, &r), AG_OK);
+    }
+    ag_stat_record bad = {0, "t", AG_ROLE_GRADIENT, 1.0, 1, 2};
+    cr_assert_eq(ag_stats_batch_add(&sb, &bad), AG_EINVAL);
+    cr_assert_eq(ag_stats_batch_end(&sb, 5, 6), AG_OK);
+    cr_assert_eq(ag_proto_patch_seq(sb.buf.data, sb.buf.len, 77, 3), AG_OK);
+    ag_msg d;
+    decode_ok(&sb.buf, &d);
+    cr_assert_eq(d.type, AG_MSG_STATS);
+    cr_assert_str_eq(d.hdr.run, "run-b");
+    cr_assert_eq(d.hdr.client_id, 99);
+    cr_assert_eq(d.hdr.seq, 77);
+    cr_assert_eq(d.hdr.dropped, 3);
+    cr_assert_eq(d.u.stats.n, 100);
+    cr_assert_eq(d.u.stats.records[99].step, 99);
+    cr_assert_eq(d.u.stats.records[99].amax, 49.5);
+    ag_msg_clear(&d);
+    ag_buf_free(&sb.buf);
+}
+
+Test(codec, patch_seq_refuses_a_message_without_our_trailer)
+{
+    ag_msg m = {.type = AG_MSG_Q_RUNS};
+    ag_buf b = encode_ok(&m);
+    cr_assert_eq(ag_proto_patch_seq(b.data, b.len, 1, 1), AG_EPROTO);
+    ag_buf_free(&b);
+}
+
+Test(codec, fixed_buffer_encodes_exactly_into_the_counted_size)
+{
+    ag_msg m = {.type = AG_MSG_RUN_END, .hdr = hdr()};
+    size_t need = ag_proto_encoded_size(&m);
+    cr_assert_gt(need, 0);
+    uint8_t mem[256];
+    ag_buf b;
+    ag_buf_init_fixed(&b, mem, need);
+    cr_assert_eq(ag_proto_encode(&b, &m), AG_OK);
+    cr_assert_eq(b.len, need);
+    ag_buf_init_fixed(&b, mem, need - 1);
+    cr_assert_eq(ag_proto_encode(&b, &m), AG_ETOOBIG);
+    cr_assert_eq(b.len, 0, "a failed encode leaves the buffer as it was");
+}
+
+Test(codec, peek_reads_version_and_type)
+{
+    ag_msg m = {.type = AG_MSG_Q_STATUS};
+    ag_buf b = encode_ok(&m);
+    int v = 0, t = 0;
+    cr_assert_eq(ag_proto_peek(b.data, b.len, &v, &t), AG_OK);
+    cr_assert_eq(v, AG_PROTO_VERSION);
+    cr_assert_eq(t, AG_MSG_Q_STATUS);
+    cr_assert_str_eq(ag_proto_type_name(t), "q_status");
+    ag_buf_free(&b);
+}

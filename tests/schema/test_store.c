@@ -1,0 +1,412 @@
+/*
+ * test_store.c - the SQLite store (schema/): migrations, opening errors,
+ * writes read back through every query, downsampling, restore of the engine
+ * state, and a process killed mid-transaction leaving the file intact.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "altgrad/altgrad.h"
+#include "schema/store.h"
+
+static char dir[64];
+static char db_path[128];
+
+static void setup(void) {
+    strcpy(dir, "/tmp/ag_store_XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(db_path, sizeof db_path, "%s/t.db", dir);
+}
+
+static void teardown(void) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[512];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    rmdir(dir);
+}
+
+TestSuite(store, .init = setup, .fini = teardown);
+
+static ag_store *open_rw(void) {
+    ag_store *st = NULL;
+    int err = ag_store_open(&st, db_path, AG_STORE_CREATE);
+    cr_assert_eq(err, AG_OK, "open: %s", ag_store_errmsg(st));
+    return st;
+}
+
+/* One run "r1" (id 1) with tensor "fc1.weight" (id 1), format E5M2 (id 1) and
+ * E3M4 (id 2), results at steps 1..n with stalled = step, total = 10. */
+static void fill(ag_store *st, uint64_t n) {
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 1, ag_format_get("E5M2")), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 2, ag_format_get("E3M4")), AG_OK);
+    ag_store_run_row run = {.id = 1, .name = "r1", .host = "h", .pid = 42, .client_id = 7,
+                            .started_ms = 1000, .metadata = "{\"lr\":0.1}"};
+    cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(st, 1, 1, "fc1.weight", AG_ROLE_WEIGHT), AG_OK);
+    for (uint64_t step = 1; step <= n; step++) {
+        ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step,
+                                 .counts = {.stalled = step, .total = 10, .overflow = 1},
+                                 .flips = 2, .amax = 0.5, .scale = 0.25 * (double)step};
+        cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
+        ag_store_stats_row s = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .step = step,
+                                .amax = (double)step, .numel = 100};
+        cr_assert_eq(ag_store_put_stats(st, &s), AG_OK);
+    }
+    ag_store_run_delta rd = {.run_id = 1, .messages = n, .last_step = n, .has_seq = 1,
+                             .last_seq = n};
+    cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
+    ag_store_tensor_delta td = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .numel = 100,
+                                .first_step = 1, .last_step = n, .snapshots = n,
+                                .last_amax = (double)n};
+    cr_assert_eq(ag_store_apply_tensor_delta(st, &td), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
+}
+
+Test(store, open_creates_a_missing_file_at_the_newest_schema_version) {
+    ag_store *st = open_rw();
+    int v = -1;
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_assert_eq(v, ag_store_schema_version());
+    cr_assert_geq(v, 2);
+    ag_store_close(st);
+}
+
+Test(store, migrations_run_on_an_existing_empty_file) {
+    FILE *f = fopen(db_path, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db_path, 0), AG_OK, "%s", ag_store_errmsg(st));
+    int v = -1;
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_assert_eq(v, ag_store_schema_version());
+    cr_assert_eq(ag_store_integrity_check(st), AG_OK);
+    ag_store_close(st);
+}
+
+Test(store, readonly_open_of_a_missing_file_is_a_clear_error) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db_path, AG_STORE_READONLY), AG_ESTORE);
+    cr_assert_not_null(st);
+    cr_assert_not_null(strstr(ag_store_errmsg(st), db_path), "%s", ag_store_errmsg(st));
+    cr_assert_not_null(strstr(ag_store_errmsg(st), "no such"), "%s", ag_store_errmsg(st));
+    ag_store_close(st);
+    cr_assert_neq(access(db_path, F_OK), 0, "readonly open must not create the file");
+}
+
+Test(store, open_without_create_flag_does_not_create_a_file) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db_path, 0), AG_ESTORE);
+    ag_store_close(st);
+    cr_assert_neq(access(db_path, F_OK), 0);
+}
+
+Test(store, a_file_from_a_newer_altgrad_is_refused) {
+    ag_store *st = open_rw();
+    ag_store_close(st);
+    /* Bump user_version past what this build knows, through SQLite itself. */
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "sqlite3 %s 'PRAGMA user_version=999' 2>/dev/null", db_path);
+    if (system(cmd) != 0) cr_skip_test("sqlite3 shell not available");
+    cr_assert_eq(ag_store_open(&st, db_path, 0), AG_ESTORE);
+    cr_assert_not_null(strstr(ag_store_errmsg(st), "newer"), "%s", ag_store_errmsg(st));
+    ag_store_close(st);
+}
+
+Test(store, written_rows_come_back_through_every_query) {
+    ag_store *st = open_rw();
+    fill(st, 5);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_scale(st, 1, 1, AG_ROLE_WEIGHT, 5, 4.0, 0.5), AG_OK);
+    cr_assert_eq(ag_store_put_drop(st, 1, 7, 2000, 3, 2, "gap"), AG_OK);
+    ag_store_run_delta rd = {.run_id = 1, .dropped = 2};
+    cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
+    cr_assert_eq(ag_store_add_counter(st, "bytes", 1234), AG_OK);
+    cr_assert_eq(ag_store_add_counter(st, "bytes", 1), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+
+    ag_store *ro = NULL;
+    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s",
+                 ag_store_errmsg(ro));
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(ro, &runs), AG_OK);
+    cr_assert_eq(runs->n, 1);
+    cr_assert_str_eq(runs->items[0].name, "r1");
+    cr_assert_str_eq(runs->items[0].host, "h");
+    cr_assert_eq(runs->items[0].pid, 42);
+    cr_assert_eq(runs->items[0].client_id, 7);
+    cr_assert_eq(runs->items[0].last_step, 5);
+    cr_assert_eq(runs->items[0].messages, 5);
+    cr_assert_eq(runs->items[0].dropped, 2);
+    cr_assert_str_eq(runs->items[0].metadata, "{\"lr\":0.1}");
+    ag_free(runs);
+
+    ag_tensor_list *ts = NULL;
+    cr_assert_eq(ag_store_tensors(ro, "r1", &ts), AG_OK);
+    cr_assert_eq(ts->n, 1);
+    cr_assert_str_eq(ts->items[0].name, "fc1.weight");
+    cr_assert_eq(ts->items[0].first_step, 1);
+    cr_assert_eq(ts->items[0].last_step, 5);
+    cr_assert_eq(ts->items[0].snapshots, 5);
+    cr_assert_eq(ts->items[0].numel, 100);
+    ag_free(ts);
+
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(ro, &q, &h), AG_OK);
+    cr_assert_str_eq(h->format, "E5M2");
+    cr_assert_eq(h->n, 5);
+    for (size_t i = 0; i < 5; i++) {
+        cr_assert_eq(h->points[i].step, i + 1);
+        cr_assert_eq(h->points[i].stalled, i + 1);
+        cr_assert_eq(h->points[i].total, 10);
+        cr_assert_float_eq(h->points[i].stall_rate, (double)(i + 1) / 10, 1e-12);
+        cr_assert_eq(h->points[i].flips, 2);
+        cr_assert_eq(h->points[i].overflow, 1);
+        cr_assert_float_eq(h->points[i].scale, 0.25 * (double)(i + 1), 1e-12);
+    }
+    ag_free(h);
+
+    ag_scale_list *sc = NULL;
+    cr_assert_eq(ag_store_scales(ro, "r1", "E5M2", &sc), AG_OK);
+    cr_assert_eq(sc->n, 1);
+    cr_assert_str_eq(sc->items[0].tensor, "fc1.weight");
+    cr_assert_eq(sc->items[0].step, 5);
+    cr_assert_float_eq(sc->items[0].scale, 0.5, 1e-12);
+    ag_free(sc);
+
+    ag_top_list *top = NULL;
+    cr_assert_eq(ag_store_top(ro, "r1", NULL, 2, 0, &top), AG_OK);
+    cr_assert_eq(top->from_step, 4);
+    cr_assert_eq(top->to_step, 5);
+    cr_assert_eq(top->n, 1);
+    cr_assert_eq(top->items[0].stalled, 9);
+    cr_assert_eq(top->items[0].total, 20);
+    cr_assert_eq(top->items[0].steps, 2);
+    ag_free(top);
+
+    ag_status *status = NULL;
+    cr_assert_eq(ag_store_status(ro, &status), AG_OK);
+    cr_assert_eq(status->runs, 1);
+    cr_assert_eq(status->tensors, 1);
+    cr_assert_eq(status->bytes, 1235);
+    cr_assert_eq(status->dropped, 2);
+    cr_assert_str_eq(status->formats, "E5M2,E3M4");
+    cr_assert_float_eq(status->uptime_s, 0.0, 0.0);
+    ag_free(status);
+    ag_store_close(ro);
+    ag_store_close(st);
+}
+
+Test(store, history_downsampling_sums_counts_over_buckets) {
+    ag_store *st = open_rw();
+    fill(st, 7);
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .format = "E5M2",
+                          .from_step = 2, .to_step = 6, .every = 2};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_assert_eq(h->n, 3); /* {2,3} {4,5} {6} */
+    cr_assert_eq(h->points[0].step, 3);
+    cr_assert_eq(h->points[0].stalled, 5);
+    cr_assert_eq(h->points[0].total, 20);
+    cr_assert_float_eq(h->points[0].stall_rate, 0.25, 1e-12);
+    cr_assert_eq(h->points[1].step, 5);
+    cr_assert_eq(h->points[1].stalled, 9);
+    cr_assert_eq(h->points[2].step, 6);
+    cr_assert_eq(h->points[2].total, 10);
+    cr_assert_float_eq(h->points[2].scale, 1.5, 1e-12);
+    ag_free(h);
+    ag_store_close(st);
+}
+
+Test(store, unknown_run_tensor_or_format_is_not_found) {
+    ag_store *st = open_rw();
+    fill(st, 1);
+    ag_tensor_list *ts = NULL;
+    cr_assert_eq(ag_store_tensors(st, "nope", &ts), AG_ENOTFOUND);
+    cr_assert_null(ts);
+    cr_assert_not_null(strstr(ag_store_errmsg(st), "nope"));
+    ag_history *h = NULL;
+    ag_history_query q = {.run = "r1", .tensor = "missing"};
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_ENOTFOUND);
+    q.tensor = "fc1.weight";
+    q.format = "E4M3";
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_ENOTFOUND);
+    ag_scale_list *sc = NULL;
+    cr_assert_eq(ag_store_scales(st, "r1", "E9M9", &sc), AG_ENOTFOUND);
+    ag_top_list *top = NULL;
+    cr_assert_eq(ag_store_top(st, "zz", NULL, 0, 0, &top), AG_ENOTFOUND);
+    ag_store_close(st);
+}
+
+Test(store, rollback_discards_the_open_transaction) {
+    ag_store *st = open_rw();
+    fill(st, 3);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = 99};
+    cr_assert_eq(ag_store_put_result(st, &r), AG_OK);
+    cr_assert_eq(ag_store_rollback(st), AG_OK);
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_assert_eq(h->n, 3);
+    ag_free(h);
+    ag_store_close(st);
+}
+
+Test(store, a_process_killed_mid_transaction_leaves_the_file_intact) {
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        ag_store *st = NULL;
+        if (ag_store_open(&st, db_path, AG_STORE_CREATE)) _exit(2);
+        fill(st, 100);
+        if (ag_store_begin(st)) _exit(3);
+        for (uint64_t step = 101; step <= 5000; step++) {
+            ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step};
+            if (ag_store_put_result(st, &r)) _exit(4);
+        }
+        raise(SIGKILL); /* no commit, no close */
+        _exit(5);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child status %d", status);
+
+    ag_store *st = open_rw();
+    cr_assert_eq(ag_store_integrity_check(st), AG_OK, "%s", ag_store_errmsg(st));
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_assert_eq(h->n, 100);
+    cr_assert_eq(h->points[99].step, 100);
+    ag_free(h);
+    /* And the file takes new writes. */
+    fill(st, 101);
+    ag_store_close(st);
+}
+
+typedef struct restored {
+    int formats, runs, tensors, scales, snapshots;
+    double hist[32];
+    size_t hist_n;
+    float w[4];
+    uint64_t snap_step;
+    double scale;
+} restored;
+
+static int on_format(void *ctx, int64_t id, const char *name, int e, int m, int b, int inf,
+                     int nan) {
+    (void)id, (void)name, (void)e, (void)m, (void)b, (void)inf, (void)nan;
+    ((restored *)ctx)->formats++;
+    return 0;
+}
+static int on_run(void *ctx, int64_t id, const char *name, uint64_t cid, uint64_t seq,
+                  uint64_t step, int64_t ended) {
+    (void)id, (void)ended;
+    cr_expect_str_eq(name, "r1");
+    cr_expect_eq(cid, 7);
+    cr_expect_eq(seq, 20);
+    cr_expect_eq(step, 20);
+    ((restored *)ctx)->runs++;
+    return 0;
+}
+static int on_tensor(void *ctx, int64_t id, int64_t run_id, const char *name, int role) {
+    (void)id, (void)run_id, (void)name, (void)role;
+    ((restored *)ctx)->tensors++;
+    return 0;
+}
+static int on_history(void *ctx, int64_t tid, int role, const double *v, size_t n) {
+    restored *r = ctx;
+    cr_expect_eq(tid, 1);
+    cr_expect_eq(role, AG_ROLE_WEIGHT);
+    memcpy(r->hist, v, n * sizeof *v);
+    r->hist_n = n;
+    return 0;
+}
+static int on_scale(void *ctx, int64_t tid, int64_t fid, int role, uint64_t step, double amax,
+                    double scale) {
+    (void)tid, (void)fid, (void)role, (void)step, (void)amax;
+    ((restored *)ctx)->scales++;
+    ((restored *)ctx)->scale = scale;
+    return 0;
+}
+static int on_snapshot(void *ctx, int64_t tid, uint64_t step, const float *w, size_t n) {
+    restored *r = ctx;
+    (void)tid;
+    cr_expect_eq(n, 4);
+    memcpy(r->w, w, sizeof r->w);
+    r->snap_step = step;
+    r->snapshots++;
+    return 0;
+}
+
+Test(store, restore_returns_the_newest_history_oldest_first_and_engine_state) {
+    ag_store *st = open_rw();
+    fill(st, 20);
+    float w[4] = {1, -2, 3.5f, 0};
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_scale(st, 1, 1, AG_ROLE_WEIGHT, 20, 20.0, 20.0 / 57344), AG_OK);
+    cr_assert_eq(ag_store_put_snapshot(st, 1, 19, w, 4), AG_OK);
+    cr_assert_eq(ag_store_put_snapshot(st, 1, 20, w, 4), AG_OK);
+    /* A record with no finite element is not part of the history. */
+    ag_store_stats_row bad = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .step = 21,
+                              .amax = 0, .numel = 4, .nonfinite = 4};
+    cr_assert_eq(ag_store_put_stats(st, &bad), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+
+    restored r = {0};
+    ag_store_restore_cb cb = {&r, on_format, on_run, on_tensor, on_history, on_scale,
+                              on_snapshot};
+    cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(r.formats, 2);
+    cr_assert_eq(r.runs, 1);
+    cr_assert_eq(r.tensors, 1);
+    cr_assert_eq(r.hist_n, 3, "got %zu", r.hist_n); /* LIMIT 4 minus the skipped row */
+    cr_assert_float_eq(r.hist[0], 18.0, 0);
+    cr_assert_float_eq(r.hist[2], 20.0, 0);
+    cr_assert_eq(r.scales, 1);
+    cr_assert_float_eq(r.scale, 20.0 / 57344, 1e-15);
+    cr_assert_eq(r.snapshots, 1);
+    cr_assert_eq(r.snap_step, 20);
+    cr_assert_float_eq(r.w[2], 3.5f, 0);
+    int64_t rid, tid, fid;
+    cr_assert_eq(ag_store_max_ids(st, &rid, &tid, &fid), AG_OK);
+    cr_assert_eq(rid, 1);
+    cr_assert_eq(tid, 1);
+    cr_assert_eq(fid, 2);
+    ag_store_close(st);
+}
+
+Test(store, a_reopened_run_keeps_its_counters) {
+    ag_store *st = open_rw();
+    fill(st, 3);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_run_row run = {.id = 1, .name = "r1", .host = "h2", .pid = 43, .client_id = 8};
+    cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK);
+    cr_assert_eq(runs->n, 1);
+    cr_assert_str_eq(runs->items[0].host, "h2");
+    cr_assert_eq(runs->items[0].client_id, 8);
+    cr_assert_eq(runs->items[0].messages, 3);
+    cr_assert_str_eq(runs->items[0].metadata, "{}");
+    ag_free(runs);
+    ag_store_close(st);
+}
