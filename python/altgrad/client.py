@@ -1,0 +1,453 @@
+"""altgrad.Client: libaltgrad's client (ag_client_*) for Python.
+
+Logging calls hand float32 arrays to C by address: a torch tensor or numpy
+array that is already contiguous float32 on the CPU is not copied (the C
+library copies it into its send queue and returns without waiting on the
+daemon). Queries return plain dicts and lists. Every failure raises an
+AltgradError carrying the ag_strerror text (and the daemon's message).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_size_t, c_uint64, c_void_p
+
+from . import _lib
+from ._arrays import f32, typed
+from .errors import AltgradError, check, error_for
+
+_client_p = c_void_p
+
+
+class ag_client_opts(ctypes.Structure):
+    _fields_ = [
+        ("ingest_url", c_char_p),
+        ("query_url", c_char_p),
+        ("run", c_char_p),
+        ("metadata", c_char_p),
+        ("policy", c_int),
+        ("queue_messages", c_size_t),
+        ("queue_bytes", c_size_t),
+        ("batch_bytes", c_size_t),
+        ("flush_interval_ms", c_int),
+        ("query_timeout_ms", c_int),
+        ("close_timeout_ms", c_int),
+        ("reconnect_ms", c_int),
+        ("snapshot_every", c_uint64),
+        ("sample_max", c_size_t),
+        ("sample_seed", c_uint64),
+    ]
+
+
+class ag_snapshot(ctypes.Structure):
+    _fields_ = [
+        ("step", c_uint64),
+        ("tensor", c_char_p),
+        ("dtype", c_int),
+        ("w", c_void_p),
+        ("g", c_void_p),
+        ("u", c_void_p),
+        ("n", c_size_t),
+        ("lr", c_float),
+        ("scale", c_double),
+        ("formats", POINTER(c_char_p)),
+        ("nformats", c_size_t),
+    ]
+
+
+class ag_client_stats(ctypes.Structure):
+    _fields_ = [
+        ("queued", c_uint64),
+        ("sent", c_uint64),
+        ("dropped", c_uint64),
+        ("records", c_uint64),
+        ("records_dropped", c_uint64),
+        ("snapshots", c_uint64),
+        ("skipped", c_uint64),
+        ("bytes_sent", c_uint64),
+    ]
+
+
+AG_QUEUE_DROP = 0
+AG_QUEUE_BLOCK = 1
+_POLICIES = {"drop": AG_QUEUE_DROP, "block": AG_QUEUE_BLOCK}
+
+_SIGNATURES = {
+    "ag_client_open": (c_int, [POINTER(_client_p), POINTER(ag_client_opts)]),
+    "ag_client_log_sgd": (c_int, [_client_p, c_uint64, c_char_p, c_void_p, c_void_p, c_size_t,
+                                  c_float]),
+    "ag_client_log_update": (c_int, [_client_p, c_uint64, c_char_p, c_void_p, c_void_p,
+                                     c_size_t]),
+    "ag_client_log_snapshot": (c_int, [_client_p, POINTER(ag_snapshot)]),
+    "ag_client_log_stats": (c_int, [_client_p, c_uint64, c_char_p, c_int, c_void_p,
+                                    c_size_t]),
+    "ag_client_log_stats_typed": (c_int, [_client_p, c_uint64, c_char_p, c_int, c_int,
+                                          c_void_p, c_size_t]),
+    "ag_client_log_amax": (c_int, [_client_p, c_uint64, c_char_p, c_int, c_double, c_uint64,
+                                   c_uint64]),
+    "ag_client_end_run": (c_int, [_client_p]),
+    "ag_client_flush": (c_int, [_client_p, c_int]),
+    "ag_client_close": (None, [_client_p]),
+    "ag_client_get_stats": (c_int, [_client_p, POINTER(ag_client_stats)]),
+    "ag_client_id": (c_uint64, [_client_p]),
+    "ag_client_run": (c_char_p, [_client_p]),
+    "ag_client_runs": (c_int, [_client_p, POINTER(POINTER(_lib.ag_run_list))]),
+    "ag_client_tensors": (c_int, [_client_p, c_char_p, POINTER(POINTER(_lib.ag_tensor_list))]),
+    "ag_client_history": (c_int, [_client_p, POINTER(_lib.ag_history_query),
+                                  POINTER(POINTER(_lib.ag_history))]),
+    "ag_client_scales": (c_int, [_client_p, c_char_p, c_char_p,
+                                 POINTER(POINTER(_lib.ag_scale_list))]),
+    "ag_client_top": (c_int, [_client_p, c_char_p, c_char_p, c_uint64, c_size_t,
+                              POINTER(POINTER(_lib.ag_top_list))]),
+    "ag_client_status": (c_int, [_client_p, POINTER(POINTER(_lib.ag_status))]),
+    "ag_client_last_error": (c_char_p, [_client_p]),
+}
+
+_declared = False
+_declare_lock = threading.Lock()
+
+
+def _api():
+    global _declared
+    lib = _lib.lib()
+    if not _declared:
+        with _declare_lock:
+            _lib._declare(lib, _SIGNATURES)
+            _declared = True
+    return lib
+
+
+_s = _lib.pystr
+
+
+def _role(role) -> int:
+    if isinstance(role, str):
+        if role not in _lib.ROLES:
+            raise ValueError(f"role must be one of {sorted(_lib.ROLES)}, got {role!r}")
+        return _lib.ROLES[role]
+    if isinstance(role, int) and not isinstance(role, bool) and role in _lib.ROLES.values():
+        return role
+    raise ValueError(f"role must be one of {sorted(_lib.ROLES)}, got {role!r}")
+
+
+def _step(step) -> int:
+    if isinstance(step, bool) or not isinstance(step, int):
+        try:
+            step = step.__index__()
+        except AttributeError:
+            raise TypeError(f"step must be an int, got {type(step).__name__}") from None
+    if not 0 <= step < 2 ** 64:
+        raise ValueError(f"step must be in [0, 2**64), got {step}")
+    return step
+
+
+def _name(name, what="tensor") -> bytes:
+    b = _lib.cstr(name, what)
+    if b is None or not 1 <= len(b) <= _lib.AG_NAME_MAX:
+        raise ValueError(f"{what} name must be 1..{_lib.AG_NAME_MAX} bytes, got {name!r}")
+    return b
+
+
+class Client:
+    """A connection to altgradd: streams logs to its ingest socket and asks
+    its query socket. Opening never waits for the daemon.
+
+    ingest_url / query_url: nng URLs (None: $ALTGRAD_INGEST / $ALTGRAD_QUERY,
+    else the daemon's defaults). run: this run's name (None: generated; see
+    .run). metadata: a dict (sent as JSON) or a JSON object string.
+    policy: "drop" (default: a full send queue drops the message, counted,
+    and the log call returns False) or "block" (wait for room, lossless).
+    The other keywords are ag_client_opts fields (0 = the library default):
+    queue_messages, queue_bytes, batch_bytes, flush_interval_ms,
+    query_timeout_ms, close_timeout_ms, reconnect_ms, snapshot_every,
+    sample_max, sample_seed. Use as a context manager or call close().
+    """
+
+    _INT_OPTS = ("queue_messages", "queue_bytes", "batch_bytes", "flush_interval_ms",
+                 "query_timeout_ms", "close_timeout_ms", "reconnect_ms", "snapshot_every",
+                 "sample_max", "sample_seed")
+
+    def __init__(self, ingest_url: str = None, query_url: str = None, run: str = None, *,
+                 metadata=None, policy: str = "drop", **options):
+        self._c = None
+        self._lock = threading.Lock()
+        lib = _api()
+        opts = ag_client_opts()
+        opts.ingest_url = _lib.cstr(ingest_url, "ingest_url")
+        opts.query_url = _lib.cstr(query_url, "query_url")
+        opts.run = _name(run, "run") if run is not None else None
+        if metadata is not None:
+            if isinstance(metadata, dict):
+                metadata = json.dumps(metadata)
+            opts.metadata = _lib.cstr(metadata, "metadata")
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be one of {sorted(_POLICIES)}, got {policy!r}")
+        opts.policy = _POLICIES[policy]
+        for key, value in options.items():
+            if key not in self._INT_OPTS:
+                raise TypeError(f"Client() got an unexpected keyword argument {key!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key} must be an int >= 0, got {value!r}")
+            setattr(opts, key, value)
+        handle = _client_p()
+        check(lib.ag_client_open(ctypes.byref(handle), ctypes.byref(opts)))
+        self._lib = lib
+        self._c = handle
+        self._run = _s(lib.ag_client_run(handle))
+        self._id = int(lib.ag_client_id(handle))
+
+    # -- lifetime ---------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return not self._c
+
+    @property
+    def run(self) -> str:
+        """This run's name (the generated one when none was given)."""
+        return self._run
+
+    @property
+    def client_id(self) -> int:
+        return self._id
+
+    def _call(self, name, *args, allow_again=False):
+        fn = _lib.func(name)
+        with self._lock:
+            if not self._c:
+                raise AltgradError(_lib.AG_ECLOSED)
+            rc = fn(self._c, *args)
+            if rc < 0:
+                if allow_again and rc == _lib.AG_EAGAIN:
+                    return rc
+                detail = _s(self._lib.ag_client_last_error(self._c)) or None
+                raise error_for(rc, detail)
+        return rc
+
+    def flush(self, timeout_ms: int = 5000) -> None:
+        """Wait (at most timeout_ms; < 0: no limit) until everything queued
+        went to the transport; AltgradTimeoutError if it did not."""
+        self._call("ag_client_flush", int(timeout_ms))
+
+    def end_run(self) -> None:
+        """Queue run_end (with the highest step logged); later logging calls
+        raise. close() does it when you did not."""
+        self._call("ag_client_end_run")
+
+    def stats(self) -> dict:
+        """This client's counters (ag_client_stats): queued, sent, dropped,
+        records, records_dropped, snapshots, skipped, bytes_sent."""
+        st = ag_client_stats()
+        self._call("ag_client_get_stats", ctypes.byref(st))
+        return {f: int(getattr(st, f)) for f, _ in ag_client_stats._fields_}
+
+    def close(self) -> None:
+        """End the run, flush with a bounded wait and free the client;
+        idempotent."""
+        with self._lock:
+            c, self._c = self._c, None
+        if c:
+            self._lib.ag_client_close(c)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- logging: each returns True when queued, False when the send queue was
+    # full and the message was dropped (counted; only under policy "drop") ------
+    def log_sgd(self, step: int, tensor: str, w, g, lr: float, *, scale: float = None,
+                formats=None) -> bool:
+        """Snapshot in SGD form: weights w, gradients g, learning rate lr."""
+        return self._snapshot(step, tensor, w, g, float(lr), scale, formats)
+
+    def log_update(self, step: int, tensor: str, w, u, *, scale: float = None,
+                   formats=None) -> bool:
+        """Snapshot in update form: weights w before the step and the update
+        u = w_after - w from any optimizer."""
+        return self._snapshot(step, tensor, w, u, None, scale, formats)
+
+    def log_snapshot(self, step: int, tensor: str, w, second, *, lr: float = None,
+                     scale: float = None, formats=None) -> bool:
+        """The general snapshot: SGD form when lr is given (second = g), update
+        form otherwise (second = u); an explicit scale for every format and/or
+        a list of format names."""
+        return self._snapshot(step, tensor, w, second, lr, scale, formats)
+
+    def _snapshot(self, step, tensor, w, second, lr, scale, formats) -> bool:
+        step = _step(step)
+        name = _name(tensor)
+        wb, sb = typed(w, "w"), typed(second, "g" if lr is not None else "u")
+        if wb.dtype != sb.dtype:  # mixed precisions: meet in float32
+            wb, sb = f32(w, "w"), f32(second, "g" if lr is not None else "u")
+        if wb.n != sb.n:
+            raise ValueError(f"w and {'g' if lr is not None else 'u'} differ in size: "
+                             f"{wb.n} vs {sb.n}")
+        if wb.n == 0:
+            raise ValueError("w is empty")
+        if scale is None and formats is None and wb.dtype == _lib.AG_DTYPE_F32:
+            if lr is not None:
+                rc = self._call("ag_client_log_sgd", step, name, wb.ptr, sb.ptr, wb.n, lr,
+                                allow_again=True)
+            else:
+                rc = self._call("ag_client_log_update", step, name, wb.ptr, sb.ptr, wb.n,
+                                allow_again=True)
+            return rc != _lib.AG_EAGAIN
+        snap = ag_snapshot(step=step, tensor=name, dtype=wb.dtype, w=wb.ptr, n=wb.n)
+        if lr is not None:
+            snap.g = sb.ptr
+            snap.lr = lr
+        else:
+            snap.u = sb.ptr
+        if scale is not None:
+            scale = float(scale)
+            if not (scale > 0 and scale != float("inf")):
+                raise ValueError(f"scale must be finite and > 0, got {scale}")
+            snap.scale = scale
+        keep = None
+        if formats is not None:
+            names = [f if isinstance(f, str) else getattr(f, "name", f) for f in formats]
+            if len(names) > _lib.AG_FORMATS_MAX:
+                raise ValueError(f"at most {_lib.AG_FORMATS_MAX} formats")
+            keep = (c_char_p * max(len(names), 1))(*[_lib.cstr(n, "format") for n in names])
+            snap.formats = keep
+            snap.nformats = len(names)
+        rc = self._call("ag_client_log_snapshot", ctypes.byref(snap), allow_again=True)
+        del keep
+        return rc != _lib.AG_EAGAIN
+
+    def log_stats(self, step: int, tensor: str, x, role="activation") -> bool:
+        """Per-step statistics of x (amax over finite elements, non-finite
+        count), computed in C from x's memory (float32, bfloat16 or float16
+        as they are; other dtypes converted to float32)."""
+        step = _step(step)
+        name = _name(tensor)
+        xb = typed(x, "x")
+        if xb.n == 0:
+            raise ValueError("x is empty")
+        if xb.dtype == _lib.AG_DTYPE_F32:
+            rc = self._call("ag_client_log_stats", step, name, _role(role), xb.ptr, xb.n,
+                            allow_again=True)
+        else:
+            rc = self._call("ag_client_log_stats_typed", step, name, _role(role), xb.dtype,
+                            xb.ptr, xb.n, allow_again=True)
+        return rc != _lib.AG_EAGAIN
+
+    def log_amax(self, step: int, tensor: str, role, amax: float, numel: int,
+                 nonfinite: int = 0) -> bool:
+        """Statistics computed elsewhere (e.g. reduced on a GPU)."""
+        rc = self._call("ag_client_log_amax", _step(step), _name(tensor), _role(role),
+                        float(amax), _step(numel), _step(nonfinite), allow_again=True)
+        return rc != _lib.AG_EAGAIN
+
+    # -- queries ----------------------------------------------------------------
+    def _query(self, name, restype, *args):
+        out = POINTER(restype)()
+        self._call(name, *args, ctypes.byref(out))
+        if not out:
+            raise AltgradError(_lib.AG_EPROTO, f"{name} succeeded without a result")
+        return out
+
+    def _free(self, res):
+        self._lib.ag_free(ctypes.cast(res, c_void_p))
+
+    def _run_arg(self, run):
+        return _name(run if run is not None else self.run, "run")
+
+    def runs(self) -> list:
+        """Every run the daemon knows, as dicts (ag_run_info's fields)."""
+        res = self._query("ag_client_runs", _lib.ag_run_list)
+        try:
+            r = res.contents
+            return [_record(r.items[i]) for i in range(r.n)]
+        finally:
+            self._free(res)
+
+    def tensors(self, run: str = None) -> list:
+        """The tensors of a run (default: this client's), as dicts; role as
+        its name ("weight", "activation", ...)."""
+        res = self._query("ag_client_tensors", _lib.ag_tensor_list, self._run_arg(run))
+        try:
+            r = res.contents
+            out = [_record(r.items[i]) for i in range(r.n)]
+            for t in out:
+                t["role"] = _role_name(t["role"])
+            return out
+        finally:
+            self._free(res)
+
+    def history(self, tensor: str, run: str = None, format: str = "E5M2", from_step: int = 0,
+                to_step: int = 0, every: int = 0) -> dict:
+        """Per-step stall history of one tensor in one format:
+        {"run", "tensor", "format", "points": [one dict per step, ascending]}."""
+        q = _lib.ag_history_query(run=self._run_arg(run), tensor=_name(tensor),
+                                  format=_lib.cstr(format, "format"),
+                                  from_step=_step(from_step), to_step=_step(to_step),
+                                  every=_step(every))
+        res = self._query("ag_client_history", _lib.ag_history, ctypes.byref(q))
+        try:
+            r = res.contents
+            return {"run": _s(r.run), "tensor": _s(r.tensor), "format": _s(r.format),
+                    "points": [_record(r.points[i]) for i in range(r.n)]}
+        finally:
+            self._free(res)
+
+    def scales(self, run: str = None, format: str = "E5M2") -> dict:
+        """Latest scale per tensor: {"format", "items": [dict per tensor]}."""
+        res = self._query("ag_client_scales", _lib.ag_scale_list, self._run_arg(run),
+                          _lib.cstr(format, "format"))
+        try:
+            r = res.contents
+            return {"format": _s(r.format), "items": [_record(r.items[i]) for i in range(r.n)]}
+        finally:
+            self._free(res)
+
+    def top(self, run: str = None, format: str = "E5M2", window: int = 0,
+            limit: int = 10) -> dict:
+        """Tensors by stall rate over the run's last `window` steps (0 = all):
+        {"format", "from_step", "to_step", "items": [...]}, worst first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, got {limit!r}")
+        res = self._query("ag_client_top", _lib.ag_top_list, self._run_arg(run),
+                          _lib.cstr(format, "format"), _step(window), limit)
+        try:
+            r = res.contents
+            return {"format": _s(r.format), "from_step": r.from_step, "to_step": r.to_step,
+                    "items": [_record(r.items[i]) for i in range(r.n)]}
+        finally:
+            self._free(res)
+
+    def status(self) -> dict:
+        """The daemon's counters, as a dict (ag_status's fields)."""
+        res = self._query("ag_client_status", _lib.ag_status)
+        try:
+            return _record(res.contents)
+        finally:
+            self._free(res)
+
+
+def _record(struct) -> dict:
+    out = {}
+    for f, _ in struct._fields_:
+        v = getattr(struct, f)
+        out[f] = _s(v) if isinstance(v, bytes) else v
+    return out
+
+
+def _role_name(role: int) -> str:
+    for k, v in _lib.ROLES.items():
+        if v == role:
+            return k
+    return str(role)
+
+
+__all__ = ["Client"]

@@ -1,0 +1,156 @@
+"""8-bit ExMy formats: the seed's FP8Format API over the C format registry.
+
+An FP8Format is a frozen description (name, exponent/mantissa bits, bias,
+inf/NaN flags); the C registry (ag_format_define) holds the matching table,
+and every operation on a format goes through that C object. The five seed
+formats are read back from the C registry so Python and C cannot disagree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from typing import Dict
+
+from .. import _lib
+from ..errors import check
+
+_ptr_lock = threading.Lock()
+_ptr_cache: Dict[tuple, object] = {}
+
+
+@dataclass(frozen=True)
+class FP8Format:
+    """An 8-bit sign-magnitude format: 1 sign bit, `exponent_bits` exponent
+    bits, `mantissa_bits` mantissa bits (their sum is 7), an exponent `bias`,
+    and whether the all-ones exponent encodes inf / NaN.
+
+    Creating one registers it with the C library (identical definitions are
+    shared; a different format under a taken name raises FormatError)."""
+
+    name: str
+    exponent_bits: int
+    mantissa_bits: int
+    bias: int
+    has_inf: bool = False
+    has_nan: bool = False
+
+    def __post_init__(self):
+        for field in ("exponent_bits", "mantissa_bits", "bias"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"FP8Format.{field} must be an int, got {v!r}")
+        if not isinstance(self.name, str):
+            raise TypeError(f"FP8Format.name must be a str, got {self.name!r}")
+        self._c()  # validate and register now, not at first use
+
+    def _key(self) -> tuple:
+        return (self.name, self.exponent_bits, self.mantissa_bits, self.bias,
+                bool(self.has_inf), bool(self.has_nan))
+
+    def _c(self):
+        """The C ag_format this format stands for (a ctypes pointer)."""
+        key = self._key()
+        ptr = _ptr_cache.get(key)
+        if ptr is not None:
+            return ptr
+        with _ptr_lock:
+            out = ctypes.POINTER(_lib.ag_format)()
+            rc = _lib.lib().ag_format_define(_lib.cstr(self.name, "format name"),
+                                             self.exponent_bits, self.mantissa_bits,
+                                             self.bias, int(bool(self.has_inf)),
+                                             int(bool(self.has_nan)), ctypes.byref(out))
+            check(rc, f"format {self.name} E{self.exponent_bits}M{self.mantissa_bits} "
+                      f"bias {self.bias} inf={self.has_inf} nan={self.has_nan}")
+            _ptr_cache[key] = out
+            return out
+
+    @property
+    def max_representable_value(self) -> float:
+        """Largest finite magnitude."""
+        return float(self._c().contents.max_finite)
+
+    @property
+    def min_representable_value(self) -> float:
+        """Smallest nonzero magnitude."""
+        return float(self._c().contents.min_positive)
+
+    def to_real(self, bit_index: int) -> float:
+        """The value of the 8-bit pattern `bit_index` (0..255)."""
+        if isinstance(bit_index, bool) or not isinstance(bit_index, int):
+            try:
+                bit_index = int(bit_index.__index__())
+            except AttributeError:
+                raise TypeError(f"bit_index must be an int, got {bit_index!r}") from None
+        if not 0 <= bit_index <= 255:
+            raise ValueError(f"bit_index must be in [0, 255], got {bit_index}")
+        return float(_lib.lib().ag_decode(self._c(), bit_index))
+
+    def to_bits(self, value: float) -> int:
+        """The nearest pattern to `value` (rounded to float32 first), ties to
+        an even mantissa; see docs/numerics.md for overflow, inf and NaN."""
+        v = float(value)
+        return int(_lib.lib().ag_encode(self._c(), v))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _from_c(ptr) -> FP8Format:
+    f = ptr.contents
+    return FP8Format(name=f.name.decode(), exponent_bits=f.exponent_bits,
+                     mantissa_bits=f.mantissa_bits, bias=f.bias,
+                     has_inf=bool(f.has_inf), has_nan=bool(f.has_nan))
+
+
+def _builtin(name: str) -> FP8Format:
+    ptr = _lib.lib().ag_format_get(name.encode())
+    if not ptr:
+        raise _lib.LibraryNotFound(f"{_lib.library_path()} lacks the seed format {name}")
+    return _from_c(ptr)
+
+
+E0M7 = _builtin("E0M7")
+E1M6 = _builtin("E1M6")
+E3M4 = _builtin("E3M4")
+E5M2 = _builtin("E5M2")
+E7M0 = _builtin("E7M0")
+
+FORMAT_REGISTRY: Dict[str, FP8Format] = {
+    "E0M7": E0M7,
+    "E1M6": E1M6,
+    "E3M4": E3M4,
+    "E5M2": E5M2,
+    "E7M0": E7M0,
+}
+
+
+def registered_formats() -> Dict[str, FP8Format]:
+    """Every format the C registry holds now (the seed's and any defined)."""
+    lib = _lib.lib()
+    out = {}
+    for i in range(lib.ag_format_count()):
+        fmt = _from_c(lib.ag_format_at(i))
+        out[fmt.name] = fmt
+    return out
+
+
+def get_format(fmt) -> FP8Format:
+    """An FP8Format from an FP8Format or a registered name."""
+    if isinstance(fmt, FP8Format):
+        return fmt
+    if isinstance(fmt, str):
+        if fmt in FORMAT_REGISTRY:
+            return FORMAT_REGISTRY[fmt]
+        ptr = _lib.lib().ag_format_get(_lib.cstr(fmt, "format name"))
+        if not ptr:
+            from ..errors import NotFoundError
+            raise NotFoundError(_lib.AG_ENOTFOUND, f"unknown format {fmt!r}")
+        return _from_c(ptr)
+    raise TypeError(f"format must be an FP8Format or a name, got {type(fmt).__name__}")
+
+
+__all__ = ["FP8Format", "E0M7", "E1M6", "E3M4", "E5M2", "E7M0", "FORMAT_REGISTRY",
+           "registered_formats", "get_format"]
+

@@ -1,0 +1,98 @@
+"""altgrad.Client without a daemon: opening never waits, logging validates
+and queues, queries time out, misuse raises with ag_strerror text."""
+
+import array
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+from altgrad import AltgradError, AltgradTimeoutError, Client, InvalidArgumentError
+from altgrad._arrays import f32, typed
+
+
+@pytest.fixture
+def nowhere():
+    """URLs where no daemon listens (a fresh temporary directory)."""
+    d = tempfile.mkdtemp(prefix="agpy-none-", dir="/tmp")
+    yield f"ipc://{d}/ingest.sock", f"ipc://{d}/query.sock"
+    os.rmdir(d) if not os.listdir(d) else None
+
+
+def test_opening_does_not_wait_for_a_daemon_and_names_the_run(nowhere):
+    with Client(*nowhere, run="local-1", close_timeout_ms=1) as c:
+        assert c.run == "local-1" and not c.closed and c.client_id > 0
+    assert c.closed
+    with Client(*nowhere, close_timeout_ms=1) as c:
+        assert c.run.startswith("run-")
+
+
+def test_logging_queues_without_a_daemon(nowhere):
+    with Client(*nowhere, run="local-2", close_timeout_ms=1) as c:
+        w = torch.ones(10)
+        assert c.log_update(0, "w", w, torch.full((10,), 1e-3)) is True
+        assert c.log_sgd(0, "w2", np.ones(5, np.float32), np.ones(5, np.float32), 0.1)
+        assert c.log_stats(0, "act", [1.0, -3.0, float("nan")])
+        assert c.log_amax(0, "act2", "activation", 2.5, 100, 1)
+        assert c.log_stats(0, "act3", torch.ones(4, dtype=torch.bfloat16), role="gradient")
+        assert c.log_update(1, "w", w, w, scale=0.5, formats=["E5M2", "E3M4"])
+        st = c.stats()
+        assert st["snapshots"] == 3 and st["records"] >= 3
+
+
+def test_queries_without_a_daemon_time_out(nowhere):
+    with Client(*nowhere, run="local-3", query_timeout_ms=200, close_timeout_ms=1) as c:
+        with pytest.raises(AltgradTimeoutError) as e:
+            c.status()
+        assert isinstance(e.value, TimeoutError) and e.value.code == -11
+        assert "time" in str(e.value).lower()
+
+
+def test_misuse_raises(nowhere):
+    with Client(*nowhere, run="local-4", close_timeout_ms=1) as c:
+        with pytest.raises(ValueError):
+            c.log_update(0, "w", torch.ones(3), torch.ones(4))
+        with pytest.raises(ValueError):
+            c.log_update(0, "w", torch.ones(0), torch.ones(0))
+        with pytest.raises(ValueError):
+            c.log_update(0, "x" * 256, torch.ones(3), torch.ones(3))
+        with pytest.raises(ValueError):
+            c.log_update(-1, "w", torch.ones(3), torch.ones(3))
+        with pytest.raises(ValueError):
+            c.log_stats(0, "a", torch.ones(3), role="bias")
+        with pytest.raises(TypeError):
+            c.log_stats(0, "a", "not an array")
+        with pytest.raises(InvalidArgumentError):
+            c.log_sgd(0, "w", torch.ones(3), torch.ones(3), float("nan"))
+        with pytest.raises(AltgradError) as e:
+            c.log_update(0, "w", torch.ones(3), torch.ones(3), formats=["E9M9"])
+        assert e.value.code == -3
+        with pytest.raises(ValueError):
+            c.log_update(0, "w", torch.ones(3), torch.ones(3), scale=-1.0)
+        c.end_run()
+        with pytest.raises(AltgradError) as e:
+            c.log_update(0, "w", torch.ones(3), torch.ones(3))
+        assert e.value.code == -12
+    with pytest.raises(AltgradError):
+        c.log_amax(0, "a", "activation", 1.0, 1)
+    with pytest.raises(TypeError):
+        Client(*nowhere, bogus=1)
+    with pytest.raises(ValueError):
+        Client(*nowhere, policy="maybe")
+    with pytest.raises(InvalidArgumentError):
+        Client(*nowhere, metadata="[1, 2]")
+
+
+def test_contiguous_float32_memory_is_passed_without_a_copy():
+    t = torch.arange(6, dtype=torch.float32)
+    assert f32(t).ptr == t.data_ptr() and not f32(t).copied
+    a = np.arange(6, dtype=np.float32)
+    assert f32(a).ptr == a.ctypes.data and not f32(a).copied
+    b = array.array("f", [1.0, 2.0])
+    assert f32(b).ptr == b.buffer_info()[0]
+    assert f32(t[::2]).copied and f32(a.astype(np.float64)).copied
+    h = torch.ones(4, dtype=torch.float16)
+    assert typed(h).ptr == h.data_ptr() and typed(h).dtype == 2
+    assert typed(torch.ones(2, dtype=torch.bfloat16)).dtype == 1

@@ -1,0 +1,63 @@
+"""altgrad.torch.Monitor on a tiny model for a few steps against a real
+altgradd: every parameter's snapshots, gradient and activation amax come
+back through the queries at the sampled steps."""
+
+import torch
+
+from altgrad.torch import Monitor
+from daemon_fixture import eventually
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def train(model, opt, steps):
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_monitor_streams_update_snapshots_and_amax_of_a_tiny_model(daemon):
+    model = tiny_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with daemon.client("monitor-adam") as c:
+        with Monitor(c, model, opt, every=2) as mon:
+            train(model, opt, 6)
+        rep = mon.report()
+        assert rep["steps"] == 6 and rep["sampled_steps"] == 3 and rep["snapshots"] == 12
+        names = {"0.weight", "0.bias", "2.weight", "2.bias", "0", "1", "2",
+                 "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"}
+        ts = eventually(lambda: (lambda t: t if {x["name"] for x in t} == names
+                                 and all(x["last_step"] == 4 for x in t) else None)(
+            c.tensors()), what="every tensor at step 4")
+        roles = {t["name"]: t["role"] for t in ts}
+        assert roles["0.weight"] == "weight" and roles["1"] == "activation"
+        assert roles["2.bias.grad"] == "gradient"
+        assert 0 < {t["name"]: t for t in ts}["1"]["last_amax"] <= 1.0  # a Tanh output
+        for fmt in ("E5M2", "E3M4"):
+            h = c.history("0.weight", format=fmt)
+            assert [p["step"] for p in h["points"]] == [0, 2, 4]
+            # Adam moves every weight with a gradient each step
+            assert all(p["total"] == 6 * 16 for p in h["points"])
+        # at lr 1e-3 the updates are far below E5M2's spacing near the weights
+        worst = c.top(format="E5M2")
+        assert worst["items"][0]["stall_rate"] > 0.5
+
+
+def test_monitor_in_sgd_form_reports_the_predicted_stalls(daemon):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    with daemon.client("monitor-sgd") as c:
+        with Monitor(c, model, opt, every=1, form="sgd", activations=False):
+            train(model, opt, 2)
+        pts = eventually(lambda: (lambda h: h if len(h) == 2 else None)(
+            c.history("2.weight", format="E5M2")["points"]), what="two points")
+        assert all(p["stall_rate"] == 1.0 for p in pts)
+        ts = {t["name"] for t in c.tensors()}
+        assert "1" not in ts and "2.weight.grad" in ts

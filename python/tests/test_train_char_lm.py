@@ -1,0 +1,54 @@
+"""examples/train_char_lm.py on the CPU for a few steps against a real
+altgradd, then its results queried back through the Client and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+from daemon_fixture import cli_binary, eventually
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAINER = os.path.join(ROOT, "examples", "train_char_lm.py")
+
+
+def test_char_lm_trains_with_the_monitor_and_its_stalls_are_queryable(daemon, tmp_path):
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, TRAINER, "--device", "cpu", "--steps", "5", "--every", "2",
+           "--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16",
+           "--batch", "4", "--compare", "--warmup", "1", "--log-every", "0",
+           "--ingest", daemon.ingest, "--query", daemon.query, "--run", "charlm-test",
+           "--json", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "step time ratio with/without monitor" in r.stdout
+    res = json.loads(out.read_text())
+    plain, mon = res["runs"]
+    assert not plain["monitor"] and mon["monitor"]
+    assert plain["final_loss"] == mon["final_loss"]  # same seed, same training
+    assert res["overhead_ratio"] > 0
+    rep = mon["monitor_report"]
+    assert rep["steps"] == 5 and rep["sampled_steps"] == 3
+    assert res["summary"]["top"]["E5M2"]["items"], res["summary"]
+
+    with daemon.client("charlm-reader") as c:
+        names = {t["name"] for t in c.tensors(run="charlm-test")}
+        assert {"tok.weight", "blocks.0.attn.qkv.weight", "head.weight", "blocks.0.fc",
+                "head.weight.grad"} <= names
+        h = eventually(lambda: (lambda p: p if len(p) == 3 else None)(
+            c.history("blocks.0.fc.weight", run="charlm-test", format="E3M4")["points"]),
+            what="three snapshots")
+        assert [p["step"] for p in h] == [0, 2, 4]
+        assert all(p["total"] > 0 for p in h)
+        run = [x for x in c.runs() if x["name"] == "charlm-test"][0]
+        assert run["ended_ms"] > 0 and run["dropped"] == 0
+
+    cli = cli_binary()
+    top = subprocess.run([cli, "--query", daemon.query, "--json", "top", "charlm-test",
+                          "--format", "E5M2", "--limit", "3"],
+                         capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0, top.stderr
+    assert "charlm-test" in top.stdout or "weight" in top.stdout
+    hist = subprocess.run([cli, "--query", daemon.query, "history", "charlm-test",
+                           "head.weight"], capture_output=True, text=True, timeout=60)
+    assert hist.returncode == 0, hist.stderr
