@@ -4,6 +4,7 @@
  * reloads by calling ag_config_load again with the original argv.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@ typedef enum opt_type {
     OPT_INT,     /* long within [min, max] */
     OPT_DOUBLE,  /* finite double within [min, max] */
     OPT_ENUM,    /* one of choices, stored as values[i] */
+    OPT_HTTP,    /* "off" or HOST:PORT */
     OPT_FLAG     /* no argument; command line only */
 } opt_type;
 
@@ -40,6 +42,8 @@ typedef struct opt {
 
 static const char *const scale_modes[] = {"current", "delayed", NULL};
 static const int scale_mode_values[] = {AG_SCALE_CURRENT, AG_SCALE_DELAYED};
+static const char *const amax_modes[] = {"max", "most_recent", NULL};
+static const int amax_mode_values[] = {AG_AMAX_MAX, AG_AMAX_MOST_RECENT};
 static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 static const int log_level_values[] = {AG_LOG_ERROR, AG_LOG_WARNING, AG_LOG_NOTICE,
                                        AG_LOG_INFO, AG_LOG_DEBUG};
@@ -67,8 +71,17 @@ static const opt options[] = {
      "whether a step's own amax is in the history for its scale (current, the seed's) or "
      "only earlier steps' (delayed)",
      1},
+    {"amax-mode", OPT_ENUM, FIELD(amax_mode), "max", 0, 0, amax_modes, amax_mode_values,
+     "max|most_recent",
+     "which amax of the history a scale comes from: the largest (the seed's) or the "
+     "newest",
+     1},
     {"margin", OPT_DOUBLE, FIELD(margin), "0", -64, 64, NULL, NULL, "M",
      "scale margin: scales are multiplied by 2^M", 1},
+    {"http", OPT_HTTP, FIELD(http), "127.0.0.1:8787", 0, 0, NULL, NULL, "ADDR:PORT|off",
+     "serve the web page, the JSON API and /metrics over HTTP on ADDR:PORT (an IPv4 "
+     "address or [IPv6]; port 0 picks a free one); off disables it",
+     1},
     {"log-level", OPT_ENUM, FIELD(log_level), "info", 0, 0, log_levels, log_level_values,
      "error|warning|notice|info|debug", "lines above this level are not logged", 1},
     {"version", OPT_FLAG, FIELD(want_version), NULL, 0, 0, NULL, NULL, NULL,
@@ -128,6 +141,49 @@ int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t er
     return AG_OK;
 }
 
+int ag_config_set_http(ag_config *cfg, const char *text, char *err, size_t errlen) {
+    if (strlen(text) >= sizeof cfg->http)
+        return fail(err, errlen, AG_EINVAL, "--http: value too long");
+    if (strcmp(text, "off") == 0) {
+        cfg->http_enabled = 0;
+        strcpy(cfg->http, text);
+        return AG_OK;
+    }
+    const char *colon = strrchr(text, ':');
+    if (!colon)
+        return fail(err, errlen, AG_EINVAL, "--http: '%s' is not ADDR:PORT or off", text);
+    const char *host = text, *host_end = colon;
+    int family = AF_INET;
+    if (*host == '[') {
+        if (host_end == host || host_end[-1] != ']')
+            return fail(err, errlen, AG_EINVAL, "--http: bad IPv6 address in '%s'", text);
+        host++;
+        host_end--;
+        family = AF_INET6;
+    }
+    size_t hlen = (size_t)(host_end - host);
+    char addr[64];
+    unsigned char bin[16];
+    if (hlen == 0 || hlen >= sizeof addr)
+        return fail(err, errlen, AG_EINVAL, "--http: bad address in '%s'", text);
+    memcpy(addr, host, hlen);
+    addr[hlen] = '\0';
+    if (inet_pton(family, addr, bin) != 1)
+        return fail(err, errlen, AG_EINVAL, "--http: '%s' is not a numeric %s address", addr,
+                    family == AF_INET ? "IPv4" : "IPv6");
+    const char *port = colon + 1;
+    char *end = NULL;
+    errno = 0;
+    long v = *port >= '0' && *port <= '9' ? strtol(port, &end, 10) : -1;
+    if (v < 0 || errno || *end || v > 65535)
+        return fail(err, errlen, AG_EINVAL, "--http: bad port in '%s' (0..65535)", text);
+    strcpy(cfg->http_host, addr);
+    cfg->http_port = (int)v;
+    cfg->http_enabled = 1;
+    strcpy(cfg->http, text);
+    return AG_OK;
+}
+
 /* Set option o from text; from_cli tells which source (for URL lists). */
 static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_reset, char *err,
                    size_t errlen) {
@@ -182,6 +238,8 @@ static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_rese
             }
         return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not one of %s", o->name, val,
                     o->arg);
+    case OPT_HTTP:
+        return ag_config_set_http(cfg, val, err, errlen);
     case OPT_FLAG:
         *(int *)(void *)field = 1;
         return AG_OK;
@@ -260,7 +318,6 @@ static int parse_args(ag_config *cfg, int argc, char **argv, int only_config, ch
 
 int ag_config_load(ag_config *cfg, int argc, char **argv, char *err, size_t errlen) {
     memset(cfg, 0, sizeof *cfg);
-    cfg->amax_mode = AG_AMAX_MAX;
     for (size_t i = 0; i < NOPTIONS; i++) {
         if (!options[i].def) continue;
         int rc = set_opt(cfg, &options[i], options[i].def, NULL, err, errlen);

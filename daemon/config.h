@@ -30,7 +30,11 @@ typedef struct ag_config {
     size_t nfmts;
     long history_len;
     int scale_mode;       /* ag_scale_mode */
-    int amax_mode;        /* ag_amax_mode; not yet an option (AG_AMAX_MAX) */
+    int amax_mode;        /* ag_amax_mode */
+    char http[128];       /* --http as given: "HOST:PORT" or "off" */
+    int http_enabled;
+    char http_host[64];   /* numeric IPv4 or IPv6 address, no brackets */
+    int http_port;        /* 0: any free port */
     double margin;        /* scale * 2^margin */
     int log_level;        /* ag_log_level */
     int want_help;
@@ -45,6 +49,9 @@ typedef struct ag_config {
 int ag_config_load(ag_config *cfg, int argc, char **argv, char *err, size_t errlen);
 /* Check and resolve the format list text into fmts/nfmts. */
 int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t errlen);
+/* Check an --http value: "off", "IPv4:PORT" or "[IPv6]:PORT" (PORT 0..65535,
+ * 0 = any free port); fills the http_* fields. */
+int ag_config_set_http(ag_config *cfg, const char *text, char *err, size_t errlen);
 /* Print --help (generated from the table) to stdout. */
 void ag_config_usage(const char *prog);
 

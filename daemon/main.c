@@ -17,6 +17,7 @@
 #include "daemon/config.h"
 #include "daemon/counters.h"
 #include "daemon/engine.h"
+#include "daemon/http.h"
 #include "daemon/ingest.h"
 #include "daemon/log.h"
 #include "daemon/notify.h"
@@ -47,6 +48,7 @@ typedef struct ag_daemon {
     ag_writer *writer;
     ag_ingest *ingest;
     ag_query *query;
+    ag_http *http;               /* NULL with --http off */
     /* the snapshot being evaluated on the thread pool */
     int busy;
     uv_work_t work;
@@ -160,10 +162,12 @@ static void fill_status(void *ctx, ag_status *st) {
 
 static void notify_status(ag_daemon *d, const char *what) {
     char line[256];
-    snprintf(line, sizeof line, "STATUS=%s: %llu runs, %llu tensors, %llu messages", what,
+    const char *http = ag_http_bound(d->http);
+    snprintf(line, sizeof line, "STATUS=%s: %llu runs, %llu tensors, %llu messages%s%s", what,
              (unsigned long long)atomic_load(&d->counters.runs),
              (unsigned long long)atomic_load(&d->counters.tensors),
-             (unsigned long long)atomic_load(&d->counters.messages));
+             (unsigned long long)atomic_load(&d->counters.messages),
+             http ? ", http " : "", http ? http : "");
     ag_notify(line);
 }
 
@@ -179,6 +183,7 @@ static void close_handles(ag_daemon *d) {
     uv_close((uv_handle_t *)&d->kick, NULL);
     ag_ingest_free(d->ingest);
     d->ingest = NULL;
+    ag_http_close(d->http);
 }
 
 /* While stopping: keep taking what trainers already sent until intake has
@@ -307,6 +312,9 @@ static int start(ag_daemon *d) {
         fprintf(stderr, "altgradd: cannot listen for trainers on %s\n", d->cfg.ingest[0]);
         return 1;
     }
+    /* A busy HTTP port is not fatal: the page is a convenience, ingest is not. */
+    if (d->cfg.http_enabled)
+        ag_http_start(&d->http, &d->loop, &d->cfg, &d->log, fill_status, d);
     return 0;
 }
 
@@ -356,6 +364,9 @@ int main(int argc, char **argv) {
                AG_VERSION_STRING, d->cfg.db, d->cfg.query, d->cfg.formats);
         for (size_t i = 0; i < d->cfg.ningest; i++)
             ag_log(&d->log, AG_LOG_NOTICE, "listening for trainers on %s", d->cfg.ingest[i]);
+        if (ag_http_bound(d->http))
+            ag_log(&d->log, AG_LOG_NOTICE, "http: serving the page, API and metrics on http://%s/",
+                   ag_http_bound(d->http));
         ag_notify("READY=1");
         notify_status(d, "ready");
         pump(d); /* anything that arrived during startup */
@@ -369,6 +380,7 @@ int main(int argc, char **argv) {
     ag_query_stop(d->query);
     ag_writer_stop(d->writer);
     ag_engine_free(d->engine);
+    ag_http_free(d->http);
     uv_loop_close(&d->loop);
     if (rc == 0) ag_log(&d->log, AG_LOG_NOTICE, "stopped");
     ag_logger_destroy(&d->log);

@@ -1,8 +1,8 @@
 /*
  * output.c - renders an ag_cli_doc as an aligned table, JSON or CSV.
- * Everything the daemon or a database sends us is untrusted text, so JSON
- * strings are escaped byte by byte with invalid UTF-8 replaced, CSV fields are
- * quoted per RFC 4180, and non-finite numbers become null / empty.
+ * Everything the daemon or a database sends us is untrusted text: JSON comes
+ * from proto/json.c (escaped, invalid UTF-8 replaced, non-finite as null),
+ * CSV fields are quoted per RFC 4180, table cells lose control characters.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "output.h"
@@ -14,116 +14,24 @@
 
 #include "altgrad/altgrad.h"
 
-ag_cli_cell ag_cli_null(void)
-{
-    ag_cli_cell c;
-    memset(&c, 0, sizeof c);
-    c.kind = AG_CELL_NULL;
-    return c;
-}
+ag_cli_cell ag_cli_null(void) { return ag_cell_null(); }
+ag_cli_cell ag_cli_str(const char *s) { return ag_cell_str(s); }
+ag_cli_cell ag_cli_u64(uint64_t u) { return ag_cell_u64(u); }
+ag_cli_cell ag_cli_i64(int64_t i) { return ag_cell_i64(i); }
+ag_cli_cell ag_cli_f64(double d) { return ag_cell_f64(d); }
+ag_cli_cell ag_cli_rate(double d) { return ag_cell_rate(d); }
+ag_cli_cell ag_cli_time_ms(int64_t ms) { return ag_cell_time_ms(ms); }
 
-ag_cli_cell ag_cli_str(const char *s)
-{
-    ag_cli_cell c = ag_cli_null();
-    c.kind = AG_CELL_STR;
-    c.v.s = s;
-    return c;
-}
-
-ag_cli_cell ag_cli_u64(uint64_t u)
-{
-    ag_cli_cell c = ag_cli_null();
-    c.kind = AG_CELL_U64;
-    c.v.u = u;
-    return c;
-}
-
-ag_cli_cell ag_cli_i64(int64_t i)
-{
-    ag_cli_cell c = ag_cli_null();
-    c.kind = AG_CELL_I64;
-    c.v.i = i;
-    return c;
-}
-
-ag_cli_cell ag_cli_f64(double d)
-{
-    ag_cli_cell c = ag_cli_null();
-    c.kind = AG_CELL_F64;
-    c.v.d = d;
-    return c;
-}
-
-ag_cli_cell ag_cli_rate(double d)
-{
-    ag_cli_cell c = ag_cli_f64(d);
-    c.kind = AG_CELL_RATE;
-    return c;
-}
-
-ag_cli_cell ag_cli_time_ms(int64_t ms)
-{
-    ag_cli_cell c = ag_cli_i64(ms);
-    c.kind = AG_CELL_TIME_MS;
-    return c;
-}
-
-void ag_cli_doc_init(ag_cli_doc *d, const char *list_key)
-{
-    memset(d, 0, sizeof *d);
-    d->list_key = list_key;
-}
-
-void ag_cli_doc_free(ag_cli_doc *d)
-{
-    if (d == NULL)
-        return;
-    free(d->cells);
-    d->cells = NULL;
-    d->nrows = d->cap_rows = 0;
-}
+void ag_cli_doc_init(ag_cli_doc *d, const char *list_key) { ag_doc_init(d, list_key); }
+void ag_cli_doc_free(ag_cli_doc *d) { ag_doc_free(d); }
 
 int ag_cli_doc_meta(ag_cli_doc *d, const char *key, ag_cli_cell value)
 {
-    if (d == NULL || key == NULL)
-        return AG_EINVAL;
-    if (d->nmeta >= AG_CLI_META_MAX)
-        return AG_ENOSPC;
-    d->meta[d->nmeta].key = key;
-    d->meta[d->nmeta].value = value;
-    d->nmeta++;
-    return AG_OK;
+    return ag_doc_meta(d, key, value);
 }
 
-int ag_cli_doc_col(ag_cli_doc *d, const char *name)
-{
-    if (d == NULL || name == NULL || d->nrows > 0)
-        return AG_EINVAL;
-    if (d->ncols >= AG_CLI_COLS_MAX)
-        return AG_ENOSPC;
-    d->cols[d->ncols++] = name;
-    return AG_OK;
-}
-
-int ag_cli_doc_row(ag_cli_doc *d, const ag_cli_cell *cells)
-{
-    if (d == NULL || cells == NULL || d->ncols == 0)
-        return AG_EINVAL;
-    if (d->nrows == d->cap_rows) {
-        size_t cap = d->cap_rows ? d->cap_rows * 2 : 16;
-        ag_cli_cell *grown;
-        if (cap > SIZE_MAX / sizeof *grown / d->ncols)
-            return AG_ENOMEM;
-        grown = realloc(d->cells, cap * d->ncols * sizeof *grown);
-        if (grown == NULL)
-            return AG_ENOMEM;
-        d->cells = grown;
-        d->cap_rows = cap;
-    }
-    memcpy(d->cells + d->nrows * d->ncols, cells, d->ncols * sizeof *cells);
-    d->nrows++;
-    return AG_OK;
-}
+int ag_cli_doc_col(ag_cli_doc *d, const char *name) { return ag_doc_col(d, name); }
+int ag_cli_doc_row(ag_cli_doc *d, const ag_cli_cell *cells) { return ag_doc_row(d, cells); }
 
 /* ------------------------------------------------------------------------
  * Scalars
@@ -131,71 +39,10 @@ int ag_cli_doc_row(ag_cli_doc *d, const ag_cli_cell *cells)
 
 void ag_cli_format_double(char *buf, size_t cap, double d)
 {
-    static const int digits[] = {15, 16, 17};
-    size_t i;
-    for (i = 0; i < sizeof digits / sizeof digits[0]; i++) {
-        snprintf(buf, cap, "%.*g", digits[i], d);
-        if (strtod(buf, NULL) == d)
-            return;
-    }
+    ag_json_format_double(buf, cap, d);
 }
 
-/* Length of the valid UTF-8 sequence at s (1-4), or 0 if it is not one.
- * Rejects overlong forms, surrogates and code points past U+10FFFF. */
-static size_t utf8_sequence(const unsigned char *s)
-{
-    unsigned char c = s[0];
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        return (s[1] & 0xC0) == 0x80 ? 2 : 0;
-    if (c >= 0xE0 && c <= 0xEF) {
-        unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-        if (s[1] < lo || s[1] > hi || (s[2] & 0xC0) != 0x80)
-            return 0;
-        return 3;
-    }
-    if (c >= 0xF0 && c <= 0xF4) {
-        unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-        if (s[1] < lo || s[1] > hi || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
-            return 0;
-        return 4;
-    }
-    return 0;
-}
-
-void ag_cli_json_string(FILE *out, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)(s ? s : "");
-    fputc('"', out);
-    while (*p) {
-        size_t len;
-        switch (*p) {
-        case '"': fputs("\\\"", out); p++; continue;
-        case '\\': fputs("\\\\", out); p++; continue;
-        case '\n': fputs("\\n", out); p++; continue;
-        case '\r': fputs("\\r", out); p++; continue;
-        case '\t': fputs("\\t", out); p++; continue;
-        case '\b': fputs("\\b", out); p++; continue;
-        case '\f': fputs("\\f", out); p++; continue;
-        default: break;
-        }
-        if (*p < 0x20 || *p == 0x7F) {
-            fprintf(out, "\\u%04x", (unsigned)*p);
-            p++;
-            continue;
-        }
-        len = utf8_sequence(p);
-        if (len == 0) {
-            fputs("\\ufffd", out);
-            p++;
-            continue;
-        }
-        fwrite(p, 1, len, out);
-        p += len;
-    }
-    fputc('"', out);
-}
+void ag_cli_json_string(FILE *out, const char *s) { ag_json_string(out, s); }
 
 void ag_cli_csv_field(FILE *out, const char *s)
 {
@@ -270,30 +117,6 @@ static void cell_text(const ag_cli_cell *c, ag_cli_mode mode, char *buf, size_t 
     }
 }
 
-static void json_value(FILE *out, const ag_cli_cell *c)
-{
-    char buf[64];
-    switch (c->kind) {
-    case AG_CELL_NULL:
-        fputs("null", out);
-        return;
-    case AG_CELL_STR:
-        ag_cli_json_string(out, c->v.s);
-        return;
-    case AG_CELL_F64:
-    case AG_CELL_RATE:
-        if (!isfinite(c->v.d)) {
-            fputs("null", out);
-            return;
-        }
-        break;
-    default:
-        break;
-    }
-    cell_text(c, AG_CLI_JSON, buf, sizeof buf);
-    fputs(buf, out);
-}
-
 static int is_numeric(ag_cli_kind k)
 {
     return k == AG_CELL_U64 || k == AG_CELL_I64 || k == AG_CELL_F64 || k == AG_CELL_RATE;
@@ -302,39 +125,6 @@ static int is_numeric(ag_cli_kind k)
 /* ------------------------------------------------------------------------
  * Documents
  * ---------------------------------------------------------------------- */
-
-static void render_json(FILE *out, const ag_cli_doc *d)
-{
-    size_t i, r, k;
-    fputc('{', out);
-    for (i = 0; i < d->nmeta; i++) {
-        if (i > 0)
-            fputc(',', out);
-        ag_cli_json_string(out, d->meta[i].key);
-        fputc(':', out);
-        json_value(out, &d->meta[i].value);
-    }
-    if (d->list_key != NULL) {
-        if (d->nmeta > 0)
-            fputc(',', out);
-        ag_cli_json_string(out, d->list_key);
-        fputs(":[", out);
-        for (r = 0; r < d->nrows; r++) {
-            const ag_cli_cell *row = d->cells + r * d->ncols;
-            fputs(r > 0 ? ",\n{" : "\n{", out);
-            for (k = 0; k < d->ncols; k++) {
-                if (k > 0)
-                    fputc(',', out);
-                ag_cli_json_string(out, d->cols[k]);
-                fputc(':', out);
-                json_value(out, &row[k]);
-            }
-            fputc('}', out);
-        }
-        fputs(d->nrows > 0 ? "\n]" : "]", out);
-    }
-    fputs("}\n", out);
-}
 
 static void render_csv(FILE *out, const ag_cli_doc *d)
 {
@@ -471,7 +261,7 @@ int ag_cli_render(FILE *out, const ag_cli_doc *d, ag_cli_mode mode)
     if (out == NULL || d == NULL)
         return AG_EINVAL;
     switch (mode) {
-    case AG_CLI_JSON: render_json(out, d); break;
+    case AG_CLI_JSON: ag_json_write_doc(out, d); break;
     case AG_CLI_CSV: render_csv(out, d); break;
     case AG_CLI_TABLE: render_table(out, d); break;
     default: return AG_EINVAL;

@@ -3,6 +3,8 @@
  * key/value fields plus a table of rows) rendered as an aligned table for
  * people, or as JSON or CSV for programs. Kept apart from the commands so the
  * escaping, quoting and alignment rules can be unit-tested on their own.
+ * The document model and the JSON writer live in proto/json.h (the daemon's
+ * HTTP API prints the same JSON); tables and CSV are the CLI's own.
  */
 #ifndef AG_CLI_OUTPUT_H
 #define AG_CLI_OUTPUT_H
@@ -11,31 +13,23 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "proto/json.h"
+
 typedef enum ag_cli_mode {
     AG_CLI_TABLE = 0, /* aligned columns for people */
     AG_CLI_JSON = 1,  /* one JSON document */
     AG_CLI_CSV = 2    /* RFC 4180 rows with a header line */
 } ag_cli_mode;
 
-typedef enum ag_cli_kind {
-    AG_CELL_NULL = 0, /* JSON null, empty CSV field, "-" in a table */
-    AG_CELL_STR,      /* text; NULL pointer counts as "" */
-    AG_CELL_U64,
-    AG_CELL_I64,
-    AG_CELL_F64,      /* shortest round-trip in JSON/CSV; %.6g in tables */
-    AG_CELL_RATE,     /* a double in [0, 1]: like F64, but 4 decimals in tables */
-    AG_CELL_TIME_MS   /* Unix ms (int64): a number in JSON/CSV, UTC time in tables */
-} ag_cli_kind;
+/* The cells and documents are proto/json.h's, shared with the daemon's HTTP
+ * API; the CLI names are kept as aliases. */
+typedef ag_cell_kind ag_cli_kind;
+typedef ag_cell ag_cli_cell;
+typedef ag_doc_field ag_cli_field;
+typedef ag_doc ag_cli_doc;
 
-typedef struct ag_cli_cell {
-    ag_cli_kind kind;
-    union {
-        const char *s; /* borrowed: must outlive the render */
-        uint64_t u;
-        int64_t i;
-        double d;
-    } v;
-} ag_cli_cell;
+#define AG_CLI_META_MAX AG_DOC_META_MAX
+#define AG_CLI_COLS_MAX AG_DOC_COLS_MAX
 
 ag_cli_cell ag_cli_null(void);
 ag_cli_cell ag_cli_str(const char *s);
@@ -45,14 +39,6 @@ ag_cli_cell ag_cli_f64(double d);
 ag_cli_cell ag_cli_rate(double d);
 ag_cli_cell ag_cli_time_ms(int64_t ms);
 
-#define AG_CLI_META_MAX 16
-#define AG_CLI_COLS_MAX 16
-
-typedef struct ag_cli_field {
-    const char *key;
-    ag_cli_cell value;
-} ag_cli_field;
-
 /*
  * A document. With list_key NULL it is a single record (its meta fields):
  * a JSON object, a key/value listing, or a one-row CSV. With list_key set it
@@ -60,17 +46,6 @@ typedef struct ag_cli_field {
  * for people, and only the rows (header + one line each) in CSV.
  * Keys and column names are borrowed string literals.
  */
-typedef struct ag_cli_doc {
-    const char *list_key;
-    size_t nmeta;
-    ag_cli_field meta[AG_CLI_META_MAX];
-    size_t ncols;
-    const char *cols[AG_CLI_COLS_MAX];
-    size_t nrows;
-    size_t cap_rows;
-    ag_cli_cell *cells; /* nrows * ncols, row-major */
-} ag_cli_doc;
-
 void ag_cli_doc_init(ag_cli_doc *d, const char *list_key);
 void ag_cli_doc_free(ag_cli_doc *d);
 /* AG_ENOSPC when the fixed tables are full; AG_EINVAL after rows exist. */

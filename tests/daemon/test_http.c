@@ -1,0 +1,447 @@
+/*
+ * test_http.c - the daemon's web server, end to end against the real
+ * altgradd: the page, every /api endpoint byte for byte equal to what the
+ * `altgrad --db ... --json` CLI prints from the same database, /metrics as
+ * exposition format with the right values, hostile requests, a busy port.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/cli/json_mini.h"
+#include "tests/daemon/harness.h"
+
+static ag_harness H;
+
+static void setup(void) { harness_init(&H); }
+static void teardown(void) { harness_fini(&H); }
+
+TestSuite(http, .init = setup, .fini = teardown, .timeout = 240);
+
+#define RUN "web-run"
+#define N 256
+#define STEPS 6
+
+static const char *const HTTP_ON[] = {"--http", "127.0.0.1:0", NULL};
+
+/* The port from the daemon's own log line (it is written before READY=1). */
+static int http_port(const ag_harness *h) {
+    FILE *f = fopen(h->log, "r");
+    cr_assert_not_null(f);
+    char line[512];
+    int port = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "on http://127.0.0.1:");
+        if (p) port = atoi(p + strlen("on http://127.0.0.1:"));
+    }
+    fclose(f);
+    cr_assert_gt(port, 0, "no http line in %s", h->log);
+    return port;
+}
+
+static int connect_to(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+typedef struct reply {
+    int status;      /* 0: closed without an answer */
+    char *raw;       /* whole response */
+    const char *body;
+} reply;
+
+/* Send len raw bytes and read until the server closes (bounded wait). */
+static reply http_raw(int port, const char *req, size_t len) {
+    reply r = {0};
+    int fd = connect_to(port);
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = send(fd, req + off, len - off, MSG_NOSIGNAL);
+        if (n <= 0) break; /* the server may close early on a bad head */
+        off += (size_t)n;
+    }
+    size_t cap = 1 << 16, got = 0;
+    r.raw = malloc(cap);
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert_eq(poll(&p, 1, 30000), 1, "no answer within 30 s");
+        if (got + 1 == cap) r.raw = realloc(r.raw, cap *= 2);
+        ssize_t n = recv(fd, r.raw + got, cap - got - 1, 0);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    r.raw[got] = '\0';
+    close(fd);
+    if (strncmp(r.raw, "HTTP/1.1 ", 9) == 0) r.status = atoi(r.raw + 9);
+    const char *b = strstr(r.raw, "\r\n\r\n");
+    r.body = b ? b + 4 : "";
+    return r;
+}
+
+static reply http_get(int port, const char *target) {
+    char req[2048];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", target);
+    return http_raw(port, req, (size_t)n);
+}
+
+static void reply_free(reply *r) { free(r->raw); }
+
+/* Feed a run: STEPS snapshots of "w" (all five formats) plus stats of "act". */
+static void feed(ag_client **out) {
+    ag_client *c = harness_client(&H, RUN, AG_QUEUE_BLOCK);
+    float w[N], g[N];
+    for (uint64_t s = 1; s <= STEPS; s++) {
+        for (int i = 0; i < N; i++) {
+            w[i] = (float)(s + 1) * sinf((float)i * 0.3f);
+            g[i] = 1e-3f * cosf((float)i + (float)s);
+        }
+        cr_assert_eq(ag_client_log_sgd(c, s, "w", w, g, N, 0.01f), AG_OK);
+        cr_assert_eq(ag_client_log_stats(c, s, "act", AG_ROLE_ACTIVATION, w, N), AG_OK);
+    }
+    cr_assert_eq(ag_client_flush(c, 10000), AG_OK);
+    ag_free(harness_wait_history(c, RUN, "w", "E7M0", STEPS));
+    *out = c;
+}
+
+/* What `altgrad --db DB --json ARGS` prints. */
+static char *cli_json(const char *args) {
+    char cmd[1024];
+    const char *b = getenv("AG_BUILD_DIR");
+    snprintf(cmd, sizeof cmd, "%s/client/cli/altgrad --db %s --json %s", b ? b : ".", H.db, args);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t cap = 1 << 16, got = 0;
+    char *out = malloc(cap);
+    size_t n;
+    while ((n = fread(out + got, 1, cap - got - 1, p)) > 0) {
+        got += n;
+        if (got + 1 == cap) out = realloc(out, cap *= 2);
+    }
+    out[got] = '\0';
+    cr_assert_eq(pclose(p), 0, "%s failed", cmd);
+    return out;
+}
+
+Test(http, every_api_endpoint_prints_what_the_cli_prints_from_the_same_database) {
+    harness_start(&H, HTTP_ON);
+    ag_client *c;
+    feed(&c);
+    int port = http_port(&H);
+    /* The writer may still be filing the statistics summaries, so a case
+     * that differs is asked again (bounded) before it fails. */
+    struct { const char *target, *cli; } cases[] = {
+        {"/api/runs", "runs"},
+        {"/api/tensors?run=" RUN, "tensors " RUN},
+        {"/api/history?run=" RUN "&tensor=w", "history " RUN " w"},
+        {"/api/history?run=" RUN "&tensor=w&format=E3M4&from=2&to=5&every=2",
+         "history " RUN " w --format E3M4 --from 2 --to 5 --every 2"},
+        {"/api/scales?run=" RUN "&format=E1M6", "scales " RUN " --format E1M6"},
+        {"/api/top?run=" RUN "&format=E5M2&window=3&limit=1",
+         "top " RUN " --format E5M2 --window 3 --limit 1"},
+        {"/api/top?run=web%2Drun", "top " RUN},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int tries = 0;; tries++) {
+            reply r = http_get(port, cases[i].target);
+            char *want = cli_json(cases[i].cli);
+            cr_assert_eq(r.status, 200, "%s: %s", cases[i].target, r.raw);
+            cr_assert(strstr(r.raw, "Content-Type: application/json\r\n"));
+            jm_value *v = jm_parse(r.body);
+            cr_assert_not_null(v, "%s: not JSON: %s", cases[i].target, r.body);
+            jm_free(v);
+            int same = strcmp(r.body, want) == 0;
+            if (!same && tries < 100) { /* rows still being committed */
+                reply_free(&r);
+                free(want);
+                struct timespec ts = {0, 50 * 1000000};
+                nanosleep(&ts, NULL);
+                continue;
+            }
+            cr_assert_str_eq(r.body, want, "%s", cases[i].target);
+            reply_free(&r);
+            free(want);
+            break;
+        }
+    }
+
+    /* status: the live counters, the CLI's keys, our address. */
+    ag_status *st = NULL;
+    cr_assert_eq(ag_client_status(c, &st), AG_OK);
+    reply r = http_get(port, "/api/status");
+    cr_assert_eq(r.status, 200);
+    jm_value *v = jm_parse(r.body);
+    cr_assert_not_null(v);
+    static const char *const keys[] = {"source", "address", "version", "uptime_s", "messages",
+                                       "bytes", "rejected", "dropped", "queue_depth",
+                                       "rows_written", "runs", "tensors", "db_path", "formats"};
+    cr_assert_eq(v->n, sizeof keys / sizeof keys[0]);
+    for (size_t i = 0; i < v->n; i++) cr_assert_str_eq(v->keys[i], keys[i]);
+    cr_assert_str_eq(jm_get(v, "source")->string, "daemon");
+    cr_assert_eq(jm_get(v, "messages")->number, (double)st->messages);
+    cr_assert_eq(jm_get(v, "runs")->number, 1.0);
+    cr_assert_str_eq(jm_get(v, "formats")->string, "E0M7,E1M6,E3M4,E5M2,E7M0");
+    char addr[64];
+    snprintf(addr, sizeof addr, "http://127.0.0.1:%d", port);
+    cr_assert_str_eq(jm_get(v, "address")->string, addr);
+    jm_free(v);
+    reply_free(&r);
+    ag_free(st);
+    ag_client_close(c);
+}
+
+Test(http, the_page_is_one_self_contained_html_document) {
+    harness_start(&H, HTTP_ON);
+    int port = http_port(&H);
+    reply r = http_get(port, "/");
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.raw, "Content-Type: text/html; charset=utf-8\r\n"));
+    cr_assert(strstr(r.raw, "Content-Security-Policy: default-src 'none'"));
+    cr_assert(strstr(r.body, "<!DOCTYPE html>"));
+    cr_assert(strstr(r.body, "</html>"));
+    cr_assert(strstr(r.body, "/api/"));
+    cr_assert_null(strstr(r.body, "src=\"http"), "no external resources");
+    cr_assert_null(strstr(r.body, "href=\"http"), "no external resources");
+    char cl[64];
+    snprintf(cl, sizeof cl, "Content-Length: %zu\r\n", strlen(r.body));
+    cr_assert(strstr(r.raw, cl));
+    reply_free(&r);
+    /* HEAD: the same head, no body */
+    const char head[] = "HEAD / HTTP/1.1\r\n\r\n";
+    r = http_raw(port, head, sizeof head - 1);
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.raw, cl));
+    cr_assert_str_eq(r.body, "");
+    reply_free(&r);
+}
+
+/* The value of the sample whose line starts with prefix, or NAN. */
+static double sample(const char *text, const char *prefix) {
+    const char *p = text;
+    while ((p = strstr(p, prefix))) {
+        if (p == text || p[-1] == '\n') return strtod(p + strlen(prefix), NULL);
+        p++;
+    }
+    return NAN;
+}
+
+Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
+    harness_start(&H, HTTP_ON);
+    ag_client *c;
+    feed(&c);
+    int port = http_port(&H);
+    ag_status *st = NULL;
+    cr_assert_eq(ag_client_status(c, &st), AG_OK);
+    ag_history_query q = {.run = RUN, .tensor = "w", .format = "E3M4"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_client_history(c, &q, &h), AG_OK);
+    reply r = http_get(port, "/metrics");
+    cr_assert_eq(r.status, 200);
+    cr_assert(strstr(r.raw, "Content-Type: text/plain; version=0.0.4"));
+
+    /* Every sample line: name[{labels}] value, its family TYPEd before. */
+    char *text = strdup(r.body), *save = NULL;
+    char typed[64][64];
+    size_t ntyped = 0, samples = 0;
+    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (strncmp(line, "# HELP ", 7) == 0) continue;
+        if (strncmp(line, "# TYPE ", 7) == 0) {
+            char name[64], type[16];
+            cr_assert_eq(sscanf(line + 7, "%63s %15s", name, type), 2);
+            cr_assert(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0);
+            if (strcmp(type, "counter") == 0)
+                cr_assert(strstr(name, "_total") != NULL, "counter %s", name);
+            cr_assert_lt(ntyped, 64);
+            strcpy(typed[ntyped++], name);
+            continue;
+        }
+        cr_assert_neq(line[0], '#', "stray comment %s", line);
+        size_t nl = strcspn(line, "{ ");
+        int known = 0;
+        for (size_t i = 0; i < ntyped; i++)
+            known |= strlen(typed[i]) == nl && strncmp(typed[i], line, nl) == 0;
+        cr_assert(known, "sample before its TYPE: %s", line);
+        const char *val = strrchr(line, ' ');
+        cr_assert_not_null(val);
+        char *end;
+        strtod(val + 1, &end);
+        cr_assert(*end == '\0' || strcmp(val + 1, "NaN") == 0, "bad value in %s", line);
+        samples++;
+    }
+    free(text);
+    cr_assert_gt(samples, 10);
+    /* counters are at least what the client saw before the scrape */
+    cr_assert_geq(sample(r.body, "altgrad_messages_total "), (double)st->messages);
+    cr_assert_eq(sample(r.body, "altgrad_runs "), 1.0);
+    cr_assert_eq(sample(r.body, "altgrad_rejected_total "), 0.0);
+    cr_assert_eq(sample(r.body, "altgrad_metrics_tensors "), 2.0);
+    double rate = sample(r.body,
+                         "altgrad_stall_rate{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
+    cr_assert_eq(rate, h->points[h->n - 1].stall_rate);
+    double scale = sample(r.body, "altgrad_scale{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
+    cr_assert_eq(scale, h->points[h->n - 1].scale);
+    reply_free(&r);
+    ag_free(h);
+    ag_free(st);
+    ag_client_close(c);
+}
+
+Test(http, label_values_are_escaped_per_the_exposition_format) {
+    harness_start(&H, HTTP_ON);
+    ag_client *c = harness_client(&H, "q\"uo\\te\nrun", AG_QUEUE_BLOCK);
+    float w[4] = {1, 2, 3, 4}, g[4] = {1e-3f, 1e-3f, 1e-3f, 1e-3f};
+    cr_assert_eq(ag_client_log_sgd(c, 1, "t", w, g, 4, 0.1f), AG_OK);
+    ag_free(harness_wait_history(c, "q\"uo\\te\nrun", "t", "E5M2", 1));
+    reply r = http_get(http_port(&H), "/metrics");
+    cr_assert(strstr(r.body, "run=\"q\\\"uo\\\\te\\nrun\",tensor=\"t\""), "%s", r.body);
+    reply_free(&r);
+    ag_client_close(c);
+}
+
+Test(http, hostile_requests_get_the_right_status_and_the_daemon_keeps_serving) {
+    harness_start(&H, HTTP_ON);
+    ag_client *c;
+    feed(&c);
+    int port = http_port(&H);
+    static char big[10000];
+    reply r;
+
+    memset(big, 'a', sizeof big);
+    memcpy(big, "GET / HTTP/1.1\r\nX-Big: ", 23);
+    r = http_raw(port, big, sizeof big);
+    cr_expect_eq(r.status, 431, "%s", r.raw);
+    reply_free(&r);
+    memset(big, 'a', sizeof big);
+    memcpy(big, "GET /", 5);
+    r = http_raw(port, big, sizeof big);
+    cr_expect_eq(r.status, 414, "%s", r.raw);
+    reply_free(&r);
+
+    struct { const char *req; size_t len; int status; } cases[] = {
+        {"\x01\x02\xff garbage\r\n\r\n", 0, 400},
+        {"POST /api/runs HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 0, 405},
+        {"DELETE / HTTP/1.1\r\n\r\n", 0, 405},
+        {"GET /api/tensors?run=%zz HTTP/1.1\r\n\r\n", 0, 400},
+        {"GET /api/tensors?run=%00 HTTP/1.1\r\n\r\n", 0, 400},
+        {"GET /api/tensors?run=nope HTTP/1.1\r\n\r\n", 0, 404},
+        {"GET /api/history?run=" RUN "&tensor=nope HTTP/1.1\r\n\r\n", 0, 404},
+        {"GET /api/history?run=" RUN "&tensor=w&format=NOPE HTTP/1.1\r\n\r\n", 0, 404},
+        {"GET /api/history?run=" RUN "&tensor=w&format=E5+M2 HTTP/1.1\r\n\r\n", 0, 400},
+        {"GET /api/history?run=" RUN "&tensor=w&from=-1 HTTP/1.1\r\n\r\n", 0, 400},
+        {"GET /api/history?run=" RUN "&tensor=w&from=5&to=2 HTTP/1.1\r\n\r\n", 0, 400},
+        {"GET /api/history?run=" RUN " HTTP/1.1\r\n\r\n", 0, 400},
+        {"GET /api/top?run=" RUN "&limit=1e3 HTTP/1.1\r\n\r\n", 0, 400},
+        {"GET /api/runs?x=1 HTTP/1.1\r\n\r\n", 0, 400},
+        {"GET /nope HTTP/1.1\r\n\r\n", 0, 404},
+        {"GET / HTTP/3.0\r\n\r\n", 0, 505},
+        {"GET /\0 HTTP/1.1\r\n\r\n", 19, 400},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len = cases[i].len ? cases[i].len : strlen(cases[i].req);
+        r = http_raw(port, cases[i].req, len);
+        cr_expect_eq(r.status, cases[i].status, "case %zu: %s", i, r.raw);
+        if (r.status == 405) cr_expect(strstr(r.raw, "Allow: GET, HEAD\r\n"));
+        if (r.status >= 400) {
+            jm_value *v = jm_parse(r.body);
+            cr_expect(v && jm_get(v, "error") && jm_get(v, "error")->type == JM_STRING,
+                      "case %zu: error body %s", i, r.body);
+            jm_free(v);
+        }
+        reply_free(&r);
+    }
+    /* a client that connects and says nothing, then goes */
+    close(connect_to(port));
+
+    /* 100 idle connections: the first 64 are held, the rest closed at once. */
+    int fds[100], closed = 0;
+    for (int i = 0; i < 100; i++) fds[i] = connect_to(port);
+    for (int i = 0; i < 100; i++) {
+        struct pollfd p = {.fd = fds[i], .events = POLLIN};
+        char b;
+        if (poll(&p, 1, i < 64 ? 0 : 10000) == 1 && recv(fds[i], &b, 1, 0) <= 0) closed++;
+    }
+    cr_expect_geq(closed, 30, "only %d of 100 idle connections were refused", closed);
+    for (int i = 0; i < 100; i++) close(fds[i]);
+
+    /* ingest and queries still work */
+    float w[N], g[N];
+    for (int i = 0; i < N; i++) {
+        w[i] = sinf((float)i);
+        g[i] = 1e-3f;
+    }
+    cr_assert_eq(ag_client_log_sgd(c, STEPS + 1, "w", w, g, N, 0.01f), AG_OK);
+    ag_free(harness_wait_history(c, RUN, "w", "E5M2", STEPS + 1));
+    /* and HTTP once the server has seen our idle connections go */
+    for (int tries = 0;; tries++) {
+        r = http_get(port, "/api/tensors?run=" RUN);
+        if (r.status == 200 || tries == 200) break;
+        reply_free(&r);
+        struct timespec ts = {0, 50 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    cr_assert_eq(r.status, 200);
+    reply_free(&r);
+    ag_client_close(c);
+    cr_assert_eq(harness_stop(&H, SIGTERM), 0);
+}
+
+Test(http, a_busy_port_is_one_warning_and_the_daemon_goes_on) {
+    harness_start(&H, HTTP_ON);
+    int port = http_port(&H);
+    ag_harness second;
+    harness_init(&second);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    const char *const extra[] = {"--http", addr, NULL};
+    harness_start(&second, extra);
+    FILE *f = fopen(second.log, "r");
+    char buf[4096] = "";
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cr_expect(strstr(buf, "going on without HTTP"), "%s", buf);
+    ag_client *c = harness_client(&second, "x", AG_QUEUE_BLOCK);
+    ag_status *st = NULL;
+    cr_expect_eq(ag_client_status(c, &st), AG_OK);
+    ag_free(st);
+    ag_client_close(c);
+    cr_expect_eq(harness_stop(&second, SIGTERM), 0);
+    harness_fini(&second);
+}
+
+Test(http, http_off_serves_nothing_and_bad_values_exit_2) {
+    const char *const off[] = {"--http", "off", NULL};
+    harness_start(&H, off);
+    FILE *f = fopen(H.log, "r");
+    char buf[4096] = "";
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cr_expect_null(strstr(buf, "http:"), "%s", buf);
+    harness_stop(&H, SIGTERM);
+    const char *bad[] = {"127.0.0.1", "localhost:80", "127.0.0.1:65536", "[::1:80",
+                         "1.2.3.4:-1", "127.0.0.1:8x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char cmd[512];
+        const char *b = getenv("AG_BUILD_DIR");
+        snprintf(cmd, sizeof cmd, "%s/daemon/altgradd --http '%s' --db %s/x.db 2>/dev/null",
+                 b ? b : ".", bad[i], H.dir);
+        int st = system(cmd);
+        cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "--http %s: status %d", bad[i], st);
+    }
+}
