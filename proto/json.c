@@ -10,59 +10,50 @@
 #include <stdlib.h>
 #include <string.h>
 
-ag_cell ag_cell_null(void)
+/* A cell of the given kind with its value zeroed; the constructors fill it. */
+static ag_cell cell_of(ag_cell_kind kind)
 {
     ag_cell c;
     memset(&c, 0, sizeof c);
-    c.kind = AG_CELL_NULL;
+    c.kind = kind;
     return c;
 }
 
+ag_cell ag_cell_null(void) { return cell_of(AG_CELL_NULL); }
+
 ag_cell ag_cell_str(const char *s)
 {
-    ag_cell c = ag_cell_null();
-    c.kind = AG_CELL_STR;
+    ag_cell c = cell_of(AG_CELL_STR);
     c.v.s = s;
     return c;
 }
 
 ag_cell ag_cell_u64(uint64_t u)
 {
-    ag_cell c = ag_cell_null();
-    c.kind = AG_CELL_U64;
+    ag_cell c = cell_of(AG_CELL_U64);
     c.v.u = u;
     return c;
 }
 
-ag_cell ag_cell_i64(int64_t i)
+/* TIME_MS and RATE share the storage of I64 and F64. */
+static ag_cell cell_i64(ag_cell_kind kind, int64_t i)
 {
-    ag_cell c = ag_cell_null();
-    c.kind = AG_CELL_I64;
+    ag_cell c = cell_of(kind);
     c.v.i = i;
     return c;
 }
 
-ag_cell ag_cell_f64(double d)
+static ag_cell cell_f64(ag_cell_kind kind, double d)
 {
-    ag_cell c = ag_cell_null();
-    c.kind = AG_CELL_F64;
+    ag_cell c = cell_of(kind);
     c.v.d = d;
     return c;
 }
 
-ag_cell ag_cell_rate(double d)
-{
-    ag_cell c = ag_cell_f64(d);
-    c.kind = AG_CELL_RATE;
-    return c;
-}
-
-ag_cell ag_cell_time_ms(int64_t ms)
-{
-    ag_cell c = ag_cell_i64(ms);
-    c.kind = AG_CELL_TIME_MS;
-    return c;
-}
+ag_cell ag_cell_i64(int64_t i) { return cell_i64(AG_CELL_I64, i); }
+ag_cell ag_cell_time_ms(int64_t ms) { return cell_i64(AG_CELL_TIME_MS, ms); }
+ag_cell ag_cell_f64(double d) { return cell_f64(AG_CELL_F64, d); }
+ag_cell ag_cell_rate(double d) { return cell_f64(AG_CELL_RATE, d); }
 
 void ag_doc_init(ag_doc *d, const char *list_key)
 {
@@ -99,6 +90,14 @@ int ag_doc_col(ag_doc *d, const char *name)
         return AG_ENOSPC;
     d->cols[d->ncols++] = name;
     return AG_OK;
+}
+
+int ag_doc_cols(ag_doc *d, const char *const *names)
+{
+    int rc = names == NULL ? AG_EINVAL : AG_OK;
+    for (; rc == AG_OK && *names != NULL; names++)
+        rc = ag_doc_col(d, *names);
+    return rc;
 }
 
 int ag_doc_row(ag_doc *d, const ag_cell *cells)

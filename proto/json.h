@@ -71,6 +71,8 @@ void ag_doc_free(ag_doc *d);
 /* AG_ENOSPC when the fixed tables are full; AG_EINVAL after rows exist. */
 int ag_doc_meta(ag_doc *d, const char *key, ag_cell value);
 int ag_doc_col(ag_doc *d, const char *name);
+/* ag_doc_col for each name of a NULL-terminated list. */
+int ag_doc_cols(ag_doc *d, const char *const *names);
 /* Appends one row of d->ncols cells (copied). AG_ENOMEM on failure. */
 int ag_doc_row(ag_doc *d, const ag_cell *cells);
 
@@ -90,9 +92,10 @@ void ag_json_cell(FILE *out, const ag_cell *c);
 int ag_json_write_doc(FILE *out, const ag_doc *d);
 
 /* ---------------- layouts of the query results (docs/cli.md) ------------
- * Each fills an initialised, empty document from one result; the document
- * borrows strings from the result and from the names passed, so free the
- * document before them. Names the result carries win; the names passed (the
+ * Each fills an initialised, empty document from one result and sets its
+ * list key ("runs", "points", ...; none for status); the document borrows
+ * strings from the result and from the names passed, so free the document
+ * before them. Names the result carries win; the names passed (the
  * request's) fill in where it has none. Returns AG_OK, AG_ENOMEM, or
  * AG_ENOSPC (a layout outgrew the fixed tables: a bug). */
 int ag_doc_status(ag_doc *d, const ag_status *s, const char *source, const char *address);

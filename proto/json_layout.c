@@ -8,12 +8,25 @@
 
 #include <stddef.h>
 
-static int add_cols(ag_doc *d, const char *const *names)
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* The record part of a document: its key/value fields, in order. */
+static int add_fields(ag_doc *d, const ag_doc_field *fields, size_t n)
 {
+    size_t i;
     int rc = AG_OK;
-    for (; *names != NULL && rc == AG_OK; names++)
-        rc = ag_doc_col(d, *names);
+    for (i = 0; i < n && rc == AG_OK; i++)
+        rc = ag_doc_meta(d, fields[i].key, fields[i].value);
     return rc;
+}
+
+/* The start of every list document: its list key, fields and columns. */
+static int begin_list(ag_doc *d, const char *list_key, const ag_doc_field *fields,
+                      size_t nfields, const char *const *cols)
+{
+    int rc = add_fields(d, fields, nfields);
+    d->list_key = list_key;
+    return rc == AG_OK ? ag_doc_cols(d, cols) : rc;
 }
 
 int ag_doc_status(ag_doc *d, const ag_status *s, const char *source, const char *address)
@@ -34,11 +47,8 @@ int ag_doc_status(ag_doc *d, const ag_status *s, const char *source, const char 
         {"db_path", ag_cell_str(s->db_path)},
         {"formats", ag_cell_str(s->formats)},
     };
-    size_t i;
-    int rc = AG_OK;
-    for (i = 0; i < sizeof fields / sizeof fields[0] && rc == AG_OK; i++)
-        rc = ag_doc_meta(d, fields[i].key, fields[i].value);
-    return rc;
+    d->list_key = NULL;
+    return add_fields(d, fields, COUNT(fields));
 }
 
 int ag_doc_runs(ag_doc *d, const ag_run_list *l)
@@ -47,20 +57,21 @@ int ag_doc_runs(ag_doc *d, const ag_run_list *l)
                                        "ended_ms", "last_step", "messages", "dropped",
                                        "metadata", NULL};
     size_t i;
-    int rc = add_cols(d, cols);
+    int rc = begin_list(d, "runs", NULL, 0, cols);
     for (i = 0; rc == AG_OK && i < l->n; i++) {
         const ag_run_info *r = &l->items[i];
-        ag_cell row[10];
-        row[0] = ag_cell_str(r->name);
-        row[1] = ag_cell_str(r->host);
-        row[2] = ag_cell_i64(r->pid);
-        row[3] = ag_cell_u64(r->client_id);
-        row[4] = ag_cell_time_ms(r->started_ms);
-        row[5] = ag_cell_time_ms(r->ended_ms);
-        row[6] = ag_cell_u64(r->last_step);
-        row[7] = ag_cell_u64(r->messages);
-        row[8] = ag_cell_u64(r->dropped);
-        row[9] = ag_cell_str(r->metadata);
+        const ag_cell row[] = {
+            ag_cell_str(r->name),
+            ag_cell_str(r->host),
+            ag_cell_i64(r->pid),
+            ag_cell_u64(r->client_id),
+            ag_cell_time_ms(r->started_ms),
+            ag_cell_time_ms(r->ended_ms),
+            ag_cell_u64(r->last_step),
+            ag_cell_u64(r->messages),
+            ag_cell_u64(r->dropped),
+            ag_cell_str(r->metadata),
+        };
         rc = ag_doc_row(d, row);
     }
     return rc;
@@ -70,21 +81,21 @@ int ag_doc_tensors(ag_doc *d, const char *run, const ag_tensor_list *l)
 {
     static const char *const cols[] = {"name", "role", "numel", "first_step", "last_step",
                                        "snapshots", "last_amax", NULL};
+    const ag_doc_field fields[] = {{"run", ag_cell_str(run)}};
     size_t i;
-    int rc = ag_doc_meta(d, "run", ag_cell_str(run));
-    if (rc == AG_OK)
-        rc = add_cols(d, cols);
+    int rc = begin_list(d, "tensors", fields, COUNT(fields), cols);
     for (i = 0; rc == AG_OK && i < l->n; i++) {
         const ag_tensor_info *t = &l->items[i];
         const char *role = ag_role_name(t->role);
-        ag_cell row[7];
-        row[0] = ag_cell_str(t->name);
-        row[1] = role ? ag_cell_str(role) : ag_cell_null();
-        row[2] = ag_cell_u64(t->numel);
-        row[3] = ag_cell_u64(t->first_step);
-        row[4] = ag_cell_u64(t->last_step);
-        row[5] = ag_cell_u64(t->snapshots);
-        row[6] = ag_cell_f64(t->last_amax);
+        const ag_cell row[] = {
+            ag_cell_str(t->name),
+            role ? ag_cell_str(role) : ag_cell_null(),
+            ag_cell_u64(t->numel),
+            ag_cell_u64(t->first_step),
+            ag_cell_u64(t->last_step),
+            ag_cell_u64(t->snapshots),
+            ag_cell_f64(t->last_amax),
+        };
         rc = ag_doc_row(d, row);
     }
     return rc;
@@ -96,26 +107,27 @@ int ag_doc_history(ag_doc *d, const char *run, const char *tensor, const char *f
     static const char *const cols[] = {"step", "stalled", "total", "stall_rate", "flips",
                                        "overflow", "underflow", "nonfinite", "amax",
                                        "scale", NULL};
+    const ag_doc_field fields[] = {
+        {"run", ag_cell_str(h->run ? h->run : run)},
+        {"tensor", ag_cell_str(h->tensor ? h->tensor : tensor)},
+        {"format", ag_cell_str(h->format ? h->format : format)},
+    };
     size_t i;
-    int rc;
-    if ((rc = ag_doc_meta(d, "run", ag_cell_str(h->run ? h->run : run))) == AG_OK &&
-        (rc = ag_doc_meta(d, "tensor", ag_cell_str(h->tensor ? h->tensor : tensor))) ==
-            AG_OK &&
-        (rc = ag_doc_meta(d, "format", ag_cell_str(h->format ? h->format : format))) == AG_OK)
-        rc = add_cols(d, cols);
+    int rc = begin_list(d, "points", fields, COUNT(fields), cols);
     for (i = 0; rc == AG_OK && i < h->n; i++) {
         const ag_history_point *p = &h->points[i];
-        ag_cell row[10];
-        row[0] = ag_cell_u64(p->step);
-        row[1] = ag_cell_u64(p->stalled);
-        row[2] = ag_cell_u64(p->total);
-        row[3] = ag_cell_rate(p->stall_rate);
-        row[4] = ag_cell_u64(p->flips);
-        row[5] = ag_cell_u64(p->overflow);
-        row[6] = ag_cell_u64(p->underflow);
-        row[7] = ag_cell_u64(p->nonfinite);
-        row[8] = ag_cell_f64(p->amax);
-        row[9] = ag_cell_f64(p->scale);
+        const ag_cell row[] = {
+            ag_cell_u64(p->step),
+            ag_cell_u64(p->stalled),
+            ag_cell_u64(p->total),
+            ag_cell_rate(p->stall_rate),
+            ag_cell_u64(p->flips),
+            ag_cell_u64(p->overflow),
+            ag_cell_u64(p->underflow),
+            ag_cell_u64(p->nonfinite),
+            ag_cell_f64(p->amax),
+            ag_cell_f64(p->scale),
+        };
         rc = ag_doc_row(d, row);
     }
     return rc;
@@ -124,18 +136,16 @@ int ag_doc_history(ag_doc *d, const char *run, const char *tensor, const char *f
 int ag_doc_scales(ag_doc *d, const char *run, const char *format, const ag_scale_list *l)
 {
     static const char *const cols[] = {"tensor", "step", "amax", "scale", NULL};
+    const ag_doc_field fields[] = {
+        {"run", ag_cell_str(run)},
+        {"format", ag_cell_str(l->format ? l->format : format)},
+    };
     size_t i;
-    int rc;
-    if ((rc = ag_doc_meta(d, "run", ag_cell_str(run))) == AG_OK &&
-        (rc = ag_doc_meta(d, "format", ag_cell_str(l->format ? l->format : format))) == AG_OK)
-        rc = add_cols(d, cols);
+    int rc = begin_list(d, "scales", fields, COUNT(fields), cols);
     for (i = 0; rc == AG_OK && i < l->n; i++) {
         const ag_scale_info *s = &l->items[i];
-        ag_cell row[4];
-        row[0] = ag_cell_str(s->tensor);
-        row[1] = ag_cell_u64(s->step);
-        row[2] = ag_cell_f64(s->amax);
-        row[3] = ag_cell_f64(s->scale);
+        const ag_cell row[] = {ag_cell_str(s->tensor), ag_cell_u64(s->step),
+                               ag_cell_f64(s->amax), ag_cell_f64(s->scale)};
         rc = ag_doc_row(d, row);
     }
     return rc;
@@ -145,22 +155,19 @@ int ag_doc_top(ag_doc *d, const char *run, const char *format, const ag_top_list
 {
     static const char *const cols[] = {"tensor", "stall_rate", "stalled", "total", "steps",
                                        NULL};
+    const ag_doc_field fields[] = {
+        {"run", ag_cell_str(run)},
+        {"format", ag_cell_str(l->format ? l->format : format)},
+        {"from_step", ag_cell_u64(l->from_step)},
+        {"to_step", ag_cell_u64(l->to_step)},
+    };
     size_t i;
-    int rc;
-    if ((rc = ag_doc_meta(d, "run", ag_cell_str(run))) == AG_OK &&
-        (rc = ag_doc_meta(d, "format", ag_cell_str(l->format ? l->format : format))) ==
-            AG_OK &&
-        (rc = ag_doc_meta(d, "from_step", ag_cell_u64(l->from_step))) == AG_OK &&
-        (rc = ag_doc_meta(d, "to_step", ag_cell_u64(l->to_step))) == AG_OK)
-        rc = add_cols(d, cols);
+    int rc = begin_list(d, "tensors", fields, COUNT(fields), cols);
     for (i = 0; rc == AG_OK && i < l->n; i++) {
         const ag_top_entry *t = &l->items[i];
-        ag_cell row[5];
-        row[0] = ag_cell_str(t->tensor);
-        row[1] = ag_cell_rate(t->stall_rate);
-        row[2] = ag_cell_u64(t->stalled);
-        row[3] = ag_cell_u64(t->total);
-        row[4] = ag_cell_u64(t->steps);
+        const ag_cell row[] = {ag_cell_str(t->tensor), ag_cell_rate(t->stall_rate),
+                               ag_cell_u64(t->stalled), ag_cell_u64(t->total),
+                               ag_cell_u64(t->steps)};
         rc = ag_doc_row(d, row);
     }
     return rc;

@@ -2,8 +2,9 @@
 # demo.sh BUILD_DIR - what `make demo` runs: start altgradd on its embedded
 # defaults (./var/*.sock, ./var/altgrad.db) from the project root, train the
 # demo MLP against it, print the stall rate per tensor and format with a
-# sparkline, the current scales and the worst tensors, then stop the daemon
-# with SIGTERM and check that it exited cleanly.
+# sparkline, the current scales and the worst tensors and the address of the
+# daemon's web page (http://127.0.0.1:8787/ unless that port was taken), then
+# stop the daemon with SIGTERM and check that it exited cleanly.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -107,6 +108,16 @@ section "current scales (E5M2)"
 
 section "tensors losing the most updates (E5M2, last 50 steps)"
 "$CLI" top "$RUN" --format E5M2 --window 50
+
+# The web page, if HTTP came up: a taken port is only a warning in the log
+# (the daemon goes on without HTTP), so ask the log rather than assume 8787.
+PAGE=$(sed -n 's|^.*http: serving the page, API and metrics on \(http://[^ ]*\).*$|\1|p' \
+    "$LOG" | tail -n 1)
+if [[ -n $PAGE ]]; then
+    echo
+    echo "web page (stall rate, amax and scale curves, top tensors): $PAGE"
+    echo "(served while altgradd runs; the demo stops it next)"
+fi
 
 section "stopping altgradd"
 kill -TERM "$DPID"

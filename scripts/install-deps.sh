@@ -8,7 +8,7 @@ pkgs=(build-essential cmake pkg-config libuv1-dev libnng-dev libmsgpack-dev
       man-db binutils)
 missing=()
 for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")
 done
 ((${#missing[@]})) || exit 0
 echo "installing: ${missing[*]}"

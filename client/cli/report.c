@@ -147,23 +147,22 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
     report_state st;
     ag_cli_doc d;
     const char *formats[MAX_FORMATS];
-    char *list = NULL, what[2 * AG_NAME_MAX + 64];
-    size_t nfmt, t, f, k;
+    char *list = NULL;
+    size_t nfmt, t, f;
     int rc;
 
     memset(&st, 0, sizeof st);
     ag_cli_doc_init(&d, "rows");
     rc = ag_cli_source_tensors(src, a->run, &tensors);
     if (rc != AG_OK) {
-        snprintf(what, sizeof what, "run '%s'", a->run);
-        ag_cli_source_explain(src, rc, what, err, cap);
+        ag_cli_source_explain(src, rc, err, cap, "run '%s'", a->run);
         goto fail;
     }
     if (a->format == NULL) {
         /* The formats the daemon evaluates (or the file knows), else the seed's. */
         rc = ag_cli_source_status(src, &status);
         if (rc != AG_OK) {
-            ag_cli_source_explain(src, rc, NULL, err, cap);
+            ag_cli_source_explain(src, rc, err, cap, NULL);
             goto fail;
         }
     }
@@ -178,8 +177,7 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
     nfmt = split_formats(list, formats, MAX_FORMATS);
 
     if ((rc = ag_cli_doc_meta(&d, "run", ag_cli_str(a->run))) == AG_OK)
-        for (k = 0; cols[k] != NULL && rc == AG_OK; k++)
-            rc = ag_cli_doc_col(&d, cols[k]);
+        rc = ag_doc_cols(&d, cols);
     for (t = 0; rc == AG_OK && t < tensors->n; t++) {
         const ag_tensor_info *ti = &tensors->items[t];
         if (ti->snapshots == 0)
@@ -197,9 +195,8 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
                 continue;
             }
             if (rc != AG_OK) {
-                snprintf(what, sizeof what, "run '%s', tensor '%s', format '%s'", a->run,
-                         ti->name, formats[f]);
-                ag_cli_source_explain(src, rc, what, err, cap);
+                ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'",
+                                      a->run, ti->name, formats[f]);
                 goto fail;
             }
             if (h->n == 0) {

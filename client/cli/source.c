@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "source.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,10 +119,18 @@ int ag_cli_source_status(ag_cli_source *s, ag_status **out)
     return s->store ? ag_store_status(s->store, out) : ag_client_status(s->client, out);
 }
 
-void ag_cli_source_explain(const ag_cli_source *s, int rc, const char *what, char *err,
-                           size_t cap)
+int ag_cli_source_explain(const ag_cli_source *s, int rc, char *err, size_t cap,
+                          const char *what_fmt, ...)
 {
+    char what[2 * AG_NAME_MAX + 64] = "no such run, tensor or format";
     const char *said = "";
+    va_list ap;
+
+    if (what_fmt != NULL) {
+        va_start(ap, what_fmt);
+        vsnprintf(what, sizeof what, what_fmt, ap);
+        va_end(ap);
+    }
     if (s->store != NULL)
         said = ag_store_errmsg(s->store);
     else if (s->client != NULL)
@@ -134,10 +143,11 @@ void ag_cli_source_explain(const ag_cli_source *s, int rc, const char *what, cha
     else if (rc == AG_ENOTFOUND && *said != '\0')
         snprintf(err, cap, "%s", said);
     else if (rc == AG_ENOTFOUND)
-        snprintf(err, cap, "not found: %s", what ? what : "no such run, tensor or format");
+        snprintf(err, cap, "not found: %s", what);
     else if (*said != '\0')
         snprintf(err, cap, "%s: %s", s->where, said);
     else
         snprintf(err, cap, "%s: %s", s->where, ag_strerror(rc));
     one_line(err);
+    return rc;
 }

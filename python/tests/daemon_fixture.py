@@ -69,9 +69,10 @@ class Daemon:
 
     def start(self):
         log = open(self.log_path, "ab")
+        # No HTTP: parallel test daemons must not race for port 8787.
         self.proc = subprocess.Popen([self.exe, "--ingest", self.ingest, "--query", self.query,
-                                      "--db", self.db], stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.dir)
+                                      "--db", self.db, "--http", "off"], stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=self.dir)
         log.close()
         from altgrad import Client
 

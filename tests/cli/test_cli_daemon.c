@@ -110,8 +110,9 @@ static void assert_one_error_line(const char *err)
 static void start_daemon(void)
 {
     char log[128], out[128];
+    /* No HTTP: parallel test daemons must not race for port 8787. */
     char *argv[] = {daemon_bin, "--ingest", ingest_url, "--query", query_url,
-                    "--db", db_path, NULL};
+                    "--db", db_path, "--http", "off", NULL};
     int i;
     snprintf(out, sizeof out, "%s/daemon.out", dir);
     snprintf(log, sizeof log, "%s/daemon.log", dir);

@@ -46,9 +46,11 @@ static const char *daemon_path(void) {
 }
 
 void harness_start(ag_harness *h, const char *const *extra) {
+    /* No HTTP unless a test asks for it (extra comes later and wins), so
+     * parallel test daemons never race for the default port 8787. */
     const char *argv[32] = {daemon_path(), "--ingest", h->ingest, "--query", h->query,
-                            "--db", h->db, "--log-level", "notice"};
-    size_t argc = 9;
+                            "--db", h->db, "--log-level", "notice", "--http", "off"};
+    size_t argc = 11;
     for (size_t i = 0; extra && extra[i] && argc < 31; i++) argv[argc++] = extra[i];
     argv[argc] = NULL;
     pid_t pid = fork();

@@ -23,7 +23,8 @@ typedef struct ag_harness {
 
 /* Make the temporary directory and the notify socket. */
 void harness_init(ag_harness *h);
-/* Start altgradd with extra arguments (NULL-terminated) and wait for READY=1. */
+/* Start altgradd with extra arguments (NULL-terminated) and wait for READY=1.
+ * HTTP is off unless extra names --http. */
 void harness_start(ag_harness *h, const char *const *extra);
 /* Send sig and wait for the exit; returns the wait status. */
 int harness_stop(ag_harness *h, int sig);

@@ -130,7 +130,7 @@ for b in consumer-pc consumer-pc-static consumer-cmake-shared consumer-cmake-sta
 done
 for b in "$tmp/consumer-pc" "$tmp/consumer-cmake-shared"; do
   [[ -x $b ]] || continue
-  if ldd "$b" | grep -q "libaltgrad.so.0 => $libdir/libaltgrad.so.0"; then
+  if ldd "$b" | grep "libaltgrad.so.0 => $libdir/libaltgrad.so.0" >/dev/null; then
     ok "${b##*/} loads libaltgrad.so.0 from the prefix"
   else
     bad "${b##*/} does not load the installed library: $(ldd "$b" | grep altgrad)"
@@ -138,7 +138,7 @@ for b in "$tmp/consumer-pc" "$tmp/consumer-cmake-shared"; do
 done
 for b in "$tmp/consumer-pc-static" "$tmp/consumer-cmake-static"; do
   [[ -x $b ]] || continue
-  ldd "$b" | grep -q libaltgrad && bad "${b##*/} still needs libaltgrad.so" \
+  ldd "$b" | grep libaltgrad >/dev/null && bad "${b##*/} still needs libaltgrad.so" \
     || ok "${b##*/} needs no libaltgrad.so"
 done
 for b in "${consumers[@]}"; do
@@ -156,7 +156,7 @@ mkdir -p "$tmp/run" "$tmp/state" "$tmp/cwd"
 ingest=ipc://$tmp/run/ingest.sock
 query=ipc://$tmp/run/query.sock
 (cd "$tmp/cwd" && exec "$prefix/sbin/altgradd" --ingest "$ingest" --query "$query" \
-   --db "$tmp/state/altgrad.db" --log-level notice) &
+   --db "$tmp/state/altgrad.db" --log-level notice --http off) &
 daemon_pid=$!
 # Wait (bounded) until the daemon answers a query.
 up=0

@@ -6,6 +6,7 @@ datagram socket and drives the lifecycle: READY=1, watchdog pings, SIGHUP
 reload, SIGTERM stop. Used by test_unit_notify.py and test_unit_sandbox.py.
 """
 import os
+import re
 import shlex
 import signal
 import socket
@@ -105,6 +106,11 @@ class Workdir:
         # The installed example names the systemd paths; move them here.
         text = text.replace("/run/altgrad/", self.run + "/")
         text = text.replace("/var/lib/altgrad/", self.state + "/")
+        # No HTTP: a test daemon must not race others (or anything else on
+        # the machine) for the example's port 8787.
+        text, n = re.subn(r"(?m)^http\s*=.*$", "http = off", text)
+        if n == 0:
+            text += "\nhttp = off\n"
         with open(self.config, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(self.etc, 0o755)
