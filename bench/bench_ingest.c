@@ -84,7 +84,7 @@ static int daemon_start(daemon_proc *d) {
     if (d->pid == 0) {
         setenv("NOTIFY_SOCKET", notify, 1);
         execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db,
-              "--log-level", "warning", (char *)NULL);
+              "--log-level", "warning", "--http", "off", (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 300; i++) {

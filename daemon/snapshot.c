@@ -1,7 +1,7 @@
 /*
  * snapshot.c - gradient snapshots in the engine: payload widening, the
- * per-format scales, the one-pass stall kernels for every format, encoding
- * and flip counting against the previous snapshot, and the rows they file.
+ * per-format scales, the one-pass stall and encode kernel for every format,
+ * flip counting against the previous snapshot, and the rows they file.
  * ag_engine_job_run may run on the libuv thread pool.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/stall_encode.h"
 #include "daemon/engine_internal.h"
 
 /* --------------------------------------------------------- snapshots */
@@ -116,15 +117,21 @@ void ag_eng_job_scales(ag_engine *e, ag_engine_job *job) {
     }
 }
 
-/* Stall counts and flips for every format in one pass over w and x. */
+/* Stall counts and the encoded weights of every format in one pass over w
+ * and x, then flips of each format against the previous snapshot. */
 int ag_eng_job_kernels(ag_engine_job *job) {
     tensor_state *t = job->t;
-    int err = job->form == AG_FORM_SGD
-                  ? ag_stall_sgd_multi(job->fmts, job->scales, job->nf, job->lr, job->w,
-                                       job->x, job->n, job->counts)
-                  : ag_stall_update_multi(job->fmts, job->scales, job->nf, job->w, job->x,
-                                          job->n, job->counts);
-    if (err) return err;
+    uint8_t *cur[AG_FORMATS_MAX] = {NULL};
+    int err = AG_OK;
+    for (size_t i = 0; i < job->nf; i++)
+        if (!(cur[i] = malloc(job->n))) {
+            err = AG_ENOMEM;
+            goto fail;
+        }
+    if ((err = ag_stall_encode_multi(job->fmts, job->scales, job->nf,
+                                     job->form != AG_FORM_SGD, job->lr, job->w, job->x,
+                                     job->n, job->counts, cur)))
+        goto fail;
     if (t->prev_n != job->n) { /* shape changed: earlier snapshots are not comparable */
         for (int i = 0; i < AG_FORMATS_MAX; i++) {
             free(t->prev[i]);
@@ -132,23 +139,22 @@ int ag_eng_job_kernels(ag_engine_job *job) {
         }
         t->prev_n = job->n;
     }
+    /* In message order, so a format named twice compares with itself. */
     for (size_t i = 0; i < job->nf; i++) {
         int fi = job->fidx[i];
-        uint8_t *cur = malloc(job->n);
-        if (!cur) return AG_ENOMEM;
-        if ((err = ag_encode_array(job->fmts[i], job->scales[i], job->w, cur, job->n))) {
-            free(cur);
-            return err;
-        }
         if (t->prev[fi])
-            err = ag_count_flips(job->fmts[i], t->prev[fi], t->prev_scale[fi], cur,
+            err = ag_count_flips(job->fmts[i], t->prev[fi], t->prev_scale[fi], cur[i],
                                  job->scales[i], job->n, &job->flips[i]);
         free(t->prev[fi]);
-        t->prev[fi] = cur;
+        t->prev[fi] = cur[i];
+        cur[i] = NULL;
         t->prev_scale[fi] = job->scales[i];
-        if (err) return err;
+        if (err) goto fail;
     }
     return AG_OK;
+fail:
+    for (size_t i = 0; i < job->nf; i++) free(cur[i]);
+    return err;
 }
 
 /* Thread pool side: only this job's tensor is touched, and the loop leaves

@@ -2,7 +2,8 @@
  * writer.c - the SQLite writer thread and its queue (see writer.h). The
  * queue is a growable ring under one mutex; "bounded" is a high-water mark
  * the loop respects by not taking new messages, so one message's rows are
- * always accepted whole and the loop never waits for the disk.
+ * always accepted whole and the loop never waits for the disk. A snapshot
+ * superseded in the queue by a newer one of its tensor is not written.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -19,6 +20,8 @@ struct ag_writer {
     pthread_cond_t wake;
     ag_write_item *ring;
     size_t cap, head, count;     /* items ring[head .. head+count) mod cap */
+    size_t snap_bytes;           /* weights held by queued snapshots */
+    size_t nsnap;                /* queued snapshots */
     int stopping;
     int was_full;                /* on_space is owed once depth falls */
     ag_store *st;
@@ -28,7 +31,13 @@ struct ag_writer {
     void *ctx;
     _Atomic uint64_t rows_written;
     _Atomic size_t depth;
+    _Atomic int over_bytes;      /* snap_bytes above high_bytes */
 };
+
+/* How far back a push looks for an older snapshot of its tensor: enough for
+ * every tensor of a model between two snapshots of one, and bounded so a
+ * push stays cheap; one not found is written, which is only slower. */
+#define SUPERSEDE_SCAN 65536
 
 static int64_t mono_ms(void) {
     struct timespec ts;
@@ -98,8 +107,14 @@ static int pop(ag_writer *w, ag_write_item *it) {
     *it = w->ring[w->head];
     w->head = (w->head + 1) % w->cap;
     w->count--;
+    if (it->kind == AG_W_SNAPSHOT) {
+        w->nsnap--;
+        w->snap_bytes -= it->u.snapshot.n * sizeof(float);
+        atomic_store(&w->over_bytes, w->snap_bytes > w->opts.high_bytes);
+    }
     atomic_store(&w->depth, w->count);
-    if (w->was_full && w->count <= w->opts.high_water / 2) {
+    if (w->was_full && w->count <= w->opts.high_water / 2 &&
+        w->snap_bytes <= w->opts.high_bytes / 2) {
         w->was_full = 0;
         return 1;
     }
@@ -138,13 +153,17 @@ static void *writer_main(void *arg) {
         int64_t t0 = mono_ms();
         uint64_t rows = 0;
         int at_boundary = 0;
+        size_t owed = 0; /* skipped snapshots whose replacement is not yet written */
         for (;;) {
             if (w->count > 0) {
                 ag_write_item it;
                 int owe_space = pop(w, &it);
                 pthread_mutex_unlock(&w->lock);
                 if (owe_space && w->on_space) w->on_space(w->ctx);
-                if ((err = apply(w->st, &it)))
+                if (it.supersedes) owed--;
+                if (it.superseded)
+                    owed++;
+                else if ((err = apply(w->st, &it)))
                     ag_log(w->log, AG_LOG_ERROR, "writer: row of kind %d not written: %s",
                            it.kind, ag_store_errmsg(w->st));
                 else
@@ -152,8 +171,8 @@ static void *writer_main(void *arg) {
                 at_boundary = it.boundary;
                 ag_write_item_clear(&it);
                 pthread_mutex_lock(&w->lock);
-                if (at_boundary && (rows >= w->opts.batch_rows ||
-                                    mono_ms() - t0 >= (int64_t)w->opts.batch_ms))
+                if (at_boundary && owed == 0 &&
+                    (rows >= w->opts.batch_rows || mono_ms() - t0 >= (int64_t)w->opts.batch_ms))
                     break;
                 continue;
             }
@@ -195,6 +214,7 @@ int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, a
     }
     w->st = st;
     w->opts = *opts;
+    if (!w->opts.high_bytes) w->opts.high_bytes = AG_WRITER_HIGH_BYTES;
     w->log = lg;
     w->on_space = on_space;
     w->ctx = ctx;
@@ -224,18 +244,44 @@ static int grow(ag_writer *w) {
     return AG_OK;
 }
 
+/* Mark the newest queued snapshot of tensor_id, if any within reach, as
+ * superseded. Lock held. Returns 1 when one was marked. */
+static int supersede(ag_writer *w, int64_t tensor_id) {
+    size_t seen = 0;
+    for (size_t k = w->count; k > 0 && seen < w->nsnap && w->count - k < SUPERSEDE_SCAN; k--) {
+        ag_write_item *it = &w->ring[(w->head + k - 1) % w->cap];
+        if (it->kind != AG_W_SNAPSHOT) continue;
+        seen++;
+        if (it->u.snapshot.tensor_id != tensor_id) continue;
+        if (it->superseded) return 0; /* already replaced by a later one */
+        it->superseded = 1;
+        return 1;
+    }
+    return 0;
+}
+
 int ag_writer_push(ag_writer *w, const ag_write_item *item) {
     pthread_mutex_lock(&w->lock);
     int err = AG_OK;
     if (w->stopping) err = AG_ECLOSED;
     else if (w->count == w->cap) err = grow(w);
     if (!err) {
+        int snap = item->kind == AG_W_SNAPSHOT;
+        int replaces = snap && supersede(w, item->u.snapshot.tensor_id);
         ag_write_item *slot = &w->ring[(w->head + w->count) % w->cap];
         *slot = *item;
         slot->boundary = 0;
+        slot->superseded = 0;
+        slot->supersedes = (unsigned char)replaces;
         w->count++;
+        if (snap) {
+            w->nsnap++;
+            w->snap_bytes += item->u.snapshot.n * sizeof(float);
+            atomic_store(&w->over_bytes, w->snap_bytes > w->opts.high_bytes);
+        }
         atomic_store(&w->depth, w->count);
-        if (w->count > w->opts.high_water) w->was_full = 1;
+        if (w->count > w->opts.high_water || w->snap_bytes > w->opts.high_bytes)
+            w->was_full = 1;
     }
     pthread_mutex_unlock(&w->lock);
     return err;
@@ -248,7 +294,9 @@ void ag_writer_boundary(ag_writer *w) {
     pthread_mutex_unlock(&w->lock);
 }
 
-int ag_writer_full(ag_writer *w) { return atomic_load(&w->depth) > w->opts.high_water; }
+int ag_writer_full(ag_writer *w) {
+    return atomic_load(&w->depth) > w->opts.high_water || atomic_load(&w->over_bytes);
+}
 
 size_t ag_writer_depth(ag_writer *w) { return atomic_load(&w->depth); }
 

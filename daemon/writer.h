@@ -33,6 +33,10 @@ typedef enum ag_write_kind {
 typedef struct ag_write_item {
     int kind;                  /* ag_write_kind */
     int boundary;              /* a commit may follow this item */
+    /* writer-internal (set by ag_writer_push): a later snapshot of the same
+     * tensor is queued, so this one is not written; this snapshot replaces
+     * an earlier queued one */
+    unsigned char superseded, supersedes;
     union {
         struct { int64_t id; const ag_format *fmt; } format;
         struct { ag_store_run_row row; char *name, *host, *metadata; } run;
@@ -55,8 +59,11 @@ typedef struct ag_writer ag_writer;
 typedef struct ag_writer_opts {
     size_t batch_rows;         /* commit after this many rows ... */
     unsigned batch_ms;         /* ... or this long after the batch began */
-    size_t high_water;         /* ag_writer_full() above this many queued items */
+    size_t high_water;         /* ag_writer_full() above this many queued items ... */
+    size_t high_bytes;         /* ... or snapshot bytes; 0: AG_WRITER_HIGH_BYTES */
 } ag_writer_opts;
+
+#define AG_WRITER_HIGH_BYTES ((size_t)256 << 20)
 
 /* Start the writer thread on st (owned from now on; closed by ag_writer_stop).
  * on_space(ctx) is called from the writer thread when the queue drops back
@@ -64,11 +71,16 @@ typedef struct ag_writer_opts {
 int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, ag_logger *lg,
                     void (*on_space)(void *), void *ctx);
 /* Queue one item (copied; owned pointers move to the writer). Never blocks
- * on disk; AG_ENOMEM if the queue cannot grow, AG_ECLOSED after stop. */
+ * on disk; AG_ENOMEM if the queue cannot grow, AG_ECLOSED after stop.
+ * The snapshots table keeps one row per tensor, so a snapshot still queued
+ * when a newer one of its tensor arrives is dropped unwritten; the writer
+ * then commits no earlier than the newer one, so no commit goes back to an
+ * older snapshot than the one its results were computed with. */
 int ag_writer_push(ag_writer *w, const ag_write_item *item);
 /* Mark the last queued item as a commit boundary and wake the writer. */
 void ag_writer_boundary(ag_writer *w);
-/* 1 when more than high_water items wait (the loop stops taking messages). */
+/* 1 when more than high_water items or high_bytes of snapshot weights wait
+ * (the loop stops taking messages). */
 int ag_writer_full(ag_writer *w);
 size_t ag_writer_depth(ag_writer *w);
 uint64_t ag_writer_rows_written(ag_writer *w);

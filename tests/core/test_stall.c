@@ -10,6 +10,7 @@
 
 #include "altgrad/altgrad.h"
 #include "core/kernel.h"
+#include "core/stall_encode.h"
 #include "reference.h"
 
 /* Per-element reference built on ref_encode / ref_decode. */
@@ -246,4 +247,141 @@ Test(flips, count_changed_quantized_values)
     cr_assert_eq(flips, 3); /* scale change moves every nonzero value */
     cr_assert_eq(ag_count_flips(f, a, 0.0f, b, 1.0f, 5, &flips), AG_EINVAL);
     cr_assert_eq(ag_count_flips(NULL, a, 1.0f, b, 1.0f, 5, &flips), AG_EFORMAT);
+}
+
+/* Plain per-element flips: decode both patterns, scale, compare. */
+static uint64_t ref_flips(const ag_format *f, const uint8_t *prev, float ps, const uint8_t *cur,
+                          float cs, size_t n)
+{
+    ref_format r = ref_of(f);
+    uint64_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        float a = (float)ref_decode(r, prev[i]) * ps, b = (float)ref_decode(r, cur[i]) * cs;
+        count += !(a == b || (isnan(a) && isnan(b)));
+    }
+    return count;
+}
+
+/* prev random; cur mostly equal, else a random pattern, the other zero,
+ * another NaN pattern or the neighbouring pattern. */
+static void fill_patterns(uint8_t *prev, uint8_t *cur, size_t n, uint64_t seed)
+{
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = ref_rand(&s);
+        prev[i] = (uint8_t)r;
+        switch ((r >> 8) % 8) {
+        case 0: cur[i] = (uint8_t)(r >> 16); break;
+        case 1: prev[i] &= 0x80u; cur[i] = (uint8_t)(prev[i] ^ 0x80u); break; /* +0 / -0 */
+        case 2: prev[i] |= 0x7fu; cur[i] = (uint8_t)(0x7du | (r >> 16 & 0x82u)); break;
+        case 3: cur[i] = (uint8_t)(prev[i] + 1u); break;
+        default: cur[i] = prev[i]; break;
+        }
+    }
+}
+
+static void check_flips_every_scale(void)
+{
+    enum { N = 70001 }; /* several counting blocks and a ragged end */
+    uint8_t *prev = malloc(N), *cur = malloc(N);
+    fill_patterns(prev, cur, N, 11);
+    const ag_format *fmts[7];
+    size_t nf = 0;
+    for (size_t i = 0; i < 5; i++)
+        fmts[nf++] = ag_format_at(i);
+    cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &fmts[nf++]), AG_OK);
+    cr_assert_eq(ag_format_define("E2M5", 2, 5, 1, 0, 0, &fmts[nf++]), AG_OK);
+    /* equal scales (the byte path), scales whose products overflow or go
+     * subnormal (the table path must take over), different scales */
+    float pairs[][2] = {{1.0f, 1.0f},  {0.004f, 0.004f}, {3e-3f, 3e-3f}, {3e38f, 3e38f},
+                        {1e-40f, 1e-40f}, {1e-30f, 1e-30f}, {1.0f, 2.0f}, {0.25f, 0.004f},
+                        {1e-40f, 2e-40f}};
+    for (size_t f = 0; f < nf; f++)
+        for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++)
+            for (size_t len = 1; len <= N; len = len < 100 ? len + 33 : len * 7 + 5) {
+                uint64_t got = 5;
+                cr_assert_eq(ag_count_flips(fmts[f], prev, pairs[k][0], cur, pairs[k][1], len,
+                                            &got), AG_OK);
+                uint64_t want = ref_flips(fmts[f], prev, pairs[k][0], cur, pairs[k][1], len);
+                cr_assert_eq(got, want + 5, "%s scales %g %g n %zu: got %llu want %llu",
+                             fmts[f]->name, (double)pairs[k][0], (double)pairs[k][1], len,
+                             (unsigned long long)(got - 5), (unsigned long long)want);
+            }
+    free(prev);
+    free(cur);
+}
+
+Test(flips, every_kernel_agrees_with_the_reference_at_any_scale)
+{
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa))
+            continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        cr_log_info("flip kernels: %s", ag_isa_name(isa));
+        check_flips_every_scale();
+    }
+}
+
+/* The fused pass: the counts of the multi-format kernels and the patterns of
+ * ag_encode_array, for both forms, seed and defined formats, odd sizes. */
+static void check_stall_encode(void)
+{
+    enum { N = 20011 };
+    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    fill(w, g, N, 13);
+    w[11] = 1e30f; /* past every max_finite */
+    w[12] = -1e30f;
+    w[13] = -0.0f;
+    const ag_format *fmts[7];
+    for (size_t i = 0; i < 5; i++)
+        fmts[i] = ag_format_at(i);
+    cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &fmts[5]), AG_OK);
+    cr_assert_eq(ag_format_define("E2M5", 2, 5, 1, 0, 0, &fmts[6]), AG_OK);
+    float scales[7] = {0.004f, 1.0f, 0.25f, 1.0f, 3e-3f, 0.5f, 2.0f};
+    uint8_t *enc[7], *want = malloc(N);
+    for (size_t f = 0; f < 7; f++)
+        enc[f] = malloc(N);
+    for (int form = 0; form < 2; form++)
+        for (size_t n = 1; n <= N; n = n * 3 + 2049) {
+            ag_stall_counts got[7] = {{0}}, ref[7] = {{0}};
+            memset(want, 0, N);
+            cr_assert_eq(ag_stall_encode_multi(fmts, scales, 7, form, 0.01f, w, g, n, got, enc),
+                         AG_OK);
+            cr_assert_eq(form ? ag_stall_update_multi(fmts, scales, 7, w, g, n, ref)
+                              : ag_stall_sgd_multi(fmts, scales, 7, 0.01f, w, g, n, ref),
+                         AG_OK);
+            for (size_t f = 0; f < 7; f++) {
+                assert_counts_eq(got[f], ref[f], fmts[f]->name);
+                cr_assert_eq(ag_encode_array(fmts[f], scales[f], w, want, n), AG_OK);
+                for (size_t i = 0; i < n; i++)
+                    cr_assert_eq(enc[f][i], want[i], "%s form %d element %zu (%g): %#x, want %#x",
+                                 fmts[f]->name, form, i, (double)w[i], enc[f][i], want[i]);
+            }
+        }
+    for (size_t f = 0; f < 7; f++)
+        free(enc[f]);
+    free(want);
+    free(w);
+    free(g);
+}
+
+Test(stall, the_pass_that_also_encodes_agrees_with_the_separate_kernels)
+{
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa))
+            continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        cr_log_info("stall+encode kernels: %s", ag_isa_name(isa));
+        check_stall_encode();
+    }
+    const ag_format *f = ag_format_get("E5M2");
+    float w = 1, g = 1, sc = 1;
+    uint8_t b, *enc[1] = {&b}, *none[1] = {NULL};
+    ag_stall_counts c = {0};
+    cr_assert_eq(ag_stall_encode_multi(&f, &sc, 1, 0, 0.1f, &w, &g, 1, &c, NULL), AG_EINVAL);
+    cr_assert_eq(ag_stall_encode_multi(&f, &sc, 1, 0, 0.1f, &w, &g, 1, &c, none), AG_EINVAL);
+    cr_assert_eq(ag_stall_encode_multi(&f, &sc, 1, 0, NAN, &w, &g, 1, &c, enc), AG_EINVAL);
+    cr_assert_eq(c.total, 0);
+    cr_assert_eq(ag_stall_encode_multi(&f, &sc, 1, 1, NAN, &w, &g, 1, &c, enc), AG_OK);
+    cr_assert_eq(b, ag_encode(f, 1.0f));
 }

@@ -128,3 +128,99 @@ Test(writer, a_full_queue_is_reported_and_room_is_announced_once_it_drains) {
     ag_writer_stop(w);
     cr_assert_eq(points(), 30);
 }
+static void push_snapshot(ag_writer *w, uint64_t step, size_t n) {
+    ag_write_item it = {.kind = AG_W_SNAPSHOT};
+    it.u.snapshot.tensor_id = 1;
+    it.u.snapshot.step = step;
+    it.u.snapshot.n = n;
+    cr_assert_not_null(it.u.snapshot.w = malloc(n * sizeof(float)));
+    for (size_t i = 0; i < n; i++) it.u.snapshot.w[i] = (float)step;
+    cr_assert_eq(ag_writer_push(w, &it), AG_OK);
+}
+
+typedef struct stored_snapshot {
+    uint64_t step;
+    float first;
+    size_t n, count;
+} stored_snapshot;
+
+static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n) {
+    stored_snapshot *s = ctx;
+    cr_assert_eq(tensor_id, 1);
+    s->step = step;
+    s->first = w[0];
+    s->n = n;
+    s->count++;
+    return 0;
+}
+
+static stored_snapshot stored(void) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db, 0), AG_OK);
+    stored_snapshot s = {0};
+    ag_store_restore_cb cb = {.ctx = &s, .snapshot = on_snapshot};
+    cr_assert_eq(ag_store_restore(st, 16, &cb), AG_OK);
+    ag_store_close(st);
+    return s;
+}
+
+Test(writer, snapshots_replaced_while_queued_are_skipped_and_the_newest_is_stored) {
+    ag_writer *w = start(1000, 1, 1000000, NULL);
+    ag_store *blocker = NULL; /* holds the write lock: everything stays queued */
+    cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
+    cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    for (uint64_t s = 1; s <= 10; s++) {
+        push_result(w, s);
+        push_snapshot(w, s, 3000);
+        ag_writer_boundary(w);
+    }
+    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
+    ag_store_close(blocker);
+    for (int i = 0; i < 5000 && ag_writer_rows_written(w) < 11; i++) sleep_ms(1);
+    cr_assert_eq(points(), 10);
+    /* 10 results and one snapshot: the nine replaced ones were not written */
+    cr_assert_eq(ag_writer_rows_written(w), 11);
+    ag_writer_stop(w);
+    stored_snapshot s = stored();
+    cr_assert_eq(s.count, 1);
+    cr_assert_eq(s.step, 10);
+    cr_assert_eq(s.n, 3000);
+    cr_assert_eq(s.first, 10.0f);
+}
+
+Test(writer, every_snapshot_is_written_when_none_waits_behind_it) {
+    ag_writer *w = start(1, 1, 1000000, NULL);
+    push_snapshot(w, 1, 100);
+    ag_writer_boundary(w);
+    for (int i = 0; i < 5000 && ag_writer_rows_written(w) < 1; i++) sleep_ms(1);
+    cr_assert_eq(ag_writer_rows_written(w), 1);
+    push_snapshot(w, 2, 100);
+    ag_writer_boundary(w);
+    ag_writer_stop(w);
+    stored_snapshot s = stored();
+    cr_assert_eq(s.step, 2);
+    cr_assert_eq(s.first, 2.0f);
+}
+
+Test(writer, queued_snapshot_bytes_above_their_mark_report_full) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db, AG_STORE_CREATE), AG_OK);
+    ag_writer *w = NULL;
+    ag_writer_opts o = {.batch_rows = 1000, .batch_ms = 1, .high_water = 1000000,
+                        .high_bytes = 4000};
+    atomic_store(&space_calls, 0);
+    cr_assert_eq(ag_writer_start(&w, st, &o, &lg, on_space, NULL), AG_OK);
+    ag_store *blocker = NULL;
+    cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
+    cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    push_snapshot(w, 1, 2000); /* 8000 bytes */
+    ag_writer_boundary(w);
+    cr_assert(ag_writer_full(w));
+    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
+    ag_store_close(blocker);
+    for (int i = 0; i < 5000 && ag_writer_full(w); i++) sleep_ms(1);
+    cr_assert_not(ag_writer_full(w));
+    for (int i = 0; i < 5000 && atomic_load(&space_calls) == 0; i++) sleep_ms(1);
+    cr_assert_eq(atomic_load(&space_calls), 1);
+    ag_writer_stop(w);
+}

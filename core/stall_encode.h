@@ -1,0 +1,22 @@
+/*
+ * stall_encode.h - internal: the multi-format stall pass that also encodes
+ * the weights for every format, for the daemon's snapshots (counts, then
+ * patterns for flips and the next snapshot, from one read of the arrays).
+ */
+#ifndef AG_CORE_STALL_ENCODE_H
+#define AG_CORE_STALL_ENCODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "altgrad/altgrad.h"
+
+/* ag_stall_sgd_multi (update_form 0, v = g, lr used) or ag_stall_update_multi
+ * (update_form 1, v = u, lr ignored), adding into out[f], and enc[f] (n
+ * bytes each, all non-NULL) set to ag_encode_array(fmts[f], scales[f], w).
+ * Same errors as those; on error nothing is counted. */
+int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                          int update_form, float lr, const float *w, const float *v, size_t n,
+                          ag_stall_counts *out, uint8_t *const *enc);
+
+#endif
