@@ -255,14 +255,32 @@ static char *trim(char *s) {
     return s;
 }
 
+#define CONFIG_LINE_MAX 4096 /* bytes of one config file line, newline excluded */
+
 static int load_file(ag_config *cfg, const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "r");
     if (!f) return fail(err, errlen, AG_EIO, "--config: cannot read %s: %s", path,
                         strerror(errno));
-    char line[2048];
+    /* getline, not fgets into a fixed buffer: a long line must be refused
+     * whole (fgets would parse its tail, say past a comment, as a line of its
+     * own), and a NUL byte seen (it would cut a value short silently). */
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
     int lineno = 0, rc = AG_OK, urls_reset = 0;
-    while (fgets(line, sizeof line, f)) {
+    while ((got = getline(&line, &cap, f)) >= 0) {
         lineno++;
+        size_t len = (size_t)got;
+        if (len && line[len - 1] == '\n') len--;
+        if (len > CONFIG_LINE_MAX) {
+            rc = fail(err, errlen, AG_EINVAL, "%s:%d: line longer than %d bytes", path, lineno,
+                      CONFIG_LINE_MAX);
+            break;
+        }
+        if (memchr(line, '\0', len)) {
+            rc = fail(err, errlen, AG_EINVAL, "%s:%d: NUL byte in line", path, lineno);
+            break;
+        }
         char *s = trim(line);
         if (!*s || *s == '#') continue;
         char *eq = strchr(s, '=');
@@ -274,7 +292,7 @@ static int load_file(ag_config *cfg, const char *path, char *err, size_t errlen)
         char *key = trim(s), *val = trim(eq + 1);
         const opt *o = find_opt(key, strlen(key));
         if (!o || !o->file_ok) {
-            rc = fail(err, errlen, AG_EINVAL, "%s:%d: unknown key '%s'", path, lineno, key);
+            rc = fail(err, errlen, AG_EINVAL, "%s:%d: unknown key '%.64s'", path, lineno, key);
             break;
         }
         char sub[256];
@@ -283,6 +301,9 @@ static int load_file(ag_config *cfg, const char *path, char *err, size_t errlen)
             break;
         }
     }
+    if (rc == AG_OK && ferror(f))
+        rc = fail(err, errlen, AG_EIO, "--config: cannot read %s", path);
+    free(line);
     fclose(f);
     return rc;
 }

@@ -63,6 +63,7 @@ int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_count
     e->counters = counters;
     ag_map_init(&e->runs);
     e->history_len = (size_t)cfg->history_len;
+    e->max_state_bytes = AG_ENGINE_MAX_STATE_BYTES;
     e->amax_mode = cfg->amax_mode;
     ag_engine_reconfigure(e, cfg);
     *out = e;
@@ -94,6 +95,7 @@ role_state *ag_eng_role_for(ag_engine *e, tensor_state *t, int role) {
         return NULL;
     }
     t->roles[role] = rs;
+    e->state_bytes += sizeof *rs + e->history_len * sizeof(double);
     return rs;
 }
 
@@ -158,6 +160,7 @@ tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const ch
     t->run = r;
     t->role = role;
     t->name = strdup(name);
+    e->state_bytes += sizeof *t + strlen(name) + 1;
     if (!t->name || ag_map_put(&r->tensors, name, t)) {
         free(t->name);
         free(t);
@@ -168,11 +171,18 @@ tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const ch
     return t;
 }
 
+size_t ag_eng_tensor_cost(const ag_engine *e, const char *name) {
+    return sizeof(tensor_state) + strlen(name) + 1 +
+           ROLES * (sizeof(role_state) + e->history_len * sizeof(double));
+}
+
 int ag_eng_tensor_for(ag_engine *e, run_state *r, const char *name, int role,
                       tensor_state **out) {
     tensor_state *t = ag_map_get(&r->tensors, name);
     if (!t) {
-        if (e->ntensors >= MAX_TENSORS) return AG_ENOSPC;
+        if (e->ntensors >= MAX_TENSORS ||
+            e->state_bytes + ag_eng_tensor_cost(e, name) > e->max_state_bytes)
+            return AG_ENOSPC;
         ag_write_item it = {.kind = AG_W_TENSOR};
         it.u.tensor.id = e->next_tensor_id + 1;
         it.u.tensor.run_id = r->id;
@@ -425,7 +435,10 @@ static int reject_msg(ag_engine *e, const ag_msg *m, size_t bytes, int err) {
 int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job **job) {
     *job = NULL;
     if (!ag_proto_is_stream(m->type)) return reject_msg(e, m, bytes, AG_EPROTO);
-    if (m->hdr.seq > INT64_MAX) return reject_msg(e, m, bytes, AG_ERANGE);
+    /* Counts are int64 in the store: a larger seq or drop counter would be
+     * filed as a negative number. */
+    if (m->hdr.seq > INT64_MAX || m->hdr.dropped > INT64_MAX)
+        return reject_msg(e, m, bytes, AG_ERANGE);
     run_state *r;
     int err = run_for(e, m, &r);
     if (err) return reject_msg(e, m, bytes, err);

@@ -13,6 +13,11 @@
 #define ROLES 4
 #define MAX_RUNS 100000
 #define MAX_TENSORS 1000000
+/* Memory the engine's state may hold (tensors, roles with their amax
+ * histories, last encoded snapshots): past it, new tensors and snapshots
+ * that would keep more are rejected (counted), so a client cannot make the
+ * daemon run out of memory. Restored state is counted but never refused. */
+#define AG_ENGINE_MAX_STATE_BYTES ((size_t)4 << 30)
 
 typedef struct role_state {
     ag_amax_history *history;
@@ -40,6 +45,7 @@ typedef struct tensor_state {
     uint8_t *prev[AG_FORMATS_MAX];
     float prev_scale[AG_FORMATS_MAX];
     size_t prev_n;
+    size_t prev_bytes;   /* of prev[], as counted in the engine's state_bytes */
 } tensor_state;
 
 struct run_state {
@@ -69,6 +75,7 @@ struct ag_engine {
     double margin_mult;             /* 2^margin */
     size_t history_len;
     tensor_state *touched;
+    size_t state_bytes, max_state_bytes; /* see AG_ENGINE_MAX_STATE_BYTES */
     /* restore: id -> object, sorted by id */
     run_state **runs_by_id;
     size_t nruns_by_id;
@@ -121,6 +128,9 @@ void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
                          uint64_t numel, double amax);
 /* Queue a message's run delta (and tensor deltas with_tensors) and a boundary. */
 int ag_eng_end_message(ag_engine *e, run_state *r, size_t bytes, int with_tensors);
+
+/* Bytes a tensor with all its roles may hold outside its snapshots. */
+size_t ag_eng_tensor_cost(const ag_engine *e, const char *name);
 
 /* snapshot.c */
 int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s,

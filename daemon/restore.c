@@ -118,6 +118,10 @@ static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float 
             free(cur);
             continue;
         }
+        if (!t->prev[fi]) {
+            t->prev_bytes += n;
+            e->state_bytes += n;
+        }
         free(t->prev[fi]);
         t->prev[fi] = cur;
         t->prev_scale[fi] = (float)rs->scale[fi];

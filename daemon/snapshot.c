@@ -58,7 +58,11 @@ static void job_free(ag_engine_job *job) {
 int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s,
                         ag_engine_job **out) {
     if (s->step > INT64_MAX || s->n == 0 || s->n > SIZE_MAX / sizeof(float)) return AG_ERANGE;
-    if (s->form == AG_FORM_SGD && !isfinite(s->lr)) return AG_ERANGE;
+    /* The kernels scale in float32: a value float32 cannot hold (inf, or a scale
+     * that rounds to 0) would fail them after the scale and history had been
+     * changed, and leave a scale of 0 or inf in force. Refuse it up front. */
+    if (s->form == AG_FORM_SGD && !isfinite((float)s->lr)) return AG_ERANGE;
+    if (s->has_scale && !((float)s->scale > 0 && isfinite((float)s->scale))) return AG_ERANGE;
     ag_engine_job *job = calloc(1, sizeof *job);
     if (!job) return AG_ENOMEM;
     int err = AG_OK;
@@ -88,6 +92,21 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s,
             goto fail;
         }
         if ((err = ag_eng_format_id(e, job->fmts[i], job->fidx[i], &id))) goto fail;
+    }
+    /* The encoded copies this snapshot leaves for the next one's flips: one
+     * of n bytes per format it names (a shape change drops all the others). */
+    tensor_state *known = ag_map_get(&r->tensors, s->tensor);
+    size_t keep = job->n * job->nf, had = 0;
+    if (known && known->prev_n != job->n) had = known->prev_bytes;
+    for (size_t i = 0; known && known->prev_n == job->n && i < job->nf; i++) {
+        int again = 0;
+        for (size_t k = 0; k < i; k++) again |= job->fidx[k] == job->fidx[i];
+        if (!again && known->prev[job->fidx[i]]) had += job->n;
+    }
+    if (job->nf && (job->n > SIZE_MAX / job->nf ||
+                    e->state_bytes - had + keep > e->max_state_bytes)) {
+        err = AG_ENOSPC;
+        goto fail;
     }
     if ((err = payload(job, s))) goto fail;
     if ((err = ag_eng_tensor_for(e, r, s->tensor, AG_ROLE_WEIGHT, &job->t))) goto fail;
@@ -167,6 +186,10 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     int err = job->err;
     tensor_state *t = job->t;
     run_state *r = t->run;
+    size_t kept = 0; /* the kernels may have kept or dropped encoded copies */
+    for (int i = 0; i < AG_FORMATS_MAX; i++) kept += t->prev[i] ? t->prev_n : 0;
+    e->state_bytes = e->state_bytes - t->prev_bytes + kept;
+    t->prev_bytes = kept;
     if (err) goto done;
     ag_write_item st = {.kind = AG_W_STATS};
     st.u.stats = (ag_store_stats_row){t->id, AG_ROLE_WEIGHT, job->step, job->amax, job->n,

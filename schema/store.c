@@ -230,7 +230,15 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
         (err = exec_sql(st, "PRAGMA synchronous=NORMAL", "synchronous")) ||
         (err = exec_sql(st, "PRAGMA foreign_keys=OFF", "foreign_keys")))
         return err;
-    return migrate(st);
+    /* SQLite opens a write-protected file read-only without a word: every
+     * later commit would fail and the daemon lose what it was sent. */
+    if (sqlite3_db_readonly(st->db, "main") == 1)
+        return ag_store_failf(st, AG_ESTORE, "%s: the file is read-only", path);
+    if ((err = migrate(st))) return err;
+    /* Take the write lock once (waiting the busy timeout): a file that another
+     * process keeps locked is refused now, not found unwritable later. */
+    if ((err = exec_sql(st, "BEGIN IMMEDIATE", "write lock"))) return err;
+    return exec_sql(st, "COMMIT", "write lock");
 }
 
 void ag_store_close(ag_store *st) {

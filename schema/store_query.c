@@ -186,8 +186,11 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
     }
     sqlite3_bind_int64(s, 1, tid);
     sqlite3_bind_int64(s, 2, fid);
-    sqlite3_bind_int64(s, 3, (int64_t)q->from_step);
-    sqlite3_bind_int64(s, 4, q->to_step ? (int64_t)q->to_step : INT64_MAX);
+    /* Steps are int64 in the file (none is above INT64_MAX): a bound past that
+     * must not wrap to a negative number. A from past it matches nothing. */
+    uint64_t to = q->to_step && q->to_step < (uint64_t)INT64_MAX ? q->to_step : INT64_MAX;
+    sqlite3_bind_int64(s, 3, q->from_step > (uint64_t)INT64_MAX ? 1 : (int64_t)q->from_step);
+    sqlite3_bind_int64(s, 4, q->from_step > (uint64_t)INT64_MAX ? 0 : (int64_t)to);
     size_t cap = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         ag_history_point p = {

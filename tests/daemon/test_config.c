@@ -102,3 +102,61 @@ Test(config, the_file_sets_options_and_the_command_line_wins) {
     const char *argv3[] = {"altgradd", "--config", "/nonexistent/altgradd.conf"};
     cr_expect_eq(load(&cfg, err, 3, argv3), AG_EIO);
 }
+
+/* Write bytes (len of them, NULs included) to a new temporary file. */
+static void write_file(char *path, const char *bytes, size_t len) {
+    strcpy(path, "/tmp/ag_config_XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, bytes, len), (ssize_t)len);
+    close(fd);
+}
+
+/* A comment of pad bytes whose tail looks like an option, as a file. */
+static void long_comment(char *path, size_t pad) {
+    char *text = malloc(pad + 64);
+    text[0] = '#';
+    memset(text + 1, 'x', pad);
+    strcpy(text + 1 + pad, " db = /tmp/injected.db\n");
+    write_file(path, text, strlen(text));
+    free(text);
+}
+
+Test(config, a_long_comment_stays_one_line_and_an_overlong_line_is_refused) {
+    ag_config cfg;
+    char err[256], path[32];
+    const char *argv[] = {"altgradd", "--config", path};
+    /* Longer than a 2 KiB line buffer: its tail must not become an option. */
+    long_comment(path, 2046);
+    cr_expect_eq(load(&cfg, err, 3, argv), AG_OK, "%s", err);
+    cr_expect_str_eq(cfg.db, AG_DEFAULT_DB_PATH);
+    unlink(path);
+    long_comment(path, 5000);
+    cr_expect_eq(load(&cfg, err, 3, argv), AG_EINVAL);
+    cr_expect_not_null(strstr(err, ":1: line longer"), "%s", err);
+    unlink(path);
+}
+
+Test(config, a_nul_byte_in_a_config_line_is_refused) {
+    static const char text[] = "db = /tmp/a.db\0/../../etc/evil\nmargin = 1\n";
+    char path[32];
+    write_file(path, text, sizeof text - 1);
+    ag_config cfg;
+    char err[256];
+    const char *argv[] = {"altgradd", "--config", path};
+    cr_expect_eq(load(&cfg, err, 3, argv), AG_EINVAL);
+    cr_expect_not_null(strstr(err, ":1: NUL"), "%s", err);
+    unlink(path);
+}
+
+Test(config, a_last_line_without_newline_counts_and_a_repeated_key_takes_the_last) {
+    static const char text[] = "margin = 1\r\nmargin = 3";
+    char path[32];
+    write_file(path, text, sizeof text - 1);
+    ag_config cfg;
+    char err[256];
+    const char *argv[] = {"altgradd", "--config", path};
+    cr_assert_eq(load(&cfg, err, 3, argv), AG_OK, "%s", err);
+    cr_expect_float_eq(cfg.margin, 3.0, 0);
+    unlink(path);
+}

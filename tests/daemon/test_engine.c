@@ -15,6 +15,7 @@
 
 #include "daemon/config.h"
 #include "daemon/engine.h"
+#include "daemon/engine_internal.h"
 #include "daemon/writer.h"
 #include "schema/store.h"
 
@@ -294,4 +295,122 @@ Test(engine, a_restored_engine_continues_histories_and_flips) {
     cr_expect_gt(flips, 0);
     cr_expect_eq(h->points[1].flips, flips);
     ag_free(h);
+}
+
+/* ------------------------------------------------- hostile values (red team) */
+
+/* The latest scale row of tensor "w", format fmt, role 0 (0 when none). */
+static double stored_scale(const char *fmt) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK);
+    ag_scale_list *l = NULL;
+    cr_assert_eq(ag_store_scales(st, "r", fmt, &l), AG_OK, "%s", ag_store_errmsg(st));
+    double s = l->n ? l->items[0].scale : 0.0;
+    ag_free(l);
+    ag_store_close(st);
+    return s;
+}
+
+Test(engine, an_explicit_scale_float32_cannot_hold_is_rejected_and_keeps_the_scale) {
+    start(NULL, 0);
+    float w[36], g[36];
+    fill(w, g, 36, 4.0f);
+    cr_assert_eq(snapshot(1, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    double before = scale_of(4.0, "E5M2");
+    /* 1e300 is inf and 1e-320 is 0 in float32, which the kernels scale in. */
+    cr_expect_eq(snapshot(2, w, g, 36, AG_FORM_SGD, 1e300, NULL, 0), AG_ERANGE);
+    cr_expect_eq(snapshot(3, w, g, 36, AG_FORM_SGD, 1e-320, NULL, 0), AG_ERANGE);
+    cr_expect_eq(atomic_load(&F.counters.rejected), 2);
+    cr_expect_eq(snapshot(4, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    stop();
+    ag_history *h = history("E5M2");
+    cr_assert_eq(h->n, 2);
+    cr_expect_eq(h->points[0].step, 1);
+    cr_expect_eq(h->points[1].step, 4);
+    cr_expect_eq(h->points[1].scale, before);
+    cr_expect_eq(stored_scale("E5M2"), before);
+    ag_free(h);
+}
+
+Test(engine, a_learning_rate_float32_cannot_hold_is_rejected) {
+    start(NULL, 0);
+    float w[36], g[36];
+    fill(w, g, 36, 4.0f);
+    ag_msg m = {.type = AG_MSG_SNAPSHOT};
+    m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = 1};
+    m.u.snapshot = (ag_msg_snapshot){.step = 1, .tensor = "w", .dtype = AG_DTYPE_F32,
+                                     .form = AG_FORM_SGD, .lr = 1e300, .n = 36, .numel = 36,
+                                     .w = w, .x = g};
+    ag_engine_job *job = NULL;
+    cr_expect_eq(ag_engine_handle(F.engine, &m, 100, &job), AG_ERANGE);
+    cr_assert_null(job);
+    cr_expect_eq(atomic_load(&F.counters.rejected), 1);
+}
+
+Test(engine, a_client_drop_count_past_int64_is_rejected_not_stored_negative) {
+    start(NULL, 0);
+    ag_stat_record rec = {.step = 1, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1,
+                          .numel = 4};
+    ag_msg m = {.type = AG_MSG_STATS};
+    m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = 0, .dropped = UINT64_MAX};
+    m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
+    ag_engine_job *job = NULL;
+    cr_expect_eq(ag_engine_handle(F.engine, &m, 100, &job), AG_ERANGE);
+    m.hdr.dropped = 3;
+    cr_expect_eq(ag_engine_handle(F.engine, &m, 100, &job), AG_OK);
+    stop();
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK);
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK);
+    cr_assert_eq(runs->n, 1);
+    cr_expect_eq(runs->items[0].dropped, 3);
+    ag_free(runs);
+    ag_store_close(st);
+}
+
+static int stats_of(const char *const *names, size_t n, uint64_t step) {
+    ag_stat_record recs[16];
+    cr_assert_leq(n, 16);
+    for (size_t i = 0; i < n; i++)
+        recs[i] = (ag_stat_record){.step = step, .tensor = names[i],
+                                   .role = AG_ROLE_ACTIVATION, .amax = 1, .numel = 4};
+    ag_msg m = {.type = AG_MSG_STATS};
+    m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = ++F.seq};
+    m.u.stats = (ag_msg_stats){.n = n, .records = recs};
+    ag_engine_job *job = NULL;
+    return ag_engine_handle(F.engine, &m, 100, &job);
+}
+
+Test(engine, tensors_past_the_state_budget_are_rejected_and_counted_not_allocated) {
+    start(NULL, 0);
+    static const char *const names[] = {"t00", "t01", "t02", "t03", "t04",
+                                        "t05", "t06", "t07", "t08", "t09"};
+    F.engine->max_state_bytes = F.engine->state_bytes + 3 * ag_eng_tensor_cost(F.engine, "t00");
+    cr_expect_eq(stats_of(names, 10, 1), AG_ENOSPC);
+    size_t made = atomic_load(&F.counters.tensors);
+    cr_expect(made >= 3 && made < 10, "%zu tensors", made);
+    cr_expect_eq(atomic_load(&F.counters.rejected), 1);
+    cr_expect_leq(F.engine->state_bytes, F.engine->max_state_bytes);
+    /* Known tensors still take records. */
+    cr_expect_eq(stats_of(names, made, 2), AG_OK);
+    cr_expect_eq(atomic_load(&F.counters.rejected), 1);
+}
+
+Test(engine, a_snapshot_whose_encoded_copies_pass_the_state_budget_is_rejected) {
+    start(NULL, 0);
+    float w[36], g[36];
+    fill(w, g, 36, 4.0f);
+    cr_assert_eq(snapshot(1, w, g, 16, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    size_t used = F.engine->state_bytes;
+    /* Replacing the 5 copies of 16 bytes fits; 5 of 36 do not. */
+    F.engine->max_state_bytes = used + 5 * 10;
+    cr_expect_eq(snapshot(2, w, g, 16, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    cr_expect_eq(F.engine->state_bytes, used);
+    cr_expect_eq(snapshot(3, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_ENOSPC);
+    cr_expect_eq(atomic_load(&F.counters.rejected), 1);
+    cr_expect_eq(F.engine->state_bytes, used);
+    /* A shape change that fits frees the old copies (flips restart). */
+    cr_expect_eq(snapshot(4, w, g, 20, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    cr_expect_eq(F.engine->state_bytes, used + 5 * 4);
 }

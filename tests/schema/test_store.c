@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -409,4 +410,50 @@ Test(store, a_reopened_run_keeps_its_counters) {
     cr_assert_str_eq(runs->items[0].metadata, "{}");
     ag_free(runs);
     ag_store_close(st);
+}
+
+Test(store, history_steps_past_int64_bound_the_range_instead_of_wrapping) {
+    ag_store *st = open_rw();
+    fill(st, 5);
+    ag_history *h = NULL;
+    /* from beyond every storable step: nothing, not everything. */
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .from_step = UINT64_MAX};
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_expect_eq(h->n, 0);
+    ag_free(h);
+    q.from_step = (uint64_t)INT64_MAX + 1;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_expect_eq(h->n, 0);
+    ag_free(h);
+    /* to beyond every storable step: open ended, not empty. */
+    q = (ag_history_query){.run = "r1", .tensor = "fc1.weight", .from_step = 2,
+                           .to_step = UINT64_MAX};
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_expect_eq(h->n, 4);
+    ag_free(h);
+    ag_store_close(st);
+}
+
+Test(store, a_file_another_writer_keeps_locked_is_refused_at_open, .timeout = 60) {
+    ag_store *holder = open_rw();
+    cr_assert_eq(ag_store_begin(holder), AG_OK); /* holds the write lock */
+    ag_store *st = NULL;
+    cr_expect_eq(ag_store_open(&st, db_path, AG_STORE_CREATE), AG_ESTORE);
+    cr_expect_not_null(strstr(ag_store_errmsg(st), "locked"), "%s", ag_store_errmsg(st));
+    ag_store_close(st);
+    cr_assert_eq(ag_store_rollback(holder), AG_OK);
+    ag_store_close(holder);
+    st = open_rw(); /* free again */
+    ag_store_close(st);
+}
+
+Test(store, a_write_protected_file_is_refused_for_writing) {
+    if (geteuid() == 0) cr_skip_test("root writes to write-protected files");
+    ag_store_close(open_rw());
+    cr_assert_eq(chmod(db_path, 0444), 0);
+    ag_store *st = NULL;
+    cr_expect_eq(ag_store_open(&st, db_path, AG_STORE_CREATE), AG_ESTORE);
+    cr_expect_not_null(strstr(ag_store_errmsg(st), "read-only"), "%s", ag_store_errmsg(st));
+    ag_store_close(st);
+    chmod(db_path, 0644);
 }
