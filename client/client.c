@@ -29,6 +29,46 @@
 #define DEFAULT_RECONNECT_MS 100
 #define SEND_POLL_MS 100 /* how often a blocked send looks up to see if we close */
 
+/*
+ * fork(): a child gets a copy of every handle but none of its threads, and
+ * nng panics when used after fork. The generation below is bumped in the
+ * child (while it is still single-threaded) and never written elsewhere, so
+ * comparing it with the handle's costs a load and no lock. The one piece of
+ * global mutable state in the client, and unavoidable: fork is process-wide.
+ */
+static uint64_t fork_generation;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    fork_generation++;
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+int ag_client_forked(const ag_client *c)
+{
+    return c->fork_generation != fork_generation;
+}
+
+int ag_client_wait_locked(ag_client *c, pthread_cond_t *cv, const struct timespec *deadline)
+{
+    c->callers++;
+    int rv = deadline ? pthread_cond_timedwait(cv, &c->mu, deadline)
+                      : pthread_cond_wait(cv, &c->mu);
+    ag_client_leave_locked(c);
+    return rv;
+}
+
+void ag_client_leave_locked(ag_client *c)
+{
+    if (--c->callers == 0 && c->stopping)
+        pthread_cond_broadcast(&c->drained); /* close waits for the last one */
+}
+
 int64_t ag_client_now_ms(void)
 {
     struct timespec ts;
@@ -152,7 +192,7 @@ int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int f
             break;
         if (c->opts.policy != AG_QUEUE_BLOCK)
             return drop_locked(c, msg, records);
-        pthread_cond_wait(&c->room, &c->mu);
+        ag_client_wait_locked(c, &c->room, NULL);
     }
     /* seq and the cumulative drop count are fixed now, in queue order */
     ag_proto_patch_seq(nng_msg_body(msg), len, c->next_seq++, c->stats.dropped);
@@ -365,6 +405,8 @@ int ag_client_open(ag_client **out, const ag_client_opts *opts)
     if (!c)
         return AG_ENOMEM;
     ag_buf_init(&c->batch.buf);
+    pthread_once(&atfork_once, register_atfork);
+    c->fork_generation = fork_generation;
     if ((rc = fill_options(c, opts)))
         goto fail;
     c->client_id = random_id();
@@ -420,6 +462,8 @@ int ag_client_flush(ag_client *c, int timeout_ms)
 {
     if (!c)
         return AG_EINVAL;
+    if (ag_client_forked(c))
+        return AG_ECLOSED;
     struct timespec ts;
     if (timeout_ms >= 0)
         deadline_after(&ts, timeout_ms);
@@ -429,9 +473,7 @@ int ag_client_flush(ag_client *c, int timeout_ms)
      * must respect the deadline too (close relies on flush being bounded). */
     while (c->opts.policy == AG_QUEUE_BLOCK && c->batch_records && !c->stopping &&
            !ag_client_has_room_locked(c, c->batch.buf.len)) {
-        if (timeout_ms < 0) {
-            pthread_cond_wait(&c->room, &c->mu);
-        } else if (pthread_cond_timedwait(&c->room, &c->mu, &ts) == ETIMEDOUT) {
+        if (ag_client_wait_locked(c, &c->room, timeout_ms < 0 ? NULL : &ts) == ETIMEDOUT) {
             pthread_mutex_unlock(&c->mu);
             return AG_ETIMEDOUT;
         }
@@ -443,9 +485,7 @@ int ag_client_flush(ag_client *c, int timeout_ms)
             rc = AG_ECLOSED;
             break;
         }
-        if (timeout_ms < 0) {
-            pthread_cond_wait(&c->drained, &c->mu);
-        } else if (pthread_cond_timedwait(&c->drained, &c->mu, &ts) == ETIMEDOUT) {
+        if (ag_client_wait_locked(c, &c->drained, timeout_ms < 0 ? NULL : &ts) == ETIMEDOUT) {
             rc = c->finished < target ? AG_ETIMEDOUT : AG_OK;
             break;
         }
@@ -478,6 +518,8 @@ int ag_client_end_run(ag_client *c)
 {
     if (!c)
         return AG_EINVAL;
+    if (ag_client_forked(c))
+        return AG_ECLOSED;
     pthread_mutex_lock(&c->mu);
     int rc = c->ended ? AG_ECLOSED : queue_run_end_locked(c, 0);
     pthread_mutex_unlock(&c->mu);
@@ -488,6 +530,8 @@ void ag_client_close(ag_client *c)
 {
     if (!c)
         return;
+    if (ag_client_forked(c))
+        return; /* the parent's: its threads and sockets are not ours to stop */
     pthread_mutex_lock(&c->mu);
     queue_run_end_locked(c, 1); /* never waits: close must be bounded */
     pthread_mutex_unlock(&c->mu);
@@ -498,6 +542,14 @@ void ag_client_close(ag_client *c)
     pthread_cond_broadcast(&c->work);
     pthread_cond_broadcast(&c->room);
     pthread_cond_broadcast(&c->drained);
+    pthread_mutex_unlock(&c->mu);
+    /* a query in flight fails at once (AG_ECLOSED) instead of at its timeout */
+    nng_close(c->req);
+    pthread_mutex_lock(&c->mu);
+    /* threads blocked in a logging call or a flush, encoding a snapshot or
+     * querying leave with AG_ECLOSED; only then may the handle go */
+    while (c->callers)
+        pthread_cond_wait(&c->drained, &c->mu);
     pthread_mutex_unlock(&c->mu);
     if (c->sender_started)
         pthread_join(c->sender, NULL);
@@ -510,7 +562,6 @@ void ag_client_close(ag_client *c)
         c->count--;
     }
     nng_close(c->push);
-    nng_close(c->req);
     pthread_cond_destroy(&c->work);
     pthread_cond_destroy(&c->room);
     pthread_cond_destroy(&c->drained);
@@ -522,6 +573,8 @@ int ag_client_get_stats(ag_client *c, ag_client_stats *out)
 {
     if (!c || !out)
         return AG_EINVAL;
+    if (ag_client_forked(c))
+        return AG_ECLOSED;
     pthread_mutex_lock(&c->mu);
     *out = c->stats;
     out->queued = c->count;

@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <nng/nng.h>
 
@@ -27,6 +28,7 @@ struct ag_client {
     nng_socket req;
     pthread_t sender;
     int sender_started;
+    uint64_t fork_generation;   /* the process's fork generation at open */
 
     pthread_mutex_t mu;
     pthread_cond_t work;        /* sender: a message was queued, or stop */
@@ -51,6 +53,9 @@ struct ag_client {
     uint64_t max_step;
     ag_client_stats stats;
     uint32_t *ring_records;     /* records carried by each queued message */
+    unsigned callers;           /* threads that will touch the handle again after
+                                 * releasing mu (a wait, an encode); close waits
+                                 * for them to leave before freeing */
 };
 
 /* Queue an encoded stream message (takes msg in every case). Caller holds
@@ -67,5 +72,17 @@ int ag_client_has_room_locked(const ag_client *c, size_t len);
 /* Encode m (a stream message) into a fresh nng message. */
 int ag_client_encode_msg(const ag_msg *m, nng_msg **out);
 int64_t ag_client_now_ms(void);
+/* Whether c was opened in another process, i.e. we are a fork() child of the
+ * process that opened it. Such a child owns none of the handle's threads or
+ * sockets (nng aborts if used after fork), and mu may have been held by a
+ * thread that does not exist here, so every call refuses (AG_ECLOSED) without
+ * touching the lock, and close frees nothing. Checked before locking. */
+int ag_client_forked(const ag_client *c);
+/* Wait on cv (until the deadline when it is not NULL), counted in callers so
+ * that close does not free the handle under a waiting thread. Caller holds
+ * mu; returns pthread_cond_(timed)wait's result. */
+int ag_client_wait_locked(ag_client *c, pthread_cond_t *cv, const struct timespec *deadline);
+/* Leave a region counted in callers (close may be waiting for it). */
+void ag_client_leave_locked(ag_client *c);
 
 #endif

@@ -51,6 +51,8 @@ int ag_client_log_amax(ag_client *c, uint64_t step, const char *tensor, int role
 {
     if (!c)
         return AG_EINVAL;
+    if (ag_client_forked(c))
+        return AG_ECLOSED;
     int rc = check_name(tensor);
     if (rc)
         return rc;
@@ -160,6 +162,8 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s)
 {
     if (!c || !s)
         return AG_EINVAL;
+    if (ag_client_forked(c))
+        return AG_ECLOSED;
     int rc = check_snapshot(s);
     if (rc)
         return rc;
@@ -187,16 +191,21 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s)
         c->stats.dropped++;
         rc = AG_EAGAIN;
     }
+    if (!rc)
+        c->callers++; /* we encode unlocked: close must wait for us */
     pthread_mutex_unlock(&c->mu);
     if (rc)
         return rc;
 
     void *sample = NULL;
+    nng_msg *nm = NULL;
     const void *w = s->w, *x = s->g ? s->g : s->u;
     if (m < n) {
         sample = malloc(2 * m * size);
-        if (!sample)
-            return AG_ENOMEM;
+        if (!sample) {
+            rc = AG_ENOMEM;
+            goto leave;
+        }
         uint64_t seed = c->opts.sample_seed ? c->opts.sample_seed : DEFAULT_SAMPLE_SEED;
         gather_sample(w, sample, size, n, m, seed);
         gather_sample(x, (uint8_t *)sample + m * size, size, n, m, seed);
@@ -220,20 +229,27 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s)
     o->formats = s->formats;
     o->w = w;
     o->x = x;
-    nng_msg *nm = NULL;
     rc = ag_client_encode_msg(&msg, &nm);
     free(sample);
-    if (rc)
-        return rc;
 
+leave:
     pthread_mutex_lock(&c->mu);
-    ag_client_close_batch_locked(c, 0); /* records logged before this go first */
-    rc = ag_client_enqueue_locked(c, nm, 0, 0);
+    if (!rc && c->ended) {
+        /* another thread ended the run while we encoded: nothing may follow
+         * run_end */
+        nng_msg_free(nm);
+        rc = AG_ECLOSED;
+    }
+    if (!rc) {
+        ag_client_close_batch_locked(c, 0); /* records logged before this go first */
+        rc = ag_client_enqueue_locked(c, nm, 0, 0);
+    }
     if (!rc) {
         c->stats.snapshots++;
         if (s->step > c->max_step)
             c->max_step = s->step;
     }
+    ag_client_leave_locked(c);
     pthread_mutex_unlock(&c->mu);
     return rc;
 }

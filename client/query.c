@@ -44,7 +44,10 @@ static int transport_error(const ag_client *c, int rv, const char *what)
         return fail_with(c, AG_ETIMEDOUT, text);
     }
     snprintf(text, sizeof text, "%s %s: %s", what, c->query_url, nng_strerror(rv));
-    return fail_with(c, rv == NNG_ENOMEM ? AG_ENOMEM : AG_ETRANSPORT, text);
+    return fail_with(c, rv == NNG_ENOMEM   ? AG_ENOMEM
+                        : rv == NNG_ECLOSED ? AG_ECLOSED /* the handle is closing */
+                                            : AG_ETRANSPORT,
+                     text);
 }
 
 /* Send req, receive and decode the reply of type want; *result gets the
@@ -57,9 +60,22 @@ static int query(ag_client *c, const ag_msg *req, int want, void **result)
     int have_ctx = 0;
     ag_msg reply;
     memset(&reply, 0, sizeof reply);
+    if (ag_client_forked(c))
+        return fail_with(c, AG_ECLOSED, "this handle belongs to the parent process (fork)");
+    /* counted in callers: close waits for us (closing the socket first, so
+     * we fail at once instead of at the timeout) */
+    pthread_mutex_lock(&c->mu);
+    int closing = c->stopping;
+    if (!closing)
+        c->callers++;
+    pthread_mutex_unlock(&c->mu);
+    if (closing)
+        return fail_with(c, AG_ECLOSED, "the client is closing");
     int rc = ag_client_encode_msg(req, &msg);
-    if (rc)
-        return fail_with(c, rc, req->why ? req->why : ag_strerror(rc));
+    if (rc) {
+        rc = fail_with(c, rc, req->why ? req->why : ag_strerror(rc));
+        goto fail;
+    }
     int rv = nng_aio_alloc(&aio, NULL, NULL);
     if (!rv && !(rv = nng_ctx_open(&ctx, c->req)))
         have_ctx = 1;
@@ -113,6 +129,9 @@ fail:
         nng_ctx_close(ctx);
     if (aio)
         nng_aio_free(aio);
+    pthread_mutex_lock(&c->mu);
+    ag_client_leave_locked(c);
+    pthread_mutex_unlock(&c->mu);
     return rc;
 }
 

@@ -425,7 +425,13 @@ AG_EXTERN int ag_client_end_run(ag_client *c);
  * did not happen within timeout_ms (< 0: wait without limit). */
 AG_EXTERN int ag_client_flush(ag_client *c, int timeout_ms);
 /* Ends the run, flushes with a bounded wait (close_timeout_ms), then frees
- * everything; what is still queued is dropped. NULL is a no-op. */
+ * everything; what is still queued is dropped. NULL is a no-op. Threads still
+ * inside a call on c (blocked on a full queue, flushing, querying, encoding a
+ * snapshot) are woken, get AG_ECLOSED and have left before the free; calls
+ * must not start once close has begun.
+ * After fork() the child's copy of a handle is refused: every call returns
+ * AG_ECLOSED and close frees nothing (the threads and sockets are the
+ * parent's); open a new client in the child. */
 AG_EXTERN void ag_client_close(ag_client *c);
 
 typedef struct ag_client_stats {

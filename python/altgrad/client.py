@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import threading
 from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_size_t, c_uint64, c_void_p
 
@@ -108,6 +109,26 @@ _SIGNATURES = {
 _declared = False
 _declare_lock = threading.Lock()
 
+# Bumped in a fork() child. A Client opened before the fork belongs to the
+# parent: in the child it refuses every call (the C library does the same)
+# and close() only forgets it, without touching locks a parent thread may
+# have held at the fork.
+_fork_generation = 0
+
+
+def _forked():
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+# How long close() lets calls already in flight finish before it frees the
+# handle; calls that wait inside the C library (a full queue under "block", a
+# query, a flush) are woken by the C close itself and leave with an error.
+_CLOSE_GRACE_S = 1.0
+
 
 def _api():
     global _declared
@@ -172,7 +193,11 @@ class Client:
     def __init__(self, ingest_url: str = None, query_url: str = None, run: str = None, *,
                  metadata=None, policy: str = "drop", **options):
         self._c = None
-        self._lock = threading.Lock()
+        # Guards _c and _inflight only; never held across a C call, so a
+        # query or flush in one thread does not hold up logging in another.
+        self._cv = threading.Condition(threading.Lock())
+        self._inflight = 0
+        self._generation = _fork_generation
         lib = _api()
         opts = ag_client_opts()
         opts.ingest_url = _lib.cstr(ingest_url, "ingest_url")
@@ -212,17 +237,36 @@ class Client:
     def client_id(self) -> int:
         return self._id
 
-    def _call(self, name, *args, allow_again=False):
-        fn = _lib.func(name)
-        with self._lock:
+    def _enter(self):
+        if self._generation != _fork_generation:
+            raise AltgradError(_lib.AG_ECLOSED, "this Client was opened by the parent "
+                               "process (fork); open a new one in the child")
+        with self._cv:
             if not self._c:
                 raise AltgradError(_lib.AG_ECLOSED)
-            rc = fn(self._c, *args)
+            self._inflight += 1
+            return self._c
+
+    def _leave(self):
+        with self._cv:
+            self._inflight -= 1
+            if not self._inflight:
+                self._cv.notify_all()
+
+    def _call(self, name, *args, allow_again=False, query=False):
+        fn = _lib.func(name)
+        c = self._enter()
+        try:
+            rc = fn(c, *args)
             if rc < 0:
                 if allow_again and rc == _lib.AG_EAGAIN:
                     return rc
-                detail = _s(self._lib.ag_client_last_error(self._c)) or None
+                # the daemon's text is kept per thread for the last failed
+                # query: only a query's failure may quote it
+                detail = _s(self._lib.ag_client_last_error(c)) or None if query else None
                 raise error_for(rc, detail)
+        finally:
+            self._leave()
         return rc
 
     def flush(self, timeout_ms: int = 5000) -> None:
@@ -245,10 +289,17 @@ class Client:
     def close(self) -> None:
         """End the run, flush with a bounded wait and free the client;
         idempotent."""
-        with self._lock:
+        if self._generation != _fork_generation:
+            self._c = None  # the parent's handle: nothing here to stop or free
+            return
+        with self._cv:
             c, self._c = self._c, None
-        if c:
-            self._lib.ag_client_close(c)
+            if not c:
+                return
+            # calls already past _enter finish (or block inside C, where the
+            # C close wakes them) before the handle is freed
+            self._cv.wait_for(lambda: not self._inflight, timeout=_CLOSE_GRACE_S)
+        self._lib.ag_client_close(c)
 
     def __enter__(self):
         return self
@@ -352,7 +403,7 @@ class Client:
     # -- queries ----------------------------------------------------------------
     def _query(self, name, restype, *args):
         out = POINTER(restype)()
-        self._call(name, *args, ctypes.byref(out))
+        self._call(name, *args, ctypes.byref(out), query=True)
         if not out:
             raise AltgradError(_lib.AG_EPROTO, f"{name} succeeded without a result")
         return out

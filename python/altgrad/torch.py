@@ -16,6 +16,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 
 from . import _lib
+from .errors import AltgradError
 
 _FORMS = ("update", "sgd")
 
@@ -250,14 +251,17 @@ class Monitor:
         with torch.no_grad():
             batch = []
             for name, p in self._params:
+                if self.form == "update":
+                    # kept even without a gradient yet: a closure (LBFGS)
+                    # computes it inside step(); after_step sends only the
+                    # parameters that had one by then
+                    self._before[name] = p.detach().clone()
                 if p.grad is None:  # unused this step: no optimizer moves it
                     continue
                 if self.gradients:
                     self._queue_stats(name + ".grad", _lib.AG_ROLE_GRADIENT, p.grad)
                 if self.form == "sgd":
                     batch.append((name, p.detach(), p.grad.detach(), self._lr(name)))
-                else:
-                    self._before[name] = p.detach().clone()
             self._send_batch(batch)
         self._seconds += time.perf_counter() - t0
 
@@ -274,7 +278,7 @@ class Monitor:
                     batch = []
                     for name, p in self._params:
                         w0 = self._before.pop(name, None)
-                        if w0 is not None:
+                        if w0 is not None and p.grad is not None:
                             batch.append((name, w0, p.detach() - w0, None))
                     self._send_batch(batch)
                 self._flush_pending()
@@ -371,10 +375,19 @@ class Monitor:
         self.detach()
         t0 = time.perf_counter()
         self._flush_pending()
-        self.client.flush(flush_timeout_ms)
+        flushed = True
+        try:
+            self.client.flush(flush_timeout_ms)
+        except AltgradError as e:
+            # the daemon absent or slow (or the client already closed) must
+            # not crash the trainer at the end of its run: report it instead
+            if e.code not in (_lib.AG_ETIMEDOUT, _lib.AG_ECLOSED):
+                raise
+            flushed = False
         self._seconds += time.perf_counter() - t0
         self._closed = True
         rep = self.report()
+        rep["flushed"] = flushed
         self._report_cache = rep
         if self.verbose:
             print(format_report(rep))

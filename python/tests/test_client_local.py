@@ -96,3 +96,109 @@ def test_contiguous_float32_memory_is_passed_without_a_copy():
     h = torch.ones(4, dtype=torch.float16)
     assert typed(h).ptr == h.data_ptr() and typed(h).dtype == 2
     assert typed(torch.ones(2, dtype=torch.bfloat16)).dtype == 1
+
+
+def test_a_query_in_one_thread_does_not_hold_up_logging_in_another(nowhere, monkeypatch):
+    import threading
+    from altgrad import _lib
+    in_query, query_done = threading.Event(), threading.Event()
+    real_func = _lib.func
+
+    def spying_func(name):
+        fn = real_func(name)
+        if name != "ag_client_status":
+            return fn
+
+        def call(*args):
+            in_query.set()  # the query is about to wait on the (absent) daemon
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(_lib, "func", spying_func)
+    with Client(*nowhere, run="local-5", query_timeout_ms=3000, close_timeout_ms=1) as c:
+        def ask():
+            try:
+                c.status()
+            except AltgradTimeoutError:
+                pass
+            query_done.set()
+
+        th = threading.Thread(target=ask)
+        th.start()
+        assert in_query.wait(10)
+        assert c.log_amax(1, "act", "activation", 1.0, 4)
+        assert c.stats()["records"] == 1
+        assert not query_done.is_set(), "logging waited for the query's timeout"
+        th.join()
+
+
+def test_an_error_outside_queries_does_not_quote_an_earlier_query_failure(nowhere):
+    with Client(*nowhere, run="local-6", query_timeout_ms=50, close_timeout_ms=1) as c:
+        with pytest.raises(AltgradTimeoutError) as e:
+            c.runs()
+        assert "no reply" in str(e.value)
+        assert c.log_amax(1, "act", "activation", 1.0, 4)
+        with pytest.raises(AltgradTimeoutError) as e:
+            c.flush(1)  # nobody takes the queue
+        assert "no reply" not in str(e.value)
+
+
+def test_close_wakes_a_thread_blocked_on_a_full_queue(nowhere):
+    import threading
+    c = Client(*nowhere, run="local-7", policy="block", queue_messages=1, batch_bytes=1,
+               close_timeout_ms=1)
+    errors = []
+
+    def produce():
+        try:
+            for step in range(1000):
+                c.log_amax(step, "act", "activation", 1.0, 4)
+        except AltgradError as e:
+            errors.append(e.code)
+
+    th = threading.Thread(target=produce)
+    th.start()
+    import time
+    for _ in range(1000):  # run_start fills the queue: the first batch waits
+        st = c.stats()
+        if st["queued"] >= 1 and st["records"] >= 1:
+            break
+        time.sleep(0.01)
+    assert th.is_alive(), "with no daemon the producer cannot have finished"
+    c.close()
+    th.join(10)
+    assert not th.is_alive(), "the producer is still blocked after close"
+    assert errors == [-12]
+
+
+def test_a_forked_child_is_refused_and_exits_cleanly(nowhere):
+    c = Client(*nowhere, run="local-8", close_timeout_ms=1)
+    assert c.log_amax(1, "act", "activation", 1.0, 4)
+    pid = os.fork()
+    if pid == 0:  # the child (a DataLoader worker, say)
+        code = 1
+        try:
+            c.log_amax(2, "act", "activation", 1.0, 4)
+        except AltgradError as e:
+            code = 0 if e.code == -12 and "fork" in str(e) else 2
+        try:
+            c.close()
+            del c
+        except BaseException:
+            code = 3
+        os._exit(code)
+    import time
+    for _ in range(1000):
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.WIFEXITED(status), f"the child died of signal {os.WTERMSIG(status)}"
+    assert os.WEXITSTATUS(status) == 0
+    assert c.log_amax(2, "act", "activation", 1.0, 4), "the parent's client still works"
+    assert c.stats()["records"] == 2
+    c.close()

@@ -212,3 +212,58 @@ def test_non_finite_activations_count_and_stay_out_of_amax():
     (stat,) = rec.of("stats")
     assert stat[3] == _lib.AG_ROLE_ACTIVATION
     assert (stat[4], stat[5], stat[6]) == (3.0, 6, 2)
+
+
+def test_update_form_with_a_closure_optimizer_sends_the_first_step():
+    # LBFGS computes the gradients inside step(closure): before the first
+    # step no parameter has one, yet the step moves them all
+    model = tiny_model()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+    rec = Recorder()
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    with Monitor(rec, model, opt, every=1, activations=False, gradients=False) as mon:
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step(closure)
+        assert mon.step == 1
+    ups = rec.of("update")
+    assert [c[2] for c in ups] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    params = dict(model.named_parameters())
+    for _, step, name, w, u, _ in ups:
+        assert step == 0
+        assert torch.equal(w, before[name])
+        assert torch.equal(w + u, params[name].detach())
+
+
+def test_unused_parameters_are_not_sent_in_update_form():
+    model = tiny_model()
+    extra = torch.nn.Linear(2, 2)  # never used in forward: grad stays None
+    model.add_module("unused", extra)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder()
+    with Monitor(rec, model, opt, every=1, activations=False, gradients=False):
+        x, y = torch.randn(16, 4), torch.randn(16, 2)
+        loss = torch.nn.functional.mse_loss(model[2](model[1](model[0](x))), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert [c[2] for c in rec.of("update")] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_closing_without_a_daemon_reports_instead_of_raising(tmp_path):
+    from altgrad import Client
+    url = f"ipc://{tmp_path}/ingest.sock", f"ipc://{tmp_path}/query.sock"
+    with Client(*url, run="no-daemon", close_timeout_ms=1) as client:
+        model = tiny_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        mon = Monitor(client, model, opt, every=1)
+        train(model, opt, 2)
+        rep = mon.close(flush_timeout_ms=10)  # nobody will ever take the queue
+        assert rep["flushed"] is False and rep["steps"] == 2
+        assert mon.report()["flushed"] is False

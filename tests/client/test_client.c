@@ -1,12 +1,15 @@
 /*
  * test_client.c - client/client.c and client/log.c against a test receiver
  * on a temporary ipc socket: ordering, sequence numbers, the drop and block
- * policies, drop reporting, reconnect after the receiver restarts, sampling.
+ * policies, drop reporting, reconnect after the receiver restarts, sampling, fork children,
+ * close while other threads are still inside a call.
  */
 #include "helpers.h"
 
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
+#include <sys/wait.h>
 
 static ag_client *open_client(const tmp_endpoints *t, ag_client_opts *o)
 {
@@ -519,5 +522,156 @@ Test(client, close_is_bounded_even_when_a_blocking_queue_is_full)
     cr_assert_eq(ag_client_log_amax(c, 1, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK);
     cr_assert_eq(ag_client_flush(c, 20), AG_ETIMEDOUT, "flush is bounded too");
     ag_client_close(c); /* must return: nobody will ever make room */
+    tmp_endpoints_remove(&t);
+}
+
+/* Wait (bounded) for a child; kill it and fail when it hangs. */
+static int wait_child(pid_t pid)
+{
+    for (int i = 0; i < RECV_BOUND_MS; i++) {
+        int status = 0;
+        pid_t got = waitpid(pid, &status, WNOHANG);
+        if (got == pid)
+            return status;
+        sleep_ms(1);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    cr_assert_fail("the forked child hung");
+    return -1;
+}
+
+Test(client, a_forked_child_is_refused_and_cannot_hang_or_break_the_parents_client)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    nng_socket rx = receiver_open(t.ingest);
+    ag_client_opts o = {.close_timeout_ms = 50};
+    ag_client *c = open_client(&t, &o);
+    cr_assert_eq(ag_client_log_amax(c, 1, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        /* a DataLoader worker, say: nothing here may touch the parent's
+         * threads, sockets or lock; every call is refused and close returns */
+        float w[2] = {1, 2};
+        ag_client_stats st;
+        ag_run_list *runs = NULL;
+        int bad = 0;
+        bad |= ag_client_log_amax(c, 2, "t", AG_ROLE_WEIGHT, 1, 1, 0) != AG_ECLOSED;
+        bad |= ag_client_log_stats(c, 2, "t", AG_ROLE_WEIGHT, w, 2) != AG_ECLOSED;
+        bad |= ag_client_log_update(c, 2, "t", w, w, 2) != AG_ECLOSED;
+        bad |= ag_client_flush(c, 10) != AG_ECLOSED;
+        bad |= ag_client_get_stats(c, &st) != AG_ECLOSED;
+        bad |= ag_client_runs(c, &runs) != AG_ECLOSED;
+        bad |= ag_client_end_run(c) != AG_ECLOSED;
+        ag_client_close(c);
+        _exit(bad ? 3 : 0);
+    }
+    int status = wait_child(pid);
+    cr_assert(WIFEXITED(status), "the child crashed (signal %d)",
+              WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    cr_assert_eq(WEXITSTATUS(status), 0, "a call in the child was not refused");
+
+    /* the parent's client goes on as if nothing happened */
+    cr_assert_eq(ag_client_log_amax(c, 2, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK);
+    cr_assert_eq(ag_client_end_run(c), AG_OK);
+    uint64_t seq = 0, steps = 0;
+    int ended = 0;
+    while (!ended) {
+        ag_msg m;
+        nng_msg *keep = NULL;
+        cr_assert_eq(receive(rx, &m, &keep), 0);
+        cr_assert_eq(m.hdr.seq, seq++);
+        for (size_t i = 0; m.type == AG_MSG_STATS && i < m.u.stats.n; i++)
+            cr_assert_eq(m.u.stats.records[i].step, ++steps);
+        ended = m.type == AG_MSG_RUN_END;
+        received_free(&m, keep);
+    }
+    cr_assert_eq(steps, 2);
+    ag_client_close(c);
+    nng_close(rx);
+    tmp_endpoints_remove(&t);
+}
+
+typedef struct snapshotter {
+    ag_client *c;
+    const float *w;
+    size_t n;
+    int rc;
+} snapshotter;
+
+static void *log_big_snapshot(void *arg)
+{
+    snapshotter *s = arg;
+    s->rc = ag_client_log_update(s->c, 7, "big", s->w, s->w, s->n);
+    return NULL;
+}
+
+Test(client, close_waits_for_a_thread_still_encoding_a_snapshot)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    nng_socket rx = receiver_open(t.ingest);
+    ag_client_opts o = {.close_timeout_ms = 1};
+    ag_client *c = open_client(&t, &o);
+    /* big enough that encoding it (unlocked) outlasts a close */
+    size_t n = (size_t)16 << 20;
+    float *w = calloc(n, sizeof *w);
+    cr_assert_not_null(w);
+    snapshotter s = {c, w, n, 1};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, log_big_snapshot, &s), 0);
+    /* run_start is queued under the lock just before the snapshot is encoded */
+    ag_msg m;
+    nng_msg *keep = NULL;
+    cr_assert_eq(receive(rx, &m, &keep), 0);
+    cr_assert_eq(m.type, AG_MSG_RUN_START);
+    received_free(&m, keep);
+    ag_client_close(c); /* must not free the handle under the encoding thread */
+    pthread_join(th, NULL);
+    cr_assert(s.rc == AG_ECLOSED || s.rc == AG_OK, "%s", ag_strerror(s.rc));
+    free(w);
+    nng_close(rx);
+    tmp_endpoints_remove(&t);
+}
+
+typedef struct blocked_producer {
+    ag_client *c;
+    int rc;
+    volatile int done;
+} blocked_producer;
+
+/* Logs until a call fails (then never touches the handle again). */
+static void *produce_until_refused(void *arg)
+{
+    blocked_producer *p = arg;
+    for (uint64_t step = 1; p->rc == AG_OK; step++)
+        p->rc = ag_client_log_amax(p->c, step, "blocked", AG_ROLE_WEIGHT, 1, 1, 0);
+    p->done = 1;
+    return NULL;
+}
+
+Test(client, close_wakes_a_producer_blocked_on_a_full_queue)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    ag_client_opts o = {.policy = AG_QUEUE_BLOCK, .queue_messages = 1, .batch_bytes = 1,
+                        .close_timeout_ms = 1};
+    ag_client *c = open_client(&t, &o);
+    blocked_producer p = {c, 0, 0};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, produce_until_refused, &p), 0);
+    ag_client_stats st;
+    for (int i = 0; i < RECV_BOUND_MS; i++) {
+        ag_client_get_stats(c, &st);
+        if (st.queued >= 1 && st.records >= 2)
+            break;
+        sleep_ms(1);
+    }
+    cr_assert_not(p.done, "with no daemon the producer cannot have finished");
+    ag_client_close(c); /* the blocked producer leaves (AG_ECLOSED) before the free */
+    pthread_join(th, NULL);
+    cr_assert_eq(p.rc, AG_ECLOSED);
     tmp_endpoints_remove(&t);
 }

@@ -288,3 +288,102 @@ Test(query, one_handle_serves_several_threads)
     cr_assert_eq(s.served, 100);
     tmp_endpoints_remove(&t);
 }
+
+typedef struct pending_query {
+    ag_client *c;
+    int rc;
+    pthread_t th;
+} pending_query;
+
+static void *query_status(void *arg)
+{
+    pending_query *p = arg;
+    ag_status *st = NULL;
+    p->rc = ag_client_status(p->c, &st);
+    ag_free(st);
+    return NULL;
+}
+
+Test(query, close_fails_a_query_in_flight_at_once_and_waits_for_it)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    nng_socket rep;
+    cr_assert_eq(nng_rep0_open(&rep), 0);
+    cr_assert_eq(nng_socket_set_ms(rep, NNG_OPT_RECVTIMEO, RECV_BOUND_MS), 0);
+    cr_assert_eq(nng_listen(rep, t.query, NULL, 0), 0);
+    /* a daemon that takes the request and never answers */
+    ag_client *c = open_query_client(&t, 600000);
+    pending_query p = {c, 1, 0};
+    cr_assert_eq(pthread_create(&p.th, NULL, query_status, &p), 0);
+    nng_msg *req;
+    cr_assert_eq(nng_recvmsg(rep, &req, 0), 0, "the query never arrived");
+    nng_msg_free(req);
+    ag_client_close(c); /* the query is waiting for its reply now */
+    pthread_join(p.th, NULL);
+    cr_assert_eq(p.rc, AG_ECLOSED, "%s", ag_strerror(p.rc));
+    nng_close(rep);
+    tmp_endpoints_remove(&t);
+}
+
+typedef struct hostile {
+    nng_socket rep;
+    pthread_t thread;
+    const void *const *replies;
+    const size_t *lens;
+    size_t n;
+} hostile;
+
+/* Answer the i-th request with the i-th canned reply, whatever was asked. */
+static void *serve_hostile(void *arg)
+{
+    hostile *h = arg;
+    for (size_t i = 0; i < h->n; i++) {
+        nng_msg *msg;
+        if (nng_recvmsg(h->rep, &msg, 0) != 0)
+            break;
+        nng_msg_clear(msg);
+        nng_msg_append(msg, h->replies[i], h->lens[i]);
+        if (nng_sendmsg(h->rep, msg, 0) != 0)
+            nng_msg_free(msg);
+    }
+    return NULL;
+}
+
+Test(query, a_hostile_reply_fails_cleanly)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    /* a valid runs reply, to be sent where status was asked */
+    ag_run_info run = {"r1", "host", 12, 34, 1000, 0, 99, 7, 1, "{}"};
+    ag_run_list runs = {1, &run};
+    ag_msg rm = {.type = AG_MSG_R_RUNS};
+    rm.u.runs = &runs;
+    ag_buf good;
+    ag_buf_init(&good);
+    cr_assert_eq(ag_proto_encode(&good, &rm), AG_OK);
+    static const uint8_t garbage[] = {0xc1, 0xff, 0x00, 0x13, 0x37};
+    static const uint8_t huge_array[] = {0xdd, 0xff, 0xff, 0xff, 0xff}; /* array32 of 4G */
+    static const uint8_t huge_string[] = {0xdb, 0x7f, 0xff, 0xff, 0xff, 'x'};
+    const void *replies[] = {garbage, huge_array, huge_string, good.data, good.data, ""};
+    size_t lens[] = {sizeof garbage, sizeof huge_array, sizeof huge_string, good.len,
+                     good.len / 2, 0};
+    hostile h = {.replies = replies, .lens = lens, .n = 6};
+    cr_assert_eq(nng_rep0_open(&h.rep), 0);
+    cr_assert_eq(nng_listen(h.rep, t.query, NULL, 0), 0);
+    cr_assert_eq(pthread_create(&h.thread, NULL, serve_hostile, &h), 0);
+    ag_client *c = open_query_client(&t, RECV_BOUND_MS);
+    for (size_t i = 0; i < h.n; i++) {
+        ag_status *st = (ag_status *)&t; /* must come back NULL */
+        int rc = ag_client_status(c, &st);
+        cr_assert(rc == AG_EPROTO || rc == AG_EVERSION || rc == AG_ETOOBIG,
+                  "reply %zu: %s", i, ag_strerror(rc));
+        cr_assert_null(st);
+        cr_assert_neq(strlen(ag_client_last_error(c)), 0);
+    }
+    ag_client_close(c);
+    pthread_join(h.thread, NULL);
+    nng_close(h.rep);
+    ag_buf_free(&good);
+    tmp_endpoints_remove(&t);
+}
