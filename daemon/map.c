@@ -1,22 +1,43 @@
 /*
- * map.c - string-keyed hash map with FNV-1a hashing (see map.h).
+ * map.c - string-keyed hash map with FNV-1a hashing (see map.h). Each map
+ * starts its hash from a random seed, so a client cannot precompute names
+ * that all land in one bucket and turn every lookup into a list walk.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "altgrad/altgrad.h"
 #include "daemon/map.h"
 
-static size_t fnv1a(const char *s) {
-    uint64_t h = 1469598103934665603ull;
+static size_t fnv1a(const ag_map *m, const char *s) {
+    uint64_t h = 1469598103934665603ull ^ m->seed;
     for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    /* final mix (murmur3's), so the seed reaches every bit of the bucket index */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
     return (size_t)h;
 }
 
-void ag_map_init(ag_map *m) { memset(m, 0, sizeof *m); }
+void ag_map_init(ag_map *m) {
+    memset(m, 0, sizeof *m);
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        seed = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid() ^
+               (uint64_t)(uintptr_t)m;
+    }
+    m->seed = seed;
+}
 
 void ag_map_free(ag_map *m) {
+    uint64_t seed = m->seed;
     for (size_t i = 0; i < m->nbuckets; i++) {
         ag_map_entry *e = m->buckets[i];
         while (e) {
@@ -27,11 +48,12 @@ void ag_map_free(ag_map *m) {
     }
     free(m->buckets);
     memset(m, 0, sizeof *m);
+    m->seed = seed; /* a freed map may be refilled */
 }
 
 void *ag_map_get(const ag_map *m, const char *key) {
     if (!m->nbuckets) return NULL;
-    size_t h = fnv1a(key);
+    size_t h = fnv1a(m, key);
     for (ag_map_entry *e = m->buckets[h % m->nbuckets]; e; e = e->next)
         if (e->hash == h && strcmp(e->key, key) == 0) return e->value;
     return NULL;
@@ -64,7 +86,7 @@ int ag_map_put(ag_map *m, const char *key, void *value) {
     ag_map_entry *e = malloc(sizeof *e + len + 1);
     if (!e) return AG_ENOMEM;
     memcpy(e->key, key, len + 1);
-    e->hash = fnv1a(key);
+    e->hash = fnv1a(m, key);
     e->value = value;
     e->next = m->buckets[e->hash % m->nbuckets];
     m->buckets[e->hash % m->nbuckets] = e;

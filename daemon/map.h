@@ -6,6 +6,7 @@
 #define AG_DAEMON_MAP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct ag_map_entry {
     struct ag_map_entry *next;
@@ -17,6 +18,7 @@ typedef struct ag_map_entry {
 typedef struct ag_map {
     ag_map_entry **buckets;
     size_t nbuckets, count;
+    uint64_t seed; /* random per map: see map.c */
 } ag_map;
 
 void ag_map_init(ag_map *m);
