@@ -543,14 +543,26 @@ void ag_client_close(ag_client *c)
     pthread_cond_broadcast(&c->room);
     pthread_cond_broadcast(&c->drained);
     pthread_mutex_unlock(&c->mu);
-    /* a query in flight fails at once (AG_ECLOSED) instead of at its timeout */
-    nng_close(c->req);
+    /* Threads blocked in a logging call or a flush, encoding a snapshot or
+     * querying leave with AG_ECLOSED; only then may the handle go. A query in
+     * flight fails at once instead of at its timeout: its aio is cancelled,
+     * again every few milliseconds in case it was between two operations,
+     * and the socket is closed only when no query uses it any more. */
     pthread_mutex_lock(&c->mu);
-    /* threads blocked in a logging call or a flush, encoding a snapshot or
-     * querying leave with AG_ECLOSED; only then may the handle go */
-    while (c->callers)
-        pthread_cond_wait(&c->drained, &c->mu);
+    while (c->callers) {
+        for (ag_query_slot *q = c->queries; q; q = q->next)
+            nng_aio_cancel(q->aio);
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until); /* the conds run on CLOCK_MONOTONIC */
+        until.tv_nsec += 10 * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&c->drained, &c->mu, &until);
+    }
     pthread_mutex_unlock(&c->mu);
+    nng_close(c->req);
     if (c->sender_started)
         pthread_join(c->sender, NULL);
     /* what the daemon never took is dropped, and counted */

@@ -15,6 +15,15 @@
 #include "altgrad/altgrad.h"
 #include "proto/proto.h"
 
+/* One query in flight (on its caller's stack), so close can cancel its aio:
+ * closing the REQ socket under a thread inside nng_ctx_send is not safe in
+ * nng 1.5, so close cancels every registered aio until the queries have left,
+ * and only then closes the socket. */
+typedef struct ag_query_slot {
+    nng_aio *aio;
+    struct ag_query_slot *next;
+} ag_query_slot;
+
 struct ag_client {
     /* set at open, read-only afterwards */
     ag_client_opts opts;        /* with defaults filled in; strings point below */
@@ -56,6 +65,7 @@ struct ag_client {
     unsigned callers;           /* threads that will touch the handle again after
                                  * releasing mu (a wait, an encode); close waits
                                  * for them to leave before freeing */
+    struct ag_query_slot *queries; /* queries in flight: close cancels their aios */
 };
 
 /* Queue an encoded stream message (takes msg in every case). Caller holds

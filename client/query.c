@@ -44,9 +44,10 @@ static int transport_error(const ag_client *c, int rv, const char *what)
         return fail_with(c, AG_ETIMEDOUT, text);
     }
     snprintf(text, sizeof text, "%s %s: %s", what, c->query_url, nng_strerror(rv));
-    return fail_with(c, rv == NNG_ENOMEM   ? AG_ENOMEM
-                        : rv == NNG_ECLOSED ? AG_ECLOSED /* the handle is closing */
-                                            : AG_ETRANSPORT,
+    /* closed or cancelled: the handle is closing (ag_client_close) */
+    return fail_with(c, rv == NNG_ENOMEM                               ? AG_ENOMEM
+                        : rv == NNG_ECLOSED || rv == NNG_ECANCELED ? AG_ECLOSED
+                                                                   : AG_ETRANSPORT,
                      text);
 }
 
@@ -59,6 +60,7 @@ static int query(ag_client *c, const ag_msg *req, int want, void **result)
     nng_ctx ctx;
     int have_ctx = 0;
     ag_msg reply;
+    ag_query_slot slot = {NULL, NULL};
     memset(&reply, 0, sizeof reply);
     if (ag_client_forked(c))
         return fail_with(c, AG_ECLOSED, "this handle belongs to the parent process (fork)");
@@ -83,6 +85,11 @@ static int query(ag_client *c, const ag_msg *req, int want, void **result)
         rc = transport_error(c, rv, "cannot query");
         goto fail;
     }
+    slot.aio = aio;
+    pthread_mutex_lock(&c->mu);
+    slot.next = c->queries;
+    c->queries = &slot;
+    pthread_mutex_unlock(&c->mu);
     int64_t deadline = mono_ms() + c->opts.query_timeout_ms;
     nng_aio_set_timeout(aio, c->opts.query_timeout_ms);
     nng_aio_set_msg(aio, msg);
@@ -125,6 +132,13 @@ fail:
     ag_msg_clear(&reply);
     if (msg)
         nng_msg_free(msg);
+    pthread_mutex_lock(&c->mu);
+    for (ag_query_slot **q = &c->queries; *q; q = &(*q)->next)
+        if (*q == &slot) {
+            *q = slot.next;
+            break;
+        }
+    pthread_mutex_unlock(&c->mu);
     if (have_ctx)
         nng_ctx_close(ctx);
     if (aio)

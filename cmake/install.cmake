@@ -91,7 +91,8 @@ if(AG_INSTALL_MAN)
 endif()
 
 # --- docs -----------------------------------------------------------------
-foreach(_ag_doc README.md docs/service.md docs/linking.md)
+foreach(_ag_doc README.md docs/service.md docs/linking.md docs/cli.md docs/daemon.md
+                docs/python.md docs/numerics.md docs/store.md proto/PROTOCOL.md)
   if(EXISTS ${CMAKE_SOURCE_DIR}/${_ag_doc})
     install(FILES ${CMAKE_SOURCE_DIR}/${_ag_doc} DESTINATION ${CMAKE_INSTALL_DOCDIR}
       COMPONENT doc)

@@ -11,7 +11,8 @@ Monitor, and reports the mean step time of each and their ratio.
   altgradd --ingest ipc:///tmp/ag/ingest.sock --query ipc:///tmp/ag/query.sock --db /tmp/ag/db &
   PYTHONPATH=python python3 examples/train_char_lm.py --steps 200 --compare \\
       --ingest ipc:///tmp/ag/ingest.sock --query ipc:///tmp/ag/query.sock
-  altgrad top --run <run> --format E5M2 ; altgrad history --run <run> --tensor <name>
+  altgrad --query ipc:///tmp/ag/query.sock top <run> --format E5M2
+  altgrad --query ipc:///tmp/ag/query.sock history <run> <tensor> --format E5M2
 """
 
 from __future__ import annotations
