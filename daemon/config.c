@@ -18,7 +18,8 @@
 typedef enum opt_type {
     OPT_URLS,    /* repeatable string, appended */
     OPT_STRING,  /* one string */
-    OPT_FORMATS, /* comma-separated format names */
+    OPT_FORMATS, /* comma-separated format names, resolved after all definitions */
+    OPT_DEFINE,  /* repeatable format definition NAME=E,M,BIAS[,inf][,nan] */
     OPT_INT,     /* long within [min, max] */
     OPT_DOUBLE,  /* finite double within [min, max] */
     OPT_ENUM,    /* one of choices, stored as values[i] */
@@ -62,8 +63,12 @@ static const opt options[] = {
      "SQLite database file (created and migrated as needed)", 1},
     {"config", OPT_STRING, FIELD(config_file), NULL, 0, 0, NULL, NULL, "FILE",
      "read options from FILE (key = value lines); the command line wins", 0},
+    {"define-format", OPT_DEFINE, FIELD(defined), NULL, 0, 0, NULL, NULL, "SPEC",
+     "define an 8-bit format, SPEC = NAME=E,M,BIAS[,inf][,nan] with E + M = 7 (e.g. "
+     "E4M3=4,3,7,nan); repeatable; --formats and snapshots may then name it",
+     1},
     {"formats", OPT_FORMATS, FIELD(formats), "E0M7,E1M6,E3M4,E5M2,E7M0", 0, 0, NULL, NULL,
-     "LIST", "comma-separated 8-bit formats evaluated by default", 1},
+     "LIST", "comma-separated 8-bit formats evaluated by default (built-in or defined)", 1},
     {"history-len", OPT_INT, FIELD(history_len), "16", 1, AG_AMAX_HISTORY_MAX_LEN, NULL,
      NULL, "N", "amax history length per tensor and role", 1},
     {"scale-mode", OPT_ENUM, FIELD(scale_mode), "current", 0, 0, scale_modes,
@@ -125,7 +130,11 @@ int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t er
         memcpy(name, p, len);
         name[len] = '\0';
         const ag_format *f = ag_format_get(name);
-        if (!f) return fail(err, errlen, AG_EINVAL, "--formats: unknown format '%s'", name);
+        if (!f)
+            return fail(err, errlen, AG_EINVAL,
+                        "--formats: unknown format '%s' (define it with --define-format "
+                        "NAME=E,M,BIAS[,inf][,nan])",
+                        name);
         for (size_t i = 0; i < n; i++)
             if (cfg->fmts[i] == f)
                 return fail(err, errlen, AG_EINVAL, "--formats: '%s' given twice", name);
@@ -137,7 +146,107 @@ int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t er
     }
     if (n == 0) return fail(err, errlen, AG_EINVAL, "--formats: empty list");
     cfg->nfmts = n;
-    strcpy(cfg->formats, list);
+    memmove(cfg->formats, list, strlen(list) + 1); /* list may be cfg->formats */
+    return AG_OK;
+}
+
+void ag_config_format_spec(const ag_format *f, char *buf, size_t len) {
+    snprintf(buf, len, "%s=%d,%d,%d%s%s", f->name, f->exponent_bits, f->mantissa_bits,
+             f->bias, f->has_inf ? ",inf" : "", f->has_nan ? ",nan" : "");
+}
+
+/* A decimal int in [lo, hi] spanning exactly [s, s + len). */
+static int parse_int(const char *s, size_t len, int lo, int hi, int *out) {
+    char buf[16];
+    if (len == 0 || len >= sizeof buf) return 0;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    if (!(buf[0] == '-' || (buf[0] >= '0' && buf[0] <= '9'))) return 0;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(buf, &end, 10);
+    if (errno || *end || v < lo || v > hi) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+/* Why ag_format_define refused a definition of these parameters (its rules,
+ * altgrad.h), as a phrase for the error line. */
+static const char *impossible_why(const char *name, int E, int M, int bias, int inf,
+                                  int nan) {
+    size_t n = strlen(name);
+    int name_ok = n > 0 && n <= AG_FORMAT_NAME_MAX;
+    for (size_t i = 0; name_ok && i < n; i++) {
+        char c = name[i];
+        name_ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '-';
+    }
+    if (!name_ok) return "the name must be 1..15 characters of [A-Za-z0-9_-]";
+    if (E + M != 7) return "E + M must be 7 (sign + exponent + mantissa = 8 bits)";
+    if (inf && !nan) return "inf needs nan too (e all ones: m = 0 is inf, any other m NaN)";
+    if (inf && M == 0) return "inf needs mantissa bits (m = 0 is inf, the rest NaN)";
+    if (E == 0 && (inf || nan || bias != 0))
+        return "a fixed-point format (E = 0) takes bias 0 and no inf or nan";
+    if (bias < -200 || bias > 200) return "the bias must be in -200..200";
+    return "its range does not fit float32's normal range, or NaN leaves no finite value";
+}
+
+int ag_config_define_format(ag_config *cfg, const char *spec, char *err, size_t errlen) {
+    const char *usage = "expected NAME=E,M,BIAS[,inf][,nan], e.g. E4M3=4,3,7,nan";
+    const char *eq = strchr(spec, '=');
+    char name[AG_FORMAT_NAME_MAX + 2];
+    if (!eq || eq == spec)
+        return fail(err, errlen, AG_EINVAL, "--define-format '%.64s': %s", spec, usage);
+    size_t nlen = (size_t)(eq - spec);
+    if (nlen > AG_FORMAT_NAME_MAX)
+        return fail(err, errlen, AG_EINVAL,
+                    "--define-format '%.64s': the name is longer than %d characters", spec,
+                    AG_FORMAT_NAME_MAX);
+    memcpy(name, spec, nlen);
+    name[nlen] = '\0';
+    int v[3] = {0, 0, 0}, inf = 0, nan = 0, field = 0;
+    const char *p = eq + 1;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (field < 3) {
+            if (!parse_int(p, len, field < 2 ? 0 : -1000, 1000, &v[field]))
+                return fail(err, errlen, AG_EINVAL,
+                            "--define-format '%.64s': %s is not %s; %s", spec,
+                            field == 0 ? "E" : field == 1 ? "M" : "BIAS",
+                            field < 2 ? "a non-negative integer" : "an integer", usage);
+        } else if (len == 3 && strncmp(p, "inf", 3) == 0 && !inf) {
+            inf = 1;
+        } else if (len == 3 && strncmp(p, "nan", 3) == 0 && !nan) {
+            nan = 1;
+        } else {
+            return fail(err, errlen, AG_EINVAL,
+                        "--define-format '%.64s': unexpected '%.*s'; %s", spec,
+                        (int)(len > 16 ? 16 : len), p, usage);
+        }
+        field++;
+        if (!comma) break;
+        p = comma + 1;
+    }
+    if (field < 3)
+        return fail(err, errlen, AG_EINVAL, "--define-format '%.64s': %s", spec, usage);
+    const ag_format *f = NULL;
+    int rc = ag_format_define(name, v[0], v[1], v[2], inf, nan, &f);
+    if (rc == AG_EEXIST) {
+        char have[64];
+        ag_config_format_spec(ag_format_get(name), have, sizeof have);
+        return fail(err, errlen, rc, "--define-format '%.64s': %s: it is %s", spec,
+                    ag_strerror(rc), have);
+    }
+    if (rc == AG_EFORMAT)
+        return fail(err, errlen, rc, "--define-format '%.64s': %s: %s", spec, ag_strerror(rc),
+                    impossible_why(name, v[0], v[1], v[2], inf, nan));
+    if (rc)
+        return fail(err, errlen, rc, "--define-format '%.64s': %s (at most %d formats)", spec,
+                    ag_strerror(rc), AG_FORMATS_MAX);
+    for (size_t i = 0; i < cfg->ndefined; i++)
+        if (cfg->defined[i] == f) return AG_OK;
+    cfg->defined[cfg->ndefined++] = f; /* distinct registry entries: <= AG_FORMATS_MAX */
     return AG_OK;
 }
 
@@ -210,8 +319,14 @@ static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_rese
             return fail(err, errlen, AG_EINVAL, "--%s: value too long", o->name);
         strcpy(field, val);
         return AG_OK;
-    case OPT_FORMATS:
-        return ag_config_set_formats(cfg, val, err, errlen);
+    case OPT_FORMATS: /* resolved by ag_config_load once every definition is in */
+        if (strlen(val) >= o->size)
+            return fail(err, errlen, AG_EINVAL, "--%s: list too long", o->name);
+        strcpy(field, val);
+        cfg->nfmts = 0;
+        return AG_OK;
+    case OPT_DEFINE:
+        return ag_config_define_format(cfg, val, err, errlen);
     case OPT_INT: {
         errno = 0;
         long v = strtol(val, &end, 10);
@@ -347,7 +462,8 @@ int ag_config_load(ag_config *cfg, int argc, char **argv, char *err, size_t errl
     int rc = parse_args(cfg, argc, argv, 1, err, errlen);
     if (rc) return rc;
     if (cfg->config_file[0] && (rc = load_file(cfg, cfg->config_file, err, errlen))) return rc;
-    return parse_args(cfg, argc, argv, 0, err, errlen);
+    if ((rc = parse_args(cfg, argc, argv, 0, err, errlen))) return rc;
+    return ag_config_set_formats(cfg, cfg->formats, err, errlen);
 }
 
 void ag_config_usage(const char *prog) {

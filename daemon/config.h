@@ -28,6 +28,10 @@ typedef struct ag_config {
     char formats[512];    /* comma-separated names as given */
     const ag_format *fmts[AG_FORMATS_MAX];
     size_t nfmts;
+    /* --define-format: the formats defined (in the process-wide registry) by
+     * the file and the command line, in order, each once */
+    const ag_format *defined[AG_FORMATS_MAX];
+    size_t ndefined;
     long history_len;
     int scale_mode;       /* ag_scale_mode */
     int amax_mode;        /* ag_amax_mode */
@@ -43,12 +47,23 @@ typedef struct ag_config {
 
 /*
  * Fill cfg from defaults, then the config file (--config, if given), then the
- * command line. On error returns AG_EINVAL (or AG_EIO for an unreadable
- * file) with one line of explanation in err.
+ * command line. Format definitions (--define-format, from both) are applied
+ * as they are read and the format list is resolved last, so --formats may
+ * name a format defined anywhere. On error returns AG_EINVAL (AG_EIO for an
+ * unreadable file; ag_config_define_format's codes for a refused definition)
+ * with one line of explanation in err.
  */
 int ag_config_load(ag_config *cfg, int argc, char **argv, char *err, size_t errlen);
 /* Check and resolve the format list text into fmts/nfmts. */
 int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t errlen);
+/* Parse SPEC = "NAME=E,M,BIAS[,inf][,nan]" and define it with
+ * ag_format_define (appended to cfg->defined). AG_EINVAL for bad syntax, or
+ * ag_format_define's code (AG_EFORMAT impossible, AG_EEXIST name taken by a
+ * different format, AG_ENOSPC registry full), with one line saying what is
+ * wrong in err. */
+int ag_config_define_format(ag_config *cfg, const char *spec, char *err, size_t errlen);
+/* One line describing f as a spec ("E4M3=4,3,7,nan") into buf. */
+void ag_config_format_spec(const ag_format *f, char *buf, size_t len);
 /* Check an --http value: "off", "IPv4:PORT" or "[IPv6]:PORT" (PORT 0..65535,
  * 0 = any free port); fills the http_* fields. */
 int ag_config_set_http(ag_config *cfg, const char *text, char *err, size_t errlen);

@@ -27,8 +27,13 @@ typedef struct ag_engine_job ag_engine_job;
  * (restore runs on the store before the writer thread owns it). */
 int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_counters *counters);
 void ag_engine_free(ag_engine *e);
-/* Rebuild state from the store (daemon start). */
+/* Rebuild state from the store (daemon start). Formats the database names
+ * are defined from their stored definitions when unknown here; a stored
+ * definition that differs from the one known under its name is AG_EEXIST
+ * with the reason in ag_engine_why(). */
 int ag_engine_restore(ag_engine *e, ag_store *st);
+/* One line on why the last ag_engine_restore failed, "" when it gave none. */
+const char *ag_engine_why(const ag_engine *e);
 void ag_engine_set_writer(ag_engine *e, ag_writer *w);
 /* Reloadable settings (SIGHUP): scale mode, margin. */
 void ag_engine_reconfigure(ag_engine *e, const ag_config *cfg);

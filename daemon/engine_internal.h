@@ -81,6 +81,7 @@ struct ag_engine {
     size_t nruns_by_id;
     tensor_state **tensors_by_id;
     size_t ntensors_by_id, cap_tensors_by_id;
+    char why[256];                  /* restore: why it failed, "" if no reason given */
 };
 
 struct ag_engine_job {

@@ -292,10 +292,12 @@ static int start(ag_daemon *d) {
     }
     if ((err = ag_engine_new(&d->engine, &d->cfg, &d->log, &d->counters)) ||
         (err = ag_engine_restore(d->engine, st))) {
+        const char *why = d->engine ? ag_engine_why(d->engine) : "";
         fprintf(stderr, "altgradd: cannot restore state from %s: %s\n", d->cfg.db,
-                err == AG_ESTORE ? ag_store_errmsg(st) : ag_strerror(err));
+                *why ? why : err == AG_ESTORE ? ag_store_errmsg(st) : ag_strerror(err));
         ag_store_close(st);
-        return 1;
+        /* A --define-format contradicting the database is a bad option. */
+        return err == AG_EEXIST ? 2 : 1;
     }
     ag_writer_opts wo = {.batch_rows = 20000, .batch_ms = 50, .high_water = 200000};
     if ((err = ag_writer_start(&d->writer, st, &wo, &d->log, on_writer_space, d))) {
@@ -362,6 +364,11 @@ int main(int argc, char **argv) {
                                wd / 2000 ? wd / 2000 : 1);
         ag_log(&d->log, AG_LOG_NOTICE, "altgradd %s ready: db %s, query %s, formats %s",
                AG_VERSION_STRING, d->cfg.db, d->cfg.query, d->cfg.formats);
+        for (size_t i = 0; i < d->cfg.ndefined; i++) {
+            char spec[64];
+            ag_config_format_spec(d->cfg.defined[i], spec, sizeof spec);
+            ag_log(&d->log, AG_LOG_INFO, "format defined: %s", spec);
+        }
         for (size_t i = 0; i < d->cfg.ningest; i++)
             ag_log(&d->log, AG_LOG_NOTICE, "listening for trainers on %s", d->cfg.ingest[i]);
         if (ag_http_bound(d->http))

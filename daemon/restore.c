@@ -4,6 +4,7 @@
  * tensor's last snapshot re-encoded so flips continue across a restart).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "daemon/engine_internal.h"
@@ -29,13 +30,33 @@ static int format_index_by_id(ag_engine *e, int64_t id) {
     return -1;
 }
 
+/* A format the database names: defined here from its stored definition when
+ * the daemon does not know it (the database describes itself); one this
+ * daemon knows under the same name but defines otherwise (--define-format,
+ * or a built-in) is a start-up error, AG_EEXIST with the reason in e->why. */
 static int on_format(void *ctx, int64_t id, const char *name, int eb, int mb, int bias,
                      int inf, int nan) {
     ag_engine *e = ctx;
     const ag_format *f = ag_format_get(name);
-    if (!f && ag_format_define(name, eb, mb, bias, inf, nan, &f)) {
-        ag_log(e->log, AG_LOG_WARNING, "restore: format %s cannot be defined; skipped", name);
-        return 0;
+    if (f && (f->exponent_bits != eb || f->mantissa_bits != mb || f->bias != bias ||
+              f->has_inf != (inf != 0) || f->has_nan != (nan != 0))) {
+        char have[64];
+        ag_config_format_spec(f, have, sizeof have);
+        snprintf(e->why, sizeof e->why,
+                 "the database defines format %s as %s=%d,%d,%d%s%s but this daemon has %s "
+                 "(--define-format or built in); give the stored definition or none",
+                 name, name, eb, mb, bias, inf ? ",inf" : "", nan ? ",nan" : "", have);
+        return AG_EEXIST;
+    }
+    if (!f) {
+        int err = ag_format_define(name, eb, mb, bias, inf, nan, &f);
+        if (err) {
+            ag_log(e->log, AG_LOG_WARNING, "restore: format %s cannot be defined (%s); skipped",
+                   name, ag_strerror(err));
+            return 0;
+        }
+        ag_log(e->log, AG_LOG_INFO, "restore: format %s=%d,%d,%d%s%s defined from the database",
+               name, eb, mb, bias, inf ? ",inf" : "", nan ? ",nan" : "");
     }
     int fi = ag_eng_fmt_index(f);
     if (fi >= 0) e->format_id[fi] = id;
@@ -129,7 +150,10 @@ static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float 
     return 0;
 }
 
+const char *ag_engine_why(const ag_engine *e) { return e->why; }
+
 int ag_engine_restore(ag_engine *e, ag_store *st) {
+    e->why[0] = '\0';
     int err = ag_store_max_ids(st, &e->next_run_id, &e->next_tensor_id, &e->next_format_id);
     if (err) return err;
     ag_store_restore_cb cb = {e, on_format, on_run, on_tensor, on_history, on_scale,

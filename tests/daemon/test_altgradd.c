@@ -2,7 +2,8 @@
  * test_altgradd.c - integration tests of the real daemon: numbers it serves
  * equal what the core library computes, restarts keep data and scaling,
  * kill -9 keeps every committed row, bad messages are survived, two trainers
- * at once, SIGTERM drains, sequence gaps become drops.
+ * at once, SIGTERM drains, sequence gaps become drops, a --define-format
+ * format is served and restored from the database.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -510,6 +511,143 @@ Test(altgradd, bad_options_and_unusable_paths_exit_nonzero_with_one_line) {
     cr_assert_not_null(fgets(line, sizeof line, f));
     cr_expect_not_null(strstr(line, "/nonexistent-dir/x/y.db"), "%s", line);
     fclose(f);
+}
+
+/* ------------------------------------------------- a defined format */
+
+/* The model for one format (its state in m->prev[0]): push the step's amax,
+ * then what the daemon must report for fmt. */
+static void model_step_one(model *m, const ag_format *fmt, const float *w, const float *g,
+                           size_t n, ag_history_point *out) {
+    float amax;
+    uint64_t nonfinite;
+    cr_assert_eq(ag_amax(w, n, &amax, &nonfinite), AG_OK);
+    ag_amax_history_push(m->hist, amax);
+    float scale = (float)ag_compute_scale(ag_amax_history_get(m->hist), fmt, AG_SCALE_MIN);
+    ag_stall_counts c = {0};
+    cr_assert_eq(ag_stall_sgd(fmt, scale, LR, w, g, n, &c), AG_OK);
+    uint8_t *cur = malloc(n);
+    cr_assert_eq(ag_encode_array(fmt, scale, w, cur, n), AG_OK);
+    uint64_t flips = 0;
+    if (m->prev[0])
+        cr_assert_eq(ag_count_flips(fmt, m->prev[0], m->prev_scale[0], cur, scale, n, &flips),
+                     AG_OK);
+    free(m->prev[0]);
+    m->prev[0] = cur;
+    m->prev_scale[0] = scale;
+    *out = (ag_history_point){.stalled = c.stalled, .total = c.total, .flips = flips,
+                              .overflow = c.overflow, .underflow = c.underflow,
+                              .nonfinite = c.nonfinite, .amax = amax, .scale = scale};
+}
+
+/* Start altgradd on H's paths with extra arguments, expecting it to fail at
+ * start; returns its exit status with its first stderr line in line. */
+static int daemon_fails(const char *const *extra, char *line, size_t len) {
+    char path[512], errlog[160];
+    const char *b = getenv("AG_BUILD_DIR");
+    snprintf(path, sizeof path, "%s/daemon/altgradd", b ? b : ".");
+    snprintf(errlog, sizeof errlog, "%s/fail.log", H.dir);
+    const char *argv[16] = {path, "--ingest", H.ingest, "--query", H.query, "--db", H.db,
+                            "--http", "off"};
+    size_t argc = 9;
+    for (size_t i = 0; extra[i] && argc < 15; i++) argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int fd = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 2);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    FILE *f = fopen(errlog, "r");
+    cr_assert_not_null(f);
+    line[0] = '\0';
+    char *got = fgets(line, (int)len, f);
+    (void)got;
+    fclose(f);
+    return status;
+}
+
+Test(altgradd, a_defined_format_is_served_and_survives_a_restart_without_the_option) {
+    const char *const define[] = {"--define-format", "E4M3=4,3,7,nan", "--formats",
+                                  "E5M2,E4M3", NULL};
+    harness_start(&H, define);
+    /* The trainer defines the format too, as it must to name it. */
+    const ag_format *e4m3 = NULL;
+    cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &e4m3), AG_OK);
+    static ag_history_point want[8];
+    model m;
+    model_init(&m);
+    enum { N = 3000 };
+    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    ag_client *c = harness_client(&H, "e4m3", AG_QUEUE_BLOCK);
+    for (uint64_t s = 1; s <= 3; s++) { /* the daemon's defaults: E5M2 and E4M3 */
+        make_tensor(s, N, 5, w, g);
+        model_step_one(&m, e4m3, w, g, N, &want[s]);
+        cr_assert_eq(ag_client_log_sgd(c, s, "w", w, g, N, LR), AG_OK);
+    }
+    cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
+    ag_history *h = harness_wait_history(c, "e4m3", "w", "E4M3", 3);
+    cr_assert_eq(h->n, 3);
+    for (uint64_t s = 1; s <= 3; s++) expect_point(&h->points[s - 1], &want[s], s, "E4M3");
+    ag_free(h);
+    ag_status *st = NULL;
+    cr_assert_eq(ag_client_status(c, &st), AG_OK);
+    cr_expect_str_eq(st->formats, "E5M2,E4M3");
+    ag_free(st);
+    ag_client_close(c);
+    int status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+
+    /* A contradicting definition of the stored format: one line, exit 2. */
+    char line[512];
+    const char *const clash[] = {"--define-format", "E4M3=4,3,8,nan", NULL};
+    status = daemon_fails(clash, line, sizeof line);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 2, "status %d", status);
+    cr_expect_not_null(strstr(line, "E4M3=4,3,7,nan"), "%s", line);
+    cr_expect_not_null(strstr(line, "E4M3=4,3,8,nan"), "%s", line);
+
+    /* Restarted without the option: the database's definition is restored,
+     * history is served and new snapshots naming E4M3 are evaluated, with
+     * the amax history and flips continuing across the restart. */
+    harness_start(&H, NULL);
+    c = harness_client(&H, "e4m3", AG_QUEUE_BLOCK);
+    static const char *const named[] = {"E4M3"};
+    for (uint64_t s = 4; s <= 5; s++) {
+        make_tensor(s, N, 5, w, g);
+        model_step_one(&m, e4m3, w, g, N, &want[s]);
+        ag_snapshot snap = {.step = s, .tensor = "w", .dtype = AG_DTYPE_F32, .w = w, .g = g,
+                            .n = N, .lr = LR, .formats = named, .nformats = 1};
+        cr_assert_eq(ag_client_log_snapshot(c, &snap), AG_OK);
+    }
+    cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
+    h = harness_wait_history(c, "e4m3", "w", "E4M3", 5);
+    cr_assert_eq(h->n, 5);
+    for (uint64_t s = 1; s <= 5; s++) expect_point(&h->points[s - 1], &want[s], s, "E4M3");
+    cr_expect_gt(want[4].flips, 0, "the model should see flips at step 4");
+    ag_free(h);
+    cr_assert_eq(ag_client_status(c, &st), AG_OK);
+    cr_expect_eq(st->rejected, 0);
+    ag_free(st);
+    ag_client_close(c);
+    status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+
+    /* The file alone answers by name, as altgrad --db does. */
+    ag_store *db = NULL;
+    cr_assert_eq(ag_store_open(&db, H.db, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(db));
+    ag_history_query q = {.run = "e4m3", .tensor = "w", .format = "E4M3"};
+    cr_assert_eq(ag_store_history(db, &q, &h), AG_OK, "%s", ag_store_errmsg(db));
+    cr_expect_eq(h->n, 5);
+    cr_expect_eq(h->points[4].stalled, want[5].stalled);
+    ag_free(h);
+    ag_store_close(db);
+    free(w);
+    free(g);
+    model_free(&m);
 }
 
 /* xorshift64: a deterministic mutation stream. */

@@ -160,3 +160,110 @@ Test(config, a_last_line_without_newline_counts_and_a_repeated_key_takes_the_las
     cr_expect_float_eq(cfg.margin, 3.0, 0);
     unlink(path);
 }
+
+Test(config, a_defined_format_may_be_named_by_formats_in_either_order) {
+    ag_config cfg;
+    char err[256];
+    const char *argv[] = {"altgradd", "--formats", "E5M2,E4M3", "--define-format",
+                          "E4M3=4,3,7,nan", "--define-format=E2M5=2,5,1"};
+    cr_assert_eq(load(&cfg, err, 6, argv), AG_OK, "%s", err);
+    cr_assert_eq(cfg.nfmts, 2);
+    const ag_format *f = cfg.fmts[1];
+    cr_assert_eq(f, ag_format_get("E4M3"));
+    cr_expect_eq(f->exponent_bits, 4);
+    cr_expect_eq(f->mantissa_bits, 3);
+    cr_expect_eq(f->bias, 7);
+    cr_expect_eq(f->has_inf, 0);
+    cr_expect_eq(f->has_nan, 1);
+    cr_expect_float_eq(f->max_finite, 448.0f, 0); /* OCP E4M3: S.1111.111 is the NaN */
+    cr_assert_eq(cfg.ndefined, 2);
+    cr_expect_str_eq(cfg.defined[1]->name, "E2M5");
+    cr_expect_eq(cfg.defined[1]->bias, 1);
+    cr_expect_str_eq(cfg.formats, "E5M2,E4M3");
+    /* Loading again (a SIGHUP reload) redefines the same formats: no conflict. */
+    cr_assert_eq(load(&cfg, err, 6, argv), AG_OK, "%s", err);
+    cr_expect_eq(cfg.fmts[1], f);
+    char spec[64];
+    ag_config_format_spec(f, spec, sizeof spec);
+    cr_expect_str_eq(spec, "E4M3=4,3,7,nan");
+    ag_config_format_spec(ag_format_get("E5M2"), spec, sizeof spec);
+    cr_expect_str_eq(spec, "E5M2=5,2,15,inf,nan");
+}
+
+Test(config, define_format_is_repeatable_in_the_file_and_the_command_line_adds_to_it) {
+    char path[] = "/tmp/ag_config_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "define-format = E4M3=4,3,7,nan\ndefine-format = E5M2FNUZ=5,2,16\n"
+               "formats = E4M3,E5M2FNUZ\n");
+    fclose(f);
+    ag_config cfg;
+    char err[256];
+    const char *argv[] = {"altgradd", "--config", path, "--define-format", "E2M5=2,5,1"};
+    cr_assert_eq(load(&cfg, err, 5, argv), AG_OK, "%s", err);
+    cr_expect_eq(cfg.ndefined, 3);
+    cr_assert_eq(cfg.nfmts, 2);
+    cr_expect_str_eq(cfg.fmts[1]->name, "E5M2FNUZ");
+    cr_expect_eq(cfg.fmts[1]->bias, 16);
+    /* The command line's --formats may name a format the file defines. */
+    const char *argv2[] = {"altgradd", "--config", path, "--formats", "E5M2FNUZ,E3M4"};
+    cr_assert_eq(load(&cfg, err, 5, argv2), AG_OK, "%s", err);
+    cr_expect_str_eq(cfg.fmts[0]->name, "E5M2FNUZ");
+    /* A bad definition in the file names its line. */
+    f = fopen(path, "w");
+    fprintf(f, "formats = E5M2\ndefine-format = E4M4=4,4,7\n");
+    fclose(f);
+    cr_expect_eq(load(&cfg, err, 3, argv), AG_EFORMAT);
+    cr_expect_not_null(strstr(err, ":2: --define-format"), "%s", err);
+    unlink(path);
+}
+
+Test(config, bad_or_conflicting_definitions_are_one_line_saying_what_is_wrong) {
+    static const struct {
+        const char *spec;
+        int code;
+        const char *says;
+    } cases[] = {
+        {"E4M3", AG_EINVAL, "expected NAME=E,M,BIAS"},
+        {"=4,3,7", AG_EINVAL, "expected NAME=E,M,BIAS"},
+        {"E4M3=4,3", AG_EINVAL, "expected NAME=E,M,BIAS"},
+        {"E4M3=4,x,7", AG_EINVAL, "M is not"},
+        {"E4M3=4,3,7,nan,nan", AG_EINVAL, "unexpected 'nan'"},
+        {"E4M3=4,3,7,fn", AG_EINVAL, "unexpected 'fn'"},
+        {"E4M3=-4,11,7", AG_EINVAL, "E is not"},
+        {"ThisNameIsTooLong=4,3,7", AG_EINVAL, "longer than 15"},
+        {"E4 M3=4,3,7", AG_EFORMAT, "[A-Za-z0-9_-]"},
+        {"E4M4=4,4,7", AG_EFORMAT, "E + M must be 7"},
+        {"E4M3=4,3,7,inf", AG_EFORMAT, "inf needs nan"},
+        {"E7M0X=7,0,63,inf,nan", AG_EFORMAT, "inf needs mantissa bits"},
+        {"Q7=0,7,1", AG_EFORMAT, "fixed-point"},
+        {"E4M3=4,3,500", AG_EFORMAT, "-200..200"},
+        {"E4M3=4,3,190", AG_EFORMAT, "float32"},
+        {"E5M2=5,2,16,inf,nan", AG_EEXIST, "it is E5M2=5,2,15,inf,nan"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ag_config cfg;
+        char err[256] = "";
+        const char *argv[] = {"altgradd", "--define-format", cases[i].spec};
+        int rc = load(&cfg, err, 3, argv);
+        cr_expect_eq(rc, cases[i].code, "%s: %d (%s)", cases[i].spec, rc, err);
+        cr_expect_not_null(strstr(err, cases[i].says), "%s: %s", cases[i].spec, err);
+        cr_expect_not_null(strstr(err, "--define-format"), "%s", err);
+        cr_expect_null(strchr(err, '\n'), "one line: %s", err);
+        if (cases[i].code != AG_EINVAL)
+            cr_expect_not_null(strstr(err, ag_strerror(cases[i].code)), "%s", err);
+    }
+    /* A name taken by a different user-defined format. */
+    ag_config cfg;
+    char err[256];
+    const char *argv[] = {"altgradd", "--define-format", "E4M3=4,3,7,nan", "--define-format",
+                          "E4M3=4,3,8,nan"};
+    cr_expect_eq(load(&cfg, err, 5, argv), AG_EEXIST);
+    cr_expect_not_null(strstr(err, "it is E4M3=4,3,7,nan"), "%s", err);
+    /* An undefined name in --formats points at --define-format. */
+    const char *argv2[] = {"altgradd", "--formats", "E5M2,E4M3X"};
+    cr_expect_eq(load(&cfg, err, 3, argv2), AG_EINVAL);
+    cr_expect_not_null(strstr(err, "unknown format 'E4M3X'"), "%s", err);
+    cr_expect_not_null(strstr(err, "--define-format"), "%s", err);
+}

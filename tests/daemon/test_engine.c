@@ -297,6 +297,117 @@ Test(engine, a_restored_engine_continues_histories_and_flips) {
     ag_free(h);
 }
 
+/* ------------------------------------------------- defined formats */
+
+Test(engine, a_defined_format_is_evaluated_as_the_core_evaluates_it) {
+    const char *args[] = {"--define-format", "E4M3=4,3,7,nan", "--define-format",
+                          "E2M5=2,5,1", "--formats", "E5M2,E4M3"};
+    start(args, 6);
+    const ag_format *e4m3 = ag_format_get("E4M3"), *e2m5 = ag_format_get("E2M5");
+    cr_assert_not_null(e4m3);
+    cr_assert_not_null(e2m5);
+    float w[2][72], g[2][72];
+    fill(w[0], g[0], 72, 300.0f);
+    fill(w[1], g[1], 72, 2.0f);
+    /* Steps 1-2: the defaults (E5M2, E4M3); step 3 names E2M5 itself. */
+    cr_assert_eq(snapshot(1, w[0], g[0], 72, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    cr_assert_eq(snapshot(2, w[1], g[1], 72, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    static const char *const named[] = {"E2M5"};
+    cr_assert_eq(snapshot(3, w[1], g[1], 72, AG_FORM_SGD, 0, named, 1), AG_OK);
+    cr_expect_eq(atomic_load(&F.counters.rejected), 0);
+    stop();
+    ag_history *h = history("E4M3");
+    cr_assert_eq(h->n, 2);
+    for (int s = 0; s < 2; s++) {
+        /* The amax history's max is step 1's 300 at both steps. */
+        float scale = (float)ag_compute_scale(300.0, e4m3, AG_SCALE_MIN);
+        ag_stall_counts c = {0};
+        cr_assert_eq(ag_stall_sgd(e4m3, scale, 0.01f, w[s], g[s], 72, &c), AG_OK);
+        cr_expect_eq(h->points[s].scale, (double)scale);
+        cr_expect_eq(h->points[s].total, c.total);
+        cr_expect_eq(h->points[s].stalled, c.stalled, "step %d: %llu != %llu", s + 1,
+                     (unsigned long long)h->points[s].stalled, (unsigned long long)c.stalled);
+        cr_expect_eq(h->points[s].overflow, c.overflow);
+        cr_expect_eq(h->points[s].underflow, c.underflow);
+    }
+    cr_expect_gt(h->points[1].stalled, 0, "the test should see stalls");
+    ag_free(h);
+    h = history("E2M5");
+    cr_assert_eq(h->n, 1);
+    cr_expect_eq(h->points[0].step, 3);
+    float scale = (float)ag_compute_scale(300.0, e2m5, AG_SCALE_MIN);
+    ag_stall_counts c = {0};
+    cr_assert_eq(ag_stall_sgd(e2m5, scale, 0.01f, w[1], g[1], 72, &c), AG_OK);
+    cr_expect_eq(h->points[0].stalled, c.stalled);
+    cr_expect_eq(h->points[0].scale, (double)scale);
+    ag_free(h);
+}
+
+/* Put a format row as a daemon of another configuration would have. */
+static void store_format(int64_t id, const char *name, int eb, int mb, int bias, int inf,
+                         int nan) {
+    ag_format f = {.exponent_bits = eb, .mantissa_bits = mb, .bias = bias, .has_inf = inf,
+                   .has_nan = nan};
+    strcpy(f.name, name);
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_CREATE), AG_OK);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, id, &f), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    ag_store_close(st);
+}
+
+Test(engine, restore_defines_the_formats_the_database_describes) {
+    store_format(1, "E3M4B2", 3, 4, 2, 0, 0);
+    cr_assert_null(ag_format_get("E3M4B2"));
+    start(NULL, 0);
+    const ag_format *f = ag_format_get("E3M4B2");
+    cr_assert_not_null(f, "restore did not define the stored format");
+    cr_expect_eq(f->exponent_bits, 3);
+    cr_expect_eq(f->bias, 2);
+    /* A snapshot may name it, and it files under the stored format id. */
+    float w[36], g[36];
+    fill(w, g, 36, 4.0f);
+    static const char *const named[] = {"E3M4B2"};
+    cr_assert_eq(snapshot(1, w, g, 36, AG_FORM_SGD, 0, named, 1), AG_OK);
+    stop();
+    ag_history *h = history("E3M4B2");
+    cr_assert_eq(h->n, 1);
+    ag_stall_counts c = {0};
+    float scale = (float)ag_compute_scale(4.0, f, AG_SCALE_MIN);
+    cr_assert_eq(ag_stall_sgd(f, scale, 0.01f, w, g, 36, &c), AG_OK);
+    cr_expect_eq(h->points[0].stalled, c.stalled);
+    ag_free(h);
+    int64_t rid, tid, fid;
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK);
+    cr_assert_eq(ag_store_max_ids(st, &rid, &tid, &fid), AG_OK);
+    cr_expect_eq(fid, 1, "no second row for the same format");
+    ag_store_close(st);
+}
+
+Test(engine, a_stored_definition_contradicting_the_daemons_is_a_startup_error) {
+    store_format(1, "E4M3", 4, 3, 8, 0, 1);
+    char err[256];
+    const char *argv[] = {"altgradd", "--define-format", "E4M3=4,3,7,nan"};
+    cr_assert_eq(ag_config_load(&F.cfg, 3, (char **)argv, err, sizeof err), AG_OK, "%s", err);
+    ag_logger_init(&F.log, AG_LOG_ERROR);
+    F.log.out = fopen("/dev/null", "w");
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_CREATE), AG_OK);
+    ag_engine *e = NULL;
+    cr_assert_eq(ag_engine_new(&e, &F.cfg, &F.log, &F.counters), AG_OK);
+    cr_expect_eq(ag_engine_restore(e, st), AG_EEXIST);
+    const char *why = ag_engine_why(e);
+    cr_expect_not_null(strstr(why, "E4M3=4,3,8,nan"), "%s", why);
+    cr_expect_not_null(strstr(why, "E4M3=4,3,7,nan"), "%s", why);
+    cr_expect_null(strchr(why, '\n'));
+    ag_engine_free(e);
+    ag_store_close(st);
+    fclose(F.log.out);
+    ag_logger_destroy(&F.log);
+}
+
 /* ------------------------------------------------- hostile values (red team) */
 
 /* The latest scale row of tensor "w", format fmt, role 0 (0 when none). */

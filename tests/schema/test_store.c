@@ -484,3 +484,49 @@ Test(store, a_write_protected_file_is_refused_for_writing) {
     }
     chmod(db_path, 0644);
 }
+
+/* ------------------------------------------------- defined formats */
+
+typedef struct format_seen {
+    int n;
+    char name[16];
+    int e, m, bias, inf, nan;
+} format_seen;
+
+static int keep_format(void *ctx, int64_t id, const char *name, int e, int m, int b, int inf,
+                       int nan) {
+    format_seen *s = ctx;
+    (void)id;
+    s->n++;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->e = e, s->m = m, s->bias = b, s->inf = inf, s->nan = nan;
+    return 0;
+}
+
+Test(store, a_defined_format_is_stored_with_its_whole_definition) {
+    const ag_format *f = NULL;
+    cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &f), AG_OK);
+    ag_store *st = open_rw();
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 9, f), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    ag_store_close(st);
+    /* Reopened (as a daemon that was not told about E4M3 would), the file
+     * says everything needed to define the format again. */
+    st = open_rw();
+    format_seen seen = {0};
+    ag_store_restore_cb cb = {.ctx = &seen, .format = keep_format};
+    cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(seen.n, 1);
+    cr_expect_str_eq(seen.name, "E4M3");
+    cr_expect_eq(seen.e, 4);
+    cr_expect_eq(seen.m, 3);
+    cr_expect_eq(seen.bias, 7);
+    cr_expect_eq(seen.inf, 0);
+    cr_expect_eq(seen.nan, 1);
+    ag_status *status = NULL;
+    cr_assert_eq(ag_store_status(st, &status), AG_OK);
+    cr_expect_str_eq(status->formats, "E4M3");
+    ag_free(status);
+    ag_store_close(st);
+}
