@@ -182,8 +182,9 @@ static double baseline_inserts(size_t tensors, size_t steps) {
 static double daemon_records(daemon_proc *d, size_t tensors, size_t steps) {
     ag_client *c = client(d, "bench-stats");
     if (!c) return 0;
-    char (*names)[32] = malloc(tensors * sizeof *names);
-    for (size_t t = 0; t < tensors; t++) snprintf(names[t], 32, "layers.%zu.weight", t);
+    char (*names)[48] = malloc(tensors * sizeof *names);
+    if (!names) return 0;
+    for (size_t t = 0; t < tensors; t++) snprintf(names[t], sizeof names[t], "layers.%zu.weight", t);
     /* Warm the connection (and the run) before timing. */
     ag_client_log_amax(c, 0, names[0], AG_ROLE_GRADIENT, 1.0, 4096, 0);
     ag_client_flush(c, -1);

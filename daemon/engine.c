@@ -269,7 +269,9 @@ static int queue_drop(ag_engine *e, run_state *r, uint64_t client_id, uint64_t f
 }
 
 /* Account hdr's seq and drop counter on run r: gaps become drops; a seq at
- * or below the last one from the same client is out of order (AG_ERANGE). */
+ * or below the last one from the same client is out of order (AG_ERANGE).
+ * The drop counter's increase over the last one seen (restored from the
+ * store after a restart) is added; a counter that went down re-bases. */
 static int account(ag_engine *e, run_state *r, const ag_msg *m) {
     const ag_stream_hdr *h = &m->hdr;
     int new_session = m->type == AG_MSG_RUN_START || !r->has_seq || r->client_id != h->client_id;
@@ -346,8 +348,8 @@ int ag_engine_flush(ag_engine *e) {
     return err;
 }
 
-/* Queue the message's run delta (so a commit holds the run's sequence state
- * with the message's rows), with_tensors: the touched tensors' deltas too
+/* Queue the message's run delta (so a commit holds the run's sequence state,
+ * last seq and the client's cumulative drop count, with the message's rows), with_tensors: the touched tensors' deltas too
  * (statistics leave them to the periodic ag_engine_flush: a batch touches
  * many tensors and rewriting them per message would dominate), then a
  * commit boundary. */
@@ -359,6 +361,8 @@ int ag_eng_end_message(ag_engine *e, run_state *r, size_t bytes, int with_tensor
                                               .dropped = r->dropped,
                                               .last_step = r->last_step,
                                               .last_seq = r->last_seq, .has_seq = 1,
+                                              .last_drop = r->last_drop,
+                                              .has_drop = r->drop_known,
                                               .ended_ms = r->ended_ms};
         if (!err) err = ag_eng_push(e, &it);
         r->messages = r->dropped = 0;

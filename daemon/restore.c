@@ -1,7 +1,8 @@
 /*
  * restore.c - rebuilding the engine from the store at daemon start (formats,
- * runs with their sequence state, tensors, amax histories, scales, and each
- * tensor's last snapshot re-encoded so flips continue across a restart).
+ * runs with their sequence state and client drop count, tensors, amax
+ * histories, scales, and each tensor's last snapshot re-encoded so flips
+ * continue across a restart).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -63,8 +64,13 @@ static int on_format(void *ctx, int64_t id, const char *name, int eb, int mb, in
     return 0;
 }
 
+/* A run with its client's sequence state: the last seq, and the client's
+ * cumulative drop count when stored (a run from before schema version 3 has
+ * none: its next message re-synchronises it), so drops the client counted
+ * while the daemon was down are recorded. */
 static int on_run(void *ctx, int64_t id, const char *name, uint64_t client_id,
-                  uint64_t last_seq, uint64_t last_step, int64_t ended_ms) {
+                  uint64_t last_seq, uint64_t last_drop, int has_drop, uint64_t last_step,
+                  int64_t ended_ms) {
     ag_engine *e = ctx;
     (void)last_step, (void)ended_ms;
     run_state *r = ag_eng_new_run(e, id, name);
@@ -72,7 +78,8 @@ static int on_run(void *ctx, int64_t id, const char *name, uint64_t client_id,
     r->client_id = client_id;
     r->last_seq = last_seq;
     r->has_seq = 1;
-    r->drop_known = 0; /* the client's drop counter is not persisted: resync */
+    r->last_drop = has_drop ? last_drop : 0;
+    r->drop_known = has_drop != 0;
     run_state **p = realloc(e->runs_by_id, (e->nruns_by_id + 1) * sizeof *p);
     if (!p) return AG_ENOMEM;
     e->runs_by_id = p;

@@ -38,7 +38,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_RUN_DELTA] =
         "UPDATE runs SET messages=messages+?2, dropped=dropped+?3,"
         " last_step=max(last_step,?4), last_seq=CASE WHEN ?5 THEN ?6 ELSE last_seq END,"
-        " ended_ms=CASE WHEN ?7<>0 THEN ?7 ELSE ended_ms END WHERE id=?1",
+        " ended_ms=CASE WHEN ?7<>0 THEN ?7 ELSE ended_ms END,"
+        " last_drop=CASE WHEN ?8 THEN ?9 ELSE last_drop END WHERE id=?1",
     [AG_ST_TENSOR_DELTA] =
         "UPDATE tensors SET role=?2, numel=?3, first_step=min(coalesce(first_step,?4),?4),"
         " last_step=max(last_step,?5), snapshots=snapshots+?6, last_amax=?7 WHERE id=?1",
@@ -78,7 +79,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
         "SELECT id,name,exponent_bits,mantissa_bits,bias,has_inf,has_nan FROM formats"
         " ORDER BY id",
     [AG_ST_ALL_RUNS] =
-        "SELECT id,name,client_id,last_seq,last_step,ended_ms FROM runs ORDER BY id",
+        "SELECT id,name,client_id,last_seq,last_drop,last_step,ended_ms FROM runs"
+        " ORDER BY id",
     [AG_ST_ALL_TENSORS] = "SELECT id,run_id,name,role FROM tensors ORDER BY id",
     [AG_ST_HISTORY_TAIL] =
         "SELECT amax,numel,nonfinite FROM stats WHERE tensor_id=?1 AND role=?2"

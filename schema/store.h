@@ -86,6 +86,8 @@ typedef struct ag_store_run_delta {
     uint64_t last_step;   /* max-ed */
     uint64_t last_seq;    /* set when has_seq */
     int has_seq;
+    uint64_t last_drop;   /* the client's cumulative drop count, set when has_drop */
+    int has_drop;
     int64_t ended_ms;     /* set when nonzero */
 } ag_store_run_delta;
 
@@ -135,8 +137,11 @@ typedef struct ag_store_restore_cb {
     void *ctx;
     int (*format)(void *ctx, int64_t id, const char *name, int exponent_bits,
                   int mantissa_bits, int bias, int has_inf, int has_nan);
+    /* has_drop is 0 when the run's last_drop was never written (a run from
+     * before schema version 3): the client's drop counter is then unknown. */
     int (*run)(void *ctx, int64_t id, const char *name, uint64_t client_id,
-               uint64_t last_seq, uint64_t last_step, int64_t ended_ms);
+               uint64_t last_seq, uint64_t last_drop, int has_drop, uint64_t last_step,
+               int64_t ended_ms);
     int (*tensor)(void *ctx, int64_t id, int64_t run_id, const char *name, int role);
     int (*history)(void *ctx, int64_t tensor_id, int role, const double *amax, size_t n);
     int (*scale)(void *ctx, int64_t tensor_id, int64_t format_id, int role, uint64_t step,

@@ -66,7 +66,8 @@ sqlite3_stmt *ag_store_stmt(ag_store *st, ag_stmt_id id);
  * (AG_ENOMEM for SQLITE_NOMEM). */
 int ag_store_fail(ag_store *st, const char *what, int rc);
 /* Record a message of our own; returns err. */
-int ag_store_failf(ag_store *st, int err, const char *fmt, ...);
+int ag_store_failf(ag_store *st, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Step a write statement to SQLITE_DONE and reset it. */
 int ag_store_exec_stmt(ag_store *st, sqlite3_stmt *s, const char *what);
 /* Id of the run named name, AG_ENOTFOUND with a message when absent. */

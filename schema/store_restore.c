@@ -43,8 +43,10 @@ static int format_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extr
 static int run_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
     (void)extra;
     if (!cb->run) return 0;
+    int has_drop = sqlite3_column_type(s, 4) != SQLITE_NULL;
     return cb->run(cb->ctx, sqlite3_column_int64(s, 0), col_text(s, 1), col_u64(s, 2),
-                   col_u64(s, 3), col_u64(s, 4), sqlite3_column_int64(s, 5));
+                   col_u64(s, 3), has_drop ? col_u64(s, 4) : 0, has_drop, col_u64(s, 5),
+                   sqlite3_column_int64(s, 6));
 }
 
 typedef struct tensor_ref { int64_t id; int64_t run_id; } tensor_ref;

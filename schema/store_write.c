@@ -166,6 +166,8 @@ int ag_store_apply_run_delta(ag_store *st, const ag_store_run_delta *d) {
     sqlite3_bind_int(s, 5, d->has_seq != 0);
     sqlite3_bind_int64(s, 6, i64(d->last_seq));
     sqlite3_bind_int64(s, 7, d->ended_ms);
+    sqlite3_bind_int(s, 8, d->has_drop != 0);
+    sqlite3_bind_int64(s, 9, i64(d->last_drop));
     return ag_store_exec_stmt(st, s, "run delta");
 }
 

@@ -2,7 +2,8 @@
  * test_altgradd.c - integration tests of the real daemon: numbers it serves
  * equal what the core library computes, restarts keep data and scaling,
  * kill -9 keeps every committed row, bad messages are survived, two trainers
- * at once, SIGTERM drains, sequence gaps become drops, a --define-format
+ * at once, SIGTERM drains, sequence gaps become drops, drops a client counted
+ * while the daemon was down are recorded after its restart, a --define-format
  * format is served and restored from the database.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -431,18 +432,24 @@ Test(altgradd, sigterm_drains_everything_a_blocking_client_sent) {
     ag_store_close(st);
 }
 
-/* Encode one stats message with an explicit seq and push it raw. */
-static void push_stats(nng_socket s, uint64_t seq, uint64_t step) {
+/* Encode one stats message of run from client cid with an explicit seq and
+ * cumulative drop counter, and push it raw. */
+static void push_stats_of(nng_socket s, const char *run, uint64_t cid, uint64_t seq,
+                          uint64_t dropped, uint64_t step) {
     ag_stat_record rec = {.step = step, .tensor = "x", .role = AG_ROLE_GRADIENT, .amax = 1.0,
                           .numel = 1};
     ag_msg m = {.type = AG_MSG_STATS};
-    m.hdr = (ag_stream_hdr){.run = "gappy", .client_id = 99, .seq = seq};
+    m.hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = seq, .dropped = dropped};
     m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
     ag_buf b;
     ag_buf_init(&b);
     cr_assert_eq(ag_proto_encode(&b, &m), AG_OK, "%s", m.why ? m.why : "");
     push_raw(s, b.data, b.len);
     ag_buf_free(&b);
+}
+
+static void push_stats(nng_socket s, uint64_t seq, uint64_t step) {
+    push_stats_of(s, "gappy", 99, seq, 0, step);
 }
 
 Test(altgradd, sequence_gaps_are_recorded_as_drops_and_replays_rejected) {
@@ -485,6 +492,82 @@ Test(altgradd, sequence_gaps_are_recorded_as_drops_and_replays_rejected) {
     ag_free(st);
     ag_client_close(c);
     nng_close(s);
+}
+
+/* Poll the daemon (bounded) until run reached step; returns its messages
+ * and dropped counts. */
+static void wait_run_step(const char *run, uint64_t step, uint64_t *messages,
+                          uint64_t *dropped) {
+    ag_client *c = harness_client(&H, "observer", AG_QUEUE_BLOCK);
+    for (int i = 0; i < 3000; i++) {
+        ag_run_list *runs = NULL;
+        cr_assert_eq(ag_client_runs(c, &runs), AG_OK);
+        for (size_t k = 0; k < runs->n; k++)
+            if (!strcmp(runs->items[k].name, run) && runs->items[k].last_step >= step) {
+                *messages = runs->items[k].messages;
+                *dropped = runs->items[k].dropped;
+                ag_free(runs);
+                ag_client_close(c);
+                return;
+            }
+        ag_free(runs);
+        struct timespec ts = {0, 10 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    ag_client_close(c);
+    cr_assert_fail("run %s never reached step %llu", run, (unsigned long long)step);
+}
+
+Test(altgradd, drops_a_client_counted_while_the_daemon_was_down_are_recorded) {
+    harness_start(&H, NULL);
+    nng_socket s;
+    cr_assert_eq(nng_push0_open(&s), 0);
+    cr_assert_eq(nng_dial(s, H.ingest, NULL, 0), 0);
+    ag_msg start = {.type = AG_MSG_RUN_START};
+    start.hdr = (ag_stream_hdr){.run = "lossy", .client_id = 77, .seq = 0};
+    start.u.run_start = (ag_msg_run_start){.host = "h", .pid = 1, .time_ms = 1};
+    ag_buf b;
+    ag_buf_init(&b);
+    cr_assert_eq(ag_proto_encode(&b, &start), AG_OK);
+    push_raw(s, b.data, b.len);
+    ag_buf_free(&b);
+    push_stats_of(s, "lossy", 77, 1, 2, 1); /* the client's queue dropped 2 */
+    push_stats_of(s, "lossy", 77, 2, 2, 2);
+    uint64_t messages = 0, dropped = 0;
+    wait_run_step("lossy", 2, &messages, &dropped);
+    cr_expect_eq(messages, 3);
+    cr_expect_eq(dropped, 2);
+    nng_close(s);
+    int status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+
+    /* The daemon is down: the same client drops K = 5 more while it waits,
+     * and seq 3 is lost in transport. Its next messages wait in the socket's
+     * send buffer and reach the restarted daemon. */
+    const uint64_t K = 5;
+    cr_assert_eq(nng_push0_open(&s), 0);
+    cr_assert_eq(nng_socket_set_int(s, NNG_OPT_SENDBUF, 8), 0);
+    cr_assert_eq(nng_dial(s, H.ingest, NULL, NNG_FLAG_NONBLOCK), 0);
+    push_stats_of(s, "lossy", 77, 4, 2 + K, 3);
+    push_stats_of(s, "lossy", 77, 5, 2 + K, 4);
+    harness_start(&H, NULL);
+    wait_run_step("lossy", 4, &messages, &dropped);
+    cr_expect_eq(messages, 5);
+    cr_expect_eq(dropped, 2 + K + 1, "dropped %llu: want 2 before, %llu counted by the client "
+                 "while the daemon was down and 1 sequence gap",
+                 (unsigned long long)dropped, (unsigned long long)K);
+    nng_close(s);
+    status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+    /* The file agrees. */
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, H.db, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(st));
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK);
+    cr_assert_eq(runs->n, 1);
+    cr_expect_eq(runs->items[0].dropped, 2 + K + 1);
+    ag_free(runs);
+    ag_store_close(st);
 }
 
 Test(altgradd, bad_options_and_unusable_paths_exit_nonzero_with_one_line) {

@@ -2,12 +2,14 @@
  * test_engine.c - the daemon engine (daemon/engine.c) with its writer and a
  * real store, no sockets: scale modes, margin, explicit scales, the "zero
  * amax keeps the previous scale" rule, update form, bfloat16 payloads,
- * unknown formats, and the writer committing whole messages.
+ * unknown formats, the writer committing whole messages, and the client's
+ * drop counter restored across a restart.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <math.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -524,4 +526,80 @@ Test(engine, a_snapshot_whose_encoded_copies_pass_the_state_budget_is_rejected) 
     /* A shape change that fits frees the old copies (flips restart). */
     cr_expect_eq(snapshot(4, w, g, 20, AG_FORM_SGD, 0, NULL, 0), AG_OK);
     cr_expect_eq(F.engine->state_bytes, used + 5 * 4);
+}
+
+/* ------------------------------------------ client drops across restarts */
+
+/* One stats record of run "r" from client cid with the given seq and
+ * cumulative drop counter. */
+static int stats_from(uint64_t cid, uint64_t seq, uint64_t dropped, uint64_t step) {
+    ag_stat_record rec = {.step = step, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1,
+                          .numel = 4};
+    ag_msg m = {.type = AG_MSG_STATS};
+    m.hdr = (ag_stream_hdr){.run = "r", .client_id = cid, .seq = seq, .dropped = dropped};
+    m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
+    ag_engine_job *job = NULL;
+    return ag_engine_handle(F.engine, &m, 100, &job);
+}
+
+/* The stored dropped count of run "r". */
+static uint64_t stored_dropped(void) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(st));
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK);
+    cr_assert_eq(runs->n, 1);
+    uint64_t d = runs->items[0].dropped;
+    ag_free(runs);
+    ag_store_close(st);
+    return d;
+}
+
+Test(engine, a_restored_engine_adds_the_drops_a_client_counted_while_it_was_down) {
+    start(NULL, 0);
+    cr_assert_eq(stats_from(1, 0, 2, 1), AG_OK); /* 2 dropped before the first message */
+    cr_assert_eq(stats_from(1, 1, 2, 2), AG_OK);
+    stop();
+    cr_assert_eq(stored_dropped(), 2);
+    start(NULL, 0);
+    run_state *r = ag_map_get(&F.engine->runs, "r");
+    cr_assert_not_null(r);
+    cr_expect_eq(r->last_seq, 1);
+    cr_expect(r->drop_known, "the stored drop counter was not restored");
+    cr_expect_eq(r->last_drop, 2);
+    /* Same client after the restart: 5 more dropped meanwhile. */
+    cr_assert_eq(stats_from(1, 2, 7, 3), AG_OK);
+    cr_assert_eq(stats_from(1, 3, 7, 4), AG_OK);
+    stop();
+    cr_expect_eq(stored_dropped(), 7);
+}
+
+Test(engine, a_drop_counter_below_the_restored_one_resynchronises) {
+    start(NULL, 0);
+    cr_assert_eq(stats_from(1, 0, 4, 1), AG_OK);
+    stop();
+    start(NULL, 0);
+    cr_assert_eq(stats_from(1, 1, 1, 2), AG_OK); /* went down: no drops, new base */
+    cr_assert_eq(stats_from(1, 2, 3, 3), AG_OK); /* +2 over the new base */
+    stop();
+    cr_expect_eq(stored_dropped(), 6);
+}
+
+Test(engine, a_run_stored_without_a_drop_counter_resynchronises_on_its_next_message) {
+    start(NULL, 0);
+    cr_assert_eq(stats_from(1, 0, 2, 1), AG_OK);
+    stop();
+    /* As a run written before schema version 3 left it. */
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(F.db, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "UPDATE runs SET last_drop=NULL", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    start(NULL, 0);
+    run_state *r = ag_map_get(&F.engine->runs, "r");
+    cr_assert_not_null(r);
+    cr_expect(!r->drop_known);
+    cr_assert_eq(stats_from(1, 1, 9, 2), AG_OK); /* unknown base: taken as is */
+    cr_assert_eq(stats_from(1, 2, 10, 3), AG_OK);
+    stop();
+    cr_expect_eq(stored_dropped(), 3);
 }

@@ -1,7 +1,8 @@
 /*
  * test_store.c - the SQLite store (schema/): migrations, opening errors,
  * writes read back through every query, downsampling, restore of the engine
- * state, and a process killed mid-transaction leaving the file intact.
+ * state, a process killed mid-transaction leaving the file intact, and a
+ * file of an older schema version migrated with its data.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -16,6 +17,7 @@
 
 #include "altgrad/altgrad.h"
 #include "schema/store.h"
+#include "schema/store_internal.h"
 
 static char dir[64];
 static char db_path[128];
@@ -69,7 +71,7 @@ static void fill(ag_store *st, uint64_t n) {
         cr_assert_eq(ag_store_put_stats(st, &s), AG_OK);
     }
     ag_store_run_delta rd = {.run_id = 1, .messages = n, .last_step = n, .has_seq = 1,
-                             .last_seq = n};
+                             .last_seq = n, .has_drop = 1, .last_drop = 3};
     cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
     ag_store_tensor_delta td = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .numel = 100,
                                 .first_step = 1, .last_step = n, .snapshots = n,
@@ -318,11 +320,13 @@ static int on_format(void *ctx, int64_t id, const char *name, int e, int m, int 
     return 0;
 }
 static int on_run(void *ctx, int64_t id, const char *name, uint64_t cid, uint64_t seq,
-                  uint64_t step, int64_t ended) {
+                  uint64_t drop, int has_drop, uint64_t step, int64_t ended) {
     (void)id, (void)ended;
     cr_expect_str_eq(name, "r1");
     cr_expect_eq(cid, 7);
     cr_expect_eq(seq, 20);
+    cr_expect(has_drop);
+    cr_expect_eq(drop, 3);
     cr_expect_eq(step, 20);
     ((restored *)ctx)->runs++;
     return 0;
@@ -528,5 +532,80 @@ Test(store, a_defined_format_is_stored_with_its_whole_definition) {
     cr_assert_eq(ag_store_status(st, &status), AG_OK);
     cr_expect_str_eq(status->formats, "E4M3");
     ag_free(status);
+    ag_store_close(st);
+}
+
+/* The run's sequence state as restore reports it. */
+typedef struct run_seq {
+    int runs, has_drop;
+    uint64_t seq, drop, step;
+} run_seq;
+
+static int keep_run(void *ctx, int64_t id, const char *name, uint64_t cid, uint64_t seq,
+                    uint64_t drop, int has_drop, uint64_t step, int64_t ended) {
+    (void)id, (void)name, (void)cid, (void)ended;
+    run_seq *r = ctx;
+    r->runs++;
+    *r = (run_seq){r->runs, has_drop, seq, drop, step};
+    return 0;
+}
+
+Test(store, a_version_2_file_migrates_keeping_its_runs_and_learns_the_drop_counter) {
+    /* A file as schema version 2 left it, with one run. */
+    cr_assert_geq(ag_store_migration_count, 3);
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    for (int v = 0; v < 2; v++)
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK,
+                     "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_exec(db,
+                              "INSERT INTO runs(id,name,host,pid,client_id,started_ms,last_step,"
+                              "last_seq,messages,dropped) VALUES(1,'old','h',9,7,1000,40,41,42,5);"
+                              "PRAGMA user_version=2",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+
+    ag_store *st = open_rw();
+    int v = -1;
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_assert_eq(v, ag_store_schema_version());
+    cr_assert_eq(ag_store_integrity_check(st), AG_OK);
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(runs->n, 1);
+    cr_expect_str_eq(runs->items[0].name, "old");
+    cr_expect_eq(runs->items[0].client_id, 7);
+    cr_expect_eq(runs->items[0].last_step, 40);
+    cr_expect_eq(runs->items[0].messages, 42);
+    cr_expect_eq(runs->items[0].dropped, 5);
+    ag_free(runs);
+    /* The old run has no drop counter yet: restore says it is unknown. */
+    run_seq r = {0};
+    ag_store_restore_cb cb = {.ctx = &r, .run = keep_run};
+    cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(r.runs, 1);
+    cr_expect_eq(r.seq, 41);
+    cr_expect_eq(r.step, 40);
+    cr_expect(!r.has_drop);
+    /* Written with the sequence state, it comes back. */
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_run_delta rd = {.run_id = 1, .messages = 1, .has_seq = 1, .last_seq = 42,
+                             .has_drop = 1, .last_drop = 11};
+    cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    r = (run_seq){0};
+    cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect(r.has_drop);
+    cr_expect_eq(r.drop, 11);
+    cr_expect_eq(r.seq, 42);
+    /* A delta without it leaves it alone. */
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    rd = (ag_store_run_delta){.run_id = 1, .dropped = 1};
+    cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    r = (run_seq){0};
+    cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_eq(r.drop, 11);
     ag_store_close(st);
 }
