@@ -7,7 +7,7 @@ BUILD   ?= build
 SBUILD  ?= build-asan
 FUZZ_SECONDS ?= 20
 
-.PHONY: all deps build build-asan test test-c test-asan test-py demo bench fuzz clean
+.PHONY: all deps build build-asan test test-c test-asan test-py demo bench fuzz tsan clean
 
 all: build
 
@@ -54,4 +54,16 @@ demo: build
 	else $(BUILD)/examples/ag_formats 2>/dev/null || echo "demo not built yet"; fi
 
 clean:
-	rm -rf $(BUILD) $(SBUILD) build-fuzz
+	rm -rf $(BUILD) $(SBUILD) build-fuzz build-tsan
+
+# ThreadSanitizer check of the client (not part of `make test`: TSan needs
+# ASLR off here, and Criterion's runner does not start under it).
+tsan: deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DAG_BUILD_BENCH=OFF -DAG_BUILD_TESTS=OFF \
+	  -DCMAKE_C_FLAGS="-fsanitize=thread -g" >/dev/null
+	cmake --build build-tsan -j$(JOBS) --target altgrad_static
+	$(CC) -std=c11 -g -fsanitize=thread -Iinclude tests/tsan/client_threads.c \
+	  build-tsan/libaltgrad.a -lnng -lmsgpackc -lpthread -lm -o build-tsan/client_threads
+	for policy in 0 1; do \
+	  TSAN_OPTIONS=halt_on_error=1:exitcode=66 setarch $$(uname -m) -R build-tsan/client_threads $$policy || exit 1; \
+	done
