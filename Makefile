@@ -35,10 +35,11 @@ test-py: build
 	  PYTHONPATH=$(CURDIR)/python $(PY) -m pytest python/tests -q -p no:cacheprovider; \
 	else echo "no python tests"; fi
 
-# Sanitized first, then plain, then the fuzz smoke run, then pytest: the
-# runners' summary lines close the output.
+# Sanitized first, then plain, then the fuzz smoke run and the TSan check,
+# then pytest: the runners' summary lines close the output.
 test: test-asan test-c
 	@if [ -f fuzz/CMakeLists.txt ]; then $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS); fi
+	$(MAKE) --no-print-directory tsan
 	$(MAKE) --no-print-directory test-py
 
 fuzz: deps
@@ -56,8 +57,8 @@ demo: build
 clean:
 	rm -rf $(BUILD) $(SBUILD) build-fuzz build-tsan
 
-# ThreadSanitizer check of the client (not part of `make test`: TSan needs
-# ASLR off here, and Criterion's runner does not start under it).
+# ThreadSanitizer check of the client: a plain program, because Criterion's
+# runner does not start under TSan here; TSan needs ASLR off (setarch -R).
 tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DAG_BUILD_BENCH=OFF -DAG_BUILD_TESTS=OFF \
 	  -DCMAKE_C_FLAGS="-fsanitize=thread -g" >/dev/null

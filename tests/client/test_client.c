@@ -662,13 +662,17 @@ Test(client, close_wakes_a_producer_blocked_on_a_full_queue)
     blocked_producer p = {c, 0, 0};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, produce_until_refused, &p), 0);
+    /* wait until the producer is stuck: records logged stop growing */
     ag_client_stats st;
-    for (int i = 0; i < RECV_BOUND_MS; i++) {
+    uint64_t last = 0;
+    int still = 0;
+    for (int i = 0; i < RECV_BOUND_MS && still < 100; i++) {
         ag_client_get_stats(c, &st);
-        if (st.queued >= 1 && st.records >= 2)
-            break;
+        still = st.records >= 1 && st.records == last ? still + 1 : 0;
+        last = st.records;
         sleep_ms(1);
     }
+    cr_assert_geq(still, 100, "the producer never blocked");
     cr_assert_not(p.done, "with no daemon the producer cannot have finished");
     ag_client_close(c); /* the blocked producer leaves (AG_ECLOSED) before the free */
     pthread_join(th, NULL);
