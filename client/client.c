@@ -1,8 +1,9 @@
 /*
  * client.c - the client handle: options and endpoints, the bounded send
  * queue and the sender thread that drains it into an nng PUSH socket, flush
- * and close. Logging calls (log.c) only encode and queue under a short lock;
- * the sender is the only thread that ever waits on the transport.
+ * (hand-off, then the daemon's confirmation) and close, which reports what
+ * was never confirmed. Logging calls (log.c) only encode and queue under a
+ * short lock; the sender is the only thread that ever waits on the transport.
  */
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE
@@ -28,6 +29,10 @@
 #define DEFAULT_CLOSE_MS 2000
 #define DEFAULT_RECONNECT_MS 100
 #define SEND_POLL_MS 100 /* how often a blocked send looks up to see if we close */
+#define CONFIRM_POLL_MIN_MS 5   /* flush asks the daemon again after this ... */
+#define CONFIRM_POLL_MAX_MS 100 /* ... doubling up to this (it commits every 50 ms) */
+#define OPEN_PROBE_MS 200       /* open's look for a daemon: instant unless one is there
+                                 * but slow to shake hands, or a tcp host is silent */
 
 /*
  * fork(): a child gets a copy of every handle but none of its threads, and
@@ -105,29 +110,6 @@ static uint64_t random_id(void)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return (z ^ (z >> 31)) | 1;
-}
-
-/* An explicit URL, else $env, else the source-tree default when its socket
- * exists, else the systemd one when its socket exists, else the default. */
-static char *resolve_url(const char *given, const char *env, const char *local,
-                         const char *local_sock, const char *system, const char *system_sock)
-{
-    const char *url = given;
-    if (!url || !*url)
-        url = getenv(env);
-    if (!url || !*url) {
-        if (access(local_sock, F_OK) == 0)
-            url = local;
-        else if (access(system_sock, F_OK) == 0)
-            url = system;
-        else
-            url = local;
-    }
-    size_t n = strlen(url) + 1;
-    char *copy = malloc(n);
-    if (copy)
-        memcpy(copy, url, n);
-    return copy;
 }
 
 static int nng_to_ag(int rv)
@@ -295,12 +277,30 @@ static void *sender_main(void *arg)
 
 /* ---- open / flush / close ------------------------------------------------ */
 
+/* nng's pipe callbacks (its threads): count the connections of a socket. A
+ * removal nng reports without an addition only costs a needless probe. */
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    _Atomic int *pipes = arg;
+    (void)p;
+    if (ev == NNG_PIPE_EV_ADD_POST)
+        atomic_fetch_add(pipes, 1);
+    else if (ev == NNG_PIPE_EV_REM_POST)
+        atomic_fetch_sub(pipes, 1);
+}
+
+/* pipes: when not NULL, kept equal to the socket's connection count. */
 static int open_socket(nng_socket *s, int (*opener)(nng_socket *), const char *url,
-                       const ag_client_opts *o, int receives)
+                       const ag_client_opts *o, int receives, _Atomic int *pipes)
 {
     int rv = opener(s);
     if (rv)
         return nng_to_ag(rv);
+    if (pipes && ((rv = nng_pipe_notify(*s, NNG_PIPE_EV_ADD_POST, pipe_event, pipes)) ||
+                  (rv = nng_pipe_notify(*s, NNG_PIPE_EV_REM_POST, pipe_event, pipes)))) {
+        nng_close(*s);
+        return nng_to_ag(rv);
+    }
     nng_duration rmin = o->reconnect_ms;
     nng_duration rmax = rmin * 10 > 2000 ? rmin * 10 : 2000;
     if ((rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, rmin)) ||
@@ -367,12 +367,8 @@ static int fill_options(ag_client *c, const ag_client_opts *in)
     if (!(c->metadata = malloc(mn + 1)))
         return AG_ENOMEM;
     memcpy(c->metadata, meta, mn + 1);
-    c->ingest_url = resolve_url(o.ingest_url, "ALTGRAD_INGEST", AG_DEFAULT_INGEST_URL,
-                                "var/ingest.sock", AG_SYSTEM_INGEST_URL,
-                                "/run/altgrad/ingest.sock");
-    c->query_url = resolve_url(o.query_url, "ALTGRAD_QUERY", AG_DEFAULT_QUERY_URL,
-                               "var/ingest.sock", AG_SYSTEM_QUERY_URL,
-                               "/run/altgrad/ingest.sock");
+    c->ingest_url = ag_endpoint_resolve(o.ingest_url, 1, &c->ingest_origin);
+    c->query_url = ag_endpoint_resolve(o.query_url, 0, &c->query_origin);
     if (!c->ingest_url || !c->query_url)
         return AG_ENOMEM;
     o.run = c->run;
@@ -394,7 +390,31 @@ static void free_client(ag_client *c)
     free(c);
 }
 
+/* One line on stderr when no daemon is found at open: a trainer started in
+ * the wrong folder would otherwise queue into nothing without a word. The
+ * ingest URL first (what a trainer streams to), then the query URL. */
+static void notice_missing_daemon(const ag_client *c)
+{
+    char why[768], line[1536];
+    int ingest = 1;
+    if (ag_endpoint_probe(c->ingest_url, 1, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK) {
+        ingest = 0;
+        if (ag_endpoint_probe(c->query_url, 0, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK)
+            return;
+    }
+    ag_endpoint_explain(ingest ? c->ingest_url : c->query_url,
+                        ingest ? c->ingest_origin : c->query_origin, ingest, why, line,
+                        sizeof line);
+    fprintf(stderr, "altgrad: %s; logged messages wait in the queue for it, and close "
+            "reports those never delivered\n", line);
+}
+
 int ag_client_open(ag_client **out, const ag_client_opts *opts)
+{
+    return ag_client_open_quiet(out, opts, 0);
+}
+
+int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
 {
     if (!out)
         return AG_EINVAL;
@@ -430,10 +450,10 @@ int ag_client_open(ag_client **out, const ag_client_opts *opts)
     pthread_cond_init(&c->drained, &ca);
     pthread_condattr_destroy(&ca);
     have_sync = 1;
-    if ((rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0)))
+    if ((rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0, NULL)))
         goto fail;
     have_push = 1;
-    if ((rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1)))
+    if ((rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1, &c->req_pipes)))
         goto fail;
     have_req = 1;
     if (pthread_create(&c->sender, NULL, sender_main, c) != 0) {
@@ -441,6 +461,8 @@ int ag_client_open(ag_client **out, const ag_client_opts *opts)
         goto fail;
     }
     c->sender_started = 1;
+    if (!quiet)
+        notice_missing_daemon(c);
     *out = c;
     return AG_OK;
 fail:
@@ -455,6 +477,101 @@ fail:
         pthread_mutex_destroy(&c->mu);
     }
     free_client(c);
+    return rc;
+}
+
+/* ---- delivery ------------------------------------------------------------ */
+
+static int64_t ms_until(const struct timespec *deadline)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(deadline->tv_sec - now.tv_sec) * 1000 +
+           (deadline->tv_nsec - now.tv_nsec) / 1000000;
+}
+
+/* Take the daemon's answer (validated: it is about us, and about messages we
+ * queued). Caller holds mu. */
+static int note_delivery_locked(ag_client *c, const ag_msg_delivery *d)
+{
+    if (d->client_id != c->client_id || d->messages > c->next_seq ||
+        (d->messages && (d->seq >= c->next_seq || d->messages - 1 > d->seq)))
+        return AG_EPROTO;
+    if (d->messages > c->confirmed) {
+        c->confirmed = d->messages;
+        c->confirmed_seq = d->seq;
+    }
+    return AG_OK;
+}
+
+/* Is the fate of every message below seq target known? *rc gets AG_OK when
+ * all of them were stored, AG_ELOST when the daemon stored a later message
+ * but not all of these (a stream connection delivers in order and the daemon
+ * refuses what comes out of order, so the missing ones never will be). */
+static int confirmed_final(const ag_client *c, uint64_t target, int *rc)
+{
+    if (target == 0) {
+        *rc = AG_OK;
+        return 1;
+    }
+    if (c->confirmed == 0 || c->confirmed_seq + 1 < target)
+        return 0;
+    *rc = c->confirmed == c->confirmed_seq + 1 ? AG_OK : AG_ELOST;
+    return 1;
+}
+
+/*
+ * Ask the daemon until it accounts for every message below seq target, the
+ * deadline passes (NULL: none) or the client closes. Caller holds mu; it is
+ * released around each query and each pause, with this thread counted in
+ * callers so that close waits for it. No daemon (AG_ETRANSPORT) or a slow
+ * one (AG_ETIMEDOUT): ask again until the deadline; an answer we cannot use
+ * (an error reply, a malformed one): give up at once with its code.
+ */
+static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *deadline)
+{
+    int rc = AG_OK;
+    if (confirmed_final(c, target, &rc))
+        return rc;
+    int pause_ms = CONFIRM_POLL_MIN_MS;
+    c->callers++;
+    for (;;) {
+        if (c->stopping) {
+            rc = AG_ECLOSED;
+            break;
+        }
+        int ask_ms = c->opts.query_timeout_ms;
+        if (deadline) {
+            int64_t left = ms_until(deadline);
+            if (left <= 0) {
+                rc = AG_ETIMEDOUT;
+                break;
+            }
+            if (left < ask_ms)
+                ask_ms = (int)left;
+        }
+        pthread_mutex_unlock(&c->mu);
+        ag_msg_delivery d;
+        int q = ag_client_query_delivery(c, ask_ms, &d);
+        pthread_mutex_lock(&c->mu);
+        if (q == AG_OK)
+            q = note_delivery_locked(c, &d);
+        if (q == AG_OK && confirmed_final(c, target, &rc))
+            break;
+        if (q != AG_OK && q != AG_ETRANSPORT && q != AG_ETIMEDOUT) {
+            rc = q;
+            break;
+        }
+        struct timespec until;
+        deadline_after(&until, pause_ms);
+        if (deadline && (until.tv_sec > deadline->tv_sec ||
+                         (until.tv_sec == deadline->tv_sec && until.tv_nsec > deadline->tv_nsec)))
+            until = *deadline;
+        if (!c->stopping)
+            pthread_cond_timedwait(&c->drained, &c->mu, &until); /* close wakes us */
+        pause_ms = pause_ms * 2 > CONFIRM_POLL_MAX_MS ? CONFIRM_POLL_MAX_MS : pause_ms * 2;
+    }
+    ag_client_leave_locked(c);
     return rc;
 }
 
@@ -490,6 +607,8 @@ int ag_client_flush(ag_client *c, int timeout_ms)
             break;
         }
     }
+    if (rc == AG_OK)
+        rc = confirm_locked(c, target, timeout_ms < 0 ? NULL : &ts);
     pthread_mutex_unlock(&c->mu);
     return rc;
 }
@@ -526,12 +645,12 @@ int ag_client_end_run(ag_client *c)
     return rc;
 }
 
-void ag_client_close(ag_client *c)
+int64_t ag_client_close(ag_client *c)
 {
     if (!c)
-        return;
+        return 0;
     if (ag_client_forked(c))
-        return; /* the parent's: its threads and sockets are not ours to stop */
+        return 0; /* the parent's: its threads and sockets are not ours to stop */
     pthread_mutex_lock(&c->mu);
     queue_run_end_locked(c, 1); /* never waits: close must be bounded */
     pthread_mutex_unlock(&c->mu);
@@ -574,11 +693,15 @@ void ag_client_close(ag_client *c)
         c->count--;
     }
     nng_close(c->push);
+    /* every queued message took a seq; those the daemon did not confirm are
+     * lost as far as we can tell, whatever the reason */
+    int64_t undelivered = (int64_t)(c->next_seq - c->confirmed);
     pthread_cond_destroy(&c->work);
     pthread_cond_destroy(&c->room);
     pthread_cond_destroy(&c->drained);
     pthread_mutex_destroy(&c->mu);
     free_client(c);
+    return undelivered;
 }
 
 int ag_client_get_stats(ag_client *c, ag_client_stats *out)
@@ -590,6 +713,8 @@ int ag_client_get_stats(ag_client *c, ag_client_stats *out)
     pthread_mutex_lock(&c->mu);
     *out = c->stats;
     out->queued = c->count;
+    out->delivered = c->confirmed;
+    out->undelivered = c->next_seq - c->confirmed;
     pthread_mutex_unlock(&c->mu);
     return AG_OK;
 }

@@ -7,12 +7,14 @@
 #define AG_CLIENT_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
 
 #include <nng/nng.h>
 
 #include "altgrad/altgrad.h"
+#include "client/open_quiet.h"
 #include "proto/proto.h"
 
 /* One query in flight (on its caller's stack), so close can cancel its aio:
@@ -32,9 +34,13 @@ struct ag_client {
     char *metadata;
     char *ingest_url;
     char *query_url;
+    int ingest_origin;          /* ag_url_origin of each URL */
+    int query_origin;
     uint64_t client_id;
     nng_socket push;
     nng_socket req;
+    _Atomic int req_pipes;      /* connections of req (nng's pipe callbacks);
+                                 * none: a query checks for a daemon first */
     pthread_t sender;
     int sender_started;
     uint64_t fork_generation;   /* the process's fork generation at open */
@@ -60,6 +66,9 @@ struct ag_client {
     uint64_t enqueued;          /* messages ever queued */
     uint64_t finished;          /* messages sent or discarded after queueing */
     uint64_t max_step;
+    uint64_t confirmed;         /* the daemon's last answer (flush, close): messages
+                                 * of ours it stored ... */
+    uint64_t confirmed_seq;     /* ... and the highest seq among them */
     ag_client_stats stats;
     uint32_t *ring_records;     /* records carried by each queued message */
     unsigned callers;           /* threads that will touch the handle again after
@@ -94,5 +103,41 @@ int ag_client_forked(const ag_client *c);
 int ag_client_wait_locked(ag_client *c, pthread_cond_t *cv, const struct timespec *deadline);
 /* Leave a region counted in callers (close may be waiting for it). */
 void ag_client_leave_locked(ag_client *c);
+
+/* Ask the daemon how many of this client's messages it stored (q_delivery),
+ * waiting at most timeout_ms; the query errors of query.c, and AG_EPROTO for
+ * an answer about another client. Takes and releases mu itself. */
+int ag_client_query_delivery(ag_client *c, int timeout_ms, ag_msg_delivery *out);
+
+
+/* ---- endpoint.c: where the daemon is looked for ------------------------- */
+
+/* How a URL was chosen. */
+typedef enum ag_url_origin {
+    AG_URL_GIVEN,    /* ag_client_opts */
+    AG_URL_ENV,      /* $ALTGRAD_INGEST / $ALTGRAD_QUERY */
+    AG_URL_LOCAL,    /* default: ./var/ingest.sock exists */
+    AG_URL_SYSTEM,   /* default: /run/altgrad/ingest.sock exists */
+    AG_URL_FALLBACK  /* default: neither exists, so the ./var/ one */
+} ag_url_origin;
+
+/* The URL to use (malloc'd; NULL when out of memory): given, else $env, else
+ * the source-tree default when ./var/ingest.sock exists, else the systemd one
+ * when /run/altgrad/ingest.sock exists, else the source-tree default.
+ * ingest: the stream URL, else the query URL. *origin says which. */
+char *ag_endpoint_resolve(const char *given, int ingest, int *origin);
+/* Is a daemon listening at url (ingest: its PULL socket, else its REP one)?
+ * AG_OK when a connection and the SP handshake succeed, or the peer is slow
+ * to answer the handshake, or the transport cannot be probed (not ipc or
+ * tcp), or (pending_fails 0) a tcp connect is still pending after
+ * timeout_ms. AG_ETRANSPORT otherwise, with one line in why naming the socket
+ * or address and the reason (not found, connection refused, permission
+ * denied, another protocol, no answer to a connect within timeout_ms). Never
+ * waits longer than timeout_ms (name resolution aside). */
+int ag_endpoint_probe(const char *url, int ingest, int timeout_ms, int pending_fails, char *why,
+                      size_t cap);
+/* "no daemon at URL: WHY (HINT)", the hint saying where else it looked. */
+void ag_endpoint_explain(const char *url, int origin, int ingest, const char *why, char *out,
+                         size_t cap);
 
 #endif

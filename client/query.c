@@ -3,12 +3,16 @@
  * REQ socket on a fresh nng context (so several threads can query at once),
  * wait for the reply within the query timeout, decode it into a result the
  * caller frees with ag_free. Error replies become AG_ENOTFOUND / AG_EREMOTE.
+ * While the socket has no connection, a query first checks that a daemon is
+ * there at all (endpoint.c), so a missing one fails at once, named.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+
+#define PROBE_MS 1000 /* the longest a query waits to learn that no daemon is there */
 
 #include "client/client_internal.h"
 
@@ -35,12 +39,12 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int transport_error(const ag_client *c, int rv, const char *what)
+static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms)
 {
     char text[256];
     if (rv == NNG_ETIMEDOUT) {
         snprintf(text, sizeof text, "no reply from %s within %d ms", c->query_url,
-                 c->opts.query_timeout_ms);
+                 timeout_ms);
         return fail_with(c, AG_ETIMEDOUT, text);
     }
     snprintf(text, sizeof text, "%s %s: %s", what, c->query_url, nng_strerror(rv));
@@ -51,17 +55,30 @@ static int transport_error(const ag_client *c, int rv, const char *what)
                      text);
 }
 
-/* Send req, receive and decode the reply of type want; *result gets the
- * ag_free-able root. */
-static int query(ag_client *c, const ag_msg *req, int want, void **result)
+/* Fail at once when no daemon is at the query URL: only while the socket
+ * has no connection (with one, the daemon is there and nng's wait is right). */
+static int check_daemon(const ag_client *c, int timeout_ms)
+{
+    if (atomic_load(&c->req_pipes) > 0)
+        return AG_OK;
+    char why[768], text[AG_PROTO_MAX_ERROR_TEXT + 1];
+    int probe_ms = timeout_ms < PROBE_MS ? timeout_ms : PROBE_MS;
+    if (ag_endpoint_probe(c->query_url, 0, probe_ms, 1, why, sizeof why) == AG_OK)
+        return AG_OK;
+    ag_endpoint_explain(c->query_url, c->query_origin, 0, why, text, sizeof text);
+    return fail_with(c, AG_ETRANSPORT, text);
+}
+
+/* Send req, receive and decode the reply of type want into *reply (the
+ * caller clears it), all within timeout_ms. */
+static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, ag_msg *reply)
 {
     nng_msg *msg = NULL;
     nng_aio *aio = NULL;
     nng_ctx ctx;
     int have_ctx = 0;
-    ag_msg reply;
     ag_query_slot slot = {NULL, NULL};
-    memset(&reply, 0, sizeof reply);
+    memset(reply, 0, sizeof *reply);
     if (ag_client_forked(c))
         return fail_with(c, AG_ECLOSED, "this handle belongs to the parent process (fork)");
     /* counted in callers: close waits for us (closing the socket first, so
@@ -78,11 +95,13 @@ static int query(ag_client *c, const ag_msg *req, int want, void **result)
         rc = fail_with(c, rc, req->why ? req->why : ag_strerror(rc));
         goto fail;
     }
+    if ((rc = check_daemon(c, timeout_ms)))
+        goto fail;
     int rv = nng_aio_alloc(&aio, NULL, NULL);
     if (!rv && !(rv = nng_ctx_open(&ctx, c->req)))
         have_ctx = 1;
     if (rv) {
-        rc = transport_error(c, rv, "cannot query");
+        rc = transport_error(c, rv, "cannot query", timeout_ms);
         goto fail;
     }
     slot.aio = aio;
@@ -90,13 +109,13 @@ static int query(ag_client *c, const ag_msg *req, int want, void **result)
     slot.next = c->queries;
     c->queries = &slot;
     pthread_mutex_unlock(&c->mu);
-    int64_t deadline = mono_ms() + c->opts.query_timeout_ms;
-    nng_aio_set_timeout(aio, c->opts.query_timeout_ms);
+    int64_t deadline = mono_ms() + timeout_ms;
+    nng_aio_set_timeout(aio, timeout_ms);
     nng_aio_set_msg(aio, msg);
     nng_ctx_send(ctx, aio);
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio))) {
-        rc = transport_error(c, rv, "cannot send to");
+        rc = transport_error(c, rv, "cannot send to", timeout_ms);
         goto fail; /* msg is still ours */
     }
     msg = NULL; /* the socket owns it now */
@@ -105,31 +124,31 @@ static int query(ag_client *c, const ag_msg *req, int want, void **result)
     nng_ctx_recv(ctx, aio);
     nng_aio_wait(aio);
     if ((rv = nng_aio_result(aio))) {
-        rc = transport_error(c, rv, "no reply from");
+        rc = transport_error(c, rv, "no reply from", timeout_ms);
         goto fail;
     }
     msg = nng_aio_get_msg(aio);
-    rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), &reply);
+    rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), reply);
     if (rc) {
         char text[256];
         snprintf(text, sizeof text, "malformed reply from %s: %s", c->query_url,
-                 reply.why ? reply.why : ag_strerror(rc));
+                 reply->why ? reply->why : ag_strerror(rc));
         rc = fail_with(c, rc, text);
         goto fail;
     }
-    if (reply.type == AG_MSG_R_ERROR) {
-        rc = reply.u.error.code == AG_ENOTFOUND ? AG_ENOTFOUND : AG_EREMOTE;
-        fail_with(c, rc, reply.u.error.text);
+    if (reply->type == AG_MSG_R_ERROR) {
+        rc = reply->u.error.code == AG_ENOTFOUND ? AG_ENOTFOUND : AG_EREMOTE;
+        fail_with(c, rc, reply->u.error.text);
         goto fail;
     }
-    if (reply.type != want) {
+    if (reply->type != want) {
         rc = fail_with(c, AG_EPROTO, "the daemon answered with another reply type");
         goto fail;
     }
-    *result = ag_msg_take_result(&reply);
     rc = AG_OK;
 fail:
-    ag_msg_clear(&reply);
+    if (rc)
+        ag_msg_clear(reply);
     if (msg)
         nng_msg_free(msg);
     pthread_mutex_lock(&c->mu);
@@ -146,6 +165,32 @@ fail:
     pthread_mutex_lock(&c->mu);
     ag_client_leave_locked(c);
     pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+/* A query whose reply carries an ag_free-able result, into *result. */
+static int query(ag_client *c, const ag_msg *req, int want, void **result)
+{
+    ag_msg reply;
+    int rc = exchange(c, req, want, c->opts.query_timeout_ms, &reply);
+    if (rc == AG_OK) {
+        *result = ag_msg_take_result(&reply);
+        ag_msg_clear(&reply);
+    }
+    return rc;
+}
+
+int ag_client_query_delivery(ag_client *c, int timeout_ms, ag_msg_delivery *out)
+{
+    ag_msg req = {.type = AG_MSG_Q_DELIVERY}, reply;
+    req.u.delivery.client_id = c->client_id;
+    int rc = exchange(c, &req, AG_MSG_R_DELIVERY, timeout_ms > 0 ? timeout_ms : 1, &reply);
+    if (rc == AG_OK) {
+        *out = reply.u.delivery;
+        ag_msg_clear(&reply);
+        if (out->client_id != c->client_id)
+            rc = fail_with(c, AG_EPROTO, "the daemon answered about another client");
+    }
     return rc;
 }
 

@@ -27,6 +27,7 @@ AG_EXTERN const char *ag_strerror(int err)
     case AG_ESTORE: return "database error";
     case AG_EIO: return "I/O error";
     case AG_EREMOTE: return "the daemon reported an error";
+    case AG_ELOST: return "messages were lost on the way to the daemon";
     default: return "unknown error";
     }
 }

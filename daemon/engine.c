@@ -349,7 +349,9 @@ int ag_engine_flush(ag_engine *e) {
 }
 
 /* Queue the message's run delta (so a commit holds the run's sequence state,
- * last seq and the client's cumulative drop count, with the message's rows), with_tensors: the touched tensors' deltas too
+ * last seq and the client's cumulative drop count, with the message's rows;
+ * and the sending client's delivery count, which account() just set as the
+ * run's client), with_tensors: the touched tensors' deltas too
  * (statistics leave them to the periodic ag_engine_flush: a batch touches
  * many tensors and rewriting them per message would dominate), then a
  * commit boundary. */
@@ -363,7 +365,9 @@ int ag_eng_end_message(ag_engine *e, run_state *r, size_t bytes, int with_tensor
                                               .last_seq = r->last_seq, .has_seq = 1,
                                               .last_drop = r->last_drop,
                                               .has_drop = r->drop_known,
-                                              .ended_ms = r->ended_ms};
+                                              .ended_ms = r->ended_ms,
+                                              .client_id = r->client_id,
+                                              .has_client = 1};
         if (!err) err = ag_eng_push(e, &it);
         r->messages = r->dropped = 0;
         r->ended_ms = 0;

@@ -69,6 +69,11 @@ static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t
         rc = ag_store_status(st, &reply->u.status);
         if (!rc) w->q->status(w->q->status_ctx, reply->u.status);
         break;
+    case AG_MSG_Q_DELIVERY: /* from the store: "stored" means committed */
+        reply->u.delivery.client_id = req->u.delivery.client_id;
+        rc = ag_store_delivery(st, req->u.delivery.client_id, &reply->u.delivery.messages,
+                               &reply->u.delivery.seq);
+        break;
     default:
         snprintf(err, errlen, "unknown query type %d", req->type);
         return AG_EPROTO;
@@ -99,7 +104,7 @@ static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
         snprintf(err, sizeof err, "bad request: %s", req.why ? req.why : ag_strerror(rc));
         if (rc != AG_EVERSION && rc != AG_ETOOBIG) rc = AG_EPROTO;
     } else if (ag_proto_is_stream(req.type) || req.type < AG_MSG_Q_RUNS ||
-               req.type > AG_MSG_Q_STATUS) {
+               req.type > AG_MSG_Q_DELIVERY) {
         snprintf(err, sizeof err, "not a query: %s", ag_proto_type_name(req.type));
         rc = AG_EPROTO;
     } else {

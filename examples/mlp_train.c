@@ -69,7 +69,10 @@ static void usage(FILE *f)
           "Trains a 3-layer MLP (tanh, relu) with SGD on synthetic data and streams\n"
           "activation/gradient amax statistics and weight-gradient snapshots to altgradd.\n"
           "--policy block (default) waits when the send queue is full, so nothing is lost;\n"
-          "drop never waits and counts what it dropped.\n",
+          "drop never waits and counts what it dropped.\n"
+          "Exit status: 0 done, every message confirmed by the daemon; 1 failure; 2 usage;\n"
+          "3 trained, but messages were never confirmed by the daemon (the summary line's\n"
+          "'undelivered' count: no daemon at the URL, or it went away).\n",
           f);
 }
 
@@ -318,8 +321,9 @@ int main(int argc, char **argv)
     float *x = NULL, *xb = NULL;
     int *y = NULL, *yb = NULL;
     uint64_t s, step, dropped = 0;
+    int64_t undelivered = 0;
     size_t H, B, i, j, k;
-    int rc = AG_OK, exit_code = 1;
+    int rc = AG_OK, exit_code = 1, flushed, have_stats;
 
     memset(&m, 0, sizeof m);
     if (parse_options(argc, argv, &o) != 0)
@@ -433,24 +437,37 @@ int main(int argc, char **argv)
     }
     fflush(stdout);
 
-    /* end the run, then wait (bounded) until everything is with the transport */
+    /* end the run, then wait (bounded) until the daemon confirms it stored
+     * every message; close says how many it never confirmed */
     rc = ag_client_end_run(client);
-    if (rc == AG_OK)
-        rc = ag_client_flush(client, 10000);
     if (rc != AG_OK) {
-        fprintf(stderr, "ag_mlp_train: handing the run to the daemon failed: %s\n",
-                ag_strerror(rc));
+        fprintf(stderr, "ag_mlp_train: ending the run failed: %s\n", ag_strerror(rc));
         goto fail;
     }
-    if (ag_client_get_stats(client, &cstats) == AG_OK)
+    flushed = ag_client_flush(client, 10000);
+    if (flushed != AG_OK)
+        fprintf(stderr, "ag_mlp_train: the daemon did not confirm every message: %s%s%s\n",
+                ag_strerror(flushed), *ag_client_last_error(client) ? ": " : "",
+                ag_client_last_error(client));
+    have_stats = ag_client_get_stats(client, &cstats) == AG_OK;
+    undelivered = ag_client_close(client);
+    client = NULL;
+    if (have_stats)
         printf("ag_mlp_train: sent %llu messages (%llu snapshots, %llu statistics records), "
-               "dropped %llu\n",
+               "dropped %llu, undelivered %lld\n",
                (unsigned long long)cstats.sent, (unsigned long long)cstats.snapshots,
-               (unsigned long long)cstats.records, (unsigned long long)cstats.dropped);
+               (unsigned long long)cstats.records, (unsigned long long)cstats.dropped,
+               (long long)undelivered);
     if (dropped > 0)
         fprintf(stderr, "ag_mlp_train: %llu logging calls dropped (client queue full)\n",
                 (unsigned long long)dropped);
-    exit_code = 0;
+    if (undelivered > 0) {
+        fprintf(stderr, "ag_mlp_train: %lld messages were never confirmed by the daemon: "
+                "its record of run '%s' is incomplete\n", (long long)undelivered, o.run);
+        exit_code = 3;
+    } else {
+        exit_code = 0;
+    }
 fail:
     if (rc == AG_ENOMEM)
         fprintf(stderr, "ag_mlp_train: out of memory\n");

@@ -75,6 +75,12 @@ int main(int argc, char **argv)
     m = (ag_msg){.type = AG_MSG_R_STATUS};
     m.u.status = &st;
     bad |= save(dir, "r_status", &m);
+    m = (ag_msg){.type = AG_MSG_Q_DELIVERY};
+    m.u.delivery = (ag_msg_delivery){0xfedcba9876543210ULL, 0, 0};
+    bad |= save(dir, "q_delivery", &m);
+    m = (ag_msg){.type = AG_MSG_R_DELIVERY};
+    m.u.delivery = (ag_msg_delivery){0xfedcba9876543210ULL, 41, 42};
+    bad |= save(dir, "r_delivery", &m);
     m = (ag_msg){.type = AG_MSG_R_ERROR};
     m.u.error = (ag_msg_error){AG_ENOTFOUND, "no such run"};
     bad |= save(dir, "r_error", &m);

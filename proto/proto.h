@@ -40,6 +40,7 @@ typedef enum ag_msg_type {
     AG_MSG_Q_SCALES = 19,
     AG_MSG_Q_TOP = 20,
     AG_MSG_Q_STATUS = 21,
+    AG_MSG_Q_DELIVERY = 22,
     /* replies: daemon -> client; reply type = query type + 16 */
     AG_MSG_R_RUNS = 32,
     AG_MSG_R_TENSORS = 33,
@@ -47,6 +48,7 @@ typedef enum ag_msg_type {
     AG_MSG_R_SCALES = 35,
     AG_MSG_R_TOP = 36,
     AG_MSG_R_STATUS = 37,
+    AG_MSG_R_DELIVERY = 38,
     AG_MSG_R_ERROR = 63
 } ag_msg_type;
 
@@ -133,6 +135,15 @@ typedef struct ag_msg_query {
     uint64_t limit;         /* top: 0 = 10 */
 } ag_msg_query;
 
+/* q_delivery asks for one client id, r_delivery answers: how many of that
+ * client's stream messages the daemon has stored (committed to its database)
+ * and the highest seq among them. Both by value: nothing to free. */
+typedef struct ag_msg_delivery {
+    uint64_t client_id;
+    uint64_t messages;      /* reply */
+    uint64_t seq;           /* reply: highest seq stored; 0 when messages is 0 */
+} ag_msg_delivery;
+
 typedef struct ag_msg_error {
     int code;               /* an ag_err (negative) */
     const char *text;       /* <= AG_PROTO_MAX_ERROR_TEXT bytes */
@@ -155,6 +166,7 @@ typedef struct ag_msg {
         ag_msg_snapshot snapshot;
         ag_msg_run_end run_end;
         ag_msg_query query;
+        ag_msg_delivery delivery; /* q_delivery and r_delivery */
         ag_msg_error error;
         ag_run_list *runs;
         ag_tensor_list *tensors;

@@ -64,6 +64,10 @@ static const ag_field q_top_fields[] = {
     {"limit", K_UINT, F_OMIT0, U(query.limit), 0},
 };
 
+static const ag_field q_delivery_fields[] = {
+    {"cid", K_UINT, F_REQ, U(delivery.client_id), 0},
+};
+
 static const ag_field error_fields[] = {
     {"code", K_CODE, F_REQ, U(error.code), 0},
     {"msg", K_STR, F_REQ, U(error.text), AG_PROTO_MAX_ERROR_TEXT},
@@ -166,6 +170,12 @@ static const ag_field status_fields[] = {
     {"fmts", K_STR, F_REQ, offsetof(ag_status, formats), AG_PROTO_MAX_TEXT},
 };
 
+static const ag_field r_delivery_fields[] = {
+    {"cid", K_UINT, F_REQ, U(delivery.client_id), 0},
+    {"messages", K_UINT, F_REQ, U(delivery.messages), 0},
+    {"seq", K_UINT, F_REQ, U(delivery.seq), 0},
+};
+
 #define LIST(T, list_t, item_t, f, c)                                                     \
     {T, f, N(f), sizeof(list_t), sizeof(item_t), offsetof(list_t, items),               \
      offsetof(list_t, n), c, N(c)}
@@ -183,6 +193,7 @@ static const ag_spec specs[] = {
     MSG(AG_MSG_Q_SCALES, q_scales_fields),
     MSG(AG_MSG_Q_TOP, q_top_fields),
     BARE(AG_MSG_Q_STATUS),
+    MSG(AG_MSG_Q_DELIVERY, q_delivery_fields),
     LIST(AG_MSG_R_RUNS, ag_run_list, ag_run_info, runs_fields, runs_cols),
     LIST(AG_MSG_R_TENSORS, ag_tensor_list, ag_tensor_info, tensors_fields, tensors_cols),
     {AG_MSG_R_HISTORY, history_fields, N(history_fields), sizeof(ag_history),
@@ -191,6 +202,7 @@ static const ag_spec specs[] = {
     LIST(AG_MSG_R_SCALES, ag_scale_list, ag_scale_info, scales_fields, scales_cols),
     LIST(AG_MSG_R_TOP, ag_top_list, ag_top_entry, top_fields, top_cols),
     {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0},
+    MSG(AG_MSG_R_DELIVERY, r_delivery_fields),
     MSG(AG_MSG_R_ERROR, error_fields),
 };
 
@@ -215,12 +227,14 @@ const char *ag_proto_type_name(int type)
     case AG_MSG_Q_SCALES: return "q_scales";
     case AG_MSG_Q_TOP: return "q_top";
     case AG_MSG_Q_STATUS: return "q_status";
+    case AG_MSG_Q_DELIVERY: return "q_delivery";
     case AG_MSG_R_RUNS: return "r_runs";
     case AG_MSG_R_TENSORS: return "r_tensors";
     case AG_MSG_R_HISTORY: return "r_history";
     case AG_MSG_R_SCALES: return "r_scales";
     case AG_MSG_R_TOP: return "r_top";
     case AG_MSG_R_STATUS: return "r_status";
+    case AG_MSG_R_DELIVERY: return "r_delivery";
     case AG_MSG_R_ERROR: return "r_error";
     default: return "unknown";
     }

@@ -40,6 +40,10 @@ static const char *const sql_text[AG_ST_COUNT] = {
         " last_step=max(last_step,?4), last_seq=CASE WHEN ?5 THEN ?6 ELSE last_seq END,"
         " ended_ms=CASE WHEN ?7<>0 THEN ?7 ELSE ended_ms END,"
         " last_drop=CASE WHEN ?8 THEN ?9 ELSE last_drop END WHERE id=?1",
+    [AG_ST_CLIENT_DELTA] =
+        "INSERT INTO clients(client_id,run_id,messages,last_seq) VALUES(?1,?2,?3,?4)"
+        " ON CONFLICT(client_id) DO UPDATE SET run_id=excluded.run_id,"
+        " messages=messages+excluded.messages, last_seq=max(last_seq,excluded.last_seq)",
     [AG_ST_TENSOR_DELTA] =
         "UPDATE tensors SET role=?2, numel=?3, first_step=min(coalesce(first_step,?4),?4),"
         " last_step=max(last_step,?5), snapshots=snapshots+?6, last_amax=?7 WHERE id=?1",
@@ -90,6 +94,7 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_MAX_IDS] =
         "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
         " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
+    [AG_ST_DELIVERY] = "SELECT messages,last_seq FROM clients WHERE client_id=?1",
 };
 
 int ag_store_schema_version(void) { return (int)ag_store_migration_count; }

@@ -44,6 +44,10 @@ int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t win
 /* Counts from the file; uptime 0, queue_depth 0, db_path as opened,
  * formats = the formats the file knows. */
 int ag_store_status(ag_store *st, ag_status **out);
+/* How many stream messages of client client_id are stored and the highest
+ * seq among them (the q_delivery query); 0 and 0 for a client never seen. */
+int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages,
+                      uint64_t *last_seq);
 /* PRAGMA integrity_check: 0 when "ok", AG_ESTORE otherwise. */
 int ag_store_integrity_check(ag_store *st);
 
@@ -89,6 +93,10 @@ typedef struct ag_store_run_delta {
     uint64_t last_drop;   /* the client's cumulative drop count, set when has_drop */
     int has_drop;
     int64_t ended_ms;     /* set when nonzero */
+    /* When has_client and messages > 0: the messages came from this client,
+     * whose clients row (delivery) gets them too, with last_seq. */
+    uint64_t client_id;
+    int has_client;
 } ag_store_run_delta;
 
 /* Per-tensor aggregate applied once per batch. */

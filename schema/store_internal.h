@@ -24,6 +24,7 @@ typedef enum ag_stmt_id {
     AG_ST_PUT_SCALE,
     AG_ST_PUT_SNAPSHOT,
     AG_ST_RUN_DELTA,
+    AG_ST_CLIENT_DELTA,
     AG_ST_TENSOR_DELTA,
     AG_ST_ADD_COUNTER,
     AG_ST_RUNS,
@@ -44,6 +45,7 @@ typedef enum ag_stmt_id {
     AG_ST_ALL_SCALES,
     AG_ST_ALL_SNAPSHOTS,
     AG_ST_MAX_IDS,
+    AG_ST_DELIVERY,
     AG_ST_COUNT
 } ag_stmt_id;
 

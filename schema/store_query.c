@@ -340,6 +340,24 @@ static int counter(ag_store *st, const char *name, uint64_t *v) {
     return err;
 }
 
+int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages,
+                      uint64_t *last_seq) {
+    if (!st || !messages || !last_seq) return AG_EINVAL;
+    *messages = *last_seq = 0;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_DELIVERY);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, (int64_t)client_id);
+    int rc = sqlite3_step(s), err = AG_OK;
+    if (rc == SQLITE_ROW) {
+        *messages = col_u64(s, 0);
+        *last_seq = col_u64(s, 1);
+    } else if (rc != SQLITE_DONE) {
+        err = ag_store_fail(st, "delivery", rc);
+    }
+    sqlite3_reset(s);
+    return err;
+}
+
 int ag_store_status(ag_store *st, ag_status **out) {
     if (!st || !out) return AG_EINVAL;
     *out = NULL;

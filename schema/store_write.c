@@ -168,7 +168,16 @@ int ag_store_apply_run_delta(ag_store *st, const ag_store_run_delta *d) {
     sqlite3_bind_int64(s, 7, d->ended_ms);
     sqlite3_bind_int(s, 8, d->has_drop != 0);
     sqlite3_bind_int64(s, 9, i64(d->last_drop));
-    return ag_store_exec_stmt(st, s, "run delta");
+    int err = ag_store_exec_stmt(st, s, "run delta");
+    if (err || !d->has_client || d->messages == 0) return err;
+    /* In the same transaction as the messages' rows: a client told "stored"
+     * is told so only once they are committed. */
+    if (!(s = stmt_for(st, AG_ST_CLIENT_DELTA))) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, i64(d->client_id));
+    sqlite3_bind_int64(s, 2, d->run_id);
+    sqlite3_bind_int64(s, 3, i64(d->messages));
+    sqlite3_bind_int64(s, 4, i64(d->last_seq));
+    return ag_store_exec_stmt(st, s, "client delta");
 }
 
 int ag_store_apply_tensor_delta(ag_store *st, const ag_store_tensor_delta *d) {

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "client/open_quiet.h"
 #include "schema/store.h"
 
 const char *ag_cli_default_query_url(void)
@@ -60,7 +61,8 @@ int ag_cli_source_open(ag_cli_source *s, const ag_cli_args *a, char *err, size_t
         opts.query_timeout_ms = a->timeout_ms;
         snprintf(s->where, sizeof s->where, "%s",
                  a->query_url ? a->query_url : ag_cli_default_query_url());
-        rc = ag_client_open(&c, &opts);
+        /* quiet: a query that finds no daemon says so itself, in one line */
+        rc = ag_client_open_quiet(&c, &opts, 1);
         if (rc != AG_OK) {
             snprintf(err, cap, "cannot open a client for %s: %s", s->where, ag_strerror(rc));
             one_line(err);
@@ -139,7 +141,10 @@ int ag_cli_source_explain(const ag_cli_source *s, int rc, char *err, size_t cap,
         said = "";
 
     if (rc == AG_ETIMEDOUT && s->client != NULL)
-        snprintf(err, cap, "no daemon answering at %s (is altgradd running?)", s->where);
+        snprintf(err, cap, "the daemon at %s did not answer in time (--timeout MS waits "
+                 "longer)", s->where);
+    else if (rc == AG_ETRANSPORT && s->client != NULL && *said != '\0')
+        snprintf(err, cap, "%s", said); /* names the socket and why, see ag_client_last_error */
     else if (rc == AG_ENOTFOUND && *said != '\0')
         snprintf(err, cap, "%s", said);
     else if (rc == AG_ENOTFOUND)

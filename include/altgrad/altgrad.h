@@ -49,7 +49,9 @@ typedef enum ag_err {
     AG_ETRANSPORT = -14,/* transport (nng) failure */
     AG_ESTORE = -15,    /* database failure */
     AG_EIO = -16,       /* file or system I/O failure */
-    AG_EREMOTE = -17    /* the daemon answered with an error */
+    AG_EREMOTE = -17,   /* the daemon answered with an error */
+    AG_ELOST = -18      /* messages were lost on the way to the daemon: it confirmed
+                         * later ones (ag_client_stats.undelivered counts them) */
 } ag_err;
 
 /* A static, human-readable description of an ag_err code; never NULL. */
@@ -369,6 +371,11 @@ typedef struct ag_client_opts {
  * Open a client. Never waits for the daemon: sockets dial in the background
  * and redial by themselves. The run starts (run_start is queued) with the
  * first logging call, so a client used only for queries creates no run.
+ * When no daemon is found at the ingest or the query URL (an ipc:// socket
+ * that does not exist or refuses connections; a tcp:// address that refuses
+ * them at once), open prints one line to stderr saying so, naming the socket
+ * and where else it looked, e.g. "altgrad: no daemon at ipc://var/ingest.sock:
+ * ./var/ingest.sock not found (in /home/me/proj) ..."; it still succeeds.
  * AG_EINVAL for a bad option (name too long, metadata not a JSON object),
  * AG_ETRANSPORT when a URL cannot be used.
  */
@@ -421,19 +428,48 @@ AG_EXTERN int ag_client_log_amax(ag_client *c, uint64_t step, const char *tensor
  * AG_ECLOSED. ag_client_close does it when the caller did not. */
 AG_EXTERN int ag_client_end_run(ag_client *c);
 
-/* 0 once everything queued was handed to the transport; AG_ETIMEDOUT if that
- * did not happen within timeout_ms (< 0: wait without limit). */
+/*
+ * Delivery. A message handed to the transport may still never arrive (it can
+ * sit in the buffer of a connection nobody reads, or die with the daemon), so
+ * a message counts as delivered only once the daemon confirms it: flush and
+ * close ask the daemon (the q_delivery query on the query URL) how many of
+ * this client's messages it has stored, i.e. committed to its database.
+ *
+ * ag_client_flush: queues the open statistics batch, waits until every
+ * message queued before the call was handed to the transport, then until the
+ * daemon confirms it stored them all, asking every few milliseconds (each ask
+ * bounded by query_timeout_ms). 0 when the daemon confirmed every one of them;
+ * AG_ETIMEDOUT when that did not happen within timeout_ms (< 0: wait without
+ * limit): still queued, in transit, or no daemon answering;
+ * AG_ELOST at once when the daemon confirmed a later message but not all
+ * earlier ones, so those will never arrive; AG_EREMOTE / AG_EPROTO when the
+ * daemon cannot answer delivery queries (text in ag_client_last_error);
+ * AG_ECLOSED when the client is being closed. Either way
+ * ag_client_stats.undelivered then says how many are not confirmed.
+ */
 AG_EXTERN int ag_client_flush(ag_client *c, int timeout_ms);
-/* Ends the run, flushes with a bounded wait (close_timeout_ms), then frees
- * everything; what is still queued is dropped. NULL is a no-op. Threads still
- * inside a call on c (blocked on a full queue, flushing, querying, encoding a
- * snapshot) are woken, get AG_ECLOSED and have left before the free; calls
- * must not start once close has begun.
+/*
+ * Ends the run (queues run_end), flushes with a bounded wait (close_timeout_ms,
+ * delivery confirmation included), then frees everything; what is still
+ * queued is dropped. Returns how many messages were not confirmed delivered:
+ * every message that entered the send queue (each has a sequence number: run
+ * start, statistics batches, snapshots, run end) and that the daemon did not
+ * confirm before close returned: dropped at close because still queued,
+ * dropped on a transport error, or sent but unconfirmed (lost, or no daemon
+ * answered within close_timeout_ms: then everything unconfirmed counts).
+ * Messages refused with AG_EAGAIN (queue full) never entered the queue: they
+ * are counted in ag_client_stats.dropped, and reported to the daemon, but not
+ * here. 0 for NULL, and for a client that never logged anything.
+ * Threads still inside a call on c (blocked on a full queue, flushing,
+ * querying, encoding a snapshot) are woken, get AG_ECLOSED and have left
+ * before the free; calls must not start once close has begun.
  * After fork() the child's copy of a handle is refused: every call returns
  * AG_ECLOSED and close frees nothing (the threads and sockets are the
- * parent's); open a new client in the child. */
-AG_EXTERN void ag_client_close(ag_client *c);
+ * parent's) and returns 0; open a new client in the child.
+ */
+AG_EXTERN int64_t ag_client_close(ag_client *c);
 
+/* Fields are only ever appended at the end. */
 typedef struct ag_client_stats {
     uint64_t queued;        /* messages waiting in the send queue now */
     uint64_t sent;          /* messages handed to the transport */
@@ -443,6 +479,11 @@ typedef struct ag_client_stats {
     uint64_t snapshots;     /* snapshots queued */
     uint64_t skipped;       /* snapshots skipped by snapshot_every */
     uint64_t bytes_sent;
+    uint64_t delivered;     /* messages the daemon confirmed it stored, as of the
+                             * last confirmation (flush, close) */
+    uint64_t undelivered;   /* messages queued (with a sequence number) and not
+                             * confirmed: still queued, in transit, awaiting a
+                             * flush to confirm them, or lost */
 } ag_client_stats;
 AG_EXTERN int ag_client_get_stats(ag_client *c, ag_client_stats *out);
 /* This client's random id and its run name (valid until close). */
@@ -451,7 +492,13 @@ AG_EXTERN const char *ag_client_run(const ag_client *c);
 
 /*
  * Queries (REQ/REP). Results are freed with one ag_free(). AG_ENOTFOUND for
- * an unknown run/tensor/format; AG_ETIMEDOUT when no daemon answers within
+ * an unknown run/tensor/format; AG_ETRANSPORT at once (no waiting) when no
+ * daemon is there: while the client has no connection, each query first
+ * checks the query URL (an ipc:// socket missing, or refusing connections; a
+ * tcp:// address refusing them, or silent for 1 s), and ag_client_last_error
+ * names the socket, why, and where else it looked ("no daemon at
+ * ipc://var/query.sock: ./var/query.sock not found (in /home/me) ...");
+ * AG_ETIMEDOUT when a daemon is there but does not answer within
  * query_timeout_ms; AG_EREMOTE for any other error the daemon reports (its
  * text in ag_client_last_error). window = most recent steps (0 = all);
  * limit 0 = 10; format NULL = "E5M2".
@@ -465,7 +512,8 @@ AG_EXTERN int ag_client_top(ag_client *c, const char *run, const char *format,
                             uint64_t window, size_t limit, ag_top_list **out);
 AG_EXTERN int ag_client_status(ag_client *c, ag_status **out);
 /* The daemon's error text (or a local explanation) for the last failed query
- * on this thread with this handle, or "". */
+ * on this thread with this handle, or "". A flush that asked the daemon for
+ * confirmation and failed leaves the reason of its last ask here too. */
 AG_EXTERN const char *ag_client_last_error(const ag_client *c);
 
 #ifdef __cplusplus

@@ -324,10 +324,16 @@ Test(cli_daemon, trainer_data_reads_the_same_through_the_daemon_and_the_db_file,
     via_db = history_json("--db", db_path);
     cr_assert_str_eq(via_db, via_daemon);
     {
-        char *status[] = {cli, "--query", query_url, "--timeout", "1000", "status", NULL};
+        /* no daemon: the answer comes at once, naming the socket, though the
+         * timeout would allow a minute (a wait would outlast the test) */
+        char *status[] = {cli, "--query", query_url, "--timeout", "60000", "status", NULL};
         code = run(status, &out, &err);
         cr_assert_eq(code, 1, "no daemon must exit 1, got %d", code);
         assert_one_error_line(err);
+        cr_assert_not_null(strstr(err, query_url + strlen("ipc://")),
+                           "the error does not name the socket: %s", err);
+        cr_assert(strstr(err, "not found") || strstr(err, "connection refused"),
+                  "the error does not say why: %s", err);
         free(out);
         free(err);
     }

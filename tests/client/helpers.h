@@ -94,4 +94,21 @@ static inline void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+/* The test receiver is no daemon: nothing confirms delivery, so a flush
+ * cannot succeed against it. Instead hand everything logged so far to the
+ * transport: flush(0) queues the open batch (when there is room) and the
+ * queue is watched until it is empty right after such a call (bounded). */
+static inline void wait_handed_off(ag_client *c)
+{
+    for (int i = 0; i < RECV_BOUND_MS; i++) {
+        ag_client_flush(c, 0);
+        ag_client_stats st;
+        cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+        if (st.queued == 0)
+            return;
+        sleep_ms(1);
+    }
+    cr_assert_fail("the send queue never drained into the receiver");
+}
+
 #endif

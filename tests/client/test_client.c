@@ -22,6 +22,10 @@ static ag_client *open_client(const tmp_endpoints *t, ag_client_opts *o)
     o->query_url = t->query;
     if (!o->run)
         o->run = "test-run";
+    /* the test receiver is no daemon and never confirms delivery: close
+     * would wait out its default 2 s for the confirmation */
+    if (!o->close_timeout_ms)
+        o->close_timeout_ms = 100;
     ag_client *c = NULL;
     int rc = ag_client_open(&c, o);
     cr_assert_eq(rc, AG_OK, "open: %s", ag_strerror(rc));
@@ -108,9 +112,9 @@ Test(client, a_full_queue_drops_counts_and_reports_the_drops)
     cr_assert_leq(st.queued, 4 + 2);
 
     nng_socket rx = receiver_open(t.ingest);
-    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    wait_handed_off(c);
     cr_assert_eq(ag_client_log_amax(c, 101, "t", AG_ROLE_GRADIENT, 2.0, 10, 0), AG_OK);
-    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    wait_handed_off(c);
 
     uint64_t got = 0, last_dropped = 0, last_seq = 0;
     int saw_101 = 0;
@@ -175,7 +179,7 @@ Test(client, the_block_policy_waits_for_room_and_loses_nothing)
     nng_socket rx = receiver_open(t.ingest);
     pthread_join(th, NULL);
     cr_assert_eq(p.failures, 0);
-    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    wait_handed_off(c);
     ag_client_get_stats(c, &st);
     cr_assert_eq(st.dropped, 0);
     int got = 0;
@@ -203,7 +207,7 @@ Test(client, the_client_reconnects_after_the_receiver_restarts)
     ag_client_opts o = {.reconnect_ms = 20};
     ag_client *c = open_client(&t, &o);
     cr_assert_eq(ag_client_log_amax(c, 1, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK);
-    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    wait_handed_off(c);
     int got_first = 0;
     while (!got_first) {
         ag_msg m;
@@ -216,7 +220,7 @@ Test(client, the_client_reconnects_after_the_receiver_restarts)
     for (uint64_t step = 2; step <= 20; step++)
         cr_assert_eq(ag_client_log_amax(c, step, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK);
     rx = receiver_open(t.ingest); /* ... and comes back on the same socket */
-    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    wait_handed_off(c);
 
     /* A message in flight when the receiver closed may be lost (a seq gap);
      * everything logged after the restart must arrive. */
@@ -226,7 +230,7 @@ Test(client, the_client_reconnects_after_the_receiver_restarts)
     for (int attempt = 0; attempt < 50 && !seen_late; attempt++) {
         uint64_t step = 1000 + (uint64_t)attempt;
         cr_assert_eq(ag_client_log_amax(c, step, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK);
-        cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+        wait_handed_off(c);
         ag_msg m;
         nng_msg *keep = NULL;
         while (!seen_late && receive(rx, &m, &keep) == 0) {
@@ -258,6 +262,55 @@ Test(client, logging_without_a_daemon_never_blocks_and_close_is_bounded)
     tmp_endpoints_remove(&t);
 }
 
+Test(client, close_counts_every_message_a_receiver_took_but_no_daemon_confirmed)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    /* accepts the connection and reads nothing: what is sent sits in its
+     * buffers, and no query socket will ever confirm it */
+    nng_socket rx = receiver_open(t.ingest);
+    ag_client_opts o = {.batch_bytes = 1, .close_timeout_ms = 200};
+    ag_client *c = open_client(&t, &o);
+    for (uint64_t step = 1; step <= 5; step++)
+        cr_assert_eq(ag_client_log_amax(c, step, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK);
+    wait_handed_off(c);
+    ag_client_stats st;
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_eq(st.sent, 6, "run_start and five batches went to the transport");
+    cr_assert_eq(st.dropped, 0);
+    cr_assert_eq(st.delivered, 0);
+    cr_assert_eq(st.undelivered, 6);
+    cr_assert_eq(ag_client_flush(c, 50), AG_ETIMEDOUT, "no daemon confirmed anything");
+    cr_assert_eq(ag_client_close(c), 7, "run_start, five batches and run_end");
+    nng_close(rx);
+    tmp_endpoints_remove(&t);
+}
+
+Test(client, close_counts_queued_messages_not_those_refused_when_the_queue_was_full)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    /* no receiver: nothing leaves the queue */
+    ag_client_opts o = {.queue_messages = 4, .batch_bytes = 1, .close_timeout_ms = 50};
+    ag_client *c = open_client(&t, &o);
+    int again = 0;
+    for (uint64_t step = 1; step <= 100; step++) {
+        int rc = ag_client_log_amax(c, step, "t", AG_ROLE_GRADIENT, 2.0, 10, 0);
+        cr_assert(rc == AG_OK || rc == AG_EAGAIN, "%s", ag_strerror(rc));
+        again += rc == AG_EAGAIN;
+    }
+    cr_assert_gt(again, 0);
+    ag_client_stats st;
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_eq(st.dropped, (uint64_t)again);
+    cr_assert_eq(st.undelivered, (uint64_t)(1 + 100 - again),
+                 "run_start and the batches that got into the queue");
+    /* refused messages were reported (AG_EAGAIN, stats.dropped); what got in
+     * and never reached a daemon is what close reports, run_end included */
+    cr_assert_eq(ag_client_close(c), 1 + 100 - again + 1);
+    tmp_endpoints_remove(&t);
+}
+
 Test(client, stats_are_computed_locally_for_every_dtype)
 {
     tmp_endpoints t;
@@ -274,7 +327,7 @@ Test(client, stats_are_computed_locally_for_every_dtype)
                  AG_OK);
     cr_assert_eq(ag_client_log_stats_typed(c, 1, "f16", AG_ROLE_UPDATE, AG_DTYPE_F16, hf, 3),
                  AG_OK);
-    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    wait_handed_off(c);
     size_t got = 0;
     while (got < 3) {
         ag_msg m;
@@ -319,7 +372,7 @@ Test(client, sampling_sends_the_same_fixed_subset_every_step)
     ag_client_get_stats(c, &st);
     cr_assert_eq(st.snapshots, 3, "steps 0, 3 and 6");
     cr_assert_eq(st.skipped, 6);
-    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    wait_handed_off(c);
     float first[10];
     int snaps = 0;
     while (snaps < 3) {
@@ -436,11 +489,12 @@ Test(client, default_run_name_and_environment_urls_are_used)
     ag_client *c = NULL;
     ag_client_opts o;
     memset(&o, 0, sizeof o);
+    o.close_timeout_ms = 100; /* the receiver never confirms: do not wait 2 s */
     cr_assert_eq(ag_client_open(&c, &o), AG_OK);
     unsetenv("ALTGRAD_INGEST");
     cr_assert_eq(strncmp(ag_client_run(c), "run-", 4), 0);
     cr_assert_eq(ag_client_log_amax(c, 3, "t", 0, 1, 1, 0), AG_OK);
-    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    wait_handed_off(c);
     ag_msg m;
     nng_msg *keep = NULL;
     cr_assert_eq(receive(rx, &m, &keep), 0);

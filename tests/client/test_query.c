@@ -2,21 +2,28 @@
  * test_query.c - client/query.c against a test daemon (an nng REP socket in
  * a thread): every query's request reaches it intact, results come back and
  * are freed with one ag_free, error replies map to AG_ENOTFOUND/AG_EREMOTE
- * with the daemon's text, a silent daemon gives AG_ETIMEDOUT, and one handle
- * serves several querying threads.
+ * with the daemon's text, no daemon fails at once naming the socket while a
+ * silent one gives AG_ETIMEDOUT, one handle serves several querying threads,
+ * and flush and close take the daemon's delivery answers for what they are.
  */
 #include "helpers.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 typedef struct server {
     nng_socket rep;
     pthread_t thread;
     int served;
+    /* the answer to delivery queries, set by the test as it goes */
+    _Atomic uint64_t stored, last_seq;
+    _Atomic int delivery_asked;
 } server;
 
 /* Answer one decoded request. */
-static int answer(const ag_msg *req, ag_buf *out)
+static int answer(server *s, const ag_msg *req, ag_buf *out)
 {
     ag_msg rep = {0};
     ag_run_info run = {"r1", "host", 12, 34, 1000, 0, 99, 7, 1, "{\"k\":2}"};
@@ -31,7 +38,7 @@ static int answer(const ag_msg *req, ag_buf *out)
     ag_top_list top = {0};
     ag_status st = {"0.1.0", 1.5, 10, 2000, 1, 2, 3, 40, 1, 1, "var/altgrad.db", "E5M2,E3M4"};
     const ag_msg_query *q = &req->u.query;
-    if (q->run && strcmp(q->run, "missing") == 0) {
+    if (req->type != AG_MSG_Q_DELIVERY && q->run && strcmp(q->run, "missing") == 0) {
         rep.type = AG_MSG_R_ERROR;
         rep.u.error = (ag_msg_error){AG_ENOTFOUND, "no run named missing"};
     } else {
@@ -68,6 +75,13 @@ static int answer(const ag_msg *req, ag_buf *out)
             rep.type = AG_MSG_R_TOP;
             rep.u.top = &top;
             break;
+        case AG_MSG_Q_DELIVERY:
+            rep.type = AG_MSG_R_DELIVERY;
+            rep.u.delivery = (ag_msg_delivery){req->u.delivery.client_id,
+                                               atomic_load(&s->stored),
+                                               atomic_load(&s->last_seq)};
+            atomic_fetch_add(&s->delivery_asked, 1);
+            break;
         default:
             rep.type = AG_MSG_R_STATUS;
             rep.u.status = &st;
@@ -89,7 +103,7 @@ static void *serve(void *arg)
         ag_buf_init(&out);
         int rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), &req);
         if (rc == AG_OK)
-            rc = answer(&req, &out);
+            rc = answer(s, &req, &out);
         if (rc != AG_OK) {
             ag_msg err = {.type = AG_MSG_R_ERROR};
             err.u.error = (ag_msg_error){AG_EPROTO, "bad request"};
@@ -113,6 +127,9 @@ static void server_start(server *s, const char *url)
     cr_assert_eq(nng_rep0_open(&s->rep), 0);
     cr_assert_eq(nng_listen(s->rep, url, NULL, 0), 0);
     s->served = 0;
+    atomic_store(&s->stored, 0);
+    atomic_store(&s->last_seq, 0);
+    atomic_store(&s->delivery_asked, 0);
     cr_assert_eq(pthread_create(&s->thread, NULL, serve, s), 0);
 }
 
@@ -214,16 +231,79 @@ Test(query, daemon_errors_map_to_notfound_or_remote_with_its_text)
     tmp_endpoints_remove(&t);
 }
 
-Test(query, no_daemon_means_timed_out)
+/* The unix socket address of an ipc:// URL. */
+static void socket_address(struct sockaddr_un *sa, const char *url)
+{
+    const char *path = url + strlen("ipc://");
+    size_t n = strlen(path);
+    cr_assert_lt(n, sizeof sa->sun_path);
+    memset(sa, 0, sizeof *sa);
+    sa->sun_family = AF_UNIX;
+    memcpy(sa->sun_path, path, n + 1);
+}
+
+/* A query timeout no test may wait out: a failure that comes back at all
+ * came back without waiting for it. */
+#define UNWAITABLE_MS 600000
+
+Test(query, no_daemon_fails_at_once_naming_the_socket)
 {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
+    ag_client *c = open_query_client(&t, UNWAITABLE_MS);
+    ag_run_list *runs = (ag_run_list *)&t; /* must come back NULL */
+    cr_assert_eq(ag_client_runs(c, &runs), AG_ETRANSPORT);
+    cr_assert_null(runs);
+    const char *why = ag_client_last_error(c);
+    cr_assert_not_null(strstr(why, t.query + strlen("ipc://")), "the socket is not named: %s",
+                       why);
+    cr_assert_not_null(strstr(why, "not found"), "no reason given: %s", why);
+    ag_client_close(c);
+    tmp_endpoints_remove(&t);
+}
+
+Test(query, a_socket_file_nobody_listens_on_fails_at_once_as_refused)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    /* what a killed daemon leaves behind: the file, bound by nobody */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_un sa;
+    socket_address(&sa, t.query);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    close(fd);
+    ag_client *c = open_query_client(&t, UNWAITABLE_MS);
+    ag_status *st = NULL;
+    cr_assert_eq(ag_client_status(c, &st), AG_ETRANSPORT);
+    cr_assert_null(st);
+    const char *why = ag_client_last_error(c);
+    cr_assert_not_null(strstr(why, sa.sun_path), "the socket is not named: %s", why);
+    cr_assert_not_null(strstr(why, "refused"), "no reason given: %s", why);
+    ag_client_close(c);
+    tmp_endpoints_remove(&t);
+}
+
+Test(query, a_daemon_that_is_there_but_silent_still_times_out)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    /* a listener that never accepts: connections queue in its backlog and
+     * nobody shakes hands, as with a daemon too busy to answer */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_un sa;
+    socket_address(&sa, t.query);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(listen(fd, 16), 0);
     ag_client *c = open_query_client(&t, 100);
     ag_run_list *runs = NULL;
     cr_assert_eq(ag_client_runs(c, &runs), AG_ETIMEDOUT);
     cr_assert_null(runs);
-    cr_assert_neq(strlen(ag_client_last_error(c)), 0);
+    cr_assert_not_null(strstr(ag_client_last_error(c), "no reply"), "%s",
+                       ag_client_last_error(c));
     ag_client_close(c);
+    close(fd);
     tmp_endpoints_remove(&t);
 }
 
@@ -385,5 +465,113 @@ Test(query, a_hostile_reply_fails_cleanly)
     pthread_join(h.thread, NULL);
     nng_close(h.rep);
     ag_buf_free(&good);
+    tmp_endpoints_remove(&t);
+}
+
+/* A client that logs n amax records, each its own message (seq 1..n after
+ * run_start's 0), to a receiver that takes them and confirms nothing. */
+static ag_client *logging_client(const tmp_endpoints *t, int n, int close_timeout_ms)
+{
+    ag_client_opts o = {.ingest_url = t->ingest, .query_url = t->query, .run = "delivery",
+                        .batch_bytes = 1, .query_timeout_ms = RECV_BOUND_MS,
+                        .close_timeout_ms = close_timeout_ms};
+    ag_client *c = NULL;
+    cr_assert_eq(ag_client_open(&c, &o), AG_OK);
+    for (int i = 1; i <= n; i++)
+        cr_assert_eq(ag_client_log_amax(c, (uint64_t)i, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK);
+    wait_handed_off(c);
+    return c;
+}
+
+Test(query, flush_succeeds_only_once_the_daemon_confirms_every_message)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    nng_socket rx = receiver_open(t.ingest);
+    server s;
+    server_start(&s, t.query);
+    ag_client *c = logging_client(&t, 3, 100); /* seq 0..3 */
+    ag_client_stats st;
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_eq(st.sent, 4);
+    cr_assert_eq(st.delivered, 0, "nothing is delivered before the daemon says so");
+    cr_assert_eq(st.undelivered, 4);
+
+    /* the daemon has stored run_start and one batch so far */
+    atomic_store(&s.stored, 2);
+    atomic_store(&s.last_seq, 1);
+    cr_assert_eq(ag_client_flush(c, 200), AG_ETIMEDOUT);
+    cr_assert_gt(atomic_load(&s.delivery_asked), 0, "flush never asked the daemon");
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_eq(st.delivered, 2);
+    cr_assert_eq(st.undelivered, 2);
+
+    /* now all of them */
+    atomic_store(&s.stored, 4);
+    atomic_store(&s.last_seq, 3);
+    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_OK);
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_eq(st.delivered, 4);
+    cr_assert_eq(st.undelivered, 0);
+
+    /* run_end (seq 4) confirmed too: close reports nothing undelivered */
+    atomic_store(&s.stored, 5);
+    atomic_store(&s.last_seq, 4);
+    cr_assert_eq(ag_client_close(c), 0);
+    server_stop(&s);
+    nng_close(rx);
+    tmp_endpoints_remove(&t);
+}
+
+Test(query, messages_the_daemon_skipped_are_lost_and_counted_at_once)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    nng_socket rx = receiver_open(t.ingest);
+    server s;
+    server_start(&s, t.query);
+    ag_client *c = logging_client(&t, 5, UNWAITABLE_MS); /* seq 0..5 */
+    /* the daemon has the last message but only 4 of the 6: two were lost on
+     * the way, and a stream delivers in order, so they never will arrive;
+     * flush says so without waiting out its (unwaitable) timeout */
+    atomic_store(&s.stored, 4);
+    atomic_store(&s.last_seq, 5);
+    cr_assert_eq(ag_client_flush(c, UNWAITABLE_MS), AG_ELOST);
+    ag_client_stats st;
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_eq(st.delivered, 4);
+    cr_assert_eq(st.undelivered, 2);
+    /* close queues run_end (seq 6), which the daemon stores as well */
+    atomic_store(&s.stored, 5);
+    atomic_store(&s.last_seq, 6);
+    cr_assert_eq(ag_client_close(c), 2, "the two lost messages");
+    server_stop(&s);
+    nng_close(rx);
+    tmp_endpoints_remove(&t);
+}
+
+Test(query, a_delivery_answer_that_cannot_be_true_is_refused)
+{
+    tmp_endpoints t;
+    tmp_endpoints_make(&t);
+    nng_socket rx = receiver_open(t.ingest);
+    server s;
+    server_start(&s, t.query);
+    ag_client *c = logging_client(&t, 2, 100); /* seq 0..2 */
+    atomic_store(&s.stored, 7); /* more than we ever sent */
+    atomic_store(&s.last_seq, 2);
+    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_EPROTO);
+    atomic_store(&s.stored, 3);
+    atomic_store(&s.last_seq, 99); /* a seq we never used */
+    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_EPROTO);
+    atomic_store(&s.stored, 3);
+    atomic_store(&s.last_seq, 1); /* three messages below seq 2? */
+    cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_EPROTO);
+    ag_client_stats st;
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_eq(st.delivered, 0, "nothing from a false answer is believed");
+    cr_assert_eq(ag_client_close(c), 4, "run_start, two batches, run_end");
+    server_stop(&s);
+    nng_close(rx);
     tmp_endpoints_remove(&t);
 }

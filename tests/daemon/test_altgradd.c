@@ -4,7 +4,9 @@
  * kill -9 keeps every committed row, bad messages are survived, two trainers
  * at once, SIGTERM drains, sequence gaps become drops, drops a client counted
  * while the daemon was down are recorded after its restart, a --define-format
- * format is served and restored from the database.
+ * format is served and restored from the database, a client learns which of
+ * its messages were stored (across a restart too) and one whose daemon died
+ * before confirming reports exactly what it never confirmed.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -12,6 +14,7 @@
 #include <math.h>
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/push.h>
+#include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -448,6 +451,33 @@ static void push_stats_of(nng_socket s, const char *run, uint64_t cid, uint64_t 
     ag_buf_free(&b);
 }
 
+/* Ask the daemon's query socket what it stored of client cid, as a client's
+ * flush does (q_delivery), over a socket of our own. */
+static ag_msg_delivery ask_delivery(uint64_t cid) {
+    nng_socket s;
+    cr_assert_eq(nng_req0_open(&s), 0);
+    cr_assert_eq(nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 30000), 0);
+    cr_assert_eq(nng_dial(s, H.query, NULL, 0), 0);
+    ag_msg q = {.type = AG_MSG_Q_DELIVERY};
+    q.u.delivery.client_id = cid;
+    ag_buf b;
+    ag_buf_init(&b);
+    cr_assert_eq(ag_proto_encode(&b, &q), AG_OK);
+    cr_assert_eq(nng_send(s, b.data, b.len, 0), 0);
+    ag_buf_free(&b);
+    nng_msg *r;
+    cr_assert_eq(nng_recvmsg(s, &r, 0), 0, "no answer to a delivery query");
+    ag_msg d;
+    cr_assert_eq(ag_proto_decode(nng_msg_body(r), nng_msg_len(r), &d), AG_OK);
+    cr_assert_eq(d.type, AG_MSG_R_DELIVERY, "answered with %s", ag_proto_type_name(d.type));
+    ag_msg_delivery out = d.u.delivery;
+    ag_msg_clear(&d);
+    nng_msg_free(r);
+    nng_close(s);
+    cr_assert_eq(out.client_id, cid);
+    return out;
+}
+
 static void push_stats(nng_socket s, uint64_t seq, uint64_t step) {
     push_stats_of(s, "gappy", 99, seq, 0, step);
 }
@@ -490,6 +520,11 @@ Test(altgradd, sequence_gaps_are_recorded_as_drops_and_replays_rejected) {
     cr_expect_eq(st->rejected, 1);
     cr_expect_eq(st->dropped, 3);
     ag_free(st);
+    /* what the client is told: seq 0, 1, 5 and 6 stored (not the replay),
+     * so seq 2..4 are known lost */
+    ag_msg_delivery d = ask_delivery(99);
+    cr_expect_eq(d.messages, 4);
+    cr_expect_eq(d.seq, 6);
     ag_client_close(c);
     nng_close(s);
 }
@@ -786,4 +821,70 @@ Test(altgradd, thousands_of_mutated_messages_never_stop_the_daemon) {
     nng_close(s);
     int status = harness_stop(&H, SIGTERM);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+}
+
+Test(altgradd, a_client_learns_every_message_was_stored_and_close_reports_none_undelivered) {
+    harness_start(&H, NULL);
+    ag_client *c = harness_client(&H, "confirmed", AG_QUEUE_BLOCK);
+    uint64_t cid = ag_client_id(c);
+    float w[64], g[64];
+    for (uint64_t s = 1; s <= 20; s++) {
+        make_tensor(s, 64, 1, w, g);
+        cr_assert_eq(ag_client_log_sgd(c, s, "w", w, g, 64, LR), AG_OK);
+        cr_assert_eq(ag_client_log_amax(c, s, "a", AG_ROLE_ACTIVATION, 1.0, 8, 0), AG_OK);
+    }
+    cr_assert_eq(ag_client_end_run(c), AG_OK);
+    cr_assert_eq(ag_client_flush(c, 30000), AG_OK, "%s", ag_client_last_error(c));
+    ag_client_stats st;
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_gt(st.sent, 21, "run_start, 20 snapshots, batches, run_end");
+    cr_assert_eq(st.dropped, 0);
+    cr_assert_eq(st.delivered, st.sent);
+    cr_assert_eq(st.undelivered, 0);
+    cr_assert_eq(ag_client_close(c), 0);
+
+    /* the answer comes from the database, so a restarted daemon gives it too */
+    int status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+    harness_start(&H, NULL);
+    ag_msg_delivery d = ask_delivery(cid);
+    cr_assert_eq(d.messages, st.sent);
+    cr_assert_eq(d.seq, st.sent - 1);
+    d = ask_delivery(cid ^ 0x8000000000000000ull); /* a client never seen */
+    cr_assert_eq(d.messages, 0);
+    cr_assert_eq(d.seq, 0);
+}
+
+Test(altgradd, a_daemon_killed_before_confirming_leaves_exactly_what_it_never_stored) {
+    harness_start(&H, NULL);
+    ag_client_opts o = {.ingest_url = H.ingest, .query_url = H.query, .run = "unconfirmed",
+                        .batch_bytes = 1, .query_timeout_ms = 10000, .close_timeout_ms = 300};
+    ag_client *c = NULL;
+    cr_assert_eq(ag_client_open(&c, &o), AG_OK);
+    for (uint64_t s = 1; s <= 10; s++) /* batch_bytes 1: a message each */
+        cr_assert_eq(ag_client_log_amax(c, s, "a", AG_ROLE_ACTIVATION, 1.0, 8, 0), AG_OK);
+    cr_assert_eq(ag_client_flush(c, 30000), AG_OK, "%s", ag_client_last_error(c));
+    ag_client_stats st;
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_eq(st.delivered, 11);
+
+    /* The daemon stops reading: four more messages go to the transport and
+     * sit in its socket buffer, "sent" ... */
+    cr_assert_eq(kill(H.pid, SIGSTOP), 0);
+    for (uint64_t s = 11; s <= 14; s++)
+        cr_assert_eq(ag_client_log_amax(c, s, "a", AG_ROLE_ACTIVATION, 1.0, 8, 0), AG_OK);
+    for (int i = 0; i < 30000; i++) {
+        cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+        if (st.sent == 15)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL); /* poll interval, not a timing assumption */
+    }
+    cr_assert_eq(st.sent, 15, "the messages never left the queue");
+    cr_assert_eq(st.dropped, 0);
+    cr_assert_eq(st.undelivered, 4);
+    /* ... and the daemon dies without reading them */
+    int status = harness_stop(&H, SIGKILL);
+    cr_assert(WIFSIGNALED(status), "status %d", status);
+    cr_assert_eq(ag_client_close(c), 5, "the four it never read, and run_end");
 }

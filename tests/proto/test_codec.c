@@ -239,6 +239,40 @@ Test(codec, every_query_round_trips_its_arguments)
     }
 }
 
+Test(codec, delivery_query_and_reply_round_trip_full_64_bit_ids)
+{
+    ag_msg m = {.type = AG_MSG_Q_DELIVERY};
+    m.u.delivery.client_id = UINT64_MAX - 1;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.type, AG_MSG_Q_DELIVERY);
+    cr_assert_eq(d.u.delivery.client_id, UINT64_MAX - 1);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    m = (ag_msg){.type = AG_MSG_R_DELIVERY};
+    m.u.delivery = (ag_msg_delivery){UINT64_MAX, 23, 24};
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_eq(d.type, AG_MSG_R_DELIVERY);
+    cr_assert_eq(d.u.delivery.client_id, UINT64_MAX);
+    cr_assert_eq(d.u.delivery.messages, 23);
+    cr_assert_eq(d.u.delivery.seq, 24);
+    cr_assert_null(ag_msg_take_result(&d), "a delivery reply owns nothing to hand over");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, a_delivery_query_without_a_client_id_is_rejected)
+{
+    /* {"v":1,"t":22} */
+    const uint8_t bytes[] = {0x82, 0xa1, 'v', 0x01, 0xa1, 't', 0x16};
+    ag_msg d;
+    cr_assert_eq(ag_proto_decode(bytes, sizeof bytes, &d), AG_EPROTO);
+    cr_assert_not_null(d.why);
+}
+
 Test(codec, history_query_without_format_leaves_it_null)
 {
     ag_msg m = {.type = AG_MSG_Q_HISTORY};

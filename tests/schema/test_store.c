@@ -416,6 +416,44 @@ Test(store, a_reopened_run_keeps_its_counters) {
     ag_store_close(st);
 }
 
+Test(store, a_clients_delivery_counts_its_committed_messages_only) {
+    ag_store *st = open_rw();
+    fill(st, 3);
+    const uint64_t cid = 0xfedcba9876543210ull; /* past INT64_MAX: stored as int64 */
+    uint64_t messages = 99, seq = 99;
+    cr_assert_eq(ag_store_delivery(st, cid, &messages, &seq), AG_OK);
+    cr_assert_eq(messages, 0, "deltas without a client count for no client");
+    cr_assert_eq(seq, 0);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    for (uint64_t q = 0; q < 5; q++) {
+        ag_store_run_delta rd = {.run_id = 1, .messages = 1, .has_seq = 1, .last_seq = q,
+                                 .client_id = cid, .has_client = 1};
+        cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK, "%s", ag_store_errmsg(st));
+    }
+    /* a delta that carries no message (a rejected one's) counts nothing */
+    ag_store_run_delta none = {.run_id = 1, .has_seq = 1, .last_seq = 9, .client_id = cid,
+                               .has_client = 1};
+    cr_assert_eq(ag_store_apply_run_delta(st, &none), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    cr_assert_eq(ag_store_delivery(st, cid, &messages, &seq), AG_OK);
+    cr_assert_eq(messages, 5);
+    cr_assert_eq(seq, 4);
+
+    /* rolled back: not stored, so not counted */
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_run_delta later = {.run_id = 1, .messages = 1, .has_seq = 1, .last_seq = 7,
+                                .client_id = cid, .has_client = 1};
+    cr_assert_eq(ag_store_apply_run_delta(st, &later), AG_OK);
+    cr_assert_eq(ag_store_rollback(st), AG_OK);
+    cr_assert_eq(ag_store_delivery(st, cid, &messages, &seq), AG_OK);
+    cr_assert_eq(messages, 5);
+    cr_assert_eq(seq, 4);
+    cr_assert_eq(ag_store_delivery(st, cid + 1, &messages, &seq), AG_OK);
+    cr_assert_eq(messages, 0, "another client");
+    cr_assert_eq(ag_store_delivery(NULL, cid, &messages, &seq), AG_EINVAL);
+    ag_store_close(st);
+}
+
 Test(store, history_steps_past_int64_bound_the_range_instead_of_wrapping) {
     ag_store *st = open_rw();
     fill(st, 5);
