@@ -7,6 +7,9 @@ Monitor on, every --every steps each parameter's weights and real update
 forward hooks; at the end the daemon's worst tensors per format are printed.
 --compare trains twice from the same seed, without and then with the
 Monitor, and reports the mean step time of each and their ratio.
+It ends with what the client sent, dropped and how many messages the daemon
+never confirmed ("undelivered"); with any undelivered it warns on stderr and
+exits 3 (1 on other failures, 2 on bad options).
 
   altgradd --ingest ipc:///tmp/ag/ingest.sock --query ipc:///tmp/ag/query.sock --db /tmp/ag/db &
   PYTHONPATH=python python3 examples/train_char_lm.py --steps 200 --compare \\
@@ -263,13 +266,13 @@ def main(argv=None) -> int:
     result = {"device": str(device), "torch": torch.__version__, "args": vars(args)}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    runs = []
+    runs, undelivered = [], 0
     if args.compare or not args.monitor:
         print(f"training without the monitor on {device} ...", flush=True)
         runs.append(train(args, device, False))
     client = None
     if args.monitor:
-        from altgrad import Client
+        from altgrad import AltgradError, Client
         client = Client(ingest_url=args.ingest, query_url=args.query, run=args.run,
                         sample_max=args.sample_max,
                         metadata={"example": "train_char_lm", "device": str(device),
@@ -278,7 +281,10 @@ def main(argv=None) -> int:
         print(f"training with the monitor on {device}, run {client.run} ...", flush=True)
         runs.append(train(args, device, True, client))
         client.end_run()
-        client.flush(10000)
+        try:  # until the daemon confirms it stored the whole run
+            client.flush(10000)
+        except AltgradError as e:
+            print(f"altgrad: the daemon did not confirm every message: {e}", file=sys.stderr)
     result["runs"] = runs
     for r in runs:
         tag = "with monitor   " if r["monitor"] else "without monitor"
@@ -304,6 +310,9 @@ def main(argv=None) -> int:
                     break
             except NotFoundError:
                 pass
+            except AltgradError as e:  # no daemon to ask: nothing to summarize
+                print(f"altgrad: no summary: {e}", file=sys.stderr)
+                break
             if time.monotonic() > deadline:
                 print("the daemon did not show the run's last step within 30 s",
                       file=sys.stderr)
@@ -312,10 +321,19 @@ def main(argv=None) -> int:
         result["summary"] = summary
         if summary is not None:
             print_summary(summary)
-        client.close()
+        st = client.stats()
+        undelivered = client.close()
+        result["client"] = dict(st, undelivered=undelivered)
+        print(f"altgrad: sent {st['sent']} messages ({st['snapshots']} snapshots, "
+              f"{st['records']} statistics records), dropped {st['dropped']}, "
+              f"undelivered {undelivered}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=str)
+    if undelivered:
+        print(f"altgrad: {undelivered} messages were never confirmed by the daemon: its record "
+              f"of run {result['run']} is incomplete", file=sys.stderr)
+        return 3
     return 0
 
 

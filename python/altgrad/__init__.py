@@ -8,7 +8,7 @@ Python bindings over libaltgrad (ctypes, no build step):
 
 from ._lib import LibraryNotFound, library_path
 from .errors import (AltgradError, AltgradTimeoutError, FormatError, InvalidArgumentError,
-                     NotFoundError, RemoteError)
+                     LostError, NotFoundError, RemoteError, TransportError)
 
 __version__ = "0.1.0"
 
@@ -29,5 +29,5 @@ def __getattr__(name):
 
 
 __all__ = ["Client", "AltgradError", "NotFoundError", "AltgradTimeoutError", "RemoteError",
-           "FormatError", "InvalidArgumentError", "LibraryNotFound", "library_path",
-           "version", "__version__"]
+           "TransportError", "LostError", "FormatError", "InvalidArgumentError",
+           "LibraryNotFound", "library_path", "version", "__version__"]

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import sys
 import threading
-from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_size_t, c_uint64, c_void_p
+from ctypes import (POINTER, c_char_p, c_double, c_float, c_int, c_int64, c_size_t, c_uint64,
+                    c_void_p)
 
 from . import _lib
 from ._arrays import f32, typed
@@ -68,6 +70,8 @@ class ag_client_stats(ctypes.Structure):
         ("snapshots", c_uint64),
         ("skipped", c_uint64),
         ("bytes_sent", c_uint64),
+        ("delivered", c_uint64),
+        ("undelivered", c_uint64),
     ]
 
 
@@ -90,7 +94,7 @@ _SIGNATURES = {
                                    c_uint64]),
     "ag_client_end_run": (c_int, [_client_p]),
     "ag_client_flush": (c_int, [_client_p, c_int]),
-    "ag_client_close": (None, [_client_p]),
+    "ag_client_close": (c_int64, [_client_p]),
     "ag_client_get_stats": (c_int, [_client_p, POINTER(ag_client_stats)]),
     "ag_client_id": (c_uint64, [_client_p]),
     "ag_client_run": (c_char_p, [_client_p]),
@@ -184,6 +188,11 @@ class Client:
     queue_messages, queue_bytes, batch_bytes, flush_interval_ms,
     query_timeout_ms, close_timeout_ms, reconnect_ms, snapshot_every,
     sample_max, sample_seed. Use as a context manager or call close().
+
+    Opening prints one line to stderr when no daemon is found at the URLs
+    (from the C library). A message counts as delivered once the daemon
+    confirms it stored it: flush() waits for that, close() returns how many
+    were never confirmed, and leaving a `with` block says so on stderr.
     """
 
     _INT_OPTS = ("queue_messages", "queue_bytes", "batch_bytes", "flush_interval_ms",
@@ -193,6 +202,7 @@ class Client:
     def __init__(self, ingest_url: str = None, query_url: str = None, run: str = None, *,
                  metadata=None, policy: str = "drop", **options):
         self._c = None
+        self._undelivered = 0
         # Guards _c and _inflight only; never held across a C call, so a
         # query or flush in one thread does not hold up logging in another.
         self._cv = threading.Condition(threading.Lock())
@@ -270,8 +280,11 @@ class Client:
         return rc
 
     def flush(self, timeout_ms: int = 5000) -> None:
-        """Wait (at most timeout_ms; < 0: no limit) until everything queued
-        went to the transport; AltgradTimeoutError if it did not."""
+        """Wait (at most timeout_ms; < 0: no limit) until the daemon confirms
+        it stored everything queued so far. AltgradTimeoutError if it did not
+        in time (no daemon, or a slow one); LostError at once when it stored
+        a later message but not all earlier ones; stats()["undelivered"] then
+        says how many are unconfirmed."""
         self._call("ag_client_flush", int(timeout_ms))
 
     def end_run(self) -> None:
@@ -281,36 +294,51 @@ class Client:
 
     def stats(self) -> dict:
         """This client's counters (ag_client_stats): queued, sent, dropped,
-        records, records_dropped, snapshots, skipped, bytes_sent."""
+        records, records_dropped, snapshots, skipped, bytes_sent, delivered
+        (confirmed by the daemon as of the last flush) and undelivered (queued
+        and not confirmed: in the queue, in transit, or lost)."""
         st = ag_client_stats()
         self._call("ag_client_get_stats", ctypes.byref(st))
         return {f: int(getattr(st, f)) for f, _ in ag_client_stats._fields_}
 
-    def close(self) -> None:
-        """End the run, flush with a bounded wait and free the client;
-        idempotent."""
+    def close(self) -> int:
+        """End the run, flush with a bounded wait (close_timeout_ms, the
+        daemon's confirmation included) and free the client. Returns how many
+        messages were never confirmed delivered (ag_client_close): queued and
+        dropped at close, or sent and not confirmed; 0 when all arrived or
+        nothing was logged. Idempotent: later calls return the same number."""
         if self._generation != _fork_generation:
             self._c = None  # the parent's handle: nothing here to stop or free
-            return
+            return 0
         with self._cv:
             c, self._c = self._c, None
             if not c:
-                return
+                return self._undelivered
             # calls already past _enter finish (or block inside C, where the
             # C close wakes them) before the handle is freed
             self._cv.wait_for(lambda: not self._inflight, timeout=_CLOSE_GRACE_S)
-        self._lib.ag_client_close(c)
+        self._undelivered = int(self._lib.ag_client_close(c))
+        return self._undelivered
+
+    def _close_and_tell(self):
+        """close() for callers that cannot take its answer (a `with` block,
+        garbage collection): an undelivered count goes to stderr instead."""
+        was_open = bool(self._c)
+        n = self.close()
+        if was_open and n > 0:
+            print(f"altgrad: {n} messages of run {self._run} were never confirmed by the "
+                  "daemon", file=sys.stderr)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self._close_and_tell()
         return False
 
     def __del__(self):
         try:
-            self.close()
+            self._close_and_tell()
         except Exception:
             pass
 

@@ -34,6 +34,16 @@ class RemoteError(AltgradError):
     """AG_EREMOTE: the daemon answered with an error."""
 
 
+class TransportError(AltgradError, ConnectionError):
+    """AG_ETRANSPORT: no daemon there (a query fails at once, its message
+    naming the socket and why), or another transport failure."""
+
+
+class LostError(AltgradError):
+    """AG_ELOST: the daemon stored a later message but not every earlier one,
+    so those were lost on the way (flush; the count is stats()["undelivered"])."""
+
+
 class FormatError(AltgradError, ValueError):
     """AG_EFORMAT / AG_EEXIST: an impossible or conflicting format definition."""
 
@@ -46,6 +56,8 @@ _BY_CODE = {
     _lib.AG_ENOTFOUND: NotFoundError,
     _lib.AG_ETIMEDOUT: AltgradTimeoutError,
     _lib.AG_EREMOTE: RemoteError,
+    _lib.AG_ETRANSPORT: TransportError,
+    _lib.AG_ELOST: LostError,
     _lib.AG_EFORMAT: FormatError,
     _lib.AG_EEXIST: FormatError,
     _lib.AG_EINVAL: InvalidArgumentError,

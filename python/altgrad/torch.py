@@ -71,7 +71,8 @@ class Monitor:
 
     Without an optimizer, call before_step() and after_step() around your own
     update. close() (or leaving a `with` block) detaches, flushes and returns
-    report(), the overhead summary.
+    report(), the overhead summary, with how many of the client's messages the
+    daemon confirmed ("delivered") and not ("undelivered").
     """
 
     def __init__(self, client, model: torch.nn.Module, optimizer=None, *, every: int = 10,
@@ -369,7 +370,9 @@ class Monitor:
 
     def close(self, flush_timeout_ms: int = 5000) -> dict:
         """Detach, send what is pending, flush the client (not close it) and
-        return report(); with verbose=True the report is also printed."""
+        return report(), with "flushed" (the daemon confirmed everything) and
+        the client's "delivered" / "undelivered" counts at that point (None
+        when the client cannot say); with verbose=True it is also printed."""
         if self._report_cache is not None:
             return dict(self._report_cache)
         self.detach()
@@ -379,15 +382,26 @@ class Monitor:
         try:
             self.client.flush(flush_timeout_ms)
         except AltgradError as e:
-            # the daemon absent or slow (or the client already closed) must
-            # not crash the trainer at the end of its run: report it instead
-            if e.code not in (_lib.AG_ETIMEDOUT, _lib.AG_ECLOSED):
+            # the daemon absent, slow or losing messages (or the client
+            # already closed) must not crash the trainer at the end of its
+            # run: report it instead
+            if e.code not in (_lib.AG_ETIMEDOUT, _lib.AG_ECLOSED, _lib.AG_ELOST):
                 raise
             flushed = False
+        delivered = undelivered = None
+        stats = getattr(self.client, "stats", None)
+        if stats is not None:
+            try:
+                st = stats()
+                delivered, undelivered = st.get("delivered"), st.get("undelivered")
+            except AltgradError:
+                pass  # closed: it has said what it had to at its close
         self._seconds += time.perf_counter() - t0
         self._closed = True
         rep = self.report()
         rep["flushed"] = flushed
+        rep["delivered"] = delivered
+        rep["undelivered"] = undelivered
         self._report_cache = rep
         if self.verbose:
             print(format_report(rep))
@@ -402,13 +416,16 @@ class Monitor:
 
 
 def format_report(rep: dict) -> str:
-    return (f"altgrad monitor: {rep['steps']} steps, {rep['sampled_steps']} sampled "
+    line = (f"altgrad monitor: {rep['steps']} steps, {rep['sampled_steps']} sampled "
             f"(every {rep['every']}, {rep['form']} form), {rep['snapshots']} snapshots, "
             f"{rep['stat_records']} stat records; {rep['monitor_seconds']:.3f}s in hooks "
             f"= {100 * rep['overhead_fraction']:.1f}% of {rep['wall_seconds']:.2f}s, "
             f"{rep['ms_per_step']:.2f} ms/step, {rep['ms_per_sampled_step']:.2f} ms/sampled step "
             f"(fetch {rep['fetch_seconds']:.3f}s, send {rep['send_seconds']:.3f}s, "
             f"stats {rep['stats_seconds']:.3f}s)")
+    if rep.get("undelivered") is not None:  # after close(): what the daemon confirmed
+        line += f"; delivered {rep['delivered']}, undelivered {rep['undelivered']}"
+    return line
 
 
 __all__ = ["Monitor", "format_report"]

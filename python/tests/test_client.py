@@ -68,6 +68,21 @@ def test_daemon_counts_agree_with_the_python_api_in_every_format(daemon, form):
             assert p["amax"] == pytest.approx(float(w.abs().max()))
 
 
+def test_a_flush_means_the_daemon_stored_it_and_close_reports_nothing_undelivered(daemon):
+    c = daemon.client("delivery-run")
+    for step in range(5):
+        assert c.log_update(step, "w", torch.ones(32), torch.full((32,), 1e-3))
+        assert c.log_amax(step, "act", "activation", 2.0, 64)
+    c.end_run()
+    c.flush(30000)  # raises unless the daemon confirmed every message
+    st = c.stats()
+    assert st["dropped"] == 0 and st["sent"] > 5
+    assert st["delivered"] == st["sent"] and st["undelivered"] == 0
+    # stored means queryable: no waiting for a commit after a confirmed flush
+    assert {t["name"] for t in c.tensors()} == {"w", "act"}
+    assert c.close() == 0
+
+
 def test_statistics_show_up_as_tensors_with_their_roles(daemon):
     x = np.array([0.5, -4.0, np.nan, 2.0], dtype=np.float32)
     with daemon.client("stats-run") as c:

@@ -1,16 +1,22 @@
-"""altgrad.Client without a daemon: opening never waits, logging validates
-and queues, queries time out, misuse raises with ag_strerror text."""
+"""altgrad.Client without a daemon: opening never waits but says no daemon is
+there, logging validates and queues, queries fail at once naming the socket
+(a silent daemon still times out), close counts what was never delivered,
+misuse raises with ag_strerror text."""
 
 import array
 import os
+import socket
 import tempfile
 
 import numpy as np
 import pytest
 import torch
 
-from altgrad import AltgradError, AltgradTimeoutError, Client, InvalidArgumentError
+from altgrad import (AltgradError, AltgradTimeoutError, Client, InvalidArgumentError,
+                     TransportError)
 from altgrad._arrays import f32, typed
+
+UNWAITABLE_MS = 600000  # a query timeout no test may wait out
 
 
 @pytest.fixture
@@ -19,6 +25,19 @@ def nowhere():
     d = tempfile.mkdtemp(prefix="agpy-none-", dir="/tmp")
     yield f"ipc://{d}/ingest.sock", f"ipc://{d}/query.sock"
     os.rmdir(d) if not os.listdir(d) else None
+
+
+@pytest.fixture
+def silent(nowhere):
+    """URLs whose query socket listens but never answers: connections wait in
+    its backlog and nobody shakes hands, as with a daemon too busy to."""
+    path = nowhere[1][len("ipc://"):]
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    yield nowhere
+    listener.close()
+    os.unlink(path)
 
 
 def test_opening_does_not_wait_for_a_daemon_and_names_the_run(nowhere):
@@ -42,12 +61,57 @@ def test_logging_queues_without_a_daemon(nowhere):
         assert st["snapshots"] == 3 and st["records"] >= 3
 
 
-def test_queries_without_a_daemon_time_out(nowhere):
-    with Client(*nowhere, run="local-3", query_timeout_ms=200, close_timeout_ms=1) as c:
+def test_queries_without_a_daemon_fail_at_once_naming_the_socket(nowhere):
+    path = nowhere[1][len("ipc://"):]
+    with Client(*nowhere, run="local-3", query_timeout_ms=UNWAITABLE_MS,
+                close_timeout_ms=1) as c:
+        with pytest.raises(TransportError) as e:
+            c.status()
+        assert isinstance(e.value, ConnectionError) and e.value.code == -14
+        assert path in str(e.value) and "not found" in str(e.value)
+
+
+def test_a_daemon_that_is_there_but_silent_still_times_out(silent):
+    with Client(*silent, run="local-3b", query_timeout_ms=100, close_timeout_ms=1) as c:
         with pytest.raises(AltgradTimeoutError) as e:
             c.status()
         assert isinstance(e.value, TimeoutError) and e.value.code == -11
-        assert "time" in str(e.value).lower()
+        assert "no reply" in str(e.value)
+
+
+def test_opening_without_a_daemon_says_so_once_on_stderr(nowhere, capfd):
+    c = Client(*nowhere, run="local-3c", close_timeout_ms=1)
+    err = capfd.readouterr().err
+    lines = [x for x in err.splitlines() if "no daemon" in x]
+    assert len(lines) == 1, err
+    assert nowhere[0][len("ipc://"):] in lines[0] and "not found" in lines[0]
+    assert c.log_amax(1, "act", "activation", 1.0, 4)
+    assert "no daemon" not in capfd.readouterr().err, "said more than once"
+    c.close()
+
+
+def test_close_returns_how_many_messages_no_daemon_confirmed(nowhere):
+    c = Client(*nowhere, run="local-3d", batch_bytes=1, close_timeout_ms=50)
+    for step in range(3):  # batch_bytes=1: each record is its own message
+        assert c.log_amax(step, "act", "activation", 1.0, 4)
+    st = c.stats()
+    assert st["delivered"] == 0 and st["undelivered"] == 4  # run start + 3 batches
+    with pytest.raises(AltgradTimeoutError):
+        c.flush(20)
+    assert c.close() == 5, "run start, three batches and run end"
+    assert c.close() == 5, "close is idempotent and keeps its answer"
+
+
+def test_leaving_a_with_block_says_what_was_never_delivered(nowhere, capfd):
+    with Client(*nowhere, run="local-3e", close_timeout_ms=1) as c:
+        assert c.log_amax(1, "act", "activation", 1.0, 4)
+    err = capfd.readouterr().err
+    assert "3 messages of run local-3e were never confirmed" in err, err
+
+
+def test_a_client_that_logged_nothing_has_nothing_undelivered(nowhere):
+    c = Client(*nowhere, run="local-3f", close_timeout_ms=UNWAITABLE_MS)
+    assert c.close() == 0
 
 
 def test_misuse_raises(nowhere):
@@ -98,7 +162,7 @@ def test_contiguous_float32_memory_is_passed_without_a_copy():
     assert typed(torch.ones(2, dtype=torch.bfloat16)).dtype == 1
 
 
-def test_a_query_in_one_thread_does_not_hold_up_logging_in_another(nowhere, monkeypatch):
+def test_a_query_in_one_thread_does_not_hold_up_logging_in_another(silent, monkeypatch):
     import threading
     from altgrad import _lib
     in_query, query_done = threading.Event(), threading.Event()
@@ -110,17 +174,18 @@ def test_a_query_in_one_thread_does_not_hold_up_logging_in_another(nowhere, monk
             return fn
 
         def call(*args):
-            in_query.set()  # the query is about to wait on the (absent) daemon
+            in_query.set()  # the query is about to wait on the (silent) daemon
             return fn(*args)
         return call
 
     monkeypatch.setattr(_lib, "func", spying_func)
-    with Client(*nowhere, run="local-5", query_timeout_ms=3000, close_timeout_ms=1) as c:
+    outcome = []
+    with Client(*silent, run="local-5", query_timeout_ms=3000, close_timeout_ms=1) as c:
         def ask():
             try:
                 c.status()
-            except AltgradTimeoutError:
-                pass
+            except AltgradError as e:
+                outcome.append(type(e))
             query_done.set()
 
         th = threading.Thread(target=ask)
@@ -130,17 +195,18 @@ def test_a_query_in_one_thread_does_not_hold_up_logging_in_another(nowhere, monk
         assert c.stats()["records"] == 1
         assert not query_done.is_set(), "logging waited for the query's timeout"
         th.join()
+    assert outcome == [AltgradTimeoutError], "the query did not wait for the silent daemon"
 
 
 def test_an_error_outside_queries_does_not_quote_an_earlier_query_failure(nowhere):
     with Client(*nowhere, run="local-6", query_timeout_ms=50, close_timeout_ms=1) as c:
-        with pytest.raises(AltgradTimeoutError) as e:
+        with pytest.raises(TransportError) as e:
             c.runs()
-        assert "no reply" in str(e.value)
+        assert "not found" in str(e.value)
         assert c.log_amax(1, "act", "activation", 1.0, 4)
         with pytest.raises(AltgradTimeoutError) as e:
             c.flush(1)  # nobody takes the queue
-        assert "no reply" not in str(e.value)
+        assert "not found" not in str(e.value)
 
 
 def test_close_wakes_a_thread_blocked_on_a_full_queue(nowhere):

@@ -4,7 +4,7 @@ back through the queries at the sampled steps."""
 
 import torch
 
-from altgrad.torch import Monitor
+from altgrad.torch import Monitor, format_report
 from daemon_fixture import eventually
 
 
@@ -31,6 +31,9 @@ def test_monitor_streams_update_snapshots_and_amax_of_a_tiny_model(daemon):
             train(model, opt, 6)
         rep = mon.report()
         assert rep["steps"] == 6 and rep["sampled_steps"] == 3 and rep["snapshots"] == 12
+        # close flushed until the daemon confirmed everything the run sent
+        assert rep["flushed"] is True and rep["undelivered"] == 0 and rep["delivered"] > 12
+        assert "undelivered 0" in format_report(rep)
         names = {"0.weight", "0.bias", "2.weight", "2.bias", "0", "1", "2",
                  "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"}
         ts = eventually(lambda: (lambda t: t if {x["name"] for x in t} == names

@@ -94,6 +94,9 @@ def test_only_every_kth_step_is_sampled():
     assert rep["steps"] == 7 and rep["sampled_steps"] == 3 and rep["snapshots"] == 12
     assert rep["monitor_seconds"] > 0 and rec.flushes == 1
     assert "7 steps" in format_report(rep)
+    # a client without stats() cannot say what was delivered: the report does not guess
+    assert rep["delivered"] is None and rep["undelivered"] is None
+    assert "undelivered" not in format_report(rep)
 
 
 def test_sgd_form_sends_gradients_with_the_group_learning_rate():
@@ -267,3 +270,6 @@ def test_closing_without_a_daemon_reports_instead_of_raising(tmp_path):
         rep = mon.close(flush_timeout_ms=10)  # nobody will ever take the queue
         assert rep["flushed"] is False and rep["steps"] == 2
         assert mon.report()["flushed"] is False
+        # nothing confirmed: everything the client queued is undelivered so far
+        assert rep["delivered"] == 0 and rep["undelivered"] == client.stats()["undelivered"] > 0
+        assert f"undelivered {rep['undelivered']}" in format_report(rep)

@@ -22,6 +22,7 @@ def test_char_lm_trains_with_the_monitor_and_its_stalls_are_queryable(daemon, tm
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "step time ratio with/without monitor" in r.stdout
+    assert "dropped 0, undelivered 0" in r.stdout, r.stdout
     res = json.loads(out.read_text())
     plain, mon = res["runs"]
     assert not plain["monitor"] and mon["monitor"]
@@ -52,3 +53,18 @@ def test_char_lm_trains_with_the_monitor_and_its_stalls_are_queryable(daemon, tm
     hist = subprocess.run([cli, "--query", daemon.query, "history", "charlm-test",
                            "head.weight"], capture_output=True, text=True, timeout=60)
     assert hist.returncode == 0, hist.stderr
+
+
+def test_char_lm_without_a_daemon_says_so_and_exits_nonzero(tmp_path):
+    nowhere = f"ipc://{tmp_path}/ingest.sock", f"ipc://{tmp_path}/query.sock"
+    cmd = [sys.executable, TRAINER, "--device", "cpu", "--steps", "2", "--every", "1",
+           "--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16",
+           "--batch", "4", "--log-every", "0", "--ingest", nowhere[0], "--query", nowhere[1],
+           "--run", "charlm-nowhere"]
+    # the trainer's own flush waits 10 s and close 2 s for a daemon that never comes
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"no daemon at {nowhere[0]}" in r.stderr, r.stderr
+    assert "never confirmed by the daemon" in r.stderr, r.stderr
+    undelivered = [x for x in r.stdout.splitlines() if "undelivered" in x]
+    assert undelivered and not undelivered[-1].endswith("undelivered 0"), r.stdout
