@@ -575,6 +575,20 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
     return rc;
 }
 
+/* A flush that timed out with messages still queued: say why, for
+ * ag_client_last_error (no daemon at the ingest URL, or one not taking them).
+ * Called without mu, counted in callers. */
+static void explain_stuck_queue(const ag_client *c, size_t waiting)
+{
+    char why[768], text[AG_PROTO_MAX_ERROR_TEXT + 1];
+    if (ag_endpoint_probe(c->ingest_url, 1, OPEN_PROBE_MS, 0, why, sizeof why) != AG_OK)
+        ag_endpoint_explain(c->ingest_url, c->ingest_origin, 1, why, text, sizeof text);
+    else
+        snprintf(text, sizeof text, "%zu messages still queued: the daemon at %s did not "
+                 "take them in time", waiting, c->ingest_url);
+    ag_client_note_error(c, text);
+}
+
 int ag_client_flush(ag_client *c, int timeout_ms)
 {
     if (!c)
@@ -609,7 +623,17 @@ int ag_client_flush(ag_client *c, int timeout_ms)
     }
     if (rc == AG_OK)
         rc = confirm_locked(c, target, timeout_ms < 0 ? NULL : &ts);
+    size_t waiting = c->count;
+    int explain = rc == AG_ETIMEDOUT && waiting && !c->stopping;
+    if (explain)
+        c->callers++; /* close waits for us to leave */
     pthread_mutex_unlock(&c->mu);
+    if (explain) {
+        explain_stuck_queue(c, waiting);
+        pthread_mutex_lock(&c->mu);
+        ag_client_leave_locked(c);
+        pthread_mutex_unlock(&c->mu);
+    }
     return rc;
 }
 

@@ -104,6 +104,9 @@ int ag_client_wait_locked(ag_client *c, pthread_cond_t *cv, const struct timespe
 /* Leave a region counted in callers (close may be waiting for it). */
 void ag_client_leave_locked(ag_client *c);
 
+/* Set what ag_client_last_error says on this thread for c. */
+void ag_client_note_error(const ag_client *c, const char *text);
+
 /* Ask the daemon how many of this client's messages it stored (q_delivery),
  * waiting at most timeout_ms; the query errors of query.c, and AG_EPROTO for
  * an answer about another client. Takes and releases mu itself. */

@@ -27,6 +27,11 @@ static int fail_with(const ag_client *c, int rc, const char *text)
     return rc;
 }
 
+void ag_client_note_error(const ag_client *c, const char *text)
+{
+    fail_with(c, AG_OK, text);
+}
+
 const char *ag_client_last_error(const ag_client *c)
 {
     return c && last_client == c ? last_text : "";

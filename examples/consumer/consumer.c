@@ -116,7 +116,14 @@ static int talk(const char *ingest, const char *query) {
     status = h->n == STEPS ? 0 : 1;
 fail:
     ag_free(h);
-    ag_client_close(c);
+    /* close ends the run and returns how many messages the daemon never
+     * confirmed it stored */
+    int64_t undelivered = ag_client_close(c);
+    if (undelivered > 0) {
+        fprintf(stderr, "consumer: %lld messages never confirmed by the daemon\n",
+                (long long)undelivered);
+        status = 1;
+    }
     return status;
 }
 

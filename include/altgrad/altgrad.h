@@ -512,8 +512,10 @@ AG_EXTERN int ag_client_top(ag_client *c, const char *run, const char *format,
                             uint64_t window, size_t limit, ag_top_list **out);
 AG_EXTERN int ag_client_status(ag_client *c, ag_status **out);
 /* The daemon's error text (or a local explanation) for the last failed query
- * on this thread with this handle, or "". A flush that asked the daemon for
- * confirmation and failed leaves the reason of its last ask here too. */
+ * on this thread with this handle, or "". A flush that failed leaves its
+ * reason here too: why messages stayed queued (e.g. "no daemon at
+ * ipc://var/ingest.sock: ./var/ingest.sock (in /home/me) not found ..."), or
+ * what its last ask for confirmation got. */
 AG_EXTERN const char *ag_client_last_error(const ag_client *c);
 
 #ifdef __cplusplus
