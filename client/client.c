@@ -533,7 +533,7 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
     int rc = AG_OK;
     if (confirmed_final(c, target, &rc))
         return rc;
-    int pause_ms = CONFIRM_POLL_MIN_MS;
+    int pause_ms = CONFIRM_POLL_MIN_MS, answered = 0;
     c->callers++;
     for (;;) {
         if (c->stopping) {
@@ -558,6 +558,7 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
             q = note_delivery_locked(c, &d);
         if (q == AG_OK && confirmed_final(c, target, &rc))
             break;
+        answered = q == AG_OK;
         if (q != AG_OK && q != AG_ETRANSPORT && q != AG_ETIMEDOUT) {
             rc = q;
             break;
@@ -571,6 +572,18 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
             pthread_cond_timedwait(&c->drained, &c->mu, &until); /* close wakes us */
         pause_ms = pause_ms * 2 > CONFIRM_POLL_MAX_MS ? CONFIRM_POLL_MAX_MS : pause_ms * 2;
     }
+    /* for ag_client_last_error (a failed ask has left its own reason) */
+    char text[256];
+    if (rc == AG_ELOST)
+        snprintf(text, sizeof text, "the daemon at %s stored %llu messages up to seq %llu: "
+                 "%llu below it were lost on the way", c->query_url,
+                 (unsigned long long)c->confirmed, (unsigned long long)c->confirmed_seq,
+                 (unsigned long long)(c->confirmed_seq + 1 - c->confirmed));
+    else if (rc == AG_ETIMEDOUT && answered)
+        snprintf(text, sizeof text, "the daemon at %s confirmed %llu of %llu messages in time",
+                 c->query_url, (unsigned long long)c->confirmed, (unsigned long long)target);
+    if (rc == AG_ELOST || (rc == AG_ETIMEDOUT && answered))
+        ag_client_note_error(c, text);
     ag_client_leave_locked(c);
     return rc;
 }

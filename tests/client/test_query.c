@@ -502,6 +502,8 @@ Test(query, flush_succeeds_only_once_the_daemon_confirms_every_message)
     atomic_store(&s.last_seq, 1);
     cr_assert_eq(ag_client_flush(c, 200), AG_ETIMEDOUT);
     cr_assert_gt(atomic_load(&s.delivery_asked), 0, "flush never asked the daemon");
+    cr_assert_not_null(strstr(ag_client_last_error(c), "confirmed 2 of 4"), "%s",
+                       ag_client_last_error(c));
     cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
     cr_assert_eq(st.delivered, 2);
     cr_assert_eq(st.undelivered, 2);
@@ -537,6 +539,8 @@ Test(query, messages_the_daemon_skipped_are_lost_and_counted_at_once)
     atomic_store(&s.stored, 4);
     atomic_store(&s.last_seq, 5);
     cr_assert_eq(ag_client_flush(c, UNWAITABLE_MS), AG_ELOST);
+    cr_assert_not_null(strstr(ag_client_last_error(c), "2 below it were lost"), "%s",
+                       ag_client_last_error(c));
     ag_client_stats st;
     cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
     cr_assert_eq(st.delivered, 4);
