@@ -31,29 +31,42 @@ extern "C" {
 /* ------------------------------------------------------------------------
  * Errors
  * ---------------------------------------------------------------------- */
+/*
+ * The one list of error codes: AG_ERRNO_MAP(XX) calls XX(NAME, value, text)
+ * for each. It generates the enum below, ag_strerror() and ag_err_name();
+ * python/altgrad/_lib.py's copy is checked against it by a test.
+ */
+#define AG_ERRNO_MAP(XX)                                                              \
+    XX(OK, 0, "success")                                                              \
+    XX(EINVAL, -1, "invalid argument")              /* NULL, zero length, bad value */ \
+    XX(ENOMEM, -2, "out of memory")                                                   \
+    XX(EFORMAT, -3, "unknown or impossible format")                                   \
+    XX(EEXIST, -4, "a different format is registered under that name")                \
+    XX(ERANGE, -5, "value out of range")                                              \
+    XX(ENOSPC, -6, "table full")                    /* a fixed-size table */          \
+    XX(EPROTO, -7, "malformed message")                                               \
+    XX(EVERSION, -8, "unsupported protocol version")                                  \
+    XX(ETOOBIG, -9, "message, string or array too large")                             \
+    XX(EAGAIN, -10, "send queue full, message dropped") /* dropped and counted */     \
+    XX(ETIMEDOUT, -11, "timed out")                                                   \
+    XX(ECLOSED, -12, "closed")                      /* handle closed or shutting down */ \
+    XX(ENOTFOUND, -13, "not found")                 /* no such run, tensor or format */ \
+    XX(ETRANSPORT, -14, "transport error")          /* nng failure */                 \
+    XX(ESTORE, -15, "database error")                                                 \
+    XX(EIO, -16, "I/O error")                       /* file or system I/O failure */  \
+    XX(EREMOTE, -17, "the daemon reported an error")
+
 typedef enum ag_err {
-    AG_OK = 0,
-    AG_EINVAL = -1,     /* invalid argument (NULL, zero length, bad value) */
-    AG_ENOMEM = -2,     /* out of memory */
-    AG_EFORMAT = -3,    /* unknown format, or an impossible format definition */
-    AG_EEXIST = -4,     /* a different format is registered under that name */
-    AG_ERANGE = -5,     /* value out of its allowed range */
-    AG_ENOSPC = -6,     /* a fixed-size table is full */
-    AG_EPROTO = -7,     /* malformed message */
-    AG_EVERSION = -8,   /* unsupported protocol version */
-    AG_ETOOBIG = -9,    /* message, string or array over its limit */
-    AG_EAGAIN = -10,    /* send queue full: message dropped and counted */
-    AG_ETIMEDOUT = -11, /* timed out */
-    AG_ECLOSED = -12,   /* handle closed or shutting down */
-    AG_ENOTFOUND = -13, /* no such run, tensor or format */
-    AG_ETRANSPORT = -14,/* transport (nng) failure */
-    AG_ESTORE = -15,    /* database failure */
-    AG_EIO = -16,       /* file or system I/O failure */
-    AG_EREMOTE = -17    /* the daemon answered with an error */
+#define AG_ERR_ENUM_(name, value, text) AG_##name = value,
+    AG_ERRNO_MAP(AG_ERR_ENUM_)
+#undef AG_ERR_ENUM_
 } ag_err;
 
 /* A static, human-readable description of an ag_err code; never NULL. */
 AG_EXTERN const char *ag_strerror(int err);
+/* The code's name without its prefix ("EINVAL" for AG_EINVAL), or NULL for a
+ * value that is no ag_err. */
+AG_EXTERN const char *ag_err_name(int err);
 /* Library version string, "MAJOR.MINOR.PATCH". */
 AG_EXTERN const char *ag_version(void);
 
