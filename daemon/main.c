@@ -57,6 +57,7 @@ typedef struct ag_daemon {
     ag_msg job_msg;
     /* shutdown */
     int stopping, intake_closed, closed;
+    int store_degraded;         /* last health the loop reported (STATUS=, log) */
     unsigned idle_ticks;
     uint64_t drain_start_ms;
 } ag_daemon;
@@ -161,8 +162,17 @@ static void fill_status(void *ctx, ag_status *st) {
 }
 
 static void notify_status(ag_daemon *d, const char *what) {
-    char line[256];
+    char line[512];
     const char *http = ag_http_bound(d->http);
+    ag_writer_health_info h;
+    if (d->writer && ag_writer_health(d->writer, &h)) {
+        /* The store refuses writes: say it first, and why. */
+        snprintf(line, sizeof line,
+                 "STATUS=store degraded, retrying %llu held rows (ingest paused when the "
+                 "queue fills): %s", (unsigned long long)h.held_rows, h.why);
+        ag_notify(line);
+        return;
+    }
     snprintf(line, sizeof line, "STATUS=%s: %llu runs, %llu tensors, %llu messages%s%s", what,
              (unsigned long long)atomic_load(&d->counters.runs),
              (unsigned long long)atomic_load(&d->counters.tensors),
@@ -249,6 +259,13 @@ static void on_signal(uv_signal_t *h, int signum) {
 static void flush_cb(uv_timer_t *t) {
     ag_daemon *d = t->data;
     if (!d->busy && !d->closed) ag_engine_flush(d->engine);
+    /* Tell the service manager when the store goes degraded or recovers. */
+    ag_writer_health_info h;
+    int degraded = ag_writer_health(d->writer, &h);
+    if (degraded != d->store_degraded) {
+        d->store_degraded = degraded;
+        notify_status(d, degraded ? "degraded" : "ready");
+    }
 }
 
 static void watchdog_cb(uv_timer_t *t) {

@@ -96,6 +96,23 @@ int ag_store_schema_version(void) { return (int)ag_store_migration_count; }
 
 const char *ag_store_errmsg(const ag_store *st) { return st ? st->errmsg : "no store"; }
 
+int ag_store_failure_is_transient(const ag_store *st) {
+    if (!st) return 0;
+    switch (st->last_rc & 0xff) {
+    case SQLITE_FULL:      /* disk or quota full: space may come back */
+    case SQLITE_IOERR:     /* an I/O error (EIO, a failed fsync) */
+    case SQLITE_BUSY:      /* another connection holds the lock */
+    case SQLITE_LOCKED:
+    case SQLITE_NOMEM:
+    case SQLITE_CANTOPEN:  /* e.g. the WAL or a temp file could not be created */
+    case SQLITE_PROTOCOL:
+    case SQLITE_READONLY:  /* a filesystem remounted read-only */
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 int ag_store_failf(ag_store *st, int err, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -105,6 +122,7 @@ int ag_store_failf(ag_store *st, int err, const char *fmt, ...) {
 }
 
 int ag_store_fail(ag_store *st, const char *what, int rc) {
+    st->last_rc = rc;
     const char *msg = st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc);
     snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path ? st->path : "store",
              what, msg);
@@ -143,6 +161,7 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
     char *msg = NULL;
     int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
+        st->last_rc = rc;
         snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path, what,
                  msg ? msg : sqlite3_errstr(rc));
         sqlite3_free(msg);

@@ -29,6 +29,10 @@ int ag_store_open(ag_store **out, const char *path, int flags);
 void ag_store_close(ag_store *st);
 /* Text of the last failure on this connection, "" if none; never NULL. */
 const char *ag_store_errmsg(const ag_store *st);
+/* 1 when the last failure is one that retrying may cure (disk full, I/O
+ * error, busy or locked, out of memory, read-only filesystem), 0 when it is
+ * about the row itself (a constraint, a misuse) or there was none. */
+int ag_store_failure_is_transient(const ag_store *st);
 /* Schema version this build writes (the number of migrations). */
 int ag_store_schema_version(void);
 /* Schema version of the open file. */
