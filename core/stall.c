@@ -1,5 +1,5 @@
 /*
- * stall.c - bit-stall, overflow, underflow and flip counting (DESIGN.md 1.4).
+ * stall.c - bit-stall, overflow, underflow and flip counting (docs/numerics.md, Stall).
  * One routine serves the SGD form (u = -lr * g, moving when |g| > 1e-10) and
  * the update form (u given, moving when u != 0), for one format or several:
  * the multi-format pass walks the arrays once in cache-sized blocks and runs

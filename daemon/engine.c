@@ -223,7 +223,7 @@ void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
 
 /* --------------------------------------------------------------- scales */
 
-/* The scale of format f from history amax ha (DESIGN.md 1.3): a zero or
+/* The scale of format f from history amax ha (docs/numerics.md, Quantize, scale, history): a zero or
  * non-finite amax leaves the previous scale in force. */
 static double scale_from(ag_engine *e, const role_state *rs, int fi, const ag_format *f,
                          double ha) {
