@@ -7,6 +7,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +62,7 @@ static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t
         break;
     case AG_MSG_Q_TOP:
         rc = a->run ? ag_store_top(st, a->run, a->format, a->window,
-                                   a->limit > 1000000 ? 1000000 : (size_t)a->limit,
+                                   a->limit > SIZE_MAX ? SIZE_MAX : (size_t)a->limit,
                                    &reply->u.top)
                     : AG_EINVAL;
         break;

@@ -121,7 +121,13 @@ static int pop(ag_writer *w, ag_write_item *it) {
     return 0;
 }
 
+/* Commit the batch of rows rows, counting them in the database's
+ * rows_written counter in the same transaction (status reads it there). A
+ * counter that cannot be written is logged; the rows are committed anyway. */
 static void commit(ag_writer *w, uint64_t rows) {
+    if (rows > 0 && ag_store_add_counter(w->st, "rows_written", rows))
+        ag_log(w->log, AG_LOG_ERROR, "writer: rows_written not counted: %s",
+               ag_store_errmsg(w->st));
     int err = ag_store_commit(w->st);
     if (err) {
         ag_log(w->log, AG_LOG_ERROR, "writer: commit failed, %llu rows lost: %s",
