@@ -18,6 +18,9 @@
 #include "proto/proto.h"
 #include "schema/store.h"
 
+_Static_assert(AG_STORE_MAX_POINTS == AG_PROTO_MAX_ITEMS,
+               "a history the store answers must fit one reply");
+
 typedef struct worker {
     struct ag_query *q;
     pthread_t thread;

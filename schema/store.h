@@ -35,6 +35,11 @@ int ag_store_schema_version(void);
 int ag_store_user_version(ag_store *st, int *version);
 
 /* ---------------- queries (altgrad.h results, freed with ag_free) ------- */
+/* The most points one history answer holds: what one query reply of the
+ * protocol may carry (AG_PROTO_MAX_ITEMS), so the daemon and a reader of the
+ * file answer alike. Beyond it history is AG_ETOOBIG: ask with every or a
+ * step range. */
+#define AG_STORE_MAX_POINTS 1048576u
 int ag_store_runs(ag_store *st, ag_run_list **out);
 int ag_store_tensors(ag_store *st, const char *run, ag_tensor_list **out);
 int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out);

@@ -205,6 +205,13 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
             .scale = sqlite3_column_double(s, 8),
         };
         if (in_bucket == 0) {
+            if (res->n == AG_STORE_MAX_POINTS) {
+                err = ag_store_failf(st, AG_ETOOBIG,
+                                     "history of %s in %s has more than %u points: ask for "
+                                     "fewer with every (--every) or a step range",
+                                     q->tensor, res->format, AG_STORE_MAX_POINTS);
+                break;
+            }
             if ((err = grow(res, (void **)&res->points, &cap, res->n, sizeof *res->points)))
                 break;
             res->n++;

@@ -675,3 +675,32 @@ Test(store, status_without_recorded_settings_has_no_version_and_the_known_format
     ag_free(s);
     ag_store_close(ro);
 }
+
+/* A history longer than one query reply may carry is refused the same way
+ * the daemon would have to refuse it; with every or a range it answers. */
+Test(store, a_history_past_the_reply_limit_is_too_big_unless_downsampled) {
+    ag_store *st = open_rw();
+    fill(st, 1);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    for (uint64_t step = 2; step <= AG_STORE_MAX_POINTS + 1; step++) {
+        ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step,
+                                 .counts = {.stalled = 1, .total = 2}, .amax = 1, .scale = 1};
+        cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
+    }
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .format = "E5M2"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_ETOOBIG);
+    cr_assert_null(h);
+    cr_assert_not_null(strstr(ag_store_errmsg(st), "--every"), "%s", ag_store_errmsg(st));
+    q.every = 2;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h->n, AG_STORE_MAX_POINTS / 2 + 1);
+    ag_free(h);
+    q.every = 0;
+    q.to_step = AG_STORE_MAX_POINTS;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h->n, AG_STORE_MAX_POINTS);
+    ag_free(h);
+    ag_store_close(st);
+}
