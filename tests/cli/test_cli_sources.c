@@ -56,6 +56,7 @@ static const command commands[] = {
     {0, {"history", "t1", "fc1.bias", "--format", "E4M3", "--from=2", "--to", "11", "--every=3"}},
     {0, {"history", "t1", "fc2.bias", "--every", "0", "--to", "0"}},
     {0, {"history", "warm", "fc1.weight", "--format", "E0M7"}},
+    {0, {"history", "t1", "fc1.out"}}, /* statistics only: no points */
     {0, {"scales", "t1"}},
     {0, {"scales", "t1", "--format", "E4M3"}},
     {0, {"scales", "warm", "--format", "E7M0"}},
@@ -76,6 +77,7 @@ static const command commands[] = {
     {1, {"scales", "t1", "--format", "NOPE"}},
     {1, {"top", "nope"}},
     {1, {"report", "nope"}},
+    {1, {"report", "t1", "--format", "E5M2,NOPE"}},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -336,8 +338,9 @@ Test(cli_sources, every_command_prints_the_same_through_the_daemon_and_from_the_
     }
     {
         /* report t1 --json: 6 weight tensors x the 3 configured formats */
-        const answer *r = &via_daemon[19][1];
-        cr_assert_str_eq(commands[19].words[0], "report");
+        const answer *r = &via_daemon[20][1];
+        cr_assert_str_eq(commands[20].words[0], "report");
+        cr_assert_null(commands[20].words[2]);
         jm_value *doc = jm_parse(r->out);
         const jm_value *rows = doc ? jm_get(doc, "rows") : NULL;
         cr_assert_not_null(rows, "report --json: %s", r->out);
