@@ -7,6 +7,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,9 @@
 #include "daemon/query.h"
 #include "proto/proto.h"
 #include "schema/store.h"
+
+_Static_assert(AG_STORE_MAX_POINTS == AG_PROTO_MAX_ITEMS,
+               "a history the store answers must fit one reply");
 
 typedef struct worker {
     struct ag_query *q;
@@ -61,7 +65,7 @@ static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t
         break;
     case AG_MSG_Q_TOP:
         rc = a->run ? ag_store_top(st, a->run, a->format, a->window,
-                                   a->limit > 1000000 ? 1000000 : (size_t)a->limit,
+                                   a->limit > SIZE_MAX ? SIZE_MAX : (size_t)a->limit,
                                    &reply->u.top)
                     : AG_EINVAL;
         break;

@@ -280,7 +280,18 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
         timed_wait(w, left < 1 ? 1 : left);
     }
     pthread_mutex_unlock(&w->lock);
-    int err = ag_store_commit(w->st);
+    /* The rows are counted in the database's rows_written counter in the
+     * same transaction (status reads it there, from the daemon or a file). */
+    int err = rows > 0 ? ag_store_add_counter(w->st, "rows_written", rows) : AG_OK;
+    if (err && ag_store_failure_is_transient(w->st)) {
+        note_failure(w, "write");
+        pthread_mutex_lock(&w->lock);
+        return 1;
+    }
+    if (err)
+        ag_log(w->log, AG_LOG_ERROR, "writer: rows_written not counted: %s",
+               ag_store_errmsg(w->st));
+    err = ag_store_commit(w->st);
     if (err && ag_store_failure_is_transient(w->st)) {
         note_failure(w, "commit");
         pthread_mutex_lock(&w->lock);

@@ -46,6 +46,9 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_ADD_COUNTER] =
         "INSERT INTO counters(name,value) VALUES(?1,?2)"
         " ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+    [AG_ST_PUT_DAEMON_SETTING] =
+        "INSERT INTO daemon_settings(name,value) VALUES(?1,?2)"
+        " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
     [AG_ST_RUNS] =
         "SELECT name,host,pid,client_id,started_ms,ended_ms,last_step,messages,dropped,"
         "metadata FROM runs ORDER BY started_ms, id",
@@ -78,6 +81,7 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_FORMATS] =
         "SELECT id,name,exponent_bits,mantissa_bits,bias,has_inf,has_nan FROM formats"
         " ORDER BY id",
+    [AG_ST_DAEMON_SETTING] = "SELECT value FROM daemon_settings WHERE name=?1",
     [AG_ST_ALL_RUNS] =
         "SELECT id,name,client_id,last_seq,last_drop,last_step,ended_ms FROM runs"
         " ORDER BY id",

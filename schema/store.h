@@ -39,14 +39,27 @@ int ag_store_schema_version(void);
 int ag_store_user_version(ag_store *st, int *version);
 
 /* ---------------- queries (altgrad.h results, freed with ag_free) ------- */
+/* The most points one history answer holds: what one query reply of the
+ * protocol may carry (AG_PROTO_MAX_ITEMS), so the daemon and a reader of the
+ * file answer alike. Beyond it history is AG_ETOOBIG: ask with every or a
+ * step range. */
+#define AG_STORE_MAX_POINTS 1048576u
 int ag_store_runs(ag_store *st, ag_run_list **out);
 int ag_store_tensors(ag_store *st, const char *run, ag_tensor_list **out);
 int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out);
 int ag_store_scales(ag_store *st, const char *run, const char *format, ag_scale_list **out);
+/* limit 0 means 10; limits above AG_STORE_TOP_LIMIT_MAX are that. */
+#define AG_STORE_TOP_LIMIT_MAX 1000000
 int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window,
                  size_t limit, ag_top_list **out);
-/* Counts from the file; uptime 0, queue_depth 0, db_path as opened,
- * formats = the formats the file knows. */
+/* The status as the file holds it, the same whoever asks (the daemon's
+ * query threads or altgrad --db): messages and dropped summed over the runs;
+ * bytes, rejected and rows_written from the counters the daemon commits with
+ * its rows; runs and tensors counted; db_path the file's canonical absolute
+ * path (as opened when it cannot be resolved); version and formats those the
+ * daemon recorded at its start (daemon_settings), else NULL and the formats
+ * the file knows in id order. uptime_s and queue_depth are 0: only a running
+ * daemon has them (it fills them in). */
 int ag_store_status(ag_store *st, ag_status **out);
 /* PRAGMA integrity_check: 0 when "ok", AG_ESTORE otherwise. */
 int ag_store_integrity_check(ag_store *st);
@@ -127,8 +140,11 @@ int ag_store_put_snapshot(ag_store *st, int64_t tensor_id, uint64_t step, const 
                           size_t n);
 int ag_store_apply_run_delta(ag_store *st, const ag_store_run_delta *d);
 int ag_store_apply_tensor_delta(ag_store *st, const ag_store_tensor_delta *d);
-/* counters[name] += delta (names: "bytes", "rejected", "dropped", "rows_written"). */
+/* counters[name] += delta (names: "bytes", "rejected", "rows_written"). */
 int ag_store_add_counter(ag_store *st, const char *name, uint64_t delta);
+/* daemon_settings[name] = value: what the daemon was started with, recorded
+ * at its start ("version", "formats"), so readers of the file report it. */
+int ag_store_put_daemon_setting(ag_store *st, const char *name, const char *value);
 
 /* ---------------- restore (daemon start, before the writer runs) -------- */
 /*

@@ -193,3 +193,12 @@ int ag_store_add_counter(ag_store *st, const char *name, uint64_t delta) {
     sqlite3_bind_int64(s, 2, i64(delta));
     return ag_store_exec_stmt(st, s, "add counter");
 }
+
+int ag_store_put_daemon_setting(ag_store *st, const char *name, const char *value) {
+    if (!name || !value) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_DAEMON_SETTING);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, value, -1, SQLITE_STATIC);
+    return ag_store_exec_stmt(st, s, "put daemon setting");
+}

@@ -210,8 +210,19 @@ AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scal
 AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales,
                                     size_t nfmt, const float *w, const float *u, size_t n,
                                     ag_stall_counts *out);
-/* Elements whose quantized value decode(prev[i]) * prev_scale differs from
- * decode(cur[i]) * cur_scale (+0 equals -0; NaN equals NaN). Adds into *flips. */
+/* Pattern flips at one scale, the flips altgradd reports (docs/numerics.md):
+ * elements whose pattern encode(w[i] / scale) differs from prev[i], where
+ * prev holds the previous snapshot encoded at that same scale
+ * (ag_encode_array(fmt, scale, w_prev, prev, n)). +0 and -0 count as one
+ * pattern, and so do all NaN patterns. A scale that moved between the
+ * snapshots does not make elements flip: pass the previous snapshot's scale.
+ * Adds into *flips; scale must be finite and > 0. */
+AG_EXTERN int ag_count_pattern_flips(const ag_format *fmt, float scale, const uint8_t *prev,
+                                     const float *w, size_t n, uint64_t *flips);
+/* Value flips: elements whose quantized value decode(prev[i]) * prev_scale
+ * differs from decode(cur[i]) * cur_scale (+0 equals -0; NaN equals NaN).
+ * When the scales differ nearly every nonzero element counts; altgradd
+ * reports ag_count_pattern_flips instead. Adds into *flips. */
 AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float prev_scale,
                              const uint8_t *cur, float cur_scale, size_t n,
                              uint64_t *flips);

@@ -245,6 +245,8 @@ CORE_SIGNATURES = {
                                       c_void_p, c_size_t, _counts_p]),
     "ag_count_flips": (c_int, [_fmt_p, c_void_p, c_float, c_void_p, c_float, c_size_t,
                                POINTER(c_uint64)]),
+    "ag_count_pattern_flips": (c_int, [_fmt_p, c_float, c_void_p, c_void_p, c_size_t,
+                                       POINTER(c_uint64)]),
     "ag_role_name": (c_char_p, [c_int]),
     "ag_role_parse": (c_int, [c_char_p]),
     "ag_bf16_to_f32": (c_int, [c_void_p, c_void_p, c_size_t]),

@@ -194,6 +194,14 @@ Test(writer, snapshots_replaced_while_queued_are_skipped_and_the_newest_is_store
     /* 10 results and one snapshot: the nine replaced ones were not written */
     cr_assert_eq(ag_writer_rows_written(w), 11);
     ag_writer_stop(w);
+    /* The rows are counted in the file, in the transactions that wrote them. */
+    ag_store *st = NULL;
+    ag_status *status = NULL;
+    cr_assert_eq(ag_store_open(&st, db, AG_STORE_READONLY), AG_OK);
+    cr_assert_eq(ag_store_status(st, &status), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(status->rows_written, 11);
+    ag_free(status);
+    ag_store_close(st);
     stored_snapshot s = stored();
     cr_assert_eq(s.count, 1);
     cr_assert_eq(s.step, 10);

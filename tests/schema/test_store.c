@@ -1,8 +1,9 @@
 /*
  * test_store.c - the SQLite store (schema/): migrations, opening errors,
  * writes read back through every query, downsampling, restore of the engine
- * state, a process killed mid-transaction leaving the file intact, and a
- * file of an older schema version migrated with its data.
+ * state, a process killed mid-transaction leaving the file intact, a file
+ * of an older schema version migrated with its data, and a status that reads
+ * the same from every connection.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -607,5 +608,99 @@ Test(store, a_version_2_file_migrates_keeping_its_runs_and_learns_the_drop_count
     r = (run_seq){0};
     cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
     cr_expect_eq(r.drop, 11);
+    ag_store_close(st);
+}
+
+/* Status is what the file holds, whoever opens it and by whatever path:
+ * the daemon's recorded version and formats, the committed counters, and
+ * the file's canonical path. */
+Test(store, status_reads_the_recorded_daemon_settings_and_counters_from_any_path) {
+    ag_store *st = open_rw();
+    fill(st, 3);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "version", "9.8.7"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "formats", "E3M4,E5M2,E4M3"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "formats", "E5M2,E3M4"), AG_OK); /* replaced */
+    cr_assert_eq(ag_store_add_counter(st, "rows_written", 40), AG_OK);
+    cr_assert_eq(ag_store_add_counter(st, "rows_written", 2), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+
+    char twisted[256];
+    snprintf(twisted, sizeof twisted, "%s/./../%s/t.db", dir, strrchr(dir, '/') + 1);
+    ag_store *ro = NULL;
+    cr_assert_eq(ag_store_open(&ro, twisted, AG_STORE_READONLY), AG_OK, "%s",
+                 ag_store_errmsg(ro));
+    ag_status *a = NULL, *b = NULL;
+    cr_assert_eq(ag_store_status(st, &a), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(ag_store_status(ro, &b), AG_OK, "%s", ag_store_errmsg(ro));
+    cr_assert_str_eq(a->version, "9.8.7");
+    cr_assert_str_eq(a->formats, "E5M2,E3M4");
+    cr_assert_eq(a->rows_written, 42);
+    cr_assert_eq(a->messages, 3);
+    cr_assert_str_eq(a->db_path, db_path);
+    cr_assert_str_eq(b->db_path, db_path, "opened as %s", twisted);
+    cr_assert_str_eq(b->version, a->version);
+    cr_assert_str_eq(b->formats, a->formats);
+    cr_assert_eq(b->rows_written, a->rows_written);
+    ag_free(a);
+    ag_free(b);
+    ag_store_close(ro);
+    ag_store_close(st);
+}
+
+/* A file no daemon recorded settings in (or one from before schema version
+ * 4, read without migrating): no version, the formats the file knows. */
+Test(store, status_without_recorded_settings_has_no_version_and_the_known_formats) {
+    ag_store *st = open_rw();
+    fill(st, 2);
+    ag_status *s = NULL;
+    cr_assert_eq(ag_store_status(st, &s), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_null(s->version);
+    cr_expect_str_eq(s->formats, "E5M2,E3M4");
+    cr_expect_eq(s->rows_written, 0);
+    ag_free(s);
+    ag_store_close(st);
+
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "DROP TABLE daemon_settings; PRAGMA user_version=3", NULL, NULL,
+                              NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    ag_store *ro = NULL;
+    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s",
+                 ag_store_errmsg(ro));
+    cr_assert_eq(ag_store_status(ro, &s), AG_OK, "%s", ag_store_errmsg(ro));
+    cr_expect_null(s->version);
+    cr_expect_str_eq(s->formats, "E5M2,E3M4");
+    ag_free(s);
+    ag_store_close(ro);
+}
+
+/* A history longer than one query reply may carry is refused the same way
+ * the daemon would have to refuse it; with every or a range it answers. */
+Test(store, a_history_past_the_reply_limit_is_too_big_unless_downsampled) {
+    ag_store *st = open_rw();
+    fill(st, 1);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    for (uint64_t step = 2; step <= AG_STORE_MAX_POINTS + 1; step++) {
+        ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step,
+                                 .counts = {.stalled = 1, .total = 2}, .amax = 1, .scale = 1};
+        cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
+    }
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .format = "E5M2"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_ETOOBIG);
+    cr_assert_null(h);
+    cr_assert_not_null(strstr(ag_store_errmsg(st), "--every"), "%s", ag_store_errmsg(st));
+    q.every = 2;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h->n, AG_STORE_MAX_POINTS / 2 + 1);
+    ag_free(h);
+    q.every = 0;
+    q.to_step = AG_STORE_MAX_POINTS;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h->n, AG_STORE_MAX_POINTS);
+    ag_free(h);
     ag_store_close(st);
 }
