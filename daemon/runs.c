@@ -43,21 +43,32 @@ run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name, const char
     r->asked = strdup(asked ? asked : name);
     r->launch = dup_or_null(launch);
     ag_map_init(&r->tensors);
-    if (!r->name || !r->asked || (launch && !r->launch) || ag_map_put(&e->runs, name, r)) {
-        free(r->name);
-        free(r->asked);
-        free(r->launch);
-        free(r);
-        return NULL;
+    if (!r->name || !r->asked || (launch && !r->launch) || ag_map_put(&e->runs, name, r))
+        goto fail;
+    /* Ids only grow, so the run made last for a name is the newest. On a
+     * failure every map is left as it was (a set on a present key cannot
+     * fail). */
+    run_state *newest = ag_map_get(&e->families, r->asked);
+    if (ag_map_set(&e->families, r->asked, r)) {
+        ag_map_remove(&e->runs, name);
+        goto fail;
     }
-    /* Ids only grow, so the run made last for a name is the newest. */
-    if (ag_map_set(&e->families, r->asked, r) ||
-        (launch && ag_eng_note_launch(e, launch, r->asked, r))) {
-        /* the run is in e->runs and freed with it; only the lookups are short */
-        return NULL;
+    if (launch && ag_eng_note_launch(e, launch, r->asked, r)) {
+        if (newest)
+            ag_map_set(&e->families, r->asked, newest);
+        else
+            ag_map_remove(&e->families, r->asked);
+        ag_map_remove(&e->runs, name);
+        goto fail;
     }
     atomic_fetch_add(&e->counters->runs, 1);
     return r;
+fail:
+    free(r->name);
+    free(r->asked);
+    free(r->launch);
+    free(r);
+    return NULL;
 }
 
 int ag_eng_note_launch(ag_engine *e, const char *launch, const char *asked, run_state *r) {
