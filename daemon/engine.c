@@ -6,9 +6,7 @@
  * to is runs.c, snapshots are snapshot.c, restore at start restore.c.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <inttypes.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -288,12 +286,7 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
                                                    .has_drop = cs->drop_known,
                                                    .ended = cs->ended};
         if (!err) err = ag_eng_push(e, &c);
-        if (cs->ended) {
-            char key[17];
-            snprintf(key, sizeof key, "%016" PRIx64, cs->id);
-            ag_map_remove(&e->clients, key);
-            ag_eng_free_client(cs, NULL);
-        }
+        if (cs->ended) ag_eng_forget_client(e, cs);
     }
     ag_write_item c = {.kind = AG_W_COUNTER};
     c.u.counter.name = "bytes";

@@ -154,6 +154,8 @@ void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
  * and a boundary; a client whose run ended is forgotten. */
 int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_tensors);
 void ag_eng_free_client(void *client, void *ctx);
+/* Remove client cs from the engine and free it. */
+void ag_eng_forget_client(ag_engine *e, client_state *cs);
 
 /* runs.c */
 /* The client of stream message m, and so its run: found by its client id,

@@ -98,6 +98,13 @@ void ag_eng_free_client(void *client, void *ctx) {
     free(client);
 }
 
+void ag_eng_forget_client(ag_engine *e, client_state *cs) {
+    char key[17];
+    cid_key(cs->id, key);
+    ag_map_remove(&e->clients, key);
+    ag_eng_free_client(cs, NULL);
+}
+
 /* ------------------------------------------------------------- naming */
 
 /* The name of a new run for a trainer that asked for asked: asked itself
