@@ -238,9 +238,10 @@ done:
                t->name, (unsigned long long)job->step, ag_strerror(err));
     }
     size_t bytes = job->bytes;
+    client_state *client = job->client;
     job_free(job);
     /* The message was accepted (seq accounted) even if its rows failed. */
-    ag_eng_end_message(e, r, bytes, 1);
+    ag_eng_end_message(e, client, bytes, 1);
     return err;
 }
 

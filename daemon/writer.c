@@ -70,6 +70,12 @@ void ag_write_item_clear(ag_write_item *it) {
         free(it->u.run.name);
         free(it->u.run.host);
         free(it->u.run.metadata);
+        free(it->u.run.launch);
+        free(it->u.run.asked);
+        break;
+    case AG_W_CLIENT:
+        free(it->u.client.launch);
+        free(it->u.client.asked);
         break;
     case AG_W_TENSOR:
         free(it->u.tensor.name);
@@ -91,7 +97,15 @@ static int apply(ag_store *st, ag_write_item *it) {
         it->u.run.row.name = it->u.run.name;
         it->u.run.row.host = it->u.run.host;
         it->u.run.row.metadata = it->u.run.metadata;
+        it->u.run.row.launch_id = it->u.run.launch;
+        it->u.run.row.asked = it->u.run.asked;
         return ag_store_put_run(st, &it->u.run.row);
+    case AG_W_CLIENT:
+        it->u.client.row.launch_id = it->u.client.launch;
+        it->u.client.row.asked = it->u.client.asked;
+        return ag_store_put_client(st, &it->u.client.row);
+    case AG_W_CLIENT_DELTA:
+        return ag_store_apply_client_delta(st, &it->u.client_delta);
     case AG_W_TENSOR:
         return ag_store_put_tensor(st, it->u.tensor.id, it->u.tensor.run_id, it->u.tensor.name,
                                    it->u.tensor.role);

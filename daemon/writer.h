@@ -17,6 +17,8 @@
 typedef enum ag_write_kind {
     AG_W_FORMAT,
     AG_W_RUN,
+    AG_W_CLIENT,
+    AG_W_CLIENT_DELTA,
     AG_W_TENSOR,
     AG_W_STATS,
     AG_W_RESULT,
@@ -39,7 +41,9 @@ typedef struct ag_write_item {
     unsigned char superseded, supersedes;
     union {
         struct { int64_t id; const ag_format *fmt; } format;
-        struct { ag_store_run_row row; char *name, *host, *metadata; } run;
+        struct { ag_store_run_row row; char *name, *host, *metadata, *launch, *asked; } run;
+        struct { ag_store_client_row row; char *launch, *asked; } client; /* launch may be NULL */
+        ag_store_client_delta client_delta;
         struct { int64_t id, run_id; char *name; int role; } tensor;
         ag_store_stats_row stats;
         ag_store_result_row result;

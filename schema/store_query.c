@@ -452,3 +452,31 @@ fail:
     ag_free(res);
     return err;
 }
+
+int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_cap,
+                        char *launch, size_t launch_cap) {
+    if (!st || !run || !launch || !run_cap || !launch_cap) return AG_EINVAL;
+    run[0] = launch[0] = '\0';
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_CLIENT_RUN);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, (int64_t)client_id);
+    int rc = sqlite3_step(s), err = AG_OK;
+    if (rc == SQLITE_ROW) {
+        const char *name = col_text(s, 0), *l = col_text(s, 1);
+        size_t n = strlen(name), ln = strlen(l);
+        if (n >= run_cap || ln >= launch_cap) {
+            err = ag_store_failf(st, AG_ERANGE, "client %016llx: a name is too long",
+                                 (unsigned long long)client_id);
+        } else {
+            memcpy(run, name, n + 1);
+            memcpy(launch, l, ln + 1);
+        }
+    } else if (rc == SQLITE_DONE) {
+        err = ag_store_failf(st, AG_ENOTFOUND, "no run start of client %016llx filed yet",
+                             (unsigned long long)client_id);
+    } else {
+        err = ag_store_fail(st, "client run", rc);
+    }
+    sqlite3_reset(s);
+    return err;
+}

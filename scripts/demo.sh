@@ -82,7 +82,13 @@ fi
 "$CLI" status
 
 section "training run '$RUN' ($STEPS steps)"
-"$TRAINER" --run "$RUN" --steps "$STEPS"
+"$TRAINER" --run "$RUN" --steps "$STEPS" | tee var/demo-trainer.out
+# The daemon may have filed the run under another name (RUN.2 when another
+# launch had RUN): the trainer's first line says which.
+used=$(sed -n "1s/^ag_mlp_train: run '\([^']*\)'.*/\1/p" var/demo-trainer.out)
+if [[ -n $used && $used != "$RUN" ]]; then
+    RUN=$used
+fi
 
 # The trainer only hands records to the transport; wait (bounded) until the
 # daemon has committed the last step's snapshot.

@@ -241,6 +241,7 @@ AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float pr
 #define AG_SYSTEM_DB_PATH "/var/lib/altgrad/altgrad.db"
 
 #define AG_NAME_MAX 255 /* longest run or tensor name, in bytes */
+#define AG_LAUNCH_ID_MAX 128 /* longest launch id, in bytes (printable ASCII) */
 
 typedef enum ag_role {
     AG_ROLE_WEIGHT = 0,
@@ -373,7 +374,9 @@ typedef enum ag_queue_policy {
 typedef struct ag_client_opts {
     const char *ingest_url; /* NULL: $ALTGRAD_INGEST, else the daemon's default */
     const char *query_url;  /* NULL: $ALTGRAD_QUERY, else the daemon's default */
-    const char *run;        /* run name; NULL: "run-<host>-<pid>-<time>" */
+    const char *run;        /* the run name asked for; NULL: "run-<host>-<pid>-<time>".
+                             * The daemon may file the run as run.2, run.3 ...
+                             * (see resume, launch_id and ag_client_run) */
     const char *metadata;   /* JSON object sent with run start (<= 64 KiB); NULL: "{}" */
     int policy;             /* ag_queue_policy */
     size_t queue_messages;  /* messages the send queue holds; 0: 1024 */
@@ -387,14 +390,34 @@ typedef struct ag_client_opts {
     size_t sample_max;      /* snapshots of larger tensors send a fixed subset of this
                              * many elements (the same every step); 0: whole tensors */
     uint64_t sample_seed;   /* seed of that subset; 0: a fixed default */
+    /* Fields below were added later; zero still means the default. */
+    int resume;             /* nonzero: continue the latest run of this name (the newest
+                             * of run, run.2, ...) instead of starting a new one when
+                             * the name is taken; 0: a new run (run.2 ... if taken) */
+    const char *launch_id;  /* the launch this client belongs to: clients of one launch
+                             * asking for one run name share the run (the ranks of one
+                             * distributed job). 1..AG_LAUNCH_ID_MAX bytes of printable
+                             * ASCII. NULL: $TORCHELASTIC_RUN_ID (torchrun's run id) if
+                             * set, else $ALTGRAD_LAUNCH_ID, else one unique to this
+                             * client (see ag_client_launch_id) */
 } ag_client_opts;
 
 /*
  * Open a client. Never waits for the daemon: sockets dial in the background
  * and redial by themselves. The run starts (run_start is queued) with the
- * first logging call, so a client used only for queries creates no run.
- * AG_EINVAL for a bad option (name too long, metadata not a JSON object),
- * AG_ETRANSPORT when a URL cannot be used.
+ * first logging call or ag_client_start_run, so a client used only for
+ * queries creates no run.
+ *
+ * Which run it is: the daemon files a run start under the name asked for,
+ * unless that name belongs to a run of another launch (ended or not): then
+ * under name.2 (name.3, ... the first free one). A client whose launch
+ * already has a run for that name joins it; with resume it continues the
+ * newest run of that name. The daemon says which name it used; the client
+ * asks as soon as run_start went out, and ag_client_run returns the answer.
+ *
+ * AG_EINVAL for a bad option (name or launch id empty or not allowed,
+ * metadata not a JSON object), AG_ETOOBIG for a name or launch id over its
+ * limit, AG_ETRANSPORT when a URL cannot be used.
  */
 AG_EXTERN int ag_client_open(ag_client **out, const ag_client_opts *opts);
 
@@ -469,9 +492,29 @@ typedef struct ag_client_stats {
     uint64_t bytes_sent;
 } ag_client_stats;
 AG_EXTERN int ag_client_get_stats(ag_client *c, ag_client_stats *out);
-/* This client's random id and its run name (valid until close). */
+/*
+ * Start the run now, as the first logging call would (run_start is queued
+ * once), and wait at most timeout_ms (< 0: without limit) until the daemon
+ * says which run it files this client's messages under. AG_OK: the name is
+ * known (ag_client_run). AG_ETIMEDOUT: no answer yet (no daemon, or a slow
+ * one); logging goes on and the client keeps asking in the background.
+ * AG_ECLOSED: the run was ended before it started, or the client is closing.
+ * AG_EVERSION / AG_EREMOTE / AG_EPROTO: the daemon cannot say (an older
+ * daemon); ag_client_run keeps the name asked for.
+ */
+AG_EXTERN int ag_client_start_run(ag_client *c, int timeout_ms);
+/* This client's random id. */
 AG_EXTERN uint64_t ag_client_id(const ag_client *c);
+/* The run's name: the one the daemon filed the run under once it said so
+ * (ag_client_start_run waits for that), else the one asked for. Never waits.
+ * Valid until close. */
 AG_EXTERN const char *ag_client_run(const ag_client *c);
+/* The launch id this client sends (given, from the environment, or
+ * generated at open). Valid until close. */
+AG_EXTERN const char *ag_client_launch_id(const ag_client *c);
+/* The URLs in use, as resolved at open (option, environment, default). */
+AG_EXTERN const char *ag_client_ingest_url(const ag_client *c);
+AG_EXTERN const char *ag_client_query_url(const ag_client *c);
 
 /*
  * Queries (REQ/REP). Results are freed with one ag_free(). AG_ENOTFOUND for

@@ -231,10 +231,11 @@ Test(altgradd, a_restart_keeps_everything_and_scales_continue) {
     int status = harness_stop(&H, SIGTERM);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
 
-    /* Steps 4..6 after the restart: step 1's large amax is still in the
-     * history, and flips at step 4 compare against step 3's snapshot. */
+    /* Steps 4..6 after the restart, resuming the run: step 1's large amax is
+     * still in the history, and flips at step 4 compare against step 3's
+     * snapshot. */
     harness_start(&H, NULL);
-    c = harness_client(&H, "restart", AG_QUEUE_BLOCK);
+    c = harness_client_as(&H, "restart", AG_QUEUE_BLOCK, 1, NULL);
     log_steps(c, &m, "w", 500, 3, 4, 6, want);
     cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
     check_history(c, "restart", "w", 6, want);
@@ -795,9 +796,10 @@ Test(altgradd, a_defined_format_is_served_and_survives_a_restart_without_the_opt
 
     /* Restarted without the option: the database's definition is restored,
      * history is served and new snapshots naming E4M3 are evaluated, with
-     * the amax history and flips continuing across the restart. */
+     * the amax history and flips continuing across the restart (the trainer
+     * resumes its run). */
     harness_start(&H, NULL);
-    c = harness_client(&H, "e4m3", AG_QUEUE_BLOCK);
+    c = harness_client_as(&H, "e4m3", AG_QUEUE_BLOCK, 1, NULL);
     static const char *const named[] = {"E4M3"};
     for (uint64_t s = 4; s <= 5; s++) {
         make_tensor(s, N, 5, w, g);
