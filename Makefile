@@ -6,8 +6,9 @@ JOBS    ?= 2
 BUILD   ?= build
 SBUILD  ?= build-asan
 FUZZ_SECONDS ?= 20
+STRESS_N ?= 30
 
-.PHONY: all deps build build-asan test test-c test-asan test-py demo bench fuzz tsan clean
+.PHONY: all deps build build-asan test test-c test-asan test-py demo bench fuzz tsan stress clean
 
 all: build
 
@@ -54,6 +55,11 @@ demo: build
 	@if [ -x scripts/demo.sh ]; then bash scripts/demo.sh $(BUILD); \
 	else $(BUILD)/examples/ag_formats 2>/dev/null || echo "demo not built yet"; fi
 
+# Repeat the daemon and client suites STRESS_N times under ASan, no reruns.
+stress: build-asan
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  bash scripts/stress.sh $(SBUILD) $(STRESS_N)
+
 clean:
 	rm -rf $(BUILD) $(SBUILD) build-fuzz build-tsan
 
@@ -63,8 +69,8 @@ tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DAG_BUILD_BENCH=OFF -DAG_BUILD_TESTS=OFF \
 	  -DCMAKE_C_FLAGS="-fsanitize=thread -g" >/dev/null
 	cmake --build build-tsan -j$(JOBS) --target altgrad_static
-	$(CC) -std=c11 -g -fsanitize=thread -Iinclude tests/tsan/client_threads.c \
-	  build-tsan/libaltgrad.a -lnng -lmsgpackc -lpthread -lm -o build-tsan/client_threads
+	$(CC) -std=c11 -g -fsanitize=thread -Iinclude -I. tests/tsan/client_threads.c \
+	  build-tsan/libaltgrad.a -lmsgpackc -lpthread -latomic -lm -o build-tsan/client_threads
 	for policy in 0 1; do \
 	  TSAN_OPTIONS=halt_on_error=1:exitcode=66 setarch $$(uname -m) -R build-tsan/client_threads $$policy || exit 1; \
 	done

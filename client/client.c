@@ -92,7 +92,7 @@ static void deadline_after(struct timespec *ts, int ms)
     }
 }
 
-static uint64_t random_id(void)
+uint64_t ag_client_random_u64(void)
 {
     uint64_t id = 0;
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
@@ -219,6 +219,8 @@ int ag_client_start_run_locked(ag_client *c)
     m.u.run_start.pid = (int64_t)getpid();
     m.u.run_start.time_ms = ag_client_now_ms();
     m.u.run_start.metadata = c->metadata;
+    m.u.run_start.launch = c->launch;
+    m.u.run_start.resume = c->opts.resume != 0;
     nng_msg *msg;
     int rc = ag_client_encode_msg(&m, &msg);
     if (rc)
@@ -270,6 +272,16 @@ static void *sender_main(void *arg)
         c->finished++;
         pthread_cond_broadcast(&c->room);
         pthread_cond_broadcast(&c->drained);
+        /* The first message is run_start: once it went out, ask the daemon
+         * which run it filed it under (identity.c). */
+        if (!c->name_asked && !c->stopping) {
+            c->name_asked = 1;
+            c->callers++; /* close stops the name query only after we left */
+            pthread_mutex_unlock(&c->mu);
+            ag_client_name_ask(c);
+            pthread_mutex_lock(&c->mu);
+            ag_client_leave_locked(c);
+        }
     }
     pthread_mutex_unlock(&c->mu);
     return NULL;
@@ -343,6 +355,7 @@ static int fill_options(ag_client *c, const ag_client_opts *in)
         o.reconnect_ms = DEFAULT_RECONNECT_MS;
     if (o.queue_messages > (1u << 24))
         return AG_EINVAL;
+    o.resume = o.resume != 0;
 
     if (gethostname(c->host, sizeof c->host - 1) != 0)
         snprintf(c->host, sizeof c->host, "unknown");
@@ -358,6 +371,10 @@ static int fill_options(ag_client *c, const ag_client_opts *in)
         snprintf(c->run, sizeof c->run, "run-%.64s-%ld-%lld", c->host, (long)getpid(),
                  (long long)(ag_client_now_ms() / 1000));
     }
+    int rc = ag_client_resolve_launch(c, o.launch_id);
+    if (rc)
+        return rc;
+    o.launch_id = c->launch;
     const char *meta = o.metadata ? o.metadata : "{}";
     size_t mn = strlen(meta);
     if (mn > AG_PROTO_MAX_METADATA)
@@ -429,7 +446,7 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     c->fork_generation = fork_generation;
     if ((rc = fill_options(c, opts)))
         goto fail;
-    c->client_id = random_id();
+    c->client_id = ag_client_random_u64();
     /* spare slots: run_start, the last batch and run_end are always queued */
     c->ring_cap = c->opts.queue_messages + 3;
     c->ring = calloc(c->ring_cap, sizeof(*c->ring));
@@ -448,6 +465,7 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     pthread_cond_init(&c->work, &ca);
     pthread_cond_init(&c->room, &ca);
     pthread_cond_init(&c->drained, &ca);
+    pthread_cond_init(&c->named, &ca);
     pthread_condattr_destroy(&ca);
     have_sync = 1;
     if ((rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0, NULL)))
@@ -456,6 +474,8 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     if ((rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1, &c->req_pipes)))
         goto fail;
     have_req = 1;
+    if ((rc = ag_client_name_init(c)))
+        goto fail;
     if (pthread_create(&c->sender, NULL, sender_main, c) != 0) {
         rc = AG_ENOMEM;
         goto fail;
@@ -466,6 +486,7 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     *out = c;
     return AG_OK;
 fail:
+    ag_client_name_fini(c);
     if (have_req)
         nng_close(c->req);
     if (have_push)
@@ -474,6 +495,7 @@ fail:
         pthread_cond_destroy(&c->work);
         pthread_cond_destroy(&c->room);
         pthread_cond_destroy(&c->drained);
+        pthread_cond_destroy(&c->named);
         pthread_mutex_destroy(&c->mu);
     }
     free_client(c);
@@ -698,6 +720,7 @@ int64_t ag_client_close(ag_client *c)
     pthread_cond_broadcast(&c->work);
     pthread_cond_broadcast(&c->room);
     pthread_cond_broadcast(&c->drained);
+    pthread_cond_broadcast(&c->named);
     pthread_mutex_unlock(&c->mu);
     /* Threads blocked in a logging call or a flush, encoding a snapshot or
      * querying leave with AG_ECLOSED; only then may the handle go. A query in
@@ -718,6 +741,7 @@ int64_t ag_client_close(ag_client *c)
         pthread_cond_timedwait(&c->drained, &c->mu, &until);
     }
     pthread_mutex_unlock(&c->mu);
+    ag_client_name_fini(c); /* before the socket its context lives on */
     nng_close(c->req);
     if (c->sender_started)
         pthread_join(c->sender, NULL);
@@ -736,6 +760,7 @@ int64_t ag_client_close(ag_client *c)
     pthread_cond_destroy(&c->work);
     pthread_cond_destroy(&c->room);
     pthread_cond_destroy(&c->drained);
+    pthread_cond_destroy(&c->named);
     pthread_mutex_destroy(&c->mu);
     free_client(c);
     return undelivered;
@@ -761,7 +786,4 @@ uint64_t ag_client_id(const ag_client *c)
     return c ? c->client_id : 0;
 }
 
-const char *ag_client_run(const ag_client *c)
-{
-    return c ? c->run : NULL;
-}
+

@@ -29,7 +29,8 @@ typedef struct ag_query_slot {
 struct ag_client {
     /* set at open, read-only afterwards */
     ag_client_opts opts;        /* with defaults filled in; strings point below */
-    char run[AG_NAME_MAX + 1];
+    char run[AG_NAME_MAX + 1];  /* the name asked for */
+    char launch[AG_LAUNCH_ID_MAX + 1];
     char host[AG_NAME_MAX + 1];
     char *metadata;
     char *ingest_url;
@@ -45,10 +46,23 @@ struct ag_client {
     int sender_started;
     uint64_t fork_generation;   /* the process's fork generation at open */
 
+    /* The run's name as the daemon filed it (identity.c): written once,
+     * before run_known is set (release); readers load run_known (acquire). */
+    char run_final[AG_NAME_MAX + 1];
+    _Atomic int run_known;
+    /* The name query: one aio whose callback chain asks q_run until the
+     * daemon answers (state and backoff are the chain's alone). */
+    nng_aio *name_aio;
+    nng_ctx name_ctx;
+    int have_name_ctx;
+    int name_state;
+    unsigned name_backoff_ms;
+
     pthread_mutex_t mu;
     pthread_cond_t work;        /* sender: a message was queued, or stop */
     pthread_cond_t room;        /* producers: the queue shrank */
     pthread_cond_t drained;     /* flushers: a message was sent or discarded */
+    pthread_cond_t named;       /* ag_client_start_run: the daemon said the name, or cannot */
 
     nng_msg **ring;             /* the send queue */
     size_t ring_cap;
@@ -75,6 +89,8 @@ struct ag_client {
                                  * releasing mu (a wait, an encode); close waits
                                  * for them to leave before freeing */
     struct ag_query_slot *queries; /* queries in flight: close cancels their aios */
+    int name_asked;             /* the name query was started */
+    int name_err;               /* the daemon cannot say the name: why (an ag_err) */
 };
 
 /* Queue an encoded stream message (takes msg in every case). Caller holds
@@ -91,6 +107,21 @@ int ag_client_has_room_locked(const ag_client *c, size_t len);
 /* Encode m (a stream message) into a fresh nng message. */
 int ag_client_encode_msg(const ag_msg *m, nng_msg **out);
 int64_t ag_client_now_ms(void);
+/* 64 random bits, never 0. */
+uint64_t ag_client_random_u64(void);
+
+/* identity.c */
+/* Fill c->launch from the option, else the environment, else generate one
+ * (c->host must be set). AG_EINVAL / AG_ETOOBIG for a bad option. */
+int ag_client_resolve_launch(ag_client *c, const char *given);
+/* Allocate the name query's aio and context on c->req. */
+int ag_client_name_init(ag_client *c);
+/* Start asking the daemon for the run's name (once run_start went out).
+ * Called without mu, counted in callers. */
+void ag_client_name_ask(ag_client *c);
+/* Stop the name query and free it; close calls it without mu, before the
+ * REQ socket closes. Safe when ag_client_name_init failed or never ran. */
+void ag_client_name_fini(ag_client *c);
 /* Whether c was opened in another process, i.e. we are a fork() child of the
  * process that opened it. Such a child owns none of the handle's threads or
  * sockets (nng aborts if used after fork), and mu may have been held by a

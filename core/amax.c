@@ -1,6 +1,6 @@
 /*
  * amax.c - tensor amax, the amax history ring and the scale it yields
- * (DESIGN.md 1.3). Non-finite values are counted and never enter a ring.
+ * (docs/numerics.md, Quantize, scale, history). Non-finite values are counted and never enter a ring.
  */
 #include <math.h>
 #include <stdlib.h>

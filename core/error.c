@@ -9,26 +9,22 @@
 AG_EXTERN const char *ag_strerror(int err)
 {
     switch (err) {
-    case AG_OK: return "success";
-    case AG_EINVAL: return "invalid argument";
-    case AG_ENOMEM: return "out of memory";
-    case AG_EFORMAT: return "unknown or impossible format";
-    case AG_EEXIST: return "a different format is registered under that name";
-    case AG_ERANGE: return "value out of range";
-    case AG_ENOSPC: return "table full";
-    case AG_EPROTO: return "malformed message";
-    case AG_EVERSION: return "unsupported protocol version";
-    case AG_ETOOBIG: return "message, string or array too large";
-    case AG_EAGAIN: return "send queue full, message dropped";
-    case AG_ETIMEDOUT: return "timed out";
-    case AG_ECLOSED: return "closed";
-    case AG_ENOTFOUND: return "not found";
-    case AG_ETRANSPORT: return "transport error";
-    case AG_ESTORE: return "database error";
-    case AG_EIO: return "I/O error";
-    case AG_EREMOTE: return "the daemon reported an error";
-    case AG_ELOST: return "messages were lost on the way to the daemon";
+#define AG_ERR_TEXT_(name, value, text) \
+    case value: return text;
+        AG_ERRNO_MAP(AG_ERR_TEXT_)
+#undef AG_ERR_TEXT_
     default: return "unknown error";
+    }
+}
+
+AG_EXTERN const char *ag_err_name(int err)
+{
+    switch (err) {
+#define AG_ERR_NAME_(name, value, text) \
+    case value: return #name;
+        AG_ERRNO_MAP(AG_ERR_NAME_)
+#undef AG_ERR_NAME_
+    default: return NULL;
     }
 }
 

@@ -18,7 +18,7 @@ static size_t registry_count;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
 
-/* The decoding rule of DESIGN.md 1.1, written out directly. */
+/* The decoding rule of docs/numerics.md, Formats, written out directly. */
 static float decode_formula(const ag_format *f, uint8_t bits)
 {
     int sign = bits >> 7;

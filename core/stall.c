@@ -1,11 +1,13 @@
 /*
- * stall.c - bit-stall, overflow, underflow and flip counting (DESIGN.md 1.4).
+ * stall.c - bit-stall, overflow, underflow and flip counting (docs/numerics.md, Stall).
  * One routine serves the SGD form (u = -lr * g, moving when |g| > 1e-10) and
  * the update form (u given, moving when u != 0), for one format or several:
  * the multi-format pass walks the arrays once in cache-sized blocks and runs
  * every format over each block, so memory is read once whatever the count.
- * The same pass can also encode w for every format (stall_encode.h), and the
- * flip count compares patterns as bytes when both snapshots share a scale.
+ * The same pass can also encode w for every format (stall_encode.h). Flips
+ * (docs/numerics.md) compare 8-bit patterns at one scale: as bytes when both
+ * snapshots were encoded at it, or encoding the new weights at the old scale
+ * and comparing in the same pass when the scale moved.
  */
 #include <math.h>
 #include <string.h>
@@ -214,18 +216,25 @@ int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, siz
 
 /* ------------------------------------------------------------- flips */
 
-/* Byte form of "the same value": with one scale s for both snapshots, the
- * values decode(p) * s of distinct patterns are distinct except that the two
- * zeros are equal and every NaN equals every NaN, as long as multiplying by s
- * neither overflows nor underflows the grid (checked per call, see
- * flips_bytes_exact). canon() maps each pattern to a byte that is equal
- * exactly when the values are: zeros to 0x00, NaNs (magnitude bits above
- * nan_above) to 0xff, anything else to itself. */
+/* Byte form of "the same pattern": canon() maps each pattern to a byte that
+ * is equal exactly when the patterns mean the same thing: the two zeros to
+ * 0x00, every NaN (magnitude bits above nan_above) to 0xff, anything else to
+ * itself. */
 AG_INLINE uint8_t flip_canon(uint8_t b, uint8_t nan_above)
 {
     uint8_t mag = b & 0x7fu;
     uint8_t v = mag == 0 ? 0u : b;
     return mag > nan_above ? 0xffu : v;
+}
+
+/* The largest magnitude bits that are not NaN in fmt: the NaN patterns of
+ * every format are the magnitudes above it (0x7f when there are none). */
+static uint8_t nan_above_of(const ag_format *fmt)
+{
+    unsigned thr = 0x7f;
+    while (thr > 0 && isnan(fmt->decode_table[thr]))
+        thr--;
+    return (uint8_t)thr;
 }
 
 /* Elements per counting block: a 16-bit per-lane count cannot overflow. */
@@ -246,8 +255,31 @@ AG_INLINE void flips_bytes_impl(const uint8_t *prev, const uint8_t *cur, size_t 
     *count = total;
 }
 
-/* Different scales (or a scale that overflows or underflows the grid): the
- * two value tables, looked up per element. */
+/* Pattern flips with the encoding fused in: the pattern of w[i] / scale (as
+ * ag_encode_array makes it) against prev[i], in one pass over w. */
+AG_INLINE void flips_encode_impl(const ag_qparams *pp, const enc_params *ep, float scale,
+                                 const uint8_t *prev, const float *w, size_t n,
+                                 uint8_t nan_above, uint64_t *count, const int half_down)
+{
+    const ag_qparams p = *pp;
+    const enc_params e = *ep;
+    uint64_t total = 0;
+    for (size_t start = 0; start < n; start += FLIP_BLOCK) {
+        size_t len = n - start < FLIP_BLOCK ? n - start : FLIP_BLOCK;
+        const uint8_t *a = prev + start;
+        const float *x = w + start;
+        uint16_t c = 0;
+        for (size_t i = 0; i < len; i++) {
+            float xs = x[i] / scale;
+            uint8_t b = enc_pattern(&p, &e, xs, ag_qmag_hd(&p, xs, half_down));
+            c += flip_canon(a[i], nan_above) != flip_canon(b, nan_above);
+        }
+        total += c;
+    }
+    *count = total;
+}
+
+/* Value flips at two scales: the two value tables, looked up per element. */
 AG_INLINE void flips_table_impl(const float *ta, const float *tb, const uint8_t *prev,
                                 const uint8_t *cur, size_t n, uint64_t *count)
 {
@@ -263,10 +295,51 @@ AG_KERNEL_VARIANTS(flips_bytes,
                    (const uint8_t *prev, const uint8_t *cur, size_t n, uint8_t nan_above,
                     uint64_t *count),
                    { flips_bytes_impl(prev, cur, n, nan_above, count); });
+#define FLIPS_ENCODE_PARAMS                                                              \
+    (const ag_qparams *p, const enc_params *e, float scale, const uint8_t *prev,        \
+     const float *w, size_t n, uint8_t nan_above, uint64_t *count)
+AG_KERNEL_VARIANTS(flips_encode, FLIPS_ENCODE_PARAMS,
+                   { flips_encode_impl(p, e, scale, prev, w, n, nan_above, count, 0); });
+AG_KERNEL_VARIANTS(flips_encode_hd, FLIPS_ENCODE_PARAMS,
+                   { flips_encode_impl(p, e, scale, prev, w, n, nan_above, count, 1); });
 AG_KERNEL_VARIANTS(flips_table,
                    (const float *ta, const float *tb, const uint8_t *prev, const uint8_t *cur,
                     size_t n, uint64_t *count),
                    { flips_table_impl(ta, tb, prev, cur, n, count); });
+
+int ag_count_pattern_changes(const ag_format *fmt, const uint8_t *prev, const uint8_t *cur,
+                             size_t n, uint64_t *flips)
+{
+    if (fmt == NULL)
+        return AG_EFORMAT;
+    if (prev == NULL || cur == NULL || n == 0 || flips == NULL)
+        return AG_EINVAL;
+    uint64_t count = 0;
+    flips_bytes_variants[ag_isa_current()](prev, cur, n, nan_above_of(fmt), &count);
+    *flips += count;
+    return AG_OK;
+}
+
+AG_EXTERN int ag_count_pattern_flips(const ag_format *fmt, float scale, const uint8_t *prev,
+                                     const float *w, size_t n, uint64_t *flips)
+{
+    if (fmt == NULL)
+        return AG_EFORMAT;
+    if (prev == NULL || w == NULL || n == 0 || flips == NULL || !scale_ok(scale))
+        return AG_EINVAL;
+    ag_qparams p;
+    enc_params e;
+    ag_qparams_of(fmt, &p);
+    enc_params_of(fmt, &e);
+    uint64_t count = 0;
+    int isa = ag_isa_current();
+    if (p.half_down)
+        flips_encode_hd_variants[isa](&p, &e, scale, prev, w, n, nan_above_of(fmt), &count);
+    else
+        flips_encode_variants[isa](&p, &e, scale, prev, w, n, nan_above_of(fmt), &count);
+    *flips += count;
+    return AG_OK;
+}
 
 /* 1 when, at scale s, equal canon() bytes mean equal values and different
  * ones different values (tab[p] = decode(p) * s). Sign-magnitude patterns

@@ -1,7 +1,8 @@
 /*
  * stall_encode.h - internal: the multi-format stall pass that also encodes
  * the weights for every format, for the daemon's snapshots (counts, then
- * patterns for flips and the next snapshot, from one read of the arrays).
+ * patterns for flips and the next snapshot, from one read of the arrays),
+ * and the byte form of pattern flips for two snapshots encoded at one scale.
  */
 #ifndef AG_CORE_STALL_ENCODE_H
 #define AG_CORE_STALL_ENCODE_H
@@ -18,5 +19,12 @@
 int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                           int update_form, float lr, const float *w, const float *v, size_t n,
                           ag_stall_counts *out, uint8_t *const *enc);
+
+/* Pattern flips between two pattern arrays encoded at one scale: elements
+ * whose patterns differ, +0 and -0 being one pattern and every NaN pattern
+ * one too. Equal to ag_count_pattern_flips(fmt, s, prev, w, n) when cur =
+ * ag_encode_array(fmt, s, w), without reading w. Adds into *flips. */
+int ag_count_pattern_changes(const ag_format *fmt, const uint8_t *prev, const uint8_t *cur,
+                             size_t n, uint64_t *flips);
 
 #endif

@@ -1,9 +1,9 @@
 /*
- * engine.c - the daemon's numerics state machine (see engine.h): runs and
- * tensors found by name, with ids handed out here so the writer never waits
- * for SQLite; amax observations and scales; sequence accounting; the end of
- * each message (its deltas and a commit boundary); statistics; dispatch.
- * Snapshots are in snapshot.c, restore at start in restore.c.
+ * engine.c - the daemon's numerics state machine (see engine.h): tensors
+ * found by name, with ids handed out here so the writer never waits for
+ * SQLite; amax observations and scales; the end of each message (its deltas
+ * and a commit boundary); statistics; dispatch. Which run a message belongs
+ * to is runs.c, snapshots are snapshot.c, restore at start restore.c.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -51,6 +51,8 @@ static void free_run(void *v, void *ctx) {
     ag_map_each(&r->tensors, free_tensor, ctx);
     ag_map_free(&r->tensors);
     free(r->name);
+    free(r->asked);
+    free(r->launch);
     free(r);
 }
 
@@ -62,6 +64,9 @@ int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_count
     e->log = lg;
     e->counters = counters;
     ag_map_init(&e->runs);
+    ag_map_init(&e->families);
+    ag_map_init(&e->launches);
+    ag_map_init(&e->clients);
     e->history_len = (size_t)cfg->history_len;
     e->max_state_bytes = AG_ENGINE_MAX_STATE_BYTES;
     e->amax_mode = cfg->amax_mode;
@@ -79,6 +84,10 @@ void ag_engine_set_writer(ag_engine *e, ag_writer *w) { e->writer = w; }
 
 void ag_engine_free(ag_engine *e) {
     if (!e) return;
+    ag_map_each(&e->clients, ag_eng_free_client, NULL);
+    ag_map_free(&e->clients);
+    ag_map_free(&e->launches);
+    ag_map_free(&e->families);
     ag_map_each(&e->runs, free_run, NULL);
     ag_map_free(&e->runs);
     free(e->runs_by_id);
@@ -111,45 +120,6 @@ int ag_eng_format_id(ag_engine *e, const ag_format *f, int fi, int64_t *id) {
     }
     *id = e->format_id[fi];
     return AG_OK;
-}
-
-static char *dup_or_null(const char *s) { return strdup(s ? s : ""); }
-
-static int queue_run_row(ag_engine *e, run_state *r, const ag_msg *m) {
-    ag_write_item it = {.kind = AG_W_RUN};
-    it.u.run.row.id = r->id;
-    it.u.run.row.client_id = m->hdr.client_id;
-    it.u.run.name = dup_or_null(r->name);
-    if (m->type == AG_MSG_RUN_START) {
-        it.u.run.row.pid = m->u.run_start.pid;
-        it.u.run.row.started_ms = m->u.run_start.time_ms;
-        it.u.run.host = dup_or_null(m->u.run_start.host);
-        it.u.run.metadata = dup_or_null(m->u.run_start.metadata ? m->u.run_start.metadata
-                                                                 : "{}");
-    } else {
-        it.u.run.row.started_ms = ag_eng_wall_ms();
-        it.u.run.host = dup_or_null("");
-        it.u.run.metadata = dup_or_null("{}");
-    }
-    int err = (!it.u.run.name || !it.u.run.host || !it.u.run.metadata) ? AG_ENOMEM
-                                                                       : ag_eng_push(e, &it);
-    if (err) ag_write_item_clear(&it);
-    return err;
-}
-
-run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name) {
-    run_state *r = calloc(1, sizeof *r);
-    if (!r) return NULL;
-    r->id = id;
-    r->name = strdup(name);
-    ag_map_init(&r->tensors);
-    if (!r->name || ag_map_put(&e->runs, name, r)) {
-        free(r->name);
-        free(r);
-        return NULL;
-    }
-    atomic_fetch_add(&e->counters->runs, 1);
-    return r;
 }
 
 tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const char *name,
@@ -223,7 +193,7 @@ void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
 
 /* --------------------------------------------------------------- scales */
 
-/* The scale of format f from history amax ha (DESIGN.md 1.3): a zero or
+/* The scale of format f from history amax ha (docs/numerics.md, Quantize, scale, history): a zero or
  * non-finite amax leaves the previous scale in force. */
 static double scale_from(ag_engine *e, const role_state *rs, int fi, const ag_format *f,
                          double ha) {
@@ -248,64 +218,6 @@ void ag_eng_observe(ag_engine *e, role_state *rs, double amax, int pushable,
         rs->dirty |= 1ull << fi;
     }
     rs->step = step;
-}
-
-/* ------------------------------------------------- sequence accounting */
-
-static int queue_drop(ag_engine *e, run_state *r, uint64_t client_id, uint64_t first_seq,
-                      uint64_t count, const char *reason) {
-    ag_write_item it = {.kind = AG_W_DROP};
-    it.u.drop.run_id = r->id;
-    it.u.drop.client_id = client_id;
-    it.u.drop.at_ms = ag_eng_wall_ms();
-    it.u.drop.first_seq = first_seq;
-    it.u.drop.count = count;
-    it.u.drop.reason = reason;
-    r->dropped += count;
-    atomic_fetch_add(&e->counters->dropped, count);
-    ag_log(e->log, AG_LOG_WARNING, "run %s: %llu messages dropped (%s) before seq %llu",
-           r->name, (unsigned long long)count, reason, (unsigned long long)(first_seq + count));
-    return ag_eng_push(e, &it);
-}
-
-/* Account hdr's seq and drop counter on run r: gaps become drops; a seq at
- * or below the last one from the same client is out of order (AG_ERANGE).
- * The drop counter's increase over the last one seen (restored from the
- * store after a restart) is added; a counter that went down re-bases. */
-static int account(ag_engine *e, run_state *r, const ag_msg *m) {
-    const ag_stream_hdr *h = &m->hdr;
-    int new_session = m->type == AG_MSG_RUN_START || !r->has_seq || r->client_id != h->client_id;
-    uint64_t expected = new_session ? 0 : r->last_seq + 1;
-    if (!new_session && h->seq < expected) return AG_ERANGE;
-    int err = AG_OK;
-    if (h->seq > expected)
-        err = queue_drop(e, r, h->client_id, expected, h->seq - expected, "sequence gap");
-    uint64_t seen = (new_session && r->client_id != h->client_id) ? 0 : r->last_drop;
-    if (!err && (r->drop_known || new_session) && h->dropped > seen)
-        err = queue_drop(e, r, h->client_id, h->seq, h->dropped - seen, "client queue full");
-    r->client_id = h->client_id;
-    r->last_seq = h->seq;
-    r->has_seq = 1;
-    r->last_drop = h->dropped;
-    r->drop_known = 1;
-    r->messages++;
-    return err;
-}
-
-static int run_for(ag_engine *e, const ag_msg *m, run_state **out) {
-    run_state *r = ag_map_get(&e->runs, m->hdr.run);
-    int err;
-    if (!r) {
-        if (e->runs.count >= MAX_RUNS) return AG_ENOSPC;
-        if (!(r = ag_eng_new_run(e, e->next_run_id + 1, m->hdr.run))) return AG_ENOMEM;
-        e->next_run_id++;
-        r->client_id = m->hdr.client_id;
-        if ((err = queue_run_row(e, r, m))) return err;
-    } else if (m->type == AG_MSG_RUN_START) {
-        if ((err = queue_run_row(e, r, m))) return err;
-    }
-    *out = r;
-    return AG_OK;
 }
 
 /* ------------------------------------------------------ message ends */
@@ -348,29 +260,36 @@ int ag_engine_flush(ag_engine *e) {
     return err;
 }
 
-/* Queue the message's run delta (so a commit holds the run's sequence state,
- * last seq and the client's cumulative drop count, with the message's rows;
- * and the sending client's delivery count, which account() just set as the
- * run's client), with_tensors: the touched tensors' deltas too
+/* Queue the message's run delta and its client's sequence state and
+ * delivery count (so a commit holds the client's last seq, cumulative drop
+ * count and the count q_delivery answers with the message's rows),
+ * with_tensors: the touched tensors' deltas too
  * (statistics leave them to the periodic ag_engine_flush: a batch touches
  * many tensors and rewriting them per message would dominate), then a
- * commit boundary. */
-int ag_eng_end_message(ag_engine *e, run_state *r, size_t bytes, int with_tensors) {
+ * commit boundary. A client whose run_end this was is forgotten (its row
+ * says it ended, so a restart does not bring it back). */
+int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_tensors) {
     int err = with_tensors ? flush_tensors(e) : AG_OK;
-    if (r) {
+    if (cs) {
+        run_state *r = cs->run;
         ag_write_item it = {.kind = AG_W_RUN_DELTA};
         it.u.run_delta = (ag_store_run_delta){.run_id = r->id, .messages = r->messages,
                                               .dropped = r->dropped,
                                               .last_step = r->last_step,
-                                              .last_seq = r->last_seq, .has_seq = 1,
-                                              .last_drop = r->last_drop,
-                                              .has_drop = r->drop_known,
-                                              .ended_ms = r->ended_ms,
-                                              .client_id = r->client_id,
-                                              .has_client = 1};
+                                              .ended_ms = r->ended_ms};
         if (!err) err = ag_eng_push(e, &it);
         r->messages = r->dropped = 0;
         r->ended_ms = 0;
+        ag_write_item c = {.kind = AG_W_CLIENT_DELTA};
+        c.u.client_delta = (ag_store_client_delta){.client_id = cs->id,
+                                                   .last_seq = cs->last_seq,
+                                                   .last_drop = cs->last_drop,
+                                                   .has_drop = cs->drop_known,
+                                                   .ended = cs->ended,
+                                                   .delivered = cs->delivered};
+        if (!err) err = ag_eng_push(e, &c);
+        cs->delivered = 0;
+        if (cs->ended) ag_eng_forget_client(e, cs);
     }
     ag_write_item c = {.kind = AG_W_COUNTER};
     c.u.counter.name = "bytes";
@@ -447,10 +366,11 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
      * filed as a negative number. */
     if (m->hdr.seq > INT64_MAX || m->hdr.dropped > INT64_MAX)
         return reject_msg(e, m, bytes, AG_ERANGE);
-    run_state *r;
-    int err = run_for(e, m, &r);
+    client_state *cs;
+    int err = ag_eng_client_for(e, m, &cs);
     if (err) return reject_msg(e, m, bytes, err);
-    if ((err = account(e, r, m))) return reject_msg(e, m, bytes, err);
+    run_state *r = cs->run;
+    if ((err = ag_eng_account(e, cs, m))) return reject_msg(e, m, bytes, err);
     atomic_fetch_add(&e->counters->messages, 1);
     atomic_fetch_add(&e->counters->bytes, bytes);
     switch (m->type) {
@@ -458,6 +378,8 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         break;
     case AG_MSG_RUN_END:
         r->ended_ms = m->u.run_end.time_ms ? m->u.run_end.time_ms : ag_eng_wall_ms();
+        r->ended = 1;
+        cs->ended = 1;
         if (m->u.run_end.step <= INT64_MAX && m->u.run_end.step > r->last_step)
             r->last_step = m->u.run_end.step;
         break;
@@ -468,6 +390,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         ag_engine_job *j = NULL;
         if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;
         j->bytes = bytes;
+        j->client = cs;
         /* amax first (cheap next to the kernels), then scales on the loop. */
         j->err = ag_amax(j->w, j->n, &j->amax, &j->nonfinite);
         if (!j->err) ag_eng_job_scales(e, j);
@@ -484,7 +407,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         ag_log(e->log, AG_LOG_WARNING, "run %s: %s message not (fully) filed: %s", r->name,
                ag_proto_type_name(m->type), ag_strerror(err));
     }
-    ag_eng_end_message(e, r, bytes, m->type != AG_MSG_STATS);
+    ag_eng_end_message(e, cs, bytes, m->type != AG_MSG_STATS);
     return err;
 }
 

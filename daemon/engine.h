@@ -1,6 +1,6 @@
 /*
  * engine.h - per run / tensor / role state on the libuv loop: amax histories,
- * per-format scales (DESIGN.md 1.3), the last encoded snapshot per format for
+ * per-format scales (docs/numerics.md, Quantize, scale, history), the last encoded snapshot per format for
  * flips, sequence-gap accounting, and the rows each message turns into
  * (pushed to the writer). Heavy snapshot kernels run as an ag_engine_job on
  * the uv thread pool while the loop holds back further messages.

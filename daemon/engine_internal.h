@@ -1,7 +1,7 @@
 /*
- * engine_internal.h - internal to the daemon engine (engine.c, snapshot.c,
- * restore.c): the state of runs, tensors and roles, the snapshot job, and
- * the helpers the three files share. Everything here runs on the loop,
+ * engine_internal.h - internal to the daemon engine (engine.c, runs.c,
+ * snapshot.c, restore.c): the state of runs, clients, tensors and roles, the
+ * snapshot job, and the helpers the files share. Everything here runs on the loop,
  * except a snapshot job's kernels (snapshot.c) on the thread pool.
  */
 #ifndef AG_DAEMON_ENGINE_INTERNAL_H
@@ -12,6 +12,7 @@
 
 #define ROLES 4
 #define MAX_RUNS 100000
+#define MAX_CLIENTS 1000000 /* clients that have not ended (a trainer killed never ends) */
 #define MAX_TENSORS 1000000
 /* Memory the engine's state may hold (tensors, roles with their amax
  * histories, last encoded snapshots): past it, new tensors and snapshots
@@ -50,24 +51,41 @@ typedef struct tensor_state {
 
 struct run_state {
     int64_t id;
-    char *name;
+    char *name;            /* unique among runs */
+    char *asked;           /* the name its trainer asked for (name, or name is asked.k) */
+    char *launch;          /* the launch that made it; NULL: none given */
     ag_map tensors;
-    uint64_t client_id;
-    uint64_t last_seq;
-    int has_seq;           /* last_seq belongs to client_id */
-    uint64_t last_drop;    /* client's cumulative drop count seen */
-    int drop_known;
+    int ended;             /* a run_end was filed and no start since */
     /* delta since the last message end */
     uint64_t messages, dropped, last_step;
     int64_t ended_ms;
 };
+
+/* One client (its random cid) and the run its messages are filed under,
+ * from its run start (or first message) until its run end. Each client
+ * numbers its own messages, so the sequence state is per client. */
+typedef struct client_state {
+    uint64_t id;
+    run_state *run;
+    uint64_t last_seq;
+    int has_seq;           /* last_seq is this client's */
+    uint64_t last_drop;    /* the client's cumulative drop count seen */
+    int drop_known;
+    int ended;             /* its run_end was filed: forgotten after the message */
+    uint64_t delivered;    /* messages accounted since the last message end: the
+                            * clients row's delivery count gets them with the
+                            * message's rows (q_delivery) */
+} client_state;
 
 struct ag_engine {
     const ag_config *cfg;
     ag_logger *log;
     ag_counters *counters;
     ag_writer *writer;
-    ag_map runs;
+    ag_map runs;                    /* name -> run_state */
+    ag_map families;                /* name asked -> the newest run made for it */
+    ag_map launches;                /* "launch\x1fasked" -> the run that launch went to */
+    ag_map clients;                 /* cid as 16 hex digits -> client_state */
     size_t ntensors;
     int64_t next_run_id, next_tensor_id, next_format_id;
     int64_t format_id[AG_FORMATS_MAX]; /* store id by registry index, 0 = none yet */
@@ -86,6 +104,7 @@ struct ag_engine {
 
 struct ag_engine_job {
     tensor_state *t;
+    client_state *client;    /* whose message it is */
     uint64_t step, numel;
     size_t n;
     int form;
@@ -113,7 +132,14 @@ int ag_eng_fmt_index(const ag_format *f);
 int ag_eng_push(ag_engine *e, const ag_write_item *it);
 /* The store id of format f (registry index fi), queuing its row when new. */
 int ag_eng_format_id(ag_engine *e, const ag_format *f, int fi, int64_t *id);
-run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name);
+/* A run in the engine's maps (asked NULL: name; launch NULL: none); the
+ * caller queues its row when it is new. */
+run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name, const char *asked,
+                          const char *launch);
+/* Record that launch, asking for the name asked, went to run r. */
+int ag_eng_note_launch(ag_engine *e, const char *launch, const char *asked, run_state *r);
+/* A client session of run r (restore, or a start). */
+client_state *ag_eng_new_client(ag_engine *e, uint64_t id, run_state *r);
 tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const char *name,
                                 int role);
 /* The tensor named name of run r, created (and its row queued) when new. */
@@ -127,8 +153,21 @@ void ag_eng_observe(ag_engine *e, role_state *rs, double amax, int pushable,
 /* Record a record of t at step for the next tensor delta. */
 void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
                          uint64_t numel, double amax);
-/* Queue a message's run delta (and tensor deltas with_tensors) and a boundary. */
-int ag_eng_end_message(ag_engine *e, run_state *r, size_t bytes, int with_tensors);
+/* Queue a message's run and client deltas (and tensor deltas with_tensors)
+ * and a boundary; a client whose run ended is forgotten. */
+int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_tensors);
+void ag_eng_free_client(void *client, void *ctx);
+/* Remove client cs from the engine and free it. */
+void ag_eng_forget_client(ag_engine *e, client_state *cs);
+
+/* runs.c */
+/* The client of stream message m, and so its run: found by its client id,
+ * else started (the naming rule of PROTOCOL.md 3.1), queuing the rows of a
+ * new run and client. A run_start of a known client re-opens its run. */
+int ag_eng_client_for(ag_engine *e, const ag_msg *m, client_state **out);
+/* Account m's seq and drop counter on its client: gaps become drops of its
+ * run; a seq at or below the client's last is out of order (AG_ERANGE). */
+int ag_eng_account(ag_engine *e, client_state *cs, const ag_msg *m);
 
 /* Bytes a tensor with all its roles may hold outside its snapshots. */
 size_t ag_eng_tensor_cost(const ag_engine *e, const char *name);

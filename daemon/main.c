@@ -13,7 +13,6 @@
 #include <sys/stat.h>
 #include <uv.h>
 
-#include "core/arena.h"
 #include "daemon/config.h"
 #include "daemon/counters.h"
 #include "daemon/engine.h"
@@ -38,7 +37,6 @@ typedef struct ag_daemon {
     ag_config cfg;
     ag_logger log;
     ag_counters counters;
-    uint64_t rows_at_start;
     uint64_t start_ms;
     uv_loop_t loop;
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -57,6 +55,7 @@ typedef struct ag_daemon {
     ag_msg job_msg;
     /* shutdown */
     int stopping, intake_closed, closed;
+    int store_degraded;         /* last health the loop reported (STATUS=, log) */
     unsigned idle_ticks;
     uint64_t drain_start_ms;
 } ag_daemon;
@@ -144,25 +143,38 @@ static void on_writer_space(void *ctx) {
 
 static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
 
-/* Query thread: the live numbers of a status reply. */
+/* Query thread: the live fields of a status reply, the two only a running
+ * daemon has. Everything else is what the database holds (ag_store_status),
+ * so `altgrad --db` reports the same numbers (docs/cli.md). */
 static void fill_status(void *ctx, ag_status *st) {
     ag_daemon *d = ctx;
     st->uptime_s = (double)(now_ms() - d->start_ms) / 1000.0;
-    st->messages = atomic_load(&d->counters.messages);
-    st->bytes = atomic_load(&d->counters.bytes);
-    st->rejected = atomic_load(&d->counters.rejected);
-    st->dropped = atomic_load(&d->counters.dropped);
-    st->runs = atomic_load(&d->counters.runs);
-    st->tensors = atomic_load(&d->counters.tensors);
     st->queue_depth = ag_writer_depth(d->writer);
-    st->rows_written = d->rows_at_start + ag_writer_rows_written(d->writer);
-    const char *f = ag_arena_strdup(st, d->cfg.formats);
-    if (f) st->formats = f;
+}
+
+/* Record what this daemon runs with in the database (daemon_settings), for
+ * status and report read from the file. */
+static int record_settings(ag_store *st, const ag_config *cfg) {
+    int err = ag_store_begin(st);
+    if (!err && !(err = ag_store_put_daemon_setting(st, "version", AG_VERSION_STRING)) &&
+        !(err = ag_store_put_daemon_setting(st, "formats", cfg->formats)))
+        err = ag_store_commit(st);
+    if (err) ag_store_rollback(st);
+    return err;
 }
 
 static void notify_status(ag_daemon *d, const char *what) {
-    char line[256];
+    char line[512];
     const char *http = ag_http_bound(d->http);
+    ag_writer_health_info h;
+    if (d->writer && ag_writer_health(d->writer, &h)) {
+        /* The store refuses writes: say it first, and why. */
+        snprintf(line, sizeof line,
+                 "STATUS=store degraded, retrying %llu held rows (ingest paused when the "
+                 "queue fills): %s", (unsigned long long)h.held_rows, h.why);
+        ag_notify(line);
+        return;
+    }
     snprintf(line, sizeof line, "STATUS=%s: %llu runs, %llu tensors, %llu messages%s%s", what,
              (unsigned long long)atomic_load(&d->counters.runs),
              (unsigned long long)atomic_load(&d->counters.tensors),
@@ -249,6 +261,13 @@ static void on_signal(uv_signal_t *h, int signum) {
 static void flush_cb(uv_timer_t *t) {
     ag_daemon *d = t->data;
     if (!d->busy && !d->closed) ag_engine_flush(d->engine);
+    /* Tell the service manager when the store goes degraded or recovers. */
+    ag_writer_health_info h;
+    int degraded = ag_writer_health(d->writer, &h);
+    if (degraded != d->store_degraded) {
+        d->store_degraded = degraded;
+        notify_status(d, degraded ? "degraded" : "ready");
+    }
 }
 
 static void watchdog_cb(uv_timer_t *t) {
@@ -287,7 +306,6 @@ static int start(ag_daemon *d) {
         atomic_store(&d->counters.bytes, seed->bytes);
         atomic_store(&d->counters.rejected, seed->rejected);
         atomic_store(&d->counters.dropped, seed->dropped);
-        d->rows_at_start = seed->rows_written;
         ag_free(seed);
     }
     if ((err = ag_engine_new(&d->engine, &d->cfg, &d->log, &d->counters)) ||
@@ -298,6 +316,12 @@ static int start(ag_daemon *d) {
         ag_store_close(st);
         /* A --define-format contradicting the database is a bad option. */
         return err == AG_EEXIST ? 2 : 1;
+    }
+    if ((err = record_settings(st, &d->cfg))) {
+        fprintf(stderr, "altgradd: cannot record its settings in %s: %s\n", d->cfg.db,
+                err == AG_ESTORE ? ag_store_errmsg(st) : ag_strerror(err));
+        ag_store_close(st);
+        return 1;
     }
     ag_writer_opts wo = {.batch_rows = 20000, .batch_ms = 50, .high_water = 200000};
     if ((err = ag_writer_start(&d->writer, st, &wo, &d->log, on_writer_space, d))) {

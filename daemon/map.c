@@ -94,6 +94,33 @@ int ag_map_put(ag_map *m, const char *key, void *value) {
     return AG_OK;
 }
 
+int ag_map_set(ag_map *m, const char *key, void *value) {
+    if (m->nbuckets) {
+        size_t h = fnv1a(m, key);
+        for (ag_map_entry *e = m->buckets[h % m->nbuckets]; e; e = e->next)
+            if (e->hash == h && strcmp(e->key, key) == 0) {
+                e->value = value;
+                return AG_OK;
+            }
+    }
+    return ag_map_put(m, key, value);
+}
+
+void *ag_map_remove(ag_map *m, const char *key) {
+    if (!m->nbuckets) return NULL;
+    size_t h = fnv1a(m, key);
+    for (ag_map_entry **p = &m->buckets[h % m->nbuckets]; *p; p = &(*p)->next) {
+        ag_map_entry *e = *p;
+        if (e->hash != h || strcmp(e->key, key) != 0) continue;
+        void *value = e->value;
+        *p = e->next;
+        free(e);
+        m->count--;
+        return value;
+    }
+    return NULL;
+}
+
 void ag_map_each(const ag_map *m, void (*fn)(void *value, void *ctx), void *ctx) {
     for (size_t i = 0; i < m->nbuckets; i++)
         for (ag_map_entry *e = m->buckets[i]; e; e = e->next) fn(e->value, ctx);

@@ -7,6 +7,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,9 @@
 #include "daemon/query.h"
 #include "proto/proto.h"
 #include "schema/store.h"
+
+_Static_assert(AG_STORE_MAX_POINTS == AG_PROTO_MAX_ITEMS,
+               "a history the store answers must fit one reply");
 
 typedef struct worker {
     struct ag_query *q;
@@ -35,6 +39,24 @@ struct ag_query {
     void *status_ctx;
     worker workers[AG_QUERY_WORKERS];
 };
+
+/* The run client_id's messages are filed under, as committed: a client asks
+ * again (AG_ENOTFOUND) until its start is in the file, a batch away. */
+static int client_run(ag_store *st, uint64_t client_id, ag_run_ident **out) {
+    char run[AG_NAME_MAX + 1], launch[AG_LAUNCH_ID_MAX + 1];
+    int rc = ag_store_client_run(st, client_id, run, sizeof run, launch, sizeof launch);
+    if (rc) return rc;
+    ag_run_ident *id = ag_arena_new(sizeof *id);
+    if (!id) return AG_ENOMEM;
+    id->run = ag_arena_strdup(id, run);
+    id->launch = ag_arena_strdup(id, launch);
+    if (!id->run || !id->launch) {
+        ag_free(id);
+        return AG_ENOMEM;
+    }
+    *out = id;
+    return AG_OK;
+}
 
 /* Answer one decoded request into reply; returns the error code when the
  * answer is an error, with text in err. */
@@ -61,13 +83,16 @@ static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t
         break;
     case AG_MSG_Q_TOP:
         rc = a->run ? ag_store_top(st, a->run, a->format, a->window,
-                                   a->limit > 1000000 ? 1000000 : (size_t)a->limit,
+                                   a->limit > SIZE_MAX ? SIZE_MAX : (size_t)a->limit,
                                    &reply->u.top)
                     : AG_EINVAL;
         break;
     case AG_MSG_Q_STATUS:
         rc = ag_store_status(st, &reply->u.status);
         if (!rc) w->q->status(w->q->status_ctx, reply->u.status);
+        break;
+    case AG_MSG_Q_RUN:
+        rc = client_run(st, a->client_id, &reply->u.ident);
         break;
     case AG_MSG_Q_DELIVERY: /* from the store: "stored" means committed */
         reply->u.delivery.client_id = req->u.delivery.client_id;
@@ -91,14 +116,22 @@ static void free_result(ag_msg *reply) {
     case AG_MSG_R_SCALES: ag_free(reply->u.scales); break;
     case AG_MSG_R_TOP: ag_free(reply->u.top); break;
     case AG_MSG_R_STATUS: ag_free(reply->u.status); break;
+    case AG_MSG_R_RUN: ag_free(reply->u.ident); break;
     default: break;
     }
 }
 
-/* Build the reply bytes for one request message into out. */
+/* Build the reply bytes for one request message into out, in the version of
+ * the request (so an older client can read it; the current one when the
+ * request's version is unknown). */
 static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
     ag_msg req = {0}, reply = {0};
     char err[AG_PROTO_MAX_ERROR_TEXT];
+    int version = 0, type = 0;
+    if (ag_proto_peek(data, len, &version, &type) || version < AG_PROTO_VERSION_MIN ||
+        version > AG_PROTO_VERSION)
+        version = 0;
+    reply.version = version;
     int rc = ag_proto_decode(data, len, &req);
     if (rc) {
         snprintf(err, sizeof err, "bad request: %s", req.why ? req.why : ag_strerror(rc));
@@ -117,7 +150,7 @@ static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
     }
     free_result(&reply);
     if (rc) {
-        ag_msg e = {.type = AG_MSG_R_ERROR};
+        ag_msg e = {.type = AG_MSG_R_ERROR, .version = version};
         e.u.error.code = rc;
         e.u.error.text = err;
         ag_buf_reset(out);

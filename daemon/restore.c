@@ -1,12 +1,14 @@
 /*
  * restore.c - rebuilding the engine from the store at daemon start (formats,
- * runs with their sequence state and client drop count, tensors, amax
+ * runs with the launches that went to them, the clients that have not ended
+ * with their sequence state and drop count, tensors, amax
  * histories, scales, and each tensor's last snapshot re-encoded so flips
  * continue across a restart).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "daemon/engine_internal.h"
 
@@ -64,22 +66,21 @@ static int on_format(void *ctx, int64_t id, const char *name, int eb, int mb, in
     return 0;
 }
 
-/* A run with its client's sequence state: the last seq, and the client's
- * cumulative drop count when stored (a run from before schema version 3 has
- * none: its next message re-synchronises it), so drops the client counted
- * while the daemon was down are recorded. */
-static int on_run(void *ctx, int64_t id, const char *name, uint64_t client_id,
-                  uint64_t last_seq, uint64_t last_drop, int has_drop, uint64_t last_step,
-                  int64_t ended_ms) {
+static run_state *run_by_id(ag_engine *e, int64_t id) {
+    run_state **p = bsearch(&id, e->runs_by_id, e->nruns_by_id, sizeof *p, run_cmp);
+    return p ? *p : NULL;
+}
+
+/* A run with its name, the name asked for and the launch that made it
+ * (rows come in id order, so the newest run made for a name wins). */
+static int on_run(void *ctx, int64_t id, const char *name, const char *asked,
+                  const char *launch, uint64_t last_step, int64_t ended_ms) {
     ag_engine *e = ctx;
-    (void)last_step, (void)ended_ms;
-    run_state *r = ag_eng_new_run(e, id, name);
+    (void)last_step;
+    if (launch && !ag_proto_launch_id_ok(launch, strlen(launch))) launch = NULL; /* not trusted */
+    run_state *r = ag_eng_new_run(e, id, name, asked, launch);
     if (!r) return AG_ENOMEM;
-    r->client_id = client_id;
-    r->last_seq = last_seq;
-    r->has_seq = 1;
-    r->last_drop = has_drop ? last_drop : 0;
-    r->drop_known = has_drop != 0;
+    r->ended = ended_ms != 0;
     run_state **p = realloc(e->runs_by_id, (e->nruns_by_id + 1) * sizeof *p);
     if (!p) return AG_ENOMEM;
     e->runs_by_id = p;
@@ -87,11 +88,38 @@ static int on_run(void *ctx, int64_t id, const char *name, uint64_t client_id,
     return 0;
 }
 
+/* A launch and the run its clients went to asking for a name (a resume of
+ * another launch's run, or the run the launch made). */
+static int on_launch(void *ctx, const char *launch, const char *asked, int64_t run_id) {
+    ag_engine *e = ctx;
+    run_state *r = run_by_id(e, run_id);
+    if (!r || !ag_proto_launch_id_ok(launch, strlen(launch))) return 0; /* not trusted */
+    return ag_eng_note_launch(e, launch, asked, r);
+}
+
+/* A client that has not ended, with its sequence state: the last seq, and
+ * its cumulative drop count when stored (none from before schema version 3:
+ * its next message re-synchronises it), so drops the client counted while
+ * the daemon was down are recorded. */
+static int on_client(void *ctx, uint64_t client_id, int64_t run_id, uint64_t last_seq,
+                     uint64_t last_drop, int has_drop) {
+    ag_engine *e = ctx;
+    run_state *r = run_by_id(e, run_id);
+    if (!r) return 0; /* orphan row: ignore */
+    client_state *cs = ag_eng_new_client(e, client_id, r);
+    if (!cs) return AG_ENOMEM;
+    cs->last_seq = last_seq;
+    cs->has_seq = 1;
+    cs->last_drop = has_drop ? last_drop : 0;
+    cs->drop_known = has_drop != 0;
+    return 0;
+}
+
 static int on_tensor(void *ctx, int64_t id, int64_t run_id, const char *name, int role) {
     ag_engine *e = ctx;
-    run_state **rp = bsearch(&run_id, e->runs_by_id, e->nruns_by_id, sizeof *rp, run_cmp);
-    if (!rp) return 0; /* orphan row: ignore */
-    tensor_state *t = ag_eng_new_tensor(e, *rp, id, name, role);
+    run_state *r = run_by_id(e, run_id);
+    if (!r) return 0; /* orphan row: ignore */
+    tensor_state *t = ag_eng_new_tensor(e, r, id, name, role);
     if (!t) return AG_ENOMEM;
     if (e->ntensors_by_id == e->cap_tensors_by_id) {
         size_t ncap = e->cap_tensors_by_id ? e->cap_tensors_by_id * 2 : 256;
@@ -163,8 +191,10 @@ int ag_engine_restore(ag_engine *e, ag_store *st) {
     e->why[0] = '\0';
     int err = ag_store_max_ids(st, &e->next_run_id, &e->next_tensor_id, &e->next_format_id);
     if (err) return err;
-    ag_store_restore_cb cb = {e, on_format, on_run, on_tensor, on_history, on_scale,
-                              on_snapshot};
+    ag_store_restore_cb cb = {.ctx = e, .format = on_format, .run = on_run,
+                              .launch = on_launch, .client = on_client, .tensor = on_tensor,
+                              .history = on_history, .scale = on_scale,
+                              .snapshot = on_snapshot};
     err = ag_store_restore(st, e->history_len, &cb);
     free(e->runs_by_id);
     free(e->tensors_by_id);

@@ -1,7 +1,7 @@
 /*
  * snapshot.c - gradient snapshots in the engine: payload widening, the
  * per-format scales, the one-pass stall and encode kernel for every format,
- * flip counting against the previous snapshot, and the rows they file.
+ * pattern flips against the previous snapshot, and the rows they file.
  * ag_engine_job_run may run on the libuv thread pool.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -158,12 +158,19 @@ int ag_eng_job_kernels(ag_engine_job *job) {
         }
         t->prev_n = job->n;
     }
-    /* In message order, so a format named twice compares with itself. */
+    /* Pattern flips at the previous snapshot's scale (docs/numerics.md): when
+     * the scale has not moved, this snapshot's patterns are already the ones
+     * to compare; when it has, the weights are encoded again at the old scale
+     * in the counting pass. In message order, so a format named twice
+     * compares with itself. */
     for (size_t i = 0; i < job->nf; i++) {
         int fi = job->fidx[i];
-        if (t->prev[fi])
-            err = ag_count_flips(job->fmts[i], t->prev[fi], t->prev_scale[fi], cur[i],
-                                 job->scales[i], job->n, &job->flips[i]);
+        if (t->prev[fi] && t->prev_scale[fi] == job->scales[i])
+            err = ag_count_pattern_changes(job->fmts[i], t->prev[fi], cur[i], job->n,
+                                           &job->flips[i]);
+        else if (t->prev[fi])
+            err = ag_count_pattern_flips(job->fmts[i], t->prev_scale[fi], t->prev[fi],
+                                         job->w, job->n, &job->flips[i]);
         free(t->prev[fi]);
         t->prev[fi] = cur[i];
         cur[i] = NULL;
@@ -231,9 +238,10 @@ done:
                t->name, (unsigned long long)job->step, ag_strerror(err));
     }
     size_t bytes = job->bytes;
+    client_state *client = job->client;
     job_free(job);
     /* The message was accepted (seq accounted) even if its rows failed. */
-    ag_eng_end_message(e, r, bytes, 1);
+    ag_eng_end_message(e, client, bytes, 1);
     return err;
 }
 

@@ -24,6 +24,7 @@ struct ag_writer {
     size_t nsnap;                /* queued snapshots */
     int stopping;
     int was_full;                /* on_space is owed once depth falls */
+    int popped_boundary;         /* a boundary was marked after its item was popped */
     ag_store *st;
     ag_writer_opts opts;
     ag_logger *log;
@@ -32,12 +33,30 @@ struct ag_writer {
     _Atomic uint64_t rows_written;
     _Atomic size_t depth;
     _Atomic int over_bytes;      /* snap_bytes above high_bytes */
+    /* The batch being written: every item popped since the last commit, in
+     * order, kept until the commit succeeds, so a failed commit (disk full,
+     * I/O error, busy) is retried with the same rows instead of losing them.
+     * Writer thread only. */
+    ag_write_item *held;
+    size_t nheld, held_cap, held_bytes;
+    /* Health, read by other threads: degraded while commits fail. */
+    _Atomic int degraded;
+    _Atomic uint64_t failures;   /* failed attempts, ever */
+    _Atomic uint64_t discarded;  /* rows given up at stop because the store never took them */
+    _Atomic uint64_t held_rows;  /* rows waiting in the failed batch */
+    char why[256];               /* under lock: the last failure's text */
 };
 
 /* How far back a push looks for an older snapshot of its tensor: enough for
  * every tensor of a model between two snapshots of one, and bounded so a
  * push stays cheap; one not found is written, which is only slower. */
 #define SUPERSEDE_SCAN 65536
+
+/* Retry of a failed batch: first pause, doubling to the longest, and how long
+ * a stopping writer keeps trying before it gives the rows up (counted). */
+#define RETRY_FIRST_MS 50
+#define RETRY_MAX_MS 2000
+#define STOP_RETRY_MS 5000
 
 static int64_t mono_ms(void) {
     struct timespec ts;
@@ -51,6 +70,12 @@ void ag_write_item_clear(ag_write_item *it) {
         free(it->u.run.name);
         free(it->u.run.host);
         free(it->u.run.metadata);
+        free(it->u.run.launch);
+        free(it->u.run.asked);
+        break;
+    case AG_W_CLIENT:
+        free(it->u.client.launch);
+        free(it->u.client.asked);
         break;
     case AG_W_TENSOR:
         free(it->u.tensor.name);
@@ -72,7 +97,15 @@ static int apply(ag_store *st, ag_write_item *it) {
         it->u.run.row.name = it->u.run.name;
         it->u.run.row.host = it->u.run.host;
         it->u.run.row.metadata = it->u.run.metadata;
+        it->u.run.row.launch_id = it->u.run.launch;
+        it->u.run.row.asked = it->u.run.asked;
         return ag_store_put_run(st, &it->u.run.row);
+    case AG_W_CLIENT:
+        it->u.client.row.launch_id = it->u.client.launch;
+        it->u.client.row.asked = it->u.client.asked;
+        return ag_store_put_client(st, &it->u.client.row);
+    case AG_W_CLIENT_DELTA:
+        return ag_store_apply_client_delta(st, &it->u.client_delta);
     case AG_W_TENSOR:
         return ag_store_put_tensor(st, it->u.tensor.id, it->u.tensor.run_id, it->u.tensor.name,
                                    it->u.tensor.role);
@@ -105,6 +138,7 @@ static int apply(ag_store *st, ag_write_item *it) {
  * loop is owed an on_space call. */
 static int pop(ag_writer *w, ag_write_item *it) {
     *it = w->ring[w->head];
+    w->popped_boundary = 0; /* this item's own flag says whether it ends a message */
     w->head = (w->head + 1) % w->cap;
     w->count--;
     if (it->kind == AG_W_SNAPSHOT) {
@@ -121,81 +155,213 @@ static int pop(ag_writer *w, ag_write_item *it) {
     return 0;
 }
 
-static void commit(ag_writer *w, uint64_t rows) {
-    int err = ag_store_commit(w->st);
+static void timed_wait(ag_writer *w, int64_t ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&w->wake, &w->lock, &ts);
+}
+
+/* Keep a popped item in the batch. Writer thread, lock not needed. */
+static int hold(ag_writer *w, ag_write_item *it) {
+    if (w->nheld == w->held_cap) {
+        size_t ncap = w->held_cap ? w->held_cap * 2 : 256;
+        ag_write_item *h = realloc(w->held, ncap * sizeof *h);
+        if (!h) return AG_ENOMEM;
+        w->held = h;
+        w->held_cap = ncap;
+    }
+    w->held[w->nheld++] = *it;
+    if (it->kind == AG_W_SNAPSHOT) w->held_bytes += it->u.snapshot.n * sizeof(float);
+    return AG_OK;
+}
+
+static void release_held(ag_writer *w) {
+    for (size_t i = 0; i < w->nheld; i++) ag_write_item_clear(&w->held[i]);
+    w->nheld = 0;
+    w->held_bytes = 0;
+    atomic_store(&w->held_rows, 0);
+}
+
+/* A batch attempt failed with a failure retrying may cure: roll back, say
+ * so (once per episode at error level, then at debug), keep the rows. */
+static void note_failure(ag_writer *w, const char *what) {
+    ag_store_rollback(w->st);
+    atomic_fetch_add(&w->failures, 1);
+    int was = atomic_exchange(&w->degraded, 1);
+    pthread_mutex_lock(&w->lock);
+    snprintf(w->why, sizeof w->why, "%s failed: %s", what, ag_store_errmsg(w->st));
+    pthread_mutex_unlock(&w->lock);
+    atomic_store(&w->held_rows, w->nheld);
+    ag_log(w->log, was ? AG_LOG_DEBUG : AG_LOG_ERROR,
+           "writer: %s failed, %zu rows kept and retried: %s", what, w->nheld,
+           ag_store_errmsg(w->st));
+}
+
+/* Apply one item inside the open transaction. Returns 0 (applied or, for a
+ * failure about the row itself, logged and skipped: *skip = 1) or 1 for a
+ * failure retrying may cure. */
+static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
+    *skip = 0;
+    if (it->superseded) {
+        *skip = 1;
+        return 0;
+    }
+    if (apply(w->st, it) == AG_OK) return 0;
+    if (ag_store_failure_is_transient(w->st)) return 1;
+    ag_log(w->log, AG_LOG_ERROR, "writer: row of kind %d not written: %s", it->kind,
+           ag_store_errmsg(w->st));
+    *skip = 1;
+    return 0;
+}
+
+/* One batch attempt: begin, replay the rows held from failed attempts, take
+ * more from the queue up to a message boundary, commit. Returns 0 when the
+ * batch was committed (or nothing was to be done), 1 after a failure that
+ * retrying may cure (the rows stay held; the caller waits and retries). Lock
+ * held on entry and exit. */
+static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
+    pthread_mutex_unlock(&w->lock);
+    if (ag_store_begin(w->st)) {
+        note_failure(w, "begin");
+        pthread_mutex_lock(&w->lock);
+        return 1;
+    }
+    uint64_t rows = 0;
+    for (size_t i = 0; i < w->nheld; i++) {
+        int skip;
+        if (apply_one(w, &w->held[i], &skip)) {
+            note_failure(w, "write");
+            pthread_mutex_lock(&w->lock);
+            return 1;
+        }
+        rows += !skip;
+    }
+    int64_t t0 = mono_ms();
+    pthread_mutex_lock(&w->lock);
+    /* With nothing held the batch starts at a boundary; after a failed
+     * attempt it goes on from where that one stopped. */
+    if (w->nheld == 0) *at_boundary = 0;
+    for (;;) {
+        if (w->count > 0) {
+            ag_write_item it;
+            int owe_space = pop(w, &it);
+            pthread_mutex_unlock(&w->lock);
+            if (owe_space && w->on_space) w->on_space(w->ctx);
+            if (it.supersedes) (*owed)--;
+            if (it.superseded) (*owed)++;
+            *at_boundary = it.boundary;
+            int skip = 0, transient = apply_one(w, &it, &skip);
+            if (skip) {
+                ag_write_item_clear(&it);
+            } else if (hold(w, &it)) {
+                /* No memory to keep the row for a retry: it is written now
+                 * or lost; say so and count it. */
+                if (transient) atomic_fetch_add(&w->discarded, 1);
+                else rows++;
+                ag_log(w->log, AG_LOG_ERROR, "writer: out of memory holding a row");
+                ag_write_item_clear(&it);
+            } else if (!transient) {
+                rows++;
+            }
+            if (transient) {
+                note_failure(w, "write");
+                pthread_mutex_lock(&w->lock);
+                return 1;
+            }
+            pthread_mutex_lock(&w->lock);
+            if (*at_boundary && *owed == 0 &&
+                (rows >= w->opts.batch_rows || mono_ms() - t0 >= (int64_t)w->opts.batch_ms ||
+                 w->held_bytes >= w->opts.high_bytes / 2))
+                break;
+            continue;
+        }
+        /* Queue empty: at a boundary, wait out the batch time (or stop);
+         * mid-message, wait for the rest of the message. The loop may have
+         * marked the end of the message after its last item was taken. */
+        if (w->popped_boundary) {
+            *at_boundary = 1;
+            w->popped_boundary = 0;
+        }
+        if (*at_boundary && (w->stopping || mono_ms() - t0 >= (int64_t)w->opts.batch_ms)) break;
+        if (w->stopping && !*at_boundary && w->count == 0) break; /* never completed */
+        int64_t left = (int64_t)w->opts.batch_ms - (mono_ms() - t0);
+        timed_wait(w, left < 1 ? 1 : left);
+    }
+    pthread_mutex_unlock(&w->lock);
+    /* The rows are counted in the database's rows_written counter in the
+     * same transaction (status reads it there, from the daemon or a file). */
+    int err = rows > 0 ? ag_store_add_counter(w->st, "rows_written", rows) : AG_OK;
+    if (err && ag_store_failure_is_transient(w->st)) {
+        note_failure(w, "write");
+        pthread_mutex_lock(&w->lock);
+        return 1;
+    }
+    if (err)
+        ag_log(w->log, AG_LOG_ERROR, "writer: rows_written not counted: %s",
+               ag_store_errmsg(w->st));
+    err = ag_store_commit(w->st);
+    if (err && ag_store_failure_is_transient(w->st)) {
+        note_failure(w, "commit");
+        pthread_mutex_lock(&w->lock);
+        return 1;
+    }
     if (err) {
         ag_log(w->log, AG_LOG_ERROR, "writer: commit failed, %llu rows lost: %s",
                (unsigned long long)rows, ag_store_errmsg(w->st));
         ag_store_rollback(w->st);
-        return;
+        atomic_fetch_add(&w->discarded, rows);
+    } else {
+        atomic_fetch_add(&w->rows_written, rows);
+        if (atomic_exchange(&w->degraded, 0))
+            ag_log(w->log, AG_LOG_NOTICE,
+                   "writer: the store takes writes again; %llu held rows committed",
+                   (unsigned long long)rows);
     }
-    atomic_fetch_add(&w->rows_written, rows);
+    release_held(w);
+    pthread_mutex_lock(&w->lock);
+    return 0;
 }
 
 static void *writer_main(void *arg) {
     ag_writer *w = arg;
+    size_t owed = 0; /* skipped snapshots whose replacement is not yet written */
+    int at_boundary = 0;
+    int64_t pause = RETRY_FIRST_MS, stop_deadline = 0;
     pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (w->count == 0 && !w->stopping) pthread_cond_wait(&w->wake, &w->lock);
-        if (w->count == 0) break; /* stopping and drained */
-        pthread_mutex_unlock(&w->lock);
-        int err = ag_store_begin(w->st);
-        pthread_mutex_lock(&w->lock);
-        if (err) {
-            ag_log(w->log, AG_LOG_ERROR, "writer: begin failed: %s", ag_store_errmsg(w->st));
-            /* Retry after a pause rather than spin; items stay queued. */
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 1;
-            pthread_cond_timedwait(&w->wake, &w->lock, &ts);
+        while (w->count == 0 && w->nheld == 0 && !w->stopping)
+            pthread_cond_wait(&w->wake, &w->lock);
+        if (w->count == 0 && w->nheld == 0) break; /* stopping and drained */
+        if (!write_batch(w, &owed, &at_boundary)) {
+            pause = RETRY_FIRST_MS;
             continue;
         }
-        int64_t t0 = mono_ms();
-        uint64_t rows = 0;
-        int at_boundary = 0;
-        size_t owed = 0; /* skipped snapshots whose replacement is not yet written */
-        for (;;) {
-            if (w->count > 0) {
-                ag_write_item it;
-                int owe_space = pop(w, &it);
+        /* The store refused: wait (a stop request cuts the wait short but
+         * not the retries, until STOP_RETRY_MS have passed). */
+        if (w->stopping) {
+            if (!stop_deadline) stop_deadline = mono_ms() + STOP_RETRY_MS;
+            if (mono_ms() >= stop_deadline) {
+                uint64_t lost = w->nheld;
+                for (size_t i = 0; i < w->count; i++)
+                    lost += !w->ring[(w->head + i) % w->cap].superseded;
+                atomic_fetch_add(&w->discarded, lost);
+                ag_log(w->log, AG_LOG_ERROR,
+                       "writer: stopping with the store still failing; %llu rows not "
+                       "written: %s", (unsigned long long)lost, w->why);
                 pthread_mutex_unlock(&w->lock);
-                if (owe_space && w->on_space) w->on_space(w->ctx);
-                if (it.supersedes) owed--;
-                if (it.superseded)
-                    owed++;
-                else if ((err = apply(w->st, &it)))
-                    ag_log(w->log, AG_LOG_ERROR, "writer: row of kind %d not written: %s",
-                           it.kind, ag_store_errmsg(w->st));
-                else
-                    rows++;
-                at_boundary = it.boundary;
-                ag_write_item_clear(&it);
+                release_held(w);
                 pthread_mutex_lock(&w->lock);
-                if (at_boundary && owed == 0 &&
-                    (rows >= w->opts.batch_rows || mono_ms() - t0 >= (int64_t)w->opts.batch_ms))
-                    break;
-                continue;
+                break; /* ag_writer_stop frees what is still queued */
             }
-            /* Queue empty: at a boundary, wait out the batch time (or stop);
-             * mid-message, wait for the rest of the message. */
-            if (at_boundary && (w->stopping || mono_ms() - t0 >= (int64_t)w->opts.batch_ms))
-                break;
-            if (w->stopping && !at_boundary && w->count == 0) break; /* never completed */
-            int64_t left = (int64_t)w->opts.batch_ms - (mono_ms() - t0);
-            if (left < 1) left = 1;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += left / 1000;
-            ts.tv_nsec += (left % 1000) * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&w->wake, &w->lock, &ts);
         }
-        pthread_mutex_unlock(&w->lock);
-        commit(w, rows);
-        pthread_mutex_lock(&w->lock);
+        timed_wait(w, pause);
+        pause = pause * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : pause * 2;
     }
     pthread_mutex_unlock(&w->lock);
     return NULL;
@@ -290,6 +456,7 @@ int ag_writer_push(ag_writer *w, const ag_write_item *item) {
 void ag_writer_boundary(ag_writer *w) {
     pthread_mutex_lock(&w->lock);
     if (w->count > 0) w->ring[(w->head + w->count - 1) % w->cap].boundary = 1;
+    else w->popped_boundary = 1; /* the writer already holds the message's last item */
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
 }
@@ -302,6 +469,18 @@ size_t ag_writer_depth(ag_writer *w) { return atomic_load(&w->depth); }
 
 uint64_t ag_writer_rows_written(ag_writer *w) { return atomic_load(&w->rows_written); }
 
+int ag_writer_health(ag_writer *w, ag_writer_health_info *out) {
+    memset(out, 0, sizeof *out);
+    out->degraded = atomic_load(&w->degraded);
+    out->failures = atomic_load(&w->failures);
+    out->discarded = atomic_load(&w->discarded);
+    out->held_rows = atomic_load(&w->held_rows);
+    pthread_mutex_lock(&w->lock);
+    if (out->degraded) snprintf(out->why, sizeof out->why, "%s", w->why);
+    pthread_mutex_unlock(&w->lock);
+    return out->degraded;
+}
+
 void ag_writer_stop(ag_writer *w) {
     if (!w) return;
     pthread_mutex_lock(&w->lock);
@@ -311,6 +490,8 @@ void ag_writer_stop(ag_writer *w) {
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
     pthread_join(w->thread, NULL);
+    release_held(w);
+    free(w->held);
     ag_store_close(w->st);
     for (size_t i = 0; i < w->count; i++) ag_write_item_clear(&w->ring[(w->head + i) % w->cap]);
     pthread_cond_destroy(&w->wake);

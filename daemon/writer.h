@@ -17,6 +17,8 @@
 typedef enum ag_write_kind {
     AG_W_FORMAT,
     AG_W_RUN,
+    AG_W_CLIENT,
+    AG_W_CLIENT_DELTA,
     AG_W_TENSOR,
     AG_W_STATS,
     AG_W_RESULT,
@@ -39,7 +41,9 @@ typedef struct ag_write_item {
     unsigned char superseded, supersedes;
     union {
         struct { int64_t id; const ag_format *fmt; } format;
-        struct { ag_store_run_row row; char *name, *host, *metadata; } run;
+        struct { ag_store_run_row row; char *name, *host, *metadata, *launch, *asked; } run;
+        struct { ag_store_client_row row; char *launch, *asked; } client; /* launch may be NULL */
+        ag_store_client_delta client_delta;
         struct { int64_t id, run_id; char *name; int role; } tensor;
         ag_store_stats_row stats;
         ag_store_result_row result;
@@ -84,7 +88,24 @@ void ag_writer_boundary(ag_writer *w);
 int ag_writer_full(ag_writer *w);
 size_t ag_writer_depth(ag_writer *w);
 uint64_t ag_writer_rows_written(ag_writer *w);
-/* Drain everything queued, commit, stop the thread, close the store, free. */
+
+/* The store's health as the writer sees it. A failed begin, row or commit
+ * that retrying may cure (disk full, I/O error, busy) rolls the batch back
+ * and keeps its rows; the writer retries them, pausing 50 ms doubling to
+ * 2 s, while the queue fills and pushes back on ingest (ag_writer_full). */
+typedef struct ag_writer_health_info {
+    int degraded;        /* the last attempt failed; the batch is held */
+    uint64_t failures;   /* failed attempts since start */
+    uint64_t discarded;  /* rows given up: a commit failure about the rows
+                          * themselves, or still failing 5 s after stop */
+    uint64_t held_rows;  /* rows of the failed batch, waiting for the retry */
+    char why[256];       /* while degraded: what failed, SQLite's text */
+} ag_writer_health_info;
+/* Fill *out; returns out->degraded. Any thread. */
+int ag_writer_health(ag_writer *w, ag_writer_health_info *out);
+/* Drain everything queued, commit, stop the thread, close the store, free.
+ * While the store keeps failing, retries for at most 5 s, then gives the
+ * rows up (counted in discarded, logged). */
 void ag_writer_stop(ag_writer *w);
 /* Free what an item owns (for items that never reached the queue). */
 void ag_write_item_clear(ag_write_item *item);

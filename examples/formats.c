@@ -1,6 +1,6 @@
 /*
  * formats.c - ag_formats: prints the table of registered 8-bit formats
- * (DESIGN.md 1.1) from the core library, with a few sample encodings. The
+ * (docs/numerics.md, Formats) from the core library, with a few sample encodings. The
  * Makefile's demo falls back to it when the daemon demo is not built.
  */
 #define _POSIX_C_SOURCE 200809L

@@ -30,6 +30,7 @@ typedef struct options {
     const char *ingest_url;
     const char *query_url;
     int policy;          /* ag_queue_policy */
+    int resume;          /* continue the newest run of that name */
 } options;
 
 /* A fully connected layer: out = W in + b, W is out_dim x in_dim row-major. */
@@ -65,11 +66,14 @@ static void usage(FILE *f)
 {
     fputs("usage: ag_mlp_train [--steps N] [--lr F] [--hidden N] [--batch N] [--seed N]\n"
           "                    [--run NAME] [--ingest URL] [--query URL] [--print-every N]\n"
-          "                    [--policy block|drop]\n"
+          "                    [--policy block|drop] [--resume]\n"
           "Trains a 3-layer MLP (tanh, relu) with SGD on synthetic data and streams\n"
           "activation/gradient amax statistics and weight-gradient snapshots to altgradd.\n"
           "--policy block (default) waits when the send queue is full, so nothing is lost;\n"
           "drop never waits and counts what it dropped.\n"
+          "A run name another launch already used becomes NAME.2 (NAME.3 ...); the first\n"
+          "line says the name used. --resume continues the newest run of that name, its\n"
+          "steps numbered on from the run's last step.\n"
           "Exit status: 0 done, every message confirmed by the daemon; 1 failure; 2 usage;\n"
           "3 trained, but messages were never confirmed by the daemon (the summary line's\n"
           "'undelivered' count: no daemon at the URL, or it went away).\n",
@@ -103,12 +107,17 @@ static int parse_options(int argc, char **argv, options *o)
     o->ingest_url = NULL;
     o->query_url = NULL;
     o->policy = AG_QUEUE_BLOCK;
+    o->resume = 0;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         uint64_t u = 0;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             exit(0);
+        }
+        if (strcmp(a, "--resume") == 0) {
+            o->resume = 1;
+            continue;
         }
         if (v == NULL) {
             fprintf(stderr, "ag_mlp_train: unknown option or missing value: %s\n", a);
@@ -311,6 +320,21 @@ static int logged(int rc, uint64_t *dropped)
     return rc;
 }
 
+/* The last step the daemon holds of this client's run (0 when it cannot say). */
+static uint64_t resumed_after(ag_client *client)
+{
+    ag_run_list *runs = NULL;
+    uint64_t last = 0;
+    size_t i;
+    if (ag_client_runs(client, &runs) != AG_OK)
+        return 0;
+    for (i = 0; i < runs->n; i++)
+        if (strcmp(runs->items[i].name, ag_client_run(client)) == 0)
+            last = runs->items[i].last_step;
+    ag_free(runs);
+    return last;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -323,7 +347,9 @@ int main(int argc, char **argv)
     uint64_t s, step, dropped = 0;
     int64_t undelivered = 0;
     size_t H, B, i, j, k;
-    int rc = AG_OK, exit_code = 1, flushed, have_stats;
+    uint64_t first = 1;
+    int rc = AG_OK, started, exit_code = 1, flushed, have_stats;
+    char note[320] = "", used[AG_NAME_MAX + 1];
 
     memset(&m, 0, sizeof m);
     if (parse_options(argc, argv, &o) != 0)
@@ -361,17 +387,33 @@ int main(int argc, char **argv)
     copts.query_url = o.query_url;
     copts.run = o.run;
     copts.policy = o.policy;
+    copts.resume = o.resume;
     rc = ag_client_open(&client, &copts);
     if (rc != AG_OK) {
         fprintf(stderr, "ag_mlp_train: cannot open the altgrad client: %s\n", ag_strerror(rc));
         goto fail;
     }
-    printf("ag_mlp_train: run '%s', MLP %d-%zu-%zu-%d (tanh, relu), %d samples, batch %zu, "
+    /* Start the run and learn the name the daemon files it under: NAME.2 ...
+     * when another launch has NAME. Without an answer, training goes on. */
+    started = ag_client_start_run(client, 5000);
+    if (started != AG_OK)
+        snprintf(note, sizeof note, " (not confirmed by the daemon: %s)", ag_strerror(started));
+    else if (strcmp(ag_client_run(client), o.run) != 0)
+        snprintf(note, sizeof note,
+                 o.resume ? " (the newest run of '%.255s', resumed)"
+                          : " (asked for '%.255s', which another launch has)",
+                 o.run);
+    printf("ag_mlp_train: run '%s'%s, MLP %d-%zu-%zu-%d (tanh, relu), %d samples, batch %zu, "
            "lr %g, %llu steps\n",
-           o.run, IN_DIM, H, H, CLASSES, SAMPLES, B, (double)o.lr,
+           ag_client_run(client), note, IN_DIM, H, H, CLASSES, SAMPLES, B, (double)o.lr,
            (unsigned long long)o.steps);
+    /* A resumed run goes on after its last step (a real trainer would also
+     * load its checkpoint; this one starts its weights afresh). */
+    if (o.resume && started == AG_OK)
+        first = resumed_after(client) + 1;
+    fflush(stdout);
 
-    for (step = 1; step <= o.steps; step++) {
+    for (step = first; step < first + o.steps; step++) {
         size_t correct;
         double loss;
         layer *fc = m.fc;
@@ -431,7 +473,7 @@ int main(int argc, char **argv)
             }
             sgd_step(l, o.lr);
         }
-        if (step % o.print_every == 0 || step == 1 || step == o.steps)
+        if (step % o.print_every == 0 || step == first || step == first + o.steps - 1)
             printf("step %6llu  loss %.4f  batch accuracy %.3f\n", (unsigned long long)step,
                    loss, (double)correct / (double)B);
     }
@@ -450,6 +492,7 @@ int main(int argc, char **argv)
                 ag_strerror(flushed), *ag_client_last_error(client) ? ": " : "",
                 ag_client_last_error(client));
     have_stats = ag_client_get_stats(client, &cstats) == AG_OK;
+    snprintf(used, sizeof used, "%s", ag_client_run(client)); /* gone with the client */
     undelivered = ag_client_close(client);
     client = NULL;
     if (have_stats)
@@ -463,7 +506,7 @@ int main(int argc, char **argv)
                 (unsigned long long)dropped);
     if (undelivered > 0) {
         fprintf(stderr, "ag_mlp_train: %lld messages were never confirmed by the daemon: "
-                "its record of run '%s' is incomplete\n", (long long)undelivered, o.run);
+                "its record of run '%s' is incomplete\n", (long long)undelivered, used);
         exit_code = 3;
     } else {
         exit_code = 0;

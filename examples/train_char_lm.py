@@ -201,7 +201,7 @@ def summarize(client, run: str, formats, window: int, limit: int) -> dict:
     out = {"run": run, "top": {}, "history": None}
     for fmt in formats:
         out["top"][fmt] = client.top(run=run, format=fmt, window=window, limit=limit)
-    worst = out["top"].get("E5M2", {}).get("items") or []
+    worst = out["top"].get("E5M2", {}).get("tensors") or []
     if worst:
         out["history"] = client.history(worst[0]["tensor"], run=run, format="E5M2")
     return out
@@ -210,7 +210,7 @@ def summarize(client, run: str, formats, window: int, limit: int) -> dict:
 def print_summary(s: dict) -> None:
     for fmt, top in s["top"].items():
         print(f"\nworst tensors in {fmt} (steps {top['from_step']}..{top['to_step']}):")
-        for e in top["items"]:
+        for e in top["tensors"]:
             print(f"  {e['tensor']:32s} stall {e['stall_rate']:6.3f}  "
                   f"({e['stalled']}/{e['total']} over {e['steps']} snapshots)")
     h = s["history"]
@@ -244,7 +244,11 @@ def parse_args(argv=None):
     p.add_argument("--form", choices=["update", "sgd"], default="update")
     p.add_argument("--ingest", default=None, help="daemon ingest URL")
     p.add_argument("--query", default=None, help="daemon query URL")
-    p.add_argument("--run", default=None, help="run name (default: generated)")
+    p.add_argument("--run", default=None,
+                   help="run name (default: generated); a name another launch has already "
+                        "used becomes NAME.2, NAME.3 ... (printed at the start)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest run of that name instead of starting a new one")
     p.add_argument("--sample-max", type=int, default=0,
                    help="snapshots of larger tensors send a fixed subset of this many "
                         "elements (client option sample_max; 0: whole tensors)")
@@ -274,11 +278,15 @@ def main(argv=None) -> int:
     if args.monitor:
         from altgrad import AltgradError, Client
         client = Client(ingest_url=args.ingest, query_url=args.query, run=args.run,
-                        sample_max=args.sample_max,
+                        resume=args.resume, sample_max=args.sample_max,
                         metadata={"example": "train_char_lm", "device": str(device),
                                   "d_model": args.d_model, "layers": args.layers,
                                   "optimizer": args.optimizer, "lr": args.lr})
-        print(f"training with the monitor on {device}, run {client.run} ...", flush=True)
+        try:  # the name the daemon files the run under (NAME.2 ... if NAME was taken)
+            name, note = client.start_run(timeout_ms=5000), ""
+        except AltgradError as e:  # no daemon yet: training goes on regardless
+            name, note = client.run, f" (not confirmed by the daemon: {e})"
+        print(f"training with the monitor on {device}, run {name}{note} ...", flush=True)
         runs.append(train(args, device, True, client))
         client.end_run()
         try:  # until the daemon confirms it stored the whole run

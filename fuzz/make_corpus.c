@@ -41,7 +41,9 @@ int main(int argc, char **argv)
     ag_stream_hdr h = {"run", 1, 2, 3};
     int bad = 0;
     ag_msg m = {.type = AG_MSG_RUN_START, .hdr = h};
-    m.u.run_start = (ag_msg_run_start){"host", 1, 2, "{\"a\":[1,{\"b\":null}]}"};
+    m.u.run_start = (ag_msg_run_start){.host = "host", .pid = 1, .time_ms = 2,
+                                       .metadata = "{\"a\":[1,{\"b\":null}]}",
+                                       .launch = "job-1", .resume = 1};
     bad |= save(dir, "run_start", &m);
     ag_stat_record recs[2] = {{1, "w", 0, 1.5, 10, 1}, {2, "a", 2, 0, 0, 0}};
     m = (ag_msg){.type = AG_MSG_STATS, .hdr = h};
@@ -57,10 +59,16 @@ int main(int argc, char **argv)
     m = (ag_msg){.type = AG_MSG_RUN_END, .hdr = h};
     bad |= save(dir, "run_end", &m);
     m = (ag_msg){.type = AG_MSG_Q_HISTORY};
-    m.u.query = (ag_msg_query){"r", "t", "E5M2", 1, 2, 3, 4, 5};
+    m.u.query = (ag_msg_query){"r", "t", "E5M2", 1, 2, 3, 4, 5, 6};
     bad |= save(dir, "q_history", &m);
     m.type = AG_MSG_Q_TOP;
     bad |= save(dir, "q_top", &m);
+    m.type = AG_MSG_Q_RUN;
+    bad |= save(dir, "q_run", &m);
+    ag_run_ident ident = {"r.2", "job-1"};
+    m = (ag_msg){.type = AG_MSG_R_RUN};
+    m.u.ident = &ident;
+    bad |= save(dir, "r_run", &m);
     ag_run_info ri = {"r", "h", 1, 2, 3, 4, 5, 6, 7, "{}"};
     ag_run_list rl = {1, &ri};
     m = (ag_msg){.type = AG_MSG_R_RUNS};

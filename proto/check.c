@@ -26,6 +26,16 @@ int ag_proto_format_name_ok(const char *s, size_t len)
     return 1;
 }
 
+int ag_proto_launch_id_ok(const char *s, size_t len)
+{
+    if (!s || len < 1 || len > AG_LAUNCH_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
 int ag_proto_aligned(const void *p, size_t align)
 {
     return align && ((uintptr_t)p % align) == 0;

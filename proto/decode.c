@@ -57,6 +57,12 @@ static int d_string(dec *d, const ag_field *f, const char **out)
         if (!ag_proto_format_name_ok(s, n))
             BAD(d, "a format name is not 1..15 of [A-Za-z0-9_-]", AG_EPROTO);
         break;
+    case K_LAUNCH:
+        if (n > f->aux)
+            BAD(d, "a launch id is longer than 128 bytes", AG_ETOOBIG);
+        if (!ag_proto_launch_id_ok(s, n))
+            BAD(d, "a launch id is empty or not printable ASCII", AG_EPROTO);
+        break;
     case K_JSON:
         if (n > f->aux)
             BAD(d, "metadata over 64 KiB", AG_ETOOBIG);
@@ -378,7 +384,7 @@ int ag_proto_decode(const void *data, size_t len, ag_msg *out)
         out->why = d.rd.why;
         return rc;
     }
-    if (version != AG_PROTO_VERSION) {
+    if (version < AG_PROTO_VERSION_MIN || version > AG_PROTO_VERSION) {
         out->why = "unsupported protocol version";
         return AG_EVERSION;
     }
@@ -399,12 +405,13 @@ int ag_proto_decode(const void *data, size_t len, ag_msg *out)
         out->why = why;
         return rc;
     }
+    out->version = version;
     return AG_OK;
 }
 
 static int is_reply_result(int type)
 {
-    return type >= AG_MSG_R_RUNS && type <= AG_MSG_R_STATUS;
+    return type >= AG_MSG_R_RUNS && type <= AG_MSG_R_RUN;
 }
 
 void ag_msg_clear(ag_msg *m)

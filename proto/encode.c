@@ -102,6 +102,15 @@ static int put_scalar(msgpack_packer *pk, const ag_field *f, const char *base, c
             FAIL("a string is over its limit", AG_ETOOBIG);
         put_str(pk, s, n);
         return AG_OK;
+    case K_LAUNCH:
+        s = *(const char *const *)at;
+        n = s ? strlen(s) : 0;
+        if (n > f->aux)
+            FAIL("a launch id is longer than 128 bytes", AG_ETOOBIG);
+        if (!ag_proto_launch_id_ok(s, n))
+            FAIL("a launch id is empty or not printable ASCII", AG_EINVAL);
+        put_str(pk, s, n);
+        return AG_OK;
     case K_JSON:
         s = *(const char *const *)at;
         if (!s)
@@ -265,6 +274,9 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why)
         if (rc)
             return rc;
     }
+    int version = m->version ? m->version : AG_PROTO_VERSION;
+    if (version < AG_PROTO_VERSION_MIN || version > AG_PROTO_VERSION)
+        FAIL("a protocol version this codec does not speak", AG_EINVAL);
     size_t nkeys = 2 + (stream ? 4 : 0);
     for (size_t i = 0; i < spec->nfields; i++)
         nkeys += (size_t)present(&spec->fields[i], base, m->type);
@@ -276,7 +288,7 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why)
     size_t start = b->len;
     msgpack_pack_map(&pk, nkeys);
     put_key(&pk, "v");
-    msgpack_pack_uint32(&pk, AG_PROTO_VERSION);
+    msgpack_pack_uint32(&pk, (uint32_t)version);
     put_key(&pk, "t");
     msgpack_pack_uint32(&pk, (uint32_t)m->type);
     if (stream) {

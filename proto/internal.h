@@ -25,6 +25,7 @@ enum ag_kind {
     K_JSON,       /* const char *, JSON object <= aux bytes */
     K_CODE,       /* int, negative ag_err */
     K_SCALE,      /* double > 0 with presence flag (int at aux) */
+    K_LAUNCH,     /* const char *, launch id: 1..aux bytes of printable ASCII */
     K_RECS,       /* stats records (ag_msg_stats) */
     K_FMTS,       /* format list (ag_msg_snapshot) */
     K_DATA,       /* snapshot payload (ag_msg_snapshot) */

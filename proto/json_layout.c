@@ -34,7 +34,8 @@ int ag_doc_status(ag_doc *d, const ag_status *s, const char *source, const char 
     const ag_doc_field fields[] = {
         {"source", ag_cell_str(source)},
         {"address", ag_cell_str(address)},
-        {"version", ag_cell_str(s->version)},
+        /* NULL: a database file no altgradd of schema version 4+ recorded */
+        {"version", s->version ? ag_cell_str(s->version) : ag_cell_null()},
         {"uptime_s", ag_cell_f64(s->uptime_s)},
         {"messages", ag_cell_u64(s->messages)},
         {"bytes", ag_cell_u64(s->bytes)},

@@ -13,7 +13,10 @@
 
 #include "altgrad/altgrad.h"
 
-#define AG_PROTO_VERSION 1
+/* The version we speak, and the oldest one a receiver still accepts (a
+ * version-1 sender is an older libaltgrad: PROTOCOL.md section 6). */
+#define AG_PROTO_VERSION 2
+#define AG_PROTO_VERSION_MIN 1
 
 /* Limits (PROTOCOL.md section "Limits"); the encoder enforces them too. */
 #define AG_PROTO_MAX_MESSAGE (256u * 1024u * 1024u) /* bytes in one nng message */
@@ -40,7 +43,8 @@ typedef enum ag_msg_type {
     AG_MSG_Q_SCALES = 19,
     AG_MSG_Q_TOP = 20,
     AG_MSG_Q_STATUS = 21,
-    AG_MSG_Q_DELIVERY = 22,
+    AG_MSG_Q_RUN = 22,      /* version 2: which run a client's messages are filed under */
+    AG_MSG_Q_DELIVERY = 23, /* version 2: how many of a client's messages are stored */
     /* replies: daemon -> client; reply type = query type + 16 */
     AG_MSG_R_RUNS = 32,
     AG_MSG_R_TENSORS = 33,
@@ -48,7 +52,8 @@ typedef enum ag_msg_type {
     AG_MSG_R_SCALES = 35,
     AG_MSG_R_TOP = 36,
     AG_MSG_R_STATUS = 37,
-    AG_MSG_R_DELIVERY = 38,
+    AG_MSG_R_RUN = 38,
+    AG_MSG_R_DELIVERY = 39,
     AG_MSG_R_ERROR = 63
 } ag_msg_type;
 
@@ -82,6 +87,8 @@ typedef struct ag_msg_run_start {
     int64_t pid;
     int64_t time_ms;        /* Unix ms at the client */
     const char *metadata;   /* JSON object text, <= AG_PROTO_MAX_METADATA; NULL = "{}" */
+    const char *launch;     /* launch id (ag_proto_launch_id_ok); NULL = none (a launch of its own) */
+    int resume;             /* 1: continue the latest run of that name */
 } ag_msg_run_start;
 
 typedef struct ag_stat_record {
@@ -133,6 +140,7 @@ typedef struct ag_msg_query {
     uint64_t every;         /* history */
     uint64_t window;        /* top: most recent steps, 0 = all */
     uint64_t limit;         /* top: 0 = 10 */
+    uint64_t client_id;     /* run: the client asked about */
 } ag_msg_query;
 
 /* q_delivery asks for one client id, r_delivery answers: how many of that
@@ -143,6 +151,12 @@ typedef struct ag_msg_delivery {
     uint64_t messages;      /* reply */
     uint64_t seq;           /* reply: highest seq stored; 0 when messages is 0 */
 } ag_msg_delivery;
+
+/* The reply to q_run: the run a client's messages are filed under. */
+typedef struct ag_run_ident {
+    const char *run;        /* the run's name (the daemon may have renamed it) */
+    const char *launch;     /* the client's launch id as the daemon holds it, "" if none */
+} ag_run_ident;
 
 typedef struct ag_msg_error {
     int code;               /* an ag_err (negative) */
@@ -159,6 +173,7 @@ typedef struct ag_msg_error {
  */
 typedef struct ag_msg {
     int type;
+    int version;            /* encode: 0 = AG_PROTO_VERSION; decode: the sender's version */
     ag_stream_hdr hdr;
     union {
         ag_msg_run_start run_start;
@@ -174,6 +189,7 @@ typedef struct ag_msg {
         ag_scale_list *scales;
         ag_top_list *top;
         ag_status *status;
+        ag_run_ident *ident;
     } u;
     void *owned;            /* internal: what ag_msg_clear frees */
     const char *why;        /* after a failed decode/encode: static text saying what was wrong */
@@ -253,6 +269,8 @@ int ag_stats_batch_end(ag_stats_batch *sb, uint64_t seq, uint64_t dropped);
 /* Checks shared by codec and client. */
 int ag_proto_name_ok(const char *s, size_t len);        /* 1..AG_NAME_MAX, no NUL */
 int ag_proto_format_name_ok(const char *s, size_t len); /* 1..15 of [A-Za-z0-9_-] */
+/* 1..AG_LAUNCH_ID_MAX bytes of printable ASCII (0x20..0x7e). */
+int ag_proto_launch_id_ok(const char *s, size_t len);
 /* 1 if s[0..len) is a JSON object (strict RFC 8259 syntax, nesting <= 32). */
 int ag_proto_json_object_ok(const char *s, size_t len);
 

@@ -15,6 +15,8 @@ static const ag_field run_start_fields[] = {
     {"pid", K_INT, F_REQ, U(run_start.pid), 0},
     {"time", K_INT, F_REQ, U(run_start.time_ms), 0},
     {"meta", K_JSON, F_OMIT0, U(run_start.metadata), AG_PROTO_MAX_METADATA},
+    {"launch", K_LAUNCH, F_OMIT0, U(run_start.launch), AG_LAUNCH_ID_MAX},
+    {"resume", K_ENUM, F_OMIT0, U(run_start.resume), 1},
 };
 
 static const ag_field stats_fields[] = {
@@ -62,6 +64,10 @@ static const ag_field q_top_fields[] = {
     {"fmt", K_FMT, F_OMIT0, U(query.format), 0},
     {"window", K_UINT, F_OMIT0, U(query.window), 0},
     {"limit", K_UINT, F_OMIT0, U(query.limit), 0},
+};
+
+static const ag_field q_client_fields[] = {
+    {"cid", K_UINT, F_REQ, U(query.client_id), 0},
 };
 
 static const ag_field q_delivery_fields[] = {
@@ -170,6 +176,11 @@ static const ag_field status_fields[] = {
     {"fmts", K_STR, F_REQ, offsetof(ag_status, formats), AG_PROTO_MAX_TEXT},
 };
 
+static const ag_field ident_fields[] = {
+    {"run", K_NAME, F_REQ, offsetof(ag_run_ident, run), 0},
+    {"launch", K_STR, F_REQ, offsetof(ag_run_ident, launch), AG_LAUNCH_ID_MAX},
+};
+
 static const ag_field r_delivery_fields[] = {
     {"cid", K_UINT, F_REQ, U(delivery.client_id), 0},
     {"messages", K_UINT, F_REQ, U(delivery.messages), 0},
@@ -193,6 +204,7 @@ static const ag_spec specs[] = {
     MSG(AG_MSG_Q_SCALES, q_scales_fields),
     MSG(AG_MSG_Q_TOP, q_top_fields),
     BARE(AG_MSG_Q_STATUS),
+    MSG(AG_MSG_Q_RUN, q_client_fields),
     MSG(AG_MSG_Q_DELIVERY, q_delivery_fields),
     LIST(AG_MSG_R_RUNS, ag_run_list, ag_run_info, runs_fields, runs_cols),
     LIST(AG_MSG_R_TENSORS, ag_tensor_list, ag_tensor_info, tensors_fields, tensors_cols),
@@ -202,6 +214,7 @@ static const ag_spec specs[] = {
     LIST(AG_MSG_R_SCALES, ag_scale_list, ag_scale_info, scales_fields, scales_cols),
     LIST(AG_MSG_R_TOP, ag_top_list, ag_top_entry, top_fields, top_cols),
     {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0},
+    {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0},
     MSG(AG_MSG_R_DELIVERY, r_delivery_fields),
     MSG(AG_MSG_R_ERROR, error_fields),
 };
@@ -227,6 +240,7 @@ const char *ag_proto_type_name(int type)
     case AG_MSG_Q_SCALES: return "q_scales";
     case AG_MSG_Q_TOP: return "q_top";
     case AG_MSG_Q_STATUS: return "q_status";
+    case AG_MSG_Q_RUN: return "q_run";
     case AG_MSG_Q_DELIVERY: return "q_delivery";
     case AG_MSG_R_RUNS: return "r_runs";
     case AG_MSG_R_TENSORS: return "r_tensors";
@@ -234,6 +248,7 @@ const char *ag_proto_type_name(int type)
     case AG_MSG_R_SCALES: return "r_scales";
     case AG_MSG_R_TOP: return "r_top";
     case AG_MSG_R_STATUS: return "r_status";
+    case AG_MSG_R_RUN: return "r_run";
     case AG_MSG_R_DELIVERY: return "r_delivery";
     case AG_MSG_R_ERROR: return "r_error";
     default: return "unknown";

@@ -53,7 +53,7 @@ CREATE TABLE stats (
     PRIMARY KEY (tensor_id, role, step)
 ) WITHOUT ROWID;
 
--- Per gradient snapshot, per format: DESIGN.md 1.4 counters.
+-- Per gradient snapshot, per format: docs/numerics.md, Stall counters.
 CREATE TABLE results (
     tensor_id INTEGER NOT NULL,
     format_id INTEGER NOT NULL,

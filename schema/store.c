@@ -22,10 +22,23 @@ static const char *const sql_text[AG_ST_COUNT] = {
         "INSERT OR IGNORE INTO formats(id,name,exponent_bits,mantissa_bits,bias,has_inf,"
         "has_nan) VALUES(?1,?2,?3,?4,?5,?6,?7)",
     [AG_ST_PUT_RUN] =
-        "INSERT INTO runs(id,name,host,pid,client_id,started_ms,metadata)"
-        " VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(name) DO UPDATE SET"
+        "INSERT INTO runs(id,name,host,pid,client_id,started_ms,metadata,launch_id,asked)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9) ON CONFLICT(name) DO UPDATE SET"
         " host=excluded.host, pid=excluded.pid, client_id=excluded.client_id,"
         " metadata=excluded.metadata, ended_ms=0",
+    [AG_ST_PUT_CLIENT] =
+        "INSERT INTO clients(client_id,run_id,launch_id,asked,started_ms)"
+        " VALUES(?1,?2,?3,?4,?5) ON CONFLICT(client_id) DO UPDATE SET"
+        " run_id=excluded.run_id, launch_id=excluded.launch_id, asked=excluded.asked,"
+        " started_ms=excluded.started_ms, last_seq=0, last_drop=NULL, ended=0",
+    [AG_ST_CLIENT_DELTA] =
+        "UPDATE clients SET last_seq=?2, last_drop=CASE WHEN ?3 THEN ?4 ELSE last_drop END,"
+        " ended=?5, delivered=delivered+?6,"
+        " delivered_seq=CASE WHEN ?6>0 THEN max(delivered_seq,?2) ELSE delivered_seq END"
+        " WHERE client_id=?1",
+    [AG_ST_CLIENT_RUN] =
+        "SELECT r.name, coalesce(c.launch_id,'') FROM clients c JOIN runs r ON r.id=c.run_id"
+        " WHERE c.client_id=?1",
     [AG_ST_PUT_TENSOR] =
         "INSERT INTO tensors(id,run_id,name,role) VALUES(?1,?2,?3,?4)"
         " ON CONFLICT DO NOTHING",
@@ -37,19 +50,17 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_PUT_SNAPSHOT] = "INSERT OR REPLACE INTO snapshots VALUES(?1,?2,?3,?4)",
     [AG_ST_RUN_DELTA] =
         "UPDATE runs SET messages=messages+?2, dropped=dropped+?3,"
-        " last_step=max(last_step,?4), last_seq=CASE WHEN ?5 THEN ?6 ELSE last_seq END,"
-        " ended_ms=CASE WHEN ?7<>0 THEN ?7 ELSE ended_ms END,"
-        " last_drop=CASE WHEN ?8 THEN ?9 ELSE last_drop END WHERE id=?1",
-    [AG_ST_CLIENT_DELTA] =
-        "INSERT INTO clients(client_id,run_id,messages,last_seq) VALUES(?1,?2,?3,?4)"
-        " ON CONFLICT(client_id) DO UPDATE SET run_id=excluded.run_id,"
-        " messages=messages+excluded.messages, last_seq=max(last_seq,excluded.last_seq)",
+        " last_step=max(last_step,?4), ended_ms=CASE WHEN ?5<>0 THEN ?5 ELSE ended_ms END"
+        " WHERE id=?1",
     [AG_ST_TENSOR_DELTA] =
         "UPDATE tensors SET role=?2, numel=?3, first_step=min(coalesce(first_step,?4),?4),"
         " last_step=max(last_step,?5), snapshots=snapshots+?6, last_amax=?7 WHERE id=?1",
     [AG_ST_ADD_COUNTER] =
         "INSERT INTO counters(name,value) VALUES(?1,?2)"
         " ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+    [AG_ST_PUT_DAEMON_SETTING] =
+        "INSERT INTO daemon_settings(name,value) VALUES(?1,?2)"
+        " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
     [AG_ST_RUNS] =
         "SELECT name,host,pid,client_id,started_ms,ended_ms,last_step,messages,dropped,"
         "metadata FROM runs ORDER BY started_ms, id",
@@ -82,9 +93,15 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_FORMATS] =
         "SELECT id,name,exponent_bits,mantissa_bits,bias,has_inf,has_nan FROM formats"
         " ORDER BY id",
+    [AG_ST_DAEMON_SETTING] = "SELECT value FROM daemon_settings WHERE name=?1",
     [AG_ST_ALL_RUNS] =
-        "SELECT id,name,client_id,last_seq,last_drop,last_step,ended_ms FROM runs"
+        "SELECT id,name,coalesce(asked,name),launch_id,last_step,ended_ms FROM runs"
         " ORDER BY id",
+    [AG_ST_ALL_LAUNCHES] =
+        "SELECT launch_id,asked,max(run_id) FROM clients WHERE launch_id IS NOT NULL"
+        " GROUP BY launch_id,asked",
+    [AG_ST_ALL_CLIENTS] =
+        "SELECT client_id,run_id,last_seq,last_drop FROM clients WHERE ended=0",
     [AG_ST_ALL_TENSORS] = "SELECT id,run_id,name,role FROM tensors ORDER BY id",
     [AG_ST_HISTORY_TAIL] =
         "SELECT amax,numel,nonfinite FROM stats WHERE tensor_id=?1 AND role=?2"
@@ -94,12 +111,29 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_MAX_IDS] =
         "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
         " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
-    [AG_ST_DELIVERY] = "SELECT messages,last_seq FROM clients WHERE client_id=?1",
+    [AG_ST_DELIVERY] = "SELECT delivered,delivered_seq FROM clients WHERE client_id=?1",
 };
 
 int ag_store_schema_version(void) { return (int)ag_store_migration_count; }
 
 const char *ag_store_errmsg(const ag_store *st) { return st ? st->errmsg : "no store"; }
+
+int ag_store_failure_is_transient(const ag_store *st) {
+    if (!st) return 0;
+    switch (st->last_rc & 0xff) {
+    case SQLITE_FULL:      /* disk or quota full: space may come back */
+    case SQLITE_IOERR:     /* an I/O error (EIO, a failed fsync) */
+    case SQLITE_BUSY:      /* another connection holds the lock */
+    case SQLITE_LOCKED:
+    case SQLITE_NOMEM:
+    case SQLITE_CANTOPEN:  /* e.g. the WAL or a temp file could not be created */
+    case SQLITE_PROTOCOL:
+    case SQLITE_READONLY:  /* a filesystem remounted read-only */
+        return 1;
+    default:
+        return 0;
+    }
+}
 
 int ag_store_failf(ag_store *st, int err, const char *fmt, ...) {
     va_list ap;
@@ -110,6 +144,7 @@ int ag_store_failf(ag_store *st, int err, const char *fmt, ...) {
 }
 
 int ag_store_fail(ag_store *st, const char *what, int rc) {
+    st->last_rc = rc;
     const char *msg = st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc);
     snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path ? st->path : "store",
              what, msg);
@@ -148,6 +183,7 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
     char *msg = NULL;
     int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
+        st->last_rc = rc;
         snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path, what,
                  msg ? msg : sqlite3_errstr(rc));
         sqlite3_free(msg);

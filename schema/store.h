@@ -29,23 +29,47 @@ int ag_store_open(ag_store **out, const char *path, int flags);
 void ag_store_close(ag_store *st);
 /* Text of the last failure on this connection, "" if none; never NULL. */
 const char *ag_store_errmsg(const ag_store *st);
+/* 1 when the last failure is one that retrying may cure (disk full, I/O
+ * error, busy or locked, out of memory, read-only filesystem), 0 when it is
+ * about the row itself (a constraint, a misuse) or there was none. */
+int ag_store_failure_is_transient(const ag_store *st);
 /* Schema version this build writes (the number of migrations). */
 int ag_store_schema_version(void);
 /* Schema version of the open file. */
 int ag_store_user_version(ag_store *st, int *version);
 
 /* ---------------- queries (altgrad.h results, freed with ag_free) ------- */
+/* The most points one history answer holds: what one query reply of the
+ * protocol may carry (AG_PROTO_MAX_ITEMS), so the daemon and a reader of the
+ * file answer alike. Beyond it history is AG_ETOOBIG: ask with every or a
+ * step range. */
+#define AG_STORE_MAX_POINTS 1048576u
 int ag_store_runs(ag_store *st, ag_run_list **out);
 int ag_store_tensors(ag_store *st, const char *run, ag_tensor_list **out);
 int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out);
 int ag_store_scales(ag_store *st, const char *run, const char *format, ag_scale_list **out);
+/* limit 0 means 10; limits above AG_STORE_TOP_LIMIT_MAX are that. */
+#define AG_STORE_TOP_LIMIT_MAX 1000000
 int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window,
                  size_t limit, ag_top_list **out);
-/* Counts from the file; uptime 0, queue_depth 0, db_path as opened,
- * formats = the formats the file knows. */
+/* The status as the file holds it, the same whoever asks (the daemon's
+ * query threads or altgrad --db): messages and dropped summed over the runs;
+ * bytes, rejected and rows_written from the counters the daemon commits with
+ * its rows; runs and tensors counted; db_path the file's canonical absolute
+ * path (as opened when it cannot be resolved); version and formats those the
+ * daemon recorded at its start (daemon_settings), else NULL and the formats
+ * the file knows in id order. uptime_s and queue_depth are 0: only a running
+ * daemon has them (it fills them in). */
 int ag_store_status(ag_store *st, ag_status **out);
-/* How many stream messages of client client_id are stored and the highest
- * seq among them (the q_delivery query); 0 and 0 for a client never seen. */
+/* The run the client client_id's messages are filed under (its name into
+ * run[run_cap]) and the launch id it gave (into launch[launch_cap], "" if
+ * none). AG_ENOTFOUND (with a message) when no start of that client is
+ * stored; AG_ERANGE when a buffer is too small. */
+int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_cap,
+                        char *launch, size_t launch_cap);
+/* How many stream messages of client client_id are stored (committed) and
+ * the highest seq among them (the q_delivery query; clients.delivered and
+ * delivered_seq); 0 and 0 for a client never seen. */
 int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages,
                       uint64_t *last_seq);
 /* PRAGMA integrity_check: 0 when "ok", AG_ESTORE otherwise. */
@@ -61,7 +85,30 @@ typedef struct ag_store_run_row {
     uint64_t client_id;
     int64_t started_ms;
     const char *metadata; /* JSON text; NULL gives "{}" */
+    const char *launch_id; /* the launch that made the run; NULL: none */
+    const char *asked;    /* the name its trainer asked for; NULL: name */
 } ag_store_run_row;
+
+/* A client's start: the run its messages go to (schema version 4). */
+typedef struct ag_store_client_row {
+    uint64_t client_id;
+    int64_t run_id;
+    const char *launch_id; /* NULL: none given */
+    const char *asked;    /* the run name it asked for */
+    int64_t started_ms;
+} ag_store_client_row;
+
+/* A client's sequence state, applied at the end of each of its messages. */
+typedef struct ag_store_client_delta {
+    uint64_t client_id;
+    uint64_t last_seq;
+    uint64_t last_drop;   /* the client's cumulative drop count, set when has_drop */
+    int has_drop;
+    int ended;            /* its run_end was filed */
+    uint64_t delivered;   /* its messages stored since the last delta (added to
+                           * clients.delivered; delivered_seq becomes last_seq
+                           * when larger) */
+} ag_store_client_delta;
 
 typedef struct ag_store_stats_row {
     int64_t tensor_id;
@@ -88,15 +135,7 @@ typedef struct ag_store_run_delta {
     uint64_t messages;    /* added */
     uint64_t dropped;     /* added */
     uint64_t last_step;   /* max-ed */
-    uint64_t last_seq;    /* set when has_seq */
-    int has_seq;
-    uint64_t last_drop;   /* the client's cumulative drop count, set when has_drop */
-    int has_drop;
     int64_t ended_ms;     /* set when nonzero */
-    /* When has_client and messages > 0: the messages came from this client,
-     * whose clients row (delivery) gets them too, with last_seq. */
-    uint64_t client_id;
-    int has_client;
 } ag_store_run_delta;
 
 /* Per-tensor aggregate applied once per batch. */
@@ -117,8 +156,12 @@ int ag_store_rollback(ag_store *st);
 
 int ag_store_put_format(ag_store *st, int64_t id, const ag_format *fmt);
 /* Inserts the run, or on a known name re-opens it (host, pid, client, metadata
- * replaced; ended_ms cleared; counters kept). */
+ * replaced; ended_ms cleared; counters, launch and asked name kept). */
 int ag_store_put_run(ag_store *st, const ag_store_run_row *r);
+/* Inserts the client, or on a known client id starts it anew (run, launch,
+ * name replaced, sequence state cleared). */
+int ag_store_put_client(ag_store *st, const ag_store_client_row *c);
+int ag_store_apply_client_delta(ag_store *st, const ag_store_client_delta *d);
 int ag_store_put_tensor(ag_store *st, int64_t id, int64_t run_id, const char *name, int role);
 /* A duplicate (tensor, role, step) replaces the earlier row. */
 int ag_store_put_stats(ag_store *st, const ag_store_stats_row *r);
@@ -131,12 +174,16 @@ int ag_store_put_snapshot(ag_store *st, int64_t tensor_id, uint64_t step, const 
                           size_t n);
 int ag_store_apply_run_delta(ag_store *st, const ag_store_run_delta *d);
 int ag_store_apply_tensor_delta(ag_store *st, const ag_store_tensor_delta *d);
-/* counters[name] += delta (names: "bytes", "rejected", "dropped", "rows_written"). */
+/* counters[name] += delta (names: "bytes", "rejected", "rows_written"). */
 int ag_store_add_counter(ag_store *st, const char *name, uint64_t delta);
+/* daemon_settings[name] = value: what the daemon was started with, recorded
+ * at its start ("version", "formats"), so readers of the file report it. */
+int ag_store_put_daemon_setting(ag_store *st, const char *name, const char *value);
 
 /* ---------------- restore (daemon start, before the writer runs) -------- */
 /*
- * Streams the engine state back: every format, run and tensor, the newest
+ * Streams the engine state back: every format and run, each launch's runs,
+ * the clients that have not ended, every tensor, the newest
  * history_len amax values per (tensor, role) oldest first, the latest scales
  * and the latest snapshot weights. Callbacks return 0 to go on; any other
  * value stops and is returned. Pointers passed are valid during the call only.
@@ -145,11 +192,17 @@ typedef struct ag_store_restore_cb {
     void *ctx;
     int (*format)(void *ctx, int64_t id, const char *name, int exponent_bits,
                   int mantissa_bits, int bias, int has_inf, int has_nan);
-    /* has_drop is 0 when the run's last_drop was never written (a run from
-     * before schema version 3): the client's drop counter is then unknown. */
-    int (*run)(void *ctx, int64_t id, const char *name, uint64_t client_id,
-               uint64_t last_seq, uint64_t last_drop, int has_drop, uint64_t last_step,
-               int64_t ended_ms);
+    /* In id order. asked: the name asked for (the run's own name when the
+     * file does not say); launch: NULL when none. */
+    int (*run)(void *ctx, int64_t id, const char *name, const char *asked, const char *launch,
+               uint64_t last_step, int64_t ended_ms);
+    /* Each (launch, name asked) some client gave, with the newest run it went to. */
+    int (*launch)(void *ctx, const char *launch, const char *asked, int64_t run_id);
+    /* Each client that has not ended. has_drop is 0 when its last_drop was
+     * never written (from before schema version 3): its drop counter is then
+     * unknown. */
+    int (*client)(void *ctx, uint64_t client_id, int64_t run_id, uint64_t last_seq,
+                  uint64_t last_drop, int has_drop);
     int (*tensor)(void *ctx, int64_t id, int64_t run_id, const char *name, int role);
     int (*history)(void *ctx, int64_t tensor_id, int role, const double *amax, size_t n);
     int (*scale)(void *ctx, int64_t tensor_id, int64_t format_id, int role, uint64_t step,

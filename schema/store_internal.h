@@ -17,6 +17,9 @@ typedef enum ag_stmt_id {
     AG_ST_ROLLBACK,
     AG_ST_PUT_FORMAT,
     AG_ST_PUT_RUN,
+    AG_ST_PUT_CLIENT,
+    AG_ST_CLIENT_DELTA,
+    AG_ST_CLIENT_RUN,
     AG_ST_PUT_TENSOR,
     AG_ST_PUT_STATS,
     AG_ST_PUT_RESULT,
@@ -24,9 +27,9 @@ typedef enum ag_stmt_id {
     AG_ST_PUT_SCALE,
     AG_ST_PUT_SNAPSHOT,
     AG_ST_RUN_DELTA,
-    AG_ST_CLIENT_DELTA,
     AG_ST_TENSOR_DELTA,
     AG_ST_ADD_COUNTER,
+    AG_ST_PUT_DAEMON_SETTING,
     AG_ST_RUNS,
     AG_ST_RUN_BY_NAME,
     AG_ST_FORMAT_BY_NAME,
@@ -39,7 +42,10 @@ typedef enum ag_stmt_id {
     AG_ST_COUNTER,
     AG_ST_STATUS_COUNTS,
     AG_ST_FORMATS,
+    AG_ST_DAEMON_SETTING,
     AG_ST_ALL_RUNS,
+    AG_ST_ALL_LAUNCHES,
+    AG_ST_ALL_CLIENTS,
     AG_ST_ALL_TENSORS,
     AG_ST_HISTORY_TAIL,
     AG_ST_ALL_SCALES,
@@ -55,6 +61,7 @@ struct ag_store {
     int readonly;
     int in_txn;
     char errmsg[256];
+    int last_rc;          /* SQLite result code of the last failure, 0 if none */
     sqlite3_stmt *stmts[AG_ST_COUNT];
 };
 

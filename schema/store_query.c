@@ -4,7 +4,7 @@
  * semantics and errors as the client queries: an unknown run, tensor or
  * format is AG_ENOTFOUND with the name in ag_store_errmsg().
  */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* realpath */
 #include <stdlib.h>
 #include <string.h>
 
@@ -205,6 +205,13 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
             .scale = sqlite3_column_double(s, 8),
         };
         if (in_bucket == 0) {
+            if (res->n == AG_STORE_MAX_POINTS) {
+                err = ag_store_failf(st, AG_ETOOBIG,
+                                     "history of %s in %s has more than %u points: ask for "
+                                     "fewer with every (--every) or a step range",
+                                     q->tensor, res->format, AG_STORE_MAX_POINTS);
+                break;
+            }
             if ((err = grow(res, (void **)&res->points, &cap, res->n, sizeof *res->points)))
                 break;
             res->n++;
@@ -304,7 +311,9 @@ int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t win
     sqlite3_bind_int64(s, 2, fid);
     sqlite3_bind_int64(s, 3, (int64_t)res->from_step);
     sqlite3_bind_int64(s, 4, (int64_t)res->to_step);
-    sqlite3_bind_int64(s, 5, limit ? (int64_t)limit : DEFAULT_TOP_LIMIT);
+    sqlite3_bind_int64(s, 5, limit == 0                        ? DEFAULT_TOP_LIMIT
+                             : limit > AG_STORE_TOP_LIMIT_MAX ? AG_STORE_TOP_LIMIT_MAX
+                                                              : (int64_t)limit);
     size_t cap = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
@@ -340,6 +349,110 @@ static int counter(ag_store *st, const char *name, uint64_t *v) {
     return err;
 }
 
+/* The schema version that added daemon_settings (004_daemon_settings.sql). */
+#define SCHEMA_DAEMON_SETTINGS 4
+
+/* daemon_settings[name] copied into res's arena as *value; NULL when the file
+ * has no such setting or predates the table (a read-only connection cannot
+ * migrate an older file). */
+static int daemon_setting(ag_store *st, void *res, const char *name, const char **value) {
+    *value = NULL;
+    int version = 0, err = ag_store_user_version(st, &version);
+    if (err || version < SCHEMA_DAEMON_SETTINGS) return err;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_DAEMON_SETTING);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *value = ag_arena_strdup(res, col_text(s, 0));
+        if (!*value) err = AG_ENOMEM;
+    } else if (rc != SQLITE_DONE) {
+        err = ag_store_fail(st, "daemon setting", rc);
+    }
+    sqlite3_reset(s);
+    return err;
+}
+
+/* The formats the file knows, comma-separated, in id order (arena of res). */
+static int known_formats(ag_store *st, void *res, const char **out) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_FORMATS);
+    if (!s) return AG_ESTORE;
+    size_t len = 0, cap = 64;
+    char *fmts = ag_arena_alloc(res, cap);
+    int rc = SQLITE_DONE, err = AG_OK;
+    if (fmts) fmts[0] = '\0';
+    while (fmts && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *name = col_text(s, 1);
+        size_t add = strlen(name) + 1;
+        if (len + add + 1 > cap) {
+            char *bigger = ag_arena_grow(res, fmts, cap, (len + add + 1) * 2);
+            if (!bigger) {
+                fmts = NULL;
+                break;
+            }
+            fmts = bigger;
+            cap = (len + add + 1) * 2;
+        }
+        if (len) fmts[len++] = ',';
+        memcpy(fmts + len, name, add - 1);
+        len += add - 1;
+        fmts[len] = '\0';
+    }
+    if (!fmts) err = AG_ENOMEM;
+    else if (rc != SQLITE_DONE) err = ag_store_fail(st, "formats", rc);
+    sqlite3_reset(s);
+    *out = fmts;
+    return err;
+}
+
+/* The file's canonical absolute path, so the daemon (which may have been
+ * given a relative path in another folder) and a reader name it alike. */
+static const char *canonical_path(void *res, const char *path) {
+    char *real = realpath(path, NULL);
+    const char *copy = ag_arena_strdup(res, real ? real : path);
+    free(real);
+    return copy;
+}
+
+int ag_store_status(ag_store *st, ag_status **out) {
+    if (!st || !out) return AG_EINVAL;
+    *out = NULL;
+    int err = AG_OK, rc;
+    ag_status *res = ag_arena_new(sizeof *res);
+    if (!res) return AG_ENOMEM;
+    if (!(res->db_path = canonical_path(res, st->path))) {
+        err = AG_ENOMEM;
+        goto fail;
+    }
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_STATUS_COUNTS);
+    if (!s) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    if ((rc = sqlite3_step(s)) != SQLITE_ROW) {
+        err = ag_store_fail(st, "status", rc);
+        sqlite3_reset(s);
+        goto fail;
+    }
+    res->runs = col_u64(s, 0);
+    res->tensors = col_u64(s, 1);
+    res->messages = col_u64(s, 2);
+    res->dropped = col_u64(s, 3);
+    sqlite3_reset(s);
+    if ((err = counter(st, "bytes", &res->bytes)) ||
+        (err = counter(st, "rejected", &res->rejected)) ||
+        (err = counter(st, "rows_written", &res->rows_written)) ||
+        (err = daemon_setting(st, res, "version", &res->version)) ||
+        (err = daemon_setting(st, res, "formats", &res->formats)))
+        goto fail;
+    if (!res->formats && (err = known_formats(st, res, &res->formats))) goto fail;
+    *out = res;
+    return AG_OK;
+fail:
+    ag_free(res);
+    return err;
+}
+
 int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages,
                       uint64_t *last_seq) {
     if (!st || !messages || !last_seq) return AG_EINVAL;
@@ -358,66 +471,30 @@ int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages,
     return err;
 }
 
-int ag_store_status(ag_store *st, ag_status **out) {
-    if (!st || !out) return AG_EINVAL;
-    *out = NULL;
-    int err = AG_OK, rc;
-    ag_status *res = ag_arena_new(sizeof *res);
-    if (!res) return AG_ENOMEM;
-    res->version = ag_arena_strdup(res, AG_VERSION_STRING);
-    res->db_path = ag_arena_strdup(res, st->path);
-    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_STATUS_COUNTS);
-    if (!s) {
-        err = AG_ESTORE;
-        goto fail;
-    }
-    if ((rc = sqlite3_step(s)) != SQLITE_ROW) {
-        err = ag_store_fail(st, "status", rc);
-        sqlite3_reset(s);
-        goto fail;
-    }
-    res->runs = col_u64(s, 0);
-    res->tensors = col_u64(s, 1);
-    res->messages = col_u64(s, 2);
-    res->dropped = col_u64(s, 3);
-    sqlite3_reset(s);
-    if ((err = counter(st, "bytes", &res->bytes)) ||
-        (err = counter(st, "rejected", &res->rejected)) ||
-        (err = counter(st, "rows_written", &res->rows_written)))
-        goto fail;
-    /* The formats the file knows, comma-separated, in id order. */
-    if (!(s = ag_store_stmt(st, AG_ST_FORMATS))) {
-        err = AG_ESTORE;
-        goto fail;
-    }
-    size_t len = 0, cap = 64;
-    char *fmts = ag_arena_alloc(res, cap);
-    while (fmts && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        const char *name = col_text(s, 1);
-        size_t add = strlen(name) + 1;
-        if (len + add + 1 > cap) {
-            char *bigger = ag_arena_grow(res, fmts, cap, (len + add + 1) * 2);
-            if (!bigger) {
-                fmts = NULL;
-                break;
-            }
-            fmts = bigger;
-            cap = (len + add + 1) * 2;
+int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_cap,
+                        char *launch, size_t launch_cap) {
+    if (!st || !run || !launch || !run_cap || !launch_cap) return AG_EINVAL;
+    run[0] = launch[0] = '\0';
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_CLIENT_RUN);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, (int64_t)client_id);
+    int rc = sqlite3_step(s), err = AG_OK;
+    if (rc == SQLITE_ROW) {
+        const char *name = col_text(s, 0), *l = col_text(s, 1);
+        size_t n = strlen(name), ln = strlen(l);
+        if (n >= run_cap || ln >= launch_cap) {
+            err = ag_store_failf(st, AG_ERANGE, "client %016llx: a name is too long",
+                                 (unsigned long long)client_id);
+        } else {
+            memcpy(run, name, n + 1);
+            memcpy(launch, l, ln + 1);
         }
-        if (len) fmts[len++] = ',';
-        memcpy(fmts + len, name, add - 1);
-        len += add - 1;
-        fmts[len] = '\0';
+    } else if (rc == SQLITE_DONE) {
+        err = ag_store_failf(st, AG_ENOTFOUND, "no run start of client %016llx filed yet",
+                             (unsigned long long)client_id);
+    } else {
+        err = ag_store_fail(st, "client run", rc);
     }
     sqlite3_reset(s);
-    res->formats = fmts;
-    if (!fmts || !res->version || !res->db_path) {
-        err = AG_ENOMEM;
-        goto fail;
-    }
-    *out = res;
-    return AG_OK;
-fail:
-    ag_free(res);
     return err;
 }

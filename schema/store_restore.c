@@ -1,6 +1,6 @@
 /*
  * store_restore.c - reading the daemon engine's state back at start: formats,
- * runs, tensors, amax histories (rebuilt from the newest stats rows), the
+ * runs, launches, clients, tensors, amax histories (rebuilt from the newest stats rows), the
  * latest scales and snapshot weights. Runs on the write connection before
  * the writer thread starts.
  */
@@ -40,13 +40,30 @@ static int format_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extr
                       sqlite3_column_int(s, 6));
 }
 
+/* A text column that may be NULL. */
+static const char *col_text_or_null(sqlite3_stmt *s, int i) {
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? NULL : col_text(s, i);
+}
+
 static int run_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
     (void)extra;
     if (!cb->run) return 0;
-    int has_drop = sqlite3_column_type(s, 4) != SQLITE_NULL;
-    return cb->run(cb->ctx, sqlite3_column_int64(s, 0), col_text(s, 1), col_u64(s, 2),
-                   col_u64(s, 3), has_drop ? col_u64(s, 4) : 0, has_drop, col_u64(s, 5),
-                   sqlite3_column_int64(s, 6));
+    return cb->run(cb->ctx, sqlite3_column_int64(s, 0), col_text(s, 1), col_text(s, 2),
+                   col_text_or_null(s, 3), col_u64(s, 4), sqlite3_column_int64(s, 5));
+}
+
+static int launch_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
+    (void)extra;
+    if (!cb->launch) return 0;
+    return cb->launch(cb->ctx, col_text(s, 0), col_text(s, 1), sqlite3_column_int64(s, 2));
+}
+
+static int client_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
+    (void)extra;
+    if (!cb->client) return 0;
+    int has_drop = sqlite3_column_type(s, 3) != SQLITE_NULL;
+    return cb->client(cb->ctx, col_u64(s, 0), sqlite3_column_int64(s, 1), col_u64(s, 2),
+                      has_drop ? col_u64(s, 3) : 0, has_drop);
 }
 
 typedef struct tensor_ref { int64_t id; int64_t run_id; } tensor_ref;
@@ -131,6 +148,10 @@ int ag_store_restore(ag_store *st, size_t history_len, const ag_store_restore_cb
                         cb, NULL)) ||
         (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_RUNS), "restore runs", run_row, cb,
                         NULL)) ||
+        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_LAUNCHES), "restore launches",
+                        launch_row, cb, NULL)) ||
+        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_CLIENTS), "restore clients",
+                        client_row, cb, NULL)) ||
         (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_TENSORS), "restore tensors",
                         tensor_row, cb, &refs)))
         goto fail;

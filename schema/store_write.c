@@ -42,7 +42,42 @@ int ag_store_put_run(ag_store *st, const ag_store_run_row *r) {
     sqlite3_bind_int64(s, 5, i64(r->client_id));
     sqlite3_bind_int64(s, 6, r->started_ms);
     sqlite3_bind_text(s, 7, r->metadata ? r->metadata : "{}", -1, SQLITE_STATIC);
+    if (r->launch_id)
+        sqlite3_bind_text(s, 8, r->launch_id, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, 8);
+    sqlite3_bind_text(s, 9, r->asked ? r->asked : r->name, -1, SQLITE_STATIC);
     return ag_store_exec_stmt(st, s, "put run");
+}
+
+int ag_store_put_client(ag_store *st, const ag_store_client_row *c) {
+    if (!c || !c->asked) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_CLIENT);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, i64(c->client_id));
+    sqlite3_bind_int64(s, 2, c->run_id);
+    if (c->launch_id)
+        sqlite3_bind_text(s, 3, c->launch_id, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, 3);
+    sqlite3_bind_text(s, 4, c->asked, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 5, c->started_ms);
+    return ag_store_exec_stmt(st, s, "put client");
+}
+
+int ag_store_apply_client_delta(ag_store *st, const ag_store_client_delta *d) {
+    if (!d) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_CLIENT_DELTA);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_int64(s, 1, i64(d->client_id));
+    sqlite3_bind_int64(s, 2, i64(d->last_seq));
+    sqlite3_bind_int(s, 3, d->has_drop != 0);
+    sqlite3_bind_int64(s, 4, i64(d->last_drop));
+    sqlite3_bind_int(s, 5, d->ended != 0);
+    /* In the transaction of the messages' rows: a client told "stored" is
+     * told so only once they are committed. */
+    sqlite3_bind_int64(s, 6, i64(d->delivered));
+    return ag_store_exec_stmt(st, s, "client delta");
 }
 
 int ag_store_put_tensor(ag_store *st, int64_t id, int64_t run_id, const char *name,
@@ -163,21 +198,8 @@ int ag_store_apply_run_delta(ag_store *st, const ag_store_run_delta *d) {
     sqlite3_bind_int64(s, 2, i64(d->messages));
     sqlite3_bind_int64(s, 3, i64(d->dropped));
     sqlite3_bind_int64(s, 4, i64(d->last_step));
-    sqlite3_bind_int(s, 5, d->has_seq != 0);
-    sqlite3_bind_int64(s, 6, i64(d->last_seq));
-    sqlite3_bind_int64(s, 7, d->ended_ms);
-    sqlite3_bind_int(s, 8, d->has_drop != 0);
-    sqlite3_bind_int64(s, 9, i64(d->last_drop));
-    int err = ag_store_exec_stmt(st, s, "run delta");
-    if (err || !d->has_client || d->messages == 0) return err;
-    /* In the same transaction as the messages' rows: a client told "stored"
-     * is told so only once they are committed. */
-    if (!(s = stmt_for(st, AG_ST_CLIENT_DELTA))) return AG_ESTORE;
-    sqlite3_bind_int64(s, 1, i64(d->client_id));
-    sqlite3_bind_int64(s, 2, d->run_id);
-    sqlite3_bind_int64(s, 3, i64(d->messages));
-    sqlite3_bind_int64(s, 4, i64(d->last_seq));
-    return ag_store_exec_stmt(st, s, "client delta");
+    sqlite3_bind_int64(s, 5, d->ended_ms);
+    return ag_store_exec_stmt(st, s, "run delta");
 }
 
 int ag_store_apply_tensor_delta(ag_store *st, const ag_store_tensor_delta *d) {
@@ -201,4 +223,13 @@ int ag_store_add_counter(ag_store *st, const char *name, uint64_t delta) {
     sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, i64(delta));
     return ag_store_exec_stmt(st, s, "add counter");
+}
+
+int ag_store_put_daemon_setting(ag_store *st, const char *name, const char *value) {
+    if (!name || !value) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_DAEMON_SETTING);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, value, -1, SQLITE_STATIC);
+    return ag_store_exec_stmt(st, s, "put daemon setting");
 }

@@ -82,7 +82,13 @@ fi
 "$CLI" status
 
 section "training run '$RUN' ($STEPS steps)"
-"$TRAINER" --run "$RUN" --steps "$STEPS"
+"$TRAINER" --run "$RUN" --steps "$STEPS" | tee var/demo-trainer.out
+# The daemon may have filed the run under another name (RUN.2 when another
+# launch had RUN): the trainer's first line says which.
+used=$(sed -n "1s/^ag_mlp_train: run '\([^']*\)'.*/\1/p" var/demo-trainer.out)
+if [[ -n $used && $used != "$RUN" ]]; then
+    RUN=$used
+fi
 
 # The trainer exits 0 only once the daemon confirmed it stored every message
 # (3 when it did not, which stops the demo), so the run is committed; check

@@ -17,7 +17,7 @@
 #define STEPS 3
 #define TENSOR "fc.weight"
 
-/* DESIGN.md 1.4: w = 1, g = 1e-4, lr = 0.01 in E5M2 at scale 1 stalls all. */
+/* docs/numerics.md, Stall: w = 1, g = 1e-4, lr = 0.01 in E5M2 at scale 1 stalls all. */
 static int check_core(void) {
     float w[N], g[N];
     for (size_t i = 0; i < N; i++) {

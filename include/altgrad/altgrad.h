@@ -31,31 +31,43 @@ extern "C" {
 /* ------------------------------------------------------------------------
  * Errors
  * ---------------------------------------------------------------------- */
+/*
+ * The one list of error codes: AG_ERRNO_MAP(XX) calls XX(NAME, value, text)
+ * for each. It generates the enum below, ag_strerror() and ag_err_name();
+ * python/altgrad/_lib.py's copy is checked against it by a test.
+ */
+#define AG_ERRNO_MAP(XX)                                                              \
+    XX(OK, 0, "success")                                                              \
+    XX(EINVAL, -1, "invalid argument")              /* NULL, zero length, bad value */ \
+    XX(ENOMEM, -2, "out of memory")                                                   \
+    XX(EFORMAT, -3, "unknown or impossible format")                                   \
+    XX(EEXIST, -4, "a different format is registered under that name")                \
+    XX(ERANGE, -5, "value out of range")                                              \
+    XX(ENOSPC, -6, "table full")                    /* a fixed-size table */          \
+    XX(EPROTO, -7, "malformed message")                                               \
+    XX(EVERSION, -8, "unsupported protocol version")                                  \
+    XX(ETOOBIG, -9, "message, string or array too large")                             \
+    XX(EAGAIN, -10, "send queue full, message dropped") /* dropped and counted */     \
+    XX(ETIMEDOUT, -11, "timed out")                                                   \
+    XX(ECLOSED, -12, "closed")                      /* handle closed or shutting down */ \
+    XX(ENOTFOUND, -13, "not found")                 /* no such run, tensor or format */ \
+    XX(ETRANSPORT, -14, "transport error")          /* nng failure */                 \
+    XX(ESTORE, -15, "database error")                                                 \
+    XX(EIO, -16, "I/O error")                       /* file or system I/O failure */  \
+    XX(EREMOTE, -17, "the daemon reported an error")                                  \
+    XX(ELOST, -18, "messages were lost on the way to the daemon") /* ag_client_flush */
+
 typedef enum ag_err {
-    AG_OK = 0,
-    AG_EINVAL = -1,     /* invalid argument (NULL, zero length, bad value) */
-    AG_ENOMEM = -2,     /* out of memory */
-    AG_EFORMAT = -3,    /* unknown format, or an impossible format definition */
-    AG_EEXIST = -4,     /* a different format is registered under that name */
-    AG_ERANGE = -5,     /* value out of its allowed range */
-    AG_ENOSPC = -6,     /* a fixed-size table is full */
-    AG_EPROTO = -7,     /* malformed message */
-    AG_EVERSION = -8,   /* unsupported protocol version */
-    AG_ETOOBIG = -9,    /* message, string or array over its limit */
-    AG_EAGAIN = -10,    /* send queue full: message dropped and counted */
-    AG_ETIMEDOUT = -11, /* timed out */
-    AG_ECLOSED = -12,   /* handle closed or shutting down */
-    AG_ENOTFOUND = -13, /* no such run, tensor or format */
-    AG_ETRANSPORT = -14,/* transport (nng) failure */
-    AG_ESTORE = -15,    /* database failure */
-    AG_EIO = -16,       /* file or system I/O failure */
-    AG_EREMOTE = -17,   /* the daemon answered with an error */
-    AG_ELOST = -18      /* messages were lost on the way to the daemon: it confirmed
-                         * later ones (ag_client_stats.undelivered counts them) */
+#define AG_ERR_ENUM_(name, value, text) AG_##name = value,
+    AG_ERRNO_MAP(AG_ERR_ENUM_)
+#undef AG_ERR_ENUM_
 } ag_err;
 
 /* A static, human-readable description of an ag_err code; never NULL. */
 AG_EXTERN const char *ag_strerror(int err);
+/* The code's name without its prefix ("EINVAL" for AG_EINVAL), or NULL for a
+ * value that is no ag_err. */
+AG_EXTERN const char *ag_err_name(int err);
 /* Library version string, "MAJOR.MINOR.PATCH". */
 AG_EXTERN const char *ag_version(void);
 
@@ -199,8 +211,19 @@ AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scal
 AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales,
                                     size_t nfmt, const float *w, const float *u, size_t n,
                                     ag_stall_counts *out);
-/* Elements whose quantized value decode(prev[i]) * prev_scale differs from
- * decode(cur[i]) * cur_scale (+0 equals -0; NaN equals NaN). Adds into *flips. */
+/* Pattern flips at one scale, the flips altgradd reports (docs/numerics.md):
+ * elements whose pattern encode(w[i] / scale) differs from prev[i], where
+ * prev holds the previous snapshot encoded at that same scale
+ * (ag_encode_array(fmt, scale, w_prev, prev, n)). +0 and -0 count as one
+ * pattern, and so do all NaN patterns. A scale that moved between the
+ * snapshots does not make elements flip: pass the previous snapshot's scale.
+ * Adds into *flips; scale must be finite and > 0. */
+AG_EXTERN int ag_count_pattern_flips(const ag_format *fmt, float scale, const uint8_t *prev,
+                                     const float *w, size_t n, uint64_t *flips);
+/* Value flips: elements whose quantized value decode(prev[i]) * prev_scale
+ * differs from decode(cur[i]) * cur_scale (+0 equals -0; NaN equals NaN).
+ * When the scales differ nearly every nonzero element counts; altgradd
+ * reports ag_count_pattern_flips instead. Adds into *flips. */
 AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float prev_scale,
                              const uint8_t *cur, float cur_scale, size_t n,
                              uint64_t *flips);
@@ -219,6 +242,7 @@ AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float pr
 #define AG_SYSTEM_DB_PATH "/var/lib/altgrad/altgrad.db"
 
 #define AG_NAME_MAX 255 /* longest run or tensor name, in bytes */
+#define AG_LAUNCH_ID_MAX 128 /* longest launch id, in bytes (printable ASCII) */
 
 typedef enum ag_role {
     AG_ROLE_WEIGHT = 0,
@@ -351,7 +375,9 @@ typedef enum ag_queue_policy {
 typedef struct ag_client_opts {
     const char *ingest_url; /* NULL: $ALTGRAD_INGEST, else the daemon's default */
     const char *query_url;  /* NULL: $ALTGRAD_QUERY, else the daemon's default */
-    const char *run;        /* run name; NULL: "run-<host>-<pid>-<time>" */
+    const char *run;        /* the run name asked for; NULL: "run-<host>-<pid>-<time>".
+                             * The daemon may file the run as run.2, run.3 ...
+                             * (see resume, launch_id and ag_client_run) */
     const char *metadata;   /* JSON object sent with run start (<= 64 KiB); NULL: "{}" */
     int policy;             /* ag_queue_policy */
     size_t queue_messages;  /* messages the send queue holds; 0: 1024 */
@@ -365,21 +391,41 @@ typedef struct ag_client_opts {
     size_t sample_max;      /* snapshots of larger tensors send a fixed subset of this
                              * many elements (the same every step); 0: whole tensors */
     uint64_t sample_seed;   /* seed of that subset; 0: a fixed default */
+    /* Fields below were added later; zero still means the default. */
+    int resume;             /* nonzero: continue the latest run of this name (the newest
+                             * of run, run.2, ...) instead of starting a new one when
+                             * the name is taken; 0: a new run (run.2 ... if taken) */
+    const char *launch_id;  /* the launch this client belongs to: clients of one launch
+                             * asking for one run name share the run (the ranks of one
+                             * distributed job). 1..AG_LAUNCH_ID_MAX bytes of printable
+                             * ASCII. NULL: $TORCHELASTIC_RUN_ID (torchrun's run id) if
+                             * set, else $ALTGRAD_LAUNCH_ID, else one unique to this
+                             * client (see ag_client_launch_id) */
 } ag_client_opts;
 
 /*
  * Open a client. Does not wait for the daemon: sockets dial in the background
  * and redial by themselves (the check below takes microseconds, at most
  * 0.2 s per URL when a daemon is there but slow to answer or a tcp host is
- * silent). The run starts (run_start is queued) with the
- * first logging call, so a client used only for queries creates no run.
+ * silent). The run starts (run_start is queued) with the first logging call
+ * or ag_client_start_run, so a client used only for queries creates no run.
+ *
  * When no daemon is found at the ingest or the query URL (an ipc:// socket
  * that does not exist or refuses connections; a tcp:// address that refuses
  * them at once), open prints one line to stderr saying so, naming the socket
  * and where else it looked, e.g. "altgrad: no daemon at ipc://var/ingest.sock:
  * ./var/ingest.sock not found (in /home/me/proj) ..."; it still succeeds.
- * AG_EINVAL for a bad option (name too long, metadata not a JSON object),
- * AG_ETRANSPORT when a URL cannot be used.
+ *
+ * Which run it is: the daemon files a run start under the name asked for,
+ * unless that name belongs to a run of another launch (ended or not): then
+ * under name.2 (name.3, ... the first free one). A client whose launch
+ * already has a run for that name joins it; with resume it continues the
+ * newest run of that name. The daemon says which name it used; the client
+ * asks as soon as run_start went out, and ag_client_run returns the answer.
+ *
+ * AG_EINVAL for a bad option (name or launch id empty or not allowed,
+ * metadata not a JSON object), AG_ETOOBIG for a name or launch id over its
+ * limit, AG_ETRANSPORT when a URL cannot be used.
  */
 AG_EXTERN int ag_client_open(ag_client **out, const ag_client_opts *opts);
 
@@ -488,9 +534,29 @@ typedef struct ag_client_stats {
                              * flush to confirm them, or lost */
 } ag_client_stats;
 AG_EXTERN int ag_client_get_stats(ag_client *c, ag_client_stats *out);
-/* This client's random id and its run name (valid until close). */
+/*
+ * Start the run now, as the first logging call would (run_start is queued
+ * once), and wait at most timeout_ms (< 0: without limit) until the daemon
+ * says which run it files this client's messages under. AG_OK: the name is
+ * known (ag_client_run). AG_ETIMEDOUT: no answer yet (no daemon, or a slow
+ * one); logging goes on and the client keeps asking in the background.
+ * AG_ECLOSED: the run was ended before it started, or the client is closing.
+ * AG_EVERSION / AG_EREMOTE / AG_EPROTO: the daemon cannot say (an older
+ * daemon); ag_client_run keeps the name asked for.
+ */
+AG_EXTERN int ag_client_start_run(ag_client *c, int timeout_ms);
+/* This client's random id. */
 AG_EXTERN uint64_t ag_client_id(const ag_client *c);
+/* The run's name: the one the daemon filed the run under once it said so
+ * (ag_client_start_run waits for that), else the one asked for. Never waits.
+ * Valid until close. */
 AG_EXTERN const char *ag_client_run(const ag_client *c);
+/* The launch id this client sends (given, from the environment, or
+ * generated at open). Valid until close. */
+AG_EXTERN const char *ag_client_launch_id(const ag_client *c);
+/* The URLs in use, as resolved at open (option, environment, default). */
+AG_EXTERN const char *ag_client_ingest_url(const ag_client *c);
+AG_EXTERN const char *ag_client_query_url(const ag_client *c);
 
 /*
  * Queries (REQ/REP). Results are freed with one ag_free(). AG_ENOTFOUND for

@@ -21,25 +21,9 @@ from ctypes import (POINTER, c_char, c_char_p, c_double, c_float, c_int, c_int64
 # ---------------------------------------------------------------------------
 # Constants of altgrad.h
 # ---------------------------------------------------------------------------
-AG_OK = 0
-AG_EINVAL = -1
-AG_ENOMEM = -2
-AG_EFORMAT = -3
-AG_EEXIST = -4
-AG_ERANGE = -5
-AG_ENOSPC = -6
-AG_EPROTO = -7
-AG_EVERSION = -8
-AG_ETOOBIG = -9
-AG_EAGAIN = -10
-AG_ETIMEDOUT = -11
-AG_ECLOSED = -12
-AG_ENOTFOUND = -13
-AG_ETRANSPORT = -14
-AG_ESTORE = -15
-AG_EIO = -16
-AG_EREMOTE = -17
-AG_ELOST = -18
+# The error codes: errors.py holds the one Python copy of AG_ERRNO_MAP.
+from .errors import CODES as _CODES  # noqa: E402  (errors is a leaf module)
+globals().update(_CODES)
 
 AG_FORMAT_NAME_MAX = 15
 AG_FORMATS_MAX = 64
@@ -48,6 +32,7 @@ AG_AMAX_HISTORY_DEFAULT_LEN = 16
 AG_AMAX_HISTORY_MAX_LEN = 65536
 AG_GRAD_EPSILON = 1e-10
 AG_NAME_MAX = 255
+AG_LAUNCH_ID_MAX = 128
 
 AG_AMAX_MAX = 0
 AG_AMAX_MOST_RECENT = 1
@@ -225,6 +210,7 @@ _counts_p = POINTER(ag_stall_counts)
 
 CORE_SIGNATURES = {
     "ag_strerror": (c_char_p, [c_int]),
+    "ag_err_name": (c_char_p, [c_int]),
     "ag_version": (c_char_p, []),
     "ag_format_get": (_fmt_p, [c_char_p]),
     "ag_format_count": (c_size_t, []),
@@ -260,6 +246,8 @@ CORE_SIGNATURES = {
                                       c_void_p, c_size_t, _counts_p]),
     "ag_count_flips": (c_int, [_fmt_p, c_void_p, c_float, c_void_p, c_float, c_size_t,
                                POINTER(c_uint64)]),
+    "ag_count_pattern_flips": (c_int, [_fmt_p, c_float, c_void_p, c_void_p, c_size_t,
+                                       POINTER(c_uint64)]),
     "ag_role_name": (c_char_p, [c_int]),
     "ag_role_parse": (c_int, [c_char_p]),
     "ag_bf16_to_f32": (c_int, [c_void_p, c_void_p, c_size_t]),

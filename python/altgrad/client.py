@@ -3,14 +3,17 @@
 Logging calls hand float32 arrays to C by address: a torch tensor or numpy
 array that is already contiguous float32 on the CPU is not copied (the C
 library copies it into its send queue and returns without waiting on the
-daemon). Queries return plain dicts and lists. Every failure raises an
-AltgradError carrying the ag_strerror text (and the daemon's message).
+daemon). Queries return plain dicts laid out exactly as the CLI's `--json`
+documents (and the daemon's HTTP API): the same keys, nesting and values.
+Every failure raises an AltgradError carrying the ag_strerror text (and the
+daemon's message).
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import sys
 import threading
@@ -41,6 +44,8 @@ class ag_client_opts(ctypes.Structure):
         ("snapshot_every", c_uint64),
         ("sample_max", c_size_t),
         ("sample_seed", c_uint64),
+        ("resume", c_int),
+        ("launch_id", c_char_p),
     ]
 
 
@@ -97,7 +102,10 @@ _SIGNATURES = {
     "ag_client_close": (c_int64, [_client_p]),
     "ag_client_get_stats": (c_int, [_client_p, POINTER(ag_client_stats)]),
     "ag_client_id": (c_uint64, [_client_p]),
+    "ag_client_start_run": (c_int, [_client_p, c_int]),
     "ag_client_run": (c_char_p, [_client_p]),
+    "ag_client_launch_id": (c_char_p, [_client_p]),
+    "ag_client_query_url": (c_char_p, [_client_p]),
     "ag_client_runs": (c_int, [_client_p, POINTER(POINTER(_lib.ag_run_list))]),
     "ag_client_tensors": (c_int, [_client_p, c_char_p, POINTER(POINTER(_lib.ag_tensor_list))]),
     "ag_client_history": (c_int, [_client_p, POINTER(_lib.ag_history_query),
@@ -175,13 +183,29 @@ def _name(name, what="tensor") -> bytes:
     return b
 
 
+def _launch_id(launch_id) -> bytes:
+    if not isinstance(launch_id, str):
+        raise TypeError(f"launch_id must be str, got {type(launch_id).__name__}")
+    if not 1 <= len(launch_id) <= _lib.AG_LAUNCH_ID_MAX or \
+            any(not " " <= ch <= "~" for ch in launch_id):
+        raise ValueError(f"launch_id must be 1..{_lib.AG_LAUNCH_ID_MAX} printable ASCII "
+                         f"characters, got {launch_id!r}")
+    return launch_id.encode("ascii")
+
+
 class Client:
     """A connection to altgradd: streams logs to its ingest socket and asks
     its query socket. Opening never waits for the daemon.
 
     ingest_url / query_url: nng URLs (None: $ALTGRAD_INGEST / $ALTGRAD_QUERY,
-    else the daemon's defaults). run: this run's name (None: generated; see
-    .run). metadata: a dict (sent as JSON) or a JSON object string.
+    else the daemon's defaults). run: the run name asked for (None:
+    generated). The daemon files the run under that name, or under run.2,
+    run.3 ... when a run of another launch has it; .run says which once the
+    daemon told (start_run() waits for that). resume=True: continue the
+    newest run of that name instead. launch_id: the launch this client
+    belongs to; clients of one launch asking for one name share the run (None:
+    $TORCHELASTIC_RUN_ID, else $ALTGRAD_LAUNCH_ID, else one of its own).
+    metadata: a dict (sent as JSON) or a JSON object string.
     policy: "drop" (default: a full send queue drops the message, counted,
     and the log call returns False) or "block" (wait for room, lossless).
     The other keywords are ag_client_opts fields (0 = the library default):
@@ -200,13 +224,15 @@ class Client:
                  "sample_max", "sample_seed")
 
     def __init__(self, ingest_url: str = None, query_url: str = None, run: str = None, *,
-                 metadata=None, policy: str = "drop", **options):
+                 metadata=None, policy: str = "drop", resume: bool = False,
+                 launch_id: str = None, **options):
         self._c = None
         self._undelivered = 0
         # Guards _c and _inflight only; never held across a C call, so a
         # query or flush in one thread does not hold up logging in another.
         self._cv = threading.Condition(threading.Lock())
         self._inflight = 0
+        self._started = False  # a logging call or start_run() started the run
         self._generation = _fork_generation
         lib = _api()
         opts = ag_client_opts()
@@ -220,6 +246,11 @@ class Client:
         if policy not in _POLICIES:
             raise ValueError(f"policy must be one of {sorted(_POLICIES)}, got {policy!r}")
         opts.policy = _POLICIES[policy]
+        if not isinstance(resume, bool) and resume not in (0, 1):
+            raise ValueError(f"resume must be a bool, got {resume!r}")
+        opts.resume = int(bool(resume))
+        if launch_id is not None:
+            opts.launch_id = _launch_id(launch_id)
         for key, value in options.items():
             if key not in self._INT_OPTS:
                 raise TypeError(f"Client() got an unexpected keyword argument {key!r}")
@@ -231,6 +262,9 @@ class Client:
         self._lib = lib
         self._c = handle
         self._run = _s(lib.ag_client_run(handle))
+        self._launch = _s(lib.ag_client_launch_id(handle))
+        self._query_timeout_ms = opts.query_timeout_ms or 5000  # the C default
+        self._address = _s(lib.ag_client_query_url(handle))
         self._id = int(lib.ag_client_id(handle))
 
     # -- lifetime ---------------------------------------------------------------
@@ -240,8 +274,35 @@ class Client:
 
     @property
     def run(self) -> str:
-        """This run's name (the generated one when none was given)."""
+        """The run's name: the one the daemon filed the run under once it said
+        so (the client asks in the background once the run started;
+        start_run() waits for it), else the one asked for (or generated)."""
+        if self._generation == _fork_generation:
+            with self._cv:
+                c = self._c
+                if c:
+                    self._inflight += 1
+            if c:
+                try:
+                    self._run = _s(self._lib.ag_client_run(c))
+                finally:
+                    self._leave()
         return self._run
+
+    @property
+    def launch_id(self) -> str:
+        """The launch id this client sends with its run start."""
+        return self._launch
+
+    def start_run(self, timeout_ms: int = 5000) -> str:
+        """Start the run now (as the first logging call would) and wait at
+        most timeout_ms (< 0: no limit) until the daemon says which run it
+        filed it under; returns that name (also .run from then on).
+        AltgradTimeoutError when no daemon answered in time: logging goes on,
+        and the client keeps asking in the background."""
+        self._started = True
+        self._call("ag_client_start_run", int(timeout_ms))
+        return self.run
 
     @property
     def client_id(self) -> int:
@@ -268,6 +329,8 @@ class Client:
         c = self._enter()
         try:
             rc = fn(c, *args)
+            if name.startswith("ag_client_log_") and (rc >= 0 or rc == _lib.AG_EAGAIN):
+                self._started = True  # a logging call that got past its checks starts it
             if rc < 0:
                 if allow_again and rc == _lib.AG_EAGAIN:
                     return rc
@@ -306,7 +369,8 @@ class Client:
         daemon's confirmation included) and free the client. Returns how many
         messages were never confirmed delivered (ag_client_close): queued and
         dropped at close, or sent and not confirmed; 0 when all arrived or
-        nothing was logged. Idempotent: later calls return the same number."""
+        nothing was logged. Idempotent: later calls return the same number.
+        .run keeps the last name known."""
         if self._generation != _fork_generation:
             self._c = None  # the parent's handle: nothing here to stop or free
             return 0
@@ -317,6 +381,7 @@ class Client:
             # calls already past _enter finish (or block inside C, where the
             # C close wakes them) before the handle is freed
             self._cv.wait_for(lambda: not self._inflight, timeout=_CLOSE_GRACE_S)
+        self._run = _s(self._lib.ag_client_run(c))
         self._undelivered = int(self._lib.ag_client_close(c))
         return self._undelivered
 
@@ -439,94 +504,146 @@ class Client:
     def _free(self, res):
         self._lib.ag_free(ctypes.cast(res, c_void_p))
 
-    def _run_arg(self, run):
-        return _name(run if run is not None else self.run, "run")
+    def _run_arg(self, run) -> str:
+        """The run a query is about: the one given, else this client's run.
+        Once this client's run started, its name is the daemon's: wait (at most
+        the query timeout) for the daemon to say it, as the query would."""
+        if run is not None:
+            _name(run, "run")
+            return run
+        if self._started:
+            try:
+                self._call("ag_client_start_run", self._query_timeout_ms)
+            except AltgradError:
+                pass  # no answer: ask under the name known so far; the query says why
+        return self.run
 
-    def runs(self) -> list:
-        """Every run the daemon knows, as dicts (ag_run_info's fields)."""
+    # Every query returns the document the CLI prints with --json (proto/
+    # json_layout.c; docs/cli.md lists them): the same keys and nesting, reals
+    # that are NaN or infinite as None, roles as their names, times in Unix ms.
+    def runs(self) -> dict:
+        """Every run the daemon knows: {"runs": [{"name", "host", "pid",
+        "client_id", "started_ms", "ended_ms", "last_step", "messages",
+        "dropped", "metadata"}, ...]}."""
         res = self._query("ag_client_runs", _lib.ag_run_list)
         try:
             r = res.contents
-            return [_record(r.items[i]) for i in range(r.n)]
+            return {"runs": [_row(r.items[i], _RUN_COLS) for i in range(r.n)]}
         finally:
             self._free(res)
 
-    def tensors(self, run: str = None) -> list:
-        """The tensors of a run (default: this client's), as dicts; role as
-        its name ("weight", "activation", ...)."""
-        res = self._query("ag_client_tensors", _lib.ag_tensor_list, self._run_arg(run))
+    def tensors(self, run: str = None) -> dict:
+        """The tensors of a run (default: this client's): {"run", "tensors":
+        [{"name", "role", "numel", "first_step", "last_step", "snapshots",
+        "last_amax"}, ...]}, role as its name ("weight", "activation", ...)."""
+        run = self._run_arg(run)
+        res = self._query("ag_client_tensors", _lib.ag_tensor_list, _name(run, "run"))
         try:
             r = res.contents
-            out = [_record(r.items[i]) for i in range(r.n)]
-            for t in out:
+            rows = [_row(r.items[i], _TENSOR_COLS) for i in range(r.n)]
+            for t in rows:
                 t["role"] = _role_name(t["role"])
-            return out
+            return {"run": run, "tensors": rows}
         finally:
             self._free(res)
 
     def history(self, tensor: str, run: str = None, format: str = "E5M2", from_step: int = 0,
                 to_step: int = 0, every: int = 0) -> dict:
-        """Per-step stall history of one tensor in one format:
-        {"run", "tensor", "format", "points": [one dict per step, ascending]}."""
-        q = _lib.ag_history_query(run=self._run_arg(run), tensor=_name(tensor),
+        """Per-step stall history of one tensor in one format: {"run",
+        "tensor", "format", "points": [{"step", "stalled", "total",
+        "stall_rate", "flips", "overflow", "underflow", "nonfinite", "amax",
+        "scale"}, ...]}, ascending step."""
+        run = self._run_arg(run)
+        q = _lib.ag_history_query(run=_name(run, "run"), tensor=_name(tensor),
                                   format=_lib.cstr(format, "format"),
                                   from_step=_step(from_step), to_step=_step(to_step),
                                   every=_step(every))
         res = self._query("ag_client_history", _lib.ag_history, ctypes.byref(q))
         try:
             r = res.contents
-            return {"run": _s(r.run), "tensor": _s(r.tensor), "format": _s(r.format),
-                    "points": [_record(r.points[i]) for i in range(r.n)]}
+            return {"run": _s(r.run) if r.run is not None else run,
+                    "tensor": _s(r.tensor) if r.tensor is not None else tensor,
+                    "format": _s(r.format) if r.format is not None else format,
+                    "points": [_row(r.points[i], _POINT_COLS) for i in range(r.n)]}
         finally:
             self._free(res)
 
     def scales(self, run: str = None, format: str = "E5M2") -> dict:
-        """Latest scale per tensor: {"format", "items": [dict per tensor]}."""
-        res = self._query("ag_client_scales", _lib.ag_scale_list, self._run_arg(run),
+        """Latest scale per tensor: {"run", "format", "scales": [{"tensor",
+        "step", "amax", "scale"}, ...]}."""
+        run = self._run_arg(run)
+        res = self._query("ag_client_scales", _lib.ag_scale_list, _name(run, "run"),
                           _lib.cstr(format, "format"))
         try:
             r = res.contents
-            return {"format": _s(r.format), "items": [_record(r.items[i]) for i in range(r.n)]}
+            return {"run": run, "format": _s(r.format) if r.format is not None else format,
+                    "scales": [_row(r.items[i], _SCALE_COLS) for i in range(r.n)]}
         finally:
             self._free(res)
 
     def top(self, run: str = None, format: str = "E5M2", window: int = 0,
             limit: int = 10) -> dict:
         """Tensors by stall rate over the run's last `window` steps (0 = all):
-        {"format", "from_step", "to_step", "items": [...]}, worst first."""
+        {"run", "format", "from_step", "to_step", "tensors": [{"tensor",
+        "stall_rate", "stalled", "total", "steps"}, ...]}, worst first."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValueError(f"limit must be an int >= 0, got {limit!r}")
-        res = self._query("ag_client_top", _lib.ag_top_list, self._run_arg(run),
+        run = self._run_arg(run)
+        res = self._query("ag_client_top", _lib.ag_top_list, _name(run, "run"),
                           _lib.cstr(format, "format"), _step(window), limit)
         try:
             r = res.contents
-            return {"format": _s(r.format), "from_step": r.from_step, "to_step": r.to_step,
-                    "items": [_record(r.items[i]) for i in range(r.n)]}
+            return {"run": run, "format": _s(r.format) if r.format is not None else format,
+                    "from_step": int(r.from_step), "to_step": int(r.to_step),
+                    "tensors": [_row(r.items[i], _TOP_COLS) for i in range(r.n)]}
         finally:
             self._free(res)
 
     def status(self) -> dict:
-        """The daemon's counters, as a dict (ag_status's fields)."""
+        """The daemon's counters: {"source": "daemon", "address": the query
+        URL, "version", "uptime_s", "messages", "bytes", "rejected",
+        "dropped", "queue_depth", "rows_written", "runs", "tensors",
+        "db_path", "formats"}."""
         res = self._query("ag_client_status", _lib.ag_status)
         try:
-            return _record(res.contents)
+            out = {"source": "daemon", "address": self._address}
+            out.update(_row(res.contents, _STATUS_COLS))
+            return out
         finally:
             self._free(res)
 
 
-def _record(struct) -> dict:
-    out = {}
-    for f, _ in struct._fields_:
-        v = getattr(struct, f)
-        out[f] = _s(v) if isinstance(v, bytes) else v
-    return out
+# The columns of each document, as proto/json_layout.c lays them out.
+_RUN_COLS = ("name", "host", "pid", "client_id", "started_ms", "ended_ms", "last_step",
+             "messages", "dropped", "metadata")
+_TENSOR_COLS = ("name", "role", "numel", "first_step", "last_step", "snapshots", "last_amax")
+_POINT_COLS = ("step", "stalled", "total", "stall_rate", "flips", "overflow", "underflow",
+               "nonfinite", "amax", "scale")
+_SCALE_COLS = ("tensor", "step", "amax", "scale")
+_TOP_COLS = ("tensor", "stall_rate", "stalled", "total", "steps")
+_STATUS_COLS = ("version", "uptime_s", "messages", "bytes", "rejected", "dropped",
+                "queue_depth", "rows_written", "runs", "tensors", "db_path", "formats")
 
 
-def _role_name(role: int) -> str:
+def _value(v):
+    """A C field as the JSON documents show it: text as str, a NaN or
+    infinite real as None (JSON null), integers as int."""
+    if isinstance(v, bytes):
+        return _s(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _row(struct, cols) -> dict:
+    return {f: _value(getattr(struct, f)) for f in cols}
+
+
+def _role_name(role: int):
     for k, v in _lib.ROLES.items():
         if v == role:
             return k
-    return str(role)
+    return None  # as ag_role_name: out of range
 
 
 __all__ = ["Client"]

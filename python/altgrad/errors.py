@@ -1,14 +1,46 @@
-"""Exceptions raised by the altgrad package.
+"""Exceptions raised by the altgrad package, and the error codes.
 
 A failed C call surfaces as AltgradError carrying the ag_err code and the text
 of ag_strerror() (plus the daemon's own message for remote errors). A few codes
 map onto subclasses that also derive from the matching builtin exception, so
 callers can catch LookupError or TimeoutError without knowing altgrad.
+
+A leaf module: it imports nothing of the package. ERRORS is Python's copy of
+AG_ERRNO_MAP in include/altgrad/altgrad.h (name, value, ag_strerror text);
+python/tests/test_abi.py checks it against the header and the library.
 """
 
 from __future__ import annotations
 
-from . import _lib
+ERRORS = (
+    ("OK", 0, "success"),
+    ("EINVAL", -1, "invalid argument"),
+    ("ENOMEM", -2, "out of memory"),
+    ("EFORMAT", -3, "unknown or impossible format"),
+    ("EEXIST", -4, "a different format is registered under that name"),
+    ("ERANGE", -5, "value out of range"),
+    ("ENOSPC", -6, "table full"),
+    ("EPROTO", -7, "malformed message"),
+    ("EVERSION", -8, "unsupported protocol version"),
+    ("ETOOBIG", -9, "message, string or array too large"),
+    ("EAGAIN", -10, "send queue full, message dropped"),
+    ("ETIMEDOUT", -11, "timed out"),
+    ("ECLOSED", -12, "closed"),
+    ("ENOTFOUND", -13, "not found"),
+    ("ETRANSPORT", -14, "transport error"),
+    ("ESTORE", -15, "database error"),
+    ("EIO", -16, "I/O error"),
+    ("EREMOTE", -17, "the daemon reported an error"),
+    ("ELOST", -18, "messages were lost on the way to the daemon"),
+)
+CODES = {"AG_" + name: value for name, value, _ in ERRORS}
+_TEXT = {value: text for _, value, text in ERRORS}
+globals().update(CODES)  # AG_OK, AG_EINVAL, ... as module constants
+
+
+def strerror(code: int) -> str:
+    """ag_strerror's text for `code`, without a call into the library."""
+    return _TEXT.get(int(code), "unknown error")
 
 
 class AltgradError(Exception):
@@ -17,7 +49,7 @@ class AltgradError(Exception):
     def __init__(self, code: int, message: str = None):
         self.code = int(code)
         if message is None:
-            message = _lib.strerror(code)
+            message = strerror(code)
         self.message = message
         super().__init__(f"{message} ({self.code})")
 
@@ -53,22 +85,22 @@ class InvalidArgumentError(AltgradError, ValueError):
 
 
 _BY_CODE = {
-    _lib.AG_ENOTFOUND: NotFoundError,
-    _lib.AG_ETIMEDOUT: AltgradTimeoutError,
-    _lib.AG_EREMOTE: RemoteError,
-    _lib.AG_ETRANSPORT: TransportError,
-    _lib.AG_ELOST: LostError,
-    _lib.AG_EFORMAT: FormatError,
-    _lib.AG_EEXIST: FormatError,
-    _lib.AG_EINVAL: InvalidArgumentError,
-    _lib.AG_ERANGE: InvalidArgumentError,
+    AG_ENOTFOUND: NotFoundError,
+    AG_ETIMEDOUT: AltgradTimeoutError,
+    AG_EREMOTE: RemoteError,
+    AG_ETRANSPORT: TransportError,
+    AG_ELOST: LostError,
+    AG_EFORMAT: FormatError,
+    AG_EEXIST: FormatError,
+    AG_EINVAL: InvalidArgumentError,
+    AG_ERANGE: InvalidArgumentError,
 }
 
 
 def error_for(code: int, detail: str = None) -> AltgradError:
     """The exception for ag_err `code`; `detail` (e.g. the daemon's text) is
     appended to the ag_strerror text when given."""
-    text = _lib.strerror(code)
+    text = strerror(code)
     if detail:
         text = f"{text}: {detail}"
     return _BY_CODE.get(int(code), AltgradError)(code, text)

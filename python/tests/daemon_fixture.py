@@ -91,11 +91,13 @@ class Daemon:
         except OSError:
             return ""
 
-    def client(self, run: str):
+    def client(self, run: str, **kw):
         from altgrad import Client
-        return Client(ingest_url=self.ingest, query_url=self.query, run=run)
+        return Client(ingest_url=self.ingest, query_url=self.query, run=run, **kw)
 
-    def stop(self):
+    def halt(self) -> int:
+        """Stop the daemon with SIGTERM (its files stay, for a restart); its
+        exit status."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -103,4 +105,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        return self.proc.returncode if self.proc is not None else 0
+
+    def stop(self):
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""A small pure-Python/torch reference of DESIGN.md section 1, written from the
+"""A small pure-Python/torch reference of docs/numerics.md, written from the
 formulas and independent of libaltgrad, for checking the C kernels."""
 
 from __future__ import annotations

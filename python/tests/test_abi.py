@@ -57,3 +57,33 @@ def test_client_structs_match_the_header(tmp_path):
         assert int(got[name]) == ctypes.sizeof(cls), name
         for field, *_ in cls._fields_:
             assert int(got[f"{name}.{field}"]) == getattr(cls, field).offset, (name, field)
+
+
+def test_python_error_list_matches_the_header_and_the_library():
+    """errors.ERRORS is Python's copy of AG_ERRNO_MAP: same names, values and
+    texts as the header, and as ag_err_name/ag_strerror in the library."""
+    import re
+    from altgrad import errors
+    hdr = open(os.path.join(os.path.dirname(__file__), "..", "..", "include", "altgrad",
+                            "altgrad.h")).read()
+    body = hdr[hdr.index("#define AG_ERRNO_MAP(XX)"):hdr.index("typedef enum ag_err")]
+    in_header = [(n, int(v), t) for n, v, t in
+                 re.findall(r'XX\((\w+),\s*(-?\d+),\s*"([^"]*)"\)', body)]
+    assert len(in_header) >= 18
+    assert list(errors.ERRORS) == in_header
+    lib = _lib.lib()
+    for name, value, text in in_header:
+        assert getattr(_lib, "AG_" + name) == value
+        assert lib.ag_err_name(value).decode() == name
+        assert lib.ag_strerror(value).decode() == text == errors.strerror(value)
+    assert lib.ag_err_name(-9999) is None
+    assert errors.strerror(-9999) == lib.ag_strerror(-9999).decode() == "unknown error"
+
+
+def test_errors_is_a_leaf_module():
+    import ast
+    src = open(os.path.join(os.path.dirname(__file__), "..", "altgrad", "errors.py")).read()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.ImportFrom):
+            assert node.module in ("__future__",) and node.level == 0, ast.dump(node)
+        assert not isinstance(node, ast.Import), ast.dump(node)

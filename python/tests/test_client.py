@@ -79,7 +79,7 @@ def test_a_flush_means_the_daemon_stored_it_and_close_reports_nothing_undelivere
     assert st["dropped"] == 0 and st["sent"] > 5
     assert st["delivered"] == st["sent"] and st["undelivered"] == 0
     # stored means queryable: no waiting for a commit after a confirmed flush
-    assert {t["name"] for t in c.tensors()} == {"w", "act"}
+    assert {t["name"] for t in c.tensors()["tensors"]} == {"w", "act"}
     assert c.close() == 0
 
 
@@ -90,8 +90,10 @@ def test_statistics_show_up_as_tensors_with_their_roles(daemon):
         c.log_amax(3, "block.grad", "gradient", 7.5, 1000, 0)
         c.log_update(3, "block.weight", torch.ones(8), torch.full((8,), 0.5))
         c.flush()
-        ts = eventually(lambda: (lambda t: t if len(t) == 3 else None)(c.tensors()),
-                        what="three tensors")
+        doc = eventually(lambda: (lambda d: d if len(d["tensors"]) == 3 else None)(
+            c.tensors()), what="three tensors")
+    assert doc["run"] == "stats-run"
+    ts = doc["tensors"]
     by = {t["name"]: t for t in ts}
     assert by["block.out"]["role"] == "activation"
     assert by["block.out"]["last_amax"] == 4.0 and by["block.out"]["numel"] == 4
@@ -108,19 +110,19 @@ def test_top_puts_the_most_stalled_tensor_first(daemon):
             c.log_update(step, "frozen", w, torch.full((64,), 1e-6))
             c.log_update(step, "moving", w, u)
         c.flush()
-        top = eventually(lambda: (lambda t: t if t["to_step"] == 3 and len(t["items"]) == 2
-                                  and all(e["steps"] == 4 for e in t["items"]) else None)(
+        top = eventually(lambda: (lambda t: t if t["to_step"] == 3 and len(t["tensors"]) == 2
+                                  and all(e["steps"] == 4 for e in t["tensors"]) else None)(
             c.top(format="E3M4")), what="top over four steps")
-        assert [e["tensor"] for e in top["items"]] == ["frozen", "moving"]
+        assert [e["tensor"] for e in top["tensors"]] == ["frozen", "moving"]
         scale = compute_scale(1.0, FORMAT_REGISTRY["E3M4"])  # the daemon's, from amax 1
         stalled, total = detect_bit_stall_update(w, u, FORMAT_REGISTRY["E3M4"], scale)
-        assert top["items"][0]["stall_rate"] == 1.0
-        assert (top["items"][1]["stalled"], top["items"][1]["total"]) == (4 * stalled,
+        assert top["tensors"][0]["stall_rate"] == 1.0
+        assert (top["tensors"][1]["stalled"], top["tensors"][1]["total"]) == (4 * stalled,
                                                                            4 * total)
         assert stalled < total
         assert top["format"] == "E3M4" and top["from_step"] == 0
         recent = c.top(format="E3M4", window=2, limit=1)
-        assert len(recent["items"]) == 1 and recent["items"][0]["steps"] == 2
+        assert len(recent["tensors"]) == 1 and recent["tensors"][0]["steps"] == 2
 
 
 def test_scales_follow_the_weights_amax(daemon):
@@ -128,10 +130,10 @@ def test_scales_follow_the_weights_amax(daemon):
         c.log_update(0, "big", torch.full((16,), 124.0), torch.ones(16))
         c.log_update(0, "small", torch.full((16,), 0.5), torch.ones(16))
         c.flush()
-        sc = eventually(lambda: (lambda s: s if len(s["items"]) == 2 else None)(
+        sc = eventually(lambda: (lambda s: s if len(s["scales"]) == 2 else None)(
             c.scales(format="E3M4")), what="two scales")
-    by = {s["tensor"]: s for s in sc["items"]}
-    assert sc["format"] == "E3M4"
+    by = {s["tensor"]: s for s in sc["scales"]}
+    assert sc["format"] == "E3M4" and sc["run"] == "scales-run"
     assert by["big"]["scale"] == pytest.approx(1.0) and by["big"]["amax"] == 124.0
     assert by["small"]["scale"] == pytest.approx(0.5 / 124.0)
 
@@ -156,7 +158,7 @@ def test_runs_carry_metadata_and_end(daemon):
         c.log_amax(9, "a", "activation", 1.0, 1)
         c.end_run()
         c.flush()
-        run = eventually(lambda: [r for r in c.runs() if r["name"] == "meta-run"
+        run = eventually(lambda: [r for r in c.runs()["runs"] if r["name"] == "meta-run"
                                   and r["ended_ms"] > 0], what="the run to end")[0]
     assert json.loads(run["metadata"]) == meta
     assert run["last_step"] == 9 and run["dropped"] == 0 and run["pid"] > 0

@@ -146,12 +146,39 @@ def test_defining_a_further_format_registers_it_in_c():
     ("bad name", 4, 3, 7, False, False),  # space in the name
     ("", 4, 3, 7, False, False),
     ("X" * 16, 4, 3, 7, False, False),   # name too long
-    ("E4M3", 4, 3, 8, False, True),      # a different E4M3
-    ("E5M2", 5, 2, 15, False, False),    # a different E5M2
 ])
 def test_impossible_or_conflicting_formats_are_rejected(args):
     with pytest.raises(FormatError):
         FP8Format(*args)
+
+
+def test_formats_are_plain_values_that_may_share_a_name():
+    """The seed's FP8Format is a value: any number may share a name. One whose
+    name the C registry holds for another format works by its own fields."""
+    a = FP8Format(name="test", exponent_bits=4, mantissa_bits=3, bias=7, has_nan=True)
+    b = FP8Format(name="test", exponent_bits=5, mantissa_bits=2, bias=15)
+    assert a.name == b.name == "test" and a != b
+    assert a.max_representable_value == 448.0
+    assert b.max_representable_value == 114688.0       # E5M2 without inf: 1.75 * 2^16
+    assert b.to_real(0x7C) == 65536.0                  # a number here, inf in the seed's E5M2
+    assert E5M2.to_real(0x7C) == float("inf")
+    plain = FP8Format("E5M2", 5, 2, 15, False, False)  # the seed's name, other fields
+    assert plain != E5M2 and plain.to_real(0x7C) == 65536.0
+    assert FORMAT_REGISTRY["E5M2"] is E5M2 and E5M2.to_real(0x7C) == float("inf")
+    assert FP8Format("test", 5, 2, 15) == b            # the same value again
+    assert b.to_bits(b.to_real(0x51)) == 0x51
+    from altgrad.quantization import registered_formats
+    assert all(not n.startswith("_") for n in registered_formats())
+
+
+def test_history_len_below_one_raises_the_seeds_message():
+    from altgrad.quantization import AmaxHistory
+    from altgrad.quantization.scaling import ScalingConfig
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="history_len must be positive"):
+            AmaxHistory(history_len=bad)
+        with pytest.raises(ValueError, match="history_len must be positive"):
+            ScalingConfig(history_len=bad)
 
 
 def test_misuse_of_the_transfer_functions_raises():

@@ -38,7 +38,7 @@ def test_monitor_streams_update_snapshots_and_amax_of_a_tiny_model(daemon):
                  "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"}
         ts = eventually(lambda: (lambda t: t if {x["name"] for x in t} == names
                                  and all(x["last_step"] == 4 for x in t) else None)(
-            c.tensors()), what="every tensor at step 4")
+            c.tensors()["tensors"]), what="every tensor at step 4")
         roles = {t["name"]: t["role"] for t in ts}
         assert roles["0.weight"] == "weight" and roles["1"] == "activation"
         assert roles["2.bias.grad"] == "gradient"
@@ -50,7 +50,7 @@ def test_monitor_streams_update_snapshots_and_amax_of_a_tiny_model(daemon):
             assert all(p["total"] == 6 * 16 for p in h["points"])
         # at lr 1e-3 the updates are far below E5M2's spacing near the weights
         worst = c.top(format="E5M2")
-        assert worst["items"][0]["stall_rate"] > 0.5
+        assert worst["tensors"][0]["stall_rate"] > 0.5
 
 
 def test_monitor_in_sgd_form_reports_the_predicted_stalls(daemon):
@@ -62,5 +62,5 @@ def test_monitor_in_sgd_form_reports_the_predicted_stalls(daemon):
         pts = eventually(lambda: (lambda h: h if len(h) == 2 else None)(
             c.history("2.weight", format="E5M2")["points"]), what="two points")
         assert all(p["stall_rate"] == 1.0 for p in pts)
-        ts = {t["name"] for t in c.tensors()}
+        ts = {t["name"] for t in c.tensors()["tensors"]}
         assert "1" not in ts and "2.weight.grad" in ts

@@ -30,10 +30,11 @@ def test_char_lm_trains_with_the_monitor_and_its_stalls_are_queryable(daemon, tm
     assert res["overhead_ratio"] > 0
     rep = mon["monitor_report"]
     assert rep["steps"] == 5 and rep["sampled_steps"] == 3
-    assert res["summary"]["top"]["E5M2"]["items"], res["summary"]
+    assert res["summary"]["top"]["E5M2"]["tensors"], res["summary"]
+    assert res["run"] == "charlm-test" and "run charlm-test ..." in r.stdout
 
     with daemon.client("charlm-reader") as c:
-        names = {t["name"] for t in c.tensors(run="charlm-test")}
+        names = {t["name"] for t in c.tensors(run="charlm-test")["tensors"]}
         assert {"tok.weight", "blocks.0.attn.qkv.weight", "head.weight", "blocks.0.fc",
                 "head.weight.grad"} <= names
         h = eventually(lambda: (lambda p: p if len(p) == 3 else None)(
@@ -41,7 +42,7 @@ def test_char_lm_trains_with_the_monitor_and_its_stalls_are_queryable(daemon, tm
             what="three snapshots")
         assert [p["step"] for p in h] == [0, 2, 4]
         assert all(p["total"] > 0 for p in h)
-        run = [x for x in c.runs() if x["name"] == "charlm-test"][0]
+        run = [x for x in c.runs()["runs"] if x["name"] == "charlm-test"][0]
         assert run["ended_ms"] > 0 and run["dropped"] == 0
 
     cli = cli_binary()

@@ -252,7 +252,12 @@ Test(commands, status_reads_counts_from_the_file)
     cr_assert_eq(jm_get(doc, "runs")->number, 1);
     cr_assert_eq(jm_get(doc, "tensors")->number, 2);
     cr_assert_eq(jm_get(doc, "uptime_s")->number, 0);
+    /* no daemon recorded its settings in this file: no version to report */
+    cr_assert_eq(jm_get(doc, "version")->type, JM_NULL, "%s", out);
     jm_free(doc);
+    free(out);
+    cr_assert_eq(CLI(&out, err, "status"), AG_OK, "%s", err);
+    cr_assert_not_null(strstr(out, "\nversion:      -\n"), "%s", out);
     free(out);
 }
 

@@ -1,6 +1,6 @@
 /*
  * reference.h - deliberately simple reference numerics for the core tests.
- * Decoding is written from DESIGN.md's formula; encoding searches all 128
+ * Decoding is written from docs/numerics.md's formula; encoding searches all 128
  * non-negative patterns for the nearest value with the documented tie rule.
  * Slow and obvious on purpose: the kernels must agree with it bit for bit.
  */
@@ -49,7 +49,7 @@ static inline uint8_t ref_nan_pattern(ref_format f)
     return (uint8_t)((((1 << f.E) - 1) << f.M) | (f.has_inf ? 1 : (1 << f.M) - 1));
 }
 
-/* Encode x by exhaustive nearest search (see DESIGN.md 1.1). */
+/* Encode x by exhaustive nearest search (see docs/numerics.md, Formats). */
 static inline uint8_t ref_encode(ref_format f, float x)
 {
     if (isnan(x))

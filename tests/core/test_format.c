@@ -47,7 +47,7 @@ Test(format, seed_fields_match_the_design_table)
     }
 }
 
-/* Values worked out by hand from DESIGN.md's table, pattern by pattern. */
+/* Values worked out by hand from docs/numerics.md's table, pattern by pattern. */
 Test(format, decode_matches_hand_derived_values)
 {
     static const struct { const char *n; uint8_t b; double v; } t[] = {

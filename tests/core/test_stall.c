@@ -322,6 +322,212 @@ Test(flips, every_kernel_agrees_with_the_reference_at_any_scale)
     }
 }
 
+/* ---- pattern flips: patterns at the previous snapshot's scale ---- */
+
+/* 1 when patterns a and b of f mean different things: +0 and -0 are one
+ * pattern, and so are all NaN patterns (reference decode). */
+static int ref_pattern_differs(ref_format r, uint8_t a, uint8_t b)
+{
+    double va = ref_decode(r, a), vb = ref_decode(r, b);
+    if (isnan(va) || isnan(vb))
+        return isnan(va) != isnan(vb);
+    if ((a & 0x7f) == 0 && (b & 0x7f) == 0)
+        return 0;
+    return a != b;
+}
+
+/* The seed formats and two defined ones (OCP E4M3 NaN-without-inf, E2M5). */
+static size_t flip_formats(const ag_format **fmts)
+{
+    size_t nf = 0;
+    for (size_t i = 0; i < 5; i++)
+        fmts[nf++] = ag_format_at(i);
+    cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &fmts[nf++]), AG_OK);
+    cr_assert_eq(ag_format_define("E2M5", 2, 5, 1, 0, 0, &fmts[nf++]), AG_OK);
+    return nf;
+}
+
+/* The issue's case: 256 weights that do not change while the scale drifts
+ * by 0.07% (the amax history's maximum moved). Value flips count every
+ * nonzero element; pattern flips at the previous scale count none. */
+Test(flips, unchanged_weights_under_a_drifting_scale_give_no_pattern_flips)
+{
+    enum { N = 256 };
+    float w[N];
+    uint8_t prev[N], cur[N];
+    uint64_t s = 3;
+    const ag_format *fmts[7];
+    size_t nf = flip_formats(fmts);
+    for (size_t i = 0; i < N; i++)
+        w[i] = (float)((double)(int64_t)ref_rand(&s) * 0x1p-63 * 0.6);
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa))
+            continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        for (size_t f = 0; f < nf; f++) {
+            float s0 = 0.6f / fmts[f]->max_finite, s1 = s0 * 1.0007f;
+            uint64_t pattern = 0, value = 0, nonzero = 0;
+            cr_assert_eq(ag_encode_array(fmts[f], s0, w, prev, N), AG_OK);
+            cr_assert_eq(ag_encode_array(fmts[f], s1, w, cur, N), AG_OK);
+            for (size_t i = 0; i < N; i++)
+                nonzero += (prev[i] & 0x7f) != 0;
+            cr_assert_eq(ag_count_pattern_flips(fmts[f], s0, prev, w, N, &pattern), AG_OK);
+            cr_assert_eq(pattern, 0, "%s (%s): %llu pattern flips of unchanged weights",
+                         fmts[f]->name, ag_isa_name(isa), (unsigned long long)pattern);
+            cr_assert_eq(ag_count_flips(fmts[f], prev, s0, cur, s1, N, &value), AG_OK);
+            cr_assert_geq(value, nonzero, "%s: value flips %llu of %llu nonzero",
+                          fmts[f]->name, (unsigned long long)value,
+                          (unsigned long long)nonzero);
+            cr_assert_gt(nonzero, N / 2, "%s: the weights should mostly be representable",
+                         fmts[f]->name);
+        }
+    }
+}
+
+/* The largest finite magnitude bits of f. */
+static uint8_t max_finite_mag(const ag_format *f)
+{
+    uint8_t m = 0x7f;
+    while (!isfinite(f->decode_table[m]))
+        m--;
+    return m;
+}
+
+/* Weights on the grid at a power-of-two scale (so w / scale is exact), then
+ * a known set of elements moved to a neighbouring pattern; the rest are
+ * unchanged, nudged within their rounding interval, or turn from +0 to -0.
+ * Exactly the moved ones flip, whichever kernel counts them. */
+static void check_known_flips(const ag_format *f)
+{
+    enum { N = 40009 }; /* more than one counting block, ragged end */
+    float *prev_w = malloc(N * sizeof *prev_w), *cur_w = malloc(N * sizeof *cur_w);
+    uint8_t *prev = malloc(N), *cur = malloc(N);
+    const float scale = 0x1p-6f;
+    uint8_t top = max_finite_mag(f);
+    uint64_t s = 17, moved = 0;
+    for (size_t i = 0; i < N; i++) {
+        uint8_t mag = (uint8_t)(1 + ref_rand(&s) % top), sign = (uint8_t)(i & 1u) << 7;
+        prev_w[i] = f->decode_table[sign | mag] * scale;
+        cur_w[i] = prev_w[i];
+        if (i % 11 == 0) { /* +0 then -0: the same pattern for flips */
+            prev_w[i] = 0.0f;
+            cur_w[i] = -0.0f;
+        } else if (i % 7 == 0) { /* the neighbouring grid value: a flip */
+            uint8_t to = mag < top ? (uint8_t)(mag + 1) : (uint8_t)(mag - 1);
+            cur_w[i] = f->decode_table[sign | to] * scale;
+            moved++;
+        } else if (i % 5 == 0) { /* within the rounding interval: no flip */
+            cur_w[i] = prev_w[i] * (1.0f + 0x1p-12f);
+        }
+    }
+    cr_assert_eq(ag_encode_array(f, scale, prev_w, prev, N), AG_OK);
+    cr_assert_eq(ag_encode_array(f, scale, cur_w, cur, N), AG_OK);
+    uint64_t fused = 0, bytes = 0;
+    cr_assert_eq(ag_count_pattern_flips(f, scale, prev, cur_w, N, &fused), AG_OK);
+    cr_assert_eq(ag_count_pattern_changes(f, prev, cur, N, &bytes), AG_OK);
+    cr_assert_eq(fused, moved, "%s: %llu pattern flips, %llu elements moved", f->name,
+                 (unsigned long long)fused, (unsigned long long)moved);
+    cr_assert_eq(bytes, moved, "%s: %llu byte flips, %llu elements moved", f->name,
+                 (unsigned long long)bytes, (unsigned long long)moved);
+    free(prev_w);
+    free(cur_w);
+    free(prev);
+    free(cur);
+}
+
+Test(flips, pattern_flips_count_exactly_the_elements_that_moved)
+{
+    const ag_format *fmts[7];
+    size_t nf = flip_formats(fmts);
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa))
+            continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        for (size_t f = 0; f < nf; f++)
+            check_known_flips(fmts[f]);
+    }
+}
+
+/* prev random weights; cur mostly equal, else moved a little, moved far,
+ * a random float (NaN, inf, huge and tiny included), or the other zero. */
+static void fill_weight_pairs(float *prev, float *cur, size_t n, uint64_t seed)
+{
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = ref_rand(&s);
+        prev[i] = (float)((double)(int64_t)ref_rand(&s) * 0x1p-63 * (r & 1 ? 2.0 : 1e-3));
+        switch ((r >> 8) % 8) {
+        case 0: cur[i] = ref_rand_float_bits(&s); break;
+        case 1: prev[i] = 0.0f; cur[i] = -0.0f; break;
+        case 2: prev[i] = ref_rand_float_bits(&s); cur[i] = prev[i]; break;
+        case 3: cur[i] = prev[i] * 1.01f; break;
+        case 4: cur[i] = prev[i] * 1.3f; break;
+        default: cur[i] = prev[i]; break;
+        }
+    }
+}
+
+static void check_pattern_flips_reference(const ag_format *f, const float *pw,
+                                          const float *cw, size_t n, float scale)
+{
+    ref_format r = ref_of(f);
+    uint8_t *prev = malloc(n), *cur = malloc(n);
+    uint64_t *want = malloc((n + 1) * sizeof *want);
+    want[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        prev[i] = ref_encode(r, pw[i] / scale);
+        cur[i] = ref_encode(r, cw[i] / scale);
+        want[i + 1] = want[i] + (uint64_t)ref_pattern_differs(r, prev[i], cur[i]);
+    }
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa))
+            continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        for (size_t len = 1; len <= n; len = len < 100 ? len + 33 : len * 5 + 7) {
+            uint64_t fused = 7, bytes = 9;
+            cr_assert_eq(ag_count_pattern_flips(f, scale, prev, cw, len, &fused), AG_OK);
+            cr_assert_eq(ag_count_pattern_changes(f, prev, cur, len, &bytes), AG_OK);
+            cr_assert_eq(fused - 7, want[len], "%s (%s) scale %g n %zu: %llu, want %llu",
+                         f->name, ag_isa_name(isa), (double)scale, len,
+                         (unsigned long long)(fused - 7), (unsigned long long)want[len]);
+            cr_assert_eq(bytes - 9, want[len], "%s (%s) scale %g n %zu: bytes %llu, want %llu",
+                         f->name, ag_isa_name(isa), (double)scale, len,
+                         (unsigned long long)(bytes - 9), (unsigned long long)want[len]);
+        }
+    }
+    free(prev);
+    free(cur);
+    free(want);
+}
+
+Test(flips, every_pattern_flip_kernel_agrees_with_the_reference)
+{
+    enum { N = 5011 };
+    float *pw = malloc(N * sizeof *pw), *cw = malloc(N * sizeof *cw);
+    const ag_format *fmts[7];
+    size_t nf = flip_formats(fmts);
+    const float scales[] = {1.0f, 0.004f, 3e-3f, 3e38f, 1e-40f};
+    fill_weight_pairs(pw, cw, N, 23);
+    for (size_t f = 0; f < nf; f++)
+        for (size_t k = 0; k < sizeof scales / sizeof scales[0]; k++)
+            check_pattern_flips_reference(fmts[f], pw, cw, N, scales[k]);
+    free(pw);
+    free(cw);
+
+    const ag_format *e5 = ag_format_get("E5M2");
+    uint8_t b = 0;
+    float w = 1.0f;
+    uint64_t c = 0;
+    cr_assert_eq(ag_count_pattern_flips(NULL, 1.0f, &b, &w, 1, &c), AG_EFORMAT);
+    cr_assert_eq(ag_count_pattern_flips(e5, 0.0f, &b, &w, 1, &c), AG_EINVAL);
+    cr_assert_eq(ag_count_pattern_flips(e5, NAN, &b, &w, 1, &c), AG_EINVAL);
+    cr_assert_eq(ag_count_pattern_flips(e5, 1.0f, &b, &w, 0, &c), AG_EINVAL);
+    cr_assert_eq(ag_count_pattern_flips(e5, 1.0f, NULL, &w, 1, &c), AG_EINVAL);
+    cr_assert_eq(ag_count_pattern_changes(NULL, &b, &b, 1, &c), AG_EFORMAT);
+    cr_assert_eq(ag_count_pattern_changes(e5, &b, NULL, 1, &c), AG_EINVAL);
+    cr_assert_eq(c, 0);
+}
+
 /* The fused pass: the counts of the multi-format kernels and the patterns of
  * ag_encode_array, for both forms, seed and defined formats, odd sizes. */
 static void check_stall_encode(void)

@@ -109,8 +109,14 @@ void harness_fini(ag_harness *h) {
 }
 
 ag_client *harness_client(ag_harness *h, const char *run, int policy) {
+    return harness_client_as(h, run, policy, 0, NULL);
+}
+
+ag_client *harness_client_as(ag_harness *h, const char *run, int policy, int resume,
+                             const char *launch_id) {
     ag_client_opts o = {.ingest_url = h->ingest, .query_url = h->query, .run = run,
-                        .policy = policy, .query_timeout_ms = 10000};
+                        .policy = policy, .query_timeout_ms = 10000, .resume = resume,
+                        .launch_id = launch_id};
     ag_client *c = NULL;
     int err = ag_client_open(&c, &o);
     cr_assert_eq(err, AG_OK, "client open: %s", ag_strerror(err));

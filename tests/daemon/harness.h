@@ -32,6 +32,9 @@ int harness_stop(ag_harness *h, int sig);
 void harness_fini(ag_harness *h);
 /* A client on the harness's sockets. */
 ag_client *harness_client(ag_harness *h, const char *run, int policy);
+/* The same with resume and a launch id (NULL: the client's default). */
+ag_client *harness_client_as(ag_harness *h, const char *run, int policy, int resume,
+                             const char *launch_id);
 /* Poll the daemon (bounded, 30 s) until history of run/tensor/format has at
  * least n points; returns the history (ag_free) or fails the test. */
 ag_history *harness_wait_history(ag_client *c, const char *run, const char *tensor,

@@ -4,9 +4,10 @@
  * kill -9 keeps every committed row, bad messages are survived, two trainers
  * at once, SIGTERM drains, sequence gaps become drops, drops a client counted
  * while the daemon was down are recorded after its restart, a --define-format
- * format is served and restored from the database, a client learns which of
- * its messages were stored (across a restart too) and one whose daemon died
- * before confirming reports exactly what it never confirmed.
+ * format is served and restored from the database, flips are pattern flips at
+ * the previous snapshot's scale, a client learns which of its messages were
+ * stored (across a restart too) and one whose daemon died before confirming
+ * reports exactly what it never confirmed.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -84,7 +85,7 @@ static void model_step(model *m, const float *w, const float *g, size_t n,
         cr_assert_eq(ag_encode_array(fmt, scale, w, cur, n), AG_OK);
         uint64_t flips = 0;
         if (m->prev[f])
-            cr_assert_eq(ag_count_flips(fmt, m->prev[f], m->prev_scale[f], cur, scale, n, &flips),
+            cr_assert_eq(ag_count_pattern_flips(fmt, m->prev_scale[f], m->prev[f], w, n, &flips),
                          AG_OK);
         free(m->prev[f]);
         m->prev[f] = cur;
@@ -233,10 +234,11 @@ Test(altgradd, a_restart_keeps_everything_and_scales_continue) {
     int status = harness_stop(&H, SIGTERM);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
 
-    /* Steps 4..6 after the restart: step 1's large amax is still in the
-     * history, and flips at step 4 compare against step 3's snapshot. */
+    /* Steps 4..6 after the restart, resuming the run: step 1's large amax is
+     * still in the history, and flips at step 4 compare against step 3's
+     * snapshot. */
     harness_start(&H, NULL);
-    c = harness_client(&H, "restart", AG_QUEUE_BLOCK);
+    c = harness_client_as(&H, "restart", AG_QUEUE_BLOCK, 1, NULL);
     log_steps(c, &m, "w", 500, 3, 4, 6, want);
     cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
     check_history(c, "restart", "w", 6, want);
@@ -248,6 +250,105 @@ Test(altgradd, a_restart_keeps_everything_and_scales_continue) {
     ag_free(runs);
     ag_client_close(c);
     model_free(&m);
+}
+
+/* ------------------------------------------------------------- flips */
+
+/* The issue's case, through the daemon: the weights never change while the
+ * scale (named in each snapshot) drifts by 0.07% a step. Their quantized
+ * values all move with the scale, but no 8-bit pattern at the previous
+ * scale does: 0 flips at every step, in every format. */
+Test(altgradd, weights_that_do_not_change_never_flip_while_the_scale_drifts) {
+    enum { N = 256, STEPS = 6 };
+    harness_start(&H, NULL);
+    ag_client *c = harness_client(&H, "drift", AG_QUEUE_BLOCK);
+    float w[N], g[N] = {0};
+    for (size_t i = 0; i < N; i++) w[i] = 0.5f * sinf((float)i * 0.7f + 0.3f);
+    double scale = 0.5 / 57344.0; /* E5M2's scale for an amax of 0.5 */
+    uint64_t value_flips = 0;
+    for (uint64_t s = 1; s <= STEPS; s++, scale *= 1.0007) {
+        ag_snapshot snap = {.step = s, .tensor = "w", .dtype = AG_DTYPE_F32, .w = w, .g = g,
+                            .n = N, .lr = LR, .scale = scale};
+        cr_assert_eq(ag_client_log_snapshot(c, &snap), AG_OK);
+        if (s > 1) { /* what the old definition (values) would have counted */
+            const ag_format *e5 = ag_format_get("E5M2");
+            uint8_t a[N], b[N];
+            cr_assert_eq(ag_encode_array(e5, (float)(scale / 1.0007), w, a, N), AG_OK);
+            cr_assert_eq(ag_encode_array(e5, (float)scale, w, b, N), AG_OK);
+            cr_assert_eq(ag_count_flips(e5, a, (float)(scale / 1.0007), b, (float)scale, N,
+                                        &value_flips), AG_OK);
+        }
+    }
+    cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
+    cr_expect_gt(value_flips, (STEPS - 1) * N / 2, "the drift must move the values");
+    for (int f = 0; f < NFMT; f++) {
+        ag_history *h = harness_wait_history(c, "drift", "w", fmt_names[f], STEPS);
+        for (size_t k = 1; k < h->n; k++) {
+            cr_expect_neq(h->points[k].scale, h->points[k - 1].scale, "%s step %llu",
+                          fmt_names[f], (unsigned long long)h->points[k].step);
+            cr_expect_eq(h->points[k].flips, 0, "%s step %llu: %llu flips", fmt_names[f],
+                         (unsigned long long)h->points[k].step,
+                         (unsigned long long)h->points[k].flips);
+        }
+        ag_free(h);
+    }
+    ag_client_close(c);
+    cr_assert_eq(WEXITSTATUS(harness_stop(&H, SIGTERM)), 0);
+}
+
+/* Flips observe what the stall count predicted: a trainer that applies
+ * exactly the SGD update it logged (w' = w + (-lr * g) in float32) sees, at
+ * step t + 1, flips = total - stalled of step t, in every format, although
+ * the growing amax moves the scale at every step. Gradients are 0 or well
+ * above the 1e-10 threshold, and every value is finite, so each element
+ * either moves and is counted in total or stays put. */
+Test(altgradd, flips_at_each_step_are_the_updates_the_previous_step_did_not_stall) {
+    enum { N = 3000, STEPS = 8 };
+    harness_start(&H, NULL);
+    ag_client *c = harness_client(&H, "observe", AG_QUEUE_BLOCK);
+    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    for (size_t i = 0; i < N; i++) w[i] = sinf((float)i * 0.37f);
+    w[0] = 1.5f; /* the amax, pushed outwards by its gradient every step */
+    for (uint64_t s = 1; s <= STEPS; s++) {
+        for (size_t i = 0; i < N; i++) {
+            float mag = (float)(1 + (i * 7 + s) % 13);
+            g[i] = i % 5 == 0 ? 0.0f : (i % 2 ? 1e-3f : -0.2f) * mag * cosf((float)(i + s));
+        }
+        g[0] = -20.0f;
+        cr_assert_eq(ag_client_log_sgd(c, s, "w", w, g, N, LR), AG_OK);
+        for (size_t i = 0; i < N; i++) {
+            volatile float u = -LR * g[i]; /* as the kernel forms it: no fused multiply-add */
+            w[i] = w[i] + u;
+        }
+    }
+    cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
+    for (int f = 0; f < NFMT; f++) {
+        ag_history *h = harness_wait_history(c, "observe", "w", fmt_names[f], STEPS);
+        uint64_t flips = 0;
+        cr_assert_eq(h->n, STEPS);
+        cr_expect_eq(h->points[0].flips, 0, "%s: the first snapshot has nothing to flip from",
+                     fmt_names[f]);
+        for (size_t k = 1; k < h->n; k++) {
+            const ag_history_point *p = &h->points[k - 1], *q = &h->points[k];
+            /* (E7M0's scale stays at scale_min: amax / 2^64 is below it.) */
+            if (q->scale != (double)(float)AG_SCALE_MIN)
+                cr_expect_neq(q->scale, p->scale, "%s step %llu: the scale should move",
+                              fmt_names[f], (unsigned long long)q->step);
+            cr_expect_eq(q->flips, p->total - p->stalled,
+                         "%s step %llu: %llu flips, step %llu left %llu of %llu unstalled",
+                         fmt_names[f], (unsigned long long)q->step,
+                         (unsigned long long)q->flips, (unsigned long long)p->step,
+                         (unsigned long long)(p->total - p->stalled),
+                         (unsigned long long)p->total);
+            flips += q->flips;
+        }
+        cr_expect_gt(flips, 0, "%s: some updates must get through", fmt_names[f]);
+        ag_free(h);
+    }
+    free(w);
+    free(g);
+    ag_client_close(c);
+    cr_assert_eq(WEXITSTATUS(harness_stop(&H, SIGTERM)), 0);
 }
 
 typedef struct pump_args {
@@ -648,7 +749,7 @@ static void model_step_one(model *m, const ag_format *fmt, const float *w, const
     cr_assert_eq(ag_encode_array(fmt, scale, w, cur, n), AG_OK);
     uint64_t flips = 0;
     if (m->prev[0])
-        cr_assert_eq(ag_count_flips(fmt, m->prev[0], m->prev_scale[0], cur, scale, n, &flips),
+        cr_assert_eq(ag_count_pattern_flips(fmt, m->prev_scale[0], m->prev[0], w, n, &flips),
                      AG_OK);
     free(m->prev[0]);
     m->prev[0] = cur;
@@ -730,9 +831,10 @@ Test(altgradd, a_defined_format_is_served_and_survives_a_restart_without_the_opt
 
     /* Restarted without the option: the database's definition is restored,
      * history is served and new snapshots naming E4M3 are evaluated, with
-     * the amax history and flips continuing across the restart. */
+     * the amax history and flips continuing across the restart (the trainer
+     * resumes its run). */
     harness_start(&H, NULL);
-    c = harness_client(&H, "e4m3", AG_QUEUE_BLOCK);
+    c = harness_client_as(&H, "e4m3", AG_QUEUE_BLOCK, 1, NULL);
     static const char *const named[] = {"E4M3"};
     for (uint64_t s = 4; s <= 5; s++) {
         make_tensor(s, N, 5, w, g);

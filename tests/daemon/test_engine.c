@@ -2,8 +2,9 @@
  * test_engine.c - the daemon engine (daemon/engine.c) with its writer and a
  * real store, no sockets: scale modes, margin, explicit scales, the "zero
  * amax keeps the previous scale" rule, update form, bfloat16 payloads,
- * unknown formats, the writer committing whole messages, and the client's
- * drop counter restored across a restart.
+ * unknown formats, the writer committing whole messages, the client's
+ * drop counter restored across a restart, and which run a client's messages
+ * go to (a run is its name plus a launch).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -287,13 +288,13 @@ Test(engine, a_restored_engine_continues_histories_and_flips) {
     ag_history *h = history("E3M4");
     cr_assert_eq(h->n, 2);
     cr_expect_eq(h->points[1].scale, scale_of(6.0, "E3M4"), "step 1's amax is still in force");
-    /* Every element changed (w2 = w / 6): flips against the restored snapshot. */
-    uint8_t a[36], b[36];
+    /* Every element changed (w2 = w / 6): pattern flips at step 1's scale
+     * against the restored snapshot. */
+    uint8_t a[36];
     float s = (float)h->points[0].scale;
     ag_encode_array(ag_format_get("E3M4"), s, w, a, 36);
-    ag_encode_array(ag_format_get("E3M4"), s, w2, b, 36);
     uint64_t flips = 0;
-    ag_count_flips(ag_format_get("E3M4"), a, s, b, s, 36, &flips);
+    ag_count_pattern_flips(ag_format_get("E3M4"), s, a, w2, 36, &flips);
     cr_expect_gt(flips, 0);
     cr_expect_eq(h->points[1].flips, flips);
     ag_free(h);
@@ -562,11 +563,12 @@ Test(engine, a_restored_engine_adds_the_drops_a_client_counted_while_it_was_down
     stop();
     cr_assert_eq(stored_dropped(), 2);
     start(NULL, 0);
-    run_state *r = ag_map_get(&F.engine->runs, "r");
-    cr_assert_not_null(r);
-    cr_expect_eq(r->last_seq, 1);
-    cr_expect(r->drop_known, "the stored drop counter was not restored");
-    cr_expect_eq(r->last_drop, 2);
+    client_state *c = ag_map_get(&F.engine->clients, "0000000000000001");
+    cr_assert_not_null(c, "client 1 was not restored");
+    cr_expect_str_eq(c->run->name, "r");
+    cr_expect_eq(c->last_seq, 1);
+    cr_expect(c->drop_known, "the stored drop counter was not restored");
+    cr_expect_eq(c->last_drop, 2);
     /* Same client after the restart: 5 more dropped meanwhile. */
     cr_assert_eq(stats_from(1, 2, 7, 3), AG_OK);
     cr_assert_eq(stats_from(1, 3, 7, 4), AG_OK);
@@ -592,14 +594,200 @@ Test(engine, a_run_stored_without_a_drop_counter_resynchronises_on_its_next_mess
     /* As a run written before schema version 3 left it. */
     sqlite3 *db = NULL;
     cr_assert_eq(sqlite3_open(F.db, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_exec(db, "UPDATE runs SET last_drop=NULL", NULL, NULL, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "UPDATE clients SET last_drop=NULL", NULL, NULL, NULL),
+                 SQLITE_OK);
     sqlite3_close(db);
     start(NULL, 0);
-    run_state *r = ag_map_get(&F.engine->runs, "r");
-    cr_assert_not_null(r);
-    cr_expect(!r->drop_known);
+    client_state *c = ag_map_get(&F.engine->clients, "0000000000000001");
+    cr_assert_not_null(c);
+    cr_expect(!c->drop_known);
     cr_assert_eq(stats_from(1, 1, 9, 2), AG_OK); /* unknown base: taken as is */
     cr_assert_eq(stats_from(1, 2, 10, 3), AG_OK);
     stop();
     cr_expect_eq(stored_dropped(), 3);
+}
+
+/* ------------------------------------------------- run identity */
+
+/* A run start of client cid asking for run, from launch (NULL: none). */
+static int start_of(uint64_t cid, const char *run, const char *launch, int resume) {
+    ag_msg m = {.type = AG_MSG_RUN_START};
+    m.hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = 0};
+    m.u.run_start = (ag_msg_run_start){.host = "h", .pid = (int64_t)cid, .time_ms = 1000,
+                                       .launch = launch, .resume = resume};
+    ag_engine_job *job = NULL;
+    return ag_engine_handle(F.engine, &m, 100, &job);
+}
+
+static int end_of(uint64_t cid, const char *run, uint64_t seq) {
+    ag_msg m = {.type = AG_MSG_RUN_END};
+    m.hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = seq};
+    m.u.run_end = (ag_msg_run_end){.step = 1, .time_ms = 2000};
+    ag_engine_job *job = NULL;
+    return ag_engine_handle(F.engine, &m, 100, &job);
+}
+
+/* A stats message of client cid (seq) for tensor "a" at step. */
+static int stat_of(uint64_t cid, const char *run, uint64_t seq, uint64_t step) {
+    ag_stat_record rec = {.step = step, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1,
+                          .numel = 4};
+    ag_msg m = {.type = AG_MSG_STATS};
+    m.hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = seq};
+    m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
+    ag_engine_job *job = NULL;
+    return ag_engine_handle(F.engine, &m, 100, &job);
+}
+
+/* The name of the run client cid's messages go to, from the file. */
+static const char *run_of(uint64_t cid) {
+    static char name[AG_NAME_MAX + 1];
+    char launch[AG_LAUNCH_ID_MAX + 1];
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK);
+    int err = ag_store_client_run(st, cid, name, sizeof name, launch, sizeof launch);
+    cr_assert_eq(err, AG_OK, "client %llu: %s", (unsigned long long)cid, ag_store_errmsg(st));
+    ag_store_close(st);
+    return name;
+}
+
+/* Run name -> (messages, dropped), from the file. */
+static void run_counts(const char *name, uint64_t *messages, uint64_t *dropped) {
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK);
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK);
+    int found = 0;
+    for (size_t i = 0; i < runs->n; i++)
+        if (!strcmp(runs->items[i].name, name)) {
+            *messages = runs->items[i].messages;
+            *dropped = runs->items[i].dropped;
+            found = 1;
+        }
+    ag_free(runs);
+    ag_store_close(st);
+    cr_assert(found, "no run %s", name);
+}
+
+Test(engine, a_taken_name_gets_the_first_free_suffix_whether_its_run_ended_or_not) {
+    start(NULL, 0);
+    cr_assert_eq(start_of(1, "x", "A", 0), AG_OK);
+    cr_assert_eq(end_of(1, "x", 1), AG_OK);
+    cr_assert_eq(start_of(2, "x", "B", 0), AG_OK);  /* x ended: a new run */
+    cr_assert_eq(start_of(3, "x", "C", 0), AG_OK);  /* x.2 is live, another launch's */
+    cr_assert_eq(start_of(4, "x.3", "D", 0), AG_OK); /* asked for x.3 itself: taken */
+    cr_assert_eq(start_of(5, "y", NULL, 0), AG_OK);
+    cr_assert_eq(start_of(6, "y", NULL, 0), AG_OK);  /* no launch id: its own launch */
+    stop();
+    cr_expect_str_eq(run_of(1), "x");
+    cr_expect_str_eq(run_of(2), "x.2");
+    cr_expect_str_eq(run_of(3), "x.3");
+    cr_expect_str_eq(run_of(4), "x.3.2");
+    cr_expect_str_eq(run_of(5), "y");
+    cr_expect_str_eq(run_of(6), "y.2");
+}
+
+Test(engine, clients_of_one_launch_share_its_run_and_number_their_messages_apart) {
+    start(NULL, 0);
+    cr_assert_eq(start_of(1, "old", "A", 0), AG_OK);
+    cr_assert_eq(start_of(2, "x", "L", 0), AG_OK);
+    cr_assert_eq(start_of(3, "x", "L", 0), AG_OK);   /* rank 1 of launch L */
+    cr_assert_eq(start_of(4, "x", "M", 0), AG_OK);   /* another launch */
+    cr_assert_eq(start_of(5, "old", "L", 0), AG_OK); /* launch L, another name: its own run */
+    /* Interleaved: each client's seq counts on its own, so no gap. */
+    cr_assert_eq(stat_of(2, "x", 1, 1), AG_OK);
+    cr_assert_eq(stat_of(3, "x", 1, 1), AG_OK);
+    cr_assert_eq(stat_of(2, "x", 2, 2), AG_OK);
+    cr_assert_eq(stat_of(3, "x", 2, 2), AG_OK);
+    cr_assert_eq(stat_of(3, "x", 4, 3), AG_OK); /* client 3 lost seq 3 */
+    cr_expect_eq(stat_of(2, "x", 2, 3), AG_ERANGE, "a replay of client 2");
+    stop();
+    cr_expect_str_eq(run_of(2), "x");
+    cr_expect_str_eq(run_of(3), "x");
+    cr_expect_str_eq(run_of(4), "x.2");
+    cr_expect_str_eq(run_of(5), "old.2");
+    uint64_t messages = 0, dropped = 0;
+    run_counts("x", &messages, &dropped);
+    cr_expect_eq(messages, 7, "2 starts and 5 stats");
+    cr_expect_eq(dropped, 1, "only client 3's gap");
+}
+
+Test(engine, resume_continues_the_newest_run_of_the_name) {
+    start(NULL, 0);
+    cr_assert_eq(start_of(1, "x", "A", 0), AG_OK);
+    cr_assert_eq(start_of(2, "x", "B", 0), AG_OK);  /* x.2 */
+    cr_assert_eq(end_of(2, "x", 1), AG_OK);
+    cr_assert_eq(start_of(3, "x", "C", 1), AG_OK);  /* resumes x.2, the newest */
+    cr_assert_eq(start_of(4, "x", "C", 0), AG_OK);  /* launch C's next client joins it */
+    cr_assert_eq(start_of(5, "x.2", "D", 1), AG_OK); /* by its own name */
+    cr_assert_eq(start_of(6, "z", "E", 1), AG_OK);  /* nothing to resume: a new run */
+    stop();
+    cr_expect_str_eq(run_of(3), "x.2");
+    cr_expect_str_eq(run_of(4), "x.2");
+    cr_expect_str_eq(run_of(5), "x.2");
+    cr_expect_str_eq(run_of(6), "z");
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK);
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK);
+    cr_expect_eq(runs->n, 3, "x, x.2, z");
+    for (size_t i = 0; i < runs->n; i++)
+        if (!strcmp(runs->items[i].name, "x.2"))
+            cr_expect_eq(runs->items[i].ended_ms, 0, "a resumed run is running again");
+    ag_free(runs);
+    ag_store_close(st);
+}
+
+Test(engine, the_naming_state_survives_a_restart) {
+    start(NULL, 0);
+    cr_assert_eq(start_of(1, "x", "A", 0), AG_OK);
+    cr_assert_eq(start_of(2, "x", "B", 0), AG_OK);
+    cr_assert_eq(stat_of(2, "x", 1, 1), AG_OK);
+    stop();
+    start(NULL, 0);
+    cr_assert_eq(start_of(3, "x", "C", 0), AG_OK);  /* x, x.2 are taken */
+    cr_assert_eq(start_of(4, "x", "B", 0), AG_OK);  /* launch B's run is x.2 */
+    cr_assert_eq(stat_of(2, "x", 2, 2), AG_OK);     /* client 2 goes on, no gap */
+    cr_assert_eq(start_of(5, "x", "Z", 1), AG_OK);  /* the newest is x.3 */
+    stop();
+    cr_expect_str_eq(run_of(3), "x.3");
+    cr_expect_str_eq(run_of(4), "x.2");
+    cr_expect_str_eq(run_of(5), "x.3");
+    uint64_t messages = 0, dropped = 0;
+    run_counts("x.2", &messages, &dropped);
+    cr_expect_eq(messages, 4);
+    cr_expect_eq(dropped, 0);
+}
+
+Test(engine, a_client_after_its_run_end_or_without_a_start_gets_a_run_of_its_own) {
+    start(NULL, 0);
+    cr_assert_eq(start_of(1, "x", "A", 0), AG_OK);
+    cr_assert_eq(end_of(1, "x", 1), AG_OK);
+    cr_expect_null(ag_map_get(&F.engine->clients, "0000000000000001"), "an ended client is "
+                   "forgotten");
+    /* A client whose start was lost: its first message starts it, and with no
+     * launch id it joins nothing. */
+    cr_assert_eq(stat_of(9, "x", 3, 1), AG_OK);
+    stop();
+    cr_expect_str_eq(run_of(9), "x.2");
+    uint64_t messages = 0, dropped = 0;
+    run_counts("x.2", &messages, &dropped);
+    cr_expect_eq(dropped, 3, "seq 0..2 never arrived");
+}
+
+Test(engine, a_suffix_past_255_bytes_cuts_the_name_at_a_character_boundary) {
+    /* 254 bytes: 252 x 'a' then U+00E9 (2 bytes); with ".2" that is 256, so
+     * the name is cut, and not inside the 2-byte character. */
+    char name[AG_NAME_MAX + 1];
+    memset(name, 'a', 252);
+    memcpy(name + 252, "\xc3\xa9", 2);
+    name[254] = '\0';
+    start(NULL, 0);
+    cr_assert_eq(start_of(1, name, "A", 0), AG_OK);
+    cr_assert_eq(start_of(2, name, "B", 0), AG_OK);
+    stop();
+    const char *got = run_of(2);
+    cr_expect_leq(strlen(got), AG_NAME_MAX);
+    cr_expect_eq(strlen(got), 252 + 2, "%zu bytes", strlen(got));
+    cr_expect_eq(memcmp(got, name, 252), 0);
+    cr_expect_str_eq(got + 252, ".2", "the 2-byte character is dropped whole");
 }

@@ -53,6 +53,34 @@ Test(map, each_visits_every_value_once)
     ag_map_free(&m);
 }
 
+Test(map, set_replaces_and_remove_forgets_a_key)
+{
+    ag_map m;
+    ag_map_init(&m);
+    int v[300];
+    char key[32];
+    cr_assert_null(ag_map_remove(&m, "absent"), "an empty map removes nothing");
+    for (int i = 0; i < 300; i++) {
+        snprintf(key, sizeof key, "%016x", i);
+        cr_assert_eq(ag_map_set(&m, key, &v[i]), AG_OK);
+    }
+    cr_assert_eq(ag_map_set(&m, "0000000000000007", &v[299]), AG_OK);
+    cr_assert_eq(m.count, 300, "set on a present key replaces, it does not add");
+    cr_assert_eq(ag_map_get(&m, "0000000000000007"), &v[299]);
+    for (int i = 0; i < 300; i += 2) {
+        snprintf(key, sizeof key, "%016x", i);
+        cr_assert_not_null(ag_map_remove(&m, key));
+        cr_assert_null(ag_map_remove(&m, key), "removed twice");
+    }
+    cr_assert_eq(m.count, 150);
+    for (int i = 1; i < 300; i += 2) {
+        snprintf(key, sizeof key, "%016x", i);
+        cr_assert_not_null(ag_map_get(&m, key), "%s lost by a neighbour's removal", key);
+    }
+    cr_assert_null(ag_map_get(&m, "0000000000000000"));
+    ag_map_free(&m);
+}
+
 /* Two maps hash the same names differently: bucket layouts that a client
  * could aim at in one process do not carry over to another. */
 Test(map, each_map_has_its_own_hash_seed)

@@ -102,6 +102,19 @@ Test(writer, a_message_without_its_boundary_is_never_committed_half) {
     cr_assert_eq(points(), 50);
 }
 
+Test(writer, a_boundary_marked_after_the_writer_took_the_last_item_still_commits) {
+    ag_writer *w = start(1, 1, 1000000, NULL);
+    push_result(w, 1); /* a message's only row, its end not yet marked */
+    for (int i = 0; i < 5000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
+    cr_assert_eq(ag_writer_depth(w), 0, "the writer took the row");
+    cr_assert_eq(points(), 0, "a message is not committed before its end");
+    ag_writer_boundary(w); /* nothing queued to carry the mark */
+    size_t n = 0;
+    for (int i = 0; i < 5000 && (n = points()) < 1; i++) sleep_ms(1);
+    cr_assert_eq(n, 1, "the ended message must commit without waiting for another");
+    ag_writer_stop(w);
+}
+
 static atomic_int space_calls;
 static void on_space(void *ctx) {
     (void)ctx;
@@ -181,6 +194,14 @@ Test(writer, snapshots_replaced_while_queued_are_skipped_and_the_newest_is_store
     /* 10 results and one snapshot: the nine replaced ones were not written */
     cr_assert_eq(ag_writer_rows_written(w), 11);
     ag_writer_stop(w);
+    /* The rows are counted in the file, in the transactions that wrote them. */
+    ag_store *st = NULL;
+    ag_status *status = NULL;
+    cr_assert_eq(ag_store_open(&st, db, AG_STORE_READONLY), AG_OK);
+    cr_assert_eq(ag_store_status(st, &status), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(status->rows_written, 11);
+    ag_free(status);
+    ag_store_close(st);
     stored_snapshot s = stored();
     cr_assert_eq(s.count, 1);
     cr_assert_eq(s.step, 10);

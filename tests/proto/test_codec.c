@@ -55,6 +55,106 @@ Test(codec, run_start_round_trips_with_metadata)
     ag_buf_free(&b);
 }
 
+Test(codec, run_start_round_trips_its_launch_and_resume)
+{
+    ag_msg m = {.type = AG_MSG_RUN_START, .hdr = hdr()};
+    m.u.run_start.host = "h";
+    m.u.run_start.launch = "3f2a9c1e-torchelastic id";
+    m.u.run_start.resume = 1;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.version, AG_PROTO_VERSION);
+    cr_assert_str_eq(d.u.run_start.launch, "3f2a9c1e-torchelastic id");
+    cr_assert_eq(d.u.run_start.resume, 1);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    /* Both are optional: absent, no launch and no resume. */
+    m.u.run_start.launch = NULL;
+    m.u.run_start.resume = 0;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_null(d.u.run_start.launch);
+    cr_assert_eq(d.u.run_start.resume, 0);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(codec, a_launch_id_must_be_printable_ascii_within_128_bytes)
+{
+    char long_id[AG_LAUNCH_ID_MAX + 2];
+    memset(long_id, 'x', sizeof long_id - 1);
+    long_id[sizeof long_id - 1] = '\0';
+    static const char *const bad[] = {"", "tab\there", "caf\xc3\xa9", "del\x7f"};
+    ag_msg m = {.type = AG_MSG_RUN_START, .hdr = hdr()};
+    m.u.run_start.host = "h";
+    m.u.run_start.launch = long_id;
+    ag_buf b;
+    ag_buf_init(&b);
+    cr_assert_eq(ag_proto_encode(&b, &m), AG_ETOOBIG);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        m.u.run_start.launch = bad[i];
+        cr_assert_eq(ag_proto_encode(&b, &m), AG_EINVAL, "'%s' was accepted", bad[i]);
+    }
+    long_id[AG_LAUNCH_ID_MAX] = '\0'; /* exactly the limit */
+    m.u.run_start.launch = long_id;
+    cr_assert_eq(ag_proto_encode(&b, &m), AG_OK);
+    ag_buf_free(&b);
+    cr_assert(ag_proto_launch_id_ok(" ~", 2));
+    cr_assert(!ag_proto_launch_id_ok(NULL, 0));
+}
+
+Test(codec, the_run_query_and_its_reply_round_trip)
+{
+    ag_msg m = {.type = AG_MSG_Q_RUN};
+    m.u.query.client_id = UINT64_MAX - 5;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.type, AG_MSG_Q_RUN);
+    cr_assert_eq(d.u.query.client_id, UINT64_MAX - 5);
+    cr_assert_str_eq(ag_proto_type_name(d.type), "q_run");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    ag_run_ident id = {"first-run.2", "launch-7"};
+    m = (ag_msg){.type = AG_MSG_R_RUN};
+    m.u.ident = &id;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_eq(d.type, AG_MSG_R_RUN);
+    cr_assert_str_eq(d.u.ident->run, "first-run.2");
+    cr_assert_str_eq(d.u.ident->launch, "launch-7");
+    ag_run_ident *taken = ag_msg_take_result(&d);
+    cr_assert_not_null(taken);
+    ag_msg_clear(&d);
+    cr_assert_str_eq(taken->run, "first-run.2", "the result outlives the message");
+    ag_free(taken);
+    ag_buf_free(&b);
+}
+
+Test(codec, a_version_1_message_is_read_and_a_reply_can_be_written_in_version_1)
+{
+    ag_msg m = {.type = AG_MSG_R_ERROR, .version = 1};
+    m.u.error.code = AG_ENOTFOUND;
+    m.u.error.text = "no such run: x";
+    ag_buf b = encode_ok(&m);
+    int v = 0, t = 0;
+    cr_assert_eq(ag_proto_peek(b.data, b.len, &v, &t), AG_OK);
+    cr_assert_eq(v, 1);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.version, 1);
+    cr_assert_eq(d.u.error.code, AG_ENOTFOUND);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+    m.version = AG_PROTO_VERSION + 1;
+    ag_buf_init(&b);
+    cr_assert_eq(ag_proto_encode(&b, &m), AG_EINVAL, "a version we do not speak");
+    ag_buf_free(&b);
+}
+
 Test(codec, run_start_without_metadata_decodes_as_empty_object)
 {
     ag_msg m = {.type = AG_MSG_RUN_START, .hdr = hdr()};
@@ -206,7 +306,7 @@ Test(codec, every_query_round_trips_its_arguments)
                                 AG_MSG_Q_SCALES, AG_MSG_Q_TOP,     AG_MSG_Q_STATUS};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         ag_msg m = {.type = types[i]};
-        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3};
+        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0};
         ag_buf b = encode_ok(&m);
         ag_msg d;
         decode_ok(&b, &d);
@@ -266,8 +366,10 @@ Test(codec, delivery_query_and_reply_round_trip_full_64_bit_ids)
 
 Test(codec, a_delivery_query_without_a_client_id_is_rejected)
 {
-    /* {"v":1,"t":22} */
-    const uint8_t bytes[] = {0x82, 0xa1, 'v', 0x01, 0xa1, 't', 0x16};
+    /* {"v":2,"t":23}: t 23, after q_run (22), in protocol version 2 */
+    cr_assert_eq(AG_MSG_Q_DELIVERY, 23);
+    cr_assert_eq(AG_MSG_R_DELIVERY, 39);
+    const uint8_t bytes[] = {0x82, 0xa1, 'v', 0x02, 0xa1, 't', 0x17};
     ag_msg d;
     cr_assert_eq(ag_proto_decode(bytes, sizeof bytes, &d), AG_EPROTO);
     cr_assert_not_null(d.why);

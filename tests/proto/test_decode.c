@@ -140,18 +140,65 @@ Test(decode, trailing_bytes_are_rejected)
 
 Test(decode, a_wrong_version_is_its_own_error)
 {
+    static const int versions[] = {0, AG_PROTO_VERSION + 1};
+    for (size_t i = 0; i < 2; i++) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 2);
+        key(&pk, "t");
+        msgpack_pack_uint8(&pk, AG_MSG_Q_RUNS);
+        key(&pk, "v");
+        msgpack_pack_uint8(&pk, (uint8_t)versions[i]);
+        ag_msg m;
+        cr_assert_eq(decode_sb(&sb, &m), AG_EVERSION, "version %d", versions[i]);
+        msgpack_sbuffer_destroy(&sb);
+    }
+}
+
+/* A run_start carrying launch value l (a str) and resume value r (an int). */
+static int run_start_with(const char *l, size_t ln, int64_t r)
+{
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    key(&pk, "t");
-    msgpack_pack_uint8(&pk, AG_MSG_Q_RUNS);
-    key(&pk, "v");
-    msgpack_pack_uint8(&pk, 2);
+    stream_head(&pk, 11, AG_MSG_RUN_START);
+    key(&pk, "host");
+    str(&pk, "h");
+    key(&pk, "pid");
+    msgpack_pack_int(&pk, 1);
+    key(&pk, "time");
+    msgpack_pack_int(&pk, 1);
+    key(&pk, "launch");
+    msgpack_pack_str_with_body(&pk, l, ln);
+    key(&pk, "resume");
+    msgpack_pack_int64(&pk, r);
     ag_msg m;
-    cr_assert_eq(decode_sb(&sb, &m), AG_EVERSION);
+    int rc = decode_sb(&sb, &m);
+    if (rc == AG_OK) {
+        cr_assert_eq(m.u.run_start.resume, r);
+        cr_assert_eq(strlen(m.u.run_start.launch), ln);
+    }
+    ag_msg_clear(&m);
     msgpack_sbuffer_destroy(&sb);
+    return rc;
+}
+
+Test(decode, a_launch_id_from_the_network_is_bounded_and_printable)
+{
+    char id[AG_LAUNCH_ID_MAX + 1];
+    memset(id, 'a', sizeof id);
+    cr_assert_eq(run_start_with("job-42", 6, 1), AG_OK);
+    cr_assert_eq(run_start_with(id, AG_LAUNCH_ID_MAX, 0), AG_OK);
+    cr_assert_eq(run_start_with(id, AG_LAUNCH_ID_MAX + 1, 0), AG_ETOOBIG);
+    cr_assert_eq(run_start_with("", 0, 0), AG_EPROTO);
+    cr_assert_eq(run_start_with("a\0b", 3, 0), AG_EPROTO);
+    cr_assert_eq(run_start_with("a\nb", 3, 0), AG_EPROTO);
+    cr_assert_eq(run_start_with("\xff\xfe", 2, 0), AG_EPROTO);
+    cr_assert_eq(run_start_with("job", 3, 2), AG_EPROTO, "resume is 0 or 1");
+    cr_assert_eq(run_start_with("job", 3, -1), AG_EPROTO);
 }
 
 Test(decode, missing_version_or_type_or_unknown_type_is_rejected)

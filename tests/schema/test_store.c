@@ -1,8 +1,9 @@
 /*
  * test_store.c - the SQLite store (schema/): migrations, opening errors,
  * writes read back through every query, downsampling, restore of the engine
- * state, a process killed mid-transaction leaving the file intact, and a
- * file of an older schema version migrated with its data.
+ * state, a process killed mid-transaction leaving the file intact, a file
+ * of an older schema version migrated with its data, and a status that reads
+ * the same from every connection.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -58,8 +59,12 @@ static void fill(ag_store *st, uint64_t n) {
     cr_assert_eq(ag_store_put_format(st, 1, ag_format_get("E5M2")), AG_OK);
     cr_assert_eq(ag_store_put_format(st, 2, ag_format_get("E3M4")), AG_OK);
     ag_store_run_row run = {.id = 1, .name = "r1", .host = "h", .pid = 42, .client_id = 7,
-                            .started_ms = 1000, .metadata = "{\"lr\":0.1}"};
+                            .started_ms = 1000, .metadata = "{\"lr\":0.1}",
+                            .launch_id = "L1"};
     cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
+    ag_store_client_row client = {.client_id = 7, .run_id = 1, .launch_id = "L1",
+                                  .asked = "r1", .started_ms = 1000};
+    cr_assert_eq(ag_store_put_client(st, &client), AG_OK, "%s", ag_store_errmsg(st));
     cr_assert_eq(ag_store_put_tensor(st, 1, 1, "fc1.weight", AG_ROLE_WEIGHT), AG_OK);
     for (uint64_t step = 1; step <= n; step++) {
         ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step,
@@ -70,9 +75,10 @@ static void fill(ag_store *st, uint64_t n) {
                                 .amax = (double)step, .numel = 100};
         cr_assert_eq(ag_store_put_stats(st, &s), AG_OK);
     }
-    ag_store_run_delta rd = {.run_id = 1, .messages = n, .last_step = n, .has_seq = 1,
-                             .last_seq = n, .has_drop = 1, .last_drop = 3};
+    ag_store_run_delta rd = {.run_id = 1, .messages = n, .last_step = n};
     cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
+    ag_store_client_delta cd = {.client_id = 7, .last_seq = n, .has_drop = 1, .last_drop = 3};
+    cr_assert_eq(ag_store_apply_client_delta(st, &cd), AG_OK, "%s", ag_store_errmsg(st));
     ag_store_tensor_delta td = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .numel = 100,
                                 .first_step = 1, .last_step = n, .snapshots = n,
                                 .last_amax = (double)n};
@@ -305,7 +311,7 @@ Test(store, a_process_killed_mid_transaction_leaves_the_file_intact) {
 }
 
 typedef struct restored {
-    int formats, runs, tensors, scales, snapshots;
+    int formats, runs, launches, clients, tensors, scales, snapshots;
     double hist[32];
     size_t hist_n;
     float w[4];
@@ -319,16 +325,33 @@ static int on_format(void *ctx, int64_t id, const char *name, int e, int m, int 
     ((restored *)ctx)->formats++;
     return 0;
 }
-static int on_run(void *ctx, int64_t id, const char *name, uint64_t cid, uint64_t seq,
-                  uint64_t drop, int has_drop, uint64_t step, int64_t ended) {
-    (void)id, (void)ended;
+static int on_run(void *ctx, int64_t id, const char *name, const char *asked,
+                  const char *launch, uint64_t step, int64_t ended) {
+    cr_expect_eq(id, 1);
     cr_expect_str_eq(name, "r1");
+    cr_expect_str_eq(asked, "r1", "a run made with no asked name was asked for its own");
+    cr_assert_not_null(launch);
+    cr_expect_str_eq(launch, "L1");
+    cr_expect_eq(step, 20);
+    cr_expect_eq(ended, 0);
+    ((restored *)ctx)->runs++;
+    return 0;
+}
+static int on_launch(void *ctx, const char *launch, const char *asked, int64_t run_id) {
+    cr_expect_str_eq(launch, "L1");
+    cr_expect_str_eq(asked, "r1");
+    cr_expect_eq(run_id, 1);
+    ((restored *)ctx)->launches++;
+    return 0;
+}
+static int on_client(void *ctx, uint64_t cid, int64_t run_id, uint64_t seq, uint64_t drop,
+                     int has_drop) {
     cr_expect_eq(cid, 7);
+    cr_expect_eq(run_id, 1);
     cr_expect_eq(seq, 20);
     cr_expect(has_drop);
     cr_expect_eq(drop, 3);
-    cr_expect_eq(step, 20);
-    ((restored *)ctx)->runs++;
+    ((restored *)ctx)->clients++;
     return 0;
 }
 static int on_tensor(void *ctx, int64_t id, int64_t run_id, const char *name, int role) {
@@ -376,11 +399,15 @@ Test(store, restore_returns_the_newest_history_oldest_first_and_engine_state) {
     cr_assert_eq(ag_store_commit(st), AG_OK);
 
     restored r = {0};
-    ag_store_restore_cb cb = {&r, on_format, on_run, on_tensor, on_history, on_scale,
-                              on_snapshot};
+    ag_store_restore_cb cb = {.ctx = &r, .format = on_format, .run = on_run,
+                              .launch = on_launch, .client = on_client, .tensor = on_tensor,
+                              .history = on_history, .scale = on_scale,
+                              .snapshot = on_snapshot};
     cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
     cr_assert_eq(r.formats, 2);
     cr_assert_eq(r.runs, 1);
+    cr_assert_eq(r.launches, 1);
+    cr_assert_eq(r.clients, 1);
     cr_assert_eq(r.tensors, 1);
     cr_assert_eq(r.hist_n, 3, "got %zu", r.hist_n); /* LIMIT 4 minus the skipped row */
     cr_assert_float_eq(r.hist[0], 18.0, 0);
@@ -422,18 +449,18 @@ Test(store, a_clients_delivery_counts_its_committed_messages_only) {
     const uint64_t cid = 0xfedcba9876543210ull; /* past INT64_MAX: stored as int64 */
     uint64_t messages = 99, seq = 99;
     cr_assert_eq(ag_store_delivery(st, cid, &messages, &seq), AG_OK);
-    cr_assert_eq(messages, 0, "deltas without a client count for no client");
+    cr_assert_eq(messages, 0, "a client never seen");
     cr_assert_eq(seq, 0);
     cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_client_row row = {.client_id = cid, .run_id = 1, .asked = "r1"};
+    cr_assert_eq(ag_store_put_client(st, &row), AG_OK, "%s", ag_store_errmsg(st));
     for (uint64_t q = 0; q < 5; q++) {
-        ag_store_run_delta rd = {.run_id = 1, .messages = 1, .has_seq = 1, .last_seq = q,
-                                 .client_id = cid, .has_client = 1};
-        cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK, "%s", ag_store_errmsg(st));
+        ag_store_client_delta d = {.client_id = cid, .last_seq = q, .delivered = 1};
+        cr_assert_eq(ag_store_apply_client_delta(st, &d), AG_OK, "%s", ag_store_errmsg(st));
     }
-    /* a delta that carries no message (a rejected one's) counts nothing */
-    ag_store_run_delta none = {.run_id = 1, .has_seq = 1, .last_seq = 9, .client_id = cid,
-                               .has_client = 1};
-    cr_assert_eq(ag_store_apply_run_delta(st, &none), AG_OK);
+    /* a delta that carries no message (a refused one's) counts nothing */
+    ag_store_client_delta none = {.client_id = cid, .last_seq = 9};
+    cr_assert_eq(ag_store_apply_client_delta(st, &none), AG_OK);
     cr_assert_eq(ag_store_commit(st), AG_OK);
     cr_assert_eq(ag_store_delivery(st, cid, &messages, &seq), AG_OK);
     cr_assert_eq(messages, 5);
@@ -441,12 +468,22 @@ Test(store, a_clients_delivery_counts_its_committed_messages_only) {
 
     /* rolled back: not stored, so not counted */
     cr_assert_eq(ag_store_begin(st), AG_OK);
-    ag_store_run_delta later = {.run_id = 1, .messages = 1, .has_seq = 1, .last_seq = 7,
-                                .client_id = cid, .has_client = 1};
-    cr_assert_eq(ag_store_apply_run_delta(st, &later), AG_OK);
+    ag_store_client_delta later = {.client_id = cid, .last_seq = 10, .delivered = 1};
+    cr_assert_eq(ag_store_apply_client_delta(st, &later), AG_OK);
     cr_assert_eq(ag_store_rollback(st), AG_OK);
     cr_assert_eq(ag_store_delivery(st, cid, &messages, &seq), AG_OK);
     cr_assert_eq(messages, 5);
+    cr_assert_eq(seq, 4);
+
+    /* the client starting anew clears its sequence state, not what it
+     * delivered: the count covers the client id's life, the seq only grows */
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_client(st, &row), AG_OK);
+    ag_store_client_delta again = {.client_id = cid, .last_seq = 2, .delivered = 1};
+    cr_assert_eq(ag_store_apply_client_delta(st, &again), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    cr_assert_eq(ag_store_delivery(st, cid, &messages, &seq), AG_OK);
+    cr_assert_eq(messages, 6);
     cr_assert_eq(seq, 4);
     cr_assert_eq(ag_store_delivery(st, cid + 1, &messages, &seq), AG_OK);
     cr_assert_eq(messages, 0, "another client");
@@ -573,24 +610,41 @@ Test(store, a_defined_format_is_stored_with_its_whole_definition) {
     ag_store_close(st);
 }
 
-/* The run's sequence state as restore reports it. */
-typedef struct run_seq {
-    int runs, has_drop;
-    uint64_t seq, drop, step;
-} run_seq;
+/* A client's sequence state as restore reports it. */
+typedef struct client_seq {
+    int clients, has_drop;
+    uint64_t cid, seq, drop;
+    int64_t run_id;
+} client_seq;
 
-static int keep_run(void *ctx, int64_t id, const char *name, uint64_t cid, uint64_t seq,
-                    uint64_t drop, int has_drop, uint64_t step, int64_t ended) {
-    (void)id, (void)name, (void)cid, (void)ended;
-    run_seq *r = ctx;
-    r->runs++;
-    *r = (run_seq){r->runs, has_drop, seq, drop, step};
+static int keep_client(void *ctx, uint64_t cid, int64_t run_id, uint64_t seq, uint64_t drop,
+                       int has_drop) {
+    client_seq *c = ctx;
+    *c = (client_seq){c->clients + 1, has_drop, cid, seq, drop, run_id};
     return 0;
 }
 
-Test(store, a_version_2_file_migrates_keeping_its_runs_and_learns_the_drop_counter) {
+typedef struct run_seen {
+    int runs;
+    char asked[64];
+    int has_launch;
+    uint64_t step;
+} run_seen;
+
+static int keep_run(void *ctx, int64_t id, const char *name, const char *asked,
+                    const char *launch, uint64_t step, int64_t ended) {
+    (void)id, (void)name, (void)ended;
+    run_seen *r = ctx;
+    r->runs++;
+    snprintf(r->asked, sizeof r->asked, "%s", asked);
+    r->has_launch = launch != NULL;
+    r->step = step;
+    return 0;
+}
+
+Test(store, a_version_2_file_migrates_its_runs_client_and_learns_the_drop_counter) {
     /* A file as schema version 2 left it, with one run. */
-    cr_assert_geq(ag_store_migration_count, 3);
+    cr_assert_geq(ag_store_migration_count, 4);
     sqlite3 *db = NULL;
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
     for (int v = 0; v < 2; v++)
@@ -618,32 +672,249 @@ Test(store, a_version_2_file_migrates_keeping_its_runs_and_learns_the_drop_count
     cr_expect_eq(runs->items[0].messages, 42);
     cr_expect_eq(runs->items[0].dropped, 5);
     ag_free(runs);
-    /* The old run has no drop counter yet: restore says it is unknown. */
-    run_seq r = {0};
-    ag_store_restore_cb cb = {.ctx = &r, .run = keep_run};
+    /* The old run was asked for by its own name, by no launch; its client
+     * carries its sequence state but no drop counter yet. */
+    run_seen rs = {0};
+    ag_store_restore_cb rcb = {.ctx = &rs, .run = keep_run};
+    cr_assert_eq(ag_store_restore(st, 4, &rcb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(rs.runs, 1);
+    cr_expect_str_eq(rs.asked, "old");
+    cr_expect(!rs.has_launch);
+    cr_expect_eq(rs.step, 40);
+    client_seq c = {0};
+    ag_store_restore_cb cb = {.ctx = &c, .client = keep_client};
     cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
-    cr_assert_eq(r.runs, 1);
-    cr_expect_eq(r.seq, 41);
-    cr_expect_eq(r.step, 40);
-    cr_expect(!r.has_drop);
+    cr_assert_eq(c.clients, 1);
+    cr_expect_eq(c.cid, 7);
+    cr_expect_eq(c.run_id, 1);
+    cr_expect_eq(c.seq, 41);
+    cr_expect(!c.has_drop);
+    char name[AG_NAME_MAX + 1], launch[AG_LAUNCH_ID_MAX + 1];
+    cr_assert_eq(ag_store_client_run(st, 7, name, sizeof name, launch, sizeof launch), AG_OK);
+    cr_expect_str_eq(name, "old");
+    cr_expect_str_eq(launch, "");
     /* Written with the sequence state, it comes back. */
     cr_assert_eq(ag_store_begin(st), AG_OK);
-    ag_store_run_delta rd = {.run_id = 1, .messages = 1, .has_seq = 1, .last_seq = 42,
-                             .has_drop = 1, .last_drop = 11};
-    cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK, "%s", ag_store_errmsg(st));
+    ag_store_client_delta cd = {.client_id = 7, .last_seq = 42, .has_drop = 1, .last_drop = 11};
+    cr_assert_eq(ag_store_apply_client_delta(st, &cd), AG_OK, "%s", ag_store_errmsg(st));
     cr_assert_eq(ag_store_commit(st), AG_OK);
-    r = (run_seq){0};
+    c = (client_seq){0};
     cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
-    cr_expect(r.has_drop);
-    cr_expect_eq(r.drop, 11);
-    cr_expect_eq(r.seq, 42);
+    cr_expect(c.has_drop);
+    cr_expect_eq(c.drop, 11);
+    cr_expect_eq(c.seq, 42);
     /* A delta without it leaves it alone. */
     cr_assert_eq(ag_store_begin(st), AG_OK);
-    rd = (ag_store_run_delta){.run_id = 1, .dropped = 1};
-    cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
+    cd = (ag_store_client_delta){.client_id = 7, .last_seq = 43};
+    cr_assert_eq(ag_store_apply_client_delta(st, &cd), AG_OK);
     cr_assert_eq(ag_store_commit(st), AG_OK);
-    r = (run_seq){0};
+    c = (client_seq){0};
     cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
-    cr_expect_eq(r.drop, 11);
+    cr_expect_eq(c.drop, 11);
+    cr_expect_eq(c.seq, 43);
+    ag_store_close(st);
+}
+
+Test(store, the_clients_of_a_version_5_file_start_with_nothing_delivered) {
+    /* A file as schema version 5 left it: one run, one client mid-run. */
+    cr_assert_geq(ag_store_migration_count, 6);
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    for (int v = 0; v < 5; v++)
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK,
+                     "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_exec(db,
+                              "INSERT INTO runs(id,name,client_id,asked) VALUES(1,'r',7,'r');"
+                              "INSERT INTO clients(client_id,run_id,asked,last_seq,last_drop)"
+                              " VALUES(7,1,'r',30,0);"
+                              "PRAGMA user_version=5",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    ag_store *st = open_rw();
+    int v = -1;
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_assert_eq(v, 6);
+    uint64_t messages = 99, seq = 99;
+    cr_assert_eq(ag_store_delivery(st, 7, &messages, &seq), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_eq(messages, 0, "what came before the count is not claimed");
+    cr_expect_eq(seq, 0);
+    /* its next message counts, with its seq */
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_client_delta cd = {.client_id = 7, .last_seq = 31, .has_drop = 1, .delivered = 1};
+    cr_assert_eq(ag_store_apply_client_delta(st, &cd), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    cr_assert_eq(ag_store_delivery(st, 7, &messages, &seq), AG_OK);
+    cr_expect_eq(messages, 1);
+    cr_expect_eq(seq, 31);
+    ag_store_close(st);
+}
+
+Test(store, an_ended_run_of_a_version_3_file_leaves_no_client_to_restore) {
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    for (int v = 0; v < 3; v++)
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK,
+                     "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_exec(db,
+                              "INSERT INTO runs(id,name,client_id,ended_ms,last_drop)"
+                              " VALUES(1,'done',5,99,2),(2,'live',6,0,3);"
+                              "PRAGMA user_version=3",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    ag_store *st = open_rw();
+    client_seq c = {0};
+    ag_store_restore_cb cb = {.ctx = &c, .client = keep_client};
+    cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(c.clients, 1, "only the client of the run that did not end");
+    cr_expect_eq(c.cid, 6);
+    cr_expect(c.has_drop);
+    cr_expect_eq(c.drop, 3);
+    /* Both still say which run they went to. */
+    char name[AG_NAME_MAX + 1], launch[AG_LAUNCH_ID_MAX + 1];
+    cr_assert_eq(ag_store_client_run(st, 5, name, sizeof name, launch, sizeof launch), AG_OK);
+    cr_expect_str_eq(name, "done");
+    ag_store_close(st);
+}
+
+Test(store, a_client_row_says_which_run_its_messages_go_to) {
+    ag_store *st = open_rw();
+    fill(st, 2);
+    char name[AG_NAME_MAX + 1], launch[AG_LAUNCH_ID_MAX + 1];
+    cr_assert_eq(ag_store_client_run(st, 8, name, sizeof name, launch, sizeof launch),
+                 AG_ENOTFOUND);
+    cr_expect_not_null(strstr(ag_store_errmsg(st), "0000000000000008"), "%s",
+                       ag_store_errmsg(st));
+    /* A second run, r1.2, asked for as r1 by another launch; client 8 joins it
+     * and then ends, client 9 is a client of unknown launch. */
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_run_row run = {.id = 2, .name = "r1.2", .asked = "r1", .launch_id = "L2"};
+    cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
+    ag_store_client_row c8 = {.client_id = 8, .run_id = 2, .launch_id = "L2", .asked = "r1"};
+    ag_store_client_row c9 = {.client_id = UINT64_MAX, .run_id = 2, .asked = "r1.2"};
+    cr_assert_eq(ag_store_put_client(st, &c8), AG_OK);
+    cr_assert_eq(ag_store_put_client(st, &c9), AG_OK);
+    ag_store_client_delta end8 = {.client_id = 8, .last_seq = 3, .ended = 1};
+    cr_assert_eq(ag_store_apply_client_delta(st, &end8), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    cr_assert_eq(ag_store_client_run(st, 8, name, sizeof name, launch, sizeof launch), AG_OK);
+    cr_expect_str_eq(name, "r1.2");
+    cr_expect_str_eq(launch, "L2");
+    cr_assert_eq(ag_store_client_run(st, UINT64_MAX, name, sizeof name, launch, sizeof launch),
+                 AG_OK, "a client id past int64 is stored as its bits");
+    cr_expect_str_eq(name, "r1.2");
+    cr_expect_str_eq(launch, "");
+    cr_expect_eq(ag_store_client_run(st, 8, name, 4, launch, sizeof launch), AG_ERANGE);
+    /* Restore: the launches each client named, and only the clients that
+     * have not ended. */
+    client_seq c = {0};
+    ag_store_restore_cb cb = {.ctx = &c, .client = keep_client};
+    cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_eq(c.clients, 2, "7 and UINT64_MAX; 8 ended");
+    /* Starting a known client anew clears its state. */
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    c8.run_id = 1;
+    cr_assert_eq(ag_store_put_client(st, &c8), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    cr_assert_eq(ag_store_client_run(st, 8, name, sizeof name, launch, sizeof launch), AG_OK);
+    cr_expect_str_eq(name, "r1");
+    c = (client_seq){0};
+    cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_eq(c.clients, 3);
+    ag_store_close(st);
+}
+
+/* Status is what the file holds, whoever opens it and by whatever path:
+ * the daemon's recorded version and formats, the committed counters, and
+ * the file's canonical path. */
+Test(store, status_reads_the_recorded_daemon_settings_and_counters_from_any_path) {
+    ag_store *st = open_rw();
+    fill(st, 3);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "version", "9.8.7"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "formats", "E3M4,E5M2,E4M3"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "formats", "E5M2,E3M4"), AG_OK); /* replaced */
+    cr_assert_eq(ag_store_add_counter(st, "rows_written", 40), AG_OK);
+    cr_assert_eq(ag_store_add_counter(st, "rows_written", 2), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+
+    char twisted[256];
+    snprintf(twisted, sizeof twisted, "%s/./../%s/t.db", dir, strrchr(dir, '/') + 1);
+    ag_store *ro = NULL;
+    cr_assert_eq(ag_store_open(&ro, twisted, AG_STORE_READONLY), AG_OK, "%s",
+                 ag_store_errmsg(ro));
+    ag_status *a = NULL, *b = NULL;
+    cr_assert_eq(ag_store_status(st, &a), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(ag_store_status(ro, &b), AG_OK, "%s", ag_store_errmsg(ro));
+    cr_assert_str_eq(a->version, "9.8.7");
+    cr_assert_str_eq(a->formats, "E5M2,E3M4");
+    cr_assert_eq(a->rows_written, 42);
+    cr_assert_eq(a->messages, 3);
+    cr_assert_str_eq(a->db_path, db_path);
+    cr_assert_str_eq(b->db_path, db_path, "opened as %s", twisted);
+    cr_assert_str_eq(b->version, a->version);
+    cr_assert_str_eq(b->formats, a->formats);
+    cr_assert_eq(b->rows_written, a->rows_written);
+    ag_free(a);
+    ag_free(b);
+    ag_store_close(ro);
+    ag_store_close(st);
+}
+
+/* A file no daemon recorded settings in (or one from before schema version
+ * 4, read without migrating): no version, the formats the file knows. */
+Test(store, status_without_recorded_settings_has_no_version_and_the_known_formats) {
+    ag_store *st = open_rw();
+    fill(st, 2);
+    ag_status *s = NULL;
+    cr_assert_eq(ag_store_status(st, &s), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_null(s->version);
+    cr_expect_str_eq(s->formats, "E5M2,E3M4");
+    cr_expect_eq(s->rows_written, 0);
+    ag_free(s);
+    ag_store_close(st);
+
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db, "DROP TABLE daemon_settings; PRAGMA user_version=3", NULL, NULL,
+                              NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    ag_store *ro = NULL;
+    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s",
+                 ag_store_errmsg(ro));
+    cr_assert_eq(ag_store_status(ro, &s), AG_OK, "%s", ag_store_errmsg(ro));
+    cr_expect_null(s->version);
+    cr_expect_str_eq(s->formats, "E5M2,E3M4");
+    ag_free(s);
+    ag_store_close(ro);
+}
+
+/* A history longer than one query reply may carry is refused the same way
+ * the daemon would have to refuse it; with every or a range it answers. */
+Test(store, a_history_past_the_reply_limit_is_too_big_unless_downsampled) {
+    ag_store *st = open_rw();
+    fill(st, 1);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    for (uint64_t step = 2; step <= AG_STORE_MAX_POINTS + 1; step++) {
+        ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step,
+                                 .counts = {.stalled = 1, .total = 2}, .amax = 1, .scale = 1};
+        cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
+    }
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .format = "E5M2"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_ETOOBIG);
+    cr_assert_null(h);
+    cr_assert_not_null(strstr(ag_store_errmsg(st), "--every"), "%s", ag_store_errmsg(st));
+    q.every = 2;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h->n, AG_STORE_MAX_POINTS / 2 + 1);
+    ag_free(h);
+    q.every = 0;
+    q.to_step = AG_STORE_MAX_POINTS;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h->n, AG_STORE_MAX_POINTS);
+    ag_free(h);
     ag_store_close(st);
 }

@@ -8,6 +8,12 @@ RestrictAddressFamilies= and MemoryDenyWriteExecute= (expanded through
 `systemd-analyze syscall-filter`). Then the same lifecycle as
 test_unit_notify.py must pass. Exits 77 (SKIPPED) where the machine lacks
 the means, saying which.
+
+The service user must reach the daemon binary, which may sit in a private
+clone (a folder of mode 0700 somewhere above the build tree): the binary, and
+any library it loads from a folder the service user cannot read, are copied
+into a fresh folder under a temporary directory every user can traverse, and
+the sandbox runs that copy.
 Usage: test_unit_sandbox.py UNIT EXAMPLE_CONFIG DAEMON [CLI]
 """
 import ctypes
@@ -17,6 +23,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -204,6 +211,69 @@ def why_not():
     return None
 
 
+def world_reachable(path):
+    """True when any user can reach path: every folder from / down to it is
+    searchable by others (o+x), and a file is readable by others (o+r)."""
+    path = os.path.realpath(path)
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode) and not st.st_mode & stat.S_IROTH:
+        return False
+    d = path if stat.S_ISDIR(st.st_mode) else os.path.dirname(path)
+    while True:
+        if not os.stat(d).st_mode & stat.S_IXOTH:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
+
+
+def reachable_tmp_base():
+    """A temporary directory the service user can traverse, or None."""
+    for cand in (tempfile.gettempdir(), "/tmp", "/var/tmp"):
+        if os.path.isdir(cand) and world_reachable(cand):
+            return cand
+    return None
+
+
+def loaded_libraries(binary):
+    """The shared libraries the dynamic loader resolves for binary (ldd)."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    libs = []
+    for line in out.stdout.splitlines():
+        target = line.split("=>", 1)[1] if "=>" in line else line
+        path = target.strip().split(" (", 1)[0].strip()
+        if path.startswith("/") and os.path.isfile(path):
+            libs.append(path)
+    return libs
+
+
+class StagedDaemon:
+    """The daemon binary copied into a fresh 0755 folder under base, with the
+    libraries it loads from places the service user cannot reach copied into
+    its lib/ (then named by LD_LIBRARY_PATH inside the sandbox)."""
+
+    def __init__(self, daemon, base):
+        self.root = tempfile.mkdtemp(prefix="altgrad-sandbox-bin-", dir=base)
+        os.chmod(self.root, 0o755)
+        self.binary = os.path.join(self.root, "altgradd")
+        shutil.copy2(daemon, self.binary)
+        os.chmod(self.binary, 0o755)
+        self.libdir = None
+        for lib in loaded_libraries(daemon):
+            if world_reachable(lib):
+                continue
+            if self.libdir is None:
+                self.libdir = os.path.join(self.root, "lib")
+                os.mkdir(self.libdir, 0o755)
+            copy = os.path.join(self.libdir, os.path.basename(lib))
+            shutil.copy2(lib, copy)
+            os.chmod(copy, 0o755)
+            print("     copied %s for the service user" % lib, flush=True)
+
+    def cleanup(self):
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 PROBE = r"""
 import ctypes, mmap, os, socket, sys
 bad = []
@@ -229,9 +299,8 @@ print("\n".join(bad)); sys.exit(1 if bad else 0)
 """
 
 
-def sandbox_prefix(work, daemon, bpf_fd):
+def sandbox_prefix(work, staged, bpf_fd):
     """setpriv + bwrap + seccomp command prefix that mirrors the unit."""
-    daemon_dir = os.path.dirname(os.path.abspath(daemon))
     cmd = ["setpriv", "--reuid=%d" % SANDBOX_UID, "--regid=%d" % SANDBOX_UID,
            "--clear-groups", "--no-new-privs", "--",
            "bwrap", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
@@ -247,9 +316,11 @@ def sandbox_prefix(work, daemon, bpf_fd):
     cmd += ["--ro-bind", work.root, work.root,
             "--bind", work.run, work.run, "--bind", work.state, work.state,
             "--bind", work.cwd, work.cwd, "--ro-bind", work.etc, work.etc]
-    # A daemon built under a hidden folder must stay reachable (read-only).
-    if daemon_dir.startswith(("/tmp/", "/root/", "/home/", "/var/tmp/")):
-        cmd += ["--ro-bind", daemon_dir, daemon_dir]
+    # The staged daemon sits in a temporary folder the tmpfs mounts above
+    # may hide: bring it back, read-only.
+    cmd += ["--ro-bind", staged.root, staged.root]
+    if staged.libdir:
+        cmd += ["--setenv", "LD_LIBRARY_PATH", staged.libdir]
     return cmd + ["--chdir", work.cwd, "--cap-drop", "ALL", "--seccomp", str(bpf_fd), "--"]
 
 
@@ -288,18 +359,26 @@ def run():
             how = EMULATED.get(key)
             print("     %-24s %s" % (key, how if how else "NOT emulated (needs systemd)"))
 
-    work = unitrun.Workdir(example)
+    base = reachable_tmp_base()
+    if base is None:
+        print("SKIP no temporary directory the service user can traverse (every folder "
+              "above it must be o+x): tried $TMPDIR, /tmp and /var/tmp")
+        return unitrun.SKIP
+    work = unitrun.Workdir(example, base=base)
     work.chown(SANDBOX_UID, SANDBOX_UID)
     bpf = tempfile.NamedTemporaryFile(prefix="altgrad-seccomp-", delete=False)
     bpf.close()
-    notify = proc = None
+    notify = proc = staged = None
     try:
+        staged = StagedDaemon(daemon, base)
+        print("     daemon copied to %s (the service user cannot rely on reaching the "
+              "build tree)" % staged.binary, flush=True)
         covered = build_seccomp(settings, bpf.name)
         unitrun.check(covered is not None, "seccomp filter built: %s" % covered)
         notify = unitrun.Notify(os.path.join(work.root, "notify.sock"))
-        argv = unitrun.exec_argv(settings, os.path.abspath(daemon), work.config)
+        argv = unitrun.exec_argv(settings, staged.binary, work.config)
         bpf_fd = os.open(bpf.name, os.O_RDONLY)
-        prefix = sandbox_prefix(work, daemon, bpf_fd)
+        prefix = sandbox_prefix(work, staged, bpf_fd)
         probe_sandbox(prefix, work, bpf_fd)
         cmd = prefix + argv
         env = dict(os.environ)
@@ -325,6 +404,8 @@ def run():
         if notify:
             notify.close()
         os.unlink(bpf.name)
+        if staged:
+            staged.cleanup()
         work.cleanup()
 
 

@@ -89,10 +89,11 @@ def unit_umask(settings):
 
 class Workdir:
     """A temporary tree standing in for /run/altgrad, /var/lib/altgrad and
-    /etc/altgrad, plus the notify socket and an empty working directory."""
+    /etc/altgrad, plus the notify socket and an empty working directory,
+    under base (default: the temporary directory)."""
 
-    def __init__(self, example_config):
-        self.root = tempfile.mkdtemp(prefix="altgrad-unit-")
+    def __init__(self, example_config, base=None):
+        self.root = tempfile.mkdtemp(prefix="altgrad-unit-", dir=base)
         os.chmod(self.root, 0o755)
         self.run = os.path.join(self.root, "run")
         self.state = os.path.join(self.root, "state")

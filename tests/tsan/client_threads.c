@@ -2,22 +2,30 @@
  * client_threads.c - a ThreadSanitizer check of libaltgrad's client: four
  * threads log statistics and snapshots on one handle (drop or block policy,
  * a small queue, a slow receiver), a fifth queries a daemon that is absent,
- * then flush and close. Criterion's runner cannot start under TSan here, so
- * this is a plain program: `make tsan` builds it with -fsanitize=thread and
- * runs it; any ThreadSanitizer report fails the target.
+ * then flush and close; then, on a second handle, two threads wait for the
+ * run's name in ag_client_start_run while a third reads ag_client_run and a
+ * fourth logs and a fifth flushes (asking q_delivery, which the test daemon
+ * answers "nothing stored"), until it answers q_run (after two "not yet"s)
+ * and the handle closes, counting what was never confirmed. Criterion's
+ * runner cannot start under TSan here, so this is a plain program: `make
+ * tsan` builds it with -fsanitize=thread and runs it; any ThreadSanitizer
+ * report fails the target.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdatomic.h>
 #include <altgrad/altgrad.h>
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/reqrep0/rep.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-static char URL[128];
+
+#include "proto/proto.h"
+static char URL[128], QURL[128];
 static atomic_int stop_rx;
 static void *rx(void *a) {
     (void)a;
@@ -44,6 +52,60 @@ static void *prod(void *a) {
     return NULL;
 }
 static void *q(void *a) { (void)a; for (int i = 0; i < 3; i++) { ag_run_list *l = NULL; ag_client_runs(c, &l); ag_free(l); } return NULL; }
+/* A test daemon for q_run: "not yet" twice, then the run is tsan.2; and for
+ * q_delivery: nothing stored (so a flush asks until its deadline). */
+static nng_socket rep;
+static void *names(void *a) {
+    (void)a;
+    int asked = 0;
+    for (;;) {
+        nng_msg *m;
+        if (nng_recvmsg(rep, &m, 0) != 0) break;
+        ag_msg req, out = {.type = AG_MSG_R_ERROR};
+        ag_run_ident id = {"tsan.2", ""};
+        out.u.error = (ag_msg_error){AG_ENOTFOUND, "not yet"};
+        int ok = ag_proto_decode(nng_msg_body(m), nng_msg_len(m), &req) == AG_OK;
+        if (ok && req.type == AG_MSG_Q_RUN && ++asked > 2) {
+            out.type = AG_MSG_R_RUN;
+            out.u.ident = &id;
+        } else if (ok && req.type == AG_MSG_Q_DELIVERY) {
+            /* nothing stored yet: flush and close keep asking until their deadline */
+            out.type = AG_MSG_R_DELIVERY;
+            out.u.delivery = (ag_msg_delivery){req.u.delivery.client_id, 0, 0};
+        }
+        ag_msg_clear(&req);
+        ag_buf b; ag_buf_init(&b); ag_proto_encode(&b, &out);
+        nng_msg_clear(m); nng_msg_append(m, b.data, b.len); ag_buf_free(&b);
+        if (nng_sendmsg(rep, m, 0) != 0) nng_msg_free(m);
+    }
+    return NULL;
+}
+/* Flushes asking the test daemon for delivery while others log and wait. */
+static void *flush_some(void *a) {
+    (void)a;
+    for (int i = 0; i < 3; i++) ag_client_flush(c, 50);
+    return NULL;
+}
+static atomic_int named;
+static void *wait_name(void *a) {
+    (void)a;
+    if (ag_client_start_run(c, 5000) == AG_OK && strcmp(ag_client_run(c), "tsan.2") == 0)
+        named++;
+    return NULL;
+}
+static void *read_name(void *a) {
+    (void)a;
+    for (int i = 0; i < 2000 && strcmp(ag_client_run(c), "tsan.2") != 0; i++) {
+        struct timespec ts = {0, 1000000}; nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+static void *log_more(void *a) {
+    (void)a;
+    for (uint64_t s = 0; s < 200; s++) ag_client_log_amax(c, s, "x", AG_ROLE_WEIGHT, 1, 1, 0);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     int policy = argc > 1 ? atoi(argv[1]) : 0;
     snprintf(URL, sizeof URL, "ipc:///tmp/altgrad-tsan-%ld.sock", (long)getpid());
@@ -57,8 +119,24 @@ int main(int argc, char **argv) {
     pthread_join(qt, NULL);
     ag_client_flush(c, 1000);
     ag_client_close(c);
+
+    snprintf(QURL, sizeof QURL, "ipc:///tmp/altgrad-tsan-q-%ld.sock", (long)getpid());
+    nng_rep0_open(&rep); nng_listen(rep, QURL, NULL, 0);
+    pthread_t nt, t[4]; pthread_create(&nt, NULL, names, NULL);
+    o.query_url = QURL; o.query_timeout_ms = 2000; o.close_timeout_ms = 300;
+    rc = ag_client_open(&c, &o); if (rc) { fprintf(stderr, "open %s\n", ag_strerror(rc)); return 1; }
+    pthread_create(&t[0], NULL, wait_name, NULL); pthread_create(&t[1], NULL, wait_name, NULL);
+    pthread_create(&t[2], NULL, read_name, NULL); pthread_create(&t[3], NULL, log_more, NULL);
+    pthread_t ft; pthread_create(&ft, NULL, flush_some, NULL);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    pthread_join(ft, NULL);
+    if (ag_client_close(c) <= 0) { fprintf(stderr, "nothing confirmed, yet none undelivered\n"); return 1; }
+    nng_close(rep); pthread_join(nt, NULL);
+    if (named != 2) { fprintf(stderr, "the name was not learnt (%d)\n", (int)named); return 1; }
+
     stop_rx = 1; pthread_join(r, NULL);
     fprintf(stderr, "done policy %d\n", policy);
     unlink(URL + strlen("ipc://"));
+    unlink(QURL + strlen("ipc://"));
     return 0;
 }

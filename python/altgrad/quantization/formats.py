@@ -9,6 +9,7 @@ formats are read back from the C registry so Python and C cannot disagree.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import threading
 from dataclasses import dataclass
 from typing import Dict
@@ -18,6 +19,16 @@ from ..errors import check
 
 _ptr_lock = threading.Lock()
 _ptr_cache: Dict[tuple, object] = {}
+# C names of formats registered under an alias because their own name was
+# taken in the C registry by a different definition (see FP8Format).
+_aliases: set = set()
+
+
+def _alias(key: tuple) -> str:
+    """A C registry name for a definition whose own name is taken: '_' and 14
+    hex digits of a hash of the whole definition, so the same definition
+    always gets the same alias (and shares one C format)."""
+    return "_" + hashlib.sha1(repr(key).encode()).hexdigest()[:14]
 
 
 @dataclass(frozen=True)
@@ -26,8 +37,13 @@ class FP8Format:
     bits, `mantissa_bits` mantissa bits (their sum is 7), an exponent `bias`,
     and whether the all-ones exponent encodes inf / NaN.
 
-    Creating one registers it with the C library (identical definitions are
-    shared; a different format under a taken name raises FormatError)."""
+    A plain value, as in the seed engine: any number of FP8Format values may
+    share a name, and two are equal when all their fields are. Creating one
+    validates it and registers it with the C library: identical definitions
+    share one C format; a definition whose name the C registry already holds
+    for a different format is registered under a private alias (the C API,
+    ag_format_define, keeps its rule that a name means one format). An
+    impossible definition raises FormatError."""
 
     name: str
     exponent_bits: int
@@ -56,15 +72,31 @@ class FP8Format:
         if ptr is not None:
             return ptr
         with _ptr_lock:
-            out = ctypes.POINTER(_lib.ag_format)()
-            rc = _lib.lib().ag_format_define(_lib.cstr(self.name, "format name"),
-                                             self.exponent_bits, self.mantissa_bits,
-                                             self.bias, int(bool(self.has_inf)),
-                                             int(bool(self.has_nan)), ctypes.byref(out))
-            check(rc, f"format {self.name} E{self.exponent_bits}M{self.mantissa_bits} "
-                      f"bias {self.bias} inf={self.has_inf} nan={self.has_nan}")
+            what = (f"format {self.name} E{self.exponent_bits}M{self.mantissa_bits} "
+                    f"bias {self.bias} inf={self.has_inf} nan={self.has_nan}")
+            name = _lib.cstr(self.name, "format name")
+            out = self._define(name)
+            if out is None:  # the name means another format in C: use an alias
+                alias = _alias(key)
+                out = self._define(alias.encode())
+                if out is None:
+                    check(_lib.AG_EEXIST, what)
+                _aliases.add(alias)
+            elif isinstance(out, int):
+                check(out, what)
             _ptr_cache[key] = out
             return out
+
+    def _define(self, cname: bytes):
+        """ag_format_define under cname: the pointer, None when the name is
+        taken by a different format, or the error code."""
+        out = ctypes.POINTER(_lib.ag_format)()
+        rc = _lib.lib().ag_format_define(cname, self.exponent_bits, self.mantissa_bits,
+                                         self.bias, int(bool(self.has_inf)),
+                                         int(bool(self.has_nan)), ctypes.byref(out))
+        if rc == _lib.AG_EEXIST:
+            return None
+        return out if rc == 0 else rc
 
     @property
     def max_representable_value(self) -> float:
@@ -132,7 +164,8 @@ def registered_formats() -> Dict[str, FP8Format]:
     out = {}
     for i in range(lib.ag_format_count()):
         fmt = _from_c(lib.ag_format_at(i))
-        out[fmt.name] = fmt
+        if fmt.name not in _aliases:
+            out[fmt.name] = fmt
     return out
 
 

@@ -23,6 +23,15 @@ from .formats import FP8Format, get_format
 _MODES = {"max": _lib.AG_AMAX_MAX, "most_recent": _lib.AG_AMAX_MOST_RECENT}
 
 
+def _check_history_len(n: int) -> None:
+    """The seed's wording for a length below 1; the C ring's bound above."""
+    if n <= 0:
+        raise ValueError(f"history_len must be positive, got {n}")
+    if n > _lib.AG_AMAX_HISTORY_MAX_LEN:
+        raise ValueError(f"history_len must be at most {_lib.AG_AMAX_HISTORY_MAX_LEN}, "
+                         f"got {n}")
+
+
 @dataclass
 class ScalingConfig:
     """How scales are derived: ring length, smallest scale, and whether the
@@ -35,9 +44,7 @@ class ScalingConfig:
     def __post_init__(self):
         if isinstance(self.history_len, bool) or not isinstance(self.history_len, int):
             raise TypeError(f"history_len must be an int, got {self.history_len!r}")
-        if not 1 <= self.history_len <= _lib.AG_AMAX_HISTORY_MAX_LEN:
-            raise ValueError(f"history_len must be in [1, {_lib.AG_AMAX_HISTORY_MAX_LEN}], "
-                             f"got {self.history_len}")
+        _check_history_len(self.history_len)
         if not (math.isfinite(self.scale_min) and self.scale_min > 0):
             raise ValueError(f"scale_min must be finite and > 0, got {self.scale_min}")
         if self.amax_mode not in _MODES:
@@ -53,9 +60,7 @@ class AmaxHistory:
         self._h = None
         if isinstance(history_len, bool) or not isinstance(history_len, int):
             raise TypeError(f"history_len must be an int, got {history_len!r}")
-        if history_len <= 0 or history_len > _lib.AG_AMAX_HISTORY_MAX_LEN:
-            raise ValueError(f"history_len must be in [1, {_lib.AG_AMAX_HISTORY_MAX_LEN}], "
-                             f"got {history_len}")
+        _check_history_len(history_len)
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
         self._lib = _lib.lib()
