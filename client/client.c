@@ -31,8 +31,8 @@
 #define SEND_POLL_MS 100 /* how often a blocked send looks up to see if we close */
 #define CONFIRM_POLL_MIN_MS 5   /* flush asks the daemon again after this ... */
 #define CONFIRM_POLL_MAX_MS 100 /* ... doubling up to this (it commits every 50 ms) */
-#define OPEN_PROBE_MS 200       /* open's look for a daemon: instant unless one is there
-                                 * but slow to shake hands, or a tcp host is silent */
+#define OPEN_PROBE_MS 200       /* open's look for a daemon: instant unless a tcp host
+                                 * is silent */
 
 /*
  * fork(): a child gets a copy of every handle but none of its threads, and
@@ -414,9 +414,9 @@ static void notice_missing_daemon(const ag_client *c)
 {
     char why[768], line[1536];
     int ingest = 1;
-    if (ag_endpoint_probe(c->ingest_url, 1, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK) {
+    if (ag_endpoint_probe(c->ingest_url, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK) {
         ingest = 0;
-        if (ag_endpoint_probe(c->query_url, 0, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK)
+        if (ag_endpoint_probe(c->query_url, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK)
             return;
     }
     ag_endpoint_explain(ingest ? c->ingest_url : c->query_url,
@@ -616,7 +616,7 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
 static void explain_stuck_queue(const ag_client *c, size_t waiting)
 {
     char why[768], text[AG_PROTO_MAX_ERROR_TEXT + 1];
-    if (ag_endpoint_probe(c->ingest_url, 1, OPEN_PROBE_MS, 0, why, sizeof why) != AG_OK)
+    if (ag_endpoint_probe(c->ingest_url, OPEN_PROBE_MS, 0, why, sizeof why) != AG_OK)
         ag_endpoint_explain(c->ingest_url, c->ingest_origin, 1, why, text, sizeof text);
     else
         snprintf(text, sizeof text, "%zu messages still queued: the daemon at %s did not "

@@ -160,15 +160,15 @@ typedef enum ag_url_origin {
  * when /run/altgrad/ingest.sock exists, else the source-tree default.
  * ingest: the stream URL, else the query URL. *origin says which. */
 char *ag_endpoint_resolve(const char *given, int ingest, int *origin);
-/* Is a daemon listening at url (ingest: its PULL socket, else its REP one)?
- * AG_OK when a connection and the SP handshake succeed, or the peer is slow
- * to answer the handshake, or the transport cannot be probed (not ipc or
- * tcp), or (pending_fails 0) a tcp connect is still pending after
- * timeout_ms. AG_ETRANSPORT otherwise, with one line in why naming the socket
- * or address and the reason (not found, connection refused, permission
- * denied, another protocol, no answer to a connect within timeout_ms). Never
- * waits longer than timeout_ms (name resolution aside). */
-int ag_endpoint_probe(const char *url, int ingest, int timeout_ms, int pending_fails, char *why,
+/* Is a daemon listening at url? A connect that hangs up at once, no SP
+ * handshake (the nng we link survives that: docs/nng.md). AG_OK when the
+ * connection is accepted, or the listener's backlog is full, or the transport
+ * cannot be probed (not ipc or tcp), or (pending_fails 0) a tcp connect is
+ * still pending after timeout_ms. AG_ETRANSPORT otherwise, with one line in
+ * why naming the socket or address and the reason (not found, not a socket,
+ * connection refused, permission denied, no answer to a connect within
+ * timeout_ms). Never waits longer than timeout_ms (name resolution aside). */
+int ag_endpoint_probe(const char *url, int timeout_ms, int pending_fails, char *why,
                       size_t cap);
 /* "no daemon at URL: WHY (HINT)", the hint saying where else it looked. */
 void ag_endpoint_explain(const char *url, int origin, int ingest, const char *why, char *out,

@@ -6,11 +6,9 @@
  * waiting out its timeout, and lets open warn a trainer started in the wrong
  * folder. nng itself says nothing about a dial that fails in the background.
  *
- * A probe that reaches a listener completes the SP handshake (8-byte headers
- * both ways) before it hangs up: nng 1.5 (Debian 12) has a listener that
- * stops serving after a peer disconnects in the middle of the handshake
- * (nng issue #1518, fixed in 1.6), so a bare connect-and-close would wedge
- * the daemon it was looking for.
+ * The probe only connects and hangs up, without the SP handshake: the nng
+ * altgrad links is patched so that a peer hanging up mid-handshake no longer
+ * stops a listener (docs/nng.md; nng issue #1518, which nng 1.5 had).
  */
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE
@@ -69,7 +67,19 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int wait_fd(int fd, short events, int64_t until);
+/* Wait for events on fd until the deadline; 1 ready, 0 timed out, -1 error. */
+static int wait_fd(int fd, short events, int64_t until)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+    for (;;) {
+        int64_t left = until - mono_ms();
+        int rv = poll(&p, 1, left > 0 ? (int)left : 0);
+        if (rv >= 0)
+            return rv > 0;
+        if (errno != EINTR)
+            return -1;
+    }
+}
 
 /* Wait until fd's non-blocking connect finishes or the deadline passes.
  * 0 connected, an errno value, or EINPROGRESS when still pending. */
@@ -87,89 +97,6 @@ static int connect_result(int fd, int64_t until)
     return err;
 }
 
-/* SP protocol numbers (the 16-bit id in the handshake header). */
-#define SP_PUSH0 0x50
-#define SP_PULL0 0x51
-#define SP_REQ0 0x30
-#define SP_REP0 0x31
-
-/* Wait for events on fd until the deadline; 1 ready, 0 timed out, -1 error. */
-static int wait_fd(int fd, short events, int64_t until)
-{
-    struct pollfd p = {.fd = fd, .events = events};
-    for (;;) {
-        int64_t left = until - mono_ms();
-        int rv = poll(&p, 1, left > 0 ? (int)left : 0);
-        if (rv >= 0)
-            return rv > 0;
-        if (errno != EINTR)
-            return -1;
-    }
-}
-
-/*
- * The SP handshake on a connected non-blocking fd, as the socket type the
- * client would use (ingest: PUSH0 to a PULL0; else REQ0 to a REP0). AG_OK
- * when the peer answered with the expected protocol, or did not answer
- * within timeout_ms (something listens: a slow daemon is nng's wait to
- * bound); AG_ETRANSPORT with why when it hung up or speaks another protocol.
- */
-static int handshake(int fd, int ingest, const char *where, int timeout_ms, char *why,
-                     size_t cap)
-{
-    unsigned self = ingest ? SP_PUSH0 : SP_REQ0, peer = ingest ? SP_PULL0 : SP_REP0;
-    uint8_t out[8] = {0, 'S', 'P', 0, (uint8_t)(self >> 8), (uint8_t)self, 0, 0};
-    uint8_t in[8];
-    size_t sent = 0, got = 0;
-    int64_t until = mono_ms() + timeout_ms;
-    while (sent < sizeof out) {
-        ssize_t n = send(fd, out + sent, sizeof out - sent, MSG_NOSIGNAL);
-        if (n > 0) {
-            sent += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && wait_fd(fd, POLLOUT, until) > 0)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return AG_OK; /* no room for 8 bytes: busy, not absent */
-        snprintf(why, cap, "%s: the listener hung up at once (%s)", where, strerror(errno));
-        return AG_ETRANSPORT;
-    }
-    while (got < sizeof in) {
-        ssize_t n = recv(fd, in + got, sizeof in - got, 0);
-        if (n > 0) {
-            got += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int ready = wait_fd(fd, POLLIN, until);
-            if (ready > 0)
-                continue;
-            if (ready == 0)
-                return AG_OK; /* slow to answer, but there */
-        }
-        snprintf(why, cap, "%s: the listener hung up without a handshake (not altgradd?)",
-                 where);
-        return AG_ETRANSPORT;
-    }
-    unsigned theirs = (unsigned)in[4] << 8 | in[5];
-    if (memcmp(in, "\0SP\0", 4) != 0) {
-        snprintf(why, cap, "%s does not speak nng's protocols (not altgradd)", where);
-        return AG_ETRANSPORT;
-    }
-    if (theirs != peer) {
-        snprintf(why, cap, "%s is not altgradd's %s socket (its SP protocol is 0x%x; the %s "
-                 "one?)", where, ingest ? "ingest" : "query", theirs,
-                 ingest ? "query" : "ingest");
-        return AG_ETRANSPORT;
-    }
-    return AG_OK;
-}
-
 /* Describe path for a person: a relative path with "./" and the folder it
  * is relative to, since a trainer in the wrong folder is the usual cause. */
 static void describe_path(const char *path, char *out, size_t cap)
@@ -184,7 +111,7 @@ static void describe_path(const char *path, char *out, size_t cap)
     snprintf(out, cap, "./%s (in %s)", path, cwd);
 }
 
-static int probe_ipc(const char *path, int ingest, int timeout_ms, char *why, size_t cap)
+static int probe_ipc(const char *path, char *why, size_t cap)
 {
     char where[700];
     describe_path(path, where, sizeof where);
@@ -211,14 +138,10 @@ static int probe_ipc(const char *path, int ingest, int timeout_ms, char *why, si
     if (fd < 0)
         return AG_OK; /* cannot probe: let nng try */
     int e = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? 0 : errno;
-    if (e == 0) {
-        int rc = handshake(fd, ingest, where, timeout_ms, why, cap);
-        close(fd);
-        return rc;
-    }
     close(fd);
-    /* EAGAIN: its backlog is full, so something is listening */
-    if (e == EAGAIN || e == EINPROGRESS || e == EINTR)
+    /* connected: something listens (a slow daemon is nng's wait to bound);
+     * EAGAIN: its backlog is full, so something is listening too */
+    if (e == 0 || e == EAGAIN || e == EINPROGRESS || e == EINTR)
         return AG_OK;
     if (e == ECONNREFUSED)
         snprintf(why, cap, "%s: nothing listens there (connection refused; left behind by "
@@ -260,8 +183,8 @@ static int split_host_port(const char *rest, char *host, size_t hcap, char *port
     return 0;
 }
 
-static int probe_tcp(const char *url, const char *rest, int family, int ingest,
-                     int timeout_ms, int pending_fails, char *why, size_t cap)
+static int probe_tcp(const char *url, const char *rest, int family, int timeout_ms,
+                     int pending_fails, char *why, size_t cap)
 {
     char host[256], port[16];
     if (split_host_port(rest, host, sizeof host, port, sizeof port) != 0)
@@ -285,14 +208,11 @@ static int probe_tcp(const char *url, const char *rest, int family, int ingest,
         int e = connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
         if (e == EINPROGRESS)
             e = connect_result(fd, until);
+        close(fd);
         if (e == 0) {
-            int64_t left = until - mono_ms();
-            int rc = handshake(fd, ingest, url, left > 0 ? (int)left : 0, why, cap);
-            close(fd);
             freeaddrinfo(res);
-            return rc;
+            return AG_OK;
         }
-        close(fd); /* refused, or still pending: the listener has nothing to tear down */
         if (e == EINPROGRESS)
             pending = 1;
         else
@@ -308,19 +228,18 @@ static int probe_tcp(const char *url, const char *rest, int family, int ingest,
     return AG_ETRANSPORT;
 }
 
-int ag_endpoint_probe(const char *url, int ingest, int timeout_ms, int pending_fails, char *why,
-                      size_t cap)
+int ag_endpoint_probe(const char *url, int timeout_ms, int pending_fails, char *why, size_t cap)
 {
     if (cap)
         why[0] = '\0';
     if (strncmp(url, "ipc://", 6) == 0)
-        return probe_ipc(url + 6, ingest, timeout_ms, why, cap);
+        return probe_ipc(url + 6, why, cap);
     if (strncmp(url, "tcp://", 6) == 0)
-        return probe_tcp(url, url + 6, AF_UNSPEC, ingest, timeout_ms, pending_fails, why, cap);
+        return probe_tcp(url, url + 6, AF_UNSPEC, timeout_ms, pending_fails, why, cap);
     if (strncmp(url, "tcp4://", 7) == 0)
-        return probe_tcp(url, url + 7, AF_INET, ingest, timeout_ms, pending_fails, why, cap);
+        return probe_tcp(url, url + 7, AF_INET, timeout_ms, pending_fails, why, cap);
     if (strncmp(url, "tcp6://", 7) == 0)
-        return probe_tcp(url, url + 7, AF_INET6, ingest, timeout_ms, pending_fails, why, cap);
+        return probe_tcp(url, url + 7, AF_INET6, timeout_ms, pending_fails, why, cap);
     return AG_OK; /* inproc, tls+tcp, ws...: nng's own wait is all we have */
 }
 

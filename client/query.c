@@ -68,7 +68,7 @@ static int check_daemon(const ag_client *c, int timeout_ms)
         return AG_OK;
     char why[768], text[AG_PROTO_MAX_ERROR_TEXT + 1];
     int probe_ms = timeout_ms < PROBE_MS ? timeout_ms : PROBE_MS;
-    if (ag_endpoint_probe(c->query_url, 0, probe_ms, 1, why, sizeof why) == AG_OK)
+    if (ag_endpoint_probe(c->query_url, probe_ms, 1, why, sizeof why) == AG_OK)
         return AG_OK;
     ag_endpoint_explain(c->query_url, c->query_origin, 0, why, text, sizeof text);
     return fail_with(c, AG_ETRANSPORT, text);

@@ -406,9 +406,9 @@ typedef struct ag_client_opts {
 /*
  * Open a client. Does not wait for the daemon: sockets dial in the background
  * and redial by themselves (the check below takes microseconds, at most
- * 0.2 s per URL when a daemon is there but slow to answer or a tcp host is
- * silent). The run starts (run_start is queued) with the first logging call
- * or ag_client_start_run, so a client used only for queries creates no run.
+ * 0.2 s per URL when a tcp host is silent). The run starts (run_start is
+ * queued) with the first logging call or ag_client_start_run, so a client
+ * used only for queries creates no run.
  *
  * When no daemon is found at the ingest or the query URL (an ipc:// socket
  * that does not exist or refuses connections; a tcp:// address that refuses
