@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+#include "core/clock.h"
 #include "daemon/config.h"
 #include "daemon/counters.h"
 #include "daemon/engine.h"
@@ -141,7 +142,7 @@ static void on_writer_space(void *ctx) {
 
 /* ---------------------------------------------------------------- status */
 
-static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
+static uint64_t now_ms(void) { return (uint64_t)ag_mono_ms(); }
 
 /* Query thread: the live fields of a status reply, the two only a running
  * daemon has. Everything else is what the database holds (ag_store_status),
