@@ -89,8 +89,8 @@ static int from_nng(const void *caller) {
     return strncmp(info.dli_sname, "nni_", 4) == 0 || strncmp(info.dli_sname, "nng_", 4) == 0;
 }
 
-static int refuse_for(const void *caller) {
-    if (atomic_load(&countdown) <= 0 || from_nng(caller)) return 0;
+static int refuse_armed(void) {
+    if (atomic_load(&countdown) <= 0) return 0;
     long c = atomic_load(&countdown);
     while (c > 0) {
         if (atomic_compare_exchange_weak(&countdown, &c, c - 1)) {
@@ -104,28 +104,33 @@ static int refuse_for(const void *caller) {
     return 0;
 }
 
-#define refuse() refuse_for(__builtin_return_address(0))
+/* Each wrapper: nng's own allocations pass untouched (neither refused nor
+ * tracked); ours are counted down and tracked. */
+#define OURS() (!from_nng(__builtin_return_address(0)))
 
 void *__wrap_malloc(size_t n) {
-    if (refuse()) return NULL;
+    int ours = OURS();
+    if (ours && refuse_armed()) return NULL;
     void *p = __real_malloc(n);
-    if (p) track(p);
+    if (p && ours) track(p);
     return p;
 }
 
 void *__wrap_calloc(size_t n, size_t size) {
-    if (refuse()) return NULL;
+    int ours = OURS();
+    if (ours && refuse_armed()) return NULL;
     void *p = __real_calloc(n, size);
-    if (p) track(p);
+    if (p && ours) track(p);
     return p;
 }
 
 char *__wrap_strdup(const char *s) {
+    int ours = OURS();
     size_t n = strlen(s) + 1;
-    if (refuse()) return NULL;
+    if (ours && refuse_armed()) return NULL;
     char *p = __real_malloc(n);
     if (!p) return NULL;
-    track(p);
+    if (ours) track(p);
     memcpy(p, s, n);
     return p;
 }
@@ -137,15 +142,15 @@ void __wrap_free(void *p) {
 }
 
 void *__wrap_realloc(void *p, size_t n) {
-    if (refuse()) return NULL;
+    int ours = OURS();
+    if (ours && refuse_armed()) return NULL;
     if (!p) {
         void *q = __real_malloc(n);
-        if (q) track(q);
+        if (q && ours) track(q);
         return q;
     }
     void *q = __real_realloc(p, n);
     if (!q) return NULL;
-    int ours = untrack(p);
-    if (ours) track(q);
+    if (untrack(p)) track(q);
     return q;
 }

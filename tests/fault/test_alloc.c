@@ -358,7 +358,15 @@ Test(alloc, the_client_open_log_close) {
     ag_client *c0 = NULL;
     cr_assert_eq(ag_client_open(&c0, &warm), AG_OK);
     ag_client_close(c0);
+    /* Some blocks of a closed client are freed a moment later (nng reaps
+     * pipes on its own threads): measure once the count holds still. */
     long base = ag_alloc_outstanding();
+    for (int still = 0, i = 0; still < 20 && i < 400; i++) {
+        nanosleep(&(struct timespec){0, 5000000}, NULL);
+        long now = ag_alloc_outstanding();
+        still = now == base ? still + 1 : 0;
+        base = now;
+    }
     for (long n = 1;; n++) {
         cr_assert_leq(n, MAX_N);
         ag_client_opts o = {.ingest_url = ingest, .query_url = query_url, .run = "r",
@@ -376,10 +384,11 @@ Test(alloc, the_client_open_log_close) {
         else cr_assert_null(c, "a failed open handed out a client");
         cr_assert(err == AG_OK || hit, "open failed without a failed allocation: %d", err);
         /* nng frees some blocks from its own threads a moment after close */
-        for (int i = 0; i < 200 && ag_alloc_outstanding() != base; i++)
+        for (int i = 0; i < 200 && ag_alloc_outstanding() > base; i++)
             nanosleep(&(struct timespec){0, 5000000}, NULL);
-        cr_assert_eq(ag_alloc_outstanding(), base, "allocation %ld: leaked %ld blocks", n,
-                     ag_alloc_outstanding() - base);
+        long now = ag_alloc_outstanding();
+        cr_assert_leq(now, base, "allocation %ld: leaked %ld blocks", n, now - base);
+        base = now; /* a block of an earlier client freed late lowers it */
         if (!hit) {
             cr_log_info("client: %ld allocations failed in turn", n - 1);
             break;
