@@ -49,50 +49,53 @@ static const char *const log_levels[] = {"error", "warning", "notice", "info", "
 static const int log_level_values[] = {AG_LOG_ERROR, AG_LOG_WARNING, AG_LOG_NOTICE,
                                        AG_LOG_INFO, AG_LOG_DEBUG};
 
-#define FIELD(f) offsetof(ag_config, f), sizeof(((ag_config *)0)->f)
+#define FIELD(f) .offset = offsetof(ag_config, f), .size = sizeof(((ag_config *)0)->f)
 
-/* The one table of options. */
+/* The one table of options: the command line, the config file and --help
+ * all come from it. Unnamed fields are 0/NULL. */
 static const opt options[] = {
-    {"ingest", OPT_URLS, FIELD(ingest), AG_DEFAULT_INGEST_URL, 0, 0, NULL, NULL, "URL",
-     "listen for trainers' streams on URL (nng PULL); repeatable, e.g. an ipc:// and a "
-     "tcp:// listener",
-     1},
-    {"query", OPT_STRING, FIELD(query), AG_DEFAULT_QUERY_URL, 0, 0, NULL, NULL, "URL",
-     "answer queries on URL (nng REP)", 1},
-    {"db", OPT_STRING, FIELD(db), AG_DEFAULT_DB_PATH, 0, 0, NULL, NULL, "PATH",
-     "SQLite database file (created and migrated as needed)", 1},
-    {"config", OPT_STRING, FIELD(config_file), NULL, 0, 0, NULL, NULL, "FILE",
-     "read options from FILE (key = value lines); the command line wins", 0},
-    {"define-format", OPT_DEFINE, FIELD(defined), NULL, 0, 0, NULL, NULL, "SPEC",
-     "define an 8-bit format, SPEC = NAME=E,M,BIAS[,inf][,nan] with E + M = 7 (e.g. "
-     "E4M3=4,3,7,nan); repeatable; --formats and snapshots may then name it",
-     1},
-    {"formats", OPT_FORMATS, FIELD(formats), "E0M7,E1M6,E3M4,E5M2,E7M0", 0, 0, NULL, NULL,
-     "LIST", "comma-separated 8-bit formats evaluated by default (built-in or defined)", 1},
-    {"history-len", OPT_INT, FIELD(history_len), "16", 1, AG_AMAX_HISTORY_MAX_LEN, NULL,
-     NULL, "N", "amax history length per tensor and role", 1},
-    {"scale-mode", OPT_ENUM, FIELD(scale_mode), "current", 0, 0, scale_modes,
-     scale_mode_values, "current|delayed",
-     "whether a step's own amax is in the history for its scale (current, the seed's) or "
-     "only earlier steps' (delayed)",
-     1},
-    {"amax-mode", OPT_ENUM, FIELD(amax_mode), "max", 0, 0, amax_modes, amax_mode_values,
-     "max|most_recent",
-     "which amax of the history a scale comes from: the largest (the seed's) or the "
-     "newest",
-     1},
-    {"margin", OPT_DOUBLE, FIELD(margin), "0", -64, 64, NULL, NULL, "M",
-     "scale margin: scales are multiplied by 2^M", 1},
-    {"http", OPT_HTTP, FIELD(http), "127.0.0.1:8787", 0, 0, NULL, NULL, "ADDR:PORT|off",
-     "serve the web page, the JSON API and /metrics over HTTP on ADDR:PORT (an IPv4 "
-     "address or [IPv6]; port 0 picks a free one); off disables it",
-     1},
-    {"log-level", OPT_ENUM, FIELD(log_level), "info", 0, 0, log_levels, log_level_values,
-     "error|warning|notice|info|debug", "lines above this level are not logged", 1},
-    {"version", OPT_FLAG, FIELD(want_version), NULL, 0, 0, NULL, NULL, NULL,
-     "print the version and exit", 0},
-    {"help", OPT_FLAG, FIELD(want_help), NULL, 0, 0, NULL, NULL, NULL,
-     "print this help and exit", 0},
+    {.name = "ingest", .type = OPT_URLS, FIELD(ingest), .def = AG_DEFAULT_INGEST_URL,
+     .arg = "URL", .file_ok = 1,
+     .help = "listen for trainers' streams on URL (nng PULL); repeatable, e.g. an ipc:// "
+             "and a tcp:// listener"},
+    {.name = "query", .type = OPT_STRING, FIELD(query), .def = AG_DEFAULT_QUERY_URL,
+     .arg = "URL", .file_ok = 1, .help = "answer queries on URL (nng REP)"},
+    {.name = "db", .type = OPT_STRING, FIELD(db), .def = AG_DEFAULT_DB_PATH, .arg = "PATH",
+     .file_ok = 1, .help = "SQLite database file (created and migrated as needed)"},
+    {.name = "config", .type = OPT_STRING, FIELD(config_file), .arg = "FILE",
+     .help = "read options from FILE (key = value lines); the command line wins"},
+    {.name = "define-format", .type = OPT_DEFINE, FIELD(defined), .arg = "SPEC", .file_ok = 1,
+     .help = "define an 8-bit format, SPEC = NAME=E,M,BIAS[,inf][,nan] with E + M = 7 "
+             "(e.g. E4M3=4,3,7,nan); repeatable; --formats and snapshots may then name it"},
+    {.name = "formats", .type = OPT_FORMATS, FIELD(formats), .def = AG_DEFAULT_FORMATS,
+     .arg = "LIST", .file_ok = 1,
+     .help = "comma-separated 8-bit formats evaluated by default (built-in or defined)"},
+    {.name = "history-len", .type = OPT_INT, FIELD(history_len), .def = "16", .min = 1,
+     .max = AG_AMAX_HISTORY_MAX_LEN, .arg = "N", .file_ok = 1,
+     .help = "amax history length per tensor and role"},
+    {.name = "scale-mode", .type = OPT_ENUM, FIELD(scale_mode), .def = "current",
+     .choices = scale_modes, .values = scale_mode_values, .arg = "current|delayed",
+     .file_ok = 1,
+     .help = "whether a step's own amax is in the history for its scale (current, the "
+             "seed's) or only earlier steps' (delayed)"},
+    {.name = "amax-mode", .type = OPT_ENUM, FIELD(amax_mode), .def = "max",
+     .choices = amax_modes, .values = amax_mode_values, .arg = "max|most_recent",
+     .file_ok = 1,
+     .help = "which amax of the history a scale comes from: the largest (the seed's) or "
+             "the newest"},
+    {.name = "margin", .type = OPT_DOUBLE, FIELD(margin), .def = "0", .min = -64, .max = 64,
+     .arg = "M", .file_ok = 1, .help = "scale margin: scales are multiplied by 2^M"},
+    {.name = "http", .type = OPT_HTTP, FIELD(http), .def = "127.0.0.1:8787",
+     .arg = "ADDR:PORT|off", .file_ok = 1,
+     .help = "serve the web page, the JSON API and /metrics over HTTP on ADDR:PORT (an "
+             "IPv4 address or [IPv6]; port 0 picks a free one); off disables it"},
+    {.name = "log-level", .type = OPT_ENUM, FIELD(log_level), .def = "info",
+     .choices = log_levels, .values = log_level_values,
+     .arg = "error|warning|notice|info|debug", .file_ok = 1,
+     .help = "lines above this level are not logged"},
+    {.name = "version", .type = OPT_FLAG, FIELD(want_version),
+     .help = "print the version and exit"},
+    {.name = "help", .type = OPT_FLAG, FIELD(want_help), .help = "print this help and exit"},
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 

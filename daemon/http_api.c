@@ -14,8 +14,8 @@
 
 #include "proto/json.h"
 
-#define DEFAULT_FORMAT "E5M2"
-#define TOP_LIMIT_MAX 1000000 /* as the query server clamps it */
+#define DEFAULT_FORMAT AG_DEFAULT_FORMAT
+#define TOP_LIMIT_MAX AG_TOP_LIMIT_MAX /* as the query server clamps it */
 
 static const char JSON_TYPE[] = "application/json";
 static const char METRICS_TYPE[] = "text/plain; version=0.0.4; charset=utf-8";

@@ -10,16 +10,14 @@
 
 #include "daemon/log.h"
 
+#include "core/clock.h"
+
 static const char *const level_names[] = {
     [AG_LOG_ERROR] = "error", [AG_LOG_WARNING] = "warning", [AG_LOG_NOTICE] = "notice",
     [AG_LOG_INFO] = "info",   [AG_LOG_DEBUG] = "debug",
 };
 
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#define now_ms ag_mono_ms
 
 void ag_logger_init(ag_logger *lg, int level) {
     memset(lg, 0, sizeof *lg);

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+#include "core/clock.h"
 #include "daemon/config.h"
 #include "daemon/counters.h"
 #include "daemon/engine.h"
@@ -141,7 +142,7 @@ static void on_writer_space(void *ctx) {
 
 /* ---------------------------------------------------------------- status */
 
-static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
+static uint64_t now_ms(void) { return (uint64_t)ag_mono_ms(); }
 
 /* Query thread: the live fields of a status reply, the two only a running
  * daemon has. Everything else is what the database holds (ag_store_status),
@@ -229,7 +230,15 @@ static void begin_stop(ag_daemon *d, int signum) {
     ag_log(&d->log, AG_LOG_NOTICE, "signal %d: draining and stopping", signum);
     ag_notify("STOPPING=1");
     d->drain_start_ms = now_ms();
-    uv_timer_start(&d->drain, drain_cb, DRAIN_TICK_MS, DRAIN_TICK_MS);
+    int rc = uv_timer_start(&d->drain, drain_cb, DRAIN_TICK_MS, DRAIN_TICK_MS);
+    if (rc) {
+        /* No drain ticks: close intake now and file what is already here. */
+        ag_log(&d->log, AG_LOG_ERROR, "cannot start the drain timer (%s): stopping at once",
+               uv_strerror(rc));
+        ag_ingest_close(d->ingest);
+        d->intake_closed = 1;
+        drain_cb(&d->drain);
+    }
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -344,6 +353,64 @@ static int start(ag_daemon *d) {
     return 0;
 }
 
+/* Initialise the loop and its handles; on a failure close what was made
+ * (running the loop once so the closes complete), close the loop and say
+ * which one failed. 0 or -1. */
+static int init_loop(ag_daemon *d) {
+    int rc = uv_loop_init(&d->loop);
+    if (rc) {
+        fprintf(stderr, "altgradd: cannot start the event loop: %s\n", uv_strerror(rc));
+        return -1;
+    }
+    uv_handle_t *made[8];
+    size_t n = 0;
+    const char *what = "async";
+    d->kick.data = d->drain.data = d->flush.data = d;
+    d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+    if ((rc = uv_async_init(&d->loop, &d->kick, kick_cb))) goto fail;
+    made[n++] = (uv_handle_t *)&d->kick;
+    what = "timer";
+    uv_timer_t *timers[] = {&d->watchdog, &d->drain, &d->flush};
+    for (size_t i = 0; i < 3; i++) {
+        if ((rc = uv_timer_init(&d->loop, timers[i]))) goto fail;
+        made[n++] = (uv_handle_t *)timers[i];
+    }
+    what = "signal handler";
+    uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup};
+    for (size_t i = 0; i < 3; i++) {
+        if ((rc = uv_signal_init(&d->loop, sigs[i]))) goto fail;
+        made[n++] = (uv_handle_t *)sigs[i];
+    }
+    return 0;
+fail:
+    fprintf(stderr, "altgradd: cannot create the loop's %s: %s\n", what, uv_strerror(rc));
+    for (size_t i = 0; i < n; i++) uv_close(made[i], NULL);
+    uv_run(&d->loop, UV_RUN_DEFAULT); /* completes the closes */
+    uv_loop_close(&d->loop);
+    return -1;
+}
+
+/* Start the signal handlers and timers of a started daemon. On a failure
+ * (which leaves no way to stop it cleanly) say so; the caller closes intake
+ * and the handles, and the rest unwinds as after a SIGTERM. */
+static int start_handles(ag_daemon *d) {
+    int rc = 0;
+    const char *what = "";
+    static const int signums[] = {SIGTERM, SIGINT, SIGHUP};
+    uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup};
+    for (size_t i = 0; i < 3 && !rc; i++)
+        if ((rc = uv_signal_start(sigs[i], on_signal, signums[i]))) what = "signal handler";
+    if (!rc && (rc = uv_timer_start(&d->flush, flush_cb, FLUSH_MS, FLUSH_MS)))
+        what = "flush timer";
+    uint64_t wd = ag_notify_watchdog_usec();
+    uint64_t every = wd / 2000 ? wd / 2000 : 1;
+    if (!rc && wd && (rc = uv_timer_start(&d->watchdog, watchdog_cb, every, every)))
+        what = "watchdog timer";
+    if (!rc) return 0;
+    fprintf(stderr, "altgradd: cannot start the %s: %s\n", what, uv_strerror(rc));
+    return -1;
+}
+
 int main(int argc, char **argv) {
     static ag_daemon daemon_ctx; /* large; one per process */
     ag_daemon *d = &daemon_ctx;
@@ -364,28 +431,14 @@ int main(int argc, char **argv) {
     }
     ag_logger_init(&d->log, d->cfg.log_level);
     d->start_ms = now_ms();
-    uv_loop_init(&d->loop);
-    uv_async_init(&d->loop, &d->kick, kick_cb);
-    d->kick.data = d;
-    uv_timer_init(&d->loop, &d->watchdog);
-    uv_timer_init(&d->loop, &d->drain);
-    d->drain.data = d;
-    uv_timer_init(&d->loop, &d->flush);
-    d->flush.data = d;
-    uv_signal_init(&d->loop, &d->sig_term);
-    uv_signal_init(&d->loop, &d->sig_int);
-    uv_signal_init(&d->loop, &d->sig_hup);
-    d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+    if (init_loop(d)) {
+        ag_logger_destroy(&d->log);
+        return 1;
+    }
 
     int rc = start(d);
+    if (rc == 0 && start_handles(d)) rc = 1;
     if (rc == 0) {
-        uv_signal_start(&d->sig_term, on_signal, SIGTERM);
-        uv_signal_start(&d->sig_int, on_signal, SIGINT);
-        uv_signal_start(&d->sig_hup, on_signal, SIGHUP);
-        uv_timer_start(&d->flush, flush_cb, FLUSH_MS, FLUSH_MS);
-        uint64_t wd = ag_notify_watchdog_usec();
-        if (wd) uv_timer_start(&d->watchdog, watchdog_cb, wd / 2000 ? wd / 2000 : 1,
-                               wd / 2000 ? wd / 2000 : 1);
         ag_log(&d->log, AG_LOG_NOTICE, "altgradd %s ready: db %s, query %s, formats %s",
                AG_VERSION_STRING, d->cfg.db, d->cfg.query, d->cfg.formats);
         for (size_t i = 0; i < d->cfg.ndefined; i++) {

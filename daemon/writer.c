@@ -14,6 +14,8 @@
 
 #include "daemon/writer.h"
 
+#include "core/clock.h"
+
 struct ag_writer {
     pthread_t thread;
     pthread_mutex_t lock;
@@ -58,11 +60,7 @@ struct ag_writer {
 #define RETRY_MAX_MS 2000
 #define STOP_RETRY_MS 5000
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#define mono_ms ag_mono_ms
 
 void ag_write_item_clear(ag_write_item *it) {
     switch (it->kind) {

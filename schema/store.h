@@ -48,8 +48,8 @@ int ag_store_runs(ag_store *st, ag_run_list **out);
 int ag_store_tensors(ag_store *st, const char *run, ag_tensor_list **out);
 int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out);
 int ag_store_scales(ag_store *st, const char *run, const char *format, ag_scale_list **out);
-/* limit 0 means 10; limits above AG_STORE_TOP_LIMIT_MAX are that. */
-#define AG_STORE_TOP_LIMIT_MAX 1000000
+/* limit 0 means AG_TOP_LIMIT_DEFAULT; limits above AG_TOP_LIMIT_MAX are that. */
+#define AG_STORE_TOP_LIMIT_MAX AG_TOP_LIMIT_MAX
 int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window,
                  size_t limit, ag_top_list **out);
 /* The status as the file holds it, the same whoever asks (the daemon's

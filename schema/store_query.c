@@ -11,8 +11,8 @@
 #include "core/arena.h"
 #include "schema/store_internal.h"
 
-#define DEFAULT_FORMAT "E5M2"
-#define DEFAULT_TOP_LIMIT 10
+#define DEFAULT_FORMAT AG_DEFAULT_FORMAT
+#define DEFAULT_TOP_LIMIT AG_TOP_LIMIT_DEFAULT
 
 static uint64_t col_u64(sqlite3_stmt *s, int i) { return (uint64_t)sqlite3_column_int64(s, i); }
 

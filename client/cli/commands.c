@@ -13,7 +13,7 @@
 
 #include "output.h"
 
-#define DEFAULT_FORMAT "E5M2"
+#define DEFAULT_FORMAT AG_DEFAULT_FORMAT
 
 /*
  * One query command: fetches its result into *result (freed by the caller

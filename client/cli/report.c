@@ -141,7 +141,7 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
 {
     static const char *const cols[] = {"tensor", "format", "steps", "last_rate", "mean_rate",
                                        "max_rate", "sparkline", NULL};
-    static const char seed_formats[] = "E0M7,E1M6,E3M4,E5M2,E7M0";
+    static const char seed_formats[] = AG_DEFAULT_FORMATS;
     ag_tensor_list *tensors = NULL;
     ag_status *status = NULL;
     report_state st;

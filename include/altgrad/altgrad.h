@@ -267,6 +267,12 @@ AG_EXTERN int ag_f16_to_f32(const uint16_t *x, float *out, size_t n);
  */
 AG_EXTERN void ag_free(void *result);
 
+/* Defaults every query path shares (client, daemon, CLI, HTTP, store). */
+#define AG_DEFAULT_FORMAT "E5M2"                     /* a query naming no format */
+#define AG_DEFAULT_FORMATS "E0M7,E1M6,E3M4,E5M2,E7M0" /* the daemon's --formats */
+#define AG_TOP_LIMIT_DEFAULT 10                      /* top with limit 0 */
+#define AG_TOP_LIMIT_MAX 1000000                     /* larger limits are this */
+
 typedef struct ag_run_info {
     const char *name;
     const char *host;
