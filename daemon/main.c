@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <uv.h>
 
+#include "core/arena.h"
 #include "core/clock.h"
 #include "daemon/config.h"
 #include "daemon/counters.h"
@@ -151,6 +152,14 @@ static void fill_status(void *ctx, ag_status *st) {
     ag_daemon *d = ctx;
     st->uptime_s = (double)(now_ms() - d->start_ms) / 1000.0;
     st->queue_depth = ag_writer_depth(d->writer);
+    /* Live health; rows given up and not yet counted in the file too. */
+    ag_writer_health_info h;
+    char text[sizeof h.why + 16];
+    if (ag_writer_health(d->writer, &h)) snprintf(text, sizeof text, "degraded: %s", h.why);
+    else snprintf(text, sizeof text, "ok");
+    const char *s = ag_arena_strdup(st, text);
+    if (s) st->store = s;
+    st->discarded += h.unpersisted;
 }
 
 /* Record what this daemon runs with in the database (daemon_settings), for

@@ -46,6 +46,7 @@ struct ag_writer {
     _Atomic uint64_t failures;   /* failed attempts, ever */
     _Atomic uint64_t discarded;  /* rows given up at stop because the store never took them */
     _Atomic uint64_t held_rows;  /* rows waiting in the failed batch */
+    _Atomic uint64_t unpersisted; /* of discarded, not yet added to the file's counter */
     char why[256];               /* under lock: the last failure's text */
 };
 
@@ -179,6 +180,22 @@ static int hold(ag_writer *w, ag_write_item *it) {
     return AG_OK;
 }
 
+/* Rows given up: counted at once, and added to the file's "discarded"
+ * counter by the next transaction that commits. */
+static void discard(ag_writer *w, uint64_t rows) {
+    atomic_fetch_add(&w->discarded, rows);
+    atomic_fetch_add(&w->unpersisted, rows);
+}
+
+/* Add the rows given up since the last commit to the file's counter, inside
+ * the open transaction. Returns what was added (0 on a failure, logged). */
+static uint64_t count_discarded(ag_writer *w) {
+    uint64_t n = atomic_load(&w->unpersisted);
+    if (n == 0) return 0;
+    if (ag_store_add_counter(w->st, "discarded", n)) return 0;
+    return n;
+}
+
 static void release_held(ag_writer *w) {
     for (size_t i = 0; i < w->nheld; i++) ag_write_item_clear(&w->held[i]);
     w->nheld = 0;
@@ -260,7 +277,7 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
             } else if (hold(w, &it)) {
                 /* No memory to keep the row for a retry: it is written now
                  * or lost; say so and count it. */
-                if (transient) atomic_fetch_add(&w->discarded, 1);
+                if (transient) discard(w, 1);
                 else rows++;
                 ag_log(w->log, AG_LOG_ERROR, "writer: out of memory holding a row");
                 ag_write_item_clear(&it);
@@ -303,6 +320,7 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
     if (err)
         ag_log(w->log, AG_LOG_ERROR, "writer: rows_written not counted: %s",
                ag_store_errmsg(w->st));
+    uint64_t counted_discards = count_discarded(w);
     err = ag_store_commit(w->st);
     if (err && ag_store_failure_is_transient(w->st)) {
         note_failure(w, "commit");
@@ -313,9 +331,10 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
         ag_log(w->log, AG_LOG_ERROR, "writer: commit failed, %llu rows lost: %s",
                (unsigned long long)rows, ag_store_errmsg(w->st));
         ag_store_rollback(w->st);
-        atomic_fetch_add(&w->discarded, rows);
+        discard(w, rows);
     } else {
         atomic_fetch_add(&w->rows_written, rows);
+        atomic_fetch_sub(&w->unpersisted, counted_discards);
         if (atomic_exchange(&w->degraded, 0))
             ag_log(w->log, AG_LOG_NOTICE,
                    "writer: the store takes writes again; %llu held rows committed",
@@ -348,12 +367,20 @@ static void *writer_main(void *arg) {
                 uint64_t lost = w->nheld;
                 for (size_t i = 0; i < w->count; i++)
                     lost += !w->ring[(w->head + i) % w->cap].superseded;
-                atomic_fetch_add(&w->discarded, lost);
+                discard(w, lost);
                 ag_log(w->log, AG_LOG_ERROR,
                        "writer: stopping with the store still failing; %llu rows not "
                        "written: %s", (unsigned long long)lost, w->why);
                 pthread_mutex_unlock(&w->lock);
                 release_held(w);
+                /* One last try to leave the count in the file. */
+                if (ag_store_begin(w->st) == AG_OK) {
+                    uint64_t n = count_discarded(w);
+                    if (n && ag_store_commit(w->st) == AG_OK)
+                        atomic_fetch_sub(&w->unpersisted, n);
+                    else
+                        ag_store_rollback(w->st);
+                }
                 pthread_mutex_lock(&w->lock);
                 break; /* ag_writer_stop frees what is still queued */
             }
@@ -473,6 +500,7 @@ int ag_writer_health(ag_writer *w, ag_writer_health_info *out) {
     out->failures = atomic_load(&w->failures);
     out->discarded = atomic_load(&w->discarded);
     out->held_rows = atomic_load(&w->held_rows);
+    out->unpersisted = atomic_load(&w->unpersisted);
     pthread_mutex_lock(&w->lock);
     if (out->degraded) snprintf(out->why, sizeof out->why, "%s", w->why);
     pthread_mutex_unlock(&w->lock);

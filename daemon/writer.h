@@ -99,6 +99,8 @@ typedef struct ag_writer_health_info {
     uint64_t discarded;  /* rows given up: a commit failure about the rows
                           * themselves, or still failing 5 s after stop */
     uint64_t held_rows;  /* rows of the failed batch, waiting for the retry */
+    uint64_t unpersisted; /* of discarded, not yet in the file's "discarded" counter
+                           * (the next commit adds them) */
     char why[256];       /* while degraded: what failed, SQLite's text */
 } ag_writer_health_info;
 /* Fill *out; returns out->degraded. Any thread. */

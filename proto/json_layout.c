@@ -47,6 +47,9 @@ int ag_doc_status(ag_doc *d, const ag_status *s, const char *source, const char 
         {"tensors", ag_cell_u64(s->tensors)},
         {"db_path", ag_cell_str(s->db_path)},
         {"formats", ag_cell_str(s->formats)},
+        /* NULL: read from a file, where the daemon's live health is unknown */
+        {"store", s->store ? ag_cell_str(s->store) : ag_cell_null()},
+        {"discarded", ag_cell_u64(s->discarded)},
     };
     d->list_key = NULL;
     return add_fields(d, fields, COUNT(fields));

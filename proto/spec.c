@@ -174,6 +174,9 @@ static const ag_field status_fields[] = {
     {"tensors", K_UINT, F_REQ, offsetof(ag_status, tensors), 0},
     {"db", K_STR, F_REQ, offsetof(ag_status, db_path), AG_PROTO_MAX_TEXT},
     {"fmts", K_STR, F_REQ, offsetof(ag_status, formats), AG_PROTO_MAX_TEXT},
+    /* protocol 2: absent from older daemons (then NULL and 0) */
+    {"store", K_STR, 0, offsetof(ag_status, store), AG_PROTO_MAX_TEXT},
+    {"discarded", K_UINT, 0, offsetof(ag_status, discarded), 0},
 };
 
 static const ag_field ident_fields[] = {

@@ -442,6 +442,7 @@ int ag_store_status(ag_store *st, ag_status **out) {
     if ((err = counter(st, "bytes", &res->bytes)) ||
         (err = counter(st, "rejected", &res->rejected)) ||
         (err = counter(st, "rows_written", &res->rows_written)) ||
+        (err = counter(st, "discarded", &res->discarded)) ||
         (err = daemon_setting(st, res, "version", &res->version)) ||
         (err = daemon_setting(st, res, "formats", &res->formats)))
         goto fail;

@@ -363,6 +363,12 @@ typedef struct ag_status {
     uint64_t tensors;
     const char *db_path;
     const char *formats;     /* comma-separated formats evaluated by default */
+    /* The store's health, live from the daemon: "ok", or "degraded: " and why
+     * (the disk refuses writes; the daemon keeps the rows, retries and pushes
+     * back on ingest). NULL when read from a database file. */
+    const char *store;
+    uint64_t discarded;      /* rows the daemon gave up (the store refused them for
+                              * good, or still failed at stop); never silent */
 } ag_status;
 
 /* ========================================================================

@@ -196,6 +196,8 @@ class ag_status(ctypes.Structure):
         ("tensors", c_uint64),
         ("db_path", c_char_p),
         ("formats", c_char_p),
+        ("store", c_char_p),
+        ("discarded", c_uint64),
     ]
 
 

@@ -603,7 +603,8 @@ class Client:
         """The daemon's counters: {"source": "daemon", "address": the query
         URL, "version", "uptime_s", "messages", "bytes", "rejected",
         "dropped", "queue_depth", "rows_written", "runs", "tensors",
-        "db_path", "formats"}."""
+        "db_path", "formats", "store", "discarded"}; store is "ok" or
+        "degraded: <why>" while the disk refuses writes."""
         res = self._query("ag_client_status", _lib.ag_status)
         try:
             out = {"source": "daemon", "address": self._address}
@@ -622,7 +623,8 @@ _POINT_COLS = ("step", "stalled", "total", "stall_rate", "flips", "overflow", "u
 _SCALE_COLS = ("tensor", "step", "amax", "scale")
 _TOP_COLS = ("tensor", "stall_rate", "stalled", "total", "steps")
 _STATUS_COLS = ("version", "uptime_s", "messages", "bytes", "rejected", "dropped",
-                "queue_depth", "rows_written", "runs", "tensors", "db_path", "formats")
+                "queue_depth", "rows_written", "runs", "tensors", "db_path", "formats",
+                "store", "discarded")
 
 
 def _value(v):

@@ -9,7 +9,7 @@
  * The daemon-mode answers are taken once the trainer's run is committed;
  * the --db answers after the daemon stopped (SIGTERM commits everything).
  * status differs only in its documented fields (docs/cli.md): source and
- * address name where the answer came from; uptime_s and queue_depth are live.
+ * address name where the answer came from; uptime_s, queue_depth and store are live.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -134,7 +134,7 @@ static const char *json_field(const char *doc, const char *key, char *buf, size_
 /* The status fields that may differ between the two sources (docs/cli.md). */
 static int is_source_dependent(const char *key, size_t len)
 {
-    static const char *const keys[] = {"source", "address", "uptime_s", "queue_depth"};
+    static const char *const keys[] = {"source", "address", "uptime_s", "queue_depth", "store"};
     size_t i;
     for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (strlen(keys[i]) == len && strncmp(keys[i], key, len) == 0)
@@ -314,7 +314,7 @@ Test(cli_sources, every_command_prints_the_same_through_the_daemon_and_from_the_
             if (strcmp(commands[c].words[0], "status") == 0) {
                 char *nd = normalise_status(d.out, modes[m]);
                 char *nf = normalise_status(f.out, modes[m]);
-                cr_assert_str_eq(nd, nf, "%s differs beyond source, address, uptime_s and "
+                cr_assert_str_eq(nd, nf, "%s differs beyond source, address, uptime_s, store and "
                                  "queue_depth:\n--- daemon\n%s--- file\n%s", what, d.out, f.out);
                 free(nd);
                 free(nf);

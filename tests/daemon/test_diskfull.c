@@ -122,6 +122,9 @@ Test(diskfull, a_full_disk_degrades_then_everything_kept_is_committed) {
     cr_assert_eq(kill(H.pid, 0), 0, "the daemon died on a full disk");
     ag_status *st = NULL;
     cr_assert_eq(ag_client_status(lossless, &st), AG_OK, "%s", ag_client_last_error(lossless));
+    cr_assert_not_null(st->store);
+    cr_expect(strncmp(st->store, "degraded: ", 10) == 0 && strstr(st->store, "full"),
+              "status says the store is %s", st->store);
     ag_free(st);
 
     /* Space returns. */
@@ -133,6 +136,12 @@ Test(diskfull, a_full_disk_degrades_then_everything_kept_is_committed) {
     ag_client_flush(dropping, 120000);
     cr_assert(wait_notify("STATUS=ready", 120000, seen, sizeof seen),
               "the daemon never reported the store healthy again");
+
+    st = NULL;
+    cr_assert_eq(ag_client_status(lossless, &st), AG_OK);
+    cr_expect_str_eq(st->store, "ok");
+    cr_expect_eq(st->discarded, 0, "nothing was given up");
+    ag_free(st);
 
     /* Every step of every tensor of the lossless run is there. */
     for (int k = 0; k < TENSORS; k += 9) {

@@ -189,13 +189,17 @@ Test(http, every_api_endpoint_prints_what_the_cli_prints_from_the_same_database)
     cr_assert_not_null(v);
     static const char *const keys[] = {"source", "address", "version", "uptime_s", "messages",
                                        "bytes", "rejected", "dropped", "queue_depth",
-                                       "rows_written", "runs", "tensors", "db_path", "formats"};
+                                       "rows_written", "runs", "tensors", "db_path", "formats",
+                                       "store", "discarded"};
     cr_assert_eq(v->n, sizeof keys / sizeof keys[0]);
     for (size_t i = 0; i < v->n; i++) cr_assert_str_eq(v->keys[i], keys[i]);
     cr_assert_str_eq(jm_get(v, "source")->string, "daemon");
     cr_assert_eq(jm_get(v, "messages")->number, (double)st->messages);
     cr_assert_eq(jm_get(v, "runs")->number, 1.0);
     cr_assert_str_eq(jm_get(v, "formats")->string, "E0M7,E1M6,E3M4,E5M2,E7M0");
+    cr_assert_str_eq(jm_get(v, "store")->string, "ok");
+    cr_assert_str_eq(st->store, "ok");
+    cr_assert_eq(jm_get(v, "discarded")->number, 0.0);
     char addr[64];
     snprintf(addr, sizeof addr, "http://127.0.0.1:%d", port);
     cr_assert_str_eq(jm_get(v, "address")->string, addr);
@@ -290,6 +294,8 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
     cr_assert_eq(sample(r.body, "altgrad_runs "), 1.0);
     cr_assert_eq(sample(r.body, "altgrad_rejected_total "), 0.0);
     cr_assert_eq(sample(r.body, "altgrad_metrics_tensors "), 2.0);
+    cr_assert_eq(sample(r.body, "altgrad_store_degraded "), 0.0);
+    cr_assert_eq(sample(r.body, "altgrad_rows_discarded_total "), 0.0);
     double rate = sample(r.body,
                          "altgrad_stall_rate{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
     cr_assert_eq(rate, h->points[h->n - 1].stall_rate);

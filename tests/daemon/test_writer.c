@@ -103,15 +103,19 @@ Test(writer, a_message_without_its_boundary_is_never_committed_half) {
 }
 
 Test(writer, a_boundary_marked_after_the_writer_took_the_last_item_still_commits) {
-    ag_writer *w = start(1, 1, 1000000, NULL);
-    push_result(w, 1); /* a message's only row, its end not yet marked */
-    for (int i = 0; i < 5000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
-    cr_assert_eq(ag_writer_depth(w), 0, "the writer took the row");
-    cr_assert_eq(points(), 0, "a message is not committed before its end");
+    /* A long batch: the writer takes rows as they come and commits only at
+     * a message's end once 300 ms have passed. */
+    ag_writer *w = start(1000, 300, 1000000, NULL);
+    push_result(w, 1);
+    ag_writer_boundary(w); /* message A, whole: the writer opens a batch */
+    push_result(w, 2);     /* message B's only row, its end not yet marked */
+    for (int i = 0; i < 30000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
+    cr_assert_eq(ag_writer_depth(w), 0, "the writer took B's row");
+    cr_assert_eq(points(), 0, "a batch is not committed in the middle of a message");
     ag_writer_boundary(w); /* nothing queued to carry the mark */
     size_t n = 0;
-    for (int i = 0; i < 5000 && (n = points()) < 1; i++) sleep_ms(1);
-    cr_assert_eq(n, 1, "the ended message must commit without waiting for another");
+    for (int i = 0; i < 30000 && (n = points()) < 2; i++) sleep_ms(1);
+    cr_assert_eq(n, 2, "the ended message must commit without waiting for another");
     ag_writer_stop(w);
 }
 
