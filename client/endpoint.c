@@ -23,10 +23,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "client/client_internal.h"
+#include "core/clock.h"
 
 #define LOCAL_SOCK "var/ingest.sock"
 #define SYSTEM_SOCK "/run/altgrad/ingest.sock"
@@ -60,19 +60,12 @@ char *ag_endpoint_resolve(const char *given, int ingest, int *origin)
     return copy;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Wait for events on fd until the deadline; 1 ready, 0 timed out, -1 error. */
 static int wait_fd(int fd, short events, int64_t until)
 {
     struct pollfd p = {.fd = fd, .events = events};
     for (;;) {
-        int64_t left = until - mono_ms();
+        int64_t left = until - ag_mono_ms();
         int rv = poll(&p, 1, left > 0 ? (int)left : 0);
         if (rv >= 0)
             return rv > 0;
@@ -198,7 +191,7 @@ static int probe_tcp(const char *url, const char *rest, int family, int timeout_
         snprintf(why, cap, "%s: cannot resolve %s: %s", url, host, gai_strerror(g));
         return AG_ETRANSPORT;
     }
-    int64_t until = mono_ms() + timeout_ms;
+    int64_t until = ag_mono_ms() + timeout_ms;
     int last = ECONNREFUSED, pending = 0;
     for (struct addrinfo *a = res; a; a = a->ai_next) {
         int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
