@@ -633,6 +633,11 @@ int ag_client_flush(ag_client *c, int timeout_ms)
     struct timespec ts;
     if (timeout_ms >= 0)
         deadline_after(&ts, timeout_ms);
+    /* With no daemon to deliver to (no socket, connection refused), nothing
+     * can be confirmed: fail at once and say where we looked, instead of
+     * waiting out the timeout. ingest_url is fixed at open. */
+    char why[768];
+    int absent = ag_endpoint_probe(c->ingest_url, OPEN_PROBE_MS, 0, why, sizeof why) != AG_OK;
     pthread_mutex_lock(&c->mu);
     int rc = AG_OK;
     /* The open batch needs room first; under the blocking policy that wait
@@ -646,6 +651,13 @@ int ag_client_flush(ag_client *c, int timeout_ms)
     }
     ag_client_close_batch_locked(c, 0);
     uint64_t target = c->enqueued;
+    if (absent && !c->stopping && (c->finished < target || c->confirmed < target)) {
+        pthread_mutex_unlock(&c->mu);
+        char text[AG_PROTO_MAX_ERROR_TEXT + 1];
+        ag_endpoint_explain(c->ingest_url, c->ingest_origin, 1, why, text, sizeof text);
+        ag_client_note_error(c, text);
+        return AG_ETRANSPORT;
+    }
     while (c->finished < target) {
         if (c->stopping) {
             rc = AG_ECLOSED;

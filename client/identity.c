@@ -250,12 +250,29 @@ int ag_client_start_run(ag_client *c, int timeout_ms)
     struct timespec ts;
     if (timeout_ms >= 0)
         deadline_after(&ts, timeout_ms);
+    /* query_url is fixed at open: probe it before taking the lock. */
+    int no_daemon = 0;
+    if (!atomic_load_explicit(&c->run_known, memory_order_acquire)) {
+        char why[768];
+        if (ag_endpoint_probe(c->query_url, 200, 0, why, sizeof why) != AG_OK) {
+            char text[AG_PROTO_MAX_ERROR_TEXT + 1];
+            ag_endpoint_explain(c->query_url, c->query_origin, 0, why, text, sizeof text);
+            ag_client_note_error(c, text);
+            no_daemon = 1;
+        }
+    }
     pthread_mutex_lock(&c->mu);
     int rc = AG_OK;
     if (c->stopping || (!c->started && c->ended))
         rc = AG_ECLOSED;
     else if (!c->started)
         rc = ag_client_start_run_locked(c);
+    /* No daemon where the name would come from: say so now rather than after
+     * the whole timeout (run_start stays queued for a daemon that comes). */
+    if (!rc && no_daemon) {
+        pthread_mutex_unlock(&c->mu);
+        return AG_ETRANSPORT;
+    }
     while (!rc && !atomic_load_explicit(&c->run_known, memory_order_acquire) && !c->name_err) {
         if (c->stopping) {
             rc = AG_ECLOSED;

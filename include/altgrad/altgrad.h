@@ -499,8 +499,10 @@ AG_EXTERN int ag_client_end_run(ag_client *c);
  * message queued before the call was handed to the transport, then until the
  * daemon confirms it stored them all, asking every few milliseconds (each ask
  * bounded by query_timeout_ms). 0 when the daemon confirmed every one of them;
+ * AG_ETRANSPORT at once when there is no daemon at the ingest URL (no socket,
+ * connection refused; ag_client_last_error says where it looked);
  * AG_ETIMEDOUT when that did not happen within timeout_ms (< 0: wait without
- * limit): still queued, in transit, or no daemon answering;
+ * limit): still queued, in transit, or a daemon not answering;
  * AG_ELOST at once when the daemon confirmed a later message but not all
  * earlier ones, so those will never arrive; AG_EREMOTE / AG_EPROTO when the
  * daemon cannot answer delivery queries (text in ag_client_last_error);
@@ -550,8 +552,10 @@ AG_EXTERN int ag_client_get_stats(ag_client *c, ag_client_stats *out);
  * Start the run now, as the first logging call would (run_start is queued
  * once), and wait at most timeout_ms (< 0: without limit) until the daemon
  * says which run it files this client's messages under. AG_OK: the name is
- * known (ag_client_run). AG_ETIMEDOUT: no answer yet (no daemon, or a slow
- * one); logging goes on and the client keeps asking in the background.
+ * known (ag_client_run). AG_ETRANSPORT at once when there is no daemon at the
+ * query URL (ag_client_last_error says where it looked). AG_ETIMEDOUT: no
+ * answer yet (a slow daemon). Either way logging goes on and the client keeps
+ * asking in the background.
  * AG_ECLOSED: the run was ended before it started, or the client is closing.
  * AG_EVERSION / AG_EREMOTE / AG_EPROTO: the daemon cannot say (an older
  * daemon); ag_client_run keeps the name asked for.

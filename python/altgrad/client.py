@@ -344,11 +344,12 @@ class Client:
 
     def flush(self, timeout_ms: int = 5000) -> None:
         """Wait (at most timeout_ms; < 0: no limit) until the daemon confirms
-        it stored everything queued so far. AltgradTimeoutError if it did not
-        in time (no daemon, or a slow one); LostError at once when it stored
-        a later message but not all earlier ones; stats()["undelivered"] then
+        it stored everything queued so far. TransportError at once when there
+        is no daemon (its text says where it looked); AltgradTimeoutError when
+        a daemon did not confirm in time; LostError at once when it stored a
+        later message but not all earlier ones; stats()["undelivered"] then
         says how many are unconfirmed."""
-        self._call("ag_client_flush", int(timeout_ms))
+        self._call("ag_client_flush", int(timeout_ms), query=True)
 
     def end_run(self) -> None:
         """Queue run_end (with the highest step logged); later logging calls

@@ -385,7 +385,8 @@ class Monitor:
             # the daemon absent, slow or losing messages (or the client
             # already closed) must not crash the trainer at the end of its
             # run: report it instead
-            if e.code not in (_lib.AG_ETIMEDOUT, _lib.AG_ECLOSED, _lib.AG_ELOST):
+            if e.code not in (_lib.AG_ETIMEDOUT, _lib.AG_ECLOSED, _lib.AG_ELOST,
+                              _lib.AG_ETRANSPORT):
                 raise
             flushed = False
         delivered = undelivered = None

@@ -262,22 +262,42 @@ Test(identity, a_daemon_that_cannot_say_leaves_the_name_asked_for)
     tmp_endpoints_remove(&t);
 }
 
-Test(identity, without_a_daemon_start_run_times_out_and_close_is_not_held_up)
+/* A query listener that never answers: a daemon that is there but slow. */
+static nng_socket mute_query(const char *url)
+{
+    nng_socket q;
+    cr_assert_eq(nng_rep0_open(&q), 0);
+    cr_assert_eq(nng_listen(q, url, NULL, 0), 0);
+    return q;
+}
+
+Test(identity, without_a_daemon_start_run_fails_at_once_and_close_is_not_held_up)
 {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client *c = open_as(&t, "alone", NULL, 0);
-    cr_expect_eq(ag_client_start_run(c, 50), AG_ETIMEDOUT);
+    /* no daemon: fails at once (a day-long timeout would hang the test),
+     * naming where it looked */
+    cr_expect_eq(ag_client_start_run(c, 24 * 3600 * 1000), AG_ETRANSPORT);
+    cr_expect_not_null(strstr(ag_client_last_error(c), t.query + strlen("ipc://")), "%s",
+                       ag_client_last_error(c));
     cr_expect_str_eq(ag_client_run(c), "alone");
     cr_expect_eq(ag_client_log_amax(c, 1, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK,
                  "logging goes on");
     ag_client_close(c);
 
-    /* A receiver but no query socket: run_start goes out, the question waits. */
+    /* A receiver but no query socket: run_start goes out, no one to ask. */
     nng_socket rx = receiver_open(t.ingest);
+    c = open_as(&t, "unasked", NULL, 0);
+    cr_expect_eq(ag_client_start_run(c, 24 * 3600 * 1000), AG_ETRANSPORT);
+    ag_client_close(c);
+
+    /* A query socket that never answers: the question waits out its time. */
+    nng_socket q = mute_query(t.query);
     c = open_as(&t, "unanswered", NULL, 0);
     cr_expect_eq(ag_client_start_run(c, 200), AG_ETIMEDOUT);
     ag_client_close(c);
+    nng_close(q);
     nng_close(rx);
 
     c = open_as(&t, "ended", NULL, 0);
@@ -307,6 +327,7 @@ Test(identity, close_wakes_a_thread_waiting_for_the_name)
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
+    nng_socket q = mute_query(t.query); /* there, but it never answers */
     ag_client *c = open_as(&t, "waiting", NULL, 0);
     waiter w = {c, 1};
     pthread_t th;
@@ -322,6 +343,7 @@ Test(identity, close_wakes_a_thread_waiting_for_the_name)
     ag_client_close(c);
     pthread_join(th, NULL);
     cr_expect_eq(w.rc, AG_ECLOSED);
+    nng_close(q);
     nng_close(rx);
     tmp_endpoints_remove(&t);
 }
