@@ -350,6 +350,15 @@ static int handle_stats(ag_engine *e, run_state *r, const ag_msg_stats *s) {
 
 /* ----------------------------------------------------------- dispatch */
 
+const char *ag_eng_unfiled_reason(int err) {
+    switch (err) {
+    case AG_ENOSPC: return "not filed: the daemon's state budget is full";
+    case AG_ENOMEM: return "not filed: out of memory";
+    case AG_EFORMAT: return "not filed: unknown format";
+    default: return "not filed: refused after acceptance";
+    }
+}
+
 static int reject_msg(ag_engine *e, const ag_msg *m, size_t bytes, int err) {
     ag_log(e->log, AG_LOG_WARNING, "run %s: %s message seq %llu rejected: %s",
            m->hdr.run ? m->hdr.run : "?", ag_proto_type_name(m->type),
@@ -391,6 +400,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;
         j->bytes = bytes;
         j->client = cs;
+        j->seq = m->hdr.seq;
         /* amax first (cheap next to the kernels), then scales on the loop. */
         j->err = ag_amax(j->w, j->n, &j->amax, &j->nonfinite);
         if (!j->err) ag_eng_job_scales(e, j);
@@ -403,9 +413,12 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
     }
     }
     if (err) {
+        /* Accepted but not (fully) filed: the run lost data, so it shows as a
+         * drop of that run (a drops row with the reason) besides rejected. */
         atomic_fetch_add(&e->counters->rejected, 1);
         ag_log(e->log, AG_LOG_WARNING, "run %s: %s message not (fully) filed: %s", r->name,
                ag_proto_type_name(m->type), ag_strerror(err));
+        ag_eng_queue_drop(e, cs, m->hdr.seq, 1, ag_eng_unfiled_reason(err));
     }
     ag_eng_end_message(e, cs, bytes, m->type != AG_MSG_STATS);
     return err;

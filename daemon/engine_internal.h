@@ -105,6 +105,7 @@ struct ag_engine {
 struct ag_engine_job {
     tensor_state *t;
     client_state *client;    /* whose message it is */
+    uint64_t seq;            /* the message's, to record it as dropped if it fails */
     uint64_t step, numel;
     size_t n;
     int form;
@@ -168,6 +169,12 @@ int ag_eng_client_for(ag_engine *e, const ag_msg *m, client_state **out);
 /* Account m's seq and drop counter on its client: gaps become drops of its
  * run; a seq at or below the client's last is out of order (AG_ERANGE). */
 int ag_eng_account(ag_engine *e, client_state *cs, const ag_msg *m);
+/* Record count messages of cs's run from first_seq as dropped, with a static
+ * reason: a drops row, the run's and the daemon's dropped. */
+int ag_eng_queue_drop(ag_engine *e, client_state *cs, uint64_t first_seq, uint64_t count,
+                      const char *reason);
+/* A static reason for a message accepted but not (fully) filed. */
+const char *ag_eng_unfiled_reason(int err);
 
 /* Bytes a tensor with all its roles may hold outside its snapshots. */
 size_t ag_eng_tensor_cost(const ag_engine *e, const char *name);

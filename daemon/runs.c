@@ -238,7 +238,7 @@ int ag_eng_client_for(ag_engine *e, const ag_msg *m, client_state **out) {
 
 /* ------------------------------------------------- sequence accounting */
 
-static int queue_drop(ag_engine *e, client_state *cs, uint64_t first_seq, uint64_t count,
+int ag_eng_queue_drop(ag_engine *e, client_state *cs, uint64_t first_seq, uint64_t count,
                       const char *reason) {
     run_state *r = cs->run;
     ag_write_item it = {.kind = AG_W_DROP};
@@ -265,10 +265,10 @@ int ag_eng_account(ag_engine *e, client_state *cs, const ag_msg *m) {
     if (!new_session && h->seq < expected) return AG_ERANGE;
     int err = AG_OK;
     if (h->seq > expected)
-        err = queue_drop(e, cs, expected, h->seq - expected, "sequence gap");
+        err = ag_eng_queue_drop(e, cs, expected, h->seq - expected, "sequence gap");
     uint64_t seen = cs->drop_known ? cs->last_drop : 0;
     if (!err && (cs->drop_known || new_session) && h->dropped > seen)
-        err = queue_drop(e, cs, h->seq, h->dropped - seen, "client queue full");
+        err = ag_eng_queue_drop(e, cs, h->seq, h->dropped - seen, "client queue full");
     cs->last_seq = h->seq;
     cs->has_seq = 1;
     cs->last_drop = h->dropped;

@@ -236,6 +236,7 @@ done:
         atomic_fetch_add(&e->counters->rejected, 1);
         ag_log(e->log, AG_LOG_WARNING, "snapshot of %s/%s step %llu not evaluated: %s", r->name,
                t->name, (unsigned long long)job->step, ag_strerror(err));
+        if (job->client) ag_eng_queue_drop(e, job->client, job->seq, 1, ag_eng_unfiled_reason(err));
     }
     size_t bytes = job->bytes;
     client_state *client = job->client;

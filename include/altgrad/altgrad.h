@@ -282,7 +282,8 @@ typedef struct ag_run_info {
     int64_t ended_ms;        /* 0 while running */
     uint64_t last_step;
     uint64_t messages;       /* stream messages accepted for this run */
-    uint64_t dropped;        /* gaps in sequence numbers plus client-side drops */
+    uint64_t dropped;        /* gaps in sequence numbers, client-side drops, and messages
+                              * accepted but not filed (the daemon's state budget full) */
     const char *metadata;    /* JSON text as sent at run start, "{}" if none */
 } ag_run_info;
 typedef struct ag_run_list { size_t n; ag_run_info *items; } ag_run_list;

@@ -501,14 +501,39 @@ Test(engine, tensors_past_the_state_budget_are_rejected_and_counted_not_allocate
     static const char *const names[] = {"t00", "t01", "t02", "t03", "t04",
                                         "t05", "t06", "t07", "t08", "t09"};
     F.engine->max_state_bytes = F.engine->state_bytes + 3 * ag_eng_tensor_cost(F.engine, "t00");
+    uint64_t d0 = atomic_load(&F.counters.dropped); /* the first seq's gap, if any */
     cr_expect_eq(stats_of(names, 10, 1), AG_ENOSPC);
     size_t made = atomic_load(&F.counters.tensors);
     cr_expect(made >= 3 && made < 10, "%zu tensors", made);
     cr_expect_eq(atomic_load(&F.counters.rejected), 1);
+    /* the run lost data: it shows as a drop of the run, with the reason */
+    cr_expect_geq(atomic_load(&F.counters.dropped), d0 + 1, "dropped %llu",
+                  (unsigned long long)atomic_load(&F.counters.dropped));
     cr_expect_leq(F.engine->state_bytes, F.engine->max_state_bytes);
     /* Known tensors still take records. */
     cr_expect_eq(stats_of(names, made, 2), AG_OK);
     cr_expect_eq(atomic_load(&F.counters.rejected), 1);
+    stop();
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_READONLY), AG_OK);
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK);
+    cr_assert_eq(runs->n, 1);
+    cr_expect_geq(runs->items[0].dropped, 1, "the run says it lost a message");
+    ag_free(runs);
+    ag_store_close(st);
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(F.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT sum(count) FROM drops WHERE reason = 'not filed: "
+                                    "the daemon''s state budget is full'",
+                                    -1, &q, NULL),
+                 SQLITE_OK);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    cr_expect_eq(sqlite3_column_int64(q, 0), 1, "one drop row gives the reason");
+    sqlite3_finalize(q);
+    sqlite3_close(db);
 }
 
 Test(engine, a_snapshot_whose_encoded_copies_pass_the_state_budget_is_rejected) {
@@ -521,8 +546,11 @@ Test(engine, a_snapshot_whose_encoded_copies_pass_the_state_budget_is_rejected) 
     F.engine->max_state_bytes = used + 5 * 10;
     cr_expect_eq(snapshot(2, w, g, 16, AG_FORM_SGD, 0, NULL, 0), AG_OK);
     cr_expect_eq(F.engine->state_bytes, used);
+    uint64_t d0 = atomic_load(&F.counters.dropped);
     cr_expect_eq(snapshot(3, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_ENOSPC);
     cr_expect_eq(atomic_load(&F.counters.rejected), 1);
+    cr_expect_eq(atomic_load(&F.counters.dropped), d0 + 1, "the run's lost snapshot is a drop: %llu",
+                 (unsigned long long)atomic_load(&F.counters.dropped));
     cr_expect_eq(F.engine->state_bytes, used);
     /* A shape change that fits frees the old copies (flips restart). */
     cr_expect_eq(snapshot(4, w, g, 20, AG_FORM_SGD, 0, NULL, 0), AG_OK);
