@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proto/json.h"
+#include "present/json.h"
 
 #define DEFAULT_FORMAT AG_DEFAULT_FORMAT
 #define TOP_LIMIT_MAX AG_TOP_LIMIT_MAX /* as the query server clamps it */

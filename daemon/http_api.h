@@ -1,6 +1,6 @@
 /*
  * http_api.h - what altgradd's web server answers: the page, the JSON API
- * (the CLI's --json documents, proto/json.h) and /metrics. Runs on a libuv
+ * (the CLI's --json documents, present/json.h) and /metrics. Runs on a libuv
  * pool thread with a read-only store connection; never on the loop.
  */
 #ifndef AG_DAEMON_HTTP_API_H

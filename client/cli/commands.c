@@ -1,7 +1,7 @@
 /*
  * commands.c - the altgrad CLI's query commands: status, runs, tensors,
  * history, scales, top. Each asks its source for one altgrad.h result and
- * lays it out with proto/json_layout.c, the layouts the daemon's HTTP API
+ * lays it out with present/json_layout.c, the layouts the daemon's HTTP API
  * uses, so JSON, CSV, the table and GET /api/... share their keys;
  * ag_cli_execute renders the document in the mode asked for.
  */

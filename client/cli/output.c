@@ -1,7 +1,7 @@
 /*
  * output.c - renders an ag_cli_doc as an aligned table, JSON or CSV.
  * Everything the daemon or a database sends us is untrusted text: JSON comes
- * from proto/json.c (escaped, invalid UTF-8 replaced, non-finite as null),
+ * from present/json.c (escaped, invalid UTF-8 replaced, non-finite as null),
  * CSV fields are quoted per RFC 4180, table cells lose control characters.
  */
 #define _POSIX_C_SOURCE 200809L

@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "proto/json.h"
+#include "present/json.h"
 
 typedef enum ag_cli_mode {
     AG_CLI_TABLE = 0, /* aligned columns for people */

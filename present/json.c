@@ -4,7 +4,7 @@
  * holds is untrusted text, so strings are escaped byte by byte with invalid
  * UTF-8 replaced, and non-finite numbers become null.
  */
-#include "proto/json.h"
+#include "present/json.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
  * CLI (all three output modes) and the daemon's HTTP API both use these, so
  * `altgrad --json` and `GET /api/...` print the same shapes.
  */
-#include "proto/json.h"
+#include "present/json.h"
 
 #include <stddef.h>
 
