@@ -74,23 +74,6 @@ void ag_client_leave_locked(ag_client *c)
         pthread_cond_broadcast(&c->drained); /* close waits for the last one */
 }
 
-int64_t ag_client_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void deadline_after(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
 
 uint64_t ag_client_random_u64(void)
 {
@@ -217,7 +200,7 @@ int ag_client_start_run_locked(ag_client *c)
     m.hdr.client_id = c->client_id;
     m.u.run_start.host = c->host;
     m.u.run_start.pid = (int64_t)getpid();
-    m.u.run_start.time_ms = ag_client_now_ms();
+    m.u.run_start.time_ms = ag_wall_ms();
     m.u.run_start.metadata = c->metadata;
     m.u.run_start.launch = c->launch;
     m.u.run_start.resume = c->opts.resume != 0;
@@ -240,7 +223,7 @@ static void *sender_main(void *arg)
             if (c->stopping)
                 break;
             struct timespec ts;
-            deadline_after(&ts, c->opts.flush_interval_ms);
+            ag_deadline_after_ms(&ts, c->opts.flush_interval_ms);
             /* a partial batch goes out once nothing else was queued for a
              * flush interval: full batches and snapshots wake us earlier */
             if (pthread_cond_timedwait(&c->work, &c->mu, &ts) == ETIMEDOUT &&
@@ -369,7 +352,7 @@ static int fill_options(ag_client *c, const ag_client_opts *in)
         memcpy(c->run, o.run, n + 1);
     } else {
         snprintf(c->run, sizeof c->run, "run-%.64s-%ld-%lld", c->host, (long)getpid(),
-                 (long long)(ag_client_now_ms() / 1000));
+                 (long long)(ag_wall_ms() / 1000));
     }
     int rc = ag_client_resolve_launch(c, o.launch_id);
     if (rc)
@@ -586,7 +569,7 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
             break;
         }
         struct timespec until;
-        deadline_after(&until, pause_ms);
+        ag_deadline_after_ms(&until, pause_ms);
         if (deadline && (until.tv_sec > deadline->tv_sec ||
                          (until.tv_sec == deadline->tv_sec && until.tv_nsec > deadline->tv_nsec)))
             until = *deadline;
@@ -632,7 +615,7 @@ int ag_client_flush(ag_client *c, int timeout_ms)
         return AG_ECLOSED;
     struct timespec ts;
     if (timeout_ms >= 0)
-        deadline_after(&ts, timeout_ms);
+        ag_deadline_after_ms(&ts, timeout_ms);
     /* With no daemon to deliver to (no socket, connection refused), nothing
      * can be confirmed: fail at once and say where we looked, instead of
      * waiting out the timeout. ingest_url is fixed at open. */
@@ -696,7 +679,7 @@ static int queue_run_end_locked(ag_client *c, int force)
     m.hdr.run = c->run;
     m.hdr.client_id = c->client_id;
     m.u.run_end.step = c->max_step;
-    m.u.run_end.time_ms = ag_client_now_ms();
+    m.u.run_end.time_ms = ag_wall_ms();
     nng_msg *msg;
     int rc = ag_client_encode_msg(&m, &msg);
     if (rc)

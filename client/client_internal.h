@@ -15,6 +15,7 @@
 
 #include "altgrad/altgrad.h"
 #include "client/open_quiet.h"
+#include "core/clock.h"
 #include "proto/proto.h"
 
 /* One query in flight (on its caller's stack), so close can cancel its aio:
@@ -106,7 +107,6 @@ int ag_client_start_run_locked(ag_client *c);
 int ag_client_has_room_locked(const ag_client *c, size_t len);
 /* Encode m (a stream message) into a fresh nng message. */
 int ag_client_encode_msg(const ag_msg *m, nng_msg **out);
-int64_t ag_client_now_ms(void);
 /* 64 random bits, never 0. */
 uint64_t ag_client_random_u64(void);
 

@@ -230,17 +230,6 @@ void ag_client_name_fini(ag_client *c)
 
 /* ---- the public calls ----------------------------------------------------- */
 
-static void deadline_after(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 int ag_client_start_run(ag_client *c, int timeout_ms)
 {
     if (!c)
@@ -249,7 +238,7 @@ int ag_client_start_run(ag_client *c, int timeout_ms)
         return AG_ECLOSED;
     struct timespec ts;
     if (timeout_ms >= 0)
-        deadline_after(&ts, timeout_ms);
+        ag_deadline_after_ms(&ts, timeout_ms);
     /* query_url is fixed at open: probe it before taking the lock. */
     int no_daemon = 0;
     if (!atomic_load_explicit(&c->run_known, memory_order_acquire)) {

@@ -37,12 +37,6 @@ const char *ag_client_last_error(const ag_client *c)
     return c && last_client == c ? last_text : "";
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms)
 {
@@ -114,7 +108,7 @@ static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, a
     slot.next = c->queries;
     c->queries = &slot;
     pthread_mutex_unlock(&c->mu);
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = ag_mono_ms() + timeout_ms;
     nng_aio_set_timeout(aio, timeout_ms);
     nng_aio_set_msg(aio, msg);
     nng_ctx_send(ctx, aio);
@@ -124,7 +118,7 @@ static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, a
         goto fail; /* msg is still ours */
     }
     msg = NULL; /* the socket owns it now */
-    int64_t left = deadline - mono_ms();
+    int64_t left = deadline - ag_mono_ms();
     nng_aio_set_timeout(aio, left > 0 ? (nng_duration)left : 1);
     nng_ctx_recv(ctx, aio);
     nng_aio_wait(aio);

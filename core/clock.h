@@ -13,4 +13,9 @@ int64_t ag_mono_ms(void);
 /* Unix time in milliseconds (CLOCK_REALTIME): for timestamps. */
 int64_t ag_wall_ms(void);
 
+struct timespec;
+/* *ts = CLOCK_MONOTONIC now + ms: an absolute deadline for condition
+ * variables created with pthread_condattr_setclock(CLOCK_MONOTONIC). */
+void ag_deadline_after_ms(struct timespec *ts, int ms);
+
 #endif
