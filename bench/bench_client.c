@@ -20,8 +20,7 @@
 #include "altgrad/altgrad.h"
 #include "proto/proto.h"
 
-static double now_s(void)
-{
+static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -33,8 +32,7 @@ typedef struct drain {
 } drain;
 
 /* The stand-in daemon: receive and drop everything. */
-static void *drain_main(void *arg)
-{
+static void *drain_main(void *arg) {
     drain *d = arg;
     nng_msg *m;
     while (nng_recvmsg(d->s, &m, 0) == 0) {
@@ -46,21 +44,18 @@ static void *drain_main(void *arg)
 
 /* Hand everything queued to the receiver. Not ag_client_flush: that waits
  * for a daemon to confirm delivery, and the receiver here only drains. */
-static void drain_queue(ag_client *c)
-{
+static void drain_queue(ag_client *c) {
     for (int i = 0; i < 10000; i++) {
         ag_client_flush(c, 0); /* queues the open batch */
         ag_client_stats st;
-        if (ag_client_get_stats(c, &st) != AG_OK || st.queued == 0)
-            return;
+        if (ag_client_get_stats(c, &st) != AG_OK || st.queued == 0) return;
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
 }
 
 /* ns per record over n calls; best of three rounds. */
-static double time_records(ag_client *c, size_t n, int daemon_up, uint64_t *dropped)
-{
+static double time_records(ag_client *c, size_t n, int daemon_up, uint64_t *dropped) {
     static const char *const names[4] = {"layers.0.attn.q_proj.weight", "layers.0.mlp.up.weight",
                                          "layers.1.attn.q_proj.weight", "lm_head.weight"};
     double best = 1e30;
@@ -70,10 +65,8 @@ static double time_records(ag_client *c, size_t n, int daemon_up, uint64_t *drop
             ag_client_log_amax(c, i / 4, names[i & 3], AG_ROLE_GRADIENT, 0.5 + (double)(i & 7),
                                4096, 0);
         double ns = (now_s() - t0) * 1e9 / (double)n;
-        if (ns < best)
-            best = ns;
-        if (daemon_up)
-            drain_queue(c); /* start each round with an empty queue */
+        if (ns < best) best = ns;
+        if (daemon_up) drain_queue(c); /* start each round with an empty queue */
     }
     ag_client_stats st;
     ag_client_get_stats(c, &st);
@@ -81,8 +74,7 @@ static double time_records(ag_client *c, size_t n, int daemon_up, uint64_t *drop
     return best;
 }
 
-static int bench_logging(void)
-{
+static int bench_logging(void) {
     char dir[] = "/tmp/ag-bench-XXXXXX";
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
@@ -93,12 +85,11 @@ static int bench_logging(void)
     snprintf(qurl, sizeof qurl, "ipc://%s/query.sock", dir);
     snprintf(path, sizeof path, "%s/ingest.sock", dir);
     const size_t n = 2000000;
-    ag_client_opts o = {.ingest_url = url, .query_url = qurl, .run = "bench",
-                        .close_timeout_ms = 100};
+    ag_client_opts o = {
+        .ingest_url = url, .query_url = qurl, .run = "bench", .close_timeout_ms = 100};
 
     ag_client *c = NULL;
-    if (ag_client_open(&c, &o) != AG_OK)
-        return 1;
+    if (ag_client_open(&c, &o) != AG_OK) return 1;
     uint64_t dropped_absent = 0;
     double absent = time_records(c, n, 0, &dropped_absent);
     ag_client_close(c);
@@ -111,8 +102,7 @@ static int bench_logging(void)
     nng_socket_set_size(d.s, NNG_OPT_RECVMAXSZ, AG_PROTO_MAX_MESSAGE);
     pthread_t th;
     pthread_create(&th, NULL, drain_main, &d);
-    if (ag_client_open(&c, &o) != AG_OK)
-        return 1;
+    if (ag_client_open(&c, &o) != AG_OK) return 1;
     uint64_t dropped_up = 0;
     double up = time_records(c, n, 1, &dropped_up);
     ag_client_close(c);
@@ -129,14 +119,12 @@ static int bench_logging(void)
     return 0;
 }
 
-static int bench_snapshot(void)
-{
+static int bench_snapshot(void) {
     const size_t n = 4u << 20; /* 4 Mi elements: 32 MiB of w and g */
     float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g);
     size_t cap = 2 * n * sizeof(float) + 4096;
     uint8_t *out = malloc(cap);
-    if (!w || !g || !out)
-        return 1;
+    if (!w || !g || !out) return 1;
     for (size_t i = 0; i < n; i++) {
         w[i] = (float)i * 1e-3f;
         g[i] = (float)(i % 97) * 1e-5f;
@@ -146,9 +134,15 @@ static int bench_snapshot(void)
     m.hdr.run = "bench";
     m.hdr.client_id = 1;
     const char *fmts[2] = {"E5M2", "E3M4"};
-    m.u.snapshot = (ag_msg_snapshot){.step = 1, .tensor = "layers.0.mlp.up.weight",
-                                     .dtype = AG_DTYPE_F32, .lr = 0.01, .n = n, .nformats = 2,
-                                     .formats = fmts, .w = w, .x = g};
+    m.u.snapshot = (ag_msg_snapshot){.step = 1,
+                                     .tensor = "layers.0.mlp.up.weight",
+                                     .dtype = AG_DTYPE_F32,
+                                     .lr = 0.01,
+                                     .n = n,
+                                     .nformats = 2,
+                                     .formats = fmts,
+                                     .w = w,
+                                     .x = g};
     double best_copy = 1e30, best_enc = 1e30;
     size_t len = 0;
     for (int round = 0; round < 7; round++) {
@@ -158,14 +152,11 @@ static int bench_snapshot(void)
         double t1 = now_s();
         ag_buf b;
         ag_buf_init_fixed(&b, out, cap);
-        if (ag_proto_encode(&b, &m) != AG_OK)
-            return 1;
+        if (ag_proto_encode(&b, &m) != AG_OK) return 1;
         double t2 = now_s();
         len = b.len;
-        if (t1 - t0 < best_copy)
-            best_copy = t1 - t0;
-        if (t2 - t1 < best_enc)
-            best_enc = t2 - t1;
+        if (t1 - t0 < best_copy) best_copy = t1 - t0;
+        if (t2 - t1 < best_enc) best_enc = t2 - t1;
     }
     double mib = (double)(2 * n * sizeof(float)) / (1024.0 * 1024.0);
     printf("snapshot of %zu x 2 float32 (%.0f MiB, message %zu bytes):\n", n, mib, len);
@@ -180,11 +171,9 @@ static int bench_snapshot(void)
     return 0;
 }
 
-int main(void)
-{
+int main(void) {
     printf("bench_client (%s)\n", ag_version());
     int rc = bench_logging();
-    if (!rc)
-        rc = bench_snapshot();
+    if (!rc) rc = bench_snapshot();
     return rc;
 }

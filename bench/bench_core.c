@@ -15,8 +15,7 @@
 
 #define REPS 5
 
-static double now(void)
-{
+static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -26,18 +25,14 @@ static volatile float sink;
 
 /* The baseline: read both arrays once, with independent accumulators so the
  * compiler can vectorise without reassociating floating point. */
-static void plain_read(const float *w, const float *g, size_t n)
-{
+static void plain_read(const float *w, const float *g, size_t n) {
     float acc[16] = {0};
     size_t i = 0;
     for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++)
-            acc[j] += w[i + j] + g[i + j];
+        for (int j = 0; j < 16; j++) acc[j] += w[i + j] + g[i + j];
     float s = 0;
-    for (int j = 0; j < 16; j++)
-        s += acc[j];
-    for (; i < n; i++)
-        s += w[i] + g[i];
+    for (int j = 0; j < 16; j++) s += acc[j];
+    for (; i < n; i++) s += w[i] + g[i];
     sink = s;
 }
 
@@ -53,40 +48,34 @@ typedef struct ctx {
 
 static void run_plain(ctx *c) { plain_read(c->w, c->g, c->n); }
 
-static void run_stall_one(ctx *c)
-{
+static void run_stall_one(ctx *c) {
     ag_stall_counts s = {0};
     ag_stall_sgd(c->fmts[c->which], c->scales[c->which], 0.01f, c->w, c->g, c->n, &s);
     sink = (float)s.stalled;
 }
 
-static void run_stall_five(ctx *c)
-{
+static void run_stall_five(ctx *c) {
     ag_stall_counts s[5] = {{0}};
     ag_stall_sgd_multi(c->fmts, c->scales, 5, 0.01f, c->w, c->g, c->n, s);
     sink = (float)s[0].stalled;
 }
 
-static void run_encode(ctx *c)
-{
+static void run_encode(ctx *c) {
     ag_encode_array(c->fmts[c->which], c->scales[c->which], c->w, c->bits, c->n);
 }
 
-static void run_quantize(ctx *c)
-{
+static void run_quantize(ctx *c) {
     ag_quantize(c->fmts[c->which], c->scales[c->which], c->w, c->out, c->n);
 }
 
-static void run_amax(ctx *c)
-{
+static void run_amax(ctx *c) {
     float m;
     uint64_t bad;
     ag_amax(c->w, c->n, &m, &bad);
     sink = m;
 }
 
-static double best_time(void (*fn)(ctx *), ctx *c)
-{
+static double best_time(void (*fn)(ctx *), ctx *c) {
     double best = INFINITY;
     for (int r = 0; r < REPS; r++) {
         double t0 = now();
@@ -97,11 +86,9 @@ static double best_time(void (*fn)(ctx *), ctx *c)
     return best;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     size_t n = (size_t)16 << 20;
-    if (argc > 1)
-        n = (size_t)strtoull(argv[1], NULL, 10);
+    if (argc > 1) n = (size_t)strtoull(argv[1], NULL, 10);
     float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g), *out = malloc(n * sizeof *out);
     uint8_t *bits = malloc(n);
     if (!w || !g || !out || !bits) {

@@ -83,8 +83,8 @@ static int daemon_start(daemon_proc *d) {
     d->pid = fork();
     if (d->pid == 0) {
         setenv("NOTIFY_SOCKET", notify, 1);
-        execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db,
-              "--log-level", "warning", "--http", "off", (char *)NULL);
+        execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db, "--log-level",
+              "warning", "--http", "off", (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 300; i++) {
@@ -123,8 +123,11 @@ static long rss_kib(pid_t pid) {
 }
 
 static ag_client *client(daemon_proc *d, const char *run) {
-    ag_client_opts o = {.ingest_url = d->ingest, .query_url = d->query, .run = run,
-                        .policy = AG_QUEUE_BLOCK, .query_timeout_ms = 30000};
+    ag_client_opts o = {.ingest_url = d->ingest,
+                        .query_url = d->query,
+                        .run = run,
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 30000};
     ag_client *c = NULL;
     return ag_client_open(&c, &o) == AG_OK ? c : NULL;
 }
@@ -182,9 +185,10 @@ static double baseline_inserts(size_t tensors, size_t steps) {
 static double daemon_records(daemon_proc *d, size_t tensors, size_t steps) {
     ag_client *c = client(d, "bench-stats");
     if (!c) return 0;
-    char (*names)[48] = malloc(tensors * sizeof *names);
+    char(*names)[48] = malloc(tensors * sizeof *names);
     if (!names) return 0;
-    for (size_t t = 0; t < tensors; t++) snprintf(names[t], sizeof names[t], "layers.%zu.weight", t);
+    for (size_t t = 0; t < tensors; t++)
+        snprintf(names[t], sizeof names[t], "layers.%zu.weight", t);
     /* Warm the connection (and the run) before timing. */
     ag_client_log_amax(c, 0, names[0], AG_ROLE_GRADIENT, 1.0, 4096, 0);
     ag_client_flush(c, -1);

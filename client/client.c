@@ -28,10 +28,11 @@
 #define DEFAULT_QUERY_MS 5000
 #define DEFAULT_CLOSE_MS 2000
 #define DEFAULT_RECONNECT_MS 100
-#define SEND_POLL_MS 100 /* how often a blocked send looks up to see if we close */
+#define SEND_POLL_MS 100        /* how often a blocked send looks up to see if we close */
 #define CONFIRM_POLL_MIN_MS 5   /* flush asks the daemon again after this ... */
 #define CONFIRM_POLL_MAX_MS 100 /* ... doubling up to this (it commits every 50 ms) */
-#define OPEN_PROBE_MS 200       /* open's look for a daemon: instant unless a tcp host
+#define OPEN_PROBE_MS                                                                              \
+    200 /* open's look for a daemon: instant unless a tcp host
                                  * is silent */
 
 /*
@@ -44,46 +45,32 @@
 static uint64_t fork_generation;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
-static void on_fork_child(void)
-{
-    fork_generation++;
-}
+static void on_fork_child(void) { fork_generation++; }
 
-static void register_atfork(void)
-{
-    pthread_atfork(NULL, NULL, on_fork_child);
-}
+static void register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
-int ag_client_forked(const ag_client *c)
-{
-    return c->fork_generation != fork_generation;
-}
+int ag_client_forked(const ag_client *c) { return c->fork_generation != fork_generation; }
 
-int ag_client_wait_locked(ag_client *c, pthread_cond_t *cv, const struct timespec *deadline)
-{
+int ag_client_wait_locked(ag_client *c, pthread_cond_t *cv, const struct timespec *deadline) {
     c->callers++;
-    int rv = deadline ? pthread_cond_timedwait(cv, &c->mu, deadline)
-                      : pthread_cond_wait(cv, &c->mu);
+    int rv =
+        deadline ? pthread_cond_timedwait(cv, &c->mu, deadline) : pthread_cond_wait(cv, &c->mu);
     ag_client_leave_locked(c);
     return rv;
 }
 
-void ag_client_leave_locked(ag_client *c)
-{
+void ag_client_leave_locked(ag_client *c) {
     if (--c->callers == 0 && c->stopping)
         pthread_cond_broadcast(&c->drained); /* close waits for the last one */
 }
 
-
-uint64_t ag_client_random_u64(void)
-{
+uint64_t ag_client_random_u64(void) {
     uint64_t id = 0;
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
         ssize_t got = read(fd, &id, sizeof id);
         close(fd);
-        if (got == (ssize_t)sizeof id && id != 0)
-            return id;
+        if (got == (ssize_t)sizeof id && id != 0) return id;
     }
     /* fallback: mix time, pid and an address (splitmix64 finaliser) */
     struct timespec ts;
@@ -95,8 +82,7 @@ uint64_t ag_client_random_u64(void)
     return (z ^ (z >> 31)) | 1;
 }
 
-static int nng_to_ag(int rv)
-{
+static int nng_to_ag(int rv) {
     switch (rv) {
     case 0: return AG_OK;
     case NNG_ENOMEM: return AG_ENOMEM;
@@ -107,8 +93,7 @@ static int nng_to_ag(int rv)
     }
 }
 
-int ag_client_encode_msg(const ag_msg *m, nng_msg **out)
-{
+int ag_client_encode_msg(const ag_msg *m, nng_msg **out) {
     size_t len = ag_proto_encoded_size(m);
     if (len == 0) {
         /* encode again into a counting buffer to learn why */
@@ -117,8 +102,7 @@ int ag_client_encode_msg(const ag_msg *m, nng_msg **out)
         return ag_proto_encode(&b, m);
     }
     nng_msg *msg;
-    if (nng_msg_alloc(&msg, len) != 0)
-        return AG_ENOMEM;
+    if (nng_msg_alloc(&msg, len) != 0) return AG_ENOMEM;
     ag_buf b;
     ag_buf_init_fixed(&b, nng_msg_body(msg), len);
     int rc = ag_proto_encode(&b, m);
@@ -132,31 +116,24 @@ int ag_client_encode_msg(const ag_msg *m, nng_msg **out)
 
 /* ---- the queue (caller holds mu) ---------------------------------------- */
 
-int ag_client_has_room_locked(const ag_client *c, size_t len)
-{
-    if (c->count == 0)
-        return 1; /* anything up to the message limit fits in an empty queue */
+int ag_client_has_room_locked(const ag_client *c, size_t len) {
+    if (c->count == 0) return 1; /* anything up to the message limit fits in an empty queue */
     return c->count < c->opts.queue_messages && c->bytes + len <= c->opts.queue_bytes;
 }
 
-static int drop_locked(ag_client *c, nng_msg *msg, uint32_t records)
-{
+static int drop_locked(ag_client *c, nng_msg *msg, uint32_t records) {
     nng_msg_free(msg);
     c->stats.dropped++;
     c->stats.records_dropped += records;
     return c->stopping ? AG_ECLOSED : AG_EAGAIN;
 }
 
-int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int force)
-{
+int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int force) {
     size_t len = nng_msg_len(msg);
     for (;;) {
-        if (c->stopping)
-            return drop_locked(c, msg, records);
-        if (c->count < c->ring_cap && (force || ag_client_has_room_locked(c, len)))
-            break;
-        if (c->opts.policy != AG_QUEUE_BLOCK)
-            return drop_locked(c, msg, records);
+        if (c->stopping) return drop_locked(c, msg, records);
+        if (c->count < c->ring_cap && (force || ag_client_has_room_locked(c, len))) break;
+        if (c->opts.policy != AG_QUEUE_BLOCK) return drop_locked(c, msg, records);
         ag_client_wait_locked(c, &c->room, NULL);
     }
     /* seq and the cumulative drop count are fixed now, in queue order */
@@ -171,16 +148,13 @@ int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int f
     return AG_OK;
 }
 
-int ag_client_close_batch_locked(ag_client *c, int force)
-{
-    if (c->batch_records == 0)
-        return AG_OK;
+int ag_client_close_batch_locked(ag_client *c, int force) {
+    if (c->batch_records == 0) return AG_OK;
     uint32_t records = (uint32_t)c->batch_records;
     c->batch_records = 0;
     int rc = ag_stats_batch_end(&c->batch, 0, 0);
     nng_msg *msg = NULL;
-    if (!rc && nng_msg_alloc(&msg, c->batch.buf.len) != 0)
-        rc = AG_ENOMEM;
+    if (!rc && nng_msg_alloc(&msg, c->batch.buf.len) != 0) rc = AG_ENOMEM;
     if (rc) {
         c->stats.dropped++;
         c->stats.records_dropped += records;
@@ -191,10 +165,8 @@ int ag_client_close_batch_locked(ag_client *c, int force)
     return ag_client_enqueue_locked(c, msg, records, force);
 }
 
-int ag_client_start_run_locked(ag_client *c)
-{
-    if (c->started)
-        return AG_OK;
+int ag_client_start_run_locked(ag_client *c) {
+    if (c->started) return AG_OK;
     ag_msg m = {.type = AG_MSG_RUN_START};
     m.hdr.run = c->run;
     m.hdr.client_id = c->client_id;
@@ -206,33 +178,29 @@ int ag_client_start_run_locked(ag_client *c)
     m.u.run_start.resume = c->opts.resume != 0;
     nng_msg *msg;
     int rc = ag_client_encode_msg(&m, &msg);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     c->started = 1;
     return ag_client_enqueue_locked(c, msg, 0, 1);
 }
 
 /* ---- the sender thread --------------------------------------------------- */
 
-static void *sender_main(void *arg)
-{
+static void *sender_main(void *arg) {
     ag_client *c = arg;
     pthread_mutex_lock(&c->mu);
     for (;;) {
         if (c->count == 0) {
-            if (c->stopping)
-                break;
+            if (c->stopping) break;
             struct timespec ts;
             ag_deadline_after_ms(&ts, c->opts.flush_interval_ms);
             /* a partial batch goes out once nothing else was queued for a
              * flush interval: full batches and snapshots wake us earlier */
-            if (pthread_cond_timedwait(&c->work, &c->mu, &ts) == ETIMEDOUT &&
-                c->count == 0 && c->batch_records)
+            if (pthread_cond_timedwait(&c->work, &c->mu, &ts) == ETIMEDOUT && c->count == 0 &&
+                c->batch_records)
                 ag_client_close_batch_locked(c, 0);
             continue;
         }
-        if (c->stopping)
-            break;
+        if (c->stopping) break;
         /* only this thread removes from the queue, so the head stays put */
         nng_msg *msg = c->ring[c->head];
         size_t len = nng_msg_len(msg);
@@ -274,8 +242,7 @@ static void *sender_main(void *arg)
 
 /* nng's pipe callbacks (its threads): count the connections of a socket. A
  * removal nng reports without an addition only costs a needless probe. */
-static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
-{
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
     _Atomic int *pipes = arg;
     (void)p;
     if (ev == NNG_PIPE_EV_ADD_POST)
@@ -286,11 +253,9 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
 
 /* pipes: when not NULL, kept equal to the socket's connection count. */
 static int open_socket(nng_socket *s, int (*opener)(nng_socket *), const char *url,
-                       const ag_client_opts *o, int receives, _Atomic int *pipes)
-{
+                       const ag_client_opts *o, int receives, _Atomic int *pipes) {
     int rv = opener(s);
-    if (rv)
-        return nng_to_ag(rv);
+    if (rv) return nng_to_ag(rv);
     if (pipes && ((rv = nng_pipe_notify(*s, NNG_PIPE_EV_ADD_POST, pipe_event, pipes)) ||
                   (rv = nng_pipe_notify(*s, NNG_PIPE_EV_REM_POST, pipe_event, pipes)))) {
         nng_close(*s);
@@ -309,68 +274,48 @@ static int open_socket(nng_socket *s, int (*opener)(nng_socket *), const char *u
     return AG_OK;
 }
 
-static int fill_options(ag_client *c, const ag_client_opts *in)
-{
+static int fill_options(ag_client *c, const ag_client_opts *in) {
     ag_client_opts o;
     memset(&o, 0, sizeof o);
-    if (in)
-        o = *in;
-    if (o.policy != AG_QUEUE_DROP && o.policy != AG_QUEUE_BLOCK)
-        return AG_EINVAL;
+    if (in) o = *in;
+    if (o.policy != AG_QUEUE_DROP && o.policy != AG_QUEUE_BLOCK) return AG_EINVAL;
     if (o.flush_interval_ms < 0 || o.query_timeout_ms < 0 || o.close_timeout_ms < 0 ||
         o.reconnect_ms < 0)
         return AG_EINVAL;
-    if (!o.queue_messages)
-        o.queue_messages = DEFAULT_QUEUE_MESSAGES;
-    if (!o.queue_bytes || o.queue_bytes > DEFAULT_QUEUE_BYTES)
-        o.queue_bytes = DEFAULT_QUEUE_BYTES;
-    if (!o.batch_bytes)
-        o.batch_bytes = DEFAULT_BATCH_BYTES;
-    if (o.batch_bytes > (16u << 20))
-        o.batch_bytes = 16u << 20;
-    if (!o.flush_interval_ms)
-        o.flush_interval_ms = DEFAULT_FLUSH_MS;
-    if (!o.query_timeout_ms)
-        o.query_timeout_ms = DEFAULT_QUERY_MS;
-    if (!o.close_timeout_ms)
-        o.close_timeout_ms = DEFAULT_CLOSE_MS;
-    if (!o.reconnect_ms)
-        o.reconnect_ms = DEFAULT_RECONNECT_MS;
-    if (o.queue_messages > (1u << 24))
-        return AG_EINVAL;
+    if (!o.queue_messages) o.queue_messages = DEFAULT_QUEUE_MESSAGES;
+    if (!o.queue_bytes || o.queue_bytes > DEFAULT_QUEUE_BYTES) o.queue_bytes = DEFAULT_QUEUE_BYTES;
+    if (!o.batch_bytes) o.batch_bytes = DEFAULT_BATCH_BYTES;
+    if (o.batch_bytes > (16u << 20)) o.batch_bytes = 16u << 20;
+    if (!o.flush_interval_ms) o.flush_interval_ms = DEFAULT_FLUSH_MS;
+    if (!o.query_timeout_ms) o.query_timeout_ms = DEFAULT_QUERY_MS;
+    if (!o.close_timeout_ms) o.close_timeout_ms = DEFAULT_CLOSE_MS;
+    if (!o.reconnect_ms) o.reconnect_ms = DEFAULT_RECONNECT_MS;
+    if (o.queue_messages > (1u << 24)) return AG_EINVAL;
     o.resume = o.resume != 0;
 
-    if (gethostname(c->host, sizeof c->host - 1) != 0)
-        snprintf(c->host, sizeof c->host, "unknown");
+    if (gethostname(c->host, sizeof c->host - 1) != 0) snprintf(c->host, sizeof c->host, "unknown");
     c->host[sizeof c->host - 1] = '\0';
     if (o.run) {
         size_t n = strlen(o.run);
-        if (n > AG_NAME_MAX)
-            return AG_ETOOBIG;
-        if (!ag_proto_name_ok(o.run, n))
-            return AG_EINVAL;
+        if (n > AG_NAME_MAX) return AG_ETOOBIG;
+        if (!ag_proto_name_ok(o.run, n)) return AG_EINVAL;
         memcpy(c->run, o.run, n + 1);
     } else {
         snprintf(c->run, sizeof c->run, "run-%.64s-%ld-%lld", c->host, (long)getpid(),
                  (long long)(ag_wall_ms() / 1000));
     }
     int rc = ag_client_resolve_launch(c, o.launch_id);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     o.launch_id = c->launch;
     const char *meta = o.metadata ? o.metadata : "{}";
     size_t mn = strlen(meta);
-    if (mn > AG_PROTO_MAX_METADATA)
-        return AG_ETOOBIG;
-    if (!ag_proto_json_object_ok(meta, mn))
-        return AG_EINVAL;
-    if (!(c->metadata = malloc(mn + 1)))
-        return AG_ENOMEM;
+    if (mn > AG_PROTO_MAX_METADATA) return AG_ETOOBIG;
+    if (!ag_proto_json_object_ok(meta, mn)) return AG_EINVAL;
+    if (!(c->metadata = malloc(mn + 1))) return AG_ENOMEM;
     memcpy(c->metadata, meta, mn + 1);
     c->ingest_url = ag_endpoint_resolve(o.ingest_url, 1, &c->ingest_origin);
     c->query_url = ag_endpoint_resolve(o.query_url, 0, &c->query_origin);
-    if (!c->ingest_url || !c->query_url)
-        return AG_ENOMEM;
+    if (!c->ingest_url || !c->query_url) return AG_ENOMEM;
     o.run = c->run;
     o.metadata = c->metadata;
     o.ingest_url = c->ingest_url;
@@ -379,8 +324,7 @@ static int fill_options(ag_client *c, const ag_client_opts *in)
     return AG_OK;
 }
 
-static void free_client(ag_client *c)
-{
+static void free_client(ag_client *c) {
     free(c->ring);
     free(c->ring_records);
     ag_buf_free(&c->batch.buf);
@@ -393,42 +337,37 @@ static void free_client(ag_client *c)
 /* One line on stderr when no daemon is found at open: a trainer started in
  * the wrong folder would otherwise queue into nothing without a word. The
  * ingest URL first (what a trainer streams to), then the query URL. */
-static void notice_missing_daemon(const ag_client *c)
-{
+static void notice_missing_daemon(const ag_client *c) {
     char why[768], line[1536];
     int ingest = 1;
     if (ag_endpoint_probe(c->ingest_url, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK) {
         ingest = 0;
-        if (ag_endpoint_probe(c->query_url, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK)
-            return;
+        if (ag_endpoint_probe(c->query_url, OPEN_PROBE_MS, 0, why, sizeof why) == AG_OK) return;
     }
     ag_endpoint_explain(ingest ? c->ingest_url : c->query_url,
                         ingest ? c->ingest_origin : c->query_origin, ingest, why, line,
                         sizeof line);
-    fprintf(stderr, "altgrad: %s; logged messages wait in the queue for it, and close "
-            "reports those never delivered\n", line);
+    fprintf(stderr,
+            "altgrad: %s; logged messages wait in the queue for it, and close "
+            "reports those never delivered\n",
+            line);
 }
 
-int ag_client_open(ag_client **out, const ag_client_opts *opts)
-{
+int ag_client_open(ag_client **out, const ag_client_opts *opts) {
     return ag_client_open_quiet(out, opts, 0);
 }
 
-int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
-{
-    if (!out)
-        return AG_EINVAL;
+int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet) {
+    if (!out) return AG_EINVAL;
     *out = NULL;
     int rc;
     int have_push = 0, have_req = 0, have_sync = 0;
     ag_client *c = calloc(1, sizeof(*c));
-    if (!c)
-        return AG_ENOMEM;
+    if (!c) return AG_ENOMEM;
     ag_buf_init(&c->batch.buf);
     pthread_once(&atfork_once, register_atfork);
     c->fork_generation = fork_generation;
-    if ((rc = fill_options(c, opts)))
-        goto fail;
+    if ((rc = fill_options(c, opts))) goto fail;
     c->client_id = ag_client_random_u64();
     /* spare slots: run_start, the last batch and run_end are always queued */
     c->ring_cap = c->opts.queue_messages + 3;
@@ -451,29 +390,24 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     pthread_cond_init(&c->named, &ca);
     pthread_condattr_destroy(&ca);
     have_sync = 1;
-    if ((rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0, NULL)))
-        goto fail;
+    if ((rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0, NULL))) goto fail;
     have_push = 1;
     if ((rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1, &c->req_pipes)))
         goto fail;
     have_req = 1;
-    if ((rc = ag_client_name_init(c)))
-        goto fail;
+    if ((rc = ag_client_name_init(c))) goto fail;
     if (pthread_create(&c->sender, NULL, sender_main, c) != 0) {
         rc = AG_ENOMEM;
         goto fail;
     }
     c->sender_started = 1;
-    if (!quiet)
-        notice_missing_daemon(c);
+    if (!quiet) notice_missing_daemon(c);
     *out = c;
     return AG_OK;
 fail:
     ag_client_name_fini(c);
-    if (have_req)
-        nng_close(c->req);
-    if (have_push)
-        nng_close(c->push);
+    if (have_req) nng_close(c->req);
+    if (have_push) nng_close(c->push);
     if (have_sync) {
         pthread_cond_destroy(&c->work);
         pthread_cond_destroy(&c->room);
@@ -487,8 +421,7 @@ fail:
 
 /* ---- delivery ------------------------------------------------------------ */
 
-static int64_t ms_until(const struct timespec *deadline)
-{
+static int64_t ms_until(const struct timespec *deadline) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
     return (int64_t)(deadline->tv_sec - now.tv_sec) * 1000 +
@@ -497,8 +430,7 @@ static int64_t ms_until(const struct timespec *deadline)
 
 /* Take the daemon's answer (validated: it is about us, and about messages we
  * queued). Caller holds mu. */
-static int note_delivery_locked(ag_client *c, const ag_msg_delivery *d)
-{
+static int note_delivery_locked(ag_client *c, const ag_msg_delivery *d) {
     if (d->client_id != c->client_id || d->messages > c->next_seq ||
         (d->messages && (d->seq >= c->next_seq || d->messages - 1 > d->seq)))
         return AG_EPROTO;
@@ -513,14 +445,12 @@ static int note_delivery_locked(ag_client *c, const ag_msg_delivery *d)
  * all of them were stored, AG_ELOST when the daemon stored a later message
  * but not all of these (a stream connection delivers in order and the daemon
  * refuses what comes out of order, so the missing ones never will be). */
-static int confirmed_final(const ag_client *c, uint64_t target, int *rc)
-{
+static int confirmed_final(const ag_client *c, uint64_t target, int *rc) {
     if (target == 0) {
         *rc = AG_OK;
         return 1;
     }
-    if (c->confirmed == 0 || c->confirmed_seq + 1 < target)
-        return 0;
+    if (c->confirmed == 0 || c->confirmed_seq + 1 < target) return 0;
     *rc = c->confirmed == c->confirmed_seq + 1 ? AG_OK : AG_ELOST;
     return 1;
 }
@@ -533,11 +463,9 @@ static int confirmed_final(const ag_client *c, uint64_t target, int *rc)
  * one (AG_ETIMEDOUT): ask again until the deadline; an answer we cannot use
  * (an error reply, a malformed one): give up at once with its code.
  */
-static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *deadline)
-{
+static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *deadline) {
     int rc = AG_OK;
-    if (confirmed_final(c, target, &rc))
-        return rc;
+    if (confirmed_final(c, target, &rc)) return rc;
     int pause_ms = CONFIRM_POLL_MIN_MS, answered = 0;
     c->callers++;
     for (;;) {
@@ -552,17 +480,14 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
                 rc = AG_ETIMEDOUT;
                 break;
             }
-            if (left < ask_ms)
-                ask_ms = (int)left;
+            if (left < ask_ms) ask_ms = (int)left;
         }
         pthread_mutex_unlock(&c->mu);
         ag_msg_delivery d;
         int q = ag_client_query_delivery(c, ask_ms, &d);
         pthread_mutex_lock(&c->mu);
-        if (q == AG_OK)
-            q = note_delivery_locked(c, &d);
-        if (q == AG_OK && confirmed_final(c, target, &rc))
-            break;
+        if (q == AG_OK) q = note_delivery_locked(c, &d);
+        if (q == AG_OK && confirmed_final(c, target, &rc)) break;
         answered = q == AG_OK;
         if (q != AG_OK && q != AG_ETRANSPORT && q != AG_ETIMEDOUT) {
             rc = q;
@@ -573,22 +498,22 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
         if (deadline && (until.tv_sec > deadline->tv_sec ||
                          (until.tv_sec == deadline->tv_sec && until.tv_nsec > deadline->tv_nsec)))
             until = *deadline;
-        if (!c->stopping)
-            pthread_cond_timedwait(&c->drained, &c->mu, &until); /* close wakes us */
+        if (!c->stopping) pthread_cond_timedwait(&c->drained, &c->mu, &until); /* close wakes us */
         pause_ms = pause_ms * 2 > CONFIRM_POLL_MAX_MS ? CONFIRM_POLL_MAX_MS : pause_ms * 2;
     }
     /* for ag_client_last_error (a failed ask has left its own reason) */
     char text[256];
     if (rc == AG_ELOST)
-        snprintf(text, sizeof text, "the daemon at %s stored %llu messages up to seq %llu: "
-                 "%llu below it were lost on the way", c->query_url,
-                 (unsigned long long)c->confirmed, (unsigned long long)c->confirmed_seq,
+        snprintf(text, sizeof text,
+                 "the daemon at %s stored %llu messages up to seq %llu: "
+                 "%llu below it were lost on the way",
+                 c->query_url, (unsigned long long)c->confirmed,
+                 (unsigned long long)c->confirmed_seq,
                  (unsigned long long)(c->confirmed_seq + 1 - c->confirmed));
     else if (rc == AG_ETIMEDOUT && answered)
         snprintf(text, sizeof text, "the daemon at %s confirmed %llu of %llu messages in time",
                  c->query_url, (unsigned long long)c->confirmed, (unsigned long long)target);
-    if (rc == AG_ELOST || (rc == AG_ETIMEDOUT && answered))
-        ag_client_note_error(c, text);
+    if (rc == AG_ELOST || (rc == AG_ETIMEDOUT && answered)) ag_client_note_error(c, text);
     ag_client_leave_locked(c);
     return rc;
 }
@@ -596,26 +521,23 @@ static int confirm_locked(ag_client *c, uint64_t target, const struct timespec *
 /* A flush that timed out with messages still queued: say why, for
  * ag_client_last_error (no daemon at the ingest URL, or one not taking them).
  * Called without mu, counted in callers. */
-static void explain_stuck_queue(const ag_client *c, size_t waiting)
-{
+static void explain_stuck_queue(const ag_client *c, size_t waiting) {
     char why[768], text[AG_PROTO_MAX_ERROR_TEXT + 1];
     if (ag_endpoint_probe(c->ingest_url, OPEN_PROBE_MS, 0, why, sizeof why) != AG_OK)
         ag_endpoint_explain(c->ingest_url, c->ingest_origin, 1, why, text, sizeof text);
     else
-        snprintf(text, sizeof text, "%zu messages still queued: the daemon at %s did not "
-                 "take them in time", waiting, c->ingest_url);
+        snprintf(text, sizeof text,
+                 "%zu messages still queued: the daemon at %s did not "
+                 "take them in time",
+                 waiting, c->ingest_url);
     ag_client_note_error(c, text);
 }
 
-int ag_client_flush(ag_client *c, int timeout_ms)
-{
-    if (!c)
-        return AG_EINVAL;
-    if (ag_client_forked(c))
-        return AG_ECLOSED;
+int ag_client_flush(ag_client *c, int timeout_ms) {
+    if (!c) return AG_EINVAL;
+    if (ag_client_forked(c)) return AG_ECLOSED;
     struct timespec ts;
-    if (timeout_ms >= 0)
-        ag_deadline_after_ms(&ts, timeout_ms);
+    if (timeout_ms >= 0) ag_deadline_after_ms(&ts, timeout_ms);
     /* With no daemon to deliver to (no socket, connection refused), nothing
      * can be confirmed: fail at once and say where we looked, instead of
      * waiting out the timeout. ingest_url is fixed at open. */
@@ -651,12 +573,10 @@ int ag_client_flush(ag_client *c, int timeout_ms)
             break;
         }
     }
-    if (rc == AG_OK)
-        rc = confirm_locked(c, target, timeout_ms < 0 ? NULL : &ts);
+    if (rc == AG_OK) rc = confirm_locked(c, target, timeout_ms < 0 ? NULL : &ts);
     size_t waiting = c->count;
     int explain = rc == AG_ETIMEDOUT && waiting && !c->stopping;
-    if (explain)
-        c->callers++; /* close waits for us to leave */
+    if (explain) c->callers++; /* close waits for us to leave */
     pthread_mutex_unlock(&c->mu);
     if (explain) {
         explain_stuck_queue(c, waiting);
@@ -667,13 +587,10 @@ int ag_client_flush(ag_client *c, int timeout_ms)
     return rc;
 }
 
-static int queue_run_end_locked(ag_client *c, int force)
-{
-    if (c->ended)
-        return AG_OK;
+static int queue_run_end_locked(ag_client *c, int force) {
+    if (c->ended) return AG_OK;
     c->ended = 1;
-    if (!c->started)
-        return AG_OK; /* nothing was logged: no run to end */
+    if (!c->started) return AG_OK; /* nothing was logged: no run to end */
     ag_client_close_batch_locked(c, force);
     ag_msg m = {.type = AG_MSG_RUN_END};
     m.hdr.run = c->run;
@@ -682,27 +599,21 @@ static int queue_run_end_locked(ag_client *c, int force)
     m.u.run_end.time_ms = ag_wall_ms();
     nng_msg *msg;
     int rc = ag_client_encode_msg(&m, &msg);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     return ag_client_enqueue_locked(c, msg, 0, 1);
 }
 
-int ag_client_end_run(ag_client *c)
-{
-    if (!c)
-        return AG_EINVAL;
-    if (ag_client_forked(c))
-        return AG_ECLOSED;
+int ag_client_end_run(ag_client *c) {
+    if (!c) return AG_EINVAL;
+    if (ag_client_forked(c)) return AG_ECLOSED;
     pthread_mutex_lock(&c->mu);
     int rc = c->ended ? AG_ECLOSED : queue_run_end_locked(c, 0);
     pthread_mutex_unlock(&c->mu);
     return rc;
 }
 
-int64_t ag_client_close(ag_client *c)
-{
-    if (!c)
-        return 0;
+int64_t ag_client_close(ag_client *c) {
+    if (!c) return 0;
     if (ag_client_forked(c))
         return 0; /* the parent's: its threads and sockets are not ours to stop */
     pthread_mutex_lock(&c->mu);
@@ -724,8 +635,7 @@ int64_t ag_client_close(ag_client *c)
      * and the socket is closed only when no query uses it any more. */
     pthread_mutex_lock(&c->mu);
     while (c->callers) {
-        for (ag_query_slot *q = c->queries; q; q = q->next)
-            nng_aio_cancel(q->aio);
+        for (ag_query_slot *q = c->queries; q; q = q->next) nng_aio_cancel(q->aio);
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until); /* the conds run on CLOCK_MONOTONIC */
         until.tv_nsec += 10 * 1000000L;
@@ -738,8 +648,7 @@ int64_t ag_client_close(ag_client *c)
     pthread_mutex_unlock(&c->mu);
     ag_client_name_fini(c); /* before the socket its context lives on */
     nng_close(c->req);
-    if (c->sender_started)
-        pthread_join(c->sender, NULL);
+    if (c->sender_started) pthread_join(c->sender, NULL);
     /* what the daemon never took is dropped, and counted */
     while (c->count) {
         nng_msg_free(c->ring[c->head]);
@@ -761,12 +670,9 @@ int64_t ag_client_close(ag_client *c)
     return undelivered;
 }
 
-int ag_client_get_stats(ag_client *c, ag_client_stats *out)
-{
-    if (!c || !out)
-        return AG_EINVAL;
-    if (ag_client_forked(c))
-        return AG_ECLOSED;
+int ag_client_get_stats(ag_client *c, ag_client_stats *out) {
+    if (!c || !out) return AG_EINVAL;
+    if (ag_client_forked(c)) return AG_ECLOSED;
     pthread_mutex_lock(&c->mu);
     *out = c->stats;
     out->queued = c->count;
@@ -776,9 +682,4 @@ int ag_client_get_stats(ag_client *c, ag_client_stats *out)
     return AG_OK;
 }
 
-uint64_t ag_client_id(const ag_client *c)
-{
-    return c ? c->client_id : 0;
-}
-
-
+uint64_t ag_client_id(const ag_client *c) { return c ? c->client_id : 0; }

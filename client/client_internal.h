@@ -29,23 +29,23 @@ typedef struct ag_query_slot {
 
 struct ag_client {
     /* set at open, read-only afterwards */
-    ag_client_opts opts;        /* with defaults filled in; strings point below */
-    char run[AG_NAME_MAX + 1];  /* the name asked for */
+    ag_client_opts opts;       /* with defaults filled in; strings point below */
+    char run[AG_NAME_MAX + 1]; /* the name asked for */
     char launch[AG_LAUNCH_ID_MAX + 1];
     char host[AG_NAME_MAX + 1];
     char *metadata;
     char *ingest_url;
     char *query_url;
-    int ingest_origin;          /* ag_url_origin of each URL */
+    int ingest_origin; /* ag_url_origin of each URL */
     int query_origin;
     uint64_t client_id;
     nng_socket push;
     nng_socket req;
-    _Atomic int req_pipes;      /* connections of req (nng's pipe callbacks);
+    _Atomic int req_pipes; /* connections of req (nng's pipe callbacks);
                                  * none: a query checks for a daemon first */
     pthread_t sender;
     int sender_started;
-    uint64_t fork_generation;   /* the process's fork generation at open */
+    uint64_t fork_generation; /* the process's fork generation at open */
 
     /* The run's name as the daemon filed it (identity.c): written once,
      * before run_known is set (release); readers load run_known (acquire). */
@@ -60,38 +60,38 @@ struct ag_client {
     unsigned name_backoff_ms;
 
     pthread_mutex_t mu;
-    pthread_cond_t work;        /* sender: a message was queued, or stop */
-    pthread_cond_t room;        /* producers: the queue shrank */
-    pthread_cond_t drained;     /* flushers: a message was sent or discarded */
-    pthread_cond_t named;       /* ag_client_start_run: the daemon said the name, or cannot */
+    pthread_cond_t work;    /* sender: a message was queued, or stop */
+    pthread_cond_t room;    /* producers: the queue shrank */
+    pthread_cond_t drained; /* flushers: a message was sent or discarded */
+    pthread_cond_t named;   /* ag_client_start_run: the daemon said the name, or cannot */
 
-    nng_msg **ring;             /* the send queue */
+    nng_msg **ring; /* the send queue */
     size_t ring_cap;
     size_t head;
     size_t count;
-    size_t bytes;               /* bytes held by the queue */
+    size_t bytes; /* bytes held by the queue */
 
-    ag_stats_batch batch;       /* records not yet queued */
+    ag_stats_batch batch; /* records not yet queued */
     size_t batch_records;
-    int started;                /* run_start queued */
-    int ended;                  /* run_end queued */
-    int stopping;               /* close: sender exits, producers stop waiting */
+    int started;  /* run_start queued */
+    int ended;    /* run_end queued */
+    int stopping; /* close: sender exits, producers stop waiting */
 
     uint64_t next_seq;
-    uint64_t enqueued;          /* messages ever queued */
-    uint64_t finished;          /* messages sent or discarded after queueing */
+    uint64_t enqueued; /* messages ever queued */
+    uint64_t finished; /* messages sent or discarded after queueing */
     uint64_t max_step;
-    uint64_t confirmed;         /* the daemon's last answer (flush, close): messages
+    uint64_t confirmed;     /* the daemon's last answer (flush, close): messages
                                  * of ours it stored ... */
-    uint64_t confirmed_seq;     /* ... and the highest seq among them */
+    uint64_t confirmed_seq; /* ... and the highest seq among them */
     ag_client_stats stats;
-    uint32_t *ring_records;     /* records carried by each queued message */
-    unsigned callers;           /* threads that will touch the handle again after
+    uint32_t *ring_records;        /* records carried by each queued message */
+    unsigned callers;              /* threads that will touch the handle again after
                                  * releasing mu (a wait, an encode); close waits
                                  * for them to leave before freeing */
     struct ag_query_slot *queries; /* queries in flight: close cancels their aios */
-    int name_asked;             /* the name query was started */
-    int name_err;               /* the daemon cannot say the name: why (an ag_err) */
+    int name_asked;                /* the name query was started */
+    int name_err;                  /* the daemon cannot say the name: why (an ag_err) */
 };
 
 /* Queue an encoded stream message (takes msg in every case). Caller holds
@@ -143,16 +143,15 @@ void ag_client_note_error(const ag_client *c, const char *text);
  * an answer about another client. Takes and releases mu itself. */
 int ag_client_query_delivery(ag_client *c, int timeout_ms, ag_msg_delivery *out);
 
-
 /* ---- endpoint.c: where the daemon is looked for ------------------------- */
 
 /* How a URL was chosen. */
 typedef enum ag_url_origin {
-    AG_URL_GIVEN,    /* ag_client_opts */
-    AG_URL_ENV,      /* $ALTGRAD_INGEST / $ALTGRAD_QUERY */
-    AG_URL_LOCAL,    /* default: ./var/ingest.sock exists */
-    AG_URL_SYSTEM,   /* default: /run/altgrad/ingest.sock exists */
-    AG_URL_FALLBACK  /* default: neither exists, so the ./var/ one */
+    AG_URL_GIVEN,   /* ag_client_opts */
+    AG_URL_ENV,     /* $ALTGRAD_INGEST / $ALTGRAD_QUERY */
+    AG_URL_LOCAL,   /* default: ./var/ingest.sock exists */
+    AG_URL_SYSTEM,  /* default: /run/altgrad/ingest.sock exists */
+    AG_URL_FALLBACK /* default: neither exists, so the ./var/ one */
 } ag_url_origin;
 
 /* The URL to use (malloc'd; NULL when out of memory): given, else $env, else
@@ -168,8 +167,7 @@ char *ag_endpoint_resolve(const char *given, int ingest, int *origin);
  * why naming the socket or address and the reason (not found, not a socket,
  * connection refused, permission denied, no answer to a connect within
  * timeout_ms). Never waits longer than timeout_ms (name resolution aside). */
-int ag_endpoint_probe(const char *url, int timeout_ms, int pending_fails, char *why,
-                      size_t cap);
+int ag_endpoint_probe(const char *url, int timeout_ms, int pending_fails, char *why, size_t cap);
 /* "no daemon at URL: WHY (HINT)", the hint saying where else it looked. */
 void ag_endpoint_explain(const char *url, int origin, int ingest, const char *why, char *out,
                          size_t cap);

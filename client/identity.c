@@ -19,7 +19,7 @@
 
 #include "client/client_internal.h"
 
-#define NAME_BACKOFF_MIN_MS 10u   /* the daemon commits a start within its batch time */
+#define NAME_BACKOFF_MIN_MS 10u /* the daemon commits a start within its batch time */
 #define NAME_BACKOFF_MAX_MS 1000u
 
 enum { NAME_IDLE, NAME_SEND, NAME_RECV, NAME_SLEEP, NAME_DONE };
@@ -28,16 +28,13 @@ enum { NAME_IDLE, NAME_SEND, NAME_RECV, NAME_SLEEP, NAME_DONE };
 
 /* 64-bit FNV-1a: an environment value that is not a valid launch id (too
  * long, not printable) still gives every rank of the launch the same id. */
-static uint64_t fnv1a64(const char *s)
-{
+static uint64_t fnv1a64(const char *s) {
     uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
     return h;
 }
 
-static void from_env(ag_client *c, const char *value)
-{
+static void from_env(ag_client *c, const char *value) {
     size_t n = strlen(value);
     if (ag_proto_launch_id_ok(value, n))
         memcpy(c->launch, value, n + 1);
@@ -45,14 +42,11 @@ static void from_env(ag_client *c, const char *value)
         snprintf(c->launch, sizeof c->launch, "env-%016" PRIx64, fnv1a64(value));
 }
 
-int ag_client_resolve_launch(ag_client *c, const char *given)
-{
+int ag_client_resolve_launch(ag_client *c, const char *given) {
     if (given) {
         size_t n = strnlen(given, AG_LAUNCH_ID_MAX + 1);
-        if (n > AG_LAUNCH_ID_MAX)
-            return AG_ETOOBIG;
-        if (!ag_proto_launch_id_ok(given, n))
-            return AG_EINVAL;
+        if (n > AG_LAUNCH_ID_MAX) return AG_ETOOBIG;
+        if (!ag_proto_launch_id_ok(given, n)) return AG_EINVAL;
         memcpy(c->launch, given, n + 1);
         return AG_OK;
     }
@@ -69,8 +63,7 @@ int ag_client_resolve_launch(ag_client *c, const char *given)
         /* "none": the ranks torchrun started on this host share its process */
         snprintf(c->launch, sizeof c->launch, "torchrun:%.64s:%ld", c->host, (long)getppid());
         for (char *p = c->launch; *p; p++)
-            if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-                *p = '_';
+            if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e) *p = '_';
     } else {
         snprintf(c->launch, sizeof c->launch, "%ld-%016" PRIx64, (long)getpid(),
                  ag_client_random_u64());
@@ -80,8 +73,7 @@ int ag_client_resolve_launch(ag_client *c, const char *given)
 
 /* ---- asking the daemon for the run's name --------------------------------- */
 
-static int closing(ag_client *c)
-{
+static int closing(ag_client *c) {
     pthread_mutex_lock(&c->mu);
     int stopping = c->stopping;
     pthread_mutex_unlock(&c->mu);
@@ -89,8 +81,7 @@ static int closing(ag_client *c)
 }
 
 /* The chain ends: the name is known (err AG_OK) or the daemon cannot say. */
-static void name_done(ag_client *c, int err, const char *name)
-{
+static void name_done(ag_client *c, int err, const char *name) {
     c->name_state = NAME_DONE;
     pthread_mutex_lock(&c->mu);
     if (err == AG_OK) {
@@ -103,8 +94,7 @@ static void name_done(ag_client *c, int err, const char *name)
     pthread_mutex_unlock(&c->mu);
 }
 
-static void name_send(ag_client *c)
-{
+static void name_send(ag_client *c) {
     ag_msg req = {.type = AG_MSG_Q_RUN};
     req.u.query.client_id = c->client_id;
     nng_msg *msg = NULL;
@@ -120,8 +110,7 @@ static void name_send(ag_client *c)
 }
 
 /* Ask again after a pause that doubles up to NAME_BACKOFF_MAX_MS. */
-static void name_pause(ag_client *c)
-{
+static void name_pause(ag_client *c) {
     unsigned ms = c->name_backoff_ms;
     c->name_backoff_ms = ms * 2 > NAME_BACKOFF_MAX_MS ? NAME_BACKOFF_MAX_MS : ms * 2;
     c->name_state = NAME_SLEEP;
@@ -130,12 +119,10 @@ static void name_pause(ag_client *c)
 
 /* Read one reply: AG_OK with the name stored, AG_ENOTFOUND (not committed
  * yet: ask again), or why the daemon cannot say. */
-static int name_reply(ag_client *c, nng_msg *msg)
-{
+static int name_reply(ag_client *c, nng_msg *msg) {
     ag_msg reply;
     int rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), &reply);
-    if (rc)
-        return AG_EPROTO;
+    if (rc) return AG_EPROTO;
     if (reply.type == AG_MSG_R_RUN) {
         name_done(c, AG_OK, reply.u.ident->run);
     } else if (reply.type == AG_MSG_R_ERROR) {
@@ -148,24 +135,19 @@ static int name_reply(ag_client *c, nng_msg *msg)
     return rc;
 }
 
-static void name_cb(void *arg)
-{
+static void name_cb(void *arg) {
     ag_client *c = arg;
     int rv = nng_aio_result(c->name_aio);
     nng_msg *got = NULL;
     if (c->name_state == NAME_SEND && rv != 0)
         nng_msg_free(nng_aio_get_msg(c->name_aio)); /* not sent: still ours */
-    if (c->name_state == NAME_RECV && rv == 0)
-        got = nng_aio_get_msg(c->name_aio);
+    if (c->name_state == NAME_RECV && rv == 0) got = nng_aio_get_msg(c->name_aio);
     if (rv == NNG_ECANCELED || rv == NNG_ECLOSED || closing(c)) {
-        if (got)
-            nng_msg_free(got);
+        if (got) nng_msg_free(got);
         return; /* close stops the chain */
     }
     switch (c->name_state) {
-    case NAME_SLEEP:
-        name_send(c);
-        return;
+    case NAME_SLEEP: name_send(c); return;
     case NAME_SEND:
         if (rv) {
             name_pause(c);
@@ -188,16 +170,13 @@ static void name_cb(void *arg)
             name_done(c, rc, NULL);
         return;
     }
-    default:
-        return;
+    default: return;
     }
 }
 
-int ag_client_name_init(ag_client *c)
-{
+int ag_client_name_init(ag_client *c) {
     int rv = nng_aio_alloc(&c->name_aio, name_cb, c);
-    if (rv)
-        return AG_ENOMEM;
+    if (rv) return AG_ENOMEM;
     if ((rv = nng_ctx_open(&c->name_ctx, c->req))) {
         nng_aio_free(c->name_aio);
         c->name_aio = NULL;
@@ -209,36 +188,27 @@ int ag_client_name_init(ag_client *c)
     return AG_OK;
 }
 
-void ag_client_name_ask(ag_client *c)
-{
+void ag_client_name_ask(ag_client *c) {
     /* The first question waits no more than the start takes to commit. */
     c->name_state = NAME_SLEEP;
     nng_sleep_aio(0, c->name_aio);
 }
 
-void ag_client_name_fini(ag_client *c)
-{
-    if (c->name_aio)
-        nng_aio_stop(c->name_aio); /* waits for a callback in progress */
-    if (c->have_name_ctx)
-        nng_ctx_close(c->name_ctx);
-    if (c->name_aio)
-        nng_aio_free(c->name_aio);
+void ag_client_name_fini(ag_client *c) {
+    if (c->name_aio) nng_aio_stop(c->name_aio); /* waits for a callback in progress */
+    if (c->have_name_ctx) nng_ctx_close(c->name_ctx);
+    if (c->name_aio) nng_aio_free(c->name_aio);
     c->name_aio = NULL;
     c->have_name_ctx = 0;
 }
 
 /* ---- the public calls ----------------------------------------------------- */
 
-int ag_client_start_run(ag_client *c, int timeout_ms)
-{
-    if (!c)
-        return AG_EINVAL;
-    if (ag_client_forked(c))
-        return AG_ECLOSED;
+int ag_client_start_run(ag_client *c, int timeout_ms) {
+    if (!c) return AG_EINVAL;
+    if (ag_client_forked(c)) return AG_ECLOSED;
     struct timespec ts;
-    if (timeout_ms >= 0)
-        ag_deadline_after_ms(&ts, timeout_ms);
+    if (timeout_ms >= 0) ag_deadline_after_ms(&ts, timeout_ms);
     /* query_url is fixed at open: probe it before taking the lock. */
     int no_daemon = 0;
     if (!atomic_load_explicit(&c->run_known, memory_order_acquire)) {
@@ -271,33 +241,21 @@ int ag_client_start_run(ag_client *c, int timeout_ms)
             !atomic_load_explicit(&c->run_known, memory_order_acquire) && !c->name_err)
             rc = AG_ETIMEDOUT;
     }
-    if (!rc && !atomic_load_explicit(&c->run_known, memory_order_acquire))
-        rc = c->name_err;
+    if (!rc && !atomic_load_explicit(&c->run_known, memory_order_acquire)) rc = c->name_err;
     pthread_mutex_unlock(&c->mu);
     return rc;
 }
 
-const char *ag_client_run(const ag_client *c)
-{
-    if (!c)
-        return NULL;
+const char *ag_client_run(const ag_client *c) {
+    if (!c) return NULL;
     /* run_final is written once, before run_known is set */
     if (atomic_load_explicit((_Atomic int *)&c->run_known, memory_order_acquire))
         return c->run_final;
     return c->run;
 }
 
-const char *ag_client_launch_id(const ag_client *c)
-{
-    return c ? c->launch : NULL;
-}
+const char *ag_client_launch_id(const ag_client *c) { return c ? c->launch : NULL; }
 
-const char *ag_client_ingest_url(const ag_client *c)
-{
-    return c ? c->ingest_url : NULL;
-}
+const char *ag_client_ingest_url(const ag_client *c) { return c ? c->ingest_url : NULL; }
 
-const char *ag_client_query_url(const ag_client *c)
-{
-    return c ? c->query_url : NULL;
-}
+const char *ag_client_query_url(const ag_client *c) { return c ? c->query_url : NULL; }

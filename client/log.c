@@ -15,47 +15,35 @@
 #define DEFAULT_SAMPLE_SEED 0x9e3779b97f4a7c15ULL
 #define CHUNK 1024 /* elements widened at a time for 16-bit statistics */
 
-static int check_name(const char *s)
-{
-    if (!s)
-        return AG_EINVAL;
+static int check_name(const char *s) {
+    if (!s) return AG_EINVAL;
     size_t n = strnlen(s, AG_NAME_MAX + 1);
-    if (n > AG_NAME_MAX)
-        return AG_ETOOBIG;
+    if (n > AG_NAME_MAX) return AG_ETOOBIG;
     return n ? AG_OK : AG_EINVAL;
 }
 
 /* Append one record; caller holds mu. */
-static int add_record_locked(ag_client *c, const ag_stat_record *r)
-{
-    if (c->ended || c->stopping)
-        return AG_ECLOSED;
+static int add_record_locked(ag_client *c, const ag_stat_record *r) {
+    if (c->ended || c->stopping) return AG_ECLOSED;
     int rc = ag_client_start_run_locked(c);
-    if (rc && rc != AG_EAGAIN)
-        return rc;
+    if (rc && rc != AG_EAGAIN) return rc;
     if (c->batch_records == 0 && (rc = ag_stats_batch_begin(&c->batch, c->run, c->client_id)))
         return rc;
-    if ((rc = ag_stats_batch_add(&c->batch, r)))
-        return rc;
+    if ((rc = ag_stats_batch_add(&c->batch, r))) return rc;
     c->batch_records++;
     c->stats.records++;
-    if (r->step > c->max_step)
-        c->max_step = r->step;
+    if (r->step > c->max_step) c->max_step = r->step;
     if (c->batch.buf.len >= c->opts.batch_bytes || c->batch_records >= AG_PROTO_MAX_RECORDS)
         return ag_client_close_batch_locked(c, 0);
     return AG_OK;
 }
 
 int ag_client_log_amax(ag_client *c, uint64_t step, const char *tensor, int role, double amax,
-                       uint64_t numel, uint64_t nonfinite)
-{
-    if (!c)
-        return AG_EINVAL;
-    if (ag_client_forked(c))
-        return AG_ECLOSED;
+                       uint64_t numel, uint64_t nonfinite) {
+    if (!c) return AG_EINVAL;
+    if (ag_client_forked(c)) return AG_ECLOSED;
     int rc = check_name(tensor);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (role < AG_ROLE_WEIGHT || role > AG_ROLE_UPDATE || !isfinite(amax) || amax < 0 ||
         nonfinite > numel)
         return AG_EINVAL;
@@ -66,26 +54,20 @@ int ag_client_log_amax(ag_client *c, uint64_t step, const char *tensor, int role
     return rc;
 }
 
-int ag_client_log_stats(ag_client *c, uint64_t step, const char *tensor, int role,
-                        const float *x, size_t n)
-{
-    if (!c || !x || n == 0)
-        return AG_EINVAL;
+int ag_client_log_stats(ag_client *c, uint64_t step, const char *tensor, int role, const float *x,
+                        size_t n) {
+    if (!c || !x || n == 0) return AG_EINVAL;
     float amax = 0;
     uint64_t nonfinite = 0;
     int rc = ag_amax(x, n, &amax, &nonfinite);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     return ag_client_log_amax(c, step, tensor, role, amax, n, nonfinite);
 }
 
-int ag_client_log_stats_typed(ag_client *c, uint64_t step, const char *tensor, int role,
-                              int dtype, const void *x, size_t n)
-{
-    if (dtype == AG_DTYPE_F32)
-        return ag_client_log_stats(c, step, tensor, role, x, n);
-    if (!c || !x || n == 0 || (dtype != AG_DTYPE_BF16 && dtype != AG_DTYPE_F16))
-        return AG_EINVAL;
+int ag_client_log_stats_typed(ag_client *c, uint64_t step, const char *tensor, int role, int dtype,
+                              const void *x, size_t n) {
+    if (dtype == AG_DTYPE_F32) return ag_client_log_stats(c, step, tensor, role, x, n);
+    if (!c || !x || n == 0 || (dtype != AG_DTYPE_BF16 && dtype != AG_DTYPE_F16)) return AG_EINVAL;
     float wide[CHUNK];
     float amax = 0;
     uint64_t nonfinite = 0;
@@ -96,12 +78,9 @@ int ag_client_log_stats_typed(ag_client *c, uint64_t step, const char *tensor, i
                                         : ag_f16_to_f32(p + at, wide, k);
         float part = 0;
         uint64_t bad = 0;
-        if (!rc)
-            rc = ag_amax(wide, k, &part, &bad);
-        if (rc)
-            return rc;
-        if (part > amax)
-            amax = part;
+        if (!rc) rc = ag_amax(wide, k, &part, &bad);
+        if (rc) return rc;
+        if (part > amax) amax = part;
         nonfinite += bad;
     }
     return ag_client_log_amax(c, step, tensor, role, amax, n, nonfinite);
@@ -109,8 +88,7 @@ int ag_client_log_stats_typed(ag_client *c, uint64_t step, const char *tensor, i
 
 /* ---- snapshots ----------------------------------------------------------- */
 
-static uint64_t mix64(uint64_t z)
-{
+static uint64_t mix64(uint64_t z) {
     z += 0x9e3779b97f4a7c15ULL;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
@@ -124,8 +102,7 @@ static uint64_t mix64(uint64_t z)
  * snapshots compare the same elements.
  */
 static void gather_sample(const void *src, void *dst, size_t size, size_t n, size_t m,
-                          uint64_t seed)
-{
+                          uint64_t seed) {
     size_t q = n / m, r = n % m;
     const uint8_t *s = src;
     uint8_t *d = dst;
@@ -137,41 +114,29 @@ static void gather_sample(const void *src, void *dst, size_t size, size_t n, siz
     }
 }
 
-static int check_snapshot(const ag_snapshot *s)
-{
+static int check_snapshot(const ag_snapshot *s) {
     int rc = check_name(s->tensor);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (ag_proto_dtype_size(s->dtype) == 0 || s->n == 0 || !s->w || (!s->g == !s->u))
         return AG_EINVAL;
-    if (s->g && !isfinite(s->lr))
-        return AG_EINVAL;
-    if (!isfinite(s->scale) || s->scale < 0)
-        return AG_EINVAL;
-    if (s->nformats > AG_PROTO_MAX_FORMATS)
-        return AG_ETOOBIG;
-    if (s->nformats && !s->formats)
-        return AG_EINVAL;
+    if (s->g && !isfinite(s->lr)) return AG_EINVAL;
+    if (!isfinite(s->scale) || s->scale < 0) return AG_EINVAL;
+    if (s->nformats > AG_PROTO_MAX_FORMATS) return AG_ETOOBIG;
+    if (s->nformats && !s->formats) return AG_EINVAL;
     for (size_t i = 0; i < s->nformats; i++)
-        if (!s->formats[i] || !ag_format_get(s->formats[i]))
-            return AG_EFORMAT;
+        if (!s->formats[i] || !ag_format_get(s->formats[i])) return AG_EFORMAT;
     return AG_OK;
 }
 
-int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s)
-{
-    if (!c || !s)
-        return AG_EINVAL;
-    if (ag_client_forked(c))
-        return AG_ECLOSED;
+int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s) {
+    if (!c || !s) return AG_EINVAL;
+    if (ag_client_forked(c)) return AG_ECLOSED;
     int rc = check_snapshot(s);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     size_t size = ag_proto_dtype_size(s->dtype);
     size_t n = s->n;
     size_t m = c->opts.sample_max && n > c->opts.sample_max ? c->opts.sample_max : n;
-    if (m > AG_PROTO_MAX_MESSAGE / (2 * size))
-        return AG_ETOOBIG;
+    if (m > AG_PROTO_MAX_MESSAGE / (2 * size)) return AG_ETOOBIG;
 
     pthread_mutex_lock(&c->mu);
     if (c->ended || c->stopping) {
@@ -186,16 +151,13 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s)
     rc = ag_client_start_run_locked(c);
     /* Under the drop policy a full queue drops the snapshot before we spend
      * time encoding it. */
-    if (!rc && c->opts.policy == AG_QUEUE_DROP &&
-        !ag_client_has_room_locked(c, 2 * m * size)) {
+    if (!rc && c->opts.policy == AG_QUEUE_DROP && !ag_client_has_room_locked(c, 2 * m * size)) {
         c->stats.dropped++;
         rc = AG_EAGAIN;
     }
-    if (!rc)
-        c->callers++; /* we encode unlocked: close must wait for us */
+    if (!rc) c->callers++; /* we encode unlocked: close must wait for us */
     pthread_mutex_unlock(&c->mu);
-    if (rc)
-        return rc;
+    if (rc) return rc;
 
     void *sample = NULL;
     nng_msg *nm = NULL;
@@ -246,8 +208,7 @@ leave:
     }
     if (!rc) {
         c->stats.snapshots++;
-        if (s->step > c->max_step)
-            c->max_step = s->step;
+        if (s->step > c->max_step) c->max_step = s->step;
     }
     ag_client_leave_locked(c);
     pthread_mutex_unlock(&c->mu);
@@ -255,21 +216,16 @@ leave:
 }
 
 int ag_client_log_sgd(ag_client *c, uint64_t step, const char *tensor, const float *w,
-                      const float *g, size_t n, float lr)
-{
-    if (!g)
-        return AG_EINVAL;
-    ag_snapshot s = {.step = step, .tensor = tensor, .dtype = AG_DTYPE_F32, .w = w, .g = g,
-                     .n = n, .lr = lr};
+                      const float *g, size_t n, float lr) {
+    if (!g) return AG_EINVAL;
+    ag_snapshot s = {
+        .step = step, .tensor = tensor, .dtype = AG_DTYPE_F32, .w = w, .g = g, .n = n, .lr = lr};
     return ag_client_log_snapshot(c, &s);
 }
 
 int ag_client_log_update(ag_client *c, uint64_t step, const char *tensor, const float *w,
-                         const float *u, size_t n)
-{
-    if (!u)
-        return AG_EINVAL;
-    ag_snapshot s = {.step = step, .tensor = tensor, .dtype = AG_DTYPE_F32, .w = w, .u = u,
-                     .n = n};
+                         const float *u, size_t n) {
+    if (!u) return AG_EINVAL;
+    ag_snapshot s = {.step = step, .tensor = tensor, .dtype = AG_DTYPE_F32, .w = w, .u = u, .n = n};
     return ag_client_log_snapshot(c, &s);
 }

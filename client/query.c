@@ -20,58 +20,47 @@
 static _Thread_local const ag_client *last_client;
 static _Thread_local char last_text[AG_PROTO_MAX_ERROR_TEXT + 1];
 
-static int fail_with(const ag_client *c, int rc, const char *text)
-{
+static int fail_with(const ag_client *c, int rc, const char *text) {
     last_client = c;
     snprintf(last_text, sizeof last_text, "%s", text ? text : "");
     return rc;
 }
 
-void ag_client_note_error(const ag_client *c, const char *text)
-{
-    fail_with(c, AG_OK, text);
-}
+void ag_client_note_error(const ag_client *c, const char *text) { fail_with(c, AG_OK, text); }
 
-const char *ag_client_last_error(const ag_client *c)
-{
+const char *ag_client_last_error(const ag_client *c) {
     return c && last_client == c ? last_text : "";
 }
 
-
-static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms)
-{
+static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms) {
     char text[256];
     if (rv == NNG_ETIMEDOUT) {
-        snprintf(text, sizeof text, "no reply from %s within %d ms", c->query_url,
-                 timeout_ms);
+        snprintf(text, sizeof text, "no reply from %s within %d ms", c->query_url, timeout_ms);
         return fail_with(c, AG_ETIMEDOUT, text);
     }
     snprintf(text, sizeof text, "%s %s: %s", what, c->query_url, nng_strerror(rv));
     /* closed or cancelled: the handle is closing (ag_client_close) */
-    return fail_with(c, rv == NNG_ENOMEM                               ? AG_ENOMEM
-                        : rv == NNG_ECLOSED || rv == NNG_ECANCELED ? AG_ECLOSED
-                                                                   : AG_ETRANSPORT,
+    return fail_with(c,
+                     rv == NNG_ENOMEM                           ? AG_ENOMEM
+                     : rv == NNG_ECLOSED || rv == NNG_ECANCELED ? AG_ECLOSED
+                                                                : AG_ETRANSPORT,
                      text);
 }
 
 /* Fail at once when no daemon is at the query URL: only while the socket
  * has no connection (with one, the daemon is there and nng's wait is right). */
-static int check_daemon(const ag_client *c, int timeout_ms)
-{
-    if (atomic_load(&c->req_pipes) > 0)
-        return AG_OK;
+static int check_daemon(const ag_client *c, int timeout_ms) {
+    if (atomic_load(&c->req_pipes) > 0) return AG_OK;
     char why[768], text[AG_PROTO_MAX_ERROR_TEXT + 1];
     int probe_ms = timeout_ms < PROBE_MS ? timeout_ms : PROBE_MS;
-    if (ag_endpoint_probe(c->query_url, probe_ms, 1, why, sizeof why) == AG_OK)
-        return AG_OK;
+    if (ag_endpoint_probe(c->query_url, probe_ms, 1, why, sizeof why) == AG_OK) return AG_OK;
     ag_endpoint_explain(c->query_url, c->query_origin, 0, why, text, sizeof text);
     return fail_with(c, AG_ETRANSPORT, text);
 }
 
 /* Send req, receive and decode the reply of type want into *reply (the
  * caller clears it), all within timeout_ms. */
-static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, ag_msg *reply)
-{
+static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, ag_msg *reply) {
     nng_msg *msg = NULL;
     nng_aio *aio = NULL;
     nng_ctx ctx;
@@ -84,21 +73,17 @@ static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, a
      * we fail at once instead of at the timeout) */
     pthread_mutex_lock(&c->mu);
     int closing = c->stopping;
-    if (!closing)
-        c->callers++;
+    if (!closing) c->callers++;
     pthread_mutex_unlock(&c->mu);
-    if (closing)
-        return fail_with(c, AG_ECLOSED, "the client is closing");
+    if (closing) return fail_with(c, AG_ECLOSED, "the client is closing");
     int rc = ag_client_encode_msg(req, &msg);
     if (rc) {
         rc = fail_with(c, rc, req->why ? req->why : ag_strerror(rc));
         goto fail;
     }
-    if ((rc = check_daemon(c, timeout_ms)))
-        goto fail;
+    if ((rc = check_daemon(c, timeout_ms))) goto fail;
     int rv = nng_aio_alloc(&aio, NULL, NULL);
-    if (!rv && !(rv = nng_ctx_open(&ctx, c->req)))
-        have_ctx = 1;
+    if (!rv && !(rv = nng_ctx_open(&ctx, c->req))) have_ctx = 1;
     if (rv) {
         rc = transport_error(c, rv, "cannot query", timeout_ms);
         goto fail;
@@ -146,10 +131,8 @@ static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, a
     }
     rc = AG_OK;
 fail:
-    if (rc)
-        ag_msg_clear(reply);
-    if (msg)
-        nng_msg_free(msg);
+    if (rc) ag_msg_clear(reply);
+    if (msg) nng_msg_free(msg);
     pthread_mutex_lock(&c->mu);
     for (ag_query_slot **q = &c->queries; *q; q = &(*q)->next)
         if (*q == &slot) {
@@ -157,10 +140,8 @@ fail:
             break;
         }
     pthread_mutex_unlock(&c->mu);
-    if (have_ctx)
-        nng_ctx_close(ctx);
-    if (aio)
-        nng_aio_free(aio);
+    if (have_ctx) nng_ctx_close(ctx);
+    if (aio) nng_aio_free(aio);
     pthread_mutex_lock(&c->mu);
     ag_client_leave_locked(c);
     pthread_mutex_unlock(&c->mu);
@@ -168,8 +149,7 @@ fail:
 }
 
 /* A query whose reply carries an ag_free-able result, into *result. */
-static int query(ag_client *c, const ag_msg *req, int want, void **result)
-{
+static int query(ag_client *c, const ag_msg *req, int want, void **result) {
     ag_msg reply;
     int rc = exchange(c, req, want, c->opts.query_timeout_ms, &reply);
     if (rc == AG_OK) {
@@ -179,8 +159,7 @@ static int query(ag_client *c, const ag_msg *req, int want, void **result)
     return rc;
 }
 
-int ag_client_query_delivery(ag_client *c, int timeout_ms, ag_msg_delivery *out)
-{
+int ag_client_query_delivery(ag_client *c, int timeout_ms, ag_msg_delivery *out) {
     ag_msg req = {.type = AG_MSG_Q_DELIVERY}, reply;
     req.u.delivery.client_id = c->client_id;
     int rc = exchange(c, &req, AG_MSG_R_DELIVERY, timeout_ms > 0 ? timeout_ms : 1, &reply);
@@ -193,36 +172,28 @@ int ag_client_query_delivery(ag_client *c, int timeout_ms, ag_msg_delivery *out)
     return rc;
 }
 
-static int name_arg(const ag_client *c, const char *s)
-{
-    if (!s)
-        return fail_with(c, AG_EINVAL, "a run or tensor name is NULL");
+static int name_arg(const ag_client *c, const char *s) {
+    if (!s) return fail_with(c, AG_EINVAL, "a run or tensor name is NULL");
     size_t n = strnlen(s, AG_NAME_MAX + 1);
-    if (n > AG_NAME_MAX)
-        return fail_with(c, AG_ETOOBIG, "a name is longer than 255 bytes");
-    if (n == 0)
-        return fail_with(c, AG_EINVAL, "a name is empty");
+    if (n > AG_NAME_MAX) return fail_with(c, AG_ETOOBIG, "a name is longer than 255 bytes");
+    if (n == 0) return fail_with(c, AG_EINVAL, "a name is empty");
     return AG_OK;
 }
 
-static int format_arg(const ag_client *c, const char *s)
-{
+static int format_arg(const ag_client *c, const char *s) {
     if (s && !ag_proto_format_name_ok(s, strlen(s)))
         return fail_with(c, AG_EINVAL, "a format name is not 1..15 of [A-Za-z0-9_-]");
     return AG_OK;
 }
 
-#define CHECK(expr)                                                                       \
-    do {                                                                                  \
-        int rc_ = (expr);                                                                 \
-        if (rc_)                                                                          \
-            return rc_;                                                                   \
+#define CHECK(expr)                                                                                \
+    do {                                                                                           \
+        int rc_ = (expr);                                                                          \
+        if (rc_) return rc_;                                                                       \
     } while (0)
 
-int ag_client_runs(ag_client *c, ag_run_list **out)
-{
-    if (!c || !out)
-        return AG_EINVAL;
+int ag_client_runs(ag_client *c, ag_run_list **out) {
+    if (!c || !out) return AG_EINVAL;
     *out = NULL;
     ag_msg req = {.type = AG_MSG_Q_RUNS};
     void *res = NULL;
@@ -231,10 +202,8 @@ int ag_client_runs(ag_client *c, ag_run_list **out)
     return rc;
 }
 
-int ag_client_tensors(ag_client *c, const char *run, ag_tensor_list **out)
-{
-    if (!c || !out)
-        return AG_EINVAL;
+int ag_client_tensors(ag_client *c, const char *run, ag_tensor_list **out) {
+    if (!c || !out) return AG_EINVAL;
     *out = NULL;
     CHECK(name_arg(c, run));
     ag_msg req = {.type = AG_MSG_Q_TENSORS};
@@ -245,10 +214,8 @@ int ag_client_tensors(ag_client *c, const char *run, ag_tensor_list **out)
     return rc;
 }
 
-int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out)
-{
-    if (!c || !q || !out)
-        return AG_EINVAL;
+int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out) {
+    if (!c || !q || !out) return AG_EINVAL;
     *out = NULL;
     CHECK(name_arg(c, q->run));
     CHECK(name_arg(c, q->tensor));
@@ -266,10 +233,8 @@ int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out)
     return rc;
 }
 
-int ag_client_scales(ag_client *c, const char *run, const char *format, ag_scale_list **out)
-{
-    if (!c || !out)
-        return AG_EINVAL;
+int ag_client_scales(ag_client *c, const char *run, const char *format, ag_scale_list **out) {
+    if (!c || !out) return AG_EINVAL;
     *out = NULL;
     CHECK(name_arg(c, run));
     CHECK(format_arg(c, format));
@@ -282,11 +247,9 @@ int ag_client_scales(ag_client *c, const char *run, const char *format, ag_scale
     return rc;
 }
 
-int ag_client_top(ag_client *c, const char *run, const char *format, uint64_t window,
-                  size_t limit, ag_top_list **out)
-{
-    if (!c || !out)
-        return AG_EINVAL;
+int ag_client_top(ag_client *c, const char *run, const char *format, uint64_t window, size_t limit,
+                  ag_top_list **out) {
+    if (!c || !out) return AG_EINVAL;
     *out = NULL;
     CHECK(name_arg(c, run));
     CHECK(format_arg(c, format));
@@ -301,10 +264,8 @@ int ag_client_top(ag_client *c, const char *run, const char *format, uint64_t wi
     return rc;
 }
 
-int ag_client_status(ag_client *c, ag_status **out)
-{
-    if (!c || !out)
-        return AG_EINVAL;
+int ag_client_status(ag_client *c, ag_status **out) {
+    if (!c || !out) return AG_EINVAL;
     *out = NULL;
     ag_msg req = {.type = AG_MSG_Q_STATUS};
     void *res = NULL;

@@ -13,14 +13,11 @@
 static const char *const isa_names[AG_ISA_COUNT] = {"base", "avx2", "avx512"};
 static atomic_int current_isa = -1;
 
-int ag_isa_supported(int isa)
-{
-    if (isa == AG_ISA_BASE)
-        return 1;
+int ag_isa_supported(int isa) {
+    if (isa == AG_ISA_BASE) return 1;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (isa == AG_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") != 0;
+    if (isa == AG_ISA_AVX2) return __builtin_cpu_supports("avx2") != 0;
     if (isa == AG_ISA_AVX512)
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
@@ -29,26 +26,21 @@ int ag_isa_supported(int isa)
     return 0;
 }
 
-const char *ag_isa_name(int isa)
-{
+const char *ag_isa_name(int isa) {
     return isa >= 0 && isa < AG_ISA_COUNT ? isa_names[isa] : "unknown";
 }
 
-static int detect(void)
-{
+static int detect(void) {
     const char *want = getenv("AG_ISA");
     if (want != NULL)
         for (int i = 0; i < AG_ISA_COUNT; i++)
-            if (strcmp(want, isa_names[i]) == 0 && ag_isa_supported(i))
-                return i;
+            if (strcmp(want, isa_names[i]) == 0 && ag_isa_supported(i)) return i;
     for (int i = AG_ISA_COUNT - 1; i > 0; i--)
-        if (ag_isa_supported(i))
-            return i;
+        if (ag_isa_supported(i)) return i;
     return AG_ISA_BASE;
 }
 
-int ag_isa_current(void)
-{
+int ag_isa_current(void) {
     int isa = atomic_load_explicit(&current_isa, memory_order_relaxed);
     if (isa < 0) {
         isa = detect();
@@ -57,10 +49,8 @@ int ag_isa_current(void)
     return isa;
 }
 
-int ag_isa_force(int isa)
-{
-    if (isa < 0 || isa >= AG_ISA_COUNT || !ag_isa_supported(isa))
-        return AG_EINVAL;
+int ag_isa_force(int isa) {
+    if (isa < 0 || isa >= AG_ISA_COUNT || !ag_isa_supported(isa)) return AG_EINVAL;
     atomic_store_explicit(&current_isa, isa, memory_order_relaxed);
     return AG_OK;
 }

@@ -6,10 +6,8 @@
 
 #include "altgrad/altgrad.h"
 
-AG_EXTERN int ag_bf16_to_f32(const uint16_t *x, float *out, size_t n)
-{
-    if (x == NULL || out == NULL || n == 0)
-        return AG_EINVAL;
+AG_EXTERN int ag_bf16_to_f32(const uint16_t *x, float *out, size_t n) {
+    if (x == NULL || out == NULL || n == 0) return AG_EINVAL;
     for (size_t i = 0; i < n; i++) {
         uint32_t b = (uint32_t)x[i] << 16;
         memcpy(&out[i], &b, sizeof b);
@@ -18,8 +16,7 @@ AG_EXTERN int ag_bf16_to_f32(const uint16_t *x, float *out, size_t n)
 }
 
 /* IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits. Exact. */
-static float f16_value(uint16_t h)
-{
+static float f16_value(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t man = h & 0x3ffu;
@@ -45,11 +42,8 @@ static float f16_value(uint16_t h)
     return f;
 }
 
-AG_EXTERN int ag_f16_to_f32(const uint16_t *x, float *out, size_t n)
-{
-    if (x == NULL || out == NULL || n == 0)
-        return AG_EINVAL;
-    for (size_t i = 0; i < n; i++)
-        out[i] = f16_value(x[i]);
+AG_EXTERN int ag_f16_to_f32(const uint16_t *x, float *out, size_t n) {
+    if (x == NULL || out == NULL || n == 0) return AG_EINVAL;
+    for (size_t i = 0; i < n; i++) out[i] = f16_value(x[i]);
     return AG_OK;
 }

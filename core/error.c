@@ -6,10 +6,9 @@
 
 #include "altgrad/altgrad.h"
 
-AG_EXTERN const char *ag_strerror(int err)
-{
+AG_EXTERN const char *ag_strerror(int err) {
     switch (err) {
-#define AG_ERR_TEXT_(name, value, text) \
+#define AG_ERR_TEXT_(name, value, text)                                                            \
     case value: return text;
         AG_ERRNO_MAP(AG_ERR_TEXT_)
 #undef AG_ERR_TEXT_
@@ -17,10 +16,9 @@ AG_EXTERN const char *ag_strerror(int err)
     }
 }
 
-AG_EXTERN const char *ag_err_name(int err)
-{
+AG_EXTERN const char *ag_err_name(int err) {
     switch (err) {
-#define AG_ERR_NAME_(name, value, text) \
+#define AG_ERR_NAME_(name, value, text)                                                            \
     case value: return #name;
         AG_ERRNO_MAP(AG_ERR_NAME_)
 #undef AG_ERR_NAME_
@@ -28,26 +26,18 @@ AG_EXTERN const char *ag_err_name(int err)
     }
 }
 
-AG_EXTERN const char *ag_version(void)
-{
-    return AG_VERSION_STRING;
-}
+AG_EXTERN const char *ag_version(void) { return AG_VERSION_STRING; }
 
 static const char *const role_names[] = {"weight", "gradient", "activation", "update"};
 
-AG_EXTERN const char *ag_role_name(int role)
-{
-    if (role < 0 || role >= (int)(sizeof role_names / sizeof role_names[0]))
-        return NULL;
+AG_EXTERN const char *ag_role_name(int role) {
+    if (role < 0 || role >= (int)(sizeof role_names / sizeof role_names[0])) return NULL;
     return role_names[role];
 }
 
-AG_EXTERN int ag_role_parse(const char *s)
-{
-    if (s == NULL)
-        return -1;
+AG_EXTERN int ag_role_parse(const char *s) {
+    if (s == NULL) return -1;
     for (int i = 0; i < (int)(sizeof role_names / sizeof role_names[0]); i++)
-        if (strcmp(s, role_names[i]) == 0)
-            return i;
+        if (strcmp(s, role_names[i]) == 0) return i;
     return -1;
 }

@@ -13,42 +13,40 @@
 #include "altgrad/altgrad.h"
 
 typedef struct ag_qparams {
-    int32_t emin;      /* exponent of the finest grid region */
-    int32_t mant;      /* mantissa bits M */
-    uint32_t emin_bits;   /* float32 bits of 2^emin: below it the grid is uniform */
-    uint32_t shift;       /* 23 - M: float32 mantissa bits dropped by rounding */
-    uint32_t half_m1;     /* 2^(shift-1) - 1 */
-    uint32_t keep_mask;   /* clears the dropped bits */
-    float sub_magic;      /* 2^(emin - M + 23): adding it rounds to the uniform grid */
+    int32_t emin;       /* exponent of the finest grid region */
+    int32_t mant;       /* mantissa bits M */
+    uint32_t emin_bits; /* float32 bits of 2^emin: below it the grid is uniform */
+    uint32_t shift;     /* 23 - M: float32 mantissa bits dropped by rounding */
+    uint32_t half_m1;   /* 2^(shift-1) - 1 */
+    uint32_t keep_mask; /* clears the dropped bits */
+    float sub_magic;    /* 2^(emin - M + 23): adding it rounds to the uniform grid */
     float max_finite;
     float overflow_value; /* what a magnitude past max_finite becomes: inf or max */
     float nan_value;      /* what NaN becomes: NaN or +0 */
     int half_down;        /* M == 0: ties go to the smaller magnitude */
 } ag_qparams;
 
-static inline float ag_bits_float(uint32_t b)
-{
+static inline float ag_bits_float(uint32_t b) {
     float f;
     memcpy(&f, &b, sizeof f);
     return f;
 }
 
-static inline uint32_t ag_float_bits(float f)
-{
+static inline uint32_t ag_float_bits(float f) {
     uint32_t b;
     memcpy(&b, &f, sizeof b);
     return b;
 }
 
-static inline void ag_qparams_of(const ag_format *fmt, ag_qparams *p)
-{
+static inline void ag_qparams_of(const ag_format *fmt, ag_qparams *p) {
     p->emin = fmt->min_exponent;
     p->mant = fmt->mantissa_bits;
     p->emin_bits = (uint32_t)(fmt->min_exponent + 127) << 23;
     p->shift = 23u - (uint32_t)fmt->mantissa_bits;
     p->half_m1 = (1u << (p->shift - 1)) - 1u;
     p->keep_mask = ~((1u << p->shift) - 1u);
-    p->sub_magic = ag_bits_float((uint32_t)(fmt->min_exponent - fmt->mantissa_bits + 23 + 127) << 23);
+    p->sub_magic =
+        ag_bits_float((uint32_t)(fmt->min_exponent - fmt->mantissa_bits + 23 + 127) << 23);
     p->max_finite = fmt->max_finite;
     p->overflow_value = fmt->has_inf ? INFINITY : fmt->max_finite;
     p->nan_value = fmt->has_nan ? NAN : 0.0f;
@@ -69,8 +67,7 @@ static inline void ag_qparams_of(const ag_format *fmt, ag_qparams *p)
  * 2^(emin - M), and adding 2^(emin - M + 23) makes float32 addition round
  * to exactly that step. half_down must be p->half_down; kernels pass it as a
  * constant so the loop has no branch. */
-AG_INLINE float ag_qmag_hd(const ag_qparams *p, float x, const int half_down)
-{
+AG_INLINE float ag_qmag_hd(const ag_qparams *p, float x, const int half_down) {
     uint32_t ab = ag_float_bits(x) & 0x7fffffffu;
     uint32_t odd = half_down ? 0u : (ab >> p->shift) & 1u;
     uint32_t normal = (ab + p->half_m1 + odd) & p->keep_mask;
@@ -78,22 +75,19 @@ AG_INLINE float ag_qmag_hd(const ag_qparams *p, float x, const int half_down)
     return ab < p->emin_bits ? sub : ag_bits_float(normal);
 }
 
-AG_INLINE float ag_qmag(const ag_qparams *p, float x)
-{
+AG_INLINE float ag_qmag(const ag_qparams *p, float x) {
     return p->half_down ? ag_qmag_hd(p, x, 1) : ag_qmag_hd(p, x, 0);
 }
 
 /* decode(encode(x)) for any float x, sign included. */
-AG_INLINE float ag_qvalue_hd(const ag_qparams *p, float x, const int half_down)
-{
+AG_INLINE float ag_qvalue_hd(const ag_qparams *p, float x, const int half_down) {
     float m = ag_qmag_hd(p, x, half_down);
     m = m > p->max_finite ? p->overflow_value : m;
     float v = copysignf(m, x);
     return x != x ? p->nan_value : v;
 }
 
-AG_INLINE float ag_qvalue(const ag_qparams *p, float x)
-{
+AG_INLINE float ag_qvalue(const ag_qparams *p, float x) {
     return p->half_down ? ag_qvalue_hd(p, x, 1) : ag_qvalue_hd(p, x, 0);
 }
 
@@ -119,11 +113,10 @@ const char *ag_isa_name(int isa);
 /* Defines name_base, name_avx2 and name_avx512, each the loop `body` (which
  * calls AG_INLINE routines) compiled for one instruction set, and the
  * table name_variants[] indexed by AG_ISA_*. */
-#define AG_KERNEL_VARIANTS(name, params, ...)                                            \
-    static void name##_base params __VA_ARGS__                                         \
-    AG_TARGET_AVX2 static void name##_avx2 params __VA_ARGS__                          \
-    AG_TARGET_AVX512 static void name##_avx512 params __VA_ARGS__                      \
-    static void (*const name##_variants[AG_ISA_COUNT]) params = {                      \
-        name##_base, name##_avx2, name##_avx512}
+#define AG_KERNEL_VARIANTS(name, params, ...)                                                      \
+    static void name##_base params __VA_ARGS__ AG_TARGET_AVX2 static void name##_avx2 params       \
+        __VA_ARGS__ AG_TARGET_AVX512 static void name##_avx512 params                              \
+            __VA_ARGS__ static void(*const name##_variants[AG_ISA_COUNT])                          \
+                params = {name##_base, name##_avx2, name##_avx512}
 
 #endif

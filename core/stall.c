@@ -29,15 +29,14 @@ typedef struct block_counts {
  * and its top M mantissa bits, or below 2^emin the integer multiple of the
  * uniform step. */
 typedef struct enc_params {
-    uint32_t bias_adj;      /* bias - 127 */
-    uint32_t mant_mask;     /* (1 << M) - 1 */
-    uint32_t over_pattern;  /* what a magnitude past max_finite encodes to: inf or max */
-    uint32_t nan_pattern;   /* canonical NaN, or 0 where NaN encodes as +0 */
-    float sub_scale;        /* 2^(M - emin) */
+    uint32_t bias_adj;     /* bias - 127 */
+    uint32_t mant_mask;    /* (1 << M) - 1 */
+    uint32_t over_pattern; /* what a magnitude past max_finite encodes to: inf or max */
+    uint32_t nan_pattern;  /* canonical NaN, or 0 where NaN encodes as +0 */
+    float sub_scale;       /* 2^(M - emin) */
 } enc_params;
 
-static void enc_params_of(const ag_format *f, enc_params *e)
-{
+static void enc_params_of(const ag_format *f, enc_params *e) {
     int M = f->mantissa_bits;
     uint32_t emask = (1u << f->exponent_bits) - 1u;
     e->bias_adj = (uint32_t)(f->bias - 127);
@@ -49,8 +48,7 @@ static void enc_params_of(const ag_format *f, enc_params *e)
 
 /* The pattern of x (= w / scale) from m = ag_qmag_hd(p, x): ag_encode's
  * result, straight-line. */
-AG_INLINE uint8_t enc_pattern(const ag_qparams *p, const enc_params *e, float x, float m)
-{
+AG_INLINE uint8_t enc_pattern(const ag_qparams *p, const enc_params *e, float x, float m) {
     uint32_t mb = ag_float_bits(m);
     uint32_t sign = (ag_float_bits(x) >> 24) & 0x80u;
     uint32_t normal = (((mb >> 23) + e->bias_adj) << p->mant) | ((mb >> p->shift) & e->mant_mask);
@@ -68,8 +66,7 @@ AG_INLINE uint8_t enc_pattern(const ag_qparams *p, const enc_params *e, float x,
 AG_INLINE void stall_block_impl(const ag_qparams *pp, const enc_params *ep, float scale,
                                 float neg_lr, const float *w, const float *v, size_t n,
                                 block_counts *bc, uint8_t *enc, const int update_form,
-                                const int half_down, const int encode)
-{
+                                const int half_down, const int encode) {
     const ag_qparams p = *pp;
     const enc_params e = *ep;
     uint32_t stalled = 0, total = 0, overflow = 0, underflow = 0, nonfinite = 0;
@@ -94,8 +91,7 @@ AG_INLINE void stall_block_impl(const ag_qparams *pp, const enc_params *ep, floa
         overflow += finite & (fabsf(xs) > p.max_finite);
         underflow += finite & (wi != 0.0f) & (a == 0.0f);
         nonfinite += !finite;
-        if (encode)
-            enc[i] = enc_pattern(&p, &e, xs, a);
+        if (encode) enc[i] = enc_pattern(&p, &e, xs, a);
     }
     bc->stalled = stalled;
     bc->total = total;
@@ -104,13 +100,12 @@ AG_INLINE void stall_block_impl(const ag_qparams *pp, const enc_params *ep, floa
     bc->nonfinite = nonfinite;
 }
 
-#define STALL_PARAMS                                                                     \
-    (const ag_qparams *p, const enc_params *e, float scale, float neg_lr, const float *w, \
+#define STALL_PARAMS                                                                               \
+    (const ag_qparams *p, const enc_params *e, float scale, float neg_lr, const float *w,          \
      const float *v, size_t n, block_counts *bc, uint8_t *enc)
-#define STALL_VARIANTS(name, update_form, half_down, encode)                             \
-    AG_KERNEL_VARIANTS(name, STALL_PARAMS, {                                             \
-        stall_block_impl(p, e, scale, neg_lr, w, v, n, bc, enc, update_form, half_down,  \
-                         encode);                                                        \
+#define STALL_VARIANTS(name, update_form, half_down, encode)                                       \
+    AG_KERNEL_VARIANTS(name, STALL_PARAMS, {                                                       \
+        stall_block_impl(p, e, scale, neg_lr, w, v, n, bc, enc, update_form, half_down, encode);   \
     })
 STALL_VARIANTS(stall_sgd, 0, 0, 0);
 STALL_VARIANTS(stall_sgd_hd, 0, 1, 0);
@@ -121,7 +116,7 @@ STALL_VARIANTS(stall_sgd_hd_enc, 0, 1, 1);
 STALL_VARIANTS(stall_update_enc, 1, 0, 1);
 STALL_VARIANTS(stall_update_hd_enc, 1, 1, 1);
 
-typedef void (*stall_fn) STALL_PARAMS;
+typedef void(*stall_fn) STALL_PARAMS;
 
 /* [encode][update_form][half_down] */
 static const stall_fn *const stall_table[2][2][2] = {
@@ -130,16 +125,12 @@ static const stall_fn *const stall_table[2][2][2] = {
     {{stall_sgd_enc_variants, stall_sgd_hd_enc_variants},
      {stall_update_enc_variants, stall_update_hd_enc_variants}}};
 
-static int scale_ok(float scale)
-{
-    return isfinite(scale) && scale > 0.0f;
-}
+static int scale_ok(float scale) { return isfinite(scale) && scale > 0.0f; }
 
 /* enc: NULL, or one n-byte output per format for the patterns of w. */
-static int stall_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
-                       float lr, int update_form, const float *w, const float *v, size_t n,
-                       ag_stall_counts *out, uint8_t *const *enc)
-{
+static int stall_multi(const ag_format *const *fmts, const float *scales, size_t nfmt, float lr,
+                       int update_form, const float *w, const float *v, size_t n,
+                       ag_stall_counts *out, uint8_t *const *enc) {
     if (fmts == NULL || scales == NULL || out == NULL || w == NULL || v == NULL || n == 0 ||
         nfmt == 0 || nfmt > AG_FORMATS_MAX || (!update_form && !isfinite(lr)))
         return AG_EINVAL;
@@ -148,14 +139,11 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
     stall_fn fns[AG_FORMATS_MAX];
     int isa = ag_isa_current();
     for (size_t f = 0; f < nfmt; f++) {
-        if (fmts[f] == NULL)
-            return AG_EFORMAT;
-        if (!scale_ok(scales[f]) || (enc != NULL && enc[f] == NULL))
-            return AG_EINVAL;
+        if (fmts[f] == NULL) return AG_EFORMAT;
+        if (!scale_ok(scales[f]) || (enc != NULL && enc[f] == NULL)) return AG_EINVAL;
         ag_qparams_of(fmts[f], &params[f]);
         memset(&eparams[f], 0, sizeof eparams[f]);
-        if (enc != NULL)
-            enc_params_of(fmts[f], &eparams[f]);
+        if (enc != NULL) enc_params_of(fmts[f], &eparams[f]);
         fns[f] = stall_table[enc != NULL][update_form != 0][params[f].half_down != 0][isa];
     }
     for (size_t start = 0; start < n; start += BLOCK) {
@@ -175,43 +163,35 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
 }
 
 AG_EXTERN int ag_stall_sgd(const ag_format *fmt, float scale, float lr, const float *w,
-                           const float *g, size_t n, ag_stall_counts *out)
-{
-    if (fmt == NULL)
-        return AG_EFORMAT;
+                           const float *g, size_t n, ag_stall_counts *out) {
+    if (fmt == NULL) return AG_EFORMAT;
     return stall_multi(&fmt, &scale, 1, lr, 0, w, g, n, out, NULL);
 }
 
-AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w,
-                              const float *u, size_t n, ag_stall_counts *out)
-{
-    if (fmt == NULL)
-        return AG_EFORMAT;
+AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w, const float *u,
+                              size_t n, ag_stall_counts *out) {
+    if (fmt == NULL) return AG_EFORMAT;
     return stall_multi(&fmt, &scale, 1, 0.0f, 1, w, u, n, out, NULL);
 }
 
-AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales,
-                                 size_t nfmt, float lr, const float *w, const float *g,
-                                 size_t n, ag_stall_counts *out)
-{
+AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                 float lr, const float *w, const float *g, size_t n,
+                                 ag_stall_counts *out) {
     return stall_multi(fmts, scales, nfmt, lr, 0, w, g, n, out, NULL);
 }
 
-AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales,
-                                    size_t nfmt, const float *w, const float *u, size_t n,
-                                    ag_stall_counts *out)
-{
+AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                    const float *w, const float *u, size_t n,
+                                    ag_stall_counts *out) {
     return stall_multi(fmts, scales, nfmt, 0.0f, 1, w, u, n, out, NULL);
 }
 
 int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                           int update_form, float lr, const float *w, const float *v, size_t n,
-                          ag_stall_counts *out, uint8_t *const *enc)
-{
-    if (enc == NULL)
-        return AG_EINVAL;
-    return stall_multi(fmts, scales, nfmt, update_form ? 0.0f : lr, update_form != 0, w, v, n,
-                       out, enc);
+                          ag_stall_counts *out, uint8_t *const *enc) {
+    if (enc == NULL) return AG_EINVAL;
+    return stall_multi(fmts, scales, nfmt, update_form ? 0.0f : lr, update_form != 0, w, v, n, out,
+                       enc);
 }
 
 /* ------------------------------------------------------------- flips */
@@ -220,8 +200,7 @@ int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, siz
  * is equal exactly when the patterns mean the same thing: the two zeros to
  * 0x00, every NaN (magnitude bits above nan_above) to 0xff, anything else to
  * itself. */
-AG_INLINE uint8_t flip_canon(uint8_t b, uint8_t nan_above)
-{
+AG_INLINE uint8_t flip_canon(uint8_t b, uint8_t nan_above) {
     uint8_t mag = b & 0x7fu;
     uint8_t v = mag == 0 ? 0u : b;
     return mag > nan_above ? 0xffu : v;
@@ -229,11 +208,9 @@ AG_INLINE uint8_t flip_canon(uint8_t b, uint8_t nan_above)
 
 /* The largest magnitude bits that are not NaN in fmt: the NaN patterns of
  * every format are the magnitudes above it (0x7f when there are none). */
-static uint8_t nan_above_of(const ag_format *fmt)
-{
+static uint8_t nan_above_of(const ag_format *fmt) {
     unsigned thr = 0x7f;
-    while (thr > 0 && isnan(fmt->decode_table[thr]))
-        thr--;
+    while (thr > 0 && isnan(fmt->decode_table[thr])) thr--;
     return (uint8_t)thr;
 }
 
@@ -241,8 +218,7 @@ static uint8_t nan_above_of(const ag_format *fmt)
 #define FLIP_BLOCK 32768
 
 AG_INLINE void flips_bytes_impl(const uint8_t *prev, const uint8_t *cur, size_t n,
-                                uint8_t nan_above, uint64_t *count)
-{
+                                uint8_t nan_above, uint64_t *count) {
     uint64_t total = 0;
     for (size_t start = 0; start < n; start += FLIP_BLOCK) {
         size_t len = n - start < FLIP_BLOCK ? n - start : FLIP_BLOCK;
@@ -258,9 +234,8 @@ AG_INLINE void flips_bytes_impl(const uint8_t *prev, const uint8_t *cur, size_t 
 /* Pattern flips with the encoding fused in: the pattern of w[i] / scale (as
  * ag_encode_array makes it) against prev[i], in one pass over w. */
 AG_INLINE void flips_encode_impl(const ag_qparams *pp, const enc_params *ep, float scale,
-                                 const uint8_t *prev, const float *w, size_t n,
-                                 uint8_t nan_above, uint64_t *count, const int half_down)
-{
+                                 const uint8_t *prev, const float *w, size_t n, uint8_t nan_above,
+                                 uint64_t *count, const int half_down) {
     const ag_qparams p = *pp;
     const enc_params e = *ep;
     uint64_t total = 0;
@@ -281,8 +256,7 @@ AG_INLINE void flips_encode_impl(const ag_qparams *pp, const enc_params *ep, flo
 
 /* Value flips at two scales: the two value tables, looked up per element. */
 AG_INLINE void flips_table_impl(const float *ta, const float *tb, const uint8_t *prev,
-                                const uint8_t *cur, size_t n, uint64_t *count)
-{
+                                const uint8_t *cur, size_t n, uint64_t *count) {
     uint64_t total = 0;
     for (size_t i = 0; i < n; i++) {
         float a = ta[prev[i]], b = tb[cur[i]];
@@ -295,9 +269,9 @@ AG_KERNEL_VARIANTS(flips_bytes,
                    (const uint8_t *prev, const uint8_t *cur, size_t n, uint8_t nan_above,
                     uint64_t *count),
                    { flips_bytes_impl(prev, cur, n, nan_above, count); });
-#define FLIPS_ENCODE_PARAMS                                                              \
-    (const ag_qparams *p, const enc_params *e, float scale, const uint8_t *prev,        \
-     const float *w, size_t n, uint8_t nan_above, uint64_t *count)
+#define FLIPS_ENCODE_PARAMS                                                                        \
+    (const ag_qparams *p, const enc_params *e, float scale, const uint8_t *prev, const float *w,   \
+     size_t n, uint8_t nan_above, uint64_t *count)
 AG_KERNEL_VARIANTS(flips_encode, FLIPS_ENCODE_PARAMS,
                    { flips_encode_impl(p, e, scale, prev, w, n, nan_above, count, 0); });
 AG_KERNEL_VARIANTS(flips_encode_hd, FLIPS_ENCODE_PARAMS,
@@ -308,12 +282,9 @@ AG_KERNEL_VARIANTS(flips_table,
                    { flips_table_impl(ta, tb, prev, cur, n, count); });
 
 int ag_count_pattern_changes(const ag_format *fmt, const uint8_t *prev, const uint8_t *cur,
-                             size_t n, uint64_t *flips)
-{
-    if (fmt == NULL)
-        return AG_EFORMAT;
-    if (prev == NULL || cur == NULL || n == 0 || flips == NULL)
-        return AG_EINVAL;
+                             size_t n, uint64_t *flips) {
+    if (fmt == NULL) return AG_EFORMAT;
+    if (prev == NULL || cur == NULL || n == 0 || flips == NULL) return AG_EINVAL;
     uint64_t count = 0;
     flips_bytes_variants[ag_isa_current()](prev, cur, n, nan_above_of(fmt), &count);
     *flips += count;
@@ -321,12 +292,9 @@ int ag_count_pattern_changes(const ag_format *fmt, const uint8_t *prev, const ui
 }
 
 AG_EXTERN int ag_count_pattern_flips(const ag_format *fmt, float scale, const uint8_t *prev,
-                                     const float *w, size_t n, uint64_t *flips)
-{
-    if (fmt == NULL)
-        return AG_EFORMAT;
-    if (prev == NULL || w == NULL || n == 0 || flips == NULL || !scale_ok(scale))
-        return AG_EINVAL;
+                                     const float *w, size_t n, uint64_t *flips) {
+    if (fmt == NULL) return AG_EFORMAT;
+    if (prev == NULL || w == NULL || n == 0 || flips == NULL || !scale_ok(scale)) return AG_EINVAL;
     ag_qparams p;
     enc_params e;
     ag_qparams_of(fmt, &p);
@@ -347,30 +315,22 @@ AG_EXTERN int ag_count_pattern_flips(const ag_format *fmt, float scale, const ui
  * each sign stay strictly increasing and nonzero after scaling, that the
  * NaNs are exactly the magnitudes above nan_above, and that the two signs
  * mirror each other. */
-static int flips_bytes_exact(const float *tab, uint8_t *nan_above)
-{
+static int flips_bytes_exact(const float *tab, uint8_t *nan_above) {
     unsigned thr = 0x7f;
-    while (thr > 0 && isnan(tab[thr]))
-        thr--;
+    while (thr > 0 && isnan(tab[thr])) thr--;
     for (unsigned m = 0; m < 0x80; m++) {
         float pos = tab[m], neg = tab[m | 0x80];
-        if ((m > thr) != (isnan(pos) != 0) || (m > thr) != (isnan(neg) != 0))
-            return 0;
-        if (m > thr)
-            continue;
-        if (m == 0 ? (pos != 0.0f || neg != 0.0f) : !(pos > tab[m - 1] && neg == -pos))
-            return 0;
+        if ((m > thr) != (isnan(pos) != 0) || (m > thr) != (isnan(neg) != 0)) return 0;
+        if (m > thr) continue;
+        if (m == 0 ? (pos != 0.0f || neg != 0.0f) : !(pos > tab[m - 1] && neg == -pos)) return 0;
     }
     *nan_above = (uint8_t)thr;
     return 1;
 }
 
 AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float prev_scale,
-                             const uint8_t *cur, float cur_scale, size_t n,
-                             uint64_t *flips)
-{
-    if (fmt == NULL)
-        return AG_EFORMAT;
+                             const uint8_t *cur, float cur_scale, size_t n, uint64_t *flips) {
+    if (fmt == NULL) return AG_EFORMAT;
     if (prev == NULL || cur == NULL || n == 0 || flips == NULL || !scale_ok(prev_scale) ||
         !scale_ok(cur_scale))
         return AG_EINVAL;

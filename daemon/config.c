@@ -31,14 +31,14 @@ typedef struct opt {
     const char *name;
     opt_type type;
     size_t offset;
-    size_t size;                  /* of the field (strings: buffer size) */
-    const char *def;              /* default, as text; NULL = none */
+    size_t size;     /* of the field (strings: buffer size) */
+    const char *def; /* default, as text; NULL = none */
     double min, max;
-    const char *const *choices;   /* NULL-terminated, for OPT_ENUM */
+    const char *const *choices; /* NULL-terminated, for OPT_ENUM */
     const int *values;
-    const char *arg;              /* argument name in --help */
+    const char *arg; /* argument name in --help */
     const char *help;
-    int file_ok;                  /* may appear in the config file */
+    int file_ok; /* may appear in the config file */
 } opt;
 
 static const char *const scale_modes[] = {"current", "delayed", NULL};
@@ -46,54 +46,113 @@ static const int scale_mode_values[] = {AG_SCALE_CURRENT, AG_SCALE_DELAYED};
 static const char *const amax_modes[] = {"max", "most_recent", NULL};
 static const int amax_mode_values[] = {AG_AMAX_MAX, AG_AMAX_MOST_RECENT};
 static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
-static const int log_level_values[] = {AG_LOG_ERROR, AG_LOG_WARNING, AG_LOG_NOTICE,
-                                       AG_LOG_INFO, AG_LOG_DEBUG};
+static const int log_level_values[] = {AG_LOG_ERROR, AG_LOG_WARNING, AG_LOG_NOTICE, AG_LOG_INFO,
+                                       AG_LOG_DEBUG};
 
 #define FIELD(f) .offset = offsetof(ag_config, f), .size = sizeof(((ag_config *)0)->f)
 
 /* The one table of options: the command line, the config file and --help
  * all come from it. Unnamed fields are 0/NULL. */
 static const opt options[] = {
-    {.name = "ingest", .type = OPT_URLS, FIELD(ingest), .def = AG_DEFAULT_INGEST_URL,
-     .arg = "URL", .file_ok = 1,
+    {.name = "ingest",
+     .type = OPT_URLS,
+     FIELD(ingest),
+     .def = AG_DEFAULT_INGEST_URL,
+     .arg = "URL",
+     .file_ok = 1,
      .help = "listen for trainers' streams on URL (nng PULL); repeatable, e.g. an ipc:// "
              "and a tcp:// listener"},
-    {.name = "query", .type = OPT_STRING, FIELD(query), .def = AG_DEFAULT_QUERY_URL,
-     .arg = "URL", .file_ok = 1, .help = "answer queries on URL (nng REP)"},
-    {.name = "db", .type = OPT_STRING, FIELD(db), .def = AG_DEFAULT_DB_PATH, .arg = "PATH",
-     .file_ok = 1, .help = "SQLite database file (created and migrated as needed)"},
-    {.name = "config", .type = OPT_STRING, FIELD(config_file), .arg = "FILE",
+    {.name = "query",
+     .type = OPT_STRING,
+     FIELD(query),
+     .def = AG_DEFAULT_QUERY_URL,
+     .arg = "URL",
+     .file_ok = 1,
+     .help = "answer queries on URL (nng REP)"},
+    {.name = "db",
+     .type = OPT_STRING,
+     FIELD(db),
+     .def = AG_DEFAULT_DB_PATH,
+     .arg = "PATH",
+     .file_ok = 1,
+     .help = "SQLite database file (created and migrated as needed)"},
+    {.name = "config",
+     .type = OPT_STRING,
+     FIELD(config_file),
+     .arg = "FILE",
      .help = "read options from FILE (key = value lines); the command line wins"},
-    {.name = "define-format", .type = OPT_DEFINE, FIELD(defined), .arg = "SPEC", .file_ok = 1,
+    {.name = "define-format",
+     .type = OPT_DEFINE,
+     FIELD(defined),
+     .arg = "SPEC",
+     .file_ok = 1,
      .help = "define an 8-bit format, SPEC = NAME=E,M,BIAS[,inf][,nan] with E + M = 7 "
              "(e.g. E4M3=4,3,7,nan); repeatable; --formats and snapshots may then name it"},
-    {.name = "formats", .type = OPT_FORMATS, FIELD(formats), .def = AG_DEFAULT_FORMATS,
-     .arg = "LIST", .file_ok = 1,
+    {.name = "formats",
+     .type = OPT_FORMATS,
+     FIELD(formats),
+     .def = AG_DEFAULT_FORMATS,
+     .arg = "LIST",
+     .file_ok = 1,
      .help = "comma-separated 8-bit formats evaluated by default (built-in or defined)"},
-    {.name = "history-len", .type = OPT_INT, FIELD(history_len), .def = "16", .min = 1,
-     .max = AG_AMAX_HISTORY_MAX_LEN, .arg = "N", .file_ok = 1,
+    {.name = "history-len",
+     .type = OPT_INT,
+     FIELD(history_len),
+     .def = "16",
+     .min = 1,
+     .max = AG_AMAX_HISTORY_MAX_LEN,
+     .arg = "N",
+     .file_ok = 1,
      .help = "amax history length per tensor and role"},
-    {.name = "scale-mode", .type = OPT_ENUM, FIELD(scale_mode), .def = "current",
-     .choices = scale_modes, .values = scale_mode_values, .arg = "current|delayed",
+    {.name = "scale-mode",
+     .type = OPT_ENUM,
+     FIELD(scale_mode),
+     .def = "current",
+     .choices = scale_modes,
+     .values = scale_mode_values,
+     .arg = "current|delayed",
      .file_ok = 1,
      .help = "whether a step's own amax is in the history for its scale (current, the "
              "seed's) or only earlier steps' (delayed)"},
-    {.name = "amax-mode", .type = OPT_ENUM, FIELD(amax_mode), .def = "max",
-     .choices = amax_modes, .values = amax_mode_values, .arg = "max|most_recent",
+    {.name = "amax-mode",
+     .type = OPT_ENUM,
+     FIELD(amax_mode),
+     .def = "max",
+     .choices = amax_modes,
+     .values = amax_mode_values,
+     .arg = "max|most_recent",
      .file_ok = 1,
      .help = "which amax of the history a scale comes from: the largest (the seed's) or "
              "the newest"},
-    {.name = "margin", .type = OPT_DOUBLE, FIELD(margin), .def = "0", .min = -64, .max = 64,
-     .arg = "M", .file_ok = 1, .help = "scale margin: scales are multiplied by 2^M"},
-    {.name = "http", .type = OPT_HTTP, FIELD(http), .def = "127.0.0.1:8787",
-     .arg = "ADDR:PORT|off", .file_ok = 1,
+    {.name = "margin",
+     .type = OPT_DOUBLE,
+     FIELD(margin),
+     .def = "0",
+     .min = -64,
+     .max = 64,
+     .arg = "M",
+     .file_ok = 1,
+     .help = "scale margin: scales are multiplied by 2^M"},
+    {.name = "http",
+     .type = OPT_HTTP,
+     FIELD(http),
+     .def = "127.0.0.1:8787",
+     .arg = "ADDR:PORT|off",
+     .file_ok = 1,
      .help = "serve the web page, the JSON API and /metrics over HTTP on ADDR:PORT (an "
              "IPv4 address or [IPv6]; port 0 picks a free one); off disables it"},
-    {.name = "log-level", .type = OPT_ENUM, FIELD(log_level), .def = "info",
-     .choices = log_levels, .values = log_level_values,
-     .arg = "error|warning|notice|info|debug", .file_ok = 1,
+    {.name = "log-level",
+     .type = OPT_ENUM,
+     FIELD(log_level),
+     .def = "info",
+     .choices = log_levels,
+     .values = log_level_values,
+     .arg = "error|warning|notice|info|debug",
+     .file_ok = 1,
      .help = "lines above this level are not logged"},
-    {.name = "version", .type = OPT_FLAG, FIELD(want_version),
+    {.name = "version",
+     .type = OPT_FLAG,
+     FIELD(want_version),
      .help = "print the version and exit"},
     {.name = "help", .type = OPT_FLAG, FIELD(want_help), .help = "print this help and exit"},
 };
@@ -141,8 +200,7 @@ int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t er
         for (size_t i = 0; i < n; i++)
             if (cfg->fmts[i] == f)
                 return fail(err, errlen, AG_EINVAL, "--formats: '%s' given twice", name);
-        if (n == AG_FORMATS_MAX)
-            return fail(err, errlen, AG_EINVAL, "--formats: too many formats");
+        if (n == AG_FORMATS_MAX) return fail(err, errlen, AG_EINVAL, "--formats: too many formats");
         cfg->fmts[n++] = f;
         p += len;
         if (*p == ',') p++;
@@ -154,8 +212,8 @@ int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t er
 }
 
 void ag_config_format_spec(const ag_format *f, char *buf, size_t len) {
-    snprintf(buf, len, "%s=%d,%d,%d%s%s", f->name, f->exponent_bits, f->mantissa_bits,
-             f->bias, f->has_inf ? ",inf" : "", f->has_nan ? ",nan" : "");
+    snprintf(buf, len, "%s=%d,%d,%d%s%s", f->name, f->exponent_bits, f->mantissa_bits, f->bias,
+             f->has_inf ? ",inf" : "", f->has_nan ? ",nan" : "");
 }
 
 /* A decimal int in [lo, hi] spanning exactly [s, s + len). */
@@ -175,8 +233,7 @@ static int parse_int(const char *s, size_t len, int lo, int hi, int *out) {
 
 /* Why ag_format_define refused a definition of these parameters (its rules,
  * altgrad.h), as a phrase for the error line. */
-static const char *impossible_why(const char *name, int E, int M, int bias, int inf,
-                                  int nan) {
+static const char *impossible_why(const char *name, int E, int M, int bias, int inf, int nan) {
     size_t n = strlen(name);
     int name_ok = n > 0 && n <= AG_FORMAT_NAME_MAX;
     for (size_t i = 0; name_ok && i < n; i++) {
@@ -214,32 +271,32 @@ int ag_config_define_format(ag_config *cfg, const char *spec, char *err, size_t 
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
         if (field < 3) {
             if (!parse_int(p, len, field < 2 ? 0 : -1000, 1000, &v[field]))
-                return fail(err, errlen, AG_EINVAL,
-                            "--define-format '%.64s': %s is not %s; %s", spec,
-                            field == 0 ? "E" : field == 1 ? "M" : "BIAS",
+                return fail(err, errlen, AG_EINVAL, "--define-format '%.64s': %s is not %s; %s",
+                            spec,
+                            field == 0   ? "E"
+                            : field == 1 ? "M"
+                                         : "BIAS",
                             field < 2 ? "a non-negative integer" : "an integer", usage);
         } else if (len == 3 && strncmp(p, "inf", 3) == 0 && !inf) {
             inf = 1;
         } else if (len == 3 && strncmp(p, "nan", 3) == 0 && !nan) {
             nan = 1;
         } else {
-            return fail(err, errlen, AG_EINVAL,
-                        "--define-format '%.64s': unexpected '%.*s'; %s", spec,
-                        (int)(len > 16 ? 16 : len), p, usage);
+            return fail(err, errlen, AG_EINVAL, "--define-format '%.64s': unexpected '%.*s'; %s",
+                        spec, (int)(len > 16 ? 16 : len), p, usage);
         }
         field++;
         if (!comma) break;
         p = comma + 1;
     }
-    if (field < 3)
-        return fail(err, errlen, AG_EINVAL, "--define-format '%.64s': %s", spec, usage);
+    if (field < 3) return fail(err, errlen, AG_EINVAL, "--define-format '%.64s': %s", spec, usage);
     const ag_format *f = NULL;
     int rc = ag_format_define(name, v[0], v[1], v[2], inf, nan, &f);
     if (rc == AG_EEXIST) {
         char have[64];
         ag_config_format_spec(ag_format_get(name), have, sizeof have);
-        return fail(err, errlen, rc, "--define-format '%.64s': %s: it is %s", spec,
-                    ag_strerror(rc), have);
+        return fail(err, errlen, rc, "--define-format '%.64s': %s: it is %s", spec, ag_strerror(rc),
+                    have);
     }
     if (rc == AG_EFORMAT)
         return fail(err, errlen, rc, "--define-format '%.64s': %s: %s", spec, ag_strerror(rc),
@@ -262,8 +319,7 @@ int ag_config_set_http(ag_config *cfg, const char *text, char *err, size_t errle
         return AG_OK;
     }
     const char *colon = strrchr(text, ':');
-    if (!colon)
-        return fail(err, errlen, AG_EINVAL, "--http: '%s' is not ADDR:PORT or off", text);
+    if (!colon) return fail(err, errlen, AG_EINVAL, "--http: '%s' is not ADDR:PORT or off", text);
     const char *host = text, *host_end = colon;
     int family = AF_INET;
     if (*host == '[') {
@@ -328,14 +384,13 @@ static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_rese
         strcpy(field, val);
         cfg->nfmts = 0;
         return AG_OK;
-    case OPT_DEFINE:
-        return ag_config_define_format(cfg, val, err, errlen);
+    case OPT_DEFINE: return ag_config_define_format(cfg, val, err, errlen);
     case OPT_INT: {
         errno = 0;
         long v = strtol(val, &end, 10);
         if (errno || end == val || *end || v < (long)o->min || v > (long)o->max)
-            return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not an integer in %g..%g",
-                        o->name, val, o->min, o->max);
+            return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not an integer in %g..%g", o->name,
+                        val, o->min, o->max);
         *(long *)(void *)field = v;
         return AG_OK;
     }
@@ -343,8 +398,8 @@ static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_rese
         errno = 0;
         double v = strtod(val, &end);
         if (errno || end == val || *end || !isfinite(v) || v < o->min || v > o->max)
-            return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not a number in %g..%g",
-                        o->name, val, o->min, o->max);
+            return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not a number in %g..%g", o->name,
+                        val, o->min, o->max);
         *(double *)(void *)field = v;
         return AG_OK;
     }
@@ -354,13 +409,9 @@ static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_rese
                 *(int *)(void *)field = o->values[i];
                 return AG_OK;
             }
-        return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not one of %s", o->name, val,
-                    o->arg);
-    case OPT_HTTP:
-        return ag_config_set_http(cfg, val, err, errlen);
-    case OPT_FLAG:
-        *(int *)(void *)field = 1;
-        return AG_OK;
+        return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not one of %s", o->name, val, o->arg);
+    case OPT_HTTP: return ag_config_set_http(cfg, val, err, errlen);
+    case OPT_FLAG: *(int *)(void *)field = 1; return AG_OK;
     }
     return AG_EINVAL;
 }
@@ -377,8 +428,7 @@ static char *trim(char *s) {
 
 static int load_file(ag_config *cfg, const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "r");
-    if (!f) return fail(err, errlen, AG_EIO, "--config: cannot read %s: %s", path,
-                        strerror(errno));
+    if (!f) return fail(err, errlen, AG_EIO, "--config: cannot read %s: %s", path, strerror(errno));
     /* getline, not fgets into a fixed buffer: a long line must be refused
      * whole (fgets would parse its tail, say past a comment, as a line of its
      * own), and a NUL byte seen (it would cut a value short silently). */
@@ -419,8 +469,7 @@ static int load_file(ag_config *cfg, const char *path, char *err, size_t errlen)
             break;
         }
     }
-    if (rc == AG_OK && ferror(f))
-        rc = fail(err, errlen, AG_EIO, "--config: cannot read %s", path);
+    if (rc == AG_OK && ferror(f)) rc = fail(err, errlen, AG_EIO, "--config: cannot read %s", path);
     free(line);
     fclose(f);
     return rc;
@@ -479,12 +528,10 @@ void ag_config_usage(const char *prog) {
     for (size_t i = 0; i < NOPTIONS; i++) {
         const opt *o = &options[i];
         char left[96];
-        snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "",
-                 o->arg ? o->arg : "");
+        snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
         printf("  %-34s %s", left, o->help);
         if (o->def) printf(" (default %s)", o->def);
-        if (o->type == OPT_INT || o->type == OPT_DOUBLE)
-            printf(" [%g..%g]", o->min, o->max);
+        if (o->type == OPT_INT || o->type == OPT_DOUBLE) printf(" [%g..%g]", o->min, o->max);
         printf("\n");
     }
 }

@@ -25,7 +25,7 @@ typedef struct ag_config {
     char query[AG_CONFIG_PATH_MAX];
     char db[AG_CONFIG_PATH_MAX];
     char config_file[AG_CONFIG_PATH_MAX];
-    char formats[512];    /* comma-separated names as given */
+    char formats[512]; /* comma-separated names as given */
     const ag_format *fmts[AG_FORMATS_MAX];
     size_t nfmts;
     /* --define-format: the formats defined (in the process-wide registry) by
@@ -33,14 +33,14 @@ typedef struct ag_config {
     const ag_format *defined[AG_FORMATS_MAX];
     size_t ndefined;
     long history_len;
-    int scale_mode;       /* ag_scale_mode */
-    int amax_mode;        /* ag_amax_mode */
-    char http[128];       /* --http as given: "HOST:PORT" or "off" */
+    int scale_mode; /* ag_scale_mode */
+    int amax_mode;  /* ag_amax_mode */
+    char http[128]; /* --http as given: "HOST:PORT" or "off" */
     int http_enabled;
-    char http_host[64];   /* numeric IPv4 or IPv6 address, no brackets */
-    int http_port;        /* 0: any free port */
-    double margin;        /* scale * 2^margin */
-    int log_level;        /* ag_log_level */
+    char http_host[64]; /* numeric IPv4 or IPv6 address, no brackets */
+    int http_port;      /* 0: any free port */
+    double margin;      /* scale * 2^margin */
+    int log_level;      /* ag_log_level */
     int want_help;
     int want_version;
 } ag_config;

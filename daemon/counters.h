@@ -10,10 +10,10 @@
 #include <stdint.h>
 
 typedef struct ag_counters {
-    _Atomic uint64_t messages;  /* stream messages accepted */
-    _Atomic uint64_t bytes;     /* stream bytes received */
-    _Atomic uint64_t rejected;  /* malformed / oversized / bad version / out of order */
-    _Atomic uint64_t dropped;   /* sequence gaps and client-reported drops */
+    _Atomic uint64_t messages; /* stream messages accepted */
+    _Atomic uint64_t bytes;    /* stream bytes received */
+    _Atomic uint64_t rejected; /* malformed / oversized / bad version / out of order */
+    _Atomic uint64_t dropped;  /* sequence gaps and client-reported drops */
     _Atomic uint64_t runs;
     _Atomic uint64_t tensors;
 } ag_counters;

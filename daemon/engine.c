@@ -146,8 +146,7 @@ size_t ag_eng_tensor_cost(const ag_engine *e, const char *name) {
            ROLES * (sizeof(role_state) + e->history_len * sizeof(double));
 }
 
-int ag_eng_tensor_for(ag_engine *e, run_state *r, const char *name, int role,
-                      tensor_state **out) {
+int ag_eng_tensor_for(ag_engine *e, run_state *r, const char *name, int role, tensor_state **out) {
     tensor_state *t = ag_map_get(&r->tensors, name);
     if (!t) {
         if (e->ntensors >= MAX_TENSORS ||
@@ -228,8 +227,8 @@ static int flush_tensors(ag_engine *e) {
     int err = AG_OK;
     for (tensor_state *t = e->touched; t; t = t->next_touched) {
         ag_write_item it = {.kind = AG_W_TENSOR_DELTA};
-        it.u.tensor_delta = (ag_store_tensor_delta){t->id, t->role, t->numel, t->first_step,
-                                                    t->last_step, t->snapshots, t->last_amax};
+        it.u.tensor_delta = (ag_store_tensor_delta){
+            t->id, t->role, t->numel, t->first_step, t->last_step, t->snapshots, t->last_amax};
         if (!err) err = ag_eng_push(e, &it);
         for (int role = 0; role < ROLES; role++) {
             role_state *rs = t->roles[role];
@@ -273,7 +272,8 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
     if (cs) {
         run_state *r = cs->run;
         ag_write_item it = {.kind = AG_W_RUN_DELTA};
-        it.u.run_delta = (ag_store_run_delta){.run_id = r->id, .messages = r->messages,
+        it.u.run_delta = (ag_store_run_delta){.run_id = r->id,
+                                              .messages = r->messages,
                                               .dropped = r->dropped,
                                               .last_step = r->last_step,
                                               .ended_ms = r->ended_ms};
@@ -340,8 +340,8 @@ static int handle_stats(ag_engine *e, run_state *r, const ag_msg_stats *s) {
                        !(rec->numel > 0 && rec->nonfinite >= rec->numel);
         ag_eng_observe(e, rs, rec->amax, pushable, cfg->fmts, fidx, cfg->nfmts, rec->step);
         ag_write_item it = {.kind = AG_W_STATS};
-        it.u.stats = (ag_store_stats_row){t->id, rec->role, rec->step, rec->amax, rec->numel,
-                                          rec->nonfinite};
+        it.u.stats = (ag_store_stats_row){t->id,     rec->role,  rec->step,
+                                          rec->amax, rec->numel, rec->nonfinite};
         if ((err = ag_eng_push(e, &it))) return err;
         ag_eng_touch_tensor(e, t, rec->role, rec->step, rec->numel, rec->amax);
     }
@@ -383,8 +383,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
     atomic_fetch_add(&e->counters->messages, 1);
     atomic_fetch_add(&e->counters->bytes, bytes);
     switch (m->type) {
-    case AG_MSG_RUN_START:
-        break;
+    case AG_MSG_RUN_START: break;
     case AG_MSG_RUN_END:
         r->ended_ms = m->u.run_end.time_ms ? m->u.run_end.time_ms : ag_eng_wall_ms();
         r->ended = 1;
@@ -392,9 +391,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         if (m->u.run_end.step <= INT64_MAX && m->u.run_end.step > r->last_step)
             r->last_step = m->u.run_end.step;
         break;
-    case AG_MSG_STATS:
-        err = handle_stats(e, r, &m->u.stats);
-        break;
+    case AG_MSG_STATS: err = handle_stats(e, r, &m->u.stats); break;
     case AG_MSG_SNAPSHOT: {
         ag_engine_job *j = NULL;
         if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;
@@ -423,4 +420,3 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
     ag_eng_end_message(e, cs, bytes, m->type != AG_MSG_STATS);
     return err;
 }
-

@@ -46,16 +46,16 @@ typedef struct tensor_state {
     uint8_t *prev[AG_FORMATS_MAX];
     float prev_scale[AG_FORMATS_MAX];
     size_t prev_n;
-    size_t prev_bytes;   /* of prev[], as counted in the engine's state_bytes */
+    size_t prev_bytes; /* of prev[], as counted in the engine's state_bytes */
 } tensor_state;
 
 struct run_state {
     int64_t id;
-    char *name;            /* unique among runs */
-    char *asked;           /* the name its trainer asked for (name, or name is asked.k) */
-    char *launch;          /* the launch that made it; NULL: none given */
+    char *name;   /* unique among runs */
+    char *asked;  /* the name its trainer asked for (name, or name is asked.k) */
+    char *launch; /* the launch that made it; NULL: none given */
     ag_map tensors;
-    int ended;             /* a run_end was filed and no start since */
+    int ended; /* a run_end was filed and no start since */
     /* delta since the last message end */
     uint64_t messages, dropped, last_step;
     int64_t ended_ms;
@@ -68,11 +68,11 @@ typedef struct client_state {
     uint64_t id;
     run_state *run;
     uint64_t last_seq;
-    int has_seq;           /* last_seq is this client's */
-    uint64_t last_drop;    /* the client's cumulative drop count seen */
+    int has_seq;        /* last_seq is this client's */
+    uint64_t last_drop; /* the client's cumulative drop count seen */
     int drop_known;
-    int ended;             /* its run_end was filed: forgotten after the message */
-    uint64_t delivered;    /* messages accounted since the last message end: the
+    int ended;          /* its run_end was filed: forgotten after the message */
+    uint64_t delivered; /* messages accounted since the last message end: the
                             * clients row's delivery count gets them with the
                             * message's rows (q_delivery) */
 } client_state;
@@ -82,15 +82,15 @@ struct ag_engine {
     ag_logger *log;
     ag_counters *counters;
     ag_writer *writer;
-    ag_map runs;                    /* name -> run_state */
-    ag_map families;                /* name asked -> the newest run made for it */
-    ag_map launches;                /* "launch\x1fasked" -> the run that launch went to */
-    ag_map clients;                 /* cid as 16 hex digits -> client_state */
+    ag_map runs;     /* name -> run_state */
+    ag_map families; /* name asked -> the newest run made for it */
+    ag_map launches; /* "launch\x1fasked" -> the run that launch went to */
+    ag_map clients;  /* cid as 16 hex digits -> client_state */
     size_t ntensors;
     int64_t next_run_id, next_tensor_id, next_format_id;
     int64_t format_id[AG_FORMATS_MAX]; /* store id by registry index, 0 = none yet */
     int scale_mode, amax_mode;
-    double margin_mult;             /* 2^margin */
+    double margin_mult; /* 2^margin */
     size_t history_len;
     tensor_state *touched;
     size_t state_bytes, max_state_bytes; /* see AG_ENGINE_MAX_STATE_BYTES */
@@ -99,13 +99,13 @@ struct ag_engine {
     size_t nruns_by_id;
     tensor_state **tensors_by_id;
     size_t ntensors_by_id, cap_tensors_by_id;
-    char why[256];                  /* restore: why it failed, "" if no reason given */
+    char why[256]; /* restore: why it failed, "" if no reason given */
 };
 
 struct ag_engine_job {
     tensor_state *t;
-    client_state *client;    /* whose message it is */
-    uint64_t seq;            /* the message's, to record it as dropped if it fails */
+    client_state *client; /* whose message it is */
+    uint64_t seq;         /* the message's, to record it as dropped if it fails */
     uint64_t step, numel;
     size_t n;
     int form;
@@ -113,7 +113,7 @@ struct ag_engine_job {
     int has_scale;
     double msg_scale;
     const float *w, *x;
-    float *wbuf, *xbuf;      /* owned conversions, when the payload was not f32-aligned */
+    float *wbuf, *xbuf; /* owned conversions, when the payload was not f32-aligned */
     size_t nf;
     const ag_format *fmts[AG_FORMATS_MAX];
     int fidx[AG_FORMATS_MAX];
@@ -122,7 +122,7 @@ struct ag_engine_job {
     uint64_t flips[AG_FORMATS_MAX];
     float amax;
     uint64_t nonfinite;
-    size_t bytes;            /* of the message, for the bytes counter */
+    size_t bytes; /* of the message, for the bytes counter */
     int err;
 };
 
@@ -141,19 +141,17 @@ run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name, const char
 int ag_eng_note_launch(ag_engine *e, const char *launch, const char *asked, run_state *r);
 /* A client session of run r (restore, or a start). */
 client_state *ag_eng_new_client(ag_engine *e, uint64_t id, run_state *r);
-tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const char *name,
-                                int role);
+tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const char *name, int role);
 /* The tensor named name of run r, created (and its row queued) when new. */
-int ag_eng_tensor_for(ag_engine *e, run_state *r, const char *name, int role,
-                      tensor_state **out);
+int ag_eng_tensor_for(ag_engine *e, run_state *r, const char *name, int role, tensor_state **out);
 /* The role state of t, created with an empty amax history when new. */
 role_state *ag_eng_role_for(ag_engine *e, tensor_state *t, int role);
 /* Push one amax observation (when pushable) and refresh the scales of fmts. */
 void ag_eng_observe(ag_engine *e, role_state *rs, double amax, int pushable,
                     const ag_format *const *fmts, const int *fidx, size_t nf, uint64_t step);
 /* Record a record of t at step for the next tensor delta. */
-void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
-                         uint64_t numel, double amax);
+void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step, uint64_t numel,
+                         double amax);
 /* Queue a message's run and client deltas (and tensor deltas with_tensors)
  * and a boundary; a client whose run ended is forgotten. */
 int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_tensors);
@@ -180,8 +178,7 @@ const char *ag_eng_unfiled_reason(int err);
 size_t ag_eng_tensor_cost(const ag_engine *e, const char *name);
 
 /* snapshot.c */
-int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s,
-                        ag_engine_job **out);
+int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag_engine_job **out);
 void ag_eng_job_scales(ag_engine *e, ag_engine_job *job);
 int ag_eng_job_kernels(ag_engine_job *job);
 

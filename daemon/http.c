@@ -28,10 +28,10 @@ typedef struct conn {
     struct ag_http *h;
     uv_tcp_t tcp;
     uv_timer_t timer;
-    int open_handles;           /* freed when both handles have closed */
+    int open_handles; /* freed when both handles have closed */
     int state;
-    struct conn *prev, *next;   /* all connections */
-    struct conn *qnext;         /* waiting for a pool slot */
+    struct conn *prev, *next; /* all connections */
+    struct conn *qnext;       /* waiting for a pool slot */
     char buf[AG_HTTP_HEAD_MAX];
     size_t len;
     ag_http_request req;
@@ -52,7 +52,7 @@ struct ag_http {
     conn *conns;
     size_t nconns;
     conn *qhead, *qtail;
-    int jobs;                   /* pool jobs in flight */
+    int jobs; /* pool jobs in flight */
     /* read-only store connections, one per pool job at most */
     pthread_mutex_t lock;
     ag_store *stores[AG_HTTP_POOL_JOBS];
@@ -81,15 +81,20 @@ static void conn_close(conn *c) {
     }
     if (c->state == C_QUEUED) { /* take it out of the FIFO */
         conn **pp = &h->qhead, *last = NULL;
-        while (*pp && *pp != c) { last = *pp; pp = &(*pp)->qnext; }
+        while (*pp && *pp != c) {
+            last = *pp;
+            pp = &(*pp)->qnext;
+        }
         if (*pp) {
             *pp = c->qnext;
             if (h->qtail == c) h->qtail = last;
         }
     }
     c->state = C_CLOSING;
-    if (c->prev) c->prev->next = c->next;
-    else h->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     h->nconns--;
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
@@ -226,8 +231,10 @@ static void start_job(conn *c) {
     if (h->jobs >= AG_HTTP_POOL_JOBS) {
         c->state = C_QUEUED;
         c->qnext = NULL;
-        if (h->qtail) h->qtail->qnext = c;
-        else h->qhead = c;
+        if (h->qtail)
+            h->qtail->qnext = c;
+        else
+            h->qhead = c;
         h->qtail = c;
         return;
     }
@@ -361,8 +368,8 @@ int ag_http_start(ag_http **out, uv_loop_t *loop, const ag_config *cfg, ag_logge
     *out = h;
     return AG_OK;
 fail:
-    ag_log(lg, AG_LOG_WARNING, "http: cannot listen on %s: %s; going on without HTTP",
-           cfg->http, uv_strerror(rv));
+    ag_log(lg, AG_LOG_WARNING, "http: cannot listen on %s: %s; going on without HTTP", cfg->http,
+           uv_strerror(rv));
     if (h->listening) {
         h->closing = 1;
         uv_close((uv_handle_t *)&h->listener, NULL);

@@ -109,8 +109,7 @@ static void send_doc(ag_http_response *res, const ag_doc *d) {
 /* A store failure as a response: unknown names are 404, the rest 500. */
 static void store_error(ag_http_response *res, ag_store *st, int rc) {
     ag_http_error(res, rc == AG_ENOTFOUND ? 404 : 500,
-                  rc == AG_ENOTFOUND || rc == AG_ESTORE ? ag_store_errmsg(st)
-                                                        : ag_strerror(rc));
+                  rc == AG_ENOTFOUND || rc == AG_ESTORE ? ag_store_errmsg(st) : ag_strerror(rc));
 }
 
 /* ------------------------------------------------------------- parameters */
@@ -123,8 +122,8 @@ typedef struct params {
 
 /* Parse and check the parameters of an endpoint; on a bad one fill res with
  * 400 and return nonzero. need_run / need_tensor: required names. */
-static int get_params(const char *query, const char *const *allowed, int need_run,
-                      int need_tensor, params *out, ag_http_response *res) {
+static int get_params(const char *query, const char *const *allowed, int need_run, int need_tensor,
+                      params *out, ag_http_response *res) {
     char err[160];
     memset(out, 0, sizeof *out);
     if (ag_http_parse_params(query, allowed, &out->p, err, sizeof err)) {
@@ -158,8 +157,7 @@ static int get_params(const char *query, const char *const *allowed, int need_ru
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         const char *v = ag_http_param_get(&out->p, nums[i]);
         if (v && ag_http_parse_u64(v, dst[i])) {
-            snprintf(err, sizeof err, "%s wants a non-negative integer, not '%.40s'", nums[i],
-                     v);
+            snprintf(err, sizeof err, "%s wants a non-negative integer, not '%.40s'", nums[i], v);
             ag_http_error(res, 400, err);
             return 1;
         }
@@ -177,8 +175,8 @@ static int get_params(const char *query, const char *const *allowed, int need_ru
 
 static const char *const NO_PARAMS[] = {NULL};
 static const char *const RUN_PARAMS[] = {"run", NULL};
-static const char *const HISTORY_PARAMS[] = {"run", "tensor", "format", "from", "to",
-                                             "every", NULL};
+static const char *const HISTORY_PARAMS[] = {"run", "tensor", "format", "from",
+                                             "to",  "every",  NULL};
 static const char *const SCALES_PARAMS[] = {"run", "format", NULL};
 static const char *const TOP_PARAMS[] = {"run", "format", "window", "limit", NULL};
 
@@ -194,14 +192,15 @@ static void api_status(const ag_http_env *env, ag_store *st, const params *p,
     }
     if (env->status) env->status(env->status_ctx, s);
     ag_doc_init(&d, NULL);
-    if (ag_doc_status(&d, s, "daemon", env->address)) ag_http_error(res, 500, "layout");
-    else send_doc(res, &d);
+    if (ag_doc_status(&d, s, "daemon", env->address))
+        ag_http_error(res, 500, "layout");
+    else
+        send_doc(res, &d);
     ag_doc_free(&d);
     ag_free(s);
 }
 
-static void api_runs(const ag_http_env *env, ag_store *st, const params *p,
-                     ag_http_response *res) {
+static void api_runs(const ag_http_env *env, ag_store *st, const params *p, ag_http_response *res) {
     ag_run_list *l = NULL;
     ag_doc d;
     (void)env;
@@ -212,8 +211,10 @@ static void api_runs(const ag_http_env *env, ag_store *st, const params *p,
         return;
     }
     ag_doc_init(&d, "runs");
-    if (ag_doc_runs(&d, l)) ag_http_error(res, 500, "out of memory");
-    else send_doc(res, &d);
+    if (ag_doc_runs(&d, l))
+        ag_http_error(res, 500, "out of memory");
+    else
+        send_doc(res, &d);
     ag_doc_free(&d);
     ag_free(l);
 }
@@ -229,8 +230,10 @@ static void api_tensors(const ag_http_env *env, ag_store *st, const params *p,
         return;
     }
     ag_doc_init(&d, "tensors");
-    if (ag_doc_tensors(&d, p->run, l)) ag_http_error(res, 500, "out of memory");
-    else send_doc(res, &d);
+    if (ag_doc_tensors(&d, p->run, l))
+        ag_http_error(res, 500, "out of memory");
+    else
+        send_doc(res, &d);
     ag_doc_free(&d);
     ag_free(l);
 }
@@ -266,14 +269,15 @@ static void api_scales(const ag_http_env *env, ag_store *st, const params *p,
         return;
     }
     ag_doc_init(&d, "scales");
-    if (ag_doc_scales(&d, p->run, p->format, l)) ag_http_error(res, 500, "out of memory");
-    else send_doc(res, &d);
+    if (ag_doc_scales(&d, p->run, p->format, l))
+        ag_http_error(res, 500, "out of memory");
+    else
+        send_doc(res, &d);
     ag_doc_free(&d);
     ag_free(l);
 }
 
-static void api_top(const ag_http_env *env, ag_store *st, const params *p,
-                    ag_http_response *res) {
+static void api_top(const ag_http_env *env, ag_store *st, const params *p, ag_http_response *res) {
     ag_top_list *l = NULL;
     ag_doc d;
     (void)env;
@@ -284,8 +288,10 @@ static void api_top(const ag_http_env *env, ag_store *st, const params *p,
         return;
     }
     ag_doc_init(&d, "tensors");
-    if (ag_doc_top(&d, p->run, p->format, l)) ag_http_error(res, 500, "out of memory");
-    else send_doc(res, &d);
+    if (ag_doc_top(&d, p->run, p->format, l))
+        ag_http_error(res, 500, "out of memory");
+    else
+        send_doc(res, &d);
     ag_doc_free(&d);
     ag_free(l);
 }
@@ -297,10 +303,14 @@ static void api_top(const ag_http_env *env, ag_store *st, const params *p,
 static void label_value(FILE *f, const char *s) {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     while (*p) {
-        if (*p == '\\') fputs("\\\\", f);
-        else if (*p == '"') fputs("\\\"", f);
-        else if (*p == '\n') fputs("\\n", f);
-        else if (*p < 0x20 || *p == 0x7F) fputc('?', f);
+        if (*p == '\\')
+            fputs("\\\\", f);
+        else if (*p == '"')
+            fputs("\\\"", f);
+        else if (*p == '\n')
+            fputs("\\n", f);
+        else if (*p < 0x20 || *p == 0x7F)
+            fputc('?', f);
         else {
             size_t n = ag_utf8_sequence(p);
             if (n == 0) {
@@ -318,8 +328,10 @@ static void label_value(FILE *f, const char *s) {
 
 static void sample_value(FILE *f, double v) {
     char buf[64];
-    if (isnan(v)) fputs("NaN", f);
-    else if (isinf(v)) fputs(v > 0 ? "+Inf" : "-Inf", f);
+    if (isnan(v))
+        fputs("NaN", f);
+    else if (isinf(v))
+        fputs(v > 0 ? "+Inf" : "-Inf", f);
     else {
         ag_json_format_double(buf, sizeof buf, v);
         fputs(buf, f);
@@ -363,14 +375,17 @@ static int run_gauges(const ag_http_env *env, ag_store *st, FILE *f, const char 
         if (scale_pass) {
             ag_scale_list *sl = NULL;
             rc = ag_store_scales(st, run, fmt, &sl);
-            if (rc == AG_ENOTFOUND) { rc = AG_OK; continue; }
+            if (rc == AG_ENOTFOUND) {
+                rc = AG_OK;
+                continue;
+            }
             if (rc) break;
             for (size_t i = 0; i < sl->n; i++) {
                 int chosen = take == tl->n;
                 for (size_t j = 0; !chosen && j < take; j++)
                     chosen = strcmp(tl->items[j].name, sl->items[i].tensor) == 0;
-                if (chosen) labelled(f, "altgrad_scale", run, sl->items[i].tensor, fmt,
-                                     sl->items[i].scale);
+                if (chosen)
+                    labelled(f, "altgrad_scale", run, sl->items[i].tensor, fmt, sl->items[i].scale);
             }
             ag_free(sl);
             continue;
@@ -381,7 +396,10 @@ static int run_gauges(const ag_http_env *env, ag_store *st, FILE *f, const char 
             ag_history_query q = {run, t->name, fmt, t->last_step, 0, 0};
             ag_history *h = NULL;
             rc = ag_store_history(st, &q, &h);
-            if (rc == AG_ENOTFOUND) { rc = AG_OK; continue; }
+            if (rc == AG_ENOTFOUND) {
+                rc = AG_OK;
+                continue;
+            }
             if (rc) break;
             if (h->n > 0)
                 labelled(f, "altgrad_stall_rate", run, t->name, fmt,
@@ -411,7 +429,10 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const params *p,
         goto done;
     }
     FILE *f = b.f;
-    const struct { const char *name, *type, *help; uint64_t v; } counters[] = {
+    const struct {
+        const char *name, *type, *help;
+        uint64_t v;
+    } counters[] = {
         {"altgrad_messages_total", "counter", "Stream messages accepted.", s->messages},
         {"altgrad_bytes_total", "counter", "Stream bytes received.", s->bytes},
         {"altgrad_rejected_total", "counter",
@@ -422,13 +443,11 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const params *p,
         {"altgrad_rows_written_total", "counter", "Rows committed to the database.",
          s->rows_written},
         {"altgrad_rows_discarded_total", "counter",
-         "Rows given up: refused by the store for good, or still failing at stop.",
-         s->discarded},
+         "Rows given up: refused by the store for good, or still failing at stop.", s->discarded},
         {"altgrad_store_degraded", "gauge",
          "1 while the database refuses writes (rows kept and retried), else 0.",
          s->store && strncmp(s->store, "ok", 3) != 0},
-        {"altgrad_queue_depth", "gauge", "Rows waiting for the database writer.",
-         s->queue_depth},
+        {"altgrad_queue_depth", "gauge", "Rows waiting for the database writer.", s->queue_depth},
         {"altgrad_runs", "gauge", "Runs known.", s->runs},
         {"altgrad_tensors", "gauge", "Tensors known.", s->tensors},
     };
@@ -449,7 +468,9 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const params *p,
     size_t total_tensors = 0;
     static const char *const help[2] = {
         "Stall rate (stalled / total) of the tensor's latest gradient snapshot in the "
-        "format; at most " "1000" " tensors, newest runs first.",
+        "format; at most "
+        "1000"
+        " tensors, newest runs first.",
         "Latest scale of the tensor in the format; at most 1000 tensors, newest runs first."};
     for (int pass = 0; pass < 2 && rc == AG_OK; pass++) {
         size_t budget = AG_HTTP_METRICS_TENSORS_MAX;

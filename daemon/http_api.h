@@ -20,15 +20,15 @@
 
 typedef struct ag_http_env {
     const ag_config *cfg;
-    ag_status_fn status;       /* the live counters; thread-safe */
+    ag_status_fn status; /* the live counters; thread-safe */
     void *status_ctx;
-    char address[96];          /* "http://HOST:PORT", as bound */
+    char address[96]; /* "http://HOST:PORT", as bound */
 } ag_http_env;
 
 typedef struct ag_http_response {
-    int status;                /* 200, 400, 404, 405, 500 ... */
+    int status; /* 200, 400, 404, 405, 500 ... */
     const char *content_type;
-    char *body;                /* malloc'ed, or static when !owned */
+    char *body; /* malloc'ed, or static when !owned */
     size_t len;
     int owned;
 } ag_http_response;

@@ -14,8 +14,7 @@
 
 /* RFC 9110 tchar. */
 static int is_tchar(unsigned char c) {
-    if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))
-        return 1;
+    if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) return 1;
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
@@ -32,8 +31,7 @@ static int hexval(unsigned char c) {
     return -1;
 }
 
-int ag_http_percent_decode(const char *src, size_t len, int plus_space, char *out,
-                           size_t cap) {
+int ag_http_percent_decode(const char *src, size_t len, int plus_space, char *out, size_t cap) {
     size_t o = 0;
     if (cap == 0) return AG_ETOOBIG;
     for (size_t i = 0; i < len; i++) {
@@ -65,9 +63,12 @@ static long parse_request_line(const char *buf, size_t end, ag_http_request *req
     while (i < end && is_tchar((unsigned char)buf[i])) i++;
     if (i == 0 || i >= end || buf[i] != ' ') return -400;
     m0 = i;
-    if (m0 == 3 && memcmp(buf, "GET", 3) == 0) req->method = AG_HTTP_GET;
-    else if (m0 == 4 && memcmp(buf, "HEAD", 4) == 0) req->method = AG_HTTP_HEAD;
-    else req->method = AG_HTTP_OTHER;
+    if (m0 == 3 && memcmp(buf, "GET", 3) == 0)
+        req->method = AG_HTTP_GET;
+    else if (m0 == 4 && memcmp(buf, "HEAD", 4) == 0)
+        req->method = AG_HTTP_HEAD;
+    else
+        req->method = AG_HTTP_OTHER;
     t0 = ++i;
     while (i < end && buf[i] != ' ') {
         unsigned char c = (unsigned char)buf[i];
@@ -178,8 +179,7 @@ int ag_http_parse_params(const char *query, const char *const *allowed, ag_http_
             snprintf(err, errlen, "query parameter '%s' given twice", it->name);
             return AG_EINVAL;
         }
-        rc = eq ? ag_http_percent_decode(eq + 1, plen - nlen - 1, 1, it->value,
-                                         sizeof it->value)
+        rc = eq ? ag_http_percent_decode(eq + 1, plen - nlen - 1, 1, it->value, sizeof it->value)
                 : (it->value[0] = '\0', AG_OK);
         if (rc == AG_ETOOBIG) {
             snprintf(err, errlen, "query parameter '%s' longer than %d bytes", it->name,

@@ -12,10 +12,10 @@
 
 #include "altgrad/altgrad.h"
 
-#define AG_HTTP_HEAD_MAX 8192   /* request line + headers, bytes */
-#define AG_HTTP_HEADERS_MAX 64  /* header lines */
-#define AG_HTTP_PATH_MAX 256    /* decoded path, bytes */
-#define AG_HTTP_PARAMS_MAX 8    /* query parameters */
+#define AG_HTTP_HEAD_MAX 8192  /* request line + headers, bytes */
+#define AG_HTTP_HEADERS_MAX 64 /* header lines */
+#define AG_HTTP_PATH_MAX 256   /* decoded path, bytes */
+#define AG_HTTP_PARAMS_MAX 8   /* query parameters */
 #define AG_HTTP_PARAM_NAME_MAX 16
 
 typedef enum ag_http_method {
@@ -25,10 +25,10 @@ typedef enum ag_http_method {
 } ag_http_method;
 
 typedef struct ag_http_request {
-    int method;                     /* ag_http_method */
-    int minor;                      /* HTTP/1.minor */
-    char path[AG_HTTP_PATH_MAX + 1];/* percent-decoded, starts with '/' */
-    char query[AG_HTTP_HEAD_MAX];   /* raw text after '?', "" if none */
+    int method;                      /* ag_http_method */
+    int minor;                       /* HTTP/1.minor */
+    char path[AG_HTTP_PATH_MAX + 1]; /* percent-decoded, starts with '/' */
+    char query[AG_HTTP_HEAD_MAX];    /* raw text after '?', "" if none */
 } ag_http_request;
 
 /*
@@ -44,8 +44,7 @@ long ag_http_parse_head(const char *buf, size_t len, ag_http_request *req);
 /* Percent-decode src[0..len) into out (cap bytes, NUL-terminated). plus_space
  * turns '+' into ' ' (query strings). AG_EINVAL for a bad %XX or a decoded
  * NUL, AG_ETOOBIG when it does not fit. */
-int ag_http_percent_decode(const char *src, size_t len, int plus_space, char *out,
-                           size_t cap);
+int ag_http_percent_decode(const char *src, size_t len, int plus_space, char *out, size_t cap);
 
 typedef struct ag_http_param {
     char name[AG_HTTP_PARAM_NAME_MAX + 1];

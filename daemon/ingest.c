@@ -23,7 +23,7 @@ struct ag_ingest {
     pthread_mutex_t lock;
     nng_msg **ring;
     size_t head, count, bytes, received;
-    int paused;          /* receive not re-armed: queue full */
+    int paused; /* receive not re-armed: queue full */
     int closing;
     ag_logger *log;
     void (*on_ready)(void *);

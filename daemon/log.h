@@ -19,12 +19,12 @@ typedef enum ag_log_level {
     AG_LOG_DEBUG = 7
 } ag_log_level;
 
-#define AG_LOG_SLOTS 32        /* templates tracked for rate limiting */
-#define AG_LOG_BURST 10        /* lines per template per window */
-#define AG_LOG_WINDOW_MS 5000  /* the rate-limit window */
+#define AG_LOG_SLOTS 32       /* templates tracked for rate limiting */
+#define AG_LOG_BURST 10       /* lines per template per window */
+#define AG_LOG_WINDOW_MS 5000 /* the rate-limit window */
 
 typedef struct ag_log_slot {
-    const char *fmt;           /* the template (its address is the key) */
+    const char *fmt; /* the template (its address is the key) */
     int64_t window_start_ms;
     unsigned lines;
     unsigned suppressed;
@@ -32,8 +32,8 @@ typedef struct ag_log_slot {
 
 typedef struct ag_logger {
     pthread_mutex_t lock;
-    FILE *out;                 /* stderr */
-    int level;                 /* lines above this level are skipped */
+    FILE *out; /* stderr */
+    int level; /* lines above this level are skipped */
     ag_log_slot slots[AG_LOG_SLOTS];
 } ag_logger;
 

@@ -27,11 +27,11 @@
 #include "proto/proto.h"
 #include "schema/store.h"
 
-#define PUMP_BATCH 256           /* messages per loop turn before yielding */
-#define DRAIN_TICK_MS 100        /* while stopping: how often intake is checked */
-#define DRAIN_IDLE_TICKS 3       /* quiet ticks before intake closes */
-#define DRAIN_MAX_MS 10000       /* intake closes after this at the latest */
-#define FLUSH_MS 200             /* tensor deltas and scales of statistics, at most this late */
+#define PUMP_BATCH 256     /* messages per loop turn before yielding */
+#define DRAIN_TICK_MS 100  /* while stopping: how often intake is checked */
+#define DRAIN_IDLE_TICKS 3 /* quiet ticks before intake closes */
+#define DRAIN_MAX_MS 10000 /* intake closes after this at the latest */
+#define FLUSH_MS 200       /* tensor deltas and scales of statistics, at most this late */
 
 typedef struct ag_daemon {
     int argc;
@@ -43,12 +43,12 @@ typedef struct ag_daemon {
     uv_loop_t loop;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t watchdog, drain, flush;
-    uv_async_t kick;             /* writer has room again / more to pump */
+    uv_async_t kick; /* writer has room again / more to pump */
     ag_engine *engine;
     ag_writer *writer;
     ag_ingest *ingest;
     ag_query *query;
-    ag_http *http;               /* NULL with --http off */
+    ag_http *http; /* NULL with --http off */
     /* the snapshot being evaluated on the thread pool */
     int busy;
     uv_work_t work;
@@ -57,7 +57,7 @@ typedef struct ag_daemon {
     ag_msg job_msg;
     /* shutdown */
     int stopping, intake_closed, closed;
-    int store_degraded;         /* last health the loop reported (STATUS=, log) */
+    int store_degraded; /* last health the loop reported (STATUS=, log) */
     unsigned idle_ticks;
     uint64_t drain_start_ms;
 } ag_daemon;
@@ -155,8 +155,10 @@ static void fill_status(void *ctx, ag_status *st) {
     /* Live health; rows given up and not yet counted in the file too. */
     ag_writer_health_info h;
     char text[sizeof h.why + 16];
-    if (ag_writer_health(d->writer, &h)) snprintf(text, sizeof text, "degraded: %s", h.why);
-    else snprintf(text, sizeof text, "ok");
+    if (ag_writer_health(d->writer, &h))
+        snprintf(text, sizeof text, "degraded: %s", h.why);
+    else
+        snprintf(text, sizeof text, "ok");
     const char *s = ag_arena_strdup(st, text);
     if (s) st->store = s;
     st->discarded += h.unpersisted;
@@ -181,15 +183,16 @@ static void notify_status(ag_daemon *d, const char *what) {
         /* The store refuses writes: say it first, and why. */
         snprintf(line, sizeof line,
                  "STATUS=store degraded, retrying %llu held rows (ingest paused when the "
-                 "queue fills): %s", (unsigned long long)h.held_rows, h.why);
+                 "queue fills): %s",
+                 (unsigned long long)h.held_rows, h.why);
         ag_notify(line);
         return;
     }
     snprintf(line, sizeof line, "STATUS=%s: %llu runs, %llu tensors, %llu messages%s%s", what,
              (unsigned long long)atomic_load(&d->counters.runs),
              (unsigned long long)atomic_load(&d->counters.tensors),
-             (unsigned long long)atomic_load(&d->counters.messages),
-             http ? ", http " : "", http ? http : "");
+             (unsigned long long)atomic_load(&d->counters.messages), http ? ", http " : "",
+             http ? http : "");
     ag_notify(line);
 }
 
@@ -214,8 +217,8 @@ static void drain_cb(uv_timer_t *t) {
     ag_daemon *d = t->data;
     if (!d->intake_closed) {
         size_t got = ag_ingest_take_received(d->ingest);
-        d->idle_ticks = got == 0 && ag_ingest_depth(d->ingest) == 0 && !d->busy
-                            ? d->idle_ticks + 1 : 0;
+        d->idle_ticks =
+            got == 0 && ag_ingest_depth(d->ingest) == 0 && !d->busy ? d->idle_ticks + 1 : 0;
         if (d->idle_ticks < DRAIN_IDLE_TICKS && now_ms() - d->drain_start_ms < DRAIN_MAX_MS) {
             pump(d);
             return;
@@ -311,8 +314,7 @@ static int prepare_db_dir(const char *path) {
 static int start(ag_daemon *d) {
     ag_store *st = NULL;
     int err;
-    if (prepare_db_dir(d->cfg.db) ||
-        (err = ag_store_open(&st, d->cfg.db, AG_STORE_CREATE))) {
+    if (prepare_db_dir(d->cfg.db) || (err = ag_store_open(&st, d->cfg.db, AG_STORE_CREATE))) {
         fprintf(stderr, "altgradd: cannot open database %s: %s\n", d->cfg.db,
                 st ? ag_store_errmsg(st) : strerror(errno));
         ag_store_close(st);
@@ -330,7 +332,9 @@ static int start(ag_daemon *d) {
         (err = ag_engine_restore(d->engine, st))) {
         const char *why = d->engine ? ag_engine_why(d->engine) : "";
         fprintf(stderr, "altgradd: cannot restore state from %s: %s\n", d->cfg.db,
-                *why ? why : err == AG_ESTORE ? ag_store_errmsg(st) : ag_strerror(err));
+                *why               ? why
+                : err == AG_ESTORE ? ag_store_errmsg(st)
+                                   : ag_strerror(err));
         ag_store_close(st);
         /* A --define-format contradicting the database is a bad option. */
         return err == AG_EEXIST ? 2 : 1;
@@ -357,8 +361,7 @@ static int start(ag_daemon *d) {
         return 1;
     }
     /* A busy HTTP port is not fatal: the page is a convenience, ingest is not. */
-    if (d->cfg.http_enabled)
-        ag_http_start(&d->http, &d->loop, &d->cfg, &d->log, fill_status, d);
+    if (d->cfg.http_enabled) ag_http_start(&d->http, &d->loop, &d->cfg, &d->log, fill_status, d);
     return 0;
 }
 
@@ -409,8 +412,7 @@ static int start_handles(ag_daemon *d) {
     uv_signal_t *sigs[] = {&d->sig_term, &d->sig_int, &d->sig_hup};
     for (size_t i = 0; i < 3 && !rc; i++)
         if ((rc = uv_signal_start(sigs[i], on_signal, signums[i]))) what = "signal handler";
-    if (!rc && (rc = uv_timer_start(&d->flush, flush_cb, FLUSH_MS, FLUSH_MS)))
-        what = "flush timer";
+    if (!rc && (rc = uv_timer_start(&d->flush, flush_cb, FLUSH_MS, FLUSH_MS))) what = "flush timer";
     uint64_t wd = ag_notify_watchdog_usec();
     uint64_t every = wd / 2000 ? wd / 2000 : 1;
     if (!rc && wd && (rc = uv_timer_start(&d->watchdog, watchdog_cb, every, every)))

@@ -66,15 +66,12 @@ static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t
     int rc = AG_OK;
     reply->type = req->type + 16;
     switch (req->type) {
-    case AG_MSG_Q_RUNS:
-        rc = ag_store_runs(st, &reply->u.runs);
-        break;
+    case AG_MSG_Q_RUNS: rc = ag_store_runs(st, &reply->u.runs); break;
     case AG_MSG_Q_TENSORS:
         rc = a->run ? ag_store_tensors(st, a->run, &reply->u.tensors) : AG_EINVAL;
         break;
     case AG_MSG_Q_HISTORY: {
-        ag_history_query hq = {a->run, a->tensor, a->format, a->from_step, a->to_step,
-                               a->every};
+        ag_history_query hq = {a->run, a->tensor, a->format, a->from_step, a->to_step, a->every};
         rc = a->run && a->tensor ? ag_store_history(st, &hq, &reply->u.history) : AG_EINVAL;
         break;
     }
@@ -83,28 +80,22 @@ static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t
         break;
     case AG_MSG_Q_TOP:
         rc = a->run ? ag_store_top(st, a->run, a->format, a->window,
-                                   a->limit > SIZE_MAX ? SIZE_MAX : (size_t)a->limit,
-                                   &reply->u.top)
+                                   a->limit > SIZE_MAX ? SIZE_MAX : (size_t)a->limit, &reply->u.top)
                     : AG_EINVAL;
         break;
     case AG_MSG_Q_STATUS:
         rc = ag_store_status(st, &reply->u.status);
         if (!rc) w->q->status(w->q->status_ctx, reply->u.status);
         break;
-    case AG_MSG_Q_RUN:
-        rc = client_run(st, a->client_id, &reply->u.ident);
-        break;
+    case AG_MSG_Q_RUN: rc = client_run(st, a->client_id, &reply->u.ident); break;
     case AG_MSG_Q_DELIVERY: /* from the store: "stored" means committed */
         reply->u.delivery.client_id = req->u.delivery.client_id;
         rc = ag_store_delivery(st, req->u.delivery.client_id, &reply->u.delivery.messages,
                                &reply->u.delivery.seq);
         break;
-    default:
-        snprintf(err, errlen, "unknown query type %d", req->type);
-        return AG_EPROTO;
+    default: snprintf(err, errlen, "unknown query type %d", req->type); return AG_EPROTO;
     }
-    if (rc) snprintf(err, errlen, "%s", rc == AG_EINVAL ? "missing argument"
-                                                        : ag_store_errmsg(st));
+    if (rc) snprintf(err, errlen, "%s", rc == AG_EINVAL ? "missing argument" : ag_store_errmsg(st));
     return rc;
 }
 
@@ -145,8 +136,9 @@ static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
     }
     if (!rc) {
         rc = ag_proto_encode(out, &reply);
-        if (rc) snprintf(err, sizeof err, "reply not encodable: %s",
-                         reply.why ? reply.why : ag_strerror(rc));
+        if (rc)
+            snprintf(err, sizeof err, "reply not encodable: %s",
+                     reply.why ? reply.why : ag_strerror(rc));
     }
     free_result(&reply);
     if (rc) {
@@ -223,8 +215,7 @@ int ag_query_start(ag_query **out, const ag_config *cfg, ag_logger *lg, ag_statu
     if (strncmp(cfg->query, "ipc://", 6) == 0)
         nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0660);
     if ((rv = nng_listener_start(l, 0))) {
-        ag_log(lg, AG_LOG_ERROR, "query: cannot listen on %s: %s", cfg->query,
-               nng_strerror(rv));
+        ag_log(lg, AG_LOG_ERROR, "query: cannot listen on %s: %s", cfg->query, nng_strerror(rv));
         return AG_ETRANSPORT;
     }
     for (int i = 0; i < AG_QUERY_WORKERS; i++) {

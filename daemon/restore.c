@@ -37,8 +37,8 @@ static int format_index_by_id(ag_engine *e, int64_t id) {
  * the daemon does not know it (the database describes itself); one this
  * daemon knows under the same name but defines otherwise (--define-format,
  * or a built-in) is a start-up error, AG_EEXIST with the reason in e->why. */
-static int on_format(void *ctx, int64_t id, const char *name, int eb, int mb, int bias,
-                     int inf, int nan) {
+static int on_format(void *ctx, int64_t id, const char *name, int eb, int mb, int bias, int inf,
+                     int nan) {
     ag_engine *e = ctx;
     const ag_format *f = ag_format_get(name);
     if (f && (f->exponent_bits != eb || f->mantissa_bits != mb || f->bias != bias ||
@@ -73,8 +73,8 @@ static run_state *run_by_id(ag_engine *e, int64_t id) {
 
 /* A run with its name, the name asked for and the launch that made it
  * (rows come in id order, so the newest run made for a name wins). */
-static int on_run(void *ctx, int64_t id, const char *name, const char *asked,
-                  const char *launch, uint64_t last_step, int64_t ended_ms) {
+static int on_run(void *ctx, int64_t id, const char *name, const char *asked, const char *launch,
+                  uint64_t last_step, int64_t ended_ms) {
     ag_engine *e = ctx;
     (void)last_step;
     if (launch && !ag_proto_launch_id_ok(launch, strlen(launch))) launch = NULL; /* not trusted */
@@ -191,9 +191,14 @@ int ag_engine_restore(ag_engine *e, ag_store *st) {
     e->why[0] = '\0';
     int err = ag_store_max_ids(st, &e->next_run_id, &e->next_tensor_id, &e->next_format_id);
     if (err) return err;
-    ag_store_restore_cb cb = {.ctx = e, .format = on_format, .run = on_run,
-                              .launch = on_launch, .client = on_client, .tensor = on_tensor,
-                              .history = on_history, .scale = on_scale,
+    ag_store_restore_cb cb = {.ctx = e,
+                              .format = on_format,
+                              .run = on_run,
+                              .launch = on_launch,
+                              .client = on_client,
+                              .tensor = on_tensor,
+                              .history = on_history,
+                              .scale = on_scale,
                               .snapshot = on_snapshot};
     err = ag_store_restore(st, e->history_len, &cb);
     free(e->runs_by_id);

@@ -16,9 +16,7 @@
 #include "daemon/engine_internal.h"
 
 /* A client id as the key of e->clients. */
-static void cid_key(uint64_t cid, char key[17]) {
-    snprintf(key, 17, "%016" PRIx64, cid);
-}
+static void cid_key(uint64_t cid, char key[17]) { snprintf(key, 17, "%016" PRIx64, cid); }
 
 /* "launch\x1fasked": a launch id is printable ASCII, so the first 0x1f
  * separates the two and no other pair gives the same key. */
@@ -43,8 +41,7 @@ run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name, const char
     r->asked = strdup(asked ? asked : name);
     r->launch = dup_or_null(launch);
     ag_map_init(&r->tensors);
-    if (!r->name || !r->asked || (launch && !r->launch) || ag_map_put(&e->runs, name, r))
-        goto fail;
+    if (!r->name || !r->asked || (launch && !r->launch) || ag_map_put(&e->runs, name, r)) goto fail;
     /* Ids only grow, so the run made last for a name is the newest. On a
      * failure every map is left as it was (a set on a present key cannot
      * fail). */
@@ -136,8 +133,7 @@ static int free_name(const ag_engine *e, const char *asked, char out[AG_NAME_MAX
  *  1. the run this launch already went to when it asked for this name;
  *  2. with resume, the newest run of that name (made for it, or named so);
  *  3. none: a new run, named asked when that is free. */
-static run_state *run_to_join(ag_engine *e, const char *asked, const char *launch,
-                              int resume) {
+static run_state *run_to_join(ag_engine *e, const char *asked, const char *launch, int resume) {
     if (launch) {
         char *k = launch_key(launch, asked);
         run_state *r = k ? ag_map_get(&e->launches, k) : NULL;
@@ -168,8 +164,7 @@ static int queue_run_row(ag_engine *e, run_state *r, const ag_msg *m) {
         it.u.run.row.started_ms = ag_eng_wall_ms();
     }
     it.u.run.host = strdup(start && m->u.run_start.host ? m->u.run_start.host : "");
-    it.u.run.metadata = strdup(start && m->u.run_start.metadata ? m->u.run_start.metadata
-                                                                : "{}");
+    it.u.run.metadata = strdup(start && m->u.run_start.metadata ? m->u.run_start.metadata : "{}");
     int err = (!it.u.run.name || !it.u.run.asked || (r->launch && !it.u.run.launch) ||
                !it.u.run.host || !it.u.run.metadata)
                   ? AG_ENOMEM
@@ -181,12 +176,12 @@ static int queue_run_row(ag_engine *e, run_state *r, const ag_msg *m) {
 static int queue_client_row(ag_engine *e, const client_state *cs, const char *asked,
                             const char *launch, int64_t started_ms) {
     ag_write_item it = {.kind = AG_W_CLIENT};
-    it.u.client.row = (ag_store_client_row){.client_id = cs->id, .run_id = cs->run->id,
-                                            .started_ms = started_ms};
+    it.u.client.row =
+        (ag_store_client_row){.client_id = cs->id, .run_id = cs->run->id, .started_ms = started_ms};
     it.u.client.asked = strdup(asked);
     it.u.client.launch = dup_or_null(launch);
-    int err = (!it.u.client.asked || (launch && !it.u.client.launch)) ? AG_ENOMEM
-                                                                      : ag_eng_push(e, &it);
+    int err =
+        (!it.u.client.asked || (launch && !it.u.client.launch)) ? AG_ENOMEM : ag_eng_push(e, &it);
     if (err) ag_write_item_clear(&it);
     return err;
 }
@@ -217,13 +212,11 @@ int ag_eng_client_for(ag_engine *e, const ag_msg *m, client_state **out) {
         char name[AG_NAME_MAX + 1];
         if (e->runs.count >= MAX_RUNS) return AG_ENOSPC;
         if ((err = free_name(e, asked, name))) return err;
-        if (!(r = ag_eng_new_run(e, e->next_run_id + 1, name, asked, launch)))
-            return AG_ENOMEM;
+        if (!(r = ag_eng_new_run(e, e->next_run_id + 1, name, asked, launch))) return AG_ENOMEM;
         e->next_run_id++;
         made = 1;
         if (strcmp(name, asked) != 0)
-            ag_log(e->log, AG_LOG_INFO, "run %s is another launch's: filed as %s", asked,
-                   name);
+            ag_log(e->log, AG_LOG_INFO, "run %s is another launch's: filed as %s", asked, name);
     } else if (launch && (err = ag_eng_note_launch(e, launch, asked, r))) {
         return err; /* a resume: this launch's later clients join it too */
     }
@@ -250,8 +243,8 @@ int ag_eng_queue_drop(ag_engine *e, client_state *cs, uint64_t first_seq, uint64
     it.u.drop.reason = reason;
     r->dropped += count;
     atomic_fetch_add(&e->counters->dropped, count);
-    ag_log(e->log, AG_LOG_WARNING, "run %s: %llu messages dropped (%s) before seq %llu",
-           r->name, (unsigned long long)count, reason, (unsigned long long)(first_seq + count));
+    ag_log(e->log, AG_LOG_WARNING, "run %s: %llu messages dropped (%s) before seq %llu", r->name,
+           (unsigned long long)count, reason, (unsigned long long)(first_seq + count));
     return ag_eng_push(e, &it);
 }
 

@@ -55,8 +55,7 @@ static void job_free(ag_engine_job *job) {
     free(job);
 }
 
-int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s,
-                        ag_engine_job **out) {
+int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag_engine_job **out) {
     if (s->step > INT64_MAX || s->n == 0 || s->n > SIZE_MAX / sizeof(float)) return AG_ERANGE;
     /* The kernels scale in float32: a value float32 cannot hold (inf, or a scale
      * that rounds to 0) would fail them after the scale and history had been
@@ -103,8 +102,8 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s,
         for (size_t k = 0; k < i; k++) again |= job->fidx[k] == job->fidx[i];
         if (!again && known->prev[job->fidx[i]]) had += job->n;
     }
-    if (job->nf && (job->n > SIZE_MAX / job->nf ||
-                    e->state_bytes - had + keep > e->max_state_bytes)) {
+    if (job->nf &&
+        (job->n > SIZE_MAX / job->nf || e->state_bytes - had + keep > e->max_state_bytes)) {
         err = AG_ENOSPC;
         goto fail;
     }
@@ -147,9 +146,8 @@ int ag_eng_job_kernels(ag_engine_job *job) {
             err = AG_ENOMEM;
             goto fail;
         }
-    if ((err = ag_stall_encode_multi(job->fmts, job->scales, job->nf,
-                                     job->form != AG_FORM_SGD, job->lr, job->w, job->x,
-                                     job->n, job->counts, cur)))
+    if ((err = ag_stall_encode_multi(job->fmts, job->scales, job->nf, job->form != AG_FORM_SGD,
+                                     job->lr, job->w, job->x, job->n, job->counts, cur)))
         goto fail;
     if (t->prev_n != job->n) { /* shape changed: earlier snapshots are not comparable */
         for (int i = 0; i < AG_FORMATS_MAX; i++) {
@@ -166,11 +164,11 @@ int ag_eng_job_kernels(ag_engine_job *job) {
     for (size_t i = 0; i < job->nf; i++) {
         int fi = job->fidx[i];
         if (t->prev[fi] && t->prev_scale[fi] == job->scales[i])
-            err = ag_count_pattern_changes(job->fmts[i], t->prev[fi], cur[i], job->n,
-                                           &job->flips[i]);
+            err =
+                ag_count_pattern_changes(job->fmts[i], t->prev[fi], cur[i], job->n, &job->flips[i]);
         else if (t->prev[fi])
-            err = ag_count_pattern_flips(job->fmts[i], t->prev_scale[fi], t->prev[fi],
-                                         job->w, job->n, &job->flips[i]);
+            err = ag_count_pattern_flips(job->fmts[i], t->prev_scale[fi], t->prev[fi], job->w,
+                                         job->n, &job->flips[i]);
         free(t->prev[fi]);
         t->prev[fi] = cur[i];
         cur[i] = NULL;
@@ -199,15 +197,17 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     t->prev_bytes = kept;
     if (err) goto done;
     ag_write_item st = {.kind = AG_W_STATS};
-    st.u.stats = (ag_store_stats_row){t->id, AG_ROLE_WEIGHT, job->step, job->amax, job->n,
-                                      job->nonfinite};
+    st.u.stats =
+        (ag_store_stats_row){t->id, AG_ROLE_WEIGHT, job->step, job->amax, job->n, job->nonfinite};
     if ((err = ag_eng_push(e, &st))) goto done;
     for (size_t i = 0; i < job->nf; i++) {
         ag_write_item it = {.kind = AG_W_RESULT};
         it.u.result = (ag_store_result_row){.tensor_id = t->id,
                                             .format_id = e->format_id[job->fidx[i]],
-                                            .step = job->step, .counts = job->counts[i],
-                                            .flips = job->flips[i], .amax = job->amax,
+                                            .step = job->step,
+                                            .counts = job->counts[i],
+                                            .flips = job->flips[i],
+                                            .amax = job->amax,
                                             .scale = job->scales[i]};
         if ((err = ag_eng_push(e, &it))) goto done;
     }
@@ -245,4 +245,3 @@ done:
     ag_eng_end_message(e, client, bytes, 1);
     return err;
 }
-

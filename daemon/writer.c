@@ -21,12 +21,12 @@ struct ag_writer {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     ag_write_item *ring;
-    size_t cap, head, count;     /* items ring[head .. head+count) mod cap */
-    size_t snap_bytes;           /* weights held by queued snapshots */
-    size_t nsnap;                /* queued snapshots */
+    size_t cap, head, count; /* items ring[head .. head+count) mod cap */
+    size_t snap_bytes;       /* weights held by queued snapshots */
+    size_t nsnap;            /* queued snapshots */
     int stopping;
-    int was_full;                /* on_space is owed once depth falls */
-    int popped_boundary;         /* a boundary was marked after its item was popped */
+    int was_full;        /* on_space is owed once depth falls */
+    int popped_boundary; /* a boundary was marked after its item was popped */
     ag_store *st;
     ag_writer_opts opts;
     ag_logger *log;
@@ -34,7 +34,7 @@ struct ag_writer {
     void *ctx;
     _Atomic uint64_t rows_written;
     _Atomic size_t depth;
-    _Atomic int over_bytes;      /* snap_bytes above high_bytes */
+    _Atomic int over_bytes; /* snap_bytes above high_bytes */
     /* The batch being written: every item popped since the last commit, in
      * order, kept until the commit succeeds, so a failed commit (disk full,
      * I/O error, busy) is retried with the same rows instead of losing them.
@@ -43,11 +43,11 @@ struct ag_writer {
     size_t nheld, held_cap, held_bytes;
     /* Health, read by other threads: degraded while commits fail. */
     _Atomic int degraded;
-    _Atomic uint64_t failures;   /* failed attempts, ever */
-    _Atomic uint64_t discarded;  /* rows given up at stop because the store never took them */
-    _Atomic uint64_t held_rows;  /* rows waiting in the failed batch */
+    _Atomic uint64_t failures;    /* failed attempts, ever */
+    _Atomic uint64_t discarded;   /* rows given up at stop because the store never took them */
+    _Atomic uint64_t held_rows;   /* rows waiting in the failed batch */
     _Atomic uint64_t unpersisted; /* of discarded, not yet added to the file's counter */
-    char why[256];               /* under lock: the last failure's text */
+    char why[256];                /* under lock: the last failure's text */
 };
 
 /* How far back a push looks for an older snapshot of its tensor: enough for
@@ -76,22 +76,16 @@ void ag_write_item_clear(ag_write_item *it) {
         free(it->u.client.launch);
         free(it->u.client.asked);
         break;
-    case AG_W_TENSOR:
-        free(it->u.tensor.name);
-        break;
-    case AG_W_SNAPSHOT:
-        free(it->u.snapshot.w);
-        break;
-    default:
-        break;
+    case AG_W_TENSOR: free(it->u.tensor.name); break;
+    case AG_W_SNAPSHOT: free(it->u.snapshot.w); break;
+    default: break;
     }
     memset(it, 0, sizeof *it);
 }
 
 static int apply(ag_store *st, ag_write_item *it) {
     switch (it->kind) {
-    case AG_W_FORMAT:
-        return ag_store_put_format(st, it->u.format.id, it->u.format.fmt);
+    case AG_W_FORMAT: return ag_store_put_format(st, it->u.format.id, it->u.format.fmt);
     case AG_W_RUN:
         it->u.run.row.name = it->u.run.name;
         it->u.run.row.host = it->u.run.host;
@@ -103,19 +97,15 @@ static int apply(ag_store *st, ag_write_item *it) {
         it->u.client.row.launch_id = it->u.client.launch;
         it->u.client.row.asked = it->u.client.asked;
         return ag_store_put_client(st, &it->u.client.row);
-    case AG_W_CLIENT_DELTA:
-        return ag_store_apply_client_delta(st, &it->u.client_delta);
+    case AG_W_CLIENT_DELTA: return ag_store_apply_client_delta(st, &it->u.client_delta);
     case AG_W_TENSOR:
         return ag_store_put_tensor(st, it->u.tensor.id, it->u.tensor.run_id, it->u.tensor.name,
                                    it->u.tensor.role);
-    case AG_W_STATS:
-        return ag_store_put_stats(st, &it->u.stats);
-    case AG_W_RESULT:
-        return ag_store_put_result(st, &it->u.result);
+    case AG_W_STATS: return ag_store_put_stats(st, &it->u.stats);
+    case AG_W_RESULT: return ag_store_put_result(st, &it->u.result);
     case AG_W_DROP:
-        return ag_store_put_drop(st, it->u.drop.run_id, it->u.drop.client_id,
-                                 it->u.drop.at_ms, it->u.drop.first_seq, it->u.drop.count,
-                                 it->u.drop.reason);
+        return ag_store_put_drop(st, it->u.drop.run_id, it->u.drop.client_id, it->u.drop.at_ms,
+                                 it->u.drop.first_seq, it->u.drop.count, it->u.drop.reason);
     case AG_W_SCALE:
         return ag_store_put_scale(st, it->u.scale.tensor_id, it->u.scale.format_id,
                                   it->u.scale.role, it->u.scale.step, it->u.scale.amax,
@@ -123,12 +113,9 @@ static int apply(ag_store *st, ag_write_item *it) {
     case AG_W_SNAPSHOT:
         return ag_store_put_snapshot(st, it->u.snapshot.tensor_id, it->u.snapshot.step,
                                      it->u.snapshot.w, it->u.snapshot.n);
-    case AG_W_RUN_DELTA:
-        return ag_store_apply_run_delta(st, &it->u.run_delta);
-    case AG_W_TENSOR_DELTA:
-        return ag_store_apply_tensor_delta(st, &it->u.tensor_delta);
-    case AG_W_COUNTER:
-        return ag_store_add_counter(st, it->u.counter.name, it->u.counter.delta);
+    case AG_W_RUN_DELTA: return ag_store_apply_run_delta(st, &it->u.run_delta);
+    case AG_W_TENSOR_DELTA: return ag_store_apply_tensor_delta(st, &it->u.tensor_delta);
+    case AG_W_COUNTER: return ag_store_add_counter(st, it->u.counter.name, it->u.counter.delta);
     }
     return AG_EINVAL;
 }
@@ -277,8 +264,10 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
             } else if (hold(w, &it)) {
                 /* No memory to keep the row for a retry: it is written now
                  * or lost; say so and count it. */
-                if (transient) discard(w, 1);
-                else rows++;
+                if (transient)
+                    discard(w, 1);
+                else
+                    rows++;
                 ag_log(w->log, AG_LOG_ERROR, "writer: out of memory holding a row");
                 ag_write_item_clear(&it);
             } else if (!transient) {
@@ -370,7 +359,8 @@ static void *writer_main(void *arg) {
                 discard(w, lost);
                 ag_log(w->log, AG_LOG_ERROR,
                        "writer: stopping with the store still failing; %llu rows not "
-                       "written: %s", (unsigned long long)lost, w->why);
+                       "written: %s",
+                       (unsigned long long)lost, w->why);
                 pthread_mutex_unlock(&w->lock);
                 release_held(w);
                 /* One last try to leave the count in the file. */
@@ -454,8 +444,10 @@ static int supersede(ag_writer *w, int64_t tensor_id) {
 int ag_writer_push(ag_writer *w, const ag_write_item *item) {
     pthread_mutex_lock(&w->lock);
     int err = AG_OK;
-    if (w->stopping) err = AG_ECLOSED;
-    else if (w->count == w->cap) err = grow(w);
+    if (w->stopping)
+        err = AG_ECLOSED;
+    else if (w->count == w->cap)
+        err = grow(w);
     if (!err) {
         int snap = item->kind == AG_W_SNAPSHOT;
         int replaces = snap && supersede(w, item->u.snapshot.tensor_id);
@@ -471,8 +463,7 @@ int ag_writer_push(ag_writer *w, const ag_write_item *item) {
             atomic_store(&w->over_bytes, w->snap_bytes > w->opts.high_bytes);
         }
         atomic_store(&w->depth, w->count);
-        if (w->count > w->opts.high_water || w->snap_bytes > w->opts.high_bytes)
-            w->was_full = 1;
+        if (w->count > w->opts.high_water || w->snap_bytes > w->opts.high_bytes) w->was_full = 1;
     }
     pthread_mutex_unlock(&w->lock);
     return err;
@@ -480,8 +471,10 @@ int ag_writer_push(ag_writer *w, const ag_write_item *item) {
 
 void ag_writer_boundary(ag_writer *w) {
     pthread_mutex_lock(&w->lock);
-    if (w->count > 0) w->ring[(w->head + w->count - 1) % w->cap].boundary = 1;
-    else w->popped_boundary = 1; /* the writer already holds the message's last item */
+    if (w->count > 0)
+        w->ring[(w->head + w->count - 1) % w->cap].boundary = 1;
+    else
+        w->popped_boundary = 1; /* the writer already holds the message's last item */
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
 }

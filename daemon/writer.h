@@ -33,38 +33,68 @@ typedef enum ag_write_kind {
 /* One row. Strings and the snapshot weights are owned by the item (malloc)
  * and freed by the writer; everything else is by value. */
 typedef struct ag_write_item {
-    int kind;                  /* ag_write_kind */
-    int boundary;              /* a commit may follow this item */
+    int kind;     /* ag_write_kind */
+    int boundary; /* a commit may follow this item */
     /* writer-internal (set by ag_writer_push): a later snapshot of the same
      * tensor is queued, so this one is not written; this snapshot replaces
      * an earlier queued one */
     unsigned char superseded, supersedes;
     union {
-        struct { int64_t id; const ag_format *fmt; } format;
-        struct { ag_store_run_row row; char *name, *host, *metadata, *launch, *asked; } run;
-        struct { ag_store_client_row row; char *launch, *asked; } client; /* launch may be NULL */
+        struct {
+            int64_t id;
+            const ag_format *fmt;
+        } format;
+        struct {
+            ag_store_run_row row;
+            char *name, *host, *metadata, *launch, *asked;
+        } run;
+        struct {
+            ag_store_client_row row;
+            char *launch, *asked;
+        } client; /* launch may be NULL */
         ag_store_client_delta client_delta;
-        struct { int64_t id, run_id; char *name; int role; } tensor;
+        struct {
+            int64_t id, run_id;
+            char *name;
+            int role;
+        } tensor;
         ag_store_stats_row stats;
         ag_store_result_row result;
-        struct { int64_t run_id; uint64_t client_id; int64_t at_ms; uint64_t first_seq,
-                 count; const char *reason; } drop; /* reason: static text */
-        struct { int64_t tensor_id, format_id; int role; uint64_t step; double amax,
-                 scale; } scale;
-        struct { int64_t tensor_id; uint64_t step; float *w; size_t n; } snapshot;
+        struct {
+            int64_t run_id;
+            uint64_t client_id;
+            int64_t at_ms;
+            uint64_t first_seq, count;
+            const char *reason;
+        } drop; /* reason: static text */
+        struct {
+            int64_t tensor_id, format_id;
+            int role;
+            uint64_t step;
+            double amax, scale;
+        } scale;
+        struct {
+            int64_t tensor_id;
+            uint64_t step;
+            float *w;
+            size_t n;
+        } snapshot;
         ag_store_run_delta run_delta;
         ag_store_tensor_delta tensor_delta;
-        struct { const char *name; uint64_t delta; } counter; /* name: static text */
+        struct {
+            const char *name;
+            uint64_t delta;
+        } counter; /* name: static text */
     } u;
 } ag_write_item;
 
 typedef struct ag_writer ag_writer;
 
 typedef struct ag_writer_opts {
-    size_t batch_rows;         /* commit after this many rows ... */
-    unsigned batch_ms;         /* ... or this long after the batch began */
-    size_t high_water;         /* ag_writer_full() above this many queued items ... */
-    size_t high_bytes;         /* ... or snapshot bytes; 0: AG_WRITER_HIGH_BYTES */
+    size_t batch_rows; /* commit after this many rows ... */
+    unsigned batch_ms; /* ... or this long after the batch began */
+    size_t high_water; /* ag_writer_full() above this many queued items ... */
+    size_t high_bytes; /* ... or snapshot bytes; 0: AG_WRITER_HIGH_BYTES */
 } ag_writer_opts;
 
 #define AG_WRITER_HIGH_BYTES ((size_t)256 << 20)
@@ -94,14 +124,14 @@ uint64_t ag_writer_rows_written(ag_writer *w);
  * and keeps its rows; the writer retries them, pausing 50 ms doubling to
  * 2 s, while the queue fills and pushes back on ingest (ag_writer_full). */
 typedef struct ag_writer_health_info {
-    int degraded;        /* the last attempt failed; the batch is held */
-    uint64_t failures;   /* failed attempts since start */
-    uint64_t discarded;  /* rows given up: a commit failure about the rows
+    int degraded;         /* the last attempt failed; the batch is held */
+    uint64_t failures;    /* failed attempts since start */
+    uint64_t discarded;   /* rows given up: a commit failure about the rows
                           * themselves, or still failing 5 s after stop */
-    uint64_t held_rows;  /* rows of the failed batch, waiting for the retry */
+    uint64_t held_rows;   /* rows of the failed batch, waiting for the retry */
     uint64_t unpersisted; /* of discarded, not yet in the file's "discarded" counter
                            * (the next commit adds them) */
-    char why[256];       /* while degraded: what failed, SQLite's text */
+    char why[256];        /* while degraded: what failed, SQLite's text */
 } ag_writer_health_info;
 /* Fill *out; returns out->degraded. Any thread. */
 int ag_writer_health(ag_writer *w, ag_writer_health_info *out);

@@ -29,13 +29,13 @@ typedef struct options {
     const char *run;
     const char *ingest_url;
     const char *query_url;
-    int policy;          /* ag_queue_policy */
-    int resume;          /* continue the newest run of that name */
+    int policy; /* ag_queue_policy */
+    int resume; /* continue the newest run of that name */
 } options;
 
 /* A fully connected layer: out = W in + b, W is out_dim x in_dim row-major. */
 typedef struct layer {
-    const char *name;   /* "fc1" */
+    const char *name; /* "fc1" */
     char wname[32], bname[32], act_name[32], grad_name[32];
     size_t in_dim, out_dim;
     float *w, *b, *gw, *gb;
@@ -48,8 +48,7 @@ typedef struct model {
 } model;
 
 /* splitmix64: small, seeded, the same stream on every machine. */
-static uint64_t rng_next(uint64_t *s)
-{
+static uint64_t rng_next(uint64_t *s) {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -57,13 +56,11 @@ static uint64_t rng_next(uint64_t *s)
 }
 
 /* Uniform in [-1, 1). */
-static float rng_uniform(uint64_t *s)
-{
+static float rng_uniform(uint64_t *s) {
     return (float)((double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
 }
 
-static void usage(FILE *f)
-{
+static void usage(FILE *f) {
     fputs("usage: ag_mlp_train [--steps N] [--lr F] [--hidden N] [--batch N] [--seed N]\n"
           "                    [--run NAME] [--ingest URL] [--query URL] [--print-every N]\n"
           "                    [--policy block|drop] [--resume]\n"
@@ -80,22 +77,18 @@ static void usage(FILE *f)
           f);
 }
 
-static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
-{
+static int parse_u64(const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
     char *end;
     unsigned long long v;
-    if (s == NULL || *s < '0' || *s > '9')
-        return -1;
+    if (s == NULL || *s < '0' || *s > '9') return -1;
     errno = 0;
     v = strtoull(s, &end, 10);
-    if (errno != 0 || *end != '\0' || v < lo || v > hi)
-        return -1;
+    if (errno != 0 || *end != '\0' || v < lo || v > hi) return -1;
     *out = v;
     return 0;
 }
 
-static int parse_options(int argc, char **argv, options *o)
-{
+static int parse_options(int argc, char **argv, options *o) {
     int i;
     o->steps = 200;
     o->lr = 0.1f;
@@ -159,8 +152,7 @@ static int parse_options(int argc, char **argv, options *o)
             return -1;
         }
     }
-    if (o->print_every == 0)
-        o->print_every = o->steps >= 10 ? o->steps / 10 : 1;
+    if (o->print_every == 0) o->print_every = o->steps >= 10 ? o->steps / 10 : 1;
     return 0;
 }
 
@@ -169,18 +161,15 @@ static int parse_options(int argc, char **argv, options *o)
  * random linear "teacher" applied to a nonlinear feature of the input, so
  * a hidden layer is needed to fit it well.
  * ---------------------------------------------------------------------- */
-static void make_data(uint64_t seed, float *x, int *y)
-{
+static void make_data(uint64_t seed, float *x, int *y) {
     float teacher[CLASSES][IN_DIM];
     uint64_t s = seed ^ 0xDA7A5E7ull;
     size_t i, j, k;
     for (k = 0; k < CLASSES; k++)
-        for (j = 0; j < IN_DIM; j++)
-            teacher[k][j] = rng_uniform(&s);
+        for (j = 0; j < IN_DIM; j++) teacher[k][j] = rng_uniform(&s);
     for (i = 0; i < SAMPLES; i++) {
         float best = -INFINITY;
-        for (j = 0; j < IN_DIM; j++)
-            x[i * IN_DIM + j] = rng_uniform(&s);
+        for (j = 0; j < IN_DIM; j++) x[i * IN_DIM + j] = rng_uniform(&s);
         y[i] = 0;
         for (k = 0; k < CLASSES; k++) {
             float score = 0;
@@ -196,8 +185,7 @@ static void make_data(uint64_t seed, float *x, int *y)
     }
 }
 
-static int layer_init(layer *l, const char *name, size_t in_dim, size_t out_dim, uint64_t *s)
-{
+static int layer_init(layer *l, const char *name, size_t in_dim, size_t out_dim, uint64_t *s) {
     size_t i;
     float bound = sqrtf(6.0f / (float)(in_dim + out_dim)); /* Glorot uniform */
     memset(l, 0, sizeof *l);
@@ -212,15 +200,12 @@ static int layer_init(layer *l, const char *name, size_t in_dim, size_t out_dim,
     l->gw = malloc(in_dim * out_dim * sizeof *l->gw);
     l->b = calloc(out_dim, sizeof *l->b);
     l->gb = calloc(out_dim, sizeof *l->gb);
-    if (!l->w || !l->gw || !l->b || !l->gb)
-        return AG_ENOMEM;
-    for (i = 0; i < in_dim * out_dim; i++)
-        l->w[i] = bound * rng_uniform(s);
+    if (!l->w || !l->gw || !l->b || !l->gb) return AG_ENOMEM;
+    for (i = 0; i < in_dim * out_dim; i++) l->w[i] = bound * rng_uniform(s);
     return AG_OK;
 }
 
-static void layer_free(layer *l)
-{
+static void layer_free(layer *l) {
     free(l->w);
     free(l->gw);
     free(l->b);
@@ -228,29 +213,24 @@ static void layer_free(layer *l)
 }
 
 /* out[r] = W in[r] + b for each of rows inputs. */
-static void layer_forward(const layer *l, const float *in, float *out, size_t rows)
-{
+static void layer_forward(const layer *l, const float *in, float *out, size_t rows) {
     size_t r, o, i;
     for (r = 0; r < rows; r++)
         for (o = 0; o < l->out_dim; o++) {
             float acc = l->b[o];
             const float *wrow = l->w + o * l->in_dim, *x = in + r * l->in_dim;
-            for (i = 0; i < l->in_dim; i++)
-                acc += wrow[i] * x[i];
+            for (i = 0; i < l->in_dim; i++) acc += wrow[i] * x[i];
             out[r * l->out_dim + o] = acc;
         }
 }
 
 /* Given dout (rows x out_dim) and the layer input, fills gw, gb and, when
  * din is not NULL, din = dout W. */
-static void layer_backward(layer *l, const float *in, const float *dout, float *din,
-                           size_t rows)
-{
+static void layer_backward(layer *l, const float *in, const float *dout, float *din, size_t rows) {
     size_t r, o, i;
     memset(l->gw, 0, l->in_dim * l->out_dim * sizeof *l->gw);
     memset(l->gb, 0, l->out_dim * sizeof *l->gb);
-    if (din != NULL)
-        memset(din, 0, rows * l->in_dim * sizeof *din);
+    if (din != NULL) memset(din, 0, rows * l->in_dim * sizeof *din);
     for (r = 0; r < rows; r++)
         for (o = 0; o < l->out_dim; o++) {
             float d = dout[r * l->out_dim + o];
@@ -259,26 +239,21 @@ static void layer_backward(layer *l, const float *in, const float *dout, float *
             l->gb[o] += d;
             for (i = 0; i < l->in_dim; i++) {
                 gwrow[i] += d * x[i];
-                if (din != NULL)
-                    din[r * l->in_dim + i] += d * wrow[i];
+                if (din != NULL) din[r * l->in_dim + i] += d * wrow[i];
             }
         }
 }
 
-static void sgd_step(layer *l, float lr)
-{
+static void sgd_step(layer *l, float lr) {
     size_t i;
-    for (i = 0; i < l->in_dim * l->out_dim; i++)
-        l->w[i] -= lr * l->gw[i];
-    for (i = 0; i < l->out_dim; i++)
-        l->b[i] -= lr * l->gb[i];
+    for (i = 0; i < l->in_dim * l->out_dim; i++) l->w[i] -= lr * l->gw[i];
+    for (i = 0; i < l->out_dim; i++) l->b[i] -= lr * l->gb[i];
 }
 
 /* Softmax cross-entropy over rows; fills dlogits (mean over the batch) and
  * returns the mean loss; *correct gets the argmax hits. */
-static double softmax_xent(const float *logits, const int *labels, float *dlogits,
-                           size_t rows, size_t *correct)
-{
+static double softmax_xent(const float *logits, const int *labels, float *dlogits, size_t rows,
+                           size_t *correct) {
     double loss = 0;
     size_t r, k;
     *correct = 0;
@@ -288,10 +263,8 @@ static double softmax_xent(const float *logits, const int *labels, float *dlogit
         float m = z[0], sum = 0;
         size_t best = 0;
         for (k = 1; k < CLASSES; k++) {
-            if (z[k] > m)
-                m = z[k];
-            if (z[k] > z[best])
-                best = k;
+            if (z[k] > m) m = z[k];
+            if (z[k] > z[best]) best = k;
         }
         for (k = 0; k < CLASSES; k++) {
             dz[k] = expf(z[k] - m);
@@ -299,20 +272,17 @@ static double softmax_xent(const float *logits, const int *labels, float *dlogit
         }
         for (k = 0; k < CLASSES; k++) {
             dz[k] /= sum;
-            if ((int)k == labels[r])
-                loss -= log((double)dz[k] + 1e-12);
+            if ((int)k == labels[r]) loss -= log((double)dz[k] + 1e-12);
             dz[k] = (dz[k] - ((int)k == labels[r] ? 1.0f : 0.0f)) / (float)rows;
         }
-        if ((int)best == labels[r])
-            (*correct)++;
+        if ((int)best == labels[r]) (*correct)++;
     }
     return loss / (double)rows;
 }
 
 /* Counts logging calls the client refused because its queue was full
  * (AG_EAGAIN: dropped and counted by the client, training goes on). */
-static int logged(int rc, uint64_t *dropped)
-{
+static int logged(int rc, uint64_t *dropped) {
     if (rc == AG_EAGAIN) {
         (*dropped)++;
         return AG_OK;
@@ -321,13 +291,11 @@ static int logged(int rc, uint64_t *dropped)
 }
 
 /* The last step the daemon holds of this client's run (0 when it cannot say). */
-static uint64_t resumed_after(ag_client *client)
-{
+static uint64_t resumed_after(ag_client *client) {
     ag_run_list *runs = NULL;
     uint64_t last = 0;
     size_t i;
-    if (ag_client_runs(client, &runs) != AG_OK)
-        return 0;
+    if (ag_client_runs(client, &runs) != AG_OK) return 0;
     for (i = 0; i < runs->n; i++)
         if (strcmp(runs->items[i].name, ag_client_run(client)) == 0)
             last = runs->items[i].last_step;
@@ -335,8 +303,7 @@ static uint64_t resumed_after(ag_client *client)
     return last;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     options o;
     model m;
     ag_client *client = NULL;
@@ -352,8 +319,7 @@ int main(int argc, char **argv)
     char note[320] = "", used[AG_NAME_MAX + 1];
 
     memset(&m, 0, sizeof m);
-    if (parse_options(argc, argv, &o) != 0)
-        return 2;
+    if (parse_options(argc, argv, &o) != 0) return 2;
     H = o.hidden;
     B = o.batch;
     s = o.seed;
@@ -371,8 +337,8 @@ int main(int argc, char **argv)
     m.da2 = malloc(B * H * sizeof *m.da2);
     m.da1 = malloc(B * H * sizeof *m.da1);
     m.dz = malloc(B * H * sizeof *m.dz);
-    if (!x || !y || !xb || !yb || !m.z1 || !m.a1 || !m.z2 || !m.a2 || !m.logits ||
-        !m.dlogits || !m.da2 || !m.da1 || !m.dz) {
+    if (!x || !y || !xb || !yb || !m.z1 || !m.a1 || !m.z2 || !m.a2 || !m.logits || !m.dlogits ||
+        !m.da2 || !m.da1 || !m.dz) {
         rc = AG_ENOMEM;
         goto fail;
     }
@@ -409,8 +375,7 @@ int main(int argc, char **argv)
            (unsigned long long)o.steps);
     /* A resumed run goes on after its last step (a real trainer would also
      * load its checkpoint; this one starts its weights afresh). */
-    if (o.resume && started == AG_OK)
-        first = resumed_after(client) + 1;
+    if (o.resume && started == AG_OK) first = resumed_after(client) + 1;
     fflush(stdout);
 
     for (step = first; step < first + o.steps; step++) {
@@ -426,56 +391,60 @@ int main(int argc, char **argv)
         }
         /* forward: a1 = tanh(fc1 x), a2 = relu(fc2 a1), logits = fc3 a2 */
         layer_forward(&fc[0], xb, m.z1, B);
-        for (j = 0; j < B * H; j++)
-            m.a1[j] = tanhf(m.z1[j]);
+        for (j = 0; j < B * H; j++) m.a1[j] = tanhf(m.z1[j]);
         layer_forward(&fc[1], m.a1, m.z2, B);
-        for (j = 0; j < B * H; j++)
-            m.a2[j] = m.z2[j] > 0 ? m.z2[j] : 0;
+        for (j = 0; j < B * H; j++) m.a2[j] = m.z2[j] > 0 ? m.z2[j] : 0;
         layer_forward(&fc[2], m.a2, m.logits, B);
         loss = softmax_xent(m.logits, yb, m.dlogits, B, &correct);
 
         /* backward */
         layer_backward(&fc[2], m.a2, m.dlogits, m.da2, B);
-        for (j = 0; j < B * H; j++)
-            m.dz[j] = m.z2[j] > 0 ? m.da2[j] : 0;
+        for (j = 0; j < B * H; j++) m.dz[j] = m.z2[j] > 0 ? m.da2[j] : 0;
         layer_backward(&fc[1], m.a1, m.dz, m.da1, B);
-        for (j = 0; j < B * H; j++)
-            m.da1[j] *= 1.0f - m.a1[j] * m.a1[j];
+        for (j = 0; j < B * H; j++) m.da1[j] *= 1.0f - m.a1[j] * m.a1[j];
         layer_backward(&fc[0], xb, m.da1, NULL, B);
 
         /* stream: activation and activation-gradient amax, then snapshots */
-        if ((rc = logged(ag_client_log_stats(client, step, fc[0].act_name, AG_ROLE_ACTIVATION,
-                                             m.a1, B * H), &dropped)) != AG_OK ||
-            (rc = logged(ag_client_log_stats(client, step, fc[1].act_name, AG_ROLE_ACTIVATION,
-                                             m.a2, B * H), &dropped)) != AG_OK ||
+        if ((rc = logged(
+                 ag_client_log_stats(client, step, fc[0].act_name, AG_ROLE_ACTIVATION, m.a1, B * H),
+                 &dropped)) != AG_OK ||
+            (rc = logged(
+                 ag_client_log_stats(client, step, fc[1].act_name, AG_ROLE_ACTIVATION, m.a2, B * H),
+                 &dropped)) != AG_OK ||
             (rc = logged(ag_client_log_stats(client, step, fc[2].act_name, AG_ROLE_ACTIVATION,
-                                             m.logits, B * CLASSES), &dropped)) != AG_OK ||
+                                             m.logits, B * CLASSES),
+                         &dropped)) != AG_OK ||
             (rc = logged(ag_client_log_stats(client, step, fc[2].grad_name, AG_ROLE_GRADIENT,
-                                             m.dlogits, B * CLASSES), &dropped)) != AG_OK ||
-            (rc = logged(ag_client_log_stats(client, step, fc[1].grad_name, AG_ROLE_GRADIENT,
-                                             m.dz, B * H), &dropped)) != AG_OK ||
-            (rc = logged(ag_client_log_stats(client, step, fc[0].grad_name, AG_ROLE_GRADIENT,
-                                             m.da1, B * H), &dropped)) != AG_OK) {
+                                             m.dlogits, B * CLASSES),
+                         &dropped)) != AG_OK ||
+            (rc = logged(
+                 ag_client_log_stats(client, step, fc[1].grad_name, AG_ROLE_GRADIENT, m.dz, B * H),
+                 &dropped)) != AG_OK ||
+            (rc = logged(
+                 ag_client_log_stats(client, step, fc[0].grad_name, AG_ROLE_GRADIENT, m.da1, B * H),
+                 &dropped)) != AG_OK) {
             fprintf(stderr, "ag_mlp_train: logging statistics failed: %s\n", ag_strerror(rc));
             goto fail;
         }
         for (k = 0; k < 3; k++) {
             layer *l = &fc[k];
             rc = logged(ag_client_log_sgd(client, step, l->wname, l->w, l->gw,
-                                          l->in_dim * l->out_dim, o.lr), &dropped);
+                                          l->in_dim * l->out_dim, o.lr),
+                        &dropped);
             if (rc == AG_OK)
-                rc = logged(ag_client_log_sgd(client, step, l->bname, l->b, l->gb, l->out_dim,
-                                              o.lr), &dropped);
+                rc =
+                    logged(ag_client_log_sgd(client, step, l->bname, l->b, l->gb, l->out_dim, o.lr),
+                           &dropped);
             if (rc != AG_OK) {
-                fprintf(stderr, "ag_mlp_train: logging a snapshot of %s failed: %s\n",
-                        l->name, ag_strerror(rc));
+                fprintf(stderr, "ag_mlp_train: logging a snapshot of %s failed: %s\n", l->name,
+                        ag_strerror(rc));
                 goto fail;
             }
             sgd_step(l, o.lr);
         }
         if (step % o.print_every == 0 || step == first || step == first + o.steps - 1)
-            printf("step %6llu  loss %.4f  batch accuracy %.3f\n", (unsigned long long)step,
-                   loss, (double)correct / (double)B);
+            printf("step %6llu  loss %.4f  batch accuracy %.3f\n", (unsigned long long)step, loss,
+                   (double)correct / (double)B);
     }
     fflush(stdout);
 
@@ -505,18 +474,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "ag_mlp_train: %llu logging calls dropped (client queue full)\n",
                 (unsigned long long)dropped);
     if (undelivered > 0) {
-        fprintf(stderr, "ag_mlp_train: %lld messages were never confirmed by the daemon: "
-                "its record of run '%s' is incomplete\n", (long long)undelivered, used);
+        fprintf(stderr,
+                "ag_mlp_train: %lld messages were never confirmed by the daemon: "
+                "its record of run '%s' is incomplete\n",
+                (long long)undelivered, used);
         exit_code = 3;
     } else {
         exit_code = 0;
     }
 fail:
-    if (rc == AG_ENOMEM)
-        fprintf(stderr, "ag_mlp_train: out of memory\n");
+    if (rc == AG_ENOMEM) fprintf(stderr, "ag_mlp_train: out of memory\n");
     ag_client_close(client);
-    for (k = 0; k < 3; k++)
-        layer_free(&m.fc[k]);
+    for (k = 0; k < 3; k++) layer_free(&m.fc[k]);
     free(m.z1);
     free(m.a1);
     free(m.z2);

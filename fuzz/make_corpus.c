@@ -8,8 +8,7 @@
 
 #include "proto/proto.h"
 
-static int save(const char *dir, const char *name, const ag_msg *m)
-{
+static int save(const char *dir, const char *name, const ag_msg *m) {
     ag_buf b;
     ag_buf_init(&b);
     if (ag_proto_encode(&b, m) != AG_OK) {
@@ -21,8 +20,7 @@ static int save(const char *dir, const char *name, const ag_msg *m)
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(b.data, 1, b.len, f) != b.len) {
         perror(path);
-        if (f)
-            fclose(f);
+        if (f) fclose(f);
         ag_buf_free(&b);
         return 1;
     }
@@ -31,8 +29,7 @@ static int save(const char *dir, const char *name, const ag_msg *m)
     return 0;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: make_corpus DIR\n");
         return 2;
@@ -41,9 +38,12 @@ int main(int argc, char **argv)
     ag_stream_hdr h = {"run", 1, 2, 3};
     int bad = 0;
     ag_msg m = {.type = AG_MSG_RUN_START, .hdr = h};
-    m.u.run_start = (ag_msg_run_start){.host = "host", .pid = 1, .time_ms = 2,
+    m.u.run_start = (ag_msg_run_start){.host = "host",
+                                       .pid = 1,
+                                       .time_ms = 2,
                                        .metadata = "{\"a\":[1,{\"b\":null}]}",
-                                       .launch = "job-1", .resume = 1};
+                                       .launch = "job-1",
+                                       .resume = 1};
     bad |= save(dir, "run_start", &m);
     ag_stat_record recs[2] = {{1, "w", 0, 1.5, 10, 1}, {2, "a", 2, 0, 0, 0}};
     m = (ag_msg){.type = AG_MSG_STATS, .hdr = h};
@@ -52,9 +52,17 @@ int main(int argc, char **argv)
     float w[3] = {1, 2, 3}, g[3] = {4, 5, 6};
     const char *fmts[2] = {"E5M2", "E3M4"};
     m = (ag_msg){.type = AG_MSG_SNAPSHOT, .hdr = h};
-    m.u.snapshot = (ag_msg_snapshot){.step = 1, .tensor = "w", .lr = 0.5, .n = 3, .numel = 9,
-                                     .has_scale = 1, .scale = 2, .nformats = 2,
-                                     .formats = fmts, .w = w, .x = g};
+    m.u.snapshot = (ag_msg_snapshot){.step = 1,
+                                     .tensor = "w",
+                                     .lr = 0.5,
+                                     .n = 3,
+                                     .numel = 9,
+                                     .has_scale = 1,
+                                     .scale = 2,
+                                     .nformats = 2,
+                                     .formats = fmts,
+                                     .w = w,
+                                     .x = g};
     bad |= save(dir, "snapshot", &m);
     m = (ag_msg){.type = AG_MSG_RUN_END, .hdr = h};
     bad |= save(dir, "run_end", &m);

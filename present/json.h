@@ -18,9 +18,9 @@ typedef enum ag_cell_kind {
     AG_CELL_STR,      /* text; NULL pointer counts as "" */
     AG_CELL_U64,
     AG_CELL_I64,
-    AG_CELL_F64,      /* shortest round-trip in JSON/CSV; %.6g in tables */
-    AG_CELL_RATE,     /* a double in [0, 1]: like F64, but 4 decimals in tables */
-    AG_CELL_TIME_MS   /* Unix ms (int64): a number in JSON/CSV, UTC time in tables */
+    AG_CELL_F64,    /* shortest round-trip in JSON/CSV; %.6g in tables */
+    AG_CELL_RATE,   /* a double in [0, 1]: like F64, but 4 decimals in tables */
+    AG_CELL_TIME_MS /* Unix ms (int64): a number in JSON/CSV, UTC time in tables */
 } ag_cell_kind;
 
 typedef struct ag_cell {

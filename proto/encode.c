@@ -9,27 +9,24 @@
 
 #include "proto/internal.h"
 
-#define FAIL(text, code)                                                                  \
-    do {                                                                                  \
-        *why = (text);                                                                    \
-        return (code);                                                                    \
+#define FAIL(text, code)                                                                           \
+    do {                                                                                           \
+        *why = (text);                                                                             \
+        return (code);                                                                             \
     } while (0)
 
-static void put_key(msgpack_packer *pk, const char *key)
-{
+static void put_key(msgpack_packer *pk, const char *key) {
     size_t n = strlen(key);
     msgpack_pack_str(pk, n);
     msgpack_pack_str_body(pk, key, n);
 }
 
-static void put_str(msgpack_packer *pk, const char *s, size_t n)
-{
+static void put_str(msgpack_packer *pk, const char *s, size_t n) {
     msgpack_pack_str(pk, n);
     msgpack_pack_str_body(pk, s, n);
 }
 
-static void put_u32_be(uint8_t *p, uint32_t v)
-{
+static void put_u32_be(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)(v >> 24);
     p[1] = (uint8_t)(v >> 16);
     p[2] = (uint8_t)(v >> 8);
@@ -37,20 +34,15 @@ static void put_u32_be(uint8_t *p, uint32_t v)
 }
 
 /* Check and write one scalar value of kind f->kind found at base + f->off. */
-static int put_scalar(msgpack_packer *pk, const ag_field *f, const char *base, const char **why)
-{
+static int put_scalar(msgpack_packer *pk, const ag_field *f, const char *base, const char **why) {
     const void *at = base + f->off;
     const char *s;
     size_t n;
     double d;
     int i;
     switch (f->kind) {
-    case K_UINT:
-        msgpack_pack_uint64(pk, *(const uint64_t *)at);
-        return AG_OK;
-    case K_INT:
-        msgpack_pack_int64(pk, *(const int64_t *)at);
-        return AG_OK;
+    case K_UINT: msgpack_pack_uint64(pk, *(const uint64_t *)at); return AG_OK;
+    case K_INT: msgpack_pack_int64(pk, *(const int64_t *)at); return AG_OK;
     case K_FLOAT:
         d = *(const double *)at;
         if (!isfinite(d) || ((f->flags & F_NONNEG) && d < 0))
@@ -59,31 +51,25 @@ static int put_scalar(msgpack_packer *pk, const ag_field *f, const char *base, c
         return AG_OK;
     case K_SCALE:
         d = *(const double *)at;
-        if (!isfinite(d) || d <= 0)
-            FAIL("scale must be finite and > 0", AG_EINVAL);
+        if (!isfinite(d) || d <= 0) FAIL("scale must be finite and > 0", AG_EINVAL);
         msgpack_pack_double(pk, d);
         return AG_OK;
     case K_ENUM:
         i = *(const int *)at;
-        if (i < 0 || (size_t)i > f->aux)
-            FAIL("an enum value is out of range", AG_EINVAL);
+        if (i < 0 || (size_t)i > f->aux) FAIL("an enum value is out of range", AG_EINVAL);
         msgpack_pack_uint32(pk, (uint32_t)i);
         return AG_OK;
     case K_CODE:
         i = *(const int *)at;
-        if (i >= 0)
-            FAIL("an error code must be negative", AG_EINVAL);
+        if (i >= 0) FAIL("an error code must be negative", AG_EINVAL);
         msgpack_pack_int32(pk, i);
         return AG_OK;
     case K_NAME:
         s = *(const char *const *)at;
-        if (!s)
-            FAIL("a name is NULL", AG_EINVAL);
+        if (!s) FAIL("a name is NULL", AG_EINVAL);
         n = strlen(s);
-        if (n > AG_NAME_MAX)
-            FAIL("a name is longer than AG_NAME_MAX", AG_ETOOBIG);
-        if (!ag_proto_name_ok(s, n))
-            FAIL("a name is empty", AG_EINVAL);
+        if (n > AG_NAME_MAX) FAIL("a name is longer than AG_NAME_MAX", AG_ETOOBIG);
+        if (!ag_proto_name_ok(s, n)) FAIL("a name is empty", AG_EINVAL);
         put_str(pk, s, n);
         return AG_OK;
     case K_FMT:
@@ -95,50 +81,40 @@ static int put_scalar(msgpack_packer *pk, const ag_field *f, const char *base, c
         return AG_OK;
     case K_STR:
         s = *(const char *const *)at;
-        if (!s)
-            s = "";
+        if (!s) s = "";
         n = strlen(s);
-        if (n > f->aux)
-            FAIL("a string is over its limit", AG_ETOOBIG);
+        if (n > f->aux) FAIL("a string is over its limit", AG_ETOOBIG);
         put_str(pk, s, n);
         return AG_OK;
     case K_LAUNCH:
         s = *(const char *const *)at;
         n = s ? strlen(s) : 0;
-        if (n > f->aux)
-            FAIL("a launch id is longer than 128 bytes", AG_ETOOBIG);
+        if (n > f->aux) FAIL("a launch id is longer than 128 bytes", AG_ETOOBIG);
         if (!ag_proto_launch_id_ok(s, n))
             FAIL("a launch id is empty or not printable ASCII", AG_EINVAL);
         put_str(pk, s, n);
         return AG_OK;
     case K_JSON:
         s = *(const char *const *)at;
-        if (!s)
-            s = "{}";
+        if (!s) s = "{}";
         n = strlen(s);
-        if (n > f->aux)
-            FAIL("metadata is over 64 KiB", AG_ETOOBIG);
-        if (!ag_proto_json_object_ok(s, n))
-            FAIL("metadata is not a JSON object", AG_EINVAL);
+        if (n > f->aux) FAIL("metadata is over 64 KiB", AG_ETOOBIG);
+        if (!ag_proto_json_object_ok(s, n)) FAIL("metadata is not a JSON object", AG_EINVAL);
         put_str(pk, s, n);
         return AG_OK;
-    default:
-        FAIL("internal: not a scalar kind", AG_EINVAL);
+    default: FAIL("internal: not a scalar kind", AG_EINVAL);
     }
 }
 
 /* Is an optional field present (to be written)? */
-static int present(const ag_field *f, const char *base, int type)
-{
+static int present(const ag_field *f, const char *base, int type) {
     const void *at = base + f->off;
-    if (f->kind == K_SCALE)
-        return *(const int *)(base + f->aux) != 0;
+    if (f->kind == K_SCALE) return *(const int *)(base + f->aux) != 0;
     if (type == AG_MSG_SNAPSHOT && strcmp(f->key, "lr") == 0) {
         const ag_msg_snapshot *s = (const ag_msg_snapshot *)base;
         return s->form == AG_FORM_SGD || s->lr != 0;
     }
-    if (f->flags & F_REQ)
-        return 1;
+    if (f->flags & F_REQ) return 1;
     switch (f->kind) {
     case K_UINT: return *(const uint64_t *)at != 0;
     case K_INT: return *(const int64_t *)at != 0;
@@ -150,56 +126,41 @@ static int present(const ag_field *f, const char *base, int type)
     }
 }
 
-static int put_record(msgpack_packer *pk, const ag_stat_record *r, const char **why)
-{
-    if (r->nonfinite > r->numel)
-        FAIL("a record's nonfinite count exceeds numel", AG_EINVAL);
+static int put_record(msgpack_packer *pk, const ag_stat_record *r, const char **why) {
+    if (r->nonfinite > r->numel) FAIL("a record's nonfinite count exceeds numel", AG_EINVAL);
     msgpack_pack_array(pk, 6);
     for (size_t c = 0; c < 6; c++) {
         int rc = put_scalar(pk, &ag_record_cols[c], (const char *)r, why);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     return AG_OK;
 }
 
-static int snapshot_check(const ag_msg_snapshot *s, const char **why)
-{
+static int snapshot_check(const ag_msg_snapshot *s, const char **why) {
     size_t size = ag_proto_dtype_size(s->dtype);
-    if (size == 0)
-        FAIL("unknown dtype", AG_EINVAL);
-    if (s->n == 0)
-        FAIL("a snapshot needs n >= 1", AG_EINVAL);
+    if (size == 0) FAIL("unknown dtype", AG_EINVAL);
+    if (s->n == 0) FAIL("a snapshot needs n >= 1", AG_EINVAL);
     if (s->n > AG_PROTO_MAX_MESSAGE / (2 * size))
         FAIL("snapshot data over the message limit", AG_ETOOBIG);
-    if (s->numel != 0 && s->numel < s->n)
-        FAIL("numel is smaller than n", AG_EINVAL);
-    if (!isfinite(s->lr))
-        FAIL("lr is not finite", AG_EINVAL);
-    if (s->nformats > AG_PROTO_MAX_FORMATS)
-        FAIL("more than 64 formats", AG_ETOOBIG);
-    if (s->nformats && !s->formats)
-        FAIL("formats is NULL", AG_EINVAL);
-    if (!s->w || !s->x)
-        FAIL("snapshot arrays are NULL", AG_EINVAL);
+    if (s->numel != 0 && s->numel < s->n) FAIL("numel is smaller than n", AG_EINVAL);
+    if (!isfinite(s->lr)) FAIL("lr is not finite", AG_EINVAL);
+    if (s->nformats > AG_PROTO_MAX_FORMATS) FAIL("more than 64 formats", AG_ETOOBIG);
+    if (s->nformats && !s->formats) FAIL("formats is NULL", AG_EINVAL);
+    if (!s->w || !s->x) FAIL("snapshot arrays are NULL", AG_EINVAL);
     return AG_OK;
 }
 
 /* Write the composite field f of a message. */
 static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_field *f,
-                         const char *base, const ag_spec *spec, const char **why)
-{
+                         const char *base, const ag_spec *spec, const char **why) {
     int rc;
     if (f->kind == K_RECS) {
         const ag_msg_stats *st = (const ag_msg_stats *)(base + f->off);
-        if (st->n == 0 || !st->records)
-            FAIL("a stats batch needs at least one record", AG_EINVAL);
-        if (st->n > AG_PROTO_MAX_RECORDS)
-            FAIL("more than 65536 records", AG_ETOOBIG);
+        if (st->n == 0 || !st->records) FAIL("a stats batch needs at least one record", AG_EINVAL);
+        if (st->n > AG_PROTO_MAX_RECORDS) FAIL("more than 65536 records", AG_ETOOBIG);
         msgpack_pack_array(pk, st->n);
         for (size_t i = 0; i < st->n; i++)
-            if ((rc = put_record(pk, &st->records[i], why)))
-                return rc;
+            if ((rc = put_record(pk, &st->records[i], why))) return rc;
         return AG_OK;
     }
     if (f->kind == K_FMTS) {
@@ -207,8 +168,7 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         msgpack_pack_array(pk, s->nformats);
         for (size_t i = 0; i < s->nformats; i++) {
             ag_field ff = {"fmt", K_FMT, F_REQ, 0, 0};
-            if ((rc = put_scalar(pk, &ff, (const char *)&s->formats[i], why)))
-                return rc;
+            if ((rc = put_scalar(pk, &ff, (const char *)&s->formats[i], why))) return rc;
         }
         return AG_OK;
     }
@@ -233,10 +193,8 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         const char *items;
         memcpy(&n, base + spec->count_off, sizeof n);
         memcpy(&items, base + spec->items_off, sizeof items);
-        if (n > AG_PROTO_MAX_ITEMS)
-            FAIL("more than 1048576 items", AG_ETOOBIG);
-        if (n && !items)
-            FAIL("items is NULL", AG_EINVAL);
+        if (n > AG_PROTO_MAX_ITEMS) FAIL("more than 1048576 items", AG_ETOOBIG);
+        if (n && !items) FAIL("items is NULL", AG_EINVAL);
         msgpack_pack_array(pk, n);
         for (size_t i = 0; i < n; i++) {
             msgpack_pack_array(pk, spec->ncols);
@@ -249,30 +207,25 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
     FAIL("internal: unknown kind", AG_EINVAL);
 }
 
-static void put_trailer(msgpack_packer *pk, uint64_t seq, uint64_t dropped)
-{
+static void put_trailer(msgpack_packer *pk, uint64_t seq, uint64_t dropped) {
     put_key(pk, "seq");
     msgpack_pack_fix_uint64(pk, seq);
     put_key(pk, "drop");
     msgpack_pack_fix_uint64(pk, dropped);
 }
 
-static int encode(ag_buf *b, const ag_msg *m, const char **why)
-{
+static int encode(ag_buf *b, const ag_msg *m, const char **why) {
     const ag_spec *spec = ag_spec_for(m->type);
-    if (!spec)
-        FAIL("unknown message type", AG_EINVAL);
+    if (!spec) FAIL("unknown message type", AG_EINVAL);
     int stream = ag_proto_is_stream(m->type);
     const char *base = (const char *)&m->u;
     if (spec->root_size) {
         memcpy(&base, &m->u, sizeof base);
-        if (!base)
-            FAIL("reply result is NULL", AG_EINVAL);
+        if (!base) FAIL("reply result is NULL", AG_EINVAL);
     }
     if (m->type == AG_MSG_SNAPSHOT) {
         int rc = snapshot_check(&m->u.snapshot, why);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     int version = m->version ? m->version : AG_PROTO_VERSION;
     if (version < AG_PROTO_VERSION_MIN || version > AG_PROTO_VERSION)
@@ -280,8 +233,7 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why)
     size_t nkeys = 2 + (stream ? 4 : 0);
     for (size_t i = 0; i < spec->nfields; i++)
         nkeys += (size_t)present(&spec->fields[i], base, m->type);
-    if (m->type == AG_MSG_SNAPSHOT)
-        nkeys++; /* pad */
+    if (m->type == AG_MSG_SNAPSHOT) nkeys++; /* pad */
 
     msgpack_packer pk;
     ag_packer_init(&pk, b);
@@ -295,38 +247,30 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why)
         ag_field run = {"run", K_NAME, F_REQ, offsetof(ag_stream_hdr, run), 0};
         put_key(&pk, "run");
         int rc = put_scalar(&pk, &run, (const char *)&m->hdr, why);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         put_key(&pk, "cid");
         msgpack_pack_uint64(&pk, m->hdr.client_id);
     }
     for (size_t i = 0; i < spec->nfields; i++) {
         const ag_field *f = &spec->fields[i];
-        if (!present(f, base, m->type))
-            continue;
+        if (!present(f, base, m->type)) continue;
         if (f->kind != K_DATA) /* K_DATA writes "pad" before its key */
             put_key(&pk, f->key);
         int rc = f->kind >= K_RECS ? put_composite(&pk, b, start, f, base, spec, why)
                                    : put_scalar(&pk, f, base, why);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
-    if (stream)
-        put_trailer(&pk, m->hdr.seq, m->hdr.dropped);
-    if (b->err)
-        FAIL(b->err == AG_ENOMEM ? "out of memory" : "message over its size limit", b->err);
+    if (stream) put_trailer(&pk, m->hdr.seq, m->hdr.dropped);
+    if (b->err) FAIL(b->err == AG_ENOMEM ? "out of memory" : "message over its size limit", b->err);
     return AG_OK;
 }
 
-int ag_proto_encode(ag_buf *b, const ag_msg *m)
-{
-    if (!b || !m)
-        return AG_EINVAL;
+int ag_proto_encode(ag_buf *b, const ag_msg *m) {
+    if (!b || !m) return AG_EINVAL;
     const char *why = NULL;
     size_t len0 = b->len;
     int err0 = b->err;
-    if (err0)
-        return err0;
+    if (err0) return err0;
     int rc = encode(b, m, &why);
     if (rc) {
         b->len = len0;
@@ -336,21 +280,17 @@ int ag_proto_encode(ag_buf *b, const ag_msg *m)
     return rc;
 }
 
-size_t ag_proto_encoded_size(const ag_msg *m)
-{
+size_t ag_proto_encoded_size(const ag_msg *m) {
     ag_buf b;
     ag_buf_init_count(&b);
-    if (ag_proto_encode(&b, m))
-        return 0;
+    if (ag_proto_encode(&b, m)) return 0;
     return b.len;
 }
 
-int ag_proto_patch_seq(void *data, size_t len, uint64_t seq, uint64_t dropped)
-{
+int ag_proto_patch_seq(void *data, size_t len, uint64_t seq, uint64_t dropped) {
     static const uint8_t seq_key[4] = {0xa3, 's', 'e', 'q'};
     static const uint8_t drop_key[5] = {0xa4, 'd', 'r', 'o', 'p'};
-    if (!data || len < AG_PROTO_TRAILER_LEN)
-        return AG_EPROTO;
+    if (!data || len < AG_PROTO_TRAILER_LEN) return AG_EPROTO;
     uint8_t *t = (uint8_t *)data + len - AG_PROTO_TRAILER_LEN;
     if (memcmp(t, seq_key, 4) != 0 || t[4] != 0xcf || memcmp(t + 13, drop_key, 5) != 0 ||
         t[18] != 0xcf)
@@ -364,10 +304,8 @@ int ag_proto_patch_seq(void *data, size_t len, uint64_t seq, uint64_t dropped)
 
 /* ---- incremental stats batches ------------------------------------------ */
 
-int ag_stats_batch_begin(ag_stats_batch *sb, const char *run, uint64_t client_id)
-{
-    if (!sb || !ag_proto_name_ok(run, run ? strlen(run) : 0))
-        return AG_EINVAL;
+int ag_stats_batch_begin(ag_stats_batch *sb, const char *run, uint64_t client_id) {
+    if (!sb || !ag_proto_name_ok(run, run ? strlen(run) : 0)) return AG_EINVAL;
     ag_buf *b = &sb->buf;
     ag_buf_reset(b);
     sb->n = 0;
@@ -394,22 +332,17 @@ int ag_stats_batch_begin(ag_stats_batch *sb, const char *run, uint64_t client_id
     return AG_OK;
 }
 
-int ag_stats_batch_add(ag_stats_batch *sb, const ag_stat_record *r)
-{
-    if (!sb || !r || sb->count_at == 0)
-        return AG_EINVAL;
-    if (sb->n >= AG_PROTO_MAX_RECORDS)
-        return AG_ETOOBIG;
+int ag_stats_batch_add(ag_stats_batch *sb, const ag_stat_record *r) {
+    if (!sb || !r || sb->count_at == 0) return AG_EINVAL;
+    if (sb->n >= AG_PROTO_MAX_RECORDS) return AG_ETOOBIG;
     ag_buf *b = &sb->buf;
     size_t len0 = b->len;
     const char *why = NULL;
     msgpack_packer pk;
     ag_packer_init(&pk, b);
     int rc = put_record(&pk, r, &why);
-    if (!rc && b->len + AG_PROTO_TRAILER_LEN > AG_PROTO_MAX_MESSAGE)
-        rc = AG_ETOOBIG;
-    if (!rc)
-        rc = b->err;
+    if (!rc && b->len + AG_PROTO_TRAILER_LEN > AG_PROTO_MAX_MESSAGE) rc = AG_ETOOBIG;
+    if (!rc) rc = b->err;
     if (rc) {
         b->len = len0;
         b->err = 0;
@@ -419,10 +352,8 @@ int ag_stats_batch_add(ag_stats_batch *sb, const ag_stat_record *r)
     return AG_OK;
 }
 
-int ag_stats_batch_end(ag_stats_batch *sb, uint64_t seq, uint64_t dropped)
-{
-    if (!sb || sb->n == 0 || sb->count_at == 0 || sb->buf.mode == 2)
-        return AG_EINVAL;
+int ag_stats_batch_end(ag_stats_batch *sb, uint64_t seq, uint64_t dropped) {
+    if (!sb || sb->n == 0 || sb->count_at == 0 || sb->buf.mode == 2) return AG_EINVAL;
     put_u32_be(sb->buf.data + sb->count_at + 1, sb->n);
     msgpack_packer pk;
     ag_packer_init(&pk, &sb->buf);

@@ -15,34 +15,34 @@
 
 /* Value kinds of a field or an item column. */
 enum ag_kind {
-    K_UINT = 1,   /* uint64_t */
-    K_INT,        /* int64_t */
-    K_FLOAT,      /* double, finite */
-    K_ENUM,       /* int in 0..aux */
-    K_NAME,       /* const char *, 1..AG_NAME_MAX */
-    K_STR,        /* const char *, 0..aux bytes */
-    K_FMT,        /* const char *, format name */
-    K_JSON,       /* const char *, JSON object <= aux bytes */
-    K_CODE,       /* int, negative ag_err */
-    K_SCALE,      /* double > 0 with presence flag (int at aux) */
-    K_LAUNCH,     /* const char *, launch id: 1..aux bytes of printable ASCII */
-    K_RECS,       /* stats records (ag_msg_stats) */
-    K_FMTS,       /* format list (ag_msg_snapshot) */
-    K_DATA,       /* snapshot payload (ag_msg_snapshot) */
-    K_ITEMS       /* reply item list (spec->cols) */
+    K_UINT = 1, /* uint64_t */
+    K_INT,      /* int64_t */
+    K_FLOAT,    /* double, finite */
+    K_ENUM,     /* int in 0..aux */
+    K_NAME,     /* const char *, 1..AG_NAME_MAX */
+    K_STR,      /* const char *, 0..aux bytes */
+    K_FMT,      /* const char *, format name */
+    K_JSON,     /* const char *, JSON object <= aux bytes */
+    K_CODE,     /* int, negative ag_err */
+    K_SCALE,    /* double > 0 with presence flag (int at aux) */
+    K_LAUNCH,   /* const char *, launch id: 1..aux bytes of printable ASCII */
+    K_RECS,     /* stats records (ag_msg_stats) */
+    K_FMTS,     /* format list (ag_msg_snapshot) */
+    K_DATA,     /* snapshot payload (ag_msg_snapshot) */
+    K_ITEMS     /* reply item list (spec->cols) */
 };
 
 /* Field flags. */
-#define F_REQ 1u      /* must be present */
-#define F_OMIT0 2u    /* encoder leaves it out when 0 / NULL */
-#define F_NONNEG 4u   /* float >= 0 */
+#define F_REQ 1u    /* must be present */
+#define F_OMIT0 2u  /* encoder leaves it out when 0 / NULL */
+#define F_NONNEG 4u /* float >= 0 */
 
 typedef struct ag_field {
     const char *key;
     uint8_t kind;
     uint8_t flags;
-    size_t off;       /* offset in the base struct */
-    size_t aux;       /* limit, enum max or presence offset (see kinds) */
+    size_t off; /* offset in the base struct */
+    size_t aux; /* limit, enum max or presence offset (see kinds) */
 } ag_field;
 
 /* One message type. Stream and query fields are relative to &msg->u; reply

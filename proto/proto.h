@@ -64,8 +64,8 @@ int ag_proto_is_stream(int type);
 
 /* Snapshot forms. */
 typedef enum ag_snapshot_form {
-    AG_FORM_SGD = 0,    /* w and g with lr: u = -lr * g */
-    AG_FORM_UPDATE = 1  /* w and u = w_new - w */
+    AG_FORM_SGD = 0,   /* w and g with lr: u = -lr * g */
+    AG_FORM_UPDATE = 1 /* w and u = w_new - w */
 } ag_snapshot_form;
 
 /* Bytes per element of an ag_dtype; 0 if unknown. */
@@ -76,71 +76,71 @@ size_t ag_proto_dtype_size(int dtype);
  * (ag_proto_patch_seq). dropped is cumulative: messages this client dropped
  * before sending, since it started. */
 typedef struct ag_stream_hdr {
-    const char *run;        /* 1..AG_NAME_MAX bytes */
+    const char *run; /* 1..AG_NAME_MAX bytes */
     uint64_t client_id;
-    uint64_t seq;           /* 0 for run_start, then +1 per message queued */
+    uint64_t seq; /* 0 for run_start, then +1 per message queued */
     uint64_t dropped;
 } ag_stream_hdr;
 
 typedef struct ag_msg_run_start {
-    const char *host;       /* 0..AG_NAME_MAX bytes */
+    const char *host; /* 0..AG_NAME_MAX bytes */
     int64_t pid;
-    int64_t time_ms;        /* Unix ms at the client */
-    const char *metadata;   /* JSON object text, <= AG_PROTO_MAX_METADATA; NULL = "{}" */
-    const char *launch;     /* launch id (ag_proto_launch_id_ok); NULL = none (a launch of its own) */
-    int resume;             /* 1: continue the latest run of that name */
+    int64_t time_ms;      /* Unix ms at the client */
+    const char *metadata; /* JSON object text, <= AG_PROTO_MAX_METADATA; NULL = "{}" */
+    const char *launch;   /* launch id (ag_proto_launch_id_ok); NULL = none (a launch of its own) */
+    int resume;           /* 1: continue the latest run of that name */
 } ag_msg_run_start;
 
 typedef struct ag_stat_record {
     uint64_t step;
-    const char *tensor;     /* 1..AG_NAME_MAX bytes */
-    int role;               /* ag_role */
-    double amax;            /* finite, >= 0: max |x| over finite elements */
+    const char *tensor; /* 1..AG_NAME_MAX bytes */
+    int role;           /* ag_role */
+    double amax;        /* finite, >= 0: max |x| over finite elements */
     uint64_t numel;
-    uint64_t nonfinite;     /* <= numel */
+    uint64_t nonfinite; /* <= numel */
 } ag_stat_record;
 
 typedef struct ag_msg_stats {
-    size_t n;               /* 1..AG_PROTO_MAX_RECORDS */
+    size_t n; /* 1..AG_PROTO_MAX_RECORDS */
     const ag_stat_record *records;
 } ag_msg_stats;
 
 typedef struct ag_msg_snapshot {
     uint64_t step;
     const char *tensor;
-    int dtype;              /* ag_dtype */
-    int form;               /* ag_snapshot_form */
-    double lr;              /* finite; required for AG_FORM_SGD, 0 otherwise */
-    uint64_t n;             /* elements sent per array, >= 1 */
-    uint64_t numel;         /* elements of the whole tensor (>= n; > n when sampled) */
+    int dtype;      /* ag_dtype */
+    int form;       /* ag_snapshot_form */
+    double lr;      /* finite; required for AG_FORM_SGD, 0 otherwise */
+    uint64_t n;     /* elements sent per array, >= 1 */
+    uint64_t numel; /* elements of the whole tensor (>= n; > n when sampled) */
     int has_scale;
-    double scale;           /* when has_scale: finite, > 0 */
-    size_t nformats;        /* 0 = the daemon's default formats */
+    double scale;               /* when has_scale: finite, > 0 */
+    size_t nformats;            /* 0 = the daemon's default formats */
     const char *const *formats; /* names, each 1..AG_FORMAT_NAME_MAX of [A-Za-z0-9_-] */
     /* Raw little-endian arrays of n elements of dtype. Decoded: pointers into
      * the message buffer (no copy), w then x contiguous; 8-byte aligned
      * relative to the buffer when the sender padded (our encoder always does).
      * Check alignment before reading them as float (ag_proto_aligned). */
     const void *w;
-    const void *x;          /* g (SGD form) or u (update form) */
+    const void *x; /* g (SGD form) or u (update form) */
 } ag_msg_snapshot;
 
 typedef struct ag_msg_run_end {
-    uint64_t step;          /* last step logged */
+    uint64_t step; /* last step logged */
     int64_t time_ms;
 } ag_msg_run_end;
 
 /* The arguments of every query type; unused fields are 0/NULL. */
 typedef struct ag_msg_query {
-    const char *run;        /* tensors, history, scales, top */
-    const char *tensor;     /* history */
-    const char *format;     /* history (NULL = "E5M2"), scales, top (NULL = "E5M2") */
-    uint64_t from_step;     /* history */
-    uint64_t to_step;       /* history */
-    uint64_t every;         /* history */
-    uint64_t window;        /* top: most recent steps, 0 = all */
-    uint64_t limit;         /* top: 0 = 10 */
-    uint64_t client_id;     /* run: the client asked about */
+    const char *run;    /* tensors, history, scales, top */
+    const char *tensor; /* history */
+    const char *format; /* history (NULL = "E5M2"), scales, top (NULL = "E5M2") */
+    uint64_t from_step; /* history */
+    uint64_t to_step;   /* history */
+    uint64_t every;     /* history */
+    uint64_t window;    /* top: most recent steps, 0 = all */
+    uint64_t limit;     /* top: 0 = 10 */
+    uint64_t client_id; /* run: the client asked about */
 } ag_msg_query;
 
 /* q_delivery asks for one client id, r_delivery answers: how many of that
@@ -148,19 +148,19 @@ typedef struct ag_msg_query {
  * and the highest seq among them. Both by value: nothing to free. */
 typedef struct ag_msg_delivery {
     uint64_t client_id;
-    uint64_t messages;      /* reply */
-    uint64_t seq;           /* reply: highest seq stored; 0 when messages is 0 */
+    uint64_t messages; /* reply */
+    uint64_t seq;      /* reply: highest seq stored; 0 when messages is 0 */
 } ag_msg_delivery;
 
 /* The reply to q_run: the run a client's messages are filed under. */
 typedef struct ag_run_ident {
-    const char *run;        /* the run's name (the daemon may have renamed it) */
-    const char *launch;     /* the client's launch id as the daemon holds it, "" if none */
+    const char *run;    /* the run's name (the daemon may have renamed it) */
+    const char *launch; /* the client's launch id as the daemon holds it, "" if none */
 } ag_run_ident;
 
 typedef struct ag_msg_error {
-    int code;               /* an ag_err (negative) */
-    const char *text;       /* <= AG_PROTO_MAX_ERROR_TEXT bytes */
+    int code;         /* an ag_err (negative) */
+    const char *text; /* <= AG_PROTO_MAX_ERROR_TEXT bytes */
 } ag_msg_error;
 
 /*
@@ -173,7 +173,7 @@ typedef struct ag_msg_error {
  */
 typedef struct ag_msg {
     int type;
-    int version;            /* encode: 0 = AG_PROTO_VERSION; decode: the sender's version */
+    int version; /* encode: 0 = AG_PROTO_VERSION; decode: the sender's version */
     ag_stream_hdr hdr;
     union {
         ag_msg_run_start run_start;
@@ -191,8 +191,8 @@ typedef struct ag_msg {
         ag_status *status;
         ag_run_ident *ident;
     } u;
-    void *owned;            /* internal: what ag_msg_clear frees */
-    const char *why;        /* after a failed decode/encode: static text saying what was wrong */
+    void *owned;     /* internal: what ag_msg_clear frees */
+    const char *why; /* after a failed decode/encode: static text saying what was wrong */
 } ag_msg;
 
 /* Free what a decode left in m (safe on a zeroed or already-cleared msg). */
@@ -208,15 +208,15 @@ typedef struct ag_buf {
     uint8_t *data;
     size_t len;
     size_t cap;
-    int mode;               /* internal */
-    int err;                /* sticky: first error of a write (AG_ENOMEM / AG_ETOOBIG) */
+    int mode; /* internal */
+    int err;  /* sticky: first error of a write (AG_ENOMEM / AG_ETOOBIG) */
 } ag_buf;
 
 void ag_buf_init(ag_buf *b);
 void ag_buf_init_fixed(ag_buf *b, void *mem, size_t cap);
 void ag_buf_init_count(ag_buf *b);
-void ag_buf_reset(ag_buf *b);   /* len = 0, err = 0; keeps the memory */
-void ag_buf_free(ag_buf *b);    /* frees growable memory only */
+void ag_buf_reset(ag_buf *b); /* len = 0, err = 0; keeps the memory */
+void ag_buf_free(ag_buf *b);  /* frees growable memory only */
 
 /*
  * Append the encoding of m to b. Validates m against the same rules as the
@@ -254,7 +254,7 @@ int ag_proto_aligned(const void *p, size_t align);
  * ---------------------------------------------------------------------- */
 typedef struct ag_stats_batch {
     ag_buf buf;
-    size_t count_at;        /* offset of the array32 record count */
+    size_t count_at; /* offset of the array32 record count */
     uint32_t n;
 } ag_stats_batch;
 

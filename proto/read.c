@@ -8,31 +8,27 @@
 
 #include "proto/internal.h"
 
-#define NEED(r, n)                                                                        \
-    do {                                                                                  \
-        if ((size_t)((r)->end - (r)->p) < (size_t)(n)) {                                  \
-            (r)->why = "truncated message";                                               \
-            return AG_EPROTO;                                                             \
-        }                                                                                 \
+#define NEED(r, n)                                                                                 \
+    do {                                                                                           \
+        if ((size_t)((r)->end - (r)->p) < (size_t)(n)) {                                           \
+            (r)->why = "truncated message";                                                        \
+            return AG_EPROTO;                                                                      \
+        }                                                                                          \
     } while (0)
 
-static uint64_t be(const uint8_t *p, int n)
-{
+static uint64_t be(const uint8_t *p, int n) {
     uint64_t v = 0;
-    for (int i = 0; i < n; i++)
-        v = (v << 8) | p[i];
+    for (int i = 0; i < n; i++) v = (v << 8) | p[i];
     return v;
 }
 
-static int wrong(ag_rd *r, const char *why)
-{
+static int wrong(ag_rd *r, const char *why) {
     r->why = why;
     return AG_EPROTO;
 }
 
 /* Any msgpack integer: *neg set when it is a negative signed value. */
-static int rd_integer(ag_rd *r, uint64_t *u, int64_t *s, int *neg)
-{
+static int rd_integer(ag_rd *r, uint64_t *u, int64_t *s, int *neg) {
     NEED(r, 1);
     uint8_t c = *r->p;
     *neg = 0;
@@ -50,14 +46,38 @@ static int rd_integer(ag_rd *r, uint64_t *u, int64_t *s, int *neg)
     int n;
     int is_signed;
     switch (c) {
-    case 0xcc: n = 1; is_signed = 0; break;
-    case 0xcd: n = 2; is_signed = 0; break;
-    case 0xce: n = 4; is_signed = 0; break;
-    case 0xcf: n = 8; is_signed = 0; break;
-    case 0xd0: n = 1; is_signed = 1; break;
-    case 0xd1: n = 2; is_signed = 1; break;
-    case 0xd2: n = 4; is_signed = 1; break;
-    case 0xd3: n = 8; is_signed = 1; break;
+    case 0xcc:
+        n = 1;
+        is_signed = 0;
+        break;
+    case 0xcd:
+        n = 2;
+        is_signed = 0;
+        break;
+    case 0xce:
+        n = 4;
+        is_signed = 0;
+        break;
+    case 0xcf:
+        n = 8;
+        is_signed = 0;
+        break;
+    case 0xd0:
+        n = 1;
+        is_signed = 1;
+        break;
+    case 0xd1:
+        n = 2;
+        is_signed = 1;
+        break;
+    case 0xd2:
+        n = 4;
+        is_signed = 1;
+        break;
+    case 0xd3:
+        n = 8;
+        is_signed = 1;
+        break;
     default: return wrong(r, "expected an integer");
     }
     NEED(r, 1 + n);
@@ -84,40 +104,33 @@ static int rd_integer(ag_rd *r, uint64_t *u, int64_t *s, int *neg)
     return AG_OK;
 }
 
-int ag_rd_uint(ag_rd *r, uint64_t *v)
-{
+int ag_rd_uint(ag_rd *r, uint64_t *v) {
     uint64_t u = 0;
     int64_t s = 0;
     int neg;
     int rc = rd_integer(r, &u, &s, &neg);
-    if (rc)
-        return rc;
-    if (neg)
-        return wrong(r, "expected a non-negative integer");
+    if (rc) return rc;
+    if (neg) return wrong(r, "expected a non-negative integer");
     *v = u;
     return AG_OK;
 }
 
-int ag_rd_int(ag_rd *r, int64_t *v)
-{
+int ag_rd_int(ag_rd *r, int64_t *v) {
     uint64_t u = 0;
     int64_t s = 0;
     int neg;
     int rc = rd_integer(r, &u, &s, &neg);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     if (neg) {
         *v = s;
         return AG_OK;
     }
-    if (u > (uint64_t)INT64_MAX)
-        return wrong(r, "integer out of the int64 range");
+    if (u > (uint64_t)INT64_MAX) return wrong(r, "integer out of the int64 range");
     *v = (int64_t)u;
     return AG_OK;
 }
 
-int ag_rd_float(ag_rd *r, double *v)
-{
+int ag_rd_float(ag_rd *r, double *v) {
     NEED(r, 1);
     uint8_t c = *r->p;
     if (c == 0xca) {
@@ -140,15 +153,13 @@ int ag_rd_float(ag_rd *r, double *v)
     int64_t s = 0;
     int neg;
     int rc = rd_integer(r, &u, &s, &neg);
-    if (rc)
-        return wrong(r, "expected a number");
+    if (rc) return wrong(r, "expected a number");
     *v = neg ? (double)s : (double)u;
     return AG_OK;
 }
 
 static int rd_sized(ag_rd *r, const uint8_t *fix, uint8_t c8, const void **b, size_t *len,
-                    const char *what)
-{
+                    const char *what) {
     NEED(r, 1);
     uint8_t c = *r->p;
     size_t hdr;
@@ -178,24 +189,20 @@ static int rd_sized(ag_rd *r, const uint8_t *fix, uint8_t c8, const void **b, si
     return AG_OK;
 }
 
-int ag_rd_str(ag_rd *r, const char **s, size_t *len)
-{
+int ag_rd_str(ag_rd *r, const char **s, size_t *len) {
     static const uint8_t fix[2] = {0xa0, 0xbf};
     const void *b;
     int rc = rd_sized(r, fix, 0xd9, &b, len, "expected a string");
-    if (!rc)
-        *s = b;
+    if (!rc) *s = b;
     return rc;
 }
 
-int ag_rd_bin(ag_rd *r, const void **b, size_t *len)
-{
+int ag_rd_bin(ag_rd *r, const void **b, size_t *len) {
     return rd_sized(r, NULL, 0xc4, b, len, "expected binary data");
 }
 
 static int rd_container(ag_rd *r, uint8_t fix_lo, uint8_t c16, uint32_t *n, size_t per,
-                        const char *what)
-{
+                        const char *what) {
     NEED(r, 1);
     uint8_t c = *r->p;
     uint64_t count;
@@ -221,20 +228,14 @@ static int rd_container(ag_rd *r, uint8_t fix_lo, uint8_t c16, uint32_t *n, size
     return AG_OK;
 }
 
-int ag_rd_array(ag_rd *r, uint32_t *n)
-{
+int ag_rd_array(ag_rd *r, uint32_t *n) {
     return rd_container(r, 0x90, 0xdc, n, 1, "expected an array");
 }
 
-int ag_rd_map(ag_rd *r, uint32_t *n)
-{
-    return rd_container(r, 0x80, 0xde, n, 2, "expected a map");
-}
+int ag_rd_map(ag_rd *r, uint32_t *n) { return rd_container(r, 0x80, 0xde, n, 2, "expected a map"); }
 
-int ag_rd_skip(ag_rd *r, int depth)
-{
-    if (depth > AG_PROTO_MAX_DEPTH)
-        return wrong(r, "nesting too deep");
+int ag_rd_skip(ag_rd *r, int depth) {
+    if (depth > AG_PROTO_MAX_DEPTH) return wrong(r, "nesting too deep");
     NEED(r, 1);
     uint8_t c = *r->p;
     const void *b;
@@ -251,8 +252,7 @@ int ag_rd_skip(ag_rd *r, int depth)
         const char *str;
         return ag_rd_str(r, &str, &len);
     }
-    if (c >= 0xc4 && c <= 0xc6)
-        return ag_rd_bin(r, &b, &len);
+    if (c >= 0xc4 && c <= 0xc6) return ag_rd_bin(r, &b, &len);
     if (c == 0xc0 || c == 0xc2 || c == 0xc3) {
         r->p++;
         return AG_OK;
@@ -262,19 +262,15 @@ int ag_rd_skip(ag_rd *r, int depth)
         return ag_rd_float(r, &d);
     }
     if ((c >= 0x90 && c <= 0x9f) || c == 0xdc || c == 0xdd) {
-        if ((rc = ag_rd_array(r, &n)))
-            return rc;
+        if ((rc = ag_rd_array(r, &n))) return rc;
         for (uint32_t i = 0; i < n; i++)
-            if ((rc = ag_rd_skip(r, depth + 1)))
-                return rc;
+            if ((rc = ag_rd_skip(r, depth + 1))) return rc;
         return AG_OK;
     }
     if ((c >= 0x80 && c <= 0x8f) || c == 0xde || c == 0xdf) {
-        if ((rc = ag_rd_map(r, &n)))
-            return rc;
+        if ((rc = ag_rd_map(r, &n))) return rc;
         for (uint64_t i = 0; i < 2 * (uint64_t)n; i++)
-            if ((rc = ag_rd_skip(r, depth + 1)))
-                return rc;
+            if ((rc = ag_rd_skip(r, depth + 1))) return rc;
         return AG_OK;
     }
     /* ext types and 0xc1 carry nothing we use: reject them */

@@ -46,12 +46,9 @@ static const ag_field q_run_fields[] = {
 };
 
 static const ag_field q_history_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0},
-    {"tensor", K_NAME, F_REQ, U(query.tensor), 0},
-    {"fmt", K_FMT, F_OMIT0, U(query.format), 0},
-    {"from", K_UINT, F_OMIT0, U(query.from_step), 0},
-    {"to", K_UINT, F_OMIT0, U(query.to_step), 0},
-    {"every", K_UINT, F_OMIT0, U(query.every), 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0},      {"tensor", K_NAME, F_REQ, U(query.tensor), 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0},  {"from", K_UINT, F_OMIT0, U(query.from_step), 0},
+    {"to", K_UINT, F_OMIT0, U(query.to_step), 0}, {"every", K_UINT, F_OMIT0, U(query.every), 0},
 };
 
 static const ag_field q_scales_fields[] = {
@@ -90,7 +87,8 @@ const ag_field ag_record_cols[6] = {
 };
 
 /* ---- replies ----------------------------------------------------------- */
-#define ITEMS {"items", K_ITEMS, F_REQ, 0, 0}
+#define ITEMS                                                                                      \
+    { "items", K_ITEMS, F_REQ, 0, 0 }
 
 static const ag_field runs_fields[] = {ITEMS};
 static const ag_field runs_cols[] = {
@@ -190,11 +188,15 @@ static const ag_field r_delivery_fields[] = {
     {"seq", K_UINT, F_REQ, U(delivery.seq), 0},
 };
 
-#define LIST(T, list_t, item_t, f, c)                                                     \
-    {T, f, N(f), sizeof(list_t), sizeof(item_t), offsetof(list_t, items),               \
-     offsetof(list_t, n), c, N(c)}
-#define MSG(T, f) {T, f, N(f), 0, 0, 0, 0, NULL, 0}
-#define BARE(T) {T, NULL, 0, 0, 0, 0, 0, NULL, 0}
+#define LIST(T, list_t, item_t, f, c)                                                              \
+    {                                                                                              \
+        T, f, N(f), sizeof(list_t), sizeof(item_t), offsetof(list_t, items), offsetof(list_t, n),  \
+            c, N(c)                                                                                \
+    }
+#define MSG(T, f)                                                                                  \
+    { T, f, N(f), 0, 0, 0, 0, NULL, 0 }
+#define BARE(T)                                                                                    \
+    { T, NULL, 0, 0, 0, 0, 0, NULL, 0 }
 
 static const ag_spec specs[] = {
     MSG(AG_MSG_RUN_START, run_start_fields),
@@ -212,8 +214,8 @@ static const ag_spec specs[] = {
     LIST(AG_MSG_R_RUNS, ag_run_list, ag_run_info, runs_fields, runs_cols),
     LIST(AG_MSG_R_TENSORS, ag_tensor_list, ag_tensor_info, tensors_fields, tensors_cols),
     {AG_MSG_R_HISTORY, history_fields, N(history_fields), sizeof(ag_history),
-     sizeof(ag_history_point), offsetof(ag_history, points), offsetof(ag_history, n),
-     history_cols, N(history_cols)},
+     sizeof(ag_history_point), offsetof(ag_history, points), offsetof(ag_history, n), history_cols,
+     N(history_cols)},
     LIST(AG_MSG_R_SCALES, ag_scale_list, ag_scale_info, scales_fields, scales_cols),
     LIST(AG_MSG_R_TOP, ag_top_list, ag_top_entry, top_fields, top_cols),
     {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0},
@@ -222,16 +224,13 @@ static const ag_spec specs[] = {
     MSG(AG_MSG_R_ERROR, error_fields),
 };
 
-const ag_spec *ag_spec_for(int type)
-{
+const ag_spec *ag_spec_for(int type) {
     for (size_t i = 0; i < N(specs); i++)
-        if (specs[i].type == type)
-            return &specs[i];
+        if (specs[i].type == type) return &specs[i];
     return NULL;
 }
 
-const char *ag_proto_type_name(int type)
-{
+const char *ag_proto_type_name(int type) {
     switch (type) {
     case AG_MSG_RUN_START: return "run_start";
     case AG_MSG_STATS: return "stats";
@@ -258,13 +257,9 @@ const char *ag_proto_type_name(int type)
     }
 }
 
-int ag_proto_is_stream(int type)
-{
-    return type >= AG_MSG_RUN_START && type <= AG_MSG_RUN_END;
-}
+int ag_proto_is_stream(int type) { return type >= AG_MSG_RUN_START && type <= AG_MSG_RUN_END; }
 
-size_t ag_proto_dtype_size(int dtype)
-{
+size_t ag_proto_dtype_size(int dtype) {
     switch (dtype) {
     case AG_DTYPE_F32: return 4;
     case AG_DTYPE_BF16: return 2;

@@ -39,9 +39,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_CLIENT_RUN] =
         "SELECT r.name, coalesce(c.launch_id,'') FROM clients c JOIN runs r ON r.id=c.run_id"
         " WHERE c.client_id=?1",
-    [AG_ST_PUT_TENSOR] =
-        "INSERT INTO tensors(id,run_id,name,role) VALUES(?1,?2,?3,?4)"
-        " ON CONFLICT DO NOTHING",
+    [AG_ST_PUT_TENSOR] = "INSERT INTO tensors(id,run_id,name,role) VALUES(?1,?2,?3,?4)"
+                         " ON CONFLICT DO NOTHING",
     [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_RESULT] =
         "INSERT OR REPLACE INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
@@ -55,29 +54,23 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_TENSOR_DELTA] =
         "UPDATE tensors SET role=?2, numel=?3, first_step=min(coalesce(first_step,?4),?4),"
         " last_step=max(last_step,?5), snapshots=snapshots+?6, last_amax=?7 WHERE id=?1",
-    [AG_ST_ADD_COUNTER] =
-        "INSERT INTO counters(name,value) VALUES(?1,?2)"
-        " ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
-    [AG_ST_PUT_DAEMON_SETTING] =
-        "INSERT INTO daemon_settings(name,value) VALUES(?1,?2)"
-        " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
-    [AG_ST_RUNS] =
-        "SELECT name,host,pid,client_id,started_ms,ended_ms,last_step,messages,dropped,"
-        "metadata FROM runs ORDER BY started_ms, id",
+    [AG_ST_ADD_COUNTER] = "INSERT INTO counters(name,value) VALUES(?1,?2)"
+                          " ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+    [AG_ST_PUT_DAEMON_SETTING] = "INSERT INTO daemon_settings(name,value) VALUES(?1,?2)"
+                                 " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+    [AG_ST_RUNS] = "SELECT name,host,pid,client_id,started_ms,ended_ms,last_step,messages,dropped,"
+                   "metadata FROM runs ORDER BY started_ms, id",
     [AG_ST_RUN_BY_NAME] = "SELECT id FROM runs WHERE name=?1",
     [AG_ST_FORMAT_BY_NAME] = "SELECT id FROM formats WHERE name=?1",
     [AG_ST_TENSOR_BY_NAME] = "SELECT id FROM tensors WHERE run_id=?1 AND name=?2",
-    [AG_ST_TENSORS] =
-        "SELECT name,role,numel,coalesce(first_step,0),last_step,snapshots,last_amax"
-        " FROM tensors WHERE run_id=?1 ORDER BY name",
-    [AG_ST_HISTORY] =
-        "SELECT step,stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
-        " FROM results WHERE tensor_id=?1 AND format_id=?2 AND step BETWEEN ?3 AND ?4"
-        " ORDER BY step",
-    [AG_ST_SCALES] =
-        "SELECT t.name,s.step,s.amax,s.scale FROM tensors t JOIN scales s"
-        " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
-        " ORDER BY t.name, s.step DESC, s.role",
+    [AG_ST_TENSORS] = "SELECT name,role,numel,coalesce(first_step,0),last_step,snapshots,last_amax"
+                      " FROM tensors WHERE run_id=?1 ORDER BY name",
+    [AG_ST_HISTORY] = "SELECT step,stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
+                      " FROM results WHERE tensor_id=?1 AND format_id=?2 AND step BETWEEN ?3 AND ?4"
+                      " ORDER BY step",
+    [AG_ST_SCALES] = "SELECT t.name,s.step,s.amax,s.scale FROM tensors t JOIN scales s"
+                     " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
+                     " ORDER BY t.name, s.step DESC, s.role",
     [AG_ST_TOP_LAST_STEP] = "SELECT last_step FROM runs WHERE id=?1",
     [AG_ST_TOP] =
         "SELECT t.name, sum(r.stalled) AS st, sum(r.total) AS tot, count(*) FROM tensors t"
@@ -86,31 +79,25 @@ static const char *const sql_text[AG_ST_COUNT] = {
         " ORDER BY CASE WHEN sum(r.total)=0 THEN 0.0"
         " ELSE CAST(sum(r.stalled) AS REAL)/sum(r.total) END DESC, t.name LIMIT ?5",
     [AG_ST_COUNTER] = "SELECT value FROM counters WHERE name=?1",
-    [AG_ST_STATUS_COUNTS] =
-        "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM tensors),"
-        " (SELECT coalesce(sum(messages),0) FROM runs),"
-        " (SELECT coalesce(sum(dropped),0) FROM runs)",
-    [AG_ST_FORMATS] =
-        "SELECT id,name,exponent_bits,mantissa_bits,bias,has_inf,has_nan FROM formats"
-        " ORDER BY id",
+    [AG_ST_STATUS_COUNTS] = "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM tensors),"
+                            " (SELECT coalesce(sum(messages),0) FROM runs),"
+                            " (SELECT coalesce(sum(dropped),0) FROM runs)",
+    [AG_ST_FORMATS] = "SELECT id,name,exponent_bits,mantissa_bits,bias,has_inf,has_nan FROM formats"
+                      " ORDER BY id",
     [AG_ST_DAEMON_SETTING] = "SELECT value FROM daemon_settings WHERE name=?1",
-    [AG_ST_ALL_RUNS] =
-        "SELECT id,name,coalesce(asked,name),launch_id,last_step,ended_ms FROM runs"
-        " ORDER BY id",
+    [AG_ST_ALL_RUNS] = "SELECT id,name,coalesce(asked,name),launch_id,last_step,ended_ms FROM runs"
+                       " ORDER BY id",
     [AG_ST_ALL_LAUNCHES] =
         "SELECT launch_id,asked,max(run_id) FROM clients WHERE launch_id IS NOT NULL"
         " GROUP BY launch_id,asked",
-    [AG_ST_ALL_CLIENTS] =
-        "SELECT client_id,run_id,last_seq,last_drop FROM clients WHERE ended=0",
+    [AG_ST_ALL_CLIENTS] = "SELECT client_id,run_id,last_seq,last_drop FROM clients WHERE ended=0",
     [AG_ST_ALL_TENSORS] = "SELECT id,run_id,name,role FROM tensors ORDER BY id",
-    [AG_ST_HISTORY_TAIL] =
-        "SELECT amax,numel,nonfinite FROM stats WHERE tensor_id=?1 AND role=?2"
-        " ORDER BY step DESC LIMIT ?3",
+    [AG_ST_HISTORY_TAIL] = "SELECT amax,numel,nonfinite FROM stats WHERE tensor_id=?1 AND role=?2"
+                           " ORDER BY step DESC LIMIT ?3",
     [AG_ST_ALL_SCALES] = "SELECT tensor_id,format_id,role,step,amax,scale FROM scales",
     [AG_ST_ALL_SNAPSHOTS] = "SELECT tensor_id,step,numel,weights FROM snapshots",
-    [AG_ST_MAX_IDS] =
-        "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
-        " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
+    [AG_ST_MAX_IDS] = "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
+                      " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
     [AG_ST_DELIVERY] = "SELECT delivered,delivered_seq FROM clients WHERE client_id=?1",
 };
 
@@ -121,17 +108,15 @@ const char *ag_store_errmsg(const ag_store *st) { return st ? st->errmsg : "no s
 int ag_store_failure_is_transient(const ag_store *st) {
     if (!st) return 0;
     switch (st->last_rc & 0xff) {
-    case SQLITE_FULL:      /* disk or quota full: space may come back */
-    case SQLITE_IOERR:     /* an I/O error (EIO, a failed fsync) */
-    case SQLITE_BUSY:      /* another connection holds the lock */
+    case SQLITE_FULL:  /* disk or quota full: space may come back */
+    case SQLITE_IOERR: /* an I/O error (EIO, a failed fsync) */
+    case SQLITE_BUSY:  /* another connection holds the lock */
     case SQLITE_LOCKED:
     case SQLITE_NOMEM:
-    case SQLITE_CANTOPEN:  /* e.g. the WAL or a temp file could not be created */
+    case SQLITE_CANTOPEN: /* e.g. the WAL or a temp file could not be created */
     case SQLITE_PROTOCOL:
-    case SQLITE_READONLY:  /* a filesystem remounted read-only */
-        return 1;
-    default:
-        return 0;
+    case SQLITE_READONLY: /* a filesystem remounted read-only */ return 1;
+    default: return 0;
     }
 }
 
@@ -146,8 +131,7 @@ int ag_store_failf(ag_store *st, int err, const char *fmt, ...) {
 int ag_store_fail(ag_store *st, const char *what, int rc) {
     st->last_rc = rc;
     const char *msg = st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc);
-    snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path ? st->path : "store",
-             what, msg);
+    snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path ? st->path : "store", what, msg);
     return (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE;
 }
 
@@ -158,8 +142,7 @@ sqlite3_stmt *ag_store_stmt(ag_store *st, ag_stmt_id id) {
         sqlite3_clear_bindings(s);
         return s;
     }
-    int rc = sqlite3_prepare_v3(st->db, sql_text[id], -1, SQLITE_PREPARE_PERSISTENT, &s,
-                                NULL);
+    int rc = sqlite3_prepare_v3(st->db, sql_text[id], -1, SQLITE_PREPARE_PERSISTENT, &s, NULL);
     if (rc != SQLITE_OK) {
         ag_store_fail(st, "prepare", rc);
         return NULL;
@@ -215,15 +198,14 @@ static int migrate(ag_store *st) {
     int newest = ag_store_schema_version();
     if (version > newest)
         return ag_store_failf(st, AG_ESTORE,
-                              "%s: schema version %d is newer than this altgrad (%d)",
-                              st->path, version, newest);
+                              "%s: schema version %d is newer than this altgrad (%d)", st->path,
+                              version, newest);
     for (int v = version; v < newest; v++) {
         char bump[64];
         snprintf(bump, sizeof bump, "PRAGMA user_version=%d", v + 1);
         if ((err = exec_sql(st, "BEGIN IMMEDIATE", "migrate"))) return err;
         if ((err = exec_sql(st, ag_store_migrations[v], "migrate")) ||
-            (err = exec_sql(st, bump, "migrate")) ||
-            (err = exec_sql(st, "COMMIT", "migrate"))) {
+            (err = exec_sql(st, bump, "migrate")) || (err = exec_sql(st, "COMMIT", "migrate"))) {
             sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
             return err;
         }
@@ -247,8 +229,7 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
         return ag_store_failf(st, AG_ESTORE, "%s: no such database file", path);
 
     int oflags = SQLITE_OPEN_NOMUTEX |
-                 (st->readonly ? SQLITE_OPEN_READONLY
-                               : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+                 (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
     int rc = sqlite3_open_v2(path, &st->db, oflags, NULL);
     if (rc != SQLITE_OK) return ag_store_fail(st, "open", rc);
     sqlite3_extended_result_codes(st->db, 1);
@@ -259,12 +240,11 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
     if (st->readonly) {
         int version = 0;
         if ((err = ag_store_user_version(st, &version))) return err;
-        if (version == 0)
-            return ag_store_failf(st, AG_ESTORE, "%s: not an altgrad database", path);
+        if (version == 0) return ag_store_failf(st, AG_ESTORE, "%s: not an altgrad database", path);
         if (version > ag_store_schema_version())
             return ag_store_failf(st, AG_ESTORE,
-                                  "%s: schema version %d is newer than this altgrad (%d)",
-                                  path, version, ag_store_schema_version());
+                                  "%s: schema version %d is newer than this altgrad (%d)", path,
+                                  version, ag_store_schema_version());
         return AG_OK;
     }
     /* WAL: readers never block the writer; NORMAL sync keeps every commit
@@ -335,8 +315,8 @@ int ag_store_integrity_check(ag_store *st) {
     } else {
         const char *txt = (const char *)sqlite3_column_text(s, 0);
         if (!txt || strcmp(txt, "ok") != 0)
-            err = ag_store_failf(st, AG_ESTORE, "%s: integrity_check: %s", st->path,
-                                 txt ? txt : "?");
+            err =
+                ag_store_failf(st, AG_ESTORE, "%s: integrity_check: %s", st->path, txt ? txt : "?");
     }
     sqlite3_finalize(s);
     return err;

@@ -50,8 +50,8 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out);
 int ag_store_scales(ag_store *st, const char *run, const char *format, ag_scale_list **out);
 /* limit 0 means AG_TOP_LIMIT_DEFAULT; limits above AG_TOP_LIMIT_MAX are that. */
 #define AG_STORE_TOP_LIMIT_MAX AG_TOP_LIMIT_MAX
-int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window,
-                 size_t limit, ag_top_list **out);
+int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
+                 ag_top_list **out);
 /* The status as the file holds it, the same whoever asks (the daemon's
  * query threads or altgrad --db): messages and dropped summed over the runs;
  * bytes, rejected and rows_written from the counters the daemon commits with
@@ -65,13 +65,12 @@ int ag_store_status(ag_store *st, ag_status **out);
  * run[run_cap]) and the launch id it gave (into launch[launch_cap], "" if
  * none). AG_ENOTFOUND (with a message) when no start of that client is
  * stored; AG_ERANGE when a buffer is too small. */
-int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_cap,
-                        char *launch, size_t launch_cap);
+int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_cap, char *launch,
+                        size_t launch_cap);
 /* How many stream messages of client client_id are stored (committed) and
  * the highest seq among them (the q_delivery query; clients.delivered and
  * delivered_seq); 0 and 0 for a client never seen. */
-int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages,
-                      uint64_t *last_seq);
+int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages, uint64_t *last_seq);
 /* PRAGMA integrity_check: 0 when "ok", AG_ESTORE otherwise. */
 int ag_store_integrity_check(ag_store *st);
 
@@ -84,9 +83,9 @@ typedef struct ag_store_run_row {
     int64_t pid;
     uint64_t client_id;
     int64_t started_ms;
-    const char *metadata; /* JSON text; NULL gives "{}" */
+    const char *metadata;  /* JSON text; NULL gives "{}" */
     const char *launch_id; /* the launch that made the run; NULL: none */
-    const char *asked;    /* the name its trainer asked for; NULL: name */
+    const char *asked;     /* the name its trainer asked for; NULL: name */
 } ag_store_run_row;
 
 /* A client's start: the run its messages go to (schema version 4). */
@@ -94,7 +93,7 @@ typedef struct ag_store_client_row {
     uint64_t client_id;
     int64_t run_id;
     const char *launch_id; /* NULL: none given */
-    const char *asked;    /* the run name it asked for */
+    const char *asked;     /* the run name it asked for */
     int64_t started_ms;
 } ag_store_client_row;
 
@@ -102,10 +101,10 @@ typedef struct ag_store_client_row {
 typedef struct ag_store_client_delta {
     uint64_t client_id;
     uint64_t last_seq;
-    uint64_t last_drop;   /* the client's cumulative drop count, set when has_drop */
+    uint64_t last_drop; /* the client's cumulative drop count, set when has_drop */
     int has_drop;
-    int ended;            /* its run_end was filed */
-    uint64_t delivered;   /* its messages stored since the last delta (added to
+    int ended;          /* its run_end was filed */
+    uint64_t delivered; /* its messages stored since the last delta (added to
                            * clients.delivered; delivered_seq becomes last_seq
                            * when larger) */
 } ag_store_client_delta;
@@ -114,7 +113,7 @@ typedef struct ag_store_stats_row {
     int64_t tensor_id;
     int role;
     uint64_t step;
-    double amax;          /* NaN or inf is stored as NULL */
+    double amax; /* NaN or inf is stored as NULL */
     uint64_t numel;
     uint64_t nonfinite;
 } ag_store_stats_row;
@@ -132,20 +131,20 @@ typedef struct ag_store_result_row {
 /* Per-run aggregate applied once per batch. */
 typedef struct ag_store_run_delta {
     int64_t run_id;
-    uint64_t messages;    /* added */
-    uint64_t dropped;     /* added */
-    uint64_t last_step;   /* max-ed */
-    int64_t ended_ms;     /* set when nonzero */
+    uint64_t messages;  /* added */
+    uint64_t dropped;   /* added */
+    uint64_t last_step; /* max-ed */
+    int64_t ended_ms;   /* set when nonzero */
 } ag_store_run_delta;
 
 /* Per-tensor aggregate applied once per batch. */
 typedef struct ag_store_tensor_delta {
     int64_t tensor_id;
-    int role;             /* of the latest record */
+    int role; /* of the latest record */
     uint64_t numel;
-    uint64_t first_step;  /* min-ed */
-    uint64_t last_step;   /* max-ed */
-    uint64_t snapshots;   /* added */
+    uint64_t first_step; /* min-ed */
+    uint64_t last_step;  /* max-ed */
+    uint64_t snapshots;  /* added */
     double last_amax;
 } ag_store_tensor_delta;
 
@@ -168,10 +167,9 @@ int ag_store_put_stats(ag_store *st, const ag_store_stats_row *r);
 int ag_store_put_result(ag_store *st, const ag_store_result_row *r);
 int ag_store_put_drop(ag_store *st, int64_t run_id, uint64_t client_id, int64_t at_ms,
                       uint64_t first_seq, uint64_t count, const char *reason);
-int ag_store_put_scale(ag_store *st, int64_t tensor_id, int64_t format_id, int role,
-                       uint64_t step, double amax, double scale);
-int ag_store_put_snapshot(ag_store *st, int64_t tensor_id, uint64_t step, const float *w,
-                          size_t n);
+int ag_store_put_scale(ag_store *st, int64_t tensor_id, int64_t format_id, int role, uint64_t step,
+                       double amax, double scale);
+int ag_store_put_snapshot(ag_store *st, int64_t tensor_id, uint64_t step, const float *w, size_t n);
 int ag_store_apply_run_delta(ag_store *st, const ag_store_run_delta *d);
 int ag_store_apply_tensor_delta(ag_store *st, const ag_store_tensor_delta *d);
 /* counters[name] += delta (names: "bytes", "rejected", "rows_written"). */
@@ -190,8 +188,8 @@ int ag_store_put_daemon_setting(ag_store *st, const char *name, const char *valu
  */
 typedef struct ag_store_restore_cb {
     void *ctx;
-    int (*format)(void *ctx, int64_t id, const char *name, int exponent_bits,
-                  int mantissa_bits, int bias, int has_inf, int has_nan);
+    int (*format)(void *ctx, int64_t id, const char *name, int exponent_bits, int mantissa_bits,
+                  int bias, int has_inf, int has_nan);
     /* In id order. asked: the name asked for (the run's own name when the
      * file does not say); launch: NULL when none. */
     int (*run)(void *ctx, int64_t id, const char *name, const char *asked, const char *launch,

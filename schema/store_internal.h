@@ -61,7 +61,7 @@ struct ag_store {
     int readonly;
     int in_txn;
     char errmsg[256];
-    int last_rc;          /* SQLite result code of the last failure, 0 if none */
+    int last_rc; /* SQLite result code of the last failure, 0 if none */
     sqlite3_stmt *stmts[AG_ST_COUNT];
 };
 

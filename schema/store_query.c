@@ -120,8 +120,10 @@ int ag_store_tensors(ag_store *st, const char *run, ag_tensor_list **out) {
     ag_tensor_list *res = ag_arena_new(sizeof *res);
     if (!res) return AG_ENOMEM;
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_TENSORS);
-    if (!s) err = AG_ESTORE;
-    else sqlite3_bind_int64(s, 1, run_id);
+    if (!s)
+        err = AG_ESTORE;
+    else
+        sqlite3_bind_int64(s, 1, run_id);
     size_t cap = 0;
     while (!err && (rc = sqlite3_step(s)) == SQLITE_ROW) {
         if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
@@ -212,8 +214,7 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
                                      q->tensor, res->format, AG_STORE_MAX_POINTS);
                 break;
             }
-            if ((err = grow(res, (void **)&res->points, &cap, res->n, sizeof *res->points)))
-                break;
+            if ((err = grow(res, (void **)&res->points, &cap, res->n, sizeof *res->points))) break;
             res->n++;
         }
         bucket_add(&res->points[res->n - 1], &p);
@@ -234,8 +235,7 @@ int ag_store_scales(ag_store *st, const char *run, const char *format, ag_scale_
     *out = NULL;
     int64_t run_id = 0, fid = 0;
     int err, rc = SQLITE_DONE;
-    if ((err = ag_store_run_id(st, run, &run_id)) ||
-        (err = ag_store_format_id(st, format, &fid)))
+    if ((err = ag_store_run_id(st, run, &run_id)) || (err = ag_store_format_id(st, format, &fid)))
         return err;
     ag_scale_list *res = ag_arena_new(sizeof *res);
     if (!res) return AG_ENOMEM;
@@ -277,14 +277,13 @@ fail:
     return err;
 }
 
-int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window,
-                 size_t limit, ag_top_list **out) {
+int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
+                 ag_top_list **out) {
     if (!st || !run || !out) return AG_EINVAL;
     *out = NULL;
     int64_t run_id = 0, fid = 0;
     int err, rc = SQLITE_DONE;
-    if ((err = ag_store_run_id(st, run, &run_id)) ||
-        (err = ag_store_format_id(st, format, &fid)))
+    if ((err = ag_store_run_id(st, run, &run_id)) || (err = ag_store_format_id(st, format, &fid)))
         return err;
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_TOP_LAST_STEP);
     if (!s) return AG_ESTORE;
@@ -311,9 +310,10 @@ int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t win
     sqlite3_bind_int64(s, 2, fid);
     sqlite3_bind_int64(s, 3, (int64_t)res->from_step);
     sqlite3_bind_int64(s, 4, (int64_t)res->to_step);
-    sqlite3_bind_int64(s, 5, limit == 0                        ? DEFAULT_TOP_LIMIT
-                             : limit > AG_STORE_TOP_LIMIT_MAX ? AG_STORE_TOP_LIMIT_MAX
-                                                              : (int64_t)limit);
+    sqlite3_bind_int64(s, 5,
+                       limit == 0                       ? DEFAULT_TOP_LIMIT
+                       : limit > AG_STORE_TOP_LIMIT_MAX ? AG_STORE_TOP_LIMIT_MAX
+                                                        : (int64_t)limit);
     size_t cap = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
@@ -398,8 +398,10 @@ static int known_formats(ag_store *st, void *res, const char **out) {
         len += add - 1;
         fmts[len] = '\0';
     }
-    if (!fmts) err = AG_ENOMEM;
-    else if (rc != SQLITE_DONE) err = ag_store_fail(st, "formats", rc);
+    if (!fmts)
+        err = AG_ENOMEM;
+    else if (rc != SQLITE_DONE)
+        err = ag_store_fail(st, "formats", rc);
     sqlite3_reset(s);
     *out = fmts;
     return err;
@@ -454,8 +456,7 @@ fail:
     return err;
 }
 
-int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages,
-                      uint64_t *last_seq) {
+int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages, uint64_t *last_seq) {
     if (!st || !messages || !last_seq) return AG_EINVAL;
     *messages = *last_seq = 0;
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_DELIVERY);
@@ -472,8 +473,8 @@ int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages,
     return err;
 }
 
-int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_cap,
-                        char *launch, size_t launch_cap) {
+int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_cap, char *launch,
+                        size_t launch_cap) {
     if (!st || !run || !launch || !run_cap || !launch_cap) return AG_EINVAL;
     run[0] = launch[0] = '\0';
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_CLIENT_RUN);

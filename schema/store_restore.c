@@ -34,9 +34,8 @@ static int each_row(ag_store *st, sqlite3_stmt *s, const char *what,
 static int format_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
     (void)extra;
     if (!cb->format) return 0;
-    return cb->format(cb->ctx, sqlite3_column_int64(s, 0), col_text(s, 1),
-                      sqlite3_column_int(s, 2), sqlite3_column_int(s, 3),
-                      sqlite3_column_int(s, 4), sqlite3_column_int(s, 5),
+    return cb->format(cb->ctx, sqlite3_column_int64(s, 0), col_text(s, 1), sqlite3_column_int(s, 2),
+                      sqlite3_column_int(s, 3), sqlite3_column_int(s, 4), sqlite3_column_int(s, 5),
                       sqlite3_column_int(s, 6));
 }
 
@@ -66,8 +65,14 @@ static int client_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extr
                       has_drop ? col_u64(s, 3) : 0, has_drop);
 }
 
-typedef struct tensor_ref { int64_t id; int64_t run_id; } tensor_ref;
-typedef struct tensor_refs { tensor_ref *items; size_t n, cap; } tensor_refs;
+typedef struct tensor_ref {
+    int64_t id;
+    int64_t run_id;
+} tensor_ref;
+typedef struct tensor_refs {
+    tensor_ref *items;
+    size_t n, cap;
+} tensor_refs;
 
 static int tensor_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
     tensor_refs *refs = extra;
@@ -139,21 +144,20 @@ static int history_of(ag_store *st, int64_t tid, int role, size_t history_len, d
 }
 
 int ag_store_restore(ag_store *st, size_t history_len, const ag_store_restore_cb *cb) {
-    if (!st || !cb || history_len == 0 || history_len > AG_AMAX_HISTORY_MAX_LEN)
-        return AG_EINVAL;
+    if (!st || !cb || history_len == 0 || history_len > AG_AMAX_HISTORY_MAX_LEN) return AG_EINVAL;
     tensor_refs refs = {0};
     double *vals = NULL;
     int err;
-    if ((err = each_row(st, ag_store_stmt(st, AG_ST_FORMATS), "restore formats", format_row,
-                        cb, NULL)) ||
-        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_RUNS), "restore runs", run_row, cb,
+    if ((err = each_row(st, ag_store_stmt(st, AG_ST_FORMATS), "restore formats", format_row, cb,
                         NULL)) ||
-        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_LAUNCHES), "restore launches",
-                        launch_row, cb, NULL)) ||
-        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_CLIENTS), "restore clients",
-                        client_row, cb, NULL)) ||
-        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_TENSORS), "restore tensors",
-                        tensor_row, cb, &refs)))
+        (err =
+             each_row(st, ag_store_stmt(st, AG_ST_ALL_RUNS), "restore runs", run_row, cb, NULL)) ||
+        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_LAUNCHES), "restore launches", launch_row,
+                        cb, NULL)) ||
+        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_CLIENTS), "restore clients", client_row, cb,
+                        NULL)) ||
+        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_TENSORS), "restore tensors", tensor_row, cb,
+                        &refs)))
         goto fail;
     vals = malloc(history_len * sizeof *vals);
     if (!vals) {
@@ -162,10 +166,9 @@ int ag_store_restore(ag_store *st, size_t history_len, const ag_store_restore_cb
     }
     for (size_t i = 0; i < refs.n; i++)
         for (int role = AG_ROLE_WEIGHT; role <= AG_ROLE_UPDATE; role++)
-            if ((err = history_of(st, refs.items[i].id, role, history_len, vals, cb)))
-                goto fail;
-    if ((err = each_row(st, ag_store_stmt(st, AG_ST_ALL_SCALES), "restore scales", scale_row,
-                        cb, NULL)) ||
+            if ((err = history_of(st, refs.items[i].id, role, history_len, vals, cb))) goto fail;
+    if ((err = each_row(st, ag_store_stmt(st, AG_ST_ALL_SCALES), "restore scales", scale_row, cb,
+                        NULL)) ||
         (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_SNAPSHOTS), "restore snapshots",
                         snapshot_row, cb, NULL)))
         goto fail;

@@ -80,8 +80,7 @@ int ag_store_apply_client_delta(ag_store *st, const ag_store_client_delta *d) {
     return ag_store_exec_stmt(st, s, "client delta");
 }
 
-int ag_store_put_tensor(ag_store *st, int64_t id, int64_t run_id, const char *name,
-                        int role) {
+int ag_store_put_tensor(ag_store *st, int64_t id, int64_t run_id, const char *name, int role) {
     if (!name) return AG_EINVAL;
     sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_TENSOR);
     if (!s) return st ? AG_ESTORE : AG_EINVAL;
@@ -139,8 +138,8 @@ int ag_store_put_drop(ag_store *st, int64_t run_id, uint64_t client_id, int64_t 
     return ag_store_exec_stmt(st, s, "put drop");
 }
 
-int ag_store_put_scale(ag_store *st, int64_t tensor_id, int64_t format_id, int role,
-                       uint64_t step, double amax, double scale) {
+int ag_store_put_scale(ag_store *st, int64_t tensor_id, int64_t format_id, int role, uint64_t step,
+                       double amax, double scale) {
     sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_SCALE);
     if (!s) return st ? AG_ESTORE : AG_EINVAL;
     sqlite3_bind_int64(s, 1, tensor_id);
@@ -157,8 +156,8 @@ int ag_store_put_scale(ag_store *st, int64_t tensor_id, int64_t format_id, int r
  * frees the old chain and builds a new one (twice the work for a 4 MB blob).
  * *done is 0 when there was no row to update. Prepared per call: next to
  * writing megabytes, preparing is noise. */
-static int update_snapshot(ag_store *st, int64_t tensor_id, uint64_t step, const float *w,
-                           size_t n, int *done) {
+static int update_snapshot(ag_store *st, int64_t tensor_id, uint64_t step, const float *w, size_t n,
+                           int *done) {
     static const char sql[] =
         "UPDATE snapshots SET step=?2, numel=?3, weights=?4 WHERE tensor_id=?1";
     sqlite3_stmt *s = NULL;

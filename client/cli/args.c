@@ -15,16 +15,28 @@
 #include "altgrad/altgrad.h"
 
 typedef enum opt_id {
-    OPT_QUERY, OPT_DB, OPT_TIMEOUT, OPT_JSON, OPT_CSV, OPT_HELP, OPT_VERSION,
-    OPT_FORMAT, OPT_FROM, OPT_TO, OPT_EVERY, OPT_WINDOW, OPT_LIMIT, OPT_WIDTH
+    OPT_QUERY,
+    OPT_DB,
+    OPT_TIMEOUT,
+    OPT_JSON,
+    OPT_CSV,
+    OPT_HELP,
+    OPT_VERSION,
+    OPT_FORMAT,
+    OPT_FROM,
+    OPT_TO,
+    OPT_EVERY,
+    OPT_WINDOW,
+    OPT_LIMIT,
+    OPT_WIDTH
 } opt_id;
 
 typedef struct opt_def {
-    const char *name;  /* long name without "--" */
-    char short_name;   /* 0 if none */
+    const char *name; /* long name without "--" */
+    char short_name;  /* 0 if none */
     opt_id id;
     int takes_value;
-    unsigned cmd_bit;  /* AG_OPT_* for command options, 0 for global ones */
+    unsigned cmd_bit; /* AG_OPT_* for command options, 0 for global ones */
 } opt_def;
 
 static const opt_def options[] = {
@@ -47,9 +59,9 @@ static const opt_def options[] = {
 typedef struct cmd_def {
     const char *name;
     ag_cli_cmd cmd;
-    int npos;           /* positional arguments after the command */
-    const char *usage;  /* the positionals, for error lines */
-    unsigned allowed;   /* AG_OPT_* bits */
+    int npos;          /* positional arguments after the command */
+    const char *usage; /* the positionals, for error lines */
+    unsigned allowed;  /* AG_OPT_* bits */
 } cmd_def;
 
 static const cmd_def commands[] = {
@@ -105,25 +117,20 @@ static const char usage_text[] =
     "Options may stand before or after the command's arguments; `--` ends them.\n"
     "Exit status: 0 success, 1 error (no daemon, unknown run...), 2 usage error.\n";
 
-const char *ag_cli_usage(void)
-{
-    return usage_text;
-}
+const char *ag_cli_usage(void) { return usage_text; }
 
-const char *ag_cli_cmd_name(ag_cli_cmd cmd)
-{
+const char *ag_cli_cmd_name(ag_cli_cmd cmd) {
     size_t i;
     for (i = 0; i < NCOMMANDS; i++)
-        if (commands[i].cmd == cmd)
-            return commands[i].name;
+        if (commands[i].cmd == cmd) return commands[i].name;
     return NULL;
 }
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static int usage_error(char *err, size_t cap, const char *fmt, ...)
-{
+static int
+usage_error(char *err, size_t cap, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, cap, fmt, ap);
@@ -132,45 +139,37 @@ static int usage_error(char *err, size_t cap, const char *fmt, ...)
 }
 
 /* Strict unsigned decimal: digits only, no sign, no overflow. */
-static int parse_u64(const char *s, uint64_t *out)
-{
+static int parse_u64(const char *s, uint64_t *out) {
     char *end;
     unsigned long long v;
-    if (s == NULL || *s < '0' || *s > '9')
-        return AG_EINVAL;
+    if (s == NULL || *s < '0' || *s > '9') return AG_EINVAL;
     errno = 0;
     v = strtoull(s, &end, 10);
-    if (errno != 0 || *end != '\0')
-        return AG_EINVAL;
+    if (errno != 0 || *end != '\0') return AG_EINVAL;
     *out = (uint64_t)v;
     return AG_OK;
 }
 
 /* A format name as the registry allows it: 1..15 of [A-Za-z0-9_-]; with
  * list set, several separated by commas. */
-static int valid_format(const char *s, int list)
-{
+static int valid_format(const char *s, int list) {
     size_t len = 0;
-    if (s == NULL || *s == '\0')
-        return 0;
+    if (s == NULL || *s == '\0') return 0;
     for (; *s; s++) {
         if (*s == ',' && list) {
-            if (len == 0 || s[1] == '\0')
-                return 0;
+            if (len == 0 || s[1] == '\0') return 0;
             len = 0;
             continue;
         }
-        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') ||
-              (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '-'))
             return 0;
-        if (++len > AG_FORMAT_NAME_MAX)
-            return 0;
+        if (++len > AG_FORMAT_NAME_MAX) return 0;
     }
     return 1;
 }
 
-static const opt_def *find_long(const char *name, size_t len)
-{
+static const opt_def *find_long(const char *name, size_t len) {
     size_t i;
     for (i = 0; i < NOPTIONS; i++)
         if (strlen(options[i].name) == len && strncmp(options[i].name, name, len) == 0)
@@ -178,39 +177,31 @@ static const opt_def *find_long(const char *name, size_t len)
     return NULL;
 }
 
-static const opt_def *find_short(char c)
-{
+static const opt_def *find_short(char c) {
     size_t i;
     for (i = 0; i < NOPTIONS; i++)
-        if (options[i].short_name != 0 && options[i].short_name == c)
-            return &options[i];
+        if (options[i].short_name != 0 && options[i].short_name == c) return &options[i];
     return NULL;
 }
 
 static int apply_option(const opt_def *o, const char *shown, const char *val, ag_cli_args *a,
-                        char *err, size_t cap)
-{
+                        char *err, size_t cap) {
     uint64_t u = 0;
     switch (o->id) {
     case OPT_QUERY:
-        if (*val == '\0')
-            return usage_error(err, cap, "--query needs a URL");
+        if (*val == '\0') return usage_error(err, cap, "--query needs a URL");
         a->query_url = val;
         return AG_OK;
     case OPT_DB:
-        if (*val == '\0')
-            return usage_error(err, cap, "--db needs a file name");
+        if (*val == '\0') return usage_error(err, cap, "--db needs a file name");
         a->db_path = val;
         return AG_OK;
     case OPT_JSON: a->mode = AG_CLI_JSON; return AG_OK;
     case OPT_CSV: a->mode = AG_CLI_CSV; return AG_OK;
     case OPT_HELP: a->help = 1; return AG_OK;
     case OPT_VERSION: a->version = 1; return AG_OK;
-    case OPT_FORMAT:
-        a->format = val;
-        return AG_OK; /* checked once the command is known */
-    default:
-        break;
+    case OPT_FORMAT: a->format = val; return AG_OK; /* checked once the command is known */
+    default: break;
     }
     if (parse_u64(val, &u) != AG_OK)
         return usage_error(err, cap, "%s wants a non-negative integer, not '%s'", shown, val);
@@ -226,8 +217,7 @@ static int apply_option(const opt_def *o, const char *shown, const char *val, ag
         a->timeout_ms = (int)u;
         break;
     case OPT_LIMIT:
-        if (u > SIZE_MAX)
-            return usage_error(err, cap, "%s is too large", shown);
+        if (u > SIZE_MAX) return usage_error(err, cap, "%s is too large", shown);
         a->limit = (size_t)u;
         break;
     case OPT_WIDTH:
@@ -236,14 +226,12 @@ static int apply_option(const opt_def *o, const char *shown, const char *val, ag
                                AG_CLI_REPORT_WIDTH_MAX);
         a->width = (size_t)u;
         break;
-    default:
-        break;
+    default: break;
     }
     return AG_OK;
 }
 
-int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap)
-{
+int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap) {
     const char *pos[MAX_POSITIONALS];
     size_t npos = 0, i;
     const cmd_def *cmd = NULL;
@@ -252,19 +240,16 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap)
 
     memset(a, 0, sizeof *a);
     a->width = AG_CLI_REPORT_WIDTH_DEFAULT;
-    if (err != NULL && cap > 0)
-        err[0] = '\0';
+    if (err != NULL && cap > 0) err[0] = '\0';
 
     for (k = 1; k < argc; k++) {
         const char *arg = argv[k], *val = NULL;
         const opt_def *o;
         char shown[32];
 
-        if (arg == NULL)
-            return usage_error(err, cap, "bad argument list");
+        if (arg == NULL) return usage_error(err, cap, "bad argument list");
         if (only_positionals || arg[0] != '-' || arg[1] == '\0') {
-            if (npos == MAX_POSITIONALS)
-                return usage_error(err, cap, "too many arguments");
+            if (npos == MAX_POSITIONALS) return usage_error(err, cap, "too many arguments");
             pos[npos++] = arg;
             continue;
         }
@@ -279,8 +264,7 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap)
             if (o == NULL)
                 return usage_error(err, cap, "unknown option '%.*s'", (int)(len + 2), arg);
             if (eq != NULL) {
-                if (!o->takes_value)
-                    return usage_error(err, cap, "--%s takes no value", o->name);
+                if (!o->takes_value) return usage_error(err, cap, "--%s takes no value", o->name);
                 val = eq + 1;
             }
         } else {
@@ -289,39 +273,31 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap)
         }
         snprintf(shown, sizeof shown, "--%s", o->name);
         if (o->takes_value && val == NULL) {
-            if (k + 1 >= argc)
-                return usage_error(err, cap, "%s needs a value", shown);
+            if (k + 1 >= argc) return usage_error(err, cap, "%s needs a value", shown);
             val = argv[++k];
         }
-        if (o->id == OPT_JSON)
-            json = 1;
-        if (o->id == OPT_CSV)
-            csv = 1;
+        if (o->id == OPT_JSON) json = 1;
+        if (o->id == OPT_CSV) csv = 1;
         a->given |= o->cmd_bit;
-        if (apply_option(o, shown, val ? val : "", a, err, cap) != AG_OK)
-            return AG_EINVAL;
+        if (apply_option(o, shown, val ? val : "", a, err, cap) != AG_OK) return AG_EINVAL;
     }
 
-    if (a->help || a->version)
-        return AG_OK;
-    if (json && csv)
-        return usage_error(err, cap, "--json and --csv exclude each other");
+    if (a->help || a->version) return AG_OK;
+    if (json && csv) return usage_error(err, cap, "--json and --csv exclude each other");
     if (a->query_url != NULL && a->db_path != NULL)
         return usage_error(err, cap, "--query and --db exclude each other");
     if (a->timeout_ms != 0 && a->db_path != NULL)
         return usage_error(err, cap, "--timeout applies to the daemon, not to --db");
-    if (npos == 0)
-        return usage_error(err, cap, "no command given (try 'altgrad --help')");
+    if (npos == 0) return usage_error(err, cap, "no command given (try 'altgrad --help')");
 
     for (i = 0; i < NCOMMANDS; i++)
-        if (strcmp(commands[i].name, pos[0]) == 0)
-            cmd = &commands[i];
+        if (strcmp(commands[i].name, pos[0]) == 0) cmd = &commands[i];
     if (cmd == NULL)
         return usage_error(err, cap, "unknown command '%s' (try 'altgrad --help')", pos[0]);
     a->cmd = cmd->cmd;
     if (npos - 1 != (size_t)cmd->npos)
-        return usage_error(err, cap, "%s: expected '%s', got %zu argument%s", cmd->name,
-                           cmd->usage, npos - 1, npos - 1 == 1 ? "" : "s");
+        return usage_error(err, cap, "%s: expected '%s', got %zu argument%s", cmd->name, cmd->usage,
+                           npos - 1, npos - 1 == 1 ? "" : "s");
     for (i = 0; i < NOPTIONS; i++) {
         if ((a->given & options[i].cmd_bit) && !(cmd->allowed & options[i].cmd_bit))
             return usage_error(err, cap, "%s does not take --%s", cmd->name, options[i].name);
@@ -329,18 +305,14 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap)
     if (a->format != NULL && !valid_format(a->format, cmd->cmd == AG_CMD_REPORT))
         return usage_error(err, cap, "bad format name '%s'", a->format);
     for (i = 1; i < npos; i++) {
-        if (pos[i][0] == '\0')
-            return usage_error(err, cap, "%s: empty name", cmd->name);
+        if (pos[i][0] == '\0') return usage_error(err, cap, "%s: empty name", cmd->name);
         if (strlen(pos[i]) > AG_NAME_MAX)
-            return usage_error(err, cap, "%s: name longer than %d bytes", cmd->name,
-                               AG_NAME_MAX);
+            return usage_error(err, cap, "%s: name longer than %d bytes", cmd->name, AG_NAME_MAX);
     }
     if (a->to_step != 0 && a->from_step > a->to_step)
         return usage_error(err, cap, "--from %llu is after --to %llu",
                            (unsigned long long)a->from_step, (unsigned long long)a->to_step);
-    if (cmd->npos >= 1)
-        a->run = pos[1];
-    if (cmd->npos >= 2)
-        a->tensor = pos[2];
+    if (cmd->npos >= 1) a->run = pos[1];
+    if (cmd->npos >= 2) a->tensor = pos[2];
     return AG_OK;
 }

@@ -45,16 +45,16 @@ typedef struct ag_cli_args {
     int help;              /* --help / -h: print usage, exit 0 */
     int version;           /* --version / -V */
     ag_cli_cmd cmd;
-    const char *run;       /* tensors, history, scales, top, report */
-    const char *tensor;    /* history */
-    const char *format;    /* --format, NULL: the command's default */
-    uint64_t from_step;    /* --from, 0 = the start */
-    uint64_t to_step;      /* --to, 0 = the end */
-    uint64_t every;        /* --every, 0 = every point */
-    uint64_t window;       /* --window, 0 = all steps */
-    size_t limit;          /* --limit, 0 = the default (10) */
-    size_t width;          /* --width (report's sparkline columns) */
-    unsigned given;        /* AG_OPT_* bits seen */
+    const char *run;    /* tensors, history, scales, top, report */
+    const char *tensor; /* history */
+    const char *format; /* --format, NULL: the command's default */
+    uint64_t from_step; /* --from, 0 = the start */
+    uint64_t to_step;   /* --to, 0 = the end */
+    uint64_t every;     /* --every, 0 = every point */
+    uint64_t window;    /* --window, 0 = all steps */
+    size_t limit;       /* --limit, 0 = the default (10) */
+    size_t width;       /* --width (report's sparkline columns) */
+    unsigned given;     /* AG_OPT_* bits seen */
 } ag_cli_args;
 
 /*

@@ -20,56 +20,46 @@
  * with ag_free, also on failure) and lays it out into d. On failure returns
  * an ag_err and leaves one line in err.
  */
-typedef int (*command_fn)(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d,
-                          void **result, char *err, size_t cap);
+typedef int (*command_fn)(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d, void **result,
+                          char *err, size_t cap);
 
 /* The tail of every command: rc from a layout function, explained. */
-static int laid_out(int rc, char *err, size_t cap)
-{
-    if (rc != AG_OK)
-        snprintf(err, cap, "cannot lay out the result: %s", ag_strerror(rc));
+static int laid_out(int rc, char *err, size_t cap) {
+    if (rc != AG_OK) snprintf(err, cap, "cannot lay out the result: %s", ag_strerror(rc));
     return rc;
 }
 
-static int cmd_status(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d,
-                      void **result, char *err, size_t cap)
-{
+static int cmd_status(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d, void **result,
+                      char *err, size_t cap) {
     ag_status *s = NULL;
     int rc = ag_cli_source_status(src, &s);
     (void)a;
     *result = s;
-    if (rc != AG_OK)
-        return ag_cli_source_explain(src, rc, err, cap, NULL);
-    return laid_out(ag_doc_status(d, s, src->store ? "database" : "daemon", src->where),
-                    err, cap);
+    if (rc != AG_OK) return ag_cli_source_explain(src, rc, err, cap, NULL);
+    return laid_out(ag_doc_status(d, s, src->store ? "database" : "daemon", src->where), err, cap);
 }
 
-static int cmd_runs(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d,
-                    void **result, char *err, size_t cap)
-{
+static int cmd_runs(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d, void **result,
+                    char *err, size_t cap) {
     ag_run_list *l = NULL;
     int rc = ag_cli_source_runs(src, &l);
     (void)a;
     *result = l;
-    if (rc != AG_OK)
-        return ag_cli_source_explain(src, rc, err, cap, NULL);
+    if (rc != AG_OK) return ag_cli_source_explain(src, rc, err, cap, NULL);
     return laid_out(ag_doc_runs(d, l), err, cap);
 }
 
-static int cmd_tensors(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d,
-                       void **result, char *err, size_t cap)
-{
+static int cmd_tensors(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d, void **result,
+                       char *err, size_t cap) {
     ag_tensor_list *l = NULL;
     int rc = ag_cli_source_tensors(src, a->run, &l);
     *result = l;
-    if (rc != AG_OK)
-        return ag_cli_source_explain(src, rc, err, cap, "run '%s'", a->run);
+    if (rc != AG_OK) return ag_cli_source_explain(src, rc, err, cap, "run '%s'", a->run);
     return laid_out(ag_doc_tensors(d, a->run, l), err, cap);
 }
 
-static int cmd_history(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d,
-                       void **result, char *err, size_t cap)
-{
+static int cmd_history(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d, void **result,
+                       char *err, size_t cap) {
     ag_history_query q;
     ag_history *h = NULL;
     int rc;
@@ -84,39 +74,34 @@ static int cmd_history(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d,
     rc = ag_cli_source_history(src, &q, &h);
     *result = h;
     if (rc != AG_OK)
-        return ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'",
-                                     q.run, q.tensor, q.format);
+        return ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'", q.run,
+                                     q.tensor, q.format);
     return laid_out(ag_doc_history(d, a->run, a->tensor, q.format, h), err, cap);
 }
 
-static int cmd_scales(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d,
-                      void **result, char *err, size_t cap)
-{
+static int cmd_scales(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d, void **result,
+                      char *err, size_t cap) {
     const char *format = a->format ? a->format : DEFAULT_FORMAT;
     ag_scale_list *l = NULL;
     int rc = ag_cli_source_scales(src, a->run, format, &l);
     *result = l;
     if (rc != AG_OK)
-        return ag_cli_source_explain(src, rc, err, cap, "run '%s', format '%s'", a->run,
-                                     format);
+        return ag_cli_source_explain(src, rc, err, cap, "run '%s', format '%s'", a->run, format);
     return laid_out(ag_doc_scales(d, a->run, format, l), err, cap);
 }
 
 static int cmd_top(ag_cli_source *src, const ag_cli_args *a, ag_cli_doc *d, void **result,
-                   char *err, size_t cap)
-{
+                   char *err, size_t cap) {
     const char *format = a->format ? a->format : DEFAULT_FORMAT;
     ag_top_list *l = NULL;
     int rc = ag_cli_source_top(src, a->run, format, a->window, a->limit, &l);
     *result = l;
     if (rc != AG_OK)
-        return ag_cli_source_explain(src, rc, err, cap, "run '%s', format '%s'", a->run,
-                                     format);
+        return ag_cli_source_explain(src, rc, err, cap, "run '%s', format '%s'", a->run, format);
     return laid_out(ag_doc_top(d, a->run, format, l), err, cap);
 }
 
-static command_fn command_for(ag_cli_cmd cmd)
-{
+static command_fn command_for(ag_cli_cmd cmd) {
     switch (cmd) {
     case AG_CMD_STATUS: return cmd_status;
     case AG_CMD_RUNS: return cmd_runs;
@@ -128,16 +113,13 @@ static command_fn command_for(ag_cli_cmd cmd)
     }
 }
 
-int ag_cli_execute(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err,
-                   size_t cap)
-{
+int ag_cli_execute(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err, size_t cap) {
     command_fn run;
     void *result = NULL;
     ag_cli_doc d;
     int rc;
 
-    if (a->cmd == AG_CMD_REPORT)
-        return ag_cli_report(src, a, out, err, cap);
+    if (a->cmd == AG_CMD_REPORT) return ag_cli_report(src, a, out, err, cap);
     run = command_for(a->cmd);
     if (run == NULL) {
         snprintf(err, cap, "no command");

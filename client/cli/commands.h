@@ -14,8 +14,7 @@
 
 /* Runs a->cmd against src, writing the result to out. On failure returns an
  * ag_err and leaves one line (no prefix, no newline) in err. */
-int ag_cli_execute(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err,
-                   size_t cap);
+int ag_cli_execute(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err, size_t cap);
 
 /*
  * The stall rates of points as a sparkline of at most width columns of the
@@ -29,7 +28,6 @@ size_t ag_cli_sparkline(const ag_history_point *points, size_t n, size_t width, 
                         size_t cap);
 
 /* The report command (commands.c calls it; report.c holds it). */
-int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err,
-                  size_t cap);
+int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err, size_t cap);
 
 #endif

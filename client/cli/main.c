@@ -15,8 +15,7 @@
 
 #define EXIT_USAGE 2
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     ag_cli_args args;
     ag_cli_source src;
     char err[1024];

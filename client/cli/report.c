@@ -16,16 +16,12 @@
 #define MAX_FORMATS AG_FORMATS_MAX
 
 size_t ag_cli_sparkline(const ag_history_point *points, size_t n, size_t width, char *buf,
-                        size_t cap)
-{
+                        size_t cap) {
     size_t cols, c, len = 0;
-    if (buf != NULL && cap > 0)
-        buf[0] = '\0';
-    if (points == NULL || n == 0 || width == 0 || buf == NULL)
-        return 0;
+    if (buf != NULL && cap > 0) buf[0] = '\0';
+    if (points == NULL || n == 0 || width == 0 || buf == NULL) return 0;
     cols = n < width ? n : width;
-    if (cap < 3 * cols + 1)
-        return 0;
+    if (cap < 3 * cols + 1) return 0;
     for (c = 0; c < cols; c++) {
         size_t lo = c * n / cols, hi = (c + 1) * n / cols, i;
         double stalled = 0, total = 0, rate;
@@ -35,10 +31,8 @@ size_t ag_cli_sparkline(const ag_history_point *points, size_t n, size_t width, 
             total += (double)points[i].total;
         }
         rate = total > 0 ? stalled / total : 0.0;
-        if (!(rate >= 0.0))
-            rate = 0.0;
-        if (rate > 1.0)
-            rate = 1.0;
+        if (!(rate >= 0.0)) rate = 0.0;
+        if (rate > 1.0) rate = 1.0;
         level = (unsigned)lround(rate * 7.0); /* 0..7 -> U+2581..U+2588 */
         buf[len++] = (char)0xE2;
         buf[len++] = (char)0x96;
@@ -49,16 +43,13 @@ size_t ag_cli_sparkline(const ag_history_point *points, size_t n, size_t width, 
 }
 
 /* Splits a comma-separated list in place into names[]; returns the count. */
-static size_t split_formats(char *list, const char **names, size_t max)
-{
+static size_t split_formats(char *list, const char **names, size_t max) {
     size_t n = 0;
     char *save = NULL, *tok;
     for (tok = strtok_r(list, ",", &save); tok != NULL && n < max;
          tok = strtok_r(NULL, ",", &save)) {
-        while (*tok == ' ')
-            tok++;
-        if (*tok != '\0')
-            names[n++] = tok;
+        while (*tok == ' ') tok++;
+        if (*tok != '\0') names[n++] = tok;
     }
     return n;
 }
@@ -70,18 +61,15 @@ typedef struct report_state {
     size_t n, cap;
 } report_state;
 
-static int keep(report_state *st, ag_history *h, char *spark)
-{
+static int keep(report_state *st, ag_history *h, char *spark) {
     if (st->n == st->cap) {
         size_t cap = st->cap ? st->cap * 2 : 32;
         ag_history **hs = realloc(st->histories, cap * sizeof *hs);
         char **ss;
-        if (hs == NULL)
-            return AG_ENOMEM;
+        if (hs == NULL) return AG_ENOMEM;
         st->histories = hs;
         ss = realloc(st->sparklines, cap * sizeof *ss);
-        if (ss == NULL)
-            return AG_ENOMEM;
+        if (ss == NULL) return AG_ENOMEM;
         st->sparklines = ss;
         st->cap = cap;
     }
@@ -91,8 +79,7 @@ static int keep(report_state *st, ag_history *h, char *spark)
     return AG_OK;
 }
 
-static void release(report_state *st)
-{
+static void release(report_state *st) {
     size_t i;
     for (i = 0; i < st->n; i++) {
         ag_free(st->histories[i]);
@@ -104,22 +91,19 @@ static void release(report_state *st)
 
 /* One row for one tensor in one format; h becomes owned by st on success. */
 static int add_row(ag_cli_doc *d, report_state *st, const char *tensor, const char *format,
-                   ag_history *h, size_t width)
-{
+                   ag_history *h, size_t width) {
     ag_cli_cell row[7];
     double stalled = 0, total = 0, max_rate = 0;
     size_t i, cap = 3 * width + 1;
     char *spark = malloc(cap);
     int rc;
 
-    if (spark == NULL)
-        return AG_ENOMEM;
+    if (spark == NULL) return AG_ENOMEM;
     ag_cli_sparkline(h->points, h->n, width, spark, cap);
     for (i = 0; i < h->n; i++) {
         stalled += (double)h->points[i].stalled;
         total += (double)h->points[i].total;
-        if (h->points[i].stall_rate > max_rate)
-            max_rate = h->points[i].stall_rate;
+        if (h->points[i].stall_rate > max_rate) max_rate = h->points[i].stall_rate;
     }
     rc = keep(st, h, spark);
     if (rc != AG_OK) {
@@ -136,11 +120,9 @@ static int add_row(ag_cli_doc *d, report_state *st, const char *tensor, const ch
     return ag_cli_doc_row(d, row);
 }
 
-int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err,
-                  size_t cap)
-{
-    static const char *const cols[] = {"tensor", "format", "steps", "last_rate", "mean_rate",
-                                       "max_rate", "sparkline", NULL};
+int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err, size_t cap) {
+    static const char *const cols[] = {"tensor",    "format",   "steps",     "last_rate",
+                                       "mean_rate", "max_rate", "sparkline", NULL};
     static const char seed_formats[] = AG_DEFAULT_FORMATS;
     ag_tensor_list *tensors = NULL;
     ag_status *status = NULL;
@@ -166,7 +148,7 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
             goto fail;
         }
     }
-    list = strdup(a->format ? a->format
+    list = strdup(a->format                               ? a->format
                   : (status->formats && *status->formats) ? status->formats
                                                           : seed_formats);
     if (list == NULL) {
@@ -176,8 +158,7 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
     }
     nfmt = split_formats(list, formats, MAX_FORMATS);
 
-    if ((rc = ag_cli_doc_meta(&d, "run", ag_cli_str(a->run))) == AG_OK)
-        rc = ag_doc_cols(&d, cols);
+    if ((rc = ag_cli_doc_meta(&d, "run", ag_cli_str(a->run))) == AG_OK) rc = ag_doc_cols(&d, cols);
     for (t = 0; rc == AG_OK && t < tensors->n; t++) {
         const ag_tensor_info *ti = &tensors->items[t];
         if (ti->snapshots == 0)
@@ -204,8 +185,7 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
                 continue;
             }
             rc = add_row(&d, &st, ti->name, formats[f], h, a->width);
-            if (rc != AG_OK && (st.n == 0 || st.histories[st.n - 1] != h))
-                ag_free(h);
+            if (rc != AG_OK && (st.n == 0 || st.histories[st.n - 1] != h)) ag_free(h);
         }
     }
     if (rc != AG_OK) {
@@ -213,8 +193,7 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
         goto fail;
     }
     rc = ag_cli_render(out, &d, a->mode);
-    if (rc != AG_OK)
-        snprintf(err, cap, "cannot write the output");
+    if (rc != AG_OK) snprintf(err, cap, "cannot write the output");
 fail:
     ag_cli_doc_free(&d);
     release(&st);

@@ -15,28 +15,21 @@
 #include "client/open_quiet.h"
 #include "schema/store.h"
 
-const char *ag_cli_default_query_url(void)
-{
+const char *ag_cli_default_query_url(void) {
     const char *env = getenv("ALTGRAD_QUERY");
-    if (env != NULL && *env != '\0')
-        return env;
-    if (access("var/ingest.sock", F_OK) == 0)
-        return AG_DEFAULT_QUERY_URL;
-    if (access("/run/altgrad/ingest.sock", F_OK) == 0)
-        return AG_SYSTEM_QUERY_URL;
+    if (env != NULL && *env != '\0') return env;
+    if (access("var/ingest.sock", F_OK) == 0) return AG_DEFAULT_QUERY_URL;
+    if (access("/run/altgrad/ingest.sock", F_OK) == 0) return AG_SYSTEM_QUERY_URL;
     return AG_DEFAULT_QUERY_URL;
 }
 
 /* Error lines must stay one line whatever the daemon or SQLite said. */
-static void one_line(char *s)
-{
+static void one_line(char *s) {
     for (; *s; s++)
-        if (*s == '\n' || *s == '\r' || *s == '\t')
-            *s = ' ';
+        if (*s == '\n' || *s == '\r' || *s == '\t') *s = ' ';
 }
 
-int ag_cli_source_open(ag_cli_source *s, const ag_cli_args *a, char *err, size_t cap)
-{
+int ag_cli_source_open(ag_cli_source *s, const ag_cli_args *a, char *err, size_t cap) {
     int rc;
     memset(s, 0, sizeof *s);
     if (a->db_path != NULL) {
@@ -73,57 +66,44 @@ int ag_cli_source_open(ag_cli_source *s, const ag_cli_args *a, char *err, size_t
     }
 }
 
-void ag_cli_source_close(ag_cli_source *s)
-{
-    if (s == NULL)
-        return;
-    if (s->client != NULL)
-        ag_client_close(s->client);
-    if (s->store != NULL)
-        ag_store_close(s->store);
+void ag_cli_source_close(ag_cli_source *s) {
+    if (s == NULL) return;
+    if (s->client != NULL) ag_client_close(s->client);
+    if (s->store != NULL) ag_store_close(s->store);
     s->client = NULL;
     s->store = NULL;
 }
 
-int ag_cli_source_runs(ag_cli_source *s, ag_run_list **out)
-{
+int ag_cli_source_runs(ag_cli_source *s, ag_run_list **out) {
     return s->store ? ag_store_runs(s->store, out) : ag_client_runs(s->client, out);
 }
 
-int ag_cli_source_tensors(ag_cli_source *s, const char *run, ag_tensor_list **out)
-{
-    return s->store ? ag_store_tensors(s->store, run, out)
-                    : ag_client_tensors(s->client, run, out);
+int ag_cli_source_tensors(ag_cli_source *s, const char *run, ag_tensor_list **out) {
+    return s->store ? ag_store_tensors(s->store, run, out) : ag_client_tensors(s->client, run, out);
 }
 
-int ag_cli_source_history(ag_cli_source *s, const ag_history_query *q, ag_history **out)
-{
-    return s->store ? ag_store_history(s->store, q, out)
-                    : ag_client_history(s->client, q, out);
+int ag_cli_source_history(ag_cli_source *s, const ag_history_query *q, ag_history **out) {
+    return s->store ? ag_store_history(s->store, q, out) : ag_client_history(s->client, q, out);
 }
 
 int ag_cli_source_scales(ag_cli_source *s, const char *run, const char *format,
-                         ag_scale_list **out)
-{
+                         ag_scale_list **out) {
     return s->store ? ag_store_scales(s->store, run, format, out)
                     : ag_client_scales(s->client, run, format, out);
 }
 
-int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format,
-                      uint64_t window, size_t limit, ag_top_list **out)
-{
+int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format, uint64_t window,
+                      size_t limit, ag_top_list **out) {
     return s->store ? ag_store_top(s->store, run, format, window, limit, out)
                     : ag_client_top(s->client, run, format, window, limit, out);
 }
 
-int ag_cli_source_status(ag_cli_source *s, ag_status **out)
-{
+int ag_cli_source_status(ag_cli_source *s, ag_status **out) {
     return s->store ? ag_store_status(s->store, out) : ag_client_status(s->client, out);
 }
 
 int ag_cli_source_explain(const ag_cli_source *s, int rc, char *err, size_t cap,
-                          const char *what_fmt, ...)
-{
+                          const char *what_fmt, ...) {
     char what[2 * AG_NAME_MAX + 64] = "no such run, tensor or format";
     const char *said = "";
     va_list ap;
@@ -137,12 +117,13 @@ int ag_cli_source_explain(const ag_cli_source *s, int rc, char *err, size_t cap,
         said = ag_store_errmsg(s->store);
     else if (s->client != NULL)
         said = ag_client_last_error(s->client);
-    if (said == NULL)
-        said = "";
+    if (said == NULL) said = "";
 
     if (rc == AG_ETIMEDOUT && s->client != NULL)
-        snprintf(err, cap, "the daemon at %s did not answer in time (--timeout MS waits "
-                 "longer)", s->where);
+        snprintf(err, cap,
+                 "the daemon at %s did not answer in time (--timeout MS waits "
+                 "longer)",
+                 s->where);
     else if (rc == AG_ETRANSPORT && s->client != NULL && *said != '\0')
         snprintf(err, cap, "%s", said); /* names the socket and why, see ag_client_last_error */
     else if (rc == AG_ENOTFOUND && *said != '\0')

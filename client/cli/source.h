@@ -31,16 +31,16 @@ int ag_cli_source_tensors(ag_cli_source *s, const char *run, ag_tensor_list **ou
 int ag_cli_source_history(ag_cli_source *s, const ag_history_query *q, ag_history **out);
 int ag_cli_source_scales(ag_cli_source *s, const char *run, const char *format,
                          ag_scale_list **out);
-int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format,
-                      uint64_t window, size_t limit, ag_top_list **out);
+int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format, uint64_t window,
+                      size_t limit, ag_top_list **out);
 int ag_cli_source_status(ag_cli_source *s, ag_status **out);
 
 /* One line (no newline) in err explaining the failure rc of the last call;
  * what_fmt and its arguments (printf-style; NULL for none) name the object
  * asked for ("run '%s'"), used when the source says nothing. Returns rc. */
-__attribute__((format(printf, 5, 6)))
-int ag_cli_source_explain(const ag_cli_source *s, int rc, char *err, size_t cap,
-                          const char *what_fmt, ...);
+__attribute__((format(printf, 5, 6))) int ag_cli_source_explain(const ag_cli_source *s, int rc,
+                                                                char *err, size_t cap,
+                                                                const char *what_fmt, ...);
 
 /* The query URL the client library will use when none is given. */
 const char *ag_cli_default_query_url(void);

@@ -40,8 +40,7 @@ static int has_tensor(ag_client *c, const char *run) {
     ag_tensor_list *tensors = NULL;
     int found = 0;
     if (ag_client_runs(c, &runs) != AG_OK) goto done;
-    for (size_t i = 0; i < runs->n && !found; i++)
-        found = strcmp(runs->items[i].name, run) == 0;
+    for (size_t i = 0; i < runs->n && !found; i++) found = strcmp(runs->items[i].name, run) == 0;
     if (!found || ag_client_tensors(c, run, &tensors) != AG_OK) {
         found = 0;
         goto done;

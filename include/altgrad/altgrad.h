@@ -36,25 +36,25 @@ extern "C" {
  * for each. It generates the enum below, ag_strerror() and ag_err_name();
  * python/altgrad/_lib.py's copy is checked against it by a test.
  */
-#define AG_ERRNO_MAP(XX)                                                              \
-    XX(OK, 0, "success")                                                              \
-    XX(EINVAL, -1, "invalid argument")              /* NULL, zero length, bad value */ \
-    XX(ENOMEM, -2, "out of memory")                                                   \
-    XX(EFORMAT, -3, "unknown or impossible format")                                   \
-    XX(EEXIST, -4, "a different format is registered under that name")                \
-    XX(ERANGE, -5, "value out of range")                                              \
-    XX(ENOSPC, -6, "table full")                    /* a fixed-size table */          \
-    XX(EPROTO, -7, "malformed message")                                               \
-    XX(EVERSION, -8, "unsupported protocol version")                                  \
-    XX(ETOOBIG, -9, "message, string or array too large")                             \
-    XX(EAGAIN, -10, "send queue full, message dropped") /* dropped and counted */     \
-    XX(ETIMEDOUT, -11, "timed out")                                                   \
-    XX(ECLOSED, -12, "closed")                      /* handle closed or shutting down */ \
-    XX(ENOTFOUND, -13, "not found")                 /* no such run, tensor or format */ \
-    XX(ETRANSPORT, -14, "transport error")          /* nng failure */                 \
-    XX(ESTORE, -15, "database error")                                                 \
-    XX(EIO, -16, "I/O error")                       /* file or system I/O failure */  \
-    XX(EREMOTE, -17, "the daemon reported an error")                                  \
+#define AG_ERRNO_MAP(XX)                                                                           \
+    XX(OK, 0, "success")                                                                           \
+    XX(EINVAL, -1, "invalid argument") /* NULL, zero length, bad value */                          \
+    XX(ENOMEM, -2, "out of memory")                                                                \
+    XX(EFORMAT, -3, "unknown or impossible format")                                                \
+    XX(EEXIST, -4, "a different format is registered under that name")                             \
+    XX(ERANGE, -5, "value out of range")                                                           \
+    XX(ENOSPC, -6, "table full") /* a fixed-size table */                                          \
+    XX(EPROTO, -7, "malformed message")                                                            \
+    XX(EVERSION, -8, "unsupported protocol version")                                               \
+    XX(ETOOBIG, -9, "message, string or array too large")                                          \
+    XX(EAGAIN, -10, "send queue full, message dropped") /* dropped and counted */                  \
+    XX(ETIMEDOUT, -11, "timed out")                                                                \
+    XX(ECLOSED, -12, "closed")             /* handle closed or shutting down */                    \
+    XX(ENOTFOUND, -13, "not found")        /* no such run, tensor or format */                     \
+    XX(ETRANSPORT, -14, "transport error") /* nng failure */                                       \
+    XX(ESTORE, -15, "database error")                                                              \
+    XX(EIO, -16, "I/O error") /* file or system I/O failure */                                     \
+    XX(EREMOTE, -17, "the daemon reported an error")                                               \
     XX(ELOST, -18, "messages were lost on the way to the daemon") /* ag_client_flush */
 
 typedef enum ag_err {
@@ -75,8 +75,8 @@ AG_EXTERN const char *ag_version(void);
  * Core: formats
  * ======================================================================== */
 
-#define AG_FORMAT_NAME_MAX 15  /* longest format name, without the NUL */
-#define AG_FORMATS_MAX 64      /* registry capacity, built-ins included */
+#define AG_FORMAT_NAME_MAX 15 /* longest format name, without the NUL */
+#define AG_FORMATS_MAX 64     /* registry capacity, built-ins included */
 
 /*
  * An 8-bit sign-magnitude format: bit 7 sign, then exponent_bits exponent
@@ -89,12 +89,12 @@ typedef struct ag_format {
     int exponent_bits;
     int mantissa_bits;
     int bias;
-    int has_inf;          /* e all ones, m = 0 is +-inf; other m are NaN */
-    int has_nan;          /* with has_inf: e all ones, m != 0. Without: only e and m all ones */
-    float max_finite;     /* largest finite magnitude */
-    float min_positive;   /* smallest nonzero magnitude */
-    int min_exponent;     /* internal: exponent of the finest grid region */
-    int max_exponent;     /* internal: exponent of max_finite */
+    int has_inf;             /* e all ones, m = 0 is +-inf; other m are NaN */
+    int has_nan;             /* with has_inf: e all ones, m != 0. Without: only e and m all ones */
+    float max_finite;        /* largest finite magnitude */
+    float min_positive;      /* smallest nonzero magnitude */
+    int min_exponent;        /* internal: exponent of the finest grid region */
+    int max_exponent;        /* internal: exponent of max_finite */
     float decode_table[256]; /* internal: decode of every pattern */
 } ag_format;
 
@@ -112,8 +112,8 @@ AG_EXTERN const ag_format *ag_format_at(size_t i);
  * normal range. Defining an identical format again returns the existing one;
  * a different one under a taken name gives AG_EEXIST. Thread-safe.
  */
-AG_EXTERN int ag_format_define(const char *name, int exponent_bits, int mantissa_bits,
-                               int bias, int has_inf, int has_nan, const ag_format **out);
+AG_EXTERN int ag_format_define(const char *name, int exponent_bits, int mantissa_bits, int bias,
+                               int has_inf, int has_nan, const ag_format **out);
 
 /* ========================================================================
  * Core: encode, decode, quantize
@@ -125,18 +125,17 @@ AG_EXTERN uint8_t ag_encode(const ag_format *fmt, float x);
 /* The value of a pattern; NULL fmt gives NaN. */
 AG_EXTERN float ag_decode(const ag_format *fmt, uint8_t bits);
 /* out[i] = encode(x[i] / scale). */
-AG_EXTERN int ag_encode_array(const ag_format *fmt, float scale, const float *x,
-                              uint8_t *out, size_t n);
+AG_EXTERN int ag_encode_array(const ag_format *fmt, float scale, const float *x, uint8_t *out,
+                              size_t n);
 /* out[i] = decode(bits[i]) * scale. */
-AG_EXTERN int ag_decode_array(const ag_format *fmt, float scale, const uint8_t *bits,
-                              float *out, size_t n);
+AG_EXTERN int ag_decode_array(const ag_format *fmt, float scale, const uint8_t *bits, float *out,
+                              size_t n);
 /* out[i] = decode(encode(x[i] / scale)) * scale; out may equal x. Misuse
  * (NULL, n = 0, scale not finite and positive) does nothing; use
  * ag_quantize_checked to learn why. */
-AG_EXTERN void ag_quantize(const ag_format *fmt, float scale, const float *x, float *out,
-                           size_t n);
-AG_EXTERN int ag_quantize_checked(const ag_format *fmt, float scale, const float *x,
-                                  float *out, size_t n);
+AG_EXTERN void ag_quantize(const ag_format *fmt, float scale, const float *x, float *out, size_t n);
+AG_EXTERN int ag_quantize_checked(const ag_format *fmt, float scale, const float *x, float *out,
+                                  size_t n);
 /* out[i] = x[i] * scale; out may equal x. */
 AG_EXTERN int ag_dequantize(float scale, const float *x, float *out, size_t n);
 
@@ -156,8 +155,8 @@ AG_EXTERN double ag_compute_scale(double amax, const ag_format *fmt, double scal
 #define AG_AMAX_HISTORY_MAX_LEN 65536
 
 typedef enum ag_amax_mode {
-    AG_AMAX_MAX = 0,         /* maximum over the ring (seed behaviour) */
-    AG_AMAX_MOST_RECENT = 1  /* the newest value */
+    AG_AMAX_MAX = 0,        /* maximum over the ring (seed behaviour) */
+    AG_AMAX_MOST_RECENT = 1 /* the newest value */
 } ag_amax_mode;
 
 typedef struct ag_amax_history ag_amax_history;
@@ -179,14 +178,13 @@ AG_EXTERN uint64_t ag_amax_history_nonfinite(const ag_amax_history *h);
 AG_EXTERN void ag_amax_history_reset(ag_amax_history *h);
 /* Copy the held values, oldest first, into out[0..cap); *n gets the count.
  * AG_ERANGE if cap is smaller than the count (nothing copied). */
-AG_EXTERN int ag_amax_history_values(const ag_amax_history *h, double *out, size_t cap,
-                                     size_t *n);
+AG_EXTERN int ag_amax_history_values(const ag_amax_history *h, double *out, size_t cap, size_t *n);
 
 /* ========================================================================
  * Core: bit stall, flips
  * ======================================================================== */
 
-#define AG_GRAD_EPSILON 1e-10f  /* |g| above this counts in total (SGD form) */
+#define AG_GRAD_EPSILON 1e-10f /* |g| above this counts in total (SGD form) */
 
 typedef struct ag_stall_counts {
     uint64_t stalled;   /* total elements whose update was lost to rounding */
@@ -201,16 +199,15 @@ typedef struct ag_stall_counts {
 AG_EXTERN int ag_stall_sgd(const ag_format *fmt, float scale, float lr, const float *w,
                            const float *g, size_t n, ag_stall_counts *out);
 /* Update form: u = w_new - w from any optimizer; total counts u != 0. */
-AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w,
-                              const float *u, size_t n, ag_stall_counts *out);
+AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w, const float *u,
+                              size_t n, ag_stall_counts *out);
 /* One pass over w and g for nfmt formats at once (1 <= nfmt <= AG_FORMATS_MAX),
  * format i with scales[i], adding into out[i]. Same results as nfmt calls. */
-AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales,
-                                 size_t nfmt, float lr, const float *w, const float *g,
-                                 size_t n, ag_stall_counts *out);
-AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales,
-                                    size_t nfmt, const float *w, const float *u, size_t n,
-                                    ag_stall_counts *out);
+AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                 float lr, const float *w, const float *g, size_t n,
+                                 ag_stall_counts *out);
+AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                    const float *w, const float *u, size_t n, ag_stall_counts *out);
 /* Pattern flips at one scale, the flips altgradd reports (docs/numerics.md):
  * elements whose pattern encode(w[i] / scale) differs from prev[i], where
  * prev holds the previous snapshot encoded at that same scale
@@ -225,8 +222,7 @@ AG_EXTERN int ag_count_pattern_flips(const ag_format *fmt, float scale, const ui
  * When the scales differ nearly every nonzero element counts; altgradd
  * reports ag_count_pattern_flips instead. Adds into *flips. */
 AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float prev_scale,
-                             const uint8_t *cur, float cur_scale, size_t n,
-                             uint64_t *flips);
+                             const uint8_t *cur, float cur_scale, size_t n, uint64_t *flips);
 
 /* ========================================================================
  * Shared vocabulary: defaults, roles, dtypes, query results
@@ -241,7 +237,7 @@ AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float pr
 #define AG_SYSTEM_QUERY_URL "ipc:///run/altgrad/query.sock"
 #define AG_SYSTEM_DB_PATH "/var/lib/altgrad/altgrad.db"
 
-#define AG_NAME_MAX 255 /* longest run or tensor name, in bytes */
+#define AG_NAME_MAX 255      /* longest run or tensor name, in bytes */
 #define AG_LAUNCH_ID_MAX 128 /* longest launch id, in bytes (printable ASCII) */
 
 typedef enum ag_role {
@@ -268,10 +264,10 @@ AG_EXTERN int ag_f16_to_f32(const uint16_t *x, float *out, size_t n);
 AG_EXTERN void ag_free(void *result);
 
 /* Defaults every query path shares (client, daemon, CLI, HTTP, store). */
-#define AG_DEFAULT_FORMAT "E5M2"                     /* a query naming no format */
+#define AG_DEFAULT_FORMAT "E5M2"                      /* a query naming no format */
 #define AG_DEFAULT_FORMATS "E0M7,E1M6,E3M4,E5M2,E7M0" /* the daemon's --formats */
-#define AG_TOP_LIMIT_DEFAULT 10                      /* top with limit 0 */
-#define AG_TOP_LIMIT_MAX 1000000                     /* larger limits are this */
+#define AG_TOP_LIMIT_DEFAULT 10                       /* top with limit 0 */
+#define AG_TOP_LIMIT_MAX 1000000                      /* larger limits are this */
 
 typedef struct ag_run_info {
     const char *name;
@@ -279,37 +275,43 @@ typedef struct ag_run_info {
     int64_t pid;
     uint64_t client_id;
     int64_t started_ms;
-    int64_t ended_ms;        /* 0 while running */
+    int64_t ended_ms; /* 0 while running */
     uint64_t last_step;
-    uint64_t messages;       /* stream messages accepted for this run */
-    uint64_t dropped;        /* gaps in sequence numbers, client-side drops, and messages
+    uint64_t messages;    /* stream messages accepted for this run */
+    uint64_t dropped;     /* gaps in sequence numbers, client-side drops, and messages
                               * accepted but not filed (the daemon's state budget full) */
-    const char *metadata;    /* JSON text as sent at run start, "{}" if none */
+    const char *metadata; /* JSON text as sent at run start, "{}" if none */
 } ag_run_info;
-typedef struct ag_run_list { size_t n; ag_run_info *items; } ag_run_list;
+typedef struct ag_run_list {
+    size_t n;
+    ag_run_info *items;
+} ag_run_list;
 
 typedef struct ag_tensor_info {
     const char *name;
-    int role;                /* ag_role of the latest record */
-    uint64_t numel;          /* element count of the latest record */
+    int role;       /* ag_role of the latest record */
+    uint64_t numel; /* element count of the latest record */
     uint64_t first_step;
     uint64_t last_step;
-    uint64_t snapshots;      /* gradient snapshots evaluated */
+    uint64_t snapshots; /* gradient snapshots evaluated */
     double last_amax;
 } ag_tensor_info;
-typedef struct ag_tensor_list { size_t n; ag_tensor_info *items; } ag_tensor_list;
+typedef struct ag_tensor_list {
+    size_t n;
+    ag_tensor_info *items;
+} ag_tensor_list;
 
 typedef struct ag_history_point {
-    uint64_t step;           /* with downsampling, the last step of the bucket */
+    uint64_t step; /* with downsampling, the last step of the bucket */
     uint64_t stalled;
     uint64_t total;
-    double stall_rate;       /* stalled / total, 0 when total is 0 */
+    double stall_rate; /* stalled / total, 0 when total is 0 */
     uint64_t flips;
     uint64_t overflow;
     uint64_t underflow;
     uint64_t nonfinite;
-    double amax;             /* the snapshot's weight amax */
-    double scale;            /* the scale used for this format at this step */
+    double amax;  /* the snapshot's weight amax */
+    double scale; /* the scale used for this format at this step */
 } ag_history_point;
 typedef struct ag_history {
     const char *run;
@@ -322,53 +324,57 @@ typedef struct ag_history {
 typedef struct ag_history_query {
     const char *run;
     const char *tensor;
-    const char *format;      /* NULL: "E5M2" */
-    uint64_t from_step;      /* inclusive; 0 = from the start */
-    uint64_t to_step;        /* inclusive; 0 = to the end */
-    uint64_t every;          /* downsample: sum counts over buckets of this many points; 0/1 = all */
+    const char *format; /* NULL: "E5M2" */
+    uint64_t from_step; /* inclusive; 0 = from the start */
+    uint64_t to_step;   /* inclusive; 0 = to the end */
+    uint64_t every;     /* downsample: sum counts over buckets of this many points; 0/1 = all */
 } ag_history_query;
 
 typedef struct ag_scale_info {
     const char *tensor;
-    uint64_t step;           /* step of the latest scale */
-    double amax;             /* history amax the scale came from */
+    uint64_t step; /* step of the latest scale */
+    double amax;   /* history amax the scale came from */
     double scale;
 } ag_scale_info;
-typedef struct ag_scale_list { const char *format; size_t n; ag_scale_info *items; } ag_scale_list;
+typedef struct ag_scale_list {
+    const char *format;
+    size_t n;
+    ag_scale_info *items;
+} ag_scale_list;
 
 typedef struct ag_top_entry {
     const char *tensor;
-    uint64_t stalled;        /* summed over the window */
+    uint64_t stalled; /* summed over the window */
     uint64_t total;
     double stall_rate;
-    uint64_t steps;          /* snapshots in the window */
+    uint64_t steps; /* snapshots in the window */
 } ag_top_entry;
 typedef struct ag_top_list {
     const char *format;
-    uint64_t from_step;      /* the window actually used */
+    uint64_t from_step; /* the window actually used */
     uint64_t to_step;
     size_t n;
-    ag_top_entry *items;     /* descending stall_rate, then name */
+    ag_top_entry *items; /* descending stall_rate, then name */
 } ag_top_list;
 
 typedef struct ag_status {
     const char *version;
-    double uptime_s;         /* 0 when read from a database file */
-    uint64_t messages;       /* stream messages accepted */
-    uint64_t bytes;          /* stream bytes received */
-    uint64_t rejected;       /* malformed / oversized / bad version */
-    uint64_t dropped;        /* sequence gaps and client-reported drops */
-    uint64_t queue_depth;    /* rows waiting for the writer */
+    double uptime_s;      /* 0 when read from a database file */
+    uint64_t messages;    /* stream messages accepted */
+    uint64_t bytes;       /* stream bytes received */
+    uint64_t rejected;    /* malformed / oversized / bad version */
+    uint64_t dropped;     /* sequence gaps and client-reported drops */
+    uint64_t queue_depth; /* rows waiting for the writer */
     uint64_t rows_written;
     uint64_t runs;
     uint64_t tensors;
     const char *db_path;
-    const char *formats;     /* comma-separated formats evaluated by default */
+    const char *formats; /* comma-separated formats evaluated by default */
     /* The store's health, live from the daemon: "ok", or "degraded: " and why
      * (the disk refuses writes; the daemon keeps the rows, retries and pushes
      * back on ingest). NULL when read from a database file. */
     const char *store;
-    uint64_t discarded;      /* rows the daemon gave up (the store refused them for
+    uint64_t discarded; /* rows the daemon gave up (the store refused them for
                               * good, or still failed at stop); never silent */
 } ag_status;
 
@@ -380,35 +386,35 @@ typedef struct ag_client ag_client;
 
 /* What a logging call does when the send queue is full. */
 typedef enum ag_queue_policy {
-    AG_QUEUE_DROP = 0,  /* drop the message, count it, return AG_EAGAIN (default: never stalls) */
-    AG_QUEUE_BLOCK = 1  /* wait for room (lossless; stalls while the daemon is away) */
+    AG_QUEUE_DROP = 0, /* drop the message, count it, return AG_EAGAIN (default: never stalls) */
+    AG_QUEUE_BLOCK = 1 /* wait for room (lossless; stalls while the daemon is away) */
 } ag_queue_policy;
 
 /* A zero-initialised struct means defaults everywhere. */
 typedef struct ag_client_opts {
-    const char *ingest_url; /* NULL: $ALTGRAD_INGEST, else the daemon's default */
-    const char *query_url;  /* NULL: $ALTGRAD_QUERY, else the daemon's default */
-    const char *run;        /* the run name asked for; NULL: "run-<host>-<pid>-<time>".
+    const char *ingest_url;  /* NULL: $ALTGRAD_INGEST, else the daemon's default */
+    const char *query_url;   /* NULL: $ALTGRAD_QUERY, else the daemon's default */
+    const char *run;         /* the run name asked for; NULL: "run-<host>-<pid>-<time>".
                              * The daemon may file the run as run.2, run.3 ...
                              * (see resume, launch_id and ag_client_run) */
-    const char *metadata;   /* JSON object sent with run start (<= 64 KiB); NULL: "{}" */
-    int policy;             /* ag_queue_policy */
-    size_t queue_messages;  /* messages the send queue holds; 0: 1024 */
-    size_t queue_bytes;     /* bytes the send queue holds; 0: 256 MiB */
-    size_t batch_bytes;     /* a stats batch is queued once this big; 0: 64 KiB */
-    int flush_interval_ms;  /* a partial stats batch waits at most this long; 0: 10 */
-    int query_timeout_ms;   /* a query without a reply by then fails AG_ETIMEDOUT; 0: 5000 */
-    int close_timeout_ms;   /* how long ag_client_close waits to flush; 0: 2000 */
-    int reconnect_ms;       /* first redial delay after the daemon goes away; 0: 100 */
+    const char *metadata;    /* JSON object sent with run start (<= 64 KiB); NULL: "{}" */
+    int policy;              /* ag_queue_policy */
+    size_t queue_messages;   /* messages the send queue holds; 0: 1024 */
+    size_t queue_bytes;      /* bytes the send queue holds; 0: 256 MiB */
+    size_t batch_bytes;      /* a stats batch is queued once this big; 0: 64 KiB */
+    int flush_interval_ms;   /* a partial stats batch waits at most this long; 0: 10 */
+    int query_timeout_ms;    /* a query without a reply by then fails AG_ETIMEDOUT; 0: 5000 */
+    int close_timeout_ms;    /* how long ag_client_close waits to flush; 0: 2000 */
+    int reconnect_ms;        /* first redial delay after the daemon goes away; 0: 100 */
     uint64_t snapshot_every; /* log snapshots only at steps that are multiples; 0/1: all */
-    size_t sample_max;      /* snapshots of larger tensors send a fixed subset of this
+    size_t sample_max;       /* snapshots of larger tensors send a fixed subset of this
                              * many elements (the same every step); 0: whole tensors */
-    uint64_t sample_seed;   /* seed of that subset; 0: a fixed default */
+    uint64_t sample_seed;    /* seed of that subset; 0: a fixed default */
     /* Fields below were added later; zero still means the default. */
-    int resume;             /* nonzero: continue the latest run of this name (the newest
+    int resume;            /* nonzero: continue the latest run of this name (the newest
                              * of run, run.2, ...) instead of starting a new one when
                              * the name is taken; 0: a new run (run.2 ... if taken) */
-    const char *launch_id;  /* the launch this client belongs to: clients of one launch
+    const char *launch_id; /* the launch this client belongs to: clients of one launch
                              * asking for one run name share the run (the ranks of one
                              * distributed job). 1..AG_LAUNCH_ID_MAX bytes of printable
                              * ASCII. NULL: $TORCHELASTIC_RUN_ID (torchrun's run id) if
@@ -452,25 +458,25 @@ AG_EXTERN int ag_client_open(ag_client **out, const ag_client_opts *opts);
  */
 /* A float32 snapshot in SGD form (update = -lr * g), evaluated in the daemon's
  * default formats with scales from its amax history. */
-AG_EXTERN int ag_client_log_sgd(ag_client *c, uint64_t step, const char *tensor,
-                                const float *w, const float *g, size_t n, float lr);
+AG_EXTERN int ag_client_log_sgd(ag_client *c, uint64_t step, const char *tensor, const float *w,
+                                const float *g, size_t n, float lr);
 /* A float32 snapshot in update form: u = w_new - w from any optimizer. */
-AG_EXTERN int ag_client_log_update(ag_client *c, uint64_t step, const char *tensor,
-                                   const float *w, const float *u, size_t n);
+AG_EXTERN int ag_client_log_update(ag_client *c, uint64_t step, const char *tensor, const float *w,
+                                   const float *u, size_t n);
 
 /* The general snapshot: any dtype, an explicit scale, a list of formats. */
 typedef struct ag_snapshot {
     uint64_t step;
     const char *tensor;
-    int dtype;              /* ag_dtype of w and g/u (raw 16-bit patterns for bf16/f16) */
-    const void *w;          /* n elements */
-    const void *g;          /* gradients (SGD form), or NULL when u is given */
-    const void *u;          /* update (update form), or NULL when g is given */
+    int dtype;     /* ag_dtype of w and g/u (raw 16-bit patterns for bf16/f16) */
+    const void *w; /* n elements */
+    const void *g; /* gradients (SGD form), or NULL when u is given */
+    const void *u; /* update (update form), or NULL when g is given */
     size_t n;
-    float lr;               /* SGD form: finite */
-    double scale;           /* > 0: use this scale for every format; 0: the daemon's */
+    float lr;                   /* SGD form: finite */
+    double scale;               /* > 0: use this scale for every format; 0: the daemon's */
     const char *const *formats; /* NULL: the daemon's defaults; each must be known here */
-    size_t nformats;        /* <= AG_FORMATS_MAX */
+    size_t nformats;            /* <= AG_FORMATS_MAX */
 } ag_snapshot;
 AG_EXTERN int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s);
 
@@ -479,8 +485,8 @@ AG_EXTERN int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s);
 AG_EXTERN int ag_client_log_stats(ag_client *c, uint64_t step, const char *tensor, int role,
                                   const float *x, size_t n);
 /* The same for float32, bfloat16 or float16 data (ag_dtype). */
-AG_EXTERN int ag_client_log_stats_typed(ag_client *c, uint64_t step, const char *tensor,
-                                        int role, int dtype, const void *x, size_t n);
+AG_EXTERN int ag_client_log_stats_typed(ag_client *c, uint64_t step, const char *tensor, int role,
+                                        int dtype, const void *x, size_t n);
 /* Statistics computed by the caller: amax finite and >= 0, nonfinite <= numel. */
 AG_EXTERN int ag_client_log_amax(ag_client *c, uint64_t step, const char *tensor, int role,
                                  double amax, uint64_t numel, uint64_t nonfinite);
@@ -534,17 +540,17 @@ AG_EXTERN int64_t ag_client_close(ag_client *c);
 
 /* Fields are only ever appended at the end. */
 typedef struct ag_client_stats {
-    uint64_t queued;        /* messages waiting in the send queue now */
-    uint64_t sent;          /* messages handed to the transport */
-    uint64_t dropped;       /* messages dropped: queue full, or left over at close */
-    uint64_t records;       /* statistics records logged */
+    uint64_t queued;          /* messages waiting in the send queue now */
+    uint64_t sent;            /* messages handed to the transport */
+    uint64_t dropped;         /* messages dropped: queue full, or left over at close */
+    uint64_t records;         /* statistics records logged */
     uint64_t records_dropped; /* of those, records inside dropped messages */
-    uint64_t snapshots;     /* snapshots queued */
-    uint64_t skipped;       /* snapshots skipped by snapshot_every */
+    uint64_t snapshots;       /* snapshots queued */
+    uint64_t skipped;         /* snapshots skipped by snapshot_every */
     uint64_t bytes_sent;
-    uint64_t delivered;     /* messages the daemon confirmed it stored, as of the
+    uint64_t delivered;   /* messages the daemon confirmed it stored, as of the
                              * last confirmation (flush, close) */
-    uint64_t undelivered;   /* messages queued (with a sequence number) and not
+    uint64_t undelivered; /* messages queued (with a sequence number) and not
                              * confirmed: still queued, in transit, awaiting a
                              * flush to confirm them, or lost */
 } ag_client_stats;
@@ -593,8 +599,8 @@ AG_EXTERN int ag_client_tensors(ag_client *c, const char *run, ag_tensor_list **
 AG_EXTERN int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out);
 AG_EXTERN int ag_client_scales(ag_client *c, const char *run, const char *format,
                                ag_scale_list **out);
-AG_EXTERN int ag_client_top(ag_client *c, const char *run, const char *format,
-                            uint64_t window, size_t limit, ag_top_list **out);
+AG_EXTERN int ag_client_top(ag_client *c, const char *run, const char *format, uint64_t window,
+                            size_t limit, ag_top_list **out);
 AG_EXTERN int ag_client_status(ag_client *c, ag_status **out);
 /* The daemon's error text (or a local explanation) for the last failed query
  * on this thread with this handle, or "". A flush that failed leaves its

@@ -22,19 +22,16 @@ extern char **environ;
 
 #define DAEMON_ARGS_MAX 32
 
-void cli_pause(void)
-{
+void cli_pause(void) {
     struct timespec ts = {0, 50 * 1000 * 1000};
     nanosleep(&ts, NULL);
 }
 
-char *cli_slurp(const char *path)
-{
+char *cli_slurp(const char *path) {
     FILE *f = fopen(path, "rb");
     char *buf = NULL;
     size_t len = 0, cap = 0, got;
-    if (f == NULL)
-        return strdup("");
+    if (f == NULL) return strdup("");
     do {
         if (len + 4096 + 1 > cap) {
             char *g;
@@ -52,8 +49,7 @@ char *cli_slurp(const char *path)
 }
 
 /* Spawns argv with stdout/stderr to the files named; returns the pid. */
-static pid_t spawn(char *const argv[], const char *out_path, const char *err_path)
-{
+static pid_t spawn(char *const argv[], const char *out_path, const char *err_path) {
     posix_spawn_file_actions_t fa;
     pid_t pid;
     int rc;
@@ -67,18 +63,14 @@ static pid_t spawn(char *const argv[], const char *out_path, const char *err_pat
     return pid;
 }
 
-static int wait_exit(pid_t pid)
-{
+static int wait_exit(pid_t pid) {
     int status;
-    while (waitpid(pid, &status, 0) < 0)
-        cr_assert_eq(errno, EINTR);
-    if (WIFEXITED(status))
-        return WEXITSTATUS(status);
+    while (waitpid(pid, &status, 0) < 0) cr_assert_eq(errno, EINTR);
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
     return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
 
-int cli_run(const cli_env *e, char *const argv[], char **out, char **err)
-{
+int cli_run(const cli_env *e, char *const argv[], char **out, char **err) {
     char op[128], ep[128];
     int code;
     snprintf(op, sizeof op, "%s/out.txt", e->dir);
@@ -89,20 +81,18 @@ int cli_run(const cli_env *e, char *const argv[], char **out, char **err)
     return code;
 }
 
-void cli_assert_one_error_line(const char *err)
-{
+void cli_assert_one_error_line(const char *err) {
     size_t n = strlen(err);
     cr_assert_eq(strncmp(err, "altgrad: ", 9), 0, "stderr: %s", err);
     cr_assert(n > 9 && err[n - 1] == '\n', "stderr: %s", err);
     cr_assert_null(memchr(err, '\n', n - 1), "more than one line: %s", err);
 }
 
-void cli_start_daemon(cli_env *e, const char *const *extra)
-{
+void cli_start_daemon(cli_env *e, const char *const *extra) {
     char log[128], out[128];
     /* No HTTP: parallel test daemons must not race for port 8787. */
     char *argv[DAEMON_ARGS_MAX] = {e->daemon_bin, "--ingest", e->ingest, "--query", e->query,
-                                   "--db", e->db, "--http", "off"};
+                                   "--db",        e->db,      "--http",  "off"};
     size_t n = 9, i;
     for (i = 0; extra != NULL && extra[i] != NULL; i++) {
         cr_assert_lt(n + 1, DAEMON_ARGS_MAX, "too many daemon arguments");
@@ -121,26 +111,22 @@ void cli_start_daemon(cli_env *e, const char *const *extra)
         code = cli_run(e, st, &o, &er);
         free(o);
         free(er);
-        if (code == 0)
-            return;
+        if (code == 0) return;
         cli_pause();
     }
     cr_assert_fail("altgradd never answered on %s", e->query);
 }
 
-int cli_stop_daemon(cli_env *e)
-{
+int cli_stop_daemon(cli_env *e) {
     int code;
-    if (e->daemon_pid <= 0)
-        return -1;
+    if (e->daemon_pid <= 0) return -1;
     kill(e->daemon_pid, SIGTERM);
     code = wait_exit(e->daemon_pid);
     e->daemon_pid = -1;
     return code;
 }
 
-void cli_env_init(cli_env *e)
-{
+void cli_env_init(cli_env *e) {
     const char *build = getenv("AG_BUILD_DIR");
     memset(e, 0, sizeof *e);
     e->daemon_pid = -1;
@@ -155,8 +141,7 @@ void cli_env_init(cli_env *e)
     snprintf(e->trainer, sizeof e->trainer, "%s/examples/ag_mlp_train", build);
 }
 
-void cli_env_fini(cli_env *e)
-{
+void cli_env_fini(cli_env *e) {
     char cmd[128];
     if (e->daemon_pid > 0) {
         kill(e->daemon_pid, SIGKILL);
@@ -165,7 +150,6 @@ void cli_env_fini(cli_env *e)
     }
     if (e->dir[0] != '\0') {
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", e->dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", e->dir);
+        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", e->dir);
     }
 }

@@ -12,14 +12,14 @@
 #define CLI_POLL_TRIES 300 /* x 50 ms: a bound on waiting, not a timing assertion */
 
 typedef struct cli_env {
-    char dir[64];          /* the temporary folder, removed by cli_env_fini */
-    char ingest[128];      /* ipc:// URLs in dir */
+    char dir[64];     /* the temporary folder, removed by cli_env_fini */
+    char ingest[128]; /* ipc:// URLs in dir */
     char query[128];
-    char db[128];          /* the database file in dir */
-    char cli[512];         /* the programs of $AG_BUILD_DIR */
+    char db[128];  /* the database file in dir */
+    char cli[512]; /* the programs of $AG_BUILD_DIR */
     char daemon_bin[512];
     char trainer[512];
-    pid_t daemon_pid;      /* -1 when no daemon runs */
+    pid_t daemon_pid; /* -1 when no daemon runs */
 } cli_env;
 
 /* Makes the folder and the paths (fails the test without $AG_BUILD_DIR). */

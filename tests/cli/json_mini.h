@@ -14,10 +14,10 @@ typedef struct jm_value {
     jm_type type;
     int boolean;
     double number;
-    char *string;             /* JM_STRING: decoded UTF-8 (NUL-terminated) */
-    size_t n;                 /* JM_ARRAY / JM_OBJECT: element count */
-    struct jm_value *items;   /* elements / member values */
-    char **keys;              /* JM_OBJECT: member names */
+    char *string;           /* JM_STRING: decoded UTF-8 (NUL-terminated) */
+    size_t n;               /* JM_ARRAY / JM_OBJECT: element count */
+    struct jm_value *items; /* elements / member values */
+    char **keys;            /* JM_OBJECT: member names */
 } jm_value;
 
 /* Parses the whole of text (surrounding whitespace allowed); NULL if it is

@@ -10,14 +10,14 @@
 
 #define ARGV(...) ((char *[]){"altgrad", __VA_ARGS__, NULL})
 #define ARGC(...) ((int)(sizeof((char *[]){"altgrad", __VA_ARGS__}) / sizeof(char *)))
-#define PARSE(a, err, ...) ag_cli_parse(ARGC(__VA_ARGS__), ARGV(__VA_ARGS__), (a), (err), sizeof(err))
+#define PARSE(a, err, ...)                                                                         \
+    ag_cli_parse(ARGC(__VA_ARGS__), ARGV(__VA_ARGS__), (a), (err), sizeof(err))
 
-Test(args, options_may_stand_before_the_command)
-{
+Test(args, options_may_stand_before_the_command) {
     ag_cli_args a;
     char err[256];
-    cr_assert_eq(PARSE(&a, err, "--json", "--db", "x.db", "history", "r1", "fc1.weight"), 0,
-                 "%s", err);
+    cr_assert_eq(PARSE(&a, err, "--json", "--db", "x.db", "history", "r1", "fc1.weight"), 0, "%s",
+                 err);
     cr_assert_eq(a.cmd, AG_CMD_HISTORY);
     cr_assert_eq(a.mode, AG_CLI_JSON);
     cr_assert_str_eq(a.db_path, "x.db");
@@ -26,8 +26,7 @@ Test(args, options_may_stand_before_the_command)
     cr_assert_null(a.format);
 }
 
-Test(args, options_may_stand_after_and_between_the_arguments)
-{
+Test(args, options_may_stand_after_and_between_the_arguments) {
     ag_cli_args a;
     char err[256];
     cr_assert_eq(PARSE(&a, err, "history", "r1", "--format", "E3M4", "fc1.weight", "--from=5",
@@ -43,28 +42,26 @@ Test(args, options_may_stand_after_and_between_the_arguments)
     cr_assert_eq(a.mode, AG_CLI_CSV);
 }
 
-Test(args, top_takes_window_and_limit)
-{
+Test(args, top_takes_window_and_limit) {
     ag_cli_args a;
     char err[256];
-    cr_assert_eq(PARSE(&a, err, "top", "r1", "--window", "50", "--limit", "3",
-                       "--query", "ipc:///tmp/q.sock"), 0, "%s", err);
+    cr_assert_eq(PARSE(&a, err, "top", "r1", "--window", "50", "--limit", "3", "--query",
+                       "ipc:///tmp/q.sock"),
+                 0, "%s", err);
     cr_assert_eq(a.cmd, AG_CMD_TOP);
     cr_assert_eq(a.window, 50);
     cr_assert_eq(a.limit, 3);
     cr_assert_str_eq(a.query_url, "ipc:///tmp/q.sock");
 }
 
-Test(args, double_dash_makes_the_rest_positional)
-{
+Test(args, double_dash_makes_the_rest_positional) {
     ag_cli_args a;
     char err[256];
     cr_assert_eq(PARSE(&a, err, "tensors", "--", "--weird-run"), 0, "%s", err);
     cr_assert_str_eq(a.run, "--weird-run");
 }
 
-Test(args, help_and_version_need_no_command)
-{
+Test(args, help_and_version_need_no_command) {
     ag_cli_args a;
     char err[256];
     cr_assert_eq(PARSE(&a, err, "--help"), 0);
@@ -75,41 +72,36 @@ Test(args, help_and_version_need_no_command)
     cr_assert(a.help);
 }
 
-Test(args, report_accepts_a_list_of_formats_and_a_width)
-{
+Test(args, report_accepts_a_list_of_formats_and_a_width) {
     ag_cli_args a;
     char err[256];
-    cr_assert_eq(PARSE(&a, err, "report", "r1", "--format", "E5M2,E3M4", "--width", "20"), 0,
-                 "%s", err);
+    cr_assert_eq(PARSE(&a, err, "report", "r1", "--format", "E5M2,E3M4", "--width", "20"), 0, "%s",
+                 err);
     cr_assert_str_eq(a.format, "E5M2,E3M4");
     cr_assert_eq(a.width, 20);
 }
 
 /* Every usage error is one line: no newline inside, something said. */
-static void expect_usage_error(int rc, const char *err, const char *needle)
-{
+static void expect_usage_error(int rc, const char *err, const char *needle) {
     cr_assert_neq(rc, 0, "expected a usage error");
     cr_assert_gt(strlen(err), 0);
     cr_assert_null(strchr(err, '\n'), "error must be one line: %s", err);
     cr_assert_not_null(strstr(err, needle), "'%s' does not mention '%s'", err, needle);
 }
 
-Test(args, unknown_command_is_a_usage_error)
-{
+Test(args, unknown_command_is_a_usage_error) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "frobnicate"), err, "frobnicate");
 }
 
-Test(args, missing_command_is_a_usage_error)
-{
+Test(args, missing_command_is_a_usage_error) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "--json"), err, "no command");
 }
 
-Test(args, wrong_number_of_arguments_is_a_usage_error)
-{
+Test(args, wrong_number_of_arguments_is_a_usage_error) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "history", "r1"), err, "history RUN TENSOR");
@@ -117,24 +109,21 @@ Test(args, wrong_number_of_arguments_is_a_usage_error)
     expect_usage_error(PARSE(&a, err, "tensors"), err, "tensors RUN");
 }
 
-Test(args, unknown_option_is_a_usage_error)
-{
+Test(args, unknown_option_is_a_usage_error) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "runs", "--bogus"), err, "--bogus");
     expect_usage_error(PARSE(&a, err, "runs", "-x"), err, "-x");
 }
 
-Test(args, option_of_another_command_is_a_usage_error)
-{
+Test(args, option_of_another_command_is_a_usage_error) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "scales", "r1", "--every", "3"), err, "--every");
     expect_usage_error(PARSE(&a, err, "runs", "--format", "E5M2"), err, "--format");
 }
 
-Test(args, numbers_must_be_plain_non_negative_integers)
-{
+Test(args, numbers_must_be_plain_non_negative_integers) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "history", "r", "t", "--from", "-1"), err, "-1");
@@ -144,32 +133,27 @@ Test(args, numbers_must_be_plain_non_negative_integers)
                        "--window");
 }
 
-Test(args, missing_option_value_is_a_usage_error)
-{
+Test(args, missing_option_value_is_a_usage_error) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "top", "r1", "--limit"), err, "--limit");
 }
 
-Test(args, from_after_to_is_a_usage_error)
-{
+Test(args, from_after_to_is_a_usage_error) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "history", "r", "t", "--from", "9", "--to", "3"), err,
                        "--from");
 }
 
-Test(args, conflicting_sources_or_modes_are_usage_errors)
-{
+Test(args, conflicting_sources_or_modes_are_usage_errors) {
     ag_cli_args a;
     char err[256];
-    expect_usage_error(PARSE(&a, err, "runs", "--db", "a.db", "--query", "ipc://x"), err,
-                       "--db");
+    expect_usage_error(PARSE(&a, err, "runs", "--db", "a.db", "--query", "ipc://x"), err, "--db");
     expect_usage_error(PARSE(&a, err, "runs", "--json", "--csv"), err, "--json");
 }
 
-Test(args, bad_format_names_are_usage_errors)
-{
+Test(args, bad_format_names_are_usage_errors) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "scales", "r", "--format", "E5 M2"), err, "format");
@@ -179,22 +163,19 @@ Test(args, bad_format_names_are_usage_errors)
                        "format");
 }
 
-Test(args, value_given_to_a_flag_is_a_usage_error)
-{
+Test(args, value_given_to_a_flag_is_a_usage_error) {
     ag_cli_args a;
     char err[256];
     expect_usage_error(PARSE(&a, err, "runs", "--json=yes"), err, "--json");
 }
 
-Test(args, command_names_are_known)
-{
+Test(args, command_names_are_known) {
     cr_assert_str_eq(ag_cli_cmd_name(AG_CMD_HISTORY), "history");
     cr_assert_null(ag_cli_cmd_name(AG_CMD_NONE));
     cr_assert_not_null(strstr(ag_cli_usage(), "history RUN TENSOR"));
 }
 
-Test(args, timeout_is_milliseconds_for_the_daemon_only)
-{
+Test(args, timeout_is_milliseconds_for_the_daemon_only) {
     ag_cli_args a;
     char err[256];
     cr_assert_eq(PARSE(&a, err, "status", "--timeout", "250"), 0, "%s", err);

@@ -17,20 +17,13 @@
 
 static cli_env E;
 
-static void setup(void)
-{
-    cli_env_init(&E);
-}
+static void setup(void) { cli_env_init(&E); }
 
-static void teardown(void)
-{
-    cli_env_fini(&E);
-}
+static void teardown(void) { cli_env_fini(&E); }
 
-static void check_point_keys(const jm_value *p)
-{
-    static const char *const keys[] = {"step", "stalled", "total", "stall_rate", "flips",
-                                       "overflow", "underflow", "amax", "scale"};
+static void check_point_keys(const jm_value *p) {
+    static const char *const keys[] = {"step",     "stalled",   "total", "stall_rate", "flips",
+                                       "overflow", "underflow", "amax",  "scale"};
     size_t i;
     cr_assert_eq(p->type, JM_OBJECT);
     for (i = 0; i < sizeof keys / sizeof keys[0]; i++) {
@@ -41,10 +34,9 @@ static void check_point_keys(const jm_value *p)
 }
 
 /* `altgrad history` of fc1.weight until all STEPS points are committed. */
-static char *history_json(const char *source_flag, const char *source)
-{
-    char *argv[] = {E.cli, (char *)source_flag, (char *)source, "history", "t1", "fc1.weight",
-                    "--json", NULL};
+static char *history_json(const char *source_flag, const char *source) {
+    char *argv[] = {E.cli, (char *)source_flag, (char *)source, "history",
+                    "t1",  "fc1.weight",        "--json",       NULL};
     int i;
     for (i = 0; i < CLI_POLL_TRIES; i++) {
         char *out, *err;
@@ -67,12 +59,11 @@ static char *history_json(const char *source_flag, const char *source)
     return NULL;
 }
 
-Test(cli_daemon, trainer_data_reads_the_same_through_the_daemon_and_the_db_file,
-     .init = setup, .fini = teardown, .timeout = 240)
-{
+Test(cli_daemon, trainer_data_reads_the_same_through_the_daemon_and_the_db_file, .init = setup,
+     .fini = teardown, .timeout = 240) {
     char *out, *err, *via_daemon, *via_db;
-    char *train[] = {E.trainer, "--ingest", E.ingest, "--query", E.query, "--run", "t1",
-                     "--steps", "6", "--hidden", "8", "--batch", "16", NULL};
+    char *train[] = {E.trainer, "--ingest", E.ingest,   "--query", E.query,   "--run", "t1",
+                     "--steps", "6",        "--hidden", "8",       "--batch", "16",    NULL};
     jm_value *doc;
     const jm_value *pts;
     size_t i;
@@ -124,8 +115,7 @@ Test(cli_daemon, trainer_data_reads_the_same_through_the_daemon_and_the_db_file,
         list = jm_get(doc, "tensors");
         cr_assert_not_null(list);
         for (i = 0; i < list->n; i++)
-            if (strcmp(jm_get(&list->items[i], "name")->string, "fc3.bias") == 0)
-                found = 1;
+            if (strcmp(jm_get(&list->items[i], "name")->string, "fc3.bias") == 0) found = 1;
         cr_assert(found, "fc3.bias missing from %s", out);
         jm_free(doc);
         free(out);
@@ -141,8 +131,7 @@ Test(cli_daemon, trainer_data_reads_the_same_through_the_daemon_and_the_db_file,
         free(err);
     }
     {
-        char *top[] = {E.cli, "--query", E.query, "top", "t1", "--format", "E3M4", "--json",
-                       NULL};
+        char *top[] = {E.cli, "--query", E.query, "top", "t1", "--format", "E3M4", "--json", NULL};
         code = cli_run(&E, top, &out, &err);
         cr_assert_eq(code, 0, "top: %s", err);
         doc = jm_parse(out);
@@ -195,8 +184,7 @@ Test(cli_daemon, trainer_data_reads_the_same_through_the_daemon_and_the_db_file,
     free(via_daemon);
 }
 
-Test(cli_daemon, usage_errors_exit_2_with_one_line, .init = setup, .fini = teardown)
-{
+Test(cli_daemon, usage_errors_exit_2_with_one_line, .init = setup, .fini = teardown) {
     char *cases[][8] = {
         {E.cli, "history", "t1", NULL},
         {E.cli, "frobnicate", NULL},
@@ -216,8 +204,7 @@ Test(cli_daemon, usage_errors_exit_2_with_one_line, .init = setup, .fini = teard
     }
 }
 
-Test(cli_daemon, missing_database_file_is_one_error_line, .init = setup, .fini = teardown)
-{
+Test(cli_daemon, missing_database_file_is_one_error_line, .init = setup, .fini = teardown) {
     char path[128], *out, *err;
     char *argv[] = {E.cli, "--db", path, "runs", NULL};
     int code;

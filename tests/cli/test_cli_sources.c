@@ -22,15 +22,9 @@
 
 static cli_env E;
 
-static void setup(void)
-{
-    cli_env_init(&E);
-}
+static void setup(void) { cli_env_init(&E); }
 
-static void teardown(void)
-{
-    cli_env_fini(&E);
-}
+static void teardown(void) { cli_env_fini(&E); }
 
 TestSuite(cli_sources, .init = setup, .fini = teardown, .timeout = 300);
 
@@ -89,37 +83,30 @@ typedef struct answer {
     char *out, *err;
 } answer;
 
-static void describe(const command *c, const char *mode, char *buf, size_t cap)
-{
+static void describe(const command *c, const char *mode, char *buf, size_t cap) {
     size_t len = 0, i;
     buf[0] = '\0';
     for (i = 0; c->words[i] != NULL && len < cap; i++)
         len += (size_t)snprintf(buf + len, cap - len, "%s ", c->words[i]);
-    if (len < cap)
-        snprintf(buf + len, cap - len, "%s", mode ? mode : "(table)");
+    if (len < cap) snprintf(buf + len, cap - len, "%s", mode ? mode : "(table)");
 }
 
-static answer ask(const char *source_flag, const char *source, const command *c,
-                  const char *mode)
-{
+static answer ask(const char *source_flag, const char *source, const command *c, const char *mode) {
     char *argv[ARGS_MAX + 6];
     size_t n = 0, i;
     answer a;
     argv[n++] = E.cli;
     argv[n++] = (char *)source_flag;
     argv[n++] = (char *)source;
-    if (mode != NULL)
-        argv[n++] = (char *)mode;
-    for (i = 0; c->words[i] != NULL; i++)
-        argv[n++] = (char *)c->words[i];
+    if (mode != NULL) argv[n++] = (char *)mode;
+    for (i = 0; c->words[i] != NULL; i++) argv[n++] = (char *)c->words[i];
     argv[n] = NULL;
     a.code = cli_run(&E, argv, &a.out, &a.err);
     return a;
 }
 
 /* The value of key in the flat JSON object text ("" when absent); in buf. */
-static const char *json_field(const char *doc, const char *key, char *buf, size_t cap)
-{
+static const char *json_field(const char *doc, const char *key, char *buf, size_t cap) {
     jm_value *v = jm_parse(doc);
     const jm_value *f = v ? jm_get(v, key) : NULL;
     buf[0] = '\0';
@@ -132,19 +119,16 @@ static const char *json_field(const char *doc, const char *key, char *buf, size_
 }
 
 /* The status fields that may differ between the two sources (docs/cli.md). */
-static int is_source_dependent(const char *key, size_t len)
-{
+static int is_source_dependent(const char *key, size_t len) {
     static const char *const keys[] = {"source", "address", "uptime_s", "queue_depth", "store"};
     size_t i;
     for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        if (strlen(keys[i]) == len && strncmp(keys[i], key, len) == 0)
-            return 1;
+        if (strlen(keys[i]) == len && strncmp(keys[i], key, len) == 0) return 1;
     return 0;
 }
 
 /* Appends text[0..len) to the growing string *s. */
-static void put(char **s, size_t *len, const char *text, size_t n)
-{
+static void put(char **s, size_t *len, const char *text, size_t n) {
     char *g = realloc(*s, *len + n + 1);
     cr_assert_not_null(g);
     memcpy(g + *len, text, n);
@@ -155,8 +139,7 @@ static void put(char **s, size_t *len, const char *text, size_t n)
 
 /* The end of the field (CSV) or member value (JSON) starting at p: the next
  * top-level comma, closing brace or line end, quotes respected. */
-static const char *field_end(const char *p, int json)
-{
+static const char *field_end(const char *p, int json) {
     int quoted = 0;
     for (; *p != '\0'; p++) {
         if (quoted) {
@@ -179,8 +162,7 @@ static const char *field_end(const char *p, int json)
  * it was printed: "key: value" lines (table), {"key":value,...} (JSON), or a
  * header line and one row (CSV). Everything else is kept byte for byte.
  */
-static char *normalise_status(const char *text, const char *mode)
-{
+static char *normalise_status(const char *text, const char *mode) {
     char *s = NULL;
     size_t len = 0;
     put(&s, &len, "", 0);
@@ -211,8 +193,7 @@ static char *normalise_status(const char *text, const char *mode)
                 put(&s, &len, "*", 1);
             else
                 put(&s, &len, kend + 2, (size_t)(vend - kend - 2));
-            if (*vend == ',')
-                put(&s, &len, vend++, 1);
+            if (*vend == ',') put(&s, &len, vend++, 1);
             p = vend;
         }
         put(&s, &len, p, strlen(p));
@@ -227,8 +208,7 @@ static char *normalise_status(const char *text, const char *mode)
                 put(&s, &len, "*", 1);
             else
                 put(&s, &len, r, (size_t)(rend - r));
-            if (*rend == ',')
-                put(&s, &len, rend, 1);
+            if (*rend == ',') put(&s, &len, rend, 1);
             h = *hend == ',' ? hend + 1 : hend;
             r = *rend == ',' ? rend + 1 : rend;
         }
@@ -241,10 +221,10 @@ static char *normalise_status(const char *text, const char *mode)
  * until the daemon has committed its end: run_end is the trainer's last
  * message and its commit holds every row before it, so the file is then
  * complete for that run. */
-static void train(const char *run, const char *steps)
-{
-    char *argv[] = {E.trainer, "--ingest", E.ingest, "--query", E.query, "--run", (char *)run,
-                    "--steps", (char *)steps, "--hidden", "8", "--batch", "16", NULL};
+static void train(const char *run, const char *steps) {
+    char *argv[] = {E.trainer, "--ingest",  E.ingest,  "--query",     E.query,
+                    "--run",   (char *)run, "--steps", (char *)steps, "--hidden",
+                    "8",       "--batch",   "16",      NULL};
     char *runs[] = {E.cli, "--query", E.query, "--json", "runs", NULL};
     char *out, *err;
     int code = cli_run(&E, argv, &out, &err), i;
@@ -269,15 +249,13 @@ static void train(const char *run, const char *steps)
         jm_free(doc);
         free(out);
         free(err);
-        if (ended)
-            return;
+        if (ended) return;
         cli_pause();
     }
     cr_assert_fail("run %s never ended in the database", run);
 }
 
-Test(cli_sources, every_command_prints_the_same_through_the_daemon_and_from_the_file)
-{
+Test(cli_sources, every_command_prints_the_same_through_the_daemon_and_from_the_file) {
     const char *const configured[] = {"--define-format", "E4M3=4,3,7,nan", "--formats",
                                       "E5M2,E4M3,E3M4", NULL};
     static answer via_daemon[NCOMMANDS][NMODES];
@@ -314,8 +292,10 @@ Test(cli_sources, every_command_prints_the_same_through_the_daemon_and_from_the_
             if (strcmp(commands[c].words[0], "status") == 0) {
                 char *nd = normalise_status(d.out, modes[m]);
                 char *nf = normalise_status(f.out, modes[m]);
-                cr_assert_str_eq(nd, nf, "%s differs beyond source, address, uptime_s, store and "
-                                 "queue_depth:\n--- daemon\n%s--- file\n%s", what, d.out, f.out);
+                cr_assert_str_eq(nd, nf,
+                                 "%s differs beyond source, address, uptime_s, store and "
+                                 "queue_depth:\n--- daemon\n%s--- file\n%s",
+                                 what, d.out, f.out);
                 free(nd);
                 free(nf);
             } else {

@@ -20,18 +20,30 @@ static char db_path[128];
 /* Run "r1": weight tensor fc1.weight with E5M2 results at steps 1..4
  * (stalled = step, total = 10, scale = step / 8) and E3M4 at steps 1..4
  * (stalled 0); activation tensor fc1.out with statistics only. */
-static void fill(void)
-{
+static void fill(void) {
     ag_store *st = NULL;
     uint64_t step;
-    ag_store_run_row run = {.id = 1, .name = "r1", .host = "h", .pid = 7, .client_id = 9,
-                            .started_ms = 1000, .metadata = "{\"note\":\"a,\\\"b\"}"};
+    ag_store_run_row run = {.id = 1,
+                            .name = "r1",
+                            .host = "h",
+                            .pid = 7,
+                            .client_id = 9,
+                            .started_ms = 1000,
+                            .metadata = "{\"note\":\"a,\\\"b\"}"};
     ag_store_run_delta rd = {.run_id = 1, .messages = 8, .last_step = 4};
-    ag_store_tensor_delta w = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .numel = 10,
-                               .first_step = 1, .last_step = 4, .snapshots = 4,
+    ag_store_tensor_delta w = {.tensor_id = 1,
+                               .role = AG_ROLE_WEIGHT,
+                               .numel = 10,
+                               .first_step = 1,
+                               .last_step = 4,
+                               .snapshots = 4,
                                .last_amax = 0.5};
-    ag_store_tensor_delta act = {.tensor_id = 2, .role = AG_ROLE_ACTIVATION, .numel = 64,
-                                 .first_step = 1, .last_step = 4, .last_amax = 3.0};
+    ag_store_tensor_delta act = {.tensor_id = 2,
+                                 .role = AG_ROLE_ACTIVATION,
+                                 .numel = 64,
+                                 .first_step = 1,
+                                 .last_step = 4,
+                                 .last_amax = 3.0};
 
     cr_assert_eq(ag_store_open(&st, db_path, AG_STORE_CREATE), AG_OK);
     cr_assert_eq(ag_store_begin(st), AG_OK);
@@ -41,11 +53,15 @@ static void fill(void)
     cr_assert_eq(ag_store_put_tensor(st, 1, 1, "fc1.weight", AG_ROLE_WEIGHT), AG_OK);
     cr_assert_eq(ag_store_put_tensor(st, 2, 1, "fc1.out", AG_ROLE_ACTIVATION), AG_OK);
     for (step = 1; step <= 4; step++) {
-        ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step,
-                                 .counts = {.stalled = step, .total = 10}, .flips = 1,
-                                 .amax = 0.5, .scale = (double)step / 8};
-        ag_store_stats_row s = {.tensor_id = 2, .role = AG_ROLE_ACTIVATION, .step = step,
-                                .amax = 3.0, .numel = 64};
+        ag_store_result_row r = {.tensor_id = 1,
+                                 .format_id = 1,
+                                 .step = step,
+                                 .counts = {.stalled = step, .total = 10},
+                                 .flips = 1,
+                                 .amax = 0.5,
+                                 .scale = (double)step / 8};
+        ag_store_stats_row s = {
+            .tensor_id = 2, .role = AG_ROLE_ACTIVATION, .step = step, .amax = 3.0, .numel = 64};
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
         r.format_id = 2;
         r.counts.stalled = 0;
@@ -59,16 +75,14 @@ static void fill(void)
     ag_store_close(st);
 }
 
-static void setup(void)
-{
+static void setup(void) {
     snprintf(dir, sizeof dir, "/tmp/ag-clicmd-XXXXXX");
     cr_assert_not_null(mkdtemp(dir));
     snprintf(db_path, sizeof db_path, "%s/t.db", dir);
     fill();
 }
 
-static void teardown(void)
-{
+static void teardown(void) {
     char path[160];
     static const char *const suffix[] = {"", "-wal", "-shm"};
     size_t i;
@@ -81,8 +95,7 @@ static void teardown(void)
 
 /* Parses argv as the CLI would (with --db added) and runs the command;
  * returns its ag_err, *out gets stdout, err the error line. */
-static int cli(char **out, char *err, size_t cap, int argc, char **argv)
-{
+static int cli(char **out, char *err, size_t cap, int argc, char **argv) {
     char *full[16];
     ag_cli_args a;
     ag_cli_source src;
@@ -94,8 +107,7 @@ static int cli(char **out, char *err, size_t cap, int argc, char **argv)
     full[0] = "altgrad";
     full[1] = "--db";
     full[2] = db_path;
-    for (i = 0; i < argc; i++)
-        full[3 + i] = argv[i];
+    for (i = 0; i < argc; i++) full[3 + i] = argv[i];
     cr_assert_eq(ag_cli_parse(argc + 3, full, &a, err, cap), AG_OK, "%s", err);
     rc = ag_cli_source_open(&src, &a, err, cap);
     cr_assert_eq(rc, AG_OK, "%s", err);
@@ -107,14 +119,13 @@ static int cli(char **out, char *err, size_t cap, int argc, char **argv)
     return rc;
 }
 
-#define CLI(out, err, ...)                                                                 \
-    cli((out), (err), sizeof(err), (int)(sizeof((char *[]){__VA_ARGS__}) / sizeof(char *)), \
+#define CLI(out, err, ...)                                                                         \
+    cli((out), (err), sizeof(err), (int)(sizeof((char *[]){__VA_ARGS__}) / sizeof(char *)),        \
         (char *[]){__VA_ARGS__})
 
 TestSuite(commands, .init = setup, .fini = teardown);
 
-Test(commands, history_json_carries_every_point_with_its_numbers)
-{
+Test(commands, history_json_carries_every_point_with_its_numbers) {
     char *out, err[512];
     jm_value *doc;
     const jm_value *pts;
@@ -141,8 +152,7 @@ Test(commands, history_json_carries_every_point_with_its_numbers)
     free(out);
 }
 
-Test(commands, history_every_sums_buckets_and_csv_has_one_line_per_bucket)
-{
+Test(commands, history_every_sums_buckets_and_csv_has_one_line_per_bucket) {
     char *out, err[512];
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--every", "2", "--csv"), AG_OK,
                  "%s", err);
@@ -153,8 +163,7 @@ Test(commands, history_every_sums_buckets_and_csv_has_one_line_per_bucket)
     free(out);
 }
 
-Test(commands, runs_csv_quotes_the_metadata)
-{
+Test(commands, runs_csv_quotes_the_metadata) {
     char *out, err[512];
     cr_assert_eq(CLI(&out, err, "runs", "--csv"), AG_OK, "%s", err);
     cr_assert_str_eq(out, "name,host,pid,client_id,started_ms,ended_ms,last_step,messages,"
@@ -163,8 +172,7 @@ Test(commands, runs_csv_quotes_the_metadata)
     free(out);
 }
 
-Test(commands, tensors_table_names_roles)
-{
+Test(commands, tensors_table_names_roles) {
     char *out, err[512];
     cr_assert_eq(CLI(&out, err, "tensors", "r1"), AG_OK, "%s", err);
     cr_assert_not_null(strstr(out, "fc1.out     activation"), "%s", out);
@@ -172,8 +180,7 @@ Test(commands, tensors_table_names_roles)
     free(out);
 }
 
-Test(commands, top_ranks_by_stall_rate_in_the_format_asked)
-{
+Test(commands, top_ranks_by_stall_rate_in_the_format_asked) {
     char *out, err[512];
     jm_value *doc;
     const jm_value *items;
@@ -190,8 +197,7 @@ Test(commands, top_ranks_by_stall_rate_in_the_format_asked)
     free(out);
 }
 
-Test(commands, report_covers_weight_tensors_in_every_known_format)
-{
+Test(commands, report_covers_weight_tensors_in_every_known_format) {
     char *out, err[512];
     jm_value *doc;
     const jm_value *rows;
@@ -222,8 +228,7 @@ Test(commands, report_covers_weight_tensors_in_every_known_format)
     free(out);
 }
 
-Test(commands, unknown_run_is_not_found_with_one_line)
-{
+Test(commands, unknown_run_is_not_found_with_one_line) {
     char *out, err[512];
     cr_assert_eq(CLI(&out, err, "tensors", "nope"), AG_ENOTFOUND);
     cr_assert_null(strchr(err, '\n'));
@@ -232,17 +237,14 @@ Test(commands, unknown_run_is_not_found_with_one_line)
     free(out);
 }
 
-Test(commands, unknown_format_is_not_found)
-{
+Test(commands, unknown_format_is_not_found) {
     char *out, err[512];
-    cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E7M0"),
-                 AG_ENOTFOUND);
+    cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E7M0"), AG_ENOTFOUND);
     cr_assert_not_null(strstr(err, "E7M0"), "%s", err);
     free(out);
 }
 
-Test(commands, status_reads_counts_from_the_file)
-{
+Test(commands, status_reads_counts_from_the_file) {
     char *out, err[512];
     jm_value *doc;
     cr_assert_eq(CLI(&out, err, "status", "--json"), AG_OK, "%s", err);
@@ -261,8 +263,7 @@ Test(commands, status_reads_counts_from_the_file)
     free(out);
 }
 
-Test(commands, missing_database_file_fails_to_open_with_one_line)
-{
+Test(commands, missing_database_file_fails_to_open_with_one_line) {
     char path[160], err[512];
     char *argv[] = {"altgrad", "--db", path, "runs", NULL};
     ag_cli_args a;

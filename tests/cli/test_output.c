@@ -19,70 +19,63 @@ typedef struct capture {
     FILE *f;
 } capture;
 
-static void cap_open(capture *c)
-{
+static void cap_open(capture *c) {
     c->text = NULL;
     c->len = 0;
     c->f = open_memstream(&c->text, &c->len);
     cr_assert_not_null(c->f);
 }
 
-static char *cap_close(capture *c)
-{
+static char *cap_close(capture *c) {
     fclose(c->f);
     return c->text;
 }
 
-static char *json_of(const char *s)
-{
+static char *json_of(const char *s) {
     capture c;
     cap_open(&c);
     ag_cli_json_string(c.f, s);
     return cap_close(&c);
 }
 
-static char *csv_of(const char *s)
-{
+static char *csv_of(const char *s) {
     capture c;
     cap_open(&c);
     ag_cli_csv_field(c.f, s);
     return cap_close(&c);
 }
 
-static char *render(const ag_cli_doc *d, ag_cli_mode mode)
-{
+static char *render(const ag_cli_doc *d, ag_cli_mode mode) {
     capture c;
     cap_open(&c);
     cr_assert_eq(ag_cli_render(c.f, d, mode), 0);
     return cap_close(&c);
 }
 
-Test(output, json_string_escapes_quotes_backslashes_and_controls)
-{
+Test(output, json_string_escapes_quotes_backslashes_and_controls) {
     char *s = json_of("a\"b\\c\nd\te\r\x01\x1f\x7f");
     cr_assert_str_eq(s, "\"a\\\"b\\\\c\\nd\\te\\r\\u0001\\u001f\\u007f\"");
     free(s);
 }
 
-Test(output, json_string_keeps_valid_utf8_and_replaces_invalid_bytes)
-{
+Test(output, json_string_keeps_valid_utf8_and_replaces_invalid_bytes) {
     char *s = json_of("\xc3\xa9\xe2\x96\x81\xf0\x9f\x98\x80");
     cr_assert_str_eq(s, "\"\xc3\xa9\xe2\x96\x81\xf0\x9f\x98\x80\"");
     free(s);
-    s = json_of("x\xff" "y\xc3" "z\xed\xa0\x80"); /* stray byte, cut sequence, surrogate */
+    s = json_of("x\xff"
+                "y\xc3"
+                "z\xed\xa0\x80"); /* stray byte, cut sequence, surrogate */
     cr_assert_str_eq(s, "\"x\\ufffdy\\ufffdz\\ufffd\\ufffd\\ufffd\"");
     free(s);
 }
 
-Test(output, json_string_of_null_is_the_empty_string)
-{
+Test(output, json_string_of_null_is_the_empty_string) {
     char *s = json_of(NULL);
     cr_assert_str_eq(s, "\"\"");
     free(s);
 }
 
-Test(output, json_string_round_trips_through_a_strict_parser)
-{
+Test(output, json_string_round_trips_through_a_strict_parser) {
     const char *raw = "tab\there \"quoted\" back\\slash \x02 caf\xc3\xa9";
     char *s = json_of(raw);
     jm_value *v = jm_parse(s);
@@ -93,15 +86,13 @@ Test(output, json_string_round_trips_through_a_strict_parser)
     free(s);
 }
 
-Test(output, csv_field_is_bare_when_nothing_needs_quoting)
-{
+Test(output, csv_field_is_bare_when_nothing_needs_quoting) {
     char *s = csv_of("fc1.weight");
     cr_assert_str_eq(s, "fc1.weight");
     free(s);
 }
 
-Test(output, csv_field_quotes_commas_quotes_and_line_breaks_doubling_quotes)
-{
+Test(output, csv_field_quotes_commas_quotes_and_line_breaks_doubling_quotes) {
     char *s = csv_of("a,b");
     cr_assert_str_eq(s, "\"a,b\"");
     free(s);
@@ -119,8 +110,7 @@ Test(output, csv_field_quotes_commas_quotes_and_line_breaks_doubling_quotes)
     free(s);
 }
 
-Test(output, format_double_is_shortest_round_trip)
-{
+Test(output, format_double_is_shortest_round_trip) {
     char buf[64];
     ag_cli_format_double(buf, sizeof buf, 0.1);
     cr_assert_str_eq(buf, "0.1");
@@ -132,16 +122,14 @@ Test(output, format_double_is_shortest_round_trip)
     cr_assert_str_eq(buf, "1e-10");
 }
 
-Test(output, display_width_counts_code_points_not_bytes)
-{
+Test(output, display_width_counts_code_points_not_bytes) {
     cr_assert_eq(ag_cli_display_width("abc"), 3);
     cr_assert_eq(ag_cli_display_width("\xe2\x96\x81\xe2\x96\x88"), 2);
     cr_assert_eq(ag_cli_display_width(""), 0);
     cr_assert_eq(ag_cli_display_width(NULL), 0);
 }
 
-static void sample_doc(ag_cli_doc *d)
-{
+static void sample_doc(ag_cli_doc *d) {
     ag_cli_cell row[4];
     ag_cli_doc_init(d, "points");
     cr_assert_eq(ag_cli_doc_meta(d, "run", ag_cli_str("r\"1")), 0);
@@ -162,8 +150,7 @@ static void sample_doc(ag_cli_doc *d)
     cr_assert_eq(ag_cli_doc_row(d, row), 0);
 }
 
-Test(output, json_document_is_valid_with_meta_keys_and_a_row_array)
-{
+Test(output, json_document_is_valid_with_meta_keys_and_a_row_array) {
     ag_cli_doc d;
     char *s;
     jm_value *v;
@@ -189,8 +176,7 @@ Test(output, json_document_is_valid_with_meta_keys_and_a_row_array)
     ag_cli_doc_free(&d);
 }
 
-Test(output, json_document_with_no_rows_has_an_empty_array)
-{
+Test(output, json_document_with_no_rows_has_an_empty_array) {
     ag_cli_doc d;
     char *s;
     jm_value *v;
@@ -205,8 +191,7 @@ Test(output, json_document_with_no_rows_has_an_empty_array)
     ag_cli_doc_free(&d);
 }
 
-Test(output, record_document_renders_as_one_object_and_one_csv_row)
-{
+Test(output, record_document_renders_as_one_object_and_one_csv_row) {
     ag_cli_doc d;
     char *s;
     jm_value *v;
@@ -229,8 +214,7 @@ Test(output, record_document_renders_as_one_object_and_one_csv_row)
     ag_cli_doc_free(&d);
 }
 
-Test(output, csv_document_has_a_header_and_quoted_fields)
-{
+Test(output, csv_document_has_a_header_and_quoted_fields) {
     ag_cli_doc d;
     char *s;
     sample_doc(&d);
@@ -242,8 +226,7 @@ Test(output, csv_document_has_a_header_and_quoted_fields)
     ag_cli_doc_free(&d);
 }
 
-Test(output, table_aligns_text_left_and_numbers_right)
-{
+Test(output, table_aligns_text_left_and_numbers_right) {
     ag_cli_doc d;
     char *s;
     sample_doc(&d);
@@ -258,8 +241,7 @@ Test(output, table_aligns_text_left_and_numbers_right)
     ag_cli_doc_free(&d);
 }
 
-Test(output, table_aligns_multibyte_text_by_code_points)
-{
+Test(output, table_aligns_multibyte_text_by_code_points) {
     ag_cli_doc d;
     ag_cli_cell row[2];
     char *s;
@@ -280,8 +262,7 @@ Test(output, table_aligns_multibyte_text_by_code_points)
     ag_cli_doc_free(&d);
 }
 
-Test(output, table_replaces_control_characters_and_marks_empty_tables)
-{
+Test(output, table_replaces_control_characters_and_marks_empty_tables) {
     ag_cli_doc d;
     ag_cli_cell row[1];
     char *s;
@@ -298,8 +279,7 @@ Test(output, table_replaces_control_characters_and_marks_empty_tables)
     ag_cli_doc_free(&d);
 }
 
-Test(output, table_shows_times_in_utc_and_zero_time_as_a_dash)
-{
+Test(output, table_shows_times_in_utc_and_zero_time_as_a_dash) {
     ag_cli_doc d;
     char *s;
     ag_cli_doc_init(&d, NULL);
@@ -314,13 +294,11 @@ Test(output, table_shows_times_in_utc_and_zero_time_as_a_dash)
     ag_cli_doc_free(&d);
 }
 
-Test(output, doc_refuses_more_columns_than_it_holds)
-{
+Test(output, doc_refuses_more_columns_than_it_holds) {
     ag_cli_doc d;
     size_t i;
     ag_cli_doc_init(&d, "rows");
-    for (i = 0; i < AG_CLI_COLS_MAX; i++)
-        cr_assert_eq(ag_cli_doc_col(&d, "c"), 0);
+    for (i = 0; i < AG_CLI_COLS_MAX; i++) cr_assert_eq(ag_cli_doc_col(&d, "c"), 0);
     cr_assert_neq(ag_cli_doc_col(&d, "c"), 0);
     ag_cli_doc_free(&d);
 }

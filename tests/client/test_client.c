@@ -11,8 +11,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
-static ag_client *open_client(const tmp_endpoints *t, ag_client_opts *o)
-{
+static ag_client *open_client(const tmp_endpoints *t, ag_client_opts *o) {
     ag_client_opts defaults;
     if (!o) {
         memset(&defaults, 0, sizeof defaults);
@@ -20,20 +19,17 @@ static ag_client *open_client(const tmp_endpoints *t, ag_client_opts *o)
     }
     o->ingest_url = t->ingest;
     o->query_url = t->query;
-    if (!o->run)
-        o->run = "test-run";
+    if (!o->run) o->run = "test-run";
     /* the test receiver is no daemon and never confirms delivery: close
      * would wait out its default 2 s for the confirmation */
-    if (!o->close_timeout_ms)
-        o->close_timeout_ms = 100;
+    if (!o->close_timeout_ms) o->close_timeout_ms = 100;
     ag_client *c = NULL;
     int rc = ag_client_open(&c, o);
     cr_assert_eq(rc, AG_OK, "open: %s", ag_strerror(rc));
     return c;
 }
 
-Test(client, messages_arrive_in_order_with_consecutive_sequence_numbers)
-{
+Test(client, messages_arrive_in_order_with_consecutive_sequence_numbers) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -90,8 +86,7 @@ Test(client, messages_arrive_in_order_with_consecutive_sequence_numbers)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, a_full_queue_drops_counts_and_reports_the_drops)
-{
+Test(client, a_full_queue_drops_counts_and_reports_the_drops) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     /* no receiver yet: the sender cannot hand anything over */
@@ -146,8 +141,7 @@ typedef struct producer {
     volatile int done;
 } producer;
 
-static void *produce(void *arg)
-{
+static void *produce(void *arg) {
     producer *p = arg;
     for (int i = 1; i <= p->n; i++)
         if (ag_client_log_amax(p->c, (uint64_t)i, "blocked", AG_ROLE_WEIGHT, 1, 1, 0) != AG_OK)
@@ -156,8 +150,7 @@ static void *produce(void *arg)
     return NULL;
 }
 
-Test(client, the_block_policy_waits_for_room_and_loses_nothing)
-{
+Test(client, the_block_policy_waits_for_room_and_loses_nothing) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client_opts o = {.policy = AG_QUEUE_BLOCK, .queue_messages = 2, .batch_bytes = 1};
@@ -169,8 +162,7 @@ Test(client, the_block_policy_waits_for_room_and_loses_nothing)
     ag_client_stats st;
     for (int i = 0; i < RECV_BOUND_MS; i++) {
         ag_client_get_stats(c, &st);
-        if (st.queued >= 2 && st.records >= 2)
-            break;
+        if (st.queued >= 2 && st.records >= 2) break;
         sleep_ms(1);
     }
     cr_assert_geq(st.queued, 2);
@@ -199,8 +191,7 @@ Test(client, the_block_policy_waits_for_room_and_loses_nothing)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, the_client_reconnects_after_the_receiver_restarts)
-{
+Test(client, the_client_reconnects_after_the_receiver_restarts) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -248,8 +239,7 @@ Test(client, the_client_reconnects_after_the_receiver_restarts)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, logging_without_a_daemon_never_blocks_and_close_is_bounded)
-{
+Test(client, logging_without_a_daemon_never_blocks_and_close_is_bounded) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client_opts o = {.close_timeout_ms = 50};
@@ -266,8 +256,7 @@ Test(client, logging_without_a_daemon_never_blocks_and_close_is_bounded)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, close_counts_every_message_a_receiver_took_but_no_daemon_confirmed)
-{
+Test(client, close_counts_every_message_a_receiver_took_but_no_daemon_confirmed) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     /* accepts the connection and reads nothing: what is sent sits in its
@@ -290,8 +279,7 @@ Test(client, close_counts_every_message_a_receiver_took_but_no_daemon_confirmed)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, close_counts_queued_messages_not_those_refused_when_the_queue_was_full)
-{
+Test(client, close_counts_queued_messages_not_those_refused_when_the_queue_was_full) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     /* no receiver: nothing leaves the queue */
@@ -315,8 +303,7 @@ Test(client, close_counts_queued_messages_not_those_refused_when_the_queue_was_f
     tmp_endpoints_remove(&t);
 }
 
-Test(client, stats_are_computed_locally_for_every_dtype)
-{
+Test(client, stats_are_computed_locally_for_every_dtype) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -357,8 +344,7 @@ Test(client, stats_are_computed_locally_for_every_dtype)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, sampling_sends_the_same_fixed_subset_every_step)
-{
+Test(client, sampling_sends_the_same_fixed_subset_every_step) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -409,8 +395,7 @@ Test(client, sampling_sends_the_same_fixed_subset_every_step)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, misuse_gets_clear_errors)
-{
+Test(client, misuse_gets_clear_errors) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client *c = open_client(&t, NULL);
@@ -429,8 +414,14 @@ Test(client, misuse_gets_clear_errors)
     cr_assert_eq(ag_client_log_sgd(c, 0, "t", w, g, 2, (float)INFINITY), AG_EINVAL);
     cr_assert_eq(ag_client_log_update(c, 0, "t", w, NULL, 2), AG_EINVAL);
     const char *bad_fmt[1] = {"E9M9"};
-    ag_snapshot s = {.tensor = "t", .dtype = AG_DTYPE_F32, .w = w, .g = g, .n = 2, .lr = 1,
-                     .formats = bad_fmt, .nformats = 1};
+    ag_snapshot s = {.tensor = "t",
+                     .dtype = AG_DTYPE_F32,
+                     .w = w,
+                     .g = g,
+                     .n = 2,
+                     .lr = 1,
+                     .formats = bad_fmt,
+                     .nformats = 1};
     cr_assert_eq(ag_client_log_snapshot(c, &s), AG_EFORMAT);
     s.nformats = 0;
     s.u = g;
@@ -471,8 +462,7 @@ Test(client, misuse_gets_clear_errors)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, a_query_only_client_starts_no_run)
-{
+Test(client, a_query_only_client_starts_no_run) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client *c = open_client(&t, NULL);
@@ -484,8 +474,7 @@ Test(client, a_query_only_client_starts_no_run)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, default_run_name_and_environment_urls_are_used)
-{
+Test(client, default_run_name_and_environment_urls_are_used) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -517,8 +506,7 @@ typedef struct tagged_producer {
     pthread_t th;
 } tagged_producer;
 
-static void *produce_tagged(void *arg)
-{
+static void *produce_tagged(void *arg) {
     tagged_producer *p = arg;
     for (uint64_t step = 1; step <= 1000; step++)
         if (ag_client_log_amax(p->c, step, p->tensor, AG_ROLE_WEIGHT, 1, 1, 0) != AG_OK)
@@ -526,8 +514,7 @@ static void *produce_tagged(void *arg)
     return NULL;
 }
 
-Test(client, one_handle_is_safe_from_several_logging_threads)
-{
+Test(client, one_handle_is_safe_from_several_logging_threads) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -569,11 +556,12 @@ Test(client, one_handle_is_safe_from_several_logging_threads)
     tmp_endpoints_remove(&t);
 }
 
-Test(client, close_is_bounded_even_when_a_blocking_queue_is_full)
-{
+Test(client, close_is_bounded_even_when_a_blocking_queue_is_full) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
-    ag_client_opts o = {.policy = AG_QUEUE_BLOCK, .queue_messages = 1, .batch_bytes = 1 << 20,
+    ag_client_opts o = {.policy = AG_QUEUE_BLOCK,
+                        .queue_messages = 1,
+                        .batch_bytes = 1 << 20,
                         .close_timeout_ms = 50};
     ag_client *c = open_client(&t, &o);
     /* run_start fills the one-message queue; the record stays in the open batch */
@@ -584,13 +572,11 @@ Test(client, close_is_bounded_even_when_a_blocking_queue_is_full)
 }
 
 /* Wait (bounded) for a child; kill it and fail when it hangs. */
-static int wait_child(pid_t pid)
-{
+static int wait_child(pid_t pid) {
     for (int i = 0; i < RECV_BOUND_MS; i++) {
         int status = 0;
         pid_t got = waitpid(pid, &status, WNOHANG);
-        if (got == pid)
-            return status;
+        if (got == pid) return status;
         sleep_ms(1);
     }
     kill(pid, SIGKILL);
@@ -599,8 +585,7 @@ static int wait_child(pid_t pid)
     return -1;
 }
 
-Test(client, a_forked_child_is_refused_and_cannot_hang_or_break_the_parents_client)
-{
+Test(client, a_forked_child_is_refused_and_cannot_hang_or_break_the_parents_client) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -659,15 +644,13 @@ typedef struct snapshotter {
     int rc;
 } snapshotter;
 
-static void *log_big_snapshot(void *arg)
-{
+static void *log_big_snapshot(void *arg) {
     snapshotter *s = arg;
     s->rc = ag_client_log_update(s->c, 7, "big", s->w, s->w, s->n);
     return NULL;
 }
 
-Test(client, close_waits_for_a_thread_still_encoding_a_snapshot)
-{
+Test(client, close_waits_for_a_thread_still_encoding_a_snapshot) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -701,8 +684,7 @@ typedef struct blocked_producer {
 } blocked_producer;
 
 /* Logs until a call fails (then never touches the handle again). */
-static void *produce_until_refused(void *arg)
-{
+static void *produce_until_refused(void *arg) {
     blocked_producer *p = arg;
     for (uint64_t step = 1; p->rc == AG_OK; step++)
         p->rc = ag_client_log_amax(p->c, step, "blocked", AG_ROLE_WEIGHT, 1, 1, 0);
@@ -710,12 +692,11 @@ static void *produce_until_refused(void *arg)
     return NULL;
 }
 
-Test(client, close_wakes_a_producer_blocked_on_a_full_queue)
-{
+Test(client, close_wakes_a_producer_blocked_on_a_full_queue) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
-    ag_client_opts o = {.policy = AG_QUEUE_BLOCK, .queue_messages = 1, .batch_bytes = 1,
-                        .close_timeout_ms = 1};
+    ag_client_opts o = {
+        .policy = AG_QUEUE_BLOCK, .queue_messages = 1, .batch_bytes = 1, .close_timeout_ms = 1};
     ag_client *c = open_client(&t, &o);
     blocked_producer p = {c, 0, 0};
     pthread_t th;

@@ -17,18 +17,16 @@ typedef struct name_server {
     const char *name;
     int fail;
     int not_yet;
-    int asked;             /* q_run requests seen */
-    uint64_t cid;          /* the client id they asked about */
-    int version;           /* of the last request */
+    int asked;    /* q_run requests seen */
+    uint64_t cid; /* the client id they asked about */
+    int version;  /* of the last request */
 } name_server;
 
-static void *serve_names(void *arg)
-{
+static void *serve_names(void *arg) {
     name_server *s = arg;
     for (;;) {
         nng_msg *msg;
-        if (nng_recvmsg(s->rep, &msg, 0) != 0)
-            break; /* closed */
+        if (nng_recvmsg(s->rep, &msg, 0) != 0) break; /* closed */
         ag_msg req, rep = {.type = AG_MSG_R_ERROR};
         ag_run_ident id = {s->name, "launch"};
         ag_buf out;
@@ -53,30 +51,29 @@ static void *serve_names(void *arg)
         nng_msg_clear(msg);
         nng_msg_append(msg, out.data, out.len);
         ag_buf_free(&out);
-        if (nng_sendmsg(s->rep, msg, 0) != 0)
-            nng_msg_free(msg);
+        if (nng_sendmsg(s->rep, msg, 0) != 0) nng_msg_free(msg);
     }
     return NULL;
 }
 
-static void names_start(name_server *s, const char *url)
-{
+static void names_start(name_server *s, const char *url) {
     cr_assert_eq(nng_rep0_open(&s->rep), 0);
     cr_assert_eq(nng_listen(s->rep, url, NULL, 0), 0);
     cr_assert_eq(pthread_create(&s->thread, NULL, serve_names, s), 0);
 }
 
-static void names_stop(name_server *s)
-{
+static void names_stop(name_server *s) {
     nng_close(s->rep);
     pthread_join(s->thread, NULL);
 }
 
-static ag_client *open_as(const tmp_endpoints *t, const char *run, const char *launch,
-                          int resume)
-{
-    ag_client_opts o = {.ingest_url = t->ingest, .query_url = t->query, .run = run,
-                        .launch_id = launch, .resume = resume, .query_timeout_ms = 2000,
+static ag_client *open_as(const tmp_endpoints *t, const char *run, const char *launch, int resume) {
+    ag_client_opts o = {.ingest_url = t->ingest,
+                        .query_url = t->query,
+                        .run = run,
+                        .launch_id = launch,
+                        .resume = resume,
+                        .query_timeout_ms = 2000,
                         /* the test daemon never confirms delivery: close would
                          * wait out its default 2 s for the confirmation */
                         .close_timeout_ms = 100};
@@ -87,8 +84,7 @@ static ag_client *open_as(const tmp_endpoints *t, const char *run, const char *l
 }
 
 /* The launch id a client opened with these options and environment gets. */
-static void launch_of(const char *given, char *out, size_t cap)
-{
+static void launch_of(const char *given, char *out, size_t cap) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client *c = open_as(&t, "r", given, 0);
@@ -97,8 +93,7 @@ static void launch_of(const char *given, char *out, size_t cap)
     tmp_endpoints_remove(&t);
 }
 
-Test(identity, the_launch_id_comes_from_the_option_then_torchrun_then_altgrad_then_is_made)
-{
+Test(identity, the_launch_id_comes_from_the_option_then_torchrun_then_altgrad_then_is_made) {
     char a[AG_LAUNCH_ID_MAX + 1], b[AG_LAUNCH_ID_MAX + 1];
     unsetenv("TORCHELASTIC_RUN_ID");
     unsetenv("ALTGRAD_LAUNCH_ID");
@@ -129,8 +124,7 @@ Test(identity, the_launch_id_comes_from_the_option_then_torchrun_then_altgrad_th
     unsetenv("TORCHELASTIC_RUN_ID");
 }
 
-Test(identity, an_environment_value_that_is_no_launch_id_is_hashed_the_same_for_every_rank)
-{
+Test(identity, an_environment_value_that_is_no_launch_id_is_hashed_the_same_for_every_rank) {
     char longer[300], a[AG_LAUNCH_ID_MAX + 1], b[AG_LAUNCH_ID_MAX + 1];
     memset(longer, 'j', sizeof longer - 1);
     longer[sizeof longer - 1] = '\0';
@@ -146,8 +140,7 @@ Test(identity, an_environment_value_that_is_no_launch_id_is_hashed_the_same_for_
     unsetenv("ALTGRAD_LAUNCH_ID");
 }
 
-Test(identity, a_bad_launch_id_option_is_refused)
-{
+Test(identity, a_bad_launch_id_option_is_refused) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     char longer[AG_LAUNCH_ID_MAX + 2];
@@ -164,8 +157,7 @@ Test(identity, a_bad_launch_id_option_is_refused)
     tmp_endpoints_remove(&t);
 }
 
-Test(identity, the_run_start_carries_the_launch_and_resume)
-{
+Test(identity, the_run_start_carries_the_launch_and_resume) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -187,8 +179,7 @@ Test(identity, the_run_start_carries_the_launch_and_resume)
     tmp_endpoints_remove(&t);
 }
 
-Test(identity, start_run_learns_the_name_the_daemon_chose_after_it_committed)
-{
+Test(identity, start_run_learns_the_name_the_daemon_chose_after_it_committed) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -216,8 +207,7 @@ Test(identity, start_run_learns_the_name_the_daemon_chose_after_it_committed)
     tmp_endpoints_remove(&t);
 }
 
-Test(identity, the_name_is_learnt_in_the_background_without_start_run)
-{
+Test(identity, the_name_is_learnt_in_the_background_without_start_run) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -228,8 +218,7 @@ Test(identity, the_name_is_learnt_in_the_background_without_start_run)
     int known = 0;
     for (int i = 0; i < RECV_BOUND_MS / 10 && !known; i++) {
         known = strcmp(ag_client_run(c), "bg.3") == 0;
-        if (!known)
-            sleep_ms(10); /* a poll, bounded; not a timing assertion */
+        if (!known) sleep_ms(10); /* a poll, bounded; not a timing assertion */
     }
     cr_expect(known, "ag_client_run still says %s", ag_client_run(c));
     ag_client_close(c);
@@ -238,8 +227,7 @@ Test(identity, the_name_is_learnt_in_the_background_without_start_run)
     tmp_endpoints_remove(&t);
 }
 
-Test(identity, a_daemon_that_cannot_say_leaves_the_name_asked_for)
-{
+Test(identity, a_daemon_that_cannot_say_leaves_the_name_asked_for) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -263,16 +251,14 @@ Test(identity, a_daemon_that_cannot_say_leaves_the_name_asked_for)
 }
 
 /* A query listener that never answers: a daemon that is there but slow. */
-static nng_socket mute_query(const char *url)
-{
+static nng_socket mute_query(const char *url) {
     nng_socket q;
     cr_assert_eq(nng_rep0_open(&q), 0);
     cr_assert_eq(nng_listen(q, url, NULL, 0), 0);
     return q;
 }
 
-Test(identity, without_a_daemon_start_run_fails_at_once_and_close_is_not_held_up)
-{
+Test(identity, without_a_daemon_start_run_fails_at_once_and_close_is_not_held_up) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client *c = open_as(&t, "alone", NULL, 0);
@@ -282,8 +268,7 @@ Test(identity, without_a_daemon_start_run_fails_at_once_and_close_is_not_held_up
     cr_expect_not_null(strstr(ag_client_last_error(c), t.query + strlen("ipc://")), "%s",
                        ag_client_last_error(c));
     cr_expect_str_eq(ag_client_run(c), "alone");
-    cr_expect_eq(ag_client_log_amax(c, 1, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK,
-                 "logging goes on");
+    cr_expect_eq(ag_client_log_amax(c, 1, "t", AG_ROLE_WEIGHT, 1, 1, 0), AG_OK, "logging goes on");
     ag_client_close(c);
 
     /* A receiver but no query socket: run_start goes out, no one to ask. */
@@ -315,15 +300,13 @@ typedef struct waiter {
     int rc;
 } waiter;
 
-static void *wait_for_name(void *arg)
-{
+static void *wait_for_name(void *arg) {
     waiter *w = arg;
     w->rc = ag_client_start_run(w->c, -1);
     return NULL;
 }
 
-Test(identity, close_wakes_a_thread_waiting_for_the_name)
-{
+Test(identity, close_wakes_a_thread_waiting_for_the_name) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);

@@ -23,8 +23,7 @@ typedef struct server {
 } server;
 
 /* Answer one decoded request. */
-static int answer(server *s, const ag_msg *req, ag_buf *out)
-{
+static int answer(server *s, const ag_msg *req, ag_buf *out) {
     ag_msg rep = {0};
     ag_run_info run = {"r1", "host", 12, 34, 1000, 0, 99, 7, 1, "{\"k\":2}"};
     ag_run_list runs = {1, &run};
@@ -36,8 +35,8 @@ static int answer(server *s, const ag_msg *req, ag_buf *out)
     ag_scale_list scales = {0};
     ag_top_entry te = {"fc.weight", 9, 10, 0.9, 5};
     ag_top_list top = {0};
-    ag_status st = {"0.1.0", 1.5, 10, 2000, 1, 2, 3, 40, 1, 1, "var/altgrad.db", "E5M2,E3M4",
-                    "ok", 0};
+    ag_status st = {"0.1.0",          1.5,         10,   2000, 1, 2, 3, 40, 1, 1,
+                    "var/altgrad.db", "E5M2,E3M4", "ok", 0};
     const ag_msg_query *q = &req->u.query;
     if (req->type != AG_MSG_Q_DELIVERY && q->run && strcmp(q->run, "missing") == 0) {
         rep.type = AG_MSG_R_ERROR;
@@ -54,8 +53,11 @@ static int answer(server *s, const ag_msg *req, ag_buf *out)
             break;
         case AG_MSG_Q_HISTORY:
             /* echo the arguments back through the reply */
-            pt = (ag_history_point){.step = q->from_step, .stalled = q->to_step,
-                                    .total = q->every, .scale = 1, .amax = 1};
+            pt = (ag_history_point){.step = q->from_step,
+                                    .stalled = q->to_step,
+                                    .total = q->every,
+                                    .scale = 1,
+                                    .amax = 1};
             hist = (ag_history){q->run, q->tensor, q->format ? q->format : "E5M2", 1, &pt};
             rep.type = AG_MSG_R_HISTORY;
             rep.u.history = &hist;
@@ -78,8 +80,7 @@ static int answer(server *s, const ag_msg *req, ag_buf *out)
             break;
         case AG_MSG_Q_DELIVERY:
             rep.type = AG_MSG_R_DELIVERY;
-            rep.u.delivery = (ag_msg_delivery){req->u.delivery.client_id,
-                                               atomic_load(&s->stored),
+            rep.u.delivery = (ag_msg_delivery){req->u.delivery.client_id, atomic_load(&s->stored),
                                                atomic_load(&s->last_seq)};
             atomic_fetch_add(&s->delivery_asked, 1);
             break;
@@ -92,19 +93,16 @@ static int answer(server *s, const ag_msg *req, ag_buf *out)
     return ag_proto_encode(out, &rep);
 }
 
-static void *serve(void *arg)
-{
+static void *serve(void *arg) {
     server *s = arg;
     for (;;) {
         nng_msg *msg;
-        if (nng_recvmsg(s->rep, &msg, 0) != 0)
-            break; /* closed */
+        if (nng_recvmsg(s->rep, &msg, 0) != 0) break; /* closed */
         ag_msg req;
         ag_buf out;
         ag_buf_init(&out);
         int rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), &req);
-        if (rc == AG_OK)
-            rc = answer(s, &req, &out);
+        if (rc == AG_OK) rc = answer(s, &req, &out);
         if (rc != AG_OK) {
             ag_msg err = {.type = AG_MSG_R_ERROR};
             err.u.error = (ag_msg_error){AG_EPROTO, "bad request"};
@@ -123,8 +121,7 @@ static void *serve(void *arg)
     return NULL;
 }
 
-static void server_start(server *s, const char *url)
-{
+static void server_start(server *s, const char *url) {
     cr_assert_eq(nng_rep0_open(&s->rep), 0);
     cr_assert_eq(nng_listen(s->rep, url, NULL, 0), 0);
     s->served = 0;
@@ -134,23 +131,20 @@ static void server_start(server *s, const char *url)
     cr_assert_eq(pthread_create(&s->thread, NULL, serve, s), 0);
 }
 
-static void server_stop(server *s)
-{
+static void server_stop(server *s) {
     nng_close(s->rep);
     pthread_join(s->thread, NULL);
 }
 
-static ag_client *open_query_client(const tmp_endpoints *t, int timeout_ms)
-{
-    ag_client_opts o = {.ingest_url = t->ingest, .query_url = t->query,
-                        .query_timeout_ms = timeout_ms};
+static ag_client *open_query_client(const tmp_endpoints *t, int timeout_ms) {
+    ag_client_opts o = {
+        .ingest_url = t->ingest, .query_url = t->query, .query_timeout_ms = timeout_ms};
     ag_client *c = NULL;
     cr_assert_eq(ag_client_open(&c, &o), AG_OK);
     return c;
 }
 
-Test(query, every_query_returns_a_result_freed_with_one_call)
-{
+Test(query, every_query_returns_a_result_freed_with_one_call) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     server s;
@@ -211,8 +205,7 @@ Test(query, every_query_returns_a_result_freed_with_one_call)
     tmp_endpoints_remove(&t);
 }
 
-Test(query, daemon_errors_map_to_notfound_or_remote_with_its_text)
-{
+Test(query, daemon_errors_map_to_notfound_or_remote_with_its_text) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     server s;
@@ -233,8 +226,7 @@ Test(query, daemon_errors_map_to_notfound_or_remote_with_its_text)
 }
 
 /* The unix socket address of an ipc:// URL. */
-static void socket_address(struct sockaddr_un *sa, const char *url)
-{
+static void socket_address(struct sockaddr_un *sa, const char *url) {
     const char *path = url + strlen("ipc://");
     size_t n = strlen(path);
     cr_assert_lt(n, sizeof sa->sun_path);
@@ -247,8 +239,7 @@ static void socket_address(struct sockaddr_un *sa, const char *url)
  * came back without waiting for it. */
 #define UNWAITABLE_MS 600000
 
-Test(query, no_daemon_fails_at_once_naming_the_socket)
-{
+Test(query, no_daemon_fails_at_once_naming_the_socket) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client *c = open_query_client(&t, UNWAITABLE_MS);
@@ -256,15 +247,13 @@ Test(query, no_daemon_fails_at_once_naming_the_socket)
     cr_assert_eq(ag_client_runs(c, &runs), AG_ETRANSPORT);
     cr_assert_null(runs);
     const char *why = ag_client_last_error(c);
-    cr_assert_not_null(strstr(why, t.query + strlen("ipc://")), "the socket is not named: %s",
-                       why);
+    cr_assert_not_null(strstr(why, t.query + strlen("ipc://")), "the socket is not named: %s", why);
     cr_assert_not_null(strstr(why, "not found"), "no reason given: %s", why);
     ag_client_close(c);
     tmp_endpoints_remove(&t);
 }
 
-Test(query, a_socket_file_nobody_listens_on_fails_at_once_as_refused)
-{
+Test(query, a_socket_file_nobody_listens_on_fails_at_once_as_refused) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     /* what a killed daemon leaves behind: the file, bound by nobody */
@@ -285,8 +274,7 @@ Test(query, a_socket_file_nobody_listens_on_fails_at_once_as_refused)
     tmp_endpoints_remove(&t);
 }
 
-Test(query, a_daemon_that_is_there_but_silent_still_times_out)
-{
+Test(query, a_daemon_that_is_there_but_silent_still_times_out) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     /* a listener that never accepts: connections queue in its backlog and
@@ -301,15 +289,13 @@ Test(query, a_daemon_that_is_there_but_silent_still_times_out)
     ag_run_list *runs = NULL;
     cr_assert_eq(ag_client_runs(c, &runs), AG_ETIMEDOUT);
     cr_assert_null(runs);
-    cr_assert_not_null(strstr(ag_client_last_error(c), "no reply"), "%s",
-                       ag_client_last_error(c));
+    cr_assert_not_null(strstr(ag_client_last_error(c), "no reply"), "%s", ag_client_last_error(c));
     ag_client_close(c);
     close(fd);
     tmp_endpoints_remove(&t);
 }
 
-Test(query, bad_arguments_are_refused_before_sending)
-{
+Test(query, bad_arguments_are_refused_before_sending) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     ag_client *c = open_query_client(&t, 100);
@@ -336,20 +322,17 @@ typedef struct querier {
     pthread_t th;
 } querier;
 
-static void *query_many(void *arg)
-{
+static void *query_many(void *arg) {
     querier *q = arg;
     for (int i = 0; i < 25; i++) {
         ag_run_list *runs = NULL;
-        if (ag_client_runs(q->c, &runs) != AG_OK || runs->n != 1)
-            q->failures++;
+        if (ag_client_runs(q->c, &runs) != AG_OK || runs->n != 1) q->failures++;
         ag_free(runs);
     }
     return NULL;
 }
 
-Test(query, one_handle_serves_several_threads)
-{
+Test(query, one_handle_serves_several_threads) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     server s;
@@ -376,8 +359,7 @@ typedef struct pending_query {
     pthread_t th;
 } pending_query;
 
-static void *query_status(void *arg)
-{
+static void *query_status(void *arg) {
     pending_query *p = arg;
     ag_status *st = NULL;
     p->rc = ag_client_status(p->c, &st);
@@ -385,8 +367,7 @@ static void *query_status(void *arg)
     return NULL;
 }
 
-Test(query, close_fails_a_query_in_flight_at_once_and_waits_for_it)
-{
+Test(query, close_fails_a_query_in_flight_at_once_and_waits_for_it) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rep;
@@ -416,23 +397,19 @@ typedef struct hostile {
 } hostile;
 
 /* Answer the i-th request with the i-th canned reply, whatever was asked. */
-static void *serve_hostile(void *arg)
-{
+static void *serve_hostile(void *arg) {
     hostile *h = arg;
     for (size_t i = 0; i < h->n; i++) {
         nng_msg *msg;
-        if (nng_recvmsg(h->rep, &msg, 0) != 0)
-            break;
+        if (nng_recvmsg(h->rep, &msg, 0) != 0) break;
         nng_msg_clear(msg);
         nng_msg_append(msg, h->replies[i], h->lens[i]);
-        if (nng_sendmsg(h->rep, msg, 0) != 0)
-            nng_msg_free(msg);
+        if (nng_sendmsg(h->rep, msg, 0) != 0) nng_msg_free(msg);
     }
     return NULL;
 }
 
-Test(query, a_hostile_reply_fails_cleanly)
-{
+Test(query, a_hostile_reply_fails_cleanly) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     /* a valid runs reply, to be sent where status was asked */
@@ -447,8 +424,8 @@ Test(query, a_hostile_reply_fails_cleanly)
     static const uint8_t huge_array[] = {0xdd, 0xff, 0xff, 0xff, 0xff}; /* array32 of 4G */
     static const uint8_t huge_string[] = {0xdb, 0x7f, 0xff, 0xff, 0xff, 'x'};
     const void *replies[] = {garbage, huge_array, huge_string, good.data, good.data, ""};
-    size_t lens[] = {sizeof garbage, sizeof huge_array, sizeof huge_string, good.len,
-                     good.len / 2, 0};
+    size_t lens[] = {sizeof garbage, sizeof huge_array, sizeof huge_string,
+                     good.len,       good.len / 2,      0};
     hostile h = {.replies = replies, .lens = lens, .n = 6};
     cr_assert_eq(nng_rep0_open(&h.rep), 0);
     cr_assert_eq(nng_listen(h.rep, t.query, NULL, 0), 0);
@@ -457,8 +434,8 @@ Test(query, a_hostile_reply_fails_cleanly)
     for (size_t i = 0; i < h.n; i++) {
         ag_status *st = (ag_status *)&t; /* must come back NULL */
         int rc = ag_client_status(c, &st);
-        cr_assert(rc == AG_EPROTO || rc == AG_EVERSION || rc == AG_ETOOBIG,
-                  "reply %zu: %s", i, ag_strerror(rc));
+        cr_assert(rc == AG_EPROTO || rc == AG_EVERSION || rc == AG_ETOOBIG, "reply %zu: %s", i,
+                  ag_strerror(rc));
         cr_assert_null(st);
         cr_assert_neq(strlen(ag_client_last_error(c)), 0);
     }
@@ -471,10 +448,12 @@ Test(query, a_hostile_reply_fails_cleanly)
 
 /* A client that logs n amax records, each its own message (seq 1..n after
  * run_start's 0), to a receiver that takes them and confirms nothing. */
-static ag_client *logging_client(const tmp_endpoints *t, int n, int close_timeout_ms)
-{
-    ag_client_opts o = {.ingest_url = t->ingest, .query_url = t->query, .run = "delivery",
-                        .batch_bytes = 1, .query_timeout_ms = RECV_BOUND_MS,
+static ag_client *logging_client(const tmp_endpoints *t, int n, int close_timeout_ms) {
+    ag_client_opts o = {.ingest_url = t->ingest,
+                        .query_url = t->query,
+                        .run = "delivery",
+                        .batch_bytes = 1,
+                        .query_timeout_ms = RECV_BOUND_MS,
                         .close_timeout_ms = close_timeout_ms};
     ag_client *c = NULL;
     cr_assert_eq(ag_client_open(&c, &o), AG_OK);
@@ -484,8 +463,7 @@ static ag_client *logging_client(const tmp_endpoints *t, int n, int close_timeou
     return c;
 }
 
-Test(query, flush_succeeds_only_once_the_daemon_confirms_every_message)
-{
+Test(query, flush_succeeds_only_once_the_daemon_confirms_every_message) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -526,8 +504,7 @@ Test(query, flush_succeeds_only_once_the_daemon_confirms_every_message)
     tmp_endpoints_remove(&t);
 }
 
-Test(query, messages_the_daemon_skipped_are_lost_and_counted_at_once)
-{
+Test(query, messages_the_daemon_skipped_are_lost_and_counted_at_once) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
@@ -555,15 +532,14 @@ Test(query, messages_the_daemon_skipped_are_lost_and_counted_at_once)
     tmp_endpoints_remove(&t);
 }
 
-Test(query, a_delivery_answer_that_cannot_be_true_is_refused)
-{
+Test(query, a_delivery_answer_that_cannot_be_true_is_refused) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     nng_socket rx = receiver_open(t.ingest);
     server s;
     server_start(&s, t.query);
     ag_client *c = logging_client(&t, 2, 100); /* seq 0..2 */
-    atomic_store(&s.stored, 7); /* more than we ever sent */
+    atomic_store(&s.stored, 7);                /* more than we ever sent */
     atomic_store(&s.last_seq, 2);
     cr_assert_eq(ag_client_flush(c, RECV_BOUND_MS), AG_EPROTO);
     atomic_store(&s.stored, 3);

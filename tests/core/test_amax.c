@@ -8,8 +8,7 @@
 #include "altgrad/altgrad.h"
 #include "core/kernel.h"
 
-Test(amax, ignores_non_finite_elements_and_counts_them)
-{
+Test(amax, ignores_non_finite_elements_and_counts_them) {
     float x[6] = {1.0f, -7.5f, NAN, INFINITY, -INFINITY, 3.0f};
     float m = -1;
     uint64_t bad = 0;
@@ -20,21 +19,17 @@ Test(amax, ignores_non_finite_elements_and_counts_them)
     cr_assert_eq(ag_amax(NULL, 1, &m, &bad), AG_EINVAL);
 }
 
-Test(amax, large_arrays_agree_with_a_plain_loop)
-{
+Test(amax, large_arrays_agree_with_a_plain_loop) {
     enum { N = 100003 };
     static float x[N];
-    for (size_t i = 0; i < N; i++)
-        x[i] = sinf((float)i) * (float)(i % 977);
+    for (size_t i = 0; i < N; i++) x[i] = sinf((float)i) * (float)(i % 977);
     x[5000] = NAN;
     float m, want = 0;
     uint64_t bad;
     for (size_t i = 0; i < N; i++)
-        if (isfinite(x[i]) && fabsf(x[i]) > want)
-            want = fabsf(x[i]);
+        if (isfinite(x[i]) && fabsf(x[i]) > want) want = fabsf(x[i]);
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
-        if (!ag_isa_supported(isa))
-            continue;
+        if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
         cr_assert_eq(ag_amax(x, N, &m, &bad), AG_OK);
         cr_assert_eq(m, want, "%s", ag_isa_name(isa));
@@ -42,8 +37,7 @@ Test(amax, large_arrays_agree_with_a_plain_loop)
     }
 }
 
-Test(amax_history, seed_scale_from_10_20_30_40_in_e5m2)
-{
+Test(amax_history, seed_scale_from_10_20_30_40_in_e5m2) {
     ag_amax_history *h;
     cr_assert_eq(ag_amax_history_new(&h, 4, AG_AMAX_MAX), AG_OK);
     for (int i = 1; i <= 4; i++) {
@@ -56,8 +50,7 @@ Test(amax_history, seed_scale_from_10_20_30_40_in_e5m2)
     ag_amax_history_free(h);
 }
 
-Test(amax_history, empty_history_gives_one)
-{
+Test(amax_history, empty_history_gives_one) {
     ag_amax_history *h;
     cr_assert_eq(ag_amax_history_new(&h, AG_AMAX_HISTORY_DEFAULT_LEN, AG_AMAX_MAX), AG_OK);
     cr_assert_eq(ag_amax_history_get(h), 1.0);
@@ -67,13 +60,11 @@ Test(amax_history, empty_history_gives_one)
     ag_amax_history_free(h);
 }
 
-Test(amax_history, ring_forgets_the_oldest_value)
-{
+Test(amax_history, ring_forgets_the_oldest_value) {
     ag_amax_history *h;
     cr_assert_eq(ag_amax_history_new(&h, 3, AG_AMAX_MAX), AG_OK);
     double in[] = {100, 1, 2, 3};
-    for (int i = 0; i < 4; i++)
-        ag_amax_history_push(h, in[i]);
+    for (int i = 0; i < 4; i++) ag_amax_history_push(h, in[i]);
     cr_assert_eq(ag_amax_history_get(h), 3.0);
     cr_assert_eq(ag_amax_history_size(h), 3);
     double out[3];
@@ -88,8 +79,7 @@ Test(amax_history, ring_forgets_the_oldest_value)
     ag_amax_history_free(h);
 }
 
-Test(amax_history, most_recent_mode_returns_the_newest)
-{
+Test(amax_history, most_recent_mode_returns_the_newest) {
     ag_amax_history *h;
     cr_assert_eq(ag_amax_history_new(&h, 4, AG_AMAX_MOST_RECENT), AG_OK);
     ag_amax_history_push(h, 50);
@@ -98,8 +88,7 @@ Test(amax_history, most_recent_mode_returns_the_newest)
     ag_amax_history_free(h);
 }
 
-Test(amax_history, non_finite_values_are_counted_not_stored)
-{
+Test(amax_history, non_finite_values_are_counted_not_stored) {
     ag_amax_history *h;
     cr_assert_eq(ag_amax_history_new(&h, 4, AG_AMAX_MAX), AG_OK);
     ag_amax_history_push(h, 2.0);
@@ -113,8 +102,7 @@ Test(amax_history, non_finite_values_are_counted_not_stored)
     ag_amax_history_free(h);
 }
 
-Test(amax_history, bad_arguments_are_rejected)
-{
+Test(amax_history, bad_arguments_are_rejected) {
     ag_amax_history *h = NULL;
     cr_assert_eq(ag_amax_history_new(&h, 0, AG_AMAX_MAX), AG_EINVAL);
     cr_assert_eq(ag_amax_history_new(&h, AG_AMAX_HISTORY_MAX_LEN + 1, AG_AMAX_MAX), AG_EINVAL);
@@ -125,8 +113,7 @@ Test(amax_history, bad_arguments_are_rejected)
     ag_amax_history_free(NULL);
 }
 
-Test(isa, forcing_an_unknown_variant_is_refused)
-{
+Test(isa, forcing_an_unknown_variant_is_refused) {
     cr_assert_eq(ag_isa_force(-1), AG_EINVAL);
     cr_assert_eq(ag_isa_force(AG_ISA_COUNT), AG_EINVAL);
     cr_assert(ag_isa_supported(AG_ISA_BASE));
@@ -135,8 +122,7 @@ Test(isa, forcing_an_unknown_variant_is_refused)
     cr_assert_str_eq(ag_isa_name(AG_ISA_AVX2), "avx2");
 }
 
-Test(scale, compute_scale_divides_by_max_and_floors_at_scale_min)
-{
+Test(scale, compute_scale_divides_by_max_and_floors_at_scale_min) {
     const ag_format *e5 = ag_format_get("E5M2"), *e3 = ag_format_get("E3M4");
     cr_assert_eq(ag_compute_scale(57344.0, e5, AG_SCALE_MIN), 1.0);
     cr_assert_eq(ag_compute_scale(62.0, e3, AG_SCALE_MIN), 0.5);

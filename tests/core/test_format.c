@@ -11,8 +11,7 @@
 
 static const char *const seed_names[] = {"E0M7", "E1M6", "E3M4", "E5M2", "E7M0"};
 
-Test(format, registry_holds_the_five_seed_formats_in_order)
-{
+Test(format, registry_holds_the_five_seed_formats_in_order) {
     cr_assert_geq(ag_format_count(), 5);
     for (size_t i = 0; i < 5; i++) {
         const ag_format *f = ag_format_at(i);
@@ -26,13 +25,14 @@ Test(format, registry_holds_the_five_seed_formats_in_order)
     cr_assert_null(ag_format_at(ag_format_count()));
 }
 
-Test(format, seed_fields_match_the_design_table)
-{
-    static const struct { const char *n; int E, M, bias, inf, nan; double minp, maxf; } t[] = {
-        {"E0M7", 0, 7, 0, 0, 0, 1.0 / 128, 127.0 / 128},
-        {"E1M6", 1, 6, 0, 0, 0, 1.0 / 32, 3.96875},
-        {"E3M4", 3, 4, 1, 0, 0, 1.0 / 16, 124.0},
-        {"E5M2", 5, 2, 15, 1, 1, 0x1p-16, 57344.0},
+Test(format, seed_fields_match_the_design_table) {
+    static const struct {
+        const char *n;
+        int E, M, bias, inf, nan;
+        double minp, maxf;
+    } t[] = {
+        {"E0M7", 0, 7, 0, 0, 0, 1.0 / 128, 127.0 / 128}, {"E1M6", 1, 6, 0, 0, 0, 1.0 / 32, 3.96875},
+        {"E3M4", 3, 4, 1, 0, 0, 1.0 / 16, 124.0},        {"E5M2", 5, 2, 15, 1, 1, 0x1p-16, 57344.0},
         {"E7M0", 7, 0, 63, 0, 0, 0x1p-62, 0x1p64},
     };
     for (size_t i = 0; i < 5; i++) {
@@ -48,19 +48,22 @@ Test(format, seed_fields_match_the_design_table)
 }
 
 /* Values worked out by hand from docs/numerics.md's table, pattern by pattern. */
-Test(format, decode_matches_hand_derived_values)
-{
-    static const struct { const char *n; uint8_t b; double v; } t[] = {
-        {"E0M7", 0x00, 0.0},        {"E0M7", 0x01, 1.0 / 128},  {"E0M7", 0x40, 0.5},
-        {"E0M7", 0x7f, 127.0 / 128}, {"E0M7", 0xc0, -0.5},      {"E0M7", 0xff, -127.0 / 128},
-        {"E1M6", 0x01, 1.0 / 32},   {"E1M6", 0x3f, 63.0 / 32},  {"E1M6", 0x40, 2.0},
-        {"E1M6", 0x41, 2.03125},    {"E1M6", 0x7f, 3.96875},    {"E1M6", 0xc0, -2.0},
-        {"E3M4", 0x01, 1.0 / 16},   {"E3M4", 0x0f, 15.0 / 16},  {"E3M4", 0x10, 1.0},
-        {"E3M4", 0x18, 1.5},        {"E3M4", 0x70, 64.0},       {"E3M4", 0x7f, 124.0},
-        {"E5M2", 0x01, 0x1p-16},    {"E5M2", 0x03, 3 * 0x1p-16}, {"E5M2", 0x04, 0x1p-14},
-        {"E5M2", 0x3c, 1.0},        {"E5M2", 0x3d, 1.25},       {"E5M2", 0x7b, 57344.0},
-        {"E5M2", 0xbc, -1.0},       {"E7M0", 0x01, 0x1p-62},    {"E7M0", 0x3f, 1.0},
-        {"E7M0", 0x40, 2.0},        {"E7M0", 0x7f, 0x1p64},     {"E7M0", 0xbf, -1.0},
+Test(format, decode_matches_hand_derived_values) {
+    static const struct {
+        const char *n;
+        uint8_t b;
+        double v;
+    } t[] = {
+        {"E0M7", 0x00, 0.0},         {"E0M7", 0x01, 1.0 / 128},   {"E0M7", 0x40, 0.5},
+        {"E0M7", 0x7f, 127.0 / 128}, {"E0M7", 0xc0, -0.5},        {"E0M7", 0xff, -127.0 / 128},
+        {"E1M6", 0x01, 1.0 / 32},    {"E1M6", 0x3f, 63.0 / 32},   {"E1M6", 0x40, 2.0},
+        {"E1M6", 0x41, 2.03125},     {"E1M6", 0x7f, 3.96875},     {"E1M6", 0xc0, -2.0},
+        {"E3M4", 0x01, 1.0 / 16},    {"E3M4", 0x0f, 15.0 / 16},   {"E3M4", 0x10, 1.0},
+        {"E3M4", 0x18, 1.5},         {"E3M4", 0x70, 64.0},        {"E3M4", 0x7f, 124.0},
+        {"E5M2", 0x01, 0x1p-16},     {"E5M2", 0x03, 3 * 0x1p-16}, {"E5M2", 0x04, 0x1p-14},
+        {"E5M2", 0x3c, 1.0},         {"E5M2", 0x3d, 1.25},        {"E5M2", 0x7b, 57344.0},
+        {"E5M2", 0xbc, -1.0},        {"E7M0", 0x01, 0x1p-62},     {"E7M0", 0x3f, 1.0},
+        {"E7M0", 0x40, 2.0},         {"E7M0", 0x7f, 0x1p64},      {"E7M0", 0xbf, -1.0},
     };
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
         const ag_format *f = ag_format_get(t[i].n);
@@ -68,8 +71,7 @@ Test(format, decode_matches_hand_derived_values)
     }
 }
 
-Test(format, decode_of_special_patterns)
-{
+Test(format, decode_of_special_patterns) {
     const ag_format *e5 = ag_format_get("E5M2");
     cr_assert(isinf(ag_decode(e5, 0x7c)) && ag_decode(e5, 0x7c) > 0);
     cr_assert(isinf(ag_decode(e5, 0xfc)) && ag_decode(e5, 0xfc) < 0);
@@ -85,8 +87,7 @@ Test(format, decode_of_special_patterns)
     cr_assert(isnan(ag_decode(NULL, 0)));
 }
 
-Test(format, every_pattern_decodes_as_the_design_formula_says)
-{
+Test(format, every_pattern_decodes_as_the_design_formula_says) {
     for (size_t i = 0; i < 5; i++) {
         const ag_format *f = ag_format_at(i);
         ref_format r = ref_of(f);
@@ -101,8 +102,7 @@ Test(format, every_pattern_decodes_as_the_design_formula_says)
     }
 }
 
-Test(format, every_finite_pattern_round_trips)
-{
+Test(format, every_finite_pattern_round_trips) {
     for (size_t i = 0; i < 5; i++) {
         const ag_format *f = ag_format_at(i);
         for (int b = 0; b < 256; b++) {
@@ -118,8 +118,7 @@ Test(format, every_finite_pattern_round_trips)
     }
 }
 
-Test(format, define_adds_a_new_format_once)
-{
+Test(format, define_adds_a_new_format_once) {
     const ag_format *f = NULL, *g = NULL;
     cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &f), AG_OK);
     cr_assert_not_null(f);
@@ -134,15 +133,14 @@ Test(format, define_adds_a_new_format_once)
     cr_assert_eq(ag_encode(g, 1.0f), 0x20); /* e = 1 (bias 1), m = 0 */
 }
 
-Test(format, define_rejects_impossible_formats)
-{
+Test(format, define_rejects_impossible_formats) {
     const ag_format *f = NULL;
     cr_assert_eq(ag_format_define("E4M4", 4, 4, 7, 0, 0, &f), AG_EFORMAT);
     cr_assert_eq(ag_format_define("E8M-1", 8, -1, 7, 0, 0, &f), AG_EFORMAT);
-    cr_assert_eq(ag_format_define("X", 4, 3, 7, 1, 0, &f), AG_EFORMAT);   /* inf without NaN */
-    cr_assert_eq(ag_format_define("X", 7, 0, 63, 1, 1, &f), AG_EFORMAT);  /* inf needs m bits */
-    cr_assert_eq(ag_format_define("X", 0, 7, 0, 0, 1, &f), AG_EFORMAT);   /* fixed point NaN */
-    cr_assert_eq(ag_format_define("X", 0, 7, 3, 0, 0, &f), AG_EFORMAT);   /* fixed point bias */
+    cr_assert_eq(ag_format_define("X", 4, 3, 7, 1, 0, &f), AG_EFORMAT);    /* inf without NaN */
+    cr_assert_eq(ag_format_define("X", 7, 0, 63, 1, 1, &f), AG_EFORMAT);   /* inf needs m bits */
+    cr_assert_eq(ag_format_define("X", 0, 7, 0, 0, 1, &f), AG_EFORMAT);    /* fixed point NaN */
+    cr_assert_eq(ag_format_define("X", 0, 7, 3, 0, 0, &f), AG_EFORMAT);    /* fixed point bias */
     cr_assert_eq(ag_format_define("X", 7, 0, -100, 0, 0, &f), AG_EFORMAT); /* past float32 */
     cr_assert_eq(ag_format_define("X", 7, 0, 150, 0, 0, &f), AG_EFORMAT);
     cr_assert_eq(ag_format_define("", 4, 3, 7, 0, 0, &f), AG_EFORMAT);
@@ -153,8 +151,7 @@ Test(format, define_rejects_impossible_formats)
     cr_assert_str_neq(ag_strerror(AG_EFORMAT), ag_strerror(AG_OK));
 }
 
-Test(format, strerror_names_every_code)
-{
+Test(format, strerror_names_every_code) {
     for (int e = 0; e >= AG_ELOST; e--)
         cr_assert_str_neq(ag_strerror(e), "unknown error", "code %d", e);
     cr_assert_str_eq(ag_strerror(12345), "unknown error");

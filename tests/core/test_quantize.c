@@ -13,32 +13,26 @@
 #include "core/kernel.h"
 #include "reference.h"
 
-static void check_encode(const ag_format *f, float x)
-{
+static void check_encode(const ag_format *f, float x) {
     uint8_t want = ref_encode(ref_of(f), x);
     uint8_t got = ag_encode(f, x);
     if (got != want)
         cr_assert_fail("%s encode(%a = %g): got 0x%02x want 0x%02x", f->name, (double)x, (double)x,
-                 got, want);
+                       got, want);
 }
 
-static float next_up(float x, int k)
-{
-    for (; k > 0; k--)
-        x = nextafterf(x, INFINITY);
-    for (; k < 0; k++)
-        x = nextafterf(x, -INFINITY);
+static float next_up(float x, int k) {
+    for (; k > 0; k--) x = nextafterf(x, INFINITY);
+    for (; k < 0; k++) x = nextafterf(x, -INFINITY);
     return x;
 }
 
 /* Every float within 4 ulps of each grid value and each midpoint, both signs. */
-static void sweep_boundaries(const ag_format *f)
-{
+static void sweep_boundaries(const ag_format *f) {
     ref_format r = ref_of(f);
     for (int b = 0; b < 127; b++) {
         double v = ref_decode(r, (uint8_t)b), w = ref_decode(r, (uint8_t)(b + 1));
-        if (!isfinite(v))
-            continue;
+        if (!isfinite(v)) continue;
         double pts[3] = {v, isfinite(w) ? (v + w) / 2 : v * 1.5, isfinite(w) ? w : v * 2};
         for (int p = 0; p < 3; p++) {
             float c = (float)pts[p];
@@ -50,28 +44,36 @@ static void sweep_boundaries(const ag_format *f)
         }
     }
     /* half the smallest value, the overflow threshold, float32 extremes */
-    float specials[] = {f->min_positive / 2, f->max_finite, f->max_finite * 1.0625f,
-                        f->max_finite * 1.125f, f->max_finite * 1.25f, f->max_finite * 2,
-                        FLT_MAX, FLT_MIN, FLT_TRUE_MIN, 0x1p-140f, 0.0f, INFINITY, 1e30f};
+    float specials[] = {f->min_positive / 2,
+                        f->max_finite,
+                        f->max_finite * 1.0625f,
+                        f->max_finite * 1.125f,
+                        f->max_finite * 1.25f,
+                        f->max_finite * 2,
+                        FLT_MAX,
+                        FLT_MIN,
+                        FLT_TRUE_MIN,
+                        0x1p-140f,
+                        0.0f,
+                        INFINITY,
+                        1e30f};
     for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++)
         for (int k = -4; k <= 4; k++) {
-            float x = isinf(specials[i]) || specials[i] == 0 ? specials[i] : next_up(specials[i], k);
+            float x =
+                isinf(specials[i]) || specials[i] == 0 ? specials[i] : next_up(specials[i], k);
             check_encode(f, x);
             check_encode(f, -x);
         }
 }
 
-Test(encode, agrees_with_reference_near_every_midpoint_and_boundary)
-{
-    for (size_t i = 0; i < 5; i++)
-        sweep_boundaries(ag_format_at(i));
+Test(encode, agrees_with_reference_near_every_midpoint_and_boundary) {
+    for (size_t i = 0; i < 5; i++) sweep_boundaries(ag_format_at(i));
     const ag_format *e4m3 = NULL;
     cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &e4m3), AG_OK);
     sweep_boundaries(e4m3);
 }
 
-Test(encode, agrees_with_reference_on_random_floats)
-{
+Test(encode, agrees_with_reference_on_random_floats) {
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (size_t i = 0; i < 5; i++) {
         const ag_format *f = ag_format_at(i);
@@ -85,22 +87,21 @@ Test(encode, agrees_with_reference_on_random_floats)
     }
 }
 
-Test(encode, special_values_follow_the_design)
-{
+Test(encode, special_values_follow_the_design) {
     const ag_format *e5 = ag_format_get("E5M2"), *e3 = ag_format_get("E3M4");
     const ag_format *e7 = ag_format_get("E7M0"), *e0 = ag_format_get("E0M7");
     cr_assert_eq(ag_encode(e5, INFINITY), 0x7c);
     cr_assert_eq(ag_encode(e5, -INFINITY), 0xfc);
-    cr_assert_eq(ag_encode(e5, NAN), 0x7d);       /* canonical NaN: m = 1 */
-    cr_assert_eq(ag_encode(e5, 61440.0f), 0x7c);  /* max + half ulp: inf */
-    cr_assert_eq(ag_encode(e5, 61439.0f), 0x7b);  /* just below: max */
-    cr_assert_eq(ag_encode(e3, INFINITY), 0x7f);  /* no inf: saturate */
+    cr_assert_eq(ag_encode(e5, NAN), 0x7d);      /* canonical NaN: m = 1 */
+    cr_assert_eq(ag_encode(e5, 61440.0f), 0x7c); /* max + half ulp: inf */
+    cr_assert_eq(ag_encode(e5, 61439.0f), 0x7b); /* just below: max */
+    cr_assert_eq(ag_encode(e3, INFINITY), 0x7f); /* no inf: saturate */
     cr_assert_eq(ag_encode(e3, -1e30f), 0xff);
-    cr_assert_eq(ag_encode(e3, NAN), 0x00);       /* no NaN: +0 */
-    cr_assert_eq(ag_encode(e5, -1e-30f), 0x80);   /* signed zero */
-    cr_assert_eq(ag_encode(e5, 0x1p-17f), 0x00);  /* half the smallest: tie to even 0 */
+    cr_assert_eq(ag_encode(e3, NAN), 0x00);          /* no NaN: +0 */
+    cr_assert_eq(ag_encode(e5, -1e-30f), 0x80);      /* signed zero */
+    cr_assert_eq(ag_encode(e5, 0x1p-17f), 0x00);     /* half the smallest: tie to even 0 */
     cr_assert_eq(ag_encode(e5, 3 * 0x1p-17f), 0x02); /* 1.5 units: tie to even m = 2 */
-    cr_assert_eq(ag_encode(e7, 1.5f), 0x3f);      /* E7M0 tie: smaller magnitude */
+    cr_assert_eq(ag_encode(e7, 1.5f), 0x3f);         /* E7M0 tie: smaller magnitude */
     cr_assert_eq(ag_encode(e7, 1.5000001f), 0x40);
     cr_assert_eq(ag_encode(e7, 0x1p-63f), 0x00);
     cr_assert_eq(ag_encode(e0, 1.5f / 128), 0x02); /* fixed point: even integer */
@@ -112,18 +113,15 @@ Test(encode, special_values_follow_the_design)
 static void check_quantize_arrays(void);
 
 /* Every instruction-set variant this CPU has, one after another. */
-Test(quantize, equals_decode_of_encode_times_scale)
-{
+Test(quantize, equals_decode_of_encode_times_scale) {
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
-        if (!ag_isa_supported(isa))
-            continue;
+        if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
         check_quantize_arrays();
     }
 }
 
-static void check_quantize_arrays(void)
-{
+static void check_quantize_arrays(void) {
     uint64_t s = 42;
     enum { N = 20000 };
     float *x = malloc(N * sizeof *x), *q = malloc(N * sizeof *q);
@@ -166,8 +164,7 @@ static void check_quantize_arrays(void)
     free(d);
 }
 
-Test(quantize, dequantize_multiplies_by_scale)
-{
+Test(quantize, dequantize_multiplies_by_scale) {
     float x[4] = {1, -2, 0.5f, 0}, out[4];
     cr_assert_eq(ag_dequantize(3.0f, x, out, 4), AG_OK);
     cr_assert_eq(out[0], 3.0f);
@@ -176,8 +173,7 @@ Test(quantize, dequantize_multiplies_by_scale)
     cr_assert_eq(ag_dequantize(NAN, x, out, 4), AG_EINVAL);
 }
 
-Test(quantize, misuse_is_rejected_without_touching_output)
-{
+Test(quantize, misuse_is_rejected_without_touching_output) {
     const ag_format *f = ag_format_get("E5M2");
     float x[2] = {1, 2}, out[2] = {7, 7};
     uint8_t b[2] = {9, 9};
@@ -196,8 +192,7 @@ Test(quantize, misuse_is_rejected_without_touching_output)
     cr_assert_eq(ag_dequantize(1, NULL, out, 2), AG_EINVAL);
 }
 
-Test(dtype, half_precision_inputs_widen_exactly)
-{
+Test(dtype, half_precision_inputs_widen_exactly) {
     uint16_t bf[4] = {0x3f80, 0xc000, 0x7f80, 0x0001};
     float out[4];
     cr_assert_eq(ag_bf16_to_f32(bf, out, 4), AG_OK);

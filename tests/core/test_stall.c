@@ -14,9 +14,8 @@
 #include "reference.h"
 
 /* Per-element reference built on ref_encode / ref_decode. */
-static void ref_stall(const ag_format *f, float scale, int update_form, float lr,
-                      const float *w, const float *v, size_t n, ag_stall_counts *c)
-{
+static void ref_stall(const ag_format *f, float scale, int update_form, float lr, const float *w,
+                      const float *v, size_t n, ag_stall_counts *c) {
     memset(c, 0, sizeof *c);
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(w[i]) || !isfinite(v[i])) {
@@ -36,18 +35,16 @@ static void ref_stall(const ag_format *f, float scale, int update_form, float lr
     }
 }
 
-static void fill(float *w, float *g, size_t n, uint64_t seed)
-{
+static void fill(float *w, float *g, size_t n, uint64_t seed) {
     uint64_t s = seed;
     for (size_t i = 0; i < n; i++) {
-        double r1 = (double)(int64_t)ref_rand(&s) * 0x1p-63, r2 = (double)(int64_t)ref_rand(&s) * 0x1p-63;
+        double r1 = (double)(int64_t)ref_rand(&s) * 0x1p-63,
+               r2 = (double)(int64_t)ref_rand(&s) * 0x1p-63;
         int kind = (int)(ref_rand(&s) % 16);
         w[i] = (float)(r1 * (kind < 4 ? 1e-6 : kind < 12 ? 2.0 : 3e4));
         g[i] = (float)(r2 * (kind % 3 == 0 ? 1e-5 : kind % 3 == 1 ? 0.5 : 100.0));
-        if (kind == 15)
-            g[i] = 0.0f;
-        if (kind == 14)
-            g[i] = 1e-11f;
+        if (kind == 15) g[i] = 0.0f;
+        if (kind == 14) g[i] = 1e-11f;
     }
     w[3] = NAN;
     g[5] = INFINITY;
@@ -57,8 +54,7 @@ static void fill(float *w, float *g, size_t n, uint64_t seed)
 
 static void check_every_kernel(void);
 
-static void assert_counts_eq(ag_stall_counts a, ag_stall_counts b, const char *what)
-{
+static void assert_counts_eq(ag_stall_counts a, ag_stall_counts b, const char *what) {
     cr_assert(a.stalled == b.stalled && a.total == b.total && a.overflow == b.overflow &&
                   a.underflow == b.underflow && a.nonfinite == b.nonfinite,
               "%s: got %llu/%llu ov %llu un %llu nf %llu, want %llu/%llu ov %llu un %llu nf %llu",
@@ -69,8 +65,7 @@ static void assert_counts_eq(ag_stall_counts a, ag_stall_counts b, const char *w
               (unsigned long long)b.underflow, (unsigned long long)b.nonfinite);
 }
 
-Test(stall, seed_check_small_sgd_updates_in_e5m2_all_stall)
-{
+Test(stall, seed_check_small_sgd_updates_in_e5m2_all_stall) {
     float w[100], g[100];
     for (int i = 0; i < 100; i++) {
         w[i] = 1.0f;
@@ -83,8 +78,7 @@ Test(stall, seed_check_small_sgd_updates_in_e5m2_all_stall)
     cr_assert_eq((double)c.stalled / (double)c.total, 1.0);
 }
 
-Test(stall, large_updates_do_not_stall)
-{
+Test(stall, large_updates_do_not_stall) {
     float w[64], g[64];
     for (int i = 0; i < 64; i++) {
         w[i] = 1.0f;
@@ -98,8 +92,7 @@ Test(stall, large_updates_do_not_stall)
     }
 }
 
-Test(stall, zero_gradients_are_not_counted)
-{
+Test(stall, zero_gradients_are_not_counted) {
     float w[8] = {1, 1, 1, 1, 1, 1, 1, 1}, g[8] = {0, 0, 0, 1e-11f, 0, 0, 0, 1e-4f};
     ag_stall_counts c = {0};
     cr_assert_eq(ag_stall_sgd(ag_format_get("E5M2"), 1.0f, 0.01f, w, g, 8, &c), AG_OK);
@@ -107,8 +100,7 @@ Test(stall, zero_gradients_are_not_counted)
     cr_assert_eq(c.stalled, 1);
 }
 
-Test(stall, larger_learning_rate_unstalls)
-{
+Test(stall, larger_learning_rate_unstalls) {
     float w[16], g[16];
     for (int i = 0; i < 16; i++) {
         w[i] = 1.0f;
@@ -122,15 +114,14 @@ Test(stall, larger_learning_rate_unstalls)
     cr_assert_eq(hi.stalled, 0);
 }
 
-Test(stall, smaller_scale_resolves_small_updates)
-{
+Test(stall, smaller_scale_resolves_small_updates) {
     /* E0M7 is fixed point: its ulp is scale / 128 everywhere, so the scale
      * alone decides whether a step of lr * g = 0.002 survives rounding. */
     const ag_format *f = ag_format_get("E0M7");
     float g[4] = {1, 1, 1, 1};
     float w[4] = {0.25f, 0.25f, 0.25f, 0.25f};
     ag_stall_counts coarse = {0}, too_fine = {0};
-    ag_stall_sgd(f, 1.0f, 0.002f, w, g, 4, &coarse);     /* ulp 0.0078: lost */
+    ag_stall_sgd(f, 1.0f, 0.002f, w, g, 4, &coarse);        /* ulp 0.0078: lost */
     ag_stall_sgd(f, 1.0f / 32, 0.002f, w, g, 4, &too_fine); /* w / scale = 8: saturates */
     cr_assert_eq(coarse.stalled, 4);
     cr_assert_eq(coarse.overflow, 0);
@@ -138,15 +129,14 @@ Test(stall, smaller_scale_resolves_small_updates)
     cr_assert_eq(too_fine.stalled, 4); /* both ends saturate to the same max */
     float w2[4] = {0.025f, 0.025f, 0.025f, 0.025f};
     ag_stall_counts fine = {0}, coarse2 = {0};
-    ag_stall_sgd(f, 0.03f, 0.002f, w2, g, 4, &fine);    /* ulp 0.00023: moves */
-    ag_stall_sgd(f, 1.0f, 0.002f, w2, g, 4, &coarse2);  /* 3.2 -> 2.9 ulps: rounds to 3 both */
+    ag_stall_sgd(f, 0.03f, 0.002f, w2, g, 4, &fine);   /* ulp 0.00023: moves */
+    ag_stall_sgd(f, 1.0f, 0.002f, w2, g, 4, &coarse2); /* 3.2 -> 2.9 ulps: rounds to 3 both */
     cr_assert_eq(fine.stalled, 0);
     cr_assert_eq(fine.overflow, 0);
     cr_assert_eq(coarse2.stalled, 4);
 }
 
-Test(stall, overflow_underflow_and_nonfinite_are_counted)
-{
+Test(stall, overflow_underflow_and_nonfinite_are_counted) {
     const ag_format *f = ag_format_get("E3M4");
     float w[6] = {200.0f, -130.0f, 0.01f, 0.0f, NAN, 1.0f};
     float g[6] = {1, 1, 1, 1, 1, INFINITY};
@@ -159,26 +149,22 @@ Test(stall, overflow_underflow_and_nonfinite_are_counted)
 }
 
 /* Every instruction-set variant this CPU has, one after another. */
-Test(stall, every_kernel_agrees_with_the_reference)
-{
+Test(stall, every_kernel_agrees_with_the_reference) {
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
-        if (!ag_isa_supported(isa))
-            continue;
+        if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
         cr_log_info("stall kernels: %s", ag_isa_name(isa));
         check_every_kernel();
     }
 }
 
-static void check_every_kernel(void)
-{
+static void check_every_kernel(void) {
     enum { N = 20011 };
     float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
     fill(w, g, N, 7);
     const ag_format *fmts[5];
     float scales[5] = {0.004f, 1.0f, 0.25f, 1.0f, 3e-3f};
-    for (size_t i = 0; i < 5; i++)
-        fmts[i] = ag_format_at(i);
+    for (size_t i = 0; i < 5; i++) fmts[i] = ag_format_at(i);
     float lrs[3] = {0.01f, 1.0f, 1e-4f};
     for (int li = 0; li < 3; li++) {
         ag_stall_counts multi[5] = {{0}}, multi_u[5] = {{0}};
@@ -201,8 +187,7 @@ static void check_every_kernel(void)
     free(g);
 }
 
-Test(stall, counts_accumulate_across_calls)
-{
+Test(stall, counts_accumulate_across_calls) {
     float w[2] = {1, 1}, g[2] = {1e-4f, 1e-4f};
     ag_stall_counts c = {0};
     ag_stall_sgd(ag_format_get("E5M2"), 1.0f, 0.01f, w, g, 2, &c);
@@ -211,8 +196,7 @@ Test(stall, counts_accumulate_across_calls)
     cr_assert_eq(c.stalled, 4);
 }
 
-Test(stall, misuse_is_rejected_and_counts_untouched)
-{
+Test(stall, misuse_is_rejected_and_counts_untouched) {
     const ag_format *f = ag_format_get("E5M2");
     float w[2] = {1, 1}, g[2] = {1, 1};
     ag_stall_counts c = {0};
@@ -234,8 +218,7 @@ Test(stall, misuse_is_rejected_and_counts_untouched)
     cr_assert_eq(c.stalled, 0);
 }
 
-Test(flips, count_changed_quantized_values)
-{
+Test(flips, count_changed_quantized_values) {
     const ag_format *f = ag_format_get("E5M2");
     uint8_t a[5] = {0x3c, 0x3c, 0x00, 0x7d, 0x40};
     uint8_t b[5] = {0x3c, 0x3d, 0x80, 0x7e, 0x40};
@@ -251,8 +234,7 @@ Test(flips, count_changed_quantized_values)
 
 /* Plain per-element flips: decode both patterns, scale, compare. */
 static uint64_t ref_flips(const ag_format *f, const uint8_t *prev, float ps, const uint8_t *cur,
-                          float cs, size_t n)
-{
+                          float cs, size_t n) {
     ref_format r = ref_of(f);
     uint64_t count = 0;
     for (size_t i = 0; i < n; i++) {
@@ -264,44 +246,47 @@ static uint64_t ref_flips(const ag_format *f, const uint8_t *prev, float ps, con
 
 /* prev random; cur mostly equal, else a random pattern, the other zero,
  * another NaN pattern or the neighbouring pattern. */
-static void fill_patterns(uint8_t *prev, uint8_t *cur, size_t n, uint64_t seed)
-{
+static void fill_patterns(uint8_t *prev, uint8_t *cur, size_t n, uint64_t seed) {
     uint64_t s = seed;
     for (size_t i = 0; i < n; i++) {
         uint64_t r = ref_rand(&s);
         prev[i] = (uint8_t)r;
         switch ((r >> 8) % 8) {
         case 0: cur[i] = (uint8_t)(r >> 16); break;
-        case 1: prev[i] &= 0x80u; cur[i] = (uint8_t)(prev[i] ^ 0x80u); break; /* +0 / -0 */
-        case 2: prev[i] |= 0x7fu; cur[i] = (uint8_t)(0x7du | (r >> 16 & 0x82u)); break;
+        case 1:
+            prev[i] &= 0x80u;
+            cur[i] = (uint8_t)(prev[i] ^ 0x80u);
+            break; /* +0 / -0 */
+        case 2:
+            prev[i] |= 0x7fu;
+            cur[i] = (uint8_t)(0x7du | (r >> 16 & 0x82u));
+            break;
         case 3: cur[i] = (uint8_t)(prev[i] + 1u); break;
         default: cur[i] = prev[i]; break;
         }
     }
 }
 
-static void check_flips_every_scale(void)
-{
+static void check_flips_every_scale(void) {
     enum { N = 70001 }; /* several counting blocks and a ragged end */
     uint8_t *prev = malloc(N), *cur = malloc(N);
     fill_patterns(prev, cur, N, 11);
     const ag_format *fmts[7];
     size_t nf = 0;
-    for (size_t i = 0; i < 5; i++)
-        fmts[nf++] = ag_format_at(i);
+    for (size_t i = 0; i < 5; i++) fmts[nf++] = ag_format_at(i);
     cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &fmts[nf++]), AG_OK);
     cr_assert_eq(ag_format_define("E2M5", 2, 5, 1, 0, 0, &fmts[nf++]), AG_OK);
     /* equal scales (the byte path), scales whose products overflow or go
      * subnormal (the table path must take over), different scales */
-    float pairs[][2] = {{1.0f, 1.0f},  {0.004f, 0.004f}, {3e-3f, 3e-3f}, {3e38f, 3e38f},
-                        {1e-40f, 1e-40f}, {1e-30f, 1e-30f}, {1.0f, 2.0f}, {0.25f, 0.004f},
-                        {1e-40f, 2e-40f}};
+    float pairs[][2] = {{1.0f, 1.0f},   {0.004f, 0.004f}, {3e-3f, 3e-3f},
+                        {3e38f, 3e38f}, {1e-40f, 1e-40f}, {1e-30f, 1e-30f},
+                        {1.0f, 2.0f},   {0.25f, 0.004f},  {1e-40f, 2e-40f}};
     for (size_t f = 0; f < nf; f++)
         for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++)
             for (size_t len = 1; len <= N; len = len < 100 ? len + 33 : len * 7 + 5) {
                 uint64_t got = 5;
-                cr_assert_eq(ag_count_flips(fmts[f], prev, pairs[k][0], cur, pairs[k][1], len,
-                                            &got), AG_OK);
+                cr_assert_eq(
+                    ag_count_flips(fmts[f], prev, pairs[k][0], cur, pairs[k][1], len, &got), AG_OK);
                 uint64_t want = ref_flips(fmts[f], prev, pairs[k][0], cur, pairs[k][1], len);
                 cr_assert_eq(got, want + 5, "%s scales %g %g n %zu: got %llu want %llu",
                              fmts[f]->name, (double)pairs[k][0], (double)pairs[k][1], len,
@@ -311,11 +296,9 @@ static void check_flips_every_scale(void)
     free(cur);
 }
 
-Test(flips, every_kernel_agrees_with_the_reference_at_any_scale)
-{
+Test(flips, every_kernel_agrees_with_the_reference_at_any_scale) {
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
-        if (!ag_isa_supported(isa))
-            continue;
+        if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
         cr_log_info("flip kernels: %s", ag_isa_name(isa));
         check_flips_every_scale();
@@ -326,22 +309,17 @@ Test(flips, every_kernel_agrees_with_the_reference_at_any_scale)
 
 /* 1 when patterns a and b of f mean different things: +0 and -0 are one
  * pattern, and so are all NaN patterns (reference decode). */
-static int ref_pattern_differs(ref_format r, uint8_t a, uint8_t b)
-{
+static int ref_pattern_differs(ref_format r, uint8_t a, uint8_t b) {
     double va = ref_decode(r, a), vb = ref_decode(r, b);
-    if (isnan(va) || isnan(vb))
-        return isnan(va) != isnan(vb);
-    if ((a & 0x7f) == 0 && (b & 0x7f) == 0)
-        return 0;
+    if (isnan(va) || isnan(vb)) return isnan(va) != isnan(vb);
+    if ((a & 0x7f) == 0 && (b & 0x7f) == 0) return 0;
     return a != b;
 }
 
 /* The seed formats and two defined ones (OCP E4M3 NaN-without-inf, E2M5). */
-static size_t flip_formats(const ag_format **fmts)
-{
+static size_t flip_formats(const ag_format **fmts) {
     size_t nf = 0;
-    for (size_t i = 0; i < 5; i++)
-        fmts[nf++] = ag_format_at(i);
+    for (size_t i = 0; i < 5; i++) fmts[nf++] = ag_format_at(i);
     cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &fmts[nf++]), AG_OK);
     cr_assert_eq(ag_format_define("E2M5", 2, 5, 1, 0, 0, &fmts[nf++]), AG_OK);
     return nf;
@@ -350,34 +328,29 @@ static size_t flip_formats(const ag_format **fmts)
 /* The issue's case: 256 weights that do not change while the scale drifts
  * by 0.07% (the amax history's maximum moved). Value flips count every
  * nonzero element; pattern flips at the previous scale count none. */
-Test(flips, unchanged_weights_under_a_drifting_scale_give_no_pattern_flips)
-{
+Test(flips, unchanged_weights_under_a_drifting_scale_give_no_pattern_flips) {
     enum { N = 256 };
     float w[N];
     uint8_t prev[N], cur[N];
     uint64_t s = 3;
     const ag_format *fmts[7];
     size_t nf = flip_formats(fmts);
-    for (size_t i = 0; i < N; i++)
-        w[i] = (float)((double)(int64_t)ref_rand(&s) * 0x1p-63 * 0.6);
+    for (size_t i = 0; i < N; i++) w[i] = (float)((double)(int64_t)ref_rand(&s) * 0x1p-63 * 0.6);
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
-        if (!ag_isa_supported(isa))
-            continue;
+        if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
         for (size_t f = 0; f < nf; f++) {
             float s0 = 0.6f / fmts[f]->max_finite, s1 = s0 * 1.0007f;
             uint64_t pattern = 0, value = 0, nonzero = 0;
             cr_assert_eq(ag_encode_array(fmts[f], s0, w, prev, N), AG_OK);
             cr_assert_eq(ag_encode_array(fmts[f], s1, w, cur, N), AG_OK);
-            for (size_t i = 0; i < N; i++)
-                nonzero += (prev[i] & 0x7f) != 0;
+            for (size_t i = 0; i < N; i++) nonzero += (prev[i] & 0x7f) != 0;
             cr_assert_eq(ag_count_pattern_flips(fmts[f], s0, prev, w, N, &pattern), AG_OK);
             cr_assert_eq(pattern, 0, "%s (%s): %llu pattern flips of unchanged weights",
                          fmts[f]->name, ag_isa_name(isa), (unsigned long long)pattern);
             cr_assert_eq(ag_count_flips(fmts[f], prev, s0, cur, s1, N, &value), AG_OK);
-            cr_assert_geq(value, nonzero, "%s: value flips %llu of %llu nonzero",
-                          fmts[f]->name, (unsigned long long)value,
-                          (unsigned long long)nonzero);
+            cr_assert_geq(value, nonzero, "%s: value flips %llu of %llu nonzero", fmts[f]->name,
+                          (unsigned long long)value, (unsigned long long)nonzero);
             cr_assert_gt(nonzero, N / 2, "%s: the weights should mostly be representable",
                          fmts[f]->name);
         }
@@ -385,11 +358,9 @@ Test(flips, unchanged_weights_under_a_drifting_scale_give_no_pattern_flips)
 }
 
 /* The largest finite magnitude bits of f. */
-static uint8_t max_finite_mag(const ag_format *f)
-{
+static uint8_t max_finite_mag(const ag_format *f) {
     uint8_t m = 0x7f;
-    while (!isfinite(f->decode_table[m]))
-        m--;
+    while (!isfinite(f->decode_table[m])) m--;
     return m;
 }
 
@@ -397,8 +368,7 @@ static uint8_t max_finite_mag(const ag_format *f)
  * a known set of elements moved to a neighbouring pattern; the rest are
  * unchanged, nudged within their rounding interval, or turn from +0 to -0.
  * Exactly the moved ones flip, whichever kernel counts them. */
-static void check_known_flips(const ag_format *f)
-{
+static void check_known_flips(const ag_format *f) {
     enum { N = 40009 }; /* more than one counting block, ragged end */
     float *prev_w = malloc(N * sizeof *prev_w), *cur_w = malloc(N * sizeof *cur_w);
     uint8_t *prev = malloc(N), *cur = malloc(N);
@@ -435,31 +405,33 @@ static void check_known_flips(const ag_format *f)
     free(cur);
 }
 
-Test(flips, pattern_flips_count_exactly_the_elements_that_moved)
-{
+Test(flips, pattern_flips_count_exactly_the_elements_that_moved) {
     const ag_format *fmts[7];
     size_t nf = flip_formats(fmts);
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
-        if (!ag_isa_supported(isa))
-            continue;
+        if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
-        for (size_t f = 0; f < nf; f++)
-            check_known_flips(fmts[f]);
+        for (size_t f = 0; f < nf; f++) check_known_flips(fmts[f]);
     }
 }
 
 /* prev random weights; cur mostly equal, else moved a little, moved far,
  * a random float (NaN, inf, huge and tiny included), or the other zero. */
-static void fill_weight_pairs(float *prev, float *cur, size_t n, uint64_t seed)
-{
+static void fill_weight_pairs(float *prev, float *cur, size_t n, uint64_t seed) {
     uint64_t s = seed;
     for (size_t i = 0; i < n; i++) {
         uint64_t r = ref_rand(&s);
         prev[i] = (float)((double)(int64_t)ref_rand(&s) * 0x1p-63 * (r & 1 ? 2.0 : 1e-3));
         switch ((r >> 8) % 8) {
         case 0: cur[i] = ref_rand_float_bits(&s); break;
-        case 1: prev[i] = 0.0f; cur[i] = -0.0f; break;
-        case 2: prev[i] = ref_rand_float_bits(&s); cur[i] = prev[i]; break;
+        case 1:
+            prev[i] = 0.0f;
+            cur[i] = -0.0f;
+            break;
+        case 2:
+            prev[i] = ref_rand_float_bits(&s);
+            cur[i] = prev[i];
+            break;
         case 3: cur[i] = prev[i] * 1.01f; break;
         case 4: cur[i] = prev[i] * 1.3f; break;
         default: cur[i] = prev[i]; break;
@@ -467,9 +439,8 @@ static void fill_weight_pairs(float *prev, float *cur, size_t n, uint64_t seed)
     }
 }
 
-static void check_pattern_flips_reference(const ag_format *f, const float *pw,
-                                          const float *cw, size_t n, float scale)
-{
+static void check_pattern_flips_reference(const ag_format *f, const float *pw, const float *cw,
+                                          size_t n, float scale) {
     ref_format r = ref_of(f);
     uint8_t *prev = malloc(n), *cur = malloc(n);
     uint64_t *want = malloc((n + 1) * sizeof *want);
@@ -480,16 +451,15 @@ static void check_pattern_flips_reference(const ag_format *f, const float *pw,
         want[i + 1] = want[i] + (uint64_t)ref_pattern_differs(r, prev[i], cur[i]);
     }
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
-        if (!ag_isa_supported(isa))
-            continue;
+        if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
         for (size_t len = 1; len <= n; len = len < 100 ? len + 33 : len * 5 + 7) {
             uint64_t fused = 7, bytes = 9;
             cr_assert_eq(ag_count_pattern_flips(f, scale, prev, cw, len, &fused), AG_OK);
             cr_assert_eq(ag_count_pattern_changes(f, prev, cur, len, &bytes), AG_OK);
-            cr_assert_eq(fused - 7, want[len], "%s (%s) scale %g n %zu: %llu, want %llu",
-                         f->name, ag_isa_name(isa), (double)scale, len,
-                         (unsigned long long)(fused - 7), (unsigned long long)want[len]);
+            cr_assert_eq(fused - 7, want[len], "%s (%s) scale %g n %zu: %llu, want %llu", f->name,
+                         ag_isa_name(isa), (double)scale, len, (unsigned long long)(fused - 7),
+                         (unsigned long long)want[len]);
             cr_assert_eq(bytes - 9, want[len], "%s (%s) scale %g n %zu: bytes %llu, want %llu",
                          f->name, ag_isa_name(isa), (double)scale, len,
                          (unsigned long long)(bytes - 9), (unsigned long long)want[len]);
@@ -500,8 +470,7 @@ static void check_pattern_flips_reference(const ag_format *f, const float *pw,
     free(want);
 }
 
-Test(flips, every_pattern_flip_kernel_agrees_with_the_reference)
-{
+Test(flips, every_pattern_flip_kernel_agrees_with_the_reference) {
     enum { N = 5011 };
     float *pw = malloc(N * sizeof *pw), *cw = malloc(N * sizeof *cw);
     const ag_format *fmts[7];
@@ -530,8 +499,7 @@ Test(flips, every_pattern_flip_kernel_agrees_with_the_reference)
 
 /* The fused pass: the counts of the multi-format kernels and the patterns of
  * ag_encode_array, for both forms, seed and defined formats, odd sizes. */
-static void check_stall_encode(void)
-{
+static void check_stall_encode(void) {
     enum { N = 20011 };
     float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
     fill(w, g, N, 13);
@@ -539,14 +507,12 @@ static void check_stall_encode(void)
     w[12] = -1e30f;
     w[13] = -0.0f;
     const ag_format *fmts[7];
-    for (size_t i = 0; i < 5; i++)
-        fmts[i] = ag_format_at(i);
+    for (size_t i = 0; i < 5; i++) fmts[i] = ag_format_at(i);
     cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &fmts[5]), AG_OK);
     cr_assert_eq(ag_format_define("E2M5", 2, 5, 1, 0, 0, &fmts[6]), AG_OK);
     float scales[7] = {0.004f, 1.0f, 0.25f, 1.0f, 3e-3f, 0.5f, 2.0f};
     uint8_t *enc[7], *want = malloc(N);
-    for (size_t f = 0; f < 7; f++)
-        enc[f] = malloc(N);
+    for (size_t f = 0; f < 7; f++) enc[f] = malloc(N);
     for (int form = 0; form < 2; form++)
         for (size_t n = 1; n <= N; n = n * 3 + 2049) {
             ag_stall_counts got[7] = {{0}}, ref[7] = {{0}};
@@ -564,18 +530,15 @@ static void check_stall_encode(void)
                                  fmts[f]->name, form, i, (double)w[i], enc[f][i], want[i]);
             }
         }
-    for (size_t f = 0; f < 7; f++)
-        free(enc[f]);
+    for (size_t f = 0; f < 7; f++) free(enc[f]);
     free(want);
     free(w);
     free(g);
 }
 
-Test(stall, the_pass_that_also_encodes_agrees_with_the_separate_kernels)
-{
+Test(stall, the_pass_that_also_encodes_agrees_with_the_separate_kernels) {
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
-        if (!ag_isa_supported(isa))
-            continue;
+        if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
         cr_log_info("stall+encode kernels: %s", ag_isa_name(isa));
         check_stall_encode();

@@ -48,8 +48,8 @@ static const char *daemon_path(void) {
 void harness_start(ag_harness *h, const char *const *extra) {
     /* No HTTP unless a test asks for it (extra comes later and wins), so
      * parallel test daemons never race for the default port 8787. */
-    const char *argv[32] = {daemon_path(), "--ingest", h->ingest, "--query", h->query,
-                            "--db", h->db, "--log-level", "notice", "--http", "off"};
+    const char *argv[32] = {daemon_path(), "--ingest",    h->ingest, "--query", h->query, "--db",
+                            h->db,         "--log-level", "notice",  "--http",  "off"};
     size_t argc = 11;
     for (size_t i = 0; extra && extra[i] && argc < 31; i++) argv[argc++] = extra[i];
     argv[argc] = NULL;
@@ -114,8 +114,12 @@ ag_client *harness_client(ag_harness *h, const char *run, int policy) {
 
 ag_client *harness_client_as(ag_harness *h, const char *run, int policy, int resume,
                              const char *launch_id) {
-    ag_client_opts o = {.ingest_url = h->ingest, .query_url = h->query, .run = run,
-                        .policy = policy, .query_timeout_ms = 10000, .resume = resume,
+    ag_client_opts o = {.ingest_url = h->ingest,
+                        .query_url = h->query,
+                        .run = run,
+                        .policy = policy,
+                        .query_timeout_ms = 10000,
+                        .resume = resume,
                         .launch_id = launch_id};
     ag_client *c = NULL;
     int err = ag_client_open(&c, &o);
@@ -130,7 +134,8 @@ ag_history *harness_wait_history(ag_client *c, const char *run, const char *tens
         ag_history *hist = NULL;
         int err = ag_client_history(c, &q, &hist);
         if (err == AG_OK && hist->n >= n) return hist;
-        if (err == AG_OK) ag_free(hist);
+        if (err == AG_OK)
+            ag_free(hist);
         else if (err != AG_ENOTFOUND)
             cr_assert_fail("history query: %s (%s)", ag_strerror(err), ag_client_last_error(c));
         struct timespec ts = {0, 10 * 1000000};

@@ -90,14 +90,19 @@ static void model_step(model *m, const float *w, const float *g, size_t n,
         free(m->prev[f]);
         m->prev[f] = cur;
         m->prev_scale[f] = scale;
-        out[f] = (ag_history_point){.stalled = c.stalled, .total = c.total, .flips = flips,
-                                    .overflow = c.overflow, .underflow = c.underflow,
-                                    .nonfinite = c.nonfinite, .amax = amax, .scale = scale};
+        out[f] = (ag_history_point){.stalled = c.stalled,
+                                    .total = c.total,
+                                    .flips = flips,
+                                    .overflow = c.overflow,
+                                    .underflow = c.underflow,
+                                    .nonfinite = c.nonfinite,
+                                    .amax = amax,
+                                    .scale = scale};
     }
 }
 
-static void expect_point(const ag_history_point *got, const ag_history_point *want,
-                         uint64_t step, const char *what) {
+static void expect_point(const ag_history_point *got, const ag_history_point *want, uint64_t step,
+                         const char *what) {
     cr_expect_eq(got->step, step, "%s step", what);
     cr_expect_eq(got->stalled, want->stalled, "%s step %llu stalled %llu != %llu", what,
                  (unsigned long long)step, (unsigned long long)got->stalled,
@@ -267,16 +272,23 @@ Test(altgradd, weights_that_do_not_change_never_flip_while_the_scale_drifts) {
     double scale = 0.5 / 57344.0; /* E5M2's scale for an amax of 0.5 */
     uint64_t value_flips = 0;
     for (uint64_t s = 1; s <= STEPS; s++, scale *= 1.0007) {
-        ag_snapshot snap = {.step = s, .tensor = "w", .dtype = AG_DTYPE_F32, .w = w, .g = g,
-                            .n = N, .lr = LR, .scale = scale};
+        ag_snapshot snap = {.step = s,
+                            .tensor = "w",
+                            .dtype = AG_DTYPE_F32,
+                            .w = w,
+                            .g = g,
+                            .n = N,
+                            .lr = LR,
+                            .scale = scale};
         cr_assert_eq(ag_client_log_snapshot(c, &snap), AG_OK);
         if (s > 1) { /* what the old definition (values) would have counted */
             const ag_format *e5 = ag_format_get("E5M2");
             uint8_t a[N], b[N];
             cr_assert_eq(ag_encode_array(e5, (float)(scale / 1.0007), w, a, N), AG_OK);
             cr_assert_eq(ag_encode_array(e5, (float)scale, w, b, N), AG_OK);
-            cr_assert_eq(ag_count_flips(e5, a, (float)(scale / 1.0007), b, (float)scale, N,
-                                        &value_flips), AG_OK);
+            cr_assert_eq(
+                ag_count_flips(e5, a, (float)(scale / 1.0007), b, (float)scale, N, &value_flips),
+                AG_OK);
         }
     }
     cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
@@ -284,8 +296,8 @@ Test(altgradd, weights_that_do_not_change_never_flip_while_the_scale_drifts) {
     for (int f = 0; f < NFMT; f++) {
         ag_history *h = harness_wait_history(c, "drift", "w", fmt_names[f], STEPS);
         for (size_t k = 1; k < h->n; k++) {
-            cr_expect_neq(h->points[k].scale, h->points[k - 1].scale, "%s step %llu",
-                          fmt_names[f], (unsigned long long)h->points[k].step);
+            cr_expect_neq(h->points[k].scale, h->points[k - 1].scale, "%s step %llu", fmt_names[f],
+                          (unsigned long long)h->points[k].step);
             cr_expect_eq(h->points[k].flips, 0, "%s step %llu: %llu flips", fmt_names[f],
                          (unsigned long long)h->points[k].step,
                          (unsigned long long)h->points[k].flips);
@@ -336,9 +348,8 @@ Test(altgradd, flips_at_each_step_are_the_updates_the_previous_step_did_not_stal
                               fmt_names[f], (unsigned long long)q->step);
             cr_expect_eq(q->flips, p->total - p->stalled,
                          "%s step %llu: %llu flips, step %llu left %llu of %llu unstalled",
-                         fmt_names[f], (unsigned long long)q->step,
-                         (unsigned long long)q->flips, (unsigned long long)p->step,
-                         (unsigned long long)(p->total - p->stalled),
+                         fmt_names[f], (unsigned long long)q->step, (unsigned long long)q->flips,
+                         (unsigned long long)p->step, (unsigned long long)(p->total - p->stalled),
                          (unsigned long long)p->total);
             flips += q->flips;
         }
@@ -435,8 +446,8 @@ Test(altgradd, garbage_and_oversized_messages_are_counted_and_the_daemon_keeps_s
     cr_assert_eq(ag_proto_encode(&b, &qm), AG_OK);
     push_raw(s, b.data, b.len);
     ag_buf_free(&b);
-    unsigned char longname[400] = {0x83, 0xa1, 0x76, 0x01, 0xa1, 0x74, 0x01, 0xa3, 'r',
-                                   'u', 'n', 0xda, 0x01, 0x2c};
+    unsigned char longname[400] = {0x83, 0xa1, 0x76, 0x01, 0xa1, 0x74, 0x01,
+                                   0xa3, 'r',  'u',  'n',  0xda, 0x01, 0x2c};
     memset(longname + 14, 'x', 300);
     push_raw(s, longname, 14 + 300);
     size_t big = 8u << 20;
@@ -540,8 +551,8 @@ Test(altgradd, sigterm_drains_everything_a_blocking_client_sent) {
  * cumulative drop counter, and push it raw. */
 static void push_stats_of(nng_socket s, const char *run, uint64_t cid, uint64_t seq,
                           uint64_t dropped, uint64_t step) {
-    ag_stat_record rec = {.step = step, .tensor = "x", .role = AG_ROLE_GRADIENT, .amax = 1.0,
-                          .numel = 1};
+    ag_stat_record rec = {
+        .step = step, .tensor = "x", .role = AG_ROLE_GRADIENT, .amax = 1.0, .numel = 1};
     ag_msg m = {.type = AG_MSG_STATS};
     m.hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = seq, .dropped = dropped};
     m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
@@ -632,8 +643,7 @@ Test(altgradd, sequence_gaps_are_recorded_as_drops_and_replays_rejected) {
 
 /* Poll the daemon (bounded) until run reached step; returns its messages
  * and dropped counts. */
-static void wait_run_step(const char *run, uint64_t step, uint64_t *messages,
-                          uint64_t *dropped) {
+static void wait_run_step(const char *run, uint64_t step, uint64_t *messages, uint64_t *dropped) {
     ag_client *c = harness_client(&H, "observer", AG_QUEUE_BLOCK);
     for (int i = 0; i < 3000; i++) {
         ag_run_list *runs = NULL;
@@ -689,7 +699,8 @@ Test(altgradd, drops_a_client_counted_while_the_daemon_was_down_are_recorded) {
     harness_start(&H, NULL);
     wait_run_step("lossy", 4, &messages, &dropped);
     cr_expect_eq(messages, 5);
-    cr_expect_eq(dropped, 2 + K + 1, "dropped %llu: want 2 before, %llu counted by the client "
+    cr_expect_eq(dropped, 2 + K + 1,
+                 "dropped %llu: want 2 before, %llu counted by the client "
                  "while the daemon was down and 1 sequence gap",
                  (unsigned long long)dropped, (unsigned long long)K);
     nng_close(s);
@@ -736,8 +747,8 @@ Test(altgradd, bad_options_and_unusable_paths_exit_nonzero_with_one_line) {
 
 /* The model for one format (its state in m->prev[0]): push the step's amax,
  * then what the daemon must report for fmt. */
-static void model_step_one(model *m, const ag_format *fmt, const float *w, const float *g,
-                           size_t n, ag_history_point *out) {
+static void model_step_one(model *m, const ag_format *fmt, const float *w, const float *g, size_t n,
+                           ag_history_point *out) {
     float amax;
     uint64_t nonfinite;
     cr_assert_eq(ag_amax(w, n, &amax, &nonfinite), AG_OK);
@@ -754,9 +765,14 @@ static void model_step_one(model *m, const ag_format *fmt, const float *w, const
     free(m->prev[0]);
     m->prev[0] = cur;
     m->prev_scale[0] = scale;
-    *out = (ag_history_point){.stalled = c.stalled, .total = c.total, .flips = flips,
-                              .overflow = c.overflow, .underflow = c.underflow,
-                              .nonfinite = c.nonfinite, .amax = amax, .scale = scale};
+    *out = (ag_history_point){.stalled = c.stalled,
+                              .total = c.total,
+                              .flips = flips,
+                              .overflow = c.overflow,
+                              .underflow = c.underflow,
+                              .nonfinite = c.nonfinite,
+                              .amax = amax,
+                              .scale = scale};
 }
 
 /* Start altgradd on H's paths with extra arguments, expecting it to fail at
@@ -766,8 +782,8 @@ static int daemon_fails(const char *const *extra, char *line, size_t len) {
     const char *b = getenv("AG_BUILD_DIR");
     snprintf(path, sizeof path, "%s/daemon/altgradd", b ? b : ".");
     snprintf(errlog, sizeof errlog, "%s/fail.log", H.dir);
-    const char *argv[16] = {path, "--ingest", H.ingest, "--query", H.query, "--db", H.db,
-                            "--http", "off"};
+    const char *argv[16] = {path,   "--ingest", H.ingest, "--query", H.query,
+                            "--db", H.db,       "--http", "off"};
     size_t argc = 9;
     for (size_t i = 0; extra[i] && argc < 15; i++) argv[argc++] = extra[i];
     argv[argc] = NULL;
@@ -791,8 +807,8 @@ static int daemon_fails(const char *const *extra, char *line, size_t len) {
 }
 
 Test(altgradd, a_defined_format_is_served_and_survives_a_restart_without_the_option) {
-    const char *const define[] = {"--define-format", "E4M3=4,3,7,nan", "--formats",
-                                  "E5M2,E4M3", NULL};
+    const char *const define[] = {"--define-format", "E4M3=4,3,7,nan", "--formats", "E5M2,E4M3",
+                                  NULL};
     harness_start(&H, define);
     /* The trainer defines the format too, as it must to name it. */
     const ag_format *e4m3 = NULL;
@@ -839,8 +855,15 @@ Test(altgradd, a_defined_format_is_served_and_survives_a_restart_without_the_opt
     for (uint64_t s = 4; s <= 5; s++) {
         make_tensor(s, N, 5, w, g);
         model_step_one(&m, e4m3, w, g, N, &want[s]);
-        ag_snapshot snap = {.step = s, .tensor = "w", .dtype = AG_DTYPE_F32, .w = w, .g = g,
-                            .n = N, .lr = LR, .formats = named, .nformats = 1};
+        ag_snapshot snap = {.step = s,
+                            .tensor = "w",
+                            .dtype = AG_DTYPE_F32,
+                            .w = w,
+                            .g = g,
+                            .n = N,
+                            .lr = LR,
+                            .formats = named,
+                            .nformats = 1};
         cr_assert_eq(ag_client_log_snapshot(c, &snap), AG_OK);
     }
     cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
@@ -886,17 +909,23 @@ Test(altgradd, thousands_of_mutated_messages_never_stop_the_daemon) {
     /* Valid seeds: a run start, a stats batch and a small snapshot. */
     ag_buf seeds[3];
     float w[8] = {1, -2, 3, 0.5f, 0, 7, -0.25f, 2}, g[8] = {1e-3f, 0, 1, -1, 2, 0, 0, 1};
-    ag_stat_record recs[2] = {{.step = 1, .tensor = "a", .role = 2, .amax = 3, .numel = 9},
-                              {.step = 2, .tensor = "b", .role = 1, .amax = 1, .numel = 4,
-                               .nonfinite = 1}};
+    ag_stat_record recs[2] = {
+        {.step = 1, .tensor = "a", .role = 2, .amax = 3, .numel = 9},
+        {.step = 2, .tensor = "b", .role = 1, .amax = 1, .numel = 4, .nonfinite = 1}};
     ag_msg m[3] = {{.type = AG_MSG_RUN_START}, {.type = AG_MSG_STATS}, {.type = AG_MSG_SNAPSHOT}};
     for (int i = 0; i < 3; i++)
         m[i].hdr = (ag_stream_hdr){.run = "fuzz", .client_id = 5, .seq = (uint64_t)i};
     m[0].u.run_start = (ag_msg_run_start){.host = "h", .pid = 1, .time_ms = 1};
     m[1].u.stats = (ag_msg_stats){.n = 2, .records = recs};
-    m[2].u.snapshot = (ag_msg_snapshot){.step = 3, .tensor = "w", .dtype = AG_DTYPE_F32,
-                                        .form = AG_FORM_SGD, .lr = 0.1, .n = 8, .numel = 8,
-                                        .w = w, .x = g};
+    m[2].u.snapshot = (ag_msg_snapshot){.step = 3,
+                                        .tensor = "w",
+                                        .dtype = AG_DTYPE_F32,
+                                        .form = AG_FORM_SGD,
+                                        .lr = 0.1,
+                                        .n = 8,
+                                        .numel = 8,
+                                        .w = w,
+                                        .x = g};
     for (int i = 0; i < 3; i++) {
         ag_buf_init(&seeds[i]);
         cr_assert_eq(ag_proto_encode(&seeds[i], &m[i]), AG_OK, "%s", m[i].why ? m[i].why : "");
@@ -959,8 +988,12 @@ Test(altgradd, a_client_learns_every_message_was_stored_and_close_reports_none_u
 
 Test(altgradd, a_daemon_killed_before_confirming_leaves_exactly_what_it_never_stored) {
     harness_start(&H, NULL);
-    ag_client_opts o = {.ingest_url = H.ingest, .query_url = H.query, .run = "unconfirmed",
-                        .batch_bytes = 1, .query_timeout_ms = 10000, .close_timeout_ms = 300};
+    ag_client_opts o = {.ingest_url = H.ingest,
+                        .query_url = H.query,
+                        .run = "unconfirmed",
+                        .batch_bytes = 1,
+                        .query_timeout_ms = 10000,
+                        .close_timeout_ms = 300};
     ag_client *c = NULL;
     cr_assert_eq(ag_client_open(&c, &o), AG_OK);
     for (uint64_t s = 1; s <= 10; s++) /* batch_bytes 1: a message each */
@@ -977,8 +1010,7 @@ Test(altgradd, a_daemon_killed_before_confirming_leaves_exactly_what_it_never_st
         cr_assert_eq(ag_client_log_amax(c, s, "a", AG_ROLE_ACTIVATION, 1.0, 8, 0), AG_OK);
     for (int i = 0; i < 30000; i++) {
         cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
-        if (st.sent == 15)
-            break;
+        if (st.sent == 15) break;
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL); /* poll interval, not a timing assumption */
     }

@@ -37,9 +37,11 @@ Test(config, no_arguments_give_the_source_tree_defaults) {
 Test(config, ingest_is_repeatable_and_values_parse) {
     ag_config cfg;
     char err[256];
-    const char *argv[] = {"altgradd", "--ingest", "ipc:///tmp/a.sock", "--ingest=tcp://127.0.0.1:5555",
-                          "--formats", "E5M2,E3M4", "--history-len", "32", "--scale-mode",
-                          "delayed", "--margin", "-1.5", "--log-level", "debug"};
+    const char *argv[] = {
+        "altgradd",     "--ingest",  "ipc:///tmp/a.sock", "--ingest=tcp://127.0.0.1:5555",
+        "--formats",    "E5M2,E3M4", "--history-len",     "32",
+        "--scale-mode", "delayed",   "--margin",          "-1.5",
+        "--log-level",  "debug"};
     cr_assert_eq(load(&cfg, err, 14, argv), AG_OK, "%s", err);
     cr_assert_eq(cfg.ningest, 2);
     cr_assert_str_eq(cfg.ingest[1], "tcp://127.0.0.1:5555");
@@ -55,10 +57,14 @@ Test(config, bad_values_are_one_clear_error) {
     ag_config cfg;
     char err[256];
     const char *cases[][3] = {
-        {"altgradd", "--history-len", "0"},     {"altgradd", "--history-len", "12x"},
-        {"altgradd", "--scale-mode", "later"},  {"altgradd", "--formats", "E5M2,E9M9"},
-        {"altgradd", "--formats", "E5M2,E5M2"}, {"altgradd", "--margin", "nan"},
-        {"altgradd", "--log-level", "loud"},    {"altgradd", "--nope", "1"},
+        {"altgradd", "--history-len", "0"},
+        {"altgradd", "--history-len", "12x"},
+        {"altgradd", "--scale-mode", "later"},
+        {"altgradd", "--formats", "E5M2,E9M9"},
+        {"altgradd", "--formats", "E5M2,E5M2"},
+        {"altgradd", "--margin", "nan"},
+        {"altgradd", "--log-level", "loud"},
+        {"altgradd", "--nope", "1"},
         {"altgradd", "stray", "x"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -164,8 +170,8 @@ Test(config, a_last_line_without_newline_counts_and_a_repeated_key_takes_the_las
 Test(config, a_defined_format_may_be_named_by_formats_in_either_order) {
     ag_config cfg;
     char err[256];
-    const char *argv[] = {"altgradd", "--formats", "E5M2,E4M3", "--define-format",
-                          "E4M3=4,3,7,nan", "--define-format=E2M5=2,5,1"};
+    const char *argv[] = {"altgradd",        "--formats",      "E5M2,E4M3",
+                          "--define-format", "E4M3=4,3,7,nan", "--define-format=E2M5=2,5,1"};
     cr_assert_eq(load(&cfg, err, 6, argv), AG_OK, "%s", err);
     cr_assert_eq(cfg.nfmts, 2);
     const ag_format *f = cfg.fmts[1];

@@ -47,7 +47,7 @@ TestSuite(diskfull, .init = setup, .fini = teardown, .timeout = 240);
 typedef struct trainer {
     ag_client *c;
     const char *prefix;
-    int logged_ok;   /* calls that returned AG_OK */
+    int logged_ok; /* calls that returned AG_OK */
 } trainer;
 
 static void *train(void *arg) {

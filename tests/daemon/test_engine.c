@@ -86,15 +86,23 @@ static void teardown(void) {
 
 TestSuite(engine, .init = setup, .fini = teardown);
 
-static int snapshot(uint64_t step, const float *w, const float *x, size_t n, int form,
-                    double scale, const char *const *fmts, size_t nfmts) {
+static int snapshot(uint64_t step, const float *w, const float *x, size_t n, int form, double scale,
+                    const char *const *fmts, size_t nfmts) {
     ag_msg m = {.type = AG_MSG_SNAPSHOT};
     m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = ++F.seq};
-    m.u.snapshot = (ag_msg_snapshot){.step = step, .tensor = "w", .dtype = AG_DTYPE_F32,
-                                     .form = form, .lr = form == AG_FORM_SGD ? 0.01 : 0,
-                                     .n = n, .numel = n, .has_scale = scale > 0,
-                                     .scale = scale, .nformats = nfmts, .formats = fmts,
-                                     .w = w, .x = x};
+    m.u.snapshot = (ag_msg_snapshot){.step = step,
+                                     .tensor = "w",
+                                     .dtype = AG_DTYPE_F32,
+                                     .form = form,
+                                     .lr = form == AG_FORM_SGD ? 0.01 : 0,
+                                     .n = n,
+                                     .numel = n,
+                                     .has_scale = scale > 0,
+                                     .scale = scale,
+                                     .nformats = nfmts,
+                                     .formats = fmts,
+                                     .w = w,
+                                     .x = x};
     ag_engine_job *job = NULL;
     int err = ag_engine_handle(F.engine, &m, 100, &job);
     if (job) {
@@ -217,8 +225,8 @@ Test(engine, update_form_counts_what_the_core_counts) {
     ag_amax_history *hist;
     ag_amax_history_new(&hist, 16, AG_AMAX_MAX);
     ag_amax_history_update(hist, w, 64);
-    float scale = (float)ag_compute_scale(ag_amax_history_get(hist), ag_format_get("E3M4"),
-                                          AG_SCALE_MIN);
+    float scale =
+        (float)ag_compute_scale(ag_amax_history_get(hist), ag_format_get("E3M4"), AG_SCALE_MIN);
     ag_amax_history_free(hist);
     cr_assert_eq(ag_stall_update(ag_format_get("E3M4"), scale, w, u, 64, &c), AG_OK);
     cr_expect_eq(h->points[0].total, c.total);
@@ -232,16 +240,22 @@ Test(engine, bfloat16_payloads_give_the_results_of_their_float32_values) {
     uint16_t wb[40], gb[40];
     float wf[40], gf[40];
     for (int i = 0; i < 40; i++) {
-        wb[i] = (uint16_t)(0x3f80 + i * 3);      /* 1.0 and up */
-        gb[i] = (uint16_t)(0x3a80 + (i % 7));    /* about 1e-3 */
+        wb[i] = (uint16_t)(0x3f80 + i * 3);   /* 1.0 and up */
+        gb[i] = (uint16_t)(0x3a80 + (i % 7)); /* about 1e-3 */
     }
     ag_bf16_to_f32(wb, wf, 40);
     ag_bf16_to_f32(gb, gf, 40);
     ag_msg m = {.type = AG_MSG_SNAPSHOT};
     m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = 1};
-    m.u.snapshot = (ag_msg_snapshot){.step = 1, .tensor = "w", .dtype = AG_DTYPE_BF16,
-                                     .form = AG_FORM_SGD, .lr = 0.5, .n = 40, .numel = 40,
-                                     .w = wb, .x = gb};
+    m.u.snapshot = (ag_msg_snapshot){.step = 1,
+                                     .tensor = "w",
+                                     .dtype = AG_DTYPE_BF16,
+                                     .form = AG_FORM_SGD,
+                                     .lr = 0.5,
+                                     .n = 40,
+                                     .numel = 40,
+                                     .w = wb,
+                                     .x = gb};
     ag_engine_job *job = NULL;
     cr_assert_eq(ag_engine_handle(F.engine, &m, 100, &job), AG_OK);
     cr_assert_null(job);
@@ -304,7 +318,7 @@ Test(engine, a_restored_engine_continues_histories_and_flips) {
 
 Test(engine, a_defined_format_is_evaluated_as_the_core_evaluates_it) {
     const char *args[] = {"--define-format", "E4M3=4,3,7,nan", "--define-format",
-                          "E2M5=2,5,1", "--formats", "E5M2,E4M3"};
+                          "E2M5=2,5,1",      "--formats",      "E5M2,E4M3"};
     start(args, 6);
     const ag_format *e4m3 = ag_format_get("E4M3"), *e2m5 = ag_format_get("E2M5");
     cr_assert_not_null(e4m3);
@@ -347,10 +361,9 @@ Test(engine, a_defined_format_is_evaluated_as_the_core_evaluates_it) {
 }
 
 /* Put a format row as a daemon of another configuration would have. */
-static void store_format(int64_t id, const char *name, int eb, int mb, int bias, int inf,
-                         int nan) {
-    ag_format f = {.exponent_bits = eb, .mantissa_bits = mb, .bias = bias, .has_inf = inf,
-                   .has_nan = nan};
+static void store_format(int64_t id, const char *name, int eb, int mb, int bias, int inf, int nan) {
+    ag_format f = {
+        .exponent_bits = eb, .mantissa_bits = mb, .bias = bias, .has_inf = inf, .has_nan = nan};
     strcpy(f.name, name);
     ag_store *st = NULL;
     cr_assert_eq(ag_store_open(&st, F.db, AG_STORE_CREATE), AG_OK);
@@ -452,9 +465,15 @@ Test(engine, a_learning_rate_float32_cannot_hold_is_rejected) {
     fill(w, g, 36, 4.0f);
     ag_msg m = {.type = AG_MSG_SNAPSHOT};
     m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = 1};
-    m.u.snapshot = (ag_msg_snapshot){.step = 1, .tensor = "w", .dtype = AG_DTYPE_F32,
-                                     .form = AG_FORM_SGD, .lr = 1e300, .n = 36, .numel = 36,
-                                     .w = w, .x = g};
+    m.u.snapshot = (ag_msg_snapshot){.step = 1,
+                                     .tensor = "w",
+                                     .dtype = AG_DTYPE_F32,
+                                     .form = AG_FORM_SGD,
+                                     .lr = 1e300,
+                                     .n = 36,
+                                     .numel = 36,
+                                     .w = w,
+                                     .x = g};
     ag_engine_job *job = NULL;
     cr_expect_eq(ag_engine_handle(F.engine, &m, 100, &job), AG_ERANGE);
     cr_assert_null(job);
@@ -463,8 +482,8 @@ Test(engine, a_learning_rate_float32_cannot_hold_is_rejected) {
 
 Test(engine, a_client_drop_count_past_int64_is_rejected_not_stored_negative) {
     start(NULL, 0);
-    ag_stat_record rec = {.step = 1, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1,
-                          .numel = 4};
+    ag_stat_record rec = {
+        .step = 1, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1, .numel = 4};
     ag_msg m = {.type = AG_MSG_STATS};
     m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = 0, .dropped = UINT64_MAX};
     m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
@@ -487,8 +506,8 @@ static int stats_of(const char *const *names, size_t n, uint64_t step) {
     ag_stat_record recs[16];
     cr_assert_leq(n, 16);
     for (size_t i = 0; i < n; i++)
-        recs[i] = (ag_stat_record){.step = step, .tensor = names[i],
-                                   .role = AG_ROLE_ACTIVATION, .amax = 1, .numel = 4};
+        recs[i] = (ag_stat_record){
+            .step = step, .tensor = names[i], .role = AG_ROLE_ACTIVATION, .amax = 1, .numel = 4};
     ag_msg m = {.type = AG_MSG_STATS};
     m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = ++F.seq};
     m.u.stats = (ag_msg_stats){.n = n, .records = recs};
@@ -549,7 +568,8 @@ Test(engine, a_snapshot_whose_encoded_copies_pass_the_state_budget_is_rejected) 
     uint64_t d0 = atomic_load(&F.counters.dropped);
     cr_expect_eq(snapshot(3, w, g, 36, AG_FORM_SGD, 0, NULL, 0), AG_ENOSPC);
     cr_expect_eq(atomic_load(&F.counters.rejected), 1);
-    cr_expect_eq(atomic_load(&F.counters.dropped), d0 + 1, "the run's lost snapshot is a drop: %llu",
+    cr_expect_eq(atomic_load(&F.counters.dropped), d0 + 1,
+                 "the run's lost snapshot is a drop: %llu",
                  (unsigned long long)atomic_load(&F.counters.dropped));
     cr_expect_eq(F.engine->state_bytes, used);
     /* A shape change that fits frees the old copies (flips restart). */
@@ -562,8 +582,8 @@ Test(engine, a_snapshot_whose_encoded_copies_pass_the_state_budget_is_rejected) 
 /* One stats record of run "r" from client cid with the given seq and
  * cumulative drop counter. */
 static int stats_from(uint64_t cid, uint64_t seq, uint64_t dropped, uint64_t step) {
-    ag_stat_record rec = {.step = step, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1,
-                          .numel = 4};
+    ag_stat_record rec = {
+        .step = step, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1, .numel = 4};
     ag_msg m = {.type = AG_MSG_STATS};
     m.hdr = (ag_stream_hdr){.run = "r", .client_id = cid, .seq = seq, .dropped = dropped};
     m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
@@ -641,8 +661,8 @@ Test(engine, a_run_stored_without_a_drop_counter_resynchronises_on_its_next_mess
 static int start_of(uint64_t cid, const char *run, const char *launch, int resume) {
     ag_msg m = {.type = AG_MSG_RUN_START};
     m.hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = 0};
-    m.u.run_start = (ag_msg_run_start){.host = "h", .pid = (int64_t)cid, .time_ms = 1000,
-                                       .launch = launch, .resume = resume};
+    m.u.run_start = (ag_msg_run_start){
+        .host = "h", .pid = (int64_t)cid, .time_ms = 1000, .launch = launch, .resume = resume};
     ag_engine_job *job = NULL;
     return ag_engine_handle(F.engine, &m, 100, &job);
 }
@@ -657,8 +677,8 @@ static int end_of(uint64_t cid, const char *run, uint64_t seq) {
 
 /* A stats message of client cid (seq) for tensor "a" at step. */
 static int stat_of(uint64_t cid, const char *run, uint64_t seq, uint64_t step) {
-    ag_stat_record rec = {.step = step, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1,
-                          .numel = 4};
+    ag_stat_record rec = {
+        .step = step, .tensor = "a", .role = AG_ROLE_ACTIVATION, .amax = 1, .numel = 4};
     ag_msg m = {.type = AG_MSG_STATS};
     m.hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = seq};
     m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
@@ -700,11 +720,11 @@ Test(engine, a_taken_name_gets_the_first_free_suffix_whether_its_run_ended_or_no
     start(NULL, 0);
     cr_assert_eq(start_of(1, "x", "A", 0), AG_OK);
     cr_assert_eq(end_of(1, "x", 1), AG_OK);
-    cr_assert_eq(start_of(2, "x", "B", 0), AG_OK);  /* x ended: a new run */
-    cr_assert_eq(start_of(3, "x", "C", 0), AG_OK);  /* x.2 is live, another launch's */
+    cr_assert_eq(start_of(2, "x", "B", 0), AG_OK);   /* x ended: a new run */
+    cr_assert_eq(start_of(3, "x", "C", 0), AG_OK);   /* x.2 is live, another launch's */
     cr_assert_eq(start_of(4, "x.3", "D", 0), AG_OK); /* asked for x.3 itself: taken */
     cr_assert_eq(start_of(5, "y", NULL, 0), AG_OK);
-    cr_assert_eq(start_of(6, "y", NULL, 0), AG_OK);  /* no launch id: its own launch */
+    cr_assert_eq(start_of(6, "y", NULL, 0), AG_OK); /* no launch id: its own launch */
     stop();
     cr_expect_str_eq(run_of(1), "x");
     cr_expect_str_eq(run_of(2), "x.2");
@@ -742,12 +762,12 @@ Test(engine, clients_of_one_launch_share_its_run_and_number_their_messages_apart
 Test(engine, resume_continues_the_newest_run_of_the_name) {
     start(NULL, 0);
     cr_assert_eq(start_of(1, "x", "A", 0), AG_OK);
-    cr_assert_eq(start_of(2, "x", "B", 0), AG_OK);  /* x.2 */
+    cr_assert_eq(start_of(2, "x", "B", 0), AG_OK); /* x.2 */
     cr_assert_eq(end_of(2, "x", 1), AG_OK);
-    cr_assert_eq(start_of(3, "x", "C", 1), AG_OK);  /* resumes x.2, the newest */
-    cr_assert_eq(start_of(4, "x", "C", 0), AG_OK);  /* launch C's next client joins it */
+    cr_assert_eq(start_of(3, "x", "C", 1), AG_OK);   /* resumes x.2, the newest */
+    cr_assert_eq(start_of(4, "x", "C", 0), AG_OK);   /* launch C's next client joins it */
     cr_assert_eq(start_of(5, "x.2", "D", 1), AG_OK); /* by its own name */
-    cr_assert_eq(start_of(6, "z", "E", 1), AG_OK);  /* nothing to resume: a new run */
+    cr_assert_eq(start_of(6, "z", "E", 1), AG_OK);   /* nothing to resume: a new run */
     stop();
     cr_expect_str_eq(run_of(3), "x.2");
     cr_expect_str_eq(run_of(4), "x.2");
@@ -772,10 +792,10 @@ Test(engine, the_naming_state_survives_a_restart) {
     cr_assert_eq(stat_of(2, "x", 1, 1), AG_OK);
     stop();
     start(NULL, 0);
-    cr_assert_eq(start_of(3, "x", "C", 0), AG_OK);  /* x, x.2 are taken */
-    cr_assert_eq(start_of(4, "x", "B", 0), AG_OK);  /* launch B's run is x.2 */
-    cr_assert_eq(stat_of(2, "x", 2, 2), AG_OK);     /* client 2 goes on, no gap */
-    cr_assert_eq(start_of(5, "x", "Z", 1), AG_OK);  /* the newest is x.3 */
+    cr_assert_eq(start_of(3, "x", "C", 0), AG_OK); /* x, x.2 are taken */
+    cr_assert_eq(start_of(4, "x", "B", 0), AG_OK); /* launch B's run is x.2 */
+    cr_assert_eq(stat_of(2, "x", 2, 2), AG_OK);    /* client 2 goes on, no gap */
+    cr_assert_eq(start_of(5, "x", "Z", 1), AG_OK); /* the newest is x.3 */
     stop();
     cr_expect_str_eq(run_of(3), "x.3");
     cr_expect_str_eq(run_of(4), "x.2");
@@ -791,7 +811,7 @@ Test(engine, a_client_after_its_run_end_or_without_a_start_gets_a_run_of_its_own
     cr_assert_eq(start_of(1, "x", "A", 0), AG_OK);
     cr_assert_eq(end_of(1, "x", 1), AG_OK);
     cr_expect_null(ag_map_get(&F.engine->clients, "0000000000000001"), "an ended client is "
-                   "forgotten");
+                                                                       "forgotten");
     /* A client whose start was lost: its first message starts it, and with no
      * launch id it joins nothing. */
     cr_assert_eq(stat_of(9, "x", 3, 1), AG_OK);

@@ -61,8 +61,8 @@ static int connect_to(int port) {
 }
 
 typedef struct reply {
-    int status;      /* 0: closed without an answer */
-    char *raw;       /* whole response */
+    int status; /* 0: closed without an answer */
+    char *raw;  /* whole response */
     const char *body;
 } reply;
 
@@ -145,7 +145,9 @@ Test(http, every_api_endpoint_prints_what_the_cli_prints_from_the_same_database)
     int port = http_port(&H);
     /* The writer may still be filing the statistics summaries, so a case
      * that differs is asked again (bounded) before it fails. */
-    struct { const char *target, *cli; } cases[] = {
+    struct {
+        const char *target, *cli;
+    } cases[] = {
         {"/api/runs", "runs"},
         {"/api/tensors?run=" RUN, "tensors " RUN},
         {"/api/history?run=" RUN "&tensor=w", "history " RUN " w"},
@@ -187,10 +189,10 @@ Test(http, every_api_endpoint_prints_what_the_cli_prints_from_the_same_database)
     cr_assert_eq(r.status, 200);
     jm_value *v = jm_parse(r.body);
     cr_assert_not_null(v);
-    static const char *const keys[] = {"source", "address", "version", "uptime_s", "messages",
-                                       "bytes", "rejected", "dropped", "queue_depth",
-                                       "rows_written", "runs", "tensors", "db_path", "formats",
-                                       "store", "discarded"};
+    static const char *const keys[] = {"source",      "address",      "version",  "uptime_s",
+                                       "messages",    "bytes",        "rejected", "dropped",
+                                       "queue_depth", "rows_written", "runs",     "tensors",
+                                       "db_path",     "formats",      "store",    "discarded"};
     cr_assert_eq(v->n, sizeof keys / sizeof keys[0]);
     for (size_t i = 0; i < v->n; i++) cr_assert_str_eq(v->keys[i], keys[i]);
     cr_assert_str_eq(jm_get(v, "source")->string, "daemon");
@@ -296,8 +298,8 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
     cr_assert_eq(sample(r.body, "altgrad_metrics_tensors "), 2.0);
     cr_assert_eq(sample(r.body, "altgrad_store_degraded "), 0.0);
     cr_assert_eq(sample(r.body, "altgrad_rows_discarded_total "), 0.0);
-    double rate = sample(r.body,
-                         "altgrad_stall_rate{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
+    double rate =
+        sample(r.body, "altgrad_stall_rate{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
     cr_assert_eq(rate, h->points[h->n - 1].stall_rate);
     double scale = sample(r.body, "altgrad_scale{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
     cr_assert_eq(scale, h->points[h->n - 1].scale);
@@ -338,7 +340,11 @@ Test(http, hostile_requests_get_the_right_status_and_the_daemon_keeps_serving) {
     cr_expect_eq(r.status, 414, "%s", r.raw);
     reply_free(&r);
 
-    struct { const char *req; size_t len; int status; } cases[] = {
+    struct {
+        const char *req;
+        size_t len;
+        int status;
+    } cases[] = {
         {"\x01\x02\xff garbage\r\n\r\n", 0, 400},
         {"POST /api/runs HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 0, 405},
         {"DELETE / HTTP/1.1\r\n\r\n", 0, 405},
@@ -440,8 +446,8 @@ Test(http, http_off_serves_nothing_and_bad_values_exit_2) {
     fclose(f);
     cr_expect_null(strstr(buf, "http:"), "%s", buf);
     harness_stop(&H, SIGTERM);
-    const char *bad[] = {"127.0.0.1", "localhost:80", "127.0.0.1:65536", "[::1:80",
-                         "1.2.3.4:-1", "127.0.0.1:8x"};
+    const char *bad[] = {"127.0.0.1", "localhost:80", "127.0.0.1:65536",
+                         "[::1:80",   "1.2.3.4:-1",   "127.0.0.1:8x"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char cmd[512];
         const char *b = getenv("AG_BUILD_DIR");

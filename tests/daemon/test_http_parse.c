@@ -42,11 +42,17 @@ Test(http_parse, other_methods_parse_as_other) {
 
 Test(http_parse, malformed_request_lines_are_400) {
     ag_http_request r;
-    const char *bad[] = {"GET\r\n\r\n", "GET / \r\n\r\n", "GET  / HTTP/1.1\r\n\r\n",
-                         "GET http://x/ HTTP/1.1\r\n\r\n", "GET / HTTP/1.1x\r\n\r\n",
-                         "G(T / HTTP/1.1\r\n\r\n", "\x01\x02garbage\r\n\r\n",
-                         "GET /%zz HTTP/1.1\r\n\r\n", "GET /%00 HTTP/1.1\r\n\r\n",
-                         "GET /a\x7f HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+    const char *bad[] = {"GET\r\n\r\n",
+                         "GET / \r\n\r\n",
+                         "GET  / HTTP/1.1\r\n\r\n",
+                         "GET http://x/ HTTP/1.1\r\n\r\n",
+                         "GET / HTTP/1.1x\r\n\r\n",
+                         "G(T / HTTP/1.1\r\n\r\n",
+                         "\x01\x02garbage\r\n\r\n",
+                         "GET /%zz HTTP/1.1\r\n\r\n",
+                         "GET /%00 HTTP/1.1\r\n\r\n",
+                         "GET /a\x7f HTTP/1.1\r\n\r\n",
+                         "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
                          "GET / HTTP/1.1\r\n folded: x\r\n\r\n",
                          "GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
@@ -78,7 +84,8 @@ Test(http_parse, too_many_headers_are_431) {
     static char buf[AG_HTTP_HEAD_MAX];
     ag_http_request r;
     size_t n = (size_t)snprintf(buf, sizeof buf, "GET / HTTP/1.1\r\n");
-    for (int i = 0; i <= AG_HTTP_HEADERS_MAX; i++) n += (size_t)snprintf(buf + n, sizeof buf - n, "A: b\r\n");
+    for (int i = 0; i <= AG_HTTP_HEADERS_MAX; i++)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "A: b\r\n");
     n += (size_t)snprintf(buf + n, sizeof buf - n, "\r\n");
     cr_assert_eq(ag_http_parse_head(buf, n, &r), -431);
 }

@@ -8,8 +8,7 @@
 #include "altgrad/altgrad.h"
 #include "daemon/map.h"
 
-Test(map, stores_and_finds_many_keys_across_growth)
-{
+Test(map, stores_and_finds_many_keys_across_growth) {
     ag_map m;
     ag_map_init(&m);
     static int values[5000];
@@ -33,14 +32,12 @@ Test(map, stores_and_finds_many_keys_across_growth)
     ag_map_free(&m);
 }
 
-static void count_value(void *value, void *ctx)
-{
+static void count_value(void *value, void *ctx) {
     (void)value;
     (*(size_t *)ctx)++;
 }
 
-Test(map, each_visits_every_value_once)
-{
+Test(map, each_visits_every_value_once) {
     ag_map m;
     ag_map_init(&m);
     int v[3];
@@ -53,8 +50,7 @@ Test(map, each_visits_every_value_once)
     ag_map_free(&m);
 }
 
-Test(map, set_replaces_and_remove_forgets_a_key)
-{
+Test(map, set_replaces_and_remove_forgets_a_key) {
     ag_map m;
     ag_map_init(&m);
     int v[300];
@@ -83,8 +79,7 @@ Test(map, set_replaces_and_remove_forgets_a_key)
 
 /* Two maps hash the same names differently: bucket layouts that a client
  * could aim at in one process do not carry over to another. */
-Test(map, each_map_has_its_own_hash_seed)
-{
+Test(map, each_map_has_its_own_hash_seed) {
     ag_map a, b;
     ag_map_init(&a);
     ag_map_init(&b);
@@ -101,8 +96,7 @@ Test(map, each_map_has_its_own_hash_seed)
         for (ag_map_entry *e = a.buckets[i]; e; e = e->next)
             for (size_t j = 0; j < b.nbuckets; j++)
                 for (ag_map_entry *f = b.buckets[j]; f; f = f->next)
-                    if (strcmp(e->key, f->key) == 0)
-                        same += e->hash == f->hash;
+                    if (strcmp(e->key, f->key) == 0) same += e->hash == f->hash;
     cr_assert_lt(same, 2);
     ag_map_free(&a);
     ag_map_free(&b);

@@ -67,8 +67,10 @@ static void expect_points(ag_client *q, const char *run, size_t n) {
         if (!strcmp(ts->items[i].name, "fc.weight")) t = &ts->items[i];
     cr_assert_not_null(t, "%s has no fc.weight", run);
     /* the tensor delta is filed with its snapshot's message */
-    cr_expect_eq(t->snapshots, h->n, "%s: tensors says %llu snapshots, history shows %zu "
-                 "points", run, (unsigned long long)t->snapshots, h->n);
+    cr_expect_eq(t->snapshots, h->n,
+                 "%s: tensors says %llu snapshots, history shows %zu "
+                 "points",
+                 run, (unsigned long long)t->snapshots, h->n);
     ag_free(ts);
     ag_free(h);
 }
@@ -134,10 +136,8 @@ Test(run_identity, two_clients_of_one_launch_share_one_run) {
     ag_client *r1 = harness_client_as(&H, "ddp", AG_QUEUE_BLOCK, 0, "job-7");
     ag_client *other = harness_client_as(&H, "ddp", AG_QUEUE_BLOCK, 0, "job-8");
     for (uint64_t s = 1; s <= 20; s++) { /* interleaved: each numbers its own messages */
-        cr_assert_eq(ag_client_log_amax(r0, s, "rank0.act", AG_ROLE_ACTIVATION, 1, 8, 0),
-                     AG_OK);
-        cr_assert_eq(ag_client_log_amax(r1, s, "rank1.act", AG_ROLE_ACTIVATION, 1, 8, 0),
-                     AG_OK);
+        cr_assert_eq(ag_client_log_amax(r0, s, "rank0.act", AG_ROLE_ACTIVATION, 1, 8, 0), AG_OK);
+        cr_assert_eq(ag_client_log_amax(r1, s, "rank1.act", AG_ROLE_ACTIVATION, 1, 8, 0), AG_OK);
         cr_assert_eq(ag_client_flush(r0, WAIT_MS), AG_OK);
         cr_assert_eq(ag_client_flush(r1, WAIT_MS), AG_OK);
     }
@@ -275,8 +275,8 @@ Test(run_identity, a_version_1_sender_gets_a_run_of_its_own_and_version_1_replie
     start.hdr = (ag_stream_hdr){.run = "legacy", .client_id = 4242, .seq = 0};
     start.u.run_start = (ag_msg_run_start){.host = "old", .pid = 1, .time_ms = 1};
     push_v1(push, &start);
-    ag_stat_record rec = {.step = 5, .tensor = "x", .role = AG_ROLE_GRADIENT, .amax = 1,
-                          .numel = 1};
+    ag_stat_record rec = {
+        .step = 5, .tensor = "x", .role = AG_ROLE_GRADIENT, .amax = 1, .numel = 1};
     ag_msg stats = {.type = AG_MSG_STATS};
     stats.hdr = (ag_stream_hdr){.run = "legacy", .client_id = 4242, .seq = 1};
     stats.u.stats = (ag_msg_stats){.n = 1, .records = &rec};

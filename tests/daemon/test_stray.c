@@ -128,8 +128,10 @@ static int attack(const char *url, int proto) {
     send_all(fd, h, 8);
     drain_some(fd);
     const uint8_t frame[9] = {1, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-    if (strncmp(url, "ipc://", 6) == 0) send_all(fd, frame, 9);  /* ipc: type byte + length */
-    else send_all(fd, frame + 1, 8);                             /* tcp: length only */
+    if (strncmp(url, "ipc://", 6) == 0)
+        send_all(fd, frame, 9); /* ipc: type byte + length */
+    else
+        send_all(fd, frame + 1, 8); /* tcp: length only */
     drain_some(fd);
     close(fd);
 
@@ -156,9 +158,8 @@ static unsigned long long daemon_ticks(pid_t pid) {
     cr_assert_not_null(p);
     unsigned long long utime = 0, stime = 0;
     /* ") S ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime" */
-    cr_assert_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
-                        &stime),
-                 2);
+    cr_assert_eq(
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime), 2);
     return utime + stime;
 }
 
@@ -182,8 +183,11 @@ static void expect_idle(void) {
 
 /* A query answers, and a trainer's snapshots arrive through `ingest`. */
 static void expect_serving(const char *ingest, const char *query, const char *run) {
-    ag_client_opts o = {.ingest_url = ingest, .query_url = query, .run = run,
-                        .policy = AG_QUEUE_BLOCK, .query_timeout_ms = 10000};
+    ag_client_opts o = {.ingest_url = ingest,
+                        .query_url = query,
+                        .run = run,
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 10000};
     ag_client *c = NULL;
     cr_assert_eq(ag_client_open(&c, &o), AG_OK);
     ag_status *st = NULL;
@@ -213,12 +217,16 @@ static void run_attacks(const char *const *ingest, size_t ningest, const char *q
     for (int round = 0; round < 2; round++) {
         for (size_t i = 0; i < ningest; i++) {
             int fd = attack(ingest[i], SP_PUSH);
-            if (round == 0) open_fds[nopen++] = fd;
-            else close(fd);
+            if (round == 0)
+                open_fds[nopen++] = fd;
+            else
+                close(fd);
         }
         int fd = attack(query, SP_REQ);
-        if (round == 0) open_fds[nopen++] = fd;
-        else close(fd);
+        if (round == 0)
+            open_fds[nopen++] = fd;
+        else
+            close(fd);
     }
     for (size_t i = 0; i < ningest; i++) {
         char run[48];

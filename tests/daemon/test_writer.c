@@ -231,8 +231,8 @@ Test(writer, queued_snapshot_bytes_above_their_mark_report_full) {
     ag_store *st = NULL;
     cr_assert_eq(ag_store_open(&st, db, AG_STORE_CREATE), AG_OK);
     ag_writer *w = NULL;
-    ag_writer_opts o = {.batch_rows = 1000, .batch_ms = 1, .high_water = 1000000,
-                        .high_bytes = 4000};
+    ag_writer_opts o = {
+        .batch_rows = 1000, .batch_ms = 1, .high_water = 1000000, .high_bytes = 4000};
     atomic_store(&space_calls, 0);
     cr_assert_eq(ag_writer_start(&w, st, &o, &lg, on_space, NULL), AG_OK);
     ag_store *blocker = NULL;

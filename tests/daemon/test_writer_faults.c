@@ -103,8 +103,10 @@ static void wait_degraded(ag_writer *w, ag_writer_health_info *h) {
 
 static void recovers_after(ag_fault_kind kind, int by_calls, const char *why_has) {
     ag_writer *w = start(1000000);
-    if (by_calls) ag_fault_writes_after_calls(kind, 3);
-    else ag_fault_writes_after_bytes(kind, 2000);
+    if (by_calls)
+        ag_fault_writes_after_calls(kind, 3);
+    else
+        ag_fault_writes_after_bytes(kind, 2000);
     uint64_t refused0 = ag_fault_refused();
     push_results(w, 1, 400);
     ag_writer_health_info h;

@@ -15,9 +15,9 @@ static sqlite3_vfs *real_vfs;
 static sqlite3_vfs fault_vfs;
 static sqlite3_io_methods fault_io;
 
-static _Atomic int fault_kind;             /* ag_fault_kind while armed */
-static _Atomic int64_t bytes_left = -1;    /* < 0: no byte budget */
-static _Atomic int64_t calls_left = -1;    /* < 0: no call countdown */
+static _Atomic int fault_kind;          /* ag_fault_kind while armed */
+static _Atomic int64_t bytes_left = -1; /* < 0: no byte budget */
+static _Atomic int64_t calls_left = -1; /* < 0: no call countdown */
 static _Atomic int sync_fails;
 static _Atomic unsigned delay_us;
 static _Atomic uint64_t refused;
@@ -177,20 +177,42 @@ int ag_fault_vfs_install(void) {
     sqlite3_initialize();
     real_vfs = sqlite3_vfs_find(NULL);
     if (!real_vfs) return SQLITE_ERROR;
-    fault_io = (sqlite3_io_methods){
-        .iVersion = 3, .xClose = f_close, .xRead = f_read, .xWrite = f_write,
-        .xTruncate = f_truncate, .xSync = f_sync, .xFileSize = f_size, .xLock = f_lock,
-        .xUnlock = f_unlock, .xCheckReservedLock = f_reserved, .xFileControl = f_fcntl,
-        .xSectorSize = f_sector, .xDeviceCharacteristics = f_devchar, .xShmMap = f_shmmap,
-        .xShmLock = f_shmlock, .xShmBarrier = f_shmbarrier, .xShmUnmap = f_shmunmap,
-        .xFetch = f_fetch, .xUnfetch = f_unfetch};
-    fault_vfs = (sqlite3_vfs){
-        .iVersion = 2, .szOsFile = (int)sizeof(fault_file) + real_vfs->szOsFile,
-        .mxPathname = real_vfs->mxPathname, .zName = "ag_fault", .xOpen = v_open,
-        .xDelete = v_delete, .xAccess = v_access, .xFullPathname = v_full,
-        .xDlOpen = v_dlopen, .xDlError = v_dlerror, .xDlSym = v_dlsym, .xDlClose = v_dlclose,
-        .xRandomness = v_random, .xSleep = v_sleep, .xCurrentTime = v_time,
-        .xGetLastError = v_lasterr, .xCurrentTimeInt64 = v_time64};
+    fault_io = (sqlite3_io_methods){.iVersion = 3,
+                                    .xClose = f_close,
+                                    .xRead = f_read,
+                                    .xWrite = f_write,
+                                    .xTruncate = f_truncate,
+                                    .xSync = f_sync,
+                                    .xFileSize = f_size,
+                                    .xLock = f_lock,
+                                    .xUnlock = f_unlock,
+                                    .xCheckReservedLock = f_reserved,
+                                    .xFileControl = f_fcntl,
+                                    .xSectorSize = f_sector,
+                                    .xDeviceCharacteristics = f_devchar,
+                                    .xShmMap = f_shmmap,
+                                    .xShmLock = f_shmlock,
+                                    .xShmBarrier = f_shmbarrier,
+                                    .xShmUnmap = f_shmunmap,
+                                    .xFetch = f_fetch,
+                                    .xUnfetch = f_unfetch};
+    fault_vfs = (sqlite3_vfs){.iVersion = 2,
+                              .szOsFile = (int)sizeof(fault_file) + real_vfs->szOsFile,
+                              .mxPathname = real_vfs->mxPathname,
+                              .zName = "ag_fault",
+                              .xOpen = v_open,
+                              .xDelete = v_delete,
+                              .xAccess = v_access,
+                              .xFullPathname = v_full,
+                              .xDlOpen = v_dlopen,
+                              .xDlError = v_dlerror,
+                              .xDlSym = v_dlsym,
+                              .xDlClose = v_dlclose,
+                              .xRandomness = v_random,
+                              .xSleep = v_sleep,
+                              .xCurrentTime = v_time,
+                              .xGetLastError = v_lasterr,
+                              .xCurrentTimeInt64 = v_time64};
     return sqlite3_vfs_register(&fault_vfs, 1);
 }
 

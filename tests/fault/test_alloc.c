@@ -62,7 +62,11 @@ TestSuite(alloc, .init = setup, .fini = teardown, .timeout = 600);
 static ag_stat_record recs[3] = {
     {.step = 7, .tensor = "layer.0.weight", .role = AG_ROLE_WEIGHT, .amax = 2.5, .numel = 64},
     {.step = 7, .tensor = "layer.0.grad", .role = AG_ROLE_GRADIENT, .amax = 1e-3, .numel = 64},
-    {.step = 7, .tensor = "act", .role = AG_ROLE_ACTIVATION, .amax = 9.0, .numel = 10,
+    {.step = 7,
+     .tensor = "act",
+     .role = AG_ROLE_ACTIVATION,
+     .amax = 9.0,
+     .numel = 10,
      .nonfinite = 2},
 };
 
@@ -88,8 +92,7 @@ static void decode_every_failure(const ag_buf *buf, ag_msg *out, const char *wha
             *out = m;
             return;
         }
-        cr_assert_eq(err, AG_ENOMEM, "%s: allocation %ld failed but decode said %d", what, n,
-                     err);
+        cr_assert_eq(err, AG_ENOMEM, "%s: allocation %ld failed but decode said %d", what, n, err);
         cr_assert_eq(ag_alloc_outstanding(), base, "%s: allocation %ld: a failed decode leaked",
                      what, n);
     }
@@ -116,8 +119,12 @@ Test(alloc, decoding_a_stats_batch) {
 Test(alloc, encoding_and_decoding_a_history_reply) {
     ag_history_point pts[4];
     for (int i = 0; i < 4; i++)
-        pts[i] = (ag_history_point){.step = (uint64_t)i + 1, .stalled = 3, .total = 4,
-                                    .stall_rate = 0.75, .amax = 1.5, .scale = 0.25};
+        pts[i] = (ag_history_point){.step = (uint64_t)i + 1,
+                                    .stalled = 3,
+                                    .total = 4,
+                                    .stall_rate = 0.75,
+                                    .amax = 1.5,
+                                    .scale = 0.25};
     ag_history h = {.run = "r", .tensor = "w", .format = "E5M2", .n = 4, .points = pts};
     ag_msg m = {.type = AG_MSG_R_HISTORY};
     m.u.history = &h;
@@ -166,8 +173,8 @@ static void make_store(void) {
         snprintf(name, sizeof name, "t%d", t);
         cr_assert_eq(ag_store_put_tensor(st, t + 1, 1, name, 0), AG_OK);
         for (uint64_t s = 1; s <= 20; s++) {
-            ag_store_result_row r = {.tensor_id = t + 1, .format_id = 1, .step = s,
-                                     .amax = 1.0, .scale = 0.5};
+            ag_store_result_row r = {
+                .tensor_id = t + 1, .format_id = 1, .step = s, .amax = 1.0, .scale = 0.5};
             r.counts.stalled = s;
             r.counts.total = 40;
             cr_assert_eq(ag_store_put_result(st, &r), AG_OK);
@@ -195,8 +202,7 @@ Test(alloc, every_store_query) {
     make_store();
     ag_store *st = NULL;
     cr_assert_eq(ag_store_open(&st, db, AG_STORE_READONLY), AG_OK);
-    static const char *const names[] = {"runs", "tensors", "history", "scales", "top",
-                                        "status"};
+    static const char *const names[] = {"runs", "tensors", "history", "scales", "top", "status"};
     for (int which = 0; which < 6; which++) {
         long base = ag_alloc_outstanding();
         for (long n = 1;; n++) {
@@ -215,8 +221,8 @@ Test(alloc, every_store_query) {
             }
             cr_assert_neq(err, AG_OK, "%s: allocation %ld failed unnoticed", names[which], n);
             cr_assert_null(res, "%s: a failed query handed out a result", names[which]);
-            cr_assert_eq(ag_alloc_outstanding(), base, "%s: allocation %ld leaked",
-                         names[which], n);
+            cr_assert_eq(ag_alloc_outstanding(), base, "%s: allocation %ld leaked", names[which],
+                         n);
         }
     }
     /* and the connection still answers fully */
@@ -278,17 +284,23 @@ static int send_run(engine_fix *f, const char *run, uint64_t cid) {
     }
     ag_msg ms[5];
     memset(ms, 0, sizeof ms);
-    for (int i = 0; i < 5; i++) ms[i].hdr = (ag_stream_hdr){.run = run, .client_id = cid,
-                                                             .seq = (uint64_t)i};
+    for (int i = 0; i < 5; i++)
+        ms[i].hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = (uint64_t)i};
     ms[0].type = AG_MSG_RUN_START;
     ms[0].u.run_start = (ag_msg_run_start){.host = "h", .pid = 1, .time_ms = 1};
     ms[1].type = AG_MSG_STATS;
     ms[1].u.stats = (ag_msg_stats){.n = 3, .records = recs};
     for (int k = 2; k <= 3; k++) {
         ms[k].type = AG_MSG_SNAPSHOT;
-        ms[k].u.snapshot = (ag_msg_snapshot){.step = (uint64_t)k, .tensor = "w",
-                                             .dtype = AG_DTYPE_F32, .form = AG_FORM_SGD,
-                                             .lr = 0.01, .n = 32, .numel = 32, .w = w, .x = g};
+        ms[k].u.snapshot = (ag_msg_snapshot){.step = (uint64_t)k,
+                                             .tensor = "w",
+                                             .dtype = AG_DTYPE_F32,
+                                             .form = AG_FORM_SGD,
+                                             .lr = 0.01,
+                                             .n = 32,
+                                             .numel = 32,
+                                             .w = w,
+                                             .x = g};
     }
     ms[4].type = AG_MSG_RUN_END;
     ms[4].u.run_end = (ag_msg_run_end){.step = 3, .time_ms = 2};
@@ -353,8 +365,8 @@ Test(alloc, the_client_open_log_close) {
      * that state until exit. Its own unwinding of a half-done initialisation
      * is broken in 1.5.2 (nni_fini waits on a condition variable it never
      * made), so initialise it before any allocation is made to fail. */
-    ag_client_opts warm = {.ingest_url = ingest, .query_url = query_url, .run = "warm",
-                           .close_timeout_ms = 1};
+    ag_client_opts warm = {
+        .ingest_url = ingest, .query_url = query_url, .run = "warm", .close_timeout_ms = 1};
     ag_client *c0 = NULL;
     cr_assert_eq(ag_client_open(&c0, &warm), AG_OK);
     ag_client_close(c0);
@@ -369,8 +381,8 @@ Test(alloc, the_client_open_log_close) {
     }
     for (long n = 1;; n++) {
         cr_assert_leq(n, MAX_N);
-        ag_client_opts o = {.ingest_url = ingest, .query_url = query_url, .run = "r",
-                            .close_timeout_ms = 1};
+        ag_client_opts o = {
+            .ingest_url = ingest, .query_url = query_url, .run = "r", .close_timeout_ms = 1};
         ag_client *c = NULL;
         ag_alloc_fail_at(n);
         int err = ag_client_open(&c, &o);
@@ -380,8 +392,10 @@ Test(alloc, the_client_open_log_close) {
         }
         int hit = ag_alloc_failed();
         ag_alloc_fail_at(0);
-        if (err == AG_OK) ag_client_close(c);
-        else cr_assert_null(c, "a failed open handed out a client");
+        if (err == AG_OK)
+            ag_client_close(c);
+        else
+            cr_assert_null(c, "a failed open handed out a client");
         cr_assert(err == AG_OK || hit, "open failed without a failed allocation: %d", err);
         /* nng frees some blocks from its own threads a moment after close */
         for (int i = 0; i < 200 && ag_alloc_outstanding() > base; i++)

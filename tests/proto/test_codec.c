@@ -10,8 +10,7 @@
 #include "core/arena.h"
 #include "proto/proto.h"
 
-static ag_buf encode_ok(ag_msg *m)
-{
+static ag_buf encode_ok(ag_msg *m) {
     ag_buf b;
     ag_buf_init(&b);
     int rc = ag_proto_encode(&b, m);
@@ -20,20 +19,17 @@ static ag_buf encode_ok(ag_msg *m)
     return b;
 }
 
-static void decode_ok(const ag_buf *b, ag_msg *out)
-{
+static void decode_ok(const ag_buf *b, ag_msg *out) {
     int rc = ag_proto_decode(b->data, b->len, out);
     cr_assert_eq(rc, AG_OK, "decode: %s (%s)", ag_strerror(rc), out->why ? out->why : "");
 }
 
-static ag_stream_hdr hdr(void)
-{
+static ag_stream_hdr hdr(void) {
     ag_stream_hdr h = {"run-1", 0x0123456789abcdefULL, 42, 7};
     return h;
 }
 
-Test(codec, run_start_round_trips_with_metadata)
-{
+Test(codec, run_start_round_trips_with_metadata) {
     ag_msg m = {.type = AG_MSG_RUN_START, .hdr = hdr()};
     m.u.run_start.host = "node7";
     m.u.run_start.pid = 4242;
@@ -55,8 +51,7 @@ Test(codec, run_start_round_trips_with_metadata)
     ag_buf_free(&b);
 }
 
-Test(codec, run_start_round_trips_its_launch_and_resume)
-{
+Test(codec, run_start_round_trips_its_launch_and_resume) {
     ag_msg m = {.type = AG_MSG_RUN_START, .hdr = hdr()};
     m.u.run_start.host = "h";
     m.u.run_start.launch = "3f2a9c1e-torchelastic id";
@@ -81,8 +76,7 @@ Test(codec, run_start_round_trips_its_launch_and_resume)
     ag_buf_free(&b);
 }
 
-Test(codec, a_launch_id_must_be_printable_ascii_within_128_bytes)
-{
+Test(codec, a_launch_id_must_be_printable_ascii_within_128_bytes) {
     char long_id[AG_LAUNCH_ID_MAX + 2];
     memset(long_id, 'x', sizeof long_id - 1);
     long_id[sizeof long_id - 1] = '\0';
@@ -105,8 +99,7 @@ Test(codec, a_launch_id_must_be_printable_ascii_within_128_bytes)
     cr_assert(!ag_proto_launch_id_ok(NULL, 0));
 }
 
-Test(codec, the_run_query_and_its_reply_round_trip)
-{
+Test(codec, the_run_query_and_its_reply_round_trip) {
     ag_msg m = {.type = AG_MSG_Q_RUN};
     m.u.query.client_id = UINT64_MAX - 5;
     ag_buf b = encode_ok(&m);
@@ -134,8 +127,7 @@ Test(codec, the_run_query_and_its_reply_round_trip)
     ag_buf_free(&b);
 }
 
-Test(codec, a_version_1_message_is_read_and_a_reply_can_be_written_in_version_1)
-{
+Test(codec, a_version_1_message_is_read_and_a_reply_can_be_written_in_version_1) {
     ag_msg m = {.type = AG_MSG_R_ERROR, .version = 1};
     m.u.error.code = AG_ENOTFOUND;
     m.u.error.text = "no such run: x";
@@ -155,8 +147,7 @@ Test(codec, a_version_1_message_is_read_and_a_reply_can_be_written_in_version_1)
     ag_buf_free(&b);
 }
 
-Test(codec, run_start_without_metadata_decodes_as_empty_object)
-{
+Test(codec, run_start_without_metadata_decodes_as_empty_object) {
     ag_msg m = {.type = AG_MSG_RUN_START, .hdr = hdr()};
     m.u.run_start.host = "";
     ag_buf b = encode_ok(&m);
@@ -168,8 +159,7 @@ Test(codec, run_start_without_metadata_decodes_as_empty_object)
     ag_buf_free(&b);
 }
 
-Test(codec, stats_batch_round_trips_every_record)
-{
+Test(codec, stats_batch_round_trips_every_record) {
     ag_stat_record recs[3] = {
         {1, "fc1.weight", AG_ROLE_WEIGHT, 0.5, 100, 0},
         {1, "fc1.act", AG_ROLE_ACTIVATION, 123.25, 4096, 3},
@@ -195,8 +185,7 @@ Test(codec, stats_batch_round_trips_every_record)
     ag_buf_free(&b);
 }
 
-Test(codec, snapshot_payload_is_not_copied_and_is_aligned)
-{
+Test(codec, snapshot_payload_is_not_copied_and_is_aligned) {
     float w[5] = {1, 2, 3, 4, 5};
     float g[5] = {-1, 0.5f, 0, 1e-4f, 2};
     const char *fmts[2] = {"E5M2", "E3M4"};
@@ -241,8 +230,7 @@ Test(codec, snapshot_payload_is_not_copied_and_is_aligned)
     ag_buf_free(&b);
 }
 
-Test(codec, snapshot_update_form_in_bfloat16_needs_no_lr)
-{
+Test(codec, snapshot_update_form_in_bfloat16_needs_no_lr) {
     uint16_t w[3] = {0x3f80, 0x4000, 0x0000};
     uint16_t u[3] = {0x3c00, 0x0001, 0x8000};
     ag_msg m = {.type = AG_MSG_SNAPSHOT, .hdr = hdr()};
@@ -267,16 +255,15 @@ Test(codec, snapshot_update_form_in_bfloat16_needs_no_lr)
     ag_buf_free(&b);
 }
 
-Test(codec, snapshot_payload_stays_aligned_for_every_name_length)
-{
+Test(codec, snapshot_payload_stays_aligned_for_every_name_length) {
     float w[2] = {1, 2}, g[2] = {3, 4};
     char name[40];
     for (size_t len = 1; len < sizeof name; len++) {
         memset(name, 'a', len);
         name[len] = '\0';
         ag_msg m = {.type = AG_MSG_SNAPSHOT, .hdr = hdr()};
-        m.u.snapshot = (ag_msg_snapshot){.tensor = name, .dtype = AG_DTYPE_F32, .lr = 1,
-                                         .n = 2, .w = w, .x = g};
+        m.u.snapshot = (ag_msg_snapshot){
+            .tensor = name, .dtype = AG_DTYPE_F32, .lr = 1, .n = 2, .w = w, .x = g};
         ag_buf b = encode_ok(&m);
         ag_msg d;
         decode_ok(&b, &d);
@@ -286,8 +273,7 @@ Test(codec, snapshot_payload_stays_aligned_for_every_name_length)
     }
 }
 
-Test(codec, run_end_round_trips)
-{
+Test(codec, run_end_round_trips) {
     ag_msg m = {.type = AG_MSG_RUN_END, .hdr = hdr()};
     m.u.run_end.step = 1000;
     m.u.run_end.time_ms = -5;
@@ -300,8 +286,7 @@ Test(codec, run_end_round_trips)
     ag_buf_free(&b);
 }
 
-Test(codec, every_query_round_trips_its_arguments)
-{
+Test(codec, every_query_round_trips_its_arguments) {
     static const int types[] = {AG_MSG_Q_RUNS,   AG_MSG_Q_TENSORS, AG_MSG_Q_HISTORY,
                                 AG_MSG_Q_SCALES, AG_MSG_Q_TOP,     AG_MSG_Q_STATUS};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
@@ -322,25 +307,21 @@ Test(codec, every_query_round_trips_its_arguments)
         case AG_MSG_Q_SCALES:
             cr_assert_str_eq(q->format, "E3M4");
             /* fall through */
-        case AG_MSG_Q_TENSORS:
-            cr_assert_str_eq(q->run, "r");
-            break;
+        case AG_MSG_Q_TENSORS: cr_assert_str_eq(q->run, "r"); break;
         case AG_MSG_Q_TOP:
             cr_assert_str_eq(q->run, "r");
             cr_assert_str_eq(q->format, "E3M4");
             cr_assert_eq(q->window, 100);
             cr_assert_eq(q->limit, 3);
             break;
-        default:
-            cr_assert_null(q->run);
+        default: cr_assert_null(q->run);
         }
         ag_msg_clear(&d);
         ag_buf_free(&b);
     }
 }
 
-Test(codec, delivery_query_and_reply_round_trip_full_64_bit_ids)
-{
+Test(codec, delivery_query_and_reply_round_trip_full_64_bit_ids) {
     ag_msg m = {.type = AG_MSG_Q_DELIVERY};
     m.u.delivery.client_id = UINT64_MAX - 1;
     ag_buf b = encode_ok(&m);
@@ -364,8 +345,7 @@ Test(codec, delivery_query_and_reply_round_trip_full_64_bit_ids)
     ag_buf_free(&b);
 }
 
-Test(codec, a_delivery_query_without_a_client_id_is_rejected)
-{
+Test(codec, a_delivery_query_without_a_client_id_is_rejected) {
     /* {"v":2,"t":23}: t 23, after q_run (22), in protocol version 2 */
     cr_assert_eq(AG_MSG_Q_DELIVERY, 23);
     cr_assert_eq(AG_MSG_R_DELIVERY, 39);
@@ -375,8 +355,7 @@ Test(codec, a_delivery_query_without_a_client_id_is_rejected)
     cr_assert_not_null(d.why);
 }
 
-Test(codec, history_query_without_format_leaves_it_null)
-{
+Test(codec, history_query_without_format_leaves_it_null) {
     ag_msg m = {.type = AG_MSG_Q_HISTORY};
     m.u.query.run = "r";
     m.u.query.tensor = "t";
@@ -389,8 +368,7 @@ Test(codec, history_query_without_format_leaves_it_null)
     ag_buf_free(&b);
 }
 
-Test(codec, runs_reply_round_trips_and_is_freed_with_one_call)
-{
+Test(codec, runs_reply_round_trips_and_is_freed_with_one_call) {
     ag_run_info items[2] = {
         {"r1", "h", 1, 2, 3, 0, 10, 11, 12, "{}"},
         {"r2", "", -1, UINT64_MAX, -3, 4, 0, 0, 0, "{\"k\":1}"},
@@ -419,8 +397,7 @@ Test(codec, runs_reply_round_trips_and_is_freed_with_one_call)
     ag_free(out);
 }
 
-Test(codec, tensors_history_scales_top_and_status_replies_round_trip)
-{
+Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     ag_tensor_info ti = {"w", AG_ROLE_GRADIENT, 10, 1, 9, 4, 2.5};
     ag_tensor_list tl = {1, &ti};
     ag_history_point pts[2] = {{1, 2, 3, 2.0 / 3, 4, 5, 6, 7, 8.5, 0.125},
@@ -430,8 +407,9 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip)
     ag_scale_list sl = {"E3M4", 1, &si};
     ag_top_entry te = {"w", 5, 10, 0.5, 3};
     ag_top_list top = {"E7M0", 4, 9, 1, &te};
-    ag_status st = {"0.1.0", 12.5, 1, 2, 3, 4, 5, 6, 7, 8, "var/altgrad.db", "E5M2,E3M4",
-                    "degraded: disk full", 9};
+    ag_status st = {
+        "0.1.0", 12.5, 1, 2, 3, 4, 5, 6, 7, 8, "var/altgrad.db", "E5M2,E3M4", "degraded: disk full",
+        9};
 
     ag_msg m = {.type = AG_MSG_R_TENSORS};
     m.u.tensors = &tl;
@@ -493,8 +471,7 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip)
     ag_buf_free(&b);
 }
 
-Test(codec, empty_reply_lists_round_trip)
-{
+Test(codec, empty_reply_lists_round_trip) {
     ag_run_list list = {0, NULL};
     ag_msg m = {.type = AG_MSG_R_RUNS};
     m.u.runs = &list;
@@ -506,8 +483,7 @@ Test(codec, empty_reply_lists_round_trip)
     ag_buf_free(&b);
 }
 
-Test(codec, error_reply_round_trips)
-{
+Test(codec, error_reply_round_trips) {
     ag_msg m = {.type = AG_MSG_R_ERROR};
     m.u.error.code = AG_ENOTFOUND;
     m.u.error.text = "no run \"x\"";
@@ -521,8 +497,7 @@ Test(codec, error_reply_round_trips)
     ag_buf_free(&b);
 }
 
-Test(codec, incremental_stats_batch_decodes_like_a_whole_one)
-{
+Test(codec, incremental_stats_batch_decodes_like_a_whole_one) {
     ag_stats_batch sb;
     memset(&sb, 0, sizeof sb);
     ag_buf_init(&sb.buf);
@@ -550,16 +525,14 @@ Test(codec, incremental_stats_batch_decodes_like_a_whole_one)
     ag_buf_free(&sb.buf);
 }
 
-Test(codec, patch_seq_refuses_a_message_without_our_trailer)
-{
+Test(codec, patch_seq_refuses_a_message_without_our_trailer) {
     ag_msg m = {.type = AG_MSG_Q_RUNS};
     ag_buf b = encode_ok(&m);
     cr_assert_eq(ag_proto_patch_seq(b.data, b.len, 1, 1), AG_EPROTO);
     ag_buf_free(&b);
 }
 
-Test(codec, fixed_buffer_encodes_exactly_into_the_counted_size)
-{
+Test(codec, fixed_buffer_encodes_exactly_into_the_counted_size) {
     ag_msg m = {.type = AG_MSG_RUN_END, .hdr = hdr()};
     size_t need = ag_proto_encoded_size(&m);
     cr_assert_gt(need, 0);
@@ -573,8 +546,7 @@ Test(codec, fixed_buffer_encodes_exactly_into_the_counted_size)
     cr_assert_eq(b.len, 0, "a failed encode leaves the buffer as it was");
 }
 
-Test(codec, peek_reads_version_and_type)
-{
+Test(codec, peek_reads_version_and_type) {
     ag_msg m = {.type = AG_MSG_Q_STATUS};
     ag_buf b = encode_ok(&m);
     int v = 0, t = 0;

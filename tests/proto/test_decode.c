@@ -13,19 +13,12 @@
 #include "altgrad/altgrad.h"
 #include "proto/proto.h"
 
-static void key(msgpack_packer *pk, const char *k)
-{
-    msgpack_pack_str_with_body(pk, k, strlen(k));
-}
+static void key(msgpack_packer *pk, const char *k) { msgpack_pack_str_with_body(pk, k, strlen(k)); }
 
-static void str(msgpack_packer *pk, const char *s)
-{
-    msgpack_pack_str_with_body(pk, s, strlen(s));
-}
+static void str(msgpack_packer *pk, const char *s) { msgpack_pack_str_with_body(pk, s, strlen(s)); }
 
 /* The keys every stream message needs, for a map of nkeys entries in all. */
-static void stream_head(msgpack_packer *pk, size_t nkeys, int type)
-{
+static void stream_head(msgpack_packer *pk, size_t nkeys, int type) {
     msgpack_pack_map(pk, nkeys);
     key(pk, "v");
     msgpack_pack_uint8(pk, 1);
@@ -41,14 +34,12 @@ static void stream_head(msgpack_packer *pk, size_t nkeys, int type)
     msgpack_pack_uint64(pk, 0);
 }
 
-static int decode_sb(const msgpack_sbuffer *sb, ag_msg *m)
-{
+static int decode_sb(const msgpack_sbuffer *sb, ag_msg *m) {
     return ag_proto_decode(sb->data, sb->size, m);
 }
 
 /* A valid snapshot of n float32 elements with data_len payload bytes. */
-static void snapshot(msgpack_sbuffer *sb, uint64_t n, size_t data_len, int dtype)
-{
+static void snapshot(msgpack_sbuffer *sb, uint64_t n, size_t data_len, int dtype) {
     msgpack_packer pk;
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     stream_head(&pk, 6 + 7, AG_MSG_SNAPSHOT);
@@ -70,8 +61,7 @@ static void snapshot(msgpack_sbuffer *sb, uint64_t n, size_t data_len, int dtype
     free(zeros);
 }
 
-Test(decode, a_valid_hand_built_snapshot_decodes)
-{
+Test(decode, a_valid_hand_built_snapshot_decodes) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     snapshot(&sb, 4, 32, AG_DTYPE_F32);
@@ -82,11 +72,18 @@ Test(decode, a_valid_hand_built_snapshot_decodes)
     msgpack_sbuffer_destroy(&sb);
 }
 
-Test(decode, snapshot_data_that_disagrees_with_n_is_rejected)
-{
-    static const struct { uint64_t n; size_t len; int dtype; } cases[] = {
-        {4, 31, AG_DTYPE_F32}, {4, 33, AG_DTYPE_F32}, {4, 16, AG_DTYPE_F32},
-        {4, 32, AG_DTYPE_BF16}, {0, 0, AG_DTYPE_F32}, {UINT64_MAX / 2, 8, AG_DTYPE_F32},
+Test(decode, snapshot_data_that_disagrees_with_n_is_rejected) {
+    static const struct {
+        uint64_t n;
+        size_t len;
+        int dtype;
+    } cases[] = {
+        {4, 31, AG_DTYPE_F32},
+        {4, 33, AG_DTYPE_F32},
+        {4, 16, AG_DTYPE_F32},
+        {4, 32, AG_DTYPE_BF16},
+        {0, 0, AG_DTYPE_F32},
+        {UINT64_MAX / 2, 8, AG_DTYPE_F32},
         {(UINT64_MAX / 8) + 1, 0, AG_DTYPE_F32},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -100,8 +97,7 @@ Test(decode, snapshot_data_that_disagrees_with_n_is_rejected)
     }
 }
 
-Test(decode, an_unknown_dtype_is_rejected)
-{
+Test(decode, an_unknown_dtype_is_rejected) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     snapshot(&sb, 4, 32, 3);
@@ -110,8 +106,7 @@ Test(decode, an_unknown_dtype_is_rejected)
     msgpack_sbuffer_destroy(&sb);
 }
 
-Test(decode, every_truncation_of_a_valid_message_is_rejected)
-{
+Test(decode, every_truncation_of_a_valid_message_is_rejected) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     snapshot(&sb, 4, 32, AG_DTYPE_F32);
@@ -127,8 +122,7 @@ Test(decode, every_truncation_of_a_valid_message_is_rejected)
     msgpack_sbuffer_destroy(&sb);
 }
 
-Test(decode, trailing_bytes_are_rejected)
-{
+Test(decode, trailing_bytes_are_rejected) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     snapshot(&sb, 1, 8, AG_DTYPE_F32);
@@ -138,8 +132,7 @@ Test(decode, trailing_bytes_are_rejected)
     msgpack_sbuffer_destroy(&sb);
 }
 
-Test(decode, a_wrong_version_is_its_own_error)
-{
+Test(decode, a_wrong_version_is_its_own_error) {
     static const int versions[] = {0, AG_PROTO_VERSION + 1};
     for (size_t i = 0; i < 2; i++) {
         msgpack_sbuffer sb;
@@ -158,8 +151,7 @@ Test(decode, a_wrong_version_is_its_own_error)
 }
 
 /* A run_start carrying launch value l (a str) and resume value r (an int). */
-static int run_start_with(const char *l, size_t ln, int64_t r)
-{
+static int run_start_with(const char *l, size_t ln, int64_t r) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
@@ -186,8 +178,7 @@ static int run_start_with(const char *l, size_t ln, int64_t r)
     return rc;
 }
 
-Test(decode, a_launch_id_from_the_network_is_bounded_and_printable)
-{
+Test(decode, a_launch_id_from_the_network_is_bounded_and_printable) {
     char id[AG_LAUNCH_ID_MAX + 1];
     memset(id, 'a', sizeof id);
     cr_assert_eq(run_start_with("job-42", 6, 1), AG_OK);
@@ -201,8 +192,7 @@ Test(decode, a_launch_id_from_the_network_is_bounded_and_printable)
     cr_assert_eq(run_start_with("job", 3, -1), AG_EPROTO);
 }
 
-Test(decode, missing_version_or_type_or_unknown_type_is_rejected)
-{
+Test(decode, missing_version_or_type_or_unknown_type_is_rejected) {
     static const int with_v[] = {1, 0, 1};
     static const int types[] = {-1, AG_MSG_Q_RUNS, 99};
     for (int i = 0; i < 3; i++) {
@@ -225,8 +215,7 @@ Test(decode, missing_version_or_type_or_unknown_type_is_rejected)
     }
 }
 
-Test(decode, a_top_level_value_that_is_not_a_map_is_rejected)
-{
+Test(decode, a_top_level_value_that_is_not_a_map_is_rejected) {
     static const char *const blobs[] = {"\x90", "\xc0", "\x01", "\xa1v", "\xc1", "\xd4\x01\x02"};
     for (size_t i = 0; i < sizeof blobs / sizeof blobs[0]; i++) {
         ag_msg m;
@@ -238,8 +227,7 @@ Test(decode, a_top_level_value_that_is_not_a_map_is_rejected)
     cr_assert_eq(ag_proto_decode(NULL, 0, &m), AG_EINVAL);
 }
 
-Test(decode, wrong_value_types_are_rejected)
-{
+Test(decode, wrong_value_types_are_rejected) {
     /* run_start with pid as a string, then host as an int, then time as a float */
     for (int variant = 0; variant < 3; variant++) {
         msgpack_sbuffer sb;
@@ -268,8 +256,7 @@ Test(decode, wrong_value_types_are_rejected)
     }
 }
 
-Test(decode, duplicate_and_missing_keys_are_rejected)
-{
+Test(decode, duplicate_and_missing_keys_are_rejected) {
     for (int variant = 0; variant < 3; variant++) {
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
@@ -288,8 +275,7 @@ Test(decode, duplicate_and_missing_keys_are_rejected)
     }
 }
 
-Test(decode, unknown_keys_are_skipped_but_their_nesting_is_bounded)
-{
+Test(decode, unknown_keys_are_skipped_but_their_nesting_is_bounded) {
     for (int depth = 1; depth <= 40; depth += 39) {
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
@@ -301,8 +287,7 @@ Test(decode, unknown_keys_are_skipped_but_their_nesting_is_bounded)
         key(&pk, "t");
         msgpack_pack_uint8(&pk, AG_MSG_Q_STATUS);
         key(&pk, "future");
-        for (int i = 0; i < depth; i++)
-            msgpack_pack_array(&pk, 1);
+        for (int i = 0; i < depth; i++) msgpack_pack_array(&pk, 1);
         msgpack_pack_nil(&pk);
         ag_msg m;
         int rc = decode_sb(&sb, &m);
@@ -312,12 +297,11 @@ Test(decode, unknown_keys_are_skipped_but_their_nesting_is_bounded)
     }
 }
 
-Test(decode, huge_declared_counts_are_rejected_without_allocating)
-{
+Test(decode, huge_declared_counts_are_rejected_without_allocating) {
     /* a map, an array and a string that claim 2^32-1 entries/bytes */
     static const unsigned char map[] = {0xdf, 0xff, 0xff, 0xff, 0xff, 0xa1, 'v', 0x01};
-    static const unsigned char head[] = {0x83, 0xa1, 'v', 0x01, 0xa1, 't', 0x02, 0xa4,
-                                         'r', 'e', 'c', 's', 0xdd, 0xff, 0xff, 0xff, 0xff};
+    static const unsigned char head[] = {0x83, 0xa1, 'v', 0x01, 0xa1, 't',  0x02, 0xa4, 'r',
+                                         'e',  'c',  's', 0xdd, 0xff, 0xff, 0xff, 0xff};
     static const unsigned char s32[] = {0x81, 0xdb, 0xff, 0xff, 0xff, 0xff, 'v'};
     ag_msg m;
     cr_assert_eq(ag_proto_decode(map, sizeof map, &m), AG_EPROTO);
@@ -325,8 +309,7 @@ Test(decode, huge_declared_counts_are_rejected_without_allocating)
     cr_assert_eq(ag_proto_decode(s32, sizeof s32, &m), AG_EPROTO);
 }
 
-Test(decode, oversize_names_and_metadata_are_too_big)
-{
+Test(decode, oversize_names_and_metadata_are_too_big) {
     char name[AG_NAME_MAX + 2];
     memset(name, 'n', sizeof name - 1);
     name[sizeof name - 1] = '\0';
@@ -356,8 +339,7 @@ Test(decode, oversize_names_and_metadata_are_too_big)
     free(meta);
 }
 
-Test(decode, bad_metadata_names_and_formats_are_rejected)
-{
+Test(decode, bad_metadata_names_and_formats_are_rejected) {
     static const char *const metas[] = {"[]", "{", "{\"a\":}", "{} x", "{'a':1}", "{\"a\":01}"};
     for (size_t i = 0; i < sizeof metas / sizeof metas[0]; i++) {
         msgpack_sbuffer sb;
@@ -398,8 +380,7 @@ Test(decode, bad_metadata_names_and_formats_are_rejected)
     }
 }
 
-Test(decode, stats_records_of_the_wrong_shape_or_values_are_rejected)
-{
+Test(decode, stats_records_of_the_wrong_shape_or_values_are_rejected) {
     /* 0: 5 values; 1: role 4; 2: negative amax; 3: NaN amax; 4: nonfinite > numel;
      * 5: no records */
     for (int variant = 0; variant < 6; variant++) {
@@ -417,8 +398,7 @@ Test(decode, stats_records_of_the_wrong_shape_or_values_are_rejected)
             msgpack_pack_uint8(&pk, variant == 1 ? 4 : 0);
             msgpack_pack_double(&pk, variant == 2 ? -1.0 : variant == 3 ? NAN : 1.0);
             msgpack_pack_uint8(&pk, 10);
-            if (variant != 0)
-                msgpack_pack_uint8(&pk, variant == 4 ? 11 : 0);
+            if (variant != 0) msgpack_pack_uint8(&pk, variant == 4 ? 11 : 0);
         }
         ag_msg m;
         cr_assert_eq(decode_sb(&sb, &m), AG_EPROTO, "variant %d", variant);
@@ -426,8 +406,7 @@ Test(decode, stats_records_of_the_wrong_shape_or_values_are_rejected)
     }
 }
 
-Test(decode, an_sgd_snapshot_without_lr_or_with_infinite_lr_is_rejected)
-{
+Test(decode, an_sgd_snapshot_without_lr_or_with_infinite_lr_is_rejected) {
     for (int variant = 0; variant < 3; variant++) {
         float data[2] = {1, 2};
         msgpack_sbuffer sb;
@@ -460,8 +439,7 @@ Test(decode, an_sgd_snapshot_without_lr_or_with_infinite_lr_is_rejected)
     }
 }
 
-Test(decode, too_many_formats_are_too_big)
-{
+Test(decode, too_many_formats_are_too_big) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
@@ -480,8 +458,7 @@ Test(decode, too_many_formats_are_too_big)
     msgpack_pack_uint8(&pk, 1);
     key(&pk, "fmts");
     msgpack_pack_array(&pk, 65);
-    for (int i = 0; i < 65; i++)
-        str(&pk, "E5M2");
+    for (int i = 0; i < 65; i++) str(&pk, "E5M2");
     key(&pk, "pad");
     msgpack_pack_bin_with_body(&pk, "", 0);
     key(&pk, "data");
@@ -491,8 +468,7 @@ Test(decode, too_many_formats_are_too_big)
     msgpack_sbuffer_destroy(&sb);
 }
 
-Test(decode, a_reply_item_of_the_wrong_width_is_rejected_and_freed)
-{
+Test(decode, a_reply_item_of_the_wrong_width_is_rejected_and_freed) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
@@ -520,8 +496,7 @@ Test(decode, a_reply_item_of_the_wrong_width_is_rejected_and_freed)
     msgpack_sbuffer_destroy(&sb);
 }
 
-Test(decode, an_error_reply_needs_a_negative_code)
-{
+Test(decode, an_error_reply_needs_a_negative_code) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
@@ -540,11 +515,10 @@ Test(decode, an_error_reply_needs_a_negative_code)
     msgpack_sbuffer_destroy(&sb);
 }
 
-Test(decode, integers_of_every_width_are_read_with_their_sign)
-{
-    static const int64_t values[] = {0, 1, 127, -1, -32, -33, -128, -129, 255, 65535, -32768,
-                                     -32769, 70000, -2147483648LL, 4294967295LL, INT64_MIN,
-                                     INT64_MAX};
+Test(decode, integers_of_every_width_are_read_with_their_sign) {
+    static const int64_t values[] = {
+        0,     1,      127,    -1,    -32,           -33,          -128,      -129,     255,
+        65535, -32768, -32769, 70000, -2147483648LL, 4294967295LL, INT64_MIN, INT64_MAX};
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
@@ -563,8 +537,7 @@ Test(decode, integers_of_every_width_are_read_with_their_sign)
     }
 }
 
-Test(decode, a_negative_number_for_an_unsigned_field_is_rejected)
-{
+Test(decode, a_negative_number_for_an_unsigned_field_is_rejected) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
@@ -579,8 +552,7 @@ Test(decode, a_negative_number_for_an_unsigned_field_is_rejected)
     msgpack_sbuffer_destroy(&sb);
 }
 
-Test(decode, a_message_over_256_mib_is_too_big)
-{
+Test(decode, a_message_over_256_mib_is_too_big) {
     ag_msg m;
     static const char byte = (char)0x80;
     cr_assert_eq(ag_proto_decode(&byte, (size_t)AG_PROTO_MAX_MESSAGE + 1, &m), AG_ETOOBIG);

@@ -11,71 +11,82 @@
 #include "altgrad/altgrad.h"
 #include "proto/proto.h"
 
-static int encode(ag_msg *m)
-{
+static int encode(ag_msg *m) {
     ag_buf b;
     ag_buf_init(&b);
     int rc = ag_proto_encode(&b, m);
-    if (rc)
-        cr_assert_eq(b.len, 0);
+    if (rc) cr_assert_eq(b.len, 0);
     ag_buf_free(&b);
     return rc;
 }
 
-static ag_msg snapshot(const float *w, const float *g)
-{
+static ag_msg snapshot(const float *w, const float *g) {
     ag_msg m = {.type = AG_MSG_SNAPSHOT};
     m.hdr.run = "r";
-    m.u.snapshot = (ag_msg_snapshot){.tensor = "w", .dtype = AG_DTYPE_F32, .lr = 0.1,
-                                     .n = 2, .w = w, .x = g};
+    m.u.snapshot =
+        (ag_msg_snapshot){.tensor = "w", .dtype = AG_DTYPE_F32, .lr = 0.1, .n = 2, .w = w, .x = g};
     return m;
 }
 
-Test(encode, a_valid_snapshot_encodes)
-{
+Test(encode, a_valid_snapshot_encodes) {
     float w[2] = {1, 2}, g[2] = {3, 4};
     ag_msg m = snapshot(w, g);
     cr_assert_eq(encode(&m), AG_OK);
 }
 
-Test(encode, snapshot_misuse_is_refused_with_a_reason)
-{
+Test(encode, snapshot_misuse_is_refused_with_a_reason) {
     float w[2] = {1, 2}, g[2] = {3, 4};
     ag_msg m;
-    m = snapshot(w, g); m.u.snapshot.lr = NAN;
+    m = snapshot(w, g);
+    m.u.snapshot.lr = NAN;
     cr_assert_eq(encode(&m), AG_EINVAL);
     cr_assert_not_null(m.why);
-    m = snapshot(w, g); m.u.snapshot.lr = INFINITY;
+    m = snapshot(w, g);
+    m.u.snapshot.lr = INFINITY;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.dtype = 7;
+    m = snapshot(w, g);
+    m.u.snapshot.dtype = 7;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.form = 2;
+    m = snapshot(w, g);
+    m.u.snapshot.form = 2;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.n = 0;
+    m = snapshot(w, g);
+    m.u.snapshot.n = 0;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.numel = 1;
+    m = snapshot(w, g);
+    m.u.snapshot.numel = 1;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.x = NULL;
+    m = snapshot(w, g);
+    m.u.snapshot.x = NULL;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.has_scale = 1; m.u.snapshot.scale = -1;
+    m = snapshot(w, g);
+    m.u.snapshot.has_scale = 1;
+    m.u.snapshot.scale = -1;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.tensor = NULL;
+    m = snapshot(w, g);
+    m.u.snapshot.tensor = NULL;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.tensor = "";
+    m = snapshot(w, g);
+    m.u.snapshot.tensor = "";
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.hdr.run = NULL;
+    m = snapshot(w, g);
+    m.hdr.run = NULL;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.n = (uint64_t)AG_PROTO_MAX_MESSAGE;
+    m = snapshot(w, g);
+    m.u.snapshot.n = (uint64_t)AG_PROTO_MAX_MESSAGE;
     cr_assert_eq(encode(&m), AG_ETOOBIG);
     const char *fmts[1] = {"E5M2!"};
-    m = snapshot(w, g); m.u.snapshot.nformats = 1; m.u.snapshot.formats = fmts;
+    m = snapshot(w, g);
+    m.u.snapshot.nformats = 1;
+    m.u.snapshot.formats = fmts;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    m = snapshot(w, g); m.u.snapshot.nformats = 65; m.u.snapshot.formats = fmts;
+    m = snapshot(w, g);
+    m.u.snapshot.nformats = 65;
+    m.u.snapshot.formats = fmts;
     cr_assert_eq(encode(&m), AG_ETOOBIG);
 }
 
-Test(encode, names_longer_than_the_limit_are_too_big)
-{
+Test(encode, names_longer_than_the_limit_are_too_big) {
     char name[AG_NAME_MAX + 2];
     memset(name, 'x', sizeof name - 1);
     name[sizeof name - 1] = '\0';
@@ -87,8 +98,7 @@ Test(encode, names_longer_than_the_limit_are_too_big)
     cr_assert_eq(encode(&m), AG_OK, "exactly AG_NAME_MAX bytes is fine");
 }
 
-Test(encode, stats_misuse_is_refused)
-{
+Test(encode, stats_misuse_is_refused) {
     ag_stat_record r = {1, "t", AG_ROLE_WEIGHT, 1.0, 10, 0};
     ag_msg m = {.type = AG_MSG_STATS};
     m.hdr.run = "r";
@@ -109,8 +119,7 @@ Test(encode, stats_misuse_is_refused)
     cr_assert_eq(encode(&m), AG_EINVAL);
 }
 
-Test(encode, metadata_must_be_a_json_object_within_64_kib)
-{
+Test(encode, metadata_must_be_a_json_object_within_64_kib) {
     ag_msg m = {.type = AG_MSG_RUN_START};
     m.hdr.run = "r";
     m.u.run_start.metadata = "not json";
@@ -127,8 +136,7 @@ Test(encode, metadata_must_be_a_json_object_within_64_kib)
     free(big);
 }
 
-Test(encode, unknown_types_and_null_results_are_refused)
-{
+Test(encode, unknown_types_and_null_results_are_refused) {
     ag_msg m = {.type = 99};
     cr_assert_eq(encode(&m), AG_EINVAL);
     m = (ag_msg){.type = AG_MSG_R_RUNS};
@@ -139,11 +147,17 @@ Test(encode, unknown_types_and_null_results_are_refused)
     cr_assert_eq(ag_proto_encode(NULL, &m), AG_EINVAL);
 }
 
-Test(encode, json_check_follows_rfc_8259)
-{
+Test(encode, json_check_follows_rfc_8259) {
     static const char *const good[] = {"{}", " { } ", "{\"a\":{\"b\":[]}}", "{\"n\":-0.5E+3}"};
-    static const char *const bad[] = {"", "{", "{}}", "{\"a\"}", "{\"a\":tru}", "{\"a\":1,}",
-                                      "{\"a\":\"\x01\"}", "{\"a\":.5}", "{\"a\":\"\\x\"}"};
+    static const char *const bad[] = {"",
+                                      "{",
+                                      "{}}",
+                                      "{\"a\"}",
+                                      "{\"a\":tru}",
+                                      "{\"a\":1,}",
+                                      "{\"a\":\"\x01\"}",
+                                      "{\"a\":.5}",
+                                      "{\"a\":\"\\x\"}"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         cr_assert(ag_proto_json_object_ok(good[i], strlen(good[i])), "%s", good[i]);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)

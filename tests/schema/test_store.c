@@ -58,29 +58,45 @@ static void fill(ag_store *st, uint64_t n) {
     cr_assert_eq(ag_store_begin(st), AG_OK);
     cr_assert_eq(ag_store_put_format(st, 1, ag_format_get("E5M2")), AG_OK);
     cr_assert_eq(ag_store_put_format(st, 2, ag_format_get("E3M4")), AG_OK);
-    ag_store_run_row run = {.id = 1, .name = "r1", .host = "h", .pid = 42, .client_id = 7,
-                            .started_ms = 1000, .metadata = "{\"lr\":0.1}",
+    ag_store_run_row run = {.id = 1,
+                            .name = "r1",
+                            .host = "h",
+                            .pid = 42,
+                            .client_id = 7,
+                            .started_ms = 1000,
+                            .metadata = "{\"lr\":0.1}",
                             .launch_id = "L1"};
     cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
-    ag_store_client_row client = {.client_id = 7, .run_id = 1, .launch_id = "L1",
-                                  .asked = "r1", .started_ms = 1000};
+    ag_store_client_row client = {
+        .client_id = 7, .run_id = 1, .launch_id = "L1", .asked = "r1", .started_ms = 1000};
     cr_assert_eq(ag_store_put_client(st, &client), AG_OK, "%s", ag_store_errmsg(st));
     cr_assert_eq(ag_store_put_tensor(st, 1, 1, "fc1.weight", AG_ROLE_WEIGHT), AG_OK);
     for (uint64_t step = 1; step <= n; step++) {
-        ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step,
+        ag_store_result_row r = {.tensor_id = 1,
+                                 .format_id = 1,
+                                 .step = step,
                                  .counts = {.stalled = step, .total = 10, .overflow = 1},
-                                 .flips = 2, .amax = 0.5, .scale = 0.25 * (double)step};
+                                 .flips = 2,
+                                 .amax = 0.5,
+                                 .scale = 0.25 * (double)step};
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
-        ag_store_stats_row s = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .step = step,
-                                .amax = (double)step, .numel = 100};
+        ag_store_stats_row s = {.tensor_id = 1,
+                                .role = AG_ROLE_WEIGHT,
+                                .step = step,
+                                .amax = (double)step,
+                                .numel = 100};
         cr_assert_eq(ag_store_put_stats(st, &s), AG_OK);
     }
     ag_store_run_delta rd = {.run_id = 1, .messages = n, .last_step = n};
     cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
     ag_store_client_delta cd = {.client_id = 7, .last_seq = n, .has_drop = 1, .last_drop = 3};
     cr_assert_eq(ag_store_apply_client_delta(st, &cd), AG_OK, "%s", ag_store_errmsg(st));
-    ag_store_tensor_delta td = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .numel = 100,
-                                .first_step = 1, .last_step = n, .snapshots = n,
+    ag_store_tensor_delta td = {.tensor_id = 1,
+                                .role = AG_ROLE_WEIGHT,
+                                .numel = 100,
+                                .first_step = 1,
+                                .last_step = n,
+                                .snapshots = n,
                                 .last_amax = (double)n};
     cr_assert_eq(ag_store_apply_tensor_delta(st, &td), AG_OK);
     cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
@@ -150,8 +166,7 @@ Test(store, written_rows_come_back_through_every_query) {
     cr_assert_eq(ag_store_commit(st), AG_OK);
 
     ag_store *ro = NULL;
-    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s",
-                 ag_store_errmsg(ro));
+    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(ro));
     ag_run_list *runs = NULL;
     cr_assert_eq(ag_store_runs(ro, &runs), AG_OK);
     cr_assert_eq(runs->n, 1);
@@ -225,8 +240,12 @@ Test(store, written_rows_come_back_through_every_query) {
 Test(store, history_downsampling_sums_counts_over_buckets) {
     ag_store *st = open_rw();
     fill(st, 7);
-    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .format = "E5M2",
-                          .from_step = 2, .to_step = 6, .every = 2};
+    ag_history_query q = {.run = "r1",
+                          .tensor = "fc1.weight",
+                          .format = "E5M2",
+                          .from_step = 2,
+                          .to_step = 6,
+                          .every = 2};
     ag_history *h = NULL;
     cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
     cr_assert_eq(h->n, 3); /* {2,3} {4,5} {6} */
@@ -325,8 +344,8 @@ static int on_format(void *ctx, int64_t id, const char *name, int e, int m, int 
     ((restored *)ctx)->formats++;
     return 0;
 }
-static int on_run(void *ctx, int64_t id, const char *name, const char *asked,
-                  const char *launch, uint64_t step, int64_t ended) {
+static int on_run(void *ctx, int64_t id, const char *name, const char *asked, const char *launch,
+                  uint64_t step, int64_t ended) {
     cr_expect_eq(id, 1);
     cr_expect_str_eq(name, "r1");
     cr_expect_str_eq(asked, "r1", "a run made with no asked name was asked for its own");
@@ -393,15 +412,20 @@ Test(store, restore_returns_the_newest_history_oldest_first_and_engine_state) {
     cr_assert_eq(ag_store_put_snapshot(st, 1, 19, w, 4), AG_OK);
     cr_assert_eq(ag_store_put_snapshot(st, 1, 20, w, 4), AG_OK);
     /* A record with no finite element is not part of the history. */
-    ag_store_stats_row bad = {.tensor_id = 1, .role = AG_ROLE_WEIGHT, .step = 21,
-                              .amax = 0, .numel = 4, .nonfinite = 4};
+    ag_store_stats_row bad = {
+        .tensor_id = 1, .role = AG_ROLE_WEIGHT, .step = 21, .amax = 0, .numel = 4, .nonfinite = 4};
     cr_assert_eq(ag_store_put_stats(st, &bad), AG_OK);
     cr_assert_eq(ag_store_commit(st), AG_OK);
 
     restored r = {0};
-    ag_store_restore_cb cb = {.ctx = &r, .format = on_format, .run = on_run,
-                              .launch = on_launch, .client = on_client, .tensor = on_tensor,
-                              .history = on_history, .scale = on_scale,
+    ag_store_restore_cb cb = {.ctx = &r,
+                              .format = on_format,
+                              .run = on_run,
+                              .launch = on_launch,
+                              .client = on_client,
+                              .tensor = on_tensor,
+                              .history = on_history,
+                              .scale = on_scale,
                               .snapshot = on_snapshot};
     cr_assert_eq(ag_store_restore(st, 4, &cb), AG_OK, "%s", ag_store_errmsg(st));
     cr_assert_eq(r.formats, 2);
@@ -505,8 +529,8 @@ Test(store, history_steps_past_int64_bound_the_range_instead_of_wrapping) {
     cr_expect_eq(h->n, 0);
     ag_free(h);
     /* to beyond every storable step: open ended, not empty. */
-    q = (ag_history_query){.run = "r1", .tensor = "fc1.weight", .from_step = 2,
-                           .to_step = UINT64_MAX};
+    q = (ag_history_query){
+        .run = "r1", .tensor = "fc1.weight", .from_step = 2, .to_step = UINT64_MAX};
     cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
     cr_expect_eq(h->n, 4);
     ag_free(h);
@@ -539,21 +563,17 @@ Test(store, a_write_protected_file_is_refused_for_writing) {
             char dir_of_db[128];
             snprintf(dir_of_db, sizeof dir_of_db, "%s", db_path);
             *strrchr(dir_of_db, '/') = '\0';
-            if (chmod(dir_of_db, 0777) != 0 || setgid(65534) != 0 || setuid(65534) != 0)
-                _exit(3);
+            if (chmod(dir_of_db, 0777) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(3);
         }
         ag_store *st = NULL;
         int rc = ag_store_open(&st, db_path, AG_STORE_CREATE);
         /* "read-only" is the store's own refusal; SQLite alone would open the
          * file read-only without a word and fail at the first commit */
         int ok = rc == AG_ESTORE && strstr(ag_store_errmsg(st), "read-only") != NULL;
-        if (!as_child)
-            cr_expect(ok, "rc %d: %s", rc, ag_store_errmsg(st));
-        if (as_child && !ok)
-            fprintf(stderr, "as nobody: rc %d: %s\n", rc, ag_store_errmsg(st));
+        if (!as_child) cr_expect(ok, "rc %d: %s", rc, ag_store_errmsg(st));
+        if (as_child && !ok) fprintf(stderr, "as nobody: rc %d: %s\n", rc, ag_store_errmsg(st));
         ag_store_close(st);
-        if (as_child)
-            _exit(ok ? 0 : 1);
+        if (as_child) _exit(ok ? 0 : 1);
     } else {
         int status = 0;
         cr_assert_eq(waitpid(pid, &status, 0), pid);
@@ -631,8 +651,8 @@ typedef struct run_seen {
     uint64_t step;
 } run_seen;
 
-static int keep_run(void *ctx, int64_t id, const char *name, const char *asked,
-                    const char *launch, uint64_t step, int64_t ended) {
+static int keep_run(void *ctx, int64_t id, const char *name, const char *asked, const char *launch,
+                    uint64_t step, int64_t ended) {
     (void)id, (void)name, (void)ended;
     run_seen *r = ctx;
     r->runs++;
@@ -648,8 +668,8 @@ Test(store, a_version_2_file_migrates_its_runs_client_and_learns_the_drop_counte
     sqlite3 *db = NULL;
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
     for (int v = 0; v < 2; v++)
-        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK,
-                     "%s", sqlite3_errmsg(db));
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK, "%s",
+                     sqlite3_errmsg(db));
     cr_assert_eq(sqlite3_exec(db,
                               "INSERT INTO runs(id,name,host,pid,client_id,started_ms,last_step,"
                               "last_seq,messages,dropped) VALUES(1,'old','h',9,7,1000,40,41,42,5);"
@@ -721,8 +741,8 @@ Test(store, the_clients_of_a_version_5_file_start_with_nothing_delivered) {
     sqlite3 *db = NULL;
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
     for (int v = 0; v < 5; v++)
-        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK,
-                     "%s", sqlite3_errmsg(db));
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK, "%s",
+                     sqlite3_errmsg(db));
     cr_assert_eq(sqlite3_exec(db,
                               "INSERT INTO runs(id,name,client_id,asked) VALUES(1,'r',7,'r');"
                               "INSERT INTO clients(client_id,run_id,asked,last_seq,last_drop)"
@@ -754,8 +774,8 @@ Test(store, an_ended_run_of_a_version_3_file_leaves_no_client_to_restore) {
     sqlite3 *db = NULL;
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
     for (int v = 0; v < 3; v++)
-        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK,
-                     "%s", sqlite3_errmsg(db));
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK, "%s",
+                     sqlite3_errmsg(db));
     cr_assert_eq(sqlite3_exec(db,
                               "INSERT INTO runs(id,name,client_id,ended_ms,last_drop)"
                               " VALUES(1,'done',5,99,2),(2,'live',6,0,3);"
@@ -784,8 +804,7 @@ Test(store, a_client_row_says_which_run_its_messages_go_to) {
     char name[AG_NAME_MAX + 1], launch[AG_LAUNCH_ID_MAX + 1];
     cr_assert_eq(ag_store_client_run(st, 8, name, sizeof name, launch, sizeof launch),
                  AG_ENOTFOUND);
-    cr_expect_not_null(strstr(ag_store_errmsg(st), "0000000000000008"), "%s",
-                       ag_store_errmsg(st));
+    cr_expect_not_null(strstr(ag_store_errmsg(st), "0000000000000008"), "%s", ag_store_errmsg(st));
     /* A second run, r1.2, asked for as r1 by another launch; client 8 joins it
      * and then ends, client 9 is a client of unknown launch. */
     cr_assert_eq(ag_store_begin(st), AG_OK);
@@ -842,8 +861,7 @@ Test(store, status_reads_the_recorded_daemon_settings_and_counters_from_any_path
     char twisted[256];
     snprintf(twisted, sizeof twisted, "%s/./../%s/t.db", dir, strrchr(dir, '/') + 1);
     ag_store *ro = NULL;
-    cr_assert_eq(ag_store_open(&ro, twisted, AG_STORE_READONLY), AG_OK, "%s",
-                 ag_store_errmsg(ro));
+    cr_assert_eq(ag_store_open(&ro, twisted, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(ro));
     ag_status *a = NULL, *b = NULL;
     cr_assert_eq(ag_store_status(st, &a), AG_OK, "%s", ag_store_errmsg(st));
     cr_assert_eq(ag_store_status(ro, &b), AG_OK, "%s", ag_store_errmsg(ro));
@@ -877,12 +895,12 @@ Test(store, status_without_recorded_settings_has_no_version_and_the_known_format
 
     sqlite3 *db = NULL;
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
-    cr_assert_eq(sqlite3_exec(db, "DROP TABLE daemon_settings; PRAGMA user_version=3", NULL, NULL,
-                              NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
+    cr_assert_eq(
+        sqlite3_exec(db, "DROP TABLE daemon_settings; PRAGMA user_version=3", NULL, NULL, NULL),
+        SQLITE_OK, "%s", sqlite3_errmsg(db));
     sqlite3_close(db);
     ag_store *ro = NULL;
-    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s",
-                 ag_store_errmsg(ro));
+    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(ro));
     cr_assert_eq(ag_store_status(ro, &s), AG_OK, "%s", ag_store_errmsg(ro));
     cr_expect_null(s->version);
     cr_expect_str_eq(s->formats, "E5M2,E3M4");
@@ -897,8 +915,12 @@ Test(store, a_history_past_the_reply_limit_is_too_big_unless_downsampled) {
     fill(st, 1);
     cr_assert_eq(ag_store_begin(st), AG_OK);
     for (uint64_t step = 2; step <= AG_STORE_MAX_POINTS + 1; step++) {
-        ag_store_result_row r = {.tensor_id = 1, .format_id = 1, .step = step,
-                                 .counts = {.stalled = 1, .total = 2}, .amax = 1, .scale = 1};
+        ag_store_result_row r = {.tensor_id = 1,
+                                 .format_id = 1,
+                                 .step = step,
+                                 .counts = {.stalled = 1, .total = 2},
+                                 .amax = 1,
+                                 .scale = 1};
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
     }
     cr_assert_eq(ag_store_commit(st), AG_OK);

@@ -29,21 +29,37 @@ static char URL[128], QURL[128];
 static atomic_int stop_rx;
 static void *rx(void *a) {
     (void)a;
-    nng_socket s; nng_pull0_open(&s);
+    nng_socket s;
+    nng_pull0_open(&s);
     nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 100);
     nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 0);
     nng_listen(s, URL, NULL, 0);
     long n = 0;
-    while (!stop_rx) { nng_msg *m; if (nng_recvmsg(s, &m, 0) == 0) { n++; nng_msg_free(m);
-        if (n % 50 == 0) { struct timespec ts = {0, 2000000}; nanosleep(&ts, NULL); } } }
+    while (!stop_rx) {
+        nng_msg *m;
+        if (nng_recvmsg(s, &m, 0) == 0) {
+            n++;
+            nng_msg_free(m);
+            if (n % 50 == 0) {
+                struct timespec ts = {0, 2000000};
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
     nng_close(s);
     fprintf(stderr, "received %ld\n", n);
     return NULL;
 }
 static ag_client *c;
 static void *prod(void *a) {
-    long id = (long)a; char name[32]; snprintf(name, sizeof name, "t%ld", id);
-    float w[512], g[512]; for (int i = 0; i < 512; i++) { w[i] = 1; g[i] = 1e-4f; }
+    long id = (long)a;
+    char name[32];
+    snprintf(name, sizeof name, "t%ld", id);
+    float w[512], g[512];
+    for (int i = 0; i < 512; i++) {
+        w[i] = 1;
+        g[i] = 1e-4f;
+    }
     for (uint64_t s = 0; s < 300; s++) {
         ag_client_log_stats(c, s, name, AG_ROLE_ACTIVATION, w, 512);
         if (s % 10 == 0) ag_client_log_sgd(c, s, name, w, g, 512, 0.01f);
@@ -51,7 +67,15 @@ static void *prod(void *a) {
     }
     return NULL;
 }
-static void *q(void *a) { (void)a; for (int i = 0; i < 3; i++) { ag_run_list *l = NULL; ag_client_runs(c, &l); ag_free(l); } return NULL; }
+static void *q(void *a) {
+    (void)a;
+    for (int i = 0; i < 3; i++) {
+        ag_run_list *l = NULL;
+        ag_client_runs(c, &l);
+        ag_free(l);
+    }
+    return NULL;
+}
 /* A test daemon for q_run: "not yet" twice, then the run is tsan.2; and for
  * q_delivery: nothing stored (so a flush asks until its deadline). */
 static nng_socket rep;
@@ -74,8 +98,12 @@ static void *names(void *a) {
             out.u.delivery = (ag_msg_delivery){req.u.delivery.client_id, 0, 0};
         }
         ag_msg_clear(&req);
-        ag_buf b; ag_buf_init(&b); ag_proto_encode(&b, &out);
-        nng_msg_clear(m); nng_msg_append(m, b.data, b.len); ag_buf_free(&b);
+        ag_buf b;
+        ag_buf_init(&b);
+        ag_proto_encode(&b, &out);
+        nng_msg_clear(m);
+        nng_msg_append(m, b.data, b.len);
+        ag_buf_free(&b);
         if (nng_sendmsg(rep, m, 0) != 0) nng_msg_free(m);
     }
     return NULL;
@@ -89,14 +117,14 @@ static void *flush_some(void *a) {
 static atomic_int named;
 static void *wait_name(void *a) {
     (void)a;
-    if (ag_client_start_run(c, 5000) == AG_OK && strcmp(ag_client_run(c), "tsan.2") == 0)
-        named++;
+    if (ag_client_start_run(c, 5000) == AG_OK && strcmp(ag_client_run(c), "tsan.2") == 0) named++;
     return NULL;
 }
 static void *read_name(void *a) {
     (void)a;
     for (int i = 0; i < 2000 && strcmp(ag_client_run(c), "tsan.2") != 0; i++) {
-        struct timespec ts = {0, 1000000}; nanosleep(&ts, NULL);
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
     }
     return NULL;
 }
@@ -109,11 +137,22 @@ static void *log_more(void *a) {
 int main(int argc, char **argv) {
     int policy = argc > 1 ? atoi(argv[1]) : 0;
     snprintf(URL, sizeof URL, "ipc:///tmp/altgrad-tsan-%ld.sock", (long)getpid());
-    pthread_t r; pthread_create(&r, NULL, rx, NULL);
-    ag_client_opts o = {0}; o.ingest_url = URL; o.query_url = "ipc:///tmp/altgrad-tsan-absent.sock";
-    o.run = "tsan"; o.policy = policy; o.queue_messages = 16; o.query_timeout_ms = 100;
-    int rc = ag_client_open(&c, &o); if (rc) { fprintf(stderr, "open %s\n", ag_strerror(rc)); return 1; }
-    pthread_t p[4], qt; for (long i = 0; i < 4; i++) pthread_create(&p[i], NULL, prod, (void *)i);
+    pthread_t r;
+    pthread_create(&r, NULL, rx, NULL);
+    ag_client_opts o = {0};
+    o.ingest_url = URL;
+    o.query_url = "ipc:///tmp/altgrad-tsan-absent.sock";
+    o.run = "tsan";
+    o.policy = policy;
+    o.queue_messages = 16;
+    o.query_timeout_ms = 100;
+    int rc = ag_client_open(&c, &o);
+    if (rc) {
+        fprintf(stderr, "open %s\n", ag_strerror(rc));
+        return 1;
+    }
+    pthread_t p[4], qt;
+    for (long i = 0; i < 4; i++) pthread_create(&p[i], NULL, prod, (void *)i);
     pthread_create(&qt, NULL, q, NULL);
     for (int i = 0; i < 4; i++) pthread_join(p[i], NULL);
     pthread_join(qt, NULL);
@@ -121,20 +160,39 @@ int main(int argc, char **argv) {
     ag_client_close(c);
 
     snprintf(QURL, sizeof QURL, "ipc:///tmp/altgrad-tsan-q-%ld.sock", (long)getpid());
-    nng_rep0_open(&rep); nng_listen(rep, QURL, NULL, 0);
-    pthread_t nt, t[4]; pthread_create(&nt, NULL, names, NULL);
-    o.query_url = QURL; o.query_timeout_ms = 2000; o.close_timeout_ms = 300;
-    rc = ag_client_open(&c, &o); if (rc) { fprintf(stderr, "open %s\n", ag_strerror(rc)); return 1; }
-    pthread_create(&t[0], NULL, wait_name, NULL); pthread_create(&t[1], NULL, wait_name, NULL);
-    pthread_create(&t[2], NULL, read_name, NULL); pthread_create(&t[3], NULL, log_more, NULL);
-    pthread_t ft; pthread_create(&ft, NULL, flush_some, NULL);
+    nng_rep0_open(&rep);
+    nng_listen(rep, QURL, NULL, 0);
+    pthread_t nt, t[4];
+    pthread_create(&nt, NULL, names, NULL);
+    o.query_url = QURL;
+    o.query_timeout_ms = 2000;
+    o.close_timeout_ms = 300;
+    rc = ag_client_open(&c, &o);
+    if (rc) {
+        fprintf(stderr, "open %s\n", ag_strerror(rc));
+        return 1;
+    }
+    pthread_create(&t[0], NULL, wait_name, NULL);
+    pthread_create(&t[1], NULL, wait_name, NULL);
+    pthread_create(&t[2], NULL, read_name, NULL);
+    pthread_create(&t[3], NULL, log_more, NULL);
+    pthread_t ft;
+    pthread_create(&ft, NULL, flush_some, NULL);
     for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
     pthread_join(ft, NULL);
-    if (ag_client_close(c) <= 0) { fprintf(stderr, "nothing confirmed, yet none undelivered\n"); return 1; }
-    nng_close(rep); pthread_join(nt, NULL);
-    if (named != 2) { fprintf(stderr, "the name was not learnt (%d)\n", (int)named); return 1; }
+    if (ag_client_close(c) <= 0) {
+        fprintf(stderr, "nothing confirmed, yet none undelivered\n");
+        return 1;
+    }
+    nng_close(rep);
+    pthread_join(nt, NULL);
+    if (named != 2) {
+        fprintf(stderr, "the name was not learnt (%d)\n", (int)named);
+        return 1;
+    }
 
-    stop_rx = 1; pthread_join(r, NULL);
+    stop_rx = 1;
+    pthread_join(r, NULL);
     fprintf(stderr, "done policy %d\n", policy);
     unlink(URL + strlen("ipc://"));
     unlink(QURL + strlen("ipc://"));
