@@ -8,7 +8,7 @@ SBUILD  ?= build-asan
 FUZZ_SECONDS ?= 20
 STRESS_N ?= 30
 
-.PHONY: all deps build build-asan test test-c test-asan test-py demo bench fuzz tsan stress clean
+.PHONY: all deps build build-asan test test-c test-asan test-py demo bench fuzz tsan stress format format-check clean
 
 all: build
 
@@ -38,7 +38,7 @@ test-py: build
 
 # Sanitized first, then plain, then the fuzz smoke run and the TSan check,
 # then pytest: the runners' summary lines close the output.
-test: test-asan test-c
+test: format-check test-asan test-c
 	@if [ -f fuzz/CMakeLists.txt ]; then $(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS); fi
 	$(MAKE) --no-print-directory tsan
 	$(MAKE) --no-print-directory test-py
@@ -54,6 +54,16 @@ bench: build
 demo: build
 	@if [ -x scripts/demo.sh ]; then bash scripts/demo.sh $(BUILD); \
 	else $(BUILD)/examples/ag_formats 2>/dev/null || echo "demo not built yet"; fi
+
+# One C dialect (.clang-format): check every tracked C file, or rewrite them.
+format-check: deps
+	@files=$$(git ls-files '*.c' '*.h'); \
+	if clang-format --dry-run --Werror $$files; then \
+	  echo "clang-format: $$(echo $$files | wc -w) C files formatted as .clang-format says"; \
+	else echo "clang-format: files above differ from .clang-format (make format fixes them)"; exit 1; fi
+
+format: deps
+	git ls-files '*.c' '*.h' | xargs clang-format -i
 
 # Repeat the daemon and client suites STRESS_N times under ASan, no reruns.
 stress: build-asan
