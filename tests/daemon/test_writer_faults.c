@@ -8,6 +8,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +44,12 @@ static void teardown(void) {
 }
 
 TestSuite(writer_faults, .init = setup, .fini = teardown, .timeout = 120);
+
+static const char *db_path_for(const char *name) {
+    static char p[200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return p;
+}
 
 static void sleep_ms(long ms) { /* a poll interval, not a timing assumption */
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
@@ -179,4 +186,32 @@ Test(writer_faults, a_disk_still_failing_at_stop_gives_up_in_bounded_time_and_co
     ag_writer_stop(w);
     ag_fault_clear();
     cr_assert_eq(points(NULL), 20);
+}
+
+/* The VFS's own fsync fault, seen by a plain SQLite connection in
+ * synchronous=FULL rollback-journal mode (each commit syncs): the commit
+ * fails with an I/O error and the file keeps its last committed state. */
+Test(writer_faults, the_fault_vfs_fails_fsync_when_asked) {
+    sqlite3 *conn = NULL;
+    cr_assert_eq(sqlite3_open(db_path_for("sync.db"), &conn), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(conn,
+                              "PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;"
+                              "CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    uint64_t refused0 = ag_fault_refused();
+    ag_fault_fsync(1);
+    int rc = sqlite3_exec(conn, "INSERT INTO t VALUES (2);", NULL, NULL, NULL);
+    ag_fault_fsync(0);
+    cr_expect_eq(rc & 0xff, SQLITE_IOERR, "commit with a failing fsync: %d %s", rc,
+                 sqlite3_errmsg(conn));
+    cr_expect_gt(ag_fault_refused(), refused0);
+    sqlite3_stmt *s = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(conn, "SELECT count(*) FROM t", -1, &s, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_step(s), SQLITE_ROW);
+    cr_expect_eq(sqlite3_column_int(s, 0), 1, "the failed commit left nothing");
+    sqlite3_finalize(s);
+    sqlite3_close(conn);
+    unlink(db_path_for("sync.db"));
+    unlink(db_path_for("sync.db-journal"));
 }
