@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # stress.sh BUILD_DIR N: run the suites that start daemons, receivers and
-
-
-# one), with no rerun: the first failure or hang (ctest's timeout) fails it.
+# clients (client, identity, query, daemon integration, stray connections, run
+# identity, a filling disk, the CLI against the daemon) N times each, in the
+# given build (make stress uses the ASan one), with no rerun: the first failure
+# or hang (ctest's timeout) fails it.
 set -uo pipefail
 dir=$1 n=${2:-30}
 suites='^(test_client_client|test_client_identity|test_client_query|test_altgradd|test_stray|test_run_identity|test_diskfull|test_cli_daemon|test_cli_sources)$'
