@@ -41,7 +41,7 @@ ag_cell ag_cell_f64(double d);
 ag_cell ag_cell_rate(double d);
 ag_cell ag_cell_time_ms(int64_t ms);
 
-#define AG_DOC_META_MAX 16
+#define AG_DOC_META_MAX 32 /* status has 16 today */
 #define AG_DOC_COLS_MAX 16
 
 typedef struct ag_doc_field {

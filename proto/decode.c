@@ -143,7 +143,7 @@ static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spe
         if (n > AG_PROTO_MAX_FORMATS) BAD(d, "more than 64 formats", AG_ETOOBIG);
         const char **names = d_alloc(d, (n ? n : 1) * sizeof(*names));
         if (!names) BAD(d, "out of memory", AG_ENOMEM);
-        const ag_field ff = {"fmt", K_FMT, F_REQ, 0, 0};
+        const ag_field ff = {"fmt", K_FMT, F_REQ, 0, 0, NULL, 0};
         for (uint32_t i = 0; i < n; i++)
             if ((rc = d_string(d, &ff, &names[i]))) return rc;
         s->nformats = n;
@@ -159,7 +159,8 @@ static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spe
         if ((rc = ag_rd_array(&d->rd, &ncols))) return rc;
         if (ncols != spec->ncols) BAD(d, "a reply item has the wrong number of values", AG_EPROTO);
         for (size_t c = 0; c < ncols; c++)
-            if ((rc = d_scalar(d, &spec->cols[c], items + i * spec->item_size))) return rc;
+            if ((rc = d_scalar(d, ag_spec_wire_col(spec, c), items + i * spec->item_size)))
+                return rc;
     }
     size_t count = n;
     memcpy(base + spec->count_off, &count, sizeof count);
@@ -250,7 +251,7 @@ static int decode(dec *d, ag_msg *m, const ag_spec *spec) {
             if (seen_hdr & (1u << h)) BAD(d, "a key appears twice", AG_EPROTO);
             seen_hdr |= 1u << h;
             if (h == 0) {
-                const ag_field f = {"run", K_NAME, F_REQ, 0, 0};
+                const ag_field f = {"run", K_NAME, F_REQ, 0, 0, NULL, 0};
                 rc = d_string(d, &f, &m->hdr.run);
             } else {
                 uint64_t *dst = h == 1 ? &m->hdr.client_id : h == 2 ? &m->hdr.seq : &m->hdr.dropped;

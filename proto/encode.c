@@ -167,7 +167,7 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         const ag_msg_snapshot *s = (const ag_msg_snapshot *)(base + f->off);
         msgpack_pack_array(pk, s->nformats);
         for (size_t i = 0; i < s->nformats; i++) {
-            ag_field ff = {"fmt", K_FMT, F_REQ, 0, 0};
+            ag_field ff = {"fmt", K_FMT, F_REQ, 0, 0, NULL, 0};
             if ((rc = put_scalar(pk, &ff, (const char *)&s->formats[i], why))) return rc;
         }
         return AG_OK;
@@ -199,7 +199,8 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         for (size_t i = 0; i < n; i++) {
             msgpack_pack_array(pk, spec->ncols);
             for (size_t c = 0; c < spec->ncols; c++)
-                if ((rc = put_scalar(pk, &spec->cols[c], items + i * spec->item_size, why)))
+                if ((rc = put_scalar(pk, ag_spec_wire_col(spec, c), items + i * spec->item_size,
+                                     why)))
                     return rc;
         }
         return AG_OK;
@@ -244,7 +245,7 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why) {
     put_key(&pk, "t");
     msgpack_pack_uint32(&pk, (uint32_t)m->type);
     if (stream) {
-        ag_field run = {"run", K_NAME, F_REQ, offsetof(ag_stream_hdr, run), 0};
+        ag_field run = {"run", K_NAME, F_REQ, offsetof(ag_stream_hdr, run), 0, NULL, 0};
         put_key(&pk, "run");
         int rc = put_scalar(&pk, &run, (const char *)&m->hdr, why);
         if (rc) return rc;

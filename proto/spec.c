@@ -1,7 +1,9 @@
 /*
  * spec.c - the protocol as data: one field table per message type (keys,
- * kinds, limits, where each value lives in the C structs). encode.c and
- * decode.c walk these tables; PROTOCOL.md is their prose form.
+ * kinds, limits, where each value lives in the C structs; for replies, also
+ * each field's document key and presentation). encode.c and decode.c walk
+ * these tables, and so does present/json_layout.c to lay out every query
+ * result; PROTOCOL.md is their prose form.
  */
 #include <stddef.h>
 
@@ -11,192 +13,199 @@
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
 static const ag_field run_start_fields[] = {
-    {"host", K_STR, F_REQ, U(run_start.host), AG_NAME_MAX},
-    {"pid", K_INT, F_REQ, U(run_start.pid), 0},
-    {"time", K_INT, F_REQ, U(run_start.time_ms), 0},
-    {"meta", K_JSON, F_OMIT0, U(run_start.metadata), AG_PROTO_MAX_METADATA},
-    {"launch", K_LAUNCH, F_OMIT0, U(run_start.launch), AG_LAUNCH_ID_MAX},
-    {"resume", K_ENUM, F_OMIT0, U(run_start.resume), 1},
+    {"host", K_STR, F_REQ, U(run_start.host), AG_NAME_MAX, NULL, 0},
+    {"pid", K_INT, F_REQ, U(run_start.pid), 0, NULL, 0},
+    {"time", K_INT, F_REQ, U(run_start.time_ms), 0, NULL, 0},
+    {"meta", K_JSON, F_OMIT0, U(run_start.metadata), AG_PROTO_MAX_METADATA, NULL, 0},
+    {"launch", K_LAUNCH, F_OMIT0, U(run_start.launch), AG_LAUNCH_ID_MAX, NULL, 0},
+    {"resume", K_ENUM, F_OMIT0, U(run_start.resume), 1, NULL, 0},
 };
 
 static const ag_field stats_fields[] = {
-    {"recs", K_RECS, F_REQ, U(stats), 0},
+    {"recs", K_RECS, F_REQ, U(stats), 0, NULL, 0},
 };
 
 static const ag_field snapshot_fields[] = {
-    {"step", K_UINT, F_REQ, U(snapshot.step), 0},
-    {"tensor", K_NAME, F_REQ, U(snapshot.tensor), 0},
-    {"dtype", K_ENUM, F_REQ, U(snapshot.dtype), AG_DTYPE_F16},
-    {"form", K_ENUM, F_REQ, U(snapshot.form), AG_FORM_UPDATE},
-    {"lr", K_FLOAT, F_OMIT0, U(snapshot.lr), 0},
-    {"n", K_UINT, F_REQ, U(snapshot.n), 0},
-    {"numel", K_UINT, F_OMIT0, U(snapshot.numel), 0},
-    {"scale", K_SCALE, 0, U(snapshot.scale), U(snapshot.has_scale)},
-    {"fmts", K_FMTS, F_OMIT0, U(snapshot), 0},
-    {"data", K_DATA, F_REQ, U(snapshot), 0}, /* last: the encoder pads before it */
+    {"step", K_UINT, F_REQ, U(snapshot.step), 0, NULL, 0},
+    {"tensor", K_NAME, F_REQ, U(snapshot.tensor), 0, NULL, 0},
+    {"dtype", K_ENUM, F_REQ, U(snapshot.dtype), AG_DTYPE_F16, NULL, 0},
+    {"form", K_ENUM, F_REQ, U(snapshot.form), AG_FORM_UPDATE, NULL, 0},
+    {"lr", K_FLOAT, F_OMIT0, U(snapshot.lr), 0, NULL, 0},
+    {"n", K_UINT, F_REQ, U(snapshot.n), 0, NULL, 0},
+    {"numel", K_UINT, F_OMIT0, U(snapshot.numel), 0, NULL, 0},
+    {"scale", K_SCALE, 0, U(snapshot.scale), U(snapshot.has_scale), NULL, 0},
+    {"fmts", K_FMTS, F_OMIT0, U(snapshot), 0, NULL, 0},
+    {"data", K_DATA, F_REQ, U(snapshot), 0, NULL, 0}, /* last: the encoder pads before it */
 };
 
 static const ag_field run_end_fields[] = {
-    {"step", K_UINT, F_REQ, U(run_end.step), 0},
-    {"time", K_INT, F_REQ, U(run_end.time_ms), 0},
+    {"step", K_UINT, F_REQ, U(run_end.step), 0, NULL, 0},
+    {"time", K_INT, F_REQ, U(run_end.time_ms), 0, NULL, 0},
 };
 
 static const ag_field q_run_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0, NULL, 0},
 };
 
 static const ag_field q_history_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0},      {"tensor", K_NAME, F_REQ, U(query.tensor), 0},
-    {"fmt", K_FMT, F_OMIT0, U(query.format), 0},  {"from", K_UINT, F_OMIT0, U(query.from_step), 0},
-    {"to", K_UINT, F_OMIT0, U(query.to_step), 0}, {"every", K_UINT, F_OMIT0, U(query.every), 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0, NULL, 0},
+    {"tensor", K_NAME, F_REQ, U(query.tensor), 0, NULL, 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, NULL, 0},
+    {"from", K_UINT, F_OMIT0, U(query.from_step), 0, NULL, 0},
+    {"to", K_UINT, F_OMIT0, U(query.to_step), 0, NULL, 0},
+    {"every", K_UINT, F_OMIT0, U(query.every), 0, NULL, 0},
 };
 
 static const ag_field q_scales_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0},
-    {"fmt", K_FMT, F_OMIT0, U(query.format), 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0, NULL, 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, NULL, 0},
 };
 
 static const ag_field q_top_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0},
-    {"fmt", K_FMT, F_OMIT0, U(query.format), 0},
-    {"window", K_UINT, F_OMIT0, U(query.window), 0},
-    {"limit", K_UINT, F_OMIT0, U(query.limit), 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0, NULL, 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, NULL, 0},
+    {"window", K_UINT, F_OMIT0, U(query.window), 0, NULL, 0},
+    {"limit", K_UINT, F_OMIT0, U(query.limit), 0, NULL, 0},
 };
 
 static const ag_field q_client_fields[] = {
-    {"cid", K_UINT, F_REQ, U(query.client_id), 0},
+    {"cid", K_UINT, F_REQ, U(query.client_id), 0, NULL, 0},
 };
 
 static const ag_field q_delivery_fields[] = {
-    {"cid", K_UINT, F_REQ, U(delivery.client_id), 0},
+    {"cid", K_UINT, F_REQ, U(delivery.client_id), 0, NULL, 0},
 };
 
 static const ag_field error_fields[] = {
-    {"code", K_CODE, F_REQ, U(error.code), 0},
-    {"msg", K_STR, F_REQ, U(error.text), AG_PROTO_MAX_ERROR_TEXT},
+    {"code", K_CODE, F_REQ, U(error.code), 0, NULL, 0},
+    {"msg", K_STR, F_REQ, U(error.text), AG_PROTO_MAX_ERROR_TEXT, NULL, 0},
 };
 
 /* Stats records: a fixed array of 6, relative to ag_stat_record. */
 const ag_field ag_record_cols[6] = {
-    {"step", K_UINT, F_REQ, offsetof(ag_stat_record, step), 0},
-    {"tensor", K_NAME, F_REQ, offsetof(ag_stat_record, tensor), 0},
-    {"role", K_ENUM, F_REQ, offsetof(ag_stat_record, role), AG_ROLE_UPDATE},
-    {"amax", K_FLOAT, F_REQ | F_NONNEG, offsetof(ag_stat_record, amax), 0},
-    {"numel", K_UINT, F_REQ, offsetof(ag_stat_record, numel), 0},
-    {"nonfinite", K_UINT, F_REQ, offsetof(ag_stat_record, nonfinite), 0},
+    {"step", K_UINT, F_REQ, offsetof(ag_stat_record, step), 0, NULL, 0},
+    {"tensor", K_NAME, F_REQ, offsetof(ag_stat_record, tensor), 0, NULL, 0},
+    {"role", K_ENUM, F_REQ, offsetof(ag_stat_record, role), AG_ROLE_UPDATE, NULL, 0},
+    {"amax", K_FLOAT, F_REQ | F_NONNEG, offsetof(ag_stat_record, amax), 0, NULL, 0},
+    {"numel", K_UINT, F_REQ, offsetof(ag_stat_record, numel), 0, NULL, 0},
+    {"nonfinite", K_UINT, F_REQ, offsetof(ag_stat_record, nonfinite), 0, NULL, 0},
 };
 
-/* ---- replies ----------------------------------------------------------- */
-#define ITEMS                                                                                      \
-    { "items", K_ITEMS, F_REQ, 0, 0 }
+/* ---- replies -----------------------------------------------------------
+ * The one description of every query result's fields: wire key, kind,
+ * flags, where the value lives, and how the documents (CLI, HTTP API,
+ * Python) show it. Tables are in document order. R() names the C member,
+ * whose name is the document key, so member and key cannot drift apart;
+ * C() is R() for a column whose wire key is that name too. */
+#define R(T, wire, member, kind, flags, aux, show)                                                 \
+    { wire, kind, flags, offsetof(T, member), aux, #member, show }
+#define C(T, member, kind, flags, aux, show) R(T, #member, member, kind, flags, aux, show)
+/* The item list; its document key is the list's key ("runs", "points"...). */
+#define ITEMS(list_key)                                                                            \
+    { "items", K_ITEMS, F_REQ, 0, 0, list_key, S_PLAIN }
 
-static const ag_field runs_fields[] = {ITEMS};
+static const ag_field runs_fields[] = {ITEMS("runs")};
+#define RUN(m, kind, aux, show) C(ag_run_info, m, kind, F_REQ, aux, show)
 static const ag_field runs_cols[] = {
-    {"name", K_NAME, F_REQ, offsetof(ag_run_info, name), 0},
-    {"host", K_STR, F_REQ, offsetof(ag_run_info, host), AG_NAME_MAX},
-    {"pid", K_INT, F_REQ, offsetof(ag_run_info, pid), 0},
-    {"client_id", K_UINT, F_REQ, offsetof(ag_run_info, client_id), 0},
-    {"started_ms", K_INT, F_REQ, offsetof(ag_run_info, started_ms), 0},
-    {"ended_ms", K_INT, F_REQ, offsetof(ag_run_info, ended_ms), 0},
-    {"last_step", K_UINT, F_REQ, offsetof(ag_run_info, last_step), 0},
-    {"messages", K_UINT, F_REQ, offsetof(ag_run_info, messages), 0},
-    {"dropped", K_UINT, F_REQ, offsetof(ag_run_info, dropped), 0},
-    {"metadata", K_JSON, F_REQ, offsetof(ag_run_info, metadata), AG_PROTO_MAX_METADATA},
+    RUN(name, K_NAME, 0, S_PLAIN),      RUN(host, K_STR, AG_NAME_MAX, S_PLAIN),
+    RUN(pid, K_INT, 0, S_PLAIN),        RUN(client_id, K_UINT, 0, S_PLAIN),
+    RUN(started_ms, K_INT, 0, S_TIME),  RUN(ended_ms, K_INT, 0, S_TIME),
+    RUN(last_step, K_UINT, 0, S_PLAIN), RUN(messages, K_UINT, 0, S_PLAIN),
+    RUN(dropped, K_UINT, 0, S_PLAIN),   RUN(metadata, K_JSON, AG_PROTO_MAX_METADATA, S_PLAIN),
 };
 
-static const ag_field tensors_fields[] = {ITEMS};
+static const ag_field tensors_fields[] = {ITEMS("tensors")};
+#define TENSOR(m, kind, aux, show) C(ag_tensor_info, m, kind, F_REQ, aux, show)
 static const ag_field tensors_cols[] = {
-    {"name", K_NAME, F_REQ, offsetof(ag_tensor_info, name), 0},
-    {"role", K_ENUM, F_REQ, offsetof(ag_tensor_info, role), AG_ROLE_UPDATE},
-    {"numel", K_UINT, F_REQ, offsetof(ag_tensor_info, numel), 0},
-    {"first_step", K_UINT, F_REQ, offsetof(ag_tensor_info, first_step), 0},
-    {"last_step", K_UINT, F_REQ, offsetof(ag_tensor_info, last_step), 0},
-    {"snapshots", K_UINT, F_REQ, offsetof(ag_tensor_info, snapshots), 0},
-    {"last_amax", K_FLOAT, F_REQ, offsetof(ag_tensor_info, last_amax), 0},
+    TENSOR(name, K_NAME, 0, S_PLAIN),       TENSOR(role, K_ENUM, AG_ROLE_UPDATE, S_ROLE),
+    TENSOR(numel, K_UINT, 0, S_PLAIN),      TENSOR(first_step, K_UINT, 0, S_PLAIN),
+    TENSOR(last_step, K_UINT, 0, S_PLAIN),  TENSOR(snapshots, K_UINT, 0, S_PLAIN),
+    TENSOR(last_amax, K_FLOAT, 0, S_PLAIN),
 };
 
 static const ag_field history_fields[] = {
-    {"run", K_NAME, F_REQ, offsetof(ag_history, run), 0},
-    {"tensor", K_NAME, F_REQ, offsetof(ag_history, tensor), 0},
-    {"fmt", K_FMT, F_REQ, offsetof(ag_history, format), 0},
-    ITEMS,
+    C(ag_history, run, K_NAME, F_REQ, 0, S_PLAIN),
+    C(ag_history, tensor, K_NAME, F_REQ, 0, S_PLAIN),
+    R(ag_history, "fmt", format, K_FMT, F_REQ, 0, S_PLAIN),
+    ITEMS("points"),
 };
+#define POINT(m, kind, flags, show) C(ag_history_point, m, kind, flags, 0, show)
 static const ag_field history_cols[] = {
-    {"step", K_UINT, F_REQ, offsetof(ag_history_point, step), 0},
-    {"stalled", K_UINT, F_REQ, offsetof(ag_history_point, stalled), 0},
-    {"total", K_UINT, F_REQ, offsetof(ag_history_point, total), 0},
-    {"stall_rate", K_FLOAT, F_REQ | F_NONNEG, offsetof(ag_history_point, stall_rate), 0},
-    {"flips", K_UINT, F_REQ, offsetof(ag_history_point, flips), 0},
-    {"overflow", K_UINT, F_REQ, offsetof(ag_history_point, overflow), 0},
-    {"underflow", K_UINT, F_REQ, offsetof(ag_history_point, underflow), 0},
-    {"nonfinite", K_UINT, F_REQ, offsetof(ag_history_point, nonfinite), 0},
-    {"amax", K_FLOAT, F_REQ, offsetof(ag_history_point, amax), 0},
-    {"scale", K_FLOAT, F_REQ, offsetof(ag_history_point, scale), 0},
+    POINT(step, K_UINT, F_REQ, S_PLAIN),      POINT(stalled, K_UINT, F_REQ, S_PLAIN),
+    POINT(total, K_UINT, F_REQ, S_PLAIN),     POINT(stall_rate, K_FLOAT, F_REQ | F_NONNEG, S_RATE),
+    POINT(flips, K_UINT, F_REQ, S_PLAIN),     POINT(overflow, K_UINT, F_REQ, S_PLAIN),
+    POINT(underflow, K_UINT, F_REQ, S_PLAIN), POINT(nonfinite, K_UINT, F_REQ, S_PLAIN),
+    POINT(amax, K_FLOAT, F_REQ, S_PLAIN),     POINT(scale, K_FLOAT, F_REQ, S_PLAIN),
 };
 
 static const ag_field scales_fields[] = {
-    {"fmt", K_FMT, F_REQ, offsetof(ag_scale_list, format), 0},
-    ITEMS,
+    R(ag_scale_list, "fmt", format, K_FMT, F_REQ, 0, S_PLAIN),
+    ITEMS("scales"),
 };
+#define SCALE(m, kind) C(ag_scale_info, m, kind, F_REQ, 0, S_PLAIN)
 static const ag_field scales_cols[] = {
-    {"tensor", K_NAME, F_REQ, offsetof(ag_scale_info, tensor), 0},
-    {"step", K_UINT, F_REQ, offsetof(ag_scale_info, step), 0},
-    {"amax", K_FLOAT, F_REQ, offsetof(ag_scale_info, amax), 0},
-    {"scale", K_FLOAT, F_REQ, offsetof(ag_scale_info, scale), 0},
+    SCALE(tensor, K_NAME),
+    SCALE(step, K_UINT),
+    SCALE(amax, K_FLOAT),
+    SCALE(scale, K_FLOAT),
 };
 
 static const ag_field top_fields[] = {
-    {"fmt", K_FMT, F_REQ, offsetof(ag_top_list, format), 0},
-    {"from", K_UINT, F_REQ, offsetof(ag_top_list, from_step), 0},
-    {"to", K_UINT, F_REQ, offsetof(ag_top_list, to_step), 0},
-    ITEMS,
+    R(ag_top_list, "fmt", format, K_FMT, F_REQ, 0, S_PLAIN),
+    R(ag_top_list, "from", from_step, K_UINT, F_REQ, 0, S_PLAIN),
+    R(ag_top_list, "to", to_step, K_UINT, F_REQ, 0, S_PLAIN),
+    ITEMS("tensors"),
 };
+#define TOP(m, kind, flags, show) C(ag_top_entry, m, kind, flags, 0, show)
 static const ag_field top_cols[] = {
-    {"tensor", K_NAME, F_REQ, offsetof(ag_top_entry, tensor), 0},
-    {"stalled", K_UINT, F_REQ, offsetof(ag_top_entry, stalled), 0},
-    {"total", K_UINT, F_REQ, offsetof(ag_top_entry, total), 0},
-    {"stall_rate", K_FLOAT, F_REQ | F_NONNEG, offsetof(ag_top_entry, stall_rate), 0},
-    {"steps", K_UINT, F_REQ, offsetof(ag_top_entry, steps), 0},
+    TOP(tensor, K_NAME, F_REQ, S_PLAIN),  TOP(stall_rate, K_FLOAT, F_REQ | F_NONNEG, S_RATE),
+    TOP(stalled, K_UINT, F_REQ, S_PLAIN), TOP(total, K_UINT, F_REQ, S_PLAIN),
+    TOP(steps, K_UINT, F_REQ, S_PLAIN),
 };
+/* On the wire a top item is [tensor, stalled, total, stall_rate, steps]. */
+static const uint8_t top_wire[] = {0, 2, 3, 1, 4};
 
+#define STATUS(wire, m, kind, flags, aux, show) R(ag_status, wire, m, kind, flags, aux, show)
 static const ag_field status_fields[] = {
-    {"version", K_STR, F_REQ, offsetof(ag_status, version), AG_PROTO_MAX_TEXT},
-    {"uptime", K_FLOAT, F_REQ | F_NONNEG, offsetof(ag_status, uptime_s), 0},
-    {"messages", K_UINT, F_REQ, offsetof(ag_status, messages), 0},
-    {"bytes", K_UINT, F_REQ, offsetof(ag_status, bytes), 0},
-    {"rejected", K_UINT, F_REQ, offsetof(ag_status, rejected), 0},
-    {"dropped", K_UINT, F_REQ, offsetof(ag_status, dropped), 0},
-    {"queue", K_UINT, F_REQ, offsetof(ag_status, queue_depth), 0},
-    {"rows", K_UINT, F_REQ, offsetof(ag_status, rows_written), 0},
-    {"runs", K_UINT, F_REQ, offsetof(ag_status, runs), 0},
-    {"tensors", K_UINT, F_REQ, offsetof(ag_status, tensors), 0},
-    {"db", K_STR, F_REQ, offsetof(ag_status, db_path), AG_PROTO_MAX_TEXT},
-    {"fmts", K_STR, F_REQ, offsetof(ag_status, formats), AG_PROTO_MAX_TEXT},
-    /* protocol 2: absent from older daemons (then NULL and 0) */
-    {"store", K_STR, 0, offsetof(ag_status, store), AG_PROTO_MAX_TEXT},
-    {"discarded", K_UINT, 0, offsetof(ag_status, discarded), 0},
+    /* NULL: a database file no altgradd of schema version 4+ recorded */
+    STATUS("version", version, K_STR, F_REQ, AG_PROTO_MAX_TEXT, S_NULLABLE),
+    STATUS("uptime", uptime_s, K_FLOAT, F_REQ | F_NONNEG, 0, S_PLAIN),
+    STATUS("messages", messages, K_UINT, F_REQ, 0, S_PLAIN),
+    STATUS("bytes", bytes, K_UINT, F_REQ, 0, S_PLAIN),
+    STATUS("rejected", rejected, K_UINT, F_REQ, 0, S_PLAIN),
+    STATUS("dropped", dropped, K_UINT, F_REQ, 0, S_PLAIN),
+    STATUS("queue", queue_depth, K_UINT, F_REQ, 0, S_PLAIN),
+    STATUS("rows", rows_written, K_UINT, F_REQ, 0, S_PLAIN),
+    STATUS("runs", runs, K_UINT, F_REQ, 0, S_PLAIN),
+    STATUS("tensors", tensors, K_UINT, F_REQ, 0, S_PLAIN),
+    STATUS("db", db_path, K_STR, F_REQ, AG_PROTO_MAX_TEXT, S_PLAIN),
+    STATUS("fmts", formats, K_STR, F_REQ, AG_PROTO_MAX_TEXT, S_PLAIN),
+    /* protocol 2: absent from older daemons (then NULL and 0). NULL is also
+     * a status read from a file, where the daemon's live health is unknown */
+    STATUS("store", store, K_STR, 0, AG_PROTO_MAX_TEXT, S_NULLABLE),
+    STATUS("discarded", discarded, K_UINT, 0, 0, S_PLAIN),
 };
 
 static const ag_field ident_fields[] = {
-    {"run", K_NAME, F_REQ, offsetof(ag_run_ident, run), 0},
-    {"launch", K_STR, F_REQ, offsetof(ag_run_ident, launch), AG_LAUNCH_ID_MAX},
+    C(ag_run_ident, run, K_NAME, F_REQ, 0, S_PLAIN),
+    C(ag_run_ident, launch, K_STR, F_REQ, AG_LAUNCH_ID_MAX, S_PLAIN),
 };
 
 static const ag_field r_delivery_fields[] = {
-    {"cid", K_UINT, F_REQ, U(delivery.client_id), 0},
-    {"messages", K_UINT, F_REQ, U(delivery.messages), 0},
-    {"seq", K_UINT, F_REQ, U(delivery.seq), 0},
+    {"cid", K_UINT, F_REQ, U(delivery.client_id), 0, NULL, 0},
+    {"messages", K_UINT, F_REQ, U(delivery.messages), 0, NULL, 0},
+    {"seq", K_UINT, F_REQ, U(delivery.seq), 0, NULL, 0},
 };
 
-#define LIST(T, list_t, item_t, f, c)                                                              \
+#define LIST(T, list_t, item_t, f, c, w)                                                           \
     {                                                                                              \
         T, f, N(f), sizeof(list_t), sizeof(item_t), offsetof(list_t, items), offsetof(list_t, n),  \
-            c, N(c)                                                                                \
+            c, N(c), w                                                                             \
     }
 #define MSG(T, f)                                                                                  \
-    { T, f, N(f), 0, 0, 0, 0, NULL, 0 }
+    { T, f, N(f), 0, 0, 0, 0, NULL, 0, NULL }
 #define BARE(T)                                                                                    \
-    { T, NULL, 0, 0, 0, 0, 0, NULL, 0 }
+    { T, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL }
 
 static const ag_spec specs[] = {
     MSG(AG_MSG_RUN_START, run_start_fields),
@@ -211,15 +220,15 @@ static const ag_spec specs[] = {
     BARE(AG_MSG_Q_STATUS),
     MSG(AG_MSG_Q_RUN, q_client_fields),
     MSG(AG_MSG_Q_DELIVERY, q_delivery_fields),
-    LIST(AG_MSG_R_RUNS, ag_run_list, ag_run_info, runs_fields, runs_cols),
-    LIST(AG_MSG_R_TENSORS, ag_tensor_list, ag_tensor_info, tensors_fields, tensors_cols),
+    LIST(AG_MSG_R_RUNS, ag_run_list, ag_run_info, runs_fields, runs_cols, NULL),
+    LIST(AG_MSG_R_TENSORS, ag_tensor_list, ag_tensor_info, tensors_fields, tensors_cols, NULL),
     {AG_MSG_R_HISTORY, history_fields, N(history_fields), sizeof(ag_history),
      sizeof(ag_history_point), offsetof(ag_history, points), offsetof(ag_history, n), history_cols,
-     N(history_cols)},
-    LIST(AG_MSG_R_SCALES, ag_scale_list, ag_scale_info, scales_fields, scales_cols),
-    LIST(AG_MSG_R_TOP, ag_top_list, ag_top_entry, top_fields, top_cols),
-    {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0},
-    {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0},
+     N(history_cols), NULL},
+    LIST(AG_MSG_R_SCALES, ag_scale_list, ag_scale_info, scales_fields, scales_cols, NULL),
+    LIST(AG_MSG_R_TOP, ag_top_list, ag_top_entry, top_fields, top_cols, top_wire),
+    {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0, NULL},
+    {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0, NULL},
     MSG(AG_MSG_R_DELIVERY, r_delivery_fields),
     MSG(AG_MSG_R_ERROR, error_fields),
 };
@@ -228,6 +237,20 @@ const ag_spec *ag_spec_for(int type) {
     for (size_t i = 0; i < N(specs); i++)
         if (specs[i].type == type) return &specs[i];
     return NULL;
+}
+
+AG_EXTERN const char *ag_result_key(int result, size_t i) {
+    static const int reply[] = {
+        [AG_RESULT_RUNS] = AG_MSG_R_RUNS,       [AG_RESULT_TENSORS] = AG_MSG_R_TENSORS,
+        [AG_RESULT_HISTORY] = AG_MSG_R_HISTORY, [AG_RESULT_SCALES] = AG_MSG_R_SCALES,
+        [AG_RESULT_TOP] = AG_MSG_R_TOP,         [AG_RESULT_STATUS] = AG_MSG_R_STATUS,
+    };
+    if (result < 0 || (size_t)result >= N(reply)) return NULL;
+    const ag_spec *s = ag_spec_for(reply[result]);
+    /* a list's row columns; a record's (status) fields */
+    const ag_field *f = s->cols ? s->cols : s->fields;
+    size_t n = s->cols ? s->ncols : s->nfields;
+    return i < n ? f[i].doc : NULL;
 }
 
 const char *ag_proto_type_name(int type) {

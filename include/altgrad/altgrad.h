@@ -378,6 +378,28 @@ typedef struct ag_status {
                               * good, or still failed at stop); never silent */
 } ag_status;
 
+/*
+ * The keys of each result as the documents show it (altgrad --json, CSV and
+ * table columns, the daemon's HTTP API, the Python layer's dicts), in
+ * order: for the list results, the keys of one row (an item of runs,
+ * tensors, history points, scales or top); for AG_RESULT_STATUS, the keys
+ * of its record. Each key is also the name of the C member that holds the
+ * value (ag_run_info.name, ag_status.uptime_s, ...). Fields a document adds
+ * beside the result (status's "source" and "address", the "run" of
+ * tensors, ...) are not listed.
+ */
+typedef enum ag_result {
+    AG_RESULT_RUNS = 0,    /* ag_run_info */
+    AG_RESULT_TENSORS = 1, /* ag_tensor_info */
+    AG_RESULT_HISTORY = 2, /* ag_history_point */
+    AG_RESULT_SCALES = 3,  /* ag_scale_info */
+    AG_RESULT_TOP = 4,     /* ag_top_entry */
+    AG_RESULT_STATUS = 5   /* ag_status */
+} ag_result;
+/* The i-th key (from 0) of result (an ag_result); NULL past the last key
+ * or for an unknown result. A static string: never free it. */
+AG_EXTERN const char *ag_result_key(int result, size_t i);
+
 /* ========================================================================
  * Client (see client/ and proto/PROTOCOL.md)
  * ======================================================================== */

@@ -44,6 +44,14 @@ AG_ROLE_UPDATE = 3
 ROLES = {"weight": AG_ROLE_WEIGHT, "gradient": AG_ROLE_GRADIENT,
          "activation": AG_ROLE_ACTIVATION, "update": AG_ROLE_UPDATE}
 
+# ag_result: the results whose document keys ag_result_key() lists.
+AG_RESULT_RUNS = 0
+AG_RESULT_TENSORS = 1
+AG_RESULT_HISTORY = 2
+AG_RESULT_SCALES = 3
+AG_RESULT_TOP = 4
+AG_RESULT_STATUS = 5
+
 AG_DTYPE_F32 = 0
 AG_DTYPE_BF16 = 1
 AG_DTYPE_F16 = 2
@@ -255,6 +263,7 @@ CORE_SIGNATURES = {
     "ag_bf16_to_f32": (c_int, [c_void_p, c_void_p, c_size_t]),
     "ag_f16_to_f32": (c_int, [c_void_p, c_void_p, c_size_t]),
     "ag_free": (None, [c_void_p]),
+    "ag_result_key": (c_char_p, [c_int, c_size_t]),
 }
 
 class LibraryNotFound(OSError):
@@ -366,6 +375,20 @@ def func(name: str):
         raise AltgradError(AG_EINVAL, f"{name} is not in {library_path()} "
                            "(library built without that part)")
     return fn
+
+
+def result_keys(result: int) -> tuple:
+    """The document keys of one row (or of status's record) of `result`, an
+    AG_RESULT_* value, in order, as the library's protocol tables list them
+    (ag_result_key); each is also the C member, so the ctypes mirror's
+    field, that holds the value."""
+    fn = func("ag_result_key")
+    keys = []
+    while True:
+        k = fn(result, len(keys))
+        if k is None:
+            return tuple(keys)
+        keys.append(k.decode("ascii"))
 
 
 def cstr(s, what="name") -> bytes:

@@ -519,9 +519,10 @@ class Client:
                 pass  # no answer: ask under the name known so far; the query says why
         return self.run
 
-    # Every query returns the document the CLI prints with --json (proto/
+    # Every query returns the document the CLI prints with --json (present/
     # json_layout.c; docs/cli.md lists them): the same keys and nesting, reals
     # that are NaN or infinite as None, roles as their names, times in Unix ms.
+    # The keys of rows and of status come from the library (_cols).
     def runs(self) -> dict:
         """Every run the daemon knows: {"runs": [{"name", "host", "pid",
         "client_id", "started_ms", "ended_ms", "last_step", "messages",
@@ -529,7 +530,8 @@ class Client:
         res = self._query("ag_client_runs", _lib.ag_run_list)
         try:
             r = res.contents
-            return {"runs": [_row(r.items[i], _RUN_COLS) for i in range(r.n)]}
+            cols = _cols(_lib.AG_RESULT_RUNS)
+            return {"runs": [_row(r.items[i], cols) for i in range(r.n)]}
         finally:
             self._free(res)
 
@@ -541,7 +543,7 @@ class Client:
         res = self._query("ag_client_tensors", _lib.ag_tensor_list, _name(run, "run"))
         try:
             r = res.contents
-            rows = [_row(r.items[i], _TENSOR_COLS) for i in range(r.n)]
+            rows = [_row(r.items[i], _cols(_lib.AG_RESULT_TENSORS)) for i in range(r.n)]
             for t in rows:
                 t["role"] = _role_name(t["role"])
             return {"run": run, "tensors": rows}
@@ -562,10 +564,11 @@ class Client:
         res = self._query("ag_client_history", _lib.ag_history, ctypes.byref(q))
         try:
             r = res.contents
+            cols = _cols(_lib.AG_RESULT_HISTORY)
             return {"run": _s(r.run) if r.run is not None else run,
                     "tensor": _s(r.tensor) if r.tensor is not None else tensor,
                     "format": _s(r.format) if r.format is not None else format,
-                    "points": [_row(r.points[i], _POINT_COLS) for i in range(r.n)]}
+                    "points": [_row(r.points[i], cols) for i in range(r.n)]}
         finally:
             self._free(res)
 
@@ -577,8 +580,9 @@ class Client:
                           _lib.cstr(format, "format"))
         try:
             r = res.contents
+            cols = _cols(_lib.AG_RESULT_SCALES)
             return {"run": run, "format": _s(r.format) if r.format is not None else format,
-                    "scales": [_row(r.items[i], _SCALE_COLS) for i in range(r.n)]}
+                    "scales": [_row(r.items[i], cols) for i in range(r.n)]}
         finally:
             self._free(res)
 
@@ -594,9 +598,10 @@ class Client:
                           _lib.cstr(format, "format"), _step(window), limit)
         try:
             r = res.contents
+            top = _cols(_lib.AG_RESULT_TOP)
             return {"run": run, "format": _s(r.format) if r.format is not None else format,
                     "from_step": int(r.from_step), "to_step": int(r.to_step),
-                    "tensors": [_row(r.items[i], _TOP_COLS) for i in range(r.n)]}
+                    "tensors": [_row(r.items[i], top) for i in range(r.n)]}
         finally:
             self._free(res)
 
@@ -609,23 +614,23 @@ class Client:
         res = self._query("ag_client_status", _lib.ag_status)
         try:
             out = {"source": "daemon", "address": self._address}
-            out.update(_row(res.contents, _STATUS_COLS))
+            out.update(_row(res.contents, _cols(_lib.AG_RESULT_STATUS)))
             return out
         finally:
             self._free(res)
 
 
-# The columns of each document, as proto/json_layout.c lays them out.
-_RUN_COLS = ("name", "host", "pid", "client_id", "started_ms", "ended_ms", "last_step",
-             "messages", "dropped", "metadata")
-_TENSOR_COLS = ("name", "role", "numel", "first_step", "last_step", "snapshots", "last_amax")
-_POINT_COLS = ("step", "stalled", "total", "stall_rate", "flips", "overflow", "underflow",
-               "nonfinite", "amax", "scale")
-_SCALE_COLS = ("tensor", "step", "amax", "scale")
-_TOP_COLS = ("tensor", "stall_rate", "stalled", "total", "steps")
-_STATUS_COLS = ("version", "uptime_s", "messages", "bytes", "rejected", "dropped",
-                "queue_depth", "rows_written", "runs", "tensors", "db_path", "formats",
-                "store", "discarded")
+# The columns of each document (a row of a list, status's record): the
+# library's own keys (ag_result_key, from the reply tables of proto/spec.c
+# that present/json_layout.c walks too), read once at first use.
+_cols_cache = {}
+
+
+def _cols(result: int) -> tuple:
+    cols = _cols_cache.get(result)
+    if cols is None:
+        cols = _cols_cache[result] = _lib.result_keys(result)
+    return cols
 
 
 def _value(v):

@@ -557,3 +557,51 @@ Test(decode, a_message_over_256_mib_is_too_big) {
     static const char byte = (char)0x80;
     cr_assert_eq(ag_proto_decode(&byte, (size_t)AG_PROTO_MAX_MESSAGE + 1, &m), AG_ETOOBIG);
 }
+
+/* Reply items travel as arrays, so their positions are the protocol: the
+ * spec tables are in document order (top's stall_rate second), yet a top
+ * item on the wire stays [tensor, stalled, total, stall_rate, steps], as
+ * every daemon and client so far sends and reads it. */
+Test(decode, a_top_item_keeps_its_wire_positions) {
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 6);
+    key(&pk, "v");
+    msgpack_pack_uint8(&pk, AG_PROTO_VERSION);
+    key(&pk, "t");
+    msgpack_pack_uint8(&pk, AG_MSG_R_TOP);
+    key(&pk, "fmt");
+    str(&pk, "E5M2");
+    key(&pk, "from");
+    msgpack_pack_uint64(&pk, 4);
+    key(&pk, "to");
+    msgpack_pack_uint64(&pk, 9);
+    key(&pk, "items");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, 5);
+    str(&pk, "w");
+    msgpack_pack_uint64(&pk, 5);
+    msgpack_pack_uint64(&pk, 10);
+    msgpack_pack_double(&pk, 0.5);
+    msgpack_pack_uint64(&pk, 3);
+    ag_msg m;
+    cr_assert_eq(decode_sb(&sb, &m), AG_OK);
+    cr_assert_eq(m.u.top->n, 1);
+    cr_assert_str_eq(m.u.top->items[0].tensor, "w");
+    cr_assert_eq(m.u.top->items[0].stalled, 5);
+    cr_assert_eq(m.u.top->items[0].total, 10);
+    cr_assert_eq(m.u.top->items[0].stall_rate, 0.5);
+    cr_assert_eq(m.u.top->items[0].steps, 3);
+
+    /* and the encoder writes the same bytes back */
+    ag_buf b;
+    ag_buf_init(&b);
+    cr_assert_eq(ag_proto_encode(&b, &m), AG_OK);
+    cr_assert_eq(b.len, sb.size);
+    cr_assert_arr_eq(b.data, sb.data, sb.size);
+    ag_buf_free(&b);
+    ag_msg_clear(&m);
+    msgpack_sbuffer_destroy(&sb);
+}
