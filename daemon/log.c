@@ -17,8 +17,6 @@ static const char *const level_names[] = {
     [AG_LOG_INFO] = "info",   [AG_LOG_DEBUG] = "debug",
 };
 
-#define now_ms ag_mono_ms
-
 void ag_logger_init(ag_logger *lg, int level) {
     memset(lg, 0, sizeof *lg);
     pthread_mutex_init(&lg->lock, NULL);
@@ -67,7 +65,7 @@ void ag_log(ag_logger *lg, int level, const char *fmt, ...) {
     if (level > AG_LOG_DEBUG) level = AG_LOG_DEBUG;
     pthread_mutex_lock(&lg->lock);
     if (level > lg->level) goto out;
-    int64_t now = now_ms();
+    int64_t now = ag_mono_ms();
     ag_log_slot *s = slot_for(lg, fmt);
     if (now - s->window_start_ms >= AG_LOG_WINDOW_MS) {
         if (s->suppressed)

@@ -61,8 +61,6 @@ struct ag_writer {
 #define RETRY_MAX_MS 2000
 #define STOP_RETRY_MS 5000
 
-#define mono_ms ag_mono_ms
-
 void ag_write_item_clear(ag_write_item *it) {
     switch (it->kind) {
     case AG_W_RUN:
@@ -244,7 +242,7 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
         }
         rows += !skip;
     }
-    int64_t t0 = mono_ms();
+    int64_t t0 = ag_mono_ms();
     pthread_mutex_lock(&w->lock);
     /* With nothing held the batch starts at a boundary; after a failed
      * attempt it goes on from where that one stopped. */
@@ -280,7 +278,7 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
             }
             pthread_mutex_lock(&w->lock);
             if (*at_boundary && *owed == 0 &&
-                (rows >= w->opts.batch_rows || mono_ms() - t0 >= (int64_t)w->opts.batch_ms ||
+                (rows >= w->opts.batch_rows || ag_mono_ms() - t0 >= (int64_t)w->opts.batch_ms ||
                  w->held_bytes >= w->opts.high_bytes / 2))
                 break;
             continue;
@@ -292,9 +290,9 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
             *at_boundary = 1;
             w->popped_boundary = 0;
         }
-        if (*at_boundary && (w->stopping || mono_ms() - t0 >= (int64_t)w->opts.batch_ms)) break;
+        if (*at_boundary && (w->stopping || ag_mono_ms() - t0 >= (int64_t)w->opts.batch_ms)) break;
         if (w->stopping && !*at_boundary && w->count == 0) break; /* never completed */
-        int64_t left = (int64_t)w->opts.batch_ms - (mono_ms() - t0);
+        int64_t left = (int64_t)w->opts.batch_ms - (ag_mono_ms() - t0);
         timed_wait(w, left < 1 ? 1 : left);
     }
     pthread_mutex_unlock(&w->lock);
@@ -351,8 +349,8 @@ static void *writer_main(void *arg) {
         /* The store refused: wait (a stop request cuts the wait short but
          * not the retries, until STOP_RETRY_MS have passed). */
         if (w->stopping) {
-            if (!stop_deadline) stop_deadline = mono_ms() + STOP_RETRY_MS;
-            if (mono_ms() >= stop_deadline) {
+            if (!stop_deadline) stop_deadline = ag_mono_ms() + STOP_RETRY_MS;
+            if (ag_mono_ms() >= stop_deadline) {
                 uint64_t lost = w->nheld;
                 for (size_t i = 0; i < w->count; i++)
                     lost += !w->ring[(w->head + i) % w->cap].superseded;
