@@ -133,7 +133,7 @@ static const ag_field history_fields[] = {
 static const ag_field history_cols[] = {
     POINT(step, K_UINT, F_REQ, S_PLAIN),      POINT(stalled, K_UINT, F_REQ, S_PLAIN),
     POINT(total, K_UINT, F_REQ, S_PLAIN),     POINT(stall_rate, K_FLOAT, F_REQ | F_NONNEG, S_RATE),
-    POINT(flips, K_UINT, F_REQ, S_PLAIN),     POINT(overflow, K_UINT, F_REQ, S_PLAIN),
+    POINT(flips, K_UINT, F_REQ, S_UNKNOWN),   POINT(overflow, K_UINT, F_REQ, S_PLAIN),
     POINT(underflow, K_UINT, F_REQ, S_PLAIN), POINT(nonfinite, K_UINT, F_REQ, S_PLAIN),
     POINT(amax, K_FLOAT, F_REQ, S_PLAIN),     POINT(scale, K_FLOAT, F_REQ, S_PLAIN),
 };

@@ -42,7 +42,8 @@ enum ag_show {
     S_RATE,      /* K_FLOAT in [0, 1]: a rate cell (4 decimals in tables) */
     S_TIME,      /* K_INT Unix ms: a time cell (UTC time in tables) */
     S_ROLE,      /* K_ENUM ag_role: its name, null when out of range */
-    S_NULLABLE   /* text: NULL shown as null, not "" */
+    S_NULLABLE,  /* text: NULL shown as null, not "" */
+    S_UNKNOWN    /* K_UINT: AG_FLIPS_UNKNOWN (UINT64_MAX) shown as unknown (null / empty) */
 };
 
 typedef struct ag_field {

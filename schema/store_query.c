@@ -152,7 +152,8 @@ static void bucket_add(ag_history_point *b, const ag_history_point *p) {
     b->step = p->step;
     b->stalled += p->stalled;
     b->total += p->total;
-    b->flips += p->flips;
+    b->flips = b->flips == AG_FLIPS_UNKNOWN || p->flips == AG_FLIPS_UNKNOWN ? AG_FLIPS_UNKNOWN
+                                                                            : b->flips + p->flips;
     b->overflow += p->overflow;
     b->underflow += p->underflow;
     b->nonfinite += p->nonfinite;
@@ -199,7 +200,7 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
             .step = col_u64(s, 0),
             .stalled = col_u64(s, 1),
             .total = col_u64(s, 2),
-            .flips = col_u64(s, 3),
+            .flips = sqlite3_column_type(s, 3) == SQLITE_NULL ? AG_FLIPS_UNKNOWN : col_u64(s, 3),
             .overflow = col_u64(s, 4),
             .underflow = col_u64(s, 5),
             .nonfinite = col_u64(s, 6),

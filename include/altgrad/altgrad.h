@@ -301,12 +301,17 @@ typedef struct ag_tensor_list {
     ag_tensor_info *items;
 } ag_tensor_list;
 
+/* A result's flips when unknown (counts sent by a trainer that did not count
+ * them): JSON shows null, tables and CSV an empty cell, Python None. */
+#define AG_FLIPS_UNKNOWN UINT64_MAX
+
 typedef struct ag_history_point {
     uint64_t step; /* with downsampling, the last step of the bucket */
     uint64_t stalled;
     uint64_t total;
     double stall_rate; /* stalled / total, 0 when total is 0 */
-    uint64_t flips;
+    uint64_t flips;    /* AG_FLIPS_UNKNOWN when unknown (in a bucket: when any
+                        * of its points' is) */
     uint64_t overflow;
     uint64_t underflow;
     uint64_t nonfinite;

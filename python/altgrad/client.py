@@ -633,18 +633,26 @@ def _cols(result: int) -> tuple:
     return cols
 
 
-def _value(v):
+# Counts that may be unknown: their C value is then AG_FLIPS_UNKNOWN (2^64 - 1).
+_MAYBE_UNKNOWN = frozenset({"flips"})
+_FLIPS_UNKNOWN = (1 << 64) - 1
+
+
+def _value(v, key=None):
     """A C field as the JSON documents show it: text as str, a NaN or
-    infinite real as None (JSON null), integers as int."""
+    infinite real as None (JSON null), integers as int, an unknown count
+    (flips) as None."""
     if isinstance(v, bytes):
         return _s(v)
     if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if key in _MAYBE_UNKNOWN and v == _FLIPS_UNKNOWN:
         return None
     return v
 
 
 def _row(struct, cols) -> dict:
-    return {f: _value(getattr(struct, f)) for f in cols}
+    return {f: _value(getattr(struct, f), f) for f in cols}
 
 
 def _role_name(role: int):
