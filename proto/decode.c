@@ -21,6 +21,7 @@ typedef struct dec {
     size_t data_len;
     int have_data;
     int have_lr;
+    size_t cols; /* values per reply item */
 } dec;
 
 #define BAD(d, text, code)                                                                         \
@@ -154,12 +155,19 @@ static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spe
     if (n > AG_PROTO_MAX_ITEMS) BAD(d, "more than 1048576 items", AG_ETOOBIG);
     char *items = d_alloc(d, (n ? n : 1) * spec->item_size);
     if (!items) BAD(d, "out of memory", AG_ENOMEM);
+    /* An item has at least the columns every receiver reads; columns it
+     * lacks stay 0 / NULL, and values past those we know are skipped (a
+     * newer sender's columns). */
     for (uint32_t i = 0; i < n; i++) {
         uint32_t ncols;
         if ((rc = ag_rd_array(&d->rd, &ncols))) return rc;
-        if (ncols != spec->ncols) BAD(d, "a reply item has the wrong number of values", AG_EPROTO);
+        if (ncols < spec->ncols_base || (i > 0 && ncols != d->cols))
+            BAD(d, "a reply item has the wrong number of values", AG_EPROTO);
+        d->cols = ncols;
         for (size_t c = 0; c < ncols; c++)
-            if ((rc = d_scalar(d, ag_spec_wire_col(spec, c), items + i * spec->item_size)))
+            if ((rc = c < spec->ncols
+                          ? d_scalar(d, ag_spec_wire_col(spec, c), items + i * spec->item_size)
+                          : ag_rd_skip(&d->rd, 1)))
                 return rc;
     }
     size_t count = n;
@@ -279,6 +287,7 @@ static int decode(dec *d, ag_msg *m, const ag_spec *spec) {
             BAD(d, "a required key is missing", AG_EPROTO);
     if ((rc = post_check(d, m, seen_hdr))) return rc;
     if (m->type == AG_MSG_RUN_START && !m->u.run_start.metadata) m->u.run_start.metadata = "{}";
+    m->cols = d->cols < spec->ncols ? d->cols : spec->ncols;
     if (spec->root_size) {
         memcpy(&m->u, &d->root, sizeof d->root);
         m->owned = d->root;

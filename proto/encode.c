@@ -152,7 +152,7 @@ static int snapshot_check(const ag_msg_snapshot *s, const char **why) {
 
 /* Write the composite field f of a message. */
 static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_field *f,
-                         const char *base, const ag_spec *spec, const char **why) {
+                         const char *base, const ag_spec *spec, size_t cols, const char **why) {
     int rc;
     if (f->kind == K_RECS) {
         const ag_msg_stats *st = (const ag_msg_stats *)(base + f->off);
@@ -195,10 +195,13 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         memcpy(&items, base + spec->items_off, sizeof items);
         if (n > AG_PROTO_MAX_ITEMS) FAIL("more than 1048576 items", AG_ETOOBIG);
         if (n && !items) FAIL("items is NULL", AG_EINVAL);
+        size_t ncols = cols && cols < spec->ncols ? cols : spec->ncols;
+        if (ncols < spec->ncols_base)
+            FAIL("fewer item columns than every receiver reads", AG_EINVAL);
         msgpack_pack_array(pk, n);
         for (size_t i = 0; i < n; i++) {
-            msgpack_pack_array(pk, spec->ncols);
-            for (size_t c = 0; c < spec->ncols; c++)
+            msgpack_pack_array(pk, ncols);
+            for (size_t c = 0; c < ncols; c++)
                 if ((rc = put_scalar(pk, ag_spec_wire_col(spec, c), items + i * spec->item_size,
                                      why)))
                     return rc;
@@ -257,7 +260,7 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why) {
         if (!present(f, base, m->type)) continue;
         if (f->kind != K_DATA) /* K_DATA writes "pad" before its key */
             put_key(&pk, f->key);
-        int rc = f->kind >= K_RECS ? put_composite(&pk, b, start, f, base, spec, why)
+        int rc = f->kind >= K_RECS ? put_composite(&pk, b, start, f, base, spec, m->cols, why)
                                    : put_scalar(&pk, f, base, why);
         if (rc) return rc;
     }

@@ -68,6 +68,13 @@ typedef enum ag_snapshot_form {
     AG_FORM_UPDATE = 1 /* w and u = w_new - w */
 } ag_snapshot_form;
 
+/* The item columns to send in a reply of reply_type to a request that
+ * asked for `asked` (q_history's `cols`): min(asked, the columns this codec
+ * knows); for asked = 0 (a requester that predates `cols`), the columns of
+ * that reply before any was added (PROTOCOL.md section 6). 0 for a reply
+ * without items. */
+size_t ag_proto_reply_cols(int reply_type, uint64_t asked);
+
 /* Bytes per element of an ag_dtype; 0 if unknown. */
 size_t ag_proto_dtype_size(int dtype);
 
@@ -141,6 +148,8 @@ typedef struct ag_msg_query {
     uint64_t window;    /* top: most recent steps, 0 = all */
     uint64_t limit;     /* top: 0 = 10 */
     uint64_t client_id; /* run: the client asked about */
+    uint64_t cols;      /* history: item columns the requester reads; 0: those of a
+                         * requester that predates the key (ag_proto_reply_cols) */
 } ag_msg_query;
 
 /* q_delivery asks for one client id, r_delivery answers: how many of that
@@ -191,6 +200,8 @@ typedef struct ag_msg {
         ag_status *status;
         ag_run_ident *ident;
     } u;
+    size_t cols;     /* a reply's item columns: encode, how many to send (0: all);
+                      * decode, how many each item carried (the rest are 0/NULL) */
     void *owned;     /* internal: what ag_msg_clear frees */
     const char *why; /* after a failed decode/encode: static text saying what was wrong */
 } ag_msg;

@@ -54,6 +54,7 @@ static const ag_field q_history_fields[] = {
     {"from", K_UINT, F_OMIT0, U(query.from_step), 0, NULL, 0},
     {"to", K_UINT, F_OMIT0, U(query.to_step), 0, NULL, 0},
     {"every", K_UINT, F_OMIT0, U(query.every), 0, NULL, 0},
+    {"cols", K_UINT, F_OMIT0, U(query.cols), 0, NULL, 0},
 };
 
 static const ag_field q_scales_fields[] = {
@@ -200,12 +201,14 @@ static const ag_field r_delivery_fields[] = {
 #define LIST(T, list_t, item_t, f, c, w)                                                           \
     {                                                                                              \
         T, f, N(f), sizeof(list_t), sizeof(item_t), offsetof(list_t, items), offsetof(list_t, n),  \
-            c, N(c), w                                                                             \
+            c, N(c), w, N(c)                                                                       \
     }
 #define MSG(T, f)                                                                                  \
-    { T, f, N(f), 0, 0, 0, 0, NULL, 0, NULL }
+    { T, f, N(f), 0, 0, 0, 0, NULL, 0, NULL, 0 }
 #define BARE(T)                                                                                    \
-    { T, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL }
+    { T, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, 0 }
+/* The columns of r_history items before any was added (protocol 2). */
+#define HISTORY_COLS_BASE 10
 
 static const ag_spec specs[] = {
     MSG(AG_MSG_RUN_START, run_start_fields),
@@ -224,14 +227,22 @@ static const ag_spec specs[] = {
     LIST(AG_MSG_R_TENSORS, ag_tensor_list, ag_tensor_info, tensors_fields, tensors_cols, NULL),
     {AG_MSG_R_HISTORY, history_fields, N(history_fields), sizeof(ag_history),
      sizeof(ag_history_point), offsetof(ag_history, points), offsetof(ag_history, n), history_cols,
-     N(history_cols), NULL},
+     N(history_cols), NULL, HISTORY_COLS_BASE},
     LIST(AG_MSG_R_SCALES, ag_scale_list, ag_scale_info, scales_fields, scales_cols, NULL),
     LIST(AG_MSG_R_TOP, ag_top_list, ag_top_entry, top_fields, top_cols, top_wire),
-    {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0, NULL},
-    {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0, NULL},
+    {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0, NULL,
+     0},
+    {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0, NULL, 0},
     MSG(AG_MSG_R_DELIVERY, r_delivery_fields),
     MSG(AG_MSG_R_ERROR, error_fields),
 };
+
+size_t ag_proto_reply_cols(int reply_type, uint64_t asked) {
+    const ag_spec *s = ag_spec_for(reply_type);
+    if (!s || !s->cols) return 0;
+    if (asked == 0) return s->ncols_base;
+    return asked < s->ncols ? (size_t)asked : s->ncols;
+}
 
 const ag_spec *ag_spec_for(int type) {
     for (size_t i = 0; i < N(specs); i++)

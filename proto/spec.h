@@ -75,6 +75,9 @@ typedef struct ag_spec {
     const ag_field *cols;
     size_t ncols;
     const uint8_t *wire;
+    size_t ncols_base; /* columns every receiver reads (the first ones on the
+                        * wire): the reply's columns before any was added;
+                        * later ones are sent to requesters that ask (cols) */
 } ag_spec;
 
 const ag_spec *ag_spec_for(int type);

@@ -291,7 +291,7 @@ Test(codec, every_query_round_trips_its_arguments) {
                                 AG_MSG_Q_SCALES, AG_MSG_Q_TOP,     AG_MSG_Q_STATUS};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         ag_msg m = {.type = types[i]};
-        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0};
+        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0, 0};
         ag_buf b = encode_ok(&m);
         ag_msg d;
         decode_ok(&b, &d);
