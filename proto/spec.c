@@ -130,13 +130,15 @@ static const ag_field history_fields[] = {
     R(ag_history, "fmt", format, K_FMT, F_REQ, 0, S_PLAIN),
     ITEMS("points"),
 };
-#define POINT(m, kind, flags, show) C(ag_history_point, m, kind, flags, 0, show)
+/* aux 16: the longest text column (computed); numbers ignore aux */
+#define POINT(m, kind, flags, show) C(ag_history_point, m, kind, flags, 16, show)
 static const ag_field history_cols[] = {
     POINT(step, K_UINT, F_REQ, S_PLAIN),      POINT(stalled, K_UINT, F_REQ, S_PLAIN),
     POINT(total, K_UINT, F_REQ, S_PLAIN),     POINT(stall_rate, K_FLOAT, F_REQ | F_NONNEG, S_RATE),
     POINT(flips, K_UINT, F_REQ, S_UNKNOWN),   POINT(overflow, K_UINT, F_REQ, S_PLAIN),
     POINT(underflow, K_UINT, F_REQ, S_PLAIN), POINT(nonfinite, K_UINT, F_REQ, S_PLAIN),
     POINT(amax, K_FLOAT, F_REQ, S_PLAIN),     POINT(scale, K_FLOAT, F_REQ, S_PLAIN),
+    POINT(computed, K_STR, 0, S_NULLABLE),
 };
 
 static const ag_field scales_fields[] = {

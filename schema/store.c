@@ -66,8 +66,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_TENSORS] = "SELECT name,role,numel,coalesce(first_step,0),last_step,snapshots,last_amax"
                       " FROM tensors WHERE run_id=?1 ORDER BY name",
     [AG_ST_HISTORY] = "SELECT step,stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
-                      " FROM results WHERE tensor_id=?1 AND format_id=?2 AND step BETWEEN ?3 AND ?4"
-                      " ORDER BY step",
+                      ",source FROM results WHERE tensor_id=?1 AND format_id=?2"
+                      " AND step BETWEEN ?3 AND ?4 ORDER BY step",
     [AG_ST_SCALES] = "SELECT t.name,s.step,s.amax,s.scale FROM tensors t JOIN scales s"
                      " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
                      " ORDER BY t.name, s.step DESC, s.role",

@@ -159,6 +159,7 @@ static void bucket_add(ag_history_point *b, const ag_history_point *p) {
     b->nonfinite += p->nonfinite;
     b->amax = p->amax;
     b->scale = p->scale;
+    b->computed = !b->computed || !strcmp(b->computed, p->computed) ? p->computed : "mixed";
     b->stall_rate = rate(b->stalled, b->total);
 }
 
@@ -206,6 +207,7 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
             .nonfinite = col_u64(s, 6),
             .amax = sqlite3_column_double(s, 7),
             .scale = sqlite3_column_double(s, 8),
+            .computed = sqlite3_column_int(s, 9) ? "device" : "daemon",
         };
         if (in_bucket == 0) {
             if (res->n == AG_STORE_MAX_POINTS) {

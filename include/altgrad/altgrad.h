@@ -315,8 +315,10 @@ typedef struct ag_history_point {
     uint64_t overflow;
     uint64_t underflow;
     uint64_t nonfinite;
-    double amax;  /* the snapshot's weight amax */
-    double scale; /* the scale used for this format at this step */
+    double amax;          /* the snapshot's weight amax */
+    double scale;         /* the scale used for this format at this step */
+    const char *computed; /* where: "daemon" (from a snapshot), "device" (counts sent by the
+                           * trainer), "mixed" (a bucket of both); NULL from an older daemon */
 } ag_history_point;
 typedef struct ag_history {
     const char *run;

@@ -133,6 +133,7 @@ class ag_history_point(ctypes.Structure):
         ("nonfinite", c_uint64),
         ("amax", c_double),
         ("scale", c_double),
+        ("computed", c_char_p),
     ]
 
 

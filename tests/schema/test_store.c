@@ -964,6 +964,8 @@ Test(store, unknown_flips_read_back_as_unknown_and_make_their_bucket_unknown) {
     cr_assert_eq(h->n, 4);
     cr_expect_eq(h->points[1].flips, 2);
     cr_expect_eq(h->points[2].flips, AG_FLIPS_UNKNOWN, "NULL, not the 5 the row carried");
+    cr_expect_str_eq(h->points[2].computed, "device");
+    cr_expect_str_eq(h->points[1].computed, "daemon");
     cr_expect_eq(h->points[2].stalled, 1);
     ag_free(h);
     q.every = 2; /* {1,2} {3,4} */
@@ -972,6 +974,8 @@ Test(store, unknown_flips_read_back_as_unknown_and_make_their_bucket_unknown) {
     cr_expect_eq(h->points[0].flips, 4);
     cr_expect_eq(h->points[1].flips, AG_FLIPS_UNKNOWN);
     cr_expect_eq(h->points[1].stalled, 1 + 4);
+    cr_expect_str_eq(h->points[0].computed, "daemon");
+    cr_expect_str_eq(h->points[1].computed, "mixed", "step 3 device, step 4 daemon");
     ag_free(h);
     ag_store_close(st);
 }
@@ -1005,6 +1009,7 @@ Test(store, a_version_6_file_keeps_its_results_as_computed_by_the_daemon) {
     cr_expect_eq(h->points[0].flips, 6);
     cr_expect_eq(h->points[0].underflow, 2);
     cr_expect_float_eq(h->points[0].scale, 0.25, 1e-15);
+    cr_expect_str_eq(h->points[0].computed, "daemon");
     ag_free(h);
     ag_store_close(st);
 }
