@@ -187,6 +187,12 @@ static const ag_field status_fields[] = {
      * a status read from a file, where the daemon's live health is unknown */
     STATUS("store", store, K_STR, 0, AG_PROTO_MAX_TEXT, S_NULLABLE),
     STATUS("discarded", discarded, K_UINT, 0, 0, S_PLAIN),
+    /* the scale rule; absent from older daemons (0 / NULL) */
+    STATUS("history_len", history_len, K_UINT, 0, 0, S_PLAIN),
+    STATUS("amax_mode", amax_mode, K_STR, 0, 16, S_NULLABLE),
+    STATUS("scale_mode", scale_mode, K_STR, 0, 16, S_NULLABLE),
+    STATUS("margin", margin, K_FLOAT, 0, 0, S_PLAIN),
+    STATUS("scale_min", scale_min, K_FLOAT, F_NONNEG, 0, S_PLAIN),
 };
 
 static const ag_field ident_fields[] = {

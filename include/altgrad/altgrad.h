@@ -383,6 +383,18 @@ typedef struct ag_status {
     const char *store;
     uint64_t discarded; /* rows the daemon gave up (the store refused them for
                               * good, or still failed at stop); never silent */
+    /* The daemon's scale rule (docs/numerics.md), so a trainer that computes
+     * counts itself (ag_client_log_counts) can use the same scales: amax
+     * history length, "max" or "most_recent" over it, "current" (a step's own
+     * amax is in the history for its scale) or "delayed", the margin (scale *
+     * 2^margin; the daemon accepts fractional margins) and the smallest scale.
+     * Read from a file: as that daemon recorded them at its start. 0 / NULL
+     * when unknown (an older daemon or file). */
+    uint64_t history_len;
+    const char *amax_mode;
+    const char *scale_mode;
+    double margin;
+    double scale_min;
 } ag_status;
 
 /*

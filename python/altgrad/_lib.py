@@ -207,6 +207,11 @@ class ag_status(ctypes.Structure):
         ("formats", c_char_p),
         ("store", c_char_p),
         ("discarded", c_uint64),
+        ("history_len", c_uint64),
+        ("amax_mode", c_char_p),
+        ("scale_mode", c_char_p),
+        ("margin", c_double),
+        ("scale_min", c_double),
     ]
 
 

@@ -609,8 +609,11 @@ class Client:
         """The daemon's counters: {"source": "daemon", "address": the query
         URL, "version", "uptime_s", "messages", "bytes", "rejected",
         "dropped", "queue_depth", "rows_written", "runs", "tensors",
-        "db_path", "formats", "store", "discarded"}; store is "ok" or
-        "degraded: <why>" while the disk refuses writes."""
+        "db_path", "formats", "store", "discarded", and the daemon's scale
+        rule: "history_len", "amax_mode" ("max" | "most_recent"),
+        "scale_mode" ("current" | "delayed"), "margin", "scale_min"}; store
+        is "ok" or "degraded: <why>" while the disk refuses writes; the scale
+        rule's keys are 0 / None from a daemon that predates them."""
         res = self._query("ag_client_status", _lib.ag_status)
         try:
             out = {"source": "daemon", "address": self._address}

@@ -408,9 +408,25 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     ag_scale_list sl = {"E3M4", 1, &si};
     ag_top_entry te = {"w", 5, 10, 0.5, 3};
     ag_top_list top = {"E7M0", 4, 9, 1, &te};
-    ag_status st = {
-        "0.1.0", 12.5, 1, 2, 3, 4, 5, 6, 7, 8, "var/altgrad.db", "E5M2,E3M4", "degraded: disk full",
-        9};
+    ag_status st = {"0.1.0",
+                    12.5,
+                    1,
+                    2,
+                    3,
+                    4,
+                    5,
+                    6,
+                    7,
+                    8,
+                    "var/altgrad.db",
+                    "E5M2,E3M4",
+                    "degraded: disk full",
+                    9,
+                    24,
+                    "most_recent",
+                    "delayed",
+                    1.5,
+                    1e-10};
 
     ag_msg m = {.type = AG_MSG_R_TENSORS};
     m.u.tensors = &tl;
@@ -473,6 +489,11 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     cr_assert_str_eq(d.u.status->formats, "E5M2,E3M4");
     cr_assert_str_eq(d.u.status->store, "degraded: disk full");
     cr_assert_eq(d.u.status->discarded, 9);
+    cr_assert_eq(d.u.status->history_len, 24);
+    cr_assert_str_eq(d.u.status->amax_mode, "most_recent");
+    cr_assert_str_eq(d.u.status->scale_mode, "delayed");
+    cr_assert_eq(d.u.status->margin, 1.5);
+    cr_assert_eq(d.u.status->scale_min, 1e-10);
     ag_msg_clear(&d);
     ag_buf_free(&b);
 }

@@ -854,6 +854,11 @@ Test(store, status_reads_the_recorded_daemon_settings_and_counters_from_any_path
     cr_assert_eq(ag_store_put_daemon_setting(st, "version", "9.8.7"), AG_OK);
     cr_assert_eq(ag_store_put_daemon_setting(st, "formats", "E3M4,E5M2,E4M3"), AG_OK);
     cr_assert_eq(ag_store_put_daemon_setting(st, "formats", "E5M2,E3M4"), AG_OK); /* replaced */
+    cr_assert_eq(ag_store_put_daemon_setting(st, "history_len", "24"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "amax_mode", "most_recent"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "scale_mode", "delayed"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "margin", "-1.5"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "scale_min", "1e-10"), AG_OK);
     cr_assert_eq(ag_store_add_counter(st, "rows_written", 40), AG_OK);
     cr_assert_eq(ag_store_add_counter(st, "rows_written", 2), AG_OK);
     cr_assert_eq(ag_store_commit(st), AG_OK);
@@ -874,6 +879,11 @@ Test(store, status_reads_the_recorded_daemon_settings_and_counters_from_any_path
     cr_assert_str_eq(b->version, a->version);
     cr_assert_str_eq(b->formats, a->formats);
     cr_assert_eq(b->rows_written, a->rows_written);
+    cr_assert_eq(b->history_len, 24);
+    cr_assert_str_eq(b->amax_mode, "most_recent");
+    cr_assert_str_eq(b->scale_mode, "delayed");
+    cr_assert_eq(b->margin, -1.5);
+    cr_assert_eq(b->scale_min, 1e-10);
     ag_free(a);
     ag_free(b);
     ag_store_close(ro);
@@ -890,6 +900,9 @@ Test(store, status_without_recorded_settings_has_no_version_and_the_known_format
     cr_expect_null(s->version);
     cr_expect_str_eq(s->formats, "E5M2,E3M4");
     cr_expect_eq(s->rows_written, 0);
+    cr_expect_eq(s->history_len, 0, "the scale rule is unknown");
+    cr_expect_null(s->amax_mode);
+    cr_expect_null(s->scale_mode);
     ag_free(s);
     ag_store_close(st);
 
