@@ -392,6 +392,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
             r->last_step = m->u.run_end.step;
         break;
     case AG_MSG_STATS: err = handle_stats(e, r, &m->u.stats); break;
+    case AG_MSG_COUNTS: err = ag_eng_handle_counts(e, r, &m->u.counts); break;
     case AG_MSG_SNAPSHOT: {
         ag_engine_job *j = NULL;
         if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;

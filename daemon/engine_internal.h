@@ -177,6 +177,10 @@ const char *ag_eng_unfiled_reason(int err);
 /* Bytes a tensor with all its roles may hold outside its snapshots. */
 size_t ag_eng_tensor_cost(const ag_engine *e, const char *name);
 
+/* counts.c: file a counts message of run r (AG_EFORMAT for a format the
+ * daemon does not know, before anything is filed). */
+int ag_eng_handle_counts(ag_engine *e, run_state *r, const ag_msg_counts *c);
+
 /* snapshot.c */
 int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag_engine_job **out);
 void ag_eng_job_scales(ag_engine *e, ag_engine_job *job);

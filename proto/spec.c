@@ -34,8 +34,22 @@ static const ag_field snapshot_fields[] = {
     {"n", K_UINT, F_REQ, U(snapshot.n), 0, NULL, 0},
     {"numel", K_UINT, F_OMIT0, U(snapshot.numel), 0, NULL, 0},
     {"scale", K_SCALE, 0, U(snapshot.scale), U(snapshot.has_scale), NULL, 0},
-    {"fmts", K_FMTS, F_OMIT0, U(snapshot), 0, NULL, 0},
+    {"fmts", K_FMTS, F_OMIT0, U(snapshot.nformats), 0, NULL, 0},
     {"data", K_DATA, F_REQ, U(snapshot), 0, NULL, 0}, /* last: the encoder pads before it */
+};
+
+_Static_assert(offsetof(ag_msg_snapshot, formats) ==
+                   offsetof(ag_msg_snapshot, nformats) + sizeof(size_t),
+               "K_FMTS: the names follow the count");
+_Static_assert(offsetof(ag_msg_counts, formats) ==
+                   offsetof(ag_msg_counts, nformats) + sizeof(size_t),
+               "K_FMTS: the names follow the count");
+
+static const ag_field counts_fields[] = {
+    {"step", K_UINT, F_REQ, U(counts.step), 0, NULL, 0},
+    {"form", K_ENUM, F_REQ, U(counts.form), AG_FORM_UPDATE, NULL, 0},
+    {"fmts", K_FMTS, F_REQ, U(counts.nformats), 0, NULL, 0},
+    {"items", K_COUNTS, F_REQ, U(counts), 0, NULL, 0},
 };
 
 static const ag_field run_end_fields[] = {
@@ -223,6 +237,7 @@ static const ag_spec specs[] = {
     MSG(AG_MSG_STATS, stats_fields),
     MSG(AG_MSG_SNAPSHOT, snapshot_fields),
     MSG(AG_MSG_RUN_END, run_end_fields),
+    MSG(AG_MSG_COUNTS, counts_fields),
     BARE(AG_MSG_Q_RUNS),
     MSG(AG_MSG_Q_TENSORS, q_run_fields),
     MSG(AG_MSG_Q_HISTORY, q_history_fields),
@@ -278,6 +293,7 @@ const char *ag_proto_type_name(int type) {
     case AG_MSG_STATS: return "stats";
     case AG_MSG_SNAPSHOT: return "snapshot";
     case AG_MSG_RUN_END: return "run_end";
+    case AG_MSG_COUNTS: return "counts";
     case AG_MSG_Q_RUNS: return "q_runs";
     case AG_MSG_Q_TENSORS: return "q_tensors";
     case AG_MSG_Q_HISTORY: return "q_history";
@@ -299,7 +315,7 @@ const char *ag_proto_type_name(int type) {
     }
 }
 
-int ag_proto_is_stream(int type) { return type >= AG_MSG_RUN_START && type <= AG_MSG_RUN_END; }
+int ag_proto_is_stream(int type) { return type >= AG_MSG_RUN_START && type <= AG_MSG_COUNTS; }
 
 size_t ag_proto_dtype_size(int dtype) {
     switch (dtype) {

@@ -26,9 +26,10 @@ enum ag_kind {
     K_SCALE,    /* double > 0 with presence flag (int at aux) */
     K_LAUNCH,   /* const char *, launch id: 1..aux bytes of printable ASCII */
     K_RECS,     /* stats records (ag_msg_stats) */
-    K_FMTS,     /* format list (ag_msg_snapshot) */
+    K_FMTS,     /* format list: a size_t count at off, the names pointer right after it */
     K_DATA,     /* snapshot payload (ag_msg_snapshot) */
-    K_ITEMS     /* reply item list (spec->cols) */
+    K_ITEMS,    /* reply item list (spec->cols) */
+    K_COUNTS    /* counts items (ag_msg_counts) */
 };
 
 /* Field flags. */

@@ -505,6 +505,12 @@ AG_EXTERN int ag_client_log_sgd(ag_client *c, uint64_t step, const char *tensor,
 AG_EXTERN int ag_client_log_update(ag_client *c, uint64_t step, const char *tensor, const float *w,
                                    const float *u, size_t n);
 
+/* Snapshot and counts forms. */
+typedef enum ag_snapshot_form {
+    AG_FORM_SGD = 0,   /* w and g with lr: u = -lr * g */
+    AG_FORM_UPDATE = 1 /* w and u = w_new - w */
+} ag_snapshot_form;
+
 /* The general snapshot: any dtype, an explicit scale, a list of formats. */
 typedef struct ag_snapshot {
     uint64_t step;
@@ -520,6 +526,36 @@ typedef struct ag_snapshot {
     size_t nformats;            /* <= AG_FORMATS_MAX */
 } ag_snapshot;
 AG_EXTERN int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s);
+
+/*
+ * Stall counts computed by the caller (on the device where the tensors live,
+ * with the daemon's scale rule: ag_status), for many tensors at one step:
+ * the daemon stores them as it stores its own results (history computed
+ * "device") and feeds each tensor's amax history. Checked like the daemon
+ * checks them: names, 1..AG_FORMATS_MAX known formats, numel in 1..INT64_MAX,
+ * amax finite and >= 0, nonfinite <= numel, scales finite and > 0 as float,
+ * stalled <= total <= numel, overflow, underflow, nonfinite and flips <=
+ * numel (flips -1: unknown). Sent in messages of at most AG_COUNTS_ITEMS_MAX
+ * tensors, each queued like a snapshot (a full queue under AG_QUEUE_DROP
+ * drops a message: AG_EAGAIN once the rest were queued).
+ */
+#define AG_COUNTS_ITEMS_MAX 4096 /* tensors per counts message */
+#define AG_COUNTS_PER_RESULT 5   /* stalled, total, overflow, underflow, nonfinite */
+typedef struct ag_counts_batch {
+    uint64_t step;
+    int form; /* AG_FORM_SGD or AG_FORM_UPDATE */
+    size_t ntensors, nformats;
+    const char *const *tensors; /* [ntensors] */
+    const char *const *formats; /* [nformats] */
+    const uint64_t *numel;      /* [ntensors] */
+    const double *amax;         /* [ntensors] finite max |w| */
+    const uint64_t *nonfinite;  /* [ntensors] non-finite elements of w */
+    const float *scales;        /* [ntensors * nformats], tensor-major */
+    const uint64_t
+        *counts; /* [ntensors * nformats * 5]: stalled, total, overflow, underflow, nonfinite */
+    const int64_t *flips; /* NULL (all unknown), or [ntensors * nformats], -1 = unknown */
+} ag_counts_batch;
+AG_EXTERN int ag_client_log_counts(ag_client *c, const ag_counts_batch *b);
 
 /* Statistics of one tensor (amax over finite elements and the non-finite
  * count are computed here, so the values never cross the wire). */
