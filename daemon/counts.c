@@ -35,8 +35,8 @@ static int file_item(ag_engine *e, run_state *r, const ag_msg_counts *c, size_t 
     int pushable = c->nonfinite[i] < c->numel[i];
     ag_eng_observe(e, rs, c->amax[i], pushable, fmts, fidx, nf, c->step);
     ag_write_item st = {.kind = AG_W_STATS};
-    st.u.stats = (ag_store_stats_row){t->id,        AG_ROLE_WEIGHT, c->step,
-                                      c->amax[i],   c->numel[i],    c->nonfinite[i]};
+    st.u.stats = (ag_store_stats_row){t->id,      AG_ROLE_WEIGHT, c->step,
+                                      c->amax[i], c->numel[i],    c->nonfinite[i]};
     if ((err = ag_eng_push(e, &st))) return err;
     for (size_t f = 0; f < nf; f++) {
         size_t k = i * nf + f;
@@ -45,17 +45,19 @@ static int file_item(ag_engine *e, run_state *r, const ag_msg_counts *c, size_t 
         rs->scale[fidx[f]] = (double)c->scales[k];
         rs->hist_amax[fidx[f]] = ag_amax_history_get(rs->history);
         ag_write_item it = {.kind = AG_W_RESULT};
-        it.u.result = (ag_store_result_row){
-            .tensor_id = t->id,
-            .format_id = e->format_id[fidx[f]],
-            .step = c->step,
-            .counts = {.stalled = n[0], .total = n[1], .overflow = n[2], .underflow = n[3],
-                       .nonfinite = n[4]},
-            .flips = flips < 0 ? 0 : (uint64_t)flips,
-            .flips_unknown = flips < 0,
-            .source = 1,
-            .amax = c->amax[i],
-            .scale = (double)c->scales[k]};
+        it.u.result = (ag_store_result_row){.tensor_id = t->id,
+                                            .format_id = e->format_id[fidx[f]],
+                                            .step = c->step,
+                                            .counts = {.stalled = n[0],
+                                                       .total = n[1],
+                                                       .overflow = n[2],
+                                                       .underflow = n[3],
+                                                       .nonfinite = n[4]},
+                                            .flips = flips < 0 ? 0 : (uint64_t)flips,
+                                            .flips_unknown = flips < 0,
+                                            .source = 1,
+                                            .amax = c->amax[i],
+                                            .scale = (double)c->scales[k]};
         if ((err = ag_eng_push(e, &it))) return err;
     }
     forget_encoded(e, t);

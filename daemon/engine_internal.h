@@ -171,6 +171,9 @@ int ag_eng_account(ag_engine *e, client_state *cs, const ag_msg *m);
  * reason: a drops row, the run's and the daemon's dropped. */
 int ag_eng_queue_drop(ag_engine *e, client_state *cs, uint64_t first_seq, uint64_t count,
                       const char *reason);
+/* Count a message accepted but not (fully) filed as rejected: the live
+ * counter and the stored one (status reads the store). */
+void ag_eng_count_unfiled(ag_engine *e);
 /* A static reason for a message accepted but not (fully) filed. */
 const char *ag_eng_unfiled_reason(int err);
 

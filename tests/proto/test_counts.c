@@ -19,8 +19,7 @@ static const char *const tensors[2] = {"fc1.weight", "fc2.weight"};
 static const uint64_t numel[2] = {100, 7}, nonfinite[2] = {0, 1};
 static const double amax[2] = {0.5, 3};
 static const float scales[4] = {0.25f, 1.0f / 3, 0.5f, 2};
-static const uint64_t counts[4 * 5] = {3, 10, 0, 1, 0, 0, 0, 0, 0, 0,
-                                       1, 6,  1, 0, 1, 6, 6, 0, 0, 1};
+static const uint64_t counts[4 * 5] = {3, 10, 0, 1, 0, 0, 0, 0, 0, 0, 1, 6, 1, 0, 1, 6, 6, 0, 0, 1};
 static const int64_t flips[4] = {2, -1, 0, 7};
 
 static ag_msg counts_msg(void) {
@@ -150,11 +149,11 @@ typedef struct item {
     double amax;
     uint64_t nonfinite;
     size_t nresults;
-    double scale;       /* of every result */
-    uint64_t k[5];      /* of every result */
-    int flips_nil;      /* else flips */
+    double scale;  /* of every result */
+    uint64_t k[5]; /* of every result */
+    int flips_nil; /* else flips */
     uint64_t flips;
-    int scale_as_f64;   /* write the scale as float 64 */
+    int scale_as_f64; /* write the scale as float 64 */
 } item;
 
 static void key(msgpack_packer *pk, const char *k) { msgpack_pack_str_with_body(pk, k, strlen(k)); }
@@ -245,12 +244,11 @@ Test(counts, items_may_come_before_the_formats_they_answer) {
 
 Test(counts, the_decoder_refuses_every_hostile_value) {
     static const char *const what[] = {
-        "stalled > total",     "total > numel",         "overflow > numel",
-        "flips > numel",       "nonfinite > numel",     "numel 0",
-        "numel > 2^63-1",      "amax < 0",              "amax inf",
-        "scale 0",             "scale < 0",             "scale not float32",
-        "results != formats",  "items differ",          "no results",
-        "version 1",           "no items",              "empty tensor name"};
+        "stalled > total",    "total > numel",    "overflow > numel", "flips > numel",
+        "nonfinite > numel",  "numel 0",          "numel > 2^63-1",   "amax < 0",
+        "amax inf",           "scale 0",          "scale < 0",        "scale not float32",
+        "results != formats", "items differ",     "no results",       "version 1",
+        "no items",           "empty tensor name"};
     for (size_t k = 0; k < sizeof what / sizeof what[0]; k++) {
         item its[2] = {good, good};
         size_t n = 2, nfmts = 2;
