@@ -361,10 +361,13 @@ static int by_start_desc(const void *a, const void *b) {
 }
 
 /* One run's gauges, for at most *budget tensors (decremented). Families are
- * written by the caller in two passes (stall rate, then scale), because the
- * format wants all samples of a metric together. */
-static int run_gauges(const ag_http_env *env, ag_store *st, FILE *f, const char *run,
-                      int scale_pass, size_t *budget) {
+ * written by the caller in passes (stall rate, scale, flips), because the
+ * format wants all samples of a metric together. Flips are the latest
+ * point's, only where known: counts sent without flips have no sample. */
+enum { PASS_STALL, PASS_SCALE, PASS_FLIPS, PASSES };
+static int run_gauges(const ag_http_env *env, ag_store *st, FILE *f, const char *run, int pass,
+                      size_t *budget) {
+    int scale_pass = pass == PASS_SCALE;
     ag_tensor_list *tl = NULL;
     int rc = ag_store_tensors(st, run, &tl);
     if (rc) return rc == AG_ENOTFOUND ? AG_OK : rc;
@@ -401,9 +404,11 @@ static int run_gauges(const ag_http_env *env, ag_store *st, FILE *f, const char 
                 continue;
             }
             if (rc) break;
-            if (h->n > 0)
-                labelled(f, "altgrad_stall_rate", run, t->name, fmt,
-                         h->points[h->n - 1].stall_rate);
+            const ag_history_point *last = h->n > 0 ? &h->points[h->n - 1] : NULL;
+            if (last && pass == PASS_STALL)
+                labelled(f, "altgrad_stall_rate", run, t->name, fmt, last->stall_rate);
+            if (last && pass == PASS_FLIPS && last->flips != AG_FLIPS_UNKNOWN)
+                labelled(f, "altgrad_flips", run, t->name, fmt, (double)last->flips);
             ag_free(h);
         }
     }
@@ -466,15 +471,19 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const params *p,
 
     qsort(runs->items, runs->n, sizeof *runs->items, by_start_desc);
     size_t total_tensors = 0;
-    static const char *const help[2] = {
+    static const char *const help[PASSES] = {
         "Stall rate (stalled / total) of the tensor's latest gradient snapshot in the "
         "format; at most "
         "1000"
         " tensors, newest runs first.",
-        "Latest scale of the tensor in the format; at most 1000 tensors, newest runs first."};
-    for (int pass = 0; pass < 2 && rc == AG_OK; pass++) {
+        "Latest scale of the tensor in the format; at most 1000 tensors, newest runs first.",
+        "Pattern flips of the tensor's latest snapshot in the format, where known (counts "
+        "sent without flips have none); at most 1000 tensors, newest runs first."};
+    static const char *const name[PASSES] = {"altgrad_stall_rate", "altgrad_scale",
+                                             "altgrad_flips"};
+    for (int pass = 0; pass < PASSES && rc == AG_OK; pass++) {
         size_t budget = AG_HTTP_METRICS_TENSORS_MAX;
-        family(f, pass ? "altgrad_scale" : "altgrad_stall_rate", "gauge", help[pass]);
+        family(f, name[pass], "gauge", help[pass]);
         for (size_t i = 0; i < runs->n && budget > 0 && rc == AG_OK; i++)
             rc = run_gauges(env, st, f, runs->items[i].name, pass, &budget);
         total_tensors = AG_HTTP_METRICS_TENSORS_MAX - budget;

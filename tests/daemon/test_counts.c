@@ -32,11 +32,11 @@ static const char *const fmt_names[NF] = {"E5M2", "E3M4"};
 
 /* The counts of tensor i, format f at step s: all different, all in bounds. */
 static void counts_of(uint64_t s, size_t i, size_t f, uint64_t k[5]) {
-    k[1] = 100 + 10 * s + i;       /* total */
-    k[0] = k[1] / (2 + f);         /* stalled */
-    k[2] = s + f;                  /* overflow */
-    k[3] = 2 * s + i;              /* underflow */
-    k[4] = i == 2 ? s : 0;         /* nonfinite */
+    k[1] = 100 + 10 * s + i; /* total */
+    k[0] = k[1] / (2 + f);   /* stalled */
+    k[2] = s + f;            /* overflow */
+    k[3] = 2 * s + i;        /* underflow */
+    k[4] = i == 2 ? s : 0;   /* nonfinite */
 }
 
 static void send_step(ag_client *c, uint64_t s, const char *const *fmts, size_t nf) {
@@ -329,9 +329,9 @@ Test(counts, a_model_sent_as_snapshots_and_as_counts_stores_identical_rows) {
                 k[4] = out[f].nonfinite;
                 uint64_t fl = 0; /* the first snapshot has no earlier one: 0 */
                 if (s > 1)
-                    cr_assert_eq(ag_count_pattern_flips(fmts[f], prev_scale[t][f], prev[t][f], w,
-                                                        N, &fl),
-                                 AG_OK);
+                    cr_assert_eq(
+                        ag_count_pattern_flips(fmts[f], prev_scale[t][f], prev[t][f], w, N, &fl),
+                        AG_OK);
                 flips[r] = (int64_t)fl;
                 cr_assert_eq(ag_encode_array(fmts[f], scales[r], w, prev[t][f], N), AG_OK);
                 prev_scale[t][f] = scales[r];

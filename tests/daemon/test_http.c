@@ -258,6 +258,26 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
     harness_start(&H, HTTP_ON);
     ag_client *c;
     feed(&c);
+    /* counts of tensor d: flips counted in E5M2, not in E3M4 */
+    const char *names[1] = {"d"}, *fmts[2] = {"E5M2", "E3M4"};
+    uint64_t numel[1] = {10}, nonfinite[1] = {0}, counts[10] = {1, 2, 0, 0, 0, 1, 2, 0, 0, 0};
+    double amax[1] = {1};
+    float scales[2] = {1, 1};
+    int64_t flips[2] = {4, -1};
+    ag_counts_batch b = {.step = 1,
+                         .form = AG_FORM_UPDATE,
+                         .ntensors = 1,
+                         .nformats = 2,
+                         .tensors = names,
+                         .formats = fmts,
+                         .numel = numel,
+                         .amax = amax,
+                         .nonfinite = nonfinite,
+                         .scales = scales,
+                         .counts = counts,
+                         .flips = flips};
+    cr_assert_eq(ag_client_log_counts(c, &b), AG_OK);
+    ag_free(harness_wait_history(c, RUN, "d", "E3M4", 1));
     int port = http_port(&H);
     ag_status *st = NULL;
     cr_assert_eq(ag_client_status(c, &st), AG_OK);
@@ -303,7 +323,7 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
     cr_assert_geq(sample(r.body, "altgrad_messages_total "), (double)st->messages);
     cr_assert_eq(sample(r.body, "altgrad_runs "), 1.0);
     cr_assert_eq(sample(r.body, "altgrad_rejected_total "), 0.0);
-    cr_assert_eq(sample(r.body, "altgrad_metrics_tensors "), 2.0);
+    cr_assert_eq(sample(r.body, "altgrad_metrics_tensors "), 3.0);
     cr_assert_eq(sample(r.body, "altgrad_store_degraded "), 0.0);
     cr_assert_eq(sample(r.body, "altgrad_rows_discarded_total "), 0.0);
     double rate =
@@ -311,6 +331,12 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
     cr_assert_eq(rate, h->points[h->n - 1].stall_rate);
     double scale = sample(r.body, "altgrad_scale{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
     cr_assert_eq(scale, h->points[h->n - 1].scale);
+    double flips_w = sample(r.body, "altgrad_flips{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
+    cr_assert_eq(flips_w, (double)h->points[h->n - 1].flips);
+    cr_assert_eq(sample(r.body, "altgrad_flips{run=\"" RUN "\",tensor=\"d\",format=\"E5M2\"} "),
+                 4.0);
+    cr_assert(isnan(sample(r.body, "altgrad_flips{run=\"" RUN "\",tensor=\"d\",format=\"E3M4\"} ")),
+              "unknown flips have no sample, never 0");
     reply_free(&r);
     ag_free(h);
     ag_free(st);
