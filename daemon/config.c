@@ -184,12 +184,12 @@ static const char *choice_name(const char *const *names, const int *values, int 
     return "unknown";
 }
 
-const char *ag_config_amax_mode_name(const ag_config *cfg) {
-    return choice_name(amax_modes, amax_mode_values, cfg->amax_mode);
+const char *ag_config_amax_mode_name(int amax_mode) {
+    return choice_name(amax_modes, amax_mode_values, amax_mode);
 }
 
-const char *ag_config_scale_mode_name(const ag_config *cfg) {
-    return choice_name(scale_modes, scale_mode_values, cfg->scale_mode);
+const char *ag_config_scale_mode_name(int scale_mode) {
+    return choice_name(scale_modes, scale_mode_values, scale_mode);
 }
 
 int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t errlen) {

@@ -7,6 +7,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,10 @@ typedef struct ag_daemon {
     ag_logger log;
     ag_counters counters;
     uint64_t start_ms;
+    /* The reloadable part of the scale rule, for status on the query threads
+     * (the loop writes cfg on SIGHUP): scale mode, margin as its bits. */
+    _Atomic int live_scale_mode;
+    _Atomic uint64_t live_margin_bits;
     uv_loop_t loop;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t watchdog, drain, flush;
@@ -154,9 +159,10 @@ static void fill_status(void *ctx, ag_status *st) {
     st->queue_depth = ag_writer_depth(d->writer);
     /* The scale rule in force (margin and scale mode reload on SIGHUP). */
     st->history_len = (uint64_t)d->cfg.history_len;
-    st->amax_mode = ag_config_amax_mode_name(&d->cfg);
-    st->scale_mode = ag_config_scale_mode_name(&d->cfg);
-    st->margin = d->cfg.margin;
+    st->amax_mode = ag_config_amax_mode_name(d->cfg.amax_mode); /* set before any thread */
+    st->scale_mode = ag_config_scale_mode_name(atomic_load(&d->live_scale_mode));
+    uint64_t bits = atomic_load(&d->live_margin_bits);
+    memcpy(&st->margin, &bits, sizeof st->margin);
     st->scale_min = AG_SCALE_MIN;
     /* Live health; rows given up and not yet counted in the file too. */
     ag_writer_health_info h;
@@ -181,8 +187,10 @@ static int record_settings(ag_store *st, const ag_config *cfg) {
     if (!err && !(err = ag_store_put_daemon_setting(st, "version", AG_VERSION_STRING)) &&
         !(err = ag_store_put_daemon_setting(st, "formats", cfg->formats)) &&
         !(err = ag_store_put_daemon_setting(st, "history_len", len)) &&
-        !(err = ag_store_put_daemon_setting(st, "amax_mode", ag_config_amax_mode_name(cfg))) &&
-        !(err = ag_store_put_daemon_setting(st, "scale_mode", ag_config_scale_mode_name(cfg))) &&
+        !(err = ag_store_put_daemon_setting(st, "amax_mode",
+                                            ag_config_amax_mode_name(cfg->amax_mode))) &&
+        !(err = ag_store_put_daemon_setting(st, "scale_mode",
+                                            ag_config_scale_mode_name(cfg->scale_mode))) &&
         !(err = ag_store_put_daemon_setting(st, "margin", margin)) &&
         !(err = ag_store_put_daemon_setting(st, "scale_min", scale_min)))
         err = ag_store_commit(st);
@@ -268,6 +276,14 @@ static void begin_stop(ag_daemon *d, int signum) {
     }
 }
 
+/* What status reports of the reloadable scale rule (see fill_status). */
+static void publish_scale_rule(ag_daemon *d) {
+    uint64_t bits;
+    memcpy(&bits, &d->cfg.margin, sizeof bits);
+    atomic_store(&d->live_scale_mode, d->cfg.scale_mode);
+    atomic_store(&d->live_margin_bits, bits);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
     ag_daemon *d = h->data;
     if (signum != SIGHUP) {
@@ -285,6 +301,7 @@ static void on_signal(uv_signal_t *h, int signum) {
         d->cfg.log_level = fresh.log_level;
         d->cfg.scale_mode = fresh.scale_mode;
         d->cfg.margin = fresh.margin;
+        publish_scale_rule(d);
         ag_logger_set_level(&d->log, fresh.log_level);
         ag_engine_reconfigure(d->engine, &d->cfg);
         ag_log(&d->log, AG_LOG_NOTICE, "reloaded: log-level %s, margin %g",
@@ -457,6 +474,7 @@ int main(int argc, char **argv) {
     }
     ag_logger_init(&d->log, d->cfg.log_level);
     d->start_ms = now_ms();
+    publish_scale_rule(d);
     if (init_loop(d)) {
         ag_logger_destroy(&d->log);
         return 1;
