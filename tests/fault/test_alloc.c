@@ -116,6 +116,48 @@ Test(alloc, decoding_a_stats_batch) {
     ag_buf_free(&b);
 }
 
+/* A counts message of two tensors in two formats (flips of one unknown). */
+static const char *const counts_tensors[2] = {"dev.0", "dev.1"};
+static const char *const counts_fmts[2] = {"E5M2", "E3M4"};
+static const uint64_t counts_numel[2] = {64, 32}, counts_nonfinite[2] = {0, 1};
+static const double counts_amax[2] = {0.5, 2};
+static const float counts_scales[4] = {0.25f, 0.5f, 1, 2};
+static const uint64_t counts_k[20] = {1, 4, 0, 1, 0, 2, 4, 0, 0, 0, 0, 0, 1, 0, 1, 3, 9, 0, 1, 1};
+static const int64_t counts_flips[4] = {3, -1, 0, 7};
+
+static ag_msg_counts counts_body(void) {
+    return (ag_msg_counts){.step = 4,
+                           .form = AG_FORM_UPDATE,
+                           .nformats = 2,
+                           .formats = counts_fmts,
+                           .n = 2,
+                           .tensors = counts_tensors,
+                           .numel = counts_numel,
+                           .amax = counts_amax,
+                           .nonfinite = counts_nonfinite,
+                           .scales = counts_scales,
+                           .counts = counts_k,
+                           .flips = counts_flips};
+}
+
+Test(alloc, decoding_a_counts_message) {
+    ag_msg m = {.type = AG_MSG_COUNTS};
+    m.hdr = (ag_stream_hdr){.run = "r", .client_id = 9, .seq = 3};
+    m.u.counts = counts_body();
+    ag_buf b;
+    encode(&m, &b);
+    ag_msg d;
+    long base = ag_alloc_outstanding();
+    decode_every_failure(&b, &d, "counts");
+    cr_assert_eq(d.u.counts.n, 2);
+    cr_assert_str_eq(d.u.counts.tensors[1], "dev.1");
+    cr_assert_eq(d.u.counts.flips[1], -1);
+    cr_assert_eq(d.u.counts.counts[16], 9);
+    ag_msg_clear(&d);
+    cr_assert_eq(ag_alloc_outstanding(), base);
+    ag_buf_free(&b);
+}
+
 Test(alloc, encoding_and_decoding_a_history_reply) {
     ag_history_point pts[4];
     for (int i = 0; i < 4; i++)
@@ -274,17 +316,17 @@ static void engine_stop(engine_fix *f) {
     ag_logger_destroy(&f->log);
 }
 
-/* A client's whole run: start, stats, two snapshots, end. Returns the first
- * error (the rest are still sent, as the daemon's loop does). */
+/* A client's whole run: start, stats, two snapshots, counts, end. Returns
+ * the first error (the rest are still sent, as the daemon's loop does). */
 static int send_run(engine_fix *f, const char *run, uint64_t cid) {
     static float w[32], g[32];
     for (int i = 0; i < 32; i++) {
         w[i] = 0.1f * (float)(i - 16);
         g[i] = 1e-3f * (float)(i % 3);
     }
-    ag_msg ms[5];
+    ag_msg ms[6];
     memset(ms, 0, sizeof ms);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         ms[i].hdr = (ag_stream_hdr){.run = run, .client_id = cid, .seq = (uint64_t)i};
     ms[0].type = AG_MSG_RUN_START;
     ms[0].u.run_start = (ag_msg_run_start){.host = "h", .pid = 1, .time_ms = 1};
@@ -302,10 +344,12 @@ static int send_run(engine_fix *f, const char *run, uint64_t cid) {
                                              .w = w,
                                              .x = g};
     }
-    ms[4].type = AG_MSG_RUN_END;
-    ms[4].u.run_end = (ag_msg_run_end){.step = 3, .time_ms = 2};
+    ms[4].type = AG_MSG_COUNTS;
+    ms[4].u.counts = counts_body();
+    ms[5].type = AG_MSG_RUN_END;
+    ms[5].u.run_end = (ag_msg_run_end){.step = 4, .time_ms = 2};
     int first = AG_OK;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         ag_engine_job *job = NULL;
         int err = ag_engine_handle(f->engine, &ms[i], 100, &job);
         if (job) {
@@ -347,6 +391,13 @@ Test(alloc, the_engine_handling_a_run) {
         cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "allocation %ld: %s", n,
                      ag_store_errmsg(st));
         cr_assert_eq(h->n, 2, "allocation %ld: the run after the failure is incomplete", n);
+        ag_free(h);
+        q.tensor = "dev.1";
+        q.format = "E3M4";
+        cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "allocation %ld: %s", n,
+                     ag_store_errmsg(st));
+        cr_assert_eq(h->n, 1, "allocation %ld: the counts after the failure are missing", n);
+        cr_assert_eq(h->points[0].total, 9);
         ag_free(h);
         ag_store_close(st);
     }
