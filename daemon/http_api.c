@@ -477,8 +477,8 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const params *p,
         "1000"
         " tensors, newest runs first.",
         "Latest scale of the tensor in the format; at most 1000 tensors, newest runs first.",
-        "Pattern flips of the tensor's latest snapshot in the format, where known (counts "
-        "sent without flips have none); at most 1000 tensors, newest runs first."};
+        ("Pattern flips of the tensor's latest snapshot in the format, where known (counts "
+         "sent without flips have none); at most 1000 tensors, newest runs first.")};
     static const char *const name[PASSES] = {"altgrad_stall_rate", "altgrad_scale",
                                              "altgrad_flips"};
     for (int pass = 0; pass < PASSES && rc == AG_OK; pass++) {

@@ -183,6 +183,56 @@ Test(counts, the_client_refuses_a_bad_batch_whole) {
     ag_client_close(c);
 }
 
+/* A batch past AG_COUNTS_ITEMS_MAX tensors goes as several messages, all
+ * filed. */
+Test(counts, a_batch_of_more_tensors_than_one_message_holds_is_split) {
+    enum { T = AG_COUNTS_ITEMS_MAX + 5 };
+    static char names[T][16];
+    static const char *tensors[T];
+    static uint64_t numel[T], nonfinite[T], counts[T * 5];
+    static double amax[T];
+    static float scales[T];
+    for (size_t i = 0; i < T; i++) {
+        snprintf(names[i], sizeof names[i], "t%05zu", i);
+        tensors[i] = names[i];
+        numel[i] = 100 + i;
+        amax[i] = 1;
+        scales[i] = 0.5f;
+        counts[i * 5 + 1] = i % 100; /* total */
+        counts[i * 5] = i % 7 < i % 100 ? i % 7 : 0;
+    }
+    const char *fmts[1] = {"E5M2"};
+    harness_start(&H, NULL);
+    ag_client *c = harness_client(&H, "big", AG_QUEUE_BLOCK);
+    ag_counts_batch b = {.step = 9,
+                         .form = AG_FORM_UPDATE,
+                         .ntensors = T,
+                         .nformats = 1,
+                         .tensors = tensors,
+                         .formats = fmts,
+                         .numel = numel,
+                         .amax = amax,
+                         .nonfinite = nonfinite,
+                         .scales = scales,
+                         .counts = counts};
+    cr_assert_eq(ag_client_log_counts(c, &b), AG_OK, "%s", ag_client_last_error(c));
+    cr_assert_eq(ag_client_flush(c, 30000), AG_OK, "%s", ag_client_last_error(c));
+    ag_client_stats cs;
+    cr_assert_eq(ag_client_get_stats(c, &cs), AG_OK);
+    cr_expect_eq(cs.delivered, 3, "run start and two counts messages");
+    ag_tensor_list *tl = NULL;
+    cr_assert_eq(ag_client_tensors(c, "big", &tl), AG_OK);
+    cr_assert_eq(tl->n, T);
+    cr_expect_str_eq(tl->items[T - 1].name, names[T - 1]);
+    cr_expect_eq(tl->items[T - 1].numel, 100 + T - 1);
+    ag_free(tl);
+    ag_history *h = harness_wait_history(c, "big", names[T - 1], "E5M2", 1);
+    cr_expect_eq(h->points[0].total, (T - 1) % 100);
+    cr_expect_eq(h->points[0].flips, AG_FLIPS_UNKNOWN);
+    ag_free(h);
+    ag_client_close(c);
+}
+
 /* The reasons the daemon recorded for run's drops, comma-joined. */
 static void drop_reasons(const char *run, char *out, size_t cap) {
     sqlite3 *db = NULL;
