@@ -15,10 +15,26 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from . import _lib
+from . import _device, _lib
 from .errors import AltgradError
 
 _FORMS = ("update", "sgd")
+
+
+def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = "update",
+                 lr=None) -> Dict[str, Dict[str, int]]:
+    """Counts of one snapshot, computed where w lives, bit for bit as the C
+    core (and so the daemon) computes them: {format: {"stalled", "total",
+    "overflow", "underflow", "nonfinite"}} (ints).
+
+    w: the weights; x: the update u = w_new - w (form="update", any
+    optimizer) or the gradient g (form="sgd", with the learning rate `lr`:
+    u = -lr * g). float32, bfloat16 or float16 (widened exactly), same shape,
+    same device (CPU or CUDA). formats: a name or a list of names; scales: one
+    number for all, a list (one per format) or a dict {format: scale}; each
+    positive and finite in float32. On CUDA one fused kernel counts every
+    format in one pass (Triton; eager torch where Triton is missing)."""
+    return _device.stall_counts(w, x, formats, scales, form=form, lr=lr)
 
 
 def _finite_stats(t: torch.Tensor) -> torch.Tensor:
@@ -429,4 +445,4 @@ def format_report(rep: dict) -> str:
     return line
 
 
-__all__ = ["Monitor", "format_report"]
+__all__ = ["Monitor", "format_report", "stall_counts"]
