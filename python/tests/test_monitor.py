@@ -27,7 +27,7 @@ def test_monitor_streams_update_snapshots_and_amax_of_a_tiny_model(daemon):
     model = tiny_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     with daemon.client("monitor-adam") as c:
-        with Monitor(c, model, opt, every=2) as mon:
+        with Monitor(c, model, opt, compute="daemon", every=2) as mon:
             train(model, opt, 6)
         rep = mon.report()
         assert rep["steps"] == 6 and rep["sampled_steps"] == 3 and rep["snapshots"] == 12
@@ -57,7 +57,7 @@ def test_monitor_in_sgd_form_reports_the_predicted_stalls(daemon):
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=1e-6)
     with daemon.client("monitor-sgd") as c:
-        with Monitor(c, model, opt, every=1, form="sgd", activations=False):
+        with Monitor(c, model, opt, compute="daemon", every=1, form="sgd", activations=False):
             train(model, opt, 2)
         pts = eventually(lambda: (lambda h: h if len(h) == 2 else None)(
             c.history("2.weight", format="E5M2")["points"]), what="two points")
