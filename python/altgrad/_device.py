@@ -395,8 +395,8 @@ class Watch:
         self.pat = torch.zeros((F, npad), dtype=torch.uint8, device=dev) if self.flips else None
         self.prev_scales = torch.ones((T, F), dtype=torch.float32, device=dev)
         self._has_prev = [False] * T
-        self._has_prev_dev = None
         self._masks = {}
+        self._dev_cache = {}
 
     # -- loading ------------------------------------------------------------
     def load_w(self, ws: List[torch.Tensor]) -> None:
@@ -406,6 +406,15 @@ class Watch:
         _copy_into(self.v_views, [v.detach().reshape(-1) for v in vs])
         if minus_w:
             self.V.sub_(self.W)
+
+    def _on_device(self, key: str, values: tuple, dtype) -> torch.Tensor:
+        """A small device tensor of values, made again only when they change
+        (a host-to-device copy waits for the stream: not at every step)."""
+        got = self._dev_cache.get(key)
+        if got is None or got[0] != values:
+            got = self._dev_cache[key] = (values, torch.tensor(values, dtype=dtype,
+                                                               device=self.device))
+        return got[1]
 
     # -- the scale rule ---------------------------------------------------------
     def _hist_get(self) -> torch.Tensor:
@@ -467,10 +476,10 @@ class Watch:
             c = self._tri.counter()
             amax, nonfinite = c.amax(self.layout, which, self.W)
             scales = self._scales(amax, nonfinite, inc)
-            nl = torch.tensor(nl_host, dtype=torch.float32, device=dev)
+            nl = self._on_device("neg_lr", tuple(nl_host), torch.float32)
             if self.flips:
-                hp = torch.tensor([int(b) for b in self._has_prev], dtype=torch.int32,
-                                  device=dev)
+                hp = self._on_device("has_prev", tuple(int(b) for b in self._has_prev),
+                                     torch.int32)
                 counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
                                   update_form, nl, self.pat, self.prev_scales, hp)
             else:

@@ -170,11 +170,13 @@ def _count_kernel(W, V, BLK_T, BLK_OFF, T_START, T_N, SCALES, NEG_LR, FI, FF, OU
             pat = PAT + f * NPAD + start + offs
             prev = tl.load(pat, mask=mask, other=0).to(tl.int32)
             ps = tl.load(PREV_SCALES + t * F + f)
-            xp = _div(w, ps)
-            ap = _qmag(xp, shift, half_m1, keep_mask, emin_bits, half_down, sub_magic)
-            at_prev = _encode(xp, ap, M, shift, emin_bits, bias_adj, mant_mask, over_pattern,
+            if ps == s:  # the usual case: the patterns at this scale are the ones to compare
+                cmp = cur
+            else:  # the scale moved: the weights at the previous scale
+                xp = _div(w, ps)
+                ap = _qmag(xp, shift, half_m1, keep_mask, emin_bits, half_down, sub_magic)
+                cmp = _encode(xp, ap, M, shift, emin_bits, bias_adj, mant_mask, over_pattern,
                               nan_pattern, max_finite, sub_scale)
-            cmp = tl.where(ps == s, cur, at_prev)
             changed = mask & (_canon(prev, nan_above) != _canon(cmp, nan_above))
             has_prev = tl.load(HAS_PREV + t)
             tl.store(base + 5, tl.sum(changed.to(tl.int32), axis=0) * has_prev)

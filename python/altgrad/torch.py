@@ -277,6 +277,7 @@ class Monitor:
         self._sample_idx: Dict[tuple, torch.Tensor] = {}
         self._sender: Optional[_Sender] = None
         self._send_errors: List[str] = []
+        self._close_seconds = 0.0
         # overhead accounting
         self._seconds = 0.0
         self._parts = {"fetch": 0.0, "send": 0.0, "stats": 0.0, "count": 0.0}
@@ -724,6 +725,9 @@ class Monitor:
             "count_seconds": self._parts["count"],
             "send_seconds": self._parts["send"],
             "stats_seconds": self._parts["stats"],
+            # close(): sending what was pending and waiting for the daemon to
+            # confirm it (not part of the per-step cost above)
+            "close_seconds": self._close_seconds,
             "send_errors": list(self._send_errors),
         }
 
@@ -760,7 +764,7 @@ class Monitor:
                 delivered, undelivered = st.get("delivered"), st.get("undelivered")
             except AltgradError:
                 pass  # closed: it has said what it had to at its close
-        self._seconds += time.perf_counter() - t0
+        self._close_seconds = time.perf_counter() - t0
         self._closed = True
         rep = self.report()
         rep["flushed"] = flushed
