@@ -230,3 +230,81 @@ int ag_client_log_update(ag_client *c, uint64_t step, const char *tensor, const 
     ag_snapshot s = {.step = step, .tensor = tensor, .dtype = AG_DTYPE_F32, .w = w, .u = u, .n = n};
     return ag_client_log_snapshot(c, &s);
 }
+
+/* ---- counts computed by the trainer --------------------------------------- */
+
+/* The items [first, first + n) of b as one message's counts. */
+static ag_msg_counts counts_slice(const ag_counts_batch *b, size_t first, size_t n) {
+    size_t r = first * b->nformats;
+    return (ag_msg_counts){.step = b->step,
+                           .form = b->form,
+                           .nformats = b->nformats,
+                           .formats = b->formats,
+                           .n = n,
+                           .tensors = b->tensors ? b->tensors + first : NULL,
+                           .numel = b->numel ? b->numel + first : NULL,
+                           .amax = b->amax ? b->amax + first : NULL,
+                           .nonfinite = b->nonfinite ? b->nonfinite + first : NULL,
+                           .scales = b->scales ? b->scales + r : NULL,
+                           .counts = b->counts ? b->counts + r * AG_COUNTS_PER_RESULT : NULL,
+                           .flips = b->flips ? b->flips + r : NULL};
+}
+
+int ag_client_log_counts(ag_client *c, const ag_counts_batch *b) {
+    if (!c || !b) return AG_EINVAL;
+    if (ag_client_forked(c)) return AG_ECLOSED;
+    /* Everything is checked before anything is queued: a batch goes out
+     * whole or not at all (a full queue aside). */
+    ag_msg_counts all = counts_slice(b, 0, b->ntensors);
+    const char *why = NULL;
+    int rc = ag_proto_counts_check(&all, &why);
+    if (rc) {
+        ag_client_note_error(c, why);
+        return rc;
+    }
+    for (size_t f = 0; f < b->nformats; f++)
+        if (!ag_format_get(b->formats[f])) {
+            ag_client_note_error(c, "a format this library does not know");
+            return AG_EFORMAT;
+        }
+    pthread_mutex_lock(&c->mu);
+    if (c->ended || c->stopping) {
+        pthread_mutex_unlock(&c->mu);
+        return AG_ECLOSED;
+    }
+    rc = ag_client_start_run_locked(c);
+    if (!rc) c->callers++; /* we encode unlocked: close must wait for us */
+    pthread_mutex_unlock(&c->mu);
+    if (rc) return rc;
+
+    int dropped = 0;
+    for (size_t first = 0; first < b->ntensors && !rc; first += AG_COUNTS_ITEMS_MAX) {
+        size_t n = b->ntensors - first;
+        if (n > AG_COUNTS_ITEMS_MAX) n = AG_COUNTS_ITEMS_MAX;
+        ag_msg msg = {.type = AG_MSG_COUNTS};
+        msg.hdr.run = c->run;
+        msg.hdr.client_id = c->client_id;
+        msg.u.counts = counts_slice(b, first, n);
+        nng_msg *nm = NULL;
+        rc = ag_client_encode_msg(&msg, &nm);
+        pthread_mutex_lock(&c->mu);
+        if (!rc && c->ended) { /* ended while we encoded: nothing may follow run_end */
+            nng_msg_free(nm);
+            rc = AG_ECLOSED;
+        }
+        if (!rc) {
+            ag_client_close_batch_locked(c, 0); /* records logged before this go first */
+            rc = ag_client_enqueue_locked(c, nm, 0, 0);
+            if (rc == AG_EAGAIN) { /* dropped and counted; the next may fit */
+                dropped = 1;
+                rc = AG_OK;
+            }
+        }
+        if (!rc && b->step > c->max_step) c->max_step = b->step;
+        pthread_mutex_unlock(&c->mu);
+    }
+    pthread_mutex_lock(&c->mu);
+    ag_client_leave_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    return rc ? rc : dropped ? AG_EAGAIN : AG_OK;
+}

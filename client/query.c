@@ -227,6 +227,7 @@ int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out)
     req.u.query.from_step = q->from_step;
     req.u.query.to_step = q->to_step;
     req.u.query.every = q->every;
+    req.u.query.cols = ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX); /* all we read */
     void *res = NULL;
     int rc = query(c, &req, AG_MSG_R_HISTORY, &res);
     *out = res;

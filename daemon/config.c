@@ -178,6 +178,20 @@ static const opt *find_opt(const char *name, size_t len) {
     return NULL;
 }
 
+static const char *choice_name(const char *const *names, const int *values, int v) {
+    for (size_t i = 0; names[i]; i++)
+        if (values[i] == v) return names[i];
+    return "unknown";
+}
+
+const char *ag_config_amax_mode_name(const ag_config *cfg) {
+    return choice_name(amax_modes, amax_mode_values, cfg->amax_mode);
+}
+
+const char *ag_config_scale_mode_name(const ag_config *cfg) {
+    return choice_name(scale_modes, scale_mode_values, cfg->scale_mode);
+}
+
 int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t errlen) {
     if (strlen(list) >= sizeof cfg->formats)
         return fail(err, errlen, AG_EINVAL, "--formats: list too long");

@@ -55,6 +55,10 @@ typedef struct ag_config {
  */
 int ag_config_load(ag_config *cfg, int argc, char **argv, char *err, size_t errlen);
 /* Check and resolve the format list text into fmts/nfmts. */
+/* "max" / "most_recent" and "current" / "delayed": the names of cfg's
+ * amax and scale modes, as the options spell them. */
+const char *ag_config_amax_mode_name(const ag_config *cfg);
+const char *ag_config_scale_mode_name(const ag_config *cfg);
 int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t errlen);
 /* Parse SPEC = "NAME=E,M,BIAS[,inf][,nan]" and define it with
  * ag_format_define (appended to cfg->defined). AG_EINVAL for bad syntax, or

@@ -299,6 +299,14 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
     return err;
 }
 
+void ag_eng_count_unfiled(ag_engine *e) {
+    atomic_fetch_add(&e->counters->rejected, 1);
+    ag_write_item c = {.kind = AG_W_COUNTER};
+    c.u.counter.name = "rejected";
+    c.u.counter.delta = 1;
+    ag_eng_push(e, &c); /* committed with the message's end */
+}
+
 void ag_engine_reject(ag_engine *e, size_t bytes) {
     atomic_fetch_add(&e->counters->rejected, 1);
     atomic_fetch_add(&e->counters->bytes, bytes);
@@ -392,6 +400,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
             r->last_step = m->u.run_end.step;
         break;
     case AG_MSG_STATS: err = handle_stats(e, r, &m->u.stats); break;
+    case AG_MSG_COUNTS: err = ag_eng_handle_counts(e, r, &m->u.counts); break;
     case AG_MSG_SNAPSHOT: {
         ag_engine_job *j = NULL;
         if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;
@@ -412,7 +421,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
     if (err) {
         /* Accepted but not (fully) filed: the run lost data, so it shows as a
          * drop of that run (a drops row with the reason) besides rejected. */
-        atomic_fetch_add(&e->counters->rejected, 1);
+        ag_eng_count_unfiled(e);
         ag_log(e->log, AG_LOG_WARNING, "run %s: %s message not (fully) filed: %s", r->name,
                ag_proto_type_name(m->type), ag_strerror(err));
         ag_eng_queue_drop(e, cs, m->hdr.seq, 1, ag_eng_unfiled_reason(err));

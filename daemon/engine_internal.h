@@ -171,11 +171,18 @@ int ag_eng_account(ag_engine *e, client_state *cs, const ag_msg *m);
  * reason: a drops row, the run's and the daemon's dropped. */
 int ag_eng_queue_drop(ag_engine *e, client_state *cs, uint64_t first_seq, uint64_t count,
                       const char *reason);
+/* Count a message accepted but not (fully) filed as rejected: the live
+ * counter and the stored one (status reads the store). */
+void ag_eng_count_unfiled(ag_engine *e);
 /* A static reason for a message accepted but not (fully) filed. */
 const char *ag_eng_unfiled_reason(int err);
 
 /* Bytes a tensor with all its roles may hold outside its snapshots. */
 size_t ag_eng_tensor_cost(const ag_engine *e, const char *name);
+
+/* counts.c: file a counts message of run r (AG_EFORMAT for a format the
+ * daemon does not know, before anything is filed). */
+int ag_eng_handle_counts(ag_engine *e, run_state *r, const ag_msg_counts *c);
 
 /* snapshot.c */
 int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag_engine_job **out);

@@ -152,6 +152,12 @@ static void fill_status(void *ctx, ag_status *st) {
     ag_daemon *d = ctx;
     st->uptime_s = (double)(now_ms() - d->start_ms) / 1000.0;
     st->queue_depth = ag_writer_depth(d->writer);
+    /* The scale rule in force (margin and scale mode reload on SIGHUP). */
+    st->history_len = (uint64_t)d->cfg.history_len;
+    st->amax_mode = ag_config_amax_mode_name(&d->cfg);
+    st->scale_mode = ag_config_scale_mode_name(&d->cfg);
+    st->margin = d->cfg.margin;
+    st->scale_min = AG_SCALE_MIN;
     /* Live health; rows given up and not yet counted in the file too. */
     ag_writer_health_info h;
     char text[sizeof h.why + 16];
@@ -167,9 +173,18 @@ static void fill_status(void *ctx, ag_status *st) {
 /* Record what this daemon runs with in the database (daemon_settings), for
  * status and report read from the file. */
 static int record_settings(ag_store *st, const ag_config *cfg) {
+    char len[32], margin[40], scale_min[40];
+    snprintf(len, sizeof len, "%ld", cfg->history_len);
+    snprintf(margin, sizeof margin, "%.17g", cfg->margin);
+    snprintf(scale_min, sizeof scale_min, "%.17g", AG_SCALE_MIN);
     int err = ag_store_begin(st);
     if (!err && !(err = ag_store_put_daemon_setting(st, "version", AG_VERSION_STRING)) &&
-        !(err = ag_store_put_daemon_setting(st, "formats", cfg->formats)))
+        !(err = ag_store_put_daemon_setting(st, "formats", cfg->formats)) &&
+        !(err = ag_store_put_daemon_setting(st, "history_len", len)) &&
+        !(err = ag_store_put_daemon_setting(st, "amax_mode", ag_config_amax_mode_name(cfg))) &&
+        !(err = ag_store_put_daemon_setting(st, "scale_mode", ag_config_scale_mode_name(cfg))) &&
+        !(err = ag_store_put_daemon_setting(st, "margin", margin)) &&
+        !(err = ag_store_put_daemon_setting(st, "scale_min", scale_min)))
         err = ag_store_commit(st);
     if (err) ag_store_rollback(st);
     return err;

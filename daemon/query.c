@@ -72,6 +72,7 @@ static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t
         break;
     case AG_MSG_Q_HISTORY: {
         ag_history_query hq = {a->run, a->tensor, a->format, a->from_step, a->to_step, a->every};
+        reply->cols = ag_proto_reply_cols(reply->type, a->cols);
         rc = a->run && a->tensor ? ag_store_history(st, &hq, &reply->u.history) : AG_EINVAL;
         break;
     }

@@ -233,7 +233,7 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     t->snapshots++;
 done:
     if (err) {
-        atomic_fetch_add(&e->counters->rejected, 1);
+        ag_eng_count_unfiled(e);
         ag_log(e->log, AG_LOG_WARNING, "snapshot of %s/%s step %llu not evaluated: %s", r->name,
                t->name, (unsigned long long)job->step, ag_strerror(err));
         if (job->client) ag_eng_queue_drop(e, job->client, job->seq, 1, ag_eng_unfiled_reason(err));

@@ -64,10 +64,31 @@ int main(int argc, char **argv) {
                                      .w = w,
                                      .x = g};
     bad |= save(dir, "snapshot", &m);
+    const char *tensors[2] = {"fc1.weight", "fc2.weight"};
+    const uint64_t numel[2] = {100, 7}, nonfinite[2] = {0, 1};
+    const double amax[2] = {0.5, 3};
+    const float scales[4] = {0.25f, 1, 0.5f, 2};
+    const uint64_t counts[4 * AG_COUNTS_PER_RESULT] = {3, 10, 0, 1, 0, 0, 0, 0, 0, 0,
+                                                       1, 6,  1, 0, 1, 6, 6, 0, 0, 1};
+    const int64_t flips[4] = {2, -1, 0, 7};
+    m = (ag_msg){.type = AG_MSG_COUNTS, .hdr = h};
+    m.u.counts = (ag_msg_counts){.step = 4,
+                                 .form = AG_FORM_SGD,
+                                 .nformats = 2,
+                                 .formats = fmts,
+                                 .n = 2,
+                                 .tensors = tensors,
+                                 .numel = numel,
+                                 .amax = amax,
+                                 .nonfinite = nonfinite,
+                                 .scales = scales,
+                                 .counts = counts,
+                                 .flips = flips};
+    bad |= save(dir, "counts", &m);
     m = (ag_msg){.type = AG_MSG_RUN_END, .hdr = h};
     bad |= save(dir, "run_end", &m);
     m = (ag_msg){.type = AG_MSG_Q_HISTORY};
-    m.u.query = (ag_msg_query){"r", "t", "E5M2", 1, 2, 3, 4, 5, 6};
+    m.u.query = (ag_msg_query){"r", "t", "E5M2", 1, 2, 3, 4, 5, 6, 11};
     bad |= save(dir, "q_history", &m);
     m.type = AG_MSG_Q_TOP;
     bad |= save(dir, "q_top", &m);

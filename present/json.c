@@ -19,6 +19,7 @@ static ag_cell cell_of(ag_cell_kind kind) {
 }
 
 ag_cell ag_cell_null(void) { return cell_of(AG_CELL_NULL); }
+ag_cell ag_cell_unknown(void) { return cell_of(AG_CELL_UNKNOWN); }
 
 ag_cell ag_cell_str(const char *s) {
     ag_cell c = cell_of(AG_CELL_STR);
@@ -188,7 +189,8 @@ void ag_json_string(FILE *out, const char *s) {
 void ag_json_cell(FILE *out, const ag_cell *c) {
     char buf[64];
     switch (c->kind) {
-    case AG_CELL_NULL: fputs("null", out); return;
+    case AG_CELL_NULL:
+    case AG_CELL_UNKNOWN: fputs("null", out); return;
     case AG_CELL_STR: ag_json_string(out, c->v.s); return;
     case AG_CELL_U64: fprintf(out, "%llu", (unsigned long long)c->v.u); return;
     case AG_CELL_I64:

@@ -18,9 +18,10 @@ typedef enum ag_cell_kind {
     AG_CELL_STR,      /* text; NULL pointer counts as "" */
     AG_CELL_U64,
     AG_CELL_I64,
-    AG_CELL_F64,    /* shortest round-trip in JSON/CSV; %.6g in tables */
-    AG_CELL_RATE,   /* a double in [0, 1]: like F64, but 4 decimals in tables */
-    AG_CELL_TIME_MS /* Unix ms (int64): a number in JSON/CSV, UTC time in tables */
+    AG_CELL_F64,     /* shortest round-trip in JSON/CSV; %.6g in tables */
+    AG_CELL_RATE,    /* a double in [0, 1]: like F64, but 4 decimals in tables */
+    AG_CELL_TIME_MS, /* Unix ms (int64): a number in JSON/CSV, UTC time in tables */
+    AG_CELL_UNKNOWN  /* a value not known: JSON null, an empty cell in CSV and tables */
 } ag_cell_kind;
 
 typedef struct ag_cell {
@@ -34,6 +35,7 @@ typedef struct ag_cell {
 } ag_cell;
 
 ag_cell ag_cell_null(void);
+ag_cell ag_cell_unknown(void);
 ag_cell ag_cell_str(const char *s);
 ag_cell ag_cell_u64(uint64_t u);
 ag_cell ag_cell_i64(int64_t i);

@@ -22,7 +22,10 @@
 static ag_cell field_cell(const ag_field *f, const void *base) {
     const char *p = (const char *)base + f->off;
     switch (f->kind) {
-    case K_UINT: return ag_cell_u64(*(const uint64_t *)(const void *)p);
+    case K_UINT: {
+        uint64_t v = *(const uint64_t *)(const void *)p;
+        return f->show == S_UNKNOWN && v == AG_FLIPS_UNKNOWN ? ag_cell_unknown() : ag_cell_u64(v);
+    }
     case K_INT: {
         int64_t v = *(const int64_t *)(const void *)p;
         return f->show == S_TIME ? ag_cell_time_ms(v) : ag_cell_i64(v);

@@ -1,8 +1,11 @@
 /*
  * check.c - value checks shared by encoder, decoder and client: names,
  * format names, and a strict JSON-object syntax check for run metadata (so
- * the daemon can store it and hand it to JSON consumers unchanged).
+ * the daemon can store it and hand it to JSON consumers unchanged), and the
+ * bounds of a counts message.
  */
+#define _POSIX_C_SOURCE 200809L /* strnlen */
+#include <math.h>
 #include <string.h>
 
 #include "proto/internal.h"
@@ -157,4 +160,56 @@ int ag_proto_json_object_ok(const char *s, size_t len) {
     if (!value(&j, 0)) return 0;
     ws(&j);
     return j.p == j.end;
+}
+
+/* ---- counts (PROTOCOL.md 3.5) ------------------------------------------- */
+
+#define WHY(text, code)                                                                            \
+    do {                                                                                           \
+        *why = (text);                                                                             \
+        return (code);                                                                             \
+    } while (0)
+
+/* One tensor's result in one format: the counts' order and bounds. */
+static int result_ok(uint64_t numel, float scale, const uint64_t *k, int64_t flips,
+                     const char **why) {
+    if (!(scale > 0) || !isfinite(scale)) WHY("a scale is not finite and > 0", AG_EINVAL);
+    if (k[0] > k[1]) WHY("stalled exceeds total", AG_EINVAL);
+    for (int j = 1; j < AG_COUNTS_PER_RESULT; j++)
+        if (k[j] > numel) WHY("a count exceeds numel", AG_EINVAL);
+    if (flips < -1 || (flips >= 0 && (uint64_t)flips > numel))
+        WHY("flips is not -1 (unknown) or 0..numel", AG_EINVAL);
+    return AG_OK;
+}
+
+int ag_proto_counts_check(const ag_msg_counts *c, const char **why) {
+    static const char *unused;
+    if (!why) why = &unused;
+    if (!c) WHY("no counts", AG_EINVAL);
+    if (c->form != AG_FORM_SGD && c->form != AG_FORM_UPDATE) WHY("unknown form", AG_EINVAL);
+    if (c->nformats == 0 || !c->formats) WHY("counts need 1..64 formats", AG_EINVAL);
+    if (c->nformats > AG_PROTO_MAX_FORMATS) WHY("more than 64 formats", AG_ETOOBIG);
+    for (size_t f = 0; f < c->nformats; f++)
+        if (!ag_proto_format_name_ok(c->formats[f], c->formats[f] ? strlen(c->formats[f]) : 0))
+            WHY("a format name is not 1..15 of [A-Za-z0-9_-]", AG_EINVAL);
+    if (c->n == 0 || !c->tensors || !c->numel || !c->amax || !c->nonfinite || !c->scales ||
+        !c->counts)
+        WHY("counts need at least one tensor and every array", AG_EINVAL);
+    for (size_t i = 0; i < c->n; i++) {
+        const char *name = c->tensors[i];
+        size_t len = name ? strnlen(name, AG_NAME_MAX + 1) : 0;
+        if (len > AG_NAME_MAX) WHY("a name is longer than AG_NAME_MAX", AG_ETOOBIG);
+        if (!ag_proto_name_ok(name, len)) WHY("a tensor name is empty", AG_EINVAL);
+        uint64_t numel = c->numel[i];
+        if (numel == 0 || numel > (uint64_t)INT64_MAX) WHY("numel is not 1..2^63-1", AG_EINVAL);
+        if (!isfinite(c->amax[i]) || c->amax[i] < 0) WHY("amax is not finite and >= 0", AG_EINVAL);
+        if (c->nonfinite[i] > numel) WHY("nonfinite exceeds numel", AG_EINVAL);
+        for (size_t f = 0; f < c->nformats; f++) {
+            size_t r = i * c->nformats + f;
+            int rc = result_ok(numel, c->scales[r], c->counts + r * AG_COUNTS_PER_RESULT,
+                               c->flips ? c->flips[r] : -1, why);
+            if (rc) return rc;
+        }
+    }
+    return AG_OK;
 }

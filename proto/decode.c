@@ -21,6 +21,8 @@ typedef struct dec {
     size_t data_len;
     int have_data;
     int have_lr;
+    size_t cols;       /* values per reply item */
+    size_t count_fmts; /* results per counts item (0: none read yet) */
 } dec;
 
 #define BAD(d, text, code)                                                                         \
@@ -117,6 +119,102 @@ static int d_record(dec *d, ag_stat_record *r) {
     return AG_OK;
 }
 
+/* A uint in 0..max. */
+static int d_bounded(dec *d, uint64_t max, uint64_t *v, const char *why) {
+    int rc = ag_rd_uint(&d->rd, v);
+    if (rc) return rc;
+    if (*v > max) BAD(d, why, AG_EPROTO);
+    return AG_OK;
+}
+
+/* One result of a counts item: [scale, stalled, total, overflow, underflow,
+ * nonfinite, flips | nil], bounded by the item's numel. */
+static int d_count_result(dec *d, uint64_t numel, float *scale, uint64_t *k, int64_t *flips) {
+    uint32_t n;
+    double x;
+    int rc = ag_rd_array(&d->rd, &n);
+    if (rc) return rc;
+    if (n != 2 + AG_COUNTS_PER_RESULT) BAD(d, "a counts result is not an array of 7", AG_EPROTO);
+    if ((rc = ag_rd_float(&d->rd, &x))) return rc;
+    if (!(x > 0) || !isfinite(x) || (double)(float)x != x)
+        BAD(d, "a scale is not a finite float32 > 0", AG_EPROTO);
+    *scale = (float)x;
+    for (int j = 0; j < AG_COUNTS_PER_RESULT; j++)
+        if ((rc = d_bounded(d, numel, &k[j], "a count exceeds numel"))) return rc;
+    if (k[0] > k[1]) BAD(d, "stalled exceeds total", AG_EPROTO);
+    if (d->rd.p < d->rd.end && *d->rd.p == 0xc0) { /* nil: unknown */
+        d->rd.p++;
+        *flips = -1;
+        return AG_OK;
+    }
+    uint64_t v;
+    if ((rc = d_bounded(d, numel, &v, "flips exceeds numel"))) return rc;
+    *flips = (int64_t)v;
+    return AG_OK;
+}
+
+/* The items of a counts message. The formats may come after the items (keys
+ * in any order), so the first item's result count fixes how many every item
+ * has, and post_check matches it with fmts. Arrays are allocated once that
+ * count is known, after checking that the bytes left can hold them (each
+ * result takes at least 8). */
+static int d_counts(dec *d, ag_msg_counts *c) {
+    uint32_t n;
+    int rc = ag_rd_array(&d->rd, &n);
+    if (rc) return rc;
+    if (n == 0) BAD(d, "a counts message has no items", AG_EPROTO);
+    if (n > AG_PROTO_MAX_COUNT_ITEMS) BAD(d, "more than 4096 counts items", AG_ETOOBIG);
+    const char **tensors = d_alloc(d, n * sizeof *tensors);
+    uint64_t *numel = d_alloc(d, n * sizeof *numel);
+    double *amax = d_alloc(d, n * sizeof *amax);
+    uint64_t *nonfinite = d_alloc(d, n * sizeof *nonfinite);
+    if (!tensors || !numel || !amax || !nonfinite) BAD(d, "out of memory", AG_ENOMEM);
+    float *scales = NULL;
+    uint64_t *counts = NULL;
+    int64_t *flips = NULL;
+    const ag_field name = {"tensor", K_NAME, F_REQ, 0, 0, NULL, 0};
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t len, nr;
+        if ((rc = ag_rd_array(&d->rd, &len))) return rc;
+        if (len != 5) BAD(d, "a counts item is not an array of 5", AG_EPROTO);
+        if ((rc = d_string(d, &name, &tensors[i]))) return rc;
+        if ((rc = d_bounded(d, INT64_MAX, &numel[i], "numel is over 2^63-1"))) return rc;
+        if (numel[i] == 0) BAD(d, "numel is 0", AG_EPROTO);
+        if ((rc = ag_rd_float(&d->rd, &amax[i]))) return rc;
+        if (!isfinite(amax[i]) || amax[i] < 0) BAD(d, "amax is not finite and >= 0", AG_EPROTO);
+        if ((rc = d_bounded(d, numel[i], &nonfinite[i], "nonfinite exceeds numel"))) return rc;
+        if ((rc = ag_rd_array(&d->rd, &nr))) return rc;
+        if (i == 0) {
+            if (nr == 0 || nr > AG_PROTO_MAX_FORMATS)
+                BAD(d, "a counts item needs 1..64 results", AG_EPROTO);
+            if ((uint64_t)n * nr * 8 > (uint64_t)(d->rd.end - d->rd.p))
+                BAD(d, "counts items exceed the bytes that follow", AG_EPROTO);
+            d->count_fmts = nr;
+            scales = d_alloc(d, (size_t)n * nr * sizeof *scales);
+            counts = d_alloc(d, (size_t)n * nr * AG_COUNTS_PER_RESULT * sizeof *counts);
+            flips = d_alloc(d, (size_t)n * nr * sizeof *flips);
+            if (!scales || !counts || !flips) BAD(d, "out of memory", AG_ENOMEM);
+        } else if (nr != d->count_fmts) {
+            BAD(d, "counts items differ in their number of results", AG_EPROTO);
+        }
+        for (uint32_t f = 0; f < nr; f++) {
+            size_t r = (size_t)i * nr + f;
+            if ((rc = d_count_result(d, numel[i], &scales[r], &counts[r * AG_COUNTS_PER_RESULT],
+                                     &flips[r])))
+                return rc;
+        }
+    }
+    c->n = n;
+    c->tensors = tensors;
+    c->numel = numel;
+    c->amax = amax;
+    c->nonfinite = nonfinite;
+    c->scales = scales;
+    c->counts = counts;
+    c->flips = flips;
+    return AG_OK;
+}
+
 static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spec) {
     uint32_t n;
     int rc;
@@ -125,6 +223,7 @@ static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spe
         d->have_data = 1;
         return AG_OK;
     }
+    if (f->kind == K_COUNTS) return d_counts(d, (ag_msg_counts *)(void *)(base + f->off));
     if ((rc = ag_rd_array(&d->rd, &n))) return rc;
     if (f->kind == K_RECS) {
         ag_msg_stats *st = (ag_msg_stats *)(base + f->off);
@@ -139,27 +238,34 @@ static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spe
         return AG_OK;
     }
     if (f->kind == K_FMTS) {
-        ag_msg_snapshot *s = (ag_msg_snapshot *)(base + f->off);
         if (n > AG_PROTO_MAX_FORMATS) BAD(d, "more than 64 formats", AG_ETOOBIG);
         const char **names = d_alloc(d, (n ? n : 1) * sizeof(*names));
         if (!names) BAD(d, "out of memory", AG_ENOMEM);
         const ag_field ff = {"fmt", K_FMT, F_REQ, 0, 0, NULL, 0};
         for (uint32_t i = 0; i < n; i++)
             if ((rc = d_string(d, &ff, &names[i]))) return rc;
-        s->nformats = n;
-        s->formats = names;
+        size_t count = n;
+        memcpy(base + f->off, &count, sizeof count);
+        memcpy(base + f->off + sizeof count, &names, sizeof names);
         return AG_OK;
     }
     /* K_ITEMS */
     if (n > AG_PROTO_MAX_ITEMS) BAD(d, "more than 1048576 items", AG_ETOOBIG);
     char *items = d_alloc(d, (n ? n : 1) * spec->item_size);
     if (!items) BAD(d, "out of memory", AG_ENOMEM);
+    /* An item has at least the columns every receiver reads; columns it
+     * lacks stay 0 / NULL, and values past those we know are skipped (a
+     * newer sender's columns). */
     for (uint32_t i = 0; i < n; i++) {
         uint32_t ncols;
         if ((rc = ag_rd_array(&d->rd, &ncols))) return rc;
-        if (ncols != spec->ncols) BAD(d, "a reply item has the wrong number of values", AG_EPROTO);
+        if (ncols < spec->ncols_base || (i > 0 && ncols != d->cols))
+            BAD(d, "a reply item has the wrong number of values", AG_EPROTO);
+        d->cols = ncols;
         for (size_t c = 0; c < ncols; c++)
-            if ((rc = d_scalar(d, ag_spec_wire_col(spec, c), items + i * spec->item_size)))
+            if ((rc = c < spec->ncols
+                          ? d_scalar(d, ag_spec_wire_col(spec, c), items + i * spec->item_size)
+                          : ag_rd_skip(&d->rd, 1)))
                 return rc;
     }
     size_t count = n;
@@ -209,6 +315,11 @@ int ag_proto_peek(const void *data, size_t len, int *version, int *type) {
 static int post_check(dec *d, ag_msg *m, uint32_t seen_hdr) {
     if (ag_proto_is_stream(m->type) && seen_hdr != 0xf)
         BAD(d, "a stream message lacks run, cid, seq or drop", AG_EPROTO);
+    if (m->type == AG_MSG_COUNTS) {
+        if (m->u.counts.nformats != d->count_fmts)
+            BAD(d, "counts items do not have one result per format", AG_EPROTO);
+        return AG_OK;
+    }
     if (m->type != AG_MSG_SNAPSHOT) return AG_OK;
     ag_msg_snapshot *s = &m->u.snapshot;
     size_t size = ag_proto_dtype_size(s->dtype);
@@ -279,6 +390,7 @@ static int decode(dec *d, ag_msg *m, const ag_spec *spec) {
             BAD(d, "a required key is missing", AG_EPROTO);
     if ((rc = post_check(d, m, seen_hdr))) return rc;
     if (m->type == AG_MSG_RUN_START && !m->u.run_start.metadata) m->u.run_start.metadata = "{}";
+    m->cols = d->cols < spec->ncols ? d->cols : spec->ncols;
     if (spec->root_size) {
         memcpy(&m->u, &d->root, sizeof d->root);
         m->owned = d->root;
@@ -314,7 +426,7 @@ int ag_proto_decode(const void *data, size_t len, ag_msg *out) {
         return AG_EVERSION;
     }
     const ag_spec *spec = ag_spec_for(type);
-    if (!spec) {
+    if (!spec || (type == AG_MSG_COUNTS && version < 2)) {
         out->why = "unknown message type";
         return AG_EPROTO;
     }

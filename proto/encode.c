@@ -121,7 +121,7 @@ static int present(const ag_field *f, const char *base, int type) {
     case K_FLOAT: return *(const double *)at != 0;
     case K_ENUM:
     case K_CODE: return *(const int *)at != 0;
-    case K_FMTS: return ((const ag_msg_snapshot *)at)->nformats != 0;
+    case K_FMTS: return *(const size_t *)at != 0;
     default: return *(const char *const *)at != NULL;
     }
 }
@@ -134,6 +134,32 @@ static int put_record(msgpack_packer *pk, const ag_stat_record *r, const char **
         if (rc) return rc;
     }
     return AG_OK;
+}
+
+/* The items of a counts message (checked by ag_proto_counts_check):
+ * [tensor, numel, amax, nonfinite, [[scale, stalled, total, overflow,
+ * underflow, nonfinite, flips | nil] per format]]. Scales go as float 32. */
+static void put_counts(msgpack_packer *pk, const ag_msg_counts *c) {
+    msgpack_pack_array(pk, c->n);
+    for (size_t i = 0; i < c->n; i++) {
+        msgpack_pack_array(pk, 5);
+        put_str(pk, c->tensors[i], strlen(c->tensors[i]));
+        msgpack_pack_uint64(pk, c->numel[i]);
+        msgpack_pack_double(pk, c->amax[i]);
+        msgpack_pack_uint64(pk, c->nonfinite[i]);
+        msgpack_pack_array(pk, c->nformats);
+        for (size_t f = 0; f < c->nformats; f++) {
+            size_t r = i * c->nformats + f;
+            const uint64_t *k = c->counts + r * AG_COUNTS_PER_RESULT;
+            msgpack_pack_array(pk, 2 + AG_COUNTS_PER_RESULT);
+            msgpack_pack_float(pk, c->scales[r]);
+            for (int j = 0; j < AG_COUNTS_PER_RESULT; j++) msgpack_pack_uint64(pk, k[j]);
+            if (c->flips && c->flips[r] >= 0)
+                msgpack_pack_uint64(pk, (uint64_t)c->flips[r]);
+            else
+                msgpack_pack_nil(pk);
+        }
+    }
 }
 
 static int snapshot_check(const ag_msg_snapshot *s, const char **why) {
@@ -152,7 +178,7 @@ static int snapshot_check(const ag_msg_snapshot *s, const char **why) {
 
 /* Write the composite field f of a message. */
 static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_field *f,
-                         const char *base, const ag_spec *spec, const char **why) {
+                         const char *base, const ag_spec *spec, size_t cols, const char **why) {
     int rc;
     if (f->kind == K_RECS) {
         const ag_msg_stats *st = (const ag_msg_stats *)(base + f->off);
@@ -164,12 +190,18 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         return AG_OK;
     }
     if (f->kind == K_FMTS) {
-        const ag_msg_snapshot *s = (const ag_msg_snapshot *)(base + f->off);
-        msgpack_pack_array(pk, s->nformats);
-        for (size_t i = 0; i < s->nformats; i++) {
+        size_t n = *(const size_t *)(const void *)(base + f->off);
+        const char *const *names;
+        memcpy(&names, base + f->off + sizeof(size_t), sizeof names);
+        msgpack_pack_array(pk, n);
+        for (size_t i = 0; i < n; i++) {
             ag_field ff = {"fmt", K_FMT, F_REQ, 0, 0, NULL, 0};
-            if ((rc = put_scalar(pk, &ff, (const char *)&s->formats[i], why))) return rc;
+            if ((rc = put_scalar(pk, &ff, (const char *)&names[i], why))) return rc;
         }
+        return AG_OK;
+    }
+    if (f->kind == K_COUNTS) {
+        put_counts(pk, (const ag_msg_counts *)(const void *)(base + f->off));
         return AG_OK;
     }
     if (f->kind == K_DATA) {
@@ -195,10 +227,13 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         memcpy(&items, base + spec->items_off, sizeof items);
         if (n > AG_PROTO_MAX_ITEMS) FAIL("more than 1048576 items", AG_ETOOBIG);
         if (n && !items) FAIL("items is NULL", AG_EINVAL);
+        size_t ncols = cols && cols < spec->ncols ? cols : spec->ncols;
+        if (ncols < spec->ncols_base)
+            FAIL("fewer item columns than every receiver reads", AG_EINVAL);
         msgpack_pack_array(pk, n);
         for (size_t i = 0; i < n; i++) {
-            msgpack_pack_array(pk, spec->ncols);
-            for (size_t c = 0; c < spec->ncols; c++)
+            msgpack_pack_array(pk, ncols);
+            for (size_t c = 0; c < ncols; c++)
                 if ((rc = put_scalar(pk, ag_spec_wire_col(spec, c), items + i * spec->item_size,
                                      why)))
                     return rc;
@@ -231,6 +266,12 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why) {
     int version = m->version ? m->version : AG_PROTO_VERSION;
     if (version < AG_PROTO_VERSION_MIN || version > AG_PROTO_VERSION)
         FAIL("a protocol version this codec does not speak", AG_EINVAL);
+    if (m->type == AG_MSG_COUNTS) {
+        if (m->u.counts.n > AG_PROTO_MAX_COUNT_ITEMS) FAIL("more than 4096 tensors", AG_ETOOBIG);
+        int rc = ag_proto_counts_check(&m->u.counts, why);
+        if (rc) return rc;
+        if (version < 2) FAIL("counts need protocol version 2", AG_EINVAL);
+    }
     size_t nkeys = 2 + (stream ? 4 : 0);
     for (size_t i = 0; i < spec->nfields; i++)
         nkeys += (size_t)present(&spec->fields[i], base, m->type);
@@ -257,7 +298,7 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why) {
         if (!present(f, base, m->type)) continue;
         if (f->kind != K_DATA) /* K_DATA writes "pad" before its key */
             put_key(&pk, f->key);
-        int rc = f->kind >= K_RECS ? put_composite(&pk, b, start, f, base, spec, why)
+        int rc = f->kind >= K_RECS ? put_composite(&pk, b, start, f, base, spec, m->cols, why)
                                    : put_scalar(&pk, f, base, why);
         if (rc) return rc;
     }

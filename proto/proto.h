@@ -19,14 +19,15 @@
 #define AG_PROTO_VERSION_MIN 1
 
 /* Limits (PROTOCOL.md section "Limits"); the encoder enforces them too. */
-#define AG_PROTO_MAX_MESSAGE (256u * 1024u * 1024u) /* bytes in one nng message */
-#define AG_PROTO_MAX_RECORDS 65536u                 /* records in one stats batch */
-#define AG_PROTO_MAX_FORMATS 64u                    /* formats named in one snapshot */
-#define AG_PROTO_MAX_METADATA 65536u                /* bytes of run metadata (JSON) */
-#define AG_PROTO_MAX_ERROR_TEXT 1024u               /* bytes of an error reply's text */
-#define AG_PROTO_MAX_ITEMS 1048576u                 /* items in one query reply list */
-#define AG_PROTO_MAX_DEPTH 8                        /* nesting of skipped unknown values */
-#define AG_PROTO_MAX_TEXT 4096u                     /* status version/db_path/formats */
+#define AG_PROTO_MAX_MESSAGE (256u * 1024u * 1024u)  /* bytes in one nng message */
+#define AG_PROTO_MAX_RECORDS 65536u                  /* records in one stats batch */
+#define AG_PROTO_MAX_FORMATS 64u                     /* formats named in one snapshot */
+#define AG_PROTO_MAX_METADATA 65536u                 /* bytes of run metadata (JSON) */
+#define AG_PROTO_MAX_ERROR_TEXT 1024u                /* bytes of an error reply's text */
+#define AG_PROTO_MAX_ITEMS 1048576u                  /* items in one query reply list */
+#define AG_PROTO_MAX_DEPTH 8                         /* nesting of skipped unknown values */
+#define AG_PROTO_MAX_TEXT 4096u                      /* status version/db_path/formats */
+#define AG_PROTO_MAX_COUNT_ITEMS AG_COUNTS_ITEMS_MAX /* tensors in one counts message */
 
 /* Message types: the "t" key of every message. */
 typedef enum ag_msg_type {
@@ -36,6 +37,7 @@ typedef enum ag_msg_type {
     AG_MSG_STATS = 2,
     AG_MSG_SNAPSHOT = 3,
     AG_MSG_RUN_END = 4,
+    AG_MSG_COUNTS = 5, /* version 2, added later: counts computed by the trainer */
     /* queries: client -> daemon over REQ/REP */
     AG_MSG_Q_RUNS = 16,
     AG_MSG_Q_TENSORS = 17,
@@ -59,14 +61,15 @@ typedef enum ag_msg_type {
 
 /* A name such as "run_start"; "unknown" for anything else. */
 const char *ag_proto_type_name(int type);
-/* 1 for stream types (1..4), 0 otherwise. */
+/* 1 for stream types (1..5), 0 otherwise. */
 int ag_proto_is_stream(int type);
 
-/* Snapshot forms. */
-typedef enum ag_snapshot_form {
-    AG_FORM_SGD = 0,   /* w and g with lr: u = -lr * g */
-    AG_FORM_UPDATE = 1 /* w and u = w_new - w */
-} ag_snapshot_form;
+/* The item columns to send in a reply of reply_type to a request that
+ * asked for `asked` (q_history's `cols`): min(asked, the columns this codec
+ * knows); for asked = 0 (a requester that predates `cols`), the columns of
+ * that reply before any was added (PROTOCOL.md section 6). 0 for a reply
+ * without items. */
+size_t ag_proto_reply_cols(int reply_type, uint64_t asked);
 
 /* Bytes per element of an ag_dtype; 0 if unknown. */
 size_t ag_proto_dtype_size(int dtype);
@@ -116,7 +119,8 @@ typedef struct ag_msg_snapshot {
     int has_scale;
     double scale;               /* when has_scale: finite, > 0 */
     size_t nformats;            /* 0 = the daemon's default formats */
-    const char *const *formats; /* names, each 1..AG_FORMAT_NAME_MAX of [A-Za-z0-9_-] */
+    const char *const *formats; /* names, each 1..AG_FORMAT_NAME_MAX of [A-Za-z0-9_-];
+                                 * right after nformats (the codec's K_FMTS) */
     /* Raw little-endian arrays of n elements of dtype. Decoded: pointers into
      * the message buffer (no copy), w then x contiguous; 8-byte aligned
      * relative to the buffer when the sender padded (our encoder always does).
@@ -124,6 +128,32 @@ typedef struct ag_msg_snapshot {
     const void *w;
     const void *x; /* g (SGD form) or u (update form) */
 } ag_msg_snapshot;
+
+/*
+ * One step's stall counts of many tensors, computed where the tensors live
+ * (PROTOCOL.md 3.5); the arrays of ag_counts_batch (altgrad.h), for the
+ * items of one message. Decoded: arrays in the message's bump block; flips
+ * then always set (-1 where the message had nil).
+ */
+typedef struct ag_msg_counts {
+    uint64_t step;
+    int form;                   /* ag_snapshot_form */
+    size_t nformats;            /* 1..AG_PROTO_MAX_FORMATS */
+    const char *const *formats; /* right after nformats (the codec's K_FMTS) */
+    size_t n;                   /* items (tensors): 1..AG_PROTO_MAX_COUNT_ITEMS */
+    const char *const *tensors; /* [n] names */
+    const uint64_t *numel;      /* [n] 1..INT64_MAX */
+    const double *amax;         /* [n] finite, >= 0 */
+    const uint64_t *nonfinite;  /* [n] <= numel */
+    const float *scales;        /* [n * nformats] finite, > 0 */
+    const uint64_t *counts;     /* [n * nformats * AG_COUNTS_PER_RESULT] */
+    const int64_t *flips; /* NULL (all unknown) or [n * nformats]: -1 unknown, else <= numel */
+} ag_msg_counts;
+
+/* Check c as encoder, decoder and client do (any n >= 1: the item limit
+ * per message is the encoder's). AG_OK, or AG_EINVAL / AG_ETOOBIG with
+ * *why saying what is wrong. */
+int ag_proto_counts_check(const ag_msg_counts *c, const char **why);
 
 typedef struct ag_msg_run_end {
     uint64_t step; /* last step logged */
@@ -141,6 +171,8 @@ typedef struct ag_msg_query {
     uint64_t window;    /* top: most recent steps, 0 = all */
     uint64_t limit;     /* top: 0 = 10 */
     uint64_t client_id; /* run: the client asked about */
+    uint64_t cols;      /* history: item columns the requester reads; 0: those of a
+                         * requester that predates the key (ag_proto_reply_cols) */
 } ag_msg_query;
 
 /* q_delivery asks for one client id, r_delivery answers: how many of that
@@ -179,6 +211,7 @@ typedef struct ag_msg {
         ag_msg_run_start run_start;
         ag_msg_stats stats;
         ag_msg_snapshot snapshot;
+        ag_msg_counts counts;
         ag_msg_run_end run_end;
         ag_msg_query query;
         ag_msg_delivery delivery; /* q_delivery and r_delivery */
@@ -191,6 +224,8 @@ typedef struct ag_msg {
         ag_status *status;
         ag_run_ident *ident;
     } u;
+    size_t cols;     /* a reply's item columns: encode, how many to send (0: all);
+                      * decode, how many each item carried (the rest are 0/NULL) */
     void *owned;     /* internal: what ag_msg_clear frees */
     const char *why; /* after a failed decode/encode: static text saying what was wrong */
 } ag_msg;

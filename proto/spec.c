@@ -34,8 +34,22 @@ static const ag_field snapshot_fields[] = {
     {"n", K_UINT, F_REQ, U(snapshot.n), 0, NULL, 0},
     {"numel", K_UINT, F_OMIT0, U(snapshot.numel), 0, NULL, 0},
     {"scale", K_SCALE, 0, U(snapshot.scale), U(snapshot.has_scale), NULL, 0},
-    {"fmts", K_FMTS, F_OMIT0, U(snapshot), 0, NULL, 0},
+    {"fmts", K_FMTS, F_OMIT0, U(snapshot.nformats), 0, NULL, 0},
     {"data", K_DATA, F_REQ, U(snapshot), 0, NULL, 0}, /* last: the encoder pads before it */
+};
+
+_Static_assert(offsetof(ag_msg_snapshot, formats) ==
+                   offsetof(ag_msg_snapshot, nformats) + sizeof(size_t),
+               "K_FMTS: the names follow the count");
+_Static_assert(offsetof(ag_msg_counts, formats) ==
+                   offsetof(ag_msg_counts, nformats) + sizeof(size_t),
+               "K_FMTS: the names follow the count");
+
+static const ag_field counts_fields[] = {
+    {"step", K_UINT, F_REQ, U(counts.step), 0, NULL, 0},
+    {"form", K_ENUM, F_REQ, U(counts.form), AG_FORM_UPDATE, NULL, 0},
+    {"fmts", K_FMTS, F_REQ, U(counts.nformats), 0, NULL, 0},
+    {"items", K_COUNTS, F_REQ, U(counts), 0, NULL, 0},
 };
 
 static const ag_field run_end_fields[] = {
@@ -54,6 +68,7 @@ static const ag_field q_history_fields[] = {
     {"from", K_UINT, F_OMIT0, U(query.from_step), 0, NULL, 0},
     {"to", K_UINT, F_OMIT0, U(query.to_step), 0, NULL, 0},
     {"every", K_UINT, F_OMIT0, U(query.every), 0, NULL, 0},
+    {"cols", K_UINT, F_OMIT0, U(query.cols), 0, NULL, 0},
 };
 
 static const ag_field q_scales_fields[] = {
@@ -129,13 +144,15 @@ static const ag_field history_fields[] = {
     R(ag_history, "fmt", format, K_FMT, F_REQ, 0, S_PLAIN),
     ITEMS("points"),
 };
-#define POINT(m, kind, flags, show) C(ag_history_point, m, kind, flags, 0, show)
+/* aux 16: the longest text column (computed); numbers ignore aux */
+#define POINT(m, kind, flags, show) C(ag_history_point, m, kind, flags, 16, show)
 static const ag_field history_cols[] = {
     POINT(step, K_UINT, F_REQ, S_PLAIN),      POINT(stalled, K_UINT, F_REQ, S_PLAIN),
     POINT(total, K_UINT, F_REQ, S_PLAIN),     POINT(stall_rate, K_FLOAT, F_REQ | F_NONNEG, S_RATE),
-    POINT(flips, K_UINT, F_REQ, S_PLAIN),     POINT(overflow, K_UINT, F_REQ, S_PLAIN),
+    POINT(flips, K_UINT, F_REQ, S_UNKNOWN),   POINT(overflow, K_UINT, F_REQ, S_PLAIN),
     POINT(underflow, K_UINT, F_REQ, S_PLAIN), POINT(nonfinite, K_UINT, F_REQ, S_PLAIN),
     POINT(amax, K_FLOAT, F_REQ, S_PLAIN),     POINT(scale, K_FLOAT, F_REQ, S_PLAIN),
+    POINT(computed, K_STR, 0, S_NULLABLE),
 };
 
 static const ag_field scales_fields[] = {
@@ -184,6 +201,12 @@ static const ag_field status_fields[] = {
      * a status read from a file, where the daemon's live health is unknown */
     STATUS("store", store, K_STR, 0, AG_PROTO_MAX_TEXT, S_NULLABLE),
     STATUS("discarded", discarded, K_UINT, 0, 0, S_PLAIN),
+    /* the scale rule; absent from older daemons (0 / NULL) */
+    STATUS("history_len", history_len, K_UINT, 0, 0, S_PLAIN),
+    STATUS("amax_mode", amax_mode, K_STR, 0, 16, S_NULLABLE),
+    STATUS("scale_mode", scale_mode, K_STR, 0, 16, S_NULLABLE),
+    STATUS("margin", margin, K_FLOAT, 0, 0, S_PLAIN),
+    STATUS("scale_min", scale_min, K_FLOAT, F_NONNEG, 0, S_PLAIN),
 };
 
 static const ag_field ident_fields[] = {
@@ -200,18 +223,21 @@ static const ag_field r_delivery_fields[] = {
 #define LIST(T, list_t, item_t, f, c, w)                                                           \
     {                                                                                              \
         T, f, N(f), sizeof(list_t), sizeof(item_t), offsetof(list_t, items), offsetof(list_t, n),  \
-            c, N(c), w                                                                             \
+            c, N(c), w, N(c)                                                                       \
     }
 #define MSG(T, f)                                                                                  \
-    { T, f, N(f), 0, 0, 0, 0, NULL, 0, NULL }
+    { T, f, N(f), 0, 0, 0, 0, NULL, 0, NULL, 0 }
 #define BARE(T)                                                                                    \
-    { T, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL }
+    { T, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, 0 }
+/* The columns of r_history items before any was added (protocol 2). */
+#define HISTORY_COLS_BASE 10
 
 static const ag_spec specs[] = {
     MSG(AG_MSG_RUN_START, run_start_fields),
     MSG(AG_MSG_STATS, stats_fields),
     MSG(AG_MSG_SNAPSHOT, snapshot_fields),
     MSG(AG_MSG_RUN_END, run_end_fields),
+    MSG(AG_MSG_COUNTS, counts_fields),
     BARE(AG_MSG_Q_RUNS),
     MSG(AG_MSG_Q_TENSORS, q_run_fields),
     MSG(AG_MSG_Q_HISTORY, q_history_fields),
@@ -224,14 +250,22 @@ static const ag_spec specs[] = {
     LIST(AG_MSG_R_TENSORS, ag_tensor_list, ag_tensor_info, tensors_fields, tensors_cols, NULL),
     {AG_MSG_R_HISTORY, history_fields, N(history_fields), sizeof(ag_history),
      sizeof(ag_history_point), offsetof(ag_history, points), offsetof(ag_history, n), history_cols,
-     N(history_cols), NULL},
+     N(history_cols), NULL, HISTORY_COLS_BASE},
     LIST(AG_MSG_R_SCALES, ag_scale_list, ag_scale_info, scales_fields, scales_cols, NULL),
     LIST(AG_MSG_R_TOP, ag_top_list, ag_top_entry, top_fields, top_cols, top_wire),
-    {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0, NULL},
-    {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0, NULL},
+    {AG_MSG_R_STATUS, status_fields, N(status_fields), sizeof(ag_status), 0, 0, 0, NULL, 0, NULL,
+     0},
+    {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0, NULL, 0},
     MSG(AG_MSG_R_DELIVERY, r_delivery_fields),
     MSG(AG_MSG_R_ERROR, error_fields),
 };
+
+size_t ag_proto_reply_cols(int reply_type, uint64_t asked) {
+    const ag_spec *s = ag_spec_for(reply_type);
+    if (!s || !s->cols) return 0;
+    if (asked == 0) return s->ncols_base;
+    return asked < s->ncols ? (size_t)asked : s->ncols;
+}
 
 const ag_spec *ag_spec_for(int type) {
     for (size_t i = 0; i < N(specs); i++)
@@ -259,6 +293,7 @@ const char *ag_proto_type_name(int type) {
     case AG_MSG_STATS: return "stats";
     case AG_MSG_SNAPSHOT: return "snapshot";
     case AG_MSG_RUN_END: return "run_end";
+    case AG_MSG_COUNTS: return "counts";
     case AG_MSG_Q_RUNS: return "q_runs";
     case AG_MSG_Q_TENSORS: return "q_tensors";
     case AG_MSG_Q_HISTORY: return "q_history";
@@ -280,7 +315,7 @@ const char *ag_proto_type_name(int type) {
     }
 }
 
-int ag_proto_is_stream(int type) { return type >= AG_MSG_RUN_START && type <= AG_MSG_RUN_END; }
+int ag_proto_is_stream(int type) { return type >= AG_MSG_RUN_START && type <= AG_MSG_COUNTS; }
 
 size_t ag_proto_dtype_size(int dtype) {
     switch (dtype) {

@@ -26,9 +26,10 @@ enum ag_kind {
     K_SCALE,    /* double > 0 with presence flag (int at aux) */
     K_LAUNCH,   /* const char *, launch id: 1..aux bytes of printable ASCII */
     K_RECS,     /* stats records (ag_msg_stats) */
-    K_FMTS,     /* format list (ag_msg_snapshot) */
+    K_FMTS,     /* format list: a size_t count at off, the names pointer right after it */
     K_DATA,     /* snapshot payload (ag_msg_snapshot) */
-    K_ITEMS     /* reply item list (spec->cols) */
+    K_ITEMS,    /* reply item list (spec->cols) */
+    K_COUNTS    /* counts items (ag_msg_counts) */
 };
 
 /* Field flags. */
@@ -42,7 +43,8 @@ enum ag_show {
     S_RATE,      /* K_FLOAT in [0, 1]: a rate cell (4 decimals in tables) */
     S_TIME,      /* K_INT Unix ms: a time cell (UTC time in tables) */
     S_ROLE,      /* K_ENUM ag_role: its name, null when out of range */
-    S_NULLABLE   /* text: NULL shown as null, not "" */
+    S_NULLABLE,  /* text: NULL shown as null, not "" */
+    S_UNKNOWN    /* K_UINT: AG_FLIPS_UNKNOWN (UINT64_MAX) shown as unknown (null / empty) */
 };
 
 typedef struct ag_field {
@@ -74,6 +76,9 @@ typedef struct ag_spec {
     const ag_field *cols;
     size_t ncols;
     const uint8_t *wire;
+    size_t ncols_base; /* columns every receiver reads (the first ones on the
+                        * wire): the reply's columns before any was added;
+                        * later ones are sent to requesters that ask (cols) */
 } ag_spec;
 
 const ag_spec *ag_spec_for(int type);

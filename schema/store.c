@@ -43,7 +43,7 @@ static const char *const sql_text[AG_ST_COUNT] = {
                          " ON CONFLICT DO NOTHING",
     [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_RESULT] =
-        "INSERT OR REPLACE INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+        "INSERT OR REPLACE INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
     [AG_ST_PUT_DROP] = "INSERT INTO drops VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SCALE] = "INSERT OR REPLACE INTO scales VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SNAPSHOT] = "INSERT OR REPLACE INTO snapshots VALUES(?1,?2,?3,?4)",
@@ -66,8 +66,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_TENSORS] = "SELECT name,role,numel,coalesce(first_step,0),last_step,snapshots,last_amax"
                       " FROM tensors WHERE run_id=?1 ORDER BY name",
     [AG_ST_HISTORY] = "SELECT step,stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
-                      " FROM results WHERE tensor_id=?1 AND format_id=?2 AND step BETWEEN ?3 AND ?4"
-                      " ORDER BY step",
+                      ",source FROM results WHERE tensor_id=?1 AND format_id=?2"
+                      " AND step BETWEEN ?3 AND ?4 ORDER BY step",
     [AG_ST_SCALES] = "SELECT t.name,s.step,s.amax,s.scale FROM tensors t JOIN scales s"
                      " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
                      " ORDER BY t.name, s.step DESC, s.role",

@@ -126,6 +126,8 @@ typedef struct ag_store_result_row {
     uint64_t flips;
     double amax;
     double scale;
+    uint8_t flips_unknown; /* 1: flips is unknown (stored as NULL) */
+    uint8_t source;        /* where it was computed: 0 the daemon, 1 the trainer's device */
 } ag_store_result_row;
 
 /* Per-run aggregate applied once per batch. */

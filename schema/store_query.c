@@ -5,6 +5,7 @@
  * format is AG_ENOTFOUND with the name in ag_store_errmsg().
  */
 #define _XOPEN_SOURCE 700 /* realpath */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,12 +153,14 @@ static void bucket_add(ag_history_point *b, const ag_history_point *p) {
     b->step = p->step;
     b->stalled += p->stalled;
     b->total += p->total;
-    b->flips += p->flips;
+    b->flips = b->flips == AG_FLIPS_UNKNOWN || p->flips == AG_FLIPS_UNKNOWN ? AG_FLIPS_UNKNOWN
+                                                                            : b->flips + p->flips;
     b->overflow += p->overflow;
     b->underflow += p->underflow;
     b->nonfinite += p->nonfinite;
     b->amax = p->amax;
     b->scale = p->scale;
+    b->computed = !b->computed || !strcmp(b->computed, p->computed) ? p->computed : "mixed";
     b->stall_rate = rate(b->stalled, b->total);
 }
 
@@ -199,12 +202,13 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
             .step = col_u64(s, 0),
             .stalled = col_u64(s, 1),
             .total = col_u64(s, 2),
-            .flips = col_u64(s, 3),
+            .flips = sqlite3_column_type(s, 3) == SQLITE_NULL ? AG_FLIPS_UNKNOWN : col_u64(s, 3),
             .overflow = col_u64(s, 4),
             .underflow = col_u64(s, 5),
             .nonfinite = col_u64(s, 6),
             .amax = sqlite3_column_double(s, 7),
             .scale = sqlite3_column_double(s, 8),
+            .computed = sqlite3_column_int(s, 9) ? "device" : "daemon",
         };
         if (in_bucket == 0) {
             if (res->n == AG_STORE_MAX_POINTS) {
@@ -373,6 +377,25 @@ static int daemon_setting(ag_store *st, void *res, const char *name, const char 
     return err;
 }
 
+/* The scale rule the daemon recorded (history_len, amax_mode, scale_mode,
+ * margin, scale_min); left 0 / NULL where the file does not say. */
+static int scale_rule(ag_store *st, ag_status *res) {
+    const char *len = NULL, *margin = NULL, *scale_min = NULL;
+    int err;
+    if ((err = daemon_setting(st, res, "history_len", &len)) ||
+        (err = daemon_setting(st, res, "amax_mode", &res->amax_mode)) ||
+        (err = daemon_setting(st, res, "scale_mode", &res->scale_mode)) ||
+        (err = daemon_setting(st, res, "margin", &margin)) ||
+        (err = daemon_setting(st, res, "scale_min", &scale_min)))
+        return err;
+    if (len) res->history_len = strtoull(len, NULL, 10);
+    if (margin) res->margin = strtod(margin, NULL);
+    if (scale_min) res->scale_min = strtod(scale_min, NULL);
+    if (!isfinite(res->margin)) res->margin = 0;
+    if (!isfinite(res->scale_min) || res->scale_min < 0) res->scale_min = 0;
+    return AG_OK;
+}
+
 /* The formats the file knows, comma-separated, in id order (arena of res). */
 static int known_formats(ag_store *st, void *res, const char **out) {
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_FORMATS);
@@ -449,6 +472,7 @@ int ag_store_status(ag_store *st, ag_status **out) {
         (err = daemon_setting(st, res, "formats", &res->formats)))
         goto fail;
     if (!res->formats && (err = known_formats(st, res, &res->formats))) goto fail;
+    if ((err = scale_rule(st, res))) goto fail;
     *out = res;
     return AG_OK;
 fail:

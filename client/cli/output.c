@@ -69,6 +69,7 @@ static void cell_text(const ag_cli_cell *c, ag_cli_mode mode, char *buf, size_t 
     buf[0] = '\0';
     switch (c->kind) {
     case AG_CELL_NULL: snprintf(buf, cap, "%s", mode == AG_CLI_TABLE ? "-" : ""); break;
+    case AG_CELL_UNKNOWN: break; /* an empty cell */
     case AG_CELL_STR: snprintf(buf, cap, "%s", c->v.s ? c->v.s : ""); break;
     case AG_CELL_U64: snprintf(buf, cap, "%llu", (unsigned long long)c->v.u); break;
     case AG_CELL_I64: snprintf(buf, cap, "%lld", (long long)c->v.i); break;
@@ -200,7 +201,8 @@ static int render_table(FILE *out, const ag_cli_doc *d) {
             sanitize_for_terminal(buf);
             w = ag_cli_display_width(buf);
             width[k] = w > width[k] ? w : width[k];
-            if (!is_numeric(c->kind) && c->kind != AG_CELL_NULL) right[k] = 0;
+            if (!is_numeric(c->kind) && c->kind != AG_CELL_NULL && c->kind != AG_CELL_UNKNOWN)
+                right[k] = 0;
         }
     }
     for (k = 0; k < d->ncols; k++) {

@@ -301,17 +301,24 @@ typedef struct ag_tensor_list {
     ag_tensor_info *items;
 } ag_tensor_list;
 
+/* A result's flips when unknown (counts sent by a trainer that did not count
+ * them): JSON shows null, tables and CSV an empty cell, Python None. */
+#define AG_FLIPS_UNKNOWN UINT64_MAX
+
 typedef struct ag_history_point {
     uint64_t step; /* with downsampling, the last step of the bucket */
     uint64_t stalled;
     uint64_t total;
     double stall_rate; /* stalled / total, 0 when total is 0 */
-    uint64_t flips;
+    uint64_t flips;    /* AG_FLIPS_UNKNOWN when unknown (in a bucket: when any
+                        * of its points' is) */
     uint64_t overflow;
     uint64_t underflow;
     uint64_t nonfinite;
-    double amax;  /* the snapshot's weight amax */
-    double scale; /* the scale used for this format at this step */
+    double amax;          /* the snapshot's weight amax */
+    double scale;         /* the scale used for this format at this step */
+    const char *computed; /* where: "daemon" (from a snapshot), "device" (counts sent by the
+                           * trainer), "mixed" (a bucket of both); NULL from an older daemon */
 } ag_history_point;
 typedef struct ag_history {
     const char *run;
@@ -376,6 +383,18 @@ typedef struct ag_status {
     const char *store;
     uint64_t discarded; /* rows the daemon gave up (the store refused them for
                               * good, or still failed at stop); never silent */
+    /* The daemon's scale rule (docs/numerics.md), so a trainer that computes
+     * counts itself (ag_client_log_counts) can use the same scales: amax
+     * history length, "max" or "most_recent" over it, "current" (a step's own
+     * amax is in the history for its scale) or "delayed", the margin (scale *
+     * 2^margin; the daemon accepts fractional margins) and the smallest scale.
+     * Read from a file: as that daemon recorded them at its start. 0 / NULL
+     * when unknown (an older daemon or file). */
+    uint64_t history_len;
+    const char *amax_mode;
+    const char *scale_mode;
+    double margin;
+    double scale_min;
 } ag_status;
 
 /*
@@ -486,6 +505,12 @@ AG_EXTERN int ag_client_log_sgd(ag_client *c, uint64_t step, const char *tensor,
 AG_EXTERN int ag_client_log_update(ag_client *c, uint64_t step, const char *tensor, const float *w,
                                    const float *u, size_t n);
 
+/* Snapshot and counts forms. */
+typedef enum ag_snapshot_form {
+    AG_FORM_SGD = 0,   /* w and g with lr: u = -lr * g */
+    AG_FORM_UPDATE = 1 /* w and u = w_new - w */
+} ag_snapshot_form;
+
 /* The general snapshot: any dtype, an explicit scale, a list of formats. */
 typedef struct ag_snapshot {
     uint64_t step;
@@ -505,6 +530,36 @@ typedef struct ag_snapshot {
     uint64_t numel;
 } ag_snapshot;
 AG_EXTERN int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s);
+
+/*
+ * Stall counts computed by the caller (on the device where the tensors live,
+ * with the daemon's scale rule: ag_status), for many tensors at one step:
+ * the daemon stores them as it stores its own results (history computed
+ * "device") and feeds each tensor's amax history. Checked like the daemon
+ * checks them: names, 1..AG_FORMATS_MAX known formats, numel in 1..INT64_MAX,
+ * amax finite and >= 0, nonfinite <= numel, scales finite and > 0 as float,
+ * stalled <= total <= numel, overflow, underflow, nonfinite and flips <=
+ * numel (flips -1: unknown). Sent in messages of at most AG_COUNTS_ITEMS_MAX
+ * tensors, each queued like a snapshot (a full queue under AG_QUEUE_DROP
+ * drops a message: AG_EAGAIN once the rest were queued).
+ */
+#define AG_COUNTS_ITEMS_MAX 4096 /* tensors per counts message */
+#define AG_COUNTS_PER_RESULT 5   /* stalled, total, overflow, underflow, nonfinite */
+typedef struct ag_counts_batch {
+    uint64_t step;
+    int form; /* AG_FORM_SGD or AG_FORM_UPDATE */
+    size_t ntensors, nformats;
+    const char *const *tensors; /* [ntensors] */
+    const char *const *formats; /* [nformats] */
+    const uint64_t *numel;      /* [ntensors] */
+    const double *amax;         /* [ntensors] finite max |w| */
+    const uint64_t *nonfinite;  /* [ntensors] non-finite elements of w */
+    const float *scales;        /* [ntensors * nformats], tensor-major */
+    const uint64_t
+        *counts; /* [ntensors * nformats * 5]: stalled, total, overflow, underflow, nonfinite */
+    const int64_t *flips; /* NULL (all unknown), or [ntensors * nformats], -1 = unknown */
+} ag_counts_batch;
+AG_EXTERN int ag_client_log_counts(ag_client *c, const ag_counts_batch *b);
 
 /* Statistics of one tensor (amax over finite elements and the non-finite
  * count are computed here, so the values never cross the wire). */

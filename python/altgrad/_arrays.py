@@ -95,3 +95,84 @@ def typed(x, what: str = "array") -> F32:
             and x.flags["C_CONTIGUOUS"] and x.dtype.isnative:
         return F32(x.ctypes.data if x.size else 0, int(x.size), False, x, DTYPE_F16)
     return f32(x, what)
+
+
+# ---------------------------------------------------------------------------
+# Typed C arrays (uint64, int64, double, float) for the counts call
+# ---------------------------------------------------------------------------
+
+# array typecode and the buffer formats that already hold it, byte for byte
+_C_TYPES = {
+    "u64": ("Q", ("Q", "L", "q", "l")),  # 8-byte ints: the same bits for values >= 0
+    "i64": ("q", ("q", "l", "Q", "L")),
+    "f64": ("d", ("d",)),
+    "f32": ("f", ("f",)),
+}
+
+
+class CArray:
+    """`ptr` (int address) and `n` (elements) of memory holding C values of
+    one type, and what keeps that memory alive."""
+
+    __slots__ = ("ptr", "n", "_keep")
+
+    def __init__(self, ptr: int, n: int, keep):
+        self.ptr = ptr
+        self.n = n
+        self._keep = keep
+
+
+def _flatten(x, out: list) -> None:
+    for v in x:
+        if isinstance(v, (list, tuple)):
+            _flatten(v, out)
+        else:
+            out.append(v)
+
+
+def c_array(x, kind: str, what: str) -> CArray:
+    """x as a C array of `kind` ("u64", "i64", "f64", "f32"). An object with
+    the buffer protocol (array.array, memoryview, a numpy array, a CPU torch
+    tensor's .numpy()) whose items already have that C type and layout is
+    passed by address; another buffer is converted in C (no per-element
+    Python loop); a torch tensor goes through .numpy(); a (nested) sequence
+    of numbers is flattened and converted."""
+    code, same = _C_TYPES[kind]
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        x = x.detach().cpu().contiguous().numpy()
+    try:
+        mv = memoryview(x)
+    except TypeError:
+        mv = None
+    if mv is not None:
+        fmt = mv.format.lstrip("@=" + ("<" if sys.byteorder == "little" else ">"))
+        size = 4 if kind == "f32" else 8
+        if fmt in same and mv.itemsize == size:
+            if mv.c_contiguous and not mv.readonly:
+                flat = mv.cast("B")
+                n = mv.nbytes // mv.itemsize
+                if n == 0:
+                    return CArray(0, 0, x)
+                import ctypes
+                addr = ctypes.addressof(ctypes.c_char.from_buffer(flat))
+                return CArray(addr, n, (x, flat))
+        try:
+            items = mv.tolist() if mv.ndim == 1 else \
+                memoryview(mv.tobytes()).cast(fmt).tolist()
+            a = array.array(code, items)
+        except (TypeError, ValueError, OverflowError, NotImplementedError) as e:
+            raise TypeError(f"{what}: numbers of C type {kind} are needed ({e})") from None
+    elif isinstance(x, (list, tuple)):
+        flat_items: list = []
+        _flatten(x, flat_items)
+        try:
+            a = array.array(code, [int(v) if kind in ("u64", "i64") else float(v)
+                                   for v in flat_items])
+        except (TypeError, ValueError, OverflowError) as e:
+            raise TypeError(f"{what}: numbers of C type {kind} are needed ({e})") from None
+    else:
+        raise TypeError(f"{what}: expected a sequence or buffer of numbers, got "
+                        f"{type(x).__name__}")
+    addr, n = a.buffer_info()
+    return CArray(addr if n else 0, n, a)

@@ -135,6 +135,7 @@ class ag_history_point(ctypes.Structure):
         ("nonfinite", c_uint64),
         ("amax", c_double),
         ("scale", c_double),
+        ("computed", c_char_p),
     ]
 
 
@@ -208,6 +209,11 @@ class ag_status(ctypes.Structure):
         ("formats", c_char_p),
         ("store", c_char_p),
         ("discarded", c_uint64),
+        ("history_len", c_uint64),
+        ("amax_mode", c_char_p),
+        ("scale_mode", c_char_p),
+        ("margin", c_double),
+        ("scale_min", c_double),
     ]
 
 

@@ -21,7 +21,7 @@ from ctypes import (POINTER, c_char_p, c_double, c_float, c_int, c_int64, c_size
                     c_void_p)
 
 from . import _lib
-from ._arrays import f32, typed
+from ._arrays import c_array, f32, typed
 from .errors import AltgradError, check, error_for
 
 _client_p = c_void_p
@@ -66,6 +66,23 @@ class ag_snapshot(ctypes.Structure):
     ]
 
 
+class ag_counts_batch(ctypes.Structure):
+    _fields_ = [
+        ("step", c_uint64),
+        ("form", c_int),
+        ("ntensors", c_size_t),
+        ("nformats", c_size_t),
+        ("tensors", POINTER(c_char_p)),
+        ("formats", POINTER(c_char_p)),
+        ("numel", c_void_p),
+        ("amax", c_void_p),
+        ("nonfinite", c_void_p),
+        ("scales", c_void_p),
+        ("counts", c_void_p),
+        ("flips", c_void_p),
+    ]
+
+
 class ag_client_stats(ctypes.Structure):
     _fields_ = [
         ("queued", c_uint64),
@@ -98,6 +115,7 @@ _SIGNATURES = {
                                           c_void_p, c_size_t]),
     "ag_client_log_amax": (c_int, [_client_p, c_uint64, c_char_p, c_int, c_double, c_uint64,
                                    c_uint64]),
+    "ag_client_log_counts": (c_int, [_client_p, POINTER(ag_counts_batch)]),
     "ag_client_end_run": (c_int, [_client_p]),
     "ag_client_flush": (c_int, [_client_p, c_int]),
     "ag_client_close": (c_int64, [_client_p]),
@@ -326,7 +344,7 @@ class Client:
             if not self._inflight:
                 self._cv.notify_all()
 
-    def _call(self, name, *args, allow_again=False, query=False):
+    def _call(self, name, *args, allow_again=False, query=False, explain=False):
         fn = _lib.func(name)
         c = self._enter()
         try:
@@ -338,7 +356,8 @@ class Client:
                     return rc
                 # the daemon's text is kept per thread for the last failed
                 # query: only a query's failure may quote it
-                detail = _s(self._lib.ag_client_last_error(c)) or None if query else None
+                detail = _s(self._lib.ag_client_last_error(c)) or None if query or explain \
+                    else None
                 raise error_for(rc, detail)
         finally:
             self._leave()
@@ -515,6 +534,57 @@ class Client:
                         float(amax), _step(numel), _step(nonfinite), allow_again=True)
         return rc != _lib.AG_EAGAIN
 
+    def log_counts(self, step: int, tensors, formats, counts, scales, amax, numel, nonfinite,
+                   flips=None, form="update") -> bool:
+        """Stall counts computed by the caller (e.g. on the GPU, with
+        altgrad.torch.stall_counts and the daemon's scale rule from
+        status()) for T tensors at one step in F formats; the daemon stores
+        them like its own results (history's "computed" is "device").
+
+        tensors, formats: lists of str. counts: T*F*5 integers, tensor-major,
+        each (stalled, total, overflow, underflow, nonfinite), flat or nested
+        [T][F][5]; scales: T*F floats; amax, numel, nonfinite: T values each;
+        flips: None (not counted) or T*F integers, -1 where unknown. Numbers
+        may be sequences or buffers (array.array, memoryview, numpy arrays, a
+        CPU torch tensor or its .numpy()): a buffer already holding the C type
+        (uint64 / int64, float64 for amax, float32 for scales) is passed
+        without a copy, another is converted in C. form: "update" or "sgd".
+        Returns True when queued, False when (some of) it was dropped on a
+        full queue (policy "drop")."""
+        step = _step(step)
+        names = [_name(t) for t in tensors]
+        fmts = [_lib.cstr(f if isinstance(f, str) else getattr(f, "name", f), "format")
+                for f in formats]
+        t, f = len(names), len(fmts)
+        if t == 0 or f == 0:
+            raise ValueError("log_counts needs at least one tensor and one format")
+        if f > _lib.AG_FORMATS_MAX:
+            raise ValueError(f"at most {_lib.AG_FORMATS_MAX} formats")
+        forms = {"sgd": 0, "update": 1, 0: 0, 1: 1}
+        if form not in forms:
+            raise ValueError(f"form must be 'update' or 'sgd', got {form!r}")
+        arrays = {"counts": (counts, "u64", t * f * 5), "scales": (scales, "f32", t * f),
+                  "amax": (amax, "f64", t), "numel": (numel, "u64", t),
+                  "nonfinite": (nonfinite, "u64", t)}
+        if flips is not None:
+            arrays["flips"] = (flips, "i64", t * f)
+        held = {}
+        for key, (x, kind, want) in arrays.items():
+            a = c_array(x, kind, key)
+            if a.n != want:
+                raise ValueError(f"{key}: {want} values expected ({t} tensors, {f} formats), "
+                                 f"got {a.n}")
+            held[key] = a
+        tensor_p = (c_char_p * t)(*names)
+        format_p = (c_char_p * f)(*fmts)
+        b = ag_counts_batch(step=step, form=forms[form], ntensors=t, nformats=f,
+                            tensors=tensor_p, formats=format_p)
+        for key, a in held.items():
+            setattr(b, key, a.ptr)
+        rc = self._call("ag_client_log_counts", ctypes.byref(b), allow_again=True, explain=True)
+        del held, tensor_p, format_p
+        return rc != _lib.AG_EAGAIN
+
     # -- queries ----------------------------------------------------------------
     def _query(self, name, restype, *args):
         out = POINTER(restype)()
@@ -630,8 +700,11 @@ class Client:
         """The daemon's counters: {"source": "daemon", "address": the query
         URL, "version", "uptime_s", "messages", "bytes", "rejected",
         "dropped", "queue_depth", "rows_written", "runs", "tensors",
-        "db_path", "formats", "store", "discarded"}; store is "ok" or
-        "degraded: <why>" while the disk refuses writes."""
+        "db_path", "formats", "store", "discarded", and the daemon's scale
+        rule: "history_len", "amax_mode" ("max" | "most_recent"),
+        "scale_mode" ("current" | "delayed"), "margin", "scale_min"}; store
+        is "ok" or "degraded: <why>" while the disk refuses writes; the scale
+        rule's keys are 0 / None from a daemon that predates them."""
         res = self._query("ag_client_status", _lib.ag_status)
         try:
             out = {"source": "daemon", "address": self._address}
@@ -654,18 +727,26 @@ def _cols(result: int) -> tuple:
     return cols
 
 
-def _value(v):
+# Counts that may be unknown: their C value is then AG_FLIPS_UNKNOWN (2^64 - 1).
+_MAYBE_UNKNOWN = frozenset({"flips"})
+_FLIPS_UNKNOWN = (1 << 64) - 1
+
+
+def _value(v, key=None):
     """A C field as the JSON documents show it: text as str, a NaN or
-    infinite real as None (JSON null), integers as int."""
+    infinite real as None (JSON null), integers as int, an unknown count
+    (flips) as None."""
     if isinstance(v, bytes):
         return _s(v)
     if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if key in _MAYBE_UNKNOWN and v == _FLIPS_UNKNOWN:
         return None
     return v
 
 
 def _row(struct, cols) -> dict:
-    return {f: _value(getattr(struct, f)) for f in cols}
+    return {f: _value(getattr(struct, f), f) for f in cols}
 
 
 def _role_name(role: int):

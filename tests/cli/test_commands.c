@@ -19,7 +19,8 @@ static char db_path[128];
 
 /* Run "r1": weight tensor fc1.weight with E5M2 results at steps 1..4
  * (stalled = step, total = 10, scale = step / 8) and E3M4 at steps 1..4
- * (stalled 0); activation tensor fc1.out with statistics only. */
+ * (stalled 0; step 4 sent as counts by a trainer, flips unknown); activation
+ * tensor fc1.out with statistics only. */
 static void fill(void) {
     ag_store *st = NULL;
     uint64_t step;
@@ -65,6 +66,7 @@ static void fill(void) {
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
         r.format_id = 2;
         r.counts.stalled = 0;
+        r.flips_unknown = r.source = step == 4;
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
         cr_assert_eq(ag_store_put_stats(st, &s), AG_OK);
     }
@@ -157,9 +159,51 @@ Test(commands, history_every_sums_buckets_and_csv_has_one_line_per_bucket) {
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--every", "2", "--csv"), AG_OK,
                  "%s", err);
     cr_assert_str_eq(out, "step,stalled,total,stall_rate,flips,overflow,underflow,nonfinite,"
-                          "amax,scale\n"
-                          "2,3,20,0.15,2,0,0,0,0.5,0.25\n"
-                          "4,7,20,0.35,2,0,0,0,0.5,0.5\n");
+                          "amax,scale,computed\n"
+                          "2,3,20,0.15,2,0,0,0,0.5,0.25,daemon\n"
+                          "4,7,20,0.35,2,0,0,0,0.5,0.5,daemon\n");
+    free(out);
+}
+
+/* Unknown flips are an empty cell in CSV and tables and null in JSON, never
+ * 0; computed says where each point's counts came from. */
+Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device) {
+    char *out, err[512];
+    cr_assert_eq(
+        CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--from", "3", "--csv"),
+        AG_OK, "%s", err);
+    cr_assert_str_eq(out, "step,stalled,total,stall_rate,flips,overflow,underflow,nonfinite,"
+                          "amax,scale,computed\n"
+                          "3,0,10,0,1,0,0,0,0.5,0.375,daemon\n"
+                          "4,0,10,0,,0,0,0,0.5,0.5,device\n");
+    free(out);
+    cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--json"), AG_OK,
+                 "%s", err);
+    jm_value *doc = jm_parse(out);
+    cr_assert_not_null(doc, "%s", out);
+    const jm_value *pts = jm_get(doc, "points");
+    cr_assert_eq(pts->n, 4);
+    cr_expect_eq(jm_get(&pts->items[2], "flips")->number, 1);
+    cr_expect_eq(jm_get(&pts->items[3], "flips")->type, JM_NULL);
+    cr_expect_str_eq(jm_get(&pts->items[3], "computed")->string, "device");
+    jm_free(doc);
+    free(out);
+    cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--from", "4"),
+                 AG_OK, "%s", err);
+    /* column header and one row: the row has one word less (the empty flips cell) */
+    char *head = strstr(out, "step "), *row = head ? strchr(head, '\n') : NULL;
+    cr_assert_not_null(row, "%s", out);
+    size_t words[2] = {0, 0};
+    for (int part = 0; part < 2; part++) {
+        const char *p = part ? row + 1 : head, *end = part ? strchr(row + 1, '\n') : row;
+        for (int in = 0; p < end; p++) {
+            if (*p != ' ' && !in) words[part]++;
+            in = *p != ' ';
+        }
+    }
+    cr_expect_eq(words[0], 11, "%s", out);
+    cr_expect_eq(words[1], 10, "flips is an empty cell, not 0: %s", out);
+    cr_expect_not_null(strstr(row, "device"), "%s", out);
     free(out);
 }
 

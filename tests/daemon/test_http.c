@@ -189,11 +189,19 @@ Test(http, every_api_endpoint_prints_what_the_cli_prints_from_the_same_database)
     cr_assert_eq(r.status, 200);
     jm_value *v = jm_parse(r.body);
     cr_assert_not_null(v);
-    static const char *const keys[] = {"source",      "address",      "version",  "uptime_s",
-                                       "messages",    "bytes",        "rejected", "dropped",
-                                       "queue_depth", "rows_written", "runs",     "tensors",
-                                       "db_path",     "formats",      "store",    "discarded"};
+    static const char *const keys[] = {
+        "source",     "address", "version",     "uptime_s",     "messages",    "bytes",
+        "rejected",   "dropped", "queue_depth", "rows_written", "runs",        "tensors",
+        "db_path",    "formats", "store",       "discarded",    "history_len", "amax_mode",
+        "scale_mode", "margin",  "scale_min"};
     cr_assert_eq(v->n, sizeof keys / sizeof keys[0]);
+    cr_assert_eq(jm_get(v, "history_len")->number, 16.0, "the daemon's defaults");
+    cr_assert_str_eq(jm_get(v, "amax_mode")->string, "max");
+    cr_assert_str_eq(jm_get(v, "scale_mode")->string, "current");
+    cr_assert_eq(jm_get(v, "margin")->number, 0.0);
+    cr_assert_eq(jm_get(v, "scale_min")->number, 1e-10);
+    cr_assert_eq(st->history_len, 16);
+    cr_assert_str_eq(st->scale_mode, "current");
     for (size_t i = 0; i < v->n; i++) cr_assert_str_eq(v->keys[i], keys[i]);
     cr_assert_str_eq(jm_get(v, "source")->string, "daemon");
     cr_assert_eq(jm_get(v, "messages")->number, (double)st->messages);

@@ -4,6 +4,7 @@
  * batch and the seq/dropped patch used by the client's send queue.
  */
 #include <criterion/criterion.h>
+#include <msgpack.h>
 #include <string.h>
 
 #include "altgrad/altgrad.h"
@@ -291,7 +292,7 @@ Test(codec, every_query_round_trips_its_arguments) {
                                 AG_MSG_Q_SCALES, AG_MSG_Q_TOP,     AG_MSG_Q_STATUS};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         ag_msg m = {.type = types[i]};
-        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0};
+        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0, 0};
         ag_buf b = encode_ok(&m);
         ag_msg d;
         decode_ok(&b, &d);
@@ -400,16 +401,32 @@ Test(codec, runs_reply_round_trips_and_is_freed_with_one_call) {
 Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     ag_tensor_info ti = {"w", AG_ROLE_GRADIENT, 10, 1, 9, 4, 2.5};
     ag_tensor_list tl = {1, &ti};
-    ag_history_point pts[2] = {{1, 2, 3, 2.0 / 3, 4, 5, 6, 7, 8.5, 0.125},
-                               {2, 0, 0, 0, 0, 0, 0, 0, 1, 1}};
+    ag_history_point pts[2] = {{1, 2, 3, 2.0 / 3, 4, 5, 6, 7, 8.5, 0.125, "daemon"},
+                               {2, 0, 0, 0, AG_FLIPS_UNKNOWN, 0, 0, 0, 1, 1, "device"}};
     ag_history h = {"r", "w", "E5M2", 2, pts};
     ag_scale_info si = {"w", 7, 3.0, 0.5};
     ag_scale_list sl = {"E3M4", 1, &si};
     ag_top_entry te = {"w", 5, 10, 0.5, 3};
     ag_top_list top = {"E7M0", 4, 9, 1, &te};
-    ag_status st = {
-        "0.1.0", 12.5, 1, 2, 3, 4, 5, 6, 7, 8, "var/altgrad.db", "E5M2,E3M4", "degraded: disk full",
-        9};
+    ag_status st = {"0.1.0",
+                    12.5,
+                    1,
+                    2,
+                    3,
+                    4,
+                    5,
+                    6,
+                    7,
+                    8,
+                    "var/altgrad.db",
+                    "E5M2,E3M4",
+                    "degraded: disk full",
+                    9,
+                    24,
+                    "most_recent",
+                    "delayed",
+                    1.5,
+                    1e-10};
 
     ag_msg m = {.type = AG_MSG_R_TENSORS};
     m.u.tensors = &tl;
@@ -431,7 +448,12 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     cr_assert_str_eq(d.u.history->run, "r");
     cr_assert_str_eq(d.u.history->format, "E5M2");
     cr_assert_eq(d.u.history->n, 2);
-    cr_assert_arr_eq(d.u.history->points, pts, sizeof pts);
+    for (size_t i = 0; i < 2; i++) {
+        ag_history_point got = d.u.history->points[i];
+        cr_assert_str_eq(got.computed, pts[i].computed);
+        got.computed = pts[i].computed;
+        cr_assert_arr_eq(&got, &pts[i], sizeof got);
+    }
     ag_msg_clear(&d);
     ag_buf_free(&b);
 
@@ -467,6 +489,11 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     cr_assert_str_eq(d.u.status->formats, "E5M2,E3M4");
     cr_assert_str_eq(d.u.status->store, "degraded: disk full");
     cr_assert_eq(d.u.status->discarded, 9);
+    cr_assert_eq(d.u.status->history_len, 24);
+    cr_assert_str_eq(d.u.status->amax_mode, "most_recent");
+    cr_assert_str_eq(d.u.status->scale_mode, "delayed");
+    cr_assert_eq(d.u.status->margin, 1.5);
+    cr_assert_eq(d.u.status->scale_min, 1e-10);
     ag_msg_clear(&d);
     ag_buf_free(&b);
 }
@@ -555,4 +582,81 @@ Test(codec, peek_reads_version_and_type) {
     cr_assert_eq(t, AG_MSG_Q_STATUS);
     cr_assert_str_eq(ag_proto_type_name(t), "q_status");
     ag_buf_free(&b);
+}
+
+/* A column added to reply items (history's computed) goes only to requesters
+ * that say they read it: one that predates cols gets the first 10. */
+Test(codec, history_items_carry_computed_only_for_a_requester_that_reads_it) {
+    ag_history_point pt = {3, 1, 2, 0.5, 0, 0, 0, 0, 1, 1, "device"};
+    ag_history h = {"r", "w", "E5M2", 1, &pt};
+    cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, 0), 10);
+    cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX), 11);
+    cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, 5), 5);
+    ag_msg m = {.type = AG_MSG_R_HISTORY, .cols = ag_proto_reply_cols(AG_MSG_R_HISTORY, 0)};
+    m.u.history = &h;
+    ag_buf b = encode_ok(&m);
+    ag_msg d;
+    decode_ok(&b, &d);
+    cr_expect_eq(d.cols, 10);
+    cr_expect_eq(d.u.history->points[0].step, 3);
+    cr_expect_null(d.u.history->points[0].computed, "not sent: unknown");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+    m.cols = 0; /* all */
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_expect_eq(d.cols, 11);
+    cr_expect_str_eq(d.u.history->points[0].computed, "device");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+    m.cols = 9; /* fewer than every receiver reads */
+    ag_buf_init(&b);
+    cr_expect_eq(ag_proto_encode(&b, &m), AG_EINVAL);
+    ag_buf_free(&b);
+}
+
+/* A newer sender's extra item values are skipped; fewer than the first
+ * columns is malformed. */
+Test(codec, history_items_longer_than_known_are_read_and_shorter_ones_refused) {
+    static const size_t lengths[] = {9, 10, 12};
+    for (size_t t = 0; t < 3; t++) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 6);
+        static const char *const keys[] = {"v", "t", "run", "tensor", "fmt", "items"};
+        for (int k = 0; k < 5; k++) {
+            msgpack_pack_str_with_body(&pk, keys[k], strlen(keys[k]));
+            if (k == 0) msgpack_pack_uint8(&pk, 2);
+            if (k == 1) msgpack_pack_uint8(&pk, AG_MSG_R_HISTORY);
+            if (k == 2 || k == 3) msgpack_pack_str_with_body(&pk, "x", 1);
+            if (k == 4) msgpack_pack_str_with_body(&pk, "E5M2", 4);
+        }
+        msgpack_pack_str_with_body(&pk, "items", 5);
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_array(&pk, lengths[t]);
+        for (size_t c = 0; c < lengths[t]; c++) {
+            if (c == 10)
+                msgpack_pack_str_with_body(&pk, "daemon", 6);
+            else if (c == 11)
+                msgpack_pack_map(&pk, 0); /* a value of some newer column */
+            else
+                msgpack_pack_uint8(&pk, (uint8_t)c);
+        }
+        ag_msg d;
+        int rc = ag_proto_decode(sb.data, sb.size, &d);
+        if (lengths[t] < 10) {
+            cr_expect_eq(rc, AG_EPROTO, "9 values: fewer than every receiver reads");
+        } else {
+            cr_assert_eq(rc, AG_OK, "%s", d.why ? d.why : "");
+            cr_expect_eq(d.u.history->points[0].total, 2);
+            if (lengths[t] > 10)
+                cr_expect_str_eq(d.u.history->points[0].computed, "daemon");
+            else
+                cr_expect_null(d.u.history->points[0].computed);
+            ag_msg_clear(&d);
+        }
+        msgpack_sbuffer_destroy(&sb);
+    }
 }

@@ -754,7 +754,7 @@ Test(store, the_clients_of_a_version_5_file_start_with_nothing_delivered) {
     ag_store *st = open_rw();
     int v = -1;
     cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
-    cr_assert_eq(v, 6);
+    cr_assert_eq(v, ag_store_schema_version());
     uint64_t messages = 99, seq = 99;
     cr_assert_eq(ag_store_delivery(st, 7, &messages, &seq), AG_OK, "%s", ag_store_errmsg(st));
     cr_expect_eq(messages, 0, "what came before the count is not claimed");
@@ -854,6 +854,11 @@ Test(store, status_reads_the_recorded_daemon_settings_and_counters_from_any_path
     cr_assert_eq(ag_store_put_daemon_setting(st, "version", "9.8.7"), AG_OK);
     cr_assert_eq(ag_store_put_daemon_setting(st, "formats", "E3M4,E5M2,E4M3"), AG_OK);
     cr_assert_eq(ag_store_put_daemon_setting(st, "formats", "E5M2,E3M4"), AG_OK); /* replaced */
+    cr_assert_eq(ag_store_put_daemon_setting(st, "history_len", "24"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "amax_mode", "most_recent"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "scale_mode", "delayed"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "margin", "-1.5"), AG_OK);
+    cr_assert_eq(ag_store_put_daemon_setting(st, "scale_min", "1e-10"), AG_OK);
     cr_assert_eq(ag_store_add_counter(st, "rows_written", 40), AG_OK);
     cr_assert_eq(ag_store_add_counter(st, "rows_written", 2), AG_OK);
     cr_assert_eq(ag_store_commit(st), AG_OK);
@@ -874,6 +879,11 @@ Test(store, status_reads_the_recorded_daemon_settings_and_counters_from_any_path
     cr_assert_str_eq(b->version, a->version);
     cr_assert_str_eq(b->formats, a->formats);
     cr_assert_eq(b->rows_written, a->rows_written);
+    cr_assert_eq(b->history_len, 24);
+    cr_assert_str_eq(b->amax_mode, "most_recent");
+    cr_assert_str_eq(b->scale_mode, "delayed");
+    cr_assert_eq(b->margin, -1.5);
+    cr_assert_eq(b->scale_min, 1e-10);
     ag_free(a);
     ag_free(b);
     ag_store_close(ro);
@@ -890,6 +900,9 @@ Test(store, status_without_recorded_settings_has_no_version_and_the_known_format
     cr_expect_null(s->version);
     cr_expect_str_eq(s->formats, "E5M2,E3M4");
     cr_expect_eq(s->rows_written, 0);
+    cr_expect_eq(s->history_len, 0, "the scale rule is unknown");
+    cr_expect_null(s->amax_mode);
+    cr_expect_null(s->scale_mode);
     ag_free(s);
     ag_store_close(st);
 
@@ -937,6 +950,79 @@ Test(store, a_history_past_the_reply_limit_is_too_big_unless_downsampled) {
     q.to_step = AG_STORE_MAX_POINTS;
     cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
     cr_assert_eq(h->n, AG_STORE_MAX_POINTS);
+    ag_free(h);
+    ag_store_close(st);
+}
+
+/* Results whose flips are unknown (counts from a trainer's device) store
+ * NULL: history says AG_FLIPS_UNKNOWN, and so does a bucket holding one. */
+Test(store, unknown_flips_read_back_as_unknown_and_make_their_bucket_unknown) {
+    ag_store *st = open_rw();
+    fill(st, 4);
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_result_row r = {.tensor_id = 1,
+                             .format_id = 1,
+                             .step = 3,
+                             .counts = {.stalled = 1, .total = 10},
+                             .flips = 5,
+                             .flips_unknown = 1,
+                             .source = 1,
+                             .amax = 0.5,
+                             .scale = 1.0};
+    cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(ag_store_commit(st), AG_OK);
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .format = "E5M2"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_assert_eq(h->n, 4);
+    cr_expect_eq(h->points[1].flips, 2);
+    cr_expect_eq(h->points[2].flips, AG_FLIPS_UNKNOWN, "NULL, not the 5 the row carried");
+    cr_expect_str_eq(h->points[2].computed, "device");
+    cr_expect_str_eq(h->points[1].computed, "daemon");
+    cr_expect_eq(h->points[2].stalled, 1);
+    ag_free(h);
+    q.every = 2; /* {1,2} {3,4} */
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_assert_eq(h->n, 2);
+    cr_expect_eq(h->points[0].flips, 4);
+    cr_expect_eq(h->points[1].flips, AG_FLIPS_UNKNOWN);
+    cr_expect_eq(h->points[1].stalled, 1 + 4);
+    cr_expect_str_eq(h->points[0].computed, "daemon");
+    cr_expect_str_eq(h->points[1].computed, "mixed", "step 3 device, step 4 daemon");
+    ag_free(h);
+    ag_store_close(st);
+}
+
+Test(store, a_version_6_file_keeps_its_results_as_computed_by_the_daemon) {
+    cr_assert_geq(ag_store_migration_count, 7);
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    for (int v = 0; v < 6; v++)
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[v], NULL, NULL, NULL), SQLITE_OK, "%s",
+                     sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_exec(db,
+                              "INSERT INTO runs(id,name,client_id,asked) VALUES(1,'r',7,'r');"
+                              "INSERT INTO tensors(id,run_id,name,role) VALUES(1,1,'w',0);"
+                              "INSERT INTO formats VALUES(1,'E5M2',5,2,15,1,1);"
+                              "INSERT INTO results VALUES(1,1,4,3,10,6,1,2,0,0.5,0.25);"
+                              "PRAGMA user_version=6",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    ag_store *st = open_rw();
+    int v = -1;
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_assert_eq(v, ag_store_schema_version());
+    ag_history_query q = {.run = "r", .tensor = "w", .format = "E5M2"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h->n, 1);
+    cr_expect_eq(h->points[0].step, 4);
+    cr_expect_eq(h->points[0].stalled, 3);
+    cr_expect_eq(h->points[0].flips, 6);
+    cr_expect_eq(h->points[0].underflow, 2);
+    cr_expect_float_eq(h->points[0].scale, 0.25, 1e-15);
+    cr_expect_str_eq(h->points[0].computed, "daemon");
     ag_free(h);
     ag_store_close(st);
 }
