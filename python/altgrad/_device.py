@@ -301,8 +301,9 @@ class ScaleRule:
             raise ValueError(f"amax_mode must be 'max' or 'most_recent', got {amax_mode!r}")
         if scale_mode not in ("current", "delayed"):
             raise ValueError(f"scale_mode must be 'current' or 'delayed', got {scale_mode!r}")
-        if isinstance(margin, bool) or not isinstance(margin, int) or abs(margin) > 64:
-            raise ValueError(f"margin must be an int in -64..64, got {margin!r}")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (
+                -64 <= margin <= 64):
+            raise ValueError(f"margin must be a number in -64..64, got {margin!r}")
         if not (isinstance(scale_min, (int, float)) and math.isfinite(scale_min)
                 and scale_min > 0):
             raise ValueError(f"scale_min must be finite and positive, got {scale_min!r}")
@@ -311,6 +312,9 @@ class ScaleRule:
         self.scale_mode = scale_mode
         self.margin = margin
         self.scale_min = float(scale_min)
+        # the daemon's exp2(margin) (C's exp2: math.exp2 where Python has it)
+        exp2 = getattr(math, "exp2", None)
+        self.multiplier = exp2(margin) if exp2 is not None else 2.0 ** margin
 
     @classmethod
     def from_status(cls, st: dict) -> "ScaleRule":
@@ -450,7 +454,7 @@ class Watch:
         else:
             ok = (ha > 0) & torch.isfinite(ha)
             s = torch.where(ok, ha, torch.zeros_like(ha))[:, None] / self.mf[None, :]
-            s = torch.clamp(s, min=self.rule.scale_min) * math.ldexp(1.0, self.rule.margin)
+            s = torch.clamp(s, min=self.rule.scale_min) * self.rule.multiplier
             bad = ~(s > 0) | ~torch.isfinite(s) | (s > 3e38)
             had = self.has_scale[:, None]
             s = torch.where(bad, torch.where(had, self.scale_prev, torch.ones_like(s)), s)
