@@ -70,6 +70,8 @@ def _norms(tensors: List[torch.Tensor]) -> torch.Tensor:
         norms = torch._foreach_norm(tensors, math.inf)
     except (RuntimeError, AttributeError, TypeError):
         norms = [torch.linalg.vector_norm(t, math.inf) for t in tensors]
+    if len({n.dtype for n in norms}) == 1:  # one stack, one conversion: few launches
+        return torch.stack(norms).to(torch.float64)
     return torch.stack([n.to(torch.float64) for n in norms])
 
 
