@@ -123,6 +123,7 @@ static int check_snapshot(const ag_snapshot *s) {
     if (!isfinite(s->scale) || s->scale < 0) return AG_EINVAL;
     if (s->nformats > AG_PROTO_MAX_FORMATS) return AG_ETOOBIG;
     if (s->nformats && !s->formats) return AG_EINVAL;
+    if (s->numel && s->numel < s->n) return AG_EINVAL;
     for (size_t i = 0; i < s->nformats; i++)
         if (!s->formats[i] || !ag_format_get(s->formats[i])) return AG_EFORMAT;
     return AG_OK;
@@ -184,7 +185,7 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s) {
     o->form = s->g ? AG_FORM_SGD : AG_FORM_UPDATE;
     o->lr = s->g ? s->lr : 0;
     o->n = m;
-    o->numel = n;
+    o->numel = s->numel ? s->numel : n;
     o->has_scale = s->scale > 0;
     o->scale = s->scale;
     o->nformats = s->nformats;

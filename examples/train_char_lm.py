@@ -148,7 +148,8 @@ def train(args, device, monitor_on: bool, client=None):
     monitor = None
     if monitor_on:
         from altgrad.torch import Monitor
-        monitor = Monitor(client, model, opt, every=args.every, form=args.form)
+        monitor = Monitor(client, model, opt, every=args.every, form=args.form,
+                          compute=args.compute, flips=args.flips and args.compute == "device")
     times, losses = [], []
     model.train()
     for step in range(args.steps):
@@ -242,6 +243,12 @@ def parse_args(argv=None):
                    help="train without, then with, the Monitor and compare step times")
     p.add_argument("--every", type=int, default=10, help="snapshot every k steps")
     p.add_argument("--form", choices=["update", "sgd"], default="update")
+    p.add_argument("--compute", choices=["device", "daemon"], default="device",
+                   help="count stalls on the model's device and send counts (default), or "
+                        "send snapshots for the daemon to count")
+    p.add_argument("--flips", action="store_true",
+                   help="with --compute device: count pattern flips too (one byte per "
+                        "parameter per format on the device)")
     p.add_argument("--ingest", default=None, help="daemon ingest URL")
     p.add_argument("--query", default=None, help="daemon query URL")
     p.add_argument("--run", default=None,

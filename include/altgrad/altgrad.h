@@ -524,6 +524,10 @@ typedef struct ag_snapshot {
     double scale;               /* > 0: use this scale for every format; 0: the daemon's */
     const char *const *formats; /* NULL: the daemon's defaults; each must be known here */
     size_t nformats;            /* <= AG_FORMATS_MAX */
+    /* 0: the tensor has n elements. Else w and g/u hold n of the tensor's
+     * numel elements (>= n), a subset the caller took (e.g. on a GPU, before
+     * copying); the daemon files numel as the tensor's size. */
+    uint64_t numel;
 } ag_snapshot;
 AG_EXTERN int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s);
 

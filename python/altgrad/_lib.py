@@ -55,6 +55,8 @@ AG_RESULT_STATUS = 5
 AG_DTYPE_F32 = 0
 AG_DTYPE_BF16 = 1
 AG_DTYPE_F16 = 2
+# the daemon's --formats default (altgrad.h AG_DEFAULT_FORMATS)
+AG_DEFAULT_FORMATS = "E0M7,E1M6,E3M4,E5M2,E7M0"
 
 
 # ---------------------------------------------------------------------------

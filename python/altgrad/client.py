@@ -62,6 +62,7 @@ class ag_snapshot(ctypes.Structure):
         ("scale", c_double),
         ("formats", POINTER(c_char_p)),
         ("nformats", c_size_t),
+        ("numel", c_uint64),
     ]
 
 
@@ -284,6 +285,7 @@ class Client:
         self._query_timeout_ms = opts.query_timeout_ms or 5000  # the C default
         self._address = _s(lib.ag_client_query_url(handle))
         self._id = int(lib.ag_client_id(handle))
+        self._options = dict(options)
 
     # -- lifetime ---------------------------------------------------------------
     @property
@@ -430,24 +432,35 @@ class Client:
     # -- logging: each returns True when queued, False when the send queue was
     # full and the message was dropped (counted; only under policy "drop") ------
     def log_sgd(self, step: int, tensor: str, w, g, lr: float, *, scale: float = None,
-                formats=None) -> bool:
+                formats=None, numel: int = None) -> bool:
         """Snapshot in SGD form: weights w, gradients g, learning rate lr."""
-        return self._snapshot(step, tensor, w, g, float(lr), scale, formats)
+        return self._snapshot(step, tensor, w, g, float(lr), scale, formats, numel)
 
     def log_update(self, step: int, tensor: str, w, u, *, scale: float = None,
-                   formats=None) -> bool:
+                   formats=None, numel: int = None) -> bool:
         """Snapshot in update form: weights w before the step and the update
         u = w_after - w from any optimizer."""
-        return self._snapshot(step, tensor, w, u, None, scale, formats)
+        return self._snapshot(step, tensor, w, u, None, scale, formats, numel)
 
     def log_snapshot(self, step: int, tensor: str, w, second, *, lr: float = None,
-                     scale: float = None, formats=None) -> bool:
+                     scale: float = None, formats=None, numel: int = None) -> bool:
         """The general snapshot: SGD form when lr is given (second = g), update
         form otherwise (second = u); an explicit scale for every format and/or
-        a list of format names."""
-        return self._snapshot(step, tensor, w, second, lr, scale, formats)
+        a list of format names. numel: the whole tensor's element count when
+        w and second hold only a subset of it (sampled by the caller)."""
+        return self._snapshot(step, tensor, w, second, lr, scale, formats, numel)
 
-    def _snapshot(self, step, tensor, w, second, lr, scale, formats) -> bool:
+    @property
+    def sample_max(self) -> int:
+        """The client option sample_max (0: whole tensors)."""
+        return self._options.get("sample_max", 0)
+
+    @property
+    def sample_seed(self) -> int:
+        """The client option sample_seed (0: the library's default seed)."""
+        return self._options.get("sample_seed", 0)
+
+    def _snapshot(self, step, tensor, w, second, lr, scale, formats, numel=None) -> bool:
         step = _step(step)
         name = _name(tensor)
         wb, sb = typed(w, "w"), typed(second, "g" if lr is not None else "u")
@@ -458,7 +471,14 @@ class Client:
                              f"{wb.n} vs {sb.n}")
         if wb.n == 0:
             raise ValueError("w is empty")
-        if scale is None and formats is None and wb.dtype == _lib.AG_DTYPE_F32:
+        if numel is not None:
+            if isinstance(numel, bool) or not isinstance(numel, int) or numel < wb.n:
+                raise ValueError(f"numel must be an int >= the {wb.n} elements given, "
+                                 f"got {numel!r}")
+            if numel == wb.n:
+                numel = None
+        if (scale is None and formats is None and numel is None
+                and wb.dtype == _lib.AG_DTYPE_F32):
             if lr is not None:
                 rc = self._call("ag_client_log_sgd", step, name, wb.ptr, sb.ptr, wb.n, lr,
                                 allow_again=True)
@@ -466,7 +486,8 @@ class Client:
                 rc = self._call("ag_client_log_update", step, name, wb.ptr, sb.ptr, wb.n,
                                 allow_again=True)
             return rc != _lib.AG_EAGAIN
-        snap = ag_snapshot(step=step, tensor=name, dtype=wb.dtype, w=wb.ptr, n=wb.n)
+        snap = ag_snapshot(step=step, tensor=name, dtype=wb.dtype, w=wb.ptr, n=wb.n,
+                           numel=numel or 0)
         if lr is not None:
             snap.g = sb.ptr
             snap.lr = lr

@@ -9,16 +9,35 @@ module's output through forward hooks. Its own cost is timed and reported.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import queue
+import threading
 import time
 from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from . import _lib
+from . import _device, _lib
 from .errors import AltgradError
 
 _FORMS = ("update", "sgd")
+
+
+def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = "update",
+                 lr=None) -> Dict[str, Dict[str, int]]:
+    """Counts of one snapshot, computed where w lives, bit for bit as the C
+    core (and so the daemon) computes them: {format: {"stalled", "total",
+    "overflow", "underflow", "nonfinite"}} (ints).
+
+    w: the weights; x: the update u = w_new - w (form="update", any
+    optimizer) or the gradient g (form="sgd", with the learning rate `lr`:
+    u = -lr * g). float32, bfloat16 or float16 (widened exactly), same shape,
+    same device (CPU or CUDA). formats: a name or a list of names; scales: one
+    number for all, a list (one per format) or a dict {format: scale}; each
+    positive and finite in float32. On CUDA one fused kernel counts every
+    format in one pass (Triton; eager torch where Triton is missing)."""
+    return _device.stall_counts(w, x, formats, scales, form=form, lr=lr)
 
 
 def _finite_stats(t: torch.Tensor) -> torch.Tensor:
@@ -44,6 +63,18 @@ def _max_abs(tensors: List[torch.Tensor]) -> List[float]:
     return [float(n) for n in norms]
 
 
+def _norms(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """max |x| of each tensor as one float64 device tensor (NaN/inf when it
+    holds any), with a fused multi-tensor kernel where PyTorch has one."""
+    try:
+        norms = torch._foreach_norm(tensors, math.inf)
+    except (RuntimeError, AttributeError, TypeError):
+        norms = [torch.linalg.vector_norm(t, math.inf) for t in tensors]
+    if len({n.dtype for n in norms}) == 1:  # one stack, one conversion: few launches
+        return torch.stack(norms).to(torch.float64)
+    return torch.stack([n.to(torch.float64) for n in norms])
+
+
 def _first_tensor(out):
     if isinstance(out, torch.Tensor):
         return out
@@ -54,42 +85,163 @@ def _first_tensor(out):
     return None
 
 
-class Monitor:
-    """Streams per-parameter snapshots and activation amax of `model` through
-    `client` (an altgrad.Client) every `every` optimizer steps.
+_COMPUTES = ("device", "daemon")
+_MIX_GOLDEN = 0x9E3779B97F4A7C15
+_SAMPLE_STRIDE = 0xD1B54A32D192ED03
+_M64 = (1 << 64) - 1
 
+
+def _mix64(z: int) -> int:
+    """client/log.c mix64 (splitmix64's finalizer)."""
+    z = (z + _MIX_GOLDEN) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def sample_indices(n: int, m: int, seed: int = 0) -> List[int]:
+    """The m of n element indices the client's sample_max keeps (client/log.c
+    gather_sample): one from each of m strata, its offset drawn from (seed,
+    stratum); seed 0 is the client's default seed."""
+    seed = seed or _MIX_GOLDEN
+    q, r = divmod(n, m)
+    out = []
+    for k in range(m):
+        ln = q + (k < r)
+        start = k * q + (k if k < r else r)
+        out.append(start + _mix64(seed ^ ((k * _SAMPLE_STRIDE) & _M64)) % ln)
+    return out
+
+
+def _as_buffer(t: torch.Tensor):
+    """A CPU tensor as something Client.log_counts reads without a Python
+    loop (a NumPy view where NumPy is there)."""
+    try:
+        return t.numpy()
+    except (RuntimeError, TypeError, ImportError):
+        return t.tolist()
+
+
+class _Sender:
+    """A background thread that waits for the device's results (an event) and
+    hands them to the client, so the training step never waits for a copy.
+    Jobs run in order; close() waits for them all."""
+
+    def __init__(self):
+        self._q: "queue.Queue" = queue.Queue()
+        self._errors: List[BaseException] = []
+        self._t = threading.Thread(target=self._run, name="altgrad-monitor-send", daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException as e:  # kept for close(): the trainer goes on
+                if len(self._errors) < 8:
+                    self._errors.append(e)
+
+    def submit(self, job) -> None:
+        self._q.put(job)
+
+    def pending(self) -> int:
+        return self._q.qsize()
+
+    def close(self) -> List[BaseException]:
+        self._q.put(None)
+        self._t.join()
+        return self._errors
+
+
+class Monitor:
+    """Watches the parameters of `model` while `optimizer` trains it: every
+    `every` optimizer steps, how many updates each 8-bit format would lose
+    (bit stalls), overflow, underflow and (optionally) pattern flips, plus the
+    amax of every leaf module's output and of each gradient, through `client`
+    (an altgrad.Client) to altgradd.
+
+    compute: "device" (default) counts on each parameter's own device, in one
+          fused pass per device and dtype for all formats (altgrad.torch.
+          stall_counts, bit for bit the daemon's result), and sends only the
+          counts, the amax and the scales used; the scales follow the daemon's
+          rule (history length, amax mode, scale mode, margin), learned from
+          its status at start (or `rule`, or the defaults with no daemon).
+          "daemon" sends each tensor (w and u, or w and g) as a snapshot for
+          the daemon to evaluate; with `sample_max` (default: the client's
+          option) only that many elements of each tensor, the same subset the
+          client would keep, chosen on the device before anything is copied
+          (sample_max=0: whole tensors, the client samples); from CUDA the copy
+          is asynchronous and a background thread hands it to the client.
     form: "update" (default; w before the step and u = w_after - w_before, any
           optimizer) or "sgd" (w and the gradient with the param group's lr, or
-          `lr` if given; the daemon predicts the update as -lr * g).
+          `lr` if given; the update is -lr * g).
+    flips: compute="device" only: also count pattern flips against the previous
+          sampled step. Costs one byte per element per format on the device
+          (5 formats: 5 bytes per parameter); without it flips are unknown.
+    include / exclude: fnmatch patterns on parameter names (with `prefix`);
+          a parameter is watched when it matches an include pattern (or none
+          is given) and no exclude pattern. Its ".grad" statistics follow it.
+    start / stop: sample only steps start <= step < stop (stop None: no end).
     activations: hook every leaf module's forward and log its output's amax
           (role activation) on sampled steps; or an iterable of module names.
     gradients: also log each gradient's amax (role gradient) on sampled steps.
     step: the step number of the first training step (default 0); it grows
           by one at every optimizer.step().
-    scale / formats: passed with every snapshot (None: the daemon's scales
-          from its amax history, and its default formats).
+    scale / formats: an explicit scale for every format, and the formats (None:
+          the daemon's scales from its amax history, and its default formats).
 
     Without an optimizer, call before_step() and after_step() around your own
-    update. close() (or leaving a `with` block) detaches, flushes and returns
-    report(), the overhead summary, with how many of the client's messages the
-    daemon confirmed ("delivered") and not ("undelivered").
+    update. close() (or leaving a `with` block) detaches, sends what is
+    pending, flushes and returns report(), the cost summary, with how many of
+    the client's messages the daemon confirmed ("delivered") and not
+    ("undelivered").
     """
 
     def __init__(self, client, model: torch.nn.Module, optimizer=None, *, every: int = 10,
                  form: str = "update", lr: Optional[float] = None, activations=True,
                  gradients: bool = True, step: int = 0, prefix: str = "",
                  scale: Optional[float] = None, formats: Optional[Iterable[str]] = None,
-                 verbose: bool = False):
+                 verbose: bool = False, compute: str = "device", flips: bool = False,
+                 include: Optional[Iterable[str]] = None,
+                 exclude: Optional[Iterable[str]] = None, start: int = 0,
+                 stop: Optional[int] = None, sample_max: Optional[int] = None,
+                 rule: Optional[_device.ScaleRule] = None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         if form not in _FORMS:
             raise ValueError(f"form must be one of {_FORMS}, got {form!r}")
+        if compute not in _COMPUTES:
+            raise ValueError(f"compute must be one of {_COMPUTES}, got {compute!r}")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if form == "sgd" and optimizer is None and lr is None:
             raise ValueError("form='sgd' needs an optimizer or an explicit lr")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be an int >= 0, got {step!r}")
+        for what, v in (("step", step), ("start", start)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{what} must be an int >= 0, got {v!r}")
+        if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int)
+                                 or stop < start):
+            raise ValueError(f"stop must be None or an int >= start, got {stop!r}")
+        if sample_max is None and compute == "daemon":
+            # the client's own sample_max: taken on the device, so the copy is cut too
+            sample_max = getattr(client, "sample_max", 0) or None
+        if sample_max == 0:
+            sample_max = None  # whole tensors from here (the client may still sample)
+        if sample_max is not None:
+            if compute != "daemon":
+                raise ValueError("sample_max is for compute='daemon' (the device counts whole "
+                                 "tensors)")
+            if isinstance(sample_max, bool) or not isinstance(sample_max, int) or sample_max < 1:
+                raise ValueError(f"sample_max must be an int >= 1, got {sample_max!r}")
+        if flips and compute != "device":
+            raise ValueError("flips= is for compute='device' (the daemon counts flips itself)")
+        if rule is not None and not isinstance(rule, _device.ScaleRule):
+            raise TypeError("rule must be an altgrad.torch.ScaleRule")
+        if scale is not None:
+            scale = _device.check_scale(scale)
         self.client = client
         self.model = model
         self.optimizer = optimizer
@@ -98,11 +250,19 @@ class Monitor:
         self.lr = lr
         self.gradients = gradients
         self.step = step
+        self.start = start
+        self.stop = stop
         self.prefix = prefix
         self.scale = scale
         self.formats = list(formats) if formats is not None else None
         self.verbose = verbose
-        self._params = [(prefix + n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.compute = compute
+        self.flips = bool(flips)
+        self.sample_max = sample_max
+        self.include = list(include) if include is not None else None
+        self.exclude = list(exclude) if exclude is not None else []
+        self._params = [(prefix + n, p) for n, p in model.named_parameters()
+                        if p.requires_grad and self._wanted(prefix + n)]
         self._lr_of = self._param_lrs()
         self._before: Dict[str, torch.Tensor] = {}
         self._pending: List[tuple] = []      # (name, role, tensor) reduced after the step
@@ -112,19 +272,34 @@ class Monitor:
         self._in_step = False
         self._closed = False
         self._report_cache = None
+        self._rule = rule
+        self._rule_source = "given" if rule is not None else None
+        self._groups = None                  # compute="device": one Watch per device/dtype
+        self._had_grad: List[int] = []
+        self._sample_idx: Dict[tuple, torch.Tensor] = {}
+        self._sender: Optional[_Sender] = None
+        self._send_errors: List[str] = []
+        self._close_seconds = 0.0
         # overhead accounting
         self._seconds = 0.0
-        self._parts = {"fetch": 0.0, "send": 0.0, "stats": 0.0}  # inside _seconds
+        self._parts = {"fetch": 0.0, "send": 0.0, "stats": 0.0, "count": 0.0}
         self._pinned = None
         self._steps_seen = 0
         self._sampled_steps = 0
         self._snapshots = 0
+        self._counted = 0
         self._records = 0
         self._bytes = 0
         self._t_open = time.perf_counter()
         self._attach(activations)
 
     # -- wiring ---------------------------------------------------------------
+    def _wanted(self, name: str) -> bool:
+        if self.include is not None and not any(fnmatch.fnmatchcase(name, p)
+                                                for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
     def _param_lrs(self):
         lrs = {}
         if self.optimizer is None:
@@ -183,6 +358,8 @@ class Monitor:
     # -- sampling -------------------------------------------------------------
     def sampling(self) -> bool:
         """Whether the current step is one that is logged."""
+        if self.step < self.start or (self.stop is not None and self.step >= self.stop):
+            return False
         return self.step % self.every == 0
 
     def _forward_hook(self, name):
@@ -221,16 +398,39 @@ class Monitor:
         if not self._pending:
             return
         t0 = time.perf_counter()
-        tensors = [x for _, _, x in self._pending]
-        amaxes = _max_abs(tensors)
-        for (name, role, x), amax in zip(self._pending, amaxes):
+        pending, self._pending = self._pending, []
+        tensors = [x for _, _, x in pending]
+        step = self.step
+        cuda = [x for x in tensors if x.device.type == "cuda"]
+        if len(cuda) == len(tensors) and len({x.device for x in tensors}) == 1:
+            # reduced on the device, fetched by the sender thread: no wait here
+            norms = _norms(tensors)
+            host = torch.empty(norms.shape, dtype=norms.dtype, pin_memory=True)
+            host.copy_(norms, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+
+            def job():
+                ev.synchronize()
+                self._log_amaxes(step, pending, host.tolist())
+
+            self._send(job)
+        else:
+            self._log_amaxes(step, pending, _max_abs(tensors))
+        self._records += len(pending)
+        self._parts["stats"] += time.perf_counter() - t0
+
+    def _log_amaxes(self, step, pending, amaxes):
+        for (name, role, x), amax in zip(pending, amaxes):
             nonfinite = 0
             if not math.isfinite(amax):  # rare: NaN/inf present, count them exactly
                 amax, nonfinite = _finite_stats(x).cpu().tolist()
-            self.client.log_amax(self.step, name, role, amax, x.numel(), int(nonfinite))
-            self._records += 1
-        self._pending = []
-        self._parts["stats"] += time.perf_counter() - t0
+            self.client.log_amax(step, name, role, amax, x.numel(), int(nonfinite))
+
+    def _send(self, job):
+        if self._sender is None:
+            self._sender = _Sender()
+        self._sender.submit(job)
 
     def _lr(self, name):
         if self.lr is not None:
@@ -250,20 +450,25 @@ class Monitor:
         t0 = time.perf_counter()
         self._sampled_steps += 1
         with torch.no_grad():
-            batch = []
-            for name, p in self._params:
-                if self.form == "update":
-                    # kept even without a gradient yet: a closure (LBFGS)
-                    # computes it inside step(); after_step sends only the
-                    # parameters that had one by then
-                    self._before[name] = p.detach().clone()
-                if p.grad is None:  # unused this step: no optimizer moves it
-                    continue
-                if self.gradients:
-                    self._queue_stats(name + ".grad", _lib.AG_ROLE_GRADIENT, p.grad)
-                if self.form == "sgd":
-                    batch.append((name, p.detach(), p.grad.detach(), self._lr(name)))
-            self._send_batch(batch)
+            if self.gradients:
+                for name, p in self._params:
+                    if p.grad is not None:
+                        self._queue_stats(name + ".grad", _lib.AG_ROLE_GRADIENT, p.grad)
+            if self.compute == "device":
+                self._device_before()
+            else:
+                batch = []
+                for name, p in self._params:
+                    if self.form == "update":
+                        # kept even without a gradient yet: a closure (LBFGS)
+                        # computes it inside step(); after_step sends only the
+                        # parameters that had one by then
+                        self._before[name] = self._sampled(name, p.detach()).clone()
+                    elif p.grad is not None:  # unused this step: no optimizer moves it
+                        batch.append((name, self._sampled(name, p.detach()),
+                                      self._sampled(name, p.grad.detach()), self._lr(name),
+                                      p.numel()))
+                self._send_batch(batch)
         self._seconds += time.perf_counter() - t0
 
     def after_step(self) -> None:
@@ -275,12 +480,15 @@ class Monitor:
         if self.sampling():
             t0 = time.perf_counter()
             with torch.no_grad():
-                if self.form == "update":
+                if self.compute == "device":
+                    self._device_after()
+                elif self.form == "update":
                     batch = []
                     for name, p in self._params:
                         w0 = self._before.pop(name, None)
                         if w0 is not None and p.grad is not None:
-                            batch.append((name, w0, p.detach() - w0, None))
+                            batch.append((name, w0, self._sampled(name, p.detach()) - w0, None,
+                                          p.numel()))
                     self._send_batch(batch)
                 self._flush_pending()
             self._seconds += time.perf_counter() - t0
@@ -288,61 +496,206 @@ class Monitor:
         self._seen_this_step.clear()
         self.step += 1
 
+    # -- compute="device" ---------------------------------------------------------
+    def _learn_rule_and_formats(self):
+        """The daemon's scale rule and default formats from its status, once."""
+        st = None
+        if self._rule is None or self.formats is None:
+            status = getattr(self.client, "status", None)
+            if status is not None:
+                try:
+                    st = status()
+                except (AltgradError, OSError):
+                    st = None
+        if self._rule is None:
+            if st is not None and st.get("history_len") is not None:
+                self._rule, self._rule_source = _device.ScaleRule.from_status(st), "daemon"
+            else:
+                self._rule, self._rule_source = _device.ScaleRule(), "defaults"
+        if self.formats is None:
+            names = (st or {}).get("formats") or _lib.AG_DEFAULT_FORMATS
+            self.formats = [f for f in str(names).split(",") if f]
+
+    def _build_groups(self):
+        self._learn_rule_and_formats()
+        groups = {}
+        for i, (name, p) in enumerate(self._params):
+            key = (p.device, p.dtype)
+            groups.setdefault(key, []).append(i)
+        self._groups = []
+        for (dev, dtype), idx in groups.items():
+            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                wdtype = torch.float32  # other float types: counted in float32, as the
+            else:                       # snapshot path sends them
+                wdtype = dtype
+            watch = _device.Watch([self._params[i][1].numel() for i in idx], wdtype, dev,
+                                  self.formats, self._rule, fixed_scale=self.scale,
+                                  flips=self.flips)
+            self._groups.append((idx, watch))
+
+    def _device_before(self):
+        if self._groups is None:
+            self._build_groups()
+        t0 = time.perf_counter()
+        self._had_grad = [i for i, (_, p) in enumerate(self._params) if p.grad is not None]
+        for idx, watch in self._groups:
+            ps = [self._params[i][1] for i in idx]
+            watch.load_w(ps)
+            if self.form == "sgd":
+                watch.load_v([p.grad if p.grad is not None else torch.zeros_like(p)
+                              for p in ps])
+        self._parts["fetch"] += time.perf_counter() - t0
+
+    def _device_after(self):
+        t0 = time.perf_counter()
+        if self.form == "update":
+            # a closure optimizer (LBFGS) made its gradients inside step()
+            have = {i for i, (_, p) in enumerate(self._params) if p.grad is not None}
+        else:
+            have = set(self._had_grad)
+        jobs = []
+        for idx, watch in self._groups:
+            which = [k for k, i in enumerate(idx) if i in have]
+            if not which:
+                continue
+            ps = [self._params[i][1] for i in idx]
+            if self.form == "update":
+                watch.load_v(ps, minus_w=True)
+                neg = None
+            else:
+                neg = [self._lr(self._params[i][0]) for i in idx]
+            t1 = time.perf_counter()
+            self._parts["fetch"] += t1 - t0
+            out = watch.compute(which, update_form=self.form == "update", neg_lr=neg)
+            self._parts["count"] += time.perf_counter() - t1
+            t0 = time.perf_counter()
+            jobs.append((idx, which, watch, self._to_host(out)))
+        step, form = self.step, self.form
+        event = None
+        if any(w.device.type == "cuda" for _, _, w, _ in jobs):
+            event = torch.cuda.Event()
+            event.record()
+
+        def job():
+            if event is not None:
+                event.synchronize()
+            for idx, which, watch, host in jobs:
+                self._log_counts(step, form, idx, which, watch, host)
+
+        if event is not None:
+            self._send(job)
+        else:
+            job()
+        self._counted += sum(len(w) for _, w, _, _ in jobs)
+        self._parts["send"] += time.perf_counter() - t0
+
+    @staticmethod
+    def _to_host(out):
+        host = {}
+        for k, v in out.items():
+            if v.device.type == "cuda":
+                h = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+                h.copy_(v, non_blocking=True)
+                host[k] = h
+            else:
+                host[k] = v.clone()
+        return host
+
+    def _log_counts(self, step, form, idx, which, watch, host):
+        sel = torch.tensor(which, dtype=torch.int64)
+        counts = host["counts"].index_select(0, sel)
+        names = [self._params[idx[k]][0] for k in which]
+        flips = None
+        if watch.flips:
+            flips = _as_buffer(counts[:, :, 5].contiguous().view(-1))
+        self.client.log_counts(
+            step, names, watch.formats,
+            _as_buffer(counts[:, :, :5].contiguous().view(-1)),
+            _as_buffer(host["scales"].index_select(0, sel).contiguous().view(-1)),
+            _as_buffer(host["amax"].index_select(0, sel).to(torch.float64)),
+            [watch.numels[k] for k in which],
+            _as_buffer(host["nonfinite"].index_select(0, sel)),
+            flips=flips, form=form)
+
+    # -- compute="daemon" ---------------------------------------------------------
+    def _sampled(self, name, t: torch.Tensor) -> torch.Tensor:
+        """t, or with sample_max the client's fixed subset of it, taken where t
+        lives (so only the subset is ever copied)."""
+        n = t.numel()
+        if not self.sample_max or n <= self.sample_max:
+            return t
+        key = (n, t.device)
+        idx = self._sample_idx.get(key)
+        if idx is None:
+            seed = getattr(self.client, "sample_seed", 0) or 0
+            idx = torch.tensor(sample_indices(n, self.sample_max, seed), dtype=torch.int64,
+                               device=t.device)
+            self._sample_idx[key] = idx
+        return t.reshape(-1).index_select(0, idx)
+
     def _send_batch(self, batch):
-        """Send (name, w, g_or_u, lr) snapshots. Tensors that are not float32
-        on the CPU are packed into one flat buffer and fetched with a single
-        device-to-host copy; the client then reads slices of it in place."""
+        """Send (name, w, g_or_u, lr, numel) snapshots. Tensors that are not
+        float32 on the CPU are packed into one flat buffer and fetched with a
+        single device-to-host copy; from CUDA that copy is asynchronous and the
+        sender thread hands the snapshots to the client once it landed."""
         if not batch:
             return
         on_host = all(t.device.type == "cpu" and t.dtype == torch.float32
-                      for _, w, x, _ in batch for t in (w, x))
+                      for _, w, x, _, _ in batch for t in (w, x))
         t0 = time.perf_counter()
-        if on_host:
-            pairs = [(w.contiguous(), x.contiguous()) for _, w, x, _ in batch]
-        else:
-            flat = torch.cat([t.reshape(-1).to(torch.float32)
-                              for _, w, x, _ in batch for t in (w, x)])
-            host = self._host_buffer(flat)
-            pairs, off = [], 0
-            for _, w, _, _ in batch:
-                n = w.numel()
-                pairs.append((host[off:off + n], host[off + n:off + 2 * n]))
-                off += 2 * n
-        t1 = time.perf_counter()
-        self._parts["fetch"] += t1 - t0
         kw = {}
         if self.scale is not None:
             kw["scale"] = self.scale
         if self.formats is not None:
             kw["formats"] = self.formats
-        for (name, _, _, lr), (w, x) in zip(batch, pairs):
+        step = self.step
+        if on_host:
+            pairs = [(w.contiguous(), x.contiguous()) for _, w, x, _, _ in batch]
+            self._log_snapshots(step, batch, pairs, kw)
+            self._parts["send"] += time.perf_counter() - t0
+            return
+        flat = torch.cat([t.reshape(-1).to(torch.float32)
+                          for _, w, x, _, _ in batch for t in (w, x)])
+        cuda = flat.device.type == "cuda"
+        host = torch.empty(flat.numel(), dtype=torch.float32, pin_memory=cuda)
+        host.copy_(flat, non_blocking=cuda)
+        pairs, off = [], 0
+        for _, w, _, _, _ in batch:
+            n = w.numel()
+            pairs.append((host[off:off + n], host[off + n:off + 2 * n]))
+            off += 2 * n
+        self._parts["fetch"] += time.perf_counter() - t0
+        if cuda:
+            ev = torch.cuda.Event()
+            ev.record()
+
+            def job():
+                ev.synchronize()
+                self._log_snapshots(step, batch, pairs, kw)
+
+            self._send(job)
+        else:
+            self._log_snapshots(step, batch, pairs, kw)
+
+    def _log_snapshots(self, step, batch, pairs, kw):
+        t0 = time.perf_counter()
+        for (name, _, _, lr, numel), (w, x) in zip(batch, pairs):
+            extra = dict(kw)
+            if w.numel() != numel:
+                extra["numel"] = numel  # sampled on the device: the whole tensor's size
             if lr is None:
-                self.client.log_update(self.step, name, w, x, **kw)
+                self.client.log_update(step, name, w, x, **extra)
             else:
-                self.client.log_sgd(self.step, name, w, x, lr, **kw)
+                self.client.log_sgd(step, name, w, x, lr, **extra)
             self._snapshots += 1
             self._bytes += 8 * w.numel()
-        self._parts["send"] += time.perf_counter() - t1
-
-    def _host_buffer(self, flat: torch.Tensor) -> torch.Tensor:
-        """flat copied to host memory: a reused pinned buffer for CUDA tensors
-        (a fast DMA; the client copies out before the next sampled step)."""
-        if flat.device.type != "cuda":
-            return flat.cpu()
-        n = flat.numel()
-        if self._pinned is None or self._pinned.numel() < n:
-            try:
-                self._pinned = torch.empty(n, dtype=torch.float32, pin_memory=True)
-            except RuntimeError:
-                return flat.cpu()
-        host = self._pinned[:n]
-        host.copy_(flat)
-        return host
+        self._parts["send"] += time.perf_counter() - t0
 
     # -- the end ----------------------------------------------------------------
     def report(self) -> dict:
         """What the Monitor cost: seconds inside its hooks, per training step
-        and per sampled step, against the wall time since it was attached."""
+        and per sampled step, against the wall time since it was attached,
+        split by part."""
         if self._report_cache is not None:
             return dict(self._report_cache)
         wall = time.perf_counter() - self._t_open
@@ -352,7 +705,12 @@ class Monitor:
             "sampled_steps": self._sampled_steps,
             "every": self.every,
             "form": self.form,
+            "compute": self.compute,
+            "formats": list(self.formats) if self.formats is not None else None,
+            "scale_rule": (dict(self._rule.as_dict(), source=self._rule_source)
+                           if self._rule is not None else None),
             "snapshots": self._snapshots,
+            "counted": self._counted,
             "stat_records": self._records,
             "snapshot_bytes": self._bytes,
             "monitor_seconds": self._seconds,
@@ -361,11 +719,18 @@ class Monitor:
             "ms_per_step": 1000.0 * self._seconds / steps,
             "ms_per_sampled_step": (1000.0 * self._seconds / self._sampled_steps
                                     if self._sampled_steps else 0.0),
-            # where the time went: device-to-host fetch of snapshots, the
-            # client's logging calls (copy into its send queue), amax stats
+            # where the time went, on the training thread: copies of w and u
+            # (device buffers, or device-to-host for snapshots), launching the
+            # counting kernels, handing results to the client or its sender
+            # thread, amax statistics
             "fetch_seconds": self._parts["fetch"],
+            "count_seconds": self._parts["count"],
             "send_seconds": self._parts["send"],
             "stats_seconds": self._parts["stats"],
+            # close(): sending what was pending and waiting for the daemon to
+            # confirm it (not part of the per-step cost above)
+            "close_seconds": self._close_seconds,
+            "send_errors": list(self._send_errors),
         }
 
     def close(self, flush_timeout_ms: int = 5000) -> dict:
@@ -378,6 +743,10 @@ class Monitor:
         self.detach()
         t0 = time.perf_counter()
         self._flush_pending()
+        if self._sender is not None:
+            errors = self._sender.close()
+            self._sender = None
+            self._send_errors = [f"{type(e).__name__}: {e}" for e in errors]
         flushed = True
         try:
             self.client.flush(flush_timeout_ms)
@@ -397,7 +766,7 @@ class Monitor:
                 delivered, undelivered = st.get("delivered"), st.get("undelivered")
             except AltgradError:
                 pass  # closed: it has said what it had to at its close
-        self._seconds += time.perf_counter() - t0
+        self._close_seconds = time.perf_counter() - t0
         self._closed = True
         rep = self.report()
         rep["flushed"] = flushed
@@ -429,4 +798,6 @@ def format_report(rep: dict) -> str:
     return line
 
 
-__all__ = ["Monitor", "format_report"]
+__all__ = ["Monitor", "ScaleRule", "format_report", "sample_indices", "stall_counts"]
+
+ScaleRule = _device.ScaleRule

@@ -27,7 +27,7 @@ def test_monitor_streams_update_snapshots_and_amax_of_a_tiny_model(daemon):
     model = tiny_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     with daemon.client("monitor-adam") as c:
-        with Monitor(c, model, opt, every=2) as mon:
+        with Monitor(c, model, opt, compute="daemon", every=2) as mon:
             train(model, opt, 6)
         rep = mon.report()
         assert rep["steps"] == 6 and rep["sampled_steps"] == 3 and rep["snapshots"] == 12
@@ -57,10 +57,66 @@ def test_monitor_in_sgd_form_reports_the_predicted_stalls(daemon):
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=1e-6)
     with daemon.client("monitor-sgd") as c:
-        with Monitor(c, model, opt, every=1, form="sgd", activations=False):
+        with Monitor(c, model, opt, compute="daemon", every=1, form="sgd", activations=False):
             train(model, opt, 2)
         pts = eventually(lambda: (lambda h: h if len(h) == 2 else None)(
             c.history("2.weight", format="E5M2")["points"]), what="two points")
         assert all(p["stall_rate"] == 1.0 for p in pts)
         ts = {t["name"] for t in c.tensors()["tensors"]}
         assert "1" not in ts and "2.weight.grad" in ts
+
+
+def _history_rows(c, names, formats):
+    """Every stored point of every tensor and format, by (tensor, format, step)."""
+    rows = {}
+    for name in names:
+        for fmt in formats:
+            for p in c.history(name, format=fmt)["points"]:
+                rows[name, fmt, p["step"]] = p
+    return rows
+
+
+def test_device_and_daemon_store_identical_counts(daemon):
+    """One model trained twice from one seed: counted on the device
+    (compute="device", with flips) and as snapshots counted by the daemon.
+    The daemon stores the same counts, flips, amax and scales for every
+    tensor, step and format; only "computed" differs."""
+    formats = ["E0M7", "E1M6", "E3M4", "E5M2", "E7M0"]
+    names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    got = {}
+    for compute in ("daemon", "device"):
+        model = tiny_model()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+        with daemon.client(f"twin-{compute}") as c:
+            kw = {"flips": True} if compute == "device" else {}
+            with Monitor(c, model, opt, compute=compute, every=2, activations=False,
+                         gradients=False, **kw) as mon:
+                train(model, opt, 9)
+            rep = mon.report()
+            assert rep["flushed"] is True and rep["undelivered"] == 0
+            got[compute] = eventually(
+                lambda: (lambda r: r if len(r) == 4 * 5 * 5 else None)(
+                    _history_rows(c, names, formats)), what="every point of the run")
+    assert got["daemon"].keys() == got["device"].keys()
+    moved = 0
+    for key, a in got["daemon"].items():
+        b = got["device"][key]
+        assert a["computed"] == "daemon" and b["computed"] == "device", key
+        same = {k: v for k, v in a.items() if k != "computed"}
+        assert same == {k: v for k, v in b.items() if k != "computed"}, key
+        moved += a["flips"] or 0
+    assert moved > 0  # lr 3e-2 moves weights across grid points: flips were compared
+
+
+def test_device_counts_without_flips_are_stored_as_unknown(daemon):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    with daemon.client("device-noflips") as c:
+        with Monitor(c, model, opt, every=1, form="sgd", activations=False,
+                     formats=["E5M2"]) as mon:
+            train(model, opt, 2)
+        assert mon.report()["counted"] == 8
+        pts = eventually(lambda: (lambda h: h if len(h) == 2 else None)(
+            c.history("2.weight", format="E5M2")["points"]), what="two points")
+        assert all(p["stall_rate"] == 1.0 and p["flips"] is None for p in pts)
+        assert all(p["computed"] == "device" for p in pts)

@@ -59,7 +59,7 @@ def test_update_form_sends_weights_before_the_step_and_the_real_update():
     model = tiny_model()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     rec = Recorder()
-    mon = Monitor(rec, model, opt, every=2)
+    mon = Monitor(rec, model, opt, compute="daemon", every=2)
     before = {}
     orig_step = opt.step
 
@@ -85,7 +85,7 @@ def test_only_every_kth_step_is_sampled():
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = Recorder()
-    with Monitor(rec, model, opt, every=3) as mon:
+    with Monitor(rec, model, opt, compute="daemon", every=3) as mon:
         train(model, opt, 7)
         assert mon.step == 7
     assert sorted({c[1] for c in rec.of("update")}) == [0, 3, 6]
@@ -104,7 +104,7 @@ def test_sgd_form_sends_gradients_with_the_group_learning_rate():
     opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.5},
                            {"params": model[2].parameters(), "lr": 0.25}])
     rec = Recorder()
-    with Monitor(rec, model, opt, every=1, form="sgd", activations=False, gradients=False):
+    with Monitor(rec, model, opt, compute="daemon", every=1, form="sgd", activations=False, gradients=False):
         train(model, opt, 1)
     sgd = rec.of("sgd")
     assert {c[2]: c[5] for c in sgd} == {"0.weight": 0.5, "0.bias": 0.5,
@@ -116,7 +116,7 @@ def test_activation_and_gradient_amax_are_logged_with_their_roles():
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = Recorder()
-    with Monitor(rec, model, opt, every=1):
+    with Monitor(rec, model, opt, compute="daemon", every=1):
         train(model, opt, 1)
     stats = {c[2]: c for c in rec.of("stats")}
     assert {"0", "1", "2"} <= set(stats)
@@ -131,7 +131,7 @@ def test_close_removes_every_hook_and_restores_the_optimizer():
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = Recorder()
-    mon = Monitor(rec, model, opt, every=1)
+    mon = Monitor(rec, model, opt, compute="daemon", every=1)
     mon.close()
     assert "step" not in opt.__dict__
     assert all(not m._forward_hooks for m in model.modules())
@@ -142,7 +142,7 @@ def test_close_removes_every_hook_and_restores_the_optimizer():
 def test_manual_steps_without_an_optimizer():
     model = tiny_model()
     rec = Recorder()
-    with Monitor(rec, model, every=1, activations=False, gradients=False) as mon:
+    with Monitor(rec, model, compute="daemon", every=1, activations=False, gradients=False) as mon:
         for _ in range(2):
             loss = model(torch.randn(3, 4)).sum()
             model.zero_grad()
@@ -176,7 +176,7 @@ def test_non_float32_parameters_are_packed_and_sent_as_float32():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = Recorder()
     before = [p.detach().clone() for p in model.parameters()]
-    with Monitor(rec, model, opt, every=1, activations=False, gradients=False):
+    with Monitor(rec, model, opt, compute="daemon", every=1, activations=False, gradients=False):
         x = torch.randn(16, 4, dtype=torch.float64)
         loss = model(x).pow(2).mean()
         opt.zero_grad()
@@ -207,7 +207,7 @@ def test_non_finite_activations_count_and_stay_out_of_amax():
     model = Emit()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = Recorder()
-    with Monitor(rec, model, opt, every=1, gradients=False):
+    with Monitor(rec, model, opt, compute="daemon", every=1, gradients=False):
         out = model(torch.tensor([0.5, -2.0], dtype=torch.float64))
         opt.zero_grad()
         out[:2].sum().backward()
@@ -231,7 +231,7 @@ def test_update_form_with_a_closure_optimizer_sends_the_first_step():
         loss.backward()
         return loss
 
-    with Monitor(rec, model, opt, every=1, activations=False, gradients=False) as mon:
+    with Monitor(rec, model, opt, compute="daemon", every=1, activations=False, gradients=False) as mon:
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         opt.step(closure)
         assert mon.step == 1
@@ -250,7 +250,7 @@ def test_unused_parameters_are_not_sent_in_update_form():
     model.add_module("unused", extra)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rec = Recorder()
-    with Monitor(rec, model, opt, every=1, activations=False, gradients=False):
+    with Monitor(rec, model, opt, compute="daemon", every=1, activations=False, gradients=False):
         x, y = torch.randn(16, 4), torch.randn(16, 2)
         loss = torch.nn.functional.mse_loss(model[2](model[1](model[0](x))), y)
         opt.zero_grad()
@@ -265,7 +265,7 @@ def test_closing_without_a_daemon_reports_instead_of_raising(tmp_path):
     with Client(*url, run="no-daemon", close_timeout_ms=1) as client:
         model = tiny_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        mon = Monitor(client, model, opt, every=1)
+        mon = Monitor(client, model, opt, compute="daemon", every=1)
         train(model, opt, 2)
         rep = mon.close(flush_timeout_ms=10)  # nobody will ever take the queue
         assert rep["flushed"] is False and rep["steps"] == 2
@@ -273,3 +273,149 @@ def test_closing_without_a_daemon_reports_instead_of_raising(tmp_path):
         # nothing confirmed: everything the client queued is undelivered so far
         assert rep["delivered"] == 0 and rep["undelivered"] == client.stats()["undelivered"] > 0
         assert f"undelivered {rep['undelivered']}" in format_report(rep)
+
+
+# -- compute="device" ---------------------------------------------------------------
+
+class CountRecorder(Recorder):
+    """A client that takes counts and reports a daemon's scale rule."""
+
+    def __init__(self, status=None):
+        super().__init__()
+        self._status = status
+
+    def status(self):
+        if self._status is None:
+            from altgrad import TransportError
+            raise TransportError(_lib.AG_ETRANSPORT, "no daemon")
+        return dict(self._status)
+
+    def log_counts(self, step, tensors, formats, counts, scales, amax, numel, nonfinite,
+                   flips=None, form="update"):
+        T, F = len(tensors), len(formats)
+        counts = [int(v) for v in list(counts)]
+        scales = [float(v) for v in list(scales)]
+        flips = None if flips is None else [int(v) for v in list(flips)]
+        for t, name in enumerate(tensors):
+            for f, fmt in enumerate(formats):
+                c = dict(zip(("stalled", "total", "overflow", "underflow", "nonfinite"),
+                             counts[(t * F + f) * 5:(t * F + f) * 5 + 5]))
+                self.calls.append(("counts", step, name, fmt, c, scales[t * F + f],
+                                   float(list(amax)[t]), int(list(numel)[t]),
+                                   int(list(nonfinite)[t]),
+                                   None if flips is None else flips[t * F + f], form))
+
+
+def _twin_runs(form, steps=4, device="cpu", **kw):
+    """The same training twice: snapshots (compute="daemon") and counts
+    (compute="device"), with the daemon rule history_len 2, margin 1."""
+    status = {"formats": "E5M2,E3M4", "history_len": 2, "amax_mode": "max",
+              "scale_mode": "current", "margin": 1, "scale_min": 1e-10}
+    out = []
+    for compute in ("daemon", "device"):
+        model = tiny_model().to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05) if form == "sgd" else \
+            torch.optim.Adam(model.parameters(), lr=0.01)
+        rec = CountRecorder(status)
+        extra = {"flips": True} if compute == "device" else {}
+        with Monitor(rec, model, opt, compute=compute, every=1, form=form, activations=False,
+                     gradients=False, **extra, **kw) as mon:
+            x = torch.randn(16, 4, device=device)
+            y = torch.randn(16, 2, device=device)
+            for _ in range(steps):
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        out.append((rec, mon.report()))
+    return out
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("form", ["update", "sgd"])
+def test_device_counts_equal_the_c_core_on_the_snapshots(form, device):
+    from altgrad import _device
+    from altgrad.quantization import get_format
+    from altgrad.quantization import stall_counts as c_counts
+    (snaps, _), (counted, rep) = _twin_runs(form, device=device)
+    assert rep["compute"] == "device" and rep["counted"] == 16 and rep["snapshots"] == 0
+    assert rep["scale_rule"]["source"] == "daemon" and rep["scale_rule"]["history_len"] == 2
+    assert rep["formats"] == ["E5M2", "E3M4"]
+    got = {(c[1], c[2], c[3]): c for c in counted.of("counts")}
+    assert len(got) == 4 * 4 * 2
+    hist, prev = {}, {}
+    for call in snaps.of(form):
+        step, name, w, x = call[1], call[2], call[3].cpu(), call[4].cpu()
+        lr = call[5] if form == "sgd" else 0.0
+        h = hist.setdefault(name, [])
+        h.append(float(w.abs().max()))
+        for fmt in ("E5M2", "E3M4"):
+            g = got[step, name, fmt]
+            mf = get_format(fmt).max_representable_value
+            assert g[5] == _device._f32(max(max(h[-2:]) / mf, 1e-10) * 2.0)
+            assert g[4] == c_counts(w, x, lr, get_format(fmt), g[5], update=(form == "update"))
+            assert g[6] == h[-1] and g[7] == w.numel() and g[8] == 0 and g[10] == form
+            assert g[9] == (0 if (name, fmt) not in prev else g[9]) and g[9] >= 0
+            prev[name, fmt] = g[5]
+
+
+def test_device_counts_without_a_daemon_use_the_default_rule_and_formats():
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = CountRecorder(None)
+    with Monitor(rec, model, opt, every=2, activations=False) as mon:
+        train(model, opt, 3)
+    rep = mon.report()
+    assert rep["scale_rule"]["source"] == "defaults" and rep["scale_rule"]["history_len"] == 16
+    assert rep["formats"] == _lib.AG_DEFAULT_FORMATS.split(",")
+    calls = rec.of("counts")
+    assert {c[1] for c in calls} == {0, 2} and len(calls) == 2 * 4 * 5
+    assert all(c[9] is None for c in calls)  # flips not asked for: unknown
+    assert {c[2] for c in rec.of("stats")} == {"0.weight.grad", "0.bias.grad", "2.weight.grad",
+                                              "2.bias.grad"}
+
+
+def test_include_exclude_start_and_stop_choose_what_is_watched():
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = CountRecorder(None)
+    with Monitor(rec, model, opt, every=1, activations=False, gradients=False,
+                 include=["*.weight", "2.*"], exclude=["0.*"], start=1, stop=3,
+                 formats=["E5M2"]):
+        train(model, opt, 5)
+    calls = rec.of("counts")
+    assert {c[2] for c in calls} == {"2.weight", "2.bias"}
+    assert sorted({c[1] for c in calls}) == [1, 2]
+    with pytest.raises(ValueError):
+        Monitor(rec, model, start=3, stop=2)
+    with pytest.raises(ValueError):
+        Monitor(rec, model, compute="gpu")
+    with pytest.raises(ValueError):
+        Monitor(rec, model, compute="device", sample_max=10)
+    with pytest.raises(ValueError):
+        Monitor(rec, model, compute="daemon", flips=True)
+
+
+def test_sample_max_takes_the_clients_subset_on_the_device():
+    from altgrad.torch import sample_indices
+    # the indices are the client's (client/log.c gather_sample), checked
+    # against the daemon in test_monitor.py; here: strata and determinism
+    idx = sample_indices(1000, 64)
+    assert len(idx) == 64 and idx == sample_indices(1000, 64)
+    q, r = divmod(1000, 64)  # one index in each stratum, in order
+    assert all(k * q + min(k, r) <= i < k * q + min(k, r) + q + (k < r)
+               for k, i in enumerate(idx))
+    assert sample_indices(1000, 64, seed=7) != idx
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with Monitor(rec, model, opt, compute="daemon", every=1, activations=False,
+                 gradients=False, sample_max=5):
+        train(model, opt, 1)
+    ups = {c[2]: c for c in rec.of("update")}
+    w = before["0.weight"].reshape(-1)
+    sel = sample_indices(32, 5)
+    assert torch.equal(ups["0.weight"][3], w[sel])
+    assert ups["0.weight"][5] == {"numel": 32}
+    assert ups["2.bias"][5] == {}  # 2 elements: whole

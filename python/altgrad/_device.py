@@ -1,0 +1,537 @@
+"""Stall, overflow, underflow and flip counting on the tensors' own device.
+
+The counts are the C core's (core/stall.c, docs/numerics.md "Stall"), bit for
+bit: every step below is the same float32 or integer operation the C kernel
+does, in the same order. Two implementations share the constants of
+`FormatParams`:
+- eager PyTorch, on any device and any torch from 1.13 (the reference, and the
+  path on the CPU), processed in bounded chunks;
+- one fused Triton kernel for CUDA tensors (`_triton.py`), used when Triton
+  is importable; it divides with div_rn (IEEE round to nearest), never with a
+  fast reciprocal.
+
+Division is the one place where PyTorch can differ from IEEE: a CUDA tensor
+divided by a Python number or a CPU scalar is multiplied by the reciprocal.
+Here a scale is always a tensor on the data's device, expanded to the data's
+shape, so the division is elementwise and correctly rounded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import struct
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import _lib
+from .errors import FormatError
+
+COUNT_KEYS = ("stalled", "total", "overflow", "underflow", "nonfinite")
+_F32_MAX = 3.4028234663852886e38
+# AG_GRAD_EPSILON (1e-10f) as the float32 value it is.
+GRAD_EPSILON = struct.unpack("<f", struct.pack("<f", 1e-10))[0]
+_EXP_INF = 0x7F800000
+# Elements per eager chunk: bounds the temporaries (about 40 bytes an element).
+_CHUNK = 1 << 22
+
+
+def _f32(x: float) -> float:
+    """x rounded to float32, as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def _bits_f32(b: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", b & 0xFFFFFFFF))[0]
+
+
+class FormatParams:
+    """The constants the C kernels derive from an ag_format (kernel.h
+    ag_qparams_of, stall.c enc_params_of), read from libaltgrad's registry."""
+
+    def __init__(self, name: str):
+        lib = _lib.lib()
+        p = lib.ag_format_get(_lib.cstr(name, "format"))
+        if not p:
+            raise FormatError(_lib.AG_EFORMAT, f"unknown format {name!r}")
+        f = p.contents
+        self.name = name
+        self.E = int(f.exponent_bits)
+        self.M = int(f.mantissa_bits)
+        self.bias = int(f.bias)
+        self.emin = int(f.min_exponent)
+        self.max_finite = float(f.max_finite)
+        self.has_inf = bool(f.has_inf)
+        self.has_nan = bool(f.has_nan)
+        # ag_qparams
+        self.emin_bits = (self.emin + 127) << 23
+        self.shift = 23 - self.M
+        self.half_m1 = (1 << (self.shift - 1)) - 1
+        self.keep_mask = -(1 << self.shift)  # ~((1 << shift) - 1) as int32
+        self.sub_magic = _bits_f32((self.emin - self.M + 23 + 127) << 23)
+        self.overflow_value = math.inf if self.has_inf else self.max_finite
+        self.half_down = self.M == 0
+        # enc_params
+        emask = (1 << self.E) - 1
+        self.bias_adj = self.bias - 127
+        self.mant_mask = (1 << self.M) - 1
+        self.over_pattern = (emask << self.M) if self.has_inf else int(
+            lib.ag_encode(p, self.max_finite))
+        self.nan_pattern = int(lib.ag_encode(p, math.nan)) if self.has_nan else 0
+        self.sub_scale = math.ldexp(1.0, self.M - self.emin)
+        # stall.c nan_above_of: the largest magnitude bits that are not NaN
+        thr = 0x7F
+        while thr > 0 and math.isnan(f.decode_table[thr]):
+            thr -= 1
+        self.nan_above = thr
+
+    def __repr__(self):
+        return f"FormatParams({self.name!r})"
+
+
+_PARAMS: Dict[str, FormatParams] = {}
+
+
+def format_params(name: str) -> FormatParams:
+    fp = _PARAMS.get(name)
+    if fp is None:
+        fp = _PARAMS[name] = FormatParams(name)
+    return fp
+
+
+# ---------------------------------------------------------------- eager ops
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.view(torch.int32)
+
+
+def qmag(fp: FormatParams, x: torch.Tensor) -> torch.Tensor:
+    """kernel.h ag_qmag_hd: |x| rounded to the grid, no overflow handling.
+    NaN lanes are clamped to inf's bits first (their result is never used,
+    and the integer sum then cannot overflow)."""
+    ab = torch.clamp(_bits(x) & 0x7FFFFFFF, max=_EXP_INF)
+    if fp.half_down:
+        normal = (ab + fp.half_m1) & fp.keep_mask
+    else:
+        normal = (ab + fp.half_m1 + ((ab >> fp.shift) & 1)) & fp.keep_mask
+    a = ab.view(torch.float32)
+    sub = (a + fp.sub_magic) - fp.sub_magic
+    return torch.where(ab < fp.emin_bits, sub, normal.view(torch.float32))
+
+
+def encode(fp: FormatParams, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """stall.c enc_pattern: the 8-bit pattern of x (= w / scale) from
+    m = qmag(x), as int32."""
+    mb = _bits(m)
+    sign = (_bits(x) >> 24) & 0x80
+    normal = (((mb >> 23) + fp.bias_adj) << fp.M) | ((mb >> fp.shift) & fp.mant_mask)
+    over = m > fp.max_finite
+    small = mb < fp.emin_bits
+    # only the uniform-grid lanes use it (the others could overflow int32)
+    sub = torch.where(small, m * fp.sub_scale, torch.zeros_like(m)).to(torch.int32)
+    mag = torch.where(small, sub, normal)
+    mag = torch.where(over, torch.full_like(mag, fp.over_pattern), mag)
+    out = (mag | sign) & 0xFF
+    return torch.where(x != x, torch.full_like(out, fp.nan_pattern), out)
+
+
+def canon(fp: FormatParams, b: torch.Tensor) -> torch.Tensor:
+    """stall.c flip_canon: equal exactly when two patterns mean the same value."""
+    b = b.to(torch.int32)
+    mag = b & 0x7F
+    v = torch.where(mag == 0, torch.zeros_like(b), b)
+    return torch.where(mag > fp.nan_above, torch.full_like(b, 0xFF), v)
+
+
+def widen(t: torch.Tensor, what: str) -> torch.Tensor:
+    """float32 view or exact widening of a float32/bfloat16/float16 tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{what} must be float32, bfloat16 or float16, got {t.dtype}")
+    t = t.detach().reshape(-1)
+    return t if t.dtype == torch.float32 else t.to(torch.float32)
+
+
+def _scale_tensor(s: float, like: torch.Tensor) -> torch.Tensor:
+    # a device tensor of the data's shape: true elementwise division
+    return torch.full((1,), s, dtype=torch.float32, device=like.device).expand_as(like)
+
+
+def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.Tensor,
+                v: torch.Tensor, update_form: bool, neg_lr: float,
+                prev: Optional[List[Optional[torch.Tensor]]] = None,
+                prev_scales: Optional[Sequence[float]] = None,
+                enc_out: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+    """Counts of one chunk (float32, flat, same device) as an int64 tensor
+    [len(fps), 6] on the device: stalled, total, overflow, underflow,
+    nonfinite, flips. With enc_out, the patterns of w at each format's scale
+    are written there (uint8); with prev (uint8 patterns of the previous
+    snapshot at prev_scales, None where there is none), flips are counted as
+    stall.c does."""
+    wb = _bits(w) & 0x7FFFFFFF
+    vb = _bits(v) & 0x7FFFFFFF
+    finite = (wb < _EXP_INF) & (vb < _EXP_INF)
+    if update_form:
+        u = v
+        moving = u != 0
+    else:
+        u = v * neg_lr
+        moving = vb.view(torch.float32) > GRAD_EPSILON
+    wu = w + u
+    counted = finite & moving
+    nonzero = finite & (w != 0)
+    total = counted.sum()
+    nonfinite = (~finite).sum()
+    out = torch.zeros((len(fps), 6), dtype=torch.int64, device=w.device)
+    for i, (fp, s) in enumerate(zip(fps, scales)):
+        st = _scale_tensor(s, w)
+        xs = w / st
+        a = qmag(fp, xs)
+        b = qmag(fp, wu / st)
+        sa = torch.copysign(torch.where(a > fp.max_finite,
+                                        torch.full_like(a, fp.overflow_value), a), xs)
+        sb = torch.copysign(torch.where(b > fp.max_finite,
+                                        torch.full_like(b, fp.overflow_value), b), wu)
+        out[i, 0] = (counted & (sa == sb)).sum()
+        out[i, 1] = total
+        out[i, 2] = (finite & (xs.abs() > fp.max_finite)).sum()
+        out[i, 3] = (nonzero & (a == 0)).sum()
+        out[i, 4] = nonfinite
+        if enc_out is not None or prev is not None:
+            cur = encode(fp, xs, a)
+            if prev is not None and prev[i] is not None:
+                ps = prev_scales[i]
+                cmp = cur
+                if ps != s:
+                    xp = w / _scale_tensor(ps, w)
+                    cmp = encode(fp, xp, qmag(fp, xp))
+                out[i, 5] = (canon(fp, prev[i]) != canon(fp, cmp)).sum()
+            if enc_out is not None:  # may be prev[i]'s memory: written last
+                enc_out[i].copy_(cur.to(torch.uint8))
+    return out
+
+
+def check_scale(s, what="scale") -> float:
+    try:
+        s = float(s)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {type(s).__name__}") from None
+    f = _f32(s) if math.isfinite(s) and abs(s) <= _F32_MAX else math.inf
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{what} must be finite and positive in float32, got {s!r}")
+    return f
+
+
+def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = "update",
+                 lr=None) -> Dict[str, Dict[str, int]]:
+    """See altgrad.torch.stall_counts."""
+    if form not in ("update", "sgd"):
+        raise ValueError(f"form must be 'update' or 'sgd', got {form!r}")
+    if isinstance(formats, str):
+        formats = [formats]
+    formats = list(formats)
+    if not formats:
+        raise ValueError("formats must name at least one format")
+    fps = [format_params(f) for f in formats]
+    if isinstance(scales, dict):
+        missing = [f for f in formats if f not in scales]
+        if missing:
+            raise ValueError(f"scales has no entry for {missing}")
+        svals = [check_scale(scales[f], f"scale of {f}") for f in formats]
+    elif isinstance(scales, (int, float)) or (isinstance(scales, torch.Tensor)
+                                              and scales.numel() == 1):
+        svals = [check_scale(float(scales))] * len(formats)
+    else:
+        svals = [check_scale(s) for s in scales]
+        if len(svals) != len(formats):
+            raise ValueError(f"{len(svals)} scales for {len(formats)} formats")
+    if form == "sgd":
+        if lr is None:
+            raise ValueError("form='sgd' needs lr")
+        lr = float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+        if not math.isfinite(lr) or abs(lr) > _F32_MAX:
+            raise ValueError(f"lr must be finite in float32, got {lr!r}")
+        neg_lr = -_f32(lr)
+    elif lr is not None:
+        raise ValueError("lr is only for form='sgd'")
+    else:
+        neg_lr = 0.0
+    ww = widen(w, "w")
+    xx = widen(x, "x")
+    if tuple(w.shape) != tuple(x.shape):
+        raise ValueError(f"w and x differ in shape: {tuple(w.shape)} vs {tuple(x.shape)}")
+    if ww.device != xx.device:
+        raise ValueError(f"w and x are on different devices: {ww.device} vs {xx.device}")
+    n = ww.numel()
+    res = {f: dict.fromkeys(COUNT_KEYS, 0) for f in formats}
+    if n == 0:
+        return res
+    tot = None
+    with torch.no_grad():
+        kern = _triton_counter(ww) if n >= 4096 else None
+        if kern is not None:
+            tot = kern.count(fps, svals, ww, xx, form == "update", neg_lr)
+        else:
+            for start in range(0, n, _CHUNK):
+                c = count_chunk(fps, svals, ww[start:start + _CHUNK], xx[start:start + _CHUNK],
+                                form == "update", neg_lr)
+                tot = c if tot is None else tot + c
+        vals = tot.cpu().tolist()
+    for f, row in zip(formats, vals):
+        # a format named twice counts the same
+        res[f] = dict(zip(COUNT_KEYS, (int(v) for v in row[:5])))
+    return res
+
+
+class ScaleRule:
+    """The daemon's scale rule (docs/numerics.md "Quantize, scale, history";
+    daemon/engine.c ag_eng_observe and scale_from): an amax history of
+    history_len snapshots per tensor, its max or most recent value, the
+    current snapshot's amax in it (scale_mode "current") or not yet
+    ("delayed"), scale = max(amax / max_finite, scale_min) * 2^margin."""
+
+    def __init__(self, history_len: int = 16, amax_mode: str = "max",
+                 scale_mode: str = "current", margin: int = 0, scale_min: float = 1e-10):
+        if isinstance(history_len, bool) or not isinstance(history_len, int) or not (
+                1 <= history_len <= 1 << 20):
+            raise ValueError(f"history_len must be an int in 1..2^20, got {history_len!r}")
+        if amax_mode not in ("max", "most_recent"):
+            raise ValueError(f"amax_mode must be 'max' or 'most_recent', got {amax_mode!r}")
+        if scale_mode not in ("current", "delayed"):
+            raise ValueError(f"scale_mode must be 'current' or 'delayed', got {scale_mode!r}")
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not (
+                -64 <= margin <= 64):
+            raise ValueError(f"margin must be a number in -64..64, got {margin!r}")
+        if not (isinstance(scale_min, (int, float)) and math.isfinite(scale_min)
+                and scale_min > 0):
+            raise ValueError(f"scale_min must be finite and positive, got {scale_min!r}")
+        self.history_len = history_len
+        self.amax_mode = amax_mode
+        self.scale_mode = scale_mode
+        self.margin = margin
+        self.scale_min = float(scale_min)
+        # the daemon's exp2(margin) (C's exp2: math.exp2 where Python has it)
+        exp2 = getattr(math, "exp2", None)
+        self.multiplier = exp2(margin) if exp2 is not None else 2.0 ** margin
+
+    @classmethod
+    def from_status(cls, st: dict) -> "ScaleRule":
+        """The rule a daemon reports in its status (keys it lacks: defaults)."""
+        kw = {}
+        for k in ("history_len", "amax_mode", "scale_mode", "margin", "scale_min"):
+            if st.get(k) is not None:
+                kw[k] = st[k]
+        return cls(**kw)
+
+    def as_dict(self) -> dict:
+        return {"history_len": self.history_len, "amax_mode": self.amax_mode,
+                "scale_mode": self.scale_mode, "margin": self.margin,
+                "scale_min": self.scale_min}
+
+
+def _copy_into(dst: List[torch.Tensor], src: List[torch.Tensor]) -> None:
+    if not dst:
+        return
+    fe = getattr(torch, "_foreach_copy_", None)
+    if fe is not None:
+        try:
+            fe(dst, src)
+            return
+        except (RuntimeError, TypeError):
+            pass
+    for d, x in zip(dst, src):
+        d.copy_(x)
+
+
+class Watch:
+    """Counts of a fixed list of same-device, same-dtype tensors, step after
+    step, as the daemon would compute them from snapshots: it keeps each
+    tensor's amax history, scales and (with flips) the previous patterns.
+
+    load_w(ws) / load_v(vs) copy the snapshot into flat buffers (update form:
+    load_v(after, minus_w=True) makes v = after - w in the tensors' dtype,
+    exactly the update the snapshot path sends). compute(which, neg_lr)
+    returns device tensors without waiting for the device."""
+
+    def __init__(self, numels: Sequence[int], dtype: torch.dtype, device, formats: Sequence[str],
+                 rule: ScaleRule, fixed_scale: Optional[float] = None, flips: bool = False,
+                 use_triton: Optional[bool] = None):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.numels = [int(n) for n in numels]
+        self.formats = list(formats)
+        self.fps = [format_params(f) for f in self.formats]
+        self.rule = rule
+        self.fixed_scale = None if fixed_scale is None else check_scale(fixed_scale)
+        self.flips = bool(flips)
+        T, F, dev = len(self.numels), len(self.fps), self.device
+        self._tri = None
+        if use_triton is not False and dev.type == "cuda":
+            try:
+                from . import _triton
+                self._tri = _triton
+            except Exception:
+                if use_triton:
+                    raise
+        if self._tri is not None:
+            self.layout = self._tri.Layout(self.numels, dev)
+            starts, npad = self.layout.starts, self.layout.npad
+        else:
+            self.layout = None
+            starts, pos = [], 0
+            for n in self.numels:
+                starts.append(pos)
+                pos += n
+            npad = max(pos, 1)
+        self.starts = starts
+        self.W = torch.zeros(npad, dtype=dtype, device=dev)
+        self.V = torch.zeros(npad, dtype=dtype, device=dev)
+        self.w_views = [self.W[a:a + n] for a, n in zip(starts, self.numels)]
+        self.v_views = [self.V[a:a + n] for a, n in zip(starts, self.numels)]
+        self.t_n = torch.tensor(self.numels or [0], dtype=torch.int64, device=dev)[:T]
+        self.mf = torch.tensor([fp.max_finite for fp in self.fps], dtype=torch.float64,
+                               device=dev)
+        self.hist = torch.full((T, rule.history_len), math.nan, dtype=torch.float64, device=dev)
+        self.scale_prev = torch.ones((T, F), dtype=torch.float64, device=dev)
+        self.has_scale = torch.zeros(T, dtype=torch.bool, device=dev)
+        self.pat = torch.zeros((F, npad), dtype=torch.uint8, device=dev) if self.flips else None
+        self.prev_scales = torch.ones((T, F), dtype=torch.float32, device=dev)
+        self._has_prev = [False] * T
+        self._masks = {}
+        self._dev_cache = {}
+
+    # -- loading ------------------------------------------------------------
+    def load_w(self, ws: List[torch.Tensor]) -> None:
+        _copy_into(self.w_views, [w.detach().reshape(-1) for w in ws])
+
+    def load_v(self, vs: List[torch.Tensor], minus_w: bool = False) -> None:
+        _copy_into(self.v_views, [v.detach().reshape(-1) for v in vs])
+        if minus_w:
+            self.V.sub_(self.W)
+
+    def _on_device(self, key: str, values: tuple, dtype) -> torch.Tensor:
+        """A small device tensor of values, made again only when they change
+        (a host-to-device copy waits for the stream: not at every step)."""
+        got = self._dev_cache.get(key)
+        if got is None or got[0] != values:
+            got = self._dev_cache[key] = (values, torch.tensor(values, dtype=dtype,
+                                                               device=self.device))
+        return got[1]
+
+    # -- the scale rule ---------------------------------------------------------
+    def _hist_get(self) -> torch.Tensor:
+        h = self.hist
+        if self.rule.amax_mode == "most_recent":
+            last = h[:, -1]
+            return torch.where(torch.isnan(last), torch.ones_like(last), last)
+        m = torch.where(torch.isnan(h), torch.full_like(h, -math.inf), h).amax(dim=1)
+        return torch.where(m == -math.inf, torch.ones_like(m), m)
+
+    def _mask(self, which) -> torch.Tensor:
+        key = tuple(which)
+        m = self._masks.get(key)
+        if m is None:
+            host = torch.zeros(len(self.numels), dtype=torch.bool)
+            host[list(key)] = True
+            m = self._masks[key] = host.to(self.device)
+        return m
+
+    def _scales(self, amax: torch.Tensor, nonfinite: torch.Tensor, inc: torch.Tensor):
+        a = amax.to(torch.float64)
+        pushable = inc & (nonfinite < self.t_n)
+        before = self._hist_get()
+        if self.hist.shape[1] > 1:
+            rolled = torch.cat([self.hist[:, 1:], a[:, None]], dim=1)
+        else:
+            rolled = a[:, None]
+        self.hist = torch.where(pushable[:, None], rolled, self.hist)
+        ha = before if self.rule.scale_mode == "delayed" else self._hist_get()
+        T, F = self.scale_prev.shape
+        if self.fixed_scale is not None:
+            s32 = torch.full((T, F), self.fixed_scale, dtype=torch.float32, device=self.device)
+        else:
+            ok = (ha > 0) & torch.isfinite(ha)
+            s = torch.where(ok, ha, torch.zeros_like(ha))[:, None] / self.mf[None, :]
+            s = torch.clamp(s, min=self.rule.scale_min) * self.rule.multiplier
+            bad = ~(s > 0) | ~torch.isfinite(s) | (s > 3e38)
+            had = self.has_scale[:, None]
+            s = torch.where(bad, torch.where(had, self.scale_prev, torch.ones_like(s)), s)
+            s = torch.where(~ok[:, None] & had, self.scale_prev, s)
+            s32 = s.to(torch.float32)
+        self.scale_prev = torch.where(inc[:, None], s32.to(torch.float64), self.scale_prev)
+        self.has_scale = self.has_scale | inc
+        return s32
+
+    # -- one step -----------------------------------------------------------------
+    def compute(self, which: Sequence[int], update_form: bool = True,
+                neg_lr: Optional[Sequence[float]] = None) -> Dict[str, torch.Tensor]:
+        """Counts of the tensors listed in `which` (indices) for the loaded
+        snapshot: {"counts": int64 [T, F, 6] (stalled, total, overflow,
+        underflow, nonfinite, flips), "amax": float32 [T], "nonfinite": int64 [T],
+        "scales": float32 [T, F]}, on the device; rows not in `which` are
+        meaningless."""
+        which = sorted(set(int(t) for t in which))
+        T, F, dev = len(self.numels), len(self.fps), self.device
+        inc = self._mask(which)
+        nl_host = [0.0] * T if neg_lr is None else [-_f32(float(x)) for x in neg_lr]
+        if self._tri is not None:
+            c = self._tri.counter()
+            amax, nonfinite = c.amax(self.layout, which, self.W)
+            scales = self._scales(amax, nonfinite, inc)
+            nl = self._on_device("neg_lr", tuple(nl_host), torch.float32)
+            if self.flips:
+                hp = self._on_device("has_prev", tuple(int(b) for b in self._has_prev),
+                                     torch.int32)
+                counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
+                                  update_form, nl, self.pat, self.prev_scales, hp)
+            else:
+                counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
+                                  update_form, nl)
+        else:
+            amax = torch.zeros(T, dtype=torch.float32, device=dev)
+            nonfinite = torch.zeros(T, dtype=torch.int64, device=dev)
+            for t in which:
+                w = widen(self.w_views[t], "w")
+                fin = torch.isfinite(w)
+                if w.numel():
+                    amax[t] = torch.where(fin, w.abs(), torch.zeros_like(w)).amax()
+                nonfinite[t] = (~fin).sum()
+            scales = self._scales(amax, nonfinite, inc)
+            sc_host = scales.cpu().tolist()  # eager path: the CPU, where this is free
+            ps_host = self.prev_scales.cpu().tolist() if self.flips else None
+            counts = torch.zeros((T, F, 6), dtype=torch.int64, device=dev)
+            for t in which:
+                w, v, n = self.w_views[t], self.v_views[t], self.numels[t]
+                for start in range(0, n, _CHUNK):
+                    sl = slice(start, min(n, start + _CHUNK))
+                    pats = None
+                    if self.flips:
+                        a0 = self.starts[t]
+                        pats = [self.pat[f, a0 + sl.start:a0 + sl.stop] for f in range(F)]
+                    counts[t] += count_chunk(
+                        self.fps, sc_host[t], widen(w[sl], "w"), widen(v[sl], "v"),
+                        update_form, nl_host[t],
+                        prev=pats if (self.flips and self._has_prev[t]) else None,
+                        prev_scales=ps_host[t] if self.flips else None,
+                        enc_out=pats)
+        if self.flips:
+            self.prev_scales = torch.where(inc[:, None], scales, self.prev_scales)
+            for t in which:
+                self._has_prev[t] = True
+        return {"counts": counts, "amax": amax, "nonfinite": nonfinite, "scales": scales}
+
+
+def _triton_counter(t: torch.Tensor):
+    if t.device.type != "cuda":
+        return None
+    try:
+        from . import _triton
+    except Exception:  # no Triton, or one that cannot build here: eager torch
+        return None
+    return _triton.counter()
+
+
+__all__ = ["stall_counts", "FormatParams", "format_params", "count_chunk", "COUNT_KEYS",
+           "ScaleRule", "Watch"]
