@@ -333,7 +333,11 @@ int ag_proto_decode(const void *data, size_t len, ag_msg *out) {
     return AG_OK;
 }
 
-static int is_reply_result(int type) { return type >= AG_MSG_R_RUNS && type <= AG_MSG_R_RUN; }
+/* A reply whose result is an ag_free-able root (its table has a root size). */
+static int is_reply_result(int type) {
+    const ag_spec *s = ag_spec_for(type);
+    return s && s->root_size != 0;
+}
 
 void ag_msg_clear(ag_msg *m) {
     if (!m) return;
@@ -350,5 +354,11 @@ void *ag_msg_take_result(ag_msg *m) {
     if (!m || !is_reply_result(m->type)) return NULL;
     void *r = m->owned;
     m->owned = NULL;
+    return r;
+}
+
+void *ag_msg_result(const ag_msg *m) {
+    void *r = NULL;
+    if (m && is_reply_result(m->type)) memcpy(&r, &m->u, sizeof r);
     return r;
 }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "altgrad/altgrad.h"
+#include "proto/queries.h"
 
 /* The version we speak, and the oldest one a receiver still accepts (a
  * version-1 sender is an older libaltgrad: PROTOCOL.md section 6). */
@@ -28,6 +29,13 @@
 #define AG_PROTO_MAX_DEPTH 8                        /* nesting of skipped unknown values */
 #define AG_PROTO_MAX_TEXT 4096u                     /* status version/db_path/formats */
 
+/* Each query of proto/queries.h is a request type AG_MSG_Q_<NAME> = q,
+ * client -> daemon, and its reply AG_MSG_R_<NAME> = q + 16, daemon -> client
+ * (q_run and q_delivery are version 2: which run a client's messages are
+ * filed under, and how many of them are stored). */
+#define AG_MSG_QR_(NAME, name, q, result, flags, answer)                                           \
+    AG_MSG_Q_##NAME = q, AG_MSG_R_##NAME = q + 16,
+
 /* Message types: the "t" key of every message. */
 typedef enum ag_msg_type {
     AG_MSG_NONE = 0,
@@ -37,23 +45,7 @@ typedef enum ag_msg_type {
     AG_MSG_SNAPSHOT = 3,
     AG_MSG_RUN_END = 4,
     /* queries: client -> daemon over REQ/REP */
-    AG_MSG_Q_RUNS = 16,
-    AG_MSG_Q_TENSORS = 17,
-    AG_MSG_Q_HISTORY = 18,
-    AG_MSG_Q_SCALES = 19,
-    AG_MSG_Q_TOP = 20,
-    AG_MSG_Q_STATUS = 21,
-    AG_MSG_Q_RUN = 22,      /* version 2: which run a client's messages are filed under */
-    AG_MSG_Q_DELIVERY = 23, /* version 2: how many of a client's messages are stored */
-    /* replies: daemon -> client; reply type = query type + 16 */
-    AG_MSG_R_RUNS = 32,
-    AG_MSG_R_TENSORS = 33,
-    AG_MSG_R_HISTORY = 34,
-    AG_MSG_R_SCALES = 35,
-    AG_MSG_R_TOP = 36,
-    AG_MSG_R_STATUS = 37,
-    AG_MSG_R_RUN = 38,
-    AG_MSG_R_DELIVERY = 39,
+    AG_QUERY_LIST(AG_MSG_QR_) /* AG_MSG_Q_<NAME> = q and its reply AG_MSG_R_<NAME> */
     AG_MSG_R_ERROR = 63
 } ag_msg_type;
 
@@ -199,6 +191,9 @@ typedef struct ag_msg {
 void ag_msg_clear(ag_msg *m);
 /* Hand over a decoded reply's result (free it with ag_free); NULL if none. */
 void *ag_msg_take_result(ag_msg *m);
+/* The result root a reply of m's type carries (u.runs ... u.ident), decoded
+ * or filled in by its answer; NULL for a reply without one (r_delivery). */
+void *ag_msg_result(const ag_msg *m);
 
 /* ------------------------------------------------------------------------
  * Output buffers: growable (malloc), fixed (caller's memory) or counting

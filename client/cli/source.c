@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "client/open_quiet.h"
+#include "client/query_any.h"
+#include "present/answer.h"
 #include "schema/store.h"
 
 const char *ag_cli_default_query_url(void) {
@@ -72,6 +74,14 @@ void ag_cli_source_close(ag_cli_source *s) {
     if (s->store != NULL) ag_store_close(s->store);
     s->client = NULL;
     s->store = NULL;
+}
+
+int ag_cli_source_ask(ag_cli_source *s, const ag_msg *req, ag_msg *reply) {
+    int rc;
+    if (s->store) return ag_answer(s->store, req, reply);
+    rc = ag_client_ask(s->client, req, reply);
+    if (rc == AG_OK) ag_msg_take_result(reply); /* the root stays in reply->u */
+    return rc;
 }
 
 int ag_cli_source_runs(ag_cli_source *s, ag_run_list **out) {
