@@ -18,20 +18,21 @@
 #include "client/query_any.h"
 #include "proto/spec.h"
 
-/* The text of the last failed query, per thread (and per handle). */
+/* The last failure of a query (or of a flush or close that asked the
+ * daemon), per thread, and the handle it was on: the client's error context
+ * (core/errctx.h), read back by ag_client_last_error. */
 static _Thread_local const ag_client *last_client;
-static _Thread_local char last_text[AG_PROTO_MAX_ERROR_TEXT + 1];
+static _Thread_local ag_errctx last_error;
 
 static int fail_with(const ag_client *c, int rc, const char *text) {
     last_client = c;
-    snprintf(last_text, sizeof last_text, "%s", text ? text : "");
-    return rc;
+    return ag_errctx_set(&last_error, rc, "%s", text ? text : "");
 }
 
 void ag_client_note_error(const ag_client *c, const char *text) { fail_with(c, AG_OK, text); }
 
 const char *ag_client_last_error(const ag_client *c) {
-    return c && last_client == c ? last_text : "";
+    return c && last_client == c ? ag_errctx_text(&last_error) : "";
 }
 
 static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms) {
@@ -80,7 +81,8 @@ static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, a
     if (closing) return fail_with(c, AG_ECLOSED, "the client is closing");
     int rc = ag_client_encode_msg(req, &msg);
     if (rc) {
-        rc = fail_with(c, rc, req->why ? req->why : ag_strerror(rc));
+        const char *said = ag_errctx_text(&req->err);
+        rc = fail_with(c, rc, *said ? said : ag_strerror(rc));
         goto fail;
     }
     if ((rc = check_daemon(c, timeout_ms))) goto fail;
@@ -118,7 +120,7 @@ static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, a
     if (rc) {
         char text[256];
         snprintf(text, sizeof text, "malformed reply from %s: %s", c->query_url,
-                 reply->why ? reply->why : ag_strerror(rc));
+                 ag_errctx_text(&reply->err));
         rc = fail_with(c, rc, text);
         goto fail;
     }

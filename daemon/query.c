@@ -65,7 +65,7 @@ static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
     reply.version = version;
     int rc = ag_proto_decode(data, len, &req);
     if (rc) {
-        snprintf(err, sizeof err, "bad request: %s", req.why ? req.why : ag_strerror(rc));
+        snprintf(err, sizeof err, "bad request: %s", ag_errctx_text(&req.err));
         if (rc != AG_EVERSION && rc != AG_ETOOBIG) rc = AG_EPROTO;
     } else if (!ag_query_by_type(req.type)) {
         snprintf(err, sizeof err, "not a query: %s", ag_proto_type_name(req.type));
@@ -75,9 +75,7 @@ static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
     }
     if (!rc) {
         rc = ag_proto_encode(out, &reply);
-        if (rc)
-            snprintf(err, sizeof err, "reply not encodable: %s",
-                     reply.why ? reply.why : ag_strerror(rc));
+        if (rc) snprintf(err, sizeof err, "reply not encodable: %s", ag_errctx_text(&reply.err));
     }
     ag_answer_free(&reply);
     if (rc) {

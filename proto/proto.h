@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "altgrad/altgrad.h"
+#include "core/errctx.h"
 #include "proto/queries.h"
 
 /* The version we speak, and the oldest one a receiver still accepts (a
@@ -183,8 +184,10 @@ typedef struct ag_msg {
         ag_status *status;
         ag_run_ident *ident;
     } u;
-    void *owned;     /* internal: what ag_msg_clear frees */
-    const char *why; /* after a failed decode/encode: static text saying what was wrong */
+    void *owned; /* internal: what ag_msg_clear frees */
+    /* After a failed decode or encode, what was wrong (ag_errctx_text);
+     * last, so that clearing the rest keeps it. */
+    ag_errctx err;
 } ag_msg;
 
 /* Free what a decode left in m (safe on a zeroed or already-cleared msg). */
@@ -216,7 +219,7 @@ void ag_buf_free(ag_buf *b);  /* frees growable memory only */
 /*
  * Append the encoding of m to b. Validates m against the same rules as the
  * decoder (so we never send what we would reject): AG_EINVAL for a bad field
- * (m->why says which), AG_ETOOBIG over a limit, AG_ENOMEM. On failure b->len
+ * (ag_errctx_text(&m->err) says which), AG_ETOOBIG over a limit, AG_ENOMEM. On failure b->len
  * is restored to its value before the call.
  */
 int ag_proto_encode(ag_buf *b, const ag_msg *m);
@@ -227,7 +230,7 @@ size_t ag_proto_encoded_size(const ag_msg *m);
  * Decode one message of len bytes. AG_OK, or AG_EPROTO (malformed, wrong
  * types, missing/duplicate keys, counts that disagree with byte lengths,
  * unknown enums, non-finite numbers), AG_EVERSION (v != AG_PROTO_VERSION),
- * AG_ETOOBIG (over a limit), AG_ENOMEM; out->why says what was wrong. On
+ * AG_ETOOBIG (over a limit), AG_ENOMEM; ag_errctx_text(&out->err) says what was wrong. On
  * failure nothing is left to free. data must outlive the decoded payload
  * pointers. out is overwritten (call ag_msg_clear on a previous decode first).
  */

@@ -11,7 +11,7 @@
 #define NEED(r, n)                                                                                 \
     do {                                                                                           \
         if ((size_t)((r)->end - (r)->p) < (size_t)(n)) {                                           \
-            (r)->why = "truncated message";                                                        \
+            ag_errctx_set((r)->err, AG_EPROTO, "truncated message");                               \
             return AG_EPROTO;                                                                      \
         }                                                                                          \
     } while (0)
@@ -23,7 +23,7 @@ static uint64_t be(const uint8_t *p, int n) {
 }
 
 static int wrong(ag_rd *r, const char *why) {
-    r->why = why;
+    ag_errctx_set(r->err, AG_EPROTO, "%s", why);
     return AG_EPROTO;
 }
 

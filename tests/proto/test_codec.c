@@ -14,14 +14,14 @@ static ag_buf encode_ok(ag_msg *m) {
     ag_buf b;
     ag_buf_init(&b);
     int rc = ag_proto_encode(&b, m);
-    cr_assert_eq(rc, AG_OK, "encode: %s (%s)", ag_strerror(rc), m->why ? m->why : "");
+    cr_assert_eq(rc, AG_OK, "encode: %s (%s)", ag_strerror(rc), ag_errctx_text(&m->err));
     cr_assert_eq(ag_proto_encoded_size(m), b.len);
     return b;
 }
 
 static void decode_ok(const ag_buf *b, ag_msg *out) {
     int rc = ag_proto_decode(b->data, b->len, out);
-    cr_assert_eq(rc, AG_OK, "decode: %s (%s)", ag_strerror(rc), out->why ? out->why : "");
+    cr_assert_eq(rc, AG_OK, "decode: %s (%s)", ag_strerror(rc), ag_errctx_text(&out->err));
 }
 
 static ag_stream_hdr hdr(void) {
@@ -352,7 +352,7 @@ Test(codec, a_delivery_query_without_a_client_id_is_rejected) {
     const uint8_t bytes[] = {0x82, 0xa1, 'v', 0x02, 0xa1, 't', 0x17};
     ag_msg d;
     cr_assert_eq(ag_proto_decode(bytes, sizeof bytes, &d), AG_EPROTO);
-    cr_assert_not_null(d.why);
+    cr_assert(ag_errctx_text(&d.err)[0] != 0);
 }
 
 Test(codec, history_query_without_format_leaves_it_null) {
