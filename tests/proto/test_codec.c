@@ -4,11 +4,13 @@
  * batch and the seq/dropped patch used by the client's send queue.
  */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "altgrad/altgrad.h"
 #include "core/arena.h"
 #include "proto/proto.h"
+#include "proto/spec.h"
 
 static ag_buf encode_ok(ag_msg *m) {
     ag_buf b;
@@ -319,6 +321,37 @@ Test(codec, every_query_round_trips_its_arguments) {
         ag_msg_clear(&d);
         ag_buf_free(&b);
     }
+}
+
+/* The list of proto/queries.h against the tables: each query has request
+ * and reply tables, its type names, its reply at q + 16, parameters whose
+ * names are unique, and a listed result whose keys the library gives. */
+Test(codec, every_listed_query_has_its_tables_and_names) {
+    size_t i;
+    for (i = 0; ag_query_at(i); i++) {
+        const ag_query_def *q = ag_query_at(i);
+        char name[64];
+        cr_assert_not_null(ag_spec_for(q->q), "%s: no request table", q->name);
+        cr_assert_not_null(ag_spec_for(q->r), "%s: no reply table", q->name);
+        cr_assert_eq(q->r, q->q + 16);
+        cr_assert_eq(ag_query_by_type(q->q), q);
+        cr_assert_eq(ag_query_by_name(q->name), q);
+        snprintf(name, sizeof name, "q_%s", q->name);
+        cr_assert_str_eq(ag_proto_type_name(q->q), name);
+        snprintf(name, sizeof name, "r_%s", q->name);
+        cr_assert_str_eq(ag_proto_type_name(q->r), name);
+        cr_assert_not(ag_proto_is_stream(q->q));
+        size_t n;
+        const ag_field *p = ag_query_params(q->q, &n);
+        for (size_t a = 0; a < n; a++)
+            for (size_t b = a + 1; b < n; b++)
+                cr_assert(!p[a].doc || !p[b].doc || strcmp(p[a].doc, p[b].doc) != 0);
+        if (q->result >= 0) cr_assert_not_null(ag_result_key(q->result, 0), "%s", q->name);
+    }
+    cr_assert_geq(i, 8);
+    cr_assert_null(ag_query_by_type(AG_MSG_RUN_START));
+    cr_assert_null(ag_query_by_type(AG_MSG_R_RUNS));
+    cr_assert_null(ag_query_by_name("bogus"));
 }
 
 Test(codec, delivery_query_and_reply_round_trip_full_64_bit_ids) {
