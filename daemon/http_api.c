@@ -145,8 +145,11 @@ static int get_params(const char *query, const ag_query_def *def, ag_http_params
             ag_http_error(res, 400, err);
             return 1;
         }
-    for (int kind = K_NAME; kind != 0; kind = kind == K_NAME ? K_FMT : kind == K_FMT ? K_UINT : 0)
+    /* names first, then formats, then numbers: the first bad one is said */
+    static const uint8_t kinds[] = {K_NAME, K_FMT, K_UINT};
+    for (size_t o = 0; o < sizeof kinds; o++)
         for (i = 0; i < n; i++) {
+            int kind = kinds[o];
             const char *v = f[i].doc ? ag_http_param_get(p, f[i].doc) : NULL;
             if ((int)f[i].kind != kind) continue;
             if (kind == K_FMT && !v) v = DEFAULT_FORMAT;

@@ -3,8 +3,8 @@
  * one entry per query; the wire types, the type names, the daemon's
  * dispatch, the HTTP routes, the CLI's commands and the client's request
  * all come from it, and the query's field tables in proto/spec.c (request:
- * its parameters; reply: its result) say the rest. docs/design.md, "Adding
- * a query", walks through one.
+ * its parameters; reply: its result) say the rest. docs/design.md, "Where a
+ * query is described", says who takes what and walks through adding one.
  */
 #ifndef AG_PROTO_QUERIES_H
 #define AG_PROTO_QUERIES_H

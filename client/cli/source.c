@@ -84,28 +84,12 @@ int ag_cli_source_ask(ag_cli_source *s, const ag_msg *req, ag_msg *reply) {
     return rc;
 }
 
-int ag_cli_source_runs(ag_cli_source *s, ag_run_list **out) {
-    return s->store ? ag_store_runs(s->store, out) : ag_client_runs(s->client, out);
-}
-
 int ag_cli_source_tensors(ag_cli_source *s, const char *run, ag_tensor_list **out) {
     return s->store ? ag_store_tensors(s->store, run, out) : ag_client_tensors(s->client, run, out);
 }
 
 int ag_cli_source_history(ag_cli_source *s, const ag_history_query *q, ag_history **out) {
     return s->store ? ag_store_history(s->store, q, out) : ag_client_history(s->client, q, out);
-}
-
-int ag_cli_source_scales(ag_cli_source *s, const char *run, const char *format,
-                         ag_scale_list **out) {
-    return s->store ? ag_store_scales(s->store, run, format, out)
-                    : ag_client_scales(s->client, run, format, out);
-}
-
-int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format, uint64_t window,
-                      size_t limit, ag_top_list **out) {
-    return s->store ? ag_store_top(s->store, run, format, window, limit, out)
-                    : ag_client_top(s->client, run, format, window, limit, out);
 }
 
 int ag_cli_source_status(ag_cli_source *s, ag_status **out) {
