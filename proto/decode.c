@@ -23,11 +23,13 @@ typedef struct dec {
     int have_lr;
 } dec;
 
-#define BAD(d, text, code)                                                                         \
-    do {                                                                                           \
-        ag_errctx_set((d)->rd.err, (code), "%s", (text));                                          \
-        return (code);                                                                             \
-    } while (0)
+/* The failure path, out of line and cold (see read.c's wrong). */
+__attribute__((cold, noinline)) static int bad(dec *d, const char *text, int code) {
+    ag_errctx_set(d->rd.err, code, "%s", text);
+    return code;
+}
+
+#define BAD(d, text, code) return bad((d), (text), (code))
 
 static void *d_alloc(dec *d, size_t size) {
     return d->arena ? ag_arena_alloc(d->root, size) : ag_bump_alloc(&d->bump, size);
@@ -335,7 +337,8 @@ void ag_msg_clear(ag_msg *m) {
         else
             ag_bump_free(m->owned);
     }
-    memset(m, 0, sizeof(*m));
+    memset(m, 0, offsetof(ag_msg, err)); /* the error context: two stores, not 1 KiB */
+    ag_errctx_clear(&m->err);
 }
 
 void *ag_msg_take_result(ag_msg *m) {
