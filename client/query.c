@@ -238,12 +238,12 @@ int ag_client_tensors(ag_client *c, const char *run, ag_tensor_list **out) {
 int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out) {
     if (!c || !q || !out) return AG_EINVAL;
     ag_msg req = {.type = AG_MSG_Q_HISTORY};
-    req.u.query = (ag_msg_query){.run = q->run,
-                                 .tensor = q->tensor,
-                                 .format = q->format,
-                                 .from_step = q->from_step,
-                                 .to_step = q->to_step,
-                                 .every = q->every};
+    req.u.query.run = q->run;
+    req.u.query.tensor = q->tensor;
+    req.u.query.format = q->format;
+    req.u.query.from_step = q->from_step;
+    req.u.query.to_step = q->to_step;
+    req.u.query.every = q->every;
     void *res = NULL;
     int rc = query(c, &req, &res);
     *out = res;

@@ -15,7 +15,6 @@
 #include "daemon/writer.h"
 
 #include "core/clock.h"
-#include "core/errctx.h"
 
 struct ag_writer {
     pthread_t thread;
@@ -48,7 +47,7 @@ struct ag_writer {
     _Atomic uint64_t discarded;   /* rows given up at stop because the store never took them */
     _Atomic uint64_t held_rows;   /* rows waiting in the failed batch */
     _Atomic uint64_t unpersisted; /* of discarded, not yet added to the file's counter */
-    ag_errctx err;                /* under lock: the last failure and its text */
+    char why[256];                /* under lock: the last failure's text */
 };
 
 /* How far back a push looks for an older snapshot of its tensor: enough for
@@ -196,7 +195,7 @@ static void note_failure(ag_writer *w, const char *what) {
     atomic_fetch_add(&w->failures, 1);
     int was = atomic_exchange(&w->degraded, 1);
     pthread_mutex_lock(&w->lock);
-    ag_errctx_set(&w->err, AG_ESTORE, "%s failed: %s", what, ag_store_errmsg(w->st));
+    snprintf(w->why, sizeof w->why, "%s failed: %s", what, ag_store_errmsg(w->st));
     pthread_mutex_unlock(&w->lock);
     atomic_store(&w->held_rows, w->nheld);
     ag_log(w->log, was ? AG_LOG_DEBUG : AG_LOG_ERROR,
@@ -359,7 +358,7 @@ static void *writer_main(void *arg) {
                 ag_log(w->log, AG_LOG_ERROR,
                        "writer: stopping with the store still failing; %llu rows not "
                        "written: %s",
-                       (unsigned long long)lost, ag_errctx_text(&w->err));
+                       (unsigned long long)lost, w->why);
                 pthread_mutex_unlock(&w->lock);
                 release_held(w);
                 /* One last try to leave the count in the file. */
@@ -494,7 +493,7 @@ int ag_writer_health(ag_writer *w, ag_writer_health_info *out) {
     out->held_rows = atomic_load(&w->held_rows);
     out->unpersisted = atomic_load(&w->unpersisted);
     pthread_mutex_lock(&w->lock);
-    if (out->degraded) snprintf(out->why, sizeof out->why, "%s", ag_errctx_text(&w->err));
+    if (out->degraded) snprintf(out->why, sizeof out->why, "%s", w->why);
     pthread_mutex_unlock(&w->lock);
     return out->degraded;
 }

@@ -44,35 +44,37 @@ static const ag_field run_end_fields[] = {
     {"time", K_INT, F_REQ, U(run_end.time_ms), 0, NULL, 0},
 };
 
-/* Query parameters. The document key is the parameter's name in the CLI
- * (a required name is a positional argument, anything else --name) and in
- * the HTTP API (?name=); a query's parameters are in that order. */
-#define P(wire, member, kind, flags, name)                                                         \
-    { wire, kind, flags, U(query.member), 0, name, 0 }
+/* Query parameters. The last (document) column is the parameter's name in
+ * the CLI (a required name is a positional argument, anything else --name)
+ * and in the HTTP API (?name=); NULL: not one people give. A query's
+ * parameters are in that order. */
 static const ag_field q_run_fields[] = {
-    P("run", run, K_NAME, F_REQ, "run"),
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
 };
 
 static const ag_field q_history_fields[] = {
-    P("run", run, K_NAME, F_REQ, "run"),        P("tensor", tensor, K_NAME, F_REQ, "tensor"),
-    P("fmt", format, K_FMT, F_OMIT0, "format"), P("from", from_step, K_UINT, F_OMIT0, "from"),
-    P("to", to_step, K_UINT, F_OMIT0, "to"),    P("every", every, K_UINT, F_OMIT0, "every"),
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
+    {"tensor", K_NAME, F_REQ, U(query.tensor), 0, "tensor", 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, "format", 0},
+    {"from", K_UINT, F_OMIT0, U(query.from_step), 0, "from", 0},
+    {"to", K_UINT, F_OMIT0, U(query.to_step), 0, "to", 0},
+    {"every", K_UINT, F_OMIT0, U(query.every), 0, "every", 0},
 };
 
 static const ag_field q_scales_fields[] = {
-    P("run", run, K_NAME, F_REQ, "run"),
-    P("fmt", format, K_FMT, F_OMIT0, "format"),
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, "format", 0},
 };
 
 static const ag_field q_top_fields[] = {
-    P("run", run, K_NAME, F_REQ, "run"),
-    P("fmt", format, K_FMT, F_OMIT0, "format"),
-    P("window", window, K_UINT, F_OMIT0, "window"),
-    P("limit", limit, K_UINT, F_OMIT0, "limit"),
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, "format", 0},
+    {"window", K_UINT, F_OMIT0, U(query.window), 0, "window", 0},
+    {"limit", K_UINT, F_OMIT0, U(query.limit), 0, "limit", 0},
 };
 
 static const ag_field q_client_fields[] = {
-    P("cid", client_id, K_UINT, F_REQ, NULL),
+    {"cid", K_UINT, F_REQ, U(query.client_id), 0, NULL, 0},
 };
 
 static const ag_field q_delivery_fields[] = {
