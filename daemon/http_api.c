@@ -8,6 +8,7 @@
 #include "daemon/http_api.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,23 +116,26 @@ static void store_error(ag_http_response *res, ag_store *st, int rc) {
 
 /* ------------------------------------------------------------- parameters */
 
-/* The value of request parameter f in req (proto/spec.h: offsets from &u). */
-static void *param_at(ag_msg *req, const ag_field *f) { return (char *)&req->u + f->off; }
+/* The named parameter of f[0..n) whose value was given, or NULL. */
+static const ag_field *param_named(const ag_field *f, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (f[i].doc && strcmp(f[i].doc, name) == 0) return &f[i];
+    return NULL;
+}
 
 /*
- * Parse and check the parameters of query def (null: an endpoint that takes
- * none) into req, by its parameter table (proto/spec.c): a required one
- * missing, a bad name, format or number is 400 in res and nonzero. A format
- * not given is AG_DEFAULT_FORMAT. p keeps the parsed text req points into.
+ * Parse and check the parameters of an endpoint by its table f[0..n) (a
+ * query's is its request table in proto/spec.c; proto/spec.h says the
+ * kinds) into base, zeroed by the caller: only the table's names are
+ * allowed; a required one missing, a bad name, format or number, or a
+ * `from` after a `to`, is 400 in res and nonzero. A format not given is
+ * AG_DEFAULT_FORMAT. p keeps the parsed text base points into.
  */
-static int get_params(const char *query, const ag_query_def *def, ag_http_params *p, ag_msg *req,
+static int get_params(const char *query, const ag_field *f, size_t n, void *base, ag_http_params *p,
                       ag_http_response *res) {
     char err[160];
     const char *allowed[AG_HTTP_PARAMS_MAX + 1];
-    size_t n = 0, k = 0, i;
-    const ag_field *f = def ? ag_query_params(def->q, &n) : NULL;
-    memset(req, 0, sizeof *req);
-    req->type = def ? def->q : 0;
+    size_t k = 0, i;
     for (i = 0; i < n && k < AG_HTTP_PARAMS_MAX; i++)
         if (f[i].doc) allowed[k++] = f[i].doc;
     allowed[k] = NULL;
@@ -151,6 +155,7 @@ static int get_params(const char *query, const ag_query_def *def, ag_http_params
         for (i = 0; i < n; i++) {
             int kind = kinds[o];
             const char *v = f[i].doc ? ag_http_param_get(p, f[i].doc) : NULL;
+            void *at = (char *)base + f[i].off;
             if ((int)f[i].kind != kind) continue;
             if (kind == K_FMT && !v) v = DEFAULT_FORMAT;
             if (!v) continue;
@@ -163,20 +168,25 @@ static int get_params(const char *query, const ag_query_def *def, ag_http_params
                 ag_http_error(res, 400, err);
                 return 1;
             }
-            if (kind == K_UINT && ag_http_parse_u64(v, param_at(req, &f[i]))) {
+            if (kind == K_UINT && ag_http_parse_u64(v, at)) {
                 snprintf(err, sizeof err, "%s wants a non-negative integer, not '%.40s'", f[i].doc,
                          v);
                 ag_http_error(res, 400, err);
                 return 1;
             }
-            if (kind != K_UINT) *(const char **)param_at(req, &f[i]) = v;
+            if (kind != K_UINT) memcpy(at, &v, sizeof v);
         }
-    const ag_msg_query *a = &req->u.query;
-    if (a->to_step != 0 && a->from_step > a->to_step) {
-        snprintf(err, sizeof err, "from %llu is after to %llu", (unsigned long long)a->from_step,
-                 (unsigned long long)a->to_step);
-        ag_http_error(res, 400, err);
-        return 1;
+    const ag_field *from = param_named(f, n, "from"), *to = param_named(f, n, "to");
+    if (from && to) {
+        uint64_t a, b;
+        memcpy(&a, (char *)base + from->off, sizeof a);
+        memcpy(&b, (char *)base + to->off, sizeof b);
+        if (b != 0 && a > b) {
+            snprintf(err, sizeof err, "from %llu is after to %llu", (unsigned long long)a,
+                     (unsigned long long)b);
+            ag_http_error(res, 400, err);
+            return 1;
+        }
     }
     return 0;
 }
@@ -320,12 +330,13 @@ static int run_gauges(const ag_http_env *env, ag_store *st, FILE *f, const char 
     return rc;
 }
 
-static void api_metrics(const ag_http_env *env, ag_store *st, const ag_msg *req,
-                        ag_http_response *res) {
+static void api_metrics(const ag_http_env *env, ag_store *st, const void *params,
+                        const ag_http_params *given, ag_http_response *res) {
     ag_status *s = NULL;
     ag_run_list *runs = NULL;
     body b = {0};
-    (void)req;
+    (void)params;
+    (void)given;
     int rc = ag_store_status(st, &s);
     if (!rc) rc = ag_store_runs(st, &runs);
     if (rc) {
@@ -405,29 +416,53 @@ done:
 
 /* ------------------------------------------------------------------ route */
 
+/* Endpoints that are no query of proto/queries.h (those are /api/<name>,
+ * query_route): a handler, and the table of its parameters (proto/spec.h
+ * rows: name, kind, F_REQ, offset), parsed into a zeroed struct of
+ * params_size bytes (at most PARAMS_MAX) it receives, with the parameters
+ * as given (to tell one given as 0 from one not given). */
+typedef void (*handler)(const ag_http_env *, ag_store *, const void *params,
+                        const ag_http_params *given, ag_http_response *);
+
+typedef struct route {
+    const char *path;
+    handler fn;
+    const ag_field *params;
+    size_t nparams, params_size;
+} route;
+
+#define PARAMS_MAX 256
+
+static const route routes[] = {
+    {"/metrics", api_metrics, NULL, 0, 0},
+};
+
+static const route *find_route(const char *path) {
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (strcmp(routes[i].path, path) == 0) return &routes[i];
+    return NULL;
+}
+
 /* The public query GET path names (/api/<name>, proto/queries.h), or NULL. */
 static const ag_query_def *query_route(const char *path) {
     const ag_query_def *def = strncmp(path, "/api/", 5) == 0 ? ag_query_by_name(path + 5) : NULL;
     return def && (def->flags & AG_Q_PUBLIC) ? def : NULL;
 }
 
-static int is_metrics(const char *path) { return strcmp(path, "/metrics") == 0; }
-
 int ag_http_needs_store(const ag_http_request *req) {
-    return req->method != AG_HTTP_OTHER && (query_route(req->path) || is_metrics(req->path));
+    return req->method != AG_HTTP_OTHER && (query_route(req->path) || find_route(req->path));
 }
 
 void ag_http_answer(const ag_http_env *env, ag_store *st, const ag_http_request *req,
                     ag_http_response *res) {
     ag_http_params p;
-    ag_msg q;
     memset(res, 0, sizeof *res);
     if (req->method == AG_HTTP_OTHER) {
         ag_http_error(res, 405, "only GET and HEAD are served");
         return;
     }
     if (strcmp(req->path, "/") == 0 || strcmp(req->path, "/index.html") == 0) {
-        if (get_params(req->query, NULL, &p, &q, res)) return;
+        if (get_params(req->query, NULL, 0, NULL, &p, res)) return;
         res->status = 200;
         res->content_type = "text/html; charset=utf-8";
         res->body = (char *)ag_http_page;
@@ -436,11 +471,24 @@ void ag_http_answer(const ag_http_env *env, ag_store *st, const ag_http_request 
         return;
     }
     const ag_query_def *def = query_route(req->path);
-    if (!def && !is_metrics(req->path)) {
+    const route *r = def ? NULL : find_route(req->path);
+    if (!def && !r) {
         ag_http_error(res, 404, "no such page");
         return;
     }
-    if (get_params(req->query, def, &p, &q, res)) return;
+    ag_msg q = {0};
+    _Alignas(max_align_t) unsigned char params[PARAMS_MAX] = {0};
+    if (def) {
+        size_t n;
+        const ag_field *f = ag_query_params(def->q, &n);
+        q.type = def->q;
+        if (get_params(req->query, f, n, &q.u, &p, res)) return;
+    } else if (r->params_size > sizeof params) {
+        ag_http_error(res, 500, "an endpoint's parameters outgrew their room");
+        return;
+    } else if (get_params(req->query, r->params, r->nparams, params, &p, res)) {
+        return;
+    }
     if (!st) {
         ag_http_error(res, 500, "the database cannot be read");
         return;
@@ -448,5 +496,5 @@ void ag_http_answer(const ag_http_env *env, ag_store *st, const ag_http_request 
     if (def)
         api_query(env, st, &q, res);
     else
-        api_metrics(env, st, &q, res);
+        r->fn(env, st, params, &p, res);
 }
