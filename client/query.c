@@ -15,21 +15,24 @@
 #define PROBE_MS 1000 /* the longest a query waits to learn that no daemon is there */
 
 #include "client/client_internal.h"
+#include "client/query_any.h"
+#include "proto/spec.h"
 
-/* The text of the last failed query, per thread (and per handle). */
+/* The last failure of a query (or of a flush or close that asked the
+ * daemon), per thread, and the handle it was on: the client's error context
+ * (core/errctx.h), read back by ag_client_last_error. */
 static _Thread_local const ag_client *last_client;
-static _Thread_local char last_text[AG_PROTO_MAX_ERROR_TEXT + 1];
+static _Thread_local ag_errctx last_error;
 
 static int fail_with(const ag_client *c, int rc, const char *text) {
     last_client = c;
-    snprintf(last_text, sizeof last_text, "%s", text ? text : "");
-    return rc;
+    return ag_errctx_set(&last_error, rc, "%s", text ? text : "");
 }
 
 void ag_client_note_error(const ag_client *c, const char *text) { fail_with(c, AG_OK, text); }
 
 const char *ag_client_last_error(const ag_client *c) {
-    return c && last_client == c ? last_text : "";
+    return c && last_client == c ? ag_errctx_text(&last_error) : "";
 }
 
 static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms) {
@@ -78,7 +81,8 @@ static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, a
     if (closing) return fail_with(c, AG_ECLOSED, "the client is closing");
     int rc = ag_client_encode_msg(req, &msg);
     if (rc) {
-        rc = fail_with(c, rc, req->why ? req->why : ag_strerror(rc));
+        const char *said = ag_errctx_text(&req->err);
+        rc = fail_with(c, rc, *said ? said : ag_strerror(rc));
         goto fail;
     }
     if ((rc = check_daemon(c, timeout_ms))) goto fail;
@@ -116,7 +120,7 @@ static int exchange(ag_client *c, const ag_msg *req, int want, int timeout_ms, a
     if (rc) {
         char text[256];
         snprintf(text, sizeof text, "malformed reply from %s: %s", c->query_url,
-                 reply->why ? reply->why : ag_strerror(rc));
+                 ag_errctx_text(&reply->err));
         rc = fail_with(c, rc, text);
         goto fail;
     }
@@ -148,17 +152,6 @@ fail:
     return rc;
 }
 
-/* A query whose reply carries an ag_free-able result, into *result. */
-static int query(ag_client *c, const ag_msg *req, int want, void **result) {
-    ag_msg reply;
-    int rc = exchange(c, req, want, c->opts.query_timeout_ms, &reply);
-    if (rc == AG_OK) {
-        *result = ag_msg_take_result(&reply);
-        ag_msg_clear(&reply);
-    }
-    return rc;
-}
-
 int ag_client_query_delivery(ag_client *c, int timeout_ms, ag_msg_delivery *out) {
     ag_msg req = {.type = AG_MSG_Q_DELIVERY}, reply;
     req.u.delivery.client_id = c->client_id;
@@ -186,64 +179,91 @@ static int format_arg(const ag_client *c, const char *s) {
     return AG_OK;
 }
 
-#define CHECK(expr)                                                                                \
-    do {                                                                                           \
-        int rc_ = (expr);                                                                          \
-        if (rc_) return rc_;                                                                       \
-    } while (0)
+/* The parameters of req by its table (proto/spec.c): a required name must
+ * be there, any name and format given must be valid. */
+static int check_params(const ag_client *c, const ag_msg *req) {
+    size_t n;
+    const ag_field *p = ag_query_params(req->type, &n);
+    for (size_t i = 0; i < n; i++) {
+        const char *v = NULL;
+        if (p[i].kind == K_NAME || p[i].kind == K_FMT)
+            memcpy(&v, (const char *)&req->u + p[i].off, sizeof v);
+        int rc = p[i].kind == K_FMT                                 ? format_arg(c, v)
+                 : p[i].kind == K_NAME && (v || p[i].flags & F_REQ) ? name_arg(c, v)
+                                                                    : AG_OK;
+        if (rc) return rc;
+    }
+    return AG_OK;
+}
 
+int ag_client_ask(ag_client *c, const ag_msg *req, ag_msg *reply) {
+    const ag_query_def *def = ag_query_by_type(req->type);
+    memset(reply, 0, sizeof *reply);
+    if (!def) return fail_with(c, AG_EINVAL, "not a query");
+    int rc = check_params(c, req);
+    if (rc) return rc;
+    if (req->type == AG_MSG_Q_HISTORY && req->u.query.cols == 0) {
+        /* libaltgrad reads every column it knows: ask for them all */
+        ag_msg all = *req;
+        all.u.query.cols = ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX);
+        return exchange(c, &all, def->r, c->opts.query_timeout_ms, reply);
+    }
+    return exchange(c, req, def->r, c->opts.query_timeout_ms, reply);
+}
+
+/* A query whose reply carries an ag_free-able result, into *result. */
+static int query(ag_client *c, const ag_msg *req, void **result) {
+    ag_msg reply;
+    int rc = ag_client_ask(c, req, &reply);
+    if (rc == AG_OK) {
+        *result = ag_msg_take_result(&reply);
+        ag_msg_clear(&reply);
+    }
+    return rc;
+}
+
+/* The public queries of altgrad.h: each fills its request and asks. */
 int ag_client_runs(ag_client *c, ag_run_list **out) {
     if (!c || !out) return AG_EINVAL;
-    *out = NULL;
     ag_msg req = {.type = AG_MSG_Q_RUNS};
     void *res = NULL;
-    int rc = query(c, &req, AG_MSG_R_RUNS, &res);
+    int rc = query(c, &req, &res);
     *out = res;
     return rc;
 }
 
 int ag_client_tensors(ag_client *c, const char *run, ag_tensor_list **out) {
     if (!c || !out) return AG_EINVAL;
-    *out = NULL;
-    CHECK(name_arg(c, run));
     ag_msg req = {.type = AG_MSG_Q_TENSORS};
     req.u.query.run = run;
     void *res = NULL;
-    int rc = query(c, &req, AG_MSG_R_TENSORS, &res);
+    int rc = query(c, &req, &res);
     *out = res;
     return rc;
 }
 
 int ag_client_history(ag_client *c, const ag_history_query *q, ag_history **out) {
     if (!c || !q || !out) return AG_EINVAL;
-    *out = NULL;
-    CHECK(name_arg(c, q->run));
-    CHECK(name_arg(c, q->tensor));
-    CHECK(format_arg(c, q->format));
     ag_msg req = {.type = AG_MSG_Q_HISTORY};
     req.u.query.run = q->run;
     req.u.query.tensor = q->tensor;
     req.u.query.format = q->format;
     req.u.query.from_step = q->from_step;
     req.u.query.to_step = q->to_step;
-    req.u.query.every = q->every;
-    req.u.query.cols = ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX); /* all we read */
+    req.u.query.every = q->every; /* ag_client_ask asks for every column */
     void *res = NULL;
-    int rc = query(c, &req, AG_MSG_R_HISTORY, &res);
+    int rc = query(c, &req, &res);
     *out = res;
     return rc;
 }
 
 int ag_client_scales(ag_client *c, const char *run, const char *format, ag_scale_list **out) {
     if (!c || !out) return AG_EINVAL;
-    *out = NULL;
-    CHECK(name_arg(c, run));
-    CHECK(format_arg(c, format));
     ag_msg req = {.type = AG_MSG_Q_SCALES};
     req.u.query.run = run;
     req.u.query.format = format;
     void *res = NULL;
-    int rc = query(c, &req, AG_MSG_R_SCALES, &res);
+    int rc = query(c, &req, &res);
     *out = res;
     return rc;
 }
@@ -251,26 +271,22 @@ int ag_client_scales(ag_client *c, const char *run, const char *format, ag_scale
 int ag_client_top(ag_client *c, const char *run, const char *format, uint64_t window, size_t limit,
                   ag_top_list **out) {
     if (!c || !out) return AG_EINVAL;
-    *out = NULL;
-    CHECK(name_arg(c, run));
-    CHECK(format_arg(c, format));
     ag_msg req = {.type = AG_MSG_Q_TOP};
     req.u.query.run = run;
     req.u.query.format = format;
     req.u.query.window = window;
     req.u.query.limit = limit;
     void *res = NULL;
-    int rc = query(c, &req, AG_MSG_R_TOP, &res);
+    int rc = query(c, &req, &res);
     *out = res;
     return rc;
 }
 
 int ag_client_status(ag_client *c, ag_status **out) {
     if (!c || !out) return AG_EINVAL;
-    *out = NULL;
     ag_msg req = {.type = AG_MSG_Q_STATUS};
     void *res = NULL;
-    int rc = query(c, &req, AG_MSG_R_STATUS, &res);
+    int rc = query(c, &req, &res);
     *out = res;
     return rc;
 }

@@ -1,10 +1,14 @@
 /*
- * error.c - error names, the library version, role names.
+ * error.c - error names, the library version, role names, and the error
+ * context (errctx.h) that carries a failure's detail text in every layer.
  * Small lookup tables shared by every layer of libaltgrad.
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "altgrad/altgrad.h"
+#include "errctx.h"
 
 AG_EXTERN const char *ag_strerror(int err) {
     switch (err) {
@@ -40,4 +44,25 @@ AG_EXTERN int ag_role_parse(const char *s) {
     for (int i = 0; i < (int)(sizeof role_names / sizeof role_names[0]); i++)
         if (strcmp(s, role_names[i]) == 0) return i;
     return -1;
+}
+
+int ag_errctx_set(ag_errctx *e, int code, const char *fmt, ...) {
+    if (!e) return code;
+    e->code = code;
+    e->text[0] = '\0';
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->text, sizeof e->text, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+const char *ag_errctx_text(const ag_errctx *e) { return e ? e->text : ""; }
+
+void ag_errctx_clear(ag_errctx *e) {
+    if (!e) return;
+    e->code = AG_OK;
+    e->text[0] = '\0';
 }

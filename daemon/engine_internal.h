@@ -7,6 +7,7 @@
 #ifndef AG_DAEMON_ENGINE_INTERNAL_H
 #define AG_DAEMON_ENGINE_INTERNAL_H
 
+#include "core/errctx.h"
 #include "daemon/engine.h"
 #include "daemon/map.h"
 
@@ -99,7 +100,7 @@ struct ag_engine {
     size_t nruns_by_id;
     tensor_state **tensors_by_id;
     size_t ntensors_by_id, cap_tensors_by_id;
-    char why[256]; /* restore: why it failed, "" if no reason given */
+    ag_errctx err; /* restore: why it failed (ag_engine_why), "" if no reason given */
 };
 
 struct ag_engine_job {

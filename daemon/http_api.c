@@ -1,21 +1,23 @@
 /*
  * http_api.c - routes and answers of altgradd's web server (http_api.h):
- * GET / (the page), /api/{status,runs,tensors,history,scales,top} with the
- * CLI's JSON documents and parameter rules, and /metrics in the Prometheus
+ * GET / (the page), /api/<name> for each public query of proto/queries.h
+ * with the CLI's JSON documents and the query's parameter table, and /metrics in the Prometheus
  * text format 0.0.4. Called on a libuv pool thread; SQLite is read here.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "daemon/http_api.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "present/answer.h"
 #include "present/json.h"
+#include "proto/spec.h"
 
 #define DEFAULT_FORMAT AG_DEFAULT_FORMAT
-#define TOP_LIMIT_MAX AG_TOP_LIMIT_MAX /* as the query server clamps it */
 
 static const char JSON_TYPE[] = "application/json";
 static const char METRICS_TYPE[] = "text/plain; version=0.0.4; charset=utf-8";
@@ -114,186 +116,103 @@ static void store_error(ag_http_response *res, ag_store *st, int rc) {
 
 /* ------------------------------------------------------------- parameters */
 
-typedef struct params {
-    ag_http_params p;
-    const char *run, *tensor, *format;
-    uint64_t from, to, every, window, limit;
-} params;
+/* The named parameter of f[0..n) whose value was given, or NULL. */
+static const ag_field *param_named(const ag_field *f, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (f[i].doc && strcmp(f[i].doc, name) == 0) return &f[i];
+    return NULL;
+}
 
-/* Parse and check the parameters of an endpoint; on a bad one fill res with
- * 400 and return nonzero. need_run / need_tensor: required names. */
-static int get_params(const char *query, const char *const *allowed, int need_run, int need_tensor,
-                      params *out, ag_http_response *res) {
+/*
+ * Parse and check the parameters of an endpoint by its table f[0..n) (a
+ * query's is its request table in proto/spec.c; proto/spec.h says the
+ * kinds) into base, zeroed by the caller: only the table's names are
+ * allowed; a required one missing, a bad name, format or number, or a
+ * `from` after a `to`, is 400 in res and nonzero. A format not given is
+ * AG_DEFAULT_FORMAT. p keeps the parsed text base points into.
+ */
+static int get_params(const char *query, const ag_field *f, size_t n, void *base, ag_http_params *p,
+                      ag_http_response *res) {
     char err[160];
-    memset(out, 0, sizeof *out);
-    if (ag_http_parse_params(query, allowed, &out->p, err, sizeof err)) {
+    const char *allowed[AG_HTTP_PARAMS_MAX + 1];
+    size_t k = 0, i;
+    for (i = 0; i < n && k < AG_HTTP_PARAMS_MAX; i++)
+        if (f[i].doc) allowed[k++] = f[i].doc;
+    allowed[k] = NULL;
+    if (ag_http_parse_params(query, allowed, p, err, sizeof err)) {
         ag_http_error(res, 400, err);
         return 1;
     }
-    out->run = ag_http_param_get(&out->p, "run");
-    out->tensor = ag_http_param_get(&out->p, "tensor");
-    out->format = ag_http_param_get(&out->p, "format");
-    if (need_run && !out->run) {
-        ag_http_error(res, 400, "missing query parameter 'run'");
-        return 1;
-    }
-    if (need_tensor && !out->tensor) {
-        ag_http_error(res, 400, "missing query parameter 'tensor'");
-        return 1;
-    }
-    if ((out->run && !ag_http_valid_name(out->run)) ||
-        (out->tensor && !ag_http_valid_name(out->tensor))) {
-        ag_http_error(res, 400, "names are 1 to 255 bytes");
-        return 1;
-    }
-    if (out->format && !ag_http_valid_format(out->format)) {
-        snprintf(err, sizeof err, "bad format name '%s'", out->format);
-        ag_http_error(res, 400, err);
-        return 1;
-    }
-    if (!out->format) out->format = DEFAULT_FORMAT;
-    static const char *const nums[] = {"from", "to", "every", "window", "limit"};
-    uint64_t *dst[] = {&out->from, &out->to, &out->every, &out->window, &out->limit};
-    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
-        const char *v = ag_http_param_get(&out->p, nums[i]);
-        if (v && ag_http_parse_u64(v, dst[i])) {
-            snprintf(err, sizeof err, "%s wants a non-negative integer, not '%.40s'", nums[i], v);
+    for (i = 0; i < n; i++)
+        if (f[i].doc && (f[i].flags & F_REQ) && !ag_http_param_get(p, f[i].doc)) {
+            snprintf(err, sizeof err, "missing query parameter '%s'", f[i].doc);
             ag_http_error(res, 400, err);
             return 1;
         }
-    }
-    if (out->to != 0 && out->from > out->to) {
-        snprintf(err, sizeof err, "from %llu is after to %llu", (unsigned long long)out->from,
-                 (unsigned long long)out->to);
-        ag_http_error(res, 400, err);
-        return 1;
+    /* names first, then formats, then numbers: the first bad one is said */
+    static const uint8_t kinds[] = {K_NAME, K_FMT, K_UINT};
+    for (size_t o = 0; o < sizeof kinds; o++)
+        for (i = 0; i < n; i++) {
+            int kind = kinds[o];
+            const char *v = f[i].doc ? ag_http_param_get(p, f[i].doc) : NULL;
+            void *at = (char *)base + f[i].off;
+            if ((int)f[i].kind != kind) continue;
+            if (kind == K_FMT && !v) v = DEFAULT_FORMAT;
+            if (!v) continue;
+            if (kind == K_NAME && !ag_http_valid_name(v)) {
+                ag_http_error(res, 400, "names are 1 to 255 bytes");
+                return 1;
+            }
+            if (kind == K_FMT && !ag_http_valid_format(v)) {
+                snprintf(err, sizeof err, "bad format name '%s'", v);
+                ag_http_error(res, 400, err);
+                return 1;
+            }
+            if (kind == K_UINT && ag_http_parse_u64(v, at)) {
+                snprintf(err, sizeof err, "%s wants a non-negative integer, not '%.40s'", f[i].doc,
+                         v);
+                ag_http_error(res, 400, err);
+                return 1;
+            }
+            if (kind != K_UINT) memcpy(at, &v, sizeof v);
+        }
+    const ag_field *from = param_named(f, n, "from"), *to = param_named(f, n, "to");
+    if (from && to) {
+        uint64_t a, b;
+        memcpy(&a, (char *)base + from->off, sizeof a);
+        memcpy(&b, (char *)base + to->off, sizeof b);
+        if (b != 0 && a > b) {
+            snprintf(err, sizeof err, "from %llu is after to %llu", (unsigned long long)a,
+                     (unsigned long long)b);
+            ag_http_error(res, 400, err);
+            return 1;
+        }
     }
     return 0;
 }
 
 /* -------------------------------------------------------------- endpoints */
 
-static const char *const NO_PARAMS[] = {NULL};
-static const char *const RUN_PARAMS[] = {"run", NULL};
-static const char *const HISTORY_PARAMS[] = {"run", "tensor", "format", "from",
-                                             "to",  "every",  NULL};
-static const char *const SCALES_PARAMS[] = {"run", "format", NULL};
-static const char *const TOP_PARAMS[] = {"run", "format", "window", "limit", NULL};
-
-static void api_status(const ag_http_env *env, ag_store *st, const params *p,
-                       ag_http_response *res) {
-    ag_status *s = NULL;
+/* GET /api/<name> of a public query: asked of the store, laid out as the
+ * CLI lays it out. */
+static void api_query(const ag_http_env *env, ag_store *st, const ag_msg *req,
+                      ag_http_response *res) {
+    const ag_query_def *def = ag_query_by_type(req->type);
+    ag_msg reply = {0};
     ag_doc d;
-    (void)p;
-    int rc = ag_store_status(st, &s);
+    int rc = ag_answer(st, req, &reply);
     if (rc) {
         store_error(res, st, rc);
         return;
     }
-    if (env->status) env->status(env->status_ctx, s);
+    if ((def->flags & AG_Q_LIVE) && env->status) env->status(env->status_ctx, reply.u.status);
     ag_doc_init(&d, NULL);
-    if (ag_doc_status(&d, s, "daemon", env->address))
-        ag_http_error(res, 500, "layout");
-    else
-        send_doc(res, &d);
-    ag_doc_free(&d);
-    ag_free(s);
-}
-
-static void api_runs(const ag_http_env *env, ag_store *st, const params *p, ag_http_response *res) {
-    ag_run_list *l = NULL;
-    ag_doc d;
-    (void)env;
-    (void)p;
-    int rc = ag_store_runs(st, &l);
-    if (rc) {
-        store_error(res, st, rc);
-        return;
-    }
-    ag_doc_init(&d, "runs");
-    if (ag_doc_runs(&d, l))
+    if (ag_doc_answer(&d, req, &reply, "daemon", env->address))
         ag_http_error(res, 500, "out of memory");
     else
         send_doc(res, &d);
     ag_doc_free(&d);
-    ag_free(l);
-}
-
-static void api_tensors(const ag_http_env *env, ag_store *st, const params *p,
-                        ag_http_response *res) {
-    ag_tensor_list *l = NULL;
-    ag_doc d;
-    (void)env;
-    int rc = ag_store_tensors(st, p->run, &l);
-    if (rc) {
-        store_error(res, st, rc);
-        return;
-    }
-    ag_doc_init(&d, "tensors");
-    if (ag_doc_tensors(&d, p->run, l))
-        ag_http_error(res, 500, "out of memory");
-    else
-        send_doc(res, &d);
-    ag_doc_free(&d);
-    ag_free(l);
-}
-
-static void api_history(const ag_http_env *env, ag_store *st, const params *p,
-                        ag_http_response *res) {
-    ag_history_query q = {p->run, p->tensor, p->format, p->from, p->to, p->every};
-    ag_history *h = NULL;
-    ag_doc d;
-    (void)env;
-    int rc = ag_store_history(st, &q, &h);
-    if (rc) {
-        store_error(res, st, rc);
-        return;
-    }
-    ag_doc_init(&d, "points");
-    if (ag_doc_history(&d, p->run, p->tensor, p->format, h))
-        ag_http_error(res, 500, "out of memory");
-    else
-        send_doc(res, &d);
-    ag_doc_free(&d);
-    ag_free(h);
-}
-
-static void api_scales(const ag_http_env *env, ag_store *st, const params *p,
-                       ag_http_response *res) {
-    ag_scale_list *l = NULL;
-    ag_doc d;
-    (void)env;
-    int rc = ag_store_scales(st, p->run, p->format, &l);
-    if (rc) {
-        store_error(res, st, rc);
-        return;
-    }
-    ag_doc_init(&d, "scales");
-    if (ag_doc_scales(&d, p->run, p->format, l))
-        ag_http_error(res, 500, "out of memory");
-    else
-        send_doc(res, &d);
-    ag_doc_free(&d);
-    ag_free(l);
-}
-
-static void api_top(const ag_http_env *env, ag_store *st, const params *p, ag_http_response *res) {
-    ag_top_list *l = NULL;
-    ag_doc d;
-    (void)env;
-    size_t limit = p->limit > TOP_LIMIT_MAX ? TOP_LIMIT_MAX : (size_t)p->limit;
-    int rc = ag_store_top(st, p->run, p->format, p->window, limit, &l);
-    if (rc) {
-        store_error(res, st, rc);
-        return;
-    }
-    ag_doc_init(&d, "tensors");
-    if (ag_doc_top(&d, p->run, p->format, l))
-        ag_http_error(res, 500, "out of memory");
-    else
-        send_doc(res, &d);
-    ag_doc_free(&d);
-    ag_free(l);
+    ag_answer_free(&reply);
 }
 
 /* ---------------------------------------------------------------- metrics */
@@ -416,12 +335,13 @@ static int run_gauges(const ag_http_env *env, ag_store *st, FILE *f, const char 
     return rc;
 }
 
-static void api_metrics(const ag_http_env *env, ag_store *st, const params *p,
-                        ag_http_response *res) {
+static void api_metrics(const ag_http_env *env, ag_store *st, const void *params,
+                        const ag_http_params *given, ag_http_response *res) {
     ag_status *s = NULL;
     ag_run_list *runs = NULL;
     body b = {0};
-    (void)p;
+    (void)params;
+    (void)given;
     int rc = ag_store_status(st, &s);
     if (!rc) rc = ag_store_runs(st, &runs);
     if (rc) {
@@ -505,23 +425,25 @@ done:
 
 /* ------------------------------------------------------------------ route */
 
-typedef void (*handler)(const ag_http_env *, ag_store *, const params *, ag_http_response *);
+/* Endpoints that are no query of proto/queries.h (those are /api/<name>,
+ * query_route): a handler, and the table of its parameters (proto/spec.h
+ * rows: name, kind, F_REQ, offset), parsed into a zeroed struct of
+ * params_size bytes (at most PARAMS_MAX) it receives, with the parameters
+ * as given (to tell one given as 0 from one not given). */
+typedef void (*handler)(const ag_http_env *, ag_store *, const void *params,
+                        const ag_http_params *given, ag_http_response *);
 
 typedef struct route {
     const char *path;
     handler fn;
-    const char *const *allowed;
-    int need_run, need_tensor;
+    const ag_field *params;
+    size_t nparams, params_size;
 } route;
 
+#define PARAMS_MAX 256
+
 static const route routes[] = {
-    {"/api/status", api_status, NO_PARAMS, 0, 0},
-    {"/api/runs", api_runs, NO_PARAMS, 0, 0},
-    {"/api/tensors", api_tensors, RUN_PARAMS, 1, 0},
-    {"/api/history", api_history, HISTORY_PARAMS, 1, 1},
-    {"/api/scales", api_scales, SCALES_PARAMS, 1, 0},
-    {"/api/top", api_top, TOP_PARAMS, 1, 0},
-    {"/metrics", api_metrics, NO_PARAMS, 0, 0},
+    {"/metrics", api_metrics, NULL, 0, 0},
 };
 
 static const route *find_route(const char *path) {
@@ -530,20 +452,26 @@ static const route *find_route(const char *path) {
     return NULL;
 }
 
+/* The public query GET path names (/api/<name>, proto/queries.h), or NULL. */
+static const ag_query_def *query_route(const char *path) {
+    const ag_query_def *def = strncmp(path, "/api/", 5) == 0 ? ag_query_by_name(path + 5) : NULL;
+    return def && (def->flags & AG_Q_PUBLIC) ? def : NULL;
+}
+
 int ag_http_needs_store(const ag_http_request *req) {
-    return req->method != AG_HTTP_OTHER && find_route(req->path) != NULL;
+    return req->method != AG_HTTP_OTHER && (query_route(req->path) || find_route(req->path));
 }
 
 void ag_http_answer(const ag_http_env *env, ag_store *st, const ag_http_request *req,
                     ag_http_response *res) {
-    params p;
+    ag_http_params p;
     memset(res, 0, sizeof *res);
     if (req->method == AG_HTTP_OTHER) {
         ag_http_error(res, 405, "only GET and HEAD are served");
         return;
     }
     if (strcmp(req->path, "/") == 0 || strcmp(req->path, "/index.html") == 0) {
-        if (get_params(req->query, NO_PARAMS, 0, 0, &p, res)) return;
+        if (get_params(req->query, NULL, 0, NULL, &p, res)) return;
         res->status = 200;
         res->content_type = "text/html; charset=utf-8";
         res->body = (char *)ag_http_page;
@@ -551,15 +479,31 @@ void ag_http_answer(const ag_http_env *env, ag_store *st, const ag_http_request 
         res->owned = 0;
         return;
     }
-    const route *r = find_route(req->path);
-    if (!r) {
+    const ag_query_def *def = query_route(req->path);
+    const route *r = def ? NULL : find_route(req->path);
+    if (!def && !r) {
         ag_http_error(res, 404, "no such page");
         return;
     }
-    if (get_params(req->query, r->allowed, r->need_run, r->need_tensor, &p, res)) return;
+    ag_msg q = {0};
+    _Alignas(max_align_t) unsigned char params[PARAMS_MAX] = {0};
+    if (def) {
+        size_t n;
+        const ag_field *f = ag_query_params(def->q, &n);
+        q.type = def->q;
+        if (get_params(req->query, f, n, &q.u, &p, res)) return;
+    } else if (r->params_size > sizeof params) {
+        ag_http_error(res, 500, "an endpoint's parameters outgrew their room");
+        return;
+    } else if (get_params(req->query, r->params, r->nparams, params, &p, res)) {
+        return;
+    }
     if (!st) {
         ag_http_error(res, 500, "the database cannot be read");
         return;
     }
-    r->fn(env, st, &p, res);
+    if (def)
+        api_query(env, st, &q, res);
+    else
+        r->fn(env, st, params, &p, res);
 }

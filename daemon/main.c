@@ -93,13 +93,11 @@ static void process(ag_daemon *d, nng_msg *nm) {
     size_t len = nng_msg_len(nm);
     ag_msg m = {0};
     int rc = ag_proto_decode(nng_msg_body(nm), len, &m);
-    if (rc == AG_OK && !ag_proto_is_stream(m.type)) {
-        m.why = "not a stream message";
-        rc = AG_EPROTO;
-    }
+    if (rc == AG_OK && !ag_proto_is_stream(m.type))
+        rc = ag_errctx_set(&m.err, AG_EPROTO, "not a stream message");
     if (rc) {
         ag_log(&d->log, AG_LOG_WARNING, "ingest: rejected a %zu-byte message: %s (%s)", len,
-               ag_strerror(rc), m.why ? m.why : "?");
+               ag_strerror(rc), ag_errctx_text(&m.err));
         ag_msg_clear(&m);
         nng_msg_free(nm);
         ag_engine_reject(d->engine, len);

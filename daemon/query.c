@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/arena.h"
 #include "daemon/ingest.h"
 #include "daemon/query.h"
+#include "present/answer.h"
 #include "proto/proto.h"
 #include "schema/store.h"
 
@@ -40,77 +40,18 @@ struct ag_query {
     worker workers[AG_QUERY_WORKERS];
 };
 
-/* The run client_id's messages are filed under, as committed: a client asks
- * again (AG_ENOTFOUND) until its start is in the file, a batch away. */
-static int client_run(ag_store *st, uint64_t client_id, ag_run_ident **out) {
-    char run[AG_NAME_MAX + 1], launch[AG_LAUNCH_ID_MAX + 1];
-    int rc = ag_store_client_run(st, client_id, run, sizeof run, launch, sizeof launch);
-    if (rc) return rc;
-    ag_run_ident *id = ag_arena_new(sizeof *id);
-    if (!id) return AG_ENOMEM;
-    id->run = ag_arena_strdup(id, run);
-    id->launch = ag_arena_strdup(id, launch);
-    if (!id->run || !id->launch) {
-        ag_free(id);
-        return AG_ENOMEM;
-    }
-    *out = id;
-    return AG_OK;
-}
-
-/* Answer one decoded request into reply; returns the error code when the
- * answer is an error, with text in err. */
+/* Answer one decoded query into reply (proto/queries.h, present/answer.c);
+ * returns the error code when the answer is an error, with text in err. */
 static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t errlen) {
-    const ag_msg_query *a = &req->u.query;
-    ag_store *st = w->store;
-    int rc = AG_OK;
-    reply->type = req->type + 16;
-    switch (req->type) {
-    case AG_MSG_Q_RUNS: rc = ag_store_runs(st, &reply->u.runs); break;
-    case AG_MSG_Q_TENSORS:
-        rc = a->run ? ag_store_tensors(st, a->run, &reply->u.tensors) : AG_EINVAL;
-        break;
-    case AG_MSG_Q_HISTORY: {
-        ag_history_query hq = {a->run, a->tensor, a->format, a->from_step, a->to_step, a->every};
-        reply->cols = ag_proto_reply_cols(reply->type, a->cols);
-        rc = a->run && a->tensor ? ag_store_history(st, &hq, &reply->u.history) : AG_EINVAL;
-        break;
-    }
-    case AG_MSG_Q_SCALES:
-        rc = a->run ? ag_store_scales(st, a->run, a->format, &reply->u.scales) : AG_EINVAL;
-        break;
-    case AG_MSG_Q_TOP:
-        rc = a->run ? ag_store_top(st, a->run, a->format, a->window,
-                                   a->limit > SIZE_MAX ? SIZE_MAX : (size_t)a->limit, &reply->u.top)
-                    : AG_EINVAL;
-        break;
-    case AG_MSG_Q_STATUS:
-        rc = ag_store_status(st, &reply->u.status);
-        if (!rc) w->q->status(w->q->status_ctx, reply->u.status);
-        break;
-    case AG_MSG_Q_RUN: rc = client_run(st, a->client_id, &reply->u.ident); break;
-    case AG_MSG_Q_DELIVERY: /* from the store: "stored" means committed */
-        reply->u.delivery.client_id = req->u.delivery.client_id;
-        rc = ag_store_delivery(st, req->u.delivery.client_id, &reply->u.delivery.messages,
-                               &reply->u.delivery.seq);
-        break;
-    default: snprintf(err, errlen, "unknown query type %d", req->type); return AG_EPROTO;
-    }
-    if (rc) snprintf(err, errlen, "%s", rc == AG_EINVAL ? "missing argument" : ag_store_errmsg(st));
+    const ag_query_def *def = ag_query_by_type(req->type);
+    int rc = ag_answer(w->store, req, reply);
+    if (req->type == AG_MSG_Q_HISTORY)
+        reply->cols = ag_proto_reply_cols(reply->type, req->u.query.cols);
+    if (!rc && (def->flags & AG_Q_LIVE)) w->q->status(w->q->status_ctx, reply->u.status);
+    if (rc)
+        snprintf(err, errlen, "%s",
+                 rc == AG_EINVAL ? "missing argument" : ag_store_errmsg(w->store));
     return rc;
-}
-
-static void free_result(ag_msg *reply) {
-    switch (reply->type) {
-    case AG_MSG_R_RUNS: ag_free(reply->u.runs); break;
-    case AG_MSG_R_TENSORS: ag_free(reply->u.tensors); break;
-    case AG_MSG_R_HISTORY: ag_free(reply->u.history); break;
-    case AG_MSG_R_SCALES: ag_free(reply->u.scales); break;
-    case AG_MSG_R_TOP: ag_free(reply->u.top); break;
-    case AG_MSG_R_STATUS: ag_free(reply->u.status); break;
-    case AG_MSG_R_RUN: ag_free(reply->u.ident); break;
-    default: break;
-    }
 }
 
 /* Build the reply bytes for one request message into out, in the version of
@@ -126,10 +67,9 @@ static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
     reply.version = version;
     int rc = ag_proto_decode(data, len, &req);
     if (rc) {
-        snprintf(err, sizeof err, "bad request: %s", req.why ? req.why : ag_strerror(rc));
+        snprintf(err, sizeof err, "bad request: %s", ag_errctx_text(&req.err));
         if (rc != AG_EVERSION && rc != AG_ETOOBIG) rc = AG_EPROTO;
-    } else if (ag_proto_is_stream(req.type) || req.type < AG_MSG_Q_RUNS ||
-               req.type > AG_MSG_Q_DELIVERY) {
+    } else if (!ag_query_by_type(req.type)) {
         snprintf(err, sizeof err, "not a query: %s", ag_proto_type_name(req.type));
         rc = AG_EPROTO;
     } else {
@@ -137,11 +77,9 @@ static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
     }
     if (!rc) {
         rc = ag_proto_encode(out, &reply);
-        if (rc)
-            snprintf(err, sizeof err, "reply not encodable: %s",
-                     reply.why ? reply.why : ag_strerror(rc));
+        if (rc) snprintf(err, sizeof err, "reply not encodable: %s", ag_errctx_text(&reply.err));
     }
-    free_result(&reply);
+    ag_answer_free(&reply);
     if (rc) {
         ag_msg e = {.type = AG_MSG_R_ERROR, .version = version};
         e.u.error.code = rc;

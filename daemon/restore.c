@@ -36,7 +36,7 @@ static int format_index_by_id(ag_engine *e, int64_t id) {
 /* A format the database names: defined here from its stored definition when
  * the daemon does not know it (the database describes itself); one this
  * daemon knows under the same name but defines otherwise (--define-format,
- * or a built-in) is a start-up error, AG_EEXIST with the reason in e->why. */
+ * or a built-in) is a start-up error, AG_EEXIST with the reason in e->err. */
 static int on_format(void *ctx, int64_t id, const char *name, int eb, int mb, int bias, int inf,
                      int nan) {
     ag_engine *e = ctx;
@@ -45,11 +45,11 @@ static int on_format(void *ctx, int64_t id, const char *name, int eb, int mb, in
               f->has_inf != (inf != 0) || f->has_nan != (nan != 0))) {
         char have[64];
         ag_config_format_spec(f, have, sizeof have);
-        snprintf(e->why, sizeof e->why,
-                 "the database defines format %s as %s=%d,%d,%d%s%s but this daemon has %s "
-                 "(--define-format or built in); give the stored definition or none",
-                 name, name, eb, mb, bias, inf ? ",inf" : "", nan ? ",nan" : "", have);
-        return AG_EEXIST;
+        return ag_errctx_set(&e->err, AG_EEXIST,
+                             "the database defines format %s as %s=%d,%d,%d%s%s but this daemon "
+                             "has %s (--define-format or built in); give the stored definition or "
+                             "none",
+                             name, name, eb, mb, bias, inf ? ",inf" : "", nan ? ",nan" : "", have);
     }
     if (!f) {
         int err = ag_format_define(name, eb, mb, bias, inf, nan, &f);
@@ -185,10 +185,10 @@ static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float 
     return 0;
 }
 
-const char *ag_engine_why(const ag_engine *e) { return e->why; }
+const char *ag_engine_why(const ag_engine *e) { return ag_errctx_text(&e->err); }
 
 int ag_engine_restore(ag_engine *e, ag_store *st) {
-    e->why[0] = '\0';
+    ag_errctx_clear(&e->err);
     int err = ag_store_max_ids(st, &e->next_run_id, &e->next_tensor_id, &e->next_format_id);
     if (err) return err;
     ag_store_restore_cb cb = {.ctx = e,

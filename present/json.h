@@ -100,6 +100,14 @@ int ag_json_write_doc(FILE *out, const ag_doc *d);
  * before them. Names the result carries win; the names passed (the
  * request's) fill in where it has none. Returns AG_OK, AG_ENOMEM, or
  * AG_ENOSPC (a layout outgrew the fixed tables: a bug). */
+struct ag_msg;
+/* The document of any query: the reply to the request req (both ag_msg of
+ * proto/proto.h) laid out by its table, with the names req asked for where
+ * the result does not carry them, and for status (AG_Q_LIVE) the source and
+ * address it came from first. AG_EINVAL when reply does not answer req.
+ * The ag_doc_* below are this for one result each. */
+int ag_doc_answer(ag_doc *d, const struct ag_msg *req, const struct ag_msg *reply,
+                  const char *source, const char *address);
 int ag_doc_status(ag_doc *d, const ag_status *s, const char *source, const char *address);
 int ag_doc_runs(ag_doc *d, const ag_run_list *l);
 int ag_doc_tensors(ag_doc *d, const char *run, const ag_tensor_list *l);

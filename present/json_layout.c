@@ -103,6 +103,44 @@ static int lay_out(ag_doc *d, int type, const void *root, const ag_doc_field *ex
     return rc;
 }
 
+/* The value of request parameter p in req. */
+static const char *param_text(const ag_msg *req, const ag_field *p) {
+    return *(const char *const *)(const void *)((const char *)&req->u + p->off);
+}
+
+/* 1 when reply table s has a field (not the item list) with document key k. */
+static int has_field(const ag_spec *s, const char *k) {
+    for (size_t i = 0; i < s->nfields; i++)
+        if (s->fields[i].kind != K_ITEMS && strcmp(s->fields[i].doc, k) == 0) return 1;
+    return 0;
+}
+
+int ag_doc_answer(ag_doc *d, const ag_msg *req, const ag_msg *reply, const char *source,
+                  const char *address) {
+    const ag_query_def *def = ag_query_by_type(req->type);
+    const ag_spec *spec = ag_spec_for(reply->type);
+    const void *root = ag_msg_result(reply);
+    ag_doc_field extra[AG_DOC_META_MAX], given[AG_DOC_META_MAX];
+    size_t nextra = 0, ngiven = 0, n;
+    const ag_field *p = ag_query_params(req->type, &n);
+    if (!def || !spec || !root || def->r != reply->type) return AG_EINVAL;
+    if (def->flags & AG_Q_LIVE) {
+        extra[nextra++] = (ag_doc_field){"source", ag_cell_str(source)};
+        extra[nextra++] = (ag_doc_field){"address", ag_cell_str(address)};
+    }
+    /* the names asked for: beside the result where it has no such field,
+     * standing in for its own where it has one */
+    for (size_t i = 0; i < n && nextra < AG_DOC_META_MAX; i++) {
+        if (!p[i].doc || !is_text(&p[i])) continue;
+        ag_doc_field f = {p[i].doc, ag_cell_str(param_text(req, &p[i]))};
+        if (has_field(spec, p[i].doc))
+            given[ngiven++] = f;
+        else
+            extra[nextra++] = f;
+    }
+    return lay_out(d, reply->type, root, extra, nextra, given, ngiven);
+}
+
 int ag_doc_status(ag_doc *d, const ag_status *s, const char *source, const char *address) {
     const ag_doc_field extra[] = {{"source", ag_cell_str(source)},
                                   {"address", ag_cell_str(address)}};

@@ -25,11 +25,13 @@ typedef struct dec {
     size_t count_fmts; /* results per counts item (0: none read yet) */
 } dec;
 
-#define BAD(d, text, code)                                                                         \
-    do {                                                                                           \
-        (d)->rd.why = (text);                                                                      \
-        return (code);                                                                             \
-    } while (0)
+/* The failure path, out of line and cold (see read.c's wrong). */
+__attribute__((cold, noinline)) static int bad(dec *d, const char *text, int code) {
+    ag_errctx_set(d->rd.err, code, "%s", text);
+    return code;
+}
+
+#define BAD(d, text, code) return bad((d), (text), (code))
 
 static void *d_alloc(dec *d, size_t size) {
     return d->arena ? ag_arena_alloc(d->root, size) : ag_bump_alloc(&d->bump, size);
@@ -291,15 +293,15 @@ static int peek(ag_rd *r, int *version, int *type) {
         if ((rc = ag_rd_str(r, &k, &kn))) return rc;
         if (key_is(k, kn, "v") || key_is(k, kn, "t")) {
             int *have = k[0] == 'v' ? &have_v : &have_t;
-            if (*have) return r->why = "a key appears twice", AG_EPROTO;
+            if (*have) return ag_errctx_set(r->err, AG_EPROTO, "a key appears twice");
             *have = 1;
             if ((rc = ag_rd_uint(r, k[0] == 'v' ? &v : &t))) return rc;
         } else if ((rc = ag_rd_skip(r, 1))) {
             return rc;
         }
     }
-    if (r->p != r->end) return r->why = "bytes after the message", AG_EPROTO;
-    if (!have_v || !have_t) return r->why = "no version or type", AG_EPROTO;
+    if (r->p != r->end) return ag_errctx_set(r->err, AG_EPROTO, "bytes after the message");
+    if (!have_v || !have_t) return ag_errctx_set(r->err, AG_EPROTO, "no version or type");
     *version = v > INT_MAX ? INT_MAX : (int)v;
     *type = t > INT_MAX ? INT_MAX : (int)t;
     return AG_OK;
@@ -402,50 +404,43 @@ static int decode(dec *d, ag_msg *m, const ag_spec *spec) {
 
 int ag_proto_decode(const void *data, size_t len, ag_msg *out) {
     if (!out) return AG_EINVAL;
-    memset(out, 0, sizeof(*out));
-    if (!data) {
-        out->why = "no data";
-        return AG_EINVAL;
-    }
-    if (len > AG_PROTO_MAX_MESSAGE) {
-        out->why = "message over 256 MiB";
-        return AG_ETOOBIG;
-    }
+    memset(out, 0, offsetof(ag_msg, err));
+    ag_errctx_clear(&out->err);
+    if (!data) return ag_errctx_set(&out->err, AG_EINVAL, "no data");
+    if (len > AG_PROTO_MAX_MESSAGE)
+        return ag_errctx_set(&out->err, AG_ETOOBIG, "message over 256 MiB");
     dec d;
     memset(&d, 0, sizeof d);
     d.rd.p = data;
     d.rd.end = (const uint8_t *)data + len;
+    d.rd.err = &out->err;
     int version = 0, type = 0;
     int rc = peek(&d.rd, &version, &type);
-    if (rc) {
-        out->why = d.rd.why;
-        return rc;
-    }
-    if (version < AG_PROTO_VERSION_MIN || version > AG_PROTO_VERSION) {
-        out->why = "unsupported protocol version";
-        return AG_EVERSION;
-    }
+    if (rc) return out->err.text[0] ? rc : ag_errctx_set(&out->err, rc, "malformed message");
+    if (version < AG_PROTO_VERSION_MIN || version > AG_PROTO_VERSION)
+        return ag_errctx_set(&out->err, AG_EVERSION, "unsupported protocol version");
     const ag_spec *spec = ag_spec_for(type);
-    if (!spec || (type == AG_MSG_COUNTS && version < 2)) {
-        out->why = "unknown message type";
-        return AG_EPROTO;
-    }
+    if (!spec || (type == AG_MSG_COUNTS && version < 2))
+        return ag_errctx_set(&out->err, AG_EPROTO, "unknown message type");
     out->type = type;
     d.rd.p = data;
     rc = decode(&d, out, spec);
     if (rc) {
         if (d.root) ag_free(d.root);
         ag_bump_free(d.bump);
-        const char *why = d.rd.why ? d.rd.why : "malformed message";
-        memset(out, 0, sizeof(*out));
-        out->why = why;
+        memset(out, 0, offsetof(ag_msg, err)); /* what was wrong stays said */
+        if (!out->err.text[0]) ag_errctx_set(&out->err, rc, "malformed message");
         return rc;
     }
     out->version = version;
     return AG_OK;
 }
 
-static int is_reply_result(int type) { return type >= AG_MSG_R_RUNS && type <= AG_MSG_R_RUN; }
+/* A reply whose result is an ag_free-able root (its table has a root size). */
+static int is_reply_result(int type) {
+    const ag_spec *s = ag_spec_for(type);
+    return s && s->root_size != 0;
+}
 
 void ag_msg_clear(ag_msg *m) {
     if (!m) return;
@@ -455,12 +450,19 @@ void ag_msg_clear(ag_msg *m) {
         else
             ag_bump_free(m->owned);
     }
-    memset(m, 0, sizeof(*m));
+    memset(m, 0, offsetof(ag_msg, err)); /* the error context: two stores, not 1 KiB */
+    ag_errctx_clear(&m->err);
 }
 
 void *ag_msg_take_result(ag_msg *m) {
     if (!m || !is_reply_result(m->type)) return NULL;
     void *r = m->owned;
     m->owned = NULL;
+    return r;
+}
+
+void *ag_msg_result(const ag_msg *m) {
+    void *r = NULL;
+    if (m && is_reply_result(m->type)) memcpy(&r, &m->u, sizeof r);
     return r;
 }

@@ -317,7 +317,7 @@ int ag_proto_encode(ag_buf *b, const ag_msg *m) {
     if (rc) {
         b->len = len0;
         b->err = 0;
-        ((ag_msg *)m)->why = why;
+        ag_errctx_set((ag_errctx *)&m->err, rc, "%s", why ? why : ag_strerror(rc));
     }
     return rc;
 }

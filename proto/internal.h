@@ -11,6 +11,7 @@
 
 #include <msgpack.h>
 
+#include "core/errctx.h"
 #include "proto/proto.h"
 #include "proto/spec.h"
 
@@ -18,7 +19,7 @@
 typedef struct ag_rd {
     const uint8_t *p;
     const uint8_t *end;
-    const char *why;
+    ag_errctx *err; /* where a failure says what was wrong (NULL: nowhere) */
 } ag_rd;
 
 int ag_rd_uint(ag_rd *r, uint64_t *v);

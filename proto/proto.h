@@ -12,6 +12,8 @@
 #include <stdint.h>
 
 #include "altgrad/altgrad.h"
+#include "core/errctx.h"
+#include "proto/queries.h"
 
 /* The version we speak, and the oldest one a receiver still accepts (a
  * version-1 sender is an older libaltgrad: PROTOCOL.md section 6). */
@@ -29,6 +31,13 @@
 #define AG_PROTO_MAX_TEXT 4096u                      /* status version/db_path/formats */
 #define AG_PROTO_MAX_COUNT_ITEMS AG_COUNTS_ITEMS_MAX /* tensors in one counts message */
 
+/* Each query of proto/queries.h is a request type AG_MSG_Q_<NAME> = q,
+ * client -> daemon, and its reply AG_MSG_R_<NAME> = q + 16, daemon -> client
+ * (q_run and q_delivery are version 2: which run a client's messages are
+ * filed under, and how many of them are stored). */
+#define AG_MSG_QR_(NAME, name, q, result, flags, answer)                                           \
+    AG_MSG_Q_##NAME = q, AG_MSG_R_##NAME = q + 16,
+
 /* Message types: the "t" key of every message. */
 typedef enum ag_msg_type {
     AG_MSG_NONE = 0,
@@ -39,23 +48,7 @@ typedef enum ag_msg_type {
     AG_MSG_RUN_END = 4,
     AG_MSG_COUNTS = 5, /* version 2, added later: counts computed by the trainer */
     /* queries: client -> daemon over REQ/REP */
-    AG_MSG_Q_RUNS = 16,
-    AG_MSG_Q_TENSORS = 17,
-    AG_MSG_Q_HISTORY = 18,
-    AG_MSG_Q_SCALES = 19,
-    AG_MSG_Q_TOP = 20,
-    AG_MSG_Q_STATUS = 21,
-    AG_MSG_Q_RUN = 22,      /* version 2: which run a client's messages are filed under */
-    AG_MSG_Q_DELIVERY = 23, /* version 2: how many of a client's messages are stored */
-    /* replies: daemon -> client; reply type = query type + 16 */
-    AG_MSG_R_RUNS = 32,
-    AG_MSG_R_TENSORS = 33,
-    AG_MSG_R_HISTORY = 34,
-    AG_MSG_R_SCALES = 35,
-    AG_MSG_R_TOP = 36,
-    AG_MSG_R_STATUS = 37,
-    AG_MSG_R_RUN = 38,
-    AG_MSG_R_DELIVERY = 39,
+    AG_QUERY_LIST(AG_MSG_QR_) /* AG_MSG_Q_<NAME> = q and its reply AG_MSG_R_<NAME> */
     AG_MSG_R_ERROR = 63
 } ag_msg_type;
 
@@ -224,16 +217,21 @@ typedef struct ag_msg {
         ag_status *status;
         ag_run_ident *ident;
     } u;
-    size_t cols;     /* a reply's item columns: encode, how many to send (0: all);
-                      * decode, how many each item carried (the rest are 0/NULL) */
-    void *owned;     /* internal: what ag_msg_clear frees */
-    const char *why; /* after a failed decode/encode: static text saying what was wrong */
+    size_t cols; /* a reply's item columns: encode, how many to send (0: all);
+                  * decode, how many each item carried (the rest are 0/NULL) */
+    void *owned; /* internal: what ag_msg_clear frees */
+    /* After a failed decode or encode, what was wrong (ag_errctx_text);
+     * last, so that clearing the rest keeps it. */
+    ag_errctx err;
 } ag_msg;
 
 /* Free what a decode left in m (safe on a zeroed or already-cleared msg). */
 void ag_msg_clear(ag_msg *m);
 /* Hand over a decoded reply's result (free it with ag_free); NULL if none. */
 void *ag_msg_take_result(ag_msg *m);
+/* The result root a reply of m's type carries (u.runs ... u.ident), decoded
+ * or filled in by its answer; NULL for a reply without one (r_delivery). */
+void *ag_msg_result(const ag_msg *m);
 
 /* ------------------------------------------------------------------------
  * Output buffers: growable (malloc), fixed (caller's memory) or counting
@@ -256,7 +254,7 @@ void ag_buf_free(ag_buf *b);  /* frees growable memory only */
 /*
  * Append the encoding of m to b. Validates m against the same rules as the
  * decoder (so we never send what we would reject): AG_EINVAL for a bad field
- * (m->why says which), AG_ETOOBIG over a limit, AG_ENOMEM. On failure b->len
+ * (ag_errctx_text(&m->err) says which), AG_ETOOBIG over a limit, AG_ENOMEM. On failure b->len
  * is restored to its value before the call.
  */
 int ag_proto_encode(ag_buf *b, const ag_msg *m);
@@ -267,7 +265,7 @@ size_t ag_proto_encoded_size(const ag_msg *m);
  * Decode one message of len bytes. AG_OK, or AG_EPROTO (malformed, wrong
  * types, missing/duplicate keys, counts that disagree with byte lengths,
  * unknown enums, non-finite numbers), AG_EVERSION (v != AG_PROTO_VERSION),
- * AG_ETOOBIG (over a limit), AG_ENOMEM; out->why says what was wrong. On
+ * AG_ETOOBIG (over a limit), AG_ENOMEM; ag_errctx_text(&out->err) says what was wrong. On
  * failure nothing is left to free. data must outlive the decoded payload
  * pointers. out is overwritten (call ag_msg_clear on a previous decode first).
  */

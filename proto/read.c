@@ -8,23 +8,22 @@
 
 #include "proto/internal.h"
 
+/* The failure path, out of line and cold, so that the hot readers keep no
+ * frame for the error context's call (a tail call from them). */
+__attribute__((cold, noinline)) static int wrong(ag_rd *r, const char *why) {
+    ag_errctx_set(r->err, AG_EPROTO, "%s", why);
+    return AG_EPROTO;
+}
+
 #define NEED(r, n)                                                                                 \
     do {                                                                                           \
-        if ((size_t)((r)->end - (r)->p) < (size_t)(n)) {                                           \
-            (r)->why = "truncated message";                                                        \
-            return AG_EPROTO;                                                                      \
-        }                                                                                          \
+        if ((size_t)((r)->end - (r)->p) < (size_t)(n)) return wrong((r), "truncated message");     \
     } while (0)
 
 static uint64_t be(const uint8_t *p, int n) {
     uint64_t v = 0;
     for (int i = 0; i < n; i++) v = (v << 8) | p[i];
     return v;
-}
-
-static int wrong(ag_rd *r, const char *why) {
-    r->why = why;
-    return AG_EPROTO;
 }
 
 /* Any msgpack integer: *neg set when it is a negative signed value. */
@@ -191,7 +190,7 @@ static int rd_sized(ag_rd *r, const uint8_t *fix, uint8_t c8, const void **b, si
 
 int ag_rd_str(ag_rd *r, const char **s, size_t *len) {
     static const uint8_t fix[2] = {0xa0, 0xbf};
-    const void *b;
+    const void *b = NULL;
     int rc = rd_sized(r, fix, 0xd9, &b, len, "expected a string");
     if (!rc) *s = b;
     return rc;

@@ -6,6 +6,7 @@
  * result; PROTOCOL.md is their prose form.
  */
 #include <stddef.h>
+#include <string.h>
 
 #include "proto/internal.h"
 
@@ -57,30 +58,34 @@ static const ag_field run_end_fields[] = {
     {"time", K_INT, F_REQ, U(run_end.time_ms), 0, NULL, 0},
 };
 
+/* Query parameters. The last (document) column is the parameter's name in
+ * the CLI (a required name is a positional argument, anything else --name)
+ * and in the HTTP API (?name=); NULL: not one people give. A query's
+ * parameters are in that order. */
 static const ag_field q_run_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0, NULL, 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
 };
 
 static const ag_field q_history_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0, NULL, 0},
-    {"tensor", K_NAME, F_REQ, U(query.tensor), 0, NULL, 0},
-    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, NULL, 0},
-    {"from", K_UINT, F_OMIT0, U(query.from_step), 0, NULL, 0},
-    {"to", K_UINT, F_OMIT0, U(query.to_step), 0, NULL, 0},
-    {"every", K_UINT, F_OMIT0, U(query.every), 0, NULL, 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
+    {"tensor", K_NAME, F_REQ, U(query.tensor), 0, "tensor", 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, "format", 0},
+    {"from", K_UINT, F_OMIT0, U(query.from_step), 0, "from", 0},
+    {"to", K_UINT, F_OMIT0, U(query.to_step), 0, "to", 0},
+    {"every", K_UINT, F_OMIT0, U(query.every), 0, "every", 0},
     {"cols", K_UINT, F_OMIT0, U(query.cols), 0, NULL, 0},
 };
 
 static const ag_field q_scales_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0, NULL, 0},
-    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, NULL, 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, "format", 0},
 };
 
 static const ag_field q_top_fields[] = {
-    {"run", K_NAME, F_REQ, U(query.run), 0, NULL, 0},
-    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, NULL, 0},
-    {"window", K_UINT, F_OMIT0, U(query.window), 0, NULL, 0},
-    {"limit", K_UINT, F_OMIT0, U(query.limit), 0, NULL, 0},
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
+    {"fmt", K_FMT, F_OMIT0, U(query.format), 0, "format", 0},
+    {"window", K_UINT, F_OMIT0, U(query.window), 0, "window", 0},
+    {"limit", K_UINT, F_OMIT0, U(query.limit), 0, "limit", 0},
 };
 
 static const ag_field q_client_fields[] = {
@@ -273,14 +278,38 @@ const ag_spec *ag_spec_for(int type) {
     return NULL;
 }
 
+/* ---- the queries of proto/queries.h ------------------------------------ */
+static const ag_query_def queries[] = {
+#define QUERY_DEF_(NAME, name, q, result, flags, answer) {#name, q, q + 16, result, flags},
+    AG_QUERY_LIST(QUERY_DEF_)
+#undef QUERY_DEF_
+};
+
+const ag_field *ag_query_params(int q, size_t *n) {
+    const ag_spec *s = ag_spec_for(q);
+    *n = s ? s->nfields : 0;
+    return s ? s->fields : NULL;
+}
+
+const ag_query_def *ag_query_at(size_t i) { return i < N(queries) ? &queries[i] : NULL; }
+
+const ag_query_def *ag_query_by_type(int q) {
+    for (size_t i = 0; i < N(queries); i++)
+        if (queries[i].q == q) return &queries[i];
+    return NULL;
+}
+
+const ag_query_def *ag_query_by_name(const char *name) {
+    for (size_t i = 0; name && i < N(queries); i++)
+        if (strcmp(queries[i].name, name) == 0) return &queries[i];
+    return NULL;
+}
+
 AG_EXTERN const char *ag_result_key(int result, size_t i) {
-    static const int reply[] = {
-        [AG_RESULT_RUNS] = AG_MSG_R_RUNS,       [AG_RESULT_TENSORS] = AG_MSG_R_TENSORS,
-        [AG_RESULT_HISTORY] = AG_MSG_R_HISTORY, [AG_RESULT_SCALES] = AG_MSG_R_SCALES,
-        [AG_RESULT_TOP] = AG_MSG_R_TOP,         [AG_RESULT_STATUS] = AG_MSG_R_STATUS,
-    };
-    if (result < 0 || (size_t)result >= N(reply)) return NULL;
-    const ag_spec *s = ag_spec_for(reply[result]);
+    const ag_spec *s = NULL;
+    for (size_t k = 0; k < N(queries) && !s; k++)
+        if (result >= 0 && queries[k].result == result) s = ag_spec_for(queries[k].r);
+    if (!s) return NULL;
     /* a list's row columns; a record's (status) fields */
     const ag_field *f = s->cols ? s->cols : s->fields;
     size_t n = s->cols ? s->ncols : s->nfields;
@@ -294,22 +323,11 @@ const char *ag_proto_type_name(int type) {
     case AG_MSG_SNAPSHOT: return "snapshot";
     case AG_MSG_RUN_END: return "run_end";
     case AG_MSG_COUNTS: return "counts";
-    case AG_MSG_Q_RUNS: return "q_runs";
-    case AG_MSG_Q_TENSORS: return "q_tensors";
-    case AG_MSG_Q_HISTORY: return "q_history";
-    case AG_MSG_Q_SCALES: return "q_scales";
-    case AG_MSG_Q_TOP: return "q_top";
-    case AG_MSG_Q_STATUS: return "q_status";
-    case AG_MSG_Q_RUN: return "q_run";
-    case AG_MSG_Q_DELIVERY: return "q_delivery";
-    case AG_MSG_R_RUNS: return "r_runs";
-    case AG_MSG_R_TENSORS: return "r_tensors";
-    case AG_MSG_R_HISTORY: return "r_history";
-    case AG_MSG_R_SCALES: return "r_scales";
-    case AG_MSG_R_TOP: return "r_top";
-    case AG_MSG_R_STATUS: return "r_status";
-    case AG_MSG_R_RUN: return "r_run";
-    case AG_MSG_R_DELIVERY: return "r_delivery";
+#define TYPE_NAMES_(NAME, name, q, result, flags, answer)                                          \
+    case AG_MSG_Q_##NAME: return "q_" #name;                                                       \
+    case AG_MSG_R_##NAME: return "r_" #name;
+        AG_QUERY_LIST(TYPE_NAMES_)
+#undef TYPE_NAMES_
     case AG_MSG_R_ERROR: return "r_error";
     default: return "unknown";
     }

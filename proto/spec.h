@@ -3,8 +3,9 @@
  * as data. One table per message drives the encoder and the decoder; the
  * reply tables also carry each field's document key and presentation, so
  * present/json_layout.c lays out every query result by walking them and
- * ag_result_key() hands the same keys to the Python layer. Internal: proto/
- * and present/ include it, nothing public does.
+ * ag_result_key() hands the same keys to the Python layer; a query's request
+ * table is its parameter list, which the client, the CLI and the HTTP API
+ * check and fill by. Internal: nothing public includes it.
  */
 #ifndef AG_PROTO_SPEC_H
 #define AG_PROTO_SPEC_H
@@ -53,10 +54,12 @@ typedef struct ag_field {
     uint8_t flags;
     size_t off; /* offset in the base struct */
     size_t aux; /* limit, enum max or presence offset (see kinds) */
-    /* Replies only (NULL / 0 elsewhere): */
-    const char *doc; /* document key; for a field or column, also the name of
-                      * the C member at off; for K_ITEMS, the list's key */
-    uint8_t show;    /* enum ag_show */
+    /* Replies and query parameters only (NULL / 0 elsewhere): */
+    const char *doc; /* reply: the document key; for a field or column, also
+                      * the name of the C member at off; for K_ITEMS, the
+                      * list's key. Query: the parameter's CLI and HTTP name
+                      * (NULL: not a parameter people give) */
+    uint8_t show;    /* replies: enum ag_show */
 } ag_field;
 
 /* One message type. Stream and query fields are relative to &msg->u; reply
@@ -82,6 +85,9 @@ typedef struct ag_spec {
 } ag_spec;
 
 const ag_spec *ag_spec_for(int type);
+/* The parameters of query q (its request's fields), *n of them; NULL with
+ * *n = 0 for a query without any. */
+const ag_field *ag_query_params(int q, size_t *n);
 extern const ag_field ag_record_cols[6];
 
 /* The column sent at wire position p of a reply item. */

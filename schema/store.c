@@ -103,7 +103,9 @@ static const char *const sql_text[AG_ST_COUNT] = {
 
 int ag_store_schema_version(void) { return (int)ag_store_migration_count; }
 
-const char *ag_store_errmsg(const ag_store *st) { return st ? st->errmsg : "no store"; }
+const char *ag_store_errmsg(const ag_store *st) {
+    return st ? ag_errctx_text(&st->err) : "no store";
+}
 
 int ag_store_failure_is_transient(const ag_store *st) {
     if (!st) return 0;
@@ -121,18 +123,19 @@ int ag_store_failure_is_transient(const ag_store *st) {
 }
 
 int ag_store_failf(ag_store *st, int err, const char *fmt, ...) {
+    char text[AG_ERRCTX_TEXT_MAX + 1];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(st->errmsg, sizeof st->errmsg, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    return err;
+    return ag_errctx_set(&st->err, err, "%s", text);
 }
 
 int ag_store_fail(ag_store *st, const char *what, int rc) {
     st->last_rc = rc;
     const char *msg = st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc);
-    snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path ? st->path : "store", what, msg);
-    return (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE;
+    return ag_errctx_set(&st->err, (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE,
+                         "%s: %s: %s", st->path ? st->path : "store", what, msg);
 }
 
 sqlite3_stmt *ag_store_stmt(ag_store *st, ag_stmt_id id) {
@@ -167,10 +170,10 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
     int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
         st->last_rc = rc;
-        snprintf(st->errmsg, sizeof st->errmsg, "%s: %s: %s", st->path, what,
-                 msg ? msg : sqlite3_errstr(rc));
+        ag_errctx_set(&st->err, (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE, "%s: %s: %s",
+                      st->path, what, msg ? msg : sqlite3_errstr(rc));
         sqlite3_free(msg);
-        return (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE;
+        return st->err.code;
     }
     return AG_OK;
 }

@@ -8,6 +8,7 @@
 
 #include <sqlite3.h>
 
+#include "core/errctx.h"
 #include "schema/store.h"
 
 /* Every statement the store runs, prepared once per connection on first use. */
@@ -60,8 +61,8 @@ struct ag_store {
     char *path;
     int readonly;
     int in_txn;
-    char errmsg[256];
-    int last_rc; /* SQLite result code of the last failure, 0 if none */
+    ag_errctx err; /* the last failure's text (ag_store_errmsg) */
+    int last_rc;   /* SQLite result code of the last failure, 0 if none */
     sqlite3_stmt *stmts[AG_ST_COUNT];
 };
 

@@ -7,12 +7,14 @@
 #include "args.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "altgrad/altgrad.h"
+#include "proto/spec.h"
 
 typedef enum opt_id {
     OPT_QUERY,
@@ -64,19 +66,34 @@ typedef struct cmd_def {
     unsigned allowed;  /* AG_OPT_* bits */
 } cmd_def;
 
+/* The CLI's own commands; every public query of proto/queries.h is a
+ * command too (query_command). */
 static const cmd_def commands[] = {
-    {"status", AG_CMD_STATUS, 0, "status", 0},
-    {"runs", AG_CMD_RUNS, 0, "runs", 0},
-    {"tensors", AG_CMD_TENSORS, 1, "tensors RUN", 0},
-    {"history", AG_CMD_HISTORY, 2, "history RUN TENSOR",
-     AG_OPT_FORMAT | AG_OPT_FROM | AG_OPT_TO | AG_OPT_EVERY},
-    {"scales", AG_CMD_SCALES, 1, "scales RUN", AG_OPT_FORMAT},
-    {"top", AG_CMD_TOP, 1, "top RUN", AG_OPT_FORMAT | AG_OPT_WINDOW | AG_OPT_LIMIT},
     {"report", AG_CMD_REPORT, 1, "report RUN", AG_OPT_FORMAT | AG_OPT_WIDTH},
+};
+
+/* Where each query parameter, by its name (proto/spec.c), lives in
+ * ag_cli_args: a required name is a positional argument, anything else the
+ * option of the same name. */
+enum { ARG_TEXT, ARG_U64, ARG_SIZE };
+static const struct {
+    const char *name;
+    int kind;
+    size_t off;
+} params[] = {
+    {"run", ARG_TEXT, offsetof(ag_cli_args, run)},
+    {"tensor", ARG_TEXT, offsetof(ag_cli_args, tensor)},
+    {"format", ARG_TEXT, offsetof(ag_cli_args, format)},
+    {"from", ARG_U64, offsetof(ag_cli_args, from_step)},
+    {"to", ARG_U64, offsetof(ag_cli_args, to_step)},
+    {"every", ARG_U64, offsetof(ag_cli_args, every)},
+    {"window", ARG_U64, offsetof(ag_cli_args, window)},
+    {"limit", ARG_SIZE, offsetof(ag_cli_args, limit)},
 };
 
 #define NOPTIONS (sizeof options / sizeof options[0])
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
+#define NPARAMS (sizeof params / sizeof params[0])
 #define MAX_POSITIONALS 8
 #define AG_CLI_TIMEOUT_MAX_MS 3600000
 
@@ -121,9 +138,85 @@ const char *ag_cli_usage(void) { return usage_text; }
 
 const char *ag_cli_cmd_name(ag_cli_cmd cmd) {
     size_t i;
+    const ag_query_def *def = ag_query_by_type((int)cmd);
+    if (def != NULL && (def->flags & AG_Q_PUBLIC)) return def->name;
     for (i = 0; i < NCOMMANDS; i++)
         if (commands[i].cmd == cmd) return commands[i].name;
     return NULL;
+}
+
+static int param_index(const char *name) {
+    size_t i;
+    for (i = 0; name != NULL && i < NPARAMS; i++)
+        if (strcmp(params[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
+static const opt_def *find_long(const char *name, size_t len);
+
+/* The command of a public query: its required parameters positional, in
+ * order (their names upper-cased in usage, of usage_cap bytes), the others
+ * the options of their names. 0 when name is no public query. */
+static int query_command(const char *name, cmd_def *out, char *usage, size_t usage_cap) {
+    const ag_query_def *def = ag_query_by_name(name);
+    const ag_field *p;
+    size_t n, i, len;
+    if (def == NULL || !(def->flags & AG_Q_PUBLIC)) return 0;
+    p = ag_query_params(def->q, &n);
+    memset(out, 0, sizeof *out);
+    out->name = def->name;
+    out->cmd = (ag_cli_cmd)def->q;
+    out->usage = usage;
+    len = (size_t)snprintf(usage, usage_cap, "%s", def->name);
+    for (i = 0; i < n; i++) {
+        const opt_def *o;
+        if (p[i].doc == NULL) continue;
+        if (p[i].flags & F_REQ) {
+            const char *c;
+            out->npos++;
+            if (len + 1 < usage_cap) usage[len++] = ' ';
+            for (c = p[i].doc; *c && len + 1 < usage_cap; c++)
+                usage[len++] = (char)(*c >= 'a' && *c <= 'z' ? *c - 'a' + 'A' : *c);
+            usage[len] = '\0';
+        } else if ((o = find_long(p[i].doc, strlen(p[i].doc))) != NULL) {
+            out->allowed |= o->cmd_bit;
+        }
+    }
+    return 1;
+}
+
+int ag_cli_request(const ag_cli_args *a, ag_msg *req) {
+    const ag_query_def *def = ag_query_by_type((int)a->cmd);
+    const ag_field *p;
+    size_t n, i;
+    memset(req, 0, sizeof *req);
+    if (def == NULL || !(def->flags & AG_Q_PUBLIC)) return AG_EINVAL;
+    req->type = def->q;
+    p = ag_query_params(def->q, &n);
+    for (i = 0; i < n; i++) {
+        int k = param_index(p[i].doc);
+        const char *from;
+        char *to = (char *)&req->u + p[i].off;
+        if (k < 0) continue;
+        from = (const char *)a + params[k].off;
+        if (params[k].kind == ARG_TEXT) {
+            const char *v;
+            memcpy(&v, from, sizeof v);
+            if (v == NULL && p[i].kind == K_FMT) v = AG_DEFAULT_FORMAT;
+            memcpy(to, &v, sizeof v);
+        } else {
+            uint64_t v;
+            if (params[k].kind == ARG_SIZE) {
+                size_t z;
+                memcpy(&z, from, sizeof z);
+                v = z;
+            } else {
+                memcpy(&v, from, sizeof v);
+            }
+            memcpy(to, &v, sizeof v);
+        }
+    }
+    return AG_OK;
 }
 
 #if defined(__GNUC__)
@@ -235,6 +328,8 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap) {
     const char *pos[MAX_POSITIONALS];
     size_t npos = 0, i;
     const cmd_def *cmd = NULL;
+    cmd_def query_cmd;
+    char usage[128];
     int json = 0, csv = 0, only_positionals = 0;
     int k;
 
@@ -292,6 +387,7 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap) {
 
     for (i = 0; i < NCOMMANDS; i++)
         if (strcmp(commands[i].name, pos[0]) == 0) cmd = &commands[i];
+    if (cmd == NULL && query_command(pos[0], &query_cmd, usage, sizeof usage)) cmd = &query_cmd;
     if (cmd == NULL)
         return usage_error(err, cap, "unknown command '%s' (try 'altgrad --help')", pos[0]);
     a->cmd = cmd->cmd;
@@ -312,7 +408,19 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap) {
     if (a->to_step != 0 && a->from_step > a->to_step)
         return usage_error(err, cap, "--from %llu is after --to %llu",
                            (unsigned long long)a->from_step, (unsigned long long)a->to_step);
-    if (cmd->npos >= 1) a->run = pos[1];
-    if (cmd->npos >= 2) a->tensor = pos[2];
+    if (cmd->cmd == AG_CMD_REPORT) {
+        a->run = pos[1];
+        return AG_OK;
+    }
+    {
+        /* a query's positionals are its required parameters, in order */
+        size_t n, next = 1;
+        const ag_field *p = ag_query_params((int)cmd->cmd, &n);
+        for (i = 0; i < n && next < npos; i++) {
+            int at = param_index(p[i].doc);
+            if (!(p[i].flags & F_REQ) || at < 0 || params[at].kind != ARG_TEXT) continue;
+            memcpy((char *)a + params[at].off, &pos[next++], sizeof(const char *));
+        }
+    }
     return AG_OK;
 }

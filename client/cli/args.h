@@ -10,16 +10,20 @@
 #include <stdint.h>
 
 #include "output.h"
+#include "proto/proto.h"
 
 typedef enum ag_cli_cmd {
     AG_CMD_NONE = 0,
-    AG_CMD_STATUS,
-    AG_CMD_RUNS,
-    AG_CMD_TENSORS,
-    AG_CMD_HISTORY,
-    AG_CMD_SCALES,
-    AG_CMD_TOP,
-    AG_CMD_REPORT
+    AG_CMD_REPORT = 1, /* the CLI's own (report.c) */
+    /* Every public query of proto/queries.h is a command of its name, and
+     * its request type is the command's value; these name the ones the CLI
+     * (or its tests) refer to. */
+    AG_CMD_RUNS = AG_MSG_Q_RUNS,
+    AG_CMD_TENSORS = AG_MSG_Q_TENSORS,
+    AG_CMD_HISTORY = AG_MSG_Q_HISTORY,
+    AG_CMD_SCALES = AG_MSG_Q_SCALES,
+    AG_CMD_TOP = AG_MSG_Q_TOP,
+    AG_CMD_STATUS = AG_MSG_Q_STATUS
 } ag_cli_cmd;
 
 /* Bits for the options a command accepts (and that were given). */
@@ -66,6 +70,11 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t errcap
 
 /* The command's name ("history"), or NULL for AG_CMD_NONE. */
 const char *ag_cli_cmd_name(ag_cli_cmd cmd);
+
+/* The request of query command a->cmd, its parameters (proto/spec.c) taken
+ * from a by name and a format not given as AG_DEFAULT_FORMAT; strings point
+ * into a's. AG_EINVAL when a->cmd is no query. */
+int ag_cli_request(const ag_cli_args *a, ag_msg *req);
 
 /* The usage text printed by --help. */
 const char *ag_cli_usage(void);

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "client/open_quiet.h"
+#include "client/query_any.h"
+#include "present/answer.h"
 #include "schema/store.h"
 
 const char *ag_cli_default_query_url(void) {
@@ -74,8 +76,12 @@ void ag_cli_source_close(ag_cli_source *s) {
     s->store = NULL;
 }
 
-int ag_cli_source_runs(ag_cli_source *s, ag_run_list **out) {
-    return s->store ? ag_store_runs(s->store, out) : ag_client_runs(s->client, out);
+int ag_cli_source_ask(ag_cli_source *s, const ag_msg *req, ag_msg *reply) {
+    int rc;
+    if (s->store) return ag_answer(s->store, req, reply);
+    rc = ag_client_ask(s->client, req, reply);
+    if (rc == AG_OK) ag_msg_take_result(reply); /* the root stays in reply->u */
+    return rc;
 }
 
 int ag_cli_source_tensors(ag_cli_source *s, const char *run, ag_tensor_list **out) {
@@ -84,18 +90,6 @@ int ag_cli_source_tensors(ag_cli_source *s, const char *run, ag_tensor_list **ou
 
 int ag_cli_source_history(ag_cli_source *s, const ag_history_query *q, ag_history **out) {
     return s->store ? ag_store_history(s->store, q, out) : ag_client_history(s->client, q, out);
-}
-
-int ag_cli_source_scales(ag_cli_source *s, const char *run, const char *format,
-                         ag_scale_list **out) {
-    return s->store ? ag_store_scales(s->store, run, format, out)
-                    : ag_client_scales(s->client, run, format, out);
-}
-
-int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format, uint64_t window,
-                      size_t limit, ag_top_list **out) {
-    return s->store ? ag_store_top(s->store, run, format, window, limit, out)
-                    : ag_client_top(s->client, run, format, window, limit, out);
 }
 
 int ag_cli_source_status(ag_cli_source *s, ag_status **out) {

@@ -12,6 +12,7 @@
 
 #include "altgrad/altgrad.h"
 #include "args.h"
+#include "proto/proto.h"
 
 struct ag_store;
 
@@ -26,13 +27,12 @@ typedef struct ag_cli_source {
 int ag_cli_source_open(ag_cli_source *s, const ag_cli_args *a, char *err, size_t cap);
 void ag_cli_source_close(ag_cli_source *s);
 
-int ag_cli_source_runs(ag_cli_source *s, ag_run_list **out);
+/* Any query: req (ag_cli_request) answered into reply, whose result
+ * ag_answer_free frees (present/answer.h), whichever source answered.
+ * The typed calls below are the three report.c asks. */
+int ag_cli_source_ask(ag_cli_source *s, const ag_msg *req, ag_msg *reply);
 int ag_cli_source_tensors(ag_cli_source *s, const char *run, ag_tensor_list **out);
 int ag_cli_source_history(ag_cli_source *s, const ag_history_query *q, ag_history **out);
-int ag_cli_source_scales(ag_cli_source *s, const char *run, const char *format,
-                         ag_scale_list **out);
-int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format, uint64_t window,
-                      size_t limit, ag_top_list **out);
 int ag_cli_source_status(ag_cli_source *s, ag_status **out);
 
 /* One line (no newline) in err explaining the failure rc of the last call;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "client/cli/args.h"
+#include "proto/spec.h"
 
 #define ARGV(...) ((char *[]){"altgrad", __VA_ARGS__, NULL})
 #define ARGC(...) ((int)(sizeof((char *[]){"altgrad", __VA_ARGS__}) / sizeof(char *)))
@@ -183,4 +184,48 @@ Test(args, timeout_is_milliseconds_for_the_daemon_only) {
     expect_usage_error(PARSE(&a, err, "status", "--timeout", "0"), err, "--timeout");
     expect_usage_error(PARSE(&a, err, "status", "--db", "x.db", "--timeout", "9"), err,
                        "--timeout");
+}
+
+/* Every public query of proto/queries.h is a command of its name, walked
+ * from the list: its required parameters are its positionals, in order, and
+ * its request carries them and the default format. */
+Test(args, every_public_query_is_a_command_with_its_parameters) {
+    size_t seen = 0;
+    for (size_t i = 0; ag_query_at(i); i++) {
+        const ag_query_def *q = ag_query_at(i);
+        char *argv[8] = {"altgrad", (char *)q->name};
+        int argc = 2;
+        size_t n;
+        const ag_field *p = ag_query_params(q->q, &n);
+        for (size_t k = 0; k < n; k++)
+            if (p[k].doc && (p[k].flags & F_REQ)) argv[argc++] = (char *)p[k].doc;
+        ag_cli_args a;
+        char err[256];
+        int rc = ag_cli_parse(argc, argv, &a, err, sizeof err);
+        if (!(q->flags & AG_Q_PUBLIC)) {
+            cr_assert_neq(rc, 0, "%s is internal, no command", q->name);
+            continue;
+        }
+        cr_assert_eq(rc, 0, "%s: %s", q->name, err);
+        cr_assert_eq((int)a.cmd, q->q);
+        cr_assert_str_eq(ag_cli_cmd_name(a.cmd), q->name);
+        ag_msg req;
+        cr_assert_eq(ag_cli_request(&a, &req), AG_OK);
+        cr_assert_eq(req.type, q->q);
+        for (size_t k = 0; k < n; k++) {
+            const char *v;
+            if (p[k].kind != K_NAME && p[k].kind != K_FMT) continue;
+            memcpy(&v, (const char *)&req.u + p[k].off, sizeof v);
+            cr_assert_str_eq(v, p[k].kind == K_FMT ? AG_DEFAULT_FORMAT : p[k].doc, "%s %s", q->name,
+                             p[k].doc);
+        }
+        /* one positional short is a usage error naming them all */
+        if (argc > 2) {
+            rc = ag_cli_parse(argc - 1, argv, &a, err, sizeof err);
+            cr_assert_neq(rc, 0);
+            cr_assert_not_null(strstr(err, q->name), "%s", err);
+        }
+        seen++;
+    }
+    cr_assert_geq(seen, 6);
 }

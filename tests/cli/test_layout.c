@@ -102,6 +102,6 @@ Test(layout, status_has_source_and_address_then_the_fields_of_its_table) {
 
 Test(layout, unknown_results_have_no_keys) {
     cr_assert_null(ag_result_key(-1, 0));
-    cr_assert_null(ag_result_key(AG_RESULT_STATUS + 1, 0));
+    cr_assert_null(ag_result_key(1000, 0)); /* not STATUS + 1: a new result may take it */
     cr_assert_str_eq(ag_result_key(AG_RESULT_STATUS, 1), "uptime_s");
 }

@@ -71,7 +71,8 @@ static inline int receive(nng_socket s, ag_msg *m, nng_msg **keep) {
     int rv = nng_recvmsg(s, &msg, 0);
     if (rv) return rv;
     int rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), m);
-    cr_assert_eq(rc, AG_OK, "the client sent a message we cannot decode: %s", m->why);
+    cr_assert_eq(rc, AG_OK, "the client sent a message we cannot decode: %s",
+                 ag_errctx_text(&m->err));
     *keep = msg;
     return 0;
 }

@@ -558,7 +558,7 @@ static void push_stats_of(nng_socket s, const char *run, uint64_t cid, uint64_t 
     m.u.stats = (ag_msg_stats){.n = 1, .records = &rec};
     ag_buf b;
     ag_buf_init(&b);
-    cr_assert_eq(ag_proto_encode(&b, &m), AG_OK, "%s", m.why ? m.why : "");
+    cr_assert_eq(ag_proto_encode(&b, &m), AG_OK, "%s", ag_errctx_text(&m.err));
     push_raw(s, b.data, b.len);
     ag_buf_free(&b);
 }
@@ -928,7 +928,7 @@ Test(altgradd, thousands_of_mutated_messages_never_stop_the_daemon) {
                                         .x = g};
     for (int i = 0; i < 3; i++) {
         ag_buf_init(&seeds[i]);
-        cr_assert_eq(ag_proto_encode(&seeds[i], &m[i]), AG_OK, "%s", m[i].why ? m[i].why : "");
+        cr_assert_eq(ag_proto_encode(&seeds[i], &m[i]), AG_OK, "%s", ag_errctx_text(&m[i].err));
     }
     uint64_t rng = 0x9e3779b97f4a7c15ull;
     unsigned char buf[4096];

@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "proto/proto.h"
+#include "proto/spec.h"
 #include "tests/cli/json_mini.h"
 #include "tests/daemon/harness.h"
 
@@ -490,4 +492,55 @@ Test(http, http_off_serves_nothing_and_bad_values_exit_2) {
         int st = system(cmd);
         cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 2, "--http %s: status %d", bad[i], st);
     }
+}
+
+/* Every public query of proto/queries.h, walked from the list itself: a
+ * query added there is served at /api/<name> with the bytes the CLI's
+ * command of the same name prints, with no edit here. */
+Test(http, every_public_query_is_an_endpoint_and_a_command_alike) {
+    harness_start(&H, HTTP_ON);
+    ag_client *c;
+    feed(&c);
+    int port = http_port(&H);
+    size_t seen = 0;
+    for (size_t i = 0; ag_query_at(i); i++) {
+        const ag_query_def *q = ag_query_at(i);
+        if (!(q->flags & AG_Q_PUBLIC)) continue;
+        char target[256], cli[256];
+        size_t n, tl, cl;
+        const ag_field *p = ag_query_params(q->q, &n);
+        tl = (size_t)snprintf(target, sizeof target, "/api/%s", q->name);
+        cl = (size_t)snprintf(cli, sizeof cli, "%s", q->name);
+        for (size_t k = 0; k < n; k++) {
+            if (!p[k].doc || !(p[k].flags & F_REQ)) continue;
+            const char *v = strcmp(p[k].doc, "run") == 0 ? RUN : "w";
+            tl += (size_t)snprintf(target + tl, sizeof target - tl, "%c%s=%s",
+                                   strchr(target, '?') ? '&' : '?', p[k].doc, v);
+            cl += (size_t)snprintf(cli + cl, sizeof cli - cl, " %s", v);
+        }
+        for (int tries = 0;; tries++) {
+            reply r = http_get(port, target);
+            cr_assert_eq(r.status, 200, "%s: %s", target, r.raw);
+            char *want = cli_json(cli);
+            /* status's live counters and address differ by design */
+            int same = (q->flags & AG_Q_LIVE) || strcmp(r.body, want) == 0;
+            if (!same && tries < 100) { /* rows still being committed */
+                reply_free(&r);
+                free(want);
+                struct timespec ts = {0, 50 * 1000000};
+                nanosleep(&ts, NULL);
+                continue;
+            }
+            cr_assert(same, "%s: %s\nCLI %s: %s", target, r.body, cli, want);
+            reply_free(&r);
+            free(want);
+            break;
+        }
+        seen++;
+    }
+    cr_assert_geq(seen, 6, "runs, tensors, history, scales, top, status at least");
+    reply r = http_get(port, "/api/delivery?cid=1");
+    cr_assert_eq(r.status, 404, "an internal query is no endpoint");
+    reply_free(&r);
+    ag_client_close(c);
 }

@@ -256,7 +256,7 @@ static void push_v1(nng_socket s, ag_msg *m) {
     m->version = 1;
     ag_buf b;
     ag_buf_init(&b);
-    cr_assert_eq(ag_proto_encode(&b, m), AG_OK, "%s", m->why ? m->why : "");
+    cr_assert_eq(ag_proto_encode(&b, m), AG_OK, "%s", ag_errctx_text(&m->err));
     cr_assert_eq(nng_send(s, b.data, b.len, 0), 0);
     ag_buf_free(&b);
 }

@@ -72,7 +72,7 @@ static ag_stat_record recs[3] = {
 
 static void encode(const ag_msg *m, ag_buf *out) {
     ag_buf_init(out);
-    cr_assert_eq(ag_proto_encode(out, m), AG_OK, "%s", m->why ? m->why : "");
+    cr_assert_eq(ag_proto_encode(out, m), AG_OK, "%s", ag_errctx_text(&m->err));
 }
 
 /* Decode buf under every allocation failure; the last (clean) decode is

@@ -10,19 +10,20 @@
 #include "altgrad/altgrad.h"
 #include "core/arena.h"
 #include "proto/proto.h"
+#include "proto/spec.h"
 
 static ag_buf encode_ok(ag_msg *m) {
     ag_buf b;
     ag_buf_init(&b);
     int rc = ag_proto_encode(&b, m);
-    cr_assert_eq(rc, AG_OK, "encode: %s (%s)", ag_strerror(rc), m->why ? m->why : "");
+    cr_assert_eq(rc, AG_OK, "encode: %s (%s)", ag_strerror(rc), ag_errctx_text(&m->err));
     cr_assert_eq(ag_proto_encoded_size(m), b.len);
     return b;
 }
 
 static void decode_ok(const ag_buf *b, ag_msg *out) {
     int rc = ag_proto_decode(b->data, b->len, out);
-    cr_assert_eq(rc, AG_OK, "decode: %s (%s)", ag_strerror(rc), out->why ? out->why : "");
+    cr_assert_eq(rc, AG_OK, "decode: %s (%s)", ag_strerror(rc), ag_errctx_text(&out->err));
 }
 
 static ag_stream_hdr hdr(void) {
@@ -322,6 +323,36 @@ Test(codec, every_query_round_trips_its_arguments) {
     }
 }
 
+/* The list of proto/queries.h against the tables: each query has request
+ * and reply tables, its type names, its reply at q + 16, parameters whose
+ * names are unique, and a listed result whose keys the library gives. */
+Test(codec, every_listed_query_has_its_tables_and_names) {
+    size_t i;
+    for (i = 0; ag_query_at(i); i++) {
+        const ag_query_def *q = ag_query_at(i);
+        cr_assert_not_null(ag_spec_for(q->q), "%s: no request table", q->name);
+        cr_assert_not_null(ag_spec_for(q->r), "%s: no reply table", q->name);
+        cr_assert_eq(q->r, q->q + 16);
+        cr_assert_eq(ag_query_by_type(q->q), q);
+        cr_assert_eq(ag_query_by_name(q->name), q);
+        cr_assert_eq(strncmp(ag_proto_type_name(q->q), "q_", 2), 0);
+        cr_assert_str_eq(ag_proto_type_name(q->q) + 2, q->name);
+        cr_assert_eq(strncmp(ag_proto_type_name(q->r), "r_", 2), 0);
+        cr_assert_str_eq(ag_proto_type_name(q->r) + 2, q->name);
+        cr_assert_not(ag_proto_is_stream(q->q));
+        size_t n;
+        const ag_field *p = ag_query_params(q->q, &n);
+        for (size_t a = 0; a < n; a++)
+            for (size_t b = a + 1; b < n; b++)
+                cr_assert(!p[a].doc || !p[b].doc || strcmp(p[a].doc, p[b].doc) != 0);
+        if (q->result >= 0) cr_assert_not_null(ag_result_key(q->result, 0), "%s", q->name);
+    }
+    cr_assert_geq(i, 8);
+    cr_assert_null(ag_query_by_type(AG_MSG_RUN_START));
+    cr_assert_null(ag_query_by_type(AG_MSG_R_RUNS));
+    cr_assert_null(ag_query_by_name("bogus"));
+}
+
 Test(codec, delivery_query_and_reply_round_trip_full_64_bit_ids) {
     ag_msg m = {.type = AG_MSG_Q_DELIVERY};
     m.u.delivery.client_id = UINT64_MAX - 1;
@@ -353,7 +384,7 @@ Test(codec, a_delivery_query_without_a_client_id_is_rejected) {
     const uint8_t bytes[] = {0x82, 0xa1, 'v', 0x02, 0xa1, 't', 0x17};
     ag_msg d;
     cr_assert_eq(ag_proto_decode(bytes, sizeof bytes, &d), AG_EPROTO);
-    cr_assert_not_null(d.why);
+    cr_assert(ag_errctx_text(&d.err)[0] != 0);
 }
 
 Test(codec, history_query_without_format_leaves_it_null) {
@@ -649,7 +680,7 @@ Test(codec, history_items_longer_than_known_are_read_and_shorter_ones_refused) {
         if (lengths[t] < 10) {
             cr_expect_eq(rc, AG_EPROTO, "9 values: fewer than every receiver reads");
         } else {
-            cr_assert_eq(rc, AG_OK, "%s", d.why ? d.why : "");
+            cr_assert_eq(rc, AG_OK, "%s", ag_errctx_text(&d.err));
             cr_expect_eq(d.u.history->points[0].total, 2);
             if (lengths[t] > 10)
                 cr_expect_str_eq(d.u.history->points[0].computed, "daemon");

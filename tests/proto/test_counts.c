@@ -47,9 +47,9 @@ static int encode(const ag_msg *m, ag_buf *b) {
 Test(counts, a_counts_message_round_trips_every_value_and_unknown_flips) {
     ag_msg m = counts_msg();
     ag_buf b;
-    cr_assert_eq(encode(&m, &b), AG_OK, "%s", m.why ? m.why : "");
+    cr_assert_eq(encode(&m, &b), AG_OK, "%s", ag_errctx_text(&m.err));
     ag_msg d;
-    cr_assert_eq(ag_proto_decode(b.data, b.len, &d), AG_OK, "%s", d.why ? d.why : "");
+    cr_assert_eq(ag_proto_decode(b.data, b.len, &d), AG_OK, "%s", ag_errctx_text(&d.err));
     cr_assert_eq(d.type, AG_MSG_COUNTS);
     cr_assert_eq(d.version, 2);
     cr_assert_eq(d.hdr.seq, 5);
@@ -231,14 +231,14 @@ Test(counts, items_may_come_before_the_formats_they_answer) {
     two[1].flips_nil = 1;
     two[1].scale = 0.1; /* not a float32: sent as float 32, so exact */
     ag_msg m;
-    cr_assert_eq(decode_items(two, 2, 2, 2, 1, &m), AG_OK, "%s", m.why ? m.why : "");
+    cr_assert_eq(decode_items(two, 2, 2, 2, 1, &m), AG_OK, "%s", ag_errctx_text(&m.err));
     cr_expect_eq(m.u.counts.n, 2);
     cr_expect_eq(m.u.counts.flips[1], 3);
     cr_expect_eq(m.u.counts.flips[3], -1);
     cr_expect_eq(m.u.counts.scales[2], 0.1f);
     cr_expect_eq(m.u.counts.form, AG_FORM_UPDATE);
     ag_msg_clear(&m);
-    cr_assert_eq(decode_items(two, 2, 2, 2, 0, &m), AG_OK, "%s", m.why ? m.why : "");
+    cr_assert_eq(decode_items(two, 2, 2, 2, 0, &m), AG_OK, "%s", ag_errctx_text(&m.err));
     ag_msg_clear(&m);
 }
 
@@ -276,7 +276,7 @@ Test(counts, the_decoder_refuses_every_hostile_value) {
         ag_msg m;
         int rc = decode_items(its, n, nfmts, version, (int)(k % 2), &m);
         cr_expect_eq(rc, AG_EPROTO, "%s: %s", what[k], ag_strerror(rc));
-        cr_expect_not_null(m.why, "%s", what[k]);
+        cr_expect(m.err.code != 0 && ag_errctx_text(&m.err)[0], "%s", what[k]);
         ag_msg_clear(&m);
     }
 }
@@ -301,7 +301,7 @@ Test(counts, a_count_the_bytes_cannot_hold_is_refused_before_allocating) {
     ag_msg m;
     int rc = ag_proto_decode(big, sb.size + 2, &m);
     cr_expect_eq(rc, AG_EPROTO, "%s", ag_strerror(rc));
-    cr_expect_not_null(m.why);
+    cr_expect(m.err.code != 0 && ag_errctx_text(&m.err)[0]);
     free(big);
     msgpack_sbuffer_destroy(&sb);
 }

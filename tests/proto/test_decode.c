@@ -66,7 +66,7 @@ Test(decode, a_valid_hand_built_snapshot_decodes) {
     msgpack_sbuffer_init(&sb);
     snapshot(&sb, 4, 32, AG_DTYPE_F32);
     ag_msg m;
-    cr_assert_eq(decode_sb(&sb, &m), AG_OK, "%s", m.why);
+    cr_assert_eq(decode_sb(&sb, &m), AG_OK, "%s", ag_errctx_text(&m.err));
     cr_assert_eq(m.u.snapshot.n, 4);
     ag_msg_clear(&m);
     msgpack_sbuffer_destroy(&sb);
@@ -92,7 +92,7 @@ Test(decode, snapshot_data_that_disagrees_with_n_is_rejected) {
         snapshot(&sb, cases[i].n, cases[i].len, cases[i].dtype);
         ag_msg m;
         cr_assert_eq(decode_sb(&sb, &m), AG_EPROTO, "case %zu", i);
-        cr_assert_not_null(m.why);
+        cr_assert(ag_errctx_text(&m.err)[0] != 0);
         msgpack_sbuffer_destroy(&sb);
     }
 }

@@ -40,7 +40,7 @@ Test(encode, snapshot_misuse_is_refused_with_a_reason) {
     m = snapshot(w, g);
     m.u.snapshot.lr = NAN;
     cr_assert_eq(encode(&m), AG_EINVAL);
-    cr_assert_not_null(m.why);
+    cr_assert(ag_errctx_text(&m.err)[0] != 0);
     m = snapshot(w, g);
     m.u.snapshot.lr = INFINITY;
     cr_assert_eq(encode(&m), AG_EINVAL);
