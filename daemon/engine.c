@@ -42,6 +42,7 @@ static void free_tensor(void *v, void *ctx) {
             free(t->roles[r]);
         }
     for (int i = 0; i < AG_FORMATS_MAX; i++) free(t->prev[i]);
+    free(t->base_w);
     free(t->name);
     free(t);
 }
@@ -68,7 +69,8 @@ int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_count
     ag_map_init(&e->launches);
     ag_map_init(&e->clients);
     e->history_len = (size_t)cfg->history_len;
-    e->max_state_bytes = AG_ENGINE_MAX_STATE_BYTES;
+    e->max_state_bytes =
+        cfg->state_budget_mib > 0 ? (size_t)cfg->state_budget_mib << 20 : AG_ENGINE_MAX_STATE_BYTES;
     e->amax_mode = cfg->amax_mode;
     ag_engine_reconfigure(e, cfg);
     *out = e;
@@ -396,16 +398,26 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         ag_engine_job *j = NULL;
         if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;
         j->bytes = bytes;
+        j->reserved += bytes; /* the message is held until the job ends */
+        e->inflight_bytes += bytes;
         j->client = cs;
         j->seq = m->hdr.seq;
+        j->t->busy = 1;
+        e->njobs++;
         /* amax first (cheap next to the kernels), then scales on the loop. */
         j->err = ag_amax(j->w, j->n, &j->amax, &j->nonfinite);
         if (!j->err) ag_eng_job_scales(e, j);
+        if (!j->err) j->err = ag_eng_job_prepare(e, j);
         if (j->n >= AG_ENGINE_POOL_MIN && !j->err) {
+            /* Its run and client count it when its rows are queued, so a
+             * later message's deltas never say it was stored before it is. */
+            r->messages--;
+            cs->delivered--;
+            j->deferred = 1;
             *job = j;
             return AG_OK;
         }
-        if (!j->err) j->err = ag_eng_job_kernels(j);
+        ag_engine_job_run(j);
         return ag_engine_job_finish(e, j);
     }
     }

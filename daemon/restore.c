@@ -2,10 +2,12 @@
  * restore.c - rebuilding the engine from the store at daemon start (formats,
  * runs with the launches that went to them, the clients that have not ended
  * with their sequence state and drop count, tensors, amax
- * histories, scales, and each tensor's last snapshot re-encoded so flips
- * continue across a restart).
+ * histories, scales, and each tensor's last stored snapshot re-encoded so
+ * flips continue across a restart, or marked lost where results were
+ * written after it).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,31 +159,54 @@ static int on_scale(void *ctx, int64_t tensor_id, int64_t format_id, int role, u
     return 0;
 }
 
-/* The previous snapshot, re-encoded per format with that format's scale of
- * the same step, so the first snapshot after a restart still counts flips. */
+/* The weights of the tensor's last stored snapshot, held until the last
+ * results say whether they are still its baseline (on_last_result). */
 static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n) {
     ag_engine *e = ctx;
     tensor_state *t = tensor_by_id(e, tensor_id);
-    role_state *rs = t ? t->roles[AG_ROLE_WEIGHT] : NULL;
-    if (!rs) return 0;
-    t->prev_n = n;
-    for (int fi = 0; fi < AG_FORMATS_MAX; fi++) {
-        if (!(rs->has_scale >> fi & 1) || rs->step != step) continue;
-        const ag_format *f = ag_format_at((size_t)fi);
-        uint8_t *cur = malloc(n);
-        if (!cur) return AG_ENOMEM;
-        if (ag_encode_array(f, (float)rs->scale[fi], w, cur, n)) {
-            free(cur);
-            continue;
-        }
-        if (!t->prev[fi]) {
-            t->prev_bytes += n;
-            e->state_bytes += n;
-        }
-        free(t->prev[fi]);
-        t->prev[fi] = cur;
-        t->prev_scale[fi] = (float)rs->scale[fi];
+    if (!t) return 0;
+    float *copy = malloc(n * sizeof *copy);
+    if (!copy) return AG_ENOMEM;
+    memcpy(copy, w, n * sizeof *copy);
+    free(t->base_w);
+    t->base_w = copy;
+    t->base_n = n;
+    t->base_step = step;
+    return 0;
+}
+
+/* A format the tensor has results in. When the stored weights are of its
+ * newest result's step, they are encoded at that result's scale: the first
+ * snapshot after the restart counts flips against them. Otherwise the
+ * daemon stopped without writing its baseline (kill -9, a crash): that
+ * snapshot's flips in this format are unknown, never 0. */
+static int on_last_result(void *ctx, int64_t tensor_id, int64_t format_id, uint64_t last_step,
+                          int has_scale, double scale) {
+    ag_engine *e = ctx;
+    tensor_state *t = tensor_by_id(e, tensor_id);
+    int fi = format_index_by_id(e, format_id);
+    if (!t || fi < 0) return 0;
+    float s = (float)scale;
+    if (!has_scale || !t->base_w || t->base_step != last_step || !(s > 0) || !isfinite(s) ||
+        (t->prev_n && t->prev_n != t->base_n)) {
+        t->flips_lost |= 1ull << fi;
+        return 0;
     }
+    uint8_t *cur = malloc(t->base_n);
+    if (!cur) return AG_ENOMEM;
+    if (ag_encode_array(ag_format_at((size_t)fi), s, t->base_w, cur, t->base_n)) {
+        free(cur);
+        t->flips_lost |= 1ull << fi;
+        return 0;
+    }
+    if (!t->prev[fi]) {
+        t->prev_bytes += t->base_n;
+        e->state_bytes += t->base_n;
+    }
+    free(t->prev[fi]);
+    t->prev[fi] = cur;
+    t->prev_scale[fi] = s;
+    t->prev_n = t->base_n;
     return 0;
 }
 
@@ -199,8 +224,14 @@ int ag_engine_restore(ag_engine *e, ag_store *st) {
                               .tensor = on_tensor,
                               .history = on_history,
                               .scale = on_scale,
-                              .snapshot = on_snapshot};
+                              .snapshot = on_snapshot,
+                              .last_result = on_last_result};
     err = ag_store_restore(st, e->history_len, &cb);
+    /* The stored weights are in the file already: only new ones are kept. */
+    for (size_t i = 0; i < e->ntensors_by_id; i++) {
+        free(e->tensors_by_id[i]->base_w);
+        e->tensors_by_id[i]->base_w = NULL;
+    }
     free(e->runs_by_id);
     free(e->tensors_by_id);
     e->runs_by_id = NULL;

@@ -116,12 +116,16 @@ int ag_store_put_result(ag_store *st, const ag_store_result_row *r) {
     sqlite3_bind_int64(s, 3, i64(r->step));
     sqlite3_bind_int64(s, 4, i64(r->counts.stalled));
     sqlite3_bind_int64(s, 5, i64(r->counts.total));
-    sqlite3_bind_int64(s, 6, i64(r->flips));
+    if (r->flips_unknown)
+        sqlite3_bind_null(s, 6);
+    else
+        sqlite3_bind_int64(s, 6, i64(r->flips));
     sqlite3_bind_int64(s, 7, i64(r->counts.overflow));
     sqlite3_bind_int64(s, 8, i64(r->counts.underflow));
     sqlite3_bind_int64(s, 9, i64(r->counts.nonfinite));
     sqlite3_bind_double(s, 10, isfinite(r->amax) ? r->amax : 0.0);
     sqlite3_bind_double(s, 11, isfinite(r->scale) ? r->scale : 0.0);
+    sqlite3_bind_int(s, 12, r->source);
     return ag_store_exec_stmt(st, s, "put result");
 }
 
