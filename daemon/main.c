@@ -578,6 +578,7 @@ int main(int argc, char **argv) {
                    ag_http_bound(d->http));
         ag_notify("READY=1");
         notify_status(d, "ready");
+        d->next_persist_ms = now_ms() + (uint64_t)d->cfg.baseline_interval * 1000;
         pump(d); /* anything that arrived during startup */
     } else if (d->ingest) {
         ag_ingest_close(d->ingest);
