@@ -66,8 +66,9 @@ static void daemon_path(char *out, size_t len) {
     snprintf(out, len, "%s/../daemon/altgradd", bench_dir);
 }
 
-/* Start altgradd and wait for its READY=1. */
-static int daemon_start(daemon_proc *d) {
+/* Start altgradd (threads: its --threads, NULL for the default: one per
+ * core) and wait for its READY=1. */
+static int daemon_start_threads(daemon_proc *d, const char *threads) {
     strcpy(d->dir, "/tmp/ag_bench_XXXXXX");
     if (!mkdtemp(d->dir)) return -1;
     snprintf(d->ingest, sizeof d->ingest, "ipc://%s/in.sock", d->dir);
@@ -84,7 +85,7 @@ static int daemon_start(daemon_proc *d) {
     if (d->pid == 0) {
         setenv("NOTIFY_SOCKET", notify, 1);
         execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db, "--log-level",
-              "warning", "--http", "off", (char *)NULL);
+              "warning", "--http", "off", "--threads", threads ? threads : "0", (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 300; i++) {
@@ -102,6 +103,8 @@ static int daemon_start(daemon_proc *d) {
     fprintf(stderr, "bench_ingest: %s did not start\n", path);
     return -1;
 }
+
+static int daemon_start(daemon_proc *d) { return daemon_start_threads(d, NULL); }
 
 static void daemon_stop(daemon_proc *d) {
     if (d->pid > 0) {
@@ -277,8 +280,16 @@ int main(void) {
     double snap = daemon_snapshots(&d, n, 20);
     double mc = memcpy_mbs(2 * n * sizeof(float));
     printf("snapshot ingest (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, memcpy %.0f MB/s, "
-           "ratio %.4f\n",
+           "ratio %.4f (target >= 0.2)\n",
            n, snap, mc, mc > 0 ? snap / mc : 0.0);
+    daemon_stop(&d);
+
+    /* The same with one pool thread: what the cores add. */
+    if (daemon_start_threads(&d, "1")) return 1;
+    double snap1 = daemon_snapshots(&d, n, 20);
+    printf("snapshot ingest, 1 pool thread (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, "
+           "memcpy %.0f MB/s, ratio %.4f; all cores / one thread %.2fx (target >= 1.7)\n",
+           n, snap1, mc, mc > 0 ? snap1 / mc : 0.0, snap1 > 0 ? snap / snap1 : 0.0);
     daemon_stop(&d);
 
     if (daemon_start(&d)) return 1;

@@ -273,14 +273,21 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
     int err = with_tensors ? flush_tensors(e) : AG_OK;
     if (cs) {
         run_state *r = cs->run;
+        /* While snapshots of the run or client are in flight, messages
+         * handled after them are not yet counted as stored: the counts and
+         * the highest stored seq (q_delivery) must never claim a message
+         * whose rows are not queued yet. They are given with the last one. */
+        uint64_t messages = r->jobs ? 0 : r->messages;
+        uint64_t delivered = cs->jobs ? 0 : cs->delivered;
         ag_write_item it = {.kind = AG_W_RUN_DELTA};
         it.u.run_delta = (ag_store_run_delta){.run_id = r->id,
-                                              .messages = r->messages,
+                                              .messages = messages,
                                               .dropped = r->dropped,
                                               .last_step = r->last_step,
                                               .ended_ms = r->ended_ms};
         if (!err) err = ag_eng_push(e, &it);
-        r->messages = r->dropped = 0;
+        r->messages -= messages;
+        r->dropped = 0;
         r->ended_ms = 0;
         ag_write_item c = {.kind = AG_W_CLIENT_DELTA};
         c.u.client_delta = (ag_store_client_delta){.client_id = cs->id,
@@ -288,9 +295,9 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
                                                    .last_drop = cs->last_drop,
                                                    .has_drop = cs->drop_known,
                                                    .ended = cs->ended,
-                                                   .delivered = cs->delivered};
+                                                   .delivered = delivered};
         if (!err) err = ag_eng_push(e, &c);
-        cs->delivered = 0;
+        cs->delivered -= delivered;
         if (cs->ended) ag_eng_forget_client(e, cs);
     }
     ag_write_item c = {.kind = AG_W_COUNTER};
@@ -404,16 +411,13 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         j->seq = m->hdr.seq;
         j->t->busy = 1;
         e->njobs++;
+        r->jobs++;
+        cs->jobs++;
         /* amax first (cheap next to the kernels), then scales on the loop. */
         j->err = ag_amax(j->w, j->n, &j->amax, &j->nonfinite);
         if (!j->err) ag_eng_job_scales(e, j);
         if (!j->err) j->err = ag_eng_job_prepare(e, j);
         if (j->n >= AG_ENGINE_POOL_MIN && !j->err) {
-            /* Its run and client count it when its rows are queued, so a
-             * later message's deltas never say it was stored before it is. */
-            r->messages--;
-            cs->delivered--;
-            j->deferred = 1;
             *job = j;
             return AG_OK;
         }

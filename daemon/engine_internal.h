@@ -76,6 +76,7 @@ struct run_state {
     /* delta since the last message end */
     uint64_t messages, dropped, last_step;
     int64_t ended_ms;
+    size_t jobs; /* its snapshot jobs in flight: messages is held back meanwhile */
 };
 
 /* One client (its random cid) and the run its messages are filed under,
@@ -92,6 +93,9 @@ typedef struct client_state {
     uint64_t delivered; /* messages accounted since the last message end: the
                             * clients row's delivery count gets them with the
                             * message's rows (q_delivery) */
+    size_t jobs;        /* its snapshot jobs in flight: delivered is held back
+                         * meanwhile, so a later message never makes the
+                         * store say a seq is stored before all below it */
 } client_state;
 
 struct ag_engine {
@@ -164,8 +168,6 @@ struct ag_engine_job {
     uint64_t *part_flips;         /* nchunks * nf */
     int *part_err;                /* nchunks */
     size_t reserved;              /* bytes counted in the engine's inflight_bytes */
-    int deferred;                 /* its run's messages and its client's delivered
-                                   * count are added when it finishes */
     size_t bytes;                 /* of the message, for the bytes counter */
     int err;
 };

@@ -312,10 +312,8 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     e->inflight_bytes -= job->reserved;
     e->njobs--;
     t->busy = 0;
-    if (job->deferred) {
-        r->messages++;
-        if (job->client) job->client->delivered++;
-    }
+    r->jobs--;
+    if (job->client) job->client->jobs--;
     if (!err) err = adopt(e, job);
     size_t kept = 0; /* the baseline may have been replaced or dropped */
     for (int i = 0; i < AG_FORMATS_MAX; i++) kept += t->prev[i] ? t->prev_n : 0;

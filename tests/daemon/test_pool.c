@@ -68,13 +68,12 @@ static char *dump_results(const char *db_path) {
     int rows = 0;
     while (sqlite3_step(q) == SQLITE_ROW) {
         char line[512];
-        int k = snprintf(line, sizeof line, "%s %s %lld %lld %lld %s %lld %lld %lld %.9g %.9g\n",
-                         sqlite3_column_text(q, 0), sqlite3_column_text(q, 1),
-                         sqlite3_column_int64(q, 2), sqlite3_column_int64(q, 3),
-                         sqlite3_column_int64(q, 4), sqlite3_column_text(q, 5),
-                         sqlite3_column_int64(q, 6), sqlite3_column_int64(q, 7),
-                         sqlite3_column_int64(q, 8), sqlite3_column_double(q, 9),
-                         sqlite3_column_double(q, 10));
+        int k = snprintf(
+            line, sizeof line, "%s %s %lld %lld %lld %s %lld %lld %lld %.9g %.9g\n",
+            sqlite3_column_text(q, 0), sqlite3_column_text(q, 1), sqlite3_column_int64(q, 2),
+            sqlite3_column_int64(q, 3), sqlite3_column_int64(q, 4), sqlite3_column_text(q, 5),
+            sqlite3_column_int64(q, 6), sqlite3_column_int64(q, 7), sqlite3_column_int64(q, 8),
+            sqlite3_column_double(q, 9), sqlite3_column_double(q, 10));
         if (len + (size_t)k + 1 > cap) {
             cap *= 2;
             out = realloc(out, cap);
@@ -119,8 +118,8 @@ static char *run_with_threads(const char *threads) {
                                 .lr = LR};
             cr_assert_eq(ag_client_log_snapshot(c, &snap), AG_OK);
         }
-        cr_assert_eq(
-            ag_client_log_amax(c, s, "a.weight", AG_ROLE_WEIGHT, 0.5 * (double)s, N, 0), AG_OK);
+        cr_assert_eq(ag_client_log_amax(c, s, "a.weight", AG_ROLE_WEIGHT, 0.5 * (double)s, N, 0),
+                     AG_OK);
     }
     cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
     ag_free(harness_wait_history(c, "pool", "d.weight", "E5M2", 6));
