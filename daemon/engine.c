@@ -413,15 +413,13 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         e->njobs++;
         r->jobs++;
         cs->jobs++;
-        /* amax first (cheap next to the kernels), then scales on the loop. */
-        j->err = ag_amax(j->w, j->n, &j->amax, &j->nonfinite);
-        if (!j->err) ag_eng_job_scales(e, j);
-        if (!j->err) j->err = ag_eng_job_prepare(e, j);
+        /* The amax in chunks, then the scales on the loop, then the kernels. */
+        j->err = ag_eng_job_amax_phase(j);
         if (j->n >= AG_ENGINE_POOL_MIN && !j->err) {
             *job = j;
             return AG_OK;
         }
-        ag_engine_job_run(j);
+        ag_engine_job_run(e, j);
         return ag_engine_job_finish(e, j);
     }
     }

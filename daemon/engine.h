@@ -49,22 +49,34 @@ void ag_engine_reconfigure(ag_engine *e, const ag_config *cfg);
  * once (ag_engine_job_run_chunk); when all have run, ag_engine_job_finish
  * on the loop. The message buffer must stay alive until then. Meanwhile
  * the loop may handle other messages except: another snapshot of the same
- * tensor name, a run start or end (they change the clients jobs refer to),
- * and any type it does not know (see ag_engine_may_overlap).
+ * tensor name, statistics while a job's scales are pending (they would enter
+ * the amax history first), a run start or end (they change the clients jobs
+ * refer to), and any type it does not know (see ag_engine_may_overlap).
  */
 int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job **job);
+/* A job runs in two phases: the amax of its weights, then (after the loop
+ * took its scales in ag_engine_job_next) the kernels. Chunks of the
+ * current phase: */
 size_t ag_engine_job_chunks(const ag_engine_job *job);
-/* Evaluate chunk c of the job: any thread. */
+/* Evaluate chunk c of the current phase: any thread. */
 void ag_engine_job_run_chunk(ag_engine_job *job, size_t c);
-/* Every chunk, one after the other, on this thread. */
-void ag_engine_job_run(ag_engine_job *job);
+/* On the loop when every chunk of the current phase has run: 1 when the
+ * job goes on with another phase (run its chunks), 0 when it is done
+ * (ag_engine_job_finish). */
+int ag_engine_job_next(ag_engine *e, ag_engine_job *job);
+/* 1 while the job's scales are not taken yet (its amax phase). */
+int ag_engine_job_scales_pending(const ag_engine_job *job);
+/* Every phase and chunk, one after the other, on this thread (the loop). */
+void ag_engine_job_run(ag_engine *e, ag_engine_job *job);
 /* The tensor name a job evaluates (valid until ag_engine_job_finish). */
 const char *ag_engine_job_tensor(const ag_engine_job *job);
 /* Queue the job's rows and free it. */
 int ag_engine_job_finish(ag_engine *e, ag_engine_job *job);
 /* 1 when message m may be handled while the jobs in flight (whose tensors
- * are tensors[0..njobs)) still run: see ag_engine_handle. */
-int ag_engine_may_overlap(const ag_msg *m, const char *const *tensors, size_t njobs);
+ * are tensors[0..njobs)) still run, scales_pending of them without their
+ * scales yet: see ag_engine_handle. */
+int ag_engine_may_overlap(const ag_msg *m, const char *const *tensors, size_t njobs,
+                          int scales_pending);
 /* 1 when snapshot m (bytes long) fits the state budget beside the jobs in
  * flight, or no job is in flight (it is then accepted or refused alone). */
 int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes);

@@ -163,6 +163,9 @@ struct ag_engine_job {
     /* chunks: elements [c * chunk, ...), each with its own counts, summed in
      * chunk order when the job finishes (integers: the same totals for any
      * number of threads) */
+    int phase;          /* 0: the amax chunks run (scales pending), 1: the kernels */
+    float *part_amax;   /* phase 0: nchunks */
+    uint64_t *part_bad; /* phase 0: nchunks */
     size_t chunk, nchunks;
     ag_stall_counts *part_counts; /* nchunks * nf */
     uint64_t *part_flips;         /* nchunks * nf */
@@ -229,6 +232,8 @@ void ag_eng_job_scales(ag_engine *e, ag_engine_job *job);
 /* Allocate the job's patterns and chunk results and decide each format's
  * flips, once the scales are known. Loop. */
 int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job);
+/* Set the job up for its amax phase (chunks of ag_amax). */
+int ag_eng_job_amax_phase(ag_engine_job *job);
 /* Put t on the list of baselines to write. */
 void ag_eng_mark_dirty(ag_engine *e, tensor_state *t);
 

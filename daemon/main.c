@@ -106,52 +106,62 @@ static void job_done(ag_daemon *d, inflight *f) {
     free(f);
 }
 
+static int dispatch_chunks(ag_daemon *d, inflight *f);
+
 static void after_chunk_cb(uv_work_t *req, int status) {
     chunk_work *w = req->data;
     inflight *f = w->f;
     ag_daemon *d = f->d;
     (void)status;
     if (--f->left) return;
+    if (ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f)) return;
     job_done(d, f);
     pump(d);
 }
 
-/* Put the job's chunks on the pool; where the pool refuses one, run it
- * here rather than lose it. */
+/* Put the chunks of the job's current phase on the pool; where the pool
+ * refuses one, run it here rather than lose it. 1 when some were queued
+ * (after_chunk_cb goes on), 0 when every chunk has already run. */
+static int dispatch_chunks(ag_daemon *d, inflight *f) {
+    for (;;) {
+        size_t n = ag_engine_job_chunks(f->job);
+        chunk_work *works = n ? calloc(n, sizeof *works) : NULL;
+        free(f->works);
+        f->works = works;
+        size_t queued = 0;
+        f->left = n + 1; /* held until every chunk is queued */
+        for (size_t c = 0; c < n; c++) {
+            if (works) {
+                works[c] = (chunk_work){.f = f, .index = c};
+                works[c].req.data = &works[c];
+                if (uv_queue_work(&d->loop, &works[c].req, chunk_cb, after_chunk_cb) == 0) {
+                    queued++;
+                    continue;
+                }
+            }
+            ag_engine_job_run_chunk(f->job, c);
+            f->left--;
+        }
+        if (--f->left) return 1;
+        /* every chunk ran here: the next phase, if any */
+        if (!ag_engine_job_next(d->engine, f->job)) return 0;
+    }
+}
+
 static void dispatch(ag_daemon *d, ag_engine_job *job, nng_msg *nm, const ag_msg *m) {
-    size_t n = ag_engine_job_chunks(job);
     inflight *f = calloc(1, sizeof *f);
-    chunk_work *works = n ? calloc(n, sizeof *works) : NULL;
-    if (!f || (n && !works)) { /* no memory to track it: evaluate it now */
-        free(f);
-        free(works);
-        ag_engine_job_run(job);
+    if (!f) { /* no memory to track it: evaluate it now */
+        ag_engine_job_run(d->engine, job);
         ag_engine_job_finish(d->engine, job);
         ag_msg_clear((ag_msg *)m);
         nng_msg_free(nm);
         return;
     }
-    *f = (inflight){.d = d, .job = job, .nm = nm, .msg = *m, .left = n, .works = works};
+    *f = (inflight){.d = d, .job = job, .nm = nm, .msg = *m};
     f->next = d->jobs;
     d->jobs = f;
     d->njobs++;
-    if (n == 0) {
-        job_done(d, f);
-        return;
-    }
-    size_t queued = 0;
-    for (size_t c = 0; c < n; c++) {
-        works[c].f = f;
-        works[c].index = c;
-        works[c].req.data = &works[c];
-        if (uv_queue_work(&d->loop, &works[c].req, chunk_cb, after_chunk_cb) == 0) {
-            queued++;
-            continue;
-        }
-        ag_engine_job_run_chunk(job, c);
-        f->left--;
-    }
-    if (queued == 0) job_done(d, f);
+    if (!dispatch_chunks(d, f)) job_done(d, f);
 }
 
 /* Whether the decoded message m may be handled now, beside the jobs in flight. */
@@ -162,14 +172,16 @@ static int may_start(ag_daemon *d, const ag_msg *m, size_t len) {
         return 0;
     const char *names[64];
     size_t k = 0;
+    int pending = 0;
+    for (inflight *f = d->jobs; f; f = f->next) pending |= ag_engine_job_scales_pending(f->job);
     for (inflight *f = d->jobs; f; f = f->next) {
         names[k++] = ag_engine_job_tensor(f->job);
         if (k == sizeof names / sizeof names[0]) {
-            if (!ag_engine_may_overlap(m, names, k)) return 0;
+            if (!ag_engine_may_overlap(m, names, k, pending)) return 0;
             k = 0;
         }
     }
-    return ag_engine_may_overlap(m, names, k);
+    return ag_engine_may_overlap(m, names, k, pending);
 }
 
 /* Decode one message; NULL-type result when it was rejected (counted). */

@@ -55,6 +55,8 @@ static void job_free(ag_engine_job *job) {
     free(job->wbuf);
     free(job->xbuf);
     for (size_t i = 0; i < job->nf; i++) free(job->cur[i]);
+    free(job->part_amax);
+    free(job->part_bad);
     free(job->part_counts);
     free(job->part_flips);
     free(job->part_err);
@@ -77,10 +79,11 @@ int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes) {
     return e->state_bytes + e->inflight_bytes + need <= e->max_state_bytes;
 }
 
-int ag_engine_may_overlap(const ag_msg *m, const char *const *tensors, size_t njobs) {
+int ag_engine_may_overlap(const ag_msg *m, const char *const *tensors, size_t njobs,
+                          int scales_pending) {
     if (njobs == 0) return 1;
     switch (m->type) {
-    case AG_MSG_STATS: return 1; /* the jobs' scales were taken when they were made */
+    case AG_MSG_STATS: return !scales_pending; /* amax histories keep message order */
     case AG_MSG_SNAPSHOT:
         for (size_t i = 0; i < njobs; i++)
             if (strcmp(tensors[i], m->u.snapshot.tensor) == 0) return 0;
@@ -184,7 +187,7 @@ int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
     job->nchunks = (n + job->chunk - 1) / job->chunk;
     job->part_counts = calloc(job->nchunks * nf, sizeof *job->part_counts);
     job->part_flips = calloc(job->nchunks * nf, sizeof *job->part_flips);
-    job->part_err = calloc(job->nchunks, sizeof *job->part_err);
+    if (!job->part_err) job->part_err = calloc(job->nchunks, sizeof *job->part_err);
     if (!job->part_counts || !job->part_flips || !job->part_err) return AG_ENOMEM;
     for (size_t i = 0; i < nf; i++)
         if (!(job->cur[i] = malloc(n))) return AG_ENOMEM;
@@ -222,6 +225,41 @@ int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
 
 size_t ag_engine_job_chunks(const ag_engine_job *job) { return job->err ? 0 : job->nchunks; }
 
+int ag_engine_job_scales_pending(const ag_engine_job *job) { return job->phase == 0; }
+
+/* Phase 0: the amax of the job's weights in chunks, summed on the loop. */
+int ag_eng_job_amax_phase(ag_engine_job *job) {
+    job->phase = 0;
+    job->chunk = AG_ENGINE_CHUNK;
+    job->nchunks = (job->n + job->chunk - 1) / job->chunk;
+    job->part_amax = calloc(job->nchunks, sizeof *job->part_amax);
+    job->part_bad = calloc(job->nchunks, sizeof *job->part_bad);
+    job->part_err = calloc(job->nchunks, sizeof *job->part_err);
+    return job->part_amax && job->part_bad && job->part_err ? AG_OK : AG_ENOMEM;
+}
+
+int ag_engine_job_next(ag_engine *e, ag_engine_job *job) {
+    if (job->err || job->phase != 0) return 0;
+    /* The largest finite magnitude and the non-finite count, as one pass
+     * over the whole array gives them. */
+    float amax = 0;
+    uint64_t bad = 0;
+    for (size_t c = 0; c < job->nchunks && !job->err; c++) {
+        job->err = job->part_err[c];
+        amax = job->part_amax[c] > amax ? job->part_amax[c] : amax;
+        bad += job->part_bad[c];
+    }
+    job->phase = 1;
+    if (job->err) return 0;
+    job->amax = amax;
+    job->nonfinite = bad;
+    ag_eng_job_scales(e, job);
+    free(job->part_err);
+    job->part_err = NULL;
+    job->err = ag_eng_job_prepare(e, job);
+    return job->err == AG_OK;
+}
+
 const char *ag_engine_job_tensor(const ag_engine_job *job) { return job->t->name; }
 
 /* Stall counts and the patterns of every format in one pass over the
@@ -230,6 +268,10 @@ const char *ag_engine_job_tensor(const ag_engine_job *job) { return job->t->name
 void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     size_t start = c * job->chunk;
     size_t len = job->n - start < job->chunk ? job->n - start : job->chunk;
+    if (job->phase == 0) {
+        job->part_err[c] = ag_amax(job->w + start, len, &job->part_amax[c], &job->part_bad[c]);
+        return;
+    }
     size_t nf = job->nf;
     ag_stall_counts *counts = job->part_counts + c * nf;
     uint64_t *flips = job->part_flips + c * nf;
@@ -249,9 +291,11 @@ void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     job->part_err[c] = err;
 }
 
-void ag_engine_job_run(ag_engine_job *job) {
-    size_t n = ag_engine_job_chunks(job);
-    for (size_t c = 0; c < n; c++) ag_engine_job_run_chunk(job, c);
+void ag_engine_job_run(ag_engine *e, ag_engine_job *job) {
+    do {
+        size_t n = ag_engine_job_chunks(job);
+        for (size_t c = 0; c < n; c++) ag_engine_job_run_chunk(job, c);
+    } while (ag_engine_job_next(e, job));
 }
 
 void ag_eng_mark_dirty(ag_engine *e, tensor_state *t) {

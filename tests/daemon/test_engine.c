@@ -107,7 +107,7 @@ static int snapshot(uint64_t step, const float *w, const float *x, size_t n, int
     ag_engine_job *job = NULL;
     int err = ag_engine_handle(F.engine, &m, 100, &job);
     if (job) {
-        ag_engine_job_run(job);
+        ag_engine_job_run(F.engine, job);
         err = ag_engine_job_finish(F.engine, job);
     }
     return err;
