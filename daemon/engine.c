@@ -69,8 +69,11 @@ int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_count
     ag_map_init(&e->launches);
     ag_map_init(&e->clients);
     e->history_len = (size_t)cfg->history_len;
-    e->max_state_bytes =
+    /* Of --state-budget, an eighth each goes to the ingest queue and to the
+     * writer's queued baselines (main.c); the engine has the rest. */
+    size_t budget =
         cfg->state_budget_mib > 0 ? (size_t)cfg->state_budget_mib << 20 : AG_ENGINE_MAX_STATE_BYTES;
+    e->max_state_bytes = budget - budget / 4;
     e->amax_mode = cfg->amax_mode;
     ag_engine_reconfigure(e, cfg);
     *out = e;

@@ -6,6 +6,9 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#if defined(__GLIBC__) || defined(__linux__)
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -462,7 +465,13 @@ static int start(ag_daemon *d) {
         ag_store_close(st);
         return 1;
     }
-    ag_writer_opts wo = {.batch_rows = 20000, .batch_ms = 50, .high_water = 200000};
+    /* Queued baseline weights: an eighth of the state budget (engine.c). */
+    size_t eighth = ((size_t)d->cfg.state_budget_mib << 20) / 8;
+    ag_writer_opts wo = {.batch_rows = 20000,
+                         .batch_ms = 50,
+                         .high_water = 200000,
+                         .high_bytes =
+                             eighth < AG_WRITER_HIGH_BYTES ? eighth : AG_WRITER_HIGH_BYTES};
     if ((err = ag_writer_start(&d->writer, st, &wo, &d->log, on_writer_space, d))) {
         fprintf(stderr, "altgradd: cannot start the writer: %s\n", ag_strerror(err));
         ag_store_close(st);
@@ -559,6 +568,11 @@ int main(int argc, char **argv) {
     }
     ag_logger_init(&d->log, d->cfg.log_level);
     d->start_ms = now_ms();
+#ifdef M_MMAP_THRESHOLD
+    /* Snapshot buffers (megabytes, freed as jobs end) go back to the system
+     * at once instead of staying in malloc's heap: RSS follows the budget. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
     /* The pool evaluating snapshots is libuv's, sized before its first use. */
     d->threads = d->cfg.threads > 0 ? (size_t)d->cfg.threads : (size_t)uv_available_parallelism();
     if (d->threads < 1) d->threads = 1;
