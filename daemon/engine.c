@@ -43,6 +43,7 @@ static void free_tensor(void *v, void *ctx) {
         }
     for (int i = 0; i < AG_FORMATS_MAX; i++) free(t->prev[i]);
     free(t->base_w);
+    free(t->restored);
     free(t->name);
     free(t);
 }

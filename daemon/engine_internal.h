@@ -35,6 +35,15 @@ typedef struct role_state {
 
 typedef struct run_state run_state;
 
+/* Restore only: a format the tensor has results in, from the store's
+ * last_result callback, waiting for the tensor's stored baseline. */
+typedef struct restored_result {
+    int fi; /* registry index */
+    int has_scale;
+    uint64_t last_step;
+    float scale;
+} restored_result;
+
 typedef struct tensor_state {
     int64_t id;
     run_state *run;
@@ -63,7 +72,9 @@ typedef struct tensor_state {
      * crash wrote results after the last stored weights), so the next
      * snapshot's flips in it are unknown */
     uint64_t flips_lost;
-    int busy; /* a snapshot job of this tensor is in flight */
+    int busy;                  /* a snapshot job of this tensor is in flight */
+    restored_result *restored; /* restore only */
+    size_t nrestored;
 } tensor_state;
 
 struct run_state {

@@ -159,54 +159,59 @@ static int on_scale(void *ctx, int64_t tensor_id, int64_t format_id, int role, u
     return 0;
 }
 
-/* The weights of the tensor's last stored snapshot, held until the last
- * results say whether they are still its baseline (on_last_result). */
-static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n) {
-    ag_engine *e = ctx;
-    tensor_state *t = tensor_by_id(e, tensor_id);
-    if (!t) return 0;
-    float *copy = malloc(n * sizeof *copy);
-    if (!copy) return AG_ENOMEM;
-    memcpy(copy, w, n * sizeof *copy);
-    free(t->base_w);
-    t->base_w = copy;
-    t->base_n = n;
-    t->base_step = step;
-    return 0;
-}
-
-/* A format the tensor has results in. When the stored weights are of its
- * newest result's step, they are encoded at that result's scale: the first
- * snapshot after the restart counts flips against them. Otherwise the
- * daemon stopped without writing its baseline (kill -9, a crash): that
- * snapshot's flips in this format are unknown, never 0. */
+/* A format the tensor has results in: kept until its stored baseline (if
+ * any) comes (on_snapshot). */
 static int on_last_result(void *ctx, int64_t tensor_id, int64_t format_id, uint64_t last_step,
                           int has_scale, double scale) {
     ag_engine *e = ctx;
     tensor_state *t = tensor_by_id(e, tensor_id);
     int fi = format_index_by_id(e, format_id);
     if (!t || fi < 0) return 0;
-    float s = (float)scale;
-    if (!has_scale || !t->base_w || t->base_step != last_step || !(s > 0) || !isfinite(s) ||
-        (t->prev_n && t->prev_n != t->base_n)) {
-        t->flips_lost |= 1ull << fi;
-        return 0;
+    restored_result *p = realloc(t->restored, (t->nrestored + 1) * sizeof *p);
+    if (!p) return AG_ENOMEM;
+    t->restored = p;
+    p[t->nrestored++] = (restored_result){
+        .fi = fi, .has_scale = has_scale, .last_step = last_step, .scale = (float)scale};
+    return 0;
+}
+
+/* The tensor's stored baseline: encoded at its own step's result scale in
+ * every format whose newest result is of that step, so the first snapshot
+ * after the restart counts flips against it. Where a newer result exists
+ * the daemon stopped without writing its baseline (kill -9, a crash): that
+ * snapshot's flips in the format are unknown, never 0. */
+static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n) {
+    ag_engine *e = ctx;
+    tensor_state *t = tensor_by_id(e, tensor_id);
+    if (!t) return 0;
+    for (size_t i = 0; i < t->nrestored; i++) {
+        const restored_result *rr = &t->restored[i];
+        int fi = rr->fi;
+        float s = rr->scale;
+        if (!rr->has_scale || rr->last_step != step || !(s > 0) || !isfinite(s) ||
+            (t->prev_n && t->prev_n != n)) {
+            t->flips_lost |= 1ull << fi;
+            continue;
+        }
+        uint8_t *cur = malloc(n);
+        if (!cur) return AG_ENOMEM;
+        if (ag_encode_array(ag_format_at((size_t)fi), s, w, cur, n)) {
+            free(cur);
+            t->flips_lost |= 1ull << fi;
+            continue;
+        }
+        if (!t->prev[fi]) {
+            t->prev_bytes += n;
+            e->state_bytes += n;
+        }
+        free(t->prev[fi]);
+        t->prev[fi] = cur;
+        t->prev_scale[fi] = s;
+        t->prev_n = n;
     }
-    uint8_t *cur = malloc(t->base_n);
-    if (!cur) return AG_ENOMEM;
-    if (ag_encode_array(ag_format_at((size_t)fi), s, t->base_w, cur, t->base_n)) {
-        free(cur);
-        t->flips_lost |= 1ull << fi;
-        return 0;
-    }
-    if (!t->prev[fi]) {
-        t->prev_bytes += t->base_n;
-        e->state_bytes += t->base_n;
-    }
-    free(t->prev[fi]);
-    t->prev[fi] = cur;
-    t->prev_scale[fi] = s;
-    t->prev_n = t->base_n;
+    free(t->restored);
+    t->restored = NULL;
+    t->nrestored = 0;
     return 0;
 }
 
@@ -227,10 +232,14 @@ int ag_engine_restore(ag_engine *e, ag_store *st) {
                               .snapshot = on_snapshot,
                               .last_result = on_last_result};
     err = ag_store_restore(st, e->history_len, &cb);
-    /* The stored weights are in the file already: only new ones are kept. */
+    /* A tensor with results but no stored baseline lost it: its first
+     * snapshot's flips are unknown in those formats. */
     for (size_t i = 0; i < e->ntensors_by_id; i++) {
-        free(e->tensors_by_id[i]->base_w);
-        e->tensors_by_id[i]->base_w = NULL;
+        tensor_state *t = e->tensors_by_id[i];
+        for (size_t k = 0; k < t->nrestored; k++) t->flips_lost |= 1ull << t->restored[k].fi;
+        free(t->restored);
+        t->restored = NULL;
+        t->nrestored = 0;
     }
     free(e->runs_by_id);
     free(e->tensors_by_id);

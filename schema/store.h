@@ -208,13 +208,13 @@ typedef struct ag_store_restore_cb {
     int (*history)(void *ctx, int64_t tensor_id, int role, const double *amax, size_t n);
     int (*scale)(void *ctx, int64_t tensor_id, int64_t format_id, int role, uint64_t step,
                  double amax, double scale);
-    int (*snapshot)(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n);
-    /* After every snapshot: each (tensor, format) with results, the newest
+    /* Before the snapshots: each (tensor, format) with results, the newest
      * step with a result (last_step) and, where the tensor's snapshots row
      * has a result of this format at its own step, that result's scale
      * (has_scale 1). A baseline older than last_step was lost in a crash. */
     int (*last_result)(void *ctx, int64_t tensor_id, int64_t format_id, uint64_t last_step,
                        int has_scale, double scale);
+    int (*snapshot)(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n);
 } ag_store_restore_cb;
 
 int ag_store_restore(ag_store *st, size_t history_len, const ag_store_restore_cb *cb);

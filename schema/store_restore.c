@@ -178,10 +178,10 @@ int ag_store_restore(ag_store *st, size_t history_len, const ag_store_restore_cb
             if ((err = history_of(st, refs.items[i].id, role, history_len, vals, cb))) goto fail;
     if ((err = each_row(st, ag_store_stmt(st, AG_ST_ALL_SCALES), "restore scales", scale_row, cb,
                         NULL)) ||
-        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_SNAPSHOTS), "restore snapshots",
-                        snapshot_row, cb, NULL)) ||
         (err = each_row(st, ag_store_stmt(st, AG_ST_LAST_RESULTS), "restore last results",
-                        last_result_row, cb, NULL)))
+                        last_result_row, cb, NULL)) ||
+        (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_SNAPSHOTS), "restore snapshots",
+                        snapshot_row, cb, NULL)))
         goto fail;
 fail:
     free(vals);
