@@ -13,6 +13,7 @@
 
 #define AG_CONFIG_MAX_INGEST 8
 #define AG_CONFIG_PATH_MAX 1024
+#define AG_CONFIG_MAX_THREADS 256
 
 typedef enum ag_scale_mode {
     AG_SCALE_CURRENT = 0, /* the current step's amax is in its own scale (seed) */
@@ -37,10 +38,13 @@ typedef struct ag_config {
     int amax_mode;  /* ag_amax_mode */
     char http[128]; /* --http as given: "HOST:PORT" or "off" */
     int http_enabled;
-    char http_host[64]; /* numeric IPv4 or IPv6 address, no brackets */
-    int http_port;      /* 0: any free port */
-    double margin;      /* scale * 2^margin */
-    int log_level;      /* ag_log_level */
+    char http_host[64];     /* numeric IPv4 or IPv6 address, no brackets */
+    int http_port;          /* 0: any free port */
+    double margin;          /* scale * 2^margin */
+    long threads;           /* snapshot pool threads; 0: one per usable core */
+    long baseline_interval; /* seconds between writes of the flip baselines */
+    long state_budget_mib;  /* the engine's memory budget */
+    int log_level;          /* ag_log_level */
     int want_help;
     int want_version;
 } ag_config;

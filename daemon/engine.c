@@ -42,6 +42,8 @@ static void free_tensor(void *v, void *ctx) {
             free(t->roles[r]);
         }
     for (int i = 0; i < AG_FORMATS_MAX; i++) free(t->prev[i]);
+    free(t->base_w);
+    free(t->restored);
     free(t->name);
     free(t);
 }
@@ -68,7 +70,11 @@ int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_count
     ag_map_init(&e->launches);
     ag_map_init(&e->clients);
     e->history_len = (size_t)cfg->history_len;
-    e->max_state_bytes = AG_ENGINE_MAX_STATE_BYTES;
+    /* Of --state-budget, an eighth each goes to the ingest queue and to the
+     * writer's queued baselines (main.c); the engine has the rest. */
+    size_t budget =
+        cfg->state_budget_mib > 0 ? (size_t)cfg->state_budget_mib << 20 : AG_ENGINE_MAX_STATE_BYTES;
+    e->max_state_bytes = budget - budget / 4;
     e->amax_mode = cfg->amax_mode;
     ag_engine_reconfigure(e, cfg);
     *out = e;
@@ -271,14 +277,21 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
     int err = with_tensors ? flush_tensors(e) : AG_OK;
     if (cs) {
         run_state *r = cs->run;
+        /* While snapshots of the run or client are in flight, messages
+         * handled after them are not yet counted as stored: the counts and
+         * the highest stored seq (q_delivery) must never claim a message
+         * whose rows are not queued yet. They are given with the last one. */
+        uint64_t messages = r->jobs ? 0 : r->messages;
+        uint64_t delivered = cs->jobs ? 0 : cs->delivered;
         ag_write_item it = {.kind = AG_W_RUN_DELTA};
         it.u.run_delta = (ag_store_run_delta){.run_id = r->id,
-                                              .messages = r->messages,
+                                              .messages = messages,
                                               .dropped = r->dropped,
                                               .last_step = r->last_step,
                                               .ended_ms = r->ended_ms};
         if (!err) err = ag_eng_push(e, &it);
-        r->messages = r->dropped = 0;
+        r->messages -= messages;
+        r->dropped = 0;
         r->ended_ms = 0;
         ag_write_item c = {.kind = AG_W_CLIENT_DELTA};
         c.u.client_delta = (ag_store_client_delta){.client_id = cs->id,
@@ -286,9 +299,9 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
                                                    .last_drop = cs->last_drop,
                                                    .has_drop = cs->drop_known,
                                                    .ended = cs->ended,
-                                                   .delivered = cs->delivered};
+                                                   .delivered = delivered};
         if (!err) err = ag_eng_push(e, &c);
-        cs->delivered = 0;
+        cs->delivered -= delivered;
         if (cs->ended) ag_eng_forget_client(e, cs);
     }
     ag_write_item c = {.kind = AG_W_COUNTER};
@@ -405,16 +418,21 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         ag_engine_job *j = NULL;
         if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;
         j->bytes = bytes;
+        j->reserved += bytes; /* the message is held until the job ends */
+        e->inflight_bytes += bytes;
         j->client = cs;
         j->seq = m->hdr.seq;
-        /* amax first (cheap next to the kernels), then scales on the loop. */
-        j->err = ag_amax(j->w, j->n, &j->amax, &j->nonfinite);
-        if (!j->err) ag_eng_job_scales(e, j);
+        j->t->busy = 1;
+        e->njobs++;
+        r->jobs++;
+        cs->jobs++;
+        /* The amax in chunks, then the scales on the loop, then the kernels. */
+        j->err = ag_eng_job_amax_phase(j);
         if (j->n >= AG_ENGINE_POOL_MIN && !j->err) {
             *job = j;
             return AG_OK;
         }
-        if (!j->err) j->err = ag_eng_job_kernels(j);
+        ag_engine_job_run(e, j);
         return ag_engine_job_finish(e, j);
     }
     }

@@ -2,8 +2,9 @@
  * engine.h - per run / tensor / role state on the libuv loop: amax histories,
  * per-format scales (docs/numerics.md, Quantize, scale, history), the last encoded snapshot per format for
  * flips, sequence-gap accounting, and the rows each message turns into
- * (pushed to the writer). Heavy snapshot kernels run as an ag_engine_job on
- * the uv thread pool while the loop holds back further messages.
+ * (pushed to the writer). Heavy snapshot kernels run as an ag_engine_job,
+ * in chunks on the thread pool, while the loop goes on with messages that
+ * do not depend on it.
  */
 #ifndef AG_DAEMON_ENGINE_H
 #define AG_DAEMON_ENGINE_H
@@ -17,8 +18,10 @@
 #include "proto/proto.h"
 #include "schema/store.h"
 
-/* Snapshots of at least this many elements are evaluated on the thread pool. */
+/* Snapshots of at least this many elements are evaluated on the thread pool,
+ * in chunks of AG_ENGINE_CHUNK elements (a multiple of the kernels' block). */
 #define AG_ENGINE_POOL_MIN 65536
+#define AG_ENGINE_CHUNK 65536
 
 typedef struct ag_engine ag_engine;
 typedef struct ag_engine_job ag_engine_job;
@@ -41,15 +44,47 @@ void ag_engine_reconfigure(ag_engine *e, const ag_config *cfg);
 /*
  * Take one decoded stream message of bytes bytes. Returns AG_OK when handled
  * (rows queued), or an error when the message was rejected (counted; the
- * caller logs). For a large snapshot it returns AG_OK with *job set: run
- * ag_engine_job_run on any thread, then ag_engine_job_finish on the loop;
- * the message buffer must stay alive until then and no other message may be
- * handled meanwhile.
+ * caller logs). For a large snapshot it returns AG_OK with *job set: its
+ * ag_engine_job_chunks pieces may run on any threads, in any order and at
+ * once (ag_engine_job_run_chunk); when all have run, ag_engine_job_finish
+ * on the loop. The message buffer must stay alive until then. Meanwhile
+ * the loop may handle other messages except: another snapshot of the same
+ * tensor name, statistics while a job's scales are pending (they would enter
+ * the amax history first), a run start or end (they change the clients jobs
+ * refer to), and any type it does not know (see ag_engine_may_overlap).
  */
 int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job **job);
-void ag_engine_job_run(ag_engine_job *job);
+/* A job runs in two phases: the amax of its weights, then (after the loop
+ * took its scales in ag_engine_job_next) the kernels. Chunks of the
+ * current phase: */
+size_t ag_engine_job_chunks(const ag_engine_job *job);
+/* Evaluate chunk c of the current phase: any thread. */
+void ag_engine_job_run_chunk(ag_engine_job *job, size_t c);
+/* On the loop when every chunk of the current phase has run: 1 when the
+ * job goes on with another phase (run its chunks), 0 when it is done
+ * (ag_engine_job_finish). */
+int ag_engine_job_next(ag_engine *e, ag_engine_job *job);
+/* 1 while the job's scales are not taken yet (its amax phase). */
+int ag_engine_job_scales_pending(const ag_engine_job *job);
+/* Every phase and chunk, one after the other, on this thread (the loop). */
+void ag_engine_job_run(ag_engine *e, ag_engine_job *job);
+/* The tensor name a job evaluates (valid until ag_engine_job_finish). */
+const char *ag_engine_job_tensor(const ag_engine_job *job);
 /* Queue the job's rows and free it. */
 int ag_engine_job_finish(ag_engine *e, ag_engine_job *job);
+/* 1 when message m may be handled while the jobs in flight (whose tensors
+ * are tensors[0..njobs)) still run, scales_pending of them without their
+ * scales yet: see ag_engine_handle. */
+int ag_engine_may_overlap(const ag_msg *m, const char *const *tensors, size_t njobs,
+                          int scales_pending);
+/* 1 when snapshot m (bytes long) fits the state budget beside the jobs in
+ * flight, or no job is in flight (it is then accepted or refused alone). */
+int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes);
+/* Write the flip baselines of tensors snapshotted since the last sweep
+ * (docs/daemon.md, Flip baselines): start a sweep when none is in
+ * progress, then move weights to the writer while it has room (all: until
+ * done, whatever the queue holds). Returns 1 when the sweep is done. */
+int ag_engine_persist(ag_engine *e, int all);
 /* Queue the deltas and scales of tensors touched by statistics since the
  * last flush (the loop calls it on a timer and before stopping). */
 int ag_engine_flush(ag_engine *e);

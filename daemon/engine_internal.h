@@ -15,10 +15,14 @@
 #define MAX_RUNS 100000
 #define MAX_CLIENTS 1000000 /* clients that have not ended (a trainer killed never ends) */
 #define MAX_TENSORS 1000000
-/* Memory the engine's state may hold (tensors, roles with their amax
- * histories, last encoded snapshots): past it, new tensors and snapshots
- * that would keep more are rejected (counted), so a client cannot make the
- * daemon run out of memory. Restored state is counted but never refused. */
+/* Memory the engine's state may hold (--state-budget; docs/daemon.md,
+ * Memory): tensors, roles with their amax histories, the flip baselines
+ * (last encoded snapshot per format, and its float32 weights until they are
+ * written), and the snapshots being evaluated (message, conversions, new
+ * encodings). Past it, new tensors and snapshots that would keep more are
+ * rejected (counted), so a client cannot make the daemon run out of
+ * memory; the loop first waits for snapshots in flight to finish
+ * (ag_engine_snapshot_fits). Restored state is counted but never refused. */
 #define AG_ENGINE_MAX_STATE_BYTES ((size_t)4 << 30)
 
 typedef struct role_state {
@@ -31,6 +35,15 @@ typedef struct role_state {
 } role_state;
 
 typedef struct run_state run_state;
+
+/* Restore only: a format the tensor has results in, from the store's
+ * last_result callback, waiting for the tensor's stored baseline. */
+typedef struct restored_result {
+    int fi; /* registry index */
+    int has_scale;
+    uint64_t last_step;
+    float scale;
+} restored_result;
 
 typedef struct tensor_state {
     int64_t id;
@@ -48,6 +61,21 @@ typedef struct tensor_state {
     float prev_scale[AG_FORMATS_MAX];
     size_t prev_n;
     size_t prev_bytes; /* of prev[], as counted in the engine's state_bytes */
+    /* The float32 weights of the last snapshot (base_n of them, step
+     * base_step) until they are written to the snapshots table (then NULL):
+     * what a restart rebuilds prev[] from. Counted in state_bytes. */
+    float *base_w;
+    size_t base_n;
+    uint64_t base_step;
+    int in_dirty; /* on the engine's dirty or sweep list */
+    struct tensor_state *next_dirty;
+    /* bit per registry index: the baseline of that format was lost (a
+     * crash wrote results after the last stored weights), so the next
+     * snapshot's flips in it are unknown */
+    uint64_t flips_lost;
+    int busy;                  /* a snapshot job of this tensor is in flight */
+    restored_result *restored; /* restore only */
+    size_t nrestored;
 } tensor_state;
 
 struct run_state {
@@ -60,6 +88,7 @@ struct run_state {
     /* delta since the last message end */
     uint64_t messages, dropped, last_step;
     int64_t ended_ms;
+    size_t jobs; /* its snapshot jobs in flight: messages is held back meanwhile */
 };
 
 /* One client (its random cid) and the run its messages are filed under,
@@ -76,6 +105,9 @@ typedef struct client_state {
     uint64_t delivered; /* messages accounted since the last message end: the
                             * clients row's delivery count gets them with the
                             * message's rows (q_delivery) */
+    size_t jobs;        /* its snapshot jobs in flight: delivered is held back
+                         * meanwhile, so a later message never makes the
+                         * store say a seq is stored before all below it */
 } client_state;
 
 struct ag_engine {
@@ -95,6 +127,11 @@ struct ag_engine {
     size_t history_len;
     tensor_state *touched;
     size_t state_bytes, max_state_bytes; /* see AG_ENGINE_MAX_STATE_BYTES */
+    size_t inflight_bytes;               /* reserved by snapshot jobs in flight */
+    size_t njobs;                        /* snapshot jobs in flight */
+    /* tensors whose base_w is not yet written: dirty since the last sweep,
+     * and those the sweep in progress still has to write */
+    tensor_state *dirty, *sweep;
     /* restore: id -> object, sorted by id */
     run_state **runs_by_id;
     size_t nruns_by_id;
@@ -102,6 +139,10 @@ struct ag_engine {
     size_t ntensors_by_id, cap_tensors_by_id;
     ag_errctx err; /* restore: why it failed (ag_engine_why), "" if no reason given */
 };
+
+/* How a format of a job counts its flips (decided on the loop when the job
+ * is made; the tensor's baseline does not change while the job is in flight). */
+enum { FLIPS_NONE, FLIPS_BYTES, FLIPS_ENCODE, FLIPS_UNKNOWN };
 
 struct ag_engine_job {
     tensor_state *t;
@@ -115,15 +156,34 @@ struct ag_engine_job {
     double msg_scale;
     const float *w, *x;
     float *wbuf, *xbuf; /* owned conversions, when the payload was not f32-aligned */
+    float *base;        /* the weights kept as the tensor's baseline (wbuf, or a copy) */
     size_t nf;
     const ag_format *fmts[AG_FORMATS_MAX];
     int fidx[AG_FORMATS_MAX];
     float scales[AG_FORMATS_MAX];
+    uint8_t *cur[AG_FORMATS_MAX]; /* this snapshot's patterns, n bytes per format */
+    /* flips of format i: mode, and what it compares with (a pattern array
+     * and its scale: the tensor's baseline, or cur[k] of the same format
+     * named earlier in the message) */
+    int flip_mode[AG_FORMATS_MAX];
+    const uint8_t *flip_prev[AG_FORMATS_MAX];
+    float flip_scale[AG_FORMATS_MAX];
     ag_stall_counts counts[AG_FORMATS_MAX];
     uint64_t flips[AG_FORMATS_MAX];
     float amax;
     uint64_t nonfinite;
-    size_t bytes; /* of the message, for the bytes counter */
+    /* chunks: elements [c * chunk, ...), each with its own counts, summed in
+     * chunk order when the job finishes (integers: the same totals for any
+     * number of threads) */
+    int phase;          /* 0: the amax chunks run (scales pending), 1: the kernels */
+    float *part_amax;   /* phase 0: nchunks */
+    uint64_t *part_bad; /* phase 0: nchunks */
+    size_t chunk, nchunks;
+    ag_stall_counts *part_counts; /* nchunks * nf */
+    uint64_t *part_flips;         /* nchunks * nf */
+    int *part_err;                /* nchunks */
+    size_t reserved;              /* bytes counted in the engine's inflight_bytes */
+    size_t bytes;                 /* of the message, for the bytes counter */
     int err;
 };
 
@@ -188,6 +248,12 @@ int ag_eng_handle_counts(ag_engine *e, run_state *r, const ag_msg_counts *c);
 /* snapshot.c */
 int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag_engine_job **out);
 void ag_eng_job_scales(ag_engine *e, ag_engine_job *job);
-int ag_eng_job_kernels(ag_engine_job *job);
+/* Allocate the job's patterns and chunk results and decide each format's
+ * flips, once the scales are known. Loop. */
+int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job);
+/* Set the job up for its amax phase (chunks of ag_amax). */
+int ag_eng_job_amax_phase(ag_engine_job *job);
+/* Put t on the list of baselines to write. */
+void ag_eng_mark_dirty(ag_engine *e, tensor_state *t);
 
 #endif

@@ -23,7 +23,8 @@ struct ag_ingest {
     pthread_mutex_t lock;
     nng_msg **ring;
     size_t head, count, bytes, received;
-    int paused; /* receive not re-armed: queue full */
+    size_t max_bytes; /* ag_ingest_queue_bytes */
+    int paused;       /* receive not re-armed: queue full */
     int closing;
     ag_logger *log;
     void (*on_ready)(void *);
@@ -45,6 +46,11 @@ int ag_ipc_prepare(const char *url, ag_logger *lg) {
         return AG_EIO;
     }
     return AG_OK;
+}
+
+size_t ag_ingest_queue_bytes(const ag_config *cfg) {
+    size_t eighth = cfg->state_budget_mib > 0 ? ((size_t)cfg->state_budget_mib << 20) / 8 : 0;
+    return eighth && eighth < AG_INGEST_QUEUE_BYTES ? eighth : AG_INGEST_QUEUE_BYTES;
 }
 
 static void async_cb(uv_async_t *h) {
@@ -69,7 +75,7 @@ static void recv_cb(void *arg) {
         in->bytes += nng_msg_len(m);
         in->received++;
     }
-    int full = in->count >= AG_INGEST_QUEUE_MSGS || in->bytes >= AG_INGEST_QUEUE_BYTES;
+    int full = in->count >= AG_INGEST_QUEUE_MSGS || in->bytes >= in->max_bytes;
     in->paused = full;
     pthread_mutex_unlock(&in->lock);
     if (rv != 0) ag_log(in->log, AG_LOG_WARNING, "ingest: receive failed: %s", nng_strerror(rv));
@@ -88,7 +94,7 @@ nng_msg *ag_ingest_pop(ag_ingest *in) {
         in->bytes -= nng_msg_len(m);
     }
     if (in->paused && !in->closing && in->count < AG_INGEST_QUEUE_MSGS / 2 &&
-        in->bytes < AG_INGEST_QUEUE_BYTES / 2) {
+        in->bytes < in->max_bytes / 2) {
         in->paused = 0;
         rearm = 1;
     }
@@ -122,6 +128,7 @@ int ag_ingest_start(ag_ingest **out, uv_loop_t *loop, const ag_config *cfg, ag_l
         return AG_ENOMEM;
     }
     in->log = lg;
+    in->max_bytes = ag_ingest_queue_bytes(cfg);
     in->on_ready = on_ready;
     in->ctx = ctx;
     pthread_mutex_init(&in->lock, NULL);

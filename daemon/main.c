@@ -6,6 +6,9 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#if defined(__GLIBC__) || defined(__linux__)
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -54,12 +57,15 @@ typedef struct ag_daemon {
     ag_ingest *ingest;
     ag_query *query;
     ag_http *http; /* NULL with --http off */
-    /* the snapshot being evaluated on the thread pool */
-    int busy;
-    uv_work_t work;
-    ag_engine_job *job;
-    nng_msg *job_nng;
-    ag_msg job_msg;
+    /* snapshots being evaluated on the thread pool, and the next message
+     * when it must wait for them (ag_engine_may_overlap) */
+    size_t threads, max_jobs;
+    struct inflight *jobs; /* list */
+    size_t njobs;
+    nng_msg *held_nng;
+    ag_msg held_msg;
+    /* flip baselines: when the next sweep may start (0: one is running) */
+    uint64_t next_persist_ms;
     /* shutdown */
     int stopping, intake_closed, closed;
     int store_degraded; /* last health the loop reported (STATUS=, log) */
@@ -71,65 +77,169 @@ static void pump(ag_daemon *d);
 
 /* ------------------------------------------------------------- messages */
 
-static void work_cb(uv_work_t *req) {
-    ag_daemon *d = req->data;
-    ag_engine_job_run(d->job);
+/* One snapshot in flight: its message (the job reads its payload) and one
+ * pool request per chunk. */
+typedef struct inflight {
+    ag_daemon *d;
+    ag_engine_job *job;
+    nng_msg *nm;
+    ag_msg msg;
+    size_t left; /* chunks not yet done */
+    struct chunk_work *works;
+    struct inflight *next;
+} inflight;
+
+typedef struct chunk_work {
+    uv_work_t req;
+    inflight *f;
+    size_t index;
+} chunk_work;
+
+static void chunk_cb(uv_work_t *req) {
+    chunk_work *w = req->data;
+    ag_engine_job_run_chunk(w->f->job, w->index);
 }
 
-static void after_work_cb(uv_work_t *req, int status) {
-    ag_daemon *d = req->data;
+static void job_done(ag_daemon *d, inflight *f) {
+    for (inflight **p = &d->jobs; *p; p = &(*p)->next)
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    d->njobs--;
+    ag_engine_job_finish(d->engine, f->job);
+    ag_msg_clear(&f->msg);
+    nng_msg_free(f->nm);
+    free(f->works);
+    free(f);
+}
+
+static int dispatch_chunks(ag_daemon *d, inflight *f);
+
+static void after_chunk_cb(uv_work_t *req, int status) {
+    chunk_work *w = req->data;
+    inflight *f = w->f;
+    ag_daemon *d = f->d;
     (void)status;
-    ag_engine_job_finish(d->engine, d->job);
-    ag_msg_clear(&d->job_msg);
-    nng_msg_free(d->job_nng);
-    d->job = NULL;
-    d->job_nng = NULL;
-    d->busy = 0;
+    if (--f->left) return;
+    if (ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f)) return;
+    job_done(d, f);
     pump(d);
 }
 
-/* Decode, validate and file one message; never fails the daemon. */
-static void process(ag_daemon *d, nng_msg *nm) {
+/* Put the chunks of the job's current phase on the pool; where the pool
+ * refuses one, run it here rather than lose it. 1 when some were queued
+ * (after_chunk_cb goes on), 0 when every chunk has already run. */
+static int dispatch_chunks(ag_daemon *d, inflight *f) {
+    for (;;) {
+        size_t n = ag_engine_job_chunks(f->job);
+        chunk_work *works = n ? calloc(n, sizeof *works) : NULL;
+        free(f->works);
+        f->works = works;
+        size_t queued = 0;
+        f->left = n + 1; /* held until every chunk is queued */
+        for (size_t c = 0; c < n; c++) {
+            if (works) {
+                works[c] = (chunk_work){.f = f, .index = c};
+                works[c].req.data = &works[c];
+                if (uv_queue_work(&d->loop, &works[c].req, chunk_cb, after_chunk_cb) == 0) {
+                    queued++;
+                    continue;
+                }
+            }
+            ag_engine_job_run_chunk(f->job, c);
+            f->left--;
+        }
+        if (--f->left) return 1;
+        /* every chunk ran here: the next phase, if any */
+        if (!ag_engine_job_next(d->engine, f->job)) return 0;
+    }
+}
+
+static void dispatch(ag_daemon *d, ag_engine_job *job, nng_msg *nm, const ag_msg *m) {
+    inflight *f = calloc(1, sizeof *f);
+    if (!f) { /* no memory to track it: evaluate it now */
+        ag_engine_job_run(d->engine, job);
+        ag_engine_job_finish(d->engine, job);
+        ag_msg_clear((ag_msg *)m);
+        nng_msg_free(nm);
+        return;
+    }
+    *f = (inflight){.d = d, .job = job, .nm = nm, .msg = *m};
+    f->next = d->jobs;
+    d->jobs = f;
+    d->njobs++;
+    if (!dispatch_chunks(d, f)) job_done(d, f);
+}
+
+/* Whether the decoded message m may be handled now, beside the jobs in flight. */
+static int may_start(ag_daemon *d, const ag_msg *m, size_t len) {
+    if (d->njobs == 0) return 1;
+    if (m->type == AG_MSG_SNAPSHOT &&
+        (d->njobs >= d->max_jobs || !ag_engine_snapshot_fits(d->engine, m, len)))
+        return 0;
+    const char *names[64];
+    size_t k = 0;
+    int pending = 0;
+    for (inflight *f = d->jobs; f; f = f->next) pending |= ag_engine_job_scales_pending(f->job);
+    for (inflight *f = d->jobs; f; f = f->next) {
+        names[k++] = ag_engine_job_tensor(f->job);
+        if (k == sizeof names / sizeof names[0]) {
+            if (!ag_engine_may_overlap(m, names, k, pending)) return 0;
+            k = 0;
+        }
+    }
+    return ag_engine_may_overlap(m, names, k, pending);
+}
+
+/* Decode one message; NULL-type result when it was rejected (counted). */
+static int decode(ag_daemon *d, nng_msg *nm, ag_msg *m) {
     size_t len = nng_msg_len(nm);
-    ag_msg m = {0};
-    int rc = ag_proto_decode(nng_msg_body(nm), len, &m);
-    if (rc == AG_OK && !ag_proto_is_stream(m.type))
-        rc = ag_errctx_set(&m.err, AG_EPROTO, "not a stream message");
+    memset(m, 0, sizeof *m);
+    int rc = ag_proto_decode(nng_msg_body(nm), len, m);
+    if (rc == AG_OK && !ag_proto_is_stream(m->type))
+        rc = ag_errctx_set(&m->err, AG_EPROTO, "not a stream message");
     if (rc) {
         ag_log(&d->log, AG_LOG_WARNING, "ingest: rejected a %zu-byte message: %s (%s)", len,
-               ag_strerror(rc), ag_errctx_text(&m.err));
-        ag_msg_clear(&m);
+               ag_strerror(rc), ag_errctx_text(&m->err));
+        ag_msg_clear(m);
         nng_msg_free(nm);
         ag_engine_reject(d->engine, len);
-        return;
     }
+    return rc;
+}
+
+/* File one decoded message; never fails the daemon. */
+static void process(ag_daemon *d, nng_msg *nm, ag_msg *m) {
     ag_engine_job *job = NULL;
-    ag_engine_handle(d->engine, &m, len, &job);
+    ag_engine_handle(d->engine, m, nng_msg_len(nm), &job);
     if (job) {
-        d->busy = 1;
-        d->job = job;
-        d->job_nng = nm;
-        d->job_msg = m;
-        d->work.data = d;
-        if (uv_queue_work(&d->loop, &d->work, work_cb, after_work_cb) == 0) return;
-        /* No thread pool: evaluate here rather than lose it. */
-        work_cb(&d->work);
-        after_work_cb(&d->work, 0);
+        dispatch(d, job, nm, m);
         return;
     }
-    ag_msg_clear(&m);
+    ag_msg_clear(m);
     nng_msg_free(nm);
 }
 
-/* Move messages from the inbound queue into the engine while the writer has
- * room and no pool job is in flight; yields after PUMP_BATCH messages. */
+/* Move messages from the inbound queue into the engine, in order, while the
+ * writer has room; a message that must wait for a snapshot in flight holds
+ * the rest back. Yields after PUMP_BATCH messages. */
 static void pump(ag_daemon *d) {
     if (d->closed) return;
     for (int i = 0; i < PUMP_BATCH; i++) {
-        if (d->busy || ag_writer_full(d->writer)) return; /* woken by after_work / kick */
-        nng_msg *nm = ag_ingest_pop(d->ingest);
-        if (!nm) return;
-        process(d, nm);
+        if (ag_writer_full(d->writer)) return; /* woken by kick */
+        if (!d->held_nng) {
+            nng_msg *nm = ag_ingest_pop(d->ingest);
+            if (!nm) return;
+            if (decode(d, nm, &d->held_msg)) continue;
+            d->held_nng = nm;
+        }
+        if (!may_start(d, &d->held_msg, nng_msg_len(d->held_nng))) return; /* woken by a job */
+        nng_msg *nm = d->held_nng;
+        ag_msg m = d->held_msg;
+        d->held_nng = NULL;
+        memset(&d->held_msg, 0, sizeof d->held_msg);
+        process(d, nm, &m);
     }
     uv_async_send(&d->kick);
 }
@@ -238,8 +348,9 @@ static void drain_cb(uv_timer_t *t) {
     ag_daemon *d = t->data;
     if (!d->intake_closed) {
         size_t got = ag_ingest_take_received(d->ingest);
-        d->idle_ticks =
-            got == 0 && ag_ingest_depth(d->ingest) == 0 && !d->busy ? d->idle_ticks + 1 : 0;
+        d->idle_ticks = got == 0 && ag_ingest_depth(d->ingest) == 0 && !d->njobs && !d->held_nng
+                            ? d->idle_ticks + 1
+                            : 0;
         if (d->idle_ticks < DRAIN_IDLE_TICKS && now_ms() - d->drain_start_ms < DRAIN_MAX_MS) {
             pump(d);
             return;
@@ -248,9 +359,10 @@ static void drain_cb(uv_timer_t *t) {
         d->intake_closed = 1;
     }
     pump(d);
-    if (d->busy || ag_ingest_depth(d->ingest) > 0) return; /* next tick */
+    if (d->njobs || d->held_nng || ag_ingest_depth(d->ingest) > 0) return; /* next tick */
     uv_timer_stop(t);
     ag_engine_flush(d->engine);
+    ag_engine_persist(d->engine, 1); /* every flip baseline, so a restart loses none */
     d->closed = 1;
     ag_log(&d->log, AG_LOG_INFO, "stopping: intake closed, committing %zu queued rows",
            ag_writer_depth(d->writer));
@@ -311,7 +423,15 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 static void flush_cb(uv_timer_t *t) {
     ag_daemon *d = t->data;
-    if (!d->busy && !d->closed) ag_engine_flush(d->engine);
+    if (!d->closed) {
+        ag_engine_flush(d->engine);
+        /* Flip baselines: a sweep at most every baseline_interval seconds,
+         * moved to the writer as it has room. */
+        uint64_t now = now_ms();
+        if (d->next_persist_ms && now >= d->next_persist_ms) d->next_persist_ms = 0;
+        if (!d->next_persist_ms && ag_engine_persist(d->engine, 0))
+            d->next_persist_ms = now + (uint64_t)d->cfg.baseline_interval * 1000;
+    }
     /* Tell the service manager when the store goes degraded or recovers. */
     ag_writer_health_info h;
     int degraded = ag_writer_health(d->writer, &h);
@@ -375,7 +495,13 @@ static int start(ag_daemon *d) {
         ag_store_close(st);
         return 1;
     }
-    ag_writer_opts wo = {.batch_rows = 20000, .batch_ms = 50, .high_water = 200000};
+    /* Queued baseline weights: an eighth of the state budget (engine.c). */
+    size_t eighth = ((size_t)d->cfg.state_budget_mib << 20) / 8;
+    ag_writer_opts wo = {.batch_rows = 20000,
+                         .batch_ms = 50,
+                         .high_water = 200000,
+                         .high_bytes =
+                             eighth < AG_WRITER_HIGH_BYTES ? eighth : AG_WRITER_HIGH_BYTES};
     if ((err = ag_writer_start(&d->writer, st, &wo, &d->log, on_writer_space, d))) {
         fprintf(stderr, "altgradd: cannot start the writer: %s\n", ag_strerror(err));
         ag_store_close(st);
@@ -473,6 +599,19 @@ int main(int argc, char **argv) {
     ag_logger_init(&d->log, d->cfg.log_level);
     d->start_ms = now_ms();
     publish_scale_rule(d);
+#ifdef M_MMAP_THRESHOLD
+    /* Snapshot buffers (megabytes, freed as jobs end) go back to the system
+     * at once instead of staying in malloc's heap: RSS follows the budget. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
+    /* The pool evaluating snapshots is libuv's, sized before its first use. */
+    d->threads = d->cfg.threads > 0 ? (size_t)d->cfg.threads : (size_t)uv_available_parallelism();
+    if (d->threads < 1) d->threads = 1;
+    if (d->threads > AG_CONFIG_MAX_THREADS) d->threads = AG_CONFIG_MAX_THREADS;
+    d->max_jobs = 2 * d->threads + 2;
+    char pool[16];
+    snprintf(pool, sizeof pool, "%zu", d->threads);
+    setenv("UV_THREADPOOL_SIZE", pool, 1);
     if (init_loop(d)) {
         ag_logger_destroy(&d->log);
         return 1;
@@ -481,8 +620,9 @@ int main(int argc, char **argv) {
     int rc = start(d);
     if (rc == 0 && start_handles(d)) rc = 1;
     if (rc == 0) {
-        ag_log(&d->log, AG_LOG_NOTICE, "altgradd %s ready: db %s, query %s, formats %s",
-               AG_VERSION_STRING, d->cfg.db, d->cfg.query, d->cfg.formats);
+        ag_log(&d->log, AG_LOG_NOTICE,
+               "altgradd %s ready: db %s, query %s, formats %s, %zu snapshot threads",
+               AG_VERSION_STRING, d->cfg.db, d->cfg.query, d->cfg.formats, d->threads);
         for (size_t i = 0; i < d->cfg.ndefined; i++) {
             char spec[64];
             ag_config_format_spec(d->cfg.defined[i], spec, sizeof spec);
@@ -495,6 +635,7 @@ int main(int argc, char **argv) {
                    ag_http_bound(d->http));
         ag_notify("READY=1");
         notify_status(d, "ready");
+        d->next_persist_ms = now_ms() + (uint64_t)d->cfg.baseline_interval * 1000;
         pump(d); /* anything that arrived during startup */
     } else if (d->ingest) {
         ag_ingest_close(d->ingest);
@@ -503,6 +644,10 @@ int main(int argc, char **argv) {
     uv_run(&d->loop, UV_RUN_DEFAULT);
 
     /* The loop has ended: intake is closed. Commit what is queued. */
+    if (d->held_nng) {
+        ag_msg_clear(&d->held_msg);
+        nng_msg_free(d->held_nng);
+    }
     ag_query_stop(d->query);
     ag_writer_stop(d->writer);
     ag_engine_free(d->engine);

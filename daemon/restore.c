@@ -2,10 +2,12 @@
  * restore.c - rebuilding the engine from the store at daemon start (formats,
  * runs with the launches that went to them, the clients that have not ended
  * with their sequence state and drop count, tensors, amax
- * histories, scales, and each tensor's last snapshot re-encoded so flips
- * continue across a restart).
+ * histories, scales, and each tensor's last stored snapshot re-encoded so
+ * flips continue across a restart, or marked lost where results were
+ * written after it).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,21 +159,45 @@ static int on_scale(void *ctx, int64_t tensor_id, int64_t format_id, int role, u
     return 0;
 }
 
-/* The previous snapshot, re-encoded per format with that format's scale of
- * the same step, so the first snapshot after a restart still counts flips. */
+/* A format the tensor has results in: kept until its stored baseline (if
+ * any) comes (on_snapshot). */
+static int on_last_result(void *ctx, int64_t tensor_id, int64_t format_id, uint64_t last_step,
+                          int has_scale, double scale) {
+    ag_engine *e = ctx;
+    tensor_state *t = tensor_by_id(e, tensor_id);
+    int fi = format_index_by_id(e, format_id);
+    if (!t || fi < 0) return 0;
+    restored_result *p = realloc(t->restored, (t->nrestored + 1) * sizeof *p);
+    if (!p) return AG_ENOMEM;
+    t->restored = p;
+    p[t->nrestored++] = (restored_result){
+        .fi = fi, .has_scale = has_scale, .last_step = last_step, .scale = (float)scale};
+    return 0;
+}
+
+/* The tensor's stored baseline: encoded at its own step's result scale in
+ * every format whose newest result is of that step, so the first snapshot
+ * after the restart counts flips against it. Where a newer result exists
+ * the daemon stopped without writing its baseline (kill -9, a crash): that
+ * snapshot's flips in the format are unknown, never 0. */
 static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n) {
     ag_engine *e = ctx;
     tensor_state *t = tensor_by_id(e, tensor_id);
-    role_state *rs = t ? t->roles[AG_ROLE_WEIGHT] : NULL;
-    if (!rs) return 0;
-    t->prev_n = n;
-    for (int fi = 0; fi < AG_FORMATS_MAX; fi++) {
-        if (!(rs->has_scale >> fi & 1) || rs->step != step) continue;
-        const ag_format *f = ag_format_at((size_t)fi);
+    if (!t) return 0;
+    for (size_t i = 0; i < t->nrestored; i++) {
+        const restored_result *rr = &t->restored[i];
+        int fi = rr->fi;
+        float s = rr->scale;
+        if (!rr->has_scale || rr->last_step != step || !(s > 0) || !isfinite(s) ||
+            (t->prev_n && t->prev_n != n)) {
+            t->flips_lost |= 1ull << fi;
+            continue;
+        }
         uint8_t *cur = malloc(n);
         if (!cur) return AG_ENOMEM;
-        if (ag_encode_array(f, (float)rs->scale[fi], w, cur, n)) {
+        if (ag_encode_array(ag_format_at((size_t)fi), s, w, cur, n)) {
             free(cur);
+            t->flips_lost |= 1ull << fi;
             continue;
         }
         if (!t->prev[fi]) {
@@ -180,8 +206,12 @@ static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float 
         }
         free(t->prev[fi]);
         t->prev[fi] = cur;
-        t->prev_scale[fi] = (float)rs->scale[fi];
+        t->prev_scale[fi] = s;
+        t->prev_n = n;
     }
+    free(t->restored);
+    t->restored = NULL;
+    t->nrestored = 0;
     return 0;
 }
 
@@ -199,8 +229,18 @@ int ag_engine_restore(ag_engine *e, ag_store *st) {
                               .tensor = on_tensor,
                               .history = on_history,
                               .scale = on_scale,
-                              .snapshot = on_snapshot};
+                              .snapshot = on_snapshot,
+                              .last_result = on_last_result};
     err = ag_store_restore(st, e->history_len, &cb);
+    /* A tensor with results but no stored baseline lost it: its first
+     * snapshot's flips are unknown in those formats. */
+    for (size_t i = 0; i < e->ntensors_by_id; i++) {
+        tensor_state *t = e->tensors_by_id[i];
+        for (size_t k = 0; k < t->nrestored; k++) t->flips_lost |= 1ull << t->restored[k].fi;
+        free(t->restored);
+        t->restored = NULL;
+        t->nrestored = 0;
+    }
     free(e->runs_by_id);
     free(e->tensors_by_id);
     e->runs_by_id = NULL;

@@ -1,8 +1,9 @@
 /*
  * snapshot.c - gradient snapshots in the engine: payload widening, the
  * per-format scales, the one-pass stall and encode kernel for every format,
- * pattern flips against the previous snapshot, and the rows they file.
- * ag_engine_job_run may run on the libuv thread pool.
+ * pattern flips against the previous snapshot, and the rows they file; the
+ * flip baselines kept in memory and written to the store in sweeps.
+ * A job's chunks (ag_engine_job_run_chunk) may run on the thread pool.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -50,13 +51,50 @@ static int payload(ag_engine_job *job, const ag_msg_snapshot *s) {
 
 static void job_free(ag_engine_job *job) {
     if (!job) return;
+    if (job->base != job->wbuf) free(job->base);
     free(job->wbuf);
     free(job->xbuf);
+    for (size_t i = 0; i < job->nf; i++) free(job->cur[i]);
+    free(job->part_amax);
+    free(job->part_bad);
+    free(job->part_counts);
+    free(job->part_flips);
+    free(job->part_err);
     free(job);
 }
 
+/* Bytes a snapshot job of n elements in nf formats holds while in flight:
+ * the message (bytes), float32 conversions when not f32 (w and x), the
+ * baseline copy of w when f32, and the new patterns. */
+static size_t job_cost(size_t n, size_t nf, int f32, size_t bytes) {
+    return bytes + (f32 ? 1 : 2) * n * sizeof(float) + n * nf;
+}
+
+int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes) {
+    if (e->njobs == 0 || m->type != AG_MSG_SNAPSHOT) return 1;
+    const ag_msg_snapshot *s = &m->u.snapshot;
+    size_t nf = s->nformats ? s->nformats : e->cfg->nfmts;
+    if (s->n > SIZE_MAX / (sizeof(float) * 2 + AG_FORMATS_MAX)) return 0;
+    size_t need = job_cost((size_t)s->n, nf, s->dtype == AG_DTYPE_F32, bytes);
+    return e->state_bytes + e->inflight_bytes + need <= e->max_state_bytes;
+}
+
+int ag_engine_may_overlap(const ag_msg *m, const char *const *tensors, size_t njobs,
+                          int scales_pending) {
+    if (njobs == 0) return 1;
+    switch (m->type) {
+    case AG_MSG_STATS: return !scales_pending; /* amax histories keep message order */
+    case AG_MSG_SNAPSHOT:
+        for (size_t i = 0; i < njobs; i++)
+            if (strcmp(tensors[i], m->u.snapshot.tensor) == 0) return 0;
+        return 1;
+    default: return 0; /* run start and end change clients; unknown types wait */
+    }
+}
+
 int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag_engine_job **out) {
-    if (s->step > INT64_MAX || s->n == 0 || s->n > SIZE_MAX / sizeof(float)) return AG_ERANGE;
+    if (s->step > INT64_MAX || s->n == 0 || s->n > SIZE_MAX / (sizeof(float) * 2 + AG_FORMATS_MAX))
+        return AG_ERANGE;
     /* The kernels scale in float32: a value float32 cannot hold (inf, or a scale
      * that rounds to 0) would fail them after the scale and history had been
      * changed, and leave a scale of 0 or inf in force. Refuse it up front. */
@@ -92,27 +130,33 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
         }
         if ((err = ag_eng_format_id(e, job->fmts[i], job->fidx[i], &id))) goto fail;
     }
-    /* The encoded copies this snapshot leaves for the next one's flips: one
-     * of n bytes per format it names (a shape change drops all the others). */
+    /* What the tensor keeps once this snapshot is its baseline: one n-byte
+     * pattern array per format it names (a shape change drops all the
+     * others) and its float32 weights until written; what it holds now is
+     * given back then. In flight the job holds job_cost besides. */
     tensor_state *known = ag_map_get(&r->tensors, s->tensor);
-    size_t keep = job->n * job->nf, had = 0;
-    if (known && known->prev_n != job->n) had = known->prev_bytes;
+    size_t keep = job->n * job->nf + job->n * sizeof(float), had = 0;
+    if (known) had = known->base_w ? known->base_n * sizeof(float) : 0;
+    if (known && known->prev_n != job->n) had += known->prev_bytes;
     for (size_t i = 0; known && known->prev_n == job->n && i < job->nf; i++) {
         int again = 0;
         for (size_t k = 0; k < i; k++) again |= job->fidx[k] == job->fidx[i];
         if (!again && known->prev[job->fidx[i]]) had += job->n;
     }
-    if (job->nf &&
-        (job->n > SIZE_MAX / job->nf || e->state_bytes - had + keep > e->max_state_bytes)) {
+    size_t cost = job_cost(job->n, job->nf, s->dtype == AG_DTYPE_F32, 0);
+    if (e->state_bytes + e->inflight_bytes + cost - had > e->max_state_bytes ||
+        keep > e->max_state_bytes) {
         err = AG_ENOSPC;
         goto fail;
     }
+    job->reserved = cost;
     if ((err = payload(job, s))) goto fail;
     if ((err = ag_eng_tensor_for(e, r, s->tensor, AG_ROLE_WEIGHT, &job->t))) goto fail;
     if (!ag_eng_role_for(e, job->t, AG_ROLE_WEIGHT)) {
         err = AG_ENOMEM;
         goto fail;
     }
+    e->inflight_bytes += job->reserved;
     *out = job;
     return AG_OK;
 fail:
@@ -135,20 +179,149 @@ void ag_eng_job_scales(ag_engine *e, ag_engine_job *job) {
     }
 }
 
-/* Stall counts and the encoded weights of every format in one pass over w
- * and x, then flips of each format against the previous snapshot. */
-int ag_eng_job_kernels(ag_engine_job *job) {
+int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
+    (void)e;
     tensor_state *t = job->t;
-    uint8_t *cur[AG_FORMATS_MAX] = {NULL};
-    int err = AG_OK;
-    for (size_t i = 0; i < job->nf; i++)
-        if (!(cur[i] = malloc(job->n))) {
-            err = AG_ENOMEM;
-            goto fail;
+    size_t n = job->n, nf = job->nf;
+    job->chunk = AG_ENGINE_CHUNK;
+    job->nchunks = (n + job->chunk - 1) / job->chunk;
+    job->part_counts = calloc(job->nchunks * nf, sizeof *job->part_counts);
+    job->part_flips = calloc(job->nchunks * nf, sizeof *job->part_flips);
+    if (!job->part_err) job->part_err = calloc(job->nchunks, sizeof *job->part_err);
+    if (!job->part_counts || !job->part_flips || !job->part_err) return AG_ENOMEM;
+    for (size_t i = 0; i < nf; i++)
+        if (!(job->cur[i] = malloc(n))) return AG_ENOMEM;
+    if (job->wbuf) {
+        job->base = job->wbuf; /* a conversion: already a copy */
+    } else if (!(job->base = malloc(n * sizeof(float)))) {
+        return AG_ENOMEM;
+    }
+    /* Pattern flips at the previous snapshot's scale (docs/numerics.md): when
+     * the scale has not moved, this snapshot's patterns are already the ones
+     * to compare; when it has, the weights are encoded again at the old scale
+     * in the counting pass. In message order, so a format named twice
+     * compares with itself. A shape change leaves nothing comparable. */
+    int same_shape = t->prev_n == n;
+    for (size_t i = 0; i < nf; i++) {
+        int fi = job->fidx[i];
+        const uint8_t *prev = same_shape ? t->prev[fi] : NULL;
+        float prev_scale = t->prev_scale[fi];
+        int lost = (t->flips_lost >> fi & 1) != 0;
+        for (size_t k = 0; k < i; k++)
+            if (job->fidx[k] == fi) {
+                prev = job->cur[k];
+                prev_scale = job->scales[k];
+                lost = 0;
+            }
+        job->flip_prev[i] = prev;
+        job->flip_scale[i] = prev_scale;
+        job->flip_mode[i] = lost                           ? FLIPS_UNKNOWN
+                            : !prev                        ? FLIPS_NONE
+                            : prev_scale == job->scales[i] ? FLIPS_BYTES
+                                                           : FLIPS_ENCODE;
+    }
+    return AG_OK;
+}
+
+size_t ag_engine_job_chunks(const ag_engine_job *job) { return job->err ? 0 : job->nchunks; }
+
+int ag_engine_job_scales_pending(const ag_engine_job *job) { return job->phase == 0; }
+
+/* Phase 0: the amax of the job's weights in chunks, summed on the loop. */
+int ag_eng_job_amax_phase(ag_engine_job *job) {
+    job->phase = 0;
+    job->chunk = AG_ENGINE_CHUNK;
+    job->nchunks = (job->n + job->chunk - 1) / job->chunk;
+    job->part_amax = calloc(job->nchunks, sizeof *job->part_amax);
+    job->part_bad = calloc(job->nchunks, sizeof *job->part_bad);
+    job->part_err = calloc(job->nchunks, sizeof *job->part_err);
+    return job->part_amax && job->part_bad && job->part_err ? AG_OK : AG_ENOMEM;
+}
+
+int ag_engine_job_next(ag_engine *e, ag_engine_job *job) {
+    if (job->err || job->phase != 0) return 0;
+    /* The largest finite magnitude and the non-finite count, as one pass
+     * over the whole array gives them. */
+    float amax = 0;
+    uint64_t bad = 0;
+    for (size_t c = 0; c < job->nchunks && !job->err; c++) {
+        job->err = job->part_err[c];
+        amax = job->part_amax[c] > amax ? job->part_amax[c] : amax;
+        bad += job->part_bad[c];
+    }
+    job->phase = 1;
+    if (job->err) return 0;
+    job->amax = amax;
+    job->nonfinite = bad;
+    ag_eng_job_scales(e, job);
+    free(job->part_err);
+    job->part_err = NULL;
+    job->err = ag_eng_job_prepare(e, job);
+    return job->err == AG_OK;
+}
+
+const char *ag_engine_job_tensor(const ag_engine_job *job) { return job->t->name; }
+
+/* Stall counts and the patterns of every format in one pass over the
+ * chunk's w and x, the baseline copy of w, then each format's flips. Only
+ * this chunk's slices of the job's arrays are written. */
+void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
+    size_t start = c * job->chunk;
+    size_t len = job->n - start < job->chunk ? job->n - start : job->chunk;
+    if (job->phase == 0) {
+        job->part_err[c] = ag_amax(job->w + start, len, &job->part_amax[c], &job->part_bad[c]);
+        return;
+    }
+    size_t nf = job->nf;
+    ag_stall_counts *counts = job->part_counts + c * nf;
+    uint64_t *flips = job->part_flips + c * nf;
+    uint8_t *cur[AG_FORMATS_MAX];
+    for (size_t i = 0; i < nf; i++) cur[i] = job->cur[i] + start;
+    if (job->base != job->w) memcpy(job->base + start, job->w + start, len * sizeof(float));
+    int err = ag_stall_encode_multi(job->fmts, job->scales, nf, job->form != AG_FORM_SGD, job->lr,
+                                    job->w + start, job->x + start, len, counts, cur);
+    for (size_t i = 0; i < nf && !err; i++) {
+        const uint8_t *prev = job->flip_prev[i] ? job->flip_prev[i] + start : NULL;
+        if (job->flip_mode[i] == FLIPS_BYTES)
+            err = ag_count_pattern_changes(job->fmts[i], prev, cur[i], len, &flips[i]);
+        else if (job->flip_mode[i] == FLIPS_ENCODE)
+            err = ag_count_pattern_flips(job->fmts[i], job->flip_scale[i], prev, job->w + start,
+                                         len, &flips[i]);
+    }
+    job->part_err[c] = err;
+}
+
+void ag_engine_job_run(ag_engine *e, ag_engine_job *job) {
+    do {
+        size_t n = ag_engine_job_chunks(job);
+        for (size_t c = 0; c < n; c++) ag_engine_job_run_chunk(job, c);
+    } while (ag_engine_job_next(e, job));
+}
+
+void ag_eng_mark_dirty(ag_engine *e, tensor_state *t) {
+    if (t->in_dirty) return;
+    t->in_dirty = 1;
+    t->next_dirty = e->dirty;
+    e->dirty = t;
+}
+
+/* Sum the chunks (in order) and make this snapshot the tensor's baseline:
+ * its patterns for the next flips, its weights for the next write. */
+static int adopt(ag_engine *e, ag_engine_job *job) {
+    tensor_state *t = job->t;
+    size_t nf = job->nf;
+    for (size_t c = 0; c < job->nchunks; c++) {
+        if (job->part_err[c]) return job->part_err[c];
+        for (size_t i = 0; i < nf; i++) {
+            const ag_stall_counts *p = &job->part_counts[c * nf + i];
+            job->counts[i].stalled += p->stalled;
+            job->counts[i].total += p->total;
+            job->counts[i].overflow += p->overflow;
+            job->counts[i].underflow += p->underflow;
+            job->counts[i].nonfinite += p->nonfinite;
+            job->flips[i] += job->part_flips[c * nf + i];
         }
-    if ((err = ag_stall_encode_multi(job->fmts, job->scales, job->nf, job->form != AG_FORM_SGD,
-                                     job->lr, job->w, job->x, job->n, job->counts, cur)))
-        goto fail;
+    }
     if (t->prev_n != job->n) { /* shape changed: earlier snapshots are not comparable */
         for (int i = 0; i < AG_FORMATS_MAX; i++) {
             free(t->prev[i]);
@@ -156,42 +329,37 @@ int ag_eng_job_kernels(ag_engine_job *job) {
         }
         t->prev_n = job->n;
     }
-    /* Pattern flips at the previous snapshot's scale (docs/numerics.md): when
-     * the scale has not moved, this snapshot's patterns are already the ones
-     * to compare; when it has, the weights are encoded again at the old scale
-     * in the counting pass. In message order, so a format named twice
-     * compares with itself. */
-    for (size_t i = 0; i < job->nf; i++) {
+    for (size_t i = 0; i < nf; i++) {
         int fi = job->fidx[i];
-        if (t->prev[fi] && t->prev_scale[fi] == job->scales[i])
-            err =
-                ag_count_pattern_changes(job->fmts[i], t->prev[fi], cur[i], job->n, &job->flips[i]);
-        else if (t->prev[fi])
-            err = ag_count_pattern_flips(job->fmts[i], t->prev_scale[fi], t->prev[fi], job->w,
-                                         job->n, &job->flips[i]);
-        free(t->prev[fi]);
-        t->prev[fi] = cur[i];
-        cur[i] = NULL;
+        free(t->prev[fi]); /* a format named twice: the earlier copy of this job */
+        t->prev[fi] = job->cur[i];
+        job->cur[i] = NULL;
         t->prev_scale[fi] = job->scales[i];
-        if (err) goto fail;
+        t->flips_lost &= ~(1ull << fi);
     }
+    size_t base_bytes = t->base_w ? t->base_n * sizeof(float) : 0;
+    free(t->base_w);
+    t->base_w = job->base;
+    if (job->base == job->wbuf) job->wbuf = NULL;
+    job->base = NULL;
+    t->base_n = job->n;
+    t->base_step = job->step;
+    e->state_bytes = e->state_bytes - base_bytes + t->base_n * sizeof(float);
+    ag_eng_mark_dirty(e, t);
     return AG_OK;
-fail:
-    for (size_t i = 0; i < job->nf; i++) free(cur[i]);
-    return err;
-}
-
-/* Thread pool side: only this job's tensor is touched, and the loop leaves
- * the engine alone until ag_engine_job_finish. */
-void ag_engine_job_run(ag_engine_job *job) {
-    if (!job->err) job->err = ag_eng_job_kernels(job);
 }
 
 int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     int err = job->err;
     tensor_state *t = job->t;
     run_state *r = t->run;
-    size_t kept = 0; /* the kernels may have kept or dropped encoded copies */
+    e->inflight_bytes -= job->reserved;
+    e->njobs--;
+    t->busy = 0;
+    r->jobs--;
+    if (job->client) job->client->jobs--;
+    if (!err) err = adopt(e, job);
+    size_t kept = 0; /* the baseline may have been replaced or dropped */
     for (int i = 0; i < AG_FORMATS_MAX; i++) kept += t->prev[i] ? t->prev_n : 0;
     e->state_bytes = e->state_bytes - t->prev_bytes + kept;
     t->prev_bytes = kept;
@@ -208,26 +376,9 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
                                             .counts = job->counts[i],
                                             .flips = job->flips[i],
                                             .amax = job->amax,
-                                            .scale = job->scales[i]};
+                                            .scale = job->scales[i],
+                                            .flips_unknown = job->flip_mode[i] == FLIPS_UNKNOWN};
         if ((err = ag_eng_push(e, &it))) goto done;
-    }
-    ag_write_item sn = {.kind = AG_W_SNAPSHOT};
-    sn.u.snapshot.tensor_id = t->id;
-    sn.u.snapshot.step = job->step;
-    sn.u.snapshot.n = job->n;
-    if (job->wbuf) {
-        sn.u.snapshot.w = job->wbuf;
-        job->wbuf = NULL;
-    } else if ((sn.u.snapshot.w = malloc(job->n * sizeof(float)))) {
-        memcpy(sn.u.snapshot.w, job->w, job->n * sizeof(float));
-    }
-    if (!sn.u.snapshot.w) {
-        err = AG_ENOMEM;
-        goto done;
-    }
-    if ((err = ag_eng_push(e, &sn))) {
-        ag_write_item_clear(&sn);
-        goto done;
     }
     ag_eng_touch_tensor(e, t, AG_ROLE_WEIGHT, job->step, job->numel, job->amax);
     t->snapshots++;
@@ -244,4 +395,37 @@ done:
     /* The message was accepted (seq accounted) even if its rows failed. */
     ag_eng_end_message(e, client, bytes, 1);
     return err;
+}
+
+/* ------------------------------------------------------------ baselines */
+
+int ag_engine_persist(ag_engine *e, int all) {
+    if (!e->sweep) { /* a new sweep: everything dirty until now */
+        e->sweep = e->dirty;
+        e->dirty = NULL;
+    }
+    while (e->sweep) {
+        if (!all && e->writer && ag_writer_full(e->writer)) return 0;
+        tensor_state *t = e->sweep;
+        e->sweep = t->next_dirty;
+        t->next_dirty = NULL;
+        t->in_dirty = 0;
+        if (!t->base_w) continue;
+        ag_write_item sn = {.kind = AG_W_SNAPSHOT};
+        sn.u.snapshot.tensor_id = t->id;
+        sn.u.snapshot.step = t->base_step;
+        sn.u.snapshot.n = t->base_n;
+        sn.u.snapshot.w = t->base_w; /* moves to the writer */
+        int err = ag_eng_push(e, &sn);
+        if (err) { /* kept: the next sweep tries again */
+            ag_log(e->log, AG_LOG_WARNING, "baseline of %s/%s not written: %s", t->run->name,
+                   t->name, ag_strerror(err));
+            ag_eng_mark_dirty(e, t);
+            continue;
+        }
+        t->base_w = NULL;
+        e->state_bytes -= t->base_n * sizeof(float);
+    }
+    if (e->writer) ag_writer_boundary(e->writer);
+    return 1;
 }

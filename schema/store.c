@@ -96,6 +96,14 @@ static const char *const sql_text[AG_ST_COUNT] = {
                            " ORDER BY step DESC LIMIT ?3",
     [AG_ST_ALL_SCALES] = "SELECT tensor_id,format_id,role,step,amax,scale FROM scales",
     [AG_ST_ALL_SNAPSHOTS] = "SELECT tensor_id,step,numel,weights FROM snapshots",
+    /* per (tensor, format): newest result step, and the scale of the result
+     * at the tensor's stored snapshot step (NULL when none); primary-key
+     * lookups only */
+    [AG_ST_LAST_RESULTS] =
+        "SELECT t.id, f.id, (SELECT max(r.step) FROM results r WHERE r.tensor_id=t.id"
+        " AND r.format_id=f.id) AS last, (SELECT r.scale FROM snapshots s JOIN results r"
+        " ON r.tensor_id=s.tensor_id AND r.format_id=f.id AND r.step=s.step"
+        " WHERE s.tensor_id=t.id) FROM tensors t, formats f WHERE last IS NOT NULL",
     [AG_ST_MAX_IDS] = "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
                       " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
     [AG_ST_DELIVERY] = "SELECT delivered,delivered_seq FROM clients WHERE client_id=?1",

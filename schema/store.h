@@ -184,8 +184,9 @@ int ag_store_put_daemon_setting(ag_store *st, const char *name, const char *valu
 /*
  * Streams the engine state back: every format and run, each launch's runs,
  * the clients that have not ended, every tensor, the newest
- * history_len amax values per (tensor, role) oldest first, the latest scales
- * and the latest snapshot weights. Callbacks return 0 to go on; any other
+ * history_len amax values per (tensor, role) oldest first, the latest scales,
+ * the latest snapshot weights (flip baselines) and how they compare with the
+ * newest results. Callbacks return 0 to go on; any other
  * value stops and is returned. Pointers passed are valid during the call only.
  */
 typedef struct ag_store_restore_cb {
@@ -207,6 +208,12 @@ typedef struct ag_store_restore_cb {
     int (*history)(void *ctx, int64_t tensor_id, int role, const double *amax, size_t n);
     int (*scale)(void *ctx, int64_t tensor_id, int64_t format_id, int role, uint64_t step,
                  double amax, double scale);
+    /* Before the snapshots: each (tensor, format) with results, the newest
+     * step with a result (last_step) and, where the tensor's snapshots row
+     * has a result of this format at its own step, that result's scale
+     * (has_scale 1). A baseline older than last_step was lost in a crash. */
+    int (*last_result)(void *ctx, int64_t tensor_id, int64_t format_id, uint64_t last_step,
+                       int has_scale, double scale);
     int (*snapshot)(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n);
 } ag_store_restore_cb;
 

@@ -51,6 +51,7 @@ typedef enum ag_stmt_id {
     AG_ST_HISTORY_TAIL,
     AG_ST_ALL_SCALES,
     AG_ST_ALL_SNAPSHOTS,
+    AG_ST_LAST_RESULTS,
     AG_ST_MAX_IDS,
     AG_ST_DELIVERY,
     AG_ST_COUNT

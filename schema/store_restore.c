@@ -1,7 +1,8 @@
 /*
  * store_restore.c - reading the daemon engine's state back at start: formats,
  * runs, launches, clients, tensors, amax histories (rebuilt from the newest stats rows), the
- * latest scales and snapshot weights. Runs on the write connection before
+ * latest scales, snapshot weights and the newest result of each tensor and
+ * format (whether a weights row is still current). Runs on the write connection before
  * the writer thread starts.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -113,6 +114,14 @@ static int snapshot_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *ex
     return rc;
 }
 
+static int last_result_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
+    (void)extra;
+    if (!cb->last_result) return 0;
+    int has_scale = sqlite3_column_type(s, 3) != SQLITE_NULL;
+    return cb->last_result(cb->ctx, sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 1),
+                           col_u64(s, 2), has_scale, has_scale ? sqlite3_column_double(s, 3) : 0);
+}
+
 /* The newest history_len pushable amax values of (tensor, role), oldest first.
  * Rows with no finite element were never pushed, so they are skipped here too. */
 static int history_of(ag_store *st, int64_t tid, int role, size_t history_len, double *vals,
@@ -169,6 +178,8 @@ int ag_store_restore(ag_store *st, size_t history_len, const ag_store_restore_cb
             if ((err = history_of(st, refs.items[i].id, role, history_len, vals, cb))) goto fail;
     if ((err = each_row(st, ag_store_stmt(st, AG_ST_ALL_SCALES), "restore scales", scale_row, cb,
                         NULL)) ||
+        (err = each_row(st, ag_store_stmt(st, AG_ST_LAST_RESULTS), "restore last results",
+                        last_result_row, cb, NULL)) ||
         (err = each_row(st, ag_store_stmt(st, AG_ST_ALL_SNAPSHOTS), "restore snapshots",
                         snapshot_row, cb, NULL)))
         goto fail;

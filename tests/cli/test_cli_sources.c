@@ -9,7 +9,8 @@
  * The daemon-mode answers are taken once the trainer's run is committed;
  * the --db answers after the daemon stopped (SIGTERM commits everything).
  * status differs only in its documented fields (docs/cli.md): source and
- * address name where the answer came from; uptime_s, queue_depth and store are live.
+ * address name where the answer came from; uptime_s, queue_depth and store are live;
+ * rows_written grows at the stop by the flip baselines then written.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -120,7 +121,10 @@ static const char *json_field(const char *doc, const char *key, char *buf, size_
 
 /* The status fields that may differ between the two sources (docs/cli.md). */
 static int is_source_dependent(const char *key, size_t len) {
-    static const char *const keys[] = {"source", "address", "uptime_s", "queue_depth", "store"};
+    /* rows_written: the daemon writes its flip baselines when it stops
+     * (docs/daemon.md), after the daemon-mode answers were taken. */
+    static const char *const keys[] = {"source",      "address", "uptime_s",
+                                       "queue_depth", "store",   "rows_written"};
     size_t i;
     for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (strlen(keys[i]) == len && strncmp(keys[i], key, len) == 0) return 1;

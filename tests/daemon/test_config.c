@@ -32,6 +32,32 @@ Test(config, no_arguments_give_the_source_tree_defaults) {
     cr_assert_eq(cfg.amax_mode, AG_AMAX_MAX);
     cr_assert_float_eq(cfg.margin, 0.0, 0);
     cr_assert_eq(cfg.log_level, AG_LOG_INFO);
+    cr_assert_eq(cfg.threads, 0, "one pool thread per core");
+    cr_assert_eq(cfg.baseline_interval, 60);
+    cr_assert_eq(cfg.state_budget_mib, 4096);
+}
+
+Test(config, pool_baseline_and_budget_options_parse_within_their_bounds) {
+    ag_config cfg;
+    char err[256];
+    const char *argv[] = {"altgradd", "--threads",      "8", "--baseline-interval",
+                          "0",        "--state-budget", "64"};
+    cr_assert_eq(load(&cfg, err, 7, argv), AG_OK, "%s", err);
+    cr_expect_eq(cfg.threads, 8);
+    cr_expect_eq(cfg.baseline_interval, 0);
+    cr_expect_eq(cfg.state_budget_mib, 64);
+    const char *bad[][3] = {
+        {"altgradd", "--threads", "257"},
+        {"altgradd", "--threads", "-1"},
+        {"altgradd", "--baseline-interval", "86401"},
+        {"altgradd", "--state-budget", "15"},
+        {"altgradd", "--state-budget", "1e3"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        cr_expect_eq(load(&cfg, err, 3, bad[i]), AG_EINVAL, "case %zu", i);
+        cr_expect_not_null(strstr(err, bad[i][1]), "the message names the option: %s", err);
+    }
 }
 
 Test(config, ingest_is_repeatable_and_values_parse) {

@@ -353,7 +353,7 @@ static int send_run(engine_fix *f, const char *run, uint64_t cid) {
         ag_engine_job *job = NULL;
         int err = ag_engine_handle(f->engine, &ms[i], 100, &job);
         if (job) {
-            ag_engine_job_run(job);
+            ag_engine_job_run(f->engine, job);
             err = ag_engine_job_finish(f->engine, job);
         }
         if (err && !first) first = err;

@@ -1,0 +1,277 @@
+/*
+ * test_pool.c - altgradd evaluating snapshots on its pool (daemon/main.c's
+ * scheduling, daemon/snapshot.c's chunks) and keeping flip baselines in
+ * memory (written in sweeps and at SIGTERM): every result is the same with
+ * one thread and with several, and after a kill -9 the first snapshot of a
+ * tensor whose written baseline is older than its last result reports its
+ * flips as unknown (NULL) while the others stay exact.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <math.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "tests/daemon/harness.h"
+
+static ag_harness H;
+
+static void setup(void) { harness_init(&H); }
+static void teardown(void) { harness_fini(&H); }
+
+TestSuite(pool, .init = setup, .fini = teardown, .timeout = 240);
+
+#define N 150001 /* three chunks, the last one short */
+#define LR 0.01f
+
+/* Deterministic weights and gradients per tensor and step; the amplitude
+ * moves so scales change between some steps (flips then re-encode). */
+static void make_tensor(uint64_t step, unsigned salt, float *w, float *g) {
+    float amp = step % 3 == 1 ? 5.0f : 1.0f + 0.25f * (float)step;
+    for (size_t i = 0; i < N; i++) {
+        w[i] = amp * sinf((float)i * 0.37f + (float)step * 0.11f + (float)salt);
+        g[i] = 1e-3f * cosf((float)i * 1.3f + (float)step) * (float)(1 + i % 7);
+    }
+}
+
+/* float32 to bfloat16, rounding to nearest even (finite inputs). */
+static void to_bf16(const float *x, uint16_t *out, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &x[i], sizeof b);
+        out[i] = (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+    }
+}
+
+/* Every results row, in key order, as one text (NULL flips as "null"). */
+static char *dump_results(const char *db_path) {
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT t.name, f.name, r.step, r.stalled, r.total,"
+                                    " coalesce(r.flips, 'null'), r.overflow, r.underflow,"
+                                    " r.nonfinite, r.amax, r.scale FROM results r"
+                                    " JOIN tensors t ON t.id = r.tensor_id"
+                                    " JOIN formats f ON f.id = r.format_id"
+                                    " ORDER BY t.name, f.name, r.step",
+                                    -1, &q, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    size_t cap = 1 << 16, len = 0;
+    char *out = malloc(cap);
+    cr_assert_not_null(out);
+    out[0] = '\0';
+    int rows = 0;
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        char line[512];
+        int k = snprintf(
+            line, sizeof line, "%s %s %lld %lld %lld %s %lld %lld %lld %.9g %.9g\n",
+            sqlite3_column_text(q, 0), sqlite3_column_text(q, 1), sqlite3_column_int64(q, 2),
+            sqlite3_column_int64(q, 3), sqlite3_column_int64(q, 4), sqlite3_column_text(q, 5),
+            sqlite3_column_int64(q, 6), sqlite3_column_int64(q, 7), sqlite3_column_int64(q, 8),
+            sqlite3_column_double(q, 9), sqlite3_column_double(q, 10));
+        if (len + (size_t)k + 1 > cap) {
+            cap *= 2;
+            out = realloc(out, cap);
+            cr_assert_not_null(out);
+        }
+        memcpy(out + len, line, (size_t)k + 1);
+        len += (size_t)k;
+        rows++;
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    cr_assert_gt(rows, 0);
+    return out;
+}
+
+/* A trainer's run: 4 tensors (two of them bfloat16), 6 steps, each step a
+ * snapshot of every tensor and a stats record, all into one daemon started
+ * with --threads threads. Returns the results table as text. */
+static char *run_with_threads(const char *threads) {
+    const char *const extra[] = {"--threads", threads, NULL};
+    harness_start(&H, extra);
+    ag_client *c = harness_client(&H, "pool", AG_QUEUE_BLOCK);
+    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    uint16_t *wb = malloc(N * sizeof *wb), *gb = malloc(N * sizeof *gb);
+    cr_assert(w && g && wb && gb);
+    static const char *const names[] = {"a.weight", "b.weight", "c.weight", "d.weight"};
+    for (uint64_t s = 1; s <= 6; s++) {
+        for (unsigned t = 0; t < 4; t++) {
+            make_tensor(s, t, w, g);
+            if (t < 2) {
+                cr_assert_eq(ag_client_log_sgd(c, s, names[t], w, g, N, LR), AG_OK);
+                continue;
+            }
+            to_bf16(w, wb, N);
+            to_bf16(g, gb, N);
+            ag_snapshot snap = {.step = s,
+                                .tensor = names[t],
+                                .dtype = AG_DTYPE_BF16,
+                                .w = wb,
+                                .g = gb,
+                                .n = N,
+                                .lr = LR};
+            cr_assert_eq(ag_client_log_snapshot(c, &snap), AG_OK);
+        }
+        cr_assert_eq(ag_client_log_amax(c, s, "a.weight", AG_ROLE_WEIGHT, 0.5 * (double)s, N, 0),
+                     AG_OK);
+    }
+    cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
+    ag_free(harness_wait_history(c, "pool", "d.weight", "E5M2", 6));
+    ag_client_close(c);
+    int status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+    free(w);
+    free(g);
+    free(wb);
+    free(gb);
+    char *out = dump_results(H.db);
+    remove(H.db);
+    char side[200];
+    snprintf(side, sizeof side, "%s-wal", H.db);
+    remove(side);
+    snprintf(side, sizeof side, "%s-shm", H.db);
+    remove(side);
+    return out;
+}
+
+Test(pool, results_are_the_same_with_one_thread_and_with_several) {
+    char *one = run_with_threads("1");
+    char *four = run_with_threads("4");
+    /* 4 tensors x 5 formats x 6 steps */
+    size_t lines = 0;
+    for (const char *p = one; *p; p++) lines += *p == '\n';
+    cr_expect_eq(lines, 4 * 5 * 6);
+    cr_expect_null(strstr(one, " null "), "no flips are unknown in a clean run");
+    cr_expect_str_eq(one, four);
+    free(one);
+    free(four);
+}
+
+/* ---------------------------------------------------------- kill -9 */
+
+/* flips of tensor at step in format (-1: NULL), from the file. */
+static long long stored_flips(const char *tensor, const char *format, uint64_t step) {
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(H.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT r.flips FROM results r"
+                                    " JOIN tensors t ON t.id = r.tensor_id"
+                                    " JOIN formats f ON f.id = r.format_id"
+                                    " WHERE t.name = ?1 AND f.name = ?2 AND r.step = ?3",
+                                    -1, &q, NULL),
+                 SQLITE_OK);
+    sqlite3_bind_text(q, 1, tensor, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, format, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 3, (sqlite3_int64)step);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW, "%s %s step %llu has no result", tensor, format,
+                 (unsigned long long)step);
+    long long v = sqlite3_column_type(q, 0) == SQLITE_NULL ? -1 : sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return v;
+}
+
+/* The scale the daemon used for tensor's format at step. */
+static float stored_scale(const char *tensor, const char *format, uint64_t step) {
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open_v2(H.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *q = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT r.scale FROM results r"
+                                    " JOIN tensors t ON t.id = r.tensor_id"
+                                    " JOIN formats f ON f.id = r.format_id"
+                                    " WHERE t.name = ?1 AND f.name = ?2 AND r.step = ?3",
+                                    -1, &q, NULL),
+                 SQLITE_OK);
+    sqlite3_bind_text(q, 1, tensor, -1, SQLITE_STATIC);
+    sqlite3_bind_text(q, 2, format, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 3, (sqlite3_int64)step);
+    cr_assert_eq(sqlite3_step(q), SQLITE_ROW);
+    float s = (float)sqlite3_column_double(q, 0);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    return s;
+}
+
+static const char *const FMTS[5] = {"E0M7", "E1M6", "E3M4", "E5M2", "E7M0"};
+
+static void send(ag_client *c, const char *tensor, uint64_t step, unsigned salt, float *w,
+                 float *g) {
+    make_tensor(step, salt, w, g);
+    cr_assert_eq(ag_client_log_sgd(c, step, tensor, w, g, N, LR), AG_OK);
+}
+
+Test(pool, after_kill_9_flips_are_unknown_where_the_baseline_was_stale_and_exact_elsewhere) {
+    /* Baselines are written only at SIGTERM here (the first sweep would
+     * come after a day). */
+    const char *const extra[] = {"--baseline-interval", "86400", NULL};
+    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    float *w1 = malloc(N * sizeof *w1);
+    cr_assert(w && g && w1);
+
+    /* 1: both tensors at step 1, then a clean stop writes both baselines. */
+    harness_start(&H, extra);
+    ag_client *c = harness_client_as(&H, "k9", AG_QUEUE_BLOCK, 0, "launch-k9");
+    send(c, "stale", 1, 1, w, g);
+    send(c, "kept", 1, 2, w, g);
+    cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
+    ag_free(harness_wait_history(c, "k9", "kept", "E5M2", 1));
+    ag_client_close(c);
+    int status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+
+    /* 2: "stale" moves on to step 2 (committed), then the daemon is killed
+     * before any sweep: its stored baseline (step 1) is older than its last
+     * result. "kept" was not touched: its baseline is current. */
+    harness_start(&H, extra);
+    c = harness_client_as(&H, "k9", AG_QUEUE_BLOCK, 1, "launch-k9");
+    send(c, "stale", 2, 1, w, g);
+    cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
+    ag_free(harness_wait_history(c, "k9", "stale", "E5M2", 2));
+    ag_client_close(c);
+    status = harness_stop(&H, SIGKILL);
+    cr_assert(WIFSIGNALED(status), "status %d", status);
+
+    /* 3: both tensors again. */
+    harness_start(&H, extra);
+    c = harness_client_as(&H, "k9", AG_QUEUE_BLOCK, 1, "launch-k9");
+    send(c, "stale", 3, 1, w, g);
+    send(c, "kept", 2, 2, w, g);
+    cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
+    ag_free(harness_wait_history(c, "k9", "kept", "E5M2", 2));
+    ag_free(harness_wait_history(c, "k9", "stale", "E5M2", 3));
+    ag_client_close(c);
+    status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+
+    make_tensor(1, 2, w1, g); /* "kept" at step 1: its baseline */
+    make_tensor(2, 2, w, g);  /* "kept" at step 2 */
+    uint8_t *prev = malloc(N);
+    cr_assert_not_null(prev);
+    for (int f = 0; f < 5; f++) {
+        cr_expect_geq(stored_flips("stale", FMTS[f], 2), 0, "%s: step 2 compared in memory",
+                      FMTS[f]);
+        cr_expect_eq(stored_flips("stale", FMTS[f], 3), -1,
+                     "%s: the baseline of step 2 was lost: flips unknown, not 0", FMTS[f]);
+        /* "kept": exact flips against step 1's weights at step 1's scale. */
+        const ag_format *fmt = ag_format_get(FMTS[f]);
+        float s1 = stored_scale("kept", FMTS[f], 1);
+        cr_assert_eq(ag_encode_array(fmt, s1, w1, prev, N), AG_OK);
+        uint64_t want = 0;
+        cr_assert_eq(ag_count_pattern_flips(fmt, s1, prev, w, N, &want), AG_OK);
+        cr_expect_eq(stored_flips("kept", FMTS[f], 2), (long long)want, "%s: %llu flips expected",
+                     FMTS[f], (unsigned long long)want);
+    }
+    cr_expect_gt(stored_flips("kept", "E5M2", 2), 0, "the weights moved");
+    free(prev);
+    free(w);
+    free(g);
+    free(w1);
+}
