@@ -37,10 +37,12 @@ typedef struct ag_config {
     int amax_mode;  /* ag_amax_mode */
     char http[128]; /* --http as given: "HOST:PORT" or "off" */
     int http_enabled;
-    char http_host[64]; /* numeric IPv4 or IPv6 address, no brackets */
-    int http_port;      /* 0: any free port */
-    double margin;      /* scale * 2^margin */
-    int log_level;      /* ag_log_level */
+    char http_host[64];  /* numeric IPv4 or IPv6 address, no brackets */
+    int http_port;       /* 0: any free port */
+    double margin;       /* scale * 2^margin */
+    int log_level;       /* ag_log_level */
+    long keep_raw_steps; /* 0: keep every raw row */
+    int want_rebuild;    /* --rebuild-rollups: rebuild and exit */
     int want_help;
     int want_version;
 } ag_config;

@@ -48,6 +48,10 @@ struct ag_writer {
     _Atomic uint64_t held_rows;   /* rows waiting in the failed batch */
     _Atomic uint64_t unpersisted; /* of discarded, not yet added to the file's counter */
     char why[256];                /* under lock: the last failure's text */
+    /* Maintenance (writer thread): when it last ran, whether rows were
+     * committed since the last checkpoint. */
+    int64_t last_prune_ms, last_checkpoint_ms;
+    int wal_dirty;
 };
 
 /* How far back a push looks for an older snapshot of its tensor: enough for
@@ -332,6 +336,30 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
     return 0;
 }
 
+/* Retention and the WAL checkpoint, between batches (lock not held). A
+ * failure is logged and tried again next time: the rows are safe either way. */
+static void maintain(ag_writer *w, int idle) {
+    int64_t now = ag_mono_ms();
+    if (w->opts.keep_raw_steps && now - w->last_prune_ms >= AG_WRITER_MAINT_MS) {
+        uint64_t removed = 0;
+        w->last_prune_ms = now;
+        if (ag_store_prune_raw(w->st, w->opts.keep_raw_steps, AG_WRITER_PRUNE_ROWS, &removed))
+            ag_log(w->log, AG_LOG_WARNING, "writer: retention failed: %s", ag_store_errmsg(w->st));
+        else if (removed)
+            ag_log(w->log, AG_LOG_DEBUG, "writer: retention removed %llu raw rows",
+                   (unsigned long long)removed);
+        if (removed) w->wal_dirty = 1;
+    }
+    if (idle && w->wal_dirty && now - w->last_checkpoint_ms >= AG_WRITER_MAINT_MS) {
+        int busy = 0;
+        w->last_checkpoint_ms = now;
+        if (ag_store_checkpoint(w->st, 1, &busy))
+            ag_log(w->log, AG_LOG_WARNING, "writer: checkpoint failed: %s", ag_store_errmsg(w->st));
+        else if (!busy)
+            w->wal_dirty = 0;
+    }
+}
+
 static void *writer_main(void *arg) {
     ag_writer *w = arg;
     size_t owed = 0; /* skipped snapshots whose replacement is not yet written */
@@ -339,11 +367,27 @@ static void *writer_main(void *arg) {
     int64_t pause = RETRY_FIRST_MS, stop_deadline = 0;
     pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (w->count == 0 && w->nheld == 0 && !w->stopping)
-            pthread_cond_wait(&w->wake, &w->lock);
+        while (w->count == 0 && w->nheld == 0 && !w->stopping) {
+            if (!w->wal_dirty && !w->opts.keep_raw_steps) {
+                pthread_cond_wait(&w->wake, &w->lock);
+                continue;
+            }
+            /* Idle with a checkpoint owed (or retention on): come back for it. */
+            timed_wait(w, AG_WRITER_MAINT_MS);
+            if (w->count == 0 && !w->stopping) {
+                pthread_mutex_unlock(&w->lock);
+                maintain(w, 1);
+                pthread_mutex_lock(&w->lock);
+            }
+        }
         if (w->count == 0 && w->nheld == 0) break; /* stopping and drained */
         if (!write_batch(w, &owed, &at_boundary)) {
             pause = RETRY_FIRST_MS;
+            w->wal_dirty = 1;
+            int idle = w->count == 0 && !w->stopping;
+            pthread_mutex_unlock(&w->lock);
+            maintain(w, idle);
+            pthread_mutex_lock(&w->lock);
             continue;
         }
         /* The store refused: wait (a stop request cuts the wait short but
