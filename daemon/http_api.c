@@ -1,7 +1,8 @@
 /*
  * http_api.c - routes and answers of altgradd's web server (http_api.h):
  * GET / (the page), /api/{status,runs,tensors,history,scales,top} with the
- * CLI's JSON documents and parameter rules, and /metrics in the Prometheus
+ * CLI's JSON documents and parameter rules, /api/heatmap (tensors x step
+ * buckets of stall rate, from the rollups), and /metrics in the Prometheus
  * text format 0.0.4. Called on a libuv pool thread; SQLite is read here.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -117,7 +118,7 @@ static void store_error(ag_http_response *res, ag_store *st, int rc) {
 typedef struct params {
     ag_http_params p;
     const char *run, *tensor, *format;
-    uint64_t from, to, every, window, limit;
+    uint64_t from, to, every, window, limit, buckets;
 } params;
 
 /* Parse and check the parameters of an endpoint; on a bad one fill res with
@@ -152,8 +153,8 @@ static int get_params(const char *query, const char *const *allowed, int need_ru
         return 1;
     }
     if (!out->format) out->format = DEFAULT_FORMAT;
-    static const char *const nums[] = {"from", "to", "every", "window", "limit"};
-    uint64_t *dst[] = {&out->from, &out->to, &out->every, &out->window, &out->limit};
+    static const char *const nums[] = {"from", "to", "every", "window", "limit", "buckets"};
+    uint64_t *dst[] = {&out->from, &out->to, &out->every, &out->window, &out->limit, &out->buckets};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
         const char *v = ag_http_param_get(&out->p, nums[i]);
         if (v && ag_http_parse_u64(v, dst[i])) {
@@ -179,6 +180,7 @@ static const char *const HISTORY_PARAMS[] = {"run", "tensor", "format", "from",
                                              "to",  "every",  NULL};
 static const char *const SCALES_PARAMS[] = {"run", "format", NULL};
 static const char *const TOP_PARAMS[] = {"run", "format", "window", "limit", NULL};
+static const char *const HEATMAP_PARAMS[] = {"run", "format", "buckets", NULL};
 
 static void api_status(const ag_http_env *env, ag_store *st, const params *p,
                        ag_http_response *res) {
@@ -294,6 +296,67 @@ static void api_top(const ag_http_env *env, ag_store *st, const params *p, ag_ht
         send_doc(res, &d);
     ag_doc_free(&d);
     ag_free(l);
+}
+
+/* {"run","format","from_step","to_step","width","buckets","tensors":[names],
+ * "rates":[[rate or null per bucket] per tensor]}: bucket b of a tensor
+ * covers steps from_step + b*width .. + width - 1; null: no rows there. */
+static void api_heatmap(const ag_http_env *env, ag_store *st, const params *p,
+                        ag_http_response *res) {
+    (void)env;
+    uint64_t want = ag_http_param_get(&p->p, "buckets") ? p->buckets : 100;
+    if (want == 0 || want > AG_STORE_HEATMAP_MAX_BUCKETS) {
+        char err[96];
+        snprintf(err, sizeof err, "buckets must be 1..%u", AG_STORE_HEATMAP_MAX_BUCKETS);
+        ag_http_error(res, 400, err);
+        return;
+    }
+    ag_store_heat *h = NULL;
+    int rc = ag_store_heatmap(st, p->run, p->format, (size_t)want, &h);
+    if (rc) {
+        if (rc == AG_ETOOBIG)
+            ag_http_error(res, 400, ag_store_errmsg(st));
+        else
+            store_error(res, st, rc);
+        return;
+    }
+    body b;
+    if (body_open(&b)) {
+        ag_free(h);
+        ag_http_error(res, 500, "out of memory");
+        return;
+    }
+    char num[64];
+    fputs("{\"run\":", b.f);
+    ag_json_string(b.f, h->run);
+    fputs(",\"format\":", b.f);
+    ag_json_string(b.f, h->format);
+    fprintf(b.f, ",\"from_step\":%llu,\"to_step\":%llu,\"width\":%llu,\"buckets\":%zu",
+            (unsigned long long)h->from_step, (unsigned long long)h->to_step,
+            (unsigned long long)h->width, h->nbuckets);
+    fputs(",\"tensors\":[", b.f);
+    for (size_t t = 0; t < h->ntensors; t++) {
+        if (t) fputc(',', b.f);
+        ag_json_string(b.f, h->tensors[t]);
+    }
+    fputs("],\"rates\":[", b.f);
+    for (size_t t = 0; t < h->ntensors; t++) {
+        fputs(t ? ",[" : "[", b.f);
+        for (size_t k = 0; k < h->nbuckets; k++) {
+            size_t c = t * h->nbuckets + k;
+            if (k) fputc(',', b.f);
+            if (h->total[c] == 0) {
+                fputs("null", b.f);
+                continue;
+            }
+            ag_json_format_double(num, sizeof num, (double)h->stalled[c] / (double)h->total[c]);
+            fputs(num, b.f);
+        }
+        fputc(']', b.f);
+    }
+    fputs("]}\n", b.f);
+    ag_free(h);
+    body_finish(&b, res, 200, JSON_TYPE);
 }
 
 /* ---------------------------------------------------------------- metrics */
@@ -512,6 +575,7 @@ static const route routes[] = {
     {"/api/history", api_history, HISTORY_PARAMS, 1, 1},
     {"/api/scales", api_scales, SCALES_PARAMS, 1, 0},
     {"/api/top", api_top, TOP_PARAMS, 1, 0},
+    {"/api/heatmap", api_heatmap, HEATMAP_PARAMS, 1, 0},
     {"/metrics", api_metrics, NO_PARAMS, 0, 0},
 };
 

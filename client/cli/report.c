@@ -1,8 +1,13 @@
 /*
  * report.c - `altgrad report RUN`: for every weight tensor of a run and every
  * format, the stall rate over the run (last, mean, max) and a sparkline of it
- * over the steps. Built from the tensors and history queries, so it works the
- * same against the daemon and a database file. `make demo` prints it.
+ * over the steps. Built from the tensors, top and history queries, so it works
+ * the same against the daemon and a database file. `make demo` prints it.
+ * A series longer than the sparkline is asked for downsampled (history
+ * --every K, K a multiple of 10 past 10), which the store answers from its
+ * rollups: steps and the mean come exact from a whole-run top, the last rate
+ * from a top over the run's last step; max_rate is then the largest of the
+ * K-point buckets.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "commands.h"
@@ -89,9 +94,33 @@ static void release(report_state *st) {
     free(st->sparklines);
 }
 
-/* One row for one tensor in one format; h becomes owned by st on success. */
+/* What the whole-run and last-step tops of one format say of one tensor. */
+typedef struct tensor_sums {
+    const ag_top_entry *all;  /* NULL: no rows in this format */
+    const ag_top_entry *last; /* NULL: no row at the run's last step */
+} tensor_sums;
+
+static const ag_top_entry *find_entry(const ag_top_list *l, const char *tensor) {
+    size_t i;
+    for (i = 0; l != NULL && i < l->n; i++)
+        if (strcmp(l->items[i].tensor, tensor) == 0) return &l->items[i];
+    return NULL;
+}
+
+/* Points asked for so a series of n fits width columns: 1 while it fits,
+ * else n/width rounded up, to a multiple of 10 past 10 (whole rollups). */
+static uint64_t every_for(uint64_t n, size_t width) {
+    uint64_t k;
+    if (width == 0 || n <= width) return 1;
+    k = (n + width - 1) / width;
+    if (k > 10) k = (k + 9) / 10 * 10;
+    return k;
+}
+
+/* One row for one tensor in one format; h becomes owned by st on success.
+ * steps and last_rate: the series' point count and its last point's rate. */
 static int add_row(ag_cli_doc *d, report_state *st, const char *tensor, const char *format,
-                   ag_history *h, size_t width) {
+                   ag_history *h, size_t width, uint64_t steps, double last_rate) {
     ag_cli_cell row[7];
     double stalled = 0, total = 0, max_rate = 0;
     size_t i, cap = 3 * width + 1;
@@ -112,12 +141,24 @@ static int add_row(ag_cli_doc *d, report_state *st, const char *tensor, const ch
     }
     row[0] = ag_cli_str(tensor);
     row[1] = ag_cli_str(format);
-    row[2] = ag_cli_u64(h->n);
-    row[3] = ag_cli_rate(h->points[h->n - 1].stall_rate);
+    row[2] = ag_cli_u64(steps);
+    row[3] = ag_cli_rate(last_rate);
     row[4] = ag_cli_rate(total > 0 ? stalled / total : 0.0);
     row[5] = ag_cli_rate(max_rate);
     row[6] = ag_cli_str(spark);
     return ag_cli_doc_row(d, row);
+}
+
+/* The last point of one series, asked for alone (from its last step). */
+static int last_point_rate(ag_cli_source *src, ag_history_query q, uint64_t step, double *rate) {
+    ag_history *one = NULL;
+    int rc;
+    q.every = 1;
+    q.from_step = q.to_step = step;
+    rc = ag_cli_source_history(src, &q, &one);
+    if (rc == AG_OK && one->n > 0) *rate = one->points[one->n - 1].stall_rate;
+    ag_free(one);
+    return rc;
 }
 
 int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err, size_t cap) {
@@ -126,6 +167,7 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
     static const char seed_formats[] = AG_DEFAULT_FORMATS;
     ag_tensor_list *tensors = NULL;
     ag_status *status = NULL;
+    ag_top_list *whole[MAX_FORMATS] = {NULL}, *final[MAX_FORMATS] = {NULL};
     report_state st;
     ag_cli_doc d;
     const char *formats[MAX_FORMATS];
@@ -157,6 +199,20 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
         goto fail;
     }
     nfmt = split_formats(list, formats, MAX_FORMATS);
+    /* Per format, every tensor's sums over the run and over its last step. */
+    for (f = 0; rc == AG_OK && f < nfmt; f++) {
+        rc = ag_cli_source_top(src, a->run, formats[f], 0, AG_TOP_LIMIT_MAX, &whole[f]);
+        if (rc == AG_OK)
+            rc = ag_cli_source_top(src, a->run, formats[f], 1, AG_TOP_LIMIT_MAX, &final[f]);
+        if (rc == AG_ENOTFOUND && a->format == NULL) {
+            rc = AG_OK; /* a format the file does not know: no rows in it */
+            continue;
+        }
+        if (rc != AG_OK) {
+            ag_cli_source_explain(src, rc, err, cap, "run '%s', format '%s'", a->run, formats[f]);
+            goto fail;
+        }
+    }
 
     if ((rc = ag_cli_doc_meta(&d, "run", ag_cli_str(a->run))) == AG_OK) rc = ag_doc_cols(&d, cols);
     for (t = 0; rc == AG_OK && t < tensors->n; t++) {
@@ -166,10 +222,16 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
         for (f = 0; rc == AG_OK && f < nfmt; f++) {
             ag_history_query q;
             ag_history *h = NULL;
+            tensor_sums sums;
+            double last_rate = 0;
+            sums.all = find_entry(whole[f], ti->name);
+            sums.last = find_entry(final[f], ti->name);
+            if (sums.all == NULL) continue; /* no rows in this format */
             memset(&q, 0, sizeof q);
             q.run = a->run;
             q.tensor = ti->name;
             q.format = formats[f];
+            q.every = every_for(sums.all->steps, a->width);
             rc = ag_cli_source_history(src, &q, &h);
             if (rc == AG_ENOTFOUND && a->format == NULL) {
                 rc = AG_OK; /* a format this tensor was not evaluated in */
@@ -184,7 +246,17 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
                 ag_free(h);
                 continue;
             }
-            rc = add_row(&d, &st, ti->name, formats[f], h, a->width);
+            last_rate = h->points[h->n - 1].stall_rate;
+            if (sums.last != NULL)
+                last_rate = sums.last->stall_rate;
+            else if (q.every > 1 && (rc = last_point_rate(src, q, h->points[h->n - 1].step,
+                                                          &last_rate)) != AG_OK) {
+                ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'",
+                                      a->run, ti->name, formats[f]);
+                ag_free(h);
+                goto fail;
+            }
+            rc = add_row(&d, &st, ti->name, formats[f], h, a->width, sums.all->steps, last_rate);
             if (rc != AG_OK && (st.n == 0 || st.histories[st.n - 1] != h)) ag_free(h);
         }
     }
@@ -197,6 +269,10 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
 fail:
     ag_cli_doc_free(&d);
     release(&st);
+    for (f = 0; f < MAX_FORMATS; f++) {
+        ag_free(whole[f]);
+        ag_free(final[f]);
+    }
     free(list);
     ag_free(status);
     ag_free(tensors);
