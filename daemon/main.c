@@ -345,7 +345,7 @@ static int start(ag_daemon *d) {
         ag_store_close(st);
         return 1;
     }
-    ag_writer_opts wo = {.batch_rows = 20000,
+    ag_writer_opts wo = {.batch_rows = 100000,
                          .batch_ms = 50,
                          .high_water = 200000,
                          .keep_raw_steps = (uint64_t)d->cfg.keep_raw_steps};

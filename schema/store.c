@@ -307,7 +307,10 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
         (err = exec_sql(st, "PRAGMA foreign_keys=OFF", "foreign_keys")) ||
         (err = exec_sql(st, "PRAGMA journal_size_limit=" AG_STORE_WAL_LIMIT_TEXT,
                         "journal_size_limit")) ||
-        (err = exec_sql(st, "PRAGMA wal_autocheckpoint=1000", "wal_autocheckpoint")))
+        (err = exec_sql(st, "PRAGMA wal_autocheckpoint=1000", "wal_autocheckpoint")) ||
+        /* The writer touches a leaf of results, stats and rollups per tensor
+         * and format: keep them in memory (64 MB at most). */
+        (err = exec_sql(st, "PRAGMA cache_size=-65536", "cache_size")))
         return err;
     /* SQLite opens a write-protected file read-only without a word: every
      * later commit would fail and the daemon lose what it was sent. */

@@ -132,9 +132,11 @@ typedef struct ag_rollup_visitor {
 
 /* Every result row of one tensor and format with a step in [from, to], in
  * step order, as whole buckets of the coarsest tier that lies inside the
- * range and that v->fits, finer tiers and raw rows where not. */
+ * range and that v->fits, finer tiers and raw rows where not. Tiers wider
+ * than max_width steps (0: no limit) are not tried: a caller that knows
+ * their buckets will not fit saves the descent into each. */
 int ag_rollup_walk(ag_store *st, int64_t tid, int64_t fid, uint64_t from, uint64_t to,
-                   const ag_rollup_visitor *v);
+                   uint64_t max_width, const ag_rollup_visitor *v);
 void ag_rollup_forget(ag_store *st);
 
 /* The cached, reset statement for id; NULL with errmsg set on failure. */

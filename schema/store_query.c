@@ -233,7 +233,9 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
         history_walk hw = {.st = st, .q = q, .res = res, .every = every};
         ag_rollup_visitor v = {.ctx = &hw, .fits = history_fits, .add = history_add};
         uint64_t to = q->to_step ? q->to_step : UINT64_MAX;
-        if ((err = ag_rollup_walk(st, tid, fid, q->from_step, to, &v))) goto fail;
+        /* A bucket of a tier wider than every steps holds more than every
+         * rows when steps are dense: start at the widest that may fit. */
+        if ((err = ag_rollup_walk(st, tid, fid, q->from_step, to, every, &v))) goto fail;
         *out = res;
         return AG_OK;
     }
@@ -392,7 +394,7 @@ int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t win
         ag_rollup_agg sum = {0};
         ag_rollup_visitor v = {.ctx = &sum, .fits = fits_all, .add = sum_add};
         if ((err = ag_rollup_walk(st, sqlite3_column_int64(s, 0), fid, res->from_step, res->to_step,
-                                  &v)))
+                                  0, &v)))
             break;
         if (sum.rows == 0) continue;
         if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;

@@ -16,12 +16,17 @@ const int64_t ag_rollup_widths[AG_ROLLUP_TIERS] = {10, 100, 1000};
 
 /* ------------------------------------------------------- accumulator */
 
+static uint64_t mix64(uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 33);
+}
+
 static uint64_t key_hash(int64_t t, int64_t f, int64_t w, int64_t b) {
-    uint64_t h = (uint64_t)t * 0x9E3779B97F4A7C15ull;
-    h ^= (uint64_t)f * 0xC2B2AE3D27D4EB4Full + (h << 6) + (h >> 2);
-    h ^= (uint64_t)w * 0x165667B19E3779F9ull + (h << 6) + (h >> 2);
-    h ^= (uint64_t)b * 0x27D4EB2F165667C5ull + (h << 6) + (h >> 2);
-    return h ^ (h >> 31);
+    return mix64((uint64_t)b * 0x9E3779B97F4A7C15ull ^
+                 mix64((uint64_t)t << 20 ^ (uint64_t)f << 8 ^ (uint64_t)w));
 }
 
 static ag_rollup_acc *slot_in(ag_rollup_acc *tab, size_t cap, int64_t t, int64_t f, int64_t w,
@@ -181,10 +186,12 @@ static int walk_level(ag_store *st, int64_t tid, int64_t fid, int level, uint64_
 }
 
 int ag_rollup_walk(ag_store *st, int64_t tid, int64_t fid, uint64_t from, uint64_t to,
-                   const ag_rollup_visitor *v) {
+                   uint64_t max_width, const ag_rollup_visitor *v) {
     if (to > (uint64_t)INT64_MAX) to = (uint64_t)INT64_MAX;
     if (from > to) return AG_OK;
-    return walk_level(st, tid, fid, AG_ROLLUP_TIERS, from, to, v);
+    int level = AG_ROLLUP_TIERS;
+    while (max_width && level > 0 && (uint64_t)ag_rollup_widths[level - 1] > max_width) level--;
+    return walk_level(st, tid, fid, level, from, to, v);
 }
 
 /* ------------------------------------------------------------ rebuild */

@@ -108,12 +108,15 @@ static const ag_top_entry *find_entry(const ag_top_list *l, const char *tensor) 
 }
 
 /* Points asked for so a series of n fits width columns: 1 while it fits,
- * else n/width rounded up, to a multiple of 10 past 10 (whole rollups). */
+ * else n/width rounded up to a multiple of 10, 100 or 1000 (the store's
+ * rollup tiers), the largest not above it, so a dense series is read as
+ * whole rollup buckets. */
 static uint64_t every_for(uint64_t n, size_t width) {
-    uint64_t k;
+    uint64_t k, tier;
     if (width == 0 || n <= width) return 1;
     k = (n + width - 1) / width;
-    if (k > 10) k = (k + 9) / 10 * 10;
+    for (tier = 1000; tier >= 10; tier /= 10)
+        if (k >= tier) return (k + tier - 1) / tier * tier;
     return k;
 }
 
