@@ -40,7 +40,7 @@ typedef struct merge_state {
         int role;
         uint64_t step;
         double amax, scale;
-    } *scales;
+    } * scales;
     size_t nscales, cap_scales;
     merge_index scale_ix;
     struct merged_counter {
@@ -162,7 +162,6 @@ static int apply(ag_store *st, ag_write_item *it) {
     }
     return AG_EINVAL;
 }
-
 
 static uint64_t mix64(uint64_t h) {
     h ^= h >> 33;
@@ -394,8 +393,8 @@ static int merge_flush(ag_writer *w) {
                             "scale");
     }
     for (size_t i = 0; !bad && i < m->ncounters; i++)
-        bad = merged_result(w, ag_store_add_counter(w->st, m->counters[i].name, m->counters[i].delta),
-                            "counter");
+        bad = merged_result(
+            w, ag_store_add_counter(w->st, m->counters[i].name, m->counters[i].delta), "counter");
     merge_clear(m);
     return bad;
 }
@@ -792,8 +791,7 @@ static int supersede(ag_writer *w, int64_t tensor_id) {
     int marked = 0;
     if (slot->seq && slot->seq - 1 >= w->popped) {
         ag_write_item *it = &w->ring[(w->head + (slot->seq - 1 - w->popped)) % w->cap];
-        if (it->kind == AG_W_SNAPSHOT && it->u.snapshot.tensor_id == tensor_id &&
-            !it->superseded) {
+        if (it->kind == AG_W_SNAPSHOT && it->u.snapshot.tensor_id == tensor_id && !it->superseded) {
             it->superseded = 1;
             marked = 1;
         }
