@@ -249,12 +249,17 @@ static double store_capacity(const char *dir, size_t tensors, size_t steps) {
     return (double)(tensors * steps) / dt;
 }
 
+static int failed; /* a query or command failed: exit 1 */
+
 /* Best of reps wall time of fn(ctx). */
 static double best_of(int reps, int (*fn)(void *), void *ctx) {
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t0 = now_s();
-        if (fn(ctx)) return -1;
+        if (fn(ctx)) {
+            failed = 1;
+            return -1;
+        }
         double dt = now_s() - t0;
         if (dt < best) best = dt;
     }
@@ -446,5 +451,6 @@ int main(void) {
     ag_store_close(q.st);
     daemon_stop(&d);
     rm_dir(d.dir);
-    return q.sink == 0xFFFFFFFFFFFFFFFFull; /* keep the work */
+    if (failed) fprintf(stderr, "bench_store: a query failed\n");
+    return failed || q.sink == 0xFFFFFFFFFFFFFFFFull; /* keep the work */
 }
