@@ -267,6 +267,7 @@ static double best_of(int reps, int (*fn)(void *), void *ctx) {
 }
 
 typedef struct qctx {
+    char tensor[48]; /* the tensor whose history is asked */
     ag_store *st;
     sqlite3 *db; /* a plain connection for the scans */
     size_t tensors, buckets;
@@ -276,7 +277,7 @@ typedef struct qctx {
 
 static int q_history(void *p) {
     qctx *q = p;
-    ag_history_query hq = {.run = RUN, .tensor = "layers.7.weight", .format = "E5M2"};
+    ag_history_query hq = {.run = RUN, .tensor = q->tensor, .format = "E5M2"};
     ag_history *h = NULL;
     if (ag_store_history(q->st, &hq, &h)) return 1;
     q->sink += h->n;
@@ -286,7 +287,7 @@ static int q_history(void *p) {
 
 static int q_every(void *p) {
     qctx *q = p;
-    ag_history_query hq = {.run = RUN, .tensor = "layers.7.weight", .format = "E5M2", .every = 100};
+    ag_history_query hq = {.run = RUN, .tensor = q->tensor, .format = "E5M2", .every = 100};
     ag_history *h = NULL;
     if (ag_store_history(q->st, &hq, &h)) return 1;
     q->sink += h->n;
@@ -401,6 +402,7 @@ int main(void) {
            (double)wal_busy / 1e6, (double)wal_idle / 1e6);
 
     qctx q = {.tensors = tensors, .buckets = 500};
+    snprintf(q.tensor, sizeof q.tensor, "layers.%zu.weight", tensors > 7 ? (size_t)7 : tensors - 1);
     if (ag_store_open(&q.st, d.db, AG_STORE_READONLY) ||
         sqlite3_open_v2(d.db, &q.db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
         fprintf(stderr, "bench_store: cannot read %s\n", d.db);
@@ -410,9 +412,10 @@ int main(void) {
     long long rows = 0, rollups = 0;
     if (sqlite3_prepare_v2(q.db,
                            "SELECT (SELECT count(*) FROM results), (SELECT count(*) FROM rollups),"
-                           " (SELECT id FROM tensors WHERE name='layers.7.weight'),"
+                           " (SELECT id FROM tensors WHERE name=?1),"
                            " (SELECT id FROM runs WHERE name='" RUN "')",
                            -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(s, 1, q.tensor, -1, SQLITE_STATIC) == SQLITE_OK &&
         sqlite3_step(s) == SQLITE_ROW) {
         rows = sqlite3_column_int64(s, 0);
         rollups = sqlite3_column_int64(s, 1);
