@@ -74,12 +74,6 @@ static const char *const sql_text[AG_ST_COUNT] = {
                      " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
                      " ORDER BY t.name, s.step DESC, s.role",
     [AG_ST_TOP_LAST_STEP] = "SELECT last_step FROM runs WHERE id=?1",
-    [AG_ST_TOP] =
-        "SELECT t.name, sum(r.stalled) AS st, sum(r.total) AS tot, count(*) FROM tensors t"
-        " JOIN results r ON r.tensor_id=t.id AND r.format_id=?2 AND r.step BETWEEN ?3 AND ?4"
-        " WHERE t.run_id=?1 GROUP BY t.id"
-        " ORDER BY CASE WHEN sum(r.total)=0 THEN 0.0"
-        " ELSE CAST(sum(r.stalled) AS REAL)/sum(r.total) END DESC, t.name LIMIT ?5",
     [AG_ST_COUNTER] = "SELECT value FROM counters WHERE name=?1",
     [AG_ST_STATUS_COUNTS] = "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM tensors),"
                             " (SELECT coalesce(sum(messages),0) FROM runs),"
@@ -225,6 +219,19 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
     return AG_OK;
 }
 
+/* *yes = whether the file has a table called name. */
+static int has_table(ag_store *st, const char *name, int *yes) {
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(
+        st->db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?1", -1, &s, NULL);
+    if (rc != SQLITE_OK) return ag_store_fail(st, "schema", rc);
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    *yes = rc == SQLITE_ROW;
+    sqlite3_finalize(s);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? AG_OK : ag_store_fail(st, "schema", rc);
+}
+
 int ag_store_user_version(ag_store *st, int *version) {
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL);
@@ -298,7 +305,8 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
             return ag_store_failf(st, AG_ESTORE,
                                   "%s: schema version %d is newer than this altgrad (%d)", path,
                                   version, ag_store_schema_version());
-        return AG_OK;
+        /* A reader does not migrate: an older file is answered from raw rows. */
+        return has_table(st, "rollups", &st->has_rollups);
     }
     /* WAL: readers never block the writer; NORMAL sync keeps every commit
      * across a process kill (only power loss may lose the newest ones). */
@@ -317,6 +325,7 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
     if (sqlite3_db_readonly(st->db, "main") == 1)
         return ag_store_failf(st, AG_ESTORE, "%s: the file is read-only", path);
     if ((err = migrate(st))) return err;
+    st->has_rollups = 1;
     /* Take the write lock once (waiting the busy timeout): a file that another
      * process keeps locked is refused now, not found unwritable later. */
     if ((err = exec_sql(st, "BEGIN IMMEDIATE", "write lock"))) return err;

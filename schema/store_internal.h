@@ -38,7 +38,6 @@ typedef enum ag_stmt_id {
     AG_ST_HISTORY,
     AG_ST_SCALES,
     AG_ST_TOP_LAST_STEP,
-    AG_ST_TOP,
     AG_ST_COUNTER,
     AG_ST_STATUS_COUNTS,
     AG_ST_FORMATS,
@@ -96,6 +95,7 @@ struct ag_store {
     char *path;
     int readonly;
     int in_txn;
+    int has_rollups; /* the file has the rollups table (schema 8 or later) */
     char errmsg[256];
     int last_rc; /* SQLite result code of the last failure, 0 if none */
     sqlite3_stmt *stmts[AG_ST_COUNT];

@@ -538,7 +538,7 @@ int ag_store_heatmap(ag_store *st, const char *run, const char *format, size_t b
     /* The coarsest tier whose buckets nest in the heatmap's (raw rows when
      * none does), read in one pass over the run's tensors. */
     uint64_t tier = 1;
-    for (int k = 0; k < AG_ROLLUP_TIERS; k++)
+    for (int k = 0; st->has_rollups && k < AG_ROLLUP_TIERS; k++)
         if (w % (uint64_t)ag_rollup_widths[k] == 0) tier = (uint64_t)ag_rollup_widths[k];
     if (!(s = ag_store_stmt(st, tier == 1 ? AG_ST_HEAT_RAW : AG_ST_HEAT_TIER))) {
         err = AG_ESTORE;

@@ -189,7 +189,7 @@ int ag_rollup_walk(ag_store *st, int64_t tid, int64_t fid, uint64_t from, uint64
                    uint64_t max_width, const ag_rollup_visitor *v) {
     if (to > (uint64_t)INT64_MAX) to = (uint64_t)INT64_MAX;
     if (from > to) return AG_OK;
-    int level = AG_ROLLUP_TIERS;
+    int level = st->has_rollups ? AG_ROLLUP_TIERS : 0;
     while (max_width && level > 0 && (uint64_t)ag_rollup_widths[level - 1] > max_width) level--;
     return walk_level(st, tid, fid, level, from, to, v);
 }

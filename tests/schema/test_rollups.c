@@ -217,6 +217,44 @@ Test(rollups, a_version_6_file_gets_its_rollups_at_migration) {
     ag_store_close(st);
 }
 
+Test(rollups, a_reader_of_a_version_6_file_answers_from_the_raw_rows) {
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    for (size_t i = 0; i < ag_store_migration_count && ag_store_migration_numbers[i] <= 6; i++)
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[i], NULL, NULL, NULL), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db,
+                              "INSERT INTO formats VALUES(1,'E5M2',5,2,15,1,1);"
+                              "INSERT INTO runs(id,name,last_step) VALUES(1,'r',1999);"
+                              "INSERT INTO tensors(id,run_id,name,first_step,last_step,snapshots)"
+                              " VALUES(1,1,'a.weight',0,1999,2000);"
+                              "WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n+1 FROM s"
+                              " WHERE n<1999) INSERT INTO results SELECT 1, 1, n, n%7, 7, 1,"
+                              " 0, 0, 0, 1.0, 2.0 FROM s; PRAGMA user_version=6",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db_path, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(st));
+    ag_top_list *top = NULL;
+    cr_assert_eq(ag_store_top(st, "r", "E5M2", 0, 0, &top), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(top->n, 1);
+    cr_expect_eq(top->items[0].steps, 2000);
+    cr_expect_eq(top->items[0].total, 14000);
+    ag_free(top);
+    ag_history_query q = {.run = "r", .tensor = "a.weight", .every = 100};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_eq(h->n, 20);
+    cr_expect_eq(h->points[0].total, 700);
+    ag_free(h);
+    ag_store_heat *heat = NULL;
+    cr_assert_eq(ag_store_heatmap(st, "r", "E5M2", 200, &heat), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_eq(heat->nbuckets, 200);
+    cr_expect_eq(heat->total[0], 70);
+    ag_free(heat);
+    ag_store_close(st);
+}
+
 Test(rollups, the_migration_runner_accepts_a_gap_in_the_numbers) {
     /* The numbers rise; the file's version is the newest one applied. */
     for (size_t i = 1; i < ag_store_migration_count; i++)
