@@ -188,7 +188,7 @@ static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wa
 }
 
 /* The writer's share alone: the rows of tensors x steps snapshots (one
- * stats row, five result rows with their rollups; per batch of 20,000 rows
+ * stats row, five result rows with their rollups; per batch of 100,000 rows (the daemon's)
  * the deltas and scale rows the writer folds) written through the store
  * into a fresh file, in snapshots per second. */
 static double store_capacity(const char *dir, size_t tensors, size_t steps) {
@@ -228,7 +228,7 @@ static double store_capacity(const char *dir, size_t tensors, size_t steps) {
                 ag_store_put_result(st, &r);
             }
             rows += 16; /* what the daemon queues per snapshot */
-            if (rows >= 20000) {
+            if (rows >= 100000) {
                 for (size_t k = 0; k < tensors; k++) {
                     ag_store_tensor_delta td = {(int64_t)k + 1, AG_ROLE_WEIGHT, N, 0, s, 1, 0.5};
                     ag_store_apply_tensor_delta(st, &td);

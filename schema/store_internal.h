@@ -13,6 +13,7 @@
 /* Every statement the store runs, prepared once per connection on first use. */
 typedef enum ag_stmt_id {
     AG_ST_BEGIN,
+    AG_ST_BEGIN_READ,
     AG_ST_COMMIT,
     AG_ST_ROLLBACK,
     AG_ST_PUT_FORMAT,

@@ -208,7 +208,7 @@ static int history_add(void *ctx, const ag_rollup_agg *b) {
     return AG_OK;
 }
 
-int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) {
+static int history_q(ag_store *st, const ag_history_query *q, ag_history **out) {
     if (!st || !q || !q->run || !q->tensor || !out) return AG_EINVAL;
     *out = NULL;
     if (q->to_step && q->to_step < q->from_step) return AG_ERANGE;
@@ -355,7 +355,7 @@ static int top_order(const void *a, const void *b) {
     return strcmp(x->tensor, y->tensor);
 }
 
-int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
+static int top_q(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
                  ag_top_list **out) {
     if (!st || !run || !out) return AG_EINVAL;
     *out = NULL;
@@ -442,7 +442,7 @@ static uint64_t nice_width(uint64_t w) {
     return w ? w : 1;
 }
 
-int ag_store_heatmap(ag_store *st, const char *run, const char *format, size_t buckets,
+static int heatmap_q(ag_store *st, const char *run, const char *format, size_t buckets,
                      ag_store_heat **out) {
     if (!st || !run || !out) return AG_EINVAL;
     *out = NULL;
@@ -734,5 +734,44 @@ int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_
         err = ag_store_fail(st, "client run", rc);
     }
     sqlite3_reset(s);
+    return err;
+}
+
+/* ------------------------------------------------ one read transaction
+ * A query of many statements runs in one read transaction (one snapshot,
+ * one lock, instead of one per statement), unless the connection is inside
+ * a transaction of its own. */
+static int read_begin(ag_store *st) {
+    if (!st || st->in_txn || !sqlite3_get_autocommit(st->db)) return 0;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_BEGIN_READ);
+    return s && sqlite3_step(s) == SQLITE_DONE && (sqlite3_reset(s), 1);
+}
+
+static void read_end(ag_store *st, int began) {
+    if (!began) return;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_COMMIT);
+    if (s) {
+        sqlite3_step(s);
+        sqlite3_reset(s);
+    }
+}
+
+int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) {
+    int began = read_begin(st), err = history_q(st, q, out);
+    read_end(st, began);
+    return err;
+}
+
+int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
+                 ag_top_list **out) {
+    int began = read_begin(st), err = top_q(st, run, format, window, limit, out);
+    read_end(st, began);
+    return err;
+}
+
+int ag_store_heatmap(ag_store *st, const char *run, const char *format, size_t buckets,
+                     ag_store_heat **out) {
+    int began = read_begin(st), err = heatmap_q(st, run, format, buckets, out);
+    read_end(st, began);
     return err;
 }

@@ -13,6 +13,7 @@
 #include "commands.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,17 +95,21 @@ static void release(report_state *st) {
     free(st->sparklines);
 }
 
-/* What the whole-run and last-step tops of one format say of one tensor. */
-typedef struct tensor_sums {
-    const ag_top_entry *all;  /* NULL: no rows in this format */
-    const ag_top_entry *last; /* NULL: no row at the run's last step */
-} tensor_sums;
+static int by_tensor(const void *a, const void *b) {
+    return strcmp(((const ag_top_entry *)a)->tensor, ((const ag_top_entry *)b)->tensor);
+}
 
+/* The entry of tensor in l, sorted by name (sort_by_tensor). */
 static const ag_top_entry *find_entry(const ag_top_list *l, const char *tensor) {
-    size_t i;
-    for (i = 0; l != NULL && i < l->n; i++)
-        if (strcmp(l->items[i].tensor, tensor) == 0) return &l->items[i];
-    return NULL;
+    ag_top_entry key;
+    if (l == NULL || l->n == 0) return NULL;
+    memset(&key, 0, sizeof key);
+    key.tensor = tensor;
+    return bsearch(&key, l->items, l->n, sizeof *l->items, by_tensor);
+}
+
+static void sort_by_tensor(ag_top_list *l) {
+    if (l != NULL && l->n > 1) qsort(l->items, l->n, sizeof *l->items, by_tensor);
 }
 
 /* Points asked for so a series of n fits width columns: 1 while it fits,
@@ -152,6 +157,54 @@ static int add_row(ag_cli_doc *d, report_state *st, const char *tensor, const ch
     return ag_cli_doc_row(d, row);
 }
 
+/* The downsampled history of every row, asked for up front. Against the
+ * daemon FETCHERS threads ask at once (its query threads answer them side
+ * by side, and a round trip is mostly waiting); from a file, one by one
+ * (one store connection). */
+#define FETCHERS 3
+
+typedef struct fetch_job {
+    ag_history_query q;
+    ag_history *h;
+    int rc;
+} fetch_job;
+
+typedef struct fetch_pool {
+    ag_cli_source *src;
+    fetch_job *jobs;
+    size_t n, next;
+    pthread_mutex_t mu;
+} fetch_pool;
+
+static void *fetch_worker(void *arg) {
+    fetch_pool *p = arg;
+    for (;;) {
+        size_t i;
+        pthread_mutex_lock(&p->mu);
+        i = p->next++;
+        pthread_mutex_unlock(&p->mu);
+        if (i >= p->n) return NULL;
+        p->jobs[i].rc = ag_cli_source_history(p->src, &p->jobs[i].q, &p->jobs[i].h);
+    }
+}
+
+static void fetch_all(ag_cli_source *src, fetch_job *jobs, size_t n) {
+    fetch_pool p;
+    pthread_t th[FETCHERS];
+    size_t started = 0, i;
+    memset(&p, 0, sizeof p);
+    p.src = src;
+    p.jobs = jobs;
+    p.n = n;
+    pthread_mutex_init(&p.mu, NULL);
+    if (src->client != NULL)
+        for (i = 0; i < FETCHERS && i < n; i++)
+            if (pthread_create(&th[started], NULL, fetch_worker, &p) == 0) started++;
+    fetch_worker(&p); /* this thread too; alone when there are no others */
+    for (i = 0; i < started; i++) pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&p.mu);
+}
+
 /* The last point of one series, asked for alone (from its last step). */
 static int last_point_rate(ag_cli_source *src, ag_history_query q, uint64_t step, double *rate) {
     ag_history *one = NULL;
@@ -171,6 +224,8 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
     ag_tensor_list *tensors = NULL;
     ag_status *status = NULL;
     ag_top_list *whole[MAX_FORMATS] = {NULL}, *final[MAX_FORMATS] = {NULL};
+    fetch_job *jobs = NULL;
+    size_t njobs = 0, k;
     report_state st;
     ag_cli_doc d;
     const char *formats[MAX_FORMATS];
@@ -207,6 +262,10 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
         rc = ag_cli_source_top(src, a->run, formats[f], 0, AG_TOP_LIMIT_MAX, &whole[f]);
         if (rc == AG_OK)
             rc = ag_cli_source_top(src, a->run, formats[f], 1, AG_TOP_LIMIT_MAX, &final[f]);
+        if (rc == AG_OK) {
+            sort_by_tensor(whole[f]);
+            sort_by_tensor(final[f]);
+        }
         if (rc == AG_ENOTFOUND && a->format == NULL) {
             rc = AG_OK; /* a format the file does not know: no rows in it */
             continue;
@@ -217,51 +276,74 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
         }
     }
 
-    if ((rc = ag_cli_doc_meta(&d, "run", ag_cli_str(a->run))) == AG_OK) rc = ag_doc_cols(&d, cols);
-    for (t = 0; rc == AG_OK && t < tensors->n; t++) {
+    /* Every (tensor, format) row with results, its history asked for first. */
+    jobs = calloc(tensors->n * (nfmt ? nfmt : 1) + 1, sizeof *jobs);
+    if (jobs == NULL) {
+        rc = AG_ENOMEM;
+        snprintf(err, cap, "out of memory");
+        goto fail;
+    }
+    for (t = 0; t < tensors->n; t++) {
         const ag_tensor_info *ti = &tensors->items[t];
         if (ti->snapshots == 0)
             continue; /* activations and gradients: statistics only, no stall rate */
-        for (f = 0; rc == AG_OK && f < nfmt; f++) {
-            ag_history_query q;
-            ag_history *h = NULL;
-            tensor_sums sums;
-            double last_rate = 0;
-            sums.all = find_entry(whole[f], ti->name);
-            sums.last = find_entry(final[f], ti->name);
-            if (sums.all == NULL) continue; /* no rows in this format */
-            memset(&q, 0, sizeof q);
-            q.run = a->run;
-            q.tensor = ti->name;
-            q.format = formats[f];
-            q.every = every_for(sums.all->steps, a->width);
-            rc = ag_cli_source_history(src, &q, &h);
-            if (rc == AG_ENOTFOUND && a->format == NULL) {
-                rc = AG_OK; /* a format this tensor was not evaluated in */
-                continue;
-            }
-            if (rc != AG_OK) {
-                ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'",
-                                      a->run, ti->name, formats[f]);
-                goto fail;
-            }
-            if (h->n == 0) {
-                ag_free(h);
-                continue;
-            }
-            last_rate = h->points[h->n - 1].stall_rate;
-            if (sums.last != NULL)
-                last_rate = sums.last->stall_rate;
-            else if (q.every > 1 && (rc = last_point_rate(src, q, h->points[h->n - 1].step,
-                                                          &last_rate)) != AG_OK) {
-                ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'",
-                                      a->run, ti->name, formats[f]);
-                ag_free(h);
-                goto fail;
-            }
-            rc = add_row(&d, &st, ti->name, formats[f], h, a->width, sums.all->steps, last_rate);
-            if (rc != AG_OK && (st.n == 0 || st.histories[st.n - 1] != h)) ag_free(h);
+        for (f = 0; f < nfmt; f++) {
+            const ag_top_entry *all = find_entry(whole[f], ti->name);
+            fetch_job *j = &jobs[njobs];
+            if (all == NULL) continue; /* no rows in this format */
+            j->q.run = a->run;
+            j->q.tensor = ti->name;
+            j->q.format = formats[f];
+            j->q.every = every_for(all->steps, a->width);
+            njobs++;
         }
+    }
+    fetch_all(src, jobs, njobs);
+
+    if ((rc = ag_cli_doc_meta(&d, "run", ag_cli_str(a->run))) == AG_OK) rc = ag_doc_cols(&d, cols);
+    for (k = 0; rc == AG_OK && k < njobs; k++) {
+        fetch_job *j = &jobs[k];
+        ag_history *h = j->h;
+        const ag_top_entry *all = NULL, *last = NULL;
+        double last_rate = 0;
+        for (f = 0; f < nfmt; f++)
+            if (formats[f] == j->q.format) {
+                all = find_entry(whole[f], j->q.tensor);
+                last = find_entry(final[f], j->q.tensor);
+            }
+        j->h = NULL;
+        rc = j->rc;
+        if (rc == AG_ENOTFOUND && a->format == NULL) {
+            rc = AG_OK; /* a format this tensor was not evaluated in */
+            continue;
+        }
+        if (rc != AG_OK) {
+            /* Asked again here, so the explanation is this thread's. */
+            ag_free(h);
+            h = NULL;
+            rc = ag_cli_source_history(src, &j->q, &h);
+            if (rc == AG_OK) rc = AG_EIO; /* answered now: the first failure stands */
+            ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'", a->run,
+                                  j->q.tensor, j->q.format);
+            ag_free(h);
+            goto fail;
+        }
+        if (h->n == 0) {
+            ag_free(h);
+            continue;
+        }
+        last_rate = h->points[h->n - 1].stall_rate;
+        if (last != NULL)
+            last_rate = last->stall_rate;
+        else if (j->q.every > 1 &&
+                 (rc = last_point_rate(src, j->q, h->points[h->n - 1].step, &last_rate)) != AG_OK) {
+            ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'", a->run,
+                                  j->q.tensor, j->q.format);
+            ag_free(h);
+            goto fail;
+        }
+        rc = add_row(&d, &st, j->q.tensor, j->q.format, h, a->width, all->steps, last_rate);
+        if (rc != AG_OK && (st.n == 0 || st.histories[st.n - 1] != h)) ag_free(h);
     }
     if (rc != AG_OK) {
         snprintf(err, cap, "cannot lay out the report: %s", ag_strerror(rc));
@@ -272,6 +354,8 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
 fail:
     ag_cli_doc_free(&d);
     release(&st);
+    for (k = 0; jobs != NULL && k < njobs; k++) ag_free(jobs[k].h);
+    free(jobs);
     for (f = 0; f < MAX_FORMATS; f++) {
         ag_free(whole[f]);
         ag_free(final[f]);
