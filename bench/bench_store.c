@@ -166,7 +166,7 @@ static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wa
                 return 0;
             }
         }
-        if (s % 500 == 0) {
+        if (s % 20 == 0) {
             long long wl = wal_size(d);
             if (wl > *wal_busy) *wal_busy = wl;
         }

@@ -642,10 +642,13 @@ static void maintain(ag_writer *w, int idle) {
                    (unsigned long long)removed);
         if (removed) w->wal_dirty = 1;
     }
-    if (idle && w->wal_dirty && now - w->last_checkpoint_ms >= AG_WRITER_MAINT_MS) {
+    /* Busy, the WAL is restarted by the autocheckpoint as long as no reader
+     * holds on to it; when readers keep it growing, wait for them briefly. */
+    int big = ag_store_wal_bytes(w->st) > AG_WRITER_WAL_MAX;
+    if (big || (idle && w->wal_dirty && now - w->last_checkpoint_ms >= AG_WRITER_MAINT_MS)) {
         int busy = 0;
         w->last_checkpoint_ms = now;
-        if (ag_store_checkpoint(w->st, 1, &busy))
+        if (ag_store_checkpoint(w->st, 1, big ? AG_WRITER_WAL_WAIT_MS : 0, &busy))
             ag_log(w->log, AG_LOG_WARNING, "writer: checkpoint failed: %s", ag_store_errmsg(w->st));
         else if (!busy)
             w->wal_dirty = 0;

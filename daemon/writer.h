@@ -100,9 +100,13 @@ typedef struct ag_writer_opts {
 
 /* Between batches, at most once a second each: raw-row retention (when
  * keep_raw_steps is set; at most AG_WRITER_PRUNE_ROWS rows a time) and,
- * when the queue is empty, a WAL checkpoint that truncates the file. */
+ * when the queue is empty, a WAL checkpoint that truncates the file; and
+ * after any batch that leaves the WAL above AG_WRITER_WAL_MAX, a truncating
+ * checkpoint that waits for readers up to AG_WRITER_WAL_WAIT_MS. */
 #define AG_WRITER_PRUNE_ROWS 50000
 #define AG_WRITER_MAINT_MS 1000
+#define AG_WRITER_WAL_MAX (24LL << 20)
+#define AG_WRITER_WAL_WAIT_MS 250
 
 #define AG_WRITER_HIGH_BYTES ((size_t)256 << 20)
 

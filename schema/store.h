@@ -211,9 +211,11 @@ int ag_store_rebuild_rollups(ag_store *st, uint64_t *buckets);
  * transaction, stopping after about max_rows rows (call again for more).
  * *removed: rows deleted. No transaction may be open. */
 int ag_store_prune_raw(ag_store *st, uint64_t keep_steps, uint64_t max_rows, uint64_t *removed);
-/* Checkpoint the WAL (truncate: and cut the file to 0 bytes) without
- * waiting: *busy is 1 when readers kept it from finishing (try later). */
-int ag_store_checkpoint(ag_store *st, int truncate, int *busy);
+/* Checkpoint the WAL (truncate: and cut the file to 0 bytes), waiting for
+ * readers at most wait_ms: *busy is 1 when they kept it from finishing. */
+int ag_store_checkpoint(ag_store *st, int truncate, int wait_ms, int *busy);
+/* Size of the file's WAL in bytes (0 when there is none). */
+long long ag_store_wal_bytes(ag_store *st);
 
 /* ---------------- restore (daemon start, before the writer runs) -------- */
 /*

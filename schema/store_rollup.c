@@ -7,10 +7,14 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "schema/store_internal.h"
+
+#define AG_STORE_PATH_MAX 4096
 
 const int64_t ag_rollup_widths[AG_ROLLUP_TIERS] = {10, 100, 1000};
 
@@ -314,12 +318,12 @@ int ag_store_prune_raw(ag_store *st, uint64_t keep_steps, uint64_t max_rows, uin
 
 /* ---------------------------------------------------------- checkpoint */
 
-int ag_store_checkpoint(ag_store *st, int truncate, int *busy) {
+int ag_store_checkpoint(ag_store *st, int truncate, int wait_ms, int *busy) {
     if (busy) *busy = 0;
     if (!st || st->readonly || st->in_txn) return AG_EINVAL;
     int log = 0, done = 0;
-    /* Never wait for readers: a checkpoint they hold up is tried again later. */
-    sqlite3_busy_timeout(st->db, 0);
+    /* Wait for readers at most wait_ms: one they hold up is tried again later. */
+    sqlite3_busy_timeout(st->db, wait_ms > 0 ? wait_ms : 0);
     int rc = sqlite3_wal_checkpoint_v2(
         st->db, NULL, truncate ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_PASSIVE, &log,
         &done);
@@ -329,4 +333,11 @@ int ag_store_checkpoint(ag_store *st, int truncate, int *busy) {
         return AG_OK;
     }
     return rc == SQLITE_OK ? AG_OK : ag_store_fail(st, "checkpoint", rc);
+}
+
+long long ag_store_wal_bytes(ag_store *st) {
+    char wal[AG_STORE_PATH_MAX + 8];
+    struct stat sb;
+    if (!st || snprintf(wal, sizeof wal, "%s-wal", st->path) >= (int)sizeof wal) return 0;
+    return stat(wal, &sb) == 0 ? (long long)sb.st_size : 0;
 }

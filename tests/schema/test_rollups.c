@@ -494,12 +494,13 @@ Test(rollups, a_checkpoint_empties_the_wal) {
     cr_expect_gt(ftell(f), 0);
     fclose(f);
     int busy = 1;
-    cr_assert_eq(ag_store_checkpoint(st, 1, &busy), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(ag_store_checkpoint(st, 1, 0, &busy), AG_OK, "%s", ag_store_errmsg(st));
     cr_expect_eq(busy, 0);
     f = fopen(wal, "rb");
     cr_assert_not_null(f);
     fseek(f, 0, SEEK_END);
     cr_expect_eq(ftell(f), 0);
     fclose(f);
+    cr_expect_eq(ag_store_wal_bytes(st), 0);
     ag_store_close(st);
 }
