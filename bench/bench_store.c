@@ -93,7 +93,8 @@ static int daemon_start(daemon_proc *d) {
     if (d->pid == 0) {
         setenv("NOTIFY_SOCKET", notify, 1);
         execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db, "--log-level",
-              "warning", "--http", "off", (char *)NULL);
+              getenv("AG_BENCH_LOG") ? getenv("AG_BENCH_LOG") : "warning", "--http", "off",
+              (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 600; i++) {

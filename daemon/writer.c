@@ -50,6 +50,13 @@ typedef struct merge_state {
     size_t ncounters;
 } merge_state;
 
+/* Writer thread: per tensor, whether its latest snapshot taken into the open
+ * batch was skipped (superseded by a newer one still queued). */
+typedef struct skip_slot {
+    int64_t tensor_id;
+    unsigned char used, pending;
+} skip_slot;
+
 typedef struct snap_slot {
     int64_t tensor_id;
     uint64_t seq; /* push number + 1; 0: empty */
@@ -98,6 +105,8 @@ struct ag_writer {
     snap_slot *snaps;
     size_t snaps_cap, snaps_n;
     uint64_t pushed, popped; /* items pushed and popped, ever */
+    skip_slot *skips;
+    size_t skips_cap, skips_used, skips_pending;
 };
 
 /* Retry of a failed batch: first pause, doubling to the longest, and how long
@@ -510,12 +519,62 @@ static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
     return 0;
 }
 
+/* Whether the open batch should commit at the next boundary: batch_rows
+ * rows, or half the snapshot byte limit, or batch_ms since it began, but
+ * while a backlog of batch_rows items waits only after BATCH_MAX_MS: each
+ * commit costs about the same (rollups, checkpoint) whatever its size, so
+ * a writer behind takes big bites. */
+#define BATCH_MAX_MS 1000
+static int batch_due(ag_writer *w, uint64_t rows, int64_t t0) {
+    int64_t age = ag_mono_ms() - t0;
+    if (rows >= w->opts.batch_rows || w->held_bytes >= w->opts.high_bytes / 2) return 1;
+    if (age < (int64_t)w->opts.batch_ms) return 0;
+    return atomic_load(&w->depth) < w->opts.batch_rows || age >= BATCH_MAX_MS;
+}
+
+/* Past due by size or BATCH_MAX_MS: the batch stops skipping superseded
+ * snapshots so it can close. */
+static int batch_overdue(ag_writer *w, uint64_t rows, int64_t t0) {
+    return rows >= w->opts.batch_rows || w->held_bytes >= w->opts.high_bytes / 2 ||
+           ag_mono_ms() - t0 >= BATCH_MAX_MS;
+}
+
+/* Note whether tensor's latest snapshot in the batch was skipped. Without
+ * memory for the set the snapshot is written instead: returns 0 then. */
+static int note_skip(ag_writer *w, int64_t tensor_id, int skipped) {
+    if ((w->skips_used + 1) * 2 > w->skips_cap) {
+        size_t ncap = w->skips_cap ? w->skips_cap * 2 : 1024;
+        skip_slot *t = calloc(ncap, sizeof *t);
+        if (!t) return 0;
+        for (size_t i = 0; i < w->skips_cap; i++) {
+            if (!w->skips[i].used) continue;
+            size_t k = (size_t)(mix64((uint64_t)w->skips[i].tensor_id) & (ncap - 1));
+            while (t[k].used) k = (k + 1) & (ncap - 1);
+            t[k] = w->skips[i];
+        }
+        free(w->skips);
+        w->skips = t;
+        w->skips_cap = ncap;
+    }
+    size_t k = (size_t)(mix64((uint64_t)tensor_id) & (w->skips_cap - 1));
+    while (w->skips[k].used && w->skips[k].tensor_id != tensor_id) k = (k + 1) & (w->skips_cap - 1);
+    skip_slot *e = &w->skips[k];
+    if (!e->used) {
+        e->used = 1;
+        e->tensor_id = tensor_id;
+        w->skips_used++;
+    }
+    w->skips_pending += (size_t)skipped - e->pending;
+    e->pending = (unsigned char)skipped;
+    return skipped;
+}
+
 /* One batch attempt: begin, replay the rows held from failed attempts, take
  * more from the queue up to a message boundary, commit. Returns 0 when the
  * batch was committed (or nothing was to be done), 1 after a failure that
  * retrying may cure (the rows stay held; the caller waits and retries). Lock
  * held on entry and exit. */
-static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
+static int write_batch(ag_writer *w, int *at_boundary) {
     pthread_mutex_unlock(&w->lock);
     merge_clear(&w->merge);
     if (ag_store_begin(w->st)) {
@@ -544,8 +603,15 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
             int owe_space = pop(w, &it);
             pthread_mutex_unlock(&w->lock);
             if (owe_space && w->on_space) w->on_space(w->ctx);
-            if (it.supersedes) (*owed)--;
-            if (it.superseded) (*owed)++;
+            /* A snapshot a newer one of its tensor replaces is skipped, but
+             * the batch then commits only once that newer one is written,
+             * so the file never goes back to an older snapshot than its
+             * results'. Once the batch is overdue, superseded snapshots are
+             * written instead, so it can close within one pass over the
+             * tensors rather than wait for a pause in the stream. */
+            if (it.kind == AG_W_SNAPSHOT)
+                it.superseded = (unsigned char)note_skip(
+                    w, it.u.snapshot.tensor_id, it.superseded && !batch_overdue(w, rows, t0));
             *at_boundary = it.boundary;
             int skip = 0, transient = apply_one(w, &it, &skip);
             if (skip) {
@@ -568,10 +634,7 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
                 return 1;
             }
             pthread_mutex_lock(&w->lock);
-            if (*at_boundary && *owed == 0 &&
-                (rows >= w->opts.batch_rows || ag_mono_ms() - t0 >= (int64_t)w->opts.batch_ms ||
-                 w->held_bytes >= w->opts.high_bytes / 2))
-                break;
+            if (*at_boundary && w->skips_pending == 0 && batch_due(w, rows, t0)) break;
             continue;
         }
         /* Queue empty: at a boundary, wait out the batch time (or stop);
@@ -648,16 +711,18 @@ static void maintain(ag_writer *w, int idle) {
     if (big || (idle && w->wal_dirty && now - w->last_checkpoint_ms >= AG_WRITER_MAINT_MS)) {
         int busy = 0;
         w->last_checkpoint_ms = now;
+        long long before = ag_store_wal_bytes(w->st);
         if (ag_store_checkpoint(w->st, 1, big ? AG_WRITER_WAL_WAIT_MS : 0, &busy))
             ag_log(w->log, AG_LOG_WARNING, "writer: checkpoint failed: %s", ag_store_errmsg(w->st));
-        else if (!busy)
-            w->wal_dirty = 0;
+        else
+            ag_log(w->log, AG_LOG_DEBUG, "writer: checkpoint: WAL %lld -> %lld bytes%s", before,
+                   ag_store_wal_bytes(w->st), busy ? " (readers held it)" : "");
+        if (!busy) w->wal_dirty = 0;
     }
 }
 
 static void *writer_main(void *arg) {
     ag_writer *w = arg;
-    size_t owed = 0; /* skipped snapshots whose replacement is not yet written */
     int at_boundary = 0;
     int64_t pause = RETRY_FIRST_MS, stop_deadline = 0;
     pthread_mutex_lock(&w->lock);
@@ -676,7 +741,7 @@ static void *writer_main(void *arg) {
             }
         }
         if (w->count == 0 && w->nheld == 0) break; /* stopping and drained */
-        if (!write_batch(w, &owed, &at_boundary)) {
+        if (!write_batch(w, &at_boundary)) {
             pause = RETRY_FIRST_MS;
             w->wal_dirty = 1;
             int idle = w->count == 0 && !w->stopping;
@@ -878,6 +943,7 @@ void ag_writer_stop(ag_writer *w) {
     free(w->held);
     merge_free(&w->merge);
     free(w->snaps);
+    free(w->skips);
     ag_store_close(w->st);
     for (size_t i = 0; i < w->count; i++) ag_write_item_clear(&w->ring[(w->head + i) % w->cap]);
     pthread_cond_destroy(&w->wake);
