@@ -45,6 +45,8 @@ typedef struct ag_config {
     long baseline_interval; /* seconds between writes of the flip baselines */
     long state_budget_mib;  /* the engine's memory budget */
     int log_level;          /* ag_log_level */
+    long keep_raw_steps;    /* 0: keep every raw row */
+    int want_rebuild;       /* --rebuild-rollups: rebuild and exit */
     int want_help;
     int want_version;
 } ag_config;

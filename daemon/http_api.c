@@ -1,7 +1,8 @@
 /*
  * http_api.c - routes and answers of altgradd's web server (http_api.h):
  * GET / (the page), /api/<name> for each public query of proto/queries.h
- * with the CLI's JSON documents and the query's parameter table, and /metrics in the Prometheus
+ * with the CLI's JSON documents and the query's parameter table, /api/heatmap (tensors x
+ * step buckets of stall rate, from the rollups), and /metrics in the Prometheus
  * text format 0.0.4. Called on a libuv pool thread; SQLite is read here.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -423,6 +424,81 @@ done:
     ag_free(s);
 }
 
+/* ---------------------------------------------------------------- heatmap */
+
+/* {"run","format","from_step","to_step","width","buckets","tensors":[names],
+ * "rates":[[rate or null per bucket] per tensor]}: bucket b of a tensor
+ * covers steps from_step + b*width .. + width - 1; null: no rows there. */
+typedef struct heatmap_params {
+    const char *run, *format;
+    uint64_t buckets;
+} heatmap_params;
+
+static const ag_field heatmap_fields[] = {
+    {"run", K_NAME, F_REQ, offsetof(heatmap_params, run), 0, "run", 0},
+    {"fmt", K_FMT, F_OMIT0, offsetof(heatmap_params, format), 0, "format", 0},
+    {"buckets", K_UINT, F_OMIT0, offsetof(heatmap_params, buckets), 0, "buckets", 0},
+};
+
+static void api_heatmap(const ag_http_env *env, ag_store *st, const void *params,
+                        const ag_http_params *given, ag_http_response *res) {
+    const heatmap_params *p = params;
+    (void)env;
+    uint64_t want = ag_http_param_get(given, "buckets") ? p->buckets : 100;
+    if (want == 0 || want > AG_STORE_HEATMAP_MAX_BUCKETS) {
+        char err[96];
+        snprintf(err, sizeof err, "buckets must be 1..%u", AG_STORE_HEATMAP_MAX_BUCKETS);
+        ag_http_error(res, 400, err);
+        return;
+    }
+    ag_store_heat *h = NULL;
+    int rc = ag_store_heatmap(st, p->run, p->format, (size_t)want, &h);
+    if (rc) {
+        if (rc == AG_ETOOBIG)
+            ag_http_error(res, 400, ag_store_errmsg(st));
+        else
+            store_error(res, st, rc);
+        return;
+    }
+    body b;
+    if (body_open(&b)) {
+        ag_free(h);
+        ag_http_error(res, 500, "out of memory");
+        return;
+    }
+    char num[64];
+    fputs("{\"run\":", b.f);
+    ag_json_string(b.f, h->run);
+    fputs(",\"format\":", b.f);
+    ag_json_string(b.f, h->format);
+    fprintf(b.f, ",\"from_step\":%llu,\"to_step\":%llu,\"width\":%llu,\"buckets\":%zu",
+            (unsigned long long)h->from_step, (unsigned long long)h->to_step,
+            (unsigned long long)h->width, h->nbuckets);
+    fputs(",\"tensors\":[", b.f);
+    for (size_t t = 0; t < h->ntensors; t++) {
+        if (t) fputc(',', b.f);
+        ag_json_string(b.f, h->tensors[t]);
+    }
+    fputs("],\"rates\":[", b.f);
+    for (size_t t = 0; t < h->ntensors; t++) {
+        fputs(t ? ",[" : "[", b.f);
+        for (size_t k = 0; k < h->nbuckets; k++) {
+            size_t c = t * h->nbuckets + k;
+            if (k) fputc(',', b.f);
+            if (h->total[c] == 0) {
+                fputs("null", b.f);
+                continue;
+            }
+            ag_json_format_double(num, sizeof num, (double)h->stalled[c] / (double)h->total[c]);
+            fputs(num, b.f);
+        }
+        fputc(']', b.f);
+    }
+    fputs("]}\n", b.f);
+    ag_free(h);
+    body_finish(&b, res, 200, JSON_TYPE);
+}
+
 /* ------------------------------------------------------------------ route */
 
 /* Endpoints that are no query of proto/queries.h (those are /api/<name>,
@@ -444,6 +520,8 @@ typedef struct route {
 
 static const route routes[] = {
     {"/metrics", api_metrics, NULL, 0, 0},
+    {"/api/heatmap", api_heatmap, heatmap_fields, sizeof heatmap_fields / sizeof heatmap_fields[0],
+     sizeof(heatmap_params)},
 };
 
 static const route *find_route(const char *path) {

@@ -497,11 +497,12 @@ static int start(ag_daemon *d) {
     }
     /* Queued baseline weights: an eighth of the state budget (engine.c). */
     size_t eighth = ((size_t)d->cfg.state_budget_mib << 20) / 8;
-    ag_writer_opts wo = {.batch_rows = 20000,
+    ag_writer_opts wo = {.batch_rows = 100000,
                          .batch_ms = 50,
                          .high_water = 200000,
                          .high_bytes =
-                             eighth < AG_WRITER_HIGH_BYTES ? eighth : AG_WRITER_HIGH_BYTES};
+                             eighth < AG_WRITER_HIGH_BYTES ? eighth : AG_WRITER_HIGH_BYTES,
+                         .keep_raw_steps = (uint64_t)d->cfg.keep_raw_steps};
     if ((err = ag_writer_start(&d->writer, st, &wo, &d->log, on_writer_space, d))) {
         fprintf(stderr, "altgradd: cannot start the writer: %s\n", ag_strerror(err));
         ag_store_close(st);
@@ -578,6 +579,24 @@ static int start_handles(ag_daemon *d) {
     return -1;
 }
 
+/* altgradd --rebuild-rollups: open (and migrate) the file, compute its
+ * rollups again from the raw rows, say how many buckets, exit. */
+static int rebuild_rollups(const ag_config *cfg) {
+    ag_store *st = NULL;
+    uint64_t buckets = 0;
+    int err = ag_store_open(&st, cfg->db, 0);
+    if (!err) err = ag_store_rebuild_rollups(st, &buckets);
+    if (err) {
+        fprintf(stderr, "altgradd: cannot rebuild the rollups of %s: %s\n", cfg->db,
+                st ? ag_store_errmsg(st) : ag_strerror(err));
+        ag_store_close(st);
+        return 1;
+    }
+    ag_store_close(st);
+    printf("altgradd: rebuilt %llu rollup buckets of %s\n", (unsigned long long)buckets, cfg->db);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     static ag_daemon daemon_ctx; /* large; one per process */
     ag_daemon *d = &daemon_ctx;
@@ -596,6 +615,7 @@ int main(int argc, char **argv) {
         printf("altgradd %s\n", AG_VERSION_STRING);
         return 0;
     }
+    if (d->cfg.want_rebuild) return rebuild_rollups(&d->cfg);
     ag_logger_init(&d->log, d->cfg.log_level);
     d->start_ms = now_ms();
     publish_scale_rule(d);

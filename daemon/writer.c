@@ -16,6 +16,52 @@
 
 #include "core/clock.h"
 
+/* ------------------------------------------------------------ merging
+ * Within one transaction the aggregate rows of many messages (run, client
+ * and tensor deltas, scale rows, counters) are folded per key and written
+ * once, before the commit or before any item that could observe or reset
+ * them (a run, client, tensor, format or drop row): what the file holds at
+ * each commit is what applying them one by one would leave. */
+typedef struct merge_index {
+    uint32_t *slot; /* 1 + entry index, 0 empty */
+    size_t cap;     /* power of two */
+} merge_index;
+
+typedef struct merge_state {
+    ag_store_run_delta *runs;
+    size_t nruns, cap_runs;
+    ag_store_client_delta *clients;
+    size_t nclients, cap_clients;
+    ag_store_tensor_delta *tensors;
+    size_t ntensors, cap_tensors;
+    merge_index tensor_ix;
+    struct merged_scale {
+        int64_t tensor_id, format_id;
+        int role;
+        uint64_t step;
+        double amax, scale;
+    } * scales;
+    size_t nscales, cap_scales;
+    merge_index scale_ix;
+    struct merged_counter {
+        const char *name;
+        uint64_t delta;
+    } counters[8];
+    size_t ncounters;
+} merge_state;
+
+/* Writer thread: per tensor, whether its latest snapshot taken into the open
+ * batch was skipped (superseded by a newer one still queued). */
+typedef struct skip_slot {
+    int64_t tensor_id;
+    unsigned char used, pending;
+} skip_slot;
+
+typedef struct snap_slot {
+    int64_t tensor_id;
+    uint64_t seq; /* push number + 1; 0: empty */
+} snap_slot;
+
 struct ag_writer {
     pthread_t thread;
     pthread_mutex_t lock;
@@ -48,12 +94,20 @@ struct ag_writer {
     _Atomic uint64_t held_rows;   /* rows waiting in the failed batch */
     _Atomic uint64_t unpersisted; /* of discarded, not yet added to the file's counter */
     char why[256];                /* under lock: the last failure's text */
+    /* Maintenance (writer thread): when it last ran, whether rows were
+     * committed since the last checkpoint. */
+    int64_t last_prune_ms, last_checkpoint_ms;
+    int wal_dirty;
+    merge_state merge; /* writer thread: the batch's aggregates, not yet applied */
+    /* The newest queued snapshot of each tensor (push side, under lock):
+     * tensor id -> the push number of its item, so a newer one finds it at
+     * once. Stale entries are told apart by the item they point at. */
+    snap_slot *snaps;
+    size_t snaps_cap, snaps_n;
+    uint64_t pushed, popped; /* items pushed and popped, ever */
+    skip_slot *skips;
+    size_t skips_cap, skips_used, skips_pending;
 };
-
-/* How far back a push looks for an older snapshot of its tensor: enough for
- * every tensor of a model between two snapshots of one, and bounded so a
- * push stays cheap; one not found is written, which is only slower. */
-#define SUPERSEDE_SCAN 65536
 
 /* Retry of a failed batch: first pause, doubling to the longest, and how long
  * a stopping writer keeps trying before it gives the rows up (counted). */
@@ -118,6 +172,242 @@ static int apply(ag_store *st, ag_write_item *it) {
     return AG_EINVAL;
 }
 
+static uint64_t mix64(uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 33);
+}
+
+static int grow_array(void **items, size_t *cap, size_t n, size_t elem) {
+    if (n < *cap) return AG_OK;
+    size_t ncap = *cap ? *cap * 2 : 64;
+    void *p = realloc(*items, ncap * elem);
+    if (!p) return AG_ENOMEM;
+    *items = p;
+    *cap = ncap;
+    return AG_OK;
+}
+
+/* The entry of key in ix (*found), or the empty slot it would take. Grows ix
+ * (rehashing with rehash(ctx, i) giving entry i's hash) to stay half empty. */
+static int ix_find(merge_index *ix, uint64_t hash, size_t n, int (*same)(void *, size_t),
+                   uint64_t (*rehash)(void *, size_t), void *ctx, uint32_t **slot) {
+    if ((n + 1) * 2 > ix->cap) {
+        size_t ncap = ix->cap ? ix->cap * 2 : 256;
+        uint32_t *t = calloc(ncap, sizeof *t);
+        if (!t) return AG_ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+            size_t k = (size_t)(rehash(ctx, i) & (ncap - 1));
+            while (t[k]) k = (k + 1) & (ncap - 1);
+            t[k] = (uint32_t)(i + 1);
+        }
+        free(ix->slot);
+        ix->slot = t;
+        ix->cap = ncap;
+    }
+    size_t k = (size_t)(hash & (ix->cap - 1));
+    while (ix->slot[k] && !same(ctx, ix->slot[k] - 1)) k = (k + 1) & (ix->cap - 1);
+    *slot = &ix->slot[k];
+    return AG_OK;
+}
+
+typedef struct tensor_key {
+    merge_state *m;
+    int64_t id;
+} tensor_key;
+static int tensor_same(void *c, size_t i) {
+    tensor_key *k = c;
+    return k->m->tensors[i].tensor_id == k->id;
+}
+static uint64_t tensor_hash(void *c, size_t i) {
+    return mix64((uint64_t)((tensor_key *)c)->m->tensors[i].tensor_id);
+}
+
+typedef struct scale_key {
+    merge_state *m;
+    int64_t tensor_id, format_id;
+    int role;
+} scale_key;
+static uint64_t scale_hash_of(int64_t t, int64_t f, int role) {
+    return mix64((uint64_t)t * 1000003u + (uint64_t)f * 31u + (uint64_t)role);
+}
+static int scale_same(void *c, size_t i) {
+    scale_key *k = c;
+    const struct merged_scale *s = &k->m->scales[i];
+    return s->tensor_id == k->tensor_id && s->format_id == k->format_id && s->role == k->role;
+}
+static uint64_t scale_hash(void *c, size_t i) {
+    const struct merged_scale *s = &((scale_key *)c)->m->scales[i];
+    return scale_hash_of(s->tensor_id, s->format_id, s->role);
+}
+
+static void merge_clear(merge_state *m) {
+    m->nruns = m->nclients = m->ntensors = m->nscales = m->ncounters = 0;
+    if (m->tensor_ix.slot) memset(m->tensor_ix.slot, 0, m->tensor_ix.cap * sizeof(uint32_t));
+    if (m->scale_ix.slot) memset(m->scale_ix.slot, 0, m->scale_ix.cap * sizeof(uint32_t));
+}
+
+static void merge_free(merge_state *m) {
+    free(m->runs);
+    free(m->clients);
+    free(m->tensors);
+    free(m->tensor_ix.slot);
+    free(m->scales);
+    free(m->scale_ix.slot);
+    memset(m, 0, sizeof *m);
+}
+
+static int mergeable(int kind) {
+    return kind == AG_W_RUN_DELTA || kind == AG_W_CLIENT_DELTA || kind == AG_W_TENSOR_DELTA ||
+           kind == AG_W_SCALE || kind == AG_W_COUNTER;
+}
+
+/* Items whose rows do not touch what the merged ones write. */
+static int independent(int kind) {
+    return kind == AG_W_STATS || kind == AG_W_RESULT || kind == AG_W_SNAPSHOT;
+}
+
+static int merge_flush(ag_writer *w);
+
+/* Fold a mergeable item in. AG_ENOMEM: apply it directly instead. */
+static int merge_add(ag_writer *w, const ag_write_item *it) {
+    merge_state *m = &w->merge;
+    switch (it->kind) {
+    case AG_W_RUN_DELTA: {
+        const ag_store_run_delta *d = &it->u.run_delta;
+        for (size_t i = 0; i < m->nruns; i++)
+            if (m->runs[i].run_id == d->run_id) {
+                ag_store_run_delta *r = &m->runs[i];
+                r->messages += d->messages;
+                r->dropped += d->dropped;
+                if (d->last_step > r->last_step) r->last_step = d->last_step;
+                if (d->ended_ms) r->ended_ms = d->ended_ms;
+                return AG_OK;
+            }
+        if (grow_array((void **)&m->runs, &m->cap_runs, m->nruns, sizeof *m->runs))
+            return AG_ENOMEM;
+        m->runs[m->nruns++] = *d;
+        return AG_OK;
+    }
+    case AG_W_CLIENT_DELTA: {
+        const ag_store_client_delta *d = &it->u.client_delta;
+        for (size_t i = 0; i < m->nclients; i++) {
+            ag_store_client_delta *c = &m->clients[i];
+            if (c->client_id != d->client_id) continue;
+            /* delivered_seq moves to the merged last_seq: only while that is
+             * the last seq of a delivered message. */
+            if ((c->delivered && !d->delivered) || d->last_seq < c->last_seq) break;
+            c->last_seq = d->last_seq;
+            if (d->has_drop) {
+                c->has_drop = 1;
+                c->last_drop = d->last_drop;
+            }
+            c->ended = d->ended;
+            c->delivered += d->delivered;
+            return AG_OK;
+        }
+        for (size_t i = 0; i < m->nclients; i++)
+            if (m->clients[i].client_id == d->client_id) {
+                /* Not foldable: write what is held first, in order. */
+                int err = merge_flush(w);
+                if (err) return err;
+                break;
+            }
+        if (grow_array((void **)&m->clients, &m->cap_clients, m->nclients, sizeof *m->clients))
+            return AG_ENOMEM;
+        m->clients[m->nclients++] = *d;
+        return AG_OK;
+    }
+    case AG_W_TENSOR_DELTA: {
+        const ag_store_tensor_delta *d = &it->u.tensor_delta;
+        tensor_key k = {m, d->tensor_id};
+        uint32_t *slot;
+        if (ix_find(&m->tensor_ix, mix64((uint64_t)d->tensor_id), m->ntensors, tensor_same,
+                    tensor_hash, &k, &slot))
+            return AG_ENOMEM;
+        if (*slot) {
+            ag_store_tensor_delta *t = &m->tensors[*slot - 1];
+            t->role = d->role;
+            t->numel = d->numel;
+            if (d->first_step < t->first_step) t->first_step = d->first_step;
+            if (d->last_step > t->last_step) t->last_step = d->last_step;
+            t->snapshots += d->snapshots;
+            t->last_amax = d->last_amax;
+            return AG_OK;
+        }
+        if (grow_array((void **)&m->tensors, &m->cap_tensors, m->ntensors, sizeof *m->tensors))
+            return AG_ENOMEM;
+        m->tensors[m->ntensors++] = *d;
+        *slot = (uint32_t)m->ntensors;
+        return AG_OK;
+    }
+    case AG_W_SCALE: {
+        scale_key k = {m, it->u.scale.tensor_id, it->u.scale.format_id, it->u.scale.role};
+        uint32_t *slot;
+        if (ix_find(&m->scale_ix, scale_hash_of(k.tensor_id, k.format_id, k.role), m->nscales,
+                    scale_same, scale_hash, &k, &slot))
+            return AG_ENOMEM;
+        struct merged_scale v = {it->u.scale.tensor_id, it->u.scale.format_id, it->u.scale.role,
+                                 it->u.scale.step,      it->u.scale.amax,      it->u.scale.scale};
+        if (*slot) {
+            m->scales[*slot - 1] = v;
+            return AG_OK;
+        }
+        if (grow_array((void **)&m->scales, &m->cap_scales, m->nscales, sizeof *m->scales))
+            return AG_ENOMEM;
+        m->scales[m->nscales++] = v;
+        *slot = (uint32_t)m->nscales;
+        return AG_OK;
+    }
+    case AG_W_COUNTER:
+        for (size_t i = 0; i < m->ncounters; i++)
+            if (strcmp(m->counters[i].name, it->u.counter.name) == 0) {
+                m->counters[i].delta += it->u.counter.delta;
+                return AG_OK;
+            }
+        if (m->ncounters == sizeof m->counters / sizeof m->counters[0]) return AG_ENOMEM;
+        m->counters[m->ncounters].name = it->u.counter.name;
+        m->counters[m->ncounters++].delta = it->u.counter.delta;
+        return AG_OK;
+    }
+    return AG_EINVAL;
+}
+
+/* One merged row's outcome: 0 written or (a failure about the row) logged
+ * and dropped; 1 a failure retrying may cure. */
+static int merged_result(ag_writer *w, int err, const char *what) {
+    if (!err) return 0;
+    if (ag_store_failure_is_transient(w->st)) return 1;
+    ag_log(w->log, AG_LOG_ERROR, "writer: %s not written: %s", what, ag_store_errmsg(w->st));
+    return 0;
+}
+
+/* Write the merged rows and forget them. 1: a failure retrying may cure. */
+static int merge_flush(ag_writer *w) {
+    merge_state *m = &w->merge;
+    int bad = 0;
+    for (size_t i = 0; !bad && i < m->nruns; i++)
+        bad = merged_result(w, ag_store_apply_run_delta(w->st, &m->runs[i]), "run delta");
+    for (size_t i = 0; !bad && i < m->nclients; i++)
+        bad = merged_result(w, ag_store_apply_client_delta(w->st, &m->clients[i]), "client delta");
+    for (size_t i = 0; !bad && i < m->ntensors; i++)
+        bad = merged_result(w, ag_store_apply_tensor_delta(w->st, &m->tensors[i]), "tensor delta");
+    for (size_t i = 0; !bad && i < m->nscales; i++) {
+        const struct merged_scale *v = &m->scales[i];
+        bad = merged_result(w,
+                            ag_store_put_scale(w->st, v->tensor_id, v->format_id, v->role, v->step,
+                                               v->amax, v->scale),
+                            "scale");
+    }
+    for (size_t i = 0; !bad && i < m->ncounters; i++)
+        bad = merged_result(
+            w, ag_store_add_counter(w->st, m->counters[i].name, m->counters[i].delta), "counter");
+    merge_clear(m);
+    return bad;
+}
+
 /* Pop the oldest item into *it. Lock held, count > 0. Returns 1 when the
  * loop is owed an on_space call. */
 static int pop(ag_writer *w, ag_write_item *it) {
@@ -125,6 +415,7 @@ static int pop(ag_writer *w, ag_write_item *it) {
     w->popped_boundary = 0; /* this item's own flag says whether it ends a message */
     w->head = (w->head + 1) % w->cap;
     w->count--;
+    w->popped++;
     if (it->kind == AG_W_SNAPSHOT) {
         w->nsnap--;
         w->snap_bytes -= it->u.snapshot.n * sizeof(float);
@@ -212,6 +503,14 @@ static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
         *skip = 1;
         return 0;
     }
+    if (mergeable(it->kind)) {
+        int err = merge_add(w, it);
+        if (err == AG_OK) return 0;
+        if (err != AG_ENOMEM) return 1; /* a flush of held rows failed: transient */
+        if (merge_flush(w)) return 1;   /* no memory to fold it: write in order */
+    } else if (!independent(it->kind) && merge_flush(w)) {
+        return 1;
+    }
     if (apply(w->st, it) == AG_OK) return 0;
     if (ag_store_failure_is_transient(w->st)) return 1;
     ag_log(w->log, AG_LOG_ERROR, "writer: row of kind %d not written: %s", it->kind,
@@ -220,13 +519,64 @@ static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
     return 0;
 }
 
+/* Whether the open batch should commit at the next boundary: batch_rows
+ * rows, or half the snapshot byte limit, or batch_ms since it began, but
+ * while a backlog of batch_rows items waits only after BATCH_MAX_MS: each
+ * commit costs about the same (rollups, checkpoint) whatever its size, so
+ * a writer behind takes big bites. */
+#define BATCH_MAX_MS 1000
+static int batch_due(ag_writer *w, uint64_t rows, int64_t t0) {
+    int64_t age = ag_mono_ms() - t0;
+    if (rows >= w->opts.batch_rows || w->held_bytes >= w->opts.high_bytes / 2) return 1;
+    if (age < (int64_t)w->opts.batch_ms) return 0;
+    return atomic_load(&w->depth) < w->opts.batch_rows || age >= BATCH_MAX_MS;
+}
+
+/* Past due by size or BATCH_MAX_MS: the batch stops skipping superseded
+ * snapshots so it can close. */
+static int batch_overdue(ag_writer *w, uint64_t rows, int64_t t0) {
+    return rows >= w->opts.batch_rows || w->held_bytes >= w->opts.high_bytes / 2 ||
+           ag_mono_ms() - t0 >= BATCH_MAX_MS;
+}
+
+/* Note whether tensor's latest snapshot in the batch was skipped. Without
+ * memory for the set the snapshot is written instead: returns 0 then. */
+static int note_skip(ag_writer *w, int64_t tensor_id, int skipped) {
+    if ((w->skips_used + 1) * 2 > w->skips_cap) {
+        size_t ncap = w->skips_cap ? w->skips_cap * 2 : 1024;
+        skip_slot *t = calloc(ncap, sizeof *t);
+        if (!t) return 0;
+        for (size_t i = 0; i < w->skips_cap; i++) {
+            if (!w->skips[i].used) continue;
+            size_t k = (size_t)(mix64((uint64_t)w->skips[i].tensor_id) & (ncap - 1));
+            while (t[k].used) k = (k + 1) & (ncap - 1);
+            t[k] = w->skips[i];
+        }
+        free(w->skips);
+        w->skips = t;
+        w->skips_cap = ncap;
+    }
+    size_t k = (size_t)(mix64((uint64_t)tensor_id) & (w->skips_cap - 1));
+    while (w->skips[k].used && w->skips[k].tensor_id != tensor_id) k = (k + 1) & (w->skips_cap - 1);
+    skip_slot *e = &w->skips[k];
+    if (!e->used) {
+        e->used = 1;
+        e->tensor_id = tensor_id;
+        w->skips_used++;
+    }
+    w->skips_pending += (size_t)skipped - e->pending;
+    e->pending = (unsigned char)skipped;
+    return skipped;
+}
+
 /* One batch attempt: begin, replay the rows held from failed attempts, take
  * more from the queue up to a message boundary, commit. Returns 0 when the
  * batch was committed (or nothing was to be done), 1 after a failure that
  * retrying may cure (the rows stay held; the caller waits and retries). Lock
  * held on entry and exit. */
-static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
+static int write_batch(ag_writer *w, int *at_boundary) {
     pthread_mutex_unlock(&w->lock);
+    merge_clear(&w->merge);
     if (ag_store_begin(w->st)) {
         note_failure(w, "begin");
         pthread_mutex_lock(&w->lock);
@@ -253,8 +603,15 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
             int owe_space = pop(w, &it);
             pthread_mutex_unlock(&w->lock);
             if (owe_space && w->on_space) w->on_space(w->ctx);
-            if (it.supersedes) (*owed)--;
-            if (it.superseded) (*owed)++;
+            /* A snapshot a newer one of its tensor replaces is skipped, but
+             * the batch then commits only once that newer one is written,
+             * so the file never goes back to an older snapshot than its
+             * results'. Once the batch is overdue, superseded snapshots are
+             * written instead, so it can close within one pass over the
+             * tensors rather than wait for a pause in the stream. */
+            if (it.kind == AG_W_SNAPSHOT)
+                it.superseded = (unsigned char)note_skip(
+                    w, it.u.snapshot.tensor_id, it.superseded && !batch_overdue(w, rows, t0));
             *at_boundary = it.boundary;
             int skip = 0, transient = apply_one(w, &it, &skip);
             if (skip) {
@@ -277,10 +634,7 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
                 return 1;
             }
             pthread_mutex_lock(&w->lock);
-            if (*at_boundary && *owed == 0 &&
-                (rows >= w->opts.batch_rows || ag_mono_ms() - t0 >= (int64_t)w->opts.batch_ms ||
-                 w->held_bytes >= w->opts.high_bytes / 2))
-                break;
+            if (*at_boundary && w->skips_pending == 0 && batch_due(w, rows, t0)) break;
             continue;
         }
         /* Queue empty: at a boundary, wait out the batch time (or stop);
@@ -296,6 +650,11 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
         timed_wait(w, left < 1 ? 1 : left);
     }
     pthread_mutex_unlock(&w->lock);
+    if (merge_flush(w)) {
+        note_failure(w, "write");
+        pthread_mutex_lock(&w->lock);
+        return 1;
+    }
     /* The rows are counted in the database's rows_written counter in the
      * same transaction (status reads it there, from the daemon or a file). */
     int err = rows > 0 ? ag_store_add_counter(w->st, "rows_written", rows) : AG_OK;
@@ -332,18 +691,63 @@ static int write_batch(ag_writer *w, size_t *owed, int *at_boundary) {
     return 0;
 }
 
+/* Retention and the WAL checkpoint, between batches (lock not held). A
+ * failure is logged and tried again next time: the rows are safe either way. */
+static void maintain(ag_writer *w, int idle) {
+    int64_t now = ag_mono_ms();
+    if (w->opts.keep_raw_steps && now - w->last_prune_ms >= AG_WRITER_MAINT_MS) {
+        uint64_t removed = 0;
+        w->last_prune_ms = now;
+        if (ag_store_prune_raw(w->st, w->opts.keep_raw_steps, AG_WRITER_PRUNE_ROWS, &removed))
+            ag_log(w->log, AG_LOG_WARNING, "writer: retention failed: %s", ag_store_errmsg(w->st));
+        else if (removed)
+            ag_log(w->log, AG_LOG_DEBUG, "writer: retention removed %llu raw rows",
+                   (unsigned long long)removed);
+        if (removed) w->wal_dirty = 1;
+    }
+    /* Busy, the WAL is restarted by the autocheckpoint as long as no reader
+     * holds on to it; when readers keep it growing, wait for them briefly. */
+    int big = ag_store_wal_bytes(w->st) > AG_WRITER_WAL_MAX;
+    if (big || (idle && w->wal_dirty && now - w->last_checkpoint_ms >= AG_WRITER_MAINT_MS)) {
+        int busy = 0;
+        w->last_checkpoint_ms = now;
+        long long before = ag_store_wal_bytes(w->st);
+        if (ag_store_checkpoint(w->st, 1, big ? AG_WRITER_WAL_WAIT_MS : 0, &busy))
+            ag_log(w->log, AG_LOG_WARNING, "writer: checkpoint failed: %s", ag_store_errmsg(w->st));
+        else
+            ag_log(w->log, AG_LOG_DEBUG, "writer: checkpoint: WAL %lld -> %lld bytes%s", before,
+                   ag_store_wal_bytes(w->st), busy ? " (readers held it)" : "");
+        if (!busy) w->wal_dirty = 0;
+    }
+}
+
 static void *writer_main(void *arg) {
     ag_writer *w = arg;
-    size_t owed = 0; /* skipped snapshots whose replacement is not yet written */
     int at_boundary = 0;
     int64_t pause = RETRY_FIRST_MS, stop_deadline = 0;
     pthread_mutex_lock(&w->lock);
     for (;;) {
-        while (w->count == 0 && w->nheld == 0 && !w->stopping)
-            pthread_cond_wait(&w->wake, &w->lock);
+        while (w->count == 0 && w->nheld == 0 && !w->stopping) {
+            if (!w->wal_dirty && !w->opts.keep_raw_steps) {
+                pthread_cond_wait(&w->wake, &w->lock);
+                continue;
+            }
+            /* Idle with a checkpoint owed (or retention on): come back for it. */
+            timed_wait(w, AG_WRITER_MAINT_MS);
+            if (w->count == 0 && !w->stopping) {
+                pthread_mutex_unlock(&w->lock);
+                maintain(w, 1);
+                pthread_mutex_lock(&w->lock);
+            }
+        }
         if (w->count == 0 && w->nheld == 0) break; /* stopping and drained */
-        if (!write_batch(w, &owed, &at_boundary)) {
+        if (!write_batch(w, &at_boundary)) {
             pause = RETRY_FIRST_MS;
+            w->wal_dirty = 1;
+            int idle = w->count == 0 && !w->stopping;
+            pthread_mutex_unlock(&w->lock);
+            maintain(w, idle);
+            pthread_mutex_lock(&w->lock);
             continue;
         }
         /* The store refused: wait (a stop request cuts the wait short but
@@ -423,20 +827,47 @@ static int grow(ag_writer *w) {
     return AG_OK;
 }
 
-/* Mark the newest queued snapshot of tensor_id, if any within reach, as
- * superseded. Lock held. Returns 1 when one was marked. */
-static int supersede(ag_writer *w, int64_t tensor_id) {
-    size_t seen = 0;
-    for (size_t k = w->count; k > 0 && seen < w->nsnap && w->count - k < SUPERSEDE_SCAN; k--) {
-        ag_write_item *it = &w->ring[(w->head + k - 1) % w->cap];
-        if (it->kind != AG_W_SNAPSHOT) continue;
-        seen++;
-        if (it->u.snapshot.tensor_id != tensor_id) continue;
-        if (it->superseded) return 0; /* already replaced by a later one */
-        it->superseded = 1;
-        return 1;
+/* The slot of tensor_id in the snapshot index (grown to stay half empty);
+ * NULL without memory. Lock held. */
+static snap_slot *snap_find(ag_writer *w, int64_t tensor_id) {
+    if ((w->snaps_n + 1) * 2 > w->snaps_cap) {
+        size_t ncap = w->snaps_cap ? w->snaps_cap * 2 : 1024;
+        snap_slot *t = calloc(ncap, sizeof *t);
+        if (!t) return NULL;
+        for (size_t i = 0; i < w->snaps_cap; i++) {
+            if (!w->snaps[i].seq) continue;
+            size_t k = (size_t)(mix64((uint64_t)w->snaps[i].tensor_id) & (ncap - 1));
+            while (t[k].seq) k = (k + 1) & (ncap - 1);
+            t[k] = w->snaps[i];
+        }
+        free(w->snaps);
+        w->snaps = t;
+        w->snaps_cap = ncap;
     }
-    return 0;
+    size_t k = (size_t)(mix64((uint64_t)tensor_id) & (w->snaps_cap - 1));
+    while (w->snaps[k].seq && w->snaps[k].tensor_id != tensor_id) k = (k + 1) & (w->snaps_cap - 1);
+    return &w->snaps[k];
+}
+
+/* Mark the newest queued snapshot of tensor_id, if any, as superseded by
+ * the one being pushed (push number w->pushed). Lock held. Returns 1 when
+ * one was marked. Without memory for the index nothing is marked: the
+ * older snapshot is written, which is only slower. */
+static int supersede(ag_writer *w, int64_t tensor_id) {
+    snap_slot *slot = snap_find(w, tensor_id);
+    if (!slot) return 0;
+    int marked = 0;
+    if (slot->seq && slot->seq - 1 >= w->popped) {
+        ag_write_item *it = &w->ring[(w->head + (slot->seq - 1 - w->popped)) % w->cap];
+        if (it->kind == AG_W_SNAPSHOT && it->u.snapshot.tensor_id == tensor_id && !it->superseded) {
+            it->superseded = 1;
+            marked = 1;
+        }
+    }
+    if (!slot->seq) w->snaps_n++;
+    slot->tensor_id = tensor_id;
+    slot->seq = w->pushed + 1;
+    return marked;
 }
 
 int ag_writer_push(ag_writer *w, const ag_write_item *item) {
@@ -455,6 +886,7 @@ int ag_writer_push(ag_writer *w, const ag_write_item *item) {
         slot->superseded = 0;
         slot->supersedes = (unsigned char)replaces;
         w->count++;
+        w->pushed++;
         if (snap) {
             w->nsnap++;
             w->snap_bytes += item->u.snapshot.n * sizeof(float);
@@ -509,6 +941,9 @@ void ag_writer_stop(ag_writer *w) {
     pthread_join(w->thread, NULL);
     release_held(w);
     free(w->held);
+    merge_free(&w->merge);
+    free(w->snaps);
+    free(w->skips);
     ag_store_close(w->st);
     for (size_t i = 0; i < w->count; i++) ag_write_item_clear(&w->ring[(w->head + i) % w->cap]);
     pthread_cond_destroy(&w->wake);

@@ -91,11 +91,22 @@ typedef struct ag_write_item {
 typedef struct ag_writer ag_writer;
 
 typedef struct ag_writer_opts {
-    size_t batch_rows; /* commit after this many rows ... */
-    unsigned batch_ms; /* ... or this long after the batch began */
-    size_t high_water; /* ag_writer_full() above this many queued items ... */
-    size_t high_bytes; /* ... or snapshot bytes; 0: AG_WRITER_HIGH_BYTES */
+    size_t batch_rows;       /* commit after this many rows ... */
+    unsigned batch_ms;       /* ... or this long after the batch began */
+    size_t high_water;       /* ag_writer_full() above this many queued items ... */
+    size_t high_bytes;       /* ... or snapshot bytes; 0: AG_WRITER_HIGH_BYTES */
+    uint64_t keep_raw_steps; /* raw-row retention (ag_store_prune_raw); 0: none */
 } ag_writer_opts;
+
+/* Between batches, at most once a second each: raw-row retention (when
+ * keep_raw_steps is set; at most AG_WRITER_PRUNE_ROWS rows a time) and,
+ * when the queue is empty, a WAL checkpoint that truncates the file; and
+ * after any batch that leaves the WAL above AG_WRITER_WAL_MAX, a truncating
+ * checkpoint that waits for readers up to AG_WRITER_WAL_WAIT_MS. */
+#define AG_WRITER_PRUNE_ROWS 50000
+#define AG_WRITER_MAINT_MS 1000
+#define AG_WRITER_WAL_MAX (24LL << 20)
+#define AG_WRITER_WAL_WAIT_MS 250
 
 #define AG_WRITER_HIGH_BYTES ((size_t)256 << 20)
 

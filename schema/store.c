@@ -16,6 +16,7 @@
 /* Every SQL text the store runs; the only SQL besides the migrations. */
 static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_BEGIN] = "BEGIN IMMEDIATE",
+    [AG_ST_BEGIN_READ] = "BEGIN",
     [AG_ST_COMMIT] = "COMMIT",
     [AG_ST_ROLLBACK] = "ROLLBACK",
     [AG_ST_PUT_FORMAT] =
@@ -42,8 +43,10 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_PUT_TENSOR] = "INSERT INTO tensors(id,run_id,name,role) VALUES(?1,?2,?3,?4)"
                          " ON CONFLICT DO NOTHING",
     [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6)",
-    [AG_ST_PUT_RESULT] =
-        "INSERT OR REPLACE INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+    /* A step stored again replaces the row (AG_ST_RESULT_OLD/UPDATE), so its
+     * rollups can take the old counts back. */
+    [AG_ST_PUT_RESULT] = "INSERT INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
+                         " ON CONFLICT DO NOTHING",
     [AG_ST_PUT_DROP] = "INSERT INTO drops VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SCALE] = "INSERT OR REPLACE INTO scales VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SNAPSHOT] = "INSERT OR REPLACE INTO snapshots VALUES(?1,?2,?3,?4)",
@@ -72,12 +75,6 @@ static const char *const sql_text[AG_ST_COUNT] = {
                      " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
                      " ORDER BY t.name, s.step DESC, s.role",
     [AG_ST_TOP_LAST_STEP] = "SELECT last_step FROM runs WHERE id=?1",
-    [AG_ST_TOP] =
-        "SELECT t.name, sum(r.stalled) AS st, sum(r.total) AS tot, count(*) FROM tensors t"
-        " JOIN results r ON r.tensor_id=t.id AND r.format_id=?2 AND r.step BETWEEN ?3 AND ?4"
-        " WHERE t.run_id=?1 GROUP BY t.id"
-        " ORDER BY CASE WHEN sum(r.total)=0 THEN 0.0"
-        " ELSE CAST(sum(r.stalled) AS REAL)/sum(r.total) END DESC, t.name LIMIT ?5",
     [AG_ST_COUNTER] = "SELECT value FROM counters WHERE name=?1",
     [AG_ST_STATUS_COUNTS] = "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM tensors),"
                             " (SELECT coalesce(sum(messages),0) FROM runs),"
@@ -107,9 +104,60 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_MAX_IDS] = "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
                       " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
     [AG_ST_DELIVERY] = "SELECT delivered,delivered_seq FROM clients WHERE client_id=?1",
+    [AG_ST_RESULT_OLD] = "SELECT stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
+                         " FROM results WHERE tensor_id=?1 AND format_id=?2 AND step=?3",
+    [AG_ST_RESULT_UPDATE] =
+        "UPDATE results SET stalled=?4,total=?5,flips=?6,overflow=?7,underflow=?8,"
+        "nonfinite=?9,amax=?10,scale=?11,source=?12 WHERE tensor_id=?1 AND format_id=?2 AND "
+        "step=?3",
+    [AG_ST_ROLLUP_UPSERT] =
+        "INSERT INTO rollups VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,"
+        "?18,?19,?20,?21) ON CONFLICT DO UPDATE SET rows=rows+excluded.rows,"
+        " stalled=stalled+excluded.stalled, total=total+excluded.total,"
+        " flips=flips+excluded.flips, flips_unknown=flips_unknown+excluded.flips_unknown,"
+        " overflow=overflow+excluded.overflow, underflow=underflow+excluded.underflow,"
+        " nonfinite=nonfinite+excluded.nonfinite, first_step=min(first_step,excluded.first_step),"
+        " last_step=max(last_step,excluded.last_step), amax_min=min(amax_min,excluded.amax_min),"
+        " amax_max=max(amax_max,excluded.amax_max), amax_last=CASE WHEN"
+        " excluded.last_step>=last_step THEN excluded.amax_last ELSE amax_last END,"
+        " scale_min=min(scale_min,excluded.scale_min), scale_max=max(scale_max,"
+        "excluded.scale_max), scale_last=CASE WHEN excluded.last_step>=last_step THEN"
+        " excluded.scale_last ELSE scale_last END, device_rows=device_rows+excluded.device_rows",
+#define ROLLUP_RANGE_SQL                                                                           \
+    "SELECT bucket,rows,stalled,total,flips,flips_unknown,overflow,underflow,nonfinite,"           \
+    "first_step,last_step,amax_last,scale_last,device_rows FROM rollups WHERE tensor_id=?1 AND "   \
+    "format_id=?2"                                                                                 \
+    " AND width=?3 AND bucket BETWEEN ?4 AND ?5 ORDER BY bucket"
+    [AG_ST_ROLLUP_L1] = ROLLUP_RANGE_SQL,
+    [AG_ST_ROLLUP_L2] = ROLLUP_RANGE_SQL,
+    [AG_ST_ROLLUP_L3] = ROLLUP_RANGE_SQL,
+    [AG_ST_RAW_RANGE] =
+        "SELECT step,1,stalled,total,flips,flips IS NULL,overflow,underflow,nonfinite,step,step,"
+        "amax,scale,source FROM results WHERE tensor_id=?1 AND format_id=?2 AND step BETWEEN ?4 "
+        "AND ?5"
+        " AND ?3=1 ORDER BY step",
+    [AG_ST_RUN_TENSOR_IDS] = "SELECT id,name,snapshots FROM tensors WHERE run_id=?1 ORDER BY name",
+    [AG_ST_HEAT_TIER] = "SELECT tensor_id,bucket,stalled,total,rows FROM rollups WHERE"
+                        " tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"
+                        " AND width=?3 AND bucket BETWEEN ?4 AND ?5",
+    [AG_ST_HEAT_RAW] = "SELECT tensor_id,step,stalled,total,1 FROM results WHERE"
+                       " tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"
+                       " AND ?3=1 AND step BETWEEN ?4 AND ?5",
+    [AG_ST_RUN_SPAN] = "SELECT (SELECT min(first_step) FROM tensors WHERE run_id=?1 AND"
+                       " snapshots>0), last_step FROM runs WHERE id=?1",
+    [AG_ST_PRUNE_TARGETS] =
+        "SELECT t.id, r.last_step, coalesce(h.step,0) FROM tensors t JOIN runs r ON r.id=t.run_id"
+        " LEFT JOIN raw_horizon h ON h.tensor_id=t.id WHERE t.id>?1 ORDER BY t.id",
+    [AG_ST_PRUNE_RESULTS] = "DELETE FROM results WHERE tensor_id=?1 AND format_id IN"
+                            " (SELECT id FROM formats) AND step<?2",
+    [AG_ST_PRUNE_STATS] = "DELETE FROM stats WHERE tensor_id=?1 AND role IN (0,1,2,3) AND step<?2",
+    [AG_ST_PUT_HORIZON] = "INSERT INTO raw_horizon VALUES(?1,?2) ON CONFLICT DO UPDATE SET"
+                          " step=max(step,excluded.step)",
 };
 
-int ag_store_schema_version(void) { return (int)ag_store_migration_count; }
+int ag_store_schema_version(void) {
+    return ag_store_migration_count ? ag_store_migration_numbers[ag_store_migration_count - 1] : 0;
+}
 
 const char *ag_store_errmsg(const ag_store *st) {
     return st ? ag_errctx_text(&st->err) : "no store";
@@ -186,6 +234,19 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
     return AG_OK;
 }
 
+/* *yes = whether the file has a table called name. */
+static int has_table(ag_store *st, const char *name, int *yes) {
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(
+        st->db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?1", -1, &s, NULL);
+    if (rc != SQLITE_OK) return ag_store_fail(st, "schema", rc);
+    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    *yes = rc == SQLITE_ROW;
+    sqlite3_finalize(s);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? AG_OK : ag_store_fail(st, "schema", rc);
+}
+
 int ag_store_user_version(ag_store *st, int *version) {
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL);
@@ -201,8 +262,10 @@ int ag_store_user_version(ag_store *st, int *version) {
     return AG_OK;
 }
 
-/* Apply migrations user_version+1 .. newest, each in its own transaction
- * together with its user_version bump, so a crash leaves a whole version. */
+/* Apply the migrations numbered above user_version, in order, each in its
+ * own transaction together with its user_version bump (to its number), so a
+ * crash leaves a whole version. Numbers may skip (a branch's migration ahead
+ * of another's): the version is the newest number applied. */
 static int migrate(ag_store *st) {
     int version = 0, err;
     if ((err = ag_store_user_version(st, &version))) return err;
@@ -211,11 +274,12 @@ static int migrate(ag_store *st) {
         return ag_store_failf(st, AG_ESTORE,
                               "%s: schema version %d is newer than this altgrad (%d)", st->path,
                               version, newest);
-    for (int v = version; v < newest; v++) {
+    for (size_t i = 0; i < ag_store_migration_count; i++) {
+        if (ag_store_migration_numbers[i] <= version) continue;
         char bump[64];
-        snprintf(bump, sizeof bump, "PRAGMA user_version=%d", v + 1);
+        snprintf(bump, sizeof bump, "PRAGMA user_version=%d", ag_store_migration_numbers[i]);
         if ((err = exec_sql(st, "BEGIN IMMEDIATE", "migrate"))) return err;
-        if ((err = exec_sql(st, ag_store_migrations[v], "migrate")) ||
+        if ((err = exec_sql(st, ag_store_migrations[i], "migrate")) ||
             (err = exec_sql(st, bump, "migrate")) || (err = exec_sql(st, "COMMIT", "migrate"))) {
             sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
             return err;
@@ -246,6 +310,10 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
     sqlite3_extended_result_codes(st->db, 1);
     /* Readers wait for the writer's checkpoints instead of failing. */
     sqlite3_busy_timeout(st->db, 5000);
+    /* Pages are read through a map of the file rather than copied in by
+     * read(): whole-run queries of a short-lived reader (altgrad --db) start
+     * with a cold page cache. */
+    sqlite3_exec(st->db, "PRAGMA mmap_size=1073741824", NULL, NULL, NULL);
 
     int err;
     if (st->readonly) {
@@ -256,19 +324,34 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
             return ag_store_failf(st, AG_ESTORE,
                                   "%s: schema version %d is newer than this altgrad (%d)", path,
                                   version, ag_store_schema_version());
-        return AG_OK;
+        /* A reader does not migrate: an older file is answered from raw rows,
+         * and before schema 7 every result was computed by the daemon: a
+         * temporary view (searched before main) gives results that column. */
+        if (version < 7 &&
+            (err =
+                 exec_sql(st, "CREATE TEMP VIEW results AS SELECT *, 0 AS source FROM main.results",
+                          "results of schema 6")))
+            return err;
+        return has_table(st, "rollups", &st->has_rollups);
     }
     /* WAL: readers never block the writer; NORMAL sync keeps every commit
      * across a process kill (only power loss may lose the newest ones). */
     if ((err = exec_sql(st, "PRAGMA journal_mode=WAL", "journal_mode")) ||
         (err = exec_sql(st, "PRAGMA synchronous=NORMAL", "synchronous")) ||
-        (err = exec_sql(st, "PRAGMA foreign_keys=OFF", "foreign_keys")))
+        (err = exec_sql(st, "PRAGMA foreign_keys=OFF", "foreign_keys")) ||
+        (err = exec_sql(st, "PRAGMA journal_size_limit=" AG_STORE_WAL_LIMIT_TEXT,
+                        "journal_size_limit")) ||
+        (err = exec_sql(st, "PRAGMA wal_autocheckpoint=1000", "wal_autocheckpoint")) ||
+        /* The writer touches a leaf of results, stats and rollups per tensor
+         * and format: keep them in memory (64 MB at most). */
+        (err = exec_sql(st, "PRAGMA cache_size=-65536", "cache_size")))
         return err;
     /* SQLite opens a write-protected file read-only without a word: every
      * later commit would fail and the daemon lose what it was sent. */
     if (sqlite3_db_readonly(st->db, "main") == 1)
         return ag_store_failf(st, AG_ESTORE, "%s: the file is read-only", path);
     if ((err = migrate(st))) return err;
+    st->has_rollups = 1;
     /* Take the write lock once (waiting the busy timeout): a file that another
      * process keeps locked is refused now, not found unwritable later. */
     if ((err = exec_sql(st, "BEGIN IMMEDIATE", "write lock"))) return err;
@@ -282,6 +365,7 @@ void ag_store_close(ag_store *st) {
         for (int i = 0; i < AG_ST_COUNT; i++) sqlite3_finalize(st->stmts[i]);
         sqlite3_close(st->db);
     }
+    free(st->acc);
     free(st->path);
     free(st);
 }
@@ -290,6 +374,7 @@ int ag_store_begin(ag_store *st) {
     if (!st || st->readonly) return AG_EINVAL;
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_BEGIN);
     if (!s) return AG_ESTORE;
+    ag_rollup_forget(st);
     int err = ag_store_exec_stmt(st, s, "begin");
     if (!err) st->in_txn = 1;
     return err;
@@ -297,15 +382,18 @@ int ag_store_begin(ag_store *st) {
 
 int ag_store_commit(ag_store *st) {
     if (!st || !st->in_txn) return AG_EINVAL;
+    int err = ag_rollup_flush(st);
+    if (err) return err; /* the transaction stays open: the caller rolls back */
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_COMMIT);
     if (!s) return AG_ESTORE;
-    int err = ag_store_exec_stmt(st, s, "commit");
+    err = ag_store_exec_stmt(st, s, "commit");
     if (!err || sqlite3_get_autocommit(st->db)) st->in_txn = 0;
     return err;
 }
 
 int ag_store_rollback(ag_store *st) {
     if (!st) return AG_EINVAL;
+    ag_rollup_forget(st);
     if (!st->in_txn && sqlite3_get_autocommit(st->db)) return AG_OK;
     st->in_txn = 0;
     if (sqlite3_get_autocommit(st->db)) return AG_OK; /* sqlite rolled back already */

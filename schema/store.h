@@ -71,6 +71,26 @@ int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_
  * the highest seq among them (the q_delivery query; clients.delivered and
  * delivered_seq); 0 and 0 for a client never seen. */
 int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages, uint64_t *last_seq);
+/* Stall rate of one run and format as tensors x step buckets, for a heatmap.
+ * Bucket b of tensor t covers steps [from_step + b*width, from_step +
+ * (b+1)*width - 1]; from_step is a multiple of width, and width is the
+ * smallest step count (a multiple of a rollup tier's width where one fits)
+ * that covers the run's steps in at most the buckets asked for, so every
+ * cell is summed exactly from whole rollup buckets. Tensors are those of
+ * the run with snapshots, by name; a cell with total 0 has no rate. */
+#define AG_STORE_HEATMAP_MAX_BUCKETS 2000u
+#define AG_STORE_HEATMAP_MAX_CELLS ((size_t)1 << 22)
+typedef struct ag_store_heat {
+    const char *run, *format;
+    uint64_t from_step, to_step, width;
+    size_t nbuckets, ntensors;
+    const char **tensors;
+    uint64_t *stalled, *total, *rows; /* [tensor * nbuckets + bucket] */
+} ag_store_heat;
+/* buckets 1 .. AG_STORE_HEATMAP_MAX_BUCKETS (else AG_ERANGE); more than
+ * AG_STORE_HEATMAP_MAX_CELLS cells is AG_ETOOBIG. Freed with ag_free. */
+int ag_store_heatmap(ag_store *st, const char *run, const char *format, size_t buckets,
+                     ag_store_heat **out);
 /* PRAGMA integrity_check: 0 when "ok", AG_ESTORE otherwise. */
 int ag_store_integrity_check(ag_store *st);
 
@@ -179,6 +199,25 @@ int ag_store_add_counter(ag_store *st, const char *name, uint64_t delta);
 /* daemon_settings[name] = value: what the daemon was started with, recorded
  * at its start ("version", "formats"), so readers of the file report it. */
 int ag_store_put_daemon_setting(ag_store *st, const char *name, const char *value);
+
+/* ---------------- rollups, retention, WAL (writer connection) ----------- */
+/* The WAL is truncated to this size after a checkpoint (journal_size_limit). */
+#define AG_STORE_WAL_LIMIT_TEXT "16777216"
+/* Compute every rollup bucket again from the raw rows, in one transaction
+ * (buckets wholly below a tensor's retention horizon are kept: their raw
+ * rows are gone). *buckets (may be NULL): how many were written. */
+int ag_store_rebuild_rollups(ag_store *st, uint64_t *buckets);
+/* Raw-row retention: of every tensor, delete the results and stats rows
+ * older than the newest keep_steps steps of its run, in whole steps of
+ * 1000 (the top rollup tier), so rollups keep counting them; one
+ * transaction, stopping after about max_rows rows (call again for more).
+ * *removed: rows deleted. No transaction may be open. */
+int ag_store_prune_raw(ag_store *st, uint64_t keep_steps, uint64_t max_rows, uint64_t *removed);
+/* Checkpoint the WAL (truncate: and cut the file to 0 bytes), waiting for
+ * readers at most wait_ms: *busy is 1 when they kept it from finishing. */
+int ag_store_checkpoint(ag_store *st, int truncate, int wait_ms, int *busy);
+/* Size of the file's WAL in bytes (0 when there is none). */
+long long ag_store_wal_bytes(ag_store *st);
 
 /* ---------------- restore (daemon start, before the writer runs) -------- */
 /*

@@ -14,6 +14,7 @@
 /* Every statement the store runs, prepared once per connection on first use. */
 typedef enum ag_stmt_id {
     AG_ST_BEGIN,
+    AG_ST_BEGIN_READ,
     AG_ST_COMMIT,
     AG_ST_ROLLBACK,
     AG_ST_PUT_FORMAT,
@@ -39,7 +40,6 @@ typedef enum ag_stmt_id {
     AG_ST_HISTORY,
     AG_ST_SCALES,
     AG_ST_TOP_LAST_STEP,
-    AG_ST_TOP,
     AG_ST_COUNTER,
     AG_ST_STATUS_COUNTS,
     AG_ST_FORMATS,
@@ -54,22 +54,95 @@ typedef enum ag_stmt_id {
     AG_ST_LAST_RESULTS,
     AG_ST_MAX_IDS,
     AG_ST_DELIVERY,
+    AG_ST_RESULT_OLD,
+    AG_ST_RESULT_UPDATE,
+    AG_ST_ROLLUP_UPSERT,
+    AG_ST_ROLLUP_L1, /* one slot per tier, so a walk can descend while */
+    AG_ST_ROLLUP_L2, /* the coarser tier's statement is still stepping */
+    AG_ST_ROLLUP_L3,
+    AG_ST_RAW_RANGE,
+    AG_ST_RUN_TENSOR_IDS,
+    AG_ST_HEAT_TIER,
+    AG_ST_HEAT_RAW,
+    AG_ST_RUN_SPAN,
+    AG_ST_PRUNE_TARGETS,
+    AG_ST_PRUNE_RESULTS,
+    AG_ST_PRUNE_STATS,
+    AG_ST_PUT_HORIZON,
     AG_ST_COUNT
 } ag_stmt_id;
+
+/* The rollup tiers (rollups.width), finest first; raw rows are tier 0. */
+#define AG_ROLLUP_TIERS 3
+extern const int64_t ag_rollup_widths[AG_ROLLUP_TIERS];
+
+/* A query result's flips when unknown (include/altgrad/altgrad.h gets it
+ * from the branch that makes results.flips nullable; same value). */
+#ifndef AG_FLIPS_UNKNOWN
+#define AG_FLIPS_UNKNOWN UINT64_MAX
+#endif
+
+/* One bucket's change within the open transaction (summed at ingest,
+ * written to rollups by ag_store_commit). Counts may be negative: a
+ * replaced result row takes its old counts back. */
+typedef struct ag_rollup_acc {
+    int64_t tensor_id, format_id, width, bucket;
+    int64_t rows, stalled, total, flips, flips_unknown, overflow, underflow, nonfinite;
+    int64_t first_step, last_step;
+    double amax_min, amax_max, amax_last, scale_min, scale_max, scale_last;
+    int64_t device_rows; /* rows computed on the trainer's device (source 1) */
+    int used;
+} ag_rollup_acc;
 
 struct ag_store {
     sqlite3 *db;
     char *path;
     int readonly;
     int in_txn;
-    ag_errctx err; /* the last failure's text (ag_store_errmsg) */
-    int last_rc;   /* SQLite result code of the last failure, 0 if none */
+    int has_rollups; /* the file has the rollups table (schema 8 or later) */
+    ag_errctx err;   /* the last failure's text (ag_store_errmsg) */
+    int last_rc;     /* SQLite result code of the last failure, 0 if none */
     sqlite3_stmt *stmts[AG_ST_COUNT];
+    /* Rollup changes of the open transaction: open addressing on the key. */
+    ag_rollup_acc *acc;
+    size_t acc_cap, acc_n;
 };
 
 /* Generated from schema/NNN_*.sql (embed_sql.cmake). */
 extern const char *const ag_store_migrations[];
+extern const int ag_store_migration_numbers[]; /* rising, gaps allowed */
 extern const size_t ag_store_migration_count;
+
+/* Rollups (store_rollup.c): add a result row's counts (sign +1) or take
+ * them back (-1) in the open transaction's accumulator; write it out
+ * (ag_store_commit, before COMMIT); forget it (begin, rollback). */
+int ag_rollup_add(ag_store *st, const ag_store_result_row *r, int flips_unknown, int sign);
+int ag_rollup_flush(ag_store *st);
+
+/* One bucket (or one raw row: rows 1) as the walk hands it over. */
+typedef struct ag_rollup_agg {
+    uint64_t rows, stalled, total, flips, flips_unknown, overflow, underflow, nonfinite;
+    uint64_t first_step, last_step;
+    double amax_last, scale_last;
+    uint64_t device_rows; /* of rows, those computed on the trainer's device */
+} ag_rollup_agg;
+
+typedef struct ag_rollup_visitor {
+    void *ctx;
+    /* 1: a bucket of rows rows may be taken whole; 0: go finer. */
+    int (*fits)(void *ctx, uint64_t rows);
+    /* Take a bucket; nonzero stops the walk and is returned. */
+    int (*add)(void *ctx, const ag_rollup_agg *b);
+} ag_rollup_visitor;
+
+/* Every result row of one tensor and format with a step in [from, to], in
+ * step order, as whole buckets of the coarsest tier that lies inside the
+ * range and that v->fits, finer tiers and raw rows where not. Tiers wider
+ * than max_width steps (0: no limit) are not tried: a caller that knows
+ * their buckets will not fit saves the descent into each. */
+int ag_rollup_walk(ag_store *st, int64_t tid, int64_t fid, uint64_t from, uint64_t to,
+                   uint64_t max_width, const ag_rollup_visitor *v);
+void ag_rollup_forget(ag_store *st);
 
 /* The cached, reset statement for id; NULL with errmsg set on failure. */
 sqlite3_stmt *ag_store_stmt(ag_store *st, ag_stmt_id id);

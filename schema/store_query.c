@@ -164,7 +164,59 @@ static void bucket_add(ag_history_point *b, const ag_history_point *p) {
     b->stall_rate = rate(b->stalled, b->total);
 }
 
-int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) {
+/* history with every > 1 over the rollups: points of every rows each. */
+typedef struct history_walk {
+    ag_store *st;
+    const ag_history_query *q;
+    ag_history *res;
+    size_t cap;
+    uint64_t every, in_point;
+} history_walk;
+
+static int history_fits(void *ctx, uint64_t rows) {
+    history_walk *h = ctx;
+    return h->in_point + rows <= h->every;
+}
+
+static int history_add(void *ctx, const ag_rollup_agg *b) {
+    history_walk *h = ctx;
+    ag_history *res = h->res;
+    if (h->in_point == 0) {
+        if (res->n == AG_STORE_MAX_POINTS)
+            return ag_store_failf(h->st, AG_ETOOBIG,
+                                  "history of %s in %s has more than %u points: ask for "
+                                  "fewer with every (--every) or a step range",
+                                  h->q->tensor, res->format, AG_STORE_MAX_POINTS);
+        int err = grow(res, (void **)&res->points, &h->cap, res->n, sizeof *res->points);
+        if (err) return err;
+        memset(&res->points[res->n++], 0, sizeof *res->points);
+    }
+    ag_history_point *p = &res->points[res->n - 1];
+    p->step = b->last_step;
+    p->stalled += b->stalled;
+    p->total += b->total;
+    /* A point's flips are unknown when any of its rows' are. */
+    if (b->flips_unknown)
+        p->flips = AG_FLIPS_UNKNOWN;
+    else if (p->flips != AG_FLIPS_UNKNOWN)
+        p->flips += b->flips;
+    p->overflow += b->overflow;
+    p->underflow += b->underflow;
+    p->nonfinite += b->nonfinite;
+    p->amax = b->amax_last;
+    p->scale = b->scale_last;
+    p->stall_rate = rate(p->stalled, p->total);
+    /* where the piece was computed; a point of both is "mixed" */
+    const char *where = b->device_rows == 0         ? "daemon"
+                        : b->device_rows == b->rows ? "device"
+                                                    : "mixed";
+    p->computed = !p->computed || !strcmp(p->computed, where) ? where : "mixed";
+    h->in_point += b->rows;
+    if (h->in_point >= h->every) h->in_point = 0;
+    return AG_OK;
+}
+
+static int history_q(ag_store *st, const ag_history_query *q, ag_history **out) {
     if (!st || !q || !q->run || !q->tensor || !out) return AG_EINVAL;
     *out = NULL;
     if (q->to_step && q->to_step < q->from_step) return AG_ERANGE;
@@ -184,6 +236,17 @@ int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) 
         goto fail;
     }
     uint64_t every = q->every > 1 ? q->every : 1, in_bucket = 0;
+    if (every > 1) {
+        /* Downsampled: whole rollup buckets where they fall inside one point. */
+        history_walk hw = {.st = st, .q = q, .res = res, .every = every};
+        ag_rollup_visitor v = {.ctx = &hw, .fits = history_fits, .add = history_add};
+        uint64_t to = q->to_step ? q->to_step : UINT64_MAX;
+        /* A bucket of a tier wider than every steps holds more than every
+         * rows when steps are dense: start at the widest that may fit. */
+        if ((err = ag_rollup_walk(st, tid, fid, q->from_step, to, every, &v))) goto fail;
+        *out = res;
+        return AG_OK;
+    }
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_HISTORY);
     if (!s) {
         err = AG_ESTORE;
@@ -281,7 +344,27 @@ fail:
     return err;
 }
 
-int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
+/* top: one tensor's sums over the window. */
+static int fits_all(void *ctx, uint64_t rows) {
+    (void)ctx, (void)rows;
+    return 1;
+}
+
+static int sum_add(void *ctx, const ag_rollup_agg *b) {
+    ag_rollup_agg *sum = ctx;
+    sum->rows += b->rows;
+    sum->stalled += b->stalled;
+    sum->total += b->total;
+    return AG_OK;
+}
+
+static int top_order(const void *a, const void *b) {
+    const ag_top_entry *x = a, *y = b;
+    if (x->stall_rate != y->stall_rate) return x->stall_rate > y->stall_rate ? -1 : 1;
+    return strcmp(x->tensor, y->tensor);
+}
+
+static int top_q(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
                  ag_top_list **out) {
     if (!st || !run || !out) return AG_EINVAL;
     *out = NULL;
@@ -306,27 +389,30 @@ int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t win
         err = AG_ENOMEM;
         goto fail;
     }
-    if (!(s = ag_store_stmt(st, AG_ST_TOP))) {
+    size_t max = limit == 0                       ? DEFAULT_TOP_LIMIT
+                 : limit > AG_STORE_TOP_LIMIT_MAX ? AG_STORE_TOP_LIMIT_MAX
+                                                  : limit;
+    if (!(s = ag_store_stmt(st, AG_ST_RUN_TENSOR_IDS))) {
         err = AG_ESTORE;
         goto fail;
     }
     sqlite3_bind_int64(s, 1, run_id);
-    sqlite3_bind_int64(s, 2, fid);
-    sqlite3_bind_int64(s, 3, (int64_t)res->from_step);
-    sqlite3_bind_int64(s, 4, (int64_t)res->to_step);
-    sqlite3_bind_int64(s, 5,
-                       limit == 0                       ? DEFAULT_TOP_LIMIT
-                       : limit > AG_STORE_TOP_LIMIT_MAX ? AG_STORE_TOP_LIMIT_MAX
-                                                        : (int64_t)limit);
     size_t cap = 0;
+    /* Each tensor summed from the coarsest rollups inside the window. */
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        ag_rollup_agg sum = {0};
+        ag_rollup_visitor v = {.ctx = &sum, .fits = fits_all, .add = sum_add};
+        if ((err = ag_rollup_walk(st, sqlite3_column_int64(s, 0), fid, res->from_step, res->to_step,
+                                  0, &v)))
+            break;
+        if (sum.rows == 0) continue;
         if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
         ag_top_entry *e = &res->items[res->n++];
-        e->tensor = ag_arena_strdup(res, col_text(s, 0));
-        e->stalled = col_u64(s, 1);
-        e->total = col_u64(s, 2);
+        e->tensor = ag_arena_strdup(res, col_text(s, 1));
+        e->stalled = sum.stalled;
+        e->total = sum.total;
         e->stall_rate = rate(e->stalled, e->total);
-        e->steps = col_u64(s, 3);
+        e->steps = sum.rows;
         if (!e->tensor) {
             err = AG_ENOMEM;
             break;
@@ -335,9 +421,164 @@ int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t win
     if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "top", rc);
     sqlite3_reset(s);
     if (err) goto fail;
+    if (res->n > 1) qsort(res->items, res->n, sizeof *res->items, top_order);
+    if (res->n > max) res->n = max;
     *out = res;
     return AG_OK;
 fail:
+    ag_free(res);
+    return err;
+}
+
+/* ------------------------------------------------------------- heatmap */
+
+typedef struct id_index {
+    int64_t id;
+    size_t index;
+} id_index;
+
+static int by_id(const void *a, const void *b) {
+    const id_index *x = a, *y = b;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Round a bucket width up so it is a multiple of a rollup tier width. */
+static uint64_t nice_width(uint64_t w) {
+    for (int k = AG_ROLLUP_TIERS - 1; k >= 0; k--) {
+        uint64_t t = (uint64_t)ag_rollup_widths[k];
+        if (w >= t) return (w + t - 1) / t * t;
+    }
+    return w ? w : 1;
+}
+
+static int heatmap_q(ag_store *st, const char *run, const char *format, size_t buckets,
+                     ag_store_heat **out) {
+    if (!st || !run || !out) return AG_EINVAL;
+    *out = NULL;
+    if (buckets == 0 || buckets > AG_STORE_HEATMAP_MAX_BUCKETS)
+        return ag_store_failf(st, AG_ERANGE, "buckets must be 1..%u", AG_STORE_HEATMAP_MAX_BUCKETS);
+    int64_t run_id = 0, fid = 0;
+    int err, rc = SQLITE_DONE;
+    if ((err = ag_store_run_id(st, run, &run_id)) || (err = ag_store_format_id(st, format, &fid)))
+        return err;
+    ag_store_heat *res = ag_arena_new(sizeof *res);
+    if (!res) return AG_ENOMEM;
+    id_index *ids = NULL;
+    res->run = ag_arena_strdup(res, run);
+    res->format = ag_arena_strdup(res, format ? format : DEFAULT_FORMAT);
+    if (!res->run || !res->format) {
+        err = AG_ENOMEM;
+        goto fail;
+    }
+    /* The run's span: the first step of its evaluated tensors to its last. */
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RUN_SPAN);
+    if (!s) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    sqlite3_bind_int64(s, 1, run_id);
+    rc = sqlite3_step(s);
+    int empty = rc != SQLITE_ROW || sqlite3_column_type(s, 0) == SQLITE_NULL;
+    uint64_t first = rc == SQLITE_ROW ? col_u64(s, 0) : 0,
+             last = rc == SQLITE_ROW ? col_u64(s, 1) : 0;
+    sqlite3_reset(s);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        err = ag_store_fail(st, "heatmap", rc);
+        goto fail;
+    }
+    if (empty || last < first) {
+        *out = res;
+        return AG_OK;
+    }
+    uint64_t span = last - first + 1;
+    uint64_t w = nice_width(span / buckets + (span % buckets != 0));
+    uint64_t start = first / w * w;
+    while ((last - start) / w + 1 > buckets) {
+        w = nice_width(w + 1);
+        start = first / w * w;
+    }
+    res->width = w;
+    res->from_step = start;
+    res->to_step = last;
+    res->nbuckets = (size_t)((last - start) / w + 1);
+    /* The tensors, by name, and their ids for the rows. */
+    if (!(s = ag_store_stmt(st, AG_ST_RUN_TENSOR_IDS))) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    sqlite3_bind_int64(s, 1, run_id);
+    size_t cap = 0;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (sqlite3_column_int64(s, 2) == 0) continue; /* statistics only */
+        if ((err = grow(res, (void **)&res->tensors, &cap, res->ntensors, sizeof *res->tensors)))
+            break;
+        id_index *more = realloc(ids, cap * sizeof *ids);
+        if (!more) {
+            err = AG_ENOMEM;
+            break;
+        }
+        ids = more;
+        ids[res->ntensors] = (id_index){sqlite3_column_int64(s, 0), res->ntensors};
+        if (!(res->tensors[res->ntensors++] = ag_arena_strdup(res, col_text(s, 1)))) {
+            err = AG_ENOMEM;
+            break;
+        }
+    }
+    if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "heatmap", rc);
+    sqlite3_reset(s);
+    if (err) goto fail;
+    if (res->ntensors && res->nbuckets > AG_STORE_HEATMAP_MAX_CELLS / res->ntensors) {
+        err = ag_store_failf(st, AG_ETOOBIG, "heatmap of %zu tensors x %zu buckets: too many cells",
+                             res->ntensors, res->nbuckets);
+        goto fail;
+    }
+    size_t cells = res->ntensors * res->nbuckets;
+    res->stalled = ag_arena_alloc(res, cells * sizeof *res->stalled + 1);
+    res->total = ag_arena_alloc(res, cells * sizeof *res->total + 1);
+    res->rows = ag_arena_alloc(res, cells * sizeof *res->rows + 1);
+    if (!res->stalled || !res->total || !res->rows) {
+        err = AG_ENOMEM;
+        goto fail;
+    }
+    memset(res->stalled, 0, cells * sizeof *res->stalled);
+    memset(res->total, 0, cells * sizeof *res->total);
+    memset(res->rows, 0, cells * sizeof *res->rows);
+    if (res->ntensors) qsort(ids, res->ntensors, sizeof *ids, by_id);
+    /* The coarsest tier whose buckets nest in the heatmap's (raw rows when
+     * none does), read in one pass over the run's tensors. */
+    uint64_t tier = 1;
+    for (int k = 0; st->has_rollups && k < AG_ROLLUP_TIERS; k++)
+        if (w % (uint64_t)ag_rollup_widths[k] == 0) tier = (uint64_t)ag_rollup_widths[k];
+    if (!(s = ag_store_stmt(st, tier == 1 ? AG_ST_HEAT_RAW : AG_ST_HEAT_TIER))) {
+        err = AG_ESTORE;
+        goto fail;
+    }
+    sqlite3_bind_int64(s, 1, run_id);
+    sqlite3_bind_int64(s, 2, fid);
+    sqlite3_bind_int64(s, 3, (int64_t)tier);
+    sqlite3_bind_int64(s, 4, (int64_t)(start / tier));
+    sqlite3_bind_int64(s, 5, (int64_t)(last / tier));
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        id_index key = {sqlite3_column_int64(s, 0), 0};
+        const id_index *hit = bsearch(&key, ids, res->ntensors, sizeof *ids, by_id);
+        if (!hit) continue;
+        uint64_t step = col_u64(s, 1) * tier;
+        if (step < start) continue;
+        size_t b = (size_t)((step - start) / w);
+        if (b >= res->nbuckets) continue;
+        size_t cell = hit->index * res->nbuckets + b;
+        res->stalled[cell] += col_u64(s, 2);
+        res->total[cell] += col_u64(s, 3);
+        res->rows[cell] += col_u64(s, 4);
+    }
+    if (rc != SQLITE_DONE) err = ag_store_fail(st, "heatmap", rc);
+    sqlite3_reset(s);
+    if (err) goto fail;
+    free(ids);
+    *out = res;
+    return AG_OK;
+fail:
+    free(ids);
     ag_free(res);
     return err;
 }
@@ -522,5 +763,44 @@ int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_
         err = ag_store_fail(st, "client run", rc);
     }
     sqlite3_reset(s);
+    return err;
+}
+
+/* ------------------------------------------------ one read transaction
+ * A query of many statements runs in one read transaction (one snapshot,
+ * one lock, instead of one per statement), unless the connection is inside
+ * a transaction of its own. */
+static int read_begin(ag_store *st) {
+    if (!st || st->in_txn || !sqlite3_get_autocommit(st->db)) return 0;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_BEGIN_READ);
+    return s && sqlite3_step(s) == SQLITE_DONE && (sqlite3_reset(s), 1);
+}
+
+static void read_end(ag_store *st, int began) {
+    if (!began) return;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_COMMIT);
+    if (s) {
+        sqlite3_step(s);
+        sqlite3_reset(s);
+    }
+}
+
+int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) {
+    int began = read_begin(st), err = history_q(st, q, out);
+    read_end(st, began);
+    return err;
+}
+
+int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
+                 ag_top_list **out) {
+    int began = read_begin(st), err = top_q(st, run, format, window, limit, out);
+    read_end(st, began);
+    return err;
+}
+
+int ag_store_heatmap(ag_store *st, const char *run, const char *format, size_t buckets,
+                     ag_store_heat **out) {
+    int began = read_begin(st), err = heatmap_q(st, run, format, buckets, out);
+    read_end(st, began);
     return err;
 }

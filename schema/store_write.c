@@ -107,10 +107,7 @@ int ag_store_put_stats(ag_store *st, const ag_store_stats_row *r) {
     return ag_store_exec_stmt(st, s, "put stats");
 }
 
-int ag_store_put_result(ag_store *st, const ag_store_result_row *r) {
-    if (!r) return AG_EINVAL;
-    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_RESULT);
-    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+static void bind_result(sqlite3_stmt *s, const ag_store_result_row *r) {
     sqlite3_bind_int64(s, 1, r->tensor_id);
     sqlite3_bind_int64(s, 2, r->format_id);
     sqlite3_bind_int64(s, 3, i64(r->step));
@@ -126,7 +123,53 @@ int ag_store_put_result(ag_store *st, const ag_store_result_row *r) {
     sqlite3_bind_double(s, 10, isfinite(r->amax) ? r->amax : 0.0);
     sqlite3_bind_double(s, 11, isfinite(r->scale) ? r->scale : 0.0);
     sqlite3_bind_int(s, 12, r->source);
+}
+
+/* The step was stored before: take the old row's counts back out of the
+ * rollups, then overwrite it. */
+static int replace_result(ag_store *st, const ag_store_result_row *r) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RESULT_OLD);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, r->tensor_id);
+    sqlite3_bind_int64(s, 2, r->format_id);
+    sqlite3_bind_int64(s, 3, i64(r->step));
+    int rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW) {
+        int err = ag_store_fail(st, "put result", rc == SQLITE_DONE ? SQLITE_CORRUPT : rc);
+        sqlite3_reset(s);
+        return err;
+    }
+    ag_store_result_row old = {
+        .tensor_id = r->tensor_id,
+        .format_id = r->format_id,
+        .step = r->step,
+        .counts = {.stalled = (uint64_t)sqlite3_column_int64(s, 0),
+                   .total = (uint64_t)sqlite3_column_int64(s, 1),
+                   .overflow = (uint64_t)sqlite3_column_int64(s, 3),
+                   .underflow = (uint64_t)sqlite3_column_int64(s, 4),
+                   .nonfinite = (uint64_t)sqlite3_column_int64(s, 5)},
+        .flips = (uint64_t)sqlite3_column_int64(s, 2),
+        .amax = sqlite3_column_double(s, 6),
+        .scale = sqlite3_column_double(s, 7),
+    };
+    int old_unknown = sqlite3_column_type(s, 2) == SQLITE_NULL;
+    sqlite3_reset(s);
+    int err = ag_rollup_add(st, &old, old_unknown, -1);
+    if (err) return err;
+    if (!(s = ag_store_stmt(st, AG_ST_RESULT_UPDATE))) return AG_ESTORE;
+    bind_result(s, r);
     return ag_store_exec_stmt(st, s, "put result");
+}
+
+int ag_store_put_result(ag_store *st, const ag_store_result_row *r) {
+    if (!r) return AG_EINVAL;
+    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_RESULT);
+    if (!s) return st ? AG_ESTORE : AG_EINVAL;
+    bind_result(s, r);
+    int err = ag_store_exec_stmt(st, s, "put result");
+    if (err) return err;
+    if (sqlite3_changes(st->db) == 0 && (err = replace_result(st, r))) return err;
+    return ag_rollup_add(st, r, r->flips_unknown, +1);
 }
 
 int ag_store_put_drop(ag_store *st, int64_t run_id, uint64_t client_id, int64_t at_ms,

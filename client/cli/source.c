@@ -92,6 +92,12 @@ int ag_cli_source_history(ag_cli_source *s, const ag_history_query *q, ag_histor
     return s->store ? ag_store_history(s->store, q, out) : ag_client_history(s->client, q, out);
 }
 
+int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format, uint64_t window,
+                      size_t limit, ag_top_list **out) {
+    return s->store ? ag_store_top(s->store, run, format, window, limit, out)
+                    : ag_client_top(s->client, run, format, window, limit, out);
+}
+
 int ag_cli_source_status(ag_cli_source *s, ag_status **out) {
     return s->store ? ag_store_status(s->store, out) : ag_client_status(s->client, out);
 }

@@ -29,10 +29,12 @@ void ag_cli_source_close(ag_cli_source *s);
 
 /* Any query: req (ag_cli_request) answered into reply, whose result
  * ag_answer_free frees (present/answer.h), whichever source answered.
- * The typed calls below are the three report.c asks. */
+ * The typed calls below are the four report.c asks. */
 int ag_cli_source_ask(ag_cli_source *s, const ag_msg *req, ag_msg *reply);
 int ag_cli_source_tensors(ag_cli_source *s, const char *run, ag_tensor_list **out);
 int ag_cli_source_history(ag_cli_source *s, const ag_history_query *q, ag_history **out);
+int ag_cli_source_top(ag_cli_source *s, const char *run, const char *format, uint64_t window,
+                      size_t limit, ag_top_list **out);
 int ag_cli_source_status(ag_cli_source *s, ag_status **out);
 
 /* One line (no newline) in err explaining the failure rc of the last call;

@@ -221,6 +221,73 @@ Test(http, every_api_endpoint_prints_what_the_cli_prints_from_the_same_database)
     ag_client_close(c);
 }
 
+Test(http, the_heatmap_gives_each_bucket_the_stall_rate_of_its_steps) {
+    harness_start(&H, HTTP_ON);
+    ag_client *c;
+    feed(&c);
+    int port = http_port(&H);
+    ag_history_query q = {.run = RUN, .tensor = "w", .format = "E3M4"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_client_history(c, &q, &h), AG_OK);
+    cr_assert_eq(h->n, STEPS);
+    const size_t asks[] = {1, 2, 4, 6, 2000};
+    for (size_t i = 0; i < sizeof asks / sizeof asks[0]; i++) {
+        char target[128];
+        snprintf(target, sizeof target, "/api/heatmap?run=" RUN "&format=E3M4&buckets=%zu",
+                 asks[i]);
+        reply r = http_get(port, target);
+        cr_assert_eq(r.status, 200, "%s: %s", target, r.raw);
+        jm_value *v = jm_parse(r.body);
+        cr_assert_not_null(v, "not JSON: %s", r.body);
+        const jm_value *tensors = jm_get(v, "tensors"), *rates = jm_get(v, "rates");
+        cr_assert(tensors && tensors->n == 1 && strcmp(tensors->items[0].string, "w") == 0, "%s",
+                  r.body);
+        size_t nb = (size_t)jm_get(v, "buckets")->number;
+        uint64_t from = (uint64_t)jm_get(v, "from_step")->number;
+        uint64_t width = (uint64_t)jm_get(v, "width")->number;
+        cr_assert(nb >= 1 && nb <= asks[i], "%s", r.body);
+        cr_assert(rates && rates->n == 1 && rates->items[0].n == nb, "%s", r.body);
+        for (size_t b = 0; b < nb; b++) {
+            double stalled = 0, total = 0;
+            for (size_t k = 0; k < h->n; k++)
+                if (h->points[k].step >= from + b * width &&
+                    h->points[k].step < from + (b + 1) * width) {
+                    stalled += (double)h->points[k].stalled;
+                    total += (double)h->points[k].total;
+                }
+            const jm_value *cell = &rates->items[0].items[b];
+            if (total == 0)
+                cr_expect_eq(cell->type, JM_NULL, "%s bucket %zu", target, b);
+            else
+                cr_expect(cell->type == JM_NUMBER && fabs(cell->number - stalled / total) < 1e-12,
+                          "%s bucket %zu", target, b);
+        }
+        jm_free(v);
+        reply_free(&r);
+    }
+    ag_free(h);
+    /* Bounded and validated. */
+    static const struct {
+        const char *target;
+        int status;
+    } bad[] = {
+        {"/api/heatmap?run=" RUN "&buckets=0", 400},
+        {"/api/heatmap?run=" RUN "&buckets=2001", 400},
+        {"/api/heatmap?run=" RUN "&buckets=99999999999999999999999", 400},
+        {"/api/heatmap?run=" RUN "&buckets=-3", 400},
+        {"/api/heatmap?run=" RUN "&tensor=w", 400},
+        {"/api/heatmap?buckets=3", 400},
+        {"/api/heatmap?run=nope", 404},
+        {"/api/heatmap?run=" RUN "&format=NOPE", 404},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        reply r = http_get(port, bad[i].target);
+        cr_expect_eq(r.status, bad[i].status, "%s: %s", bad[i].target, r.raw);
+        reply_free(&r);
+    }
+    ag_client_close(c);
+}
+
 Test(http, the_page_is_one_self_contained_html_document) {
     harness_start(&H, HTTP_ON);
     int port = http_port(&H);

@@ -1,0 +1,460 @@
+/*
+ * bench_store.c - a long run end to end. Builds one run of TENSORS x STEPS
+ * small SGD snapshots (16 elements, the daemon's five formats: 1 M snapshots
+ * and 5 M result rows by default) through the real altgradd, and prints:
+ *  - ingest rate (snapshots/s, client send to committed) and the largest WAL
+ *    seen while busy and once idle;
+ *  - bytes per stored result row (file + WAL) beside what the row holds;
+ *  - the latency of history, history --every 100, whole-run top, report and
+ *    the heatmap (TENSORS x 500 buckets), each beside a full scan of the same
+ *    raw rows in the same process (ratio = scan / query);
+ *  - the CLI's report and whole-run top through the daemon and with --db.
+ * Sizes: AG_BENCH_TENSORS, AG_BENCH_STEPS (ctest runs a small smoke size).
+ * Starts $AG_BUILD_DIR/daemon/altgradd (else ../daemon/altgradd next to it).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <poll.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "altgrad/altgrad.h"
+#include "schema/store.h"
+
+#define N 16
+#define RUN "long"
+#define ROW_BYTES 88 /* what one results row holds: 11 columns of 8 bytes */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static size_t env_size(const char *name, size_t def) {
+    const char *v = getenv(name);
+    long n = v ? atol(v) : 0;
+    return n > 0 ? (size_t)n : def;
+}
+
+typedef struct daemon_proc {
+    char dir[64], ingest[128], query[128], db[128];
+    pid_t pid;
+} daemon_proc;
+
+static void rm_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[512];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void build_path(char *out, size_t len, const char *rel) {
+    const char *b = getenv("AG_BUILD_DIR");
+    if (b) {
+        snprintf(out, len, "%s/%s", b, rel);
+        return;
+    }
+    char exe[512];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    snprintf(out, len, "%s/../%s", dirname(exe), rel);
+}
+
+/* Start altgradd on d (dir made by the caller) and wait for its READY=1. */
+static int daemon_start(daemon_proc *d) {
+    char notify[128], path[600];
+    snprintf(notify, sizeof notify, "%s/notify.sock", d->dir);
+    unlink(notify);
+    build_path(path, sizeof path, "daemon/altgradd");
+    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, notify);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa)) return -1;
+    d->pid = fork();
+    if (d->pid == 0) {
+        setenv("NOTIFY_SOCKET", notify, 1);
+        execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db, "--log-level",
+              getenv("AG_BENCH_LOG") ? getenv("AG_BENCH_LOG") : "warning", "--http", "off",
+              (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 600; i++) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        char buf[256];
+        if (poll(&p, 1, 100) == 1) {
+            ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+            if (n > 0 && (buf[n] = '\0', strstr(buf, "READY=1"))) {
+                close(fd);
+                return 0;
+            }
+        }
+    }
+    close(fd);
+    fprintf(stderr, "bench_store: %s did not start\n", path);
+    return -1;
+}
+
+static void daemon_stop(daemon_proc *d) {
+    if (d->pid > 0) {
+        kill(d->pid, SIGTERM);
+        waitpid(d->pid, NULL, 0);
+        d->pid = 0;
+    }
+}
+
+static long long file_size(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (long long)sb.st_size : 0;
+}
+
+static long long wal_size(const daemon_proc *d) {
+    char p[160];
+    snprintf(p, sizeof p, "%s-wal", d->db);
+    return file_size(p);
+}
+
+static int committed(ag_client *c, uint64_t want) {
+    ag_run_list *runs = NULL;
+    int done = 0;
+    if (ag_client_runs(c, &runs) == AG_OK) {
+        for (size_t k = 0; k < runs->n; k++)
+            if (strcmp(runs->items[k].name, RUN) == 0 && runs->items[k].messages >= want) done = 1;
+        ag_free(runs);
+    }
+    return done;
+}
+
+/* Ingest the run; returns snapshots per second (0 on failure). */
+static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wal_busy) {
+    ag_client_opts o = {.ingest_url = d->ingest,
+                        .query_url = d->query,
+                        .run = RUN,
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 30000};
+    ag_client *c = NULL;
+    if (ag_client_open(&c, &o) != AG_OK) return 0;
+    char(*names)[48] = malloc(tensors * sizeof *names);
+    float w[N], g[N];
+    for (size_t t = 0; t < tensors; t++)
+        snprintf(names[t], sizeof names[t], "layers.%zu.weight", t);
+    for (int i = 0; i < N; i++) g[i] = 1e-3f * (float)(i % 5);
+    double t0 = now_s();
+    for (size_t s = 0; s < steps; s++) {
+        for (size_t t = 0; t < tensors; t++) {
+            for (int i = 0; i < N; i++)
+                w[i] = (float)(i + 1) * 0.01f * (float)((t % 7) + 1) + (float)s * 1e-6f;
+            if (ag_client_log_sgd(c, s, names[t], w, g, N, 0.01f) != AG_OK) {
+                fprintf(stderr, "bench_store: send failed at step %zu\n", s);
+                return 0;
+            }
+        }
+        if (s % 20 == 0) {
+            long long wl = wal_size(d);
+            if (wl > *wal_busy) *wal_busy = wl;
+        }
+    }
+    ag_client_flush(c, -1);
+    /* The run start is one message; every snapshot is one. */
+    uint64_t want = (uint64_t)tensors * steps;
+    while (!committed(c, want)) {
+        long long wl = wal_size(d);
+        if (wl > *wal_busy) *wal_busy = wl;
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+        if (now_s() - t0 > 3600) return 0;
+    }
+    double dt = now_s() - t0;
+    free(names);
+    ag_client_close(c);
+    return (double)want / dt;
+}
+
+/* The writer's share alone: the rows of tensors x steps snapshots (one
+ * stats row, five result rows with their rollups; per batch of 100,000 rows (the daemon's)
+ * the deltas and scale rows the writer folds) written through the store
+ * into a fresh file, in snapshots per second. */
+static double store_capacity(const char *dir, size_t tensors, size_t steps) {
+    char path[160];
+    snprintf(path, sizeof path, "%s/direct.db", dir);
+    ag_store *st = NULL;
+    if (ag_store_open(&st, path, AG_STORE_CREATE)) {
+        ag_store_close(st);
+        return 0;
+    }
+    static const char *const fmts[] = {"E0M7", "E1M6", "E3M4", "E5M2", "E7M0"};
+    ag_store_begin(st);
+    for (int f = 0; f < 5; f++) ag_store_put_format(st, f + 1, ag_format_get(fmts[f]));
+    ag_store_run_row run = {.id = 1, .name = "direct", .host = "h"};
+    ag_store_put_run(st, &run);
+    for (size_t t = 0; t < tensors; t++) {
+        char name[48];
+        snprintf(name, sizeof name, "layers.%zu.weight", t);
+        ag_store_put_tensor(st, (int64_t)t + 1, 1, name, AG_ROLE_WEIGHT);
+    }
+    ag_store_commit(st);
+    double t0 = now_s();
+    size_t rows = 0;
+    ag_store_begin(st);
+    for (size_t s = 0; s < steps; s++)
+        for (size_t t = 0; t < tensors; t++) {
+            ag_store_stats_row sr = {(int64_t)t + 1, AG_ROLE_WEIGHT, s, 0.5, N, 0};
+            ag_store_put_stats(st, &sr);
+            for (int f = 0; f < 5; f++) {
+                ag_store_result_row r = {.tensor_id = (int64_t)t + 1,
+                                         .format_id = f + 1,
+                                         .step = s,
+                                         .counts = {.stalled = (s + t) % 16, .total = 16},
+                                         .flips = 1,
+                                         .amax = 0.5,
+                                         .scale = 2.0};
+                ag_store_put_result(st, &r);
+            }
+            rows += 16; /* what the daemon queues per snapshot */
+            if (rows >= 100000) {
+                for (size_t k = 0; k < tensors; k++) {
+                    ag_store_tensor_delta td = {(int64_t)k + 1, AG_ROLE_WEIGHT, N, 0, s, 1, 0.5};
+                    ag_store_apply_tensor_delta(st, &td);
+                    for (int f = 0; f < 5; f++)
+                        ag_store_put_scale(st, (int64_t)k + 1, f + 1, AG_ROLE_WEIGHT, s, 0.5, 2.0);
+                }
+                ag_store_run_delta rd = {.run_id = 1, .messages = rows / 16, .last_step = s};
+                ag_store_apply_run_delta(st, &rd);
+                ag_store_add_counter(st, "bytes", rows);
+                ag_store_commit(st);
+                ag_store_begin(st);
+                rows = 0;
+            }
+        }
+    ag_store_commit(st);
+    double dt = now_s() - t0;
+    ag_store_close(st);
+    return (double)(tensors * steps) / dt;
+}
+
+static int failed; /* a query or command failed: exit 1 */
+
+/* Best of reps wall time of fn(ctx). */
+static double best_of(int reps, int (*fn)(void *), void *ctx) {
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+        if (fn(ctx)) {
+            failed = 1;
+            return -1;
+        }
+        double dt = now_s() - t0;
+        if (dt < best) best = dt;
+    }
+    return best;
+}
+
+typedef struct qctx {
+    char tensor[48]; /* the tensor whose history is asked */
+    ag_store *st;
+    sqlite3 *db; /* a plain connection for the scans */
+    size_t tensors, buckets;
+    int64_t tid, run_id;
+    uint64_t sink;
+} qctx;
+
+static int q_history(void *p) {
+    qctx *q = p;
+    ag_history_query hq = {.run = RUN, .tensor = q->tensor, .format = "E5M2"};
+    ag_history *h = NULL;
+    if (ag_store_history(q->st, &hq, &h)) return 1;
+    q->sink += h->n;
+    ag_free(h);
+    return 0;
+}
+
+static int q_every(void *p) {
+    qctx *q = p;
+    ag_history_query hq = {.run = RUN, .tensor = q->tensor, .format = "E5M2", .every = 100};
+    ag_history *h = NULL;
+    if (ag_store_history(q->st, &hq, &h)) return 1;
+    q->sink += h->n;
+    ag_free(h);
+    return 0;
+}
+
+static int q_top(void *p) {
+    qctx *q = p;
+    ag_top_list *l = NULL;
+    if (ag_store_top(q->st, RUN, "E5M2", 0, 10, &l)) return 1;
+    q->sink += l->n;
+    ag_free(l);
+    return 0;
+}
+
+static int q_heatmap(void *p) {
+    qctx *q = p;
+    ag_store_heat *h = NULL;
+    if (ag_store_heatmap(q->st, RUN, "E5M2", q->buckets, &h)) return 1;
+    q->sink += h->nbuckets;
+    ag_free(h);
+    return 0;
+}
+
+/* A full scan: step through every row of sql (bound to tid when ?1 is there). */
+static int scan(qctx *q, const char *sql) {
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(q->db, sql, -1, &s, NULL) != SQLITE_OK) return 1;
+    if (sqlite3_bind_parameter_count(s) >= 1) sqlite3_bind_int64(s, 1, q->tid);
+    if (sqlite3_bind_parameter_count(s) >= 2) sqlite3_bind_int64(s, 2, q->run_id);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) q->sink += (uint64_t)sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return rc != SQLITE_DONE;
+}
+
+static int scan_history(void *p) {
+    return scan(p, "SELECT stalled,total,flips,overflow,underflow,nonfinite,amax,scale FROM results"
+                   " WHERE tensor_id=?1 AND format_id=(SELECT id FROM formats WHERE name='E5M2')"
+                   " ORDER BY step");
+}
+
+static int scan_every(void *p) {
+    return scan(p, "SELECT sum(stalled),sum(total),sum(flips),max(step) FROM (SELECT"
+                   " (row_number() OVER (ORDER BY step) - 1) / 100 AS k, * FROM results WHERE"
+                   " tensor_id=?1 AND format_id=(SELECT id FROM formats WHERE name='E5M2'))"
+                   " GROUP BY k");
+}
+
+static int scan_top(void *p) {
+    return scan(p, "SELECT sum(r.stalled), sum(r.total), count(*) FROM tensors t JOIN results r ON"
+                   " r.tensor_id=t.id AND r.format_id=(SELECT id FROM formats WHERE name='E5M2')"
+                   " WHERE t.run_id=?2 AND ?1=?1 GROUP BY t.id ORDER BY CAST(sum(r.stalled) AS"
+                   " REAL)/sum(r.total) DESC LIMIT 10");
+}
+
+static int scan_report(void *p) {
+    return scan(p, "SELECT r.stalled + r.total FROM tensors t JOIN results r ON r.tensor_id=t.id"
+                   " WHERE t.run_id=?2 AND ?1=?1 ORDER BY t.name, r.format_id, r.step");
+}
+
+static int scan_heatmap(void *p) {
+    return scan(p, "SELECT sum(r.stalled), sum(r.total) FROM results r WHERE r.tensor_id IN"
+                   " (SELECT id FROM tensors WHERE run_id=?2) AND ?1=?1 AND r.format_id=(SELECT"
+                   " id FROM formats WHERE name='E5M2') GROUP BY r.tensor_id, r.step / 10");
+}
+
+/* The report the CLI prints, from the store: what `altgrad --db report` does. */
+typedef struct cli_ctx {
+    const char *args;
+} cli_ctx;
+
+static int run_cli(void *p) {
+    cli_ctx *c = p;
+    char exe[600], cmd[1600];
+    build_path(exe, sizeof exe, "client/cli/altgrad");
+    snprintf(cmd, sizeof cmd, "%s %s >/dev/null", exe, c->args);
+    return system(cmd) != 0;
+}
+
+static void line(const char *what, double t, double base) {
+    printf("  %-34s %9.4f s   full scan %9.4f s   ratio %8.1f\n", what, t, base,
+           t > 0 ? base / t : 0.0);
+}
+
+int main(void) {
+    size_t tensors = env_size("AG_BENCH_TENSORS", 200), steps = env_size("AG_BENCH_STEPS", 5000);
+    daemon_proc d = {0};
+    strcpy(d.dir, "/tmp/ag_bench_store_XXXXXX");
+    if (!mkdtemp(d.dir)) return 1;
+    snprintf(d.ingest, sizeof d.ingest, "ipc://%s/in.sock", d.dir);
+    snprintf(d.query, sizeof d.query, "ipc://%s/q.sock", d.dir);
+    snprintf(d.db, sizeof d.db, "%s/a.db", d.dir);
+    if (daemon_start(&d)) return 1;
+
+    long long wal_busy = 0;
+    double rate = ingest(&d, tensors, steps, &wal_busy);
+    if (rate <= 0) {
+        daemon_stop(&d);
+        rm_dir(d.dir);
+        return 1;
+    }
+    sleep(3); /* idle: the writer checkpoints */
+    long long wal_idle = wal_size(&d);
+    printf("bench_store: %zu tensors x %zu steps, 16-element SGD snapshots, 5 formats\n", tensors,
+           steps);
+    printf("  ingest %.0f snapshots/s end to end (target >= 100000); the store alone takes "
+           "%.0f snapshots/s\n",
+           rate, store_capacity(d.dir, tensors, steps));
+    printf("  WAL: largest seen while busy %.1f MB, idle %.1f MB (target < 64 MB)\n",
+           (double)wal_busy / 1e6, (double)wal_idle / 1e6);
+
+    qctx q = {.tensors = tensors, .buckets = 500};
+    snprintf(q.tensor, sizeof q.tensor, "layers.%zu.weight", tensors > 7 ? (size_t)7 : tensors - 1);
+    if (ag_store_open(&q.st, d.db, AG_STORE_READONLY) ||
+        sqlite3_open_v2(d.db, &q.db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        fprintf(stderr, "bench_store: cannot read %s\n", d.db);
+        return 1;
+    }
+    sqlite3_stmt *s = NULL;
+    long long rows = 0, rollups = 0;
+    if (sqlite3_prepare_v2(q.db,
+                           "SELECT (SELECT count(*) FROM results), (SELECT count(*) FROM rollups),"
+                           " (SELECT id FROM tensors WHERE name=?1),"
+                           " (SELECT id FROM runs WHERE name='" RUN "')",
+                           -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_bind_text(s, 1, q.tensor, -1, SQLITE_STATIC) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW) {
+        rows = sqlite3_column_int64(s, 0);
+        rollups = sqlite3_column_int64(s, 1);
+        q.tid = sqlite3_column_int64(s, 2);
+        q.run_id = sqlite3_column_int64(s, 3);
+    }
+    sqlite3_finalize(s);
+    long long bytes = file_size(d.db) + wal_size(&d);
+    printf("  store: %lld result rows, %lld rollup rows, %.1f MB: %.1f bytes per result row "
+           "(the row holds %d bytes), ratio %.2f\n",
+           rows, rollups, (double)bytes / 1e6, rows ? (double)bytes / (double)rows : 0.0, ROW_BYTES,
+           rows ? (double)bytes / (double)rows / ROW_BYTES : 0.0);
+
+    printf("  query latency (store, best of 3):\n");
+    line("history (one tensor)", best_of(3, q_history, &q), best_of(3, scan_history, &q));
+    line("history --every 100", best_of(3, q_every, &q), best_of(3, scan_every, &q));
+    line("top (whole run)", best_of(3, q_top, &q), best_of(3, scan_top, &q));
+    char heat[64];
+    snprintf(heat, sizeof heat, "heatmap (%zu x %zu buckets)", tensors, q.buckets);
+    line(heat, best_of(3, q_heatmap, &q), best_of(3, scan_heatmap, &q));
+    double scan_rep = best_of(1, scan_report, &q);
+    char args[600];
+    cli_ctx c = {args};
+    snprintf(args, sizeof args, "--db %s report " RUN, d.db);
+    line("report (altgrad --db)", best_of(3, run_cli, &c), scan_rep);
+    snprintf(args, sizeof args, "--db %s top " RUN, d.db);
+    double top_db = best_of(3, run_cli, &c);
+    snprintf(args, sizeof args, "--query %s --timeout 60000 report " RUN, d.query);
+    double rep_d = best_of(3, run_cli, &c);
+    snprintf(args, sizeof args, "--query %s top " RUN, d.query);
+    double top_d = best_of(3, run_cli, &c);
+    printf("  CLI: report %.3f s through the daemon, %s; top (whole run) %.3f s through the "
+           "daemon, %.3f s with --db (target <= 0.2 s each)\n",
+           rep_d, "see above with --db", top_d, top_db);
+    sqlite3_close(q.db);
+    ag_store_close(q.st);
+    daemon_stop(&d);
+    rm_dir(d.dir);
+    if (failed) fprintf(stderr, "bench_store: a query failed\n");
+    return failed || q.sink == 0xFFFFFFFFFFFFFFFFull; /* keep the work */
+}

@@ -1,0 +1,346 @@
+/*
+ * store_rollup.c - the rollups of results (schema/008_rollups.sql): summed at
+ * ingest in memory per transaction and written by the commit, walked by the
+ * whole-run queries (coarsest tier that answers exactly, finer tiers and raw
+ * rows only at the edges), rebuilt from raw rows on demand; raw-row
+ * retention and the WAL checkpoint.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "schema/store_internal.h"
+
+#define AG_STORE_PATH_MAX 4096
+
+const int64_t ag_rollup_widths[AG_ROLLUP_TIERS] = {10, 100, 1000};
+
+/* ------------------------------------------------------- accumulator */
+
+static uint64_t mix64(uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    return h ^ (h >> 33);
+}
+
+static uint64_t key_hash(int64_t t, int64_t f, int64_t w, int64_t b) {
+    return mix64((uint64_t)b * 0x9E3779B97F4A7C15ull ^
+                 mix64((uint64_t)t << 20 ^ (uint64_t)f << 8 ^ (uint64_t)w));
+}
+
+static ag_rollup_acc *slot_in(ag_rollup_acc *tab, size_t cap, int64_t t, int64_t f, int64_t w,
+                              int64_t b) {
+    size_t i = (size_t)(key_hash(t, f, w, b) & (cap - 1));
+    for (;;) {
+        ag_rollup_acc *a = &tab[i];
+        if (!a->used || (a->tensor_id == t && a->format_id == f && a->width == w && a->bucket == b))
+            return a;
+        i = (i + 1) & (cap - 1);
+    }
+}
+
+static int acc_grow(ag_store *st) {
+    size_t ncap = st->acc_cap ? st->acc_cap * 2 : 1024;
+    ag_rollup_acc *tab = calloc(ncap, sizeof *tab);
+    if (!tab) return AG_ENOMEM;
+    for (size_t i = 0; i < st->acc_cap; i++) {
+        ag_rollup_acc *a = &st->acc[i];
+        if (a->used) *slot_in(tab, ncap, a->tensor_id, a->format_id, a->width, a->bucket) = *a;
+    }
+    free(st->acc);
+    st->acc = tab;
+    st->acc_cap = ncap;
+    return AG_OK;
+}
+
+void ag_rollup_forget(ag_store *st) {
+    if (st->acc_n) memset(st->acc, 0, st->acc_cap * sizeof *st->acc);
+    st->acc_n = 0;
+}
+
+static double finite_or_0(double v) { return isfinite(v) ? v : 0.0; }
+
+int ag_rollup_add(ag_store *st, const ag_store_result_row *r, int flips_unknown, int sign) {
+    int64_t step = (int64_t)r->step;
+    double amax = finite_or_0(r->amax), scale = finite_or_0(r->scale);
+    for (int k = 0; k < AG_ROLLUP_TIERS; k++) {
+        if ((st->acc_n + 1) * 2 > st->acc_cap && acc_grow(st)) {
+            st->last_rc = SQLITE_NOMEM; /* transient: the writer retries the batch */
+            return ag_store_failf(st, AG_ENOMEM, "%s: rollups: out of memory", st->path);
+        }
+        int64_t w = ag_rollup_widths[k];
+        ag_rollup_acc *a = slot_in(st->acc, st->acc_cap, r->tensor_id, r->format_id, w, step / w);
+        if (!a->used) {
+            *a = (ag_rollup_acc){.tensor_id = r->tensor_id,
+                                 .format_id = r->format_id,
+                                 .width = w,
+                                 .bucket = step / w,
+                                 .first_step = step,
+                                 .last_step = step,
+                                 .amax_min = amax,
+                                 .amax_max = amax,
+                                 .amax_last = amax,
+                                 .scale_min = scale,
+                                 .scale_max = scale,
+                                 .scale_last = scale,
+                                 .used = 1};
+            st->acc_n++;
+        }
+        /* A row taken back (sign -1) takes its counts and itself back; min
+         * and max keep its values (they can only widen), and the row that
+         * replaces it sets last. */
+        a->rows += sign;
+        a->stalled += sign * (int64_t)r->counts.stalled;
+        a->total += sign * (int64_t)r->counts.total;
+        a->overflow += sign * (int64_t)r->counts.overflow;
+        a->underflow += sign * (int64_t)r->counts.underflow;
+        a->nonfinite += sign * (int64_t)r->counts.nonfinite;
+        if (r->source) a->device_rows += sign;
+        if (flips_unknown)
+            a->flips_unknown += sign;
+        else
+            a->flips += sign * (int64_t)r->flips;
+        if (sign < 0) continue;
+        if (step < a->first_step) a->first_step = step;
+        if (step >= a->last_step) {
+            a->last_step = step;
+            a->amax_last = amax;
+            a->scale_last = scale;
+        }
+        if (amax < a->amax_min) a->amax_min = amax;
+        if (amax > a->amax_max) a->amax_max = amax;
+        if (scale < a->scale_min) a->scale_min = scale;
+        if (scale > a->scale_max) a->scale_max = scale;
+    }
+    return AG_OK;
+}
+
+int ag_rollup_flush(ag_store *st) {
+    for (size_t i = 0; st->acc_n && i < st->acc_cap; i++) {
+        const ag_rollup_acc *a = &st->acc[i];
+        if (!a->used) continue;
+        sqlite3_stmt *s = ag_store_stmt(st, AG_ST_ROLLUP_UPSERT);
+        if (!s) return AG_ESTORE;
+        const int64_t v[] = {a->tensor_id,     a->format_id, a->width,     a->bucket,
+                             a->rows,          a->stalled,   a->total,     a->flips,
+                             a->flips_unknown, a->overflow,  a->underflow, a->nonfinite,
+                             a->first_step,    a->last_step};
+        for (int k = 0; k < (int)(sizeof v / sizeof v[0]); k++) sqlite3_bind_int64(s, k + 1, v[k]);
+        sqlite3_bind_double(s, 15, a->amax_min);
+        sqlite3_bind_double(s, 16, a->amax_max);
+        sqlite3_bind_double(s, 17, a->amax_last);
+        sqlite3_bind_double(s, 18, a->scale_min);
+        sqlite3_bind_double(s, 19, a->scale_max);
+        sqlite3_bind_double(s, 20, a->scale_last);
+        sqlite3_bind_int64(s, 21, a->device_rows);
+        int err = ag_store_exec_stmt(st, s, "rollups");
+        if (err) return err;
+    }
+    ag_rollup_forget(st);
+    return AG_OK;
+}
+
+/* ---------------------------------------------------------------- walk */
+
+/* The rows of [from, to] of one tensor and format at level (0 raw, k tier
+ * k), each bucket whole where it lies inside the range and v->fits it,
+ * else through the next finer level. */
+static int walk_level(ag_store *st, int64_t tid, int64_t fid, int level, uint64_t from, uint64_t to,
+                      const ag_rollup_visitor *v) {
+    static const ag_stmt_id ids[] = {AG_ST_RAW_RANGE, AG_ST_ROLLUP_L1, AG_ST_ROLLUP_L2,
+                                     AG_ST_ROLLUP_L3};
+    uint64_t w = level ? (uint64_t)ag_rollup_widths[level - 1] : 1;
+    sqlite3_stmt *s = ag_store_stmt(st, ids[level]);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, tid);
+    sqlite3_bind_int64(s, 2, fid);
+    sqlite3_bind_int64(s, 3, (int64_t)w);
+    sqlite3_bind_int64(s, 4, (int64_t)(from / w));
+    sqlite3_bind_int64(s, 5, (int64_t)(to / w));
+    int rc, err = AG_OK;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        ag_rollup_agg b = {
+            .rows = (uint64_t)sqlite3_column_int64(s, 1),
+            .stalled = (uint64_t)sqlite3_column_int64(s, 2),
+            .total = (uint64_t)sqlite3_column_int64(s, 3),
+            .flips = (uint64_t)sqlite3_column_int64(s, 4),
+            .flips_unknown = (uint64_t)sqlite3_column_int64(s, 5),
+            .overflow = (uint64_t)sqlite3_column_int64(s, 6),
+            .underflow = (uint64_t)sqlite3_column_int64(s, 7),
+            .nonfinite = (uint64_t)sqlite3_column_int64(s, 8),
+            .first_step = (uint64_t)sqlite3_column_int64(s, 9),
+            .last_step = (uint64_t)sqlite3_column_int64(s, 10),
+            .amax_last = sqlite3_column_double(s, 11),
+            .scale_last = sqlite3_column_double(s, 12),
+            .device_rows = (uint64_t)sqlite3_column_int64(s, 13),
+        };
+        if (level == 0 || (b.first_step >= from && b.last_step <= to && v->fits(v->ctx, b.rows))) {
+            err = v->add(v->ctx, &b);
+        } else {
+            uint64_t lo = (uint64_t)sqlite3_column_int64(s, 0) * w, hi = lo + w - 1;
+            err = walk_level(st, tid, fid, level - 1, lo > from ? lo : from, hi < to ? hi : to, v);
+        }
+        if (err) break;
+    }
+    if (!err && rc != SQLITE_DONE && rc != SQLITE_ROW) err = ag_store_fail(st, "rollups", rc);
+    sqlite3_reset(s);
+    return err;
+}
+
+int ag_rollup_walk(ag_store *st, int64_t tid, int64_t fid, uint64_t from, uint64_t to,
+                   uint64_t max_width, const ag_rollup_visitor *v) {
+    if (to > (uint64_t)INT64_MAX) to = (uint64_t)INT64_MAX;
+    if (from > to) return AG_OK;
+    int level = st->has_rollups ? AG_ROLLUP_TIERS : 0;
+    while (max_width && level > 0 && (uint64_t)ag_rollup_widths[level - 1] > max_width) level--;
+    return walk_level(st, tid, fid, level, from, to, v);
+}
+
+/* ------------------------------------------------------------ rebuild */
+
+static int exec_sql(ag_store *st, const char *sql, const char *what) {
+    char *msg = NULL;
+    int rc = sqlite3_exec(st->db, sql, NULL, NULL, &msg);
+    if (rc == SQLITE_OK) return AG_OK;
+    st->last_rc = rc;
+    ag_store_failf(st, (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE, "%s: %s: %s", st->path,
+                   what, msg ? msg : sqlite3_errstr(rc));
+    sqlite3_free(msg);
+    return (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE;
+}
+
+/* Every bucket not wholly below its tensor's raw horizon is computed again
+ * from the raw rows (buckets below it have no raw rows left to count). */
+static const char rebuild_sql[] =
+    "DELETE FROM rollups WHERE (bucket+1)*width > coalesce((SELECT step FROM raw_horizon h"
+    " WHERE h.tensor_id=rollups.tensor_id),0);"
+    "INSERT INTO rollups"
+    " SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, count(*), sum(r.stalled),"
+    " sum(r.total), coalesce(sum(r.flips),0), count(*) - count(r.flips), sum(r.overflow),"
+    " sum(r.underflow), sum(r.nonfinite), min(r.step), max(r.step), min(r.amax), max(r.amax), 0,"
+    " min(r.scale), max(r.scale), 0, sum(r.source)"
+    " FROM results r, (SELECT 10 AS width UNION ALL SELECT 100 UNION ALL SELECT 1000) w"
+    " WHERE r.step >= coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=r.tensor_id),0)"
+    " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width;"
+    "UPDATE rollups SET"
+    " amax_last=(SELECT amax FROM results r WHERE r.tensor_id=rollups.tensor_id"
+    " AND r.format_id=rollups.format_id AND r.step=rollups.last_step),"
+    " scale_last=(SELECT scale FROM results r WHERE r.tensor_id=rollups.tensor_id"
+    " AND r.format_id=rollups.format_id AND r.step=rollups.last_step)"
+    " WHERE (bucket+1)*width > coalesce((SELECT step FROM raw_horizon h"
+    " WHERE h.tensor_id=rollups.tensor_id),0);";
+
+int ag_store_rebuild_rollups(ag_store *st, uint64_t *buckets) {
+    if (!st || st->readonly || st->in_txn) return AG_EINVAL;
+    int err = ag_store_begin(st);
+    if (err) return err;
+    if ((err = exec_sql(st, rebuild_sql, "rebuild rollups"))) {
+        ag_store_rollback(st);
+        return err;
+    }
+    if (buckets) *buckets = (uint64_t)sqlite3_changes(st->db);
+    if ((err = ag_store_commit(st))) ag_store_rollback(st);
+    return err;
+}
+
+/* ----------------------------------------------------------- retention */
+
+typedef struct prune_target {
+    int64_t tensor_id;
+    uint64_t cut;
+} prune_target;
+
+int ag_store_prune_raw(ag_store *st, uint64_t keep_steps, uint64_t max_rows, uint64_t *removed) {
+    if (removed) *removed = 0;
+    if (!st || st->readonly || st->in_txn || keep_steps == 0) return AG_EINVAL;
+    const uint64_t align = (uint64_t)ag_rollup_widths[AG_ROLLUP_TIERS - 1];
+    prune_target *targets = NULL;
+    size_t n = 0, cap = 0;
+    int err = AG_OK, rc;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_PRUNE_TARGETS);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, 0);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        uint64_t last = (uint64_t)sqlite3_column_int64(s, 1);
+        uint64_t horizon = (uint64_t)sqlite3_column_int64(s, 2);
+        if (last + 1 <= keep_steps) continue;
+        /* Steps below cut go: whole top-tier buckets, all older than the
+         * newest keep_steps steps of the run. */
+        uint64_t cut = (last + 1 - keep_steps) / align * align;
+        if (cut <= horizon) continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            prune_target *t = realloc(targets, ncap * sizeof *t);
+            if (!t) {
+                err = AG_ENOMEM;
+                break;
+            }
+            targets = t;
+            cap = ncap;
+        }
+        targets[n++] = (prune_target){sqlite3_column_int64(s, 0), cut};
+    }
+    if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "retention", rc);
+    sqlite3_reset(s);
+    if (err || n == 0) {
+        free(targets);
+        return err;
+    }
+    if ((err = ag_store_begin(st))) {
+        free(targets);
+        return err;
+    }
+    uint64_t gone = 0;
+    for (size_t i = 0; !err && i < n && gone < max_rows; i++) {
+        static const ag_stmt_id ids[] = {AG_ST_PRUNE_RESULTS, AG_ST_PRUNE_STATS, AG_ST_PUT_HORIZON};
+        for (int k = 0; !err && k < 3; k++) {
+            if (!(s = ag_store_stmt(st, ids[k]))) {
+                err = AG_ESTORE;
+                break;
+            }
+            sqlite3_bind_int64(s, 1, targets[i].tensor_id);
+            sqlite3_bind_int64(s, 2, (int64_t)targets[i].cut);
+            if (!(err = ag_store_exec_stmt(st, s, "retention")) && k < 2)
+                gone += (uint64_t)sqlite3_changes(st->db);
+        }
+    }
+    free(targets);
+    if (!err) err = ag_store_commit(st);
+    if (err) {
+        ag_store_rollback(st);
+        return err;
+    }
+    if (removed) *removed = gone;
+    return AG_OK;
+}
+
+/* ---------------------------------------------------------- checkpoint */
+
+int ag_store_checkpoint(ag_store *st, int truncate, int wait_ms, int *busy) {
+    if (busy) *busy = 0;
+    if (!st || st->readonly || st->in_txn) return AG_EINVAL;
+    int log = 0, done = 0;
+    /* Wait for readers at most wait_ms: one they hold up is tried again later. */
+    sqlite3_busy_timeout(st->db, wait_ms > 0 ? wait_ms : 0);
+    int rc = sqlite3_wal_checkpoint_v2(
+        st->db, NULL, truncate ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_PASSIVE, &log,
+        &done);
+    sqlite3_busy_timeout(st->db, 5000);
+    if ((rc & 0xff) == SQLITE_BUSY || (rc == SQLITE_OK && log > done)) {
+        if (busy) *busy = 1;
+        return AG_OK;
+    }
+    return rc == SQLITE_OK ? AG_OK : ag_store_fail(st, "checkpoint", rc);
+}
+
+long long ag_store_wal_bytes(ag_store *st) {
+    char wal[AG_STORE_PATH_MAX + 8];
+    struct stat sb;
+    if (!st || snprintf(wal, sizeof wal, "%s-wal", st->path) >= (int)sizeof wal) return 0;
+    return stat(wal, &sb) == 0 ? (long long)sb.st_size : 0;
+}
