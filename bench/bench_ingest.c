@@ -24,6 +24,7 @@
 
 #include "altgrad/altgrad.h"
 #include "schema/store.h"
+#include "tests/tmpdir.h"
 
 #define TENSORS 1000
 #define STATS_STEPS 200 /* 200,000 records */
@@ -39,19 +40,7 @@ typedef struct daemon_proc {
     pid_t pid;
 } daemon_proc;
 
-static void rm_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-    closedir(d);
-    rmdir(dir);
-}
+static void rm_dir(const char *dir) { ag_tmpdir_remove(dir); }
 
 static void daemon_path(char *out, size_t len) {
     const char *b = getenv("AG_BUILD_DIR");

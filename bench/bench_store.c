@@ -31,6 +31,7 @@
 
 #include "altgrad/altgrad.h"
 #include "schema/store.h"
+#include "tests/tmpdir.h"
 
 #define N 16
 #define RUN "long"
@@ -53,19 +54,7 @@ typedef struct daemon_proc {
     pid_t pid;
 } daemon_proc;
 
-static void rm_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-    closedir(d);
-    rmdir(dir);
-}
+static void rm_dir(const char *dir) { ag_tmpdir_remove(dir); }
 
 static void build_path(char *out, size_t len, const char *rel) {
     const char *b = getenv("AG_BUILD_DIR");

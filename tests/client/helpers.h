@@ -23,6 +23,7 @@
 
 #include "altgrad/altgrad.h"
 #include "proto/proto.h"
+#include "tests/tmpdir.h"
 
 #define RECV_BOUND_MS 10000 /* a bound against hanging, not a timing check */
 
@@ -39,20 +40,7 @@ static inline void tmp_endpoints_make(tmp_endpoints *t) {
     snprintf(t->query, sizeof t->query, "ipc://%s/query.sock", t->dir);
 }
 
-static inline void tmp_endpoints_remove(tmp_endpoints *t) {
-    DIR *d = opendir(t->dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-            char path[512];
-            snprintf(path, sizeof path, "%s/%s", t->dir, e->d_name);
-            unlink(path);
-        }
-        closedir(d);
-    }
-    rmdir(t->dir);
-}
+static inline void tmp_endpoints_remove(tmp_endpoints *t) { ag_tmpdir_remove(t->dir); }
 
 static inline nng_socket receiver_open(const char *url) {
     nng_socket s;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "tests/daemon/harness.h"
+#include "tests/tmpdir.h"
 
 void harness_init(ag_harness *h) {
     memset(h, 0, sizeof *h);
@@ -95,17 +96,7 @@ int harness_stop(ag_harness *h, int sig) {
 void harness_fini(ag_harness *h) {
     if (h->pid) harness_stop(h, SIGKILL);
     if (h->notify_fd >= 0) close(h->notify_fd);
-    DIR *d = opendir(h->dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", h->dir, e->d_name);
-            unlink(p);
-        }
-    closedir(d);
-    rmdir(h->dir);
+    ag_tmpdir_remove(h->dir);
 }
 
 ag_client *harness_client(ag_harness *h, const char *run, int policy) {

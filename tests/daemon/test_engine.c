@@ -21,6 +21,7 @@
 #include "daemon/engine_internal.h"
 #include "daemon/writer.h"
 #include "schema/store.h"
+#include "tests/tmpdir.h"
 
 typedef struct fixture {
     char dir[64], db[128];
@@ -73,16 +74,7 @@ static void setup(void) {
 
 static void teardown(void) {
     stop();
-    DIR *d = opendir(F.dir);
-    struct dirent *e;
-    char p[512];
-    while (d && (e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", F.dir, e->d_name);
-            unlink(p);
-        }
-    if (d) closedir(d);
-    rmdir(F.dir);
+    ag_tmpdir_remove(F.dir);
 }
 
 TestSuite(engine, .init = setup, .fini = teardown);

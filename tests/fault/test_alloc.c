@@ -25,23 +25,13 @@
 #include "proto/proto.h"
 #include "schema/store.h"
 #include "tests/fault/alloc_fail.h"
+#include "tests/tmpdir.h"
 
 #define MAX_N 100000 /* a bound against a loop that never ends */
 
 static char dir[64], db[128];
 
-static void rm_dir(void) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[512];
-    while (d && (e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-    if (d) closedir(d);
-    rmdir(dir);
-}
+static void rm_dir(void) { ag_tmpdir_remove(dir); }
 
 static void setup(void) {
     ag_alloc_fail_at(0);

@@ -19,6 +19,7 @@
 #include "altgrad/altgrad.h"
 #include "schema/store.h"
 #include "schema/store_internal.h"
+#include "tests/tmpdir.h"
 
 static char dir[64];
 static char db_path[128];
@@ -29,19 +30,7 @@ static void setup(void) {
     snprintf(db_path, sizeof db_path, "%s/t.db", dir);
 }
 
-static void teardown(void) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-    closedir(d);
-    rmdir(dir);
-}
+static void teardown(void) { ag_tmpdir_remove(dir); }
 
 TestSuite(rollups, .init = setup, .fini = teardown);
 
