@@ -272,7 +272,8 @@ def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = 
     with torch.no_grad():
         kern = _triton_counter(ww) if n >= 4096 else None
         if kern is not None:
-            tot = kern.count(fps, svals, ww, xx, form == "update", neg_lr)
+            with torch.cuda.device(ww.device):  # Triton launches on the current device
+                tot = kern.count(fps, svals, ww, xx, form == "update", neg_lr)
         else:
             for start in range(0, n, _CHUNK):
                 c = count_chunk(fps, svals, ww[start:start + _CHUNK], xx[start:start + _CHUNK],
@@ -477,45 +478,56 @@ class Watch:
         inc = self._mask(which)
         nl_host = [0.0] * T if neg_lr is None else [-_f32(float(x)) for x in neg_lr]
         if self._tri is not None:
-            c = self._tri.counter()
-            amax, nonfinite = c.amax(self.layout, which, self.W)
-            scales = self._scales(amax, nonfinite, inc)
-            nl = self._on_device("neg_lr", tuple(nl_host), torch.float32)
-            if self.flips:
-                hp = self._on_device("has_prev", tuple(int(b) for b in self._has_prev),
-                                     torch.int32)
-                counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
-                                  update_form, nl, self.pat, self.prev_scales, hp)
-            else:
-                counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
-                                  update_form, nl)
+            with torch.cuda.device(dev):  # Triton launches on the current device
+                return self._compute_triton(which, inc, nl_host, update_form)
+        return self._compute_eager(which, inc, nl_host, update_form)
+
+    def _compute_triton(self, which, inc, nl_host, update_form):
+        c = self._tri.counter()
+        amax, nonfinite = c.amax(self.layout, which, self.W)
+        scales = self._scales(amax, nonfinite, inc)
+        nl = self._on_device("neg_lr", tuple(nl_host), torch.float32)
+        if self.flips:
+            hp = self._on_device("has_prev", tuple(int(b) for b in self._has_prev),
+                                 torch.int32)
+            counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
+                              update_form, nl, self.pat, self.prev_scales, hp)
         else:
-            amax = torch.zeros(T, dtype=torch.float32, device=dev)
-            nonfinite = torch.zeros(T, dtype=torch.int64, device=dev)
-            for t in which:
-                w = widen(self.w_views[t], "w")
-                fin = torch.isfinite(w)
-                if w.numel():
-                    amax[t] = torch.where(fin, w.abs(), torch.zeros_like(w)).amax()
-                nonfinite[t] = (~fin).sum()
-            scales = self._scales(amax, nonfinite, inc)
-            sc_host = scales.cpu().tolist()  # eager path: the CPU, where this is free
-            ps_host = self.prev_scales.cpu().tolist() if self.flips else None
-            counts = torch.zeros((T, F, 6), dtype=torch.int64, device=dev)
-            for t in which:
-                w, v, n = self.w_views[t], self.v_views[t], self.numels[t]
-                for start in range(0, n, _CHUNK):
-                    sl = slice(start, min(n, start + _CHUNK))
-                    pats = None
-                    if self.flips:
-                        a0 = self.starts[t]
-                        pats = [self.pat[f, a0 + sl.start:a0 + sl.stop] for f in range(F)]
-                    counts[t] += count_chunk(
-                        self.fps, sc_host[t], widen(w[sl], "w"), widen(v[sl], "v"),
-                        update_form, nl_host[t],
-                        prev=pats if (self.flips and self._has_prev[t]) else None,
-                        prev_scales=ps_host[t] if self.flips else None,
-                        enc_out=pats)
+            counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
+                              update_form, nl)
+        return self._finish(which, inc, counts, amax, nonfinite, scales)
+
+    def _compute_eager(self, which, inc, nl_host, update_form):
+        T, F, dev = len(self.numels), len(self.fps), self.device
+        amax = torch.zeros(T, dtype=torch.float32, device=dev)
+        nonfinite = torch.zeros(T, dtype=torch.int64, device=dev)
+        for t in which:
+            w = widen(self.w_views[t], "w")
+            fin = torch.isfinite(w)
+            if w.numel():
+                amax[t] = torch.where(fin, w.abs(), torch.zeros_like(w)).amax()
+            nonfinite[t] = (~fin).sum()
+        scales = self._scales(amax, nonfinite, inc)
+        sc_host = scales.cpu().tolist()  # eager path: the CPU, where this is free
+        ps_host = self.prev_scales.cpu().tolist() if self.flips else None
+        counts = torch.zeros((T, F, 6), dtype=torch.int64, device=dev)
+        for t in which:
+            w, v, n = self.w_views[t], self.v_views[t], self.numels[t]
+            for start in range(0, n, _CHUNK):
+                sl = slice(start, min(n, start + _CHUNK))
+                pats = None
+                if self.flips:
+                    a0 = self.starts[t]
+                    pats = [self.pat[f, a0 + sl.start:a0 + sl.stop] for f in range(F)]
+                counts[t] += count_chunk(
+                    self.fps, sc_host[t], widen(w[sl], "w"), widen(v[sl], "v"),
+                    update_form, nl_host[t],
+                    prev=pats if (self.flips and self._has_prev[t]) else None,
+                    prev_scales=ps_host[t] if self.flips else None,
+                    enc_out=pats)
+        return self._finish(which, inc, counts, amax, nonfinite, scales)
+
+    def _finish(self, which, inc, counts, amax, nonfinite, scales):
         if self.flips:
             self.prev_scales = torch.where(inc[:, None], scales, self.prev_scales)
             for t in which:

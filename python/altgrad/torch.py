@@ -75,6 +75,22 @@ def _norms(tensors: List[torch.Tensor]) -> torch.Tensor:
     return torch.stack([n.to(torch.float64) for n in norms])
 
 
+def _device_events(devices) -> list:
+    """One event per CUDA device, recorded on its current stream (where the
+    work queued for its tensors runs): the sender waits for them all."""
+    events = []
+    for d in {torch.device(d) for d in devices if torch.device(d).type == "cuda"}:
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(d))
+        events.append(ev)
+    return events
+
+
+def _wait(events) -> None:
+    for ev in events:
+        ev.synchronize()
+
+
 def _first_tensor(out):
     if isinstance(out, torch.Tensor):
         return out
@@ -407,11 +423,10 @@ class Monitor:
             norms = _norms(tensors)
             host = torch.empty(norms.shape, dtype=norms.dtype, pin_memory=True)
             host.copy_(norms, non_blocking=True)
-            ev = torch.cuda.Event()
-            ev.record()
+            events = _device_events([norms.device])
 
             def job():
-                ev.synchronize()
+                _wait(events)
                 self._log_amaxes(step, pending, host.tolist())
 
             self._send(job)
@@ -571,18 +586,14 @@ class Monitor:
             t0 = time.perf_counter()
             jobs.append((idx, which, watch, self._to_host(out)))
         step, form = self.step, self.form
-        event = None
-        if any(w.device.type == "cuda" for _, _, w, _ in jobs):
-            event = torch.cuda.Event()
-            event.record()
+        events = _device_events([w.device for _, _, w, _ in jobs])
 
         def job():
-            if event is not None:
-                event.synchronize()
+            _wait(events)
             for idx, which, watch, host in jobs:
                 self._log_counts(step, form, idx, which, watch, host)
 
-        if event is not None:
+        if events:
             self._send(job)
         else:
             job()
@@ -666,11 +677,10 @@ class Monitor:
             off += 2 * n
         self._parts["fetch"] += time.perf_counter() - t0
         if cuda:
-            ev = torch.cuda.Event()
-            ev.record()
+            events = _device_events([flat.device])
 
             def job():
-                ev.synchronize()
+                _wait(events)
                 self._log_snapshots(step, batch, pairs, kw)
 
             self._send(job)
