@@ -204,8 +204,7 @@ Test(spares, spares_stay_within_the_state_budget_and_trim_frees_them) {
     ag_engine *e = F.engine;
     for (uint64_t s = 1; s <= 4; s++) {
         fill(w, g, n, s);
-        cr_assert_eq(snapshot(s, w, g, AG_DTYPE_F32, n), AG_OK, "step %llu",
-                     (unsigned long long)s);
+        cr_assert_eq(snapshot(s, w, g, AG_DTYPE_F32, n), AG_OK, "step %llu", (unsigned long long)s);
         cr_assert_leq(e->state_bytes + e->inflight_bytes + e->spare_bytes, e->max_state_bytes,
                       "step %llu", (unsigned long long)s);
     }
