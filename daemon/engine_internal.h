@@ -18,8 +18,8 @@
 /* Memory the engine's state may hold (--state-budget; docs/daemon.md,
  * Memory): tensors, roles with their amax histories, the flip baselines
  * (last encoded snapshot per format, and its float32 weights until they are
- * written), and the snapshots being evaluated (message, conversions, new
- * encodings). Past it, new tensors and snapshots that would keep more are
+ * written), the snapshots being evaluated (message, conversions, new
+ * encodings) and the spare buffers kept for reuse (freed first). Past it, new tensors and snapshots that would keep more are
  * rejected (counted), so a client cannot make the daemon run out of
  * memory; the loop first waits for snapshots in flight to finish
  * (ag_engine_snapshot_fits). Restored state is counted but never refused. */
