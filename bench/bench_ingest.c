@@ -269,15 +269,25 @@ static long daemon_rss_many(daemon_proc *d, size_t tensors, size_t n) {
 
 int main(void) {
     daemon_proc d = {0};
+    /* AG_BENCH_ONLY=snapshots: only the two snapshot lines (for a profile of
+     * that stream); AG_BENCH_STEPS: snapshots per line (default 20). */
+    const char *only = getenv("AG_BENCH_ONLY"), *steps_env = getenv("AG_BENCH_STEPS");
+    int snapshots_only = only && strcmp(only, "snapshots") == 0;
+    size_t steps = steps_env ? strtoul(steps_env, NULL, 10) : 20;
+    if (steps < 1 || steps > 100000) steps = 20;
+    size_t n = 1u << 20;
+    if (snapshots_only) goto snapshots;
     double direct = baseline_inserts(TENSORS, STATS_STEPS);
     if (daemon_start(&d)) return 1;
-    long rss0 = rss_kib(d.pid);
     double e2e = daemon_records(&d, TENSORS, STATS_STEPS);
     printf("stats ingest: end-to-end %.0f records/s, direct SQLite inserts %.0f rows/s, "
            "ratio %.2f (target >= 0.5)\n",
            e2e, direct, direct > 0 ? e2e / direct : 0.0);
-    size_t n = 1u << 20;
-    double snap = daemon_snapshots(&d, n, 20);
+    daemon_stop(&d);
+
+snapshots:
+    if (daemon_start(&d)) return 1;
+    double snap = daemon_snapshots(&d, n, steps);
     double mc = memcpy_mbs(2 * n * sizeof(float));
     printf("snapshot ingest (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, memcpy %.0f MB/s, "
            "ratio %.4f (target >= 0.2)\n",
@@ -286,14 +296,15 @@ int main(void) {
 
     /* The same with one pool thread: what the cores add. */
     if (daemon_start_threads(&d, "1")) return 1;
-    double snap1 = daemon_snapshots(&d, n, 20);
+    double snap1 = daemon_snapshots(&d, n, steps);
     printf("snapshot ingest, 1 pool thread (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, "
            "memcpy %.0f MB/s, ratio %.4f; all cores / one thread %.2fx (target >= 1.7)\n",
            n, snap1, mc, mc > 0 ? snap1 / mc : 0.0, snap1 > 0 ? snap / snap1 : 0.0);
     daemon_stop(&d);
+    if (snapshots_only) return 0;
 
     if (daemon_start(&d)) return 1;
-    rss0 = rss_kib(d.pid);
+    long rss0 = rss_kib(d.pid);
     long rss = daemon_rss_many(&d, 1000, 1024);
     printf("daemon RSS: %ld KiB at start, %ld KiB holding 1000 tensors x 5 formats "
            "(1024 elements each, 2 snapshots)\n",

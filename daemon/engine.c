@@ -98,8 +98,53 @@ void ag_engine_free(ag_engine *e) {
     ag_map_free(&e->runs);
     free(e->runs_by_id);
     free(e->tensors_by_id);
+    ag_engine_trim(e);
     free(e);
 }
+
+/* ------------------------------------------------------------- spares */
+
+/* Drop spare i (its bytes leave spare_bytes; the caller frees or uses it). */
+static void *spare_remove(ag_engine *e, size_t i) {
+    void *p = e->spares[i].p;
+    e->spare_bytes -= e->spares[i].size;
+    memmove(&e->spares[i], &e->spares[i + 1], (e->nspares - i - 1) * sizeof e->spares[0]);
+    e->nspares--;
+    return p;
+}
+
+void *ag_eng_take(ag_engine *e, size_t size) {
+    /* The newest of that size: the most likely to be still in cache. */
+    for (size_t i = e->nspares; i-- > 0;)
+        if (e->spares[i].size == size) return spare_remove(e, i);
+    /* New memory: first free the spares the budget has no room for (the
+     * caller's reservation in inflight_bytes already counts this buffer). */
+    ag_eng_spares_fit(e);
+    return malloc(size ? size : 1);
+}
+
+void ag_eng_give(ag_engine *e, void *p, size_t size) {
+    if (!p) return;
+    if (size < AG_ENGINE_SPARE_MIN ||
+        e->state_bytes + e->inflight_bytes + e->spare_bytes + size > e->max_state_bytes) {
+        free(p);
+        return;
+    }
+    if (e->nspares == AG_ENGINE_SPARES) free(spare_remove(e, 0));
+    e->spares[e->nspares++] = (ag_spare){p, size};
+    e->spare_bytes += size;
+}
+
+void ag_eng_spares_fit(ag_engine *e) {
+    while (e->nspares && e->state_bytes + e->inflight_bytes + e->spare_bytes > e->max_state_bytes)
+        free(spare_remove(e, 0));
+}
+
+void ag_engine_trim(ag_engine *e) {
+    while (e->nspares) free(spare_remove(e, e->nspares - 1));
+}
+
+size_t ag_engine_spare_bytes(const ag_engine *e) { return e->spare_bytes; }
 
 role_state *ag_eng_role_for(ag_engine *e, tensor_state *t, int role) {
     if (t->roles[role]) return t->roles[role];
@@ -137,6 +182,7 @@ tensor_state *ag_eng_new_tensor(ag_engine *e, run_state *r, int64_t id, const ch
     t->role = role;
     t->name = strdup(name);
     e->state_bytes += sizeof *t + strlen(name) + 1;
+    ag_eng_spares_fit(e);
     if (!t->name || ag_map_put(&r->tensors, name, t)) {
         free(t->name);
         free(t);

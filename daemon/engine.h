@@ -80,6 +80,11 @@ int ag_engine_may_overlap(const ag_msg *m, const char *const *tensors, size_t nj
 /* 1 when snapshot m (bytes long) fits the state budget beside the jobs in
  * flight, or no job is in flight (it is then accepted or refused alone). */
 int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes);
+/* Free the spare snapshot buffers the engine keeps for reuse (docs/daemon.md,
+ * Memory), so RSS goes down while the daemon is idle. */
+void ag_engine_trim(ag_engine *e);
+/* Bytes of spare buffers the engine holds now. */
+size_t ag_engine_spare_bytes(const ag_engine *e);
 /* Write the flip baselines of tensors snapshotted since the last sweep
  * (docs/daemon.md, Flip baselines): start a sweep when none is in
  * progress, then move weights to the writer while it has room (all: until

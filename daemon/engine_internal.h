@@ -18,12 +18,25 @@
 /* Memory the engine's state may hold (--state-budget; docs/daemon.md,
  * Memory): tensors, roles with their amax histories, the flip baselines
  * (last encoded snapshot per format, and its float32 weights until they are
- * written), and the snapshots being evaluated (message, conversions, new
- * encodings). Past it, new tensors and snapshots that would keep more are
+ * written), the snapshots being evaluated (message, conversions, new
+ * encodings) and the spare buffers kept for reuse (freed first). Past it, new tensors and snapshots that would keep more are
  * rejected (counted), so a client cannot make the daemon run out of
  * memory; the loop first waits for snapshots in flight to finish
  * (ag_engine_snapshot_fits). Restored state is counted but never refused. */
 #define AG_ENGINE_MAX_STATE_BYTES ((size_t)4 << 30)
+/* Spare buffers (docs/daemon.md, Memory): the large buffers a snapshot
+ * frees (a tensor's replaced baseline, a job's conversions) are kept for the
+ * next snapshot of the same size instead of being unmapped, so it does not
+ * page-fault fresh zeroed pages in. At most this many, each of at least
+ * AG_ENGINE_SPARE_MIN bytes (smaller ones are cheap from the heap), within
+ * the state budget, and all freed when the daemon is idle (ag_engine_trim). */
+#define AG_ENGINE_SPARES 64
+#define AG_ENGINE_SPARE_MIN ((size_t)64 << 10)
+
+typedef struct ag_spare {
+    void *p;
+    size_t size;
+} ag_spare;
 
 typedef struct role_state {
     ag_amax_history *history;
@@ -129,6 +142,10 @@ struct ag_engine {
     size_t state_bytes, max_state_bytes; /* see AG_ENGINE_MAX_STATE_BYTES */
     size_t inflight_bytes;               /* reserved by snapshot jobs in flight */
     size_t njobs;                        /* snapshot jobs in flight */
+    /* spare buffers, oldest first; spare_bytes of them, counted with
+     * state_bytes and inflight_bytes against max_state_bytes */
+    ag_spare spares[AG_ENGINE_SPARES];
+    size_t nspares, spare_bytes;
     /* tensors whose base_w is not yet written: dirty since the last sweep,
      * and those the sweep in progress still has to write */
     tensor_state *dirty, *sweep;
@@ -253,6 +270,14 @@ void ag_eng_job_scales(ag_engine *e, ag_engine_job *job);
 int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job);
 /* Set the job up for its amax phase (chunks of ag_amax). */
 int ag_eng_job_amax_phase(ag_engine_job *job);
+/* A buffer of size bytes: a spare of exactly that size, else malloc (after
+ * freeing the spares past the budget). Loop. */
+void *ag_eng_take(ag_engine *e, size_t size);
+/* Give back p (size bytes, from malloc or ag_eng_take; NULL is ignored): kept
+ * as a spare while the budget has room, else freed. Loop. */
+void ag_eng_give(ag_engine *e, void *p, size_t size);
+/* Free the oldest spares until state, jobs and spares fit the budget. */
+void ag_eng_spares_fit(ag_engine *e);
 /* Put t on the list of baselines to write. */
 void ag_eng_mark_dirty(ag_engine *e, tensor_state *t);
 

@@ -36,6 +36,7 @@
 #define DRAIN_IDLE_TICKS 3 /* quiet ticks before intake closes */
 #define DRAIN_MAX_MS 10000 /* intake closes after this at the latest */
 #define FLUSH_MS 200       /* tensor deltas and scales of statistics, at most this late */
+#define TRIM_TICKS 5       /* flush ticks without a snapshot job before spares are freed */
 
 typedef struct ag_daemon {
     int argc;
@@ -66,6 +67,10 @@ typedef struct ag_daemon {
     ag_msg held_msg;
     /* flip baselines: when the next sweep may start (0: one is running) */
     uint64_t next_persist_ms;
+    /* snapshot jobs started, and that count at the last flush tick: spare
+     * buffers are freed after TRIM_TICKS ticks without a new job */
+    uint64_t jobs_started, jobs_at_tick;
+    unsigned quiet_ticks;
     /* shutdown */
     int stopping, intake_closed, closed;
     int store_degraded; /* last health the loop reported (STATUS=, log) */
@@ -157,6 +162,7 @@ static int dispatch_chunks(ag_daemon *d, inflight *f) {
 }
 
 static void dispatch(ag_daemon *d, ag_engine_job *job, nng_msg *nm, const ag_msg *m) {
+    d->jobs_started++;
     inflight *f = calloc(1, sizeof *f);
     if (!f) { /* no memory to track it: evaluate it now */
         ag_engine_job_run(d->engine, job);
@@ -431,6 +437,10 @@ static void flush_cb(uv_timer_t *t) {
         if (d->next_persist_ms && now >= d->next_persist_ms) d->next_persist_ms = 0;
         if (!d->next_persist_ms && ag_engine_persist(d->engine, 0))
             d->next_persist_ms = now + (uint64_t)d->cfg.baseline_interval * 1000;
+        /* Idle: give the spare snapshot buffers back to the system. */
+        d->quiet_ticks = d->jobs_started == d->jobs_at_tick && !d->njobs ? d->quiet_ticks + 1 : 0;
+        d->jobs_at_tick = d->jobs_started;
+        if (d->quiet_ticks >= TRIM_TICKS) ag_engine_trim(d->engine);
     }
     /* Tell the service manager when the store goes degraded or recovers. */
     ag_writer_health_info h;

@@ -17,7 +17,7 @@
 
 /* Point job->w/x at float32 data: in place when f32 and aligned, else a
  * converted copy. */
-static int payload(ag_engine_job *job, const ag_msg_snapshot *s) {
+static int payload(ag_engine *e, ag_engine_job *job, const ag_msg_snapshot *s) {
     size_t n = job->n, esz = ag_proto_dtype_size(s->dtype);
     const uint8_t *w = s->w, *x = s->x;
     if (s->dtype == AG_DTYPE_F32 && ag_proto_aligned(w, 4) && ag_proto_aligned(x, 4)) {
@@ -25,15 +25,15 @@ static int payload(ag_engine_job *job, const ag_msg_snapshot *s) {
         job->x = (const float *)(const void *)x;
         return AG_OK;
     }
-    job->wbuf = malloc(n * sizeof(float));
-    job->xbuf = malloc(n * sizeof(float));
+    job->wbuf = ag_eng_take(e, n * sizeof(float));
+    job->xbuf = ag_eng_take(e, n * sizeof(float));
     if (!job->wbuf || !job->xbuf) return AG_ENOMEM;
     if (s->dtype == AG_DTYPE_F32) {
         memcpy(job->wbuf, w, n * esz);
         memcpy(job->xbuf, x, n * esz);
     } else {
         /* Widen through an aligned copy of the 16-bit patterns. */
-        uint16_t *tmp = malloc(n * sizeof *tmp);
+        uint16_t *tmp = ag_eng_take(e, n * sizeof *tmp);
         if (!tmp) return AG_ENOMEM;
         int (*widen)(const uint16_t *, float *, size_t) =
             s->dtype == AG_DTYPE_BF16 ? ag_bf16_to_f32 : ag_f16_to_f32;
@@ -41,7 +41,7 @@ static int payload(ag_engine_job *job, const ag_msg_snapshot *s) {
         int err = widen(tmp, job->wbuf, n);
         memcpy(tmp, x, n * 2);
         if (!err) err = widen(tmp, job->xbuf, n);
-        free(tmp);
+        ag_eng_give(e, tmp, n * sizeof *tmp);
         if (err) return err;
     }
     job->w = job->wbuf;
@@ -49,12 +49,14 @@ static int payload(ag_engine_job *job, const ag_msg_snapshot *s) {
     return AG_OK;
 }
 
-static void job_free(ag_engine_job *job) {
+/* Free a job, its large buffers given back as spares. Loop. */
+static void job_free(ag_engine *e, ag_engine_job *job) {
     if (!job) return;
-    if (job->base != job->wbuf) free(job->base);
-    free(job->wbuf);
-    free(job->xbuf);
-    for (size_t i = 0; i < job->nf; i++) free(job->cur[i]);
+    size_t fbytes = job->n * sizeof(float);
+    if (job->base != job->wbuf) ag_eng_give(e, job->base, fbytes);
+    ag_eng_give(e, job->wbuf, fbytes);
+    ag_eng_give(e, job->xbuf, fbytes);
+    for (size_t i = 0; i < job->nf; i++) ag_eng_give(e, job->cur[i], job->n);
     free(job->part_amax);
     free(job->part_bad);
     free(job->part_counts);
@@ -150,7 +152,7 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
         goto fail;
     }
     job->reserved = cost;
-    if ((err = payload(job, s))) goto fail;
+    if ((err = payload(e, job, s))) goto fail;
     if ((err = ag_eng_tensor_for(e, r, s->tensor, AG_ROLE_WEIGHT, &job->t))) goto fail;
     if (!ag_eng_role_for(e, job->t, AG_ROLE_WEIGHT)) {
         err = AG_ENOMEM;
@@ -160,7 +162,7 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
     *out = job;
     return AG_OK;
 fail:
-    job_free(job);
+    job_free(e, job);
     return err;
 }
 
@@ -180,7 +182,6 @@ void ag_eng_job_scales(ag_engine *e, ag_engine_job *job) {
 }
 
 int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
-    (void)e;
     tensor_state *t = job->t;
     size_t n = job->n, nf = job->nf;
     job->chunk = AG_ENGINE_CHUNK;
@@ -190,12 +191,13 @@ int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
     if (!job->part_err) job->part_err = calloc(job->nchunks, sizeof *job->part_err);
     if (!job->part_counts || !job->part_flips || !job->part_err) return AG_ENOMEM;
     for (size_t i = 0; i < nf; i++)
-        if (!(job->cur[i] = malloc(n))) return AG_ENOMEM;
+        if (!(job->cur[i] = ag_eng_take(e, n))) return AG_ENOMEM;
     if (job->wbuf) {
         job->base = job->wbuf; /* a conversion: already a copy */
-    } else if (!(job->base = malloc(n * sizeof(float)))) {
+    } else if (!(job->base = ag_eng_take(e, n * sizeof(float)))) {
         return AG_ENOMEM;
     }
+    ag_eng_spares_fit(e); /* the job's reservation now holds what it took */
     /* Pattern flips at the previous snapshot's scale (docs/numerics.md): when
      * the scale has not moved, this snapshot's patterns are already the ones
      * to compare; when it has, the weights are encoded again at the old scale
@@ -324,21 +326,22 @@ static int adopt(ag_engine *e, ag_engine_job *job) {
     }
     if (t->prev_n != job->n) { /* shape changed: earlier snapshots are not comparable */
         for (int i = 0; i < AG_FORMATS_MAX; i++) {
-            free(t->prev[i]);
+            ag_eng_give(e, t->prev[i], t->prev_n);
             t->prev[i] = NULL;
         }
         t->prev_n = job->n;
     }
     for (size_t i = 0; i < nf; i++) {
         int fi = job->fidx[i];
-        free(t->prev[fi]); /* a format named twice: the earlier copy of this job */
+        /* the replaced baseline, or (a format named twice) the earlier copy of this job */
+        ag_eng_give(e, t->prev[fi], job->n);
         t->prev[fi] = job->cur[i];
         job->cur[i] = NULL;
         t->prev_scale[fi] = job->scales[i];
         t->flips_lost &= ~(1ull << fi);
     }
     size_t base_bytes = t->base_w ? t->base_n * sizeof(float) : 0;
-    free(t->base_w);
+    ag_eng_give(e, t->base_w, base_bytes);
     t->base_w = job->base;
     if (job->base == job->wbuf) job->wbuf = NULL;
     job->base = NULL;
@@ -391,7 +394,8 @@ done:
     }
     size_t bytes = job->bytes;
     client_state *client = job->client;
-    job_free(job);
+    job_free(e, job);
+    ag_eng_spares_fit(e);
     /* The message was accepted (seq accounted) even if its rows failed. */
     ag_eng_end_message(e, client, bytes, 1);
     return err;
