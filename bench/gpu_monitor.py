@@ -41,6 +41,7 @@ CONFIGS = {
     "small-daemon": SMALL + ["--compute", "daemon"],
     "85m-daemon": M85 + ["--compute", "daemon"],
     "85m-daemon-sample4096": M85 + ["--compute", "daemon", "--sample-max", "4096"],
+    "85m-daemon-block": M85 + ["--compute", "daemon", "--policy", "block"],
     # counts on the device
     "small-device": SMALL + ["--compute", "device"],
     "85m-device": M85 + ["--compute", "device"],

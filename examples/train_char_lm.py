@@ -246,6 +246,9 @@ def parse_args(argv=None):
     p.add_argument("--compute", choices=["device", "daemon"], default="device",
                    help="count stalls on the model's device and send counts (default), or "
                         "send snapshots for the daemon to count")
+    p.add_argument("--policy", choices=["drop", "block"], default="drop",
+                   help="the client's full-queue policy: drop (counted) or block (lossless; "
+                        "the Monitor's sender thread waits, not the training step)")
     p.add_argument("--flips", action="store_true",
                    help="with --compute device: count pattern flips too (one byte per "
                         "parameter per format on the device)")
@@ -285,7 +288,7 @@ def main(argv=None) -> int:
     if args.monitor:
         from altgrad import AltgradError, Client
         client = Client(ingest_url=args.ingest, query_url=args.query, run=args.run,
-                        resume=args.resume, sample_max=args.sample_max,
+                        resume=args.resume, sample_max=args.sample_max, policy=args.policy,
                         metadata={"example": "train_char_lm", "device": str(device),
                                   "d_model": args.d_model, "layers": args.layers,
                                   "optimizer": args.optimizer, "lr": args.lr})
