@@ -24,6 +24,7 @@
 
 #include "altgrad/altgrad.h"
 #include "schema/store.h"
+#include "bench_daemon.h"
 #include "tests/tmpdir.h"
 
 #define TENSORS 1000
@@ -35,63 +36,22 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-typedef struct daemon_proc {
-    char dir[64], ingest[128], query[128], db[128];
-    pid_t pid;
-} daemon_proc;
+typedef bench_daemon daemon_proc;
 
-static void rm_dir(const char *dir) { ag_tmpdir_remove(dir); }
-
-static void daemon_path(char *out, size_t len) {
-    const char *b = getenv("AG_BUILD_DIR");
-    if (b) {
-        snprintf(out, len, "%s/daemon/altgradd", b);
-        return;
-    }
-    char exe[512];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[n > 0 ? n : 0] = '\0';
-    char *bench_dir = dirname(exe);
-    snprintf(out, len, "%s/../daemon/altgradd", bench_dir);
-}
-
-/* Start altgradd (threads: its --threads, NULL for the default: one per
- * core) and wait for its READY=1. */
+/* Start altgradd on a new temporary folder (threads: its --threads, NULL
+ * for the default: one per core; budget_mib: its --state-budget). */
 static int daemon_start_opts(daemon_proc *d, const char *threads, const char *budget_mib) {
     strcpy(d->dir, "/tmp/ag_bench_XXXXXX");
     if (!mkdtemp(d->dir)) return -1;
-    snprintf(d->ingest, sizeof d->ingest, "ipc://%s/in.sock", d->dir);
-    snprintf(d->query, sizeof d->query, "ipc://%s/q.sock", d->dir);
-    snprintf(d->db, sizeof d->db, "%s/a.db", d->dir);
-    char notify[128], path[600];
-    snprintf(notify, sizeof notify, "%s/notify.sock", d->dir);
-    daemon_path(path, sizeof path);
-    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    strcpy(sa.sun_path, notify);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa)) return -1;
-    d->pid = fork();
-    if (d->pid == 0) {
-        setenv("NOTIFY_SOCKET", notify, 1);
-        execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db, "--log-level",
-              "warning", "--http", "off", "--threads", threads ? threads : "0", "--state-budget",
-              budget_mib ? budget_mib : "4096", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 300; i++) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        char buf[256];
-        if (poll(&p, 1, 100) == 1) {
-            ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
-            if (n > 0 && (buf[n] = '\0', strstr(buf, "READY=1"))) {
-                close(fd);
-                return 0;
-            }
-        }
-    }
-    close(fd);
-    fprintf(stderr, "bench_ingest: %s did not start\n", path);
-    return -1;
+    bench_daemon_paths(d);
+    const char *extra[] = {"--log-level",
+                           "warning",
+                           "--threads",
+                           threads ? threads : "0",
+                           "--state-budget",
+                           budget_mib ? budget_mib : "4096",
+                           NULL};
+    return bench_daemon_start(d, extra, "bench_ingest");
 }
 
 static int daemon_start_threads(daemon_proc *d, const char *threads) {
@@ -101,11 +61,8 @@ static int daemon_start_threads(daemon_proc *d, const char *threads) {
 static int daemon_start(daemon_proc *d) { return daemon_start_threads(d, NULL); }
 
 static void daemon_stop(daemon_proc *d) {
-    if (d->pid > 0) {
-        kill(d->pid, SIGTERM);
-        waitpid(d->pid, NULL, 0);
-    }
-    rm_dir(d->dir);
+    bench_daemon_stop(d);
+    ag_tmpdir_remove(d->dir);
 }
 
 /* A line of /proc/PID/status ("VmRSS", "VmHWM": the peak) in KiB. */
@@ -181,7 +138,7 @@ static double baseline_inserts(size_t tensors, size_t steps) {
     ag_store_commit(st);
     double dt = now_s() - t0;
     ag_store_close(st);
-    rm_dir(dir);
+    ag_tmpdir_remove(dir);
     return (double)rows / dt;
 }
 

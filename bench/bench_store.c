@@ -31,6 +31,7 @@
 
 #include "altgrad/altgrad.h"
 #include "schema/store.h"
+#include "bench_daemon.h"
 #include "tests/tmpdir.h"
 
 #define N 16
@@ -49,66 +50,18 @@ static size_t env_size(const char *name, size_t def) {
     return n > 0 ? (size_t)n : def;
 }
 
-typedef struct daemon_proc {
-    char dir[64], ingest[128], query[128], db[128];
-    pid_t pid;
-} daemon_proc;
+typedef bench_daemon daemon_proc;
 
-static void rm_dir(const char *dir) { ag_tmpdir_remove(dir); }
-
-static void build_path(char *out, size_t len, const char *rel) {
-    const char *b = getenv("AG_BUILD_DIR");
-    if (b) {
-        snprintf(out, len, "%s/%s", b, rel);
-        return;
-    }
-    char exe[512];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    exe[n > 0 ? n : 0] = '\0';
-    snprintf(out, len, "%s/../%s", dirname(exe), rel);
-}
+static void build_path(char *out, size_t len, const char *rel) { bench_build_path(out, len, rel); }
 
 /* Start altgradd on d (dir made by the caller) and wait for its READY=1. */
 static int daemon_start(daemon_proc *d) {
-    char notify[128], path[600];
-    snprintf(notify, sizeof notify, "%s/notify.sock", d->dir);
-    unlink(notify);
-    build_path(path, sizeof path, "daemon/altgradd");
-    int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    strcpy(sa.sun_path, notify);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa)) return -1;
-    d->pid = fork();
-    if (d->pid == 0) {
-        setenv("NOTIFY_SOCKET", notify, 1);
-        execl(path, path, "--ingest", d->ingest, "--query", d->query, "--db", d->db, "--log-level",
-              getenv("AG_BENCH_LOG") ? getenv("AG_BENCH_LOG") : "warning", "--http", "off",
-              (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 600; i++) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        char buf[256];
-        if (poll(&p, 1, 100) == 1) {
-            ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
-            if (n > 0 && (buf[n] = '\0', strstr(buf, "READY=1"))) {
-                close(fd);
-                return 0;
-            }
-        }
-    }
-    close(fd);
-    fprintf(stderr, "bench_store: %s did not start\n", path);
-    return -1;
+    const char *extra[] = {"--log-level",
+                           getenv("AG_BENCH_LOG") ? getenv("AG_BENCH_LOG") : "warning", NULL};
+    return bench_daemon_start(d, extra, "bench_store");
 }
 
-static void daemon_stop(daemon_proc *d) {
-    if (d->pid > 0) {
-        kill(d->pid, SIGTERM);
-        waitpid(d->pid, NULL, 0);
-        d->pid = 0;
-    }
-}
+static void daemon_stop(daemon_proc *d) { bench_daemon_stop(d); }
 
 static long long file_size(const char *path) {
     struct stat sb;
@@ -369,16 +322,14 @@ int main(void) {
     daemon_proc d = {0};
     strcpy(d.dir, "/tmp/ag_bench_store_XXXXXX");
     if (!mkdtemp(d.dir)) return 1;
-    snprintf(d.ingest, sizeof d.ingest, "ipc://%s/in.sock", d.dir);
-    snprintf(d.query, sizeof d.query, "ipc://%s/q.sock", d.dir);
-    snprintf(d.db, sizeof d.db, "%s/a.db", d.dir);
+    bench_daemon_paths(&d);
     if (daemon_start(&d)) return 1;
 
     long long wal_busy = 0;
     double rate = ingest(&d, tensors, steps, &wal_busy);
     if (rate <= 0) {
         daemon_stop(&d);
-        rm_dir(d.dir);
+        ag_tmpdir_remove(d.dir);
         return 1;
     }
     sleep(3); /* idle: the writer checkpoints */
@@ -443,7 +394,7 @@ int main(void) {
     sqlite3_close(q.db);
     ag_store_close(q.st);
     daemon_stop(&d);
-    rm_dir(d.dir);
+    ag_tmpdir_remove(d.dir);
     if (failed) fprintf(stderr, "bench_store: a query failed\n");
     return failed || q.sink == 0xFFFFFFFFFFFFFFFFull; /* keep the work */
 }
