@@ -53,8 +53,8 @@ static inline int bench_daemon_start(bench_daemon *d, const char *const *extra, 
     unlink(notify);
     bench_build_path(path, sizeof path, "daemon/altgradd");
     argv[k++] = path;
-    const char *fixed[] = {"--ingest", d->ingest, "--query", d->query, "--db", d->db, "--http",
-                           "off"};
+    const char *fixed[] = {"--ingest", d->ingest, "--query", d->query,
+                           "--db",     d->db,     "--http",  "off"};
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) argv[k++] = fixed[i];
     for (size_t i = 0; extra && extra[i] && i < 16; i++) argv[k++] = extra[i];
     argv[k] = NULL;
