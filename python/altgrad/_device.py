@@ -18,7 +18,6 @@ shape, so the division is elementwise and correctly rounded.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import struct
 from typing import Dict, List, Optional, Sequence

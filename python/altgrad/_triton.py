@@ -22,14 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._device import GRAD_EPSILON, FormatParams
+from ._device import GRAD_EPSILON
 
 BLOCK = 1024
-# per-format constants, int32: M, shift, half_m1, keep_mask, emin_bits, half_down,
-# bias_adj, mant_mask, over_pattern, nan_pattern, nan_above
-_NI = 11
-# float32: sub_magic, max_finite, overflow_value, sub_scale
-_NF = 4
 
 
 @triton.jit
@@ -186,6 +181,8 @@ def _count_kernel(W, V, BLK_T, BLK_OFF, T_START, T_N, SCALES, NEG_LR, FI, FF, OU
 
 
 def _consts(fps):
+    """Per-format constants as the kernel reads them: 11 int32 (FI) and 4
+    float32 (FF) per format, in this order."""
     fi = [[fp.M, fp.shift, fp.half_m1, fp.keep_mask, fp.emin_bits, int(fp.half_down),
            fp.bias_adj, fp.mant_mask, fp.over_pattern, fp.nan_pattern, fp.nan_above]
           for fp in fps]

@@ -50,29 +50,34 @@ def _finite_stats(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([amax.to(torch.float64), (~finite).sum().to(torch.float64)])
 
 
-def _max_abs(tensors: List[torch.Tensor]) -> List[float]:
-    """max |x| of each tensor (NaN/inf when it holds any), computed with a
-    fused multi-tensor kernel where PyTorch has one, fetched in one copy."""
+def _norm_list(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    """max |x| of each tensor (NaN/inf when it holds any), with a fused
+    multi-tensor kernel where PyTorch has one."""
     try:
-        norms = torch._foreach_norm(tensors, math.inf)
+        return list(torch._foreach_norm(tensors, math.inf))
     except (RuntimeError, AttributeError, TypeError):
-        norms = [torch.linalg.vector_norm(t, math.inf) for t in tensors]
-    devices = {n.device for n in norms}
-    if len(devices) == 1:
-        return torch.stack([n.to(torch.float64) for n in norms]).cpu().tolist()
-    return [float(n) for n in norms]
+        return [torch.linalg.vector_norm(t, math.inf) for t in tensors]
+
+
+def _stacked(norms: List[torch.Tensor]) -> torch.Tensor:
+    """Norms of one device as one float64 tensor (one conversion when they
+    share a dtype: few launches)."""
+    if len({n.dtype for n in norms}) == 1:
+        return torch.stack(norms).to(torch.float64)
+    return torch.stack([n.to(torch.float64) for n in norms])
 
 
 def _norms(tensors: List[torch.Tensor]) -> torch.Tensor:
-    """max |x| of each tensor as one float64 device tensor (NaN/inf when it
-    holds any), with a fused multi-tensor kernel where PyTorch has one."""
-    try:
-        norms = torch._foreach_norm(tensors, math.inf)
-    except (RuntimeError, AttributeError, TypeError):
-        norms = [torch.linalg.vector_norm(t, math.inf) for t in tensors]
-    if len({n.dtype for n in norms}) == 1:  # one stack, one conversion: few launches
-        return torch.stack(norms).to(torch.float64)
-    return torch.stack([n.to(torch.float64) for n in norms])
+    """_norm_list of tensors on one device, as one float64 tensor there."""
+    return _stacked(_norm_list(tensors))
+
+
+def _max_abs(tensors: List[torch.Tensor]) -> List[float]:
+    """_norm_list as floats, fetched in one copy when they share a device."""
+    norms = _norm_list(tensors)
+    if len({n.device for n in norms}) == 1:
+        return _stacked(norms).cpu().tolist()
+    return [float(n) for n in norms]
 
 
 def _device_events(devices) -> list:
@@ -299,7 +304,6 @@ class Monitor:
         # overhead accounting
         self._seconds = 0.0
         self._parts = {"fetch": 0.0, "send": 0.0, "stats": 0.0, "count": 0.0}
-        self._pinned = None
         self._steps_seen = 0
         self._sampled_steps = 0
         self._snapshots = 0

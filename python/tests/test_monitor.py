@@ -120,3 +120,29 @@ def test_device_counts_without_flips_are_stored_as_unknown(daemon):
             c.history("2.weight", format="E5M2")["points"]), what="two points")
         assert all(p["stall_rate"] == 1.0 and p["flips"] is None for p in pts)
         assert all(p["computed"] == "device" for p in pts)
+
+
+def test_sampling_on_the_device_keeps_the_clients_subset(daemon):
+    """sample_max taken by the Monitor where the tensors live (compute="daemon",
+    the client's option) stores the same counts as the client sampling the
+    whole tensor itself (sample_max=0 for the Monitor), and the tensor's
+    whole size (ag_snapshot.numel)."""
+    formats = ["E5M2", "E3M4"]
+    names = ["0.weight", "2.weight"]  # 96 and 48 elements: sampled; the biases are not
+    got = {}
+    for where, kw in (("device", {}), ("client", {"sample_max": 0})):
+        model = tiny_model()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+        with daemon.client(f"sampled-{where}", sample_max=40, sample_seed=7) as c:
+            with Monitor(c, model, opt, compute="daemon", every=1, activations=False,
+                         gradients=False, formats=formats, **kw) as mon:
+                train(model, opt, 3)
+            assert mon.report()["undelivered"] == 0
+            got[where] = eventually(
+                lambda: (lambda r: r if len(r) == 2 * 2 * 3 else None)(
+                    _history_rows(c, names, formats)), what="every sampled point")
+            numel = {t["name"]: t["numel"] for t in c.tensors()["tensors"]}
+            assert numel["0.weight"] == 96 and numel["2.weight"] == 48
+    for key, a in got["client"].items():
+        assert a["total"] == 40, key
+        assert a == got["device"][key], key
