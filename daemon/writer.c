@@ -421,6 +421,9 @@ static int pop(ag_writer *w, ag_write_item *it) {
         w->snap_bytes -= it->u.snapshot.n * sizeof(float);
         atomic_store(&w->over_bytes, w->snap_bytes > w->opts.high_bytes);
     }
+    /* While degraded the item joins the held batch: counted there before it
+     * leaves the queue's depth, so the health report never misses it. */
+    if (atomic_load(&w->degraded)) atomic_fetch_add(&w->held_rows, 1);
     atomic_store(&w->depth, w->count);
     if (w->was_full && w->count <= w->opts.high_water / 2 &&
         w->snap_bytes <= w->opts.high_bytes / 2) {
@@ -484,11 +487,13 @@ static void release_held(ag_writer *w) {
 static void note_failure(ag_writer *w, const char *what) {
     ag_store_rollback(w->st);
     atomic_fetch_add(&w->failures, 1);
-    int was = atomic_exchange(&w->degraded, 1);
+    /* The held count first: whoever sees "degraded" sees the rows it holds
+     * (committed + held + queued is everything sent). */
+    atomic_store(&w->held_rows, w->nheld);
     pthread_mutex_lock(&w->lock);
     snprintf(w->why, sizeof w->why, "%s failed: %s", what, ag_store_errmsg(w->st));
     pthread_mutex_unlock(&w->lock);
-    atomic_store(&w->held_rows, w->nheld);
+    int was = atomic_exchange(&w->degraded, 1);
     ag_log(w->log, was ? AG_LOG_DEBUG : AG_LOG_ERROR,
            "writer: %s failed, %zu rows kept and retried: %s", what, w->nheld,
            ag_store_errmsg(w->st));
