@@ -426,19 +426,42 @@ done:
 
 /* ---------------------------------------------------------------- heatmap */
 
-/* {"run","format","from_step","to_step","width","buckets","tensors":[names],
- * "rates":[[rate or null per bucket] per tensor]}: bucket b of a tensor
- * covers steps from_step + b*width .. + width - 1; null: no rows there. */
+/* {"run","format","from_step","to_step","width","buckets","digits","tensors":[names],
+ * "overall":[rate or null per tensor],"rates":[[rate or null per bucket] per
+ * tensor]}: bucket b of a tensor covers steps from_step + b*width .. + width
+ * - 1; null: no rows there. overall pools a tensor's buckets (sum stalled /
+ * sum total). digits (1..17) rounds every rate to that many significant
+ * digits, for a page that only needs a colour; 0 (not given): the shortest
+ * text that reads back as the same double. */
 typedef struct heatmap_params {
     const char *run, *format;
-    uint64_t buckets;
+    uint64_t buckets, digits;
 } heatmap_params;
 
 static const ag_field heatmap_fields[] = {
     {"run", K_NAME, F_REQ, offsetof(heatmap_params, run), 0, "run", 0},
     {"fmt", K_FMT, F_OMIT0, offsetof(heatmap_params, format), 0, "format", 0},
     {"buckets", K_UINT, F_OMIT0, offsetof(heatmap_params, buckets), 0, "buckets", 0},
+    {"digits", K_UINT, F_OMIT0, offsetof(heatmap_params, digits), 0, "digits", 0},
 };
+
+#define HEATMAP_DIGITS_MAX 17
+
+/* stalled / total, or null where total is 0, with digits significant digits
+ * (0: exact). */
+static void heat_rate(FILE *f, uint64_t stalled, uint64_t total, int digits) {
+    char num[64];
+    if (total == 0) {
+        fputs("null", f);
+        return;
+    }
+    double r = (double)stalled / (double)total;
+    if (digits > 0)
+        snprintf(num, sizeof num, "%.*g", digits, r);
+    else
+        ag_json_format_double(num, sizeof num, r);
+    fputs(num, f);
+}
 
 static void api_heatmap(const ag_http_env *env, ag_store *st, const void *params,
                         const ag_http_params *given, ag_http_response *res) {
@@ -450,6 +473,16 @@ static void api_heatmap(const ag_http_env *env, ag_store *st, const void *params
         snprintf(err, sizeof err, "buckets must be 1..%u", AG_STORE_HEATMAP_MAX_BUCKETS);
         ag_http_error(res, 400, err);
         return;
+    }
+    int digits = 0;
+    if (ag_http_param_get(given, "digits")) {
+        if (p->digits == 0 || p->digits > HEATMAP_DIGITS_MAX) {
+            char err[96];
+            snprintf(err, sizeof err, "digits must be 1..%d", HEATMAP_DIGITS_MAX);
+            ag_http_error(res, 400, err);
+            return;
+        }
+        digits = (int)p->digits;
     }
     ag_store_heat *h = NULL;
     int rc = ag_store_heatmap(st, p->run, p->format, (size_t)want, &h);
@@ -466,18 +499,28 @@ static void api_heatmap(const ag_http_env *env, ag_store *st, const void *params
         ag_http_error(res, 500, "out of memory");
         return;
     }
-    char num[64];
     fputs("{\"run\":", b.f);
     ag_json_string(b.f, h->run);
     fputs(",\"format\":", b.f);
     ag_json_string(b.f, h->format);
-    fprintf(b.f, ",\"from_step\":%llu,\"to_step\":%llu,\"width\":%llu,\"buckets\":%zu",
+    fprintf(b.f,
+            ",\"from_step\":%llu,\"to_step\":%llu,\"width\":%llu,\"buckets\":%zu,\"digits\":%d",
             (unsigned long long)h->from_step, (unsigned long long)h->to_step,
-            (unsigned long long)h->width, h->nbuckets);
+            (unsigned long long)h->width, h->nbuckets, digits);
     fputs(",\"tensors\":[", b.f);
     for (size_t t = 0; t < h->ntensors; t++) {
         if (t) fputc(',', b.f);
         ag_json_string(b.f, h->tensors[t]);
+    }
+    fputs("],\"overall\":[", b.f);
+    for (size_t t = 0; t < h->ntensors; t++) {
+        uint64_t stalled = 0, total = 0;
+        for (size_t k = 0; k < h->nbuckets; k++) {
+            stalled += h->stalled[t * h->nbuckets + k];
+            total += h->total[t * h->nbuckets + k];
+        }
+        if (t) fputc(',', b.f);
+        heat_rate(b.f, stalled, total, digits);
     }
     fputs("],\"rates\":[", b.f);
     for (size_t t = 0; t < h->ntensors; t++) {
@@ -485,12 +528,7 @@ static void api_heatmap(const ag_http_env *env, ag_store *st, const void *params
         for (size_t k = 0; k < h->nbuckets; k++) {
             size_t c = t * h->nbuckets + k;
             if (k) fputc(',', b.f);
-            if (h->total[c] == 0) {
-                fputs("null", b.f);
-                continue;
-            }
-            ag_json_format_double(num, sizeof num, (double)h->stalled[c] / (double)h->total[c]);
-            fputs(num, b.f);
+            heat_rate(b.f, h->stalled[c], h->total[c], digits);
         }
         fputc(']', b.f);
     }

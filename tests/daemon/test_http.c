@@ -262,8 +262,53 @@ Test(http, the_heatmap_gives_each_bucket_the_stall_rate_of_its_steps) {
                 cr_expect(cell->type == JM_NUMBER && fabs(cell->number - stalled / total) < 1e-12,
                           "%s bucket %zu", target, b);
         }
+        /* overall pools the tensor's buckets: the whole run */
+        const jm_value *overall = jm_get(v, "overall");
+        double all_stalled = 0, all_total = 0;
+        for (size_t k = 0; k < h->n; k++) {
+            all_stalled += (double)h->points[k].stalled;
+            all_total += (double)h->points[k].total;
+        }
+        cr_assert(overall && overall->n == 1 && overall->items[0].type == JM_NUMBER, "%s", r.body);
+        cr_expect(fabs(overall->items[0].number - all_stalled / all_total) < 1e-12, "%s", r.body);
+        cr_expect_eq(jm_get(v, "digits")->number, 0);
         jm_free(v);
         reply_free(&r);
+    }
+    /* digits=D: every rate rounded to D significant digits, the same cells */
+    for (int digits = 1; digits <= 17; digits += 4) {
+        char exact_t[128], round_t[128];
+        snprintf(exact_t, sizeof exact_t, "/api/heatmap?run=" RUN "&format=E3M4&buckets=3");
+        snprintf(round_t, sizeof round_t,
+                 "/api/heatmap?run=" RUN "&format=E3M4&buckets=3&digits=%d", digits);
+        reply re = http_get(port, exact_t), rr = http_get(port, round_t);
+        cr_assert_eq(rr.status, 200, "%s: %s", round_t, rr.raw);
+        jm_value *ve = jm_parse(re.body), *vr = jm_parse(rr.body);
+        cr_assert(ve && vr, "%s", rr.body);
+        cr_expect_eq(jm_get(vr, "digits")->number, digits);
+        const char *keys[] = {"overall", "rates"};
+        for (int k = 0; k < 2; k++) {
+            const jm_value *a = jm_get(ve, keys[k]), *b = jm_get(vr, keys[k]);
+            cr_assert(a && b && a->n == b->n, "%s", rr.body);
+            for (size_t i = 0; i < a->n; i++) {
+                const jm_value *x = k ? a->items[i].items : &a->items[i];
+                const jm_value *y = k ? b->items[i].items : &b->items[i];
+                size_t n = k ? a->items[i].n : 1;
+                cr_assert(!k || b->items[i].n == n);
+                for (size_t j = 0; j < n; j++) {
+                    cr_assert_eq(x[j].type, y[j].type, "%s", rr.body);
+                    if (x[j].type != JM_NUMBER) continue;
+                    char want[64];
+                    snprintf(want, sizeof want, "%.*g", digits, x[j].number);
+                    cr_expect_eq(y[j].number, strtod(want, NULL), "%s: %.17g rounds to %s", round_t,
+                                 x[j].number, want);
+                }
+            }
+        }
+        jm_free(ve);
+        jm_free(vr);
+        reply_free(&re);
+        reply_free(&rr);
     }
     ag_free(h);
     /* Bounded and validated. */
@@ -276,6 +321,9 @@ Test(http, the_heatmap_gives_each_bucket_the_stall_rate_of_its_steps) {
         {"/api/heatmap?run=" RUN "&buckets=99999999999999999999999", 400},
         {"/api/heatmap?run=" RUN "&buckets=-3", 400},
         {"/api/heatmap?run=" RUN "&tensor=w", 400},
+        {"/api/heatmap?run=" RUN "&digits=0", 400},
+        {"/api/heatmap?run=" RUN "&digits=18", 400},
+        {"/api/heatmap?run=" RUN "&digits=x", 400},
         {"/api/heatmap?buckets=3", 400},
         {"/api/heatmap?run=nope", 404},
         {"/api/heatmap?run=" RUN "&format=NOPE", 404},
