@@ -178,7 +178,7 @@ def main() -> int:
             # Rows sorted by whole-run stall rate: the first row is the worst
             # tensor, and it is the one whose curves are open.
             worst = sorted(zip(api["tensors"], api["overall"]),
-                           key=lambda x: (-(x[1] if x[1] is not None else -1), x[0]))
+                           key=lambda x: (-(x[1] if x[1] is not None else -1), natural(x[0])))
             names_a = st["matrix"][0]["names"]
             check(names_a[:1] == [worst[0][0]], f"worst tensor first: {names_a[:3]} vs {worst[:3]}")
             check(sorted(names_a) == snap_a, f"the matrix lists the tensors: {names_a}")
@@ -210,6 +210,16 @@ def main() -> int:
             want = sorted((n for n in snap_a if word in n), key=natural)
             check(st["heat"][0]["rows"] == len(want), f"filter '{word}': rows {st['heat'][0]['rows']}, want {len(want)}")
             check(st["matrix"][0]["names"] == want, f"sorted by name: {st['matrix'][0]['names']} vs {want}")
+            # Sorted by the last bucket's rate, all rows again.
+            b.evaluate("(() => { const f = document.getElementById('filter'); f.value = '';"
+                       " f.dispatchEvent(new Event('input')); const s = document.getElementById('sort');"
+                       " s.value = 'last'; s.dispatchEvent(new Event('change')); })()")
+            st = b.evaluate(STATE)
+            last = sorted(((n, r[-1]) for n, r in zip(api["tensors"], api["rates"])),
+                          key=lambda x: (-(x[1] if x[1] is not None else -1), natural(x[0])))
+            check(st["heat"][0]["rows"] == len(snap_a), f"filter cleared: {st['heat'][0]['rows']} rows")
+            check(st["matrix"][0]["names"] == [n for n, _ in last],
+                  f"sorted by the last bucket: {st['matrix'][0]['names']} vs {last}")
             check(st["errors"] == "" and st["err"] == "", f"no errors after the clicks: {st['errors']}{st['err']}")
             errs = b.errors()
             check(not errs, f"no console errors or exceptions in chromium: {errs}")
