@@ -11,7 +11,8 @@ median and worst of --repeat loads) and every request the page made at load,
 with its JSON size and its time in the browser (Resource Timing).
 
 usage: bench/page_load.py [--build build] [--work /tmp/ag-page-bench]
-                          [--tensors 500] [--steps 2000] [--repeat 5]"""
+                          [--tensors 500] [--steps 2000] [--repeat 5]
+                          [--screenshot FILE.png]"""
 
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ def main():
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--width", type=int, default=1400)
+    ap.add_argument("--screenshot", help="save the A and B view here (PNG)")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     db = os.path.join(a.work, f"page-{a.tensors}x{a.steps}.db")
@@ -112,6 +114,8 @@ def main():
                 print(f"  {'bytes':>9} {'ms':>7}  request")
                 for r in reqs:
                     print(f"  {r['bytes']:>9} {r['ms']:>7.1f}  {short(r['url'])}")
+            if a.screenshot:
+                b.screenshot(a.screenshot, max_height=3000)
             errs = b.errors()
             if errs:
                 sys.exit(f"chromium saw errors: {errs}")
