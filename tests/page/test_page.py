@@ -175,9 +175,13 @@ def main() -> int:
             check(ha["rows"] == len(snap_a), f"heatmap rows {ha['rows']} == tensors {len(snap_a)}")
             check(ha["cells"] == want_cells and want_cells > 0,
                   f"heatmap cells drawn {ha['cells']} == cells with a rate {want_cells}")
-            # Rows sorted by whole-run stall rate: the first row is the worst
-            # tensor, and it is the one whose curves are open.
-            worst = sorted(zip(api["tensors"], api["overall"]),
+            # Rows sorted by whole-run stall rate (the page reads it from a
+            # heatmap of one bucket): the first row is the worst tensor, and
+            # it is the one whose curves are open.
+            whole = d.get("heatmap", run="page-a", format=fmt, buckets=1, digits=4)
+            check(whole["tensors"] == api["tensors"] and len(whole["overall"]) == len(snap_a),
+                  f"one whole-run rate per tensor: {whole}")
+            worst = sorted(zip(whole["tensors"], whole["overall"]),
                            key=lambda x: (-(x[1] if x[1] is not None else -1), natural(x[0])))
             names_a = st["matrix"][0]["names"]
             check(names_a[:1] == [worst[0][0]], f"worst tensor first: {names_a[:3]} vs {worst[:3]}")
