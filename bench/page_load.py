@@ -7,7 +7,9 @@ minutes, kept in --work for the next time), starts altgradd on it with HTTP on
 a free port, and opens the page in headless Chromium (tests/page/cdp.py) a few
 times: run A alone, then A and B side by side. Prints, per view, the load time
 (navigation start to the page's first complete drawing: <body data-load-ms>,
-median and worst of --repeat loads) and every request the page made at load,
+median, best and worst of --repeat loads, the first one cold, then reloads),
+the CPU time altgradd and chromium spent per warm load (robust to a busy
+machine, where the wall time is not) and every request the page made at load,
 with its JSON size and its time in the browser (Resource Timing).
 
 usage: bench/page_load.py [--build build] [--work /tmp/ag-page-bench]
@@ -55,12 +57,60 @@ def start_daemon(exe: str, work: str, db: str):
     sys.exit("altgradd did not start serving HTTP")
 
 
-def measure(b: Browser, url: str, repeat: int):
-    loads, reqs = [], None
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def descendants(root: int) -> list[int]:
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(c for c, pp in parent.items() if pp == p)
+    return out
+
+
+def cpu_ms(pids) -> dict[int, float]:
+    """utime + stime of each live pid, in ms."""
+    out = {}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            out[p] = (int(v[11]) + int(v[12])) * 1000.0 / CLK
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def spent(before: dict, after: dict) -> float:
+    return sum(after[p] - before[p] for p in after if p in before)
+
+
+def measure(b: Browser, daemon_pid: int, url: str, repeat: int):
+    """The first load navigates (cold), the others reload the page in the
+    same renderer: their CPU time, daemon and browser, is counted."""
+    loads, reqs, cells = [], None, None
+    b.navigate("about:blank")
+    b.navigate(url)
+    d_cpu = b_cpu = 0.0
     for i in range(repeat):
-        b.navigate("about:blank")
-        b.navigate(url)
-        b.wait_for(READY, 60, "the page's first drawing")
+        if i:
+            pids = descendants(b.proc.pid)
+            c0, d0 = cpu_ms(pids), cpu_ms([daemon_pid])
+            b.evaluate("window.__old = 1")
+            b.call("Page.reload", ignoreCache=True)
+        b.wait_for("!window.__old && " + READY, 60, "the page's first drawing")
+        if i:
+            b_cpu += spent(c0, cpu_ms(pids))
+            d_cpu += spent(d0, cpu_ms([daemon_pid]))
         loads.append(int(b.evaluate("+document.body.dataset.loadMs")))
         if i == 0:
             reqs = b.evaluate(RESOURCES)
@@ -70,7 +120,8 @@ def measure(b: Browser, url: str, repeat: int):
                               "document.getElementById('err').textContent")
             if errs:
                 sys.exit(f"the page reported errors: {errs}")
-    return loads, reqs, cells
+    n = max(1, repeat - 1)
+    return loads, reqs, cells, d_cpu / n, b_cpu / n
 
 
 def short(url: str) -> str:
@@ -106,10 +157,14 @@ def main():
             print(f"page load, {a.tensors} tensors x {a.steps} steps x 5 formats, "
                   f"chromium {a.width} px wide, {a.repeat} loads each")
             for view, frag in (("run A", "#a=big-a"), ("runs A and B", "#a=big-a&b=big-b")):
-                loads, reqs, cells = measure(b, base + "/" + frag, a.repeat)
+                with open("/proc/loadavg") as f:
+                    load_avg = f.read().split()[0]
+                loads, reqs, cells, d_cpu, b_cpu = measure(b, daemon.pid, base + "/" + frag, a.repeat)
                 total = sum(r["bytes"] for r in reqs)
-                print(f"\n{view}: load {statistics.median(loads)} ms median, {max(loads)} ms worst "
-                      f"({', '.join(map(str, loads))}); {len(reqs)} requests, {total / 1024:.0f} KiB "
+                print(f"\n{view}: load {statistics.median(loads)} ms median, {min(loads)} best, "
+                      f"{max(loads)} worst ({', '.join(map(str, loads))}; first one cold; machine "
+                      f"load average {load_avg}); CPU per warm load: altgradd {d_cpu:.0f} ms, "
+                      f"chromium {b_cpu:.0f} ms; {len(reqs)} requests, {total / 1024:.0f} KiB "
                       f"of JSON; heatmaps (run, rows, buckets, cells): {cells}")
                 print(f"  {'bytes':>9} {'ms':>7}  request")
                 for r in reqs:
