@@ -2,7 +2,7 @@
 """page_load.py - how fast the daemon's page loads for a big model.
 
 Builds a database of two runs of 500 tensors x 2,000 steps x 5 formats
-(bench/page_fixture.c, through the store as the daemon writes it; a few
+(tests/page/page_fixture.c, through the store as the daemon writes it; a few
 minutes, kept in --work for the next time), starts altgradd on it with HTTP on
 a free port, and opens the page in headless Chromium (tests/page/cdp.py) a few
 times: run A alone, then A and B side by side. Prints, per view, the load time
@@ -143,7 +143,7 @@ def main():
     db = os.path.join(a.work, f"page-{a.tensors}x{a.steps}.db")
     if not os.path.exists(db):
         t0 = time.monotonic()
-        r = subprocess.run([os.path.join(a.build, "bench", "page_fixture"), db + ".tmp",
+        r = subprocess.run([os.path.join(a.build, "tests", "page", "page_fixture"), db + ".tmp",
                             str(a.tensors), str(a.steps)], text=True)
         if r.returncode:
             sys.exit("page_fixture failed")

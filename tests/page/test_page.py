@@ -8,11 +8,13 @@ drop counts), the tensors (heatmap rows, tensor x format matrix), the heatmap
 drawn (cells with a rate, as many as /api/heatmap has), rows sorted by the
 whole-run stall rate, the curves of the worst tensor; then a click on a table
 row opens that tensor's curves, the filter narrows the rows, sorting by name
-orders them. Any JavaScript error (the page's #errors, uncaught exceptions,
+orders them. Then, on a database of 70 tensors written by page_fixture: run
+B's dropped messages shown as a warning, the matrix's first 60 rows and then
+all, the filter's words. Any JavaScript error (the page's #errors, uncaught exceptions,
 console errors, failed loads) fails the test; so does a missing chromium.
 Saves a screenshot to OUT/overview.png (OUT: --out, the build's page/).
 
-usage: test_page.py --daemon ALTGRADD --trainer AG_MLP_TRAIN --out DIR
+usage: test_page.py --daemon ALTGRADD --trainer AG_MLP_TRAIN --fixture PAGE_FIXTURE --out DIR
 Exit 0 when every check passed, 1 otherwise."""
 
 from __future__ import annotations
@@ -46,14 +48,14 @@ def check(cond, what: str):
 
 
 class Daemon:
-    def __init__(self, exe: str, tmp: str):
+    def __init__(self, exe: str, tmp: str, db: str | None = None):
         self.tmp = tmp
         self.ingest = f"ipc://{tmp}/ingest.sock"
         self.query = f"ipc://{tmp}/query.sock"
         self.log_path = os.path.join(tmp, "altgradd.log")
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([exe, "--ingest", self.ingest, "--query", self.query,
-                                      "--db", os.path.join(tmp, "altgrad.db"),
+                                      "--db", db or os.path.join(tmp, "altgrad.db"),
                                       "--http", "127.0.0.1:0"],
                                      stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
         log.close()
@@ -134,6 +136,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--daemon", required=True)
     ap.add_argument("--trainer", required=True)
+    ap.add_argument("--fixture", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     if not shutil.which("chromium"):
@@ -228,6 +231,7 @@ def main() -> int:
             errs = b.errors()
             check(not errs, f"no console errors or exceptions in chromium: {errs}")
         check(d.stop() == 0, "altgradd stopped cleanly")
+        many_tensors(args, tmp)
     except (CdpError, RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         traceback.print_exc()
         failures.append(f"{type(e).__name__}: {e}")
@@ -242,6 +246,49 @@ def main() -> int:
         return 1
     print(f"page in chromium: every check passed; screenshot {os.path.join(args.out, 'overview.png')}")
     return 0
+
+
+def many_tensors(args, tmp: str):
+    """More tensors than the matrix shows at first, and a run with dropped
+    messages: a database written by page_fixture (70 tensors; run B has 37
+    drops), served by a second daemon."""
+    db = os.path.join(tmp, "fixture.db")
+    r = subprocess.run([args.fixture, db, "70", "50", "40"], capture_output=True, text=True,
+                       timeout=120)
+    if r.returncode:
+        raise RuntimeError(f"page_fixture: {r.stdout}{r.stderr}")
+    d = Daemon(args.daemon, tmp, db)
+    try:
+        names = sorted(t["name"] for t in d.get("tensors", run="big-a")["tensors"])
+        with Browser(width=1400, height=1000) as b:
+            b.navigate(f"{d.base}/#a=big-a&b=big-b")
+            b.wait_for("!!document.body && document.body.dataset.ready === '1'", DEADLINE_S,
+                       "the page's first load")
+            st = b.evaluate(STATE)
+            check(st["errors"] == "" and st["err"] == "", f"no errors: {st['errors']}{st['err']}")
+            check(st["dropped"] == [0, 37], f"run B's 37 dropped messages shown: {st['dropped']}")
+            warn = b.evaluate("[...document.querySelectorAll('#runinfo [data-dropped]')]"
+                              ".map((e) => e.className)")
+            check(warn == ["", "warn"], f"drops shown as a warning: {warn}")
+            check([h["rows"] for h in st["heat"]] == [70, 70], f"70 heatmap rows each: {st['heat']}")
+            check(all(h["cells"] == 70 * h["buckets"] for h in st["heat"]),
+                  f"every cell has a rate: {st['heat']}")
+            check(len(st["matrix"][0]["names"]) == 60, "the matrix shows 60 rows at first")
+            b.evaluate("document.querySelector('#matrix button').click()")
+            st = b.evaluate(STATE)
+            check(sorted(st["matrix"][0]["names"]) == names, "then all 70")
+            # Words of a name, in any order, all must match.
+            b.evaluate("(() => { const f = document.getElementById('filter'); f.value = 'WEIGHT attn';"
+                       " f.dispatchEvent(new Event('input')); })()")
+            st = b.evaluate(STATE)
+            want = [n for n in names if "attn" in n and "weight" in n]
+            check(sorted(st["matrix"][0]["names"]) == want and st["heat"][0]["rows"] == len(want),
+                  f"filter 'WEIGHT attn': {len(st['matrix'][0]['names'])} rows, want {len(want)}")
+            errs = b.errors()
+            check(not errs, f"no console errors or exceptions in chromium: {errs}")
+        check(d.stop() == 0, "the second altgradd stopped cleanly")
+    finally:
+        d.stop()
 
 
 def natural(s: str):

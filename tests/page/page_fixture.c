@@ -1,5 +1,6 @@
 /*
- * page_fixture.c - a database for bench/page_load.py: two runs ("big-a",
+ * page_fixture.c - a database for tests/page/test_page.py and
+ * bench/page_load.py: two runs ("big-a",
  * "big-b") of TENSORS x STEPS gradient snapshots in the five built-in
  * formats (5 result rows, one stats row, their rollups), written through the
  * store as the daemon's writer writes them (the way bench_store.c measures
