@@ -12,7 +12,8 @@ orders them. Then, on a database of 70 tensors written by page_fixture: run
 B's dropped messages shown as a warning, the matrix's first 60 rows and then
 all, the filter's words. Any JavaScript error (the page's #errors, uncaught exceptions,
 console errors, failed loads) fails the test; so does a missing chromium.
-Saves a screenshot to OUT/overview.png (OUT: --out, the build's page/).
+Saves screenshots to OUT/overview.png and OUT/many-tensors.png (OUT: --out,
+the build's page/).
 
 usage: test_page.py --daemon ALTGRADD --trainer AG_MLP_TRAIN --fixture PAGE_FIXTURE --out DIR
 Exit 0 when every check passed, 1 otherwise."""
@@ -282,6 +283,7 @@ def many_tensors(args, tmp: str):
             check(all(h["cells"] == 70 * h["buckets"] for h in st["heat"]),
                   f"every cell has a rate: {st['heat']}")
             check(len(st["matrix"][0]["names"]) == 60, "the matrix shows 60 rows at first")
+            b.screenshot(os.path.join(args.out, "many-tensors.png"))
             b.evaluate("document.querySelector('#matrix button').click()")
             st = b.evaluate(STATE)
             check(sorted(st["matrix"][0]["names"]) == names, "then all 70")
