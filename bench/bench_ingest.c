@@ -473,10 +473,12 @@ int main(int argc, char **argv) {
         return null_receiver(argv[2], argv[3], strtoul(argv[4], NULL, 10),
                              strtoul(argv[5], NULL, 10));
     daemon_proc d = {0};
-    /* AG_BENCH_ONLY=snapshots: only the two snapshot lines (for a profile of
-     * that stream); AG_BENCH_STEPS: snapshots per line (default 20). */
+    /* AG_BENCH_ONLY=snapshots: only the snapshot lines (for a profile of
+     * that stream), =rss: only the RSS lines; AG_BENCH_STEPS: snapshots per
+     * client and line (default 20). */
     const char *only = getenv("AG_BENCH_ONLY"), *steps_env = getenv("AG_BENCH_STEPS");
     int snapshots_only = only && strcmp(only, "snapshots") == 0;
+    int rss_only = only && strcmp(only, "rss") == 0; /* AG_BENCH_ONLY=rss: the RSS lines */
     size_t steps = steps_env ? strtoul(steps_env, NULL, 10) : 20;
     if (steps < 1 || steps > 100000) steps = 20;
     size_t n = 1u << 20;
@@ -486,6 +488,7 @@ int main(int argc, char **argv) {
     size_t ntensors = tensors_env ? strtoul(tensors_env, NULL, 10) : 4;
     if (ntensors < 1 || ntensors > MAX_STREAMS) ntensors = 4;
     if (snapshots_only) goto snapshots;
+    if (rss_only) goto rss;
     double direct = baseline_inserts(TENSORS, STATS_STEPS);
     if (daemon_start(&d)) return 1;
     double e2e = daemon_records(&d, TENSORS, STATS_STEPS);
@@ -546,6 +549,7 @@ snapshots:
            null1.gb > 0 ? null1.self.nng / null1.gb : 0.0);
     if (snapshots_only) return 0;
 
+rss:
     if (daemon_start(&d)) return 1;
     long rss0 = rss_kib(d.pid);
     long rss = daemon_rss_many(&d, 1000, 1024);
