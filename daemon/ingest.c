@@ -160,7 +160,9 @@ static void recv_cb(void *arg) {
         memmove(&in->bodies[0], &in->bodies[1], (in->nbodies - 1) * sizeof(body));
         in->nbodies--;
     }
-    int full = in->count >= AG_INGEST_QUEUE_MSGS || in->bytes >= in->max_bytes;
+    /* A quarter of the bytes stays for kept bodies, so a backlog (the queue
+     * full, the pool behind) still reads into pages already mapped. */
+    int full = in->count >= AG_INGEST_QUEUE_MSGS || in->bytes >= in->max_bytes - in->max_bytes / 4;
     in->paused = full;
     pthread_mutex_unlock(&in->lock);
     for (size_t i = 0; i < nevicted; i++) free(evicted[i]);

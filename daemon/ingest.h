@@ -16,8 +16,9 @@
 #include "daemon/log.h"
 
 #define AG_INGEST_QUEUE_MSGS 1024
-/* Bytes received and not yet taken before receiving pauses: this, or an
- * eighth of --state-budget when smaller (docs/daemon.md, Memory). */
+/* Bytes received and not yet taken, and kept bodies (below), together: this,
+ * or an eighth of --state-budget when smaller (docs/daemon.md, Memory).
+ * Receiving pauses when the queue holds three quarters of it. */
 #define AG_INGEST_QUEUE_BYTES (256u * 1024u * 1024u)
 size_t ag_ingest_queue_bytes(const ag_config *cfg);
 
