@@ -84,6 +84,16 @@ static void *body_take(void *arg, size_t size) {
     return p;
 }
 
+/* Take the oldest kept body off the list (lock held); the caller frees it
+ * once unlocked. */
+static void *evict_oldest(ag_ingest *in) {
+    void *p = in->bodies[0].p;
+    in->body_bytes -= in->bodies[0].size;
+    memmove(&in->bodies[0], &in->bodies[1], (in->nbodies - 1) * sizeof(body));
+    in->nbodies--;
+    return p;
+}
+
 /* Any thread freeing a message: keep its body when it fits beside the
  * queue (the oldest kept ones make room), else let nng free it. */
 static int body_keep(void *arg, void *p, size_t size) {
@@ -92,14 +102,10 @@ static int body_keep(void *arg, void *p, size_t size) {
     size_t nevicted = 0;
     int kept = 0;
     pthread_mutex_lock(&in->lock);
-    if (!in->closing && size <= in->max_bytes && in->bytes + size <= in->max_bytes) {
+    if (!in->closing && in->bytes + size <= in->max_bytes) {
         while (in->nbodies > 0 && (in->nbodies == AG_INGEST_BODIES ||
-                                   in->bytes + in->body_bytes + size > in->max_bytes)) {
-            evicted[nevicted++] = in->bodies[0].p;
-            in->body_bytes -= in->bodies[0].size;
-            memmove(&in->bodies[0], &in->bodies[1], (in->nbodies - 1) * sizeof(body));
-            in->nbodies--;
-        }
+                                   in->bytes + in->body_bytes + size > in->max_bytes))
+            evicted[nevicted++] = evict_oldest(in);
         in->bodies[in->nbodies++] = (body){p, size};
         in->body_bytes += size;
         kept = 1;
@@ -154,12 +160,8 @@ static void recv_cb(void *arg) {
     /* The queue grew: kept bodies make room, oldest first. */
     void *evicted[AG_INGEST_BODIES];
     size_t nevicted = 0;
-    while (in->nbodies > 0 && in->bytes + in->body_bytes > in->max_bytes) {
-        evicted[nevicted++] = in->bodies[0].p;
-        in->body_bytes -= in->bodies[0].size;
-        memmove(&in->bodies[0], &in->bodies[1], (in->nbodies - 1) * sizeof(body));
-        in->nbodies--;
-    }
+    while (in->nbodies > 0 && in->bytes + in->body_bytes > in->max_bytes)
+        evicted[nevicted++] = evict_oldest(in);
     /* A quarter of the bytes stays for kept bodies, so a backlog (the queue
      * full, the pool behind) still reads into pages already mapped. */
     int full = in->count >= AG_INGEST_QUEUE_MSGS || in->bytes >= in->max_bytes - in->max_bytes / 4;
