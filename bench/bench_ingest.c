@@ -3,15 +3,25 @@
  * altgradd -> committed in SQLite, as a ratio to inserting the same rows
  * straight into SQLite through the store in this process (target >= 0.5).
  * (2) gradient snapshots with all five formats evaluated, in MB/s beside a
- * memcpy of the same bytes. (3) the daemon's RSS holding 1000 tensors x 5
- * formats. Starts the real altgradd ($AG_BUILD_DIR/daemon/altgradd, else
- * ../daemon/altgradd next to this binary) on temporary sockets.
+ * memcpy of the same bytes: one tensor from one client, then
+ * AG_BENCH_TENSORS tensors from as many clients (threads) so several
+ * snapshots are in flight, each with the default pool and one pool thread,
+ * and where the CPU went per GB (which thread bounds the stream); and the
+ * bench's clients alone against a receiver that discards (the sender's own
+ * ceiling). (3) the daemon's RSS holding 1000 tensors x 5 formats, and its
+ * peak with many large tensors against a small budget. Starts the real
+ * altgradd ($AG_BUILD_DIR/daemon/altgradd, else ../daemon/altgradd next to
+ * this binary) on temporary sockets.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/reqrep0/rep.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +39,7 @@
 
 #define TENSORS 1000
 #define STATS_STEPS 200 /* 200,000 records */
+#define MAX_STREAMS 64  /* AG_BENCH_TENSORS at most */
 
 static double now_s(void) {
     struct timespec ts;
@@ -183,23 +194,256 @@ static double memcpy_mbs(size_t bytes) {
     return (double)bytes / best / 1e6;
 }
 
-static double daemon_snapshots(daemon_proc *d, size_t n, size_t steps) {
-    ag_client *c = client(d, "bench-snapshots");
-    if (!c) return 0;
+/* ------------------------------------------------ CPU time by thread */
+
+/* CPU seconds of a process's threads, by what they do: its main thread (the
+ * daemon's loop, the bench's caller), nng's threads (the sockets: receive
+ * in the daemon, send in the bench), and the rest (the daemon's pool,
+ * writer and query threads; the bench's stream and client sender threads).
+ * From /proc/PID/task/TID/schedstat (nanoseconds on a CPU). */
+typedef struct cpu_split {
+    double main, nng, rest;
+} cpu_split;
+
+static cpu_split cpu_of(pid_t pid) {
+    cpu_split c = {0};
+    char path[96];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *dir = opendir(path);
+    struct dirent *de;
+    while (dir && (de = readdir(dir))) {
+        if (de->d_name[0] == '.') continue;
+        char comm[64] = "", file[384];
+        unsigned long long ns = 0;
+        snprintf(file, sizeof file, "%s/%s/comm", path, de->d_name);
+        FILE *f = fopen(file, "r");
+        if (f) {
+            if (!fgets(comm, sizeof comm, f)) comm[0] = '\0';
+            fclose(f);
+        }
+        snprintf(file, sizeof file, "%s/%s/schedstat", path, de->d_name);
+        f = fopen(file, "r");
+        if (f) {
+            if (fscanf(f, "%llu", &ns) != 1) ns = 0;
+            fclose(f);
+        }
+        double s = (double)ns * 1e-9;
+        if (atoi(de->d_name) == (int)pid)
+            c.main += s;
+        else if (strncmp(comm, "nng:", 4) == 0)
+            c.nng += s;
+        else
+            c.rest += s;
+    }
+    if (dir) closedir(dir);
+    return c;
+}
+
+static cpu_split cpu_minus(cpu_split a, cpu_split b) {
+    return (cpu_split){a.main - b.main, a.nng - b.nng, a.rest - b.rest};
+}
+
+/* ------------------------------------------------------------ streams */
+
+/* One client streaming its own tensor: steps snapshots of n elements. */
+typedef struct stream {
+    const char *ingest, *query;
+    size_t n, steps, index;
+    const float *w, *g;
+    int blind;  /* no daemon: send and hand over without confirming */
+    double cpu; /* this thread's CPU seconds */
+    int rc;
+    ag_client *c;
+    pthread_barrier_t *go;
+} stream;
+
+static void *stream_main(void *arg) {
+    stream *st = arg;
+    char name[48];
+    snprintf(name, sizeof name, "layers.%zu.weight", st->index);
+    ag_client_opts o = {.ingest_url = st->ingest,
+                        .query_url = st->query,
+                        .run = "bench-snapshots",
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 30000,
+                        .close_timeout_ms = st->blind ? 1 : 0};
+    st->rc = ag_client_open(&st->c, &o);
+    pthread_barrier_wait(st->go);
+    if (st->rc) return NULL;
+    for (size_t s = 1; s <= st->steps && !st->rc; s++)
+        st->rc = ag_client_log_sgd(st->c, s, name, st->w, st->g, st->n, 0.01f);
+    if (!st->rc && !st->blind) st->rc = ag_client_flush(st->c, -1);
+    if (!st->rc && !st->blind) st->rc = wait_committed(st->c);
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    st->cpu = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return NULL;
+}
+
+/* What a stream of snapshots measured: MB/s of w+g, and CPU seconds per
+ * GB of w+g in the daemon (or receiver) and in this process. */
+typedef struct stream_result {
+    double mbs;
+    cpu_split peer, self;
+    double gb;
+} stream_result;
+
+/* ntensors clients (threads), each streaming steps snapshots of its own
+ * tensor of n elements to ingest; with a peer pid, its CPU is split too.
+ * blind: the peer is a null receiver that exits once it has everything. */
+static stream_result run_streams(const char *ingest, const char *query, pid_t peer, size_t n,
+                                 size_t steps, size_t ntensors, int blind) {
+    stream_result r = {0};
     float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g);
+    stream st[MAX_STREAMS];
+    pthread_t th[MAX_STREAMS];
+    pthread_barrier_t go;
+    if (!w || !g || ntensors < 1 || ntensors > MAX_STREAMS) goto out;
     for (size_t i = 0; i < n; i++) {
         w[i] = (float)((double)(i % 1000) / 700.0 - 0.7);
         g[i] = (float)((double)(i % 37) * 1e-4);
     }
+    pthread_barrier_init(&go, NULL, (unsigned)ntensors + 1);
+    for (size_t t = 0; t < ntensors; t++) {
+        st[t] = (stream){.ingest = ingest,
+                         .query = query,
+                         .n = n,
+                         .steps = steps,
+                         .index = t,
+                         .w = w,
+                         .g = g,
+                         .blind = blind,
+                         .go = &go};
+        pthread_create(&th[t], NULL, stream_main, &st[t]);
+    }
+    pthread_barrier_wait(&go); /* every client open */
+    cpu_split peer0 = peer > 0 ? cpu_of(peer) : (cpu_split){0}, self0 = cpu_of(getpid());
     double t0 = now_s();
-    for (size_t s = 1; s <= steps; s++) ag_client_log_sgd(c, s, "big.weight", w, g, n, 0.01f);
-    ag_client_flush(c, -1);
-    int rc = wait_committed(c);
+    int rc = 0;
+    for (size_t t = 0; t < ntensors; t++) {
+        pthread_join(th[t], NULL);
+        rc |= st[t].rc;
+    }
+    if (blind && peer > 0) { /* the receiver exits when it has every snapshot */
+        int status = 0;
+        waitpid(peer, &status, 0);
+        rc |= !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+    }
     double dt = now_s() - t0;
+    cpu_split self = cpu_minus(cpu_of(getpid()), self0);
+    if (!blind && peer > 0) r.peer = cpu_minus(cpu_of(peer), peer0);
+    for (size_t t = 0; t < ntensors; t++) {
+        self.rest += st[t].cpu; /* the stream threads have exited */
+        ag_client_close(st[t].c);
+    }
+    pthread_barrier_destroy(&go);
+    r.gb = (double)(2 * n * sizeof(float) * steps * ntensors) / 1e9;
+    r.self = self;
+    r.mbs = rc ? 0 : r.gb * 1e3 / dt;
+out:
     free(w);
     free(g);
-    ag_client_close(c);
-    return rc ? 0 : (double)(2 * n * sizeof(float) * steps) / dt / 1e6;
+    return r;
+}
+
+/* Where the CPU went, per GB of w+g. */
+static void print_cpu(const char *what, const stream_result *r) {
+    if (r->gb <= 0) return;
+    printf("  %s, CPU s per GB of w+g: daemon loop %.3f, daemon nng (receive) %.3f, daemon pool "
+           "and writer %.3f; bench callers and senders %.3f, bench nng (send) %.3f\n",
+           what, r->peer.main / r->gb, r->peer.nng / r->gb, r->peer.rest / r->gb,
+           (r->self.main + r->self.rest) / r->gb, r->self.nng / r->gb);
+}
+
+/* bench_ingest --null-receiver URL QUERY COUNT MIN: receive on URL (nng
+ * PULL) and discard, reusing large bodies as the daemon does, until COUNT
+ * messages of at least MIN bytes arrived; exit 0. */
+typedef struct null_bodies {
+    pthread_mutex_t lock;
+    void *p[16];
+    size_t size[16], n;
+} null_bodies;
+
+static void *null_take(void *arg, size_t size) {
+    null_bodies *nb = arg;
+    void *p = NULL;
+    pthread_mutex_lock(&nb->lock);
+    for (size_t i = 0; i < nb->n && !p; i++)
+        if (nb->size[i] == size) {
+            p = nb->p[i];
+            nb->p[i] = nb->p[--nb->n];
+            nb->size[i] = nb->size[nb->n];
+        }
+    pthread_mutex_unlock(&nb->lock);
+    return p;
+}
+
+static int null_keep(void *arg, void *p, size_t size) {
+    null_bodies *nb = arg;
+    pthread_mutex_lock(&nb->lock);
+    int kept = nb->n < 16;
+    if (kept) {
+        nb->p[nb->n] = p;
+        nb->size[nb->n++] = size;
+    }
+    pthread_mutex_unlock(&nb->lock);
+    return kept;
+}
+
+static int null_receiver(const char *url, const char *query, size_t count, size_t min) {
+    static null_bodies nb = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    nng_msg_body_cache(1 << 20, null_take, null_keep, &nb);
+    nng_socket s, q; /* q: a query socket that never answers, so clients find a "daemon" */
+    if (nng_pull0_open(&s) || nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 0) ||
+        nng_listen(s, url, NULL, 0) || nng_rep0_open(&q) || nng_listen(q, query, NULL, 0))
+        return 1;
+    fprintf(stdout, "listening\n");
+    fflush(stdout);
+    size_t got = 0;
+    while (got < count) {
+        nng_msg *m = NULL;
+        if (nng_recvmsg(s, &m, 0)) return 1;
+        got += nng_msg_len(m) >= min;
+        nng_msg_free(m);
+    }
+    nng_close(s);
+    nng_close(q);
+    return 0;
+}
+
+/* The bench's clients alone: ntensors of them stream to a null receiver
+ * (a child process). MB/s of w+g handed over and received. */
+static stream_result null_snapshots(size_t n, size_t steps, size_t ntensors) {
+    stream_result r = {0};
+    char dir[] = "/tmp/ag_bench_XXXXXX", url[128], query[128], count[32], min[32], exe[512];
+    if (!mkdtemp(dir)) return r;
+    snprintf(url, sizeof url, "ipc://%s/null.sock", dir);
+    snprintf(query, sizeof query, "ipc://%s/q.sock", dir);
+    snprintf(count, sizeof count, "%zu", steps * ntensors);
+    snprintf(min, sizeof min, "%zu", n * 2 * sizeof(float));
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[len > 0 ? len : 0] = '\0';
+    int out[2];
+    if (pipe(out)) return r;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(out[1], 1);
+        close(out[0]);
+        execl(exe, exe, "--null-receiver", url, query, count, min, (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    char line[32] = "";
+    ssize_t k = read(out[0], line, sizeof line - 1); /* "listening" */
+    close(out[0]);
+    if (pid > 0 && k > 0) {
+        r = run_streams(url, query, pid, n, steps, ntensors, 1);
+    } else if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    ag_tmpdir_remove(dir);
+    return r;
 }
 
 static long daemon_rss_many(daemon_proc *d, size_t tensors, size_t n) {
@@ -224,16 +468,27 @@ static long daemon_rss_many(daemon_proc *d, size_t tensors, size_t n) {
     return rss_kib(d->pid);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 6 && strcmp(argv[1], "--null-receiver") == 0)
+        return null_receiver(argv[2], argv[3], strtoul(argv[4], NULL, 10),
+                             strtoul(argv[5], NULL, 10));
     daemon_proc d = {0};
-    /* AG_BENCH_ONLY=snapshots: only the two snapshot lines (for a profile of
-     * that stream); AG_BENCH_STEPS: snapshots per line (default 20). */
+    /* AG_BENCH_ONLY=snapshots: only the snapshot lines (for a profile of
+     * that stream), =rss: only the RSS lines; AG_BENCH_STEPS: snapshots per
+     * client and line (default 20). */
     const char *only = getenv("AG_BENCH_ONLY"), *steps_env = getenv("AG_BENCH_STEPS");
     int snapshots_only = only && strcmp(only, "snapshots") == 0;
+    int rss_only = only && strcmp(only, "rss") == 0; /* AG_BENCH_ONLY=rss: the RSS lines */
     size_t steps = steps_env ? strtoul(steps_env, NULL, 10) : 20;
     if (steps < 1 || steps > 100000) steps = 20;
     size_t n = 1u << 20;
+    /* AG_BENCH_TENSORS: clients (threads, each its own tensor) of the
+     * several-tensor lines (default 4). */
+    const char *tensors_env = getenv("AG_BENCH_TENSORS");
+    size_t ntensors = tensors_env ? strtoul(tensors_env, NULL, 10) : 4;
+    if (ntensors < 1 || ntensors > MAX_STREAMS) ntensors = 4;
     if (snapshots_only) goto snapshots;
+    if (rss_only) goto rss;
     double direct = baseline_inserts(TENSORS, STATS_STEPS);
     if (daemon_start(&d)) return 1;
     double e2e = daemon_records(&d, TENSORS, STATS_STEPS);
@@ -244,22 +499,57 @@ int main(void) {
 
 snapshots:
     if (daemon_start(&d)) return 1;
-    double snap = daemon_snapshots(&d, n, steps);
+    stream_result one = run_streams(d.ingest, d.query, d.pid, n, steps, 1, 0);
+    double snap = one.mbs;
     double mc = memcpy_mbs(2 * n * sizeof(float));
     printf("snapshot ingest (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, memcpy %.0f MB/s, "
            "ratio %.4f (target >= 0.2)\n",
            n, snap, mc, mc > 0 ? snap / mc : 0.0);
+    print_cpu("one tensor", &one);
     daemon_stop(&d);
 
     /* The same with one pool thread: what the cores add. */
     if (daemon_start_threads(&d, "1")) return 1;
-    double snap1 = daemon_snapshots(&d, n, steps);
+    stream_result one1 = run_streams(d.ingest, d.query, d.pid, n, steps, 1, 0);
+    double snap1 = one1.mbs;
     printf("snapshot ingest, 1 pool thread (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, "
            "memcpy %.0f MB/s, ratio %.4f; all cores / one thread %.2fx (target >= 1.7)\n",
            n, snap1, mc, mc > 0 ? snap1 / mc : 0.0, snap1 > 0 ? snap / snap1 : 0.0);
+    print_cpu("one tensor, 1 pool thread", &one1);
     daemon_stop(&d);
+
+    /* Several tensors from as many clients: snapshots of different tensors
+     * in flight at once, each client its own connection. */
+    if (daemon_start(&d)) return 1;
+    stream_result many = run_streams(d.ingest, d.query, d.pid, n, steps, ntensors, 0);
+    printf("snapshot ingest, %zu tensors from %zu clients (SGD, 5 formats, %zu elements each): "
+           "%.0f MB/s of w+g, memcpy %.0f MB/s, ratio %.4f\n",
+           ntensors, ntensors, n, many.mbs, mc, mc > 0 ? many.mbs / mc : 0.0);
+    print_cpu("several tensors", &many);
+    daemon_stop(&d);
+    if (daemon_start_threads(&d, "1")) return 1;
+    stream_result many1 = run_streams(d.ingest, d.query, d.pid, n, steps, ntensors, 0);
+    printf("snapshot ingest, %zu tensors from %zu clients, 1 pool thread: %.0f MB/s of w+g, "
+           "ratio %.4f; all cores / one thread %.2fx\n",
+           ntensors, ntensors, many1.mbs, mc > 0 ? many1.mbs / mc : 0.0,
+           many1.mbs > 0 ? many.mbs / many1.mbs : 0.0);
+    print_cpu("several tensors, 1 pool thread", &many1);
+    daemon_stop(&d);
+
+    /* The bench's own ceiling: its clients against a receiver that only
+     * discards what arrives. */
+    stream_result null1 = null_snapshots(n, steps, 1);
+    stream_result nulln = null_snapshots(n, steps, ntensors);
+    printf("snapshot send alone (the bench's clients, a receiver that discards): 1 client "
+           "%.0f MB/s of w+g, %zu clients %.0f MB/s\n",
+           null1.mbs, ntensors, nulln.mbs);
+    printf("  1 client, CPU s per GB of w+g: bench callers and senders %.3f, bench nng (send) "
+           "%.3f\n",
+           null1.gb > 0 ? (null1.self.main + null1.self.rest) / null1.gb : 0.0,
+           null1.gb > 0 ? null1.self.nng / null1.gb : 0.0);
     if (snapshots_only) return 0;
 
+rss:
     if (daemon_start(&d)) return 1;
     long rss0 = rss_kib(d.pid);
     long rss = daemon_rss_many(&d, 1000, 1024);

@@ -1,7 +1,9 @@
 /*
  * ingest.c - nng PULL with one receive aio whose callback (on an nng
- * thread) queues the message and wakes the loop (see ingest.h). Local
- * sockets are created owner/group only.
+ * thread) queues the message and wakes the loop (see ingest.h), and the
+ * bodies of large received messages kept for the next ones (nng's
+ * nng_msg_body_cache, docs/nng.md). Local sockets are created owner/group
+ * only.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -15,6 +17,12 @@
 #include <nng/protocol/pipeline0/pull.h>
 #include "proto/proto.h"
 
+/* A message body kept for reuse: malloc'd, size bytes. */
+typedef struct body {
+    void *p;
+    size_t size;
+} body;
+
 struct ag_ingest {
     nng_socket sock;
     int open;
@@ -26,6 +34,10 @@ struct ag_ingest {
     size_t max_bytes; /* ag_ingest_queue_bytes */
     int paused;       /* receive not re-armed: queue full */
     int closing;
+    /* bodies kept, oldest first; with the queue they fit in max_bytes */
+    body bodies[AG_INGEST_BODIES];
+    size_t nbodies, body_bytes;
+    int cache_on; /* installed in nng */
     ag_logger *log;
     void (*on_ready)(void *);
     void *ctx;
@@ -53,6 +65,76 @@ size_t ag_ingest_queue_bytes(const ag_config *cfg) {
     return eighth && eighth < AG_INGEST_QUEUE_BYTES ? eighth : AG_INGEST_QUEUE_BYTES;
 }
 
+/* ------------------------------------------------------ body cache */
+
+/* nng thread: a kept body of exactly size bytes, or NULL (nng allocates). */
+static void *body_take(void *arg, size_t size) {
+    ag_ingest *in = arg;
+    void *p = NULL;
+    pthread_mutex_lock(&in->lock);
+    for (size_t i = in->nbodies; i-- > 0;)
+        if (in->bodies[i].size == size) { /* the newest: its pages are the warmest */
+            p = in->bodies[i].p;
+            memmove(&in->bodies[i], &in->bodies[i + 1], (in->nbodies - i - 1) * sizeof(body));
+            in->nbodies--;
+            in->body_bytes -= size;
+            break;
+        }
+    pthread_mutex_unlock(&in->lock);
+    return p;
+}
+
+/* Take the oldest kept body off the list (lock held); the caller frees it
+ * once unlocked. */
+static void *evict_oldest(ag_ingest *in) {
+    void *p = in->bodies[0].p;
+    in->body_bytes -= in->bodies[0].size;
+    memmove(&in->bodies[0], &in->bodies[1], (in->nbodies - 1) * sizeof(body));
+    in->nbodies--;
+    return p;
+}
+
+/* Any thread freeing a message: keep its body when it fits beside the
+ * queue (the oldest kept ones make room), else let nng free it. */
+static int body_keep(void *arg, void *p, size_t size) {
+    ag_ingest *in = arg;
+    void *evicted[AG_INGEST_BODIES];
+    size_t nevicted = 0;
+    int kept = 0;
+    pthread_mutex_lock(&in->lock);
+    if (!in->closing && in->bytes + size <= in->max_bytes) {
+        while (in->nbodies > 0 && (in->nbodies == AG_INGEST_BODIES ||
+                                   in->bytes + in->body_bytes + size > in->max_bytes))
+            evicted[nevicted++] = evict_oldest(in);
+        in->bodies[in->nbodies++] = (body){p, size};
+        in->body_bytes += size;
+        kept = 1;
+    }
+    pthread_mutex_unlock(&in->lock);
+    for (size_t i = 0; i < nevicted; i++) free(evicted[i]);
+    return kept;
+}
+
+void ag_ingest_trim(ag_ingest *in) {
+    void *all[AG_INGEST_BODIES];
+    pthread_mutex_lock(&in->lock);
+    size_t n = in->nbodies;
+    for (size_t i = 0; i < n; i++) all[i] = in->bodies[i].p;
+    in->nbodies = 0;
+    in->body_bytes = 0;
+    pthread_mutex_unlock(&in->lock);
+    for (size_t i = 0; i < n; i++) free(all[i]);
+}
+
+size_t ag_ingest_cached_bytes(ag_ingest *in) {
+    pthread_mutex_lock(&in->lock);
+    size_t b = in->body_bytes;
+    pthread_mutex_unlock(&in->lock);
+    return b;
+}
+
+/* ------------------------------------------------------------ receive */
+
 static void async_cb(uv_async_t *h) {
     ag_ingest *in = h->data;
     in->on_ready(in->ctx);
@@ -75,9 +157,17 @@ static void recv_cb(void *arg) {
         in->bytes += nng_msg_len(m);
         in->received++;
     }
-    int full = in->count >= AG_INGEST_QUEUE_MSGS || in->bytes >= in->max_bytes;
+    /* The queue grew: kept bodies make room, oldest first. */
+    void *evicted[AG_INGEST_BODIES];
+    size_t nevicted = 0;
+    while (in->nbodies > 0 && in->bytes + in->body_bytes > in->max_bytes)
+        evicted[nevicted++] = evict_oldest(in);
+    /* A quarter of the bytes stays for kept bodies, so a backlog (the queue
+     * full, the pool behind) still reads into pages already mapped. */
+    int full = in->count >= AG_INGEST_QUEUE_MSGS || in->bytes >= in->max_bytes - in->max_bytes / 4;
     in->paused = full;
     pthread_mutex_unlock(&in->lock);
+    for (size_t i = 0; i < nevicted; i++) free(evicted[i]);
     if (rv != 0) ag_log(in->log, AG_LOG_WARNING, "ingest: receive failed: %s", nng_strerror(rv));
     if (rv == 0) uv_async_send(&in->async);
     if (!full) nng_recv_aio(in->sock, in->aio);
@@ -155,6 +245,9 @@ int ag_ingest_start(ag_ingest **out, uv_loop_t *loop, const ag_config *cfg, ag_l
             return AG_ETRANSPORT;
         }
     }
+    /* One daemon, one cache: nng's hook is process-wide. */
+    nng_msg_body_cache(AG_INGEST_BODY_MIN, body_take, body_keep, in);
+    in->cache_on = 1;
     if ((rv = nng_aio_alloc(&in->aio, recv_cb, in))) goto fail;
     nng_recv_aio(in->sock, in->aio);
     return AG_OK;
@@ -183,8 +276,13 @@ static void free_cb(uv_handle_t *h) {
 void ag_ingest_free(ag_ingest *in) {
     if (!in) return;
     ag_ingest_close(in);
+    /* Messages freed from now on (queries, the held message) go to free();
+     * nng's rwlock makes this wait for a take or keep in progress. */
+    if (in->cache_on) nng_msg_body_cache(0, NULL, NULL, NULL);
+    in->cache_on = 0;
     if (in->aio) nng_aio_free(in->aio);
     in->aio = NULL;
     while (in->count) nng_msg_free(ag_ingest_pop(in));
+    ag_ingest_trim(in);
     uv_close((uv_handle_t *)&in->async, free_cb);
 }

@@ -16,10 +16,18 @@
 #include "daemon/log.h"
 
 #define AG_INGEST_QUEUE_MSGS 1024
-/* Bytes received and not yet taken before receiving pauses: this, or an
- * eighth of --state-budget when smaller (docs/daemon.md, Memory). */
+/* Bytes received and not yet taken, and kept bodies (below), together: this,
+ * or an eighth of --state-budget when smaller (docs/daemon.md, Memory).
+ * Receiving pauses when the queue holds three quarters of it. */
 #define AG_INGEST_QUEUE_BYTES (256u * 1024u * 1024u)
 size_t ag_ingest_queue_bytes(const ag_config *cfg);
+
+/* Bodies of received messages of AG_INGEST_BODY_MIN bytes or more are kept
+ * when freed (at most AG_INGEST_BODIES, and with the messages queued within
+ * ag_ingest_queue_bytes) for the next message of exactly that size, so its
+ * pages are already mapped (docs/daemon.md, Memory). */
+#define AG_INGEST_BODY_MIN ((size_t)1 << 20)
+#define AG_INGEST_BODIES 32
 
 typedef struct ag_ingest ag_ingest;
 
@@ -32,6 +40,10 @@ nng_msg *ag_ingest_pop(ag_ingest *in);
 /* Messages received since the last call (for idle detection while draining). */
 size_t ag_ingest_take_received(ag_ingest *in);
 size_t ag_ingest_depth(ag_ingest *in);
+/* Free every kept message body (the daemon is idle). Any thread. */
+void ag_ingest_trim(ag_ingest *in);
+/* Bytes of message bodies kept for reuse. */
+size_t ag_ingest_cached_bytes(ag_ingest *in);
 /* Stop receiving and close the socket; queued messages stay poppable. */
 void ag_ingest_close(ag_ingest *in);
 /* Free everything (after close; closes the uv handle, so before the loop ends). */

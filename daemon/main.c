@@ -440,7 +440,10 @@ static void flush_cb(uv_timer_t *t) {
         /* Idle: give the spare snapshot buffers back to the system. */
         d->quiet_ticks = d->jobs_started == d->jobs_at_tick && !d->njobs ? d->quiet_ticks + 1 : 0;
         d->jobs_at_tick = d->jobs_started;
-        if (d->quiet_ticks >= TRIM_TICKS) ag_engine_trim(d->engine);
+        if (d->quiet_ticks >= TRIM_TICKS) {
+            ag_engine_trim(d->engine);
+            ag_ingest_trim(d->ingest);
+        }
     }
     /* Tell the service manager when the store goes degraded or recovers. */
     ag_writer_health_info h;

@@ -2,13 +2,15 @@
  * test_pool.c - altgradd evaluating snapshots on its pool (daemon/main.c's
  * scheduling, daemon/snapshot.c's chunks) and keeping flip baselines in
  * memory (written in sweeps and at SIGTERM): every result is the same with
- * one thread and with several, and after a kill -9 the first snapshot of a
+ * one thread and with several (also with several clients whose snapshots of
+ * different tensors are in flight at once), and after a kill -9 the first snapshot of a
  * tensor whose written baseline is older than its last result reports its
  * flips as unknown (NULL) while the others stay exact.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -147,6 +149,86 @@ Test(pool, results_are_the_same_with_one_thread_and_with_several) {
     size_t lines = 0;
     for (const char *p = one; *p; p++) lines += *p == '\n';
     cr_expect_eq(lines, 4 * 5 * 6);
+    cr_expect_null(strstr(one, " null "), "no flips are unknown in a clean run");
+    cr_expect_str_eq(one, four);
+    free(one);
+    free(four);
+}
+
+/* --------------------------------------------- several clients at once */
+
+#define CLIENTS 3
+#define STEPS 5
+
+/* One client of the shared run: two tensors of its own, a snapshot of
+ * each and a weight amax record of the first at every step. */
+typedef struct trainer {
+    ag_client *c;
+    unsigned index;
+    int rc;
+} trainer;
+
+static void *trainer_main(void *arg) {
+    trainer *t = arg;
+    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    char names[2][32];
+    for (unsigned k = 0; k < 2; k++) snprintf(names[k], sizeof names[k], "c%u.t%u", t->index, k);
+    t->rc = w && g ? AG_OK : AG_ENOMEM;
+    for (uint64_t s = 1; s <= STEPS && !t->rc; s++) {
+        for (unsigned k = 0; k < 2 && !t->rc; k++) {
+            make_tensor(s, t->index * 2 + k, w, g);
+            t->rc = ag_client_log_sgd(t->c, s, names[k], w, g, N, LR);
+        }
+        if (!t->rc)
+            t->rc = ag_client_log_amax(t->c, s, names[0], AG_ROLE_WEIGHT,
+                                       0.25 * (double)(s + t->index), N, 0);
+    }
+    if (!t->rc) t->rc = ag_client_flush(t->c, 60000);
+    free(w);
+    free(g);
+    return NULL;
+}
+
+static char *run_clients_with_threads(const char *threads) {
+    const char *const extra[] = {"--threads", threads, NULL};
+    harness_start(&H, extra);
+    trainer tr[CLIENTS];
+    pthread_t th[CLIENTS];
+    for (unsigned i = 0; i < CLIENTS; i++) {
+        tr[i] = (trainer){.c = harness_client_as(&H, "many", AG_QUEUE_BLOCK, 0, "launch-many"),
+                          .index = i};
+        cr_assert_not_null(tr[i].c);
+    }
+    for (unsigned i = 0; i < CLIENTS; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, trainer_main, &tr[i]), 0);
+    for (unsigned i = 0; i < CLIENTS; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(tr[i].rc, AG_OK, "client %u: %s", i, ag_strerror(tr[i].rc));
+    }
+    for (unsigned i = 0; i < CLIENTS; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "c%u.t1", i);
+        ag_free(harness_wait_history(tr[0].c, "many", name, "E5M2", STEPS));
+    }
+    for (unsigned i = 0; i < CLIENTS; i++) ag_client_close(tr[i].c);
+    int status = harness_stop(&H, SIGTERM);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+    char *out = dump_results(H.db);
+    remove(H.db);
+    char side[200];
+    snprintf(side, sizeof side, "%s-wal", H.db);
+    remove(side);
+    snprintf(side, sizeof side, "%s-shm", H.db);
+    remove(side);
+    return out;
+}
+
+Test(pool, several_clients_at_once_give_the_same_results_with_one_thread_and_with_several) {
+    char *one = run_clients_with_threads("1");
+    char *four = run_clients_with_threads("4");
+    size_t lines = 0;
+    for (const char *p = one; *p; p++) lines += *p == '\n';
+    cr_expect_eq(lines, CLIENTS * 2 * 5 * STEPS);
     cr_expect_null(strstr(one, " null "), "no flips are unknown in a clean run");
     cr_expect_str_eq(one, four);
     free(one);
