@@ -312,26 +312,66 @@ static void *poll_main(void *arg) {
     return NULL;
 }
 
-/* Snapshot ingest with and without a poller, alternated (rounds of each),
- * on one daemon serving HTTP; prints both rates and their ratio. */
+/* The daemon's CPU time (user + system) in seconds, from /proc. */
+static double cpu_s(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* What one answer costs the daemon in CPU (it does nothing else meanwhile):
+ * 500 GETs of each target over one keep-alive connection. */
+static void answer_cost(daemon_proc *d, int port, const char *run) {
+    char history[256];
+    snprintf(history, sizeof history, "/api/history?run=%s&tensor=big.weight", run);
+    const char *targets[] = {"/", history, "/metrics"};
+    int fd = -1;
+    printf("  daemon CPU per answer (500 each, keep-alive):");
+    for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) {
+        double c0 = cpu_s(d->pid), t0 = now_s();
+        long bytes = 0;
+        for (int k = 0; k < 500; k++) bytes = http_get_keepalive(&fd, port, targets[i]);
+        printf(" %s %.3f ms (%.2f ms wall, %ld B)%s", i == 1 ? "/api/history" : targets[i],
+               (cpu_s(d->pid) - c0) / 500 * 1e3, (now_s() - t0) / 500 * 1e3, bytes,
+               i + 1 < sizeof targets / sizeof targets[0] ? "," : "\n");
+    }
+    if (fd >= 0) close(fd);
+}
+
+/* Snapshot ingest with and without a poller on one daemon serving HTTP:
+ * one run to warm the daemon (not counted), then alone, polled, polled,
+ * alone (twice), so that a drift over the daemon's life (a growing database)
+ * weighs on both alike; prints both rates, their ratio and each run's rate. */
 static int ingest_while_polled(size_t n, size_t steps) {
     daemon_proc d = {0};
     char http[64];
     int port = free_port();
     snprintf(http, sizeof http, "127.0.0.1:%d", port);
     if (port < 0 || daemon_start_http(&d, NULL, NULL, http)) return 1;
-    double alone = 0, polled = 0;
+    double alone = 0, polled = 0, rate[8];
     poller p = {.port = port};
-    enum { ROUNDS = 2 };
-    for (int r = 0; r < ROUNDS; r++) {
+    daemon_snapshots_run(&d, n, steps, "warm-up");
+    static const int order[] = {0, 1, 1, 0, 0, 1, 1, 0};
+    enum { ROUNDS = sizeof order / sizeof order[0] / 2 };
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
         char run[64];
-        snprintf(run, sizeof run, "alone-%d", r);
-        alone += daemon_snapshots_run(&d, n, steps, run);
-        snprintf(run, sizeof run, "polled-%d", r);
+        snprintf(run, sizeof run, "%s-%zu", order[i] ? "polled" : "alone", i);
+        if (!order[i]) {
+            alone += rate[i] = daemon_snapshots_run(&d, n, steps, run);
+            continue;
+        }
         p.run = run;
         p.stop = 0;
         if (pthread_create(&p.thread, NULL, poll_main, &p) != 0) break;
-        polled += daemon_snapshots_run(&d, n, steps, run);
+        polled += rate[i] = daemon_snapshots_run(&d, n, steps, run);
         p.stop = 1;
         pthread_join(p.thread, NULL);
     }
@@ -341,6 +381,11 @@ static int ingest_while_polled(size_t n, size_t steps) {
            alone / ROUNDS, polled / ROUNDS, alone > 0 ? polled / alone : 0.0, p.requests,
            p.failures, p.requests ? 1e3 * p.total_s / (double)p.requests : 0.0, 1e3 * p.max_s,
            p.requests ? (double)p.bytes / (double)p.requests / 1024.0 : 0.0);
+    printf("  each run in order (a: alone, p: polled), MB/s:");
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        printf(" %c %.0f", order[i] ? 'p' : 'a', rate[i]);
+    printf("\n");
+    answer_cost(&d, port, "polled-6");
     daemon_stop(&d);
     return p.failures ? 1 : 0;
 }
