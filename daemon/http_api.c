@@ -375,7 +375,8 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const void *params
     label_value(f, s->version);
     fputs("\"} 1\n", f);
 
-    qsort(runs->items, runs->n, sizeof *runs->items, by_start_desc);
+    if (runs->n > 1) /* an empty list may have no array: qsort wants one */
+        qsort(runs->items, runs->n, sizeof *runs->items, by_start_desc);
     size_t total_tensors = 0;
     static const char *const help[PASSES] = {
         "Stall rate (stalled / total) of the tensor's latest gradient snapshot in the "
