@@ -497,6 +497,13 @@ Test(http, hostile_requests_get_the_right_status_and_the_daemon_keeps_serving) {
         }
         reply_free(&r);
     }
+    /* A body nng refuses is not read as the next request: one answer, closed. */
+    static const char smuggle[] = "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\n"
+                                  "GET /api/runs HTTP/1.1\r\nHost: x\r\n\r\n";
+    r = http_raw(port, smuggle, sizeof smuggle - 1);
+    cr_expect_eq(r.status, 400, "%s", r.raw);
+    cr_expect_null(strstr(r.raw + 1, "HTTP/1.1 "), "a second answer: %s", r.raw);
+    reply_free(&r);
     /* a client that connects and says nothing, then goes */
     close(connect_to(port));
 
