@@ -9,7 +9,10 @@
  * and where the CPU went per GB (which thread bounds the stream); and the
  * bench's clients alone against a receiver that discards (the sender's own
  * ceiling). (3) the daemon's RSS holding 1000 tensors x 5 formats, and its
- * peak with many large tensors against a small budget. Starts the real
+ * peak with many large tensors against a small budget. (4) snapshot ingest
+ * alone and while a browser-like client polls /api/history and /metrics
+ * every 100 ms over one keep-alive connection, as a ratio (target >= 0.9).
+ * Starts the real
  * altgradd ($AG_BUILD_DIR/daemon/altgradd, else ../daemon/altgradd next to
  * this binary) on temporary sockets.
  */
@@ -17,6 +20,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/pull.h>
 #include <nng/protocol/reqrep0/rep.h>
@@ -50,8 +54,10 @@ static double now_s(void) {
 typedef bench_daemon daemon_proc;
 
 /* Start altgradd on a new temporary folder (threads: its --threads, NULL
- * for the default: one per core; budget_mib: its --state-budget). */
-static int daemon_start_opts(daemon_proc *d, const char *threads, const char *budget_mib) {
+ * for the default: one per core; budget_mib: its --state-budget; http: its
+ * --http ADDR:PORT, NULL for none). */
+static int daemon_start_http(daemon_proc *d, const char *threads, const char *budget_mib,
+                             const char *http) {
     strcpy(d->dir, "/tmp/ag_bench_XXXXXX");
     if (!mkdtemp(d->dir)) return -1;
     bench_daemon_paths(d);
@@ -61,8 +67,14 @@ static int daemon_start_opts(daemon_proc *d, const char *threads, const char *bu
                            threads ? threads : "0",
                            "--state-budget",
                            budget_mib ? budget_mib : "4096",
+                           http ? "--http" : NULL,
+                           http,
                            NULL};
     return bench_daemon_start(d, extra, "bench_ingest");
+}
+
+static int daemon_start_opts(daemon_proc *d, const char *threads, const char *budget_mib) {
+    return daemon_start_http(d, threads, budget_mib, NULL);
 }
 
 static int daemon_start_threads(daemon_proc *d, const char *threads) {
@@ -446,6 +458,195 @@ static stream_result null_snapshots(size_t n, size_t steps, size_t ntensors) {
     return r;
 }
 
+static double daemon_snapshots_run(daemon_proc *d, size_t n, size_t steps, const char *run) {
+    ag_client *c = client(d, run);
+    if (!c) return 0;
+    float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g);
+    for (size_t i = 0; i < n; i++) {
+        w[i] = (float)((double)(i % 1000) / 700.0 - 0.7);
+        g[i] = (float)((double)(i % 37) * 1e-4);
+    }
+    double t0 = now_s();
+    for (size_t s = 1; s <= steps; s++) ag_client_log_sgd(c, s, "big.weight", w, g, n, 0.01f);
+    ag_client_flush(c, -1);
+    int rc = wait_committed(c);
+    double dt = now_s() - t0;
+    free(w);
+    free(g);
+    ag_client_close(c);
+    return rc ? 0 : (double)(2 * n * sizeof(float) * steps) / dt / 1e6;
+}
+
+/* ------------------------------------------------- a browser that polls */
+
+/* A free TCP port on loopback (bound and released: the daemon takes it
+ * next, which is good enough for a benchmark). */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t len = sizeof a;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
+
+typedef struct poller {
+    int port;
+    const char *run;
+    volatile int stop;
+    pthread_t thread;
+    size_t requests, failures, bytes;
+    double total_s, max_s;
+} poller;
+
+/* One GET on *fd (connected anew when -1 or closed by the server), its
+ * answer read whole by Content-Length. Body bytes, or -1. */
+static long http_get_keepalive(int *fd, int port, const char *target) {
+    char req[512], buf[1 << 16];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: bench\r\n\r\n", target);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (*fd < 0) {
+            struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            *fd = socket(AF_INET, SOCK_STREAM, 0);
+            if (*fd < 0 || connect(*fd, (struct sockaddr *)&a, sizeof a) != 0) goto retry;
+        }
+        if (send(*fd, req, (size_t)n, MSG_NOSIGNAL) != n) goto retry;
+        size_t got = 0, head = 0; /* bytes read; the head's length once known */
+        long body = -1;
+        for (;;) {
+            /* the head is kept (NUL-terminated) until found; the body only counted */
+            char *at = head ? buf : buf + got;
+            size_t room = head ? sizeof buf : sizeof buf - 1 - got;
+            if (room == 0) break; /* a head over 64 KiB */
+            ssize_t k = recv(*fd, at, room, 0);
+            if (k <= 0) break;
+            got += (size_t)k;
+            if (!head) {
+                buf[got] = '\0';
+                char *end = strstr(buf, "\r\n\r\n");
+                if (!end) continue;
+                *end = '\0';
+                const char *cl = strstr(buf, "Content-Length: ");
+                body = cl ? strtol(cl + 16, NULL, 10) : 0;
+                head = (size_t)(end + 4 - buf);
+            }
+            if (got >= head + (size_t)body) return body;
+        }
+    retry:
+        if (*fd >= 0) close(*fd);
+        *fd = -1;
+    }
+    return -1;
+}
+
+static void *poll_main(void *arg) {
+    poller *p = arg;
+    int fd = -1;
+    char history[256];
+    snprintf(history, sizeof history, "/api/history?run=%s&tensor=big.weight", p->run);
+    const char *targets[] = {history, "/metrics"};
+    while (!p->stop) {
+        for (size_t i = 0; i < 2; i++) {
+            double t0 = now_s();
+            long body = http_get_keepalive(&fd, p->port, targets[i]);
+            double dt = now_s() - t0;
+            p->requests++;
+            if (body < 0)
+                p->failures++;
+            else
+                p->bytes += (size_t)body;
+            p->total_s += dt;
+            if (dt > p->max_s) p->max_s = dt;
+        }
+        struct timespec ts = {0, 100 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    if (fd >= 0) close(fd);
+    return NULL;
+}
+
+/* The daemon's CPU time (user + system) in seconds, from /proc. */
+static double cpu_s(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* What one answer costs the daemon in CPU (it does nothing else meanwhile):
+ * 500 GETs of each target over one keep-alive connection. */
+static void answer_cost(daemon_proc *d, int port, const char *run) {
+    char history[256];
+    snprintf(history, sizeof history, "/api/history?run=%s&tensor=big.weight", run);
+    const char *targets[] = {"/", history, "/metrics"};
+    int fd = -1;
+    printf("  daemon CPU per answer (500 each, keep-alive):");
+    for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) {
+        double c0 = cpu_s(d->pid), t0 = now_s();
+        long bytes = 0;
+        for (int k = 0; k < 500; k++) bytes = http_get_keepalive(&fd, port, targets[i]);
+        printf(" %s %.3f ms (%.2f ms wall, %ld B)%s", i == 1 ? "/api/history" : targets[i],
+               (cpu_s(d->pid) - c0) / 500 * 1e3, (now_s() - t0) / 500 * 1e3, bytes,
+               i + 1 < sizeof targets / sizeof targets[0] ? "," : "\n");
+    }
+    if (fd >= 0) close(fd);
+}
+
+/* Snapshot ingest with and without a poller on one daemon serving HTTP:
+ * one run to warm the daemon (not counted), then alone, polled, polled,
+ * alone (twice), so that a drift over the daemon's life (a growing database)
+ * weighs on both alike; prints both rates, their ratio and each run's rate. */
+static int ingest_while_polled(size_t n, size_t steps) {
+    daemon_proc d = {0};
+    char http[64];
+    int port = free_port();
+    snprintf(http, sizeof http, "127.0.0.1:%d", port);
+    if (port < 0 || daemon_start_http(&d, NULL, NULL, http)) return 1;
+    double alone = 0, polled = 0, rate[8];
+    poller p = {.port = port};
+    daemon_snapshots_run(&d, n, steps, "warm-up");
+    static const int order[] = {0, 1, 1, 0, 0, 1, 1, 0};
+    enum { ROUNDS = sizeof order / sizeof order[0] / 2 };
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        char run[64];
+        snprintf(run, sizeof run, "%s-%zu", order[i] ? "polled" : "alone", i);
+        if (!order[i]) {
+            alone += rate[i] = daemon_snapshots_run(&d, n, steps, run);
+            continue;
+        }
+        p.run = run;
+        p.stop = 0;
+        if (pthread_create(&p.thread, NULL, poll_main, &p) != 0) break;
+        polled += rate[i] = daemon_snapshots_run(&d, n, steps, run);
+        p.stop = 1;
+        pthread_join(p.thread, NULL);
+    }
+    printf("snapshot ingest while a browser polls /api/history and /metrics every 100 ms "
+           "(keep-alive): %.0f MB/s alone, %.0f MB/s polled, ratio %.3f (target >= 0.9); "
+           "%zu polls, %zu failed, %.1f ms mean, %.1f ms max, %.0f KiB per answer\n",
+           alone / ROUNDS, polled / ROUNDS, alone > 0 ? polled / alone : 0.0, p.requests,
+           p.failures, p.requests ? 1e3 * p.total_s / (double)p.requests : 0.0, 1e3 * p.max_s,
+           p.requests ? (double)p.bytes / (double)p.requests / 1024.0 : 0.0);
+    printf("  each run in order (a: alone, p: polled), MB/s:");
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        printf(" %c %.0f", order[i] ? 'p' : 'a', rate[i]);
+    printf("\n");
+    answer_cost(&d, port, "polled-6");
+    daemon_stop(&d);
+    return p.failures ? 1 : 0;
+}
+
 static long daemon_rss_many(daemon_proc *d, size_t tensors, size_t n) {
     ag_client *c = client(d, "bench-rss");
     if (!c) return -1;
@@ -479,6 +680,7 @@ int main(int argc, char **argv) {
     const char *only = getenv("AG_BENCH_ONLY"), *steps_env = getenv("AG_BENCH_STEPS");
     int snapshots_only = only && strcmp(only, "snapshots") == 0;
     int rss_only = only && strcmp(only, "rss") == 0; /* AG_BENCH_ONLY=rss: the RSS lines */
+    int polled_only = only && strcmp(only, "polled") == 0; /* =polled: ingest while polled */
     size_t steps = steps_env ? strtoul(steps_env, NULL, 10) : 20;
     if (steps < 1 || steps > 100000) steps = 20;
     size_t n = 1u << 20;
@@ -487,6 +689,7 @@ int main(int argc, char **argv) {
     const char *tensors_env = getenv("AG_BENCH_TENSORS");
     size_t ntensors = tensors_env ? strtoul(tensors_env, NULL, 10) : 4;
     if (ntensors < 1 || ntensors > MAX_STREAMS) ntensors = 4;
+    if (polled_only) return ingest_while_polled(n, steps);
     if (snapshots_only) goto snapshots;
     if (rss_only) goto rss;
     double direct = baseline_inserts(TENSORS, STATS_STEPS);
@@ -568,5 +771,6 @@ rss:
            "start\n",
            hwm, hwm / 1024, n, 96.0 * (double)n * 9 / 1048576, rss0);
     daemon_stop(&d);
-    return 0;
+    if (rss_only) return 0;
+    return ingest_while_polled(n, steps);
 }

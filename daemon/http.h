@@ -1,39 +1,40 @@
 /*
- * http.h - altgradd's small web server on the libuv loop: GET/HEAD only,
- * one request per connection (Connection: close), bounded heads, connections
- * and time; answers (http_api.c) are computed on the libuv thread pool over
- * read-only store connections, so the loop never waits on SQLite.
+ * http.h - altgradd's web server: nng's HTTP server (keep-alive, request
+ * heads read and bounded by nng, docs/nng.md) with one handler for every
+ * path; answers are computed by http_api.c, those that read the store on the
+ * server's own worker threads, each with its own read-only store connection,
+ * so neither the loop nor nng's threads ever wait on SQLite.
  */
 #ifndef AG_DAEMON_HTTP_H
 #define AG_DAEMON_HTTP_H
-
-#include <uv.h>
 
 #include "daemon/config.h"
 #include "daemon/log.h"
 #include "daemon/query.h"
 
 #define AG_HTTP_CONNECTIONS_MAX 64 /* more are accepted and closed at once */
-#define AG_HTTP_TIMEOUT_MS 10000   /* to receive the head, and again to send the answer */
-#define AG_HTTP_POOL_JOBS 2        /* answers computed at once (thread pool, stores) */
+#define AG_HTTP_TIMEOUT_MS 10000   /* to receive a head (idle keep-alive too), to send an answer */
+#define AG_HTTP_WORKERS 2          /* answers read from the store at once (threads, stores) */
+#define AG_HTTP_QUEUE_MAX 64       /* answers waiting for a worker; more are 503 */
 
 typedef struct ag_http ag_http;
 
 /*
- * Listen on cfg->http_host:cfg->http_port on loop. AG_EIO (logged as one
- * warning line) when the address cannot be bound (busy port, no such
- * address): the caller goes on without HTTP. Either way call ag_http_free
- * on *out after the loop has ended (it may hold a handle being closed).
- * cfg, lg and ctx must outlive the server; status is called on pool threads.
+ * Listen on cfg->http_host:cfg->http_port. AG_EIO (logged as one warning
+ * line) when the address cannot be bound (busy port, no such address): the
+ * caller goes on without HTTP, and *out is NULL. cfg, lg and ctx must
+ * outlive the server; status is called on the worker threads.
  */
-int ag_http_start(ag_http **out, uv_loop_t *loop, const ag_config *cfg, ag_logger *lg,
-                  ag_status_fn status, void *ctx);
-/* "HOST:PORT" as bound (the port chosen when 0 was asked). */
+int ag_http_start(ag_http **out, const ag_config *cfg, ag_logger *lg, ag_status_fn status,
+                  void *ctx);
+/* "HOST:PORT" as bound (the port chosen when 0 was asked); NULL when h is
+ * NULL or closed. */
 const char *ag_http_bound(const ag_http *h);
-/* On the loop: stop listening and close every connection; answers being
- * computed finish and are dropped. The loop then runs dry of our handles. */
+/* Stop serving: close every connection, answer nothing more, and wait for
+ * the workers (an answer being computed finishes and is dropped). Any thread;
+ * NULL and a second call are no-ops. */
 void ag_http_close(ag_http *h);
-/* After the loop has ended: free everything. NULL is a no-op. */
+/* Close if not closed, then free everything. NULL is a no-op. */
 void ag_http_free(ag_http *h);
 
 #endif

@@ -3,7 +3,8 @@
  * GET / (the page), /api/<name> for each public query of proto/queries.h
  * with the CLI's JSON documents and the query's parameter table, /api/heatmap (tensors x
  * step buckets of stall rate, from the rollups), and /metrics in the Prometheus
- * text format 0.0.4. Called on a libuv pool thread; SQLite is read here.
+ * text format 0.0.4. Called on a web server worker thread (http_server.c);
+ * SQLite is read here.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "daemon/http_api.h"
@@ -22,22 +23,6 @@
 
 static const char JSON_TYPE[] = "application/json";
 static const char METRICS_TYPE[] = "text/plain; version=0.0.4; charset=utf-8";
-
-const char *ag_http_reason(int status) {
-    switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
-    }
-}
 
 void ag_http_response_clear(ag_http_response *res) {
     if (res->owned) free(res->body);
@@ -390,7 +375,8 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const void *params
     label_value(f, s->version);
     fputs("\"} 1\n", f);
 
-    qsort(runs->items, runs->n, sizeof *runs->items, by_start_desc);
+    if (runs->n > 1) /* an empty list may have no array: qsort wants one */
+        qsort(runs->items, runs->n, sizeof *runs->items, by_start_desc);
     size_t total_tensors = 0;
     static const char *const help[PASSES] = {
         "Stall rate (stalled / total) of the tensor's latest gradient snapshot in the "

@@ -1,7 +1,8 @@
 /*
  * http_api.h - what altgradd's web server answers: the page, the JSON API
- * (the CLI's --json documents, present/json.h) and /metrics. Runs on a libuv
- * pool thread with a read-only store connection; never on the loop.
+ * (the CLI's --json documents, present/json.h) and /metrics. Answers that
+ * read the store run on one of the web server's worker threads, each with its
+ * own read-only store connection (http_server.c); never on the loop.
  */
 #ifndef AG_DAEMON_HTTP_API_H
 #define AG_DAEMON_HTTP_API_H
@@ -9,7 +10,7 @@
 #include <stddef.h>
 
 #include "daemon/config.h"
-#include "daemon/http_parse.h"
+#include "daemon/http_query.h"
 #include "daemon/query.h"
 #include "schema/store.h"
 
@@ -43,8 +44,6 @@ void ag_http_answer(const ag_http_env *env, ag_store *st, const ag_http_request 
 /* A JSON error response: {"error": text}. */
 void ag_http_error(ag_http_response *res, int status, const char *text);
 void ag_http_response_clear(ag_http_response *res);
-/* "OK", "Not Found", ... for a status code. */
-const char *ag_http_reason(int status);
 
 /* The page (http_page.c): one self-contained HTML document. */
 extern const char ag_http_page[];

@@ -531,7 +531,7 @@ static int start(ag_daemon *d) {
         return 1;
     }
     /* A busy HTTP port is not fatal: the page is a convenience, ingest is not. */
-    if (d->cfg.http_enabled) ag_http_start(&d->http, &d->loop, &d->cfg, &d->log, fill_status, d);
+    if (d->cfg.http_enabled) ag_http_start(&d->http, &d->cfg, &d->log, fill_status, d);
     return 0;
 }
 

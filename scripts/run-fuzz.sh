@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run every libFuzzer target in BUILD_DIR/fuzz for SECONDS seconds each, from a
-# corpus seeded with one valid message per type (make_corpus). Exits non-zero
+# corpus seeded with the files of fuzz/corpus/TARGET/ where there is one (text
+# inputs, e.g. fuzz_http_query's request targets), else with one valid message
+# per type (make_corpus, fuzz_decode's). Exits non-zero
 # as soon as a target crashes, leaks or times out; the crashing input is kept
 # in BUILD_DIR/fuzz/artifacts/ for replay (`fuzz_decode FILE`).
 set -euo pipefail
@@ -11,6 +13,7 @@ fi
 build=$1
 seconds=$2
 dir=$build/fuzz
+seeds=$(cd "$(dirname "$0")/.." && pwd)/fuzz/corpus
 shopt -s nullglob
 targets=("$dir"/fuzz_*)
 if ((${#targets[@]} == 0)); then
@@ -24,7 +27,9 @@ for bin in "${targets[@]}"; do
   name=$(basename "$bin")
   corpus=$dir/corpus-$name
   mkdir -p "$corpus"
-  if [[ -x $dir/make_corpus ]]; then
+  if [[ -d $seeds/$name ]]; then
+    cp "$seeds/$name"/* "$corpus"/
+  elif [[ -x $dir/make_corpus ]]; then
     "$dir/make_corpus" "$corpus"
   fi
   echo "run-fuzz: $name for ${seconds}s"

@@ -2,7 +2,8 @@
  * test_http.c - the daemon's web server, end to end against the real
  * altgradd: the page, every /api endpoint byte for byte equal to what the
  * `altgrad --db ... --json` CLI prints from the same database, /metrics as
- * exposition format with the right values, hostile requests, a busy port.
+ * exposition format with the right values, hostile requests, keep-alive
+ * (raw and with curl), a busy port.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -68,7 +69,8 @@ typedef struct reply {
     const char *body;
 } reply;
 
-/* Send len raw bytes and read until the server closes (bounded wait). */
+/* Send len raw bytes and read until the server closes (bounded wait): the
+ * request must say "Connection: close" or be one the server refuses. */
 static reply http_raw(int port, const char *req, size_t len) {
     reply r = {0};
     int fd = connect_to(port);
@@ -98,7 +100,8 @@ static reply http_raw(int port, const char *req, size_t len) {
 
 static reply http_get(int port, const char *target) {
     char req[2048];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", target);
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                     target);
     return http_raw(port, req, (size_t)n);
 }
 
@@ -353,7 +356,7 @@ Test(http, the_page_is_one_self_contained_html_document) {
     cr_assert(strstr(r.raw, cl));
     reply_free(&r);
     /* HEAD: the same head, no body */
-    const char head[] = "HEAD / HTTP/1.1\r\n\r\n";
+    const char head[] = "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     r = http_raw(port, head, sizeof head - 1);
     cr_assert_eq(r.status, 200);
     cr_assert(strstr(r.raw, cl));
@@ -491,35 +494,50 @@ Test(http, hostile_requests_get_the_right_status_and_the_daemon_keeps_serving) {
     cr_expect_eq(r.status, 414, "%s", r.raw);
     reply_free(&r);
 
+    /* The head is read and refused by nng (the body is then nng's HTML error
+     * page), the rest by us (a JSON error). */
+#define CLOSE "Host: x\r\nConnection: close\r\n\r\n"
+    static char headers[4096];
+    size_t hn = (size_t)snprintf(headers, sizeof headers, "GET / HTTP/1.1\r\n");
+    for (int i = 0; i < 70; i++)
+        hn += (size_t)snprintf(headers + hn, sizeof headers - hn, "A: b\r\n");
+    snprintf(headers + hn, sizeof headers - hn, "\r\n");
     struct {
         const char *req;
         size_t len;
-        int status;
+        int status, ours;
     } cases[] = {
-        {"\x01\x02\xff garbage\r\n\r\n", 0, 400},
-        {"POST /api/runs HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 0, 405},
-        {"DELETE / HTTP/1.1\r\n\r\n", 0, 405},
-        {"GET /api/tensors?run=%zz HTTP/1.1\r\n\r\n", 0, 400},
-        {"GET /api/tensors?run=%00 HTTP/1.1\r\n\r\n", 0, 400},
-        {"GET /api/tensors?run=nope HTTP/1.1\r\n\r\n", 0, 404},
-        {"GET /api/history?run=" RUN "&tensor=nope HTTP/1.1\r\n\r\n", 0, 404},
-        {"GET /api/history?run=" RUN "&tensor=w&format=NOPE HTTP/1.1\r\n\r\n", 0, 404},
-        {"GET /api/history?run=" RUN "&tensor=w&format=E5+M2 HTTP/1.1\r\n\r\n", 0, 400},
-        {"GET /api/history?run=" RUN "&tensor=w&from=-1 HTTP/1.1\r\n\r\n", 0, 400},
-        {"GET /api/history?run=" RUN "&tensor=w&from=5&to=2 HTTP/1.1\r\n\r\n", 0, 400},
-        {"GET /api/history?run=" RUN " HTTP/1.1\r\n\r\n", 0, 400},
-        {"GET /api/top?run=" RUN "&limit=1e3 HTTP/1.1\r\n\r\n", 0, 400},
-        {"GET /api/runs?x=1 HTTP/1.1\r\n\r\n", 0, 400},
-        {"GET /nope HTTP/1.1\r\n\r\n", 0, 404},
-        {"GET / HTTP/3.0\r\n\r\n", 0, 505},
-        {"GET /\0 HTTP/1.1\r\n\r\n", 19, 400},
+        {"\x01\x02\xff garbage\r\n\r\n", 0, 400, 0},
+        {"GET / HTTP/1.1\r\n\r\n", 0, 400, 0}, /* no Host */
+        {"GET / HTTP/1.1\r\nNoColon\r\n\r\n", 0, 400, 0},
+        {"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", 0, 400, 0},
+        {headers, 0, 431, 0}, /* 70 header lines */
+        {"GET / HTTP/3.0\r\n\r\n", 0, 505, 0},
+        {"GET /\0 HTTP/1.1\r\n\r\n", 19, 400, 0},
+        {"POST /api/runs HTTP/1.1\r\nContent-Length: 0\r\n" CLOSE, 0, 405, 1},
+        {"DELETE / HTTP/1.1\r\n" CLOSE, 0, 405, 1},
+        {"GET http://x/api/runs HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /a%zz HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /api/tensors?run=%zz HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /api/tensors?run=%00 HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /api/tensors?run=nope HTTP/1.1\r\n" CLOSE, 0, 404, 1},
+        {"GET /api/history?run=" RUN "&tensor=nope HTTP/1.1\r\n" CLOSE, 0, 404, 1},
+        {"GET /api/history?run=" RUN "&tensor=w&format=NOPE HTTP/1.1\r\n" CLOSE, 0, 404, 1},
+        {"GET /api/history?run=" RUN "&tensor=w&format=E5+M2 HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /api/history?run=" RUN "&tensor=w&from=-1 HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /api/history?run=" RUN "&tensor=w&from=5&to=2 HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /api/history?run=" RUN " HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /api/top?run=" RUN "&limit=1e3 HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /api/runs?x=1 HTTP/1.1\r\n" CLOSE, 0, 400, 1},
+        {"GET /nope HTTP/1.1\r\n" CLOSE, 0, 404, 1},
     };
+#undef CLOSE
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t len = cases[i].len ? cases[i].len : strlen(cases[i].req);
         r = http_raw(port, cases[i].req, len);
         cr_expect_eq(r.status, cases[i].status, "case %zu: %s", i, r.raw);
         if (r.status == 405) cr_expect(strstr(r.raw, "Allow: GET, HEAD\r\n"));
-        if (r.status >= 400) {
+        if (cases[i].ours) {
             jm_value *v = jm_parse(r.body);
             cr_expect(v && jm_get(v, "error") && jm_get(v, "error")->type == JM_STRING,
                       "case %zu: error body %s", i, r.body);
@@ -527,6 +545,13 @@ Test(http, hostile_requests_get_the_right_status_and_the_daemon_keeps_serving) {
         }
         reply_free(&r);
     }
+    /* A body nng refuses is not read as the next request: one answer, closed. */
+    static const char smuggle[] = "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\n"
+                                  "GET /api/runs HTTP/1.1\r\nHost: x\r\n\r\n";
+    r = http_raw(port, smuggle, sizeof smuggle - 1);
+    cr_expect_eq(r.status, 400, "%s", r.raw);
+    cr_expect_null(strstr(r.raw + 1, "HTTP/1.1 "), "a second answer: %s", r.raw);
+    reply_free(&r);
     /* a client that connects and says nothing, then goes */
     close(connect_to(port));
 
@@ -561,6 +586,115 @@ Test(http, hostile_requests_get_the_right_status_and_the_daemon_keeps_serving) {
     reply_free(&r);
     ag_client_close(c);
     cr_assert_eq(harness_stop(&H, SIGTERM), 0);
+}
+
+/* Read one response from fd: its head (a byte at a time, so nothing of a
+ * pipelined next answer is taken), then Content-Length bytes of body (none
+ * for a HEAD). The connection stays as the server leaves it. */
+static reply read_response(int fd, int head_only) {
+    reply r = {0};
+    size_t cap = 1 << 16, got = 0, want = 0;
+    r.raw = malloc(cap);
+    for (;;) {
+        r.raw[got] = '\0';
+        const char *end = strstr(r.raw, "\r\n\r\n");
+        if (end && !want) {
+            const char *cl = strstr(r.raw, "Content-Length: ");
+            cr_assert(cl && cl < end, "no Content-Length: %s", r.raw);
+            want = (size_t)(end + 4 - r.raw) + (head_only ? 0 : strtoul(cl + 16, NULL, 10));
+        }
+        if (want && got >= want) break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert_eq(poll(&p, 1, 30000), 1, "no answer within 30 s");
+        while (got + 1 >= cap || (want && want + 1 >= cap)) r.raw = realloc(r.raw, cap *= 2);
+        ssize_t n = recv(fd, r.raw + got, want ? want - got : 1, 0);
+        cr_assert_gt(n, 0, "the server closed mid-answer: %s", r.raw);
+        got += (size_t)n;
+    }
+    r.raw[got] = '\0';
+    if (strncmp(r.raw, "HTTP/1.1 ", 9) == 0) r.status = atoi(r.raw + 9);
+    r.body = strstr(r.raw, "\r\n\r\n") + 4;
+    return r;
+}
+
+static void send_all(int fd, const char *text) {
+    size_t len = strlen(text), off = 0;
+    while (off < len) {
+        ssize_t n = send(fd, text + off, len - off, MSG_NOSIGNAL);
+        cr_assert_gt(n, 0, "send: %s", strerror(errno));
+        off += (size_t)n;
+    }
+}
+
+/* HTTP/1.1 keeps the connection: one socket carries several requests, asked
+ * one after the other and pipelined, until the client says close. */
+Test(http, one_connection_carries_several_requests) {
+    harness_start(&H, HTTP_ON);
+    ag_client *c;
+    feed(&c);
+    int port = http_port(&H), fd = connect_to(port);
+    send_all(fd, "GET /api/runs HTTP/1.1\r\nHost: x\r\n\r\n");
+    reply r = read_response(fd, 0);
+    cr_assert_eq(r.status, 200, "%s", r.raw);
+    cr_assert(strstr(r.body, RUN), "%s", r.body);
+    cr_assert_null(strstr(r.raw, "Connection: close"), "%s", r.raw);
+    reply_free(&r);
+    send_all(fd, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = read_response(fd, 0);
+    cr_assert_eq(r.status, 200, "%s", r.raw);
+    cr_assert(strstr(r.body, "altgrad_messages_total "), "%s", r.body);
+    reply_free(&r);
+    /* three at once, a refused one among them: each answered in order */
+    send_all(fd, "HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /api/tensors?run=" RUN " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    r = read_response(fd, 1);
+    cr_assert_eq(r.status, 200, "%s", r.raw);
+    cr_assert(strstr(r.raw, "Content-Type: text/html"), "%s", r.raw);
+    reply_free(&r);
+    r = read_response(fd, 0);
+    cr_assert_eq(r.status, 404, "%s", r.raw);
+    reply_free(&r);
+    r = read_response(fd, 0);
+    cr_assert_eq(r.status, 200, "%s", r.raw);
+    cr_assert(strstr(r.body, "\"w\""), "%s", r.body);
+    cr_assert(strstr(r.raw, "Connection: close\r\n"), "%s", r.raw);
+    reply_free(&r);
+    char b;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    cr_assert_eq(poll(&p, 1, 30000), 1);
+    cr_assert_eq(recv(fd, &b, 1, 0), 0, "closed after the request that asked");
+    close(fd);
+    /* HTTP/1.0 gets one answer and the connection closed */
+    r = http_raw(port, "GET /api/runs HTTP/1.0\r\n\r\n", 27);
+    cr_assert_eq(r.status, 200, "%s", r.raw);
+    reply_free(&r);
+    ag_client_close(c);
+}
+
+/* curl, asked for two URLs of the daemon, reuses its one connection. The
+ * daemon holds no run yet: /metrics answers with no per-tensor series (under
+ * UBSan it once died there, sorting an empty run list). */
+Test(http, curl_reuses_one_connection_for_two_requests) {
+    harness_start(&H, HTTP_ON);
+    int port = http_port(&H);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "curl -sS -v --max-time 30 -o /dev/null -o /dev/null "
+             "http://127.0.0.1:%d/api/status http://127.0.0.1:%d/metrics 2>&1",
+             port, port);
+    FILE *pp = popen(cmd, "r");
+    cr_assert_not_null(pp);
+    static char out[1 << 16];
+    size_t n = fread(out, 1, sizeof out - 1, pp);
+    out[n] = '\0';
+    cr_assert_eq(pclose(pp), 0, "curl failed (is it installed?): %s", out);
+    cr_assert(strstr(out, "Re-using existing connection"), "%s", out);
+    const char *first = strstr(out, "< HTTP/1.1 200");
+    cr_assert(first && strstr(first + 1, "< HTTP/1.1 200"), "two answers: %s", out);
+    int connects = 0;
+    for (const char *p = out; (p = strstr(p, "* Connected to ")); p++) connects++;
+    cr_assert_eq(connects, 1, "one TCP connection: %s", out);
 }
 
 Test(http, a_busy_port_is_one_warning_and_the_daemon_goes_on) {

@@ -1,45 +1,46 @@
 /*
- * http_parse.h - the HTTP/1.1 request reader of altgradd's web server, kept
- * apart from the sockets so every hostile input can be unit-tested: a
- * bounded request head, strict request line and header syntax, validated
- * percent-decoding, and query parameters checked like the CLI's arguments.
+ * http_query.h - what of an HTTP request altgradd reads itself, after nng's
+ * server has read the request head: the method, the request target split into
+ * a validated percent-decoded path and its query string, and the query's
+ * parameters checked like the CLI's arguments. Kept apart from the sockets
+ * so every hostile input can be unit-tested and fuzzed (fuzz/fuzz_http_query.c).
  */
-#ifndef AG_DAEMON_HTTP_PARSE_H
-#define AG_DAEMON_HTTP_PARSE_H
+#ifndef AG_DAEMON_HTTP_QUERY_H
+#define AG_DAEMON_HTTP_QUERY_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include "altgrad/altgrad.h"
 
-#define AG_HTTP_HEAD_MAX 8192  /* request line + headers, bytes */
-#define AG_HTTP_HEADERS_MAX 64 /* header lines */
-#define AG_HTTP_PATH_MAX 256   /* decoded path, bytes */
-#define AG_HTTP_PARAMS_MAX 8   /* query parameters */
+#define AG_HTTP_TARGET_MAX 8192 /* request target as sent, bytes (nng's head is 8 KiB) */
+#define AG_HTTP_PATH_MAX 256    /* decoded path, bytes */
+#define AG_HTTP_PARAMS_MAX 8    /* query parameters */
 #define AG_HTTP_PARAM_NAME_MAX 16
 
 typedef enum ag_http_method {
     AG_HTTP_GET = 0,
     AG_HTTP_HEAD = 1,
-    AG_HTTP_OTHER = 2 /* a valid token we do not serve: 405 */
+    AG_HTTP_OTHER = 2 /* a method we do not serve: 405 */
 } ag_http_method;
 
 typedef struct ag_http_request {
     int method;                      /* ag_http_method */
-    int minor;                       /* HTTP/1.minor */
     char path[AG_HTTP_PATH_MAX + 1]; /* percent-decoded, starts with '/' */
-    char query[AG_HTTP_HEAD_MAX];    /* raw text after '?', "" if none */
+    char query[AG_HTTP_TARGET_MAX];  /* raw text after '?', "" if none */
 } ag_http_request;
 
+/* GET, HEAD, or AG_HTTP_OTHER for any other method (NULL included). */
+int ag_http_method_of(const char *method);
+
 /*
- * Read the request head at buf[0..len). Returns 0 while the head is not
- * complete (read more), the head's length in bytes when it is (req filled),
- * or minus an HTTP status when the request must be refused: 400 (syntax, NUL
- * or control bytes, bad percent-encoding, not origin-form), 414 (request
- * line over AG_HTTP_HEAD_MAX), 431 (head over AG_HTTP_HEAD_MAX or too many
- * headers), 505 (not HTTP/1.x). Lines end in CRLF or a bare LF.
+ * Split a request target as sent (origin-form: "/path?query") into req->path,
+ * percent-decoded, and req->query, raw. 0, or minus an HTTP status: 400 (not
+ * origin-form, a byte outside visible ASCII, bad percent-encoding, a decoded
+ * NUL), 414 (a path over AG_HTTP_PATH_MAX bytes decoded, a target over
+ * AG_HTTP_TARGET_MAX - 1 bytes). req->method is left alone.
  */
-long ag_http_parse_head(const char *buf, size_t len, ag_http_request *req);
+int ag_http_parse_target(const char *target, ag_http_request *req);
 
 /* Percent-decode src[0..len) into out (cap bytes, NUL-terminated). plus_space
  * turns '+' into ' ' (query strings). AG_EINVAL for a bad %XX or a decoded

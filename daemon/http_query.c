@@ -1,28 +1,16 @@
 /*
- * http_parse.c - request head, percent-decoding and query parameters of the
- * daemon's web server (http_parse.h). Everything here reads bytes from the
- * network: lengths are checked before every copy and nothing is trusted to
- * be NUL-terminated.
+ * http_query.c - the request target, percent-decoding and query parameters
+ * of the daemon's web server (http_query.h). Everything here reads bytes from
+ * the network (nng hands over the request line's target as sent): lengths are
+ * checked before every copy.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "daemon/http_parse.h"
+#include "daemon/http_query.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* RFC 9110 tchar. */
-static int is_tchar(unsigned char c) {
-    if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) return 1;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
-
-/* The index of the first '\n' in buf[start..len), or -1. */
-static long line_end(const char *buf, size_t start, size_t len) {
-    const char *nl = memchr(buf + start, '\n', len - start);
-    return nl ? (long)(nl - buf) : -1;
-}
 
 static int hexval(unsigned char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -57,89 +45,29 @@ int ag_http_percent_decode(const char *src, size_t len, int plus_space, char *ou
     return AG_OK;
 }
 
-/* The request line buf[0..end) (end excludes CR LF). */
-static long parse_request_line(const char *buf, size_t end, ag_http_request *req) {
-    size_t i = 0, m0, t0, t1;
-    while (i < end && is_tchar((unsigned char)buf[i])) i++;
-    if (i == 0 || i >= end || buf[i] != ' ') return -400;
-    m0 = i;
-    if (m0 == 3 && memcmp(buf, "GET", 3) == 0)
-        req->method = AG_HTTP_GET;
-    else if (m0 == 4 && memcmp(buf, "HEAD", 4) == 0)
-        req->method = AG_HTTP_HEAD;
-    else
-        req->method = AG_HTTP_OTHER;
-    t0 = ++i;
-    while (i < end && buf[i] != ' ') {
-        unsigned char c = (unsigned char)buf[i];
-        if (c <= 0x20 || c >= 0x7F) return -400; /* visible ASCII only */
-        i++;
-    }
-    t1 = i;
-    if (t1 == t0 || i >= end) return -400;
-    if (buf[t0] != '/') return -400; /* origin-form only */
-    i++;
-    if (end - i != 8 || memcmp(buf + i, "HTTP/", 5) != 0) return -400;
-    if (buf[i + 5] < '0' || buf[i + 5] > '9' || buf[i + 6] != '.' || buf[i + 7] < '0' ||
-        buf[i + 7] > '9')
-        return -400;
-    if (buf[i + 5] != '1') return -505;
-    req->minor = buf[i + 7] - '0';
+int ag_http_method_of(const char *method) {
+    if (method && strcmp(method, "GET") == 0) return AG_HTTP_GET;
+    if (method && strcmp(method, "HEAD") == 0) return AG_HTTP_HEAD;
+    return AG_HTTP_OTHER;
+}
 
-    const char *q = memchr(buf + t0, '?', t1 - t0);
-    size_t plen = q ? (size_t)(q - (buf + t0)) : t1 - t0;
-    int rc = ag_http_percent_decode(buf + t0, plen, 0, req->path, sizeof req->path);
+int ag_http_parse_target(const char *target, ag_http_request *req) {
+    size_t len = strnlen(target, AG_HTTP_TARGET_MAX);
+    if (len == AG_HTTP_TARGET_MAX) return -414;
+    if (len == 0 || target[0] != '/') return -400; /* origin-form only */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)target[i];
+        if (c <= 0x20 || c >= 0x7F) return -400; /* visible ASCII only */
+    }
+    const char *q = memchr(target, '?', len);
+    size_t plen = q ? (size_t)(q - target) : len;
+    int rc = ag_http_percent_decode(target, plen, 0, req->path, sizeof req->path);
     if (rc == AG_ETOOBIG) return -414;
     if (rc) return -400;
-    if (q) {
-        size_t qlen = (size_t)(buf + t1 - (q + 1));
-        if (qlen >= sizeof req->query) return -414;
-        memcpy(req->query, q + 1, qlen);
-        req->query[qlen] = '\0';
-    } else {
-        req->query[0] = '\0';
-    }
+    size_t qlen = q ? len - plen - 1 : 0;
+    memcpy(req->query, q ? q + 1 : "", qlen);
+    req->query[qlen] = '\0';
     return 0;
-}
-
-/* One header line buf[s..e) (CR removed): name ":" OWS value OWS. */
-static int valid_header(const char *buf, size_t s, size_t e) {
-    size_t i = s;
-    if (s < e && (buf[s] == ' ' || buf[s] == '\t')) return 0; /* obs-fold */
-    while (i < e && is_tchar((unsigned char)buf[i])) i++;
-    if (i == s || i >= e || buf[i] != ':') return 0;
-    for (i++; i < e; i++) {
-        unsigned char c = (unsigned char)buf[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7F) return 0;
-    }
-    return 1;
-}
-
-long ag_http_parse_head(const char *buf, size_t len, ag_http_request *req) {
-    size_t scan = len < AG_HTTP_HEAD_MAX ? len : AG_HTTP_HEAD_MAX;
-    memset(req, 0, sizeof *req);
-    if (memchr(buf, '\0', scan) != NULL) return -400;
-    long nl = line_end(buf, 0, scan);
-    if (nl < 0) return len >= AG_HTTP_HEAD_MAX ? -414 : 0;
-    size_t end = (size_t)nl;
-    if (end > 0 && buf[end - 1] == '\r') end--;
-    for (size_t i = 0; i < end; i++)
-        if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7F) return -400;
-    long rc = parse_request_line(buf, end, req);
-    if (rc) return rc;
-
-    size_t pos = (size_t)nl + 1;
-    int headers = 0;
-    for (;;) {
-        long e = line_end(buf, pos, scan);
-        if (e < 0) return len >= AG_HTTP_HEAD_MAX ? -431 : 0;
-        size_t le = (size_t)e;
-        if (le > pos && buf[le - 1] == '\r') le--;
-        if (le == pos) return e + 1; /* blank line: the head is complete */
-        if (++headers > AG_HTTP_HEADERS_MAX) return -431;
-        if (!valid_header(buf, pos, le)) return -400;
-        pos = (size_t)e + 1;
-    }
 }
 
 /* ------------------------------------------------------------ parameters */
