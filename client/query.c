@@ -45,7 +45,7 @@ const char *ag_client_last_error(const ag_client *c) {
 }
 
 static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms) {
-    char text[256];
+    char text[512];
     if (rv == NNG_ETIMEDOUT) {
         if (ag_tls_url(c->query_url) && atomic_load(&c->req_pipes) == 0)
             /* TCP connects (the probe said so) but no session came of it */
