@@ -80,7 +80,8 @@ tsan: deps
 	  -DCMAKE_C_FLAGS="-fsanitize=thread -g" >/dev/null
 	cmake --build build-tsan -j$(JOBS) --target altgrad_static
 	$(CC) -std=c11 -g -fsanitize=thread -Iinclude -I. tests/tsan/client_threads.c \
-	  build-tsan/libaltgrad.a -lmsgpackc -lpthread -latomic -lm -o build-tsan/client_threads
+	  build-tsan/libaltgrad.a -lmsgpackc -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -latomic -lm \
+	  -o build-tsan/client_threads
 	for policy in 0 1; do \
 	  TSAN_OPTIONS=halt_on_error=1:exitcode=66 setarch $$(uname -m) -R build-tsan/client_threads $$policy || exit 1; \
 	done

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "client/client_internal.h"
+#include "client/tls.h"
 
 #include <nng/protocol/pipeline0/push.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -251,9 +252,12 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
         atomic_fetch_sub(pipes, 1);
 }
 
-/* pipes: when not NULL, kept equal to the socket's connection count. */
+/* pipes: when not NULL, kept equal to the socket's connection count. tls:
+ * the dialer's TLS settings for a tls+tcp:// URL (the dialer holds its own
+ * reference), else NULL. */
 static int open_socket(nng_socket *s, int (*opener)(nng_socket *), const char *url,
-                       const ag_client_opts *o, int receives, _Atomic int *pipes) {
+                       const ag_client_opts *o, int receives, _Atomic int *pipes,
+                       nng_tls_config *tls) {
     int rv = opener(s);
     if (rv) return nng_to_ag(rv);
     if (pipes && ((rv = nng_pipe_notify(*s, NNG_PIPE_EV_ADD_POST, pipe_event, pipes)) ||
@@ -263,15 +267,45 @@ static int open_socket(nng_socket *s, int (*opener)(nng_socket *), const char *u
     }
     nng_duration rmin = o->reconnect_ms;
     nng_duration rmax = rmin * 10 > 2000 ? rmin * 10 : 2000;
+    nng_dialer d;
     if ((rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, rmin)) ||
         (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, rmax)) ||
         (rv = nng_socket_set_ms(*s, NNG_OPT_SENDTIMEO, SEND_POLL_MS)) ||
         (receives && (rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, AG_PROTO_MAX_MESSAGE))) ||
-        (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK))) {
+        (rv = nng_dialer_create(&d, *s, url)) ||
+        (tls && (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, tls))) ||
+        (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK))) {
         nng_close(*s);
         return rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP ? AG_EINVAL : nng_to_ag(rv);
     }
     return AG_OK;
+}
+
+/* The TLS settings for the tls+tcp:// URL url (opts and environment), or
+ * NULL in *out for another URL. A failure says why (ag_client_last_error(NULL)). */
+static int tls_settings(const ag_client_opts *o, const char *url, nng_tls_config **out) {
+    *out = NULL;
+    if (!ag_tls_url(url)) return AG_OK;
+    ag_tls_files f = {.cert = o->tls_cert,
+                      .key = o->tls_key,
+                      .ca = o->tls_ca,
+                      .server_name = o->tls_server_name,
+                      .cert_opt = o->tls_cert ? "tls_cert" : "$ALTGRAD_TLS_CERT",
+                      .key_opt = o->tls_key ? "tls_key" : "$ALTGRAD_TLS_KEY",
+                      .ca_opt = o->tls_ca ? "tls_ca" : "$ALTGRAD_TLS_CA"};
+    const char *env;
+    if (!f.cert && (env = getenv("ALTGRAD_TLS_CERT")) && *env) f.cert = env;
+    if (!f.key && (env = getenv("ALTGRAD_TLS_KEY")) && *env) f.key = env;
+    if (!f.ca && (env = getenv("ALTGRAD_TLS_CA")) && *env) f.ca = env;
+    if (!f.server_name && (env = getenv("ALTGRAD_TLS_SERVER_NAME")) && *env) f.server_name = env;
+    if (!f.ca) f.ca_opt = "tls_ca (or $ALTGRAD_TLS_CA)";
+    char err[600], line[700];
+    int rc = ag_tls_config_new(out, 0, NNG_TLS_AUTH_MODE_REQUIRED, &f, err, sizeof err);
+    if (rc) {
+        snprintf(line, sizeof line, "%s: %s", url, err);
+        ag_client_note_open_error(line);
+    }
+    return rc;
 }
 
 static int fill_options(ag_client *c, const ag_client_opts *in) {
@@ -362,6 +396,8 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     *out = NULL;
     int rc;
     int have_push = 0, have_req = 0, have_sync = 0;
+    nng_tls_config *tls = NULL;
+    ag_client_note_open_error("");
     ag_client *c = calloc(1, sizeof(*c));
     if (!c) return AG_ENOMEM;
     ag_buf_init(&c->batch.buf);
@@ -390,11 +426,19 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     pthread_cond_init(&c->named, &ca);
     pthread_condattr_destroy(&ca);
     have_sync = 1;
-    if ((rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0, NULL))) goto fail;
+    if ((rc = tls_settings(&c->opts, c->ingest_url, &tls)) ||
+        (rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0, NULL, tls)))
+        goto fail;
     have_push = 1;
-    if ((rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1, &c->req_pipes)))
+    if (tls) nng_tls_config_free(tls);
+    if ((rc = tls_settings(&c->opts, c->query_url, &tls)) ||
+        (rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1, &c->req_pipes, tls)))
         goto fail;
     have_req = 1;
+    if (tls) nng_tls_config_free(tls);
+    tls = NULL;
+    /* the caller's strings, read at open only */
+    c->opts.tls_cert = c->opts.tls_key = c->opts.tls_ca = c->opts.tls_server_name = NULL;
     if ((rc = ag_client_name_init(c))) goto fail;
     if (pthread_create(&c->sender, NULL, sender_main, c) != 0) {
         rc = AG_ENOMEM;
@@ -405,6 +449,9 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     *out = c;
     return AG_OK;
 fail:
+    if (tls) nng_tls_config_free(tls);
+    if (!quiet && *ag_client_last_error(NULL))
+        fprintf(stderr, "altgrad: %s\n", ag_client_last_error(NULL));
     ag_client_name_fini(c);
     if (have_req) nng_close(c->req);
     if (have_push) nng_close(c->push);

@@ -137,6 +137,8 @@ void ag_client_leave_locked(ag_client *c);
 
 /* Set what ag_client_last_error says on this thread for c. */
 void ag_client_note_error(const ag_client *c, const char *text);
+/* Set what ag_client_last_error(NULL) says on this thread: why open failed. */
+void ag_client_note_open_error(const char *text);
 
 /* Ask the daemon how many of this client's messages it stored (q_delivery),
  * waiting at most timeout_ms; the query errors of query.c, and AG_EPROTO for

@@ -211,7 +211,15 @@ int ag_endpoint_probe(const char *url, int timeout_ms, int pending_fails, char *
         return probe_tcp(url, url + 7, AF_INET, timeout_ms, pending_fails, why, cap);
     if (strncmp(url, "tcp6://", 7) == 0)
         return probe_tcp(url, url + 7, AF_INET6, timeout_ms, pending_fails, why, cap);
-    return AG_OK; /* inproc, tls+tcp, ws...: nng's own wait is all we have */
+    /* tls+tcp: whether the port takes connections (the TLS handshake is
+     * nng's; the daemon's listener survives a peer that leaves before it) */
+    if (strncmp(url, "tls+tcp://", 10) == 0)
+        return probe_tcp(url, url + 10, AF_UNSPEC, timeout_ms, pending_fails, why, cap);
+    if (strncmp(url, "tls+tcp4://", 11) == 0)
+        return probe_tcp(url, url + 11, AF_INET, timeout_ms, pending_fails, why, cap);
+    if (strncmp(url, "tls+tcp6://", 11) == 0)
+        return probe_tcp(url, url + 11, AF_INET6, timeout_ms, pending_fails, why, cap);
+    return AG_OK; /* inproc, ws...: nng's own wait is all we have */
 }
 
 void ag_endpoint_explain(const char *url, int origin, int ingest, const char *why, char *out,

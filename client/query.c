@@ -16,6 +16,7 @@
 
 #include "client/client_internal.h"
 #include "client/query_any.h"
+#include "client/tls.h"
 #include "proto/spec.h"
 
 /* The last failure of a query (or of a flush or close that asked the
@@ -31,14 +32,30 @@ static int fail_with(const ag_client *c, int rc, const char *text) {
 
 void ag_client_note_error(const ag_client *c, const char *text) { fail_with(c, AG_OK, text); }
 
+/* Why the last ag_client_open on this thread failed (ag_client_last_error(NULL)). */
+static _Thread_local char open_error[AG_PROTO_MAX_ERROR_TEXT + 1];
+
+void ag_client_note_open_error(const char *text) {
+    snprintf(open_error, sizeof open_error, "%s", text ? text : "");
+}
+
 const char *ag_client_last_error(const ag_client *c) {
-    return c && last_client == c ? ag_errctx_text(&last_error) : "";
+    if (!c) return open_error;
+    return last_client == c ? ag_errctx_text(&last_error) : "";
 }
 
 static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms) {
-    char text[256];
+    char text[512];
     if (rv == NNG_ETIMEDOUT) {
-        snprintf(text, sizeof text, "no reply from %s within %d ms", c->query_url, timeout_ms);
+        if (ag_tls_url(c->query_url) && atomic_load(&c->req_pipes) == 0)
+            /* TCP connects (the probe said so) but no session came of it */
+            snprintf(text, sizeof text,
+                     "no reply from %s within %d ms: no TLS session with the daemon (it "
+                     "refused this client's certificate, or its own does not chain to tls_ca "
+                     "or does not carry the server name expected)",
+                     c->query_url, timeout_ms);
+        else
+            snprintf(text, sizeof text, "no reply from %s within %d ms", c->query_url, timeout_ms);
         return fail_with(c, AG_ETIMEDOUT, text);
     }
     snprintf(text, sizeof text, "%s %s: %s", what, c->query_url, nng_strerror(rv));

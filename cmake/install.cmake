@@ -40,7 +40,7 @@ if(TARGET ag_proto)
   set(AG_PC_LIBS_PRIVATE "-lmsgpackc ${AG_PC_LIBS_PRIVATE}")
 endif()
 if(TARGET ag_client_objs)
-  set(AG_PC_LIBS_PRIVATE "-pthread -latomic ${AG_PC_LIBS_PRIVATE}")
+  set(AG_PC_LIBS_PRIVATE "-lmbedtls -lmbedx509 -lmbedcrypto -pthread -latomic ${AG_PC_LIBS_PRIVATE}")
 endif()
 configure_package_config_file(${CMAKE_CURRENT_LIST_DIR}/altgradConfig.cmake.in
   ${CMAKE_CURRENT_BINARY_DIR}/altgradConfig.cmake

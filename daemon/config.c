@@ -24,7 +24,8 @@ typedef enum opt_type {
     OPT_DOUBLE,  /* finite double within [min, max] */
     OPT_ENUM,    /* one of choices, stored as values[i] */
     OPT_HTTP,    /* "off" or HOST:PORT */
-    OPT_FLAG     /* no argument; command line only */
+    OPT_FLAG,    /* no argument; command line only */
+    OPT_BOOL     /* no argument on the command line; true|false in the file */
 } opt_type;
 
 typedef struct opt {
@@ -45,6 +46,11 @@ static const char *const scale_modes[] = {"current", "delayed", NULL};
 static const int scale_mode_values[] = {AG_SCALE_CURRENT, AG_SCALE_DELAYED};
 static const char *const amax_modes[] = {"max", "most_recent", NULL};
 static const int amax_mode_values[] = {AG_AMAX_MAX, AG_AMAX_MOST_RECENT};
+/* No "optional": nng's mbedTLS engine then lets a certificate that fails the
+ * check in too (mbedTLS's VERIFY_OPTIONAL), which would only look safer than
+ * none. */
+static const char *const tls_auths[] = {"required", "none", NULL};
+static const int tls_auth_values[] = {AG_TLS_AUTH_REQUIRED, AG_TLS_AUTH_NONE};
 static const char *const log_levels[] = {"error", "warning", "notice", "info", "debug", NULL};
 static const int log_level_values[] = {AG_LOG_ERROR, AG_LOG_WARNING, AG_LOG_NOTICE, AG_LOG_INFO,
                                        AG_LOG_DEBUG};
@@ -61,7 +67,7 @@ static const opt options[] = {
      .arg = "URL",
      .file_ok = 1,
      .help = "listen for trainers' streams on URL (nng PULL); repeatable, e.g. an ipc:// "
-             "and a tcp:// listener"},
+             "and a tcp:// or tls+tcp:// listener"},
     {.name = "query",
      .type = OPT_STRING,
      FIELD(query),
@@ -171,6 +177,44 @@ static const opt options[] = {
      .file_ok = 1,
      .help = "serve the web page, the JSON API and /metrics over HTTP on ADDR:PORT (an "
              "IPv4 address or [IPv6]; port 0 picks a free one); off disables it"},
+    {.name = "tls-cert",
+     .type = OPT_STRING,
+     FIELD(tls_cert),
+     .arg = "FILE",
+     .file_ok = 1,
+     .help = "PEM certificate (chain) the daemon presents on its tls+tcp:// listeners"},
+    {.name = "tls-key",
+     .type = OPT_STRING,
+     FIELD(tls_key),
+     .arg = "FILE",
+     .file_ok = 1,
+     .help = "PEM private key of --tls-cert, unencrypted (keep it readable by the daemon "
+             "only)"},
+    {.name = "tls-ca",
+     .type = OPT_STRING,
+     FIELD(tls_ca),
+     .arg = "FILE",
+     .file_ok = 1,
+     .help = "PEM CA certificate(s) that clients' certificates must chain to on tls+tcp:// "
+             "listeners"},
+    {.name = "tls-auth",
+     .type = OPT_ENUM,
+     FIELD(tls_auth),
+     .def = "required",
+     .choices = tls_auths,
+     .values = tls_auth_values,
+     .arg = "required|none",
+     .file_ok = 1,
+     .help = "whether tls+tcp:// clients must present a certificate that chains to "
+             "--tls-ca (required) or are not asked (none: encryption only, anyone who "
+             "reaches the port may send and query)"},
+    {.name = "allow-remote-tcp",
+     .type = OPT_BOOL,
+     FIELD(allow_remote_tcp),
+     .file_ok = 1,
+     .help = "let plain tcp:// listeners and --http use addresses beyond loopback "
+             "(unauthenticated and unencrypted: prefer tls+tcp://); in the file: "
+             "allow-remote-tcp = true"},
     {.name = "log-level",
      .type = OPT_ENUM,
      FIELD(log_level),
@@ -411,6 +455,98 @@ int ag_config_set_http(ag_config *cfg, const char *text, char *err, size_t errle
     return AG_OK;
 }
 
+/* ------------------------------------------------ who may reach the daemon */
+
+int ag_config_host_loopback(const char *host) {
+    unsigned char a[16];
+    if (strcmp(host, "localhost") == 0) return 1;
+    if (inet_pton(AF_INET, host, a) == 1) return a[0] == 127;
+    if (inet_pton(AF_INET6, host, a) != 1) return 0; /* another name: not known to be local */
+    static const unsigned char lo[16] = {[15] = 1};
+    static const unsigned char mapped[12] = {[10] = 0xff, [11] = 0xff};
+    return memcmp(a, lo, 16) == 0 || (memcmp(a, mapped, 12) == 0 && a[12] == 127);
+}
+
+/* The host of SCHEME://HOST:PORT[/...] (IPv6 in brackets) into host; "" for
+ * none ("tcp://:7461", every address). 0, or -1 when there is no port. */
+static int url_host(const char *rest, char *host, size_t cap) {
+    const char *end;
+    if (*rest == '[') {
+        end = strchr(rest, ']');
+        if (!end || end[1] != ':') return -1;
+        rest++;
+    } else {
+        size_t n = strcspn(rest, "/");
+        end = NULL;
+        for (const char *p = rest; p < rest + n; p++)
+            if (*p == ':') end = p;
+        if (!end) return -1;
+    }
+    size_t len = (size_t)(end - rest);
+    if (len >= cap) return -1;
+    memcpy(host, rest, len);
+    host[len] = '\0';
+    return 0;
+}
+
+ag_url_reach ag_config_url_reach(const char *url) {
+    static const char *const plain[] = {"tcp://", "tcp4://", "tcp6://",
+                                        "ws://",  "ws4://",  "ws6://"};
+    static const char *const tls[] = {"tls+tcp://", "tls+tcp4://", "tls+tcp6://",
+                                      "wss://",     "wss4://",     "wss6://"};
+    for (size_t i = 0; i < sizeof tls / sizeof tls[0]; i++)
+        if (strncmp(url, tls[i], strlen(tls[i])) == 0) return AG_REACH_TLS;
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++) {
+        size_t n = strlen(plain[i]);
+        if (strncmp(url, plain[i], n) != 0) continue;
+        char host[256];
+        if (url_host(url + n, host, sizeof host) != 0) return AG_REACH_NETWORK;
+        return ag_config_host_loopback(host) ? AG_REACH_LOOPBACK : AG_REACH_NETWORK;
+    }
+    return AG_REACH_LOCAL; /* ipc://, inproc://; nng refuses what it does not know */
+}
+
+/* Plain TCP stays on loopback unless --allow-remote-tcp; a tls+tcp://
+ * listener needs the daemon's certificate and key, and the CA unless
+ * --tls-auth none. */
+static int check_url(const ag_config *cfg, const char *key, const char *url, int *tls, char *err,
+                     size_t errlen) {
+    ag_url_reach r = ag_config_url_reach(url);
+    if (r == AG_REACH_NETWORK && !cfg->allow_remote_tcp)
+        return fail(err, errlen, AG_EINVAL,
+                    "--%s %s: plain TCP beyond loopback lets anyone on the network send or "
+                    "read runs; use tls+tcp:// with client certificates (--tls-cert, --tls-key, "
+                    "--tls-ca), a loopback address, or --allow-remote-tcp to insist",
+                    key, url);
+    if (r == AG_REACH_TLS && strncmp(url, "wss", 3) == 0)
+        return fail(err, errlen, AG_EINVAL, "--%s %s: wss:// is not supported; use tls+tcp://", key,
+                    url);
+    if (r == AG_REACH_TLS) *tls = 1;
+    return AG_OK;
+}
+
+static int check_reach(const ag_config *cfg, char *err, size_t errlen) {
+    int tls = 0, rc;
+    for (size_t i = 0; i < cfg->ningest; i++)
+        if ((rc = check_url(cfg, "ingest", cfg->ingest[i], &tls, err, errlen))) return rc;
+    if ((rc = check_url(cfg, "query", cfg->query, &tls, err, errlen))) return rc;
+    if (cfg->http_enabled && !cfg->allow_remote_tcp && !ag_config_host_loopback(cfg->http_host))
+        return fail(err, errlen, AG_EINVAL,
+                    "--http %s: the page, API and /metrics have no authentication; keep them on "
+                    "a loopback address (a reverse proxy or an SSH tunnel shares them), or give "
+                    "--allow-remote-tcp to insist (e.g. for a Prometheus on another host)",
+                    cfg->http);
+    if (tls && (!cfg->tls_cert[0] || !cfg->tls_key[0]))
+        return fail(err, errlen, AG_EINVAL,
+                    "a tls+tcp:// listener needs the daemon's certificate and key: --tls-cert "
+                    "FILE --tls-key FILE (docs/daemon.md, \"Many nodes\")");
+    if (tls && cfg->tls_auth != AG_TLS_AUTH_NONE && !cfg->tls_ca[0])
+        return fail(err, errlen, AG_EINVAL,
+                    "a tls+tcp:// listener with --tls-auth required needs --tls-ca FILE, the CA "
+                    "that clients' certificates must chain to");
+    return AG_OK;
+}
+
 /* Set option o from text; from_cli tells which source (for URL lists). */
 static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_reset, char *err,
                    size_t errlen) {
@@ -471,6 +607,16 @@ static int set_opt(ag_config *cfg, const opt *o, const char *val, int *urls_rese
         return fail(err, errlen, AG_EINVAL, "--%s: '%s' is not one of %s", o->name, val, o->arg);
     case OPT_HTTP: return ag_config_set_http(cfg, val, err, errlen);
     case OPT_FLAG: *(int *)(void *)field = 1; return AG_OK;
+    case OPT_BOOL:
+        if (!*val || strcmp(val, "true") == 0 || strcmp(val, "yes") == 0 || strcmp(val, "1") == 0) {
+            *(int *)(void *)field = 1;
+            return AG_OK;
+        }
+        if (strcmp(val, "false") == 0 || strcmp(val, "no") == 0 || strcmp(val, "0") == 0) {
+            *(int *)(void *)field = 0;
+            return AG_OK;
+        }
+        return fail(err, errlen, AG_EINVAL, "%s: '%s' is not true or false", o->name, val);
     }
     return AG_EINVAL;
 }
@@ -547,7 +693,7 @@ static int parse_args(ag_config *cfg, int argc, char **argv, int only_config, ch
         const opt *o = find_opt(name, len);
         if (!o) return fail(err, errlen, AG_EINVAL, "unknown option '%s' (see --help)", a);
         const char *val = NULL;
-        if (o->type == OPT_FLAG) {
+        if (o->type == OPT_FLAG || o->type == OPT_BOOL) {
             if (eq) return fail(err, errlen, AG_EINVAL, "--%s takes no value", o->name);
         } else if (eq) {
             val = eq + 1;
@@ -574,6 +720,7 @@ int ag_config_load(ag_config *cfg, int argc, char **argv, char *err, size_t errl
     if (rc) return rc;
     if (cfg->config_file[0] && (rc = load_file(cfg, cfg->config_file, err, errlen))) return rc;
     if ((rc = parse_args(cfg, argc, argv, 0, err, errlen))) return rc;
+    if ((rc = check_reach(cfg, err, errlen))) return rc;
     return ag_config_set_formats(cfg, cfg->formats, err, errlen);
 }
 

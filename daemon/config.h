@@ -20,6 +20,13 @@ typedef enum ag_scale_mode {
     AG_SCALE_DELAYED = 1  /* only earlier steps' amax (TransformerEngine's delayed) */
 } ag_scale_mode;
 
+/* --tls-auth: how clients' certificates are checked on tls+tcp:// listeners
+ * (the values of nng's nng_tls_auth_mode) */
+typedef enum ag_tls_auth {
+    AG_TLS_AUTH_NONE = 0,    /* not asked for: anyone reaching the port may send */
+    AG_TLS_AUTH_REQUIRED = 2 /* required, and must chain to --tls-ca (default) */
+} ag_tls_auth;
+
 typedef struct ag_config {
     char ingest[AG_CONFIG_MAX_INGEST][AG_CONFIG_PATH_MAX];
     size_t ningest;
@@ -46,7 +53,14 @@ typedef struct ag_config {
     long state_budget_mib;  /* the engine's memory budget */
     int log_level;          /* ag_log_level */
     long keep_raw_steps;    /* 0: keep every raw row */
-    int want_rebuild;       /* --rebuild-rollups: rebuild and exit */
+    /* tls+tcp:// listeners: the daemon's certificate and key, the CA that
+     * clients' certificates must chain to (PEM paths; "" = not given) */
+    char tls_cert[AG_CONFIG_PATH_MAX];
+    char tls_key[AG_CONFIG_PATH_MAX];
+    char tls_ca[AG_CONFIG_PATH_MAX];
+    int tls_auth;         /* ag_tls_auth */
+    int allow_remote_tcp; /* plain tcp:// and --http may listen beyond loopback */
+    int want_rebuild;     /* --rebuild-rollups: rebuild and exit */
     int want_help;
     int want_version;
 } ag_config;
@@ -78,6 +92,17 @@ void ag_config_format_spec(const ag_format *f, char *buf, size_t len);
 /* Check an --http value: "off", "IPv4:PORT" or "[IPv6]:PORT" (PORT 0..65535,
  * 0 = any free port); fills the http_* fields. */
 int ag_config_set_http(ag_config *cfg, const char *text, char *err, size_t errlen);
+/* How a listener URL (or an --http host) reaches the network: */
+typedef enum ag_url_reach {
+    AG_REACH_LOCAL = 0,    /* ipc://, inproc://: this machine's processes */
+    AG_REACH_LOOPBACK = 1, /* plain TCP on 127.0.0.0/8, ::1 or localhost */
+    AG_REACH_NETWORK = 2,  /* plain TCP (tcp://, ws://) on any other address */
+    AG_REACH_TLS = 3       /* tls+tcp:// on any address */
+} ag_url_reach;
+ag_url_reach ag_config_url_reach(const char *url);
+/* Whether host (no brackets) is 127.0.0.0/8, ::1 (or ::ffff:127.x) or
+ * "localhost". */
+int ag_config_host_loopback(const char *host);
 /* Print --help (generated from the table) to stdout. */
 void ag_config_usage(const char *prog);
 

@@ -14,6 +14,7 @@
 
 #include "altgrad/altgrad.h"
 #include "daemon/ingest.h"
+#include "daemon/secure.h"
 #include <nng/protocol/pipeline0/pull.h>
 #include "proto/proto.h"
 
@@ -239,6 +240,7 @@ int ag_ingest_start(ag_ingest **out, uv_loop_t *loop, const ag_config *cfg, ag_l
         }
         if (strncmp(cfg->ingest[i], "ipc://", 6) == 0)
             nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0660);
+        if (ag_secure_listener(l, cfg->ingest[i], lg)) return AG_ETRANSPORT;
         if ((rv = nng_listener_start(l, 0))) {
             ag_log(lg, AG_LOG_ERROR, "ingest: cannot listen on %s: %s", cfg->ingest[i],
                    nng_strerror(rv));

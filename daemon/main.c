@@ -27,6 +27,7 @@
 #include "daemon/log.h"
 #include "daemon/notify.h"
 #include "daemon/query.h"
+#include "daemon/secure.h"
 #include "daemon/writer.h"
 #include "proto/proto.h"
 #include "schema/store.h"
@@ -629,6 +630,11 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (d->cfg.want_rebuild) return rebuild_rollups(&d->cfg);
+    /* TLS files: read and checked before anything starts (a bad option). */
+    if (ag_secure_init(&d->cfg, err, sizeof err)) {
+        fprintf(stderr, "altgradd: %s\n", err);
+        return 2;
+    }
     ag_logger_init(&d->log, d->cfg.log_level);
     d->start_ms = now_ms();
     publish_scale_rule(d);
@@ -646,6 +652,7 @@ int main(int argc, char **argv) {
     snprintf(pool, sizeof pool, "%zu", d->threads);
     setenv("UV_THREADPOOL_SIZE", pool, 1);
     if (init_loop(d)) {
+        ag_secure_fini();
         ag_logger_destroy(&d->log);
         return 1;
     }
@@ -663,6 +670,7 @@ int main(int argc, char **argv) {
         }
         for (size_t i = 0; i < d->cfg.ningest; i++)
             ag_log(&d->log, AG_LOG_NOTICE, "listening for trainers on %s", d->cfg.ingest[i]);
+        ag_secure_warn(&d->cfg, &d->log);
         if (ag_http_bound(d->http))
             ag_log(&d->log, AG_LOG_NOTICE, "http: serving the page, API and metrics on http://%s/",
                    ag_http_bound(d->http));
@@ -685,6 +693,7 @@ int main(int argc, char **argv) {
     ag_writer_stop(d->writer);
     ag_engine_free(d->engine);
     ag_http_free(d->http);
+    ag_secure_fini();
     uv_loop_close(&d->loop);
     if (rc == 0) ag_log(&d->log, AG_LOG_NOTICE, "stopped");
     ag_logger_destroy(&d->log);

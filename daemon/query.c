@@ -14,6 +14,7 @@
 
 #include "daemon/ingest.h"
 #include "daemon/query.h"
+#include "daemon/secure.h"
 #include "present/answer.h"
 #include "proto/proto.h"
 #include "schema/store.h"
@@ -153,6 +154,7 @@ int ag_query_start(ag_query **out, const ag_config *cfg, ag_logger *lg, ag_statu
     }
     if (strncmp(cfg->query, "ipc://", 6) == 0)
         nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0660);
+    if (ag_secure_listener(l, cfg->query, lg)) return AG_ETRANSPORT;
     if ((rv = nng_listener_start(l, 0))) {
         ag_log(lg, AG_LOG_ERROR, "query: cannot listen on %s: %s", cfg->query, nng_strerror(rv));
         return AG_ETRANSPORT;

@@ -9,7 +9,8 @@
 #
 # Idempotent: a stamp in the prefix names the source version and the patches'
 # checksum; a matching stamp means nothing to do. Needs cmake, a C compiler,
-# dpkg-dev (dpkg-source) and network access to deb.debian.org; no root.
+# dpkg-dev (dpkg-source), libmbedtls-dev (nng's TLS engine) and network access
+# to deb.debian.org; no root.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -20,7 +21,9 @@ suite=${AG_NNG_SUITE:-bookworm}
 version=${AG_NNG_VERSION:-1.5.2-2}
 patches=("$here"/nng/*.patch)
 sum=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
-stamp="nng $version patches $sum"
+# "tls mbedtls": built with NNG_ENABLE_TLS (tls+tcp://, docs/nng.md); a prefix
+# built before that has another stamp and is rebuilt.
+stamp="nng $version patches $sum tls mbedtls"
 if [[ -f $prefix/.altgrad-stamp && $(cat "$prefix/.altgrad-stamp") == "$stamp" \
       && -f $prefix/lib/libnng.a ]]; then
   exit 0
@@ -46,7 +49,7 @@ done
 
 cmake -S "$work/src/nng" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
   -DBUILD_SHARED_LIBS=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
-  -DNNG_TESTS=OFF -DNNG_TOOLS=OFF -DNNG_ENABLE_NNGCAT=OFF -DNNG_ENABLE_TLS=OFF \
+  -DNNG_TESTS=OFF -DNNG_TOOLS=OFF -DNNG_ENABLE_NNGCAT=OFF -DNNG_ENABLE_TLS=ON \
   -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_LIBDIR=lib >"$work/cmake.log" 2>&1 \
   || { cat "$work/cmake.log" >&2; exit 1; }
 cmake --build "$work/build" -j"$(nproc)" >"$work/build.log" 2>&1 \

@@ -7,7 +7,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libuv1-dev libmsgpack-dev
       libsqlite3-dev libcriterion-dev sqlite3 python3 python3-torch python3-pytest
       python3-numpy clang libclang-rt-14-dev systemd bubblewrap libseccomp2 util-linux
-      man-db binutils dpkg-dev patch ca-certificates clang-format git chromium curl)
+      man-db binutils dpkg-dev patch ca-certificates clang-format git chromium curl
+      libmbedtls-dev openssl prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")

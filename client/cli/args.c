@@ -30,7 +30,11 @@ typedef enum opt_id {
     OPT_EVERY,
     OPT_WINDOW,
     OPT_LIMIT,
-    OPT_WIDTH
+    OPT_WIDTH,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_TLS_CA,
+    OPT_TLS_SERVER_NAME
 } opt_id;
 
 typedef struct opt_def {
@@ -56,6 +60,10 @@ static const opt_def options[] = {
     {"window", 0, OPT_WINDOW, 1, AG_OPT_WINDOW},
     {"limit", 0, OPT_LIMIT, 1, AG_OPT_LIMIT},
     {"width", 0, OPT_WIDTH, 1, AG_OPT_WIDTH},
+    {"tls-cert", 0, OPT_TLS_CERT, 1, 0},
+    {"tls-key", 0, OPT_TLS_KEY, 1, 0},
+    {"tls-ca", 0, OPT_TLS_CA, 1, 0},
+    {"tls-server-name", 0, OPT_TLS_SERVER_NAME, 1, 0},
 };
 
 typedef struct cmd_def {
@@ -129,6 +137,11 @@ static const char usage_text[] =
     "  --window N     top: only the N most recent steps (0 = all)\n"
     "  --limit N      top: at most N tensors (default 10)\n"
     "  --width N      report: sparkline columns (default 40)\n"
+    "  --tls-cert FILE, --tls-key FILE  this client's certificate and key for a\n"
+    "                 tls+tcp:// URL (default $ALTGRAD_TLS_CERT, $ALTGRAD_TLS_KEY)\n"
+    "  --tls-ca FILE  the CA the daemon's certificate must chain to (default $ALTGRAD_TLS_CA)\n"
+    "  --tls-server-name NAME  the name the daemon's certificate must carry (default\n"
+    "                 $ALTGRAD_TLS_SERVER_NAME, else the URL's host)\n"
     "  -h, --help     this text;  -V, --version  the version\n"
     "\n"
     "Options may stand before or after the command's arguments; `--` ends them.\n"
@@ -288,6 +301,16 @@ static int apply_option(const opt_def *o, const char *shown, const char *val, ag
     case OPT_DB:
         if (*val == '\0') return usage_error(err, cap, "--db needs a file name");
         a->db_path = val;
+        return AG_OK;
+    case OPT_TLS_CERT:
+    case OPT_TLS_KEY:
+    case OPT_TLS_CA:
+    case OPT_TLS_SERVER_NAME:
+        if (*val == '\0') return usage_error(err, cap, "%s needs a value", shown);
+        if (o->id == OPT_TLS_CERT) a->tls_cert = val;
+        if (o->id == OPT_TLS_KEY) a->tls_key = val;
+        if (o->id == OPT_TLS_CA) a->tls_ca = val;
+        if (o->id == OPT_TLS_SERVER_NAME) a->tls_server_name = val;
         return AG_OK;
     case OPT_JSON: a->mode = AG_CLI_JSON; return AG_OK;
     case OPT_CSV: a->mode = AG_CLI_CSV; return AG_OK;

@@ -43,11 +43,14 @@ enum {
 
 typedef struct ag_cli_args {
     const char *query_url; /* --query, or NULL */
-    const char *db_path;   /* --db, or NULL */
-    int timeout_ms;        /* --timeout: query timeout, 0 = the client's default */
-    ag_cli_mode mode;      /* --json / --csv, else table */
-    int help;              /* --help / -h: print usage, exit 0 */
-    int version;           /* --version / -V */
+    /* --tls-cert, --tls-key, --tls-ca, --tls-server-name, or NULL (the
+     * client's environment fallbacks) */
+    const char *tls_cert, *tls_key, *tls_ca, *tls_server_name;
+    const char *db_path; /* --db, or NULL */
+    int timeout_ms;      /* --timeout: query timeout, 0 = the client's default */
+    ag_cli_mode mode;    /* --json / --csv, else table */
+    int help;            /* --help / -h: print usage, exit 0 */
+    int version;         /* --version / -V */
     ag_cli_cmd cmd;
     const char *run;    /* tensors, history, scales, top, report */
     const char *tensor; /* history */

@@ -54,12 +54,20 @@ int ag_cli_source_open(ag_cli_source *s, const ag_cli_args *a, char *err, size_t
         memset(&opts, 0, sizeof opts);
         opts.query_url = a->query_url;
         opts.query_timeout_ms = a->timeout_ms;
+        opts.tls_cert = a->tls_cert;
+        opts.tls_key = a->tls_key;
+        opts.tls_ca = a->tls_ca;
+        opts.tls_server_name = a->tls_server_name;
         snprintf(s->where, sizeof s->where, "%s",
                  a->query_url ? a->query_url : ag_cli_default_query_url());
         /* quiet: a query that finds no daemon says so itself, in one line */
         rc = ag_client_open_quiet(&c, &opts, 1);
         if (rc != AG_OK) {
-            snprintf(err, cap, "cannot open a client for %s: %s", s->where, ag_strerror(rc));
+            const char *why = ag_client_last_error(NULL); /* names the URL */
+            if (*why)
+                snprintf(err, cap, "%s", why);
+            else
+                snprintf(err, cap, "cannot open a client for %s: %s", s->where, ag_strerror(rc));
             one_line(err);
             return rc;
         }
@@ -119,7 +127,10 @@ int ag_cli_source_explain(const ag_cli_source *s, int rc, char *err, size_t cap,
         said = ag_client_last_error(s->client);
     if (said == NULL) said = "";
 
-    if (rc == AG_ETIMEDOUT && s->client != NULL)
+    if (rc == AG_ETIMEDOUT && s->client != NULL && strncmp(s->where, "tls+", 4) == 0 &&
+        *said != '\0')
+        snprintf(err, cap, "%s (--timeout MS waits longer)", said); /* why no TLS session */
+    else if (rc == AG_ETIMEDOUT && s->client != NULL)
         snprintf(err, cap,
                  "the daemon at %s did not answer in time (--timeout MS waits "
                  "longer)",

@@ -461,6 +461,16 @@ typedef struct ag_client_opts {
                              * ASCII. NULL: $TORCHELASTIC_RUN_ID (torchrun's run id) if
                              * set, else $ALTGRAD_LAUNCH_ID, else one unique to this
                              * client (see ag_client_launch_id) */
+    /* TLS: for tls+tcp:// URLs (docs/daemon.md, "Many nodes"); ignored for
+     * ipc:// and tcp://. Paths of PEM files, read and checked at open. */
+    const char *tls_cert;        /* this client's certificate, which the daemon checks
+                                  * against its --tls-ca; NULL: $ALTGRAD_TLS_CERT, else
+                                  * none (a daemon requiring one refuses the client) */
+    const char *tls_key;         /* its private key, unencrypted; NULL: $ALTGRAD_TLS_KEY */
+    const char *tls_ca;          /* the CA the daemon's certificate must chain to (required
+                                  * for tls+tcp://); NULL: $ALTGRAD_TLS_CA */
+    const char *tls_server_name; /* the name the daemon's certificate must carry; NULL:
+                                  * $ALTGRAD_TLS_SERVER_NAME, else the URL's host */
 } ag_client_opts;
 
 /*
@@ -484,8 +494,12 @@ typedef struct ag_client_opts {
  * asks as soon as run_start went out, and ag_client_run returns the answer.
  *
  * AG_EINVAL for a bad option (name or launch id empty or not allowed,
- * metadata not a JSON object), AG_ETOOBIG for a name or launch id over its
- * limit, AG_ETRANSPORT when a URL cannot be used.
+ * metadata not a JSON object, a TLS file that is no PEM certificate or key,
+ * a key not matching its certificate, a tls+tcp:// URL without a CA),
+ * AG_EIO for a TLS file that cannot be read, AG_ETOOBIG for a name or launch
+ * id over its limit, AG_ETRANSPORT when a URL cannot be used. After a failed
+ * open, ag_client_last_error(NULL) says why in one line on that thread
+ * (e.g. "tls_key /etc/k.pem: the key does not match the certificate in ...").
  */
 AG_EXTERN int ag_client_open(ag_client **out, const ag_client_opts *opts);
 
@@ -684,7 +698,8 @@ AG_EXTERN int ag_client_top(ag_client *c, const char *run, const char *format, u
                             size_t limit, ag_top_list **out);
 AG_EXTERN int ag_client_status(ag_client *c, ag_status **out);
 /* The daemon's error text (or a local explanation) for the last failed query
- * on this thread with this handle, or "". A flush that failed leaves its
+ * on this thread with this handle, or "". With c NULL: why the last
+ * ag_client_open on this thread failed, or "". A flush that failed leaves its
  * reason here too: why messages stayed queued (e.g. "no daemon at
  * ipc://var/ingest.sock: ./var/ingest.sock (in /home/me) not found ..."), or
  * what its last ask for confirmation got. */

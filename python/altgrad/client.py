@@ -46,6 +46,11 @@ class ag_client_opts(ctypes.Structure):
         ("sample_seed", c_uint64),
         ("resume", c_int),
         ("launch_id", c_char_p),
+        # TLS
+        ("tls_cert", c_char_p),
+        ("tls_key", c_char_p),
+        ("tls_ca", c_char_p),
+        ("tls_server_name", c_char_p),
     ]
 
 
@@ -225,6 +230,14 @@ class Client:
     belongs to; clients of one launch asking for one name share the run (None:
     $TORCHELASTIC_RUN_ID, else $ALTGRAD_LAUNCH_ID, else one of its own).
     metadata: a dict (sent as JSON) or a JSON object string.
+    tls_cert, tls_key, tls_ca (paths of PEM files) and tls_server_name: for
+    tls+tcp:// URLs, this client's certificate and key (which the daemon
+    checks against its --tls-ca), the CA the daemon's certificate must chain
+    to, and the name it must carry (default the URL's host). None: the
+    environment ($ALTGRAD_TLS_CERT, $ALTGRAD_TLS_KEY, $ALTGRAD_TLS_CA,
+    $ALTGRAD_TLS_SERVER_NAME). Read and checked at open: a missing file, one
+    that is no PEM, or a key that is not the certificate's raises with the
+    reason (docs/daemon.md, "Many nodes").
     policy: "drop" (default: a full send queue drops the message, counted,
     and the log call returns False) or "block" (wait for room, lossless).
     The other keywords are ag_client_opts fields (0 = the library default):
@@ -244,7 +257,8 @@ class Client:
 
     def __init__(self, ingest_url: str = None, query_url: str = None, run: str = None, *,
                  metadata=None, policy: str = "drop", resume: bool = False,
-                 launch_id: str = None, **options):
+                 launch_id: str = None, tls_cert=None, tls_key=None, tls_ca=None,
+                 tls_server_name: str = None, **options):
         self._c = None
         self._undelivered = 0
         # Guards _c and _inflight only; never held across a C call, so a
@@ -270,6 +284,10 @@ class Client:
         opts.resume = int(bool(resume))
         if launch_id is not None:
             opts.launch_id = _launch_id(launch_id)
+        for key, value in (("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_ca", tls_ca)):
+            if value is not None:
+                setattr(opts, key, _lib.cstr(os.fspath(value), key))
+        opts.tls_server_name = _lib.cstr(tls_server_name, "tls_server_name")
         for key, value in options.items():
             if key not in self._INT_OPTS:
                 raise TypeError(f"Client() got an unexpected keyword argument {key!r}")
@@ -277,7 +295,9 @@ class Client:
                 raise ValueError(f"{key} must be an int >= 0, got {value!r}")
             setattr(opts, key, value)
         handle = _client_p()
-        check(lib.ag_client_open(ctypes.byref(handle), ctypes.byref(opts)))
+        rc = lib.ag_client_open(ctypes.byref(handle), ctypes.byref(opts))
+        # why open failed (a TLS file, say), from the thread's open error
+        check(rc, _s(lib.ag_client_last_error(None)) or None if rc < 0 else None)
         self._lib = lib
         self._c = handle
         self._run = _s(lib.ag_client_run(handle))

@@ -229,3 +229,20 @@ Test(args, every_public_query_is_a_command_with_its_parameters) {
     }
     cr_assert_geq(seen, 6);
 }
+
+Test(args, tls_options_are_global_and_take_a_value) {
+    ag_cli_args a;
+    char err[256];
+    cr_assert_eq(PARSE(&a, err, "--query", "tls+tcp://collector:7462", "runs", "--tls-cert",
+                       "n.pem", "--tls-key=n.key", "--tls-ca", "ca.pem", "--tls-server-name",
+                       "collector.example"),
+                 0, "%s", err);
+    cr_assert_eq(a.cmd, AG_CMD_RUNS);
+    cr_assert_str_eq(a.tls_cert, "n.pem");
+    cr_assert_str_eq(a.tls_key, "n.key");
+    cr_assert_str_eq(a.tls_ca, "ca.pem");
+    cr_assert_str_eq(a.tls_server_name, "collector.example");
+    cr_assert_neq(PARSE(&a, err, "runs", "--tls-ca"), 0);
+    cr_assert_neq(PARSE(&a, err, "runs", "--tls-ca="), 0);
+    cr_assert(strstr(err, "--tls-ca"), "%s", err);
+}

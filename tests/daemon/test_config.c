@@ -299,3 +299,95 @@ Test(config, bad_or_conflicting_definitions_are_one_line_saying_what_is_wrong) {
     cr_expect_not_null(strstr(err, "unknown format 'E4M3X'"), "%s", err);
     cr_expect_not_null(strstr(err, "--define-format"), "%s", err);
 }
+
+Test(config, loopback_hosts_and_url_reach) {
+    const char *loop[] = {"127.0.0.1", "127.3.2.1", "::1", "localhost", "::ffff:127.0.0.1"};
+    for (size_t i = 0; i < sizeof loop / sizeof loop[0]; i++)
+        cr_expect(ag_config_host_loopback(loop[i]), "%s", loop[i]);
+    const char *remote[] = {"0.0.0.0", "10.0.0.1", "::", "", "*", "example.org", "128.0.0.1"};
+    for (size_t i = 0; i < sizeof remote / sizeof remote[0]; i++)
+        cr_expect(!ag_config_host_loopback(remote[i]), "%s", remote[i]);
+    struct {
+        const char *url;
+        ag_url_reach want;
+    } cases[] = {
+        {"ipc://var/ingest.sock", AG_REACH_LOCAL},   {"inproc://x", AG_REACH_LOCAL},
+        {"tcp://127.0.0.1:7461", AG_REACH_LOOPBACK}, {"tcp://[::1]:7461", AG_REACH_LOOPBACK},
+        {"tcp://localhost:7461", AG_REACH_LOOPBACK}, {"tcp4://127.0.0.1:1", AG_REACH_LOOPBACK},
+        {"ws://127.0.0.1:1/x", AG_REACH_LOOPBACK},   {"tcp://0.0.0.0:7461", AG_REACH_NETWORK},
+        {"tcp://:7461", AG_REACH_NETWORK},           {"tcp://[::]:7461", AG_REACH_NETWORK},
+        {"tcp6://[fe80::1]:1", AG_REACH_NETWORK},    {"ws://0.0.0.0:1/x", AG_REACH_NETWORK},
+        {"tcp://host.example:1", AG_REACH_NETWORK},  {"tcp://127.0.0.1", AG_REACH_NETWORK},
+        {"tls+tcp://0.0.0.0:7461", AG_REACH_TLS},    {"tls+tcp6://[::]:1", AG_REACH_TLS},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        cr_expect_eq(ag_config_url_reach(cases[i].url), cases[i].want, "%s", cases[i].url);
+}
+
+Test(config, remote_plain_tcp_needs_allow_remote_tcp_and_tls_needs_its_files) {
+    ag_config cfg;
+    char err[256];
+    const char *remote[] = {"altgradd", "--ingest", "tcp://0.0.0.0:7461"};
+    cr_assert_eq(load(&cfg, err, 3, remote), AG_EINVAL);
+    cr_expect(strstr(err, "--allow-remote-tcp") && strstr(err, "tls+tcp://"), "%s", err);
+    const char *insist[] = {"altgradd", "--ingest", "tcp://0.0.0.0:7461", "--allow-remote-tcp"};
+    cr_assert_eq(load(&cfg, err, 4, insist), AG_OK, "%s", err);
+    cr_expect(cfg.allow_remote_tcp);
+    const char *http[] = {"altgradd", "--http", "10.1.2.3:8787"};
+    cr_assert_eq(load(&cfg, err, 3, http), AG_EINVAL);
+    cr_expect(strstr(err, "--http 10.1.2.3:8787") && strstr(err, "--allow-remote-tcp"), "%s", err);
+    const char *query[] = {"altgradd", "--query", "tcp://[::]:7462"};
+    cr_assert_eq(load(&cfg, err, 3, query), AG_EINVAL);
+    cr_expect(strstr(err, "--query"), "%s", err);
+    const char *tls[] = {"altgradd", "--ingest", "tls+tcp://0.0.0.0:7461"};
+    cr_assert_eq(load(&cfg, err, 3, tls), AG_EINVAL);
+    cr_expect(strstr(err, "--tls-cert"), "%s", err);
+    const char *noca[] = {"altgradd",  "--ingest", "tls+tcp://0.0.0.0:7461", "--tls-cert", "c.pem",
+                          "--tls-key", "k.pem"};
+    cr_assert_eq(load(&cfg, err, 7, noca), AG_EINVAL);
+    cr_expect(strstr(err, "--tls-ca"), "%s", err);
+    const char *ok[] = {"altgradd",   "--ingest", "tls+tcp://0.0.0.0:7461",
+                        "--tls-cert", "c.pem",    "--tls-key",
+                        "k.pem",      "--tls-ca", "ca.pem"};
+    cr_assert_eq(load(&cfg, err, 9, ok), AG_OK, "%s", err);
+    cr_expect_eq(cfg.tls_auth, AG_TLS_AUTH_REQUIRED, "client certificates required by default");
+    cr_expect_str_eq(cfg.tls_ca, "ca.pem");
+    const char *none[] = {"altgradd",   "--ingest",   "tls+tcp://0.0.0.0:7461",
+                          "--tls-cert", "c.pem",      "--tls-key",
+                          "k.pem",      "--tls-auth", "none"};
+    cr_assert_eq(load(&cfg, err, 9, none), AG_OK, "%s", err);
+    cr_expect_eq(cfg.tls_auth, AG_TLS_AUTH_NONE);
+    const char *optional[] = {"altgradd", "--tls-auth", "optional"};
+    cr_expect_eq(load(&cfg, err, 3, optional), AG_EINVAL, "no 'optional': it would check nothing");
+    const char *valued[] = {"altgradd", "--allow-remote-tcp=yes"};
+    cr_expect_eq(load(&cfg, err, 2, valued), AG_EINVAL, "a flag on the command line");
+}
+
+Test(config, tls_and_allow_remote_tcp_keys_in_the_file) {
+    char path[] = "/tmp/ag_config_tls_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    const char *text = "ingest = tcp://0.0.0.0:7461\n"
+                       "ingest = tls+tcp://0.0.0.0:7463\n"
+                       "allow-remote-tcp = true\n"
+                       "tls-cert = /etc/altgrad/daemon.pem\n"
+                       "tls-key = /etc/altgrad/daemon.key\n"
+                       "tls-ca = /etc/altgrad/ca.pem\n";
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    ag_config cfg;
+    char err[256];
+    const char *argv[] = {"altgradd", "--config", path};
+    int rc = load(&cfg, err, 3, argv);
+    cr_assert_eq(rc, AG_OK, "%s", err);
+    cr_expect(cfg.allow_remote_tcp);
+    cr_expect_eq(cfg.ningest, 2);
+    cr_expect_str_eq(cfg.tls_key, "/etc/altgrad/daemon.key");
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs("allow-remote-tcp = maybe\n", f);
+    fclose(f);
+    cr_expect_eq(load(&cfg, err, 3, argv), AG_EINVAL);
+    cr_expect(strstr(err, "true or false"), "%s", err);
+    unlink(path);
+}
