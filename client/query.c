@@ -32,7 +32,8 @@ static int fail_with(const ag_client *c, int rc, const char *text) {
 void ag_client_note_error(const ag_client *c, const char *text) { fail_with(c, AG_OK, text); }
 
 const char *ag_client_last_error(const ag_client *c) {
-    return c && last_client == c ? ag_errctx_text(&last_error) : "";
+    /* NULL: why the last ag_client_open on this thread failed (noted with c NULL) */
+    return last_client == c ? ag_errctx_text(&last_error) : "";
 }
 
 static int transport_error(const ag_client *c, int rv, const char *what, int timeout_ms) {

@@ -20,7 +20,11 @@ static const ag_field run_start_fields[] = {
     {"meta", K_JSON, F_OMIT0, U(run_start.metadata), AG_PROTO_MAX_METADATA, NULL, 0},
     {"launch", K_LAUNCH, F_OMIT0, U(run_start.launch), AG_LAUNCH_ID_MAX, NULL, 0},
     {"resume", K_ENUM, F_OMIT0, U(run_start.resume), 1, NULL, 0},
+    /* index RUN_START_WORLD: decode.c checks that a world key is not 0 */
+    {"rank", K_UINT, F_OMIT0, U(run_start.rank), 0, NULL, 0},
+    {"world", K_UINT, F_OMIT0, U(run_start.world), 0, NULL, 0},
 };
+_Static_assert(RUN_START_WORLD == 7, "the index of run_start's world key");
 
 static const ag_field stats_fields[] = {
     {"recs", K_RECS, F_REQ, U(stats), 0, NULL, 0},
@@ -36,6 +40,7 @@ static const ag_field snapshot_fields[] = {
     {"numel", K_UINT, F_OMIT0, U(snapshot.numel), 0, NULL, 0},
     {"scale", K_SCALE, 0, U(snapshot.scale), U(snapshot.has_scale), NULL, 0},
     {"fmts", K_FMTS, F_OMIT0, U(snapshot.nformats), 0, NULL, 0},
+    {"repl", K_ENUM, F_OMIT0, U(snapshot.replicated), 1, NULL, 0},
     {"data", K_DATA, F_REQ, U(snapshot), 0, NULL, 0}, /* last: the encoder pads before it */
 };
 
@@ -51,6 +56,7 @@ static const ag_field counts_fields[] = {
     {"form", K_ENUM, F_REQ, U(counts.form), AG_FORM_UPDATE, NULL, 0},
     {"fmts", K_FMTS, F_REQ, U(counts.nformats), 0, NULL, 0},
     {"items", K_COUNTS, F_REQ, U(counts), 0, NULL, 0},
+    {"repl", K_REPL, F_OMIT0, U(counts), 0, NULL, 0},
 };
 
 static const ag_field run_end_fields[] = {
