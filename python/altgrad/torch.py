@@ -796,6 +796,11 @@ class Monitor:
         return host
 
     def _log_counts(self, step, form, idx, which, watch, host):
+        # an empty local shard (FSDP gives one to a rank past a small
+        # tensor's end) has nothing to send: the daemon takes no empty items
+        which = [k for k in which if watch.numels[k] > 0]
+        if not which:
+            return
         sel = torch.tensor(which, dtype=torch.int64)
         counts = host["counts"].index_select(0, sel)
         names = [self._params[idx[k]][0] for k in which]
@@ -876,6 +881,8 @@ class Monitor:
     def _log_snapshots(self, step, batch, pairs, kw):
         t0 = time.perf_counter()
         for (name, _, _, lr, numel), (w, x) in zip(batch, pairs):
+            if w.numel() == 0:
+                continue  # an empty local shard: nothing to send
             extra = dict(kw)
             if w.numel() != numel:
                 extra["numel"] = numel  # sampled on the device: the whole tensor's size

@@ -9,6 +9,9 @@ a few steps and writes what the test compares:
   not rank 0's; the last bias is the same on every rank and marked
   replicated=. The expected counts are those of the gathered whole tensors
   (the shards concatenated) at the scale of the whole tensors' amax history.
+- mode "dtensor": the MLP whole on every rank, its parameters answering like
+  DTensors sharded by rows (the last bias like a Replicate one): the Monitor
+  counts each rank's rows; the expected counts are the whole tensors'.
 - mode "ddp": the MLP in DistributedDataParallel; the expected counts are one
   rank's tensors (every rank holds the same).
 
@@ -123,6 +126,56 @@ def plain_mlp():
                                torch.nn.Linear(16, 4))
 
 
+class _Placement:
+    """A DTensor placement's interface (is_shard / is_replicate / is_partial)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def is_shard(self):
+        return self.kind == "shard"
+
+    def is_replicate(self):
+        return self.kind == "replicate"
+
+    def is_partial(self):
+        return False
+
+    def __repr__(self):
+        return self.kind.capitalize() + "()"
+
+
+class _Mesh:
+    def __init__(self, n):
+        self.n = n
+
+    def size(self):
+        return self.n
+
+
+def dtensor_like_mlp(rank, world):
+    """plain_mlp (the same on every rank, trained the same way) whose
+    parameters answer like DTensors sharded on dim 0 over the ranks: to_local()
+    is this rank's rows (a view, so it sees the optimizer's updates); the last
+    bias answers like a Replicate one. The second half of each tensor's rows
+    is larger: the whole tensor's amax is on rank 1. Debian's PyTorch has no
+    DTensor: this walks the Monitor's DTensor path on the CPU."""
+    model = plain_mlp()
+    with torch.no_grad():
+        for p in model.parameters():
+            p[p.shape[0] // 2:] *= 4.0
+    for name, p in model.named_parameters():
+        if name == "2.bias":
+            p.placements = (_Placement("replicate"),)
+            p.to_local = (lambda p=p: p)
+        else:
+            part = p.shape[0] // world
+            p.placements = (_Placement("shard"),)
+            p.to_local = (lambda p=p, a=rank * part, b=(rank + 1) * part: p.data[a:b])
+        p.device_mesh = _Mesh(world)
+    return model
+
+
 def run(cfg, rank, world):
     """One scenario: train with a Monitor, write this rank's results (and on
     rank 0 the expected rows) under cfg["out"]."""
@@ -133,6 +186,8 @@ def run(cfg, rank, world):
         model = ShardedMLP(rank, world)
         kw["replicated"] = ["b2"]
         wrapped = model
+    elif mode == "dtensor":
+        wrapped = model = dtensor_like_mlp(rank, world)
     else:
         model = plain_mlp()
         wrapped = torch.nn.parallel.DistributedDataParallel(model)

@@ -28,6 +28,7 @@ SCENARIOS = {
     "shard-snapshots": {"mode": "shard", "compute": "daemon", "client": "fake",
                         "activations": True, "gradients": True},
     "ddp-device": {"mode": "ddp", "compute": "device", "client": "fake"},
+    "dtensor-device": {"mode": "dtensor", "compute": "device", "client": "fake"},
 }
 
 
@@ -144,6 +145,29 @@ def test_sharded_tensors_go_as_whole_local_shards_on_the_snapshot_path(runs):
         grads = {s["tensor"] for s in res["stats"] if s["tensor"].endswith(".grad")}
         assert grads == ({"w1.grad", "b1.grad", "w2.grad", "b2.grad"} if r == 0
                          else {"w1.grad", "b1.grad", "w2.grad"})
+
+
+def test_dtensor_parameters_are_counted_on_their_local_shards(runs):
+    """Parameters answering like DTensors (to_local, placements, device_mesh):
+    Shard ones counted on each rank's rows at the whole tensor's scale, the
+    Replicate one by rank 0 alone."""
+    ranks, expected = runs["dtensor-device"]
+    exp = by_key(expected)
+    for r, res in enumerate(ranks):
+        assert res["report"]["sharded"] == 3 and res["report"]["replicated"] == 1
+        assert res["report"]["collectives"] == 4
+    summed = {}
+    for r, res in enumerate(ranks):
+        for row in res["counts"]:
+            key = (row["tensor"], row["step"], row["format"])
+            assert row["replicated"] is (row["tensor"] == "2.bias")
+            assert r == 0 or row["tensor"] != "2.bias"
+            assert row["scale"] == exp[key]["scale"], key
+            acc = summed.setdefault(key, [0] * 6)
+            summed[key] = [a + b for a, b in zip(acc, row["counts"] + [row["numel"]])]
+    assert summed.keys() == exp.keys()
+    for key, e in exp.items():
+        assert summed[key] == e["counts"] + [e["numel"]], key
 
 
 def test_ddp_parameters_are_logged_once_by_rank_0(runs):
