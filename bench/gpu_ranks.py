@@ -219,6 +219,8 @@ def start_daemon(binary, tmp):
                             stdout=log, stderr=subprocess.STDOUT)
     from altgrad import Client
     deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(tmp, "query.sock")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # (a client opened before it would say there is no daemon)
     while True:
         if proc.poll() is not None:
             raise SystemExit(f"altgradd exited with {proc.returncode}")
@@ -241,9 +243,22 @@ def compare(args, urls, expected, world, replicated):
     names = sorted({k[0] for k in expected.rows})
     steps = sorted({k[1] for k in expected.rows})
     with Client(ingest_url=urls[0], query_url=urls[1], run="checker") as c:
+        def fetch():
+            return {(name, f): {p["step"]: p for p in
+                                c.history(name, run=run, format=f)["points"]}
+                    for name in names for f in FORMATS}
+
+        # the daemon confirmed every message; a step's last shard may still be
+        # on its way to the database: wait a little for points still missing
+        deadline = time.monotonic() + 30
+        got = fetch()
+        while (time.monotonic() < deadline
+               and sum(len(v) for v in got.values()) < len(expected.rows)):
+            time.sleep(0.5)
+            got = fetch()
         for name in names:
             for f in FORMATS:
-                pts = {p["step"]: p for p in c.history(name, run=run, format=f)["points"]}
+                pts = got[(name, f)]
                 for step in steps:
                     e = expected.rows[(name, step, f)]
                     p = pts.get(step)

@@ -105,7 +105,12 @@ def _is_dtensor(t) -> bool:
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of t: a DTensor's local shard, any other tensor itself."""
-    return t.to_local() if _is_dtensor(t) else t
+    if not _is_dtensor(t):
+        return t
+    x = t.to_local()
+    # an AsyncCollectiveTensor (a redistributed DTensor): its collective may still run
+    wait = getattr(x, "wait", None)
+    return wait() if callable(wait) else x
 
 
 def _placement(pl) -> str:
