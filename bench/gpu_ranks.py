@@ -64,15 +64,17 @@ def say(msg):
 
 
 def fully_shard_fn():
+    """FSDP2's fully_shard, or None (old PyTorch; Debian's 1.13 even fails
+    importing torch.distributed.fsdp on Python 3.11 with a ValueError)."""
     try:
         from torch.distributed.fsdp import fully_shard  # PyTorch 2.6+
         return fully_shard
-    except ImportError:
+    except Exception:
         pass
     try:
         from torch.distributed._composable.fsdp import fully_shard  # 2.4, 2.5
         return fully_shard
-    except ImportError:
+    except Exception:
         return None
 
 
