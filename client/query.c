@@ -203,10 +203,10 @@ int ag_client_ask(ag_client *c, const ag_msg *req, ag_msg *reply) {
     if (!def) return fail_with(c, AG_EINVAL, "not a query");
     int rc = check_params(c, req);
     if (rc) return rc;
-    if (req->type == AG_MSG_Q_HISTORY && req->u.query.cols == 0) {
+    if ((req->type == AG_MSG_Q_HISTORY || req->type == AG_MSG_Q_RUNS) && req->u.query.cols == 0) {
         /* libaltgrad reads every column it knows: ask for them all */
         ag_msg all = *req;
-        all.u.query.cols = ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX);
+        all.u.query.cols = ag_proto_reply_cols(def->r, UINT64_MAX);
         return exchange(c, &all, def->r, c->opts.query_timeout_ms, reply);
     }
     return exchange(c, req, def->r, c->opts.query_timeout_ms, reply);

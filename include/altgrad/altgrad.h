@@ -281,6 +281,13 @@ typedef struct ag_run_info {
     uint64_t dropped;     /* gaps in sequence numbers, client-side drops, and messages
                               * accepted but not filed (the daemon's state budget full) */
     const char *metadata; /* JSON text as sent at run start, "{}" if none */
+    /* Added later (0 / NULL from an older daemon): */
+    uint64_t world_size;    /* ranks of the run (its first client's world size) */
+    uint64_t ranks_seen;    /* distinct ranks among its clients */
+    const char *rank_drops; /* JSON object: rank -> messages dropped, the ranks
+                             * with drops only ("{}": none) */
+    uint64_t incomplete;    /* (tensor, step)s stored incomplete: not every rank
+                             * sent its shard */
 } ag_run_info;
 typedef struct ag_run_list {
     size_t n;
@@ -319,6 +326,12 @@ typedef struct ag_history_point {
     double scale;         /* the scale used for this format at this step */
     const char *computed; /* where: "daemon" (from a snapshot), "device" (counts sent by the
                            * trainer), "mixed" (a bucket of both); NULL from an older daemon */
+    /* Added later (0 from an older daemon): ranks that reported the step (a
+     * sharded tensor's shards; 1 for a tensor of one rank; a bucket: the
+     * fewest of its points) and whether that was all of them (1), or the
+     * step is incomplete (0: never the whole tensor; a bucket: any point). */
+    uint64_t ranks;
+    uint64_t complete;
 } ag_history_point;
 typedef struct ag_history {
     const char *run;
