@@ -29,10 +29,14 @@ SCENARIOS = {
                         "activations": True, "gradients": True},
     "ddp-device": {"mode": "ddp", "compute": "device", "client": "fake"},
     "dtensor-device": {"mode": "dtensor", "compute": "device", "client": "fake"},
+    # against the real daemon: it adds the shards up (counts and snapshots)
+    "shard-device-daemon": {"mode": "shard", "compute": "device", "client": "daemon"},
+    "shard-snapshots-daemon": {"mode": "shard", "compute": "daemon", "client": "daemon"},
+    "ddp-device-daemon": {"mode": "ddp", "compute": "device", "client": "daemon"},
 }
 
 
-def run_ranks(tmp, scenarios):
+def run_ranks(tmp, scenarios, daemon):
     """Run dist_worker.py as ranks 0..WORLD-1, once for all scenarios
     (starting torch is the slow part); returns {scenario: (per-rank
     results, expected rows from rank 0)}. Fails the test on a non-zero exit
@@ -40,7 +44,9 @@ def run_ranks(tmp, scenarios):
     runs = []
     for name, sc in scenarios.items():
         runs.append(dict({"steps": 8, "every": 2, "formats": FORMATS,
-                          "out": os.path.join(tmp, name)}, **sc))
+                          "out": os.path.join(tmp, name), "run": f"ranks-{name}",
+                          "launch": f"launch-{name}", "ingest": daemon.ingest,
+                          "query": daemon.query}, **sc))
     cfg = {"init": f"file://{os.path.join(tmp, 'rendezvous')}", "runs": runs}
     env = dict(os.environ, WORLD_SIZE=str(WORLD), GLOO_SOCKET_IFNAME="lo",
                OMP_NUM_THREADS="1")
@@ -86,9 +92,9 @@ def run_ranks(tmp, scenarios):
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(daemon):
     with tempfile.TemporaryDirectory(prefix="agranks-", dir="/tmp") as d:
-        yield run_ranks(d, SCENARIOS)
+        yield run_ranks(d, SCENARIOS, daemon)
 
 
 def by_key(rows):
@@ -182,3 +188,51 @@ def test_ddp_parameters_are_logged_once_by_rank_0(runs):
         assert got[key]["counts"] == e["counts"], key
         assert got[key]["scale"] == e["scale"], key
         assert got[key]["replicated"] is True
+
+
+def stored(c, run, expected):
+    """The daemon's points of run for every expected (tensor, step, format)."""
+    got = {}
+    for name in sorted({e["tensor"] for e in expected}):
+        for fmt in FORMATS:
+            for p in c.history(name, run=run, format=fmt)["points"]:
+                got[name, p["step"], fmt] = p
+    return got
+
+
+@pytest.mark.parametrize("scenario", ["shard-device-daemon", "shard-snapshots-daemon"])
+def test_the_daemon_stores_the_whole_tensors_counts_from_two_ranks_shards(runs, daemon,
+                                                                          scenario):
+    """Counted on the ranks (counts messages) or by the daemon from the
+    ranks' snapshots: every stored point is the gathered whole tensor's, with
+    2 ranks (1 for the replicated bias), complete."""
+    ranks, expected = runs[scenario]
+    for res in ranks:
+        assert res["report"]["flushed"] is True and res["report"]["undelivered"] == 0
+    exp = by_key(expected)
+    with daemon.client("ranks-checker") as c:
+        got = stored(c, f"ranks-{scenario}", expected)
+        assert got.keys() == exp.keys()
+        for key, e in exp.items():
+            p = got[key]
+            assert [p[k] for k in KEYS] == e["counts"], key
+            assert p["scale"] == e["scale"], key
+            assert p["ranks"] == (1 if key[0] == "b2" else WORLD), key
+            assert p["complete"], key
+        numel = {t["name"]: t["numel"] for t in c.tensors(f"ranks-{scenario}")["tensors"]}
+        assert numel["w1"] == 16 * 6 and numel["w2"] == 4 * 16 and numel["b2"] == 4
+
+
+def test_the_daemon_stores_ddp_tensors_once(runs, daemon):
+    ranks, expected = runs["ddp-device-daemon"]
+    exp = by_key(expected)
+    with daemon.client("ranks-checker") as c:
+        got = stored(c, "ranks-ddp-device-daemon", expected)
+        assert got.keys() == exp.keys()
+        for key, e in exp.items():
+            p = got[key]
+            assert [p[k] for k in KEYS] == e["counts"], key
+            assert p["scale"] == e["scale"] and p["ranks"] == 1, key
+        numel = {t["name"]: t["numel"]
+                 for t in c.tensors("ranks-ddp-device-daemon")["tensors"]}
+        assert numel["module.0.weight"] == 16 * 6
