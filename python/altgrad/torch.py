@@ -258,6 +258,17 @@ class Monitor:
           by one at every optimizer.step().
     scale / formats: an explicit scale for every format, and the formats (None:
           the daemon's scales from its amax history, and its default formats).
+    process_group: under torch.distributed, the group whose ranks are the
+          run's (default: the world); the client's rank and world_size must be
+          this process's in it. Each rank runs its own Monitor.
+    replicated: tensors every rank holds whole, logged by rank 0 alone and
+          marked so (counted once): True (all), fnmatch patterns on names or a
+          function (name, parameter) -> bool, on top of what is detected (a
+          DistributedDataParallel model, DTensors replicated on every rank).
+          Every other parameter of a run with several ranks is this rank's
+          shard (a DTensor's local shard): counted there, with compute="device"
+          at the whole tensor's scale (its amax all-reduced, MAX, once per
+          sampled step for all of them). docs/python.md, "Many ranks".
 
     Without an optimizer, call before_step() and after_step() around your own
     update. close() (or leaving a `with` block) detaches, sends what is
