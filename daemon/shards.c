@@ -372,6 +372,14 @@ int ag_eng_shard_snapshot(ag_engine *e, client_state *cs, const ag_msg_snapshot 
 
 /* ----------------------------------------------------------- incomplete */
 
+/* The run's last step as filing a step outside any message moved it (no
+ * client's message end carries it). */
+static void queue_run_step(ag_engine *e, const run_state *r) {
+    ag_write_item it = {.kind = AG_W_RUN_DELTA};
+    it.u.run_delta = (ag_store_run_delta){.run_id = r->id, .last_step = r->last_step};
+    ag_eng_push(e, &it);
+}
+
 /* File ss as incomplete now. 1 when it was filed (or given up), 0 when it
  * must wait (a job of its tensor is in flight). */
 static int file_incomplete(ag_engine *e, shard_step *ss) {
@@ -393,6 +401,8 @@ static int file_incomplete(ag_engine *e, shard_step *ss) {
             job->err = ag_eng_job_amax_phase(job);
             ag_engine_job_run(e, job);
             ag_engine_job_finish(e, job);
+            queue_run_step(e, r);
+            if (e->writer) ag_writer_boundary(e->writer);
             return 1;
         }
     }
@@ -401,6 +411,7 @@ static int file_incomplete(ag_engine *e, shard_step *ss) {
         ag_log(e->log, AG_LOG_WARNING, "run %s: an incomplete step not stored: %s", r->name,
                ag_strerror(err));
     }
+    queue_run_step(e, r);
     ag_eng_end_message(e, NULL, 0, 1);
     return 1;
 }

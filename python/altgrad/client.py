@@ -685,7 +685,10 @@ class Client:
     def runs(self) -> dict:
         """Every run the daemon knows: {"runs": [{"name", "host", "pid",
         "client_id", "started_ms", "ended_ms", "last_step", "messages",
-        "dropped", "metadata"}, ...]}."""
+        "dropped", "metadata", "world_size", "ranks_seen", "rank_drops",
+        "incomplete"}, ...]}: rank_drops is JSON text {"rank": dropped} of
+        the ranks with drops, incomplete the (tensor, step)s stored without
+        every rank's shard."""
         res = self._query("ag_client_runs", _lib.ag_run_list)
         try:
             r = res.contents
@@ -714,7 +717,9 @@ class Client:
         """Per-step stall history of one tensor in one format: {"run",
         "tensor", "format", "points": [{"step", "stalled", "total",
         "stall_rate", "flips", "overflow", "underflow", "nonfinite", "amax",
-        "scale"}, ...]}, ascending step."""
+        "scale", "computed", "ranks", "complete"}, ...]}, ascending step;
+        ranks: how many ranks reported the step (a sharded tensor's shards),
+        complete: 1, or 0 for a step some rank never sent."""
         run = self._run_arg(run)
         q = _lib.ag_history_query(run=_name(run, "run"), tensor=_name(tensor),
                                   format=_lib.cstr(format, "format"),

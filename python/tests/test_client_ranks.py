@@ -87,3 +87,37 @@ def test_replicated_is_accepted_by_every_logging_call(nowhere, no_torchrun_env):
         with pytest.raises(ValueError):
             c.log_sgd(0, "a", w, g, 0.1, replicated="yes")
         assert c.stats()["snapshots"] == 3
+
+
+def test_two_ranks_halves_are_one_tensor_in_history_and_runs(daemon, no_torchrun_env):
+    """Two clients of one launch as ranks 0 and 1 of 2 each log half of a
+    tensor: history has one point per step with ranks 2, complete, counting
+    the whole tensor (twice the elements of one half)."""
+    from daemon_fixture import eventually
+    w = np.linspace(-1, 1, 200, dtype=np.float32)
+    g = np.full(200, 1e-3, dtype=np.float32)
+    clients = [daemon.client("py-ranks", launch_id="py-ranks-launch", rank=r, world_size=2)
+               for r in (0, 1)]
+    try:
+        for step in range(3):
+            for r, c in enumerate(clients):
+                half = slice(100 * r, 100 * (r + 1))
+                assert c.log_sgd(step, "fc.weight", w[half], g[half], 0.1)
+            c.log_sgd(step, "fc.bias", w[:10], g[:10], 0.1, replicated=True)
+            clients[0].log_sgd(step, "fc.bias", w[:10], g[:10], 0.1, replicated=True)
+        for c in clients:
+            c.flush(20000)
+    finally:
+        for c in clients:
+            c.close()
+    with daemon.client("py-ranks-reader") as q:
+        pts = eventually(lambda: (lambda p: p if len(p) >= 3 else None)(
+            q.history("fc.weight", run="py-ranks")["points"]), what="3 points")
+        assert [p["ranks"] for p in pts] == [2, 2, 2]
+        assert [p["complete"] for p in pts] == [1, 1, 1]
+        assert all(p["total"] == 200 for p in pts), "the whole tensor's elements"
+        bias = q.history("fc.bias", run="py-ranks")["points"]
+        assert [(p["ranks"], p["total"]) for p in bias] == [(1, 10)] * 3, "replicated: once"
+        (run,) = [r for r in q.runs()["runs"] if r["name"] == "py-ranks"]
+        assert (run["world_size"], run["ranks_seen"], run["incomplete"]) == (2, 2, 0)
+        assert run["rank_drops"] == "{}"

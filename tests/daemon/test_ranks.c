@@ -7,7 +7,8 @@
  * half at the global scale. A rank that stops early leaves incomplete steps
  * with ranks 1; replicated tensors count once; duplicate ranks, shards unlike
  * their step's others, a world size unlike the run's and malformed rank keys
- * are refused and counted while the daemon goes on.
+ * are refused and counted while the daemon goes on; a stop stores the steps
+ * still waiting as incomplete, and a restart keeps the run's world and ranks.
  */
 #define _GNU_SOURCE /* memmem */
 #include <criterion/criterion.h>
@@ -487,4 +488,42 @@ Test(ranks, a_duplicate_rank_an_unlike_shard_and_a_foreign_world_are_dropped_and
     ag_client_close(r1);
     ag_client_close(r0);
     cr_assert_eq(harness_stop(&H, SIGTERM), 0, "the daemon stops cleanly");
+}
+
+Test(ranks, a_stop_stores_waiting_steps_incomplete_and_a_restart_keeps_the_world_and_ranks) {
+    harness_start(&H, NULL);
+    ag_client *r0 = open_rank("restart", 0, 2), *r1 = open_rank("restart", 1, 2);
+    cr_assert(r0 && r1);
+    static float w[N], g[N];
+    whole(0, 0, w, g);
+    cr_assert_eq(ag_client_start_run(r1, 20000), AG_OK);
+    cr_assert_eq(ag_client_log_sgd(r0, 0, "t", w, g, HALF, LR), AG_OK);
+    cr_assert_eq(ag_client_flush(r0, 20000), AG_OK);
+    /* SIGTERM with rank 1's shard of step 0 never sent: stored incomplete */
+    cr_assert_eq(harness_stop(&H, SIGTERM), 0);
+    harness_start(&H, NULL);
+    ag_history *h = harness_wait_history(r0, "restart", "t", "E5M2", 1);
+    cr_expect_eq(h->points[0].ranks, 1);
+    cr_expect_eq(h->points[0].complete, 0);
+    ag_stall_counts k = {0}; /* rank 0's half only, at its own amax's scale */
+    float amax = 0;
+    uint64_t bad = 0;
+    ag_amax(w, HALF, &amax, &bad);
+    float scale = (float)ag_compute_scale(amax, ag_format_get("E5M2"), AG_SCALE_MIN);
+    ag_stall_sgd(ag_format_get("E5M2"), scale, LR, w, g, HALF, &k);
+    cr_expect_eq(h->points[0].total, k.total);
+    cr_expect_eq(h->points[0].stalled, k.stalled);
+    cr_expect_eq(h->points[0].scale, (double)scale, "the scale of the shards that reported");
+    ag_free(h);
+    /* the run's world and the clients' ranks came back from the database */
+    cr_assert_eq(ag_client_log_sgd(r0, 1, "t", w, g, HALF, LR), AG_OK);
+    cr_assert_eq(ag_client_log_sgd(r1, 1, "t", w + HALF, g + HALF, HALF, LR), AG_OK);
+    cr_assert_eq(ag_client_flush(r0, 20000), AG_OK);
+    cr_assert_eq(ag_client_flush(r1, 20000), AG_OK);
+    h = harness_wait_history(r0, "restart", "t", "E5M2", 2);
+    cr_expect_eq(h->points[1].ranks, 2);
+    cr_expect_eq(h->points[1].complete, 1);
+    ag_free(h);
+    ag_client_close(r1);
+    ag_client_close(r0);
 }
