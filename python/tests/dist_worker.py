@@ -200,7 +200,7 @@ def run(cfg, rank, world):
                         launch_id=cfg["launch"], rank=rank, world_size=world)
     mon = Monitor(client, wrapped, opt, every=every, compute=cfg["compute"],
                   formats=formats, activations=cfg.get("activations", False),
-                  gradients=cfg.get("gradients", False), **kw)
+                  gradients=cfg.get("gradients", False), flips=cfg.get("flips", False), **kw)
     names = [n for n, _ in wrapped.named_parameters()]
     hist = {n: AmaxHistory(16) for n in names}
     expected = []

@@ -35,7 +35,8 @@ SCENARIOS = {
     "ddp-device": {"mode": "ddp", "compute": "device", "client": "fake"},
     "dtensor-device": {"mode": "dtensor", "compute": "device", "client": "fake"},
     # against the real daemon: it adds the shards up (counts and snapshots)
-    "shard-device-daemon": {"mode": "shard", "compute": "device", "client": "daemon"},
+    "shard-device-daemon": {"mode": "shard", "compute": "device", "client": "daemon",
+                            "flips": True},
     "shard-snapshots-daemon": {"mode": "shard", "compute": "daemon", "client": "daemon"},
     "ddp-device-daemon": {"mode": "ddp", "compute": "device", "client": "daemon"},
 }
@@ -227,6 +228,29 @@ def test_the_daemon_stores_the_whole_tensors_counts_from_two_ranks_shards(runs, 
             assert p["complete"], key
         numel = {t["name"]: t["numel"] for t in c.tensors(f"ranks-{scenario}")["tensors"]}
         assert numel["w1"] == 16 * 6 and numel["w2"] == 4 * 16 and numel["b2"] == 4
+
+
+def test_shards_counted_on_the_ranks_and_by_the_daemon_store_the_same_points(runs, daemon):
+    """One training counted on the ranks (with flips) and sent as snapshot
+    shards: the daemon stores the same amax, scales, counts, flips, ranks and
+    completeness for every tensor, step and format; only "computed" differs."""
+    _, expected = runs["shard-device-daemon"]
+    got = {}
+    with daemon.client("ranks-checker") as c:
+        for scenario in ("shard-device-daemon", "shard-snapshots-daemon"):
+            got[scenario] = eventually(
+                lambda: (lambda g: g if len(g) == len(expected) else None)(
+                    stored(c, f"ranks-{scenario}", expected)), what="every point")
+    dev, snap = got["shard-device-daemon"], got["shard-snapshots-daemon"]
+    assert dev.keys() == snap.keys()
+    moved = 0
+    for key, a in dev.items():
+        b = snap[key]
+        assert a["computed"] == "device" and b["computed"] == "daemon", key
+        assert ({k: v for k, v in a.items() if k != "computed"}
+                == {k: v for k, v in b.items() if k != "computed"}), key
+        moved += a["flips"] or 0
+    assert moved > 0  # flips were compared, shard by shard, at the whole tensor's scales
 
 
 def test_the_daemon_stores_ddp_tensors_once(runs, daemon):
