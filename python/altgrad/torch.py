@@ -14,6 +14,7 @@ import math
 import queue
 import threading
 import time
+import warnings
 from typing import Dict, Iterable, List, Optional
 
 import torch
@@ -347,6 +348,12 @@ class Monitor:
         self._shard_set = set(self._sharded)
         if self.rank != 0:  # a replicated tensor is logged once, by rank 0
             self._params = [(n, p) for n, p in self._params if n not in self._replicated]
+        empty = [n for n, p in self._params if n in self._shard_set and _local(p).numel() == 0]
+        if empty:
+            warnings.warn(f"rank {self.rank} holds no element of {', '.join(empty[:5])}"
+                          f"{' ...' if len(empty) > 5 else ''}: nothing to send for them, so "
+                          "the daemon stores their steps incomplete", RuntimeWarning,
+                          stacklevel=2)
         if compute == "device" and self._sharded and not self._dist:
             raise ValueError(
                 f"rank {self.rank} of {self.world_size} with sharded tensors needs "

@@ -153,3 +153,17 @@ def test_a_client_of_another_rank_than_torch_distributed_says_is_refused():
             assert (rep["rank"], rep["world_size"], rep["collectives"]) == (0, 1, 0)
         finally:
             dist.destroy_process_group()
+
+
+def test_an_empty_local_shard_is_said_at_start():
+    model = mlp()
+    p = model[2].bias
+    p.placements = (_Placement("shard"),)
+    p.device_mesh = _Mesh(2)
+    p.to_local = lambda: p.data[2:]  # rank 1 of a 2-element tensor chunked as 2 + 0
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = RankRecorder(1, 2)
+    with pytest.warns(RuntimeWarning, match="rank 1 holds no element of 2.bias"):
+        Monitor(rec, model, opt, compute="daemon", activations=False)
+    train(model, opt)  # and it trains on, sending what it has
+    assert [n for n, _, _ in rec.snapshots] == ["0.weight", "0.bias", "2.weight"]
