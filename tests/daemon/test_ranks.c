@@ -475,13 +475,25 @@ Test(ranks, a_duplicate_rank_an_unlike_shard_and_a_foreign_world_are_dropped_and
     cr_expect_eq(h->points[0].complete, 0);
     cr_expect_eq(h->points[1].ranks, 2, "step 1: ranks 0 and 1");
     cr_expect_eq(h->points[1].complete, 1);
+    uint64_t step0_total = h->points[0].total, step0_stalled = h->points[0].stalled;
     ag_free(h);
+    /* rank 1's shard of step 0 after the step was stored incomplete: too late,
+     * it must not replace rank 0's rows with its own */
+    cr_assert_eq(ag_client_log_sgd(r1, 0, "t", w + HALF, g + HALF, HALF, LR), AG_OK);
+    cr_assert_eq(ag_client_flush(r1, 20000), AG_OK);
     ag_run_list *runs = NULL;
     cr_assert_eq(ag_client_runs(r0, &runs), AG_OK);
     ag_run_info *r = find_run(runs, "odd");
     cr_expect_eq(r->world_size, 2);
-    cr_expect_eq(r->dropped, 4, "bf16, update form, duplicate, foreign world");
-    cr_expect_str_eq(r->rank_drops, "{\"0\":1,\"1\":3}");
+    cr_expect_eq(r->dropped, 5, "bf16, update form, duplicate, foreign world, late");
+    cr_expect_str_eq(r->rank_drops, "{\"0\":1,\"1\":4}");
+    ag_free(runs);
+    h = harness_wait_history(r0, "odd", "t", "E5M2", 2);
+    cr_expect_eq(h->n, 2);
+    cr_expect_eq(h->points[0].total, step0_total, "step 0 still holds rank 0's shard");
+    cr_expect_eq(h->points[0].stalled, step0_stalled);
+    ag_free(h);
+    cr_assert_eq(ag_client_runs(r0, &runs), AG_OK);
     ag_free(runs);
     ag_client_close(three);
     ag_client_close(dup);
