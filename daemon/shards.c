@@ -23,8 +23,9 @@
 int ag_eng_world_ok(const client_state *cs) { return cs->world == cs->run->world; }
 
 /* A shard of a step no longer waiting, at or below the newest step of the
- * tensor stored incomplete: its step was stored without it. Filing it would
- * start the step again and replace the stored rows with this shard's alone. */
+ * tensor stored from shards (whole or incomplete): its step was stored
+ * without it, or it is a second copy. Filing it would start the step again
+ * and replace the stored rows with this shard's alone. */
 static int too_late(const run_state *r, const char *tensor, uint64_t step) {
     const tensor_state *t = ag_map_get(&r->tensors, tensor);
     return t && t->late_has && step <= t->late_step;
@@ -158,6 +159,7 @@ static int file_counts_step(ag_engine *e, shard_step *ss, int incomplete) {
                          .incomplete = incomplete || ss->inconsistent};
     int err = ag_eng_file_counts(e, ss->run, &it);
     if (!err && it.incomplete) note_incomplete(e, ss);
+    note_late(ss->run, ss->tensor, ss->step);
     step_free(e, ss);
     return err;
 }
@@ -388,6 +390,7 @@ int ag_eng_shard_snapshot(ag_engine *e, client_state *cs, const ag_msg_snapshot 
     ss->have[cs->rank] = 1;
     if (++ss->nranks < ss->world) return AG_OK;
     err = make_job(e, ss, job);
+    note_late(r, ss->tensor, ss->step);
     step_free(e, ss);
     return err;
 }
@@ -408,11 +411,7 @@ static int file_incomplete(ag_engine *e, shard_step *ss) {
     run_state *r = ss->run;
     int err;
     if (ss->type == AG_MSG_COUNTS) {
-        uint64_t step = ss->step;
-        char *name = strdup(ss->tensor);
-        err = file_counts_step(e, ss, 1); /* frees ss */
-        if (name) note_late(r, name, step);
-        free(name);
+        err = file_counts_step(e, ss, 1);
     } else {
         const tensor_state *t = ag_map_get(&r->tensors, ss->tensor);
         if (t && t->busy) return 0;
