@@ -131,7 +131,7 @@ int ag_eng_handle_counts(ag_engine *e, client_state *cs, const ag_msg_counts *c)
             err = file_item(e, r, c, i, fmts, fidx);
             if (!err && sharded) replicated_note(r, c->tensors[i], c->step);
         }
-        if (err == AG_EEXIST || err == AG_EPROTO) {
+        if (err == AG_EEXIST || err == AG_EPROTO || err == AG_ETIMEDOUT) {
             if (!refused) refused = err;
             continue;
         }

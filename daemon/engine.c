@@ -432,6 +432,7 @@ const char *ag_eng_unfiled_reason(int err) {
     case AG_EEXIST: return "not filed: a rank sent its shard of a step twice";
     case AG_EPROTO: return "not filed: a shard differs from its step's other shards";
     case AG_EINVAL: return "not filed: the client's world size is not its run's";
+    case AG_ETIMEDOUT: return "not filed: a shard came after its step was stored";
     case AG_EFORMAT: return "not filed: unknown format";
     default: return "not filed: refused after acceptance";
     }

@@ -92,7 +92,11 @@ typedef struct tensor_state {
      * (world and each rank's element count) of the baseline in prev[]. */
     uint64_t repl_step;
     int repl_has;
-    uint64_t shard_layout;     /* 0: unknown (a restored baseline is trusted) */
+    uint64_t shard_layout; /* 0: unknown (a restored baseline is trusted) */
+    /* the newest step stored from shards (whole or incomplete): a shard of
+     * it, or of an older step no longer waiting, comes too late: not filed */
+    uint64_t late_step;
+    int late_has;
     restored_result *restored; /* restore only */
     size_t nrestored;
 } tensor_state;

@@ -22,6 +22,23 @@
 
 int ag_eng_world_ok(const client_state *cs) { return cs->world == cs->run->world; }
 
+/* A shard of a step no longer waiting, at or below the newest step of the
+ * tensor stored from shards (whole or incomplete): its step was stored
+ * without it, or it is a second copy. Filing it would start the step again
+ * and replace the stored rows with this shard's alone. */
+static int too_late(const run_state *r, const char *tensor, uint64_t step) {
+    const tensor_state *t = ag_map_get(&r->tensors, tensor);
+    return t && t->late_has && step <= t->late_step;
+}
+
+static void note_late(run_state *r, const char *tensor, uint64_t step) {
+    tensor_state *t = ag_map_get(&r->tensors, tensor);
+    if (t && (!t->late_has || step > t->late_step)) {
+        t->late_has = 1;
+        t->late_step = step;
+    }
+}
+
 /* "step\x1ftensor": a name holds no 0x1f-free prefix ambiguity since the step
  * is fixed-width hex. */
 static char *step_key(uint64_t step, const char *tensor) {
@@ -142,6 +159,7 @@ static int file_counts_step(ag_engine *e, shard_step *ss, int incomplete) {
                          .incomplete = incomplete || ss->inconsistent};
     int err = ag_eng_file_counts(e, ss->run, &it);
     if (!err && it.incomplete) note_incomplete(e, ss);
+    note_late(ss->run, ss->tensor, ss->step);
     step_free(e, ss);
     return err;
 }
@@ -154,6 +172,10 @@ int ag_eng_shard_counts(ag_engine *e, client_state *cs, const ag_msg_counts *c, 
     int made;
     int err = step_for(e, r, AG_MSG_COUNTS, c->tensors[i], c->step, &ss, &made);
     if (err) return err;
+    if (made && too_late(r, c->tensors[i], c->step)) {
+        step_free(e, ss);
+        return AG_ETIMEDOUT;
+    }
     if (made) {
         ss->form = c->form;
         ss->nf = nf;
@@ -330,6 +352,8 @@ int ag_eng_shard_snapshot(ag_engine *e, client_state *cs, const ag_msg_snapshot 
             (s->has_scale && ss->scale != s->scale) || !same_formats(ss, nf, fidx))
             return AG_EPROTO;
         if (ss->have[cs->rank]) return AG_EEXIST;
+    } else if (too_late(r, s->tensor, s->step)) {
+        return AG_ETIMEDOUT;
     }
     int err = make_room(e, need, ss);
     if (err) return err;
@@ -366,6 +390,7 @@ int ag_eng_shard_snapshot(ag_engine *e, client_state *cs, const ag_msg_snapshot 
     ss->have[cs->rank] = 1;
     if (++ss->nranks < ss->world) return AG_OK;
     err = make_job(e, ss, job);
+    note_late(r, ss->tensor, ss->step);
     step_free(e, ss);
     return err;
 }
@@ -393,6 +418,7 @@ static int file_incomplete(ag_engine *e, shard_step *ss) {
         ag_engine_job *job = NULL;
         err = make_job(e, ss, &job);
         if (!err) note_incomplete(e, ss);
+        note_late(r, ss->tensor, ss->step);
         step_free(e, ss);
         if (!err) { /* evaluated here, on the loop; its end queues its rows */
             e->njobs++;

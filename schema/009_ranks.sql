@@ -7,6 +7,8 @@
 -- any row. Rows from before this version were whole: 1 rank, complete.
 ALTER TABLE runs ADD COLUMN world_size INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE clients ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;
+-- runs counts each run's distinct ranks: by run, not a scan of every client
+CREATE INDEX clients_by_run ON clients (run_id, rank);
 ALTER TABLE results ADD COLUMN ranks INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE results ADD COLUMN complete INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE stats ADD COLUMN ranks INTEGER NOT NULL DEFAULT 1;

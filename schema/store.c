@@ -69,9 +69,13 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_RUN_RANK_DROPS] = "SELECT c.rank, sum(d.count) FROM drops d JOIN clients c ON"
                              " c.client_id=d.client_id WHERE d.run_id=?1 GROUP BY c.rank"
                              " HAVING sum(d.count)>0 ORDER BY c.rank",
-    [AG_ST_RUN_INCOMPLETE] = "SELECT count(DISTINCT r.tensor_id || ':' || r.step) FROM results r"
-                             " WHERE r.complete=0 AND r.tensor_id IN (SELECT id FROM tensors"
-                             " WHERE run_id=?1)",
+    /* from the widest rollup tier (a few rows per tensor and format, exact):
+     * per tensor, the incomplete rows of its format that has most (a step's
+     * rows are filed in every format of the step together) */
+    [AG_ST_RUN_INCOMPLETE] =
+        "SELECT coalesce(sum(m),0) FROM (SELECT max(s) AS m FROM (SELECT tensor_id, format_id,"
+        " sum(incomplete_rows) AS s FROM rollups WHERE width=1000 AND tensor_id IN (SELECT id"
+        " FROM tensors WHERE run_id=?1) GROUP BY tensor_id, format_id) GROUP BY tensor_id)",
     [AG_ST_RUN_BY_NAME] = "SELECT id FROM runs WHERE name=?1",
     [AG_ST_FORMAT_BY_NAME] = "SELECT id FROM formats WHERE name=?1",
     [AG_ST_TENSOR_BY_NAME] = "SELECT id FROM tensors WHERE run_id=?1 AND name=?2",

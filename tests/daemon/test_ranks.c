@@ -13,11 +13,14 @@
 #define _GNU_SOURCE /* memmem */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/push.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -475,13 +478,31 @@ Test(ranks, a_duplicate_rank_an_unlike_shard_and_a_foreign_world_are_dropped_and
     cr_expect_eq(h->points[0].complete, 0);
     cr_expect_eq(h->points[1].ranks, 2, "step 1: ranks 0 and 1");
     cr_expect_eq(h->points[1].complete, 1);
+    uint64_t step0_total = h->points[0].total, step0_stalled = h->points[0].stalled;
     ag_free(h);
+    /* rank 1's shard of step 0 after the step was stored incomplete: too late,
+     * it must not replace rank 0's rows with its own */
+    cr_assert_eq(ag_client_log_sgd(r1, 0, "t", w + HALF, g + HALF, HALF, LR), AG_OK);
+    cr_assert_eq(ag_client_flush(r1, 20000), AG_OK);
+    /* a second copy of rank 1's shard of the whole step 1: it must not start
+     * the step again (and, waiting alone, replace the whole tensor's rows) */
+    cr_assert_eq(ag_client_log_sgd(dup, 1, "t", w + HALF, g + HALF, HALF, LR), AG_OK);
+    cr_assert_eq(ag_client_flush(dup, 20000), AG_OK);
     ag_run_list *runs = NULL;
     cr_assert_eq(ag_client_runs(r0, &runs), AG_OK);
     ag_run_info *r = find_run(runs, "odd");
     cr_expect_eq(r->world_size, 2);
-    cr_expect_eq(r->dropped, 4, "bf16, update form, duplicate, foreign world");
-    cr_expect_str_eq(r->rank_drops, "{\"0\":1,\"1\":3}");
+    cr_expect_eq(r->dropped, 6, "bf16, update form, duplicate twice, foreign world, late");
+    cr_expect_str_eq(r->rank_drops, "{\"0\":1,\"1\":5}");
+    ag_free(runs);
+    h = harness_wait_history(r0, "odd", "t", "E5M2", 2);
+    cr_expect_eq(h->n, 2);
+    cr_expect_eq(h->points[0].total, step0_total, "step 0 still holds rank 0's shard");
+    cr_expect_eq(h->points[0].stalled, step0_stalled);
+    cr_expect_eq(h->points[1].ranks, 2, "step 1 is still the whole tensor's");
+    cr_expect_eq(h->points[1].complete, 1);
+    ag_free(h);
+    cr_assert_eq(ag_client_runs(r0, &runs), AG_OK);
     ag_free(runs);
     ag_client_close(three);
     ag_client_close(dup);
@@ -526,4 +547,68 @@ Test(ranks, a_stop_stores_waiting_steps_incomplete_and_a_restart_keeps_the_world
     ag_free(h);
     ag_client_close(r1);
     ag_client_close(r0);
+}
+
+/* GET target from the daemon's HTTP port (found in its log): the body. */
+static char *http_body(const char *target) {
+    FILE *f = fopen(H.log, "r");
+    cr_assert_not_null(f);
+    char line[512];
+    int port = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "http://127.0.0.1:");
+        if (p) port = atoi(p + strlen("http://127.0.0.1:"));
+    }
+    fclose(f);
+    cr_assert_gt(port, 0, "no http line in %s", H.log);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                     target);
+    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    size_t cap = 1 << 20, got = 0;
+    char *raw = malloc(cap);
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert_eq(poll(&p, 1, 30000), 1, "no answer within 30 s");
+        ssize_t k = recv(fd, raw + got, cap - got - 1, 0);
+        if (k <= 0) break;
+        got += (size_t)k;
+        cr_assert_lt(got, cap - 1);
+    }
+    raw[got] = '\0';
+    close(fd);
+    return raw;
+}
+
+Test(ranks, metrics_show_each_runs_incomplete_steps_and_each_ranks_drops) {
+    static const char *const args[] = {"--http", "127.0.0.1:0", NULL};
+    harness_start(&H, args);
+    ag_client *r0 = open_rank("metered", 0, 2), *r1 = open_rank("metered", 1, 2);
+    cr_assert(r0 && r1);
+    static float w[N], g[N];
+    whole(0, 0, w, g);
+    cr_assert_eq(ag_client_start_run(r1, 20000), AG_OK);
+    for (uint64_t s = 0; s < 3; s++)
+        cr_assert_eq(ag_client_log_sgd(r0, s, "t", w, g, HALF, LR), AG_OK);
+    cr_assert_eq(ag_client_log_sgd(r1, 0, "t", w + HALF, g + HALF, HALF, LR), AG_OK);
+    /* rank 1 sends its shard of step 0 again: a drop of rank 1 */
+    cr_assert_eq(ag_client_log_sgd(r1, 0, "t", w + HALF, g + HALF, HALF, LR), AG_OK);
+    cr_assert_eq(ag_client_flush(r1, 20000), AG_OK);
+    ag_client_close(r1); /* steps 1 and 2 wait for rank 1's shards ... */
+    ag_client_close(r0); /* ... until every rank ended: stored incomplete */
+    ag_client *q = harness_client(&H, "reader", AG_QUEUE_DROP);
+    ag_history *h = harness_wait_history(q, "metered", "t", "E5M2", 3);
+    ag_free(h);
+    char *m = http_body("/metrics");
+    cr_expect_not_null(strstr(m, "\naltgrad_run_incomplete_steps{run=\"metered\"} 2\n"), "%s", m);
+    cr_expect_not_null(strstr(m, "\naltgrad_rank_dropped_total{run=\"metered\",rank=\"1\"} 1\n"),
+                       "%s", m);
+    cr_expect_null(strstr(m, "rank=\"0\""), "rank 0 lost nothing");
+    cr_expect_not_null(strstr(m, "\naltgrad_dropped_total 1\n"), "the names kept: %s", m);
+    free(m);
+    ag_client_close(q);
 }
