@@ -150,8 +150,8 @@ static double baseline_inserts(size_t tensors, size_t steps) {
     ag_store_begin(st);
     for (size_t s = 1; s <= steps; s++)
         for (size_t t = 1; t <= tensors; t++) {
-            ag_store_stats_row r = {(int64_t)t, AG_ROLE_GRADIENT, s, 0.5 + (double)(t & 7), 4096,
-                                    0};
+            ag_store_stats_row r = {(int64_t)t, AG_ROLE_GRADIENT, s, 0.5 + (double)(t & 7), 4096, 0,
+                                    1};
             ag_store_put_stats(st, &r);
             if (++rows % 20000 == 0) {
                 ag_store_commit(st);

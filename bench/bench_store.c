@@ -158,7 +158,7 @@ static double store_capacity(const char *dir, size_t tensors, size_t steps) {
     ag_store_begin(st);
     for (size_t s = 0; s < steps; s++)
         for (size_t t = 0; t < tensors; t++) {
-            ag_store_stats_row sr = {(int64_t)t + 1, AG_ROLE_WEIGHT, s, 0.5, N, 0};
+            ag_store_stats_row sr = {(int64_t)t + 1, AG_ROLE_WEIGHT, s, 0.5, N, 0, 1};
             ag_store_put_stats(st, &sr);
             for (int f = 0; f < 5; f++) {
                 ag_store_result_row r = {.tensor_id = (int64_t)t + 1,

@@ -177,6 +177,10 @@ int ag_client_start_run_locked(ag_client *c) {
     m.u.run_start.metadata = c->metadata;
     m.u.run_start.launch = c->launch;
     m.u.run_start.resume = c->opts.resume != 0;
+    if (c->opts.world_size > 1) { /* a world of one sends neither key (PROTOCOL.md 3.1) */
+        m.u.run_start.rank = (uint64_t)c->opts.rank;
+        m.u.run_start.world = (uint64_t)c->opts.world_size;
+    }
     nng_msg *msg;
     int rc = ag_client_encode_msg(&m, &msg);
     if (rc) return rc;
@@ -340,6 +344,7 @@ static int fill_options(ag_client *c, const ag_client_opts *in) {
     }
     int rc = ag_client_resolve_launch(c, o.launch_id);
     if (rc) return rc;
+    if ((rc = ag_client_resolve_rank(&o))) return rc;
     o.launch_id = c->launch;
     const char *meta = o.metadata ? o.metadata : "{}";
     size_t mn = strlen(meta);

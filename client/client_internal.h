@@ -114,6 +114,10 @@ uint64_t ag_client_random_u64(void);
 /* Fill c->launch from the option, else the environment, else generate one
  * (c->host must be set). AG_EINVAL / AG_ETOOBIG for a bad option. */
 int ag_client_resolve_launch(ag_client *c, const char *given);
+/* Fill o->rank and o->world_size: validate the given ones, or (world_size
+ * 0) read $WORLD_SIZE / $RANK, else 0 and 1. AG_EINVAL with the reason in
+ * ag_client_last_error(NULL) for a value out of range or not a number. */
+int ag_client_resolve_rank(ag_client_opts *o);
 /* Allocate the name query's aio and context on c->req. */
 int ag_client_name_init(ag_client *c);
 /* Start asking the daemon for the run's name (once run_start went out).

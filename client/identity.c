@@ -71,6 +71,59 @@ int ag_client_resolve_launch(ag_client *c, const char *given) {
     return AG_OK;
 }
 
+/* ---- rank and world size ----------------------------------------------------- */
+
+/* A decimal integer in [lo, hi], the whole string; -1 when it is not one. */
+static long parse_count(const char *s, long lo, long hi) {
+    if (!s || *s < '0' || *s > '9') return -1;
+    long v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return -1;
+        v = v * 10 + (*s - '0');
+        if (v > hi) return -1;
+    }
+    return v < lo ? -1 : v;
+}
+
+int ag_client_resolve_rank(ag_client_opts *o) {
+    if (o->world_size != 0) {
+        if (o->world_size < 1 || o->world_size > AG_WORLD_MAX) {
+            ag_client_note_error(NULL, "world_size must be 1..65536 (0: from $WORLD_SIZE)");
+            return AG_EINVAL;
+        }
+        if (o->rank < 0 || o->rank >= o->world_size) {
+            ag_client_note_error(NULL, "rank must be 0..world_size-1");
+            return AG_EINVAL;
+        }
+        return AG_OK;
+    }
+    const char *ws = getenv("WORLD_SIZE"), *rs = getenv("RANK");
+    o->rank = 0;
+    o->world_size = 1;
+    if (!ws || !*ws) return AG_OK;
+    char text[192];
+    long world = parse_count(ws, 1, AG_WORLD_MAX);
+    if (world < 0) {
+        snprintf(text, sizeof text, "$WORLD_SIZE is not a number in 1..65536: \"%.64s\"", ws);
+        ag_client_note_error(NULL, text);
+        return AG_EINVAL;
+    }
+    long rank = rs && *rs ? parse_count(rs, 0, world - 1) : world == 1 ? 0 : -1;
+    if (rank < 0) {
+        snprintf(text, sizeof text, "$RANK is not a number in 0..%ld ($WORLD_SIZE - 1): \"%.64s\"",
+                 world - 1, rs ? rs : "(unset)");
+        ag_client_note_error(NULL, text);
+        return AG_EINVAL;
+    }
+    o->rank = (int)rank;
+    o->world_size = (int)world;
+    return AG_OK;
+}
+
+int ag_client_rank(const ag_client *c) { return c ? c->opts.rank : -1; }
+
+int ag_client_world_size(const ag_client *c) { return c ? c->opts.world_size : -1; }
+
 /* ---- asking the daemon for the run's name --------------------------------- */
 
 static int closing(ag_client *c) {

@@ -190,6 +190,7 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s) {
     o->scale = s->scale;
     o->nformats = s->nformats;
     o->formats = s->formats;
+    o->replicated = s->replicated != 0;
     o->w = w;
     o->x = x;
     rc = ag_client_encode_msg(&msg, &nm);
@@ -247,7 +248,8 @@ static ag_msg_counts counts_slice(const ag_counts_batch *b, size_t first, size_t
                            .nonfinite = b->nonfinite ? b->nonfinite + first : NULL,
                            .scales = b->scales ? b->scales + r : NULL,
                            .counts = b->counts ? b->counts + r * AG_COUNTS_PER_RESULT : NULL,
-                           .flips = b->flips ? b->flips + r : NULL};
+                           .flips = b->flips ? b->flips + r : NULL,
+                           .replicated = b->replicated ? b->replicated + first : NULL};
 }
 
 int ag_client_log_counts(ag_client *c, const ag_counts_batch *b) {

@@ -30,7 +30,10 @@ static int fail_with(const ag_client *c, int rc, const char *text) {
     return ag_errctx_set(&last_error, rc, "%s", text ? text : "");
 }
 
-void ag_client_note_error(const ag_client *c, const char *text) { fail_with(c, AG_OK, text); }
+void ag_client_note_error(const ag_client *c, const char *text) {
+    if (!c) ag_client_note_open_error(text); /* an open that failed */
+    fail_with(c, AG_OK, text);
+}
 
 /* Why the last ag_client_open on this thread failed (ag_client_last_error(NULL)). */
 static _Thread_local char open_error[AG_PROTO_MAX_ERROR_TEXT + 1];
@@ -219,10 +222,10 @@ int ag_client_ask(ag_client *c, const ag_msg *req, ag_msg *reply) {
     if (!def) return fail_with(c, AG_EINVAL, "not a query");
     int rc = check_params(c, req);
     if (rc) return rc;
-    if (req->type == AG_MSG_Q_HISTORY && req->u.query.cols == 0) {
+    if ((req->type == AG_MSG_Q_HISTORY || req->type == AG_MSG_Q_RUNS) && req->u.query.cols == 0) {
         /* libaltgrad reads every column it knows: ask for them all */
         ag_msg all = *req;
-        all.u.query.cols = ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX);
+        all.u.query.cols = ag_proto_reply_cols(def->r, UINT64_MAX);
         return exchange(c, &all, def->r, c->opts.query_timeout_ms, reply);
     }
     return exchange(c, req, def->r, c->opts.query_timeout_ms, reply);

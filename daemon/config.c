@@ -169,6 +169,26 @@ static const opt options[] = {
      .help = "memory the engine's state may hold: tensors, amax histories, flip baselines "
              "and snapshots being evaluated; past it new tensors and snapshots wait or are "
              "refused (counted)"},
+    {.name = "shard-timeout-ms",
+     .type = OPT_INT,
+     FIELD(shard_timeout_ms),
+     .def = "30000",
+     .min = 1,
+     .max = 86400000,
+     .arg = "MS",
+     .file_ok = 1,
+     .help = "how long the shards of a sharded tensor's step wait for the other ranks of "
+             "the run; then the step is stored incomplete, with the ranks that reported"},
+    {.name = "shard-budget",
+     .type = OPT_INT,
+     FIELD(shard_budget_mib),
+     .def = "1024",
+     .min = 1,
+     .max = 1048576,
+     .arg = "MiB",
+     .file_ok = 1,
+     .help = "memory the snapshot shards waiting for their other ranks may hold (within "
+             "--state-budget); past it the oldest waiting steps are stored incomplete"},
     {.name = "http",
      .type = OPT_HTTP,
      FIELD(http),

@@ -51,6 +51,8 @@ typedef struct ag_config {
     long threads;           /* snapshot pool threads; 0: one per usable core */
     long baseline_interval; /* seconds between writes of the flip baselines */
     long state_budget_mib;  /* the engine's memory budget */
+    long shard_timeout_ms;  /* shards of a step wait this long for the other ranks */
+    long shard_budget_mib;  /* memory waiting snapshot shards may hold */
     int log_level;          /* ag_log_level */
     long keep_raw_steps;    /* 0: keep every raw row */
     /* tls+tcp:// listeners: the daemon's certificate and key, the CA that

@@ -11,7 +11,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "daemon/engine_internal.h"
+
+static int replicated_seen(run_state *r, const char *name, uint64_t step);
 
 int64_t ag_eng_wall_ms(void) {
     struct timespec ts;
@@ -50,6 +53,8 @@ static void free_tensor(void *v, void *ctx) {
 
 static void free_run(void *v, void *ctx) {
     run_state *r = v;
+    ag_map_free(&r->shards); /* its steps were freed by ag_eng_free_shards */
+    free(r->ranks_ended);
     ag_map_each(&r->tensors, free_tensor, ctx);
     ag_map_free(&r->tensors);
     free(r->name);
@@ -75,6 +80,8 @@ int ag_engine_new(ag_engine **out, const ag_config *cfg, ag_logger *lg, ag_count
     size_t budget =
         cfg->state_budget_mib > 0 ? (size_t)cfg->state_budget_mib << 20 : AG_ENGINE_MAX_STATE_BYTES;
     e->max_state_bytes = budget - budget / 4;
+    e->max_shard_bytes =
+        cfg->shard_budget_mib > 0 ? (size_t)cfg->shard_budget_mib << 20 : (size_t)1 << 30;
     e->amax_mode = cfg->amax_mode;
     ag_engine_reconfigure(e, cfg);
     *out = e;
@@ -90,6 +97,7 @@ void ag_engine_set_writer(ag_engine *e, ag_writer *w) { e->writer = w; }
 
 void ag_engine_free(ag_engine *e) {
     if (!e) return;
+    ag_eng_free_shards(e);
     ag_map_each(&e->clients, ag_eng_free_client, NULL);
     ag_map_free(&e->clients);
     ag_map_free(&e->launches);
@@ -407,8 +415,8 @@ static int handle_stats(ag_engine *e, run_state *r, const ag_msg_stats *s) {
                        !(rec->numel > 0 && rec->nonfinite >= rec->numel);
         ag_eng_observe(e, rs, rec->amax, pushable, cfg->fmts, fidx, cfg->nfmts, rec->step);
         ag_write_item it = {.kind = AG_W_STATS};
-        it.u.stats = (ag_store_stats_row){t->id,     rec->role,  rec->step,
-                                          rec->amax, rec->numel, rec->nonfinite};
+        it.u.stats = (ag_store_stats_row){t->id,      rec->role,      rec->step, rec->amax,
+                                          rec->numel, rec->nonfinite, 1};
         if ((err = ag_eng_push(e, &it))) return err;
         ag_eng_touch_tensor(e, t, rec->role, rec->step, rec->numel, rec->amax);
     }
@@ -421,6 +429,10 @@ const char *ag_eng_unfiled_reason(int err) {
     switch (err) {
     case AG_ENOSPC: return "not filed: the daemon's state budget is full";
     case AG_ENOMEM: return "not filed: out of memory";
+    case AG_EEXIST: return "not filed: a rank sent its shard of a step twice";
+    case AG_EPROTO: return "not filed: a shard differs from its step's other shards";
+    case AG_EINVAL: return "not filed: the client's world size is not its run's";
+    case AG_ETIMEDOUT: return "not filed: a shard came after its step was stored";
     case AG_EFORMAT: return "not filed: unknown format";
     default: return "not filed: refused after acceptance";
     }
@@ -450,8 +462,20 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
     atomic_fetch_add(&e->counters->messages, 1);
     atomic_fetch_add(&e->counters->bytes, bytes);
     switch (m->type) {
-    case AG_MSG_RUN_START: break;
+    case AG_MSG_RUN_START:
+        if (r->ranks_ended && ag_eng_world_ok(cs) && r->ranks_ended[cs->rank]) {
+            r->ranks_ended[cs->rank] = 0; /* the rank is back */
+            r->nranks_ended--;
+        }
+        break;
     case AG_MSG_RUN_END:
+        if (r->world > 1 && ag_eng_world_ok(cs)) {
+            if (!r->ranks_ended) r->ranks_ended = calloc(r->world, 1);
+            if (r->ranks_ended && !r->ranks_ended[cs->rank]) {
+                r->ranks_ended[cs->rank] = 1;
+                r->nranks_ended++;
+            }
+        }
         r->ended_ms = m->u.run_end.time_ms ? m->u.run_end.time_ms : ag_eng_wall_ms();
         r->ended = 1;
         cs->ended = 1;
@@ -459,10 +483,25 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
             r->last_step = m->u.run_end.step;
         break;
     case AG_MSG_STATS: err = handle_stats(e, r, &m->u.stats); break;
-    case AG_MSG_COUNTS: err = ag_eng_handle_counts(e, r, &m->u.counts); break;
+    case AG_MSG_COUNTS: err = ag_eng_handle_counts(e, cs, &m->u.counts); break;
     case AG_MSG_SNAPSHOT: {
         ag_engine_job *j = NULL;
-        if ((err = ag_eng_snapshot_job(e, r, &m->u.snapshot, &j))) break;
+        const ag_msg_snapshot *s = &m->u.snapshot;
+        if (r->world > 1 && !ag_eng_world_ok(cs)) {
+            err = AG_EINVAL;
+            break;
+        }
+        if (r->world > 1 && !s->replicated) { /* a shard: held until its step is whole */
+            if ((err = ag_eng_shard_snapshot(e, cs, s, &j)) || !j) break;
+        } else if (r->world > 1 && replicated_seen(r, s->tensor, s->step)) {
+            break; /* another rank's copy of this step was filed */
+        } else if ((err = ag_eng_snapshot_job(e, r, s, &j))) {
+            break;
+        }
+        if (r->world > 1 && s->replicated) {
+            j->t->repl_has = 1;
+            j->t->repl_step = s->step;
+        }
         j->bytes = bytes;
         j->reserved += bytes; /* the message is held until the job ends */
         e->inflight_bytes += bytes;
@@ -491,5 +530,20 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         ag_eng_queue_drop(e, cs, m->hdr.seq, 1, ag_eng_unfiled_reason(err));
     }
     ag_eng_end_message(e, cs, bytes, m->type != AG_MSG_STATS);
+    /* Every rank of the run ended: its waiting steps will not be whole. */
+    if (m->type == AG_MSG_RUN_END && r->nranks_ended == r->world && r->shards.count)
+        ag_eng_expire_shards(e, 0, r, 0);
     return err;
 }
+
+/* Whether a replicated tensor's step was filed already (from another rank). */
+static int replicated_seen(run_state *r, const char *name, uint64_t step) {
+    const tensor_state *t = ag_map_get(&r->tensors, name);
+    return t && t->repl_has && step <= t->repl_step;
+}
+
+size_t ag_engine_expire(ag_engine *e, int all) {
+    return e->shards_head ? ag_eng_expire_shards(e, ag_mono_ms(), NULL, all) : 0;
+}
+
+uint64_t ag_engine_incomplete_steps(const ag_engine *e) { return e->incomplete_steps; }

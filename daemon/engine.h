@@ -93,6 +93,13 @@ int ag_engine_persist(ag_engine *e, int all);
 /* Queue the deltas and scales of tensors touched by statistics since the
  * last flush (the loop calls it on a timer and before stopping). */
 int ag_engine_flush(ag_engine *e);
+/* Store the steps of sharded tensors still waiting for ranks as incomplete:
+ * those past --shard-timeout-ms, or all (the daemon stopping). Steps whose
+ * tensor has a snapshot job in flight wait for the next call. Loop; returns
+ * how many were stored. */
+size_t ag_engine_expire(ag_engine *e, int all);
+/* Steps stored incomplete since the daemon started. */
+uint64_t ag_engine_incomplete_steps(const ag_engine *e);
 /* Count one rejected message (undecodable ones never reach handle). */
 void ag_engine_reject(ag_engine *e, size_t bytes);
 

@@ -86,7 +86,17 @@ typedef struct tensor_state {
      * crash wrote results after the last stored weights), so the next
      * snapshot's flips in it are unknown */
     uint64_t flips_lost;
-    int busy;                  /* a snapshot job of this tensor is in flight */
+    int busy; /* a snapshot job of this tensor is in flight */
+    /* Ranks (shards.c): the newest step of a replicated tensor filed (a later
+     * copy of it from another rank is not filed again), and the shard layout
+     * (world and each rank's element count) of the baseline in prev[]. */
+    uint64_t repl_step;
+    int repl_has;
+    uint64_t shard_layout; /* 0: unknown (a restored baseline is trusted) */
+    /* the newest step stored from shards (whole or incomplete): a shard of
+     * it, or of an older step no longer waiting, comes too late: not filed */
+    uint64_t late_step;
+    int late_has;
     restored_result *restored; /* restore only */
     size_t nrestored;
 } tensor_state;
@@ -101,8 +111,53 @@ struct run_state {
     /* delta since the last message end */
     uint64_t messages, dropped, last_step;
     int64_t ended_ms;
-    size_t jobs; /* its snapshot jobs in flight: messages is held back meanwhile */
+    size_t jobs;          /* its snapshot jobs in flight: messages is held back meanwhile */
+    uint32_t world;       /* ranks of the run (its first run start's world; 1: not sharded) */
+    size_t nclients;      /* clients of the run the engine holds (not ended) */
+    uint8_t *ranks_ended; /* [world], NULL until a rank ends: its run_end came */
+    uint32_t nranks_ended;
+    ag_map shards; /* "step\x1ftensor" -> shard_step waiting for its other ranks */
 };
+
+/* One (run, tensor, step) of a sharded tensor whose shards wait for the
+ * other ranks (shards.c): on the engine's list, oldest first, until every
+ * rank of the run sent its shard, the deadline passes, the run's clients all
+ * ended, the shard budget needs room or the daemon stops. */
+typedef struct shard_piece {
+    float *wx; /* w then x, n each, float32 (snapshots); NULL: not sent */
+    size_t n;
+    uint64_t numel;
+} shard_piece;
+
+typedef struct shard_step {
+    run_state *run;
+    char *tensor;
+    char *key; /* in run->shards */
+    uint64_t step;
+    int type; /* AG_MSG_SNAPSHOT or AG_MSG_COUNTS */
+    uint32_t world, nranks;
+    uint8_t *have; /* [world] */
+    int64_t deadline_ms;
+    int inconsistent; /* counts: shards disagreed on a scale */
+    int form;
+    size_t nf;
+    const ag_format *fmts[AG_FORMATS_MAX];
+    int fidx[AG_FORMATS_MAX];
+    /* snapshots */
+    int dtype;
+    float lr;
+    int has_scale;
+    double scale;
+    shard_piece *pieces; /* [world] */
+    size_t bytes;        /* held, counted in the engine's state and shard bytes */
+    /* counts: the sums so far */
+    uint64_t numel, nonfinite;
+    double amax;
+    float *scales;    /* [nf] */
+    uint64_t *counts; /* [nf * 5] */
+    int64_t *flips;   /* [nf], -1 unknown */
+    struct shard_step *prev, *next;
+} shard_step;
 
 /* One client (its random cid) and the run its messages are filed under,
  * from its run start (or first message) until its run end. Each client
@@ -114,11 +169,12 @@ typedef struct client_state {
     int has_seq;        /* last_seq is this client's */
     uint64_t last_drop; /* the client's cumulative drop count seen */
     int drop_known;
-    int ended;          /* its run_end was filed: forgotten after the message */
-    uint64_t delivered; /* messages accounted since the last message end: the
+    int ended;            /* its run_end was filed: forgotten after the message */
+    uint32_t rank, world; /* from its run start (0 and 1 without one) */
+    uint64_t delivered;   /* messages accounted since the last message end: the
                             * clients row's delivery count gets them with the
                             * message's rows (q_delivery) */
-    size_t jobs;        /* its snapshot jobs in flight: delivered is held back
+    size_t jobs;          /* its snapshot jobs in flight: delivered is held back
                          * meanwhile, so a later message never makes the
                          * store say a seq is stored before all below it */
 } client_state;
@@ -155,6 +211,10 @@ struct ag_engine {
     tensor_state **tensors_by_id;
     size_t ntensors_by_id, cap_tensors_by_id;
     ag_errctx err; /* restore: why it failed (ag_engine_why), "" if no reason given */
+    /* shards waiting for their other ranks, oldest first (shards.c) */
+    shard_step *shards_head, *shards_tail;
+    size_t shard_bytes, max_shard_bytes;
+    uint64_t incomplete_steps; /* filed incomplete since start (status, metrics) */
 };
 
 /* How a format of a job counts its flips (decided on the loop when the job
@@ -202,6 +262,11 @@ struct ag_engine_job {
     size_t reserved;              /* bytes counted in the engine's inflight_bytes */
     size_t bytes;                 /* of the message, for the bytes counter */
     int err;
+    /* a sharded tensor's step (shards.c): how many ranks it holds, and
+     * whether that is fewer than the run's world (then its flips are unknown
+     * and it does not become the tensor's baseline) */
+    uint32_t ranks;
+    int partial;
 };
 
 int64_t ag_eng_wall_ms(void);
@@ -258,9 +323,47 @@ const char *ag_eng_unfiled_reason(int err);
 /* Bytes a tensor with all its roles may hold outside its snapshots. */
 size_t ag_eng_tensor_cost(const ag_engine *e, const char *name);
 
-/* counts.c: file a counts message of run r (AG_EFORMAT for a format the
+/* counts.c: file a counts message of client cs (AG_EFORMAT for a format the
  * daemon does not know, before anything is filed). */
-int ag_eng_handle_counts(ag_engine *e, run_state *r, const ag_msg_counts *c);
+int ag_eng_handle_counts(ag_engine *e, client_state *cs, const ag_msg_counts *c);
+/* One tensor's results at step, from counts (a trainer's, or the sum of its
+ * shards): amax observed, scales set, a statistics row and a result row per
+ * format queued (ranks that reported, incomplete when fewer than the world). */
+typedef struct ag_counts_item {
+    const char *tensor;
+    uint64_t step;
+    uint64_t numel, nonfinite;
+    double amax;
+    size_t nf;
+    const ag_format *const *fmts;
+    const int *fidx;
+    const float *scales;    /* [nf] */
+    const uint64_t *counts; /* [nf * 5] */
+    const int64_t *flips;   /* [nf] -1 unknown, or NULL: all unknown */
+    uint32_t ranks;
+    int incomplete;
+} ag_counts_item;
+int ag_eng_file_counts(ag_engine *e, run_state *r, const ag_counts_item *it);
+/* Drop t's encoded baselines (prev[]), their memory given back. */
+void ag_eng_forget_encoded(ag_engine *e, tensor_state *t);
+
+/* shards.c */
+/* A shard of a sharded tensor's snapshot from client cs: held until its step
+ * is whole, then (*job set) evaluated like one snapshot of the whole tensor.
+ * AG_OK when held or a job was made; an error when it is not filed. */
+int ag_eng_shard_snapshot(ag_engine *e, client_state *cs, const ag_msg_snapshot *s,
+                          ag_engine_job **job);
+/* Item i of counts c from cs is a shard: summed until its step is whole. */
+int ag_eng_shard_counts(ag_engine *e, client_state *cs, const ag_msg_counts *c, size_t i,
+                        const ag_format *const *fmts, const int *fidx);
+/* File waiting steps as incomplete: those past their deadline (now_ms), all
+ * of run r (r not NULL), or all (all). A snapshot step whose tensor has a
+ * job in flight waits for the next call. Returns how many were filed. */
+size_t ag_eng_expire_shards(ag_engine *e, int64_t now_ms, run_state *r, int all);
+/* Free a run's waiting steps without filing them (engine teardown). */
+void ag_eng_free_shards(ag_engine *e);
+/* Whether client cs may send shards of its run: its world is the run's. */
+int ag_eng_world_ok(const client_state *cs);
 
 /* snapshot.c */
 int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag_engine_job **out);

@@ -321,6 +321,35 @@ static int run_gauges(const ag_http_env *env, ag_store *st, FILE *f, const char 
     return rc;
 }
 
+/* Runs of many ranks (docs/daemon.md, Ranks): each run's steps stored
+ * incomplete, and the messages each of its ranks lost (rank_drops, the JSON
+ * object {"rank":dropped} of the ranks with drops). */
+static void rank_metrics(FILE *f, const ag_run_list *runs) {
+    family(f, "altgrad_run_incomplete_steps", "gauge",
+           "Steps of sharded tensors stored incomplete (not every rank reported), per run of "
+           "more than one rank.");
+    for (size_t i = 0; i < runs->n; i++) {
+        if (runs->items[i].world_size <= 1) continue;
+        fputs("altgrad_run_incomplete_steps{run=\"", f);
+        label_value(f, runs->items[i].name);
+        fprintf(f, "\"} %llu\n", (unsigned long long)runs->items[i].incomplete);
+    }
+    family(f, "altgrad_rank_dropped_total", "counter",
+           "Messages lost per rank of a run (sequence gaps, client drops, not filed), for the "
+           "ranks with drops.");
+    for (size_t i = 0; i < runs->n; i++) {
+        const char *p = runs->items[i].rank_drops;
+        unsigned long long rank, n;
+        int used;
+        while (p && (p = strchr(p, '"')) && sscanf(p, "\"%llu\":%llu%n", &rank, &n, &used) == 2) {
+            fputs("altgrad_rank_dropped_total{run=\"", f);
+            label_value(f, runs->items[i].name);
+            fprintf(f, "\",rank=\"%llu\"} %llu\n", rank, n);
+            p += used;
+        }
+    }
+}
+
 static void api_metrics(const ag_http_env *env, ag_store *st, const void *params,
                         const ag_http_params *given, ag_http_response *res) {
     ag_status *s = NULL;
@@ -375,6 +404,7 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const void *params
     label_value(f, s->version);
     fputs("\"} 1\n", f);
 
+    rank_metrics(f, runs);
     if (runs->n > 1) /* an empty list may have no array: qsort wants one */
         qsort(runs->items, runs->n, sizeof *runs->items, by_start_desc);
     size_t total_tensors = 0;

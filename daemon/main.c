@@ -368,6 +368,7 @@ static void drain_cb(uv_timer_t *t) {
     pump(d);
     if (d->njobs || d->held_nng || ag_ingest_depth(d->ingest) > 0) return; /* next tick */
     uv_timer_stop(t);
+    ag_engine_expire(d->engine, 1); /* steps still waiting for ranks: incomplete */
     ag_engine_flush(d->engine);
     ag_engine_persist(d->engine, 1); /* every flip baseline, so a restart loses none */
     d->closed = 1;
@@ -431,6 +432,8 @@ static void on_signal(uv_signal_t *h, int signum) {
 static void flush_cb(uv_timer_t *t) {
     ag_daemon *d = t->data;
     if (!d->closed) {
+        /* sharded steps whose ranks did not all report in time: incomplete */
+        ag_engine_expire(d->engine, 0);
         ag_engine_flush(d->engine);
         /* Flip baselines: a sweep at most every baseline_interval seconds,
          * moved to the writer as it has room. */

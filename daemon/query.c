@@ -46,7 +46,7 @@ struct ag_query {
 static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t errlen) {
     const ag_query_def *def = ag_query_by_type(req->type);
     int rc = ag_answer(w->store, req, reply);
-    if (req->type == AG_MSG_Q_HISTORY)
+    if (req->type == AG_MSG_Q_HISTORY || req->type == AG_MSG_Q_RUNS)
         reply->cols = ag_proto_reply_cols(reply->type, req->u.query.cols);
     if (!rc && (def->flags & AG_Q_LIVE)) w->q->status(w->q->status_ctx, reply->u.status);
     if (rc)

@@ -117,6 +117,25 @@ static int on_client(void *ctx, uint64_t client_id, int64_t run_id, uint64_t las
     return 0;
 }
 
+static int on_run_world(void *ctx, int64_t run_id, uint64_t world) {
+    ag_engine *e = ctx;
+    run_state *r = run_by_id(e, run_id);
+    if (r && world >= 1 && world <= AG_WORLD_MAX) r->world = (uint32_t)world;
+    return 0;
+}
+
+/* A restored client's rank; its world is taken as its run's. */
+static int on_client_rank(void *ctx, uint64_t client_id, uint64_t rank) {
+    ag_engine *e = ctx;
+    char key[17];
+    snprintf(key, sizeof key, "%016llx", (unsigned long long)client_id);
+    client_state *cs = ag_map_get(&e->clients, key);
+    if (!cs) return 0;
+    cs->world = cs->run->world;
+    cs->rank = rank < cs->world ? (uint32_t)rank : 0;
+    return 0;
+}
+
 static int on_tensor(void *ctx, int64_t id, int64_t run_id, const char *name, int role) {
     ag_engine *e = ctx;
     run_state *r = run_by_id(e, run_id);
@@ -230,7 +249,9 @@ int ag_engine_restore(ag_engine *e, ag_store *st) {
                               .history = on_history,
                               .scale = on_scale,
                               .snapshot = on_snapshot,
-                              .last_result = on_last_result};
+                              .last_result = on_last_result,
+                              .run_world = on_run_world,
+                              .client_rank = on_client_rank};
     err = ag_store_restore(st, e->history_len, &cb);
     /* A tensor with results but no stored baseline lost it: its first
      * snapshot's flips are unknown in those formats. */

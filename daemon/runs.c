@@ -40,7 +40,9 @@ run_state *ag_eng_new_run(ag_engine *e, int64_t id, const char *name, const char
     r->name = strdup(name);
     r->asked = strdup(asked ? asked : name);
     r->launch = dup_or_null(launch);
+    r->world = 1;
     ag_map_init(&r->tensors);
+    ag_map_init(&r->shards);
     if (!r->name || !r->asked || (launch && !r->launch) || ag_map_put(&e->runs, name, r)) goto fail;
     /* Ids only grow, so the run made last for a name is the newest. On a
      * failure every map is left as it was (a set on a present key cannot
@@ -81,12 +83,14 @@ client_state *ag_eng_new_client(ag_engine *e, uint64_t id, run_state *r) {
     if (!cs) return NULL;
     cs->id = id;
     cs->run = r;
+    cs->world = 1;
     char key[17];
     cid_key(id, key);
     if (ag_map_set(&e->clients, key, cs)) {
         free(cs);
         return NULL;
     }
+    r->nclients++;
     return cs;
 }
 
@@ -99,6 +103,7 @@ void ag_eng_forget_client(ag_engine *e, client_state *cs) {
     char key[17];
     cid_key(cs->id, key);
     ag_map_remove(&e->clients, key);
+    cs->run->nclients--;
     ag_eng_free_client(cs, NULL);
 }
 
@@ -153,6 +158,7 @@ static int queue_run_row(ag_engine *e, run_state *r, const ag_msg *m) {
     ag_write_item it = {.kind = AG_W_RUN};
     it.u.run.row.id = r->id;
     it.u.run.row.client_id = m->hdr.client_id;
+    it.u.run.row.world_size = r->world;
     it.u.run.name = strdup(r->name);
     it.u.run.asked = strdup(r->asked);
     it.u.run.launch = dup_or_null(r->launch);
@@ -176,8 +182,8 @@ static int queue_run_row(ag_engine *e, run_state *r, const ag_msg *m) {
 static int queue_client_row(ag_engine *e, const client_state *cs, const char *asked,
                             const char *launch, int64_t started_ms) {
     ag_write_item it = {.kind = AG_W_CLIENT};
-    it.u.client.row =
-        (ag_store_client_row){.client_id = cs->id, .run_id = cs->run->id, .started_ms = started_ms};
+    it.u.client.row = (ag_store_client_row){
+        .client_id = cs->id, .run_id = cs->run->id, .started_ms = started_ms, .rank = cs->rank};
     it.u.client.asked = strdup(asked);
     it.u.client.launch = dup_or_null(launch);
     int err =
@@ -195,6 +201,8 @@ int ag_eng_client_for(ag_engine *e, const ag_msg *m, client_state **out) {
         /* A client belongs to one run: a start again re-opens it. */
         if (start) {
             cs->run->ended = 0;
+            cs->rank = (uint32_t)m->u.run_start.rank;
+            cs->world = (uint32_t)m->u.run_start.world;
             err = queue_run_row(e, cs->run, m);
         }
         *out = cs;
@@ -215,6 +223,8 @@ int ag_eng_client_for(ag_engine *e, const ag_msg *m, client_state **out) {
         if (!(r = ag_eng_new_run(e, e->next_run_id + 1, name, asked, launch))) return AG_ENOMEM;
         e->next_run_id++;
         made = 1;
+        /* the run's world is its first client's (the codec bounds it) */
+        if (start) r->world = (uint32_t)m->u.run_start.world;
         if (strcmp(name, asked) != 0)
             ag_log(e->log, AG_LOG_INFO, "run %s is another launch's: filed as %s", asked, name);
     } else if (launch && (err = ag_eng_note_launch(e, launch, asked, r))) {
@@ -223,6 +233,15 @@ int ag_eng_client_for(ag_engine *e, const ag_msg *m, client_state **out) {
     if (start) r->ended = 0;
     if ((made || start) && (err = queue_run_row(e, r, m))) return err;
     if (!(cs = ag_eng_new_client(e, m->hdr.client_id, r))) return AG_ENOMEM;
+    if (start) {
+        cs->rank = (uint32_t)m->u.run_start.rank;
+        cs->world = (uint32_t)m->u.run_start.world;
+        if (cs->world != r->world)
+            ag_log(e->log, AG_LOG_WARNING,
+                   "run %s has %u ranks but client %016" PRIx64 " says %u: its shards are "
+                   "not filed",
+                   r->name, r->world, cs->id, cs->world);
+    }
     int64_t t = start && m->u.run_start.time_ms ? m->u.run_start.time_ms : ag_eng_wall_ms();
     if ((err = queue_client_row(e, cs, asked, launch, t))) return err;
     *out = cs;

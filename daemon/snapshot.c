@@ -217,7 +217,7 @@ int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
             }
         job->flip_prev[i] = prev;
         job->flip_scale[i] = prev_scale;
-        job->flip_mode[i] = lost                           ? FLIPS_UNKNOWN
+        job->flip_mode[i] = lost || job->partial           ? FLIPS_UNKNOWN
                             : !prev                        ? FLIPS_NONE
                             : prev_scale == job->scales[i] ? FLIPS_BYTES
                                                            : FLIPS_ENCODE;
@@ -324,6 +324,9 @@ static int adopt(ag_engine *e, ag_engine_job *job) {
             job->flips[i] += job->part_flips[c * nf + i];
         }
     }
+    /* An incomplete step is not the whole tensor: its patterns compare with
+     * nothing later, so the baseline stays the last whole step's. */
+    if (job->partial) return AG_OK;
     if (t->prev_n != job->n) { /* shape changed: earlier snapshots are not comparable */
         for (int i = 0; i < AG_FORMATS_MAX; i++) {
             ag_eng_give(e, t->prev[i], t->prev_n);
@@ -368,8 +371,13 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     t->prev_bytes = kept;
     if (err) goto done;
     ag_write_item st = {.kind = AG_W_STATS};
-    st.u.stats =
-        (ag_store_stats_row){t->id, AG_ROLE_WEIGHT, job->step, job->amax, job->n, job->nonfinite};
+    st.u.stats = (ag_store_stats_row){t->id,
+                                      AG_ROLE_WEIGHT,
+                                      job->step,
+                                      job->amax,
+                                      job->n,
+                                      job->nonfinite,
+                                      job->ranks ? job->ranks : 1};
     if ((err = ag_eng_push(e, &st))) goto done;
     for (size_t i = 0; i < job->nf; i++) {
         ag_write_item it = {.kind = AG_W_RESULT};
@@ -380,7 +388,9 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
                                             .flips = job->flips[i],
                                             .amax = job->amax,
                                             .scale = job->scales[i],
-                                            .flips_unknown = job->flip_mode[i] == FLIPS_UNKNOWN};
+                                            .flips_unknown = job->flip_mode[i] == FLIPS_UNKNOWN,
+                                            .ranks = job->ranks ? job->ranks : 1,
+                                            .incomplete = (uint8_t)job->partial};
         if ((err = ag_eng_push(e, &it))) goto done;
     }
     ag_eng_touch_tensor(e, t, AG_ROLE_WEIGHT, job->step, job->numel, job->amax);

@@ -23,6 +23,8 @@ typedef struct dec {
     int have_lr;
     size_t cols;       /* values per reply item */
     size_t count_fmts; /* results per counts item (0: none read yet) */
+    uint32_t *repl;    /* counts: replicated item indexes as read (post_check maps them) */
+    uint32_t nrepl;
 } dec;
 
 /* The failure path, out of line and cold (see read.c's wrong). */
@@ -227,6 +229,22 @@ static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spe
     }
     if (f->kind == K_COUNTS) return d_counts(d, (ag_msg_counts *)(void *)(base + f->off));
     if ((rc = ag_rd_array(&d->rd, &n))) return rc;
+    if (f->kind == K_REPL) { /* indexes, strictly ascending; post_check bounds them by n */
+        if (n > AG_PROTO_MAX_COUNT_ITEMS) BAD(d, "more than 4096 replicated items", AG_ETOOBIG);
+        d->repl = d_alloc(d, (n ? n : 1) * sizeof *d->repl);
+        if (!d->repl) BAD(d, "out of memory", AG_ENOMEM);
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t v;
+            if ((rc = d_bounded(d, AG_PROTO_MAX_COUNT_ITEMS - 1, &v,
+                                "a replicated item index is out of range")))
+                return rc;
+            if (i > 0 && v <= d->repl[i - 1])
+                BAD(d, "replicated item indexes are not strictly ascending", AG_EPROTO);
+            d->repl[i] = (uint32_t)v;
+        }
+        d->nrepl = n;
+        return AG_OK;
+    }
     if (f->kind == K_RECS) {
         ag_msg_stats *st = (ag_msg_stats *)(base + f->off);
         if (n == 0) BAD(d, "a stats batch has no records", AG_EPROTO);
@@ -314,12 +332,32 @@ int ag_proto_peek(const void *data, size_t len, int *version, int *type) {
     return peek(&r, version, type);
 }
 
-static int post_check(dec *d, ag_msg *m, uint32_t seen_hdr) {
+static int post_check(dec *d, ag_msg *m, uint32_t seen, uint32_t seen_hdr) {
     if (ag_proto_is_stream(m->type) && seen_hdr != 0xf)
         BAD(d, "a stream message lacks run, cid, seq or drop", AG_EPROTO);
+    if (m->type == AG_MSG_RUN_START) {
+        ag_msg_run_start *r = &m->u.run_start;
+        if ((seen & (1u << RUN_START_WORLD)) && r->world == 0) BAD(d, "world is 0", AG_EPROTO);
+        if (r->world == 0) r->world = 1;
+        if (r->world > AG_PROTO_MAX_WORLD) BAD(d, "world is over 65536 ranks", AG_EPROTO);
+        if (r->rank >= r->world) BAD(d, "rank is not below world", AG_EPROTO);
+        return AG_OK;
+    }
     if (m->type == AG_MSG_COUNTS) {
-        if (m->u.counts.nformats != d->count_fmts)
+        ag_msg_counts *c = &m->u.counts;
+        if (c->nformats != d->count_fmts)
             BAD(d, "counts items do not have one result per format", AG_EPROTO);
+        if (d->nrepl) {
+            uint8_t *flags = d_alloc(d, c->n);
+            if (!flags) BAD(d, "out of memory", AG_ENOMEM);
+            memset(flags, 0, c->n);
+            for (uint32_t i = 0; i < d->nrepl; i++) {
+                if (d->repl[i] >= c->n)
+                    BAD(d, "a replicated item index is past the items", AG_EPROTO);
+                flags[d->repl[i]] = 1;
+            }
+            c->replicated = flags;
+        }
         return AG_OK;
     }
     if (m->type != AG_MSG_SNAPSHOT) return AG_OK;
@@ -390,7 +428,7 @@ static int decode(dec *d, ag_msg *m, const ag_spec *spec) {
     for (size_t j = 0; j < spec->nfields; j++)
         if ((spec->fields[j].flags & F_REQ) && !(seen & (1u << j)))
             BAD(d, "a required key is missing", AG_EPROTO);
-    if ((rc = post_check(d, m, seen_hdr))) return rc;
+    if ((rc = post_check(d, m, seen, seen_hdr))) return rc;
     if (m->type == AG_MSG_RUN_START && !m->u.run_start.metadata) m->u.run_start.metadata = "{}";
     m->cols = d->cols < spec->ncols ? d->cols : spec->ncols;
     if (spec->root_size) {

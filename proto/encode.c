@@ -115,6 +115,12 @@ static int present(const ag_field *f, const char *base, int type) {
         return s->form == AG_FORM_SGD || s->lr != 0;
     }
     if (f->flags & F_REQ) return 1;
+    if (f->kind == K_REPL) {
+        const ag_msg_counts *c = (const ag_msg_counts *)(const void *)at;
+        for (size_t i = 0; c->replicated && i < c->n; i++)
+            if (c->replicated[i]) return 1;
+        return 0;
+    }
     switch (f->kind) {
     case K_UINT: return *(const uint64_t *)at != 0;
     case K_INT: return *(const int64_t *)at != 0;
@@ -204,6 +210,15 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         put_counts(pk, (const ag_msg_counts *)(const void *)(base + f->off));
         return AG_OK;
     }
+    if (f->kind == K_REPL) { /* present() saw at least one */
+        const ag_msg_counts *c = (const ag_msg_counts *)(const void *)(base + f->off);
+        uint32_t k = 0;
+        for (size_t i = 0; i < c->n; i++) k += c->replicated[i] != 0;
+        msgpack_pack_array(pk, k);
+        for (size_t i = 0; i < c->n; i++)
+            if (c->replicated[i]) msgpack_pack_uint64(pk, i);
+        return AG_OK;
+    }
     if (f->kind == K_DATA) {
         const ag_msg_snapshot *s = (const ag_msg_snapshot *)(base + f->off);
         size_t half = (size_t)s->n * ag_proto_dtype_size(s->dtype);
@@ -262,6 +277,11 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why) {
     if (m->type == AG_MSG_SNAPSHOT) {
         int rc = snapshot_check(&m->u.snapshot, why);
         if (rc) return rc;
+    }
+    if (m->type == AG_MSG_RUN_START) {
+        const ag_msg_run_start *r = &m->u.run_start;
+        if (r->world > AG_PROTO_MAX_WORLD) FAIL("world is over 65536 ranks", AG_EINVAL);
+        if (r->rank >= (r->world ? r->world : 1)) FAIL("rank is not below world", AG_EINVAL);
     }
     int version = m->version ? m->version : AG_PROTO_VERSION;
     if (version < AG_PROTO_VERSION_MIN || version > AG_PROTO_VERSION)

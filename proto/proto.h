@@ -30,6 +30,7 @@
 #define AG_PROTO_MAX_DEPTH 8                         /* nesting of skipped unknown values */
 #define AG_PROTO_MAX_TEXT 4096u                      /* status version/db_path/formats */
 #define AG_PROTO_MAX_COUNT_ITEMS AG_COUNTS_ITEMS_MAX /* tensors in one counts message */
+#define AG_PROTO_MAX_WORLD 65536u                    /* ranks of one run (run_start world) */
 
 /* Each query of proto/queries.h is a request type AG_MSG_Q_<NAME> = q,
  * client -> daemon, and its reply AG_MSG_R_<NAME> = q + 16, daemon -> client
@@ -85,6 +86,12 @@ typedef struct ag_msg_run_start {
     const char *metadata; /* JSON object text, <= AG_PROTO_MAX_METADATA; NULL = "{}" */
     const char *launch;   /* launch id (ag_proto_launch_id_ok); NULL = none (a launch of its own) */
     int resume;           /* 1: continue the latest run of that name */
+    /* The client's place in a distributed job (PROTOCOL.md 3.1): rank in
+     * 0..world-1, world in 1..AG_PROTO_MAX_WORLD. Encode: world 0 or 1 sends
+     * neither key. Decode: absent keys give rank 0, world 1; a world key of 0
+     * or a rank outside the world is malformed. */
+    uint64_t rank;
+    uint64_t world;
 } ag_msg_run_start;
 
 typedef struct ag_stat_record {
@@ -111,6 +118,7 @@ typedef struct ag_msg_snapshot {
     uint64_t numel; /* elements of the whole tensor (>= n; > n when sampled) */
     int has_scale;
     double scale;               /* when has_scale: finite, > 0 */
+    int replicated;             /* 1: every rank holds the whole tensor (count it once) */
     size_t nformats;            /* 0 = the daemon's default formats */
     const char *const *formats; /* names, each 1..AG_FORMAT_NAME_MAX of [A-Za-z0-9_-];
                                  * right after nformats (the codec's K_FMTS) */
@@ -141,6 +149,9 @@ typedef struct ag_msg_counts {
     const float *scales;        /* [n * nformats] finite, > 0 */
     const uint64_t *counts;     /* [n * nformats * AG_COUNTS_PER_RESULT] */
     const int64_t *flips; /* NULL (all unknown) or [n * nformats]: -1 unknown, else <= numel */
+    /* NULL (none), or [n] 0/1: items every rank holds whole (count once).
+     * On the wire `repl`, the ascending indexes of the items marked 1. */
+    const uint8_t *replicated;
 } ag_msg_counts;
 
 /* Check c as encoder, decoder and client do (any n >= 1: the item limit

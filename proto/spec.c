@@ -20,7 +20,11 @@ static const ag_field run_start_fields[] = {
     {"meta", K_JSON, F_OMIT0, U(run_start.metadata), AG_PROTO_MAX_METADATA, NULL, 0},
     {"launch", K_LAUNCH, F_OMIT0, U(run_start.launch), AG_LAUNCH_ID_MAX, NULL, 0},
     {"resume", K_ENUM, F_OMIT0, U(run_start.resume), 1, NULL, 0},
+    /* index RUN_START_WORLD: decode.c checks that a world key is not 0 */
+    {"rank", K_UINT, F_OMIT0, U(run_start.rank), 0, NULL, 0},
+    {"world", K_UINT, F_OMIT0, U(run_start.world), 0, NULL, 0},
 };
+_Static_assert(RUN_START_WORLD == 7, "the index of run_start's world key");
 
 static const ag_field stats_fields[] = {
     {"recs", K_RECS, F_REQ, U(stats), 0, NULL, 0},
@@ -36,6 +40,7 @@ static const ag_field snapshot_fields[] = {
     {"numel", K_UINT, F_OMIT0, U(snapshot.numel), 0, NULL, 0},
     {"scale", K_SCALE, 0, U(snapshot.scale), U(snapshot.has_scale), NULL, 0},
     {"fmts", K_FMTS, F_OMIT0, U(snapshot.nformats), 0, NULL, 0},
+    {"repl", K_ENUM, F_OMIT0, U(snapshot.replicated), 1, NULL, 0},
     {"data", K_DATA, F_REQ, U(snapshot), 0, NULL, 0}, /* last: the encoder pads before it */
 };
 
@@ -51,6 +56,7 @@ static const ag_field counts_fields[] = {
     {"form", K_ENUM, F_REQ, U(counts.form), AG_FORM_UPDATE, NULL, 0},
     {"fmts", K_FMTS, F_REQ, U(counts.nformats), 0, NULL, 0},
     {"items", K_COUNTS, F_REQ, U(counts), 0, NULL, 0},
+    {"repl", K_REPL, F_OMIT0, U(counts), 0, NULL, 0},
 };
 
 static const ag_field run_end_fields[] = {
@@ -64,6 +70,10 @@ static const ag_field run_end_fields[] = {
  * parameters are in that order. */
 static const ag_field q_run_fields[] = {
     {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
+};
+
+static const ag_field q_runs_fields[] = {
+    {"cols", K_UINT, F_OMIT0, U(query.cols), 0, NULL, 0},
 };
 
 static const ag_field q_history_fields[] = {
@@ -127,11 +137,21 @@ const ag_field ag_record_cols[6] = {
 static const ag_field runs_fields[] = {ITEMS("runs")};
 #define RUN(m, kind, aux, show) C(ag_run_info, m, kind, F_REQ, aux, show)
 static const ag_field runs_cols[] = {
-    RUN(name, K_NAME, 0, S_PLAIN),      RUN(host, K_STR, AG_NAME_MAX, S_PLAIN),
-    RUN(pid, K_INT, 0, S_PLAIN),        RUN(client_id, K_UINT, 0, S_PLAIN),
-    RUN(started_ms, K_INT, 0, S_TIME),  RUN(ended_ms, K_INT, 0, S_TIME),
-    RUN(last_step, K_UINT, 0, S_PLAIN), RUN(messages, K_UINT, 0, S_PLAIN),
-    RUN(dropped, K_UINT, 0, S_PLAIN),   RUN(metadata, K_JSON, AG_PROTO_MAX_METADATA, S_PLAIN),
+    RUN(name, K_NAME, 0, S_PLAIN),
+    RUN(host, K_STR, AG_NAME_MAX, S_PLAIN),
+    RUN(pid, K_INT, 0, S_PLAIN),
+    RUN(client_id, K_UINT, 0, S_PLAIN),
+    RUN(started_ms, K_INT, 0, S_TIME),
+    RUN(ended_ms, K_INT, 0, S_TIME),
+    RUN(last_step, K_UINT, 0, S_PLAIN),
+    RUN(messages, K_UINT, 0, S_PLAIN),
+    RUN(dropped, K_UINT, 0, S_PLAIN),
+    RUN(metadata, K_JSON, AG_PROTO_MAX_METADATA, S_PLAIN),
+    /* added later (PROTOCOL.md 4.3): sent to requesters that ask */
+    RUN(world_size, K_UINT, 0, S_PLAIN),
+    RUN(ranks_seen, K_UINT, 0, S_PLAIN),
+    RUN(rank_drops, K_JSON, AG_PROTO_MAX_METADATA, S_PLAIN),
+    RUN(incomplete, K_UINT, 0, S_PLAIN),
 };
 
 static const ag_field tensors_fields[] = {ITEMS("tensors")};
@@ -157,7 +177,8 @@ static const ag_field history_cols[] = {
     POINT(flips, K_UINT, F_REQ, S_UNKNOWN),   POINT(overflow, K_UINT, F_REQ, S_PLAIN),
     POINT(underflow, K_UINT, F_REQ, S_PLAIN), POINT(nonfinite, K_UINT, F_REQ, S_PLAIN),
     POINT(amax, K_FLOAT, F_REQ, S_PLAIN),     POINT(scale, K_FLOAT, F_REQ, S_PLAIN),
-    POINT(computed, K_STR, 0, S_NULLABLE),
+    POINT(computed, K_STR, 0, S_NULLABLE),    POINT(ranks, K_UINT, F_REQ, S_PLAIN),
+    POINT(complete, K_UINT, F_REQ, S_PLAIN),
 };
 
 static const ag_field scales_fields[] = {
@@ -236,6 +257,8 @@ static const ag_field r_delivery_fields[] = {
     { T, NULL, 0, 0, 0, 0, 0, NULL, 0, NULL, 0 }
 /* The columns of r_history items before any was added (protocol 2). */
 #define HISTORY_COLS_BASE 10
+/* The columns of r_runs items before world_size ... were added. */
+#define RUNS_COLS_BASE 10
 
 static const ag_spec specs[] = {
     MSG(AG_MSG_RUN_START, run_start_fields),
@@ -243,7 +266,7 @@ static const ag_spec specs[] = {
     MSG(AG_MSG_SNAPSHOT, snapshot_fields),
     MSG(AG_MSG_RUN_END, run_end_fields),
     MSG(AG_MSG_COUNTS, counts_fields),
-    BARE(AG_MSG_Q_RUNS),
+    MSG(AG_MSG_Q_RUNS, q_runs_fields),
     MSG(AG_MSG_Q_TENSORS, q_run_fields),
     MSG(AG_MSG_Q_HISTORY, q_history_fields),
     MSG(AG_MSG_Q_SCALES, q_scales_fields),
@@ -251,7 +274,9 @@ static const ag_spec specs[] = {
     BARE(AG_MSG_Q_STATUS),
     MSG(AG_MSG_Q_RUN, q_client_fields),
     MSG(AG_MSG_Q_DELIVERY, q_delivery_fields),
-    LIST(AG_MSG_R_RUNS, ag_run_list, ag_run_info, runs_fields, runs_cols, NULL),
+    {AG_MSG_R_RUNS, runs_fields, N(runs_fields), sizeof(ag_run_list), sizeof(ag_run_info),
+     offsetof(ag_run_list, items), offsetof(ag_run_list, n), runs_cols, N(runs_cols), NULL,
+     RUNS_COLS_BASE},
     LIST(AG_MSG_R_TENSORS, ag_tensor_list, ag_tensor_info, tensors_fields, tensors_cols, NULL),
     {AG_MSG_R_HISTORY, history_fields, N(history_fields), sizeof(ag_history),
      sizeof(ag_history_point), offsetof(ag_history, points), offsetof(ag_history, n), history_cols,

@@ -30,8 +30,12 @@ enum ag_kind {
     K_FMTS,     /* format list: a size_t count at off, the names pointer right after it */
     K_DATA,     /* snapshot payload (ag_msg_snapshot) */
     K_ITEMS,    /* reply item list (spec->cols) */
-    K_COUNTS    /* counts items (ag_msg_counts) */
+    K_COUNTS,   /* counts items (ag_msg_counts) */
+    K_REPL      /* counts: the indexes of replicated items (ag_msg_counts.replicated) */
 };
+
+/* The index of run_start's "world" key in its table (decode checks it). */
+#define RUN_START_WORLD 7
 
 /* Field flags. */
 #define F_REQ 1u    /* must be present */

@@ -23,15 +23,16 @@ static const char *const sql_text[AG_ST_COUNT] = {
         "INSERT OR IGNORE INTO formats(id,name,exponent_bits,mantissa_bits,bias,has_inf,"
         "has_nan) VALUES(?1,?2,?3,?4,?5,?6,?7)",
     [AG_ST_PUT_RUN] =
-        "INSERT INTO runs(id,name,host,pid,client_id,started_ms,metadata,launch_id,asked)"
-        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9) ON CONFLICT(name) DO UPDATE SET"
+        "INSERT INTO runs(id,name,host,pid,client_id,started_ms,metadata,launch_id,asked,"
+        "world_size) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10) ON CONFLICT(name) DO UPDATE SET"
         " host=excluded.host, pid=excluded.pid, client_id=excluded.client_id,"
         " metadata=excluded.metadata, ended_ms=0",
     [AG_ST_PUT_CLIENT] =
-        "INSERT INTO clients(client_id,run_id,launch_id,asked,started_ms)"
-        " VALUES(?1,?2,?3,?4,?5) ON CONFLICT(client_id) DO UPDATE SET"
+        "INSERT INTO clients(client_id,run_id,launch_id,asked,started_ms,rank)"
+        " VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(client_id) DO UPDATE SET"
         " run_id=excluded.run_id, launch_id=excluded.launch_id, asked=excluded.asked,"
-        " started_ms=excluded.started_ms, last_seq=0, last_drop=NULL, ended=0",
+        " started_ms=excluded.started_ms, rank=excluded.rank, last_seq=0, last_drop=NULL,"
+        " ended=0",
     [AG_ST_CLIENT_DELTA] =
         "UPDATE clients SET last_seq=?2, last_drop=CASE WHEN ?3 THEN ?4 ELSE last_drop END,"
         " ended=?5, delivered=delivered+?6,"
@@ -42,11 +43,11 @@ static const char *const sql_text[AG_ST_COUNT] = {
         " WHERE c.client_id=?1",
     [AG_ST_PUT_TENSOR] = "INSERT INTO tensors(id,run_id,name,role) VALUES(?1,?2,?3,?4)"
                          " ON CONFLICT DO NOTHING",
-    [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6)",
+    [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6,?7)",
     /* A step stored again replaces the row (AG_ST_RESULT_OLD/UPDATE), so its
      * rollups can take the old counts back. */
-    [AG_ST_PUT_RESULT] = "INSERT INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
-                         " ON CONFLICT DO NOTHING",
+    [AG_ST_PUT_RESULT] = "INSERT INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
+                         "?14) ON CONFLICT DO NOTHING",
     [AG_ST_PUT_DROP] = "INSERT INTO drops VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SCALE] = "INSERT OR REPLACE INTO scales VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SNAPSHOT] = "INSERT OR REPLACE INTO snapshots VALUES(?1,?2,?3,?4)",
@@ -62,14 +63,26 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_PUT_DAEMON_SETTING] = "INSERT INTO daemon_settings(name,value) VALUES(?1,?2)"
                                  " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
     [AG_ST_RUNS] = "SELECT name,host,pid,client_id,started_ms,ended_ms,last_step,messages,dropped,"
-                   "metadata FROM runs ORDER BY started_ms, id",
+                   "metadata,world_size,(SELECT count(DISTINCT c.rank) FROM clients c WHERE"
+                   " c.run_id=runs.id),id,(SELECT count(*) FROM drops d WHERE d.run_id=runs.id)"
+                   " FROM runs ORDER BY started_ms, id",
+    [AG_ST_RUN_RANK_DROPS] = "SELECT c.rank, sum(d.count) FROM drops d JOIN clients c ON"
+                             " c.client_id=d.client_id WHERE d.run_id=?1 GROUP BY c.rank"
+                             " HAVING sum(d.count)>0 ORDER BY c.rank",
+    /* from the widest rollup tier (a few rows per tensor and format, exact):
+     * per tensor, the incomplete rows of its format that has most (a step's
+     * rows are filed in every format of the step together) */
+    [AG_ST_RUN_INCOMPLETE] =
+        "SELECT coalesce(sum(m),0) FROM (SELECT max(s) AS m FROM (SELECT tensor_id, format_id,"
+        " sum(incomplete_rows) AS s FROM rollups WHERE width=1000 AND tensor_id IN (SELECT id"
+        " FROM tensors WHERE run_id=?1) GROUP BY tensor_id, format_id) GROUP BY tensor_id)",
     [AG_ST_RUN_BY_NAME] = "SELECT id FROM runs WHERE name=?1",
     [AG_ST_FORMAT_BY_NAME] = "SELECT id FROM formats WHERE name=?1",
     [AG_ST_TENSOR_BY_NAME] = "SELECT id FROM tensors WHERE run_id=?1 AND name=?2",
     [AG_ST_TENSORS] = "SELECT name,role,numel,coalesce(first_step,0),last_step,snapshots,last_amax"
                       " FROM tensors WHERE run_id=?1 ORDER BY name",
     [AG_ST_HISTORY] = "SELECT step,stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
-                      ",source FROM results WHERE tensor_id=?1 AND format_id=?2"
+                      ",source,ranks,complete FROM results WHERE tensor_id=?1 AND format_id=?2"
                       " AND step BETWEEN ?3 AND ?4 ORDER BY step",
     [AG_ST_SCALES] = "SELECT t.name,s.step,s.amax,s.scale FROM tensors t JOIN scales s"
                      " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
@@ -82,12 +95,13 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_FORMATS] = "SELECT id,name,exponent_bits,mantissa_bits,bias,has_inf,has_nan FROM formats"
                       " ORDER BY id",
     [AG_ST_DAEMON_SETTING] = "SELECT value FROM daemon_settings WHERE name=?1",
-    [AG_ST_ALL_RUNS] = "SELECT id,name,coalesce(asked,name),launch_id,last_step,ended_ms FROM runs"
-                       " ORDER BY id",
+    [AG_ST_ALL_RUNS] = "SELECT id,name,coalesce(asked,name),launch_id,last_step,ended_ms,"
+                       "world_size FROM runs ORDER BY id",
     [AG_ST_ALL_LAUNCHES] =
         "SELECT launch_id,asked,max(run_id) FROM clients WHERE launch_id IS NOT NULL"
         " GROUP BY launch_id,asked",
-    [AG_ST_ALL_CLIENTS] = "SELECT client_id,run_id,last_seq,last_drop FROM clients WHERE ended=0",
+    [AG_ST_ALL_CLIENTS] =
+        "SELECT client_id,run_id,last_seq,last_drop,rank FROM clients WHERE ended=0",
     [AG_ST_ALL_TENSORS] = "SELECT id,run_id,name,role FROM tensors ORDER BY id",
     [AG_ST_HISTORY_TAIL] = "SELECT amax,numel,nonfinite FROM stats WHERE tensor_id=?1 AND role=?2"
                            " ORDER BY step DESC LIMIT ?3",
@@ -104,15 +118,17 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_MAX_IDS] = "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
                       " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
     [AG_ST_DELIVERY] = "SELECT delivered,delivered_seq FROM clients WHERE client_id=?1",
-    [AG_ST_RESULT_OLD] = "SELECT stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
-                         " FROM results WHERE tensor_id=?1 AND format_id=?2 AND step=?3",
+    [AG_ST_RESULT_OLD] =
+        "SELECT stalled,total,flips,overflow,underflow,nonfinite,amax,scale,"
+        "source,ranks,complete FROM results WHERE tensor_id=?1 AND format_id=?2 AND step=?3",
     [AG_ST_RESULT_UPDATE] =
         "UPDATE results SET stalled=?4,total=?5,flips=?6,overflow=?7,underflow=?8,"
-        "nonfinite=?9,amax=?10,scale=?11,source=?12 WHERE tensor_id=?1 AND format_id=?2 AND "
+        "nonfinite=?9,amax=?10,scale=?11,source=?12,ranks=?13,complete=?14 WHERE tensor_id=?1 AND "
+        "format_id=?2 AND "
         "step=?3",
     [AG_ST_ROLLUP_UPSERT] =
         "INSERT INTO rollups VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,"
-        "?18,?19,?20,?21) ON CONFLICT DO UPDATE SET rows=rows+excluded.rows,"
+        "?18,?19,?20,?21,?22,?23) ON CONFLICT DO UPDATE SET rows=rows+excluded.rows,"
         " stalled=stalled+excluded.stalled, total=total+excluded.total,"
         " flips=flips+excluded.flips, flips_unknown=flips_unknown+excluded.flips_unknown,"
         " overflow=overflow+excluded.overflow, underflow=underflow+excluded.underflow,"
@@ -122,10 +138,13 @@ static const char *const sql_text[AG_ST_COUNT] = {
         " excluded.last_step>=last_step THEN excluded.amax_last ELSE amax_last END,"
         " scale_min=min(scale_min,excluded.scale_min), scale_max=max(scale_max,"
         "excluded.scale_max), scale_last=CASE WHEN excluded.last_step>=last_step THEN"
-        " excluded.scale_last ELSE scale_last END, device_rows=device_rows+excluded.device_rows",
+        " excluded.scale_last ELSE scale_last END, device_rows=device_rows+excluded.device_rows,"
+        " incomplete_rows=incomplete_rows+excluded.incomplete_rows,"
+        " ranks_min=min(ranks_min,excluded.ranks_min)",
 #define ROLLUP_RANGE_SQL                                                                           \
     "SELECT bucket,rows,stalled,total,flips,flips_unknown,overflow,underflow,nonfinite,"           \
-    "first_step,last_step,amax_last,scale_last,device_rows FROM rollups WHERE tensor_id=?1 AND "   \
+    "first_step,last_step,amax_last,scale_last,device_rows,incomplete_rows,ranks_min FROM "        \
+    "rollups WHERE tensor_id=?1 AND "                                                              \
     "format_id=?2"                                                                                 \
     " AND width=?3 AND bucket BETWEEN ?4 AND ?5 ORDER BY bucket"
     [AG_ST_ROLLUP_L1] = ROLLUP_RANGE_SQL,
@@ -133,7 +152,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_ROLLUP_L3] = ROLLUP_RANGE_SQL,
     [AG_ST_RAW_RANGE] =
         "SELECT step,1,stalled,total,flips,flips IS NULL,overflow,underflow,nonfinite,step,step,"
-        "amax,scale,source FROM results WHERE tensor_id=?1 AND format_id=?2 AND step BETWEEN ?4 "
+        "amax,scale,source,1-complete,ranks FROM results WHERE tensor_id=?1 AND format_id=?2 AND "
+        "step BETWEEN ?4 "
         "AND ?5"
         " AND ?3=1 ORDER BY step",
     [AG_ST_RUN_TENSOR_IDS] = "SELECT id,name,snapshots FROM tensors WHERE run_id=?1 ORDER BY name",
@@ -328,11 +348,29 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
          * and before schema 7 every result was computed by the daemon: a
          * temporary view (searched before main) gives results that column. */
         if (version < 7 &&
-            (err =
-                 exec_sql(st, "CREATE TEMP VIEW results AS SELECT *, 0 AS source FROM main.results",
-                          "results of schema 6")))
+            (err = exec_sql(st,
+                            "CREATE TEMP VIEW results AS SELECT *, 0 AS source, 1 AS ranks,"
+                            " 1 AS complete FROM main.results",
+                            "results of schema 6")))
             return err;
-        return has_table(st, "rollups", &st->has_rollups);
+        /* Before schema 9 every run had one rank and every row was whole. */
+        if (version < 9 &&
+            ((version >= 7 &&
+              (err = exec_sql(st,
+                              "CREATE TEMP VIEW results AS SELECT *, 1 AS ranks, 1 AS complete"
+                              " FROM main.results",
+                              "results of schema 7"))) ||
+             (err = exec_sql(st,
+                             "CREATE TEMP VIEW runs AS SELECT *, 1 AS world_size FROM main.runs;"
+                             "CREATE TEMP VIEW clients AS SELECT *, 0 AS rank FROM main.clients",
+                             "runs of schema 8"))))
+            return err;
+        if ((err = has_table(st, "rollups", &st->has_rollups)) || !st->has_rollups || version >= 9)
+            return err;
+        return exec_sql(st,
+                        "CREATE TEMP VIEW rollups AS SELECT *, 0 AS incomplete_rows, 1 AS ranks_min"
+                        " FROM main.rollups",
+                        "rollups of schema 8");
     }
     /* WAL: readers never block the writer; NORMAL sync keeps every commit
      * across a process kill (only power loss may lose the newest ones). */

@@ -106,6 +106,7 @@ typedef struct ag_store_run_row {
     const char *metadata;  /* JSON text; NULL gives "{}" */
     const char *launch_id; /* the launch that made the run; NULL: none */
     const char *asked;     /* the name its trainer asked for; NULL: name */
+    uint64_t world_size;   /* ranks of the run (0: 1); kept when the run is re-opened */
 } ag_store_run_row;
 
 /* A client's start: the run its messages go to (schema version 4). */
@@ -115,6 +116,7 @@ typedef struct ag_store_client_row {
     const char *launch_id; /* NULL: none given */
     const char *asked;     /* the run name it asked for */
     int64_t started_ms;
+    uint64_t rank; /* its rank in the run's world (schema version 9) */
 } ag_store_client_row;
 
 /* A client's sequence state, applied at the end of each of its messages. */
@@ -136,6 +138,7 @@ typedef struct ag_store_stats_row {
     double amax; /* NaN or inf is stored as NULL */
     uint64_t numel;
     uint64_t nonfinite;
+    uint64_t ranks; /* ranks that reported the row (0: 1) */
 } ag_store_stats_row;
 
 typedef struct ag_store_result_row {
@@ -148,6 +151,8 @@ typedef struct ag_store_result_row {
     double scale;
     uint8_t flips_unknown; /* 1: flips is unknown (stored as NULL) */
     uint8_t source;        /* where it was computed: 0 the daemon, 1 the trainer's device */
+    uint8_t incomplete;    /* 1: not every rank of a sharded tensor reported (complete 0) */
+    uint64_t ranks;        /* ranks that reported it (0: 1) */
 } ag_store_result_row;
 
 /* Per-run aggregate applied once per batch. */
@@ -254,6 +259,10 @@ typedef struct ag_store_restore_cb {
     int (*last_result)(void *ctx, int64_t tensor_id, int64_t format_id, uint64_t last_step,
                        int has_scale, double scale);
     int (*snapshot)(void *ctx, int64_t tensor_id, uint64_t step, const float *w, size_t n);
+    /* Optional (NULL: not called), right after run / client: the run's world
+     * size, the client's rank (schema version 9; 1 and 0 before). */
+    int (*run_world)(void *ctx, int64_t run_id, uint64_t world_size);
+    int (*client_rank)(void *ctx, uint64_t client_id, uint64_t rank);
 } ag_store_restore_cb;
 
 int ag_store_restore(ag_store *st, size_t history_len, const ag_store_restore_cb *cb);

@@ -33,6 +33,8 @@ typedef enum ag_stmt_id {
     AG_ST_ADD_COUNTER,
     AG_ST_PUT_DAEMON_SETTING,
     AG_ST_RUNS,
+    AG_ST_RUN_RANK_DROPS,
+    AG_ST_RUN_INCOMPLETE,
     AG_ST_RUN_BY_NAME,
     AG_ST_FORMAT_BY_NAME,
     AG_ST_TENSOR_BY_NAME,
@@ -90,7 +92,9 @@ typedef struct ag_rollup_acc {
     int64_t rows, stalled, total, flips, flips_unknown, overflow, underflow, nonfinite;
     int64_t first_step, last_step;
     double amax_min, amax_max, amax_last, scale_min, scale_max, scale_last;
-    int64_t device_rows; /* rows computed on the trainer's device (source 1) */
+    int64_t device_rows;     /* rows computed on the trainer's device (source 1) */
+    int64_t incomplete_rows; /* rows of steps not every rank reported (complete 0) */
+    int64_t ranks_min;       /* the fewest ranks of any row added */
     int used;
 } ag_rollup_acc;
 
@@ -124,7 +128,9 @@ typedef struct ag_rollup_agg {
     uint64_t rows, stalled, total, flips, flips_unknown, overflow, underflow, nonfinite;
     uint64_t first_step, last_step;
     double amax_last, scale_last;
-    uint64_t device_rows; /* of rows, those computed on the trainer's device */
+    uint64_t device_rows;     /* of rows, those computed on the trainer's device */
+    uint64_t incomplete_rows; /* of rows, incomplete steps (results.complete 0) */
+    uint64_t ranks_min;       /* the fewest ranks of any of its rows */
 } ag_rollup_agg;
 
 typedef struct ag_rollup_visitor {

@@ -6,6 +6,7 @@
  */
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +79,54 @@ static int tensor_id(ag_store *st, int64_t run_id, const char *name, int64_t *id
     return err;
 }
 
+/* The JSON object rank -> dropped of the run's ranks with drops ("{}": none),
+ * in the arena of res; at most AG_PROTO-sized text (a run of more ranks with
+ * drops than fit lists the first ones). */
+#define RANK_DROPS_MAX 65536
+static int rank_drops(ag_store *st, void *res, int64_t run_id, const char **out) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RUN_RANK_DROPS);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, run_id);
+    char *text = malloc(RANK_DROPS_MAX + 1);
+    if (!text) {
+        sqlite3_reset(s);
+        return AG_ENOMEM;
+    }
+    size_t n = 0;
+    text[n++] = '{';
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        char item[48];
+        int k =
+            snprintf(item, sizeof item, "%s\"%lld\":%lld", n > 1 ? "," : "",
+                     (long long)sqlite3_column_int64(s, 0), (long long)sqlite3_column_int64(s, 1));
+        if (k < 0 || n + (size_t)k + 1 > RANK_DROPS_MAX) break;
+        memcpy(text + n, item, (size_t)k);
+        n += (size_t)k;
+    }
+    int err = rc == SQLITE_DONE || rc == SQLITE_ROW ? AG_OK : ag_store_fail(st, "runs", rc);
+    sqlite3_reset(s);
+    text[n++] = '}';
+    text[n] = '\0';
+    if (!err && !(*out = ag_arena_strdup(res, text))) err = AG_ENOMEM;
+    free(text);
+    return err;
+}
+
+/* How many (tensor, step)s of the run have incomplete results. */
+static int run_incomplete(ag_store *st, int64_t run_id, uint64_t *out) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RUN_INCOMPLETE);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, run_id);
+    int rc = sqlite3_step(s), err = AG_OK;
+    if (rc == SQLITE_ROW)
+        *out = col_u64(s, 0);
+    else
+        err = ag_store_fail(st, "runs", rc);
+    sqlite3_reset(s);
+    return err;
+}
+
 int ag_store_runs(ag_store *st, ag_run_list **out) {
     if (!st || !out) return AG_EINVAL;
     *out = NULL;
@@ -99,7 +148,16 @@ int ag_store_runs(ag_store *st, ag_run_list **out) {
         r->messages = col_u64(s, 7);
         r->dropped = col_u64(s, 8);
         r->metadata = ag_arena_strdup(res, col_text(s, 9));
+        r->world_size = col_u64(s, 10);
+        r->ranks_seen = col_u64(s, 11);
         if (!r->name || !r->host || !r->metadata) err = AG_ENOMEM;
+        /* only runs with drops, or of many ranks, need a look at their rows */
+        if (!err && sqlite3_column_int64(s, 13) > 0)
+            err = rank_drops(st, res, sqlite3_column_int64(s, 12), &r->rank_drops);
+        else if (!err && !(r->rank_drops = ag_arena_strdup(res, "{}")))
+            err = AG_ENOMEM;
+        if (!err && r->world_size > 1)
+            err = run_incomplete(st, sqlite3_column_int64(s, 12), &r->incomplete);
         res->n++;
     }
     if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "runs", rc);
@@ -161,6 +219,8 @@ static void bucket_add(ag_history_point *b, const ag_history_point *p) {
     b->amax = p->amax;
     b->scale = p->scale;
     b->computed = !b->computed || !strcmp(b->computed, p->computed) ? p->computed : "mixed";
+    b->ranks = !b->ranks || p->ranks < b->ranks ? p->ranks : b->ranks;
+    b->complete = b->complete && p->complete; /* a new bucket starts complete */
     b->stall_rate = rate(b->stalled, b->total);
 }
 
@@ -211,6 +271,11 @@ static int history_add(void *ctx, const ag_rollup_agg *b) {
                         : b->device_rows == b->rows ? "device"
                                                     : "mixed";
     p->computed = !p->computed || !strcmp(p->computed, where) ? where : "mixed";
+    /* a point's ranks: the fewest of its rows; complete when all of its rows are */
+    uint64_t ranks = b->ranks_min ? b->ranks_min : 1;
+    int first = h->in_point == 0;
+    p->ranks = first || ranks < p->ranks ? ranks : p->ranks;
+    p->complete = (first || p->complete) && b->incomplete_rows == 0;
     h->in_point += b->rows;
     if (h->in_point >= h->every) h->in_point = 0;
     return AG_OK;
@@ -272,6 +337,8 @@ static int history_q(ag_store *st, const ag_history_query *q, ag_history **out) 
             .amax = sqlite3_column_double(s, 7),
             .scale = sqlite3_column_double(s, 8),
             .computed = sqlite3_column_int(s, 9) ? "device" : "daemon",
+            .ranks = col_u64(s, 10),
+            .complete = col_u64(s, 11) != 0,
         };
         if (in_bucket == 0) {
             if (res->n == AG_STORE_MAX_POINTS) {
@@ -282,7 +349,8 @@ static int history_q(ag_store *st, const ag_history_query *q, ag_history **out) 
                 break;
             }
             if ((err = grow(res, (void **)&res->points, &cap, res->n, sizeof *res->points))) break;
-            res->n++;
+            memset(&res->points[res->n], 0, sizeof *res->points);
+            res->points[res->n++].complete = 1;
         }
         bucket_add(&res->points[res->n - 1], &p);
         if (++in_bucket == every) in_bucket = 0;

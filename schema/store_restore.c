@@ -48,8 +48,10 @@ static const char *col_text_or_null(sqlite3_stmt *s, int i) {
 static int run_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
     (void)extra;
     if (!cb->run) return 0;
-    return cb->run(cb->ctx, sqlite3_column_int64(s, 0), col_text(s, 1), col_text(s, 2),
-                   col_text_or_null(s, 3), col_u64(s, 4), sqlite3_column_int64(s, 5));
+    int err = cb->run(cb->ctx, sqlite3_column_int64(s, 0), col_text(s, 1), col_text(s, 2),
+                      col_text_or_null(s, 3), col_u64(s, 4), sqlite3_column_int64(s, 5));
+    if (err || !cb->run_world) return err;
+    return cb->run_world(cb->ctx, sqlite3_column_int64(s, 0), col_u64(s, 6));
 }
 
 static int launch_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extra) {
@@ -62,8 +64,10 @@ static int client_row(sqlite3_stmt *s, const ag_store_restore_cb *cb, void *extr
     (void)extra;
     if (!cb->client) return 0;
     int has_drop = sqlite3_column_type(s, 3) != SQLITE_NULL;
-    return cb->client(cb->ctx, col_u64(s, 0), sqlite3_column_int64(s, 1), col_u64(s, 2),
-                      has_drop ? col_u64(s, 3) : 0, has_drop);
+    int err = cb->client(cb->ctx, col_u64(s, 0), sqlite3_column_int64(s, 1), col_u64(s, 2),
+                         has_drop ? col_u64(s, 3) : 0, has_drop);
+    if (err || !cb->client_rank) return err;
+    return cb->client_rank(cb->ctx, col_u64(s, 0), col_u64(s, 4));
 }
 
 typedef struct tensor_ref {

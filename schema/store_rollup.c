@@ -88,6 +88,7 @@ int ag_rollup_add(ag_store *st, const ag_store_result_row *r, int flips_unknown,
                                  .scale_min = scale,
                                  .scale_max = scale,
                                  .scale_last = scale,
+                                 .ranks_min = INT64_MAX,
                                  .used = 1};
             st->acc_n++;
         }
@@ -101,11 +102,15 @@ int ag_rollup_add(ag_store *st, const ag_store_result_row *r, int flips_unknown,
         a->underflow += sign * (int64_t)r->counts.underflow;
         a->nonfinite += sign * (int64_t)r->counts.nonfinite;
         if (r->source) a->device_rows += sign;
+        if (r->incomplete) a->incomplete_rows += sign;
         if (flips_unknown)
             a->flips_unknown += sign;
         else
             a->flips += sign * (int64_t)r->flips;
         if (sign < 0) continue;
+        /* like amax_min, the fewest ranks only narrows: a row replaced keeps it */
+        int64_t ranks = r->ranks ? (int64_t)r->ranks : 1;
+        if (ranks < a->ranks_min) a->ranks_min = ranks;
         if (step < a->first_step) a->first_step = step;
         if (step >= a->last_step) {
             a->last_step = step;
@@ -138,6 +143,8 @@ int ag_rollup_flush(ag_store *st) {
         sqlite3_bind_double(s, 19, a->scale_max);
         sqlite3_bind_double(s, 20, a->scale_last);
         sqlite3_bind_int64(s, 21, a->device_rows);
+        sqlite3_bind_int64(s, 22, a->incomplete_rows);
+        sqlite3_bind_int64(s, 23, a->ranks_min == INT64_MAX ? 1 : a->ranks_min);
         int err = ag_store_exec_stmt(st, s, "rollups");
         if (err) return err;
     }
@@ -178,6 +185,8 @@ static int walk_level(ag_store *st, int64_t tid, int64_t fid, int level, uint64_
             .amax_last = sqlite3_column_double(s, 11),
             .scale_last = sqlite3_column_double(s, 12),
             .device_rows = (uint64_t)sqlite3_column_int64(s, 13),
+            .incomplete_rows = (uint64_t)sqlite3_column_int64(s, 14),
+            .ranks_min = (uint64_t)sqlite3_column_int64(s, 15),
         };
         if (level == 0 || (b.first_step >= from && b.last_step <= to && v->fits(v->ctx, b.rows))) {
             err = v->add(v->ctx, &b);
@@ -223,7 +232,7 @@ static const char rebuild_sql[] =
     " SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, count(*), sum(r.stalled),"
     " sum(r.total), coalesce(sum(r.flips),0), count(*) - count(r.flips), sum(r.overflow),"
     " sum(r.underflow), sum(r.nonfinite), min(r.step), max(r.step), min(r.amax), max(r.amax), 0,"
-    " min(r.scale), max(r.scale), 0, sum(r.source)"
+    " min(r.scale), max(r.scale), 0, sum(r.source), count(*) - sum(r.complete), min(r.ranks)"
     " FROM results r, (SELECT 10 AS width UNION ALL SELECT 100 UNION ALL SELECT 1000) w"
     " WHERE r.step >= coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=r.tensor_id),0)"
     " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width;"

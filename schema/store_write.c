@@ -47,6 +47,7 @@ int ag_store_put_run(ag_store *st, const ag_store_run_row *r) {
     else
         sqlite3_bind_null(s, 8);
     sqlite3_bind_text(s, 9, r->asked ? r->asked : r->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 10, r->world_size ? i64(r->world_size) : 1);
     return ag_store_exec_stmt(st, s, "put run");
 }
 
@@ -62,6 +63,7 @@ int ag_store_put_client(ag_store *st, const ag_store_client_row *c) {
         sqlite3_bind_null(s, 3);
     sqlite3_bind_text(s, 4, c->asked, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 5, c->started_ms);
+    sqlite3_bind_int64(s, 6, i64(c->rank));
     return ag_store_exec_stmt(st, s, "put client");
 }
 
@@ -104,6 +106,7 @@ int ag_store_put_stats(ag_store *st, const ag_store_stats_row *r) {
         sqlite3_bind_null(s, 4);
     sqlite3_bind_int64(s, 5, i64(r->numel));
     sqlite3_bind_int64(s, 6, i64(r->nonfinite));
+    sqlite3_bind_int64(s, 7, r->ranks ? i64(r->ranks) : 1);
     return ag_store_exec_stmt(st, s, "put stats");
 }
 
@@ -123,6 +126,8 @@ static void bind_result(sqlite3_stmt *s, const ag_store_result_row *r) {
     sqlite3_bind_double(s, 10, isfinite(r->amax) ? r->amax : 0.0);
     sqlite3_bind_double(s, 11, isfinite(r->scale) ? r->scale : 0.0);
     sqlite3_bind_int(s, 12, r->source);
+    sqlite3_bind_int64(s, 13, r->ranks ? i64(r->ranks) : 1);
+    sqlite3_bind_int(s, 14, !r->incomplete);
 }
 
 /* The step was stored before: take the old row's counts back out of the
@@ -151,6 +156,9 @@ static int replace_result(ag_store *st, const ag_store_result_row *r) {
         .flips = (uint64_t)sqlite3_column_int64(s, 2),
         .amax = sqlite3_column_double(s, 6),
         .scale = sqlite3_column_double(s, 7),
+        .source = (uint8_t)sqlite3_column_int(s, 8),
+        .ranks = (uint64_t)sqlite3_column_int64(s, 9),
+        .incomplete = sqlite3_column_int(s, 10) == 0,
     };
     int old_unknown = sqlite3_column_type(s, 2) == SQLITE_NULL;
     sqlite3_reset(s);

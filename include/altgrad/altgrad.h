@@ -281,6 +281,13 @@ typedef struct ag_run_info {
     uint64_t dropped;     /* gaps in sequence numbers, client-side drops, and messages
                               * accepted but not filed (the daemon's state budget full) */
     const char *metadata; /* JSON text as sent at run start, "{}" if none */
+    /* Added later (0 / NULL from an older daemon): */
+    uint64_t world_size;    /* ranks of the run (its first client's world size) */
+    uint64_t ranks_seen;    /* distinct ranks among its clients */
+    const char *rank_drops; /* JSON object: rank -> messages dropped, the ranks
+                             * with drops only ("{}": none) */
+    uint64_t incomplete;    /* (tensor, step)s stored incomplete: not every rank
+                             * sent its shard */
 } ag_run_info;
 typedef struct ag_run_list {
     size_t n;
@@ -319,6 +326,12 @@ typedef struct ag_history_point {
     double scale;         /* the scale used for this format at this step */
     const char *computed; /* where: "daemon" (from a snapshot), "device" (counts sent by the
                            * trainer), "mixed" (a bucket of both); NULL from an older daemon */
+    /* Added later (0 from an older daemon): ranks that reported the step (a
+     * sharded tensor's shards; 1 for a tensor of one rank; a bucket: the
+     * fewest of its points) and whether that was all of them (1), or the
+     * step is incomplete (0: never the whole tensor; a bucket: any point). */
+    uint64_t ranks;
+    uint64_t complete;
 } ag_history_point;
 typedef struct ag_history {
     const char *run;
@@ -461,6 +474,14 @@ typedef struct ag_client_opts {
                              * ASCII. NULL: $TORCHELASTIC_RUN_ID (torchrun's run id) if
                              * set, else $ALTGRAD_LAUNCH_ID, else one unique to this
                              * client (see ag_client_launch_id) */
+    /* This client's place in a distributed job: rank in 0..world_size-1,
+     * world_size in 1..AG_WORLD_MAX. world_size 0: both from $RANK and
+     * $WORLD_SIZE (torchrun sets them) when $WORLD_SIZE is set, else rank 0
+     * of 1; rank is then ignored. Tensors that several ranks of one run log
+     * at one step are the shards of one tensor (docs/daemon.md, "Ranks");
+     * mark those every rank holds whole as replicated. */
+    int rank;
+    int world_size;
     /* TLS: for tls+tcp:// URLs (docs/daemon.md, "Many nodes"); ignored for
      * ipc:// and tcp://. Paths of PEM files, read and checked at open. */
     const char *tls_cert;        /* this client's certificate, which the daemon checks
@@ -472,6 +493,8 @@ typedef struct ag_client_opts {
     const char *tls_server_name; /* the name the daemon's certificate must carry; NULL:
                                   * $ALTGRAD_TLS_SERVER_NAME, else the URL's host */
 } ag_client_opts;
+
+#define AG_WORLD_MAX 65536 /* ranks of one run */
 
 /*
  * Open a client. Does not wait for the daemon: sockets dial in the background
@@ -494,12 +517,14 @@ typedef struct ag_client_opts {
  * asks as soon as run_start went out, and ag_client_run returns the answer.
  *
  * AG_EINVAL for a bad option (name or launch id empty or not allowed,
- * metadata not a JSON object, a TLS file that is no PEM certificate or key,
+ * metadata not a JSON object, rank or world_size out of range (given or
+ * from $RANK / $WORLD_SIZE), a TLS file that is no PEM certificate or key,
  * a key not matching its certificate, a tls+tcp:// URL without a CA),
  * AG_EIO for a TLS file that cannot be read, AG_ETOOBIG for a name or launch
  * id over its limit, AG_ETRANSPORT when a URL cannot be used. After a failed
  * open, ag_client_last_error(NULL) says why in one line on that thread
- * (e.g. "tls_key /etc/k.pem: the key does not match the certificate in ...").
+ * (e.g. "tls_key /etc/k.pem: the key does not match the certificate in ...",
+ * or "$RANK is not a number ...").
  */
 AG_EXTERN int ag_client_open(ag_client **out, const ag_client_opts *opts);
 
@@ -542,6 +567,11 @@ typedef struct ag_snapshot {
      * numel elements (>= n), a subset the caller took (e.g. on a GPU, before
      * copying); the daemon files numel as the tensor's size. */
     uint64_t numel;
+    /* Nonzero: every rank holds this tensor whole (DDP, parameters FSDP or
+     * tensor parallelism replicate): counted once, whichever rank sends it,
+     * not waiting for the others. 0: with world_size > 1, this rank's shard
+     * of the tensor. */
+    int replicated;
 } ag_snapshot;
 AG_EXTERN int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s);
 
@@ -572,6 +602,11 @@ typedef struct ag_counts_batch {
     const uint64_t
         *counts; /* [ntensors * nformats * 5]: stalled, total, overflow, underflow, nonfinite */
     const int64_t *flips; /* NULL (all unknown), or [ntensors * nformats], -1 = unknown */
+    /* NULL: none; else [ntensors], nonzero for a tensor every rank holds
+     * whole (counted once: ag_snapshot.replicated). Unmarked tensors of a
+     * run with world_size > 1 are this rank's shards, counted with the
+     * scale of the whole tensor (the same on every rank). */
+    const uint8_t *replicated;
 } ag_counts_batch;
 AG_EXTERN int ag_client_log_counts(ag_client *c, const ag_counts_batch *b);
 
@@ -672,6 +707,10 @@ AG_EXTERN const char *ag_client_run(const ag_client *c);
 /* The launch id this client sends (given, from the environment, or
  * generated at open). Valid until close. */
 AG_EXTERN const char *ag_client_launch_id(const ag_client *c);
+/* This client's rank and world size (given, from $RANK / $WORLD_SIZE, or 0
+ * and 1); -1 for NULL. */
+AG_EXTERN int ag_client_rank(const ag_client *c);
+AG_EXTERN int ag_client_world_size(const ag_client *c);
 /* The URLs in use, as resolved at open (option, environment, default). */
 AG_EXTERN const char *ag_client_ingest_url(const ag_client *c);
 AG_EXTERN const char *ag_client_query_url(const ag_client *c);
@@ -702,7 +741,9 @@ AG_EXTERN int ag_client_status(ag_client *c, ag_status **out);
  * ag_client_open on this thread failed, or "". A flush that failed leaves its
  * reason here too: why messages stayed queued (e.g. "no daemon at
  * ipc://var/ingest.sock: ./var/ingest.sock (in /home/me) not found ..."), or
- * what its last ask for confirmation got. */
+ * what its last ask for confirmation got. With c NULL: why the last failed
+ * ag_client_open on this thread failed, where it said ("$RANK is not a
+ * number ..."), else "". */
 AG_EXTERN const char *ag_client_last_error(const ag_client *c);
 
 #ifdef __cplusplus

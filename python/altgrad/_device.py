@@ -438,9 +438,9 @@ class Watch:
             m = self._masks[key] = host.to(self.device)
         return m
 
-    def _scales(self, amax: torch.Tensor, nonfinite: torch.Tensor, inc: torch.Tensor):
+    def _scales(self, amax: torch.Tensor, finite: torch.Tensor, inc: torch.Tensor):
         a = amax.to(torch.float64)
-        pushable = inc & (nonfinite < self.t_n)
+        pushable = inc & finite
         before = self._hist_get()
         if self.hist.shape[1] > 1:
             rolled = torch.cat([self.hist[:, 1:], a[:, None]], dim=1)
@@ -471,42 +471,67 @@ class Watch:
         snapshot: {"counts": int64 [T, F, 6] (stalled, total, overflow,
         underflow, nonfinite, flips), "amax": float32 [T], "nonfinite": int64 [T],
         "scales": float32 [T, F]}, on the device; rows not in `which` are
-        meaningless."""
+        meaningless. The same as stats() then count() with nothing changed
+        between them."""
+        return self.count(which, self.stats(which), update_form, neg_lr)
+
+    def stats(self, which: Sequence[int]) -> Dict[str, torch.Tensor]:
+        """The loaded weights' statistics for the tensors in `which` (others
+        0): {"amax": float32 [T] (max |w| over finite elements), "nonfinite":
+        int64 [T], "finite": bool [T] (the tensor has a finite element: its
+        amax enters the history)}, on the device, without waiting for it.
+        A caller holding a shard of each tensor replaces "amax" and "finite"
+        with the whole tensor's (a MAX all-reduce of both) before count()."""
         which = sorted(set(int(t) for t in which))
-        T, F, dev = len(self.numels), len(self.fps), self.device
-        inc = self._mask(which)
-        nl_host = [0.0] * T if neg_lr is None else [-_f32(float(x)) for x in neg_lr]
+        T, dev = len(self.numels), self.device
         if self._tri is not None:
             with torch.cuda.device(dev):  # Triton launches on the current device
-                return self._compute_triton(which, inc, nl_host, update_form)
-        return self._compute_eager(which, inc, nl_host, update_form)
+                amax, nonfinite = self._tri.counter().amax(self.layout, which, self.W)
+        else:
+            amax = torch.zeros(T, dtype=torch.float32, device=dev)
+            nonfinite = torch.zeros(T, dtype=torch.int64, device=dev)
+            for t in which:
+                w = widen(self.w_views[t], "w")
+                fin = torch.isfinite(w)
+                if w.numel():
+                    amax[t] = torch.where(fin, w.abs(), torch.zeros_like(w)).amax()
+                nonfinite[t] = (~fin).sum()
+        return {"amax": amax, "nonfinite": nonfinite, "finite": nonfinite < self.t_n}
 
-    def _compute_triton(self, which, inc, nl_host, update_form):
+    def count(self, which: Sequence[int], st: Dict[str, torch.Tensor], update_form: bool = True,
+              neg_lr: Optional[Sequence[float]] = None) -> Dict[str, torch.Tensor]:
+        """compute()'s result from stats() `st` (amax, nonfinite, finite): the
+        scales from the amax history (pushed with st["amax"] where
+        st["finite"]), then the counts at those scales."""
+        which = sorted(set(int(t) for t in which))
+        T = len(self.numels)
+        inc = self._mask(which)
+        nl_host = [0.0] * T if neg_lr is None else [-_f32(float(x)) for x in neg_lr]
+        amax, nonfinite = st["amax"], st["nonfinite"]
+        scales = self._scales(amax, st["finite"], inc)
+        if self._tri is not None:
+            with torch.cuda.device(self.device):
+                counts = self._counts_triton(which, scales, nl_host, update_form)
+        else:
+            counts = self._counts_eager(which, scales, nl_host, update_form)
+        if self.flips:
+            self.prev_scales = torch.where(inc[:, None], scales, self.prev_scales)
+            for t in which:
+                self._has_prev[t] = True
+        return {"counts": counts, "amax": amax, "nonfinite": nonfinite, "scales": scales}
+
+    def _counts_triton(self, which, scales, nl_host, update_form):
         c = self._tri.counter()
-        amax, nonfinite = c.amax(self.layout, which, self.W)
-        scales = self._scales(amax, nonfinite, inc)
         nl = self._on_device("neg_lr", tuple(nl_host), torch.float32)
         if self.flips:
             hp = self._on_device("has_prev", tuple(int(b) for b in self._has_prev),
                                  torch.int32)
-            counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
-                              update_form, nl, self.pat, self.prev_scales, hp)
-        else:
-            counts = c.counts(self.fps, self.layout, which, self.W, self.V, scales,
-                              update_form, nl)
-        return self._finish(which, inc, counts, amax, nonfinite, scales)
+            return c.counts(self.fps, self.layout, which, self.W, self.V, scales,
+                            update_form, nl, self.pat, self.prev_scales, hp)
+        return c.counts(self.fps, self.layout, which, self.W, self.V, scales, update_form, nl)
 
-    def _compute_eager(self, which, inc, nl_host, update_form):
+    def _counts_eager(self, which, scales, nl_host, update_form):
         T, F, dev = len(self.numels), len(self.fps), self.device
-        amax = torch.zeros(T, dtype=torch.float32, device=dev)
-        nonfinite = torch.zeros(T, dtype=torch.int64, device=dev)
-        for t in which:
-            w = widen(self.w_views[t], "w")
-            fin = torch.isfinite(w)
-            if w.numel():
-                amax[t] = torch.where(fin, w.abs(), torch.zeros_like(w)).amax()
-            nonfinite[t] = (~fin).sum()
-        scales = self._scales(amax, nonfinite, inc)
         sc_host = scales.cpu().tolist()  # eager path: the CPU, where this is free
         ps_host = self.prev_scales.cpu().tolist() if self.flips else None
         counts = torch.zeros((T, F, 6), dtype=torch.int64, device=dev)
@@ -524,14 +549,7 @@ class Watch:
                     prev=pats if (self.flips and self._has_prev[t]) else None,
                     prev_scales=ps_host[t] if self.flips else None,
                     enc_out=pats)
-        return self._finish(which, inc, counts, amax, nonfinite, scales)
-
-    def _finish(self, which, inc, counts, amax, nonfinite, scales):
-        if self.flips:
-            self.prev_scales = torch.where(inc[:, None], scales, self.prev_scales)
-            for t in which:
-                self._has_prev[t] = True
-        return {"counts": counts, "amax": amax, "nonfinite": nonfinite, "scales": scales}
+        return counts
 
 
 def _triton_counter(t: torch.Tensor):

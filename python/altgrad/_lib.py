@@ -100,6 +100,10 @@ class ag_run_info(ctypes.Structure):
         ("messages", c_uint64),
         ("dropped", c_uint64),
         ("metadata", c_char_p),
+        ("world_size", c_uint64),
+        ("ranks_seen", c_uint64),
+        ("rank_drops", c_char_p),
+        ("incomplete", c_uint64),
     ]
 
 
@@ -136,6 +140,8 @@ class ag_history_point(ctypes.Structure):
         ("amax", c_double),
         ("scale", c_double),
         ("computed", c_char_p),
+        ("ranks", c_uint64),
+        ("complete", c_uint64),
     ]
 
 

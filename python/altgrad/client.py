@@ -46,6 +46,8 @@ class ag_client_opts(ctypes.Structure):
         ("sample_seed", c_uint64),
         ("resume", c_int),
         ("launch_id", c_char_p),
+        ("rank", c_int),
+        ("world_size", c_int),
         # TLS
         ("tls_cert", c_char_p),
         ("tls_key", c_char_p),
@@ -68,6 +70,7 @@ class ag_snapshot(ctypes.Structure):
         ("formats", POINTER(c_char_p)),
         ("nformats", c_size_t),
         ("numel", c_uint64),
+        ("replicated", c_int),
     ]
 
 
@@ -85,6 +88,7 @@ class ag_counts_batch(ctypes.Structure):
         ("scales", c_void_p),
         ("counts", c_void_p),
         ("flips", c_void_p),
+        ("replicated", c_void_p),
     ]
 
 
@@ -102,6 +106,8 @@ class ag_client_stats(ctypes.Structure):
         ("undelivered", c_uint64),
     ]
 
+
+_WORLD_MAX = 65536  # AG_WORLD_MAX
 
 AG_QUEUE_DROP = 0
 AG_QUEUE_BLOCK = 1
@@ -129,6 +135,8 @@ _SIGNATURES = {
     "ag_client_start_run": (c_int, [_client_p, c_int]),
     "ag_client_run": (c_char_p, [_client_p]),
     "ag_client_launch_id": (c_char_p, [_client_p]),
+    "ag_client_rank": (c_int, [_client_p]),
+    "ag_client_world_size": (c_int, [_client_p]),
     "ag_client_query_url": (c_char_p, [_client_p]),
     "ag_client_runs": (c_int, [_client_p, POINTER(POINTER(_lib.ag_run_list))]),
     "ag_client_tensors": (c_int, [_client_p, c_char_p, POINTER(POINTER(_lib.ag_tensor_list))]),
@@ -229,6 +237,11 @@ class Client:
     newest run of that name instead. launch_id: the launch this client
     belongs to; clients of one launch asking for one name share the run (None:
     $TORCHELASTIC_RUN_ID, else $ALTGRAD_LAUNCH_ID, else one of its own).
+    rank, world_size: this process's place in a distributed job (None:
+    $RANK / $WORLD_SIZE, which torchrun sets, else 0 and 1; give both or
+    neither). Tensors that several ranks of one run log at one step are the
+    shards of one tensor, summed by the daemon; log those every rank holds
+    whole with replicated=True (counted once).
     metadata: a dict (sent as JSON) or a JSON object string.
     tls_cert, tls_key, tls_ca (paths of PEM files) and tls_server_name: for
     tls+tcp:// URLs, this client's certificate and key (which the daemon
@@ -257,8 +270,9 @@ class Client:
 
     def __init__(self, ingest_url: str = None, query_url: str = None, run: str = None, *,
                  metadata=None, policy: str = "drop", resume: bool = False,
-                 launch_id: str = None, tls_cert=None, tls_key=None, tls_ca=None,
-                 tls_server_name: str = None, **options):
+                 launch_id: str = None, rank: int = None, world_size: int = None,
+                 tls_cert=None, tls_key=None, tls_ca=None, tls_server_name: str = None,
+                 **options):
         self._c = None
         self._undelivered = 0
         # Guards _c and _inflight only; never held across a C call, so a
@@ -284,6 +298,20 @@ class Client:
         opts.resume = int(bool(resume))
         if launch_id is not None:
             opts.launch_id = _launch_id(launch_id)
+        if (rank is None) != (world_size is None):
+            raise ValueError("give rank and world_size together (or neither: $RANK and "
+                             "$WORLD_SIZE, else 0 and 1)")
+        if world_size is not None:
+            for key, value in (("rank", rank), ("world_size", world_size)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"{key} must be an int, got {type(value).__name__}")
+            if not 1 <= world_size <= _WORLD_MAX:
+                raise ValueError(f"world_size must be 1..{_WORLD_MAX}, got {world_size}")
+            if not 0 <= rank < world_size:
+                raise ValueError(f"rank must be 0..world_size-1 ({world_size - 1}), "
+                                 f"got {rank}")
+            opts.rank = rank
+            opts.world_size = world_size
         for key, value in (("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_ca", tls_ca)):
             if value is not None:
                 setattr(opts, key, _lib.cstr(os.fspath(value), key))
@@ -296,12 +324,14 @@ class Client:
             setattr(opts, key, value)
         handle = _client_p()
         rc = lib.ag_client_open(ctypes.byref(handle), ctypes.byref(opts))
-        # why open failed (a TLS file, say), from the thread's open error
-        check(rc, _s(lib.ag_client_last_error(None)) or None if rc < 0 else None)
+        if rc < 0:
+            raise error_for(rc, _s(lib.ag_client_last_error(None)) or None)
         self._lib = lib
         self._c = handle
         self._run = _s(lib.ag_client_run(handle))
         self._launch = _s(lib.ag_client_launch_id(handle))
+        self._rank = int(lib.ag_client_rank(handle))
+        self._world_size = int(lib.ag_client_world_size(handle))
         self._query_timeout_ms = opts.query_timeout_ms or 5000  # the C default
         self._address = _s(lib.ag_client_query_url(handle))
         self._id = int(lib.ag_client_id(handle))
@@ -333,6 +363,16 @@ class Client:
     def launch_id(self) -> str:
         """The launch id this client sends with its run start."""
         return self._launch
+
+    @property
+    def rank(self) -> int:
+        """This client's rank (given, from $RANK, or 0)."""
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        """The world size this client sends (given, from $WORLD_SIZE, or 1)."""
+        return self._world_size
 
     def start_run(self, timeout_ms: int = 5000) -> str:
         """Start the run now (as the first logging call would) and wait at
@@ -452,23 +492,27 @@ class Client:
     # -- logging: each returns True when queued, False when the send queue was
     # full and the message was dropped (counted; only under policy "drop") ------
     def log_sgd(self, step: int, tensor: str, w, g, lr: float, *, scale: float = None,
-                formats=None, numel: int = None) -> bool:
-        """Snapshot in SGD form: weights w, gradients g, learning rate lr."""
-        return self._snapshot(step, tensor, w, g, float(lr), scale, formats, numel)
+                formats=None, numel: int = None, replicated: bool = False) -> bool:
+        """Snapshot in SGD form: weights w, gradients g, learning rate lr.
+        With world_size > 1, w and g are this rank's shard of the tensor;
+        replicated=True: every rank holds the whole tensor (counted once)."""
+        return self._snapshot(step, tensor, w, g, float(lr), scale, formats, numel, replicated)
 
     def log_update(self, step: int, tensor: str, w, u, *, scale: float = None,
-                   formats=None, numel: int = None) -> bool:
+                   formats=None, numel: int = None, replicated: bool = False) -> bool:
         """Snapshot in update form: weights w before the step and the update
         u = w_after - w from any optimizer."""
-        return self._snapshot(step, tensor, w, u, None, scale, formats, numel)
+        return self._snapshot(step, tensor, w, u, None, scale, formats, numel, replicated)
 
     def log_snapshot(self, step: int, tensor: str, w, second, *, lr: float = None,
-                     scale: float = None, formats=None, numel: int = None) -> bool:
+                     scale: float = None, formats=None, numel: int = None,
+                     replicated: bool = False) -> bool:
         """The general snapshot: SGD form when lr is given (second = g), update
         form otherwise (second = u); an explicit scale for every format and/or
         a list of format names. numel: the whole tensor's element count when
-        w and second hold only a subset of it (sampled by the caller)."""
-        return self._snapshot(step, tensor, w, second, lr, scale, formats, numel)
+        w and second hold only a subset of it (sampled by the caller).
+        replicated: as log_sgd's."""
+        return self._snapshot(step, tensor, w, second, lr, scale, formats, numel, replicated)
 
     @property
     def sample_max(self) -> int:
@@ -480,8 +524,11 @@ class Client:
         """The client option sample_seed (0: the library's default seed)."""
         return self._options.get("sample_seed", 0)
 
-    def _snapshot(self, step, tensor, w, second, lr, scale, formats, numel=None) -> bool:
+    def _snapshot(self, step, tensor, w, second, lr, scale, formats, numel=None,
+                  replicated=False) -> bool:
         step = _step(step)
+        if not isinstance(replicated, bool) and replicated not in (0, 1):
+            raise ValueError(f"replicated must be a bool, got {replicated!r}")
         name = _name(tensor)
         wb, sb = typed(w, "w"), typed(second, "g" if lr is not None else "u")
         if wb.dtype != sb.dtype:  # mixed precisions: meet in float32
@@ -497,7 +544,7 @@ class Client:
                                  f"got {numel!r}")
             if numel == wb.n:
                 numel = None
-        if (scale is None and formats is None and numel is None
+        if (scale is None and formats is None and numel is None and not replicated
                 and wb.dtype == _lib.AG_DTYPE_F32):
             if lr is not None:
                 rc = self._call("ag_client_log_sgd", step, name, wb.ptr, sb.ptr, wb.n, lr,
@@ -507,7 +554,7 @@ class Client:
                                 allow_again=True)
             return rc != _lib.AG_EAGAIN
         snap = ag_snapshot(step=step, tensor=name, dtype=wb.dtype, w=wb.ptr, n=wb.n,
-                           numel=numel or 0)
+                           numel=numel or 0, replicated=int(bool(replicated)))
         if lr is not None:
             snap.g = sb.ptr
             snap.lr = lr
@@ -555,7 +602,7 @@ class Client:
         return rc != _lib.AG_EAGAIN
 
     def log_counts(self, step: int, tensors, formats, counts, scales, amax, numel, nonfinite,
-                   flips=None, form="update") -> bool:
+                   flips=None, form="update", replicated=False) -> bool:
         """Stall counts computed by the caller (e.g. on the GPU, with
         altgrad.torch.stall_counts and the daemon's scale rule from
         status()) for T tensors at one step in F formats; the daemon stores
@@ -569,6 +616,10 @@ class Client:
         CPU torch tensor or its .numpy()): a buffer already holding the C type
         (uint64 / int64, float64 for amax, float32 for scales) is passed
         without a copy, another is converted in C. form: "update" or "sgd".
+        replicated: a bool for every tensor, or a sequence of T bools: tensors
+        every rank holds whole (counted once); the others are this rank's
+        shards when world_size > 1 (the daemon sums them; send them with the
+        whole tensor's scale).
         Returns True when queued, False when (some of) it was dropped on a
         full queue (policy "drop")."""
         step = _step(step)
@@ -595,14 +646,29 @@ class Client:
                 raise ValueError(f"{key}: {want} values expected ({t} tensors, {f} formats), "
                                  f"got {a.n}")
             held[key] = a
+        repl = None
+        if isinstance(replicated, (bool, int)) and not hasattr(replicated, "__len__"):
+            if replicated not in (0, 1):
+                raise ValueError(f"replicated must be a bool or {t} bools, got {replicated!r}")
+            if replicated:
+                repl = (ctypes.c_uint8 * t)(*([1] * t))
+        else:
+            flags = [bool(x) for x in replicated]
+            if len(flags) != t:
+                raise ValueError(f"replicated: {t} values expected (one per tensor), "
+                                 f"got {len(flags)}")
+            if any(flags):
+                repl = (ctypes.c_uint8 * t)(*flags)
         tensor_p = (c_char_p * t)(*names)
         format_p = (c_char_p * f)(*fmts)
         b = ag_counts_batch(step=step, form=forms[form], ntensors=t, nformats=f,
                             tensors=tensor_p, formats=format_p)
         for key, a in held.items():
             setattr(b, key, a.ptr)
+        if repl is not None:
+            b.replicated = ctypes.cast(repl, c_void_p)
         rc = self._call("ag_client_log_counts", ctypes.byref(b), allow_again=True, explain=True)
-        del held, tensor_p, format_p
+        del held, tensor_p, format_p, repl
         return rc != _lib.AG_EAGAIN
 
     # -- queries ----------------------------------------------------------------
@@ -637,7 +703,10 @@ class Client:
     def runs(self) -> dict:
         """Every run the daemon knows: {"runs": [{"name", "host", "pid",
         "client_id", "started_ms", "ended_ms", "last_step", "messages",
-        "dropped", "metadata"}, ...]}."""
+        "dropped", "metadata", "world_size", "ranks_seen", "rank_drops",
+        "incomplete"}, ...]}: rank_drops is JSON text {"rank": dropped} of
+        the ranks with drops, incomplete the (tensor, step)s stored without
+        every rank's shard."""
         res = self._query("ag_client_runs", _lib.ag_run_list)
         try:
             r = res.contents
@@ -666,7 +735,9 @@ class Client:
         """Per-step stall history of one tensor in one format: {"run",
         "tensor", "format", "points": [{"step", "stalled", "total",
         "stall_rate", "flips", "overflow", "underflow", "nonfinite", "amax",
-        "scale"}, ...]}, ascending step."""
+        "scale", "computed", "ranks", "complete"}, ...]}, ascending step;
+        ranks: how many ranks reported the step (a sharded tensor's shards),
+        complete: 1, or 0 for a step some rank never sent."""
         run = self._run_arg(run)
         q = _lib.ag_history_query(run=_name(run, "run"), tensor=_name(tensor),
                                   format=_lib.cstr(format, "format"),

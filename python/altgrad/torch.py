@@ -14,6 +14,7 @@ import math
 import queue
 import threading
 import time
+import warnings
 from typing import Dict, Iterable, List, Optional
 
 import torch
@@ -94,6 +95,51 @@ def _device_events(devices) -> list:
 def _wait(events) -> None:
     for ev in events:
         ev.synchronize()
+
+
+def _is_dtensor(t) -> bool:
+    """A torch.distributed DTensor (FSDP2 and tensor-parallel parameters),
+    found by its interface: no import of a module old torch lacks."""
+    return (isinstance(t, torch.Tensor) and hasattr(t, "to_local")
+            and hasattr(t, "placements") and hasattr(t, "device_mesh"))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of t: a DTensor's local shard, any other tensor itself."""
+    if not _is_dtensor(t):
+        return t
+    x = t.to_local()
+    # an AsyncCollectiveTensor (a redistributed DTensor): its collective may still run
+    wait = getattr(x, "wait", None)
+    return wait() if callable(wait) else x
+
+
+def _placement(pl) -> str:
+    """'replicate', 'shard' or 'partial' for a DTensor placement."""
+    for kind in ("replicate", "shard", "partial"):
+        probe = getattr(pl, f"is_{kind}", None)
+        if probe is not None and probe():
+            return kind
+    return type(pl).__name__.lower()
+
+
+def _dtensor_layout(name: str, p, world_size: int) -> str:
+    """'replicated' or 'sharded' for a DTensor parameter; ValueError for the
+    layouts the daemon cannot combine (a shard replicated over part of the
+    ranks, e.g. HSDP or 2-D parallelism, or a mesh that is not the Monitor's
+    process group)."""
+    kinds = {_placement(pl) for pl in p.placements}
+    if kinds == {"replicate"}:
+        return "replicated"
+    mesh_size = p.device_mesh.size()
+    if kinds != {"shard"} or mesh_size != world_size:
+        raise ValueError(
+            f"parameter {name} is a DTensor with placements {tuple(p.placements)} over "
+            f"{mesh_size} of the Monitor's {world_size} ranks: only tensors sharded over "
+            "every rank of the process group, or replicated on all of them, can be "
+            "combined; watch one replica (a Monitor on its ranks, process_group= its "
+            "group, Clients with rank= and world_size= in it) or exclude= the tensor")
+    return "sharded"
 
 
 def _first_tensor(out):
@@ -213,6 +259,17 @@ class Monitor:
           by one at every optimizer.step().
     scale / formats: an explicit scale for every format, and the formats (None:
           the daemon's scales from its amax history, and its default formats).
+    process_group: under torch.distributed, the group whose ranks are the
+          run's (default: the world); the client's rank and world_size must be
+          this process's in it. Each rank runs its own Monitor.
+    replicated: tensors every rank holds whole, logged by rank 0 alone and
+          marked so (counted once): True (all), fnmatch patterns on names or a
+          function (name, parameter) -> bool, on top of what is detected (a
+          DistributedDataParallel model, DTensors replicated on every rank).
+          Every other parameter of a run with several ranks is this rank's
+          shard (a DTensor's local shard): counted there, with compute="device"
+          at the whole tensor's scale (its amax all-reduced, MAX, once per
+          sampled step for all of them). docs/python.md, "Many ranks".
 
     Without an optimizer, call before_step() and after_step() around your own
     update. close() (or leaving a `with` block) detaches, sends what is
@@ -229,7 +286,8 @@ class Monitor:
                  include: Optional[Iterable[str]] = None,
                  exclude: Optional[Iterable[str]] = None, start: int = 0,
                  stop: Optional[int] = None, sample_max: Optional[int] = None,
-                 rule: Optional[_device.ScaleRule] = None):
+                 rule: Optional[_device.ScaleRule] = None, process_group=None,
+                 replicated=None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         if form not in _FORMS:
@@ -284,6 +342,23 @@ class Monitor:
         self.exclude = list(exclude) if exclude is not None else []
         self._params = [(prefix + n, p) for n, p in model.named_parameters()
                         if p.requires_grad and self._wanted(prefix + n)]
+        self._pg = process_group
+        self.rank, self.world_size, self._dist = self._ranks(client, process_group)
+        self._replicated, self._sharded = self._layouts(model, replicated)
+        self._shard_set = set(self._sharded)
+        if self.rank != 0:  # a replicated tensor is logged once, by rank 0
+            self._params = [(n, p) for n, p in self._params if n not in self._replicated]
+        empty = [n for n, p in self._params if n in self._shard_set and _local(p).numel() == 0]
+        if empty:
+            warnings.warn(f"rank {self.rank} holds no element of {', '.join(empty[:5])}"
+                          f"{' ...' if len(empty) > 5 else ''}: nothing to send for them, so "
+                          "the daemon stores their steps incomplete", RuntimeWarning,
+                          stacklevel=2)
+        if compute == "device" and self._sharded and not self._dist:
+            raise ValueError(
+                f"rank {self.rank} of {self.world_size} with sharded tensors needs "
+                "torch.distributed initialized (compute='device' all-reduces their amax); "
+                "or use compute='daemon', or mark the tensors replicated=")
         self._lr_of = self._param_lrs()
         self._before: Dict[str, torch.Tensor] = {}
         self._pending: List[tuple] = []      # (name, role, tensor) reduced after the step
@@ -301,6 +376,8 @@ class Monitor:
         self._sender: Optional[_Sender] = None
         self._send_errors: List[str] = []
         self._close_seconds = 0.0
+        self._collectives = 0
+        self._collective_seconds = 0.0
         # overhead accounting
         self._seconds = 0.0
         self._parts = {"fetch": 0.0, "send": 0.0, "stats": 0.0, "count": 0.0}
@@ -312,6 +389,78 @@ class Monitor:
         self._bytes = 0
         self._t_open = time.perf_counter()
         self._attach(activations)
+
+    # -- ranks ----------------------------------------------------------------
+    @staticmethod
+    def _ranks(client, process_group):
+        """(rank, world_size, torch.distributed is initialized): from the
+        process group when torch.distributed is initialized (the client must
+        agree), else from the client (its rank= / world_size=, $RANK /
+        $WORLD_SIZE), else 0 of 1."""
+        dist = torch.distributed
+        c_rank = getattr(client, "rank", None)
+        c_world = getattr(client, "world_size", None)
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank(process_group)
+            world = dist.get_world_size(process_group)
+            if rank < 0:
+                raise ValueError("this process is not in process_group")
+            if c_rank is not None and (c_rank, c_world) != (rank, world):
+                raise ValueError(
+                    f"the client is rank {c_rank} of {c_world} but torch.distributed makes "
+                    f"this process rank {rank} of {world}: open the Client with "
+                    "rank=torch.distributed.get_rank(), world_size=torch.distributed."
+                    "get_world_size() (torchrun's $RANK and $WORLD_SIZE do that), or "
+                    "altgrad.torch.distributed_client()")
+            return rank, world, True
+        if process_group is not None:
+            raise ValueError("process_group needs torch.distributed initialized")
+        if c_rank is not None and c_world is not None:
+            return int(c_rank), int(c_world), False
+        return 0, 1, False
+
+    def _layouts(self, model, replicated):
+        """(names of replicated tensors, names of sharded tensors) among the
+        watched parameters; both empty with one rank. replicated: None
+        (detected: a DistributedDataParallel model, DTensors replicated on
+        every rank), True (every parameter), an iterable of fnmatch patterns
+        on names, or a function (name, parameter) -> bool; what it marks is
+        replicated on top of what is detected."""
+        if replicated is not None and not (isinstance(replicated, bool) or callable(replicated)):
+            if isinstance(replicated, str):
+                replicated = [replicated]
+            try:
+                replicated = list(replicated)
+            except TypeError:
+                raise TypeError("replicated must be None, a bool, patterns or a function "
+                                f"(name, parameter) -> bool, got {type(replicated).__name__}") \
+                    from None
+            if not all(isinstance(x, str) for x in replicated):
+                raise TypeError("replicated patterns must be strings")
+        rep_names, shard_names = set(), []
+        if self.world_size <= 1:
+            return rep_names, shard_names
+        ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        for name, p in self._params:
+            if replicated is True or ddp:
+                mark = True
+            elif callable(replicated):
+                mark = bool(replicated(name, p))
+            elif isinstance(replicated, list):
+                mark = any(fnmatch.fnmatchcase(name, pat) for pat in replicated)
+            else:
+                mark = False
+            if not mark and _is_dtensor(p):
+                mark = _dtensor_layout(name, p, self.world_size) == "replicated"
+            if mark:
+                rep_names.add(name)
+            else:
+                shard_names.append(name)
+        return rep_names, shard_names
+
+    def _rep_kw(self, name) -> dict:
+        """The replicated= keyword of a snapshot of `name` (only with ranks)."""
+        return {"replicated": True} if name in self._replicated else {}
 
     # -- wiring ---------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
@@ -391,6 +540,7 @@ class Monitor:
             t = _first_tensor(output)
             if t is None or not t.is_floating_point():
                 return
+            t = _local(t)  # tensor parallel: this rank's part
             t0 = time.perf_counter()
             self._seen_this_step.add(name)
             self._queue_stats(name, _lib.AG_ROLE_ACTIVATION, t)
@@ -472,7 +622,8 @@ class Monitor:
             if self.gradients:
                 for name, p in self._params:
                     if p.grad is not None:
-                        self._queue_stats(name + ".grad", _lib.AG_ROLE_GRADIENT, p.grad)
+                        self._queue_stats(name + ".grad", _lib.AG_ROLE_GRADIENT,
+                                          _local(p.grad))
             if self.compute == "device":
                 self._device_before()
             else:
@@ -482,11 +633,12 @@ class Monitor:
                         # kept even without a gradient yet: a closure (LBFGS)
                         # computes it inside step(); after_step sends only the
                         # parameters that had one by then
-                        self._before[name] = self._sampled(name, p.detach()).clone()
+                        self._before[name] = self._sampled(name, _local(p).detach()).clone()
                     elif p.grad is not None:  # unused this step: no optimizer moves it
-                        batch.append((name, self._sampled(name, p.detach()),
-                                      self._sampled(name, p.grad.detach()), self._lr(name),
-                                      p.numel()))
+                        w = _local(p).detach()
+                        batch.append((name, self._sampled(name, w),
+                                      self._sampled(name, _local(p.grad).detach()),
+                                      self._lr(name), w.numel()))
                 self._send_batch(batch)
         self._seconds += time.perf_counter() - t0
 
@@ -506,8 +658,9 @@ class Monitor:
                     for name, p in self._params:
                         w0 = self._before.pop(name, None)
                         if w0 is not None and p.grad is not None:
-                            batch.append((name, w0, self._sampled(name, p.detach()) - w0, None,
-                                          p.numel()))
+                            w = _local(p).detach()
+                            batch.append((name, w0, self._sampled(name, w) - w0, None,
+                                          w.numel()))
                     self._send_batch(batch)
                 self._flush_pending()
             self._seconds += time.perf_counter() - t0
@@ -539,31 +692,73 @@ class Monitor:
         self._learn_rule_and_formats()
         groups = {}
         for i, (name, p) in enumerate(self._params):
-            key = (p.device, p.dtype)
-            groups.setdefault(key, []).append(i)
+            loc = _local(p)
+            groups.setdefault((loc.device, loc.dtype), []).append(i)
+        # The sharded tensors' slots in the amax all-reduce: in parameter
+        # order, which is the same on every rank (a rank other than 0 only
+        # lacks the replicated ones), whatever the device/dtype groups are.
+        slot_of = {name: j for j, name in enumerate(self._sharded)}
         self._groups = []
         for (dev, dtype), idx in groups.items():
             if dtype not in (torch.float32, torch.bfloat16, torch.float16):
                 wdtype = torch.float32  # other float types: counted in float32, as the
             else:                       # snapshot path sends them
                 wdtype = dtype
-            watch = _device.Watch([self._params[i][1].numel() for i in idx], wdtype, dev,
-                                  self.formats, self._rule, fixed_scale=self.scale,
+            watch = _device.Watch([_local(self._params[i][1]).numel() for i in idx], wdtype,
+                                  dev, self.formats, self._rule, fixed_scale=self.scale,
                                   flips=self.flips)
-            self._groups.append((idx, watch))
+            ks = [k for k, i in enumerate(idx) if self._params[i][0] in slot_of]
+            slots = None
+            if ks:
+                js = [slot_of[self._params[idx[k]][0]] for k in ks]
+                slots = (torch.tensor(ks, dtype=torch.int64, device=dev),
+                         torch.tensor(js, dtype=torch.int64, device=dev))
+            self._groups.append((idx, watch, slots))
 
     def _device_before(self):
         if self._groups is None:
             self._build_groups()
         t0 = time.perf_counter()
         self._had_grad = [i for i, (_, p) in enumerate(self._params) if p.grad is not None]
-        for idx, watch in self._groups:
-            ps = [self._params[i][1] for i in idx]
+        for idx, watch, _ in self._groups:
+            ps = [_local(self._params[i][1]) for i in idx]
             watch.load_w(ps)
             if self.form == "sgd":
-                watch.load_v([p.grad if p.grad is not None else torch.zeros_like(p)
-                              for p in ps])
+                gs = [self._params[i][1].grad for i in idx]
+                watch.load_v([_local(g) if g is not None else torch.zeros_like(p)
+                              for g, p in zip(gs, ps)])
         self._parts["fetch"] += time.perf_counter() - t0
+
+    def _all_reduce_amax(self, work) -> None:
+        """One MAX all-reduce, through the trainer's process group, of every
+        sharded tensor's local amax and has-a-finite-element flag; each
+        group's stats then hold the whole tensor's, so every rank scales (and
+        keeps its amax history) as the whole tensor would. Every rank calls it
+        at every sampled step with the same slots, whatever it computed."""
+        n = len(self._sharded)
+        dev = next((w.device for _, w, s in self._groups if s is not None), None)
+        if dev is None:
+            dev = torch.device("cpu")
+        vec = torch.zeros(2 * n, dtype=torch.float32, device=dev)
+        for _, _, _, slots, st, _ in work:
+            if slots is None:
+                continue
+            ks, js = slots
+            vec.index_copy_(0, js.to(dev), st["amax"].index_select(0, ks).to(dev))
+            vec.index_copy_(0, js.to(dev) + n,
+                            st["finite"].index_select(0, ks).to(device=dev,
+                                                                dtype=torch.float32))
+        t0 = time.perf_counter()
+        torch.distributed.all_reduce(vec, op=torch.distributed.ReduceOp.MAX, group=self._pg)
+        self._collective_seconds += time.perf_counter() - t0
+        self._collectives += 1
+        for _, _, watch, slots, st, _ in work:
+            if slots is None:
+                continue
+            ks, js = slots
+            got = vec.to(watch.device)
+            st["amax"] = st["amax"].index_copy(0, ks, got.index_select(0, js))
+            st["finite"] = st["finite"].index_copy(0, ks, got.index_select(0, js + n) > 0)
 
     def _device_after(self):
         t0 = time.perf_counter()
@@ -572,23 +767,30 @@ class Monitor:
             have = {i for i, (_, p) in enumerate(self._params) if p.grad is not None}
         else:
             have = set(self._had_grad)
-        jobs = []
-        for idx, watch in self._groups:
+        work = []
+        for idx, watch, slots in self._groups:
             which = [k for k, i in enumerate(idx) if i in have]
             if not which:
                 continue
-            ps = [self._params[i][1] for i in idx]
             if self.form == "update":
-                watch.load_v(ps, minus_w=True)
+                watch.load_v([_local(self._params[i][1]) for i in idx], minus_w=True)
                 neg = None
             else:
                 neg = [self._lr(self._params[i][0]) for i in idx]
             t1 = time.perf_counter()
             self._parts["fetch"] += t1 - t0
-            out = watch.compute(which, update_form=self.form == "update", neg_lr=neg)
-            self._parts["count"] += time.perf_counter() - t1
+            work.append((idx, which, watch, slots, watch.stats(which), neg))
             t0 = time.perf_counter()
+            self._parts["count"] += t0 - t1
+        if self._sharded:
+            self._all_reduce_amax(work)
+        t0 = time.perf_counter()
+        jobs = []
+        for idx, which, watch, _, st, neg in work:
+            out = watch.count(which, st, update_form=self.form == "update", neg_lr=neg)
             jobs.append((idx, which, watch, self._to_host(out)))
+        t1 = time.perf_counter()
+        self._parts["count"] += t1 - t0
         step, form = self.step, self.form
         events = _device_events([w.device for _, _, w, _ in jobs])
 
@@ -599,10 +801,10 @@ class Monitor:
 
         if events:
             self._send(job)
-        else:
+        elif jobs:
             job()
         self._counted += sum(len(w) for _, w, _, _ in jobs)
-        self._parts["send"] += time.perf_counter() - t0
+        self._parts["send"] += time.perf_counter() - t1
 
     @staticmethod
     def _to_host(out):
@@ -617,12 +819,20 @@ class Monitor:
         return host
 
     def _log_counts(self, step, form, idx, which, watch, host):
+        # an empty local shard (FSDP gives one to a rank past a small
+        # tensor's end) has nothing to send: the daemon takes no empty items
+        which = [k for k in which if watch.numels[k] > 0]
+        if not which:
+            return
         sel = torch.tensor(which, dtype=torch.int64)
         counts = host["counts"].index_select(0, sel)
         names = [self._params[idx[k]][0] for k in which]
         flips = None
         if watch.flips:
             flips = _as_buffer(counts[:, :, 5].contiguous().view(-1))
+        kw = {}
+        if self._replicated:
+            kw["replicated"] = [n in self._replicated for n in names]
         self.client.log_counts(
             step, names, watch.formats,
             _as_buffer(counts[:, :, :5].contiguous().view(-1)),
@@ -630,15 +840,15 @@ class Monitor:
             _as_buffer(host["amax"].index_select(0, sel).to(torch.float64)),
             [watch.numels[k] for k in which],
             _as_buffer(host["nonfinite"].index_select(0, sel)),
-            flips=flips, form=form)
+            flips=flips, form=form, **kw)
 
     # -- compute="daemon" ---------------------------------------------------------
     def _sampled(self, name, t: torch.Tensor) -> torch.Tensor:
         """t, or with sample_max the client's fixed subset of it, taken where t
         lives (so only the subset is ever copied)."""
         n = t.numel()
-        if not self.sample_max or n <= self.sample_max:
-            return t
+        if not self.sample_max or n <= self.sample_max or name in self._shard_set:
+            return t  # a shard goes whole (the daemon sums the shards' counts)
         key = (n, t.device)
         idx = self._sample_idx.get(key)
         if idx is None:
@@ -694,9 +904,12 @@ class Monitor:
     def _log_snapshots(self, step, batch, pairs, kw):
         t0 = time.perf_counter()
         for (name, _, _, lr, numel), (w, x) in zip(batch, pairs):
+            if w.numel() == 0:
+                continue  # an empty local shard: nothing to send
             extra = dict(kw)
             if w.numel() != numel:
                 extra["numel"] = numel  # sampled on the device: the whole tensor's size
+            extra.update(self._rep_kw(name))
             if lr is None:
                 self.client.log_update(step, name, w, x, **extra)
             else:
@@ -720,6 +933,17 @@ class Monitor:
             "every": self.every,
             "form": self.form,
             "compute": self.compute,
+            # torch.distributed: this process's rank and the world (of the
+            # process group), how many watched tensors are sharded (counted on
+            # the local shard, amax all-reduced) and replicated (rank 0 logs
+            # them); the all-reduces and their seconds on the training thread
+            # (with NCCL the time to queue them: they run on the device)
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "sharded": len(self._sharded),
+            "replicated": len(self._replicated),
+            "collectives": self._collectives,
+            "collective_seconds": self._collective_seconds,
             "formats": list(self.formats) if self.formats is not None else None,
             "scale_rule": (dict(self._rule.as_dict(), source=self._rule_source)
                            if self._rule is not None else None),
@@ -799,6 +1023,21 @@ class Monitor:
         return False
 
 
+def distributed_client(ingest_url: str = None, query_url: str = None, run: str = None, *,
+                       process_group=None, **kw):
+    """An altgrad.Client whose rank and world_size are this process's in
+    torch.distributed's process_group (default: the world), for a Monitor
+    with the same process_group. The other arguments are Client's; the ranks
+    of one run must share its name and launch id (torchrun's
+    $TORCHELASTIC_RUN_ID, else $ALTGRAD_LAUNCH_ID, else launch_id=)."""
+    from .client import Client
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("distributed_client needs torch.distributed initialized")
+    return Client(ingest_url, query_url, run, rank=dist.get_rank(process_group),
+                  world_size=dist.get_world_size(process_group), **kw)
+
+
 def format_report(rep: dict) -> str:
     line = (f"altgrad monitor: {rep['steps']} steps, {rep['sampled_steps']} sampled "
             f"(every {rep['every']}, {rep['form']} form), {rep['snapshots']} snapshots, "
@@ -807,11 +1046,16 @@ def format_report(rep: dict) -> str:
             f"{rep['ms_per_step']:.2f} ms/step, {rep['ms_per_sampled_step']:.2f} ms/sampled step "
             f"(fetch {rep['fetch_seconds']:.3f}s, send {rep['send_seconds']:.3f}s, "
             f"stats {rep['stats_seconds']:.3f}s)")
+    if rep.get("world_size", 1) > 1:
+        line += (f"; rank {rep['rank']} of {rep['world_size']}, {rep['sharded']} sharded, "
+                 f"{rep['replicated']} replicated, {rep['collectives']} all-reduces "
+                 f"{rep['collective_seconds']:.3f}s")
     if rep.get("undelivered") is not None:  # after close(): what the daemon confirmed
         line += f"; delivered {rep['delivered']}, undelivered {rep['undelivered']}"
     return line
 
 
-__all__ = ["Monitor", "ScaleRule", "format_report", "sample_indices", "stall_counts"]
+__all__ = ["Monitor", "ScaleRule", "distributed_client", "format_report", "sample_indices",
+           "stall_counts"]
 
 ScaleRule = _device.ScaleRule

@@ -50,7 +50,7 @@ def test_core_and_query_structs_match_the_header(tmp_path):
 
 def test_client_structs_match_the_header(tmp_path):
     from altgrad import client
-    structs = [(n, getattr(client, n)) for n in ("ag_client_opts", "ag_snapshot",
+    structs = [(n, getattr(client, n)) for n in ("ag_client_opts", "ag_snapshot", "ag_counts_batch",
                                                   "ag_client_stats")]
     got = c_layout(tmp_path, structs)
     for name, cls in structs:

@@ -159,9 +159,9 @@ Test(commands, history_every_sums_buckets_and_csv_has_one_line_per_bucket) {
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--every", "2", "--csv"), AG_OK,
                  "%s", err);
     cr_assert_str_eq(out, "step,stalled,total,stall_rate,flips,overflow,underflow,nonfinite,"
-                          "amax,scale,computed\n"
-                          "2,3,20,0.15,2,0,0,0,0.5,0.25,daemon\n"
-                          "4,7,20,0.35,2,0,0,0,0.5,0.5,daemon\n");
+                          "amax,scale,computed,ranks,complete\n"
+                          "2,3,20,0.15,2,0,0,0,0.5,0.25,daemon,1,1\n"
+                          "4,7,20,0.35,2,0,0,0,0.5,0.5,daemon,1,1\n");
     free(out);
 }
 
@@ -173,9 +173,9 @@ Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device
         CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--from", "3", "--csv"),
         AG_OK, "%s", err);
     cr_assert_str_eq(out, "step,stalled,total,stall_rate,flips,overflow,underflow,nonfinite,"
-                          "amax,scale,computed\n"
-                          "3,0,10,0,1,0,0,0,0.5,0.375,daemon\n"
-                          "4,0,10,0,,0,0,0,0.5,0.5,device\n");
+                          "amax,scale,computed,ranks,complete\n"
+                          "3,0,10,0,1,0,0,0,0.5,0.375,daemon,1,1\n"
+                          "4,0,10,0,,0,0,0,0.5,0.5,device,1,1\n");
     free(out);
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--json"), AG_OK,
                  "%s", err);
@@ -201,8 +201,8 @@ Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device
             in = *p != ' ';
         }
     }
-    cr_expect_eq(words[0], 11, "%s", out);
-    cr_expect_eq(words[1], 10, "flips is an empty cell, not 0: %s", out);
+    cr_expect_eq(words[0], 13, "%s", out);
+    cr_expect_eq(words[1], 12, "flips is an empty cell, not 0: %s", out);
     cr_expect_not_null(strstr(row, "device"), "%s", out);
     free(out);
 }
@@ -211,8 +211,8 @@ Test(commands, runs_csv_quotes_the_metadata) {
     char *out, err[512];
     cr_assert_eq(CLI(&out, err, "runs", "--csv"), AG_OK, "%s", err);
     cr_assert_str_eq(out, "name,host,pid,client_id,started_ms,ended_ms,last_step,messages,"
-                          "dropped,metadata\n"
-                          "r1,h,7,9,1000,0,4,8,0,\"{\"\"note\"\":\"\"a,\\\"\"b\"\"}\"\n");
+                          "dropped,metadata,world_size,ranks_seen,rank_drops,incomplete\n"
+                          "r1,h,7,9,1000,0,4,8,0,\"{\"\"note\"\":\"\"a,\\\"\"b\"\"}\",1,0,{},0\n");
     free(out);
 }
 

@@ -25,7 +25,7 @@ typedef struct server {
 /* Answer one decoded request. */
 static int answer(server *s, const ag_msg *req, ag_buf *out) {
     ag_msg rep = {0};
-    ag_run_info run = {"r1", "host", 12, 34, 1000, 0, 99, 7, 1, "{\"k\":2}"};
+    ag_run_info run = {"r1", "host", 12, 34, 1000, 0, 99, 7, 1, "{\"k\":2}", 1, 1, "{}", 0};
     ag_run_list runs = {1, &run};
     ag_tensor_info ti = {"fc.weight", AG_ROLE_WEIGHT, 64, 1, 99, 10, 0.75};
     ag_tensor_list tensors = {1, &ti};
@@ -413,7 +413,7 @@ Test(query, a_hostile_reply_fails_cleanly) {
     tmp_endpoints t;
     tmp_endpoints_make(&t);
     /* a valid runs reply, to be sent where status was asked */
-    ag_run_info run = {"r1", "host", 12, 34, 1000, 0, 99, 7, 1, "{}"};
+    ag_run_info run = {"r1", "host", 12, 34, 1000, 0, 99, 7, 1, "{}", 1, 1, "{}", 0};
     ag_run_list runs = {1, &run};
     ag_msg rm = {.type = AG_MSG_R_RUNS};
     rm.u.runs = &runs;

@@ -168,14 +168,14 @@ def main() -> int:
                   and "B: page-b" in st["runinfo"][1], f"both runs shown: {st['runinfo']}")
             check(st["dropped"] == [runs["page-a"]["dropped"], runs["page-b"]["dropped"]],
                   f"drop counts shown as /api/runs has them: {st['dropped']}")
-            # Runs of several ranks (helper branch `ranks`) carry "ranks" and
-            # "incomplete": where /api/runs has them, the page shows them.
+            # Runs carry "world_size" and "incomplete" (steps some rank
+            # never sent): the page shows them.
             for line, name in zip(st["runinfo"], ("page-a", "page-b")):
                 if "incomplete" in runs[name]:
                     check(f"{runs[name]['incomplete']} incomplete steps" in line,
                           f"incomplete steps shown: {line}")
-                if "ranks" in runs[name]:
-                    check(f"{runs[name]['ranks']} ranks" in line, f"ranks shown: {line}")
+                if "world_size" in runs[name]:
+                    check(f"{runs[name]['world_size']} ranks" in line, f"ranks shown: {line}")
             check([h["run"] for h in st["heat"]] == ["page-a", "page-b"],
                   f"two heatmaps side by side: {st['heat']}")
             # The heatmap of A: one row per tensor with snapshots, every cell

@@ -402,8 +402,8 @@ Test(codec, history_query_without_format_leaves_it_null) {
 
 Test(codec, runs_reply_round_trips_and_is_freed_with_one_call) {
     ag_run_info items[2] = {
-        {"r1", "h", 1, 2, 3, 0, 10, 11, 12, "{}"},
-        {"r2", "", -1, UINT64_MAX, -3, 4, 0, 0, 0, "{\"k\":1}"},
+        {"r1", "h", 1, 2, 3, 0, 10, 11, 12, "{}", 4, 3, "{\"1\":12}", 7},
+        {"r2", "", -1, UINT64_MAX, -3, 4, 0, 0, 0, "{\"k\":1}", 1, 1, "{}", 0},
     };
     ag_run_list list = {2, items};
     ag_msg m = {.type = AG_MSG_R_RUNS};
@@ -426,14 +426,32 @@ Test(codec, runs_reply_round_trips_and_is_freed_with_one_call) {
     cr_assert_eq(out->items[0].last_step, 10);
     cr_assert_eq(out->items[0].messages, 11);
     cr_assert_eq(out->items[0].dropped, 12);
+    /* the columns added later travel when asked for (all, here) */
+    cr_assert_eq(out->items[0].world_size, 4);
+    cr_assert_eq(out->items[0].ranks_seen, 3);
+    cr_assert_str_eq(out->items[0].rank_drops, "{\"1\":12}");
+    cr_assert_eq(out->items[0].incomplete, 7);
+    ag_free(out);
+
+    /* A requester that predates them gets the first 10 columns. */
+    m.cols = ag_proto_reply_cols(AG_MSG_R_RUNS, 0);
+    cr_assert_eq(m.cols, 10);
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    out = ag_msg_take_result(&d);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+    cr_assert_eq(out->items[0].dropped, 12);
+    cr_assert_eq(out->items[0].world_size, 0);
+    cr_assert_null(out->items[0].rank_drops);
     ag_free(out);
 }
 
 Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     ag_tensor_info ti = {"w", AG_ROLE_GRADIENT, 10, 1, 9, 4, 2.5};
     ag_tensor_list tl = {1, &ti};
-    ag_history_point pts[2] = {{1, 2, 3, 2.0 / 3, 4, 5, 6, 7, 8.5, 0.125, "daemon"},
-                               {2, 0, 0, 0, AG_FLIPS_UNKNOWN, 0, 0, 0, 1, 1, "device"}};
+    ag_history_point pts[2] = {{1, 2, 3, 2.0 / 3, 4, 5, 6, 7, 8.5, 0.125, "daemon", 2, 0},
+                               {2, 0, 0, 0, AG_FLIPS_UNKNOWN, 0, 0, 0, 1, 1, "device", 1, 1}};
     ag_history h = {"r", "w", "E5M2", 2, pts};
     ag_scale_info si = {"w", 7, 3.0, 0.5};
     ag_scale_list sl = {"E3M4", 1, &si};
@@ -618,10 +636,10 @@ Test(codec, peek_reads_version_and_type) {
 /* A column added to reply items (history's computed) goes only to requesters
  * that say they read it: one that predates cols gets the first 10. */
 Test(codec, history_items_carry_computed_only_for_a_requester_that_reads_it) {
-    ag_history_point pt = {3, 1, 2, 0.5, 0, 0, 0, 0, 1, 1, "device"};
+    ag_history_point pt = {3, 1, 2, 0.5, 0, 0, 0, 0, 1, 1, "device", 1, 1};
     ag_history h = {"r", "w", "E5M2", 1, &pt};
     cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, 0), 10);
-    cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX), 11);
+    cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX), 13);
     cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, 5), 5);
     ag_msg m = {.type = AG_MSG_R_HISTORY, .cols = ag_proto_reply_cols(AG_MSG_R_HISTORY, 0)};
     m.u.history = &h;
@@ -636,8 +654,10 @@ Test(codec, history_items_carry_computed_only_for_a_requester_that_reads_it) {
     m.cols = 0; /* all */
     b = encode_ok(&m);
     decode_ok(&b, &d);
-    cr_expect_eq(d.cols, 11);
+    cr_expect_eq(d.cols, 13);
     cr_expect_str_eq(d.u.history->points[0].computed, "device");
+    cr_expect_eq(d.u.history->points[0].ranks, 1);
+    cr_expect_eq(d.u.history->points[0].complete, 1);
     ag_msg_clear(&d);
     ag_buf_free(&b);
     m.cols = 9; /* fewer than every receiver reads */
@@ -649,7 +669,7 @@ Test(codec, history_items_carry_computed_only_for_a_requester_that_reads_it) {
 /* A newer sender's extra item values are skipped; fewer than the first
  * columns is malformed. */
 Test(codec, history_items_longer_than_known_are_read_and_shorter_ones_refused) {
-    static const size_t lengths[] = {9, 10, 12};
+    static const size_t lengths[] = {9, 10, 14};
     for (size_t t = 0; t < 3; t++) {
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
@@ -670,7 +690,7 @@ Test(codec, history_items_longer_than_known_are_read_and_shorter_ones_refused) {
         for (size_t c = 0; c < lengths[t]; c++) {
             if (c == 10)
                 msgpack_pack_str_with_body(&pk, "daemon", 6);
-            else if (c == 11)
+            else if (c == 13)
                 msgpack_pack_map(&pk, 0); /* a value of some newer column */
             else
                 msgpack_pack_uint8(&pk, (uint8_t)c);

@@ -420,11 +420,12 @@ Test(rollups, retention_removes_only_raw_rows_past_the_limit_and_rollups_keep_th
     ag_store *st = open_rw();
     setup_run(st);
     ingest(st, 0, 4499, 1, 500, 0);
-    cr_assert_eq(sqlite3_exec(st->db,
-                              "INSERT INTO stats SELECT tensor_id, 0, step, 1.0, 10, 0 FROM results"
-                              " WHERE format_id=1",
-                              NULL, NULL, NULL),
-                 SQLITE_OK);
+    cr_assert_eq(
+        sqlite3_exec(st->db,
+                     "INSERT INTO stats SELECT tensor_id, 0, step, 1.0, 10, 0, 1 FROM results"
+                     " WHERE format_id=1",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
     long long before = scalar(st, "SELECT sum(stalled) FROM rollups WHERE width=1000");
     long long raw_before = scalar(st, "SELECT count(*) FROM results");
     uint64_t removed = 0, keep = 1700;

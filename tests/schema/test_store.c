@@ -1015,3 +1015,68 @@ Test(store, a_version_6_file_keeps_its_results_as_computed_by_the_daemon) {
     ag_free(h);
     ag_store_close(st);
 }
+
+/* A file of schema version 8 (before runs of many ranks): read without
+ * migrating, every row is one rank's and whole, raw and through the
+ * rollups; migrated, the same. */
+static void expect_one_rank(ag_store *st, const char *when) {
+    ag_history_query q = {.run = "r", .tensor = "w", .format = "E5M2"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s: %s", when, ag_store_errmsg(st));
+    cr_assert_eq(h->n, 2, "%s", when);
+    for (size_t i = 0; i < 2; i++) {
+        cr_expect_eq(h->points[i].ranks, 1, "%s", when);
+        cr_expect_eq(h->points[i].complete, 1, "%s", when);
+    }
+    ag_free(h);
+    q.every = 10; /* through the rollups */
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s: %s", when, ag_store_errmsg(st));
+    cr_assert_eq(h->n, 1, "%s", when);
+    cr_expect_eq(h->points[0].total, 20, "%s", when);
+    cr_expect_eq(h->points[0].ranks, 1, "%s", when);
+    cr_expect_eq(h->points[0].complete, 1, "%s", when);
+    ag_free(h);
+    ag_run_list *runs = NULL;
+    cr_assert_eq(ag_store_runs(st, &runs), AG_OK, "%s: %s", when, ag_store_errmsg(st));
+    cr_assert_eq(runs->n, 1);
+    cr_expect_eq(runs->items[0].world_size, 1, "%s", when);
+    cr_expect_eq(runs->items[0].ranks_seen, 1, "%s", when);
+    cr_expect_eq(runs->items[0].incomplete, 0, "%s", when);
+    cr_expect_str_eq(runs->items[0].rank_drops, "{\"0\":2}", "%s", when);
+    ag_free(runs);
+}
+
+Test(store, a_version_8_file_reads_as_one_rank_before_and_after_migrating) {
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    for (size_t i = 0; i < ag_store_migration_count && ag_store_migration_numbers[i] <= 8; i++)
+        cr_assert_eq(sqlite3_exec(db, ag_store_migrations[i], NULL, NULL, NULL), SQLITE_OK, "%s",
+                     sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_exec(db,
+                              "INSERT INTO runs(id,name,client_id,asked) VALUES(1,'r',7,'r');"
+                              "INSERT INTO clients(client_id,run_id,asked) VALUES(7,1,'r');"
+                              "INSERT INTO drops VALUES(1,7,0,3,2,'sequence gap');"
+                              "INSERT INTO tensors(id,run_id,name,role) VALUES(1,1,'w',0);"
+                              "INSERT INTO formats VALUES(1,'E5M2',5,2,15,1,1);"
+                              "INSERT INTO results VALUES(1,1,4,3,10,6,1,2,0,0.5,0.25,0);"
+                              "INSERT INTO results VALUES(1,1,5,3,10,6,1,2,0,0.5,0.25,0);"
+                              "INSERT INTO rollups SELECT 1,1,w,0,2,6,20,12,0,2,4,0,4,5,0.5,0.5,"
+                              "0.5,0.25,0.25,0.25,0 FROM (SELECT 10 AS w UNION ALL SELECT 100"
+                              " UNION ALL SELECT 1000);"
+                              "PRAGMA user_version=8",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    ag_store *ro = NULL;
+    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(ro));
+    expect_one_rank(ro, "read-only, schema 8");
+    int v = -1;
+    cr_assert_eq(ag_store_user_version(ro, &v), AG_OK);
+    cr_expect_eq(v, 8, "a reader does not migrate");
+    ag_store_close(ro);
+    ag_store *st = open_rw();
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_expect_eq(v, ag_store_schema_version());
+    expect_one_rank(st, "migrated");
+    ag_store_close(st);
+}
