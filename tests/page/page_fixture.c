@@ -80,7 +80,7 @@ static void write_run(ag_store *st, int64_t run_id, const char *name, int64_t fi
         for (size_t t = 0; t < tensors; t++) {
             int64_t id = first_tensor + (int64_t)t;
             double amax = 0.05 + 0.001 * (double)(t % 37) + 1e-5 * (double)s;
-            ag_store_stats_row sr = {id, AG_ROLE_WEIGHT, s, amax, NUMEL, 0};
+            ag_store_stats_row sr = {id, AG_ROLE_WEIGHT, s, amax, NUMEL, 0, 1};
             check(ag_store_put_stats(st, &sr), st, "stats");
             for (size_t f = 0; f < NFMT; f++) {
                 double r = rate_of(t, f, s, steps, run_id != 1);
