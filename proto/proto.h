@@ -155,17 +155,19 @@ typedef struct ag_msg_run_end {
 
 /* The arguments of every query type; unused fields are 0/NULL. */
 typedef struct ag_msg_query {
-    const char *run;    /* tensors, history, scales, top */
-    const char *tensor; /* history */
-    const char *format; /* history (NULL = "E5M2"), scales, top (NULL = "E5M2") */
-    uint64_t from_step; /* history */
-    uint64_t to_step;   /* history */
-    uint64_t every;     /* history */
-    uint64_t window;    /* top: most recent steps, 0 = all */
-    uint64_t limit;     /* top: 0 = 10 */
-    uint64_t client_id; /* run: the client asked about */
-    uint64_t cols;      /* history: item columns the requester reads; 0: those of a
+    const char *run;     /* tensors, history, scales, top */
+    const char *tensor;  /* history */
+    const char *format;  /* history (NULL = "E5M2"), scales, top (NULL = "E5M2") */
+    uint64_t from_step;  /* history */
+    uint64_t to_step;    /* history */
+    uint64_t every;      /* history */
+    uint64_t window;     /* top: most recent steps, 0 = all */
+    uint64_t limit;      /* top: 0 = 10 */
+    uint64_t client_id;  /* run: the client asked about */
+    uint64_t cols;       /* history: item columns the requester reads; 0: those of a
                          * requester that predates the key (ag_proto_reply_cols) */
+    const char *formats; /* report: comma-separated format names, NULL: the daemon's */
+    uint64_t width;      /* report: sparkline columns, 0: AG_REPORT_WIDTH_DEFAULT */
 } ag_msg_query;
 
 /* q_delivery asks for one client id, r_delivery answers: how many of that
@@ -216,6 +218,7 @@ typedef struct ag_msg {
         ag_top_list *top;
         ag_status *status;
         ag_run_ident *ident;
+        ag_report *report;
     } u;
     size_t cols; /* a reply's item columns: encode, how many to send (0: all);
                   * decode, how many each item carried (the rest are 0/NULL) */

@@ -289,11 +289,11 @@ Test(codec, run_end_round_trips) {
 }
 
 Test(codec, every_query_round_trips_its_arguments) {
-    static const int types[] = {AG_MSG_Q_RUNS,   AG_MSG_Q_TENSORS, AG_MSG_Q_HISTORY,
-                                AG_MSG_Q_SCALES, AG_MSG_Q_TOP,     AG_MSG_Q_STATUS};
+    static const int types[] = {AG_MSG_Q_RUNS, AG_MSG_Q_TENSORS, AG_MSG_Q_HISTORY, AG_MSG_Q_SCALES,
+                                AG_MSG_Q_TOP,  AG_MSG_Q_STATUS,  AG_MSG_Q_REPORT};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         ag_msg m = {.type = types[i]};
-        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0, 0};
+        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0, 0, "E3M4,E5M2", 17};
         ag_buf b = encode_ok(&m);
         ag_msg d;
         decode_ok(&b, &d);
@@ -315,6 +315,12 @@ Test(codec, every_query_round_trips_its_arguments) {
             cr_assert_str_eq(q->format, "E3M4");
             cr_assert_eq(q->window, 100);
             cr_assert_eq(q->limit, 3);
+            break;
+        case AG_MSG_Q_REPORT:
+            cr_assert_str_eq(q->run, "r");
+            cr_assert_str_eq(q->formats, "E3M4,E5M2");
+            cr_assert_eq(q->width, 17);
+            cr_assert_null(q->format);
             break;
         default: cr_assert_null(q->run);
         }
@@ -506,6 +512,27 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     cr_assert_eq(d.u.top->to_step, 9);
     cr_assert_eq(d.u.top->items[0].stall_rate, 0.5);
     cr_assert_eq(d.u.top->items[0].steps, 3);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    ag_report_row rr[2] = {{"w", "E5M2", 3000, 0.25, 0.125, 0.5, "\xe2\x96\x81\xe2\x96\x88"},
+                           {"v", "E3M4", 1, 0, 0, 0, ""}};
+    ag_report rep = {2, rr};
+    m = (ag_msg){.type = AG_MSG_R_REPORT};
+    m.u.report = &rep;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.report->n, 2);
+    for (size_t i = 0; i < 2; i++) {
+        const ag_report_row *g = &d.u.report->items[i];
+        cr_assert_str_eq(g->tensor, rr[i].tensor);
+        cr_assert_str_eq(g->format, rr[i].format);
+        cr_assert_str_eq(g->sparkline, rr[i].sparkline);
+        cr_assert_eq(g->steps, rr[i].steps);
+        cr_assert_eq(g->last_rate, rr[i].last_rate);
+        cr_assert_eq(g->mean_rate, rr[i].mean_rate);
+        cr_assert_eq(g->max_rate, rr[i].max_rate);
+    }
     ag_msg_clear(&d);
     ag_buf_free(&b);
 
