@@ -106,6 +106,10 @@ struct ag_store {
     /* Rollup changes of the open transaction: open addressing on the key. */
     ag_rollup_acc *acc;
     size_t acc_cap, acc_n;
+    /* Per tier, the entry the last row went to (NULL: none): rows come
+     * sorted by tensor, format and step (the writer sorts its batch), so
+     * most fall in the same bucket as the one before. */
+    ag_rollup_acc *acc_last[AG_ROLLUP_TIERS];
 };
 
 /* Generated from schema/NNN_*.sql (embed_sql.cmake). */
