@@ -239,6 +239,8 @@ static const ag_field status_fields[] = {
 static const ag_field ident_fields[] = {
     C(ag_run_ident, run, K_NAME, F_REQ, 0, S_PLAIN),
     C(ag_run_ident, launch, K_STR, F_REQ, AG_LAUNCH_ID_MAX, S_PLAIN),
+    /* added later within version 2: absent (0) from older daemons */
+    C(ag_run_ident, caps, K_UINT, F_OMIT0, 0, S_PLAIN),
 };
 
 static const ag_field r_delivery_fields[] = {
@@ -347,6 +349,7 @@ const char *ag_proto_type_name(int type) {
     case AG_MSG_SNAPSHOT: return "snapshot";
     case AG_MSG_RUN_END: return "run_end";
     case AG_MSG_COUNTS: return "counts";
+    case AG_MSG_BUNDLE: return "bundle";
 #define TYPE_NAMES_(NAME, name, q, result, flags, answer)                                          \
     case AG_MSG_Q_##NAME: return "q_" #name;                                                       \
     case AG_MSG_R_##NAME: return "r_" #name;

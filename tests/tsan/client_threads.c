@@ -86,7 +86,7 @@ static void *names(void *a) {
         nng_msg *m;
         if (nng_recvmsg(rep, &m, 0) != 0) break;
         ag_msg req, out = {.type = AG_MSG_R_ERROR};
-        ag_run_ident id = {"tsan.2", ""};
+        ag_run_ident id = {"tsan.2", "", 0};
         out.u.error = (ag_msg_error){AG_ENOTFOUND, "not yet"};
         int ok = ag_proto_decode(nng_msg_body(m), nng_msg_len(m), &req) == AG_OK;
         if (ok && req.type == AG_MSG_Q_RUN && ++asked > 2) {
