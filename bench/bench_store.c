@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -93,6 +94,38 @@ static int committed(ag_client *c, uint64_t want) {
     return done;
 }
 
+/* While the run is ingested: the latency of a query (runs) asked every 50 ms
+ * by another client, as a trainer's dashboard would ask. */
+typedef struct prober {
+    const char *ingest_url, *query_url;
+    volatile int stop;
+    double worst, sum;
+    size_t n;
+} prober;
+
+static void *probe(void *arg) {
+    prober *p = arg;
+    ag_client_opts o = {
+        .ingest_url = p->ingest_url, .query_url = p->query_url, .query_timeout_ms = 30000};
+    ag_client *c = NULL;
+    if (ag_client_open(&c, &o) != AG_OK) return NULL;
+    while (!p->stop) {
+        ag_run_list *runs = NULL;
+        double t0 = now_s();
+        if (ag_client_runs(c, &runs) == AG_OK) {
+            double dt = now_s() - t0;
+            p->sum += dt;
+            p->n++;
+            if (dt > p->worst) p->worst = dt;
+        }
+        ag_free(runs);
+        struct timespec ts = {0, 50 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    ag_client_close(c);
+    return NULL;
+}
+
 /* Ingest the run; returns snapshots per second (0 on failure). */
 static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wal_busy) {
     ag_client_opts o = {.ingest_url = d->ingest,
@@ -107,6 +140,9 @@ static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wa
     for (size_t t = 0; t < tensors; t++)
         snprintf(names[t], sizeof names[t], "layers.%zu.weight", t);
     for (int i = 0; i < N; i++) g[i] = 1e-3f * (float)(i % 5);
+    prober pr = {.ingest_url = d->ingest, .query_url = d->query};
+    pthread_t probe_thread;
+    int probing = pthread_create(&probe_thread, NULL, probe, &pr) == 0;
     double t0 = now_s();
     for (size_t s = 0; s < steps; s++) {
         for (size_t t = 0; t < tensors; t++) {
@@ -133,6 +169,12 @@ static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wa
         if (now_s() - t0 > 3600) return 0;
     }
     double dt = now_s() - t0;
+    if (probing) {
+        pr.stop = 1;
+        pthread_join(probe_thread, NULL);
+        printf("  a query (runs) while ingesting: %zu asked, mean %.1f ms, worst %.1f ms\n", pr.n,
+               pr.n ? pr.sum * 1e3 / (double)pr.n : 0.0, pr.worst * 1e3);
+    }
     free(names);
     ag_client_close(c);
     return (double)want / dt;
