@@ -64,6 +64,9 @@ typedef struct merge_state {
         size_t order;
     } * stats;
     size_t nstats, cap_stats;
+    /* of them, rows the store refused for good (logged, not written): they
+     * were counted as taken, so the batch's row count gives them back */
+    uint64_t refused;
 } merge_state;
 
 /* Writer thread: per tensor, whether its latest snapshot taken into the open
@@ -438,11 +441,17 @@ static int merge_flush(ag_writer *w) {
     /* Rows of one key keep their arrival order: the later replaces the
      * earlier, as when written one by one. */
     if (m->nstats > 1) qsort(m->stats, m->nstats, sizeof *m->stats, stats_order);
-    for (size_t i = 0; !bad && i < m->nstats; i++)
-        bad = merged_result(w, ag_store_put_stats(w->st, &m->stats[i].row), "stats row");
+    for (size_t i = 0; !bad && i < m->nstats; i++) {
+        int err = ag_store_put_stats(w->st, &m->stats[i].row);
+        bad = merged_result(w, err, "stats row");
+        m->refused += err && !bad;
+    }
     if (m->nresults > 1) qsort(m->results, m->nresults, sizeof *m->results, result_order);
-    for (size_t i = 0; !bad && i < m->nresults; i++)
-        bad = merged_result(w, ag_store_put_result(w->st, &m->results[i].row), "result row");
+    for (size_t i = 0; !bad && i < m->nresults; i++) {
+        int err = ag_store_put_result(w->st, &m->results[i].row);
+        bad = merged_result(w, err, "result row");
+        m->refused += err && !bad;
+    }
     for (size_t i = 0; !bad && i < m->nruns; i++)
         bad = merged_result(w, ag_store_apply_run_delta(w->st, &m->runs[i]), "run delta");
     for (size_t i = 0; !bad && i < m->nclients; i++)
@@ -637,6 +646,7 @@ static int note_skip(ag_writer *w, int64_t tensor_id, int skipped) {
 static int write_batch(ag_writer *w, int *at_boundary) {
     pthread_mutex_unlock(&w->lock);
     merge_clear(&w->merge);
+    w->merge.refused = 0;
     if (ag_store_begin(w->st)) {
         note_failure(w, "begin");
         pthread_mutex_lock(&w->lock);
@@ -717,6 +727,7 @@ static int write_batch(ag_writer *w, int *at_boundary) {
     }
     /* The rows are counted in the database's rows_written counter in the
      * same transaction (status reads it there, from the daemon or a file). */
+    rows -= w->merge.refused < rows ? w->merge.refused : rows;
     int err = rows > 0 ? ag_store_add_counter(w->st, "rows_written", rows) : AG_OK;
     if (err && ag_store_failure_is_transient(w->st)) {
         note_failure(w, "write");
