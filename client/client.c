@@ -190,6 +190,58 @@ int ag_client_start_run_locked(ag_client *c) {
 
 /* ---- the sender thread --------------------------------------------------- */
 
+/* Snapshots this small may travel in a bundle (PROTOCOL.md 3.6). */
+#define BUNDLE_ITEM_MAX 4096
+
+static int bundleable(nng_msg *msg) {
+    int version, type;
+    return nng_msg_len(msg) <= BUNDLE_ITEM_MAX &&
+           ag_proto_peek(nng_msg_body(msg), nng_msg_len(msg), &version, &type) == AG_OK &&
+           type == AG_MSG_SNAPSHOT;
+}
+
+/* How many queued messages from the head go out in one bundle (1: the head
+ * alone): consecutive small snapshots already queued, within batch_bytes.
+ * Nothing waits for more, so a bundle adds no latency. Lock held. */
+static size_t bundle_count(ag_client *c, size_t *bytes) {
+    nng_msg *msg = c->ring[c->head];
+    size_t k = 1;
+    *bytes = nng_msg_len(msg);
+    if (!atomic_load(&c->bundles) || c->count < 2 || !bundleable(msg)) return 1;
+    while (k < c->count && k < AG_PROTO_MAX_BUNDLE) {
+        nng_msg *next = c->ring[(c->head + k) % c->ring_cap];
+        size_t len = nng_msg_len(next);
+        if (!bundleable(next) ||
+            ag_bundle_size((uint32_t)k + 1, *bytes + len) > c->opts.batch_bytes)
+            break;
+        *bytes += len;
+        k++;
+    }
+    return k;
+}
+
+/* The bundle of the k queued messages from the head; NULL without memory
+ * (they then go one by one). Lock not held: only this thread removes from
+ * the queue, and producers only append after it. */
+static nng_msg *bundle_of(ag_client *c, size_t k, size_t bytes) {
+    nng_msg *out = NULL;
+    size_t cap = ag_bundle_size((uint32_t)k, bytes);
+    if (nng_msg_alloc(&out, cap) != 0) return NULL;
+    ag_buf b;
+    ag_buf_init_fixed(&b, nng_msg_body(out), cap);
+    int rc = ag_bundle_begin(&b, (uint32_t)k);
+    for (size_t i = 0; !rc && i < k; i++) {
+        nng_msg *m = c->ring[(c->head + i) % c->ring_cap];
+        rc = ag_bundle_add(&b, nng_msg_body(m), nng_msg_len(m));
+    }
+    if (rc) {
+        nng_msg_free(out);
+        return NULL;
+    }
+    nng_msg_chop(out, cap - b.len);
+    return out;
+}
+
 static void *sender_main(void *arg) {
     ag_client *c = arg;
     pthread_mutex_lock(&c->mu);
@@ -208,24 +260,32 @@ static void *sender_main(void *arg) {
         if (c->stopping) break;
         /* only this thread removes from the queue, so the head stays put */
         nng_msg *msg = c->ring[c->head];
-        size_t len = nng_msg_len(msg);
+        size_t len, k = bundle_count(c, &len);
         pthread_mutex_unlock(&c->mu);
-        int rv = nng_sendmsg(c->push, msg, 0);
+        nng_msg *bundle = k > 1 ? bundle_of(c, k, len) : NULL;
+        if (!bundle) k = 1, len = nng_msg_len(msg);
+        size_t wire = bundle ? nng_msg_len(bundle) : len; /* nng owns it once sent */
+        int rv = nng_sendmsg(c->push, bundle ? bundle : msg, 0);
+        if (rv != 0 && bundle) nng_msg_free(bundle); /* nng keeps only what it sent */
         pthread_mutex_lock(&c->mu);
         if (rv == NNG_ETIMEDOUT || rv == NNG_EAGAIN)
             continue; /* no daemon yet: keep it, look at stopping, try again */
-        if (rv != 0) {
-            nng_msg_free(msg); /* the socket is unusable: count and move on */
-            c->stats.dropped++;
-            c->stats.records_dropped += c->ring_records[c->head];
-        } else {
-            c->stats.sent++;
-            c->stats.bytes_sent += len;
+        for (size_t i = 0; i < k; i++) {
+            nng_msg *m = c->ring[c->head];
+            if (rv != 0) {
+                nng_msg_free(m); /* the socket is unusable: count and move on */
+                c->stats.dropped++;
+                c->stats.records_dropped += c->ring_records[c->head];
+            } else {
+                if (bundle) nng_msg_free(m); /* sent inside the bundle */
+                c->stats.sent++;
+            }
+            c->head = (c->head + 1) % c->ring_cap;
         }
-        c->head = (c->head + 1) % c->ring_cap;
-        c->count--;
+        if (rv == 0) c->stats.bytes_sent += wire;
+        c->count -= k;
         c->bytes -= len;
-        c->finished++;
+        c->finished += k;
         pthread_cond_broadcast(&c->room);
         pthread_cond_broadcast(&c->drained);
         /* The first message is run_start: once it went out, ask the daemon

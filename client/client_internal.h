@@ -91,6 +91,8 @@ struct ag_client {
                                  * for them to leave before freeing */
     struct ag_query_slot *queries; /* queries in flight: close cancels their aios */
     int name_asked;                /* the name query was started */
+    _Atomic int bundles;           /* the daemon takes bundles (r_run's caps): the sender
+                                    * sends queued small snapshots several at a time */
     int name_err;                  /* the daemon cannot say the name: why (an ag_err) */
 };
 

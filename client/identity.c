@@ -177,6 +177,7 @@ static int name_reply(ag_client *c, nng_msg *msg) {
     int rc = ag_proto_decode(nng_msg_body(msg), nng_msg_len(msg), &reply);
     if (rc) return AG_EPROTO;
     if (reply.type == AG_MSG_R_RUN) {
+        atomic_store(&c->bundles, (reply.u.ident->caps & AG_CAP_BUNDLE) != 0);
         name_done(c, AG_OK, reply.u.ident->run);
     } else if (reply.type == AG_MSG_R_ERROR) {
         int code = reply.u.error.code;

@@ -302,6 +302,19 @@ int ag_client_top(ag_client *c, const char *run, const char *format, uint64_t wi
     return rc;
 }
 
+int ag_client_report(ag_client *c, const char *run, const char *formats, size_t width,
+                     ag_report **out) {
+    if (!c || !out) return AG_EINVAL;
+    ag_msg req = {.type = AG_MSG_Q_REPORT};
+    req.u.query.run = run;
+    req.u.query.formats = formats;
+    req.u.query.width = width;
+    void *res = NULL;
+    int rc = query(c, &req, &res);
+    *out = res;
+    return rc;
+}
+
 int ag_client_status(ag_client *c, ag_status **out) {
     if (!c || !out) return AG_EINVAL;
     ag_msg req = {.type = AG_MSG_Q_STATUS};

@@ -94,10 +94,17 @@ static void send_doc(ag_http_response *res, const ag_doc *d) {
     body_finish(&b, res, 200, JSON_TYPE);
 }
 
-/* A store failure as a response: unknown names are 404, the rest 500. */
+/* A store failure as a response: unknown names are 404, a value out of
+ * range or an answer too big (report's width, its rows) 400, the rest 500. */
 static void store_error(ag_http_response *res, ag_store *st, int rc) {
-    ag_http_error(res, rc == AG_ENOTFOUND ? 404 : 500,
-                  rc == AG_ENOTFOUND || rc == AG_ESTORE ? ag_store_errmsg(st) : ag_strerror(rc));
+    int asked = rc == AG_ERANGE || rc == AG_ETOOBIG;
+    const char *said = ag_store_errmsg(st);
+    ag_http_error(res,
+                  rc == AG_ENOTFOUND ? 404
+                  : asked            ? 400
+                                     : 500,
+                  (rc == AG_ENOTFOUND || rc == AG_ESTORE || asked) && *said ? said
+                                                                            : ag_strerror(rc));
 }
 
 /* ------------------------------------------------------------- parameters */
@@ -135,8 +142,10 @@ static int get_params(const char *query, const ag_field *f, size_t n, void *base
             ag_http_error(res, 400, err);
             return 1;
         }
-    /* names first, then formats, then numbers: the first bad one is said */
-    static const uint8_t kinds[] = {K_NAME, K_FMT, K_UINT};
+    /* names first, then formats, then numbers, then texts (report's list of
+     * formats, which the store checks name by name): the first bad one is
+     * said */
+    static const uint8_t kinds[] = {K_NAME, K_FMT, K_UINT, K_STR};
     for (size_t o = 0; o < sizeof kinds; o++)
         for (i = 0; i < n; i++) {
             int kind = kinds[o];
@@ -151,6 +160,11 @@ static int get_params(const char *query, const ag_field *f, size_t n, void *base
             }
             if (kind == K_FMT && !ag_http_valid_format(v)) {
                 snprintf(err, sizeof err, "bad format name '%s'", v);
+                ag_http_error(res, 400, err);
+                return 1;
+            }
+            if (kind == K_STR && strlen(v) > f[i].aux) {
+                snprintf(err, sizeof err, "%s is longer than %zu bytes", f[i].doc, f[i].aux);
                 ag_http_error(res, 400, err);
                 return 1;
             }

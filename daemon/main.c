@@ -66,6 +66,10 @@ typedef struct ag_daemon {
     size_t njobs;
     nng_msg *held_nng;
     ag_msg held_msg;
+    /* the messages of the last bundle taken (t = 6), each its own nng
+     * message, handled before anything more is taken from the ring */
+    nng_msg **split;
+    size_t nsplit, split_at;
     /* flip baselines: when the next sweep may start (0: one is running) */
     uint64_t next_persist_ms;
     /* snapshot jobs started, and that count at the last flush tick: spare
@@ -216,6 +220,55 @@ static int decode(ag_daemon *d, nng_msg *nm, ag_msg *m) {
     return rc;
 }
 
+/* Split the bundle nm into its messages (d->split, taken before the ring),
+ * as if they had arrived one by one; a malformed bundle is rejected whole.
+ * A message that cannot be copied is counted rejected. Frees nm. */
+static void unbundle(ag_daemon *d, nng_msg *nm) {
+    size_t len = nng_msg_len(nm), n = 0, i;
+    ag_errctx err = {0};
+    ag_bundle_entry *e = malloc(AG_PROTO_MAX_BUNDLE * sizeof *e);
+    if (!d->split) d->split = malloc(AG_PROTO_MAX_BUNDLE * sizeof *d->split);
+    int rc = !e || !d->split
+                 ? AG_ENOMEM
+                 : ag_proto_bundle_split(nng_msg_body(nm), len, e, AG_PROTO_MAX_BUNDLE, &n, &err);
+    if (rc) {
+        ag_log(&d->log, AG_LOG_WARNING, "ingest: rejected a %zu-byte bundle: %s (%s)", len,
+               ag_strerror(rc), ag_errctx_text(&err));
+        ag_engine_reject(d->engine, len);
+        n = 0;
+    }
+    d->nsplit = d->split_at = 0;
+    for (i = 0; i < n; i++) {
+        nng_msg *one = NULL;
+        if (nng_msg_alloc(&one, e[i].len) != 0) {
+            ag_log(&d->log, AG_LOG_ERROR, "ingest: out of memory splitting a bundle");
+            ag_engine_reject(d->engine, e[i].len);
+            continue;
+        }
+        memcpy(nng_msg_body(one), e[i].data, e[i].len);
+        d->split[d->nsplit++] = one;
+    }
+    if (n) ag_log(&d->log, AG_LOG_DEBUG, "ingest: a bundle of %zu messages", n);
+    free(e);
+    nng_msg_free(nm);
+}
+
+static int is_bundle(nng_msg *nm) {
+    int version, type;
+    return ag_proto_peek(nng_msg_body(nm), nng_msg_len(nm), &version, &type) == AG_OK &&
+           type == AG_MSG_BUNDLE;
+}
+
+/* The next message to handle: the rest of a split bundle first. */
+static nng_msg *next_message(ag_daemon *d) {
+    for (;;) {
+        if (d->split_at < d->nsplit) return d->split[d->split_at++];
+        nng_msg *nm = ag_ingest_pop(d->ingest);
+        if (!nm || !is_bundle(nm)) return nm;
+        unbundle(d, nm);
+    }
+}
+
 /* File one decoded message; never fails the daemon. */
 static void process(ag_daemon *d, nng_msg *nm, ag_msg *m) {
     ag_engine_job *job = NULL;
@@ -236,7 +289,7 @@ static void pump(ag_daemon *d) {
     for (int i = 0; i < PUMP_BATCH; i++) {
         if (ag_writer_full(d->writer)) return; /* woken by kick */
         if (!d->held_nng) {
-            nng_msg *nm = ag_ingest_pop(d->ingest);
+            nng_msg *nm = next_message(d);
             if (!nm) return;
             if (decode(d, nm, &d->held_msg)) continue;
             d->held_nng = nm;
@@ -355,7 +408,8 @@ static void drain_cb(uv_timer_t *t) {
     ag_daemon *d = t->data;
     if (!d->intake_closed) {
         size_t got = ag_ingest_take_received(d->ingest);
-        d->idle_ticks = got == 0 && ag_ingest_depth(d->ingest) == 0 && !d->njobs && !d->held_nng
+        d->idle_ticks = got == 0 && ag_ingest_depth(d->ingest) == 0 && !d->njobs && !d->held_nng &&
+                                d->split_at == d->nsplit
                             ? d->idle_ticks + 1
                             : 0;
         if (d->idle_ticks < DRAIN_IDLE_TICKS && now_ms() - d->drain_start_ms < DRAIN_MAX_MS) {
@@ -366,7 +420,8 @@ static void drain_cb(uv_timer_t *t) {
         d->intake_closed = 1;
     }
     pump(d);
-    if (d->njobs || d->held_nng || ag_ingest_depth(d->ingest) > 0) return; /* next tick */
+    if (d->njobs || d->held_nng || d->split_at < d->nsplit || ag_ingest_depth(d->ingest) > 0)
+        return; /* next tick */
     uv_timer_stop(t);
     ag_engine_expire(d->engine, 1); /* steps still waiting for ranks: incomplete */
     ag_engine_flush(d->engine);
@@ -692,6 +747,8 @@ int main(int argc, char **argv) {
         ag_msg_clear(&d->held_msg);
         nng_msg_free(d->held_nng);
     }
+    while (d->split_at < d->nsplit) nng_msg_free(d->split[d->split_at++]);
+    free(d->split);
     ag_query_stop(d->query);
     ag_writer_stop(d->writer);
     ag_engine_free(d->engine);

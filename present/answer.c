@@ -26,6 +26,7 @@ static int answer_client_run(ag_store *st, uint64_t client_id, ag_run_ident **ou
     if (!id) return AG_ENOMEM;
     id->run = ag_arena_strdup(id, run);
     id->launch = ag_arena_strdup(id, launch);
+    id->caps = AG_CAPS;
     if (!id->run || !id->launch) {
         ag_free(id);
         return AG_ENOMEM;

@@ -131,7 +131,7 @@ int ag_doc_answer(ag_doc *d, const ag_msg *req, const ag_msg *reply, const char 
     /* the names asked for: beside the result where it has no such field,
      * standing in for its own where it has one */
     for (size_t i = 0; i < n && nextra < AG_DOC_META_MAX; i++) {
-        if (!p[i].doc || !is_text(&p[i])) continue;
+        if (!p[i].doc || (p[i].kind != K_NAME && p[i].kind != K_FMT)) continue;
         ag_doc_field f = {p[i].doc, ag_cell_str(param_text(req, &p[i]))};
         if (has_field(spec, p[i].doc))
             given[ngiven++] = f;

@@ -29,6 +29,7 @@
 #define AG_PROTO_MAX_ITEMS 1048576u                  /* items in one query reply list */
 #define AG_PROTO_MAX_DEPTH 8                         /* nesting of skipped unknown values */
 #define AG_PROTO_MAX_TEXT 4096u                      /* status version/db_path/formats */
+#define AG_PROTO_MAX_BUNDLE 4096u                    /* messages in one bundle (t = 6) */
 #define AG_PROTO_MAX_COUNT_ITEMS AG_COUNTS_ITEMS_MAX /* tensors in one counts message */
 #define AG_PROTO_MAX_WORLD 65536u                    /* ranks of one run (run_start world) */
 
@@ -48,6 +49,7 @@ typedef enum ag_msg_type {
     AG_MSG_SNAPSHOT = 3,
     AG_MSG_RUN_END = 4,
     AG_MSG_COUNTS = 5, /* version 2, added later: counts computed by the trainer */
+    AG_MSG_BUNDLE = 6, /* version 2, added later: stream messages in one (bundle.c) */
     /* queries: client -> daemon over REQ/REP */
     AG_QUERY_LIST(AG_MSG_QR_) /* AG_MSG_Q_<NAME> = q and its reply AG_MSG_R_<NAME> */
     AG_MSG_R_ERROR = 63
@@ -166,17 +168,19 @@ typedef struct ag_msg_run_end {
 
 /* The arguments of every query type; unused fields are 0/NULL. */
 typedef struct ag_msg_query {
-    const char *run;    /* tensors, history, scales, top */
-    const char *tensor; /* history */
-    const char *format; /* history (NULL = "E5M2"), scales, top (NULL = "E5M2") */
-    uint64_t from_step; /* history */
-    uint64_t to_step;   /* history */
-    uint64_t every;     /* history */
-    uint64_t window;    /* top: most recent steps, 0 = all */
-    uint64_t limit;     /* top: 0 = 10 */
-    uint64_t client_id; /* run: the client asked about */
-    uint64_t cols;      /* history: item columns the requester reads; 0: those of a
+    const char *run;     /* tensors, history, scales, top */
+    const char *tensor;  /* history */
+    const char *format;  /* history (NULL = "E5M2"), scales, top (NULL = "E5M2") */
+    uint64_t from_step;  /* history */
+    uint64_t to_step;    /* history */
+    uint64_t every;      /* history */
+    uint64_t window;     /* top: most recent steps, 0 = all */
+    uint64_t limit;      /* top: 0 = 10 */
+    uint64_t client_id;  /* run: the client asked about */
+    uint64_t cols;       /* history: item columns the requester reads; 0: those of a
                          * requester that predates the key (ag_proto_reply_cols) */
+    const char *formats; /* report: comma-separated format names, NULL: the daemon's */
+    uint64_t width;      /* report: sparkline columns, 0: AG_REPORT_WIDTH_DEFAULT */
 } ag_msg_query;
 
 /* q_delivery asks for one client id, r_delivery answers: how many of that
@@ -192,7 +196,13 @@ typedef struct ag_msg_delivery {
 typedef struct ag_run_ident {
     const char *run;    /* the run's name (the daemon may have renamed it) */
     const char *launch; /* the client's launch id as the daemon holds it, "" if none */
+    uint64_t caps;      /* AG_CAP_* the daemon has; 0 from one that predates the key */
 } ag_run_ident;
+
+/* Capabilities a daemon announces in r_run (added later within version 2). */
+#define AG_CAP_BUNDLE 1u /* it takes bundles (t = 6) */
+/* What this build's daemon announces. */
+#define AG_CAPS AG_CAP_BUNDLE
 
 typedef struct ag_msg_error {
     int code;         /* an ag_err (negative) */
@@ -227,6 +237,7 @@ typedef struct ag_msg {
         ag_top_list *top;
         ag_status *status;
         ag_run_ident *ident;
+        ag_report *report;
     } u;
     size_t cols; /* a reply's item columns: encode, how many to send (0: all);
                   * decode, how many each item carried (the rest are 0/NULL) */
@@ -309,6 +320,29 @@ int ag_stats_batch_add(ag_stats_batch *sb, const ag_stat_record *r);
 /* Patch the count and append the seq/dropped trailer; sb->buf then holds one
  * complete message. AG_EINVAL for an empty batch. */
 int ag_stats_batch_end(ag_stats_batch *sb, uint64_t seq, uint64_t dropped);
+
+/* ------------------------------------------------------------------------
+ * Bundles (t = 6, PROTOCOL.md 3.6): complete encoded stream messages, 1 to
+ * AG_PROTO_MAX_BUNDLE of them, as the binary items of one message. A bundle
+ * is not itself a stream message (ag_proto_decode refuses it); the daemon
+ * splits it and decodes each message on its own.
+ * ---------------------------------------------------------------------- */
+typedef struct ag_bundle_entry {
+    const void *data; /* points into the bundle */
+    size_t len;
+} ag_bundle_entry;
+
+/* Start a bundle of count messages in b (appended); then ag_bundle_add each. */
+int ag_bundle_begin(ag_buf *b, uint32_t count);
+int ag_bundle_add(ag_buf *b, const void *msg, size_t len);
+/* At most the bytes a bundle of count messages of bytes bytes in all takes. */
+size_t ag_bundle_size(uint32_t count, size_t bytes);
+/* The messages of the bundle data[0..len) into out[0..*n) (max slots):
+ * AG_EPROTO for a malformed or empty one, AG_EVERSION below version 2,
+ * AG_ETOOBIG past max or AG_PROTO_MAX_BUNDLE messages; err says what. The
+ * entries are not checked: each is decoded on its own. */
+int ag_proto_bundle_split(const void *data, size_t len, ag_bundle_entry *out, size_t max, size_t *n,
+                          ag_errctx *err);
 
 /* Checks shared by codec and client. */
 int ag_proto_name_ok(const char *s, size_t len);        /* 1..AG_NAME_MAX, no NUL */

@@ -44,7 +44,9 @@
     X(STATUS, status, 21, AG_RESULT_STATUS, AG_Q_PUBLIC | AG_Q_LIVE,                               \
       ag_store_status(st, &out->u.status))                                                         \
     X(RUN, run, 22, -1, 0, answer_client_run(st, a->client_id, &out->u.ident))                     \
-    X(DELIVERY, delivery, 23, -1, 0, answer_delivery(st, req, out))
+    X(DELIVERY, delivery, 23, -1, 0, answer_delivery(st, req, out))                                \
+    X(REPORT, report, 24, AG_RESULT_REPORT, AG_Q_PUBLIC,                                           \
+      ag_store_report(st, a->run, a->formats, SIZE_ARG(a->width), &out->u.report))
 
 /* Query flags. */
 #define AG_Q_PUBLIC 1u /* a CLI command and an HTTP route of the same name */

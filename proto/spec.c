@@ -98,6 +98,15 @@ static const ag_field q_top_fields[] = {
     {"limit", K_UINT, F_OMIT0, U(query.limit), 0, "limit", 0},
 };
 
+/* report: formats is a comma-separated list (the store checks each name),
+ * at most AG_FORMATS_MAX names of AG_FORMAT_NAME_MAX bytes and their commas */
+static const ag_field q_report_fields[] = {
+    {"run", K_NAME, F_REQ, U(query.run), 0, "run", 0},
+    {"fmts", K_STR, F_OMIT0, U(query.formats), AG_FORMATS_MAX *(AG_FORMAT_NAME_MAX + 1), "format",
+     0},
+    {"width", K_UINT, F_OMIT0, U(query.width), 0, "width", 0},
+};
+
 static const ag_field q_client_fields[] = {
     {"cid", K_UINT, F_REQ, U(query.client_id), 0, NULL, 0},
 };
@@ -208,6 +217,19 @@ static const ag_field top_cols[] = {
 /* On the wire a top item is [tensor, stalled, total, stall_rate, steps]. */
 static const uint8_t top_wire[] = {0, 2, 3, 1, 4};
 
+static const ag_field report_fields[] = {ITEMS("rows")};
+#define REPORT(m, kind, flags, aux, show) C(ag_report_row, m, kind, flags, aux, show)
+static const ag_field report_cols[] = {
+    REPORT(tensor, K_NAME, F_REQ, 0, S_PLAIN),
+    REPORT(format, K_FMT, F_REQ, 0, S_PLAIN),
+    REPORT(steps, K_UINT, F_REQ, 0, S_PLAIN),
+    REPORT(last_rate, K_FLOAT, F_REQ | F_NONNEG, 0, S_RATE),
+    REPORT(mean_rate, K_FLOAT, F_REQ | F_NONNEG, 0, S_RATE),
+    REPORT(max_rate, K_FLOAT, F_REQ | F_NONNEG, 0, S_RATE),
+    /* 3 bytes of UTF-8 a column */
+    REPORT(sparkline, K_STR, F_REQ, 3 * AG_REPORT_WIDTH_MAX, S_PLAIN),
+};
+
 #define STATUS(wire, m, kind, flags, aux, show) R(ag_status, wire, m, kind, flags, aux, show)
 static const ag_field status_fields[] = {
     /* NULL: a database file no altgradd of schema version 4+ recorded */
@@ -238,6 +260,8 @@ static const ag_field status_fields[] = {
 static const ag_field ident_fields[] = {
     C(ag_run_ident, run, K_NAME, F_REQ, 0, S_PLAIN),
     C(ag_run_ident, launch, K_STR, F_REQ, AG_LAUNCH_ID_MAX, S_PLAIN),
+    /* added later within version 2: absent (0) from older daemons */
+    C(ag_run_ident, caps, K_UINT, F_OMIT0, 0, S_PLAIN),
 };
 
 static const ag_field r_delivery_fields[] = {
@@ -274,6 +298,7 @@ static const ag_spec specs[] = {
     BARE(AG_MSG_Q_STATUS),
     MSG(AG_MSG_Q_RUN, q_client_fields),
     MSG(AG_MSG_Q_DELIVERY, q_delivery_fields),
+    MSG(AG_MSG_Q_REPORT, q_report_fields),
     {AG_MSG_R_RUNS, runs_fields, N(runs_fields), sizeof(ag_run_list), sizeof(ag_run_info),
      offsetof(ag_run_list, items), offsetof(ag_run_list, n), runs_cols, N(runs_cols), NULL,
      RUNS_COLS_BASE},
@@ -287,6 +312,7 @@ static const ag_spec specs[] = {
      0},
     {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0, NULL, 0},
     MSG(AG_MSG_R_DELIVERY, r_delivery_fields),
+    LIST(AG_MSG_R_REPORT, ag_report, ag_report_row, report_fields, report_cols, NULL),
     MSG(AG_MSG_R_ERROR, error_fields),
 };
 
@@ -348,6 +374,7 @@ const char *ag_proto_type_name(int type) {
     case AG_MSG_SNAPSHOT: return "snapshot";
     case AG_MSG_RUN_END: return "run_end";
     case AG_MSG_COUNTS: return "counts";
+    case AG_MSG_BUNDLE: return "bundle";
 #define TYPE_NAMES_(NAME, name, q, result, flags, answer)                                          \
     case AG_MSG_Q_##NAME: return "q_" #name;                                                       \
     case AG_MSG_R_##NAME: return "r_" #name;

@@ -71,6 +71,24 @@ int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_
  * the highest seq among them (the q_delivery query; clients.delivered and
  * delivered_seq); 0 and 0 for a client never seen. */
 int ag_store_delivery(ag_store *st, uint64_t client_id, uint64_t *messages, uint64_t *last_seq);
+/* The report of a run (the report query, AG_MSG_Q_REPORT): every tensor with
+ * snapshots, by name, in each of formats (comma-separated; NULL: the
+ * daemon's recorded formats, else the file's, and then a format a tensor
+ * has no rows in is left out), with steps, last, mean and max stall rate
+ * and a sparkline of width columns (0: AG_REPORT_WIDTH_DEFAULT, at most
+ * AG_REPORT_WIDTH_MAX, else AG_ERANGE). An unknown run, or a named format
+ * the file does not know, is AG_ENOTFOUND; more than AG_STORE_MAX_POINTS
+ * rows or AG_STORE_REPORT_MAX_CELLS sparkline columns in all AG_ETOOBIG. */
+#define AG_STORE_REPORT_MAX_CELLS (16u * 1024u * 1024u)
+int ag_store_report(ag_store *st, const char *run, const char *formats, size_t width,
+                    ag_report **out);
+/* The sparkline of points[0..n) in at most width columns (column c pools
+ * points [c*n/cols, (c+1)*n/cols)), each U+2581..U+2588 by the rate of its
+ * summed counts, into buf (NUL-terminated UTF-8, 3 bytes a column; cap must
+ * hold 3 * columns + 1). Returns the columns written, 0 for no points, no
+ * width or a short buffer (buf then ""). */
+size_t ag_store_sparkline(const ag_history_point *points, size_t n, size_t width, char *buf,
+                          size_t cap);
 /* Stall rate of one run and format as tensors x step buckets, for a heatmap.
  * Bucket b of tensor t covers steps [from_step + b*width, from_step +
  * (b+1)*width - 1]; from_step is a multiple of width, and width is the

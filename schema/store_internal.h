@@ -110,6 +110,10 @@ struct ag_store {
     /* Rollup changes of the open transaction: open addressing on the key. */
     ag_rollup_acc *acc;
     size_t acc_cap, acc_n;
+    /* Per tier, the entry the last row went to (NULL: none): rows come
+     * sorted by tensor, format and step (the writer sorts its batch), so
+     * most fall in the same bucket as the one before. */
+    ag_rollup_acc *acc_last[AG_ROLLUP_TIERS];
 };
 
 /* Generated from schema/NNN_*.sql (embed_sql.cmake). */
@@ -164,5 +168,15 @@ int ag_store_exec_stmt(ag_store *st, sqlite3_stmt *s, const char *what);
 int ag_store_run_id(ag_store *st, const char *name, int64_t *id);
 /* Id of the format named name (NULL: "E5M2"). */
 int ag_store_format_id(ag_store *st, const char *name, int64_t *id);
+/* Grow *items (of elem bytes, *cap slots) inside the arena root to hold
+ * n + 1 items. */
+int ag_store_grow(void *root, void **items, size_t *cap, size_t n, size_t elem);
+/* The formats evaluated by default, comma-separated, into root: those the
+ * daemon recorded at its start, else every format the file knows (id order). */
+int ag_store_default_formats(ag_store *st, void *root, const char **out);
+/* One read transaction around a query of many statements (store_query.c):
+ * read_begin returns whether it began one, which read_end takes. */
+int ag_store_read_begin(ag_store *st);
+void ag_store_read_end(ag_store *st, int began);
 
 #endif

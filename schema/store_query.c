@@ -27,8 +27,7 @@ static double rate(uint64_t stalled, uint64_t total) {
     return total ? (double)stalled / (double)total : 0.0;
 }
 
-/* Grow *items (of elem bytes, *cap slots) inside root to hold one more. */
-static int grow(void *root, void **items, size_t *cap, size_t n, size_t elem) {
+int ag_store_grow(void *root, void **items, size_t *cap, size_t n, size_t elem) {
     if (n < *cap) return AG_OK;
     size_t ncap = *cap ? *cap * 2 : 16;
     void *p = ag_arena_grow(root, *items, *cap * elem, ncap * elem);
@@ -136,7 +135,8 @@ int ag_store_runs(ag_store *st, ag_run_list **out) {
     int err = s ? AG_OK : AG_ESTORE, rc;
     size_t cap = 0;
     while (!err && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
+        if ((err = ag_store_grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items)))
+            break;
         ag_run_info *r = &res->items[res->n];
         r->name = ag_arena_strdup(res, col_text(s, 0));
         r->host = ag_arena_strdup(res, col_text(s, 1));
@@ -185,7 +185,8 @@ int ag_store_tensors(ag_store *st, const char *run, ag_tensor_list **out) {
         sqlite3_bind_int64(s, 1, run_id);
     size_t cap = 0;
     while (!err && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
+        if ((err = ag_store_grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items)))
+            break;
         ag_tensor_info *t = &res->items[res->n++];
         t->name = ag_arena_strdup(res, col_text(s, 0));
         t->role = sqlite3_column_int(s, 1);
@@ -247,7 +248,7 @@ static int history_add(void *ctx, const ag_rollup_agg *b) {
                                   "history of %s in %s has more than %u points: ask for "
                                   "fewer with every (--every) or a step range",
                                   h->q->tensor, res->format, AG_STORE_MAX_POINTS);
-        int err = grow(res, (void **)&res->points, &h->cap, res->n, sizeof *res->points);
+        int err = ag_store_grow(res, (void **)&res->points, &h->cap, res->n, sizeof *res->points);
         if (err) return err;
         memset(&res->points[res->n++], 0, sizeof *res->points);
     }
@@ -348,7 +349,9 @@ static int history_q(ag_store *st, const ag_history_query *q, ag_history **out) 
                                      q->tensor, res->format, AG_STORE_MAX_POINTS);
                 break;
             }
-            if ((err = grow(res, (void **)&res->points, &cap, res->n, sizeof *res->points))) break;
+            if ((err =
+                     ag_store_grow(res, (void **)&res->points, &cap, res->n, sizeof *res->points)))
+                break;
             memset(&res->points[res->n], 0, sizeof *res->points);
             res->points[res->n++].complete = 1;
         }
@@ -391,7 +394,8 @@ int ag_store_scales(ag_store *st, const char *run, const char *format, ag_scale_
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         const char *name = col_text(s, 0);
         if (res->n && strcmp(res->items[res->n - 1].tensor, name) == 0) continue;
-        if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
+        if ((err = ag_store_grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items)))
+            break;
         ag_scale_info *i = &res->items[res->n++];
         i->tensor = ag_arena_strdup(res, name);
         i->step = col_u64(s, 1);
@@ -474,7 +478,8 @@ static int top_q(ag_store *st, const char *run, const char *format, uint64_t win
                                   0, &v)))
             break;
         if (sum.rows == 0) continue;
-        if ((err = grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items))) break;
+        if ((err = ag_store_grow(res, (void **)&res->items, &cap, res->n, sizeof *res->items)))
+            break;
         ag_top_entry *e = &res->items[res->n++];
         e->tensor = ag_arena_strdup(res, col_text(s, 1));
         e->stalled = sum.stalled;
@@ -578,7 +583,8 @@ static int heatmap_q(ag_store *st, const char *run, const char *format, size_t b
     size_t cap = 0;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (sqlite3_column_int64(s, 2) == 0) continue; /* statistics only */
-        if ((err = grow(res, (void **)&res->tensors, &cap, res->ntensors, sizeof *res->tensors)))
+        if ((err = ag_store_grow(res, (void **)&res->tensors, &cap, res->ntensors,
+                                 sizeof *res->tensors)))
             break;
         id_index *more = realloc(ids, cap * sizeof *ids);
         if (!more) {
@@ -748,6 +754,12 @@ static const char *canonical_path(void *res, const char *path) {
     return copy;
 }
 
+int ag_store_default_formats(ag_store *st, void *root, const char **out) {
+    int err = daemon_setting(st, root, "formats", out);
+    if (!err && !*out) err = known_formats(st, root, out);
+    return err;
+}
+
 int ag_store_status(ag_store *st, ag_status **out) {
     if (!st || !out) return AG_EINVAL;
     *out = NULL;
@@ -838,13 +850,13 @@ int ag_store_client_run(ag_store *st, uint64_t client_id, char *run, size_t run_
  * A query of many statements runs in one read transaction (one snapshot,
  * one lock, instead of one per statement), unless the connection is inside
  * a transaction of its own. */
-static int read_begin(ag_store *st) {
+int ag_store_read_begin(ag_store *st) {
     if (!st || st->in_txn || !sqlite3_get_autocommit(st->db)) return 0;
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_BEGIN_READ);
     return s && sqlite3_step(s) == SQLITE_DONE && (sqlite3_reset(s), 1);
 }
 
-static void read_end(ag_store *st, int began) {
+void ag_store_read_end(ag_store *st, int began) {
     if (!began) return;
     sqlite3_stmt *s = ag_store_stmt(st, AG_ST_COMMIT);
     if (s) {
@@ -854,21 +866,21 @@ static void read_end(ag_store *st, int began) {
 }
 
 int ag_store_history(ag_store *st, const ag_history_query *q, ag_history **out) {
-    int began = read_begin(st), err = history_q(st, q, out);
-    read_end(st, began);
+    int began = ag_store_read_begin(st), err = history_q(st, q, out);
+    ag_store_read_end(st, began);
     return err;
 }
 
 int ag_store_top(ag_store *st, const char *run, const char *format, uint64_t window, size_t limit,
                  ag_top_list **out) {
-    int began = read_begin(st), err = top_q(st, run, format, window, limit, out);
-    read_end(st, began);
+    int began = ag_store_read_begin(st), err = top_q(st, run, format, window, limit, out);
+    ag_store_read_end(st, began);
     return err;
 }
 
 int ag_store_heatmap(ag_store *st, const char *run, const char *format, size_t buckets,
                      ag_store_heat **out) {
-    int began = read_begin(st), err = heatmap_q(st, run, format, buckets, out);
-    read_end(st, began);
+    int began = ag_store_read_begin(st), err = heatmap_q(st, run, format, buckets, out);
+    ag_store_read_end(st, began);
     return err;
 }

@@ -55,12 +55,14 @@ static int acc_grow(ag_store *st) {
     free(st->acc);
     st->acc = tab;
     st->acc_cap = ncap;
+    memset(st->acc_last, 0, sizeof st->acc_last);
     return AG_OK;
 }
 
 void ag_rollup_forget(ag_store *st) {
     if (st->acc_n) memset(st->acc, 0, st->acc_cap * sizeof *st->acc);
     st->acc_n = 0;
+    memset(st->acc_last, 0, sizeof st->acc_last);
 }
 
 static double finite_or_0(double v) { return isfinite(v) ? v : 0.0; }
@@ -74,7 +76,11 @@ int ag_rollup_add(ag_store *st, const ag_store_result_row *r, int flips_unknown,
             return ag_store_failf(st, AG_ENOMEM, "%s: rollups: out of memory", st->path);
         }
         int64_t w = ag_rollup_widths[k];
-        ag_rollup_acc *a = slot_in(st->acc, st->acc_cap, r->tensor_id, r->format_id, w, step / w);
+        ag_rollup_acc *a = st->acc_last[k];
+        if (!a || a->bucket != step / w || a->tensor_id != r->tensor_id ||
+            a->format_id != r->format_id)
+            a = st->acc_last[k] =
+                slot_in(st->acc, st->acc_cap, r->tensor_id, r->format_id, w, step / w);
         if (!a->used) {
             *a = (ag_rollup_acc){.tensor_id = r->tensor_id,
                                  .format_id = r->format_id,

@@ -74,12 +74,6 @@ typedef struct cmd_def {
     unsigned allowed;  /* AG_OPT_* bits */
 } cmd_def;
 
-/* The CLI's own commands; every public query of proto/queries.h is a
- * command too (query_command). */
-static const cmd_def commands[] = {
-    {"report", AG_CMD_REPORT, 1, "report RUN", AG_OPT_FORMAT | AG_OPT_WIDTH},
-};
-
 /* Where each query parameter, by its name (proto/spec.c), lives in
  * ag_cli_args: a required name is a positional argument, anything else the
  * option of the same name. */
@@ -97,10 +91,10 @@ static const struct {
     {"every", ARG_U64, offsetof(ag_cli_args, every)},
     {"window", ARG_U64, offsetof(ag_cli_args, window)},
     {"limit", ARG_SIZE, offsetof(ag_cli_args, limit)},
+    {"width", ARG_SIZE, offsetof(ag_cli_args, width)},
 };
 
 #define NOPTIONS (sizeof options / sizeof options[0])
-#define NCOMMANDS (sizeof commands / sizeof commands[0])
 #define NPARAMS (sizeof params / sizeof params[0])
 #define MAX_POSITIONALS 8
 #define AG_CLI_TIMEOUT_MAX_MS 3600000
@@ -150,12 +144,8 @@ static const char usage_text[] =
 const char *ag_cli_usage(void) { return usage_text; }
 
 const char *ag_cli_cmd_name(ag_cli_cmd cmd) {
-    size_t i;
     const ag_query_def *def = ag_query_by_type((int)cmd);
-    if (def != NULL && (def->flags & AG_Q_PUBLIC)) return def->name;
-    for (i = 0; i < NCOMMANDS; i++)
-        if (commands[i].cmd == cmd) return commands[i].name;
-    return NULL;
+    return def != NULL && (def->flags & AG_Q_PUBLIC) ? def->name : NULL;
 }
 
 static int param_index(const char *name) {
@@ -408,9 +398,7 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap) {
         return usage_error(err, cap, "--timeout applies to the daemon, not to --db");
     if (npos == 0) return usage_error(err, cap, "no command given (try 'altgrad --help')");
 
-    for (i = 0; i < NCOMMANDS; i++)
-        if (strcmp(commands[i].name, pos[0]) == 0) cmd = &commands[i];
-    if (cmd == NULL && query_command(pos[0], &query_cmd, usage, sizeof usage)) cmd = &query_cmd;
+    if (query_command(pos[0], &query_cmd, usage, sizeof usage)) cmd = &query_cmd;
     if (cmd == NULL)
         return usage_error(err, cap, "unknown command '%s' (try 'altgrad --help')", pos[0]);
     a->cmd = cmd->cmd;
@@ -431,10 +419,6 @@ int ag_cli_parse(int argc, char **argv, ag_cli_args *a, char *err, size_t cap) {
     if (a->to_step != 0 && a->from_step > a->to_step)
         return usage_error(err, cap, "--from %llu is after --to %llu",
                            (unsigned long long)a->from_step, (unsigned long long)a->to_step);
-    if (cmd->cmd == AG_CMD_REPORT) {
-        a->run = pos[1];
-        return AG_OK;
-    }
     {
         /* a query's positionals are its required parameters, in order */
         size_t n, next = 1;

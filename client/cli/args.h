@@ -14,7 +14,6 @@
 
 typedef enum ag_cli_cmd {
     AG_CMD_NONE = 0,
-    AG_CMD_REPORT = 1, /* the CLI's own (report.c) */
     /* Every public query of proto/queries.h is a command of its name, and
      * its request type is the command's value; these name the ones the CLI
      * (or its tests) refer to. */
@@ -23,7 +22,8 @@ typedef enum ag_cli_cmd {
     AG_CMD_HISTORY = AG_MSG_Q_HISTORY,
     AG_CMD_SCALES = AG_MSG_Q_SCALES,
     AG_CMD_TOP = AG_MSG_Q_TOP,
-    AG_CMD_STATUS = AG_MSG_Q_STATUS
+    AG_CMD_STATUS = AG_MSG_Q_STATUS,
+    AG_CMD_REPORT = AG_MSG_Q_REPORT
 } ag_cli_cmd;
 
 /* Bits for the options a command accepts (and that were given). */
@@ -38,8 +38,8 @@ enum {
 };
 
 #define AG_CLI_ERR_MAX 256
-#define AG_CLI_REPORT_WIDTH_DEFAULT 40
-#define AG_CLI_REPORT_WIDTH_MAX 1000
+#define AG_CLI_REPORT_WIDTH_DEFAULT AG_REPORT_WIDTH_DEFAULT
+#define AG_CLI_REPORT_WIDTH_MAX AG_REPORT_WIDTH_MAX
 
 typedef struct ag_cli_args {
     const char *query_url; /* --query, or NULL */

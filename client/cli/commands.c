@@ -1,6 +1,6 @@
 /*
  * commands.c - the altgrad CLI's query commands: one for each public query
- * of proto/queries.h (status, runs, tensors, history, scales, top). The
+ * of proto/queries.h (status, runs, tensors, history, scales, top, report). The
  * command's request is built from its parameter table, asked of the source
  * and laid out with present/json_layout.c, the layouts the daemon's HTTP
  * API uses, so JSON, CSV, the table and GET /api/... share their keys;
@@ -21,7 +21,6 @@ int ag_cli_execute(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *er
     ag_cli_doc d;
     int rc;
 
-    if (a->cmd == AG_CMD_REPORT) return ag_cli_report(src, a, out, err, cap);
     if (ag_cli_request(a, &req) != AG_OK) {
         snprintf(err, cap, "no command");
         return AG_EINVAL;

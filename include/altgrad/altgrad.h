@@ -377,6 +377,27 @@ typedef struct ag_top_list {
     ag_top_entry *items; /* descending stall_rate, then name */
 } ag_top_list;
 
+/* One row of the report query: a weight tensor in one format over its whole
+ * run. mean_rate is over every point of the series; max_rate the largest of
+ * its points once downsampled to fit the sparkline (history --every K, K a
+ * multiple of a rollup tier past width points); last_rate the rate at the
+ * run's last step (or the series' last point). The sparkline has
+ * min(points, width) columns, each one character U+2581..U+2588 (UTF-8, 3
+ * bytes) of level round(rate * 7), the rate of the column's summed counts. */
+typedef struct ag_report_row {
+    const char *tensor;
+    const char *format;
+    uint64_t steps; /* result rows (snapshots) of the tensor in this format */
+    double last_rate;
+    double mean_rate;
+    double max_rate;
+    const char *sparkline;
+} ag_report_row;
+typedef struct ag_report {
+    size_t n;
+    ag_report_row *items; /* tensors by name, each in the formats' order */
+} ag_report;
+
 typedef struct ag_status {
     const char *version;
     double uptime_s;      /* 0 when read from a database file */
@@ -426,7 +447,8 @@ typedef enum ag_result {
     AG_RESULT_HISTORY = 2, /* ag_history_point */
     AG_RESULT_SCALES = 3,  /* ag_scale_info */
     AG_RESULT_TOP = 4,     /* ag_top_entry */
-    AG_RESULT_STATUS = 5   /* ag_status */
+    AG_RESULT_STATUS = 5,  /* ag_status */
+    AG_RESULT_REPORT = 6   /* ag_report_row */
 } ag_result;
 /* The i-th key (from 0) of result (an ag_result); NULL past the last key
  * or for an unknown result. A static string: never free it. */
@@ -736,6 +758,14 @@ AG_EXTERN int ag_client_scales(ag_client *c, const char *run, const char *format
 AG_EXTERN int ag_client_top(ag_client *c, const char *run, const char *format, uint64_t window,
                             size_t limit, ag_top_list **out);
 AG_EXTERN int ag_client_status(ag_client *c, ag_status **out);
+/* Every weight tensor of a run in every format of formats (a comma-separated
+ * list; NULL: those the daemon evaluates, and a format a tensor has no rows
+ * in is left out) with its stall rates and a sparkline of width columns
+ * (0: 40; at most AG_REPORT_WIDTH_MAX): what `altgrad report` prints. */
+#define AG_REPORT_WIDTH_DEFAULT 40
+#define AG_REPORT_WIDTH_MAX 1000
+AG_EXTERN int ag_client_report(ag_client *c, const char *run, const char *formats, size_t width,
+                               ag_report **out);
 /* The daemon's error text (or a local explanation) for the last failed query
  * on this thread with this handle, or "". With c NULL: why the last
  * ag_client_open on this thread failed, or "". A flush that failed leaves its

@@ -51,6 +51,7 @@ AG_RESULT_HISTORY = 2
 AG_RESULT_SCALES = 3
 AG_RESULT_TOP = 4
 AG_RESULT_STATUS = 5
+AG_RESULT_REPORT = 6
 
 AG_DTYPE_F32 = 0
 AG_DTYPE_BF16 = 1
@@ -197,6 +198,22 @@ class ag_top_list(ctypes.Structure):
         ("n", c_size_t),
         ("items", POINTER(ag_top_entry)),
     ]
+
+
+class ag_report_row(ctypes.Structure):
+    _fields_ = [
+        ("tensor", c_char_p),
+        ("format", c_char_p),
+        ("steps", c_uint64),
+        ("last_rate", c_double),
+        ("mean_rate", c_double),
+        ("max_rate", c_double),
+        ("sparkline", c_char_p),
+    ]
+
+
+class ag_report(ctypes.Structure):
+    _fields_ = [("n", c_size_t), ("items", POINTER(ag_report_row))]
 
 
 class ag_status(ctypes.Structure):

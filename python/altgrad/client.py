@@ -147,6 +147,8 @@ _SIGNATURES = {
     "ag_client_top": (c_int, [_client_p, c_char_p, c_char_p, c_uint64, c_size_t,
                               POINTER(POINTER(_lib.ag_top_list))]),
     "ag_client_status": (c_int, [_client_p, POINTER(POINTER(_lib.ag_status))]),
+    "ag_client_report": (c_int, [_client_p, c_char_p, c_char_p, c_size_t,
+                                 POINTER(POINTER(_lib.ag_report))]),
     "ag_client_last_error": (c_char_p, [_client_p]),
 }
 
@@ -784,6 +786,24 @@ class Client:
             return {"run": run, "format": _s(r.format) if r.format is not None else format,
                     "from_step": int(r.from_step), "to_step": int(r.to_step),
                     "tensors": [_row(r.items[i], top) for i in range(r.n)]}
+        finally:
+            self._free(res)
+
+    def report(self, run: str = None, formats: str = None, width: int = 0) -> dict:
+        """What `altgrad report` prints, in one query: {"run", "rows":
+        [{"tensor", "format", "steps", "last_rate", "mean_rate", "max_rate",
+        "sparkline"}, ...]}, every weight tensor by name in each of formats
+        (comma-separated; None: those the daemon evaluates), the sparkline
+        at most `width` columns (0: 40, at most 1000)."""
+        if isinstance(width, bool) or not isinstance(width, int) or width < 0:
+            raise ValueError(f"width must be an int >= 0, got {width!r}")
+        run = self._run_arg(run)
+        fmts = None if formats is None else formats.encode()
+        res = self._query("ag_client_report", _lib.ag_report, _name(run, "run"), fmts, width)
+        try:
+            r = res.contents
+            cols = _cols(_lib.AG_RESULT_REPORT)
+            return {"run": run, "rows": [_row(r.items[i], cols) for i in range(r.n)]}
         finally:
             self._free(res)
 

@@ -15,7 +15,8 @@ HEADER_DIR = os.path.join(ROOT, "include")
 
 STRUCTS = ["ag_format", "ag_stall_counts", "ag_run_info", "ag_run_list", "ag_tensor_info",
            "ag_tensor_list", "ag_history_point", "ag_history", "ag_history_query",
-           "ag_scale_info", "ag_scale_list", "ag_top_entry", "ag_top_list", "ag_status"]
+           "ag_scale_info", "ag_scale_list", "ag_top_entry", "ag_top_list", "ag_status",
+           "ag_report_row", "ag_report"]
 
 
 def c_layout(tmp_path, structs):

@@ -125,6 +125,25 @@ def test_top_puts_the_most_stalled_tensor_first(daemon):
         assert len(recent["tensors"]) == 1 and recent["tensors"][0]["steps"] == 2
 
 
+def test_report_gives_every_tensor_and_format_with_a_sparkline(daemon):
+    with daemon.client("report-run") as c:
+        w = torch.linspace(-1.0, 1.0, 64)
+        for step in range(4):
+            c.log_update(step, "frozen", w, torch.full((64,), 1e-6))
+        c.flush()
+        rep = eventually(lambda: (lambda r: r if r["rows"] and r["rows"][0]["steps"] == 4
+                                  else None)(c.report(formats="E3M4,E5M2", width=2)),
+                         what="report over four steps")
+        assert rep["run"] == "report-run"
+        assert [(r["tensor"], r["format"]) for r in rep["rows"]] == [("frozen", "E3M4"),
+                                                                     ("frozen", "E5M2")]
+        row = rep["rows"][0]
+        assert row["last_rate"] == row["mean_rate"] == row["max_rate"] == 1.0
+        assert row["sparkline"] == "\u2588\u2588"  # two columns, both fully stalled
+        with pytest.raises(NotFoundError):
+            c.report(formats="NOPE")
+
+
 def test_scales_follow_the_weights_amax(daemon):
     with daemon.client("scales-run") as c:
         c.log_update(0, "big", torch.full((16,), 124.0), torch.ones(16))

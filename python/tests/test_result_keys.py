@@ -13,6 +13,7 @@ RESULTS = {
     _lib.AG_RESULT_SCALES: _lib.ag_scale_info,
     _lib.AG_RESULT_TOP: _lib.ag_top_entry,
     _lib.AG_RESULT_STATUS: _lib.ag_status,
+    _lib.AG_RESULT_REPORT: _lib.ag_report_row,
 }
 
 
@@ -48,7 +49,7 @@ def test_no_column_list_is_kept_beside_the_library():
 
 def test_keys_end_with_null_and_unknown_results_have_none():
     fn = _lib.func("ag_result_key")
-    assert fn(_lib.AG_RESULT_STATUS + 1, 0) is None
+    assert fn(_lib.AG_RESULT_REPORT + 1, 0) is None
     assert fn(-1, 0) is None
     assert fn(_lib.AG_RESULT_TOP, 1) == b"stall_rate"
     assert fn(_lib.AG_RESULT_TOP, len(c_keys(_lib.AG_RESULT_TOP))) is None

@@ -28,7 +28,7 @@ static void *serve_names(void *arg) {
         nng_msg *msg;
         if (nng_recvmsg(s->rep, &msg, 0) != 0) break; /* closed */
         ag_msg req, rep = {.type = AG_MSG_R_ERROR};
-        ag_run_ident id = {s->name, "launch"};
+        ag_run_ident id = {s->name, "launch", 0};
         ag_buf out;
         ag_buf_init(&out);
         rep.u.error = (ag_msg_error){AG_EPROTO, "not a query"};

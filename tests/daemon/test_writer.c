@@ -249,3 +249,68 @@ Test(writer, queued_snapshot_bytes_above_their_mark_report_full) {
     cr_assert_eq(atomic_load(&space_calls), 1);
     ag_writer_stop(w);
 }
+
+/* The writer holds a batch's results and stats rows and writes them sorted
+ * by key: rows arriving step after step across tensors, with a key stored
+ * twice in one batch, leave what writing them one by one leaves (the later
+ * row of a key wins) and rollups that equal the raw rows' sums. */
+Test(writer, rows_written_sorted_leave_what_arrival_order_leaves) {
+    ag_writer *w = start(100000, 1000, 1000000, NULL);
+    ag_store *side = NULL;
+    cr_assert_eq(ag_store_open(&side, db, 0), AG_OK);
+    cr_assert_eq(ag_store_begin(side), AG_OK);
+    cr_assert_eq(ag_store_put_format(side, 2, ag_format_get("E3M4")), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(side, 2, 1, "u", 0), AG_OK);
+    cr_assert_eq(ag_store_commit(side), AG_OK);
+    ag_store_close(side);
+    for (uint64_t s = 30; s-- > 0;) /* descending steps, all in one batch */
+        for (int64_t t = 2; t >= 1; t--)
+            for (int64_t f = 2; f >= 1; f--) {
+                ag_write_item it = {.kind = AG_W_RESULT};
+                it.u.result = (ag_store_result_row){.tensor_id = t,
+                                                    .format_id = f,
+                                                    .step = s,
+                                                    .counts = {.stalled = s % 3, .total = 4},
+                                                    .amax = 1,
+                                                    .scale = 1};
+                cr_assert_eq(ag_writer_push(w, &it), AG_OK);
+                ag_write_item st = {.kind = AG_W_STATS};
+                st.u.stats = (ag_store_stats_row){t, 0, s, (double)s, 4, 0};
+                cr_assert_eq(ag_writer_push(w, &st), AG_OK);
+                ag_writer_boundary(w);
+            }
+    /* step 7 of t/E5M2 and its stats row again: these replace the first */
+    ag_write_item again = {.kind = AG_W_RESULT};
+    again.u.result = (ag_store_result_row){
+        .tensor_id = 1, .format_id = 1, .step = 7, .counts = {.stalled = 4, .total = 4}};
+    cr_assert_eq(ag_writer_push(w, &again), AG_OK);
+    ag_write_item rd = {.kind = AG_W_RUN_DELTA};
+    rd.u.run_delta = (ag_store_run_delta){.run_id = 1, .last_step = 29};
+    cr_assert_eq(ag_writer_push(w, &rd), AG_OK);
+    ag_writer_boundary(w);
+    ag_writer_stop(w);
+
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db, AG_STORE_READONLY), AG_OK);
+    ag_history_query q = {.run = "r", .tensor = "t"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+    cr_assert_eq(h->n, 30);
+    uint64_t stalled = 0;
+    for (size_t i = 0; i < h->n; i++) {
+        cr_assert_eq(h->points[i].step, i);
+        cr_assert_eq(h->points[i].stalled, i == 7 ? 4 : i % 3, "step %zu", i);
+        stalled += h->points[i].stalled;
+    }
+    ag_free(h);
+    /* the whole-run top reads the rollups: their sums are the rows' */
+    ag_top_list *top = NULL;
+    cr_assert_eq(ag_store_top(st, "r", "E5M2", 0, 10, &top), AG_OK);
+    for (size_t i = 0; i < top->n; i++)
+        if (strcmp(top->items[i].tensor, "t") == 0) {
+            cr_assert_eq(top->items[i].stalled, stalled);
+            cr_assert_eq(top->items[i].steps, 30);
+        }
+    ag_free(top);
+    ag_store_close(st);
+}

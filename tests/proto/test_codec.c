@@ -113,7 +113,7 @@ Test(codec, the_run_query_and_its_reply_round_trip) {
     ag_msg_clear(&d);
     ag_buf_free(&b);
 
-    ag_run_ident id = {"first-run.2", "launch-7"};
+    ag_run_ident id = {"first-run.2", "launch-7", AG_CAPS};
     m = (ag_msg){.type = AG_MSG_R_RUN};
     m.u.ident = &id;
     b = encode_ok(&m);
@@ -121,6 +121,7 @@ Test(codec, the_run_query_and_its_reply_round_trip) {
     cr_assert_eq(d.type, AG_MSG_R_RUN);
     cr_assert_str_eq(d.u.ident->run, "first-run.2");
     cr_assert_str_eq(d.u.ident->launch, "launch-7");
+    cr_assert_eq(d.u.ident->caps, AG_CAP_BUNDLE, "the daemon says it takes bundles");
     ag_run_ident *taken = ag_msg_take_result(&d);
     cr_assert_not_null(taken);
     ag_msg_clear(&d);
@@ -289,11 +290,11 @@ Test(codec, run_end_round_trips) {
 }
 
 Test(codec, every_query_round_trips_its_arguments) {
-    static const int types[] = {AG_MSG_Q_RUNS,   AG_MSG_Q_TENSORS, AG_MSG_Q_HISTORY,
-                                AG_MSG_Q_SCALES, AG_MSG_Q_TOP,     AG_MSG_Q_STATUS};
+    static const int types[] = {AG_MSG_Q_RUNS, AG_MSG_Q_TENSORS, AG_MSG_Q_HISTORY, AG_MSG_Q_SCALES,
+                                AG_MSG_Q_TOP,  AG_MSG_Q_STATUS,  AG_MSG_Q_REPORT};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         ag_msg m = {.type = types[i]};
-        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0, 0};
+        m.u.query = (ag_msg_query){"r", "t", "E3M4", 5, 10, 2, 100, 3, 0, 0, "E3M4,E5M2", 17};
         ag_buf b = encode_ok(&m);
         ag_msg d;
         decode_ok(&b, &d);
@@ -315,6 +316,12 @@ Test(codec, every_query_round_trips_its_arguments) {
             cr_assert_str_eq(q->format, "E3M4");
             cr_assert_eq(q->window, 100);
             cr_assert_eq(q->limit, 3);
+            break;
+        case AG_MSG_Q_REPORT:
+            cr_assert_str_eq(q->run, "r");
+            cr_assert_str_eq(q->formats, "E3M4,E5M2");
+            cr_assert_eq(q->width, 17);
+            cr_assert_null(q->format);
             break;
         default: cr_assert_null(q->run);
         }
@@ -527,6 +534,27 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     ag_msg_clear(&d);
     ag_buf_free(&b);
 
+    ag_report_row rr[2] = {{"w", "E5M2", 3000, 0.25, 0.125, 0.5, "\xe2\x96\x81\xe2\x96\x88"},
+                           {"v", "E3M4", 1, 0, 0, 0, ""}};
+    ag_report rep = {2, rr};
+    m = (ag_msg){.type = AG_MSG_R_REPORT};
+    m.u.report = &rep;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_eq(d.u.report->n, 2);
+    for (size_t i = 0; i < 2; i++) {
+        const ag_report_row *g = &d.u.report->items[i];
+        cr_assert_str_eq(g->tensor, rr[i].tensor);
+        cr_assert_str_eq(g->format, rr[i].format);
+        cr_assert_str_eq(g->sparkline, rr[i].sparkline);
+        cr_assert_eq(g->steps, rr[i].steps);
+        cr_assert_eq(g->last_rate, rr[i].last_rate);
+        cr_assert_eq(g->mean_rate, rr[i].mean_rate);
+        cr_assert_eq(g->max_rate, rr[i].max_rate);
+    }
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
     m = (ag_msg){.type = AG_MSG_R_STATUS};
     m.u.status = &st;
     b = encode_ok(&m);
@@ -710,4 +738,47 @@ Test(codec, history_items_longer_than_known_are_read_and_shorter_ones_refused) {
         }
         msgpack_sbuffer_destroy(&sb);
     }
+}
+
+/* Bundles (t = 6): what ag_bundle_begin/add write, split gives back; a
+ * bundle is no stream message of its own; malformed ones say why. */
+Test(codec, bundles_split_into_their_messages_and_malformed_ones_are_refused) {
+    ag_buf b;
+    ag_buf_init(&b);
+    cr_assert_eq(ag_bundle_begin(&b, 0), AG_EINVAL);
+    cr_assert_eq(ag_bundle_begin(&b, AG_PROTO_MAX_BUNDLE + 1), AG_EINVAL);
+    cr_assert_eq(ag_bundle_begin(&b, 3), AG_OK);
+    static const char *const msgs[] = {"a", "bc", "def"};
+    for (int i = 0; i < 3; i++) cr_assert_eq(ag_bundle_add(&b, msgs[i], strlen(msgs[i])), AG_OK);
+    cr_assert_leq(b.len, ag_bundle_size(3, 6));
+    ag_bundle_entry e[4];
+    size_t n = 0;
+    ag_errctx err = {0};
+    cr_assert_eq(ag_proto_bundle_split(b.data, b.len, e, 4, &n, &err), AG_OK);
+    cr_assert_eq(n, 3);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(e[i].len, strlen(msgs[i]));
+        cr_assert_eq(memcmp(e[i].data, msgs[i], e[i].len), 0);
+    }
+    int version, type;
+    cr_assert_eq(ag_proto_peek(b.data, b.len, &version, &type), AG_OK);
+    cr_assert_eq(type, AG_MSG_BUNDLE);
+    ag_msg d;
+    cr_assert_neq(ag_proto_decode(b.data, b.len, &d), AG_OK, "a bundle is split, not decoded");
+    cr_assert_eq(ag_proto_bundle_split(b.data, b.len, e, 2, &n, &err), AG_ETOOBIG);
+    cr_assert_eq(ag_proto_bundle_split(b.data, b.len - 1, e, 4, &n, &err), AG_EPROTO);
+    cr_assert_eq(n, 0);
+    ag_buf_free(&b);
+    const unsigned char empty[] = {0x83, 0xa1, 'v', 0x02, 0xa1, 't', 0x06,
+                                   0xa4, 'm',  's', 'g',  's',  0x90};
+    cr_assert_eq(ag_proto_bundle_split(empty, sizeof empty, e, 4, &n, &err), AG_EPROTO);
+    const unsigned char no_msgs[] = {0x82, 0xa1, 'v', 0x02, 0xa1, 't', 0x06};
+    cr_assert_eq(ag_proto_bundle_split(no_msgs, sizeof no_msgs, e, 4, &n, &err), AG_EPROTO);
+    const unsigned char v1[] = {0x83, 0xa1, 'v', 0x01, 0xa1, 't',  0x06, 0xa4,
+                                'm',  's',  'g', 's',  0x91, 0xc4, 0x01, 0x00};
+    cr_assert_eq(ag_proto_bundle_split(v1, sizeof v1, e, 4, &n, &err), AG_EVERSION);
+    const unsigned char twice[] = {0x84, 0xa1, 'v', 0x02, 0xa1, 't',  0x06, 0xa1, 't', 0x06,
+                                   0xa4, 'm',  's', 'g',  's',  0x91, 0xc4, 0x01, 0x00};
+    cr_assert_eq(ag_proto_bundle_split(twice, sizeof twice, e, 4, &n, &err), AG_EPROTO);
+    cr_assert_eq(strcmp(ag_proto_type_name(AG_MSG_BUNDLE), "bundle"), 0);
 }

@@ -4,7 +4,8 @@
  * a small queue, a slow receiver), a fifth queries a daemon that is absent,
  * then flush and close; then, on a second handle, two threads wait for the
  * run's name in ag_client_start_run while a third reads ag_client_run and a
- * fourth logs and a fifth flushes (asking q_delivery, which the test daemon
+ * fourth logs (small snapshots too, which go in bundles once the test daemon
+ * said it takes them) and a fifth flushes (asking q_delivery, which the test daemon
  * answers "nothing stored"), until it answers q_run (after two "not yet"s)
  * and the handle closes, counting what was never confirmed. Criterion's
  * runner cannot start under TSan here, so this is a plain program: `make
@@ -86,7 +87,7 @@ static void *names(void *a) {
         nng_msg *m;
         if (nng_recvmsg(rep, &m, 0) != 0) break;
         ag_msg req, out = {.type = AG_MSG_R_ERROR};
-        ag_run_ident id = {"tsan.2", ""};
+        ag_run_ident id = {"tsan.2", "", AG_CAP_BUNDLE}; /* it takes bundles */
         out.u.error = (ag_msg_error){AG_ENOTFOUND, "not yet"};
         int ok = ag_proto_decode(nng_msg_body(m), nng_msg_len(m), &req) == AG_OK;
         if (ok && req.type == AG_MSG_Q_RUN && ++asked > 2) {
@@ -130,7 +131,13 @@ static void *read_name(void *a) {
 }
 static void *log_more(void *a) {
     (void)a;
-    for (uint64_t s = 0; s < 200; s++) ag_client_log_amax(c, s, "x", AG_ROLE_WEIGHT, 1, 1, 0);
+    float w[16], g[16];
+    for (int i = 0; i < 16; i++) w[i] = 1, g[i] = 1e-4f;
+    for (uint64_t s = 0; s < 200; s++) {
+        ag_client_log_amax(c, s, "x", AG_ROLE_WEIGHT, 1, 1, 0);
+        /* small snapshots: once the name (and caps) is known, bundled */
+        ag_client_log_sgd(c, s, "y", w, g, 16, 0.01f);
+    }
     return NULL;
 }
 
