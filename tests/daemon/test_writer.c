@@ -275,7 +275,7 @@ Test(writer, rows_written_sorted_leave_what_arrival_order_leaves) {
                                                     .scale = 1};
                 cr_assert_eq(ag_writer_push(w, &it), AG_OK);
                 ag_write_item st = {.kind = AG_W_STATS};
-                st.u.stats = (ag_store_stats_row){t, 0, s, (double)s, 4, 0};
+                st.u.stats = (ag_store_stats_row){t, 0, s, (double)s, 4, 0, 1};
                 cr_assert_eq(ag_writer_push(w, &st), AG_OK);
                 ag_writer_boundary(w);
             }
