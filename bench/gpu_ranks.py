@@ -126,6 +126,7 @@ class Expected:
         self.rule = ScaleRule.from_status(status or {})
         self.hist = {}
         self.rows = {}
+        self.amax = {}  # (tensor, step): the whole tensor's amax (the history's input)
 
     def scale(self, name, amax, fmt_max):
         from altgrad._device import check_scale
@@ -153,6 +154,7 @@ class Expected:
         for f in FORMATS:
             self.rows[(name, step, f)] = {k: got[f][k] for k in KEYS}
             self.rows[(name, step, f)]["scale"] = scales[f]
+        self.amax[(name, step)] = amax
 
 
 def train(args, device, data, monitor_on, urls=None, launch=None, status=None):
@@ -279,8 +281,12 @@ def compare(args, urls, expected, world, replicated):
                             bad["ranks"] = [got_ranks, want_ranks]
                         mismatched += bool(bad)
                     if bad and len(first) < 20:
+                        # the amax the scale came from, step by step: what the
+                        # daemon stored (the Monitor's) against the gathered tensor's
+                        trail = [[s, pts[s].get("amax") if s in pts else None,
+                                  expected.amax.get((name, s))] for s in steps if s <= step]
                         first.append({"tensor": name, "step": step, "format": f,
-                                      "got_vs_expected": bad})
+                                      "got_vs_expected": bad, "amax_got_vs_expected": trail})
     return {"run": run, "tensors": len(names), "steps": steps, "formats": FORMATS,
             "points_compared": compared, "points_missing": missing,
             "points_mismatched": mismatched, "ranks_seen": ranks_seen,
