@@ -81,6 +81,13 @@ static void run_daemon_pass(ctx *c) {
     sink = (float)s[0].stalled + (float)q[0].sq_error;
 }
 
+/* The same without the quantization error: what it costs. */
+static void run_daemon_pass_noerr(ctx *c) {
+    ag_stall_counts s[NFMT] = {{0}};
+    ag_stall_encode_multi(c->fmts, c->scales, NFMT, 0, 0.01f, c->w, c->g, c->n, s, c->enc, NULL);
+    sink = (float)s[0].stalled;
+}
+
 static void run_encode(ctx *c) {
     ag_encode_array(c->fmts[c->which], c->scales[c->which], c->w, c->bits, c->n);
 }
@@ -156,6 +163,9 @@ int main(int argc, char **argv) {
     double td = best_time(run_daemon_pass, &c);
     printf("%-28s %12.1f %8.3f   (counts, patterns, quantization error)\n",
            "daemon pass 5+E4M3+BF16", (double)n / td / 1e6, base / td);
+    double tn = best_time(run_daemon_pass_noerr, &c);
+    printf("%-28s %12.1f %8.3f   (counts, patterns)\n", "  the same, no quant. error",
+           (double)n / tn / 1e6, base / tn);
     c.which = 3;
     double te = best_time(run_encode, &c);
     printf("%-28s %12.1f %8.3f\n", "encode_array E5M2", (double)n / te / 1e6, base / te);

@@ -271,7 +271,7 @@ AG_EXTERN int ag_quant_error_multi(const ag_format *const *fmts, const float *sc
             double se = 0.0;
             (params[f].half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
                 &params[f], scales[f], w + start, len, &se);
-            out[f].sq_error += se * (double)scales[f] * (double)scales[f];
+            out[f].sq_error += se * ((double)scales[f] * (double)scales[f]); /* as stall_multi */
             out[f].sq_signal += sig;
             out[f].count += cnt;
         }

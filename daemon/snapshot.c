@@ -411,7 +411,10 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
                                             .flips = job->flips[i],
                                             .amax = job->amax,
                                             .scale = job->scales[i],
-                                            .flips_unknown = job->flip_mode[i] == FLIPS_UNKNOWN};
+                                            .flips_unknown = job->flip_mode[i] == FLIPS_UNKNOWN,
+                                            .has_qerr = 1,
+                                            .mse = ag_quant_mse(&job->qerr[i]),
+                                            .sqnr_db = ag_quant_sqnr_db(&job->qerr[i])};
         if ((err = ag_eng_push(e, &it))) goto done;
     }
     ag_eng_touch_tensor(e, t, AG_ROLE_WEIGHT, job->step, job->numel, job->amax);

@@ -157,7 +157,8 @@ static const ag_field history_cols[] = {
     POINT(flips, K_UINT, F_REQ, S_UNKNOWN),   POINT(overflow, K_UINT, F_REQ, S_PLAIN),
     POINT(underflow, K_UINT, F_REQ, S_PLAIN), POINT(nonfinite, K_UINT, F_REQ, S_PLAIN),
     POINT(amax, K_FLOAT, F_REQ, S_PLAIN),     POINT(scale, K_FLOAT, F_REQ, S_PLAIN),
-    POINT(computed, K_STR, 0, S_NULLABLE),
+    POINT(computed, K_STR, 0, S_NULLABLE),    POINT(mse, K_FLOAT, F_NONNEG, S_NAN),
+    POINT(sqnr_db, K_FLOAT, 0, S_NAN),
 };
 
 static const ag_field scales_fields[] = {

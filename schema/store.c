@@ -45,8 +45,11 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6)",
     /* A step stored again replaces the row (AG_ST_RESULT_OLD/UPDATE), so its
      * rollups can take the old counts back. */
-    [AG_ST_PUT_RESULT] = "INSERT INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"
-                         " ON CONFLICT DO NOTHING",
+    [AG_ST_PUT_RESULT] =
+        "INSERT INTO results(tensor_id,format_id,step,stalled,total,flips,overflow,"
+        "underflow,nonfinite,amax,scale,source,mse,sqnr_db)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"
+        " ON CONFLICT DO NOTHING",
     [AG_ST_PUT_DROP] = "INSERT INTO drops VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SCALE] = "INSERT OR REPLACE INTO scales VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SNAPSHOT] = "INSERT OR REPLACE INTO snapshots VALUES(?1,?2,?3,?4)",
@@ -69,7 +72,7 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_TENSORS] = "SELECT name,role,numel,coalesce(first_step,0),last_step,snapshots,last_amax"
                       " FROM tensors WHERE run_id=?1 ORDER BY name",
     [AG_ST_HISTORY] = "SELECT step,stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
-                      ",source FROM results WHERE tensor_id=?1 AND format_id=?2"
+                      ",source,mse,sqnr_db FROM results WHERE tensor_id=?1 AND format_id=?2"
                       " AND step BETWEEN ?3 AND ?4 ORDER BY step",
     [AG_ST_SCALES] = "SELECT t.name,s.step,s.amax,s.scale FROM tensors t JOIN scales s"
                      " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
@@ -108,7 +111,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
                          " FROM results WHERE tensor_id=?1 AND format_id=?2 AND step=?3",
     [AG_ST_RESULT_UPDATE] =
         "UPDATE results SET stalled=?4,total=?5,flips=?6,overflow=?7,underflow=?8,"
-        "nonfinite=?9,amax=?10,scale=?11,source=?12 WHERE tensor_id=?1 AND format_id=?2 AND "
+        "nonfinite=?9,amax=?10,scale=?11,source=?12,mse=?13,sqnr_db=?14 WHERE tensor_id=?1 AND "
+        "format_id=?2 AND "
         "step=?3",
     [AG_ST_ROLLUP_UPSERT] =
         "INSERT INTO rollups VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,"

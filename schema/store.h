@@ -148,6 +148,11 @@ typedef struct ag_store_result_row {
     double scale;
     uint8_t flips_unknown; /* 1: flips is unknown (stored as NULL) */
     uint8_t source;        /* where it was computed: 0 the daemon, 1 the trainer's device */
+    /* the quantization error of w (docs/numerics.md): stored only with
+     * has_qerr (else NULL, as for counts from a trainer); a NaN is NULL */
+    uint8_t has_qerr;
+    double mse;
+    double sqnr_db;
 } ag_store_result_row;
 
 /* Per-run aggregate applied once per batch. */

@@ -161,6 +161,8 @@ static void bucket_add(ag_history_point *b, const ag_history_point *p) {
     b->amax = p->amax;
     b->scale = p->scale;
     b->computed = !b->computed || !strcmp(b->computed, p->computed) ? p->computed : "mixed";
+    b->mse = p->mse; /* the last's, as amax and scale */
+    b->sqnr_db = p->sqnr_db;
     b->stall_rate = rate(b->stalled, b->total);
 }
 
@@ -211,6 +213,8 @@ static int history_add(void *ctx, const ag_rollup_agg *b) {
                         : b->device_rows == b->rows ? "device"
                                                     : "mixed";
     p->computed = !p->computed || !strcmp(p->computed, where) ? where : "mixed";
+    p->mse = NAN; /* rollups keep no quantization error */
+    p->sqnr_db = NAN;
     h->in_point += b->rows;
     if (h->in_point >= h->every) h->in_point = 0;
     return AG_OK;
@@ -272,6 +276,9 @@ static int history_q(ag_store *st, const ag_history_query *q, ag_history **out) 
             .amax = sqlite3_column_double(s, 7),
             .scale = sqlite3_column_double(s, 8),
             .computed = sqlite3_column_int(s, 9) ? "device" : "daemon",
+            .mse = sqlite3_column_type(s, 10) == SQLITE_NULL ? NAN : sqlite3_column_double(s, 10),
+            .sqnr_db =
+                sqlite3_column_type(s, 11) == SQLITE_NULL ? NAN : sqlite3_column_double(s, 11),
         };
         if (in_bucket == 0) {
             if (res->n == AG_STORE_MAX_POINTS) {

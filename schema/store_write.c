@@ -123,6 +123,14 @@ static void bind_result(sqlite3_stmt *s, const ag_store_result_row *r) {
     sqlite3_bind_double(s, 10, isfinite(r->amax) ? r->amax : 0.0);
     sqlite3_bind_double(s, 11, isfinite(r->scale) ? r->scale : 0.0);
     sqlite3_bind_int(s, 12, r->source);
+    if (r->has_qerr && isfinite(r->mse))
+        sqlite3_bind_double(s, 13, r->mse);
+    else
+        sqlite3_bind_null(s, 13);
+    if (r->has_qerr && isfinite(r->sqnr_db))
+        sqlite3_bind_double(s, 14, r->sqnr_db);
+    else
+        sqlite3_bind_null(s, 14);
 }
 
 /* The step was stored before: take the old row's counts back out of the

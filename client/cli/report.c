@@ -128,8 +128,9 @@ static uint64_t every_for(uint64_t n, size_t width) {
 /* One row for one tensor in one format; h becomes owned by st on success.
  * steps and last_rate: the series' point count and its last point's rate. */
 static int add_row(ag_cli_doc *d, report_state *st, const char *tensor, const char *format,
-                   ag_history *h, size_t width, uint64_t steps, double last_rate) {
-    ag_cli_cell row[7];
+                   ag_history *h, size_t width, uint64_t steps, double last_rate,
+                   double last_sqnr) {
+    ag_cli_cell row[8];
     double stalled = 0, total = 0, max_rate = 0;
     size_t i, cap = 3 * width + 1;
     char *spark = malloc(cap);
@@ -153,7 +154,9 @@ static int add_row(ag_cli_doc *d, report_state *st, const char *tensor, const ch
     row[3] = ag_cli_rate(last_rate);
     row[4] = ag_cli_rate(total > 0 ? stalled / total : 0.0);
     row[5] = ag_cli_rate(max_rate);
-    row[6] = ag_cli_str(spark);
+    /* the last snapshot's SQNR (dB): null where unknown (docs/numerics.md) */
+    row[6] = isfinite(last_sqnr) ? ag_cli_f64(round(last_sqnr * 100) / 100) : ag_cli_null();
+    row[7] = ag_cli_str(spark);
     return ag_cli_doc_row(d, row);
 }
 
@@ -205,21 +208,27 @@ static void fetch_all(ag_cli_source *src, fetch_job *jobs, size_t n) {
     pthread_mutex_destroy(&p.mu);
 }
 
-/* The last point of one series, asked for alone (from its last step). */
-static int last_point_rate(ag_cli_source *src, ag_history_query q, uint64_t step, double *rate) {
+/* The last point of one series, asked for alone (from its last step): its
+ * rate and its quantization SQNR (downsampled points carry none). */
+static int last_point(ag_cli_source *src, ag_history_query q, uint64_t step, double *rate,
+                      double *sqnr) {
     ag_history *one = NULL;
     int rc;
     q.every = 1;
     q.from_step = q.to_step = step;
     rc = ag_cli_source_history(src, &q, &one);
-    if (rc == AG_OK && one->n > 0) *rate = one->points[one->n - 1].stall_rate;
+    if (rc == AG_OK && one->n > 0) {
+        *rate = one->points[one->n - 1].stall_rate;
+        *sqnr = one->points[one->n - 1].sqnr_db;
+    }
     ag_free(one);
     return rc;
 }
 
 int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err, size_t cap) {
-    static const char *const cols[] = {"tensor",    "format",   "steps",     "last_rate",
-                                       "mean_rate", "max_rate", "sparkline", NULL};
+    static const char *const cols[] = {"tensor",       "format",    "steps",
+                                       "last_rate",    "mean_rate", "max_rate",
+                                       "last_sqnr_db", "sparkline", NULL};
     static const char seed_formats[] = AG_DEFAULT_FORMATS;
     ag_tensor_list *tensors = NULL;
     ag_status *status = NULL;
@@ -305,7 +314,7 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
         fetch_job *j = &jobs[k];
         ag_history *h = j->h;
         const ag_top_entry *all = NULL, *last = NULL;
-        double last_rate = 0;
+        double last_rate = 0, last_sqnr = NAN, rate_again = 0;
         for (f = 0; f < nfmt; f++)
             if (formats[f] == j->q.format) {
                 all = find_entry(whole[f], j->q.tensor);
@@ -333,16 +342,18 @@ int ag_cli_report(ag_cli_source *src, const ag_cli_args *a, FILE *out, char *err
             continue;
         }
         last_rate = h->points[h->n - 1].stall_rate;
-        if (last != NULL)
-            last_rate = last->stall_rate;
-        else if (j->q.every > 1 &&
-                 (rc = last_point_rate(src, j->q, h->points[h->n - 1].step, &last_rate)) != AG_OK) {
+        last_sqnr = h->points[h->n - 1].sqnr_db;
+        if (j->q.every > 1 && (rc = last_point(src, j->q, h->points[h->n - 1].step, &rate_again,
+                                               &last_sqnr)) != AG_OK) {
             ag_cli_source_explain(src, rc, err, cap, "run '%s', tensor '%s', format '%s'", a->run,
                                   j->q.tensor, j->q.format);
             ag_free(h);
             goto fail;
         }
-        rc = add_row(&d, &st, j->q.tensor, j->q.format, h, a->width, all->steps, last_rate);
+        if (j->q.every > 1) last_rate = rate_again;
+        if (last != NULL) last_rate = last->stall_rate;
+        rc = add_row(&d, &st, j->q.tensor, j->q.format, h, a->width, all->steps, last_rate,
+                     last_sqnr);
         if (rc != AG_OK && (st.n == 0 || st.histories[st.n - 1] != h)) ag_free(h);
     }
     if (rc != AG_OK) {

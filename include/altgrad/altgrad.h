@@ -386,6 +386,13 @@ typedef struct ag_history_point {
     double scale;         /* the scale used for this format at this step */
     const char *computed; /* where: "daemon" (from a snapshot), "device" (counts sent by the
                            * trainer), "mixed" (a bucket of both); NULL from an older daemon */
+    /* The quantization error of the snapshot's weights in this format at
+     * this scale (docs/numerics.md): mean squared error and SQNR in dB. NaN
+     * when unknown (counts from a trainer, rows from before 0.2, a
+     * downsampled point, an older daemon; sqnr_db also for an exact or
+     * all-zero tensor); JSON null, an empty cell in tables and CSV. */
+    double mse;
+    double sqnr_db;
 } ag_history_point;
 typedef struct ag_history {
     const char *run;

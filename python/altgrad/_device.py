@@ -65,6 +65,8 @@ class FormatParams:
         self.has_nan = bool(f.has_nan)
         self.bits = int(f.bits)
         self.pattern_bytes = int(f.pattern_bytes)
+        # an unscaled twin (NAME-unscaled): the daemon's scale rule gives it 1
+        self.unscaled = bool(f.unscaled)
         # ag_qparams
         self.emin_bits = (self.emin + 127) << 23
         self.shift = 23 - self.M
@@ -408,6 +410,8 @@ class Watch:
         self.t_n = torch.tensor(self.numels or [0], dtype=torch.int64, device=dev)[:T]
         self.mf = torch.tensor([fp.max_finite for fp in self.fps], dtype=torch.float64,
                                device=dev)
+        self.unscaled_mask = torch.tensor([fp.unscaled for fp in self.fps], dtype=torch.bool,
+                                          device=dev)
         self.hist = torch.full((T, rule.history_len), math.nan, dtype=torch.float64, device=dev)
         self.scale_prev = torch.ones((T, F), dtype=torch.float64, device=dev)
         self.has_scale = torch.zeros(T, dtype=torch.bool, device=dev)
@@ -478,6 +482,8 @@ class Watch:
             s = torch.where(bad, torch.where(had, self.scale_prev, torch.ones_like(s)), s)
             s = torch.where(~ok[:, None] & had, self.scale_prev, s)
             s32 = s.to(torch.float32)
+        if any(fp.unscaled for fp in self.fps):  # weight storage: scale 1, as the daemon's
+            s32 = torch.where(self.unscaled_mask[None, :], torch.ones_like(s32), s32)
         self.scale_prev = torch.where(inc[:, None], s32.to(torch.float64), self.scale_prev)
         self.has_scale = self.has_scale | inc
         return s32

@@ -147,6 +147,8 @@ class ag_history_point(ctypes.Structure):
         ("amax", c_double),
         ("scale", c_double),
         ("computed", c_char_p),
+        ("mse", c_double),
+        ("sqnr_db", c_double),
     ]
 
 

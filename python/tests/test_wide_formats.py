@@ -151,3 +151,41 @@ def test_ocp_fp8_matches_torch_float8(name, dtype):
     want = x.to(dtype).float()
     got = quantize(x, fmt, 1.0)
     assert _same(got, want), name
+
+
+def test_device_watch_keeps_unscaled_twins_at_scale_1_and_counts_16_bit_flips():
+    import ctypes
+
+    from altgrad import _device, _lib
+    lib = _lib.lib()
+    assert altgrad.get_format("BF16-unscaled").name == "BF16-unscaled"
+    fmts = ["E5M2", "BF16-unscaled", "FP16"]
+    g = torch.Generator().manual_seed(5)
+    w1 = torch.randn(5000, generator=g) * 3
+    u = torch.randn(5000, generator=g) * 1e-2
+    w2 = w1 + u
+    watch = _device.Watch([5000], torch.float32, "cpu", fmts, _device.ScaleRule(), flips=True)
+    out = []
+    for w in (w1, w2):
+        watch.load_w([w])
+        watch.load_v([u])
+        out.append(watch.compute([0], update_form=True))
+    s1 = out[0]["scales"][0].tolist()
+    assert s1[1] == 1.0 and s1[0] != 1.0 and s1[2] != 1.0
+    # step 1's counts and step 2's flips match the C core in every format
+    for f, name in enumerate(fmts):
+        c = _lib.ag_stall_counts()
+        p = lib.ag_format_get(name.encode())
+        sc = float(out[0]["scales"][0][f])
+        assert lib.ag_stall_update(p, sc, w1.data_ptr(), u.data_ptr(), 5000,
+                                   ctypes.byref(c)) == 0
+        got = out[0]["counts"][0][f].tolist()
+        assert got[:5] == [c.stalled, c.total, c.overflow, c.underflow, c.nonfinite], name
+        prev = (ctypes.c_uint8 * (5000 * p.contents.pattern_bytes))()
+        assert lib.ag_encode_array(p, sc, w1.data_ptr(), prev, 5000) == 0
+        flips = ctypes.c_uint64(0)
+        assert lib.ag_count_pattern_flips(p, sc, prev, w2.data_ptr(), 5000,
+                                          ctypes.byref(flips)) == 0
+        assert int(out[1]["counts"][0][f][5]) == flips.value, name
+        # and flips equal total - stalled of step 1 (the update was applied)
+        assert flips.value == c.total - c.stalled, name

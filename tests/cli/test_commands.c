@@ -159,9 +159,9 @@ Test(commands, history_every_sums_buckets_and_csv_has_one_line_per_bucket) {
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--every", "2", "--csv"), AG_OK,
                  "%s", err);
     cr_assert_str_eq(out, "step,stalled,total,stall_rate,flips,overflow,underflow,nonfinite,"
-                          "amax,scale,computed\n"
-                          "2,3,20,0.15,2,0,0,0,0.5,0.25,daemon\n"
-                          "4,7,20,0.35,2,0,0,0,0.5,0.5,daemon\n");
+                          "amax,scale,computed,mse,sqnr_db\n"
+                          "2,3,20,0.15,2,0,0,0,0.5,0.25,daemon,,\n"
+                          "4,7,20,0.35,2,0,0,0,0.5,0.5,daemon,,\n");
     free(out);
 }
 
@@ -173,9 +173,9 @@ Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device
         CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--from", "3", "--csv"),
         AG_OK, "%s", err);
     cr_assert_str_eq(out, "step,stalled,total,stall_rate,flips,overflow,underflow,nonfinite,"
-                          "amax,scale,computed\n"
-                          "3,0,10,0,1,0,0,0,0.5,0.375,daemon\n"
-                          "4,0,10,0,,0,0,0,0.5,0.5,device\n");
+                          "amax,scale,computed,mse,sqnr_db\n"
+                          "3,0,10,0,1,0,0,0,0.5,0.375,daemon,,\n"
+                          "4,0,10,0,,0,0,0,0.5,0.5,device,,\n");
     free(out);
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--json"), AG_OK,
                  "%s", err);
@@ -190,7 +190,7 @@ Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device
     free(out);
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--from", "4"),
                  AG_OK, "%s", err);
-    /* column header and one row: the row has one word less (the empty flips cell) */
+    /* column header and one row: the row has three words less (the empty cells) */
     char *head = strstr(out, "step "), *row = head ? strchr(head, '\n') : NULL;
     cr_assert_not_null(row, "%s", out);
     size_t words[2] = {0, 0};
@@ -201,7 +201,8 @@ Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device
             in = *p != ' ';
         }
     }
-    cr_expect_eq(words[0], 11, "%s", out);
+    cr_expect_eq(words[0], 13, "%s", out);
+    /* flips, mse and sqnr_db are empty cells (counts from a trainer), not 0 */
     cr_expect_eq(words[1], 10, "flips is an empty cell, not 0: %s", out);
     cr_expect_not_null(strstr(row, "device"), "%s", out);
     free(out);
