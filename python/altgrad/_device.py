@@ -244,12 +244,16 @@ def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = 
     """See altgrad.torch.stall_counts."""
     if form not in ("update", "sgd"):
         raise ValueError(f"form must be 'update' or 'sgd', got {form!r}")
-    if isinstance(formats, str):
+    if isinstance(formats, str) or hasattr(formats, "_c"):
         formats = [formats]
     formats = list(formats)
     if not formats:
         raise ValueError("formats must name at least one format")
-    fps = [format_params(f) for f in formats]
+    # names, or format objects (altgrad.get_format, FP8Format): keyed by their
+    # name, counted as the C format they stand for
+    cnames = [f._c().contents.name.decode() if hasattr(f, "_c") else f for f in formats]
+    formats = [f.name if hasattr(f, "_c") else f for f in formats]
+    fps = [format_params(c) for c in cnames]
     if isinstance(scales, dict):
         missing = [f for f in formats if f not in scales]
         if missing:

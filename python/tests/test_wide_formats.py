@@ -189,3 +189,16 @@ def test_device_watch_keeps_unscaled_twins_at_scale_1_and_counts_16_bit_flips():
         assert int(out[1]["counts"][0][f][5]) == flips.value, name
         # and flips equal total - stalled of step 1 (the update was applied)
         assert flips.value == c.total - c.stalled, name
+
+
+def test_torch_stall_counts_takes_format_objects_of_every_width():
+    from altgrad.torch import stall_counts
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(3000, generator=g)
+    u = torch.randn(3000, generator=g) * 1e-3
+    objs = [altgrad.get_format(n) for n in ("E2M1", "E4M3", "BF16", "BF16-unscaled")]
+    by_obj = stall_counts(w, u, objs, [0.5, 0.01, 1.0, 1.0])
+    by_name = stall_counts(w, u, [f.name for f in objs], [0.5, 0.01, 1.0, 1.0])
+    assert by_obj == by_name and set(by_obj) == {"E2M1", "E4M3", "BF16", "BF16-unscaled"}
+    assert by_obj["BF16"] == by_obj["BF16-unscaled"]  # the same grid at the same scale
+    assert stall_counts(w, u, objs[0], 0.5) == {"E2M1": by_obj["E2M1"]}
