@@ -596,7 +596,8 @@ typedef struct ag_snapshot {
     size_t n;
     float lr;                   /* SGD form: finite */
     double scale;               /* > 0: use this scale for every format; 0: the daemon's */
-    const char *const *formats; /* NULL: the daemon's defaults; each must be known here */
+    const char *const *formats; /* NULL: the daemon's defaults; each must be known here
+                                 * ("BF16-unscaled": BF16 at scale 1, whatever scale says) */
     size_t nformats;            /* <= AG_FORMATS_MAX */
     /* 0: the tensor has n elements. Else w and g/u hold n of the tensor's
      * numel elements (>= n), a subset the caller took (e.g. on a GPU, before
