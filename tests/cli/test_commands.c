@@ -60,13 +60,17 @@ static void fill(void) {
                                  .counts = {.stalled = step, .total = 10},
                                  .flips = 1,
                                  .amax = 0.5,
-                                 .scale = (double)step / 8};
+                                 .scale = (double)step / 8,
+                                 .has_qerr = 1,
+                                 .mse = 1e-3 * (double)step,
+                                 .sqnr_db = 20.0 + (double)step};
         ag_store_stats_row s = {
             .tensor_id = 2, .role = AG_ROLE_ACTIVATION, .step = step, .amax = 3.0, .numel = 64};
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
         r.format_id = 2;
         r.counts.stalled = 0;
         r.flips_unknown = r.source = step == 4;
+        r.has_qerr = 0; /* E3M4: no quantization error known */
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
         cr_assert_eq(ag_store_put_stats(st, &s), AG_OK);
     }
@@ -257,7 +261,10 @@ Test(commands, report_covers_weight_tensors_in_every_known_format) {
         const char *fmt = jm_get(r, "format")->string;
         cr_assert_str_eq(jm_get(r, "tensor")->string, "fc1.weight");
         cr_assert_eq(jm_get(r, "steps")->number, 4);
+        const jm_value *sq = jm_get(r, "last_sqnr_db");
+        cr_assert_not_null(sq, "the column is there: %s", out);
         if (strcmp(fmt, "E5M2") == 0) {
+            cr_assert_eq(sq->number, 24.0, "the last step's: %s", out);
             cr_assert_eq(jm_get(r, "mean_rate")->number, 0.25);
             cr_assert_eq(jm_get(r, "last_rate")->number, 0.4);
             cr_assert_eq(jm_get(r, "max_rate")->number, 0.4);
@@ -267,6 +274,7 @@ Test(commands, report_covers_weight_tensors_in_every_known_format) {
         } else {
             cr_assert_str_eq(fmt, "E3M4");
             cr_assert_eq(jm_get(r, "mean_rate")->number, 0);
+            cr_assert_eq(sq->type, JM_NULL, "unknown: null, not 0: %s", out);
         }
     }
     jm_free(doc);
