@@ -202,3 +202,38 @@ def test_torch_stall_counts_takes_format_objects_of_every_width():
     assert by_obj == by_name and set(by_obj) == {"E2M1", "E4M3", "BF16", "BF16-unscaled"}
     assert by_obj["BF16"] == by_obj["BF16-unscaled"]  # the same grid at the same scale
     assert stall_counts(w, u, objs[0], 0.5) == {"E2M1": by_obj["E2M1"]}
+
+
+def test_the_daemon_files_twins_at_scale_1_with_the_quantization_error(daemon):
+    import ctypes
+
+    from altgrad import _lib
+    from daemon_fixture import eventually
+    lib = _lib.lib()
+    g = torch.Generator().manual_seed(21)
+    w = torch.randn(4096, generator=g) * 2
+    u = torch.randn(4096, generator=g) * 1e-3
+    fmts = ["BF16-unscaled", "E4M3", "FP16"]
+    with daemon.client("twins", policy="block") as c:
+        assert c.log_update(1, "w", w, u, scale=0.5, formats=fmts)
+        c.flush(20000)
+        for name in fmts:
+            h = eventually(lambda: (lambda r: r if r["points"] else None)(
+                c.history("w", format=name)), what=f"{name} point")
+            p = h["points"][0]
+            scale = 1.0 if name == "BF16-unscaled" else 0.5  # a twin keeps 1
+            assert p["scale"] == scale, name
+            f = lib.ag_format_get(name.encode())
+            cnt = _lib.ag_stall_counts()
+            assert lib.ag_stall_update(f, scale, w.data_ptr(), u.data_ptr(), 4096,
+                                       ctypes.byref(cnt)) == 0
+            assert (p["stalled"], p["total"], p["overflow"], p["underflow"]) == (
+                cnt.stalled, cnt.total, cnt.overflow, cnt.underflow), name
+            q = _lib.ag_quant_error()
+            sc = (ctypes.c_float * 1)(scale)
+            fp = (ctypes.POINTER(_lib.ag_format) * 1)(f)
+            assert lib.ag_quant_error_multi(fp, sc, 1, w.data_ptr(), 4096, ctypes.byref(q)) == 0
+            assert p["mse"] == lib.ag_quant_mse(ctypes.byref(q)), name
+            assert p["sqnr_db"] == lib.ag_quant_sqnr_db(ctypes.byref(q)), name
+        st = c.status()
+        assert "BF16-unscaled" not in st["formats"]  # the defaults are unchanged
