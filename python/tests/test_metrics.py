@@ -144,8 +144,13 @@ def test_every_family_is_documented_as_stable_and_every_documented_one_is_there(
     fams, doc = _families(scrape["text"]), _documented()
     assert set(fams) == set(doc), \
         f"undocumented: {sorted(set(fams) - set(doc))}, missing: {sorted(set(doc) - set(fams))}"
+    # the families of runs of many ranks have no sample in this scrape (its
+    # runs have one rank): no labels to see there, only their type
+    no_sample = {"altgrad_run_incomplete_steps", "altgrad_rank_dropped_total"}
     for name, (kind, labels) in fams.items():
         assert kind == doc[name][0], f"{name}: type {kind}, documented {doc[name][0]}"
+        if name in no_sample and not labels:
+            continue
         assert labels == doc[name][1], f"{name}: labels {labels}, documented {doc[name][1]}"
     # the data of the run is there, its odd name escaped as the format asks
     assert 'altgrad_stall_rate{run="mlp \\"quoted\\"\\\\run",tensor="fc1.weight",format="E5M2"}' \
