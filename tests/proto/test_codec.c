@@ -568,6 +568,27 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     cr_assert_eq(d.u.report->items[0].last_sqnr_db, 24.5);
     cr_assert(isnan(d.u.report->items[1].last_sqnr_db), "nil: unknown");
     ag_msg_clear(&d);
+    /* On the wire last_sqnr_db, added last, comes after the sparkline, so a
+     * receiver that reads 7 values skips it. */
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    cr_assert_eq(msgpack_unpack_next(&u, (const char *)b.data, b.len, NULL),
+                 MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object_array *items = NULL;
+    for (uint32_t k = 0; k < u.data.via.map.size; k++) {
+        const msgpack_object_kv *kv = &u.data.via.map.ptr[k];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 5 &&
+            memcmp(kv->key.via.str.ptr, "items", 5) == 0)
+            items = &kv->val.via.array;
+    }
+    cr_assert_not_null(items);
+    cr_assert_eq(items->size, 2);
+    const msgpack_object_array *row0 = &items->ptr[0].via.array, *row1 = &items->ptr[1].via.array;
+    cr_assert_eq(row0->size, 8);
+    cr_assert_eq(row0->ptr[6].type, MSGPACK_OBJECT_STR, "the sparkline 7th");
+    cr_assert_eq(row0->ptr[7].via.f64, 24.5, "last_sqnr_db 8th");
+    cr_assert_eq(row1->ptr[7].type, MSGPACK_OBJECT_NIL, "unknown: nil");
+    msgpack_unpacked_destroy(&u);
     ag_buf_free(&b);
 
     m = (ag_msg){.type = AG_MSG_R_STATUS};
