@@ -12,6 +12,7 @@
 
 #include "altgrad/altgrad.h"
 #include "core/kernel.h"
+#include "core/stall_encode.h"
 
 #define REPS 5
 
@@ -36,14 +37,19 @@ static void plain_read(const float *w, const float *g, size_t n) {
     sink = s;
 }
 
+/* The seed's five, then E4M3 and BF16 (issue 14). */
+#define NFMT 7
+static const char *const fmt_names[NFMT] = {"E0M7", "E1M6", "E3M4", "E5M2", "E7M0", "E4M3", "BF16"};
+
 typedef struct ctx {
     const float *w, *g;
     float *out;
     uint8_t *bits;
     size_t n;
-    const ag_format *fmts[5];
-    float scales[5];
+    const ag_format *fmts[NFMT];
+    float scales[NFMT];
     int which;
+    uint8_t *enc[NFMT]; /* the daemon's pass: patterns per format */
 } ctx;
 
 static void run_plain(ctx *c) { plain_read(c->w, c->g, c->n); }
@@ -57,6 +63,28 @@ static void run_stall_one(ctx *c) {
 static void run_stall_five(ctx *c) {
     ag_stall_counts s[5] = {{0}};
     ag_stall_sgd_multi(c->fmts, c->scales, 5, 0.01f, c->w, c->g, c->n, s);
+    sink = (float)s[0].stalled;
+}
+
+static void run_stall_seven(ctx *c) {
+    ag_stall_counts s[NFMT] = {{0}};
+    ag_stall_sgd_multi(c->fmts, c->scales, NFMT, 0.01f, c->w, c->g, c->n, s);
+    sink = (float)s[0].stalled;
+}
+
+/* What altgradd runs on a snapshot: counts, the patterns of every format
+ * and the quantization error, in one pass. */
+static void run_daemon_pass(ctx *c) {
+    ag_stall_counts s[NFMT] = {{0}};
+    ag_quant_error q[NFMT] = {{0}};
+    ag_stall_encode_multi(c->fmts, c->scales, NFMT, 0, 0.01f, c->w, c->g, c->n, s, c->enc, q);
+    sink = (float)s[0].stalled + (float)q[0].sq_error;
+}
+
+/* The same without the quantization error: what it costs. */
+static void run_daemon_pass_noerr(ctx *c) {
+    ag_stall_counts s[NFMT] = {{0}};
+    ag_stall_encode_multi(c->fmts, c->scales, NFMT, 0, 0.01f, c->w, c->g, c->n, s, c->enc, NULL);
     sink = (float)s[0].stalled;
 }
 
@@ -90,7 +118,7 @@ int main(int argc, char **argv) {
     size_t n = (size_t)16 << 20;
     if (argc > 1) n = (size_t)strtoull(argv[1], NULL, 10);
     float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g), *out = malloc(n * sizeof *out);
-    uint8_t *bits = malloc(n);
+    uint8_t *bits = malloc(2 * n);
     if (!w || !g || !out || !bits) {
         fprintf(stderr, "bench_core: out of memory\n");
         return 1;
@@ -103,10 +131,15 @@ int main(int argc, char **argv) {
         w[i] = (float)((double)(s >> 11) * 0x1p-53 * 2.0 - 1.0);
         g[i] = (float)((double)(s & 0xffffff) * 0x1p-24 - 0.5) * 1e-2f;
     }
-    ctx c = {w, g, out, bits, n, {0}, {0}, 0};
-    for (int i = 0; i < 5; i++) {
-        c.fmts[i] = ag_format_at((size_t)i);
+    ctx c = {w, g, out, bits, n, {0}, {0}, 0, {0}};
+    for (int i = 0; i < NFMT; i++) {
+        c.fmts[i] = ag_format_get(fmt_names[i]);
         c.scales[i] = (float)ag_compute_scale(1.0, c.fmts[i], AG_SCALE_MIN);
+        c.enc[i] = malloc(n * (size_t)c.fmts[i]->pattern_bytes);
+        if (!c.enc[i]) {
+            fprintf(stderr, "bench_core: out of memory\n");
+            return 1;
+        }
     }
     best_time(run_plain, &c); /* warm the pages */
     double base = best_time(run_plain, &c);
@@ -115,7 +148,7 @@ int main(int argc, char **argv) {
            n, REPS, ag_isa_name(ag_isa_current()));
     printf("%-28s %12s %8s\n", "kernel", "Melem/s", "ratio");
     printf("%-28s %12.1f %8.3f\n", "plain read (sum w+g)", base_rate / 1e6, 1.0);
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < NFMT; i++) {
         c.which = i;
         double t = best_time(run_stall_one, &c);
         char name[64];
@@ -125,9 +158,21 @@ int main(int argc, char **argv) {
     double t5 = best_time(run_stall_five, &c);
     printf("%-28s %12.1f %8.3f   (target >= 0.25)\n", "stall_sgd_multi 5 formats",
            (double)n / t5 / 1e6, base / t5);
+    double t7 = best_time(run_stall_seven, &c);
+    printf("%-28s %12.1f %8.3f\n", "stall_sgd_multi 5+E4M3+BF16", (double)n / t7 / 1e6, base / t7);
+    double td = best_time(run_daemon_pass, &c);
+    printf("%-28s %12.1f %8.3f   (counts, patterns, quantization error)\n",
+           "daemon pass 5+E4M3+BF16", (double)n / td / 1e6, base / td);
+    double tn = best_time(run_daemon_pass_noerr, &c);
+    printf("%-28s %12.1f %8.3f   (counts, patterns)\n", "  the same, no quant. error",
+           (double)n / tn / 1e6, base / tn);
     c.which = 3;
     double te = best_time(run_encode, &c);
     printf("%-28s %12.1f %8.3f\n", "encode_array E5M2", (double)n / te / 1e6, base / te);
+    c.which = 6;
+    double tb = best_time(run_encode, &c);
+    printf("%-28s %12.1f %8.3f\n", "encode_array BF16", (double)n / tb / 1e6, base / tb);
+    c.which = 3;
     double tq = best_time(run_quantize, &c);
     printf("%-28s %12.1f %8.3f\n", "quantize E5M2", (double)n / tq / 1e6, base / tq);
     double ta = best_time(run_amax, &c);
@@ -136,5 +181,6 @@ int main(int argc, char **argv) {
     free(g);
     free(out);
     free(bits);
+    for (int i = 0; i < NFMT; i++) free(c.enc[i]);
     return 0;
 }

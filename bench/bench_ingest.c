@@ -679,7 +679,7 @@ int main(int argc, char **argv) {
      * client and line (default 20). */
     const char *only = getenv("AG_BENCH_ONLY"), *steps_env = getenv("AG_BENCH_STEPS");
     int snapshots_only = only && strcmp(only, "snapshots") == 0;
-    int rss_only = only && strcmp(only, "rss") == 0; /* AG_BENCH_ONLY=rss: the RSS lines */
+    int rss_only = only && strcmp(only, "rss") == 0;       /* AG_BENCH_ONLY=rss: the RSS lines */
     int polled_only = only && strcmp(only, "polled") == 0; /* =polled: ingest while polled */
     size_t steps = steps_env ? strtoul(steps_env, NULL, 10) : 20;
     if (steps < 1 || steps > 100000) steps = 20;

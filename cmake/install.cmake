@@ -47,7 +47,7 @@ configure_package_config_file(${CMAKE_CURRENT_LIST_DIR}/altgradConfig.cmake.in
   INSTALL_DESTINATION ${AG_CMAKE_PACKAGE_DIR}
   PATH_VARS CMAKE_INSTALL_INCLUDEDIR)
 write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/altgradConfigVersion.cmake
-  VERSION ${PROJECT_VERSION} COMPATIBILITY SameMajorVersion)
+  VERSION ${PROJECT_VERSION} COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/altgradConfig.cmake
   ${CMAKE_CURRENT_BINARY_DIR}/altgradConfigVersion.cmake
   DESTINATION ${AG_CMAKE_PACKAGE_DIR} COMPONENT dev)

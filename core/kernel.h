@@ -91,6 +91,75 @@ AG_INLINE float ag_qvalue(const ag_qparams *p, float x) {
     return p->half_down ? ag_qvalue_hd(p, x, 1) : ag_qvalue_hd(p, x, 0);
 }
 
+/* Pattern constants of one format for encoding: the pattern of a grid
+ * magnitude m >= 2^emin is its float32 exponent rebiased and its top M
+ * mantissa bits; below 2^emin it is the mantissa field of m + 2^emin (exact:
+ * m is a multiple of 2^(emin - M)); the sign goes to bit E + M. */
+typedef struct ag_eparams {
+    uint32_t bias_adj;     /* bias - 127: float32 exponent field to format exponent field */
+    uint32_t mant_mask;    /* (1 << M) - 1 */
+    uint32_t sign_shift;   /* 31 - (E + M): float32 sign bit to the pattern's */
+    uint32_t sign_bit;     /* 1 << (E + M) */
+    uint32_t mag_mask;     /* sign_bit - 1 */
+    uint32_t over_pattern; /* what a magnitude past max_finite encodes to: inf or max */
+    uint32_t nan_pattern;  /* canonical NaN, or 0 where NaN encodes as +0 */
+    uint32_t nan_above;    /* magnitude patterns above it are NaN (mag_mask: none) */
+    float emin_value;      /* 2^emin */
+} ag_eparams;
+
+/* The canonical NaN pattern (e all ones; m = 1 with inf, else m all ones). */
+static inline uint32_t ag_nan_pattern_of(const ag_format *f) {
+    uint32_t emask = (1u << f->exponent_bits) - 1u, M = (uint32_t)f->mantissa_bits;
+    return (emask << M) | (f->has_inf ? 1u : (1u << M) - 1u);
+}
+
+static inline void ag_eparams_of(const ag_format *f, ag_eparams *e) {
+    uint32_t E = (uint32_t)f->exponent_bits, M = (uint32_t)f->mantissa_bits;
+    uint32_t emask = (1u << E) - 1u;
+    e->bias_adj = (uint32_t)(f->bias - 127);
+    e->mant_mask = (1u << M) - 1u;
+    e->sign_shift = 31u - (E + M);
+    e->sign_bit = 1u << (E + M);
+    e->mag_mask = e->sign_bit - 1u;
+    e->nan_pattern = f->has_nan ? ag_nan_pattern_of(f) : 0u;
+    /* the largest finite magnitude pattern: below inf, below the all-ones
+     * NaN, or all ones */
+    uint32_t max_pattern =
+        f->has_inf ? (emask << M) - 1u : (f->has_nan ? e->mag_mask - 1u : e->mag_mask);
+    e->over_pattern = f->has_inf ? emask << M : max_pattern;
+    e->nan_above = f->has_nan ? max_pattern + (uint32_t)f->has_inf : e->mag_mask;
+    e->emin_value = ag_bits_float((uint32_t)(f->min_exponent + 127) << 23);
+}
+
+/* The pattern of x from m = ag_qmag_hd(p, x) (m = |x| on the grid). */
+AG_INLINE uint32_t ag_pattern(const ag_qparams *p, const ag_eparams *e, float x, float m) {
+    uint32_t mb = ag_float_bits(m);
+    uint32_t sign = (ag_float_bits(x) >> e->sign_shift) & e->sign_bit;
+    uint32_t normal = (((mb >> 23) + e->bias_adj) << p->mant) | ((mb >> p->shift) & e->mant_mask);
+    uint32_t sub = (ag_float_bits(m + e->emin_value) >> p->shift) & e->mant_mask;
+    uint32_t mag = mb < p->emin_bits ? sub : normal;
+    mag = m > p->max_finite ? e->over_pattern : mag;
+    uint32_t out = (mag | sign) & (e->sign_bit | e->mag_mask);
+    return x != x ? e->nan_pattern : out;
+}
+
+/* The value of a pattern (decode), straight-line: the magnitude's float32
+ * bits are built directly; below 2^emin (e = 0, or a fixed-point format)
+ * (2^emin + m 2^(emin - M)) - 2^emin, exact. NaN patterns (magnitude above
+ * nan_above) give NaN, inf's pattern inf. */
+AG_INLINE float ag_pattern_value(const ag_qparams *p, const ag_eparams *e, const ag_format *f,
+                                 uint32_t b) {
+    uint32_t mag = b & e->mag_mask;
+    uint32_t ef = mag >> p->mant, m = mag & e->mant_mask;
+    uint32_t mbits = m << p->shift;
+    float sub = ag_bits_float(p->emin_bits | mbits) - e->emin_value;
+    float normal = ag_bits_float(((ef - e->bias_adj) << 23) | mbits);
+    float v = (f->exponent_bits == 0 || ef == 0) ? sub : normal;
+    v = (f->has_inf && mag == e->over_pattern) ? INFINITY : v;
+    v = mag > e->nan_above ? NAN : v;
+    return (b & e->sign_bit) ? -v : v;
+}
+
 /* Instruction sets the array kernels are compiled for, one variant each,
  * picked once at run time (cpu.c). Every variant computes the same bits. */
 enum { AG_ISA_BASE = 0, AG_ISA_AVX2 = 1, AG_ISA_AVX512 = 2, AG_ISA_COUNT = 3 };

@@ -100,7 +100,8 @@ static const opt options[] = {
      .def = AG_DEFAULT_FORMATS,
      .arg = "LIST",
      .file_ok = 1,
-     .help = "comma-separated 8-bit formats evaluated by default (built-in or defined)"},
+     .help = "comma-separated formats evaluated by default (built-in or defined); "
+             "NAME:unscaled (or NAME-unscaled) evaluates NAME at scale 1 (weight storage)"},
     {.name = "history-len",
      .type = OPT_INT,
      FIELD(history_len),
@@ -304,33 +305,56 @@ const char *ag_config_scale_mode_name(int scale_mode) {
 int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t errlen) {
     if (strlen(list) >= sizeof cfg->formats)
         return fail(err, errlen, AG_EINVAL, "--formats: list too long");
+    static const char unscaled[] = ":unscaled";
     size_t n = 0;
+    /* The list as the registry names its formats ("BF16:unscaled" becomes
+     * "BF16-unscaled"): what status reports and the Monitor reads back. */
+    char norm[sizeof cfg->formats];
+    size_t used = 0;
+    norm[0] = '\0';
     const char *p = list;
     while (*p) {
         const char *comma = strchr(p, ',');
         size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        size_t k = sizeof unscaled - 1;
+        int want_unscaled = len > k && strncmp(p + len - k, unscaled, k) == 0;
+        size_t nlen = want_unscaled ? len - k : len;
         char name[AG_FORMAT_NAME_MAX + 1];
-        if (len == 0 || len > AG_FORMAT_NAME_MAX)
+        if (nlen == 0 || nlen > AG_FORMAT_NAME_MAX)
             return fail(err, errlen, AG_EINVAL, "--formats: bad format name in '%s'", list);
-        memcpy(name, p, len);
-        name[len] = '\0';
+        memcpy(name, p, nlen);
+        name[nlen] = '\0';
         const ag_format *f = ag_format_get(name);
         if (!f)
             return fail(err, errlen, AG_EINVAL,
                         "--formats: unknown format '%s' (define it with --define-format "
                         "NAME=E,M,BIAS[,inf][,nan])",
                         name);
+        if (want_unscaled) {
+            int rc = ag_format_unscaled(f, &f);
+            if (rc)
+                return fail(err, errlen, AG_EINVAL,
+                            "--formats: '%s:unscaled': %s (the name %s-unscaled must fit %d "
+                            "characters)",
+                            name, ag_strerror(rc), name, AG_FORMAT_NAME_MAX);
+        }
         for (size_t i = 0; i < n; i++)
             if (cfg->fmts[i] == f)
-                return fail(err, errlen, AG_EINVAL, "--formats: '%s' given twice", name);
+                return fail(err, errlen, AG_EINVAL, "--formats: '%s' given twice", f->name);
         if (n == AG_FORMATS_MAX) return fail(err, errlen, AG_EINVAL, "--formats: too many formats");
+        size_t fl = strlen(f->name);
+        if (used + fl + 2 > sizeof norm)
+            return fail(err, errlen, AG_EINVAL, "--formats: list too long");
+        if (used) norm[used++] = ',';
+        memcpy(norm + used, f->name, fl + 1);
+        used += fl;
         cfg->fmts[n++] = f;
         p += len;
         if (*p == ',') p++;
     }
     if (n == 0) return fail(err, errlen, AG_EINVAL, "--formats: empty list");
     cfg->nfmts = n;
-    memmove(cfg->formats, list, strlen(list) + 1); /* list may be cfg->formats */
+    memcpy(cfg->formats, norm, used + 1);
     return AG_OK;
 }
 
@@ -365,13 +389,19 @@ static const char *impossible_why(const char *name, int E, int M, int bias, int 
                   c == '_' || c == '-';
     }
     if (!name_ok) return "the name must be 1..15 characters of [A-Za-z0-9_-]";
-    if (E + M != 7) return "E + M must be 7 (sign + exponent + mantissa = 8 bits)";
+    if (E + M < 3 || E + M > 15)
+        return "E + M must be 3..15 (sign + exponent + mantissa = 4 to 16 bits)";
     if (inf && !nan) return "inf needs nan too (e all ones: m = 0 is inf, any other m NaN)";
     if (inf && M == 0) return "inf needs mantissa bits (m = 0 is inf, the rest NaN)";
     if (E == 0 && (inf || nan || bias != 0))
         return "a fixed-point format (E = 0) takes bias 0 and no inf or nan";
     if (bias < -200 || bias > 200) return "the bias must be in -200..200";
-    return "its range does not fit float32's normal range, or NaN leaves no finite value";
+    size_t k = sizeof AG_UNSCALED_SUFFIX - 1;
+    if (n > k && strcmp(name + n - k, AG_UNSCALED_SUFFIX) == 0)
+        return "a name ending in -unscaled is the unscaled twin of a registered format "
+               "(with its definition)";
+    return "its range does not fit float32 (2^(1-bias) below 2^-126, or its largest value "
+           "2^128 or more), or NaN leaves no finite value";
 }
 
 int ag_config_define_format(ag_config *cfg, const char *spec, char *err, size_t errlen) {

@@ -256,6 +256,7 @@ void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
  * non-finite amax leaves the previous scale in force. */
 static double scale_from(ag_engine *e, const role_state *rs, int fi, const ag_format *f,
                          double ha) {
+    if (f->unscaled) return 1.0; /* weight storage: the format's own grid */
     if ((!(ha > 0) || !isfinite(ha)) && (rs->has_scale >> fi & 1)) return rs->scale[fi];
     double s = ag_compute_scale(ha > 0 && isfinite(ha) ? ha : 0.0, f, AG_SCALE_MIN);
     s *= e->margin_mult;

@@ -238,7 +238,7 @@ struct ag_engine_job {
     const ag_format *fmts[AG_FORMATS_MAX];
     int fidx[AG_FORMATS_MAX];
     float scales[AG_FORMATS_MAX];
-    uint8_t *cur[AG_FORMATS_MAX]; /* this snapshot's patterns, n bytes per format */
+    uint8_t *cur[AG_FORMATS_MAX]; /* this snapshot's patterns, n * pat_bytes per format */
     /* flips of format i: mode, and what it compares with (a pattern array
      * and its scale: the tensor's baseline, or cur[k] of the same format
      * named earlier in the message) */
@@ -247,6 +247,7 @@ struct ag_engine_job {
     float flip_scale[AG_FORMATS_MAX];
     ag_stall_counts counts[AG_FORMATS_MAX];
     uint64_t flips[AG_FORMATS_MAX];
+    ag_quant_error qerr[AG_FORMATS_MAX]; /* quantization error of w at scales[i] */
     float amax;
     uint64_t nonfinite;
     /* chunks: elements [c * chunk, ...), each with its own counts, summed in
@@ -258,6 +259,7 @@ struct ag_engine_job {
     size_t chunk, nchunks;
     ag_stall_counts *part_counts; /* nchunks * nf */
     uint64_t *part_flips;         /* nchunks * nf */
+    ag_quant_error *part_qerr;    /* nchunks * nf (sums in double, added in chunk order) */
     int *part_err;                /* nchunks */
     size_t reserved;              /* bytes counted in the engine's inflight_bytes */
     size_t bytes;                 /* of the message, for the bytes counter */
@@ -268,6 +270,9 @@ struct ag_engine_job {
     uint32_t ranks;
     int partial;
 };
+
+/* Bytes per element of f's pattern arrays (1, or 2 for formats wider than 8 bits). */
+static inline size_t pat_bytes(const ag_format *f) { return (size_t)f->pattern_bytes; }
 
 int64_t ag_eng_wall_ms(void);
 /* Registry index of f (0..AG_FORMATS_MAX-1), or -1. */

@@ -212,16 +212,18 @@ static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float 
             t->flips_lost |= 1ull << fi;
             continue;
         }
-        uint8_t *cur = malloc(n);
+        const ag_format *fmt = ag_format_at((size_t)fi);
+        size_t bytes = n * pat_bytes(fmt);
+        uint8_t *cur = malloc(bytes);
         if (!cur) return AG_ENOMEM;
-        if (ag_encode_array(ag_format_at((size_t)fi), s, w, cur, n)) {
+        if (ag_encode_array(fmt, s, w, cur, n)) {
             free(cur);
             t->flips_lost |= 1ull << fi;
             continue;
         }
         if (!t->prev[fi]) {
-            t->prev_bytes += n;
-            e->state_bytes += n;
+            t->prev_bytes += bytes;
+            e->state_bytes += bytes;
         }
         free(t->prev[fi]);
         t->prev[fi] = cur;

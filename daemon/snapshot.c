@@ -56,28 +56,45 @@ static void job_free(ag_engine *e, ag_engine_job *job) {
     if (job->base != job->wbuf) ag_eng_give(e, job->base, fbytes);
     ag_eng_give(e, job->wbuf, fbytes);
     ag_eng_give(e, job->xbuf, fbytes);
-    for (size_t i = 0; i < job->nf; i++) ag_eng_give(e, job->cur[i], job->n);
+    for (size_t i = 0; i < job->nf; i++)
+        ag_eng_give(e, job->cur[i], job->n * pat_bytes(job->fmts[i]));
     free(job->part_amax);
     free(job->part_bad);
     free(job->part_counts);
     free(job->part_flips);
+    free(job->part_qerr);
     free(job->part_err);
     free(job);
 }
 
-/* Bytes a snapshot job of n elements in nf formats holds while in flight:
- * the message (bytes), float32 conversions when not f32 (w and x), the
- * baseline copy of w when f32, and the new patterns. */
-static size_t job_cost(size_t n, size_t nf, int f32, size_t bytes) {
-    return bytes + (f32 ? 1 : 2) * n * sizeof(float) + n * nf;
+/* Bytes a snapshot job of n elements holds while in flight: the message
+ * (bytes), float32 conversions when not f32 (w and x), the baseline copy of
+ * w when f32, and the new patterns (pbytes per element: the sum of the
+ * formats' pattern bytes, 1 or 2 each). */
+static size_t job_cost(size_t n, size_t pbytes, int f32, size_t bytes) {
+    return bytes + (f32 ? 1 : 2) * n * sizeof(float) + n * pbytes;
+}
+
+/* The pattern bytes per element of the formats a snapshot names (unknown
+ * names count 2: the job will refuse them anyway), or of the defaults. */
+static size_t snapshot_pbytes(const ag_engine *e, const ag_msg_snapshot *s) {
+    size_t pb = 0;
+    if (s->nformats == 0) {
+        for (size_t i = 0; i < e->cfg->nfmts; i++) pb += pat_bytes(e->cfg->fmts[i]);
+        return pb;
+    }
+    for (size_t i = 0; i < s->nformats; i++) {
+        const ag_format *f = ag_format_get(s->formats[i]);
+        pb += f ? pat_bytes(f) : 2;
+    }
+    return pb;
 }
 
 int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes) {
     if (e->njobs == 0 || m->type != AG_MSG_SNAPSHOT) return 1;
     const ag_msg_snapshot *s = &m->u.snapshot;
-    size_t nf = s->nformats ? s->nformats : e->cfg->nfmts;
-    if (s->n > SIZE_MAX / (sizeof(float) * 2 + AG_FORMATS_MAX)) return 0;
-    size_t need = job_cost((size_t)s->n, nf, s->dtype == AG_DTYPE_F32, bytes);
+    if (s->n > SIZE_MAX / (sizeof(float) * 2 + 2 * AG_FORMATS_MAX)) return 0;
+    size_t need = job_cost((size_t)s->n, snapshot_pbytes(e, s), s->dtype == AG_DTYPE_F32, bytes);
     return e->state_bytes + e->inflight_bytes + need <= e->max_state_bytes;
 }
 
@@ -95,7 +112,8 @@ int ag_engine_may_overlap(const ag_msg *m, const char *const *tensors, size_t nj
 }
 
 int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag_engine_job **out) {
-    if (s->step > INT64_MAX || s->n == 0 || s->n > SIZE_MAX / (sizeof(float) * 2 + AG_FORMATS_MAX))
+    if (s->step > INT64_MAX || s->n == 0 ||
+        s->n > SIZE_MAX / (sizeof(float) * 2 + 2 * AG_FORMATS_MAX))
         return AG_ERANGE;
     /* The kernels scale in float32: a value float32 cannot hold (inf, or a scale
      * that rounds to 0) would fail them after the scale and history had been
@@ -132,20 +150,23 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
         }
         if ((err = ag_eng_format_id(e, job->fmts[i], job->fidx[i], &id))) goto fail;
     }
-    /* What the tensor keeps once this snapshot is its baseline: one n-byte
-     * pattern array per format it names (a shape change drops all the
-     * others) and its float32 weights until written; what it holds now is
-     * given back then. In flight the job holds job_cost besides. */
+    /* What the tensor keeps once this snapshot is its baseline: one pattern
+     * array per format it names (n bytes, 2n for 16-bit formats; a shape
+     * change drops all the others) and its float32 weights until written;
+     * what it holds now is given back then. In flight the job holds job_cost
+     * besides. */
     tensor_state *known = ag_map_get(&r->tensors, s->tensor);
-    size_t keep = job->n * job->nf + job->n * sizeof(float), had = 0;
+    size_t pbytes = 0;
+    for (size_t i = 0; i < job->nf; i++) pbytes += pat_bytes(job->fmts[i]);
+    size_t keep = job->n * pbytes + job->n * sizeof(float), had = 0;
     if (known) had = known->base_w ? known->base_n * sizeof(float) : 0;
     if (known && known->prev_n != job->n) had += known->prev_bytes;
     for (size_t i = 0; known && known->prev_n == job->n && i < job->nf; i++) {
         int again = 0;
         for (size_t k = 0; k < i; k++) again |= job->fidx[k] == job->fidx[i];
-        if (!again && known->prev[job->fidx[i]]) had += job->n;
+        if (!again && known->prev[job->fidx[i]]) had += job->n * pat_bytes(job->fmts[i]);
     }
-    size_t cost = job_cost(job->n, job->nf, s->dtype == AG_DTYPE_F32, 0);
+    size_t cost = job_cost(job->n, pbytes, s->dtype == AG_DTYPE_F32, 0);
     if (e->state_bytes + e->inflight_bytes + cost - had > e->max_state_bytes ||
         keep > e->max_state_bytes) {
         err = AG_ENOSPC;
@@ -173,7 +194,7 @@ void ag_eng_job_scales(ag_engine *e, ag_engine_job *job) {
     ag_eng_observe(e, rs, job->amax, pushable, job->fmts, job->fidx, job->nf, job->step);
     for (size_t i = 0; i < job->nf; i++) {
         int fi = job->fidx[i];
-        if (job->has_scale) {
+        if (job->has_scale && !job->fmts[i]->unscaled) { /* a twin stays at 1 */
             rs->scale[fi] = (double)(float)job->msg_scale;
             rs->hist_amax[fi] = ag_amax_history_get(rs->history);
         }
@@ -188,10 +209,12 @@ int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
     job->nchunks = (n + job->chunk - 1) / job->chunk;
     job->part_counts = calloc(job->nchunks * nf, sizeof *job->part_counts);
     job->part_flips = calloc(job->nchunks * nf, sizeof *job->part_flips);
+    job->part_qerr = calloc(job->nchunks * nf, sizeof *job->part_qerr);
     if (!job->part_err) job->part_err = calloc(job->nchunks, sizeof *job->part_err);
-    if (!job->part_counts || !job->part_flips || !job->part_err) return AG_ENOMEM;
+    if (!job->part_counts || !job->part_flips || !job->part_qerr || !job->part_err)
+        return AG_ENOMEM;
     for (size_t i = 0; i < nf; i++)
-        if (!(job->cur[i] = ag_eng_take(e, n))) return AG_ENOMEM;
+        if (!(job->cur[i] = ag_eng_take(e, n * pat_bytes(job->fmts[i])))) return AG_ENOMEM;
     if (job->wbuf) {
         job->base = job->wbuf; /* a conversion: already a copy */
     } else if (!(job->base = ag_eng_take(e, n * sizeof(float)))) {
@@ -278,12 +301,14 @@ void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     ag_stall_counts *counts = job->part_counts + c * nf;
     uint64_t *flips = job->part_flips + c * nf;
     uint8_t *cur[AG_FORMATS_MAX];
-    for (size_t i = 0; i < nf; i++) cur[i] = job->cur[i] + start;
+    for (size_t i = 0; i < nf; i++) cur[i] = job->cur[i] + start * pat_bytes(job->fmts[i]);
     if (job->base != job->w) memcpy(job->base + start, job->w + start, len * sizeof(float));
     int err = ag_stall_encode_multi(job->fmts, job->scales, nf, job->form != AG_FORM_SGD, job->lr,
-                                    job->w + start, job->x + start, len, counts, cur);
+                                    job->w + start, job->x + start, len, counts, cur,
+                                    job->part_qerr + c * nf);
     for (size_t i = 0; i < nf && !err; i++) {
-        const uint8_t *prev = job->flip_prev[i] ? job->flip_prev[i] + start : NULL;
+        const uint8_t *prev =
+            job->flip_prev[i] ? job->flip_prev[i] + start * pat_bytes(job->fmts[i]) : NULL;
         if (job->flip_mode[i] == FLIPS_BYTES)
             err = ag_count_pattern_changes(job->fmts[i], prev, cur[i], len, &flips[i]);
         else if (job->flip_mode[i] == FLIPS_ENCODE)
@@ -322,6 +347,10 @@ static int adopt(ag_engine *e, ag_engine_job *job) {
             job->counts[i].underflow += p->underflow;
             job->counts[i].nonfinite += p->nonfinite;
             job->flips[i] += job->part_flips[c * nf + i];
+            const ag_quant_error *q = &job->part_qerr[c * nf + i];
+            job->qerr[i].sq_error += q->sq_error;
+            job->qerr[i].sq_signal += q->sq_signal;
+            job->qerr[i].count += q->count;
         }
     }
     /* An incomplete step is not the whole tensor: its patterns compare with
@@ -329,7 +358,8 @@ static int adopt(ag_engine *e, ag_engine_job *job) {
     if (job->partial) return AG_OK;
     if (t->prev_n != job->n) { /* shape changed: earlier snapshots are not comparable */
         for (int i = 0; i < AG_FORMATS_MAX; i++) {
-            ag_eng_give(e, t->prev[i], t->prev_n);
+            if (t->prev[i])
+                ag_eng_give(e, t->prev[i], t->prev_n * pat_bytes(ag_format_at((size_t)i)));
             t->prev[i] = NULL;
         }
         t->prev_n = job->n;
@@ -337,7 +367,7 @@ static int adopt(ag_engine *e, ag_engine_job *job) {
     for (size_t i = 0; i < nf; i++) {
         int fi = job->fidx[i];
         /* the replaced baseline, or (a format named twice) the earlier copy of this job */
-        ag_eng_give(e, t->prev[fi], job->n);
+        ag_eng_give(e, t->prev[fi], job->n * pat_bytes(job->fmts[i]));
         t->prev[fi] = job->cur[i];
         job->cur[i] = NULL;
         t->prev_scale[fi] = job->scales[i];
@@ -366,7 +396,8 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     if (job->client) job->client->jobs--;
     if (!err) err = adopt(e, job);
     size_t kept = 0; /* the baseline may have been replaced or dropped */
-    for (int i = 0; i < AG_FORMATS_MAX; i++) kept += t->prev[i] ? t->prev_n : 0;
+    for (int i = 0; i < AG_FORMATS_MAX; i++)
+        kept += t->prev[i] ? t->prev_n * pat_bytes(ag_format_at((size_t)i)) : 0;
     e->state_bytes = e->state_bytes - t->prev_bytes + kept;
     t->prev_bytes = kept;
     if (err) goto done;
@@ -390,7 +421,10 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
                                             .scale = job->scales[i],
                                             .flips_unknown = job->flip_mode[i] == FLIPS_UNKNOWN,
                                             .ranks = job->ranks ? job->ranks : 1,
-                                            .incomplete = (uint8_t)job->partial};
+                                            .incomplete = (uint8_t)job->partial,
+                                            .has_qerr = 1,
+                                            .mse = ag_quant_mse(&job->qerr[i]),
+                                            .sqnr_db = ag_quant_sqnr_db(&job->qerr[i])};
         if ((err = ag_eng_push(e, &it))) goto done;
     }
     ag_eng_touch_tensor(e, t, AG_ROLE_WEIGHT, job->step, job->numel, job->amax);

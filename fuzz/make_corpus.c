@@ -103,7 +103,7 @@ int main(int argc, char **argv) {
     m = (ag_msg){.type = AG_MSG_R_RUNS};
     m.u.runs = &rl;
     bad |= save(dir, "r_runs", &m);
-    ag_history_point pt = {1, 2, 3, 0.5, 4, 5, 6, 7, 8, 9};
+    ag_history_point pt = {1, 2, 3, 0.5, 4, 5, 6, 7, 8, 9, "daemon", 1, 1, 0.25, 30.5};
     ag_history hist = {"r", "t", "E5M2", 1, &pt};
     m = (ag_msg){.type = AG_MSG_R_HISTORY};
     m.u.history = &hist;

@@ -10,6 +10,7 @@
  */
 #include "present/json.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -32,6 +33,7 @@ static ag_cell field_cell(const ag_field *f, const void *base) {
     }
     case K_FLOAT: {
         double v = *(const double *)(const void *)p;
+        if (f->show == S_NAN && isnan(v)) return ag_cell_unknown();
         return f->show == S_RATE ? ag_cell_rate(v) : ag_cell_f64(v);
     }
     case K_ENUM: {

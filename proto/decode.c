@@ -89,6 +89,11 @@ static int d_scalar(dec *d, const ag_field *f, char *base) {
     case K_INT: return ag_rd_int(&d->rd, at);
     case K_FLOAT:
     case K_SCALE:
+        if (f->kind == K_FLOAT && f->show == S_NAN && d->rd.p < d->rd.end && *d->rd.p == 0xc0) {
+            d->rd.p++; /* nil: unknown */
+            *(double *)at = NAN;
+            return AG_OK;
+        }
         if ((rc = ag_rd_float(&d->rd, &x))) return rc;
         if (!isfinite(x)) BAD(d, "a number is not finite", AG_EPROTO);
         if ((f->flags & F_NONNEG) && x < 0) BAD(d, "a number is negative", AG_EPROTO);
@@ -282,6 +287,11 @@ static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spe
         if (ncols < spec->ncols_base || (i > 0 && ncols != d->cols))
             BAD(d, "a reply item has the wrong number of values", AG_EPROTO);
         d->cols = ncols;
+        for (size_t c = ncols; c < spec->ncols; c++) { /* not sent: unknown, not 0 */
+            const ag_field *cf = ag_spec_wire_col(spec, c);
+            if (cf->kind == K_FLOAT && cf->show == S_NAN)
+                *(double *)(items + i * spec->item_size + cf->off) = NAN;
+        }
         for (size_t c = 0; c < ncols; c++)
             if ((rc = c < spec->ncols
                           ? d_scalar(d, ag_spec_wire_col(spec, c), items + i * spec->item_size)

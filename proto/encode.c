@@ -45,6 +45,10 @@ static int put_scalar(msgpack_packer *pk, const ag_field *f, const char *base, c
     case K_INT: msgpack_pack_int64(pk, *(const int64_t *)at); return AG_OK;
     case K_FLOAT:
         d = *(const double *)at;
+        if (f->show == S_NAN && isnan(d)) { /* unknown */
+            msgpack_pack_nil(pk);
+            return AG_OK;
+        }
         if (!isfinite(d) || ((f->flags & F_NONNEG) && d < 0))
             FAIL("a number is not finite or out of range", AG_EINVAL);
         msgpack_pack_double(pk, d);

@@ -187,7 +187,8 @@ static const ag_field history_cols[] = {
     POINT(underflow, K_UINT, F_REQ, S_PLAIN), POINT(nonfinite, K_UINT, F_REQ, S_PLAIN),
     POINT(amax, K_FLOAT, F_REQ, S_PLAIN),     POINT(scale, K_FLOAT, F_REQ, S_PLAIN),
     POINT(computed, K_STR, 0, S_NULLABLE),    POINT(ranks, K_UINT, F_REQ, S_PLAIN),
-    POINT(complete, K_UINT, F_REQ, S_PLAIN),
+    POINT(complete, K_UINT, F_REQ, S_PLAIN),  POINT(mse, K_FLOAT, F_NONNEG, S_NAN),
+    POINT(sqnr_db, K_FLOAT, 0, S_NAN),
 };
 
 static const ag_field scales_fields[] = {
@@ -226,9 +227,15 @@ static const ag_field report_cols[] = {
     REPORT(last_rate, K_FLOAT, F_REQ | F_NONNEG, 0, S_RATE),
     REPORT(mean_rate, K_FLOAT, F_REQ | F_NONNEG, 0, S_RATE),
     REPORT(max_rate, K_FLOAT, F_REQ | F_NONNEG, 0, S_RATE),
+    /* the SQNR of the series' last row: nil (unknown) for counts from a
+     * trainer, a row from before schema 10, an exact or all-zero tensor */
+    REPORT(last_sqnr_db, K_FLOAT, 0, 0, S_NAN),
     /* 3 bytes of UTF-8 a column */
     REPORT(sparkline, K_STR, F_REQ, 3 * AG_REPORT_WIDTH_MAX, S_PLAIN),
 };
+/* On the wire a report item is [tensor, format, steps, last_rate, mean_rate,
+ * max_rate, sparkline, last_sqnr_db]: the column added last goes last. */
+static const uint8_t report_wire[] = {0, 1, 2, 3, 4, 5, 7, 6};
 
 #define STATUS(wire, m, kind, flags, aux, show) R(ag_status, wire, m, kind, flags, aux, show)
 static const ag_field status_fields[] = {
@@ -312,7 +319,7 @@ static const ag_spec specs[] = {
      0},
     {AG_MSG_R_RUN, ident_fields, N(ident_fields), sizeof(ag_run_ident), 0, 0, 0, NULL, 0, NULL, 0},
     MSG(AG_MSG_R_DELIVERY, r_delivery_fields),
-    LIST(AG_MSG_R_REPORT, ag_report, ag_report_row, report_fields, report_cols, NULL),
+    LIST(AG_MSG_R_REPORT, ag_report, ag_report_row, report_fields, report_cols, report_wire),
     MSG(AG_MSG_R_ERROR, error_fields),
 };
 

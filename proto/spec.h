@@ -49,7 +49,9 @@ enum ag_show {
     S_TIME,      /* K_INT Unix ms: a time cell (UTC time in tables) */
     S_ROLE,      /* K_ENUM ag_role: its name, null when out of range */
     S_NULLABLE,  /* text: NULL shown as null, not "" */
-    S_UNKNOWN    /* K_UINT: AG_FLIPS_UNKNOWN (UINT64_MAX) shown as unknown (null / empty) */
+    S_UNKNOWN,   /* K_UINT: AG_FLIPS_UNKNOWN (UINT64_MAX) shown as unknown (null / empty) */
+    S_NAN        /* K_FLOAT that may be unknown: NaN, nil on the wire, null / empty shown;
+                  * a column the sender did not send decodes as NaN */
 };
 
 typedef struct ag_field {

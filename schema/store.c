@@ -46,8 +46,11 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6,?7)",
     /* A step stored again replaces the row (AG_ST_RESULT_OLD/UPDATE), so its
      * rollups can take the old counts back. */
-    [AG_ST_PUT_RESULT] = "INSERT INTO results VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
-                         "?14) ON CONFLICT DO NOTHING",
+    [AG_ST_PUT_RESULT] =
+        "INSERT INTO results(tensor_id,format_id,step,stalled,total,flips,overflow,"
+        "underflow,nonfinite,amax,scale,source,ranks,complete,mse,sqnr_db)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"
+        " ON CONFLICT DO NOTHING",
     [AG_ST_PUT_DROP] = "INSERT INTO drops VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SCALE] = "INSERT OR REPLACE INTO scales VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SNAPSHOT] = "INSERT OR REPLACE INTO snapshots VALUES(?1,?2,?3,?4)",
@@ -82,7 +85,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_TENSORS] = "SELECT name,role,numel,coalesce(first_step,0),last_step,snapshots,last_amax"
                       " FROM tensors WHERE run_id=?1 ORDER BY name",
     [AG_ST_HISTORY] = "SELECT step,stalled,total,flips,overflow,underflow,nonfinite,amax,scale"
-                      ",source,ranks,complete FROM results WHERE tensor_id=?1 AND format_id=?2"
+                      ",source,ranks,complete,mse,sqnr_db FROM results WHERE tensor_id=?1"
+                      " AND format_id=?2"
                       " AND step BETWEEN ?3 AND ?4 ORDER BY step",
     [AG_ST_SCALES] = "SELECT t.name,s.step,s.amax,s.scale FROM tensors t JOIN scales s"
                      " ON s.tensor_id=t.id AND s.format_id=?2 WHERE t.run_id=?1"
@@ -123,7 +127,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
         "source,ranks,complete FROM results WHERE tensor_id=?1 AND format_id=?2 AND step=?3",
     [AG_ST_RESULT_UPDATE] =
         "UPDATE results SET stalled=?4,total=?5,flips=?6,overflow=?7,underflow=?8,"
-        "nonfinite=?9,amax=?10,scale=?11,source=?12,ranks=?13,complete=?14 WHERE tensor_id=?1 AND "
+        "nonfinite=?9,amax=?10,scale=?11,source=?12,ranks=?13,complete=?14,mse=?15,"
+        "sqnr_db=?16 WHERE tensor_id=?1 AND "
         "format_id=?2 AND "
         "step=?3",
     [AG_ST_ROLLUP_UPSERT] =
@@ -157,6 +162,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
         "AND ?5"
         " AND ?3=1 ORDER BY step",
     [AG_ST_RUN_TENSOR_IDS] = "SELECT id,name,snapshots FROM tensors WHERE run_id=?1 ORDER BY name",
+    [AG_ST_REPORT_SQNR] = "SELECT sqnr_db FROM results WHERE tensor_id=?1 AND format_id=?2"
+                          " AND step=?3",
     [AG_ST_HEAT_TIER] = "SELECT tensor_id,bucket,stalled,total,rows FROM rollups WHERE"
                         " tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"
                         " AND width=?3 AND bucket BETWEEN ?4 AND ?5",
@@ -345,25 +352,26 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
                                   "%s: schema version %d is newer than this altgrad (%d)", path,
                                   version, ag_store_schema_version());
         /* A reader does not migrate: an older file is answered from raw rows,
-         * and before schema 7 every result was computed by the daemon: a
-         * temporary view (searched before main) gives results that column. */
-        if (version < 7 &&
-            (err = exec_sql(st,
-                            "CREATE TEMP VIEW results AS SELECT *, 0 AS source, 1 AS ranks,"
-                            " 1 AS complete FROM main.results",
-                            "results of schema 6")))
+         * through a temporary view (searched before main) that gives results
+         * the columns later versions added: before schema 7 every result was
+         * computed by the daemon (source 0), before 9 every run had one rank
+         * and every row was whole, before 10 no quantization error was
+         * stored (NULL, unknown). */
+        const char *results_view =
+            version < 7    ? "CREATE TEMP VIEW results AS SELECT *, 0 AS source, 1 AS ranks,"
+                             " 1 AS complete, NULL AS mse, NULL AS sqnr_db FROM main.results"
+            : version < 9  ? "CREATE TEMP VIEW results AS SELECT *, 1 AS ranks, 1 AS complete,"
+                             " NULL AS mse, NULL AS sqnr_db FROM main.results"
+            : version < 10 ? "CREATE TEMP VIEW results AS SELECT *, NULL AS mse, NULL AS sqnr_db"
+                             " FROM main.results"
+                           : NULL;
+        if (results_view && (err = exec_sql(st, results_view, "results of an older schema")))
             return err;
-        /* Before schema 9 every run had one rank and every row was whole. */
         if (version < 9 &&
-            ((version >= 7 &&
-              (err = exec_sql(st,
-                              "CREATE TEMP VIEW results AS SELECT *, 1 AS ranks, 1 AS complete"
-                              " FROM main.results",
-                              "results of schema 7"))) ||
-             (err = exec_sql(st,
-                             "CREATE TEMP VIEW runs AS SELECT *, 1 AS world_size FROM main.runs;"
-                             "CREATE TEMP VIEW clients AS SELECT *, 0 AS rank FROM main.clients",
-                             "runs of schema 8"))))
+            (err = exec_sql(st,
+                            "CREATE TEMP VIEW runs AS SELECT *, 1 AS world_size FROM main.runs;"
+                            "CREATE TEMP VIEW clients AS SELECT *, 0 AS rank FROM main.clients",
+                            "runs of schema 8")))
             return err;
         if ((err = has_table(st, "rollups", &st->has_rollups)) || !st->has_rollups || version >= 9)
             return err;

@@ -171,6 +171,11 @@ typedef struct ag_store_result_row {
     uint8_t source;        /* where it was computed: 0 the daemon, 1 the trainer's device */
     uint8_t incomplete;    /* 1: not every rank of a sharded tensor reported (complete 0) */
     uint64_t ranks;        /* ranks that reported it (0: 1) */
+    /* the quantization error of w (docs/numerics.md): stored only with
+     * has_qerr (else NULL, as for counts from a trainer); a NaN is NULL */
+    uint8_t has_qerr;
+    double mse;
+    double sqnr_db;
 } ag_store_result_row;
 
 /* Per-run aggregate applied once per batch. */

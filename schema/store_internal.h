@@ -64,6 +64,7 @@ typedef enum ag_stmt_id {
     AG_ST_ROLLUP_L3,
     AG_ST_RAW_RANGE,
     AG_ST_RUN_TENSOR_IDS,
+    AG_ST_REPORT_SQNR,
     AG_ST_HEAT_TIER,
     AG_ST_HEAT_RAW,
     AG_ST_RUN_SPAN,

@@ -222,6 +222,8 @@ static void bucket_add(ag_history_point *b, const ag_history_point *p) {
     b->computed = !b->computed || !strcmp(b->computed, p->computed) ? p->computed : "mixed";
     b->ranks = !b->ranks || p->ranks < b->ranks ? p->ranks : b->ranks;
     b->complete = b->complete && p->complete; /* a new bucket starts complete */
+    b->mse = p->mse;                          /* the last's, as amax and scale */
+    b->sqnr_db = p->sqnr_db;
     b->stall_rate = rate(b->stalled, b->total);
 }
 
@@ -277,6 +279,8 @@ static int history_add(void *ctx, const ag_rollup_agg *b) {
     int first = h->in_point == 0;
     p->ranks = first || ranks < p->ranks ? ranks : p->ranks;
     p->complete = (first || p->complete) && b->incomplete_rows == 0;
+    p->mse = NAN; /* rollups keep no quantization error */
+    p->sqnr_db = NAN;
     h->in_point += b->rows;
     if (h->in_point >= h->every) h->in_point = 0;
     return AG_OK;
@@ -340,6 +344,9 @@ static int history_q(ag_store *st, const ag_history_query *q, ag_history **out) 
             .computed = sqlite3_column_int(s, 9) ? "device" : "daemon",
             .ranks = col_u64(s, 10),
             .complete = col_u64(s, 11) != 0,
+            .mse = sqlite3_column_type(s, 12) == SQLITE_NULL ? NAN : sqlite3_column_double(s, 12),
+            .sqnr_db =
+                sqlite3_column_type(s, 13) == SQLITE_NULL ? NAN : sqlite3_column_double(s, 13),
         };
         if (in_bucket == 0) {
             if (res->n == AG_STORE_MAX_POINTS) {

@@ -1,7 +1,8 @@
 /*
  * store_report.c - the report query (`altgrad report`, GET /api/report): for
  * every weight tensor of a run and each format, its stall rates over the run
- * and a sparkline, in one read transaction over the rollups. Each series is
+ * and a sparkline, in one read transaction over the rollups (and the SQNR of
+ * the series' last result row, one indexed read). Each series is
  * read as history --every K would read it (K a multiple of a rollup tier
  * once the series is longer than the sparkline), so a 1 M-snapshot run costs
  * a few rollup rows per tensor and format, not its raw rows.
@@ -108,6 +109,24 @@ static int series_add(void *ctx, const ag_rollup_agg *b) {
     return AG_OK;
 }
 
+/* The SQNR of the result row of tensor tid in format fid at step (the
+ * series' last): NaN when unknown (NULL: counts from a trainer, a row from
+ * before schema 10, an exact or all-zero tensor) or when the row is gone. */
+static int last_sqnr(ag_store *st, int64_t tid, int64_t fid, uint64_t step, double *out) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_REPORT_SQNR);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, tid);
+    sqlite3_bind_int64(s, 2, fid);
+    sqlite3_bind_int64(s, 3, step > INT64_MAX ? INT64_MAX : (int64_t)step);
+    int rc = sqlite3_step(s);
+    *out = rc == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL
+               ? sqlite3_column_double(s, 0)
+               : NAN;
+    int err = rc == SQLITE_ROW || rc == SQLITE_DONE ? AG_OK : ag_store_fail(st, "report", rc);
+    sqlite3_reset(s);
+    return err;
+}
+
 static int walk_sum(ag_store *st, int64_t tid, int64_t fid, uint64_t from, uint64_t to,
                     ag_rollup_agg *sum) {
     ag_rollup_visitor v = {.ctx = sum, .fits = take_any, .add = sum_add};
@@ -179,6 +198,8 @@ static int report_row(ag_store *st, ag_report *res, size_t *cap, series *s, cons
         if ((err = walk_sum(st, tid, f->id, step, step, &final))) return err;
         if (final.rows > 0) last_rate = rate(final.stalled, final.total);
     }
+    double sqnr = NAN;
+    if ((err = last_sqnr(st, tid, f->id, s->points[s->n - 1].step, &sqnr))) return err;
     double stalled = 0, total = 0, max_rate = 0;
     for (size_t i = 0; i < s->n; i++) {
         stalled += (double)s->points[i].stalled;
@@ -204,6 +225,7 @@ static int report_row(ag_store *st, ag_report *res, size_t *cap, series *s, cons
     r->last_rate = last_rate;
     r->mean_rate = total > 0 ? stalled / total : 0.0;
     r->max_rate = max_rate;
+    r->last_sqnr_db = sqnr;
     res->n++;
     return AG_OK;
 }

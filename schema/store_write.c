@@ -128,6 +128,14 @@ static void bind_result(sqlite3_stmt *s, const ag_store_result_row *r) {
     sqlite3_bind_int(s, 12, r->source);
     sqlite3_bind_int64(s, 13, r->ranks ? i64(r->ranks) : 1);
     sqlite3_bind_int(s, 14, !r->incomplete);
+    if (r->has_qerr && isfinite(r->mse))
+        sqlite3_bind_double(s, 15, r->mse);
+    else
+        sqlite3_bind_null(s, 15);
+    if (r->has_qerr && isfinite(r->sqnr_db))
+        sqlite3_bind_double(s, 16, r->sqnr_db);
+    else
+        sqlite3_bind_null(s, 16);
 }
 
 /* The step was stored before: take the old row's counts back out of the

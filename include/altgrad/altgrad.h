@@ -1,7 +1,7 @@
 /*
  * altgrad.h - the one public header of libaltgrad.
  *
- * Two parts: the quantization core (8-bit ExMy formats, encode/decode,
+ * Two parts: the quantization core (ExMy formats of 4 to 16 bits, encode/decode,
  * quantize, amax history, scales, bit-stall kernels) and the client that
  * trainers use to stream statistics and gradients to altgradd and to query it.
  * Every function that can fail returns an ag_err code (0 = AG_OK) and
@@ -24,9 +24,9 @@ extern "C" {
 #endif
 
 #define AG_VERSION_MAJOR 0
-#define AG_VERSION_MINOR 1
+#define AG_VERSION_MINOR 2
 #define AG_VERSION_PATCH 0
-#define AG_VERSION_STRING "0.1.0"
+#define AG_VERSION_STRING "0.2.0"
 
 /* ------------------------------------------------------------------------
  * Errors
@@ -79,55 +79,98 @@ AG_EXTERN const char *ag_version(void);
 #define AG_FORMATS_MAX 64     /* registry capacity, built-ins included */
 
 /*
- * An 8-bit sign-magnitude format: bit 7 sign, then exponent_bits exponent
- * bits, then mantissa_bits mantissa bits (exponent_bits + mantissa_bits = 7).
+ * A sign-magnitude format of 4 to 16 bits: the top bit (bit exponent_bits +
+ * mantissa_bits) is the sign, then exponent_bits exponent bits, then
+ * mantissa_bits mantissa bits (3 <= exponent_bits + mantissa_bits <= 15).
+ * Patterns are passed as uint16_t values; arrays of patterns (ag_encode_array
+ * and the rest) hold pattern_bytes bytes per element: one byte for formats
+ * of 8 bits or fewer, two (a native-endian uint16_t) for wider ones.
  * Instances live in the registry for the life of the process and are never
  * freed; callers hold const pointers. Fields are read-only for callers.
+ * (0.2.0: the 256-entry decode table of 0.1 is gone; use ag_decode.)
  */
 typedef struct ag_format {
     char name[AG_FORMAT_NAME_MAX + 1];
     int exponent_bits;
     int mantissa_bits;
     int bias;
-    int has_inf;             /* e all ones, m = 0 is +-inf; other m are NaN */
-    int has_nan;             /* with has_inf: e all ones, m != 0. Without: only e and m all ones */
-    float max_finite;        /* largest finite magnitude */
-    float min_positive;      /* smallest nonzero magnitude */
-    int min_exponent;        /* internal: exponent of the finest grid region */
-    int max_exponent;        /* internal: exponent of max_finite */
-    float decode_table[256]; /* internal: decode of every pattern */
+    int has_inf;        /* e all ones, m = 0 is +-inf; other m are NaN */
+    int has_nan;        /* with has_inf: e all ones, m != 0. Without: only e and m all ones */
+    float max_finite;   /* largest finite magnitude */
+    float min_positive; /* smallest nonzero magnitude */
+    int min_exponent;   /* internal: exponent of the finest grid region */
+    int max_exponent;   /* internal: exponent of max_finite */
+    int bits;           /* 1 + exponent_bits + mantissa_bits */
+    int pattern_bytes;  /* bytes per pattern in arrays: 1 (bits <= 8) or 2 */
+    int nan_mode;       /* ag_nan_mode, the same fact as has_inf / has_nan */
+    int unscaled;       /* an unscaled twin (ag_format_unscaled): evaluated at scale 1 */
 } ag_format;
 
-/* The five seed formats E0M7, E1M6, E3M4, E5M2, E7M0 and any defined later.
- * Name lookup is case-sensitive; NULL if unknown or name is NULL. */
+/* What the all-ones exponent field means (ag_format_define_ex). */
+typedef enum ag_nan_mode {
+    AG_NAN_NONE = 0,     /* no inf, no NaN: every pattern is finite; overflow saturates */
+    AG_NAN_IEEE = 1,     /* e all ones: m = 0 is inf, m != 0 NaN (E5M2, BF16, FP16) */
+    AG_NAN_ALL_ONES = 2, /* no inf; NaN only with e and m all ones; overflow saturates
+                          * (OCP E4M3, "fn") */
+} ag_nan_mode;
+
+/* The seed's five formats E0M7, E1M6, E3M4, E5M2, E7M0, then the built-ins
+ * E4M3, E3M2, E2M3, E2M1, BF16, FP16 (docs/numerics.md), and any defined
+ * later. Name lookup is case-sensitive; NULL if unknown or name is NULL. */
 AG_EXTERN const ag_format *ag_format_get(const char *name);
 /* Number of registered formats; the first five are the seed's, in order. */
 AG_EXTERN size_t ag_format_count(void);
 /* The i-th registered format, NULL when i >= ag_format_count(). */
 AG_EXTERN const ag_format *ag_format_at(size_t i);
 /*
- * Register a further ExMy format. Rejects (AG_EFORMAT) E + M != 7, a name that
- * is empty, too long or not [A-Za-z0-9_-], inf without NaN or without mantissa
- * bits, NaN in a fixed-point format, a bias whose range does not fit float32's
- * normal range. Defining an identical format again returns the existing one;
- * a different one under a taken name gives AG_EEXIST. Thread-safe.
+ * Register a further ExMy format. Rejects (AG_EFORMAT) E + M outside 3..15, a
+ * name that is empty, too long or not [A-Za-z0-9_-], inf without NaN or
+ * without mantissa bits, NaN in a fixed-point format (E = 0), a bias whose
+ * grid leaves float32's range (2^(1-bias) below 2^-126, or a largest finite
+ * value of 2^128 or more). has_inf and has_nan are the nan mode: (1, 1)
+ * AG_NAN_IEEE, (0, 1) AG_NAN_ALL_ONES, (0, 0) AG_NAN_NONE. Defining an
+ * identical format again returns the existing one; a different one under a
+ * taken name gives AG_EEXIST. A name ending in "-unscaled" names the
+ * unscaled twin of its base (ag_format_unscaled): the base's definition, or
+ * AG_EFORMAT (no such base) / AG_EEXIST (another definition). Thread-safe.
  */
 AG_EXTERN int ag_format_define(const char *name, int exponent_bits, int mantissa_bits, int bias,
                                int has_inf, int has_nan, const ag_format **out);
+/* The same with the nan mode named (an ag_nan_mode; others: AG_EFORMAT). */
+AG_EXTERN int ag_format_define_ex(const char *name, int exponent_bits, int mantissa_bits, int bias,
+                                  int nan_mode, const ag_format **out);
+/*
+ * Weight storage: the unscaled twin of fmt, the same grid registered as
+ * "<name>-unscaled" with unscaled = 1. Wherever a scale rule applies (the
+ * daemon's scales, the Python Monitor's device counts) a twin is evaluated at
+ * scale 1: "would this update survive in BF16 weights" is BF16-unscaled.
+ * The kernels take the scale they are given either way. Created on first
+ * use (ag_format_get of the twin's name creates it too when the base is
+ * registered); the twin of a twin is itself. AG_ERANGE when the name would
+ * pass AG_FORMAT_NAME_MAX, AG_ENOSPC when the registry is full. Thread-safe.
+ */
+#define AG_UNSCALED_SUFFIX "-unscaled"
+AG_EXTERN int ag_format_unscaled(const ag_format *fmt, const ag_format **out);
+/* Formats whose width in bits is `bits` (0: all), in registry order: writes
+ * at most cap pointers to out (out may be NULL when cap is 0) and returns how
+ * many there are. */
+AG_EXTERN size_t ag_format_list(int bits, const ag_format **out, size_t cap);
 
 /* ========================================================================
  * Core: encode, decode, quantize
  * ======================================================================== */
 
-/* Nearest pattern, ties to even mantissa (E7M0: to the smaller magnitude);
+/* Nearest pattern, ties to even mantissa (M = 0: to the smaller magnitude);
  * see docs/numerics.md. NULL fmt gives 0. */
-AG_EXTERN uint8_t ag_encode(const ag_format *fmt, float x);
-/* The value of a pattern; NULL fmt gives NaN. */
-AG_EXTERN float ag_decode(const ag_format *fmt, uint8_t bits);
-/* out[i] = encode(x[i] / scale). */
+AG_EXTERN uint16_t ag_encode(const ag_format *fmt, float x);
+/* The value of a pattern (bits above the format's width are ignored); NULL
+ * fmt gives NaN. */
+AG_EXTERN float ag_decode(const ag_format *fmt, uint16_t bits);
+/* out[i] = encode(x[i] / scale). out holds n * fmt->pattern_bytes bytes
+ * (uint16_t patterns, native-endian, for formats wider than 8 bits). */
 AG_EXTERN int ag_encode_array(const ag_format *fmt, float scale, const float *x, uint8_t *out,
                               size_t n);
-/* out[i] = decode(bits[i]) * scale. */
+/* out[i] = decode(bits[i]) * scale; bits holds n * fmt->pattern_bytes bytes. */
 AG_EXTERN int ag_decode_array(const ag_format *fmt, float scale, const uint8_t *bits, float *out,
                               size_t n);
 /* out[i] = decode(encode(x[i] / scale)) * scale; out may equal x. Misuse
@@ -223,6 +266,30 @@ AG_EXTERN int ag_count_pattern_flips(const ag_format *fmt, float scale, const ui
  * reports ag_count_pattern_flips instead. Adds into *flips. */
 AG_EXTERN int ag_count_flips(const ag_format *fmt, const uint8_t *prev, float prev_scale,
                              const uint8_t *cur, float cur_scale, size_t n, uint64_t *flips);
+/* (Pattern arrays of both flip functions hold n * fmt->pattern_bytes bytes.) */
+
+/* ========================================================================
+ * Core: quantization error
+ * ======================================================================== */
+
+/* Sums behind the quantization error of w against Q(w) = quantize(w, fmt,
+ * scale), over the finite elements of w (docs/numerics.md): Q saturates
+ * (a magnitude past max_finite counts as +-max_finite * scale, also in
+ * formats with inf). */
+typedef struct ag_quant_error {
+    double sq_error;  /* sum of (Q(w) - w)^2 */
+    double sq_signal; /* sum of w^2 */
+    uint64_t count;   /* finite elements of w */
+} ag_quant_error;
+/* One pass over w for nfmt formats (1 <= nfmt <= AG_FORMATS_MAX), format i
+ * with scales[i], adding into out[i]. */
+AG_EXTERN int ag_quant_error_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                   const float *w, size_t n, ag_quant_error *out);
+/* sq_error / count: the mean squared error; NaN when count is 0. */
+AG_EXTERN double ag_quant_mse(const ag_quant_error *e);
+/* 10 log10(sq_signal / sq_error) in dB; NaN when either is 0 (an all-zero
+ * tensor, or an exact one: no noise to compare with) or count is 0. */
+AG_EXTERN double ag_quant_sqnr_db(const ag_quant_error *e);
 
 /* ========================================================================
  * Shared vocabulary: defaults, roles, dtypes, query results
@@ -332,6 +399,13 @@ typedef struct ag_history_point {
      * step is incomplete (0: never the whole tensor; a bucket: any point). */
     uint64_t ranks;
     uint64_t complete;
+    /* The quantization error of the snapshot's weights in this format at
+     * this scale (docs/numerics.md): mean squared error and SQNR in dB. NaN
+     * when unknown (counts from a trainer, rows from before 0.2, a
+     * downsampled point, an older daemon; sqnr_db also for an exact or
+     * all-zero tensor); JSON null, an empty cell in tables and CSV. */
+    double mse;
+    double sqnr_db;
 } ag_history_point;
 typedef struct ag_history {
     const char *run;
@@ -383,7 +457,11 @@ typedef struct ag_top_list {
  * multiple of a rollup tier past width points); last_rate the rate at the
  * run's last step (or the series' last point). The sparkline has
  * min(points, width) columns, each one character U+2581..U+2588 (UTF-8, 3
- * bytes) of level round(rate * 7), the rate of the column's summed counts. */
+ * bytes) of level round(rate * 7), the rate of the column's summed counts.
+ * last_sqnr_db: the SQNR (dB, docs/numerics.md) of the series' last result
+ * row (its last snapshot in this format); NaN when unknown (counts from a
+ * trainer, a row from before 0.2, an exact or all-zero tensor, an older
+ * daemon). */
 typedef struct ag_report_row {
     const char *tensor;
     const char *format;
@@ -392,6 +470,7 @@ typedef struct ag_report_row {
     double mean_rate;
     double max_rate;
     const char *sparkline;
+    double last_sqnr_db; /* added in 0.2 */
 } ag_report_row;
 typedef struct ag_report {
     size_t n;
@@ -583,7 +662,8 @@ typedef struct ag_snapshot {
     size_t n;
     float lr;                   /* SGD form: finite */
     double scale;               /* > 0: use this scale for every format; 0: the daemon's */
-    const char *const *formats; /* NULL: the daemon's defaults; each must be known here */
+    const char *const *formats; /* NULL: the daemon's defaults; each must be known here
+                                 * ("BF16-unscaled": BF16 at scale 1, whatever scale says) */
     size_t nformats;            /* <= AG_FORMATS_MAX */
     /* 0: the tensor has n elements. Else w and g/u hold n of the tensor's
      * numel elements (>= n), a subset the caller took (e.g. on a GPU, before

@@ -63,6 +63,10 @@ class FormatParams:
         self.max_finite = float(f.max_finite)
         self.has_inf = bool(f.has_inf)
         self.has_nan = bool(f.has_nan)
+        self.bits = int(f.bits)
+        self.pattern_bytes = int(f.pattern_bytes)
+        # an unscaled twin (NAME-unscaled): the daemon's scale rule gives it 1
+        self.unscaled = bool(f.unscaled)
         # ag_qparams
         self.emin_bits = (self.emin + 127) << 23
         self.shift = 23 - self.M
@@ -71,19 +75,31 @@ class FormatParams:
         self.sub_magic = _bits_f32((self.emin - self.M + 23 + 127) << 23)
         self.overflow_value = math.inf if self.has_inf else self.max_finite
         self.half_down = self.M == 0
-        # enc_params
+        # kernel.h ag_eparams
         emask = (1 << self.E) - 1
         self.bias_adj = self.bias - 127
         self.mant_mask = (1 << self.M) - 1
+        self.sign_shift = 31 - (self.E + self.M)
+        self.sign_bit = 1 << (self.E + self.M)
+        self.mag_mask = self.sign_bit - 1
+        self.pattern_mask = self.sign_bit | self.mag_mask
         self.over_pattern = (emask << self.M) if self.has_inf else int(
             lib.ag_encode(p, self.max_finite))
         self.nan_pattern = int(lib.ag_encode(p, math.nan)) if self.has_nan else 0
+        self.emin_value = math.ldexp(1.0, self.emin)
+        # for the 8-bit Triton kernel (_triton.py): the uniform-grid value to
+        # mantissa integer, a float32 only where it is finite
         self.sub_scale = math.ldexp(1.0, self.M - self.emin)
-        # stall.c nan_above_of: the largest magnitude bits that are not NaN
-        thr = 0x7F
-        while thr > 0 and math.isnan(f.decode_table[thr]):
-            thr -= 1
-        self.nan_above = thr
+        # the largest magnitude pattern that is not NaN: NaNs are the ones above
+        if self.has_inf:
+            self.nan_above = emask << self.M
+        elif self.has_nan:
+            self.nan_above = self.mag_mask - 1
+        else:
+            self.nan_above = self.mag_mask
+        # the fused Triton kernel handles 8-bit formats (sign at bit 7, uint8
+        # patterns); others are counted by the eager path
+        self.triton_ok = self.bits == 8
 
     def __repr__(self):
         return f"FormatParams({self.name!r})"
@@ -120,27 +136,27 @@ def qmag(fp: FormatParams, x: torch.Tensor) -> torch.Tensor:
 
 
 def encode(fp: FormatParams, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """stall.c enc_pattern: the 8-bit pattern of x (= w / scale) from
-    m = qmag(x), as int32."""
+    """kernel.h ag_pattern: the pattern of x (= w / scale) from m = qmag(x),
+    as int32 (4 to 16 bits: the sign at bit E + M)."""
     mb = _bits(m)
-    sign = (_bits(x) >> 24) & 0x80
+    sign = (_bits(x) >> fp.sign_shift) & fp.sign_bit
     normal = (((mb >> 23) + fp.bias_adj) << fp.M) | ((mb >> fp.shift) & fp.mant_mask)
     over = m > fp.max_finite
     small = mb < fp.emin_bits
-    # only the uniform-grid lanes use it (the others could overflow int32)
-    sub = torch.where(small, m * fp.sub_scale, torch.zeros_like(m)).to(torch.int32)
+    # below 2^emin: the mantissa field of m + 2^emin (exact)
+    sub = (_bits(m + fp.emin_value) >> fp.shift) & fp.mant_mask
     mag = torch.where(small, sub, normal)
     mag = torch.where(over, torch.full_like(mag, fp.over_pattern), mag)
-    out = (mag | sign) & 0xFF
+    out = (mag | sign) & fp.pattern_mask
     return torch.where(x != x, torch.full_like(out, fp.nan_pattern), out)
 
 
 def canon(fp: FormatParams, b: torch.Tensor) -> torch.Tensor:
     """stall.c flip_canon: equal exactly when two patterns mean the same value."""
-    b = b.to(torch.int32)
-    mag = b & 0x7F
+    b = b.to(torch.int32) & fp.pattern_mask
+    mag = b & fp.mag_mask
     v = torch.where(mag == 0, torch.zeros_like(b), b)
-    return torch.where(mag > fp.nan_above, torch.full_like(b, 0xFF), v)
+    return torch.where(mag > fp.nan_above, torch.full_like(b, -1), v)
 
 
 def widen(t: torch.Tensor, what: str) -> torch.Tensor:
@@ -208,7 +224,7 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
                     cmp = encode(fp, xp, qmag(fp, xp))
                 out[i, 5] = (canon(fp, prev[i]) != canon(fp, cmp)).sum()
             if enc_out is not None:  # may be prev[i]'s memory: written last
-                enc_out[i].copy_(cur.to(torch.uint8))
+                enc_out[i].copy_(cur.to(enc_out[i].dtype))
     return out
 
 
@@ -228,12 +244,16 @@ def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = 
     """See altgrad.torch.stall_counts."""
     if form not in ("update", "sgd"):
         raise ValueError(f"form must be 'update' or 'sgd', got {form!r}")
-    if isinstance(formats, str):
+    if isinstance(formats, str) or hasattr(formats, "_c"):
         formats = [formats]
     formats = list(formats)
     if not formats:
         raise ValueError("formats must name at least one format")
-    fps = [format_params(f) for f in formats]
+    # names, or format objects (altgrad.get_format, FP8Format): keyed by their
+    # name, counted as the C format they stand for
+    cnames = [f._c().contents.name.decode() if hasattr(f, "_c") else f for f in formats]
+    formats = [f.name if hasattr(f, "_c") else f for f in formats]
+    fps = [format_params(c) for c in cnames]
     if isinstance(scales, dict):
         missing = [f for f in formats if f not in scales]
         if missing:
@@ -269,7 +289,7 @@ def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = 
         return res
     tot = None
     with torch.no_grad():
-        kern = _triton_counter(ww) if n >= 4096 else None
+        kern = _triton_counter(ww) if n >= 4096 and all(fp.triton_ok for fp in fps) else None
         if kern is not None:
             with torch.cuda.device(ww.device):  # Triton launches on the current device
                 tot = kern.count(fps, svals, ww, xx, form == "update", neg_lr)
@@ -368,7 +388,8 @@ class Watch:
         self.flips = bool(flips)
         T, F, dev = len(self.numels), len(self.fps), self.device
         self._tri = None
-        if use_triton is not False and dev.type == "cuda":
+        if (use_triton is not False and dev.type == "cuda"
+                and all(fp.triton_ok for fp in self.fps)):
             try:
                 from . import _triton
                 self._tri = _triton
@@ -393,10 +414,15 @@ class Watch:
         self.t_n = torch.tensor(self.numels or [0], dtype=torch.int64, device=dev)[:T]
         self.mf = torch.tensor([fp.max_finite for fp in self.fps], dtype=torch.float64,
                                device=dev)
+        self.unscaled_mask = torch.tensor([fp.unscaled for fp in self.fps], dtype=torch.bool,
+                                          device=dev)
         self.hist = torch.full((T, rule.history_len), math.nan, dtype=torch.float64, device=dev)
         self.scale_prev = torch.ones((T, F), dtype=torch.float64, device=dev)
         self.has_scale = torch.zeros(T, dtype=torch.bool, device=dev)
-        self.pat = torch.zeros((F, npad), dtype=torch.uint8, device=dev) if self.flips else None
+        # patterns of the previous snapshot: uint8, or int32 when a format is
+        # wider than 8 bits (its patterns are up to 0xffff)
+        pat_dtype = torch.uint8 if all(fp.pattern_bytes == 1 for fp in self.fps) else torch.int32
+        self.pat = torch.zeros((F, npad), dtype=pat_dtype, device=dev) if self.flips else None
         self.prev_scales = torch.ones((T, F), dtype=torch.float32, device=dev)
         self._has_prev = [False] * T
         self._masks = {}
@@ -460,6 +486,8 @@ class Watch:
             s = torch.where(bad, torch.where(had, self.scale_prev, torch.ones_like(s)), s)
             s = torch.where(~ok[:, None] & had, self.scale_prev, s)
             s32 = s.to(torch.float32)
+        if any(fp.unscaled for fp in self.fps):  # weight storage: scale 1, as the daemon's
+            s32 = torch.where(self.unscaled_mask[None, :], torch.ones_like(s32), s32)
         self.scale_prev = torch.where(inc[:, None], s32.to(torch.float64), self.scale_prev)
         self.has_scale = self.has_scale | inc
         return s32

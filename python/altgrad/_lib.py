@@ -75,7 +75,18 @@ class ag_format(ctypes.Structure):
         ("min_positive", c_float),
         ("min_exponent", c_int),
         ("max_exponent", c_int),
-        ("decode_table", c_float * 256),
+        ("bits", c_int),
+        ("pattern_bytes", c_int),
+        ("nan_mode", c_int),
+        ("unscaled", c_int),
+    ]
+
+
+class ag_quant_error(ctypes.Structure):
+    _fields_ = [
+        ("sq_error", c_double),
+        ("sq_signal", c_double),
+        ("count", c_uint64),
     ]
 
 
@@ -143,6 +154,8 @@ class ag_history_point(ctypes.Structure):
         ("computed", c_char_p),
         ("ranks", c_uint64),
         ("complete", c_uint64),
+        ("mse", c_double),
+        ("sqnr_db", c_double),
     ]
 
 
@@ -209,6 +222,7 @@ class ag_report_row(ctypes.Structure):
         ("mean_rate", c_double),
         ("max_rate", c_double),
         ("sparkline", c_char_p),
+        ("last_sqnr_db", c_double),
     ]
 
 
@@ -258,8 +272,15 @@ CORE_SIGNATURES = {
     "ag_format_at": (_fmt_p, [c_size_t]),
     "ag_format_define": (c_int, [c_char_p, c_int, c_int, c_int, c_int, c_int,
                                  POINTER(_fmt_p)]),
-    "ag_encode": (c_uint8, [_fmt_p, c_float]),
-    "ag_decode": (c_float, [_fmt_p, c_uint8]),
+    "ag_format_define_ex": (c_int, [c_char_p, c_int, c_int, c_int, c_int, POINTER(_fmt_p)]),
+    "ag_format_list": (c_size_t, [c_int, POINTER(_fmt_p), c_size_t]),
+    "ag_format_unscaled": (c_int, [_fmt_p, POINTER(_fmt_p)]),
+    "ag_encode": (c_uint16, [_fmt_p, c_float]),
+    "ag_decode": (c_float, [_fmt_p, c_uint16]),
+    "ag_quant_error_multi": (c_int, [POINTER(_fmt_p), _f32_p, c_size_t, c_void_p, c_size_t,
+                                     POINTER(ag_quant_error)]),
+    "ag_quant_mse": (c_double, [POINTER(ag_quant_error)]),
+    "ag_quant_sqnr_db": (c_double, [POINTER(ag_quant_error)]),
     "ag_encode_array": (c_int, [_fmt_p, c_float, c_void_p, c_void_p, c_size_t]),
     "ag_decode_array": (c_int, [_fmt_p, c_float, c_void_p, c_void_p, c_size_t]),
     "ag_quantize": (None, [_fmt_p, c_float, c_void_p, c_void_p, c_size_t]),
@@ -312,7 +333,7 @@ def candidate_paths() -> list:
     if env:
         return [env]
     pkg = _package_dir()
-    paths = [os.path.join(pkg, name) for name in ("libaltgrad.so", "libaltgrad.so.0",
+    paths = [os.path.join(pkg, name) for name in ("libaltgrad.so", "libaltgrad.so.0.2",
                                                   "libaltgrad.dylib")]
     # Source tree: python/altgrad -> <root>/build*/libaltgrad.so. Plain "build"
     # first, then the newest other build dir; sanitized or fuzz builds cannot
@@ -360,7 +381,7 @@ def load(path: str = None):
             sys_name = ctypes.util.find_library("altgrad")
             if sys_name:
                 paths.append(sys_name)
-            paths.append("libaltgrad.so.0")
+            paths.append("libaltgrad.so.0.2")
         for p in paths:
             try:
                 found = ctypes.CDLL(p)

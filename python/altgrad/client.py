@@ -737,9 +737,11 @@ class Client:
         """Per-step stall history of one tensor in one format: {"run",
         "tensor", "format", "points": [{"step", "stalled", "total",
         "stall_rate", "flips", "overflow", "underflow", "nonfinite", "amax",
-        "scale", "computed", "ranks", "complete"}, ...]}, ascending step;
-        ranks: how many ranks reported the step (a sharded tensor's shards),
-        complete: 1, or 0 for a step some rank never sent."""
+        "scale", "computed", "ranks", "complete", "mse", "sqnr_db"}, ...]},
+        ascending step; ranks: how many ranks reported the step (a sharded
+        tensor's shards), complete: 1, or 0 for a step some rank never sent;
+        mse, sqnr_db: the quantization error of the snapshot's weights (None
+        when unknown: counts from a trainer, downsampled points)."""
         run = self._run_arg(run)
         q = _lib.ag_history_query(run=_name(run, "run"), tensor=_name(tensor),
                                   format=_lib.cstr(format, "format"),
@@ -792,7 +794,7 @@ class Client:
     def report(self, run: str = None, formats: str = None, width: int = 0) -> dict:
         """What `altgrad report` prints, in one query: {"run", "rows":
         [{"tensor", "format", "steps", "last_rate", "mean_rate", "max_rate",
-        "sparkline"}, ...]}, every weight tensor by name in each of formats
+        "last_sqnr_db", "sparkline"}, ...]}, every weight tensor by name in each of formats
         (comma-separated; None: those the daemon evaluates), the sparkline
         at most `width` columns (0: 40, at most 1000)."""
         if isinstance(width, bool) or not isinstance(width, int) or width < 0:

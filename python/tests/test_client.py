@@ -24,7 +24,7 @@ def history_points(c, tensor, n, **kw):
 def test_status_describes_the_daemon(daemon):
     with daemon.client("status-run") as c:
         st = c.status()
-    assert st["version"] == "0.1.0"
+    assert st["version"] == "0.2.0"
     assert st["db_path"] == daemon.db
     assert st["formats"].split(",") == FORMATS
     assert st["uptime_s"] > 0

@@ -60,13 +60,17 @@ static void fill(void) {
                                  .counts = {.stalled = step, .total = 10},
                                  .flips = 1,
                                  .amax = 0.5,
-                                 .scale = (double)step / 8};
+                                 .scale = (double)step / 8,
+                                 .has_qerr = 1,
+                                 .mse = 1e-3 * (double)step,
+                                 .sqnr_db = 20.0 + (double)step};
         ag_store_stats_row s = {
             .tensor_id = 2, .role = AG_ROLE_ACTIVATION, .step = step, .amax = 3.0, .numel = 64};
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
         r.format_id = 2;
         r.counts.stalled = 0;
         r.flips_unknown = r.source = step == 4;
+        r.has_qerr = 0; /* E3M4: no quantization error known */
         cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
         cr_assert_eq(ag_store_put_stats(st, &s), AG_OK);
     }
@@ -159,9 +163,9 @@ Test(commands, history_every_sums_buckets_and_csv_has_one_line_per_bucket) {
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--every", "2", "--csv"), AG_OK,
                  "%s", err);
     cr_assert_str_eq(out, "step,stalled,total,stall_rate,flips,overflow,underflow,nonfinite,"
-                          "amax,scale,computed,ranks,complete\n"
-                          "2,3,20,0.15,2,0,0,0,0.5,0.25,daemon,1,1\n"
-                          "4,7,20,0.35,2,0,0,0,0.5,0.5,daemon,1,1\n");
+                          "amax,scale,computed,ranks,complete,mse,sqnr_db\n"
+                          "2,3,20,0.15,2,0,0,0,0.5,0.25,daemon,1,1,,\n"
+                          "4,7,20,0.35,2,0,0,0,0.5,0.5,daemon,1,1,,\n");
     free(out);
 }
 
@@ -173,9 +177,9 @@ Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device
         CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--from", "3", "--csv"),
         AG_OK, "%s", err);
     cr_assert_str_eq(out, "step,stalled,total,stall_rate,flips,overflow,underflow,nonfinite,"
-                          "amax,scale,computed,ranks,complete\n"
-                          "3,0,10,0,1,0,0,0,0.5,0.375,daemon,1,1\n"
-                          "4,0,10,0,,0,0,0,0.5,0.5,device,1,1\n");
+                          "amax,scale,computed,ranks,complete,mse,sqnr_db\n"
+                          "3,0,10,0,1,0,0,0,0.5,0.375,daemon,1,1,,\n"
+                          "4,0,10,0,,0,0,0,0.5,0.5,device,1,1,,\n");
     free(out);
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--json"), AG_OK,
                  "%s", err);
@@ -190,7 +194,7 @@ Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device
     free(out);
     cr_assert_eq(CLI(&out, err, "history", "r1", "fc1.weight", "--format", "E3M4", "--from", "4"),
                  AG_OK, "%s", err);
-    /* column header and one row: the row has one word less (the empty flips cell) */
+    /* column header and one row: the row has three words less (the empty cells) */
     char *head = strstr(out, "step "), *row = head ? strchr(head, '\n') : NULL;
     cr_assert_not_null(row, "%s", out);
     size_t words[2] = {0, 0};
@@ -201,7 +205,8 @@ Test(commands, unknown_flips_show_as_empty_or_null_and_computed_names_the_device
             in = *p != ' ';
         }
     }
-    cr_expect_eq(words[0], 13, "%s", out);
+    cr_expect_eq(words[0], 15, "%s", out);
+    /* flips, mse and sqnr_db are empty cells (counts from a trainer), not 0 */
     cr_expect_eq(words[1], 12, "flips is an empty cell, not 0: %s", out);
     cr_expect_not_null(strstr(row, "device"), "%s", out);
     free(out);
@@ -256,7 +261,10 @@ Test(commands, report_covers_weight_tensors_in_every_known_format) {
         const char *fmt = jm_get(r, "format")->string;
         cr_assert_str_eq(jm_get(r, "tensor")->string, "fc1.weight");
         cr_assert_eq(jm_get(r, "steps")->number, 4);
+        const jm_value *sq = jm_get(r, "last_sqnr_db");
+        cr_assert_not_null(sq, "the column is there: %s", out);
         if (strcmp(fmt, "E5M2") == 0) {
+            cr_assert_eq(sq->number, 24.0, "the last step's: %s", out);
             cr_assert_eq(jm_get(r, "mean_rate")->number, 0.25);
             cr_assert_eq(jm_get(r, "last_rate")->number, 0.4);
             cr_assert_eq(jm_get(r, "max_rate")->number, 0.4);
@@ -266,6 +274,7 @@ Test(commands, report_covers_weight_tensors_in_every_known_format) {
         } else {
             cr_assert_str_eq(fmt, "E3M4");
             cr_assert_eq(jm_get(r, "mean_rate")->number, 0);
+            cr_assert_eq(sq->type, JM_NULL, "unknown: null, not 0: %s", out);
         }
     }
     jm_free(doc);

@@ -1,7 +1,7 @@
 /*
  * reference.h - deliberately simple reference numerics for the core tests.
- * Decoding is written from docs/numerics.md's formula; encoding searches all 128
- * non-negative patterns for the nearest value with the documented tie rule.
+ * Decoding is written from docs/numerics.md's formula; encoding looks for the
+ * nearest value among the non-negative patterns with the documented tie rule.
  * Slow and obvious on purpose: the kernels must agree with it bit for bit.
  */
 #ifndef AG_TESTS_REFERENCE_H
@@ -22,11 +22,14 @@ static inline ref_format ref_of(const ag_format *f) {
     return r;
 }
 
+/* The sign bit of a pattern: bit E + M. */
+static inline uint32_t ref_sign_bit(ref_format f) { return 1u << (f.E + f.M); }
+
 /* Value of a pattern, in double; NaN for NaN patterns. */
-static inline double ref_decode(ref_format f, uint8_t b) {
-    int s = b >> 7;
-    int e = (b >> f.M) & ((1 << f.E) - 1);
-    int m = b & ((1 << f.M) - 1);
+static inline double ref_decode(ref_format f, uint32_t b) {
+    int s = (b & ref_sign_bit(f)) != 0;
+    int e = (int)(b >> f.M) & ((1 << f.E) - 1);
+    int m = (int)b & ((1 << f.M) - 1);
     int emax_field = (1 << f.E) - 1;
     double v;
     if (f.E == 0)
@@ -42,47 +45,55 @@ static inline double ref_decode(ref_format f, uint8_t b) {
     return s ? -v : v;
 }
 
-static inline uint8_t ref_nan_pattern(ref_format f) {
-    return (uint8_t)((((1 << f.E) - 1) << f.M) | (f.has_inf ? 1 : (1 << f.M) - 1));
+static inline uint16_t ref_nan_pattern(ref_format f) {
+    return (uint16_t)((((1 << f.E) - 1) << f.M) | (f.has_inf ? 1 : (1 << f.M) - 1));
 }
 
-/* Encode x by exhaustive nearest search (see docs/numerics.md, Formats). */
-static inline uint8_t ref_encode(ref_format f, float x) {
+/* The largest finite magnitude pattern: the one below the first pattern
+ * (counting up) that decodes to inf or NaN. */
+static inline uint32_t ref_top(ref_format f) {
+    uint32_t top = ref_sign_bit(f) - 1u;
+    while (!isfinite(ref_decode(f, top))) top--;
+    return top;
+}
+
+/* Encode x: the nearest of the finite magnitudes (which increase with the
+ * pattern, so a bisection finds the two around |x|), with the documented tie
+ * rule (see docs/numerics.md, Formats). */
+static inline uint16_t ref_encode(ref_format f, float x) {
     if (isnan(x)) return f.has_nan ? ref_nan_pattern(f) : 0;
-    uint8_t sign = signbit(x) ? 0x80 : 0;
+    uint32_t sign = signbit(x) ? ref_sign_bit(f) : 0;
     double a = fabs((double)x);
-    int best = -1;
-    double best_d = INFINITY, maxv = 0;
-    int max_b = 0;
-    for (int b = 0; b < 128; b++) {
-        double v = ref_decode(f, (uint8_t)b);
-        if (!isfinite(v)) continue;
-        if (v > maxv) {
-            maxv = v;
-            max_b = b;
-        }
-        double d = fabs(v - a);
-        if (d < best_d) {
-            best_d = d;
-            best = b;
-        } else if (d == best_d) {
-            /* tie: even mantissa field; with no mantissa bits, the smaller */
-            int mm = (1 << f.M) - 1;
-            if (f.M == 0) {
-                if (v < ref_decode(f, (uint8_t)best)) best = b;
-            } else if ((b & mm) % 2 == 0 && (best & mm) % 2 == 1) {
-                best = b;
-            }
-        }
-    }
+    uint32_t top = ref_top(f);
+    double maxv = ref_decode(f, top);
     if (a > maxv) {
-        if (!f.has_inf) return (uint8_t)(sign | max_b);
+        if (!f.has_inf) return (uint16_t)(sign | top);
         /* the next grid value past max is inf; its mantissa field (0) is even */
-        double ulp = maxv - ref_decode(f, (uint8_t)(max_b - 1));
-        if (a >= maxv + ulp / 2) return (uint8_t)(sign | (((1 << f.E) - 1) << f.M));
-        return (uint8_t)(sign | max_b);
+        double ulp = maxv - ref_decode(f, top - 1);
+        if (a >= maxv + ulp / 2) return (uint16_t)(sign | (((1u << f.E) - 1) << f.M));
+        return (uint16_t)(sign | top);
     }
-    return (uint8_t)(sign | best);
+    /* lo: the largest pattern with value <= a */
+    uint32_t lo = 0, hi = top;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi + 1) / 2;
+        if (ref_decode(f, mid) <= a)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    uint32_t best = lo;
+    if (lo < top) {
+        double dl = a - ref_decode(f, lo), dh = ref_decode(f, lo + 1) - a;
+        if (dh < dl)
+            best = lo + 1;
+        else if (dh == dl) {
+            /* tie: even mantissa field; with no mantissa bits, the smaller */
+            uint32_t mm = (1u << f.M) - 1u;
+            if (f.M != 0 && (lo & mm) % 2 == 1) best = lo + 1;
+        }
+    }
+    return (uint16_t)(sign | best);
 }
 
 static inline float ref_quantize(const ag_format *fmt, float x, float scale) {

@@ -135,7 +135,12 @@ Test(format, define_adds_a_new_format_once) {
 
 Test(format, define_rejects_impossible_formats) {
     const ag_format *f = NULL;
-    cr_assert_eq(ag_format_define("E4M4", 4, 4, 7, 0, 0, &f), AG_EFORMAT);
+    cr_assert_eq(ag_format_define("X", 8, 8, 127, 1, 1, &f), AG_EFORMAT); /* 17 bits */
+    cr_assert_eq(ag_format_define("X", 1, 1, 0, 0, 0, &f), AG_EFORMAT);   /* 3 bits */
+    cr_assert_eq(ag_format_define("X", 0, 2, 0, 0, 0, &f), AG_EFORMAT);
+    cr_assert_eq(ag_format_define("X", 8, 7, 128, 1, 1, &f), AG_EFORMAT); /* 2^-127 */
+    cr_assert_eq(ag_format_define("X", 8, 7, 126, 1, 1, &f), AG_EFORMAT); /* max 2^128 */
+    cr_assert_eq(ag_format_define_ex("X", 4, 3, 7, 3, &f), AG_EFORMAT);   /* no such mode */
     cr_assert_eq(ag_format_define("E8M-1", 8, -1, 7, 0, 0, &f), AG_EFORMAT);
     cr_assert_eq(ag_format_define("X", 4, 3, 7, 1, 0, &f), AG_EFORMAT);    /* inf without NaN */
     cr_assert_eq(ag_format_define("X", 7, 0, 63, 1, 1, &f), AG_EFORMAT);   /* inf needs m bits */

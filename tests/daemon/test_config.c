@@ -244,7 +244,7 @@ Test(config, define_format_is_repeatable_in_the_file_and_the_command_line_adds_t
     cr_expect_str_eq(cfg.fmts[0]->name, "E5M2FNUZ");
     /* A bad definition in the file names its line. */
     f = fopen(path, "w");
-    fprintf(f, "formats = E5M2\ndefine-format = E4M4=4,4,7\n");
+    fprintf(f, "formats = E5M2\ndefine-format = E8M8=8,8,7\n");
     fclose(f);
     cr_expect_eq(load(&cfg, err, 3, argv), AG_EFORMAT);
     cr_expect_not_null(strstr(err, ":2: --define-format"), "%s", err);
@@ -266,7 +266,9 @@ Test(config, bad_or_conflicting_definitions_are_one_line_saying_what_is_wrong) {
         {"E4M3=-4,11,7", AG_EINVAL, "E is not"},
         {"ThisNameIsTooLong=4,3,7", AG_EINVAL, "longer than 15"},
         {"E4 M3=4,3,7", AG_EFORMAT, "[A-Za-z0-9_-]"},
-        {"E4M4=4,4,7", AG_EFORMAT, "E + M must be 7"},
+        {"E8M8=8,8,7", AG_EFORMAT, "E + M must be 3..15"},
+        {"E1M1=1,1,0", AG_EFORMAT, "E + M must be 3..15"},
+        {"X-unscaled=4,3,7", AG_EFORMAT, "unscaled twin"},
         {"E4M3=4,3,7,inf", AG_EFORMAT, "inf needs nan"},
         {"E7M0X=7,0,63,inf,nan", AG_EFORMAT, "inf needs mantissa bits"},
         {"Q7=0,7,1", AG_EFORMAT, "fixed-point"},
@@ -390,4 +392,28 @@ Test(config, tls_and_allow_remote_tcp_keys_in_the_file) {
     cr_expect_eq(load(&cfg, err, 3, argv), AG_EINVAL);
     cr_expect(strstr(err, "true or false"), "%s", err);
     unlink(path);
+}
+
+Test(config, formats_take_the_new_built_ins_and_unscaled_twins) {
+    ag_config cfg;
+    char err[256] = "";
+    const char *argv[] = {"altgradd", "--formats", "E5M2,E4M3,BF16:unscaled,FP16-unscaled,E2M1"};
+    cr_assert_eq(load(&cfg, err, 3, argv), AG_OK, "%s", err);
+    cr_assert_eq(cfg.nfmts, 5);
+    cr_expect_str_eq(cfg.fmts[1]->name, "E4M3");
+    cr_expect_str_eq(cfg.fmts[2]->name, "BF16-unscaled");
+    cr_expect(cfg.fmts[2]->unscaled && cfg.fmts[3]->unscaled && !cfg.fmts[0]->unscaled);
+    cr_expect_str_eq(cfg.fmts[3]->name, "FP16-unscaled");
+    /* the list as the registry names it: what status reports */
+    cr_expect_str_eq(cfg.formats, "E5M2,E4M3,BF16-unscaled,FP16-unscaled,E2M1");
+    const char *twice[] = {"altgradd", "--formats", "BF16:unscaled,BF16-unscaled"};
+    cr_expect_eq(load(&cfg, err, 3, twice), AG_EINVAL);
+    cr_expect_not_null(strstr(err, "given twice"), "%s", err);
+    const char *unknown[] = {"altgradd", "--formats", "NOPE:unscaled"};
+    cr_expect_eq(load(&cfg, err, 3, unknown), AG_EINVAL);
+    cr_expect_not_null(strstr(err, "unknown format 'NOPE'"), "%s", err);
+    const char *longname[] = {"altgradd", "--define-format", "E5M10long=5,10,15,inf,nan",
+                              "--formats", "E5M10long:unscaled"};
+    cr_expect_eq(load(&cfg, err, 5, longname), AG_EINVAL);
+    cr_expect_not_null(strstr(err, "must fit 15"), "%s", err);
 }

@@ -353,6 +353,64 @@ Test(engine, a_defined_format_is_evaluated_as_the_core_evaluates_it) {
     ag_free(h);
 }
 
+/* Issue 14: a 16-bit format, its unscaled twin (scale 1 even under a
+ * message's scale) and an OCP format, each as the core computes it, with
+ * the quantization error of the same pass and 16-bit pattern flips. */
+Test(engine, wide_formats_unscaled_twins_and_quantization_error_are_stored) {
+    const char *args[] = {"--formats", "E5M2,BF16:unscaled,FP16,E2M1"};
+    start(args, 2);
+    const ag_format *bfu = ag_format_get("BF16-unscaled"), *fp16 = ag_format_get("FP16"),
+                    *fp4 = ag_format_get("E2M1");
+    cr_assert(bfu && bfu->unscaled && fp16 && fp4);
+    enum { N = 5000 };
+    static float w[3][N], u[N];
+    fill(w[0], u, N, 40.0f);
+    double amax[3] = {0, 0, 0}; /* the history's max after each step */
+    for (size_t i = 0; i < N; i++) {
+        w[0][i] += 0.0013f * (float)(i % 7); /* off the coarser grids */
+        u[i] = u[i] * 10.0f;
+        w[1][i] = w[0][i] + u[i]; /* the update applied: flips = total - stalled */
+        w[2][i] = w[1][i];
+        amax[0] = fmax(amax[0], fabs((double)w[0][i]));
+        amax[1] = fmax(amax[1], fabs((double)w[1][i]));
+    }
+    amax[1] = fmax(amax[1], amax[0]);
+    amax[2] = amax[1];
+    cr_assert_eq(snapshot(1, w[0], u, N, AG_FORM_UPDATE, 0, NULL, 0), AG_OK);
+    cr_assert_eq(snapshot(2, w[1], u, N, AG_FORM_UPDATE, 0, NULL, 0), AG_OK);
+    cr_assert_eq(snapshot(3, w[2], u, N, AG_FORM_UPDATE, 0.5, NULL, 0), AG_OK); /* explicit */
+    cr_expect_eq(atomic_load(&F.counters.rejected), 0);
+    stop();
+    const ag_format *fm[3] = {bfu, fp16, fp4};
+    for (int k = 0; k < 3; k++) {
+        ag_history *h = history(fm[k]->name);
+        cr_assert_eq(h->n, 3, "%s", fm[k]->name);
+        ag_stall_counts c0 = {0};
+        for (int s = 0; s < 3; s++) {
+            float scale = k == 0   ? 1.0f
+                          : s == 2 ? 0.5f
+                                   : (float)ag_compute_scale(amax[s], fm[k], AG_SCALE_MIN);
+            cr_expect_eq(h->points[s].scale, (double)scale, "%s step %d", fm[k]->name, s + 1);
+            ag_stall_counts c = {0};
+            cr_assert_eq(ag_stall_update(fm[k], scale, w[s], u, N, &c), AG_OK);
+            if (s == 0) c0 = c;
+            cr_expect_eq(h->points[s].stalled, c.stalled, "%s step %d", fm[k]->name, s + 1);
+            cr_expect_eq(h->points[s].total, c.total);
+            cr_expect_eq(h->points[s].overflow, c.overflow);
+            cr_expect_eq(h->points[s].underflow, c.underflow);
+            ag_quant_error q = {0};
+            cr_assert_eq(ag_quant_error_multi(&fm[k], &scale, 1, w[s], N, &q), AG_OK);
+            cr_expect_eq(h->points[s].mse, ag_quant_mse(&q), "%s mse", fm[k]->name);
+            cr_expect_eq(h->points[s].sqnr_db, ag_quant_sqnr_db(&q), "%s sqnr", fm[k]->name);
+            cr_expect(isfinite(h->points[s].sqnr_db) && h->points[s].mse > 0);
+        }
+        cr_expect_eq(h->points[0].flips, 0);
+        cr_expect_eq(h->points[1].flips, c0.total - c0.stalled, "%s flips", fm[k]->name);
+        cr_expect_eq(h->points[2].flips, 0, "%s: same weights", fm[k]->name);
+        ag_free(h);
+    }
+}
+
 /* Put a format row as a daemon of another configuration would have. */
 static void store_format(int64_t id, const char *name, int eb, int mb, int bias, int inf, int nan) {
     ag_format f = {

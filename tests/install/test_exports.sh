@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test_exports.sh - libaltgrad.so exports nothing outside the ag_ prefix and
-# carries a SONAME of libaltgrad.so.MAJOR. Usage: test_exports.sh LIB MAJOR
+# carries a SONAME of libaltgrad.so.VERSION, VERSION the SOVERSION (MAJOR.MINOR
+# while MAJOR is 0: 0.x releases change the ABI). Usage: test_exports.sh LIB VERSION
 set -uo pipefail
 lib=$1
 major=$2

@@ -46,7 +46,7 @@ if ! run cmake --install "$build" --prefix "$prefix"; then
 fi
 libdir=$(sed -n 's/^libdir=\${prefix}\///p' "$prefix"/lib*/pkgconfig/altgrad.pc 2>/dev/null | head -1)
 libdir=$prefix/${libdir:-lib}
-for f in "$libdir/libaltgrad.so" "$libdir/libaltgrad.so.0" "$libdir/libaltgrad.a" \
+for f in "$libdir/libaltgrad.so" "$libdir/libaltgrad.so.0.2" "$libdir/libaltgrad.a" \
          "$prefix/include/altgrad/altgrad.h" "$libdir/pkgconfig/altgrad.pc" \
          "$libdir/cmake/altgrad/altgradConfig.cmake" \
          "$libdir/cmake/altgrad/altgradConfigVersion.cmake" \
@@ -59,8 +59,8 @@ done
 have_daemon=0; have_cli=0
 [[ -x $prefix/sbin/altgradd ]] && have_daemon=1 && ok "installed sbin/altgradd"
 [[ -x $prefix/bin/altgrad ]] && have_cli=1 && ok "installed bin/altgrad"
-[[ $(readlink "$libdir/libaltgrad.so") == libaltgrad.so.0 ]] \
-  && ok "libaltgrad.so -> libaltgrad.so.0" || bad "libaltgrad.so does not link to the SONAME"
+[[ $(readlink "$libdir/libaltgrad.so") == libaltgrad.so.0.2 ]] \
+  && ok "libaltgrad.so -> libaltgrad.so.0.2" || bad "libaltgrad.so does not link to the SONAME"
 
 echo "== man pages"
 if command -v man >/dev/null; then
@@ -130,8 +130,8 @@ for b in consumer-pc consumer-pc-static consumer-cmake-shared consumer-cmake-sta
 done
 for b in "$tmp/consumer-pc" "$tmp/consumer-cmake-shared"; do
   [[ -x $b ]] || continue
-  if ldd "$b" | grep "libaltgrad.so.0 => $libdir/libaltgrad.so.0" >/dev/null; then
-    ok "${b##*/} loads libaltgrad.so.0 from the prefix"
+  if ldd "$b" | grep "libaltgrad.so.0.2 => $libdir/libaltgrad.so.0.2" >/dev/null; then
+    ok "${b##*/} loads libaltgrad.so.0.2 from the prefix"
   else
     bad "${b##*/} does not load the installed library: $(ldd "$b" | grep altgrad)"
   fi

@@ -4,6 +4,7 @@
  * batch and the seq/dropped patch used by the client's send queue.
  */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <msgpack.h>
 #include <string.h>
 
@@ -457,8 +458,9 @@ Test(codec, runs_reply_round_trips_and_is_freed_with_one_call) {
 Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     ag_tensor_info ti = {"w", AG_ROLE_GRADIENT, 10, 1, 9, 4, 2.5};
     ag_tensor_list tl = {1, &ti};
-    ag_history_point pts[2] = {{1, 2, 3, 2.0 / 3, 4, 5, 6, 7, 8.5, 0.125, "daemon", 2, 0},
-                               {2, 0, 0, 0, AG_FLIPS_UNKNOWN, 0, 0, 0, 1, 1, "device", 1, 1}};
+    ag_history_point pts[2] = {
+        {1, 2, 3, 2.0 / 3, 4, 5, 6, 7, 8.5, 0.125, "daemon", 2, 0, 0.25, 12.5},
+        {2, 0, 0, 0, AG_FLIPS_UNKNOWN, 0, 0, 0, 1, 1, "device", 1, 1, NAN, NAN}};
     ag_history h = {"r", "w", "E5M2", 2, pts};
     ag_scale_info si = {"w", 7, 3.0, 0.5};
     ag_scale_list sl = {"E3M4", 1, &si};
@@ -512,6 +514,17 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     }
     ag_msg_clear(&d);
     ag_buf_free(&b);
+    /* A sender of 11 columns (before ranks and the quantization error):
+     * unknown, not 0. */
+    m.cols = 11;
+    b = encode_ok(&m);
+    decode_ok(&b, &d);
+    cr_assert_eq(d.cols, 11);
+    cr_assert(isnan(d.u.history->points[0].mse) && isnan(d.u.history->points[0].sqnr_db));
+    cr_assert_str_eq(d.u.history->points[0].computed, "daemon");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+    m.cols = 0;
 
     m = (ag_msg){.type = AG_MSG_R_SCALES};
     m.u.scales = &sl;
@@ -534,8 +547,8 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     ag_msg_clear(&d);
     ag_buf_free(&b);
 
-    ag_report_row rr[2] = {{"w", "E5M2", 3000, 0.25, 0.125, 0.5, "\xe2\x96\x81\xe2\x96\x88"},
-                           {"v", "E3M4", 1, 0, 0, 0, ""}};
+    ag_report_row rr[2] = {{"w", "E5M2", 3000, 0.25, 0.125, 0.5, "\xe2\x96\x81\xe2\x96\x88", 24.5},
+                           {"v", "E3M4", 1, 0, 0, 0, "", NAN}};
     ag_report rep = {2, rr};
     m = (ag_msg){.type = AG_MSG_R_REPORT};
     m.u.report = &rep;
@@ -552,7 +565,30 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
         cr_assert_eq(g->mean_rate, rr[i].mean_rate);
         cr_assert_eq(g->max_rate, rr[i].max_rate);
     }
+    cr_assert_eq(d.u.report->items[0].last_sqnr_db, 24.5);
+    cr_assert(isnan(d.u.report->items[1].last_sqnr_db), "nil: unknown");
     ag_msg_clear(&d);
+    /* On the wire last_sqnr_db, added last, comes after the sparkline, so a
+     * receiver that reads 7 values skips it. */
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    cr_assert_eq(msgpack_unpack_next(&u, (const char *)b.data, b.len, NULL),
+                 MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object_array *items = NULL;
+    for (uint32_t k = 0; k < u.data.via.map.size; k++) {
+        const msgpack_object_kv *kv = &u.data.via.map.ptr[k];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 5 &&
+            memcmp(kv->key.via.str.ptr, "items", 5) == 0)
+            items = &kv->val.via.array;
+    }
+    cr_assert_not_null(items);
+    cr_assert_eq(items->size, 2);
+    const msgpack_object_array *row0 = &items->ptr[0].via.array, *row1 = &items->ptr[1].via.array;
+    cr_assert_eq(row0->size, 8);
+    cr_assert_eq(row0->ptr[6].type, MSGPACK_OBJECT_STR, "the sparkline 7th");
+    cr_assert_eq(row0->ptr[7].via.f64, 24.5, "last_sqnr_db 8th");
+    cr_assert_eq(row1->ptr[7].type, MSGPACK_OBJECT_NIL, "unknown: nil");
+    msgpack_unpacked_destroy(&u);
     ag_buf_free(&b);
 
     m = (ag_msg){.type = AG_MSG_R_STATUS};
@@ -664,10 +700,10 @@ Test(codec, peek_reads_version_and_type) {
 /* A column added to reply items (history's computed) goes only to requesters
  * that say they read it: one that predates cols gets the first 10. */
 Test(codec, history_items_carry_computed_only_for_a_requester_that_reads_it) {
-    ag_history_point pt = {3, 1, 2, 0.5, 0, 0, 0, 0, 1, 1, "device", 1, 1};
+    ag_history_point pt = {3, 1, 2, 0.5, 0, 0, 0, 0, 1, 1, "device", 1, 1, NAN, -3.5};
     ag_history h = {"r", "w", "E5M2", 1, &pt};
     cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, 0), 10);
-    cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX), 13);
+    cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, UINT64_MAX), 15);
     cr_assert_eq(ag_proto_reply_cols(AG_MSG_R_HISTORY, 5), 5);
     ag_msg m = {.type = AG_MSG_R_HISTORY, .cols = ag_proto_reply_cols(AG_MSG_R_HISTORY, 0)};
     m.u.history = &h;
@@ -682,10 +718,12 @@ Test(codec, history_items_carry_computed_only_for_a_requester_that_reads_it) {
     m.cols = 0; /* all */
     b = encode_ok(&m);
     decode_ok(&b, &d);
-    cr_expect_eq(d.cols, 13);
+    cr_expect_eq(d.cols, 15);
     cr_expect_str_eq(d.u.history->points[0].computed, "device");
     cr_expect_eq(d.u.history->points[0].ranks, 1);
     cr_expect_eq(d.u.history->points[0].complete, 1);
+    cr_expect(isnan(d.u.history->points[0].mse), "nil: unknown");
+    cr_expect_eq(d.u.history->points[0].sqnr_db, -3.5);
     ag_msg_clear(&d);
     ag_buf_free(&b);
     m.cols = 9; /* fewer than every receiver reads */
@@ -697,8 +735,8 @@ Test(codec, history_items_carry_computed_only_for_a_requester_that_reads_it) {
 /* A newer sender's extra item values are skipped; fewer than the first
  * columns is malformed. */
 Test(codec, history_items_longer_than_known_are_read_and_shorter_ones_refused) {
-    static const size_t lengths[] = {9, 10, 14};
-    for (size_t t = 0; t < 3; t++) {
+    static const size_t lengths[] = {9, 10, 13, 14, 16};
+    for (size_t t = 0; t < 5; t++) {
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         msgpack_packer pk;
@@ -719,6 +757,10 @@ Test(codec, history_items_longer_than_known_are_read_and_shorter_ones_refused) {
             if (c == 10)
                 msgpack_pack_str_with_body(&pk, "daemon", 6);
             else if (c == 13)
+                msgpack_pack_nil(&pk); /* mse unknown */
+            else if (c == 14)
+                msgpack_pack_double(&pk, 7.25); /* sqnr_db */
+            else if (c == 15)
                 msgpack_pack_map(&pk, 0); /* a value of some newer column */
             else
                 msgpack_pack_uint8(&pk, (uint8_t)c);
@@ -734,6 +776,13 @@ Test(codec, history_items_longer_than_known_are_read_and_shorter_ones_refused) {
                 cr_expect_str_eq(d.u.history->points[0].computed, "daemon");
             else
                 cr_expect_null(d.u.history->points[0].computed);
+            cr_expect_eq(d.u.history->points[0].ranks, lengths[t] > 11 ? 11 : 0);
+            cr_expect_eq(d.u.history->points[0].complete, lengths[t] > 12 ? 12 : 0);
+            cr_expect(isnan(d.u.history->points[0].mse));
+            if (lengths[t] > 14)
+                cr_expect_eq(d.u.history->points[0].sqnr_db, 7.25);
+            else
+                cr_expect(isnan(d.u.history->points[0].sqnr_db), "not sent: unknown");
             ag_msg_clear(&d);
         }
         msgpack_sbuffer_destroy(&sb);

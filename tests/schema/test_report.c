@@ -4,10 +4,12 @@
  * whole-run top, a top over the last step and one downsampled history per
  * tensor and format (kept here as the reference), on a file with dense and
  * sparse series, gaps, a step stored again, a format some tensors lack and
- * a tensor without snapshots; and its errors.
+ * a tensor without snapshots; the last row's SQNR, known or not; and its
+ * errors.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +26,8 @@ static ag_store *st;
  * from 5 in both; c.weight in E5M2 only, with a gap and a step stored
  * again; d.act statistics only (no snapshots). The run's last step is 3010,
  * past every tensor's. Formats E5M2 (1), E3M4 (2); the daemon's recorded
- * formats name one the file does not know. */
+ * formats name one the file does not know. Rows in E5M2 carry a quantization
+ * error (but b.weight's at even steps: unknown), rows in E3M4 none. */
 static void setup(void) {
     strcpy(dir, "/tmp/ag_report_XXXXXX");
     cr_assert_not_null(mkdtemp(dir));
@@ -54,7 +57,10 @@ static void setup(void) {
                                          .counts = {.stalled = h % 37, .total = 40 + h % 3},
                                          .flips = h % 5,
                                          .amax = 1.0,
-                                         .scale = 2.0};
+                                         .scale = 2.0,
+                                         .has_qerr = f == 0 && !(t == 1 && step % 2 == 0),
+                                         .mse = 1e-4 * (double)(h % 11),
+                                         .sqnr_db = 20.0 + (double)(h % 101) / 4};
                 cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
             }
     ag_store_result_row again = {.tensor_id = 3,
@@ -103,7 +109,7 @@ static const ag_top_entry *entry(const ag_top_list *l, const char *tensor) {
 typedef struct ref_row {
     char tensor[32], format[16], spark[3 * AG_REPORT_WIDTH_MAX + 1];
     uint64_t steps;
-    double last_rate, mean_rate, max_rate;
+    double last_rate, mean_rate, max_rate, last_sqnr_db;
 } ref_row;
 
 /* The reference rows of the report of "r" (formats NULL: the recorded
@@ -149,6 +155,18 @@ static size_t reference(const char *formats, size_t width, ref_row *out, size_t 
             cr_assert_lt(n, cap);
             ref_row *r = &out[n++];
             const ag_top_entry *last = entry(final[f], tl->items[t].name);
+            /* the SQNR of the series' last row: a downsampled point has
+             * none, so that row alone */
+            r->last_sqnr_db = h->points[h->n - 1].sqnr_db;
+            if (q.every > 1) {
+                ag_history *one = NULL;
+                ag_history_query q1 = q;
+                q1.every = 1;
+                q1.from_step = q1.to_step = h->points[h->n - 1].step;
+                cr_assert_eq(ag_store_history(st, &q1, &one), AG_OK);
+                r->last_sqnr_db = one->n ? one->points[one->n - 1].sqnr_db : NAN;
+                ag_free(one);
+            }
             r->last_rate = h->points[h->n - 1].stall_rate;
             if (last) {
                 r->last_rate = last->stall_rate;
@@ -199,6 +217,10 @@ static void expect_report(const char *formats, size_t width) {
                   w->format, width, g->last_rate, w->last_rate);
         cr_assert(g->mean_rate == w->mean_rate, "%s %s: mean", w->tensor, w->format);
         cr_assert(g->max_rate == w->max_rate, "%s %s: max", w->tensor, w->format);
+        cr_assert(g->last_sqnr_db == w->last_sqnr_db ||
+                      (isnan(g->last_sqnr_db) && isnan(w->last_sqnr_db)),
+                  "%s %s width %zu: last_sqnr_db %.17g want %.17g", w->tensor, w->format, width,
+                  g->last_sqnr_db, w->last_sqnr_db);
         cr_assert_str_eq(g->sparkline, w->spark, "%s %s width %zu", w->tensor, w->format, width);
     }
     ag_free(got);
@@ -223,6 +245,13 @@ Test(report, default_formats_are_the_recorded_ones_and_unknown_ones_are_left_out
     cr_assert_str_eq(got->items[4].tensor, "c.weight");
     cr_assert_str_eq(got->items[4].format, "E5M2");
     cr_assert_eq(got->items[0].steps, 3000);
+    /* the last row's SQNR: a.weight's in E5M2 (step 2999), none in E3M4,
+     * none for b.weight's last row (step 2994, even) */
+    uint64_t h = (uint64_t)2999 * 2654435761u;
+    cr_assert_eq(got->items[1].last_sqnr_db, 20.0 + (double)(h % 101) / 4);
+    cr_assert(isnan(got->items[0].last_sqnr_db), "E3M4: unknown");
+    cr_assert_str_eq(got->items[3].tensor, "b.weight");
+    cr_assert(isnan(got->items[3].last_sqnr_db), "b.weight's last row: unknown");
     /* width 0 is 40 columns */
     ag_report *forty = NULL;
     cr_assert_eq(ag_store_report(st, "r", NULL, AG_REPORT_WIDTH_DEFAULT, &forty), AG_OK);

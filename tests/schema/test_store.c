@@ -8,6 +8,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1027,6 +1028,8 @@ static void expect_one_rank(ag_store *st, const char *when) {
     for (size_t i = 0; i < 2; i++) {
         cr_expect_eq(h->points[i].ranks, 1, "%s", when);
         cr_expect_eq(h->points[i].complete, 1, "%s", when);
+        cr_expect(isnan(h->points[i].mse) && isnan(h->points[i].sqnr_db), "%s: no error known",
+                  when);
     }
     ag_free(h);
     q.every = 10; /* through the rollups */
@@ -1078,5 +1081,102 @@ Test(store, a_version_8_file_reads_as_one_rank_before_and_after_migrating) {
     cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
     cr_expect_eq(v, ag_store_schema_version());
     expect_one_rank(st, "migrated");
+    ag_store_close(st);
+}
+
+/* A file of schema version 9 (before the quantization error): read without
+ * migrating, its results have mse and sqnr_db unknown (history and the
+ * report's last_sqnr_db) and keep their ranks; migrated, the same, and a
+ * new row stores its error. */
+static void expect_no_error_known(ag_store *st, const char *when) {
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .format = "E5M2"};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s: %s", when, ag_store_errmsg(st));
+    cr_assert_eq(h->n, 3, "%s", when);
+    for (size_t i = 0; i < h->n; i++) {
+        cr_expect(isnan(h->points[i].mse) && isnan(h->points[i].sqnr_db), "%s", when);
+        cr_expect_eq(h->points[i].ranks, 2, "%s", when);
+        cr_expect_eq(h->points[i].complete, i != 1, "%s", when);
+    }
+    ag_free(h);
+    ag_report *rep = NULL;
+    cr_assert_eq(ag_store_report(st, "r1", "E5M2", 0, &rep), AG_OK, "%s: %s", when,
+                 ag_store_errmsg(st));
+    cr_assert_eq(rep->n, 1, "%s", when);
+    cr_expect(isnan(rep->items[0].last_sqnr_db), "%s", when);
+    ag_free(rep);
+}
+
+Test(store, a_version_9_file_reads_without_quantization_error_before_and_after_migrating) {
+    ag_store *st = open_rw();
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 1, ag_format_get("E5M2")), AG_OK);
+    ag_store_run_row run = {.id = 1, .name = "r1", .host = "h"};
+    cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(st, 1, 1, "fc1.weight", AG_ROLE_WEIGHT), AG_OK);
+    for (uint64_t step = 1; step <= 3; step++) {
+        ag_store_result_row r = {.tensor_id = 1,
+                                 .format_id = 1,
+                                 .step = step,
+                                 .counts = {.stalled = step, .total = 10},
+                                 .amax = 0.5,
+                                 .scale = 0.25,
+                                 .ranks = 2,
+                                 .incomplete = step == 2};
+        cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
+    }
+    ag_store_tensor_delta td = {
+        .tensor_id = 1, .role = AG_ROLE_WEIGHT, .numel = 4, .last_step = 3, .snapshots = 3};
+    cr_assert_eq(ag_store_apply_tensor_delta(st, &td), AG_OK);
+    ag_store_run_delta rd = {.run_id = 1, .last_step = 4};
+    cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
+    ag_store_close(st);
+    /* back to version 9: the columns migration 10 added taken out again */
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    cr_assert_eq(sqlite3_exec(db,
+                              "ALTER TABLE results DROP COLUMN mse;"
+                              "ALTER TABLE results DROP COLUMN sqnr_db;"
+                              "PRAGMA user_version=9",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    sqlite3_close(db);
+    ag_store *ro = NULL;
+    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(ro));
+    expect_no_error_known(ro, "read-only, schema 9");
+    int v = -1;
+    cr_assert_eq(ag_store_user_version(ro, &v), AG_OK);
+    cr_expect_eq(v, 9, "a reader does not migrate");
+    ag_store_close(ro);
+    st = open_rw();
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_expect_eq(v, ag_store_schema_version());
+    expect_no_error_known(st, "migrated");
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    ag_store_result_row r4 = {.tensor_id = 1,
+                              .format_id = 1,
+                              .step = 4,
+                              .counts = {.stalled = 1, .total = 10},
+                              .amax = 0.5,
+                              .scale = 0.25,
+                              .ranks = 2,
+                              .has_qerr = 1,
+                              .mse = 0.125,
+                              .sqnr_db = 31.5};
+    cr_assert_eq(ag_store_put_result(st, &r4), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
+    ag_history_query q = {.run = "r1", .tensor = "fc1.weight", .format = "E5M2", .from_step = 4};
+    ag_history *h = NULL;
+    cr_assert_eq(ag_store_history(st, &q, &h), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h->n, 1);
+    cr_expect_eq(h->points[0].mse, 0.125);
+    cr_expect_eq(h->points[0].sqnr_db, 31.5);
+    cr_expect_eq(h->points[0].ranks, 2);
+    ag_free(h);
+    ag_report *rep = NULL;
+    cr_assert_eq(ag_store_report(st, "r1", "E5M2", 0, &rep), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_eq(rep->items[0].last_sqnr_db, 31.5);
+    ag_free(rep);
     ag_store_close(st);
 }

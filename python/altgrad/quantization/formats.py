@@ -1,4 +1,5 @@
-"""8-bit ExMy formats: the seed's FP8Format API over the C format registry.
+"""ExMy formats of 4 to 16 bits: the seed's FP8Format API over the C format
+registry (the name is the seed's; the class describes every width).
 
 An FP8Format is a frozen description (name, exponent/mantissa bits, bias,
 inf/NaN flags); the C registry (ag_format_define) holds the matching table,
@@ -12,7 +13,7 @@ import ctypes
 import hashlib
 import threading
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, List
 
 from .. import _lib
 from ..errors import check
@@ -33,9 +34,11 @@ def _alias(key: tuple) -> str:
 
 @dataclass(frozen=True)
 class FP8Format:
-    """An 8-bit sign-magnitude format: 1 sign bit, `exponent_bits` exponent
-    bits, `mantissa_bits` mantissa bits (their sum is 7), an exponent `bias`,
-    and whether the all-ones exponent encodes inf / NaN.
+    """A sign-magnitude format of 4 to 16 bits: 1 sign bit, `exponent_bits`
+    exponent bits, `mantissa_bits` mantissa bits (their sum 3..15), an
+    exponent `bias`, and whether the all-ones exponent encodes inf / NaN
+    (has_inf and has_nan: IEEE style; has_nan alone: only the all-ones
+    pattern is NaN, as in OCP E4M3).
 
     A plain value, as in the seed engine: any number of FP8Format values may
     share a name, and two are equal when all their fields are. Creating one
@@ -99,6 +102,11 @@ class FP8Format:
         return out if rc == 0 else rc
 
     @property
+    def bits(self) -> int:
+        """Width of a pattern in bits (1 + E + M)."""
+        return self.exponent_bits + self.mantissa_bits + 1
+
+    @property
     def max_representable_value(self) -> float:
         """Largest finite magnitude."""
         return float(self._c().contents.max_finite)
@@ -109,14 +117,15 @@ class FP8Format:
         return float(self._c().contents.min_positive)
 
     def to_real(self, bit_index: int) -> float:
-        """The value of the 8-bit pattern `bit_index` (0..255)."""
+        """The value of the pattern `bit_index` (0 .. 2^bits - 1)."""
         if isinstance(bit_index, bool) or not isinstance(bit_index, int):
             try:
                 bit_index = int(bit_index.__index__())
             except AttributeError:
                 raise TypeError(f"bit_index must be an int, got {bit_index!r}") from None
-        if not 0 <= bit_index <= 255:
-            raise ValueError(f"bit_index must be in [0, 255], got {bit_index}")
+        top = (1 << self.bits) - 1
+        if not 0 <= bit_index <= top:
+            raise ValueError(f"bit_index must be in [0, {top}], got {bit_index}")
         return float(_lib.lib().ag_decode(self._c(), bit_index))
 
     def to_bits(self, value: float) -> int:
@@ -169,8 +178,18 @@ def registered_formats() -> Dict[str, FP8Format]:
     return out
 
 
+def list_formats(bits=None) -> List[FP8Format]:
+    """Every format the C registry holds (built-in or defined), in registry
+    order, or those `bits` wide (4 to 16)."""
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)):
+        raise TypeError(f"bits must be an int or None, got {bits!r}")
+    return [f for f in registered_formats().values() if bits is None or f.bits == bits]
+
+
 def get_format(fmt) -> FP8Format:
-    """An FP8Format from an FP8Format or a registered name."""
+    """An FP8Format from an FP8Format or a registered name (any format the
+    C registry holds: the seed's five, E4M3, E3M2, E2M3, E2M1, BF16, FP16,
+    and every defined one)."""
     if isinstance(fmt, FP8Format):
         return fmt
     if isinstance(fmt, str):
@@ -185,5 +204,5 @@ def get_format(fmt) -> FP8Format:
 
 
 __all__ = ["FP8Format", "E0M7", "E1M6", "E3M4", "E5M2", "E7M0", "FORMAT_REGISTRY",
-           "registered_formats", "get_format"]
+           "registered_formats", "get_format", "list_formats"]
 

@@ -76,27 +76,37 @@ def dequantize(x: Tensor, scale) -> Tensor:
 
 
 def encode(x: Tensor, format: FP8Format, scale=1.0) -> Tensor:
-    """The 8-bit patterns of x / scale in `format`, as a uint8 tensor of x's
-    shape on the CPU (no gradient)."""
+    """The patterns of x / scale in `format`, a CPU tensor of x's shape (no
+    gradient): uint8 for formats of 8 bits or fewer, int32 (0..65535) for
+    wider ones."""
     fmt = get_format(format)
     s = scale_value(scale)
     src = as_c_input(x)
-    out = torch.empty(src.shape, dtype=torch.uint8)
+    wide = fmt.bits > 8
+    out = torch.empty(src.shape, dtype=torch.int16 if wide else torch.uint8)
     if src.numel():
         check(_lib.lib().ag_encode_array(fmt._c(), s, src.data_ptr(), out.data_ptr(),
                                          src.numel()))
-    return out
+    return (out.to(torch.int32) & 0xFFFF) if wide else out
 
 
 def decode(bits: Tensor, format: FP8Format, scale=1.0) -> Tensor:
-    """decode(bits) * scale as a float32 CPU tensor of bits' shape."""
+    """decode(bits) * scale as a float32 CPU tensor of bits' shape. bits:
+    uint8 patterns, or (any width) an integer tensor of patterns."""
     fmt = get_format(format)
     s = scale_value(scale)
     if not isinstance(bits, Tensor):
         raise TypeError(f"bits must be a torch.Tensor, got {type(bits).__name__}")
-    if bits.dtype != torch.uint8:
-        raise TypeError(f"bits must be a uint8 tensor, got {bits.dtype}")
-    src = bits.detach().to("cpu").contiguous()
+    if bits.dtype not in (torch.uint8, torch.int16, torch.int32, torch.int64):
+        raise TypeError(f"bits must be a uint8 tensor (or int16/int32/int64 patterns), "
+                        f"got {bits.dtype}")
+    src = bits.detach().to("cpu")
+    if fmt.bits > 8:
+        src = ((src.to(torch.int32) & 0xFFFF) ^ 0x8000) - 0x8000  # as int16, bit for bit
+        src = src.to(torch.int16)
+    elif src.dtype != torch.uint8:
+        src = (src & 0xFF).to(torch.uint8)
+    src = src.contiguous()
     out = torch.empty(src.shape, dtype=torch.float32)
     if src.numel():
         check(_lib.lib().ag_decode_array(fmt._c(), s, src.data_ptr(), out.data_ptr(),
