@@ -128,19 +128,20 @@ class Expected:
         self.rows = {}
         self.amax = {}  # (tensor, step): the whole tensor's amax (the history's input)
 
-    def scale(self, name, amax, fmt_max):
-        from altgrad._device import check_scale
+    def push(self, name, amax):
+        """One observation per tensor and logged step (the daemon's
+        ag_eng_observe); returns the amax the scales come from."""
         h = self.hist.setdefault(name, [])
-        before = [a for a in h]
+        before = list(h)
         h.append(amax)
         del h[:-self.rule.history_len]
         use = before if self.rule.scale_mode == "delayed" else h
         if not use:
-            ha = 1.0
-        elif self.rule.amax_mode == "most_recent":
-            ha = use[-1]
-        else:
-            ha = max(use)
+            return 1.0
+        return use[-1] if self.rule.amax_mode == "most_recent" else max(use)
+
+    def scale(self, ha, fmt_max):
+        from altgrad._device import check_scale
         s = max(ha / fmt_max, self.rule.scale_min) * self.rule.multiplier
         return check_scale(s)
 
@@ -149,7 +150,8 @@ class Expected:
         from altgrad.torch import stall_counts
         fin = torch.isfinite(w)
         amax = float(torch.where(fin, w.abs(), torch.zeros_like(w)).max())
-        scales = {f: self.scale(name, amax, format_params(f).max_finite) for f in FORMATS}
+        ha = self.push(name, amax)
+        scales = {f: self.scale(ha, format_params(f).max_finite) for f in FORMATS}
         got = stall_counts(w, u, FORMATS, scales)
         for f in FORMATS:
             self.rows[(name, step, f)] = {k: got[f][k] for k in KEYS}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/gpu_ranks_all.sh OUT_DIR [SIZE] - issue 11's measurement on a host with 2 GPUs:
+# bench/gpu_ranks_all.sh OUT_DIR [SIZE [gpu_ranks.py options...]] - issue 11's measurement on a host with 2 GPUs:
 # bench/gpu_ranks.py under torchrun with FSDP2 (fully_shard) and with DDP, the
 # Monitor counting on the device, each checked against the gathered whole
 # tensors and timed against the same training without the Monitor. Writes
@@ -16,7 +16,7 @@ port=29511
 for mode in ddp fsdp2; do
   f=$out/ranks-$mode-$size.json
   timeout 280 "$py" -m torch.distributed.run --nproc-per-node 2 --master-port $port \
-    "$here/gpu_ranks.py" --mode "$mode" --size "$size" --out "$f" > "$out/ranks-$mode-$size.log" 2>&1
+    "$here/gpu_ranks.py" --mode "$mode" --size "$size" --out "$f" "${@:3}" > "$out/ranks-$mode-$size.log" 2>&1
   r=$?; ((r)) && rc=$r
   port=$((port + 1))
   echo "== $mode $size: exit $r"
