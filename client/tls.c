@@ -18,6 +18,7 @@
 #include <mbedtls/x509_crt.h>
 
 #include "altgrad/altgrad.h"
+#include "core/errctx.h"
 #include "client/tls.h"
 
 int ag_tls_url(const char *url) {
@@ -25,18 +26,8 @@ int ag_tls_url(const char *url) {
                    strncmp(url, "tls+tcp6://", 11) == 0);
 }
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return code;
-}
+/* a failure: its text into err, its code returned (core/errctx.h) */
+#define fail ag_errbuf_set
 
 /* The whole of path, NUL-terminated, into *out (malloc'd); *len excludes
  * the NUL. */

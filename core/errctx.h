@@ -10,6 +10,8 @@
 #ifndef AG_CORE_ERRCTX_H
 #define AG_CORE_ERRCTX_H
 
+#include <stddef.h>
+
 #define AG_ERRCTX_TEXT_MAX 1024 /* bytes of text kept (an r_error's text fits) */
 
 typedef struct ag_errctx {
@@ -25,6 +27,13 @@ __attribute__((format(printf, 3, 4))) int ag_errctx_set(ag_errctx *e, int code, 
 /* The text recorded last, "" when none (or e is NULL); never NULL. Valid
  * until the next ag_errctx_set or ag_errctx_clear on e. */
 const char *ag_errctx_text(const ag_errctx *e);
+/* The same for a caller's buffer: printf-style text into buf (len bytes,
+ * truncated), returns code. For code that reports errors as text beside a
+ * code (configuration, TLS files). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+int ag_errbuf_set(char *buf, size_t len, int code, const char *fmt, ...);
 /* Forgets what was recorded. */
 void ag_errctx_clear(ag_errctx *e);
 

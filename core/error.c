@@ -59,6 +59,16 @@ int ag_errctx_set(ag_errctx *e, int code, const char *fmt, ...) {
     return code;
 }
 
+int ag_errbuf_set(char *buf, size_t len, int code, const char *fmt, ...) {
+    if (buf && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
 const char *ag_errctx_text(const ag_errctx *e) { return e ? e->text : ""; }
 
 void ag_errctx_clear(ag_errctx *e) {

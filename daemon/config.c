@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/errctx.h"
 #include "daemon/config.h"
 #include "daemon/log.h"
 
@@ -268,18 +269,8 @@ static const opt options[] = {
 };
 #define NOPTIONS (sizeof options / sizeof options[0])
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return code;
-}
+/* a failure: its text into err, its code returned (core/errctx.h) */
+#define fail ag_errbuf_set
 
 static const opt *find_opt(const char *name, size_t len) {
     for (size_t i = 0; i < NOPTIONS; i++)

@@ -153,6 +153,10 @@ typedef struct ag_rollup_visitor {
  * their buckets will not fit saves the descent into each. */
 int ag_rollup_walk(ag_store *st, int64_t tid, int64_t fid, uint64_t from, uint64_t to,
                    uint64_t max_width, const ag_rollup_visitor *v);
+/* Visitor parts for a walk that sums a range: fits takes every bucket whole,
+ * add sums rows, stalled and total into the ag_rollup_agg ctx. */
+int ag_rollup_fits_all(void *ctx, uint64_t rows);
+int ag_rollup_sum_add(void *ctx, const ag_rollup_agg *b);
 void ag_rollup_forget(ag_store *st);
 
 /* The cached, reset statement for id; NULL with errmsg set on failure. */

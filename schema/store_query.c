@@ -424,12 +424,12 @@ fail:
 }
 
 /* top: one tensor's sums over the window. */
-static int fits_all(void *ctx, uint64_t rows) {
+int ag_rollup_fits_all(void *ctx, uint64_t rows) {
     (void)ctx, (void)rows;
     return 1;
 }
 
-static int sum_add(void *ctx, const ag_rollup_agg *b) {
+int ag_rollup_sum_add(void *ctx, const ag_rollup_agg *b) {
     ag_rollup_agg *sum = ctx;
     sum->rows += b->rows;
     sum->stalled += b->stalled;
@@ -480,7 +480,7 @@ static int top_q(ag_store *st, const char *run, const char *format, uint64_t win
     /* Each tensor summed from the coarsest rollups inside the window. */
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         ag_rollup_agg sum = {0};
-        ag_rollup_visitor v = {.ctx = &sum, .fits = fits_all, .add = sum_add};
+        ag_rollup_visitor v = {.ctx = &sum, .fits = ag_rollup_fits_all, .add = ag_rollup_sum_add};
         if ((err = ag_rollup_walk(st, sqlite3_column_int64(s, 0), fid, res->from_step, res->to_step,
                                   0, &v)))
             break;

@@ -61,19 +61,6 @@ static double rate(uint64_t stalled, uint64_t total) {
 
 /* ---- walks over one tensor and format (ag_rollup_walk visitors) ---- */
 
-static int take_any(void *ctx, uint64_t rows) {
-    (void)ctx, (void)rows;
-    return 1;
-}
-
-static int sum_add(void *ctx, const ag_rollup_agg *b) {
-    ag_rollup_agg *sum = ctx;
-    sum->rows += b->rows;
-    sum->stalled += b->stalled;
-    sum->total += b->total;
-    return AG_OK;
-}
-
 /* The series downsampled to points of `every` rows each (the last may hold
  * fewer), as history --every builds them; only the counts are kept. */
 typedef struct series {
@@ -129,7 +116,7 @@ static int last_sqnr(ag_store *st, int64_t tid, int64_t fid, uint64_t step, doub
 
 static int walk_sum(ag_store *st, int64_t tid, int64_t fid, uint64_t from, uint64_t to,
                     ag_rollup_agg *sum) {
-    ag_rollup_visitor v = {.ctx = sum, .fits = take_any, .add = sum_add};
+    ag_rollup_visitor v = {.ctx = sum, .fits = ag_rollup_fits_all, .add = ag_rollup_sum_add};
     memset(sum, 0, sizeof *sum);
     return ag_rollup_walk(st, tid, fid, from, to, 0, &v);
 }
