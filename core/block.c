@@ -1,0 +1,152 @@
+/*
+ * block.c - stall counts of the block-scaled formats (docs/numerics.md,
+ * Block scaling): MX (32 elements, an E8M0 scale each, OCP MX v1.0) and NVFP4
+ * (16 elements of E2M1, an E4M3 scale each times an FP32 tensor scale).
+ * Per block: the largest finite |w|, the block's scale from it, then the
+ * element pass of stall.c with that scale, w and w + u both quantized at it,
+ * elements saturating at the element format's largest finite value.
+ */
+#include <math.h>
+
+#include "altgrad/altgrad.h"
+#include "kernel.h"
+
+typedef struct block_params {
+    ag_qparams elem;  /* the element grid, overflow saturating */
+    ag_qparams scale; /* E4M3, for NVFP4's block scales */
+    int kind;
+    int emax;  /* exponent of the element format's largest normal */
+    int block; /* elements per block */
+    float tensor_scale;
+} block_params;
+
+static void block_params_of(const ag_format *fmt, float tensor_scale, block_params *bp) {
+    ag_qparams_of(fmt->element, &bp->elem);
+    bp->elem.overflow_value = bp->elem.max_finite; /* MX and NVFP4 conversions clamp */
+    ag_qparams_of(ag_format_get("E4M3"), &bp->scale);
+    bp->kind = fmt->scale_kind;
+    bp->emax = fmt->element->max_exponent;
+    bp->block = fmt->block;
+    bp->tensor_scale = tensor_scale;
+}
+
+/* The largest finite |w| of a block (0 when none). */
+AG_INLINE float block_amax(const float *w, size_t len) {
+    float m = 0.0f;
+    for (size_t i = 0; i < len; i++) {
+        float a = fabsf(w[i]);
+        m = a < INFINITY && a > m ? a : m; /* NaN compares false: skipped */
+    }
+    return m;
+}
+
+/* The divisor of a block's elements; 0 means the block quantizes to zeros. */
+static float block_divisor(const block_params *bp, float amax) {
+    float s = bp->tensor_scale;
+    if (bp->kind == AG_SCALE_E8M0) {
+        float a = amax / s;
+        int k = -127;
+        if (a > 0.0f) {
+            k = isinf(a) ? 127 : ilogbf(a) - bp->emax; /* floor(log2(a)) - emax */
+            k = k < -127 ? -127 : k > 127 ? 127 : k;
+        }
+        return ldexpf(1.0f, k) * s;
+    }
+    /* NVFP4: s_b = E4M3(amax_b / (6 S)), saturating at 448 */
+    float t = amax / (6.0f * s);
+    float sb = ag_qvalue(&bp->scale, t);
+    return sb * s;
+}
+
+typedef struct bcounts {
+    uint64_t stalled, total, overflow, underflow, nonfinite;
+} bcounts;
+
+/* One block of len elements at divisor d (0: every element quantizes to 0). */
+AG_INLINE void block_elems(const ag_qparams *pp, float d, float neg_lr, const float *w,
+                           const float *v, size_t len, bcounts *bc, const int update_form) {
+    const ag_qparams p = *pp;
+    const int zero = !(d > 0.0f);
+    const float dd = zero ? 1.0f : d;
+    uint32_t stalled = 0, total = 0, overflow = 0, underflow = 0, nonfinite = 0;
+    for (size_t i = 0; i < len; i++) {
+        float wi = w[i], vi = v[i];
+        float u = update_form ? vi : neg_lr * vi;
+        uint32_t wb = ag_float_bits(wi) & 0x7fffffffu;
+        uint32_t vb = ag_float_bits(vi) & 0x7fffffffu;
+        uint32_t finite = (wb < 0x7f800000u) & (vb < 0x7f800000u);
+        uint32_t moving = update_form ? (u != 0.0f) : (ag_bits_float(vb) > AG_GRAD_EPSILON);
+        float wu = wi + u;
+        float xs = zero ? 0.0f : wi / dd;
+        float xu = zero ? 0.0f : wu / dd;
+        float a = ag_qmag_hd(&p, xs, 0);
+        float b = ag_qmag_hd(&p, xu, 0);
+        float sa = copysignf(a > p.max_finite ? p.max_finite : a, xs);
+        float sb = copysignf(b > p.max_finite ? p.max_finite : b, xu);
+        stalled += finite & moving & (sa == sb);
+        total += finite & moving;
+        overflow += finite & (fabsf(xs) > p.max_finite);
+        underflow += finite & (wi != 0.0f) & (a == 0.0f);
+        nonfinite += !finite;
+    }
+    bc->stalled += stalled;
+    bc->total += total;
+    bc->overflow += overflow;
+    bc->underflow += underflow;
+    bc->nonfinite += nonfinite;
+}
+
+#define BLOCK_PARAMS                                                                               \
+    (const block_params *bp, float neg_lr, const float *w, const float *v, size_t n, bcounts *bc)
+AG_INLINE void block_pass(const block_params *bp, float neg_lr, const float *w, const float *v,
+                          size_t n, bcounts *bc, const int update_form) {
+    size_t bs = (size_t)bp->block;
+    for (size_t s = 0; s < n; s += bs) {
+        size_t len = n - s < bs ? n - s : bs;
+        float d = block_divisor(bp, block_amax(w + s, len));
+        block_elems(&bp->elem, d, neg_lr, w + s, v + s, len, bc, update_form);
+    }
+}
+AG_KERNEL_VARIANTS(block_sgd, BLOCK_PARAMS, { block_pass(bp, neg_lr, w, v, n, bc, 0); });
+AG_KERNEL_VARIANTS(block_update, BLOCK_PARAMS, { block_pass(bp, neg_lr, w, v, n, bc, 1); });
+
+static int block_stall(const ag_format *fmt, float scale, float lr, int update_form, const float *w,
+                       const float *v, size_t n, ag_stall_counts *out) {
+    if (fmt == NULL || fmt->block == 0 || fmt->element == NULL) return AG_EFORMAT;
+    if (w == NULL || v == NULL || out == NULL || n == 0 || !isfinite(scale) || !(scale > 0.0f) ||
+        (!update_form && !isfinite(lr)))
+        return AG_EINVAL;
+    block_params bp;
+    block_params_of(fmt, scale, &bp);
+    bcounts bc = {0, 0, 0, 0, 0};
+    int isa = ag_isa_current();
+    (update_form ? block_update_variants : block_sgd_variants)[isa](&bp, -lr, w, v, n, &bc);
+    out->stalled += bc.stalled;
+    out->total += bc.total;
+    out->overflow += bc.overflow;
+    out->underflow += bc.underflow;
+    out->nonfinite += bc.nonfinite;
+    return AG_OK;
+}
+
+AG_EXTERN int ag_block_stall_sgd(const ag_format *fmt, float scale, float lr, const float *w,
+                                 const float *g, size_t n, ag_stall_counts *out) {
+    return block_stall(fmt, scale, lr, 0, w, g, n, out);
+}
+
+AG_EXTERN int ag_block_stall_update(const ag_format *fmt, float scale, const float *w,
+                                    const float *u, size_t n, ag_stall_counts *out) {
+    return block_stall(fmt, scale, 0.0f, 1, w, u, n, out);
+}
+
+AG_EXTERN int ag_block_scale(const ag_format *fmt, float scale, const float *w, size_t len,
+                             float *out) {
+    if (fmt == NULL || fmt->block == 0 || fmt->element == NULL) return AG_EFORMAT;
+    if (w == NULL || out == NULL || len == 0 || len > (size_t)fmt->block || !isfinite(scale) ||
+        !(scale > 0.0f))
+        return AG_EINVAL;
+    block_params bp;
+    block_params_of(fmt, scale, &bp);
+    *out = block_divisor(&bp, block_amax(w, len));
+    return AG_OK;
+}
