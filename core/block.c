@@ -8,19 +8,14 @@
  */
 #include <math.h>
 
+#include "block.h"
+
 #include "altgrad/altgrad.h"
 #include "kernel.h"
 
-typedef struct block_params {
-    ag_qparams elem;  /* the element grid, overflow saturating */
-    ag_qparams scale; /* E4M3, for NVFP4's block scales */
-    int kind;
-    int emax;  /* exponent of the element format's largest normal */
-    int block; /* elements per block */
-    float tensor_scale;
-} block_params;
+typedef ag_block_params block_params;
 
-static void block_params_of(const ag_format *fmt, float tensor_scale, block_params *bp) {
+void ag_block_params_of(const ag_format *fmt, float tensor_scale, block_params *bp) {
     ag_qparams_of(fmt->element, &bp->elem);
     bp->elem.overflow_value = bp->elem.max_finite; /* MX and NVFP4 conversions clamp */
     ag_qparams_of(ag_format_get("E4M3"), &bp->scale);
@@ -110,6 +105,18 @@ AG_INLINE void block_pass(const block_params *bp, float neg_lr, const float *w, 
 AG_KERNEL_VARIANTS(block_sgd, BLOCK_PARAMS, { block_pass(bp, neg_lr, w, v, n, bc, 0); });
 AG_KERNEL_VARIANTS(block_update, BLOCK_PARAMS, { block_pass(bp, neg_lr, w, v, n, bc, 1); });
 
+void ag_block_run(const ag_block_params *bp, int update_form, float neg_lr, const float *w,
+                  const float *v, size_t n, ag_stall_counts *out) {
+    bcounts bc = {0, 0, 0, 0, 0};
+    int isa = ag_isa_current();
+    (update_form ? block_update_variants : block_sgd_variants)[isa](bp, neg_lr, w, v, n, &bc);
+    out->stalled += bc.stalled;
+    out->total += bc.total;
+    out->overflow += bc.overflow;
+    out->underflow += bc.underflow;
+    out->nonfinite += bc.nonfinite;
+}
+
 static int block_stall(const ag_format *fmt, float scale, float lr, int update_form, const float *w,
                        const float *v, size_t n, ag_stall_counts *out) {
     if (fmt == NULL || fmt->block == 0 || fmt->element == NULL) return AG_EFORMAT;
@@ -117,15 +124,8 @@ static int block_stall(const ag_format *fmt, float scale, float lr, int update_f
         (!update_form && !isfinite(lr)))
         return AG_EINVAL;
     block_params bp;
-    block_params_of(fmt, scale, &bp);
-    bcounts bc = {0, 0, 0, 0, 0};
-    int isa = ag_isa_current();
-    (update_form ? block_update_variants : block_sgd_variants)[isa](&bp, -lr, w, v, n, &bc);
-    out->stalled += bc.stalled;
-    out->total += bc.total;
-    out->overflow += bc.overflow;
-    out->underflow += bc.underflow;
-    out->nonfinite += bc.nonfinite;
+    ag_block_params_of(fmt, scale, &bp);
+    ag_block_run(&bp, update_form, -lr, w, v, n, out);
     return AG_OK;
 }
 
@@ -146,7 +146,7 @@ AG_EXTERN int ag_block_scale(const ag_format *fmt, float scale, const float *w, 
         !(scale > 0.0f))
         return AG_EINVAL;
     block_params bp;
-    block_params_of(fmt, scale, &bp);
+    ag_block_params_of(fmt, scale, &bp);
     *out = block_divisor(&bp, block_amax(w, len));
     return AG_OK;
 }

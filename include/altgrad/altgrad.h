@@ -106,9 +106,11 @@ typedef struct ag_format {
     int unscaled;       /* an unscaled twin (ag_format_unscaled): evaluated at scale 1 */
     /* Block scaling (0.3; docs/numerics.md, Block scaling). 0 for a
      * per-tensor format. A block-scaled format (MXFP8_E4M3 ... NVFP4) carries
-     * its element format's grid in the fields above, so the per-tensor entry
-     * points treat it as that grid at one scale; ag_block_stall_* apply the
-     * block scales. */
+     * its element format's grid in the fields above. The stall entry points
+     * (ag_stall_*, ag_stall_*_multi, ag_block_stall_*) apply its block
+     * scales, the scale given being the tensor scale; ag_quant_error_multi
+     * refuses it (AG_EFORMAT); encode, decode, quantize and the flip counts
+     * see only the element grid at one scale. */
     int block;                       /* elements per block: 32 (MX), 16 (NVFP4), or 0 */
     const struct ag_format *element; /* the element format (a built-in), or NULL */
     int scale_kind;                  /* ag_scale_kind */
@@ -261,7 +263,8 @@ AG_EXTERN int ag_stall_sgd(const ag_format *fmt, float scale, float lr, const fl
 AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w, const float *u,
                               size_t n, ag_stall_counts *out);
 /* One pass over w and g for nfmt formats at once (1 <= nfmt <= AG_FORMATS_MAX),
- * format i with scales[i], adding into out[i]. Same results as nfmt calls. */
+ * format i with scales[i], adding into out[i]. Same results as nfmt calls.
+ * Block-scaled formats may be among them (scales[i] their tensor scale). */
 AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                                  float lr, const float *w, const float *g, size_t n,
                                  ag_stall_counts *out);
@@ -269,7 +272,8 @@ AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *s
                                     const float *w, const float *u, size_t n, ag_stall_counts *out);
 /*
  * Block-scaled formats (fmt->block != 0; docs/numerics.md, Block scaling):
- * the counts of ag_stall_sgd / ag_stall_update with w and w + u both
+ * what ag_stall_sgd / ag_stall_update (and the _multi pass, beside
+ * per-tensor formats) also compute for them: the counts with w and w + u both
  * quantized at the block scale computed from w's block amax. scale is the
  * tensor scale S (finite, > 0): NVFP4's FP32 per-tensor scale; for MX the
  * block scales are computed on w / S (pass 1 for plain MX). Blocks start at

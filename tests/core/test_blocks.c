@@ -310,3 +310,51 @@ Test(blocks, counts_add_across_calls) {
         cr_assert_gt(a.total, 0);
     }
 }
+
+/* The multi-format pass takes block-scaled formats beside per-tensor ones:
+ * one pass, the counts of separate calls. */
+Test(blocks, multi_pass_mixes_block_and_per_tensor_formats) {
+    enum { N = 5000 }; /* several 2048-element chunks and a tail */
+    static float w[N], v[N];
+    uint64_t seed = 4242;
+    const char *names[] = {"E0M7", "MXFP8_E4M3", "E4M3", "NVFP4", "BF16", "MXFP4", "MXFP6_E2M3"};
+    enum { NF = sizeof names / sizeof names[0] };
+    const ag_format *fmts[NF];
+    float scales[NF];
+    for (size_t i = 0; i < NF; i++) {
+        fmts[i] = ag_format_get(names[i]);
+        scales[i] = fmts[i]->block == 16 ? 0.01f : fmts[i]->block ? 1.0f : 0.5f;
+    }
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa)) continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        for (int form = 0; form < 2; form++) {
+            fill(&seed, w, v, N, form);
+            ag_stall_counts got[NF], want;
+            memset(got, 0, sizeof got);
+            int rc = form ? ag_stall_update_multi(fmts, scales, NF, w, v, N, got)
+                          : ag_stall_sgd_multi(fmts, scales, NF, 0.01f, w, v, N, got);
+            cr_assert_eq(rc, AG_OK);
+            for (size_t i = 0; i < NF; i++) {
+                memset(&want, 0, sizeof want);
+                if (fmts[i]->block) {
+                    want = ref_block_stall(fmts[i], scales[i], 0.01f, form, w, v, N);
+                    ag_stall_counts one = {0, 0, 0, 0, 0};
+                    cr_assert_eq(form ? ag_stall_update(fmts[i], scales[i], w, v, N, &one)
+                                      : ag_stall_sgd(fmts[i], scales[i], 0.01f, w, v, N, &one),
+                                 AG_OK);
+                    expect_eq(&one, &want, "single", names[i], N);
+                } else {
+                    cr_assert_eq(form ? ag_stall_update(fmts[i], scales[i], w, v, N, &want)
+                                      : ag_stall_sgd(fmts[i], scales[i], 0.01f, w, v, N, &want),
+                                 AG_OK);
+                }
+                expect_eq(&got[i], &want, "multi", names[i], N);
+            }
+        }
+    }
+    /* no patterns or quantization error for block formats yet */
+    ag_quant_error q[NF];
+    memset(q, 0, sizeof q);
+    cr_assert_eq(ag_quant_error_multi(fmts, scales, NF, w, N, q), AG_EFORMAT);
+}
