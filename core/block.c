@@ -25,14 +25,17 @@ void ag_block_params_of(const ag_format *fmt, float tensor_scale, block_params *
     bp->tensor_scale = tensor_scale;
 }
 
-/* The largest finite |w| of a block (0 when none). */
+/* The largest finite |w| of a block (0 when none): on the bit patterns,
+ * whose unsigned order is the order of non-negative floats (an integer max
+ * vectorises exactly, NaN and inf excluded by their bits). */
 AG_INLINE float block_amax(const float *w, size_t len) {
-    float m = 0.0f;
+    uint32_t m = 0;
     for (size_t i = 0; i < len; i++) {
-        float a = fabsf(w[i]);
-        m = a < INFINITY && a > m ? a : m; /* NaN compares false: skipped */
+        uint32_t b = ag_float_bits(w[i]) & 0x7fffffffu;
+        b = b < 0x7f800000u ? b : 0u;
+        m = b > m ? b : m;
     }
-    return m;
+    return ag_bits_float(m);
 }
 
 /* The divisor of a block's elements; 0 means the block quantizes to zeros. */
@@ -42,10 +45,15 @@ static float block_divisor(const block_params *bp, float amax) {
         float a = amax / s;
         int k = -127;
         if (a > 0.0f) {
-            k = isinf(a) ? 127 : ilogbf(a) - bp->emax; /* floor(log2(a)) - emax */
+            uint32_t ef = ag_float_bits(a) >> 23; /* a >= 0: the exponent field */
+            /* floor(log2(a)) - emax; a past float32 (amax / S overflowed):
+             * the largest scale */
+            k = ef == 255 ? 127 : (ef != 0 ? (int)ef - 127 : ilogbf(a)) - bp->emax;
             k = k < -127 ? -127 : k > 127 ? 127 : k;
         }
-        return ldexpf(1.0f, k) * s;
+        /* 2^k: a normal float32 from -126 up, 2^-127 is subnormal */
+        float x = k >= -126 ? ag_bits_float((uint32_t)(k + 127) << 23) : 0x1p-127f;
+        return x * s;
     }
     /* NVFP4: s_b = E4M3(amax_b / (6 S)), saturating at 448 */
     float t = amax / (6.0f * s);
@@ -93,14 +101,27 @@ AG_INLINE void block_elems(const ag_qparams *pp, float d, float neg_lr, const fl
 
 #define BLOCK_PARAMS                                                                               \
     (const block_params *bp, float neg_lr, const float *w, const float *v, size_t n, bcounts *bc)
+/* Whole blocks of a compile-time size bs (the loops then have constant trip
+ * counts and vectorise without remainders), then the tail. */
+AG_INLINE void block_pass_bs(const block_params *bp, float neg_lr, const float *w, const float *v,
+                             size_t n, bcounts *bc, const int update_form, const size_t bs) {
+    size_t s = 0;
+    for (; s + bs <= n; s += bs) {
+        float d = block_divisor(bp, block_amax(w + s, bs));
+        block_elems(&bp->elem, d, neg_lr, w + s, v + s, bs, bc, update_form);
+    }
+    if (s < n) {
+        float d = block_divisor(bp, block_amax(w + s, n - s));
+        block_elems(&bp->elem, d, neg_lr, w + s, v + s, n - s, bc, update_form);
+    }
+}
+
 AG_INLINE void block_pass(const block_params *bp, float neg_lr, const float *w, const float *v,
                           size_t n, bcounts *bc, const int update_form) {
-    size_t bs = (size_t)bp->block;
-    for (size_t s = 0; s < n; s += bs) {
-        size_t len = n - s < bs ? n - s : bs;
-        float d = block_divisor(bp, block_amax(w + s, len));
-        block_elems(&bp->elem, d, neg_lr, w + s, v + s, len, bc, update_form);
-    }
+    if (bp->block == 32)
+        block_pass_bs(bp, neg_lr, w, v, n, bc, update_form, 32);
+    else
+        block_pass_bs(bp, neg_lr, w, v, n, bc, update_form, 16);
 }
 AG_KERNEL_VARIANTS(block_sgd, BLOCK_PARAMS, { block_pass(bp, neg_lr, w, v, n, bc, 0); });
 AG_KERNEL_VARIANTS(block_update, BLOCK_PARAMS, { block_pass(bp, neg_lr, w, v, n, bc, 1); });
