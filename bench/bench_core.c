@@ -49,7 +49,9 @@ typedef struct ctx {
     const ag_format *fmts[NFMT];
     float scales[NFMT];
     int which;
-    uint8_t *enc[NFMT]; /* the daemon's pass: patterns per format */
+    uint8_t *enc[NFMT];               /* the daemon's pass: patterns per format */
+    const ag_format *fmts9[NFMT + 2]; /* the seven, then MXFP8_E4M3 and NVFP4 */
+    float scales9[NFMT + 2];
 } ctx;
 
 static void run_plain(ctx *c) { plain_read(c->w, c->g, c->n); }
@@ -70,6 +72,19 @@ static void run_stall_seven(ctx *c) {
     ag_stall_counts s[NFMT] = {{0}};
     ag_stall_sgd_multi(c->fmts, c->scales, NFMT, 0.01f, c->w, c->g, c->n, s);
     sink = (float)s[0].stalled;
+}
+
+/* The seven and two block-scaled formats in one pass (issue 14). */
+static void run_stall_nine(ctx *c) {
+    ag_stall_counts s[NFMT + 2] = {{0}};
+    ag_stall_sgd_multi(c->fmts9, c->scales9, NFMT + 2, 0.01f, c->w, c->g, c->n, s);
+    sink = (float)s[0].stalled;
+}
+
+static void run_stall_block(ctx *c) {
+    ag_stall_counts s = {0};
+    ag_stall_sgd(c->fmts9[c->which], c->scales9[c->which], 0.01f, c->w, c->g, c->n, &s);
+    sink = (float)s.stalled;
 }
 
 /* What altgradd runs on a snapshot: counts, the patterns of every format
@@ -131,7 +146,7 @@ int main(int argc, char **argv) {
         w[i] = (float)((double)(s >> 11) * 0x1p-53 * 2.0 - 1.0);
         g[i] = (float)((double)(s & 0xffffff) * 0x1p-24 - 0.5) * 1e-2f;
     }
-    ctx c = {w, g, out, bits, n, {0}, {0}, 0, {0}};
+    ctx c = {w, g, out, bits, n, {0}, {0}, 0, {0}, {0}, {0}};
     for (int i = 0; i < NFMT; i++) {
         c.fmts[i] = ag_format_get(fmt_names[i]);
         c.scales[i] = (float)ag_compute_scale(1.0, c.fmts[i], AG_SCALE_MIN);
@@ -141,7 +156,15 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    best_time(run_plain, &c); /* warm the pages */
+    for (int i = 0; i < NFMT; i++) {
+        c.fmts9[i] = c.fmts[i];
+        c.scales9[i] = c.scales[i];
+    }
+    c.fmts9[NFMT] = ag_format_get("MXFP8_E4M3");
+    c.scales9[NFMT] = 1.0f; /* MX: no tensor scale */
+    c.fmts9[NFMT + 1] = ag_format_get("NVFP4");
+    c.scales9[NFMT + 1] = 1.0f / (448.0f * 6.0f); /* S = amax / (448 * 6), amax 1 */
+    best_time(run_plain, &c);                     /* warm the pages */
     double base = best_time(run_plain, &c);
     double base_rate = (double)n / base;
     printf("bench_core: n = %zu float32, best of %d, kernels: %s (AG_ISA=base|avx2|avx512 picks)\n",
@@ -160,6 +183,16 @@ int main(int argc, char **argv) {
            (double)n / t5 / 1e6, base / t5);
     double t7 = best_time(run_stall_seven, &c);
     printf("%-28s %12.1f %8.3f\n", "stall_sgd_multi 5+E4M3+BF16", (double)n / t7 / 1e6, base / t7);
+    double t9 = best_time(run_stall_nine, &c);
+    printf("%-28s %12.1f %8.3f   (one pass: 5+E4M3+BF16+MXFP8_E4M3+NVFP4)\n",
+           "stall_sgd_multi 7+MX+NV", (double)n / t9 / 1e6, base / t9);
+    for (int i = NFMT; i < NFMT + 2; i++) {
+        c.which = i;
+        double t = best_time(run_stall_block, &c);
+        char name[64];
+        snprintf(name, sizeof name, "stall_sgd %s", c.fmts9[i]->name);
+        printf("%-28s %12.1f %8.3f\n", name, (double)n / t / 1e6, base / t);
+    }
     double td = best_time(run_daemon_pass, &c);
     printf("%-28s %12.1f %8.3f   (counts, patterns, quantization error)\n",
            "daemon pass 5+E4M3+BF16", (double)n / td / 1e6, base / td);

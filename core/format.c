@@ -121,6 +121,26 @@ static void register_builtins(void) {
         (void)rc; /* the table is constant and valid (tests check every field) */
     }
     registry_count = sizeof builtins / sizeof builtins[0];
+    /* Block-scaled formats (docs/numerics.md, Block scaling): the element's
+     * grid, a block size and a scale kind. */
+    static const struct {
+        const char *name;
+        size_t element;
+        int block, kind;
+    } blocks[] = {
+        {"MXFP8_E4M3", 5, 32, AG_SCALE_E8M0}, {"MXFP8_E5M2", 3, 32, AG_SCALE_E8M0},
+        {"MXFP6_E3M2", 6, 32, AG_SCALE_E8M0}, {"MXFP6_E2M3", 7, 32, AG_SCALE_E8M0},
+        {"MXFP4", 8, 32, AG_SCALE_E8M0},      {"NVFP4", 8, 16, AG_SCALE_E4M3},
+    };
+    for (size_t i = 0; i < sizeof blocks / sizeof blocks[0]; i++) {
+        ag_format *f = &registry[registry_count++];
+        *f = registry[blocks[i].element];
+        memset(f->name, 0, sizeof f->name);
+        memcpy(f->name, blocks[i].name, strlen(blocks[i].name));
+        f->block = blocks[i].block;
+        f->element = &registry[blocks[i].element];
+        f->scale_kind = blocks[i].kind;
+    }
 }
 
 static size_t count_locked(void) {
@@ -166,7 +186,7 @@ AG_EXTERN const ag_format *ag_format_get(const char *name) {
 }
 
 AG_EXTERN int ag_format_unscaled(const ag_format *fmt, const ag_format **out) {
-    if (fmt == NULL) return AG_EFORMAT;
+    if (fmt == NULL || fmt->block != 0) return AG_EFORMAT; /* block scales are not one scale */
     if (fmt->unscaled) {
         if (out != NULL) *out = fmt;
         return AG_OK;
@@ -218,8 +238,9 @@ AG_EXTERN int ag_format_define(const char *name, int exponent_bits, int mantissa
     for (size_t i = 0; i < registry_count; i++) {
         const ag_format *g = &registry[i];
         if (strcmp(g->name, f.name) != 0) continue;
-        if (g->exponent_bits != f.exponent_bits || g->mantissa_bits != f.mantissa_bits ||
-            g->bias != f.bias || g->has_inf != f.has_inf || g->has_nan != f.has_nan)
+        if (g->block != 0 || g->exponent_bits != f.exponent_bits ||
+            g->mantissa_bits != f.mantissa_bits || g->bias != f.bias || g->has_inf != f.has_inf ||
+            g->has_nan != f.has_nan)
             rc = AG_EEXIST;
         found = g;
         break;

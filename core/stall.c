@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "altgrad/altgrad.h"
+#include "block.h"
 #include "kernel.h"
 #include "stall_encode.h"
 
@@ -180,10 +181,18 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
     ag_eparams eparams[AG_FORMATS_MAX];
     stall_fn fns[AG_FORMATS_MAX];
     size_t pbytes[AG_FORMATS_MAX];
+    ag_block_params bparams[AG_FORMATS_MAX];
     int isa = ag_isa_current();
     for (size_t f = 0; f < nfmt; f++) {
         if (fmts[f] == NULL) return AG_EFORMAT;
         if (!scale_ok(scales[f]) || (enc != NULL && enc[f] == NULL)) return AG_EINVAL;
+        if (fmts[f]->block != 0) {
+            /* block-scaled: counts only (no patterns or error yet) */
+            if (enc != NULL || qerr != NULL || fmts[f]->element == NULL) return AG_EFORMAT;
+            ag_block_params_of(fmts[f], scales[f], &bparams[f]);
+            fns[f] = NULL;
+            continue;
+        }
         ag_qparams_of(fmts[f], &params[f]);
         ag_eparams_of(fmts[f], &eparams[f]);
         pbytes[f] = (size_t)fmts[f]->pattern_bytes;
@@ -196,6 +205,10 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         uint64_t cnt = 0;
         if (qerr != NULL) signal_block_variants[isa](w + start, len, &sig, &cnt);
         for (size_t f = 0; f < nfmt; f++) {
+            if (fns[f] == NULL) { /* chunks start at multiples of 2048: block-aligned */
+                ag_block_run(&bparams[f], update_form, -lr, w + start, v + start, len, &out[f]);
+                continue;
+            }
             block_counts bc;
             fns[f](&params[f], &eparams[f], scales[f], -lr, w + start, v + start, len, &bc,
                    enc != NULL ? enc[f] + start * pbytes[f] : NULL);
@@ -257,7 +270,7 @@ AG_EXTERN int ag_quant_error_multi(const ag_format *const *fmts, const float *sc
         return AG_EINVAL;
     ag_qparams params[AG_FORMATS_MAX];
     for (size_t f = 0; f < nfmt; f++) {
-        if (fmts[f] == NULL) return AG_EFORMAT;
+        if (fmts[f] == NULL || fmts[f]->block != 0) return AG_EFORMAT; /* not block-scaled yet */
         if (!scale_ok(scales[f])) return AG_EINVAL;
         ag_qparams_of(fmts[f], &params[f]);
     }

@@ -321,6 +321,11 @@ int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t er
                         "--formats: unknown format '%s' (define it with --define-format "
                         "NAME=E,M,BIAS[,inf][,nan])",
                         name);
+        if (f->block)
+            return fail(err, errlen, AG_EINVAL,
+                        "--formats: '%s' is block-scaled; altgradd does not evaluate block-scaled "
+                        "formats yet (docs/numerics.md, Block scaling)",
+                        name);
         if (want_unscaled) {
             int rc = ag_format_unscaled(f, &f);
             if (rc)

@@ -133,7 +133,7 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
     if (s->nformats) {
         for (size_t i = 0; i < s->nformats; i++) {
             const ag_format *f = ag_format_get(s->formats[i]);
-            if (!f) {
+            if (!f || f->block) { /* block-scaled formats: core only so far */
                 err = AG_EFORMAT;
                 goto fail;
             }

@@ -104,7 +104,24 @@ typedef struct ag_format {
     int pattern_bytes;  /* bytes per pattern in arrays: 1 (bits <= 8) or 2 */
     int nan_mode;       /* ag_nan_mode, the same fact as has_inf / has_nan */
     int unscaled;       /* an unscaled twin (ag_format_unscaled): evaluated at scale 1 */
+    /* Block scaling (0.3; docs/numerics.md, Block scaling). 0 for a
+     * per-tensor format. A block-scaled format (MXFP8_E4M3 ... NVFP4) carries
+     * its element format's grid in the fields above. The stall entry points
+     * (ag_stall_*, ag_stall_*_multi, ag_block_stall_*) apply its block
+     * scales, the scale given being the tensor scale; ag_quant_error_multi
+     * refuses it (AG_EFORMAT); encode, decode, quantize and the flip counts
+     * see only the element grid at one scale. */
+    int block;                       /* elements per block: 32 (MX), 16 (NVFP4), or 0 */
+    const struct ag_format *element; /* the element format (a built-in), or NULL */
+    int scale_kind;                  /* ag_scale_kind */
 } ag_format;
+
+/* How a block-scaled format's block scale is formed (ag_format.scale_kind). */
+typedef enum ag_scale_kind {
+    AG_SCALE_TENSOR = 0, /* per-tensor formats: one scale */
+    AG_SCALE_E8M0 = 1,   /* MX: 2^(floor(log2(block amax)) - emax), 2^-127..2^127 */
+    AG_SCALE_E4M3 = 2,   /* NVFP4: E4M3(block amax / (6 * S)) times the tensor scale S */
+} ag_scale_kind;
 
 /* What the all-ones exponent field means (ag_format_define_ex). */
 typedef enum ag_nan_mode {
@@ -115,7 +132,8 @@ typedef enum ag_nan_mode {
 } ag_nan_mode;
 
 /* The seed's five formats E0M7, E1M6, E3M4, E5M2, E7M0, then the built-ins
- * E4M3, E3M2, E2M3, E2M1, BF16, FP16 (docs/numerics.md), and any defined
+ * E4M3, E3M2, E2M3, E2M1, BF16, FP16, the block-scaled MXFP8_E4M3, MXFP8_E5M2,
+ * MXFP6_E3M2, MXFP6_E2M3, MXFP4, NVFP4 (docs/numerics.md), and any defined
  * later. Name lookup is case-sensitive; NULL if unknown or name is NULL. */
 AG_EXTERN const ag_format *ag_format_get(const char *name);
 /* Number of registered formats; the first five are the seed's, in order. */
@@ -245,12 +263,33 @@ AG_EXTERN int ag_stall_sgd(const ag_format *fmt, float scale, float lr, const fl
 AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w, const float *u,
                               size_t n, ag_stall_counts *out);
 /* One pass over w and g for nfmt formats at once (1 <= nfmt <= AG_FORMATS_MAX),
- * format i with scales[i], adding into out[i]. Same results as nfmt calls. */
+ * format i with scales[i], adding into out[i]. Same results as nfmt calls.
+ * Block-scaled formats may be among them (scales[i] their tensor scale). */
 AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                                  float lr, const float *w, const float *g, size_t n,
                                  ag_stall_counts *out);
 AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                                     const float *w, const float *u, size_t n, ag_stall_counts *out);
+/*
+ * Block-scaled formats (fmt->block != 0; docs/numerics.md, Block scaling):
+ * what ag_stall_sgd / ag_stall_update (and the _multi pass, beside
+ * per-tensor formats) also compute for them: the counts with w and w + u both
+ * quantized at the block scale computed from w's block amax. scale is the
+ * tensor scale S (finite, > 0): NVFP4's FP32 per-tensor scale; for MX the
+ * block scales are computed on w / S (pass 1 for plain MX). Blocks start at
+ * element 0; a tail shorter than a block is a block of its own. Adds into
+ * *out. AG_EFORMAT for a per-tensor fmt.
+ */
+AG_EXTERN int ag_block_stall_sgd(const ag_format *fmt, float scale, float lr, const float *w,
+                                 const float *g, size_t n, ag_stall_counts *out);
+AG_EXTERN int ag_block_stall_update(const ag_format *fmt, float scale, const float *w,
+                                    const float *u, size_t n, ag_stall_counts *out);
+/* The effective scale of one block of w (len <= fmt->block elements): the
+ * float32 divisor its elements are quantized with, X * S for MX, s_b * S for
+ * NVFP4 (0 when s_b rounds to 0: the block quantizes to zeros). */
+AG_EXTERN int ag_block_scale(const ag_format *fmt, float scale, const float *w, size_t len,
+                             float *out);
+
 /* Pattern flips at one scale, the flips altgradd reports (docs/numerics.md):
  * elements whose pattern encode(w[i] / scale) differs from prev[i], where
  * prev holds the previous snapshot encoded at that same scale

@@ -55,6 +55,9 @@ class FormatParams:
         if not p:
             raise FormatError(_lib.AG_EFORMAT, f"unknown format {name!r}")
         f = p.contents
+        if f.block:
+            raise FormatError(_lib.AG_EFORMAT,
+                              f"{name} is block-scaled: the device counts do not take it yet")
         self.name = name
         self.E = int(f.exponent_bits)
         self.M = int(f.mantissa_bits)

@@ -79,6 +79,9 @@ class ag_format(ctypes.Structure):
         ("pattern_bytes", c_int),
         ("nan_mode", c_int),
         ("unscaled", c_int),
+        ("block", c_int),
+        ("element", ctypes.c_void_p),
+        ("scale_kind", c_int),
     ]
 
 

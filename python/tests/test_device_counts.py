@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from altgrad import _device, _lib
+from altgrad.errors import AltgradError
 from altgrad.quantization import get_format
 from altgrad.quantization import stall_counts as c_stall_counts
 from altgrad.torch import stall_counts
@@ -102,6 +103,8 @@ def test_multi_format_and_dtypes(device):
 
 def test_arguments_checked():
     w = torch.ones(4)
+    with pytest.raises(AltgradError, match="block-scaled"):
+        stall_counts(w, w, ["MXFP4"], [1.0])  # not per-tensor: refused, not miscounted
     with pytest.raises(ValueError):
         stall_counts(w, w, ["E5M2"], [0.0])
     with pytest.raises(ValueError):

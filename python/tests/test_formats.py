@@ -205,4 +205,13 @@ def test_library_reports_its_path_and_version():
     import altgrad
     assert altgrad.version() == "0.2.0" == altgrad.__version__
     assert altgrad.library_path()
-    assert ctypes.sizeof(_lib.ag_format) == 16 + 5 * 4 + 2 * 4 + 2 * 4 + 4 * 4
+    # ... + block, the element pointer, scale_kind, tail padding (x86-64)
+    assert ctypes.sizeof(_lib.ag_format) == 16 + 5 * 4 + 2 * 4 + 2 * 4 + 4 * 4 + 4 + 8 + 4 + 4
+
+
+def test_block_scaled_formats_are_not_per_tensor_formats():
+    import altgrad
+    names = [f.name for f in altgrad.list_formats()]
+    assert "E2M1" in names and "MXFP4" not in names and "NVFP4" not in names
+    with pytest.raises(ValueError, match="block-scaled"):
+        altgrad.get_format("MXFP4")
