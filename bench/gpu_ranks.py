@@ -159,20 +159,23 @@ class Expected:
         self.amax[(name, step)] = amax
 
 
-def train(args, device, data, monitor_on, urls=None, launch=None, status=None):
-    """One run; returns (step times after warmup, Monitor report, Expected)."""
+def train(args, device, data, monitor_on, urls=None, launch=None, status=None, check=True,
+          run=None):
+    """One run; returns (step times after warmup, Monitor report, Expected).
+    check False: no gathering and no Expected (a run only timed); run: the
+    run name (default ranks-MODE)."""
     wrapped, opt = build(args, device, data.vocab)
     mon = client = expected = None
     rank = dist.get_rank()
     if monitor_on:
         from altgrad import Client
         from altgrad.torch import Monitor
-        client = Client(ingest_url=urls[0], query_url=urls[1], run=f"ranks-{args.mode}",
+        client = Client(ingest_url=urls[0], query_url=urls[1], run=run or f"ranks-{args.mode}",
                         launch_id=launch, rank=rank, world_size=dist.get_world_size(),
                         policy="block")
         mon = Monitor(client, wrapped, opt, every=args.every, compute=args.compute,
                       formats=FORMATS)
-        expected = Expected(status) if rank == 0 else None
+        expected = Expected(status) if rank == 0 and check else None
     gen = torch.Generator().manual_seed(args.seed + rank)  # each rank its own batches
     data.gen = gen
     times = []
@@ -188,7 +191,7 @@ def train(args, device, data, monitor_on, urls=None, launch=None, status=None):
         loss.backward()
         sync(device)
         t1 = time.perf_counter()
-        logged = monitor_on and step % args.every == 0
+        logged = monitor_on and check and step % args.every == 0
         before = {}
         if logged:  # not timed: the check's own gathering
             with torch.no_grad():
@@ -308,6 +311,9 @@ def main():
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pairs", type=int, default=1,
+                    help="runs without and with the Monitor, alternated (ABBA...): the "
+                         "first pair is checked, the others only timed")
     args = ap.parse_args()
     if args.warmup >= args.steps:
         raise SystemExit("--warmup must be below --steps")
@@ -352,6 +358,20 @@ def main():
         dist.barrier()
         mon_t, rep, expected = train(args, device, data, True, urls, launch, status)
         dist.barrier()
+        # further pairs, timed only, in the order with/without then without/with
+        # (ABBA), so a drift of the host's speed weighs on both alike
+        pair_ratios = [sum(mon_t) / sum(base)]
+        all_base, all_mon = list(base), list(mon_t)
+        for k in range(1, max(1, args.pairs)):
+            order = (True, False) if k % 2 else (False, True)
+            got = {}
+            for on in order:
+                got[on], _, _ = train(args, device, data, on, urls, launch, status,
+                                      check=False, run=f"ranks-{args.mode}-timing{k}")
+                dist.barrier()
+            pair_ratios.append(sum(got[True]) / sum(got[False]))
+            all_base += got[False]
+            all_mon += got[True]
         # what each rank took as replicated, from its report: rank 0's view
         result = None
         if rank == 0:
@@ -365,8 +385,10 @@ def main():
                 "torch": torch.__version__, "size": args.size, "model": sz,
                 "steps": args.steps, "warmup": args.warmup, "every": args.every,
                 "compute": args.compute,
-                "step_ms_without": mean(base), "step_ms_with": mean(mon_t),
-                "ratio": mean(mon_t) / mean(base),
+                "step_ms_without": mean(all_base), "step_ms_with": mean(all_mon),
+                "ratio": mean(all_mon) / mean(all_base),
+                "pairs": len(pair_ratios), "pair_ratios": pair_ratios,
+                "median_pair_ratio": sorted(pair_ratios)[len(pair_ratios) // 2],
                 "monitor_report": rep, "check": check,
             }
             with open(args.out, "w") as f:
