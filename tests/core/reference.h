@@ -101,6 +101,30 @@ static inline float ref_quantize(const ag_format *fmt, float x, float scale) {
     return (float)ref_decode(f, ref_encode(f, x / scale)) * scale;
 }
 
+/* Stall counts element by element from ref_quantize (docs/numerics.md):
+ * SGD form (update_form 0) u = -lr * v, update form u = v. Two infinities
+ * of one sign compare equal, so an element whose w and w + u both overflow
+ * to inf is stalled. */
+static inline void ref_stall(const ag_format *f, float scale, int update_form, float lr,
+                             const float *w, const float *v, size_t n, ag_stall_counts *c) {
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(w[i]) || !isfinite(v[i])) {
+            c->nonfinite++;
+            continue;
+        }
+        float u = update_form ? v[i] : -lr * v[i];
+        float a = ref_quantize(f, w[i], scale), b = ref_quantize(f, w[i] + u, scale);
+        int moving = update_form ? u != 0.0f : fabsf(v[i]) > 1e-10f;
+        if (moving) {
+            c->total++;
+            c->stalled += a == b;
+        }
+        c->overflow += fabsf(w[i] / scale) > f->max_finite;
+        c->underflow += w[i] != 0.0f && a == 0.0f;
+    }
+}
+
 /* Deterministic generator for test data (xorshift64*). */
 static inline uint64_t ref_rand(uint64_t *s) {
     *s ^= *s >> 12;

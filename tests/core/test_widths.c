@@ -243,28 +243,6 @@ Test(widths, array_kernels_agree_with_the_scalar_ones) {
     free(enc);
 }
 
-/* Reference counts from ref_encode / ref_decode (as test_stall.c's). */
-static void ref_stall(const ag_format *f, float scale, int update_form, float lr, const float *w,
-                      const float *v, size_t n, ag_stall_counts *c) {
-    memset(c, 0, sizeof *c);
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(w[i]) || !isfinite(v[i])) {
-            c->nonfinite++;
-            continue;
-        }
-        float u = update_form ? v[i] : -lr * v[i];
-        float wn = w[i] + u;
-        float a = ref_quantize(f, w[i], scale), b = ref_quantize(f, wn, scale);
-        int moving = update_form ? u != 0.0f : fabsf(v[i]) > 1e-10f;
-        if (moving) {
-            c->total++;
-            c->stalled += a == b || (isinf(a) && isinf(b) && signbit(a) == signbit(b));
-        }
-        c->overflow += fabsf(w[i] / scale) > f->max_finite;
-        c->underflow += w[i] != 0.0f && a == 0.0f;
-    }
-}
-
 /* Saturating Q(w) - w summed in double. */
 static void ref_qerr(const ag_format *f, float scale, const float *w, size_t n, ag_quant_error *e) {
     memset(e, 0, sizeof *e);
