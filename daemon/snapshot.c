@@ -15,6 +15,10 @@
 
 /* --------------------------------------------------------- snapshots */
 
+/* Chunks hold whole blocks of the block-scaled formats (32 or 16 elements),
+ * so their encoded forms start at enc_bytes(f, start). */
+_Static_assert(AG_ENGINE_CHUNK % 32 == 0, "engine chunks must be block-aligned");
+
 /* Point job->w/x at float32 data: in place when f32 and aligned, else a
  * converted copy. */
 static int payload(ag_engine *e, ag_engine_job *job, const ag_msg_snapshot *s) {
