@@ -85,6 +85,17 @@ typedef struct bcounts {
 /* Lanes of the error sums within a block (blocks are multiples of 8). */
 #define BQ_LANES 8
 
+/* (Q(w) - w)^2 / d^2 of one element at divisor dd (w itself squared when
+ * the block's divisor is 0), 0 for a non-finite w. */
+AG_INLINE double qerr_term(const ag_qparams *p, float wi, const int zero, float dd) {
+    uint32_t fin = (ag_float_bits(wi) & 0x7fffffffu) < 0x7f800000u;
+    float xs = zero ? 0.0f : wi / dd;
+    float a = ag_qmag_hd(p, xs, 0);
+    float q = copysignf(a > p->max_finite ? p->max_finite : a, xs);
+    double dv = zero ? (double)wi : (double)q - (double)xs;
+    return fin ? dv * dv : 0.0;
+}
+
 /* One block of len elements at divisor d (0: every element quantizes to
  * 0, and encodes as +0). The flags are compile-time constants in each
  * instantiation: count the stall counts (v read), encode the element
@@ -122,11 +133,14 @@ AG_INLINE void block_elems(const block_params *bp, float d, float neg_lr, const 
             nonfinite += !finite;
         }
         if (encode) enc[i] = (uint8_t)ag_pattern(&p, &e, xs, a);
-        if (qerr) {
-            float q = copysignf(a > p.max_finite ? p.max_finite : a, xs);
-            double dv = zero ? (double)wi : (double)q - (double)xs;
-            acc[i % BQ_LANES] += wb < 0x7f800000u ? dv * dv : 0.0;
-        }
+    }
+    /* The error in a loop of its own (double lanes; one loop for both would
+     * keep the counts from vectorising), element i in lane i % BQ_LANES. */
+    if (qerr) {
+        size_t i = 0;
+        for (; i + BQ_LANES <= len; i += BQ_LANES)
+            for (size_t j = 0; j < BQ_LANES; j++) acc[j] += qerr_term(&p, w[i + j], zero, dd);
+        for (; i < len; i++) acc[i % BQ_LANES] += qerr_term(&p, w[i], zero, dd);
     }
     if (count) {
         bc->stalled += stalled;
