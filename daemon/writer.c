@@ -441,16 +441,26 @@ static int merge_flush(ag_writer *w) {
     /* Rows of one key keep their arrival order: the later replaces the
      * earlier, as when written one by one. */
     if (m->nstats > 1) qsort(m->stats, m->nstats, sizeof *m->stats, stats_order);
-    for (size_t i = 0; !bad && i < m->nstats; i++) {
-        int err = ag_store_put_stats(w->st, &m->stats[i].row);
+    for (size_t i = 0; !bad && i < m->nstats;) {
+        size_t done = 0;
+        int err =
+            ag_store_put_stats_rows(w->st, &m->stats[i], sizeof *m->stats, m->nstats - i, &done);
+        i += done;
+        if (!err) break;
         bad = merged_result(w, err, "stats row");
-        m->refused += err && !bad;
+        m->refused += !bad;
+        i++; /* refused: go on after it */
     }
     if (m->nresults > 1) qsort(m->results, m->nresults, sizeof *m->results, result_order);
-    for (size_t i = 0; !bad && i < m->nresults; i++) {
-        int err = ag_store_put_result(w->st, &m->results[i].row);
+    for (size_t i = 0; !bad && i < m->nresults;) {
+        size_t done = 0;
+        int err =
+            ag_store_put_results(w->st, &m->results[i], sizeof *m->results, m->nresults - i, &done);
+        i += done;
+        if (!err) break;
         bad = merged_result(w, err, "result row");
-        m->refused += err && !bad;
+        m->refused += !bad;
+        i++;
     }
     for (size_t i = 0; !bad && i < m->nruns; i++)
         bad = merged_result(w, ag_store_apply_run_delta(w->st, &m->runs[i]), "run delta");
