@@ -11,7 +11,8 @@
  *  - the CLI's report and whole-run top through the daemon and with --db.
  * Sizes: AG_BENCH_TENSORS, AG_BENCH_STEPS (ctest runs a small smoke size).
  * AG_BENCH_KEEP_DB=FILE copies the database there at the end (to profile or
- * compare queries on it); AG_BENCH_ONLY=store runs the store's share alone.
+ * compare queries on it); AG_BENCH_ONLY=store runs the store's share alone,
+ * AG_BENCH_ONLY=ingest the end-to-end ingest alone.
  * Starts $AG_BUILD_DIR/daemon/altgradd (else ../daemon/altgradd next to it).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -126,6 +127,23 @@ static void *probe(void *arg) {
     return NULL;
 }
 
+/* CPU seconds (user + system) process pid has used, from /proc; 0 when
+ * unknown. */
+static double proc_cpu_s(pid_t pid) {
+    char p[64], buf[1024];
+    snprintf(p, sizeof p, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(p, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *q = strrchr(buf, ')'); /* the name may hold spaces */
+    unsigned long ut = 0, st = 0;
+    if (!q || sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
 /* Ingest the run; returns snapshots per second (0 on failure). */
 static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wal_busy) {
     ag_client_opts o = {.ingest_url = d->ingest,
@@ -143,7 +161,7 @@ static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wa
     prober pr = {.ingest_url = d->ingest, .query_url = d->query};
     pthread_t probe_thread;
     int probing = pthread_create(&probe_thread, NULL, probe, &pr) == 0;
-    double t0 = now_s();
+    double t0 = now_s(), d0 = proc_cpu_s(d->pid), c0 = cpu_now_s();
     for (size_t s = 0; s < steps; s++) {
         for (size_t t = 0; t < tensors; t++) {
             for (int i = 0; i < N; i++)
@@ -169,6 +187,10 @@ static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wa
         if (now_s() - t0 > 3600) return 0;
     }
     double dt = now_s() - t0;
+    /* CPU a snapshot: what a shared machine's load does not change */
+    printf("  CPU a snapshot while ingesting: daemon %.1f us, this process (client and "
+           "probe) %.1f us\n",
+           (proc_cpu_s(d->pid) - d0) * 1e6 / (double)want, (cpu_now_s() - c0) * 1e6 / (double)want);
     if (probing) {
         pr.stop = 1;
         pthread_join(probe_thread, NULL);
@@ -178,6 +200,92 @@ static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wa
     free(names);
     ag_client_close(c);
     return (double)want / dt;
+}
+
+/* The same tensors' counts computed by the trainer (counts messages, t=5:
+ * one message a step with every tensor, five formats) into run "counts";
+ * returns tensors per second (each one "snapshot": a stats row and five
+ * results rows), 0 on failure. */
+static double ingest_counts(daemon_proc *d, size_t tensors, size_t steps, double cpu_us[2]) {
+    ag_client_opts o = {.ingest_url = d->ingest,
+                        .query_url = d->query,
+                        .run = "counts",
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 30000};
+    ag_client *c = NULL;
+    if (ag_client_open(&c, &o) != AG_OK) return 0;
+    static const char *const fmts[] = {"E0M7", "E1M6", "E3M4", "E5M2", "E7M0"};
+    static const double maxes[] = {127.0 / 128, 3.96875, 124.0, 57344.0, 18446744073709551616.0};
+    char(*names)[48] = malloc(tensors * sizeof *names);
+    const char **tn = malloc(tensors * sizeof *tn);
+    uint64_t *numel = malloc(tensors * sizeof *numel),
+             *nonfinite = calloc(tensors, sizeof *nonfinite);
+    double *amax = malloc(tensors * sizeof *amax);
+    float *scales = malloc(tensors * 5 * sizeof *scales);
+    uint64_t *counts = calloc(tensors * 5 * AG_COUNTS_PER_RESULT, sizeof *counts);
+    int64_t *flips = malloc(tensors * 5 * sizeof *flips);
+    double t0 = now_s(), d0 = proc_cpu_s(d->pid), c0 = cpu_now_s(), rate = 0;
+    for (size_t t = 0; t < tensors; t++) {
+        snprintf(names[t], sizeof names[t], "layers.%zu.weight", t);
+        tn[t] = names[t];
+        numel[t] = N;
+    }
+    for (size_t s = 0; s < steps; s++) {
+        for (size_t t = 0; t < tensors; t++) {
+            amax[t] = 0.16 * (double)((t % 7) + 1) + (double)s * 1e-6;
+            for (int f = 0; f < 5; f++) {
+                size_t k = t * 5 + (size_t)f;
+                scales[k] = (float)(amax[t] / maxes[f]);
+                counts[k * AG_COUNTS_PER_RESULT] = (s + t + (size_t)f) % N; /* stalled */
+                counts[k * AG_COUNTS_PER_RESULT + 1] = N;                   /* total */
+                flips[k] = (int64_t)((s + t) % 3);
+            }
+        }
+        ag_counts_batch b = {.step = s,
+                             .form = AG_FORM_SGD,
+                             .ntensors = tensors,
+                             .nformats = 5,
+                             .tensors = tn,
+                             .formats = fmts,
+                             .numel = numel,
+                             .amax = amax,
+                             .nonfinite = nonfinite,
+                             .scales = scales,
+                             .counts = counts,
+                             .flips = flips};
+        if (ag_client_log_counts(c, &b) != AG_OK) {
+            fprintf(stderr, "bench_store: counts failed at step %zu\n", s);
+            goto out;
+        }
+    }
+    ag_client_flush(c, -1);
+    ag_run_list *runs = NULL;
+    for (int done = 0; !done && now_s() - t0 < 3600;) {
+        if (ag_client_runs(c, &runs) == AG_OK) {
+            for (size_t k = 0; k < runs->n; k++)
+                if (strcmp(runs->items[k].name, "counts") == 0 && runs->items[k].messages >= steps)
+                    done = 1;
+            ag_free(runs);
+        }
+        if (!done) {
+            struct timespec ts = {0, 2000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    rate = (double)(tensors * steps) / (now_s() - t0);
+    cpu_us[0] = (proc_cpu_s(d->pid) - d0) * 1e6 / (double)(tensors * steps);
+    cpu_us[1] = (cpu_now_s() - c0) * 1e6 / (double)(tensors * steps);
+out:
+    ag_client_close(c);
+    free(names);
+    free(tn);
+    free(numel);
+    free(nonfinite);
+    free(amax);
+    free(scales);
+    free(counts);
+    free(flips);
+    return rate;
 }
 
 /* The writer's share alone: the rows of tensors x steps snapshots (one
@@ -443,16 +551,26 @@ int main(void) {
 
     long long wal_busy = 0;
     double rate = ingest(&d, tensors, steps, &wal_busy);
-    if (rate <= 0) {
+    if (rate <= 0 || (only && strcmp(only, "ingest") == 0)) {
+        /* AG_BENCH_ONLY=ingest: the ingest line alone, to compare changes */
+        if (rate > 0)
+            printf("  ingest %.0f snapshots/s end to end (%zu x %zu), WAL busy %.1f MB\n", rate,
+                   tensors, steps, (double)wal_busy / 1e6);
         daemon_stop(&d);
         ag_tmpdir_remove(d.dir);
-        return 1;
+        return rate <= 0;
     }
+    size_t csteps = env_size("AG_BENCH_COUNTS_STEPS", steps / 5 ? steps / 5 : 1);
+    double ccpu[2] = {0, 0}, crate = ingest_counts(&d, tensors, csteps, ccpu);
     sleep(3); /* idle: the writer checkpoints */
     long long wal_idle = wal_size(&d);
     printf("bench_store: %zu tensors x %zu steps, 16-element SGD snapshots, 5 formats\n", tensors,
            steps);
     printf("  ingest %.0f snapshots/s end to end (target >= 100000)\n", rate);
+    printf("  counts messages (t=5, %zu tensors a message, 5 formats, %zu steps): %.0f tensors/s "
+           "end to end; CPU a tensor: daemon %.1f us, client %.1f us\n",
+           tensors, csteps, crate, ccpu[0], ccpu[1]);
+    if (crate <= 0) failed = 1;
     capacity(d.dir, tensors, steps);
     printf("  WAL: largest seen while busy %.1f MB, idle %.1f MB (target < 64 MB)\n",
            (double)wal_busy / 1e6, (double)wal_idle / 1e6);
