@@ -12,7 +12,8 @@
  * Sizes: AG_BENCH_TENSORS, AG_BENCH_STEPS (ctest runs a small smoke size).
  * AG_BENCH_KEEP_DB=FILE copies the database there at the end (to profile or
  * compare queries on it); AG_BENCH_ONLY=store runs the store's share alone,
- * AG_BENCH_ONLY=ingest the end-to-end ingest alone.
+ * AG_BENCH_ONLY=ingest the end-to-end ingest alone, AG_BENCH_ONLY=layouts what
+ * three layouts of the rows cost the writer (the case for a layout change).
  * Starts $AG_BUILD_DIR/daemon/altgradd (else ../daemon/altgradd next to it).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -382,6 +383,161 @@ static double store_capacity(const char *dir, size_t tensors, size_t steps, int 
     return (double)(tensors * steps) / dt;
 }
 
+/* What the layout of the rows costs the writer (AG_BENCH_ONLY=layouts): the
+ * rows of tensors x steps snapshots (a stats row and five formats' results)
+ * written with plain SQLite, in sorted batches of about 6,000 snapshots, in
+ * three layouts: today's (a stats row and five results rows), one row per
+ * snapshot with five formats' columns side by side (eight slots of 14, what
+ * a view could still unpack in SQL), and one row per snapshot with the
+ * formats' values in one blob (no SQL reader could see them without our
+ * code). Prints CPU a snapshot and file bytes per point. */
+static void layout_rows(sqlite3 *db, int layout, int64_t t, int64_t s, sqlite3_stmt *const st[3]) {
+    double amax = 0.5 + (double)s * 1e-6;
+    if (layout < 2) {
+        sqlite3_stmt *p = st[0];
+        sqlite3_reset(p);
+        sqlite3_bind_int64(p, 1, t);
+        sqlite3_bind_int64(p, 2, s);
+        sqlite3_bind_double(p, 3, amax);
+        sqlite3_step(p);
+    }
+    if (layout == 0) {
+        for (int f = 1; f <= 5; f++) {
+            sqlite3_stmt *p = st[1];
+            sqlite3_reset(p);
+            const int64_t v[] = {t, f, s, (s + t) % 16, 16, 1, 0, 0, 0};
+            for (int k = 0; k < 9; k++) sqlite3_bind_int64(p, k + 1, v[k]);
+            sqlite3_bind_double(p, 10, amax);
+            sqlite3_bind_double(p, 11, amax / 57344 * f);
+            sqlite3_bind_double(p, 12, 1e-7 * (double)s);
+            sqlite3_bind_double(p, 13, 30.0 + (double)s * 1e-3);
+            sqlite3_step(p);
+        }
+    } else if (layout == 1) {
+        sqlite3_stmt *p = st[1];
+        sqlite3_reset(p);
+        sqlite3_clear_bindings(p);
+        sqlite3_bind_int64(p, 1, t);
+        sqlite3_bind_int64(p, 2, s);
+        for (int f = 0; f < 5; f++) {
+            int o = 3 + f * 14;
+            const int64_t v[] = {f + 1, (s + t) % 16, 16, 1, 0, 0, 0};
+            for (int k = 0; k < 7; k++) sqlite3_bind_int64(p, o + k, v[k]);
+            sqlite3_bind_double(p, o + 7, amax);
+            sqlite3_bind_double(p, o + 8, amax / 57344 * (f + 1));
+            sqlite3_bind_int64(p, o + 9, 0);
+            sqlite3_bind_int64(p, o + 10, 1);
+            sqlite3_bind_int64(p, o + 11, 1);
+            sqlite3_bind_double(p, o + 12, 1e-7 * (double)s);
+            sqlite3_bind_double(p, o + 13, 30.0 + (double)s * 1e-3);
+        }
+        sqlite3_step(p);
+    } else {
+        /* per format: id, 5 counts and flips as bytes here, amax, scale,
+         * mse, sqnr as doubles: what a packed encoding would hold */
+        unsigned char blob[5 * 40];
+        for (int f = 0; f < 5; f++) {
+            unsigned char *b = blob + f * 40;
+            double d[4] = {amax, amax / 57344 * (f + 1), 1e-7 * (double)s, 30.0 + (double)s * 1e-3};
+            b[0] = (unsigned char)(f + 1);
+            b[1] = (unsigned char)((s + t) % 16);
+            b[2] = 16;
+            b[3] = 1;
+            memset(b + 4, 0, 4);
+            memcpy(b + 8, d, sizeof d);
+        }
+        sqlite3_stmt *p = st[2];
+        sqlite3_reset(p);
+        sqlite3_bind_int64(p, 1, t);
+        sqlite3_bind_int64(p, 2, s);
+        sqlite3_bind_double(p, 3, amax);
+        sqlite3_bind_blob(p, 4, blob, sizeof blob, SQLITE_TRANSIENT);
+        sqlite3_step(p);
+    }
+    (void)db;
+}
+
+static int layouts(const char *dir, size_t tensors, size_t steps) {
+    static const char *const names[] = {"today's (stats row + 5 results rows)",
+                                        "stats row + one row, 5 formats wide",
+                                        "one row with amax, formats in a blob"};
+    for (int layout = 0; layout < 3; layout++) {
+        char path[160], cols[4096] = "";
+        snprintf(path, sizeof path, "%s/layout-%d.db", dir, layout);
+        sqlite3 *db = NULL;
+        if (sqlite3_open(path, &db) != SQLITE_OK) return 1;
+        for (int k = 0; k < 8; k++) {
+            char c[320];
+            snprintf(c, sizeof c,
+                     ",f%d INTEGER,stalled%d INTEGER,total%d INTEGER,flips%d INTEGER,"
+                     "overflow%d INTEGER,underflow%d INTEGER,nonfinite%d INTEGER,amax%d REAL,"
+                     "scale%d REAL,source%d INTEGER,ranks%d INTEGER,complete%d INTEGER,"
+                     "mse%d REAL,sqnr%d REAL",
+                     k, k, k, k, k, k, k, k, k, k, k, k, k, k);
+            strcat(cols, c);
+        }
+        char wide[4600], ins[1024] = "INSERT INTO wide VALUES(?,?";
+        snprintf(wide, sizeof wide,
+                 "CREATE TABLE wide(tensor_id INTEGER NOT NULL, step INTEGER NOT NULL%s,"
+                 " PRIMARY KEY(tensor_id, step)) WITHOUT ROWID",
+                 cols);
+        for (int k = 0; k < 8 * 14; k++) strcat(ins, ",?");
+        strcat(ins, ")");
+        sqlite3_stmt *st[3] = {NULL, NULL, NULL};
+        if (sqlite3_exec(db,
+                         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                         " PRAGMA cache_size=-65536;"
+                         "CREATE TABLE stats(tensor_id INTEGER NOT NULL, role INTEGER NOT NULL,"
+                         " step INTEGER NOT NULL, amax REAL, numel INTEGER NOT NULL, nonfinite"
+                         " INTEGER NOT NULL, ranks INTEGER NOT NULL, PRIMARY KEY(tensor_id, role,"
+                         " step)) WITHOUT ROWID;"
+                         "CREATE TABLE results(tensor_id INTEGER NOT NULL, format_id INTEGER NOT"
+                         " NULL, step INTEGER NOT NULL, stalled INTEGER NOT NULL, total INTEGER NOT"
+                         " NULL, flips INTEGER, overflow INTEGER NOT NULL, underflow INTEGER NOT"
+                         " NULL, nonfinite INTEGER NOT NULL, amax REAL NOT NULL, scale REAL NOT"
+                         " NULL, source INTEGER NOT NULL DEFAULT 0, ranks INTEGER NOT NULL DEFAULT"
+                         " 1, complete INTEGER NOT NULL DEFAULT 1, mse REAL, sqnr_db REAL, PRIMARY"
+                         " KEY(tensor_id, format_id, step)) WITHOUT ROWID;"
+                         "CREATE TABLE packed(tensor_id INTEGER NOT NULL, step INTEGER NOT NULL,"
+                         " amax REAL, v BLOB NOT NULL, PRIMARY KEY(tensor_id, step)) WITHOUT"
+                         " ROWID;",
+                         NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_exec(db, wide, NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO stats VALUES(?1,0,?2,?3,16,0,1)", -1,
+                               &st[0], NULL) != SQLITE_OK ||
+            sqlite3_prepare_v2(db,
+                               layout == 0 ? "INSERT INTO results(tensor_id,format_id,step,stalled,"
+                                             "total,flips,overflow,underflow,nonfinite,amax,scale,"
+                                             "mse,sqnr_db) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                                           : ins,
+                               -1, &st[1], NULL) != SQLITE_OK ||
+            sqlite3_prepare_v2(db, "INSERT INTO packed VALUES(?,?,?,?)", -1, &st[2], NULL) !=
+                SQLITE_OK) {
+            fprintf(stderr, "bench_store: layouts: %s\n", sqlite3_errmsg(db));
+            sqlite3_close(db);
+            return 1;
+        }
+        size_t per = 100000 / 16 / tensors ? 100000 / 16 / tensors : 1;
+        double c0 = cpu_now_s();
+        for (size_t s0 = 0; s0 < steps; s0 += per) {
+            sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+            for (size_t t = 0; t < tensors; t++)
+                for (size_t s = s0; s < s0 + per && s < steps; s++)
+                    layout_rows(db, layout, (int64_t)t + 1, (int64_t)s, st);
+            sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+        }
+        double cpu = cpu_now_s() - c0;
+        for (int k = 0; k < 3; k++) sqlite3_finalize(st[k]);
+        sqlite3_close(db);
+        char wal[180];
+        snprintf(wal, sizeof wal, "%s-wal", path);
+        printf("  layout %-38s CPU %5.1f us a snapshot, %5.1f bytes a point\n", names[layout],
+               cpu * 1e6 / (double)(tensors * steps),
+               (double)(file_size(path) + file_size(wal)) / (double)(tensors * steps * 5));
+    }
+    return 0;
+}
+
 static int failed; /* a query or command failed: exit 1 */
 
 /* Best of reps wall time of fn(ctx). */
@@ -535,6 +691,16 @@ static int capacity(const char *dir, size_t tensors, size_t steps) {
 int main(void) {
     size_t tensors = env_size("AG_BENCH_TENSORS", 200), steps = env_size("AG_BENCH_STEPS", 5000);
     const char *only = getenv("AG_BENCH_ONLY");
+    if (only && strcmp(only, "layouts") == 0) {
+        char dir[] = "/tmp/ag_bench_store_XXXXXX";
+        if (!mkdtemp(dir)) return 1;
+        printf("bench_store: the writer's rows of %zu x %zu snapshots in three layouts (plain "
+               "SQLite, no rollups)\n",
+               tensors, steps);
+        int bad = layouts(dir, tensors, steps);
+        ag_tmpdir_remove(dir);
+        return bad;
+    }
     if (only && strcmp(only, "store") == 0) {
         /* the writer's share alone, to profile or compare store changes */
         char dir[] = "/tmp/ag_bench_store_XXXXXX";
