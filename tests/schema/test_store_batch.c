@@ -7,9 +7,12 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "altgrad/altgrad.h"
 #include "schema/store.h"
@@ -229,4 +232,70 @@ Test(store_batch, stats_equal_one_by_one) {
     expect_same(a, b);
     ag_store_close(a);
     ag_store_close(b);
+}
+
+static long long scalar(ag_store *st, const char *sql) {
+    sqlite3_stmt *s = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(st->db, sql, -1, &s, NULL), SQLITE_OK, "%s", sql);
+    cr_assert_eq(sqlite3_step(s), SQLITE_ROW, "%s", sql);
+    long long v = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return v;
+}
+
+/* Steps [from, to) of tensors 1..3, formats 1..2, sorted as the writer
+ * sorts them, into rows (returns how many). */
+static size_t batch_rows(held *rows, uint64_t from, uint64_t to) {
+    size_t n = 0;
+    for (int t = 1; t <= 3; t++)
+        for (int f = 1; f <= 2; f++)
+            for (uint64_t s = from; s < to; s++) rows[n++].row = result(t, f, s, 0);
+    return n;
+}
+
+Test(store_batch, a_process_killed_mid_batch_keeps_the_committed_rows_only) {
+    held *rows = calloc(3 * 2 * 100, sizeof *rows);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        ag_store *st = open_rw("k.db");
+        size_t done = 0, n = batch_rows(rows, 0, 100);
+        if (ag_store_begin(st) || ag_store_put_results(st, rows, sizeof *rows, n, &done) ||
+            ag_store_commit(st))
+            _exit(3);
+        /* the next batch, written but never committed */
+        n = batch_rows(rows, 100, 200);
+        if (ag_store_begin(st) || ag_store_put_results(st, rows, sizeof *rows, n, &done)) _exit(4);
+        raise(SIGKILL);
+        _exit(5);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child status %d", status);
+    /* What one call per row commits for the first batch, beside it. */
+    char path[160];
+    snprintf(path, sizeof path, "%s/k.db", dir);
+    ag_store *k = NULL;
+    cr_assert_eq(ag_store_open(&k, path, AG_STORE_CREATE), AG_OK, "%s", ag_store_errmsg(k));
+    cr_expect_eq(scalar(k, "SELECT count(*) FROM results"), 3 * 2 * 100);
+    cr_expect_eq(scalar(k, "SELECT max(step) FROM results"), 99);
+    cr_expect_eq(scalar(k, "SELECT sum(rows) FROM rollups WHERE width=1000"), 3 * 2 * 100);
+    ag_store *a = open_rw("a.db");
+    size_t n = batch_rows(rows, 0, 100);
+    cr_assert_eq(ag_store_begin(a), AG_OK);
+    for (size_t i = 0; i < n; i++) cr_assert_eq(ag_store_put_result(a, &rows[i].row), AG_OK);
+    cr_assert_eq(ag_store_commit(a), AG_OK);
+    expect_same(a, k);
+    /* and the file takes the lost batch again, as new rows */
+    n = batch_rows(rows, 100, 200);
+    size_t done = 0;
+    cr_assert_eq(ag_store_begin(k), AG_OK);
+    cr_assert_eq(ag_store_put_results(k, rows, sizeof *rows, n, &done), AG_OK, "%s",
+                 ag_store_errmsg(k));
+    cr_assert_eq(ag_store_commit(k), AG_OK);
+    cr_expect_eq(scalar(k, "SELECT count(*) FROM results"), 3 * 2 * 200);
+    cr_expect_eq(scalar(k, "SELECT sum(rows) FROM rollups WHERE width=1000"), 3 * 2 * 200);
+    free(rows);
+    ag_store_close(a);
+    ag_store_close(k);
 }
