@@ -264,10 +264,10 @@ int ag_store_put_results(ag_store *st, const void *rows, size_t stride, size_t n
             }
             known = 1;
         }
-        /* AG_STORE_CHUNK rows of this key, each past the newest stored step,
-         * in rising steps, go in one statement; any other row alone (a step
-         * stored again replaces its row and takes its counts back out of
-         * the rollups). */
+        /* Rows of this key, each past the newest stored step, in rising
+         * steps, go 16, 8, 4, 2 or 1 a statement; any other row alone
+         * through ag_store_put_result (a step stored again replaces its row
+         * and takes its counts back out of the rollups). */
         size_t k = 0;
         int64_t prev = has ? last : -1;
         while (k < AG_STORE_CHUNK && i + k < n) {
@@ -276,16 +276,21 @@ int ag_store_put_results(ag_store *st, const void *rows, size_t stride, size_t n
             prev = (int64_t)q->step;
             k++;
         }
-        if (k == AG_STORE_CHUNK) {
-            sqlite3_stmt *s = ag_store_stmt(st, AG_ST_PUT_RESULT_N);
+        if (k > 0) {
+            static const ag_stmt_id by_size[] = {AG_ST_PUT_RESULT_N1, AG_ST_PUT_RESULT_N2,
+                                                 AG_ST_PUT_RESULT_N4, AG_ST_PUT_RESULT_N8,
+                                                 AG_ST_PUT_RESULT_N};
+            int lg = k >= 16 ? 4 : k >= 8 ? 3 : k >= 4 ? 2 : k >= 2 ? 1 : 0;
+            size_t c = (size_t)1 << lg;
+            sqlite3_stmt *s = ag_store_stmt(st, by_size[lg]);
             if (!s) {
                 *done = i;
                 return AG_ESTORE;
             }
-            for (size_t j = 0; j < k; j++)
+            for (size_t j = 0; j < c; j++)
                 bind_result_at(s, (int)j * 16, ROW_AT(rows, stride, i + j));
             if (ag_store_exec_stmt(st, s, "put result") == AG_OK) {
-                for (size_t j = 0; j < k; j++) {
+                for (size_t j = 0; j < c; j++) {
                     const ag_store_result_row *q = ROW_AT(rows, stride, i + j);
                     int err = ag_rollup_add(st, q, q->flips_unknown, +1);
                     if (err) {
@@ -293,12 +298,13 @@ int ag_store_put_results(ag_store *st, const void *rows, size_t stride, size_t n
                         return err;
                     }
                 }
-                i += k;
-                last = prev;
+                i += c;
+                last = (int64_t)((const ag_store_result_row *)ROW_AT(rows, stride, i - 1))->step;
                 has = 1;
                 continue;
             }
             /* undone whole (a row existed after all?): one by one below */
+            k = c;
         }
         size_t end = i + (k ? k : 1);
         for (; i < end; i++) {
