@@ -12,7 +12,8 @@
  * Sizes: AG_BENCH_TENSORS, AG_BENCH_STEPS (ctest runs a small smoke size).
  * AG_BENCH_KEEP_DB=FILE copies the database there at the end (to profile or
  * compare queries on it); AG_BENCH_ONLY=store runs the store's share alone,
- * AG_BENCH_ONLY=ingest the end-to-end ingest alone, AG_BENCH_ONLY=layouts what
+ * AG_BENCH_ONLY=ingest the end-to-end ingest alone (AG_BENCH_RATE=N paces it
+ * to N snapshots a second), AG_BENCH_ONLY=layouts what
  * three layouts of the rows cost the writer (the case for a layout change).
  * Starts $AG_BUILD_DIR/daemon/altgradd (else ../daemon/altgradd next to it).
  */
@@ -163,7 +164,15 @@ static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wa
     pthread_t probe_thread;
     int probing = pthread_create(&probe_thread, NULL, probe, &pr) == 0;
     double t0 = now_s(), d0 = proc_cpu_s(d->pid), c0 = cpu_now_s();
+    /* AG_BENCH_RATE: snapshots a second to send at most (paced a step at a
+     * time), for the CPU a snapshot of a stream the writer keeps up with */
+    double pace = (double)env_size("AG_BENCH_RATE", 0);
     for (size_t s = 0; s < steps; s++) {
+        for (double ahead;
+             pace > 0 && (ahead = (double)(s * tensors) / pace - (now_s() - t0)) > 0;) {
+            struct timespec ts = {(time_t)ahead, (long)((ahead - (double)(time_t)ahead) * 1e9)};
+            nanosleep(&ts, NULL);
+        }
         for (size_t t = 0; t < tensors; t++) {
             for (int i = 0; i < N; i++)
                 w[i] = (float)(i + 1) * 0.01f * (float)((t % 7) + 1) + (float)s * 1e-6f;
