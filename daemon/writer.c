@@ -441,16 +441,26 @@ static int merge_flush(ag_writer *w) {
     /* Rows of one key keep their arrival order: the later replaces the
      * earlier, as when written one by one. */
     if (m->nstats > 1) qsort(m->stats, m->nstats, sizeof *m->stats, stats_order);
-    for (size_t i = 0; !bad && i < m->nstats; i++) {
-        int err = ag_store_put_stats(w->st, &m->stats[i].row);
+    for (size_t i = 0; !bad && i < m->nstats;) {
+        size_t done = 0;
+        int err =
+            ag_store_put_stats_rows(w->st, &m->stats[i], sizeof *m->stats, m->nstats - i, &done);
+        i += done;
+        if (!err) break;
         bad = merged_result(w, err, "stats row");
-        m->refused += err && !bad;
+        m->refused += !bad;
+        i++; /* refused: go on after it */
     }
     if (m->nresults > 1) qsort(m->results, m->nresults, sizeof *m->results, result_order);
-    for (size_t i = 0; !bad && i < m->nresults; i++) {
-        int err = ag_store_put_result(w->st, &m->results[i].row);
+    for (size_t i = 0; !bad && i < m->nresults;) {
+        size_t done = 0;
+        int err =
+            ag_store_put_results(w->st, &m->results[i], sizeof *m->results, m->nresults - i, &done);
+        i += done;
+        if (!err) break;
         bad = merged_result(w, err, "result row");
-        m->refused += err && !bad;
+        m->refused += !bad;
+        i++;
     }
     for (size_t i = 0; !bad && i < m->nruns; i++)
         bad = merged_result(w, ag_store_apply_run_delta(w->st, &m->runs[i]), "run delta");
@@ -588,16 +598,29 @@ static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
     return 0;
 }
 
+/* How long a batch of rows rows collects: batch_ms, but a busy stream's
+ * batch (BATCH_BUSY_ROWS rows or more) until BATCH_BUSY_MS. Each commit
+ * rewrites every rollup bucket its rows touched (three tiers per tensor and
+ * format), so at a steady few thousand snapshots a second a 50 ms batch,
+ * which holds less than a step of each tensor, rewrites three buckets a
+ * results row; one that spans several steps a fraction of that. */
+#define BATCH_BUSY_ROWS 2000
+#define BATCH_BUSY_MS 250
+static int64_t batch_time(const ag_writer *w, uint64_t rows) {
+    int64_t ms = (int64_t)w->opts.batch_ms;
+    return rows >= BATCH_BUSY_ROWS && ms < BATCH_BUSY_MS ? BATCH_BUSY_MS : ms;
+}
+
 /* Whether the open batch should commit at the next boundary: batch_rows
- * rows, or half the snapshot byte limit, or batch_ms since it began, but
- * while a backlog of batch_rows items waits only after BATCH_MAX_MS: each
- * commit costs about the same (rollups, checkpoint) whatever its size, so
- * a writer behind takes big bites. */
+ * rows, or half the snapshot byte limit, or its batch time (batch_time)
+ * since it began, but while a backlog of batch_rows items waits only after
+ * BATCH_MAX_MS: each commit costs about the same (rollups, checkpoint)
+ * whatever its size, so a writer behind takes big bites. */
 #define BATCH_MAX_MS 1000
 static int batch_due(ag_writer *w, uint64_t rows, int64_t t0) {
     int64_t age = ag_mono_ms() - t0;
     if (rows >= w->opts.batch_rows || w->held_bytes >= w->opts.high_bytes / 2) return 1;
-    if (age < (int64_t)w->opts.batch_ms) return 0;
+    if (age < batch_time(w, rows)) return 0;
     return atomic_load(&w->depth) < w->opts.batch_rows || age >= BATCH_MAX_MS;
 }
 
@@ -714,9 +737,9 @@ static int write_batch(ag_writer *w, int *at_boundary) {
             *at_boundary = 1;
             w->popped_boundary = 0;
         }
-        if (*at_boundary && (w->stopping || ag_mono_ms() - t0 >= (int64_t)w->opts.batch_ms)) break;
+        if (*at_boundary && (w->stopping || ag_mono_ms() - t0 >= batch_time(w, rows))) break;
         if (w->stopping && !*at_boundary && w->count == 0) break; /* never completed */
-        int64_t left = (int64_t)w->opts.batch_ms - (ag_mono_ms() - t0);
+        int64_t left = batch_time(w, rows) - (ag_mono_ms() - t0);
         timed_wait(w, left < 1 ? 1 : left);
     }
     pthread_mutex_unlock(&w->lock);

@@ -178,6 +178,30 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_PRUNE_RESULTS] = "DELETE FROM results WHERE tensor_id=?1 AND format_id IN"
                             " (SELECT id FROM formats) AND step<?2",
     [AG_ST_PRUNE_STATS] = "DELETE FROM stats WHERE tensor_id=?1 AND role IN (0,1,2,3) AND step<?2",
+#define ROWS2(r) r "," r
+#define ROWS4(r) ROWS2(ROWS2(r))
+#define ROWS8(r) ROWS2(ROWS4(r))
+#define ROWS16(r) ROWS2(ROWS8(r))
+#define PUT_RESULTS                                                                                \
+    "INSERT INTO results(tensor_id,format_id,step,stalled,total,flips,overflow,"                   \
+    "underflow,nonfinite,amax,scale,source,ranks,complete,mse,sqnr_db) VALUES"
+#define RESULT_ROW "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    /* AG_STORE_CHUNK (16) new rows of one statement: plain INSERT, so a row
+     * that exists after all aborts the statement (the caller then writes
+     * those rows one by one) */
+    [AG_ST_PUT_RESULT_N] = PUT_RESULTS ROWS16(RESULT_ROW),
+    [AG_ST_PUT_RESULT_N8] = PUT_RESULTS ROWS8(RESULT_ROW),
+    [AG_ST_PUT_RESULT_N4] = PUT_RESULTS ROWS4(RESULT_ROW),
+    [AG_ST_PUT_RESULT_N2] = PUT_RESULTS ROWS2(RESULT_ROW),
+    [AG_ST_PUT_RESULT_N1] = PUT_RESULTS RESULT_ROW,
+    [AG_ST_PUT_STATS_N] = "INSERT OR REPLACE INTO stats VALUES" ROWS16("(?,?,?,?,?,?,?)"),
+    [AG_ST_RESULT_MAX_STEP] = "SELECT max(step) FROM results WHERE tensor_id=?1 AND format_id=?2",
+#undef RESULT_ROW
+#undef PUT_RESULTS
+#undef ROWS16
+#undef ROWS8
+#undef ROWS4
+#undef ROWS2
     [AG_ST_PUT_HORIZON] = "INSERT INTO raw_horizon VALUES(?1,?2) ON CONFLICT DO UPDATE SET"
                           " step=max(step,excluded.step)",
 };

@@ -215,6 +215,16 @@ int ag_store_put_tensor(ag_store *st, int64_t id, int64_t run_id, const char *na
 /* A duplicate (tensor, role, step) replaces the earlier row. */
 int ag_store_put_stats(ag_store *st, const ag_store_stats_row *r);
 int ag_store_put_result(ag_store *st, const ag_store_result_row *r);
+/* Many rows at once, exactly as the calls above one by one in order, only
+ * cheaper: rows[i] is at (const char *)rows + i * stride (so a caller's
+ * array of structs that begin with the row can be passed as it is). Rows of
+ * one tensor and format in rising steps past the newest stored step go
+ * 16 a statement (sort them so: tensor, format or role, step).
+ * AG_OK with *done = n, or the failure of row *done: the rows before it are
+ * written, it is not (a failure of the rollups' memory is transient, as in
+ * ag_store_put_result: roll the transaction back then). */
+int ag_store_put_results(ag_store *st, const void *rows, size_t stride, size_t n, size_t *done);
+int ag_store_put_stats_rows(ag_store *st, const void *rows, size_t stride, size_t n, size_t *done);
 int ag_store_put_drop(ag_store *st, int64_t run_id, uint64_t client_id, int64_t at_ms,
                       uint64_t first_seq, uint64_t count, const char *reason);
 int ag_store_put_scale(ag_store *st, int64_t tensor_id, int64_t format_id, int role, uint64_t step,

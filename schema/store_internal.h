@@ -72,8 +72,18 @@ typedef enum ag_stmt_id {
     AG_ST_PRUNE_RESULTS,
     AG_ST_PRUNE_STATS,
     AG_ST_PUT_HORIZON,
+    AG_ST_PUT_RESULT_N,  /* AG_STORE_CHUNK rows in one statement */
+    AG_ST_PUT_RESULT_N8, /* 8, 4, 2 and 1 new rows: what is left of a run of them */
+    AG_ST_PUT_RESULT_N4,
+    AG_ST_PUT_RESULT_N2,
+    AG_ST_PUT_RESULT_N1,
+    AG_ST_PUT_STATS_N,
+    AG_ST_RESULT_MAX_STEP,
     AG_ST_COUNT
 } ag_stmt_id;
+
+/* Rows per multi-row insert (ag_store_put_results / _put_stats_rows). */
+#define AG_STORE_CHUNK 16
 
 /* The rollup tiers (rollups.width), finest first; raw rows are tier 0. */
 #define AG_ROLLUP_TIERS 3

@@ -93,50 +93,89 @@ int ag_store_put_tensor(ag_store *st, int64_t id, int64_t run_id, const char *na
     return ag_store_exec_stmt(st, s, "put tensor");
 }
 
+static void bind_stats_at(sqlite3_stmt *s, int o, const ag_store_stats_row *r) {
+    sqlite3_bind_int64(s, o + 1, r->tensor_id);
+    sqlite3_bind_int(s, o + 2, r->role);
+    sqlite3_bind_int64(s, o + 3, i64(r->step));
+    if (isfinite(r->amax))
+        sqlite3_bind_double(s, o + 4, r->amax);
+    else
+        sqlite3_bind_null(s, o + 4);
+    sqlite3_bind_int64(s, o + 5, i64(r->numel));
+    sqlite3_bind_int64(s, o + 6, i64(r->nonfinite));
+    sqlite3_bind_int64(s, o + 7, r->ranks ? i64(r->ranks) : 1);
+}
+
 int ag_store_put_stats(ag_store *st, const ag_store_stats_row *r) {
     if (!r) return AG_EINVAL;
     sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_STATS);
     if (!s) return st ? AG_ESTORE : AG_EINVAL;
-    sqlite3_bind_int64(s, 1, r->tensor_id);
-    sqlite3_bind_int(s, 2, r->role);
-    sqlite3_bind_int64(s, 3, i64(r->step));
-    if (isfinite(r->amax))
-        sqlite3_bind_double(s, 4, r->amax);
-    else
-        sqlite3_bind_null(s, 4);
-    sqlite3_bind_int64(s, 5, i64(r->numel));
-    sqlite3_bind_int64(s, 6, i64(r->nonfinite));
-    sqlite3_bind_int64(s, 7, r->ranks ? i64(r->ranks) : 1);
+    bind_stats_at(s, 0, r);
     return ag_store_exec_stmt(st, s, "put stats");
 }
 
-static void bind_result(sqlite3_stmt *s, const ag_store_result_row *r) {
-    sqlite3_bind_int64(s, 1, r->tensor_id);
-    sqlite3_bind_int64(s, 2, r->format_id);
-    sqlite3_bind_int64(s, 3, i64(r->step));
-    sqlite3_bind_int64(s, 4, i64(r->counts.stalled));
-    sqlite3_bind_int64(s, 5, i64(r->counts.total));
-    if (r->flips_unknown)
-        sqlite3_bind_null(s, 6);
-    else
-        sqlite3_bind_int64(s, 6, i64(r->flips));
-    sqlite3_bind_int64(s, 7, i64(r->counts.overflow));
-    sqlite3_bind_int64(s, 8, i64(r->counts.underflow));
-    sqlite3_bind_int64(s, 9, i64(r->counts.nonfinite));
-    sqlite3_bind_double(s, 10, isfinite(r->amax) ? r->amax : 0.0);
-    sqlite3_bind_double(s, 11, isfinite(r->scale) ? r->scale : 0.0);
-    sqlite3_bind_int(s, 12, r->source);
-    sqlite3_bind_int64(s, 13, r->ranks ? i64(r->ranks) : 1);
-    sqlite3_bind_int(s, 14, !r->incomplete);
-    if (r->has_qerr && isfinite(r->mse))
-        sqlite3_bind_double(s, 15, r->mse);
-    else
-        sqlite3_bind_null(s, 15);
-    if (r->has_qerr && isfinite(r->sqnr_db))
-        sqlite3_bind_double(s, 16, r->sqnr_db);
-    else
-        sqlite3_bind_null(s, 16);
+#define ROW_AT(rows, stride, i) ((const void *)((const char *)(rows) + (i) * (stride)))
+
+int ag_store_put_stats_rows(ag_store *st, const void *rows, size_t stride, size_t n, size_t *done) {
+    if (!st || !done || (n && !rows) || stride < sizeof(ag_store_stats_row)) return AG_EINVAL;
+    size_t i = 0;
+    *done = 0;
+    while (i < n) {
+        if (n - i >= AG_STORE_CHUNK) {
+            sqlite3_stmt *s = ag_store_stmt(st, AG_ST_PUT_STATS_N);
+            if (!s) return AG_ESTORE;
+            for (size_t k = 0; k < AG_STORE_CHUNK; k++)
+                bind_stats_at(s, (int)k * 7, ROW_AT(rows, stride, i + k));
+            if (ag_store_exec_stmt(st, s, "put stats") == AG_OK) {
+                i += AG_STORE_CHUNK;
+                continue;
+            }
+            /* the chunk is undone: one by one, so the failure names its row */
+        }
+        size_t end = n - i >= AG_STORE_CHUNK ? i + AG_STORE_CHUNK : n;
+        for (; i < end; i++) {
+            int err = ag_store_put_stats(st, ROW_AT(rows, stride, i));
+            if (err) {
+                *done = i;
+                return err;
+            }
+        }
+    }
+    *done = n;
+    return AG_OK;
 }
+
+/* Bind r to the 16 parameters from o + 1 (a multi-row statement binds its
+ * k-th row at o = 16 k). */
+static void bind_result_at(sqlite3_stmt *s, int o, const ag_store_result_row *r) {
+    sqlite3_bind_int64(s, o + 1, r->tensor_id);
+    sqlite3_bind_int64(s, o + 2, r->format_id);
+    sqlite3_bind_int64(s, o + 3, i64(r->step));
+    sqlite3_bind_int64(s, o + 4, i64(r->counts.stalled));
+    sqlite3_bind_int64(s, o + 5, i64(r->counts.total));
+    if (r->flips_unknown)
+        sqlite3_bind_null(s, o + 6);
+    else
+        sqlite3_bind_int64(s, o + 6, i64(r->flips));
+    sqlite3_bind_int64(s, o + 7, i64(r->counts.overflow));
+    sqlite3_bind_int64(s, o + 8, i64(r->counts.underflow));
+    sqlite3_bind_int64(s, o + 9, i64(r->counts.nonfinite));
+    sqlite3_bind_double(s, o + 10, isfinite(r->amax) ? r->amax : 0.0);
+    sqlite3_bind_double(s, o + 11, isfinite(r->scale) ? r->scale : 0.0);
+    sqlite3_bind_int(s, o + 12, r->source);
+    sqlite3_bind_int64(s, o + 13, r->ranks ? i64(r->ranks) : 1);
+    sqlite3_bind_int(s, o + 14, !r->incomplete);
+    if (r->has_qerr && isfinite(r->mse))
+        sqlite3_bind_double(s, o + 15, r->mse);
+    else
+        sqlite3_bind_null(s, o + 15);
+    if (r->has_qerr && isfinite(r->sqnr_db))
+        sqlite3_bind_double(s, o + 16, r->sqnr_db);
+    else
+        sqlite3_bind_null(s, o + 16);
+}
+
+static void bind_result(sqlite3_stmt *s, const ag_store_result_row *r) { bind_result_at(s, 0, r); }
 
 /* The step was stored before: take the old row's counts back out of the
  * rollups, then overwrite it. */
@@ -186,6 +225,101 @@ int ag_store_put_result(ag_store *st, const ag_store_result_row *r) {
     if (err) return err;
     if (sqlite3_changes(st->db) == 0 && (err = replace_result(st, r))) return err;
     return ag_rollup_add(st, r, r->flips_unknown, +1);
+}
+
+/* The newest step stored of (tensor, format) in the open transaction:
+ * *has 0 when there is none. */
+static int max_step(ag_store *st, int64_t tid, int64_t fid, int64_t *step, int *has) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RESULT_MAX_STEP);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, tid);
+    sqlite3_bind_int64(s, 2, fid);
+    int rc = sqlite3_step(s);
+    if (rc != SQLITE_ROW) {
+        int err = ag_store_fail(st, "put result", rc);
+        sqlite3_reset(s);
+        return err;
+    }
+    *has = sqlite3_column_type(s, 0) != SQLITE_NULL;
+    *step = *has ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    return AG_OK;
+}
+
+int ag_store_put_results(ag_store *st, const void *rows, size_t stride, size_t n, size_t *done) {
+    if (!st || !done || (n && !rows) || stride < sizeof(ag_store_result_row)) return AG_EINVAL;
+    int64_t tid = 0, fid = 0, last = 0;
+    int known = 0, has = 0; /* known: (tid, fid) has been looked up */
+    size_t i = 0;
+    *done = 0;
+    while (i < n) {
+        const ag_store_result_row *r = ROW_AT(rows, stride, i);
+        if (!known || r->tensor_id != tid || r->format_id != fid) {
+            tid = r->tensor_id;
+            fid = r->format_id;
+            int err = max_step(st, tid, fid, &last, &has);
+            if (err) {
+                *done = i;
+                return err;
+            }
+            known = 1;
+        }
+        /* Rows of this key, each past the newest stored step, in rising
+         * steps, go 16, 8, 4, 2 or 1 a statement; any other row alone
+         * through ag_store_put_result (a step stored again replaces its row
+         * and takes its counts back out of the rollups). */
+        size_t k = 0;
+        int64_t prev = has ? last : -1;
+        while (k < AG_STORE_CHUNK && i + k < n) {
+            const ag_store_result_row *q = ROW_AT(rows, stride, i + k);
+            if (q->tensor_id != tid || q->format_id != fid || (int64_t)q->step <= prev) break;
+            prev = (int64_t)q->step;
+            k++;
+        }
+        if (k > 0) {
+            static const ag_stmt_id by_size[] = {AG_ST_PUT_RESULT_N1, AG_ST_PUT_RESULT_N2,
+                                                 AG_ST_PUT_RESULT_N4, AG_ST_PUT_RESULT_N8,
+                                                 AG_ST_PUT_RESULT_N};
+            int lg = k >= 16 ? 4 : k >= 8 ? 3 : k >= 4 ? 2 : k >= 2 ? 1 : 0;
+            size_t c = (size_t)1 << lg;
+            sqlite3_stmt *s = ag_store_stmt(st, by_size[lg]);
+            if (!s) {
+                *done = i;
+                return AG_ESTORE;
+            }
+            for (size_t j = 0; j < c; j++)
+                bind_result_at(s, (int)j * 16, ROW_AT(rows, stride, i + j));
+            if (ag_store_exec_stmt(st, s, "put result") == AG_OK) {
+                for (size_t j = 0; j < c; j++) {
+                    const ag_store_result_row *q = ROW_AT(rows, stride, i + j);
+                    int err = ag_rollup_add(st, q, q->flips_unknown, +1);
+                    if (err) {
+                        *done = i + j; /* written, but its rollups are not: retry the batch */
+                        return err;
+                    }
+                }
+                i += c;
+                last = (int64_t)((const ag_store_result_row *)ROW_AT(rows, stride, i - 1))->step;
+                has = 1;
+                continue;
+            }
+            /* undone whole (a row existed after all?): one by one below */
+            k = c;
+        }
+        size_t end = i + (k ? k : 1);
+        for (; i < end; i++) {
+            const ag_store_result_row *q = ROW_AT(rows, stride, i);
+            int err = ag_store_put_result(st, q);
+            if (err) {
+                *done = i;
+                return err;
+            }
+            if (!has || (int64_t)q->step > last) last = (int64_t)q->step;
+            has = 1;
+        }
+    }
+    *done = n;
+    return AG_OK;
 }
 
 int ag_store_put_drop(ag_store *st, int64_t run_id, uint64_t client_id, int64_t at_ms,
