@@ -17,14 +17,6 @@
 #include "kernel.h"
 #include "stall_encode.h"
 
-/* Elements per block: w and g blocks (2 x 8 KiB) stay in L1 across formats,
- * and per-lane 32-bit counters cannot overflow. */
-#define BLOCK 2048
-
-typedef struct block_counts {
-    uint32_t stalled, total, overflow, underflow, nonfinite;
-} block_counts;
-
 /* Stores pattern b of element i: encode 1 one byte, encode 2 a uint16_t. */
 AG_INLINE void put_pattern(uint8_t *enc, size_t i, uint32_t b, const int encode) {
     if (encode == 2) {
@@ -35,17 +27,32 @@ AG_INLINE void put_pattern(uint8_t *enc, size_t i, uint32_t b, const int encode)
     }
 }
 
-/* update_form 0: v is g and u = neg_lr * g; 1: v is u. encode 1 or 2: also
- * write the pattern of w / scale to enc (1 or 2 bytes each). The flags are
- * compile-time constants in each instantiation below, so the loop is
- * straight-line code the compiler vectorises. */
-AG_INLINE void stall_block_impl(const ag_qparams *pp, const ag_eparams *ep, float scale,
-                                float neg_lr, const float *w, const float *v, size_t n,
-                                block_counts *bc, uint8_t *enc, const int update_form,
-                                const int half_down, const int encode) {
-    const ag_qparams p = *pp;
-    const ag_eparams e = *ep;
-    uint32_t stalled = 0, total = 0, overflow = 0, underflow = 0, nonfinite = 0;
+/* Elements per block: the pass reads w and v once per block into two
+ * scratch arrays that stay in L1 while every format runs over them, and
+ * per-lane 32-bit counters cannot overflow. The quantization error sums in
+ * blocks of this size (docs/numerics.md). */
+#define BLOCK 2048
+
+/* What one pass over a block counts once for all formats. */
+typedef struct prep_counts {
+    uint32_t total, nonfinite, zeros;
+} prep_counts;
+
+/* What one format counts over a block: rzero counts the elements whose w
+ * rounds to zero (w = 0 included; the caller subtracts prep_counts.zeros). */
+typedef struct block_counts {
+    uint32_t stalled, overflow, rzero;
+} block_counts;
+
+/* The shared part of every format's work, once per block: wn[i] = w[i] where
+ * w and v are finite, else NaN; wun[i] = w[i] + u where the element also
+ * moves, else NaN. A NaN never compares equal, never exceeds max_finite and
+ * never rounds to zero, so the per-format loops need no masks: an element
+ * that is not finite or not moving cannot count as stalled, overflowed or
+ * underflowed. update_form 0: v is g and u = neg_lr * g; 1: v is u. */
+AG_INLINE void prep_block_impl(float neg_lr, const float *w, const float *v, size_t n, float *wn,
+                               float *wun, prep_counts *pc, const int update_form) {
+    uint32_t total = 0, nonfinite = 0, zeros = 0;
     for (size_t i = 0; i < n; i++) {
         float wi = w[i], vi = v[i];
         float u = update_form ? vi : neg_lr * vi;
@@ -53,59 +60,144 @@ AG_INLINE void stall_block_impl(const ag_qparams *pp, const ag_eparams *ep, floa
         uint32_t vb = ag_float_bits(vi) & 0x7fffffffu;
         uint32_t finite = (wb < 0x7f800000u) & (vb < 0x7f800000u);
         uint32_t moving = update_form ? (u != 0.0f) : (ag_bits_float(vb) > AG_GRAD_EPSILON);
-        float xs = wi / scale;
-        float a = ag_qmag_hd(&p, xs, half_down);
-        float b = ag_qmag_hd(&p, (wi + u) / scale, half_down);
-        /* Saturation and sign: both magnitudes beyond max_finite land on the
-         * same value (inf or max) exactly when their signs agree. */
-        uint32_t a_over = a > p.max_finite, b_over = b > p.max_finite;
-        float sa = copysignf(a_over ? p.overflow_value : a, xs);
-        float sb = copysignf(b_over ? p.overflow_value : b, wi + u);
-        uint32_t same = sa == sb;
-        stalled += finite & moving & same;
-        total += finite & moving;
-        overflow += finite & (fabsf(xs) > p.max_finite);
-        underflow += finite & (wi != 0.0f) & (a == 0.0f);
+        uint32_t counted = finite & moving;
+        wn[i] = finite ? wi : NAN;
+        wun[i] = counted ? wi + u : NAN;
+        total += counted;
         nonfinite += !finite;
-        if (encode) put_pattern(enc, i, ag_pattern(&p, &e, xs, a), encode);
+        zeros += finite & (wi == 0.0f);
     }
-    bc->stalled = stalled;
-    bc->total = total;
-    bc->overflow = overflow;
-    bc->underflow = underflow;
-    bc->nonfinite = nonfinite;
+    pc->total = total;
+    pc->nonfinite = nonfinite;
+    pc->zeros = zeros;
 }
 
-#define STALL_PARAMS                                                                               \
-    (const ag_qparams *p, const ag_eparams *e, float scale, float neg_lr, const float *w,          \
-     const float *v, size_t n, block_counts *bc, uint8_t *enc)
-#define STALL_VARIANTS(name, update_form, half_down, encode)                                       \
-    AG_KERNEL_VARIANTS(name, STALL_PARAMS, {                                                       \
-        stall_block_impl(p, e, scale, neg_lr, w, v, n, bc, enc, update_form, half_down, encode);   \
-    })
-STALL_VARIANTS(stall_sgd, 0, 0, 0);
-STALL_VARIANTS(stall_sgd_hd, 0, 1, 0);
-STALL_VARIANTS(stall_update, 1, 0, 0);
-STALL_VARIANTS(stall_update_hd, 1, 1, 0);
-STALL_VARIANTS(stall_sgd_enc, 0, 0, 1);
-STALL_VARIANTS(stall_sgd_hd_enc, 0, 1, 1);
-STALL_VARIANTS(stall_update_enc, 1, 0, 1);
-STALL_VARIANTS(stall_update_hd_enc, 1, 1, 1);
-STALL_VARIANTS(stall_sgd_enc2, 0, 0, 2);
-STALL_VARIANTS(stall_sgd_hd_enc2, 0, 1, 2);
-STALL_VARIANTS(stall_update_enc2, 1, 0, 2);
-STALL_VARIANTS(stall_update_hd_enc2, 1, 1, 2);
+#define PREP_PARAMS                                                                                \
+    (float neg_lr, const float *w, const float *v, size_t n, float *wn, float *wun, prep_counts *pc)
+AG_KERNEL_VARIANTS(prep_sgd, PREP_PARAMS, { prep_block_impl(neg_lr, w, v, n, wn, wun, pc, 0); });
+AG_KERNEL_VARIANTS(prep_update, PREP_PARAMS, { prep_block_impl(neg_lr, w, v, n, wn, wun, pc, 1); });
 
-typedef void(*stall_fn) STALL_PARAMS;
+/* One format's constants for the per-format loops. */
+typedef struct fplan {
+    ag_qparams p;
+    ag_eparams e;
+    float scale;
+    float over_at;      /* |x| >= over_at becomes overflow_value */
+    uint32_t magic_add; /* (23 - M) << 23: exponent of the rounding magic over x's */
+    uint32_t pat_sub;   /* (emin + 127 + 23 - M) << M: see fmt_block_impl */
+    uint32_t sign_pos;  /* E + M */
+} fplan;
 
-/* [encode][update_form][half_down] */
-static const stall_fn *const stall_table[3][2][2] = {
-    {{stall_sgd_variants, stall_sgd_hd_variants},
-     {stall_update_variants, stall_update_hd_variants}},
-    {{stall_sgd_enc_variants, stall_sgd_hd_enc_variants},
-     {stall_update_enc_variants, stall_update_hd_enc_variants}},
-    {{stall_sgd_enc2_variants, stall_sgd_hd_enc2_variants},
-     {stall_update_enc2_variants, stall_update_hd_enc2_variants}}};
+/* How a format rounds in the per-format loop. MAGIC: |x| + m - m with
+ * m = 2^(max(e, emin) + 23 - M), e the exponent of x, lets float32 addition
+ * round to nearest even at exactly the grid's step in x's binade (2^(e - M))
+ * and in the uniform range below 2^emin (2^(emin - M)), in one path: the sum
+ * lies in m's binade, whose ulp is that step, and the grid index is the
+ * sum's mantissa, so its parity is the tie rule's. It needs M >= 1 (for
+ * M = 0 ties go down) and m finite up to the overflow threshold. INT and
+ * INT_HD: ag_qmag_hd, the general routine (half_down 0 or 1). */
+enum { KIND_MAGIC = 0, KIND_INT = 1, KIND_INT_HD = 2 };
+
+static int plan_of(const ag_format *f, float scale, fplan *pl) {
+    ag_qparams_of(f, &pl->p);
+    ag_eparams_of(f, &pl->e);
+    pl->scale = scale;
+    uint32_t maxb = ag_float_bits(f->max_finite), M = (uint32_t)f->mantissa_bits;
+    /* inf formats: from max + half an ulp of max on (the tie goes to inf);
+     * saturating ones: anything past max */
+    pl->over_at = f->has_inf ? ag_bits_float(maxb + (1u << (22u - M))) : ag_bits_float(maxb + 1u);
+    pl->magic_add = (23u - M) << 23;
+    pl->pat_sub = ((uint32_t)(f->min_exponent + 127) + 23u - M) << M;
+    pl->sign_pos = (uint32_t)(f->exponent_bits + f->mantissa_bits);
+    if (M == 0) return KIND_INT_HD;
+    /* the magic of the largest binade below over_at must be a finite float */
+    if ((ag_float_bits(pl->over_at) >> 23) + 23u - M > 254u) return KIND_INT;
+    return KIND_MAGIC;
+}
+
+/* One format over one prepared block: x = wn / scale (w) and y = wun / scale
+ * (w + u), each rounded once; stalled where the two signed grid values are
+ * equal (+0 = -0; two same-signed overflows are equal: both inf or both
+ * max), overflow where |x| > max_finite, rzero where x rounds to 0.
+ * encode 1 or 2: also the pattern of x (1 or 2 bytes) to enc, and to d the
+ * float difference (saturated grid value of x) - x, exact where no element
+ * of the block overflows (Sterbenz: the grid value is within a factor 2 of
+ * x, or 0); NaN elements get garbage, which the caller patches. */
+AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun, size_t n,
+                              block_counts *bc, uint8_t *enc, float *d, const int kind,
+                              const int encode) {
+    const ag_qparams p = pl->p;
+    const ag_eparams e = pl->e;
+    const float scale = pl->scale, over_at = pl->over_at, max = p.max_finite;
+    const float ovv = p.overflow_value;
+    const uint32_t magic_add = pl->magic_add, pat_sub = pl->pat_sub, sign_pos = pl->sign_pos;
+    uint32_t stalled = 0, overflow = 0, rzero = 0;
+    for (size_t i = 0; i < n; i++) {
+        float x = wn[i] / scale, y = wun[i] / scale;
+        float ax = fabsf(x), ay = fabsf(y), rx, ry;
+        uint32_t pat = 0;
+        if (kind == KIND_MAGIC) {
+            uint32_t ex = ag_float_bits(ax) & 0x7f800000u, ey = ag_float_bits(ay) & 0x7f800000u;
+            ex = (ex < p.emin_bits ? p.emin_bits : ex) + magic_add;
+            ey = (ey < p.emin_bits ? p.emin_bits : ey) + magic_add;
+            float sx = ax + ag_bits_float(ex), sy = ay + ag_bits_float(ey);
+            rx = sx - ag_bits_float(ex);
+            ry = sy - ag_bits_float(ey);
+            uint32_t ovx = ax >= over_at;
+            rx = ovx ? ovv : rx;
+            ry = ay >= over_at ? ovv : ry;
+            if (encode) {
+                /* the grid index is the sum's mantissa, sx - m in the bits;
+                 * the binade above emin adds 2^M per step of m */
+                pat = ag_float_bits(sx) - ex + (ex >> p.shift) - pat_sub;
+                pat = ovx ? e.over_pattern : pat;
+                pat |= (ag_float_bits(x) >> 31) << sign_pos;
+            }
+        } else {
+            float a = ag_qmag_hd(&p, x, kind == KIND_INT_HD),
+                  b = ag_qmag_hd(&p, y, kind == KIND_INT_HD);
+            if (encode) pat = ag_pattern(&p, &e, x, a);
+            rx = a > max ? ovv : a;
+            ry = b > max ? ovv : b;
+            rx = x != x ? NAN : rx; /* for M = 0 rounding turns NaN into inf */
+            ry = y != y ? NAN : ry;
+        }
+        stalled += copysignf(rx, x) == copysignf(ry, y);
+        overflow += ax > max;
+        rzero += rx == 0.0f;
+        if (encode) {
+            put_pattern(enc, i, pat, encode);
+            d[i] = copysignf(rx > max ? max : rx, x) - x;
+        }
+    }
+    bc->stalled = stalled;
+    bc->overflow = overflow;
+    bc->rzero = rzero;
+}
+
+#define FMT_PARAMS                                                                                 \
+    (const fplan *pl, const float *wn, const float *wun, size_t n, block_counts *bc, uint8_t *enc, \
+     float *d)
+#define FMT_VARIANTS(name, kind, encode)                                                           \
+    AG_KERNEL_VARIANTS(name, FMT_PARAMS,                                                           \
+                       { fmt_block_impl(pl, wn, wun, n, bc, enc, d, kind, encode); })
+FMT_VARIANTS(fmt_magic, KIND_MAGIC, 0);
+FMT_VARIANTS(fmt_int, KIND_INT, 0);
+FMT_VARIANTS(fmt_int_hd, KIND_INT_HD, 0);
+FMT_VARIANTS(fmt_magic_enc, KIND_MAGIC, 1);
+FMT_VARIANTS(fmt_int_enc, KIND_INT, 1);
+FMT_VARIANTS(fmt_int_hd_enc, KIND_INT_HD, 1);
+FMT_VARIANTS(fmt_magic_enc2, KIND_MAGIC, 2);
+FMT_VARIANTS(fmt_int_enc2, KIND_INT, 2);
+FMT_VARIANTS(fmt_int_hd_enc2, KIND_INT_HD, 2);
+
+typedef void(*fmt_fn) FMT_PARAMS;
+
+/* [encode][kind] */
+static const fmt_fn *const fmt_table[3][3] = {
+    {fmt_magic_variants, fmt_int_variants, fmt_int_hd_variants},
+    {fmt_magic_enc_variants, fmt_int_enc_variants, fmt_int_hd_enc_variants},
+    {fmt_magic_enc2_variants, fmt_int_enc2_variants, fmt_int_hd_enc2_variants}};
 
 /* ------------------------------------------------- quantization error */
 
@@ -167,7 +259,40 @@ AG_KERNEL_VARIANTS(qerr_block_hd, QERR_PARAMS, { qerr_block_impl(p, scale, w, n,
 AG_KERNEL_VARIANTS(signal_block, (const float *w, size_t n, double *sum, uint64_t *count),
                    { signal_block_impl(w, n, sum, count); });
 
+/* Sum of d[i]^2 in double, in the lanes and order of qerr_block_impl: equal
+ * to it when d[i] is the exact difference of every element (all finite). */
+AG_INLINE void dsum_block_impl(const float *d, size_t n, double *sum) {
+    double acc[QE_LANES] = {0};
+    size_t i = 0;
+    for (; i + QE_LANES <= n; i += QE_LANES)
+        for (size_t j = 0; j < QE_LANES; j++) acc[j] += (double)d[i + j] * (double)d[i + j];
+    for (; i < n; i++) acc[0] += (double)d[i] * (double)d[i];
+    double t = 0.0;
+    for (size_t j = 0; j < QE_LANES; j++) t += acc[j];
+    *sum = t;
+}
+
+AG_KERNEL_VARIANTS(dsum_block, (const float *d, size_t n, double *sum),
+                   { dsum_block_impl(d, n, sum); });
+
 static int scale_ok(float scale) { return isfinite(scale) && scale > 0.0f; }
+
+/* The pattern of w[i] / scale where w[i] or v[i] is not finite (the
+ * per-format loop saw NaN there): as ag_encode_array writes it. */
+static void patch_patterns(const fplan *pl, const float *w, const float *v, size_t n, uint8_t *enc,
+                           int width) {
+    for (size_t i = 0; i < n; i++) {
+        if ((ag_float_bits(w[i]) & 0x7fffffffu) < 0x7f800000u &&
+            (ag_float_bits(v[i]) & 0x7fffffffu) < 0x7f800000u)
+            continue;
+        float xs = w[i] / pl->scale;
+        uint32_t b = ag_pattern(&pl->p, &pl->e, xs, ag_qmag(&pl->p, xs));
+        if (width == 2)
+            put_pattern(enc, i, b, 2);
+        else
+            put_pattern(enc, i, b, 1);
+    }
+}
 
 /* enc: NULL, or one output of n patterns per format for the patterns of w.
  * qerr: NULL, or per format the quantization error sums of w, added. */
@@ -177,12 +302,11 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
     if (fmts == NULL || scales == NULL || out == NULL || w == NULL || v == NULL || n == 0 ||
         nfmt == 0 || nfmt > AG_FORMATS_MAX || (!update_form && !isfinite(lr)))
         return AG_EINVAL;
-    ag_qparams params[AG_FORMATS_MAX];
-    ag_eparams eparams[AG_FORMATS_MAX];
-    stall_fn fns[AG_FORMATS_MAX];
-    size_t pbytes[AG_FORMATS_MAX];
+    fplan plans[AG_FORMATS_MAX];
+    fmt_fn fns[AG_FORMATS_MAX];
+    int width[AG_FORMATS_MAX];
     ag_block_params bparams[AG_FORMATS_MAX];
-    int isa = ag_isa_current();
+    int isa = ag_isa_current(), per_tensor = 0;
     for (size_t f = 0; f < nfmt; f++) {
         if (fmts[f] == NULL) return AG_EFORMAT;
         if (!scale_ok(scales[f]) || (enc != NULL && enc[f] == NULL)) return AG_EINVAL;
@@ -193,34 +317,53 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             fns[f] = NULL;
             continue;
         }
-        ag_qparams_of(fmts[f], &params[f]);
-        ag_eparams_of(fmts[f], &eparams[f]);
-        pbytes[f] = (size_t)fmts[f]->pattern_bytes;
-        int mode = enc == NULL ? 0 : fmts[f]->pattern_bytes == 2 ? 2 : 1;
-        fns[f] = stall_table[mode][update_form != 0][params[f].half_down != 0][isa];
+        int kind = plan_of(fmts[f], scales[f], &plans[f]);
+        width[f] = fmts[f]->pattern_bytes == 2 ? 2 : 1;
+        fns[f] = fmt_table[enc == NULL ? 0 : width[f]][kind][isa];
+        per_tensor = 1;
     }
+    /* the prepared block and the differences of one format */
+    float wn[BLOCK], wun[BLOCK], d[BLOCK];
     for (size_t start = 0; start < n; start += BLOCK) {
         size_t len = n - start < BLOCK ? n - start : BLOCK;
+        const float *wb = w + start, *vb = v + start;
+        prep_counts pc = {0, 0, 0};
+        if (per_tensor)
+            (update_form ? prep_update_variants : prep_sgd_variants)[isa](-lr, wb, vb, len, wn, wun,
+                                                                          &pc);
         double sig = 0.0;
         uint64_t cnt = 0;
-        if (qerr != NULL) signal_block_variants[isa](w + start, len, &sig, &cnt);
+        if (qerr != NULL) signal_block_variants[isa](wb, len, &sig, &cnt);
+        /* the next block's w and v stream in while the formats run from L1:
+         * its cache lines, a share before each format */
+        size_t next = start + len, next_len = n - next < BLOCK ? n - next : BLOCK;
+        size_t lines = next < n ? (next_len * sizeof(float) + 63) / 64 : 0, line = 0;
         for (size_t f = 0; f < nfmt; f++) {
+            for (size_t upto = lines * (f + 1) / nfmt; line < upto; line++) {
+                __builtin_prefetch((const char *)(w + next) + 64 * line, 0, 2);
+                __builtin_prefetch((const char *)(v + next) + 64 * line, 0, 2);
+            }
             if (fns[f] == NULL) { /* chunks start at multiples of 2048: block-aligned */
-                ag_block_run(&bparams[f], update_form, -lr, w + start, v + start, len, &out[f]);
+                ag_block_run(&bparams[f], update_form, -lr, wb, vb, len, &out[f]);
                 continue;
             }
             block_counts bc;
-            fns[f](&params[f], &eparams[f], scales[f], -lr, w + start, v + start, len, &bc,
-                   enc != NULL ? enc[f] + start * pbytes[f] : NULL);
+            uint8_t *eb = enc != NULL ? enc[f] + start * (size_t)width[f] : NULL;
+            fns[f](&plans[f], wn, wun, len, &bc, eb, d);
             out[f].stalled += bc.stalled;
-            out[f].total += bc.total;
+            out[f].total += pc.total;
             out[f].overflow += bc.overflow;
-            out[f].underflow += bc.underflow;
-            out[f].nonfinite += bc.nonfinite;
+            out[f].underflow += bc.rzero - pc.zeros;
+            out[f].nonfinite += pc.nonfinite;
+            if (eb != NULL && pc.nonfinite != 0)
+                patch_patterns(&plans[f], wb, vb, len, eb, width[f]);
             if (qerr != NULL) {
                 double se = 0.0;
-                (params[f].half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
-                    &params[f], scales[f], w + start, len, &se);
+                if (pc.nonfinite == 0 && bc.overflow == 0)
+                    dsum_block_variants[isa](d, len, &se);
+                else /* d is exact only for finite elements within range */
+                    (plans[f].p.half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
+                        &plans[f].p, scales[f], wb, len, &se);
                 double s2 = (double)scales[f] * (double)scales[f];
                 qerr[f].sq_error += se * s2;
                 qerr[f].sq_signal += sig;
