@@ -119,12 +119,12 @@ static int plan_of(const ag_format *f, float scale, fplan *pl) {
  * (w + u), each rounded once; stalled where the two signed grid values are
  * equal (+0 = -0; two same-signed overflows are equal: both inf or both
  * max), overflow where |x| > max_finite, rzero where x rounds to 0.
- * encode 1 or 2: also the pattern of x (1 or 2 bytes) to enc, and to d the
+ * encode: also the pattern of x to pt (32 bits each), and to d the
  * float difference (saturated grid value of x) - x, exact where no element
  * of the block overflows (Sterbenz: the grid value is within a factor 2 of
  * x, or 0); NaN elements get garbage, which the caller patches. */
 AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun, size_t n,
-                              block_counts *bc, uint8_t *enc, float *d, const int kind,
+                              block_counts *bc, uint32_t *pt, float *d, const int kind,
                               const int encode) {
     const ag_qparams p = pl->p;
     const ag_eparams e = pl->e;
@@ -134,7 +134,7 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
     uint32_t stalled = 0, overflow = 0, rzero = 0;
     for (size_t i = 0; i < n; i++) {
         float x = wn[i] / scale, y = wun[i] / scale;
-        float ax = fabsf(x), ay = fabsf(y), rx, ry;
+        float ax = fabsf(x), ay = fabsf(y), rx, ry, qx;
         uint32_t pat = 0;
         if (kind == KIND_MAGIC) {
             uint32_t ex = ag_float_bits(ax) & 0x7f800000u, ey = ag_float_bits(ay) & 0x7f800000u;
@@ -146,6 +146,7 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
             uint32_t ovx = ax >= over_at;
             rx = ovx ? ovv : rx;
             ry = ay >= over_at ? ovv : ry;
+            qx = rx > max ? max : rx;
             if (encode) {
                 /* the grid index is the sum's mantissa, sx - m in the bits;
                  * the binade above emin adds 2^M per step of m */
@@ -157,6 +158,7 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
             float a = ag_qmag_hd(&p, x, kind == KIND_INT_HD),
                   b = ag_qmag_hd(&p, y, kind == KIND_INT_HD);
             if (encode) pat = ag_pattern(&p, &e, x, a);
+            qx = a > max ? max : a;
             rx = a > max ? ovv : a;
             ry = b > max ? ovv : b;
             rx = x != x ? NAN : rx; /* for M = 0 rounding turns NaN into inf */
@@ -166,8 +168,8 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
         overflow += ax > max;
         rzero += rx == 0.0f;
         if (encode) {
-            put_pattern(enc, i, pat, encode);
-            d[i] = copysignf(rx > max ? max : rx, x) - x;
+            pt[i] = pat;
+            d[i] = copysignf(qx, x) - x;
         }
     }
     bc->stalled = stalled;
@@ -176,28 +178,35 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
 }
 
 #define FMT_PARAMS                                                                                 \
-    (const fplan *pl, const float *wn, const float *wun, size_t n, block_counts *bc, uint8_t *enc, \
+    (const fplan *pl, const float *wn, const float *wun, size_t n, block_counts *bc, uint32_t *pt, \
      float *d)
 #define FMT_VARIANTS(name, kind, encode)                                                           \
     AG_KERNEL_VARIANTS(name, FMT_PARAMS,                                                           \
-                       { fmt_block_impl(pl, wn, wun, n, bc, enc, d, kind, encode); })
+                       { fmt_block_impl(pl, wn, wun, n, bc, pt, d, kind, encode); })
 FMT_VARIANTS(fmt_magic, KIND_MAGIC, 0);
 FMT_VARIANTS(fmt_int, KIND_INT, 0);
 FMT_VARIANTS(fmt_int_hd, KIND_INT_HD, 0);
 FMT_VARIANTS(fmt_magic_enc, KIND_MAGIC, 1);
 FMT_VARIANTS(fmt_int_enc, KIND_INT, 1);
 FMT_VARIANTS(fmt_int_hd_enc, KIND_INT_HD, 1);
-FMT_VARIANTS(fmt_magic_enc2, KIND_MAGIC, 2);
-FMT_VARIANTS(fmt_int_enc2, KIND_INT, 2);
-FMT_VARIANTS(fmt_int_hd_enc2, KIND_INT_HD, 2);
 
 typedef void(*fmt_fn) FMT_PARAMS;
 
 /* [encode][kind] */
-static const fmt_fn *const fmt_table[3][3] = {
+static const fmt_fn *const fmt_table[2][3] = {
     {fmt_magic_variants, fmt_int_variants, fmt_int_hd_variants},
-    {fmt_magic_enc_variants, fmt_int_enc_variants, fmt_int_hd_enc_variants},
-    {fmt_magic_enc2_variants, fmt_int_enc2_variants, fmt_int_hd_enc2_variants}};
+    {fmt_magic_enc_variants, fmt_int_enc_variants, fmt_int_hd_enc_variants}};
+
+/* The patterns of a block, from 32 bits each to their width: kept apart
+ * from the per-format loop, whose float vectors would otherwise be unrolled
+ * to the width of the byte vectors (and spilled). */
+AG_INLINE void pack_impl(const uint32_t *pt, uint8_t *enc, size_t n, const int width) {
+    for (size_t i = 0; i < n; i++) put_pattern(enc, i, pt[i], width);
+}
+AG_KERNEL_VARIANTS(pack1, (const uint32_t *pt, uint8_t *enc, size_t n),
+                   { pack_impl(pt, enc, n, 1); });
+AG_KERNEL_VARIANTS(pack2, (const uint32_t *pt, uint8_t *enc, size_t n),
+                   { pack_impl(pt, enc, n, 2); });
 
 /* ------------------------------------------------- quantization error */
 
@@ -229,23 +238,27 @@ AG_INLINE void qerr_block_impl(const ag_qparams *pp, float scale, const float *w
     *sum = t;
 }
 
-/* Sum of w[i]^2 and the count over the finite w[i]. */
+/* w[i], or 0 where w[i] is not finite. */
+AG_INLINE float finite_or_zero(float x) {
+    return (ag_float_bits(x) & 0x7fffffffu) < 0x7f800000u ? x : 0.0f;
+}
+
+/* Sum of w[i]^2 and the count over the finite w[i]: the count and the
+ * lanes in two loops, each of which the compiler vectorises (a non-finite
+ * element adds +0, as (double)0 * 0 is). */
 AG_INLINE void signal_block_impl(const float *w, size_t n, double *sum, uint64_t *count) {
     double acc[QE_LANES] = {0};
     uint32_t c = 0;
+    for (size_t i = 0; i < n; i++) c += (ag_float_bits(w[i]) & 0x7fffffffu) < 0x7f800000u;
     size_t i = 0;
     for (; i + QE_LANES <= n; i += QE_LANES)
         for (size_t j = 0; j < QE_LANES; j++) {
-            float x = w[i + j];
-            uint32_t fin = (ag_float_bits(x) & 0x7fffffffu) < 0x7f800000u;
-            acc[j] += fin ? (double)x * (double)x : 0.0;
-            c += fin;
+            double x = (double)finite_or_zero(w[i + j]);
+            acc[j] += x * x;
         }
     for (; i < n; i++) {
-        float x = w[i];
-        uint32_t fin = (ag_float_bits(x) & 0x7fffffffu) < 0x7f800000u;
-        acc[0] += fin ? (double)x * (double)x : 0.0;
-        c += fin;
+        double x = (double)finite_or_zero(w[i]);
+        acc[0] += x * x;
     }
     double t = 0.0;
     for (size_t j = 0; j < QE_LANES; j++) t += acc[j];
@@ -319,11 +332,12 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         }
         int kind = plan_of(fmts[f], scales[f], &plans[f]);
         width[f] = fmts[f]->pattern_bytes == 2 ? 2 : 1;
-        fns[f] = fmt_table[enc == NULL ? 0 : width[f]][kind][isa];
+        fns[f] = fmt_table[enc != NULL][kind][isa];
         per_tensor = 1;
     }
     /* the prepared block and the differences of one format */
     float wn[BLOCK], wun[BLOCK], d[BLOCK];
+    uint32_t pt[BLOCK];
     for (size_t start = 0; start < n; start += BLOCK) {
         size_t len = n - start < BLOCK ? n - start : BLOCK;
         const float *wb = w + start, *vb = v + start;
@@ -349,7 +363,8 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             }
             block_counts bc;
             uint8_t *eb = enc != NULL ? enc[f] + start * (size_t)width[f] : NULL;
-            fns[f](&plans[f], wn, wun, len, &bc, eb, d);
+            fns[f](&plans[f], wn, wun, len, &bc, pt, d);
+            if (eb != NULL) (width[f] == 2 ? pack2_variants : pack1_variants)[isa](pt, eb, len);
             out[f].stalled += bc.stalled;
             out[f].total += pc.total;
             out[f].overflow += bc.overflow;
