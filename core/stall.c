@@ -96,7 +96,7 @@ typedef struct fplan {
  * sum's mantissa, so its parity is the tie rule's. It needs M >= 1 (for
  * M = 0 ties go down) and m finite up to the overflow threshold. INT and
  * INT_HD: ag_qmag_hd, the general routine (half_down 0 or 1). */
-enum { KIND_MAGIC = 0, KIND_INT = 1, KIND_INT_HD = 2 };
+enum { KIND_MAGIC = 0, KIND_MAGIC_SAT = 1, KIND_INT = 2, KIND_INT_HD = 3 };
 
 static int plan_of(const ag_format *f, float scale, fplan *pl) {
     ag_qparams_of(f, &pl->p);
@@ -112,13 +112,14 @@ static int plan_of(const ag_format *f, float scale, fplan *pl) {
     if (M == 0) return KIND_INT_HD;
     /* the magic of the largest binade below over_at must be a finite float */
     if ((ag_float_bits(pl->over_at) >> 23) + 23u - M > 254u) return KIND_INT;
-    return KIND_MAGIC;
+    return f->has_inf ? KIND_MAGIC : KIND_MAGIC_SAT;
 }
 
 /* One format over one prepared block: x = wn / scale (w) and y = wun / scale
  * (w + u), each rounded once; stalled where the two signed grid values are
- * equal (+0 = -0; two same-signed overflows are equal: both inf or both
- * max), overflow where |x| > max_finite, rzero where x rounds to 0.
+ * equal (+0 = -0; two same-signed overflows are equal: both inf, here
+ * 2^(emax + 1), or both max), overflow where |x| > max_finite, rzero where x
+ * rounds to 0.
  * encode: also the pattern of x to pt (32 bits each), and to d the
  * float difference (saturated grid value of x) - x, exact where no element
  * of the block overflows (Sterbenz: the grid value is within a factor 2 of
@@ -130,28 +131,31 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
     const ag_eparams e = pl->e;
     const float scale = pl->scale, over_at = pl->over_at, max = p.max_finite;
     const float ovv = p.overflow_value;
+    (void)e;
     const uint32_t magic_add = pl->magic_add, pat_sub = pl->pat_sub, sign_pos = pl->sign_pos;
     uint32_t stalled = 0, overflow = 0, rzero = 0;
     for (size_t i = 0; i < n; i++) {
         float x = wn[i] / scale, y = wun[i] / scale;
         float ax = fabsf(x), ay = fabsf(y), rx, ry, qx;
         uint32_t pat = 0;
-        if (kind == KIND_MAGIC) {
-            uint32_t ex = ag_float_bits(ax) & 0x7f800000u, ey = ag_float_bits(ay) & 0x7f800000u;
+        if (kind == KIND_MAGIC || kind == KIND_MAGIC_SAT) {
+            /* |x| clamped to over_at first (a NaN stays NaN): it rounds to
+             * max in a saturating format and, the tie going to the even
+             * pattern, to 2^(emax + 1) in one with inf, whose pattern is
+             * inf's; so overflows need no select, and the magic of the
+             * largest binade the clamp leaves is finite */
+            float cx = over_at < ax ? over_at : ax, cy = over_at < ay ? over_at : ay;
+            uint32_t ex = ag_float_bits(cx) & 0x7f800000u, ey = ag_float_bits(cy) & 0x7f800000u;
             ex = (ex < p.emin_bits ? p.emin_bits : ex) + magic_add;
             ey = (ey < p.emin_bits ? p.emin_bits : ey) + magic_add;
-            float sx = ax + ag_bits_float(ex), sy = ay + ag_bits_float(ey);
+            float sx = cx + ag_bits_float(ex), sy = cy + ag_bits_float(ey);
             rx = sx - ag_bits_float(ex);
             ry = sy - ag_bits_float(ey);
-            uint32_t ovx = ax >= over_at;
-            rx = ovx ? ovv : rx;
-            ry = ay >= over_at ? ovv : ry;
-            qx = rx > max ? max : rx;
+            qx = kind == KIND_MAGIC_SAT ? rx : rx > max ? max : rx;
             if (encode) {
                 /* the grid index is the sum's mantissa, sx - m in the bits;
                  * the binade above emin adds 2^M per step of m */
                 pat = ag_float_bits(sx) - ex + (ex >> p.shift) - pat_sub;
-                pat = ovx ? e.over_pattern : pat;
                 pat |= (ag_float_bits(x) >> 31) << sign_pos;
             }
         } else {
@@ -159,12 +163,17 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
                   b = ag_qmag_hd(&p, y, kind == KIND_INT_HD);
             if (encode) pat = ag_pattern(&p, &e, x, a);
             qx = a > max ? max : a;
-            rx = a > max ? ovv : a;
             ry = b > max ? ovv : b;
-            rx = x != x ? NAN : rx; /* for M = 0 rounding turns NaN into inf */
-            ry = y != y ? NAN : ry;
+            /* A NaN stays NaN through rounding for M >= 1. For M = 0 it
+             * rounds to inf, and x, y are NaN together (wn NaN makes wun
+             * NaN): x's overflow is decided from |x| instead, which leaves
+             * inf for NaN against y's max (M = 0 formats saturate), and is
+             * the same for every other x (max is on the grid). */
+            rx = (kind == KIND_INT_HD ? ax > max : a > max) ? ovv : a;
         }
-        stalled += copysignf(rx, x) == copysignf(ry, y);
+        /* the signed grid values (rx, ry >= 0 or NaN); +0 == -0 */
+        stalled += ag_bits_float(ag_float_bits(rx) | (ag_float_bits(x) & 0x80000000u)) ==
+                   ag_bits_float(ag_float_bits(ry) | (ag_float_bits(y) & 0x80000000u));
         overflow += ax > max;
         rzero += rx == 0.0f;
         if (encode) {
@@ -184,18 +193,21 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
     AG_KERNEL_VARIANTS(name, FMT_PARAMS,                                                           \
                        { fmt_block_impl(pl, wn, wun, n, bc, pt, d, kind, encode); })
 FMT_VARIANTS(fmt_magic, KIND_MAGIC, 0);
+FMT_VARIANTS(fmt_magic_sat, KIND_MAGIC_SAT, 0);
 FMT_VARIANTS(fmt_int, KIND_INT, 0);
 FMT_VARIANTS(fmt_int_hd, KIND_INT_HD, 0);
 FMT_VARIANTS(fmt_magic_enc, KIND_MAGIC, 1);
+FMT_VARIANTS(fmt_magic_sat_enc, KIND_MAGIC_SAT, 1);
 FMT_VARIANTS(fmt_int_enc, KIND_INT, 1);
 FMT_VARIANTS(fmt_int_hd_enc, KIND_INT_HD, 1);
 
 typedef void(*fmt_fn) FMT_PARAMS;
 
 /* [encode][kind] */
-static const fmt_fn *const fmt_table[2][3] = {
-    {fmt_magic_variants, fmt_int_variants, fmt_int_hd_variants},
-    {fmt_magic_enc_variants, fmt_int_enc_variants, fmt_int_hd_enc_variants}};
+static const fmt_fn *const fmt_table[2][4] = {
+    {fmt_magic_variants, fmt_magic_sat_variants, fmt_int_variants, fmt_int_hd_variants},
+    {fmt_magic_enc_variants, fmt_magic_sat_enc_variants, fmt_int_enc_variants,
+     fmt_int_hd_enc_variants}};
 
 /* The patterns of a block, from 32 bits each to their width: kept apart
  * from the per-format loop, whose float vectors would otherwise be unrolled
