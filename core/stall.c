@@ -163,12 +163,13 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
                   b = ag_qmag_hd(&p, y, kind == KIND_INT_HD);
             if (encode) pat = ag_pattern(&p, &e, x, a);
             qx = a > max ? max : a;
-            ry = b > max ? ovv : b;
             /* A NaN stays NaN through rounding for M >= 1. For M = 0 it
-             * rounds to inf, and x, y are NaN together (wn NaN makes wun
-             * NaN): x's overflow is decided from |x| instead, which leaves
-             * inf for NaN against y's max (M = 0 formats saturate), and is
-             * the same for every other x (max is on the grid). */
+             * rounds to inf: y (NaN where the element does not move) keeps
+             * NaN by a select, and x's overflow is decided from |x|, the
+             * same for every finite x (M = 0 formats saturate, and max is
+             * on the grid), which leaves inf for a NaN x, whose y is NaN
+             * too (wn NaN makes wun NaN) */
+            ry = (kind == KIND_INT_HD && y != y) ? NAN : b > max ? ovv : b;
             rx = (kind == KIND_INT_HD ? ax > max : a > max) ? ovv : a;
         }
         /* the signed grid values (rx, ry >= 0 or NaN); +0 == -0 */
