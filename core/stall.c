@@ -46,10 +46,11 @@ typedef struct block_counts {
 
 /* The shared part of every format's work, once per block: wn[i] = w[i] where
  * w and v are finite, else NaN; wun[i] = w[i] + u where the element also
- * moves, else NaN. A NaN never compares equal, never exceeds max_finite and
+ * moves, else -NaN. A NaN never compares equal, never exceeds max_finite and
  * never rounds to zero, so the per-format loops need no masks: an element
  * that is not finite or not moving cannot count as stalled, overflowed or
- * underflowed. update_form 0: v is g and u = neg_lr * g; 1: v is u. */
+ * underflowed. (Rounding with M = 0 turns a NaN into inf: the two signs
+ * keep x's +inf and y's -inf apart.) update_form 0: v is g and u = neg_lr * g; 1: v is u. */
 AG_INLINE void prep_block_impl(float neg_lr, const float *w, const float *v, size_t n, float *wn,
                                float *wun, prep_counts *pc, const int update_form) {
     uint32_t total = 0, nonfinite = 0, zeros = 0;
@@ -62,7 +63,7 @@ AG_INLINE void prep_block_impl(float neg_lr, const float *w, const float *v, siz
         uint32_t moving = update_form ? (u != 0.0f) : (ag_bits_float(vb) > AG_GRAD_EPSILON);
         uint32_t counted = finite & moving;
         wn[i] = finite ? wi : NAN;
-        wun[i] = counted ? wi + u : NAN;
+        wun[i] = counted ? wi + u : -NAN;
         total += counted;
         nonfinite += !finite;
         zeros += finite & (wi == 0.0f);
@@ -130,7 +131,6 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
     const ag_qparams p = pl->p;
     const ag_eparams e = pl->e;
     const float scale = pl->scale, over_at = pl->over_at, max = p.max_finite;
-    const float ovv = p.overflow_value;
     (void)e;
     const uint32_t magic_add = pl->magic_add, pat_sub = pl->pat_sub, sign_pos = pl->sign_pos;
     uint32_t stalled = 0, overflow = 0, rzero = 0;
@@ -159,18 +159,13 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
                 pat |= (ag_float_bits(x) >> 31) << sign_pos;
             }
         } else {
-            float a = ag_qmag_hd(&p, x, kind == KIND_INT_HD),
-                  b = ag_qmag_hd(&p, y, kind == KIND_INT_HD);
-            if (encode) pat = ag_pattern(&p, &e, x, a);
-            qx = a > max ? max : a;
-            /* A NaN stays NaN through rounding for M >= 1. For M = 0 it
-             * rounds to inf: y (NaN where the element does not move) keeps
-             * NaN by a select, and x's overflow is decided from |x|, the
-             * same for every finite x (M = 0 formats saturate, and max is
-             * on the grid), which leaves inf for a NaN x, whose y is NaN
-             * too (wn NaN makes wun NaN) */
-            ry = (kind == KIND_INT_HD && y != y) ? NAN : b > max ? ovv : b;
-            rx = (kind == KIND_INT_HD ? ax > max : a > max) ? ovv : a;
+            /* clamped the same way; the integer rounding keeps NaN where
+             * M >= 1 and makes it inf where M = 0 */
+            float cx = over_at < ax ? over_at : ax, cy = over_at < ay ? over_at : ay;
+            rx = ag_qmag_hd(&p, cx, kind == KIND_INT_HD);
+            ry = ag_qmag_hd(&p, cy, kind == KIND_INT_HD);
+            if (encode) pat = ag_pattern(&p, &e, x, rx);
+            qx = rx > max ? max : rx;
         }
         /* the signed grid values (rx, ry >= 0 or NaN); +0 == -0 */
         stalled += ag_bits_float(ag_float_bits(rx) | (ag_float_bits(x) & 0x80000000u)) ==
