@@ -42,6 +42,7 @@ typedef struct prep_counts {
  * rounds to zero (w = 0 included; the caller subtracts prep_counts.zeros). */
 typedef struct block_counts {
     uint32_t stalled, overflow, rzero;
+    prep_counts pc; /* the loops that prepare their own elements */
 } block_counts;
 
 /* The shared part of every format's work, once per block: wn[i] = w[i] where
@@ -51,22 +52,31 @@ typedef struct block_counts {
  * that is not finite or not moving cannot count as stalled, overflowed or
  * underflowed. (Rounding with M = 0 turns a NaN into inf: the two signs
  * keep x's +inf and y's -inf apart.) update_form 0: v is g and u = neg_lr * g; 1: v is u. */
+/* One element of the preparation: x (wn) and y (wun), and whether it is
+ * counted (finite and moving), not finite, or a finite zero. */
+AG_INLINE void prep_element(float neg_lr, float wi, float vi, float *x, float *y, uint32_t *counted,
+                            uint32_t *nonfinite, uint32_t *zero, const int update_form) {
+    float u = update_form ? vi : neg_lr * vi;
+    uint32_t wb = ag_float_bits(wi) & 0x7fffffffu;
+    uint32_t vb = ag_float_bits(vi) & 0x7fffffffu;
+    uint32_t finite = (wb < 0x7f800000u) & (vb < 0x7f800000u);
+    uint32_t moving = update_form ? (u != 0.0f) : (ag_bits_float(vb) > AG_GRAD_EPSILON);
+    *counted = finite & moving;
+    *x = finite ? wi : NAN;
+    *y = *counted ? wi + u : -NAN;
+    *nonfinite = !finite;
+    *zero = finite & (wi == 0.0f);
+}
+
 AG_INLINE void prep_block_impl(float neg_lr, const float *w, const float *v, size_t n, float *wn,
                                float *wun, prep_counts *pc, const int update_form) {
     uint32_t total = 0, nonfinite = 0, zeros = 0;
     for (size_t i = 0; i < n; i++) {
-        float wi = w[i], vi = v[i];
-        float u = update_form ? vi : neg_lr * vi;
-        uint32_t wb = ag_float_bits(wi) & 0x7fffffffu;
-        uint32_t vb = ag_float_bits(vi) & 0x7fffffffu;
-        uint32_t finite = (wb < 0x7f800000u) & (vb < 0x7f800000u);
-        uint32_t moving = update_form ? (u != 0.0f) : (ag_bits_float(vb) > AG_GRAD_EPSILON);
-        uint32_t counted = finite & moving;
-        wn[i] = finite ? wi : NAN;
-        wun[i] = counted ? wi + u : -NAN;
-        total += counted;
-        nonfinite += !finite;
-        zeros += finite & (wi == 0.0f);
+        uint32_t c, nf, z;
+        prep_element(neg_lr, w[i], v[i], &wn[i], &wun[i], &c, &nf, &z, update_form);
+        total += c;
+        nonfinite += nf;
+        zeros += z;
     }
     pc->total = total;
     pc->nonfinite = nonfinite;
@@ -83,6 +93,7 @@ typedef struct fplan {
     ag_qparams p;
     ag_eparams e;
     float scale;
+    float neg_lr;       /* -lr, for the loops that prepare their own elements */
     float over_at;      /* |x| >= over_at becomes overflow_value */
     uint32_t magic_add; /* (23 - M) << 23: exponent of the rounding magic over x's */
     uint32_t pat_sub;   /* (emin + 127 + 23 - M) << M: see fmt_block_impl */
@@ -127,15 +138,24 @@ static int plan_of(const ag_format *f, float scale, fplan *pl) {
  * x, or 0); NaN elements get garbage, which the caller patches. */
 AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun, size_t n,
                               block_counts *bc, uint32_t *pt, float *d, const int kind,
-                              const int encode) {
+                              const int encode, const int direct) {
     const ag_qparams p = pl->p;
     const ag_eparams e = pl->e;
     const float scale = pl->scale, over_at = pl->over_at, max = p.max_finite;
     (void)e;
     const uint32_t magic_add = pl->magic_add, pat_sub = pl->pat_sub, sign_pos = pl->sign_pos;
-    uint32_t stalled = 0, overflow = 0, rzero = 0;
+    const float neg_lr = pl->neg_lr;
+    uint32_t stalled = 0, overflow = 0, rzero = 0, total = 0, nonfinite = 0, zeros = 0;
     for (size_t i = 0; i < n; i++) {
-        float x = wn[i] / scale, y = wun[i] / scale;
+        float xn = wn[i], yn = wun[i];
+        if (direct) { /* a format alone: wn, wun are w and v */
+            uint32_t c, nf, z;
+            prep_element(neg_lr, wn[i], wun[i], &xn, &yn, &c, &nf, &z, direct == 2);
+            total += c;
+            nonfinite += nf;
+            zeros += z;
+        }
+        float x = xn / scale, y = yn / scale;
         float ax = fabsf(x), ay = fabsf(y), rx, ry, qx;
         uint32_t pat = 0;
         if (kind == KIND_MAGIC || kind == KIND_MAGIC_SAT) {
@@ -180,22 +200,32 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
     bc->stalled = stalled;
     bc->overflow = overflow;
     bc->rzero = rzero;
+    bc->pc.total = total;
+    bc->pc.nonfinite = nonfinite;
+    bc->pc.zeros = zeros;
 }
 
 #define FMT_PARAMS                                                                                 \
     (const fplan *pl, const float *wn, const float *wun, size_t n, block_counts *bc, uint32_t *pt, \
      float *d)
-#define FMT_VARIANTS(name, kind, encode)                                                           \
+#define FMT_VARIANTS(name, kind, encode, direct)                                                   \
     AG_KERNEL_VARIANTS(name, FMT_PARAMS,                                                           \
-                       { fmt_block_impl(pl, wn, wun, n, bc, pt, d, kind, encode); })
-FMT_VARIANTS(fmt_magic, KIND_MAGIC, 0);
-FMT_VARIANTS(fmt_magic_sat, KIND_MAGIC_SAT, 0);
-FMT_VARIANTS(fmt_int, KIND_INT, 0);
-FMT_VARIANTS(fmt_int_hd, KIND_INT_HD, 0);
-FMT_VARIANTS(fmt_magic_enc, KIND_MAGIC, 1);
-FMT_VARIANTS(fmt_magic_sat_enc, KIND_MAGIC_SAT, 1);
-FMT_VARIANTS(fmt_int_enc, KIND_INT, 1);
-FMT_VARIANTS(fmt_int_hd_enc, KIND_INT_HD, 1);
+                       { fmt_block_impl(pl, wn, wun, n, bc, pt, d, kind, encode, direct); })
+FMT_VARIANTS(fmt_magic, KIND_MAGIC, 0, 0);
+FMT_VARIANTS(fmt_magic_sat, KIND_MAGIC_SAT, 0, 0);
+FMT_VARIANTS(fmt_int, KIND_INT, 0, 0);
+FMT_VARIANTS(fmt_int_hd, KIND_INT_HD, 0, 0);
+FMT_VARIANTS(fmt_magic_enc, KIND_MAGIC, 1, 0);
+FMT_VARIANTS(fmt_magic_sat_enc, KIND_MAGIC_SAT, 1, 0);
+FMT_VARIANTS(fmt_int_enc, KIND_INT, 1, 0);
+FMT_VARIANTS(fmt_int_hd_enc, KIND_INT_HD, 1, 0);
+/* one format alone, counts only: no separate preparation (SGD, update) */
+FMT_VARIANTS(fmt_magic_sgd, KIND_MAGIC, 0, 1);
+FMT_VARIANTS(fmt_int_sgd, KIND_INT, 0, 1);
+FMT_VARIANTS(fmt_int_hd_sgd, KIND_INT_HD, 0, 1);
+FMT_VARIANTS(fmt_magic_upd, KIND_MAGIC, 0, 2);
+FMT_VARIANTS(fmt_int_upd, KIND_INT, 0, 2);
+FMT_VARIANTS(fmt_int_hd_upd, KIND_INT_HD, 0, 2);
 
 typedef void(*fmt_fn) FMT_PARAMS;
 
@@ -204,6 +234,11 @@ static const fmt_fn *const fmt_table[2][4] = {
     {fmt_magic_variants, fmt_magic_sat_variants, fmt_int_variants, fmt_int_hd_variants},
     {fmt_magic_enc_variants, fmt_magic_sat_enc_variants, fmt_int_enc_variants,
      fmt_int_hd_enc_variants}};
+/* [update form][kind]: MAGIC and MAGIC_SAT count alike */
+static const fmt_fn *const fmt_direct_table[2][4] = {
+    {fmt_magic_sgd_variants, fmt_magic_sgd_variants, fmt_int_sgd_variants, fmt_int_hd_sgd_variants},
+    {fmt_magic_upd_variants, fmt_magic_upd_variants, fmt_int_upd_variants,
+     fmt_int_hd_upd_variants}};
 
 /* The patterns of a block, from 32 bits each to their width: kept apart
  * from the per-format loop, whose float vectors would otherwise be unrolled
@@ -339,10 +374,13 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             continue;
         }
         int kind = plan_of(fmts[f], scales[f], &plans[f]);
+        plans[f].neg_lr = -lr;
         width[f] = fmts[f]->pattern_bytes == 2 ? 2 : 1;
         fns[f] = fmt_table[enc != NULL][kind][isa];
+        if (nfmt == 1 && enc == NULL) fns[f] = fmt_direct_table[update_form != 0][kind][isa];
         per_tensor = 1;
     }
+    int direct = nfmt == 1 && enc == NULL && per_tensor;
     /* the prepared block and the differences of one format */
     float wn[BLOCK], wun[BLOCK], d[BLOCK];
     uint32_t pt[BLOCK];
@@ -350,16 +388,17 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         size_t len = n - start < BLOCK ? n - start : BLOCK;
         const float *wb = w + start, *vb = v + start;
         prep_counts pc = {0, 0, 0};
-        if (per_tensor)
+        if (per_tensor && !direct)
             (update_form ? prep_update_variants : prep_sgd_variants)[isa](-lr, wb, vb, len, wn, wun,
                                                                           &pc);
         double sig = 0.0;
         uint64_t cnt = 0;
         if (qerr != NULL) signal_block_variants[isa](wb, len, &sig, &cnt);
         /* the next block's w and v stream in while the formats run from L1:
-         * its cache lines, a share before each format */
+         * its cache lines, a share before each format (a format alone
+         * streams w and v itself, and the hardware prefetches them better) */
         size_t next = start + len, next_len = n - next < BLOCK ? n - next : BLOCK;
-        size_t lines = next < n ? (next_len * sizeof(float) + 63) / 64 : 0, line = 0;
+        size_t lines = next < n && !direct ? (next_len * sizeof(float) + 63) / 64 : 0, line = 0;
         for (size_t f = 0; f < nfmt; f++) {
             for (size_t upto = lines * (f + 1) / nfmt; line < upto; line++) {
                 __builtin_prefetch((const char *)(w + next) + 64 * line, 0, 2);
@@ -371,7 +410,12 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             }
             block_counts bc;
             uint8_t *eb = enc != NULL ? enc[f] + start * (size_t)width[f] : NULL;
-            fns[f](&plans[f], wn, wun, len, &bc, pt, d);
+            if (direct) {
+                fns[f](&plans[f], wb, vb, len, &bc, pt, d);
+                pc = bc.pc;
+            } else {
+                fns[f](&plans[f], wn, wun, len, &bc, pt, d);
+            }
             if (eb != NULL) (width[f] == 2 ? pack2_variants : pack1_variants)[isa](pt, eb, len);
             out[f].stalled += bc.stalled;
             out[f].total += pc.total;
