@@ -509,20 +509,28 @@ static void check_boundaries(const ag_format *f, float s, const float *w, size_t
         for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
             if (!ag_isa_supported(isa)) continue;
             cr_assert_eq(ag_isa_force(isa), AG_OK);
-            ag_stall_counts got = {0}, got_e = {0};
+            ag_stall_counts got[4] = {{0}};
             ag_quant_error qe = {0};
             uint8_t *encs[1] = {enc};
-            cr_assert_eq(ag_stall_update_multi(&f, &s, 1, w, u, n, &got), AG_OK);
-            cr_assert_eq(ag_stall_encode_multi(&f, &s, 1, 1, 0.0f, w, u, n, &got_e, encs, &qe),
+            const ag_format *two[2] = {f, f};
+            float s2[2] = {s, s};
+            /* alone (its own loop), twice in one pass (the shared
+             * preparation), and the pass that also encodes */
+            cr_assert_eq(ag_stall_update_multi(&f, &s, 1, w, u, n, &got[0]), AG_OK);
+            cr_assert_eq(ag_stall_update_multi(two, s2, 2, w, u, n, &got[1]), AG_OK);
+            cr_assert_eq(ag_stall_encode_multi(&f, &s, 1, 1, 0.0f, w, u, n, &got[3], encs, &qe),
                          AG_OK);
-            for (int k = 0; k < 2; k++) {
-                ag_stall_counts c = k ? got_e : got;
+            for (int k = 0; k < 4; k++) {
+                ag_stall_counts c = got[k];
                 cr_assert(c.stalled == want.stalled && c.total == want.total &&
                               c.overflow == want.overflow && c.underflow == want.underflow &&
                               c.nonfinite == want.nonfinite,
                           "%s %s scale %a stride %zu%s: %llu/%llu ov %llu un %llu nf %llu, want "
                           "%llu/%llu ov %llu un %llu nf %llu",
-                          ag_isa_name(isa), f->name, (double)s, stride, k ? " (encoding)" : "",
+                          ag_isa_name(isa), f->name, (double)s, stride,
+                          k == 0   ? ""
+                          : k == 3 ? " (encoding)"
+                                   : " (two in a pass)",
                           (unsigned long long)c.stalled, (unsigned long long)c.total,
                           (unsigned long long)c.overflow, (unsigned long long)c.underflow,
                           (unsigned long long)c.nonfinite, (unsigned long long)want.stalled,
