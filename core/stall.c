@@ -3,8 +3,11 @@
  * One routine serves the SGD form (u = -lr * g, moving when |g| > 1e-10) and
  * the update form (u given, moving when u != 0), for one format or several:
  * the multi-format pass walks the arrays once in cache-sized blocks and runs
- * every format over each block, so memory is read once whatever the count.
- * The same pass can also encode w for every format (stall_encode.h). Flips
+ * every format over each block, so memory is read once whatever the count
+ * (a block is prepared once: w and w + u, with NaN where an element does not
+ * count; then one loop per format; docs/numerics.md, How the stall pass is
+ * built). The same pass can also encode w for every format and sum the
+ * quantization error (stall_encode.h). Flips
  * (docs/numerics.md) compare 8-bit patterns at one scale: as bytes when both
  * snapshots were encoded at it, or encoding the new weights at the old scale
  * and comparing in the same pass when the scale moved.
@@ -51,9 +54,9 @@ typedef struct block_counts {
  * never rounds to zero, so the per-format loops need no masks: an element
  * that is not finite or not moving cannot count as stalled, overflowed or
  * underflowed. (Rounding with M = 0 turns a NaN into inf: the two signs
- * keep x's +inf and y's -inf apart.) update_form 0: v is g and u = neg_lr * g; 1: v is u. */
-/* One element of the preparation: x (wn) and y (wun), and whether it is
- * counted (finite and moving), not finite, or a finite zero. */
+ * keep x's +inf and y's -inf apart.) update_form 0: v is g and
+ * u = neg_lr * g; 1: v is u. One element: x (wn) and y (wun), and whether it
+ * is counted (finite and moving), not finite, or a finite zero. */
 AG_INLINE void prep_element(float neg_lr, float wi, float vi, float *x, float *y, uint32_t *counted,
                             uint32_t *nonfinite, uint32_t *zero, const int update_form) {
     float u = update_form ? vi : neg_lr * vi;
@@ -94,7 +97,7 @@ typedef struct fplan {
     ag_eparams e;
     float scale;
     float neg_lr;       /* -lr, for the loops that prepare their own elements */
-    float over_at;      /* |x| >= over_at becomes overflow_value */
+    float over_at;      /* |x| is clamped to it: it rounds to max, or past it to inf's pattern */
     uint32_t magic_add; /* (23 - M) << 23: exponent of the rounding magic over x's */
     uint32_t pat_sub;   /* (emin + 127 + 23 - M) << M: see fmt_block_impl */
     uint32_t sign_pos;  /* E + M */
@@ -106,8 +109,9 @@ typedef struct fplan {
  * and in the uniform range below 2^emin (2^(emin - M)), in one path: the sum
  * lies in m's binade, whose ulp is that step, and the grid index is the
  * sum's mantissa, so its parity is the tie rule's. It needs M >= 1 (for
- * M = 0 ties go down) and m finite up to the overflow threshold. INT and
- * INT_HD: ag_qmag_hd, the general routine (half_down 0 or 1). */
+ * M = 0 ties go down) and m finite up to the overflow threshold; MAGIC_SAT
+ * is MAGIC for a format without inf (its saturated value needs no min).
+ * INT and INT_HD: ag_qmag_hd, the general routine (half_down 0 or 1). */
 enum { KIND_MAGIC = 0, KIND_MAGIC_SAT = 1, KIND_INT = 2, KIND_INT_HD = 3 };
 
 static int plan_of(const ag_format *f, float scale, fplan *pl) {
@@ -142,7 +146,7 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
     const ag_qparams p = pl->p;
     const ag_eparams e = pl->e;
     const float scale = pl->scale, over_at = pl->over_at, max = p.max_finite;
-    (void)e;
+    (void)e; /* the integer path's patterns only */
     const uint32_t magic_add = pl->magic_add, pat_sub = pl->pat_sub, sign_pos = pl->sign_pos;
     const float neg_lr = pl->neg_lr;
     uint32_t stalled = 0, overflow = 0, rzero = 0, total = 0, nonfinite = 0, zeros = 0;
@@ -212,7 +216,6 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
     AG_KERNEL_VARIANTS(name, FMT_PARAMS,                                                           \
                        { fmt_block_impl(pl, wn, wun, n, bc, pt, d, kind, encode, direct); })
 FMT_VARIANTS(fmt_magic, KIND_MAGIC, 0, 0);
-FMT_VARIANTS(fmt_magic_sat, KIND_MAGIC_SAT, 0, 0);
 FMT_VARIANTS(fmt_int, KIND_INT, 0, 0);
 FMT_VARIANTS(fmt_int_hd, KIND_INT_HD, 0, 0);
 FMT_VARIANTS(fmt_magic_enc, KIND_MAGIC, 1, 0);
@@ -229,9 +232,9 @@ FMT_VARIANTS(fmt_int_hd_upd, KIND_INT_HD, 0, 2);
 
 typedef void(*fmt_fn) FMT_PARAMS;
 
-/* [encode][kind] */
+/* [encode][kind]: counting alone, MAGIC and MAGIC_SAT are one loop */
 static const fmt_fn *const fmt_table[2][4] = {
-    {fmt_magic_variants, fmt_magic_sat_variants, fmt_int_variants, fmt_int_hd_variants},
+    {fmt_magic_variants, fmt_magic_variants, fmt_int_variants, fmt_int_hd_variants},
     {fmt_magic_enc_variants, fmt_magic_sat_enc_variants, fmt_int_enc_variants,
      fmt_int_hd_enc_variants}};
 /* [update form][kind]: MAGIC and MAGIC_SAT count alike */
