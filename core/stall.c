@@ -3,8 +3,11 @@
  * One routine serves the SGD form (u = -lr * g, moving when |g| > 1e-10) and
  * the update form (u given, moving when u != 0), for one format or several:
  * the multi-format pass walks the arrays once in cache-sized blocks and runs
- * every format over each block, so memory is read once whatever the count.
- * The same pass can also encode w for every format (stall_encode.h). Flips
+ * every format over each block, so memory is read once whatever the count
+ * (a block is prepared once: w and w + u, with NaN where an element does not
+ * count; then one loop per format; docs/numerics.md, How the stall pass is
+ * built). The same pass can also encode w for every format and sum the
+ * quantization error (stall_encode.h). Flips
  * (docs/numerics.md) compare 8-bit patterns at one scale: as bytes when both
  * snapshots were encoded at it, or encoding the new weights at the old scale
  * and comparing in the same pass when the scale moved.
@@ -17,14 +20,6 @@
 #include "kernel.h"
 #include "stall_encode.h"
 
-/* Elements per block: w and g blocks (2 x 8 KiB) stay in L1 across formats,
- * and per-lane 32-bit counters cannot overflow. */
-#define BLOCK 2048
-
-typedef struct block_counts {
-    uint32_t stalled, total, overflow, underflow, nonfinite;
-} block_counts;
-
 /* Stores pattern b of element i: encode 1 one byte, encode 2 a uint16_t. */
 AG_INLINE void put_pattern(uint8_t *enc, size_t i, uint32_t b, const int encode) {
     if (encode == 2) {
@@ -35,77 +30,229 @@ AG_INLINE void put_pattern(uint8_t *enc, size_t i, uint32_t b, const int encode)
     }
 }
 
-/* update_form 0: v is g and u = neg_lr * g; 1: v is u. encode 1 or 2: also
- * write the pattern of w / scale to enc (1 or 2 bytes each). The flags are
- * compile-time constants in each instantiation below, so the loop is
- * straight-line code the compiler vectorises. */
-AG_INLINE void stall_block_impl(const ag_qparams *pp, const ag_eparams *ep, float scale,
-                                float neg_lr, const float *w, const float *v, size_t n,
-                                block_counts *bc, uint8_t *enc, const int update_form,
-                                const int half_down, const int encode) {
-    const ag_qparams p = *pp;
-    const ag_eparams e = *ep;
-    uint32_t stalled = 0, total = 0, overflow = 0, underflow = 0, nonfinite = 0;
-    for (size_t i = 0; i < n; i++) {
-        float wi = w[i], vi = v[i];
-        float u = update_form ? vi : neg_lr * vi;
-        uint32_t wb = ag_float_bits(wi) & 0x7fffffffu;
-        uint32_t vb = ag_float_bits(vi) & 0x7fffffffu;
-        uint32_t finite = (wb < 0x7f800000u) & (vb < 0x7f800000u);
-        uint32_t moving = update_form ? (u != 0.0f) : (ag_bits_float(vb) > AG_GRAD_EPSILON);
-        float xs = wi / scale;
-        float a = ag_qmag_hd(&p, xs, half_down);
-        float b = ag_qmag_hd(&p, (wi + u) / scale, half_down);
-        /* Saturation and sign: both magnitudes beyond max_finite land on the
-         * same value (inf or max) exactly when their signs agree. */
-        uint32_t a_over = a > p.max_finite, b_over = b > p.max_finite;
-        float sa = copysignf(a_over ? p.overflow_value : a, xs);
-        float sb = copysignf(b_over ? p.overflow_value : b, wi + u);
-        uint32_t same = sa == sb;
-        stalled += finite & moving & same;
-        total += finite & moving;
-        overflow += finite & (fabsf(xs) > p.max_finite);
-        underflow += finite & (wi != 0.0f) & (a == 0.0f);
-        nonfinite += !finite;
-        if (encode) put_pattern(enc, i, ag_pattern(&p, &e, xs, a), encode);
-    }
-    bc->stalled = stalled;
-    bc->total = total;
-    bc->overflow = overflow;
-    bc->underflow = underflow;
-    bc->nonfinite = nonfinite;
+/* Elements per block: the pass reads w and v once per block into two
+ * scratch arrays that stay in L1 while every format runs over them, and
+ * per-lane 32-bit counters cannot overflow. The quantization error sums in
+ * blocks of this size (docs/numerics.md). */
+#define BLOCK 2048
+
+/* What one pass over a block counts once for all formats. */
+typedef struct prep_counts {
+    uint32_t total, nonfinite, zeros;
+} prep_counts;
+
+/* What one format counts over a block: rzero counts the elements whose w
+ * rounds to zero (w = 0 included; the caller subtracts prep_counts.zeros). */
+typedef struct block_counts {
+    uint32_t stalled, overflow, rzero;
+    prep_counts pc; /* the loops that prepare their own elements */
+} block_counts;
+
+/* The shared part of every format's work, once per block: wn[i] = w[i] where
+ * w and v are finite, else NaN; wun[i] = w[i] + u where the element also
+ * moves, else -NaN. A NaN never compares equal, never exceeds max_finite and
+ * never rounds to zero, so the per-format loops need no masks: an element
+ * that is not finite or not moving cannot count as stalled, overflowed or
+ * underflowed. (Rounding with M = 0 turns a NaN into inf: the two signs
+ * keep x's +inf and y's -inf apart.) update_form 0: v is g and
+ * u = neg_lr * g; 1: v is u. One element: x (wn) and y (wun), and whether it
+ * is counted (finite and moving), not finite, or a finite zero. */
+AG_INLINE void prep_element(float neg_lr, float wi, float vi, float *x, float *y, uint32_t *counted,
+                            uint32_t *nonfinite, uint32_t *zero, const int update_form) {
+    float u = update_form ? vi : neg_lr * vi;
+    uint32_t wb = ag_float_bits(wi) & 0x7fffffffu;
+    uint32_t vb = ag_float_bits(vi) & 0x7fffffffu;
+    uint32_t finite = (wb < 0x7f800000u) & (vb < 0x7f800000u);
+    uint32_t moving = update_form ? (u != 0.0f) : (ag_bits_float(vb) > AG_GRAD_EPSILON);
+    *counted = finite & moving;
+    *x = finite ? wi : NAN;
+    *y = *counted ? wi + u : -NAN;
+    *nonfinite = !finite;
+    *zero = finite & (wi == 0.0f);
 }
 
-#define STALL_PARAMS                                                                               \
-    (const ag_qparams *p, const ag_eparams *e, float scale, float neg_lr, const float *w,          \
-     const float *v, size_t n, block_counts *bc, uint8_t *enc)
-#define STALL_VARIANTS(name, update_form, half_down, encode)                                       \
-    AG_KERNEL_VARIANTS(name, STALL_PARAMS, {                                                       \
-        stall_block_impl(p, e, scale, neg_lr, w, v, n, bc, enc, update_form, half_down, encode);   \
-    })
-STALL_VARIANTS(stall_sgd, 0, 0, 0);
-STALL_VARIANTS(stall_sgd_hd, 0, 1, 0);
-STALL_VARIANTS(stall_update, 1, 0, 0);
-STALL_VARIANTS(stall_update_hd, 1, 1, 0);
-STALL_VARIANTS(stall_sgd_enc, 0, 0, 1);
-STALL_VARIANTS(stall_sgd_hd_enc, 0, 1, 1);
-STALL_VARIANTS(stall_update_enc, 1, 0, 1);
-STALL_VARIANTS(stall_update_hd_enc, 1, 1, 1);
-STALL_VARIANTS(stall_sgd_enc2, 0, 0, 2);
-STALL_VARIANTS(stall_sgd_hd_enc2, 0, 1, 2);
-STALL_VARIANTS(stall_update_enc2, 1, 0, 2);
-STALL_VARIANTS(stall_update_hd_enc2, 1, 1, 2);
+AG_INLINE void prep_block_impl(float neg_lr, const float *w, const float *v, size_t n, float *wn,
+                               float *wun, prep_counts *pc, const int update_form) {
+    uint32_t total = 0, nonfinite = 0, zeros = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t c, nf, z;
+        prep_element(neg_lr, w[i], v[i], &wn[i], &wun[i], &c, &nf, &z, update_form);
+        total += c;
+        nonfinite += nf;
+        zeros += z;
+    }
+    pc->total = total;
+    pc->nonfinite = nonfinite;
+    pc->zeros = zeros;
+}
 
-typedef void(*stall_fn) STALL_PARAMS;
+#define PREP_PARAMS                                                                                \
+    (float neg_lr, const float *w, const float *v, size_t n, float *wn, float *wun, prep_counts *pc)
+AG_KERNEL_VARIANTS(prep_sgd, PREP_PARAMS, { prep_block_impl(neg_lr, w, v, n, wn, wun, pc, 0); });
+AG_KERNEL_VARIANTS(prep_update, PREP_PARAMS, { prep_block_impl(neg_lr, w, v, n, wn, wun, pc, 1); });
 
-/* [encode][update_form][half_down] */
-static const stall_fn *const stall_table[3][2][2] = {
-    {{stall_sgd_variants, stall_sgd_hd_variants},
-     {stall_update_variants, stall_update_hd_variants}},
-    {{stall_sgd_enc_variants, stall_sgd_hd_enc_variants},
-     {stall_update_enc_variants, stall_update_hd_enc_variants}},
-    {{stall_sgd_enc2_variants, stall_sgd_hd_enc2_variants},
-     {stall_update_enc2_variants, stall_update_hd_enc2_variants}}};
+/* One format's constants for the per-format loops. */
+typedef struct fplan {
+    ag_qparams p;
+    ag_eparams e;
+    float scale;
+    float neg_lr;       /* -lr, for the loops that prepare their own elements */
+    float over_at;      /* |x| is clamped to it: it rounds to max, or past it to inf's pattern */
+    uint32_t magic_add; /* (23 - M) << 23: exponent of the rounding magic over x's */
+    uint32_t pat_sub;   /* (emin + 127 + 23 - M) << M: see fmt_block_impl */
+    uint32_t sign_pos;  /* E + M */
+} fplan;
+
+/* How a format rounds in the per-format loop. MAGIC: |x| + m - m with
+ * m = 2^(max(e, emin) + 23 - M), e the exponent of x, lets float32 addition
+ * round to nearest even at exactly the grid's step in x's binade (2^(e - M))
+ * and in the uniform range below 2^emin (2^(emin - M)), in one path: the sum
+ * lies in m's binade, whose ulp is that step, and the grid index is the
+ * sum's mantissa, so its parity is the tie rule's. It needs M >= 1 (for
+ * M = 0 ties go down) and m finite up to the overflow threshold; MAGIC_SAT
+ * is MAGIC for a format without inf (its saturated value needs no min).
+ * INT and INT_HD: ag_qmag_hd, the general routine (half_down 0 or 1). */
+enum { KIND_MAGIC = 0, KIND_MAGIC_SAT = 1, KIND_INT = 2, KIND_INT_HD = 3 };
+
+static int plan_of(const ag_format *f, float scale, fplan *pl) {
+    ag_qparams_of(f, &pl->p);
+    ag_eparams_of(f, &pl->e);
+    pl->scale = scale;
+    uint32_t maxb = ag_float_bits(f->max_finite), M = (uint32_t)f->mantissa_bits;
+    /* inf formats: from max + half an ulp of max on (the tie goes to inf);
+     * saturating ones: anything past max */
+    pl->over_at = f->has_inf ? ag_bits_float(maxb + (1u << (22u - M))) : ag_bits_float(maxb + 1u);
+    pl->magic_add = (23u - M) << 23;
+    pl->pat_sub = ((uint32_t)(f->min_exponent + 127) + 23u - M) << M;
+    pl->sign_pos = (uint32_t)(f->exponent_bits + f->mantissa_bits);
+    if (M == 0) return KIND_INT_HD;
+    /* the magic of the largest binade below over_at must be a finite float */
+    if ((ag_float_bits(pl->over_at) >> 23) + 23u - M > 254u) return KIND_INT;
+    return f->has_inf ? KIND_MAGIC : KIND_MAGIC_SAT;
+}
+
+/* One format over one prepared block: x = wn / scale (w) and y = wun / scale
+ * (w + u), each rounded once; stalled where the two signed grid values are
+ * equal (+0 = -0; two same-signed overflows are equal: both inf, here
+ * 2^(emax + 1), or both max), overflow where |x| > max_finite, rzero where x
+ * rounds to 0.
+ * encode: also the pattern of x to pt (32 bits each), and to d the
+ * float difference (saturated grid value of x) - x, exact where no element
+ * of the block overflows (Sterbenz: the grid value is within a factor 2 of
+ * x, or 0); NaN elements get garbage, which the caller patches. */
+AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun, size_t n,
+                              block_counts *bc, uint32_t *pt, float *d, const int kind,
+                              const int encode, const int direct) {
+    const ag_qparams p = pl->p;
+    const ag_eparams e = pl->e;
+    const float scale = pl->scale, over_at = pl->over_at, max = p.max_finite;
+    (void)e; /* the integer path's patterns only */
+    const uint32_t magic_add = pl->magic_add, pat_sub = pl->pat_sub, sign_pos = pl->sign_pos;
+    const float neg_lr = pl->neg_lr;
+    uint32_t stalled = 0, overflow = 0, rzero = 0, total = 0, nonfinite = 0, zeros = 0;
+    for (size_t i = 0; i < n; i++) {
+        float xn = wn[i], yn = wun[i];
+        if (direct) { /* a format alone: wn, wun are w and v */
+            uint32_t c, nf, z;
+            prep_element(neg_lr, wn[i], wun[i], &xn, &yn, &c, &nf, &z, direct == 2);
+            total += c;
+            nonfinite += nf;
+            zeros += z;
+        }
+        float x = xn / scale, y = yn / scale;
+        float ax = fabsf(x), ay = fabsf(y), rx, ry, qx;
+        uint32_t pat = 0;
+        if (kind == KIND_MAGIC || kind == KIND_MAGIC_SAT) {
+            /* |x| clamped to over_at first (a NaN stays NaN): it rounds to
+             * max in a saturating format and, the tie going to the even
+             * pattern, to 2^(emax + 1) in one with inf, whose pattern is
+             * inf's; so overflows need no select, and the magic of the
+             * largest binade the clamp leaves is finite */
+            float cx = over_at < ax ? over_at : ax, cy = over_at < ay ? over_at : ay;
+            uint32_t ex = ag_float_bits(cx) & 0x7f800000u, ey = ag_float_bits(cy) & 0x7f800000u;
+            ex = (ex < p.emin_bits ? p.emin_bits : ex) + magic_add;
+            ey = (ey < p.emin_bits ? p.emin_bits : ey) + magic_add;
+            float sx = cx + ag_bits_float(ex), sy = cy + ag_bits_float(ey);
+            rx = sx - ag_bits_float(ex);
+            ry = sy - ag_bits_float(ey);
+            qx = kind == KIND_MAGIC_SAT ? rx : rx > max ? max : rx;
+            if (encode) {
+                /* the grid index is the sum's mantissa, sx - m in the bits;
+                 * the binade above emin adds 2^M per step of m */
+                pat = ag_float_bits(sx) - ex + (ex >> p.shift) - pat_sub;
+                pat |= (ag_float_bits(x) >> 31) << sign_pos;
+            }
+        } else {
+            /* clamped the same way; the integer rounding keeps NaN where
+             * M >= 1 and makes it inf where M = 0 */
+            float cx = over_at < ax ? over_at : ax, cy = over_at < ay ? over_at : ay;
+            rx = ag_qmag_hd(&p, cx, kind == KIND_INT_HD);
+            ry = ag_qmag_hd(&p, cy, kind == KIND_INT_HD);
+            if (encode) pat = ag_pattern(&p, &e, x, rx);
+            qx = rx > max ? max : rx;
+        }
+        /* the signed grid values (rx, ry >= 0 or NaN); +0 == -0 */
+        stalled += ag_bits_float(ag_float_bits(rx) | (ag_float_bits(x) & 0x80000000u)) ==
+                   ag_bits_float(ag_float_bits(ry) | (ag_float_bits(y) & 0x80000000u));
+        overflow += ax > max;
+        rzero += rx == 0.0f;
+        if (encode) {
+            pt[i] = pat;
+            d[i] = copysignf(qx, x) - x;
+        }
+    }
+    bc->stalled = stalled;
+    bc->overflow = overflow;
+    bc->rzero = rzero;
+    bc->pc.total = total;
+    bc->pc.nonfinite = nonfinite;
+    bc->pc.zeros = zeros;
+}
+
+#define FMT_PARAMS                                                                                 \
+    (const fplan *pl, const float *wn, const float *wun, size_t n, block_counts *bc, uint32_t *pt, \
+     float *d)
+#define FMT_VARIANTS(name, kind, encode, direct)                                                   \
+    AG_KERNEL_VARIANTS(name, FMT_PARAMS,                                                           \
+                       { fmt_block_impl(pl, wn, wun, n, bc, pt, d, kind, encode, direct); })
+FMT_VARIANTS(fmt_magic, KIND_MAGIC, 0, 0);
+FMT_VARIANTS(fmt_int, KIND_INT, 0, 0);
+FMT_VARIANTS(fmt_int_hd, KIND_INT_HD, 0, 0);
+FMT_VARIANTS(fmt_magic_enc, KIND_MAGIC, 1, 0);
+FMT_VARIANTS(fmt_magic_sat_enc, KIND_MAGIC_SAT, 1, 0);
+FMT_VARIANTS(fmt_int_enc, KIND_INT, 1, 0);
+FMT_VARIANTS(fmt_int_hd_enc, KIND_INT_HD, 1, 0);
+/* one format alone, counts only: no separate preparation (SGD, update) */
+FMT_VARIANTS(fmt_magic_sgd, KIND_MAGIC, 0, 1);
+FMT_VARIANTS(fmt_int_sgd, KIND_INT, 0, 1);
+FMT_VARIANTS(fmt_int_hd_sgd, KIND_INT_HD, 0, 1);
+FMT_VARIANTS(fmt_magic_upd, KIND_MAGIC, 0, 2);
+FMT_VARIANTS(fmt_int_upd, KIND_INT, 0, 2);
+FMT_VARIANTS(fmt_int_hd_upd, KIND_INT_HD, 0, 2);
+
+typedef void(*fmt_fn) FMT_PARAMS;
+
+/* [encode][kind]: counting alone, MAGIC and MAGIC_SAT are one loop */
+static const fmt_fn *const fmt_table[2][4] = {
+    {fmt_magic_variants, fmt_magic_variants, fmt_int_variants, fmt_int_hd_variants},
+    {fmt_magic_enc_variants, fmt_magic_sat_enc_variants, fmt_int_enc_variants,
+     fmt_int_hd_enc_variants}};
+/* [update form][kind]: MAGIC and MAGIC_SAT count alike */
+static const fmt_fn *const fmt_direct_table[2][4] = {
+    {fmt_magic_sgd_variants, fmt_magic_sgd_variants, fmt_int_sgd_variants, fmt_int_hd_sgd_variants},
+    {fmt_magic_upd_variants, fmt_magic_upd_variants, fmt_int_upd_variants,
+     fmt_int_hd_upd_variants}};
+
+/* The patterns of a block, from 32 bits each to their width: kept apart
+ * from the per-format loop, whose float vectors would otherwise be unrolled
+ * to the width of the byte vectors (and spilled). */
+AG_INLINE void pack_impl(const uint32_t *pt, uint8_t *enc, size_t n, const int width) {
+    for (size_t i = 0; i < n; i++) put_pattern(enc, i, pt[i], width);
+}
+AG_KERNEL_VARIANTS(pack1, (const uint32_t *pt, uint8_t *enc, size_t n),
+                   { pack_impl(pt, enc, n, 1); });
+AG_KERNEL_VARIANTS(pack2, (const uint32_t *pt, uint8_t *enc, size_t n),
+                   { pack_impl(pt, enc, n, 2); });
 
 /* ------------------------------------------------- quantization error */
 
@@ -137,23 +284,27 @@ AG_INLINE void qerr_block_impl(const ag_qparams *pp, float scale, const float *w
     *sum = t;
 }
 
-/* Sum of w[i]^2 and the count over the finite w[i]. */
+/* w[i], or 0 where w[i] is not finite. */
+AG_INLINE float finite_or_zero(float x) {
+    return (ag_float_bits(x) & 0x7fffffffu) < 0x7f800000u ? x : 0.0f;
+}
+
+/* Sum of w[i]^2 and the count over the finite w[i]: the count and the
+ * lanes in two loops, each of which the compiler vectorises (a non-finite
+ * element adds +0, as (double)0 * 0 is). */
 AG_INLINE void signal_block_impl(const float *w, size_t n, double *sum, uint64_t *count) {
     double acc[QE_LANES] = {0};
     uint32_t c = 0;
+    for (size_t i = 0; i < n; i++) c += (ag_float_bits(w[i]) & 0x7fffffffu) < 0x7f800000u;
     size_t i = 0;
     for (; i + QE_LANES <= n; i += QE_LANES)
         for (size_t j = 0; j < QE_LANES; j++) {
-            float x = w[i + j];
-            uint32_t fin = (ag_float_bits(x) & 0x7fffffffu) < 0x7f800000u;
-            acc[j] += fin ? (double)x * (double)x : 0.0;
-            c += fin;
+            double x = (double)finite_or_zero(w[i + j]);
+            acc[j] += x * x;
         }
     for (; i < n; i++) {
-        float x = w[i];
-        uint32_t fin = (ag_float_bits(x) & 0x7fffffffu) < 0x7f800000u;
-        acc[0] += fin ? (double)x * (double)x : 0.0;
-        c += fin;
+        double x = (double)finite_or_zero(w[i]);
+        acc[0] += x * x;
     }
     double t = 0.0;
     for (size_t j = 0; j < QE_LANES; j++) t += acc[j];
@@ -167,7 +318,40 @@ AG_KERNEL_VARIANTS(qerr_block_hd, QERR_PARAMS, { qerr_block_impl(p, scale, w, n,
 AG_KERNEL_VARIANTS(signal_block, (const float *w, size_t n, double *sum, uint64_t *count),
                    { signal_block_impl(w, n, sum, count); });
 
+/* Sum of d[i]^2 in double, in the lanes and order of qerr_block_impl: equal
+ * to it when d[i] is the exact difference of every element (all finite). */
+AG_INLINE void dsum_block_impl(const float *d, size_t n, double *sum) {
+    double acc[QE_LANES] = {0};
+    size_t i = 0;
+    for (; i + QE_LANES <= n; i += QE_LANES)
+        for (size_t j = 0; j < QE_LANES; j++) acc[j] += (double)d[i + j] * (double)d[i + j];
+    for (; i < n; i++) acc[0] += (double)d[i] * (double)d[i];
+    double t = 0.0;
+    for (size_t j = 0; j < QE_LANES; j++) t += acc[j];
+    *sum = t;
+}
+
+AG_KERNEL_VARIANTS(dsum_block, (const float *d, size_t n, double *sum),
+                   { dsum_block_impl(d, n, sum); });
+
 static int scale_ok(float scale) { return isfinite(scale) && scale > 0.0f; }
+
+/* The pattern of w[i] / scale where w[i] or v[i] is not finite (the
+ * per-format loop saw NaN there): as ag_encode_array writes it. */
+static void patch_patterns(const fplan *pl, const float *w, const float *v, size_t n, uint8_t *enc,
+                           int width) {
+    for (size_t i = 0; i < n; i++) {
+        if ((ag_float_bits(w[i]) & 0x7fffffffu) < 0x7f800000u &&
+            (ag_float_bits(v[i]) & 0x7fffffffu) < 0x7f800000u)
+            continue;
+        float xs = w[i] / pl->scale;
+        uint32_t b = ag_pattern(&pl->p, &pl->e, xs, ag_qmag(&pl->p, xs));
+        if (width == 2)
+            put_pattern(enc, i, b, 2);
+        else
+            put_pattern(enc, i, b, 1);
+    }
+}
 
 /* enc: NULL, or one output of n patterns per format for the patterns of w.
  * qerr: NULL, or per format the quantization error sums of w, added. */
@@ -177,12 +361,11 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
     if (fmts == NULL || scales == NULL || out == NULL || w == NULL || v == NULL || n == 0 ||
         nfmt == 0 || nfmt > AG_FORMATS_MAX || (!update_form && !isfinite(lr)))
         return AG_EINVAL;
-    ag_qparams params[AG_FORMATS_MAX];
-    ag_eparams eparams[AG_FORMATS_MAX];
-    stall_fn fns[AG_FORMATS_MAX];
-    size_t pbytes[AG_FORMATS_MAX];
+    fplan plans[AG_FORMATS_MAX];
+    fmt_fn fns[AG_FORMATS_MAX];
+    int width[AG_FORMATS_MAX];
     ag_block_params bparams[AG_FORMATS_MAX];
-    int isa = ag_isa_current();
+    int isa = ag_isa_current(), per_tensor = 0;
     for (size_t f = 0; f < nfmt; f++) {
         if (fmts[f] == NULL) return AG_EFORMAT;
         if (!scale_ok(scales[f]) || (enc != NULL && enc[f] == NULL)) return AG_EINVAL;
@@ -192,21 +375,40 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             fns[f] = NULL;
             continue;
         }
-        ag_qparams_of(fmts[f], &params[f]);
-        ag_eparams_of(fmts[f], &eparams[f]);
-        pbytes[f] = (size_t)fmts[f]->pattern_bytes;
-        int mode = enc == NULL ? 0 : fmts[f]->pattern_bytes == 2 ? 2 : 1;
-        fns[f] = stall_table[mode][update_form != 0][params[f].half_down != 0][isa];
+        int kind = plan_of(fmts[f], scales[f], &plans[f]);
+        plans[f].neg_lr = -lr;
+        width[f] = fmts[f]->pattern_bytes == 2 ? 2 : 1;
+        fns[f] = fmt_table[enc != NULL][kind][isa];
+        if (nfmt == 1 && enc == NULL) fns[f] = fmt_direct_table[update_form != 0][kind][isa];
+        per_tensor = 1;
     }
+    int direct = nfmt == 1 && enc == NULL && per_tensor;
+    /* the prepared block and the differences of one format */
+    float wn[BLOCK], wun[BLOCK], d[BLOCK];
+    uint32_t pt[BLOCK];
     for (size_t start = 0; start < n; start += BLOCK) {
         size_t len = n - start < BLOCK ? n - start : BLOCK;
+        const float *wb = w + start, *vb = v + start;
+        prep_counts pc = {0, 0, 0};
+        if (per_tensor && !direct)
+            (update_form ? prep_update_variants : prep_sgd_variants)[isa](-lr, wb, vb, len, wn, wun,
+                                                                          &pc);
         double sig = 0.0;
         uint64_t cnt = 0;
-        if (qerr != NULL) signal_block_variants[isa](w + start, len, &sig, &cnt);
+        if (qerr != NULL) signal_block_variants[isa](wb, len, &sig, &cnt);
+        /* the next block's w and v stream in while the formats run from L1:
+         * its cache lines, a share before each format (a format alone
+         * streams w and v itself, and the hardware prefetches them better) */
+        size_t next = start + len, next_len = n - next < BLOCK ? n - next : BLOCK;
+        size_t lines = next < n && !direct ? (next_len * sizeof(float) + 63) / 64 : 0, line = 0;
         for (size_t f = 0; f < nfmt; f++) {
+            for (size_t upto = lines * (f + 1) / nfmt; line < upto; line++) {
+                __builtin_prefetch((const char *)(w + next) + 64 * line, 0, 2);
+                __builtin_prefetch((const char *)(v + next) + 64 * line, 0, 2);
+            }
             if (fns[f] == NULL) { /* chunks start at multiples of 2048: block-aligned */
                 double se = 0.0;
-                ag_block_run(&bparams[f], update_form, -lr, w + start, v + start, len, &out[f],
+                ag_block_run(&bparams[f], update_form, -lr, wb, vb, len, &out[f],
                              enc != NULL ? enc[f] + ag_encoded_bytes(fmts[f], start) : NULL,
                              qerr != NULL ? &se : NULL);
                 if (qerr != NULL) {
@@ -217,17 +419,28 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
                 continue;
             }
             block_counts bc;
-            fns[f](&params[f], &eparams[f], scales[f], -lr, w + start, v + start, len, &bc,
-                   enc != NULL ? enc[f] + start * pbytes[f] : NULL);
+            uint8_t *eb = enc != NULL ? enc[f] + start * (size_t)width[f] : NULL;
+            if (direct) {
+                fns[f](&plans[f], wb, vb, len, &bc, pt, d);
+                pc = bc.pc;
+            } else {
+                fns[f](&plans[f], wn, wun, len, &bc, pt, d);
+            }
+            if (eb != NULL) (width[f] == 2 ? pack2_variants : pack1_variants)[isa](pt, eb, len);
             out[f].stalled += bc.stalled;
-            out[f].total += bc.total;
+            out[f].total += pc.total;
             out[f].overflow += bc.overflow;
-            out[f].underflow += bc.underflow;
-            out[f].nonfinite += bc.nonfinite;
+            out[f].underflow += bc.rzero - pc.zeros;
+            out[f].nonfinite += pc.nonfinite;
+            if (eb != NULL && pc.nonfinite != 0)
+                patch_patterns(&plans[f], wb, vb, len, eb, width[f]);
             if (qerr != NULL) {
                 double se = 0.0;
-                (params[f].half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
-                    &params[f], scales[f], w + start, len, &se);
+                if (pc.nonfinite == 0 && bc.overflow == 0)
+                    dsum_block_variants[isa](d, len, &se);
+                else /* d is exact only for finite elements within range */
+                    (plans[f].p.half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
+                        &plans[f].p, scales[f], wb, len, &se);
                 double s2 = (double)scales[f] * (double)scales[f];
                 qerr[f].sq_error += se * s2;
                 qerr[f].sq_signal += sig;

@@ -460,3 +460,122 @@ Test(widths, unscaled_twins) {
     /* same numerics: encoding is the base's */
     cr_assert_eq(ag_encode(t, 1.0f), ag_encode(bf, 1.0f));
 }
+
+/* ---- the multi-format pass at every rounding boundary ---- */
+
+/* w for format f at scale s: each grid magnitude x (16-bit formats: every
+ * 29th past the first and last 64), the midpoint to the next (a tie), a
+ * float either side of both, all times s; both signs; then max + half an
+ * ulp (inf's tie) and float32's extremes. With s a power of two, w / s is
+ * exactly these values. Returns the count (at most cap). */
+static size_t boundary_values(const ag_format *f, float s, float *out, size_t cap) {
+    ref_format r = ref_of(f);
+    uint32_t top = ref_top(r);
+    size_t k = 0;
+    for (uint32_t p = 0; p <= top; p += (p < 64 || top - p < 64 || f->bits <= 8) ? 1 : 29) {
+        double v = ref_decode(r, p);
+        double next = p < top ? ref_decode(r, p + 1) : 2 * v - ref_decode(r, p - 1);
+        float g = (float)v, mid = (float)((v + next) / 2);
+        float c[6] = {g,   nextafterf(g, 0.0f),   nextafterf(g, INFINITY),
+                      mid, nextafterf(mid, 0.0f), nextafterf(mid, INFINITY)};
+        for (int j = 0; j < 6; j++) {
+            cr_assert_leq(k + 2, cap);
+            out[k++] = c[j] * s;
+            out[k++] = -c[j] * s;
+        }
+    }
+    float extremes[] = {FLT_MAX, -FLT_MAX, FLT_MIN, 0x1p-149f, -1e-40f, 0.0f, -0.0f, 1e30f};
+    for (size_t j = 0; j < sizeof extremes / sizeof extremes[0]; j++) {
+        cr_assert_lt(k, cap);
+        out[k++] = extremes[j];
+    }
+    return k;
+}
+
+/* One format, w at every boundary, updates that move each element to a
+ * neighbouring boundary (stride 2: the next candidate of the same sign) or
+ * to the next grid value's (stride 12), and none (u = 0 every 5th): counts
+ * against ref_stall, patterns against ref_encode, and the quantization error
+ * equal bit for bit to ag_quant_error_multi's. */
+static void check_boundaries(const ag_format *f, float s, const float *w, size_t n, float *u,
+                             uint8_t *enc, uint16_t *want_b) {
+    ref_format r = ref_of(f);
+    for (size_t i = 0; i < n; i++) want_b[i] = ref_encode(r, w[i] / s);
+    for (size_t stride = 2; stride <= 12; stride += 10) {
+        for (size_t i = 0; i < n; i++) u[i] = i % 5 == 4 ? 0.0f : w[(i + stride) % n] - w[i];
+        ag_stall_counts want;
+        ref_stall(f, s, 1, 0.0f, w, u, n, &want);
+        ag_quant_error qe_want = {0};
+        cr_assert_eq(ag_quant_error_multi(&f, &s, 1, w, n, &qe_want), AG_OK);
+        for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+            if (!ag_isa_supported(isa)) continue;
+            cr_assert_eq(ag_isa_force(isa), AG_OK);
+            ag_stall_counts got[4] = {{0}};
+            ag_quant_error qe = {0};
+            uint8_t *encs[1] = {enc};
+            const ag_format *two[2] = {f, f};
+            float s2[2] = {s, s};
+            /* alone (its own loop), twice in one pass (the shared
+             * preparation), and the pass that also encodes */
+            cr_assert_eq(ag_stall_update_multi(&f, &s, 1, w, u, n, &got[0]), AG_OK);
+            cr_assert_eq(ag_stall_update_multi(two, s2, 2, w, u, n, &got[1]), AG_OK);
+            cr_assert_eq(ag_stall_encode_multi(&f, &s, 1, 1, 0.0f, w, u, n, &got[3], encs, &qe),
+                         AG_OK);
+            for (int k = 0; k < 4; k++) {
+                ag_stall_counts c = got[k];
+                cr_assert(c.stalled == want.stalled && c.total == want.total &&
+                              c.overflow == want.overflow && c.underflow == want.underflow &&
+                              c.nonfinite == want.nonfinite,
+                          "%s %s scale %a stride %zu%s: %llu/%llu ov %llu un %llu nf %llu, want "
+                          "%llu/%llu ov %llu un %llu nf %llu",
+                          ag_isa_name(isa), f->name, (double)s, stride,
+                          k == 0   ? ""
+                          : k == 3 ? " (encoding)"
+                                   : " (two in a pass)",
+                          (unsigned long long)c.stalled, (unsigned long long)c.total,
+                          (unsigned long long)c.overflow, (unsigned long long)c.underflow,
+                          (unsigned long long)c.nonfinite, (unsigned long long)want.stalled,
+                          (unsigned long long)want.total, (unsigned long long)want.overflow,
+                          (unsigned long long)want.underflow, (unsigned long long)want.nonfinite);
+            }
+            for (size_t i = 0; i < n; i++) {
+                uint16_t b = want_b[i], got_b;
+                if (f->pattern_bytes == 2)
+                    memcpy(&got_b, enc + 2 * i, 2);
+                else
+                    got_b = enc[i];
+                if (got_b != b)
+                    cr_assert_fail("%s %s scale %a [%zu] w %a: pattern 0x%x, want 0x%x",
+                                   ag_isa_name(isa), f->name, (double)s, i, (double)w[i], got_b, b);
+            }
+            cr_assert(qe.sq_error == qe_want.sq_error && qe.sq_signal == qe_want.sq_signal &&
+                          qe.count == qe_want.count,
+                      "%s %s scale %a: error %a signal %a n %llu, want %a %a %llu",
+                      ag_isa_name(isa), f->name, (double)s, qe.sq_error, qe.sq_signal,
+                      (unsigned long long)qe.count, qe_want.sq_error, qe_want.sq_signal,
+                      (unsigned long long)qe_want.count);
+        }
+    }
+}
+
+Test(widths, the_multi_format_pass_agrees_with_the_reference_at_every_rounding_boundary) {
+    const ag_format *fmts[AG_FORMATS_MAX];
+    size_t nf = all_formats(fmts);
+    /* a BF16-like grid whose largest binade's rounding constant would not
+     * be a finite float: the pass rounds it on the integer path */
+    cr_assert_eq(ag_format_define_ex("E8M4i", 8, 4, 127, AG_NAN_IEEE, &fmts[nf++]), AG_OK);
+    enum { CAP = 80000 };
+    float *w = malloc(CAP * sizeof *w), *u = malloc(CAP * sizeof *u);
+    uint8_t *enc = malloc(2 * CAP);
+    uint16_t *want_b = malloc(CAP * sizeof *want_b);
+    const float scales[] = {1.0f, 0x1p-3f, 0.3f};
+    for (size_t fi = 0; fi < nf; fi++)
+        for (size_t k = 0; k < sizeof scales / sizeof scales[0]; k++) {
+            size_t n = boundary_values(fmts[fi], scales[k], w, CAP);
+            check_boundaries(fmts[fi], scales[k], w, n, u, enc, want_b);
+        }
+    free(want_b);
+    free(w);
+    free(u);
+    free(enc);
+}
