@@ -18,6 +18,7 @@ shape, so the division is elementwise and correctly rounded.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import struct
 from typing import Dict, List, Optional, Sequence
@@ -34,6 +35,8 @@ GRAD_EPSILON = struct.unpack("<f", struct.pack("<f", 1e-10))[0]
 _EXP_INF = 0x7F800000
 # Elements per eager chunk: bounds the temporaries (about 40 bytes an element).
 _CHUNK = 1 << 22
+_SCALE_E8M0 = 1  # ag_scale_kind
+_SCALE_E4M3 = 2
 
 
 def _f32(x: float) -> float:
@@ -55,9 +58,6 @@ class FormatParams:
         if not p:
             raise FormatError(_lib.AG_EFORMAT, f"unknown format {name!r}")
         f = p.contents
-        if f.block:
-            raise FormatError(_lib.AG_EFORMAT,
-                              f"{name} is block-scaled: the device counts do not take it yet")
         self.name = name
         self.E = int(f.exponent_bits)
         self.M = int(f.mantissa_bits)
@@ -103,6 +103,21 @@ class FormatParams:
         # the fused Triton kernel handles 8-bit formats (sign at bit 7, uint8
         # patterns); others are counted by the eager path
         self.triton_ok = self.bits == 8
+        # the daemon's scale rule divides the history amax by this
+        self.scale_divisor = self.max_finite
+        # block scaling (core/block.c): the fields above are the element's
+        # grid; elements saturate at max_finite (MX and NVFP4 conversions clamp)
+        self.block = int(f.block)
+        self.scale_kind = int(f.scale_kind)
+        if self.block:
+            elem = ctypes.cast(f.element, ctypes.POINTER(_lib.ag_format)).contents
+            self.emax = int(elem.max_exponent)
+            self.overflow_value = self.max_finite
+            self.triton_ok = self.block in (16, 32)  # every element width: the block kernel
+            if self.scale_kind == _SCALE_E8M0:
+                self.unscaled = True  # MX has no tensor scale: 1, as the daemon's
+            else:  # NVFP4: S = amax / (448 * 6), NVIDIA's recipe
+                self.scale_divisor = 448.0 * 6.0
 
     def __repr__(self):
         return f"FormatParams({self.name!r})"
@@ -162,6 +177,83 @@ def canon(fp: FormatParams, b: torch.Tensor) -> torch.Tensor:
     return torch.where(mag > fp.nan_above, torch.full_like(b, -1), v)
 
 
+def _ilogb(a: torch.Tensor) -> torch.Tensor:
+    """floor(log2(a)) of finite a > 0 (int32), subnormals included: the
+    exponent field, or below it the top bit of the mantissa (found by
+    converting the mantissa integer to float32, which is exact)."""
+    ab = _bits(a)
+    ef = (ab >> 23) & 0xFF
+    mant = (ab & 0x7FFFFF).to(torch.float32)
+    sub = ((_bits(mant) >> 23) & 0xFF) - 127 - 149
+    return torch.where(ef != 0, ef - 127, sub)
+
+
+def block_divisors(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
+    """block.c block_divisor of every block of flat float32 w (blocks of
+    fp.block from w[0], a shorter tail its own) at tensor scale s: float32
+    [blocks], 0 where the block quantizes to zeros."""
+    n, B = w.numel(), fp.block
+    nb = -(-n // B)
+    wb = _bits(w) & 0x7FFFFFFF
+    wb = torch.where(wb < _EXP_INF, wb, torch.zeros_like(wb))
+    if nb * B != n:
+        wb = torch.cat([wb, torch.zeros(nb * B - n, dtype=wb.dtype, device=wb.device)])
+    # finite non-negative floats order as their bits: an integer max
+    amax = wb.view(nb, B).amax(dim=1).view(torch.float32)
+    S = torch.full((nb,), s, dtype=torch.float32, device=w.device)
+    if fp.scale_kind == _SCALE_E8M0:
+        a = amax / S
+        ef = (_bits(a) >> 23) & 0xFF
+        k = torch.where(ef == 255, torch.full_like(ef, 127), _ilogb(a) - fp.emax)
+        k = torch.where(a > 0, k, torch.full_like(k, -127)).clamp(-127, 127)
+        x = torch.where(k >= -126, ((k + 127).clamp(min=1) << 23).view(torch.float32),
+                        torch.full_like(a, 2.0 ** -127))
+        return x * S
+    e4 = format_params("E4M3")
+    t = amax / torch.full((nb,), _f32(6.0 * s), dtype=torch.float32, device=w.device)
+    m = qmag(e4, t)  # t >= 0, never NaN
+    sb = torch.where(m > e4.max_finite, torch.full_like(m, e4.max_finite), m)
+    return sb * S
+
+
+def _per_element(d: torch.Tensor, B: int, n: int) -> torch.Tensor:
+    return d[:, None].expand(d.numel(), B).reshape(-1)[:n]
+
+
+def block_quantize(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
+    """Q(w) of flat float32 w under block scaling at tensor scale s: each
+    element's grid value at its block's divisor d, saturating at
+    +-max_finite, times d (float32); +-0 in a block whose d is 0; NaN stays
+    NaN (inf saturates like any magnitude past the range)."""
+    dd = _per_element(block_divisors(fp, s, w), fp.block, w.numel())
+    zero = ~(dd > 0)
+    d1 = torch.where(zero, torch.ones_like(dd), dd)
+    xs = w / d1
+    a = qmag(fp, xs)
+    q = torch.copysign(torch.where(a > fp.max_finite, torch.full_like(a, fp.max_finite), a), xs)
+    q = torch.where(zero, torch.copysign(torch.zeros_like(w), w), q * d1)
+    return torch.where(w != w, w, q)
+
+
+def _block_counts(fp: FormatParams, s: float, w: torch.Tensor, wu: torch.Tensor,
+                  finite: torch.Tensor, counted: torch.Tensor, nonzero: torch.Tensor):
+    """block.c block_elems over every block of w: (stalled, overflow,
+    underflow) as device scalars."""
+    dd = _per_element(block_divisors(fp, s, w), fp.block, w.numel())
+    zero = ~(dd > 0)
+    d1 = torch.where(zero, torch.ones_like(dd), dd)
+    z = torch.zeros_like(w)
+    xs = torch.where(zero, z, w / d1)
+    xu = torch.where(zero, z, wu / d1)
+    a = qmag(fp, xs)
+    b = qmag(fp, xu)
+    mf = torch.full_like(a, fp.max_finite)
+    sa = torch.copysign(torch.where(a > fp.max_finite, mf, a), xs)
+    sb = torch.copysign(torch.where(b > fp.max_finite, mf, b), xu)
+    return ((counted & (sa == sb)).sum(), (finite & (xs.abs() > fp.max_finite)).sum(),
+            (nonzero & (a == 0)).sum())
+
+
 def widen(t: torch.Tensor, what: str) -> torch.Tensor:
     """float32 view or exact widening of a float32/bfloat16/float16 tensor."""
     if not isinstance(t, torch.Tensor):
@@ -204,6 +296,10 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
     nonfinite = (~finite).sum()
     out = torch.zeros((len(fps), 6), dtype=torch.int64, device=w.device)
     for i, (fp, s) in enumerate(zip(fps, scales)):
+        if fp.block:  # block scaling: no patterns, so no flips (unknown)
+            st_, ov, un = _block_counts(fp, s, w, wu, finite, counted, nonzero)
+            out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4] = st_, total, ov, un, nonfinite
+            continue
         st = _scale_tensor(s, w)
         xs = w / st
         a = qmag(fp, xs)
@@ -415,7 +511,7 @@ class Watch:
         self.w_views = [self.W[a:a + n] for a, n in zip(starts, self.numels)]
         self.v_views = [self.V[a:a + n] for a, n in zip(starts, self.numels)]
         self.t_n = torch.tensor(self.numels or [0], dtype=torch.int64, device=dev)[:T]
-        self.mf = torch.tensor([fp.max_finite for fp in self.fps], dtype=torch.float64,
+        self.mf = torch.tensor([fp.scale_divisor for fp in self.fps], dtype=torch.float64,
                                device=dev)
         self.unscaled_mask = torch.tensor([fp.unscaled for fp in self.fps], dtype=torch.bool,
                                           device=dev)
@@ -594,4 +690,5 @@ def _triton_counter(t: torch.Tensor):
 
 
 __all__ = ["stall_counts", "FormatParams", "format_params", "count_chunk", "COUNT_KEYS",
+           "block_divisors", "block_quantize",
            "ScaleRule", "Watch"]

@@ -829,7 +829,11 @@ class Monitor:
         names = [self._params[idx[k]][0] for k in which]
         flips = None
         if watch.flips:
-            flips = _as_buffer(counts[:, :, 5].contiguous().view(-1))
+            fl = counts[:, :, 5].clone()
+            blocked = [f for f, fp in enumerate(watch.fps) if fp.block]
+            if blocked:  # no patterns under block scaling: unknown
+                fl[:, blocked] = -1
+            flips = _as_buffer(fl.contiguous().view(-1))
         kw = {}
         if self._replicated:
             kw["replicated"] = [n in self._replicated for n in names]
