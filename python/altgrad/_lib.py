@@ -254,6 +254,7 @@ class ag_status(ctypes.Structure):
         ("scale_mode", c_char_p),
         ("margin", c_double),
         ("scale_min", c_double),
+        ("caps", c_uint64),
     ]
 
 

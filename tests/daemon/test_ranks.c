@@ -121,9 +121,14 @@ static int rank_main(const char *run, int rank, int world, path how, uint64_t st
             ag_amax_history_push(r.h[t], amax);
             float scales[NFMT];
             uint64_t counts[NFMT * 5];
+            double mse[NFMT], sqnr[NFMT];
             for (size_t f = 0; f < NFMT; f++) {
                 const ag_format *fmt = ag_format_get(fmt_names[f]);
                 scales[f] = rule_scale(&r, t, fmt);
+                ag_quant_error qe = {0};
+                if (ag_quant_error_multi(&fmt, &scales[f], 1, hw, HALF, &qe)) return 4;
+                mse[f] = ag_quant_mse(&qe);
+                sqnr[f] = ag_quant_sqnr_db(&qe);
                 ag_stall_counts k = {0};
                 if (ag_stall_sgd(fmt, scales[f], LR, hw, hg, HALF, &k)) return 4;
                 uint64_t v[5] = {k.stalled, k.total, k.overflow, k.underflow, k.nonfinite};
@@ -141,7 +146,9 @@ static int rank_main(const char *run, int rank, int world, path how, uint64_t st
                                  .amax = &a,
                                  .nonfinite = &half_bad,
                                  .scales = scales,
-                                 .counts = counts};
+                                 .counts = counts,
+                                 .mse = mse,
+                                 .sqnr_db = sqnr};
             rc = ag_client_log_counts(c, &b);
         }
         if (replicated_too && !rc) {
@@ -218,6 +225,17 @@ static void expect_whole(ag_client *q, const char *run, int with_flips) {
                 cr_expect_eq(p->amax, (double)amax);
                 cr_expect_eq(p->ranks, 2);
                 cr_expect_eq(p->complete, 1);
+                /* the whole tensor's quantization error: the daemon's own
+                 * (snapshots), or the halves' combined (counts), equal up to
+                 * the order of the double sums */
+                ag_quant_error qe = {0};
+                cr_assert_eq(ag_quant_error_multi(&fmt, &scale, 1, w, N, &qe), AG_OK);
+                double mse = ag_quant_mse(&qe), sqnr = ag_quant_sqnr_db(&qe);
+                cr_expect(fabs(p->mse - mse) <= 1e-12 * mse, "%s %s step %llu mse %a, want %a",
+                          tensors[t], fmt_names[f], (unsigned long long)s, p->mse, mse);
+                cr_expect(isnan(sqnr) ? isnan(p->sqnr_db) : fabs(p->sqnr_db - sqnr) <= 1e-9,
+                          "%s %s step %llu sqnr_db %a, want %a", tensors[t], fmt_names[f],
+                          (unsigned long long)s, p->sqnr_db, sqnr);
                 if (with_flips) {
                     uint64_t flips = 0;
                     if (s > 0) {
