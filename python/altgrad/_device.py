@@ -273,13 +273,18 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
                 v: torch.Tensor, update_form: bool, neg_lr: float,
                 prev: Optional[List[Optional[torch.Tensor]]] = None,
                 prev_scales: Optional[Sequence[float]] = None,
-                enc_out: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+                enc_out: Optional[List[torch.Tensor]] = None,
+                qerr_out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Counts of one chunk (float32, flat, same device) as an int64 tensor
     [len(fps), 6] on the device: stalled, total, overflow, underflow,
     nonfinite, flips. With enc_out, the patterns of w at each format's scale
     are written there (uint8); with prev (uint8 patterns of the previous
     snapshot at prev_scales, None where there is none), flips are counted as
-    stall.c does."""
+    stall.c does. With qerr_out (float64 [len(fps), 2] on the device), each
+    format's sum of (Q(w) - w)^2 and the sum of w^2 over the finite elements
+    of w are added to it (docs/numerics.md, Quantization error: Q saturating,
+    the differences taken at the scale, times scale^2); NaN for a
+    block-scaled format (unknown, as the daemon's pass)."""
     wb = _bits(w) & 0x7FFFFFFF
     vb = _bits(v) & 0x7FFFFFFF
     finite = (wb < _EXP_INF) & (vb < _EXP_INF)
@@ -295,10 +300,16 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
     total = counted.sum()
     nonfinite = (~finite).sum()
     out = torch.zeros((len(fps), 6), dtype=torch.int64, device=w.device)
+    if qerr_out is not None:
+        wfin = wb < _EXP_INF
+        wd = torch.where(wfin, w, torch.zeros_like(w)).to(torch.float64)
+        qerr_out[:, 1] += (wd * wd).sum()
     for i, (fp, s) in enumerate(zip(fps, scales)):
         if fp.block:  # block scaling: no patterns, so no flips (unknown)
             st_, ov, un = _block_counts(fp, s, w, wu, finite, counted, nonzero)
             out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4] = st_, total, ov, un, nonfinite
+            if qerr_out is not None:
+                qerr_out[i, 0] = math.nan
             continue
         st = _scale_tensor(s, w)
         xs = w / st
@@ -313,6 +324,12 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
         out[i, 2] = (finite & (xs.abs() > fp.max_finite)).sum()
         out[i, 3] = (nonzero & (a == 0)).sum()
         out[i, 4] = nonfinite
+        if qerr_out is not None:
+            q = torch.copysign(torch.where(a > fp.max_finite,
+                                           torch.full_like(a, fp.max_finite), a), xs)
+            d = torch.where(wfin, q.to(torch.float64) - xs.to(torch.float64),
+                            torch.zeros_like(wd))
+            qerr_out[i, 0] += (d * d).sum() * (s * s)
         if enc_out is not None or prev is not None:
             cur = encode(fp, xs, a)
             if prev is not None and prev[i] is not None:
@@ -476,8 +493,9 @@ class Watch:
 
     def __init__(self, numels: Sequence[int], dtype: torch.dtype, device, formats: Sequence[str],
                  rule: ScaleRule, fixed_scale: Optional[float] = None, flips: bool = False,
-                 use_triton: Optional[bool] = None):
+                 use_triton: Optional[bool] = None, qerr: bool = False):
         self.device = torch.device(device)
+        self.qerr = bool(qerr)
         self.dtype = dtype
         self.numels = [int(n) for n in numels]
         self.formats = list(formats)
@@ -597,8 +615,9 @@ class Watch:
         """Counts of the tensors listed in `which` (indices) for the loaded
         snapshot: {"counts": int64 [T, F, 6] (stalled, total, overflow,
         underflow, nonfinite, flips), "amax": float32 [T], "nonfinite": int64 [T],
-        "scales": float32 [T, F]}, on the device; rows not in `which` are
-        meaningless. The same as stats() then count() with nothing changed
+        "scales": float32 [T, F]}, and with qerr "qerr": float64 [T, F, 2]
+        (the sum of squared quantization error and of w^2, see count_chunk),
+        on the device; rows not in `which` are meaningless. The same as stats() then count() with nothing changed
         between them."""
         return self.count(which, self.stats(which), update_form, neg_lr)
 
@@ -638,14 +657,17 @@ class Watch:
         scales = self._scales(amax, st["finite"], inc)
         if self._tri is not None:
             with torch.cuda.device(self.device):
-                counts = self._counts_triton(which, scales, nl_host, update_form)
+                counts, qerr = self._counts_triton(which, scales, nl_host, update_form)
         else:
-            counts = self._counts_eager(which, scales, nl_host, update_form)
+            counts, qerr = self._counts_eager(which, scales, nl_host, update_form)
         if self.flips:
             self.prev_scales = torch.where(inc[:, None], scales, self.prev_scales)
             for t in which:
                 self._has_prev[t] = True
-        return {"counts": counts, "amax": amax, "nonfinite": nonfinite, "scales": scales}
+        out = {"counts": counts, "amax": amax, "nonfinite": nonfinite, "scales": scales}
+        if qerr is not None:
+            out["qerr"] = qerr
+        return out
 
     def _counts_triton(self, which, scales, nl_host, update_form):
         c = self._tri.counter()
@@ -654,14 +676,16 @@ class Watch:
             hp = self._on_device("has_prev", tuple(int(b) for b in self._has_prev),
                                  torch.int32)
             return c.counts(self.fps, self.layout, which, self.W, self.V, scales,
-                            update_form, nl, self.pat, self.prev_scales, hp)
-        return c.counts(self.fps, self.layout, which, self.W, self.V, scales, update_form, nl)
+                            update_form, nl, self.pat, self.prev_scales, hp, qerr=self.qerr)
+        return c.counts(self.fps, self.layout, which, self.W, self.V, scales, update_form, nl,
+                        qerr=self.qerr)
 
     def _counts_eager(self, which, scales, nl_host, update_form):
         T, F, dev = len(self.numels), len(self.fps), self.device
         sc_host = scales.cpu().tolist()  # eager path: the CPU, where this is free
         ps_host = self.prev_scales.cpu().tolist() if self.flips else None
         counts = torch.zeros((T, F, 6), dtype=torch.int64, device=dev)
+        qerr = torch.zeros((T, F, 2), dtype=torch.float64, device=dev) if self.qerr else None
         for t in which:
             w, v, n = self.w_views[t], self.v_views[t], self.numels[t]
             for start in range(0, n, _CHUNK):
@@ -675,8 +699,8 @@ class Watch:
                     update_form, nl_host[t],
                     prev=pats if (self.flips and self._has_prev[t]) else None,
                     prev_scales=ps_host[t] if self.flips else None,
-                    enc_out=pats)
-        return counts
+                    enc_out=pats, qerr_out=None if qerr is None else qerr[t])
+        return counts, qerr
 
 
 def _triton_counter(t: torch.Tensor):

@@ -58,6 +58,9 @@ AG_DTYPE_BF16 = 1
 AG_DTYPE_F16 = 2
 # the daemon's --formats default (altgrad.h AG_DEFAULT_FORMATS)
 AG_DEFAULT_FORMATS = "E0M7,E1M6,E3M4,E5M2,E7M0"
+# ag_status.caps bits (altgrad.h)
+AG_CAP_BUNDLE = 1
+AG_CAP_QERR = 2
 
 
 # ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 altgradd: every parameter's snapshots, gradient and activation amax come
 back through the queries at the sampled steps."""
 
+import pytest
 import torch
 
 from altgrad.torch import Monitor, format_report
@@ -81,7 +82,8 @@ def test_device_and_daemon_store_identical_counts(daemon):
     (compute="device", with flips) and as snapshots counted by the daemon.
     The daemon stores the same counts, flips, amax and scales for every
     tensor, step and format; only "computed" differs, and the quantization
-    error, which counts sent by a trainer do not carry."""
+    error (mse, sqnr_db), which the Monitor computes on the device and sends
+    with the counts, equals the daemon's up to the order of its double sums."""
     formats = ["E0M7", "E1M6", "E3M4", "E5M2", "E7M0"]
     names = ["0.weight", "0.bias", "2.weight", "2.bias"]
     got = {}
@@ -103,8 +105,12 @@ def test_device_and_daemon_store_identical_counts(daemon):
     for key, a in got["daemon"].items():
         b = got["device"][key]
         assert a["computed"] == "daemon" and b["computed"] == "device", key
-        # the quantization error comes only with snapshots (counts carry none)
-        assert a["mse"] is not None and b["mse"] is None and b["sqnr_db"] is None, key
+        # the quantization error: computed on the device and sent with the counts
+        assert a["mse"] is not None and b["mse"] == pytest.approx(a["mse"], rel=1e-12), key
+        if a["sqnr_db"] is None:
+            assert b["sqnr_db"] is None, key
+        else:
+            assert b["sqnr_db"] == pytest.approx(a["sqnr_db"], abs=1e-9), key
         differ = ("computed", "mse", "sqnr_db")
         same = {k: v for k, v in a.items() if k not in differ}
         assert same == {k: v for k, v in b.items() if k not in differ}, key
