@@ -210,7 +210,7 @@ def _block_divisor(amax, s, kind, emax, e4_shift, e4_half_m1, e4_keep, e4_emin_b
     two_k = (tl.maximum(k + 127, 1) << 23).to(tl.float32, bitcast=True)
     tiny = (k * 0 + 0x00400000).to(tl.float32, bitcast=True)  # 2^-127, subnormal
     x = tl.where(k >= -126, two_k, tiny)
-    t = _div(amax, _mul(s * 0.0 + 6.0, s))
+    t = _div(amax, _mul(amax * 0.0 + 6.0, s))  # 6 S in float32 (amax is finite)
     m = _qmag(t, e4_shift, e4_half_m1, e4_keep, e4_emin_bits, 0, e4_magic)
     sb = tl.where(m > e4_max, e4_max, m)
     return _mul(tl.where(kind == 1, x, sb), s)

@@ -434,13 +434,21 @@ def test_device_counts_of_block_formats_and_the_quantization_error(form, device)
     assert any(c[11] > 0 for c in counted.of("counts") if c[3] == "E5M2")
 
 
-def test_the_quantization_error_goes_only_to_a_daemon_that_reads_it():
-    (_, _), (counted, _) = _twin_runs("update", caps=_lib.AG_CAP_BUNDLE)
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_the_quantization_error_goes_only_to_a_daemon_that_reads_it(device):
+    (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_BUNDLE)
     assert all(c[11] is None and c[12] is None for c in counted.of("counts"))
-    (_, _), (counted, _) = _twin_runs("update", caps=_lib.AG_CAP_QERR, quant_error=False)
+    (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR,
+                                      quant_error=False)
     assert all(c[11] is None and c[12] is None for c in counted.of("counts"))
-    (_, _), (counted, _) = _twin_runs("update", caps=_lib.AG_CAP_QERR)
-    assert all(c[11] is not None for c in counted.of("counts"))
+    (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR)
+    assert all(c[11] > 0 and c[12] > 0 for c in counted.of("counts"))
+    # block-scaled formats alone: counted, their error unknown
+    (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR,
+                                      formats=BLOCKED)
+    calls = counted.of("counts")
+    assert len(calls) == 4 * 4 * len(BLOCKED)
+    assert all(math.isnan(c[11]) and math.isnan(c[12]) and c[9] == -1 for c in calls)
 
 
 def test_device_counts_without_a_daemon_use_the_default_rule_and_formats():
