@@ -236,10 +236,15 @@ def block_quantize(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
 
 
 def _block_counts(fp: FormatParams, s: float, w: torch.Tensor, wu: torch.Tensor,
-                  finite: torch.Tensor, counted: torch.Tensor, nonzero: torch.Tensor):
+                  finite: torch.Tensor, counted: torch.Tensor, nonzero: torch.Tensor,
+                  qerr: bool = False):
     """block.c block_elems over every block of w: (stalled, overflow,
-    underflow) as device scalars."""
-    dd = _per_element(block_divisors(fp, s, w), fp.block, w.numel())
+    underflow, and with qerr the sum of (Q(w) - w)^2 over the finite w, or
+    None) as device scalars. The error as the daemon's block pass sums it:
+    per block (q - w / d)^2 in float64 times d^2, or w^2 in a block whose d is
+    0 (every element quantizes to 0)."""
+    d = block_divisors(fp, s, w)
+    dd = _per_element(d, fp.block, w.numel())
     zero = ~(dd > 0)
     d1 = torch.where(zero, torch.ones_like(dd), dd)
     z = torch.zeros_like(w)
@@ -250,8 +255,21 @@ def _block_counts(fp: FormatParams, s: float, w: torch.Tensor, wu: torch.Tensor,
     mf = torch.full_like(a, fp.max_finite)
     sa = torch.copysign(torch.where(a > fp.max_finite, mf, a), xs)
     sb = torch.copysign(torch.where(b > fp.max_finite, mf, b), xu)
+    err = None
+    if qerr:
+        wfin = (_bits(w) & 0x7FFFFFFF) < _EXP_INF
+        dv = torch.where(zero, w.to(torch.float64), sa.to(torch.float64) - xs.to(torch.float64))
+        dv = torch.where(wfin, dv, torch.zeros_like(dv))
+        n, B = w.numel(), fp.block
+        e2 = dv * dv
+        nb = d.numel()
+        if nb * B != n:
+            e2 = torch.cat([e2, torch.zeros(nb * B - n, dtype=e2.dtype, device=e2.device)])
+        eb = e2.view(nb, B).sum(dim=1)
+        d64 = d.to(torch.float64)
+        err = torch.where(d > 0, eb * (d64 * d64), eb).sum()
     return ((counted & (sa == sb)).sum(), (finite & (xs.abs() > fp.max_finite)).sum(),
-            (nonzero & (a == 0)).sum())
+            (nonzero & (a == 0)).sum(), err)
 
 
 def widen(t: torch.Tensor, what: str) -> torch.Tensor:
@@ -283,8 +301,8 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
     stall.c does. With qerr_out (float64 [len(fps), 2] on the device), each
     format's sum of (Q(w) - w)^2 and the sum of w^2 over the finite elements
     of w are added to it (docs/numerics.md, Quantization error: Q saturating,
-    the differences taken at the scale, times scale^2); NaN for a
-    block-scaled format (unknown, as the daemon's pass)."""
+    the differences taken at the scale, times scale^2; a block-scaled format
+    at each block's divisor, see _block_counts)."""
     wb = _bits(w) & 0x7FFFFFFF
     vb = _bits(v) & 0x7FFFFFFF
     finite = (wb < _EXP_INF) & (vb < _EXP_INF)
@@ -305,11 +323,12 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
         wd = torch.where(wfin, w, torch.zeros_like(w)).to(torch.float64)
         qerr_out[:, 1] += (wd * wd).sum()
     for i, (fp, s) in enumerate(zip(fps, scales)):
-        if fp.block:  # block scaling: no patterns, so no flips (unknown)
-            st_, ov, un = _block_counts(fp, s, w, wu, finite, counted, nonzero)
+        if fp.block:  # block scaling: no patterns kept here, so no flips (unknown)
+            st_, ov, un, err = _block_counts(fp, s, w, wu, finite, counted, nonzero,
+                                             qerr_out is not None)
             out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4] = st_, total, ov, un, nonfinite
             if qerr_out is not None:
-                qerr_out[i, 0] = math.nan
+                qerr_out[i, 0] += err
             continue
         st = _scale_tensor(s, w)
         xs = w / st

@@ -295,8 +295,15 @@ def _block_kernel(W, V, BLK_T, BLK_OFF, T_START, T_N, SCALES, NEG_LR, FI, FF, E4
             tl.store(base + 3, tl.sum(tl.sum((fin & (w != 0.0) & (a == 0.0)).to(tl.int32),
                                              axis=1), axis=0))
             tl.store(base + 4, nonfinite)
-            tl.store(base + 5, 0)  # no patterns under block scaling: flips unknown
-            # (their quantization error is unknown: Counter.counts sets NaN)
+            tl.store(base + 5, 0)  # no patterns kept under block scaling: flips unknown
+            if QERR:  # per block (q - w / d)^2 times d^2, or w^2 where d is 0
+                wfin = (wb < 0x7F800000) & mask
+                dv = tl.where(z2, w.to(tl.float64), sa.to(tl.float64) - xs.to(tl.float64))
+                dv = tl.where(wfin, dv, 0.0)
+                eb = tl.sum(dv * dv, axis=1)
+                d64 = d.to(tl.float64)
+                eb = tl.where(zero, eb, eb * (d64 * d64))
+                tl.store(QOUT + pid * (F + 1) + f, tl.sum(eb, axis=0))
 
 
 def _consts(fps):
@@ -430,12 +437,7 @@ class Counter:
         idx = blk_t.to(torch.int64)
         out.index_add_(0, idx, part.to(torch.int64))
         if qerr:
-            blocked = [f for f, fp in enumerate(fps) if fp.block]
-            if blocked:  # not defined for block formats yet (nor in the daemon): unknown
-                qpart[:, blocked] = 0.0
             qsum.index_add_(0, idx, qpart)
-            if blocked:
-                qsum[:, blocked] = float("nan")
         return out.view(T, F, 6), self._qerr(qsum, F)
 
     @staticmethod

@@ -376,6 +376,40 @@ def _c_qerr(fmt, scale, w):
 
 
 BLOCKED = ["MXFP4", "NVFP4", "MXFP8_E4M3"]
+ELEMENT = {"MXFP4": "E2M1", "NVFP4": "E2M1", "MXFP8_E4M3": "E4M3"}
+
+
+def _block_qerr_ref(fmt, scale, w):
+    """mse and sqnr_db of w under a block-scaled format, written from
+    docs/numerics.md with the C core for each block's divisor
+    (ag_block_scale) and the element grid (ag_quantize at scale 1): per block
+    sum (Q(w / d) - w / d)^2 * d^2 (w^2 where d is 0), over the finite w."""
+    import ctypes
+    lib = _lib.lib()
+    p, elem = lib.ag_format_get(fmt.encode()), lib.ag_format_get(ELEMENT[fmt].encode())
+    B, mf = p.contents.block, elem.contents.max_finite
+    w = w.contiguous().reshape(-1)
+    err = sig = 0.0
+    n = 0
+    for lo in range(0, w.numel(), B):
+        blk = w[lo:lo + B].contiguous()
+        d = ctypes.c_float()
+        assert lib.ag_block_scale(p, scale, blk.data_ptr(), blk.numel(), ctypes.byref(d)) == 0
+        fin = torch.isfinite(blk)
+        n += int(fin.sum())
+        sig += float((blk[fin].double() ** 2).sum())
+        if d.value == 0:
+            err += float((blk[fin].double() ** 2).sum())
+            continue
+        xs = blk / torch.tensor(d.value)  # float32, IEEE
+        q = torch.empty_like(xs)
+        assert lib.ag_quantize_checked(elem, 1.0, xs.data_ptr(), q.data_ptr(), xs.numel()) == 0
+        q = torch.where(q.abs() > mf, torch.copysign(torch.full_like(q, mf), q), q)
+        e = float(((q.double() - xs.double())[fin] ** 2).sum())
+        err += e * (d.value * d.value)
+    mse = err / n if n else math.nan
+    sqnr = 10 * math.log10(sig / err) if err > 0 and sig > 0 else math.nan
+    return mse, sqnr
 
 
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -385,7 +419,8 @@ def test_device_counts_of_block_formats_and_the_quantization_error(form, device)
     equal to core/block.c at the tensor scale of the rule (1 for MX, the
     history amax / (448 * 6) for NVFP4), flips unknown; the quantization
     error of each per-tensor format equal to ag_quant_error_multi's (to the
-    order of the double sums), unknown for the block-scaled ones."""
+    order of the double sums), and of the block-scaled ones to their sums
+    at the block divisors."""
     import ctypes
     from altgrad import _device
     from altgrad.quantization import get_format
@@ -422,7 +457,9 @@ def test_device_counts_of_block_formats_and_the_quantization_error(form, device)
                 assert g[4] == {"stalled": c.stalled, "total": c.total, "overflow": c.overflow,
                                 "underflow": c.underflow, "nonfinite": c.nonfinite}, fmt
                 assert g[9] == -1, "no flips under block scaling: unknown"
-                assert math.isnan(g[11]) and math.isnan(g[12])
+                mse, sqnr = _block_qerr_ref(fmt, g[5], w)
+                assert g[11] == pytest.approx(mse, rel=1e-12, abs=0), (fmt, name, step)
+                assert g[12] == pytest.approx(sqnr, abs=1e-9), (fmt, name, step)
                 continue
             assert g[4] == c_counts(w, x, lr, get_format(fmt), g[5], update=(form == "update"))
             mse, sqnr = _c_qerr(fmt, g[5], w)
@@ -443,12 +480,16 @@ def test_the_quantization_error_goes_only_to_a_daemon_that_reads_it(device):
     assert all(c[11] is None and c[12] is None for c in counted.of("counts"))
     (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR)
     assert all(c[11] > 0 and c[12] > 0 for c in counted.of("counts"))
-    # block-scaled formats alone: counted, their error unknown
-    (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR,
-                                      formats=BLOCKED)
+    # block-scaled formats alone (the sum of w^2 then comes from their kernel)
+    (snaps, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR,
+                                          formats=BLOCKED)
     calls = counted.of("counts")
     assert len(calls) == 4 * 4 * len(BLOCKED)
-    assert all(math.isnan(c[11]) and math.isnan(c[12]) and c[9] == -1 for c in calls)
+    assert all(c[11] > 0 and c[12] > 0 and c[9] == -1 for c in calls)
+    w0 = {(c[1], c[2]): c[3].cpu() for c in snaps.of("update")}
+    for c in calls:
+        mse, sqnr = _block_qerr_ref(c[3], c[5], w0[c[1], c[2]])
+        assert c[11] == pytest.approx(mse, rel=1e-12) and c[12] == pytest.approx(sqnr, abs=1e-9)
 
 
 def test_device_counts_without_a_daemon_use_the_default_rule_and_formats():
