@@ -113,6 +113,8 @@ class FormatParams:
             elem = ctypes.cast(f.element, ctypes.POINTER(_lib.ag_format)).contents
             self.emax = int(elem.max_exponent)
             self.overflow_value = self.max_finite
+            if self.has_inf:  # saturating: past max is the largest finite pattern
+                self.over_pattern -= 1
             self.triton_ok = self.block in (16, 32)  # every element width: the block kernel
             if self.scale_kind == _SCALE_E8M0:
                 self.unscaled = True  # MX has no tensor scale: 1, as the daemon's
@@ -233,6 +235,16 @@ def block_quantize(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
     q = torch.copysign(torch.where(a > fp.max_finite, torch.full_like(a, fp.max_finite), a), xs)
     q = torch.where(zero, torch.copysign(torch.zeros_like(w), w), q * d1)
     return torch.where(w != w, w, q)
+
+
+def block_patterns(fp: FormatParams, dd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The element patterns (int32) of flat float32 w at per-element block
+    divisors dd, saturating; +0 where dd is 0 (the block quantizes to
+    zeros), as the daemon's block pass encodes them."""
+    zero = ~(dd > 0)
+    d1 = torch.where(zero, torch.ones_like(dd), dd)
+    xs = torch.where(zero, torch.zeros_like(w), w / d1)
+    return encode(fp, xs, qmag(fp, xs))
 
 
 def _block_counts(fp: FormatParams, s: float, w: torch.Tensor, wu: torch.Tensor,
@@ -561,6 +573,7 @@ class Watch:
         self.pat = torch.zeros((F, npad), dtype=pat_dtype, device=dev) if self.flips else None
         self.prev_scales = torch.ones((T, F), dtype=torch.float32, device=dev)
         self._has_prev = [False] * T
+        self._bdiv = {}  # (tensor, block format): the previous snapshot's block divisors
         self._masks = {}
         self._dev_cache = {}
 
@@ -679,6 +692,8 @@ class Watch:
                 counts, qerr = self._counts_triton(which, scales, nl_host, update_form)
         else:
             counts, qerr = self._counts_eager(which, scales, nl_host, update_form)
+        if self.flips and any(fp.block for fp in self.fps):
+            self._block_flips(which, scales, counts)
         if self.flips:
             self.prev_scales = torch.where(inc[:, None], scales, self.prev_scales)
             for t in which:
@@ -698,6 +713,38 @@ class Watch:
                             update_form, nl, self.pat, self.prev_scales, hp, qerr=self.qerr)
         return c.counts(self.fps, self.layout, which, self.W, self.V, scales, update_form, nl,
                         qerr=self.qerr)
+
+    def _block_flips(self, which, scales, counts) -> None:
+        """Flips of the block-scaled formats into counts[t, f, 5]: elements
+        whose pattern at the previous snapshot's block divisors changed
+        (encode(w_prev / d_prev) kept from then, against encode(w / d_prev)),
+        +0 = -0 and every NaN one; then this snapshot's patterns and divisors
+        are kept. Eager torch on the tensors' device (on CUDA too, after the
+        Triton counts), in chunks of whole blocks."""
+        sc_host = scales.cpu().tolist()
+        for f, fp in enumerate(self.fps):
+            if not fp.block:
+                continue
+            B = fp.block
+            for t in which:
+                n, a0 = self.numels[t], self.starts[t]
+                prev_d = self._bdiv.get((t, f)) if self._has_prev[t] else None
+                flips = torch.zeros((), dtype=torch.int64, device=self.device)
+                divs = []
+                for start in range(0, n, _CHUNK):  # _CHUNK is a multiple of every block
+                    stop = min(n, start + _CHUNK)
+                    w = widen(self.w_views[t][start:stop], "w")
+                    d = block_divisors(fp, sc_host[t][f], w)
+                    pat = self.pat[f, a0 + start:a0 + stop]
+                    if prev_d is not None:
+                        dp = prev_d[start // B:start // B + d.numel()]
+                        cmp = block_patterns(fp, _per_element(dp, B, stop - start), w)
+                        flips = flips + (canon(fp, pat) != canon(fp, cmp)).sum()
+                    cur = block_patterns(fp, _per_element(d, B, stop - start), w)
+                    pat.copy_(cur.to(pat.dtype))
+                    divs.append(d)
+                counts[t, f, 5] = flips
+                self._bdiv[(t, f)] = torch.cat(divs) if divs else None
 
     def _counts_eager(self, which, scales, nl_host, update_form):
         T, F, dev = len(self.numels), len(self.fps), self.device

@@ -263,7 +263,9 @@ class Monitor:
     flips: compute="device" only: also count pattern flips against the previous
           sampled step. Costs one byte per element per format on the device
           (5 formats: 5 bytes per parameter); without it flips are unknown.
-          Block-scaled formats (MXFP4, NVFP4, ...) have no flips (unknown).
+          Block-scaled formats (MXFP4, NVFP4, ...): flips at the previous
+          step's block scales, as the daemon counts them (eager torch on the
+          device, also on CUDA; their patterns cost the same byte an element).
     quant_error: compute="device" only (default True): also compute each
           tensor's quantization error in each format (mse and SQNR in dB, as
           the daemon's own pass, docs/numerics.md) in the same pass and send
@@ -858,11 +860,7 @@ class Monitor:
         names = [self._params[idx[k]][0] for k in which]
         flips = None
         if watch.flips:
-            fl = counts[:, :, 5].clone()
-            blocked = [f for f, fp in enumerate(watch.fps) if fp.block]
-            if blocked:  # no patterns under block scaling: unknown
-                fl[:, blocked] = -1
-            flips = _as_buffer(fl.contiguous().view(-1))
+            flips = _as_buffer(counts[:, :, 5].contiguous().view(-1))
         kw = {}
         if self._replicated:
             kw["replicated"] = [n in self._replicated for n in names]

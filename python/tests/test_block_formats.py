@@ -243,3 +243,106 @@ def test_device_stall_counts_of_half_inputs_and_objects(device):
     got = stall_counts(w.to(device), u.to(device), fmts, {"NVFP4": 0.01, "MXFP6_E2M3": 1.0})
     assert got["NVFP4"] == ref_counts("NVFP4", 0.01, w.float(), u.float(), "update")
     assert got["MXFP6_E2M3"] == ref_counts("MXFP6_E2M3", 1.0, w.float(), u.float(), "update")
+
+
+def _watch_step(watch, w, v):
+    watch.load_w([w])
+    watch.load_v([v])
+    return {k: x.cpu() for k, x in watch.compute([0], update_form=True).items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_flips_at_the_next_step_are_the_updates_that_moved(device):
+    """docs/numerics.md: when the trainer applies exactly the update it
+    logged (w1 = w0 + u0 in float32, every value finite), the flips at step
+    1 equal total - stalled at step 0 in every format, block-scaled ones
+    included (their flips compare patterns at step 0's block divisors)."""
+    g = torch.Generator().manual_seed(11)
+    n = 5000
+    w0 = torch.randn(n, generator=g) * torch.ldexp(torch.ones(n), torch.randint(-8, 4, (n,),
+                                                                                 generator=g))
+    w0[64:96] = 0.0  # a zero block
+    u0 = torch.randn(n, generator=g) * 0.05 * w0.abs()
+    u0[::7] = 0.0
+    w1 = w0 + u0
+    u1 = torch.randn(n, generator=g) * 1e-3
+    names = BLOCK + ["E4M3"]
+    watch = _device.Watch([n], torch.float32, device, names, _device.ScaleRule(), flips=True)
+    first = _watch_step(watch, w0.to(device), u0.to(device))
+    assert first["counts"][0, :, 5].tolist() == [0] * len(names)  # nothing before
+    second = _watch_step(watch, w1.to(device), u1.to(device))
+    for f, name in enumerate(names):
+        c0 = first["counts"][0, f]
+        assert second["counts"][0, f, 5] == c0[1] - c0[0], name
+        assert c0[1] - c0[0] > 0, name  # some updates moved
+
+
+def _ref_block_patterns(name, d_blocks, w):
+    """Element patterns of w at the given block divisors, from the C core:
+    w / d in float32, saturated, encoded with ag_encode_array at scale 1
+    (+0 in a block whose d is 0)."""
+    lib = _lib.lib()
+    elem = _fmt(ELEMENT[name])
+    B = _fmt(name).contents.block
+    mf = elem.contents.max_finite
+    out = torch.empty(w.numel(), dtype=torch.uint8)
+    for b, lo in enumerate(range(0, w.numel(), B)):
+        blk = w[lo:lo + B]
+        if not d_blocks[b] > 0:
+            out[lo:lo + B] = 0
+            continue
+        xs = blk / torch.tensor(d_blocks[b])
+        xs = torch.where(xs.abs() > mf, torch.copysign(torch.full_like(xs, mf), xs), xs)
+        xs = xs.contiguous()
+        pat = torch.empty(xs.numel(), dtype=torch.uint8)
+        assert lib.ag_encode_array(elem, 1.0, xs.data_ptr(), pat.data_ptr(), xs.numel()) == 0
+        out[lo:lo + B] = pat
+    return out
+
+
+def _canon(name, b):
+    e = _fmt(ELEMENT[name]).contents
+    bits = 1 + e.exponent_bits + e.mantissa_bits
+    fp = _device.format_params(ELEMENT[name])
+    b = b.to(torch.int32) & ((1 << bits) - 1)
+    mag = b & ((1 << (bits - 1)) - 1)
+    v = torch.where(mag == 0, torch.zeros_like(b), b)
+    return torch.where(mag > fp.nan_above, torch.full_like(b, -1), v)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_flips_equal_patterns_compared_at_the_previous_block_scales(device):
+    """Flips against a reference from the definition with the C core's block
+    divisors (ag_block_scale) and encoder: edge-class weights (NaN, inf,
+    zero and subnormal blocks, huge values), a tensor scale that moves
+    (NVFP4), a tail block."""
+    lib = _lib.lib()
+    n = 4099
+    w0 = edge_tensor(n, 21)
+    w1 = w0.clone()
+    g = torch.Generator().manual_seed(22)
+    moved = torch.rand(n, generator=g) < 0.5
+    w1[moved] = w1[moved] * (1 + torch.randn(int(moved.sum()), generator=g) * 0.3)
+    w1[100:116] = 0.0  # a block that becomes zero
+    w1[7] = math.nan
+    zeros = torch.zeros(n)
+    scales = {"NVFP4": (0.37, 0.5)}
+    for name in BLOCK:
+        s0, s1 = scales.get(name, (1.0, 1.0))
+        watch = _device.Watch([n], torch.float32, device, [name], _device.ScaleRule(),
+                              fixed_scale=s0, flips=True)
+        _watch_step(watch, w0.to(device), zeros.to(device))
+        watch.fixed_scale = s1
+        got = int(_watch_step(watch, w1.to(device), zeros.to(device))["counts"][0, 0, 5])
+        B = _fmt(name).contents.block
+        d0 = []
+        for lo in range(0, n, B):
+            blk = w0[lo:lo + B].contiguous()
+            d = ctypes.c_float()
+            assert lib.ag_block_scale(_fmt(name), s0, blk.data_ptr(), blk.numel(),
+                                      ctypes.byref(d)) == 0
+            d0.append(d.value)
+        want = int((_canon(name, _ref_block_patterns(name, d0, w0)) !=
+                    _canon(name, _ref_block_patterns(name, d0, w1))).sum())
+        assert got == want, (name, got, want)
+        assert want > 0

@@ -420,7 +420,7 @@ def test_device_counts_of_block_formats_and_the_quantization_error(form, device)
     history amax / (448 * 6) for NVFP4), flips unknown; the quantization
     error of each per-tensor format equal to ag_quant_error_multi's (to the
     order of the double sums), and of the block-scaled ones to their sums
-    at the block divisors."""
+    at the block divisors; block flips are counted (values: test_block_formats)."""
     import ctypes
     from altgrad import _device
     from altgrad.quantization import get_format
@@ -456,7 +456,9 @@ def test_device_counts_of_block_formats_and_the_quantization_error(form, device)
                 assert rc == 0
                 assert g[4] == {"stalled": c.stalled, "total": c.total, "overflow": c.overflow,
                                 "underflow": c.underflow, "nonfinite": c.nonfinite}, fmt
-                assert g[9] == -1, "no flips under block scaling: unknown"
+                # flips at the previous step's block scales (test_block_formats.py
+                # checks their values): none at the first step
+                assert g[9] >= 0 and (step > 0 or g[9] == 0), (fmt, step, g[9])
                 mse, sqnr = _block_qerr_ref(fmt, g[5], w)
                 assert g[11] == pytest.approx(mse, rel=1e-12, abs=0), (fmt, name, step)
                 assert g[12] == pytest.approx(sqnr, abs=1e-9), (fmt, name, step)
@@ -485,7 +487,7 @@ def test_the_quantization_error_goes_only_to_a_daemon_that_reads_it(device):
                                           formats=BLOCKED)
     calls = counted.of("counts")
     assert len(calls) == 4 * 4 * len(BLOCKED)
-    assert all(c[11] > 0 and c[12] > 0 and c[9] == -1 for c in calls)
+    assert all(c[11] > 0 and c[12] > 0 and c[9] >= 0 for c in calls)
     w0 = {(c[1], c[2]): c[3].cpu() for c in snaps.of("update")}
     for c in calls:
         mse, sqnr = _block_qerr_ref(c[3], c[5], w0[c[1], c[2]])
