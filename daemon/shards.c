@@ -144,14 +144,16 @@ static void note_incomplete(ag_engine *e, const shard_step *ss) {
 /* ------------------------------------------------------------- counts */
 
 /* Add one shard's quantization error (mse, sqnr_db of nfin finite
- * elements) to the sums q[0] (squared error) and q[1] (squared w): the
- * shard's sums are mse * nfin and that times 10^(sqnr_db / 10); an mse > 0
- * without sqnr_db means a signal of 0; an mse of 0 leaves the signal
- * unknown, an unknown mse both. */
-static void add_qerr(double *q, uint64_t nfin, double mse, double sqnr) {
+ * elements, amax their largest magnitude) to the sums q[0] (squared error)
+ * and q[1] (squared w): the shard's sums are mse * nfin and that times
+ * 10^(sqnr_db / 10); without sqnr_db the signal is 0 when the error is not
+ * (sqnr_db is undefined only for a zero signal then) or when amax is 0 (an
+ * all-zero shard), else unknown (an exact shard); an unknown mse leaves
+ * both unknown. */
+static void add_qerr(double *q, uint64_t nfin, double mse, double sqnr, double amax) {
     if (nfin == 0) return; /* no finite element: nothing to add */
     double err = mse * (double)nfin;
-    double sig = !isnan(sqnr) ? err * pow(10.0, sqnr / 10.0) : mse > 0 ? 0.0 : NAN;
+    double sig = !isnan(sqnr) ? err * pow(10.0, sqnr / 10.0) : mse > 0 || amax == 0 ? 0.0 : NAN;
     q[0] += err; /* NaN stays NaN */
     q[1] += sig;
 }
@@ -227,7 +229,7 @@ int ag_eng_shard_counts(ag_engine *e, client_state *cs, const ag_msg_counts *c, 
         ss->flips[f] = ss->flips[f] < 0 || fl < 0 ? -1 : ss->flips[f] + fl;
         if (c->scales[k + f] != ss->scales[f]) ss->inconsistent = 1;
         add_qerr(ss->qerr + 2 * f, c->numel[i] - c->nonfinite[i], c->mse ? c->mse[k + f] : NAN,
-                 c->sqnr_db ? c->sqnr_db[k + f] : NAN);
+                 c->sqnr_db ? c->sqnr_db[k + f] : NAN, c->amax[i]);
     }
     if (c->amax[i] > ss->amax) ss->amax = c->amax[i];
     ss->numel += c->numel[i];
