@@ -174,7 +174,7 @@ def train(args, device, data, monitor_on, urls=None, launch=None, status=None, c
                         launch_id=launch, rank=rank, world_size=dist.get_world_size(),
                         policy="block")
         mon = Monitor(client, wrapped, opt, every=args.every, compute=args.compute,
-                      formats=FORMATS)
+                      formats=FORMATS, **args.monitor_kw)
         expected = Expected(status) if rank == 0 and check else None
     gen = torch.Generator().manual_seed(args.seed + rank)  # each rank its own batches
     data.gen = gen
@@ -218,6 +218,81 @@ def train(args, device, data, monitor_on, urls=None, launch=None, status=None, c
         rep = mon.close(flush_timeout_ms=60000)
         client.close()
     return times, rep, expected
+
+
+def interleaved(args, device, data, urls, launch, status):
+    """Step times of two copies of the model trained side by side in one
+    process, one with the Monitor and one without, alternating blocks of
+    `every` steps (ABBA order) so that a drift of the host's or the GPUs'
+    speed weighs on both alike. Each monitored block starts at a sampled step
+    and holds what follows it (the sender thread's work), so the block pair
+    is one logging period with and without the Monitor. Returns (times
+    without, times with, block ratios, Monitor report)."""
+    from altgrad import Client
+    from altgrad.torch import Monitor
+    rank = dist.get_rank()
+    models = {}
+    for on in (False, True):
+        models[on] = build(args, device, data.vocab)
+    client = Client(ingest_url=urls[0], query_url=urls[1], run=f"ranks-{args.mode}-interleaved",
+                    launch_id=launch, rank=rank, world_size=dist.get_world_size(),
+                    policy="block")
+    mon = Monitor(client, models[True][0], models[True][1], every=args.every,
+                  compute=args.compute, formats=FORMATS, **args.monitor_kw)
+    gens = {on: torch.Generator().manual_seed(args.seed + rank) for on in (False, True)}
+    times = {False: [], True: []}
+    block_ratios = []
+    for b in range(args.interleave):
+        order = (True, False) if b % 2 == 0 else (False, True)
+        got = {}
+        for on in order:
+            wrapped, opt = models[on]
+            data.gen = gens[on]
+            wrapped.train()
+            ts = []
+            for _ in range(args.every):
+                x, y = data.batch(SIZES[args.size]["batch"])
+                x, y = x.to(device), y.to(device)
+                sync(device)
+                t0 = time.perf_counter()
+                logits = wrapped(x)
+                loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sync(device)
+                ts.append(time.perf_counter() - t0)
+            got[on] = ts
+        if b >= args.interleave_warmup:
+            times[False] += got[False]
+            times[True] += got[True]
+            block_ratios.append(sum(got[True]) / sum(got[False]))
+    rep = mon.close(flush_timeout_ms=60000)
+    client.close()
+    return times[False], times[True], block_ratios, rep
+
+
+def summary(without, with_, ratios, rep):
+    """The interleaved times as the JSON reports them: the pooled ratio, the
+    median of the block ratios and a 95% interval of the mean block ratio."""
+    n = len(ratios)
+    mean = sum(ratios) / n
+    sd = (sum((r - mean) ** 2 for r in ratios) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return {"blocks": n, "steps_each": len(without),
+            "step_ms_without": 1000.0 * sum(without) / len(without),
+            "step_ms_with": 1000.0 * sum(with_) / len(with_),
+            "ratio": sum(with_) / sum(without),
+            "median_block_ratio": sorted(ratios)[n // 2],
+            "mean_block_ratio": mean, "ci95_mean_block_ratio": 1.96 * sd / n ** 0.5,
+            "block_ratios": ratios, "monitor_report": rep}
+
+
+def say_interleaved(inter, every):
+    print(f"interleaved ({inter['blocks']} blocks of {every} steps each way): "
+          f"ratio {inter['ratio']:.4f} ({inter['step_ms_with']:.2f} vs "
+          f"{inter['step_ms_without']:.2f} ms), median block ratio "
+          f"{inter['median_block_ratio']:.4f}, mean {inter['mean_block_ratio']:.4f} "
+          f"+- {inter['ci95_mean_block_ratio']:.4f}", flush=True)
 
 
 def start_daemon(binary, tmp):
@@ -314,7 +389,21 @@ def main():
     ap.add_argument("--pairs", type=int, default=1,
                     help="runs without and with the Monitor, alternated (ABBA...): the "
                          "first pair is checked, the others only timed")
+    ap.add_argument("--interleave", type=int, default=0,
+                    help="then BLOCKS blocks of --every steps of two copies of the model, "
+                         "with and without the Monitor, alternated in one process (timed only)")
+    ap.add_argument("--interleave-warmup", type=int, default=4,
+                    help="leading interleaved blocks left out of the times")
+    ap.add_argument("--monitor-kw", type=json.loads, default={},
+                    help="further Monitor keyword arguments, as a JSON object (for an "
+                         "ablation: '{\"activations\": false}')")
+    ap.add_argument("--interleave-only", action="store_true",
+                    help="only the interleaved timing: no checked run, no pairs")
     args = ap.parse_args()
+    if args.interleave_only and not args.interleave:
+        raise SystemExit("--interleave-only needs --interleave")
+    if args.interleave and args.interleave <= args.interleave_warmup:
+        raise SystemExit("--interleave must be above --interleave-warmup")
     if args.warmup >= args.steps:
         raise SystemExit("--warmup must be below --steps")
     dev_kind = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -354,6 +443,17 @@ def main():
         data = CharData(DEFAULT_DATA, sz["context"], args.seed)
         say(f"{args.mode} on {world} ranks ({device.type}, torch {torch.__version__}), "
             f"{args.size} model, {args.steps} steps, every {args.every}, {args.compute}")
+        if args.interleave_only:
+            ib, im, iratios, irep = interleaved(args, device, data, urls, launch, status)
+            dist.barrier()
+            if rank == 0:
+                inter = summary(ib, im, iratios, irep)
+                inter.update(mode=args.mode, size=args.size, every=args.every,
+                             monitor_kw=args.monitor_kw, torch=torch.__version__)
+                with open(args.out, "w") as f:
+                    json.dump(inter, f, indent=1, default=str)
+                say_interleaved(inter, args.every)
+            return
         base, _, _ = train(args, device, data, False)
         dist.barrier()
         mon_t, rep, expected = train(args, device, data, True, urls, launch, status)
@@ -372,6 +472,11 @@ def main():
             pair_ratios.append(sum(got[True]) / sum(got[False]))
             all_base += got[False]
             all_mon += got[True]
+        inter = None
+        if args.interleave:
+            ib, im, iratios, irep = interleaved(args, device, data, urls, launch, status)
+            dist.barrier()
+            inter = summary(ib, im, iratios, irep)
         # what each rank took as replicated, from its report: rank 0's view
         result = None
         if rank == 0:
@@ -391,6 +496,8 @@ def main():
                 "median_pair_ratio": sorted(pair_ratios)[len(pair_ratios) // 2],
                 "monitor_report": rep, "check": check,
             }
+            if inter is not None:
+                result["interleaved"] = inter
             with open(args.out, "w") as f:
                 json.dump(result, f, indent=1, default=str)
             print(f"step time ratio with/without monitor {result['ratio']:.3f} "
@@ -399,6 +506,8 @@ def main():
                   f"tensors at {len(check['steps'])} steps: "
                   f"{'match' if check['match'] else 'MISMATCH'} (ranks {check['ranks_seen']})",
                   flush=True)
+            if inter is not None:
+                say_interleaved(inter, args.every)
             if not check["match"]:
                 print(json.dumps(check["first_mismatches"][:5], indent=1), flush=True)
                 rc = 1

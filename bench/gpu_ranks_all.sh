@@ -15,7 +15,7 @@ rc=0
 port=29511
 for mode in ddp fsdp2; do
   f=$out/ranks-$mode-$size.json
-  timeout 280 "$py" -m torch.distributed.run --nproc-per-node 2 --master-port $port \
+  timeout 560 "$py" -m torch.distributed.run --nproc-per-node 2 --master-port $port \
     "$here/gpu_ranks.py" --mode "$mode" --size "$size" --out "$f" "${@:3}" > "$out/ranks-$mode-$size.log" 2>&1
   r=$?; ((r)) && rc=$r
   port=$((port + 1))

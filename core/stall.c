@@ -186,9 +186,8 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
     for (size_t f = 0; f < nfmt; f++) {
         if (fmts[f] == NULL) return AG_EFORMAT;
         if (!scale_ok(scales[f]) || (enc != NULL && enc[f] == NULL)) return AG_EINVAL;
-        if (fmts[f]->block != 0) {
-            /* block-scaled: counts only (no patterns or error yet) */
-            if (enc != NULL || qerr != NULL || fmts[f]->element == NULL) return AG_EFORMAT;
+        if (fmts[f]->block != 0) { /* block-scaled: block.c's pass */
+            if (fmts[f]->element == NULL) return AG_EFORMAT;
             ag_block_params_of(fmts[f], scales[f], &bparams[f]);
             fns[f] = NULL;
             continue;
@@ -206,7 +205,15 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         if (qerr != NULL) signal_block_variants[isa](w + start, len, &sig, &cnt);
         for (size_t f = 0; f < nfmt; f++) {
             if (fns[f] == NULL) { /* chunks start at multiples of 2048: block-aligned */
-                ag_block_run(&bparams[f], update_form, -lr, w + start, v + start, len, &out[f]);
+                double se = 0.0;
+                ag_block_run(&bparams[f], update_form, -lr, w + start, v + start, len, &out[f],
+                             enc != NULL ? enc[f] + ag_encoded_bytes(fmts[f], start) : NULL,
+                             qerr != NULL ? &se : NULL);
+                if (qerr != NULL) {
+                    qerr[f].sq_error += se;
+                    qerr[f].sq_signal += sig;
+                    qerr[f].count += cnt;
+                }
                 continue;
             }
             block_counts bc;
@@ -269,10 +276,14 @@ AG_EXTERN int ag_quant_error_multi(const ag_format *const *fmts, const float *sc
         nfmt > AG_FORMATS_MAX)
         return AG_EINVAL;
     ag_qparams params[AG_FORMATS_MAX];
+    ag_block_params bparams[AG_FORMATS_MAX];
     for (size_t f = 0; f < nfmt; f++) {
-        if (fmts[f] == NULL || fmts[f]->block != 0) return AG_EFORMAT; /* not block-scaled yet */
+        if (fmts[f] == NULL || (fmts[f]->block != 0 && fmts[f]->element == NULL)) return AG_EFORMAT;
         if (!scale_ok(scales[f])) return AG_EINVAL;
-        ag_qparams_of(fmts[f], &params[f]);
+        if (fmts[f]->block != 0)
+            ag_block_params_of(fmts[f], scales[f], &bparams[f]);
+        else
+            ag_qparams_of(fmts[f], &params[f]);
     }
     int isa = ag_isa_current();
     for (size_t start = 0; start < n; start += BLOCK) {
@@ -282,6 +293,13 @@ AG_EXTERN int ag_quant_error_multi(const ag_format *const *fmts, const float *sc
         signal_block_variants[isa](w + start, len, &sig, &cnt);
         for (size_t f = 0; f < nfmt; f++) {
             double se = 0.0;
+            if (fmts[f]->block != 0) { /* block-scaled: in w's units already */
+                ag_block_qerr(&bparams[f], w + start, len, &se);
+                out[f].sq_error += se;
+                out[f].sq_signal += sig;
+                out[f].count += cnt;
+                continue;
+            }
             (params[f].half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
                 &params[f], scales[f], w + start, len, &se);
             out[f].sq_error += se * ((double)scales[f] * (double)scales[f]); /* as stall_multi */

@@ -12,10 +12,22 @@
 
 #include "altgrad/altgrad.h"
 
+/* Bytes of the encoded form of n elements of f, as the daemon keeps a
+ * snapshot for flips: n * pattern_bytes for a per-tensor format; for a
+ * block-scaled one n + ceil(n / block): block by block, the block's scale
+ * code (one byte: the E8M0 exponent field for MX, the E4M3 pattern of s_b
+ * for NVFP4), then its element patterns (one byte each). For n a multiple
+ * of the block size, also the offset of element n's block. */
+static inline size_t ag_encoded_bytes(const ag_format *f, size_t n) {
+    if (f->block == 0) return n * (size_t)f->pattern_bytes;
+    return n + (n + (size_t)f->block - 1) / (size_t)f->block;
+}
+
 /* ag_stall_sgd_multi (update_form 0, v = g, lr used) or ag_stall_update_multi
  * (update_form 1, v = u, lr ignored), adding into out[f], and enc[f] (n
  * patterns each, n * pattern_bytes bytes, all non-NULL) set to
- * ag_encode_array(fmts[f], scales[f], w). qerr: NULL, or per format the
+ * ag_encode_array(fmts[f], scales[f], w), or for a block-scaled format to
+ * its encoded form (ag_encoded_bytes, ag_encode_any). qerr: NULL, or per format the
  * quantization error sums (ag_quant_error_multi), added, from the same pass
  * over the blocks of w. Same errors as those; on error nothing is counted. */
 int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
@@ -28,5 +40,20 @@ int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, siz
  * ag_encode_array(fmt, s, w), without reading w. Adds into *flips. */
 int ag_count_pattern_changes(const ag_format *fmt, const uint8_t *prev, const uint8_t *cur,
                              size_t n, uint64_t *flips);
+
+/* The encoded form of w as ag_stall_encode_multi writes it: ag_encode_array
+ * for a per-tensor format, the block form (scale the tensor scale) for a
+ * block-scaled one. out holds ag_encoded_bytes(fmt, n) bytes. */
+int ag_encode_any(const ag_format *fmt, float scale, const float *w, size_t n, uint8_t *out);
+
+/* Pattern flips of a block-scaled format (docs/numerics.md, Block scaling):
+ * the elements of w whose element pattern at the previous snapshot's block
+ * divisors (its scale codes in prev, with its tensor scale prev_scale)
+ * differs from prev's, +0 and -0 one pattern, every NaN one. cur: NULL, or
+ * the encoded form of w at the same tensor scale, whose blocks with prev's
+ * scale code are compared byte for byte (the same answer, without encoding
+ * again). Blocks from w[0]. Adds into *flips. */
+int ag_block_count_flips(const ag_format *fmt, float prev_scale, const uint8_t *prev,
+                         const uint8_t *cur, const float *w, size_t n, uint64_t *flips);
 
 #endif

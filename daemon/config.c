@@ -321,11 +321,11 @@ int ag_config_set_formats(ag_config *cfg, const char *list, char *err, size_t er
                         "--formats: unknown format '%s' (define it with --define-format "
                         "NAME=E,M,BIAS[,inf][,nan])",
                         name);
-        if (f->block)
+        if (f->block && want_unscaled)
             return fail(err, errlen, AG_EINVAL,
-                        "--formats: '%s' is block-scaled; altgradd does not evaluate block-scaled "
-                        "formats yet (docs/numerics.md, Block scaling)",
-                        name);
+                        "--formats: '%s:unscaled': '%s' is block-scaled, its scales are its "
+                        "blocks' (docs/numerics.md, Block scaling); it has no unscaled twin",
+                        name, name);
         if (want_unscaled) {
             int rc = ag_format_unscaled(f, &f);
             if (rc)

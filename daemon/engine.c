@@ -256,9 +256,14 @@ void ag_eng_touch_tensor(ag_engine *e, tensor_state *t, int role, uint64_t step,
  * non-finite amax leaves the previous scale in force. */
 static double scale_from(ag_engine *e, const role_state *rs, int fi, const ag_format *f,
                          double ha) {
-    if (f->unscaled) return 1.0; /* weight storage: the format's own grid */
+    if (ag_eng_scale_is_one(f)) return 1.0; /* weight storage, or MX: no tensor scale */
     if ((!(ha > 0) || !isfinite(ha)) && (rs->has_scale >> fi & 1)) return rs->scale[fi];
-    double s = ag_compute_scale(ha > 0 && isfinite(ha) ? ha : 0.0, f, AG_SCALE_MIN);
+    double s;
+    if (f->block) /* NVFP4's tensor scale: amax / (448 * 6), E4M3 block scales of E2M1 */
+        s = fmax((ha > 0 && isfinite(ha) ? ha : 0.0) / (448.0 * (double)f->max_finite),
+                 AG_SCALE_MIN);
+    else
+        s = ag_compute_scale(ha > 0 && isfinite(ha) ? ha : 0.0, f, AG_SCALE_MIN);
     s *= e->margin_mult;
     if (!(s > 0) || !isfinite(s) || s > 3e38) s = rs->has_scale >> fi & 1 ? rs->scale[fi] : 1.0;
     return (double)(float)s; /* the kernels scale in float32: report what they used */

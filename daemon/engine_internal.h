@@ -8,6 +8,7 @@
 #define AG_DAEMON_ENGINE_INTERNAL_H
 
 #include "core/errctx.h"
+#include "core/stall_encode.h"
 #include "daemon/engine.h"
 #include "daemon/map.h"
 
@@ -239,7 +240,7 @@ struct ag_engine_job {
     const ag_format *fmts[AG_FORMATS_MAX];
     int fidx[AG_FORMATS_MAX];
     float scales[AG_FORMATS_MAX];
-    uint8_t *cur[AG_FORMATS_MAX]; /* this snapshot's patterns, n * pat_bytes per format */
+    uint8_t *cur[AG_FORMATS_MAX]; /* this snapshot's encoded forms, enc_bytes(f, n) each */
     /* flips of format i: mode, and what it compares with (a pattern array
      * and its scale: the tensor's baseline, or cur[k] of the same format
      * named earlier in the message) */
@@ -272,8 +273,19 @@ struct ag_engine_job {
     int partial;
 };
 
-/* Bytes per element of f's pattern arrays (1, or 2 for formats wider than 8 bits). */
-static inline size_t pat_bytes(const ag_format *f) { return (size_t)f->pattern_bytes; }
+/* Bytes of f's encoded form of n elements (core/stall_encode.h): n
+ * patterns of 1 or 2 bytes, or for a block-scaled format n element patterns
+ * and a scale code per block. For n a multiple of the block size (every
+ * chunk start, AG_ENGINE_CHUNK), also the offset of element n. */
+static inline size_t enc_bytes(const ag_format *f, size_t n) { return ag_encoded_bytes(f, n); }
+
+/* Formats whose scale is always 1, whatever the amax or a message's scale:
+ * the unscaled twins (weight storage) and the MX formats (no tensor scale;
+ * their E8M0 block scales are the whole scaling). NVFP4's scale is its FP32
+ * tensor scale, from the amax history like a per-tensor format's. */
+static inline int ag_eng_scale_is_one(const ag_format *f) {
+    return f->unscaled || (f->block && f->scale_kind == AG_SCALE_E8M0);
+}
 
 int64_t ag_eng_wall_ms(void);
 /* Registry index of f (0..AG_FORMATS_MAX-1), or -1. */

@@ -213,10 +213,10 @@ static int on_snapshot(void *ctx, int64_t tensor_id, uint64_t step, const float 
             continue;
         }
         const ag_format *fmt = ag_format_at((size_t)fi);
-        size_t bytes = n * pat_bytes(fmt);
+        size_t bytes = enc_bytes(fmt, n);
         uint8_t *cur = malloc(bytes);
         if (!cur) return AG_ENOMEM;
-        if (ag_encode_array(fmt, s, w, cur, n)) {
+        if (ag_encode_any(fmt, s, w, n, cur)) {
             free(cur);
             t->flips_lost |= 1ull << fi;
             continue;

@@ -361,7 +361,7 @@ int ag_eng_shard_snapshot(ag_engine *e, client_state *cs, const ag_msg_snapshot 
     size_t nf = 0;
     if (s->nformats) {
         for (size_t i = 0; i < s->nformats; i++)
-            if (!(fmts[nf] = ag_format_get(s->formats[i])) || fmts[nf++]->block) return AG_EFORMAT;
+            if (!(fmts[nf++] = ag_format_get(s->formats[i]))) return AG_EFORMAT;
     } else {
         for (size_t i = 0; i < e->cfg->nfmts; i++) fmts[nf++] = e->cfg->fmts[i];
     }

@@ -15,6 +15,10 @@
 
 /* --------------------------------------------------------- snapshots */
 
+/* Chunks hold whole blocks of the block-scaled formats (32 or 16 elements),
+ * so their encoded forms start at enc_bytes(f, start). */
+_Static_assert(AG_ENGINE_CHUNK % 32 == 0, "engine chunks must be block-aligned");
+
 /* Point job->w/x at float32 data: in place when f32 and aligned, else a
  * converted copy. */
 static int payload(ag_engine *e, ag_engine_job *job, const ag_msg_snapshot *s) {
@@ -57,7 +61,7 @@ static void job_free(ag_engine *e, ag_engine_job *job) {
     ag_eng_give(e, job->wbuf, fbytes);
     ag_eng_give(e, job->xbuf, fbytes);
     for (size_t i = 0; i < job->nf; i++)
-        ag_eng_give(e, job->cur[i], job->n * pat_bytes(job->fmts[i]));
+        ag_eng_give(e, job->cur[i], enc_bytes(job->fmts[i], job->n));
     free(job->part_amax);
     free(job->part_bad);
     free(job->part_counts);
@@ -69,32 +73,35 @@ static void job_free(ag_engine *e, ag_engine_job *job) {
 
 /* Bytes a snapshot job of n elements holds while in flight: the message
  * (bytes), float32 conversions when not f32 (w and x), the baseline copy of
- * w when f32, and the new patterns (pbytes per element: the sum of the
- * formats' pattern bytes, 1 or 2 each). */
-static size_t job_cost(size_t n, size_t pbytes, int f32, size_t bytes) {
-    return bytes + (f32 ? 1 : 2) * n * sizeof(float) + n * pbytes;
+ * w when f32, and the new encoded forms (ebytes: the sum over the formats
+ * of enc_bytes, 1 or 2 bytes per element, a block-scaled format one more
+ * byte per block). */
+static size_t job_cost(size_t n, size_t ebytes, int f32, size_t bytes) {
+    return bytes + (f32 ? 1 : 2) * n * sizeof(float) + ebytes;
 }
 
-/* The pattern bytes per element of the formats a snapshot names (unknown
- * names count 2: the job will refuse them anyway), or of the defaults. */
-static size_t snapshot_pbytes(const ag_engine *e, const ag_msg_snapshot *s) {
-    size_t pb = 0;
+/* The encoded bytes of n elements in the formats a snapshot names (unknown
+ * names count 2 per element: the job will refuse them anyway), or in the
+ * defaults. */
+static size_t snapshot_ebytes(const ag_engine *e, const ag_msg_snapshot *s, size_t n) {
+    size_t eb = 0;
     if (s->nformats == 0) {
-        for (size_t i = 0; i < e->cfg->nfmts; i++) pb += pat_bytes(e->cfg->fmts[i]);
-        return pb;
+        for (size_t i = 0; i < e->cfg->nfmts; i++) eb += enc_bytes(e->cfg->fmts[i], n);
+        return eb;
     }
     for (size_t i = 0; i < s->nformats; i++) {
         const ag_format *f = ag_format_get(s->formats[i]);
-        pb += f ? pat_bytes(f) : 2;
+        eb += f ? enc_bytes(f, n) : 2 * n;
     }
-    return pb;
+    return eb;
 }
 
 int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes) {
     if (e->njobs == 0 || m->type != AG_MSG_SNAPSHOT) return 1;
     const ag_msg_snapshot *s = &m->u.snapshot;
     if (s->n > SIZE_MAX / (sizeof(float) * 2 + 2 * AG_FORMATS_MAX)) return 0;
-    size_t need = job_cost((size_t)s->n, snapshot_pbytes(e, s), s->dtype == AG_DTYPE_F32, bytes);
+    size_t need = job_cost((size_t)s->n, snapshot_ebytes(e, s, (size_t)s->n),
+                           s->dtype == AG_DTYPE_F32, bytes);
     return e->state_bytes + e->inflight_bytes + need <= e->max_state_bytes;
 }
 
@@ -133,7 +140,7 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
     if (s->nformats) {
         for (size_t i = 0; i < s->nformats; i++) {
             const ag_format *f = ag_format_get(s->formats[i]);
-            if (!f || f->block) { /* block-scaled formats: core only so far */
+            if (!f) {
                 err = AG_EFORMAT;
                 goto fail;
             }
@@ -150,23 +157,23 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
         }
         if ((err = ag_eng_format_id(e, job->fmts[i], job->fidx[i], &id))) goto fail;
     }
-    /* What the tensor keeps once this snapshot is its baseline: one pattern
-     * array per format it names (n bytes, 2n for 16-bit formats; a shape
-     * change drops all the others) and its float32 weights until written;
-     * what it holds now is given back then. In flight the job holds job_cost
-     * besides. */
+    /* What the tensor keeps once this snapshot is its baseline: one encoded
+     * form per format it names (n bytes, 2n for 16-bit formats, n plus one
+     * per block for block-scaled ones; a shape change drops all the others)
+     * and its float32 weights until written; what it holds now is given back
+     * then. In flight the job holds job_cost besides. */
     tensor_state *known = ag_map_get(&r->tensors, s->tensor);
-    size_t pbytes = 0;
-    for (size_t i = 0; i < job->nf; i++) pbytes += pat_bytes(job->fmts[i]);
-    size_t keep = job->n * pbytes + job->n * sizeof(float), had = 0;
+    size_t ebytes = 0;
+    for (size_t i = 0; i < job->nf; i++) ebytes += enc_bytes(job->fmts[i], job->n);
+    size_t keep = ebytes + job->n * sizeof(float), had = 0;
     if (known) had = known->base_w ? known->base_n * sizeof(float) : 0;
     if (known && known->prev_n != job->n) had += known->prev_bytes;
     for (size_t i = 0; known && known->prev_n == job->n && i < job->nf; i++) {
         int again = 0;
         for (size_t k = 0; k < i; k++) again |= job->fidx[k] == job->fidx[i];
-        if (!again && known->prev[job->fidx[i]]) had += job->n * pat_bytes(job->fmts[i]);
+        if (!again && known->prev[job->fidx[i]]) had += enc_bytes(job->fmts[i], job->n);
     }
-    size_t cost = job_cost(job->n, pbytes, s->dtype == AG_DTYPE_F32, 0);
+    size_t cost = job_cost(job->n, ebytes, s->dtype == AG_DTYPE_F32, 0);
     if (e->state_bytes + e->inflight_bytes + cost - had > e->max_state_bytes ||
         keep > e->max_state_bytes) {
         err = AG_ENOSPC;
@@ -194,7 +201,7 @@ void ag_eng_job_scales(ag_engine *e, ag_engine_job *job) {
     ag_eng_observe(e, rs, job->amax, pushable, job->fmts, job->fidx, job->nf, job->step);
     for (size_t i = 0; i < job->nf; i++) {
         int fi = job->fidx[i];
-        if (job->has_scale && !job->fmts[i]->unscaled) { /* a twin stays at 1 */
+        if (job->has_scale && !ag_eng_scale_is_one(job->fmts[i])) { /* a twin, MX stay at 1 */
             rs->scale[fi] = (double)(float)job->msg_scale;
             rs->hist_amax[fi] = ag_amax_history_get(rs->history);
         }
@@ -214,7 +221,7 @@ int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
     if (!job->part_counts || !job->part_flips || !job->part_qerr || !job->part_err)
         return AG_ENOMEM;
     for (size_t i = 0; i < nf; i++)
-        if (!(job->cur[i] = ag_eng_take(e, n * pat_bytes(job->fmts[i])))) return AG_ENOMEM;
+        if (!(job->cur[i] = ag_eng_take(e, enc_bytes(job->fmts[i], n)))) return AG_ENOMEM;
     if (job->wbuf) {
         job->base = job->wbuf; /* a conversion: already a copy */
     } else if (!(job->base = ag_eng_take(e, n * sizeof(float)))) {
@@ -301,15 +308,22 @@ void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     ag_stall_counts *counts = job->part_counts + c * nf;
     uint64_t *flips = job->part_flips + c * nf;
     uint8_t *cur[AG_FORMATS_MAX];
-    for (size_t i = 0; i < nf; i++) cur[i] = job->cur[i] + start * pat_bytes(job->fmts[i]);
+    for (size_t i = 0; i < nf; i++) cur[i] = job->cur[i] + enc_bytes(job->fmts[i], start);
     if (job->base != job->w) memcpy(job->base + start, job->w + start, len * sizeof(float));
     int err = ag_stall_encode_multi(job->fmts, job->scales, nf, job->form != AG_FORM_SGD, job->lr,
                                     job->w + start, job->x + start, len, counts, cur,
                                     job->part_qerr + c * nf);
     for (size_t i = 0; i < nf && !err; i++) {
         const uint8_t *prev =
-            job->flip_prev[i] ? job->flip_prev[i] + start * pat_bytes(job->fmts[i]) : NULL;
-        if (job->flip_mode[i] == FLIPS_BYTES)
+            job->flip_prev[i] ? job->flip_prev[i] + enc_bytes(job->fmts[i], start) : NULL;
+        if (job->fmts[i]->block &&
+            (job->flip_mode[i] == FLIPS_BYTES || job->flip_mode[i] == FLIPS_ENCODE))
+            /* at the previous snapshot's block scales: blocks whose scale
+             * code did not move compare bytes, the others encode again */
+            err = ag_block_count_flips(job->fmts[i], job->flip_scale[i], prev,
+                                       job->flip_mode[i] == FLIPS_BYTES ? cur[i] : NULL,
+                                       job->w + start, len, &flips[i]);
+        else if (job->flip_mode[i] == FLIPS_BYTES)
             err = ag_count_pattern_changes(job->fmts[i], prev, cur[i], len, &flips[i]);
         else if (job->flip_mode[i] == FLIPS_ENCODE)
             err = ag_count_pattern_flips(job->fmts[i], job->flip_scale[i], prev, job->w + start,
@@ -359,7 +373,7 @@ static int adopt(ag_engine *e, ag_engine_job *job) {
     if (t->prev_n != job->n) { /* shape changed: earlier snapshots are not comparable */
         for (int i = 0; i < AG_FORMATS_MAX; i++) {
             if (t->prev[i])
-                ag_eng_give(e, t->prev[i], t->prev_n * pat_bytes(ag_format_at((size_t)i)));
+                ag_eng_give(e, t->prev[i], enc_bytes(ag_format_at((size_t)i), t->prev_n));
             t->prev[i] = NULL;
         }
         t->prev_n = job->n;
@@ -367,7 +381,7 @@ static int adopt(ag_engine *e, ag_engine_job *job) {
     for (size_t i = 0; i < nf; i++) {
         int fi = job->fidx[i];
         /* the replaced baseline, or (a format named twice) the earlier copy of this job */
-        ag_eng_give(e, t->prev[fi], job->n * pat_bytes(job->fmts[i]));
+        ag_eng_give(e, t->prev[fi], enc_bytes(job->fmts[i], job->n));
         t->prev[fi] = job->cur[i];
         job->cur[i] = NULL;
         t->prev_scale[fi] = job->scales[i];
@@ -397,7 +411,7 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     if (!err) err = adopt(e, job);
     size_t kept = 0; /* the baseline may have been replaced or dropped */
     for (int i = 0; i < AG_FORMATS_MAX; i++)
-        kept += t->prev[i] ? t->prev_n * pat_bytes(ag_format_at((size_t)i)) : 0;
+        kept += t->prev[i] ? enc_bytes(ag_format_at((size_t)i), t->prev_n) : 0;
     e->state_bytes = e->state_bytes - t->prev_bytes + kept;
     t->prev_bytes = kept;
     if (err) goto done;

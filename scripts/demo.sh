@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh BUILD_DIR - what `make demo` runs: start altgradd on its embedded
-# defaults (./var/*.sock, ./var/altgrad.db) from the project root, train the
+# defaults (./var/*.sock, ./var/altgrad.db) from the project root, with
+# block-scaled formats beside per-tensor ones ($AG_DEMO_FORMATS), train the
 # demo MLP against it, print the stall rate per tensor and format with a
 # sparkline, the current scales and the worst tensors and the address of the
 # daemon's web page (http://127.0.0.1:8787/ unless that port was taken), then
@@ -58,8 +59,13 @@ trap 'exit 130' INT TERM
 
 section() { printf '\n== %s\n\n' "$*"; }
 
-section "starting altgradd (log: $LOG)"
-"$DAEMON" >"$LOG" 2>&1 &
+# The seed's five formats, OCP FP8 E4M3 per tensor, and two block-scaled
+# formats (MX FP8 with an E8M0 scale per 32 elements, NVFP4 with an E4M3
+# scale per 16): docs/numerics.md.
+FORMATS=${AG_DEMO_FORMATS:-E0M7,E1M6,E3M4,E5M2,E7M0,E4M3,MXFP8_E4M3,NVFP4}
+
+section "starting altgradd --formats $FORMATS (log: $LOG)"
+"$DAEMON" --formats "$FORMATS" >"$LOG" 2>&1 &
 DPID=$!
 ready=0
 for _ in $(seq 1 30); do
@@ -109,6 +115,9 @@ fi
 
 section "stall rate per tensor and format over the steps"
 "$CLI" report "$RUN" --width 32
+
+section "per-tensor E4M3 beside block-scaled MXFP8_E4M3 and NVFP4 (same elements, E4M3; scales per block)"
+"$CLI" report "$RUN" --format E4M3,MXFP8_E4M3,NVFP4 --width 32
 
 section "current scales (E5M2)"
 "$CLI" scales "$RUN" --format E5M2

@@ -108,8 +108,8 @@ typedef struct ag_format {
      * per-tensor format. A block-scaled format (MXFP8_E4M3 ... NVFP4) carries
      * its element format's grid in the fields above. The stall entry points
      * (ag_stall_*, ag_stall_*_multi, ag_block_stall_*) apply its block
-     * scales, the scale given being the tensor scale; ag_quant_error_multi
-     * refuses it (AG_EFORMAT); encode, decode, quantize and the flip counts
+     * scales, the scale given being the tensor scale, and so does
+     * ag_quant_error_multi; encode, decode, quantize and the flip counts
      * see only the element grid at one scale. */
     int block;                       /* elements per block: 32 (MX), 16 (NVFP4), or 0 */
     const struct ag_format *element; /* the element format (a built-in), or NULL */
@@ -321,7 +321,8 @@ typedef struct ag_quant_error {
     uint64_t count;   /* finite elements of w */
 } ag_quant_error;
 /* One pass over w for nfmt formats (1 <= nfmt <= AG_FORMATS_MAX), format i
- * with scales[i], adding into out[i]. */
+ * with scales[i], adding into out[i]. A block-scaled format's Q(w) is at
+ * its block scales, scales[i] the tensor scale (docs/numerics.md). */
 AG_EXTERN int ag_quant_error_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                                    const float *w, size_t n, ag_quant_error *out);
 /* sq_error / count: the mean squared error; NaN when count is 0. */

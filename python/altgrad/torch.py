@@ -389,6 +389,11 @@ class Monitor:
         self._pending: List[tuple] = []      # (name, role, tensor) reduced after the step
         self._seen_this_step = set()
         self._handles = []
+        # the activation hooks are registered only while the current step is
+        # sampled: a module with a forward hook takes PyTorch's slow call path
+        # at every call, which costs a launch-bound (e.g. FSDP2) step ~1-2%
+        self._act_targets: List[tuple] = []  # (module, tensor name)
+        self._act_handles = []
         self._opt_patched = None
         self._in_step = False
         self._closed = False
@@ -516,7 +521,8 @@ class Monitor:
                 if wanted is not None and name not in wanted:
                     continue
                 tname = self.prefix + (name or type(mod).__name__)
-                self._handles.append(mod.register_forward_hook(self._forward_hook(tname)))
+                self._act_targets.append((mod, tname))
+            self._arm()
         opt = self.optimizer
         if opt is None:
             return
@@ -536,11 +542,36 @@ class Monitor:
             opt.step = step
             self._opt_patched = (original, step)
 
+    @property
+    def step(self) -> int:
+        """The step being trained (advanced by after_step)."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = value
+        if "_act_targets" in self.__dict__:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Activation hooks on the watched modules while this step is sampled,
+        none otherwise."""
+        want = bool(self._act_targets) and not self._closed and self.sampling()
+        if want and not self._act_handles:
+            self._act_handles = [mod.register_forward_hook(self._forward_hook(tname))
+                                 for mod, tname in self._act_targets]
+        elif not want and self._act_handles:
+            for h in self._act_handles:
+                h.remove()
+            self._act_handles = []
+
     def detach(self) -> None:
         """Remove every hook; the model and optimizer are as before."""
-        for h in self._handles:
+        for h in self._handles + self._act_handles:
             h.remove()
         self._handles = []
+        self._act_handles = []
+        self._act_targets = []
         if self._opt_patched is not None:
             original, ours = self._opt_patched
             if self.optimizer.__dict__.get("step") is ours:

@@ -47,6 +47,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Per-tensor and block-scaled formats side by side (docs/numerics.md).
+METRIC_FORMATS = "E5M2,E4M3,MXFP8_E4M3,NVFP4"
+
+
 @pytest.fixture(scope="module")
 def scrape():
     top = pathlib.Path(tempfile.mkdtemp(prefix="agpy-metrics-", dir="/tmp"))
@@ -55,7 +59,8 @@ def scrape():
     log_path = top / "altgradd.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([daemon_binary(), "--ingest", ingest, "--query", query,
-                                 "--db", str(top / "a.db"), "--http", f"127.0.0.1:{port}"],
+                                 "--db", str(top / "a.db"), "--http", f"127.0.0.1:{port}",
+                                 "--formats", METRIC_FORMATS],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=top)
     try:
         trainer = os.path.join(build_dir(), "examples", "ag_mlp_train")
@@ -126,6 +131,15 @@ def test_promtool_parses_and_lints_the_scrape_without_a_problem(scrape):
     # exit 1: not parseable, 3: lint problems; both print what is wrong
     assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), \
         f"promtool check metrics (exit {out.returncode}):\n{out.stdout}{out.stderr}"
+
+
+def test_every_format_has_its_stall_rate_block_scaled_ones_too(scrape):
+    rates = re.findall(r'^altgrad_stall_rate\{[^}]*format="([A-Za-z0-9_-]+)"[^}]*\} (\S+)$',
+                       scrape["text"], flags=re.M)
+    fmts = {f for f, _ in rates}
+    assert fmts == set(METRIC_FORMATS.split(",")), fmts
+    for f, v in rates:
+        assert 0.0 <= float(v) <= 1.0, (f, v)
 
 
 def test_the_check_fails_on_a_broken_scrape(scrape):

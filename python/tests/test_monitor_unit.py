@@ -99,6 +99,35 @@ def test_only_every_kth_step_is_sampled():
     assert "undelivered" not in format_report(rep)
 
 
+def test_activation_hooks_exist_only_while_the_step_is_sampled():
+    # a forward hook puts every call of its module on PyTorch's slow path:
+    # unsampled steps must run the model as if no Monitor were attached
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder()
+    hooked = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
+    seen = []
+    orig = model[0].forward
+
+    def forward(x):
+        seen.append(hooked())
+        return orig(x)
+
+    model[0].forward = forward
+    with Monitor(rec, model, opt, compute="daemon", every=3, start=3, stop=9) as mon:
+        assert hooked() == 0  # step 0 is before start
+        train(model, opt, 10)
+        assert mon.step == 10 and hooked() == 0
+        mon.step = 6  # a step set by hand re-arms them
+        assert hooked() == 3
+        mon.step = 7
+        assert hooked() == 0
+    # the leaves 0, 1 and 2 are hooked at steps 3 and 6 only
+    assert seen == [0, 0, 0, 3, 0, 0, 3, 0, 0, 0]
+    assert sorted({c[1] for c in rec.of("stats") if c[3] == _lib.AG_ROLE_ACTIVATION}) == [3, 6]
+    assert hooked() == 0
+
+
 def test_sgd_form_sends_gradients_with_the_group_learning_rate():
     model = tiny_model()
     opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.5},

@@ -215,3 +215,99 @@ Test(cli_daemon, missing_database_file_is_one_error_line, .init = setup, .fini =
     free(out);
     free(err);
 }
+
+/* Block-scaled formats read like per-tensor ones in every command: report
+ * shows them beside E4M3 (their rows and sparklines), history gives their
+ * points (NVFP4's scale its FP32 tensor scale, MX's 1), top and scales
+ * answer, the file says the same once the daemon stopped. */
+Test(cli_daemon, block_scaled_formats_read_beside_per_tensor_ones, .init = setup, .fini = teardown,
+     .timeout = 240) {
+    static const char *const extra[] = {"--formats", "E5M2,E4M3,MXFP8_E4M3,NVFP4", NULL};
+    char *train[] = {E.trainer, "--ingest", E.ingest,   "--query", E.query,   "--run", "b1",
+                     "--steps", "6",        "--hidden", "8",       "--batch", "16",    NULL};
+    char *out, *err;
+    cli_start_daemon(&E, extra);
+    int code = cli_run(&E, train, &out, &err);
+    cr_assert_eq(code, 0, "trainer failed: %s", err);
+    free(out);
+    free(err);
+    /* history in each block format, until its STEPS points are committed */
+    static const char *const bf[2] = {"MXFP8_E4M3", "NVFP4"};
+    for (int f = 0; f < 2; f++) {
+        jm_value *doc = NULL;
+        const jm_value *pts = NULL;
+        for (int i = 0; i < CLI_POLL_TRIES; i++) {
+            char *argv[] = {E.cli,        "--query",  E.query,       "history", "b1",
+                            "fc1.weight", "--format", (char *)bf[f], "--json",  NULL};
+            code = cli_run(&E, argv, &out, &err);
+            free(err);
+            doc = code == 0 ? jm_parse(out) : NULL;
+            free(out);
+            pts = doc ? jm_get(doc, "points") : NULL;
+            if (pts && pts->type == JM_ARRAY && pts->n == STEPS) break;
+            jm_free(doc);
+            doc = NULL;
+            cli_pause();
+        }
+        cr_assert_not_null(doc, "history of fc1.weight in %s never reached %d points", bf[f],
+                           STEPS);
+        cr_assert_str_eq(jm_get(doc, "format")->string, bf[f]);
+        for (size_t i = 0; i < pts->n; i++) {
+            const jm_value *p = &pts->items[i];
+            check_point_keys(p);
+            double scale = jm_get(p, "scale")->number, amax = jm_get(p, "amax")->number;
+            if (f == 0)
+                cr_expect_eq(scale, 1.0, "MX has no tensor scale: %g", scale);
+            else
+                cr_expect(scale >= amax / (448.0 * 6.0) * 0.9999 &&
+                              scale <= amax / (448.0 * 6.0) * 2.0,
+                          "NVFP4's tensor scale is the history amax / (448 * 6): %g, amax %g",
+                          scale, amax);
+            cr_expect_gt(jm_get(p, "total")->number, 0);
+            cr_expect_eq(jm_get(p, "mse")->type, JM_NUMBER, "mse of a daemon point is known");
+        }
+        jm_free(doc);
+    }
+    char *report[] = {
+        E.cli,   "--query", E.query, "report", "b1", "--format", "E4M3,MXFP8_E4M3,NVFP4",
+        "--csv", NULL};
+    code = cli_run(&E, report, &out, &err);
+    cr_assert_eq(code, 0, "report: %s", err);
+    cr_expect_not_null(strstr(out, "\nfc2.weight,E4M3,6,"), "report: %s", out);
+    cr_expect_not_null(strstr(out, "\nfc2.weight,MXFP8_E4M3,6,"), "report: %s", out);
+    cr_expect_not_null(strstr(out, "\nfc2.weight,NVFP4,6,"), "report: %s", out);
+    char *via_daemon = out;
+    free(err);
+    char *top[] = {E.cli, "--query", E.query, "top", "b1", "--format", "NVFP4", "--json", NULL};
+    code = cli_run(&E, top, &out, &err);
+    cr_assert_eq(code, 0, "top: %s", err);
+    jm_value *doc = jm_parse(out);
+    cr_assert_not_null(doc, "top --json: %s", out);
+    cr_expect_str_eq(jm_get(doc, "format")->string, "NVFP4");
+    cr_expect_gt(jm_get(doc, "tensors")->n, 0);
+    jm_free(doc);
+    free(out);
+    free(err);
+    char *scales[] = {E.cli,      "--query",    E.query, "scales", "b1",
+                      "--format", "MXFP8_E4M3", "--csv", NULL};
+    code = cli_run(&E, scales, &out, &err);
+    cr_assert_eq(code, 0, "scales: %s", err);
+    cr_expect_not_null(strstr(out, "\nfc1.weight,6,"), "scales: %s", out);
+    free(out);
+    free(err);
+    char *status[] = {E.cli, "--query", E.query, "status", "--json", NULL};
+    code = cli_run(&E, status, &out, &err);
+    cr_assert_eq(code, 0, "status: %s", err);
+    cr_expect_not_null(strstr(out, "\"formats\":\"E5M2,E4M3,MXFP8_E4M3,NVFP4\""), "%s", out);
+    free(out);
+    free(err);
+    cr_assert_eq(cli_stop_daemon(&E), 0, "altgradd did not exit cleanly on SIGTERM");
+    char *report_db[] = {E.cli,   "--db", E.db, "report", "b1", "--format", "E4M3,MXFP8_E4M3,NVFP4",
+                         "--csv", NULL};
+    code = cli_run(&E, report_db, &out, &err);
+    cr_assert_eq(code, 0, "report --db: %s", err);
+    cr_expect_str_eq(out, via_daemon);
+    free(out);
+    free(err);
+    free(via_daemon);
+}

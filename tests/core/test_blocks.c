@@ -13,6 +13,7 @@
 
 #include "altgrad/altgrad.h"
 #include "core/kernel.h"
+#include "core/stall_encode.h"
 #include "reference.h"
 
 static const char *const block_names[] = {"MXFP8_E4M3", "MXFP8_E5M2", "MXFP6_E3M2",
@@ -25,6 +26,10 @@ static double ref_elem(const ag_format *el, float x) {
     if (fabs((double)x) > mx) return x > 0 ? mx : -mx;
     return ref_decode(ref_of(el), ref_encode(ref_of(el), x));
 }
+
+/* The scale code of one block (the first byte of its encoded form): MX the
+ * E8M0 field k + 127, NVFP4 the E4M3 pattern of s_b. */
+static uint32_t ref_code(const ag_format *f, float S, const float *w, size_t len);
 
 /* The divisor of one block, from the spec's formulas. */
 static float ref_divisor(const ag_format *f, float S, const float *w, size_t len) {
@@ -59,6 +64,86 @@ static float ref_divisor(const ag_format *f, float S, const float *w, size_t len
     const ag_format *e4 = ag_format_get("E4M3");
     float sb = (float)ref_elem(e4, t);
     return sb * S;
+}
+
+static uint32_t ref_code(const ag_format *f, float S, const float *w, size_t len) {
+    float d = ref_divisor(f, S, w, len);
+    if (f->block == 32) { /* d = 2^k S exactly: k from the divisor */
+        int e2;
+        frexp((double)d / (double)S, &e2);
+        return (uint32_t)(e2 - 1 + 127);
+    }
+    return ref_encode(ref_of(ag_format_get("E4M3")), d / S); /* d / S = s_b exactly */
+}
+
+/* The element pattern of x at divisor d: clamped to +-max_finite, then the
+ * reference encoder (NaN: the element's NaN, or +0); a zero divisor: +0. */
+static uint32_t ref_elem_pattern(const ag_format *el, float d, float x) {
+    if (!(d > 0.0f)) return 0;
+    ref_format r = ref_of(el);
+    float xs = x / d;
+    if (!isnan(xs) && fabsf(xs) > el->max_finite)
+        return (signbit(xs) ? ref_sign_bit(r) : 0) | ref_top(r);
+    return ref_encode(r, xs);
+}
+
+/* The encoded form: per block its code, then its element patterns. */
+static size_t ref_block_encode(const ag_format *f, float S, const float *w, size_t n,
+                               uint8_t *out) {
+    size_t pos = 0;
+    for (size_t s = 0; s < n; s += (size_t)f->block) {
+        size_t len = n - s < (size_t)f->block ? n - s : (size_t)f->block;
+        float d = ref_divisor(f, S, w + s, len);
+        out[pos++] = (uint8_t)ref_code(f, S, w + s, len);
+        for (size_t i = s; i < s + len; i++)
+            out[pos++] = (uint8_t)ref_elem_pattern(f->element, d, w[i]);
+    }
+    return pos;
+}
+
+/* Canonical element pattern: the zeros one, the NaNs one. */
+static uint32_t ref_canon(const ag_format *el, uint32_t b) {
+    ref_format r = ref_of(el);
+    uint32_t mag = b & (ref_sign_bit(r) - 1u);
+    if (isnan(ref_decode(r, b))) return 0xffffffffu;
+    return mag == 0 ? 0u : b;
+}
+
+/* Flips: w encoded at the block divisors of prev (the previous snapshot's
+ * weights at tensor scale Sp) against prev encoded at them. */
+static uint64_t ref_block_flips(const ag_format *f, float Sp, const float *prev, const float *w,
+                                size_t n) {
+    uint64_t c = 0;
+    for (size_t s = 0; s < n; s += (size_t)f->block) {
+        size_t len = n - s < (size_t)f->block ? n - s : (size_t)f->block;
+        float d = ref_divisor(f, Sp, prev + s, len);
+        for (size_t i = s; i < s + len; i++)
+            c += ref_canon(f->element, ref_elem_pattern(f->element, d, prev[i])) !=
+                 ref_canon(f->element, ref_elem_pattern(f->element, d, w[i]));
+    }
+    return c;
+}
+
+/* Quantization error: over the finite w, Q(w) = d * element value of w / d
+ * (0 in a block of divisor 0), (Q(w) - w)^2 taken as d^2 (q - w / d)^2. */
+static ag_quant_error ref_block_qerr(const ag_format *f, float S, const float *w, size_t n) {
+    ag_quant_error e = {0, 0, 0};
+    for (size_t s = 0; s < n; s += (size_t)f->block) {
+        size_t len = n - s < (size_t)f->block ? n - s : (size_t)f->block;
+        float d = ref_divisor(f, S, w + s, len);
+        for (size_t i = s; i < s + len; i++) {
+            if (!isfinite(w[i])) continue;
+            double diff = (double)w[i];
+            if (d > 0.0f) {
+                float xs = w[i] / d;
+                diff = (ref_elem(f->element, xs) - (double)xs) * (double)d;
+            }
+            e.sq_error += diff * diff;
+            e.sq_signal += (double)w[i] * (double)w[i];
+            e.count++;
+        }
+    }
+    return e;
 }
 
 static ag_stall_counts ref_block_stall(const ag_format *f, float S, float lr, int update_form,
@@ -353,8 +438,142 @@ Test(blocks, multi_pass_mixes_block_and_per_tensor_formats) {
             }
         }
     }
-    /* no patterns or quantization error for block formats yet */
-    ag_quant_error q[NF];
-    memset(q, 0, sizeof q);
-    cr_assert_eq(ag_quant_error_multi(fmts, scales, NF, w, N, q), AG_EFORMAT);
+}
+
+static void assert_close(double got, double want, const char *what, const char *fmt) {
+    cr_assert(fabs(got - want) <= 1e-9 * fabs(want) + 1e-300, "%s %s: %.17g want %.17g", what, fmt,
+              got, want);
+}
+
+/* Hand-computed encoded forms. */
+Test(blocks, encoded_form_examples) {
+    /* MXFP4, amax 7: X = 2^0 (code 127); 6 = 1.1b x 2^2 -> 0b0111, -0.5 the
+     * subnormal 0b1001, 7 saturates to 6, 1e-9 -> +0 */
+    float w[4] = {6.0f, -0.5f, 7.0f, 1e-9f};
+    uint8_t enc[8];
+    const ag_format *mx = ag_format_get("MXFP4");
+    cr_assert_eq(ag_encoded_bytes(mx, 4), 5);
+    cr_assert_eq(ag_encoded_bytes(mx, 64), 66);
+    cr_assert_eq(ag_encoded_bytes(mx, 65), 68);
+    cr_assert_eq(ag_encode_any(mx, 1.0f, w, 4, enc), AG_OK);
+    const uint8_t want[5] = {127, 0x7, 0x9, 0x7, 0x0};
+    cr_assert_arr_eq(enc, want, 5);
+    /* NVFP4 at S = 1, amax 7: s_b = 1.125 = E4M3 0.0111.001 (0x39); 7 / 1.125 -> 6 */
+    const ag_format *nv = ag_format_get("NVFP4");
+    cr_assert_eq(ag_encoded_bytes(nv, 17), 19);
+    cr_assert_eq(ag_encode_any(nv, 1.0f, w + 2, 1, enc), AG_OK);
+    cr_assert_eq(enc[0], 0x39);
+    cr_assert_eq(enc[1], 0x7);
+    /* MXFP8_E5M2 saturates: 1e6 in a block of amax 1e6 is below the top, but
+     * inf (not in the amax) at the block's scale is the largest finite pattern */
+    const ag_format *e5 = ag_format_get("MXFP8_E5M2");
+    float big[2] = {1.0f, INFINITY};
+    cr_assert_eq(ag_encode_any(e5, 1.0f, big, 2, enc), AG_OK);
+    cr_assert_eq(enc[0], 127 - 15);
+    cr_assert_eq(enc[2], 0x7b); /* 0.11110.11: 57344, not inf's 0x7c */
+    /* a flip is a pattern change at the previous block scale: moving the
+     * block's amax (7 -> 8) changes every element's scale, not its pattern */
+    float w2[4] = {6.0f, -0.5f, 8.0f, 1e-9f};
+    uint64_t flips = 0;
+    cr_assert_eq(ag_encode_any(mx, 1.0f, w, 4, enc), AG_OK);
+    cr_assert_eq(ag_block_count_flips(mx, 1.0f, enc, NULL, w2, 4, &flips), AG_OK);
+    cr_assert_eq(flips, 0); /* 8 saturates to 6 at the old X = 1, as 7 did */
+    w2[1] = -1.0f;
+    cr_assert_eq(ag_block_count_flips(mx, 1.0f, enc, NULL, w2, 4, &flips), AG_OK);
+    cr_assert_eq(flips, 1);
+    cr_assert_eq(ag_block_count_flips(ag_format_get("E2M1"), 1.0f, enc, NULL, w2, 4, &flips),
+                 AG_EFORMAT);
+    cr_assert_eq(ag_encode_any(mx, 0.0f, w, 4, enc), AG_EINVAL);
+}
+
+/* The daemon's pass for block-scaled formats beside per-tensor ones: counts,
+ * encoded forms, quantization error; then flips against the next step. */
+Test(blocks, the_daemon_pass_encodes_and_measures_error_in_block_formats) {
+    enum { N = 4099 + 2048 }; /* several 2048-element chunks and a tail of 3 */
+    static float w[N], v[N], w2[N];
+    static uint8_t enc[16][2 * N], want_enc[2 * N], enc2[16][2 * N];
+    uint64_t seed = 9001;
+    const char *names[] = {"MXFP8_E4M3", "E4M3",  "MXFP8_E5M2", "MXFP6_E3M2",
+                           "MXFP6_E2M3", "MXFP4", "NVFP4",      "BF16"};
+    enum { NF = sizeof names / sizeof names[0] };
+    const ag_format *fmts[NF];
+    float scales[NF];
+    uint8_t *encp[NF], *enc2p[NF];
+    for (size_t i = 0; i < NF; i++) {
+        fmts[i] = ag_format_get(names[i]);
+        scales[i] = fmts[i]->block == 16 ? 0.37f : fmts[i]->block ? 1.0f : 0.5f;
+        encp[i] = enc[i];
+        enc2p[i] = enc2[i];
+    }
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa)) continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        for (int form = 0; form < 2; form++) {
+            fill(&seed, w, v, N, form);
+            ag_stall_counts got[NF];
+            ag_quant_error qe[NF], qe2[NF];
+            memset(got, 0, sizeof got);
+            memset(qe, 0, sizeof qe);
+            memset(qe2, 0, sizeof qe2);
+            cr_assert_eq(
+                ag_stall_encode_multi(fmts, scales, NF, form, 0.01f, w, v, N, got, encp, qe),
+                AG_OK);
+            cr_assert_eq(ag_quant_error_multi(fmts, scales, NF, w, N, qe2), AG_OK);
+            for (size_t i = 0; i < NF; i++) {
+                if (!fmts[i]->block) continue;
+                ag_stall_counts want = ref_block_stall(fmts[i], scales[i], 0.01f, form, w, v, N);
+                expect_eq(&got[i], &want, "encode pass", names[i], N);
+                size_t nb = ref_block_encode(fmts[i], scales[i], w, N, want_enc);
+                cr_assert_eq(nb, ag_encoded_bytes(fmts[i], N));
+                for (size_t k = 0; k < nb; k++)
+                    cr_assert_eq(enc[i][k], want_enc[k], "%s %s byte %zu: %#x want %#x",
+                                 ag_isa_name(isa), names[i], k, enc[i][k], want_enc[k]);
+                memset(want_enc, 0xa5, nb);
+                cr_assert_eq(ag_encode_any(fmts[i], scales[i], w, N, want_enc), AG_OK);
+                cr_assert_eq(memcmp(want_enc, enc[i], nb), 0, "%s ag_encode_any", names[i]);
+                ag_quant_error rq = ref_block_qerr(fmts[i], scales[i], w, N);
+                cr_assert_eq(qe[i].count, rq.count);
+                cr_assert_eq(qe2[i].count, rq.count);
+                assert_close(qe[i].sq_error, rq.sq_error, "sq_error", names[i]);
+                assert_close(qe2[i].sq_error, rq.sq_error, "sq_error alone", names[i]);
+                assert_close(qe[i].sq_signal, rq.sq_signal, "sq_signal", names[i]);
+                cr_assert_gt(rq.sq_error, 0.0);
+            }
+            /* the next step: w2 = w + u where w moved (finite, |g| > 1e-10 or 0) */
+            for (size_t k = 0; k < N; k++) {
+                if (!isfinite(w[k])) w[k] = 0.25f;
+                if (!isfinite(v[k]) || (v[k] != 0.0f && fabsf(v[k]) <= AG_GRAD_EPSILON))
+                    v[k] = 0.0f;
+                w2[k] = w[k] + (form ? v[k] : -0.01f * v[k]);
+            }
+            memset(got, 0, sizeof got);
+            cr_assert_eq(
+                ag_stall_encode_multi(fmts, scales, NF, form, 0.01f, w, v, N, got, encp, NULL),
+                AG_OK);
+            /* the step after at the same tensor scales, and at others */
+            ag_stall_counts got2[NF];
+            memset(got2, 0, sizeof got2);
+            cr_assert_eq(
+                ag_stall_encode_multi(fmts, scales, NF, form, 0.01f, w2, v, N, got2, enc2p, NULL),
+                AG_OK);
+            for (size_t i = 0; i < NF; i++) {
+                if (!fmts[i]->block) continue;
+                uint64_t fb = 0, fe = 0;
+                cr_assert_eq(ag_block_count_flips(fmts[i], scales[i], enc[i], enc2[i], w2, N, &fb),
+                             AG_OK);
+                cr_assert_eq(ag_block_count_flips(fmts[i], scales[i], enc[i], NULL, w2, N, &fe),
+                             AG_OK);
+                uint64_t want = ref_block_flips(fmts[i], scales[i], w, w2, N);
+                cr_assert_eq(fb, want, "%s bytes flips %llu want %llu", names[i],
+                             (unsigned long long)fb, (unsigned long long)want);
+                cr_assert_eq(fe, want, "%s flips %llu want %llu", names[i], (unsigned long long)fe,
+                             (unsigned long long)want);
+                /* flips are the observed side of the stall count: an update
+                 * not stalled at step t is an element that flips at t + 1 */
+                cr_assert_eq(want, got[i].total - got[i].stalled, "%s: flips %llu, moved %llu",
+                             names[i], (unsigned long long)want,
+                             (unsigned long long)(got[i].total - got[i].stalled));
+            }
+        }
+    }
 }

@@ -300,11 +300,17 @@ Test(config, bad_or_conflicting_definitions_are_one_line_saying_what_is_wrong) {
     cr_expect_eq(load(&cfg, err, 3, argv2), AG_EINVAL);
     cr_expect_not_null(strstr(err, "unknown format 'E4M3X'"), "%s", err);
     cr_expect_not_null(strstr(err, "--define-format"), "%s", err);
-    /* Block-scaled formats are core-only so far: refused, not evaluated
-     * per tensor. */
-    const char *argv3[] = {"altgradd", "--formats", "E5M2,MXFP4"};
-    cr_expect_eq(load(&cfg, err, 3, argv3), AG_EINVAL);
+    /* Block-scaled formats are evaluated beside per-tensor ones; they have
+     * no unscaled twin. */
+    const char *argv3[] = {"altgradd", "--formats", "E5M2,MXFP4,NVFP4,MXFP8_E4M3"};
+    cr_expect_eq(load(&cfg, err, 3, argv3), AG_OK, "%s", err);
+    cr_expect_eq(cfg.nfmts, 4);
+    cr_expect_eq(cfg.fmts[1], ag_format_get("MXFP4"));
+    cr_expect_str_eq(cfg.formats, "E5M2,MXFP4,NVFP4,MXFP8_E4M3");
+    const char *argv4[] = {"altgradd", "--formats", "E5M2,MXFP4:unscaled"};
+    cr_expect_eq(load(&cfg, err, 3, argv4), AG_EINVAL);
     cr_expect_not_null(strstr(err, "'MXFP4' is block-scaled"), "%s", err);
+    cr_expect_not_null(strstr(err, "no unscaled twin"), "%s", err);
 }
 
 Test(config, loopback_hosts_and_url_reach) {

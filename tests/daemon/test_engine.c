@@ -629,6 +629,41 @@ Test(engine, a_snapshot_whose_encoded_copies_pass_the_state_budget_is_rejected) 
                  "4 more bytes per format and 4 more float32 weights");
 }
 
+/* Block-scaled formats keep a scale code per block beside their element
+ * patterns (n + ceil(n / block) bytes), counted in the state budget; an
+ * explicit scale is NVFP4's tensor scale, MX stays at 1. */
+Test(engine, block_formats_keep_a_code_per_block_in_the_budget_and_take_an_explicit_scale) {
+    const char *args[] = {"--formats", "MXFP4,NVFP4"};
+    start(args, 2);
+    float w[50], g[50];
+    fill(w, g, 50, 4.0f);
+    cr_assert_eq(snapshot(1, w, g, 40, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    size_t used = F.engine->state_bytes;
+    /* 40 -> 50 elements: MXFP4 42 -> 52 bytes, NVFP4 43 -> 54, weights +10 */
+    cr_assert_eq(snapshot(2, w, g, 50, AG_FORM_SGD, 0, NULL, 0), AG_OK);
+    cr_expect_eq(F.engine->state_bytes, used + 10 + 11 + 10 * sizeof(float), "%zu -> %zu", used,
+                 F.engine->state_bytes);
+    cr_assert_eq(snapshot(3, w, g, 50, AG_FORM_SGD, 0.5, NULL, 0), AG_OK);
+    cr_expect_eq(atomic_load(&F.counters.rejected), 0);
+    stop();
+    ag_history *mx = history("MXFP4"), *nv = history("NVFP4");
+    cr_assert_eq(mx->n, 3);
+    cr_assert_eq(nv->n, 3);
+    double amax = 4.0; /* fill's largest |w| */
+    for (int s = 0; s < 3; s++) {
+        cr_expect_eq(mx->points[s].scale, 1.0, "step %d", s + 1);
+        double want = s == 2 ? 0.5 : (double)(float)(amax / (448.0 * 6.0));
+        cr_expect_eq(nv->points[s].scale, want, "step %d: %.9g want %.9g", s + 1,
+                     nv->points[s].scale, want);
+    }
+    /* same weights at the same scale: no flips; step 3's NVFP4 compared at
+     * step 2's scale */
+    cr_expect_eq(mx->points[2].flips, 0);
+    cr_expect_eq(nv->points[2].flips, 0);
+    ag_free(mx);
+    ag_free(nv);
+}
+
 /* ------------------------------------------ client drops across restarts */
 
 /* One stats record of run "r" from client cid with the given seq and

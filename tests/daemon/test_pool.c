@@ -57,7 +57,8 @@ static char *dump_results(const char *db_path) {
     cr_assert_eq(sqlite3_prepare_v2(db,
                                     "SELECT t.name, f.name, r.step, r.stalled, r.total,"
                                     " coalesce(r.flips, 'null'), r.overflow, r.underflow,"
-                                    " r.nonfinite, r.amax, r.scale FROM results r"
+                                    " r.nonfinite, r.amax, r.scale, quote(r.mse),"
+                                    " quote(r.sqnr_db) FROM results r"
                                     " JOIN tensors t ON t.id = r.tensor_id"
                                     " JOIN formats f ON f.id = r.format_id"
                                     " ORDER BY t.name, f.name, r.step",
@@ -71,11 +72,12 @@ static char *dump_results(const char *db_path) {
     while (sqlite3_step(q) == SQLITE_ROW) {
         char line[512];
         int k = snprintf(
-            line, sizeof line, "%s %s %lld %lld %lld %s %lld %lld %lld %.9g %.9g\n",
+            line, sizeof line, "%s %s %lld %lld %lld %s %lld %lld %lld %.9g %.9g %s %s\n",
             sqlite3_column_text(q, 0), sqlite3_column_text(q, 1), sqlite3_column_int64(q, 2),
             sqlite3_column_int64(q, 3), sqlite3_column_int64(q, 4), sqlite3_column_text(q, 5),
             sqlite3_column_int64(q, 6), sqlite3_column_int64(q, 7), sqlite3_column_int64(q, 8),
-            sqlite3_column_double(q, 9), sqlite3_column_double(q, 10));
+            sqlite3_column_double(q, 9), sqlite3_column_double(q, 10), sqlite3_column_text(q, 11),
+            sqlite3_column_text(q, 12));
         if (len + (size_t)k + 1 > cap) {
             cap *= 2;
             out = realloc(out, cap);
@@ -93,9 +95,10 @@ static char *dump_results(const char *db_path) {
 
 /* A trainer's run: 4 tensors (two of them bfloat16), 6 steps, each step a
  * snapshot of every tensor and a stats record, all into one daemon started
- * with --threads threads. Returns the results table as text. */
-static char *run_with_threads(const char *threads) {
-    const char *const extra[] = {"--threads", threads, NULL};
+ * with --threads threads (and --formats formats unless NULL). Returns the
+ * results table as text (mse and sqnr_db exactly, as SQL literals). */
+static char *run_with_threads(const char *threads, const char *formats) {
+    const char *const extra[] = {"--threads", threads, formats ? "--formats" : NULL, formats, NULL};
     harness_start(&H, extra);
     ag_client *c = harness_client(&H, "pool", AG_QUEUE_BLOCK);
     float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
@@ -143,13 +146,31 @@ static char *run_with_threads(const char *threads) {
 }
 
 Test(pool, results_are_the_same_with_one_thread_and_with_several) {
-    char *one = run_with_threads("1");
-    char *four = run_with_threads("4");
+    char *one = run_with_threads("1", NULL);
+    char *four = run_with_threads("4", NULL);
     /* 4 tensors x 5 formats x 6 steps */
     size_t lines = 0;
     for (const char *p = one; *p; p++) lines += *p == '\n';
     cr_expect_eq(lines, 4 * 5 * 6);
     cr_expect_null(strstr(one, " null "), "no flips are unknown in a clean run");
+    cr_expect_str_eq(one, four);
+    free(one);
+    free(four);
+}
+
+/* Block-scaled formats beside per-tensor ones: their blocks are the
+ * tensor's whatever the chunks the pool splits it into (65,536 elements,
+ * multiples of 32 and 16), and their error sums are added in chunk order. */
+Test(pool, block_formats_give_the_same_results_with_one_thread_and_with_several) {
+    const char *fmts = "E5M2,MXFP8_E4M3,NVFP4,MXFP4,BF16";
+    char *one = run_with_threads("1", fmts);
+    char *four = run_with_threads("4", fmts);
+    size_t lines = 0;
+    for (const char *p = one; *p; p++) lines += *p == '\n';
+    cr_expect_eq(lines, 4 * 5 * 6);
+    cr_expect_null(strstr(one, " null "), "no flips are unknown in a clean run");
+    cr_expect_not_null(strstr(one, " NVFP4 "));
+    cr_expect_not_null(strstr(one, " MXFP8_E4M3 "));
     cr_expect_str_eq(one, four);
     free(one);
     free(four);

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "proto/proto.h"
+#include "core/stall_encode.h"
 #include "tests/daemon/harness.h"
 
 static ag_harness H;
@@ -92,6 +93,9 @@ static void rule_free(rule *r) {
 /* Observe step's whole tensor t and return its scale in format f. */
 static float rule_scale(const rule *r, size_t t, const ag_format *f) {
     double ha = ag_amax_history_get(r->h[t]);
+    if (f->block) /* MX: 1; NVFP4: the tensor scale amax / (448 * 6) */
+        return f->scale_kind == AG_SCALE_E8M0 ? 1.0f
+                                              : (float)fmax(ha / (448.0 * 6.0), AG_SCALE_MIN);
     return (float)ag_compute_scale(ha > 0 ? ha : 0.0, f, AG_SCALE_MIN);
 }
 
@@ -185,74 +189,84 @@ static void reap(pid_t pid) {
               status);
 }
 
-/* Every point of every tensor and format equals the core's counts of the
- * whole tensor at the whole tensor's scale, with pattern flips against the
- * previous step; ranks 2 and complete. */
-static void expect_whole(ag_client *q, const char *run, int with_flips) {
+/* Every point of every tensor and format (names, nf of them) equals the
+ * core's counts of the whole tensor at the whole tensor's scale, with
+ * pattern flips against the previous step; ranks 2 and complete. A
+ * block-scaled format's blocks are the whole tensor's (the halves of 301
+ * elements do not end on a block boundary), and so is its error. */
+static void expect_whole_in(ag_client *q, const char *run, int with_flips, const char *const *names,
+                            size_t nf) {
     rule r;
     rule_init(&r);
     static float w[N], g[N], prev_w[N];
     for (size_t t = 0; t < NT; t++) {
-        ag_history *h[NFMT];
-        for (size_t f = 0; f < NFMT; f++) {
-            h[f] = harness_wait_history(q, run, tensors[t], fmt_names[f], STEPS);
-            cr_assert_eq(h[f]->n, STEPS, "%s %s", tensors[t], fmt_names[f]);
+        ag_history *h[AG_FORMATS_MAX];
+        for (size_t f = 0; f < nf; f++) {
+            h[f] = harness_wait_history(q, run, tensors[t], names[f], STEPS);
+            cr_assert_eq(h[f]->n, STEPS, "%s %s", tensors[t], names[f]);
         }
-        float prev_scale[NFMT] = {0};
+        float prev_scale[AG_FORMATS_MAX] = {0};
         for (uint64_t s = 0; s < STEPS; s++) {
             whole(t, s, w, g);
             float amax = 0;
             uint64_t bad = 0;
             ag_amax(w, N, &amax, &bad);
             ag_amax_history_push(r.h[t], amax);
-            for (size_t f = 0; f < NFMT; f++) {
-                const ag_format *fmt = ag_format_get(fmt_names[f]);
+            for (size_t f = 0; f < nf; f++) {
+                const ag_format *fmt = ag_format_get(names[f]);
                 float scale = rule_scale(&r, t, fmt);
                 ag_stall_counts k = {0};
                 cr_assert_eq(ag_stall_sgd(fmt, scale, LR, w, g, N, &k), AG_OK);
                 const ag_history_point *p = &h[f]->points[s];
                 cr_expect_eq(p->step, s);
-                cr_expect_eq(p->stalled, k.stalled, "%s %s step %llu stalled", tensors[t],
-                             fmt_names[f], (unsigned long long)s);
-                cr_expect_eq(p->total, k.total, "%s %s step %llu total", tensors[t], fmt_names[f],
+                cr_expect_eq(p->stalled, k.stalled, "%s %s step %llu stalled", tensors[t], names[f],
+                             (unsigned long long)s);
+                cr_expect_eq(p->total, k.total, "%s %s step %llu total", tensors[t], names[f],
                              (unsigned long long)s);
                 cr_expect_eq(p->overflow, k.overflow);
                 cr_expect_eq(p->underflow, k.underflow);
                 cr_expect_eq(p->nonfinite, k.nonfinite);
                 cr_expect_eq(p->scale, (double)scale, "%s %s step %llu: scale %g, want %g",
-                             tensors[t], fmt_names[f], (unsigned long long)s, p->scale,
-                             (double)scale);
+                             tensors[t], names[f], (unsigned long long)s, p->scale, (double)scale);
                 cr_expect_eq(p->amax, (double)amax);
                 cr_expect_eq(p->ranks, 2);
                 cr_expect_eq(p->complete, 1);
-                /* the whole tensor's quantization error: the daemon's own
-                 * (snapshots), or the halves' combined (counts), equal up to
-                 * the order of the double sums */
+                /* the whole tensor's quantization error (block-scaled formats
+                 * at its blocks' scales): the daemon's own (snapshots), or the
+                 * halves' combined (counts), equal up to the order of the
+                 * double sums */
                 ag_quant_error qe = {0};
                 cr_assert_eq(ag_quant_error_multi(&fmt, &scale, 1, w, N, &qe), AG_OK);
                 double mse = ag_quant_mse(&qe), sqnr = ag_quant_sqnr_db(&qe);
                 cr_expect(fabs(p->mse - mse) <= 1e-12 * mse, "%s %s step %llu mse %a, want %a",
-                          tensors[t], fmt_names[f], (unsigned long long)s, p->mse, mse);
+                          tensors[t], names[f], (unsigned long long)s, p->mse, mse);
                 cr_expect(isnan(sqnr) ? isnan(p->sqnr_db) : fabs(p->sqnr_db - sqnr) <= 1e-9,
-                          "%s %s step %llu sqnr_db %a, want %a", tensors[t], fmt_names[f],
+                          "%s %s step %llu sqnr_db %a, want %a", tensors[t], names[f],
                           (unsigned long long)s, p->sqnr_db, sqnr);
                 if (with_flips) {
                     uint64_t flips = 0;
                     if (s > 0) {
-                        static uint8_t prev[N];
-                        ag_encode_array(fmt, prev_scale[f], prev_w, prev, N);
-                        ag_count_pattern_flips(fmt, prev_scale[f], prev, w, N, &flips);
+                        static uint8_t prev[2 * N];
+                        cr_assert_eq(ag_encode_any(fmt, prev_scale[f], prev_w, N, prev), AG_OK);
+                        if (fmt->block)
+                            ag_block_count_flips(fmt, prev_scale[f], prev, NULL, w, N, &flips);
+                        else
+                            ag_count_pattern_flips(fmt, prev_scale[f], prev, w, N, &flips);
                     }
-                    cr_expect_eq(p->flips, flips, "%s %s step %llu flips", tensors[t], fmt_names[f],
+                    cr_expect_eq(p->flips, flips, "%s %s step %llu flips", tensors[t], names[f],
                                  (unsigned long long)s);
                 }
                 prev_scale[f] = scale;
             }
             memcpy(prev_w, w, sizeof w);
         }
-        for (size_t f = 0; f < NFMT; f++) ag_free(h[f]);
+        for (size_t f = 0; f < nf; f++) ag_free(h[f]);
     }
     rule_free(&r);
+}
+
+static void expect_whole(ag_client *q, const char *run, int with_flips) {
+    expect_whole_in(q, run, with_flips, fmt_names, NFMT);
 }
 
 static ag_run_info *find_run(ag_run_list *l, const char *name) {
@@ -286,6 +300,19 @@ Test(ranks, two_ranks_snapshot_halves_are_counted_as_the_whole_tensor) {
         cr_expect_eq(tl->items[i].numel, N, "numel is the shards' sum");
     }
     ag_free(tl);
+    ag_client_close(q);
+}
+
+Test(ranks, block_formats_count_the_whole_tensors_blocks_across_the_shards) {
+    static const char *const block_fmts[4] = {"E5M2", "MXFP8_E4M3", "MXFP4", "NVFP4"};
+    const char *const extra[] = {"--formats", "E5M2,MXFP8_E4M3,MXFP4,NVFP4", NULL};
+    harness_start(&H, extra);
+    pid_t a = spawn_rank("sharded-blocks", 0, PATH_SNAPSHOT, STEPS, 0);
+    pid_t b = spawn_rank("sharded-blocks", 1, PATH_SNAPSHOT, STEPS, 0);
+    reap(a);
+    reap(b);
+    ag_client *q = harness_client(&H, "reader", AG_QUEUE_DROP);
+    expect_whole_in(q, "sharded-blocks", 1, block_fmts, 4);
     ag_client_close(q);
 }
 

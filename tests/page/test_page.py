@@ -49,7 +49,7 @@ def check(cond, what: str):
 
 
 class Daemon:
-    def __init__(self, exe: str, tmp: str, db: str | None = None):
+    def __init__(self, exe: str, tmp: str, db: str | None = None, *extra: str):
         self.tmp = tmp
         self.ingest = f"ipc://{tmp}/ingest.sock"
         self.query = f"ipc://{tmp}/query.sock"
@@ -57,7 +57,7 @@ class Daemon:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([exe, "--ingest", self.ingest, "--query", self.query,
                                       "--db", db or os.path.join(tmp, "altgrad.db"),
-                                      "--http", "127.0.0.1:0"],
+                                      "--http", "127.0.0.1:0", *extra],
                                      stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
         log.close()
         deadline = time.monotonic() + DEADLINE_S
@@ -103,6 +103,9 @@ def train(trainer: str, d: Daemon, run: str, *extra: str):
         raise RuntimeError(f"ag_mlp_train --run {run} exited {r.returncode}:\n{r.stdout}{r.stderr}")
 
 
+# The first daemon's formats: the seed's five, OCP E4M3 and two block-scaled ones.
+BLOCK_FORMATS = "E0M7,E1M6,E3M4,E5M2,E7M0,E4M3,MXFP8_E4M3,NVFP4"
+
 # One expression that reads what the page shows.
 STATE = r"""(() => {
   const $ = (s) => document.querySelector(s), all = (s) => [...document.querySelectorAll(s)];
@@ -121,7 +124,9 @@ STATE = r"""(() => {
       scale: +(b.querySelector("[data-curve=scale]") || {dataset: {}}).dataset.lines || 0})),
     matrix: all("#matrix > div").map((b) => ({
       formats: [...b.querySelectorAll("thead th")].slice(1).map((t) => t.textContent),
-      names: [...b.querySelectorAll("tbody td.name")].map((t) => t.textContent)})),
+      names: [...b.querySelectorAll("tbody td.name")].map((t) => t.textContent),
+      rates: [...b.querySelectorAll("tbody tr")].map((tr) =>
+        [...tr.querySelectorAll("td.num")].map((t) => t.textContent))})),
   };
 })()"""
 
@@ -147,11 +152,13 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="ag-page-", dir="/tmp")
     d = None
     try:
-        d = Daemon(args.daemon, tmp)
+        # Block-scaled formats beside per-tensor ones (docs/numerics.md).
+        d = Daemon(args.daemon, tmp, None, "--formats", BLOCK_FORMATS)
         train(args.trainer, d, "page-a", "--steps", "120", "--seed", "1")
         train(args.trainer, d, "page-b", "--steps", "80", "--seed", "2", "--lr", "0.2")
         status = d.get("status")
         formats = status["formats"].split(",")
+        check(formats == BLOCK_FORMATS.split(","), f"status lists the formats: {formats}")
         runs = {r["name"]: r for r in d.get("runs")["runs"]}
         tensors = {run: d.get("tensors", run=run)["tensors"] for run in ("page-a", "page-b")}
         snap_a = sorted(t["name"] for t in tensors["page-a"] if t["snapshots"] > 0)
@@ -200,6 +207,16 @@ def main() -> int:
             check(sorted(names_a) == snap_a, f"the matrix lists the tensors: {names_a}")
             check(st["matrix"][0]["formats"] == formats,
                   f"matrix columns are the formats: {st['matrix'][0]['formats']}")
+            # A block-scaled format's column beside the per-tensor ones, its
+            # rates those of /api/heatmap (whole run) in that format.
+            for f in ("MXFP8_E4M3", "NVFP4"):
+                col = formats.index(f)
+                wf = d.get("heatmap", run="page-a", format=f, buckets=1, digits=4)
+                by = dict(zip(wf["tensors"], wf["overall"]))
+                shown = [row[col] for row in st["matrix"][0]["rates"]]
+                want = [f"{by[n]:.4f}" for n in names_a]
+                check(shown == want and all(v != "-" for v in shown),
+                      f"the matrix's {f} column: {shown[:4]} vs {want[:4]}")
             check(st["curvesTitle"] == f"Curves: {worst[0][0]}", f"curves open: {st['curvesTitle']}")
             for c in st["curves"]:
                 check(c["stall"] == len(formats) and c["amax"] == 1 and c["scale"] >= 1,
@@ -236,6 +253,19 @@ def main() -> int:
             check(st["heat"][0]["rows"] == len(snap_a), f"filter cleared: {st['heat'][0]['rows']} rows")
             check(st["matrix"][0]["names"] == [n for n, _ in last],
                   f"sorted by the last bucket: {st['matrix'][0]['names']} vs {last}")
+            # The heatmap in a block-scaled format: a click on its column.
+            before = b.evaluate(STATE)["renders"]
+            b.evaluate("[...document.querySelectorAll('#matrix thead th')]"
+                       ".find((t) => t.textContent === 'MXFP8_E4M3').click()")
+            b.wait_for(f"+document.body.dataset.renders > {before}", DEADLINE_S,
+                       "the heatmap in MXFP8_E4M3")
+            st = b.evaluate(STATE)
+            hb = st["heat"][0]
+            apib = d.get("heatmap", run="page-a", format="MXFP8_E4M3", buckets=hb["buckets"], digits=3)
+            want_b = sum(v is not None for row in apib["rates"] for v in row)
+            check(hb["cells"] == want_b and want_b > 0,
+                  f"MXFP8_E4M3 heatmap cells drawn {hb['cells']} == cells with a rate {want_b}")
+            check("f=MXFP8_E4M3" in st["hash"], f"the format is in the URL: {st['hash']}")
             check(st["errors"] == "" and st["err"] == "", f"no errors after the clicks: {st['errors']}{st['err']}")
             errs = b.errors()
             check(not errs, f"no console errors or exceptions in chromium: {errs}")
