@@ -387,7 +387,7 @@ def check_scale(s, what="scale") -> float:
 
 
 def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = "update",
-                 lr=None) -> Dict[str, Dict[str, int]]:
+                 lr=None, quant_error: bool = False) -> Dict[str, Dict[str, int]]:
     """See altgrad.torch.stall_counts."""
     if form not in ("update", "sgd"):
         raise ValueError(f"form must be 'update' or 'sgd', got {form!r}")
@@ -433,23 +433,48 @@ def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = 
     n = ww.numel()
     res = {f: dict.fromkeys(COUNT_KEYS, 0) for f in formats}
     if n == 0:
+        if quant_error:
+            for f in formats:
+                res[f].update(mse=math.nan, sqnr_db=math.nan)
         return res
     tot = None
+    qe = None
     with torch.no_grad():
         kern = _triton_counter(ww) if n >= 4096 and all(fp.triton_ok for fp in fps) else None
         if kern is not None:
             with torch.cuda.device(ww.device):  # Triton launches on the current device
-                tot = kern.count(fps, svals, ww, xx, form == "update", neg_lr)
+                tot, qe = kern.count(fps, svals, ww, xx, form == "update", neg_lr,
+                                     qerr=quant_error)
         else:
+            if quant_error:
+                qe = torch.zeros((len(fps), 2), dtype=torch.float64, device=ww.device)
             for start in range(0, n, _CHUNK):
                 c = count_chunk(fps, svals, ww[start:start + _CHUNK], xx[start:start + _CHUNK],
-                                form == "update", neg_lr)
+                                form == "update", neg_lr, qerr_out=qe)
                 tot = c if tot is None else tot + c
         vals = tot.cpu().tolist()
-    for f, row in zip(formats, vals):
+        qvals = qe.cpu().tolist() if qe is not None else None
+        nfin = int(torch.isfinite(ww).sum()) if quant_error else 0
+    for i, (f, row) in enumerate(zip(formats, vals)):
         # a format named twice counts the same
         res[f] = dict(zip(COUNT_KEYS, (int(v) for v in row[:5])))
+        if qvals is not None:
+            err, sig = qvals[i]
+            res[f]["mse"] = err / nfin if nfin else math.nan
+            res[f]["sqnr_db"] = _sqnr_db(sig, err) if nfin else math.nan
     return res
+
+
+def _sqnr_db(sig: float, err: float) -> float:
+    """ag_quant_sqnr_db: 10 log10(sig / err), NaN unless both are > 0
+    (an error past float64, from weights past the format at a tiny scale:
+    -inf, as C's log10(0))."""
+    if not (err > 0 and sig > 0):
+        return math.nan
+    r = sig / err
+    if r != r:
+        return math.nan
+    return -math.inf if r == 0 else math.inf if r == math.inf else 10 * math.log10(r)
 
 
 class ScaleRule:

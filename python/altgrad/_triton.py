@@ -447,12 +447,14 @@ class Counter:
             return None
         return torch.stack([qsum[:, :F], qsum[:, F:].expand(-1, F)], dim=2)
 
-    def count(self, fps, svals, w, x, update_form, neg_lr):
-        """One tensor (stall_counts): int64 [F, 6] on the device."""
+    def count(self, fps, svals, w, x, update_form, neg_lr, qerr=False):
+        """One tensor (stall_counts): (int64 [F, 6], float64 [F, 2] error
+        sums or None) on the device."""
         layout = Layout([w.numel()], w.device)
         scales = torch.tensor([svals], dtype=torch.float32, device=w.device)
         nl = torch.tensor([neg_lr], dtype=torch.float32, device=w.device)
-        return self.counts(fps, layout, [0], w, x, scales, update_form, nl)[0][0]
+        counts, q = self.counts(fps, layout, [0], w, x, scales, update_form, nl, qerr=qerr)
+        return counts[0], (q[0] if q is not None else None)
 
 
 _COUNTER = None

@@ -26,7 +26,7 @@ _FORMS = ("update", "sgd")
 
 
 def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = "update",
-                 lr=None) -> Dict[str, Dict[str, int]]:
+                 lr=None, quant_error: bool = False) -> Dict[str, Dict[str, int]]:
     """Counts of one snapshot, computed where w lives, bit for bit as the C
     core (and so the daemon) computes them: {format: {"stalled", "total",
     "overflow", "underflow", "nonfinite"}} (ints).
@@ -37,8 +37,14 @@ def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = 
     same device (CPU or CUDA). formats: a name or a list of names; scales: one
     number for all, a list (one per format) or a dict {format: scale}; each
     positive and finite in float32. On CUDA one fused kernel counts every
-    format in one pass (Triton; eager torch where Triton is missing)."""
-    return _device.stall_counts(w, x, formats, scales, form=form, lr=lr)
+    format in one pass (Triton; eager torch where Triton is missing).
+    Block-scaled formats (MXFP4, NVFP4, ...) take the FP32 tensor scale (1
+    for MX). quant_error=True adds "mse" and "sqnr_db" (floats, NaN when
+    unknown) to each format's dict: the quantization error of w at the
+    scale, as docs/numerics.md defines it (float64 sums, equal to the C
+    core's up to their order)."""
+    return _device.stall_counts(w, x, formats, scales, form=form, lr=lr,
+                                quant_error=quant_error)
 
 
 def _finite_stats(t: torch.Tensor) -> torch.Tensor:
@@ -201,6 +207,11 @@ def _qerr_values(q: torch.Tensor, nfin: torch.Tensor):
     ok = (n > 0) & (err > 0) & (sig > 0)
     sqnr = torch.where(ok, 10.0 * torch.log10(torch.where(ok, sig / err, torch.ones_like(err))),
                        nan)
+    # an error past float64 (weights far past the format at a tiny explicit
+    # scale) has no finite mse to send: unknown, as the protocol wants
+    fin = torch.isfinite(mse)
+    mse = torch.where(fin, mse, nan)
+    sqnr = torch.where(fin & torch.isfinite(sqnr), sqnr, nan)
     return (_as_buffer(mse.contiguous().view(-1)), _as_buffer(sqnr.contiguous().view(-1)))
 
 

@@ -346,3 +346,38 @@ def test_block_flips_equal_patterns_compared_at_the_previous_block_scales(device
                     _canon(name, _ref_block_patterns(name, d0, w1))).sum())
         assert got == want, (name, got, want)
         assert want > 0
+
+
+def _c_quant_error(name, s, w):
+    lib = _lib.lib()
+    fmts = (ctypes.POINTER(_lib.ag_format) * 1)(_fmt(name))
+    sc = (ctypes.c_float * 1)(s)
+    q = _lib.ag_quant_error()
+    w = w.contiguous()
+    assert lib.ag_quant_error_multi(fmts, sc, 1, w.data_ptr(), w.numel(), ctypes.byref(q)) == 0
+    return lib.ag_quant_mse(ctypes.byref(q)), lib.ag_quant_sqnr_db(ctypes.byref(q))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [1, 33, 1000, 5000, 70001])
+def test_device_quantization_error_equals_the_core(device, n):
+    """stall_counts(quant_error=True): mse and sqnr_db of every format,
+    block-scaled ones at their block scales, equal to ag_quant_error_multi's
+    up to the order of the double sums (edge-class weights: NaN and inf left
+    out, zero blocks, subnormals, values past the range saturating)."""
+    w, v = _inputs(n, n + 7, "update")
+    names = BLOCK + ["E4M3", "E5M2", "E2M1", "BF16"]
+    for s in (1.0, 0.37, 1e-38):
+        got = stall_counts(w.to(device), v.to(device), names, s, quant_error=True)
+        for name in names:
+            mse, sqnr = _c_quant_error(name, s, w)
+            g = got[name]
+            if math.isnan(mse):
+                assert math.isnan(g["mse"]), (name, s)
+            else:
+                assert g["mse"] == pytest.approx(mse, rel=1e-12), (name, s)
+            if math.isnan(sqnr):
+                assert math.isnan(g["sqnr_db"]), (name, s)
+            else:
+                assert g["sqnr_db"] == pytest.approx(sqnr, abs=1e-9), (name, s)
+    assert "mse" not in stall_counts(w, v, names, 1.0)["MXFP4"]
