@@ -758,7 +758,9 @@ typedef struct ag_counts_batch {
     /* The quantization error of w (docs/numerics.md), each NULL (all
      * unknown) or [ntensors * nformats], tensor-major, NaN = unknown: mse
      * finite and >= 0, sqnr_db finite and given only beside an mse > 0;
-     * neither for a tensor with no finite element (AG_EINVAL). Added at the
+     * neither for a tensor with no finite element (AG_EINVAL). Sent as
+     * counts results of 9 values, which only a daemon whose ag_status.caps
+     * has AG_CAP_QERR reads (an older one refuses the message). Added at the
      * end in 0.2.0: zero-initialise the batch (designated initialisers). */
     const double *mse;
     const double *sqnr_db;
