@@ -249,7 +249,9 @@ static ag_msg_counts counts_slice(const ag_counts_batch *b, size_t first, size_t
                            .scales = b->scales ? b->scales + r : NULL,
                            .counts = b->counts ? b->counts + r * AG_COUNTS_PER_RESULT : NULL,
                            .flips = b->flips ? b->flips + r : NULL,
-                           .replicated = b->replicated ? b->replicated + first : NULL};
+                           .replicated = b->replicated ? b->replicated + first : NULL,
+                           .mse = b->mse ? b->mse + r : NULL,
+                           .sqnr_db = b->sqnr_db ? b->sqnr_db + r : NULL};
 }
 
 int ag_client_log_counts(ag_client *c, const ag_counts_batch *b) {

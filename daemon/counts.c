@@ -40,6 +40,7 @@ int ag_eng_file_counts(ag_engine *e, run_state *r, const ag_counts_item *c) {
     for (size_t f = 0; f < c->nf; f++) {
         const uint64_t *n = c->counts + f * AG_COUNTS_PER_RESULT;
         int64_t flips = c->flips ? c->flips[f] : -1;
+        double mse = c->mse ? c->mse[f] : NAN, sqnr = c->sqnr_db ? c->sqnr_db[f] : NAN;
         rs->scale[c->fidx[f]] = (double)c->scales[f];
         rs->hist_amax[c->fidx[f]] = ag_amax_history_get(rs->history);
         ag_write_item it = {.kind = AG_W_RESULT};
@@ -57,7 +58,11 @@ int ag_eng_file_counts(ag_engine *e, run_state *r, const ag_counts_item *c) {
                                             .amax = c->amax,
                                             .scale = (double)c->scales[f],
                                             .ranks = c->ranks,
-                                            .incomplete = (uint8_t)(c->incomplete != 0)};
+                                            .incomplete = (uint8_t)(c->incomplete != 0),
+                                            /* NaN: stored NULL */
+                                            .has_qerr = !isnan(mse) || !isnan(sqnr),
+                                            .mse = mse,
+                                            .sqnr_db = sqnr};
         if ((err = ag_eng_push(e, &it))) return err;
     }
     ag_eng_forget_encoded(e, t);
@@ -81,6 +86,8 @@ static int file_item(ag_engine *e, run_state *r, const ag_msg_counts *c, size_t 
                          .scales = c->scales + k,
                          .counts = c->counts + k * AG_COUNTS_PER_RESULT,
                          .flips = c->flips ? c->flips + k : NULL,
+                         .mse = c->mse ? c->mse + k : NULL,
+                         .sqnr_db = c->sqnr_db ? c->sqnr_db + k : NULL,
                          .ranks = 1};
     return ag_eng_file_counts(e, r, &it);
 }

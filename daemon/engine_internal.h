@@ -157,6 +157,7 @@ typedef struct shard_step {
     float *scales;    /* [nf] */
     uint64_t *counts; /* [nf * 5] */
     int64_t *flips;   /* [nf], -1 unknown */
+    double *qerr;     /* [nf * 2]: sums of squared error and of squared w; NaN unknown */
     struct shard_step *prev, *next;
 } shard_step;
 
@@ -357,6 +358,8 @@ typedef struct ag_counts_item {
     const float *scales;    /* [nf] */
     const uint64_t *counts; /* [nf * 5] */
     const int64_t *flips;   /* [nf] -1 unknown, or NULL: all unknown */
+    const double *mse;      /* [nf] NaN unknown, or NULL: all unknown */
+    const double *sqnr_db;  /* [nf] NaN unknown, or NULL: all unknown */
     uint32_t ranks;
     int incomplete;
 } ag_counts_item;

@@ -332,6 +332,7 @@ static void fill_status(void *ctx, ag_status *st) {
     uint64_t bits = atomic_load(&d->live_margin_bits);
     memcpy(&st->margin, &bits, sizeof st->margin);
     st->scale_min = AG_SCALE_MIN;
+    st->caps = AG_CAPS;
     /* Live health; rows given up and not yet counted in the file too. */
     ag_writer_health_info h;
     char text[sizeof h.why + 16];

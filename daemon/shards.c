@@ -70,6 +70,7 @@ static void step_free(ag_engine *e, shard_step *ss) {
     free(ss->scales);
     free(ss->counts);
     free(ss->flips);
+    free(ss->qerr);
     free(ss->tensor);
     free(ss->key);
     free(ss);
@@ -142,8 +143,30 @@ static void note_incomplete(ag_engine *e, const shard_step *ss) {
 
 /* ------------------------------------------------------------- counts */
 
+/* Add one shard's quantization error (mse, sqnr_db of nfin finite
+ * elements, amax their largest magnitude) to the sums q[0] (squared error)
+ * and q[1] (squared w): the shard's sums are mse * nfin and that times
+ * 10^(sqnr_db / 10); without sqnr_db the signal is 0 when the error is not
+ * (sqnr_db is undefined only for a zero signal then) or when amax is 0 (an
+ * all-zero shard), else unknown (an exact shard); an unknown mse leaves
+ * both unknown. */
+static void add_qerr(double *q, uint64_t nfin, double mse, double sqnr, double amax) {
+    if (nfin == 0) return; /* no finite element: nothing to add */
+    double err = mse * (double)nfin;
+    double sig = !isnan(sqnr) ? err * pow(10.0, sqnr / 10.0) : mse > 0 || amax == 0 ? 0.0 : NAN;
+    q[0] += err; /* NaN stays NaN */
+    q[1] += sig;
+}
+
 /* File a counts step (whole, or incomplete) and free it. */
 static int file_counts_step(ag_engine *e, shard_step *ss, int incomplete) {
+    double mse[AG_FORMATS_MAX], sqnr[AG_FORMATS_MAX];
+    uint64_t nfin = ss->numel - ss->nonfinite;
+    for (size_t f = 0; f < ss->nf; f++) {
+        double err = ss->qerr[2 * f], sig = ss->qerr[2 * f + 1];
+        mse[f] = nfin > 0 ? err / (double)nfin : NAN;
+        sqnr[f] = err > 0 && sig > 0 ? 10.0 * log10(sig / err) : NAN;
+    }
     ag_counts_item it = {.tensor = ss->tensor,
                          .step = ss->step,
                          .numel = ss->numel,
@@ -155,6 +178,8 @@ static int file_counts_step(ag_engine *e, shard_step *ss, int incomplete) {
                          .scales = ss->scales,
                          .counts = ss->counts,
                          .flips = ss->flips,
+                         .mse = mse,
+                         .sqnr_db = sqnr,
                          .ranks = ss->nranks,
                          .incomplete = incomplete || ss->inconsistent};
     int err = ag_eng_file_counts(e, ss->run, &it);
@@ -184,7 +209,8 @@ int ag_eng_shard_counts(ag_engine *e, client_state *cs, const ag_msg_counts *c, 
         ss->scales = malloc(nf * sizeof *ss->scales);
         ss->counts = calloc(nf * AG_COUNTS_PER_RESULT, sizeof *ss->counts);
         ss->flips = calloc(nf, sizeof *ss->flips);
-        if (!ss->scales || !ss->counts || !ss->flips) {
+        ss->qerr = calloc(2 * nf, sizeof *ss->qerr);
+        if (!ss->scales || !ss->counts || !ss->flips || !ss->qerr) {
             step_free(e, ss);
             return AG_ENOMEM;
         }
@@ -202,6 +228,8 @@ int ag_eng_shard_counts(ag_engine *e, client_state *cs, const ag_msg_counts *c, 
         int64_t fl = c->flips ? c->flips[k + f] : -1;
         ss->flips[f] = ss->flips[f] < 0 || fl < 0 ? -1 : ss->flips[f] + fl;
         if (c->scales[k + f] != ss->scales[f]) ss->inconsistent = 1;
+        add_qerr(ss->qerr + 2 * f, c->numel[i] - c->nonfinite[i], c->mse ? c->mse[k + f] : NAN,
+                 c->sqnr_db ? c->sqnr_db[k + f] : NAN, c->amax[i]);
     }
     if (c->amax[i] > ss->amax) ss->amax = c->amax[i];
     ss->numel += c->numel[i];

@@ -3,6 +3,7 @@
  * directory given as argv[1]: the seed corpus of fuzz_decode.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -85,6 +86,11 @@ int main(int argc, char **argv) {
                                  .counts = counts,
                                  .flips = flips};
     bad |= save(dir, "counts", &m);
+    /* results of 9 values: the quantization error, nil where unknown */
+    const double mse[4] = {0.5, NAN, 0, 1e-9}, sqnr[4] = {-3.5, NAN, NAN, 42};
+    m.u.counts.mse = mse;
+    m.u.counts.sqnr_db = sqnr;
+    bad |= save(dir, "counts_qerr", &m);
     m = (ag_msg){.type = AG_MSG_RUN_END, .hdr = h};
     bad |= save(dir, "run_end", &m);
     m = (ag_msg){.type = AG_MSG_Q_HISTORY};

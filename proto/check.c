@@ -170,6 +170,20 @@ int ag_proto_json_object_ok(const char *s, size_t len) {
         return (code);                                                                             \
     } while (0)
 
+/* A result's quantization error: mse NaN (unknown) or finite >= 0, sqnr_db
+ * NaN or finite and only beside an mse > 0 (it is undefined for an exact
+ * tensor), neither when the tensor has no finite element. */
+int ag_proto_qerr_ok(uint64_t numel, uint64_t nonfinite, double mse, double sqnr_db,
+                     const char **why) {
+    static const char *unused;
+    if (!why) why = &unused;
+    if (!isnan(mse) && (!isfinite(mse) || mse < 0)) WHY("mse is not finite and >= 0", AG_EINVAL);
+    if (!isnan(sqnr_db) && !isfinite(sqnr_db)) WHY("sqnr_db is not finite", AG_EINVAL);
+    if (!isnan(sqnr_db) && !(mse > 0)) WHY("sqnr_db without an mse > 0", AG_EINVAL);
+    if (!isnan(mse) && nonfinite >= numel) WHY("mse of a tensor with no finite element", AG_EINVAL);
+    return AG_OK;
+}
+
 /* One tensor's result in one format: the counts' order and bounds. */
 static int result_ok(uint64_t numel, float scale, const uint64_t *k, int64_t flips,
                      const char **why) {
@@ -208,6 +222,9 @@ int ag_proto_counts_check(const ag_msg_counts *c, const char **why) {
             size_t r = i * c->nformats + f;
             int rc = result_ok(numel, c->scales[r], c->counts + r * AG_COUNTS_PER_RESULT,
                                c->flips ? c->flips[r] : -1, why);
+            if (!rc)
+                rc = ag_proto_qerr_ok(numel, c->nonfinite[i], c->mse ? c->mse[r] : NAN,
+                                      c->sqnr_db ? c->sqnr_db[r] : NAN, why);
             if (rc) return rc;
         }
     }

@@ -136,14 +136,32 @@ static int d_bounded(dec *d, uint64_t max, uint64_t *v, const char *why) {
     return AG_OK;
 }
 
+/* A float or nil (NaN: unknown); a NaN float is refused (nil says unknown). */
+static int d_known(dec *d, double *v, const char *why) {
+    if (d->rd.p < d->rd.end && *d->rd.p == 0xc0) {
+        d->rd.p++;
+        *v = NAN;
+        return AG_OK;
+    }
+    int rc = ag_rd_float(&d->rd, v);
+    if (rc) return rc;
+    if (isnan(*v)) BAD(d, why, AG_EPROTO);
+    return AG_OK;
+}
+
 /* One result of a counts item: [scale, stalled, total, overflow, underflow,
- * nonfinite, flips | nil], bounded by the item's numel. */
-static int d_count_result(dec *d, uint64_t numel, float *scale, uint64_t *k, int64_t *flips) {
+ * nonfinite, flips | nil] or those and [mse | nil, sqnr_db | nil], bounded
+ * by the item's numel (qerr: NaN where unknown). */
+static int d_count_result(dec *d, uint64_t numel, uint64_t nonfinite, float *scale, uint64_t *k,
+                          int64_t *flips, double *mse, double *sqnr) {
     uint32_t n;
     double x;
     int rc = ag_rd_array(&d->rd, &n);
     if (rc) return rc;
-    if (n != 2 + AG_COUNTS_PER_RESULT) BAD(d, "a counts result is not an array of 7", AG_EPROTO);
+    if (n != 2 + AG_COUNTS_PER_RESULT && n != 4 + AG_COUNTS_PER_RESULT)
+        BAD(d, "a counts result is not an array of 7 or 9", AG_EPROTO);
+    *mse = NAN;
+    *sqnr = NAN;
     if ((rc = ag_rd_float(&d->rd, &x))) return rc;
     if (!(x > 0) || !isfinite(x) || (double)(float)x != x)
         BAD(d, "a scale is not a finite float32 > 0", AG_EPROTO);
@@ -154,11 +172,16 @@ static int d_count_result(dec *d, uint64_t numel, float *scale, uint64_t *k, int
     if (d->rd.p < d->rd.end && *d->rd.p == 0xc0) { /* nil: unknown */
         d->rd.p++;
         *flips = -1;
-        return AG_OK;
+    } else {
+        uint64_t v;
+        if ((rc = d_bounded(d, numel, &v, "flips exceeds numel"))) return rc;
+        *flips = (int64_t)v;
     }
-    uint64_t v;
-    if ((rc = d_bounded(d, numel, &v, "flips exceeds numel"))) return rc;
-    *flips = (int64_t)v;
+    if (n == 2 + AG_COUNTS_PER_RESULT) return AG_OK;
+    if ((rc = d_known(d, mse, "mse is NaN (nil says unknown)"))) return rc;
+    if ((rc = d_known(d, sqnr, "sqnr_db is NaN (nil says unknown)"))) return rc;
+    const char *why = NULL;
+    if (ag_proto_qerr_ok(numel, nonfinite, *mse, *sqnr, &why)) BAD(d, why, AG_EPROTO);
     return AG_OK;
 }
 
@@ -181,6 +204,7 @@ static int d_counts(dec *d, ag_msg_counts *c) {
     float *scales = NULL;
     uint64_t *counts = NULL;
     int64_t *flips = NULL;
+    double *mse = NULL, *sqnr = NULL;
     const ag_field name = {"tensor", K_NAME, F_REQ, 0, 0, NULL, 0};
     for (uint32_t i = 0; i < n; i++) {
         uint32_t len, nr;
@@ -202,14 +226,17 @@ static int d_counts(dec *d, ag_msg_counts *c) {
             scales = d_alloc(d, (size_t)n * nr * sizeof *scales);
             counts = d_alloc(d, (size_t)n * nr * AG_COUNTS_PER_RESULT * sizeof *counts);
             flips = d_alloc(d, (size_t)n * nr * sizeof *flips);
-            if (!scales || !counts || !flips) BAD(d, "out of memory", AG_ENOMEM);
+            mse = d_alloc(d, (size_t)n * nr * sizeof *mse);
+            sqnr = d_alloc(d, (size_t)n * nr * sizeof *sqnr);
+            if (!scales || !counts || !flips || !mse || !sqnr) BAD(d, "out of memory", AG_ENOMEM);
         } else if (nr != d->count_fmts) {
             BAD(d, "counts items differ in their number of results", AG_EPROTO);
         }
         for (uint32_t f = 0; f < nr; f++) {
             size_t r = (size_t)i * nr + f;
-            if ((rc = d_count_result(d, numel[i], &scales[r], &counts[r * AG_COUNTS_PER_RESULT],
-                                     &flips[r])))
+            if ((rc = d_count_result(d, numel[i], nonfinite[i], &scales[r],
+                                     &counts[r * AG_COUNTS_PER_RESULT], &flips[r], &mse[r],
+                                     &sqnr[r])))
                 return rc;
         }
     }
@@ -221,6 +248,8 @@ static int d_counts(dec *d, ag_msg_counts *c) {
     c->scales = scales;
     c->counts = counts;
     c->flips = flips;
+    c->mse = mse;
+    c->sqnr_db = sqnr;
     return AG_OK;
 }
 

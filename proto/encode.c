@@ -146,10 +146,21 @@ static int put_record(msgpack_packer *pk, const ag_stat_record *r, const char **
     return AG_OK;
 }
 
+/* A double that may be unknown (NaN): nil then. */
+static void put_known(msgpack_packer *pk, const double *a, size_t r) {
+    if (a && !isnan(a[r]))
+        msgpack_pack_double(pk, a[r]);
+    else
+        msgpack_pack_nil(pk);
+}
+
 /* The items of a counts message (checked by ag_proto_counts_check):
  * [tensor, numel, amax, nonfinite, [[scale, stalled, total, overflow,
- * underflow, nonfinite, flips | nil] per format]]. Scales go as float 32. */
+ * underflow, nonfinite, flips | nil (, mse | nil, sqnr_db | nil)] per
+ * format]]: 9 values a result when the message carries quantization error,
+ * else the 7 that every version-2 daemon reads. Scales go as float 32. */
 static void put_counts(msgpack_packer *pk, const ag_msg_counts *c) {
+    const int qerr = c->mse != NULL || c->sqnr_db != NULL;
     msgpack_pack_array(pk, c->n);
     for (size_t i = 0; i < c->n; i++) {
         msgpack_pack_array(pk, 5);
@@ -161,13 +172,17 @@ static void put_counts(msgpack_packer *pk, const ag_msg_counts *c) {
         for (size_t f = 0; f < c->nformats; f++) {
             size_t r = i * c->nformats + f;
             const uint64_t *k = c->counts + r * AG_COUNTS_PER_RESULT;
-            msgpack_pack_array(pk, 2 + AG_COUNTS_PER_RESULT);
+            msgpack_pack_array(pk, 2 + AG_COUNTS_PER_RESULT + (qerr ? 2 : 0));
             msgpack_pack_float(pk, c->scales[r]);
             for (int j = 0; j < AG_COUNTS_PER_RESULT; j++) msgpack_pack_uint64(pk, k[j]);
             if (c->flips && c->flips[r] >= 0)
                 msgpack_pack_uint64(pk, (uint64_t)c->flips[r]);
             else
                 msgpack_pack_nil(pk);
+            if (qerr) {
+                put_known(pk, c->mse, r);
+                put_known(pk, c->sqnr_db, r);
+            }
         }
     }
 }

@@ -154,12 +154,24 @@ typedef struct ag_msg_counts {
     /* NULL (none), or [n] 0/1: items every rank holds whole (count once).
      * On the wire `repl`, the ascending indexes of the items marked 1. */
     const uint8_t *replicated;
+    /* The quantization error of w per result (docs/numerics.md): NULL (all
+     * unknown) or [n * nformats], NaN unknown. mse finite >= 0, sqnr_db
+     * finite, known only with mse > 0; neither for an item with no finite
+     * element. Results go out as 9 values when either array is set, else 7.
+     * Decoded: both always set (NaN where the message had nil or 7 values). */
+    const double *mse;
+    const double *sqnr_db;
 } ag_msg_counts;
 
 /* Check c as encoder, decoder and client do (any n >= 1: the item limit
  * per message is the encoder's). AG_OK, or AG_EINVAL / AG_ETOOBIG with
  * *why saying what is wrong. */
 int ag_proto_counts_check(const ag_msg_counts *c, const char **why);
+/* One result's mse and sqnr_db (NaN: unknown) as ag_proto_counts_check and
+ * the decoder take them, for an item of numel elements, nonfinite of them
+ * not finite: AG_OK or AG_EINVAL with *why. */
+int ag_proto_qerr_ok(uint64_t numel, uint64_t nonfinite, double mse, double sqnr_db,
+                     const char **why);
 
 typedef struct ag_msg_run_end {
     uint64_t step; /* last step logged */
@@ -199,10 +211,10 @@ typedef struct ag_run_ident {
     uint64_t caps;      /* AG_CAP_* the daemon has; 0 from one that predates the key */
 } ag_run_ident;
 
-/* Capabilities a daemon announces in r_run (added later within version 2). */
-#define AG_CAP_BUNDLE 1u /* it takes bundles (t = 6) */
-/* What this build's daemon announces. */
-#define AG_CAPS AG_CAP_BUNDLE
+/* Capabilities a daemon announces in r_run and r_status (added later within
+ * version 2; the bits are AG_CAP_* of altgrad.h). What this build's daemon
+ * announces: */
+#define AG_CAPS (AG_CAP_BUNDLE | AG_CAP_QERR)
 
 typedef struct ag_msg_error {
     int code;         /* an ag_err (negative) */

@@ -262,6 +262,8 @@ static const ag_field status_fields[] = {
     STATUS("scale_mode", scale_mode, K_STR, 0, 16, S_NULLABLE),
     STATUS("margin", margin, K_FLOAT, 0, 0, S_PLAIN),
     STATUS("scale_min", scale_min, K_FLOAT, F_NONNEG, 0, S_PLAIN),
+    /* added later: absent (0) from older daemons */
+    STATUS("caps", caps, K_UINT, 0, 0, S_PLAIN),
 };
 
 static const ag_field ident_fields[] = {

@@ -548,7 +548,13 @@ typedef struct ag_status {
     const char *scale_mode;
     double margin;
     double scale_min;
+    /* AG_CAP_* the daemon has (0 from an older daemon, or a file). Added at
+     * the end in 0.2.0. */
+    uint64_t caps;
 } ag_status;
+/* Capabilities (ag_status.caps, PROTOCOL.md r_run / r_status). */
+#define AG_CAP_BUNDLE 1u /* it takes bundles of stream messages */
+#define AG_CAP_QERR 2u   /* it reads counts results with mse and sqnr_db (9 values) */
 
 /*
  * The keys of each result as the documents show it (altgrad --json, CSV and
@@ -749,6 +755,15 @@ typedef struct ag_counts_batch {
      * run with world_size > 1 are this rank's shards, counted with the
      * scale of the whole tensor (the same on every rank). */
     const uint8_t *replicated;
+    /* The quantization error of w (docs/numerics.md), each NULL (all
+     * unknown) or [ntensors * nformats], tensor-major, NaN = unknown: mse
+     * finite and >= 0, sqnr_db finite and given only beside an mse > 0;
+     * neither for a tensor with no finite element (AG_EINVAL). Sent as
+     * counts results of 9 values, which only a daemon whose ag_status.caps
+     * has AG_CAP_QERR reads (an older one refuses the message). Added at the
+     * end in 0.2.0: zero-initialise the batch (designated initialisers). */
+    const double *mse;
+    const double *sqnr_db;
 } ag_counts_batch;
 AG_EXTERN int ag_client_log_counts(ag_client *c, const ag_counts_batch *b);
 

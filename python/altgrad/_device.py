@@ -18,6 +18,7 @@ shape, so the division is elementwise and correctly rounded.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import struct
 from typing import Dict, List, Optional, Sequence
@@ -34,6 +35,8 @@ GRAD_EPSILON = struct.unpack("<f", struct.pack("<f", 1e-10))[0]
 _EXP_INF = 0x7F800000
 # Elements per eager chunk: bounds the temporaries (about 40 bytes an element).
 _CHUNK = 1 << 22
+_SCALE_E8M0 = 1  # ag_scale_kind
+_SCALE_E4M3 = 2
 
 
 def _f32(x: float) -> float:
@@ -55,9 +58,6 @@ class FormatParams:
         if not p:
             raise FormatError(_lib.AG_EFORMAT, f"unknown format {name!r}")
         f = p.contents
-        if f.block:
-            raise FormatError(_lib.AG_EFORMAT,
-                              f"{name} is block-scaled: the device counts do not take it yet")
         self.name = name
         self.E = int(f.exponent_bits)
         self.M = int(f.mantissa_bits)
@@ -103,6 +103,23 @@ class FormatParams:
         # the fused Triton kernel handles 8-bit formats (sign at bit 7, uint8
         # patterns); others are counted by the eager path
         self.triton_ok = self.bits == 8
+        # the daemon's scale rule divides the history amax by this
+        self.scale_divisor = self.max_finite
+        # block scaling (core/block.c): the fields above are the element's
+        # grid; elements saturate at max_finite (MX and NVFP4 conversions clamp)
+        self.block = int(f.block)
+        self.scale_kind = int(f.scale_kind)
+        if self.block:
+            elem = ctypes.cast(f.element, ctypes.POINTER(_lib.ag_format)).contents
+            self.emax = int(elem.max_exponent)
+            self.overflow_value = self.max_finite
+            if self.has_inf:  # saturating: past max is the largest finite pattern
+                self.over_pattern -= 1
+            self.triton_ok = self.block in (16, 32)  # every element width: the block kernel
+            if self.scale_kind == _SCALE_E8M0:
+                self.unscaled = True  # MX has no tensor scale: 1, as the daemon's
+            else:  # NVFP4: S = amax / (448 * 6), NVIDIA's recipe
+                self.scale_divisor = 448.0 * 6.0
 
     def __repr__(self):
         return f"FormatParams({self.name!r})"
@@ -162,6 +179,111 @@ def canon(fp: FormatParams, b: torch.Tensor) -> torch.Tensor:
     return torch.where(mag > fp.nan_above, torch.full_like(b, -1), v)
 
 
+def _ilogb(a: torch.Tensor) -> torch.Tensor:
+    """floor(log2(a)) of finite a > 0 (int32), subnormals included: the
+    exponent field, or below it the top bit of the mantissa (found by
+    converting the mantissa integer to float32, which is exact)."""
+    ab = _bits(a)
+    ef = (ab >> 23) & 0xFF
+    mant = (ab & 0x7FFFFF).to(torch.float32)
+    sub = ((_bits(mant) >> 23) & 0xFF) - 127 - 149
+    return torch.where(ef != 0, ef - 127, sub)
+
+
+def block_divisors(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
+    """block.c block_divisor of every block of flat float32 w (blocks of
+    fp.block from w[0], a shorter tail its own) at tensor scale s: float32
+    [blocks], 0 where the block quantizes to zeros."""
+    n, B = w.numel(), fp.block
+    nb = -(-n // B)
+    wb = _bits(w) & 0x7FFFFFFF
+    wb = torch.where(wb < _EXP_INF, wb, torch.zeros_like(wb))
+    if nb * B != n:
+        wb = torch.cat([wb, torch.zeros(nb * B - n, dtype=wb.dtype, device=wb.device)])
+    # finite non-negative floats order as their bits: an integer max
+    amax = wb.view(nb, B).amax(dim=1).view(torch.float32)
+    S = torch.full((nb,), s, dtype=torch.float32, device=w.device)
+    if fp.scale_kind == _SCALE_E8M0:
+        a = amax / S
+        ef = (_bits(a) >> 23) & 0xFF
+        k = torch.where(ef == 255, torch.full_like(ef, 127), _ilogb(a) - fp.emax)
+        k = torch.where(a > 0, k, torch.full_like(k, -127)).clamp(-127, 127)
+        x = torch.where(k >= -126, ((k + 127).clamp(min=1) << 23).view(torch.float32),
+                        torch.full_like(a, 2.0 ** -127))
+        return x * S
+    e4 = format_params("E4M3")
+    t = amax / torch.full((nb,), _f32(6.0 * s), dtype=torch.float32, device=w.device)
+    m = qmag(e4, t)  # t >= 0, never NaN
+    sb = torch.where(m > e4.max_finite, torch.full_like(m, e4.max_finite), m)
+    return sb * S
+
+
+def _per_element(d: torch.Tensor, B: int, n: int) -> torch.Tensor:
+    return d[:, None].expand(d.numel(), B).reshape(-1)[:n]
+
+
+def block_quantize(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
+    """Q(w) of flat float32 w under block scaling at tensor scale s: each
+    element's grid value at its block's divisor d, saturating at
+    +-max_finite, times d (float32); +-0 in a block whose d is 0; NaN stays
+    NaN (inf saturates like any magnitude past the range)."""
+    dd = _per_element(block_divisors(fp, s, w), fp.block, w.numel())
+    zero = ~(dd > 0)
+    d1 = torch.where(zero, torch.ones_like(dd), dd)
+    xs = w / d1
+    a = qmag(fp, xs)
+    q = torch.copysign(torch.where(a > fp.max_finite, torch.full_like(a, fp.max_finite), a), xs)
+    q = torch.where(zero, torch.copysign(torch.zeros_like(w), w), q * d1)
+    return torch.where(w != w, w, q)
+
+
+def block_patterns(fp: FormatParams, dd: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The element patterns (int32) of flat float32 w at per-element block
+    divisors dd, saturating; +0 where dd is 0 (the block quantizes to
+    zeros), as the daemon's block pass encodes them."""
+    zero = ~(dd > 0)
+    d1 = torch.where(zero, torch.ones_like(dd), dd)
+    xs = torch.where(zero, torch.zeros_like(w), w / d1)
+    return encode(fp, xs, qmag(fp, xs))
+
+
+def _block_counts(fp: FormatParams, s: float, w: torch.Tensor, wu: torch.Tensor,
+                  finite: torch.Tensor, counted: torch.Tensor, nonzero: torch.Tensor,
+                  qerr: bool = False):
+    """block.c block_elems over every block of w: (stalled, overflow,
+    underflow, and with qerr the sum of (Q(w) - w)^2 over the finite w, or
+    None) as device scalars. The error as the daemon's block pass sums it:
+    per block (q - w / d)^2 in float64 times d^2, or w^2 in a block whose d is
+    0 (every element quantizes to 0)."""
+    d = block_divisors(fp, s, w)
+    dd = _per_element(d, fp.block, w.numel())
+    zero = ~(dd > 0)
+    d1 = torch.where(zero, torch.ones_like(dd), dd)
+    z = torch.zeros_like(w)
+    xs = torch.where(zero, z, w / d1)
+    xu = torch.where(zero, z, wu / d1)
+    a = qmag(fp, xs)
+    b = qmag(fp, xu)
+    mf = torch.full_like(a, fp.max_finite)
+    sa = torch.copysign(torch.where(a > fp.max_finite, mf, a), xs)
+    sb = torch.copysign(torch.where(b > fp.max_finite, mf, b), xu)
+    err = None
+    if qerr:
+        wfin = (_bits(w) & 0x7FFFFFFF) < _EXP_INF
+        dv = torch.where(zero, w.to(torch.float64), sa.to(torch.float64) - xs.to(torch.float64))
+        dv = torch.where(wfin, dv, torch.zeros_like(dv))
+        n, B = w.numel(), fp.block
+        e2 = dv * dv
+        nb = d.numel()
+        if nb * B != n:
+            e2 = torch.cat([e2, torch.zeros(nb * B - n, dtype=e2.dtype, device=e2.device)])
+        eb = e2.view(nb, B).sum(dim=1)
+        d64 = d.to(torch.float64)
+        err = torch.where(d > 0, eb * (d64 * d64), eb).sum()
+    return ((counted & (sa == sb)).sum(), (finite & (xs.abs() > fp.max_finite)).sum(),
+            (nonzero & (a == 0)).sum(), err)
+
+
 def widen(t: torch.Tensor, what: str) -> torch.Tensor:
     """float32 view or exact widening of a float32/bfloat16/float16 tensor."""
     if not isinstance(t, torch.Tensor):
@@ -181,13 +303,18 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
                 v: torch.Tensor, update_form: bool, neg_lr: float,
                 prev: Optional[List[Optional[torch.Tensor]]] = None,
                 prev_scales: Optional[Sequence[float]] = None,
-                enc_out: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+                enc_out: Optional[List[torch.Tensor]] = None,
+                qerr_out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Counts of one chunk (float32, flat, same device) as an int64 tensor
     [len(fps), 6] on the device: stalled, total, overflow, underflow,
     nonfinite, flips. With enc_out, the patterns of w at each format's scale
     are written there (uint8); with prev (uint8 patterns of the previous
     snapshot at prev_scales, None where there is none), flips are counted as
-    stall.c does."""
+    stall.c does. With qerr_out (float64 [len(fps), 2] on the device), each
+    format's sum of (Q(w) - w)^2 and the sum of w^2 over the finite elements
+    of w are added to it (docs/numerics.md, Quantization error: Q saturating,
+    the differences taken at the scale, times scale^2; a block-scaled format
+    at each block's divisor, see _block_counts)."""
     wb = _bits(w) & 0x7FFFFFFF
     vb = _bits(v) & 0x7FFFFFFF
     finite = (wb < _EXP_INF) & (vb < _EXP_INF)
@@ -203,7 +330,18 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
     total = counted.sum()
     nonfinite = (~finite).sum()
     out = torch.zeros((len(fps), 6), dtype=torch.int64, device=w.device)
+    if qerr_out is not None:
+        wfin = wb < _EXP_INF
+        wd = torch.where(wfin, w, torch.zeros_like(w)).to(torch.float64)
+        qerr_out[:, 1] += (wd * wd).sum()
     for i, (fp, s) in enumerate(zip(fps, scales)):
+        if fp.block:  # block scaling: no patterns kept here, so no flips (unknown)
+            st_, ov, un, err = _block_counts(fp, s, w, wu, finite, counted, nonzero,
+                                             qerr_out is not None)
+            out[i, 0], out[i, 1], out[i, 2], out[i, 3], out[i, 4] = st_, total, ov, un, nonfinite
+            if qerr_out is not None:
+                qerr_out[i, 0] += err
+            continue
         st = _scale_tensor(s, w)
         xs = w / st
         a = qmag(fp, xs)
@@ -217,6 +355,12 @@ def count_chunk(fps: Sequence[FormatParams], scales: Sequence[float], w: torch.T
         out[i, 2] = (finite & (xs.abs() > fp.max_finite)).sum()
         out[i, 3] = (nonzero & (a == 0)).sum()
         out[i, 4] = nonfinite
+        if qerr_out is not None:
+            q = torch.copysign(torch.where(a > fp.max_finite,
+                                           torch.full_like(a, fp.max_finite), a), xs)
+            d = torch.where(wfin, q.to(torch.float64) - xs.to(torch.float64),
+                            torch.zeros_like(wd))
+            qerr_out[i, 0] += (d * d).sum() * (s * s)
         if enc_out is not None or prev is not None:
             cur = encode(fp, xs, a)
             if prev is not None and prev[i] is not None:
@@ -243,7 +387,7 @@ def check_scale(s, what="scale") -> float:
 
 
 def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = "update",
-                 lr=None) -> Dict[str, Dict[str, int]]:
+                 lr=None, quant_error: bool = False) -> Dict[str, Dict[str, int]]:
     """See altgrad.torch.stall_counts."""
     if form not in ("update", "sgd"):
         raise ValueError(f"form must be 'update' or 'sgd', got {form!r}")
@@ -289,23 +433,48 @@ def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = 
     n = ww.numel()
     res = {f: dict.fromkeys(COUNT_KEYS, 0) for f in formats}
     if n == 0:
+        if quant_error:
+            for f in formats:
+                res[f].update(mse=math.nan, sqnr_db=math.nan)
         return res
     tot = None
+    qe = None
     with torch.no_grad():
         kern = _triton_counter(ww) if n >= 4096 and all(fp.triton_ok for fp in fps) else None
         if kern is not None:
             with torch.cuda.device(ww.device):  # Triton launches on the current device
-                tot = kern.count(fps, svals, ww, xx, form == "update", neg_lr)
+                tot, qe = kern.count(fps, svals, ww, xx, form == "update", neg_lr,
+                                     qerr=quant_error)
         else:
+            if quant_error:
+                qe = torch.zeros((len(fps), 2), dtype=torch.float64, device=ww.device)
             for start in range(0, n, _CHUNK):
                 c = count_chunk(fps, svals, ww[start:start + _CHUNK], xx[start:start + _CHUNK],
-                                form == "update", neg_lr)
+                                form == "update", neg_lr, qerr_out=qe)
                 tot = c if tot is None else tot + c
         vals = tot.cpu().tolist()
-    for f, row in zip(formats, vals):
+        qvals = qe.cpu().tolist() if qe is not None else None
+        nfin = int(torch.isfinite(ww).sum()) if quant_error else 0
+    for i, (f, row) in enumerate(zip(formats, vals)):
         # a format named twice counts the same
         res[f] = dict(zip(COUNT_KEYS, (int(v) for v in row[:5])))
+        if qvals is not None:
+            err, sig = qvals[i]
+            res[f]["mse"] = err / nfin if nfin else math.nan
+            res[f]["sqnr_db"] = _sqnr_db(sig, err) if nfin else math.nan
     return res
+
+
+def _sqnr_db(sig: float, err: float) -> float:
+    """ag_quant_sqnr_db: 10 log10(sig / err), NaN unless both are > 0
+    (an error past float64, from weights past the format at a tiny scale:
+    -inf, as C's log10(0))."""
+    if not (err > 0 and sig > 0):
+        return math.nan
+    r = sig / err
+    if r != r:
+        return math.nan
+    return -math.inf if r == 0 else math.inf if r == math.inf else 10 * math.log10(r)
 
 
 class ScaleRule:
@@ -380,8 +549,9 @@ class Watch:
 
     def __init__(self, numels: Sequence[int], dtype: torch.dtype, device, formats: Sequence[str],
                  rule: ScaleRule, fixed_scale: Optional[float] = None, flips: bool = False,
-                 use_triton: Optional[bool] = None):
+                 use_triton: Optional[bool] = None, qerr: bool = False):
         self.device = torch.device(device)
+        self.qerr = bool(qerr)
         self.dtype = dtype
         self.numels = [int(n) for n in numels]
         self.formats = list(formats)
@@ -415,7 +585,7 @@ class Watch:
         self.w_views = [self.W[a:a + n] for a, n in zip(starts, self.numels)]
         self.v_views = [self.V[a:a + n] for a, n in zip(starts, self.numels)]
         self.t_n = torch.tensor(self.numels or [0], dtype=torch.int64, device=dev)[:T]
-        self.mf = torch.tensor([fp.max_finite for fp in self.fps], dtype=torch.float64,
+        self.mf = torch.tensor([fp.scale_divisor for fp in self.fps], dtype=torch.float64,
                                device=dev)
         self.unscaled_mask = torch.tensor([fp.unscaled for fp in self.fps], dtype=torch.bool,
                                           device=dev)
@@ -428,6 +598,7 @@ class Watch:
         self.pat = torch.zeros((F, npad), dtype=pat_dtype, device=dev) if self.flips else None
         self.prev_scales = torch.ones((T, F), dtype=torch.float32, device=dev)
         self._has_prev = [False] * T
+        self._bdiv = {}  # (tensor, block format): the previous snapshot's block divisors
         self._masks = {}
         self._dev_cache = {}
 
@@ -501,8 +672,9 @@ class Watch:
         """Counts of the tensors listed in `which` (indices) for the loaded
         snapshot: {"counts": int64 [T, F, 6] (stalled, total, overflow,
         underflow, nonfinite, flips), "amax": float32 [T], "nonfinite": int64 [T],
-        "scales": float32 [T, F]}, on the device; rows not in `which` are
-        meaningless. The same as stats() then count() with nothing changed
+        "scales": float32 [T, F]}, and with qerr "qerr": float64 [T, F, 2]
+        (the sum of squared quantization error and of w^2, see count_chunk),
+        on the device; rows not in `which` are meaningless. The same as stats() then count() with nothing changed
         between them."""
         return self.count(which, self.stats(which), update_form, neg_lr)
 
@@ -542,14 +714,19 @@ class Watch:
         scales = self._scales(amax, st["finite"], inc)
         if self._tri is not None:
             with torch.cuda.device(self.device):
-                counts = self._counts_triton(which, scales, nl_host, update_form)
+                counts, qerr = self._counts_triton(which, scales, nl_host, update_form)
         else:
-            counts = self._counts_eager(which, scales, nl_host, update_form)
+            counts, qerr = self._counts_eager(which, scales, nl_host, update_form)
+        if self.flips and any(fp.block for fp in self.fps):
+            self._block_flips(which, scales, counts)
         if self.flips:
             self.prev_scales = torch.where(inc[:, None], scales, self.prev_scales)
             for t in which:
                 self._has_prev[t] = True
-        return {"counts": counts, "amax": amax, "nonfinite": nonfinite, "scales": scales}
+        out = {"counts": counts, "amax": amax, "nonfinite": nonfinite, "scales": scales}
+        if qerr is not None:
+            out["qerr"] = qerr
+        return out
 
     def _counts_triton(self, which, scales, nl_host, update_form):
         c = self._tri.counter()
@@ -558,14 +735,48 @@ class Watch:
             hp = self._on_device("has_prev", tuple(int(b) for b in self._has_prev),
                                  torch.int32)
             return c.counts(self.fps, self.layout, which, self.W, self.V, scales,
-                            update_form, nl, self.pat, self.prev_scales, hp)
-        return c.counts(self.fps, self.layout, which, self.W, self.V, scales, update_form, nl)
+                            update_form, nl, self.pat, self.prev_scales, hp, qerr=self.qerr)
+        return c.counts(self.fps, self.layout, which, self.W, self.V, scales, update_form, nl,
+                        qerr=self.qerr)
+
+    def _block_flips(self, which, scales, counts) -> None:
+        """Flips of the block-scaled formats into counts[t, f, 5]: elements
+        whose pattern at the previous snapshot's block divisors changed
+        (encode(w_prev / d_prev) kept from then, against encode(w / d_prev)),
+        +0 = -0 and every NaN one; then this snapshot's patterns and divisors
+        are kept. Eager torch on the tensors' device (on CUDA too, after the
+        Triton counts), in chunks of whole blocks."""
+        sc_host = scales.cpu().tolist()
+        for f, fp in enumerate(self.fps):
+            if not fp.block:
+                continue
+            B = fp.block
+            for t in which:
+                n, a0 = self.numels[t], self.starts[t]
+                prev_d = self._bdiv.get((t, f)) if self._has_prev[t] else None
+                flips = torch.zeros((), dtype=torch.int64, device=self.device)
+                divs = []
+                for start in range(0, n, _CHUNK):  # _CHUNK is a multiple of every block
+                    stop = min(n, start + _CHUNK)
+                    w = widen(self.w_views[t][start:stop], "w")
+                    d = block_divisors(fp, sc_host[t][f], w)
+                    pat = self.pat[f, a0 + start:a0 + stop]
+                    if prev_d is not None:
+                        dp = prev_d[start // B:start // B + d.numel()]
+                        cmp = block_patterns(fp, _per_element(dp, B, stop - start), w)
+                        flips = flips + (canon(fp, pat) != canon(fp, cmp)).sum()
+                    cur = block_patterns(fp, _per_element(d, B, stop - start), w)
+                    pat.copy_(cur.to(pat.dtype))
+                    divs.append(d)
+                counts[t, f, 5] = flips
+                self._bdiv[(t, f)] = torch.cat(divs) if divs else None
 
     def _counts_eager(self, which, scales, nl_host, update_form):
         T, F, dev = len(self.numels), len(self.fps), self.device
         sc_host = scales.cpu().tolist()  # eager path: the CPU, where this is free
         ps_host = self.prev_scales.cpu().tolist() if self.flips else None
         counts = torch.zeros((T, F, 6), dtype=torch.int64, device=dev)
+        qerr = torch.zeros((T, F, 2), dtype=torch.float64, device=dev) if self.qerr else None
         for t in which:
             w, v, n = self.w_views[t], self.v_views[t], self.numels[t]
             for start in range(0, n, _CHUNK):
@@ -579,8 +790,8 @@ class Watch:
                     update_form, nl_host[t],
                     prev=pats if (self.flips and self._has_prev[t]) else None,
                     prev_scales=ps_host[t] if self.flips else None,
-                    enc_out=pats)
-        return counts
+                    enc_out=pats, qerr_out=None if qerr is None else qerr[t])
+        return counts, qerr
 
 
 def _triton_counter(t: torch.Tensor):
@@ -594,4 +805,5 @@ def _triton_counter(t: torch.Tensor):
 
 
 __all__ = ["stall_counts", "FormatParams", "format_params", "count_chunk", "COUNT_KEYS",
+           "block_divisors", "block_quantize",
            "ScaleRule", "Watch"]

@@ -58,6 +58,9 @@ AG_DTYPE_BF16 = 1
 AG_DTYPE_F16 = 2
 # the daemon's --formats default (altgrad.h AG_DEFAULT_FORMATS)
 AG_DEFAULT_FORMATS = "E0M7,E1M6,E3M4,E5M2,E7M0"
+# ag_status.caps bits (altgrad.h)
+AG_CAP_BUNDLE = 1
+AG_CAP_QERR = 2
 
 
 # ---------------------------------------------------------------------------
@@ -254,6 +257,7 @@ class ag_status(ctypes.Structure):
         ("scale_mode", c_char_p),
         ("margin", c_double),
         ("scale_min", c_double),
+        ("caps", c_uint64),
     ]
 
 
@@ -305,6 +309,11 @@ CORE_SIGNATURES = {
     "ag_stall_sgd": (c_int, [_fmt_p, c_float, c_float, c_void_p, c_void_p, c_size_t,
                              _counts_p]),
     "ag_stall_update": (c_int, [_fmt_p, c_float, c_void_p, c_void_p, c_size_t, _counts_p]),
+    "ag_block_stall_sgd": (c_int, [_fmt_p, c_float, c_float, c_void_p, c_void_p, c_size_t,
+                                   _counts_p]),
+    "ag_block_stall_update": (c_int, [_fmt_p, c_float, c_void_p, c_void_p, c_size_t,
+                                      _counts_p]),
+    "ag_block_scale": (c_int, [_fmt_p, c_float, c_void_p, c_size_t, POINTER(c_float)]),
     "ag_stall_sgd_multi": (c_int, [POINTER(_fmt_p), _f32_p, c_size_t, c_float, c_void_p,
                                    c_void_p, c_size_t, _counts_p]),
     "ag_stall_update_multi": (c_int, [POINTER(_fmt_p), _f32_p, c_size_t, c_void_p,

@@ -74,6 +74,14 @@ class ag_snapshot(ctypes.Structure):
     ]
 
 
+def _none_as_nan(x):
+    """A (nested) list or tuple with None (unknown) as NaN; anything else as is."""
+    if isinstance(x, (list, tuple)):
+        return [_none_as_nan(v) if isinstance(v, (list, tuple)) else
+                (math.nan if v is None else v) for v in x]
+    return x
+
+
 class ag_counts_batch(ctypes.Structure):
     _fields_ = [
         ("step", c_uint64),
@@ -89,6 +97,8 @@ class ag_counts_batch(ctypes.Structure):
         ("counts", c_void_p),
         ("flips", c_void_p),
         ("replicated", c_void_p),
+        ("mse", c_void_p),
+        ("sqnr_db", c_void_p),
     ]
 
 
@@ -604,7 +614,8 @@ class Client:
         return rc != _lib.AG_EAGAIN
 
     def log_counts(self, step: int, tensors, formats, counts, scales, amax, numel, nonfinite,
-                   flips=None, form="update", replicated=False) -> bool:
+                   flips=None, form="update", replicated=False, mse=None,
+                   sqnr_db=None) -> bool:
         """Stall counts computed by the caller (e.g. on the GPU, with
         altgrad.torch.stall_counts and the daemon's scale rule from
         status()) for T tensors at one step in F formats; the daemon stores
@@ -622,6 +633,12 @@ class Client:
         every rank holds whole (counted once); the others are this rank's
         shards when world_size > 1 (the daemon sums them; send them with the
         whole tensor's scale).
+        mse, sqnr_db: None (unknown) or T*F floats each, the quantization
+        error of each tensor's weights in each format at the scale sent
+        (docs/numerics.md), NaN or None where unknown: mse finite >= 0,
+        sqnr_db finite and only beside an mse > 0, neither for a tensor with
+        no finite element (ValueError otherwise, nothing sent). The daemon
+        stores them as history's mse and sqnr_db.
         Returns True when queued, False when (some of) it was dropped on a
         full queue (policy "drop")."""
         step = _step(step)
@@ -641,6 +658,9 @@ class Client:
                   "nonfinite": (nonfinite, "u64", t)}
         if flips is not None:
             arrays["flips"] = (flips, "i64", t * f)
+        for key, x in (("mse", mse), ("sqnr_db", sqnr_db)):
+            if x is not None:
+                arrays[key] = (_none_as_nan(x), "f64", t * f)
         held = {}
         for key, (x, kind, want) in arrays.items():
             a = c_array(x, kind, key)

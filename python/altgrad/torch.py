@@ -26,7 +26,7 @@ _FORMS = ("update", "sgd")
 
 
 def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = "update",
-                 lr=None) -> Dict[str, Dict[str, int]]:
+                 lr=None, quant_error: bool = False) -> Dict[str, Dict[str, int]]:
     """Counts of one snapshot, computed where w lives, bit for bit as the C
     core (and so the daemon) computes them: {format: {"stalled", "total",
     "overflow", "underflow", "nonfinite"}} (ints).
@@ -37,8 +37,14 @@ def stall_counts(w: torch.Tensor, x: torch.Tensor, formats, scales, form: str = 
     same device (CPU or CUDA). formats: a name or a list of names; scales: one
     number for all, a list (one per format) or a dict {format: scale}; each
     positive and finite in float32. On CUDA one fused kernel counts every
-    format in one pass (Triton; eager torch where Triton is missing)."""
-    return _device.stall_counts(w, x, formats, scales, form=form, lr=lr)
+    format in one pass (Triton; eager torch where Triton is missing).
+    Block-scaled formats (MXFP4, NVFP4, ...) take the FP32 tensor scale (1
+    for MX). quant_error=True adds "mse" and "sqnr_db" (floats, NaN when
+    unknown) to each format's dict: the quantization error of w at the
+    scale, as docs/numerics.md defines it (float64 sums, equal to the C
+    core's up to their order)."""
+    return _device.stall_counts(w, x, formats, scales, form=form, lr=lr,
+                                quant_error=quant_error)
 
 
 def _finite_stats(t: torch.Tensor) -> torch.Tensor:
@@ -189,6 +195,26 @@ def _as_buffer(t: torch.Tensor):
         return t.tolist()
 
 
+def _qerr_values(q: torch.Tensor, nfin: torch.Tensor):
+    """mse and sqnr_db (float64 buffers, T*F, NaN unknown) from the sums
+    q [T, F, 2] (squared error, squared w) and the finite elements [T]:
+    mse = error / n, sqnr_db = 10 log10(w^2 / error), as ag_quant_mse and
+    ag_quant_sqnr_db (NaN when n, the error or the signal is 0)."""
+    err, sig = q[:, :, 0], q[:, :, 1]
+    n = nfin[:, None].expand_as(err)
+    nan = torch.full_like(err, math.nan)
+    mse = torch.where(n > 0, err / n.clamp(min=1), nan)
+    ok = (n > 0) & (err > 0) & (sig > 0)
+    sqnr = torch.where(ok, 10.0 * torch.log10(torch.where(ok, sig / err, torch.ones_like(err))),
+                       nan)
+    # an error past float64 (weights far past the format at a tiny explicit
+    # scale) has no finite mse to send: unknown, as the protocol wants
+    fin = torch.isfinite(mse)
+    mse = torch.where(fin, mse, nan)
+    sqnr = torch.where(fin & torch.isfinite(sqnr), sqnr, nan)
+    return (_as_buffer(mse.contiguous().view(-1)), _as_buffer(sqnr.contiguous().view(-1)))
+
+
 class _Sender:
     """A background thread that waits for the device's results (an event) and
     hands them to the client, so the training step never waits for a copy.
@@ -248,6 +274,14 @@ class Monitor:
     flips: compute="device" only: also count pattern flips against the previous
           sampled step. Costs one byte per element per format on the device
           (5 formats: 5 bytes per parameter); without it flips are unknown.
+          Block-scaled formats (MXFP4, NVFP4, ...): flips at the previous
+          step's block scales, as the daemon counts them (eager torch on the
+          device, also on CUDA; their patterns cost the same byte an element).
+    quant_error: compute="device" only (default True): also compute each
+          tensor's quantization error in each format (mse and SQNR in dB, as
+          the daemon's own pass, docs/numerics.md) in the same pass and send
+          it, when the daemon says it reads it (status "caps" has
+          AG_CAP_QERR); unknown for block-scaled formats.
     include / exclude: fnmatch patterns on parameter names (with `prefix`);
           a parameter is watched when it matches an include pattern (or none
           is given) and no exclude pattern. Its ".grad" statistics follow it.
@@ -287,7 +321,7 @@ class Monitor:
                  exclude: Optional[Iterable[str]] = None, start: int = 0,
                  stop: Optional[int] = None, sample_max: Optional[int] = None,
                  rule: Optional[_device.ScaleRule] = None, process_group=None,
-                 replicated=None):
+                 replicated=None, quant_error: bool = True):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         if form not in _FORMS:
@@ -337,6 +371,8 @@ class Monitor:
         self.verbose = verbose
         self.compute = compute
         self.flips = bool(flips)
+        self.quant_error = bool(quant_error) and compute == "device"
+        self._daemon_caps = 0
         self.sample_max = sample_max
         self.include = list(include) if include is not None else None
         self.exclude = list(exclude) if exclude is not None else []
@@ -703,7 +739,7 @@ class Monitor:
     def _learn_rule_and_formats(self):
         """The daemon's scale rule and default formats from its status, once."""
         st = None
-        if self._rule is None or self.formats is None:
+        if self._rule is None or self.formats is None or self.quant_error:
             status = getattr(self.client, "status", None)
             if status is not None:
                 try:
@@ -718,6 +754,7 @@ class Monitor:
         if self.formats is None:
             names = (st or {}).get("formats") or _lib.AG_DEFAULT_FORMATS
             self.formats = [f for f in str(names).split(",") if f]
+        self._daemon_caps = int((st or {}).get("caps") or 0)
 
     def _build_groups(self):
         self._learn_rule_and_formats()
@@ -737,7 +774,7 @@ class Monitor:
                 wdtype = dtype
             watch = _device.Watch([_local(self._params[i][1]).numel() for i in idx], wdtype,
                                   dev, self.formats, self._rule, fixed_scale=self.scale,
-                                  flips=self.flips)
+                                  flips=self.flips, qerr=self._sends_qerr())
             ks = [k for k, i in enumerate(idx) if self._params[i][0] in slot_of]
             slots = None
             if ks:
@@ -745,6 +782,11 @@ class Monitor:
                 slots = (torch.tensor(ks, dtype=torch.int64, device=dev),
                          torch.tensor(js, dtype=torch.int64, device=dev))
             self._groups.append((idx, watch, slots))
+
+    def _sends_qerr(self) -> bool:
+        """The quantization error is computed and sent: asked for, and the
+        daemon reads counts results with it (an older one refuses them)."""
+        return self.quant_error and bool(self._daemon_caps & _lib.AG_CAP_QERR)
 
     def _device_before(self):
         if self._groups is None:
@@ -864,6 +906,11 @@ class Monitor:
         kw = {}
         if self._replicated:
             kw["replicated"] = [n in self._replicated for n in names]
+        if "qerr" in host:
+            kw["mse"], kw["sqnr_db"] = _qerr_values(
+                host["qerr"].index_select(0, sel),
+                torch.tensor([watch.numels[k] for k in which], dtype=torch.float64) -
+                host["nonfinite"].index_select(0, sel).to(torch.float64))
         self.client.log_counts(
             step, names, watch.formats,
             _as_buffer(counts[:, :, :5].contiguous().view(-1)),

@@ -129,7 +129,39 @@ def test_bad_batches_raise_and_queue_nothing(daemon):
             c.log_counts(1, TENSORS, FORMATS, bad, scales, amax, numel, nonfinite)
         with pytest.raises(AltgradError):
             c.log_counts(1, TENSORS, ["E5M2", "NOPE9"], counts, scales, amax, numel, nonfinite)
+        # hostile quantization error: each refused whole
+        for mse, sqnr, what in (([0.5, -1e-9, 0, 0], None, "mse is not finite"),
+                                ([0.5, float("inf"), 0, 0], None, "mse is not finite"),
+                                ([0.5, 1, 1, 1], [1, 2, float("nan"), float("inf")],
+                                 "sqnr_db is not finite"),
+                                ([0, 1, 1, 1], [3, None, None, None], "without an mse"),
+                                (None, [3, 4, 5, 6], "without an mse")):
+            with pytest.raises(ValueError, match=what):
+                c.log_counts(1, TENSORS, FORMATS, counts, scales, amax, numel, nonfinite,
+                             mse=mse, sqnr_db=sqnr)
+        with pytest.raises(ValueError, match="4 values expected"):
+            c.log_counts(1, TENSORS, FORMATS, counts, scales, amax, numel, nonfinite,
+                         mse=[0.5, 1, 1])
         assert c.stats()["queued"] + c.stats()["sent"] == 0
+
+
+def test_log_counts_carries_the_quantization_error(daemon):
+    counts, scales, amax, numel, nonfinite, flips = expected(1)
+    mse = [0.25, None, 1e-12, 0.0]
+    sqnr = [12.5, None, float("nan"), None]
+    with daemon.client("counts-qerr", policy="block") as c:
+        assert c.log_counts(1, TENSORS, FORMATS, counts, scales, amax, numel, nonfinite,
+                            mse=mse, sqnr_db=sqnr)
+        assert c.log_counts(2, TENSORS, FORMATS, counts, scales, amax, numel, nonfinite)
+        c.flush(20000)
+        for t, name in enumerate(TENSORS):
+            for f, fmt in enumerate(FORMATS):
+                p1, p2 = c.history(name, run="counts-qerr", format=fmt)["points"]
+                r = t * 2 + f
+                assert p1["mse"] == mse[r]
+                want = sqnr[r] if sqnr[r] == sqnr[r] else None
+                assert p1["sqnr_db"] == want
+                assert p2["mse"] is None and p2["sqnr_db"] is None  # not sent: unknown
 
 
 def test_status_tells_the_daemons_scale_rule(daemon):

@@ -209,9 +209,10 @@ def test_library_reports_its_path_and_version():
     assert ctypes.sizeof(_lib.ag_format) == 16 + 5 * 4 + 2 * 4 + 2 * 4 + 4 * 4 + 4 + 8 + 4 + 4
 
 
-def test_block_scaled_formats_are_not_per_tensor_formats():
+def test_block_scaled_formats_are_listed_but_not_per_tensor_formats():
     import altgrad
+    from altgrad.quantization import BlockFormat
     names = [f.name for f in altgrad.list_formats()]
-    assert "E2M1" in names and "MXFP4" not in names and "NVFP4" not in names
-    with pytest.raises(ValueError, match="block-scaled"):
-        altgrad.get_format("MXFP4")
+    assert "E2M1" in names and "MXFP4" in names and "NVFP4" in names
+    assert isinstance(altgrad.get_format("MXFP4"), BlockFormat)
+    assert not isinstance(altgrad.get_format("MXFP4"), FP8Format)

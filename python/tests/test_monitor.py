@@ -2,6 +2,7 @@
 altgradd: every parameter's snapshots, gradient and activation amax come
 back through the queries at the sampled steps."""
 
+import pytest
 import torch
 
 from altgrad.torch import Monitor, format_report
@@ -76,35 +77,48 @@ def _history_rows(c, names, formats):
     return rows
 
 
-def test_device_and_daemon_store_identical_counts(daemon):
+@pytest.mark.parametrize("formats", [None, ["E4M3", "MXFP8_E4M3", "MXFP8_E5M2", "MXFP6_E2M3",
+                                              "MXFP4", "NVFP4", "BF16-unscaled"]])
+def test_device_and_daemon_store_identical_counts(daemon, formats):
     """One model trained twice from one seed: counted on the device
     (compute="device", with flips) and as snapshots counted by the daemon.
     The daemon stores the same counts, flips, amax and scales for every
     tensor, step and format; only "computed" differs, and the quantization
-    error, which counts sent by a trainer do not carry."""
-    formats = ["E0M7", "E1M6", "E3M4", "E5M2", "E7M0"]
+    error (mse, sqnr_db), which the Monitor computes on the device and sends
+    with the counts, equals the daemon's up to the order of its double sums.
+    The daemon's default formats, and block-scaled ones beside per-tensor
+    ones (MX at scale 1, NVFP4 at its FP32 tensor scale, flips at the
+    previous block scales)."""
+    run = "twin" if formats is None else "twin-blocks"
     names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+    fmts = formats or ["E0M7", "E1M6", "E3M4", "E5M2", "E7M0"]  # None: the daemon's
     got = {}
     for compute in ("daemon", "device"):
         model = tiny_model()
         opt = torch.optim.Adam(model.parameters(), lr=3e-2)
-        with daemon.client(f"twin-{compute}") as c:
+        with daemon.client(f"{run}-{compute}") as c:
             kw = {"flips": True} if compute == "device" else {}
+            if formats is not None:
+                kw["formats"] = formats
             with Monitor(c, model, opt, compute=compute, every=2, activations=False,
                          gradients=False, **kw) as mon:
                 train(model, opt, 9)
             rep = mon.report()
             assert rep["flushed"] is True and rep["undelivered"] == 0
             got[compute] = eventually(
-                lambda: (lambda r: r if len(r) == 4 * 5 * 5 else None)(
-                    _history_rows(c, names, formats)), what="every point of the run")
+                lambda: (lambda r: r if len(r) == 4 * len(fmts) * 5 else None)(
+                    _history_rows(c, names, fmts)), what="every point of the run")
     assert got["daemon"].keys() == got["device"].keys()
     moved = 0
     for key, a in got["daemon"].items():
         b = got["device"][key]
         assert a["computed"] == "daemon" and b["computed"] == "device", key
-        # the quantization error comes only with snapshots (counts carry none)
-        assert a["mse"] is not None and b["mse"] is None and b["sqnr_db"] is None, key
+        # the quantization error: computed on the device and sent with the counts
+        assert a["mse"] is not None and b["mse"] == pytest.approx(a["mse"], rel=1e-12), key
+        if a["sqnr_db"] is None:
+            assert b["sqnr_db"] is None, key
+        else:
+            assert b["sqnr_db"] == pytest.approx(a["sqnr_db"], abs=1e-9), key
         differ = ("computed", "mse", "sqnr_db")
         same = {k: v for k, v in a.items() if k not in differ}
         assert same == {k: v for k, v in b.items() if k not in differ}, key

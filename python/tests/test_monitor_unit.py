@@ -320,11 +320,13 @@ class CountRecorder(Recorder):
         return dict(self._status)
 
     def log_counts(self, step, tensors, formats, counts, scales, amax, numel, nonfinite,
-                   flips=None, form="update"):
+                   flips=None, form="update", replicated=False, mse=None, sqnr_db=None):
         T, F = len(tensors), len(formats)
         counts = [int(v) for v in list(counts)]
         scales = [float(v) for v in list(scales)]
         flips = None if flips is None else [int(v) for v in list(flips)]
+        mse = None if mse is None else [float(v) for v in list(mse)]
+        sqnr_db = None if sqnr_db is None else [float(v) for v in list(sqnr_db)]
         for t, name in enumerate(tensors):
             for f, fmt in enumerate(formats):
                 c = dict(zip(("stalled", "total", "overflow", "underflow", "nonfinite"),
@@ -332,14 +334,16 @@ class CountRecorder(Recorder):
                 self.calls.append(("counts", step, name, fmt, c, scales[t * F + f],
                                    float(list(amax)[t]), int(list(numel)[t]),
                                    int(list(nonfinite)[t]),
-                                   None if flips is None else flips[t * F + f], form))
+                                   None if flips is None else flips[t * F + f], form,
+                                   None if mse is None else mse[t * F + f],
+                                   None if sqnr_db is None else sqnr_db[t * F + f]))
 
 
-def _twin_runs(form, steps=4, device="cpu", **kw):
+def _twin_runs(form, steps=4, device="cpu", caps=0, **kw):
     """The same training twice: snapshots (compute="daemon") and counts
     (compute="device"), with the daemon rule history_len 2, margin 1."""
     status = {"formats": "E5M2,E3M4", "history_len": 2, "amax_mode": "max",
-              "scale_mode": "current", "margin": 1, "scale_min": 1e-10}
+              "scale_mode": "current", "margin": 1, "scale_min": 1e-10, "caps": caps}
     out = []
     for compute in ("daemon", "device"):
         model = tiny_model().to(device)
@@ -386,6 +390,137 @@ def test_device_counts_equal_the_c_core_on_the_snapshots(form, device):
             assert g[6] == h[-1] and g[7] == w.numel() and g[8] == 0 and g[10] == form
             assert g[9] == (0 if (name, fmt) not in prev else g[9]) and g[9] >= 0
             prev[name, fmt] = g[5]
+
+
+def _c_qerr(fmt, scale, w):
+    lib = _lib.lib()
+    import ctypes
+    w = w.contiguous()
+    p = lib.ag_format_get(fmt.encode())
+    fmts = (ctypes.POINTER(_lib.ag_format) * 1)(p)
+    sc = (ctypes.c_float * 1)(scale)
+    q = _lib.ag_quant_error()
+    assert lib.ag_quant_error_multi(fmts, sc, 1, w.data_ptr(), w.numel(), ctypes.byref(q)) == 0
+    return lib.ag_quant_mse(ctypes.byref(q)), lib.ag_quant_sqnr_db(ctypes.byref(q))
+
+
+BLOCKED = ["MXFP4", "NVFP4", "MXFP8_E4M3"]
+ELEMENT = {"MXFP4": "E2M1", "NVFP4": "E2M1", "MXFP8_E4M3": "E4M3"}
+
+
+def _block_qerr_ref(fmt, scale, w):
+    """mse and sqnr_db of w under a block-scaled format, written from
+    docs/numerics.md with the C core for each block's divisor
+    (ag_block_scale) and the element grid (ag_quantize at scale 1): per block
+    sum (Q(w / d) - w / d)^2 * d^2 (w^2 where d is 0), over the finite w."""
+    import ctypes
+    lib = _lib.lib()
+    p, elem = lib.ag_format_get(fmt.encode()), lib.ag_format_get(ELEMENT[fmt].encode())
+    B, mf = p.contents.block, elem.contents.max_finite
+    w = w.contiguous().reshape(-1)
+    err = sig = 0.0
+    n = 0
+    for lo in range(0, w.numel(), B):
+        blk = w[lo:lo + B].contiguous()
+        d = ctypes.c_float()
+        assert lib.ag_block_scale(p, scale, blk.data_ptr(), blk.numel(), ctypes.byref(d)) == 0
+        fin = torch.isfinite(blk)
+        n += int(fin.sum())
+        sig += float((blk[fin].double() ** 2).sum())
+        if d.value == 0:
+            err += float((blk[fin].double() ** 2).sum())
+            continue
+        xs = blk / torch.tensor(d.value)  # float32, IEEE
+        q = torch.empty_like(xs)
+        assert lib.ag_quantize_checked(elem, 1.0, xs.data_ptr(), q.data_ptr(), xs.numel()) == 0
+        q = torch.where(q.abs() > mf, torch.copysign(torch.full_like(q, mf), q), q)
+        e = float(((q.double() - xs.double())[fin] ** 2).sum())
+        err += e * (d.value * d.value)
+    mse = err / n if n else math.nan
+    sqnr = 10 * math.log10(sig / err) if err > 0 and sig > 0 else math.nan
+    return mse, sqnr
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("form", ["update", "sgd"])
+def test_device_counts_of_block_formats_and_the_quantization_error(form, device):
+    """Block-scaled formats beside per-tensor ones, counted on the device:
+    equal to core/block.c at the tensor scale of the rule (1 for MX, the
+    history amax / (448 * 6) for NVFP4), flips unknown; the quantization
+    error of each per-tensor format equal to ag_quant_error_multi's (to the
+    order of the double sums), and of the block-scaled ones to their sums
+    at the block divisors; block flips are counted (values: test_block_formats)."""
+    import ctypes
+    from altgrad import _device
+    from altgrad.quantization import get_format
+    from altgrad.quantization import stall_counts as c_counts
+    fmts = ["E5M2", "E4M3"] + BLOCKED + ["BF16-unscaled"]
+    (snaps, _), (counted, rep) = _twin_runs(form, device=device, caps=_lib.AG_CAP_QERR,
+                                             formats=fmts)
+    assert rep["formats"] == fmts
+    got = {(c[1], c[2], c[3]): c for c in counted.of("counts")}
+    assert len(got) == 4 * 4 * len(fmts)
+    hist = {}
+    lib = _lib.lib()
+    for call in snaps.of(form):
+        step, name, w, x = call[1], call[2], call[3].cpu(), call[4].cpu()
+        lr = call[5] if form == "sgd" else 0.0
+        h = hist.setdefault(name, [])
+        h.append(float(w.abs().max()))
+        for fmt in fmts:
+            g = got[step, name, fmt]
+            if fmt in BLOCKED:
+                want_s = 1.0 if fmt != "NVFP4" else _device._f32(
+                    max(max(h[-2:]) / 2688.0, 1e-10) * 2.0)
+                assert g[5] == want_s, (fmt, g[5], want_s)
+                c = _lib.ag_stall_counts()
+                wc, xc = w.contiguous(), x.contiguous()
+                p = lib.ag_format_get(fmt.encode())
+                if form == "sgd":
+                    rc = lib.ag_block_stall_sgd(p, g[5], lr, wc.data_ptr(), xc.data_ptr(),
+                                                wc.numel(), ctypes.byref(c))
+                else:
+                    rc = lib.ag_block_stall_update(p, g[5], wc.data_ptr(), xc.data_ptr(),
+                                                   wc.numel(), ctypes.byref(c))
+                assert rc == 0
+                assert g[4] == {"stalled": c.stalled, "total": c.total, "overflow": c.overflow,
+                                "underflow": c.underflow, "nonfinite": c.nonfinite}, fmt
+                # flips at the previous step's block scales (test_block_formats.py
+                # checks their values): none at the first step
+                assert g[9] >= 0 and (step > 0 or g[9] == 0), (fmt, step, g[9])
+                mse, sqnr = _block_qerr_ref(fmt, g[5], w)
+                assert g[11] == pytest.approx(mse, rel=1e-12, abs=0), (fmt, name, step)
+                assert g[12] == pytest.approx(sqnr, abs=1e-9), (fmt, name, step)
+                continue
+            assert g[4] == c_counts(w, x, lr, get_format(fmt), g[5], update=(form == "update"))
+            mse, sqnr = _c_qerr(fmt, g[5], w)
+            assert g[11] == pytest.approx(mse, rel=1e-12, abs=0), (fmt, name, step)
+            if math.isnan(sqnr):
+                assert math.isnan(g[12])
+            else:
+                assert g[12] == pytest.approx(sqnr, abs=1e-9), (fmt, name, step)
+    assert any(c[11] > 0 for c in counted.of("counts") if c[3] == "E5M2")
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_the_quantization_error_goes_only_to_a_daemon_that_reads_it(device):
+    (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_BUNDLE)
+    assert all(c[11] is None and c[12] is None for c in counted.of("counts"))
+    (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR,
+                                      quant_error=False)
+    assert all(c[11] is None and c[12] is None for c in counted.of("counts"))
+    (_, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR)
+    assert all(c[11] > 0 and c[12] > 0 for c in counted.of("counts"))
+    # block-scaled formats alone (the sum of w^2 then comes from their kernel)
+    (snaps, _), (counted, _) = _twin_runs("update", device=device, caps=_lib.AG_CAP_QERR,
+                                          formats=BLOCKED)
+    calls = counted.of("counts")
+    assert len(calls) == 4 * 4 * len(BLOCKED)
+    assert all(c[11] > 0 and c[12] > 0 and c[9] >= 0 for c in calls)
+    w0 = {(c[1], c[2]): c[3].cpu() for c in snaps.of("update")}
+    for c in calls:
+        mse, sqnr = _block_qerr_ref(c[3], c[5], w0[c[1], c[2]])
+        assert c[11] == pytest.approx(mse, rel=1e-12) and c[12] == pytest.approx(sqnr, abs=1e-9)
 
 
 def test_device_counts_without_a_daemon_use_the_default_rule_and_formats():

@@ -122,9 +122,10 @@ static const char *json_field(const char *doc, const char *key, char *buf, size_
 /* The status fields that may differ between the two sources (docs/cli.md). */
 static int is_source_dependent(const char *key, size_t len) {
     /* rows_written: the daemon writes its flip baselines when it stops
-     * (docs/daemon.md), after the daemon-mode answers were taken. */
-    static const char *const keys[] = {"source",      "address", "uptime_s",
-                                       "queue_depth", "store",   "rows_written"};
+     * (docs/daemon.md), after the daemon-mode answers were taken. caps: what
+     * a running daemon can take (a file has none). */
+    static const char *const keys[] = {"source", "address",      "uptime_s", "queue_depth",
+                                       "store",  "rows_written", "caps"};
     size_t i;
     for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (strlen(keys[i]) == len && strncmp(keys[i], key, len) == 0) return 1;
@@ -297,8 +298,8 @@ Test(cli_sources, every_command_prints_the_same_through_the_daemon_and_from_the_
                 char *nd = normalise_status(d.out, modes[m]);
                 char *nf = normalise_status(f.out, modes[m]);
                 cr_assert_str_eq(nd, nf,
-                                 "%s differs beyond source, address, uptime_s, store and "
-                                 "queue_depth:\n--- daemon\n%s--- file\n%s",
+                                 "%s differs beyond source, address, uptime_s, store, "
+                                 "queue_depth and caps:\n--- daemon\n%s--- file\n%s",
                                  what, d.out, f.out);
                 free(nd);
                 free(nf);

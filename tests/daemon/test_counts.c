@@ -5,7 +5,8 @@
  * advances so a later snapshot is scaled from it; a format the daemon does
  * not know leaves the message not filed and recorded as a drop; and the same
  * model sent as snapshots and as counts computed here with the core library
- * stores identical rows except where they were computed.
+ * (quantization error included) stores identical rows except where they
+ * were computed; a message of 7-value results still files, its error null.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -94,6 +95,7 @@ Test(counts, history_serves_the_counts_sent_computed_on_the_device) {
                 cr_expect_eq(p->amax, (double)s * (double)(i + 1));
                 cr_expect_eq(p->scale, (double)((float)(0.125 * (double)(s + f)) / 3.0f));
                 cr_expect_str_eq(p->computed, "device");
+                cr_expect(isnan(p->mse) && isnan(p->sqnr_db), "7-value results: error unknown");
             }
             ag_free(h);
         }
@@ -173,6 +175,24 @@ Test(counts, the_client_refuses_a_bad_batch_whole) {
     b.counts = NULL;
     cr_expect_eq(ag_client_log_counts(c, &b), AG_EINVAL);
     b.counts = counts;
+    /* hostile quantization error: negative or infinite mse, NaN... */
+    double mse[2] = {0.5, -1}, sqnr[2] = {3, NAN};
+    b.mse = mse;
+    cr_expect_eq(ag_client_log_counts(c, &b), AG_EINVAL, "mse < 0");
+    mse[1] = INFINITY;
+    cr_expect_eq(ag_client_log_counts(c, &b), AG_EINVAL, "mse inf");
+    mse[1] = 0;
+    b.sqnr_db = sqnr;
+    sqnr[1] = 4;
+    cr_expect_eq(ag_client_log_counts(c, &b), AG_EINVAL, "sqnr_db beside an mse of 0");
+    sqnr[1] = -INFINITY;
+    mse[1] = 1;
+    cr_expect_eq(ag_client_log_counts(c, &b), AG_EINVAL, "sqnr_db -inf");
+    sqnr[1] = NAN;
+    nonfinite[1] = 10;
+    cr_expect_eq(ag_client_log_counts(c, &b), AG_EINVAL, "mse without a finite element");
+    nonfinite[1] = 0;
+    b.mse = b.sqnr_db = NULL;
     b.ntensors = 0;
     cr_expect_eq(ag_client_log_counts(c, &b), AG_EINVAL);
     ag_client_stats cs;
@@ -356,6 +376,7 @@ Test(counts, a_model_sent_as_snapshots_and_as_counts_stores_identical_rows) {
         double amax[2];
         float scales[2 * NALL];
         int64_t flips[2 * NALL];
+        double mse[2 * NALL], sqnr[2 * NALL];
         for (size_t t = 0; t < 2; t++) {
             model_step(t, s, w, u);
             cr_assert_eq(ag_client_log_update(c, s, names[t], w, u, N), AG_OK);
@@ -369,6 +390,13 @@ Test(counts, a_model_sent_as_snapshots_and_as_counts_stores_identical_rows) {
             memset(out, 0, sizeof out);
             for (size_t f = 0; f < NALL; f++) scales[t * NALL + f] = rule_scale(hist[t], fmts[f]);
             cr_assert_eq(ag_stall_update_multi(fmts, scales + t * NALL, NALL, w, u, N, out), AG_OK);
+            ag_quant_error qe[NALL];
+            memset(qe, 0, sizeof qe);
+            cr_assert_eq(ag_quant_error_multi(fmts, scales + t * NALL, NALL, w, N, qe), AG_OK);
+            for (size_t f = 0; f < NALL; f++) {
+                mse[t * NALL + f] = ag_quant_mse(&qe[f]);
+                sqnr[t * NALL + f] = ag_quant_sqnr_db(&qe[f]);
+            }
             for (size_t f = 0; f < NALL; f++) {
                 size_t r = t * NALL + f;
                 uint64_t *k = counts + r * 5;
@@ -398,14 +426,17 @@ Test(counts, a_model_sent_as_snapshots_and_as_counts_stores_identical_rows) {
                              .nonfinite = nonfinite,
                              .scales = scales,
                              .counts = counts,
-                             .flips = flips};
+                             .flips = flips,
+                             .mse = mse,
+                             .sqnr_db = sqnr};
         cr_assert_eq(ag_client_log_counts(d, &b), AG_OK, "%s", ag_client_last_error(d));
     }
     cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
     cr_assert_eq(ag_client_flush(d, 20000), AG_OK);
     static const char *const sql[3] = {
         "SELECT t.name, f.name, x.step, x.stalled, x.total, x.flips, x.overflow, x.underflow,"
-        " x.nonfinite, x.amax, x.scale FROM results x JOIN tensors t ON t.id=x.tensor_id"
+        " x.nonfinite, x.amax, x.scale, x.mse, x.sqnr_db FROM results x"
+        " JOIN tensors t ON t.id=x.tensor_id"
         " JOIN formats f ON f.id=x.format_id JOIN runs r ON r.id=t.run_id WHERE r.name=?1"
         " ORDER BY t.name, f.name, x.step",
         "SELECT t.name, x.role, x.step, x.amax, x.numel, x.nonfinite FROM stats x"
@@ -431,6 +462,14 @@ Test(counts, a_model_sent_as_snapshots_and_as_counts_stores_identical_rows) {
                                  " ON r.id=t.run_id WHERE r.name=?1");
     cr_expect_str_eq(sources, "0 \n");
     free(sources);
+    char *known = table_rows("device", "SELECT count(*), count(x.mse), count(x.sqnr_db) FROM"
+                                       " results x JOIN tensors t ON t.id=x.tensor_id JOIN runs r"
+                                       " ON r.id=t.run_id WHERE r.name=?1");
+    char want[64];
+    snprintf(want, sizeof want, "%d %d %d \n", 2 * NALL * STEPS, 2 * NALL * STEPS,
+             2 * NALL * STEPS);
+    cr_expect_str_eq(known, want, "every row has its error");
+    free(known);
     for (size_t t = 0; t < 2; t++) {
         ag_amax_history_free(hist[t]);
         for (size_t f = 0; f < NALL; f++) free(prev[t][f]);

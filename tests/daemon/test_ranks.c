@@ -125,9 +125,14 @@ static int rank_main(const char *run, int rank, int world, path how, uint64_t st
             ag_amax_history_push(r.h[t], amax);
             float scales[NFMT];
             uint64_t counts[NFMT * 5];
+            double mse[NFMT], sqnr[NFMT];
             for (size_t f = 0; f < NFMT; f++) {
                 const ag_format *fmt = ag_format_get(fmt_names[f]);
                 scales[f] = rule_scale(&r, t, fmt);
+                ag_quant_error qe = {0};
+                if (ag_quant_error_multi(&fmt, &scales[f], 1, hw, HALF, &qe)) return 4;
+                mse[f] = ag_quant_mse(&qe);
+                sqnr[f] = ag_quant_sqnr_db(&qe);
                 ag_stall_counts k = {0};
                 if (ag_stall_sgd(fmt, scales[f], LR, hw, hg, HALF, &k)) return 4;
                 uint64_t v[5] = {k.stalled, k.total, k.overflow, k.underflow, k.nonfinite};
@@ -145,7 +150,9 @@ static int rank_main(const char *run, int rank, int world, path how, uint64_t st
                                  .amax = &a,
                                  .nonfinite = &half_bad,
                                  .scales = scales,
-                                 .counts = counts};
+                                 .counts = counts,
+                                 .mse = mse,
+                                 .sqnr_db = sqnr};
             rc = ag_client_log_counts(c, &b);
         }
         if (replicated_too && !rc) {
@@ -224,14 +231,18 @@ static void expect_whole_in(ag_client *q, const char *run, int with_flips, const
                 cr_expect_eq(p->amax, (double)amax);
                 cr_expect_eq(p->ranks, 2);
                 cr_expect_eq(p->complete, 1);
-                if (fmt->block) {
-                    ag_quant_error e = {0, 0, 0};
-                    cr_assert_eq(ag_quant_error_multi(&fmt, &scale, 1, w, N, &e), AG_OK);
-                    double mse = ag_quant_mse(&e);
-                    cr_expect(fabs(p->mse - mse) <= 1e-12 * mse,
-                              "%s %s step %llu: mse %.17g want %.17g", tensors[t], names[f],
-                              (unsigned long long)s, p->mse, mse);
-                }
+                /* the whole tensor's quantization error (block-scaled formats
+                 * at its blocks' scales): the daemon's own (snapshots), or the
+                 * halves' combined (counts), equal up to the order of the
+                 * double sums */
+                ag_quant_error qe = {0};
+                cr_assert_eq(ag_quant_error_multi(&fmt, &scale, 1, w, N, &qe), AG_OK);
+                double mse = ag_quant_mse(&qe), sqnr = ag_quant_sqnr_db(&qe);
+                cr_expect(fabs(p->mse - mse) <= 1e-12 * mse, "%s %s step %llu mse %a, want %a",
+                          tensors[t], names[f], (unsigned long long)s, p->mse, mse);
+                cr_expect(isnan(sqnr) ? isnan(p->sqnr_db) : fabs(p->sqnr_db - sqnr) <= 1e-9,
+                          "%s %s step %llu sqnr_db %a, want %a", tensors[t], names[f],
+                          (unsigned long long)s, p->sqnr_db, sqnr);
                 if (with_flips) {
                     uint64_t flips = 0;
                     if (s > 0) {
@@ -645,4 +656,56 @@ Test(ranks, metrics_show_each_runs_incomplete_steps_and_each_ranks_drops) {
     cr_expect_not_null(strstr(m, "\naltgrad_dropped_total 1\n"), "the names kept: %s", m);
     free(m);
     ag_client_close(q);
+}
+
+/* One rank's shard of each of two tensors, with its quantization error. */
+static void send_qerr_shard(ag_client *c, const double amax[2], const double mse[2],
+                            const double sqnr[2]) {
+    static const char *const names[2] = {"zeros.bias", "exact.bias"};
+    static const char *const fmts[1] = {"E5M2"};
+    uint64_t numel[2] = {10, 10}, nonfinite[2] = {0, 0}, counts[2 * 5] = {0};
+    float scales[2] = {1, 1};
+    ag_counts_batch b = {.step = 1,
+                         .form = AG_FORM_UPDATE,
+                         .ntensors = 2,
+                         .nformats = 1,
+                         .tensors = names,
+                         .formats = fmts,
+                         .numel = numel,
+                         .amax = amax,
+                         .nonfinite = nonfinite,
+                         .scales = scales,
+                         .counts = counts,
+                         .mse = mse,
+                         .sqnr_db = sqnr};
+    cr_assert_eq(ag_client_log_counts(c, &b), AG_OK, "%s", ag_client_last_error(c));
+    cr_assert_eq(ag_client_flush(c, 20000), AG_OK);
+}
+
+/* The shards' errors combine into the whole tensor's: Σ (Q(w) - w)² = mse ·
+ * finite elements and Σ w² from sqnr_db, per shard. An all-zero shard
+ * (amax 0, mse 0, no sqnr_db) adds nothing; an exact shard of nonzero
+ * weights (mse 0, amax > 0) leaves the signal, so sqnr_db, unknown. */
+Test(ranks, the_shards_quantization_errors_combine_into_the_whole_tensors) {
+    harness_start(&H, NULL);
+    ag_client *r0 = open_rank("qerr", 0, 2), *r1 = open_rank("qerr", 1, 2);
+    cr_assert(r0 && r1);
+    const double amax0[2] = {0, 2}, mse0[2] = {0, 0}, sqnr0[2] = {NAN, NAN};
+    const double amax1[2] = {1, 1}, mse1[2] = {0.1, 0.1}, sqnr1[2] = {20, 20};
+    send_qerr_shard(r0, amax0, mse0, sqnr0);
+    send_qerr_shard(r1, amax1, mse1, sqnr1);
+    /* shard 1: Σ err = 0.1 * 10 = 1, Σ w² = 1 * 10^2 = 100; 20 elements in all */
+    ag_history *h = harness_wait_history(r0, "qerr", "zeros.bias", "E5M2", 1);
+    cr_assert_eq(h->n, 1);
+    cr_expect_eq(h->points[0].ranks, 2);
+    cr_expect(fabs(h->points[0].mse - 0.05) < 1e-15, "mse %a", h->points[0].mse);
+    cr_expect(fabs(h->points[0].sqnr_db - 20) < 1e-12, "sqnr_db %a", h->points[0].sqnr_db);
+    ag_free(h);
+    h = harness_wait_history(r0, "qerr", "exact.bias", "E5M2", 1);
+    cr_assert_eq(h->n, 1);
+    cr_expect(fabs(h->points[0].mse - 0.05) < 1e-15, "mse %a", h->points[0].mse);
+    cr_expect(isnan(h->points[0].sqnr_db), "the exact shard's signal is unknown");
+    ag_free(h);
+    ag_client_close(r0);
+    ag_client_close(r1);
 }

@@ -122,7 +122,8 @@ Test(codec, the_run_query_and_its_reply_round_trip) {
     cr_assert_eq(d.type, AG_MSG_R_RUN);
     cr_assert_str_eq(d.u.ident->run, "first-run.2");
     cr_assert_str_eq(d.u.ident->launch, "launch-7");
-    cr_assert_eq(d.u.ident->caps, AG_CAP_BUNDLE, "the daemon says it takes bundles");
+    cr_assert_eq(d.u.ident->caps, AG_CAP_BUNDLE | AG_CAP_QERR,
+                 "the daemon says it takes bundles and counts with their error");
     ag_run_ident *taken = ag_msg_take_result(&d);
     cr_assert_not_null(taken);
     ag_msg_clear(&d);
@@ -484,7 +485,8 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
                     "most_recent",
                     "delayed",
                     1.5,
-                    1e-10};
+                    1e-10,
+                    AG_CAPS};
 
     ag_msg m = {.type = AG_MSG_R_TENSORS};
     m.u.tensors = &tl;
@@ -607,6 +609,7 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     cr_assert_str_eq(d.u.status->scale_mode, "delayed");
     cr_assert_eq(d.u.status->margin, 1.5);
     cr_assert_eq(d.u.status->scale_min, 1e-10);
+    cr_assert_eq(d.u.status->caps, AG_CAP_BUNDLE | AG_CAP_QERR);
     ag_msg_clear(&d);
     ag_buf_free(&b);
 }

@@ -1,8 +1,9 @@
 /*
  * test_counts.c - the counts message (t = 5, PROTOCOL.md 3.5) through
  * proto/encode.c, proto/decode.c and ag_proto_counts_check: round trips with
- * known and unknown flips, keys in any order, and every hostile value the
- * decoder must refuse (run under ASan: nothing leaks on a refusal).
+ * known and unknown flips, keys in any order, results of 7 values and of 9
+ * (with the quantization error), and every hostile value the decoder must
+ * refuse (run under ASan: nothing leaks on a refusal).
  */
 #define _GNU_SOURCE /* memmem */
 #include <criterion/criterion.h>
@@ -154,6 +155,10 @@ typedef struct item {
     int flips_nil; /* else flips */
     uint64_t flips;
     int scale_as_f64; /* write the scale as float 64 */
+    int nvals;        /* values in each result: 0 means 7; 9 adds mse and sqnr_db */
+    double mse;       /* NaN: nil */
+    double sqnr;      /* NaN: nil */
+    int mse_as_str;   /* write mse as a string */
 } item;
 
 static void key(msgpack_packer *pk, const char *k) { msgpack_pack_str_with_body(pk, k, strlen(k)); }
@@ -186,7 +191,8 @@ static void build(msgpack_sbuffer *sb, int version, size_t nfmts, const item *it
                 msgpack_pack_uint64(&pk, it->nonfinite);
                 msgpack_pack_array(&pk, it->nresults);
                 for (size_t r = 0; r < it->nresults; r++) {
-                    msgpack_pack_array(&pk, 7);
+                    int nv = it->nvals ? it->nvals : 7;
+                    msgpack_pack_array(&pk, (size_t)nv);
                     if (it->scale_as_f64)
                         msgpack_pack_double(&pk, it->scale);
                     else
@@ -196,6 +202,15 @@ static void build(msgpack_sbuffer *sb, int version, size_t nfmts, const item *it
                         msgpack_pack_nil(&pk);
                     else
                         msgpack_pack_uint64(&pk, it->flips);
+                    for (int j = 7; j < nv; j++) {
+                        double v = j == 7 ? it->mse : it->sqnr;
+                        if (j == 7 && it->mse_as_str)
+                            key(&pk, "0.5");
+                        else if (isnan(v) && !signbit(v))
+                            msgpack_pack_nil(&pk);
+                        else
+                            msgpack_pack_double(&pk, v); /* -NaN: a NaN float, not nil */
+                    }
                 }
             }
         } else {
@@ -214,7 +229,7 @@ static void build(msgpack_sbuffer *sb, int version, size_t nfmts, const item *it
     msgpack_pack_uint64(&pk, 0);
 }
 
-static const item good = {"w", 10, 1.5, 0, 2, 0.125, {2, 4, 1, 1, 0}, 0, 3, 0};
+static const item good = {"w", 10, 1.5, 0, 2, 0.125, {2, 4, 1, 1, 0}, 0, 3, 0, 0, NAN, NAN, 0};
 
 static int decode_items(const item *items, size_t n, size_t nfmts, int version, int items_first,
                         ag_msg *m) {
@@ -304,4 +319,117 @@ Test(counts, a_count_the_bytes_cannot_hold_is_refused_before_allocating) {
     cr_expect(m.err.code != 0 && ag_errctx_text(&m.err)[0]);
     free(big);
     msgpack_sbuffer_destroy(&sb);
+}
+
+/* ---- the quantization error (results of 9 values) ------------------------ */
+
+Test(counts, a_result_carries_mse_and_sqnr_as_two_more_values_or_nil) {
+    ag_msg m = counts_msg();
+    const double mse[4] = {0.5, NAN, 0.0, 1e-9};
+    const double sqnr[4] = {-3.5, NAN, NAN, 42.25};
+    m.u.counts.mse = mse;
+    m.u.counts.sqnr_db = sqnr;
+    ag_buf b;
+    cr_assert_eq(encode(&m, &b), AG_OK, "%s", ag_errctx_text(&m.err));
+    size_t with = b.len;
+    ag_msg d;
+    cr_assert_eq(ag_proto_decode(b.data, b.len, &d), AG_OK, "%s", ag_errctx_text(&d.err));
+    for (size_t r = 0; r < 4; r++) {
+        cr_expect(isnan(mse[r]) ? isnan(d.u.counts.mse[r]) : d.u.counts.mse[r] == mse[r]);
+        cr_expect(isnan(sqnr[r]) ? isnan(d.u.counts.sqnr_db[r]) : d.u.counts.sqnr_db[r] == sqnr[r]);
+    }
+    cr_assert_arr_eq(d.u.counts.counts, counts, sizeof counts);
+    cr_assert_arr_eq(d.u.counts.flips, flips, sizeof flips);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+
+    /* only mse: sqnr_db goes as nil; neither: the 7 values of before */
+    m.u.counts.sqnr_db = NULL;
+    cr_assert_eq(encode(&m, &b), AG_OK);
+    cr_assert_eq(ag_proto_decode(b.data, b.len, &d), AG_OK);
+    for (size_t r = 0; r < 4; r++) cr_expect(isnan(d.u.counts.sqnr_db[r]));
+    cr_expect_eq(d.u.counts.mse[0], 0.5);
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+    m.u.counts.mse = NULL;
+    cr_assert_eq(encode(&m, &b), AG_OK);
+    cr_expect_lt(b.len, with);
+    cr_assert_eq(ag_proto_decode(b.data, b.len, &d), AG_OK);
+    for (size_t r = 0; r < 4; r++)
+        cr_expect(isnan(d.u.counts.mse[r]) && isnan(d.u.counts.sqnr_db[r]), "7 values: unknown");
+    ag_msg_clear(&d);
+    ag_buf_free(&b);
+}
+
+Test(counts, the_encoder_refuses_an_impossible_quantization_error) {
+    static const char *const what[] = {"mse < 0",
+                                       "mse inf",
+                                       "sqnr_db inf",
+                                       "sqnr_db -inf",
+                                       "sqnr_db, mse nil",
+                                       "sqnr_db, mse 0",
+                                       "mse of a tensor with no finite element"};
+    for (size_t k = 0; k < sizeof what / sizeof what[0]; k++) {
+        ag_msg m = counts_msg();
+        double mse[4] = {0.5, 0.25, 0.125, 1}, sqnr[4] = {10, 20, 30, 40};
+        uint64_t nf[2] = {0, 1};
+        m.u.counts.mse = mse;
+        m.u.counts.sqnr_db = sqnr;
+        m.u.counts.nonfinite = nf;
+        switch (k) {
+        case 0: mse[1] = -1e-30; break;
+        case 1: mse[2] = INFINITY; break;
+        case 2: sqnr[3] = INFINITY; break;
+        case 3: sqnr[0] = -INFINITY; break;
+        case 4: mse[0] = NAN; break;
+        case 5: mse[0] = 0; break;
+        case 6: nf[1] = 7; break;
+        }
+        ag_buf b;
+        cr_expect_eq(encode(&m, &b), AG_EINVAL, "%s", what[k]);
+        cr_expect_eq(b.len, 0, "%s: nothing written", what[k]);
+        ag_buf_free(&b);
+    }
+}
+
+Test(counts, the_decoder_refuses_every_hostile_quantization_error) {
+    static const char *const what[] = {
+        "8 values",    "10 values",      "6 values",         "mse < 0",
+        "mse NaN",     "mse inf",        "mse a string",     "sqnr_db NaN",
+        "sqnr_db inf", "sqnr_db, mse 0", "sqnr_db, mse nil", "mse, no finite element"};
+    for (size_t k = 0; k < sizeof what / sizeof what[0]; k++) {
+        item its[2] = {good, good};
+        its[0].nvals = its[1].nvals = 9;
+        its[1].mse = 0.25;
+        its[1].sqnr = 7.5;
+        item *it = &its[k % 2 ? 0 : 1];
+        switch (k) {
+        case 0: it->nvals = 8; break;
+        case 1: it->nvals = 10; break;
+        case 2: it->nvals = 6; break;
+        case 3: it->mse = -0.5; break;
+        case 4: it->mse = -NAN; break;
+        case 5: it->mse = INFINITY; break;
+        case 6: it->mse_as_str = 1; break;
+        case 7: it->mse = 1, it->sqnr = -NAN; break;
+        case 8: it->mse = 1, it->sqnr = INFINITY; break;
+        case 9: it->mse = 0, it->sqnr = 3; break;
+        case 10: it->mse = NAN, it->sqnr = 3; break;
+        case 11: it->mse = 1, it->sqnr = NAN, it->nonfinite = it->numel = 4; break;
+        }
+        ag_msg m;
+        int rc = decode_items(its, 2, 2, 2, (int)(k % 2), &m);
+        cr_expect_eq(rc, AG_EPROTO, "%s: %s", what[k], ag_strerror(rc));
+        cr_expect(m.err.code != 0 && ag_errctx_text(&m.err)[0], "%s", what[k]);
+        ag_msg_clear(&m);
+    }
+    /* and what is fine: 9 values with nil, mixed with 7 */
+    item its[2] = {good, good};
+    its[0].nvals = 9;
+    its[0].mse = 0.5;
+    ag_msg m;
+    cr_assert_eq(decode_items(its, 2, 2, 2, 0, &m), AG_OK, "%s", ag_errctx_text(&m.err));
+    cr_expect_eq(m.u.counts.mse[0], 0.5);
+    cr_expect(isnan(m.u.counts.sqnr_db[0]) && isnan(m.u.counts.mse[2]));
+    ag_msg_clear(&m);
 }

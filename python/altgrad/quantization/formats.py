@@ -13,7 +13,7 @@ import ctypes
 import hashlib
 import threading
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .. import _lib
 from ..errors import check
@@ -167,33 +167,134 @@ FORMAT_REGISTRY: Dict[str, FP8Format] = {
 }
 
 
-def registered_formats() -> Dict[str, FP8Format]:
-    """Every format the C registry holds now (the seed's and any defined)."""
+# NVIDIA's NVFP4 recipe: the FP32 tensor scale S = amax / (448 * 6), so the
+# largest block amax maps to E4M3's largest block scale times E2M1's largest
+# element (docs/numerics.md, Block scaling).
+NVFP4_SCALE_DIVISOR = 448.0 * 6.0
+
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """A block-scaled format of the C registry (MXFP8_E4M3, MXFP8_E5M2,
+    MXFP6_E3M2, MXFP6_E2M3, MXFP4, NVFP4; docs/numerics.md, Block scaling):
+    elements of `element` in blocks of `block_size` consecutive elements of
+    the flattened tensor (from element 0, a shorter tail block of its own),
+    each block with its own scale, "E8M0" (MX: a power of two from the
+    block's amax) or "E4M3" (NVFP4: an E4M3 block scale times the FP32 tensor
+    scale).
+
+    Works wherever an FP8Format does (quantize, dequantize, detect_bit_stall,
+    compute_scale, altgrad.torch.stall_counts), with block semantics; its
+    per-tensor `scale` argument is the tensor scale S (1 for MX, which has
+    none; compute_scale gives it). The ExMy fields and to_real / to_bits are
+    the element format's grid at block scale 1. Not constructed by users:
+    get_format(name) returns the registry's."""
+
+    name: str
+    element: FP8Format
+    block_size: int
+    scale_kind: str
+
+    def _c(self):
+        ptr = _lib.lib().ag_format_get(self.name.encode())
+        if not ptr:
+            raise _lib.LibraryNotFound(f"{_lib.library_path()} lacks the format {self.name}")
+        return ptr
+
+    @property
+    def exponent_bits(self) -> int:
+        return self.element.exponent_bits
+
+    @property
+    def mantissa_bits(self) -> int:
+        return self.element.mantissa_bits
+
+    @property
+    def bias(self) -> int:
+        return self.element.bias
+
+    @property
+    def has_inf(self) -> bool:
+        return self.element.has_inf
+
+    @property
+    def has_nan(self) -> bool:
+        return self.element.has_nan
+
+    @property
+    def bits(self) -> int:
+        """Width of an element's pattern (the block scales come on top)."""
+        return self.element.bits
+
+    @property
+    def max_representable_value(self) -> float:
+        """The element format's largest finite magnitude (at block scale 1)."""
+        return self.element.max_representable_value
+
+    @property
+    def min_representable_value(self) -> float:
+        return self.element.min_representable_value
+
+    @property
+    def tensor_scale_divisor(self) -> Optional[float]:
+        """amax / this is the tensor scale (NVFP4: 448 * 6); None for MX,
+        whose tensor scale is 1."""
+        return NVFP4_SCALE_DIVISOR if self.scale_kind == "E4M3" else None
+
+    def to_real(self, bit_index: int) -> float:
+        return self.element.to_real(bit_index)
+
+    def to_bits(self, value: float) -> int:
+        return self.element.to_bits(value)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_SCALE_KINDS = {1: "E8M0", 2: "E4M3"}
+_blocks: Dict[str, BlockFormat] = {}
+
+
+def _block_from_c(ptr) -> BlockFormat:
+    f = ptr.contents
+    name = f.name.decode()
+    got = _blocks.get(name)
+    if got is None:
+        elem = _from_c(ctypes.cast(f.element, ctypes.POINTER(_lib.ag_format)))
+        got = _blocks[name] = BlockFormat(name=name, element=elem, block_size=int(f.block),
+                                          scale_kind=_SCALE_KINDS[int(f.scale_kind)])
+    return got
+
+
+def registered_formats() -> Dict[str, "FP8Format | BlockFormat"]:
+    """Every format the C registry holds now (the seed's, the built-ins, the
+    block-scaled ones and any defined), in registry order."""
     lib = _lib.lib()
     out = {}
     for i in range(lib.ag_format_count()):
         ptr = lib.ag_format_at(i)
         if ptr.contents.block:
-            continue  # block-scaled (MXFP*, NVFP4): core only so far
+            out[ptr.contents.name.decode()] = _block_from_c(ptr)
+            continue
         fmt = _from_c(ptr)
         if fmt.name not in _aliases:
             out[fmt.name] = fmt
     return out
 
 
-def list_formats(bits=None) -> List[FP8Format]:
-    """Every format the C registry holds (built-in or defined), in registry
-    order, or those `bits` wide (4 to 16)."""
+def list_formats(bits=None) -> List["FP8Format | BlockFormat"]:
+    """Every format the C registry holds (built-in, block-scaled or defined),
+    in registry order, or those whose elements are `bits` wide (4 to 16)."""
     if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int)):
         raise TypeError(f"bits must be an int or None, got {bits!r}")
     return [f for f in registered_formats().values() if bits is None or f.bits == bits]
 
 
-def get_format(fmt) -> FP8Format:
+def get_format(fmt) -> "FP8Format | BlockFormat":
     """An FP8Format from an FP8Format or a registered name (any format the
     C registry holds: the seed's five, E4M3, E3M2, E2M3, E2M1, BF16, FP16,
-    and every defined one)."""
-    if isinstance(fmt, FP8Format):
+    and every defined one), or a BlockFormat (MXFP8_E4M3 ... NVFP4)."""
+    if isinstance(fmt, (FP8Format, BlockFormat)):
         return fmt
     if isinstance(fmt, str):
         if fmt in FORMAT_REGISTRY:
@@ -203,12 +304,11 @@ def get_format(fmt) -> FP8Format:
             from ..errors import NotFoundError
             raise NotFoundError(_lib.AG_ENOTFOUND, f"unknown format {fmt!r}")
         if ptr.contents.block:
-            raise ValueError(f"{fmt} is block-scaled: the C core counts it "
-                             "(ag_block_stall_*); Python does not reach it yet")
+            return _block_from_c(ptr)
         return _from_c(ptr)
     raise TypeError(f"format must be an FP8Format or a name, got {type(fmt).__name__}")
 
 
-__all__ = ["FP8Format", "E0M7", "E1M6", "E3M4", "E5M2", "E7M0", "FORMAT_REGISTRY",
+__all__ = ["FP8Format", "BlockFormat", "NVFP4_SCALE_DIVISOR", "E0M7", "E1M6", "E3M4", "E5M2", "E7M0", "FORMAT_REGISTRY",
            "registered_formats", "get_format", "list_formats"]
 

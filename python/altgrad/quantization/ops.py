@@ -16,11 +16,17 @@ from torch import Tensor
 from .. import _lib
 from ..errors import check
 from ._torchbuf import as_c_input, like_input, scale_value
-from .formats import FP8Format, get_format
+from .formats import BlockFormat, FP8Format, get_format
 
 
 def _quantize_tensor(x: Tensor, fmt: FP8Format, s: float) -> Tensor:
     src = as_c_input(x)
+    if isinstance(fmt, BlockFormat):  # blocks along the flattened tensor
+        from .. import _device
+        out = src.reshape(-1)
+        if out.numel():
+            out = _device.block_quantize(_device.format_params(fmt.name), s, out)
+        return like_input(out.reshape(src.shape), x)
     out = torch.empty_like(src, memory_format=torch.contiguous_format)
     if src.numel():
         check(_lib.lib().ag_quantize_checked(fmt._c(), s, src.data_ptr(), out.data_ptr(),
@@ -66,7 +72,9 @@ class DequantizeFunc(torch.autograd.Function):
 def quantize(x: Tensor, format: FP8Format, scale) -> Tensor:
     """Values of x rounded to `format` under a per-tensor `scale` (a positive
     number or one-element tensor); same shape, device and dtype as x, with a
-    straight-through gradient."""
+    straight-through gradient. A block-scaled format (MXFP4, NVFP4, ...)
+    rounds each block of the flattened x at its own block scale, `scale`
+    being the tensor scale (1 for MX; docs/numerics.md, Block scaling)."""
     return QuantizeFunc.apply(x, format, scale)
 
 
@@ -75,11 +83,19 @@ def dequantize(x: Tensor, scale) -> Tensor:
     return DequantizeFunc.apply(x, scale)
 
 
+def _per_tensor(format, what: str) -> FP8Format:
+    fmt = get_format(format)
+    if isinstance(fmt, BlockFormat):
+        raise ValueError(f"{what}: {fmt.name} is block-scaled; its patterns need block scales "
+                         "(quantize gives its values)")
+    return fmt
+
+
 def encode(x: Tensor, format: FP8Format, scale=1.0) -> Tensor:
     """The patterns of x / scale in `format`, a CPU tensor of x's shape (no
     gradient): uint8 for formats of 8 bits or fewer, int32 (0..65535) for
     wider ones."""
-    fmt = get_format(format)
+    fmt = _per_tensor(format, "encode")
     s = scale_value(scale)
     src = as_c_input(x)
     wide = fmt.bits > 8
@@ -93,7 +109,7 @@ def encode(x: Tensor, format: FP8Format, scale=1.0) -> Tensor:
 def decode(bits: Tensor, format: FP8Format, scale=1.0) -> Tensor:
     """decode(bits) * scale as a float32 CPU tensor of bits' shape. bits:
     uint8 patterns, or (any width) an integer tensor of patterns."""
-    fmt = get_format(format)
+    fmt = _per_tensor(format, "decode")
     s = scale_value(scale)
     if not isinstance(bits, Tensor):
         raise TypeError(f"bits must be a torch.Tensor, got {type(bits).__name__}")

@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import _lib
 from ..errors import check
 from ._torchbuf import as_c_input
-from .formats import FP8Format, get_format
+from .formats import BlockFormat, FP8Format, get_format
 
 _MODES = {"max": _lib.AG_AMAX_MAX, "most_recent": _lib.AG_AMAX_MOST_RECENT}
 
@@ -137,7 +137,9 @@ class AmaxHistory:
 
 
 def compute_scale(amax, format: FP8Format, scale_min: float = _lib.AG_SCALE_MIN) -> float:
-    """max(amax / max_finite(format), scale_min). amax may be a number or a
+    """max(amax / max_finite(format), scale_min); for a block-scaled format
+    the tensor scale: 1 for MX, max(amax / (448 * 6), scale_min) for NVFP4.
+    amax may be a number or a
     one-element tensor; ValueError for a negative or NaN amax or a scale_min
     that is not finite and positive."""
     if isinstance(amax, Tensor):
@@ -147,6 +149,14 @@ def compute_scale(amax, format: FP8Format, scale_min: float = _lib.AG_SCALE_MIN)
     amax = float(amax)
     scale_min = float(scale_min)
     fmt = get_format(format)
+    if isinstance(fmt, BlockFormat):
+        # the tensor scale S: MX has none (1); NVFP4 maps the amax to E4M3's
+        # largest block scale times E2M1's largest element (448 * 6)
+        if not (amax >= 0) or not (math.isfinite(scale_min) and scale_min > 0):
+            raise ValueError(f"compute_scale: amax must be >= 0 and not NaN (got {amax}), "
+                             f"scale_min finite and > 0 (got {scale_min})")
+        div = fmt.tensor_scale_divisor
+        return 1.0 if div is None else max(amax / div, scale_min)
     s = _lib.lib().ag_compute_scale(amax, fmt._c(), scale_min)
     if math.isnan(s):
         raise ValueError(f"compute_scale: amax must be >= 0 and not NaN (got {amax}), "
