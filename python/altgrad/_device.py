@@ -179,6 +179,10 @@ def canon(fp: FormatParams, b: torch.Tensor) -> torch.Tensor:
     return torch.where(mag > fp.nan_above, torch.full_like(b, -1), v)
 
 
+_BLOCK_ALIGN = 32           # every block size divides it (MX 32, NVFP4 16)
+_BLOCK_CHUNK = 1 << 22      # elements of the buffer taken at once by _block_flips
+
+
 def _ilogb(a: torch.Tensor) -> torch.Tensor:
     """floor(log2(a)) of finite a > 0 (int32), subnormals included: the
     exponent field, or below it the top bit of the mantissa (found by
@@ -203,6 +207,12 @@ def block_divisors(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
     # finite non-negative floats order as their bits: an integer max
     amax = wb.view(nb, B).amax(dim=1).view(torch.float32)
     S = torch.full((nb,), s, dtype=torch.float32, device=w.device)
+    return _divisors(fp, amax, S)
+
+
+def _divisors(fp: FormatParams, amax: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """block_divisors from the blocks' finite amax (float32 [blocks]) and each
+    block's tensor scale S (float32 [blocks])."""
     if fp.scale_kind == _SCALE_E8M0:
         a = amax / S
         ef = (_bits(a) >> 23) & 0xFF
@@ -212,7 +222,8 @@ def block_divisors(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
                         torch.full_like(a, 2.0 ** -127))
         return x * S
     e4 = format_params("E4M3")
-    t = amax / torch.full((nb,), _f32(6.0 * s), dtype=torch.float32, device=w.device)
+    # _f32(6.0 * s): the product is exact in float64, then rounded once
+    t = amax / (S.to(torch.float64) * 6.0).to(torch.float32)
     m = qmag(e4, t)  # t >= 0, never NaN
     sb = torch.where(m > e4.max_finite, torch.full_like(m, e4.max_finite), m)
     return sb * S
@@ -574,11 +585,14 @@ class Watch:
             starts, npad = self.layout.starts, self.layout.npad
         else:
             self.layout = None
+            # every tensor starts at a multiple of _BLOCK_ALIGN elements and the
+            # gaps stay 0, so the block formats' blocks never straddle tensors
+            # and the whole buffer can be taken in blocks (_block_flips)
             starts, pos = [], 0
             for n in self.numels:
                 starts.append(pos)
-                pos += n
-            npad = max(pos, 1)
+                pos += -(-n // _BLOCK_ALIGN) * _BLOCK_ALIGN
+            npad = max(pos, _BLOCK_ALIGN)
         self.starts = starts
         self.W = torch.zeros(npad, dtype=dtype, device=dev)
         self.V = torch.zeros(npad, dtype=dtype, device=dev)
@@ -598,7 +612,8 @@ class Watch:
         self.pat = torch.zeros((F, npad), dtype=pat_dtype, device=dev) if self.flips else None
         self.prev_scales = torch.ones((T, F), dtype=torch.float32, device=dev)
         self._has_prev = [False] * T
-        self._bdiv = {}  # (tensor, block format): the previous snapshot's block divisors
+        self._bdiv = {}  # block format: the previous snapshot's divisors of every block
+        self._blk_index = {}  # block size: the tensor of every block of the buffer, -1 in gaps
         self._masks = {}
         self._dev_cache = {}
 
@@ -739,37 +754,66 @@ class Watch:
         return c.counts(self.fps, self.layout, which, self.W, self.V, scales, update_form, nl,
                         qerr=self.qerr)
 
+    def _block_index(self, B: int) -> torch.Tensor:
+        """int64 [buffer blocks of B]: the tensor each block belongs to, -1 in
+        the gaps between tensors (made once per block size)."""
+        got = self._blk_index.get(B)
+        if got is None:
+            idx = torch.full((self.W.numel() // B,), -1, dtype=torch.int64)
+            for t, (a, n) in enumerate(zip(self.starts, self.numels)):
+                idx[a // B:(a + n + B - 1) // B] = t
+            got = self._blk_index[B] = idx.to(self.device)
+        return got
+
     def _block_flips(self, which, scales, counts) -> None:
         """Flips of the block-scaled formats into counts[t, f, 5]: elements
         whose pattern at the previous snapshot's block divisors changed
         (encode(w_prev / d_prev) kept from then, against encode(w / d_prev)),
         +0 = -0 and every NaN one; then this snapshot's patterns and divisors
-        are kept. Eager torch on the tensors' device (on CUDA too, after the
-        Triton counts), in chunks of whole blocks."""
-        sc_host = scales.cpu().tolist()
+        are kept. Eager torch over the whole buffer at once, in chunks of
+        whole blocks, on the tensors' device (on CUDA too, after the Triton
+        counts), with no wait for the device: every tensor starts on a block
+        boundary and the gaps hold zeros, whose pattern never changes, so a
+        buffer block is a block of one tensor (a shorter tail block padded
+        with zeros has the same amax) and the scales are gathered per block."""
+        T, dev = len(self.numels), self.device
+        inc = self._mask(which)
+        hp = self._on_device("has_prev_b", tuple(bool(b) for b in self._has_prev), torch.bool)
+        npad = self.W.numel()
         for f, fp in enumerate(self.fps):
             if not fp.block:
                 continue
             B = fp.block
-            for t in which:
-                n, a0 = self.numels[t], self.starts[t]
-                prev_d = self._bdiv.get((t, f)) if self._has_prev[t] else None
-                flips = torch.zeros((), dtype=torch.int64, device=self.device)
-                divs = []
-                for start in range(0, n, _CHUNK):  # _CHUNK is a multiple of every block
-                    stop = min(n, start + _CHUNK)
-                    w = widen(self.w_views[t][start:stop], "w")
-                    d = block_divisors(fp, sc_host[t][f], w)
-                    pat = self.pat[f, a0 + start:a0 + stop]
-                    if prev_d is not None:
-                        dp = prev_d[start // B:start // B + d.numel()]
-                        cmp = block_patterns(fp, _per_element(dp, B, stop - start), w)
-                        flips = flips + (canon(fp, pat) != canon(fp, cmp)).sum()
-                    cur = block_patterns(fp, _per_element(d, B, stop - start), w)
-                    pat.copy_(cur.to(pat.dtype))
-                    divs.append(d)
-                counts[t, f, 5] = flips
-                self._bdiv[(t, f)] = torch.cat(divs) if divs else None
+            bt = self._block_index(B)
+            valid = bt >= 0
+            btc = bt.clamp(min=0)
+            upd = inc.index_select(0, btc) & valid  # blocks of the tensors counted now
+            S = scales[:, f].index_select(0, btc)
+            prev = self._bdiv.get(f)
+            flips = torch.zeros(T, dtype=torch.int64, device=dev)
+            divs = []
+            for a in range(0, npad, _BLOCK_CHUNK):  # a multiple of every block size
+                b = min(npad, a + _BLOCK_CHUNK)
+                ka, kb = a // B, b // B
+                w = widen(self.W[a:b], "w")
+                wb = _bits(w) & 0x7FFFFFFF
+                wb = torch.where(wb < _EXP_INF, wb, torch.zeros_like(wb))
+                amax = wb.view(-1, B).amax(dim=1).view(torch.float32)
+                d = _divisors(fp, amax, S[ka:kb])
+                pat = self.pat[f, a:b]
+                if prev is not None:
+                    cmp = block_patterns(fp, _per_element(prev[ka:kb], B, b - a), w)
+                    diff = (canon(fp, pat) != canon(fp, cmp)).view(-1, B).sum(dim=1)
+                    flips.index_add_(0, btc[ka:kb],
+                                     torch.where(valid[ka:kb], diff, torch.zeros_like(diff)))
+                cur = block_patterns(fp, _per_element(d, B, b - a), w)
+                keep = _per_element(upd[ka:kb], B, b - a)
+                pat.copy_(torch.where(keep, cur.to(pat.dtype), pat))
+                divs.append(d)
+            d = torch.cat(divs)
+            self._bdiv[f] = d if prev is None else torch.where(upd, d, prev)
+            got = torch.where(hp, flips, torch.zeros_like(flips))
+            counts[:, f, 5] = torch.where(inc, got, counts[:, f, 5])
 
     def _counts_eager(self, which, scales, nl_host, update_form):
         T, F, dev = len(self.numels), len(self.fps), self.device

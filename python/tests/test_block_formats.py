@@ -381,3 +381,35 @@ def test_device_quantization_error_equals_the_core(device, n):
             else:
                 assert g["sqnr_db"] == pytest.approx(sqnr, abs=1e-9), (name, s)
     assert "mse" not in stall_counts(w, v, names, 1.0)["MXFP4"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_block_flips_of_many_tensors_equal_each_tensor_alone(device):
+    """The Watch takes the block formats' flips over its whole buffer at once:
+    tensors of sizes that are not multiples of a block, some counted at a
+    step and others not, give each the flips a Watch of that tensor alone
+    gives (which the tests above check against the C core)."""
+    sizes = [5000, 37, 4099, 1, 70]
+    g = torch.Generator().manual_seed(5)
+    steps = [torch.randn(sum(sizes), generator=g) * 3 for _ in range(4)]
+    for k in range(1, 4):  # move part of the elements a little at each step
+        keep = torch.rand(sum(sizes), generator=g) < 0.6
+        steps[k] = torch.where(keep, steps[k - 1], steps[k - 1] * 1.02)
+    plan = [[0, 2, 3], [0, 2], [0, 1, 2, 3, 4], [1, 3, 4]]  # the tensors counted (1, 4 late)
+    names = BLOCK + ["E4M3"]
+    whole = _device.Watch(sizes, torch.float32, device, names, _device.ScaleRule(), flips=True)
+    alone = [_device.Watch([n], torch.float32, device, names, _device.ScaleRule(), flips=True)
+             for n in sizes]
+    for k, which in enumerate(plan):
+        parts = list(torch.split(steps[k], sizes))
+        zeros = [torch.zeros(n, device=device) for n in sizes]
+        whole.load_w([p.to(device) for p in parts])
+        whole.load_v(zeros)
+        got = whole.compute(which, update_form=True)["counts"].cpu()
+        for t in which:
+            alone[t].load_w([parts[t].to(device)])
+            alone[t].load_v([zeros[t]])
+            want = alone[t].compute([0], update_form=True)["counts"].cpu()[0]
+            assert got[t].tolist() == want.tolist(), (k, t)
+        if k == 3:
+            assert int(got[1, :len(BLOCK), 5].sum()) > 0  # tensor 1's flips since step 2
