@@ -159,6 +159,21 @@ class Expected:
         self.amax[(name, step)] = amax
 
 
+def forward_backward(args, device, data, wrapped, opt):
+    """One batch on the device, then forward, loss and backward, timed from
+    after the batch's copy (the device synchronized first); returns the
+    start time."""
+    x, y = data.batch(SIZES[args.size]["batch"])
+    x, y = x.to(device), y.to(device)
+    sync(device)
+    t0 = time.perf_counter()
+    logits = wrapped(x)
+    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return t0
+
+
 def train(args, device, data, monitor_on, urls=None, launch=None, status=None, check=True,
           run=None):
     """One run; returns (step times after warmup, Monitor report, Expected).
@@ -181,14 +196,7 @@ def train(args, device, data, monitor_on, urls=None, launch=None, status=None, c
     times = []
     wrapped.train()
     for step in range(args.steps):
-        x, y = data.batch(SIZES[args.size]["batch"])
-        x, y = x.to(device), y.to(device)
-        sync(device)
-        t0 = time.perf_counter()
-        logits = wrapped(x)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        t0 = forward_backward(args, device, data, wrapped, opt)
         sync(device)
         t1 = time.perf_counter()
         logged = monitor_on and check and step % args.every == 0
@@ -251,14 +259,7 @@ def interleaved(args, device, data, urls, launch, status):
             wrapped.train()
             ts = []
             for _ in range(args.every):
-                x, y = data.batch(SIZES[args.size]["batch"])
-                x, y = x.to(device), y.to(device)
-                sync(device)
-                t0 = time.perf_counter()
-                logits = wrapped(x)
-                loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                t0 = forward_backward(args, device, data, wrapped, opt)
                 opt.step()
                 sync(device)
                 ts.append(time.perf_counter() - t0)
