@@ -114,7 +114,8 @@ int main(int argc, char **argv) {
     m = (ag_msg){.type = AG_MSG_R_HISTORY};
     m.u.history = &hist;
     bad |= save(dir, "r_history", &m);
-    ag_status st = {"0.1.0", 1, 2, 3, 4, 5, 6, 7, 8, 9, "db", "E5M2,NVFP4", "ok", 0, 16, "max", "current", 0.0, 1e-10, AG_CAPS};
+    ag_status st = {"0.1.0",      1,    2, 3,  4,     5,         6,   7,     8,      9, "db",
+                    "E5M2,NVFP4", "ok", 0, 16, "max", "current", 0.0, 1e-10, AG_CAPS};
     m = (ag_msg){.type = AG_MSG_R_STATUS};
     m.u.status = &st;
     bad |= save(dir, "r_status", &m);
