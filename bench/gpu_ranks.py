@@ -228,7 +228,7 @@ def train(args, device, data, monitor_on, urls=None, launch=None, status=None, c
     return times, rep, expected
 
 
-def interleaved(args, device, data, urls, launch, status):
+def interleaved(args, device, data, urls, launch):
     """Step times of two copies of the model trained side by side in one
     process, one with the Monitor and one without, alternating blocks of
     `every` steps (ABBA order) so that a drift of the host's or the GPUs'
@@ -445,7 +445,7 @@ def main():
         say(f"{args.mode} on {world} ranks ({device.type}, torch {torch.__version__}), "
             f"{args.size} model, {args.steps} steps, every {args.every}, {args.compute}")
         if args.interleave_only:
-            ib, im, iratios, irep = interleaved(args, device, data, urls, launch, status)
+            ib, im, iratios, irep = interleaved(args, device, data, urls, launch)
             dist.barrier()
             if rank == 0:
                 inter = summary(ib, im, iratios, irep)
@@ -475,7 +475,7 @@ def main():
             all_mon += got[True]
         inter = None
         if args.interleave:
-            ib, im, iratios, irep = interleaved(args, device, data, urls, launch, status)
+            ib, im, iratios, irep = interleaved(args, device, data, urls, launch)
             dist.barrier()
             inter = summary(ib, im, iratios, irep)
         # what each rank took as replicated, from its report: rank 0's view

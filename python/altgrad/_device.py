@@ -198,16 +198,22 @@ def block_divisors(fp: FormatParams, s: float, w: torch.Tensor) -> torch.Tensor:
     """block.c block_divisor of every block of flat float32 w (blocks of
     fp.block from w[0], a shorter tail its own) at tensor scale s: float32
     [blocks], 0 where the block quantizes to zeros."""
-    n, B = w.numel(), fp.block
+    amax = _block_amax(w, fp.block)
+    S = torch.full(amax.shape, s, dtype=torch.float32, device=w.device)
+    return _divisors(fp, amax, S)
+
+
+def _block_amax(w: torch.Tensor, B: int) -> torch.Tensor:
+    """The finite amax of every block of B elements of flat float32 w (a
+    shorter tail its own block): float32 [blocks]."""
+    n = w.numel()
     nb = -(-n // B)
     wb = _bits(w) & 0x7FFFFFFF
     wb = torch.where(wb < _EXP_INF, wb, torch.zeros_like(wb))
     if nb * B != n:
         wb = torch.cat([wb, torch.zeros(nb * B - n, dtype=wb.dtype, device=wb.device)])
     # finite non-negative floats order as their bits: an integer max
-    amax = wb.view(nb, B).amax(dim=1).view(torch.float32)
-    S = torch.full((nb,), s, dtype=torch.float32, device=w.device)
-    return _divisors(fp, amax, S)
+    return wb.view(nb, B).amax(dim=1).view(torch.float32)
 
 
 def _divisors(fp: FormatParams, amax: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -796,10 +802,7 @@ class Watch:
                 b = min(npad, a + _BLOCK_CHUNK)
                 ka, kb = a // B, b // B
                 w = widen(self.W[a:b], "w")
-                wb = _bits(w) & 0x7FFFFFFF
-                wb = torch.where(wb < _EXP_INF, wb, torch.zeros_like(wb))
-                amax = wb.view(-1, B).amax(dim=1).view(torch.float32)
-                d = _divisors(fp, amax, S[ka:kb])
+                d = _divisors(fp, _block_amax(w, B), S[ka:kb])
                 pat = self.pat[f, a:b]
                 if prev is not None:
                     cmp = block_patterns(fp, _per_element(prev[ka:kb], B, b - a), w)

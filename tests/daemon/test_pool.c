@@ -93,6 +93,18 @@ static char *dump_results(const char *db_path) {
     return out;
 }
 
+/* dump_results, then the database and its -wal and -shm files removed. */
+static char *take_results(const char *db_path) {
+    char *out = dump_results(db_path);
+    remove(db_path);
+    char side[200];
+    snprintf(side, sizeof side, "%s-wal", db_path);
+    remove(side);
+    snprintf(side, sizeof side, "%s-shm", db_path);
+    remove(side);
+    return out;
+}
+
 /* A trainer's run: 4 tensors (two of them bfloat16), 6 steps, each step a
  * snapshot of every tensor and a stats record, all into one daemon started
  * with --threads threads (and --formats formats unless NULL). Returns the
@@ -135,14 +147,7 @@ static char *run_with_threads(const char *threads, const char *formats) {
     free(g);
     free(wb);
     free(gb);
-    char *out = dump_results(H.db);
-    remove(H.db);
-    char side[200];
-    snprintf(side, sizeof side, "%s-wal", H.db);
-    remove(side);
-    snprintf(side, sizeof side, "%s-shm", H.db);
-    remove(side);
-    return out;
+    return take_results(H.db);
 }
 
 Test(pool, results_are_the_same_with_one_thread_and_with_several) {
@@ -234,14 +239,7 @@ static char *run_clients_with_threads(const char *threads) {
     for (unsigned i = 0; i < CLIENTS; i++) ag_client_close(tr[i].c);
     int status = harness_stop(&H, SIGTERM);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
-    char *out = dump_results(H.db);
-    remove(H.db);
-    char side[200];
-    snprintf(side, sizeof side, "%s-wal", H.db);
-    remove(side);
-    snprintf(side, sizeof side, "%s-shm", H.db);
-    remove(side);
-    return out;
+    return take_results(H.db);
 }
 
 Test(pool, several_clients_at_once_give_the_same_results_with_one_thread_and_with_several) {
