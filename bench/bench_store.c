@@ -692,12 +692,20 @@ static void print_capacity(size_t snaps, const double rate[3], const double cpu[
 
 static int capacity(const char *dir, size_t tensors, size_t steps) {
     double rate[3], cpu[3] = {0, 0, 0};
-    for (int m = 0; m < 3; m++) rate[m] = store_capacity(dir, tensors, steps, m, &cpu[m]);
+    /* AG_BENCH_STORE_MODE=2: the writer's way alone (to profile it) */
+    const char *only = getenv("AG_BENCH_STORE_MODE");
+    int m0 = only ? atoi(only) : 0, m1 = only ? m0 : 2;
+    if (m0 < 0 || m0 > 2) m0 = m1 = 2;
+    for (int m = 0; m < 3; m++)
+        rate[m] = m >= m0 && m <= m1 ? store_capacity(dir, tensors, steps, m, &cpu[m]) : 1;
     print_capacity(tensors * steps, rate, cpu);
     return rate[0] <= 0 || rate[1] <= 0 || rate[2] <= 0;
 }
 
 int main(void) {
+    /* this process reads the file with plain SQLite too: `results` is the
+     * store's virtual table over its segments */
+    sqlite3_auto_extension((void (*)(void))ag_store_sql_entry);
     size_t tensors = env_size("AG_BENCH_TENSORS", 200), steps = env_size("AG_BENCH_STEPS", 5000);
     const char *only = getenv("AG_BENCH_ONLY");
     if (only && strcmp(only, "layouts") == 0) {

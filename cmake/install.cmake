@@ -56,6 +56,12 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/altgradConfig.cmake
 if(TARGET altgradd)
   install(TARGETS altgradd RUNTIME DESTINATION ${CMAKE_INSTALL_SBINDIR} COMPONENT runtime)
 endif()
+# The sqlite3 shell's `results` (docs/store.md, "Result segments"):
+# `.load /usr/lib/.../altgrad/libaltgrad_sqlite`.
+if(TARGET altgrad_sqlite)
+  install(TARGETS altgrad_sqlite LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/altgrad
+          COMPONENT runtime)
+endif()
 # The CLI executable cannot be a target named `altgrad` (that is the
 # library); accept the names the client team may have given it.
 foreach(_ag_cli altgrad_cli altgrad-cli)

@@ -13,7 +13,8 @@
 
 #include "schema/store_internal.h"
 
-/* Every SQL text the store runs; the only SQL besides the migrations. */
+/* Every SQL text the store runs, besides the migrations and the results
+ * segments' own (store_seg.c). */
 static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_BEGIN] = "BEGIN IMMEDIATE",
     [AG_ST_BEGIN_READ] = "BEGIN",
@@ -44,13 +45,6 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_PUT_TENSOR] = "INSERT INTO tensors(id,run_id,name,role) VALUES(?1,?2,?3,?4)"
                          " ON CONFLICT DO NOTHING",
     [AG_ST_PUT_STATS] = "INSERT OR REPLACE INTO stats VALUES(?1,?2,?3,?4,?5,?6,?7)",
-    /* A step stored again replaces the row (AG_ST_RESULT_OLD/UPDATE), so its
-     * rollups can take the old counts back. */
-    [AG_ST_PUT_RESULT] =
-        "INSERT INTO results(tensor_id,format_id,step,stalled,total,flips,overflow,"
-        "underflow,nonfinite,amax,scale,source,ranks,complete,mse,sqnr_db)"
-        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"
-        " ON CONFLICT DO NOTHING",
     [AG_ST_PUT_DROP] = "INSERT INTO drops VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SCALE] = "INSERT OR REPLACE INTO scales VALUES(?1,?2,?3,?4,?5,?6)",
     [AG_ST_PUT_SNAPSHOT] = "INSERT OR REPLACE INTO snapshots VALUES(?1,?2,?3,?4)",
@@ -115,22 +109,13 @@ static const char *const sql_text[AG_ST_COUNT] = {
      * at the tensor's stored snapshot step (NULL when none); primary-key
      * lookups only */
     [AG_ST_LAST_RESULTS] =
-        "SELECT t.id, f.id, (SELECT max(r.step) FROM results r WHERE r.tensor_id=t.id"
-        " AND r.format_id=f.id) AS last, (SELECT r.scale FROM snapshots s JOIN results r"
-        " ON r.tensor_id=s.tensor_id AND r.format_id=f.id AND r.step=s.step"
-        " WHERE s.tensor_id=t.id) FROM tensors t, formats f WHERE last IS NOT NULL",
+        "SELECT g.tensor_id, g.format_id, g.last, (SELECT r.scale FROM snapshots s JOIN results r"
+        " ON r.tensor_id=s.tensor_id AND r.format_id=g.format_id AND r.step=s.step"
+        " WHERE s.tensor_id=g.tensor_id) FROM (SELECT tensor_id, format_id, max(last_step) AS"
+        " last FROM result_segs GROUP BY tensor_id, format_id) g",
     [AG_ST_MAX_IDS] = "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
                       " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
     [AG_ST_DELIVERY] = "SELECT delivered,delivered_seq FROM clients WHERE client_id=?1",
-    [AG_ST_RESULT_OLD] =
-        "SELECT stalled,total,flips,overflow,underflow,nonfinite,amax,scale,"
-        "source,ranks,complete FROM results WHERE tensor_id=?1 AND format_id=?2 AND step=?3",
-    [AG_ST_RESULT_UPDATE] =
-        "UPDATE results SET stalled=?4,total=?5,flips=?6,overflow=?7,underflow=?8,"
-        "nonfinite=?9,amax=?10,scale=?11,source=?12,ranks=?13,complete=?14,mse=?15,"
-        "sqnr_db=?16 WHERE tensor_id=?1 AND "
-        "format_id=?2 AND "
-        "step=?3",
     [AG_ST_ROLLUP_UPSERT] =
         "INSERT INTO rollups VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,"
         "?18,?19,?20,?21,?22,?23) ON CONFLICT DO UPDATE SET rows=rows+excluded.rows,"
@@ -175,29 +160,12 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_PRUNE_TARGETS] =
         "SELECT t.id, r.last_step, coalesce(h.step,0) FROM tensors t JOIN runs r ON r.id=t.run_id"
         " LEFT JOIN raw_horizon h ON h.tensor_id=t.id WHERE t.id>?1 ORDER BY t.id",
-    [AG_ST_PRUNE_RESULTS] = "DELETE FROM results WHERE tensor_id=?1 AND format_id IN"
-                            " (SELECT id FROM formats) AND step<?2",
     [AG_ST_PRUNE_STATS] = "DELETE FROM stats WHERE tensor_id=?1 AND role IN (0,1,2,3) AND step<?2",
 #define ROWS2(r) r "," r
 #define ROWS4(r) ROWS2(ROWS2(r))
 #define ROWS8(r) ROWS2(ROWS4(r))
 #define ROWS16(r) ROWS2(ROWS8(r))
-#define PUT_RESULTS                                                                                \
-    "INSERT INTO results(tensor_id,format_id,step,stalled,total,flips,overflow,"                   \
-    "underflow,nonfinite,amax,scale,source,ranks,complete,mse,sqnr_db) VALUES"
-#define RESULT_ROW "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-    /* AG_STORE_CHUNK (16) new rows of one statement: plain INSERT, so a row
-     * that exists after all aborts the statement (the caller then writes
-     * those rows one by one) */
-    [AG_ST_PUT_RESULT_N] = PUT_RESULTS ROWS16(RESULT_ROW),
-    [AG_ST_PUT_RESULT_N8] = PUT_RESULTS ROWS8(RESULT_ROW),
-    [AG_ST_PUT_RESULT_N4] = PUT_RESULTS ROWS4(RESULT_ROW),
-    [AG_ST_PUT_RESULT_N2] = PUT_RESULTS ROWS2(RESULT_ROW),
-    [AG_ST_PUT_RESULT_N1] = PUT_RESULTS RESULT_ROW,
     [AG_ST_PUT_STATS_N] = "INSERT OR REPLACE INTO stats VALUES" ROWS16("(?,?,?,?,?,?,?)"),
-    [AG_ST_RESULT_MAX_STEP] = "SELECT max(step) FROM results WHERE tensor_id=?1 AND format_id=?2",
-#undef RESULT_ROW
-#undef PUT_RESULTS
 #undef ROWS16
 #undef ROWS8
 #undef ROWS4
@@ -359,6 +327,10 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
     int rc = sqlite3_open_v2(path, &st->db, oflags, NULL);
     if (rc != SQLITE_OK) return ag_store_fail(st, "open", rc);
     sqlite3_extended_result_codes(st->db, 1);
+    /* `results` of schema 11 is a virtual table over the segments; the
+     * migration to it packs the old rows with ag_seg_pack */
+    if ((rc = ag_seg_register(st->db)) != SQLITE_OK) return ag_store_fail(st, "open", rc);
+    st->seg.db = st->db;
     /* Readers wait for the writer's checkpoints instead of failing. */
     sqlite3_busy_timeout(st->db, 5000);
     /* Pages are read through a map of the file rather than copied in by
@@ -433,6 +405,7 @@ void ag_store_close(ag_store *st) {
     if (st->db) {
         if (st->in_txn) sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
         for (int i = 0; i < AG_ST_COUNT; i++) sqlite3_finalize(st->stmts[i]);
+        ag_seg_ctx_close(&st->seg);
         sqlite3_close(st->db);
     }
     free(st->acc);

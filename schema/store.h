@@ -33,6 +33,16 @@ const char *ag_store_errmsg(const ag_store *st);
  * error, busy or locked, out of memory, read-only filesystem), 0 when it is
  * about the row itself (a constraint, a misuse) or there was none. */
 int ag_store_failure_is_transient(const ag_store *st);
+/* From schema 11 the `results` table is a virtual table over packed
+ * segments (docs/store.md, "Result segments"): every connection the store
+ * opens has it. Another connection to the file (tests, tools) gets it with
+ * ag_store_sql_register(db) (an sqlite3 *), or for every connection of the
+ * process with sqlite3_auto_extension((void (*)(void))ag_store_sql_entry).
+ * SQLite result codes. */
+struct sqlite3;
+struct sqlite3_api_routines;
+int ag_store_sql_register(struct sqlite3 *db);
+int ag_store_sql_entry(struct sqlite3 *db, char **err, const struct sqlite3_api_routines *api);
 /* Schema version this build writes (the number of migrations). */
 int ag_store_schema_version(void);
 /* Schema version of the open file. */

@@ -10,6 +10,7 @@
 
 #include "core/errctx.h"
 #include "schema/store.h"
+#include "schema/store_seg.h"
 
 /* Every statement the store runs, prepared once per connection on first use. */
 typedef enum ag_stmt_id {
@@ -24,7 +25,6 @@ typedef enum ag_stmt_id {
     AG_ST_CLIENT_RUN,
     AG_ST_PUT_TENSOR,
     AG_ST_PUT_STATS,
-    AG_ST_PUT_RESULT,
     AG_ST_PUT_DROP,
     AG_ST_PUT_SCALE,
     AG_ST_PUT_SNAPSHOT,
@@ -56,8 +56,6 @@ typedef enum ag_stmt_id {
     AG_ST_LAST_RESULTS,
     AG_ST_MAX_IDS,
     AG_ST_DELIVERY,
-    AG_ST_RESULT_OLD,
-    AG_ST_RESULT_UPDATE,
     AG_ST_ROLLUP_UPSERT,
     AG_ST_ROLLUP_L1, /* one slot per tier, so a walk can descend while */
     AG_ST_ROLLUP_L2, /* the coarser tier's statement is still stepping */
@@ -69,16 +67,9 @@ typedef enum ag_stmt_id {
     AG_ST_HEAT_RAW,
     AG_ST_RUN_SPAN,
     AG_ST_PRUNE_TARGETS,
-    AG_ST_PRUNE_RESULTS,
     AG_ST_PRUNE_STATS,
     AG_ST_PUT_HORIZON,
-    AG_ST_PUT_RESULT_N,  /* AG_STORE_CHUNK rows in one statement */
-    AG_ST_PUT_RESULT_N8, /* 8, 4, 2 and 1 new rows: what is left of a run of them */
-    AG_ST_PUT_RESULT_N4,
-    AG_ST_PUT_RESULT_N2,
-    AG_ST_PUT_RESULT_N1,
     AG_ST_PUT_STATS_N,
-    AG_ST_RESULT_MAX_STEP,
     AG_ST_COUNT
 } ag_stmt_id;
 
@@ -118,6 +109,7 @@ struct ag_store {
     ag_errctx err;   /* the last failure's text (ag_store_errmsg) */
     int last_rc;     /* SQLite result code of the last failure, 0 if none */
     sqlite3_stmt *stmts[AG_ST_COUNT];
+    ag_seg_ctx seg; /* the results segments' statements (store_seg.c) */
     /* Rollup changes of the open transaction: open addressing on the key. */
     ag_rollup_acc *acc;
     size_t acc_cap, acc_n;

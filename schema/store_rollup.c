@@ -312,15 +312,21 @@ int ag_store_prune_raw(ag_store *st, uint64_t keep_steps, uint64_t max_rows, uin
     }
     uint64_t gone = 0;
     for (size_t i = 0; !err && i < n && gone < max_rows; i++) {
-        static const ag_stmt_id ids[] = {AG_ST_PRUNE_RESULTS, AG_ST_PRUNE_STATS, AG_ST_PUT_HORIZON};
-        for (int k = 0; !err && k < 3; k++) {
+        /* the results points below the cut, then the stats rows */
+        int prc = ag_seg_prune(&st->seg, targets[i].tensor_id, targets[i].cut, &gone);
+        if (prc != SQLITE_OK) {
+            err = ag_store_fail(st, "retention", prc);
+            break;
+        }
+        static const ag_stmt_id ids[] = {AG_ST_PRUNE_STATS, AG_ST_PUT_HORIZON};
+        for (int k = 0; !err && k < 2; k++) {
             if (!(s = ag_store_stmt(st, ids[k]))) {
                 err = AG_ESTORE;
                 break;
             }
             sqlite3_bind_int64(s, 1, targets[i].tensor_id);
             sqlite3_bind_int64(s, 2, (int64_t)targets[i].cut);
-            if (!(err = ag_store_exec_stmt(st, s, "retention")) && k < 2)
+            if (!(err = ag_store_exec_stmt(st, s, "retention")) && k < 1)
                 gone += (uint64_t)sqlite3_changes(st->db);
         }
     }

@@ -145,178 +145,94 @@ int ag_store_put_stats_rows(ag_store *st, const void *rows, size_t stride, size_
     return AG_OK;
 }
 
-/* Bind r to the 16 parameters from o + 1 (a multi-row statement binds its
- * k-th row at o = 16 k). */
-static void bind_result_at(sqlite3_stmt *s, int o, const ag_store_result_row *r) {
-    sqlite3_bind_int64(s, o + 1, r->tensor_id);
-    sqlite3_bind_int64(s, o + 2, r->format_id);
-    sqlite3_bind_int64(s, o + 3, i64(r->step));
-    sqlite3_bind_int64(s, o + 4, i64(r->counts.stalled));
-    sqlite3_bind_int64(s, o + 5, i64(r->counts.total));
-    if (r->flips_unknown)
-        sqlite3_bind_null(s, o + 6);
-    else
-        sqlite3_bind_int64(s, o + 6, i64(r->flips));
-    sqlite3_bind_int64(s, o + 7, i64(r->counts.overflow));
-    sqlite3_bind_int64(s, o + 8, i64(r->counts.underflow));
-    sqlite3_bind_int64(s, o + 9, i64(r->counts.nonfinite));
-    sqlite3_bind_double(s, o + 10, isfinite(r->amax) ? r->amax : 0.0);
-    sqlite3_bind_double(s, o + 11, isfinite(r->scale) ? r->scale : 0.0);
-    sqlite3_bind_int(s, o + 12, r->source);
-    sqlite3_bind_int64(s, o + 13, r->ranks ? i64(r->ranks) : 1);
-    sqlite3_bind_int(s, o + 14, !r->incomplete);
-    if (r->has_qerr && isfinite(r->mse))
-        sqlite3_bind_double(s, o + 15, r->mse);
-    else
-        sqlite3_bind_null(s, o + 15);
-    if (r->has_qerr && isfinite(r->sqnr_db))
-        sqlite3_bind_double(s, o + 16, r->sqnr_db);
-    else
-        sqlite3_bind_null(s, o + 16);
+/* A results row is a point of the tensor and format's segments
+ * (store_seg.c): SQLite failures of the segment calls are reported as the
+ * row's. */
+static int seg_fail(ag_store *st, int rc) {
+    return ag_store_fail(st, "put result", rc == SQLITE_MISUSE ? SQLITE_CORRUPT : rc);
 }
 
-static void bind_result(sqlite3_stmt *s, const ag_store_result_row *r) { bind_result_at(s, 0, r); }
-
-/* The step was stored before: take the old row's counts back out of the
- * rollups, then overwrite it. */
-static int replace_result(ag_store *st, const ag_store_result_row *r) {
-    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RESULT_OLD);
-    if (!s) return AG_ESTORE;
-    sqlite3_bind_int64(s, 1, r->tensor_id);
-    sqlite3_bind_int64(s, 2, r->format_id);
-    sqlite3_bind_int64(s, 3, i64(r->step));
-    int rc = sqlite3_step(s);
-    if (rc != SQLITE_ROW) {
-        int err = ag_store_fail(st, "put result", rc == SQLITE_DONE ? SQLITE_CORRUPT : rc);
-        sqlite3_reset(s);
-        return err;
-    }
-    ag_store_result_row old = {
-        .tensor_id = r->tensor_id,
-        .format_id = r->format_id,
-        .step = r->step,
-        .counts = {.stalled = (uint64_t)sqlite3_column_int64(s, 0),
-                   .total = (uint64_t)sqlite3_column_int64(s, 1),
-                   .overflow = (uint64_t)sqlite3_column_int64(s, 3),
-                   .underflow = (uint64_t)sqlite3_column_int64(s, 4),
-                   .nonfinite = (uint64_t)sqlite3_column_int64(s, 5)},
-        .flips = (uint64_t)sqlite3_column_int64(s, 2),
-        .amax = sqlite3_column_double(s, 6),
-        .scale = sqlite3_column_double(s, 7),
-        .source = (uint8_t)sqlite3_column_int(s, 8),
-        .ranks = (uint64_t)sqlite3_column_int64(s, 9),
-        .incomplete = sqlite3_column_int(s, 10) == 0,
-    };
-    int old_unknown = sqlite3_column_type(s, 2) == SQLITE_NULL;
-    sqlite3_reset(s);
-    int err = ag_rollup_add(st, &old, old_unknown, -1);
-    if (err) return err;
-    if (!(s = ag_store_stmt(st, AG_ST_RESULT_UPDATE))) return AG_ESTORE;
-    bind_result(s, r);
-    return ag_store_exec_stmt(st, s, "put result");
+/* One row anywhere: a step stored again replaces its point and takes the
+ * old counts back out of the rollups. */
+static int put_one(ag_store *st, const ag_store_result_row *r) {
+    ag_store_result_row old;
+    int existed = 0, rc = ag_seg_put(&st->seg, r, 1, &existed, &old);
+    if (rc != SQLITE_OK) return seg_fail(st, rc);
+    int err = existed ? ag_rollup_add(st, &old, old.flips_unknown, -1) : AG_OK;
+    return err ? err : ag_rollup_add(st, r, r->flips_unknown, +1);
 }
 
 int ag_store_put_result(ag_store *st, const ag_store_result_row *r) {
-    if (!r) return AG_EINVAL;
-    sqlite3_stmt *s = stmt_for(st, AG_ST_PUT_RESULT);
-    if (!s) return st ? AG_ESTORE : AG_EINVAL;
-    bind_result(s, r);
-    int err = ag_store_exec_stmt(st, s, "put result");
-    if (err) return err;
-    if (sqlite3_changes(st->db) == 0 && (err = replace_result(st, r))) return err;
-    return ag_rollup_add(st, r, r->flips_unknown, +1);
-}
-
-/* The newest step stored of (tensor, format) in the open transaction:
- * *has 0 when there is none. */
-static int max_step(ag_store *st, int64_t tid, int64_t fid, int64_t *step, int *has) {
-    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RESULT_MAX_STEP);
-    if (!s) return AG_ESTORE;
-    sqlite3_bind_int64(s, 1, tid);
-    sqlite3_bind_int64(s, 2, fid);
-    int rc = sqlite3_step(s);
-    if (rc != SQLITE_ROW) {
-        int err = ag_store_fail(st, "put result", rc);
-        sqlite3_reset(s);
-        return err;
-    }
-    *has = sqlite3_column_type(s, 0) != SQLITE_NULL;
-    *step = *has ? sqlite3_column_int64(s, 0) : 0;
-    sqlite3_reset(s);
-    return AG_OK;
+    if (!r || !st) return AG_EINVAL;
+    size_t done = 0;
+    return ag_store_put_results(st, r, sizeof *r, 1, &done);
 }
 
 int ag_store_put_results(ag_store *st, const void *rows, size_t stride, size_t n, size_t *done) {
     if (!st || !done || (n && !rows) || stride < sizeof(ag_store_result_row)) return AG_EINVAL;
-    int64_t tid = 0, fid = 0, last = 0;
-    int known = 0, has = 0; /* known: (tid, fid) has been looked up */
+    int64_t tid = 0, fid = 0;
+    uint64_t last = 0;
+    int known = 0, has = 0; /* known: the newest step of (tid, fid) is */
     size_t i = 0;
     *done = 0;
     while (i < n) {
         const ag_store_result_row *r = ROW_AT(rows, stride, i);
+        if (r->step > (uint64_t)INT64_MAX) {
+            *done = i;
+            return AG_EINVAL;
+        }
         if (!known || r->tensor_id != tid || r->format_id != fid) {
             tid = r->tensor_id;
             fid = r->format_id;
-            int err = max_step(st, tid, fid, &last, &has);
-            if (err) {
+            int rc = ag_seg_last_step(&st->seg, tid, fid, &last, &has);
+            if (rc != SQLITE_OK) {
                 *done = i;
-                return err;
+                return seg_fail(st, rc);
             }
             known = 1;
         }
-        /* Rows of this key, each past the newest stored step, in rising
-         * steps, go 16, 8, 4, 2 or 1 a statement; any other row alone
-         * through ag_store_put_result (a step stored again replaces its row
-         * and takes its counts back out of the rollups). */
+        /* The rows of this key past the newest stored step, in rising
+         * steps, go to the end of its segments in one write; any other row
+         * alone (a step stored again, or a late one). */
         size_t k = 0;
-        int64_t prev = has ? last : -1;
-        while (k < AG_STORE_CHUNK && i + k < n) {
+        uint64_t prev = last;
+        int any = has;
+        while (i + k < n) {
             const ag_store_result_row *q = ROW_AT(rows, stride, i + k);
-            if (q->tensor_id != tid || q->format_id != fid || (int64_t)q->step <= prev) break;
-            prev = (int64_t)q->step;
+            if (q->tensor_id != tid || q->format_id != fid || (any && q->step <= prev) ||
+                q->step > (uint64_t)INT64_MAX)
+                break;
+            prev = q->step;
+            any = 1;
             k++;
         }
         if (k > 0) {
-            static const ag_stmt_id by_size[] = {AG_ST_PUT_RESULT_N1, AG_ST_PUT_RESULT_N2,
-                                                 AG_ST_PUT_RESULT_N4, AG_ST_PUT_RESULT_N8,
-                                                 AG_ST_PUT_RESULT_N};
-            int lg = k >= 16 ? 4 : k >= 8 ? 3 : k >= 4 ? 2 : k >= 2 ? 1 : 0;
-            size_t c = (size_t)1 << lg;
-            sqlite3_stmt *s = ag_store_stmt(st, by_size[lg]);
-            if (!s) {
+            int rc = ag_seg_append(&st->seg, ROW_AT(rows, stride, i), stride, k);
+            if (rc != SQLITE_OK) {
                 *done = i;
-                return AG_ESTORE;
+                return seg_fail(st, rc);
             }
-            for (size_t j = 0; j < c; j++)
-                bind_result_at(s, (int)j * 16, ROW_AT(rows, stride, i + j));
-            if (ag_store_exec_stmt(st, s, "put result") == AG_OK) {
-                for (size_t j = 0; j < c; j++) {
-                    const ag_store_result_row *q = ROW_AT(rows, stride, i + j);
-                    int err = ag_rollup_add(st, q, q->flips_unknown, +1);
-                    if (err) {
-                        *done = i + j; /* written, but its rollups are not: retry the batch */
-                        return err;
-                    }
+            for (size_t j = 0; j < k; j++) {
+                const ag_store_result_row *q = ROW_AT(rows, stride, i + j);
+                int err = ag_rollup_add(st, q, q->flips_unknown, +1);
+                if (err) {
+                    *done = i + j; /* written, but its rollups are not: retry the batch */
+                    return err;
                 }
-                i += c;
-                last = (int64_t)((const ag_store_result_row *)ROW_AT(rows, stride, i - 1))->step;
-                has = 1;
-                continue;
             }
-            /* undone whole (a row existed after all?): one by one below */
-            k = c;
-        }
-        size_t end = i + (k ? k : 1);
-        for (; i < end; i++) {
-            const ag_store_result_row *q = ROW_AT(rows, stride, i);
-            int err = ag_store_put_result(st, q);
-            if (err) {
-                *done = i;
-                return err;
-            }
-            if (!has || (int64_t)q->step > last) last = (int64_t)q->step;
+            i += k;
+            last = prev;
             has = 1;
+            continue;
         }
+        int err = put_one(st, r);
+        if (err) {
+            *done = i;
+            return err;
+        }
+        if (!has || r->step > last) last = r->step;
+        has = 1;
+        i++;
     }
     *done = n;
     return AG_OK;

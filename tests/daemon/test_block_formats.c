@@ -20,6 +20,7 @@
 
 #include "core/stall_encode.h"
 #include "tests/daemon/harness.h"
+#include "tests/sql_results.h"
 
 static ag_harness H;
 

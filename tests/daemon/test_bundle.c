@@ -21,6 +21,7 @@
 
 #include "proto/proto.h"
 #include "tests/daemon/harness.h"
+#include "tests/sql_results.h"
 
 static ag_harness H;
 

@@ -22,6 +22,7 @@
 #include "daemon/writer.h"
 #include "schema/store.h"
 #include "tests/tmpdir.h"
+#include "tests/sql_results.h"
 
 typedef struct fixture {
     char dir[64], db[128];

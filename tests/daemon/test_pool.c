@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 
 #include "tests/daemon/harness.h"
+#include "tests/sql_results.h"
 
 static ag_harness H;
 

@@ -20,6 +20,7 @@
 
 #include "schema/store.h"
 #include "tests/daemon/harness.h"
+#include "tests/sql_results.h"
 
 static ag_harness H;
 

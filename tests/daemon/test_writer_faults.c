@@ -18,6 +18,7 @@
 #include "daemon/writer.h"
 #include "schema/store.h"
 #include "tests/fault/fault_vfs.h"
+#include "tests/sql_results.h"
 
 static char dir[64], db[128];
 static ag_logger lg;

@@ -53,7 +53,7 @@ for f in "$libdir/libaltgrad.so" "$libdir/libaltgrad.so.0.2" "$libdir/libaltgrad
          "$prefix/lib/systemd/system/altgradd.service" "$prefix/lib/sysusers.d/altgrad.conf" \
          "$prefix/etc/altgrad/altgradd.conf" "$prefix/share/doc/altgrad/examples/altgradd.conf" \
          "$prefix/share/man/man8/altgradd.8" "$prefix/share/man/man1/altgrad.1" \
-         "$prefix/share/man/man3/libaltgrad.3"; do
+         "$prefix/share/man/man3/libaltgrad.3" "$libdir/altgrad/libaltgrad_sqlite.so"; do
   [[ -e $f ]] && ok "installed ${f#$prefix/}" || bad "missing ${f#$prefix/}"
 done
 have_daemon=0; have_cli=0

@@ -20,6 +20,7 @@
 #include "schema/store.h"
 #include "schema/store_internal.h"
 #include "tests/tmpdir.h"
+#include "tests/sql_results.h"
 
 static char dir[64];
 static char db_path[128];

@@ -21,6 +21,7 @@
 #include "schema/store.h"
 #include "schema/store_internal.h"
 #include "tests/tmpdir.h"
+#include "tests/sql_results.h"
 
 static char dir[64];
 static char db_path[128];
@@ -90,6 +91,27 @@ static void fill(ag_store *st, uint64_t n) {
                                 .last_amax = (double)n};
     cr_assert_eq(ag_store_apply_tensor_delta(st, &td), AG_OK);
     cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
+}
+
+/* The results of a file of this build (schema 11 on) put back into the
+ * table of schema 10, row for row, with user_version 10: a file as an older
+ * altgrad left it. */
+static void results_back_to_table(sqlite3 *db) {
+    cr_assert_eq(sqlite3_exec(db,
+                              "CREATE TABLE results_old (tensor_id INTEGER NOT NULL, format_id"
+                              " INTEGER NOT NULL, step INTEGER NOT NULL, stalled INTEGER NOT NULL,"
+                              " total INTEGER NOT NULL, flips INTEGER, overflow INTEGER NOT NULL,"
+                              " underflow INTEGER NOT NULL, nonfinite INTEGER NOT NULL, amax REAL"
+                              " NOT NULL, scale REAL NOT NULL, source INTEGER NOT NULL DEFAULT 0,"
+                              " ranks INTEGER NOT NULL DEFAULT 1, complete INTEGER NOT NULL"
+                              " DEFAULT 1, mse REAL, sqnr_db REAL, PRIMARY KEY (tensor_id,"
+                              " format_id, step)) WITHOUT ROWID;"
+                              "INSERT INTO results_old SELECT * FROM results;"
+                              "DROP TABLE result_segs;"
+                              "ALTER TABLE results_old RENAME TO results;"
+                              "PRAGMA user_version=10",
+                              NULL, NULL, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
 }
 
 Test(store, open_creates_a_missing_file_at_the_newest_schema_version) {
@@ -1132,9 +1154,11 @@ Test(store, a_version_9_file_reads_without_quantization_error_before_and_after_m
     cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
     cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
     ag_store_close(st);
-    /* back to version 9: the columns migration 10 added taken out again */
+    /* back to version 9: the results table again, then the columns
+     * migration 10 added taken out */
     sqlite3 *db = NULL;
     cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    results_back_to_table(db);
     cr_assert_eq(sqlite3_exec(db,
                               "ALTER TABLE results DROP COLUMN mse;"
                               "ALTER TABLE results DROP COLUMN sqnr_db;"
@@ -1179,4 +1203,109 @@ Test(store, a_version_9_file_reads_without_quantization_error_before_and_after_m
     cr_expect_eq(rep->items[0].last_sqnr_db, 31.5);
     ag_free(rep);
     ag_store_close(st);
+}
+
+/* Every results row as text, in key order (exact: quote() of a real gives
+ * what reads back as the same double). malloc'd. */
+static char *results_text(sqlite3 *db) {
+    sqlite3_stmt *s = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(
+                     db,
+                     "SELECT group_concat(x, ';') FROM (SELECT tensor_id||','||format_id||','||"
+                     "step||','||stalled||','||total||','||quote(flips)||','||overflow||','||"
+                     "underflow||','||nonfinite||','||quote(amax)||','||quote(scale)||','||source"
+                     "||','||ranks||','||complete||','||quote(mse)||','||quote(sqnr_db) AS x FROM"
+                     " results ORDER BY tensor_id, format_id, step)",
+                     -1, &s, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_step(s), SQLITE_ROW, "%s", sqlite3_errmsg(db));
+    char *t = strdup((const char *)sqlite3_column_text(s, 0));
+    sqlite3_finalize(s);
+    return t;
+}
+
+Test(store, a_version_10_file_gets_its_results_packed_at_migration) {
+    ag_store *st = open_rw();
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 1, ag_format_get("E5M2")), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 2, ag_format_get("E3M4")), AG_OK);
+    ag_store_run_row run = {.id = 1, .name = "r1", .host = "h"};
+    cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(st, 1, 1, "a", AG_ROLE_WEIGHT), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(st, 2, 1, "b", AG_ROLE_WEIGHT), AG_OK);
+    /* 300 points a key, then a few past 2^23 and 2^24 (a segment spans
+     * fewer than 2^24 steps), every kind of value */
+    for (int t = 1; t <= 2; t++)
+        for (int f = 1; f <= 2; f++)
+            for (uint64_t k = 0; k < 306; k++) {
+                uint64_t step = k < 300 ? k * 7 : ((uint64_t)1 << 23) * (k - 299) + k;
+                ag_store_result_row r = {.tensor_id = t,
+                                         .format_id = f,
+                                         .step = step,
+                                         .counts = {.stalled = k % 13,
+                                                    .total = 100,
+                                                    .overflow = k % 3,
+                                                    .underflow = k % 5,
+                                                    .nonfinite = k % 7 == 0},
+                                         .flips = k * 3,
+                                         .flips_unknown = k % 4 == 0,
+                                         .amax = 0.1 * (double)k,
+                                         .scale = ldexp(1.0, (int)(k % 9)),
+                                         .source = k % 5 == 0,
+                                         .incomplete = k % 11 == 0,
+                                         .ranks = k % 6 == 0 ? 4 : 1,
+                                         .has_qerr = k % 2 == 0,
+                                         .mse = 1e-9 * (double)k,
+                                         .sqnr_db = k % 8 == 0 ? NAN : 30.0 + (double)k / 3.0};
+                cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
+            }
+    cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
+    ag_store_close(st);
+    sqlite3 *db = NULL;
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    char *before = results_text(db);
+    results_back_to_table(db);
+    char *as_table = results_text(db);
+    cr_expect_str_eq(as_table, before, "the old table holds the same rows");
+    sqlite3_close(db);
+    /* a reader of the version 10 file reads the table; a writer migrates */
+    ag_store *ro = NULL;
+    cr_assert_eq(ag_store_open(&ro, db_path, AG_STORE_READONLY), AG_OK, "%s", ag_store_errmsg(ro));
+    ag_history_query q = {.run = "r1", .tensor = "b", .format = "E3M4"};
+    ag_history *h10 = NULL, *h11 = NULL;
+    cr_assert_eq(ag_store_history(ro, &q, &h10), AG_OK, "%s", ag_store_errmsg(ro));
+    ag_store_close(ro);
+    st = open_rw();
+    int v = 0;
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_expect_eq(v, ag_store_schema_version());
+    cr_assert_eq(ag_store_history(st, &q, &h11), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_eq(h11->n, h10->n);
+    cr_expect_eq(h11->n, 306);
+    cr_expect_eq(memcmp(h11->points, h10->points, h10->n * sizeof *h10->points), 0);
+    ag_free(h10);
+    ag_free(h11);
+    ag_store_close(st);
+    cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+    char *after = results_text(db);
+    cr_expect_str_eq(after, before, "the segments hold the same rows");
+    sqlite3_stmt *s = NULL;
+    cr_assert_eq(sqlite3_prepare_v2(db,
+                                    "SELECT count(*), max(n), max(last_step-first_step),"
+                                    " (SELECT count(*) FROM sqlite_master WHERE name='results')"
+                                    " FROM result_segs",
+                                    -1, &s, NULL),
+                 SQLITE_OK, "%s", sqlite3_errmsg(db));
+    cr_assert_eq(sqlite3_step(s), SQLITE_ROW);
+    /* per key: 300 points in 5 segments of 64 or fewer, then one segment
+     * per 2^23-aligned stretch of the steps past it */
+    cr_expect_geq(sqlite3_column_int64(s, 0), 4 * 10);
+    cr_expect_leq(sqlite3_column_int64(s, 1), 64);
+    cr_expect_lt(sqlite3_column_int64(s, 2), (long long)1 << 23);
+    cr_expect_eq(sqlite3_column_int64(s, 3), 0, "the old table is gone");
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    free(before);
+    free(as_table);
+    free(after);
 }

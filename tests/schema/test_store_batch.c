@@ -18,6 +18,7 @@
 #include "schema/store.h"
 #include "schema/store_internal.h"
 #include "tests/tmpdir.h"
+#include "tests/sql_results.h"
 
 static char dir[64];
 
