@@ -109,10 +109,11 @@ static const char *const sql_text[AG_ST_COUNT] = {
      * at the tensor's stored snapshot step (NULL when none); primary-key
      * lookups only */
     [AG_ST_LAST_RESULTS] =
-        "SELECT g.tensor_id, g.format_id, g.last, (SELECT r.scale FROM snapshots s JOIN results r"
-        " ON r.tensor_id=s.tensor_id AND r.format_id=g.format_id AND r.step=s.step"
-        " WHERE s.tensor_id=g.tensor_id) FROM (SELECT tensor_id, format_id, max(last_step) AS"
-        " last FROM result_segs GROUP BY tensor_id, format_id) g",
+        "SELECT t.id, f.id, (SELECT g.last_step FROM result_segs g WHERE g.tensor_id=t.id AND"
+        " g.format_id=f.id ORDER BY g.first_step DESC LIMIT 1) AS last, (SELECT r.scale FROM"
+        " snapshots s JOIN results r ON r.tensor_id=s.tensor_id AND r.format_id=f.id AND"
+        " r.step=s.step WHERE s.tensor_id=t.id) FROM tensors t, formats f WHERE last IS NOT"
+        " NULL",
     [AG_ST_MAX_IDS] = "SELECT (SELECT coalesce(max(id),0) FROM runs), (SELECT coalesce(max(id),0)"
                       " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
     [AG_ST_DELIVERY] = "SELECT delivered,delivered_seq FROM clients WHERE client_id=?1",

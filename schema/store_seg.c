@@ -369,6 +369,9 @@ out:
 /* The points of g, decoded (ids from g): *out malloc'd with room for one
  * more. */
 static int seg_points(const ag_seg *g, ag_store_result_row **out, size_t *n) {
+    /* a point takes at least 12 bytes: a count past the blob's is corrupt
+     * (and must not size the array) */
+    if (g->n > g->len / 12 + 1) return SQLITE_CORRUPT;
     ag_store_result_row *p = malloc((size_t)(g->n + 1) * sizeof *p);
     if (!p) return SQLITE_NOMEM;
     ag_seg_reader rd;

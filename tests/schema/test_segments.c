@@ -404,6 +404,7 @@ Test(segments, a_corrupt_segment_is_an_error_not_a_crash) {
         "UPDATE result_segs SET data=x'00ffffffffffffffffffff7f'",   /* a varint past 64 bits */
         "UPDATE result_segs SET data=data||data",                    /* steps not rising */
         "UPDATE result_segs SET n=n+1",                              /* fewer points than n */
+        "UPDATE result_segs SET n=4611686018427387904",              /* n past any array */
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         cr_assert_eq(sqlite3_exec(st->db, "SAVEPOINT c", NULL, NULL, NULL), SQLITE_OK);
