@@ -118,7 +118,8 @@ static const char *const sql_text[AG_ST_COUNT] = {
                       " FROM tensors), (SELECT coalesce(max(id),0) FROM formats)",
     [AG_ST_DELIVERY] = "SELECT delivered,delivered_seq FROM clients WHERE client_id=?1",
     [AG_ST_ROLLUP_UPSERT] =
-        "INSERT INTO rollups VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,"
+        "INSERT INTO rollups_sealed VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,"
+        "?17,"
         "?18,?19,?20,?21,?22,?23) ON CONFLICT DO UPDATE SET rows=rows+excluded.rows,"
         " stalled=stalled+excluded.stalled, total=total+excluded.total,"
         " flips=flips+excluded.flips, flips_unknown=flips_unknown+excluded.flips_unknown,"
@@ -171,6 +172,25 @@ static const char *const sql_text[AG_ST_COUNT] = {
 #undef ROWS8
 #undef ROWS4
 #undef ROWS2
+    /* the open bucket of each tier of a tensor and format (012_rollup_heads.sql) */
+    [AG_ST_HEAD_GET] =
+        "SELECT b1,rows1,stalled1,total1,flips1,flips_unknown1,overflow1,underflow1,"
+        "nonfinite1,first_step1,last_step1,amax_min1,amax_max1,amax_last1,scale_min1,"
+        "scale_max1,scale_last1,device_rows1,incomplete_rows1,ranks_min1,b2,rows2,"
+        "stalled2,total2,flips2,flips_unknown2,overflow2,underflow2,nonfinite2,"
+        "first_step2,last_step2,amax_min2,amax_max2,amax_last2,scale_min2,scale_max2,"
+        "scale_last2,device_rows2,incomplete_rows2,ranks_min2,b3,rows3,stalled3,total3,"
+        "flips3,flips_unknown3,overflow3,underflow3,nonfinite3,first_step3,last_step3,"
+        "amax_min3,amax_max3,amax_last3,scale_min3,scale_max3,scale_last3,device_rows3,"
+        "incomplete_rows3,"
+        "ranks_min3 FROM rollup_heads WHERE tensor_id=?1 AND format_id=?2",
+    [AG_ST_HEAD_PUT] =
+        "INSERT OR REPLACE INTO rollup_heads VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,"
+        "?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30,"
+        "?31,?32,?33,?34,?35,?36,?37,?38,?39,?40,?41,?42,?43,?44,?45,?46,?47,?48,?49,"
+        "?50,?51,?52,?53,?54,?55,?56,?57,?58,?59,?60,?61,?62)",
+    [AG_ST_SEALED_MAX] = "SELECT max(bucket) FROM rollups_sealed WHERE tensor_id=?1 AND"
+                         " format_id=?2 AND width=?3",
     [AG_ST_PUT_HORIZON] = "INSERT INTO raw_horizon VALUES(?1,?2) ON CONFLICT DO UPDATE SET"
                           " step=max(step,excluded.step)",
 };
@@ -254,11 +274,12 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
     return AG_OK;
 }
 
-/* *yes = whether the file has a table called name. */
+/* *yes = whether the file has a table (or view) called name. */
 static int has_table(ag_store *st, const char *name, int *yes) {
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(
-        st->db, "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?1", -1, &s, NULL);
+        st->db, "SELECT 1 FROM sqlite_master WHERE type IN ('table','view') AND name=?1", -1, &s,
+        NULL);
     if (rc != SQLITE_OK) return ag_store_fail(st, "schema", rc);
     sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);

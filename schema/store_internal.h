@@ -68,6 +68,9 @@ typedef enum ag_stmt_id {
     AG_ST_RUN_SPAN,
     AG_ST_PRUNE_TARGETS,
     AG_ST_PRUNE_STATS,
+    AG_ST_HEAD_GET,
+    AG_ST_HEAD_PUT,
+    AG_ST_SEALED_MAX,
     AG_ST_PUT_HORIZON,
     AG_ST_PUT_STATS_N,
     AG_ST_COUNT

@@ -131,29 +131,204 @@ int ag_rollup_add(ag_store *st, const ag_store_result_row *r, int flips_unknown,
     return AG_OK;
 }
 
-int ag_rollup_flush(ag_store *st) {
-    for (size_t i = 0; st->acc_n && i < st->acc_cap; i++) {
-        const ag_rollup_acc *a = &st->acc[i];
-        if (!a->used) continue;
-        sqlite3_stmt *s = ag_store_stmt(st, AG_ST_ROLLUP_UPSERT);
-        if (!s) return AG_ESTORE;
-        const int64_t v[] = {a->tensor_id,     a->format_id, a->width,     a->bucket,
-                             a->rows,          a->stalled,   a->total,     a->flips,
-                             a->flips_unknown, a->overflow,  a->underflow, a->nonfinite,
-                             a->first_step,    a->last_step};
-        for (int k = 0; k < (int)(sizeof v / sizeof v[0]); k++) sqlite3_bind_int64(s, k + 1, v[k]);
-        sqlite3_bind_double(s, 15, a->amax_min);
-        sqlite3_bind_double(s, 16, a->amax_max);
-        sqlite3_bind_double(s, 17, a->amax_last);
-        sqlite3_bind_double(s, 18, a->scale_min);
-        sqlite3_bind_double(s, 19, a->scale_max);
-        sqlite3_bind_double(s, 20, a->scale_last);
-        sqlite3_bind_int64(s, 21, a->device_rows);
-        sqlite3_bind_int64(s, 22, a->incomplete_rows);
-        sqlite3_bind_int64(s, 23, a->ranks_min == INT64_MAX ? 1 : a->ranks_min);
-        int err = ag_store_exec_stmt(st, s, "rollups");
-        if (err) return err;
+/* Bind a bucket's 19 values (rows .. ranks_min) from parameter o + 1. */
+static void bind_bucket(sqlite3_stmt *s, int o, const ag_rollup_acc *a) {
+    const int64_t v[] = {a->rows,     a->stalled,   a->total,     a->flips,      a->flips_unknown,
+                         a->overflow, a->underflow, a->nonfinite, a->first_step, a->last_step};
+    for (int k = 0; k < (int)(sizeof v / sizeof v[0]); k++) sqlite3_bind_int64(s, o + k + 1, v[k]);
+    sqlite3_bind_double(s, o + 11, a->amax_min);
+    sqlite3_bind_double(s, o + 12, a->amax_max);
+    sqlite3_bind_double(s, o + 13, a->amax_last);
+    sqlite3_bind_double(s, o + 14, a->scale_min);
+    sqlite3_bind_double(s, o + 15, a->scale_max);
+    sqlite3_bind_double(s, o + 16, a->scale_last);
+    sqlite3_bind_int64(s, o + 17, a->device_rows);
+    sqlite3_bind_int64(s, o + 18, a->incomplete_rows);
+    sqlite3_bind_int64(s, o + 19, a->ranks_min == INT64_MAX ? 1 : a->ranks_min);
+}
+
+/* Add a bucket into rollups_sealed (a new row, or summed into the row there). */
+static int upsert_sealed(ag_store *st, const ag_rollup_acc *a) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_ROLLUP_UPSERT);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, a->tensor_id);
+    sqlite3_bind_int64(s, 2, a->format_id);
+    sqlite3_bind_int64(s, 3, a->width);
+    sqlite3_bind_int64(s, 4, a->bucket);
+    bind_bucket(s, 4, a);
+    return ag_store_exec_stmt(st, s, "rollups");
+}
+
+/* b += a, as the upsert of rollups_sealed sums a bucket into its row. */
+static void merge_bucket(ag_rollup_acc *b, const ag_rollup_acc *a) {
+    b->rows += a->rows;
+    b->stalled += a->stalled;
+    b->total += a->total;
+    b->flips += a->flips;
+    b->flips_unknown += a->flips_unknown;
+    b->overflow += a->overflow;
+    b->underflow += a->underflow;
+    b->nonfinite += a->nonfinite;
+    b->device_rows += a->device_rows;
+    b->incomplete_rows += a->incomplete_rows;
+    if (a->last_step >= b->last_step) {
+        b->amax_last = a->amax_last;
+        b->scale_last = a->scale_last;
     }
+    if (a->first_step < b->first_step) b->first_step = a->first_step;
+    if (a->last_step > b->last_step) b->last_step = a->last_step;
+    if (a->amax_min < b->amax_min) b->amax_min = a->amax_min;
+    if (a->amax_max > b->amax_max) b->amax_max = a->amax_max;
+    if (a->scale_min < b->scale_min) b->scale_min = a->scale_min;
+    if (a->scale_max > b->scale_max) b->scale_max = a->scale_max;
+    int64_t r = a->ranks_min == INT64_MAX ? 1 : a->ranks_min;
+    if (r < b->ranks_min) b->ranks_min = r;
+}
+
+static int acc_order(const void *x, const void *y) {
+    const ag_rollup_acc *a = *(const ag_rollup_acc *const *)x,
+                        *b = *(const ag_rollup_acc *const *)y;
+    if (a->tensor_id != b->tensor_id) return a->tensor_id < b->tensor_id ? -1 : 1;
+    if (a->format_id != b->format_id) return a->format_id < b->format_id ? -1 : 1;
+    if (a->width != b->width) return a->width < b->width ? -1 : 1;
+    return a->bucket < b->bucket ? -1 : a->bucket > b->bucket;
+}
+
+static int tier_of(int64_t width) {
+    for (int k = 0; k < AG_ROLLUP_TIERS; k++)
+        if (ag_rollup_widths[k] == width) return k;
+    return -1;
+}
+
+/* One tensor and format's buckets of this transaction (sorted by width and
+ * bucket): the open bucket of each tier (its newest) stays in the heads
+ * row, which is written once; a bucket a newer one follows is sealed
+ * (rollups_sealed) once; a late or replaced row's bucket is summed into
+ * its sealed row. */
+static int flush_key(ag_store *st, ag_rollup_acc *const *accs, size_t n) {
+    int64_t tid = accs[0]->tensor_id, fid = accs[0]->format_id;
+    ag_rollup_acc head[AG_ROLLUP_TIERS];
+    int has[AG_ROLLUP_TIERS] = {0}, dirty = 0, rc;
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_HEAD_GET);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, tid);
+    sqlite3_bind_int64(s, 2, fid);
+    if ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        for (int k = 0; k < AG_ROLLUP_TIERS; k++) {
+            int o = k * 20;
+            if (sqlite3_column_type(s, o) == SQLITE_NULL) continue;
+            has[k] = 1;
+            head[k] = (ag_rollup_acc){.tensor_id = tid,
+                                      .format_id = fid,
+                                      .width = ag_rollup_widths[k],
+                                      .bucket = sqlite3_column_int64(s, o),
+                                      .rows = sqlite3_column_int64(s, o + 1),
+                                      .stalled = sqlite3_column_int64(s, o + 2),
+                                      .total = sqlite3_column_int64(s, o + 3),
+                                      .flips = sqlite3_column_int64(s, o + 4),
+                                      .flips_unknown = sqlite3_column_int64(s, o + 5),
+                                      .overflow = sqlite3_column_int64(s, o + 6),
+                                      .underflow = sqlite3_column_int64(s, o + 7),
+                                      .nonfinite = sqlite3_column_int64(s, o + 8),
+                                      .first_step = sqlite3_column_int64(s, o + 9),
+                                      .last_step = sqlite3_column_int64(s, o + 10),
+                                      .amax_min = sqlite3_column_double(s, o + 11),
+                                      .amax_max = sqlite3_column_double(s, o + 12),
+                                      .amax_last = sqlite3_column_double(s, o + 13),
+                                      .scale_min = sqlite3_column_double(s, o + 14),
+                                      .scale_max = sqlite3_column_double(s, o + 15),
+                                      .scale_last = sqlite3_column_double(s, o + 16),
+                                      .device_rows = sqlite3_column_int64(s, o + 17),
+                                      .incomplete_rows = sqlite3_column_int64(s, o + 18),
+                                      .ranks_min = sqlite3_column_int64(s, o + 19),
+                                      .used = 1};
+        }
+    } else if (rc != SQLITE_DONE) {
+        int err = ag_store_fail(st, "rollups", rc);
+        sqlite3_reset(s);
+        return err;
+    }
+    sqlite3_reset(s);
+    int64_t sealed_max[AG_ROLLUP_TIERS];
+    int sealed_known[AG_ROLLUP_TIERS] = {0};
+    int err = AG_OK;
+    for (size_t i = 0; !err && i < n; i++) {
+        const ag_rollup_acc *a = accs[i];
+        int k = tier_of(a->width);
+        if (k < 0) continue;
+        if (has[k] && a->bucket == head[k].bucket) {
+            merge_bucket(&head[k], a);
+            dirty = 1;
+            continue;
+        }
+        int newer = has[k] && a->bucket > head[k].bucket;
+        if (!has[k]) {
+            /* no open bucket (a file of schema 11 or rebuilt rollups): the
+             * bucket opens one only past every sealed bucket of the tier */
+            if (!sealed_known[k]) {
+                if (!(s = ag_store_stmt(st, AG_ST_SEALED_MAX))) return AG_ESTORE;
+                sqlite3_bind_int64(s, 1, tid);
+                sqlite3_bind_int64(s, 2, fid);
+                sqlite3_bind_int64(s, 3, a->width);
+                rc = sqlite3_step(s);
+                if (rc != SQLITE_ROW) {
+                    err = ag_store_fail(st, "rollups", rc);
+                    sqlite3_reset(s);
+                    break;
+                }
+                sealed_max[k] = sqlite3_column_type(s, 0) == SQLITE_NULL
+                                    ? INT64_MIN
+                                    : sqlite3_column_int64(s, 0);
+                sqlite3_reset(s);
+                sealed_known[k] = 1;
+            }
+            newer = a->bucket > sealed_max[k];
+        }
+        if (!newer) {
+            err = upsert_sealed(st, a); /* a late or replaced row's bucket */
+            continue;
+        }
+        if (has[k] && (err = upsert_sealed(st, &head[k]))) break; /* a newer bucket follows it */
+        head[k] = *a;
+        if (head[k].ranks_min == INT64_MAX) head[k].ranks_min = 1;
+        has[k] = 1;
+        dirty = 1;
+    }
+    if (err || !dirty) return err;
+    if (!(s = ag_store_stmt(st, AG_ST_HEAD_PUT))) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, tid);
+    sqlite3_bind_int64(s, 2, fid);
+    for (int k = 0; k < AG_ROLLUP_TIERS; k++) {
+        int o = 2 + k * 20;
+        if (!has[k]) continue; /* all NULL */
+        sqlite3_bind_int64(s, o + 1, head[k].bucket);
+        bind_bucket(s, o + 1, &head[k]);
+    }
+    return ag_store_exec_stmt(st, s, "rollups");
+}
+
+int ag_rollup_flush(ag_store *st) {
+    if (!st->acc_n) return AG_OK;
+    ag_rollup_acc **accs = malloc(st->acc_n * sizeof *accs);
+    if (!accs) {
+        st->last_rc = SQLITE_NOMEM; /* transient: the writer retries the batch */
+        return ag_store_failf(st, AG_ENOMEM, "%s: rollups: out of memory", st->path);
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < st->acc_cap && n < st->acc_n; i++)
+        if (st->acc[i].used) accs[n++] = &st->acc[i];
+    qsort(accs, n, sizeof *accs, acc_order);
+    int err = AG_OK;
+    for (size_t i = 0; !err && i < n;) {
+        size_t j = i + 1;
+        while (j < n && accs[j]->tensor_id == accs[i]->tensor_id &&
+               accs[j]->format_id == accs[i]->format_id)
+            j++;
+        err = flush_key(st, accs + i, j - i);
+        i = j;
+    }
+    free(accs);
+    if (err) return err;
     ag_rollup_forget(st);
     return AG_OK;
 }
@@ -232,9 +407,12 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
 /* Every bucket not wholly below its tensor's raw horizon is computed again
  * from the raw rows (buckets below it have no raw rows left to count). */
 static const char rebuild_sql[] =
-    "DELETE FROM rollups WHERE (bucket+1)*width > coalesce((SELECT step FROM raw_horizon h"
-    " WHERE h.tensor_id=rollups.tensor_id),0);"
-    "INSERT INTO rollups"
+    "DELETE FROM rollups_sealed WHERE (bucket+1)*width > coalesce((SELECT step FROM raw_horizon h"
+    " WHERE h.tensor_id=rollups_sealed.tensor_id),0);"
+    /* the open buckets are newer than any horizon: all computed again,
+     * sealed (the next commit of each key opens its heads again) */
+    "DELETE FROM rollup_heads;"
+    "INSERT INTO rollups_sealed"
     " SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, count(*), sum(r.stalled),"
     " sum(r.total), coalesce(sum(r.flips),0), count(*) - count(r.flips), sum(r.overflow),"
     " sum(r.underflow), sum(r.nonfinite), min(r.step), max(r.step), min(r.amax), max(r.amax), 0,"
@@ -242,13 +420,13 @@ static const char rebuild_sql[] =
     " FROM results r, (SELECT 10 AS width UNION ALL SELECT 100 UNION ALL SELECT 1000) w"
     " WHERE r.step >= coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=r.tensor_id),0)"
     " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width;"
-    "UPDATE rollups SET"
-    " amax_last=(SELECT amax FROM results r WHERE r.tensor_id=rollups.tensor_id"
-    " AND r.format_id=rollups.format_id AND r.step=rollups.last_step),"
-    " scale_last=(SELECT scale FROM results r WHERE r.tensor_id=rollups.tensor_id"
-    " AND r.format_id=rollups.format_id AND r.step=rollups.last_step)"
+    "UPDATE rollups_sealed SET"
+    " amax_last=(SELECT amax FROM results r WHERE r.tensor_id=rollups_sealed.tensor_id"
+    " AND r.format_id=rollups_sealed.format_id AND r.step=rollups_sealed.last_step),"
+    " scale_last=(SELECT scale FROM results r WHERE r.tensor_id=rollups_sealed.tensor_id"
+    " AND r.format_id=rollups_sealed.format_id AND r.step=rollups_sealed.last_step)"
     " WHERE (bucket+1)*width > coalesce((SELECT step FROM raw_horizon h"
-    " WHERE h.tensor_id=rollups.tensor_id),0);";
+    " WHERE h.tensor_id=rollups_sealed.tensor_id),0);";
 
 int ag_store_rebuild_rollups(ag_store *st, uint64_t *buckets) {
     if (!st || st->readonly || st->in_txn) return AG_EINVAL;

@@ -159,8 +159,9 @@ Test(rollups_daemon, rebuild_rollups_mends_them_from_the_raw_rows_and_exits) {
     sqlite3 *db = NULL;
     cr_assert_eq(sqlite3_open(H.db, &db), SQLITE_OK);
     cr_assert_eq(sqlite3_exec(db,
-                              "UPDATE rollups SET total=total+5 WHERE bucket % 2 = 0;"
-                              "DELETE FROM rollups WHERE width=100",
+                              "UPDATE rollups_sealed SET total=total+5 WHERE bucket % 2 = 0;"
+                              "DELETE FROM rollups_sealed WHERE width=100;"
+                              "UPDATE rollup_heads SET total2=total2+5, rows1=0",
                               NULL, NULL, NULL),
                  SQLITE_OK);
     cr_assert_neq(scalar(db, "SELECT count(*) FROM (" RAW_BUCKETS " EXCEPT " ROLLUP_BUCKETS ")"),

@@ -93,9 +93,9 @@ static void fill(ag_store *st, uint64_t n) {
     cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
 }
 
-/* The results of a file of this build (schema 11 on) put back into the
- * table of schema 10, row for row, with user_version 10: a file as an older
- * altgrad left it. */
+/* A file of this build (schema 12 on) put back to schema 10, row for row:
+ * the results in their table again, the rollups in one table; a file as an
+ * older altgrad left it. */
 static void results_back_to_table(sqlite3 *db) {
     cr_assert_eq(sqlite3_exec(db,
                               "CREATE TABLE results_old (tensor_id INTEGER NOT NULL, format_id"
@@ -109,6 +109,14 @@ static void results_back_to_table(sqlite3 *db) {
                               "INSERT INTO results_old SELECT * FROM results;"
                               "DROP TABLE result_segs;"
                               "ALTER TABLE results_old RENAME TO results;"
+                              /* and migration 12's open buckets back in one table */
+                              "INSERT INTO rollups_sealed SELECT r.* FROM rollups r WHERE NOT"
+                              " EXISTS (SELECT 1 FROM rollups_sealed s WHERE"
+                              " s.tensor_id=r.tensor_id AND s.format_id=r.format_id AND"
+                              " s.width=r.width AND s.bucket=r.bucket);"
+                              "DROP VIEW rollups;"
+                              "DROP TABLE rollup_heads;"
+                              "ALTER TABLE rollups_sealed RENAME TO rollups;"
                               "PRAGMA user_version=10",
                               NULL, NULL, NULL),
                  SQLITE_OK, "%s", sqlite3_errmsg(db));
