@@ -150,6 +150,10 @@ int ag_seg_next(ag_seg_reader *rd, ag_store_result_row *r) {
         ((flags & PF_MSE) && get_real(rd, 0, &mse)) ||
         ((flags & PF_SQNR) && get_real(rd, 0, &sqnr)))
         return -1;
+    /* only what ag_seg_encode writes: finite reals, ranks flagged only past 1 */
+    if (!isfinite(amax) || !isfinite(scale) || ((flags & PF_MSE) && !isfinite(mse)) ||
+        ((flags & PF_SQNR) && !isfinite(sqnr)) || ((flags & PF_RANKS) && ranks < 2))
+        return -1;
     rd->step += delta;
     rd->started = 1;
     r->step = rd->step;
@@ -178,8 +182,8 @@ static const char *const seg_sql[AG_SEG_STMT_COUNT] = {
                            " ORDER BY first_step DESC LIMIT 1",
     [AG_SEG_FIRST] = SEG_COLS " WHERE tensor_id=?1 AND format_id=?2 ORDER BY first_step LIMIT 1",
     [AG_SEG_BY_ID] = SEG_COLS " WHERE id=?1",
-    [AG_SEG_INSERT] = "INSERT INTO result_segs(tensor_id,format_id,first_step,last_step,n,data)"
-                      " VALUES(?1,?2,?3,?4,?5,?6)",
+    [AG_SEG_INSERT] = ("INSERT INTO result_segs(tensor_id,format_id,first_step,last_step,n,"
+                       "data) VALUES(?1,?2,?3,?4,?5,?6)"),
     [AG_SEG_UPDATE] = "UPDATE result_segs SET first_step=?2,last_step=?3,n=?4,data=?5 WHERE id=?1",
     [AG_SEG_DELETE] = "DELETE FROM result_segs WHERE id=?1",
 };
