@@ -7,6 +7,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +25,13 @@ int64_t ag_eng_wall_ms(void) {
 
 int ag_eng_fmt_index(const ag_format *f) {
     size_t n = ag_format_count();
+    /* The registry is one array: its index from the address, checked. */
+    const ag_format *first = ag_format_at(0);
+    uintptr_t a = (uintptr_t)f, lo = (uintptr_t)first;
+    if (first && a >= lo && (a - lo) % sizeof *f == 0) {
+        size_t i = (size_t)((a - lo) / sizeof *f);
+        if (i < n && i < AG_FORMATS_MAX && ag_format_at(i) == f) return (int)i;
+    }
     for (size_t i = 0; i < n && i < AG_FORMATS_MAX; i++)
         if (ag_format_at(i) == f) return (int)i;
     return -1;
@@ -31,8 +39,33 @@ int ag_eng_fmt_index(const ag_format *f) {
 
 int ag_eng_push(ag_engine *e, const ag_write_item *it) {
     if (!e->writer) return AG_ECLOSED;
-    return ag_writer_push(e->writer, it);
+    if (e->nstage == e->stage_cap) {
+        size_t ncap = e->stage_cap ? e->stage_cap * 2 : 64;
+        ag_write_item *p = realloc(e->stage, ncap * sizeof *p);
+        if (!p) return AG_ENOMEM;
+        e->stage = p;
+        e->stage_cap = ncap;
+    }
+    e->stage[e->nstage++] = *it;
+    return AG_OK;
 }
+
+int ag_eng_stage_flush(ag_engine *e, int boundary) {
+    if (!e->writer) return AG_ECLOSED;
+    if (e->nstage == 0 && !boundary) return AG_OK;
+    int err = ag_writer_push_batch(e->writer, e->stage, e->nstage, boundary);
+    if (err) {
+        ag_log(e->log, AG_LOG_ERROR, "%zu rows not queued for the store: %s", e->nstage,
+               ag_strerror(err));
+        for (size_t i = 0; i < e->nstage; i++) ag_write_item_clear(&e->stage[i]);
+        /* the boundary still closes what was queued before */
+        if (boundary) ag_writer_boundary(e->writer);
+    }
+    e->nstage = 0;
+    return err;
+}
+
+void ag_eng_boundary(ag_engine *e) { ag_eng_stage_flush(e, 1); }
 
 /* ---------------------------------------------------------------- state */
 
@@ -106,6 +139,9 @@ void ag_engine_free(ag_engine *e) {
     ag_map_free(&e->runs);
     free(e->runs_by_id);
     free(e->tensors_by_id);
+    for (size_t i = 0; i < e->nstage; i++) ag_write_item_clear(&e->stage[i]);
+    free(e->stage);
+    ag_eng_free_spare_job(e);
     ag_engine_trim(e);
     free(e);
 }
@@ -321,7 +357,7 @@ static int flush_tensors(ag_engine *e) {
 int ag_engine_flush(ag_engine *e) {
     if (!e->touched) return AG_OK;
     int err = flush_tensors(e);
-    if (e->writer) ag_writer_boundary(e->writer);
+    ag_eng_boundary(e);
     return err;
 }
 
@@ -368,7 +404,7 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
     c.u.counter.name = "bytes";
     c.u.counter.delta = bytes;
     if (!err) err = ag_eng_push(e, &c);
-    if (e->writer) ag_writer_boundary(e->writer);
+    ag_eng_boundary(e);
     return err;
 }
 
@@ -391,7 +427,7 @@ void ag_engine_reject(ag_engine *e, size_t bytes) {
         b.u.counter.name = "bytes";
         b.u.counter.delta = bytes;
         ag_eng_push(e, &b);
-        ag_writer_boundary(e->writer);
+        ag_eng_boundary(e);
     }
 }
 
