@@ -23,7 +23,28 @@ int64_t ag_eng_wall_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Formats' registry indexes, remembered by address (an entry's index never
+ * changes: the registry only grows). Per thread, direct-mapped. */
+#define FMT_CACHE 16
+static _Thread_local struct {
+    const ag_format *f;
+    int i;
+} fmt_cache[FMT_CACHE];
+
+static int fmt_index_uncached(const ag_format *f);
+
 int ag_eng_fmt_index(const ag_format *f) {
+    size_t slot = (size_t)((uintptr_t)f / sizeof *f) % FMT_CACHE;
+    if (f && fmt_cache[slot].f == f) return fmt_cache[slot].i;
+    int i = fmt_index_uncached(f);
+    if (i >= 0) {
+        fmt_cache[slot].f = f;
+        fmt_cache[slot].i = i;
+    }
+    return i;
+}
+
+static int fmt_index_uncached(const ag_format *f) {
     size_t n = ag_format_count();
     /* The registry is one array: its index from the address, checked. */
     const ag_format *first = ag_format_at(0);

@@ -224,7 +224,10 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
     }
     job->reserved = cost;
     if ((err = payload(e, job, s))) goto fail;
-    if ((err = ag_eng_tensor_for(e, r, s->tensor, AG_ROLE_WEIGHT, &job->t))) goto fail;
+    if (known)
+        job->t = known; /* found above: no second lookup */
+    else if ((err = ag_eng_tensor_for(e, r, s->tensor, AG_ROLE_WEIGHT, &job->t)))
+        goto fail;
     if (!ag_eng_role_for(e, job->t, AG_ROLE_WEIGHT)) {
         err = AG_ENOMEM;
         goto fail;
