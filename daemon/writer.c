@@ -70,6 +70,7 @@ typedef struct merge_state {
         uint64_t c;
         size_t i; /* arrival order */
     } * keys, *ktmp;
+    size_t *runs_at; /* where each ascending run of keys begins (cap_keys + 1) */
     size_t cap_keys;
     unsigned char *sorted;
     size_t cap_sorted; /* bytes */
@@ -293,6 +294,7 @@ static void merge_free(merge_state *m) {
     free(m->stats);
     free(m->keys);
     free(m->ktmp);
+    free(m->runs_at);
     free(m->sorted);
     memset(m, 0, sizeof *m);
 }
@@ -457,7 +459,7 @@ static int key_less(const struct sort_key *x, const struct sort_key *y) {
     return x->i < y->i;
 }
 
-/* Room for n keys (and as many to merge into). */
+/* Room for n keys (and as many to merge into, and their runs). */
 static int keys_room(merge_state *m, size_t n) {
     if (n <= m->cap_keys) return AG_OK;
     size_t ncap = m->cap_keys ? m->cap_keys : 256;
@@ -468,6 +470,9 @@ static int keys_room(merge_state *m, size_t n) {
     k = realloc(m->ktmp, ncap * sizeof *k);
     if (!k) return AG_ENOMEM;
     m->ktmp = k;
+    size_t *r = realloc(m->runs_at, (ncap + 1) * sizeof *r);
+    if (!r) return AG_ENOMEM;
+    m->runs_at = r;
     m->cap_keys = ncap;
     return AG_OK;
 }
@@ -475,26 +480,31 @@ static int keys_room(merge_state *m, size_t n) {
 /* The n rows of elem bytes at base in the order of m->keys[0..n) (key i
  * is row i's): base itself when they are in order already, else a copy in
  * order in m->sorted; NULL without memory. The keys are distinct (each
- * holds its arrival index), so the order is total and stable. */
+ * holds its arrival index), so the order is total and stable. A natural
+ * merge sort: rows arrive step after step, each step's tensors and formats
+ * in order, so a batch is a few long ascending runs (one a step) merged in
+ * log2(runs) passes. */
 static const void *in_key_order(merge_state *m, const void *base, size_t elem, size_t n) {
     struct sort_key *k = m->keys, *t = m->ktmp;
-    size_t first = 1;
-    while (first < n && key_less(&k[first - 1], &k[first])) first++;
-    if (first >= n) return base;
-    /* Bottom-up merge sort, the first run (already in order) as one piece. */
-    for (size_t width = 1; width < n; width *= 2) {
-        for (size_t lo = 0; lo < n; lo += 2 * width) {
-            size_t mid = lo + width < n ? lo + width : n;
-            size_t hi = lo + 2 * width < n ? lo + 2 * width : n;
+    size_t *runs = m->runs_at, nruns = 0;
+    /* run r is keys [runs[r], runs[r + 1]); runs[nruns] = n */
+    runs[nruns++] = 0;
+    for (size_t i = 1; i < n; i++)
+        if (!key_less(&k[i - 1], &k[i])) runs[nruns++] = i;
+    if (nruns == 1) return base;
+    runs[nruns] = n;
+    while (nruns > 1) {
+        size_t out = 0;
+        for (size_t r = 0; r < nruns; r += 2) {
+            size_t lo = runs[r], mid = runs[r + 1], hi = r + 2 <= nruns ? runs[r + 2] : mid;
             size_t i = lo, j = mid, o = lo;
-            if (mid <= first && hi <= first) { /* inside the ordered prefix */
-                memcpy(&t[lo], &k[lo], (hi - lo) * sizeof *k);
-                continue;
-            }
             while (i < mid && j < hi) t[o++] = key_less(&k[j], &k[i]) ? k[j++] : k[i++];
-            while (i < mid) t[o++] = k[i++];
-            while (j < hi) t[o++] = k[j++];
+            if (i < mid) memcpy(&t[o], &k[i], (mid - i) * sizeof *k);
+            if (j < hi) memcpy(&t[o], &k[j], (hi - j) * sizeof *k);
+            runs[out++] = lo;
         }
+        runs[out] = n;
+        nruns = out;
         struct sort_key *x = k;
         k = t;
         t = x;
