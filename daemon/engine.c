@@ -179,6 +179,15 @@ static void *spare_remove(ag_engine *e, size_t i) {
 }
 
 void *ag_eng_take(ag_engine *e, size_t size) {
+    if (size <= AG_ENGINE_SMALL_MAX) {
+        for (size_t i = e->nsmall; i-- > 0;)
+            if (e->small[i].size == size) {
+                void *p = e->small[i].p;
+                e->small[i] = e->small[--e->nsmall];
+                return p;
+            }
+        return malloc(size ? size : 1);
+    }
     /* The newest of that size: the most likely to be still in cache. */
     for (size_t i = e->nspares; i-- > 0;)
         if (e->spares[i].size == size) return spare_remove(e, i);
@@ -190,6 +199,14 @@ void *ag_eng_take(ag_engine *e, size_t size) {
 
 void ag_eng_give(ag_engine *e, void *p, size_t size) {
     if (!p) return;
+    if (size <= AG_ENGINE_SMALL_MAX) {
+        if (e->nsmall == AG_ENGINE_SMALLS) {
+            free(e->small[0].p); /* the oldest */
+            e->small[0] = e->small[--e->nsmall];
+        }
+        e->small[e->nsmall++] = (ag_spare){p, size};
+        return;
+    }
     if (size < AG_ENGINE_SPARE_MIN ||
         e->state_bytes + e->inflight_bytes + e->spare_bytes + size > e->max_state_bytes) {
         free(p);
@@ -207,6 +224,7 @@ void ag_eng_spares_fit(ag_engine *e) {
 
 void ag_engine_trim(ag_engine *e) {
     while (e->nspares) free(spare_remove(e, e->nspares - 1));
+    while (e->nsmall) free(e->small[--e->nsmall].p);
 }
 
 size_t ag_engine_spare_bytes(const ag_engine *e) { return e->spare_bytes; }
@@ -356,8 +374,8 @@ static int flush_tensors(ag_engine *e) {
         for (int role = 0; role < ROLES; role++) {
             role_state *rs = t->roles[role];
             if (!rs) continue;
-            for (int fi = 0; rs->dirty && fi < AG_FORMATS_MAX; fi++) {
-                if (!(rs->dirty >> fi & 1)) continue;
+            for (uint64_t left = rs->dirty; left; left &= left - 1) {
+                int fi = __builtin_ctzll(left); /* the dirty formats, lowest first */
                 ag_write_item s = {.kind = AG_W_SCALE};
                 s.u.scale.tensor_id = t->id;
                 s.u.scale.format_id = e->format_id[fi];

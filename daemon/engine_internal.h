@@ -33,6 +33,10 @@
  * the state budget, and all freed when the daemon is idle (ag_engine_trim). */
 #define AG_ENGINE_SPARES 64
 #define AG_ENGINE_SPARE_MIN ((size_t)64 << 10)
+/* Buffers up to this size are kept too, AG_ENGINE_SMALLS of them (at most
+ * 128 KiB, outside the budget): a small snapshot then allocates nothing. */
+#define AG_ENGINE_SMALL_MAX ((size_t)4096)
+#define AG_ENGINE_SMALLS 32
 
 typedef struct ag_spare {
     void *p;
@@ -209,6 +213,10 @@ struct ag_engine {
      * state_bytes and inflight_bytes against max_state_bytes */
     ag_spare spares[AG_ENGINE_SPARES];
     size_t nspares, spare_bytes;
+    /* Small buffers (at most AG_ENGINE_SMALL_MAX bytes: a small snapshot's
+     * encoded forms and weights) kept for reuse, newest last. */
+    ag_spare small[AG_ENGINE_SMALLS];
+    size_t nsmall;
     /* tensors whose base_w is not yet written: dirty since the last sweep,
      * and those the sweep in progress still has to write */
     tensor_state *dirty, *sweep;
