@@ -13,7 +13,8 @@
  * AG_BENCH_KEEP_DB=FILE copies the database there at the end (to profile or
  * compare queries on it); AG_BENCH_ONLY=store runs the store's share alone,
  * AG_BENCH_ONLY=ingest the end-to-end ingest alone (AG_BENCH_RATE=N paces it
- * to N snapshots a second), AG_BENCH_ONLY=layouts what
+ * to N snapshots a second), AG_BENCH_ONLY=counts the counts-message ingest
+ * alone (AG_BENCH_COUNTS_STEPS steps, else STEPS / 5), AG_BENCH_ONLY=layouts what
  * three layouts of the rows cost the writer (the case for a layout change).
  * Starts $AG_BUILD_DIR/daemon/altgradd (else ../daemon/altgradd next to it).
  */
@@ -732,6 +733,18 @@ int main(void) {
     bench_daemon_paths(&d);
     if (daemon_start(&d)) return 1;
 
+    if (only && strcmp(only, "counts") == 0) {
+        /* AG_BENCH_ONLY=counts: the counts-message ingest line alone */
+        size_t cs = env_size("AG_BENCH_COUNTS_STEPS", steps / 5 ? steps / 5 : 1);
+        double cc[2] = {0, 0}, cr = ingest_counts(&d, tensors, cs, cc);
+        if (cr > 0)
+            printf("  counts messages (t=5, %zu tensors a message, 5 formats, %zu steps): %.0f "
+                   "tensors/s end to end; CPU a tensor: daemon %.1f us, client %.1f us\n",
+                   tensors, cs, cr, cc[0], cc[1]);
+        daemon_stop(&d);
+        ag_tmpdir_remove(d.dir);
+        return cr <= 0;
+    }
     long long wal_busy = 0;
     double rate = ingest(&d, tensors, steps, &wal_busy);
     if (rate <= 0 || (only && strcmp(only, "ingest") == 0)) {

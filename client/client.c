@@ -129,7 +129,10 @@ static int drop_locked(ag_client *c, nng_msg *msg, uint32_t records) {
     return c->stopping ? AG_ECLOSED : AG_EAGAIN;
 }
 
-int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int force) {
+/* Snapshots this small may travel in a bundle (PROTOCOL.md 3.6). */
+#define BUNDLE_ITEM_MAX 4096
+
+static int enqueue(ag_client *c, nng_msg *msg, uint32_t records, int force, int snapshot) {
     size_t len = nng_msg_len(msg);
     for (;;) {
         if (c->stopping) return drop_locked(c, msg, records);
@@ -142,11 +145,20 @@ int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int f
     size_t at = (c->head + c->count) % c->ring_cap;
     c->ring[at] = msg;
     c->ring_records[at] = records;
+    c->ring_small[at] = (unsigned char)(snapshot && len <= BUNDLE_ITEM_MAX);
     c->count++;
     c->bytes += len;
     c->enqueued++;
     pthread_cond_signal(&c->work);
     return AG_OK;
+}
+
+int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int force) {
+    return enqueue(c, msg, records, force, 0);
+}
+
+int ag_client_enqueue_snapshot_locked(ag_client *c, nng_msg *msg) {
+    return enqueue(c, msg, 0, 0, 1);
 }
 
 int ag_client_close_batch_locked(ag_client *c, int force) {
@@ -190,16 +202,6 @@ int ag_client_start_run_locked(ag_client *c) {
 
 /* ---- the sender thread --------------------------------------------------- */
 
-/* Snapshots this small may travel in a bundle (PROTOCOL.md 3.6). */
-#define BUNDLE_ITEM_MAX 4096
-
-static int bundleable(nng_msg *msg) {
-    int version, type;
-    return nng_msg_len(msg) <= BUNDLE_ITEM_MAX &&
-           ag_proto_peek(nng_msg_body(msg), nng_msg_len(msg), &version, &type) == AG_OK &&
-           type == AG_MSG_SNAPSHOT;
-}
-
 /* How many queued messages from the head go out in one bundle (1: the head
  * alone): consecutive small snapshots already queued, within batch_bytes.
  * Nothing waits for more, so a bundle adds no latency. Lock held. */
@@ -207,11 +209,11 @@ static size_t bundle_count(ag_client *c, size_t *bytes) {
     nng_msg *msg = c->ring[c->head];
     size_t k = 1;
     *bytes = nng_msg_len(msg);
-    if (!atomic_load(&c->bundles) || c->count < 2 || !bundleable(msg)) return 1;
+    if (!atomic_load(&c->bundles) || c->count < 2 || !c->ring_small[c->head]) return 1;
     while (k < c->count && k < AG_PROTO_MAX_BUNDLE) {
-        nng_msg *next = c->ring[(c->head + k) % c->ring_cap];
-        size_t len = nng_msg_len(next);
-        if (!bundleable(next) ||
+        size_t at = (c->head + k) % c->ring_cap;
+        size_t len = nng_msg_len(c->ring[at]);
+        if (!c->ring_small[at] ||
             ag_bundle_size((uint32_t)k + 1, *bytes + len) > c->opts.batch_bytes)
             break;
         *bytes += len;
@@ -426,6 +428,7 @@ static int fill_options(ag_client *c, const ag_client_opts *in) {
 static void free_client(ag_client *c) {
     free(c->ring);
     free(c->ring_records);
+    free(c->ring_small);
     ag_buf_free(&c->batch.buf);
     free(c->metadata);
     free(c->ingest_url);
@@ -474,7 +477,8 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     c->ring_cap = c->opts.queue_messages + 3;
     c->ring = calloc(c->ring_cap, sizeof(*c->ring));
     c->ring_records = calloc(c->ring_cap, sizeof(*c->ring_records));
-    if (!c->ring || !c->ring_records) {
+    c->ring_small = calloc(c->ring_cap, sizeof(*c->ring_small));
+    if (!c->ring || !c->ring_records || !c->ring_small) {
         rc = AG_ENOMEM;
         goto fail;
     }

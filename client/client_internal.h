@@ -86,6 +86,8 @@ struct ag_client {
     uint64_t confirmed_seq; /* ... and the highest seq among them */
     ag_client_stats stats;
     uint32_t *ring_records;        /* records carried by each queued message */
+    unsigned char *ring_small;     /* each queued message: a snapshot small enough
+                                    * for a bundle (set when queued) */
     unsigned callers;              /* threads that will touch the handle again after
                                  * releasing mu (a wait, an encode); close waits
                                  * for them to leave before freeing */
@@ -100,6 +102,9 @@ struct ag_client {
  * mu. force: ignore the queue limits (run_start / run_end). AG_EAGAIN when
  * dropped under AG_QUEUE_DROP, AG_ECLOSED when closing. */
 int ag_client_enqueue_locked(ag_client *c, nng_msg *msg, uint32_t records, int force);
+/* The same for a snapshot message (it may travel in a bundle when small:
+ * the sender need not read its header again). */
+int ag_client_enqueue_snapshot_locked(ag_client *c, nng_msg *msg);
 /* Queue the open stats batch, if any. Caller holds mu. force: past the
  * queue limits (only at the end of a run, into the ring's spare slots). */
 int ag_client_close_batch_locked(ag_client *c, int force);

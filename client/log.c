@@ -206,7 +206,7 @@ leave:
     }
     if (!rc) {
         ag_client_close_batch_locked(c, 0); /* records logged before this go first */
-        rc = ag_client_enqueue_locked(c, nm, 0, 0);
+        rc = ag_client_enqueue_snapshot_locked(c, nm);
     }
     if (!rc) {
         c->stats.snapshots++;

@@ -7,6 +7,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -22,8 +23,36 @@ int64_t ag_eng_wall_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Formats' registry indexes, remembered by address (an entry's index never
+ * changes: the registry only grows). Per thread, direct-mapped. */
+#define FMT_CACHE 16
+static _Thread_local struct {
+    const ag_format *f;
+    int i;
+} fmt_cache[FMT_CACHE];
+
+static int fmt_index_uncached(const ag_format *f);
+
 int ag_eng_fmt_index(const ag_format *f) {
+    size_t slot = (size_t)((uintptr_t)f / sizeof *f) % FMT_CACHE;
+    if (f && fmt_cache[slot].f == f) return fmt_cache[slot].i;
+    int i = fmt_index_uncached(f);
+    if (i >= 0) {
+        fmt_cache[slot].f = f;
+        fmt_cache[slot].i = i;
+    }
+    return i;
+}
+
+static int fmt_index_uncached(const ag_format *f) {
     size_t n = ag_format_count();
+    /* The registry is one array: its index from the address, checked. */
+    const ag_format *first = ag_format_at(0);
+    uintptr_t a = (uintptr_t)f, lo = (uintptr_t)first;
+    if (first && a >= lo && (a - lo) % sizeof *f == 0) {
+        size_t i = (size_t)((a - lo) / sizeof *f);
+        if (i < n && i < AG_FORMATS_MAX && ag_format_at(i) == f) return (int)i;
+    }
     for (size_t i = 0; i < n && i < AG_FORMATS_MAX; i++)
         if (ag_format_at(i) == f) return (int)i;
     return -1;
@@ -31,8 +60,33 @@ int ag_eng_fmt_index(const ag_format *f) {
 
 int ag_eng_push(ag_engine *e, const ag_write_item *it) {
     if (!e->writer) return AG_ECLOSED;
-    return ag_writer_push(e->writer, it);
+    if (e->nstage == e->stage_cap) {
+        size_t ncap = e->stage_cap ? e->stage_cap * 2 : 64;
+        ag_write_item *p = realloc(e->stage, ncap * sizeof *p);
+        if (!p) return AG_ENOMEM;
+        e->stage = p;
+        e->stage_cap = ncap;
+    }
+    e->stage[e->nstage++] = *it;
+    return AG_OK;
 }
+
+int ag_eng_stage_flush(ag_engine *e, int boundary) {
+    if (!e->writer) return AG_ECLOSED;
+    if (e->nstage == 0 && !boundary) return AG_OK;
+    int err = ag_writer_push_batch(e->writer, e->stage, e->nstage, boundary);
+    if (err) {
+        ag_log(e->log, AG_LOG_ERROR, "%zu rows not queued for the store: %s", e->nstage,
+               ag_strerror(err));
+        for (size_t i = 0; i < e->nstage; i++) ag_write_item_clear(&e->stage[i]);
+        /* the boundary still closes what was queued before */
+        if (boundary) ag_writer_boundary(e->writer);
+    }
+    e->nstage = 0;
+    return err;
+}
+
+void ag_eng_boundary(ag_engine *e) { ag_eng_stage_flush(e, 1); }
 
 /* ---------------------------------------------------------------- state */
 
@@ -106,6 +160,9 @@ void ag_engine_free(ag_engine *e) {
     ag_map_free(&e->runs);
     free(e->runs_by_id);
     free(e->tensors_by_id);
+    for (size_t i = 0; i < e->nstage; i++) ag_write_item_clear(&e->stage[i]);
+    free(e->stage);
+    ag_eng_free_spare_job(e);
     ag_engine_trim(e);
     free(e);
 }
@@ -122,6 +179,15 @@ static void *spare_remove(ag_engine *e, size_t i) {
 }
 
 void *ag_eng_take(ag_engine *e, size_t size) {
+    if (size <= AG_ENGINE_SMALL_MAX) {
+        for (size_t i = e->nsmall; i-- > 0;)
+            if (e->small[i].size == size) {
+                void *p = e->small[i].p;
+                e->small[i] = e->small[--e->nsmall];
+                return p;
+            }
+        return malloc(size ? size : 1);
+    }
     /* The newest of that size: the most likely to be still in cache. */
     for (size_t i = e->nspares; i-- > 0;)
         if (e->spares[i].size == size) return spare_remove(e, i);
@@ -133,6 +199,14 @@ void *ag_eng_take(ag_engine *e, size_t size) {
 
 void ag_eng_give(ag_engine *e, void *p, size_t size) {
     if (!p) return;
+    if (size <= AG_ENGINE_SMALL_MAX) {
+        if (e->nsmall == AG_ENGINE_SMALLS) {
+            free(e->small[0].p); /* the oldest */
+            e->small[0] = e->small[--e->nsmall];
+        }
+        e->small[e->nsmall++] = (ag_spare){p, size};
+        return;
+    }
     if (size < AG_ENGINE_SPARE_MIN ||
         e->state_bytes + e->inflight_bytes + e->spare_bytes + size > e->max_state_bytes) {
         free(p);
@@ -150,6 +224,7 @@ void ag_eng_spares_fit(ag_engine *e) {
 
 void ag_engine_trim(ag_engine *e) {
     while (e->nspares) free(spare_remove(e, e->nspares - 1));
+    while (e->nsmall) free(e->small[--e->nsmall].p);
 }
 
 size_t ag_engine_spare_bytes(const ag_engine *e) { return e->spare_bytes; }
@@ -299,8 +374,8 @@ static int flush_tensors(ag_engine *e) {
         for (int role = 0; role < ROLES; role++) {
             role_state *rs = t->roles[role];
             if (!rs) continue;
-            for (int fi = 0; rs->dirty && fi < AG_FORMATS_MAX; fi++) {
-                if (!(rs->dirty >> fi & 1)) continue;
+            for (uint64_t left = rs->dirty; left; left &= left - 1) {
+                int fi = __builtin_ctzll(left); /* the dirty formats, lowest first */
                 ag_write_item s = {.kind = AG_W_SCALE};
                 s.u.scale.tensor_id = t->id;
                 s.u.scale.format_id = e->format_id[fi];
@@ -321,7 +396,7 @@ static int flush_tensors(ag_engine *e) {
 int ag_engine_flush(ag_engine *e) {
     if (!e->touched) return AG_OK;
     int err = flush_tensors(e);
-    if (e->writer) ag_writer_boundary(e->writer);
+    ag_eng_boundary(e);
     return err;
 }
 
@@ -368,7 +443,7 @@ int ag_eng_end_message(ag_engine *e, client_state *cs, size_t bytes, int with_te
     c.u.counter.name = "bytes";
     c.u.counter.delta = bytes;
     if (!err) err = ag_eng_push(e, &c);
-    if (e->writer) ag_writer_boundary(e->writer);
+    ag_eng_boundary(e);
     return err;
 }
 
@@ -391,7 +466,7 @@ void ag_engine_reject(ag_engine *e, size_t bytes) {
         b.u.counter.name = "bytes";
         b.u.counter.delta = bytes;
         ag_eng_push(e, &b);
-        ag_writer_boundary(e->writer);
+        ag_eng_boundary(e);
     }
 }
 

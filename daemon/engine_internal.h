@@ -33,6 +33,10 @@
  * the state budget, and all freed when the daemon is idle (ag_engine_trim). */
 #define AG_ENGINE_SPARES 64
 #define AG_ENGINE_SPARE_MIN ((size_t)64 << 10)
+/* Buffers up to this size are kept too, AG_ENGINE_SMALLS of them (at most
+ * 128 KiB, outside the budget): a small snapshot then allocates nothing. */
+#define AG_ENGINE_SMALL_MAX ((size_t)4096)
+#define AG_ENGINE_SMALLS 32
 
 typedef struct ag_spare {
     void *p;
@@ -186,6 +190,10 @@ struct ag_engine {
     ag_logger *log;
     ag_counters *counters;
     ag_writer *writer;
+    /* Rows queued for the writer since the last commit boundary, handed
+     * over in one ag_writer_push_batch at the boundary (ag_eng_boundary). */
+    ag_write_item *stage;
+    size_t nstage, stage_cap;
     ag_map runs;     /* name -> run_state */
     ag_map families; /* name asked -> the newest run made for it */
     ag_map launches; /* "launch\x1fasked" -> the run that launch went to */
@@ -200,10 +208,15 @@ struct ag_engine {
     size_t state_bytes, max_state_bytes; /* see AG_ENGINE_MAX_STATE_BYTES */
     size_t inflight_bytes;               /* reserved by snapshot jobs in flight */
     size_t njobs;                        /* snapshot jobs in flight */
+    ag_engine_job *spare_job;            /* a finished job's memory, for the next */
     /* spare buffers, oldest first; spare_bytes of them, counted with
      * state_bytes and inflight_bytes against max_state_bytes */
     ag_spare spares[AG_ENGINE_SPARES];
     size_t nspares, spare_bytes;
+    /* Small buffers (at most AG_ENGINE_SMALL_MAX bytes: a small snapshot's
+     * encoded forms and weights) kept for reuse, newest last. */
+    ag_spare small[AG_ENGINE_SMALLS];
+    size_t nsmall;
     /* tensors whose base_w is not yet written: dirty since the last sweep,
      * and those the sweep in progress still has to write */
     tensor_state *dirty, *sweep;
@@ -271,6 +284,10 @@ struct ag_engine_job {
      * and it does not become the tensor's baseline) */
     uint32_t ranks;
     int partial;
+    /* the per-chunk sums of a small job (one chunk), without allocations
+     * (job_calloc); larger ones are allocated */
+    size_t arena_used;
+    _Alignas(16) unsigned char arena[1024];
 };
 
 /* Bytes of f's encoded form of n elements (core/stall_encode.h): n
@@ -290,8 +307,17 @@ static inline int ag_eng_scale_is_one(const ag_format *f) {
 int64_t ag_eng_wall_ms(void);
 /* Registry index of f (0..AG_FORMATS_MAX-1), or -1. */
 int ag_eng_fmt_index(const ag_format *f);
-/* Queue one row for the writer. */
+/* Queue one row for the writer: kept in the engine's stage (copied; owned
+ * pointers move to it) until the next ag_eng_boundary or ag_eng_stage_flush
+ * hands the stage over in order. AG_ENOMEM (the stage cannot grow) or
+ * AG_ECLOSED (no writer): not queued, the caller still owns it. */
 int ag_eng_push(ag_engine *e, const ag_write_item *it);
+/* Hand the staged rows to the writer in one push (boundary: then mark a
+ * commit boundary, as ag_writer_boundary). Rows the writer refuses (out of
+ * memory growing its queue, or stopped) are freed and logged: the error. */
+int ag_eng_stage_flush(ag_engine *e, int boundary);
+/* The end of a message (or other unit): the stage handed over, a boundary. */
+void ag_eng_boundary(ag_engine *e);
 /* The store id of format f (registry index fi), queuing its row when new. */
 int ag_eng_format_id(ag_engine *e, const ag_format *f, int fi, int64_t *id);
 /* A run in the engine's maps (asked NULL: name; launch NULL: none); the
@@ -393,6 +419,8 @@ void ag_eng_job_scales(ag_engine *e, ag_engine_job *job);
 int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job);
 /* Set the job up for its amax phase (chunks of ag_amax). */
 int ag_eng_job_amax_phase(ag_engine_job *job);
+/* Free the finished job's memory kept for the next one (ag_engine_free). */
+void ag_eng_free_spare_job(ag_engine *e);
 /* A buffer of size bytes: a spare of exactly that size, else malloc (after
  * freeing the spares past the budget). Loop. */
 void *ag_eng_take(ag_engine *e, size_t size);

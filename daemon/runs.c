@@ -16,7 +16,12 @@
 #include "daemon/engine_internal.h"
 
 /* A client id as the key of e->clients. */
-static void cid_key(uint64_t cid, char key[17]) { snprintf(key, 17, "%016" PRIx64, cid); }
+/* The client id as 16 lowercase hex digits (as "%016" PRIx64 writes it). */
+static void cid_key(uint64_t cid, char key[17]) {
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, cid >>= 4) key[i] = hex[cid & 15];
+    key[16] = '\0';
+}
 
 /* "launch\x1fasked": a launch id is printable ASCII, so the first 0x1f
  * separates the two and no other pair gives the same key. */

@@ -456,7 +456,7 @@ static int file_incomplete(ag_engine *e, shard_step *ss) {
             ag_engine_job_run(e, job);
             ag_engine_job_finish(e, job);
             queue_run_step(e, r);
-            if (e->writer) ag_writer_boundary(e->writer);
+            ag_eng_boundary(e);
             return 1;
         }
     }

@@ -7,6 +7,8 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,7 +55,45 @@ static int payload(ag_engine *e, ag_engine_job *job, const ag_msg_snapshot *s) {
     return AG_OK;
 }
 
-/* Free a job, its large buffers given back as spares. Loop. */
+/* n zeroed elements of size bytes for a job's per-chunk sums: from the
+ * job's arena while it has room (a small job allocates nothing), else
+ * calloc. NULL without memory. */
+static void *job_calloc(ag_engine_job *job, size_t n, size_t size) {
+    if (n && size > SIZE_MAX / n) return NULL;
+    size_t bytes = n * size;
+    size_t room = sizeof job->arena - job->arena_used;
+    if (bytes <= room && (bytes + 15) / 16 * 16 <= room) {
+        void *p = job->arena + job->arena_used;
+        job->arena_used += (bytes + 15) / 16 * 16;
+        memset(p, 0, bytes);
+        return p;
+    }
+    return calloc(n ? n : 1, size);
+}
+
+/* Give back what job_calloc handed out (NULL: nothing). */
+static void job_release(ag_engine_job *job, void *p) {
+    uintptr_t a = (uintptr_t)p, lo = (uintptr_t)job->arena;
+    if (p && (a < lo || a >= lo + sizeof job->arena)) free(p);
+}
+
+/* A zeroed job: the memory of the last one freed, else new. Loop. */
+static ag_engine_job *job_new(ag_engine *e) {
+    ag_engine_job *job = e->spare_job;
+    e->spare_job = NULL;
+    if (!job) return calloc(1, sizeof *job);
+    /* the arena's bytes are zeroed as they are handed out */
+    memset(job, 0, offsetof(ag_engine_job, arena));
+    return job;
+}
+
+void ag_eng_free_spare_job(ag_engine *e) {
+    free(e->spare_job);
+    e->spare_job = NULL;
+}
+
+/* Free a job, its large buffers given back as spares, its memory kept for
+ * the next job. Loop. */
 static void job_free(ag_engine *e, ag_engine_job *job) {
     if (!job) return;
     size_t fbytes = job->n * sizeof(float);
@@ -62,13 +102,16 @@ static void job_free(ag_engine *e, ag_engine_job *job) {
     ag_eng_give(e, job->xbuf, fbytes);
     for (size_t i = 0; i < job->nf; i++)
         ag_eng_give(e, job->cur[i], enc_bytes(job->fmts[i], job->n));
-    free(job->part_amax);
-    free(job->part_bad);
-    free(job->part_counts);
-    free(job->part_flips);
-    free(job->part_qerr);
-    free(job->part_err);
-    free(job);
+    job_release(job, job->part_amax);
+    job_release(job, job->part_bad);
+    job_release(job, job->part_counts);
+    job_release(job, job->part_flips);
+    job_release(job, job->part_qerr);
+    job_release(job, job->part_err);
+    if (e->spare_job)
+        free(job);
+    else
+        e->spare_job = job;
 }
 
 /* Bytes a snapshot job of n elements holds while in flight: the message
@@ -127,7 +170,7 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
      * changed, and leave a scale of 0 or inf in force. Refuse it up front. */
     if (s->form == AG_FORM_SGD && !isfinite((float)s->lr)) return AG_ERANGE;
     if (s->has_scale && !((float)s->scale > 0 && isfinite((float)s->scale))) return AG_ERANGE;
-    ag_engine_job *job = calloc(1, sizeof *job);
+    ag_engine_job *job = job_new(e);
     if (!job) return AG_ENOMEM;
     int err = AG_OK;
     job->step = s->step;
@@ -181,7 +224,10 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
     }
     job->reserved = cost;
     if ((err = payload(e, job, s))) goto fail;
-    if ((err = ag_eng_tensor_for(e, r, s->tensor, AG_ROLE_WEIGHT, &job->t))) goto fail;
+    if (known)
+        job->t = known; /* found above: no second lookup */
+    else if ((err = ag_eng_tensor_for(e, r, s->tensor, AG_ROLE_WEIGHT, &job->t)))
+        goto fail;
     if (!ag_eng_role_for(e, job->t, AG_ROLE_WEIGHT)) {
         err = AG_ENOMEM;
         goto fail;
@@ -214,10 +260,10 @@ int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
     size_t n = job->n, nf = job->nf;
     job->chunk = AG_ENGINE_CHUNK;
     job->nchunks = (n + job->chunk - 1) / job->chunk;
-    job->part_counts = calloc(job->nchunks * nf, sizeof *job->part_counts);
-    job->part_flips = calloc(job->nchunks * nf, sizeof *job->part_flips);
-    job->part_qerr = calloc(job->nchunks * nf, sizeof *job->part_qerr);
-    if (!job->part_err) job->part_err = calloc(job->nchunks, sizeof *job->part_err);
+    job->part_counts = job_calloc(job, job->nchunks * nf, sizeof *job->part_counts);
+    job->part_flips = job_calloc(job, job->nchunks * nf, sizeof *job->part_flips);
+    job->part_qerr = job_calloc(job, job->nchunks * nf, sizeof *job->part_qerr);
+    if (!job->part_err) job->part_err = job_calloc(job, job->nchunks, sizeof *job->part_err);
     if (!job->part_counts || !job->part_flips || !job->part_qerr || !job->part_err)
         return AG_ENOMEM;
     for (size_t i = 0; i < nf; i++)
@@ -264,9 +310,9 @@ int ag_eng_job_amax_phase(ag_engine_job *job) {
     job->phase = 0;
     job->chunk = AG_ENGINE_CHUNK;
     job->nchunks = (job->n + job->chunk - 1) / job->chunk;
-    job->part_amax = calloc(job->nchunks, sizeof *job->part_amax);
-    job->part_bad = calloc(job->nchunks, sizeof *job->part_bad);
-    job->part_err = calloc(job->nchunks, sizeof *job->part_err);
+    job->part_amax = job_calloc(job, job->nchunks, sizeof *job->part_amax);
+    job->part_bad = job_calloc(job, job->nchunks, sizeof *job->part_bad);
+    job->part_err = job_calloc(job, job->nchunks, sizeof *job->part_err);
     return job->part_amax && job->part_bad && job->part_err ? AG_OK : AG_ENOMEM;
 }
 
@@ -286,7 +332,7 @@ int ag_engine_job_next(ag_engine *e, ag_engine_job *job) {
     job->amax = amax;
     job->nonfinite = bad;
     ag_eng_job_scales(e, job);
-    free(job->part_err);
+    job_release(job, job->part_err);
     job->part_err = NULL;
     job->err = ag_eng_job_prepare(e, job);
     return job->err == AG_OK;
@@ -462,6 +508,9 @@ done:
 /* ------------------------------------------------------------ baselines */
 
 int ag_engine_persist(ag_engine *e, int all) {
+    /* Baselines go to the writer one at a time, after what is staged, so
+     * ag_writer_full sees their bytes as they are queued. */
+    ag_eng_stage_flush(e, 0);
     if (!e->sweep) { /* a new sweep: everything dirty until now */
         e->sweep = e->dirty;
         e->dirty = NULL;
@@ -478,7 +527,7 @@ int ag_engine_persist(ag_engine *e, int all) {
         sn.u.snapshot.step = t->base_step;
         sn.u.snapshot.n = t->base_n;
         sn.u.snapshot.w = t->base_w; /* moves to the writer */
-        int err = ag_eng_push(e, &sn);
+        int err = e->writer ? ag_writer_push(e->writer, &sn) : AG_ECLOSED;
         if (err) { /* kept: the next sweep tries again */
             ag_log(e->log, AG_LOG_WARNING, "baseline of %s/%s not written: %s", t->run->name,
                    t->name, ag_strerror(err));
@@ -488,6 +537,6 @@ int ag_engine_persist(ag_engine *e, int all) {
         t->base_w = NULL;
         e->state_bytes -= t->base_n * sizeof(float);
     }
-    if (e->writer) ag_writer_boundary(e->writer);
+    ag_eng_boundary(e);
     return 1;
 }

@@ -64,6 +64,16 @@ typedef struct merge_state {
         size_t order;
     } * stats;
     size_t nstats, cap_stats;
+    /* sorting them: their keys (and as many to merge into), the rows in order */
+    struct sort_key {
+        int64_t a, b;
+        uint64_t c;
+        size_t i; /* arrival order */
+    } * keys, *ktmp;
+    size_t *runs_at; /* where each ascending run of keys begins (cap_keys + 1) */
+    size_t cap_keys;
+    unsigned char *sorted;
+    size_t cap_sorted; /* bytes */
     /* of them, rows the store refused for good (logged, not written): they
      * were counted as taken, so the batch's row count gives them back */
     uint64_t refused;
@@ -106,6 +116,7 @@ struct ag_writer {
      * Writer thread only. */
     ag_write_item *held;
     size_t nheld, held_cap, held_bytes;
+    ag_write_item *taken; /* TAKE_MAX: popped together, not yet applied */
     /* Health, read by other threads: degraded while commits fail. */
     _Atomic int degraded;
     _Atomic uint64_t failures;    /* failed attempts, ever */
@@ -134,6 +145,9 @@ struct ag_writer {
 #define RETRY_MAX_MS 2000
 #define STOP_RETRY_MS 5000
 
+/* Items the writer pops under one lock (a message's rows, or this many). */
+#define TAKE_MAX 256
+
 void ag_write_item_clear(ag_write_item *it) {
     switch (it->kind) {
     case AG_W_RUN:
@@ -149,7 +163,7 @@ void ag_write_item_clear(ag_write_item *it) {
         break;
     case AG_W_TENSOR: free(it->u.tensor.name); break;
     case AG_W_SNAPSHOT: free(it->u.snapshot.w); break;
-    default: break;
+    default: return; /* owns nothing: nothing to free or forget */
     }
     memset(it, 0, sizeof *it);
 }
@@ -278,6 +292,10 @@ static void merge_free(merge_state *m) {
     free(m->scale_ix.slot);
     free(m->results);
     free(m->stats);
+    free(m->keys);
+    free(m->ktmp);
+    free(m->runs_at);
+    free(m->sorted);
     memset(m, 0, sizeof *m);
 }
 
@@ -434,28 +452,124 @@ static int stats_order(const void *x, const void *y) {
     return c ? c : KEY_CMP(a->order, b->order);
 }
 
+static int key_less(const struct sort_key *x, const struct sort_key *y) {
+    if (x->a != y->a) return x->a < y->a;
+    if (x->b != y->b) return x->b < y->b;
+    if (x->c != y->c) return x->c < y->c;
+    return x->i < y->i;
+}
+
+/* Room for n keys (and as many to merge into, and their runs). */
+static int keys_room(merge_state *m, size_t n) {
+    if (n <= m->cap_keys) return AG_OK;
+    size_t ncap = m->cap_keys ? m->cap_keys : 256;
+    while (ncap < n) ncap *= 2;
+    struct sort_key *k = realloc(m->keys, ncap * sizeof *k);
+    if (!k) return AG_ENOMEM;
+    m->keys = k;
+    k = realloc(m->ktmp, ncap * sizeof *k);
+    if (!k) return AG_ENOMEM;
+    m->ktmp = k;
+    size_t *r = realloc(m->runs_at, (ncap + 1) * sizeof *r);
+    if (!r) return AG_ENOMEM;
+    m->runs_at = r;
+    m->cap_keys = ncap;
+    return AG_OK;
+}
+
+/* The n rows of elem bytes at base in the order of m->keys[0..n) (key i
+ * is row i's): base itself when they are in order already, else a copy in
+ * order in m->sorted; NULL without memory. The keys are distinct (each
+ * holds its arrival index), so the order is total and stable. A natural
+ * merge sort: rows arrive step after step, each step's tensors and formats
+ * in order, so a batch is a few long ascending runs (one a step) merged in
+ * log2(runs) passes. */
+static const void *in_key_order(merge_state *m, const void *base, size_t elem, size_t n) {
+    struct sort_key *k = m->keys, *t = m->ktmp;
+    size_t *runs = m->runs_at, nruns = 0;
+    /* run r is keys [runs[r], runs[r + 1]); runs[nruns] = n */
+    runs[nruns++] = 0;
+    for (size_t i = 1; i < n; i++)
+        if (!key_less(&k[i - 1], &k[i])) runs[nruns++] = i;
+    if (nruns == 1) return base;
+    runs[nruns] = n;
+    while (nruns > 1) {
+        size_t out = 0;
+        for (size_t r = 0; r < nruns; r += 2) {
+            size_t lo = runs[r], mid = runs[r + 1], hi = r + 2 <= nruns ? runs[r + 2] : mid;
+            size_t i = lo, j = mid, o = lo;
+            while (i < mid && j < hi) t[o++] = key_less(&k[j], &k[i]) ? k[j++] : k[i++];
+            if (i < mid) memcpy(&t[o], &k[i], (mid - i) * sizeof *k);
+            if (j < hi) memcpy(&t[o], &k[j], (hi - j) * sizeof *k);
+            runs[out++] = lo;
+        }
+        runs[out] = n;
+        nruns = out;
+        struct sort_key *x = k;
+        k = t;
+        t = x;
+    }
+    if (m->cap_sorted < n * elem) {
+        unsigned char *p = realloc(m->sorted, n * elem);
+        if (!p) return NULL;
+        m->sorted = p;
+        m->cap_sorted = n * elem;
+    }
+    const unsigned char *src = base;
+    for (size_t i = 0; i < n; i++) memcpy(m->sorted + i * elem, src + k[i].i * elem, elem);
+    return m->sorted;
+}
+
+/* The held stats rows in key order (see in_key_order). */
+static const struct held_stats *stats_in_order(merge_state *m) {
+    if (m->nstats < 2) return m->stats;
+    if (keys_room(m, m->nstats) == AG_OK) {
+        for (size_t i = 0; i < m->nstats; i++) {
+            const ag_store_stats_row *r = &m->stats[i].row;
+            m->keys[i] = (struct sort_key){r->tensor_id, r->role, r->step, i};
+        }
+        const void *p = in_key_order(m, m->stats, sizeof *m->stats, m->nstats);
+        if (p) return p;
+    }
+    qsort(m->stats, m->nstats, sizeof *m->stats, stats_order); /* no memory: in place */
+    return m->stats;
+}
+
+/* The held results rows in key order (see in_key_order). */
+static const struct held_result *results_in_order(merge_state *m) {
+    if (m->nresults < 2) return m->results;
+    if (keys_room(m, m->nresults) == AG_OK) {
+        for (size_t i = 0; i < m->nresults; i++) {
+            const ag_store_result_row *r = &m->results[i].row;
+            m->keys[i] = (struct sort_key){r->tensor_id, r->format_id, r->step, i};
+        }
+        const void *p = in_key_order(m, m->results, sizeof *m->results, m->nresults);
+        if (p) return p;
+    }
+    qsort(m->results, m->nresults, sizeof *m->results, result_order);
+    return m->results;
+}
+
 /* Write the merged rows and forget them. 1: a failure retrying may cure. */
 static int merge_flush(ag_writer *w) {
     merge_state *m = &w->merge;
     int bad = 0;
     /* Rows of one key keep their arrival order: the later replaces the
      * earlier, as when written one by one. */
-    if (m->nstats > 1) qsort(m->stats, m->nstats, sizeof *m->stats, stats_order);
+    const struct held_stats *stats = stats_in_order(m);
     for (size_t i = 0; !bad && i < m->nstats;) {
         size_t done = 0;
-        int err =
-            ag_store_put_stats_rows(w->st, &m->stats[i], sizeof *m->stats, m->nstats - i, &done);
+        int err = ag_store_put_stats_rows(w->st, &stats[i], sizeof *stats, m->nstats - i, &done);
         i += done;
         if (!err) break;
         bad = merged_result(w, err, "stats row");
         m->refused += !bad;
         i++; /* refused: go on after it */
     }
-    if (m->nresults > 1) qsort(m->results, m->nresults, sizeof *m->results, result_order);
+    const struct held_result *results = results_in_order(m);
     for (size_t i = 0; !bad && i < m->nresults;) {
         size_t done = 0;
-        int err =
-            ag_store_put_results(w->st, &m->results[i], sizeof *m->results, m->nresults - i, &done);
+        int err = ag_store_put_results(w->st, &results[i], sizeof *results, m->nresults - i, &done);
         i += done;
         if (!err) break;
         bad = merged_result(w, err, "result row");
@@ -482,29 +596,37 @@ static int merge_flush(ag_writer *w) {
     return bad;
 }
 
-/* Pop the oldest item into *it. Lock held, count > 0. Returns 1 when the
- * loop is owed an on_space call. */
-static int pop(ag_writer *w, ag_write_item *it) {
-    *it = w->ring[w->head];
-    w->popped_boundary = 0; /* this item's own flag says whether it ends a message */
-    w->head = (w->head + 1) % w->cap;
-    w->count--;
-    w->popped++;
-    if (it->kind == AG_W_SNAPSHOT) {
-        w->nsnap--;
-        w->snap_bytes -= it->u.snapshot.n * sizeof(float);
-        atomic_store(&w->over_bytes, w->snap_bytes > w->opts.high_bytes);
+/* Pop the oldest items into w->taken, up to and including the first that
+ * ends a message, at most TAKE_MAX. Lock held, count > 0. Returns how many;
+ * *owe_space = 1 when the loop is owed an on_space call. */
+static size_t take(ag_writer *w, int *owe_space) {
+    size_t n = 0, snaps = 0;
+    while (n < TAKE_MAX && w->count > 0) {
+        ag_write_item *it = &w->taken[n++];
+        *it = w->ring[w->head];
+        w->head = (w->head + 1) % w->cap;
+        w->count--;
+        w->popped++;
+        if (it->kind == AG_W_SNAPSHOT) {
+            w->nsnap--;
+            w->snap_bytes -= it->u.snapshot.n * sizeof(float);
+            snaps++;
+        }
+        if (it->boundary) break;
     }
-    /* While degraded the item joins the held batch: counted there before it
-     * leaves the queue's depth, so the health report never misses it. */
-    if (atomic_load(&w->degraded)) atomic_fetch_add(&w->held_rows, 1);
+    w->popped_boundary = 0; /* the items' own flags say whether they end a message */
+    if (snaps) atomic_store(&w->over_bytes, w->snap_bytes > w->opts.high_bytes);
+    /* While degraded the items join the held batch: counted there before
+     * they leave the queue's depth, so the health report never misses them. */
+    if (atomic_load(&w->degraded)) atomic_fetch_add(&w->held_rows, n);
     atomic_store(&w->depth, w->count);
+    *owe_space = 0;
     if (w->was_full && w->count <= w->opts.high_water / 2 &&
         w->snap_bytes <= w->opts.high_bytes / 2) {
         w->was_full = 0;
-        return 1;
+        *owe_space = 1;
     }
-    return 0;
+    return n;
 }
 
 static void timed_wait(ag_writer *w, int64_t ms) {
@@ -692,39 +814,55 @@ static int write_batch(ag_writer *w, int *at_boundary) {
     if (w->nheld == 0) *at_boundary = 0;
     for (;;) {
         if (w->count > 0) {
-            ag_write_item it;
-            int owe_space = pop(w, &it);
+            /* The queued items up to the end of a message, at most TAKE_MAX,
+             * under one lock; then each as if popped alone. */
+            int owe_space = 0;
+            size_t n = take(w, &owe_space);
             pthread_mutex_unlock(&w->lock);
             if (owe_space && w->on_space) w->on_space(w->ctx);
-            /* A snapshot a newer one of its tensor replaces is skipped, but
-             * the batch then commits only once that newer one is written,
-             * so the file never goes back to an older snapshot than its
-             * results'. Once the batch is overdue, superseded snapshots are
-             * written instead, so it can close within one pass over the
-             * tensors rather than wait for a pause in the stream. */
-            if (it.kind == AG_W_SNAPSHOT)
-                it.superseded = (unsigned char)note_skip(
-                    w, it.u.snapshot.tensor_id, it.superseded && !batch_overdue(w, rows, t0));
-            *at_boundary = it.boundary;
-            int skip = 0, transient = apply_one(w, &it, &skip);
-            if (skip) {
-                ag_write_item_clear(&it);
-            } else if (hold(w, &it)) {
-                /* No memory to keep the row for a retry: it is written now
-                 * or lost; say so and count it. */
-                if (transient)
-                    discard(w, 1);
-                else
+            for (size_t j = 0; j < n; j++) {
+                ag_write_item *it = &w->taken[j];
+                /* A snapshot a newer one of its tensor replaces is skipped,
+                 * but the batch then commits only once that newer one is
+                 * written, so the file never goes back to an older snapshot
+                 * than its results'. Once the batch is overdue, superseded
+                 * snapshots are written instead, so it can close within one
+                 * pass over the tensors rather than wait for a pause in the
+                 * stream. */
+                if (it->kind == AG_W_SNAPSHOT)
+                    it->superseded = (unsigned char)note_skip(
+                        w, it->u.snapshot.tensor_id, it->superseded && !batch_overdue(w, rows, t0));
+                *at_boundary = it->boundary;
+                int skip = 0, transient = apply_one(w, it, &skip);
+                if (skip) {
+                    ag_write_item_clear(it);
+                } else if (hold(w, it)) {
+                    /* No memory to keep the row for a retry: it is written
+                     * now or lost; say so and count it. */
+                    if (transient)
+                        discard(w, 1);
+                    else
+                        rows++;
+                    ag_log(w->log, AG_LOG_ERROR, "writer: out of memory holding a row");
+                    ag_write_item_clear(it);
+                } else if (!transient) {
                     rows++;
-                ag_log(w->log, AG_LOG_ERROR, "writer: out of memory holding a row");
-                ag_write_item_clear(&it);
-            } else if (!transient) {
-                rows++;
-            }
-            if (transient) {
-                note_failure(w, "write");
-                pthread_mutex_lock(&w->lock);
-                return 1;
+                }
+                if (transient) {
+                    /* The rest of what was taken waits in the batch for the
+                     * retry, in order, written (not skipped) then. */
+                    for (size_t k = j + 1; k < n; k++) {
+                        w->taken[k].superseded = 0;
+                        if (hold(w, &w->taken[k])) {
+                            discard(w, 1);
+                            ag_log(w->log, AG_LOG_ERROR, "writer: out of memory holding a row");
+                            ag_write_item_clear(&w->taken[k]);
+                        }
+                    }
+                    note_failure(w, "write");
+                    pthread_mutex_lock(&w->lock);
+                    return 1;
+                }
             }
             pthread_mutex_lock(&w->lock);
             if (*at_boundary && w->skips_pending == 0 && batch_due(w, rows, t0)) break;
@@ -885,7 +1023,10 @@ int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, a
     if (!w) return AG_ENOMEM;
     w->cap = 1024;
     w->ring = calloc(w->cap, sizeof *w->ring);
-    if (!w->ring) {
+    w->taken = malloc(TAKE_MAX * sizeof *w->taken);
+    if (!w->ring || !w->taken) {
+        free(w->ring);
+        free(w->taken);
         free(w);
         return AG_ENOMEM;
     }
@@ -901,6 +1042,7 @@ int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, a
         pthread_cond_destroy(&w->wake);
         pthread_mutex_destroy(&w->lock);
         free(w->ring);
+        free(w->taken);
         free(w);
         return AG_ENOMEM;
     }
@@ -964,6 +1106,39 @@ static int supersede(ag_writer *w, int64_t tensor_id) {
     return marked;
 }
 
+/* Queue one item. Lock held, room for it in the ring. */
+static void push_locked(ag_writer *w, const ag_write_item *item) {
+    int snap = item->kind == AG_W_SNAPSHOT;
+    int replaces = snap && supersede(w, item->u.snapshot.tensor_id);
+    ag_write_item *slot = &w->ring[(w->head + w->count) % w->cap];
+    *slot = *item;
+    slot->boundary = 0;
+    slot->superseded = 0;
+    slot->supersedes = (unsigned char)replaces;
+    w->count++;
+    w->pushed++;
+    if (snap) {
+        w->nsnap++;
+        w->snap_bytes += item->u.snapshot.n * sizeof(float);
+    }
+}
+
+/* After pushes: the depth, the byte limit and the full mark. Lock held. */
+static void pushed_locked(ag_writer *w) {
+    atomic_store(&w->over_bytes, w->snap_bytes > w->opts.high_bytes);
+    atomic_store(&w->depth, w->count);
+    if (w->count > w->opts.high_water || w->snap_bytes > w->opts.high_bytes) w->was_full = 1;
+}
+
+/* Mark the last queued item as a boundary and wake the writer. Lock held. */
+static void boundary_locked(ag_writer *w) {
+    if (w->count > 0)
+        w->ring[(w->head + w->count - 1) % w->cap].boundary = 1;
+    else
+        w->popped_boundary = 1; /* the writer already holds the message's last item */
+    pthread_cond_signal(&w->wake);
+}
+
 int ag_writer_push(ag_writer *w, const ag_write_item *item) {
     pthread_mutex_lock(&w->lock);
     int err = AG_OK;
@@ -972,22 +1147,22 @@ int ag_writer_push(ag_writer *w, const ag_write_item *item) {
     else if (w->count == w->cap)
         err = grow(w);
     if (!err) {
-        int snap = item->kind == AG_W_SNAPSHOT;
-        int replaces = snap && supersede(w, item->u.snapshot.tensor_id);
-        ag_write_item *slot = &w->ring[(w->head + w->count) % w->cap];
-        *slot = *item;
-        slot->boundary = 0;
-        slot->superseded = 0;
-        slot->supersedes = (unsigned char)replaces;
-        w->count++;
-        w->pushed++;
-        if (snap) {
-            w->nsnap++;
-            w->snap_bytes += item->u.snapshot.n * sizeof(float);
-            atomic_store(&w->over_bytes, w->snap_bytes > w->opts.high_bytes);
-        }
-        atomic_store(&w->depth, w->count);
-        if (w->count > w->opts.high_water || w->snap_bytes > w->opts.high_bytes) w->was_full = 1;
+        push_locked(w, item);
+        pushed_locked(w);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return err;
+}
+
+int ag_writer_push_batch(ag_writer *w, const ag_write_item *items, size_t n, int boundary) {
+    pthread_mutex_lock(&w->lock);
+    int err = AG_OK;
+    if (w->stopping) err = AG_ECLOSED;
+    while (!err && w->cap - w->count < n) err = grow(w);
+    if (!err) {
+        for (size_t i = 0; i < n; i++) push_locked(w, &items[i]);
+        pushed_locked(w);
+        if (boundary) boundary_locked(w);
     }
     pthread_mutex_unlock(&w->lock);
     return err;
@@ -995,11 +1170,7 @@ int ag_writer_push(ag_writer *w, const ag_write_item *item) {
 
 void ag_writer_boundary(ag_writer *w) {
     pthread_mutex_lock(&w->lock);
-    if (w->count > 0)
-        w->ring[(w->head + w->count - 1) % w->cap].boundary = 1;
-    else
-        w->popped_boundary = 1; /* the writer already holds the message's last item */
-    pthread_cond_signal(&w->wake);
+    boundary_locked(w);
     pthread_mutex_unlock(&w->lock);
 }
 
@@ -1035,6 +1206,7 @@ void ag_writer_stop(ag_writer *w) {
     pthread_join(w->thread, NULL);
     release_held(w);
     free(w->held);
+    free(w->taken);
     merge_free(&w->merge);
     free(w->snaps);
     free(w->skips);

@@ -122,6 +122,11 @@ int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, a
  * then commits no earlier than the newer one, so no commit goes back to an
  * older snapshot than the one its results were computed with. */
 int ag_writer_push(ag_writer *w, const ag_write_item *item);
+/* Queue n items in order under one lock, as n ag_writer_push calls would,
+ * then, when boundary is set, mark the last queued item as a commit
+ * boundary (ag_writer_boundary). All or nothing: on AG_ENOMEM or AG_ECLOSED
+ * no item was queued and the caller still owns them all. */
+int ag_writer_push_batch(ag_writer *w, const ag_write_item *items, size_t n, int boundary);
 /* Mark the last queued item as a commit boundary and wake the writer. */
 void ag_writer_boundary(ag_writer *w);
 /* 1 when more than high_water items or high_bytes of snapshot weights wait

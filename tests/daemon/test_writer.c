@@ -314,3 +314,198 @@ Test(writer, rows_written_sorted_leave_what_arrival_order_leaves) {
     ag_free(top);
     ag_store_close(st);
 }
+
+/* ---------------------------------------------------- batched pushes */
+
+/* One message of the stream below: msg's rows (results of two tensors and
+ * two formats, their stats rows, a run delta, a counter and every 7th
+ * message a snapshot), in the daemon's order: steps rising across messages,
+ * tensors and formats in turn within each. Message 40 repeats a result of
+ * an earlier step (the later row of a key wins). */
+static size_t message_rows(int msg, ag_write_item *out) {
+    size_t n = 0;
+    uint64_t step = (uint64_t)msg / 2;
+    int64_t t = 1 + msg % 2;
+    for (int64_t f = 1; f <= 2; f++) {
+        ag_write_item it = {.kind = AG_W_RESULT};
+        it.u.result = (ag_store_result_row){.tensor_id = t,
+                                            .format_id = f,
+                                            .step = msg == 40 ? 3 : step,
+                                            .counts = {.stalled = (uint64_t)msg % 5, .total = 8},
+                                            .flips = (uint64_t)msg % 3,
+                                            .amax = 1.0 + msg,
+                                            .scale = 1};
+        out[n++] = it;
+    }
+    ag_write_item st = {.kind = AG_W_STATS};
+    st.u.stats = (ag_store_stats_row){t, 0, step, (double)msg, 8, 0, 1};
+    out[n++] = st;
+    if (msg % 7 == 0) {
+        ag_write_item sn = {.kind = AG_W_SNAPSHOT};
+        sn.u.snapshot.tensor_id = 1;
+        sn.u.snapshot.step = step;
+        sn.u.snapshot.n = 4;
+        cr_assert_not_null(sn.u.snapshot.w = malloc(4 * sizeof(float)));
+        for (int i = 0; i < 4; i++) sn.u.snapshot.w[i] = (float)msg;
+        out[n++] = sn;
+    }
+    ag_write_item rd = {.kind = AG_W_RUN_DELTA};
+    rd.u.run_delta = (ag_store_run_delta){.run_id = 1, .messages = 1, .last_step = step};
+    out[n++] = rd;
+    ag_write_item c = {.kind = AG_W_COUNTER};
+    c.u.counter.name = "bytes";
+    c.u.counter.delta = 100;
+    out[n++] = c;
+    return n;
+}
+
+#define STREAM_MSGS 60
+
+/* What the file holds: every point of both tensors in both formats, the
+ * whole-run top (rollups), the counters and the stored snapshot. */
+typedef struct file_view {
+    ag_history_point pts[2][2][STREAM_MSGS];
+    size_t npts[2][2];
+    uint64_t top_stalled[2], top_steps[2];
+    uint64_t rows_written, bytes, messages;
+    stored_snapshot snap;
+} file_view;
+
+static void view_file(file_view *v) {
+    memset(v, 0, sizeof *v);
+    ag_store *st = NULL;
+    cr_assert_eq(ag_store_open(&st, db, AG_STORE_READONLY), AG_OK);
+    const char *tn[2] = {"t", "u"}, *fn[2] = {"E5M2", "E3M4"};
+    for (int t = 0; t < 2; t++)
+        for (int f = 0; f < 2; f++) {
+            ag_history_query q = {.run = "r", .tensor = tn[t], .format = fn[f]};
+            ag_history *h = NULL;
+            cr_assert_eq(ag_store_history(st, &q, &h), AG_OK);
+            cr_assert_leq(h->n, STREAM_MSGS);
+            v->npts[t][f] = h->n;
+            for (size_t i = 0; i < h->n; i++) {
+                v->pts[t][f][i] = h->points[i];
+                v->pts[t][f][i].computed = NULL; /* a pointer into h */
+            }
+            ag_free(h);
+        }
+    for (int f = 0; f < 2; f++) {
+        ag_top_list *top = NULL;
+        cr_assert_eq(ag_store_top(st, "r", fn[f], 0, 10, &top), AG_OK);
+        for (size_t i = 0; i < top->n; i++) {
+            v->top_stalled[f] += top->items[i].stalled;
+            v->top_steps[f] += top->items[i].steps;
+        }
+        ag_free(top);
+    }
+    ag_status *s = NULL;
+    cr_assert_eq(ag_store_status(st, &s), AG_OK);
+    v->rows_written = s->rows_written;
+    v->bytes = s->bytes;
+    v->messages = s->messages;
+    ag_free(s);
+    ag_store_close(st);
+    v->snap = stored();
+}
+
+/* The stream above through a fresh writer and file: each message's rows one
+ * ag_writer_push at a time then ag_writer_boundary, or in one
+ * ag_writer_push_batch (boundary set), with the writer held back (by
+ * another connection's write lock) for the first half so batches span many
+ * messages and superseded snapshots. */
+static void write_stream(int batched, file_view *v) {
+    ag_writer *w = start(100000, 1000, 1000000, NULL);
+    ag_store *side = NULL;
+    cr_assert_eq(ag_store_open(&side, db, 0), AG_OK);
+    cr_assert_eq(ag_store_begin(side), AG_OK);
+    cr_assert_eq(ag_store_put_format(side, 2, ag_format_get("E3M4")), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(side, 2, 1, "u", 0), AG_OK);
+    cr_assert_eq(ag_store_commit(side), AG_OK);
+    cr_assert_eq(ag_store_begin(side), AG_OK); /* the writer waits behind it */
+    for (int msg = 0; msg < STREAM_MSGS; msg++) {
+        if (msg == STREAM_MSGS / 2) {
+            cr_assert_eq(ag_store_rollback(side), AG_OK);
+            ag_store_close(side);
+            side = NULL;
+        }
+        ag_write_item rows[8];
+        size_t n = message_rows(msg, rows);
+        if (batched) {
+            cr_assert_eq(ag_writer_push_batch(w, rows, n, 1), AG_OK);
+        } else {
+            for (size_t i = 0; i < n; i++) cr_assert_eq(ag_writer_push(w, &rows[i]), AG_OK);
+            ag_writer_boundary(w);
+        }
+    }
+    ag_writer_stop(w);
+    view_file(v);
+    teardown();
+    setup();
+}
+
+Test(writer, rows_pushed_as_a_batch_commit_exactly_as_pushed_one_by_one) {
+    static file_view one, batch;
+    write_stream(0, &one);
+    write_stream(1, &batch);
+    /* what the stream should leave, whichever way it was pushed */
+    cr_assert_eq(one.npts[0][0], STREAM_MSGS / 2 - 1, "step 20 never came (message 40)");
+    cr_assert_eq(one.pts[0][0][3].stalled, 40 % 5, "message 40's row replaced step 3's");
+    cr_assert_eq(one.snap.count, 1);
+    cr_assert_eq(one.snap.step, (STREAM_MSGS - 4) / 2, "the newest snapshot (message 56)");
+    cr_assert_eq(one.messages, STREAM_MSGS);
+    cr_assert_eq(one.bytes, 100 * STREAM_MSGS);
+    for (int t = 0; t < 2; t++)
+        for (int f = 0; f < 2; f++) {
+            cr_assert_eq(batch.npts[t][f], one.npts[t][f]);
+            for (size_t i = 0; i < one.npts[t][f]; i++) {
+                const ag_history_point *a = &one.pts[t][f][i], *b = &batch.pts[t][f][i];
+                cr_assert_eq(a->step, b->step);
+                cr_assert_eq(a->stalled, b->stalled, "tensor %d format %d point %zu", t, f, i);
+                cr_assert_eq(a->total, b->total);
+                cr_assert_eq(a->flips, b->flips);
+                cr_assert_eq(a->amax, b->amax);
+            }
+        }
+    for (int f = 0; f < 2; f++) {
+        cr_assert_eq(batch.top_stalled[f], one.top_stalled[f]);
+        cr_assert_eq(batch.top_steps[f], one.top_steps[f]);
+    }
+    cr_assert_eq(batch.rows_written, one.rows_written);
+    cr_assert_eq(batch.bytes, one.bytes);
+    cr_assert_eq(batch.messages, one.messages);
+    cr_assert_eq(batch.snap.count, one.snap.count);
+    cr_assert_eq(batch.snap.step, one.snap.step);
+    cr_assert_eq(batch.snap.first, one.snap.first);
+}
+
+/* The daemon's loop pushes a message's rows whatever the depth and then
+ * stops taking messages while ag_writer_full (the clients' blocking policy
+ * waits meanwhile): a batch is taken whole above the high-water mark, the
+ * queue reports full, and room is announced once when it drains. */
+Test(writer, a_batch_above_the_high_water_mark_is_taken_whole_and_reports_full) {
+    atomic_store(&space_calls, 0);
+    ag_writer *w = start(1000, 1, 10, on_space);
+    ag_store *blocker = NULL;
+    cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
+    cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    ag_write_item rows[50];
+    for (uint64_t s = 0; s < 50; s++) {
+        rows[s] = (ag_write_item){.kind = AG_W_RESULT};
+        rows[s].u.result = (ag_store_result_row){.tensor_id = 1, .format_id = 1, .step = s + 1};
+    }
+    cr_assert_not(ag_writer_full(w));
+    cr_assert_eq(ag_writer_push_batch(w, rows, 30, 1), AG_OK);
+    cr_assert(ag_writer_full(w), "depth %zu", ag_writer_depth(w));
+    cr_assert_eq(ag_writer_depth(w), 30);
+    /* the ring grows to take a batch larger than its room, in one piece */
+    cr_assert_eq(ag_writer_push_batch(w, rows + 30, 20, 1), AG_OK);
+    cr_assert_eq(ag_writer_push_batch(w, NULL, 0, 1), AG_OK); /* a boundary alone */
+    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
+    ag_store_close(blocker);
+    for (int i = 0; i < 5000 && ag_writer_full(w); i++) sleep_ms(1);
+    cr_assert_not(ag_writer_full(w));
+    for (int i = 0; i < 5000 && atomic_load(&space_calls) == 0; i++) sleep_ms(1);
+    cr_assert_eq(atomic_load(&space_calls), 1);
+    ag_writer_stop(w);
+    cr_assert_eq(points(), 50);
+}
