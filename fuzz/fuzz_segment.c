@@ -67,8 +67,8 @@ static void through_sql(uint64_t first, unsigned n, const uint8_t *blob, size_t 
                      NULL, NULL, NULL) != SQLITE_OK)
         abort();
     sqlite3_stmt *s = NULL;
-    if (sqlite3_prepare_v2(db, "INSERT INTO result_segs VALUES(1,1,1,?1,?2,?3,?4)", -1, &s,
-                           NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(db, "INSERT INTO result_segs VALUES(1,1,1,?1,?2,?3,?4)", -1, &s, NULL) !=
+        SQLITE_OK)
         abort();
     sqlite3_bind_int64(s, 1, (int64_t)first);
     sqlite3_bind_int64(s, 2, (int64_t)(first + 1000));
@@ -78,13 +78,14 @@ static void through_sql(uint64_t first, unsigned n, const uint8_t *blob, size_t 
     sqlite3_finalize(s);
     /* reads: whole, a range, a point; errors are fine, crashes are not */
     sqlite3_exec(db, "SELECT * FROM results", NULL, NULL, NULL);
-    sqlite3_exec(db, "SELECT sum(stalled) FROM results WHERE tensor_id=1 AND format_id=1 AND"
-                     " step BETWEEN 10 AND 500",
+    sqlite3_exec(db,
+                 "SELECT sum(stalled) FROM results WHERE tensor_id=1 AND format_id=1 AND"
+                 " step BETWEEN 10 AND 500",
                  NULL, NULL, NULL);
     /* edits: a late point into the segment, a point's deletion */
     ag_seg_ctx c = {.db = db};
-    ag_store_result_row late = {.tensor_id = 1, .format_id = 1, .step = first + 3, .amax = 1,
-                                .scale = 1};
+    ag_store_result_row late = {
+        .tensor_id = 1, .format_id = 1, .step = first + 3, .amax = 1, .scale = 1};
     int existed = 0;
     ag_seg_put(&c, &late, 1, &existed, NULL);
     ag_seg_ctx_close(&c);
