@@ -125,6 +125,19 @@ static void on_space(void *ctx) {
     atomic_fetch_add(&space_calls, 1);
 }
 
+/* Let the writer through (the blocker's transaction ends), then expect the
+ * queue to drop below its high-water mark and announce room exactly once;
+ * stops the writer. */
+static void release_and_expect_room(ag_writer *w, ag_store *blocker) {
+    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
+    ag_store_close(blocker);
+    for (int i = 0; i < 5000 && ag_writer_full(w); i++) sleep_ms(1);
+    cr_assert_not(ag_writer_full(w));
+    for (int i = 0; i < 5000 && atomic_load(&space_calls) == 0; i++) sleep_ms(1);
+    cr_assert_eq(atomic_load(&space_calls), 1);
+    ag_writer_stop(w);
+}
+
 Test(writer, a_full_queue_is_reported_and_room_is_announced_once_it_drains) {
     ag_writer *w = start(1000, 1, 10, on_space);
     /* Another connection holds the write lock: the writer cannot begin. */
@@ -136,13 +149,7 @@ Test(writer, a_full_queue_is_reported_and_room_is_announced_once_it_drains) {
         ag_writer_boundary(w);
     }
     cr_assert(ag_writer_full(w), "depth %zu", ag_writer_depth(w));
-    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
-    ag_store_close(blocker);
-    for (int i = 0; i < 5000 && ag_writer_full(w); i++) sleep_ms(1);
-    cr_assert_not(ag_writer_full(w));
-    for (int i = 0; i < 5000 && atomic_load(&space_calls) == 0; i++) sleep_ms(1);
-    cr_assert_eq(atomic_load(&space_calls), 1);
-    ag_writer_stop(w);
+    release_and_expect_room(w, blocker);
     cr_assert_eq(points(), 30);
 }
 static void push_snapshot(ag_writer *w, uint64_t step, size_t n) {
@@ -241,13 +248,7 @@ Test(writer, queued_snapshot_bytes_above_their_mark_report_full) {
     push_snapshot(w, 1, 2000); /* 8000 bytes */
     ag_writer_boundary(w);
     cr_assert(ag_writer_full(w));
-    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
-    ag_store_close(blocker);
-    for (int i = 0; i < 5000 && ag_writer_full(w); i++) sleep_ms(1);
-    cr_assert_not(ag_writer_full(w));
-    for (int i = 0; i < 5000 && atomic_load(&space_calls) == 0; i++) sleep_ms(1);
-    cr_assert_eq(atomic_load(&space_calls), 1);
-    ag_writer_stop(w);
+    release_and_expect_room(w, blocker);
 }
 
 /* The writer holds a batch's results and stats rows and writes them sorted
@@ -500,12 +501,6 @@ Test(writer, a_batch_above_the_high_water_mark_is_taken_whole_and_reports_full) 
     /* the ring grows to take a batch larger than its room, in one piece */
     cr_assert_eq(ag_writer_push_batch(w, rows + 30, 20, 1), AG_OK);
     cr_assert_eq(ag_writer_push_batch(w, NULL, 0, 1), AG_OK); /* a boundary alone */
-    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
-    ag_store_close(blocker);
-    for (int i = 0; i < 5000 && ag_writer_full(w); i++) sleep_ms(1);
-    cr_assert_not(ag_writer_full(w));
-    for (int i = 0; i < 5000 && atomic_load(&space_calls) == 0; i++) sleep_ms(1);
-    cr_assert_eq(atomic_load(&space_calls), 1);
-    ag_writer_stop(w);
+    release_and_expect_room(w, blocker);
     cr_assert_eq(points(), 50);
 }
