@@ -306,6 +306,8 @@ out:
  * rows by key, as the writer writes them (daemon/writer.c), else in arrival
  * order (step after step across the tensors). *cpu_s: the process's CPU
  * seconds it took (the machine is shared: wall time says less). */
+static double store_pages[3]; /* pages written a snapshot, per mode */
+
 static double store_capacity(const char *dir, size_t tensors, size_t steps, int mode,
                              double *cpu_s) {
     int sorted = mode > 0, batched = mode == 2;
@@ -328,8 +330,11 @@ static double store_capacity(const char *dir, size_t tensors, size_t steps, int 
     }
     ag_store_commit(st);
     double t0 = now_s(), c0 = cpu_now_s();
-    /* steps per batch of about 100,000 rows (16 queued per snapshot) */
-    size_t per = 100000 / 16 / tensors ? 100000 / 16 / tensors : 1;
+    /* steps per batch of about 100,000 rows (16 queued per snapshot);
+     * AG_BENCH_STORE_STEPS=K: K steps a transaction (1: a steady stream's
+     * commits, a step of every tensor each) */
+    size_t per = env_size("AG_BENCH_STORE_STEPS",
+                          100000 / 16 / tensors ? 100000 / 16 / tensors : 1);
     ag_store_stats_row *srows = malloc(per * tensors * sizeof *srows);
     ag_store_result_row *rrows = malloc(per * tensors * 5 * sizeof *rrows);
     for (size_t s0 = 0; s0 < steps; s0 += per) {
@@ -387,6 +392,11 @@ static double store_capacity(const char *dir, size_t tensors, size_t steps, int 
     }
     double dt = now_s() - t0;
     *cpu_s = cpu_now_s() - c0;
+    /* pages the transactions wrote (each one a WAL frame, later copied into
+     * the file by a checkpoint) */
+    int pages = 0, hi = 0;
+    sqlite3_db_status(ag_store_db(st), SQLITE_DBSTATUS_CACHE_WRITE, &pages, &hi, 0);
+    store_pages[mode] = (double)pages / (double)(tensors * steps);
     free(srows);
     free(rrows);
     ag_store_close(st);
@@ -686,9 +696,10 @@ static void line(const char *what, double t, double base) {
  * batches (as the writer writes them), by wall and by CPU time. */
 static void print_capacity(size_t snaps, const double rate[3], const double cpu[3]) {
     printf("  the store alone: %.0f snapshots/s in arrival order, %.0f sorted by key, %.0f sorted "
-           "in batches as the writer writes them (CPU: %.1f, %.1f and %.1f us a snapshot)\n",
+           "in batches as the writer writes them (CPU: %.1f, %.1f and %.1f us a snapshot; pages "
+           "written: %.2f, %.2f and %.2f a snapshot)\n",
            rate[0], rate[1], rate[2], cpu[0] * 1e6 / (double)snaps, cpu[1] * 1e6 / (double)snaps,
-           cpu[2] * 1e6 / (double)snaps);
+           cpu[2] * 1e6 / (double)snaps, store_pages[0], store_pages[1], store_pages[2]);
 }
 
 static int capacity(const char *dir, size_t tensors, size_t steps) {

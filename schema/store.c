@@ -422,6 +422,8 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
     return exec_sql(st, "COMMIT", "write lock");
 }
 
+sqlite3 *ag_store_db(ag_store *st) { return st ? st->db : NULL; }
+
 void ag_store_close(ag_store *st) {
     if (!st) return;
     if (st->db) {

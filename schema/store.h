@@ -43,6 +43,9 @@ struct sqlite3;
 struct sqlite3_api_routines;
 int ag_store_sql_register(struct sqlite3 *db);
 int ag_store_sql_entry(struct sqlite3 *db, char **err, const struct sqlite3_api_routines *api);
+/* The connection's sqlite3 handle (benchmarks read its status; SQL run on it
+ * must leave the store's transactions alone). */
+struct sqlite3 *ag_store_db(ag_store *st);
 /* Schema version this build writes (the number of migrations). */
 int ag_store_schema_version(void);
 /* Schema version of the open file. */
