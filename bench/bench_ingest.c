@@ -681,6 +681,7 @@ int main(int argc, char **argv) {
     int snapshots_only = only && strcmp(only, "snapshots") == 0;
     int rss_only = only && strcmp(only, "rss") == 0;       /* AG_BENCH_ONLY=rss: the RSS lines */
     int polled_only = only && strcmp(only, "polled") == 0; /* =polled: ingest while polled */
+    int send_only = only && strcmp(only, "send") == 0;     /* =send: the clients alone */
     size_t steps = steps_env ? strtoul(steps_env, NULL, 10) : 20;
     if (steps < 1 || steps > 100000) steps = 20;
     size_t n = 1u << 20;
@@ -692,6 +693,7 @@ int main(int argc, char **argv) {
     if (polled_only) return ingest_while_polled(n, steps);
     if (snapshots_only) goto snapshots;
     if (rss_only) goto rss;
+    if (send_only) goto send;
     double direct = baseline_inserts(TENSORS, STATS_STEPS);
     if (daemon_start(&d)) return 1;
     double e2e = daemon_records(&d, TENSORS, STATS_STEPS);
@@ -741,6 +743,7 @@ snapshots:
 
     /* The bench's own ceiling: its clients against a receiver that only
      * discards what arrives. */
+send:;
     stream_result null1 = null_snapshots(n, steps, 1);
     stream_result nulln = null_snapshots(n, steps, ntensors);
     printf("snapshot send alone (the bench's clients, a receiver that discards): 1 client "
@@ -750,7 +753,7 @@ snapshots:
            "%.3f\n",
            null1.gb > 0 ? (null1.self.main + null1.self.rest) / null1.gb : 0.0,
            null1.gb > 0 ? null1.self.nng / null1.gb : 0.0);
-    if (snapshots_only) return 0;
+    if (snapshots_only || send_only) return 0;
 
 rss:
     if (daemon_start(&d)) return 1;
