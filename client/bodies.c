@@ -129,6 +129,16 @@ void ag_send_bodies_close(void) {
     for (size_t i = 0; i < n; i++) free(all[i]);
 }
 
+void ag_send_bodies_forked(void) {
+    /* a thread of the parent may have held either lock: start afresh. The
+     * kept bodies are the parent's copies, left alone; with no limit the
+     * hook (still installed in this copy of nng) keeps nothing. */
+    pthread_mutex_init(&cache.install, NULL);
+    pthread_mutex_init(&cache.lock, NULL);
+    cache.clients = 0;
+    cache.limit = cache.n = cache.bytes = 0;
+}
+
 void ag_send_bodies_get(ag_send_bodies_stats *out) {
     pthread_mutex_lock(&cache.lock);
     *out = (ag_send_bodies_stats){cache.bytes, cache.n, cache.limit, cache.reused};

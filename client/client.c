@@ -46,7 +46,10 @@
 static uint64_t fork_generation;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
-static void on_fork_child(void) { fork_generation++; }
+static void on_fork_child(void) {
+    fork_generation++;
+    ag_send_bodies_forked();
+}
 
 static void register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 

@@ -128,6 +128,9 @@ size_t ag_send_body_class(size_t len);
 void ag_send_bodies_open(size_t queue_bytes);
 /* A client closed: the last removes the cache and frees what it kept. */
 void ag_send_bodies_close(void);
+/* In a fork() child (from the handler of client.c, single-threaded): no
+ * client of the child's is open, whatever the parent had. */
+void ag_send_bodies_forked(void);
 /* What the cache holds now (for tests and benchmarks). */
 typedef struct ag_send_bodies_stats {
     size_t bytes, count; /* kept now */

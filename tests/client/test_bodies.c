@@ -8,6 +8,8 @@
  */
 #include "helpers.h"
 
+#include <sys/wait.h>
+
 #include "client/client_internal.h"
 
 Test(bodies, a_size_class_holds_its_message_and_wastes_at_most_an_eighth) {
@@ -172,5 +174,41 @@ Test(bodies, the_cache_keeps_at_most_its_limit_and_the_last_close_frees_it) {
     ag_client_close(c);
     free(w);
     free(g);
+    tmp_endpoints_remove(&t);
+}
+
+Test(bodies, a_forked_child_starts_with_no_cache_of_its_own) {
+    tmp_endpoints t;
+    tmp_endpoints_make(&t); /* no receiver: the snapshot stays queued */
+    ag_client_opts o = {.ingest_url = t.ingest,
+                        .query_url = t.query,
+                        .run = "bodies",
+                        .policy = AG_QUEUE_DROP,
+                        .close_timeout_ms = 1};
+    ag_client *c = NULL, *other = NULL;
+    cr_assert_eq(ag_client_open_quiet(&c, &o, 1), AG_OK);
+    cr_assert_eq(ag_client_open_quiet(&other, &o, 1), AG_OK);
+    const size_t n = 1u << 18;
+    float *w = calloc(n, sizeof *w);
+    cr_assert_not_null(w);
+    cr_assert_eq(ag_client_log_sgd(c, 1, "big.weight", w, w, n, 0.01f), AG_OK);
+    ag_client_close(c); /* not the last: its queued body is kept */
+    ag_send_bodies_stats st;
+    ag_send_bodies_get(&st);
+    cr_assert_eq(st.count, 1);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        ag_send_bodies_stats cs;
+        ag_send_bodies_get(&cs); /* would hang on a lock a parent's thread held */
+        _exit(cs.count == 0 && cs.bytes == 0 && cs.limit == 0 ? 0 : 1);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child saw the parent's cache");
+    ag_send_bodies_get(&st);
+    cr_assert_eq(st.count, 1, "the parent's is untouched");
+    ag_client_close(other);
+    free(w);
     tmp_endpoints_remove(&t);
 }
