@@ -68,7 +68,9 @@ Test(transport, an_ipc_connection_asks_for_a_4_MiB_send_buffer) {
     snprintf(path, sizeof path, "%s/ingest.sock", t.dir);
     int sizes[8];
     size_t n = sndbufs_of(path, sizes, 8);
-    cr_assert_eq(n, 2, "the client's end of the connection and the receiver's: %zu", n);
+    /* the client's end and the receiver's, and perhaps the receiver's end of
+     * open's probe (a connect and hang-up) not yet reaped: nng's all */
+    cr_assert_geq(n, 2, "the client's end of the connection and the receiver's: %zu", n);
     for (size_t i = 0; i < n; i++)
         cr_assert_eq(sizes[i], expected, "SO_SNDBUF %d, expected %d (wmem_max %ld)", sizes[i],
                      expected, wmem_max);
