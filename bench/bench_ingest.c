@@ -262,8 +262,9 @@ typedef struct stream {
     const char *ingest, *query;
     size_t n, steps, index;
     const float *w, *g;
-    int blind;  /* no daemon: send and hand over without confirming */
-    double cpu; /* this thread's CPU seconds */
+    int blind;      /* no daemon: send and hand over without confirming */
+    double cpu;     /* this thread's CPU seconds */
+    double logging; /* ... of which since every client was open */
     int rc;
     ag_client *c;
     pthread_barrier_t *go;
@@ -281,14 +282,17 @@ static void *stream_main(void *arg) {
                         .close_timeout_ms = st->blind ? 1 : 0};
     st->rc = ag_client_open(&st->c, &o);
     pthread_barrier_wait(st->go);
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    double cpu0 = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
     if (st->rc) return NULL;
     for (size_t s = 1; s <= st->steps && !st->rc; s++)
         st->rc = ag_client_log_sgd(st->c, s, name, st->w, st->g, st->n, 0.01f);
     if (!st->rc && !st->blind) st->rc = ag_client_flush(st->c, -1);
     if (!st->rc && !st->blind) st->rc = wait_committed(st->c);
-    struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     st->cpu = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    st->logging = st->cpu - cpu0;
     return NULL;
 }
 
@@ -297,6 +301,7 @@ static void *stream_main(void *arg) {
 typedef struct stream_result {
     double mbs;
     cpu_split peer, self;
+    double callers; /* of self: the logging threads alone (encoding) */
     double gb;
 } stream_result;
 
@@ -346,6 +351,7 @@ static stream_result run_streams(const char *ingest, const char *query, pid_t pe
     if (!blind && peer > 0) r.peer = cpu_minus(cpu_of(peer), peer0);
     for (size_t t = 0; t < ntensors; t++) {
         self.rest += st[t].cpu; /* the stream threads have exited */
+        r.callers += st[t].logging;
         ag_client_close(st[t].c);
     }
     pthread_barrier_destroy(&go);
@@ -362,9 +368,10 @@ out:
 static void print_cpu(const char *what, const stream_result *r) {
     if (r->gb <= 0) return;
     printf("  %s, CPU s per GB of w+g: daemon loop %.3f, daemon nng (receive) %.3f, daemon pool "
-           "and writer %.3f; bench callers and senders %.3f, bench nng (send) %.3f\n",
+           "and writer %.3f; bench callers and senders %.3f (callers %.3f), bench nng (send) "
+           "%.3f\n",
            what, r->peer.main / r->gb, r->peer.nng / r->gb, r->peer.rest / r->gb,
-           (r->self.main + r->self.rest) / r->gb, r->self.nng / r->gb);
+           (r->self.main + r->self.rest) / r->gb, r->callers / r->gb, r->self.nng / r->gb);
 }
 
 /* bench_ingest --null-receiver URL QUERY COUNT MIN: receive on URL (nng
@@ -681,6 +688,7 @@ int main(int argc, char **argv) {
     int snapshots_only = only && strcmp(only, "snapshots") == 0;
     int rss_only = only && strcmp(only, "rss") == 0;       /* AG_BENCH_ONLY=rss: the RSS lines */
     int polled_only = only && strcmp(only, "polled") == 0; /* =polled: ingest while polled */
+    int send_only = only && strcmp(only, "send") == 0;     /* =send: the clients alone */
     size_t steps = steps_env ? strtoul(steps_env, NULL, 10) : 20;
     if (steps < 1 || steps > 100000) steps = 20;
     size_t n = 1u << 20;
@@ -692,6 +700,7 @@ int main(int argc, char **argv) {
     if (polled_only) return ingest_while_polled(n, steps);
     if (snapshots_only) goto snapshots;
     if (rss_only) goto rss;
+    if (send_only) goto send;
     double direct = baseline_inserts(TENSORS, STATS_STEPS);
     if (daemon_start(&d)) return 1;
     double e2e = daemon_records(&d, TENSORS, STATS_STEPS);
@@ -741,16 +750,18 @@ snapshots:
 
     /* The bench's own ceiling: its clients against a receiver that only
      * discards what arrives. */
+send:;
     stream_result null1 = null_snapshots(n, steps, 1);
     stream_result nulln = null_snapshots(n, steps, ntensors);
     printf("snapshot send alone (the bench's clients, a receiver that discards): 1 client "
            "%.0f MB/s of w+g, %zu clients %.0f MB/s\n",
            null1.mbs, ntensors, nulln.mbs);
-    printf("  1 client, CPU s per GB of w+g: bench callers and senders %.3f, bench nng (send) "
-           "%.3f\n",
-           null1.gb > 0 ? (null1.self.main + null1.self.rest) / null1.gb : 0.0,
-           null1.gb > 0 ? null1.self.nng / null1.gb : 0.0);
-    if (snapshots_only) return 0;
+    if (null1.gb > 0)
+        printf("  1 client, CPU s per GB of w+g: bench callers and senders %.3f (callers %.3f), "
+               "bench nng (send) %.3f\n",
+               (null1.self.main + null1.self.rest) / null1.gb, null1.callers / null1.gb,
+               null1.self.nng / null1.gb);
+    if (snapshots_only || send_only) return 0;
 
 rss:
     if (daemon_start(&d)) return 1;

@@ -46,7 +46,10 @@
 static uint64_t fork_generation;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
-static void on_fork_child(void) { fork_generation++; }
+static void on_fork_child(void) {
+    fork_generation++;
+    ag_send_bodies_forked();
+}
 
 static void register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 
@@ -102,8 +105,12 @@ int ag_client_encode_msg(const ag_msg *m, nng_msg **out) {
         ag_buf_init_count(&b);
         return ag_proto_encode(&b, m);
     }
+    /* A large body is allocated in its size class, so that it can be a
+     * kept one (bodies.c): its pages are mapped already and not zeroed, and
+     * the encoder writes every byte of the message. */
+    size_t cap = ag_send_body_class(len);
     nng_msg *msg;
-    if (nng_msg_alloc(&msg, len) != 0) return AG_ENOMEM;
+    if (nng_msg_alloc(&msg, cap) != 0) return AG_ENOMEM;
     ag_buf b;
     ag_buf_init_fixed(&b, nng_msg_body(msg), len);
     int rc = ag_proto_encode(&b, m);
@@ -111,6 +118,7 @@ int ag_client_encode_msg(const ag_msg *m, nng_msg **out) {
         nng_msg_free(msg);
         return rc;
     }
+    nng_msg_chop(msg, cap - b.len);
     *out = msg;
     return AG_OK;
 }
@@ -472,6 +480,8 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     pthread_once(&atfork_once, register_atfork);
     c->fork_generation = fork_generation;
     if ((rc = fill_options(c, opts))) goto fail;
+    ag_send_bodies_open(c->opts.queue_bytes);
+    c->bodies_open = 1;
     c->client_id = ag_client_random_u64();
     /* spare slots: run_start, the last batch and run_end are always queued */
     c->ring_cap = c->opts.queue_messages + 3;
@@ -531,6 +541,7 @@ fail:
         pthread_cond_destroy(&c->named);
         pthread_mutex_destroy(&c->mu);
     }
+    if (c->bodies_open) ag_send_bodies_close();
     free_client(c);
     return rc;
 }
@@ -782,6 +793,7 @@ int64_t ag_client_close(ag_client *c) {
     pthread_cond_destroy(&c->drained);
     pthread_cond_destroy(&c->named);
     pthread_mutex_destroy(&c->mu);
+    ag_send_bodies_close(); /* after our last message was freed */
     free_client(c);
     return undelivered;
 }

@@ -96,6 +96,7 @@ struct ag_client {
     _Atomic int bundles;           /* the daemon takes bundles (r_run's caps): the sender
                                     * sends queued small snapshots several at a time */
     int name_err;                  /* the daemon cannot say the name: why (an ag_err) */
+    int bodies_open;               /* counted in bodies.c's cache (ag_send_bodies_open) */
 };
 
 /* Queue an encoded stream message (takes msg in every case). Caller holds
@@ -116,6 +117,32 @@ int ag_client_has_room_locked(const ag_client *c, size_t len);
 int ag_client_encode_msg(const ag_msg *m, nng_msg **out);
 /* 64 random bits, never 0. */
 uint64_t ag_client_random_u64(void);
+
+/* ---- bodies.c: the bodies of large outgoing messages, kept for reuse ------ */
+
+#define AG_SEND_BODY_MIN (128u * 1024u)                /* smaller messages are malloc's business */
+#define AG_SEND_BODIES_MAX 32                          /* bodies kept at most ... */
+#define AG_SEND_BODIES_MAX_BYTES (64u * 1024u * 1024u) /* ... and bytes */
+
+/* The size to allocate for a message of len bytes: len when it is below
+ * AG_SEND_BODY_MIN, else its size class, the smallest (9..16) * 2^e that
+ * holds it (at most an eighth more), so near sizes share kept bodies. */
+size_t ag_send_body_class(size_t len);
+/* A client opened: the first installs the process's cache in nng; it keeps
+ * at most min(the largest queue_bytes of the clients open since, 64 MiB). */
+void ag_send_bodies_open(size_t queue_bytes);
+/* A client closed: the last removes the cache and frees what it kept. */
+void ag_send_bodies_close(void);
+/* In a fork() child (from the handler of client.c, single-threaded): no
+ * client of the child's is open, whatever the parent had. */
+void ag_send_bodies_forked(void);
+/* What the cache holds now (for tests and benchmarks). */
+typedef struct ag_send_bodies_stats {
+    size_t bytes, count; /* kept now */
+    size_t limit;        /* bytes kept at most (0: no client open) */
+    uint64_t reused;     /* bodies handed out again since the process started */
+} ag_send_bodies_stats;
+void ag_send_bodies_get(ag_send_bodies_stats *out);
 
 /* identity.c */
 /* Fill c->launch from the option, else the environment, else generate one
