@@ -333,8 +333,8 @@ static double store_capacity(const char *dir, size_t tensors, size_t steps, int 
     /* steps per batch of about 100,000 rows (16 queued per snapshot);
      * AG_BENCH_STORE_STEPS=K: K steps a transaction (1: a steady stream's
      * commits, a step of every tensor each) */
-    size_t per = env_size("AG_BENCH_STORE_STEPS",
-                          100000 / 16 / tensors ? 100000 / 16 / tensors : 1);
+    size_t per =
+        env_size("AG_BENCH_STORE_STEPS", 100000 / 16 / tensors ? 100000 / 16 / tensors : 1);
     ag_store_stats_row *srows = malloc(per * tensors * sizeof *srows);
     ag_store_result_row *rrows = malloc(per * tensors * 5 * sizeof *rrows);
     for (size_t s0 = 0; s0 < steps; s0 += per) {
