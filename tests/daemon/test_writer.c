@@ -471,7 +471,10 @@ Test(writer, rows_pushed_as_a_batch_commit_exactly_as_pushed_one_by_one) {
         cr_assert_eq(batch.top_stalled[f], one.top_stalled[f]);
         cr_assert_eq(batch.top_steps[f], one.top_steps[f]);
     }
-    cr_assert_eq(batch.rows_written, one.rows_written);
+    /* rows_written is not compared: a snapshot superseded while queued is
+     * skipped only when the newer one arrived before the writer took it, so
+     * it counts once or not at all, as the threads' timing falls (the
+     * stored snapshot, checked below, is the newest either way) */
     cr_assert_eq(batch.bytes, one.bytes);
     cr_assert_eq(batch.messages, one.messages);
     cr_assert_eq(batch.snap.count, one.snap.count);
