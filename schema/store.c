@@ -66,13 +66,18 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_RUN_RANK_DROPS] = "SELECT c.rank, sum(d.count) FROM drops d JOIN clients c ON"
                              " c.client_id=d.client_id WHERE d.run_id=?1 GROUP BY c.rank"
                              " HAVING sum(d.count)>0 ORDER BY c.rank",
-    /* from the widest rollup tier (a few rows per tensor and format, exact):
+    /* from the widest rollup tier (a few rows per tensor and format, exact;
+     * rollups_sealed and rollup_heads by name: SQLite pushes no IN (SELECT)
+     * into the view's arms, it would scan them whole):
      * per tensor, the incomplete rows of its format that has most (a step's
      * rows are filed in every format of the step together) */
     [AG_ST_RUN_INCOMPLETE] =
         "SELECT coalesce(sum(m),0) FROM (SELECT max(s) AS m FROM (SELECT tensor_id, format_id,"
-        " sum(incomplete_rows) AS s FROM rollups WHERE width=1000 AND tensor_id IN (SELECT id"
-        " FROM tensors WHERE run_id=?1) GROUP BY tensor_id, format_id) GROUP BY tensor_id)",
+        " sum(x) AS s FROM (SELECT tensor_id, format_id, incomplete_rows AS x FROM rollups_sealed"
+        " WHERE width=1000 AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) UNION ALL"
+        " SELECT tensor_id, format_id, incomplete_rows3 FROM rollup_heads WHERE b3 IS NOT NULL"
+        " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1)) GROUP BY tensor_id,"
+        " format_id) GROUP BY tensor_id)",
     [AG_ST_RUN_BY_NAME] = "SELECT id FROM runs WHERE name=?1",
     [AG_ST_FORMAT_BY_NAME] = "SELECT id FROM formats WHERE name=?1",
     [AG_ST_TENSOR_BY_NAME] = "SELECT id FROM tensors WHERE run_id=?1 AND name=?2",
@@ -133,15 +138,27 @@ static const char *const sql_text[AG_ST_COUNT] = {
         " excluded.scale_last ELSE scale_last END, device_rows=device_rows+excluded.device_rows,"
         " incomplete_rows=incomplete_rows+excluded.incomplete_rows,"
         " ranks_min=min(ranks_min,excluded.ranks_min)",
+/* A tier's sealed buckets in order (the primary key's), then its open
+ * bucket (newer than every sealed one) from the heads: the view rollups
+ * would add a sort to every call of the walk. */
 #define ROLLUP_RANGE_SQL                                                                           \
     "SELECT bucket,rows,stalled,total,flips,flips_unknown,overflow,underflow,nonfinite,"           \
     "first_step,last_step,amax_last,scale_last,device_rows,incomplete_rows,ranks_min FROM "        \
-    "rollups WHERE tensor_id=?1 AND "                                                              \
-    "format_id=?2"                                                                                 \
-    " AND width=?3 AND bucket BETWEEN ?4 AND ?5 ORDER BY bucket"
+    "rollups_sealed WHERE tensor_id=?1 AND format_id=?2 AND width=?3 AND bucket BETWEEN ?4 AND ?5" \
+    " ORDER BY bucket"
     [AG_ST_ROLLUP_L1] = ROLLUP_RANGE_SQL,
     [AG_ST_ROLLUP_L2] = ROLLUP_RANGE_SQL,
     [AG_ST_ROLLUP_L3] = ROLLUP_RANGE_SQL,
+#define HEAD_RANGE_SQL(k)                                                                          \
+    "SELECT b" #k ",rows" #k ",stalled" #k ",total" #k ",flips" #k ",flips_unknown" #k             \
+    ",overflow" #k ",underflow" #k ",nonfinite" #k ",first_step" #k ",last_step" #k                \
+    ",amax_last" #k ",scale_last" #k ",device_rows" #k ",incomplete_rows" #k ",ranks_min" #k       \
+    " FROM rollup_heads"                                                                           \
+    " WHERE tensor_id=?1 AND format_id=?2 AND ?3>0 AND b" #k " BETWEEN ?4 AND ?5"
+    [AG_ST_HEAD_L1] = HEAD_RANGE_SQL(1),
+    [AG_ST_HEAD_L2] = HEAD_RANGE_SQL(2),
+    [AG_ST_HEAD_L3] = HEAD_RANGE_SQL(3),
+#undef HEAD_RANGE_SQL
     [AG_ST_RAW_RANGE] =
         "SELECT step,1,stalled,total,flips,flips IS NULL,overflow,underflow,nonfinite,step,step,"
         "amax,scale,source,1-complete,ranks FROM results WHERE tensor_id=?1 AND format_id=?2 AND "
@@ -151,9 +168,17 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_RUN_TENSOR_IDS] = "SELECT id,name,snapshots FROM tensors WHERE run_id=?1 ORDER BY name",
     [AG_ST_REPORT_SQNR] = "SELECT sqnr_db FROM results WHERE tensor_id=?1 AND format_id=?2"
                           " AND step=?3",
-    [AG_ST_HEAT_TIER] = "SELECT tensor_id,bucket,stalled,total,rows FROM rollups WHERE"
-                        " tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"
-                        " AND width=?3 AND bucket BETWEEN ?4 AND ?5",
+    /* the two tables behind the view rollups by name (see RUN_INCOMPLETE) */
+    [AG_ST_HEAT_TIER] =
+        "SELECT tensor_id,bucket,stalled,total,rows FROM rollups_sealed WHERE tensor_id IN (SELECT"
+        " id FROM tensors WHERE run_id=?1) AND format_id=?2 AND width=?3 AND bucket BETWEEN ?4 AND"
+        " ?5"
+#define HEAD_ARM(k, w)                                                                             \
+    " UNION ALL SELECT tensor_id,b" #k ",stalled" #k ",total" #k ",rows" #k " FROM rollup_heads"   \
+    " WHERE ?3=" #w " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"  \
+    " AND b" #k " BETWEEN ?4 AND ?5"
+    HEAD_ARM(1, 10) HEAD_ARM(2, 100) HEAD_ARM(3, 1000),
+#undef HEAD_ARM
     [AG_ST_HEAT_RAW] = "SELECT tensor_id,step,stalled,total,1 FROM results WHERE"
                        " tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"
                        " AND ?3=1 AND step BETWEEN ?4 AND ?5",
@@ -391,8 +416,26 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
                             "CREATE TEMP VIEW clients AS SELECT *, 0 AS rank FROM main.clients",
                             "runs of schema 8")))
             return err;
-        if ((err = has_table(st, "rollups", &st->has_rollups)) || !st->has_rollups || version >= 9)
+        if ((err = has_table(st, "rollups", &st->has_rollups)) || !st->has_rollups) return err;
+        /* before 12 every bucket is in the one table: the names the
+         * queries read (rollups_sealed, rollup_heads) over it, heads empty */
+        if (version < 12 &&
+            (err = exec_sql(
+                 st,
+                 "CREATE TEMP VIEW rollups_sealed AS SELECT * FROM rollups;"
+                 "CREATE TEMP TABLE rollup_heads (tensor_id, format_id, b1, rows1, stalled1, "
+                 "total1, flips1, flips_unknown1, overflow1, underflow1, nonfinite1, first_step1, "
+                 "last_step1, amax_min1, amax_max1, amax_last1, scale_min1, scale_max1, "
+                 "scale_last1, device_rows1, incomplete_rows1, ranks_min1, b2, rows2, stalled2, "
+                 "total2, flips2, flips_unknown2, overflow2, underflow2, nonfinite2, first_step2, "
+                 "last_step2, amax_min2, amax_max2, amax_last2, scale_min2, scale_max2, "
+                 "scale_last2, device_rows2, incomplete_rows2, ranks_min2, b3, rows3, stalled3, "
+                 "total3, flips3, flips_unknown3, overflow3, underflow3, nonfinite3, first_step3, "
+                 "last_step3, amax_min3, amax_max3, amax_last3, scale_min3, scale_max3, "
+                 "scale_last3, device_rows3, incomplete_rows3, ranks_min3)",
+                 "rollups of an older schema")))
             return err;
+        if (version >= 9) return AG_OK;
         return exec_sql(st,
                         "CREATE TEMP VIEW rollups AS SELECT *, 0 AS incomplete_rows, 1 AS ranks_min"
                         " FROM main.rollups",

@@ -60,6 +60,9 @@ typedef enum ag_stmt_id {
     AG_ST_ROLLUP_L1, /* one slot per tier, so a walk can descend while */
     AG_ST_ROLLUP_L2, /* the coarser tier's statement is still stepping */
     AG_ST_ROLLUP_L3,
+    AG_ST_HEAD_L1, /* a tier's open bucket, after its sealed ones */
+    AG_ST_HEAD_L2,
+    AG_ST_HEAD_L3,
     AG_ST_RAW_RANGE,
     AG_ST_RUN_TENSOR_IDS,
     AG_ST_REPORT_SQNR,

@@ -342,43 +342,50 @@ static int walk_level(ag_store *st, int64_t tid, int64_t fid, int level, uint64_
                       const ag_rollup_visitor *v) {
     static const ag_stmt_id ids[] = {AG_ST_RAW_RANGE, AG_ST_ROLLUP_L1, AG_ST_ROLLUP_L2,
                                      AG_ST_ROLLUP_L3};
+    static const ag_stmt_id heads[] = {AG_ST_COUNT, AG_ST_HEAD_L1, AG_ST_HEAD_L2, AG_ST_HEAD_L3};
     uint64_t w = level ? (uint64_t)ag_rollup_widths[level - 1] : 1;
-    sqlite3_stmt *s = ag_store_stmt(st, ids[level]);
-    if (!s) return AG_ESTORE;
-    sqlite3_bind_int64(s, 1, tid);
-    sqlite3_bind_int64(s, 2, fid);
-    sqlite3_bind_int64(s, 3, (int64_t)w);
-    sqlite3_bind_int64(s, 4, (int64_t)(from / w));
-    sqlite3_bind_int64(s, 5, (int64_t)(to / w));
-    int rc, err = AG_OK;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        ag_rollup_agg b = {
-            .rows = (uint64_t)sqlite3_column_int64(s, 1),
-            .stalled = (uint64_t)sqlite3_column_int64(s, 2),
-            .total = (uint64_t)sqlite3_column_int64(s, 3),
-            .flips = (uint64_t)sqlite3_column_int64(s, 4),
-            .flips_unknown = (uint64_t)sqlite3_column_int64(s, 5),
-            .overflow = (uint64_t)sqlite3_column_int64(s, 6),
-            .underflow = (uint64_t)sqlite3_column_int64(s, 7),
-            .nonfinite = (uint64_t)sqlite3_column_int64(s, 8),
-            .first_step = (uint64_t)sqlite3_column_int64(s, 9),
-            .last_step = (uint64_t)sqlite3_column_int64(s, 10),
-            .amax_last = sqlite3_column_double(s, 11),
-            .scale_last = sqlite3_column_double(s, 12),
-            .device_rows = (uint64_t)sqlite3_column_int64(s, 13),
-            .incomplete_rows = (uint64_t)sqlite3_column_int64(s, 14),
-            .ranks_min = (uint64_t)sqlite3_column_int64(s, 15),
-        };
-        if (level == 0 || (b.first_step >= from && b.last_step <= to && v->fits(v->ctx, b.rows))) {
-            err = v->add(v->ctx, &b);
-        } else {
-            uint64_t lo = (uint64_t)sqlite3_column_int64(s, 0) * w, hi = lo + w - 1;
-            err = walk_level(st, tid, fid, level - 1, lo > from ? lo : from, hi < to ? hi : to, v);
+    int err = AG_OK;
+    /* the tier's sealed buckets, then its open bucket (the newest) */
+    for (int part = 0; !err && part < (level ? 2 : 1); part++) {
+        sqlite3_stmt *s = ag_store_stmt(st, part ? heads[level] : ids[level]);
+        if (!s) return AG_ESTORE;
+        sqlite3_bind_int64(s, 1, tid);
+        sqlite3_bind_int64(s, 2, fid);
+        sqlite3_bind_int64(s, 3, (int64_t)w);
+        sqlite3_bind_int64(s, 4, (int64_t)(from / w));
+        sqlite3_bind_int64(s, 5, (int64_t)(to / w));
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+            ag_rollup_agg b = {
+                .rows = (uint64_t)sqlite3_column_int64(s, 1),
+                .stalled = (uint64_t)sqlite3_column_int64(s, 2),
+                .total = (uint64_t)sqlite3_column_int64(s, 3),
+                .flips = (uint64_t)sqlite3_column_int64(s, 4),
+                .flips_unknown = (uint64_t)sqlite3_column_int64(s, 5),
+                .overflow = (uint64_t)sqlite3_column_int64(s, 6),
+                .underflow = (uint64_t)sqlite3_column_int64(s, 7),
+                .nonfinite = (uint64_t)sqlite3_column_int64(s, 8),
+                .first_step = (uint64_t)sqlite3_column_int64(s, 9),
+                .last_step = (uint64_t)sqlite3_column_int64(s, 10),
+                .amax_last = sqlite3_column_double(s, 11),
+                .scale_last = sqlite3_column_double(s, 12),
+                .device_rows = (uint64_t)sqlite3_column_int64(s, 13),
+                .incomplete_rows = (uint64_t)sqlite3_column_int64(s, 14),
+                .ranks_min = (uint64_t)sqlite3_column_int64(s, 15),
+            };
+            if (level == 0 ||
+                (b.first_step >= from && b.last_step <= to && v->fits(v->ctx, b.rows))) {
+                err = v->add(v->ctx, &b);
+            } else {
+                uint64_t lo = (uint64_t)sqlite3_column_int64(s, 0) * w, hi = lo + w - 1;
+                err = walk_level(st, tid, fid, level - 1, lo > from ? lo : from, hi < to ? hi : to,
+                                 v);
+            }
+            if (err) break;
         }
-        if (err) break;
+        if (!err && rc != SQLITE_DONE && rc != SQLITE_ROW) err = ag_store_fail(st, "rollups", rc);
+        sqlite3_reset(s);
     }
-    if (!err && rc != SQLITE_DONE && rc != SQLITE_ROW) err = ag_store_fail(st, "rollups", rc);
-    sqlite3_reset(s);
     return err;
 }
 
