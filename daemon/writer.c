@@ -95,6 +95,17 @@ struct ag_writer {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
+    /* The checkpointer: a thread with its own connection that copies the
+     * WAL into the file after commits (with the fsyncs that takes), so the
+     * writer's commits do not (its autocheckpoint is off while cp runs).
+     * cp_want counts the runs asked for, cp_ran the ask the last finished
+     * run started after; both under lock. NULL cp: none, commits
+     * checkpoint themselves as SQLite does by default. */
+    ag_store *cp;
+    pthread_t cp_thread;
+    pthread_cond_t cp_wake, cp_done;
+    uint64_t cp_want, cp_ran;
+    int cp_stop;
     ag_write_item *ring;
     size_t cap, head, count; /* items ring[head .. head+count) mod cap */
     size_t snap_bytes;       /* weights held by queued snapshots */
@@ -726,6 +737,9 @@ static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
  * format), so at a steady few thousand snapshots a second a 50 ms batch,
  * which holds less than a step of each tensor, rewrites three buckets a
  * results row; one that spans several steps a fraction of that. */
+/* The WAL size past which the writer waits for the checkpointer before a
+ * batch (write_batch), so the WAL starts over and stays near it. */
+#define CP_SYNC_BYTES AG_WRITER_WAL_MAX
 #define BATCH_BUSY_ROWS 2000
 #define BATCH_BUSY_MS 250
 static int64_t batch_time(const ag_writer *w, uint64_t rows) {
@@ -789,6 +803,14 @@ static int note_skip(ag_writer *w, int64_t tensor_id, int skipped) {
  * retrying may cure (the rows stay held; the caller waits and retries). Lock
  * held on entry and exit. */
 static int write_batch(ag_writer *w, int *at_boundary) {
+    /* The WAL starts over only when a transaction begins with all of it
+     * copied into the file: past CP_SYNC_BYTES, wait for the checkpoint the
+     * last commit asked for (it copies up to that commit) before beginning;
+     * below it the checkpointer copies while the writer works. */
+    if (w->cp && ag_store_wal_bytes(w->st) > CP_SYNC_BYTES) {
+        uint64_t ask = w->cp_want; /* asked by the last commit */
+        while (w->cp_ran < ask && !w->cp_stop) pthread_cond_wait(&w->cp_done, &w->lock);
+    }
     pthread_mutex_unlock(&w->lock);
     merge_clear(&w->merge);
     w->merge.refused = 0;
@@ -911,6 +933,12 @@ static int write_batch(ag_writer *w, int *at_boundary) {
         ag_store_rollback(w->st);
         discard(w, rows);
     } else {
+        if (w->cp) {
+            pthread_mutex_lock(&w->lock);
+            w->cp_want++;
+            pthread_cond_signal(&w->cp_wake);
+            pthread_mutex_unlock(&w->lock);
+        }
         atomic_fetch_add(&w->rows_written, rows);
         atomic_fetch_sub(&w->unpersisted, counted_discards);
         if (atomic_exchange(&w->degraded, 0))
@@ -939,7 +967,9 @@ static void maintain(ag_writer *w, int idle) {
     }
     /* Busy, the WAL is restarted by the autocheckpoint as long as no reader
      * holds on to it; when readers keep it growing, wait for them briefly. */
-    int big = ag_store_wal_bytes(w->st) > AG_WRITER_WAL_MAX;
+    /* (with a checkpointer, write_batch keeps the WAL near
+     * AG_WRITER_WAL_MAX: this is for readers that keep it growing) */
+    int big = ag_store_wal_bytes(w->st) > (w->cp ? 2 : 1) * AG_WRITER_WAL_MAX;
     if (big || (idle && w->wal_dirty && now - w->last_checkpoint_ms >= AG_WRITER_MAINT_MS)) {
         int busy = 0;
         w->last_checkpoint_ms = now;
@@ -1016,6 +1046,68 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
+/* The checkpointer thread: runs a PASSIVE checkpoint (it waits for no
+ * reader) each time commits have asked for one since its last run. */
+static void *checkpointer_main(void *arg) {
+    ag_writer *w = arg;
+    pthread_mutex_lock(&w->lock);
+    while (!w->cp_stop) {
+        if (w->cp_want == w->cp_ran) {
+            pthread_cond_wait(&w->cp_wake, &w->lock);
+            continue;
+        }
+        uint64_t ask = w->cp_want;
+        pthread_mutex_unlock(&w->lock);
+        int busy = 0;
+        if (ag_store_checkpoint(w->cp, 0, 0, &busy))
+            ag_log(w->log, AG_LOG_DEBUG, "writer: checkpointer: %s", ag_store_errmsg(w->cp));
+        pthread_mutex_lock(&w->lock);
+        w->cp_ran = ask;
+        pthread_cond_broadcast(&w->cp_done);
+    }
+    pthread_cond_broadcast(&w->cp_done);
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+/* Start the checkpointer before the writer thread (st is the caller's
+ * until then). Without it the writer's commits checkpoint as before. */
+static void checkpointer_start(ag_writer *w) {
+    const char *path = ag_store_path(w->st);
+    if (!path || ag_store_open(&w->cp, path, AG_STORE_CHECKPOINTER) != AG_OK ||
+        ag_store_set_autocheckpoint(w->st, 0) != AG_OK) {
+        ag_log(w->log, AG_LOG_INFO, "writer: no checkpointer (%s): commits checkpoint",
+               w->cp ? ag_store_errmsg(w->cp) : "out of memory");
+        ag_store_close(w->cp);
+        w->cp = NULL;
+        return;
+    }
+    pthread_cond_init(&w->cp_wake, NULL);
+    pthread_cond_init(&w->cp_done, NULL);
+    if (pthread_create(&w->cp_thread, NULL, checkpointer_main, w) != 0) {
+        ag_log(w->log, AG_LOG_INFO, "writer: no checkpointer thread: commits checkpoint");
+        ag_store_set_autocheckpoint(w->st, 1000);
+        pthread_cond_destroy(&w->cp_wake);
+        pthread_cond_destroy(&w->cp_done);
+        ag_store_close(w->cp);
+        w->cp = NULL;
+    }
+}
+
+/* Stop and join the checkpointer, if one runs (the writer has stopped). */
+static void checkpointer_stop(ag_writer *w) {
+    if (!w->cp) return;
+    pthread_mutex_lock(&w->lock);
+    w->cp_stop = 1;
+    pthread_cond_signal(&w->cp_wake);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->cp_thread, NULL);
+    pthread_cond_destroy(&w->cp_wake);
+    pthread_cond_destroy(&w->cp_done);
+    ag_store_close(w->cp);
+    w->cp = NULL;
+}
+
 int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, ag_logger *lg,
                     void (*on_space)(void *), void *ctx) {
     if (!out || !st || !opts || !lg || opts->batch_rows == 0) return AG_EINVAL;
@@ -1038,7 +1130,9 @@ int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, a
     w->ctx = ctx;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->wake, NULL);
+    checkpointer_start(w);
     if (pthread_create(&w->thread, NULL, writer_main, w) != 0) {
+        checkpointer_stop(w);
         pthread_cond_destroy(&w->wake);
         pthread_mutex_destroy(&w->lock);
         free(w->ring);
@@ -1204,6 +1298,7 @@ void ag_writer_stop(ag_writer *w) {
     pthread_cond_signal(&w->wake);
     pthread_mutex_unlock(&w->lock);
     pthread_join(w->thread, NULL);
+    checkpointer_stop(w);
     release_held(w);
     free(w->held);
     free(w->taken);

@@ -386,6 +386,16 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
     sqlite3_exec(st->db, "PRAGMA mmap_size=1073741824", NULL, NULL, NULL);
 
     int err;
+    if (flags & AG_STORE_CHECKPOINTER) {
+        /* the writer's file, open and migrated: checkpoints only */
+        if (st->readonly) return AG_EINVAL;
+        int version = 0;
+        if ((err = ag_store_user_version(st, &version))) return err;
+        if (version != ag_store_schema_version())
+            return ag_store_failf(st, AG_ESTORE, "%s: checkpointer: schema version %d, not %d",
+                                  path, version, ag_store_schema_version());
+        return AG_OK;
+    }
     if (st->readonly) {
         int version = 0;
         if ((err = ag_store_user_version(st, &version))) return err;
@@ -466,6 +476,14 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
 }
 
 sqlite3 *ag_store_db(ag_store *st) { return st ? st->db : NULL; }
+
+int ag_store_set_autocheckpoint(ag_store *st, int pages) {
+    if (!st || st->readonly || pages < 0) return AG_EINVAL;
+    int rc = sqlite3_wal_autocheckpoint(st->db, pages);
+    return rc == SQLITE_OK ? AG_OK : ag_store_fail(st, "wal_autocheckpoint", rc);
+}
+
+const char *ag_store_path(const ag_store *st) { return st ? st->path : NULL; }
 
 void ag_store_close(ag_store *st) {
     if (!st) return;

@@ -15,7 +15,7 @@
 
 typedef struct ag_store ag_store;
 
-enum { AG_STORE_READONLY = 1, AG_STORE_CREATE = 2 };
+enum { AG_STORE_READONLY = 1, AG_STORE_CREATE = 2, AG_STORE_CHECKPOINTER = 4 };
 
 /*
  * Open the database at path. Without AG_STORE_READONLY the schema is created
@@ -26,6 +26,14 @@ enum { AG_STORE_READONLY = 1, AG_STORE_CREATE = 2 };
  * the caller still calls ag_store_close(*out).
  */
 int ag_store_open(ag_store **out, const char *path, int flags);
+/* AG_STORE_CHECKPOINTER: a second writable connection to a file the writer
+ * has opened (and migrated), for ag_store_checkpoint alone, from a thread of
+ * its own: no migration, no write lock taken. */
+/* The WAL pages after which a commit on st checkpoints itself (SQLite's
+ * wal_autocheckpoint; 1000 by default; 0: never, another connection does). */
+int ag_store_set_autocheckpoint(ag_store *st, int pages);
+/* The path st was opened with. */
+const char *ag_store_path(const ag_store *st);
 void ag_store_close(ag_store *st);
 /* Text of the last failure on this connection, "" if none; never NULL. */
 const char *ag_store_errmsg(const ag_store *st);
