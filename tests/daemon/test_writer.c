@@ -251,18 +251,26 @@ Test(writer, queued_snapshot_bytes_above_their_mark_report_full) {
     release_and_expect_room(w, blocker);
 }
 
-/* The writer holds a batch's results and stats rows and writes them sorted
- * by key: rows arriving step after step across tensors, with a key stored
- * twice in one batch, leave what writing them one by one leaves (the later
- * row of a key wins) and rollups that equal the raw rows' sums. */
-Test(writer, rows_written_sorted_leave_what_arrival_order_leaves) {
-    ag_writer *w = start(100000, 1000, 1000000, NULL);
+/* A second connection to the file, which adds format 2 (E3M4) and tensor
+ * 2 ("u") beside start()'s and stays open (a caller may hold the writer
+ * back with a transaction on it). */
+static ag_store *second_tensor(void) {
     ag_store *side = NULL;
     cr_assert_eq(ag_store_open(&side, db, 0), AG_OK);
     cr_assert_eq(ag_store_begin(side), AG_OK);
     cr_assert_eq(ag_store_put_format(side, 2, ag_format_get("E3M4")), AG_OK);
     cr_assert_eq(ag_store_put_tensor(side, 2, 1, "u", 0), AG_OK);
     cr_assert_eq(ag_store_commit(side), AG_OK);
+    return side;
+}
+
+/* The writer holds a batch's results and stats rows and writes them sorted
+ * by key: rows arriving step after step across tensors, with a key stored
+ * twice in one batch, leave what writing them one by one leaves (the later
+ * row of a key wins) and rollups that equal the raw rows' sums. */
+Test(writer, rows_written_sorted_leave_what_arrival_order_leaves) {
+    ag_writer *w = start(100000, 1000, 1000000, NULL);
+    ag_store *side = second_tensor();
     ag_store_close(side);
     for (uint64_t s = 30; s-- > 0;) /* descending steps, all in one batch */
         for (int64_t t = 2; t >= 1; t--)
@@ -416,12 +424,7 @@ static void view_file(file_view *v) {
  * messages and superseded snapshots. */
 static void write_stream(int batched, file_view *v) {
     ag_writer *w = start(100000, 1000, 1000000, NULL);
-    ag_store *side = NULL;
-    cr_assert_eq(ag_store_open(&side, db, 0), AG_OK);
-    cr_assert_eq(ag_store_begin(side), AG_OK);
-    cr_assert_eq(ag_store_put_format(side, 2, ag_format_get("E3M4")), AG_OK);
-    cr_assert_eq(ag_store_put_tensor(side, 2, 1, "u", 0), AG_OK);
-    cr_assert_eq(ag_store_commit(side), AG_OK);
+    ag_store *side = second_tensor();
     cr_assert_eq(ag_store_begin(side), AG_OK); /* the writer waits behind it */
     for (int msg = 0; msg < STREAM_MSGS; msg++) {
         if (msg == STREAM_MSGS / 2) {
