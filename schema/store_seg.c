@@ -205,16 +205,7 @@ static void seg_free(ag_seg *g) {
     memset(g, 0, sizeof *g);
 }
 
-/* Forget the segment ag_seg_last_step kept. */
-static void drop_newest(ag_seg_ctx *c) {
-    if (!c->newest) return;
-    seg_free(c->newest);
-    free(c->newest);
-    c->newest = NULL;
-}
-
 void ag_seg_ctx_close(ag_seg_ctx *c) {
-    drop_newest(c);
     for (int i = 0; i < AG_SEG_STMT_COUNT; i++) {
         sqlite3_finalize(c->stmts[i]);
         c->stmts[i] = NULL;
@@ -232,18 +223,8 @@ static int seg_reserve(ag_seg *g, size_t more) {
     return SQLITE_OK;
 }
 
-/* Step a segment select (bound by the caller): *found 1 with *g read. */
-static int seg_read(sqlite3_stmt *s, ag_seg *g, int *found) {
-    *found = 0;
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_DONE) {
-        sqlite3_reset(s);
-        return SQLITE_OK;
-    }
-    if (rc != SQLITE_ROW) {
-        sqlite3_reset(s);
-        return rc;
-    }
+/* Copy the current row of a segment select (SEG_COLS) into *g. */
+static int seg_row(sqlite3_stmt *s, ag_seg *g) {
     g->id = sqlite3_column_int64(s, 0);
     g->first_step = (uint64_t)sqlite3_column_int64(s, 1);
     g->last_step = (uint64_t)sqlite3_column_int64(s, 2);
@@ -253,15 +234,20 @@ static int seg_read(sqlite3_stmt *s, ag_seg *g, int *found) {
     const void *blob = sqlite3_column_blob(s, 4);
     size_t len = (size_t)sqlite3_column_bytes(s, 4);
     g->len = 0;
-    if ((rc = seg_reserve(g, len ? len : 1)) != SQLITE_OK) {
-        sqlite3_reset(s);
-        return rc;
-    }
+    int rc = seg_reserve(g, len ? len : 1);
+    if (rc != SQLITE_OK) return rc;
     if (len) memcpy(g->data, blob, len);
     g->len = len;
-    sqlite3_reset(s);
-    *found = 1;
     return SQLITE_OK;
+}
+
+/* Step a segment select (bound by the caller): *found 1 with *g read. */
+static int seg_read(sqlite3_stmt *s, ag_seg *g, int *found) {
+    *found = 0;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW && (rc = seg_row(s, g)) == SQLITE_OK) *found = 1;
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
 static int seg_lookup(ag_seg_ctx *c, ag_seg_stmt_id id, int64_t a, int64_t b, int64_t step,
@@ -312,15 +298,9 @@ static int seg_takes(const ag_seg *g, size_t len, uint64_t step) {
 }
 
 int ag_seg_last_step(ag_seg_ctx *c, int64_t tid, int64_t fid, uint64_t *step, int *has) {
-    drop_newest(c);
     ag_seg g = {0};
     int rc = seg_lookup(c, AG_SEG_LAST, tid, fid, 0, &g, has);
     *step = *has ? g.last_step : 0;
-    /* kept for the append that usually follows (one lookup, not two) */
-    if (rc == SQLITE_OK && *has && (c->newest = malloc(sizeof *c->newest))) {
-        *c->newest = g;
-        return rc;
-    }
     seg_free(&g);
     return rc;
 }
@@ -329,17 +309,7 @@ int ag_seg_append(ag_seg_ctx *c, const void *rows, size_t stride, size_t n) {
     if (n == 0) return SQLITE_OK;
     const ag_store_result_row *r0 = rows;
     ag_seg g = {0};
-    int found = 0, rc = SQLITE_OK;
-    if (c->newest && c->newest->tensor_id == r0->tensor_id &&
-        c->newest->format_id == r0->format_id) {
-        g = *c->newest;
-        free(c->newest);
-        c->newest = NULL;
-        found = 1;
-    } else {
-        drop_newest(c);
-        rc = seg_lookup(c, AG_SEG_LAST, r0->tensor_id, r0->format_id, 0, &g, &found);
-    }
+    int found = 0, rc = seg_lookup(c, AG_SEG_LAST, r0->tensor_id, r0->format_id, 0, &g, &found);
     if (rc != SQLITE_OK) goto out;
     if (!found) g = (ag_seg){.tensor_id = r0->tensor_id, .format_id = r0->format_id};
     unsigned char pt[AG_SEG_POINT_MAX];
@@ -425,7 +395,6 @@ static int seg_rewrite(ag_seg_ctx *c, ag_seg *g, const ag_store_result_row *pts,
 
 int ag_seg_put(ag_seg_ctx *c, const ag_store_result_row *r, int replace, int *existed,
                ag_store_result_row *old) {
-    drop_newest(c);
     *existed = 0;
     ag_seg g = {0};
     ag_store_result_row *pts = NULL;
@@ -464,7 +433,6 @@ out:
 
 /* Remove the point of step from segment id (the virtual table's DELETE). */
 static int seg_remove(ag_seg_ctx *c, int64_t id, uint64_t off) {
-    drop_newest(c);
     ag_seg g = {0};
     ag_store_result_row *pts = NULL;
     size_t n = 0;
@@ -486,7 +454,6 @@ out:
 }
 
 int ag_seg_prune(ag_seg_ctx *c, int64_t tid, uint64_t cut, uint64_t *removed) {
-    drop_newest(c);
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(c->db,
                                 "SELECT coalesce(sum(n),0) FROM result_segs WHERE tensor_id=?1"
@@ -520,34 +487,21 @@ int ag_seg_prune(ag_seg_ctx *c, int64_t tid, uint64_t cut, uint64_t *removed) {
     sqlite3_bind_int64(s, 2, (int64_t)cut);
     ag_seg *segs = NULL;
     size_t ns = 0;
-    int found = 1;
-    while (rc == SQLITE_OK && found) {
-        ag_seg g = {0};
+    while (rc == SQLITE_OK) {
         int step = sqlite3_step(s);
-        if (step == SQLITE_DONE) break;
         if (step != SQLITE_ROW) {
-            rc = step;
+            rc = step == SQLITE_DONE ? SQLITE_OK : step;
             break;
         }
-        /* seg_read steps itself: read the current row by hand */
-        g.id = sqlite3_column_int64(s, 0);
-        g.first_step = (uint64_t)sqlite3_column_int64(s, 1);
-        g.last_step = (uint64_t)sqlite3_column_int64(s, 2);
-        g.n = (uint64_t)sqlite3_column_int64(s, 3);
-        g.tensor_id = sqlite3_column_int64(s, 5);
-        g.format_id = sqlite3_column_int64(s, 6);
-        size_t len = (size_t)sqlite3_column_bytes(s, 4);
         ag_seg *more = realloc(segs, (ns + 1) * sizeof *segs);
-        if (!more || (rc = seg_reserve(&g, len ? len : 1)) != SQLITE_OK) {
-            free(g.data);
-            if (more) segs = more;
+        if (!more) {
             rc = SQLITE_NOMEM;
             break;
         }
         segs = more;
-        if (len) memcpy(g.data, sqlite3_column_blob(s, 4), len);
-        g.len = len;
-        segs[ns++] = g;
+        segs[ns] = (ag_seg){0};
+        rc = seg_row(s, &segs[ns]);
+        ns++; /* freed below even when its copy failed */
     }
     sqlite3_finalize(s);
     for (size_t i = 0; i < ns; i++) {

@@ -40,9 +40,6 @@ typedef enum ag_seg_stmt_id {
 typedef struct ag_seg_ctx {
     sqlite3 *db;
     sqlite3_stmt *stmts[AG_SEG_STMT_COUNT];
-    /* The newest segment ag_seg_last_step read, for an ag_seg_append of the
-     * same key that comes next (any other call drops it). */
-    struct ag_seg *newest;
 } ag_seg_ctx;
 
 void ag_seg_ctx_close(ag_seg_ctx *c);
