@@ -744,18 +744,24 @@ static int arg_int(sqlite3_value *v, int64_t *out) {
 
 /* Move to the next point in [lo, hi] (and of the format asked, where the
  * plan does not select it). */
+/* The cursor's segment is corrupt: an error for the statement. */
+static int cursor_corrupt(seg_cursor *c) {
+    sqlite3_free(c->base.pVtab->zErrMsg);
+    c->base.pVtab->zErrMsg =
+        sqlite3_mprintf("results: segment %lld of result_segs is corrupt", (long long)c->seg_id);
+    /* not SQLITE_CORRUPT: that would leave the connection read-only to the
+     * end of its transaction (the writer's batch with it) */
+    return SQLITE_ERROR;
+}
+
 static int cursor_advance(seg_cursor *c) {
     for (;;) {
         int got = ag_seg_next(&c->rd, &c->row);
-        if (got < 0) {
-            sqlite3_free(c->base.pVtab->zErrMsg);
-            c->base.pVtab->zErrMsg = sqlite3_mprintf(
-                "results: segment %lld of result_segs is corrupt", (long long)c->seg_id);
-            /* not SQLITE_CORRUPT: that would leave the connection read-only
-             * to the end of its transaction (the writer's batch with it) */
-            return SQLITE_ERROR;
-        }
+        if (got < 0) return cursor_corrupt(c);
         if (got > 0) {
+            /* a point as far from first_step as the writer never puts one
+             * would have no rowid (id * AG_SEG_SPAN + offset) */
+            if (c->row.step - c->seg_first >= AG_SEG_SPAN) return cursor_corrupt(c);
             if (c->row.step < c->lo) continue;
             if (c->row.step <= c->hi) return SQLITE_OK;
             /* past hi in this segment: the next segments of the same key
@@ -776,6 +782,9 @@ static int cursor_advance(seg_cursor *c) {
         }
         c->seg_id = sqlite3_column_int64(c->s, 0);
         c->seg_first = (uint64_t)sqlite3_column_int64(c->s, 1);
+        if (c->seg_id < 0 || c->seg_id >= INT64_MAX / (int64_t)AG_SEG_SPAN ||
+            sqlite3_column_int64(c->s, 1) < 0)
+            return cursor_corrupt(c);
         c->row.tensor_id = sqlite3_column_int64(c->s, 3);
         c->row.format_id = fid;
         ag_seg_reader_init(&c->rd, sqlite3_column_blob(c->s, 2),

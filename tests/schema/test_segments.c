@@ -426,6 +426,31 @@ Test(segments, a_corrupt_segment_is_an_error_not_a_crash) {
                      "%s", sqlite3_errmsg(st->db));
     }
     cr_expect_eq(scalar(st->db, "SELECT count(*) FROM results"), 50);
+    /* segments whose rows would have no rowid (id * 2^24 + the step's
+     * offset past int64): a negative first_step, an id too large, a point
+     * 2^24 steps or more past first_step (found by fuzz_segment) */
+    static const char *const norowid[] = {
+        "UPDATE result_segs SET first_step=-5",
+        "UPDATE result_segs SET id=9223372036854775000",
+        "UPDATE result_segs SET data=x'8080808001'||substr(data,2)",
+    };
+    for (size_t i = 0; i < sizeof norowid / sizeof *norowid; i++) {
+        cr_assert_eq(sqlite3_exec(st->db, "SAVEPOINT c", NULL, NULL, NULL), SQLITE_OK);
+        cr_assert_eq(sqlite3_exec(st->db, norowid[i], NULL, NULL, NULL), SQLITE_OK, "%s",
+                     sqlite3_errmsg(st->db));
+        sqlite3_stmt *s = NULL;
+        cr_assert_eq(sqlite3_prepare_v2(st->db, "SELECT rowid, step FROM results", -1, &s, NULL),
+                     SQLITE_OK);
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW) {}
+        cr_expect_eq(rc, SQLITE_ERROR, "%s: %d", norowid[i], rc);
+        cr_expect(strstr(sqlite3_errmsg(st->db), "is corrupt") != NULL, "%s: %s", norowid[i],
+                  sqlite3_errmsg(st->db));
+        sqlite3_finalize(s);
+        cr_assert_eq(sqlite3_exec(st->db, "ROLLBACK TO c; RELEASE c", NULL, NULL, NULL), SQLITE_OK,
+                     "%s", sqlite3_errmsg(st->db));
+    }
+    cr_expect_eq(scalar(st->db, "SELECT count(*) FROM results"), 50);
     ag_store_close(st);
 }
 
