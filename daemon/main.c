@@ -570,9 +570,9 @@ static int start(ag_daemon *d) {
     }
     /* Queued baseline weights: an eighth of the state budget (engine.c). */
     size_t eighth = ((size_t)d->cfg.state_budget_mib << 20) / 8;
-    ag_writer_opts wo = {.batch_rows = 100000,
+    ag_writer_opts wo = {.batch_rows = 300000,
                          .batch_ms = 50,
-                         .high_water = 200000,
+                         .high_water = 400000,
                          .high_bytes =
                              eighth < AG_WRITER_HIGH_BYTES ? eighth : AG_WRITER_HIGH_BYTES,
                          .keep_raw_steps = (uint64_t)d->cfg.keep_raw_steps};

@@ -139,7 +139,11 @@ struct ag_writer {
      * committed since the last checkpoint. */
     int64_t last_prune_ms, last_checkpoint_ms;
     int wal_dirty;
-    merge_state merge; /* writer thread: the batch's aggregates, not yet applied */
+    /* The batch's transaction is open (txn_begin): it begins at the batch's
+     * first write, not when the batch starts collecting. */
+    int in_txn;
+    long long wal_after; /* the WAL's size after the last commit */
+    merge_state merge;   /* writer thread: the batch's aggregates, not yet applied */
     /* The newest queued snapshot of each tensor (push side, under lock):
      * tensor id -> the push number of its item, so a newer one finds it at
      * once. Stale entries are told apart by the item they point at. */
@@ -319,6 +323,7 @@ static int mergeable(int kind) {
 static int independent(int kind) { return kind == AG_W_SNAPSHOT; }
 
 static int merge_flush(ag_writer *w);
+static int txn_begin(ag_writer *w);
 
 /* Fold a mergeable item in. AG_ENOMEM: apply it directly instead. */
 static int merge_add(ag_writer *w, const ag_write_item *it) {
@@ -564,6 +569,7 @@ static const struct held_result *results_in_order(merge_state *m) {
 /* Write the merged rows and forget them. 1: a failure retrying may cure. */
 static int merge_flush(ag_writer *w) {
     merge_state *m = &w->merge;
+    if (txn_begin(w)) return 1;
     int bad = 0;
     /* Rows of one key keep their arrival order: the later replaces the
      * earlier, as when written one by one. */
@@ -693,6 +699,7 @@ static void release_held(ag_writer *w) {
  * so (once per episode at error level, then at debug), keep the rows. */
 static void note_failure(ag_writer *w, const char *what) {
     ag_store_rollback(w->st);
+    w->in_txn = 0;
     atomic_fetch_add(&w->failures, 1);
     /* The held count first: whoever sees "degraded" sees the rows it holds
      * (committed + held + queued is everything sent). */
@@ -706,15 +713,19 @@ static void note_failure(ag_writer *w, const char *what) {
            ag_store_errmsg(w->st));
 }
 
-/* Apply one item inside the open transaction. Returns 0 (applied or, for a
- * failure about the row itself, logged and skipped: *skip = 1) or 1 for a
- * failure retrying may cure. */
-static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
+/* Apply one item in the batch's transaction (begun here if need be).
+ * Returns 0 (applied or, for a failure about the row itself, logged and
+ * skipped: *skip = 1) or 1 for a failure retrying may cure. With defer set,
+ * a snapshot (independent of every other row) is left for write_snapshots
+ * at the batch's end, so collecting a batch of small snapshots writes
+ * nothing until then. */
+static int apply_one(ag_writer *w, ag_write_item *it, int *skip, int defer) {
     *skip = 0;
     if (it->superseded) {
         *skip = 1;
         return 0;
     }
+    if (defer && independent(it->kind)) return 0;
     if (mergeable(it->kind)) {
         int err = merge_add(w, it);
         if (err == AG_OK) return 0;
@@ -723,6 +734,7 @@ static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
     } else if (!independent(it->kind) && merge_flush(w)) {
         return 1;
     }
+    if (txn_begin(w)) return 1;
     if (apply(w->st, it) == AG_OK) return 0;
     if (ag_store_failure_is_transient(w->st)) return 1;
     ag_log(w->log, AG_LOG_ERROR, "writer: row of kind %d not written: %s", it->kind,
@@ -741,7 +753,7 @@ static int apply_one(ag_writer *w, ag_write_item *it, int *skip) {
  * batch (write_batch), so the WAL starts over and stays near it. */
 #define CP_SYNC_BYTES AG_WRITER_WAL_MAX
 #define BATCH_BUSY_ROWS 2000
-#define BATCH_BUSY_MS 250
+#define BATCH_BUSY_MS 1000
 static int64_t batch_time(const ag_writer *w, uint64_t rows) {
     int64_t ms = (int64_t)w->opts.batch_ms;
     return rows >= BATCH_BUSY_ROWS && ms < BATCH_BUSY_MS ? BATCH_BUSY_MS : ms;
@@ -797,32 +809,58 @@ static int note_skip(ag_writer *w, int64_t tensor_id, int skipped) {
     return skipped;
 }
 
+/* Begin the batch's transaction at its first write. The WAL starts over
+ * only when a transaction begins with all of it copied into the file: past
+ * CP_SYNC_BYTES, wait for the checkpoint the last commit asked for (it
+ * copies up to that commit) before beginning; below it the checkpointer
+ * copies while the writer works. A batch that collects before it writes
+ * gives the checkpointer that time, so the wait is rare. Lock not held. */
+static int txn_begin(ag_writer *w) {
+    if (w->in_txn) return AG_OK;
+    if (w->cp && ag_store_wal_bytes(w->st) > CP_SYNC_BYTES) {
+        pthread_mutex_lock(&w->lock);
+        uint64_t ask = w->cp_want; /* asked by the last commit */
+        while (w->cp_ran < ask && !w->cp_stop) pthread_cond_wait(&w->cp_done, &w->lock);
+        pthread_mutex_unlock(&w->lock);
+    }
+    int err = ag_store_begin(w->st);
+    if (!err) w->in_txn = 1;
+    return err;
+}
+
+/* Whether the batch's transaction, were it to begin now, would wait for
+ * the checkpointer (txn_begin). Lock held. */
+static int cp_pending(const ag_writer *w) {
+    return w->cp && !w->in_txn && w->wal_after > CP_SYNC_BYTES && w->cp_ran < w->cp_want;
+}
+
+/* The batch's snapshots (held, in order, deferred by apply_one), written
+ * at its end. A snapshot the store refuses for itself is logged and no
+ * longer counted in *rows; 1 for a failure retrying may cure. */
+static int write_snapshots(ag_writer *w, uint64_t *rows) {
+    for (size_t i = 0; i < w->nheld; i++) {
+        ag_write_item *it = &w->held[i];
+        if (!independent(it->kind) || it->superseded) continue;
+        int skip = 0;
+        if (apply_one(w, it, &skip, 0)) return 1;
+        if (skip && *rows) (*rows)--;
+    }
+    return 0;
+}
+
 /* One batch attempt: begin, replay the rows held from failed attempts, take
  * more from the queue up to a message boundary, commit. Returns 0 when the
  * batch was committed (or nothing was to be done), 1 after a failure that
  * retrying may cure (the rows stay held; the caller waits and retries). Lock
  * held on entry and exit. */
 static int write_batch(ag_writer *w, int *at_boundary) {
-    /* The WAL starts over only when a transaction begins with all of it
-     * copied into the file: past CP_SYNC_BYTES, wait for the checkpoint the
-     * last commit asked for (it copies up to that commit) before beginning;
-     * below it the checkpointer copies while the writer works. */
-    if (w->cp && ag_store_wal_bytes(w->st) > CP_SYNC_BYTES) {
-        uint64_t ask = w->cp_want; /* asked by the last commit */
-        while (w->cp_ran < ask && !w->cp_stop) pthread_cond_wait(&w->cp_done, &w->lock);
-    }
     pthread_mutex_unlock(&w->lock);
     merge_clear(&w->merge);
     w->merge.refused = 0;
-    if (ag_store_begin(w->st)) {
-        note_failure(w, "begin");
-        pthread_mutex_lock(&w->lock);
-        return 1;
-    }
     uint64_t rows = 0;
     for (size_t i = 0; i < w->nheld; i++) {
         int skip;
-        if (apply_one(w, &w->held[i], &skip)) {
+        if (apply_one(w, &w->held[i], &skip, 1)) {
             note_failure(w, "write");
             pthread_mutex_lock(&w->lock);
             return 1;
@@ -855,16 +893,18 @@ static int write_batch(ag_writer *w, int *at_boundary) {
                     it->superseded = (unsigned char)note_skip(
                         w, it->u.snapshot.tensor_id, it->superseded && !batch_overdue(w, rows, t0));
                 *at_boundary = it->boundary;
-                int skip = 0, transient = apply_one(w, it, &skip);
+                int skip = 0, transient = apply_one(w, it, &skip, 1);
                 if (skip) {
                     ag_write_item_clear(it);
                 } else if (hold(w, it)) {
                     /* No memory to keep the row for a retry: it is written
-                     * now or lost; say so and count it. */
+                     * now (a deferred snapshot too) or lost; say so and
+                     * count it. */
+                    if (!transient && independent(it->kind)) transient = apply_one(w, it, &skip, 0);
                     if (transient)
                         discard(w, 1);
                     else
-                        rows++;
+                        rows += !skip;
                     ag_log(w->log, AG_LOG_ERROR, "writer: out of memory holding a row");
                     ag_write_item_clear(it);
                 } else if (!transient) {
@@ -887,7 +927,12 @@ static int write_batch(ag_writer *w, int *at_boundary) {
                 }
             }
             pthread_mutex_lock(&w->lock);
-            if (*at_boundary && w->skips_pending == 0 && batch_due(w, rows, t0)) break;
+            /* A backlog: due, but the checkpoint the transaction would wait
+             * for (txn_begin) is still copying; take more meanwhile. */
+            if (*at_boundary && w->skips_pending == 0 && batch_due(w, rows, t0) &&
+                !(cp_pending(w) && rows < 2 * w->opts.batch_rows &&
+                  w->held_bytes < w->opts.high_bytes / 2 && ag_mono_ms() - t0 < BATCH_MAX_MS))
+                break;
             continue;
         }
         /* Queue empty: at a boundary, wait out the batch time (or stop);
@@ -903,7 +948,7 @@ static int write_batch(ag_writer *w, int *at_boundary) {
         timed_wait(w, left < 1 ? 1 : left);
     }
     pthread_mutex_unlock(&w->lock);
-    if (merge_flush(w)) {
+    if (merge_flush(w) || write_snapshots(w, &rows)) {
         note_failure(w, "write");
         pthread_mutex_lock(&w->lock);
         return 1;
@@ -922,6 +967,7 @@ static int write_batch(ag_writer *w, int *at_boundary) {
                ag_store_errmsg(w->st));
     uint64_t counted_discards = count_discarded(w);
     err = ag_store_commit(w->st);
+    if (!err) w->in_txn = 0;
     if (err && ag_store_failure_is_transient(w->st)) {
         note_failure(w, "commit");
         pthread_mutex_lock(&w->lock);
@@ -931,8 +977,10 @@ static int write_batch(ag_writer *w, int *at_boundary) {
         ag_log(w->log, AG_LOG_ERROR, "writer: commit failed, %llu rows lost: %s",
                (unsigned long long)rows, ag_store_errmsg(w->st));
         ag_store_rollback(w->st);
+        w->in_txn = 0;
         discard(w, rows);
     } else {
+        w->wal_after = ag_store_wal_bytes(w->st);
         if (w->cp) {
             pthread_mutex_lock(&w->lock);
             w->cp_want++;

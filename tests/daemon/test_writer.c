@@ -138,12 +138,27 @@ static void release_and_expect_room(ag_writer *w, ag_store *blocker) {
     ag_writer_stop(w);
 }
 
+/* With another connection holding the write lock: a message whose row is
+ * written at once (a format's) stops the writer at the start of its
+ * transaction, where it takes nothing more; what follows stays queued until
+ * the lock is released (a batch only collecting would go on taking). */
+static void stall_writer(ag_writer *w) {
+    ag_write_item it = {.kind = AG_W_FORMAT};
+    it.u.format.id = 7;
+    cr_assert_not_null(it.u.format.fmt = ag_format_get("E3M4"));
+    cr_assert_eq(ag_writer_push(w, &it), AG_OK);
+    ag_writer_boundary(w);
+    for (int i = 0; i < 30000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
+    cr_assert_eq(ag_writer_depth(w), 0);
+}
+
 Test(writer, a_full_queue_is_reported_and_room_is_announced_once_it_drains) {
     ag_writer *w = start(1000, 1, 10, on_space);
     /* Another connection holds the write lock: the writer cannot begin. */
     ag_store *blocker = NULL;
     cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
     cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    stall_writer(w);
     for (uint64_t s = 1; s <= 30; s++) {
         push_result(w, s);
         ag_writer_boundary(w);
@@ -190,9 +205,10 @@ static stored_snapshot stored(void) {
 
 Test(writer, snapshots_replaced_while_queued_are_skipped_and_the_newest_is_stored) {
     ag_writer *w = start(1000, 1, 1000000, NULL);
-    ag_store *blocker = NULL; /* holds the write lock: everything stays queued */
+    ag_store *blocker = NULL; /* holds the write lock */
     cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
     cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    stall_writer(w);
     for (uint64_t s = 1; s <= 10; s++) {
         push_result(w, s);
         push_snapshot(w, s, 3000);
@@ -200,17 +216,18 @@ Test(writer, snapshots_replaced_while_queued_are_skipped_and_the_newest_is_store
     }
     cr_assert_eq(ag_store_rollback(blocker), AG_OK);
     ag_store_close(blocker);
-    for (int i = 0; i < 5000 && ag_writer_rows_written(w) < 11; i++) sleep_ms(1);
+    for (int i = 0; i < 5000 && ag_writer_rows_written(w) < 12; i++) sleep_ms(1);
     cr_assert_eq(points(), 10);
-    /* 10 results and one snapshot: the nine replaced ones were not written */
-    cr_assert_eq(ag_writer_rows_written(w), 11);
+    /* a format row, 10 results and one snapshot: the nine replaced
+     * snapshots were not written */
+    cr_assert_eq(ag_writer_rows_written(w), 12);
     ag_writer_stop(w);
     /* The rows are counted in the file, in the transactions that wrote them. */
     ag_store *st = NULL;
     ag_status *status = NULL;
     cr_assert_eq(ag_store_open(&st, db, AG_STORE_READONLY), AG_OK);
     cr_assert_eq(ag_store_status(st, &status), AG_OK, "%s", ag_store_errmsg(st));
-    cr_assert_eq(status->rows_written, 11);
+    cr_assert_eq(status->rows_written, 12);
     ag_free(status);
     ag_store_close(st);
     stored_snapshot s = stored();
@@ -218,6 +235,32 @@ Test(writer, snapshots_replaced_while_queued_are_skipped_and_the_newest_is_store
     cr_assert_eq(s.step, 10);
     cr_assert_eq(s.n, 3000);
     cr_assert_eq(s.first, 10.0f);
+}
+
+/* A batch begins its transaction at its first write, at the batch's end
+ * for results and snapshots: while it collects, the file's write lock is
+ * free (another connection may write, and a checkpoint that finishes
+ * meanwhile lets the WAL start over when the batch begins). */
+Test(writer, a_batch_still_collecting_holds_no_write_lock) {
+    ag_writer *w = start(1000, 60000, 1000000, NULL);
+    for (uint64_t s = 1; s <= 5; s++) push_result(w, s);
+    push_snapshot(w, 5, 64);
+    /* one message: the writer takes it (its end wakes the writer) and, with
+     * a minute to go before the batch is due, waits for more */
+    ag_writer_boundary(w);
+    for (int i = 0; i < 30000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
+    cr_assert_eq(ag_writer_depth(w), 0, "the writer took the message's rows");
+    ag_store *other = NULL;
+    cr_assert_eq(ag_store_open(&other, db, 0), AG_OK);
+    cr_assert_eq(ag_store_begin(other), AG_OK, "%s", ag_store_errmsg(other));
+    cr_assert_eq(ag_store_rollback(other), AG_OK);
+    ag_store_close(other);
+    ag_writer_stop(w);
+    cr_assert_eq(points(), 5);
+    stored_snapshot s = stored();
+    cr_assert_eq(s.count, 1);
+    cr_assert_eq(s.step, 5);
+    cr_assert_eq(s.first, 5.0f);
 }
 
 Test(writer, every_snapshot_is_written_when_none_waits_behind_it) {
@@ -245,6 +288,7 @@ Test(writer, queued_snapshot_bytes_above_their_mark_report_full) {
     ag_store *blocker = NULL;
     cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
     cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    stall_writer(w);
     push_snapshot(w, 1, 2000); /* 8000 bytes */
     ag_writer_boundary(w);
     cr_assert(ag_writer_full(w));
@@ -495,6 +539,7 @@ Test(writer, a_batch_above_the_high_water_mark_is_taken_whole_and_reports_full) 
     ag_store *blocker = NULL;
     cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
     cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    stall_writer(w);
     ag_write_item rows[50];
     for (uint64_t s = 0; s < 50; s++) {
         rows[s] = (ag_write_item){.kind = AG_W_RESULT};
