@@ -127,6 +127,11 @@ struct ag_writer {
      * Writer thread only. */
     ag_write_item *held;
     size_t nheld, held_cap, held_bytes;
+    /* Where in held the items that own memory (runs, clients, tensors,
+     * snapshots) are: the only ones release_held and write_snapshots need
+     * to visit among the batch's hundreds of thousands of rows. */
+    size_t *owning;
+    size_t nowning, owning_cap;
     ag_write_item *taken; /* TAKE_MAX: popped together, not yet applied */
     /* Health, read by other threads: degraded while commits fail. */
     _Atomic int degraded;
@@ -658,8 +663,20 @@ static void timed_wait(ag_writer *w, int64_t ms) {
     pthread_cond_timedwait(&w->wake, &w->lock, &ts);
 }
 
+/* Whether ag_write_item_clear has something to free in an item. */
+static int owns(int kind) {
+    return kind == AG_W_RUN || kind == AG_W_CLIENT || kind == AG_W_TENSOR || kind == AG_W_SNAPSHOT;
+}
+
 /* Keep a popped item in the batch. Writer thread, lock not needed. */
 static int hold(ag_writer *w, ag_write_item *it) {
+    if (owns(it->kind) && w->nowning == w->owning_cap) {
+        size_t ncap = w->owning_cap ? w->owning_cap * 2 : 64;
+        size_t *o = realloc(w->owning, ncap * sizeof *o);
+        if (!o) return AG_ENOMEM;
+        w->owning = o;
+        w->owning_cap = ncap;
+    }
     if (w->nheld == w->held_cap) {
         size_t ncap = w->held_cap ? w->held_cap * 2 : 256;
         ag_write_item *h = realloc(w->held, ncap * sizeof *h);
@@ -667,6 +684,7 @@ static int hold(ag_writer *w, ag_write_item *it) {
         w->held = h;
         w->held_cap = ncap;
     }
+    if (owns(it->kind)) w->owning[w->nowning++] = w->nheld;
     w->held[w->nheld++] = *it;
     if (it->kind == AG_W_SNAPSHOT) w->held_bytes += it->u.snapshot.n * sizeof(float);
     return AG_OK;
@@ -689,7 +707,8 @@ static uint64_t count_discarded(ag_writer *w) {
 }
 
 static void release_held(ag_writer *w) {
-    for (size_t i = 0; i < w->nheld; i++) ag_write_item_clear(&w->held[i]);
+    for (size_t i = 0; i < w->nowning; i++) ag_write_item_clear(&w->held[w->owning[i]]);
+    w->nowning = 0;
     w->nheld = 0;
     w->held_bytes = 0;
     atomic_store(&w->held_rows, 0);
@@ -838,8 +857,8 @@ static int cp_pending(const ag_writer *w) {
  * at its end. A snapshot the store refuses for itself is logged and no
  * longer counted in *rows; 1 for a failure retrying may cure. */
 static int write_snapshots(ag_writer *w, uint64_t *rows) {
-    for (size_t i = 0; i < w->nheld; i++) {
-        ag_write_item *it = &w->held[i];
+    for (size_t i = 0; i < w->nowning; i++) {
+        ag_write_item *it = &w->held[w->owning[i]];
         if (!independent(it->kind) || it->superseded) continue;
         int skip = 0;
         if (apply_one(w, it, &skip, 0)) return 1;
@@ -1349,6 +1368,7 @@ void ag_writer_stop(ag_writer *w) {
     checkpointer_stop(w);
     release_held(w);
     free(w->held);
+    free(w->owning);
     free(w->taken);
     merge_free(&w->merge);
     free(w->snaps);
