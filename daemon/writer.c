@@ -113,6 +113,9 @@ struct ag_writer {
     int stopping;
     int was_full;        /* on_space is owed once depth falls */
     int popped_boundary; /* a boundary was marked after its item was popped */
+    /* The writer waits between whole messages for a batch to fill: it looks
+     * at the queue every POLL_MS, so a message's end need not wake it. */
+    int polling;
     ag_store *st;
     ag_writer_opts opts;
     ag_logger *log;
@@ -784,6 +787,7 @@ static int64_t batch_time(const ag_writer *w, uint64_t rows) {
  * BATCH_MAX_MS: each commit costs about the same (rollups, checkpoint)
  * whatever its size, so a writer behind takes big bites. */
 #define BATCH_MAX_MS 1000
+#define POLL_MS 5
 static int batch_due(ag_writer *w, uint64_t rows, int64_t t0) {
     int64_t age = ag_mono_ms() - t0;
     if (rows >= w->opts.batch_rows || w->held_bytes >= w->opts.high_bytes / 2) return 1;
@@ -964,7 +968,14 @@ static int write_batch(ag_writer *w, int *at_boundary) {
         if (*at_boundary && (w->stopping || ag_mono_ms() - t0 >= batch_time(w, rows))) break;
         if (w->stopping && !*at_boundary && w->count == 0) break; /* never completed */
         int64_t left = batch_time(w, rows) - (ag_mono_ms() - t0);
-        timed_wait(w, left < 1 ? 1 : left);
+        if (left < 1) left = 1;
+        /* Between messages, look again after POLL_MS instead of being woken
+         * by each one (a wake is a futex call on the loop's side and a
+         * context switch on this one; small messages come by the ten
+         * thousand a second); mid-message, the message's end wakes it. */
+        w->polling = *at_boundary;
+        timed_wait(w, w->polling && left > POLL_MS ? POLL_MS : left);
+        w->polling = 0;
     }
     pthread_mutex_unlock(&w->lock);
     if (merge_flush(w) || write_snapshots(w, &rows)) {
@@ -1297,7 +1308,7 @@ static void boundary_locked(ag_writer *w) {
         w->ring[(w->head + w->count - 1) % w->cap].boundary = 1;
     else
         w->popped_boundary = 1; /* the writer already holds the message's last item */
-    pthread_cond_signal(&w->wake);
+    if (!w->polling || w->count >= w->opts.high_water / 2) pthread_cond_signal(&w->wake);
 }
 
 int ag_writer_push(ag_writer *w, const ag_write_item *item) {
