@@ -776,6 +776,9 @@ static int apply_one(ag_writer *w, ag_write_item *it, int *skip, int defer) {
 #define CP_SYNC_BYTES AG_WRITER_WAL_MAX
 #define BATCH_BUSY_ROWS 2000
 #define BATCH_BUSY_MS 1000
+/* A busy batch commits once no message came for this long: the stream
+ * paused or ended, and its last rows need not wait out the second. */
+#define IDLE_COMMIT_MS 200
 static int64_t batch_time(const ag_writer *w, uint64_t rows) {
     int64_t ms = (int64_t)w->opts.batch_ms;
     return rows >= BATCH_BUSY_ROWS && ms < BATCH_BUSY_MS ? BATCH_BUSY_MS : ms;
@@ -890,7 +893,7 @@ static int write_batch(ag_writer *w, int *at_boundary) {
         }
         rows += !skip;
     }
-    int64_t t0 = ag_mono_ms();
+    int64_t t0 = ag_mono_ms(), last_take = t0;
     pthread_mutex_lock(&w->lock);
     /* With nothing held the batch starts at a boundary; after a failed
      * attempt it goes on from where that one stopped. */
@@ -901,6 +904,7 @@ static int write_batch(ag_writer *w, int *at_boundary) {
              * under one lock; then each as if popped alone. */
             int owe_space = 0;
             size_t n = take(w, &owe_space);
+            last_take = ag_mono_ms();
             pthread_mutex_unlock(&w->lock);
             if (owe_space && w->on_space) w->on_space(w->ctx);
             for (size_t j = 0; j < n; j++) {
@@ -965,7 +969,10 @@ static int write_batch(ag_writer *w, int *at_boundary) {
             *at_boundary = 1;
             w->popped_boundary = 0;
         }
-        if (*at_boundary && (w->stopping || ag_mono_ms() - t0 >= batch_time(w, rows))) break;
+        int64_t now = ag_mono_ms();
+        if (*at_boundary && (w->stopping || now - t0 >= batch_time(w, rows) ||
+                             (rows >= BATCH_BUSY_ROWS && now - last_take >= IDLE_COMMIT_MS)))
+            break;
         if (w->stopping && !*at_boundary && w->count == 0) break; /* never completed */
         int64_t left = batch_time(w, rows) - (ag_mono_ms() - t0);
         if (left < 1) left = 1;

@@ -88,6 +88,21 @@ Test(writer, stop_commits_everything_queued) {
     cr_assert_eq(points(), 1000);
 }
 
+/* A busy batch (2,000 rows or more) collects for up to its batch time, but
+ * commits once the stream pauses (no message for 200 ms): here a minute's
+ * batch time, and the rows are visible long before it. */
+Test(writer, a_busy_batch_commits_when_its_stream_pauses) {
+    ag_writer *w = start(1000000, 60000, 1000000, NULL);
+    for (uint64_t s = 1; s <= 2500; s++) {
+        push_result(w, s);
+        ag_writer_boundary(w);
+    }
+    size_t n = 0;
+    for (int i = 0; i < 300 && (n = points()) < 2500; i++) sleep_ms(100);
+    cr_assert_eq(n, 2500, "committed %zu of 2500 rows 30 s after the stream paused", n);
+    ag_writer_stop(w);
+}
+
 Test(writer, a_message_without_its_boundary_is_never_committed_half) {
     ag_writer *w = start(1, 1, 1000000, NULL);
     push_result(w, 1);
