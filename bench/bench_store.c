@@ -147,6 +147,23 @@ static double proc_cpu_s(pid_t pid) {
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* A /proc/PID/status field in kB (VmRSS, VmHWM), in MB; 0 if unread. */
+static double proc_status_mb(pid_t pid, const char *field) {
+    char p[64], line[256];
+    snprintf(p, sizeof p, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(p, "r");
+    if (!f) return 0;
+    double mb = 0;
+    size_t n = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, n) == 0 && line[n] == ':') {
+            mb = strtod(line + n + 1, NULL) / 1024.0;
+            break;
+        }
+    fclose(f);
+    return mb;
+}
+
 /* Ingest the run; returns snapshots per second (0 on failure). */
 static double ingest(daemon_proc *d, size_t tensors, size_t steps, long long *wal_busy) {
     ag_client_opts o = {.ingest_url = d->ingest,
@@ -752,6 +769,12 @@ int main(void) {
             printf("  counts messages (t=5, %zu tensors a message, 5 formats, %zu steps): %.0f "
                    "tensors/s end to end; CPU a tensor: daemon %.1f us, client %.1f us\n",
                    tensors, cs, cr, cc[0], cc[1]);
+        /* the daemon's memory: its peak, and once the writer has been idle
+         * a while (it frees a backlog's batch buffers) */
+        double peak = proc_status_mb(d.pid, "VmHWM");
+        sleep(3);
+        printf("  daemon RSS: peak %.0f MB, %.0f MB after 3 s idle\n", peak,
+               proc_status_mb(d.pid, "VmRSS"));
         daemon_stop(&d);
         ag_tmpdir_remove(d.dir);
         return cr <= 0;

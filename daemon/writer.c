@@ -135,7 +135,8 @@ struct ag_writer {
      * to visit among the batch's hundreds of thousands of rows. */
     size_t *owning;
     size_t nowning, owning_cap;
-    ag_write_item *taken; /* TAKE_MAX: popped together, not yet applied */
+    _Atomic size_t held_room; /* held_cap, for ag_writer_buffer_bytes */
+    ag_write_item *taken;     /* TAKE_MAX: popped together, not yet applied */
     /* Health, read by other threads: degraded while commits fail. */
     _Atomic int degraded;
     _Atomic uint64_t failures;    /* failed attempts, ever */
@@ -686,6 +687,7 @@ static int hold(ag_writer *w, ag_write_item *it) {
         if (!h) return AG_ENOMEM;
         w->held = h;
         w->held_cap = ncap;
+        atomic_store(&w->held_room, ncap);
     }
     if (owns(it->kind)) w->owning[w->nowning++] = w->nheld;
     w->held[w->nheld++] = *it;
@@ -1068,6 +1070,37 @@ static void maintain(ag_writer *w, int idle) {
     }
 }
 
+/* The ring's size when the writer starts, and what it shrinks back to. */
+#define RING_CAP0 1024
+/* Past this many bytes, the batch's buffers are freed once the writer has
+ * been idle about a second (writer_main), and so is the ring's room above
+ * RING_CAP0: a backlog's batch (up to
+ * twice 300,000 rows, with their folded and sorted copies: about 300 MB)
+ * is not kept for the next one, and RSS goes down once the trainers pause
+ * (blocks of 1 MiB or more go back to the system as soon as they are
+ * freed: daemon/main.c). Lock held. */
+#define TRIM_BYTES ((size_t)1 << 20)
+static void trim_idle(ag_writer *w) {
+    if (w->held_cap * sizeof *w->held >= TRIM_BYTES) {
+        free(w->held);
+        free(w->owning);
+        w->held = NULL;
+        w->owning = NULL;
+        w->held_cap = w->owning_cap = 0;
+        atomic_store(&w->held_room, 0);
+        merge_free(&w->merge);
+    }
+    if (w->count == 0 && w->cap > RING_CAP0 && w->cap * sizeof *w->ring >= TRIM_BYTES) {
+        ag_write_item *r = malloc(RING_CAP0 * sizeof *r);
+        if (r) {
+            free(w->ring);
+            w->ring = r;
+            w->cap = RING_CAP0;
+            w->head = 0;
+        }
+    }
+}
+
 static void *writer_main(void *arg) {
     ag_writer *w = arg;
     int at_boundary = 0;
@@ -1076,6 +1109,7 @@ static void *writer_main(void *arg) {
     for (;;) {
         while (w->count == 0 && w->nheld == 0 && !w->stopping) {
             if (!w->wal_dirty && !w->opts.keep_raw_steps) {
+                trim_idle(w); /* idle a second or more (below) */
                 pthread_cond_wait(&w->wake, &w->lock);
                 continue;
             }
@@ -1085,6 +1119,7 @@ static void *writer_main(void *arg) {
                 pthread_mutex_unlock(&w->lock);
                 maintain(w, 1);
                 pthread_mutex_lock(&w->lock);
+                if (w->count == 0) trim_idle(w);
             }
         }
         if (w->count == 0 && w->nheld == 0) break; /* stopping and drained */
@@ -1198,7 +1233,7 @@ int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, a
     if (!out || !st || !opts || !lg || opts->batch_rows == 0) return AG_EINVAL;
     ag_writer *w = calloc(1, sizeof *w);
     if (!w) return AG_ENOMEM;
-    w->cap = 1024;
+    w->cap = RING_CAP0;
     w->ring = calloc(w->cap, sizeof *w->ring);
     w->taken = malloc(TAKE_MAX * sizeof *w->taken);
     if (!w->ring || !w->taken) {
@@ -1355,6 +1390,13 @@ void ag_writer_boundary(ag_writer *w) {
 
 int ag_writer_full(ag_writer *w) {
     return atomic_load(&w->depth) > w->opts.high_water || atomic_load(&w->over_bytes);
+}
+
+size_t ag_writer_buffer_bytes(ag_writer *w) {
+    pthread_mutex_lock(&w->lock);
+    size_t ring = w->cap;
+    pthread_mutex_unlock(&w->lock);
+    return (ring + atomic_load(&w->held_room)) * sizeof(ag_write_item);
 }
 
 size_t ag_writer_depth(ag_writer *w) { return atomic_load(&w->depth); }

@@ -133,6 +133,9 @@ void ag_writer_boundary(ag_writer *w);
  * (the loop stops taking messages). */
 int ag_writer_full(ag_writer *w);
 size_t ag_writer_depth(ag_writer *w);
+/* Bytes the queue's ring and the batch's held rows have room for: a
+ * backlog's are freed once the writer has been idle about a second. */
+size_t ag_writer_buffer_bytes(ag_writer *w);
 uint64_t ag_writer_rows_written(ag_writer *w);
 
 /* The store's health as the writer sees it. A failed begin, row or commit

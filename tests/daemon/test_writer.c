@@ -278,6 +278,32 @@ Test(writer, a_batch_still_collecting_holds_no_write_lock) {
     cr_assert_eq(s.first, 5.0f);
 }
 
+/* A backlog's buffers (the ring grown past its first 1024 rows, the batch's
+ * held rows) are freed once the writer has been idle a while, so RSS comes
+ * down when the trainers pause. */
+Test(writer, a_backlogs_buffers_are_freed_once_the_writer_is_idle) {
+    ag_writer *w = start(100000, 50, 1000000, NULL);
+    ag_store *blocker = NULL; /* the rows queue up behind it */
+    cr_assert_eq(ag_store_open(&blocker, db, 0), AG_OK);
+    cr_assert_eq(ag_store_begin(blocker), AG_OK);
+    stall_writer(w);
+    for (uint64_t s = 1; s <= 20000; s++) push_result(w, s);
+    ag_writer_boundary(w);
+    size_t big = ag_writer_buffer_bytes(w);
+    cr_assert_geq(big, 20000 * sizeof(ag_write_item), "%zu", big);
+    cr_assert_eq(ag_store_rollback(blocker), AG_OK);
+    ag_store_close(blocker);
+    size_t n = 0;
+    for (int i = 0; i < 300 && (n = points()) < 20000; i++) sleep_ms(100);
+    cr_assert_eq(n, 20000);
+    size_t now = 0;
+    for (int i = 0; i < 300 && (now = ag_writer_buffer_bytes(w)) > 1024 * sizeof(ag_write_item);
+         i++)
+        sleep_ms(100);
+    cr_assert_leq(now, 1024 * sizeof(ag_write_item), "still %zu bytes after 30 s idle", now);
+    ag_writer_stop(w);
+}
+
 Test(writer, every_snapshot_is_written_when_none_waits_behind_it) {
     ag_writer *w = start(1, 1, 1000000, NULL);
     push_snapshot(w, 1, 100);
