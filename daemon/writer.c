@@ -151,7 +151,7 @@ struct ag_writer {
     /* The batch's transaction is open (txn_begin): it begins at the batch's
      * first write, not when the batch starts collecting. */
     int in_txn;
-    long long wal_after; /* the WAL's size after the last commit */
+    long long wal_after; /* the WAL's size after the last commit (only commits grow it) */
     merge_state merge;   /* writer thread: the batch's aggregates, not yet applied */
     /* The newest queued snapshot of each tensor (push side, under lock):
      * tensor id -> the push number of its item, so a newer one finds it at
@@ -674,22 +674,13 @@ static int owns(int kind) {
 
 /* Keep a popped item in the batch. Writer thread, lock not needed. */
 static int hold(ag_writer *w, ag_write_item *it) {
-    if (owns(it->kind) && w->nowning == w->owning_cap) {
-        size_t ncap = w->owning_cap ? w->owning_cap * 2 : 64;
-        size_t *o = realloc(w->owning, ncap * sizeof *o);
-        if (!o) return AG_ENOMEM;
-        w->owning = o;
-        w->owning_cap = ncap;
-    }
-    if (w->nheld == w->held_cap) {
-        size_t ncap = w->held_cap ? w->held_cap * 2 : 256;
-        ag_write_item *h = realloc(w->held, ncap * sizeof *h);
-        if (!h) return AG_ENOMEM;
-        w->held = h;
-        w->held_cap = ncap;
-        atomic_store(&w->held_room, ncap);
-    }
-    if (owns(it->kind)) w->owning[w->nowning++] = w->nheld;
+    int own = owns(it->kind);
+    size_t cap = w->held_cap;
+    if ((own && grow_array((void **)&w->owning, &w->owning_cap, w->nowning, sizeof *w->owning)) ||
+        grow_array((void **)&w->held, &w->held_cap, w->nheld, sizeof *w->held))
+        return AG_ENOMEM;
+    if (w->held_cap != cap) atomic_store(&w->held_room, w->held_cap);
+    if (own) w->owning[w->nowning++] = w->nheld;
     w->held[w->nheld++] = *it;
     if (it->kind == AG_W_SNAPSHOT) w->held_bytes += it->u.snapshot.n * sizeof(float);
     return AG_OK;
@@ -845,7 +836,7 @@ static int note_skip(ag_writer *w, int64_t tensor_id, int skipped) {
  * gives the checkpointer that time, so the wait is rare. Lock not held. */
 static int txn_begin(ag_writer *w) {
     if (w->in_txn) return AG_OK;
-    if (w->cp && ag_store_wal_bytes(w->st) > CP_SYNC_BYTES) {
+    if (w->cp && w->wal_after > CP_SYNC_BYTES) {
         pthread_mutex_lock(&w->lock);
         uint64_t ask = w->cp_want; /* asked by the last commit */
         while (w->cp_ran < ask && !w->cp_stop) pthread_cond_wait(&w->cp_done, &w->lock);
@@ -1074,11 +1065,10 @@ static void maintain(ag_writer *w, int idle) {
 #define RING_CAP0 1024
 /* Past this many bytes, the batch's buffers are freed once the writer has
  * been idle about a second (writer_main), and so is the ring's room above
- * RING_CAP0: a backlog's batch (up to
- * twice 300,000 rows, with their folded and sorted copies: about 300 MB)
- * is not kept for the next one, and RSS goes down once the trainers pause
- * (blocks of 1 MiB or more go back to the system as soon as they are
- * freed: daemon/main.c). Lock held. */
+ * RING_CAP0: a backlog's batch (up to twice 300,000 rows, with their folded
+ * and sorted copies: about 300 MB) is not kept for the next one, and RSS
+ * goes down once the trainers pause (blocks of 1 MiB or more go back to the
+ * system as soon as they are freed: daemon/main.c). Lock held. */
 #define TRIM_BYTES ((size_t)1 << 20)
 static void trim_idle(ag_writer *w) {
     if (w->held_cap * sizeof *w->held >= TRIM_BYTES) {
