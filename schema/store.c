@@ -74,10 +74,19 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_RUN_INCOMPLETE] =
         "SELECT coalesce(sum(m),0) FROM (SELECT max(s) AS m FROM (SELECT tensor_id, format_id,"
         " sum(x) AS s FROM (SELECT tensor_id, format_id, incomplete_rows AS x FROM rollups_sealed"
-        " WHERE width=1000 AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) UNION ALL"
-        " SELECT tensor_id, format_id, incomplete_rows3 FROM rollup_heads WHERE b3 IS NOT NULL"
-        " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1)) GROUP BY tensor_id,"
-        " format_id) GROUP BY tensor_id)",
+        " WHERE width=" AG_ROLLUP_STR(
+            AG_ROLLUP_W3) " AND tensor_id IN (SELECT id FROM tensors"
+                          " WHERE run_id=?1) UNION ALL"
+                          " SELECT tensor_id, format_id, incomplete_rows3 FROM rollup_heads WHERE "
+                          "b3 IS NOT NULL"
+                          " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1)) GROUP BY "
+                          "tensor_id,"
+                          " format_id) GROUP BY tensor_id)",
+    /* the same from the raw rows (a file read without rollups) */
+    [AG_ST_RUN_INCOMPLETE_RAW] =
+        "SELECT coalesce(sum(m),0) FROM (SELECT max(s) AS m FROM (SELECT tensor_id, count(*) AS s"
+        " FROM results WHERE tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND complete=0"
+        " GROUP BY tensor_id, format_id) GROUP BY tensor_id)",
     [AG_ST_RUN_BY_NAME] = "SELECT id FROM runs WHERE name=?1",
     [AG_ST_FORMAT_BY_NAME] = "SELECT id FROM formats WHERE name=?1",
     [AG_ST_TENSOR_BY_NAME] = "SELECT id FROM tensors WHERE run_id=?1 AND name=?2",
@@ -175,13 +184,22 @@ static const char *const sql_text[AG_ST_COUNT] = {
         " ?5"
 #define HEAD_ARM(k, w)                                                                             \
     " UNION ALL SELECT tensor_id,b" #k ",stalled" #k ",total" #k ",rows" #k " FROM rollup_heads"   \
-    " WHERE ?3=" #w " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"  \
-    " AND b" #k " BETWEEN ?4 AND ?5"
-    HEAD_ARM(1, 10) HEAD_ARM(2, 100) HEAD_ARM(3, 1000),
+    " WHERE ?3=" AG_ROLLUP_STR(                                                                    \
+        w) " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"           \
+           " AND b" #k " BETWEEN ?4 AND ?5"
+    HEAD_ARM(1, AG_ROLLUP_W1) HEAD_ARM(2, AG_ROLLUP_W2) HEAD_ARM(3, AG_ROLLUP_W3),
 #undef HEAD_ARM
     [AG_ST_HEAT_RAW] = "SELECT tensor_id,step,stalled,total,1 FROM results WHERE"
                        " tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"
                        " AND ?3=1 AND step BETWEEN ?4 AND ?5",
+    /* the raw rows of a heatmap finer than every tier: the segments whole,
+     * decoded by the query (the virtual table's row-by-row calls cost ten
+     * times the decoding) */
+    [AG_ST_HEAT_SEGS] = "SELECT tensor_id,first_step,data FROM result_segs WHERE tensor_id IN"
+                        " (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2 AND"
+                        " last_step>=?3 AND first_step<=?4",
+    [AG_ST_RUN_HORIZON] = "SELECT coalesce(max(step),0) FROM raw_horizon WHERE tensor_id IN"
+                          " (SELECT id FROM tensors WHERE run_id=?1)",
     [AG_ST_RUN_SPAN] = "SELECT (SELECT min(first_step) FROM tensors WHERE run_id=?1 AND"
                        " snapshots>0), last_step FROM runs WHERE id=?1",
     [AG_ST_PRUNE_TARGETS] =
@@ -299,20 +317,6 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
     return AG_OK;
 }
 
-/* *yes = whether the file has a table (or view) called name. */
-static int has_table(ag_store *st, const char *name, int *yes) {
-    sqlite3_stmt *s = NULL;
-    int rc = sqlite3_prepare_v2(
-        st->db, "SELECT 1 FROM sqlite_master WHERE type IN ('table','view') AND name=?1", -1, &s,
-        NULL);
-    if (rc != SQLITE_OK) return ag_store_fail(st, "schema", rc);
-    sqlite3_bind_text(s, 1, name, -1, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    *yes = rc == SQLITE_ROW;
-    sqlite3_finalize(s);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? AG_OK : ag_store_fail(st, "schema", rc);
-}
-
 int ag_store_user_version(ag_store *st, int *version) {
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL);
@@ -426,30 +430,12 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
                             "CREATE TEMP VIEW clients AS SELECT *, 0 AS rank FROM main.clients",
                             "runs of schema 8")))
             return err;
-        if ((err = has_table(st, "rollups", &st->has_rollups)) || !st->has_rollups) return err;
-        /* before 12 every bucket is in the one table: the names the
-         * queries read (rollups_sealed, rollup_heads) over it, heads empty */
-        if (version < 12 &&
-            (err = exec_sql(
-                 st,
-                 "CREATE TEMP VIEW rollups_sealed AS SELECT * FROM rollups;"
-                 "CREATE TEMP TABLE rollup_heads (tensor_id, format_id, b1, rows1, stalled1, "
-                 "total1, flips1, flips_unknown1, overflow1, underflow1, nonfinite1, first_step1, "
-                 "last_step1, amax_min1, amax_max1, amax_last1, scale_min1, scale_max1, "
-                 "scale_last1, device_rows1, incomplete_rows1, ranks_min1, b2, rows2, stalled2, "
-                 "total2, flips2, flips_unknown2, overflow2, underflow2, nonfinite2, first_step2, "
-                 "last_step2, amax_min2, amax_max2, amax_last2, scale_min2, scale_max2, "
-                 "scale_last2, device_rows2, incomplete_rows2, ranks_min2, b3, rows3, stalled3, "
-                 "total3, flips3, flips_unknown3, overflow3, underflow3, nonfinite3, first_step3, "
-                 "last_step3, amax_min3, amax_max3, amax_last3, scale_min3, scale_max3, "
-                 "scale_last3, device_rows3, incomplete_rows3, ranks_min3)",
-                 "rollups of an older schema")))
-            return err;
-        if (version >= 9) return AG_OK;
-        return exec_sql(st,
-                        "CREATE TEMP VIEW rollups AS SELECT *, 0 AS incomplete_rows, 1 AS ranks_min"
-                        " FROM main.rollups",
-                        "rollups of schema 8");
+        /* Rollups of schema 8 to 12 have tiers of 10, 100 and 1000 steps:
+         * a reader that does not migrate answers from raw rows (exact,
+         * slower); the daemon migrates the file at its next start. */
+        st->has_rollups = version >= 13;
+        st->has_segs = version >= 11;
+        return AG_OK;
     }
     /* WAL: readers never block the writer; NORMAL sync keeps every commit
      * across a process kill (only power loss may lose the newest ones). */
@@ -469,6 +455,7 @@ int ag_store_open(ag_store **out, const char *path, int flags) {
         return ag_store_failf(st, AG_ESTORE, "%s: the file is read-only", path);
     if ((err = migrate(st))) return err;
     st->has_rollups = 1;
+    st->has_segs = 1;
     /* Take the write lock once (waiting the busy timeout): a file that another
      * process keeps locked is refused now, not found unwritable later. */
     if ((err = exec_sql(st, "BEGIN IMMEDIATE", "write lock"))) return err;

@@ -35,6 +35,9 @@ typedef enum ag_stmt_id {
     AG_ST_RUNS,
     AG_ST_RUN_RANK_DROPS,
     AG_ST_RUN_INCOMPLETE,
+    AG_ST_RUN_INCOMPLETE_RAW,
+    AG_ST_HEAT_SEGS,
+    AG_ST_RUN_HORIZON,
     AG_ST_RUN_BY_NAME,
     AG_ST_FORMAT_BY_NAME,
     AG_ST_TENSOR_BY_NAME,
@@ -82,8 +85,18 @@ typedef enum ag_stmt_id {
 /* Rows per multi-row insert (ag_store_put_results / _put_stats_rows). */
 #define AG_STORE_CHUNK 16
 
-/* The rollup tiers (rollups.width), finest first; raw rows are tier 0. */
+/* The rollup tiers (rollups.width), finest first; raw rows are tier 0.
+ * Schema 13 (013_rollup_tiers.sql) made them 100, 1000 and 10000 steps
+ * (10, 100 and 1000 before): a width-10 bucket sealed every ten steps of
+ * every tensor and format was half the writer's pages and a quarter of its
+ * time (docs/store.md, Rollups); finer buckets read the raw rows. The SQL
+ * that names a tier (store.c, the view in 013) uses these. */
 #define AG_ROLLUP_TIERS 3
+#define AG_ROLLUP_W1 100
+#define AG_ROLLUP_W2 1000
+#define AG_ROLLUP_W3 10000
+#define AG_ROLLUP_STR_(x) #x
+#define AG_ROLLUP_STR(x) AG_ROLLUP_STR_(x)
 extern const int64_t ag_rollup_widths[AG_ROLLUP_TIERS];
 
 /* A query result's flips when unknown (include/altgrad/altgrad.h gets it
@@ -111,7 +124,8 @@ struct ag_store {
     char *path;
     int readonly;
     int in_txn;
-    int has_rollups; /* the file has the rollups table (schema 8 or later) */
+    int has_rollups; /* the file has rollups of this build's tiers (schema 13 on) */
+    int has_segs;    /* results are packed in result_segs (schema 11 on) */
     ag_errctx err;   /* the last failure's text (ag_store_errmsg) */
     int last_rc;     /* SQLite result code of the last failure, 0 if none */
     sqlite3_stmt *stmts[AG_ST_COUNT];

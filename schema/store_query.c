@@ -114,7 +114,8 @@ static int rank_drops(ag_store *st, void *res, int64_t run_id, const char **out)
 
 /* How many (tensor, step)s of the run have incomplete results. */
 static int run_incomplete(ag_store *st, int64_t run_id, uint64_t *out) {
-    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_RUN_INCOMPLETE);
+    sqlite3_stmt *s =
+        ag_store_stmt(st, st->has_rollups ? AG_ST_RUN_INCOMPLETE : AG_ST_RUN_INCOMPLETE_RAW);
     if (!s) return AG_ESTORE;
     sqlite3_bind_int64(s, 1, run_id);
     int rc = sqlite3_step(s), err = AG_OK;
@@ -531,6 +532,44 @@ static uint64_t nice_width(uint64_t w) {
     return w ? w : 1;
 }
 
+/* The heatmap's cells from the raw rows of [start, last], read from the
+ * result segments whole (tier 1 of a file of schema 11 on). */
+static int heat_from_segments(ag_store *st, ag_store_heat *res, int64_t run_id, int64_t fid,
+                              const id_index *ids, uint64_t start, uint64_t last) {
+    sqlite3_stmt *s = ag_store_stmt(st, AG_ST_HEAT_SEGS);
+    if (!s) return AG_ESTORE;
+    sqlite3_bind_int64(s, 1, run_id);
+    sqlite3_bind_int64(s, 2, fid);
+    sqlite3_bind_int64(s, 3, (int64_t)start);
+    sqlite3_bind_int64(s, 4, (int64_t)last);
+    int rc, err = AG_OK;
+    while (!err && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        id_index key = {sqlite3_column_int64(s, 0), 0};
+        const id_index *hit = bsearch(&key, ids, res->ntensors, sizeof *ids, by_id);
+        if (!hit) continue;
+        ag_seg_reader rd;
+        ag_seg_reader_init(&rd, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2),
+                           col_u64(s, 1));
+        ag_store_result_row r;
+        int more;
+        while ((more = ag_seg_next(&rd, &r)) == 1 && r.step <= last) {
+            if (r.step < start) continue;
+            size_t cell = hit->index * res->nbuckets + (size_t)((r.step - start) / res->width);
+            res->stalled[cell] += r.counts.stalled;
+            res->total[cell] += r.counts.total;
+            res->rows[cell]++;
+        }
+        if (more < 0)
+            err = ag_store_failf(st, AG_ESTORE,
+                                 "%s: heatmap: a results segment of tensor %lld is"
+                                 " corrupt",
+                                 st->path, (long long)key.id);
+    }
+    if (!err && rc != SQLITE_DONE) err = ag_store_fail(st, "heatmap", rc);
+    sqlite3_reset(s);
+    return err;
+}
+
 static int heatmap_q(ag_store *st, const char *run, const char *format, size_t buckets,
                      ag_store_heat **out) {
     if (!st || !run || !out) return AG_EINVAL;
@@ -572,6 +611,23 @@ static int heatmap_q(ag_store *st, const char *run, const char *format, size_t b
     }
     uint64_t span = last - first + 1;
     uint64_t w = nice_width(span / buckets + (span % buckets != 0));
+    /* Buckets finer than every tier read raw rows: where retention removed
+     * some in the span, as fine as the finest tier instead. */
+    if (st->has_rollups && w < (uint64_t)ag_rollup_widths[0]) {
+        if (!(s = ag_store_stmt(st, AG_ST_RUN_HORIZON))) {
+            err = AG_ESTORE;
+            goto fail;
+        }
+        sqlite3_bind_int64(s, 1, run_id);
+        rc = sqlite3_step(s);
+        uint64_t horizon = rc == SQLITE_ROW ? col_u64(s, 0) : 0;
+        sqlite3_reset(s);
+        if (rc != SQLITE_ROW) {
+            err = ag_store_fail(st, "heatmap", rc);
+            goto fail;
+        }
+        if (horizon > first) w = (uint64_t)ag_rollup_widths[0];
+    }
     uint64_t start = first / w * w;
     while ((last - start) / w + 1 > buckets) {
         w = nice_width(w + 1);
@@ -630,6 +686,12 @@ static int heatmap_q(ag_store *st, const char *run, const char *format, size_t b
     uint64_t tier = 1;
     for (int k = 0; st->has_rollups && k < AG_ROLLUP_TIERS; k++)
         if (w % (uint64_t)ag_rollup_widths[k] == 0) tier = (uint64_t)ag_rollup_widths[k];
+    if (tier == 1 && st->has_segs) {
+        if ((err = heat_from_segments(st, res, run_id, fid, ids, start, last))) goto fail;
+        free(ids);
+        *out = res;
+        return AG_OK;
+    }
     if (!(s = ag_store_stmt(st, tier == 1 ? AG_ST_HEAT_RAW : AG_ST_HEAT_TIER))) {
         err = AG_ESTORE;
         goto fail;

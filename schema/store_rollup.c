@@ -16,7 +16,7 @@
 
 #define AG_STORE_PATH_MAX 4096
 
-const int64_t ag_rollup_widths[AG_ROLLUP_TIERS] = {10, 100, 1000};
+const int64_t ag_rollup_widths[AG_ROLLUP_TIERS] = {AG_ROLLUP_W1, AG_ROLLUP_W2, AG_ROLLUP_W3};
 
 /* ------------------------------------------------------- accumulator */
 
@@ -411,39 +411,83 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
     return (rc & 0xff) == SQLITE_NOMEM ? AG_ENOMEM : AG_ESTORE;
 }
 
-/* Every bucket not wholly below its tensor's raw horizon is computed again
- * from the raw rows (buckets below it have no raw rows left to count). */
+/* Every bucket of the two finer tiers not wholly below its tensor's raw
+ * horizon is computed again from the raw rows (buckets below it have no raw
+ * rows left to count; retention cuts at a multiple of the middle tier's
+ * width), then every bucket of the widest tier from the middle tier's: so a
+ * widest bucket the horizon cuts keeps the counts of its pruned rows. */
+#define W1 AG_ROLLUP_STR(AG_ROLLUP_W1)
+#define W2 AG_ROLLUP_STR(AG_ROLLUP_W2)
+#define W3 AG_ROLLUP_STR(AG_ROLLUP_W3)
+#define HORIZON(t) "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=" t "),0)"
+#define LAST_OF(col)                                                                               \
+    " " col "=(SELECT r." col " FROM rollups_sealed r WHERE r.tensor_id=rollups_sealed.tensor_id"  \
+    " AND r.format_id=rollups_sealed.format_id AND r.width=" W2 " AND r.bucket BETWEEN"            \
+    " rollups_sealed.bucket*(" W3 "/" W2 ") AND rollups_sealed.bucket*(" W3 "/" W2 ")+(" W3 "/" W2 \
+    ")-1 ORDER BY r.last_step DESC LIMIT 1)"
 static const char rebuild_sql[] =
-    "DELETE FROM rollups_sealed WHERE (bucket+1)*width > coalesce((SELECT step FROM raw_horizon h"
-    " WHERE h.tensor_id=rollups_sealed.tensor_id),0);"
-    /* the open buckets are newer than any horizon: all computed again,
+    "DELETE FROM rollups_sealed WHERE width=" W3 " OR (bucket+1)*width > " HORIZON(
+        "rollups_sealed.tensor_id") ";"
+                                    /* the open buckets are newer than any horizon: all computed again,
      * sealed (the next commit of each key opens its heads again) */
-    "DELETE FROM rollup_heads;"
+                                    "DELETE FROM rollup_heads;"
+                                    "INSERT INTO rollups_sealed"
+                                    " SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, "
+                                    "count(*), sum(r.stalled),"
+                                    " sum(r.total), coalesce(sum(r.flips),0), count(*) - "
+                                    "count(r.flips), sum(r.overflow),"
+                                    " sum(r.underflow), sum(r.nonfinite), min(r.step), "
+                                    "max(r.step), min(r.amax), max(r.amax), 0,"
+                                    " min(r.scale), max(r.scale), 0, sum(r.source), count(*) - "
+                                    "sum(r.complete), min(r.ranks)"
+                                    " FROM results r, (SELECT " W1 " AS width UNION ALL SELECT " W2
+                                    ") w"
+                                    " WHERE r.step >= " HORIZON(
+                                        "r.tensor_id") " GROUP BY r.tensor_id, r.format_id, "
+                                                       "w.width,"
+                                                       " r.step / w.width;"
+                                                       "UPDATE rollups_sealed SET"
+                                                       " amax_last=(SELECT amax FROM results r "
+                                                       "WHERE r.tensor_id=rollups_sealed.tensor_id"
+                                                       " AND r.format_id=rollups_sealed.format_id "
+                                                       "AND r.step=rollups_sealed.last_step),"
+                                                       " scale_last=(SELECT scale FROM results r "
+                                                       "WHERE r.tensor_id=rollups_sealed.tensor_id"
+                                                       " AND r.format_id=rollups_sealed.format_id "
+                                                       "AND r.step=rollups_sealed.last_step)"
+                                                       " WHERE (bucket+1)*width > " HORIZON(
+                                                           "rollups_sealed.tensor_id") ";";
+static const char rebuild_widest_sql[] =
     "INSERT INTO rollups_sealed"
-    " SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, count(*), sum(r.stalled),"
-    " sum(r.total), coalesce(sum(r.flips),0), count(*) - count(r.flips), sum(r.overflow),"
-    " sum(r.underflow), sum(r.nonfinite), min(r.step), max(r.step), min(r.amax), max(r.amax), 0,"
-    " min(r.scale), max(r.scale), 0, sum(r.source), count(*) - sum(r.complete), min(r.ranks)"
-    " FROM results r, (SELECT 10 AS width UNION ALL SELECT 100 UNION ALL SELECT 1000) w"
-    " WHERE r.step >= coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=r.tensor_id),0)"
-    " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width;"
-    "UPDATE rollups_sealed SET"
-    " amax_last=(SELECT amax FROM results r WHERE r.tensor_id=rollups_sealed.tensor_id"
-    " AND r.format_id=rollups_sealed.format_id AND r.step=rollups_sealed.last_step),"
-    " scale_last=(SELECT scale FROM results r WHERE r.tensor_id=rollups_sealed.tensor_id"
-    " AND r.format_id=rollups_sealed.format_id AND r.step=rollups_sealed.last_step)"
-    " WHERE (bucket+1)*width > coalesce((SELECT step FROM raw_horizon h"
-    " WHERE h.tensor_id=rollups_sealed.tensor_id),0);";
+    " SELECT tensor_id, format_id, " W3 ", bucket / (" W3 "/" W2 "), sum(rows), sum(stalled),"
+    " sum(total), sum(flips), sum(flips_unknown), sum(overflow), sum(underflow), sum(nonfinite),"
+    " min(first_step), max(last_step), min(amax_min), max(amax_max), 0, min(scale_min),"
+    " max(scale_max), 0, sum(device_rows), sum(incomplete_rows), min(ranks_min)"
+    " FROM rollups_sealed WHERE width=" W2 " GROUP BY tensor_id, format_id, bucket / (" W3 "/" W2
+    ");"
+    "UPDATE rollups_sealed SET" LAST_OF("amax_last") "," LAST_OF("scale_last") " WHERE width=" W3
+                                                                               ";";
+#undef LAST_OF
+#undef HORIZON
+#undef W3
+#undef W2
+#undef W1
 
 int ag_store_rebuild_rollups(ag_store *st, uint64_t *buckets) {
     if (!st || st->readonly || st->in_txn) return AG_EINVAL;
     int err = ag_store_begin(st);
     if (err) return err;
-    if ((err = exec_sql(st, rebuild_sql, "rebuild rollups"))) {
+    uint64_t n = 0;
+    if (!(err = exec_sql(st, rebuild_sql, "rebuild rollups"))) {
+        n = (uint64_t)sqlite3_changes(st->db);
+        if (!(err = exec_sql(st, rebuild_widest_sql, "rebuild rollups")))
+            n += (uint64_t)sqlite3_changes(st->db);
+    }
+    if (err) {
         ag_store_rollback(st);
         return err;
     }
-    if (buckets) *buckets = (uint64_t)sqlite3_changes(st->db);
+    if (buckets) *buckets = n;
     if ((err = ag_store_commit(st))) ag_store_rollback(st);
     return err;
 }
@@ -458,7 +502,8 @@ typedef struct prune_target {
 int ag_store_prune_raw(ag_store *st, uint64_t keep_steps, uint64_t max_rows, uint64_t *removed) {
     if (removed) *removed = 0;
     if (!st || st->readonly || st->in_txn || keep_steps == 0) return AG_EINVAL;
-    const uint64_t align = (uint64_t)ag_rollup_widths[AG_ROLLUP_TIERS - 1];
+    /* the middle tier: the rebuild sums the widest from it (rebuild_sql) */
+    const uint64_t align = (uint64_t)ag_rollup_widths[1];
     prune_target *targets = NULL;
     size_t n = 0, cap = 0;
     int err = AG_OK, rc;
@@ -469,8 +514,8 @@ int ag_store_prune_raw(ag_store *st, uint64_t keep_steps, uint64_t max_rows, uin
         uint64_t last = (uint64_t)sqlite3_column_int64(s, 1);
         uint64_t horizon = (uint64_t)sqlite3_column_int64(s, 2);
         if (last + 1 <= keep_steps) continue;
-        /* Steps below cut go: whole top-tier buckets, all older than the
-         * newest keep_steps steps of the run. */
+        /* Steps below cut go: whole middle-tier buckets, all older than
+         * the newest keep_steps steps of the run. */
         uint64_t cut = (last + 1 - keep_steps) / align * align;
         if (cut <= horizon) continue;
         if (n == cap) {

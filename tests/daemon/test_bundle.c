@@ -168,8 +168,8 @@ Test(bundle, bundled_and_single_messages_store_the_same_and_rollups_sum_their_ro
     cr_assert_eq(sqlite3_open_v2(H.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     static const char sql[] =
         "SELECT count(*) FROM (SELECT r.tensor_id, r.format_id, w.width, r.step / w.width,"
-        " count(*), sum(r.stalled), sum(r.total) FROM results r, (SELECT 10 AS width UNION ALL"
-        " SELECT 100 UNION ALL SELECT 1000) w GROUP BY 1, 2, 3, 4 EXCEPT SELECT tensor_id,"
+        " count(*), sum(r.stalled), sum(r.total) FROM results r, (SELECT 100 AS width UNION ALL"
+        " SELECT 1000 UNION ALL SELECT 10000) w GROUP BY 1, 2, 3, 4 EXCEPT SELECT tensor_id,"
         " format_id, width, bucket, rows, stalled, total FROM rollups)";
     cr_assert_eq(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK, "%s", sqlite3_errmsg(db));
     cr_assert_eq(sqlite3_step(q), SQLITE_ROW);

@@ -58,16 +58,30 @@ static long long scalar(sqlite3 *db, const char *sql) {
     return v;
 }
 
+/* Buckets wholly above each tensor's retention horizon (a widest bucket
+ * the horizon cuts also counts the rows it removed). */
+#define HORIZON_OF(t) "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=" t "),0)"
 #define RAW_BUCKETS                                                                                \
     "SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, count(*), sum(r.stalled),"        \
     " sum(r.total), coalesce(sum(r.flips),0), count(*) - count(r.flips), sum(r.overflow),"         \
     " sum(r.underflow), sum(r.nonfinite), min(r.step), max(r.step) FROM results r,"                \
-    " (SELECT 10 AS width UNION ALL SELECT 100 UNION ALL SELECT 1000) w"                           \
-    " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width"
+    " (SELECT 100 AS width UNION ALL SELECT 1000 UNION ALL SELECT 10000) w"                        \
+    " WHERE r.step / w.width * w.width >= " HORIZON_OF(                                            \
+        "r.tensor_id") " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width"
 #define ROLLUP_BUCKETS                                                                             \
     "SELECT tensor_id, format_id, width, bucket, rows, stalled, total, flips, flips_unknown,"      \
-    " overflow, underflow, nonfinite, first_step, last_step FROM rollups WHERE (bucket+1)*width"   \
-    " > coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=rollups.tensor_id),0)"
+    " overflow, underflow, nonfinite, first_step, last_step FROM rollups WHERE bucket*width"       \
+    " >= " HORIZON_OF("rollups.tensor_id")
+
+/* Every width-10000 bucket as its width-1000 buckets sum, wherever the
+ * horizon is (and the other way round). */
+#define WIDEST_BUCKETS                                                                             \
+    "SELECT tensor_id, format_id, bucket / 10, sum(rows), sum(stalled), sum(total), sum(flips),"   \
+    " sum(flips_unknown), min(first_step), max(last_step) FROM rollups WHERE width=1000"           \
+    " GROUP BY tensor_id, format_id, bucket / 10"
+#define WIDEST_ROWS                                                                                \
+    "SELECT tensor_id, format_id, bucket, rows, stalled, total, flips, flips_unknown, first_step," \
+    " last_step FROM rollups WHERE width=10000"
 
 static void expect_sums_equal(const char *when) {
     sqlite3 *db = NULL;
@@ -77,6 +91,10 @@ static void expect_sums_equal(const char *when) {
                  "%s: a raw bucket is missing or differs in the rollups", when);
     cr_expect_eq(scalar(db, "SELECT count(*) FROM (" ROLLUP_BUCKETS " EXCEPT " RAW_BUCKETS ")"), 0,
                  "%s: a rollup bucket is not what its raw rows sum to", when);
+    cr_expect_eq(scalar(db, "SELECT count(*) FROM (" WIDEST_BUCKETS " EXCEPT " WIDEST_ROWS ")"), 0,
+                 "%s: a widest bucket is missing or is not its finer buckets' sum", when);
+    cr_expect_eq(scalar(db, "SELECT count(*) FROM (" WIDEST_ROWS " EXCEPT " WIDEST_BUCKETS ")"), 0,
+                 "%s: a widest bucket has no finer buckets to sum", when);
     sqlite3_close(db);
 }
 

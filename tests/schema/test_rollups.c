@@ -118,18 +118,30 @@ static long long scalar(ag_store *st, const char *sql) {
     return v;
 }
 
-/* The buckets the raw rows make, as the rollups must hold them (above each
- * tensor's retention horizon). */
+/* The buckets the raw rows make, as the rollups must hold them (wholly
+ * above each tensor's retention horizon: a widest bucket the horizon cuts
+ * also counts the rows it removed, see WIDEST_BUCKETS). */
+#define HORIZON_OF(t) "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=" t "),0)"
 #define RAW_BUCKETS                                                                                \
     "SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, count(*), sum(r.stalled),"        \
     " sum(r.total), coalesce(sum(r.flips),0), count(*) - count(r.flips), sum(r.overflow),"         \
     " sum(r.underflow), sum(r.nonfinite), min(r.step), max(r.step) FROM results r,"                \
-    " (SELECT 10 AS width UNION ALL SELECT 100 UNION ALL SELECT 1000) w"                           \
-    " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width"
+    " (SELECT 100 AS width UNION ALL SELECT 1000 UNION ALL SELECT 10000) w"                        \
+    " WHERE r.step / w.width * w.width >= " HORIZON_OF(                                            \
+        "r.tensor_id") " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width"
 #define ROLLUP_BUCKETS                                                                             \
     "SELECT tensor_id, format_id, width, bucket, rows, stalled, total, flips, flips_unknown,"      \
-    " overflow, underflow, nonfinite, first_step, last_step FROM rollups WHERE (bucket+1)*width"   \
-    " > coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=rollups.tensor_id),0)"
+    " overflow, underflow, nonfinite, first_step, last_step FROM rollups WHERE bucket*width"       \
+    " >= " HORIZON_OF("rollups.tensor_id")
+/* Every width-10000 bucket as its width-1000 buckets sum (wherever the
+ * horizon is), and the other way round. */
+#define WIDEST_BUCKETS                                                                             \
+    "SELECT tensor_id, format_id, bucket / 10, sum(rows), sum(stalled), sum(total), sum(flips),"   \
+    " sum(flips_unknown), sum(overflow), sum(underflow), sum(nonfinite), min(first_step),"         \
+    " max(last_step) FROM rollups WHERE width=1000 GROUP BY tensor_id, format_id, bucket / 10"
+#define WIDEST_ROWS                                                                                \
+    "SELECT tensor_id, format_id, bucket, rows, stalled, total, flips, flips_unknown, overflow,"   \
+    " underflow, nonfinite, first_step, last_step FROM rollups WHERE width=10000"
 
 /* Every bucket's counts equal its raw rows' sums, and the other way round. */
 static void expect_sums_equal(ag_store *st, const char *when) {
@@ -139,6 +151,10 @@ static void expect_sums_equal(ag_store *st, const char *when) {
                  "%s: a raw bucket is missing or differs in the rollups", when);
     cr_expect_eq(scalar(st, "SELECT count(*) FROM (" ROLLUP_BUCKETS " EXCEPT " RAW_BUCKETS ")"), 0,
                  "%s: a rollup bucket is not what its raw rows sum to", when);
+    cr_expect_eq(scalar(st, "SELECT count(*) FROM (" WIDEST_BUCKETS " EXCEPT " WIDEST_ROWS ")"), 0,
+                 "%s: a widest bucket is missing or is not its finer buckets' sum", when);
+    cr_expect_eq(scalar(st, "SELECT count(*) FROM (" WIDEST_ROWS " EXCEPT " WIDEST_BUCKETS ")"), 0,
+                 "%s: a widest bucket has no finer buckets to sum", when);
     /* And the last amax and scale are those of the bucket's last row. */
     cr_expect_eq(scalar(st, "SELECT count(*) FROM rollups u JOIN results r ON"
                             " r.tensor_id=u.tensor_id AND r.format_id=u.format_id AND"
@@ -189,9 +205,10 @@ Test(rollups, a_rebuild_computes_the_same_buckets_again) {
     ingest(st, 3004, 3500, 1, 7, 0);
     ingest(st, 1500, 1530, 3, 4, 5);
     expect_sums_equal(st, "after a rebuild and more rows");
-    /* width 1000's bucket 3 was rebuilt sealed: it stays so until bucket 4 */
-    cr_expect_eq(scalar(st, "SELECT count(*) FROM rollup_heads WHERE b1=350 AND b2=35 AND b3 IS"
-                            " NULL"),
+    /* width 1000's bucket 3 and width 10000's bucket 0 were rebuilt sealed:
+     * they stay so until a newer bucket of their tier comes */
+    cr_expect_eq(scalar(st, "SELECT count(*) FROM rollup_heads WHERE b1=35 AND b2 IS NULL AND b3"
+                            " IS NULL"),
                  NTENSORS * 2);
     ag_store_close(st);
 }
@@ -215,6 +232,84 @@ Test(rollups, a_version_6_file_gets_its_rollups_at_migration) {
     cr_expect_eq(v, ag_store_schema_version());
     cr_expect_geq(v, 8);
     expect_sums_equal(st, "migration");
+    ag_store_close(st);
+}
+
+/* The buckets of tiers 10, 100 and 1000 as schema 12 kept them: every
+ * bucket from the raw rows, the newest of each tier and key in the heads. */
+#define OLD_BUCKETS                                                                                \
+    "SELECT tensor_id, format_id, w.width AS width, step / w.width AS bucket, count(*) AS rows,"   \
+    " sum(stalled) AS stalled, sum(total) AS total, coalesce(sum(flips),0) AS flips,"              \
+    " count(*) - count(flips) AS flips_unknown, sum(overflow) AS overflow, sum(underflow) AS"      \
+    " underflow, sum(nonfinite) AS nonfinite, min(step) AS first_step, max(step) AS last_step,"    \
+    " min(amax) AS amax_min, max(amax) AS amax_max, 0.0 AS amax_last, min(scale) AS scale_min,"    \
+    " max(scale) AS scale_max, 0.0 AS scale_last, sum(source) AS device_rows, count(*) -"          \
+    " sum(complete) AS incomplete_rows, min(ranks) AS ranks_min FROM results, (SELECT 10 AS"       \
+    " width UNION ALL SELECT 100 UNION ALL SELECT 1000) w GROUP BY tensor_id, format_id,"          \
+    " w.width, step / w.width"
+#define OLD_HEAD(k, w)                                                                             \
+    " LEFT JOIN ob h" #k " ON h" #k ".tensor_id=k.tensor_id AND h" #k ".format_id=k.format_id AND" \
+    " h" #k ".width=" #w " AND h" #k ".bucket=(SELECT max(bucket) FROM ob x WHERE"                 \
+    " x.tensor_id=k.tensor_id AND x.format_id=k.format_id AND x.width=" #w ")"
+#define OLD_COLS(k)                                                                                \
+    "h" #k ".bucket, h" #k ".rows, h" #k ".stalled, h" #k ".total, h" #k ".flips, h" #k            \
+    ".flips_unknown, h" #k ".overflow, h" #k ".underflow, h" #k ".nonfinite, h" #k ".first_step,"  \
+    " h" #k ".last_step, h" #k ".amax_min, h" #k ".amax_max, h" #k ".amax_last, h" #k              \
+    ".scale_min, h" #k ".scale_max, h" #k ".scale_last, h" #k ".device_rows, h" #k                 \
+    ".incomplete_rows, h" #k ".ranks_min"
+#define OLD_VIEW_ARM(k, w)                                                                         \
+    " UNION ALL SELECT tensor_id, format_id, " #w ", b" #k ", rows" #k ", stalled" #k ", total" #k \
+    ", flips" #k ", flips_unknown" #k ", overflow" #k ", underflow" #k ", nonfinite" #k            \
+    ", first_step" #k ", last_step" #k ", amax_min" #k ", amax_max" #k ", amax_last" #k            \
+    ", scale_min" #k ", scale_max" #k ", scale_last" #k ", device_rows" #k ", incomplete_rows" #k  \
+    ", ranks_min" #k " FROM rollup_heads WHERE b" #k " IS NOT NULL"
+
+Test(rollups, a_version_12_file_gets_its_tiers_at_migration) {
+    ag_store *st = open_rw();
+    setup_run(st);
+    ingest(st, 0, 23456, 1, 3000, 0);
+    ingest(st, 25000, 27777, 3, 500, 1);
+    /* back to schema 12: tiers 10, 100 and 1000, the open buckets in the heads */
+    static const char *const back[] = {
+        "CREATE TEMP TABLE ob AS " OLD_BUCKETS,
+        "UPDATE ob SET amax_last=(SELECT amax FROM results r WHERE r.tensor_id=ob.tensor_id AND"
+        " r.format_id=ob.format_id AND r.step=ob.last_step), scale_last=(SELECT scale FROM"
+        " results r WHERE r.tensor_id=ob.tensor_id AND r.format_id=ob.format_id AND"
+        " r.step=ob.last_step)",
+        "DELETE FROM rollups_sealed",
+        "DELETE FROM rollup_heads",
+        "INSERT INTO rollup_heads SELECT k.tensor_id, k.format_id, " OLD_COLS(1) ", " OLD_COLS(
+            2) ", " OLD_COLS(3) " FROM (SELECT DISTINCT tensor_id, format_id FROM "
+                                "ob) k" OLD_HEAD(1, 10) OLD_HEAD(2, 100) OLD_HEAD(3, 1000),
+        "INSERT INTO rollups_sealed SELECT * FROM ob WHERE bucket < (SELECT max(bucket) FROM ob x"
+        " WHERE x.tensor_id=ob.tensor_id AND x.format_id=ob.format_id AND x.width=ob.width)",
+        "DROP VIEW rollups",
+        "CREATE VIEW rollups AS SELECT * FROM rollups_sealed" OLD_VIEW_ARM(1, 10)
+            OLD_VIEW_ARM(2, 100) OLD_VIEW_ARM(3, 1000),
+        "PRAGMA user_version=12",
+    };
+    for (size_t i = 0; i < sizeof back / sizeof back[0]; i++)
+        cr_assert_eq(sqlite3_exec(st->db, back[i], NULL, NULL, NULL), SQLITE_OK, "%s: %s", back[i],
+                     sqlite3_errmsg(st->db));
+    cr_assert_eq(scalar(st, "SELECT count(*) FROM rollup_heads WHERE b1=2777 AND b2=277 AND b3=27"),
+                 NTENSORS * 2, "schema 12's heads");
+    cr_assert_eq(scalar(st, "SELECT count(*) FROM rollups WHERE width=10"),
+                 scalar(st, "SELECT count(*) FROM (SELECT DISTINCT tensor_id, format_id, step / 10"
+                            " FROM results)"));
+    ag_store_close(st);
+    st = open_rw();
+    int v = 0;
+    cr_assert_eq(ag_store_user_version(st, &v), AG_OK);
+    cr_expect_eq(v, ag_store_schema_version());
+    cr_expect_eq(scalar(st, "SELECT count(*) FROM rollups WHERE width=10"), 0);
+    cr_expect_eq(scalar(st, "SELECT count(*) FROM rollup_heads WHERE b1=277 AND b2=27 AND b3 IS"
+                            " NULL"),
+                 NTENSORS * 2, "the heads shifted a tier");
+    expect_sums_equal(st, "migration from schema 12");
+    /* the next commits go on from the migrated buckets */
+    ingest(st, 27778, 31234, 1, 700, 2);
+    ingest(st, 9990, 10010, 1, 5, 3); /* stored again, in a migrated sealed bucket */
+    expect_sums_equal(st, "after more rows");
     ag_store_close(st);
 }
 
@@ -419,6 +514,38 @@ Test(rollups, heatmap_cells_equal_the_raw_rows_of_their_steps) {
             }
         ag_free(h);
     }
+    /* Raw rows removed in the span: buckets finer than the finest tier
+     * would show them empty; the heatmap is as fine as that tier instead,
+     * each cell what the raw rows of its steps summed before. */
+    enum { B100 = 5006 / 100 + 1 };
+    long long want[NTENSORS][B100];
+    for (int t = 0; t < NTENSORS; t++)
+        for (int b = 0; b < B100; b++) {
+            char sql[512];
+            snprintf(sql, sizeof sql,
+                     "SELECT coalesce(sum(stalled),0)*1000000 + coalesce(sum(total),0)"
+                     " FROM results WHERE tensor_id=%d AND format_id=1 AND step BETWEEN %d AND %d",
+                     t + 1, b * 100, b * 100 + 99);
+            want[t][b] = scalar(st, sql);
+        }
+    uint64_t removed = 0;
+    cr_assert_eq(ag_store_prune_raw(st, 1700, 1000000, &removed), AG_OK, "%s", ag_store_errmsg(st));
+    cr_assert_gt(removed, 0);
+    ag_store_heat *after = NULL;
+    cr_assert_eq(ag_store_heatmap(st, "r", "E5M2", 500, &after), AG_OK, "%s", ag_store_errmsg(st));
+    cr_expect_eq(after->width, 100);
+    cr_assert_eq(after->from_step, 0);
+    cr_assert_eq(after->nbuckets, B100);
+    cr_assert_eq(after->ntensors, NTENSORS);
+    for (size_t t = 0; t < after->ntensors; t++) {
+        int id = after->tensors[t][0] - 'a'; /* names[id], tensor id + 1 */
+        for (size_t b = 0; b < after->nbuckets; b++) {
+            size_t c = t * after->nbuckets + b;
+            cr_expect_eq((long long)(after->stalled[c] * 1000000 + after->total[c]), want[id][b],
+                         "cell %zu,%zu", t, b);
+        }
+    }
+    ag_free(after);
     ag_store_heat *h = NULL;
     cr_expect_eq(ag_store_heatmap(st, "r", "E5M2", 0, &h), AG_ERANGE);
     cr_expect_eq(ag_store_heatmap(st, "r", "E5M2", AG_STORE_HEATMAP_MAX_BUCKETS + 1, &h),
@@ -459,6 +586,8 @@ Test(rollups, retention_removes_only_raw_rows_past_the_limit_and_rollups_keep_th
     /* A rebuild keeps the buckets whose raw rows are gone. */
     cr_assert_eq(ag_store_rebuild_rollups(st, NULL), AG_OK, "%s", ag_store_errmsg(st));
     cr_expect_eq(scalar(st, "SELECT sum(stalled) FROM rollups WHERE width=1000"), before);
+    cr_expect_eq(scalar(st, "SELECT sum(stalled) FROM rollups WHERE width=10000"), before,
+                 "the widest bucket the horizon cuts keeps the removed rows' counts");
     expect_sums_equal(st, "rebuild after retention");
     /* Whole-run top still counts every step. */
     ag_top_list *top = NULL;

@@ -117,6 +117,14 @@ static void results_back_to_table(sqlite3 *db) {
                               "DROP VIEW rollups;"
                               "DROP TABLE rollup_heads;"
                               "ALTER TABLE rollups_sealed RENAME TO rollups;"
+                              /* and migration 13's tiers back to 10, 100, 1000 */
+                              "DELETE FROM rollups WHERE width=10000;"
+                              "INSERT INTO rollups SELECT tensor_id, format_id, 10, step / 10,"
+                              " count(*), sum(stalled), sum(total), coalesce(sum(flips), 0),"
+                              " count(*) - count(flips), sum(overflow), sum(underflow),"
+                              " sum(nonfinite), min(step), max(step), min(amax), max(amax), 0,"
+                              " min(scale), max(scale), 0, sum(source), count(*) - sum(complete),"
+                              " min(ranks) FROM results GROUP BY tensor_id, format_id, step / 10;"
                               "PRAGMA user_version=10",
                               NULL, NULL, NULL),
                  SQLITE_OK, "%s", sqlite3_errmsg(db));
