@@ -43,15 +43,16 @@ size_t ag_store_sparkline(const ag_history_point *points, size_t n, size_t width
 }
 
 /* Points asked for so a series of n fits width columns: 1 while it fits,
- * else n/width rounded up to a multiple of 10, 100 or 1000 (the rollup
- * tiers), the largest not above it, so a dense series is read as whole
+ * else n/width rounded up to a multiple of a rollup tier's width (100, 1000
+ * or 10000), the largest not above it, so a dense series is read as whole
  * rollup buckets. */
 static uint64_t every_for(uint64_t n, size_t width) {
-    uint64_t k, tier;
     if (width == 0 || n <= width) return 1;
-    k = (n + width - 1) / width;
-    for (tier = 1000; tier >= 10; tier /= 10)
+    uint64_t k = (n + width - 1) / width;
+    for (int i = AG_ROLLUP_TIERS - 1; i >= 0; i--) {
+        uint64_t tier = (uint64_t)ag_rollup_widths[i];
         if (k >= tier) return (k + tier - 1) / tier * tier;
+    }
     return k;
 }
 

@@ -92,10 +92,12 @@ TestSuite(report, .init = setup, .fini = teardown);
 
 /* ---- the reference: what altgrad report did from top and history ---- */
 
+/* K rows a point: n / width rounded up to a multiple of a rollup tier's
+ * width (100, 1000, 10000; proto/PROTOCOL.md, r_report) */
 static uint64_t every_for(uint64_t n, size_t width) {
     if (n <= width) return 1;
     uint64_t k = (n + width - 1) / width;
-    for (uint64_t tier = 1000; tier >= 10; tier /= 10)
+    for (uint64_t tier = 10000; tier >= 100; tier /= 10)
         if (k >= tier) return (k + tier - 1) / tier * tier;
     return k;
 }
