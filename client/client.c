@@ -97,7 +97,23 @@ static int nng_to_ag(int rv) {
     }
 }
 
+/* Messages up to this size are encoded once, on the stack, and copied: for
+ * a small snapshot the sizing pass costs as much as the encoding. */
+#define SMALL_ENCODE 2048
+
 int ag_client_encode_msg(const ag_msg *m, nng_msg **out) {
+    uint8_t small[SMALL_ENCODE];
+    ag_buf sb;
+    ag_buf_init_fixed(&sb, small, sizeof small);
+    int src = ag_proto_encode(&sb, m);
+    if (src == AG_OK) {
+        nng_msg *msg;
+        if (nng_msg_alloc(&msg, sb.len) != 0) return AG_ENOMEM;
+        memcpy(nng_msg_body(msg), small, sb.len);
+        *out = msg;
+        return AG_OK;
+    }
+    if (src != AG_ETOOBIG) return src; /* the message itself is refused */
     size_t len = ag_proto_encoded_size(m);
     if (len == 0) {
         /* encode again into a counting buffer to learn why */

@@ -212,3 +212,47 @@ Test(bodies, a_forked_child_starts_with_no_cache_of_its_own) {
     free(w);
     tmp_endpoints_remove(&t);
 }
+
+/* ag_client_encode_msg encodes a small message once on the stack and copies
+ * it, a larger one sized first and in place: either way the bytes are the
+ * encoder's, and a message the encoder refuses is refused with its code. */
+Test(bodies, encoded_messages_are_the_encoders_bytes_small_large_or_refused) {
+    /* 16-element snapshots to a few MB; 240..256 elements straddle the stack buffer */
+    const size_t sizes[] = {1, 16, 200, 240, 244, 246, 248, 250, 252, 256, 300, 5000, 100000};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        float *w = malloc(n * sizeof *w), *g = malloc(n * sizeof *g);
+        cr_assert(w && g);
+        fill(w, g, n, k + 1);
+        for (int bad = 0; bad < 2; bad++) {
+            ag_msg m = {.type = AG_MSG_SNAPSHOT, .hdr = {.run = "r", .client_id = 3, .seq = 9}};
+            m.u.snapshot = (ag_msg_snapshot){.step = 7,
+                                             .tensor = bad ? "" : "layers.0.weight",
+                                             .dtype = AG_DTYPE_F32,
+                                             .form = AG_FORM_SGD,
+                                             .lr = 0.01,
+                                             .n = n,
+                                             .numel = n,
+                                             .w = w,
+                                             .x = g};
+            ag_buf want;
+            ag_buf_init(&want);
+            int want_rc = ag_proto_encode(&want, &m);
+            nng_msg *got = NULL;
+            int rc = ag_client_encode_msg(&m, &got);
+            cr_assert_eq(rc, want_rc, "n %zu bad %d: %d, the encoder %d", n, bad, rc, want_rc);
+            if (bad) {
+                cr_assert_neq(rc, AG_OK);
+                cr_assert_null(got);
+            } else {
+                cr_assert_eq(rc, AG_OK, "n %zu: %d %s", n, rc, ag_errctx_text(&m.err));
+                cr_assert_eq(nng_msg_len(got), want.len, "n %zu", n);
+                cr_assert_eq(memcmp(nng_msg_body(got), want.data, want.len), 0, "n %zu", n);
+                nng_msg_free(got);
+            }
+            ag_buf_free(&want);
+        }
+        free(w);
+        free(g);
+    }
+}
