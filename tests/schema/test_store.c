@@ -1325,3 +1325,95 @@ Test(store, a_version_10_file_gets_its_results_packed_at_migration) {
     free(as_table);
     free(after);
 }
+
+/* What a reader answers from the rollups, it answers the same from the raw
+ * rows when the file's rollups are not this build's tiers (a file before
+ * schema 13 opened read-only, here a schema-13 file that says 12): a run's
+ * incomplete steps, whole-run top and a heatmap finer and coarser than the
+ * finest tier. */
+Test(store, a_reader_without_rollups_answers_from_raw_rows_what_rollups_give) {
+    ag_store *st = open_rw();
+    cr_assert_eq(ag_store_begin(st), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 1, ag_format_get("E5M2")), AG_OK);
+    cr_assert_eq(ag_store_put_format(st, 2, ag_format_get("E3M4")), AG_OK);
+    ag_store_run_row run = {.id = 1, .name = "r1", .host = "h", .world_size = 2};
+    cr_assert_eq(ag_store_put_run(st, &run), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(st, 1, 1, "a.weight", AG_ROLE_WEIGHT), AG_OK);
+    cr_assert_eq(ag_store_put_tensor(st, 2, 1, "b.weight", AG_ROLE_WEIGHT), AG_OK);
+    for (uint64_t step = 0; step < 2500; step++)
+        for (int t = 1; t <= 2; t++)
+            for (int f = 1; f <= 2; f++) {
+                ag_store_result_row r = {
+                    .tensor_id = t,
+                    .format_id = f,
+                    .step = step,
+                    .counts = {.stalled = (step * 7 + (uint64_t)t) % 13, .total = 13},
+                    .amax = 0.5,
+                    .scale = 0.25,
+                    .ranks = 2,
+                    .incomplete = (step + (uint64_t)(t * f)) % 17 == 0};
+                cr_assert_eq(ag_store_put_result(st, &r), AG_OK, "%s", ag_store_errmsg(st));
+            }
+    for (int t = 1; t <= 2; t++) {
+        ag_store_tensor_delta td = {.tensor_id = t,
+                                    .role = AG_ROLE_WEIGHT,
+                                    .numel = 13,
+                                    .first_step = 0,
+                                    .last_step = 2499,
+                                    .snapshots = 2500};
+        cr_assert_eq(ag_store_apply_tensor_delta(st, &td), AG_OK);
+    }
+    ag_store_run_delta rd = {.run_id = 1, .last_step = 2499};
+    cr_assert_eq(ag_store_apply_run_delta(st, &rd), AG_OK);
+    cr_assert_eq(ag_store_commit(st), AG_OK, "%s", ag_store_errmsg(st));
+    ag_store *stores[2] = {st, NULL};
+    ag_run_list *runs[2] = {NULL, NULL};
+    ag_top_list *top[2] = {NULL, NULL};
+    ag_store_heat *fine[2] = {NULL, NULL}, *coarse[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        if (k == 1) {
+            ag_store_close(st);
+            sqlite3 *db = NULL;
+            cr_assert_eq(sqlite3_open(db_path, &db), SQLITE_OK);
+            cr_assert_eq(sqlite3_exec(db, "PRAGMA user_version=12", NULL, NULL, NULL), SQLITE_OK);
+            sqlite3_close(db);
+            cr_assert_eq(ag_store_open(&stores[1], db_path, AG_STORE_READONLY), AG_OK, "%s",
+                         ag_store_errmsg(stores[1]));
+        }
+        cr_assert_eq(ag_store_runs(stores[k], &runs[k]), AG_OK, "%s", ag_store_errmsg(stores[k]));
+        cr_assert_eq(ag_store_top(stores[k], "r1", "E3M4", 0, 0, &top[k]), AG_OK);
+        cr_assert_eq(ag_store_heatmap(stores[k], "r1", "E3M4", 500, &fine[k]), AG_OK);
+        cr_assert_eq(ag_store_heatmap(stores[k], "r1", "E3M4", 5, &coarse[k]), AG_OK);
+    }
+    cr_assert_eq(runs[0]->n, 1);
+    cr_assert_eq(runs[1]->n, 1);
+    cr_expect_gt(runs[0]->items[0].incomplete, 0);
+    cr_expect_eq(runs[1]->items[0].incomplete, runs[0]->items[0].incomplete);
+    cr_assert_eq(top[1]->n, top[0]->n);
+    for (size_t i = 0; i < top[0]->n; i++) {
+        cr_expect_str_eq(top[1]->items[i].tensor, top[0]->items[i].tensor);
+        cr_expect_eq(top[1]->items[i].stalled, top[0]->items[i].stalled);
+        cr_expect_eq(top[1]->items[i].total, top[0]->items[i].total);
+    }
+    ag_store_heat *const *maps[2] = {fine, coarse};
+    for (int m = 0; m < 2; m++) {
+        const ag_store_heat *a = maps[m][0], *b = maps[m][1];
+        cr_assert_eq(b->width, a->width);
+        cr_assert_eq(b->nbuckets, a->nbuckets);
+        cr_assert_eq(b->ntensors, a->ntensors);
+        for (size_t c = 0; c < a->ntensors * a->nbuckets; c++) {
+            cr_expect_eq(b->stalled[c], a->stalled[c], "map %d cell %zu", m, c);
+            cr_expect_eq(b->total[c], a->total[c], "map %d cell %zu", m, c);
+            cr_expect_eq(b->rows[c], a->rows[c], "map %d cell %zu", m, c);
+        }
+    }
+    cr_expect_eq(coarse[0]->width % 100, 0, "the coarse map reads a tier");
+    cr_expect_lt(fine[0]->width, 100, "the fine map reads the raw rows");
+    for (int k = 0; k < 2; k++) {
+        ag_free(runs[k]);
+        ag_free(top[k]);
+        ag_free(fine[k]);
+        ag_free(coarse[k]);
+    }
+    ag_store_close(stores[1]);
+}
