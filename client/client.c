@@ -97,23 +97,16 @@ static int nng_to_ag(int rv) {
     }
 }
 
-/* Messages up to this size are encoded once, on the stack, and copied: for
- * a small snapshot the sizing pass costs as much as the encoding. */
-#define SMALL_ENCODE 2048
+/* A snapshot whose arrays take more than this many bytes is encoded
+ * straight into its body, sized by a first pass (a few calls whatever its
+ * length): its arrays are copied once. Every other message is encoded once
+ * and copied into its body, from the stack when it fits: for those a sizing
+ * pass costs as much as the encoding (a small snapshot's fields, each
+ * tensor of a counts message). */
+#define IN_PLACE_BYTES 2048
 
-int ag_client_encode_msg(const ag_msg *m, nng_msg **out) {
-    uint8_t small[SMALL_ENCODE];
-    ag_buf sb;
-    ag_buf_init_fixed(&sb, small, sizeof small);
-    int src = ag_proto_encode(&sb, m);
-    if (src == AG_OK) {
-        nng_msg *msg;
-        if (nng_msg_alloc(&msg, sb.len) != 0) return AG_ENOMEM;
-        memcpy(nng_msg_body(msg), small, sb.len);
-        *out = msg;
-        return AG_OK;
-    }
-    if (src != AG_ETOOBIG) return src; /* the message itself is refused */
+/* The large snapshot of ag_client_encode_msg. */
+static int encode_in_place(const ag_msg *m, nng_msg **out) {
     size_t len = ag_proto_encoded_size(m);
     if (len == 0) {
         /* encode again into a counting buffer to learn why */
@@ -137,6 +130,27 @@ int ag_client_encode_msg(const ag_msg *m, nng_msg **out) {
     nng_msg_chop(msg, cap - b.len);
     *out = msg;
     return AG_OK;
+}
+
+int ag_client_encode_msg(const ag_msg *m, nng_msg **out) {
+    size_t esize = m->type == AG_MSG_SNAPSHOT ? ag_proto_dtype_size(m->u.snapshot.dtype) : 0;
+    if (esize && m->u.snapshot.n > IN_PLACE_BYTES / (2 * esize)) return encode_in_place(m, out);
+    uint8_t small[2 * IN_PLACE_BYTES];
+    ag_buf b;
+    ag_buf_init_fixed(&b, small, sizeof small);
+    int rc = ag_proto_encode(&b, m);
+    if (rc == AG_ETOOBIG) { /* many tensors, or long names: on the heap */
+        ag_buf_init(&b);
+        rc = ag_proto_encode(&b, m);
+    }
+    nng_msg *msg = NULL;
+    if (!rc && nng_msg_alloc(&msg, b.len) != 0) rc = AG_ENOMEM;
+    if (!rc) {
+        memcpy(nng_msg_body(msg), b.data, b.len);
+        *out = msg;
+    }
+    ag_buf_free(&b); /* frees only a heap buffer */
+    return rc;
 }
 
 /* ---- the queue (caller holds mu) ---------------------------------------- */

@@ -74,14 +74,10 @@ static const char *const sql_text[AG_ST_COUNT] = {
     [AG_ST_RUN_INCOMPLETE] =
         "SELECT coalesce(sum(m),0) FROM (SELECT max(s) AS m FROM (SELECT tensor_id, format_id,"
         " sum(x) AS s FROM (SELECT tensor_id, format_id, incomplete_rows AS x FROM rollups_sealed"
-        " WHERE width=" AG_ROLLUP_STR(
-            AG_ROLLUP_W3) " AND tensor_id IN (SELECT id FROM tensors"
-                          " WHERE run_id=?1) UNION ALL"
-                          " SELECT tensor_id, format_id, incomplete_rows3 FROM rollup_heads WHERE "
-                          "b3 IS NOT NULL"
-                          " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1)) GROUP BY "
-                          "tensor_id,"
-                          " format_id) GROUP BY tensor_id)",
+        " WHERE width=" AG_ROLLUP_W3_SQL " AND tensor_id IN (SELECT id FROM tensors WHERE"
+        " run_id=?1) UNION ALL SELECT tensor_id, format_id, incomplete_rows3 FROM rollup_heads"
+        " WHERE b3 IS NOT NULL AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1))"
+        " GROUP BY tensor_id, format_id) GROUP BY tensor_id)",
     /* the same from the raw rows (a file read without rollups) */
     [AG_ST_RUN_INCOMPLETE_RAW] =
         "SELECT coalesce(sum(m),0) FROM (SELECT max(s) AS m FROM (SELECT tensor_id, count(*) AS s"
@@ -184,10 +180,9 @@ static const char *const sql_text[AG_ST_COUNT] = {
         " ?5"
 #define HEAD_ARM(k, w)                                                                             \
     " UNION ALL SELECT tensor_id,b" #k ",stalled" #k ",total" #k ",rows" #k " FROM rollup_heads"   \
-    " WHERE ?3=" AG_ROLLUP_STR(                                                                    \
-        w) " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"           \
-           " AND b" #k " BETWEEN ?4 AND ?5"
-    HEAD_ARM(1, AG_ROLLUP_W1) HEAD_ARM(2, AG_ROLLUP_W2) HEAD_ARM(3, AG_ROLLUP_W3),
+    " WHERE ?3=" w " AND tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"   \
+    " AND b" #k " BETWEEN ?4 AND ?5"
+    HEAD_ARM(1, AG_ROLLUP_W1_SQL) HEAD_ARM(2, AG_ROLLUP_W2_SQL) HEAD_ARM(3, AG_ROLLUP_W3_SQL),
 #undef HEAD_ARM
     [AG_ST_HEAT_RAW] = "SELECT tensor_id,step,stalled,total,1 FROM results WHERE"
                        " tensor_id IN (SELECT id FROM tensors WHERE run_id=?1) AND format_id=?2"

@@ -97,6 +97,10 @@ typedef enum ag_stmt_id {
 #define AG_ROLLUP_W3 10000
 #define AG_ROLLUP_STR_(x) #x
 #define AG_ROLLUP_STR(x) AG_ROLLUP_STR_(x)
+/* the widths as SQL text */
+#define AG_ROLLUP_W1_SQL AG_ROLLUP_STR(AG_ROLLUP_W1)
+#define AG_ROLLUP_W2_SQL AG_ROLLUP_STR(AG_ROLLUP_W2)
+#define AG_ROLLUP_W3_SQL AG_ROLLUP_STR(AG_ROLLUP_W3)
 extern const int64_t ag_rollup_widths[AG_ROLLUP_TIERS];
 
 /* A query result's flips when unknown (include/altgrad/altgrad.h gets it

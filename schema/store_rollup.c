@@ -416,59 +416,50 @@ static int exec_sql(ag_store *st, const char *sql, const char *what) {
  * rows left to count; retention cuts at a multiple of the middle tier's
  * width), then every bucket of the widest tier from the middle tier's: so a
  * widest bucket the horizon cuts keeps the counts of its pruned rows. */
-#define W1 AG_ROLLUP_STR(AG_ROLLUP_W1)
-#define W2 AG_ROLLUP_STR(AG_ROLLUP_W2)
-#define W3 AG_ROLLUP_STR(AG_ROLLUP_W3)
-#define HORIZON(t) "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=" t "),0)"
+#define W1 AG_ROLLUP_W1_SQL
+#define W2 AG_ROLLUP_W2_SQL
+#define W3 AG_ROLLUP_W3_SQL
+#define PER " (" W3 "/" W2 ") " /* middle-tier buckets a widest one holds */
+/* a row's tensor's raw horizon (0: none): of rollups_sealed, of results r */
+#define HORIZON_SEALED                                                                             \
+    "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=rollups_sealed.tensor_id),0)"
+#define HORIZON_R "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=r.tensor_id),0)"
 #define LAST_OF(col)                                                                               \
     " " col "=(SELECT r." col " FROM rollups_sealed r WHERE r.tensor_id=rollups_sealed.tensor_id"  \
     " AND r.format_id=rollups_sealed.format_id AND r.width=" W2 " AND r.bucket BETWEEN"            \
-    " rollups_sealed.bucket*(" W3 "/" W2 ") AND rollups_sealed.bucket*(" W3 "/" W2 ")+(" W3 "/" W2 \
-    ")-1 ORDER BY r.last_step DESC LIMIT 1)"
+    " rollups_sealed.bucket*" PER " AND rollups_sealed.bucket*" PER "+" PER "-1"                   \
+    " ORDER BY r.last_step DESC LIMIT 1)"
 static const char rebuild_sql[] =
-    "DELETE FROM rollups_sealed WHERE width=" W3 " OR (bucket+1)*width > " HORIZON(
-        "rollups_sealed.tensor_id") ";"
-                                    /* the open buckets are newer than any horizon: all computed again,
+    "DELETE FROM rollups_sealed WHERE width=" W3 " OR (bucket+1)*width > " HORIZON_SEALED ";"
+    /* the open buckets are newer than any horizon: all computed again,
      * sealed (the next commit of each key opens its heads again) */
-                                    "DELETE FROM rollup_heads;"
-                                    "INSERT INTO rollups_sealed"
-                                    " SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, "
-                                    "count(*), sum(r.stalled),"
-                                    " sum(r.total), coalesce(sum(r.flips),0), count(*) - "
-                                    "count(r.flips), sum(r.overflow),"
-                                    " sum(r.underflow), sum(r.nonfinite), min(r.step), "
-                                    "max(r.step), min(r.amax), max(r.amax), 0,"
-                                    " min(r.scale), max(r.scale), 0, sum(r.source), count(*) - "
-                                    "sum(r.complete), min(r.ranks)"
-                                    " FROM results r, (SELECT " W1 " AS width UNION ALL SELECT " W2
-                                    ") w"
-                                    " WHERE r.step >= " HORIZON(
-                                        "r.tensor_id") " GROUP BY r.tensor_id, r.format_id, "
-                                                       "w.width,"
-                                                       " r.step / w.width;"
-                                                       "UPDATE rollups_sealed SET"
-                                                       " amax_last=(SELECT amax FROM results r "
-                                                       "WHERE r.tensor_id=rollups_sealed.tensor_id"
-                                                       " AND r.format_id=rollups_sealed.format_id "
-                                                       "AND r.step=rollups_sealed.last_step),"
-                                                       " scale_last=(SELECT scale FROM results r "
-                                                       "WHERE r.tensor_id=rollups_sealed.tensor_id"
-                                                       " AND r.format_id=rollups_sealed.format_id "
-                                                       "AND r.step=rollups_sealed.last_step)"
-                                                       " WHERE (bucket+1)*width > " HORIZON(
-                                                           "rollups_sealed.tensor_id") ";";
+    "DELETE FROM rollup_heads;"
+    "INSERT INTO rollups_sealed"
+    " SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, count(*), sum(r.stalled),"
+    " sum(r.total), coalesce(sum(r.flips),0), count(*) - count(r.flips), sum(r.overflow),"
+    " sum(r.underflow), sum(r.nonfinite), min(r.step), max(r.step), min(r.amax), max(r.amax), 0,"
+    " min(r.scale), max(r.scale), 0, sum(r.source), count(*) - sum(r.complete), min(r.ranks)"
+    " FROM results r, (SELECT " W1 " AS width UNION ALL SELECT " W2 ") w"
+    " WHERE r.step >= " HORIZON_R " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width;"
+    "UPDATE rollups_sealed SET"
+    " amax_last=(SELECT amax FROM results r WHERE r.tensor_id=rollups_sealed.tensor_id"
+    " AND r.format_id=rollups_sealed.format_id AND r.step=rollups_sealed.last_step),"
+    " scale_last=(SELECT scale FROM results r WHERE r.tensor_id=rollups_sealed.tensor_id"
+    " AND r.format_id=rollups_sealed.format_id AND r.step=rollups_sealed.last_step)"
+    " WHERE (bucket+1)*width > " HORIZON_SEALED ";";
 static const char rebuild_widest_sql[] =
     "INSERT INTO rollups_sealed"
-    " SELECT tensor_id, format_id, " W3 ", bucket / (" W3 "/" W2 "), sum(rows), sum(stalled),"
-    " sum(total), sum(flips), sum(flips_unknown), sum(overflow), sum(underflow), sum(nonfinite),"
+    " SELECT tensor_id, format_id, " W3 ", bucket /" PER ", sum(rows), sum(stalled), sum(total),"
+    " sum(flips), sum(flips_unknown), sum(overflow), sum(underflow), sum(nonfinite),"
     " min(first_step), max(last_step), min(amax_min), max(amax_max), 0, min(scale_min),"
     " max(scale_max), 0, sum(device_rows), sum(incomplete_rows), min(ranks_min)"
-    " FROM rollups_sealed WHERE width=" W2 " GROUP BY tensor_id, format_id, bucket / (" W3 "/" W2
-    ");"
+    " FROM rollups_sealed WHERE width=" W2 " GROUP BY tensor_id, format_id, bucket /" PER ";"
     "UPDATE rollups_sealed SET" LAST_OF("amax_last") "," LAST_OF("scale_last") " WHERE width=" W3
                                                                                ";";
 #undef LAST_OF
-#undef HORIZON
+#undef HORIZON_R
+#undef HORIZON_SEALED
+#undef PER
 #undef W3
 #undef W2
 #undef W1

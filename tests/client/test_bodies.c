@@ -8,6 +8,7 @@
  */
 #include "helpers.h"
 
+#include <math.h>
 #include <sys/wait.h>
 
 #include "client/client_internal.h"
@@ -213,7 +214,7 @@ Test(bodies, a_forked_child_starts_with_no_cache_of_its_own) {
     tmp_endpoints_remove(&t);
 }
 
-/* ag_client_encode_msg encodes a small message once on the stack and copies
+/* ag_client_encode_msg encodes a small snapshot once on the stack and copies
  * it, a larger one sized first and in place: either way the bytes are the
  * encoder's, and a message the encoder refuses is refused with its code. */
 Test(bodies, encoded_messages_are_the_encoders_bytes_small_large_or_refused) {
@@ -255,4 +256,70 @@ Test(bodies, encoded_messages_are_the_encoders_bytes_small_large_or_refused) {
         free(w);
         free(g);
     }
+}
+
+/* Other messages are encoded once and copied, from the stack or, past its
+ * room (a counts message of many tensors), from the heap: the encoder's
+ * bytes either way, and its code for one it refuses. */
+Test(bodies, counts_messages_are_the_encoders_bytes_few_or_many_tensors) {
+    enum { T = 300, F = 5 };
+    static char names[T][32];
+    static const char *tensors[T];
+    static uint64_t numel[T], nonfinite[T], counts[T * F * AG_COUNTS_PER_RESULT];
+    static double amax[T];
+    static float scales[T * F];
+    static const char *const fmts[F] = {"E0M7", "E1M6", "E3M4", "E5M2", "E7M0"};
+    for (size_t t = 0; t < T; t++) {
+        snprintf(names[t], sizeof names[t], "layers.%zu.weight", t);
+        tensors[t] = names[t];
+        numel[t] = 1000;
+        amax[t] = 0.5 + (double)t;
+    }
+    for (size_t r = 0; r < T * F; r++) {
+        scales[r] = 0.25f;
+        counts[r * AG_COUNTS_PER_RESULT] = r % 1000; /* stalled */
+        counts[r * AG_COUNTS_PER_RESULT + 1] = 1000; /* total */
+    }
+    const size_t ns[] = {1, 3, 20, 60, T};
+    size_t longest = 0;
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++)
+        for (int bad = 0; bad < 2; bad++) {
+            ag_msg m = {.type = AG_MSG_COUNTS, .hdr = {.run = "r", .client_id = 3, .seq = 9}};
+            m.u.counts = (ag_msg_counts){.step = 7,
+                                         .nformats = F,
+                                         .formats = fmts,
+                                         .n = ns[k],
+                                         .tensors = tensors,
+                                         .numel = numel,
+                                         .amax = amax,
+                                         .nonfinite = nonfinite,
+                                         .scales = scales,
+                                         .counts = counts};
+            double bad_amax[T];
+            if (bad) { /* the last tensor's amax is not finite */
+                memcpy(bad_amax, amax, sizeof bad_amax);
+                bad_amax[ns[k] - 1] = NAN;
+                m.u.counts.amax = bad_amax;
+            }
+            ag_buf want;
+            ag_buf_init(&want);
+            int want_rc = ag_proto_encode(&want, &m);
+            nng_msg *got = NULL;
+            int rc = ag_client_encode_msg(&m, &got);
+            cr_assert_eq(rc, want_rc, "%zu tensors bad %d: %d, the encoder %d", ns[k], bad, rc,
+                         want_rc);
+            if (bad) {
+                cr_assert_neq(rc, AG_OK);
+                cr_assert_null(got);
+            } else {
+                cr_assert_eq(rc, AG_OK, "%zu tensors: %s", ns[k], ag_errctx_text(&m.err));
+                cr_assert_eq(nng_msg_len(got), want.len, "%zu tensors", ns[k]);
+                if (want.len > longest) longest = want.len;
+                cr_assert_eq(memcmp(nng_msg_body(got), want.data, want.len), 0, "%zu tensors",
+                             ns[k]);
+                nng_msg_free(got);
+            }
+            ag_buf_free(&want);
+        }
+    cr_assert_gt(longest, 2 * 2048, "the largest is past the stack buffer (%zu bytes)", longest);
 }

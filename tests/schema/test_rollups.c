@@ -121,18 +121,20 @@ static long long scalar(ag_store *st, const char *sql) {
 /* The buckets the raw rows make, as the rollups must hold them (wholly
  * above each tensor's retention horizon: a widest bucket the horizon cuts
  * also counts the rows it removed, see WIDEST_BUCKETS). */
-#define HORIZON_OF(t) "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=" t "),0)"
+#define HORIZON_R "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=r.tensor_id),0)"
+#define HORIZON_ROLLUPS                                                                            \
+    "coalesce((SELECT step FROM raw_horizon h WHERE h.tensor_id=rollups.tensor_id),0)"
 #define RAW_BUCKETS                                                                                \
     "SELECT r.tensor_id, r.format_id, w.width, r.step / w.width, count(*), sum(r.stalled),"        \
     " sum(r.total), coalesce(sum(r.flips),0), count(*) - count(r.flips), sum(r.overflow),"         \
     " sum(r.underflow), sum(r.nonfinite), min(r.step), max(r.step) FROM results r,"                \
     " (SELECT 100 AS width UNION ALL SELECT 1000 UNION ALL SELECT 10000) w"                        \
-    " WHERE r.step / w.width * w.width >= " HORIZON_OF(                                            \
-        "r.tensor_id") " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width"
+    " WHERE r.step / w.width * w.width >= " HORIZON_R                                              \
+    " GROUP BY r.tensor_id, r.format_id, w.width, r.step / w.width"
 #define ROLLUP_BUCKETS                                                                             \
     "SELECT tensor_id, format_id, width, bucket, rows, stalled, total, flips, flips_unknown,"      \
     " overflow, underflow, nonfinite, first_step, last_step FROM rollups WHERE bucket*width"       \
-    " >= " HORIZON_OF("rollups.tensor_id")
+    " >= " HORIZON_ROLLUPS
 /* Every width-10000 bucket as its width-1000 buckets sum (wherever the
  * horizon is), and the other way round. */
 #define WIDEST_BUCKETS                                                                             \
