@@ -18,16 +18,26 @@ struct ag_amax_history {
 };
 
 /* On the magnitude bits, max is an integer max: finite magnitudes order
- * like their bit patterns, and non-finite ones (>= 0x7f800000) are masked. */
+ * like their bit patterns, and non-finite ones (>= 0x7f800000) are masked.
+ * The non-finite count runs in 32 bits per run of AMAX_RUN elements (a
+ * 64-bit sum beside a 32-bit max keeps the compiler from vectorising). */
+#define AMAX_RUN ((size_t)1 << 20)
+
 AG_INLINE void amax_impl(const float *x, size_t n, uint32_t *max_bits, uint64_t *nonfinite) {
     uint32_t m = 0;
     uint64_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t b = ag_float_bits(x[i]) & 0x7fffffffu;
-        uint32_t finite = b < 0x7f800000u;
-        uint32_t v = finite ? b : 0u;
-        m = v > m ? v : m;
-        bad += !finite;
+    for (size_t start = 0; start < n; start += AMAX_RUN) {
+        size_t len = n - start < AMAX_RUN ? n - start : AMAX_RUN;
+        const float *xs = x + start;
+        uint32_t run_bad = 0;
+        for (size_t i = 0; i < len; i++) {
+            uint32_t b = ag_float_bits(xs[i]) & 0x7fffffffu;
+            uint32_t finite = b < 0x7f800000u;
+            uint32_t v = b & (0u - finite); /* a select here stays scalar */
+            m = v > m ? v : m;
+            run_bad += finite ^ 1u;
+        }
+        bad += run_bad;
     }
     *max_bits = m;
     *nonfinite = bad;

@@ -556,6 +556,37 @@ AG_INLINE uint32_t get_pattern(const uint8_t *a, size_t i, const int wide) {
 /* Elements per counting block: a 16-bit per-lane count cannot overflow. */
 #define FLIP_BLOCK 32768
 
+/* flip_canon on 8-bit patterns in 8-bit arithmetic, so the compiler works
+ * on 32 patterns a vector instead of 8: a NaN maps to 0xff, which is the
+ * same answer, since 0xff is itself a NaN wherever the format has any
+ * (its magnitude, mag_mask, is the largest). nan_above is clamped to 0xff
+ * by the caller (a larger one means no NaN, as 0xff does). */
+AG_INLINE uint8_t flip_canon8(uint8_t b, uint8_t mag_mask, uint8_t nan_above) {
+    uint8_t mag = b & mag_mask;
+    uint8_t v = mag == 0 ? 0 : b;
+    return mag > nan_above ? 0xff : v;
+}
+
+/* Elements per 8-bit counting run: at most 255 flips, a multiple of 32. */
+#define FLIP_RUN8 224
+
+AG_INLINE void flips_bytes8_impl(const uint8_t *prev, const uint8_t *cur, size_t n,
+                                 uint32_t mag_mask, uint32_t nan_above, uint64_t *count) {
+    const uint8_t mm = (uint8_t)mag_mask, na = nan_above > 0xffu ? 0xffu : (uint8_t)nan_above;
+    uint64_t total = 0;
+    size_t start = 0;
+    for (; start + FLIP_RUN8 <= n; start += FLIP_RUN8) {
+        const uint8_t *a = prev + start, *b = cur + start;
+        uint8_t c = 0;
+        for (size_t i = 0; i < FLIP_RUN8; i++)
+            c += flip_canon8(a[i], mm, na) != flip_canon8(b[i], mm, na);
+        total += c;
+    }
+    for (; start < n; start++)
+        total += flip_canon8(prev[start], mm, na) != flip_canon8(cur[start], mm, na);
+    *count = total;
+}
+
 AG_INLINE void flips_bytes_impl(const uint8_t *prev, const uint8_t *cur, size_t n,
                                 uint32_t mag_mask, uint32_t nan_above, uint64_t *count,
                                 const int wide) {
@@ -611,7 +642,7 @@ AG_INLINE void flips_table_impl(const float *ta, const float *tb, const uint8_t 
     (const uint8_t *prev, const uint8_t *cur, size_t n, uint32_t mag_mask, uint32_t nan_above,     \
      uint64_t *count)
 AG_KERNEL_VARIANTS(flips_bytes, FLIPS_BYTES_PARAMS,
-                   { flips_bytes_impl(prev, cur, n, mag_mask, nan_above, count, 0); });
+                   { flips_bytes8_impl(prev, cur, n, mag_mask, nan_above, count); });
 AG_KERNEL_VARIANTS(flips_bytes_w, FLIPS_BYTES_PARAMS,
                    { flips_bytes_impl(prev, cur, n, mag_mask, nan_above, count, 1); });
 #define FLIPS_ENCODE_PARAMS                                                                        \

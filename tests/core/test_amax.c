@@ -37,6 +37,29 @@ Test(amax, large_arrays_agree_with_a_plain_loop) {
     }
 }
 
+/* Past the kernel's 2^20-element counting runs: non-finite values in
+ * several runs are all counted, and the largest in the last run found. */
+Test(amax, counts_non_finite_values_across_runs_of_a_million) {
+    size_t n = (3u << 20) + 77;
+    float *x = malloc(n * sizeof *x);
+    cr_assert_not_null(x);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(i % 1000) * 1e-3f - 0.5f;
+    size_t bad_at[] = {0, 1, (1u << 20) - 1, 1u << 20, (2u << 20) + 5, n - 1};
+    for (size_t k = 0; k < sizeof bad_at / sizeof bad_at[0]; k++)
+        x[bad_at[k]] = k & 1 ? -INFINITY : NAN;
+    x[n - 2] = -7.25f;
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa)) continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        float m = 0;
+        uint64_t bad = 0;
+        cr_assert_eq(ag_amax(x, n, &m, &bad), AG_OK);
+        cr_assert_eq(m, 7.25f, "%s", ag_isa_name(isa));
+        cr_assert_eq(bad, 6, "%s: %llu", ag_isa_name(isa), (unsigned long long)bad);
+    }
+    free(x);
+}
+
 Test(amax_history, seed_scale_from_10_20_30_40_in_e5m2) {
     ag_amax_history *h;
     cr_assert_eq(ag_amax_history_new(&h, 4, AG_AMAX_MAX), AG_OK);

@@ -283,6 +283,31 @@ Test(flips, every_kernel_agrees_with_the_reference_at_any_scale) {
     }
 }
 
+/* Every element flipped, over runs longer than any narrow per-lane
+ * counter holds: each kernel counts all of them. */
+Test(flips, a_change_at_every_element_is_counted_every_time) {
+    enum { N = 70001 };
+    uint8_t *prev = malloc(N), *cur = malloc(N);
+    memset(prev, 0x01, N);
+    memset(cur, 0x82, N);
+    const ag_format *e3 = ag_format_get("E3M4");
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa)) continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        for (size_t len = 1; len <= N; len = len * 3 + 1) {
+            uint64_t bytes = 0, values = 0;
+            cr_assert_eq(ag_count_pattern_changes(e3, prev, cur, len, &bytes), AG_OK);
+            cr_assert_eq(ag_count_flips(e3, prev, 1.0f, cur, 1.0f, len, &values), AG_OK);
+            cr_assert_eq(bytes, len, "%s n %zu: %llu", ag_isa_name(isa), len,
+                         (unsigned long long)bytes);
+            cr_assert_eq(values, len, "%s n %zu: %llu", ag_isa_name(isa), len,
+                         (unsigned long long)values);
+        }
+    }
+    free(prev);
+    free(cur);
+}
+
 /* ---- pattern flips: patterns at the previous snapshot's scale ---- */
 
 /* 1 when patterns a and b of f mean different things: +0 and -0 are one
