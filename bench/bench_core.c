@@ -53,6 +53,7 @@ typedef struct ctx {
     const ag_format *fmts9[NFMT + 2]; /* the seven, then MXFP8_E4M3 and NVFP4 */
     float scales9[NFMT + 2];
     uint8_t *enc9[NFMT + 2]; /* their encoded forms (ag_encoded_bytes) */
+    uint8_t *prev5[5];       /* the five's patterns of the snapshot before */
 } ctx;
 
 static void run_plain(ctx *c) { plain_read(c->w, c->g, c->n); }
@@ -114,6 +115,21 @@ static void run_daemon_pass_noerr(ctx *c) {
     sink = (float)s[0].stalled;
 }
 
+/* What altgradd does with a snapshot of the five (bench_ingest's):
+ * amax, then counts, patterns and quantization error in one pass, then the
+ * pattern flips against the last snapshot's patterns (prev5) as bytes. */
+static void run_snapshot_job(ctx *c) {
+    float m;
+    uint64_t bad, flips = 0;
+    ag_amax(c->w, c->n, &m, &bad);
+    ag_stall_counts s[5] = {{0}};
+    ag_quant_error q[5] = {{0}};
+    ag_stall_encode_multi(c->fmts, c->scales, 5, 0, 0.01f, c->w, c->g, c->n, s, c->enc, q);
+    for (int i = 0; i < 5; i++)
+        ag_count_pattern_changes(c->fmts[i], c->prev5[i], c->enc[i], c->n, &flips);
+    sink = (float)s[0].stalled + (float)q[0].sq_error + (float)flips;
+}
+
 static void run_encode(ctx *c) {
     ag_encode_array(c->fmts[c->which], c->scales[c->which], c->w, c->bits, c->n);
 }
@@ -157,7 +173,7 @@ int main(int argc, char **argv) {
         w[i] = (float)((double)(s >> 11) * 0x1p-53 * 2.0 - 1.0);
         g[i] = (float)((double)(s & 0xffffff) * 0x1p-24 - 0.5) * 1e-2f;
     }
-    ctx c = {w, g, out, bits, n, {0}, {0}, 0, {0}, {0}, {0}, {0}};
+    ctx c = {w, g, out, bits, n, {0}, {0}, 0, {0}, {0}, {0}, {0}, {0}};
     for (int i = 0; i < NFMT; i++) {
         c.fmts[i] = ag_format_get(fmt_names[i]);
         c.scales[i] = (float)ag_compute_scale(1.0, c.fmts[i], AG_SCALE_MIN);
@@ -178,6 +194,15 @@ int main(int argc, char **argv) {
     for (int i = 0; i < NFMT + 2; i++) {
         c.enc9[i] = i < NFMT ? c.enc[i] : malloc(ag_encoded_bytes(c.fmts9[i], n));
         if (!c.enc9[i]) {
+            fprintf(stderr, "bench_core: out of memory\n");
+            return 1;
+        }
+    }
+    for (int i = 0; i < 5; i++) { /* the last snapshot: these weights a little moved */
+        float *wp = out;
+        for (size_t k = 0; k < n; k++) wp[k] = w[k] + g[k] * 0.5f;
+        if (!(c.prev5[i] = malloc(n)) ||
+            ag_encode_array(c.fmts[i], c.scales[i], wp, c.prev5[i], n) != AG_OK) {
             fprintf(stderr, "bench_core: out of memory\n");
             return 1;
         }
@@ -220,6 +245,9 @@ int main(int argc, char **argv) {
     double tn = best_time(run_daemon_pass_noerr, &c);
     printf("%-28s %12.1f %8.3f   (counts, patterns)\n", "  the same, no quant. error",
            (double)n / tn / 1e6, base / tn);
+    double tj = best_time(run_snapshot_job, &c);
+    printf("%-28s %12.1f %8.3f   (amax; counts, patterns, error; flips: altgradd's work)\n",
+           "snapshot job 5 formats", (double)n / tj / 1e6, base / tj);
     c.which = 3;
     double te = best_time(run_encode, &c);
     printf("%-28s %12.1f %8.3f\n", "encode_array E5M2", (double)n / te / 1e6, base / te);
@@ -237,5 +265,6 @@ int main(int argc, char **argv) {
     free(bits);
     for (int i = 0; i < NFMT; i++) free(c.enc[i]);
     for (int i = NFMT; i < NFMT + 2; i++) free(c.enc9[i]);
+    for (int i = 0; i < 5; i++) free(c.prev5[i]);
     return 0;
 }

@@ -111,8 +111,15 @@ typedef struct fplan {
  * sum's mantissa, so its parity is the tie rule's. It needs M >= 1 (for
  * M = 0 ties go down) and m finite up to the overflow threshold; MAGIC_SAT
  * is MAGIC for a format without inf (its saturated value needs no min).
- * INT and INT_HD: ag_qmag_hd, the general routine (half_down 0 or 1). */
-enum { KIND_MAGIC = 0, KIND_MAGIC_SAT = 1, KIND_INT = 2, KIND_INT_HD = 3 };
+ * INT and INT_HD: ag_qmag_hd, the general routine (half_down 0 or 1).
+ * POW2: M = 0 (a grid of powers of two, ties down) as INT_HD computes it,
+ * in integer steps with M's constants folded in: at or above 2^emin the
+ * exponent field of |x| + 2^22 - 1; below, 2^emin past half of it, else 0
+ * (what 2^(emin + 23) added and taken away rounds to, ties to the even 0);
+ * the pattern is that exponent field rebiased, 0 below 2^emin. It needs
+ * 2^(emin - 1) normal (emin >= -125). */
+enum { KIND_MAGIC = 0, KIND_MAGIC_SAT = 1, KIND_INT = 2, KIND_INT_HD = 3, KIND_POW2 = 4 };
+#define KINDS 5
 
 static int plan_of(const ag_format *f, float scale, fplan *pl) {
     ag_qparams_of(f, &pl->p);
@@ -125,7 +132,7 @@ static int plan_of(const ag_format *f, float scale, fplan *pl) {
     pl->magic_add = (23u - M) << 23;
     pl->pat_sub = ((uint32_t)(f->min_exponent + 127) + 23u - M) << M;
     pl->sign_pos = (uint32_t)(f->exponent_bits + f->mantissa_bits);
-    if (M == 0) return KIND_INT_HD;
+    if (M == 0) return f->min_exponent >= -125 ? KIND_POW2 : KIND_INT_HD;
     /* the magic of the largest binade below over_at must be a finite float */
     if ((ag_float_bits(pl->over_at) >> 23) + 23u - M > 254u) return KIND_INT;
     return f->has_inf ? KIND_MAGIC : KIND_MAGIC_SAT;
@@ -182,6 +189,24 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
                 pat = ag_float_bits(sx) - ex + (ex >> p.shift) - pat_sub;
                 pat |= (ag_float_bits(x) >> 31) << sign_pos;
             }
+        } else if (kind == KIND_POW2) {
+            /* clamped the same way; a NaN rounds as INT_HD rounds it */
+            float cx = over_at < ax ? over_at : ax, cy = over_at < ay ? over_at : ay;
+            uint32_t bx = ag_float_bits(cx), by = ag_float_bits(cy);
+            const uint32_t half = p.emin_bits - 0x800000u;
+            uint32_t nx = (bx + 0x3fffffu) & 0xff800000u, ny = (by + 0x3fffffu) & 0xff800000u;
+            uint32_t sx = bx > half ? p.emin_bits : 0u, sy = by > half ? p.emin_bits : 0u;
+            uint32_t rxb = bx < p.emin_bits ? sx : nx;
+            rx = ag_bits_float(rxb);
+            ry = ag_bits_float(by < p.emin_bits ? sy : ny);
+            if (encode) {
+                uint32_t mag = rxb < p.emin_bits ? 0u : (rxb >> 23) + e.bias_adj;
+                mag = rx > max ? e.over_pattern : mag;
+                uint32_t sign = (ag_float_bits(x) >> e.sign_shift) & e.sign_bit;
+                pat = (mag | sign) & (e.sign_bit | e.mag_mask);
+                pat = x != x ? e.nan_pattern : pat;
+            }
+            qx = rx > max ? max : rx;
         } else {
             /* clamped the same way; the integer rounding keeps NaN where
              * M >= 1 and makes it inf where M = 0 */
@@ -222,6 +247,8 @@ FMT_VARIANTS(fmt_magic_enc, KIND_MAGIC, 1, 0);
 FMT_VARIANTS(fmt_magic_sat_enc, KIND_MAGIC_SAT, 1, 0);
 FMT_VARIANTS(fmt_int_enc, KIND_INT, 1, 0);
 FMT_VARIANTS(fmt_int_hd_enc, KIND_INT_HD, 1, 0);
+FMT_VARIANTS(fmt_pow2, KIND_POW2, 0, 0);
+FMT_VARIANTS(fmt_pow2_enc, KIND_POW2, 1, 0);
 /* one format alone, counts only: no separate preparation (SGD, update) */
 FMT_VARIANTS(fmt_magic_sgd, KIND_MAGIC, 0, 1);
 FMT_VARIANTS(fmt_int_sgd, KIND_INT, 0, 1);
@@ -233,14 +260,16 @@ FMT_VARIANTS(fmt_int_hd_upd, KIND_INT_HD, 0, 2);
 typedef void(*fmt_fn) FMT_PARAMS;
 
 /* [encode][kind]: counting alone, MAGIC and MAGIC_SAT are one loop */
-static const fmt_fn *const fmt_table[2][4] = {
-    {fmt_magic_variants, fmt_magic_variants, fmt_int_variants, fmt_int_hd_variants},
+static const fmt_fn *const fmt_table[2][KINDS] = {
+    {fmt_magic_variants, fmt_magic_variants, fmt_int_variants, fmt_int_hd_variants,
+     fmt_pow2_variants},
     {fmt_magic_enc_variants, fmt_magic_sat_enc_variants, fmt_int_enc_variants,
-     fmt_int_hd_enc_variants}};
-/* [update form][kind]: MAGIC and MAGIC_SAT count alike */
-static const fmt_fn *const fmt_direct_table[2][4] = {
-    {fmt_magic_sgd_variants, fmt_magic_sgd_variants, fmt_int_sgd_variants, fmt_int_hd_sgd_variants},
-    {fmt_magic_upd_variants, fmt_magic_upd_variants, fmt_int_upd_variants,
+     fmt_int_hd_enc_variants, fmt_pow2_enc_variants}};
+/* [update form][kind]: MAGIC and MAGIC_SAT count alike, and POW2 as INT_HD */
+static const fmt_fn *const fmt_direct_table[2][KINDS] = {
+    {fmt_magic_sgd_variants, fmt_magic_sgd_variants, fmt_int_sgd_variants, fmt_int_hd_sgd_variants,
+     fmt_int_hd_sgd_variants},
+    {fmt_magic_upd_variants, fmt_magic_upd_variants, fmt_int_upd_variants, fmt_int_hd_upd_variants,
      fmt_int_hd_upd_variants}};
 
 /* The patterns of a block, from 32 bits each to their width: kept apart
