@@ -116,17 +116,19 @@ static void run_daemon_pass_noerr(ctx *c) {
 }
 
 /* What altgradd does with a snapshot of the five (bench_ingest's):
- * amax, then counts, patterns and quantization error in one pass, then the
- * pattern flips against the last snapshot's patterns (prev5) as bytes. */
+ * amax, then counts, patterns, quantization error and the pattern flips
+ * against the last snapshot's patterns (prev5, as bytes) in one pass. */
 static void run_snapshot_job(ctx *c) {
     float m;
     uint64_t bad, flips = 0;
     ag_amax(c->w, c->n, &m, &bad);
     ag_stall_counts s[5] = {{0}};
     ag_quant_error q[5] = {{0}};
-    ag_stall_encode_multi(c->fmts, c->scales, 5, 0, 0.01f, c->w, c->g, c->n, s, c->enc, q);
-    for (int i = 0; i < 5; i++)
-        ag_count_pattern_changes(c->fmts[i], c->prev5[i], c->enc[i], c->n, &flips);
+    uint64_t f5[5] = {0};
+    const uint8_t *prev[5] = {c->prev5[0], c->prev5[1], c->prev5[2], c->prev5[3], c->prev5[4]};
+    ag_stall_encode_flips_multi(c->fmts, c->scales, 5, 0, 0.01f, c->w, c->g, c->n, s, c->enc, q,
+                                prev, f5);
+    for (int i = 0; i < 5; i++) flips += f5[i];
     sink = (float)s[0].stalled + (float)q[0].sq_error + (float)flips;
 }
 

@@ -382,11 +382,20 @@ static void patch_patterns(const fplan *pl, const float *w, const float *v, size
     }
 }
 
+/* The flips of the prototypes below (FLIPS_BYTES_PARAMS), called per block
+ * by the pass that just wrote the block's patterns. */
+static void (*const flips_bytes_of[AG_ISA_COUNT])(const uint8_t *, const uint8_t *, size_t,
+                                                  uint32_t, uint32_t, uint64_t *);
+
 /* enc: NULL, or one output of n patterns per format for the patterns of w.
- * qerr: NULL, or per format the quantization error sums of w, added. */
+ * qerr: NULL, or per format the quantization error sums of w, added.
+ * prev: NULL, or per format NULL or the patterns to count flips against as
+ * bytes (a per-tensor 1-byte format, with enc), each block while its
+ * patterns are in L1; the flips are added to flips[f]. */
 static int stall_multi(const ag_format *const *fmts, const float *scales, size_t nfmt, float lr,
                        int update_form, const float *w, const float *v, size_t n,
-                       ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr) {
+                       ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr,
+                       const uint8_t *const *prev, uint64_t *flips) {
     if (fmts == NULL || scales == NULL || out == NULL || w == NULL || v == NULL || n == 0 ||
         nfmt == 0 || nfmt > AG_FORMATS_MAX || (!update_form && !isfinite(lr)))
         return AG_EINVAL;
@@ -398,6 +407,9 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
     for (size_t f = 0; f < nfmt; f++) {
         if (fmts[f] == NULL) return AG_EFORMAT;
         if (!scale_ok(scales[f]) || (enc != NULL && enc[f] == NULL)) return AG_EINVAL;
+        if (prev != NULL && prev[f] != NULL &&
+            (enc == NULL || flips == NULL || fmts[f]->block != 0 || fmts[f]->pattern_bytes != 1))
+            return AG_EINVAL;
         if (fmts[f]->block != 0) { /* block-scaled: block.c's pass */
             if (fmts[f]->element == NULL) return AG_EFORMAT;
             ag_block_params_of(fmts[f], scales[f], &bparams[f]);
@@ -463,6 +475,12 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             out[f].nonfinite += pc.nonfinite;
             if (eb != NULL && pc.nonfinite != 0)
                 patch_patterns(&plans[f], wb, vb, len, eb, width[f]);
+            if (prev != NULL && prev[f] != NULL) {
+                uint64_t fl = 0;
+                flips_bytes_of[isa](prev[f] + start, eb, len, plans[f].e.mag_mask,
+                                    plans[f].e.nan_above, &fl);
+                flips[f] += fl;
+            }
             if (qerr != NULL) {
                 double se = 0.0;
                 if (pc.nonfinite == 0 && bc.overflow == 0)
@@ -483,33 +501,41 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
 AG_EXTERN int ag_stall_sgd(const ag_format *fmt, float scale, float lr, const float *w,
                            const float *g, size_t n, ag_stall_counts *out) {
     if (fmt == NULL) return AG_EFORMAT;
-    return stall_multi(&fmt, &scale, 1, lr, 0, w, g, n, out, NULL, NULL);
+    return stall_multi(&fmt, &scale, 1, lr, 0, w, g, n, out, NULL, NULL, NULL, NULL);
 }
 
 AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w, const float *u,
                               size_t n, ag_stall_counts *out) {
     if (fmt == NULL) return AG_EFORMAT;
-    return stall_multi(&fmt, &scale, 1, 0.0f, 1, w, u, n, out, NULL, NULL);
+    return stall_multi(&fmt, &scale, 1, 0.0f, 1, w, u, n, out, NULL, NULL, NULL, NULL);
 }
 
 AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                                  float lr, const float *w, const float *g, size_t n,
                                  ag_stall_counts *out) {
-    return stall_multi(fmts, scales, nfmt, lr, 0, w, g, n, out, NULL, NULL);
+    return stall_multi(fmts, scales, nfmt, lr, 0, w, g, n, out, NULL, NULL, NULL, NULL);
 }
 
 AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                                     const float *w, const float *u, size_t n,
                                     ag_stall_counts *out) {
-    return stall_multi(fmts, scales, nfmt, 0.0f, 1, w, u, n, out, NULL, NULL);
+    return stall_multi(fmts, scales, nfmt, 0.0f, 1, w, u, n, out, NULL, NULL, NULL, NULL);
 }
 
 int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                           int update_form, float lr, const float *w, const float *v, size_t n,
                           ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr) {
+    return ag_stall_encode_flips_multi(fmts, scales, nfmt, update_form, lr, w, v, n, out, enc, qerr,
+                                       NULL, NULL);
+}
+
+int ag_stall_encode_flips_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                int update_form, float lr, const float *w, const float *v, size_t n,
+                                ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr,
+                                const uint8_t *const *prev, uint64_t *flips) {
     if (enc == NULL) return AG_EINVAL;
     return stall_multi(fmts, scales, nfmt, update_form ? 0.0f : lr, update_form != 0, w, v, n, out,
-                       enc, qerr);
+                       enc, qerr, prev, flips);
 }
 
 AG_EXTERN int ag_quant_error_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
@@ -672,6 +698,9 @@ AG_INLINE void flips_table_impl(const float *ta, const float *tb, const uint8_t 
      uint64_t *count)
 AG_KERNEL_VARIANTS(flips_bytes, FLIPS_BYTES_PARAMS,
                    { flips_bytes8_impl(prev, cur, n, mag_mask, nan_above, count); });
+static void (*const flips_bytes_of[AG_ISA_COUNT])(const uint8_t *, const uint8_t *, size_t,
+                                                  uint32_t, uint32_t, uint64_t *) = {
+    flips_bytes_base, flips_bytes_avx2, flips_bytes_avx512};
 AG_KERNEL_VARIANTS(flips_bytes_w, FLIPS_BYTES_PARAMS,
                    { flips_bytes_impl(prev, cur, n, mag_mask, nan_above, count, 1); });
 #define FLIPS_ENCODE_PARAMS                                                                        \

@@ -34,6 +34,16 @@ int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, siz
                           int update_form, float lr, const float *w, const float *v, size_t n,
                           ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr);
 
+/* ag_stall_encode_multi, and for each format f with prev != NULL and
+ * prev[f] != NULL the pattern flips of enc[f] against prev[f] (n patterns),
+ * as ag_count_pattern_changes counts them, added to flips[f]: counted block
+ * by block while the new patterns are in cache. prev[f] is allowed for a
+ * per-tensor format of 1-byte patterns only (else AG_EINVAL). */
+int ag_stall_encode_flips_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                int update_form, float lr, const float *w, const float *v, size_t n,
+                                ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr,
+                                const uint8_t *const *prev, uint64_t *flips);
+
 /* Pattern flips between two pattern arrays (n * pattern_bytes bytes) encoded at one scale: elements
  * whose patterns differ, +0 and -0 being one pattern and every NaN pattern
  * one too. Equal to ag_count_pattern_flips(fmt, s, prev, w, n) when cur =

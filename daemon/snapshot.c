@@ -340,6 +340,13 @@ int ag_engine_job_next(ag_engine *e, ag_engine_job *job) {
 
 const char *ag_engine_job_tensor(const ag_engine_job *job) { return job->t->name; }
 
+/* Whether format i's flips are counted in the encode pass: bytes against
+ * bytes at one scale, for a per-tensor format of 1-byte patterns. */
+static int flips_fused(const ag_engine_job *job, size_t i) {
+    return job->flip_mode[i] == FLIPS_BYTES && job->flip_prev[i] && !job->fmts[i]->block &&
+           job->fmts[i]->pattern_bytes == 1;
+}
+
 /* Stall counts and the patterns of every format in one pass over the
  * chunk's w and x, the baseline copy of w, then each format's flips. Only
  * this chunk's slices of the job's arrays are written. */
@@ -356,12 +363,18 @@ void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     uint8_t *cur[AG_FORMATS_MAX];
     for (size_t i = 0; i < nf; i++) cur[i] = job->cur[i] + enc_bytes(job->fmts[i], start);
     if (job->base != job->w) memcpy(job->base + start, job->w + start, len * sizeof(float));
-    int err = ag_stall_encode_multi(job->fmts, job->scales, nf, job->form != AG_FORM_SGD, job->lr,
-                                    job->w + start, job->x + start, len, counts, cur,
-                                    job->part_qerr + c * nf);
+    /* byte flips of the per-tensor 1-byte formats counted in the pass, as
+     * each block's patterns are written */
+    const uint8_t *fused[AG_FORMATS_MAX];
+    for (size_t i = 0; i < nf; i++)
+        fused[i] = flips_fused(job, i) ? job->flip_prev[i] + start : NULL;
+    int err = ag_stall_encode_flips_multi(job->fmts, job->scales, nf, job->form != AG_FORM_SGD,
+                                          job->lr, job->w + start, job->x + start, len, counts, cur,
+                                          job->part_qerr + c * nf, fused, flips);
     for (size_t i = 0; i < nf && !err; i++) {
         const uint8_t *prev =
             job->flip_prev[i] ? job->flip_prev[i] + enc_bytes(job->fmts[i], start) : NULL;
+        if (fused[i]) continue;
         if (job->fmts[i]->block &&
             (job->flip_mode[i] == FLIPS_BYTES || job->flip_mode[i] == FLIPS_ENCODE))
             /* at the previous snapshot's block scales: blocks whose scale

@@ -509,13 +509,22 @@ static void check_stall_encode(void) {
     w[11] = 1e30f; /* past every max_finite */
     w[12] = -1e30f;
     w[13] = -0.0f;
+    w[14] = NAN; /* patterns patched after the loop, before the flips */
+    g[3000] = INFINITY;
     const ag_format *fmts[7];
     for (size_t i = 0; i < 5; i++) fmts[i] = ag_format_at(i);
     cr_assert_eq(ag_format_define("E4M3", 4, 3, 7, 0, 1, &fmts[5]), AG_OK);
     cr_assert_eq(ag_format_define("E2M5", 2, 5, 1, 0, 0, &fmts[6]), AG_OK);
     float scales[7] = {0.004f, 1.0f, 0.25f, 1.0f, 3e-3f, 0.5f, 2.0f};
-    uint8_t *enc[7], *want = malloc(N);
-    for (size_t f = 0; f < 7; f++) enc[f] = malloc(N);
+    uint8_t *enc[7], *want = malloc(N), *prev[7];
+    float *moved = malloc(N * sizeof *moved);
+    for (size_t i = 0; i < N; i++) moved[i] = i % 5 == 0 ? -w[i] : i % 7 == 0 ? w[i] * 1.01f : w[i];
+    moved[20] = NAN;
+    for (size_t f = 0; f < 7; f++) {
+        enc[f] = malloc(N);
+        prev[f] = malloc(N);
+        cr_assert_eq(ag_encode_array(fmts[f], scales[f], moved, prev[f], N), AG_OK);
+    }
     for (int form = 0; form < 2; form++)
         for (size_t n = 1; n <= N; n = n * 3 + 2049) {
             ag_stall_counts got[7] = {{0}}, ref[7] = {{0}};
@@ -533,8 +542,33 @@ static void check_stall_encode(void) {
                     cr_assert_eq(enc[f][i], want[i], "%s form %d element %zu (%g): %#x, want %#x",
                                  fmts[f]->name, form, i, (double)w[i], enc[f][i], want[i]);
             }
+            /* the flips counted in the pass (all but one format) equal the
+             * byte comparison of the patterns it wrote */
+            const uint8_t *against[7] = {prev[0], prev[1], prev[2], NULL,
+                                         prev[4], prev[5], prev[6]};
+            uint64_t flips[7] = {1, 2, 3, 4, 5, 6, 7};
+            ag_stall_counts again[7] = {{0}};
+            cr_assert_eq(ag_stall_encode_flips_multi(fmts, scales, 7, form, 0.01f, w, g, n, again,
+                                                     enc, NULL, against, flips),
+                         AG_OK);
+            for (size_t f = 0; f < 7; f++) {
+                assert_counts_eq(again[f], ref[f], fmts[f]->name);
+                uint64_t want_flips = f + 1;
+                if (against[f])
+                    cr_assert_eq(ag_count_pattern_changes(fmts[f], prev[f], enc[f], n, &want_flips),
+                                 AG_OK);
+                cr_assert_eq(flips[f], want_flips, "%s form %d n %zu: flips %llu, want %llu",
+                             fmts[f]->name, form, n, (unsigned long long)(flips[f] - f - 1),
+                             (unsigned long long)(want_flips - f - 1));
+                cr_assert(!against[f] || n < 1000 || want_flips > f + 1, "%s: some flips",
+                          fmts[f]->name);
+            }
         }
-    for (size_t f = 0; f < 7; f++) free(enc[f]);
+    for (size_t f = 0; f < 7; f++) {
+        free(enc[f]);
+        free(prev[f]);
+    }
+    free(moved);
     free(want);
     free(w);
     free(g);
@@ -557,4 +591,19 @@ Test(stall, the_pass_that_also_encodes_agrees_with_the_separate_kernels) {
     cr_assert_eq(c.total, 0);
     cr_assert_eq(ag_stall_encode_multi(&f, &sc, 1, 1, NAN, &w, &g, 1, &c, enc, NULL), AG_OK);
     cr_assert_eq(b, ag_encode(f, 1.0f));
+    /* flips in the pass: only for per-tensor 1-byte formats, with somewhere to add them */
+    const uint8_t *against[1] = {&b};
+    uint64_t flips = 0;
+    cr_assert_eq(
+        ag_stall_encode_flips_multi(&f, &sc, 1, 0, 0.1f, &w, &g, 1, &c, enc, NULL, against, NULL),
+        AG_EINVAL);
+    const ag_format *mx = ag_format_get("MXFP8_E4M3"), *bf = ag_format_get("BF16");
+    uint8_t wide[2], mxb[2], *encw[1] = {wide}, *encm[1] = {mxb};
+    cr_assert_eq(ag_stall_encode_flips_multi(&bf, &sc, 1, 0, 0.1f, &w, &g, 1, &c, encw, NULL,
+                                             against, &flips),
+                 AG_EINVAL);
+    cr_assert_eq(ag_stall_encode_flips_multi(&mx, &sc, 1, 0, 0.1f, &w, &g, 1, &c, encm, NULL,
+                                             against, &flips),
+                 AG_EINVAL);
+    cr_assert_eq(flips, 0);
 }
