@@ -363,6 +363,35 @@ AG_INLINE void dsum_block_impl(const float *d, size_t n, double *sum) {
 AG_KERNEL_VARIANTS(dsum_block, (const float *d, size_t n, double *sum),
                    { dsum_block_impl(d, n, sum); });
 
+/* dsum_block_impl of two formats' differences in one loop: each sum in its
+ * own lanes and order (the same bits), the two chains of additions
+ * interleaved so neither waits on the other's latency. */
+AG_INLINE void dsum2_block_impl(const float *d0, const float *d1, size_t n, double *sum0,
+                                double *sum1) {
+    double a0[QE_LANES] = {0}, a1[QE_LANES] = {0};
+    size_t i = 0;
+    for (; i + QE_LANES <= n; i += QE_LANES)
+        for (size_t j = 0; j < QE_LANES; j++) {
+            a0[j] += (double)d0[i + j] * (double)d0[i + j];
+            a1[j] += (double)d1[i + j] * (double)d1[i + j];
+        }
+    for (; i < n; i++) {
+        a0[0] += (double)d0[i] * (double)d0[i];
+        a1[0] += (double)d1[i] * (double)d1[i];
+    }
+    double t0 = 0.0, t1 = 0.0;
+    for (size_t j = 0; j < QE_LANES; j++) {
+        t0 += a0[j];
+        t1 += a1[j];
+    }
+    *sum0 = t0;
+    *sum1 = t1;
+}
+
+AG_KERNEL_VARIANTS(dsum2_block,
+                   (const float *d0, const float *d1, size_t n, double *sum0, double *sum1),
+                   { dsum2_block_impl(d0, d1, n, sum0, sum1); });
+
 static int scale_ok(float scale) { return isfinite(scale) && scale > 0.0f; }
 
 /* The pattern of w[i] / scale where w[i] or v[i] is not finite (the
@@ -425,7 +454,9 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
     }
     int direct = nfmt == 1 && enc == NULL && per_tensor;
     /* the prepared block and the differences of one format */
-    float wn[BLOCK], wun[BLOCK], d[BLOCK];
+    /* d[0]: a format's differences waiting to be summed with the next
+     * format's (d[1]) in one loop; pend: that format, or -1 */
+    float wn[BLOCK], wun[BLOCK], d[2][BLOCK];
     uint32_t pt[BLOCK];
     for (size_t start = 0; start < n; start += BLOCK) {
         size_t len = n - start < BLOCK ? n - start : BLOCK;
@@ -442,6 +473,7 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
          * streams w and v itself, and the hardware prefetches them better) */
         size_t next = start + len, next_len = n - next < BLOCK ? n - next : BLOCK;
         size_t lines = next < n && !direct ? (next_len * sizeof(float) + 63) / 64 : 0, line = 0;
+        int pend = -1;
         for (size_t f = 0; f < nfmt; f++) {
             for (size_t upto = lines * (f + 1) / nfmt; line < upto; line++) {
                 __builtin_prefetch((const char *)(w + next) + 64 * line, 0, 2);
@@ -461,11 +493,12 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             }
             block_counts bc;
             uint8_t *eb = enc != NULL ? enc[f] + start * (size_t)width[f] : NULL;
+            float *df = d[pend >= 0];
             if (direct) {
-                fns[f](&plans[f], wb, vb, len, &bc, pt, d);
+                fns[f](&plans[f], wb, vb, len, &bc, pt, df);
                 pc = bc.pc;
             } else {
-                fns[f](&plans[f], wn, wun, len, &bc, pt, d);
+                fns[f](&plans[f], wn, wun, len, &bc, pt, df);
             }
             if (eb != NULL) (width[f] == 2 ? pack2_variants : pack1_variants)[isa](pt, eb, len);
             out[f].stalled += bc.stalled;
@@ -482,17 +515,28 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
                 flips[f] += fl;
             }
             if (qerr != NULL) {
-                double se = 0.0;
-                if (pc.nonfinite == 0 && bc.overflow == 0)
-                    dsum_block_variants[isa](d, len, &se);
-                else /* d is exact only for finite elements within range */
-                    (plans[f].p.half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
-                        &plans[f].p, scales[f], wb, len, &se);
-                double s2 = (double)scales[f] * (double)scales[f];
-                qerr[f].sq_error += se * s2;
+                double se = 0.0, se0 = 0.0;
                 qerr[f].sq_signal += sig;
                 qerr[f].count += cnt;
+                if (pc.nonfinite != 0 || bc.overflow != 0) {
+                    /* d is exact only for finite elements within range */
+                    (plans[f].p.half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
+                        &plans[f].p, scales[f], wb, len, &se);
+                } else if (pend < 0) { /* summed with the next format's, or at the block's end */
+                    pend = (int)f;
+                    continue;
+                } else {
+                    dsum2_block_variants[isa](d[0], d[1], len, &se0, &se);
+                    qerr[pend].sq_error += se0 * ((double)scales[pend] * (double)scales[pend]);
+                    pend = -1;
+                }
+                qerr[f].sq_error += se * ((double)scales[f] * (double)scales[f]);
             }
+        }
+        if (pend >= 0) {
+            double se = 0.0;
+            dsum_block_variants[isa](d[0], len, &se);
+            qerr[pend].sq_error += se * ((double)scales[pend] * (double)scales[pend]);
         }
     }
     return AG_OK;
