@@ -3,17 +3,20 @@
  * Readiness comes from the daemon's own sd_notify datagram, so no test
  * sleeps for timing; waits for data are polls with a generous deadline.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* tgkill by syscall, for the watchdog */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <execinfo.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -46,7 +49,64 @@ static const char *daemon_path(void) {
     return path;
 }
 
+/* ---- watchdog: a test still running near Criterion's --timeout (120 s)
+ * prints every thread's stack to stderr before it is killed, so a rare
+ * hang leaves a trace in the CI log (-rdynamic gives the names). */
+
+#define WATCHDOG_S 100
+
+static void watchdog_trace(int sig) {
+    (void)sig;
+    void *frames[64];
+    char line[64];
+    int n = backtrace(frames, 64);
+    int len = snprintf(line, sizeof line, "---- thread %ld:\n", (long)syscall(SYS_gettid));
+    if (len > 0 && write(2, line, (size_t)len) < 0) return;
+    backtrace_symbols_fd(frames, n, 2);
+}
+
+static void *watchdog_main(void *arg) {
+    (void)arg;
+    struct timespec left = {WATCHDOG_S, 0};
+    while (nanosleep(&left, &left) != 0 && errno == EINTR) {}
+    char line[160];
+    int len = snprintf(line, sizeof line,
+                       "harness: test process %d still running after %d s; every thread's "
+                       "stack:\n",
+                       (int)getpid(), WATCHDOG_S);
+    if (len > 0 && write(2, line, (size_t)len) < 0) return NULL;
+    DIR *dir = opendir("/proc/self/task");
+    struct dirent *de;
+    long self = (long)syscall(SYS_gettid);
+    while (dir && (de = readdir(dir))) {
+        long tid = atol(de->d_name);
+        if (tid <= 0 || tid == self) continue;
+        syscall(SYS_tgkill, (long)getpid(), tid, SIGUSR2);
+        struct timespec pause = {0, 100 * 1000000L}; /* one thread's trace at a time */
+        nanosleep(&pause, NULL);
+    }
+    if (dir) closedir(dir);
+    return NULL;
+}
+
+/* Once per test process (Criterion runs each test in its own). */
+static void watchdog_start(void) {
+    static int started;
+    if (started) return;
+    started = 1;
+    void *warm[2];
+    backtrace(warm, 2); /* loads libgcc now, not in the handler */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = watchdog_trace;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR2, &sa, NULL);
+    pthread_t t;
+    if (pthread_create(&t, NULL, watchdog_main, NULL) == 0) pthread_detach(t);
+}
+
 void harness_start(ag_harness *h, const char *const *extra) {
+    watchdog_start();
     /* No HTTP unless a test asks for it (extra comes later and wins), so
      * parallel test daemons never race for the default port 8787. */
     const char *argv[32] = {daemon_path(), "--ingest",    h->ingest, "--query", h->query, "--db",
