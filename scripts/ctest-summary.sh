@@ -13,5 +13,10 @@ if ((rc != 0)); then
   echo "---- ctest failed in $dir; failing output (from $log) ----"
   grep -E 'FAIL|Failed|ERROR|Sanitizer|\[FAIL\]|\[----\]' "$log" | head -200
 fi
+# A daemon test that hung printed every thread's stack (tests/daemon/harness.c).
+if grep -q 'still running after' "$log"; then
+  echo "---- stacks of a test that was still running (from $log) ----"
+  grep -E 'still running after|---- thread|\[0x[0-9a-f]+\]$' "$log" | head -400
+fi
 grep -E 'tests passed|tests failed|Total Test time' "$log"
 exit $rc
