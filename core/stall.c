@@ -256,6 +256,8 @@ FMT_VARIANTS(fmt_int_hd_sgd, KIND_INT_HD, 0, 1);
 FMT_VARIANTS(fmt_magic_upd, KIND_MAGIC, 0, 2);
 FMT_VARIANTS(fmt_int_upd, KIND_INT, 0, 2);
 FMT_VARIANTS(fmt_int_hd_upd, KIND_INT_HD, 0, 2);
+FMT_VARIANTS(fmt_pow2_sgd, KIND_POW2, 0, 1);
+FMT_VARIANTS(fmt_pow2_upd, KIND_POW2, 0, 2);
 
 typedef void(*fmt_fn) FMT_PARAMS;
 
@@ -265,12 +267,12 @@ static const fmt_fn *const fmt_table[2][KINDS] = {
      fmt_pow2_variants},
     {fmt_magic_enc_variants, fmt_magic_sat_enc_variants, fmt_int_enc_variants,
      fmt_int_hd_enc_variants, fmt_pow2_enc_variants}};
-/* [update form][kind]: MAGIC and MAGIC_SAT count alike, and POW2 as INT_HD */
+/* [update form][kind]: MAGIC and MAGIC_SAT count alike */
 static const fmt_fn *const fmt_direct_table[2][KINDS] = {
     {fmt_magic_sgd_variants, fmt_magic_sgd_variants, fmt_int_sgd_variants, fmt_int_hd_sgd_variants,
-     fmt_int_hd_sgd_variants},
+     fmt_pow2_sgd_variants},
     {fmt_magic_upd_variants, fmt_magic_upd_variants, fmt_int_upd_variants, fmt_int_hd_upd_variants,
-     fmt_int_hd_upd_variants}};
+     fmt_pow2_upd_variants}};
 
 /* The patterns of a block, from 32 bits each to their width: kept apart
  * from the per-format loop, whose float vectors would otherwise be unrolled
