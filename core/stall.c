@@ -413,10 +413,10 @@ static void patch_patterns(const fplan *pl, const float *w, const float *v, size
     }
 }
 
-/* The flips of the prototypes below (FLIPS_BYTES_PARAMS), called per block
+/* The byte-flip kernels (defined with the flips, below), called per block
  * by the pass that just wrote the block's patterns. */
-static void (*const flips_bytes_of[AG_ISA_COUNT])(const uint8_t *, const uint8_t *, size_t,
-                                                  uint32_t, uint32_t, uint64_t *);
+static void (*const flips_bytes_variants[AG_ISA_COUNT])(const uint8_t *, const uint8_t *, size_t,
+                                                        uint32_t, uint32_t, uint64_t *);
 
 /* enc: NULL, or one output of n patterns per format for the patterns of w.
  * qerr: NULL, or per format the quantization error sums of w, added.
@@ -512,8 +512,8 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
                 patch_patterns(&plans[f], wb, vb, len, eb, width[f]);
             if (prev != NULL && prev[f] != NULL) {
                 uint64_t fl = 0;
-                flips_bytes_of[isa](prev[f] + start, eb, len, plans[f].e.mag_mask,
-                                    plans[f].e.nan_above, &fl);
+                flips_bytes_variants[isa](prev[f] + start, eb, len, plans[f].e.mag_mask,
+                                          plans[f].e.nan_above, &fl);
                 flips[f] += fl;
             }
             if (qerr != NULL) {
@@ -744,9 +744,6 @@ AG_INLINE void flips_table_impl(const float *ta, const float *tb, const uint8_t 
      uint64_t *count)
 AG_KERNEL_VARIANTS(flips_bytes, FLIPS_BYTES_PARAMS,
                    { flips_bytes8_impl(prev, cur, n, mag_mask, nan_above, count); });
-static void (*const flips_bytes_of[AG_ISA_COUNT])(const uint8_t *, const uint8_t *, size_t,
-                                                  uint32_t, uint32_t, uint64_t *) = {
-    flips_bytes_base, flips_bytes_avx2, flips_bytes_avx512};
 AG_KERNEL_VARIANTS(flips_bytes_w, FLIPS_BYTES_PARAMS,
                    { flips_bytes_impl(prev, cur, n, mag_mask, nan_above, count, 1); });
 #define FLIPS_ENCODE_PARAMS                                                                        \

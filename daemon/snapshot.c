@@ -372,9 +372,9 @@ void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
                                           job->lr, job->w + start, job->x + start, len, counts, cur,
                                           job->part_qerr + c * nf, fused, flips);
     for (size_t i = 0; i < nf && !err; i++) {
+        if (fused[i]) continue;
         const uint8_t *prev =
             job->flip_prev[i] ? job->flip_prev[i] + enc_bytes(job->fmts[i], start) : NULL;
-        if (fused[i]) continue;
         if (job->fmts[i]->block &&
             (job->flip_mode[i] == FLIPS_BYTES || job->flip_mode[i] == FLIPS_ENCODE))
             /* at the previous snapshot's block scales: blocks whose scale
