@@ -39,6 +39,8 @@ AG_INLINE void put_pattern(uint8_t *enc, size_t i, uint32_t b, const int encode)
 /* What one pass over a block counts once for all formats. */
 typedef struct prep_counts {
     uint32_t total, nonfinite, zeros;
+    float amax; /* the largest |wn|, |wun| of the block (NaN left out), 0 if none */
+    float amin; /* the smallest of them not 0 (NaN and inf are large), inf if none */
 } prep_counts;
 
 /* What one format counts over a block: rzero counts the elements whose w
@@ -74,16 +76,27 @@ AG_INLINE void prep_element(float neg_lr, float wi, float vi, float *x, float *y
 AG_INLINE void prep_block_impl(float neg_lr, const float *w, const float *v, size_t n, float *wn,
                                float *wun, prep_counts *pc, const int update_form) {
     uint32_t total = 0, nonfinite = 0, zeros = 0;
+    /* the bits of magnitudes order as the floats; amin holds bits - 1 */
+    uint32_t amax = 0, amin = 0xffffffffu;
     for (size_t i = 0; i < n; i++) {
         uint32_t c, nf, z;
         prep_element(neg_lr, w[i], v[i], &wn[i], &wun[i], &c, &nf, &z, update_form);
         total += c;
         nonfinite += nf;
         zeros += z;
+        uint32_t a = ag_float_bits(wn[i]) & 0x7fffffffu, b = ag_float_bits(wun[i]) & 0x7fffffffu;
+        a = a <= 0x7f800000u ? a : 0u; /* NaN left out */
+        b = b <= 0x7f800000u ? b : 0u;
+        uint32_t lo = (a - 1u) < (b - 1u) ? (a - 1u) : (b - 1u); /* 0 wraps to the top */
+        amin = lo < amin ? lo : amin;
+        a = a > b ? a : b;
+        amax = a > amax ? a : amax;
     }
     pc->total = total;
     pc->nonfinite = nonfinite;
     pc->zeros = zeros;
+    pc->amax = ag_bits_float(amax);
+    pc->amin = amin >= 0x7f800000u ? INFINITY : ag_bits_float(amin + 1u);
 }
 
 #define PREP_PARAMS                                                                                \
@@ -232,6 +245,8 @@ AG_INLINE void fmt_block_impl(const fplan *pl, const float *wn, const float *wun
     bc->pc.total = total;
     bc->pc.nonfinite = nonfinite;
     bc->pc.zeros = zeros;
+    bc->pc.amax = 0.0f;
+    bc->pc.amin = INFINITY;
 }
 
 #define FMT_PARAMS                                                                                 \
@@ -258,6 +273,64 @@ FMT_VARIANTS(fmt_int_upd, KIND_INT, 0, 2);
 FMT_VARIANTS(fmt_int_hd_upd, KIND_INT_HD, 0, 2);
 FMT_VARIANTS(fmt_pow2_sgd, KIND_POW2, 0, 1);
 FMT_VARIANTS(fmt_pow2_upd, KIND_POW2, 0, 2);
+
+/* Counting alone over a prepared block none of whose |x|, |y| exceeds
+ * max_finite (the caller checks the block's largest magnitude once:
+ * division is monotone), so no clamp and no overflow to count; the signed
+ * values round in one step each. Stalled where the two are equal (+0 = -0;
+ * a NaN never is), rzero where x's is 0.
+ * MAGIC and MAGIC_SAT (fast 0, 1): m = 1.5 * 2^(max(e, emin) + 23 - M)
+ * keeps x + m inside m's binade for either sign of x (|x| < 2^(e + 1) and
+ * M <= 21), where the ulp is the grid's step; m's mantissa is even in those
+ * units, so the sum's ties go to the even grid index as x's own would, and
+ * (x + m) - m is x's signed grid value (+0 where it rounds to zero; NaN
+ * stays NaN). fast 1: no nonzero |x| below 2^emin either (the block's
+ * smallest magnitude checked the same way), so e needs no clamp to emin
+ * (0 rounds to 0 with any m).
+ * POW2 (fast 2), no nonzero |x| below 2^emin: the signed bits plus
+ * 2^22 - 1, cut to sign and exponent, are x's power of two, ties down (a
+ * mantissa past half carries into the exponent; 0 stays 0); a NaN becomes
+ * inf of its sign, and wn's NaN is +, wun's -, as prep_element makes them. */
+AG_INLINE void fmt_fast_impl(const fplan *pl, const float *wn, const float *wun, size_t n,
+                             block_counts *bc, const int fast) {
+    const float scale = pl->scale;
+    const uint32_t emin_bits = fast == 0 ? pl->p.emin_bits : 0u;
+    const uint32_t magic_add = pl->magic_add | 0x400000u;
+    uint32_t stalled = 0, rzero = 0;
+    for (size_t i = 0; i < n; i++) {
+        float x = wn[i] / scale, y = wun[i] / scale, rx, ry;
+        if (fast == 2) {
+            rx = ag_bits_float((ag_float_bits(x) + 0x3fffffu) & 0xff800000u);
+            ry = ag_bits_float((ag_float_bits(y) + 0x3fffffu) & 0xff800000u);
+        } else {
+            uint32_t ex = ag_float_bits(x) & 0x7f800000u, ey = ag_float_bits(y) & 0x7f800000u;
+            if (fast == 0) {
+                ex = ex < emin_bits ? emin_bits : ex;
+                ey = ey < emin_bits ? emin_bits : ey;
+            }
+            float mx = ag_bits_float(ex + magic_add), my = ag_bits_float(ey + magic_add);
+            rx = (x + mx) - mx;
+            ry = (y + my) - my;
+        }
+        stalled += rx == ry;
+        rzero += rx == 0.0f;
+    }
+    bc->stalled = stalled;
+    bc->overflow = 0;
+    bc->rzero = rzero;
+    bc->pc.total = bc->pc.nonfinite = bc->pc.zeros = 0;
+    bc->pc.amax = 0.0f;
+    bc->pc.amin = INFINITY;
+}
+#define FAST_VARIANTS(name, fast)                                                                  \
+    AG_KERNEL_VARIANTS(name, FMT_PARAMS, {                                                         \
+        (void)pt;                                                                                  \
+        (void)d;                                                                                   \
+        fmt_fast_impl(pl, wn, wun, n, bc, fast);                                                   \
+    })
+FAST_VARIANTS(fmt_fast, 0);
+FAST_VARIANTS(fmt_fast_nosub, 1);
+FAST_VARIANTS(fmt_fast_pow2, 2);
 
 typedef void(*fmt_fn) FMT_PARAMS;
 
@@ -432,7 +505,7 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         return AG_EINVAL;
     fplan plans[AG_FORMATS_MAX];
     fmt_fn fns[AG_FORMATS_MAX];
-    int width[AG_FORMATS_MAX];
+    int width[AG_FORMATS_MAX], fast[AG_FORMATS_MAX];
     ag_block_params bparams[AG_FORMATS_MAX];
     int isa = ag_isa_current(), per_tensor = 0;
     for (size_t f = 0; f < nfmt; f++) {
@@ -451,6 +524,11 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         plans[f].neg_lr = -lr;
         width[f] = fmts[f]->pattern_bytes == 2 ? 2 : 1;
         fns[f] = fmt_table[enc != NULL][kind][isa];
+        /* counting alone, blocks that cannot overflow: fmt_fast* (1 MAGIC, 2 POW2) */
+        fast[f] = enc != NULL                                    ? 0
+                  : kind == KIND_MAGIC || kind == KIND_MAGIC_SAT ? 1
+                  : kind == KIND_POW2                            ? 2
+                                                                 : 0;
         if (nfmt == 1 && enc == NULL) fns[f] = fmt_direct_table[update_form != 0][kind][isa];
         per_tensor = 1;
     }
@@ -463,7 +541,7 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
     for (size_t start = 0; start < n; start += BLOCK) {
         size_t len = n - start < BLOCK ? n - start : BLOCK;
         const float *wb = w + start, *vb = v + start;
-        prep_counts pc = {0, 0, 0};
+        prep_counts pc = {0, 0, 0, 0.0f, INFINITY};
         if (per_tensor && !direct)
             (update_form ? prep_update_variants : prep_sgd_variants)[isa](-lr, wb, vb, len, wn, wun,
                                                                           &pc);
@@ -499,6 +577,14 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             if (direct) {
                 fns[f](&plans[f], wb, vb, len, &bc, pt, df);
                 pc = bc.pc;
+            } else if (fast[f] && pc.amax / scales[f] <= plans[f].p.max_finite &&
+                       (fast[f] == 1 || pc.amin / scales[f] >= plans[f].e.emin_value)) {
+                /* no overflow in the block; fmt_fast_nosub and fmt_fast_pow2
+                 * also no nonzero magnitude below 2^emin */
+                int nosub = pc.amin / scales[f] >= plans[f].e.emin_value;
+                (fast[f] == 2 ? fmt_fast_pow2_variants
+                 : nosub      ? fmt_fast_nosub_variants
+                              : fmt_fast_variants)[isa](&plans[f], wn, wun, len, &bc, pt, df);
             } else {
                 fns[f](&plans[f], wn, wun, len, &bc, pt, df);
             }

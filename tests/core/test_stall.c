@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -606,4 +607,77 @@ Test(stall, the_pass_that_also_encodes_agrees_with_the_separate_kernels) {
                                              against, &flips),
                  AG_EINVAL);
     cr_assert_eq(flips, 0);
+}
+
+/* Blocks of 2048 (the pass's), each a different case for the counting
+ * loops that run only where a block cannot overflow (and, for some, holds
+ * no nonzero magnitude below 2^emin): every element in range; in range
+ * with magnitudes below 2^emin; one w past the format's range; one w + u
+ * past it only; the block's largest magnitude exactly max * scale; NaN and
+ * inf among in-range values; unmoved elements (-NaN in the prepared w + u)
+ * and zeros throughout. Counted block by block and whole, both forms,
+ * against the reference. */
+static void check_fast_blocks(const ag_format *const *fmts, const float *scales, size_t nfmt) {
+    enum { B = 2048, NB = 7, N = B * NB };
+    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    uint64_t s = 99;
+    const float amax = 3.0f;
+    for (size_t i = 0; i < N; i++) {
+        size_t blk = i / B;
+        double r = (double)(int64_t)ref_rand(&s) * 0x1p-63; /* (-1, 1) */
+        /* |w| <= 0.9 amax and |u| <= 0.25: w + u stays in range too */
+        w[i] = (float)(amax * 0.9 * r);
+        if (blk == 1 && i % 3 == 0) /* block 1: magnitudes down to 2^-60 of it */
+            w[i] = ldexpf(w[i], -(int)(ref_rand(&s) % 61));
+        g[i] = (float)((double)(int64_t)ref_rand(&s) * 0x1p-63 * (i % 5 == 0 ? 1e-4 : 0.25));
+        if (i % 97 == 0) g[i] = 0.0f; /* not moving */
+        if (i % 101 == 0) w[i] = 0.0f;
+    }
+    /* below E7M0's 2^emin once divided: 0, and 2^emin past half of it */
+    w[B + 5] = 3e-38f;
+    w[B + 7] = -5e-38f;
+    w[2 * B + 1500] = amax * 1e6f; /* block 2: one w overflows every format */
+    w[3 * B + 700] = amax;         /* block 3: w in range, w + u past it */
+    g[3 * B + 700] = -amax * 1e6f;
+    w[4 * B + 9] = -amax; /* block 4: |w| = amax exactly, at most max once divided */
+    w[5 * B + 33] = NAN;  /* block 5: not finite elements */
+    g[5 * B + 34] = INFINITY;
+    w[5 * B + 35] = -INFINITY;
+    for (size_t i = 6 * B; i < N; i++) g[i] = 0.0f; /* block 6: nothing moves */
+    for (int form = 0; form < 2; form++) {
+        float lr = form ? 0.0f : 1.0f;
+        for (size_t b = 0; b <= NB; b++) { /* b == NB: the whole array */
+            size_t off = b < NB ? b * B : 0, len = b < NB ? B : N;
+            ag_stall_counts got[9] = {{0}};
+            int rc = form ? ag_stall_update_multi(fmts, scales, nfmt, w + off, g + off, len, got)
+                          : ag_stall_sgd_multi(fmts, scales, nfmt, lr, w + off, g + off, len, got);
+            cr_assert_eq(rc, AG_OK);
+            for (size_t f = 0; f < nfmt; f++) {
+                ag_stall_counts want;
+                ref_stall(fmts[f], scales[f], form, lr, w + off, g + off, len, &want);
+                char what[64];
+                snprintf(what, sizeof what, "%s form %d block %zu", fmts[f]->name, form, b);
+                assert_counts_eq(got[f], want, what);
+            }
+        }
+    }
+    free(w);
+    free(g);
+}
+
+Test(stall, blocks_that_cannot_overflow_count_as_the_reference_does) {
+    const char *names[9] = {"E0M7", "E1M6", "E3M4", "E5M2", "E7M0", "E4M3", "E2M1", "BF16", "FP16"};
+    const ag_format *fmts[9];
+    float scales[9];
+    for (int i = 0; i < 9; i++) {
+        fmts[i] = ag_format_get(names[i]);
+        cr_assert_not_null(fmts[i], "%s", names[i]);
+        scales[i] = (float)ag_compute_scale(3.0, fmts[i], AG_SCALE_MIN);
+    }
+    for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
+        if (!ag_isa_supported(isa)) continue;
+        cr_assert_eq(ag_isa_force(isa), AG_OK);
+        check_fast_blocks(fmts, scales, 9);
+        check_fast_blocks(fmts, scales, 5);
+    }
 }
