@@ -64,7 +64,8 @@ AG_INLINE void prep_element(float neg_lr, float wi, float vi, float *x, float *y
     float u = update_form ? vi : neg_lr * vi;
     uint32_t wb = ag_float_bits(wi) & 0x7fffffffu;
     uint32_t vb = ag_float_bits(vi) & 0x7fffffffu;
-    uint32_t finite = (wb < 0x7f800000u) & (vb < 0x7f800000u);
+    /* signed compares (one instruction a vector): wb, vb < 2^31 */
+    uint32_t finite = ((int32_t)wb < 0x7f800000) & ((int32_t)vb < 0x7f800000);
     uint32_t moving = update_form ? (u != 0.0f) : (ag_bits_float(vb) > AG_GRAD_EPSILON);
     *counted = finite & moving;
     *x = finite ? wi : NAN;
@@ -84,9 +85,10 @@ AG_INLINE void prep_block_impl(float neg_lr, const float *w, const float *v, siz
         total += c;
         nonfinite += nf;
         zeros += z;
-        uint32_t a = ag_float_bits(wn[i]) & 0x7fffffffu, b = ag_float_bits(wun[i]) & 0x7fffffffu;
-        a = a <= 0x7f800000u ? a : 0u; /* NaN left out */
-        b = b <= 0x7f800000u ? b : 0u;
+        /* the magnitudes of the finite w and of the counted w + u (where
+         * wn and wun are not NaN), else 0 */
+        uint32_t a = ag_float_bits(w[i]) & 0x7fffffffu & (0u - nf - 1u) /* finite: all ones */;
+        uint32_t b = ag_float_bits(wun[i]) & 0x7fffffffu & (0u - c);
         uint32_t lo = (a - 1u) < (b - 1u) ? (a - 1u) : (b - 1u); /* 0 wraps to the top */
         amin = lo < amin ? lo : amin;
         a = a > b ? a : b;
@@ -274,7 +276,7 @@ FMT_VARIANTS(fmt_int_hd_upd, KIND_INT_HD, 0, 2);
 FMT_VARIANTS(fmt_pow2_sgd, KIND_POW2, 0, 1);
 FMT_VARIANTS(fmt_pow2_upd, KIND_POW2, 0, 2);
 
-/* Counting alone over a prepared block none of whose |x|, |y| exceeds
+/* One format over a prepared block none of whose |x|, |y| exceeds
  * max_finite (the caller checks the block's largest magnitude once:
  * division is monotone), so no clamp and no overflow to count; the signed
  * values round in one step each. Stalled where the two are equal (+0 = -0;
@@ -290,30 +292,62 @@ FMT_VARIANTS(fmt_pow2_upd, KIND_POW2, 0, 2);
  * POW2 (fast 2), no nonzero |x| below 2^emin: the signed bits plus
  * 2^22 - 1, cut to sign and exponent, are x's power of two, ties down (a
  * mantissa past half carries into the exponent; 0 stays 0); a NaN becomes
- * inf of its sign, and wn's NaN is +, wun's -, as prep_element makes them. */
+ * inf of its sign, and wn's NaN is +, wun's -, as prep_element makes them.
+ * With fast 1 and 2, x rounds to 0 only where it is 0: the caller takes
+ * rzero from the prepared block's zeros (rzero is left 0 here).
+ * encode: x's pattern to pt and (grid value of x) - x to d, as
+ * fmt_block_impl writes them (exact: no element overflows). MAGIC: the
+ * grid index |bits(x + m) - bits(m)| (both in m's binade) plus the index
+ * of x's binade above emin's, (bits(2^max(e, emin)) - bits(2^emin)) >> (23 - M);
+ * POW2: the exponent field rebiased, 0 for 0. */
 AG_INLINE void fmt_fast_impl(const fplan *pl, const float *wn, const float *wun, size_t n,
-                             block_counts *bc, const int fast) {
+                             block_counts *bc, uint32_t *pt, float *d, const int fast,
+                             const int encode) {
     const float scale = pl->scale;
-    const uint32_t emin_bits = fast == 0 ? pl->p.emin_bits : 0u;
-    const uint32_t magic_add = pl->magic_add | 0x400000u;
+    const uint32_t emin0 = pl->p.emin_bits, emin_bits = fast == 0 ? emin0 : 0u;
+    const uint32_t magic_add = pl->magic_add, shift = pl->p.shift;
+    const uint32_t sign_pos = pl->sign_pos;
+    const uint32_t bias_adj = pl->e.bias_adj;
     uint32_t stalled = 0, rzero = 0;
     for (size_t i = 0; i < n; i++) {
         float x = wn[i] / scale, y = wun[i] / scale, rx, ry;
+        uint32_t pat = 0;
         if (fast == 2) {
-            rx = ag_bits_float((ag_float_bits(x) + 0x3fffffu) & 0xff800000u);
+            uint32_t tx = (ag_float_bits(x) + 0x3fffffu) & 0xff800000u;
+            rx = ag_bits_float(tx);
             ry = ag_bits_float((ag_float_bits(y) + 0x3fffffu) & 0xff800000u);
+            if (encode) {
+                uint32_t mag = tx << 1 == 0 ? 0u : ((tx & 0x7f800000u) >> 23) + bias_adj;
+                pat = mag | ((tx >> 31) << sign_pos);
+            }
         } else {
             uint32_t ex = ag_float_bits(x) & 0x7f800000u, ey = ag_float_bits(y) & 0x7f800000u;
             if (fast == 0) {
                 ex = ex < emin_bits ? emin_bits : ex;
                 ey = ey < emin_bits ? emin_bits : ey;
             }
-            float mx = ag_bits_float(ex + magic_add), my = ag_bits_float(ey + magic_add);
-            rx = (x + mx) - mx;
+            uint32_t e1 = ex + magic_add;
+            float mx = ag_bits_float(e1 | 0x400000u);
+            float my = ag_bits_float(ey + (magic_add | 0x400000u));
+            float sx = x + mx;
+            rx = sx - mx;
             ry = (y + my) - my;
+            if (encode) {
+                /* |bits(sx) - bits(mx)|: the smaller of the two differences */
+                uint32_t kp = ag_float_bits(sx) - ag_float_bits(mx);
+                uint32_t kn = ag_float_bits(mx) - ag_float_bits(sx);
+                /* x = 0 in a nosub block: e below emin, binade index 0 */
+                uint32_t eb = fast == 0 ? ex : ex < emin0 ? emin0 : ex;
+                pat = (kp < kn ? kp : kn) + ((eb - emin0) >> shift);
+                pat |= (ag_float_bits(x) >> 31) << sign_pos;
+            }
         }
         stalled += rx == ry;
-        rzero += rx == 0.0f;
+        if (fast == 0) rzero += rx == 0.0f;
+        if (encode) {
+            pt[i] = pat;
+            d[i] = rx - x;
+        }
     }
     bc->stalled = stalled;
     bc->overflow = 0;
@@ -322,17 +356,22 @@ AG_INLINE void fmt_fast_impl(const fplan *pl, const float *wn, const float *wun,
     bc->pc.amax = 0.0f;
     bc->pc.amin = INFINITY;
 }
-#define FAST_VARIANTS(name, fast)                                                                  \
-    AG_KERNEL_VARIANTS(name, FMT_PARAMS, {                                                         \
-        (void)pt;                                                                                  \
-        (void)d;                                                                                   \
-        fmt_fast_impl(pl, wn, wun, n, bc, fast);                                                   \
-    })
-FAST_VARIANTS(fmt_fast, 0);
-FAST_VARIANTS(fmt_fast_nosub, 1);
-FAST_VARIANTS(fmt_fast_pow2, 2);
+#define FAST_VARIANTS(name, fast, encode)                                                          \
+    AG_KERNEL_VARIANTS(name, FMT_PARAMS,                                                           \
+                       { fmt_fast_impl(pl, wn, wun, n, bc, pt, d, fast, encode); })
+FAST_VARIANTS(fmt_fast, 0, 0);
+FAST_VARIANTS(fmt_fast_nosub, 1, 0);
+FAST_VARIANTS(fmt_fast_pow2, 2, 0);
+FAST_VARIANTS(fmt_fast_enc, 0, 1);
+FAST_VARIANTS(fmt_fast_nosub_enc, 1, 1);
+FAST_VARIANTS(fmt_fast_pow2_enc, 2, 1);
 
 typedef void(*fmt_fn) FMT_PARAMS;
+
+/* [encode][0 MAGIC, 1 MAGIC without values below 2^emin, 2 POW2] */
+static const fmt_fn *const fast_table[2][3] = {
+    {fmt_fast_variants, fmt_fast_nosub_variants, fmt_fast_pow2_variants},
+    {fmt_fast_enc_variants, fmt_fast_nosub_enc_variants, fmt_fast_pow2_enc_variants}};
 
 /* [encode][kind]: counting alone, MAGIC and MAGIC_SAT are one loop */
 static const fmt_fn *const fmt_table[2][KINDS] = {
@@ -524,11 +563,8 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         plans[f].neg_lr = -lr;
         width[f] = fmts[f]->pattern_bytes == 2 ? 2 : 1;
         fns[f] = fmt_table[enc != NULL][kind][isa];
-        /* counting alone, blocks that cannot overflow: fmt_fast* (1 MAGIC, 2 POW2) */
-        fast[f] = enc != NULL                                    ? 0
-                  : kind == KIND_MAGIC || kind == KIND_MAGIC_SAT ? 1
-                  : kind == KIND_POW2                            ? 2
-                                                                 : 0;
+        /* blocks that cannot overflow: fmt_fast* (1 MAGIC, 2 POW2) */
+        fast[f] = kind == KIND_MAGIC || kind == KIND_MAGIC_SAT ? 1 : kind == KIND_POW2 ? 2 : 0;
         if (nfmt == 1 && enc == NULL) fns[f] = fmt_direct_table[update_form != 0][kind][isa];
         per_tensor = 1;
     }
@@ -579,12 +615,12 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
                 pc = bc.pc;
             } else if (fast[f] && pc.amax / scales[f] <= plans[f].p.max_finite &&
                        (fast[f] == 1 || pc.amin / scales[f] >= plans[f].e.emin_value)) {
-                /* no overflow in the block; fmt_fast_nosub and fmt_fast_pow2
-                 * also no nonzero magnitude below 2^emin */
-                int nosub = pc.amin / scales[f] >= plans[f].e.emin_value;
-                (fast[f] == 2 ? fmt_fast_pow2_variants
-                 : nosub      ? fmt_fast_nosub_variants
-                              : fmt_fast_variants)[isa](&plans[f], wn, wun, len, &bc, pt, df);
+                /* no overflow in the block; the nosub and pow2 loops also no
+                 * nonzero magnitude below 2^emin, so only zeros round to 0 */
+                int nosub = fast[f] == 2 || pc.amin / scales[f] >= plans[f].e.emin_value;
+                int which = fast[f] == 2 ? 2 : nosub;
+                fast_table[enc != NULL][which][isa](&plans[f], wn, wun, len, &bc, pt, df);
+                if (nosub) bc.rzero = pc.zeros;
             } else {
                 fns[f](&plans[f], wn, wun, len, &bc, pt, df);
             }

@@ -631,11 +631,13 @@ static void check_fast_blocks(const ag_format *const *fmts, const float *scales,
             w[i] = ldexpf(w[i], -(int)(ref_rand(&s) % 61));
         g[i] = (float)((double)(int64_t)ref_rand(&s) * 0x1p-63 * (i % 5 == 0 ? 1e-4 : 0.25));
         if (i % 97 == 0) g[i] = 0.0f; /* not moving */
-        if (i % 101 == 0) w[i] = 0.0f;
+        if (i % 101 == 0) w[i] = i % 202 ? -0.0f : 0.0f;
     }
     /* below E7M0's 2^emin once divided: 0, and 2^emin past half of it */
     w[B + 5] = 3e-38f;
     w[B + 7] = -5e-38f;
+    uint8_t *enc[9], *pat = malloc(2 * (size_t)N);
+    for (size_t f = 0; f < nfmt; f++) enc[f] = malloc(2 * (size_t)N);
     w[2 * B + 1500] = amax * 1e6f; /* block 2: one w overflows every format */
     w[3 * B + 700] = amax;         /* block 3: w in range, w + u past it */
     g[3 * B + 700] = -amax * 1e6f;
@@ -659,8 +661,31 @@ static void check_fast_blocks(const ag_format *const *fmts, const float *scales,
                 snprintf(what, sizeof what, "%s form %d block %zu", fmts[f]->name, form, b);
                 assert_counts_eq(got[f], want, what);
             }
+            /* the pass that also encodes: the same counts, ag_encode_array's
+             * patterns, ag_quant_error_multi's error sums bit for bit */
+            ag_stall_counts again[9] = {{0}};
+            ag_quant_error qe[9] = {{0}}, qwant[9] = {{0}};
+            cr_assert_eq(ag_stall_encode_multi(fmts, scales, nfmt, form, lr, w + off, g + off, len,
+                                               again, enc, qe),
+                         AG_OK);
+            cr_assert_eq(ag_quant_error_multi(fmts, scales, nfmt, w + off, len, qwant), AG_OK);
+            for (size_t f = 0; f < nfmt; f++) {
+                assert_counts_eq(again[f], got[f], fmts[f]->name);
+                cr_assert_eq(ag_encode_array(fmts[f], scales[f], w + off, pat, len), AG_OK);
+                size_t bytes = len * (size_t)fmts[f]->pattern_bytes;
+                for (size_t i = 0; i < bytes; i++)
+                    cr_assert_eq(enc[f][i], pat[i], "%s form %d block %zu byte %zu: %#x, want %#x",
+                                 fmts[f]->name, form, b, i, enc[f][i], pat[i]);
+                cr_assert(qe[f].sq_error == qwant[f].sq_error &&
+                              qe[f].sq_signal == qwant[f].sq_signal &&
+                              qe[f].count == qwant[f].count,
+                          "%s form %d block %zu: error %.17g, want %.17g", fmts[f]->name, form, b,
+                          qe[f].sq_error, qwant[f].sq_error);
+            }
         }
     }
+    for (size_t f = 0; f < nfmt; f++) free(enc[f]);
+    free(pat);
     free(w);
     free(g);
 }
