@@ -779,15 +779,16 @@ AG_INLINE uint32_t get_pattern(const uint8_t *a, size_t i, const int wide) {
 /* Elements per counting block: a 16-bit per-lane count cannot overflow. */
 #define FLIP_BLOCK 32768
 
-/* flip_canon on 8-bit patterns in 8-bit arithmetic, so the compiler works
- * on 32 patterns a vector instead of 8: a NaN maps to 0xff, which is the
- * same answer, since 0xff is itself a NaN wherever the format has any
- * (its magnitude, mag_mask, is the largest). nan_above is clamped to 0xff
- * by the caller (a larger one means no NaN, as 0xff does). */
-AG_INLINE uint8_t flip_canon8(uint8_t b, uint8_t mag_mask, uint8_t nan_above) {
-    uint8_t mag = b & mag_mask;
-    uint8_t v = mag == 0 ? 0 : b;
-    return mag > nan_above ? 0xff : v;
+/* flip_canon(a) != flip_canon(b) for 8-bit patterns, in 8-bit arithmetic
+ * (32 patterns a vector): the bytes differ, and not both magnitudes are 0
+ * (+0 and -0) nor both NaN (the smaller magnitude past nan_above). Where
+ * only one is 0 or NaN the bytes differ and so do the canonical forms.
+ * nan_above is clamped to 0xff by the caller (a larger one means no NaN,
+ * as 0xff does). */
+AG_INLINE uint8_t flip8(uint8_t a, uint8_t b, uint8_t mag_mask, uint8_t nan_above) {
+    uint8_t ma = a & mag_mask, mb = b & mag_mask;
+    uint8_t lo = ma < mb ? ma : mb;
+    return (uint8_t)((a != b) & ((ma | mb) != 0) & (lo <= nan_above));
 }
 
 /* Elements per 8-bit counting run: at most 255 flips, a multiple of 32. */
@@ -801,12 +802,10 @@ AG_INLINE void flips_bytes8_impl(const uint8_t *prev, const uint8_t *cur, size_t
     for (; start + FLIP_RUN8 <= n; start += FLIP_RUN8) {
         const uint8_t *a = prev + start, *b = cur + start;
         uint8_t c = 0;
-        for (size_t i = 0; i < FLIP_RUN8; i++)
-            c += flip_canon8(a[i], mm, na) != flip_canon8(b[i], mm, na);
+        for (size_t i = 0; i < FLIP_RUN8; i++) c += flip8(a[i], b[i], mm, na);
         total += c;
     }
-    for (; start < n; start++)
-        total += flip_canon8(prev[start], mm, na) != flip_canon8(cur[start], mm, na);
+    for (; start < n; start++) total += flip8(prev[start], cur[start], mm, na);
     *count = total;
 }
 
