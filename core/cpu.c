@@ -17,11 +17,12 @@ int ag_isa_supported(int isa) {
     if (isa == AG_ISA_BASE) return 1;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (isa == AG_ISA_AVX2) return __builtin_cpu_supports("avx2") != 0;
+    /* the avx2 and avx512 variants use fma too (kernel.h, ag_quot) */
+    if (isa == AG_ISA_AVX2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (isa == AG_ISA_AVX512)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512vl");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 #endif
     return 0;
 }

@@ -160,6 +160,30 @@ AG_INLINE float ag_pattern_value(const ag_qparams *p, const ag_eparams *e, const
     return (b & e->sign_bit) ? -v : v;
 }
 
+/* x / s correctly rounded, without a division, for the kernels that divide
+ * a block of elements by one scale (docs/numerics.md, Division by a scale):
+ * r = 1 / s (correctly rounded), q = x * r, then one or two corrections
+ * q + (x - q s) r, each residual x - q s computed exactly by an fma.
+ * Markstein's theorem makes the last correction exact where q is within an
+ * ulp of x / s; x * r is, when |s r - 1| <= 2^-25 (steps 1), and after one
+ * correction always (steps 2). Needs x / s, x and the residuals normal:
+ * ag_recip_steps says which s allow it, the caller which x (no NaN: the
+ * sign of a NaN result is not kept; a zero's sign neither, so callers take
+ * signs from x). Only the instruction sets with fma call it. */
+AG_INLINE float ag_quot(float x, float s, float r, const int steps) {
+    float q = x * r;
+    if (steps == 2) q = fmaf(fmaf(-q, s, x), r, q);
+    return fmaf(fmaf(-q, s, x), r, q);
+}
+
+/* The corrections ag_quot needs for scale s (r = 1 / s): 1 or 2, or 0
+ * where s is outside [2^-40, 2^60] (a division then). */
+static inline int ag_recip_steps(float s, float r) {
+    if (!(s >= 0x1p-40f && s <= 0x1p60f)) return 0;
+    double delta = (double)s * (double)r - 1.0; /* exact: 48 bits */
+    return fabs(delta) <= 0x1p-25 ? 1 : 2;
+}
+
 /* Instruction sets the array kernels are compiled for, one variant each,
  * picked once at run time (cpu.c). Every variant computes the same bits. */
 enum { AG_ISA_BASE = 0, AG_ISA_AVX2 = 1, AG_ISA_AVX512 = 2, AG_ISA_COUNT = 3 };
@@ -172,8 +196,8 @@ int ag_isa_force(int isa);
 const char *ag_isa_name(int isa);
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define AG_TARGET_AVX2 __attribute__((target("avx2")))
-#define AG_TARGET_AVX512 __attribute__((target("avx2,avx512f,avx512bw,avx512dq,avx512vl")))
+#define AG_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define AG_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")))
 #else
 #define AG_TARGET_AVX2
 #define AG_TARGET_AVX512

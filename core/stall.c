@@ -111,6 +111,8 @@ typedef struct fplan {
     ag_qparams p;
     ag_eparams e;
     float scale;
+    float rscale;       /* 1 / scale */
+    int recip;          /* ag_recip_steps(scale, rscale) */
     float neg_lr;       /* -lr, for the loops that prepare their own elements */
     float over_at;      /* |x| is clamped to it: it rounds to max, or past it to inf's pattern */
     uint32_t magic_add; /* (23 - M) << 23: exponent of the rounding magic over x's */
@@ -140,6 +142,8 @@ static int plan_of(const ag_format *f, float scale, fplan *pl) {
     ag_qparams_of(f, &pl->p);
     ag_eparams_of(f, &pl->e);
     pl->scale = scale;
+    pl->rscale = 1.0f / scale;
+    pl->recip = ag_recip_steps(scale, pl->rscale);
     uint32_t maxb = ag_float_bits(f->max_finite), M = (uint32_t)f->mantissa_bits;
     /* inf formats: from max + half an ulp of max on (the tie goes to inf);
      * saturating ones: anything past max */
@@ -302,15 +306,24 @@ FMT_VARIANTS(fmt_pow2_upd, KIND_POW2, 0, 2);
  * POW2: the exponent field rebiased, 0 for 0. */
 AG_INLINE void fmt_fast_impl(const fplan *pl, const float *wn, const float *wun, size_t n,
                              block_counts *bc, uint32_t *pt, float *d, const int fast,
-                             const int encode) {
-    const float scale = pl->scale;
+                             const int encode, const int recip) {
+    const float scale = pl->scale, rscale = pl->rscale;
     const uint32_t emin0 = pl->p.emin_bits, emin_bits = fast == 0 ? emin0 : 0u;
     const uint32_t magic_add = pl->magic_add, shift = pl->p.shift;
     const uint32_t sign_pos = pl->sign_pos;
     const uint32_t bias_adj = pl->e.bias_adj;
     uint32_t stalled = 0, rzero = 0;
     for (size_t i = 0; i < n; i++) {
-        float x = wn[i] / scale, y = wun[i] / scale, rx, ry;
+        float x, y, rx, ry;
+        if (recip) {
+            x = ag_quot(wn[i], scale, rscale, recip);
+            y = ag_quot(wun[i], scale, rscale, recip);
+        } else {
+            x = wn[i] / scale;
+            y = wun[i] / scale;
+        }
+        /* the sign of x, from wn (ag_quot does not keep a zero's) */
+        const uint32_t xsign = ag_float_bits(wn[i]) >> 31;
         uint32_t pat = 0;
         if (fast == 2) {
             uint32_t tx = (ag_float_bits(x) + 0x3fffffu) & 0xff800000u;
@@ -318,7 +331,7 @@ AG_INLINE void fmt_fast_impl(const fplan *pl, const float *wn, const float *wun,
             ry = ag_bits_float((ag_float_bits(y) + 0x3fffffu) & 0xff800000u);
             if (encode) {
                 uint32_t mag = tx << 1 == 0 ? 0u : ((tx & 0x7f800000u) >> 23) + bias_adj;
-                pat = mag | ((tx >> 31) << sign_pos);
+                pat = mag | (xsign << sign_pos);
             }
         } else {
             uint32_t ex = ag_float_bits(x) & 0x7f800000u, ey = ag_float_bits(y) & 0x7f800000u;
@@ -339,7 +352,7 @@ AG_INLINE void fmt_fast_impl(const fplan *pl, const float *wn, const float *wun,
                 /* x = 0 in a nosub block: e below emin, binade index 0 */
                 uint32_t eb = fast == 0 ? ex : ex < emin0 ? emin0 : ex;
                 pat = (kp < kn ? kp : kn) + ((eb - emin0) >> shift);
-                pat |= (ag_float_bits(x) >> 31) << sign_pos;
+                pat |= xsign << sign_pos;
             }
         }
         stalled += rx == ry;
@@ -356,22 +369,31 @@ AG_INLINE void fmt_fast_impl(const fplan *pl, const float *wn, const float *wun,
     bc->pc.amax = 0.0f;
     bc->pc.amin = INFINITY;
 }
-#define FAST_VARIANTS(name, fast, encode)                                                          \
+#define FAST_VARIANTS(name, fast, encode, recip)                                                   \
     AG_KERNEL_VARIANTS(name, FMT_PARAMS,                                                           \
-                       { fmt_fast_impl(pl, wn, wun, n, bc, pt, d, fast, encode); })
-FAST_VARIANTS(fmt_fast, 0, 0);
-FAST_VARIANTS(fmt_fast_nosub, 1, 0);
-FAST_VARIANTS(fmt_fast_pow2, 2, 0);
-FAST_VARIANTS(fmt_fast_enc, 0, 1);
-FAST_VARIANTS(fmt_fast_nosub_enc, 1, 1);
-FAST_VARIANTS(fmt_fast_pow2_enc, 2, 1);
+                       { fmt_fast_impl(pl, wn, wun, n, bc, pt, d, fast, encode, recip); })
+#define FAST_RECIP(name, fast, encode)                                                             \
+    FAST_VARIANTS(name, fast, encode, 0);                                                          \
+    FAST_VARIANTS(name##_r1, fast, encode, 1);                                                     \
+    FAST_VARIANTS(name##_r2, fast, encode, 2)
+FAST_RECIP(fmt_fast, 0, 0);
+FAST_RECIP(fmt_fast_nosub, 1, 0);
+FAST_RECIP(fmt_fast_pow2, 2, 0);
+FAST_RECIP(fmt_fast_enc, 0, 1);
+FAST_RECIP(fmt_fast_nosub_enc, 1, 1);
+FAST_RECIP(fmt_fast_pow2_enc, 2, 1);
 
 typedef void(*fmt_fn) FMT_PARAMS;
 
-/* [encode][0 MAGIC, 1 MAGIC without values below 2^emin, 2 POW2] */
-static const fmt_fn *const fast_table[2][3] = {
-    {fmt_fast_variants, fmt_fast_nosub_variants, fmt_fast_pow2_variants},
-    {fmt_fast_enc_variants, fmt_fast_nosub_enc_variants, fmt_fast_pow2_enc_variants}};
+/* [encode][0 MAGIC, 1 MAGIC without values below 2^emin, 2 POW2][recip:
+ * 0 dividing, 1 and 2 ag_quot with that many corrections] */
+static const fmt_fn *const fast_table[2][3][3] = {
+    {{fmt_fast_variants, fmt_fast_r1_variants, fmt_fast_r2_variants},
+     {fmt_fast_nosub_variants, fmt_fast_nosub_r1_variants, fmt_fast_nosub_r2_variants},
+     {fmt_fast_pow2_variants, fmt_fast_pow2_r1_variants, fmt_fast_pow2_r2_variants}},
+    {{fmt_fast_enc_variants, fmt_fast_enc_r1_variants, fmt_fast_enc_r2_variants},
+     {fmt_fast_nosub_enc_variants, fmt_fast_nosub_enc_r1_variants, fmt_fast_nosub_enc_r2_variants},
+     {fmt_fast_pow2_enc_variants, fmt_fast_pow2_enc_r1_variants, fmt_fast_pow2_enc_r2_variants}}};
 
 /* [encode][kind]: counting alone, MAGIC and MAGIC_SAT are one loop */
 static const fmt_fn *const fmt_table[2][KINDS] = {
@@ -617,9 +639,14 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
                        (fast[f] == 1 || pc.amin / scales[f] >= plans[f].e.emin_value)) {
                 /* no overflow in the block; the nosub and pow2 loops also no
                  * nonzero magnitude below 2^emin, so only zeros round to 0 */
-                int nosub = fast[f] == 2 || pc.amin / scales[f] >= plans[f].e.emin_value;
+                float lo = pc.amin / scales[f];
+                int nosub = fast[f] == 2 || lo >= plans[f].e.emin_value;
                 int which = fast[f] == 2 ? 2 : nosub;
-                fast_table[enc != NULL][which][isa](&plans[f], wn, wun, len, &bc, pt, df);
+                /* ag_quot where the instruction set has fma, the scale allows
+                 * it, and every element is finite and not tiny once divided */
+                int recip =
+                    isa != AG_ISA_BASE && pc.nonfinite == 0 && lo >= 0x1p-60f ? plans[f].recip : 0;
+                fast_table[enc != NULL][which][recip][isa](&plans[f], wn, wun, len, &bc, pt, df);
                 if (nosub) bc.rzero = pc.zeros;
             } else {
                 fns[f](&plans[f], wn, wun, len, &bc, pt, df);

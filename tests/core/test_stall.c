@@ -617,11 +617,11 @@ Test(stall, the_pass_that_also_encodes_agrees_with_the_separate_kernels) {
  * inf among in-range values; unmoved elements (-NaN in the prepared w + u)
  * and zeros throughout. Counted block by block and whole, both forms,
  * against the reference. */
-static void check_fast_blocks(const ag_format *const *fmts, const float *scales, size_t nfmt) {
+static void check_fast_blocks(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                              float amax, int whole) {
     enum { B = 2048, NB = 7, N = B * NB };
     float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
     uint64_t s = 99;
-    const float amax = 3.0f;
     for (size_t i = 0; i < N; i++) {
         size_t blk = i / B;
         double r = (double)(int64_t)ref_rand(&s) * 0x1p-63; /* (-1, 1) */
@@ -636,6 +636,9 @@ static void check_fast_blocks(const ag_format *const *fmts, const float *scales,
     /* below E7M0's 2^emin once divided: 0, and 2^emin past half of it */
     w[B + 5] = 3e-38f;
     w[B + 7] = -5e-38f;
+    /* just above FLT_MIN: residuals of their quotients would be subnormal,
+     * where ag_quot is wrong (the pass divides there) */
+    for (int j = 0; j < 64; j++) w[B + 11 + 3 * j] = ldexpf(1.0f + (float)j * 0x1p-19f, -126);
     uint8_t *enc[9], *pat = malloc(2 * (size_t)N);
     for (size_t f = 0; f < nfmt; f++) enc[f] = malloc(2 * (size_t)N);
     w[2 * B + 1500] = amax * 1e6f; /* block 2: one w overflows every format */
@@ -648,7 +651,7 @@ static void check_fast_blocks(const ag_format *const *fmts, const float *scales,
     for (size_t i = 6 * B; i < N; i++) g[i] = 0.0f; /* block 6: nothing moves */
     for (int form = 0; form < 2; form++) {
         float lr = form ? 0.0f : 1.0f;
-        for (size_t b = 0; b <= NB; b++) { /* b == NB: the whole array */
+        for (size_t b = 0; b < NB + (whole != 0); b++) { /* b == NB: the whole array */
             size_t off = b < NB ? b * B : 0, len = b < NB ? B : N;
             ag_stall_counts got[9] = {{0}};
             int rc = form ? ag_stall_update_multi(fmts, scales, nfmt, w + off, g + off, len, got)
@@ -694,15 +697,102 @@ Test(stall, blocks_that_cannot_overflow_count_as_the_reference_does) {
     const char *names[9] = {"E0M7", "E1M6", "E3M4", "E5M2", "E7M0", "E4M3", "E2M1", "BF16", "FP16"};
     const ag_format *fmts[9];
     float scales[9];
-    for (int i = 0; i < 9; i++) {
-        fmts[i] = ag_format_get(names[i]);
-        cr_assert_not_null(fmts[i], "%s", names[i]);
-        scales[i] = (float)ag_compute_scale(3.0, fmts[i], AG_SCALE_MIN);
+    /* amax values whose scales take ag_quot with one correction and with
+     * two (ag_recip_steps), for every format between them */
+    const float amaxes[4] = {3.0f, 0.7f, 1e-3f, 12345.6f};
+    int steps_seen[3] = {0, 0, 0};
+    for (int a = 0; a < 4; a++) {
+        for (int i = 0; i < 9; i++) {
+            fmts[i] = ag_format_get(names[i]);
+            cr_assert_not_null(fmts[i], "%s", names[i]);
+            scales[i] = (float)ag_compute_scale(amaxes[a], fmts[i], AG_SCALE_MIN);
+            steps_seen[ag_recip_steps(scales[i], 1.0f / scales[i])]++;
+        }
+        /* the first amax on every instruction set; the others where
+         * ag_quot runs (every set but base) */
+        for (int isa = a == 0 ? 0 : AG_ISA_AVX2; isa < AG_ISA_COUNT; isa++) {
+            if (!ag_isa_supported(isa)) continue;
+            cr_assert_eq(ag_isa_force(isa), AG_OK);
+            check_fast_blocks(fmts, scales, 9, amaxes[a], a == 0);
+            if (a == 0) check_fast_blocks(fmts, scales, 5, amaxes[a], 1);
+        }
     }
+    cr_assert(steps_seen[1] > 0 && steps_seen[2] > 0, "one and two corrections: %d, %d",
+              steps_seen[1], steps_seen[2]);
+}
+
+/* A block of magnitudes just above FLT_MIN, divided by scales near 1e-4:
+ * their residuals would be subnormal, where ag_quot can be an ulp off; the
+ * pass divides such blocks (an ulp shows in the error sums, all tiny). */
+Test(stall, blocks_of_tiny_values_are_divided) {
+    enum { N = 2048 };
+    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    for (int i = 0; i < N; i++) {
+        w[i] = ldexpf(1.0f + (float)i * 0x1p-13f, -126) * (i % 2 ? -1.0f : 1.0f);
+        g[i] = 1e-3f;
+    }
+    const ag_format *fmts[2] = {ag_format_get("E5M2"), ag_format_get("E4M3")};
+    float scales[2] = {3.0f / 57344.0f, 3.0f / 448.0f};
     for (int isa = 0; isa < AG_ISA_COUNT; isa++) {
         if (!ag_isa_supported(isa)) continue;
         cr_assert_eq(ag_isa_force(isa), AG_OK);
-        check_fast_blocks(fmts, scales, 9);
-        check_fast_blocks(fmts, scales, 5);
+        ag_stall_counts c[2] = {{0}};
+        ag_quant_error qe[2] = {{0}}, want[2] = {{0}};
+        uint8_t e0[N], e1[N], *enc[2] = {e0, e1};
+        cr_assert_eq(ag_stall_encode_multi(fmts, scales, 2, 0, 0.01f, w, g, N, c, enc, qe), AG_OK);
+        cr_assert_eq(ag_quant_error_multi(fmts, scales, 2, w, N, want), AG_OK);
+        for (int f = 0; f < 2; f++)
+            cr_assert(qe[f].sq_error == want[f].sq_error, "%s %s: error %a, want %a",
+                      ag_isa_name(isa), fmts[f]->name, qe[f].sq_error, want[f].sq_error);
     }
+    free(w);
+    free(g);
+}
+
+/* ag_quot against IEEE division for every float32 x in [1, 2) (a power of
+ * two scales x, the quotient and every residual exactly, and the sign
+ * mirrors them, so this is every x whose quotient and residuals stay
+ * normal), for scales of both kinds: the seed's formats' scales at several
+ * amax values, mantissas at the ends of the binade, and random ones. */
+Test(quot, the_reciprocal_quotient_is_the_correctly_rounded_one) {
+    float scales[28];
+    size_t ns = 0;
+    const float amaxes[4] = {1.0f, 3.0f, 0.37f, 12345.6f};
+    for (int a = 0; a < 4; a++)
+        for (size_t f = 0; f < 5; f++)
+            scales[ns++] = (float)ag_compute_scale(amaxes[a], ag_format_at(f), AG_SCALE_MIN);
+    scales[ns++] = 1.0f;
+    scales[ns++] = 1.5f;
+    scales[ns++] = ldexpf(1.0f, -30) * (2.0f - 0x1p-23f); /* mantissa all ones */
+    scales[ns++] = ldexpf(1.0f + 0x1p-23f, 50);
+    uint64_t st = 5;
+    while (ns < 28) {
+        uint32_t b = (uint32_t)((127u - 35u + ref_rand(&st) % 90u) << 23) |
+                     (uint32_t)(ref_rand(&st) & 0x7fffffu);
+        float sc;
+        memcpy(&sc, &b, sizeof sc);
+        scales[ns++] = sc;
+    }
+    int seen[3] = {0, 0, 0};
+    for (size_t k = 0; k < ns; k++) {
+        float sc = scales[k], r = 1.0f / sc;
+        int steps = ag_recip_steps(sc, r);
+        cr_assert(steps >= 1, "scale %a inside [2^-40, 2^60]", (double)sc);
+        seen[steps]++;
+        size_t bad = 0;
+        for (uint32_t m = 0; m < (1u << 23); m++) {
+            float x;
+            uint32_t xb = 0x3f800000u | m;
+            memcpy(&x, &xb, sizeof x);
+            float want = x / sc, got = steps == 1 ? ag_quot(x, sc, r, 1) : ag_quot(x, sc, r, 2);
+            if (memcmp(&got, &want, sizeof got) != 0 && bad++ == 0)
+                cr_log_error("scale %a x %a: %a, want %a", (double)sc, (double)x, (double)got,
+                             (double)want);
+        }
+        cr_assert_eq(bad, 0, "scale %a (%d corrections): %zu quotients differ", (double)sc, steps,
+                     bad);
+    }
+    cr_assert(seen[1] > 0 && seen[2] > 0, "both kinds of scale: %d, %d", seen[1], seen[2]);
+    cr_assert_eq(ag_recip_steps(0x1p-41f, 0x1p41f), 0);
+    cr_assert_eq(ag_recip_steps(0x1p61f, 0x1p-61f), 0);
 }
