@@ -637,10 +637,10 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
                 pc = bc.pc;
             } else if (fast[f] && pc.amax / scales[f] <= plans[f].p.max_finite &&
                        (fast[f] == 1 || pc.amin / scales[f] >= plans[f].e.emin_value)) {
-                /* no overflow in the block; the nosub and pow2 loops also no
-                 * nonzero magnitude below 2^emin, so only zeros round to 0 */
+                /* no overflow in the block; with nosub (always for pow2) also
+                 * no nonzero magnitude below 2^emin, so only zeros round to 0 */
                 float lo = pc.amin / scales[f];
-                int nosub = fast[f] == 2 || lo >= plans[f].e.emin_value;
+                int nosub = lo >= plans[f].e.emin_value;
                 int which = fast[f] == 2 ? 2 : nosub;
                 /* ag_quot where the instruction set has fma, the scale allows
                  * it, and every element is finite and not tiny once divided */
