@@ -265,6 +265,7 @@ typedef struct stream {
     int blind;      /* no daemon: send and hand over without confirming */
     double cpu;     /* this thread's CPU seconds */
     double logging; /* ... of which since every client was open */
+    uint64_t shm;   /* snapshots whose arrays went through shared memory */
     int rc;
     ag_client *c;
     pthread_barrier_t *go;
@@ -293,6 +294,8 @@ static void *stream_main(void *arg) {
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     st->cpu = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
     st->logging = st->cpu - cpu0;
+    ag_client_stats cs;
+    if (ag_client_get_stats(st->c, &cs) == AG_OK) st->shm = cs.shm_snapshots;
     return NULL;
 }
 
@@ -303,6 +306,7 @@ typedef struct stream_result {
     cpu_split peer, self;
     double callers; /* of self: the logging threads alone (encoding) */
     double gb;
+    double shm; /* the share of snapshots sent through shared memory */
 } stream_result;
 
 /* ntensors clients (threads), each streaming steps snapshots of its own
@@ -352,6 +356,7 @@ static stream_result run_streams(const char *ingest, const char *query, pid_t pe
     for (size_t t = 0; t < ntensors; t++) {
         self.rest += st[t].cpu; /* the stream threads have exited */
         r.callers += st[t].logging;
+        r.shm += (double)st[t].shm / (double)(steps * ntensors);
         ag_client_close(st[t].c);
     }
     pthread_barrier_destroy(&go);
@@ -369,9 +374,10 @@ static void print_cpu(const char *what, const stream_result *r) {
     if (r->gb <= 0) return;
     printf("  %s, CPU s per GB of w+g: daemon loop %.3f, daemon nng (receive) %.3f, daemon pool "
            "and writer %.3f; bench callers and senders %.3f (callers %.3f), bench nng (send) "
-           "%.3f\n",
+           "%.3f; through shared memory %.0f%%\n",
            what, r->peer.main / r->gb, r->peer.nng / r->gb, r->peer.rest / r->gb,
-           (r->self.main + r->self.rest) / r->gb, r->callers / r->gb, r->self.nng / r->gb);
+           (r->self.main + r->self.rest) / r->gb, r->callers / r->gb, r->self.nng / r->gb,
+           100 * r->shm);
 }
 
 /* bench_ingest --null-receiver URL QUERY COUNT MIN: receive on URL (nng

@@ -134,7 +134,8 @@ static int encode_in_place(const ag_msg *m, nng_msg **out) {
 
 int ag_client_encode_msg(const ag_msg *m, nng_msg **out) {
     size_t esize = m->type == AG_MSG_SNAPSHOT ? ag_proto_dtype_size(m->u.snapshot.dtype) : 0;
-    if (esize && m->u.snapshot.n > IN_PLACE_BYTES / (2 * esize)) return encode_in_place(m, out);
+    if (esize && !m->u.snapshot.shm.has_at && m->u.snapshot.n > IN_PLACE_BYTES / (2 * esize))
+        return encode_in_place(m, out);
     uint8_t small[2 * IN_PLACE_BYTES];
     ag_buf b;
     ag_buf_init_fixed(&b, small, sizeof small);
@@ -356,6 +357,23 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
         atomic_fetch_sub(pipes, 1);
 }
 
+/* A new connection of the ingest socket (nng's thread). */
+static void shm_pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg) {
+    ag_client *c = arg;
+    (void)p;
+    if (ev == NNG_PIPE_EV_ADD_POST) ag_client_shm_reconnected(&c->shm);
+}
+
+/* The shared-memory segment, for a daemon on this machine (an ipc:// ingest
+ * URL) unless turned off. Without one (no memfd, no memory) snapshots go
+ * through the socket as they always could: nothing fails. */
+static void open_shm(ag_client *c) {
+    if (c->opts.shm_bytes == AG_SHM_OFF || strncmp(c->ingest_url, "ipc://", 6) != 0) return;
+    if (ag_client_shm_open(&c->shm, c->opts.shm_bytes) != AG_OK) return;
+    if (nng_pipe_notify(c->push, NNG_PIPE_EV_ADD_POST, shm_pipe_added, c) != 0)
+        ag_client_shm_close(&c->shm);
+}
+
 /* pipes: when not NULL, kept equal to the socket's connection count. tls:
  * the dialer's TLS settings for a tls+tcp:// URL (the dialer holds its own
  * reference), else NULL. */
@@ -430,6 +448,10 @@ static int fill_options(ag_client *c, const ag_client_opts *in) {
     if (!o.reconnect_ms) o.reconnect_ms = DEFAULT_RECONNECT_MS;
     if (o.queue_messages > (1u << 24)) return AG_EINVAL;
     o.resume = o.resume != 0;
+    if (!o.shm_bytes) o.shm_bytes = AG_SHM_DEFAULT;
+    if (o.shm_bytes != AG_SHM_OFF &&
+        (o.shm_bytes < AG_SHM_MIN_SIZE || o.shm_bytes > AG_SHM_MAX_SIZE))
+        return AG_EINVAL;
 
     if (gethostname(c->host, sizeof c->host - 1) != 0) snprintf(c->host, sizeof c->host, "unknown");
     c->host[sizeof c->host - 1] = '\0';
@@ -464,6 +486,7 @@ static int fill_options(ag_client *c, const ag_client_opts *in) {
 }
 
 static void free_client(ag_client *c) {
+    ag_client_shm_close(&c->shm);
     free(c->ring);
     free(c->ring_records);
     free(c->ring_small);
@@ -540,6 +563,8 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
         goto fail;
     have_push = 1;
     if (tls) nng_tls_config_free(tls);
+    tls = NULL;
+    open_shm(c);
     if ((rc = tls_settings(&c->opts, c->query_url, &tls)) ||
         (rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1, &c->req_pipes, tls)))
         goto fail;

@@ -17,6 +17,7 @@
 #include "client/open_quiet.h"
 #include "core/clock.h"
 #include "proto/proto.h"
+#include "proto/shm.h"
 
 /* One query in flight (on its caller's stack), so close can cancel its aio:
  * closing the REQ socket under a thread inside nng_ctx_send is not safe in
@@ -26,6 +27,33 @@ typedef struct ag_query_slot {
     nng_aio *aio;
     struct ag_query_slot *next;
 } ag_query_slot;
+
+/* The shared-memory segment of snapshot arrays (shm.c, proto/shm.h). */
+typedef struct ag_client_shm {
+    int fd;
+    uint8_t *base; /* the mapping; NULL: no segment */
+    ag_shm_header *hdr;
+    uint64_t size, cap, token;
+    /* One producer at a time reserves, writes and queues a record (held
+     * before mu), so records are queued in the order of their positions. */
+    pthread_mutex_t writer;
+    uint64_t head;     /* the next record's position (writer) */
+    uint64_t released; /* the daemon's last released seen (writer) */
+} ag_client_shm;
+
+/* Create, seal and map a segment of bytes (rounded up to pages). AG_EINVAL
+ * for a size out of range, AG_ENOTSUP without memfd, AG_ENOMEM. */
+int ag_client_shm_open(ag_client_shm *s, size_t bytes);
+void ag_client_shm_close(ag_client_shm *s);
+/* Whether the daemon has the segment mapped. */
+int ag_client_shm_acked(const ag_client_shm *s);
+/* A new connection to the ingest socket: offer the segment again. */
+void ag_client_shm_reconnected(ag_client_shm *s);
+/* Reserve a record of len bytes (writer held): 1 and its position, or 0
+ * when the ring has no room for it now. */
+int ag_client_shm_reserve(ag_client_shm *s, size_t len, uint64_t *at);
+/* Where the record at position at lies in this process. */
+uint8_t *ag_client_shm_record(const ag_client_shm *s, uint64_t at);
 
 struct ag_client {
     /* set at open, read-only afterwards */
@@ -97,6 +125,10 @@ struct ag_client {
                                     * sends queued small snapshots several at a time */
     int name_err;                  /* the daemon cannot say the name: why (an ag_err) */
     int bodies_open;               /* counted in bodies.c's cache (ag_send_bodies_open) */
+    ag_client_shm shm;             /* set at open (shm.base NULL: none); its writer
+                                    * mutex and head are its own */
+    uint64_t shm_frontier;         /* the end of the last record queued or given up:
+                                    * a message's mark (ag_msg_shm) */
 };
 
 /* Queue an encoded stream message (takes msg in every case). Caller holds

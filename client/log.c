@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "client/client_internal.h"
 
@@ -129,6 +130,37 @@ static int check_snapshot(const ag_snapshot *s) {
     return AG_OK;
 }
 
+/* A record of len bytes in the segment (writer and mu held): 1 and its
+ * position, or 0 to send the arrays in the message. Under the blocking
+ * policy a full ring is waited for, as a full queue is, while the daemon
+ * keeps reading it (the ring holds what it has still to read); a daemon
+ * that read nothing for SHM_STALL_MS, or a new connection (ack cleared),
+ * ends the wait, and so does close. */
+#define SHM_STALL_MS 2000
+static int reserve_locked(ag_client *c, ag_client_shm *sh, size_t len, uint64_t *at) {
+    if (ag_client_shm_reserve(sh, len, at)) return 1;
+    if (c->opts.policy != AG_QUEUE_BLOCK || len > sh->cap) return 0;
+    uint64_t seen = sh->released;
+    int64_t since = ag_mono_ms();
+    long pause_ns = 20000;
+    while (!c->stopping && ag_client_shm_acked(sh)) {
+        pthread_mutex_unlock(&c->mu);
+        struct timespec ts = {0, pause_ns};
+        nanosleep(&ts, NULL);
+        pause_ns = pause_ns < 1000000 ? pause_ns * 2 : 1000000;
+        pthread_mutex_lock(&c->mu);
+        if (ag_client_shm_reserve(sh, len, at)) return 1;
+        if (sh->released != seen) {
+            seen = sh->released;
+            since = ag_mono_ms();
+            pause_ns = 20000;
+        } else if (ag_mono_ms() - since > SHM_STALL_MS) {
+            break;
+        }
+    }
+    return 0;
+}
+
 int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s) {
     if (!c || !s) return AG_EINVAL;
     if (ag_client_forked(c)) return AG_ECLOSED;
@@ -149,21 +181,48 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s) {
         pthread_mutex_unlock(&c->mu);
         return AG_OK;
     }
-    rc = ag_client_start_run_locked(c);
+    c->callers++; /* we wait and encode unlocked: close must wait for us */
+    pthread_mutex_unlock(&c->mu);
+
+    /* Through shared memory when the daemon has the segment mapped and its
+     * ring has room: one producer at a time, so that records are queued in
+     * the order of their positions (client_internal.h). */
+    ag_client_shm *sh = c->shm.base ? &c->shm : NULL;
+    int writer = sh && ag_client_shm_acked(sh), via_shm = 0;
+    uint64_t at = 0, mark = 0;
+    size_t bytes = 2 * m * size;
+    if (writer) pthread_mutex_lock(&sh->writer);
+    pthread_mutex_lock(&c->mu);
+    rc = c->ended || c->stopping ? AG_ECLOSED : ag_client_start_run_locked(c);
+    if (!rc && writer) via_shm = reserve_locked(c, sh, bytes, &at);
     /* Under the drop policy a full queue drops the snapshot before we spend
      * time encoding it. */
-    if (!rc && c->opts.policy == AG_QUEUE_DROP && !ag_client_has_room_locked(c, 2 * m * size)) {
+    if (!rc && c->opts.policy == AG_QUEUE_DROP &&
+        !ag_client_has_room_locked(c, via_shm ? AG_SHM_ALIGN : bytes)) {
         c->stats.dropped++;
         rc = AG_EAGAIN;
     }
-    if (!rc) c->callers++; /* we encode unlocked: close must wait for us */
+    /* Every record below the mark was queued before this message, or never
+     * will be: the daemon may hand its space back once it has read them. */
+    mark = via_shm ? sh->head : c->shm_frontier;
     pthread_mutex_unlock(&c->mu);
-    if (rc) return rc;
 
     void *sample = NULL;
     nng_msg *nm = NULL;
+    if (rc) goto leave;
     const void *w = s->w, *x = s->g ? s->g : s->u;
-    if (m < n) {
+    if (via_shm) {
+        uint8_t *dst = ag_client_shm_record(sh, at);
+        uint64_t seed = c->opts.sample_seed ? c->opts.sample_seed : DEFAULT_SAMPLE_SEED;
+        if (m < n) {
+            gather_sample(w, dst, size, n, m, seed);
+            gather_sample(x, dst + m * size, size, n, m, seed);
+        } else {
+            memcpy(dst, w, m * size);
+            memcpy(dst + m * size, x, m * size);
+        }
+        w = x = NULL;
+    } else if (m < n) {
         sample = malloc(2 * m * size);
         if (!sample) {
             rc = AG_ENOMEM;
@@ -193,6 +252,13 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s) {
     o->replicated = s->replicated != 0;
     o->w = w;
     o->x = x;
+    if (sh) /* the segment: where the arrays are, or offered for the next ones */
+        o->shm = (ag_msg_shm){.token = sh->token,
+                              .fd = (uint64_t)sh->fd,
+                              .size = sh->size,
+                              .mark = mark,
+                              .at = at,
+                              .has_at = via_shm};
     rc = ag_client_encode_msg(&msg, &nm);
     free(sample);
 
@@ -210,10 +276,13 @@ leave:
     }
     if (!rc) {
         c->stats.snapshots++;
+        c->stats.shm_snapshots += (uint64_t)via_shm;
         if (s->step > c->max_step) c->max_step = s->step;
     }
+    if (via_shm) c->shm_frontier = sh->head; /* the record is queued, or given up */
     ag_client_leave_locked(c);
     pthread_mutex_unlock(&c->mu);
+    if (writer) pthread_mutex_unlock(&sh->writer);
     return rc;
 }
 

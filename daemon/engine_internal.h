@@ -248,7 +248,11 @@ struct ag_engine_job {
     double msg_scale;
     const float *w, *x;
     float *wbuf, *xbuf; /* owned conversions, when the payload was not f32-aligned */
-    float *base;        /* the weights kept as the tensor's baseline (wbuf, or a copy) */
+    /* float32 arrays in a client's segment (ag_msg_snapshot.remote), which
+     * the client may write while we read: the amax phase copies each chunk
+     * into wbuf / xbuf first, and nothing reads them after that phase */
+    const float *src_w, *src_x;
+    float *base; /* the weights kept as the tensor's baseline (wbuf, or a copy) */
     size_t nf;
     const ag_format *fmts[AG_FORMATS_MAX];
     int fidx[AG_FORMATS_MAX];

@@ -28,6 +28,7 @@
 #include "daemon/notify.h"
 #include "daemon/query.h"
 #include "daemon/secure.h"
+#include "daemon/shm.h"
 #include "daemon/writer.h"
 #include "proto/proto.h"
 #include "schema/store.h"
@@ -66,6 +67,8 @@ typedef struct ag_daemon {
     size_t njobs;
     nng_msg *held_nng;
     ag_msg held_msg;
+    ag_shm_ref held_ref; /* its record in a client's segment, if any */
+    ag_shm_table *shm;   /* the clients' segments (daemon/shm.h) */
     /* the messages of the last bundle taken (t = 6), each its own nng
      * message, handled before anything more is taken from the ring */
     nng_msg **split;
@@ -94,7 +97,9 @@ typedef struct inflight {
     ag_engine_job *job;
     nng_msg *nm;
     ag_msg msg;
-    size_t left; /* chunks not yet done */
+    ag_shm_ref ref; /* the arrays' record in a client's segment: released
+                     * once the first phase has copied them */
+    size_t left;    /* chunks not yet done */
     struct chunk_work *works;
     struct inflight *next;
 } inflight;
@@ -118,6 +123,7 @@ static void job_done(ag_daemon *d, inflight *f) {
         }
     d->njobs--;
     ag_engine_job_finish(d->engine, f->job);
+    ag_shm_release(d->shm, &f->ref);
     ag_msg_clear(&f->msg);
     nng_msg_free(f->nm);
     free(f->works);
@@ -132,6 +138,8 @@ static void after_chunk_cb(uv_work_t *req, int status) {
     ag_daemon *d = f->d;
     (void)status;
     if (--f->left) return;
+    /* The first phase has copied the arrays out of a client's segment. */
+    if (ag_engine_job_scales_pending(f->job)) ag_shm_release(d->shm, &f->ref);
     if (ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f)) return;
     job_done(d, f);
     pump(d);
@@ -166,17 +174,20 @@ static int dispatch_chunks(ag_daemon *d, inflight *f) {
     }
 }
 
-static void dispatch(ag_daemon *d, ag_engine_job *job, nng_msg *nm, const ag_msg *m) {
+static void dispatch(ag_daemon *d, ag_engine_job *job, nng_msg *nm, const ag_msg *m,
+                     ag_shm_ref *ref) {
     d->jobs_started++;
     inflight *f = calloc(1, sizeof *f);
     if (!f) { /* no memory to track it: evaluate it now */
         ag_engine_job_run(d->engine, job);
         ag_engine_job_finish(d->engine, job);
+        ag_shm_release(d->shm, ref);
         ag_msg_clear((ag_msg *)m);
         nng_msg_free(nm);
         return;
     }
-    *f = (inflight){.d = d, .job = job, .nm = nm, .msg = *m};
+    *f = (inflight){.d = d, .job = job, .nm = nm, .msg = *m, .ref = *ref};
+    ref->seg = NULL;
     f->next = d->jobs;
     d->jobs = f;
     d->njobs++;
@@ -203,13 +214,16 @@ static int may_start(ag_daemon *d, const ag_msg *m, size_t len) {
     return ag_engine_may_overlap(m, names, k, pending);
 }
 
-/* Decode one message; NULL-type result when it was rejected (counted). */
-static int decode(ag_daemon *d, nng_msg *nm, ag_msg *m) {
+/* Decode one message, its arrays pointed into a client's segment when they
+ * are there (*ref); NULL-type result when it was rejected (counted). */
+static int decode(ag_daemon *d, nng_msg *nm, ag_msg *m, ag_shm_ref *ref) {
     size_t len = nng_msg_len(nm);
     memset(m, 0, sizeof *m);
+    ref->seg = NULL;
     int rc = ag_proto_decode(nng_msg_body(nm), len, m);
     if (rc == AG_OK && !ag_proto_is_stream(m->type))
         rc = ag_errctx_set(&m->err, AG_EPROTO, "not a stream message");
+    if (rc == AG_OK) rc = ag_shm_resolve(d->shm, nm, m, ref, &m->err);
     if (rc) {
         ag_log(&d->log, AG_LOG_WARNING, "ingest: rejected a %zu-byte message: %s (%s)", len,
                ag_strerror(rc), ag_errctx_text(&m->err));
@@ -246,6 +260,7 @@ static void unbundle(ag_daemon *d, nng_msg *nm) {
             continue;
         }
         memcpy(nng_msg_body(one), e[i].data, e[i].len);
+        nng_msg_set_pipe(one, nng_msg_get_pipe(nm)); /* who sent it (daemon/shm.c) */
         d->split[d->nsplit++] = one;
     }
     if (n) ag_log(&d->log, AG_LOG_DEBUG, "ingest: a bundle of %zu messages", n);
@@ -270,13 +285,14 @@ static nng_msg *next_message(ag_daemon *d) {
 }
 
 /* File one decoded message; never fails the daemon. */
-static void process(ag_daemon *d, nng_msg *nm, ag_msg *m) {
+static void process(ag_daemon *d, nng_msg *nm, ag_msg *m, ag_shm_ref *ref) {
     ag_engine_job *job = NULL;
     ag_engine_handle(d->engine, m, nng_msg_len(nm), &job);
     if (job) {
-        dispatch(d, job, nm, m);
+        dispatch(d, job, nm, m, ref);
         return;
     }
+    ag_shm_release(d->shm, ref);
     ag_msg_clear(m);
     nng_msg_free(nm);
 }
@@ -291,15 +307,17 @@ static void pump(ag_daemon *d) {
         if (!d->held_nng) {
             nng_msg *nm = next_message(d);
             if (!nm) return;
-            if (decode(d, nm, &d->held_msg)) continue;
+            if (decode(d, nm, &d->held_msg, &d->held_ref)) continue;
             d->held_nng = nm;
         }
         if (!may_start(d, &d->held_msg, nng_msg_len(d->held_nng))) return; /* woken by a job */
         nng_msg *nm = d->held_nng;
         ag_msg m = d->held_msg;
+        ag_shm_ref ref = d->held_ref;
         d->held_nng = NULL;
+        d->held_ref.seg = NULL;
         memset(&d->held_msg, 0, sizeof d->held_msg);
-        process(d, nm, &m);
+        process(d, nm, &m, &ref);
     }
     uv_async_send(&d->kick);
 }
@@ -504,6 +522,7 @@ static void flush_cb(uv_timer_t *t) {
             ag_engine_trim(d->engine);
             ag_ingest_trim(d->ingest);
         }
+        ag_shm_sweep(d->shm, now);
     }
     /* Tell the service manager when the store goes degraded or recovers. */
     ag_writer_health_info h;
@@ -550,6 +569,11 @@ static int start(ag_daemon *d) {
         atomic_store(&d->counters.rejected, seed->rejected);
         atomic_store(&d->counters.dropped, seed->dropped);
         ag_free(seed);
+    }
+    if (!(d->shm = ag_shm_table_new(&d->log))) {
+        fprintf(stderr, "altgradd: out of memory\n");
+        ag_store_close(st);
+        return 1;
     }
     if ((err = ag_engine_new(&d->engine, &d->cfg, &d->log, &d->counters)) ||
         (err = ag_engine_restore(d->engine, st))) {
@@ -745,6 +769,7 @@ int main(int argc, char **argv) {
 
     /* The loop has ended: intake is closed. Commit what is queued. */
     if (d->held_nng) {
+        ag_shm_release(d->shm, &d->held_ref);
         ag_msg_clear(&d->held_msg);
         nng_msg_free(d->held_nng);
     }
@@ -753,6 +778,7 @@ int main(int argc, char **argv) {
     ag_query_stop(d->query);
     ag_writer_stop(d->writer);
     ag_engine_free(d->engine);
+    ag_shm_table_free(d->shm); /* every job has ended */
     ag_http_free(d->http);
     ag_secure_fini();
     uv_loop_close(&d->loop);

@@ -26,7 +26,8 @@ _Static_assert(AG_ENGINE_CHUNK % 32 == 0, "engine chunks must be block-aligned")
 static int payload(ag_engine *e, ag_engine_job *job, const ag_msg_snapshot *s) {
     size_t n = job->n, esz = ag_proto_dtype_size(s->dtype);
     const uint8_t *w = s->w, *x = s->x;
-    if (s->dtype == AG_DTYPE_F32 && ag_proto_aligned(w, 4) && ag_proto_aligned(x, 4)) {
+    int f32 = s->dtype == AG_DTYPE_F32 && ag_proto_aligned(w, 4) && ag_proto_aligned(x, 4);
+    if (f32 && !s->remote) {
         job->w = (const float *)(const void *)w;
         job->x = (const float *)(const void *)x;
         return AG_OK;
@@ -34,7 +35,10 @@ static int payload(ag_engine *e, ag_engine_job *job, const ag_msg_snapshot *s) {
     job->wbuf = ag_eng_take(e, n * sizeof(float));
     job->xbuf = ag_eng_take(e, n * sizeof(float));
     if (!job->wbuf || !job->xbuf) return AG_ENOMEM;
-    if (s->dtype == AG_DTYPE_F32) {
+    if (f32) { /* remote: copied chunk by chunk in the amax phase, on the pool */
+        job->src_w = (const float *)(const void *)w;
+        job->src_x = (const float *)(const void *)x;
+    } else if (s->dtype == AG_DTYPE_F32) {
         memcpy(job->wbuf, w, n * esz);
         memcpy(job->xbuf, x, n * esz);
     } else {
@@ -144,7 +148,7 @@ int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes) {
     const ag_msg_snapshot *s = &m->u.snapshot;
     if (s->n > SIZE_MAX / (sizeof(float) * 2 + 2 * AG_FORMATS_MAX)) return 0;
     size_t need = job_cost((size_t)s->n, snapshot_ebytes(e, s, (size_t)s->n),
-                           s->dtype == AG_DTYPE_F32, bytes);
+                           s->dtype == AG_DTYPE_F32 && !s->remote, bytes);
     return e->state_bytes + e->inflight_bytes + need <= e->max_state_bytes;
 }
 
@@ -216,7 +220,7 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
         for (size_t k = 0; k < i; k++) again |= job->fidx[k] == job->fidx[i];
         if (!again && known->prev[job->fidx[i]]) had += enc_bytes(job->fmts[i], job->n);
     }
-    size_t cost = job_cost(job->n, ebytes, s->dtype == AG_DTYPE_F32, 0);
+    size_t cost = job_cost(job->n, ebytes, s->dtype == AG_DTYPE_F32 && !s->remote, 0);
     if (e->state_bytes + e->inflight_bytes + cost - had > e->max_state_bytes ||
         keep > e->max_state_bytes) {
         err = AG_ENOSPC;
@@ -354,6 +358,10 @@ void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     size_t start = c * job->chunk;
     size_t len = job->n - start < job->chunk ? job->n - start : job->chunk;
     if (job->phase == 0) {
+        if (job->src_w) {
+            memcpy(job->wbuf + start, job->src_w + start, len * sizeof(float));
+            memcpy(job->xbuf + start, job->src_x + start, len * sizeof(float));
+        }
         job->part_err[c] = ag_amax(job->w + start, len, &job->part_amax[c], &job->part_bad[c]);
         return;
     }

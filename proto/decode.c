@@ -263,6 +263,24 @@ static int d_composite(dec *d, const ag_field *f, char *base, const ag_spec *spe
     }
     if (f->kind == K_COUNTS) return d_counts(d, (ag_msg_counts *)(void *)(base + f->off));
     if ((rc = ag_rd_array(&d->rd, &n))) return rc;
+    if (f->kind == K_SHM) {
+        ag_msg_shm *h = (ag_msg_shm *)(void *)(base + f->off);
+        if (n != 5) BAD(d, "shm is not [token, fd, size, mark, at]", AG_EPROTO);
+        if ((rc = ag_rd_uint(&d->rd, &h->token)) || (rc = ag_rd_uint(&d->rd, &h->fd)) ||
+            (rc = ag_rd_uint(&d->rd, &h->size)) || (rc = ag_rd_uint(&d->rd, &h->mark)))
+            return rc;
+        if (d->rd.p < d->rd.end && *d->rd.p == 0xc0) {
+            d->rd.p++; /* nil: the arrays are in data */
+        } else {
+            if ((rc = ag_rd_uint(&d->rd, &h->at))) return rc;
+            h->has_at = 1;
+        }
+        if (h->token == 0) BAD(d, "a shared-memory token of 0", AG_EPROTO);
+        if (h->fd > INT32_MAX) BAD(d, "a shared-memory descriptor over INT32_MAX", AG_EPROTO);
+        if (h->size < AG_SHM_MIN_SIZE || h->size > AG_SHM_MAX_SIZE)
+            BAD(d, "a shared-memory segment of a size out of range", AG_EPROTO);
+        return AG_OK;
+    }
     if (f->kind == K_REPL) { /* indexes, strictly ascending; post_check bounds them by n */
         if (n > AG_PROTO_MAX_COUNT_ITEMS) BAD(d, "more than 4096 replicated items", AG_ETOOBIG);
         d->repl = d_alloc(d, (n ? n : 1) * sizeof *d->repl);
@@ -403,6 +421,20 @@ static int post_check(dec *d, ag_msg *m, uint32_t seen, uint32_t seen_hdr) {
     ag_msg_snapshot *s = &m->u.snapshot;
     size_t size = ag_proto_dtype_size(s->dtype);
     if (s->n == 0) BAD(d, "a snapshot needs n >= 1", AG_EPROTO);
+    if (s->shm.has_at) {
+        /* the arrays are in the sender's segment: a record inside its ring */
+        if (d->have_data) BAD(d, "a snapshot with both data and shared-memory arrays", AG_EPROTO);
+        uint64_t cap = s->shm.size - AG_SHM_HEADER;
+        if (s->n > AG_PROTO_MAX_MESSAGE / (2 * size) || 2 * size * s->n > cap ||
+            s->shm.at % cap > cap - 2 * size * s->n)
+            BAD(d, "a shared-memory record past the end of its segment's ring", AG_EPROTO);
+        if (s->numel == 0) s->numel = s->n;
+        if (s->numel < s->n) BAD(d, "numel is smaller than n", AG_EPROTO);
+        if (s->form == AG_FORM_SGD && !d->have_lr) BAD(d, "an SGD snapshot needs lr", AG_EPROTO);
+        s->w = s->x = NULL; /* the receiver points them into the segment */
+        return AG_OK;
+    }
+    if (!d->have_data) BAD(d, "a required key is missing", AG_EPROTO);
     if (s->n > d->data_len / (2 * size) || d->data_len != 2 * size * (size_t)s->n)
         BAD(d, "snapshot data length is not 2 * n * dtype size", AG_EPROTO);
     if (s->numel == 0) s->numel = s->n;
@@ -465,7 +497,8 @@ static int decode(dec *d, ag_msg *m, const ag_spec *spec) {
             return rc; /* unknown key: skipped (forward compatibility) */
     }
     for (size_t j = 0; j < spec->nfields; j++)
-        if ((spec->fields[j].flags & F_REQ) && !(seen & (1u << j)))
+        if ((spec->fields[j].flags & F_REQ) && !(seen & (1u << j)) &&
+            spec->fields[j].kind != K_DATA) /* post_check: data, or shared memory */
             BAD(d, "a required key is missing", AG_EPROTO);
     if ((rc = post_check(d, m, seen, seen_hdr))) return rc;
     if (m->type == AG_MSG_RUN_START && !m->u.run_start.metadata) m->u.run_start.metadata = "{}";

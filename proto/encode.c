@@ -114,6 +114,8 @@ static int put_scalar(msgpack_packer *pk, const ag_field *f, const char *base, c
 static int present(const ag_field *f, const char *base, int type) {
     const void *at = base + f->off;
     if (f->kind == K_SCALE) return *(const int *)(base + f->aux) != 0;
+    if (f->kind == K_SHM) return ((const ag_msg_shm *)(const void *)at)->token != 0;
+    if (f->kind == K_DATA) return !((const ag_msg_snapshot *)(const void *)at)->shm.has_at;
     if (type == AG_MSG_SNAPSHOT && strcmp(f->key, "lr") == 0) {
         const ag_msg_snapshot *s = (const ag_msg_snapshot *)base;
         return s->form == AG_FORM_SGD || s->lr != 0;
@@ -197,7 +199,17 @@ static int snapshot_check(const ag_msg_snapshot *s, const char **why) {
     if (!isfinite(s->lr)) FAIL("lr is not finite", AG_EINVAL);
     if (s->nformats > AG_PROTO_MAX_FORMATS) FAIL("more than 64 formats", AG_ETOOBIG);
     if (s->nformats && !s->formats) FAIL("formats is NULL", AG_EINVAL);
-    if (!s->w || !s->x) FAIL("snapshot arrays are NULL", AG_EINVAL);
+    const ag_msg_shm *h = &s->shm;
+    if (h->has_at && !h->token) FAIL("shared-memory arrays need the segment's token", AG_EINVAL);
+    if (h->token) {
+        if (h->fd > INT32_MAX) FAIL("a descriptor over INT32_MAX", AG_EINVAL);
+        if (h->size < AG_SHM_MIN_SIZE || h->size > AG_SHM_MAX_SIZE)
+            FAIL("a shared-memory segment of a size out of range", AG_EINVAL);
+        uint64_t cap = h->size - AG_SHM_HEADER, len = 2 * (uint64_t)s->n * size;
+        if (h->has_at && (len > cap || h->at % cap > cap - len))
+            FAIL("a record past the end of its segment's ring", AG_EINVAL);
+    }
+    if (!h->has_at && (!s->w || !s->x)) FAIL("snapshot arrays are NULL", AG_EINVAL);
     return AG_OK;
 }
 
@@ -236,6 +248,19 @@ static int put_composite(msgpack_packer *pk, ag_buf *b, size_t start, const ag_f
         msgpack_pack_array(pk, k);
         for (size_t i = 0; i < c->n; i++)
             if (c->replicated[i]) msgpack_pack_uint64(pk, i);
+        return AG_OK;
+    }
+    if (f->kind == K_SHM) {
+        const ag_msg_shm *h = (const ag_msg_shm *)(const void *)(base + f->off);
+        msgpack_pack_array(pk, 5);
+        msgpack_pack_uint64(pk, h->token);
+        msgpack_pack_uint64(pk, h->fd);
+        msgpack_pack_uint64(pk, h->size);
+        msgpack_pack_uint64(pk, h->mark);
+        if (h->has_at)
+            msgpack_pack_uint64(pk, h->at);
+        else
+            msgpack_pack_nil(pk);
         return AG_OK;
     }
     if (f->kind == K_DATA) {
@@ -314,7 +339,7 @@ static int encode(ag_buf *b, const ag_msg *m, const char **why) {
     size_t nkeys = 2 + (stream ? 4 : 0);
     for (size_t i = 0; i < spec->nfields; i++)
         nkeys += (size_t)present(&spec->fields[i], base, m->type);
-    if (m->type == AG_MSG_SNAPSHOT) nkeys++; /* pad */
+    if (m->type == AG_MSG_SNAPSHOT && !m->u.snapshot.shm.has_at) nkeys++; /* pad */
 
     msgpack_packer pk;
     ag_packer_init(&pk, b);

@@ -13,6 +13,7 @@
 
 #include "core/errctx.h"
 #include "proto/proto.h"
+#include "proto/shm.h"
 #include "proto/spec.h"
 
 /* ---- reader ------------------------------------------------------------ */

@@ -110,6 +110,21 @@ typedef struct ag_msg_stats {
     const ag_stat_record *records;
 } ag_msg_stats;
 
+/*
+ * A snapshot's shared-memory key (PROTOCOL.md 3.3.1): the sender's segment
+ * (proto/shm.h) and, with has_at, where in it the arrays are. token 0: no
+ * key. mark: every record of the segment ending at or below it was sent
+ * before this message (or never will be), so the reader may release it.
+ */
+typedef struct ag_msg_shm {
+    uint64_t token; /* != 0: the segment's, also in its header */
+    uint64_t fd;    /* the sender's descriptor of it (<= INT32_MAX) */
+    uint64_t size;  /* its bytes, header included */
+    uint64_t mark;
+    uint64_t at; /* has_at: the position of w (x follows), record bounds checked */
+    int has_at;  /* 1: the arrays are in the segment and `data` is absent */
+} ag_msg_shm;
+
 typedef struct ag_msg_snapshot {
     uint64_t step;
     const char *tensor;
@@ -130,6 +145,11 @@ typedef struct ag_msg_snapshot {
      * Check alignment before reading them as float (ag_proto_aligned). */
     const void *w;
     const void *x; /* g (SGD form) or u (update form) */
+    ag_msg_shm shm;
+    /* Not on the wire: set by a receiver that pointed w and x into a
+     * sender's segment, which the sender may still write; such arrays are
+     * copied before they are read twice. */
+    int remote;
 } ag_msg_snapshot;
 
 /*

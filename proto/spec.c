@@ -41,6 +41,7 @@ static const ag_field snapshot_fields[] = {
     {"scale", K_SCALE, 0, U(snapshot.scale), U(snapshot.has_scale), NULL, 0},
     {"fmts", K_FMTS, F_OMIT0, U(snapshot.nformats), 0, NULL, 0},
     {"repl", K_ENUM, F_OMIT0, U(snapshot.replicated), 1, NULL, 0},
+    {"shm", K_SHM, F_OMIT0, U(snapshot.shm), 0, NULL, 0},
     {"data", K_DATA, F_REQ, U(snapshot), 0, NULL, 0}, /* last: the encoder pads before it */
 };
 

@@ -31,7 +31,8 @@ enum ag_kind {
     K_DATA,     /* snapshot payload (ag_msg_snapshot) */
     K_ITEMS,    /* reply item list (spec->cols) */
     K_COUNTS,   /* counts items (ag_msg_counts) */
-    K_REPL      /* counts: the indexes of replicated items (ag_msg_counts.replicated) */
+    K_REPL,     /* counts: the indexes of replicated items (ag_msg_counts.replicated) */
+    K_SHM       /* snapshot: the shared-memory key (ag_msg_shm) */
 };
 
 /* The index of run_start's "world" key in its table (decode checks it). */

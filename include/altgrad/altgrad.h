@@ -639,7 +639,17 @@ typedef struct ag_client_opts {
                                   * for tls+tcp://); NULL: $ALTGRAD_TLS_CA */
     const char *tls_server_name; /* the name the daemon's certificate must carry; NULL:
                                   * $ALTGRAD_TLS_SERVER_NAME, else the URL's host */
+    /* Snapshots through shared memory (docs/client.md): with an ipc://
+     * ingest URL, snapshot arrays are written into a segment of this many
+     * bytes that the daemon maps (when it runs as the same user), instead of
+     * being sent through the socket; a snapshot that does not fit its free
+     * part is sent as before. 0: 64 MiB; AG_SHM_OFF: never. At least 68 KiB,
+     * at most 16 GiB. */
+    size_t shm_bytes;
 } ag_client_opts;
+
+#define AG_SHM_OFF ((size_t)-1)    /* ag_client_opts.shm_bytes: no shared memory */
+#define AG_SHM_DEFAULT (64u << 20) /* ... 0: this many bytes */
 
 #define AG_WORLD_MAX 65536 /* ranks of one run */
 
@@ -835,11 +845,13 @@ typedef struct ag_client_stats {
     uint64_t snapshots;       /* snapshots queued */
     uint64_t skipped;         /* snapshots skipped by snapshot_every */
     uint64_t bytes_sent;
-    uint64_t delivered;   /* messages the daemon confirmed it stored, as of the
+    uint64_t delivered;     /* messages the daemon confirmed it stored, as of the
                              * last confirmation (flush, close) */
-    uint64_t undelivered; /* messages queued (with a sequence number) and not
+    uint64_t undelivered;   /* messages queued (with a sequence number) and not
                              * confirmed: still queued, in transit, awaiting a
                              * flush to confirm them, or lost */
+    uint64_t shm_snapshots; /* of snapshots, those whose arrays went through shared
+                             * memory (ag_client_opts.shm_bytes) */
 } ag_client_stats;
 AG_EXTERN int ag_client_get_stats(ag_client *c, ag_client_stats *out);
 /*

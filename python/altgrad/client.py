@@ -53,6 +53,7 @@ class ag_client_opts(ctypes.Structure):
         ("tls_key", c_char_p),
         ("tls_ca", c_char_p),
         ("tls_server_name", c_char_p),
+        ("shm_bytes", c_size_t),
     ]
 
 
@@ -114,6 +115,7 @@ class ag_client_stats(ctypes.Structure):
         ("bytes_sent", c_uint64),
         ("delivered", c_uint64),
         ("undelivered", c_uint64),
+        ("shm_snapshots", c_uint64),
     ]
 
 
@@ -268,7 +270,9 @@ class Client:
     The other keywords are ag_client_opts fields (0 = the library default):
     queue_messages, queue_bytes, batch_bytes, flush_interval_ms,
     query_timeout_ms, close_timeout_ms, reconnect_ms, snapshot_every,
-    sample_max, sample_seed. Use as a context manager or call close().
+    sample_max, sample_seed, shm_bytes (the shared-memory segment snapshots
+    go through to a daemon on this machine, docs/client.md; 0: 64 MiB,
+    Client.SHM_OFF: none). Use as a context manager or call close().
 
     Opening prints one line to stderr when no daemon is found at the URLs
     (from the C library). A message counts as delivered once the daemon
@@ -276,9 +280,11 @@ class Client:
     were never confirmed, and leaving a `with` block says so on stderr.
     """
 
+    SHM_OFF = ctypes.c_size_t(-1).value  # shm_bytes: no shared memory (AG_SHM_OFF)
+
     _INT_OPTS = ("queue_messages", "queue_bytes", "batch_bytes", "flush_interval_ms",
                  "query_timeout_ms", "close_timeout_ms", "reconnect_ms", "snapshot_every",
-                 "sample_max", "sample_seed")
+                 "sample_max", "sample_seed", "shm_bytes")
 
     def __init__(self, ingest_url: str = None, query_url: str = None, run: str = None, *,
                  metadata=None, policy: str = "drop", resume: bool = False,

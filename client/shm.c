@@ -1,0 +1,97 @@
+/*
+ * shm.c - the client's side of snapshots through shared memory
+ * (proto/shm.h, docs/client.md "Shared memory"). A client whose ingest URL
+ * is ipc:// creates one sealed memfd at open; its snapshots offer it to the
+ * daemon, and once the daemon has mapped it (ack) their arrays are written
+ * into its ring instead of into the message, which then carries only where
+ * they are. The daemon says which records it has read (released); a record
+ * that does not fit the free part of the ring goes in its message as before.
+ */
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "client/client_internal.h"
+
+int ag_client_shm_open(ag_client_shm *s, size_t bytes) {
+    memset(s, 0, sizeof *s);
+    s->fd = -1;
+    if (bytes < AG_SHM_MIN_SIZE || bytes > AG_SHM_MAX_SIZE) return AG_EINVAL;
+    bytes = (bytes + 4095) & ~(size_t)4095;
+    int fd = memfd_create("altgrad-snapshots", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return AG_EINVAL;
+    /* Sealed at its size: the daemon maps it and refuses one it could see
+     * shrink (a read past the end would kill it with SIGBUS). */
+    if (ftruncate(fd, (off_t)bytes) != 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        close(fd);
+        return AG_ENOMEM;
+    }
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        close(fd);
+        return AG_ENOMEM;
+    }
+    if (pthread_mutex_init(&s->writer, NULL) != 0) {
+        munmap(p, bytes);
+        close(fd);
+        return AG_ENOMEM;
+    }
+    s->fd = fd;
+    s->base = p;
+    s->hdr = p;
+    s->size = bytes;
+    s->cap = bytes - AG_SHM_HEADER;
+    s->token = ag_client_random_u64();
+    s->hdr->magic = AG_SHM_MAGIC;
+    s->hdr->token = s->token;
+    s->hdr->size = bytes;
+    ag_shm_store(&s->hdr->ack, 0);
+    ag_shm_store(&s->hdr->released, 0);
+    return AG_OK;
+}
+
+void ag_client_shm_close(ag_client_shm *s) {
+    if (!s->base) return;
+    /* The daemon keeps its own mapping: records it has not read yet stay
+     * readable after this (the memfd lives while anyone maps it). */
+    munmap(s->base, s->size);
+    close(s->fd);
+    pthread_mutex_destroy(&s->writer);
+    s->base = NULL;
+    s->fd = -1;
+}
+
+int ag_client_shm_acked(const ag_client_shm *s) {
+    return s->base && ag_shm_load(&s->hdr->ack) == s->token;
+}
+
+void ag_client_shm_reconnected(ag_client_shm *s) {
+    /* A new connection may be a new daemon, which has not mapped the
+     * segment: offer it again before writing records into it. */
+    if (s->base) ag_shm_store(&s->hdr->ack, 0);
+}
+
+int ag_client_shm_reserve(ag_client_shm *s, size_t len, uint64_t *at) {
+    uint64_t released = ag_shm_load(&s->hdr->released);
+    /* Only the daemon writes it, and only forward; a value outside what was
+     * reserved is not believed. */
+    if (released > s->head || released < s->released) released = s->released;
+    s->released = released;
+    uint64_t need = ((uint64_t)len + AG_SHM_ALIGN - 1) / AG_SHM_ALIGN * AG_SHM_ALIGN;
+    if (need == 0 || need > s->cap) return 0;
+    uint64_t start = s->head, off = start % s->cap;
+    if (off + need > s->cap) start += s->cap - off; /* never across the ring's end */
+    if (start + need - released > s->cap) return 0;
+    *at = start;
+    s->head = start + need;
+    return 1;
+}
+
+uint8_t *ag_client_shm_record(const ag_client_shm *s, uint64_t at) {
+    return s->base + AG_SHM_HEADER + at % s->cap;
+}

@@ -1,0 +1,61 @@
+/*
+ * shm.h - the daemon's side of snapshots through shared memory
+ * (proto/shm.h, docs/daemon.md "Snapshots through shared memory"): the
+ * segments of local clients it has mapped, found by the token a snapshot
+ * names, and which of their records it has read. Runs on the loop only.
+ */
+#ifndef AG_DAEMON_SHM_H
+#define AG_DAEMON_SHM_H
+
+#include <stdint.h>
+
+#include <nng/nng.h>
+
+#include "core/errctx.h"
+#include "daemon/log.h"
+#include "proto/proto.h"
+
+#define AG_SHM_SEGMENTS_MAX 256     /* segments mapped at once */
+#define AG_SHM_IDLE_MS (300 * 1000) /* an idle segment is unmapped after this */
+#define AG_SHM_RETRY_MS 10000       /* a segment refused is not tried again before this */
+
+typedef struct ag_shm_table ag_shm_table;
+typedef struct ag_shm_seg ag_shm_seg;
+
+/* A record the daemon reads: its segment (NULL: none) and its place in the
+ * segment's queue of records and marks. */
+typedef struct ag_shm_ref {
+    ag_shm_seg *seg;
+    uint64_t entry;
+} ag_shm_ref;
+
+typedef struct ag_shm_stats {
+    uint64_t segments; /* mapped now */
+    uint64_t bytes;    /* their bytes */
+    uint64_t records;  /* snapshots whose arrays were read from a segment, ever */
+    uint64_t refused;  /* segments refused, ever (each refusal is logged) */
+} ag_shm_stats;
+
+ag_shm_table *ag_shm_table_new(ag_logger *log);
+/* Unmap everything (no reference may be left). */
+void ag_shm_table_free(ag_shm_table *t);
+
+/*
+ * m: a decoded snapshot that came in nm (its pipe says who sent it). When it
+ * names a segment: map it if it is not (the sender must be a process of this
+ * daemon's user on this machine, the segment a memfd sealed against
+ * shrinking whose header carries the token), note the message's mark, and
+ * when the arrays are in the segment point m's w and x at them (remote = 1)
+ * and set *ref, to be released once they have been read. AG_OK also when
+ * there is nothing to do; else the reason (the message must be rejected):
+ * AG_EPROTO with the text in err.
+ */
+int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_errctx *err);
+/* The record of ref has been read (or will not be): its space may go back
+ * to the client once every earlier one has. Idempotent; clears ref. */
+void ag_shm_release(ag_shm_table *t, ag_shm_ref *ref);
+/* Unmap the segments idle since now_ms - AG_SHM_IDLE_MS with no record in use. */
+void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms);
+void ag_shm_get_stats(const ag_shm_table *t, ag_shm_stats *out);
+
+#endif
