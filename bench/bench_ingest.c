@@ -257,6 +257,13 @@ static cpu_split cpu_minus(cpu_split a, cpu_split b) {
 
 /* ------------------------------------------------------------ streams */
 
+/* AG_BENCH_SHM=off: the clients send every snapshot's arrays through the
+ * socket (for an A/B against shared memory, the default). */
+static int shm_off(void) {
+    const char *v = getenv("AG_BENCH_SHM");
+    return v && strcmp(v, "off") == 0;
+}
+
 /* One client streaming its own tensor: steps snapshots of n elements. */
 typedef struct stream {
     const char *ingest, *query;
@@ -280,7 +287,8 @@ static void *stream_main(void *arg) {
                         .run = "bench-snapshots",
                         .policy = AG_QUEUE_BLOCK,
                         .query_timeout_ms = 30000,
-                        .close_timeout_ms = st->blind ? 1 : 0};
+                        .close_timeout_ms = st->blind ? 1 : 0,
+                        .shm_bytes = shm_off() ? AG_SHM_OFF : 0};
     st->rc = ag_client_open(&st->c, &o);
     pthread_barrier_wait(st->go);
     struct timespec ts;
