@@ -361,7 +361,10 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
 static void shm_pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg) {
     ag_client *c = arg;
     (void)p;
-    if (ev == NNG_PIPE_EV_ADD_POST) ag_client_shm_reconnected(&c->shm);
+    if (ev != NNG_PIPE_EV_ADD_POST) return;
+    ag_client_shm_reconnected(&c->shm);
+    atomic_store(&c->shm_offered, 0);
+    atomic_store(&c->shm_ack_waited, 0);
 }
 
 /* The shared-memory segment, for a daemon on this machine (an ipc:// ingest

@@ -129,6 +129,9 @@ struct ag_client {
                                     * mutex and head are its own */
     uint64_t shm_frontier;         /* the end of the last record queued or given up:
                                     * a message's mark (ag_msg_shm) */
+    _Atomic int shm_offered;       /* a snapshot offering the segment was queued on
+                                    * this connection (cleared when it is new) */
+    _Atomic int shm_ack_waited;    /* ms waited for the daemon's answer on it */
 };
 
 /* Queue an encoded stream message (takes msg in every case). Caller holds

@@ -130,35 +130,73 @@ static int check_snapshot(const ag_snapshot *s) {
     return AG_OK;
 }
 
+/* Announce a waiter on the segment's wake word: the wake count to wait
+ * after. Read what is waited for after this (proto/shm.h). */
+static uint32_t announce(ag_client_shm *sh) {
+    uint32_t seen = __atomic_load_n(&sh->hdr->wake, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&sh->hdr->waiting, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return seen;
+}
+
+static void retire(ag_client_shm *sh) { __atomic_store_n(&sh->hdr->waiting, 0, __ATOMIC_SEQ_CST); }
+
 /* A record of len bytes in the segment (writer and mu held): 1 and its
  * position, or 0 to send the arrays in the message. Under the blocking
  * policy a full ring is waited for, as a full queue is, while the daemon
  * keeps reading it (the ring holds what it has still to read); a daemon
  * that read nothing for SHM_STALL_MS, or a new connection (ack cleared),
- * ends the wait, and so does close. */
+ * ends the wait, and so does close (within SHM_NAP_MS). */
 #define SHM_STALL_MS 2000
+#define SHM_NAP_MS 100
 static int reserve_locked(ag_client *c, ag_client_shm *sh, size_t len, uint64_t *at) {
     if (ag_client_shm_reserve(sh, len, at)) return 1;
     if (c->opts.policy != AG_QUEUE_BLOCK || len > sh->cap) return 0;
     uint64_t seen = sh->released;
     int64_t since = ag_mono_ms();
-    long pause_ns = 20000;
+    int got = 0;
     while (!c->stopping && ag_client_shm_acked(sh)) {
+        uint32_t wake = announce(sh);
+        if ((got = ag_client_shm_reserve(sh, len, at))) break;
         pthread_mutex_unlock(&c->mu);
-        struct timespec ts = {0, pause_ns};
-        nanosleep(&ts, NULL);
-        pause_ns = pause_ns < 1000000 ? pause_ns * 2 : 1000000;
+        ag_shm_wait(sh->hdr, wake, SHM_NAP_MS);
         pthread_mutex_lock(&c->mu);
-        if (ag_client_shm_reserve(sh, len, at)) return 1;
+        if ((got = ag_client_shm_reserve(sh, len, at))) break;
         if (sh->released != seen) {
             seen = sh->released;
             since = ag_mono_ms();
-            pause_ns = 20000;
         } else if (ag_mono_ms() - since > SHM_STALL_MS) {
             break;
         }
     }
-    return 0;
+    retire(sh);
+    return got;
+}
+
+/* Before the daemon has said it mapped the segment, snapshots carry their
+ * arrays. Under the blocking policy, once a snapshot offering the segment
+ * is queued on this connection, the next ones wait for the answer, at most
+ * SHM_ACK_MS a connection in all: a daemon of another user, or one from
+ * before shared memory, never answers. */
+#define SHM_ACK_MS 1000
+static void await_ack(ag_client *c, ag_client_shm *sh) {
+    if (c->opts.policy != AG_QUEUE_BLOCK || ag_client_shm_acked(sh) ||
+        !atomic_load(&c->shm_offered) || atomic_load(&c->shm_ack_waited) >= SHM_ACK_MS)
+        return;
+    int64_t start = ag_mono_ms();
+    while (!ag_client_shm_acked(sh) && atomic_load(&c->shm_ack_waited) < SHM_ACK_MS) {
+        uint32_t wake = announce(sh);
+        if (ag_client_shm_acked(sh)) break;
+        ag_shm_wait(sh->hdr, wake, 20);
+        int64_t now = ag_mono_ms();
+        atomic_fetch_add(&c->shm_ack_waited, (int)(now - start));
+        start = now;
+        pthread_mutex_lock(&c->mu);
+        int stop = c->stopping;
+        pthread_mutex_unlock(&c->mu);
+        if (stop) break;
+    }
+    retire(sh);
 }
 
 int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s) {
@@ -188,6 +226,7 @@ int ag_client_log_snapshot(ag_client *c, const ag_snapshot *s) {
      * ring has room: one producer at a time, so that records are queued in
      * the order of their positions (client_internal.h). */
     ag_client_shm *sh = c->shm.base ? &c->shm : NULL;
+    if (sh) await_ack(c, sh);
     int writer = sh && ag_client_shm_acked(sh), via_shm = 0;
     uint64_t at = 0, mark = 0;
     size_t bytes = 2 * m * size;
@@ -280,6 +319,7 @@ leave:
         if (s->step > c->max_step) c->max_step = s->step;
     }
     if (via_shm) c->shm_frontier = sh->head; /* the record is queued, or given up */
+    if (!rc && sh && !via_shm) atomic_store(&c->shm_offered, 1); /* an offer is on its way */
     ag_client_leave_locked(c);
     pthread_mutex_unlock(&c->mu);
     if (writer) pthread_mutex_unlock(&sh->writer);

@@ -86,6 +86,7 @@ int ag_client_shm_reserve(ag_client_shm *s, size_t len, uint64_t *at) {
     if (need == 0 || need > s->cap) return 0;
     uint64_t start = s->head, off = start % s->cap;
     if (off + need > s->cap) start += s->cap - off; /* never across the ring's end */
+    if (released == s->head) released = start;      /* nothing unread: the gap skipped is free */
     if (start + need - released > s->cap) return 0;
     *at = start;
     s->head = start + need;

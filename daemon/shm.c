@@ -119,6 +119,7 @@ static void advance(ag_shm_seg *s) {
     if (rel != s->published) {
         s->published = rel;
         ag_shm_store(&s->hdr->released, rel);
+        ag_shm_wake(s->hdr);
     }
 }
 
@@ -279,7 +280,10 @@ int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_
     s->last_ms = now;
     /* Acknowledged on every message naming it: a client that connected
      * again asks again (proto/shm.h). */
-    if (ag_shm_load(&s->hdr->ack) != s->token) ag_shm_store(&s->hdr->ack, s->token);
+    if (ag_shm_load(&s->hdr->ack) != s->token) {
+        ag_shm_store(&s->hdr->ack, s->token);
+        ag_shm_wake(s->hdr);
+    }
     if (!h->has_at) {
         push(s, h->mark, 1);
         return AG_OK;

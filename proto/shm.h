@@ -12,7 +12,9 @@
  *    only while the daemon has released it;
  *  - the daemon: `ack` (the token, once it has the segment mapped) and
  *    `released` (every record ending at or below it has been read; it only
- *    grows). Both with release stores, read with acquire loads.
+ *    grows). Both with release stores, read with acquire loads; then, when
+ *    the client's `waiting` is set, `wake` is bumped and the client woken
+ *    (a futex on the shared page, shm.c).
  */
 #ifndef AG_PROTO_SHM_H
 #define AG_PROTO_SHM_H
@@ -33,7 +35,11 @@ typedef struct ag_shm_header {
     /* the daemon's, on a line of their own */
     uint64_t ack;      /* == token: the daemon has the segment mapped */
     uint64_t released; /* records ending at or below this position were read */
-    uint64_t pad1[6];
+    /* A futex word: the daemon adds one after it stores ack or released
+     * while `waiting` is set, and wakes the client's waiter. */
+    uint32_t wake;
+    uint32_t waiting; /* the client's: nonzero while a thread waits on wake */
+    uint64_t pad1[5];
 } ag_shm_header;
 
 _Static_assert(sizeof(ag_shm_header) == 128, "two cache lines");
@@ -45,5 +51,11 @@ static inline uint64_t ag_shm_load(const uint64_t *p) {
 static inline void ag_shm_store(uint64_t *p, uint64_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
+
+/* The daemon, after storing ack or released: wake a waiting client. */
+void ag_shm_wake(ag_shm_header *h);
+/* The client: wait at most timeout_ms for a wake after `seen` (the value
+ * of wake read before checking what it waits for). */
+void ag_shm_wait(ag_shm_header *h, uint32_t seen, int timeout_ms);
 
 #endif
