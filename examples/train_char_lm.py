@@ -139,6 +139,24 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def shm_bytes(args, client_cls) -> int:
+    """The client's shm_bytes for --shm-mib (0: the library default)."""
+    if args.shm_mib == 0:
+        return client_cls.SHM_OFF
+    if args.shm_mib > 0:
+        return args.shm_mib << 20
+    if args.compute != "daemon":
+        return 0  # counts travel, not tensors
+    data = CharData(args.data, args.context, args.seed)
+    try:  # shapes only, no memory (torch >= 2.0)
+        with torch.device("meta"):
+            model = CharLM(data.vocab, args.d_model, args.layers, args.heads, args.context)
+    except (TypeError, AttributeError):
+        model = CharLM(data.vocab, args.d_model, args.layers, args.heads, args.context)
+    mib = math.ceil(8 * sum(p.numel() for p in model.parameters()) * 1.1 / 2**20)
+    return min(2048, max(64, mib)) << 20
+
+
 def train(args, device, monitor_on: bool, client=None):
     """One training run; returns its measurements (and the Monitor report)."""
     torch.manual_seed(args.seed)
@@ -262,6 +280,11 @@ def parse_args(argv=None):
     p.add_argument("--sample-max", type=int, default=0,
                    help="snapshots of larger tensors send a fixed subset of this many "
                         "elements (client option sample_max; 0: whole tensors)")
+    p.add_argument("--shm-mib", type=int, default=-1,
+                   help="the client's shared-memory segment for snapshots to a daemon on "
+                        "this machine, MiB: -1 (default) room for one whole sampled step "
+                        "with --compute daemon (8 bytes a parameter, 64..2048 MiB), else "
+                        "the library's 64 MiB; 0 none (docs/client.md, Shared memory)")
     p.add_argument("--formats", default="E5M2,E3M4,E1M6,E0M7,E7M0",
                    help="formats to summarize at the end")
     p.add_argument("--top", type=int, default=5, help="tensors per format in the summary")
@@ -289,6 +312,7 @@ def main(argv=None) -> int:
         from altgrad import AltgradError, Client
         client = Client(ingest_url=args.ingest, query_url=args.query, run=args.run,
                         resume=args.resume, sample_max=args.sample_max, policy=args.policy,
+                        shm_bytes=shm_bytes(args, Client),
                         metadata={"example": "train_char_lm", "device": str(device),
                                   "d_model": args.d_model, "layers": args.layers,
                                   "optimizer": args.optimizer, "lr": args.lr})

@@ -69,3 +69,35 @@ def test_char_lm_without_a_daemon_says_so_and_exits_nonzero(tmp_path):
     assert "never confirmed by the daemon" in r.stderr, r.stderr
     undelivered = [x for x in r.stdout.splitlines() if "undelivered" in x]
     assert undelivered and not undelivered[-1].endswith("undelivered 0"), r.stdout
+
+
+def test_char_lm_snapshots_go_through_shared_memory_unless_turned_off(daemon, tmp_path):
+    """--compute daemon sends whole tensors: with the daemon on this machine and of
+    this user they go through the client's shared-memory segment (sized for a whole
+    sampled step), and with --shm-mib 0 through the socket; the daemon files the
+    same snapshots either way."""
+    got = {}
+    for shm in ("-1", "0"):
+        out = tmp_path / f"result{shm}.json"
+        run = f"charlm-shm{shm}"
+        cmd = [sys.executable, TRAINER, "--device", "cpu", "--steps", "6", "--every", "2",
+               "--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16",
+               "--batch", "4", "--warmup", "1", "--log-every", "0", "--compute", "daemon",
+               "--form", "sgd", "--policy", "block", "--shm-mib", shm,
+               "--ingest", daemon.ingest, "--query", daemon.query, "--run", run,
+               "--json", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        assert r.returncode == 0, r.stdout + r.stderr
+        st = json.loads(out.read_text())["client"]
+        assert st["snapshots"] > 0 and st["dropped"] == 0 and st["undelivered"] == 0, st
+        got[shm] = st
+        with daemon.client(f"{run}-reader") as c:
+            h = eventually(lambda: (lambda p: p if len(p) == 3 else None)(
+                c.history("blocks.0.fc.weight", run=run, format="E3M4")["points"]),
+                what="three snapshots")
+            got[shm + "points"] = [(p["step"], p["total"], p["stalled"]) for p in h]
+    # the first snapshot offers the segment; the rest use it
+    assert 0 < got["-1"]["shm_snapshots"] < got["-1"]["snapshots"], got["-1"]
+    assert got["-1"]["shm_snapshots"] >= got["-1"]["snapshots"] // 2, got["-1"]
+    assert got["0"]["shm_snapshots"] == 0, got["0"]
+    assert got["-1points"] == got["0points"]
