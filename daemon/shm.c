@@ -179,12 +179,14 @@ static int refuse(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t n
     return ag_errctx_set(err, AG_EPROTO, "shared memory refused: %s", why);
 }
 
-/* The sender of nm, from its ipc connection: 1 with pid and uid, else 0. */
+/* The sender of nm, from its connection: 1 with pid and uid (ipc), -1 for
+ * a connection that has no such thing (tcp, tls), 0 when it is gone. */
 static int peer_of(nng_msg *nm, uint64_t *pid, uint64_t *uid) {
     nng_pipe p = nng_msg_get_pipe(nm);
     if (nng_pipe_id(p) <= 0) return 0;
-    return nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, pid) == 0 &&
-           nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_UID, uid) == 0;
+    int rv = nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, pid);
+    if (rv == NNG_ENOTSUP) return -1;
+    return rv == 0 && nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_UID, uid) == 0;
 }
 
 static int attach(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t uid, uint64_t now,
@@ -256,6 +258,9 @@ int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_
     const ag_msg_shm *h = &sn->shm;
     uint64_t now = (uint64_t)ag_mono_ms(), pid = 0, uid = 0;
     int known = peer_of(nm, &pid, &uid);
+    if (known < 0) /* not from this machine: nothing to map, no segment to name */
+        return h->has_at ? ag_errctx_set(err, AG_EPROTO, "shared memory over a remote connection")
+                         : AG_OK;
     ag_shm_seg *s = NULL;
     for (size_t i = 0; i < t->n && !s; i++)
         if (t->segs[i]->token == h->token) s = t->segs[i];

@@ -27,7 +27,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -880,4 +883,63 @@ Test(shm, a_client_keeps_its_segment_across_a_restart_of_the_daemon) {
     ag_client_close(c);
     status = harness_stop(&H, SIGTERM);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+}
+
+/* ------------------------------------------- a remote connection's records */
+
+/* An unused loopback TCP port: bind port 0, read it back, close. */
+static int free_tcp_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t len = sizeof a;
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* A segment mapped for a local client is not readable through a tcp
+ * connection that names its token: a record must come from the process the
+ * segment is mapped for, over ipc; an offer over tcp is filed from its data. */
+Test(shm, a_record_named_over_tcp_is_rejected_even_for_a_mapped_segment) {
+    char tcp[64];
+    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", free_tcp_port());
+    const char *extra[] = {"--ingest", tcp, NULL};
+    harness_start(&H, extra);
+    ag_client *obs = open_client("observer", AG_SHM_OFF, 0);
+    const uint64_t SZ = AG_SHM_MIN_SIZE, token = 0x5eed;
+    int fd = make_segment(0, 1, SEALS, SZ, AG_SHM_MAGIC, token, SZ);
+    ag_msg_shm offer = {.token = token, .fd = (uint64_t)fd, .size = SZ};
+
+    /* over ipc: offered, mapped (acknowledged), and a record of it filed */
+    nng_socket local = dial();
+    send_start(local, "local", 501);
+    send_snapshot(local, "local", 501, 1, "w", 1, &offer, AG_DTYPE_F32);
+    ag_free(harness_wait_history(obs, "local", "w", "E5M2", 1));
+    ag_msg_shm rec = offer;
+    rec.has_at = 1;
+    rec.mark = 2 * RN * 4;
+    send_snapshot(local, "local", 501, 2, "w", 2, &rec, AG_DTYPE_F32);
+    ag_free(harness_wait_history(obs, "local", "w", "E5M2", 2));
+
+    /* over tcp: the same token with a record is rejected; an offer and a good
+     * snapshot are filed */
+    nng_socket remote;
+    cr_assert_eq(nng_push0_open(&remote), 0);
+    cr_assert_eq(nng_dial(remote, tcp, NULL, 0), 0);
+    send_start(remote, "remote", 502);
+    uint64_t rejected = rejected_now(obs);
+    send_snapshot(remote, "remote", 502, 1, "stolen", 1, &rec, AG_DTYPE_F32);
+    send_snapshot(remote, "remote", 502, 2, "offered", 1, &offer, AG_DTYPE_F32);
+    send_snapshot(remote, "remote", 502, 3, "good", 1, NULL, AG_DTYPE_F32);
+    ag_free(harness_wait_history(obs, "remote", "good", "E5M2", 1));
+    ag_free(harness_wait_history(obs, "remote", "offered", "E5M2", 1));
+    cr_expect_eq(rejected_now(obs) - rejected, 1);
+    cr_expect_eq(points_of(obs, "remote", "stolen"), 0);
+    nng_close(remote);
+    nng_close(local);
+    close(fd);
+    ag_client_close(obs);
+    cr_expect_eq(harness_stop(&H, SIGTERM), 0);
 }
