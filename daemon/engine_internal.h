@@ -249,8 +249,9 @@ struct ag_engine_job {
     const float *w, *x;
     float *wbuf, *xbuf; /* owned conversions, when the payload was not f32-aligned */
     /* float32 arrays in a client's segment (ag_msg_snapshot.remote), which
-     * the client may write while we read: the amax phase copies each chunk
-     * into wbuf / xbuf first, and nothing reads them after that phase */
+     * the client may write while we read: the amax phase copies each chunk of
+     * w into wbuf first (x stays NULL), and each kernel chunk copies its
+     * chunk of src_x into its thread's scratch (snapshot.c) */
     const float *src_w, *src_x;
     float *base; /* the weights kept as the tensor's baseline (wbuf, or a copy) */
     size_t nf;

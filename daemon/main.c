@@ -98,7 +98,7 @@ typedef struct inflight {
     nng_msg *nm;
     ag_msg msg;
     ag_shm_ref ref; /* the arrays' record in a client's segment: released
-                     * once the first phase has copied them */
+                     * when the job ends (its chunks copy what they read) */
     size_t left;    /* chunks not yet done */
     struct chunk_work *works;
     struct inflight *next;
@@ -138,8 +138,6 @@ static void after_chunk_cb(uv_work_t *req, int status) {
     ag_daemon *d = f->d;
     (void)status;
     if (--f->left) return;
-    /* The first phase has copied the arrays out of a client's segment. */
-    if (ag_engine_job_scales_pending(f->job)) ag_shm_release(d->shm, &f->ref);
     if (ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f)) return;
     job_done(d, f);
     pump(d);

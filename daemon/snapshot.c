@@ -33,12 +33,19 @@ static int payload(ag_engine *e, ag_engine_job *job, const ag_msg_snapshot *s) {
         return AG_OK;
     }
     job->wbuf = ag_eng_take(e, n * sizeof(float));
-    job->xbuf = ag_eng_take(e, n * sizeof(float));
-    if (!job->wbuf || !job->xbuf) return AG_ENOMEM;
-    if (f32) { /* remote: copied chunk by chunk in the amax phase, on the pool */
+    if (!job->wbuf) return AG_ENOMEM;
+    if (f32) {
+        /* In a client's segment: w is copied chunk by chunk in the amax
+         * phase (the copy is the baseline), and each chunk of g or u into a
+         * scratch of its pool thread before the kernels read it. */
         job->src_w = (const float *)(const void *)w;
         job->src_x = (const float *)(const void *)x;
-    } else if (s->dtype == AG_DTYPE_F32) {
+        job->w = job->wbuf;
+        return AG_OK;
+    }
+    job->xbuf = ag_eng_take(e, n * sizeof(float));
+    if (!job->xbuf) return AG_ENOMEM;
+    if (s->dtype == AG_DTYPE_F32) {
         memcpy(job->wbuf, w, n * esz);
         memcpy(job->xbuf, x, n * esz);
     } else {
@@ -148,7 +155,7 @@ int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes) {
     const ag_msg_snapshot *s = &m->u.snapshot;
     if (s->n > SIZE_MAX / (sizeof(float) * 2 + 2 * AG_FORMATS_MAX)) return 0;
     size_t need = job_cost((size_t)s->n, snapshot_ebytes(e, s, (size_t)s->n),
-                           s->dtype == AG_DTYPE_F32 && !s->remote, bytes);
+                           s->dtype == AG_DTYPE_F32, bytes);
     return e->state_bytes + e->inflight_bytes + need <= e->max_state_bytes;
 }
 
@@ -220,7 +227,7 @@ int ag_eng_snapshot_job(ag_engine *e, run_state *r, const ag_msg_snapshot *s, ag
         for (size_t k = 0; k < i; k++) again |= job->fidx[k] == job->fidx[i];
         if (!again && known->prev[job->fidx[i]]) had += enc_bytes(job->fmts[i], job->n);
     }
-    size_t cost = job_cost(job->n, ebytes, s->dtype == AG_DTYPE_F32 && !s->remote, 0);
+    size_t cost = job_cost(job->n, ebytes, s->dtype == AG_DTYPE_F32, 0);
     if (e->state_bytes + e->inflight_bytes + cost - had > e->max_state_bytes ||
         keep > e->max_state_bytes) {
         err = AG_ENOSPC;
@@ -354,14 +361,16 @@ static int flips_fused(const ag_engine_job *job, size_t i) {
 /* Stall counts and the patterns of every format in one pass over the
  * chunk's w and x, the baseline copy of w, then each format's flips. Only
  * this chunk's slices of the job's arrays are written. */
+/* A pool thread's copy of a chunk of g or u read from a client's segment:
+ * the kernels read it more than once, and the client may write the
+ * segment meanwhile. In the thread's caches while the chunk's pass runs. */
+static _Thread_local float remote_x[AG_ENGINE_CHUNK] __attribute__((aligned(64)));
+
 void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     size_t start = c * job->chunk;
     size_t len = job->n - start < job->chunk ? job->n - start : job->chunk;
     if (job->phase == 0) {
-        if (job->src_w) {
-            memcpy(job->wbuf + start, job->src_w + start, len * sizeof(float));
-            memcpy(job->xbuf + start, job->src_x + start, len * sizeof(float));
-        }
+        if (job->src_w) memcpy(job->wbuf + start, job->src_w + start, len * sizeof(float));
         job->part_err[c] = ag_amax(job->w + start, len, &job->part_amax[c], &job->part_bad[c]);
         return;
     }
@@ -376,8 +385,10 @@ void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     const uint8_t *fused[AG_FORMATS_MAX];
     for (size_t i = 0; i < nf; i++)
         fused[i] = flips_fused(job, i) ? job->flip_prev[i] + start : NULL;
+    const float *x = job->x ? job->x + start : remote_x;
+    if (!job->x) memcpy(remote_x, job->src_x + start, len * sizeof(float));
     int err = ag_stall_encode_flips_multi(job->fmts, job->scales, nf, job->form != AG_FORM_SGD,
-                                          job->lr, job->w + start, job->x + start, len, counts, cur,
+                                          job->lr, job->w + start, x, len, counts, cur,
                                           job->part_qerr + c * nf, fused, flips);
     for (size_t i = 0; i < nf && !err; i++) {
         if (fused[i]) continue;
