@@ -39,5 +39,7 @@ ag_client *harness_client_as(ag_harness *h, const char *run, int policy, int res
  * least n points; returns the history (ag_free) or fails the test. */
 ag_history *harness_wait_history(ag_client *c, const char *run, const char *tensor,
                                  const char *format, size_t n);
+/* An unused loopback TCP port (bound to port 0, read back, closed). */
+int harness_free_tcp_port(void);
 
 #endif

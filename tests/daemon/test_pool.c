@@ -20,6 +20,7 @@
 
 #include "tests/daemon/harness.h"
 #include "tests/sql_results.h"
+#include "tests/daemon/results_dump.h"
 
 static ag_harness H;
 
@@ -50,53 +51,12 @@ static void to_bf16(const float *x, uint16_t *out, size_t n) {
     }
 }
 
-/* Every results row, in key order, as one text (NULL flips as "null"). */
-static char *dump_results(const char *db_path) {
-    sqlite3 *db = NULL;
-    cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_stmt *q = NULL;
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "SELECT t.name, f.name, r.step, r.stalled, r.total,"
-                                    " coalesce(r.flips, 'null'), r.overflow, r.underflow,"
-                                    " r.nonfinite, r.amax, r.scale, quote(r.mse),"
-                                    " quote(r.sqnr_db) FROM results r"
-                                    " JOIN tensors t ON t.id = r.tensor_id"
-                                    " JOIN formats f ON f.id = r.format_id"
-                                    " ORDER BY t.name, f.name, r.step",
-                                    -1, &q, NULL),
-                 SQLITE_OK, "%s", sqlite3_errmsg(db));
-    size_t cap = 1 << 16, len = 0;
-    char *out = malloc(cap);
-    cr_assert_not_null(out);
-    out[0] = '\0';
-    int rows = 0;
-    while (sqlite3_step(q) == SQLITE_ROW) {
-        char line[512];
-        int k = snprintf(
-            line, sizeof line, "%s %s %lld %lld %lld %s %lld %lld %lld %.9g %.9g %s %s\n",
-            sqlite3_column_text(q, 0), sqlite3_column_text(q, 1), sqlite3_column_int64(q, 2),
-            sqlite3_column_int64(q, 3), sqlite3_column_int64(q, 4), sqlite3_column_text(q, 5),
-            sqlite3_column_int64(q, 6), sqlite3_column_int64(q, 7), sqlite3_column_int64(q, 8),
-            sqlite3_column_double(q, 9), sqlite3_column_double(q, 10), sqlite3_column_text(q, 11),
-            sqlite3_column_text(q, 12));
-        if (len + (size_t)k + 1 > cap) {
-            cap *= 2;
-            out = realloc(out, cap);
-            cr_assert_not_null(out);
-        }
-        memcpy(out + len, line, (size_t)k + 1);
-        len += (size_t)k;
-        rows++;
-    }
-    sqlite3_finalize(q);
-    sqlite3_close(db);
-    cr_assert_gt(rows, 0);
-    return out;
-}
-
-/* dump_results, then the database and its -wal and -shm files removed. */
+/* results_dump (some rows), then the database and its -wal and -shm files
+ * removed. */
 static char *take_results(const char *db_path) {
-    char *out = dump_results(db_path);
+    size_t rows = 0;
+    char *out = results_dump(db_path, &rows);
+    cr_assert_gt(rows, 0);
     remove(db_path);
     char side[200];
     snprintf(side, sizeof side, "%s-wal", db_path);

@@ -39,6 +39,7 @@
 #include "proto/shm.h"
 #include "tests/daemon/harness.h"
 #include "tests/sql_results.h"
+#include "tests/daemon/results_dump.h"
 
 static ag_harness H;
 
@@ -135,52 +136,9 @@ static void log_one(ag_client *c, const tensor_plan *t, unsigned salt, uint64_t 
     free(gb);
 }
 
-/* Every results row, in key order, as one text (NULL flips as "null"). */
-static char *dump_results(const char *db_path, size_t *rows_out) {
-    sqlite3 *db = NULL;
-    cr_assert_eq(sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_stmt *q = NULL;
-    cr_assert_eq(sqlite3_prepare_v2(db,
-                                    "SELECT t.name, f.name, r.step, r.stalled, r.total,"
-                                    " coalesce(r.flips, 'null'), r.overflow, r.underflow,"
-                                    " r.nonfinite, r.amax, r.scale, quote(r.mse),"
-                                    " quote(r.sqnr_db) FROM results r"
-                                    " JOIN tensors t ON t.id = r.tensor_id"
-                                    " JOIN formats f ON f.id = r.format_id"
-                                    " ORDER BY t.name, f.name, r.step",
-                                    -1, &q, NULL),
-                 SQLITE_OK, "%s", sqlite3_errmsg(db));
-    size_t cap = 1 << 16, len = 0, rows = 0;
-    char *out = malloc(cap);
-    cr_assert_not_null(out);
-    out[0] = '\0';
-    while (sqlite3_step(q) == SQLITE_ROW) {
-        char line[512];
-        int k = snprintf(
-            line, sizeof line, "%s %s %lld %lld %lld %s %lld %lld %lld %.17g %.17g %s %s\n",
-            sqlite3_column_text(q, 0), sqlite3_column_text(q, 1), sqlite3_column_int64(q, 2),
-            sqlite3_column_int64(q, 3), sqlite3_column_int64(q, 4), sqlite3_column_text(q, 5),
-            sqlite3_column_int64(q, 6), sqlite3_column_int64(q, 7), sqlite3_column_int64(q, 8),
-            sqlite3_column_double(q, 9), sqlite3_column_double(q, 10), sqlite3_column_text(q, 11),
-            sqlite3_column_text(q, 12));
-        while (len + (size_t)k + 1 > cap) {
-            cap *= 2;
-            out = realloc(out, cap);
-            cr_assert_not_null(out);
-        }
-        memcpy(out + len, line, (size_t)k + 1);
-        len += (size_t)k;
-        rows++;
-    }
-    sqlite3_finalize(q);
-    sqlite3_close(db);
-    *rows_out = rows;
-    return out;
-}
-
 /* dump_results, then the database and its -wal and -shm files removed. */
 static char *take_results(size_t *rows) {
-    char *out = dump_results(H.db, rows);
+    char *out = results_dump(H.db, rows);
     remove(H.db);
     char side[200];
     snprintf(side, sizeof side, "%s-wal", H.db);
@@ -887,24 +845,12 @@ Test(shm, a_client_keeps_its_segment_across_a_restart_of_the_daemon) {
 
 /* ------------------------------------------- a remote connection's records */
 
-/* An unused loopback TCP port: bind port 0, read it back, close. */
-static int free_tcp_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t len = sizeof a;
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* A segment mapped for a local client is not readable through a tcp
  * connection that names its token: a record must come from the process the
  * segment is mapped for, over ipc; an offer over tcp is filed from its data. */
 Test(shm, a_record_named_over_tcp_is_rejected_even_for_a_mapped_segment) {
     char tcp[64];
-    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", free_tcp_port());
+    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", harness_free_tcp_port());
     const char *extra[] = {"--ingest", tcp, NULL};
     harness_start(&H, extra);
     ag_client *obs = open_client("observer", AG_SHM_OFF, 0);

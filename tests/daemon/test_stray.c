@@ -41,18 +41,6 @@ TestSuite(stray, .init = setup, .fini = teardown, .timeout = 240);
 #define SP_REQ 0x30
 #define SP_PAIR 0x10
 
-/* An unused loopback TCP port: bind port 0, read it back, close. */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t len = sizeof a;
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* A raw stream connection to an nng URL (ipc://PATH or tcp://127.0.0.1:P),
  * below nng: what a port scanner, a health check or a confused program does. */
 static int raw_connect(const char *url) {
@@ -241,7 +229,7 @@ static void run_attacks(const char *const *ingest, size_t ningest, const char *q
 
 Test(stray, ipc_and_tcp_ingest_ipc_query) {
     char tcp_ingest[64];
-    snprintf(tcp_ingest, sizeof tcp_ingest, "tcp://127.0.0.1:%d", free_port());
+    snprintf(tcp_ingest, sizeof tcp_ingest, "tcp://127.0.0.1:%d", harness_free_tcp_port());
     const char *extra[] = {"--ingest", tcp_ingest, NULL};
     harness_start(&H, extra);
     const char *ingest[] = {H.ingest, tcp_ingest};
@@ -251,7 +239,7 @@ Test(stray, ipc_and_tcp_ingest_ipc_query) {
 
 Test(stray, tcp_query) {
     char tcp_query[64];
-    snprintf(tcp_query, sizeof tcp_query, "tcp://127.0.0.1:%d", free_port());
+    snprintf(tcp_query, sizeof tcp_query, "tcp://127.0.0.1:%d", harness_free_tcp_port());
     const char *extra[] = {"--query", tcp_query, NULL};
     harness_start(&H, extra);
     const char *ingest[] = {H.ingest};

@@ -79,25 +79,13 @@ static void teardown(void) {
 
 TestSuite(tls, .init = setup, .fini = teardown, .timeout = 240);
 
-/* An unused loopback TCP port: bind port 0, read it back, close. */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(fd, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t len = sizeof a;
-    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static char ingest_url[64], query_url[64];
 
 /* The daemon with TLS ingest and query listeners (the harness's ipc ones are
  * replaced: a later --ingest list and --query win). */
 static void start_tls_daemon(const char *auth) {
-    snprintf(ingest_url, sizeof ingest_url, "tls+tcp://127.0.0.1:%d", free_port());
-    snprintf(query_url, sizeof query_url, "tls+tcp://localhost:%d", free_port());
+    snprintf(ingest_url, sizeof ingest_url, "tls+tcp://127.0.0.1:%d", harness_free_tcp_port());
+    snprintf(query_url, sizeof query_url, "tls+tcp://localhost:%d", harness_free_tcp_port());
     const char *extra[] = {"--ingest",    ingest_url,  "--query",     query_url,  "--tls-cert",
                            P[SERVER_PEM], "--tls-key", P[SERVER_KEY], "--tls-ca", P[CA],
                            "--tls-auth",  auth,        NULL};
@@ -216,8 +204,8 @@ Test(tls, auth_none_admits_any_client) {
 }
 
 Test(tls, client_checks_its_files_at_open) {
-    snprintf(ingest_url, sizeof ingest_url, "tls+tcp://127.0.0.1:%d", free_port());
-    snprintf(query_url, sizeof query_url, "tls+tcp://127.0.0.1:%d", free_port());
+    snprintf(ingest_url, sizeof ingest_url, "tls+tcp://127.0.0.1:%d", harness_free_tcp_port());
+    snprintf(query_url, sizeof query_url, "tls+tcp://127.0.0.1:%d", harness_free_tcp_port());
     ag_client *c;
     /* no CA: the daemon's certificate could not be checked */
     cr_assert_eq(open_client(&c, "x", P[CLIENT_PEM], P[CLIENT_KEY], NULL, 1000), AG_EINVAL);
@@ -284,7 +272,7 @@ static int daemon_refuses(const char *const *args, char *out, size_t cap) {
 
 Test(tls, daemon_refuses_plain_tcp_beyond_loopback) {
     char port[16], url[64], out[2048];
-    snprintf(port, sizeof port, "%d", free_port());
+    snprintf(port, sizeof port, "%d", harness_free_tcp_port());
     const char *hosts[] = {"0.0.0.0", "192.0.2.7", "[::]", "", "example.org"};
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
         snprintf(url, sizeof url, "tcp://%s:%s", hosts[i], port);
@@ -314,7 +302,7 @@ Test(tls, daemon_refuses_plain_tcp_beyond_loopback) {
 
 Test(tls, daemon_checks_its_files_at_start) {
     char url[64], out[2048], missing[300];
-    snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", free_port());
+    snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", harness_free_tcp_port());
     snprintf(missing, sizeof missing, "%s/none.key", H.dir);
     struct {
         const char *cert, *key, *ca, *want;
