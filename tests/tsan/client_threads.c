@@ -7,7 +7,12 @@
  * fourth logs (small snapshots too, which go in bundles once the test daemon
  * said it takes them) and a fifth flushes (asking q_delivery, which the test daemon
  * answers "nothing stored"), until it answers q_run (after two "not yet"s)
- * and the handle closes, counting what was never confirmed. Criterion's
+ * and the handle closes, counting what was never confirmed. The receiver
+ * plays the daemon's part of shared memory (proto/shm.h): it maps each
+ * offered segment, acknowledges it, checks each record it names and
+ * releases them in batches, so the first handle's producers (a ring of the
+ * smallest size) reserve, write, wait for room and queue records from four
+ * threads at once. Criterion's
  * runner cannot start under TSan here, so this is a plain program: `make
  * tsan` builds it with -fsanitize=thread and runs it; any ThreadSanitizer
  * report fails the target.
@@ -25,9 +30,72 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+
 #include "proto/proto.h"
+#include "proto/shm.h"
 static char URL[128], QURL[128];
 static atomic_int stop_rx;
+
+/* The receiver's side of shared memory: one segment at a time (a handle's). */
+static struct {
+    uint64_t token, size, mark;
+    uint8_t *base;
+    long records, bad, pending;
+} seg;
+static void seg_message(const void *data, size_t len) {
+    ag_msg m;
+    if (ag_proto_decode(data, len, &m) != AG_OK) return;
+    if (m.type == AG_MSG_SNAPSHOT && m.u.snapshot.shm.token) {
+        const ag_msg_shm *h = &m.u.snapshot.shm;
+        if (h->token != seg.token) {
+            if (seg.base) munmap(seg.base, seg.size);
+            char path[64];
+            snprintf(path, sizeof path, "/proc/self/fd/%llu", (unsigned long long)h->fd);
+            int fd = open(path, O_RDWR | O_CLOEXEC);
+            seg.base = fd < 0 ? MAP_FAILED
+                              : mmap(NULL, h->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            if (fd >= 0) close(fd);
+            if (seg.base == MAP_FAILED) seg.base = NULL;
+            seg.token = seg.base ? h->token : 0;
+            seg.size = h->size;
+            seg.mark = 0;
+        }
+        ag_shm_header *hd = (ag_shm_header *)(void *)seg.base;
+        if (seg.base && ag_shm_load(&hd->ack) != seg.token) {
+            ag_shm_store(&hd->ack, seg.token);
+            ag_shm_wake(hd);
+        }
+        if (seg.base && h->mark > seg.mark) seg.mark = h->mark;
+        if (seg.base && h->has_at) {
+            /* every logged w is 1 and every g 1e-4 */
+            const float *w = (const float *)(const void *)(seg.base + AG_SHM_HEADER +
+                                                           h->at % (seg.size - AG_SHM_HEADER));
+            seg.bad += w[0] != 1 || w[m.u.snapshot.n] != 1e-4f;
+            seg.records++;
+            if (++seg.pending == 4) { /* released in batches: producers wait for room */
+                seg.pending = 0;
+                ag_shm_store(&hd->released, seg.mark);
+                ag_shm_wake(hd);
+            }
+        }
+    }
+    ag_msg_clear(&m);
+}
+static void seg_receive(nng_msg *m) {
+    ag_bundle_entry e[64];
+    size_t n = 0;
+    ag_errctx err = {0};
+    int version, type;
+    if (ag_proto_peek(nng_msg_body(m), nng_msg_len(m), &version, &type) == AG_OK &&
+        type == AG_MSG_BUNDLE) {
+        if (ag_proto_bundle_split(nng_msg_body(m), nng_msg_len(m), e, 64, &n, &err) == AG_OK)
+            for (size_t i = 0; i < n; i++) seg_message(e[i].data, e[i].len);
+        return;
+    }
+    seg_message(nng_msg_body(m), nng_msg_len(m));
+}
 static void *rx(void *a) {
     (void)a;
     nng_socket s;
@@ -40,15 +108,23 @@ static void *rx(void *a) {
         nng_msg *m;
         if (nng_recvmsg(s, &m, 0) == 0) {
             n++;
+            seg_receive(m);
             nng_msg_free(m);
             if (n % 50 == 0) {
                 struct timespec ts = {0, 2000000};
                 nanosleep(&ts, NULL);
             }
+        } else if (seg.pending) { /* quiet: release what is left */
+            seg.pending = 0;
+            ag_shm_header *hd = (ag_shm_header *)(void *)seg.base;
+            ag_shm_store(&hd->released, seg.mark);
+            ag_shm_wake(hd);
         }
     }
     nng_close(s);
-    fprintf(stderr, "received %ld\n", n);
+    fprintf(stderr, "received %ld, %ld records through shared memory (%ld wrong)\n", n, seg.records,
+            seg.bad);
+    if (seg.base) munmap(seg.base, seg.size);
     return NULL;
 }
 static ag_client *c;
@@ -153,6 +229,7 @@ int main(int argc, char **argv) {
     o.policy = policy;
     o.queue_messages = 16;
     o.query_timeout_ms = 100;
+    o.shm_bytes = AG_SHM_MIN_SIZE; /* 16 records of 4 KiB: the ring fills */
     int rc = ag_client_open(&c, &o);
     if (rc) {
         fprintf(stderr, "open %s\n", ag_strerror(rc));
@@ -200,6 +277,10 @@ int main(int argc, char **argv) {
 
     stop_rx = 1;
     pthread_join(r, NULL);
+    if (seg.bad || (policy == AG_QUEUE_BLOCK && seg.records == 0)) {
+        fprintf(stderr, "shared memory: %ld records, %ld wrong\n", seg.records, seg.bad);
+        return 1;
+    }
     fprintf(stderr, "done policy %d\n", policy);
     unlink(URL + strlen("ipc://"));
     unlink(QURL + strlen("ipc://"));
