@@ -28,6 +28,7 @@
 #include "proto/shm.h"
 
 #define QUEUE_MIN 16
+#define OTHER_USER "another user's process"
 #define QUEUE_MAX (1u << 16) /* entries waiting in one segment (records in flight) */
 
 typedef struct entry {
@@ -172,7 +173,9 @@ static int refuse(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t n
     t->refusals++;
     t->refused[t->next_refusal] = (refusal){h->token, now + AG_SHM_RETRY_MS};
     t->next_refusal = (t->next_refusal + 1) % (sizeof t->refused / sizeof t->refused[0]);
-    ag_log(t->log, AG_LOG_NOTICE,
+    /* Another user's trainer is the usual case under the system service
+     * (docs/service.md): said at info; anything else at notice. */
+    ag_log(t->log, strcmp(why, OTHER_USER) == 0 ? AG_LOG_INFO : AG_LOG_NOTICE,
            "ingest: not mapping the shared memory of process %llu (%s); its snapshots go "
            "through the socket",
            (unsigned long long)pid, why);
@@ -192,7 +195,7 @@ static int peer_of(nng_msg *nm, uint64_t *pid, uint64_t *uid) {
 static int attach(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t uid, uint64_t now,
                   ag_shm_seg **out, ag_errctx *err) {
     char why[160];
-    if (uid != (uint64_t)geteuid()) return refuse(t, h, pid, now, err, "another user's process");
+    if (uid != (uint64_t)geteuid()) return refuse(t, h, pid, now, err, OTHER_USER);
     if (t->n == AG_SHM_SEGMENTS_MAX) { /* make room: the idlest without records in use */
         size_t k = t->n;
         for (size_t i = 0; i < t->n; i++)
