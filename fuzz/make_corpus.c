@@ -65,6 +65,12 @@ int main(int argc, char **argv) {
                                      .w = w,
                                      .x = g};
     bad |= save(dir, "snapshot", &m);
+    /* the shared-memory key: an offer beside the data, then a record */
+    m.u.snapshot.shm = (ag_msg_shm){.token = 7, .fd = 3, .size = 1u << 20, .mark = 64};
+    bad |= save(dir, "snapshot_shm_offer", &m);
+    m.u.snapshot.shm.has_at = 1;
+    m.u.snapshot.shm.at = (1u << 20) - 4096 - 64;
+    bad |= save(dir, "snapshot_shm_record", &m);
     const char *tensors[2] = {"fc1.weight", "fc2.weight"};
     const uint64_t numel[2] = {100, 7}, nonfinite[2] = {0, 1};
     const double amax[2] = {0.5, 3};
