@@ -916,23 +916,22 @@ AG_INLINE void pack1_flips_impl(const uint32_t *pt, uint8_t *enc, const uint8_t 
                                 uint32_t mag_mask, uint32_t nan_above, uint64_t *count) {
     const uint8_t mm = (uint8_t)mag_mask, na = nan_above > 0xffu ? 0xffu : (uint8_t)nan_above;
     uint64_t total = 0;
-    size_t start = 0;
-    for (; start + FLIP_RUN8 <= n; start += FLIP_RUN8) {
+    /* the last run shorter (2048 = 9 runs and 32): its count fits 8 bits too */
+    for (size_t start = 0; start < n; start += FLIP_RUN8) {
+        size_t m = n - start < FLIP_RUN8 ? n - start : FLIP_RUN8;
         const uint32_t *p = pt + start;
         const uint8_t *a = prev + start;
         uint8_t *e = enc + start;
         uint8_t c = 0;
-        for (size_t i = 0; i < FLIP_RUN8; i++) {
-            uint8_t b = (uint8_t)p[i];
+        for (size_t i = 0; i < m; i++) {
+            /* prev read before the store: its address matches the store's
+             * in the low 12 bits (buffers of one size), which would make the
+             * load wait for the store (4K aliasing) */
+            uint8_t was = a[i], b = (uint8_t)p[i];
+            c += flip8(was, b, mm, na);
             e[i] = b;
-            c += flip8(a[i], b, mm, na);
         }
         total += c;
-    }
-    for (; start < n; start++) {
-        uint8_t b = (uint8_t)pt[start];
-        enc[start] = b;
-        total += flip8(prev[start], b, mm, na);
     }
     *count = total;
 }
