@@ -486,37 +486,43 @@ AG_KERNEL_VARIANTS(qerr_block_hd, QERR_PARAMS, { qerr_block_impl(p, scale, w, n,
 AG_KERNEL_VARIANTS(signal_block, (const float *w, size_t n, double *sum, uint64_t *count),
                    { signal_block_impl(w, n, sum, count); });
 
+/* acc + x^2 in double. The square of a float is exact in double (48
+ * significant bits at most, within double's range), so one fused
+ * multiply-add rounds exactly as the multiplication and the addition do:
+ * fused 1 (the variants with fma) takes one instruction for the two. */
+AG_INLINE double sq_add(double acc, float x, const int fused) {
+    double v = (double)x;
+    return fused ? __builtin_fma(v, v, acc) : acc + v * v;
+}
+
 /* Sum of d[i]^2 in double, in the lanes and order of qerr_block_impl: equal
  * to it when d[i] is the exact difference of every element (all finite). */
-AG_INLINE void dsum_block_impl(const float *d, size_t n, double *sum) {
+AG_INLINE void dsum_block_impl(const float *d, size_t n, double *sum, const int fused) {
     double acc[QE_LANES] = {0};
     size_t i = 0;
     for (; i + QE_LANES <= n; i += QE_LANES)
-        for (size_t j = 0; j < QE_LANES; j++) acc[j] += (double)d[i + j] * (double)d[i + j];
-    for (; i < n; i++) acc[0] += (double)d[i] * (double)d[i];
+        for (size_t j = 0; j < QE_LANES; j++) acc[j] = sq_add(acc[j], d[i + j], fused);
+    for (; i < n; i++) acc[0] = sq_add(acc[0], d[i], fused);
     double t = 0.0;
     for (size_t j = 0; j < QE_LANES; j++) t += acc[j];
     *sum = t;
 }
 
-AG_KERNEL_VARIANTS(dsum_block, (const float *d, size_t n, double *sum),
-                   { dsum_block_impl(d, n, sum); });
-
 /* dsum_block_impl of two formats' differences in one loop: each sum in its
  * own lanes and order (the same bits), the two chains of additions
  * interleaved so neither waits on the other's latency. */
 AG_INLINE void dsum2_block_impl(const float *d0, const float *d1, size_t n, double *sum0,
-                                double *sum1) {
+                                double *sum1, const int fused) {
     double a0[QE_LANES] = {0}, a1[QE_LANES] = {0};
     size_t i = 0;
     for (; i + QE_LANES <= n; i += QE_LANES)
         for (size_t j = 0; j < QE_LANES; j++) {
-            a0[j] += (double)d0[i + j] * (double)d0[i + j];
-            a1[j] += (double)d1[i + j] * (double)d1[i + j];
+            a0[j] = sq_add(a0[j], d0[i + j], fused);
+            a1[j] = sq_add(a1[j], d1[i + j], fused);
         }
     for (; i < n; i++) {
-        a0[0] += (double)d0[i] * (double)d0[i];
-        a1[0] += (double)d1[i] * (double)d1[i];
+        a0[0] = sq_add(a0[0], d0[i], fused);
+        a1[0] = sq_add(a1[0], d1[i], fused);
     }
     double t0 = 0.0, t1 = 0.0;
     for (size_t j = 0; j < QE_LANES; j++) {
@@ -527,9 +533,23 @@ AG_INLINE void dsum2_block_impl(const float *d0, const float *d1, size_t n, doub
     *sum1 = t1;
 }
 
-AG_KERNEL_VARIANTS(dsum2_block,
-                   (const float *d0, const float *d1, size_t n, double *sum0, double *sum1),
-                   { dsum2_block_impl(d0, d1, n, sum0, sum1); });
+/* Each instruction set's variant by hand: the base one without fma. */
+#define DSUM_PARAMS (const float *d, size_t n, double *sum)
+#define DSUM2_PARAMS (const float *d0, const float *d1, size_t n, double *sum0, double *sum1)
+static void dsum_block_base DSUM_PARAMS { dsum_block_impl(d, n, sum, 0); }
+AG_TARGET_AVX2 static void dsum_block_avx2 DSUM_PARAMS { dsum_block_impl(d, n, sum, 1); }
+AG_TARGET_AVX512 static void dsum_block_avx512 DSUM_PARAMS { dsum_block_impl(d, n, sum, 1); }
+static void(*const dsum_block_variants[AG_ISA_COUNT]) DSUM_PARAMS = {
+    dsum_block_base, dsum_block_avx2, dsum_block_avx512};
+static void dsum2_block_base DSUM2_PARAMS { dsum2_block_impl(d0, d1, n, sum0, sum1, 0); }
+AG_TARGET_AVX2 static void dsum2_block_avx2 DSUM2_PARAMS {
+    dsum2_block_impl(d0, d1, n, sum0, sum1, 1);
+}
+AG_TARGET_AVX512 static void dsum2_block_avx512 DSUM2_PARAMS {
+    dsum2_block_impl(d0, d1, n, sum0, sum1, 1);
+}
+static void(*const dsum2_block_variants[AG_ISA_COUNT]) DSUM2_PARAMS = {
+    dsum2_block_base, dsum2_block_avx2, dsum2_block_avx512};
 
 static int scale_ok(float scale) { return isfinite(scale) && scale > 0.0f; }
 
