@@ -14,6 +14,9 @@
  */
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 #include "altgrad/altgrad.h"
 #include "block.h"
@@ -483,37 +486,43 @@ AG_KERNEL_VARIANTS(qerr_block_hd, QERR_PARAMS, { qerr_block_impl(p, scale, w, n,
 AG_KERNEL_VARIANTS(signal_block, (const float *w, size_t n, double *sum, uint64_t *count),
                    { signal_block_impl(w, n, sum, count); });
 
+/* acc + x^2 in double. The square of a float is exact in double (48
+ * significant bits at most, within double's range), so one fused
+ * multiply-add rounds exactly as the multiplication and the addition do:
+ * fused 1 (the variants with fma) takes one instruction for the two. */
+AG_INLINE double sq_add(double acc, float x, const int fused) {
+    double v = (double)x;
+    return fused ? __builtin_fma(v, v, acc) : acc + v * v;
+}
+
 /* Sum of d[i]^2 in double, in the lanes and order of qerr_block_impl: equal
  * to it when d[i] is the exact difference of every element (all finite). */
-AG_INLINE void dsum_block_impl(const float *d, size_t n, double *sum) {
+AG_INLINE void dsum_block_impl(const float *d, size_t n, double *sum, const int fused) {
     double acc[QE_LANES] = {0};
     size_t i = 0;
     for (; i + QE_LANES <= n; i += QE_LANES)
-        for (size_t j = 0; j < QE_LANES; j++) acc[j] += (double)d[i + j] * (double)d[i + j];
-    for (; i < n; i++) acc[0] += (double)d[i] * (double)d[i];
+        for (size_t j = 0; j < QE_LANES; j++) acc[j] = sq_add(acc[j], d[i + j], fused);
+    for (; i < n; i++) acc[0] = sq_add(acc[0], d[i], fused);
     double t = 0.0;
     for (size_t j = 0; j < QE_LANES; j++) t += acc[j];
     *sum = t;
 }
 
-AG_KERNEL_VARIANTS(dsum_block, (const float *d, size_t n, double *sum),
-                   { dsum_block_impl(d, n, sum); });
-
 /* dsum_block_impl of two formats' differences in one loop: each sum in its
  * own lanes and order (the same bits), the two chains of additions
  * interleaved so neither waits on the other's latency. */
 AG_INLINE void dsum2_block_impl(const float *d0, const float *d1, size_t n, double *sum0,
-                                double *sum1) {
+                                double *sum1, const int fused) {
     double a0[QE_LANES] = {0}, a1[QE_LANES] = {0};
     size_t i = 0;
     for (; i + QE_LANES <= n; i += QE_LANES)
         for (size_t j = 0; j < QE_LANES; j++) {
-            a0[j] += (double)d0[i + j] * (double)d0[i + j];
-            a1[j] += (double)d1[i + j] * (double)d1[i + j];
+            a0[j] = sq_add(a0[j], d0[i + j], fused);
+            a1[j] = sq_add(a1[j], d1[i + j], fused);
         }
     for (; i < n; i++) {
-        a0[0] += (double)d0[i] * (double)d0[i];
-        a1[0] += (double)d1[i] * (double)d1[i];
+        a0[0] = sq_add(a0[0], d0[i], fused);
+        a1[0] = sq_add(a1[0], d1[i], fused);
     }
     double t0 = 0.0, t1 = 0.0;
     for (size_t j = 0; j < QE_LANES; j++) {
@@ -524,9 +533,23 @@ AG_INLINE void dsum2_block_impl(const float *d0, const float *d1, size_t n, doub
     *sum1 = t1;
 }
 
-AG_KERNEL_VARIANTS(dsum2_block,
-                   (const float *d0, const float *d1, size_t n, double *sum0, double *sum1),
-                   { dsum2_block_impl(d0, d1, n, sum0, sum1); });
+/* Each instruction set's variant by hand: the base one without fma. */
+#define DSUM_PARAMS (const float *d, size_t n, double *sum)
+#define DSUM2_PARAMS (const float *d0, const float *d1, size_t n, double *sum0, double *sum1)
+static void dsum_block_base DSUM_PARAMS { dsum_block_impl(d, n, sum, 0); }
+AG_TARGET_AVX2 static void dsum_block_avx2 DSUM_PARAMS { dsum_block_impl(d, n, sum, 1); }
+AG_TARGET_AVX512 static void dsum_block_avx512 DSUM_PARAMS { dsum_block_impl(d, n, sum, 1); }
+static void(*const dsum_block_variants[AG_ISA_COUNT]) DSUM_PARAMS = {
+    dsum_block_base, dsum_block_avx2, dsum_block_avx512};
+static void dsum2_block_base DSUM2_PARAMS { dsum2_block_impl(d0, d1, n, sum0, sum1, 0); }
+AG_TARGET_AVX2 static void dsum2_block_avx2 DSUM2_PARAMS {
+    dsum2_block_impl(d0, d1, n, sum0, sum1, 1);
+}
+AG_TARGET_AVX512 static void dsum2_block_avx512 DSUM2_PARAMS {
+    dsum2_block_impl(d0, d1, n, sum0, sum1, 1);
+}
+static void(*const dsum2_block_variants[AG_ISA_COUNT]) DSUM2_PARAMS = {
+    dsum2_block_base, dsum2_block_avx2, dsum2_block_avx512};
 
 static int scale_ok(float scale) { return isfinite(scale) && scale > 0.0f; }
 
@@ -551,6 +574,34 @@ static void patch_patterns(const fplan *pl, const float *w, const float *v, size
  * by the pass that just wrote the block's patterns. */
 static void (*const flips_bytes_variants[AG_ISA_COUNT])(const uint8_t *, const uint8_t *, size_t,
                                                         uint32_t, uint32_t, uint64_t *);
+/* The same fused with pack1: the block's patterns narrowed to bytes and
+ * stored, and their flips against prev counted in that loop (where no
+ * pattern needs patching). */
+static void (*const pack1_flips_variants[AG_ISA_COUNT])(const uint32_t *, uint8_t *,
+                                                        const uint8_t *, size_t, uint32_t, uint32_t,
+                                                        uint64_t *);
+
+/* dst[0..n) = src[0..n): with non-temporal stores where dst is 16-byte
+ * aligned (a copy kept for later, not read again by this pass: no read for
+ * ownership of its lines, no eviction of the pass's arrays). The caller
+ * fences (copy_fence) before the copy is handed to another thread. */
+static void copy_block(float *dst, const float *src, size_t n) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (((uintptr_t)dst & 15) == 0) {
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+        for (; i < n; i++) dst[i] = src[i];
+        return;
+    }
+#endif
+    memcpy(dst, src, n * sizeof *src);
+}
+
+static void copy_fence(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    _mm_sfence();
+#endif
+}
 
 /* enc: NULL, or one output of n patterns per format for the patterns of w.
  * qerr: NULL, or per format the quantization error sums of w, added.
@@ -560,7 +611,7 @@ static void (*const flips_bytes_variants[AG_ISA_COUNT])(const uint8_t *, const u
 static int stall_multi(const ag_format *const *fmts, const float *scales, size_t nfmt, float lr,
                        int update_form, const float *w, const float *v, size_t n,
                        ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr,
-                       const uint8_t *const *prev, uint64_t *flips) {
+                       const uint8_t *const *prev, uint64_t *flips, float *copy) {
     if (fmts == NULL || scales == NULL || out == NULL || w == NULL || v == NULL || n == 0 ||
         nfmt == 0 || nfmt > AG_FORMATS_MAX || (!update_form && !isfinite(lr)))
         return AG_EINVAL;
@@ -603,9 +654,20 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         if (per_tensor && !direct)
             (update_form ? prep_update_variants : prep_sgd_variants)[isa](-lr, wb, vb, len, wn, wun,
                                                                           &pc);
+        /* the copy of w, block by block while the block is in L1 */
+        if (copy != NULL) copy_block(copy + start, wb, len);
         double sig = 0.0;
         uint64_t cnt = 0;
-        if (qerr != NULL) signal_block_variants[isa](wb, len, &sig, &cnt);
+        /* Where every w of the block is finite (prepared: no element not
+         * finite), the signal is dsum_block_impl of w itself, the same lanes
+         * and order as signal_block_impl: summed at the block's end in the
+         * loop of the last format's differences, and added to every format
+         * then (one addition a block and format, as here). */
+        int sig_late = qerr != NULL && per_tensor && !direct && pc.nonfinite == 0;
+        if (sig_late)
+            cnt = len;
+        else if (qerr != NULL)
+            signal_block_variants[isa](wb, len, &sig, &cnt);
         /* the next block's w and v stream in while the formats run from L1:
          * its cache lines, a share before each format (a format alone
          * streams w and v itself, and the hardware prefetches them better) */
@@ -624,8 +686,10 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
                              qerr != NULL ? &se : NULL);
                 if (qerr != NULL) {
                     qerr[f].sq_error += se;
-                    qerr[f].sq_signal += sig;
-                    qerr[f].count += cnt;
+                    if (!sig_late) {
+                        qerr[f].sq_signal += sig;
+                        qerr[f].count += cnt;
+                    }
                 }
                 continue;
             }
@@ -651,7 +715,16 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             } else {
                 fns[f](&plans[f], wn, wun, len, &bc, pt, df);
             }
-            if (eb != NULL) (width[f] == 2 ? pack2_variants : pack1_variants)[isa](pt, eb, len);
+            /* flips counted as the patterns are narrowed, unless some need patching */
+            int fuse = prev != NULL && prev[f] != NULL && pc.nonfinite == 0;
+            if (fuse) {
+                uint64_t fl = 0;
+                pack1_flips_variants[isa](pt, eb, prev[f] + start, len, plans[f].e.mag_mask,
+                                          plans[f].e.nan_above, &fl);
+                flips[f] += fl;
+            } else if (eb != NULL) {
+                (width[f] == 2 ? pack2_variants : pack1_variants)[isa](pt, eb, len);
+            }
             out[f].stalled += bc.stalled;
             out[f].total += pc.total;
             out[f].overflow += bc.overflow;
@@ -659,7 +732,7 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             out[f].nonfinite += pc.nonfinite;
             if (eb != NULL && pc.nonfinite != 0)
                 patch_patterns(&plans[f], wb, vb, len, eb, width[f]);
-            if (prev != NULL && prev[f] != NULL) {
+            if (prev != NULL && prev[f] != NULL && !fuse) {
                 uint64_t fl = 0;
                 flips_bytes_variants[isa](prev[f] + start, eb, len, plans[f].e.mag_mask,
                                           plans[f].e.nan_above, &fl);
@@ -667,8 +740,10 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
             }
             if (qerr != NULL) {
                 double se = 0.0, se0 = 0.0;
-                qerr[f].sq_signal += sig;
-                qerr[f].count += cnt;
+                if (!sig_late) {
+                    qerr[f].sq_signal += sig;
+                    qerr[f].count += cnt;
+                }
                 if (pc.nonfinite != 0 || bc.overflow != 0) {
                     /* d is exact only for finite elements within range */
                     (plans[f].p.half_down ? qerr_block_hd_variants : qerr_block_variants)[isa](
@@ -686,35 +761,45 @@ static int stall_multi(const ag_format *const *fmts, const float *scales, size_t
         }
         if (pend >= 0) {
             double se = 0.0;
-            dsum_block_variants[isa](d[0], len, &se);
+            if (sig_late)
+                dsum2_block_variants[isa](d[0], wb, len, &se, &sig);
+            else
+                dsum_block_variants[isa](d[0], len, &se);
             qerr[pend].sq_error += se * ((double)scales[pend] * (double)scales[pend]);
+        } else if (sig_late) {
+            dsum_block_variants[isa](wb, len, &sig);
+        }
+        for (size_t f = 0; sig_late && f < nfmt; f++) {
+            qerr[f].sq_signal += sig;
+            qerr[f].count += cnt;
         }
     }
+    if (copy != NULL) copy_fence();
     return AG_OK;
 }
 
 AG_EXTERN int ag_stall_sgd(const ag_format *fmt, float scale, float lr, const float *w,
                            const float *g, size_t n, ag_stall_counts *out) {
     if (fmt == NULL) return AG_EFORMAT;
-    return stall_multi(&fmt, &scale, 1, lr, 0, w, g, n, out, NULL, NULL, NULL, NULL);
+    return stall_multi(&fmt, &scale, 1, lr, 0, w, g, n, out, NULL, NULL, NULL, NULL, NULL);
 }
 
 AG_EXTERN int ag_stall_update(const ag_format *fmt, float scale, const float *w, const float *u,
                               size_t n, ag_stall_counts *out) {
     if (fmt == NULL) return AG_EFORMAT;
-    return stall_multi(&fmt, &scale, 1, 0.0f, 1, w, u, n, out, NULL, NULL, NULL, NULL);
+    return stall_multi(&fmt, &scale, 1, 0.0f, 1, w, u, n, out, NULL, NULL, NULL, NULL, NULL);
 }
 
 AG_EXTERN int ag_stall_sgd_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                                  float lr, const float *w, const float *g, size_t n,
                                  ag_stall_counts *out) {
-    return stall_multi(fmts, scales, nfmt, lr, 0, w, g, n, out, NULL, NULL, NULL, NULL);
+    return stall_multi(fmts, scales, nfmt, lr, 0, w, g, n, out, NULL, NULL, NULL, NULL, NULL);
 }
 
 AG_EXTERN int ag_stall_update_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
                                     const float *w, const float *u, size_t n,
                                     ag_stall_counts *out) {
-    return stall_multi(fmts, scales, nfmt, 0.0f, 1, w, u, n, out, NULL, NULL, NULL, NULL);
+    return stall_multi(fmts, scales, nfmt, 0.0f, 1, w, u, n, out, NULL, NULL, NULL, NULL, NULL);
 }
 
 int ag_stall_encode_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
@@ -728,9 +813,18 @@ int ag_stall_encode_flips_multi(const ag_format *const *fmts, const float *scale
                                 int update_form, float lr, const float *w, const float *v, size_t n,
                                 ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr,
                                 const uint8_t *const *prev, uint64_t *flips) {
+    return ag_stall_encode_flips_copy_multi(fmts, scales, nfmt, update_form, lr, w, v, n, out, enc,
+                                            qerr, prev, flips, NULL);
+}
+
+int ag_stall_encode_flips_copy_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                     int update_form, float lr, const float *w, const float *v,
+                                     size_t n, ag_stall_counts *out, uint8_t *const *enc,
+                                     ag_quant_error *qerr, const uint8_t *const *prev,
+                                     uint64_t *flips, float *copy) {
     if (enc == NULL) return AG_EINVAL;
     return stall_multi(fmts, scales, nfmt, update_form ? 0.0f : lr, update_form != 0, w, v, n, out,
-                       enc, qerr, prev, flips);
+                       enc, qerr, prev, flips, copy);
 }
 
 AG_EXTERN int ag_quant_error_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
@@ -836,6 +930,32 @@ AG_INLINE void flips_bytes8_impl(const uint8_t *prev, const uint8_t *cur, size_t
     *count = total;
 }
 
+/* pack_impl (width 1) and flips_bytes8_impl of prev against the bytes it
+ * stores, in one loop: the same bytes and the same count. */
+AG_INLINE void pack1_flips_impl(const uint32_t *pt, uint8_t *enc, const uint8_t *prev, size_t n,
+                                uint32_t mag_mask, uint32_t nan_above, uint64_t *count) {
+    const uint8_t mm = (uint8_t)mag_mask, na = nan_above > 0xffu ? 0xffu : (uint8_t)nan_above;
+    uint64_t total = 0;
+    /* the last run shorter (2048 = 9 runs and 32): its count fits 8 bits too */
+    for (size_t start = 0; start < n; start += FLIP_RUN8) {
+        size_t m = n - start < FLIP_RUN8 ? n - start : FLIP_RUN8;
+        const uint32_t *p = pt + start;
+        const uint8_t *a = prev + start;
+        uint8_t *e = enc + start;
+        uint8_t c = 0;
+        for (size_t i = 0; i < m; i++) {
+            /* prev read before the store: its address matches the store's
+             * in the low 12 bits (buffers of one size), which would make the
+             * load wait for the store (4K aliasing) */
+            uint8_t was = a[i], b = (uint8_t)p[i];
+            c += flip8(was, b, mm, na);
+            e[i] = b;
+        }
+        total += c;
+    }
+    *count = total;
+}
+
 AG_INLINE void flips_bytes_impl(const uint8_t *prev, const uint8_t *cur, size_t n,
                                 uint32_t mag_mask, uint32_t nan_above, uint64_t *count,
                                 const int wide) {
@@ -892,6 +1012,10 @@ AG_INLINE void flips_table_impl(const float *ta, const float *tb, const uint8_t 
      uint64_t *count)
 AG_KERNEL_VARIANTS(flips_bytes, FLIPS_BYTES_PARAMS,
                    { flips_bytes8_impl(prev, cur, n, mag_mask, nan_above, count); });
+AG_KERNEL_VARIANTS(pack1_flips,
+                   (const uint32_t *pt, uint8_t *enc, const uint8_t *prev, size_t n,
+                    uint32_t mag_mask, uint32_t nan_above, uint64_t *count),
+                   { pack1_flips_impl(pt, enc, prev, n, mag_mask, nan_above, count); });
 AG_KERNEL_VARIANTS(flips_bytes_w, FLIPS_BYTES_PARAMS,
                    { flips_bytes_impl(prev, cur, n, mag_mask, nan_above, count, 1); });
 #define FLIPS_ENCODE_PARAMS                                                                        \

@@ -44,6 +44,14 @@ int ag_stall_encode_flips_multi(const ag_format *const *fmts, const float *scale
                                 ag_stall_counts *out, uint8_t *const *enc, ag_quant_error *qerr,
                                 const uint8_t *const *prev, uint64_t *flips);
 
+/* ag_stall_encode_flips_multi, and w copied to copy (n floats, not
+ * overlapping w; NULL: no copy) block by block as the pass reads it. */
+int ag_stall_encode_flips_copy_multi(const ag_format *const *fmts, const float *scales, size_t nfmt,
+                                     int update_form, float lr, const float *w, const float *v,
+                                     size_t n, ag_stall_counts *out, uint8_t *const *enc,
+                                     ag_quant_error *qerr, const uint8_t *const *prev,
+                                     uint64_t *flips, float *copy);
+
 /* Pattern flips between two pattern arrays (n * pattern_bytes bytes) encoded at one scale: elements
  * whose patterns differ, +0 and -0 being one pattern and every NaN pattern
  * one too. Equal to ag_count_pattern_flips(fmt, s, prev, w, n) when cur =

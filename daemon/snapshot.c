@@ -358,8 +358,8 @@ static int flips_fused(const ag_engine_job *job, size_t i) {
            job->fmts[i]->pattern_bytes == 1;
 }
 
-/* Stall counts and the patterns of every format in one pass over the
- * chunk's w and x, the baseline copy of w, then each format's flips. Only
+/* Stall counts, the patterns of every format and the baseline copy of w
+ * in one pass over the chunk's w and x, then each format's flips. Only
  * this chunk's slices of the job's arrays are written. */
 /* A pool thread's copy of a chunk of g or u read from a client's segment:
  * the kernels read it more than once, and the client may write the
@@ -377,19 +377,21 @@ void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     size_t nf = job->nf;
     ag_stall_counts *counts = job->part_counts + c * nf;
     uint64_t *flips = job->part_flips + c * nf;
-    uint8_t *cur[AG_FORMATS_MAX];
+    uint8_t *cur[AG_FORMATS_MAX] = {NULL};
     for (size_t i = 0; i < nf; i++) cur[i] = job->cur[i] + enc_bytes(job->fmts[i], start);
-    if (job->base != job->w) memcpy(job->base + start, job->w + start, len * sizeof(float));
     /* byte flips of the per-tensor 1-byte formats counted in the pass, as
      * each block's patterns are written */
-    const uint8_t *fused[AG_FORMATS_MAX];
+    const uint8_t *fused[AG_FORMATS_MAX] = {NULL};
     for (size_t i = 0; i < nf; i++)
         fused[i] = flips_fused(job, i) ? job->flip_prev[i] + start : NULL;
     const float *x = job->x ? job->x + start : remote_x;
     if (!job->x) memcpy(remote_x, job->src_x + start, len * sizeof(float));
-    int err = ag_stall_encode_flips_multi(job->fmts, job->scales, nf, job->form != AG_FORM_SGD,
-                                          job->lr, job->w + start, x, len, counts, cur,
-                                          job->part_qerr + c * nf, fused, flips);
+    /* the baseline copy of w made by the pass, block by block (a record from
+     * a client's segment was copied in the amax phase: base is w) */
+    float *copy = job->base != job->w ? job->base + start : NULL;
+    int err = ag_stall_encode_flips_copy_multi(job->fmts, job->scales, nf, job->form != AG_FORM_SGD,
+                                               job->lr, job->w + start, x, len, counts, cur,
+                                               job->part_qerr + c * nf, fused, flips, copy);
     for (size_t i = 0; i < nf && !err; i++) {
         if (fused[i]) continue;
         const uint8_t *prev =
