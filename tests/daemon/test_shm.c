@@ -407,6 +407,22 @@ static size_t points_of(ag_client *c, const char *run, const char *tensor) {
 
 #define SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
 
+/* A sealed segment of our own (size bytes, token), offered to the daemon by
+ * the message of sequence number 1 on s (a snapshot "offered" of run, filed)
+ * and acknowledged; mapped here (the caller unmaps it and closes *fd). */
+static uint8_t *offer_own_segment(nng_socket s, ag_client *obs, const char *run, uint64_t cid,
+                                  uint64_t token, uint64_t size, int *fd) {
+    *fd = make_segment(0, 1, SEALS, size, AG_SHM_MAGIC, token, size);
+    uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);
+    cr_assert_neq(base, MAP_FAILED);
+    ag_msg_shm h = {.token = token, .fd = (uint64_t)*fd, .size = size};
+    send_snapshot(s, run, cid, 1, "offered", 1, &h, AG_DTYPE_F32);
+    ag_free(harness_wait_history(obs, run, "offered", "E5M2", 1));
+    cr_assert_eq(ag_shm_load(&((ag_shm_header *)(void *)base)->ack), token,
+                 "the daemon did not map the segment");
+    return base;
+}
+
 Test(shm, hostile_segments_are_refused_their_records_rejected_and_offers_filed) {
     harness_start(&H, NULL);
     ag_client *obs = open_client("observer", AG_SHM_OFF, 0);
@@ -573,17 +589,10 @@ Test(shm, a_process_scribbling_on_its_ring_while_the_daemon_reads_it_does_no_har
     const uint64_t cid = 78, token = 0x5c51bb1e5ULL;
     send_start(s, run, cid);
     const uint64_t size = 4 * AG_SHM_MIN_SIZE, cap = size - AG_SHM_HEADER;
-    int fd = make_segment(0, 1, SEALS, size, AG_SHM_MAGIC, token, size);
-    uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    cr_assert_neq(base, MAP_FAILED);
-    ag_shm_header *hdr = (ag_shm_header *)(void *)base;
-
-    /* The offer: the daemon maps the segment and acknowledges it. */
-    uint64_t seq = 1;
+    int fd;
+    uint8_t *base = offer_own_segment(s, obs, run, cid, token, size, &fd);
+    uint64_t seq = 2;
     ag_msg_shm h = {.token = token, .fd = (uint64_t)fd, .size = size};
-    send_snapshot(s, run, cid, seq++, "offered", 1, &h, AG_DTYPE_F32);
-    ag_free(harness_wait_history(obs, run, "offered", "E5M2", 1));
-    cr_assert_eq(ag_shm_load(&hdr->ack), token, "the daemon did not map the segment");
 
     scribbler sc = {.base = base, .size = size};
     pthread_t th;
@@ -707,15 +716,10 @@ Test(shm, a_record_released_and_overwritten_does_not_change_its_results) {
     const uint64_t cid = 79, token = 0x0e1e1e1eULL;
     send_start(s, run, cid);
     const uint64_t size = AG_SHM_HEADER + (4u << 20), cap = size - AG_SHM_HEADER;
-    int fd = make_segment(0, 1, SEALS, size, AG_SHM_MAGIC, token, size);
-    uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    cr_assert_neq(base, MAP_FAILED);
+    int fd;
+    uint8_t *base = offer_own_segment(s, obs, run, cid, token, size, &fd);
     ag_shm_header *hdr = (ag_shm_header *)(void *)base;
-    uint64_t seq = 1;
-    ag_msg_shm h = {.token = token, .fd = (uint64_t)fd, .size = size};
-    send_snapshot(s, run, cid, seq++, "offered", 1, &h, AG_DTYPE_F32);
-    ag_free(harness_wait_history(obs, run, "offered", "E5M2", 1));
-    cr_assert_eq(ag_shm_load(&hdr->ack), token);
+    uint64_t seq = 2;
 
     const size_t big_n = 1u << 21; /* 32 chunks of the pool */
     float *bw = malloc(2 * big_n * sizeof *bw);
