@@ -288,7 +288,8 @@ static void *stream_main(void *arg) {
                         .policy = AG_QUEUE_BLOCK,
                         .query_timeout_ms = 30000,
                         .close_timeout_ms = st->blind ? 1 : 0,
-                        .shm_bytes = shm_off() ? AG_SHM_OFF : 0};
+                        /* the receiver that discards measures the socket's path */
+                        .shm_bytes = shm_off() || st->blind ? AG_SHM_OFF : 0};
     st->rc = ag_client_open(&st->c, &o);
     pthread_barrier_wait(st->go);
     struct timespec ts;

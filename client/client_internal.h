@@ -28,6 +28,9 @@ typedef struct ag_query_slot {
     struct ag_query_slot *next;
 } ag_query_slot;
 
+/* What the daemon said it can do with the segment (r_run's AG_CAP_SHM). */
+enum { SHM_UNKNOWN = 0, SHM_CAN, SHM_CANNOT };
+
 /* The shared-memory segment of snapshot arrays (shm.c, proto/shm.h). */
 typedef struct ag_client_shm {
     int fd;
@@ -132,6 +135,7 @@ struct ag_client {
     _Atomic int shm_offered;       /* a snapshot offering the segment was queued on
                                     * this connection (cleared when it is new) */
     _Atomic int shm_ack_waited;    /* ms waited for the daemon's answer on it */
+    _Atomic int shm_caps;          /* what r_run's caps said of shared memory: SHM_* */
 };
 
 /* Queue an encoded stream message (takes msg in every case). Caller holds

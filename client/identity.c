@@ -142,6 +142,7 @@ static void name_done(ag_client *c, int err, const char *name) {
         atomic_store_explicit(&c->run_known, 1, memory_order_release);
     } else {
         c->name_err = err;
+        atomic_store(&c->shm_caps, SHM_CANNOT); /* no answer to wait for */
     }
     pthread_cond_broadcast(&c->named);
     pthread_mutex_unlock(&c->mu);
@@ -178,6 +179,7 @@ static int name_reply(ag_client *c, nng_msg *msg) {
     if (rc) return AG_EPROTO;
     if (reply.type == AG_MSG_R_RUN) {
         atomic_store(&c->bundles, (reply.u.ident->caps & AG_CAP_BUNDLE) != 0);
+        atomic_store(&c->shm_caps, reply.u.ident->caps & AG_CAP_SHM ? SHM_CAN : SHM_CANNOT);
         name_done(c, AG_OK, reply.u.ident->run);
     } else if (reply.type == AG_MSG_R_ERROR) {
         int code = reply.u.error.code;

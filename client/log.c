@@ -177,15 +177,18 @@ static int reserve_locked(ag_client *c, ag_client_shm *sh, size_t len, uint64_t 
 /* Before the daemon has said it mapped the segment, snapshots carry their
  * arrays. Under the blocking policy, once a snapshot offering the segment
  * is queued on this connection, the next ones wait for the answer, at most
- * SHM_ACK_MS a connection in all: a daemon of another user, or one from
- * before shared memory, never answers. */
+ * SHM_ACK_MS a connection in all, and not once the daemon's r_run said it
+ * cannot map the segment (a daemon of another user, or one from before
+ * shared memory, never answers the offer). */
 #define SHM_ACK_MS 1000
 static void await_ack(ag_client *c, ag_client_shm *sh) {
     if (c->opts.policy != AG_QUEUE_BLOCK || ag_client_shm_acked(sh) ||
-        !atomic_load(&c->shm_offered) || atomic_load(&c->shm_ack_waited) >= SHM_ACK_MS)
+        !atomic_load(&c->shm_offered) || atomic_load(&c->shm_ack_waited) >= SHM_ACK_MS ||
+        atomic_load(&c->shm_caps) == SHM_CANNOT)
         return;
     int64_t start = ag_mono_ms();
-    while (!ag_client_shm_acked(sh) && atomic_load(&c->shm_ack_waited) < SHM_ACK_MS) {
+    while (!ag_client_shm_acked(sh) && atomic_load(&c->shm_ack_waited) < SHM_ACK_MS &&
+           atomic_load(&c->shm_caps) != SHM_CANNOT) {
         uint32_t wake = announce(sh);
         if (ag_client_shm_acked(sh)) break;
         ag_shm_wait(sh->hdr, wake, 20);

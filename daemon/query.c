@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "daemon/ingest.h"
 #include "daemon/query.h"
@@ -43,9 +44,13 @@ struct ag_query {
 
 /* Answer one decoded query into reply (proto/queries.h, present/answer.c);
  * returns the error code when the answer is an error, with text in err. */
-static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t errlen) {
+static int answer(worker *w, const ag_msg *req, ag_msg *reply, int local, char *err,
+                  size_t errlen) {
     const ag_query_def *def = ag_query_by_type(req->type);
     int rc = ag_answer(w->store, req, reply);
+    /* A client of this daemon's user on its machine: its segment can be
+     * mapped (daemon/shm.c), so its snapshots may wait for that. */
+    if (!rc && req->type == AG_MSG_Q_RUN && local) reply->u.ident->caps |= AG_CAP_SHM;
     if (req->type == AG_MSG_Q_HISTORY || req->type == AG_MSG_Q_RUNS)
         reply->cols = ag_proto_reply_cols(reply->type, req->u.query.cols);
     if (!rc && (def->flags & AG_Q_LIVE)) w->q->status(w->q->status_ctx, reply->u.status);
@@ -58,7 +63,7 @@ static int answer(worker *w, const ag_msg *req, ag_msg *reply, char *err, size_t
 /* Build the reply bytes for one request message into out, in the version of
  * the request (so an older client can read it; the current one when the
  * request's version is unknown). */
-static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
+static void serve(worker *w, const void *data, size_t len, int local, ag_buf *out) {
     ag_msg req = {0}, reply = {0};
     char err[AG_PROTO_MAX_ERROR_TEXT];
     int version = 0, type = 0;
@@ -74,7 +79,7 @@ static void serve(worker *w, const void *data, size_t len, ag_buf *out) {
         snprintf(err, sizeof err, "not a query: %s", ag_proto_type_name(req.type));
         rc = AG_EPROTO;
     } else {
-        rc = answer(w, &req, &reply, err, sizeof err);
+        rc = answer(w, &req, &reply, local, err, sizeof err);
     }
     if (!rc) {
         rc = ag_proto_encode(out, &reply);
@@ -105,7 +110,10 @@ static void *worker_main(void *arg) {
         if (rv) continue;
         nng_msg *m = nng_aio_get_msg(w->aio);
         ag_buf_reset(&out);
-        serve(w, nng_msg_body(m), nng_msg_len(m), &out);
+        uint64_t uid;
+        int local = nng_pipe_get_uint64(nng_msg_get_pipe(m), NNG_OPT_IPC_PEER_UID, &uid) == 0 &&
+                    uid == (uint64_t)geteuid();
+        serve(w, nng_msg_body(m), nng_msg_len(m), local, &out);
         nng_msg_clear(m);
         if (out.err || nng_msg_append(m, out.data, out.len)) {
             nng_msg_free(m);

@@ -555,6 +555,9 @@ typedef struct ag_status {
 /* Capabilities (ag_status.caps, PROTOCOL.md r_run / r_status). */
 #define AG_CAP_BUNDLE 1u /* it takes bundles of stream messages */
 #define AG_CAP_QERR 2u   /* it reads counts results with mse and sqnr_db (9 values) */
+#define AG_CAP_SHM                                                                                 \
+    4u /* r_run only: it can map this client's shared-memory segment (the
+                          * asker runs as its user on its machine: PROTOCOL.md 3.3.1) */
 
 /*
  * The keys of each result as the documents show it (altgrad --json, CSV and

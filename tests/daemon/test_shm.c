@@ -19,6 +19,7 @@
 #include <math.h>
 #include <nng/nng.h>
 #include <nng/protocol/pipeline0/push.h>
+#include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -893,4 +894,69 @@ Test(shm, a_record_named_over_tcp_is_rejected_even_for_a_mapped_segment) {
     close(fd);
     ag_client_close(obs);
     cr_expect_eq(harness_stop(&H, SIGTERM), 0);
+}
+
+/* ----------------------------------------------- r_run's AG_CAP_SHM */
+
+/* The caps of the daemon's r_run for client_id, asked over url. */
+static uint64_t run_caps(const char *url, uint64_t client_id) {
+    nng_socket s;
+    cr_assert_eq(nng_req0_open(&s), 0);
+    cr_assert_eq(nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 10000), 0);
+    cr_assert_eq(nng_dial(s, url, NULL, 0), 0);
+    ag_msg req = {.type = AG_MSG_Q_RUN};
+    req.u.query.client_id = client_id;
+    ag_buf b;
+    ag_buf_init(&b);
+    cr_assert_eq(ag_proto_encode(&b, &req), AG_OK);
+    cr_assert_eq(nng_send(s, b.data, b.len, 0), 0);
+    ag_buf_free(&b);
+    char *buf = NULL;
+    size_t len = 0;
+    cr_assert_eq(nng_recv(s, &buf, &len, NNG_FLAG_ALLOC), 0);
+    ag_msg reply;
+    cr_assert_eq(ag_proto_decode(buf, len, &reply), AG_OK);
+    cr_assert_eq(reply.type, AG_MSG_R_RUN);
+    uint64_t caps = reply.u.ident->caps;
+    ag_msg_clear(&reply);
+    nng_free(buf, len);
+    nng_close(s);
+    return caps;
+}
+
+/* The daemon tells a client of its own user on its machine (over ipc) that
+ * it can map its segment, so that the client's first snapshots wait for the
+ * mapping; over tcp it does not (and the client does not wait), while the
+ * stream over ipc still maps the segment. */
+Test(shm, r_run_announces_shared_memory_to_a_local_client_of_the_same_user_only) {
+    char tcp[64];
+    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", harness_free_tcp_port());
+    for (int over_tcp = 0; over_tcp < 2; over_tcp++) {
+        const char *extra[] = {"--query", tcp, NULL};
+        harness_start(&H, over_tcp ? extra : NULL);
+        const char *query = over_tcp ? tcp : H.query;
+        ag_client_opts o = {.ingest_url = H.ingest,
+                            .query_url = query,
+                            .run = over_tcp ? "caps-tcp" : "caps-ipc",
+                            .policy = AG_QUEUE_BLOCK,
+                            .query_timeout_ms = 10000};
+        ag_client *c = NULL;
+        cr_assert_eq(ag_client_open(&c, &o), AG_OK);
+        cr_assert_eq(ag_client_start_run(c, 10000), AG_OK);
+        uint64_t caps = run_caps(query, ag_client_id(c));
+        cr_expect_eq((caps & AG_CAP_SHM) != 0, !over_tcp, "caps %llu over %s",
+                     (unsigned long long)caps, over_tcp ? "tcp" : "ipc");
+        cr_expect_eq(caps & (AG_CAP_BUNDLE | AG_CAP_QERR), AG_CAP_BUNDLE | AG_CAP_QERR);
+        static float w[4096], g[4096];
+        for (int i = 0; i < 4096; i++) w[i] = 1.0f + (float)i * 1e-3f, g[i] = 1e-3f;
+        for (uint64_t step = 1; step <= 6; step++) {
+            cr_assert_eq(ag_client_log_sgd(c, step, "w", w, g, 4096, 0.01f), AG_OK);
+            cr_assert_eq(ag_client_flush(c, 10000), AG_OK);
+        }
+        ag_client_stats st = stats_of(c);
+        cr_expect_geq(st.shm_snapshots, 4, "%llu through shared memory",
+                      (unsigned long long)st.shm_snapshots);
+        ag_client_close(c);
+        cr_expect_eq(harness_stop(&H, SIGTERM), 0);
+    }
 }
