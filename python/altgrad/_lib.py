@@ -61,6 +61,7 @@ AG_DEFAULT_FORMATS = "E0M7,E1M6,E3M4,E5M2,E7M0"
 # ag_status.caps bits (altgrad.h)
 AG_CAP_BUNDLE = 1
 AG_CAP_QERR = 2
+AG_CAP_SHM = 4  # r_run only: the daemon can map this client's shared-memory segment
 
 
 # ---------------------------------------------------------------------------
