@@ -408,6 +408,27 @@ static size_t points_of(ag_client *c, const char *run, const char *tensor) {
 
 #define SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
 
+/* A raw float32 update snapshot of n elements whose arrays are the record
+ * of len bytes at position at of the segment h names (its mark: the
+ * record's end). */
+static void send_record(nng_socket s, const char *run, uint64_t cid, uint64_t seq,
+                        const char *tensor, uint64_t step, size_t n, const ag_msg_shm *h,
+                        uint64_t at, uint64_t len) {
+    ag_msg m = {.type = AG_MSG_SNAPSHOT};
+    m.hdr = (ag_stream_hdr){run, cid, seq, 0};
+    m.u.snapshot = (ag_msg_snapshot){
+        .step = step, .tensor = tensor, .dtype = AG_DTYPE_F32, .form = AG_FORM_UPDATE, .n = n};
+    m.u.snapshot.shm = *h;
+    m.u.snapshot.shm.mark = at + len;
+    m.u.snapshot.shm.at = at;
+    m.u.snapshot.shm.has_at = 1;
+    ag_buf b;
+    ag_buf_init(&b);
+    cr_assert_eq(ag_proto_encode(&b, &m), AG_OK, "%s", ag_errctx_text(&m.err));
+    push(s, &b);
+    ag_buf_free(&b);
+}
+
 /* A sealed segment of our own (size bytes, token), offered to the daemon by
  * the message of sequence number 1 on s (a snapshot "offered" of run, filed)
  * and acknowledged; mapped here (the caller unmaps it and closes *fd). */
@@ -633,26 +654,9 @@ Test(shm, a_process_scribbling_on_its_ring_while_the_daemon_reads_it_does_no_har
     for (int k = 0; k < flips; k++) {
         uint64_t len = 2 * FLIP_N * 4;
         uint64_t at = (uint64_t)(k % 2) * len + (uint64_t)k * cap;
-        ag_msg m = {.type = AG_MSG_SNAPSHOT};
         char tensor[32];
         snprintf(tensor, sizeof tensor, "flip.%d", k % tensors);
-        m.hdr = (ag_stream_hdr){run, cid, seq++, 0};
-        m.u.snapshot = (ag_msg_snapshot){.step = 1 + (uint64_t)(k / tensors),
-                                         .tensor = tensor,
-                                         .dtype = AG_DTYPE_F32,
-                                         .form = AG_FORM_UPDATE,
-                                         .n = FLIP_N};
-        m.u.snapshot.shm = (ag_msg_shm){.token = token,
-                                        .fd = (uint64_t)fd,
-                                        .size = size,
-                                        .mark = at + len,
-                                        .at = at,
-                                        .has_at = 1};
-        ag_buf b;
-        ag_buf_init(&b);
-        cr_assert_eq(ag_proto_encode(&b, &m), AG_OK, "%s", ag_errctx_text(&m.err));
-        push(s, &b);
-        ag_buf_free(&b);
+        send_record(s, run, cid, seq++, tensor, 1 + (uint64_t)(k / tensors), FLIP_N, &h, at, len);
     }
     send_snapshot(s, run, cid, seq++, "good", 2, NULL, AG_DTYPE_F32);
     ag_free(harness_wait_history(obs, run, "good", "E5M2", 2));
@@ -746,23 +750,8 @@ Test(shm, a_record_released_and_overwritten_does_not_change_its_results) {
 
         uint64_t at = (uint64_t)(r + 1) * cap, len = 2 * REC_N * 4;
         for (size_t i = 0; i < 2 * REC_N; i++) rec[i] = SMALL;
-        m = (ag_msg){.type = AG_MSG_SNAPSHOT};
-        m.hdr = (ag_stream_hdr){run, cid, seq++, 0};
-        m.u.snapshot = (ag_msg_snapshot){.step = 1 + (uint64_t)r,
-                                         .tensor = "record",
-                                         .dtype = AG_DTYPE_F32,
-                                         .form = AG_FORM_UPDATE,
-                                         .n = REC_N};
-        m.u.snapshot.shm = (ag_msg_shm){.token = token,
-                                        .fd = (uint64_t)fd,
-                                        .size = size,
-                                        .mark = at + len,
-                                        .at = at,
-                                        .has_at = 1};
-        ag_buf_init(&b);
-        cr_assert_eq(ag_proto_encode(&b, &m), AG_OK, "%s", ag_errctx_text(&m.err));
-        push(s, &b);
-        ag_buf_free(&b);
+        ag_msg_shm h = {.token = token, .fd = (uint64_t)fd, .size = size};
+        send_record(s, run, cid, seq++, "record", 1 + (uint64_t)r, REC_N, &h, at, len);
         /* The release: the record's space is the client's again. */
         for (long polls = 0; ag_shm_load(&hdr->released) < at + len; polls++) {
             cr_assert_lt(polls, 1000 + 200000, "the record was never released");
