@@ -123,7 +123,7 @@ static void job_done(ag_daemon *d, inflight *f) {
         }
     d->njobs--;
     ag_engine_job_finish(d->engine, f->job);
-    ag_shm_release(d->shm, &f->ref);
+    ag_shm_release(&f->ref);
     ag_msg_clear(&f->msg);
     nng_msg_free(f->nm);
     free(f->works);
@@ -179,7 +179,7 @@ static void dispatch(ag_daemon *d, ag_engine_job *job, nng_msg *nm, const ag_msg
     if (!f) { /* no memory to track it: evaluate it now */
         ag_engine_job_run(d->engine, job);
         ag_engine_job_finish(d->engine, job);
-        ag_shm_release(d->shm, ref);
+        ag_shm_release(ref);
         ag_msg_clear((ag_msg *)m);
         nng_msg_free(nm);
         return;
@@ -290,7 +290,7 @@ static void process(ag_daemon *d, nng_msg *nm, ag_msg *m, ag_shm_ref *ref) {
         dispatch(d, job, nm, m, ref);
         return;
     }
-    ag_shm_release(d->shm, ref);
+    ag_shm_release(ref);
     ag_msg_clear(m);
     nng_msg_free(nm);
 }
@@ -767,7 +767,7 @@ int main(int argc, char **argv) {
 
     /* The loop has ended: intake is closed. Commit what is queued. */
     if (d->held_nng) {
-        ag_shm_release(d->shm, &d->held_ref);
+        ag_shm_release(&d->held_ref);
         ag_msg_clear(&d->held_msg);
         nng_msg_free(d->held_nng);
     }

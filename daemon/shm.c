@@ -59,7 +59,6 @@ struct ag_shm_table {
     size_t n;
     refusal refused[16]; /* recent refusals, so an offer is not tried on every message */
     size_t next_refusal;
-    uint64_t records, refusals;
 };
 
 ag_shm_table *ag_shm_table_new(ag_logger *log) {
@@ -92,14 +91,6 @@ void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms) {
                    (unsigned long long)t->segs[i]->pid);
             drop_at(t, i);
         }
-}
-
-void ag_shm_get_stats(const ag_shm_table *t, ag_shm_stats *out) {
-    memset(out, 0, sizeof *out);
-    out->segments = t->n;
-    for (size_t i = 0; i < t->n; i++) out->bytes += t->segs[i]->size;
-    out->records = t->records;
-    out->refused = t->refusals;
 }
 
 /* ---- the queue of a segment ---------------------------------------------- */
@@ -149,8 +140,7 @@ static uint64_t push(ag_shm_seg *s, uint64_t mark, int done) {
     return number;
 }
 
-void ag_shm_release(ag_shm_table *t, ag_shm_ref *ref) {
-    (void)t;
+void ag_shm_release(ag_shm_ref *ref) {
     ag_shm_seg *s = ref->seg;
     if (!s) return;
     ref->seg = NULL;
@@ -170,7 +160,6 @@ static int refused_recently(ag_shm_table *t, uint64_t token, uint64_t now) {
 
 static int refuse(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t now, ag_errctx *err,
                   const char *why) {
-    t->refusals++;
     t->refused[t->next_refusal] = (refusal){h->token, now + AG_SHM_RETRY_MS};
     t->next_refusal = (t->next_refusal + 1) % (sizeof t->refused / sizeof t->refused[0]);
     /* Another user's trainer is the usual case under the system service
@@ -300,7 +289,6 @@ int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_
     if (number == UINT64_MAX)
         return ag_errctx_set(err, AG_ENOMEM, "too many shared-memory records in flight");
     s->pending++;
-    t->records++;
     /* proto checked the record lies inside the ring */
     const uint8_t *w = s->base + AG_SHM_HEADER + h->at % s->cap;
     sn->w = w;

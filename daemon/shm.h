@@ -29,13 +29,6 @@ typedef struct ag_shm_ref {
     uint64_t entry;
 } ag_shm_ref;
 
-typedef struct ag_shm_stats {
-    uint64_t segments; /* mapped now */
-    uint64_t bytes;    /* their bytes */
-    uint64_t records;  /* snapshots whose arrays were read from a segment, ever */
-    uint64_t refused;  /* segments refused, ever (each refusal is logged) */
-} ag_shm_stats;
-
 ag_shm_table *ag_shm_table_new(ag_logger *log);
 /* Unmap everything (no reference may be left). */
 void ag_shm_table_free(ag_shm_table *t);
@@ -53,9 +46,8 @@ void ag_shm_table_free(ag_shm_table *t);
 int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_errctx *err);
 /* The record of ref has been read (or will not be): its space may go back
  * to the client once every earlier one has. Idempotent; clears ref. */
-void ag_shm_release(ag_shm_table *t, ag_shm_ref *ref);
+void ag_shm_release(ag_shm_ref *ref);
 /* Unmap the segments idle since now_ms - AG_SHM_IDLE_MS with no record in use. */
 void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms);
-void ag_shm_get_stats(const ag_shm_table *t, ag_shm_stats *out);
 
 #endif

@@ -358,13 +358,14 @@ static int flips_fused(const ag_engine_job *job, size_t i) {
            job->fmts[i]->pattern_bytes == 1;
 }
 
-/* Stall counts, the patterns of every format and the baseline copy of w
- * in one pass over the chunk's w and x, then each format's flips. Only
- * this chunk's slices of the job's arrays are written. */
 /* A pool thread's copy of a chunk of g or u read from a client's segment:
  * the kernels read it more than once, and the client may write the
  * segment meanwhile. In the thread's caches while the chunk's pass runs. */
 static _Thread_local float remote_x[AG_ENGINE_CHUNK] __attribute__((aligned(64)));
+
+/* Stall counts, the patterns of every format and the baseline copy of w
+ * in one pass over the chunk's w and x, then each format's flips. Only
+ * this chunk's slices of the job's arrays are written. */
 
 void ag_engine_job_run_chunk(ag_engine_job *job, size_t c) {
     size_t start = c * job->chunk;
