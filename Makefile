@@ -79,7 +79,7 @@ tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DAG_BUILD_BENCH=OFF -DAG_BUILD_TESTS=OFF \
 	  -DCMAKE_C_FLAGS="-fsanitize=thread -g" >/dev/null
 	cmake --build build-tsan -j$(JOBS) --target altgrad_static
-	$(CC) -std=c11 -g -fsanitize=thread -Iinclude -I. tests/tsan/client_threads.c \
+	$(CC) -std=c11 -g -fsanitize=thread -Iinclude -I. -I.deps/nng/include tests/tsan/client_threads.c \
 	  build-tsan/libaltgrad.a -lmsgpackc -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -latomic -lm \
 	  -o build-tsan/client_threads
 	for policy in 0 1; do \

@@ -357,24 +357,27 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
         atomic_fetch_sub(pipes, 1);
 }
 
-/* A new connection of the ingest socket (nng's thread). */
-static void shm_pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg) {
+/* A new connection of the ingest socket (nng's thread), before any message
+ * goes over it: the daemon may be a new one, so the segment is passed to it
+ * (or offered in messages, when it takes no descriptor). */
+static void shm_pipe_adding(nng_pipe p, nng_pipe_ev ev, void *arg) {
     ag_client *c = arg;
     (void)p;
-    if (ev != NNG_PIPE_EV_ADD_POST) return;
+    if (ev != NNG_PIPE_EV_ADD_PRE) return;
     ag_client_shm_reconnected(&c->shm);
     atomic_store(&c->shm_offered, 0);
     atomic_store(&c->shm_ack_waited, 0);
+    ag_client_shm_pass(&c->shm, c->ingest_url);
 }
 
 /* The shared-memory segment, for a daemon on this machine (an ipc:// ingest
- * URL) unless turned off. Without one (no memfd, no memory) snapshots go
- * through the socket as they always could: nothing fails. */
+ * URL) unless turned off; made before the ingest socket dials, so every
+ * connection passes it (shm_pipe_adding). Without one (no memfd, no
+ * memory) snapshots go through the socket as they always could: nothing
+ * fails. */
 static void open_shm(ag_client *c) {
     if (c->opts.shm_bytes == AG_SHM_OFF || strncmp(c->ingest_url, "ipc://", 6) != 0) return;
-    if (ag_client_shm_open(&c->shm, c->opts.shm_bytes) != AG_OK) return;
-    if (nng_pipe_notify(c->push, NNG_PIPE_EV_ADD_POST, shm_pipe_added, c) != 0)
-        ag_client_shm_close(&c->shm);
+    ag_client_shm_open(&c->shm, c->opts.shm_bytes);
 }
 
 /* pipes: when not NULL, kept equal to the socket's connection count. tls:
@@ -382,11 +385,12 @@ static void open_shm(ag_client *c) {
  * reference), else NULL. */
 static int open_socket(nng_socket *s, int (*opener)(nng_socket *), const char *url,
                        const ag_client_opts *o, int receives, _Atomic int *pipes,
-                       nng_tls_config *tls) {
+                       nng_tls_config *tls, nng_pipe_cb adding, void *adding_arg) {
     int rv = opener(s);
     if (rv) return nng_to_ag(rv);
-    if (pipes && ((rv = nng_pipe_notify(*s, NNG_PIPE_EV_ADD_POST, pipe_event, pipes)) ||
-                  (rv = nng_pipe_notify(*s, NNG_PIPE_EV_REM_POST, pipe_event, pipes)))) {
+    if ((pipes && ((rv = nng_pipe_notify(*s, NNG_PIPE_EV_ADD_POST, pipe_event, pipes)) ||
+                   (rv = nng_pipe_notify(*s, NNG_PIPE_EV_REM_POST, pipe_event, pipes)))) ||
+        (adding && (rv = nng_pipe_notify(*s, NNG_PIPE_EV_ADD_PRE, adding, adding_arg)))) {
         nng_close(*s);
         return nng_to_ag(rv);
     }
@@ -561,15 +565,17 @@ int ag_client_open_quiet(ag_client **out, const ag_client_opts *opts, int quiet)
     pthread_cond_init(&c->named, &ca);
     pthread_condattr_destroy(&ca);
     have_sync = 1;
+    open_shm(c);
     if ((rc = tls_settings(&c->opts, c->ingest_url, &tls)) ||
-        (rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0, NULL, tls)))
+        (rc = open_socket(&c->push, nng_push0_open, c->ingest_url, &c->opts, 0, NULL, tls,
+                          c->shm.base ? shm_pipe_adding : NULL, c)))
         goto fail;
     have_push = 1;
     if (tls) nng_tls_config_free(tls);
     tls = NULL;
-    open_shm(c);
     if ((rc = tls_settings(&c->opts, c->query_url, &tls)) ||
-        (rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1, &c->req_pipes, tls)))
+        (rc = open_socket(&c->req, nng_req0_open, c->query_url, &c->opts, 1, &c->req_pipes, tls,
+                          NULL, NULL)))
         goto fail;
     have_req = 1;
     if (tls) nng_tls_config_free(tls);

@@ -34,6 +34,7 @@ enum { SHM_UNKNOWN = 0, SHM_CAN, SHM_CANNOT };
 /* The shared-memory segment of snapshot arrays (shm.c, proto/shm.h). */
 typedef struct ag_client_shm {
     int fd;
+    int lease;     /* the connection it was passed on (-1: none; nng's thread) */
     uint8_t *base; /* the mapping; NULL: no segment */
     ag_shm_header *hdr;
     uint64_t size, cap, token;
@@ -50,6 +51,11 @@ int ag_client_shm_open(ag_client_shm *s, size_t bytes);
 void ag_client_shm_close(ag_client_shm *s);
 /* Whether the daemon has the segment mapped. */
 int ag_client_shm_acked(const ag_client_shm *s);
+/* Pass the segment's descriptor to the daemon listening beside the ipc://
+ * socket ingest_url (proto/shm.h): AG_OK once it has mapped it (ack is
+ * stored), the connection kept as its lease; else the segment stays
+ * offered in messages (an older daemon has no descriptor socket). */
+int ag_client_shm_pass(ag_client_shm *s, const char *ingest_url);
 /* A new connection to the ingest socket: offer the segment again. */
 void ag_client_shm_reconnected(ag_client_shm *s);
 /* Reserve a record of len bytes (writer held): 1 and its position, or 0

@@ -13,6 +13,9 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "client/client_internal.h"
@@ -20,6 +23,7 @@
 int ag_client_shm_open(ag_client_shm *s, size_t bytes) {
     memset(s, 0, sizeof *s);
     s->fd = -1;
+    s->lease = -1;
     if (bytes < AG_SHM_MIN_SIZE || bytes > AG_SHM_MAX_SIZE) return AG_EINVAL;
     bytes = (bytes + 4095) & ~(size_t)4095;
     int fd = memfd_create("altgrad-snapshots", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -61,6 +65,8 @@ void ag_client_shm_close(ag_client_shm *s) {
      * readable after this (the memfd lives while anyone maps it). */
     munmap(s->base, s->size);
     close(s->fd);
+    if (s->lease >= 0) close(s->lease); /* the daemon unmaps it once it has read it */
+    s->lease = -1;
     pthread_mutex_destroy(&s->writer);
     s->base = NULL;
     s->fd = -1;
@@ -68,6 +74,48 @@ void ag_client_shm_close(ag_client_shm *s) {
 
 int ag_client_shm_acked(const ag_client_shm *s) {
     return s->base && ag_shm_load(&s->hdr->ack) == s->token;
+}
+
+#define PASS_TIMEOUT_MS 2000 /* for each of connect, send and the reply */
+
+int ag_client_shm_pass(ag_client_shm *s, const char *ingest_url) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (!s->base || strncmp(ingest_url, "ipc://", 6) != 0) return AG_EINVAL;
+    const char *path = ingest_url + 6;
+    if (strlen(path) + sizeof AG_SHM_PASS_SUFFIX > sizeof sa.sun_path) return AG_EINVAL;
+    memcpy(sa.sun_path, path, strlen(path));
+    memcpy(sa.sun_path + strlen(path), AG_SHM_PASS_SUFFIX, sizeof AG_SHM_PASS_SUFFIX);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0) return AG_ETRANSPORT;
+    struct timeval tv = {PASS_TIMEOUT_MS / 1000, (PASS_TIMEOUT_MS % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ag_shm_pass_request rq = {AG_SHM_PASS_MAGIC, s->token, s->size, 0};
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct iovec iov = {&rq, sizeof rq};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    struct cmsghdr *ch = CMSG_FIRSTHDR(&mh);
+    ch->cmsg_level = SOL_SOCKET;
+    ch->cmsg_type = SCM_RIGHTS;
+    ch->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(ch), &s->fd, sizeof(int));
+    ag_shm_pass_reply rp;
+    int ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+             sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)sizeof rq &&
+             recv(fd, &rp, sizeof rp, 0) == (ssize_t)sizeof rp && rp.magic == AG_SHM_REPLY_MAGIC &&
+             rp.status == AG_OK && ag_client_shm_acked(s);
+    if (!ok) {
+        close(fd);
+        return AG_ETRANSPORT;
+    }
+    if (s->lease >= 0) close(s->lease); /* the earlier connection's: ended */
+    s->lease = fd;
+    return AG_OK;
 }
 
 void ag_client_shm_reconnected(ag_client_shm *s) {

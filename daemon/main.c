@@ -612,6 +612,10 @@ static int start(ag_daemon *d) {
         fprintf(stderr, "altgradd: cannot listen for trainers on %s\n", d->cfg.ingest[0]);
         return 1;
     }
+    if ((err = ag_shm_listen(d->shm, &d->cfg))) {
+        fprintf(stderr, "altgradd: cannot listen for shared memory beside %s\n", d->cfg.ingest[0]);
+        return 1;
+    }
     /* A busy HTTP port is not fatal: the page is a convenience, ingest is not. */
     if (d->cfg.http_enabled) ag_http_start(&d->http, &d->cfg, &d->log, fill_status, d);
     return 0;

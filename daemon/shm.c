@@ -7,6 +7,14 @@
  * shrinking (so reading it can never fault) and that its header is the one
  * the message describes, maps it and says so in the header (ack).
  *
+ * A client of another user cannot be opened that way: it passes its memfd
+ * over the descriptor socket beside the ingest socket instead (proto/shm.h,
+ * PROTOCOL.md 3.3.2), served by a thread of its own here, which checks and
+ * maps it the same way and enters it in the table. That connection is the
+ * segment's lease: once the client closes it the segment is unmapped as
+ * soon as its records have been read, and never before (the daemon could
+ * not open it again).
+ *
  * Each message that names a segment is one entry of its queue, in arrival
  * order: a record the daemon has still to read, or a mark alone. Once the
  * entries from the front are done, the newest mark among them is published
@@ -16,11 +24,15 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "core/clock.h"
@@ -47,23 +59,61 @@ struct ag_shm_seg {
     uint64_t published; /* the last released written */
     size_t pending;     /* records not yet read */
     uint64_t last_ms;
+    int passed; /* over the descriptor socket: kept until its lease ends */
+    int gone;   /* passed, and its lease has ended (under the table's mu) */
 };
 
 typedef struct refusal {
     uint64_t token, until_ms;
 } refusal;
 
+/* A connection of the descriptor socket: waiting for its request until
+ * deadline_ms, or the lease of the segment (token, pid) it passed. */
+typedef struct pass_conn {
+    int fd;
+    int leased;
+    uint64_t token, pid, deadline_ms;
+} pass_conn;
+
+#define PASS_LISTENERS AG_CONFIG_MAX_INGEST
+#define PASS_WAITING 32   /* connections yet to send their request */
+#define PASS_WAIT_MS 1000 /* how long one may take to */
+#define PASS_LOG_EVERY 10 /* refusals logged per PASS_LOG_MS at most */
+#define PASS_LOG_MS 10000
+
 struct ag_shm_table {
     ag_logger *log;
+    /* Held by the loop while it looks up, enters or unmaps segments, and by
+     * the descriptor thread while it enters a segment (never unmapping
+     * one) or ends a lease: segs, n, and a segment's passed and gone. The
+     * rest of a segment is the loop's alone. */
+    pthread_mutex_t mu;
     ag_shm_seg *segs[AG_SHM_SEGMENTS_MAX];
     size_t n;
     refusal refused[16]; /* recent refusals, so an offer is not tried on every message */
     size_t next_refusal;
+    /* the descriptor sockets and their thread's connections */
+    int lfd[PASS_LISTENERS];
+    char *lpath[PASS_LISTENERS];
+    size_t nl;
+    int stop[2];
+    pthread_t thread;
+    int started;
+    pass_conn conns[AG_SHM_SEGMENTS_MAX + PASS_WAITING];
+    size_t nconns;
+    uint64_t log_window_ms; /* refusals logged since then: log_count */
+    unsigned log_count;
 };
 
 ag_shm_table *ag_shm_table_new(ag_logger *log) {
     ag_shm_table *t = calloc(1, sizeof *t);
-    if (t) t->log = log;
+    if (!t) return NULL;
+    if (pthread_mutex_init(&t->mu, NULL) != 0) {
+        free(t);
+        return NULL;
+    }
+    t->log = log;
+    t->stop[0] = t->stop[1] = -1;
     return t;
 }
 
@@ -73,9 +123,13 @@ static void seg_free(ag_shm_seg *s) {
     free(s);
 }
 
+static void pass_stop(ag_shm_table *t);
+
 void ag_shm_table_free(ag_shm_table *t) {
     if (!t) return;
+    pass_stop(t);
     for (size_t i = 0; i < t->n; i++) seg_free(t->segs[i]);
+    pthread_mutex_destroy(&t->mu);
     free(t);
 }
 
@@ -84,13 +138,23 @@ static void drop_at(ag_shm_table *t, size_t i) {
     t->segs[i] = t->segs[--t->n];
 }
 
+/* Whether segment s may be unmapped now (the table's mu held): nothing of
+ * it in use, and its client gone (passed) or idle long enough (opened
+ * through /proc, which can be done again). */
+static int droppable(const ag_shm_seg *s, uint64_t now_ms) {
+    if (s->pending) return 0;
+    return s->passed ? s->gone : now_ms - s->last_ms > AG_SHM_IDLE_MS;
+}
+
 void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms) {
+    pthread_mutex_lock(&t->mu);
     for (size_t i = t->n; i-- > 0;)
-        if (t->segs[i]->pending == 0 && now_ms - t->segs[i]->last_ms > AG_SHM_IDLE_MS) {
-            ag_log(t->log, AG_LOG_INFO, "ingest: unmapped the idle segment of process %llu",
-                   (unsigned long long)t->segs[i]->pid);
+        if (droppable(t->segs[i], now_ms)) {
+            ag_log(t->log, AG_LOG_INFO, "ingest: unmapped the %s segment of process %llu",
+                   t->segs[i]->passed ? "released" : "idle", (unsigned long long)t->segs[i]->pid);
             drop_at(t, i);
         }
+    pthread_mutex_unlock(&t->mu);
 }
 
 /* ---- the queue of a segment ---------------------------------------------- */
@@ -181,19 +245,78 @@ static int peer_of(nng_msg *nm, uint64_t *pid, uint64_t *uid) {
     return rv == 0 && nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_UID, uid) == 0;
 }
 
+/* Check that fd is a memfd sealed against shrinking, at least size bytes
+ * long, whose header names token and size, and map it: its mapping, or NULL
+ * with the reason in why. The descriptor stays the caller's. */
+static void *map_checked(int fd, uint64_t token, uint64_t size, char *why, size_t why_size) {
+    struct stat st;
+    int seals = fcntl(fd, F_GET_SEALS);
+    const char *bad = fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ? "not a file"
+                      : seals < 0                                 ? "not a memfd"
+                      : !(seals & F_SEAL_SHRINK)                  ? "not sealed against shrinking"
+                      : (uint64_t)st.st_size < size               ? "smaller than it says"
+                                                                  : NULL;
+    void *base = MAP_FAILED;
+    if (!bad) {
+        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) bad = "it cannot be mapped";
+    }
+    if (!bad) {
+        const ag_shm_header *hdr = base;
+        if (hdr->magic != AG_SHM_MAGIC || hdr->token != token || hdr->size != size) {
+            munmap(base, size);
+            bad = "its header is not the one its message names";
+        }
+    }
+    if (!bad) return base;
+    snprintf(why, why_size, "%s", bad);
+    return NULL;
+}
+
+/* A new entry of the table for a mapped segment (mu held, room made): the
+ * segment, or NULL without memory (the mapping is then undone). */
+static ag_shm_seg *enter(ag_shm_table *t, void *base, uint64_t token, uint64_t size, uint64_t pid,
+                         uint64_t now, int passed) {
+    ag_shm_seg *s = calloc(1, sizeof *s);
+    if (!s) {
+        munmap(base, size);
+        return NULL;
+    }
+    ag_shm_header *hdr = base;
+    *s = (ag_shm_seg){.token = token,
+                      .size = size,
+                      .cap = size - AG_SHM_HEADER,
+                      .pid = pid,
+                      .base = base,
+                      .hdr = hdr,
+                      .last_ms = now,
+                      .passed = passed};
+    /* What the client had released before (an earlier daemon): never less. */
+    s->published = ag_shm_load(&hdr->released);
+    t->segs[t->n++] = s;
+    return s;
+}
+
+/* Make room for one more segment (the loop, mu held): unmap the idlest one
+ * that may go. 0, or -1 when every one is in use. */
+static int make_room(ag_shm_table *t) {
+    if (t->n < AG_SHM_SEGMENTS_MAX) return 0;
+    size_t k = t->n;
+    for (size_t i = 0; i < t->n; i++) {
+        const ag_shm_seg *s = t->segs[i];
+        if (s->pending || (s->passed && !s->gone)) continue;
+        if (k == t->n || s->last_ms < t->segs[k]->last_ms) k = i;
+    }
+    if (k == t->n) return -1;
+    drop_at(t, k);
+    return 0;
+}
+
 static int attach(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t uid, uint64_t now,
                   ag_shm_seg **out, ag_errctx *err) {
     char why[160];
     if (uid != (uint64_t)geteuid()) return refuse(t, h, pid, now, err, OTHER_USER);
-    if (t->n == AG_SHM_SEGMENTS_MAX) { /* make room: the idlest without records in use */
-        size_t k = t->n;
-        for (size_t i = 0; i < t->n; i++)
-            if (t->segs[i]->pending == 0 &&
-                (k == t->n || t->segs[i]->last_ms < t->segs[k]->last_ms))
-                k = i;
-        if (k == t->n) return refuse(t, h, pid, now, err, "256 segments in use");
-        drop_at(t, k);
-    }
+    if (make_room(t)) return refuse(t, h, pid, now, err, "256 segments in use");
     char path[64];
     snprintf(path, sizeof path, "/proc/%llu/fd/%llu", (unsigned long long)pid,
              (unsigned long long)h->fd);
@@ -203,56 +326,21 @@ static int attach(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t u
                  strerror(errno));
         return refuse(t, h, pid, now, err, why);
     }
-    struct stat st;
-    int seals = fcntl(fd, F_GET_SEALS);
-    const char *bad = fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ? "not a file"
-                      : seals < 0                                 ? "not a memfd"
-                      : !(seals & F_SEAL_SHRINK)                  ? "not sealed against shrinking"
-                      : (uint64_t)st.st_size < h->size            ? "smaller than it says"
-                                                                  : NULL;
-    void *base = MAP_FAILED;
-    if (!bad) {
-        base = mmap(NULL, h->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (base == MAP_FAILED) bad = "it cannot be mapped";
-    }
+    void *base = map_checked(fd, h->token, h->size, why, sizeof why);
     close(fd); /* the mapping keeps it */
-    if (bad) return refuse(t, h, pid, now, err, bad);
-    ag_shm_header *hdr = base;
-    if (hdr->magic != AG_SHM_MAGIC || hdr->token != h->token || hdr->size != h->size) {
-        munmap(base, h->size);
-        return refuse(t, h, pid, now, err, "its header is not the one its message names");
-    }
-    ag_shm_seg *s = calloc(1, sizeof *s);
-    if (!s) {
-        munmap(base, h->size);
-        return ag_errctx_set(err, AG_ENOMEM, "out of memory");
-    }
-    *s = (ag_shm_seg){.token = h->token,
-                      .size = h->size,
-                      .cap = h->size - AG_SHM_HEADER,
-                      .pid = pid,
-                      .base = base,
-                      .hdr = hdr,
-                      .last_ms = now};
-    /* What the client had released before (an earlier daemon): never less. */
-    s->published = ag_shm_load(&hdr->released);
-    t->segs[t->n++] = s;
+    if (!base) return refuse(t, h, pid, now, err, why);
+    ag_shm_seg *s = enter(t, base, h->token, h->size, pid, now, 0);
+    if (!s) return ag_errctx_set(err, AG_ENOMEM, "out of memory");
     ag_log(t->log, AG_LOG_INFO, "ingest: mapped %llu bytes of shared memory of process %llu",
            (unsigned long long)h->size, (unsigned long long)pid);
     *out = s;
     return AG_OK;
 }
 
-int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_errctx *err) {
-    ref->seg = NULL;
-    if (m->type != AG_MSG_SNAPSHOT || !m->u.snapshot.shm.token) return AG_OK;
-    ag_msg_snapshot *sn = &m->u.snapshot;
-    const ag_msg_shm *h = &sn->shm;
-    uint64_t now = (uint64_t)ag_mono_ms(), pid = 0, uid = 0;
-    int known = peer_of(nm, &pid, &uid);
-    if (known < 0) /* not from this machine: nothing to map, no segment to name */
-        return h->has_at ? ag_errctx_set(err, AG_EPROTO, "shared memory over a remote connection")
-                         : AG_OK;
+/* The segment a snapshot names (mu held), mapped now if need be: AG_OK
+ * with *out, else why not (AG_EPROTO with nothing in err: nothing to say). */
+static int find(ag_shm_table *t, const ag_msg_shm *h, int known, uint64_t pid, uint64_t uid,
+                uint64_t now, ag_shm_seg **out, ag_errctx *err) {
     ag_shm_seg *s = NULL;
     for (size_t i = 0; i < t->n && !s; i++)
         if (t->segs[i]->token == h->token) s = t->segs[i];
@@ -260,20 +348,36 @@ int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_
         return ag_errctx_set(err, AG_EPROTO, "a shared-memory token of another process");
     if (s && s->size != h->size)
         return ag_errctx_set(err, AG_EPROTO, "a shared-memory segment of another size");
-    if (!s) {
-        int rc;
-        if (!known)
-            rc = h->has_at ? ag_errctx_set(err, AG_EPROTO,
-                                           "shared memory from a connection that is not a local "
-                                           "process's (or is gone)")
-                           : AG_EPROTO; /* an offer over tcp: nothing to map, nothing to say */
-        else if (refused_recently(t, h->token, now))
-            rc = ag_errctx_set(err, AG_EPROTO, "shared memory refused");
-        else
-            rc = attach(t, h, pid, uid, now, &s, err);
-        /* An offer with the arrays in the message is filed all the same. */
-        if (rc) return h->has_at ? rc : AG_OK;
+    if (s) {
+        *out = s;
+        return AG_OK;
     }
+    if (!known)
+        return h->has_at ? ag_errctx_set(err, AG_EPROTO,
+                                         "shared memory from a connection that is not a local "
+                                         "process's (or is gone)")
+                         : AG_EPROTO; /* an offer over tcp: nothing to map, nothing to say */
+    if (refused_recently(t, h->token, now))
+        return ag_errctx_set(err, AG_EPROTO, "shared memory refused");
+    return attach(t, h, pid, uid, now, out, err);
+}
+
+int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_errctx *err) {
+    ref->seg = NULL;
+    if (m->type != AG_MSG_SNAPSHOT || !m->u.snapshot.shm.token) return AG_OK;
+    ag_msg_snapshot *sn = &m->u.snapshot;
+    const ag_msg_shm *h = &sn->shm;
+    ag_shm_seg *s = NULL;
+    uint64_t now = (uint64_t)ag_mono_ms(), pid = 0, uid = 0;
+    int known = peer_of(nm, &pid, &uid);
+    if (known < 0) /* not from this machine: nothing to map, no segment to name */
+        return h->has_at ? ag_errctx_set(err, AG_EPROTO, "shared memory over a remote connection")
+                         : AG_OK;
+    pthread_mutex_lock(&t->mu);
+    int rc = find(t, h, known, pid, uid, now, &s, err);
+    pthread_mutex_unlock(&t->mu);
+    /* An offer with the arrays in the message is filed all the same. */
+    if (rc) return h->has_at ? rc : AG_OK;
     s->last_ms = now;
     /* Acknowledged on every message naming it: a client that connected
      * again asks again (proto/shm.h). */
@@ -296,4 +400,263 @@ int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_
     sn->remote = 1;
     *ref = (ag_shm_ref){s, number};
     return AG_OK;
+}
+
+/* ---- the descriptor socket --------------------------------------------------- */
+
+/* A refusal of the descriptor socket, logged at notice at most
+ * PASS_LOG_EVERY times per PASS_LOG_MS (a local process may try often). */
+static void pass_refused(ag_shm_table *t, uint64_t pid, uint64_t uid, const char *why) {
+    uint64_t now = (uint64_t)ag_mono_ms();
+    if (now - t->log_window_ms > PASS_LOG_MS) {
+        t->log_window_ms = now;
+        t->log_count = 0;
+    }
+    if (t->log_count++ >= PASS_LOG_EVERY) return;
+    ag_log(t->log, AG_LOG_NOTICE,
+           "ingest: not mapping the shared memory passed by process %llu (user %llu): %s; its "
+           "snapshots go through the socket%s",
+           (unsigned long long)pid, (unsigned long long)uid, why,
+           t->log_count == PASS_LOG_EVERY ? " (further refusals not logged for a while)" : "");
+}
+
+static void conn_close(pass_conn *c) {
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+}
+
+/* The lease of (token, pid) has ended: its segment may go once read. */
+static void lease_ended(ag_shm_table *t, const pass_conn *c) {
+    pthread_mutex_lock(&t->mu);
+    for (size_t i = 0; i < t->n; i++)
+        if (t->segs[i]->passed && t->segs[i]->token == c->token && t->segs[i]->pid == c->pid)
+            t->segs[i]->gone = 1;
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* Enter the segment passed by process pid (mapped at base) in the table.
+ * 0 and the lease conn takes it on, else the reason in why (base unmapped). */
+static int pass_enter(ag_shm_table *t, pass_conn *conn, void *base, const ag_shm_pass_request *rq,
+                      uint64_t pid, char *why, size_t why_size) {
+    uint64_t now = (uint64_t)ag_mono_ms();
+    pthread_mutex_lock(&t->mu);
+    ag_shm_seg *s = NULL;
+    for (size_t i = 0; i < t->n && !s; i++)
+        if (t->segs[i]->token == rq->token) s = t->segs[i];
+    const char *bad = NULL;
+    if (s && (s->pid != pid || s->size != rq->size))
+        bad = "its token names another process's segment";
+    else if (s) {
+        /* Passed again (a new connection to this daemon, the same memfd):
+         * the mapping in the table serves, under the new lease. */
+        munmap(base, rq->size);
+        base = NULL;
+        s->passed = 1;
+        s->gone = 0;
+    } else if (t->n == AG_SHM_SEGMENTS_MAX) /* only the loop unmaps (it reads them) */
+        bad = "256 segments in use";
+    else if (!(s = enter(t, base, rq->token, rq->size, pid, now, 1))) {
+        base = NULL; /* enter unmapped it */
+        bad = "out of memory";
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (bad) {
+        if (base) munmap(base, rq->size);
+        snprintf(why, why_size, "%s", bad);
+        return -1;
+    }
+    /* An earlier lease of the same segment ends without releasing it. */
+    for (size_t i = 0; i < t->nconns; i++)
+        if (&t->conns[i] != conn && t->conns[i].leased && t->conns[i].token == rq->token &&
+            t->conns[i].pid == pid)
+            conn_close(&t->conns[i]);
+    conn->leased = 1;
+    conn->token = rq->token;
+    conn->pid = pid;
+    return 0;
+}
+
+/* A waiting connection is readable: read its request and its descriptor,
+ * map the segment and reply. The connection becomes the segment's lease,
+ * or is closed. */
+static void pass_serve(ag_shm_table *t, pass_conn *conn) {
+    ag_shm_pass_request rq;
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+    } ctl;
+    struct iovec iov = {&rq, sizeof rq};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    ssize_t got = recvmsg(conn->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (got < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    /* every descriptor that came with it, kept or not */
+    int fds[4], nfds = 0;
+    for (struct cmsghdr *ch = got >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; ch; ch = CMSG_NXTHDR(&mh, ch))
+        if (ch->cmsg_level == SOL_SOCKET && ch->cmsg_type == SCM_RIGHTS)
+            for (size_t k = 0; k < (ch->cmsg_len - CMSG_LEN(0)) / sizeof(int) && nfds < 4; k++)
+                memcpy(&fds[nfds++], CMSG_DATA(ch) + k * sizeof(int), sizeof(int));
+    struct ucred cr = {0, 0, 0};
+    socklen_t crlen = sizeof cr;
+    int credited = getsockopt(conn->fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) == 0 && cr.pid > 0;
+    char why[112] = "";
+    const char *bad = got <= 0    ? "no request"
+                      : !credited ? "no credentials"
+                      : (size_t)got != sizeof rq || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+                          ? "a request of another size"
+                      : rq.magic != AG_SHM_PASS_MAGIC || rq.flags != 0 ? "not a request"
+                      : nfds != 1                                      ? "not one descriptor"
+                      : rq.token == 0 || rq.size < AG_SHM_MIN_SIZE || rq.size > AG_SHM_MAX_SIZE ||
+                              rq.size % 4096 != 0
+                          ? "a token or size out of range"
+                          : NULL;
+    void *base = NULL;
+    if (!bad && !(base = map_checked(fds[0], rq.token, rq.size, why, sizeof why))) bad = why;
+    for (int k = 0; k < nfds; k++) close(fds[k]); /* a mapping keeps what it needs */
+    if (!bad && pass_enter(t, conn, base, &rq, (uint64_t)cr.pid, why, sizeof why)) bad = why;
+    if (got <= 0) { /* gone, or nothing to answer */
+        conn_close(conn);
+        return;
+    }
+    ag_shm_pass_reply rp = {.magic = AG_SHM_REPLY_MAGIC, .status = bad ? AG_EPROTO : AG_OK};
+    if (bad) snprintf(rp.why, sizeof rp.why, "%s", bad);
+    if (!bad) {
+        /* mapped: the client may write records from now on */
+        ag_shm_header *hdr = NULL;
+        pthread_mutex_lock(&t->mu);
+        for (size_t i = 0; i < t->n && !hdr; i++)
+            if (t->segs[i]->token == rq.token && t->segs[i]->pid == (uint64_t)cr.pid)
+                hdr = t->segs[i]->hdr;
+        if (hdr && ag_shm_load(&hdr->ack) != rq.token) {
+            ag_shm_store(&hdr->ack, rq.token);
+            ag_shm_wake(hdr);
+        }
+        pthread_mutex_unlock(&t->mu);
+        ag_log(t->log, AG_LOG_INFO,
+               "ingest: mapped %llu bytes of shared memory passed by process %llu (user %llu)",
+               (unsigned long long)rq.size, (unsigned long long)cr.pid, (unsigned long long)cr.uid);
+    } else {
+        pass_refused(t, (uint64_t)cr.pid, (uint64_t)cr.uid, bad);
+    }
+    if (send(conn->fd, &rp, sizeof rp, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)sizeof rp && !bad) {
+        /* the client cannot know: its lease ends here */
+        lease_ended(t, conn);
+        conn_close(conn);
+    }
+    if (bad) conn_close(conn);
+}
+
+static void *pass_main(void *arg) {
+    ag_shm_table *t = arg;
+    enum { MAXFDS = 1 + PASS_LISTENERS + AG_SHM_SEGMENTS_MAX + PASS_WAITING };
+    struct pollfd pf[MAXFDS];
+    for (;;) {
+        uint64_t now = (uint64_t)ag_mono_ms();
+        size_t waiting = 0, k = 0;
+        int timeout = -1;
+        pf[k++] = (struct pollfd){t->stop[0], POLLIN, 0};
+        for (size_t i = 0; i < t->nconns; i++) {
+            if (!t->conns[i].leased) {
+                waiting++;
+                uint64_t left = t->conns[i].deadline_ms > now ? t->conns[i].deadline_ms - now : 0;
+                if (timeout < 0 || left < (uint64_t)timeout) timeout = (int)left;
+            }
+            pf[k++] = (struct pollfd){t->conns[i].fd, POLLIN, 0};
+        }
+        int room = waiting < PASS_WAITING && t->nconns < sizeof t->conns / sizeof t->conns[0];
+        for (size_t l = 0; l < t->nl; l++)
+            pf[k++] = (struct pollfd){t->lfd[l], (short)(room ? POLLIN : 0), 0};
+        if (poll(pf, (nfds_t)k, timeout) < 0 && errno != EINTR) break;
+        if (pf[0].revents) break;
+        now = (uint64_t)ag_mono_ms();
+        size_t nconns = t->nconns; /* those polled; accepted ones come after */
+        for (size_t i = 0; i < nconns; i++) {
+            pass_conn *c = &t->conns[i];
+            short ev = pf[1 + i].revents;
+            if (c->fd < 0) continue; /* closed above: a lease passed again */
+            if (!c->leased) {
+                if (ev)
+                    pass_serve(t, c);
+                else if (now >= c->deadline_ms)
+                    conn_close(c); /* sent nothing in time */
+            } else if (ev) {
+                /* A lease ends when its client closes it (or sends anything). */
+                lease_ended(t, c);
+                conn_close(c);
+            }
+        }
+        for (size_t l = 0; l < t->nl; l++) {
+            if (!(pf[1 + nconns + l].revents & POLLIN)) continue;
+            while (waiting < PASS_WAITING && t->nconns < sizeof t->conns / sizeof t->conns[0]) {
+                int fd = accept4(t->lfd[l], NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                if (fd < 0) break;
+                t->conns[t->nconns++] = (pass_conn){fd, 0, 0, 0, now + PASS_WAIT_MS};
+                waiting++;
+            }
+        }
+        size_t j = 0; /* closed connections out */
+        for (size_t i = 0; i < t->nconns; i++)
+            if (t->conns[i].fd >= 0) t->conns[j++] = t->conns[i];
+        t->nconns = j;
+    }
+    return NULL;
+}
+
+/* Listen beside the ipc:// socket url (path PATH: on PATH.shm). */
+static int pass_listen(ag_shm_table *t, const char *url) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    const char *path = url + 6;
+    if (strlen(path) + sizeof AG_SHM_PASS_SUFFIX > sizeof sa.sun_path) {
+        ag_log(t->log, AG_LOG_NOTICE,
+               "ingest: no descriptor socket beside %s (its path is too long): only clients of "
+               "this daemon's user can use shared memory",
+               url);
+        return 0;
+    }
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s%s", path, AG_SHM_PASS_SUFFIX);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -1;
+    /* The ingest socket beside it is this daemon's: a file left here is stale. */
+    unlink(sa.sun_path);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(sa.sun_path, 0660) != 0 ||
+        listen(fd, 64) != 0) {
+        ag_log(t->log, AG_LOG_WARNING, "ingest: cannot listen on %s: %s", sa.sun_path,
+               strerror(errno));
+        close(fd);
+        return -1;
+    }
+    t->lpath[t->nl] = strdup(sa.sun_path);
+    t->lfd[t->nl++] = fd;
+    return 0;
+}
+
+int ag_shm_listen(ag_shm_table *t, const ag_config *cfg) {
+    for (size_t i = 0; i < cfg->ningest && t->nl < PASS_LISTENERS; i++)
+        if (strncmp(cfg->ingest[i], "ipc://", 6) == 0 && pass_listen(t, cfg->ingest[i]))
+            return AG_EIO;
+    if (!t->nl) return AG_OK;
+    if (pipe2(t->stop, O_CLOEXEC) != 0) return AG_EIO;
+    if (pthread_create(&t->thread, NULL, pass_main, t) != 0) return AG_ENOMEM;
+    t->started = 1;
+    return AG_OK;
+}
+
+static void pass_stop(ag_shm_table *t) {
+    if (t->started) {
+        ssize_t w = write(t->stop[1], "x", 1);
+        (void)w;
+        pthread_join(t->thread, NULL);
+        t->started = 0;
+    }
+    for (size_t i = 0; i < t->nconns; i++) conn_close(&t->conns[i]);
+    t->nconns = 0;
+    for (size_t l = 0; l < t->nl; l++) {
+        close(t->lfd[l]);
+        if (t->lpath[l]) unlink(t->lpath[l]);
+        free(t->lpath[l]);
+    }
+    t->nl = 0;
+    for (int k = 0; k < 2; k++)
+        if (t->stop[k] >= 0) close(t->stop[k]);
+    t->stop[0] = t->stop[1] = -1;
 }

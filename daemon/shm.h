@@ -2,7 +2,8 @@
  * shm.h - the daemon's side of snapshots through shared memory
  * (proto/shm.h, docs/daemon.md "Snapshots through shared memory"): the
  * segments of local clients it has mapped, found by the token a snapshot
- * names, and which of their records it has read. Runs on the loop only.
+ * names, and which of their records it has read. Runs on the loop, but for
+ * the descriptor socket's thread (ag_shm_listen).
  */
 #ifndef AG_DAEMON_SHM_H
 #define AG_DAEMON_SHM_H
@@ -12,6 +13,7 @@
 #include <nng/nng.h>
 
 #include "core/errctx.h"
+#include "daemon/config.h"
 #include "daemon/log.h"
 #include "proto/proto.h"
 
@@ -47,7 +49,12 @@ int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_
 /* The record of ref has been read (or will not be): its space may go back
  * to the client once every earlier one has. Idempotent; clears ref. */
 void ag_shm_release(ag_shm_ref *ref);
-/* Unmap the segments idle since now_ms - AG_SHM_IDLE_MS with no record in use. */
+/* Serve the descriptor socket beside each ipc:// ingest socket of cfg
+ * (proto/shm.h), on a thread of its own until ag_shm_table_free, which
+ * removes the sockets' files. AG_OK also when there is none to serve. */
+int ag_shm_listen(ag_shm_table *t, const ag_config *cfg);
+/* Unmap the segments that may go with no record in use: idle since now_ms -
+ * AG_SHM_IDLE_MS, or passed over the descriptor socket and released. */
 void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms);
 
 #endif

@@ -52,6 +52,37 @@ static inline void ag_shm_store(uint64_t *p, uint64_t v) {
     __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 
+/*
+ * The descriptor socket (PROTOCOL.md 3.3.2): beside an ingest socket at
+ * ipc://PATH the daemon listens on the unix seqpacket socket PATH.shm. A
+ * client connects, sends one request with its memfd attached (SCM_RIGHTS)
+ * and reads one reply; status 0: the daemon has mapped the segment (and
+ * stored ack). The connection is the segment's lease: the client keeps it
+ * open while the segment is in use, and the daemon unmaps the segment once
+ * it is closed and every record named has been read. Native byte order:
+ * both ends are on one machine.
+ */
+#define AG_SHM_PASS_SUFFIX ".shm"
+#define AG_SHM_PASS_MAGIC 0x31737361706d6873ULL  /* "shmpass1" */
+#define AG_SHM_REPLY_MAGIC 0x31796c7065726873ULL /* "shreply1" */
+
+typedef struct ag_shm_pass_request {
+    uint64_t magic; /* AG_SHM_PASS_MAGIC */
+    uint64_t token; /* the segment's header's */
+    uint64_t size;  /* the segment's bytes, as its header says */
+    uint64_t flags; /* 0 */
+} ag_shm_pass_request;
+
+typedef struct ag_shm_pass_reply {
+    uint64_t magic; /* AG_SHM_REPLY_MAGIC */
+    int32_t status; /* 0: mapped; else an AG_E* code */
+    uint32_t pad;
+    char why[112]; /* the refusal's reason, NUL-terminated */
+} ag_shm_pass_reply;
+
+_Static_assert(sizeof(ag_shm_pass_request) == 32, "four words");
+_Static_assert(sizeof(ag_shm_pass_reply) == 128, "two cache lines");
+
 /* The daemon, after storing ack or released: wake a waiting client. */
 void ag_shm_wake(ag_shm_header *h);
 /* The client: wait at most timeout_ms for a wake after `seen` (the value
