@@ -337,6 +337,12 @@ static int attach(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t u
     return AG_OK;
 }
 
+/* Whether two pids the kernel gave may be one process: equal, or either
+ * unknown (0: outside this daemon's pid namespace, as from inside a
+ * sandbox). Then the token alone, a random 64-bit number only the client
+ * and its segment hold, names the segment. */
+static int same_process(uint64_t a, uint64_t b) { return a == b || a == 0 || b == 0; }
+
 /* The segment a snapshot names (mu held), mapped now if need be: AG_OK
  * with *out, else why not (AG_EPROTO with nothing in err: nothing to say). */
 static int find(ag_shm_table *t, const ag_msg_shm *h, int known, uint64_t pid, uint64_t uid,
@@ -344,7 +350,7 @@ static int find(ag_shm_table *t, const ag_msg_shm *h, int known, uint64_t pid, u
     ag_shm_seg *s = NULL;
     for (size_t i = 0; i < t->n && !s; i++)
         if (t->segs[i]->token == h->token) s = t->segs[i];
-    if (s && known && s->pid != pid)
+    if (s && known && !same_process(s->pid, pid))
         return ag_errctx_set(err, AG_EPROTO, "a shared-memory token of another process");
     if (s && s->size != h->size)
         return ag_errctx_set(err, AG_EPROTO, "a shared-memory segment of another size");
@@ -444,7 +450,7 @@ static int pass_enter(ag_shm_table *t, pass_conn *conn, void *base, const ag_shm
     for (size_t i = 0; i < t->n && !s; i++)
         if (t->segs[i]->token == rq->token) s = t->segs[i];
     const char *bad = NULL;
-    if (s && (s->pid != pid || s->size != rq->size))
+    if (s && (!same_process(s->pid, pid) || s->size != rq->size))
         bad = "its token names another process's segment";
     else if (s) {
         /* Passed again (a new connection to this daemon, the same memfd):
@@ -498,7 +504,8 @@ static void pass_serve(ag_shm_table *t, pass_conn *conn) {
                 memcpy(&fds[nfds++], CMSG_DATA(ch) + k * sizeof(int), sizeof(int));
     struct ucred cr = {0, 0, 0};
     socklen_t crlen = sizeof cr;
-    int credited = getsockopt(conn->fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) == 0 && cr.pid > 0;
+    /* pid 0: a process outside this daemon's pid namespace (a sandbox's) */
+    int credited = getsockopt(conn->fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) == 0 && cr.pid >= 0;
     char why[112] = "";
     const char *bad = got <= 0    ? "no request"
                       : !credited ? "no credentials"

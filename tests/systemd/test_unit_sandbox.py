@@ -19,6 +19,7 @@ Usage: test_unit_sandbox.py UNIT EXAMPLE_CONFIG DAEMON [CLI]
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import pwd
 import shutil
@@ -338,6 +339,50 @@ def probe_sandbox(prefix, work, bpf_fd):
     os.lseek(bpf_fd, 0, os.SEEK_SET)
 
 
+# A trainer of another user than the service's (this test's, as the
+# service's trainers are): its snapshots go through its shared-memory
+# segment, passed over the descriptor socket into the sandbox.
+TRAINER = r'''
+import json, sys
+import numpy as np
+import altgrad
+c = altgrad.Client(sys.argv[1], sys.argv[2], "unit-shm", policy="block")
+n = 4096
+w = (np.arange(n, dtype=np.float32) % 97 - 48) * np.float32(0.01)
+g = (np.arange(n, dtype=np.float32) % 13 - 6) * np.float32(1e-4)
+for step in range(1, 6):
+    c.log_sgd(step, "layer.weight", w, g, 0.01)
+    c.flush(10000)
+print(json.dumps(c.stats()))
+c.close()
+'''
+
+
+def shm_trainer(daemon):
+    """The trainer above against work's sockets: every snapshot after the
+    first (which may be taken before the connection is up) through shared
+    memory. Skipped, saying so, for a sanitized build (Python cannot load
+    its library) or without the Python package."""
+    src, build = os.environ.get("AG_SOURCE_DIR"), os.environ.get("AG_BUILD_DIR")
+    lib = os.path.join(build or "", "libaltgrad.so")
+    if sanitized(daemon) or not src or not os.path.exists(lib):
+        print("     trainer through shared memory: not run (sanitized build or no library)")
+        return None
+
+    def trainer(work):
+        env = dict(os.environ, PYTHONPATH=os.path.join(src, "python"), ALTGRAD_LIBRARY=lib)
+        out = subprocess.run([sys.executable, "-c", TRAINER, "ipc://" + work.ingest_sock,
+                              "ipc://" + work.query_sock], capture_output=True, text=True,
+                             timeout=unitrun.DEADLINE_S, env=env)
+        sys.stderr.write(out.stderr)
+        unitrun.check(out.returncode == 0, "a trainer of another user logs 5 snapshots")
+        st = json.loads(out.stdout.strip().splitlines()[-1])
+        unitrun.check(st["snapshots"] == 5 and st["shm_snapshots"] >= 4,
+                      "its snapshots go through shared memory into the sandbox (%d of %d)"
+                      % (st["shm_snapshots"], st["snapshots"]))
+    return trainer
+
+
 def run():
     if len(sys.argv) < 4:
         print("usage: test_unit_sandbox.py UNIT EXAMPLE_CONFIG DAEMON [CLI]")
@@ -395,7 +440,8 @@ def run():
         proc = subprocess.Popen(cmd, env=env, preexec_fn=lambda: os.umask(umask),
                                 pass_fds=(bpf_fd,))
         os.close(bpf_fd)
-        unitrun.lifecycle(proc, notify, work, main_pid=None, cli=cli)
+        unitrun.lifecycle(proc, notify, work, main_pid=None, cli=cli,
+                          trainer=shm_trainer(daemon))
         return 0
     finally:
         if proc and proc.poll() is None:

@@ -180,16 +180,19 @@ def socket_mode(path):
     return stat.S_IMODE(st.st_mode)
 
 
-def lifecycle(proc, notify, work, main_pid=None, cli=None, cli_env=None):
+def lifecycle(proc, notify, work, main_pid=None, cli=None, cli_env=None, trainer=None):
     """READY, sockets, watchdog, reload, stop. main_pid None: learn the
-    daemon's pid from READY=1 (it may sit below a sandbox launcher)."""
+    daemon's pid from READY=1 (it may sit below a sandbox launcher).
+    trainer: called with work while the daemon serves, before the reload."""
     pid, _ = notify.wait_for("READY", "1", proc, "start")
     if main_pid is not None:
         check(pid == main_pid, "READY=1 comes from the main process (NotifyAccess=main)")
     daemon_pid = pid
     check(os.path.exists(work.ingest_sock), "ingest socket exists after READY=1")
     check(os.path.exists(work.query_sock), "query socket exists after READY=1")
-    for s in (work.ingest_sock, work.query_sock):
+    shm_sock = work.ingest_sock + ".shm"  # the descriptor socket (proto/shm.h)
+    check(os.path.exists(shm_sock), "descriptor socket exists beside the ingest socket")
+    for s in (work.ingest_sock, work.query_sock, shm_sock):
         mode = socket_mode(s)
         check(mode & 0o660 == 0o660 and mode & 0o007 == 0,
               "%s mode %04o: owner and group read/write, others nothing"
@@ -206,6 +209,8 @@ def lifecycle(proc, notify, work, main_pid=None, cli=None, cli_env=None):
         sys.stdout.write(out.stdout)
         sys.stderr.write(out.stderr)
         check(out.returncode == 0, "altgrad status answers over the query socket")
+    if trainer:
+        trainer(work)
 
     os.kill(daemon_pid, signal.SIGHUP)
     notify.wait_for("RELOADING", "1", proc, "SIGHUP")
@@ -223,6 +228,7 @@ def lifecycle(proc, notify, work, main_pid=None, cli=None, cli_env=None):
     except subprocess.TimeoutExpired:
         raise TestFailure("daemon still running %.0f s after SIGTERM" % DEADLINE_S)
     check(rc == 0, "daemon exits 0 after SIGTERM (got %s)" % rc)
+    check(not os.path.exists(shm_sock), "descriptor socket removed at exit")
     check(os.listdir(work.cwd) == [], "nothing written to the working directory")
 
 
