@@ -609,8 +609,9 @@ static void *pass_main(void *arg) {
     return NULL;
 }
 
-/* Listen beside the ipc:// socket url (path PATH: on PATH.shm). */
-static int pass_listen(ag_shm_table *t, const char *url) {
+/* Listen beside the ipc:// socket url (path PATH: on PATH.shm). A socket
+ * that cannot be made is logged and done without. */
+static void pass_listen(ag_shm_table *t, const char *url) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     const char *path = url + 6;
     if (strlen(path) + sizeof AG_SHM_PASS_SUFFIX > sizeof sa.sun_path) {
@@ -618,29 +619,37 @@ static int pass_listen(ag_shm_table *t, const char *url) {
                "ingest: no descriptor socket beside %s (its path is too long): only clients of "
                "this daemon's user can use shared memory",
                url);
-        return 0;
+        return;
     }
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s%s", path, AG_SHM_PASS_SUFFIX);
+    /* The ingest socket beside it is this daemon's: a socket left here is
+     * stale. Anything else is somebody's file, and stays. */
+    struct stat st;
+    if (lstat(sa.sun_path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+        ag_log(t->log, AG_LOG_WARNING,
+               "ingest: %s exists and is not a socket: no descriptor socket, so only clients "
+               "of this daemon's user can use shared memory",
+               sa.sun_path);
+        return;
+    }
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return -1;
-    /* The ingest socket beside it is this daemon's: a file left here is stale. */
-    unlink(sa.sun_path);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || chmod(sa.sun_path, 0660) != 0 ||
-        listen(fd, 64) != 0) {
-        ag_log(t->log, AG_LOG_WARNING, "ingest: cannot listen on %s: %s", sa.sun_path,
-               strerror(errno));
-        close(fd);
-        return -1;
+    if (fd >= 0) unlink(sa.sun_path);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 ||
+        chmod(sa.sun_path, 0660) != 0 || listen(fd, 64) != 0) {
+        ag_log(t->log, AG_LOG_WARNING,
+               "ingest: cannot listen on %s: %s; only clients of this daemon's user can use "
+               "shared memory",
+               sa.sun_path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return;
     }
     t->lpath[t->nl] = strdup(sa.sun_path);
     t->lfd[t->nl++] = fd;
-    return 0;
 }
 
 int ag_shm_listen(ag_shm_table *t, const ag_config *cfg) {
     for (size_t i = 0; i < cfg->ningest && t->nl < PASS_LISTENERS; i++)
-        if (strncmp(cfg->ingest[i], "ipc://", 6) == 0 && pass_listen(t, cfg->ingest[i]))
-            return AG_EIO;
+        if (strncmp(cfg->ingest[i], "ipc://", 6) == 0) pass_listen(t, cfg->ingest[i]);
     if (!t->nl) return AG_OK;
     if (pipe2(t->stop, O_CLOEXEC) != 0) return AG_EIO;
     if (pthread_create(&t->thread, NULL, pass_main, t) != 0) return AG_ENOMEM;

@@ -447,3 +447,28 @@ Test(shm_pass, a_passed_segment_stays_mapped_while_its_lease_lasts_and_goes_afte
     int status = harness_stop(&H, SIGTERM);
     cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
 }
+
+/* ------------------------------------------- a file in the socket's place */
+
+Test(shm_pass, a_file_where_the_descriptor_socket_goes_is_left_alone) {
+    struct sockaddr_un side = side_addr();
+    FILE *f = fopen(side.sun_path, "w");
+    cr_assert_not_null(f);
+    fputs("not a socket\n", f);
+    fclose(f);
+    harness_start(&H, NULL);
+    /* the daemon serves without it: this user's trainer maps from /proc */
+    ag_client_stats st = {0};
+    cr_assert_eq(log_steps(0, &st), 0);
+    cr_expect_geq(st.shm_snapshots, 3 * (XSTEPS - 1), "shm_snapshots %llu",
+                  (unsigned long long)st.shm_snapshots);
+    char *out = finish_run();
+    free(out);
+    cr_expect(log_has("is not a socket"), "the daemon did not say why it has no descriptor socket");
+    f = fopen(side.sun_path, "r");
+    cr_assert_not_null(f, "the file was removed");
+    char line[64] = "";
+    cr_expect_not_null(fgets(line, sizeof line, f));
+    cr_expect_str_eq(line, "not a socket\n");
+    fclose(f);
+}
