@@ -12,12 +12,16 @@
  * offered segment, acknowledges it, checks each record it names and
  * releases them in batches, so the first handle's producers (a ring of the
  * smallest size) reserve, write, wait for room and queue records from four
- * threads at once. Criterion's
+ * threads at once. It also serves the descriptor socket beside its ingest
+ * socket (PROTOCOL.md 3.3.2) on a thread of its own: each new connection of
+ * the second handle passes its segment there from nng's thread while its
+ * threads log (the first handle's segment is offered: no socket yet).
+ * Criterion's
  * runner cannot start under TSan here, so this is a plain program: `make
  * tsan` builds it with -fsanitize=thread and runs it; any ThreadSanitizer
  * report fails the target.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 #include <stdatomic.h>
 #include <altgrad/altgrad.h>
 #include <nng/nng.h>
@@ -31,7 +35,10 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include "proto/proto.h"
 #include "proto/shm.h"
@@ -44,11 +51,30 @@ static struct {
     uint8_t *base;
     long records, bad, pending;
 } seg;
+/* A segment passed on the descriptor socket, for the receiver to take up
+ * (guarded by passed_mu; the pass thread maps it and acknowledges it). */
+static pthread_mutex_t passed_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    uint64_t token, size;
+    uint8_t *base;
+} passed;
+static long passes;
+
 static void seg_message(const void *data, size_t len) {
     ag_msg m;
     if (ag_proto_decode(data, len, &m) != AG_OK) return;
     if (m.type == AG_MSG_SNAPSHOT && m.u.snapshot.shm.token) {
         const ag_msg_shm *h = &m.u.snapshot.shm;
+        pthread_mutex_lock(&passed_mu);
+        if (h->token != seg.token && passed.base && passed.token == h->token) {
+            if (seg.base) munmap(seg.base, seg.size);
+            seg.base = passed.base;
+            seg.token = passed.token;
+            seg.size = passed.size;
+            seg.mark = 0;
+            passed.base = NULL;
+        }
+        pthread_mutex_unlock(&passed_mu);
         if (h->token != seg.token) {
             if (seg.base) munmap(seg.base, seg.size);
             char path[64];
@@ -217,11 +243,68 @@ static void *log_more(void *a) {
     return NULL;
 }
 
+/* The descriptor socket: accept, take the memfd, map it, acknowledge,
+ * reply, keep the connection as the lease until the next one. */
+static void *passer(void *a) {
+    int l = *(int *)a, lease = -1;
+    while (!stop_rx) {
+        struct pollfd pf = {l, POLLIN, 0};
+        if (poll(&pf, 1, 50) <= 0) continue;
+        int cn = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        if (cn < 0) continue;
+        ag_shm_pass_request rq;
+        union {
+            struct cmsghdr h;
+            char buf[CMSG_SPACE(sizeof(int))];
+        } ctl;
+        struct iovec iov = {&rq, sizeof rq};
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = ctl.buf,
+                            .msg_controllen = sizeof ctl.buf};
+        ag_shm_pass_reply rp = {.magic = AG_SHM_REPLY_MAGIC, .status = AG_EPROTO};
+        struct cmsghdr *ch = NULL;
+        if (recvmsg(cn, &mh, MSG_CMSG_CLOEXEC) == (ssize_t)sizeof rq && (ch = CMSG_FIRSTHDR(&mh)) &&
+            ch->cmsg_type == SCM_RIGHTS) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(ch), sizeof fd);
+            void *p = mmap(NULL, rq.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            close(fd);
+            if (p != MAP_FAILED) {
+                ag_shm_header *hd = p;
+                pthread_mutex_lock(&passed_mu);
+                if (passed.base) munmap(passed.base, passed.size);
+                passed.base = p;
+                passed.token = rq.token;
+                passed.size = rq.size;
+                passes++;
+                pthread_mutex_unlock(&passed_mu);
+                ag_shm_store(&hd->ack, rq.token);
+                ag_shm_wake(hd);
+                rp.status = AG_OK;
+            }
+        }
+        send(cn, &rp, sizeof rp, MSG_NOSIGNAL);
+        if (rp.status != AG_OK) {
+            close(cn);
+            continue;
+        }
+        if (lease >= 0) close(lease);
+        lease = cn;
+    }
+    if (lease >= 0) close(lease);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     int policy = argc > 1 ? atoi(argv[1]) : 0;
     snprintf(URL, sizeof URL, "ipc:///tmp/altgrad-tsan-%ld.sock", (long)getpid());
-    pthread_t r;
+    pthread_t r, pt;
     pthread_create(&r, NULL, rx, NULL);
+    /* the descriptor socket, from the second handle on (the first offers) */
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s%s", URL + strlen("ipc://"), AG_SHM_PASS_SUFFIX);
+    int pl = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     ag_client_opts o = {0};
     o.ingest_url = URL;
     o.query_url = "ipc:///tmp/altgrad-tsan-absent.sock";
@@ -242,6 +325,13 @@ int main(int argc, char **argv) {
     pthread_join(qt, NULL);
     ag_client_flush(c, 1000);
     ag_client_close(c);
+
+    unlink(sa.sun_path);
+    if (pl < 0 || bind(pl, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(pl, 8) != 0) {
+        fprintf(stderr, "descriptor socket %s\n", sa.sun_path);
+        return 1;
+    }
+    pthread_create(&pt, NULL, passer, &pl);
 
     snprintf(QURL, sizeof QURL, "ipc:///tmp/altgrad-tsan-q-%ld.sock", (long)getpid());
     nng_rep0_open(&rep);
@@ -277,11 +367,21 @@ int main(int argc, char **argv) {
 
     stop_rx = 1;
     pthread_join(r, NULL);
+    pthread_join(pt, NULL);
+    close(pl);
+    unlink(sa.sun_path);
+    if (passes == 0) {
+        fprintf(stderr, "the second handle did not pass its segment\n");
+        return 1;
+    }
+    pthread_mutex_lock(&passed_mu);
+    if (passed.base) munmap(passed.base, passed.size);
+    pthread_mutex_unlock(&passed_mu);
     if (seg.bad || (policy == AG_QUEUE_BLOCK && seg.records == 0)) {
         fprintf(stderr, "shared memory: %ld records, %ld wrong\n", seg.records, seg.bad);
         return 1;
     }
-    fprintf(stderr, "done policy %d\n", policy);
+    fprintf(stderr, "done policy %d (%ld segments passed)\n", policy, passes);
     unlink(URL + strlen("ipc://"));
     unlink(QURL + strlen("ipc://"));
     return 0;
