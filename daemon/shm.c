@@ -532,8 +532,7 @@ static void pass_serve(ag_shm_table *t, pass_conn *conn) {
         ag_shm_header *hdr = NULL;
         pthread_mutex_lock(&t->mu);
         for (size_t i = 0; i < t->n && !hdr; i++)
-            if (t->segs[i]->token == rq.token && t->segs[i]->pid == (uint64_t)cr.pid)
-                hdr = t->segs[i]->hdr;
+            if (t->segs[i]->token == rq.token) hdr = t->segs[i]->hdr; /* tokens are unique */
         if (hdr && ag_shm_load(&hdr->ack) != rq.token) {
             ag_shm_store(&hdr->ack, rq.token);
             ag_shm_wake(hdr);
