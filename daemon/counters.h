@@ -1,7 +1,8 @@
 /*
  * counters.h - the daemon-wide counters behind the status query: written by
  * the loop, read by query threads, so atomics. Seeded from the database at
- * start so status keeps counting across restarts.
+ * start so status keeps counting across restarts. Also the shared-memory
+ * numbers that only /metrics shows.
  */
 #ifndef AG_DAEMON_COUNTERS_H
 #define AG_DAEMON_COUNTERS_H
@@ -17,5 +18,19 @@ typedef struct ag_counters {
     _Atomic uint64_t runs;
     _Atomic uint64_t tensors;
 } ag_counters;
+
+/* The numbers of the shared-memory segments' table (daemon/shm.c,
+ * ag_shm_get_stats) that /metrics shows (docs/daemon.md, Metrics). Not in
+ * ag_status, which is public and travels over the query socket; here so
+ * that the web server's code needs neither shm.h nor nng. The two counts
+ * start at 0 with each daemon. */
+typedef struct ag_shm_stats {
+    uint64_t segments;  /* mapped now */
+    uint64_t passed;    /* of those, passed over the descriptor socket */
+    uint64_t snapshots; /* snapshots whose arrays were read from a segment */
+    uint64_t refused;   /* segments refused, opened through /proc or passed, logged or not */
+} ag_shm_stats;
+/* Fills them (for the web server, which calls it on its worker threads). */
+typedef void (*ag_shm_stats_fn)(void *ctx, ag_shm_stats *out);
 
 #endif

@@ -364,6 +364,19 @@ static void rank_metrics(FILE *f, const ag_run_list *runs) {
     }
 }
 
+/* A family of one sample without labels: a counter or a gauge. */
+typedef struct scalar {
+    const char *name, *type, *help;
+    uint64_t v;
+} scalar;
+
+static void scalars(FILE *f, const scalar *m, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        family(f, m[i].name, m[i].type, m[i].help);
+        fprintf(f, "%s %llu\n", m[i].name, (unsigned long long)m[i].v);
+    }
+}
+
 static void api_metrics(const ag_http_env *env, ag_store *st, const void *params,
                         const ag_http_params *given, ag_http_response *res) {
     ag_status *s = NULL;
@@ -378,15 +391,14 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const void *params
         goto done;
     }
     if (env->status) env->status(env->status_ctx, s);
+    ag_shm_stats shm = {0};
+    if (env->shm_stats) env->shm_stats(env->status_ctx, &shm);
     if (body_open(&b)) {
         ag_http_error(res, 500, "out of memory");
         goto done;
     }
     FILE *f = b.f;
-    const struct {
-        const char *name, *type, *help;
-        uint64_t v;
-    } counters[] = {
+    const scalar counters[] = {
         {"altgrad_messages_total", "counter", "Stream messages accepted.", s->messages},
         {"altgrad_bytes_total", "counter", "Stream bytes received.", s->bytes},
         {"altgrad_rejected_total", "counter",
@@ -405,10 +417,7 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const void *params
         {"altgrad_runs", "gauge", "Runs known.", s->runs},
         {"altgrad_tensors", "gauge", "Tensors known.", s->tensors},
     };
-    for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
-        family(f, counters[i].name, counters[i].type, counters[i].help);
-        fprintf(f, "%s %llu\n", counters[i].name, (unsigned long long)counters[i].v);
-    }
+    scalars(f, counters, sizeof counters / sizeof counters[0]);
     family(f, "altgrad_uptime_seconds", "gauge", "Seconds since the daemon started.");
     fputs("altgrad_uptime_seconds ", f);
     sample_value(f, s->uptime_s);
@@ -442,6 +451,19 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const void *params
     family(f, "altgrad_metrics_tensors", "gauge",
            "Tensors with per-tensor series in this scrape (bounded).");
     fprintf(f, "altgrad_metrics_tensors %zu\n", total_tensors);
+    /* Last, so that every family before them keeps its place in the scrape. */
+    const scalar shm_counters[] = {
+        {"altgrad_shm_segments", "gauge", "Shared-memory segments of trainers mapped now.",
+         shm.segments},
+        {"altgrad_shm_segments_passed", "gauge",
+         "Of the shared-memory segments mapped, those passed over the descriptor socket.",
+         shm.passed},
+        {"altgrad_shm_snapshots_total", "counter",
+         "Snapshots whose arrays the daemon read from a shared-memory segment.", shm.snapshots},
+        {"altgrad_shm_refused_total", "counter",
+         "Shared-memory segments refused, opened through /proc or passed.", shm.refused},
+    };
+    scalars(f, shm_counters, sizeof shm_counters / sizeof shm_counters[0]);
     if (rc) {
         fclose(f);
         free(b.data);

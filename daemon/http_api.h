@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "daemon/config.h"
+#include "daemon/counters.h"
 #include "daemon/http_query.h"
 #include "daemon/query.h"
 #include "schema/store.h"
@@ -21,9 +22,10 @@
 
 typedef struct ag_http_env {
     const ag_config *cfg;
-    ag_status_fn status; /* the live counters; thread-safe */
-    void *status_ctx;
-    char address[96]; /* "http://HOST:PORT", as bound */
+    ag_status_fn status;       /* the live counters; thread-safe */
+    ag_shm_stats_fn shm_stats; /* thread-safe; NULL: the families show 0 */
+    void *status_ctx;          /* both functions' */
+    char address[96];          /* "http://HOST:PORT", as bound */
 } ag_http_env;
 
 typedef struct ag_http_response {

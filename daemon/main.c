@@ -361,6 +361,12 @@ static void fill_status(void *ctx, ag_status *st) {
     st->discarded += h.unpersisted;
 }
 
+/* Web server thread: the shared-memory numbers of /metrics. */
+static void fill_shm_stats(void *ctx, ag_shm_stats *out) {
+    ag_daemon *d = ctx;
+    ag_shm_get_stats(d->shm, out);
+}
+
 /* Record what this daemon runs with in the database (daemon_settings), for
  * status and report read from the file. */
 static int record_settings(ag_store *st, const ag_config *cfg) {
@@ -617,7 +623,8 @@ static int start(ag_daemon *d) {
         return 1;
     }
     /* A busy HTTP port is not fatal: the page is a convenience, ingest is not. */
-    if (d->cfg.http_enabled) ag_http_start(&d->http, &d->cfg, &d->log, fill_status, d);
+    if (d->cfg.http_enabled)
+        ag_http_start(&d->http, &d->cfg, &d->log, fill_status, fill_shm_stats, d);
     return 0;
 }
 

@@ -26,6 +26,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,10 @@ struct ag_shm_table {
     size_t nconns;
     uint64_t log_window_ms; /* refusals logged since then: log_count */
     unsigned log_count;
+    /* For /metrics (ag_shm_get_stats), read on other threads: snapshots
+     * whose arrays were in a segment, and refusals of either kind (refuse,
+     * pass_refused), logged or not. Since the daemon started. */
+    _Atomic uint64_t snapshots, refusals;
 };
 
 ag_shm_table *ag_shm_table_new(ag_logger *log) {
@@ -154,6 +159,16 @@ void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms) {
                    t->segs[i]->passed ? "released" : "idle", (unsigned long long)t->segs[i]->pid);
             drop_at(t, i);
         }
+    pthread_mutex_unlock(&t->mu);
+}
+
+void ag_shm_get_stats(ag_shm_table *t, ag_shm_stats *out) {
+    out->snapshots = atomic_load_explicit(&t->snapshots, memory_order_relaxed);
+    out->refused = atomic_load_explicit(&t->refusals, memory_order_relaxed);
+    pthread_mutex_lock(&t->mu);
+    out->segments = t->n;
+    out->passed = 0;
+    for (size_t i = 0; i < t->n; i++) out->passed += t->segs[i]->passed != 0;
     pthread_mutex_unlock(&t->mu);
 }
 
@@ -224,6 +239,7 @@ static int refused_recently(ag_shm_table *t, uint64_t token, uint64_t now) {
 
 static int refuse(ag_shm_table *t, const ag_msg_shm *h, uint64_t pid, uint64_t now, ag_errctx *err,
                   const char *why) {
+    atomic_fetch_add_explicit(&t->refusals, 1, memory_order_relaxed);
     t->refused[t->next_refusal] = (refusal){h->token, now + AG_SHM_RETRY_MS};
     t->next_refusal = (t->next_refusal + 1) % (sizeof t->refused / sizeof t->refused[0]);
     /* Another user's trainer is the usual case under the system service
@@ -404,6 +420,7 @@ int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_
     sn->w = w;
     sn->x = w + (size_t)sn->n * ag_proto_dtype_size(sn->dtype);
     sn->remote = 1;
+    atomic_fetch_add_explicit(&t->snapshots, 1, memory_order_relaxed);
     *ref = (ag_shm_ref){s, number};
     return AG_OK;
 }
@@ -413,6 +430,7 @@ int ag_shm_resolve(ag_shm_table *t, nng_msg *nm, ag_msg *m, ag_shm_ref *ref, ag_
 /* A refusal of the descriptor socket, logged at notice at most
  * PASS_LOG_EVERY times per PASS_LOG_MS (a local process may try often). */
 static void pass_refused(ag_shm_table *t, uint64_t pid, uint64_t uid, const char *why) {
+    atomic_fetch_add_explicit(&t->refusals, 1, memory_order_relaxed);
     uint64_t now = (uint64_t)ag_mono_ms();
     if (now - t->log_window_ms > PASS_LOG_MS) {
         t->log_window_ms = now;

@@ -3,7 +3,7 @@
  * (proto/shm.h, docs/daemon.md "Snapshots through shared memory"): the
  * segments of local clients it has mapped, found by the token a snapshot
  * names, and which of their records it has read. Runs on the loop, but for
- * the descriptor socket's thread (ag_shm_listen).
+ * the descriptor socket's thread (ag_shm_listen) and ag_shm_get_stats.
  */
 #ifndef AG_DAEMON_SHM_H
 #define AG_DAEMON_SHM_H
@@ -14,6 +14,7 @@
 
 #include "core/errctx.h"
 #include "daemon/config.h"
+#include "daemon/counters.h"
 #include "daemon/log.h"
 #include "proto/proto.h"
 
@@ -56,5 +57,8 @@ int ag_shm_listen(ag_shm_table *t, const ag_config *cfg);
 /* Unmap the segments that may go with no record in use: idle since now_ms -
  * AG_SHM_IDLE_MS, or passed over the descriptor socket and released. */
 void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms);
+/* Any thread: the table's numbers now. Holds the table's mutex for one pass
+ * over the segments mapped (at most AG_SHM_SEGMENTS_MAX). */
+void ag_shm_get_stats(ag_shm_table *t, ag_shm_stats *out);
 
 #endif

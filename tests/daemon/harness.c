@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <execinfo.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -207,4 +208,60 @@ int harness_free_tcp_port(void) {
     cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
     close(fd);
     return ntohs(a.sin_port);
+}
+
+char *harness_http_get(ag_harness *h, const char *target) {
+    FILE *f = fopen(h->log, "r");
+    cr_assert_not_null(f);
+    char line[512];
+    int port = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "on http://127.0.0.1:");
+        if (p) port = atoi(p + strlen("on http://127.0.0.1:"));
+    }
+    fclose(f);
+    cr_assert_gt(port, 0, "no http line in %s", h->log);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0, "connect: %s", strerror(errno));
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                     target);
+    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+    size_t cap = 1 << 16, got = 0;
+    char *raw = malloc(cap);
+    cr_assert_not_null(raw);
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        cr_assert_eq(poll(&p, 1, 30000), 1, "no answer within 30 s");
+        if (got + 1 == cap) {
+            raw = realloc(raw, cap *= 2);
+            cr_assert_not_null(raw);
+        }
+        ssize_t k = recv(fd, raw + got, cap - got - 1, 0);
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    raw[got] = '\0';
+    close(fd);
+    cr_assert(strncmp(raw, "HTTP/1.1 200 ", 13) == 0, "GET %s: %.200s", target, raw);
+    const char *body = strstr(raw, "\r\n\r\n");
+    cr_assert_not_null(body);
+    memmove(raw, body + 4, strlen(body + 4) + 1);
+    return raw;
+}
+
+double harness_metric(ag_harness *h, const char *name) {
+    char *body = harness_http_get(h, "/metrics");
+    size_t n = strlen(name);
+    double v = NAN;
+    for (const char *p = body; (p = strstr(p, name)); p += n)
+        if ((p == body || p[-1] == '\n') && p[n] == ' ') {
+            v = strtod(p + n + 1, NULL);
+            break;
+        }
+    free(body);
+    return v;
 }

@@ -41,5 +41,12 @@ ag_history *harness_wait_history(ag_client *c, const char *run, const char *tens
                                  const char *format, size_t n);
 /* An unused loopback TCP port (bound to port 0, read back, closed). */
 int harness_free_tcp_port(void);
+/* The body of GET target from the daemon's web server (started with
+ * "--http 127.0.0.1:0": its port is read from its log); fails the test
+ * unless the answer is 200. free() it. */
+char *harness_http_get(ag_harness *h, const char *target);
+/* The value of the sample without labels called name in the daemon's
+ * /metrics (as above), or NaN when there is none. */
+double harness_metric(ag_harness *h, const char *name);
 
 #endif

@@ -401,6 +401,8 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
     int port = http_port(&H);
     ag_status *st = NULL;
     cr_assert_eq(ag_client_status(c, &st), AG_OK);
+    ag_client_stats cs = {0};
+    cr_assert_eq(ag_client_get_stats(c, &cs), AG_OK);
     ag_history_query q = {.run = RUN, .tensor = "w", .format = "E3M4"};
     ag_history *h = NULL;
     cr_assert_eq(ag_client_history(c, &q, &h), AG_OK);
@@ -446,6 +448,12 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
     cr_assert_eq(sample(r.body, "altgrad_metrics_tensors "), 3.0);
     cr_assert_eq(sample(r.body, "altgrad_store_degraded "), 0.0);
     cr_assert_eq(sample(r.body, "altgrad_rows_discarded_total "), 0.0);
+    /* The client's segment, passed at connect: its snapshots' arrays were read there. */
+    cr_assert_gt(cs.shm_snapshots, 0);
+    cr_assert_eq(sample(r.body, "altgrad_shm_snapshots_total "), (double)cs.shm_snapshots);
+    cr_assert_eq(sample(r.body, "altgrad_shm_segments "), 1.0);
+    cr_assert_eq(sample(r.body, "altgrad_shm_segments_passed "), 1.0);
+    cr_assert_eq(sample(r.body, "altgrad_shm_refused_total "), 0.0);
     double rate =
         sample(r.body, "altgrad_stall_rate{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
     cr_assert_eq(rate, h->points[h->n - 1].stall_rate);

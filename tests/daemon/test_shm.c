@@ -5,12 +5,12 @@
  * ring smaller than some of them, and a record over half the ring fits it
  * once empty); hostile messages naming segments the daemon must not map (an
  * unknown descriptor, a plain file, an unsealed memfd, a wrong header, a
- * size over the file's) are rejected and counted, an offer whose segment is
- * refused is filed all the same, and the daemon serves on; a process
- * scribbling over its own ring while the daemon reads it does not bring the
- * daemon down, and what it counts comes from one copy of a record, taken
- * before the record is released; a client keeps using its segment across a
- * restart of the daemon.
+ * size over the file's) are rejected and counted (each refusal in /metrics
+ * too), an offer whose segment is refused is filed all the same, and the
+ * daemon serves on; a process scribbling over its own ring while the
+ * daemon reads it does not bring the daemon down, and what it counts comes
+ * from one copy of a record, taken before the record is released; a client
+ * keeps using its segment across a restart of the daemon.
  */
 #define _GNU_SOURCE /* memfd_create, F_ADD_SEALS */
 #include <criterion/criterion.h>
@@ -446,7 +446,8 @@ static uint8_t *offer_own_segment(nng_socket s, ag_client *obs, const char *run,
 }
 
 Test(shm, hostile_segments_are_refused_their_records_rejected_and_offers_filed) {
-    harness_start(&H, NULL);
+    static const char *const http[] = {"--http", "127.0.0.1:0", NULL};
+    harness_start(&H, http);
     ag_client *obs = open_client("observer", AG_SHM_OFF, 0);
     nng_socket s = dial();
     const char *run = "hostile";
@@ -505,6 +506,11 @@ Test(shm, hostile_segments_are_refused_their_records_rejected_and_offers_filed) 
         cr_expect_eq(rejected_now(obs) - before, 1, "%s: not rejected", cases[i].what);
         cr_expect_eq(points_of(obs, run, tensor), 0, "%s: filed", cases[i].what);
     }
+    /* Each refusal counted in /metrics (those of the same tokens below may
+     * or may not look again, as 10 s have passed or not). */
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_refused_total"), (double)nc);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_segments"), 0.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_snapshots_total"), 0.0);
     /* The same tokens again, refused recently: rejected without a look. */
     rejected = rejected_now(obs) - base_rejected;
     for (size_t i = 1; i < nc; i++) {

@@ -4,7 +4,8 @@
  * another user passes its segment and its snapshots go through shared
  * memory with the results they have through the socket; hostile requests
  * are refused, leak no descriptor and do not stop the socket serving; a
- * passed segment stays mapped while its lease lasts and goes after.
+ * passed segment stays mapped while its lease lasts and goes after; the
+ * daemon's /metrics counts segments, snapshots read from them and refusals.
  */
 #define _GNU_SOURCE
 
@@ -471,4 +472,68 @@ Test(shm_pass, a_file_where_the_descriptor_socket_goes_is_left_alone) {
     cr_expect_not_null(fgets(line, sizeof line, f));
     cr_expect_str_eq(line, "not a socket\n");
     fclose(f);
+}
+
+/* ------------------------------------------------------- /metrics */
+
+Test(shm_pass, metrics_count_the_segments_the_snapshots_read_from_them_and_the_refusals) {
+    static const char *const http[] = {"--http", "127.0.0.1:0", NULL};
+    harness_start(&H, http);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_segments"), 0.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_segments_passed"), 0.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_snapshots_total"), 0.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_refused_total"), 0.0);
+
+    /* A trainer of the daemon's user: it passes its segment at connect;
+     * the snapshots logged once the daemon has mapped it go through it. */
+    ag_client_opts o = {.ingest_url = H.ingest,
+                        .query_url = H.query,
+                        .run = "metered",
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 10000};
+    ag_client *c = NULL;
+    cr_assert_eq(ag_client_open(&c, &o), AG_OK);
+    enum { STEPS = 8, N = 4096 };
+    static float w[N], g[N];
+    for (uint64_t s = 1; s <= STEPS; s++) {
+        for (size_t i = 0; i < N; i++) {
+            w[i] = (1.0f + (float)s) * sinf((float)i * 0.3f);
+            g[i] = 1e-3f * cosf((float)i + (float)s);
+        }
+        cr_assert_eq(ag_client_log_sgd(c, s, "w", w, g, N, 0.01f), AG_OK);
+    }
+    cr_assert_eq(ag_client_flush(c, 30000), AG_OK);
+    ag_free(harness_wait_history(c, "metered", "w", "E5M2", STEPS)); /* all read */
+    ag_client_stats st = {0};
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_gt(st.shm_snapshots, 0, "no snapshot through shared memory");
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_snapshots_total"), (double)st.shm_snapshots);
+    cr_expect_geq(harness_metric(&H, "altgrad_shm_segments"), 1.0);
+    cr_expect_geq(harness_metric(&H, "altgrad_shm_segments_passed"), 1.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_refused_total"), 0.0);
+
+    /* A request without its descriptor: one refusal, nothing mapped. */
+    double mapped = harness_metric(&H, "altgrad_shm_segments");
+    ag_shm_pass_request rq = {AG_SHM_PASS_MAGIC, 0x3e7e2ed0001ull, AG_SHM_MIN_SIZE, 0};
+    int conn = pass_connect();
+    send_with(conn, &rq, sizeof rq, NULL, 0);
+    cr_expect_neq(reply_of(conn).status, 0, "a request without a descriptor accepted");
+    close(conn);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_refused_total"), 1.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_segments"), mapped);
+
+    /* The trainer gone, its lease ends and the segment is unmapped (at a
+     * sweep of the loop); the counts stay. */
+    ag_client_close(c);
+    double segments = 1;
+    for (int tries = 0; segments != 0 && tries < 100; tries++) {
+        sleep_ms(100);
+        segments = harness_metric(&H, "altgrad_shm_segments");
+    }
+    cr_expect_eq(segments, 0.0, "a segment still mapped after its client closed");
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_segments_passed"), 0.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_snapshots_total"), (double)st.shm_snapshots);
+    cr_expect_eq(harness_metric(&H, "altgrad_shm_refused_total"), 1.0);
+    int status = harness_stop(&H, SIGTERM);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
 }
