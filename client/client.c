@@ -362,12 +362,14 @@ static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
  * (or offered in messages, when it takes no descriptor). */
 static void shm_pipe_adding(nng_pipe p, nng_pipe_ev ev, void *arg) {
     ag_client *c = arg;
-    (void)p;
     if (ev != NNG_PIPE_EV_ADD_PRE) return;
     ag_client_shm_reconnected(&c->shm);
     atomic_store(&c->shm_offered, 0);
     atomic_store(&c->shm_ack_waited, 0);
-    ag_client_shm_pass(&c->shm, c->ingest_url);
+    uint64_t pid, uid;
+    if (nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, &pid) == 0 &&
+        nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_UID, &uid) == 0)
+        ag_client_shm_pass(&c->shm, c->ingest_url, pid, uid);
 }
 
 /* The shared-memory segment, for a daemon on this machine (an ipc:// ingest

@@ -52,10 +52,14 @@ void ag_client_shm_close(ag_client_shm *s);
 /* Whether the daemon has the segment mapped. */
 int ag_client_shm_acked(const ag_client_shm *s);
 /* Pass the segment's descriptor to the daemon listening beside the ipc://
- * socket ingest_url (proto/shm.h): AG_OK once it has mapped it (ack is
- * stored), the connection kept as its lease; else the segment stays
- * offered in messages (an older daemon has no descriptor socket). */
-int ag_client_shm_pass(ag_client_shm *s, const char *ingest_url);
+ * socket ingest_url (proto/shm.h), which must be the process at the other
+ * end of the ingest connection (daemon_pid and daemon_uid, from the kernel
+ * through nng): AG_OK once it has mapped it (ack is stored), the connection
+ * kept as its lease; else the segment stays offered in messages (an older
+ * daemon has no descriptor socket; another process listening there gets
+ * nothing). */
+int ag_client_shm_pass(ag_client_shm *s, const char *ingest_url, uint64_t daemon_pid,
+                       uint64_t daemon_uid);
 /* A new connection to the ingest socket: offer the segment again. */
 void ag_client_shm_reconnected(ag_client_shm *s);
 /* Reserve a record of len bytes (writer held): 1 and its position, or 0

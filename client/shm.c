@@ -78,7 +78,8 @@ int ag_client_shm_acked(const ag_client_shm *s) {
 
 #define PASS_TIMEOUT_MS 2000 /* for each of connect, send and the reply */
 
-int ag_client_shm_pass(ag_client_shm *s, const char *ingest_url) {
+int ag_client_shm_pass(ag_client_shm *s, const char *ingest_url, uint64_t daemon_pid,
+                       uint64_t daemon_uid) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (!s->base || strncmp(ingest_url, "ipc://", 6) != 0) return AG_EINVAL;
     const char *path = ingest_url + 6;
@@ -105,7 +106,16 @@ int ag_client_shm_pass(ag_client_shm *s, const char *ingest_url) {
     ch->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(ch), &s->fd, sizeof(int));
     ag_shm_pass_reply rp;
+    /* Only to the daemon: a process that took the socket's path (another
+     * user's, in a shared /tmp) must not get the trainer's arrays. The
+     * kernel names the listener as it names the ingest connection's peer:
+     * the same pid, or (both outside our pid namespace) the same user. */
+    struct ucred cr = {0, 0, 0};
+    socklen_t crlen = sizeof cr;
     int ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+             getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) == 0 &&
+             (uint64_t)cr.pid == daemon_pid &&
+             (daemon_pid != 0 || (uint64_t)cr.uid == daemon_uid) &&
              sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)sizeof rq &&
              recv(fd, &rp, sizeof rp, 0) == (ssize_t)sizeof rp && rp.magic == AG_SHM_REPLY_MAGIC &&
              rp.status == AG_OK && ag_client_shm_acked(s);

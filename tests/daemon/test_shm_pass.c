@@ -15,6 +15,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <math.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -536,4 +538,67 @@ Test(shm_pass, metrics_count_the_segments_the_snapshots_read_from_them_and_the_r
     cr_expect_eq(harness_metric(&H, "altgrad_shm_refused_total"), 1.0);
     int status = harness_stop(&H, SIGTERM);
     cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+}
+
+/* ------------------------------------- a listener that is not the daemon */
+
+typedef struct squatter {
+    int listener, connections, descriptors;
+} squatter;
+
+/* Accept what comes for up to 3 s, counting the descriptors received. */
+static void *squat_main(void *arg) {
+    squatter *sq = arg;
+    for (int rounds = 0; rounds < 30; rounds++) {
+        struct pollfd pf = {sq->listener, POLLIN, 0};
+        if (poll(&pf, 1, 100) <= 0) continue;
+        int c = accept4(sq->listener, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        sq->connections++;
+        char buf[64];
+        union {
+            struct cmsghdr h;
+            char b[CMSG_SPACE(4 * sizeof(int))];
+        } ctl;
+        struct iovec iov = {buf, sizeof buf};
+        struct msghdr mh = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b, .msg_controllen = sizeof ctl.b};
+        struct pollfd cp = {c, POLLIN, 0};
+        if (poll(&cp, 1, 2000) > 0 && recvmsg(c, &mh, MSG_CMSG_CLOEXEC) > 0)
+            for (struct cmsghdr *ch = CMSG_FIRSTHDR(&mh); ch; ch = CMSG_NXTHDR(&mh, ch))
+                if (ch->cmsg_type == SCM_RIGHTS) {
+                    int fd;
+                    memcpy(&fd, CMSG_DATA(ch), sizeof fd);
+                    sq->descriptors++;
+                    close(fd);
+                }
+        close(c);
+    }
+    return NULL;
+}
+
+Test(shm_pass, a_client_passes_its_segment_only_to_the_daemon) {
+    harness_start(&H, NULL);
+    /* Another process takes the descriptor socket's path (as another user
+     * could in a shared /tmp, before a daemon that then does without). */
+    struct sockaddr_un sa = side_addr();
+    cr_assert_eq(unlink(sa.sun_path), 0);
+    squatter sq = {socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), 0, 0};
+    cr_assert_geq(sq.listener, 0);
+    cr_assert_eq(bind(sq.listener, (struct sockaddr *)&sa, sizeof sa), 0);
+    cr_assert_eq(listen(sq.listener, 8), 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, squat_main, &sq), 0);
+    ag_client_stats st = {0};
+    cr_assert_eq(log_steps(0, &st), 0);
+    pthread_join(th, NULL);
+    close(sq.listener);
+    cr_expect_eq(sq.connections, 1, "the client did not try the descriptor socket");
+    cr_expect_eq(sq.descriptors, 0,
+                 "the client gave its segment to a process that is not the "
+                 "daemon");
+    /* the daemon, of this user, still maps it from /proc */
+    cr_expect_geq(st.shm_snapshots, 3 * (XSTEPS - 1), "shm_snapshots %llu",
+                  (unsigned long long)st.shm_snapshots);
+    free(finish_run());
 }
