@@ -210,7 +210,7 @@ int harness_free_tcp_port(void) {
     return ntohs(a.sin_port);
 }
 
-char *harness_http_get(ag_harness *h, const char *target) {
+int harness_http_port(const ag_harness *h) {
     FILE *f = fopen(h->log, "r");
     cr_assert_not_null(f);
     char line[512];
@@ -221,6 +221,11 @@ char *harness_http_get(ag_harness *h, const char *target) {
     }
     fclose(f);
     cr_assert_gt(port, 0, "no http line in %s", h->log);
+    return port;
+}
+
+char *harness_http_get(ag_harness *h, const char *target) {
+    int port = harness_http_port(h);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(fd, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};

@@ -41,6 +41,9 @@ ag_history *harness_wait_history(ag_client *c, const char *run, const char *tens
                                  const char *format, size_t n);
 /* An unused loopback TCP port (bound to port 0, read back, closed). */
 int harness_free_tcp_port(void);
+/* The port of the daemon's web server (started with "--http 127.0.0.1:0"),
+ * from the line its log writes before READY=1. */
+int harness_http_port(const ag_harness *h);
 /* The body of GET target from the daemon's web server (started with
  * "--http 127.0.0.1:0": its port is read from its log); fails the test
  * unless the answer is 200. free() it. */

@@ -39,21 +39,6 @@ TestSuite(http, .init = setup, .fini = teardown, .timeout = 240);
 
 static const char *const HTTP_ON[] = {"--http", "127.0.0.1:0", NULL};
 
-/* The port from the daemon's own log line (it is written before READY=1). */
-static int http_port(const ag_harness *h) {
-    FILE *f = fopen(h->log, "r");
-    cr_assert_not_null(f);
-    char line[512];
-    int port = 0;
-    while (fgets(line, sizeof line, f)) {
-        const char *p = strstr(line, "on http://127.0.0.1:");
-        if (p) port = atoi(p + strlen("on http://127.0.0.1:"));
-    }
-    fclose(f);
-    cr_assert_gt(port, 0, "no http line in %s", h->log);
-    return port;
-}
-
 static int connect_to(int port) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     cr_assert_geq(fd, 0);
@@ -147,7 +132,7 @@ Test(http, every_api_endpoint_prints_what_the_cli_prints_from_the_same_database)
     harness_start(&H, HTTP_ON);
     ag_client *c;
     feed(&c);
-    int port = http_port(&H);
+    int port = harness_http_port(&H);
     /* The writer may still be filing the statistics summaries, so a case
      * that differs is asked again (bounded) before it fails. */
     struct {
@@ -228,7 +213,7 @@ Test(http, the_heatmap_gives_each_bucket_the_stall_rate_of_its_steps) {
     harness_start(&H, HTTP_ON);
     ag_client *c;
     feed(&c);
-    int port = http_port(&H);
+    int port = harness_http_port(&H);
     ag_history_query q = {.run = RUN, .tensor = "w", .format = "E3M4"};
     ag_history *h = NULL;
     cr_assert_eq(ag_client_history(c, &q, &h), AG_OK);
@@ -341,7 +326,7 @@ Test(http, the_heatmap_gives_each_bucket_the_stall_rate_of_its_steps) {
 
 Test(http, the_page_is_one_self_contained_html_document) {
     harness_start(&H, HTTP_ON);
-    int port = http_port(&H);
+    int port = harness_http_port(&H);
     reply r = http_get(port, "/");
     cr_assert_eq(r.status, 200);
     cr_assert(strstr(r.raw, "Content-Type: text/html; charset=utf-8\r\n"));
@@ -398,7 +383,7 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
                          .flips = flips};
     cr_assert_eq(ag_client_log_counts(c, &b), AG_OK);
     ag_free(harness_wait_history(c, RUN, "d", "E3M4", 1));
-    int port = http_port(&H);
+    int port = harness_http_port(&H);
     ag_status *st = NULL;
     cr_assert_eq(ag_client_status(c, &st), AG_OK);
     ag_client_stats cs = {0};
@@ -477,7 +462,7 @@ Test(http, label_values_are_escaped_per_the_exposition_format) {
     float w[4] = {1, 2, 3, 4}, g[4] = {1e-3f, 1e-3f, 1e-3f, 1e-3f};
     cr_assert_eq(ag_client_log_sgd(c, 1, "t", w, g, 4, 0.1f), AG_OK);
     ag_free(harness_wait_history(c, "q\"uo\\te\nrun", "t", "E5M2", 1));
-    reply r = http_get(http_port(&H), "/metrics");
+    reply r = http_get(harness_http_port(&H), "/metrics");
     cr_assert(strstr(r.body, "run=\"q\\\"uo\\\\te\\nrun\",tensor=\"t\""), "%s", r.body);
     reply_free(&r);
     ag_client_close(c);
@@ -487,7 +472,7 @@ Test(http, hostile_requests_get_the_right_status_and_the_daemon_keeps_serving) {
     harness_start(&H, HTTP_ON);
     ag_client *c;
     feed(&c);
-    int port = http_port(&H);
+    int port = harness_http_port(&H);
     static char big[10000];
     reply r;
 
@@ -640,7 +625,7 @@ Test(http, one_connection_carries_several_requests) {
     harness_start(&H, HTTP_ON);
     ag_client *c;
     feed(&c);
-    int port = http_port(&H), fd = connect_to(port);
+    int port = harness_http_port(&H), fd = connect_to(port);
     send_all(fd, "GET /api/runs HTTP/1.1\r\nHost: x\r\n\r\n");
     reply r = read_response(fd, 0);
     cr_assert_eq(r.status, 200, "%s", r.raw);
@@ -685,7 +670,7 @@ Test(http, one_connection_carries_several_requests) {
  * UBSan it once died there, sorting an empty run list). */
 Test(http, curl_reuses_one_connection_for_two_requests) {
     harness_start(&H, HTTP_ON);
-    int port = http_port(&H);
+    int port = harness_http_port(&H);
     char cmd[512];
     snprintf(cmd, sizeof cmd,
              "curl -sS -v --max-time 30 -o /dev/null -o /dev/null "
@@ -707,7 +692,7 @@ Test(http, curl_reuses_one_connection_for_two_requests) {
 
 Test(http, a_busy_port_is_one_warning_and_the_daemon_goes_on) {
     harness_start(&H, HTTP_ON);
-    int port = http_port(&H);
+    int port = harness_http_port(&H);
     ag_harness second;
     harness_init(&second);
     char addr[64];
@@ -758,7 +743,7 @@ Test(http, every_public_query_is_an_endpoint_and_a_command_alike) {
     harness_start(&H, HTTP_ON);
     ag_client *c;
     feed(&c);
-    int port = http_port(&H);
+    int port = harness_http_port(&H);
     size_t seen = 0;
     for (size_t i = 0; ag_query_at(i); i++) {
         const ag_query_def *q = ag_query_at(i);

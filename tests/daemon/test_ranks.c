@@ -594,41 +594,6 @@ Test(ranks, a_stop_stores_waiting_steps_incomplete_and_a_restart_keeps_the_world
     ag_client_close(r0);
 }
 
-/* GET target from the daemon's HTTP port (found in its log): the body. */
-static char *http_body(const char *target) {
-    FILE *f = fopen(H.log, "r");
-    cr_assert_not_null(f);
-    char line[512];
-    int port = 0;
-    while (fgets(line, sizeof line, f)) {
-        const char *p = strstr(line, "http://127.0.0.1:");
-        if (p) port = atoi(p + strlen("http://127.0.0.1:"));
-    }
-    fclose(f);
-    cr_assert_gt(port, 0, "no http line in %s", H.log);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    char req[256];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                     target);
-    cr_assert_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
-    size_t cap = 1 << 20, got = 0;
-    char *raw = malloc(cap);
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        cr_assert_eq(poll(&p, 1, 30000), 1, "no answer within 30 s");
-        ssize_t k = recv(fd, raw + got, cap - got - 1, 0);
-        if (k <= 0) break;
-        got += (size_t)k;
-        cr_assert_lt(got, cap - 1);
-    }
-    raw[got] = '\0';
-    close(fd);
-    return raw;
-}
-
 Test(ranks, metrics_show_each_runs_incomplete_steps_and_each_ranks_drops) {
     static const char *const args[] = {"--http", "127.0.0.1:0", NULL};
     harness_start(&H, args);
@@ -648,7 +613,7 @@ Test(ranks, metrics_show_each_runs_incomplete_steps_and_each_ranks_drops) {
     ag_client *q = harness_client(&H, "reader", AG_QUEUE_DROP);
     ag_history *h = harness_wait_history(q, "metered", "t", "E5M2", 3);
     ag_free(h);
-    char *m = http_body("/metrics");
+    char *m = harness_http_get(&H, "/metrics");
     cr_expect_not_null(strstr(m, "\naltgrad_run_incomplete_steps{run=\"metered\"} 2\n"), "%s", m);
     cr_expect_not_null(strstr(m, "\naltgrad_rank_dropped_total{run=\"metered\",rank=\"1\"} 1\n"),
                        "%s", m);
