@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/bigbuf.h"
 #include "core/clock.h"
 #include "daemon/engine_internal.h"
 
@@ -194,7 +195,7 @@ void *ag_eng_take(ag_engine *e, size_t size) {
     /* New memory: first free the spares the budget has no room for (the
      * caller's reservation in inflight_bytes already counts this buffer). */
     ag_eng_spares_fit(e);
-    return malloc(size ? size : 1);
+    return ag_bigbuf_alloc(size);
 }
 
 void ag_eng_give(ag_engine *e, void *p, size_t size) {
