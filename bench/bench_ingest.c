@@ -27,6 +27,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -204,6 +205,105 @@ static double memcpy_mbs(size_t bytes) {
     free(a);
     free(b);
     return (double)bytes / best / 1e6;
+}
+
+/* ------------------------------------------- what the cores can add */
+
+/* Loops of float multiply-adds on registers (eight independent chains, no
+ * memory): how much more a second (third...) thread computes here, one
+ * scalar and, where the machine has AVX2 (as the kernels then use), one on
+ * 256-bit vectors. Where virtual CPUs share a physical core's vector units
+ * the vector one is far from their count, and so is the pool's "all cores /
+ * one thread" (docs/daemon.md, "What the two cores of the dev machine can
+ * add"). */
+static atomic_int ceiling_stop;
+
+typedef struct ceiling_arg {
+    int vector;
+    double rate;
+} ceiling_arg;
+
+#if defined(__x86_64__)
+typedef float v8f __attribute__((vector_size(32)));
+__attribute__((target("avx2,fma"))) static long ceiling_vector(void) {
+    v8f a[8], x, y;
+    for (int i = 0; i < 8; i++) {
+        a[i] = (v8f){1, 2, 3, 4, 5, 6, 7, (float)i};
+    }
+    x = (v8f){0.999999f, 0.999999f, 0.999999f, 0.999999f,
+              0.999999f, 0.999999f, 0.999999f, 0.999999f};
+    y = x * 1e-7f;
+    long rounds = 0;
+    while (!atomic_load_explicit(&ceiling_stop, memory_order_relaxed)) {
+        for (int k = 0; k < 4096; k++)
+            for (int i = 0; i < 8; i++) a[i] = a[i] * x + y;
+        rounds++;
+    }
+    float sum = 0;
+    for (int i = 0; i < 8; i++) sum += a[i][0] + a[i][7];
+    return rounds + (sum == 12345.0f);
+}
+#endif
+
+static long ceiling_scalar(void) {
+    float a[8] = {1, 2, 3, 4, 5, 6, 7, 8}, x = 0.999999f, y = 1e-7f;
+    long rounds = 0;
+    while (!atomic_load_explicit(&ceiling_stop, memory_order_relaxed)) {
+        for (int k = 0; k < 4096; k++)
+            for (int i = 0; i < 8; i++) a[i] = a[i] * x + y;
+        rounds++;
+    }
+    float sum = 0;
+    for (int i = 0; i < 8; i++) sum += a[i];
+    return rounds + (sum == 12345.0f); /* keeps the loop */
+}
+
+static void *ceiling_main(void *arg) {
+    ceiling_arg *c = arg;
+    double t0 = now_s();
+    long rounds = 0;
+#if defined(__x86_64__)
+    if (c->vector) rounds = ceiling_vector();
+#endif
+    if (!c->vector) rounds = ceiling_scalar();
+    c->rate = (double)rounds / (now_s() - t0);
+    return NULL;
+}
+
+/* Rounds per second of nthreads threads of one loop together, over a second. */
+static double ceiling_rate(int nthreads, int vector) {
+    pthread_t th[64];
+    ceiling_arg arg[64];
+    double total = 0;
+    if (nthreads > 64) nthreads = 64;
+    atomic_store(&ceiling_stop, 0);
+    for (int i = 0; i < nthreads; i++) {
+        arg[i] = (ceiling_arg){vector, 0};
+        pthread_create(&th[i], NULL, ceiling_main, &arg[i]);
+    }
+    struct timespec ts = {1, 0};
+    nanosleep(&ts, NULL);
+    atomic_store(&ceiling_stop, 1);
+    for (int i = 0; i < nthreads; i++) {
+        pthread_join(th[i], NULL);
+        total += arg[i].rate;
+    }
+    return total;
+}
+
+static void print_ceiling(void) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 2) return;
+    double s1 = ceiling_rate(1, 0), sn = ceiling_rate((int)cores, 0);
+    printf("compute ceiling: %ld threads of a multiply-add loop run %.2fx one thread (scalar)",
+           cores, s1 > 0 ? sn / s1 : 0.0);
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        double v1 = ceiling_rate(1, 1), vn = ceiling_rate((int)cores, 1);
+        printf(", %.2fx (256-bit vectors, as the kernels)", v1 > 0 ? vn / v1 : 0.0);
+    }
+#endif
+    printf(": what 'all cores / one thread' can reach on this machine\n");
 }
 
 /* ------------------------------------------------ CPU time by thread */
@@ -762,6 +862,7 @@ snapshots:
            many1.mbs > 0 ? many.mbs / many1.mbs : 0.0);
     print_cpu("several tensors, 1 pool thread", &many1);
     daemon_stop(&d);
+    print_ceiling();
 
     /* The bench's own ceiling: its clients against a receiver that only
      * discards what arrives. */

@@ -589,7 +589,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         e->inflight_bytes += bytes;
         j->client = cs;
         j->seq = m->hdr.seq;
-        j->t->busy = 1;
+        j->t->busy++;
         e->njobs++;
         r->jobs++;
         cs->jobs++;

@@ -72,6 +72,15 @@ void ag_engine_job_run(ag_engine *e, ag_engine_job *job);
 const char *ag_engine_job_tensor(const ag_engine_job *job);
 /* Queue the job's rows and free it. */
 int ag_engine_job_finish(ag_engine *e, ag_engine_job *job);
+/* 1 when snapshot m may start as the next job of job's tensor while job,
+ * past its amax phase, still runs (its kernels): a snapshot of the same
+ * tensor of an unsharded run, as large (and large enough for the pool), and
+ * no other job of that tensor in flight. The new job's amax phase may then
+ * run beside job; its scales and kernels wait for job's end (main.c parks
+ * it: ag_engine_job_follows). */
+int ag_engine_may_follow(const ag_msg *m, const ag_engine_job *job);
+/* 1 when later evaluates the same tensor as earlier (in flight before it). */
+int ag_engine_job_follows(const ag_engine_job *later, const ag_engine_job *earlier);
 /* 1 when message m may be handled while the jobs in flight (whose tensors
  * are tensors[0..njobs)) still run, scales_pending of them without their
  * scales yet: see ag_engine_handle. */

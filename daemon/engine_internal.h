@@ -91,7 +91,8 @@ typedef struct tensor_state {
      * crash wrote results after the last stored weights), so the next
      * snapshot's flips in it are unknown */
     uint64_t flips_lost;
-    int busy; /* a snapshot job of this tensor is in flight */
+    int busy; /* snapshot jobs of this tensor in flight: 0, 1, or 2 (the next
+               * one in its amax phase: ag_engine_may_follow) */
     /* Ranks (shards.c): the newest step of a replicated tensor filed (a later
      * copy of it from another rank is not filed again), and the shard layout
      * (world and each rank's element count) of the baseline in prev[]. */

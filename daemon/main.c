@@ -100,6 +100,8 @@ typedef struct inflight {
     ag_shm_ref ref; /* the arrays' record in a client's segment: released
                      * when the job ends (its chunks copy what they read) */
     size_t left;    /* chunks not yet done */
+    int parked;     /* amax phase done, waiting for the end of the job before
+                     * it of the same tensor (ag_engine_may_follow) */
     struct chunk_work *works;
     struct inflight *next;
 } inflight;
@@ -115,6 +117,32 @@ static void chunk_cb(uv_work_t *req) {
     ag_engine_job_run_chunk(w->f->job, w->index);
 }
 
+static int dispatch_chunks(ag_daemon *d, inflight *f);
+
+/* Whether a job of f's tensor that came before f is still in flight. */
+static int has_earlier(ag_daemon *d, const inflight *f) {
+    for (inflight *g = d->jobs; g; g = g->next)
+        if (!g->parked && ag_engine_job_follows(f->job, g->job)) return 1;
+    return 0;
+}
+
+/* Every chunk of f's current phase has run: the next phase, unless f's amax
+ * phase ended while the job before it of the same tensor still runs (f is
+ * parked until that one ends: its scales and patterns come first). 1 while
+ * f is in flight, 0 when it is done. */
+static int park(ag_daemon *d, inflight *f) {
+    if (!ag_engine_job_scales_pending(f->job) || !has_earlier(d, f)) return 0;
+    f->parked = 1;
+    ag_log(&d->log, AG_LOG_DEBUG, "snapshot of %s: amax taken beside the one before it",
+           ag_engine_job_tensor(f->job));
+    return 1;
+}
+
+static int job_step(ag_daemon *d, inflight *f) {
+    if (park(d, f)) return 1;
+    return ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f);
+}
+
 static void job_done(ag_daemon *d, inflight *f) {
     for (inflight **p = &d->jobs; *p; p = &(*p)->next)
         if (*p == f) {
@@ -122,15 +150,20 @@ static void job_done(ag_daemon *d, inflight *f) {
             break;
         }
     d->njobs--;
+    inflight *next = NULL; /* the next job of its tensor, parked behind it */
+    for (inflight *g = d->jobs; g; g = g->next)
+        if (g->parked && ag_engine_job_follows(g->job, f->job)) next = g;
     ag_engine_job_finish(d->engine, f->job);
     ag_shm_release(&f->ref);
     ag_msg_clear(&f->msg);
     nng_msg_free(f->nm);
     free(f->works);
     free(f);
+    if (next) {
+        next->parked = 0;
+        if (!job_step(d, next)) job_done(d, next);
+    }
 }
-
-static int dispatch_chunks(ag_daemon *d, inflight *f);
 
 static void after_chunk_cb(uv_work_t *req, int status) {
     chunk_work *w = req->data;
@@ -138,7 +171,7 @@ static void after_chunk_cb(uv_work_t *req, int status) {
     ag_daemon *d = f->d;
     (void)status;
     if (--f->left) return;
-    if (ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f)) return;
+    if (job_step(d, f)) return;
     job_done(d, f);
     pump(d);
 }
@@ -167,7 +200,8 @@ static int dispatch_chunks(ag_daemon *d, inflight *f) {
             f->left--;
         }
         if (--f->left) return 1;
-        /* every chunk ran here: the next phase, if any */
+        /* every chunk ran here: the next phase, if any (or parked) */
+        if (park(d, f)) return 1;
         if (!ag_engine_job_next(d->engine, f->job)) return 0;
     }
 }
@@ -203,6 +237,8 @@ static int may_start(ag_daemon *d, const ag_msg *m, size_t len) {
     int pending = 0;
     for (inflight *f = d->jobs; f; f = f->next) pending |= ag_engine_job_scales_pending(f->job);
     for (inflight *f = d->jobs; f; f = f->next) {
+        /* the job of m's tensor, which m may follow before it ends */
+        if (ag_engine_may_follow(m, f->job)) continue;
         names[k++] = ag_engine_job_tensor(f->job);
         if (k == sizeof names / sizeof names[0]) {
             if (!ag_engine_may_overlap(m, names, k, pending)) return 0;

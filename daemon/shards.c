@@ -451,7 +451,7 @@ static int file_incomplete(ag_engine *e, shard_step *ss) {
         if (!err) { /* evaluated here, on the loop; its end queues its rows */
             e->njobs++;
             r->jobs++;
-            job->t->busy = 1;
+            job->t->busy++;
             job->err = ag_eng_job_amax_phase(job);
             ag_engine_job_run(e, job);
             ag_engine_job_finish(e, job);

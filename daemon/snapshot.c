@@ -351,6 +351,16 @@ int ag_engine_job_next(ag_engine *e, ag_engine_job *job) {
 
 const char *ag_engine_job_tensor(const ag_engine_job *job) { return job->t->name; }
 
+int ag_engine_may_follow(const ag_msg *m, const ag_engine_job *job) {
+    return m->type == AG_MSG_SNAPSHOT && job->phase == 1 && !job->err && job->t->busy == 1 &&
+           job->t->run->world <= 1 && job->n >= AG_ENGINE_POOL_MIN && m->u.snapshot.n == job->n &&
+           strcmp(m->u.snapshot.tensor, job->t->name) == 0;
+}
+
+int ag_engine_job_follows(const ag_engine_job *later, const ag_engine_job *earlier) {
+    return later != earlier && later->t == earlier->t;
+}
+
 /* Whether format i's flips are counted in the encode pass: bytes against
  * bytes at one scale, for a per-tensor format of 1-byte patterns. */
 static int flips_fused(const ag_engine_job *job, size_t i) {
@@ -486,7 +496,7 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     run_state *r = t->run;
     e->inflight_bytes -= job->reserved;
     e->njobs--;
-    t->busy = 0;
+    t->busy--; /* a next job of the tensor may be in flight (ag_engine_may_follow) */
     r->jobs--;
     if (job->client) job->client->jobs--;
     if (!err) err = adopt(e, job);
