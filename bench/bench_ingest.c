@@ -212,10 +212,9 @@ static double memcpy_mbs(size_t bytes) {
 /* Loops of float multiply-adds on registers (eight independent chains, no
  * memory): how much more a second (third...) thread computes here, one
  * scalar and, where the machine has AVX2 (as the kernels then use), one on
- * 256-bit vectors. Where virtual CPUs share a physical core's vector units
- * the vector one is far from their count, and so is the pool's "all cores /
- * one thread" (docs/daemon.md, "What the two cores of the dev machine can
- * add"). */
+ * 256-bit vectors: the most the pool's "all cores / one thread" could be
+ * for work that is compute alone (docs/daemon.md, "What the two cores of
+ * the dev machine can add"). The two loops are the same but for the type. */
 static atomic_int ceiling_stop;
 
 typedef struct ceiling_arg {
