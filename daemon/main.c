@@ -126,10 +126,9 @@ static int has_earlier(ag_daemon *d, const inflight *f) {
     return 0;
 }
 
-/* Every chunk of f's current phase has run: the next phase, unless f's amax
- * phase ended while the job before it of the same tensor still runs (f is
- * parked until that one ends: its scales and patterns come first). 1 while
- * f is in flight, 0 when it is done. */
+/* f's amax phase has ended while the job before it of the same tensor still
+ * runs: park f until that one ends (its scales and patterns come first). 1
+ * when parked. */
 static int park(ag_daemon *d, inflight *f) {
     if (!ag_engine_job_scales_pending(f->job) || !has_earlier(d, f)) return 0;
     f->parked = 1;
@@ -138,6 +137,8 @@ static int park(ag_daemon *d, inflight *f) {
     return 1;
 }
 
+/* Every chunk of f's current phase has run: the next phase, or parked. 1
+ * while f is in flight, 0 when it is done. */
 static int job_step(ag_daemon *d, inflight *f) {
     if (park(d, f)) return 1;
     return ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f);

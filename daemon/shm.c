@@ -458,8 +458,9 @@ static void lease_ended(ag_shm_table *t, const pass_conn *c) {
     pthread_mutex_unlock(&t->mu);
 }
 
-/* Enter the segment passed by process pid (mapped at base) in the table.
- * 0 and the lease conn takes it on, else the reason in why (base unmapped). */
+/* Enter the segment passed by process pid (mapped at base) in the table and
+ * acknowledge it. 0 and the lease conn takes it on, else the reason in why
+ * (base unmapped). */
 static int pass_enter(ag_shm_table *t, pass_conn *conn, void *base, const ag_shm_pass_request *rq,
                       uint64_t pid, char *why, size_t why_size) {
     uint64_t now = (uint64_t)ag_mono_ms();
@@ -482,6 +483,11 @@ static int pass_enter(ag_shm_table *t, pass_conn *conn, void *base, const ag_shm
     else if (!(s = enter(t, base, rq->token, rq->size, pid, now, 1))) {
         base = NULL; /* enter unmapped it */
         bad = "out of memory";
+    }
+    if (!bad && ag_shm_load(&s->hdr->ack) != rq->token) {
+        /* mapped: the client may write records from now on */
+        ag_shm_store(&s->hdr->ack, rq->token);
+        ag_shm_wake(s->hdr);
     }
     pthread_mutex_unlock(&t->mu);
     if (bad) {
@@ -523,7 +529,7 @@ static void pass_serve(ag_shm_table *t, pass_conn *conn) {
     struct ucred cr = {0, 0, 0};
     socklen_t crlen = sizeof cr;
     /* pid 0: a process outside this daemon's pid namespace (a sandbox's) */
-    int credited = getsockopt(conn->fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) == 0 && cr.pid >= 0;
+    int credited = getsockopt(conn->fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) == 0;
     char why[112] = "";
     const char *bad = got <= 0    ? "no request"
                       : !credited ? "no credentials"
@@ -546,16 +552,6 @@ static void pass_serve(ag_shm_table *t, pass_conn *conn) {
     ag_shm_pass_reply rp = {.magic = AG_SHM_REPLY_MAGIC, .status = bad ? AG_EPROTO : AG_OK};
     if (bad) snprintf(rp.why, sizeof rp.why, "%s", bad);
     if (!bad) {
-        /* mapped: the client may write records from now on */
-        ag_shm_header *hdr = NULL;
-        pthread_mutex_lock(&t->mu);
-        for (size_t i = 0; i < t->n && !hdr; i++)
-            if (t->segs[i]->token == rq.token) hdr = t->segs[i]->hdr; /* tokens are unique */
-        if (hdr && ag_shm_load(&hdr->ack) != rq.token) {
-            ag_shm_store(&hdr->ack, rq.token);
-            ag_shm_wake(hdr);
-        }
-        pthread_mutex_unlock(&t->mu);
         ag_log(t->log, AG_LOG_INFO,
                "ingest: mapped %llu bytes of shared memory passed by process %llu (user %llu)",
                (unsigned long long)rq.size, (unsigned long long)cr.pid, (unsigned long long)cr.uid);

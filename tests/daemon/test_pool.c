@@ -34,12 +34,16 @@ TestSuite(pool, .init = setup, .fini = teardown, .timeout = 240);
 
 /* Deterministic weights and gradients per tensor and step; the amplitude
  * moves so scales change between some steps (flips then re-encode). */
-static void make_tensor(uint64_t step, unsigned salt, float *w, float *g) {
+static void make_tensor_n(uint64_t step, unsigned salt, float *w, float *g, size_t n) {
     float amp = step % 3 == 1 ? 5.0f : 1.0f + 0.25f * (float)step;
-    for (size_t i = 0; i < N; i++) {
+    for (size_t i = 0; i < n; i++) {
         w[i] = amp * sinf((float)i * 0.37f + (float)step * 0.11f + (float)salt);
         g[i] = 1e-3f * cosf((float)i * 1.3f + (float)step) * (float)(1 + i % 7);
     }
+}
+
+static void make_tensor(uint64_t step, unsigned salt, float *w, float *g) {
+    make_tensor_n(step, salt, w, g, N);
 }
 
 /* float32 to bfloat16, rounding to nearest even (finite inputs). */
@@ -341,6 +345,9 @@ Test(pool, after_kill_9_flips_are_unknown_where_the_baseline_was_stale_and_exact
 /* ------------------------------- the next snapshot of a tensor in flight */
 
 #define SOLO_STEPS 10
+/* 16 chunks: a snapshot's kernels take longer than the client's copy of
+ * the next, so a streamed next one arrives while they run */
+#define SOLO_N (1u << 20)
 
 /* One tensor's SOLO_STEPS snapshots (and a weight amax record after each)
  * into a daemon with two pool threads: streamed (the next snapshot's amax
@@ -352,13 +359,19 @@ static char *run_solo(int wait_each, int *followed) {
     const char *const extra[] = {"--threads", "2", "--log-level", "debug", NULL};
     harness_start(&H, extra);
     ag_client *c = harness_client(&H, "solo", AG_QUEUE_BLOCK);
-    float *w = malloc(N * sizeof *w), *g = malloc(N * sizeof *g);
+    /* every step's arrays made first, so the snapshots go out back to back */
+    float *w = malloc(SOLO_STEPS * (size_t)SOLO_N * sizeof *w);
+    float *g = malloc(SOLO_STEPS * (size_t)SOLO_N * sizeof *g);
     cr_assert(w && g);
+    for (uint64_t s = 1; s <= SOLO_STEPS; s++)
+        make_tensor_n(s, 7, w + (s - 1) * SOLO_N, g + (s - 1) * SOLO_N, SOLO_N);
     for (uint64_t s = 1; s <= SOLO_STEPS; s++) {
-        make_tensor(s, 7, w, g);
-        cr_assert_eq(ag_client_log_sgd(c, s, "solo.weight", w, g, N, LR), AG_OK);
+        cr_assert_eq(ag_client_log_sgd(c, s, "solo.weight", w + (s - 1) * SOLO_N,
+                                       g + (s - 1) * SOLO_N, SOLO_N, LR),
+                     AG_OK);
         cr_assert_eq(
-            ag_client_log_amax(c, s, "solo.weight", AG_ROLE_WEIGHT, 0.75 * (double)s, N, 0), AG_OK);
+            ag_client_log_amax(c, s, "solo.weight", AG_ROLE_WEIGHT, 0.75 * (double)s, SOLO_N, 0),
+            AG_OK);
         if (wait_each) {
             cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
             ag_free(harness_wait_history(c, "solo", "solo.weight", "E5M2", s));
