@@ -790,6 +790,78 @@ static long daemon_rss_many(daemon_proc *d, size_t tensors, size_t n) {
     return rss_kib(d->pid);
 }
 
+/* CPU seconds per GB of w+g of the daemon and the bench together. */
+static double cpu_per_gb(const stream_result *r) {
+    return (r->peer.main + r->peer.nng + r->peer.rest + r->self.main + r->self.nng + r->self.rest) /
+           r->gb;
+}
+
+/* How busy the machine was during the stream on every core, and the most
+ * "all cores / one thread" could be had no CPU been idle: every core's
+ * time at the stream's CPU cost per GB, against the one-thread stream as
+ * measured. The gap between that bound and the ratio measured is idle
+ * time; the gap between the bound and the target is CPU the stream spends
+ * (the bench's clients included). */
+static void print_busy(const stream_result *all, const stream_result *one) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1 || all->gb <= 0 || one->mbs <= 0) return;
+    double per_gb = cpu_per_gb(all), busy = per_gb * all->mbs / 1e3;
+    double bound = (double)cores / per_gb * 1e3 / one->mbs;
+    printf(
+        "  on every core: %.3f CPU s per GB of w+g in all, %.2f of %ld cores busy (%.0f%% idle); "
+        "with none idle, all cores / one thread would be at most %.2fx\n",
+        per_gb, busy, cores, 100 * (1 - busy / (double)cores), bound);
+}
+
+/* ------------------------------------------- one tensor, in rounds */
+
+#define MAX_ROUNDS 16
+
+/* One round of the one-tensor lines: a stream to a daemon on every core
+ * and one to a daemon with one pool thread, and the memcpy baseline (best
+ * of 5, as memcpy_mbs times it) taken right before and right after the
+ * stream on every core, averaged. */
+typedef struct one_round {
+    stream_result all, one;
+    double mc;
+} one_round;
+
+static int one_round_stream(stream_result *out, const char *threads, size_t n, size_t steps) {
+    daemon_proc d = {0};
+    if (daemon_start_threads(&d, threads)) return 1;
+    *out = run_streams(d.ingest, d.query, d.pid, n, steps, 1, 0);
+    daemon_stop(&d);
+    return out->mbs > 0 ? 0 : 1;
+}
+
+/* one_first: the one-thread stream first (rounds alternate the order). */
+static int one_round_run(one_round *r, size_t n, size_t steps, int one_first) {
+    size_t bytes = 2 * n * sizeof(float);
+    if (one_first && one_round_stream(&r->one, "1", n, steps)) return 1;
+    double before = memcpy_mbs(bytes);
+    if (one_round_stream(&r->all, NULL, n, steps)) return 1;
+    r->mc = (before + memcpy_mbs(bytes)) / 2;
+    return one_first ? 0 : one_round_stream(&r->one, "1", n, steps);
+}
+
+static double round_key(const one_round *r, int by_cores) {
+    return by_cores ? r->all.mbs / r->one.mbs : r->all.mbs / r->mc;
+}
+
+/* The round whose R (by_cores 0) or all cores / one thread (1) is the
+ * median (the lower of the middle two for an even count). */
+static const one_round *median_round(const one_round *rs, size_t k, int by_cores) {
+    for (size_t i = 0; i < k; i++) {
+        size_t below = 0, equal = 0;
+        for (size_t j = 0; j < k; j++) {
+            below += round_key(&rs[j], by_cores) < round_key(&rs[i], by_cores);
+            equal += j < i && round_key(&rs[j], by_cores) == round_key(&rs[i], by_cores);
+        }
+        if (below + equal == (k - 1) / 2) return &rs[i];
+    }
+    return &rs[0];
+}
+
 int main(int argc, char **argv) {
     if (argc == 6 && strcmp(argv[1], "--null-receiver") == 0)
         return null_receiver(argv[2], argv[3], strtoul(argv[4], NULL, 10),
@@ -797,7 +869,8 @@ int main(int argc, char **argv) {
     daemon_proc d = {0};
     /* AG_BENCH_ONLY=snapshots: only the snapshot lines (for a profile of
      * that stream), =rss: only the RSS lines; AG_BENCH_STEPS: snapshots per
-     * client and line (default 20). */
+     * client and line (default 20); AG_BENCH_ROUNDS: rounds of the
+     * one-tensor lines (default 3). */
     const char *only = getenv("AG_BENCH_ONLY"), *steps_env = getenv("AG_BENCH_STEPS");
     int snapshots_only = only && strcmp(only, "snapshots") == 0;
     int rss_only = only && strcmp(only, "rss") == 0;       /* AG_BENCH_ONLY=rss: the RSS lines */
@@ -823,26 +896,35 @@ int main(int argc, char **argv) {
            e2e, direct, direct > 0 ? e2e / direct : 0.0);
     daemon_stop(&d);
 
-snapshots:
-    if (daemon_start(&d)) return 1;
-    stream_result one = run_streams(d.ingest, d.query, d.pid, n, steps, 1, 0);
-    double snap = one.mbs;
-    double mc = memcpy_mbs(2 * n * sizeof(float));
+snapshots:;
+    /* One tensor, all cores and one pool thread, in AG_BENCH_ROUNDS rounds
+     * (default 3) of the two, their order alternated, each stream between
+     * two memcpy baselines: its ratio R is to the mean of those, and
+     * "all cores / one thread" compares the two streams of one round. The
+     * lines give the median round (by R, and by the cores' ratio), so a
+     * machine whose speed drifts moves both sides of each ratio alike. */
+    const char *rounds_env = getenv("AG_BENCH_ROUNDS");
+    size_t rounds = rounds_env ? strtoul(rounds_env, NULL, 10) : 3;
+    if (rounds < 1 || rounds > MAX_ROUNDS) rounds = 3;
+    one_round rs[MAX_ROUNDS];
+    for (size_t r = 0; r < rounds; r++)
+        if (one_round_run(&rs[r], n, steps, r % 2 == 1)) return 1;
+    const one_round *mr = median_round(rs, rounds, 0), *mt = median_round(rs, rounds, 1);
+    double mc = mr->mc; /* the baseline of the median round, for the lines below */
     printf("snapshot ingest (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, memcpy %.0f MB/s, "
            "ratio %.4f (target >= 0.2)\n",
-           n, snap, mc, mc > 0 ? snap / mc : 0.0);
-    print_cpu("one tensor", &one);
-    daemon_stop(&d);
-
-    /* The same with one pool thread: what the cores add. */
-    if (daemon_start_threads(&d, "1")) return 1;
-    stream_result one1 = run_streams(d.ingest, d.query, d.pid, n, steps, 1, 0);
-    double snap1 = one1.mbs;
+           n, mr->all.mbs, mr->mc, mr->all.mbs / mr->mc);
+    print_cpu("one tensor", &mr->all);
     printf("snapshot ingest, 1 pool thread (SGD, 5 formats, %zu elements): %.0f MB/s of w+g, "
            "memcpy %.0f MB/s, ratio %.4f; all cores / one thread %.2fx (target >= 1.7)\n",
-           n, snap1, mc, mc > 0 ? snap1 / mc : 0.0, snap1 > 0 ? snap / snap1 : 0.0);
-    print_cpu("one tensor, 1 pool thread", &one1);
-    daemon_stop(&d);
+           n, mt->one.mbs, mt->mc, mt->one.mbs / mt->mc, mt->all.mbs / mt->one.mbs);
+    print_cpu("one tensor, 1 pool thread", &mt->one);
+    print_busy(&mt->all, &mt->one);
+    printf("  each round (R; all cores / one thread):");
+    for (size_t r = 0; r < rounds; r++)
+        printf(" %.0f and %.0f MB/s against memcpy %.0f (R %.3f; %.2fx)%s", rs[r].all.mbs,
+               rs[r].one.mbs, rs[r].mc, rs[r].all.mbs / rs[r].mc, rs[r].all.mbs / rs[r].one.mbs,
+               r + 1 < rounds ? "," : "\n");
 
     /* Several tensors from as many clients: snapshots of different tensors
      * in flight at once, each client its own connection. */

@@ -76,9 +76,23 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job);
  * past its amax phase, still runs (its kernels): a snapshot of the same
  * tensor of an unsharded run, as large (and large enough for the pool), and
  * no other job of that tensor in flight. The new job's amax phase may then
- * run beside job; its scales and kernels wait for job's end (main.c parks
- * it: ag_engine_job_follows). */
+ * run beside job; then its kernels follow job's chunk by chunk
+ * (ag_engine_job_next_behind), or, where that may not be, its scales and
+ * kernels wait for job's end (main.c parks it: ag_engine_job_follows). */
 int ag_engine_may_follow(const ag_msg *m, const ag_engine_job *job);
+/* 1 when job, whose amax phase has run, may take its scales and run its
+ * kernels while before, the job of its tensor ahead of it, still runs its
+ * kernels (ag_engine_job_next_behind): before is past its amax phase, has
+ * no error and no follower yet, and both evaluate the whole of one tensor
+ * of the same size. */
+int ag_engine_may_pipeline(const ag_engine_job *job, const ag_engine_job *before);
+/* ag_engine_job_next for such a job: its scales now, and each format's
+ * flips against before's patterns where before evaluates that format (the
+ * baseline once before ends), else against the tensor's baseline. Chunk c
+ * of its kernels may run only once chunk c of before's has (main.c keeps
+ * that order); before must end first. If before ends with an error, the
+ * flips that compared with it are reported unknown. */
+int ag_engine_job_next_behind(ag_engine *e, ag_engine_job *job, ag_engine_job *before);
 /* 1 when later evaluates the same tensor as earlier (in flight before it). */
 int ag_engine_job_follows(const ag_engine_job *later, const ag_engine_job *earlier);
 /* 1 when message m may be handled while the jobs in flight (whose tensors

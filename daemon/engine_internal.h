@@ -290,6 +290,17 @@ struct ag_engine_job {
      * and it does not become the tensor's baseline) */
     uint32_t ranks;
     int partial;
+    /* Pipelined (ag_engine_job_next_behind): behind is the job before this
+     * one of its tensor, still in flight, whose patterns this one's flips
+     * compare with; follower is the reverse link. Both cleared when either
+     * ends. If behind ends without making its patterns the baseline (an
+     * error), the pattern arrays this job still reads move to borrowed
+     * (freed with this job) and its formats compare with nothing the
+     * tensor keeps: their flips are unknown (bit i of voided). */
+    struct ag_engine_job *behind, *follower;
+    uint8_t *borrowed[AG_FORMATS_MAX];
+    size_t borrowed_bytes[AG_FORMATS_MAX];
+    uint64_t voided;
     /* the per-chunk sums of a small job (one chunk), without allocations
      * (job_calloc); larger ones are allocated */
     size_t arena_used;

@@ -102,7 +102,12 @@ typedef struct inflight {
     size_t left;    /* chunks not yet done */
     int parked;     /* amax phase done, waiting for the end of the job before
                      * it of the same tensor (ag_engine_may_follow) */
-    struct chunk_work *works;
+    /* Pipelined (ag_engine_job_next_behind): behind is the job of the same
+     * tensor ahead of this one, whose kernel chunk c must have run before
+     * this one's chunk c is queued; after is the reverse link. Cleared when
+     * either ends. */
+    struct inflight *behind, *after;
+    struct chunk_work *works; /* the current phase's */
     struct inflight *next;
 } inflight;
 
@@ -110,6 +115,7 @@ typedef struct chunk_work {
     uv_work_t req;
     inflight *f;
     size_t index;
+    int queued, done;
 } chunk_work;
 
 static void chunk_cb(uv_work_t *req) {
@@ -119,27 +125,76 @@ static void chunk_cb(uv_work_t *req) {
 
 static int dispatch_chunks(ag_daemon *d, inflight *f);
 
-/* Whether a job of f's tensor that came before f is still in flight. */
-static int has_earlier(ag_daemon *d, const inflight *f) {
+/* The job of f's tensor ahead of it, in flight, not parked; or NULL. */
+static inflight *earlier_of(ag_daemon *d, const inflight *f) {
     for (inflight *g = d->jobs; g; g = g->next)
-        if (!g->parked && ag_engine_job_follows(f->job, g->job)) return 1;
-    return 0;
+        if (!g->parked && ag_engine_job_follows(f->job, g->job)) return g;
+    return NULL;
 }
 
 /* f's amax phase has ended while the job before it of the same tensor still
  * runs: park f until that one ends (its scales and patterns come first). 1
  * when parked. */
 static int park(ag_daemon *d, inflight *f) {
-    if (!ag_engine_job_scales_pending(f->job) || !has_earlier(d, f)) return 0;
+    if (!ag_engine_job_scales_pending(f->job) || !earlier_of(d, f)) return 0;
     f->parked = 1;
     ag_log(&d->log, AG_LOG_DEBUG, "snapshot of %s: amax taken beside the one before it",
            ag_engine_job_tensor(f->job));
     return 1;
 }
 
-/* Every chunk of f's current phase has run: the next phase, or parked. 1
- * while f is in flight, 0 when it is done. */
+static void after_chunk_cb(uv_work_t *req, int status);
+static int job_step(ag_daemon *d, inflight *f);
+
+/* Queue chunk c of f's kernels, whose turn has come (the job ahead of it
+ * has run its chunk c); where the pool refuses it, run it here. */
+static void release_chunk(ag_daemon *d, inflight *f, size_t c) {
+    chunk_work *w = &f->works[c];
+    if (w->queued) return;
+    w->queued = 1;
+    if (uv_queue_work(&d->loop, &w->req, chunk_cb, after_chunk_cb) == 0) return;
+    ag_engine_job_run_chunk(f->job, c);
+    after_chunk_cb(&w->req, 0);
+}
+
+/* f's amax phase has ended while before, the job ahead of it of the same
+ * tensor, runs its kernels: f takes its scales now and runs its kernels
+ * behind before's, chunk c once before's chunk c has run. 1 while f is in
+ * flight, 0 when it is done (it failed); -1 when it may not (park it). */
+static int pipeline(ag_daemon *d, inflight *f, inflight *before) {
+    if (!ag_engine_may_pipeline(f->job, before->job) || !before->works) return -1;
+    size_t n = ag_engine_job_chunks(before->job);
+    chunk_work *works = calloc(n, sizeof *works);
+    if (!works) return -1;
+    if (!ag_engine_job_next_behind(d->engine, f->job, before->job)) {
+        free(works);
+        return 0;
+    }
+    free(f->works);
+    f->works = works;
+    f->behind = before;
+    before->after = f;
+    ag_log(&d->log, AG_LOG_DEBUG, "snapshot of %s: kernels pipelined behind the one before it",
+           ag_engine_job_tensor(f->job));
+    f->left = n + 1; /* held until every chunk ready now is queued */
+    for (size_t c = 0; c < n; c++) {
+        works[c] = (chunk_work){.f = f, .index = c};
+        works[c].req.data = &works[c];
+    }
+    for (size_t c = 0; c < n; c++)
+        if (before->works[c].done) release_chunk(d, f, c);
+    if (--f->left) return 1;
+    return job_step(d, f); /* every chunk ran here (the pool refused them) */
+}
+
+/* Every chunk of f's current phase has run: the next phase, pipelined or
+ * parked. 1 while f is in flight, 0 when it is done. */
 static int job_step(ag_daemon *d, inflight *f) {
+    inflight *before = ag_engine_job_scales_pending(f->job) ? earlier_of(d, f) : NULL;
+    if (before) {
+        int on = pipeline(d, f, before);
+        if (on >= 0) return on;
+    }
     if (park(d, f)) return 1;
     return ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f);
 }
@@ -151,7 +206,9 @@ static void job_done(ag_daemon *d, inflight *f) {
             break;
         }
     d->njobs--;
-    inflight *next = NULL; /* the next job of its tensor, parked behind it */
+    if (f->behind) f->behind->after = NULL; /* ended first: it failed */
+    if (f->after) f->after->behind = NULL;  /* its chunks are queued (the last just after) */
+    inflight *next = NULL;                  /* the next job of its tensor, parked behind it */
     for (inflight *g = d->jobs; g; g = g->next)
         if (g->parked && ag_engine_job_follows(g->job, f->job)) next = g;
     ag_engine_job_finish(d->engine, f->job);
@@ -168,13 +225,15 @@ static void job_done(ag_daemon *d, inflight *f) {
 
 static void after_chunk_cb(uv_work_t *req, int status) {
     chunk_work *w = req->data;
-    inflight *f = w->f;
+    inflight *f = w->f, *after = f->after;
     ag_daemon *d = f->d;
+    size_t c = w->index;
     (void)status;
-    if (--f->left) return;
-    if (job_step(d, f)) return;
-    job_done(d, f);
-    pump(d);
+    w->done = 1;
+    int ended = !--f->left && !job_step(d, f);
+    if (ended) job_done(d, f); /* before the chunk below can let the one after it end */
+    if (after) release_chunk(d, after, c);
+    if (ended) pump(d);
 }
 
 /* Put the chunks of the job's current phase on the pool; where the pool
@@ -198,6 +257,7 @@ static int dispatch_chunks(ag_daemon *d, inflight *f) {
                 }
             }
             ag_engine_job_run_chunk(f->job, c);
+            if (works) works[c].done = 1;
             f->left--;
         }
         if (--f->left) return 1;

@@ -113,6 +113,8 @@ static void job_free(ag_engine *e, ag_engine_job *job) {
     ag_eng_give(e, job->xbuf, fbytes);
     for (size_t i = 0; i < job->nf; i++)
         ag_eng_give(e, job->cur[i], enc_bytes(job->fmts[i], job->n));
+    for (size_t i = 0; i < AG_FORMATS_MAX && job->borrowed[i]; i++)
+        ag_eng_give(e, job->borrowed[i], job->borrowed_bytes[i]);
     job_release(job, job->part_amax);
     job_release(job, job->part_bad);
     job_release(job, job->part_counts);
@@ -291,11 +293,19 @@ int ag_eng_job_prepare(ag_engine *e, ag_engine_job *job) {
      * in the counting pass. In message order, so a format named twice
      * compares with itself. A shape change leaves nothing comparable. */
     int same_shape = t->prev_n == n;
+    const ag_engine_job *b = job->behind; /* pipelined: its patterns are the baseline to be */
     for (size_t i = 0; i < nf; i++) {
         int fi = job->fidx[i];
         const uint8_t *prev = same_shape ? t->prev[fi] : NULL;
         float prev_scale = t->prev_scale[fi];
         int lost = (t->flips_lost >> fi & 1) != 0;
+        /* the last of b's copies of the format: the one its end keeps */
+        for (size_t k = 0; b && k < b->nf; k++)
+            if (b->fidx[k] == fi) {
+                prev = b->cur[k];
+                prev_scale = b->scales[k];
+                lost = 0;
+            }
         for (size_t k = 0; k < i; k++)
             if (job->fidx[k] == fi) {
                 prev = job->cur[k];
@@ -359,6 +369,57 @@ int ag_engine_may_follow(const ag_msg *m, const ag_engine_job *job) {
 
 int ag_engine_job_follows(const ag_engine_job *later, const ag_engine_job *earlier) {
     return later != earlier && later->t == earlier->t;
+}
+
+int ag_engine_may_pipeline(const ag_engine_job *job, const ag_engine_job *before) {
+    return job != before && job->phase == 0 && !job->err && !job->partial && before->phase == 1 &&
+           !before->err && !before->partial && !before->follower && before->t == job->t &&
+           before->n == job->n &&
+           before->nchunks == (job->n + AG_ENGINE_CHUNK - 1) / AG_ENGINE_CHUNK;
+}
+
+int ag_engine_job_next_behind(ag_engine *e, ag_engine_job *job, ag_engine_job *before) {
+    job->behind = before;
+    before->follower = job;
+    int on = ag_engine_job_next(e, job);
+    if (!on) { /* failed (or nothing to run): it ends now, before before */
+        job->behind = NULL;
+        before->follower = NULL;
+    }
+    return on;
+}
+
+/* The end of a job with a pipelined neighbour (on the loop, before the
+ * job's own buffers go): unlink the two; if job is the one ahead, every
+ * pattern array of it the follower reads and the end did not make the
+ * baseline (job failed) moves to the follower, whose flips against it are
+ * unknown. */
+static void unlink_pipeline(ag_engine_job *job) {
+    if (job->behind) { /* a follower ending first: it failed before its kernels */
+        job->behind->follower = NULL;
+        job->behind = NULL;
+    }
+    ag_engine_job *f = job->follower;
+    if (!f) return;
+    f->behind = NULL;
+    job->follower = NULL;
+    for (size_t i = 0; i < job->nf; i++) {
+        if (!job->cur[i]) continue; /* now the tensor's baseline */
+        int read = 0;
+        for (size_t k = 0; k < f->nf; k++)
+            if (f->flip_prev[k] == job->cur[i]) {
+                read = 1;
+                f->voided |= 1ull << k;
+            }
+        if (!read) continue;
+        for (size_t k = 0; k < AG_FORMATS_MAX; k++)
+            if (!f->borrowed[k]) {
+                f->borrowed[k] = job->cur[i];
+                f->borrowed_bytes[k] = enc_bytes(job->fmts[i], job->n);
+                job->cur[i] = NULL;
+                break;
+            }
+    }
 }
 
 /* Whether format i's flips are counted in the encode pass: bytes against
@@ -500,6 +561,7 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     r->jobs--;
     if (job->client) job->client->jobs--;
     if (!err) err = adopt(e, job);
+    unlink_pipeline(job);
     size_t kept = 0; /* the baseline may have been replaced or dropped */
     for (int i = 0; i < AG_FORMATS_MAX; i++)
         kept += t->prev[i] ? enc_bytes(ag_format_at((size_t)i), t->prev_n) : 0;
@@ -524,7 +586,8 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
                                             .flips = job->flips[i],
                                             .amax = job->amax,
                                             .scale = job->scales[i],
-                                            .flips_unknown = job->flip_mode[i] == FLIPS_UNKNOWN,
+                                            .flips_unknown = job->flip_mode[i] == FLIPS_UNKNOWN ||
+                                                             (job->voided >> i & 1),
                                             .ranks = job->ranks ? job->ranks : 1,
                                             .incomplete = (uint8_t)job->partial,
                                             .has_qerr = 1,
