@@ -590,6 +590,7 @@ int ag_engine_handle(ag_engine *e, const ag_msg *m, size_t bytes, ag_engine_job 
         j->client = cs;
         j->seq = m->hdr.seq;
         j->t->busy++;
+        j->t->newest = j;
         e->njobs++;
         r->jobs++;
         cs->jobs++;

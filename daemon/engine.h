@@ -22,6 +22,11 @@
  * in chunks of AG_ENGINE_CHUNK elements (a multiple of the kernels' block). */
 #define AG_ENGINE_POOL_MIN 65536
 #define AG_ENGINE_CHUNK 65536
+/* Snapshots of one tensor that may be in flight behind its first
+ * (ag_engine_may_follow): each takes its amax beside those before it and
+ * runs its kernels behind theirs, so the pool has the next snapshot's work
+ * queued while the loop takes the scales of the one after. */
+#define AG_ENGINE_FOLLOWERS 2
 
 typedef struct ag_engine ag_engine;
 typedef struct ag_engine_job ag_engine_job;
@@ -72,10 +77,11 @@ void ag_engine_job_run(ag_engine *e, ag_engine_job *job);
 const char *ag_engine_job_tensor(const ag_engine_job *job);
 /* Queue the job's rows and free it. */
 int ag_engine_job_finish(ag_engine *e, ag_engine_job *job);
-/* 1 when snapshot m may start as the next job of job's tensor while job,
- * past its amax phase, still runs (its kernels): a snapshot of the same
- * tensor of an unsharded run, as large (and large enough for the pool), and
- * no other job of that tensor in flight. The new job's amax phase may then
+/* 1 when snapshot m may start as the next job of job's tensor while job
+ * and the others of that tensor in flight still run: a snapshot of the same
+ * tensor of an unsharded run, as large (and large enough for the pool), the
+ * latest job of the tensor past its amax phase, and fewer than
+ * AG_ENGINE_FOLLOWERS behind the first. The new job's amax phase may then
  * run beside job; then its kernels follow job's chunk by chunk
  * (ag_engine_job_next_behind), or, where that may not be, its scales and
  * kernels wait for job's end (main.c parks it: ag_engine_job_follows). */

@@ -91,8 +91,10 @@ typedef struct tensor_state {
      * crash wrote results after the last stored weights), so the next
      * snapshot's flips in it are unknown */
     uint64_t flips_lost;
-    int busy; /* snapshot jobs of this tensor in flight: 0, 1, or 2 (the next
-               * one in its amax phase: ag_engine_may_follow) */
+    int busy;                     /* snapshot jobs of this tensor in flight: 0 to 1 +
+               * AG_ENGINE_FOLLOWERS (the later ones behind the first:
+               * ag_engine_may_follow) */
+    struct ag_engine_job *newest; /* the latest of them, or NULL */
     /* Ranks (shards.c): the newest step of a replicated tensor filed (a later
      * copy of it from another rank is not filed again), and the shard layout
      * (world and each rank's element count) of the baseline in prev[]. */

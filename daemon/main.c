@@ -100,8 +100,9 @@ typedef struct inflight {
     ag_shm_ref ref; /* the arrays' record in a client's segment: released
                      * when the job ends (its chunks copy what they read) */
     size_t left;    /* chunks not yet done */
-    int parked;     /* amax phase done, waiting for the end of the job before
+    int parked;     /* amax phase done, waiting for the end of a job before
                      * it of the same tensor (ag_engine_may_follow) */
+    int resume;     /* parked, and such a job has ended: job_done steps it */
     /* Pipelined (ag_engine_job_next_behind): behind is the job of the same
      * tensor ahead of this one, whose kernel chunk c must have run before
      * this one's chunk c is queued; after is the reverse link. Cleared when
@@ -125,22 +126,26 @@ static void chunk_cb(uv_work_t *req) {
 
 static int dispatch_chunks(ag_daemon *d, inflight *f);
 
-/* The job of f's tensor ahead of it, in flight, not parked; or NULL. */
+/* The job of f's tensor right ahead of it (the latest one before it), in
+ * flight; or NULL. The list holds the newest first. */
 static inflight *earlier_of(ag_daemon *d, const inflight *f) {
-    for (inflight *g = d->jobs; g; g = g->next)
-        if (!g->parked && ag_engine_job_follows(f->job, g->job)) return g;
+    int seen = 0;
+    for (inflight *g = d->jobs; g; g = g->next) {
+        if (g == f)
+            seen = 1;
+        else if (seen && ag_engine_job_follows(f->job, g->job))
+            return g;
+    }
     return NULL;
 }
 
-/* f's amax phase has ended while the job before it of the same tensor still
- * runs: park f until that one ends (its scales and patterns come first). 1
- * when parked. */
-static int park(ag_daemon *d, inflight *f) {
-    if (!ag_engine_job_scales_pending(f->job) || !earlier_of(d, f)) return 0;
+/* f's amax phase has ended while a job before it of the same tensor still
+ * runs and f may not run behind it: park f until a job of its tensor ends
+ * (job_done then tries again). */
+static void park(ag_daemon *d, inflight *f) {
     f->parked = 1;
     ag_log(&d->log, AG_LOG_DEBUG, "snapshot of %s: amax taken beside the one before it",
            ag_engine_job_tensor(f->job));
-    return 1;
 }
 
 static void after_chunk_cb(uv_work_t *req, int status);
@@ -192,10 +197,11 @@ static int pipeline(ag_daemon *d, inflight *f, inflight *before) {
 static int job_step(ag_daemon *d, inflight *f) {
     inflight *before = ag_engine_job_scales_pending(f->job) ? earlier_of(d, f) : NULL;
     if (before) {
-        int on = pipeline(d, f, before);
+        int on = before->parked ? -1 : pipeline(d, f, before);
         if (on >= 0) return on;
+        park(d, f);
+        return 1;
     }
-    if (park(d, f)) return 1;
     return ag_engine_job_next(d->engine, f->job) && dispatch_chunks(d, f);
 }
 
@@ -208,17 +214,21 @@ static void job_done(ag_daemon *d, inflight *f) {
     d->njobs--;
     if (f->behind) f->behind->after = NULL; /* ended first: it failed */
     if (f->after) f->after->behind = NULL;  /* its chunks are queued (the last just after) */
-    inflight *next = NULL;                  /* the next job of its tensor, parked behind it */
+    /* the jobs of its tensor parked behind it try again, oldest first */
     for (inflight *g = d->jobs; g; g = g->next)
-        if (g->parked && ag_engine_job_follows(g->job, f->job)) next = g;
+        if (g->parked && ag_engine_job_follows(g->job, f->job)) g->resume = 1;
     ag_engine_job_finish(d->engine, f->job);
     ag_shm_release(&f->ref);
     ag_msg_clear(&f->msg);
     nng_msg_free(f->nm);
     free(f->works);
     free(f);
-    if (next) {
-        next->parked = 0;
+    for (;;) {
+        inflight *next = NULL; /* the list holds the newest first */
+        for (inflight *g = d->jobs; g; g = g->next)
+            if (g->resume) next = g;
+        if (!next) break;
+        next->resume = next->parked = 0;
         if (!job_step(d, next)) job_done(d, next);
     }
 }
@@ -240,31 +250,24 @@ static void after_chunk_cb(uv_work_t *req, int status) {
  * refuses one, run it here rather than lose it. 1 when some were queued
  * (after_chunk_cb goes on), 0 when every chunk has already run. */
 static int dispatch_chunks(ag_daemon *d, inflight *f) {
-    for (;;) {
-        size_t n = ag_engine_job_chunks(f->job);
-        chunk_work *works = n ? calloc(n, sizeof *works) : NULL;
-        free(f->works);
-        f->works = works;
-        size_t queued = 0;
-        f->left = n + 1; /* held until every chunk is queued */
-        for (size_t c = 0; c < n; c++) {
-            if (works) {
-                works[c] = (chunk_work){.f = f, .index = c};
-                works[c].req.data = &works[c];
-                if (uv_queue_work(&d->loop, &works[c].req, chunk_cb, after_chunk_cb) == 0) {
-                    queued++;
-                    continue;
-                }
-            }
-            ag_engine_job_run_chunk(f->job, c);
-            if (works) works[c].done = 1;
-            f->left--;
+    size_t n = ag_engine_job_chunks(f->job);
+    chunk_work *works = n ? calloc(n, sizeof *works) : NULL;
+    free(f->works);
+    f->works = works;
+    f->left = n + 1; /* held until every chunk is queued */
+    for (size_t c = 0; c < n; c++) {
+        if (works) {
+            works[c] = (chunk_work){.f = f, .index = c, .queued = 1};
+            works[c].req.data = &works[c];
+            if (uv_queue_work(&d->loop, &works[c].req, chunk_cb, after_chunk_cb) == 0) continue;
         }
-        if (--f->left) return 1;
-        /* every chunk ran here: the next phase, if any (or parked) */
-        if (park(d, f)) return 1;
-        if (!ag_engine_job_next(d->engine, f->job)) return 0;
+        ag_engine_job_run_chunk(f->job, c);
+        if (works) works[c].done = 1;
+        f->left--;
     }
+    if (--f->left) return 1;
+    /* every chunk ran here: the next phase (pipelined or parked), if any */
+    return job_step(d, f);
 }
 
 static void dispatch(ag_daemon *d, ag_engine_job *job, nng_msg *nm, const ag_msg *m,

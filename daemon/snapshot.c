@@ -362,8 +362,10 @@ int ag_engine_job_next(ag_engine *e, ag_engine_job *job) {
 const char *ag_engine_job_tensor(const ag_engine_job *job) { return job->t->name; }
 
 int ag_engine_may_follow(const ag_msg *m, const ag_engine_job *job) {
-    return m->type == AG_MSG_SNAPSHOT && job->phase == 1 && !job->err && job->t->busy == 1 &&
-           job->t->run->world <= 1 && job->n >= AG_ENGINE_POOL_MIN && m->u.snapshot.n == job->n &&
+    const ag_engine_job *last = job->t->newest;
+    return m->type == AG_MSG_SNAPSHOT && last && last->phase == 1 && !last->err &&
+           job->t->busy <= AG_ENGINE_FOLLOWERS && job->t->run->world <= 1 &&
+           last->n >= AG_ENGINE_POOL_MIN && m->u.snapshot.n == last->n &&
            strcmp(m->u.snapshot.tensor, job->t->name) == 0;
 }
 
@@ -557,7 +559,8 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     run_state *r = t->run;
     e->inflight_bytes -= job->reserved;
     e->njobs--;
-    t->busy--; /* a next job of the tensor may be in flight (ag_engine_may_follow) */
+    t->busy--; /* later jobs of the tensor may be in flight (ag_engine_may_follow) */
+    if (t->newest == job) t->newest = NULL;
     r->jobs--;
     if (job->client) job->client->jobs--;
     if (!err) err = adopt(e, job);

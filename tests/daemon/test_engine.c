@@ -967,45 +967,61 @@ static void run_phase(ag_engine_job *job) {
     for (size_t c = 0; c < n; c++) ag_engine_job_run_chunk(job, c);
 }
 
-/* Steps 1..3 of one tensor, step 2 taking its scales and running its
- * kernels behind step 1's (fail: step 1 fails in its last chunk). The
- * results rows as text. */
+/* Steps 1..4 of one tensor: step 2 takes its scales and runs its kernels
+ * behind step 1's, step 3 behind step 2's, all three in flight at once
+ * (fail: step 1 fails in its last chunk); then step 4 alone. The results
+ * rows as text. */
 static char *pipelined_run(int fail) {
     start(NULL, 0);
-    float *w = malloc(3 * PIPE_N * sizeof *w), *g = malloc(3 * PIPE_N * sizeof *g);
+    float *w = malloc(4 * PIPE_N * sizeof *w), *g = malloc(4 * PIPE_N * sizeof *g);
     cr_assert(w && g);
-    for (uint64_t s = 1; s <= 3; s++) pipe_tensor(s, w + (s - 1) * PIPE_N, g + (s - 1) * PIPE_N);
-    ag_engine_job *one = job_of(1, w, g);
-    run_phase(one);
-    cr_assert(ag_engine_job_next(F.engine, one), "step 1 goes on to its kernels");
+    for (uint64_t s = 1; s <= 4; s++) pipe_tensor(s, w + (s - 1) * PIPE_N, g + (s - 1) * PIPE_N);
     ag_msg next = {.type = AG_MSG_SNAPSHOT};
     next.u.snapshot = (ag_msg_snapshot){.tensor = "w", .n = PIPE_N};
+    ag_engine_job *one = job_of(1, w, g);
+    cr_assert_not(ag_engine_may_follow(&next, one), "not before its scales are taken");
+    run_phase(one);
+    cr_assert(ag_engine_job_next(F.engine, one), "step 1 goes on to its kernels");
     cr_assert(ag_engine_may_follow(&next, one));
     ag_engine_job *two = job_of(2, w + PIPE_N, g + PIPE_N);
+    cr_assert_not(ag_engine_may_follow(&next, one), "not before step 2's scales");
     run_phase(two);
     cr_assert(ag_engine_may_pipeline(two, one));
     cr_assert(ag_engine_job_next_behind(F.engine, two, one));
-    cr_assert_not(ag_engine_may_pipeline(two, one), "one follower at a time");
-    /* each chunk of step 2 right after the same chunk of step 1, the
-     * chunks in reverse: step 2's flips must read step 1's new patterns */
+    cr_assert_not(ag_engine_may_pipeline(two, one), "one follower each");
+    cr_assert(ag_engine_may_follow(&next, one));
+    ag_engine_job *three = job_of(3, w + 2 * PIPE_N, g + 2 * PIPE_N);
+    cr_assert_not(ag_engine_may_follow(&next, one), "no more than %d behind the first",
+                  AG_ENGINE_FOLLOWERS);
+    run_phase(three);
+    cr_assert(ag_engine_may_pipeline(three, two));
+    cr_assert(ag_engine_job_next_behind(F.engine, three, two));
+    /* each chunk of a step right after the same chunk of the step before,
+     * the chunks in reverse: each step's flips must read the new patterns
+     * of the one before */
     size_t n = ag_engine_job_chunks(one);
     cr_assert_eq(n, 4);
     for (size_t c = n; c-- > 0;) {
         ag_engine_job_run_chunk(one, c);
         if (c > 0) ag_engine_job_run_chunk(two, c);
+        if (c > 1) ag_engine_job_run_chunk(three, c);
     }
     if (fail) one->part_err[n - 1] = AG_EIO; /* as a failing kernel would */
     cr_assert_eq(ag_engine_job_finish(F.engine, one), fail ? AG_EIO : AG_OK);
-    /* the rest of step 2 after step 1 has ended, the spare buffers freed:
-     * step 1's patterns too, had nothing kept them (the address sanitizer
-     * would see the read) */
+    /* the rest after step 1 has ended, the spare buffers freed: step 1's
+     * patterns too, had nothing kept them (the address sanitizer would see
+     * the read) */
     ag_engine_trim(F.engine);
     ag_engine_job_run_chunk(two, 0);
     cr_assert_not(ag_engine_job_next(F.engine, two));
+    ag_engine_job_run_chunk(three, 1);
+    ag_engine_job_run_chunk(three, 0);
     cr_assert_eq(ag_engine_job_finish(F.engine, two), AG_OK);
-    ag_engine_job *three = job_of(3, w + 2 * PIPE_N, g + 2 * PIPE_N);
-    ag_engine_job_run(F.engine, three);
+    cr_assert_not(ag_engine_job_next(F.engine, three));
     cr_assert_eq(ag_engine_job_finish(F.engine, three), AG_OK);
+    ag_engine_job *four = job_of(4, w + 3 * PIPE_N, g + 3 * PIPE_N);
+    ag_engine_job_run(F.engine, four);
+    cr_assert_eq(ag_engine_job_finish(F.engine, four), AG_OK);
     stop();
     free(w);
     free(g);
@@ -1019,7 +1035,7 @@ static char *serial_run(int without_first) {
     start(NULL, 0);
     float *w = malloc(PIPE_N * sizeof *w), *g = malloc(PIPE_N * sizeof *g);
     cr_assert(w && g);
-    for (uint64_t s = without_first ? 2 : 1; s <= 3; s++) {
+    for (uint64_t s = without_first ? 2 : 1; s <= 4; s++) {
         pipe_tensor(s, w, g);
         cr_assert_eq(snapshot(s, w, g, PIPE_N, AG_FORM_SGD, 0, NULL, 0), AG_OK);
     }
@@ -1043,12 +1059,12 @@ Test(engine, a_snapshot_pipelined_behind_the_one_before_gives_the_results_of_one
 /* Step 1 fails after step 2 compared with its patterns: they never became
  * the baseline, so step 2's flips are unknown (not counted against a
  * snapshot that was not filed); step 2 is the baseline of step 3 all the
- * same, whose flips are exact. */
+ * same, whose flips are exact, and so are step 4's. */
 Test(engine, a_pipelined_snapshot_whose_predecessor_fails_has_unknown_flips) {
     char *piped = pipelined_run(1);
     char *serial = serial_run(1);
     /* the serial run files step 2 against no baseline (flips 0 where the
-     * failed run has null); step 3 alike in both */
+     * failed run has null); steps 3 and 4 alike in both */
     size_t nulls = 0;
     for (const char *p = strstr(piped, " null "); p; p = strstr(p + 1, " null ")) nulls++;
     cr_expect_eq(nulls, 5, "step 2's flips unknown in each of the 5 formats:\n%s", piped);
