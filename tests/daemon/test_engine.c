@@ -80,8 +80,9 @@ static void teardown(void) {
 
 TestSuite(engine, .init = setup, .fini = teardown);
 
-static int snapshot(uint64_t step, const float *w, const float *x, size_t n, int form, double scale,
-                    const char *const *fmts, size_t nfmts) {
+/* A snapshot message of tensor "w" (the next sequence number). */
+static ag_msg snapshot_msg(uint64_t step, const float *w, const float *x, size_t n, int form,
+                           double scale, const char *const *fmts, size_t nfmts) {
     ag_msg m = {.type = AG_MSG_SNAPSHOT};
     m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = ++F.seq};
     m.u.snapshot = (ag_msg_snapshot){.step = step,
@@ -97,6 +98,12 @@ static int snapshot(uint64_t step, const float *w, const float *x, size_t n, int
                                      .formats = fmts,
                                      .w = w,
                                      .x = x};
+    return m;
+}
+
+static int snapshot(uint64_t step, const float *w, const float *x, size_t n, int form, double scale,
+                    const char *const *fmts, size_t nfmts) {
+    ag_msg m = snapshot_msg(step, w, x, n, form, scale, fmts, nfmts);
     ag_engine_job *job = NULL;
     int err = ag_engine_handle(F.engine, &m, 100, &job);
     if (job) {
@@ -945,17 +952,7 @@ static void pipe_tensor(uint64_t s, float *w, float *g) {
 }
 
 static ag_engine_job *job_of(uint64_t step, const float *w, const float *g) {
-    ag_msg m = {.type = AG_MSG_SNAPSHOT};
-    m.hdr = (ag_stream_hdr){.run = "r", .client_id = 1, .seq = ++F.seq};
-    m.u.snapshot = (ag_msg_snapshot){.step = step,
-                                     .tensor = "w",
-                                     .dtype = AG_DTYPE_F32,
-                                     .form = AG_FORM_SGD,
-                                     .lr = 0.01,
-                                     .n = PIPE_N,
-                                     .numel = PIPE_N,
-                                     .w = w,
-                                     .x = g};
+    ag_msg m = snapshot_msg(step, w, g, PIPE_N, AG_FORM_SGD, 0, NULL, 0);
     ag_engine_job *job = NULL;
     cr_assert_eq(ag_engine_handle(F.engine, &m, 100, &job), AG_OK);
     cr_assert_not_null(job, "a snapshot of %u elements is a job for the pool", PIPE_N);
@@ -965,6 +962,17 @@ static ag_engine_job *job_of(uint64_t step, const float *w, const float *g) {
 static void run_phase(ag_engine_job *job) {
     size_t n = ag_engine_job_chunks(job);
     for (size_t c = 0; c < n; c++) ag_engine_job_run_chunk(job, c);
+}
+
+/* Stop the engine, free the arrays, and the results rows as text (the
+ * database removed). */
+static char *finish_run(float *w, float *g) {
+    stop();
+    free(w);
+    free(g);
+    char *out = results_dump(F.db, NULL);
+    remove(F.db);
+    return out;
 }
 
 /* Steps 1..4 of one tensor: step 2 takes its scales and runs its kernels
@@ -1022,12 +1030,7 @@ static char *pipelined_run(int fail) {
     ag_engine_job *four = job_of(4, w + 3 * PIPE_N, g + 3 * PIPE_N);
     ag_engine_job_run(F.engine, four);
     cr_assert_eq(ag_engine_job_finish(F.engine, four), AG_OK);
-    stop();
-    free(w);
-    free(g);
-    char *out = results_dump(F.db, NULL);
-    remove(F.db);
-    return out;
+    return finish_run(w, g);
 }
 
 /* The same steps one after the other (without step 1 when it failed). */
@@ -1039,12 +1042,7 @@ static char *serial_run(int without_first) {
         pipe_tensor(s, w, g);
         cr_assert_eq(snapshot(s, w, g, PIPE_N, AG_FORM_SGD, 0, NULL, 0), AG_OK);
     }
-    stop();
-    free(w);
-    free(g);
-    char *out = results_dump(F.db, NULL);
-    remove(F.db);
-    return out;
+    return finish_run(w, g);
 }
 
 Test(engine, a_snapshot_pipelined_behind_the_one_before_gives_the_results_of_one_after_the_other) {
