@@ -449,6 +449,12 @@ static void fill_status(void *ctx, ag_status *st) {
     memcpy(&st->margin, &bits, sizeof st->margin);
     st->scale_min = AG_SCALE_MIN;
     st->caps = AG_CAPS;
+    ag_shm_stats shm;
+    ag_shm_get_stats(d->shm, &shm);
+    st->shm_segments = shm.segments;
+    st->shm_passed = shm.passed;
+    st->shm_snapshots = shm.snapshots;
+    st->shm_refused = shm.refused;
     /* Live health; rows given up and not yet counted in the file too. */
     ag_writer_health_info h;
     char text[sizeof h.why + 16];

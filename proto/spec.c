@@ -265,6 +265,10 @@ static const ag_field status_fields[] = {
     STATUS("scale_min", scale_min, K_FLOAT, F_NONNEG, 0, S_PLAIN),
     /* added later: absent (0) from older daemons */
     STATUS("caps", caps, K_UINT, 0, 0, S_PLAIN),
+    STATUS("shm_segments", shm_segments, K_UINT, 0, 0, S_PLAIN),
+    STATUS("shm_passed", shm_passed, K_UINT, 0, 0, S_PLAIN),
+    STATUS("shm_snapshots", shm_snapshots, K_UINT, 0, 0, S_PLAIN),
+    STATUS("shm_refused", shm_refused, K_UINT, 0, 0, S_PLAIN),
 };
 
 static const ag_field ident_fields[] = {

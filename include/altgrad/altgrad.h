@@ -551,6 +551,15 @@ typedef struct ag_status {
     /* AG_CAP_* the daemon has (0 from an older daemon, or a file). Added at
      * the end in 0.2.0. */
     uint64_t caps;
+    /* Clients' shared-memory segments (PROTOCOL.md 3.3): mapped now, of
+     * those passed over the descriptor socket (trainers of any user), the
+     * snapshots whose arrays were read from a segment and the segments
+     * refused since the daemon started. 0 from an older daemon, or a file.
+     * Added at the end in 0.2.0. */
+    uint64_t shm_segments;
+    uint64_t shm_passed;
+    uint64_t shm_snapshots;
+    uint64_t shm_refused;
 } ag_status;
 /* Capabilities (ag_status.caps, PROTOCOL.md r_run / r_status). */
 #define AG_CAP_BUNDLE 1u /* it takes bundles of stream messages */

@@ -259,6 +259,10 @@ class ag_status(ctypes.Structure):
         ("margin", c_double),
         ("scale_min", c_double),
         ("caps", c_uint64),
+        ("shm_segments", c_uint64),
+        ("shm_passed", c_uint64),
+        ("shm_snapshots", c_uint64),
+        ("shm_refused", c_uint64),
     ]
 
 

@@ -841,9 +841,12 @@ class Client:
         "dropped", "queue_depth", "rows_written", "runs", "tensors",
         "db_path", "formats", "store", "discarded", and the daemon's scale
         rule: "history_len", "amax_mode" ("max" | "most_recent"),
-        "scale_mode" ("current" | "delayed"), "margin", "scale_min"}; store
-        is "ok" or "degraded: <why>" while the disk refuses writes; the scale
-        rule's keys are 0 / None from a daemon that predates them."""
+        "scale_mode" ("current" | "delayed"), "margin", "scale_min", what it
+        takes ("caps"), and its clients' shared memory: "shm_segments" mapped
+        now, "shm_passed" of them passed over its descriptor socket,
+        "shm_snapshots" read from segments and "shm_refused" segments since
+        it started}; store is "ok" or "degraded: <why>" while the disk
+        refuses writes; keys a daemon predates are 0 / None."""
         res = self._query("ag_client_status", _lib.ag_status)
         try:
             out = {"source": "daemon", "address": self._address}

@@ -28,6 +28,24 @@ def test_status_describes_the_daemon(daemon):
     assert st["db_path"] == daemon.db
     assert st["formats"].split(",") == FORMATS
     assert st["uptime_s"] > 0
+    # its clients' shared memory: counters, 0 or more
+    for k in ("shm_segments", "shm_passed", "shm_snapshots", "shm_refused"):
+        assert isinstance(st[k], int) and st[k] >= 0, k
+
+
+def test_status_counts_the_snapshots_read_from_shared_memory(daemon):
+    with daemon.client("status-shm", policy="block") as c:
+        w = np.linspace(-1, 1, 1 << 16, dtype=np.float32)
+        g = np.full(1 << 16, 1e-3, dtype=np.float32)
+        for step in range(8):  # the first may go before the daemon maps the segment
+            assert c.log_sgd(step, "w", w, g, 0.01)
+        c.flush()
+        history_points(c, "w", 8, format="E5M2")
+        mine = c.stats()["shm_snapshots"]
+        st = c.status()
+    assert mine > 0, "no snapshot went through shared memory"
+    assert st["shm_snapshots"] >= mine
+    assert st["shm_segments"] >= 1 and st["shm_refused"] == 0
 
 
 def test_seed_check_comes_back_as_a_stall_rate_of_one(daemon):

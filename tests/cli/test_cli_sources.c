@@ -123,9 +123,11 @@ static const char *json_field(const char *doc, const char *key, char *buf, size_
 static int is_source_dependent(const char *key, size_t len) {
     /* rows_written: the daemon writes its flip baselines when it stops
      * (docs/daemon.md), after the daemon-mode answers were taken. caps: what
-     * a running daemon can take (a file has none). */
-    static const char *const keys[] = {"source", "address",      "uptime_s", "queue_depth",
-                                       "store",  "rows_written", "caps"};
+     * a running daemon can take (a file has none); shm_*: its clients'
+     * shared memory since it started (a file has none). */
+    static const char *const keys[] = {"source",     "address",       "uptime_s",   "queue_depth",
+                                       "store",      "rows_written",  "caps",       "shm_segments",
+                                       "shm_passed", "shm_snapshots", "shm_refused"};
     size_t i;
     for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (strlen(keys[i]) == len && strncmp(keys[i], key, len) == 0) return 1;

@@ -312,7 +312,7 @@ Test(commands, status_reads_counts_from_the_file) {
     jm_free(doc);
     free(out);
     cr_assert_eq(CLI(&out, err, "status"), AG_OK, "%s", err);
-    cr_assert_not_null(strstr(out, "\nversion:      -\n"), "%s", out);
+    cr_assert_not_null(strstr(out, "\nversion:       -\n"), "%s", out);
     free(out);
 }
 

@@ -35,8 +35,10 @@ static int answer(server *s, const ag_msg *req, ag_buf *out) {
     ag_scale_list scales = {0};
     ag_top_entry te = {"fc.weight", 9, 10, 0.9, 5};
     ag_top_list top = {0};
-    ag_status st = {"0.1.0",          1.5,         10,   2000, 1,  2,     3,         40, 1,     1,
-                    "var/altgrad.db", "E5M2,E3M4", "ok", 0,    16, "max", "delayed", -1, 1e-10, 0};
+    ag_status st = {
+        "0.1.0",     1.5,  10, 2000, 1,     2,         3,  40,    1, 1, "var/altgrad.db",
+        "E5M2,E3M4", "ok", 0,  16,   "max", "delayed", -1, 1e-10, 0, 0, 0,
+        0,           0};
     const ag_msg_query *q = &req->u.query;
     if (req->type != AG_MSG_Q_DELIVERY && q->run && strcmp(q->run, "missing") == 0) {
         rep.type = AG_MSG_R_ERROR;

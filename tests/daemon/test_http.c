@@ -180,10 +180,11 @@ Test(http, every_api_endpoint_prints_what_the_cli_prints_from_the_same_database)
     jm_value *v = jm_parse(r.body);
     cr_assert_not_null(v);
     static const char *const keys[] = {
-        "source",     "address", "version",     "uptime_s",     "messages",    "bytes",
-        "rejected",   "dropped", "queue_depth", "rows_written", "runs",        "tensors",
-        "db_path",    "formats", "store",       "discarded",    "history_len", "amax_mode",
-        "scale_mode", "margin",  "scale_min",   "caps"};
+        "source",        "address",    "version",     "uptime_s",     "messages",     "bytes",
+        "rejected",      "dropped",    "queue_depth", "rows_written", "runs",         "tensors",
+        "db_path",       "formats",    "store",       "discarded",    "history_len",  "amax_mode",
+        "scale_mode",    "margin",     "scale_min",   "caps",         "shm_segments", "shm_passed",
+        "shm_snapshots", "shm_refused"};
     cr_assert_eq(v->n, sizeof keys / sizeof keys[0]);
     cr_assert_eq(jm_get(v, "history_len")->number, 16.0, "the daemon's defaults");
     cr_assert_str_eq(jm_get(v, "amax_mode")->string, "max");

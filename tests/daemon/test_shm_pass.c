@@ -478,7 +478,8 @@ Test(shm_pass, a_file_where_the_descriptor_socket_goes_is_left_alone) {
 
 /* ------------------------------------------------------- /metrics */
 
-Test(shm_pass, metrics_count_the_segments_the_snapshots_read_from_them_and_the_refusals) {
+Test(shm_pass,
+     metrics_and_status_count_the_segments_the_snapshots_read_from_them_and_the_refusals) {
     static const char *const http[] = {"--http", "127.0.0.1:0", NULL};
     harness_start(&H, http);
     cr_expect_eq(harness_metric(&H, "altgrad_shm_segments"), 0.0);
@@ -513,6 +514,14 @@ Test(shm_pass, metrics_count_the_segments_the_snapshots_read_from_them_and_the_r
     cr_expect_geq(harness_metric(&H, "altgrad_shm_segments"), 1.0);
     cr_expect_geq(harness_metric(&H, "altgrad_shm_segments_passed"), 1.0);
     cr_expect_eq(harness_metric(&H, "altgrad_shm_refused_total"), 0.0);
+    /* the status reply (altgrad status) says the same */
+    ag_status *ss = NULL;
+    cr_assert_eq(ag_client_status(c, &ss), AG_OK);
+    cr_expect_eq(ss->shm_snapshots, st.shm_snapshots);
+    cr_expect_eq((double)ss->shm_segments, harness_metric(&H, "altgrad_shm_segments"));
+    cr_expect_geq(ss->shm_passed, 1);
+    cr_expect_eq(ss->shm_refused, 0);
+    ag_free(ss);
 
     /* A request without its descriptor: one refusal, nothing mapped. */
     double mapped = harness_metric(&H, "altgrad_shm_segments");

@@ -486,7 +486,11 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
                     "delayed",
                     1.5,
                     1e-10,
-                    AG_CAPS};
+                    AG_CAPS,
+                    3,
+                    2,
+                    1000,
+                    4};
 
     ag_msg m = {.type = AG_MSG_R_TENSORS};
     m.u.tensors = &tl;
@@ -610,6 +614,10 @@ Test(codec, tensors_history_scales_top_and_status_replies_round_trip) {
     cr_assert_eq(d.u.status->margin, 1.5);
     cr_assert_eq(d.u.status->scale_min, 1e-10);
     cr_assert_eq(d.u.status->caps, AG_CAP_BUNDLE | AG_CAP_QERR);
+    cr_assert_eq(d.u.status->shm_segments, 3);
+    cr_assert_eq(d.u.status->shm_passed, 2);
+    cr_assert_eq(d.u.status->shm_snapshots, 1000);
+    cr_assert_eq(d.u.status->shm_refused, 4);
     ag_msg_clear(&d);
     ag_buf_free(&b);
 }
