@@ -632,7 +632,8 @@ static void flush_cb(uv_timer_t *t) {
             ag_engine_trim(d->engine);
             ag_ingest_trim(d->ingest);
         }
-        ag_shm_sweep(d->shm, now);
+        /* inbound drained: every message received so far resolved */
+        ag_shm_sweep(d->shm, now, ag_ingest_depth(d->ingest) == 0 && d->split_at == d->nsplit);
     }
     /* Tell the service manager when the store goes degraded or recovers. */
     ag_writer_health_info h;

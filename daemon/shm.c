@@ -60,8 +60,9 @@ struct ag_shm_seg {
     uint64_t published; /* the last released written */
     size_t pending;     /* records not yet read */
     uint64_t last_ms;
-    int passed; /* over the descriptor socket: kept until its lease ends */
-    int gone;   /* passed, and its lease has ended (under the table's mu) */
+    int passed;       /* over the descriptor socket: kept until its lease ends */
+    int gone;         /* passed, and its lease has ended (under the table's mu) */
+    uint64_t gone_ms; /* when */
 };
 
 typedef struct refusal {
@@ -145,16 +146,24 @@ static void drop_at(ag_shm_table *t, size_t i) {
 
 /* Whether segment s may be unmapped now (the table's mu held): nothing of
  * it in use, and its client gone (passed) or idle long enough (opened
- * through /proc, which can be done again). */
-static int droppable(const ag_shm_seg *s, uint64_t now_ms) {
+ * through /proc, which can be done again). A client's messages may still
+ * be on their way when its lease ends: in the socket, or in the inbound
+ * queue, not yet resolved (so not in pending). Those it sent before it
+ * closed the lease have been read off the socket within AG_SHM_SETTLE_MS,
+ * unless the queue is full and holds the socket back; so once the queue is
+ * found drained that long after, every one of them is counted. */
+static int droppable(const ag_shm_seg *s, uint64_t now_ms, int drained) {
     if (s->pending) return 0;
-    return s->passed ? s->gone : now_ms - s->last_ms > AG_SHM_IDLE_MS;
+    if (!s->passed) return now_ms - s->last_ms > AG_SHM_IDLE_MS;
+    if (!s->gone) return 0;
+    return (drained && now_ms >= s->gone_ms + AG_SHM_SETTLE_MS) ||
+           now_ms >= s->gone_ms + AG_SHM_GONE_MAX_MS;
 }
 
-void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms) {
+void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms, int drained) {
     pthread_mutex_lock(&t->mu);
     for (size_t i = t->n; i-- > 0;)
-        if (droppable(t->segs[i], now_ms)) {
+        if (droppable(t->segs[i], now_ms, drained)) {
             ag_log(t->log, AG_LOG_INFO, "ingest: unmapped the %s segment of process %llu",
                    t->segs[i]->passed ? "released" : "idle", (unsigned long long)t->segs[i]->pid);
             drop_at(t, i);
@@ -451,10 +460,13 @@ static void conn_close(pass_conn *c) {
 
 /* The lease of (token, pid) has ended: its segment may go once read. */
 static void lease_ended(ag_shm_table *t, const pass_conn *c) {
+    uint64_t now = (uint64_t)ag_mono_ms();
     pthread_mutex_lock(&t->mu);
     for (size_t i = 0; i < t->n; i++)
-        if (t->segs[i]->passed && t->segs[i]->token == c->token && t->segs[i]->pid == c->pid)
+        if (t->segs[i]->passed && t->segs[i]->token == c->token && t->segs[i]->pid == c->pid) {
             t->segs[i]->gone = 1;
+            t->segs[i]->gone_ms = now;
+        }
     pthread_mutex_unlock(&t->mu);
 }
 

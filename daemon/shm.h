@@ -20,7 +20,13 @@
 
 #define AG_SHM_SEGMENTS_MAX 256     /* segments mapped at once */
 #define AG_SHM_IDLE_MS (300 * 1000) /* an idle segment is unmapped after this */
-#define AG_SHM_RETRY_MS 10000       /* a segment refused is not tried again before this */
+/* A passed segment whose lease has ended stays mapped until the daemon's
+ * inbound queue has been found drained at least AG_SHM_SETTLE_MS after the
+ * lease ended (so every message its client sent before has been taken and
+ * its records counted as pending), or AG_SHM_GONE_MAX_MS have passed. */
+#define AG_SHM_SETTLE_MS 200
+#define AG_SHM_GONE_MAX_MS (60 * 1000)
+#define AG_SHM_RETRY_MS 10000 /* a segment refused is not tried again before this */
 
 typedef struct ag_shm_table ag_shm_table;
 typedef struct ag_shm_seg ag_shm_seg;
@@ -55,8 +61,10 @@ void ag_shm_release(ag_shm_ref *ref);
  * removes the sockets' files. AG_OK also when there is none to serve. */
 int ag_shm_listen(ag_shm_table *t, const ag_config *cfg);
 /* Unmap the segments that may go with no record in use: idle since now_ms -
- * AG_SHM_IDLE_MS, or passed over the descriptor socket and released. */
-void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms);
+ * AG_SHM_IDLE_MS, or passed over the descriptor socket, their lease ended
+ * and then settled (AG_SHM_SETTLE_MS). drained: nothing waits in the
+ * daemon's inbound queue that has not been resolved (ag_shm_resolve). */
+void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms, int drained);
 /* Any thread: the table's numbers now. Holds the table's mutex for one pass
  * over the segments mapped (at most AG_SHM_SEGMENTS_MAX). */
 void ag_shm_get_stats(ag_shm_table *t, ag_shm_stats *out);

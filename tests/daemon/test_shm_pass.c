@@ -451,6 +451,58 @@ Test(shm_pass, a_passed_segment_stays_mapped_while_its_lease_lasts_and_goes_afte
     cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
 }
 
+/* A client that closes, its lease with it, while the daemon is behind
+ * (stopped here): the messages it sent before still find their records,
+ * however the daemon's threads resume (its descriptor thread may see the
+ * lease end before its loop has taken them off the socket). */
+Test(shm_pass, records_sent_before_the_lease_ended_are_read_after_it) {
+    harness_start(&H, NULL);
+    ag_client_opts o = {.ingest_url = H.ingest,
+                        .query_url = H.query,
+                        .run = "late",
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 10000,
+                        .close_timeout_ms = 300};
+    enum { STEPS = 9, N = 4096 };
+    static float w[STEPS][N], g[STEPS][N];
+    for (size_t s = 0; s < STEPS; s++)
+        for (size_t i = 0; i < N; i++) {
+            w[s][i] = (1.0f + (float)s) * sinf((float)i * 0.7f);
+            g[s][i] = 1e-3f * cosf((float)i + (float)s);
+        }
+    for (int round = 0; round < 3; round++) {
+        char run[16];
+        snprintf(run, sizeof run, "late%d", round);
+        o.run = run;
+        ag_client *c = NULL;
+        cr_assert_eq(ag_client_open(&c, &o), AG_OK);
+        cr_assert_eq(ag_client_log_sgd(c, 1, "w", w[0], g[0], N, 0.01f), AG_OK);
+        cr_assert_eq(ag_client_flush(c, 10000), AG_OK);
+        ag_free(harness_wait_history(c, run, "w", "E5M2", 1)); /* its segment is mapped */
+        cr_assert_eq(kill(H.pid, SIGSTOP), 0);
+        for (uint64_t s = 2; s <= STEPS; s++)
+            cr_assert_eq(ag_client_log_sgd(c, s, "w", w[s - 1], g[s - 1], N, 0.01f), AG_OK);
+        /* sent (into the socket: flush would wait for the daemon's word) */
+        ag_client_stats st = {0};
+        for (int tries = 0; tries < 500; tries++) {
+            cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+            if (st.queued == 0) break;
+            sleep_ms(10);
+        }
+        cr_assert_eq(st.queued, 0, "not sent");
+        cr_assert_geq(st.shm_snapshots, STEPS - 1, "steps 2.. not through shared memory");
+        ag_client_close(c); /* unconfirmed: the daemon is stopped; the lease ends */
+        cr_assert_eq(kill(H.pid, SIGCONT), 0);
+        ag_client *q = harness_client(&H, "probe", AG_QUEUE_BLOCK);
+        ag_history *h = harness_wait_history(q, run, "w", "E5M2", STEPS);
+        cr_expect_eq(h->n, STEPS, "round %d: %zu of %d snapshots stored", round, h->n, STEPS);
+        ag_free(h);
+        ag_client_close(q);
+    }
+    int status = harness_stop(&H, SIGTERM);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+}
+
 /* ------------------------------------------- a file in the socket's place */
 
 Test(shm_pass, a_file_where_the_descriptor_socket_goes_is_left_alone) {
