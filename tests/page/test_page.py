@@ -111,6 +111,7 @@ STATE = r"""(() => {
   const $ = (s) => document.querySelector(s), all = (s) => [...document.querySelectorAll(s)];
   return {
     errors: $("#errors").textContent, err: $("#err").textContent,
+    status: $("#status").textContent,
     hash: location.hash, renders: +document.body.dataset.renders || 0,
     runinfo: all("#runinfo > div").map((d) => d.textContent),
     dropped: all("#runinfo [data-dropped]").map((s) => +s.dataset.dropped),
@@ -171,6 +172,11 @@ def main() -> int:
             print(json.dumps({k: st[k] for k in ("heat", "curves", "runinfo")}, indent=1))
             check(st["errors"] == "", f"no JavaScript error on the page: {st['errors']!r}")
             check(st["err"] == "", f"no API error on the page: {st['err']!r}")
+            shm = d.get("status")["shm_snapshots"]
+            check(shm > 0, "the trainers' snapshots went through shared memory")
+            check(f"{shm} snapshots through shared memory" in st["status"],
+                  f"the status line tells the snapshots read from shared memory ({shm}): "
+                  f"{st['status']!r}")
             check(len(st["runinfo"]) == 2 and "A: page-a" in st["runinfo"][0]
                   and "B: page-b" in st["runinfo"][1], f"both runs shown: {st['runinfo']}")
             check(st["dropped"] == [runs["page-a"]["dropped"], runs["page-b"]["dropped"]],
