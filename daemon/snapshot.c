@@ -376,8 +376,7 @@ int ag_engine_job_follows(const ag_engine_job *later, const ag_engine_job *earli
 int ag_engine_may_pipeline(const ag_engine_job *job, const ag_engine_job *before) {
     return job != before && job->phase == 0 && !job->err && !job->partial && before->phase == 1 &&
            !before->err && !before->partial && !before->follower && before->t == job->t &&
-           before->n == job->n &&
-           before->nchunks == (job->n + AG_ENGINE_CHUNK - 1) / AG_ENGINE_CHUNK;
+           before->n == job->n; /* so the same chunks (AG_ENGINE_CHUNK) */
 }
 
 int ag_engine_job_next_behind(ag_engine *e, ag_engine_job *job, ag_engine_job *before) {
