@@ -29,9 +29,13 @@
 #define DEFAULT_QUERY_MS 5000
 #define DEFAULT_CLOSE_MS 2000
 #define DEFAULT_RECONNECT_MS 100
-#define SEND_POLL_MS 100        /* how often a blocked send looks up to see if we close */
-#define CONFIRM_POLL_MIN_MS 5   /* flush asks the daemon again after this ... */
-#define CONFIRM_POLL_MAX_MS 100 /* ... doubling up to this (it commits every 50 ms) */
+#define SEND_POLL_MS 100 /* how often a blocked send looks up to see if we close */
+/* flush asks the daemon again after CONFIRM_POLL_MIN_MS, doubling up to
+ * CONFIRM_POLL_MAX_MS: each ask has the daemon commit what it has caught up
+ * with (ag_writer_hurry), so a flush returns about when its last message
+ * is evaluated, not a batch time (50 ms, a busy stream's up to 1 s) later */
+#define CONFIRM_POLL_MIN_MS 1
+#define CONFIRM_POLL_MAX_MS 20
 #define OPEN_PROBE_MS                                                                              \
     200 /* open's look for a daemon: instant unless a tcp host
                                  * is silent */

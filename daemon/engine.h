@@ -80,11 +80,12 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job);
 /* 1 when snapshot m may start as the next job of job's tensor while job
  * and the others of that tensor in flight still run: a snapshot of the same
  * tensor of an unsharded run, as large (and large enough for the pool), the
- * latest job of the tensor past its amax phase, and fewer than
+ * latest job of the tensor without an error, and fewer than
  * AG_ENGINE_FOLLOWERS behind the first. The new job's amax phase may then
- * run beside job; then its kernels follow job's chunk by chunk
- * (ag_engine_job_next_behind), or, where that may not be, its scales and
- * kernels wait for job's end (main.c parks it: ag_engine_job_follows). */
+ * run beside job's (either phase); its scales wait until the job ahead of
+ * it has taken its own (main.c parks it till then), and its kernels follow
+ * that job's chunk by chunk (ag_engine_job_next_behind), or, where that may
+ * not be, wait for its end (ag_engine_job_follows). */
 int ag_engine_may_follow(const ag_msg *m, const ag_engine_job *job);
 /* 1 when job, whose amax phase has run, may take its scales and run its
  * kernels while before, the job of its tensor ahead of it, still runs its

@@ -150,6 +150,7 @@ static void park(ag_daemon *d, inflight *f) {
 
 static void after_chunk_cb(uv_work_t *req, int status);
 static int job_step(ag_daemon *d, inflight *f);
+static void resume_parked(ag_daemon *d);
 
 /* Queue chunk c of f's kernels, whose turn has come (the job ahead of it
  * has run its chunk c); where the pool refuses it, run it here. */
@@ -223,6 +224,12 @@ static void job_done(ag_daemon *d, inflight *f) {
     nng_msg_free(f->nm);
     free(f->works);
     free(f);
+    resume_parked(d);
+}
+
+/* Step the parked jobs marked resume, oldest first (each may let the next
+ * run behind it). */
+static void resume_parked(ag_daemon *d) {
     for (;;) {
         inflight *next = NULL; /* the list holds the newest first */
         for (inflight *g = d->jobs; g; g = g->next)
@@ -240,10 +247,21 @@ static void after_chunk_cb(uv_work_t *req, int status) {
     size_t c = w->index;
     (void)status;
     w->done = 1;
-    int ended = !--f->left && !job_step(d, f);
+    int phase_over = !--f->left;
+    int ended = phase_over && !job_step(d, f);
     if (ended) job_done(d, f); /* before the chunk below can let the one after it end */
     if (after) release_chunk(d, after, c);
-    if (ended) pump(d);
+    if (phase_over && !ended && !f->parked) {
+        /* f has taken its scales: the jobs of its tensor parked behind it
+         * may now run their kernels behind its */
+        int any = 0;
+        for (inflight *g = d->jobs; g; g = g->next)
+            if (g->parked && ag_engine_job_follows(g->job, f->job)) any = g->resume = 1;
+        if (any) resume_parked(d);
+    }
+    /* a job ended or took its scales: a message held back (may_start) may
+     * start now */
+    if (ended || (phase_over && d->held_nng)) pump(d);
 }
 
 /* Put the chunks of the job's current phase on the pool; where the pool
@@ -437,6 +455,15 @@ static uint64_t now_ms(void) { return (uint64_t)ag_mono_ms(); }
 /* Query thread: the live fields of a status reply, the two only a running
  * daemon has. Everything else is what the database holds (ag_store_status),
  * so `altgrad --db` reports the same numbers (docs/cli.md). */
+/* A client waits for its messages to be stored (q_delivery, a query
+ * thread): the writer commits once it has caught up, not at batch time,
+ * and the answer waits a little for that commit. */
+#define DELIVERY_WAIT_MS 20
+static void delivery_asked(void *ctx) {
+    ag_daemon *d = ctx;
+    ag_writer_hurry_wait(d->writer, DELIVERY_WAIT_MS);
+}
+
 static void fill_status(void *ctx, ag_status *st) {
     ag_daemon *d = ctx;
     st->uptime_s = (double)(now_ms() - d->start_ms) / 1000.0;
@@ -717,7 +744,7 @@ static int start(ag_daemon *d) {
         return 1;
     }
     ag_engine_set_writer(d->engine, d->writer);
-    if ((err = ag_query_start(&d->query, &d->cfg, &d->log, fill_status, d))) {
+    if ((err = ag_query_start(&d->query, &d->cfg, &d->log, fill_status, delivery_asked, d))) {
         fprintf(stderr, "altgradd: cannot serve queries on %s\n", d->cfg.query);
         return 1;
     }

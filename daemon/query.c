@@ -38,6 +38,7 @@ struct ag_query {
     const ag_config *cfg;
     ag_logger *log;
     ag_status_fn status;
+    ag_asked_fn asked;
     void *status_ctx;
     worker workers[AG_QUERY_WORKERS];
 };
@@ -47,6 +48,8 @@ struct ag_query {
 static int answer(worker *w, const ag_msg *req, ag_msg *reply, int local, char *err,
                   size_t errlen) {
     const ag_query_def *def = ag_query_by_type(req->type);
+    /* the waiting client's rows need not wait out the writer's batch time */
+    if (req->type == AG_MSG_Q_DELIVERY && w->q->asked) w->q->asked(w->q->status_ctx);
     int rc = ag_answer(w->store, req, reply);
     /* A client of this daemon's user on its machine: its segment can be
      * mapped (daemon/shm.c), so its snapshots may wait for that. */
@@ -131,13 +134,14 @@ static void *worker_main(void *arg) {
 }
 
 int ag_query_start(ag_query **out, const ag_config *cfg, ag_logger *lg, ag_status_fn status,
-                   void *ctx) {
+                   ag_asked_fn asked, void *ctx) {
     ag_query *q = calloc(1, sizeof *q);
     if (!q) return AG_ENOMEM;
     *out = q;
     q->cfg = cfg;
     q->log = lg;
     q->status = status;
+    q->asked = asked;
     q->status_ctx = ctx;
     int rv;
     if ((rv = nng_rep0_open(&q->sock))) goto fail;

@@ -363,7 +363,7 @@ const char *ag_engine_job_tensor(const ag_engine_job *job) { return job->t->name
 
 int ag_engine_may_follow(const ag_msg *m, const ag_engine_job *job) {
     const ag_engine_job *last = job->t->newest;
-    return m->type == AG_MSG_SNAPSHOT && last && last->phase == 1 && !last->err &&
+    return m->type == AG_MSG_SNAPSHOT && last && !last->err &&
            job->t->busy <= AG_ENGINE_FOLLOWERS && job->t->run->world <= 1 &&
            last->n >= AG_ENGINE_POOL_MIN && m->u.snapshot.n == last->n &&
            strcmp(m->u.snapshot.tensor, job->t->name) == 0;

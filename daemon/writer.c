@@ -95,6 +95,11 @@ struct ag_writer {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
+    /* batches ends every batch (committed or given up), under lock, and
+     * batch_done is broadcast then; in_batch while one is being written */
+    pthread_cond_t batch_done;
+    uint64_t batches;
+    int in_batch;
     /* The checkpointer: a thread with its own connection that copies the
      * WAL into the file after commits (with the fsyncs that takes), so the
      * writer's commits do not (its autocheckpoint is off while cp runs).
@@ -123,7 +128,9 @@ struct ag_writer {
     void *ctx;
     _Atomic uint64_t rows_written;
     _Atomic size_t depth;
-    _Atomic int over_bytes; /* snap_bytes above high_bytes */
+    _Atomic int over_bytes;   /* snap_bytes above high_bytes */
+    _Atomic int hurry;        /* ag_writer_hurry: a client waits for the open batch */
+    _Atomic uint64_t hurried; /* batches committed early for it, ever */
     /* The batch being written: every item popped since the last commit, in
      * order, kept until the commit succeeds, so a failed commit (disk full,
      * I/O error, busy) is retried with the same rows instead of losing them.
@@ -784,6 +791,9 @@ static int64_t batch_time(const ag_writer *w, uint64_t rows) {
  * whatever its size, so a writer behind takes big bites. */
 #define BATCH_MAX_MS 1000
 #define POLL_MS 5
+/* ag_writer_hurry's commit comes no sooner than this after the batch began:
+ * a client asking in a tight loop commits at most this often. */
+#define HURRY_MIN_MS 2
 static int batch_due(ag_writer *w, uint64_t rows, int64_t t0) {
     int64_t age = ag_mono_ms() - t0;
     if (rows >= w->opts.batch_rows || w->held_bytes >= w->opts.high_bytes / 2) return 1;
@@ -963,11 +973,19 @@ static int write_batch(ag_writer *w, int *at_boundary) {
             w->popped_boundary = 0;
         }
         int64_t now = ag_mono_ms();
-        if (*at_boundary && (w->stopping || now - t0 >= batch_time(w, rows) ||
-                             (rows >= BATCH_BUSY_ROWS && now - last_take >= IDLE_COMMIT_MS)))
+        /* Caught up with a client waiting for its rows (ag_writer_hurry):
+         * they need not wait out the batch time. */
+        int hurried = atomic_load(&w->hurry) && now - t0 >= HURRY_MIN_MS;
+        if (*at_boundary &&
+            (w->stopping || now - t0 >= batch_time(w, rows) ||
+             (rows >= BATCH_BUSY_ROWS && now - last_take >= IDLE_COMMIT_MS) || hurried)) {
+            /* this commit answers every ask so far (a client asks again) */
+            if (atomic_exchange(&w->hurry, 0) && hurried) atomic_fetch_add(&w->hurried, 1);
             break;
+        }
         if (w->stopping && !*at_boundary && w->count == 0) break; /* never completed */
         int64_t left = batch_time(w, rows) - (ag_mono_ms() - t0);
+        if (atomic_load(&w->hurry) && left > HURRY_MIN_MS) left = HURRY_MIN_MS;
         if (left < 1) left = 1;
         /* Between messages, look again after POLL_MS instead of being woken
          * by each one (a wake is a futex call on the loop's side and a
@@ -1113,7 +1131,12 @@ static void *writer_main(void *arg) {
             }
         }
         if (w->count == 0 && w->nheld == 0) break; /* stopping and drained */
-        if (!write_batch(w, &at_boundary)) {
+        w->in_batch = 1;
+        int failed = write_batch(w, &at_boundary);
+        w->in_batch = 0;
+        w->batches++;
+        pthread_cond_broadcast(&w->batch_done);
+        if (!failed) {
             pause = RETRY_FIRST_MS;
             w->wal_dirty = 1;
             int idle = w->count == 0 && !w->stopping;
@@ -1240,10 +1263,16 @@ int ag_writer_start(ag_writer **out, ag_store *st, const ag_writer_opts *opts, a
     w->ctx = ctx;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->wake, NULL);
+    pthread_condattr_t ca; /* ag_deadline_after_ms's clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->batch_done, &ca);
+    pthread_condattr_destroy(&ca);
     checkpointer_start(w);
     if (pthread_create(&w->thread, NULL, writer_main, w) != 0) {
         checkpointer_stop(w);
         pthread_cond_destroy(&w->wake);
+        pthread_cond_destroy(&w->batch_done);
         pthread_mutex_destroy(&w->lock);
         free(w->ring);
         free(w->taken);
@@ -1372,6 +1401,27 @@ int ag_writer_push_batch(ag_writer *w, const ag_write_item *items, size_t n, int
     return err;
 }
 
+void ag_writer_hurry(ag_writer *w) { ag_writer_hurry_wait(w, 0); }
+
+int ag_writer_hurry_wait(ag_writer *w, int timeout_ms) {
+    int asked = atomic_exchange(&w->hurry, 1);
+    pthread_mutex_lock(&w->lock);
+    if (!asked) pthread_cond_signal(&w->wake);
+    int pending = w->in_batch || w->count > 0, ended = 0;
+    if (pending && timeout_ms > 0) {
+        uint64_t seen = w->batches;
+        struct timespec until;
+        ag_deadline_after_ms(&until, timeout_ms);
+        while (w->batches == seen &&
+               pthread_cond_timedwait(&w->batch_done, &w->lock, &until) != ETIMEDOUT) {}
+        ended = w->batches != seen;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return ended;
+}
+
+uint64_t ag_writer_hurried(ag_writer *w) { return atomic_load(&w->hurried); }
+
 void ag_writer_boundary(ag_writer *w) {
     pthread_mutex_lock(&w->lock);
     boundary_locked(w);
@@ -1425,6 +1475,7 @@ void ag_writer_stop(ag_writer *w) {
     free(w->skips);
     ag_store_close(w->st);
     for (size_t i = 0; i < w->count; i++) ag_write_item_clear(&w->ring[(w->head + i) % w->cap]);
+    pthread_cond_destroy(&w->batch_done);
     pthread_cond_destroy(&w->wake);
     pthread_mutex_destroy(&w->lock);
     free(w->ring);

@@ -129,6 +129,19 @@ int ag_writer_push(ag_writer *w, const ag_write_item *item);
 int ag_writer_push_batch(ag_writer *w, const ag_write_item *items, size_t n, int boundary);
 /* Mark the last queued item as a commit boundary and wake the writer. */
 void ag_writer_boundary(ag_writer *w);
+/* A client waits for what was queued to be committed (it asked the
+ * daemon how many of its messages are stored): once the writer has taken
+ * everything queued up to a message boundary, it commits the open batch
+ * then, at least HURRY_MIN_MS (2 ms) after the batch began, instead of
+ * waiting out the batch time. One commit for any number of calls before it;
+ * a call with no batch open hurries the next. Any thread. */
+void ag_writer_hurry(ag_writer *w);
+/* ag_writer_hurry, then, when a batch is open or rows are queued, wait up
+ * to timeout_ms for that batch to end (committed, or failed and held for
+ * a retry). 1 when one ended in time. Not on the writer thread. */
+int ag_writer_hurry_wait(ag_writer *w, int timeout_ms);
+/* Batches committed early for ag_writer_hurry, ever. */
+uint64_t ag_writer_hurried(ag_writer *w);
 /* 1 when more than high_water items or high_bytes of snapshot weights wait
  * (the loop stops taking messages). */
 int ag_writer_full(ag_writer *w);

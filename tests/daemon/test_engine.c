@@ -987,13 +987,13 @@ static char *pipelined_run(int fail) {
     ag_msg next = {.type = AG_MSG_SNAPSHOT};
     next.u.snapshot = (ag_msg_snapshot){.tensor = "w", .n = PIPE_N};
     ag_engine_job *one = job_of(1, w, g);
-    cr_assert_not(ag_engine_may_follow(&next, one), "not before its scales are taken");
+    /* step 2's amax beside step 1's: its scales wait for step 1's */
+    cr_assert(ag_engine_may_follow(&next, one), "the next step's amax beside this one's");
+    ag_engine_job *two = job_of(2, w + PIPE_N, g + PIPE_N);
+    run_phase(two);
+    cr_assert_not(ag_engine_may_pipeline(two, one), "not before step 1 has taken its scales");
     run_phase(one);
     cr_assert(ag_engine_job_next(F.engine, one), "step 1 goes on to its kernels");
-    cr_assert(ag_engine_may_follow(&next, one));
-    ag_engine_job *two = job_of(2, w + PIPE_N, g + PIPE_N);
-    cr_assert_not(ag_engine_may_follow(&next, one), "not before step 2's scales");
-    run_phase(two);
     cr_assert(ag_engine_may_pipeline(two, one));
     cr_assert(ag_engine_job_next_behind(F.engine, two, one));
     cr_assert_not(ag_engine_may_pipeline(two, one), "one follower each");

@@ -103,6 +103,53 @@ Test(writer, a_busy_batch_commits_when_its_stream_pauses) {
     ag_writer_stop(w);
 }
 
+/* A client waiting for its rows (ag_writer_hurry_wait): with a minute's
+ * batch time, the batch commits once the writer has caught up, and the
+ * call returns after that commit; the rows are not committed before a
+ * client asks. */
+Test(writer, a_waiting_client_has_the_batch_committed_before_its_batch_time) {
+    ag_writer *w = start(1000000, 60000, 1000000, NULL);
+    for (uint64_t s = 1; s <= 3; s++) {
+        push_result(w, s);
+        ag_writer_boundary(w);
+    }
+    for (int i = 0; i < 30000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
+    cr_assert_eq(ag_writer_depth(w), 0, "the writer took the rows");
+    sleep_ms(100);
+    cr_assert_eq(points(), 0, "a batch waits out its batch time unless asked");
+    cr_assert_eq(ag_writer_hurried(w), 0);
+    /* asked: the wait returns when the batch has ended (a minute's bound
+     * here; the point is that it does not take the batch time) */
+    cr_assert_eq(ag_writer_hurry_wait(w, 30000), 1, "the hurried batch ended");
+    cr_assert_eq(points(), 3, "the rows are committed when the wait returns");
+    cr_assert_eq(ag_writer_hurried(w), 1);
+    /* nothing open: the wait returns at once with 0, and the next batch
+     * (asked for now) commits early too */
+    cr_assert_eq(ag_writer_hurry_wait(w, 30000), 0);
+    push_result(w, 4);
+    ag_writer_boundary(w);
+    size_t n = 0;
+    for (int i = 0; i < 30000 && (n = points()) < 4; i++) sleep_ms(1);
+    cr_assert_eq(n, 4, "a request made before the batch opened hurries it");
+    ag_writer_stop(w);
+}
+
+/* A hurried batch still never commits in the middle of a message. */
+Test(writer, a_hurried_batch_still_waits_for_the_end_of_its_message) {
+    ag_writer *w = start(1000000, 60000, 1000000, NULL);
+    push_result(w, 1);
+    ag_writer_boundary(w);
+    push_result(w, 2); /* a message not ended */
+    for (int i = 0; i < 30000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
+    cr_assert_eq(ag_writer_hurry_wait(w, 200), 0, "no commit while a message is open");
+    cr_assert_eq(points(), 0);
+    ag_writer_boundary(w);
+    size_t n = 0;
+    for (int i = 0; i < 30000 && (n = points()) < 2; i++) sleep_ms(1);
+    cr_assert_eq(n, 2, "the message's end lets the asked-for commit through");
+    ag_writer_stop(w);
+}
+
 Test(writer, a_message_without_its_boundary_is_never_committed_half) {
     ag_writer *w = start(1, 1, 1000000, NULL);
     push_result(w, 1);
