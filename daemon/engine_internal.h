@@ -297,7 +297,8 @@ struct ag_engine_job {
      * compare with; follower is the reverse link. Both cleared when either
      * ends. If behind ends without making its patterns the baseline (an
      * error), the pattern arrays this job still reads move to borrowed
-     * (freed with this job) and its formats compare with nothing the
+     * (freed with this job, their bytes added to its reservation) and its
+     * formats compare with nothing the
      * tensor keeps: their flips are unknown (bit i of voided). */
     struct ag_engine_job *behind, *follower;
     uint8_t *borrowed[AG_FORMATS_MAX];

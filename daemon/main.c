@@ -458,7 +458,7 @@ static uint64_t now_ms(void) { return (uint64_t)ag_mono_ms(); }
 /* A client waits for its messages to be stored (q_delivery, a query
  * thread): the writer commits once it has caught up, not at batch time,
  * and the answer waits a little for that commit. */
-#define DELIVERY_WAIT_MS 20
+#define DELIVERY_WAIT_MS 10
 static void delivery_asked(void *ctx) {
     ag_daemon *d = ctx;
     ag_writer_hurry_wait(d->writer, DELIVERY_WAIT_MS);

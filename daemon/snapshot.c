@@ -395,7 +395,7 @@ int ag_engine_job_next_behind(ag_engine *e, ag_engine_job *job, ag_engine_job *b
  * pattern array of it the follower reads and the end did not make the
  * baseline (job failed) moves to the follower, whose flips against it are
  * unknown. */
-static void unlink_pipeline(ag_engine_job *job) {
+static void unlink_pipeline(ag_engine *e, ag_engine_job *job) {
     if (job->behind) { /* a follower ending first: it failed before its kernels */
         job->behind->follower = NULL;
         job->behind = NULL;
@@ -417,6 +417,10 @@ static void unlink_pipeline(ag_engine_job *job) {
             if (!f->borrowed[k]) {
                 f->borrowed[k] = job->cur[i];
                 f->borrowed_bytes[k] = enc_bytes(job->fmts[i], job->n);
+                /* held until the follower ends: counted in its reservation
+                 * (this job's has been given back already) */
+                f->reserved += f->borrowed_bytes[k];
+                e->inflight_bytes += f->borrowed_bytes[k];
                 job->cur[i] = NULL;
                 break;
             }
@@ -563,7 +567,7 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     r->jobs--;
     if (job->client) job->client->jobs--;
     if (!err) err = adopt(e, job);
-    unlink_pipeline(job);
+    unlink_pipeline(e, job);
     size_t kept = 0; /* the baseline may have been replaced or dropped */
     for (int i = 0; i < AG_FORMATS_MAX; i++)
         kept += t->prev[i] ? enc_bytes(ag_format_at((size_t)i), t->prev_n) : 0;

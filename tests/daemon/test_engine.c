@@ -1015,7 +1015,16 @@ static char *pipelined_run(int fail) {
         if (c > 1) ag_engine_job_run_chunk(three, c);
     }
     if (fail) one->part_err[n - 1] = AG_EIO; /* as a failing kernel would */
+    size_t two_reserved = two->reserved;
     cr_assert_eq(ag_engine_job_finish(F.engine, one), fail ? AG_EIO : AG_OK);
+    /* step 1's patterns step 2 still reads (it failed: they moved to step 2)
+     * stay counted against the budget, in step 2's reservation */
+    size_t borrowed = 0;
+    for (size_t i = 0; i < AG_FORMATS_MAX && two->borrowed[i]; i++)
+        borrowed += two->borrowed_bytes[i];
+    cr_assert_eq(borrowed > 0, fail != 0, "step 2 borrowed %zu bytes", borrowed);
+    cr_assert_eq(two->reserved, two_reserved + borrowed);
+    cr_assert_eq(F.engine->inflight_bytes, two->reserved + three->reserved);
     /* the rest after step 1 has ended, the spare buffers freed: step 1's
      * patterns too, had nothing kept them (the address sanitizer would see
      * the read) */
@@ -1027,6 +1036,7 @@ static char *pipelined_run(int fail) {
     cr_assert_eq(ag_engine_job_finish(F.engine, two), AG_OK);
     cr_assert_not(ag_engine_job_next(F.engine, three));
     cr_assert_eq(ag_engine_job_finish(F.engine, three), AG_OK);
+    cr_assert_eq(F.engine->inflight_bytes, 0, "every reservation given back");
     ag_engine_job *four = job_of(4, w + 3 * PIPE_N, g + 3 * PIPE_N);
     ag_engine_job_run(F.engine, four);
     cr_assert_eq(ag_engine_job_finish(F.engine, four), AG_OK);
