@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "altgrad/altgrad.h"
+#include "core/clock.h"
 #include "daemon/ingest.h"
 #include "daemon/secure.h"
 #include <nng/protocol/pipeline0/pull.h>
@@ -32,8 +33,10 @@ struct ag_ingest {
     pthread_mutex_t lock;
     nng_msg **ring;
     size_t head, count, bytes, received;
-    size_t max_bytes; /* ag_ingest_queue_bytes */
-    int paused;       /* receive not re-armed: queue full */
+    uint64_t pushed, popped; /* messages queued and taken, ever */
+    int64_t resumed_ms;      /* receiving last re-armed after a pause (ag_mono_ms) */
+    size_t max_bytes;        /* ag_ingest_queue_bytes */
+    int paused;              /* receive not re-armed: queue full */
     int closing;
     /* bodies kept, oldest first; with the queue they fit in max_bytes */
     body bodies[AG_INGEST_BODIES];
@@ -157,6 +160,7 @@ static void recv_cb(void *arg) {
         in->count++;
         in->bytes += nng_msg_len(m);
         in->received++;
+        in->pushed++;
     }
     /* The queue grew: kept bodies make room, oldest first. */
     void *evicted[AG_INGEST_BODIES];
@@ -183,10 +187,12 @@ nng_msg *ag_ingest_pop(ag_ingest *in) {
         in->head = (in->head + 1) % AG_INGEST_QUEUE_MSGS;
         in->count--;
         in->bytes -= nng_msg_len(m);
+        in->popped++;
     }
     if (in->paused && !in->closing && in->count < AG_INGEST_QUEUE_MSGS / 2 &&
         in->bytes < in->max_bytes / 2) {
         in->paused = 0;
+        in->resumed_ms = ag_mono_ms();
         rearm = 1;
     }
     pthread_mutex_unlock(&in->lock);
@@ -200,6 +206,15 @@ size_t ag_ingest_take_received(ag_ingest *in) {
     in->received = 0;
     pthread_mutex_unlock(&in->lock);
     return n;
+}
+
+void ag_ingest_progress(ag_ingest *in, ag_ingest_counts *out) {
+    pthread_mutex_lock(&in->lock);
+    out->pushed = in->pushed;
+    out->popped = in->popped;
+    out->receiving = !in->paused && !in->closing;
+    out->resumed_ms = in->resumed_ms;
+    pthread_mutex_unlock(&in->lock);
 }
 
 size_t ag_ingest_depth(ag_ingest *in) {

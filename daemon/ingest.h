@@ -40,6 +40,16 @@ nng_msg *ag_ingest_pop(ag_ingest *in);
 /* Messages received since the last call (for idle detection while draining). */
 size_t ag_ingest_take_received(ag_ingest *in);
 size_t ag_ingest_depth(ag_ingest *in);
+/* How far the queue has come: messages queued and taken, ever (a message
+ * queued before another is taken before it), whether receiving is on (not
+ * paused by a full queue), and when it last resumed after a pause
+ * (ag_mono_ms; 0: never paused). */
+typedef struct ag_ingest_counts {
+    uint64_t pushed, popped;
+    int receiving;
+    int64_t resumed_ms;
+} ag_ingest_counts;
+void ag_ingest_progress(ag_ingest *in, ag_ingest_counts *out);
 /* Free every kept message body (the daemon is idle). Any thread. */
 void ag_ingest_trim(ag_ingest *in);
 /* Bytes of message bodies kept for reuse. */

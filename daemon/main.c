@@ -659,8 +659,15 @@ static void flush_cb(uv_timer_t *t) {
             ag_engine_trim(d->engine);
             ag_ingest_trim(d->ingest);
         }
-        /* inbound drained: every message received so far resolved */
-        ag_shm_sweep(d->shm, now, ag_ingest_depth(d->ingest) == 0 && d->split_at == d->nsplit);
+        /* how far the inbound queue has been resolved: every message taken
+         * from it, but a bundle whose parts are not all taken yet */
+        ag_ingest_counts ic;
+        ag_ingest_progress(d->ingest, &ic);
+        ag_shm_inbound in = {.arrived = ic.pushed,
+                             .resolved = ic.popped - (d->split_at < d->nsplit),
+                             .receiving = ic.receiving,
+                             .since_ms = (uint64_t)ic.resumed_ms};
+        ag_shm_sweep(d->shm, now, &in);
     }
     /* Tell the service manager when the store goes degraded or recovers. */
     ag_writer_health_info h;

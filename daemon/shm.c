@@ -63,6 +63,10 @@ struct ag_shm_seg {
     int passed;       /* over the descriptor socket: kept until its lease ends */
     int gone;         /* passed, and its lease has ended (under the table's mu) */
     uint64_t gone_ms; /* when */
+    /* Once settled: how many messages the inbound queue had taken in
+     * (ag_shm_inbound.arrived); the segment goes when that many are resolved */
+    int marked;
+    uint64_t mark;
 };
 
 typedef struct refusal {
@@ -149,21 +153,27 @@ static void drop_at(ag_shm_table *t, size_t i) {
  * through /proc, which can be done again). A client's messages may still
  * be on their way when its lease ends: in the socket, or in the inbound
  * queue, not yet resolved (so not in pending). Those it sent before it
- * closed the lease have been read off the socket within AG_SHM_SETTLE_MS,
- * unless the queue is full and holds the socket back; so once the queue is
- * found drained that long after, every one of them is counted. */
-static int droppable(const ag_shm_seg *s, uint64_t now_ms, int drained) {
+ * closed the lease have been read off the socket once receiving has run
+ * AG_SHM_SETTLE_MS since (a full queue holds the socket back), so they are
+ * among the messages queued by then (the mark), and counted once that many
+ * have been resolved: the queue is taken in order. A busy queue need not
+ * ever be empty for this. */
+static int droppable(ag_shm_seg *s, uint64_t now_ms, const ag_shm_inbound *in) {
     if (s->pending) return 0;
     if (!s->passed) return now_ms - s->last_ms > AG_SHM_IDLE_MS;
     if (!s->gone) return 0;
-    return (drained && now_ms >= s->gone_ms + AG_SHM_SETTLE_MS) ||
-           now_ms >= s->gone_ms + AG_SHM_GONE_MAX_MS;
+    uint64_t from = s->gone_ms > in->since_ms ? s->gone_ms : in->since_ms;
+    if (!s->marked && in->receiving && now_ms >= from + AG_SHM_SETTLE_MS) {
+        s->marked = 1;
+        s->mark = in->arrived;
+    }
+    return (s->marked && in->resolved >= s->mark) || now_ms >= s->gone_ms + AG_SHM_GONE_MAX_MS;
 }
 
-void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms, int drained) {
+void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms, const ag_shm_inbound *in) {
     pthread_mutex_lock(&t->mu);
     for (size_t i = t->n; i-- > 0;)
-        if (droppable(t->segs[i], now_ms, drained)) {
+        if (droppable(t->segs[i], now_ms, in)) {
             ag_log(t->log, AG_LOG_INFO, "ingest: unmapped the %s segment of process %llu",
                    t->segs[i]->passed ? "released" : "idle", (unsigned long long)t->segs[i]->pid);
             drop_at(t, i);
@@ -490,6 +500,7 @@ static int pass_enter(ag_shm_table *t, pass_conn *conn, void *base, const ag_shm
         base = NULL;
         s->passed = 1;
         s->gone = 0;
+        s->marked = 0;
     } else if (t->n == AG_SHM_SEGMENTS_MAX) /* only the loop unmaps (it reads them) */
         bad = "256 segments in use";
     else if (!(s = enter(t, base, rq->token, rq->size, pid, now, 1))) {

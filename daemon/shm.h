@@ -20,10 +20,12 @@
 
 #define AG_SHM_SEGMENTS_MAX 256     /* segments mapped at once */
 #define AG_SHM_IDLE_MS (300 * 1000) /* an idle segment is unmapped after this */
-/* A passed segment whose lease has ended stays mapped until the daemon's
- * inbound queue has been found drained at least AG_SHM_SETTLE_MS after the
- * lease ended (so every message its client sent before has been taken and
- * its records counted as pending), or AG_SHM_GONE_MAX_MS have passed. */
+/* A passed segment whose lease has ended stays mapped until every message
+ * its client sent before has been taken from the daemon's inbound queue and
+ * its records counted as pending: those have been read off the socket once
+ * receiving has run AG_SHM_SETTLE_MS since the lease ended, so the segment
+ * notes how many messages had been queued by then and goes once that many
+ * have been taken (ag_shm_sweep); or once AG_SHM_GONE_MAX_MS have passed. */
 #define AG_SHM_SETTLE_MS 200
 #define AG_SHM_GONE_MAX_MS (60 * 1000)
 #define AG_SHM_RETRY_MS 10000 /* a segment refused is not tried again before this */
@@ -62,9 +64,17 @@ void ag_shm_release(ag_shm_ref *ref);
 int ag_shm_listen(ag_shm_table *t, const ag_config *cfg);
 /* Unmap the segments that may go with no record in use: idle since now_ms -
  * AG_SHM_IDLE_MS, or passed over the descriptor socket, their lease ended
- * and then settled (AG_SHM_SETTLE_MS). drained: nothing waits in the
- * daemon's inbound queue that has not been resolved (ag_shm_resolve). */
-void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms, int drained);
+ * and every message queued by AG_SHM_SETTLE_MS after that resolved.
+ * arrived: messages queued in the inbound queue, ever; resolved: how many
+ * of the first ones are resolved (ag_shm_resolve, their records counted as
+ * pending); receiving: the queue is taking messages off the socket, and
+ * has been since since_ms (ag_ingest_progress). */
+typedef struct ag_shm_inbound {
+    uint64_t arrived, resolved;
+    int receiving;
+    uint64_t since_ms;
+} ag_shm_inbound;
+void ag_shm_sweep(ag_shm_table *t, uint64_t now_ms, const ag_shm_inbound *in);
 /* Any thread: the table's numbers now. Holds the table's mutex for one pass
  * over the segments mapped (at most AG_SHM_SEGMENTS_MAX). */
 void ag_shm_get_stats(ag_shm_table *t, ag_shm_stats *out);

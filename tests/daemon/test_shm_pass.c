@@ -18,6 +18,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -499,6 +500,86 @@ Test(shm_pass, records_sent_before_the_lease_ended_are_read_after_it) {
         ag_free(h);
         ag_client_close(q);
     }
+    int status = harness_stop(&H, SIGTERM);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+}
+
+/* A trainer that keeps the daemon behind: 8 MiB snapshots through the
+ * socket, back to back, until stop is set. */
+typedef struct busy_trainer {
+    atomic_int stop;
+    int rc;
+    size_t sent;
+} busy_trainer;
+
+static void *busy_main(void *arg) {
+    busy_trainer *b = arg;
+    enum { BN = 1 << 20 };
+    float *w = malloc(BN * sizeof *w), *g = malloc(BN * sizeof *g);
+    ag_client_opts o = {.ingest_url = H.ingest,
+                        .query_url = H.query,
+                        .run = "busy",
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 10000,
+                        .close_timeout_ms = 1,
+                        .shm_bytes = AG_SHM_OFF};
+    ag_client *c = NULL;
+    b->rc = !w || !g || ag_client_open(&c, &o) != AG_OK;
+    for (size_t i = 0; !b->rc && i < BN; i++) {
+        w[i] = sinf((float)i * 0.01f);
+        g[i] = 1e-3f * cosf((float)i);
+    }
+    for (uint64_t s = 1; !b->rc && !atomic_load(&b->stop); s++, b->sent++)
+        b->rc = ag_client_log_sgd(c, s, "busy.w", w, g, BN, 0.01f) != AG_OK;
+    ag_client_close(c);
+    free(w);
+    free(g);
+    return NULL;
+}
+
+/* While another trainer keeps the inbound queue from ever being empty, a
+ * client's segment still goes soon after its lease ends, once the
+ * messages queued by then are taken (the daemon used to wait for an empty
+ * queue, or a minute). */
+Test(shm_pass, a_segment_goes_after_its_lease_ends_while_the_queue_stays_busy) {
+    const char *const extra[] = {"--threads", "1", NULL};
+    harness_start(&H, extra);
+    busy_trainer b = {0};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, busy_main, &b), 0);
+    ag_client_opts o = {.ingest_url = H.ingest,
+                        .query_url = H.query,
+                        .run = "short",
+                        .policy = AG_QUEUE_BLOCK,
+                        .query_timeout_ms = 30000};
+    enum { N = 4096 };
+    static float w[N], g[N];
+    for (size_t i = 0; i < N; i++) {
+        w[i] = sinf((float)i * 0.3f);
+        g[i] = 1e-3f * cosf((float)i);
+    }
+    ag_client *c = NULL;
+    cr_assert_eq(ag_client_open(&c, &o), AG_OK);
+    for (uint64_t s = 1; s <= 3; s++)
+        cr_assert_eq(ag_client_log_sgd(c, s, "w", w, g, N, 0.01f), AG_OK);
+    cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
+    ag_client_stats st = {0};
+    cr_assert_eq(ag_client_get_stats(c, &st), AG_OK);
+    cr_assert_geq(st.shm_snapshots, 2, "steps 2.. not through shared memory");
+    cr_assert_eq(daemon_maps("altgrad-snapshots"), 1, "the segment is mapped");
+    size_t sent_before = b.sent;
+    ag_client_close(c); /* the lease ends */
+    int maps = 1;
+    for (int tries = 0; maps && tries < 200; tries++) {
+        sleep_ms(100);
+        maps = daemon_maps("altgrad-snapshots");
+    }
+    size_t sent_during = b.sent - sent_before;
+    atomic_store(&b.stop, 1);
+    pthread_join(th, NULL);
+    cr_assert_eq(b.rc, 0, "the busy trainer failed");
+    cr_expect_eq(maps, 0, "still mapped 20 s after its lease ended");
+    cr_expect_gt(sent_during, 0, "the other trainer kept sending meanwhile");
     int status = harness_stop(&H, SIGTERM);
     cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
 }
