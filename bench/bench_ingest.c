@@ -372,6 +372,7 @@ typedef struct stream {
     double cpu;     /* this thread's CPU seconds */
     double logging; /* ... of which since every client was open */
     uint64_t shm;   /* snapshots whose arrays went through shared memory */
+    double flush_s; /* the flush after the last snapshot, wall time */
     int rc;
     ag_client *c;
     pthread_barrier_t *go;
@@ -397,7 +398,9 @@ static void *stream_main(void *arg) {
     if (st->rc) return NULL;
     for (size_t s = 1; s <= st->steps && !st->rc; s++)
         st->rc = ag_client_log_sgd(st->c, s, name, st->w, st->g, st->n, 0.01f);
+    double f0 = now_s();
     if (!st->rc && !st->blind) st->rc = ag_client_flush(st->c, -1);
+    st->flush_s = now_s() - f0;
     if (!st->rc && !st->blind) st->rc = wait_committed(st->c);
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     st->cpu = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -414,7 +417,8 @@ typedef struct stream_result {
     cpu_split peer, self;
     double callers; /* of self: the logging threads alone (encoding) */
     double gb;
-    double shm; /* the share of snapshots sent through shared memory */
+    double shm;     /* the share of snapshots sent through shared memory */
+    double flush_s; /* the longest of the clients' flushes after their last snapshot */
 } stream_result;
 
 /* ntensors clients (threads), each streaming steps snapshots of its own
@@ -465,6 +469,7 @@ static stream_result run_streams(const char *ingest, const char *query, pid_t pe
         self.rest += st[t].cpu; /* the stream threads have exited */
         r.callers += st[t].logging;
         r.shm += (double)st[t].shm / (double)(steps * ntensors);
+        if (st[t].flush_s > r.flush_s) r.flush_s = st[t].flush_s;
         ag_client_close(st[t].c);
     }
     pthread_barrier_destroy(&go);
@@ -924,6 +929,16 @@ snapshots:;
     for (size_t r = 0; r < rounds; r++)
         printf(" %.0f and %.0f MB/s against memcpy %.0f (R %.3f; %.2fx)%s", rs[r].all.mbs,
                rs[r].one.mbs, rs[r].mc, rs[r].all.mbs / rs[r].mc, rs[r].all.mbs / rs[r].one.mbs,
+               r + 1 < rounds ? "," : "\n");
+    /* the stream's tail: the snapshots still queued when the client stops
+     * logging are evaluated and committed while its flush waits */
+    printf("  each round, the client's flush after its last snapshot (on every core; one pool "
+           "thread), ms of the stream's:");
+    for (size_t r = 0; r < rounds; r++)
+        printf(" %.0f of %.0f; %.0f of %.0f%s", rs[r].all.flush_s * 1e3,
+               rs[r].all.gb > 0 ? rs[r].all.gb * 1e3 / rs[r].all.mbs * 1e3 : 0.0,
+               rs[r].one.flush_s * 1e3,
+               rs[r].one.gb > 0 ? rs[r].one.gb * 1e3 / rs[r].one.mbs * 1e3 : 0.0,
                r + 1 < rounds ? "," : "\n");
 
     /* Several tensors from as many clients: snapshots of different tensors
