@@ -151,6 +151,7 @@ static void park(ag_daemon *d, inflight *f) {
 static void after_chunk_cb(uv_work_t *req, int status);
 static int job_step(ag_daemon *d, inflight *f);
 static void resume_parked(ag_daemon *d);
+static int wake_followers(ag_daemon *d, const inflight *f);
 
 /* Queue chunk c of f's kernels, whose turn has come (the job ahead of it
  * has run its chunk c); where the pool refuses it, run it here. */
@@ -236,8 +237,21 @@ static void resume_parked(ag_daemon *d) {
             if (g->resume) next = g;
         if (!next) break;
         next->resume = next->parked = 0;
-        if (!job_step(d, next)) job_done(d, next);
+        if (!job_step(d, next))
+            job_done(d, next);
+        else if (!next->parked)
+            wake_followers(d, next); /* it took its scales: those behind it may too */
     }
+}
+
+/* f has taken its scales: mark the jobs of its tensor parked behind it
+ * (they may now run their kernels behind its) to be stepped again. Whether
+ * there were any. */
+static int wake_followers(ag_daemon *d, const inflight *f) {
+    int any = 0;
+    for (inflight *g = d->jobs; g; g = g->next)
+        if (g->parked && ag_engine_job_follows(g->job, f->job)) any = g->resume = 1;
+    return any;
 }
 
 static void after_chunk_cb(uv_work_t *req, int status) {
@@ -251,14 +265,9 @@ static void after_chunk_cb(uv_work_t *req, int status) {
     int ended = phase_over && !job_step(d, f);
     if (ended) job_done(d, f); /* before the chunk below can let the one after it end */
     if (after) release_chunk(d, after, c);
-    if (phase_over && !ended && !f->parked) {
-        /* f has taken its scales: the jobs of its tensor parked behind it
-         * may now run their kernels behind its */
-        int any = 0;
-        for (inflight *g = d->jobs; g; g = g->next)
-            if (g->parked && ag_engine_job_follows(g->job, f->job)) any = g->resume = 1;
-        if (any) resume_parked(d);
-    }
+    /* f has taken its scales: the jobs of its tensor parked behind it may
+     * now run their kernels behind its */
+    if (phase_over && !ended && !f->parked && wake_followers(d, f)) resume_parked(d);
     /* a job ended or took its scales: a message held back (may_start) may
      * start now */
     if (ended || (phase_over && d->held_nng)) pump(d);
