@@ -461,9 +461,6 @@ static void on_writer_space(void *ctx) {
 
 static uint64_t now_ms(void) { return (uint64_t)ag_mono_ms(); }
 
-/* Query thread: the live fields of a status reply, the two only a running
- * daemon has. Everything else is what the database holds (ag_store_status),
- * so `altgrad --db` reports the same numbers (docs/cli.md). */
 /* A client waits for its messages to be stored (q_delivery, a query
  * thread): the writer commits once it has caught up, not at batch time,
  * and the answer waits a little for that commit. */
@@ -473,6 +470,9 @@ static void delivery_asked(void *ctx) {
     ag_writer_hurry_wait(d->writer, DELIVERY_WAIT_MS);
 }
 
+/* Query thread: the live fields of a status reply, the two only a running
+ * daemon has. Everything else is what the database holds (ag_store_status),
+ * so `altgrad --db` reports the same numbers (docs/cli.md). */
 static void fill_status(void *ctx, ag_status *st) {
     ag_daemon *d = ctx;
     st->uptime_s = (double)(now_ms() - d->start_ms) / 1000.0;
