@@ -357,16 +357,33 @@ Test(pool, after_kill_9_flips_are_unknown_where_the_baseline_was_stale_and_exact
  * a snapshot's amax was taken beside the one before it and the snapshot
  * parked till that one ended, bit 1 when its kernels ran behind those of
  * the one before it, chunk by chunk (ag_engine_job_next_behind). */
-static char *run_solo(int wait_each, int *followed, int *pipelined) {
+/* Steps 1..steps of the one tensor, made first (so the snapshots can go
+ * out back to back): step s at w, g + (s - 1) * SOLO_N. */
+static void solo_steps(size_t steps, float **w, float **g) {
+    *w = malloc(steps * (size_t)SOLO_N * sizeof **w);
+    *g = malloc(steps * (size_t)SOLO_N * sizeof **g);
+    cr_assert(*w && *g);
+    for (uint64_t s = 1; s <= steps; s++)
+        make_tensor_n(s, 7, *w + (s - 1) * SOLO_N, *g + (s - 1) * SOLO_N, SOLO_N);
+}
+
+/* Lines of the daemon's log holding text. */
+static int log_lines(const char *text) {
+    FILE *f = fopen(H.log, "r");
+    cr_assert_not_null(f);
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) n += strstr(line, text) != NULL;
+    fclose(f);
+    return n;
+}
+
+static char *run_solo(int wait_each, int *followed) {
     const char *const extra[] = {"--threads", "2", "--log-level", "debug", NULL};
     harness_start(&H, extra);
     ag_client *c = harness_client(&H, "solo", AG_QUEUE_BLOCK);
-    /* every step's arrays made first, so the snapshots go out back to back */
-    float *w = malloc(SOLO_STEPS * (size_t)SOLO_N * sizeof *w);
-    float *g = malloc(SOLO_STEPS * (size_t)SOLO_N * sizeof *g);
-    cr_assert(w && g);
-    for (uint64_t s = 1; s <= SOLO_STEPS; s++)
-        make_tensor_n(s, 7, w + (s - 1) * SOLO_N, g + (s - 1) * SOLO_N, SOLO_N);
+    float *w, *g;
+    solo_steps(SOLO_STEPS, &w, &g);
     for (uint64_t s = 1; s <= SOLO_STEPS; s++) {
         cr_assert_eq(ag_client_log_sgd(c, s, "solo.weight", w + (s - 1) * SOLO_N,
                                        g + (s - 1) * SOLO_N, SOLO_N, LR),
@@ -386,30 +403,21 @@ static char *run_solo(int wait_each, int *followed, int *pipelined) {
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
     free(w);
     free(g);
-    *followed = 0;
-    *pipelined = 0;
-    FILE *f = fopen(H.log, "r");
-    cr_assert_not_null(f);
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        int behind = strstr(line, "kernels pipelined behind the one before it") != NULL;
-        *followed |= (strstr(line, "amax taken beside the one before it") != NULL) | behind << 1;
-        *pipelined += behind;
-    }
-    fclose(f);
+    *followed = (log_lines("amax taken beside the one before it") > 0) |
+                (log_lines("kernels pipelined behind the one before it") > 0) << 1;
     remove(H.log);
     return take_results(H.db);
 }
 
 Test(pool, a_snapshot_evaluated_beside_the_one_before_it_gives_the_same_results) {
-    int followed_streamed = 0, followed_serial = 0, unused;
+    int followed_streamed = 0, followed_serial = 0;
     /* the streamed run overlaps only when the pool is behind: try a few */
     char *streamed = NULL;
     for (int tries = 0; tries < 5 && !(followed_streamed & 2); tries++) {
         free(streamed);
-        streamed = run_solo(0, &followed_streamed, &unused);
+        streamed = run_solo(0, &followed_streamed);
     }
-    char *serial = run_solo(1, &followed_serial, &unused);
+    char *serial = run_solo(1, &followed_serial);
     cr_expect(followed_streamed & 2,
               "no snapshot of the stream was evaluated behind the one before it");
     cr_expect(!followed_serial, "a snapshot waited for was evaluated beside another");
@@ -433,11 +441,8 @@ Test(pool, snapshots_queued_together_run_behind_one_another) {
     const char *const extra[] = {"--threads", "2", "--log-level", "debug", NULL};
     harness_start(&H, extra);
     ag_client *c = harness_client(&H, "queued", AG_QUEUE_BLOCK);
-    float *w = malloc(QUEUED * (size_t)SOLO_N * sizeof *w);
-    float *g = malloc(QUEUED * (size_t)SOLO_N * sizeof *g);
-    cr_assert(w && g);
-    for (uint64_t s = 1; s <= QUEUED; s++)
-        make_tensor_n(s, 7, w + (s - 1) * SOLO_N, g + (s - 1) * SOLO_N, SOLO_N);
+    float *w, *g;
+    solo_steps(QUEUED, &w, &g);
     cr_assert_eq(ag_client_log_sgd(c, 1, "solo.weight", w, g, SOLO_N, LR), AG_OK);
     cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
     cr_assert_eq(kill(H.pid, SIGSTOP), 0);
@@ -459,13 +464,7 @@ Test(pool, snapshots_queued_together_run_behind_one_another) {
     ag_client_close(c);
     int status = harness_stop(&H, SIGTERM);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
-    int behind = 0;
-    FILE *f = fopen(H.log, "r");
-    cr_assert_not_null(f);
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        behind += strstr(line, "kernels pipelined behind the one before it") != NULL;
-    fclose(f);
+    int behind = log_lines("kernels pipelined behind the one before it");
     remove(H.log);
     cr_expect_geq(behind, 1, "none of %d queued snapshots ran behind the one before it",
                   QUEUED - 1);

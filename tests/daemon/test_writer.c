@@ -78,6 +78,19 @@ static size_t points(void) {
     return n;
 }
 
+/* points(), polled (bounded) until it reaches want. */
+static size_t wait_points(size_t want) {
+    size_t n = 0;
+    for (int i = 0; i < 30000 && (n = points()) < want; i++) sleep_ms(1);
+    return n;
+}
+
+/* The writer has taken everything queued (bounded wait). */
+static void wait_taken(ag_writer *w) {
+    for (int i = 0; i < 30000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
+    cr_assert_eq(ag_writer_depth(w), 0, "the writer took the rows");
+}
+
 Test(writer, stop_commits_everything_queued) {
     ag_writer *w = start(7, 1000, 1000000, NULL);
     for (uint64_t s = 1; s <= 1000; s++) {
@@ -113,8 +126,7 @@ Test(writer, a_waiting_client_has_the_batch_committed_before_its_batch_time) {
         push_result(w, s);
         ag_writer_boundary(w);
     }
-    for (int i = 0; i < 30000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
-    cr_assert_eq(ag_writer_depth(w), 0, "the writer took the rows");
+    wait_taken(w);
     sleep_ms(100);
     cr_assert_eq(points(), 0, "a batch waits out its batch time unless asked");
     cr_assert_eq(ag_writer_hurried(w), 0);
@@ -128,9 +140,7 @@ Test(writer, a_waiting_client_has_the_batch_committed_before_its_batch_time) {
     cr_assert_eq(ag_writer_hurry_wait(w, 30000), 0);
     push_result(w, 4);
     ag_writer_boundary(w);
-    size_t n = 0;
-    for (int i = 0; i < 30000 && (n = points()) < 4; i++) sleep_ms(1);
-    cr_assert_eq(n, 4, "a request made before the batch opened hurries it");
+    cr_assert_eq(wait_points(4), 4, "a request made before the batch opened hurries it");
     ag_writer_stop(w);
 }
 
@@ -140,13 +150,11 @@ Test(writer, a_hurried_batch_still_waits_for_the_end_of_its_message) {
     push_result(w, 1);
     ag_writer_boundary(w);
     push_result(w, 2); /* a message not ended */
-    for (int i = 0; i < 30000 && ag_writer_depth(w) > 0; i++) sleep_ms(1);
+    wait_taken(w);
     cr_assert_eq(ag_writer_hurry_wait(w, 200), 0, "no commit while a message is open");
     cr_assert_eq(points(), 0);
     ag_writer_boundary(w);
-    size_t n = 0;
-    for (int i = 0; i < 30000 && (n = points()) < 2; i++) sleep_ms(1);
-    cr_assert_eq(n, 2, "the message's end lets the asked-for commit through");
+    cr_assert_eq(wait_points(2), 2, "the message's end lets the asked-for commit through");
     ag_writer_stop(w);
 }
 
