@@ -437,7 +437,7 @@ Test(pool, a_snapshot_evaluated_beside_the_one_before_it_gives_the_same_results)
  * snapshot in only when a job ended evaluated such a queue one at a time.)
  * The results are those of the same snapshots sent one at a time. */
 Test(pool, snapshots_queued_together_run_behind_one_another) {
-    enum { QUEUED = 5 }; /* after step 1: 4 x 8 MiB, in the 64 MiB segment */
+    enum { QUEUED = 7 }; /* after step 1: 6 x 8 MiB, in the 64 MiB segment */
     const char *const extra[] = {"--threads", "2", "--log-level", "debug", NULL};
     harness_start(&H, extra);
     ag_client *c = harness_client(&H, "queued", AG_QUEUE_BLOCK);
