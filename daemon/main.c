@@ -51,6 +51,8 @@ typedef struct ag_daemon {
      * (the loop writes cfg on SIGHUP): scale mode, margin as its bits. */
     _Atomic int live_scale_mode;
     _Atomic uint64_t live_margin_bits;
+    /* a query thread waits for a commit a client asked for (delivery_asked) */
+    _Atomic int delivery_waiter;
     uv_loop_t loop;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t watchdog, drain, flush;
@@ -463,11 +465,18 @@ static uint64_t now_ms(void) { return (uint64_t)ag_mono_ms(); }
 
 /* A client waits for its messages to be stored (q_delivery, a query
  * thread): the writer commits once it has caught up, not at batch time,
- * and the answer waits a little for that commit. */
+ * and the answer waits a little for that commit. One query thread at a
+ * time waits; the others answer at once (their clients ask again), so
+ * clients asking in a loop never hold every query thread. */
 #define DELIVERY_WAIT_MS 10
 static void delivery_asked(void *ctx) {
     ag_daemon *d = ctx;
+    if (atomic_exchange(&d->delivery_waiter, 1)) {
+        ag_writer_hurry(d->writer);
+        return;
+    }
     ag_writer_hurry_wait(d->writer, DELIVERY_WAIT_MS);
+    atomic_store(&d->delivery_waiter, 0);
 }
 
 /* Query thread: the live fields of a status reply, the two only a running
