@@ -342,9 +342,9 @@ AG_INLINE void fmt_fast_impl(const fplan *pl, const float *wn, const float *wun,
                 ex = ex < emin_bits ? emin_bits : ex;
                 ey = ey < emin_bits ? emin_bits : ey;
             }
-            uint32_t e1 = ex + magic_add;
-            float mx = ag_bits_float(e1 | 0x400000u);
-            float my = ag_bits_float(ey + (magic_add | 0x400000u));
+            /* ex, ey have no bits below the exponent: the 1.5 of m added */
+            const uint32_t m15 = magic_add | 0x400000u;
+            float mx = ag_bits_float(ex + m15), my = ag_bits_float(ey + m15);
             float sx = x + mx;
             rx = sx - mx;
             ry = (y + my) - my;
