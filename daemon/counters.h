@@ -33,4 +33,23 @@ typedef struct ag_shm_stats {
 /* Fills them (for the web server, which calls it on its worker threads). */
 typedef void (*ag_shm_stats_fn)(void *ctx, ag_shm_stats *out);
 
+/* The snapshot pool, the engine's memory and the writer's commits, as
+ * /metrics shows them (docs/daemon.md, Metrics): what an operator reads to
+ * tell whether the daemon keeps up and where its memory goes. Counts start
+ * at 0 with each daemon; the loop publishes the gauges as they change. */
+typedef struct ag_pool_stats {
+    uint64_t threads;        /* snapshot pool threads */
+    uint64_t in_flight;      /* snapshots being evaluated now */
+    uint64_t evaluated;      /* snapshots whose evaluation ended, since the start */
+    uint64_t pipelined;      /* of those, kernels run behind the one before of the tensor */
+    uint64_t waits;          /* messages held back until snapshots in flight ended */
+    uint64_t state_bytes;    /* the engine's state at rest */
+    uint64_t inflight_bytes; /* reserved by the snapshots in flight */
+    uint64_t spare_bytes;    /* buffers kept for the next snapshots */
+    uint64_t budget_bytes;   /* the most those three may hold together */
+    uint64_t commits;        /* the writer's committed batches */
+    uint64_t hurried;        /* of those, committed early for a client's flush */
+} ag_pool_stats;
+typedef void (*ag_pool_stats_fn)(void *ctx, ag_pool_stats *out);
+
 #endif

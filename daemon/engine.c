@@ -230,6 +230,14 @@ void ag_engine_trim(ag_engine *e) {
 
 size_t ag_engine_spare_bytes(const ag_engine *e) { return e->spare_bytes; }
 
+void ag_engine_stats_of(const ag_engine *e, ag_engine_stats *out) {
+    *out = (ag_engine_stats){.state = e->state_bytes,
+                             .inflight = e->inflight_bytes,
+                             .spare = e->spare_bytes,
+                             .budget = e->max_state_bytes,
+                             .evaluated = e->evaluated};
+}
+
 role_state *ag_eng_role_for(ag_engine *e, tensor_state *t, int role) {
     if (t->roles[role]) return t->roles[role];
     role_state *rs = calloc(1, sizeof *rs);

@@ -115,6 +115,17 @@ int ag_engine_snapshot_fits(const ag_engine *e, const ag_msg *m, size_t bytes);
 void ag_engine_trim(ag_engine *e);
 /* Bytes of spare buffers the engine holds now. */
 size_t ag_engine_spare_bytes(const ag_engine *e);
+/* The engine's memory against its share of --state-budget (docs/daemon.md,
+ * Memory): its state at rest (tensors, histories, baselines), what the
+ * snapshots in flight reserve, the spare buffers kept for the next ones,
+ * and the most the three may hold together; and the snapshots whose
+ * evaluation ended (on the pool or, small ones, on the loop), ever. Loop
+ * thread. */
+typedef struct ag_engine_stats {
+    size_t state, inflight, spare, budget;
+    uint64_t evaluated;
+} ag_engine_stats;
+void ag_engine_stats_of(const ag_engine *e, ag_engine_stats *out);
 /* Write the flip baselines of tensors snapshotted since the last sweep
  * (docs/daemon.md, Flip baselines): start a sweep when none is in
  * progress, then move weights to the writer while it has room (all: until

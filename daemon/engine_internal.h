@@ -210,6 +210,7 @@ struct ag_engine {
     tensor_state *touched;
     size_t state_bytes, max_state_bytes; /* see AG_ENGINE_MAX_STATE_BYTES */
     size_t inflight_bytes;               /* reserved by snapshot jobs in flight */
+    uint64_t evaluated;                  /* snapshot jobs ended, ever (ag_engine_stats_of) */
     size_t njobs;                        /* snapshot jobs in flight */
     ag_engine_job *spare_job;            /* a finished job's memory, for the next */
     /* spare buffers, oldest first; spare_bytes of them, counted with

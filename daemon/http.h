@@ -24,11 +24,11 @@ typedef struct ag_http ag_http;
  * Listen on cfg->http_host:cfg->http_port. AG_EIO (logged as one warning
  * line) when the address cannot be bound (busy port, no such address): the
  * caller goes on without HTTP, and *out is NULL. cfg, lg and ctx must
- * outlive the server; status and shm_stats are called with ctx on the
- * worker threads.
+ * outlive the server; status, shm_stats and pool_stats are called with ctx
+ * on the worker threads.
  */
 int ag_http_start(ag_http **out, const ag_config *cfg, ag_logger *lg, ag_status_fn status,
-                  ag_shm_stats_fn shm_stats, void *ctx);
+                  ag_shm_stats_fn shm_stats, ag_pool_stats_fn pool_stats, void *ctx);
 /* "HOST:PORT" as bound (the port chosen when 0 was asked); NULL when h is
  * NULL or closed. */
 const char *ag_http_bound(const ag_http *h);

@@ -464,6 +464,37 @@ static void api_metrics(const ag_http_env *env, ag_store *st, const void *params
          "Shared-memory segments refused, opened through /proc or passed.", shm.refused},
     };
     scalars(f, shm_counters, sizeof shm_counters / sizeof shm_counters[0]);
+    ag_pool_stats pool = {0};
+    if (env->pool_stats) env->pool_stats(env->status_ctx, &pool);
+    const scalar pool_counters[] = {
+        {"altgrad_pool_threads", "gauge", "Threads of the snapshot pool.", pool.threads},
+        {"altgrad_snapshots_in_flight", "gauge", "Snapshots being evaluated now.", pool.in_flight},
+        {"altgrad_snapshots_evaluated_total", "counter",
+         "Snapshots whose evaluation ended, since the daemon started.", pool.evaluated},
+        {"altgrad_snapshots_pipelined_total", "counter",
+         "Of those, snapshots whose kernels ran behind the one before of their tensor.",
+         pool.pipelined},
+        {"altgrad_snapshot_waits_total", "counter",
+         "Messages held back until snapshots in flight ended (pool, memory budget or tensor "
+         "order).",
+         pool.waits},
+        {"altgrad_engine_state_bytes", "gauge",
+         "The engine's state at rest: tensors, amax histories, flip baselines.", pool.state_bytes},
+        {"altgrad_engine_inflight_bytes", "gauge", "Bytes reserved by the snapshots in flight.",
+         pool.inflight_bytes},
+        {"altgrad_engine_spare_bytes", "gauge", "Buffers kept for the next snapshots.",
+         pool.spare_bytes},
+        {"altgrad_engine_budget_bytes", "gauge",
+         "The most the engine's state, snapshots in flight and spare buffers may hold "
+         "(its share of --state-budget).",
+         pool.budget_bytes},
+        {"altgrad_writer_commits_total", "counter", "Batches of rows the writer committed.",
+         pool.commits},
+        {"altgrad_writer_commits_hurried_total", "counter",
+         "Of those, batches committed early because a client's flush waited for them.",
+         pool.hurried},
+    };
+    scalars(f, pool_counters, sizeof pool_counters / sizeof pool_counters[0]);
     if (rc) {
         fclose(f);
         free(b.data);

@@ -22,10 +22,11 @@
 
 typedef struct ag_http_env {
     const ag_config *cfg;
-    ag_status_fn status;       /* the live counters; thread-safe */
-    ag_shm_stats_fn shm_stats; /* thread-safe; NULL: the families show 0 */
-    void *status_ctx;          /* both functions' */
-    char address[96];          /* "http://HOST:PORT", as bound */
+    ag_status_fn status;         /* the live counters; thread-safe */
+    ag_shm_stats_fn shm_stats;   /* thread-safe; NULL: the families show 0 */
+    ag_pool_stats_fn pool_stats; /* the same */
+    void *status_ctx;            /* the three functions' */
+    char address[96];            /* "http://HOST:PORT", as bound */
 } ag_http_env;
 
 typedef struct ag_http_response {

@@ -195,7 +195,7 @@ static void name_bound(ag_http *h, int v6) {
 }
 
 int ag_http_start(ag_http **out, const ag_config *cfg, ag_logger *lg, ag_status_fn status,
-                  ag_shm_stats_fn shm_stats, void *ctx) {
+                  ag_shm_stats_fn shm_stats, ag_pool_stats_fn pool_stats, void *ctx) {
     *out = NULL;
     ag_http *h = calloc(1, sizeof *h);
     if (!h) return AG_ENOMEM;
@@ -203,6 +203,7 @@ int ag_http_start(ag_http **out, const ag_config *cfg, ag_logger *lg, ag_status_
     h->env.cfg = cfg;
     h->env.status = status;
     h->env.shm_stats = shm_stats;
+    h->env.pool_stats = pool_stats;
     h->env.status_ctx = ctx;
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->work, NULL);

@@ -81,6 +81,12 @@ typedef struct ag_daemon {
      * buffers are freed after TRIM_TICKS ticks without a new job */
     uint64_t jobs_started, jobs_at_tick;
     unsigned quiet_ticks;
+    /* what /metrics shows of the pool and the engine's memory (fill_pool_stats):
+     * written here, read by the web server's threads. held_waited: the held
+     * message is counted in waits already. */
+    _Atomic uint64_t m_in_flight, m_evaluated, m_pipelined, m_waits;
+    _Atomic uint64_t m_state, m_inflight, m_spare, m_budget;
+    int held_waited;
     /* shutdown */
     int stopping, intake_closed, closed;
     int store_degraded; /* last health the loop reported (STATUS=, log) */
@@ -89,6 +95,18 @@ typedef struct ag_daemon {
 } ag_daemon;
 
 static void pump(ag_daemon *d);
+
+/* The engine's memory and the snapshots in flight, for /metrics. */
+static void publish_pool(ag_daemon *d) {
+    ag_engine_stats m;
+    ag_engine_stats_of(d->engine, &m);
+    atomic_store_explicit(&d->m_evaluated, m.evaluated, memory_order_relaxed);
+    atomic_store_explicit(&d->m_state, m.state, memory_order_relaxed);
+    atomic_store_explicit(&d->m_inflight, m.inflight, memory_order_relaxed);
+    atomic_store_explicit(&d->m_spare, m.spare, memory_order_relaxed);
+    atomic_store_explicit(&d->m_budget, m.budget, memory_order_relaxed);
+    atomic_store_explicit(&d->m_in_flight, d->njobs, memory_order_relaxed);
+}
 
 /* ------------------------------------------------------------- messages */
 
@@ -185,6 +203,7 @@ static int pipeline(ag_daemon *d, inflight *f, inflight *before) {
     before->after = f;
     ag_log(&d->log, AG_LOG_DEBUG, "snapshot of %s: kernels pipelined behind the one before it",
            ag_engine_job_tensor(f->job));
+    atomic_fetch_add_explicit(&d->m_pipelined, 1, memory_order_relaxed);
     f->left = n + 1; /* held until every chunk ready now is queued */
     for (size_t c = 0; c < n; c++) {
         works[c] = (chunk_work){.f = f, .index = c};
@@ -227,6 +246,7 @@ static void job_done(ag_daemon *d, inflight *f) {
     nng_msg_free(f->nm);
     free(f->works);
     free(f);
+    publish_pool(d);
     resume_parked(d);
 }
 
@@ -316,6 +336,7 @@ static void dispatch(ag_daemon *d, ag_engine_job *job, nng_msg *nm, const ag_msg
     f->next = d->jobs;
     d->jobs = f;
     d->njobs++;
+    publish_pool(d);
     if (!dispatch_chunks(d, f)) job_done(d, f);
 }
 
@@ -419,6 +440,7 @@ static void process(ag_daemon *d, nng_msg *nm, ag_msg *m, ag_shm_ref *ref) {
         dispatch(d, job, nm, m, ref);
         return;
     }
+    if (m->type == AG_MSG_SNAPSHOT) publish_pool(d); /* evaluated here, or refused */
     ag_shm_release(ref);
     ag_msg_clear(m);
     nng_msg_free(nm);
@@ -437,7 +459,12 @@ static void pump(ag_daemon *d) {
             if (decode(d, nm, &d->held_msg, &d->held_ref)) continue;
             d->held_nng = nm;
         }
-        if (!may_start(d, &d->held_msg, nng_msg_len(d->held_nng))) return; /* woken by a job */
+        if (!may_start(d, &d->held_msg, nng_msg_len(d->held_nng))) { /* woken by a job */
+            if (!d->held_waited) atomic_fetch_add_explicit(&d->m_waits, 1, memory_order_relaxed);
+            d->held_waited = 1;
+            return;
+        }
+        d->held_waited = 0;
         nng_msg *nm = d->held_nng;
         ag_msg m = d->held_msg;
         ag_shm_ref ref = d->held_ref;
@@ -516,6 +543,23 @@ static void fill_status(void *ctx, ag_status *st) {
 static void fill_shm_stats(void *ctx, ag_shm_stats *out) {
     ag_daemon *d = ctx;
     ag_shm_get_stats(d->shm, out);
+}
+
+/* Web server thread: the pool's, the engine's memory and the writer's. */
+static void fill_pool_stats(void *ctx, ag_pool_stats *out) {
+    ag_daemon *d = ctx;
+    *out = (ag_pool_stats){.threads = d->threads, /* set before any thread starts */
+                           .in_flight = atomic_load_explicit(&d->m_in_flight, memory_order_relaxed),
+                           .evaluated = atomic_load_explicit(&d->m_evaluated, memory_order_relaxed),
+                           .pipelined = atomic_load_explicit(&d->m_pipelined, memory_order_relaxed),
+                           .waits = atomic_load_explicit(&d->m_waits, memory_order_relaxed),
+                           .state_bytes = atomic_load_explicit(&d->m_state, memory_order_relaxed),
+                           .inflight_bytes =
+                               atomic_load_explicit(&d->m_inflight, memory_order_relaxed),
+                           .spare_bytes = atomic_load_explicit(&d->m_spare, memory_order_relaxed),
+                           .budget_bytes = atomic_load_explicit(&d->m_budget, memory_order_relaxed),
+                           .commits = ag_writer_commits(d->writer),
+                           .hurried = ag_writer_hurried(d->writer)};
 }
 
 /* Record what this daemon runs with in the database (daemon_settings), for
@@ -686,6 +730,7 @@ static void flush_cb(uv_timer_t *t) {
                              .receiving = ic.receiving,
                              .since_ms = (uint64_t)ic.resumed_ms};
         ag_shm_sweep(d->shm, now, &in);
+        publish_pool(d);
     }
     /* Tell the service manager when the store goes degraded or recovers. */
     ag_writer_health_info h;
@@ -781,9 +826,10 @@ static int start(ag_daemon *d) {
         fprintf(stderr, "altgradd: cannot listen for shared memory beside %s\n", d->cfg.ingest[0]);
         return 1;
     }
+    publish_pool(d); /* the budget and the state restored, before anyone asks */
     /* A busy HTTP port is not fatal: the page is a convenience, ingest is not. */
     if (d->cfg.http_enabled)
-        ag_http_start(&d->http, &d->cfg, &d->log, fill_status, fill_shm_stats, d);
+        ag_http_start(&d->http, &d->cfg, &d->log, fill_status, fill_shm_stats, fill_pool_stats, d);
     return 0;
 }
 

@@ -562,6 +562,7 @@ int ag_engine_job_finish(ag_engine *e, ag_engine_job *job) {
     run_state *r = t->run;
     e->inflight_bytes -= job->reserved;
     e->njobs--;
+    e->evaluated++;
     t->busy--; /* later jobs of the tensor may be in flight (ag_engine_may_follow) */
     if (t->newest == job) t->newest = NULL;
     r->jobs--;

@@ -131,6 +131,7 @@ struct ag_writer {
     _Atomic int over_bytes;   /* snap_bytes above high_bytes */
     _Atomic int hurry;        /* ag_writer_hurry: a client waits for the open batch */
     _Atomic uint64_t hurried; /* batches committed early for it, ever */
+    _Atomic uint64_t commits; /* batches committed, ever */
     /* The batch being written: every item popped since the last commit, in
      * order, kept until the commit succeeds, so a failed commit (disk full,
      * I/O error, busy) is retried with the same rows instead of losing them.
@@ -1137,6 +1138,7 @@ static void *writer_main(void *arg) {
         w->batches++;
         pthread_cond_broadcast(&w->batch_done);
         if (!failed) {
+            atomic_fetch_add(&w->commits, 1);
             pause = RETRY_FIRST_MS;
             w->wal_dirty = 1;
             int idle = w->count == 0 && !w->stopping;
@@ -1421,6 +1423,8 @@ int ag_writer_hurry_wait(ag_writer *w, int timeout_ms) {
 }
 
 uint64_t ag_writer_hurried(ag_writer *w) { return atomic_load(&w->hurried); }
+
+uint64_t ag_writer_commits(ag_writer *w) { return atomic_load(&w->commits); }
 
 void ag_writer_boundary(ag_writer *w) {
     pthread_mutex_lock(&w->lock);

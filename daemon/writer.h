@@ -142,6 +142,8 @@ void ag_writer_hurry(ag_writer *w);
 int ag_writer_hurry_wait(ag_writer *w, int timeout_ms);
 /* Batches committed early for ag_writer_hurry, ever. */
 uint64_t ag_writer_hurried(ag_writer *w);
+/* Batches committed, ever (a batch given up or retried counts when it commits). */
+uint64_t ag_writer_commits(ag_writer *w);
 /* 1 when more than high_water items or high_bytes of snapshot weights wait
  * (the loop stops taking messages). */
 int ag_writer_full(ag_writer *w);

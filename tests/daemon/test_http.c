@@ -440,6 +440,25 @@ Test(http, metrics_parse_as_exposition_format_with_the_right_values) {
     cr_assert_eq(sample(r.body, "altgrad_shm_segments "), 1.0);
     cr_assert_eq(sample(r.body, "altgrad_shm_segments_passed "), 1.0);
     cr_assert_eq(sample(r.body, "altgrad_shm_refused_total "), 0.0);
+    /* the pool evaluated every snapshot of w, is idle, and its memory adds up */
+    cr_assert_eq(sample(r.body, "altgrad_snapshots_evaluated_total "), (double)STEPS);
+    cr_assert_eq(sample(r.body, "altgrad_snapshots_in_flight "), 0.0);
+    cr_assert_geq(sample(r.body, "altgrad_pool_threads "), 1.0);
+    double pipelined = sample(r.body, "altgrad_snapshots_pipelined_total ");
+    cr_assert(pipelined >= 0 && pipelined < STEPS, "pipelined %g", pipelined);
+    cr_assert_geq(sample(r.body, "altgrad_snapshot_waits_total "), 0.0);
+    double state = sample(r.body, "altgrad_engine_state_bytes "),
+           spare = sample(r.body, "altgrad_engine_spare_bytes "),
+           budget = sample(r.body, "altgrad_engine_budget_bytes ");
+    /* tensor w's baselines at least: 4 bytes of weights and a byte per format an element */
+    cr_assert_geq(state, (double)N * 5, "state %g", state);
+    cr_assert_eq(sample(r.body, "altgrad_engine_inflight_bytes "), 0.0);
+    cr_assert_leq(state + spare, budget);
+    /* --state-budget's default 4096 MiB, of which the engine has three quarters */
+    cr_assert_eq(budget, (double)(3072ull << 20));
+    double commits = sample(r.body, "altgrad_writer_commits_total ");
+    cr_assert_geq(commits, 1.0);
+    cr_assert_leq(sample(r.body, "altgrad_writer_commits_hurried_total "), commits);
     double rate =
         sample(r.body, "altgrad_stall_rate{run=\"" RUN "\",tensor=\"w\",format=\"E3M4\"} ");
     cr_assert_eq(rate, h->points[h->n - 1].stall_rate);

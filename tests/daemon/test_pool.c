@@ -438,7 +438,8 @@ Test(pool, a_snapshot_evaluated_beside_the_one_before_it_gives_the_same_results)
  * The results are those of the same snapshots sent one at a time. */
 Test(pool, snapshots_queued_together_run_behind_one_another) {
     enum { QUEUED = 7 }; /* after step 1: 6 x 8 MiB, in the 64 MiB segment */
-    const char *const extra[] = {"--threads", "2", "--log-level", "debug", NULL};
+    const char *const extra[] = {"--threads", "2",           "--log-level", "debug",
+                                 "--http",    "127.0.0.1:0", NULL};
     harness_start(&H, extra);
     ag_client *c = harness_client(&H, "queued", AG_QUEUE_BLOCK);
     float *w, *g;
@@ -462,9 +463,17 @@ Test(pool, snapshots_queued_together_run_behind_one_another) {
     cr_assert_eq(ag_client_flush(c, 60000), AG_OK);
     ag_free(harness_wait_history(c, "queued", "solo.weight", "E5M2", QUEUED));
     ag_client_close(c);
+    /* /metrics counts what the log tells, and the pool is idle again */
+    double pipelined = harness_metric(&H, "altgrad_snapshots_pipelined_total");
+    cr_expect_eq(harness_metric(&H, "altgrad_snapshots_evaluated_total"), (double)QUEUED);
+    cr_expect_eq(harness_metric(&H, "altgrad_snapshots_in_flight"), 0.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_engine_inflight_bytes"), 0.0);
+    cr_expect_eq(harness_metric(&H, "altgrad_pool_threads"), 2.0);
     int status = harness_stop(&H, SIGTERM);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
     int behind = log_lines("kernels pipelined behind the one before it");
+    cr_expect_eq(pipelined, (double)behind, "altgrad_snapshots_pipelined_total %g, log %d",
+                 pipelined, behind);
     remove(H.log);
     cr_expect_geq(behind, 1, "none of %d queued snapshots ran behind the one before it",
                   QUEUED - 1);
