@@ -54,14 +54,43 @@ CONFIGS = {
 def start_daemon(binary, tmp):
     ingest, query = f"ipc://{tmp}/ingest.sock", f"ipc://{tmp}/query.sock"
     log = open(os.path.join(tmp, "daemon.log"), "w")
+    # HTTP on a port the kernel picks, for /metrics at the end of the run
     p = subprocess.Popen([binary, "--ingest", ingest, "--query", query, "--db",
-                          os.path.join(tmp, "a.db"), "--http", "off"],
+                          os.path.join(tmp, "a.db"), "--http", "127.0.0.1:0"],
                          stdout=log, stderr=subprocess.STDOUT)
     for _ in range(100):
         if os.path.exists(os.path.join(tmp, "query.sock")):
             break
         time.sleep(0.05)
     return p, ingest, query
+
+
+POOL_METRICS = ("altgrad_pool_threads", "altgrad_snapshots_evaluated_total",
+                "altgrad_snapshots_pipelined_total", "altgrad_snapshot_waits_total",
+                "altgrad_engine_state_bytes", "altgrad_engine_budget_bytes",
+                "altgrad_writer_commits_total", "altgrad_writer_commits_hurried_total",
+                "altgrad_dropped_total", "altgrad_shm_snapshots_total")
+
+
+def pool_metrics(tmp):
+    """The daemon's pool, memory and writer numbers from its /metrics, or {}."""
+    import re
+    import urllib.request
+    try:
+        with open(os.path.join(tmp, "daemon.log")) as f:
+            m = re.search(r"on http://([0-9.]+:[0-9]+)/", f.read())
+        if not m:
+            return {}
+        with urllib.request.urlopen(f"http://{m.group(1)}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in POOL_METRICS:
+            out[name[len("altgrad_"):]] = float(value)
+    return out
 
 
 def stored_results(query, run, steps, every):
@@ -125,6 +154,7 @@ def main():
                 })
                 st, want, nt = stored_results(query, full["run"], args.steps, every)
                 r.update({"results_stored": st, "results_expected": want, "tensors": nt})
+                r["daemon"] = pool_metrics(tmp)
             results.append(r)
             print(json.dumps(r), flush=True)
         finally:
