@@ -42,6 +42,7 @@ CONFIGS = {
     "85m-daemon": M85 + ["--compute", "daemon"],
     "85m-daemon-sample4096": M85 + ["--compute", "daemon", "--sample-max", "4096"],
     "85m-daemon-block": M85 + ["--compute", "daemon", "--policy", "block"],
+    "85m-daemon-every1": M85 + ["--compute", "daemon", "--every", "1"],
     # counts on the device
     "small-device": SMALL + ["--compute", "device"],
     "85m-device": M85 + ["--compute", "device"],
@@ -146,8 +147,9 @@ def main():
                     "sampled_ms_without": without["step_ms_mean_sampled"],
                     "sampled_ms_with": with_["step_ms_mean_sampled"],
                     "monitor_ms_per_sampled_step": rep["ms_per_sampled_step"],
-                    "parts_s": {k: rep.get(k) for k in ("fetch_seconds", "count_seconds",
-                                                          "send_seconds", "stats_seconds")},
+                    "parts_s": {k: rep.get(k) for k in (
+                        "fetch_seconds", "fetch_wait_seconds", "count_seconds",
+                        "send_seconds", "stats_seconds")},
                     "dropped": full["client"]["dropped"],
                     "undelivered": full["client"]["undelivered"],
                     "send_errors": rep.get("send_errors"),
@@ -156,10 +158,25 @@ def main():
                 r.update({"results_stored": st, "results_expected": want, "tensors": nt})
                 r["daemon"] = pool_metrics(tmp)
             results.append(r)
-            print(json.dumps(r), flush=True)
         finally:
+            # a SIGTERM drains and commits: how long that took, and the
+            # daemon's last words when it was slow (killed after 120 s)
+            t0 = time.time()
             daemon.terminate()
-            daemon.wait(timeout=30)
+            try:
+                daemon.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+            stop = {"stop_seconds": round(time.time() - t0, 2), "stop_rc": daemon.returncode}
+            if stop["stop_seconds"] > 10 or daemon.returncode != 0:
+                with open(os.path.join(tmp, "daemon.log"), errors="replace") as f:
+                    stop["log_tail"] = f.read()[-3000:]
+            if results and results[-1].get("config") == name:
+                results[-1]["daemon_stop"] = stop
+                print(json.dumps(results[-1]), flush=True)
+            else:
+                print(json.dumps({"config": name, "daemon_stop": stop}), flush=True)
             shutil.rmtree(tmp, ignore_errors=True)
     print("\nconfig                    params  ratio  sampled ms (with/without)  dropped  "
           "stored/expected")

@@ -159,6 +159,15 @@ def _first_tensor(out):
 
 
 _COMPUTES = ("device", "daemon")
+# compute="daemon" from CUDA: the sender thread fetches a sampled step's
+# snapshots through two reusable host buffers of this many float32 each
+# (pinned; grown to hold the largest tensor's w and u), one group of tensors
+# copying from the device while the client reads the other; and at most this
+# many sampled steps' device copies wait for it (the training thread waits
+# for the oldest beyond that): device and pinned memory stay bounded, and
+# nothing is pinned on the training thread.
+_STAGE_ELEMS = 16 << 20
+_FETCHES_MAX = 2
 _MIX_GOLDEN = 0x9E3779B97F4A7C15
 _SAMPLE_STRIDE = 0xD1B54A32D192ED03
 _M64 = (1 << 64) - 1
@@ -415,6 +424,11 @@ class Monitor:
         self._had_grad: List[int] = []
         self._sample_idx: Dict[tuple, torch.Tensor] = {}
         self._sender: Optional[_Sender] = None
+        # compute="daemon" from CUDA (_STAGE_ELEMS): the sender's staging
+        # buffers, its copy stream, and the sampled steps' fetches in flight
+        self._stage_bufs: List[torch.Tensor] = []
+        self._copy_stream = None
+        self._fetch_slots = threading.BoundedSemaphore(_FETCHES_MAX)
         self._send_errors: List[str] = []
         self._close_seconds = 0.0
         self._collectives = 0
@@ -422,6 +436,7 @@ class Monitor:
         # overhead accounting
         self._seconds = 0.0
         self._parts = {"fetch": 0.0, "send": 0.0, "stats": 0.0, "count": 0.0}
+        self._fetch_wait = 0.0  # of fetch: waiting for a sampled step's fetch slot
         self._steps_seen = 0
         self._sampled_steps = 0
         self._snapshots = 0
@@ -936,11 +951,16 @@ class Monitor:
             self._sample_idx[key] = idx
         return t.reshape(-1).index_select(0, idx)
 
+    # staged on the CPU too when set (tests: the sender's path without a GPU)
+    _STAGED_ON_CPU = False
+
     def _send_batch(self, batch):
         """Send (name, w, g_or_u, lr, numel) snapshots. Tensors that are not
-        float32 on the CPU are packed into one flat buffer and fetched with a
-        single device-to-host copy; from CUDA that copy is asynchronous and the
-        sender thread hands the snapshots to the client once it landed."""
+        float32 on the CPU are packed into one flat float32 buffer where they
+        live (on a GPU: a copy the optimizer step cannot change); from CUDA the
+        sender thread fetches it (_stage_and_log) once it is ready, so the
+        training step neither waits for the device-to-host copy nor pins
+        memory."""
         if not batch:
             return
         on_host = all(t.device.type == "cpu" and t.dtype == torch.float32
@@ -952,32 +972,103 @@ class Monitor:
         if self.formats is not None:
             kw["formats"] = self.formats
         step = self.step
-        if on_host:
+        if on_host and not self._STAGED_ON_CPU:
             pairs = [(w.contiguous(), x.contiguous()) for _, w, x, _, _ in batch]
             self._log_snapshots(step, batch, pairs, kw)
             self._parts["send"] += time.perf_counter() - t0
             return
-        flat = torch.cat([t.reshape(-1).to(torch.float32)
-                          for _, w, x, _, _ in batch for t in (w, x)])
-        cuda = flat.device.type == "cuda"
-        host = torch.empty(flat.numel(), dtype=torch.float32, pin_memory=cuda)
-        host.copy_(flat, non_blocking=cuda)
-        pairs, off = [], 0
-        for _, w, _, _, _ in batch:
-            n = w.numel()
-            pairs.append((host[off:off + n], host[off + n:off + 2 * n]))
-            off += 2 * n
-        self._parts["fetch"] += time.perf_counter() - t0
-        if cuda:
-            events = _device_events([flat.device])
-
-            def job():
-                _wait(events)
-                self._log_snapshots(step, batch, pairs, kw)
-
-            self._send(job)
-        else:
+        staged = batch[0][1].device.type == "cuda" or self._STAGED_ON_CPU
+        if staged:  # at most _FETCHES_MAX sampled steps' copies wait for the sender
+            w0 = time.perf_counter()
+            self._fetch_slots.acquire()
+            self._fetch_wait += time.perf_counter() - w0
+        try:
+            flat = torch.cat([t.reshape(-1).to(torch.float32)
+                              for _, w, x, _, _ in batch for t in (w, x)])
+        except BaseException:
+            if staged:
+                self._fetch_slots.release()
+            raise
+        if not staged:  # float32 on the CPU now: logged from views of it
+            pairs, off = [], 0
+            for _, w, _, _, _ in batch:
+                n = w.numel()
+                pairs.append((flat[off:off + n], flat[off + n:off + 2 * n]))
+                off += 2 * n
+            self._parts["fetch"] += time.perf_counter() - t0
             self._log_snapshots(step, batch, pairs, kw)
+            return
+        events = _device_events([flat.device])
+        self._parts["fetch"] += time.perf_counter() - t0
+
+        def job():
+            try:
+                _wait(events)
+                self._stage_and_log(step, batch, flat, kw)
+            finally:
+                self._fetch_slots.release()
+
+        self._send(job)
+
+    def _staging(self, elems: int, pin: bool) -> List[torch.Tensor]:
+        """The sender's two host buffers of at least elems float32 each."""
+        if not self._stage_bufs or self._stage_bufs[0].numel() < elems:
+            self._stage_bufs = []  # the smaller ones go first
+            self._stage_bufs = [torch.empty(elems, dtype=torch.float32, pin_memory=pin)
+                                for _ in range(2)]
+        return self._stage_bufs
+
+    def _stage_and_log(self, step, batch, flat, kw):
+        """Sender thread: the snapshots packed in flat (w then g or u, tensor
+        after tensor) to the client, through the staging buffers: tensors
+        grouped to fill one buffer, group k + 1 copying into one buffer while
+        the client reads group k from the other. From CUDA the copies run on a
+        stream of their own, so they do not queue behind the training's work."""
+        sizes = [2 * w.numel() for _, w, _, _, _ in batch]
+        cap = max(_STAGE_ELEMS, max(sizes))
+        groups, start, fill = [], 0, 0  # (first, end) tensor indices
+        for i, sz in enumerate(sizes):
+            if fill + sz > cap:
+                groups.append((start, i))
+                start, fill = i, 0
+            fill += sz
+        groups.append((start, len(sizes)))
+        offs = [0]
+        for sz in sizes:
+            offs.append(offs[-1] + sz)
+        cuda = flat.device.type == "cuda"
+        bufs = self._staging(cap, cuda)
+        stream = None
+        if cuda:
+            if self._copy_stream is None or self._copy_stream.device != flat.device:
+                self._copy_stream = torch.cuda.Stream(device=flat.device)
+            stream = self._copy_stream
+
+        def fetch(k):
+            a, b = offs[groups[k][0]], offs[groups[k][1]]
+            dst = bufs[k % 2][:b - a]
+            if stream is None:
+                dst.copy_(flat[a:b])
+                return None
+            with torch.cuda.stream(stream):
+                dst.copy_(flat[a:b], non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record(stream)
+            return ev
+
+        ready = fetch(0)
+        for k, (first, end) in enumerate(groups):
+            nxt = fetch(k + 1) if k + 1 < len(groups) else None
+            if ready is not None:
+                ready.synchronize()
+            buf, base = bufs[k % 2], offs[first]
+            pairs = []
+            for i in range(first, end):
+                n = sizes[i] // 2
+                a = offs[i] - base
+                pairs.append((buf[a:a + n], buf[a + n:a + 2 * n]))
+            self._log_snapshots(step, batch[first:end], pairs, kw)
+            ready = nxt
 
     def _log_snapshots(self, step, batch, pairs, kw):
         t0 = time.perf_counter()
@@ -1040,6 +1131,10 @@ class Monitor:
             # counting kernels, handing results to the client or its sender
             # thread, amax statistics
             "fetch_seconds": self._parts["fetch"],
+            # of fetch: waiting for the sender thread to take one of the
+            # sampled steps' device copies it still has (compute="daemon" from
+            # CUDA, more than _FETCHES_MAX behind)
+            "fetch_wait_seconds": self._fetch_wait,
             "count_seconds": self._parts["count"],
             "send_seconds": self._parts["send"],
             "stats_seconds": self._parts["stats"],

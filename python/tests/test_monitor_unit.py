@@ -583,3 +583,92 @@ def test_sample_max_takes_the_clients_subset_on_the_device():
     assert torch.equal(ups["0.weight"][3], w[sel])
     assert ups["0.weight"][5] == {"numel": 32}
     assert ups["2.bias"][5] == {}  # 2 elements: whole
+
+
+def staged_model():
+    """Tensors of 6 + 24, 96 + 24 ... elements: several to a staging group, and
+    one (the 32 x 48 weight) larger than the smallest staging buffer."""
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 48),
+                               torch.nn.Linear(48, 32), torch.nn.Linear(32, 1))
+
+
+@pytest.mark.parametrize("stage_elems", [64, 1 << 20])
+def test_staged_fetch_hands_over_every_tensor_exactly_in_order(monkeypatch, stage_elems):
+    """The sender thread's fetch (compute="daemon" from CUDA), run on the CPU:
+    groups of tensors through the two reused buffers, one grown for a tensor
+    larger than them; what the client gets is what it would get directly, in
+    the same order, and nothing it holds aliases the training's tensors."""
+    import altgrad.torch as agt
+    monkeypatch.setattr(agt, "_STAGE_ELEMS", stage_elems)
+    monkeypatch.setattr(Monitor, "_STAGED_ON_CPU", True)
+    runs = {}
+    for staged in (True, False):
+        monkeypatch.setattr(Monitor, "_STAGED_ON_CPU", staged)
+        model = staged_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        rec = Recorder()
+        with Monitor(rec, model, opt, compute="daemon", form="sgd", every=2) as mon:
+            x, y = torch.randn(8, 3), torch.randn(8, 1)
+            for _ in range(5):
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            bufs = [b.numel() for b in mon._stage_bufs]
+        runs[staged] = (rec.of("sgd"), mon.report(), bufs)
+    got, rep, bufs = runs[True]
+    want, _, nobufs = runs[False]
+    assert nobufs == []  # the direct path stages nothing
+    assert [c[1:3] for c in got] == [c[1:3] for c in want]
+    assert len(got) == 3 * 8  # steps 0, 2, 4; 8 tensors
+    for a, b in zip(got, want):
+        # (the direct path hands over each tensor in its shape, the staged one flat)
+        assert torch.equal(a[3], b[3].reshape(-1)) and torch.equal(a[4], b[4].reshape(-1))
+        assert a[5] == b[5]
+    # two buffers, grown (when the smallest) to the largest tensor's w and g
+    largest = max(2 * p.numel() for p in staged_model().parameters())
+    assert bufs == [max(stage_elems, largest)] * 2
+    assert rep["snapshots"] == 24 and rep["fetch_wait_seconds"] >= 0.0
+
+
+def test_staged_fetches_wait_for_the_sender_beyond_the_bound(monkeypatch):
+    """At most _FETCHES_MAX sampled steps' copies wait for the sender: with
+    the client stalled, the next sampled step waits for a slot (its time is
+    reported in fetch_wait_seconds), and every snapshot still arrives."""
+    import threading
+    import time
+
+    import altgrad.torch as agt
+    monkeypatch.setattr(Monitor, "_STAGED_ON_CPU", True)
+    gate = threading.Event()
+
+    class Slow(Recorder):
+        def log_update(self, step, tensor, w, u, **kw):
+            gate.wait(10)
+            super().log_update(step, tensor, w, u, **kw)
+
+    rec = Slow()
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(rec, model, opt, compute="daemon", every=1, gradients=False,
+                  activations=False)
+    # steps 0 and 1 take both slots (the sender holds the first in log_update)
+    train(model, opt, agt._FETCHES_MAX)
+    done = threading.Event()
+
+    def third():
+        train(model, opt, 1)
+        done.set()
+
+    t = threading.Thread(target=third)
+    t.start()
+    time.sleep(0.3)
+    assert not done.is_set(), "a third sampled step did not wait for a fetch slot"
+    gate.set()
+    t.join(10)
+    assert done.is_set()
+    rep = mon.close()
+    assert rep["fetch_wait_seconds"] >= 0.2
+    assert sorted({c[1] for c in rec.of("update")}) == [0, 1, 2]
+    assert len(rec.of("update")) == 3 * 4
