@@ -978,18 +978,9 @@ class Monitor:
             self._parts["send"] += time.perf_counter() - t0
             return
         staged = batch[0][1].device.type == "cuda" or self._STAGED_ON_CPU
-        if staged:  # at most _FETCHES_MAX sampled steps' copies wait for the sender
-            w0 = time.perf_counter()
-            self._fetch_slots.acquire()
-            self._fetch_wait += time.perf_counter() - w0
-        try:
+        if not staged:  # float32 on the CPU: logged from views of one flat copy
             flat = torch.cat([t.reshape(-1).to(torch.float32)
                               for _, w, x, _, _ in batch for t in (w, x)])
-        except BaseException:
-            if staged:
-                self._fetch_slots.release()
-            raise
-        if not staged:  # float32 on the CPU now: logged from views of it
             pairs, off = [], 0
             for _, w, _, _, _ in batch:
                 n = w.numel()
@@ -998,17 +989,30 @@ class Monitor:
             self._parts["fetch"] += time.perf_counter() - t0
             self._log_snapshots(step, batch, pairs, kw)
             return
-        events = _device_events([flat.device])
-        self._parts["fetch"] += time.perf_counter() - t0
+        # at most _FETCHES_MAX sampled steps' copies wait for the sender; a
+        # slot goes back with its job, or here if the job never goes
+        w0 = time.perf_counter()
+        self._fetch_slots.acquire()
+        self._fetch_wait += time.perf_counter() - w0
+        handed = False
+        try:
+            flat = torch.cat([t.reshape(-1).to(torch.float32)
+                              for _, w, x, _, _ in batch for t in (w, x)])
+            events = _device_events([flat.device])
+            self._parts["fetch"] += time.perf_counter() - t0
 
-        def job():
-            try:
-                _wait(events)
-                self._stage_and_log(step, batch, flat, kw)
-            finally:
+            def job():
+                try:
+                    _wait(events)
+                    self._stage_and_log(step, batch, flat, kw)
+                finally:
+                    self._fetch_slots.release()
+
+            self._send(job)
+            handed = True
+        finally:
+            if not handed:
                 self._fetch_slots.release()
-
-        self._send(job)
 
     def _staging(self, elems: int, pin: bool) -> List[torch.Tensor]:
         """The sender's two host buffers of at least elems float32 each."""

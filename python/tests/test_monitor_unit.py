@@ -672,3 +672,36 @@ def test_staged_fetches_wait_for_the_sender_beyond_the_bound(monkeypatch):
     assert rep["fetch_wait_seconds"] >= 0.2
     assert sorted({c[1] for c in rec.of("update")}) == [0, 1, 2]
     assert len(rec.of("update")) == 3 * 4
+
+
+def test_a_staged_fetch_that_fails_gives_its_slot_back(monkeypatch):
+    """A sampled step whose packing fails (device out of memory, say) raises
+    to the trainer and does not keep its fetch slot: later steps neither wait
+    for it nor lose snapshots."""
+    import altgrad.torch as agt
+    monkeypatch.setattr(Monitor, "_STAGED_ON_CPU", True)
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = Recorder()
+    mon = Monitor(rec, model, opt, compute="daemon", every=1, gradients=False,
+                  activations=False)
+    real_cat, fail = torch.cat, {"left": agt._FETCHES_MAX}
+
+    def failing_cat(*a, **k):
+        if fail["left"] > 0:
+            fail["left"] -= 1
+            raise RuntimeError("out of memory (test)")
+        return real_cat(*a, **k)
+
+    monkeypatch.setattr(agt.torch, "cat", failing_cat)
+    for _ in range(agt._FETCHES_MAX):  # as many failures as there are slots
+        with pytest.raises(RuntimeError, match="out of memory"):
+            train(model, opt, 1)
+        mon._in_step = False  # the failed step's hook never ended it
+    # every slot free again (else the next steps would wait forever)
+    assert all(mon._fetch_slots.acquire(timeout=1) for _ in range(agt._FETCHES_MAX))
+    for _ in range(agt._FETCHES_MAX):
+        mon._fetch_slots.release()
+    train(model, opt, 2)
+    rep = mon.close()
+    assert len(rec.of("update")) == 2 * 4 and rep["fetch_wait_seconds"] < 5
