@@ -73,15 +73,17 @@ stress: build-asan
 clean:
 	rm -rf $(BUILD) $(SBUILD) build-fuzz build-tsan
 
-# ThreadSanitizer check of the client: a plain program, because Criterion's
-# runner does not start under TSan here; TSan needs ASLR off (setarch -R).
-tsan: deps
+# ThreadSanitizer check of the client (a plain program, because Criterion's
+# runner does not start under TSan here; TSan needs ASLR off: setarch -R),
+# then of the daemon: a TSan altgradd driven by the plain bench_ingest.
+tsan: build
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DAG_BUILD_BENCH=OFF -DAG_BUILD_TESTS=OFF \
 	  -DCMAKE_C_FLAGS="-fsanitize=thread -g" >/dev/null
-	cmake --build build-tsan -j$(JOBS) --target altgrad_static
+	cmake --build build-tsan -j$(JOBS) --target altgrad_static altgradd
 	$(CC) -std=c11 -g -fsanitize=thread -Iinclude -I. -I.deps/nng/include tests/tsan/client_threads.c \
 	  build-tsan/libaltgrad.a -lmsgpackc -lmbedtls -lmbedx509 -lmbedcrypto -lpthread -latomic -lm \
 	  -o build-tsan/client_threads
 	for policy in 0 1; do \
 	  TSAN_OPTIONS=halt_on_error=1:exitcode=66 setarch $$(uname -m) -R build-tsan/client_threads $$policy || exit 1; \
 	done
+	bash scripts/tsan-daemon.sh build-tsan $(BUILD)/bench/bench_ingest
