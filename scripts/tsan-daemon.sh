@@ -5,9 +5,10 @@
 # plain bench_ingest (BENCH), which starts it on temporary sockets:
 #   - snapshots: one tensor, then 4 tensors from 4 clients, each with the
 #     default pool and with one pool thread (chunks on the pool, pipelined
-#     snapshots of one tensor, the writer, flip baselines);
+#     snapshots of one tensor, the writer, the query threads answering the
+#     clients' flushes);
 #   - polled: snapshot ingest while a browser-like client polls /api/history
-#     and /metrics (the HTTP workers and the query threads beside the pool).
+#     and /metrics (the HTTP workers beside the pool).
 # Every report TSan writes (log_path) fails the run, as does a failed bench.
 # TSan needs ASLR off here (setarch -R), which the daemon inherits.
 set -uo pipefail
